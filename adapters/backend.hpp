@@ -1,0 +1,77 @@
+// The one interface every backend kind implements: one internal call type in, one event stream
+// out. The HTTP layer never sees libcurl or an engine; it sees these events.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tollgate::adapters {
+
+class curl_multi;
+
+/// Per-thread machinery a call runs on. Calls never cross threads.
+struct io_refs {
+  boost::asio::io_context& io;
+  curl_multi& curl;
+};
+
+struct upstream_request {
+  std::string path;  ///< relative to the backend's base URL, e.g. "/chat/completions"
+  std::string body;  ///< JSON, with the model already rewritten
+  bool stream = false;
+  std::string request_id;
+};
+
+struct response_head {
+  int status = 0;
+  std::vector<std::pair<std::string, std::string>> headers;  ///< names lower-cased
+  const std::string* find(std::string_view name) const {
+    for (const auto& [k, v] : headers)
+      if (k == name) return &v;
+    return nullptr;
+  }
+};
+
+enum class failure {
+  none,
+  connect,    ///< no connection could be made (refused, DNS, TLS handshake)
+  timeout,    ///< a deadline passed (connect, first token, idle, total)
+  broken,     ///< the connection broke or the response was malformed
+  cancelled,  ///< the call was cancelled
+};
+
+struct call_event {
+  enum class kind { head, data, end, failed };
+  kind type = kind::end;
+  response_head head;   ///< with kind::head
+  std::string data;     ///< with kind::data: the bytes that arrived since the last event
+  failure error = failure::none;  ///< with kind::failed
+  std::string message;  ///< with kind::failed
+};
+
+/// One request in flight to a backend. Destroying it cancels the request at once.
+/// Not thread-safe: used only on the thread that started it.
+class call {
+ public:
+  virtual ~call() = default;
+  /// Events in order: head, zero or more data, then end or failed (failed may also come first).
+  /// After end or failed, further calls return the same terminal event.
+  virtual boost::asio::awaitable<call_event> next() = 0;
+  /// Stops the request now (the client went away); a waiting next() returns failed/cancelled.
+  virtual void cancel() = 0;
+};
+
+/// A configured backend. Immutable and shared between threads; start() is thread-safe.
+class backend {
+ public:
+  virtual ~backend() = default;
+  virtual const std::string& name() const = 0;
+  virtual std::unique_ptr<call> start(upstream_request request, io_refs refs) const = 0;
+};
+
+}  // namespace tollgate::adapters

@@ -1,0 +1,247 @@
+#include "adapters/openai_backend.hpp"
+
+#include "adapters/curl_multi.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <deque>
+
+namespace tollgate::adapters {
+
+namespace net = boost::asio;
+
+namespace {
+
+constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream past this
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+  return out;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
+    s.remove_suffix(1);
+  return s;
+}
+
+failure classify(CURLcode code) {
+  switch (code) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+      return failure::connect;
+    case CURLE_OPERATION_TIMEDOUT:
+      return failure::timeout;
+    default:
+      return failure::broken;
+  }
+}
+
+/// One transfer. curl's callbacks only append to the queue and wake the reader; the reader (a
+/// coroutine on the same thread) turns the queue into events.
+class openai_call final : public call {
+ public:
+  openai_call(io_refs refs, const config::timeouts_config& timeouts)
+      : refs_(refs), timeouts_(timeouts), wake_(refs.io) {}
+
+  ~openai_call() override {
+    if (easy_ == nullptr) return;
+    if (running_) refs_.curl.remove(easy_);
+    refs_.curl.release(easy_);
+    curl_slist_free_all(headers_);
+  }
+
+  void begin(CURL* easy, curl_slist* headers, std::string body) {
+    easy_ = easy;
+    headers_ = headers;
+    body_ = std::move(body);
+    curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
+    curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+    curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, headers_);
+    curl_easy_setopt(easy_, CURLOPT_HEADERFUNCTION, &openai_call::on_header);
+    curl_easy_setopt(easy_, CURLOPT_HEADERDATA, this);
+    curl_easy_setopt(easy_, CURLOPT_WRITEFUNCTION, &openai_call::on_write);
+    curl_easy_setopt(easy_, CURLOPT_WRITEDATA, this);
+    running_ = true;
+    refs_.curl.add(easy_, [this](CURLcode code) { on_done(code); });
+  }
+
+  void cancel() override {
+    if (terminal_) return;
+    stop(failure::cancelled, "the client went away");
+    wake_.cancel();
+  }
+
+  net::awaitable<call_event> next() override {
+    for (;;) {
+      if (!pending_.empty()) {
+        call_event ev = std::move(pending_.front());
+        pending_.pop_front();
+        if (ev.type == call_event::kind::data) {
+          queued_bytes_ -= ev.data.size();
+          resume_if_drained();
+        }
+        co_return ev;
+      }
+      if (terminal_) co_return *terminal_;
+      // Wait for curl to produce something, bounded by the first-token or idle deadline.
+      wake_.expires_after(seen_head_ ? timeouts_.idle : timeouts_.first_token);
+      auto [ec] = co_await wake_.async_wait(net::as_tuple(net::use_awaitable));
+      if (!ec && pending_.empty() && !terminal_) {
+        stop(failure::timeout, seen_head_ ? "upstream sent nothing within the idle timeout"
+                                          : "upstream did not answer within the first-token timeout");
+      }
+    }
+  }
+
+ private:
+  static std::size_t on_header(char* data, std::size_t size, std::size_t count, void* self_ptr) {
+    auto* self = static_cast<openai_call*>(self_ptr);
+    const std::size_t n = size * count;
+    std::string_view line(data, n);
+    if (line.starts_with("HTTP/")) {
+      self->head_ = response_head{};
+      const auto space = line.find(' ');
+      if (space != std::string_view::npos) self->head_.status = std::atoi(std::string(line.substr(space + 1, 3)).c_str());
+      return n;
+    }
+    if (trim(line).empty()) {
+      // End of one header block; 1xx blocks are followed by the real one.
+      if (self->head_.status >= 200 && !self->seen_head_) {
+        self->seen_head_ = true;
+        call_event ev;
+        ev.type = call_event::kind::head;
+        ev.head = std::move(self->head_);
+        self->push(std::move(ev));
+      }
+      return n;
+    }
+    const auto colon = line.find(':');
+    if (colon != std::string_view::npos) {
+      self->head_.headers.emplace_back(lower(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+    }
+    return n;
+  }
+
+  static std::size_t on_write(char* data, std::size_t size, std::size_t count, void* self_ptr) {
+    auto* self = static_cast<openai_call*>(self_ptr);
+    const std::size_t n = size * count;
+    if (self->queued_bytes_ >= pause_above_bytes) {
+      self->paused_ = true;
+      return CURL_WRITEFUNC_PAUSE;  // curl keeps the bytes and offers them again on resume
+    }
+    if (!self->pending_.empty() && self->pending_.back().type == call_event::kind::data) {
+      self->pending_.back().data.append(data, n);  // coalesce what the reader has not taken yet
+      self->queued_bytes_ += n;
+      return n;
+    }
+    call_event ev;
+    ev.type = call_event::kind::data;
+    ev.data.assign(data, n);
+    self->queued_bytes_ += n;
+    self->push(std::move(ev));
+    return n;
+  }
+
+  void on_done(CURLcode code) {
+    running_ = false;
+    if (code == CURLE_OK) {
+      call_event ev;
+      ev.type = call_event::kind::end;
+      terminal_ = ev;
+    } else {
+      call_event ev;
+      ev.type = call_event::kind::failed;
+      ev.error = classify(code);
+      ev.message = curl_easy_strerror(code);
+      terminal_ = ev;
+    }
+    wake_.cancel();
+  }
+
+  void stop(failure why, std::string message) {
+    if (running_) {
+      refs_.curl.remove(easy_);
+      running_ = false;
+    }
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = why;
+    ev.message = std::move(message);
+    terminal_ = ev;
+  }
+
+  void push(call_event ev) {
+    pending_.push_back(std::move(ev));
+    wake_.cancel();
+  }
+
+  void resume_if_drained() {
+    if (paused_ && running_ && queued_bytes_ < pause_above_bytes / 2) {
+      paused_ = false;
+      curl_easy_pause(easy_, CURLPAUSE_CONT);
+    }
+  }
+
+  io_refs refs_;
+  config::timeouts_config timeouts_;
+  net::steady_timer wake_;
+  CURL* easy_ = nullptr;
+  curl_slist* headers_ = nullptr;
+  std::string body_;
+  bool running_ = false;
+  bool paused_ = false;
+  bool seen_head_ = false;
+  response_head head_;
+  std::deque<call_event> pending_;
+  std::size_t queued_bytes_ = 0;
+  std::optional<call_event> terminal_;
+};
+
+}  // namespace
+
+openai_backend::openai_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
+  if (!cfg_.api_key.empty()) authorization_ = "Authorization: Bearer " + cfg_.api_key;
+  for (const auto& [k, v] : cfg_.headers) extra_headers_.push_back(k + ": " + v);
+}
+
+std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs refs) const {
+  auto result = std::make_unique<openai_call>(refs, cfg_.timeouts);
+  CURL* easy = refs.curl.acquire();
+  const std::string url = cfg_.base_url + request.path;
+  curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);  // prefer multiplexing on an h2 connection
+  curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(cfg_.timeouts.connect.count()));
+  curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(cfg_.timeouts.total.count()));
+  curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");  // whatever curl can decode
+  curl_easy_setopt(easy, CURLOPT_USERAGENT, "tollgate/" TOLLGATE_VERSION);
+  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(easy, CURLOPT_PRIVATE, result.get());
+
+  curl_slist* headers = nullptr;
+  headers = curl_slist_append(headers, "Content-Type: application/json");
+  headers = curl_slist_append(headers, request.stream ? "Accept: text/event-stream" : "Accept: application/json");
+  headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
+  if (!authorization_.empty()) headers = curl_slist_append(headers, authorization_.c_str());
+  for (const auto& h : extra_headers_) headers = curl_slist_append(headers, h.c_str());
+  if (!request.request_id.empty()) headers = curl_slist_append(headers, ("X-Request-Id: " + request.request_id).c_str());
+
+  result->begin(easy, headers, std::move(request.body));
+  return result;
+}
+
+}  // namespace tollgate::adapters

@@ -1,0 +1,482 @@
+#include "config/config.hpp"
+
+#include <arpa/inet.h>
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <initializer_list>
+#include <set>
+#include <sstream>
+
+namespace tollgate::config {
+
+std::string problem::to_string() const {
+  std::string out = file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": ";
+  if (!key.empty()) out += key + ": ";
+  return out + message;
+}
+
+std::optional<std::string> process_env(const std::string& name) {
+  if (const char* v = std::getenv(name.c_str())) return std::string(v);
+  return std::nullopt;
+}
+
+std::optional<duration> parse_duration(std::string_view text) {
+  if (text.empty()) return std::nullopt;
+  std::int64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || value < 0 || end == text.data()) return std::nullopt;
+  const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
+  std::int64_t scale = 0;
+  if (unit == "ms") scale = 1;
+  else if (unit == "s" || unit.empty()) scale = 1000;
+  else if (unit == "m") scale = 60'000;
+  else if (unit == "h") scale = 3'600'000;
+  else return std::nullopt;
+  if (value > INT64_MAX / scale) return std::nullopt;
+  return duration(value * scale);
+}
+
+namespace {
+
+/// Walks the YAML tree once, turning it into structs and collecting every problem on the way.
+class loader {
+ public:
+  loader(std::string file, const env_lookup& env) : file_(std::move(file)), env_(env) {}
+
+  load_result load(std::string_view text) {
+    load_result result;
+    YAML::Node root;
+    try {
+      root = YAML::Load(std::string(text));
+    } catch (const YAML::ParserException& e) {
+      add_at(e.mark.line + 1, e.mark.column + 1, "", "YAML syntax error: " + e.msg);
+      result.problems = std::move(problems_);
+      return result;
+    }
+    config c;
+    c.source = file_;
+    if (!root.IsMap()) {
+      add_at(1, 1, "", root.IsNull() ? "the config is empty" : "the config must be a mapping");
+      result.problems = std::move(problems_);
+      return result;
+    }
+    known_keys(root, "", {"server", "keys", "backends", "routes"});
+    if (auto n = root["server"]) read_server(n, c.server);
+    if (auto n = root["keys"]) read_keys(n, c.keys);
+    if (auto n = root["backends"]; n && !n.IsNull()) {
+      read_backends(n, c.backends);
+    } else {
+      add(root, "backends", "at least one backend is required");
+    }
+    if (auto n = root["routes"]; n && !n.IsNull()) {
+      read_routes(n, c);
+    } else {
+      add(root, "routes", "at least one route is required");
+    }
+    result.problems = std::move(problems_);
+    if (result.problems.empty()) result.value = std::move(c);
+    return result;
+  }
+
+ private:
+  void add_at(int line, int column, const std::string& key, std::string message) {
+    problems_.push_back(problem{file_, line, column, key, std::move(message)});
+  }
+  void add(const YAML::Node& at, const std::string& key, std::string message) {
+    const auto mark = at.Mark();
+    const bool known = mark.line >= 0;
+    add_at(known ? mark.line + 1 : 0, known ? mark.column + 1 : 0, key, std::move(message));
+  }
+
+  static std::string join(const std::string& path, const std::string& key) {
+    return path.empty() ? key : path + "." + key;
+  }
+
+  void known_keys(const YAML::Node& map, const std::string& path, std::initializer_list<std::string_view> allowed) {
+    for (auto it = map.begin(); it != map.end(); ++it) {
+      const std::string key = it->first.Scalar();
+      bool ok = false;
+      for (auto a : allowed) ok = ok || a == key;
+      if (!ok) add(it->first, join(path, key), "unknown key '" + key + "'");
+    }
+  }
+
+  bool expect_map(const YAML::Node& n, const std::string& path) {
+    if (n.IsMap()) return true;
+    add(n, path, "expected a mapping");
+    return false;
+  }
+
+  bool expect_list(const YAML::Node& n, const std::string& path) {
+    if (n.IsSequence()) return true;
+    add(n, path, "expected a list");
+    return false;
+  }
+
+  /// ${VAR}, ${VAR:-default} and $$ in a string scalar.
+  std::optional<std::string> expand(const YAML::Node& n, const std::string& path, const std::string& raw) {
+    std::string out;
+    bool ok = true;
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] != '$' || i + 1 >= raw.size()) {
+        out.push_back(raw[i]);
+        continue;
+      }
+      if (raw[i + 1] == '$') {
+        out.push_back('$');
+        ++i;
+        continue;
+      }
+      if (raw[i + 1] != '{') {
+        out.push_back('$');
+        continue;
+      }
+      const auto close = raw.find('}', i + 2);
+      if (close == std::string::npos) {
+        add(n, path, "unterminated '${' in \"" + raw + "\"");
+        return std::nullopt;
+      }
+      std::string name = raw.substr(i + 2, close - i - 2);
+      std::optional<std::string> fallback;
+      if (auto sep = name.find(":-"); sep != std::string::npos) {
+        fallback = name.substr(sep + 2);
+        name = name.substr(0, sep);
+      }
+      auto value = env_(name);
+      if (value && !(fallback && value->empty())) {
+        out += *value;
+      } else if (fallback) {
+        out += *fallback;
+      } else {
+        add(n, path, "environment variable " + name + " is not set");
+        ok = false;
+      }
+      i = close;
+    }
+    if (!ok) return std::nullopt;
+    return out;
+  }
+
+  std::optional<std::string> string(const YAML::Node& n, const std::string& path) {
+    if (!n.IsScalar()) {
+      add(n, path, "expected a string");
+      return std::nullopt;
+    }
+    return expand(n, path, n.Scalar());
+  }
+
+  std::optional<std::string> required_string(const YAML::Node& parent, const char* key, const std::string& path) {
+    const YAML::Node n = parent[key];
+    if (!n || n.IsNull()) {
+      add(parent, join(path, key), std::string("'") + key + "' is required");
+      return std::nullopt;
+    }
+    auto s = string(n, join(path, key));
+    if (s && s->empty()) {
+      add(n, join(path, key), std::string("'") + key + "' must not be empty");
+      return std::nullopt;
+    }
+    return s;
+  }
+
+  std::optional<std::int64_t> integer(const YAML::Node& n, const std::string& path, std::int64_t min, std::int64_t max) {
+    auto text = string(n, path);
+    if (!text) return std::nullopt;
+    std::int64_t v = 0;
+    auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), v);
+    if (ec != std::errc() || end != text->data() + text->size()) {
+      add(n, path, "expected a whole number, got '" + *text + "'");
+      return std::nullopt;
+    }
+    if (v < min || v > max) {
+      add(n, path, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+      return std::nullopt;
+    }
+    return v;
+  }
+
+  void read_duration(const YAML::Node& n, const std::string& path, duration& out) {
+    auto text = string(n, path);
+    if (!text) return;
+    auto d = parse_duration(*text);
+    if (!d || d->count() <= 0) {
+      add(n, path, "expected a positive duration like 250ms, 2s, 10m or 1h, got '" + *text + "'");
+      return;
+    }
+    out = *d;
+  }
+
+  void read_listen(const YAML::Node& n, const std::string& path, server_config& s) {
+    auto text = string(n, path);
+    if (!text) return;
+    std::string host;
+    std::string port;
+    if (!text->empty() && text->front() == '[') {
+      const auto close = text->find(']');
+      if (close == std::string::npos || close + 1 >= text->size() || (*text)[close + 1] != ':') {
+        add(n, path, "expected [ipv6]:port, got '" + *text + "'");
+        return;
+      }
+      host = text->substr(1, close - 1);
+      port = text->substr(close + 2);
+    } else {
+      const auto colon = text->rfind(':');
+      if (colon == std::string::npos) {
+        add(n, path, "expected host:port, got '" + *text + "'");
+        return;
+      }
+      host = text->substr(0, colon);
+      port = text->substr(colon + 1);
+    }
+    if (host == "localhost") host = "127.0.0.1";
+    unsigned char buf[16];
+    if (inet_pton(AF_INET, host.c_str(), buf) != 1 && inet_pton(AF_INET6, host.c_str(), buf) != 1) {
+      add(n, path, "'" + host + "' is not an IP address (use 127.0.0.1, 0.0.0.0, ::1 or ::)");
+      return;
+    }
+    int p = -1;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    if (ec != std::errc() || end != port.data() + port.size() || p < 0 || p > 65535) {
+      add(n, path, "'" + port + "' is not a port number (0-65535)");
+      return;
+    }
+    s.listen_host = host;
+    s.listen_port = static_cast<std::uint16_t>(p);
+  }
+
+  void read_server(const YAML::Node& n, server_config& s) {
+    if (!expect_map(n, "server")) return;
+    known_keys(n, "server",
+               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log"});
+    if (auto v = n["listen"]) read_listen(v, "server.listen", s);
+    if (auto v = n["threads"]) {
+      if (auto i = integer(v, "server.threads", 0, 1024)) s.threads = static_cast<unsigned>(*i);
+    }
+    if (auto v = n["max_body_bytes"]) {
+      if (auto i = integer(v, "server.max_body_bytes", 1, std::int64_t(1) << 40)) s.max_body_bytes = static_cast<std::size_t>(*i);
+    }
+    if (auto v = n["shutdown_timeout"]) read_duration(v, "server.shutdown_timeout", s.shutdown_timeout);
+    if (auto v = n["idle_timeout"]) read_duration(v, "server.idle_timeout", s.idle_timeout);
+    if (auto v = n["access_log"]) {
+      if (auto t = string(v, "server.access_log")) {
+        if (t->empty()) add(v, "server.access_log", "must be stdout, stderr, off or a file path");
+        else s.access_log = *t;
+      }
+    }
+  }
+
+  void read_keys(const YAML::Node& n, std::vector<key_config>& keys) {
+    if (n.IsNull()) return;
+    if (!expect_list(n, "keys")) return;
+    std::set<std::string> names, values;
+    for (std::size_t i = 0; i < n.size(); ++i) {
+      const std::string path = "keys[" + std::to_string(i) + "]";
+      const YAML::Node k = n[i];
+      if (!expect_map(k, path)) continue;
+      known_keys(k, path, {"name", "key"});
+      auto name = required_string(k, "name", path);
+      auto key = required_string(k, "key", path);
+      if (name && !names.insert(*name).second) add(k["name"], path + ".name", "duplicate key name '" + *name + "'");
+      if (key && !values.insert(*key).second) add(k["key"], path + ".key", "the same key is listed twice");
+      if (name && key) keys.push_back(key_config{*name, *key});
+    }
+  }
+
+  static bool valid_name(const std::string& s) {
+    for (char c : s) {
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) return false;
+    }
+    return !s.empty();
+  }
+
+  /// http(s)://host[:port][/path], no query or fragment. Returns the URL without a trailing '/'.
+  std::optional<std::string> check_url(const YAML::Node& n, const std::string& path, std::string url) {
+    auto bad = [&](const std::string& why) {
+      add(n, path, "invalid URL '" + url + "': " + why);
+      return std::nullopt;
+    };
+    std::string_view rest = url;
+    if (rest.starts_with("https://")) rest.remove_prefix(8);
+    else if (rest.starts_with("http://")) rest.remove_prefix(7);
+    else return bad("the scheme must be http:// or https://");
+    if (url.find_first_of(" \t\r\n") != std::string::npos) return bad("it contains white space");
+    if (url.find_first_of("?#") != std::string::npos) return bad("a base URL has no query or fragment");
+    std::string_view authority = rest.substr(0, rest.find('/'));
+    if (authority.find('@') != std::string_view::npos) return bad("credentials belong in api_key or headers");
+    std::string_view host = authority;
+    std::string_view port;
+    bool has_port = false;
+    if (authority.starts_with('[')) {
+      const auto close = authority.find(']');
+      if (close == std::string_view::npos) return bad("unterminated IPv6 address");
+      host = authority.substr(0, close + 1);
+      if (close + 1 < authority.size()) {
+        if (authority[close + 1] != ':') return bad("unexpected text after the IPv6 address");
+        port = authority.substr(close + 2);
+        has_port = true;
+      }
+    } else if (auto colon = authority.find(':'); colon != std::string_view::npos) {
+      host = authority.substr(0, colon);
+      port = authority.substr(colon + 1);
+      has_port = true;
+    }
+    if (host.empty()) return bad("the host is missing");
+    if (has_port) {
+      int p = 0;
+      auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+      if (port.empty() || ec != std::errc() || end != port.data() + port.size() || p < 1 || p > 65535) {
+        return bad("the port must be 1-65535");
+      }
+    }
+    while (url.ends_with('/')) url.pop_back();
+    return url;
+  }
+
+  void read_timeouts(const YAML::Node& n, const std::string& path, timeouts_config& t) {
+    if (!expect_map(n, path)) return;
+    known_keys(n, path, {"connect", "first_token", "idle", "total"});
+    if (auto v = n["connect"]) read_duration(v, path + ".connect", t.connect);
+    if (auto v = n["first_token"]) read_duration(v, path + ".first_token", t.first_token);
+    if (auto v = n["idle"]) read_duration(v, path + ".idle", t.idle);
+    if (auto v = n["total"]) read_duration(v, path + ".total", t.total);
+  }
+
+  void read_backends(const YAML::Node& n, std::vector<backend_config>& backends) {
+    if (!expect_list(n, "backends")) return;
+    if (n.size() == 0) add(n, "backends", "at least one backend is required");
+    std::set<std::string> names;
+    for (std::size_t i = 0; i < n.size(); ++i) {
+      const std::string path = "backends[" + std::to_string(i) + "]";
+      const YAML::Node b = n[i];
+      if (!expect_map(b, path)) continue;
+      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts"});
+      backend_config bc;
+      bool ok = true;
+      if (auto name = required_string(b, "name", path)) {
+        if (!valid_name(*name)) {
+          add(b["name"], path + ".name", "a backend name uses only letters, digits, '_', '-' and '.'");
+        } else if (!names.insert(*name).second) {
+          add(b["name"], path + ".name", "duplicate backend name '" + *name + "'");
+        }
+        bc.name = *name;
+      } else {
+        ok = false;
+      }
+      if (auto kind = required_string(b, "kind", path)) {
+        if (*kind != "openai") add(b["kind"], path + ".kind", "unknown backend kind '" + *kind + "' (known: openai)");
+        bc.kind = *kind;
+      }
+      if (auto url = required_string(b, "base_url", path)) {
+        if (auto checked = check_url(b["base_url"], path + ".base_url", *url)) bc.base_url = *checked;
+      }
+      if (auto v = b["api_key"]; v && !v.IsNull()) {
+        if (auto key = string(v, path + ".api_key")) bc.api_key = *key;
+      }
+      if (auto h = b["headers"]; h && !h.IsNull()) {
+        if (expect_map(h, path + ".headers")) {
+          for (auto it = h.begin(); it != h.end(); ++it) {
+            const std::string name = it->first.Scalar();
+            const std::string hpath = path + ".headers." + name;
+            if (name.empty() || name.find_first_of(": \t\r\n") != std::string::npos) {
+              add(it->first, hpath, "invalid header name");
+              continue;
+            }
+            if (auto value = string(it->second, hpath)) {
+              if (value->find_first_of("\r\n") != std::string::npos) add(it->second, hpath, "a header value is one line");
+              else bc.headers[name] = *value;
+            }
+          }
+        }
+      }
+      if (auto t = b["timeouts"]) read_timeouts(t, path + ".timeouts", bc.timeouts);
+      if (ok) backends.push_back(std::move(bc));
+    }
+  }
+
+  void read_routes(const YAML::Node& n, config& c) {
+    if (!expect_list(n, "routes")) return;
+    if (n.size() == 0) add(n, "routes", "at least one route is required");
+    std::set<std::string> backend_names;
+    for (const auto& b : c.backends) backend_names.insert(b.name);
+    std::set<std::string> public_names;
+    auto claim = [&](const YAML::Node& at, const std::string& path, const std::string& name) {
+      if (!public_names.insert(name).second) add(at, path, "the model name '" + name + "' is already routed");
+    };
+    for (std::size_t i = 0; i < n.size(); ++i) {
+      const std::string path = "routes[" + std::to_string(i) + "]";
+      const YAML::Node r = n[i];
+      if (!expect_map(r, path)) continue;
+      known_keys(r, path, {"model", "aliases", "targets"});
+      route_config rc;
+      if (auto model = required_string(r, "model", path)) {
+        rc.model = *model;
+        claim(r["model"], path + ".model", *model);
+      }
+      if (auto a = r["aliases"]; a && !a.IsNull()) {
+        if (expect_list(a, path + ".aliases")) {
+          for (std::size_t j = 0; j < a.size(); ++j) {
+            const std::string apath = path + ".aliases[" + std::to_string(j) + "]";
+            if (auto alias = string(a[j], apath)) {
+              if (alias->empty() || alias->find_first_of("*?") != std::string::npos) {
+                add(a[j], apath, "an alias is a plain, non-empty model name");
+                continue;
+              }
+              claim(a[j], apath, *alias);
+              rc.aliases.push_back(*alias);
+            }
+          }
+        }
+      }
+      const YAML::Node targets = r["targets"];
+      if (!targets || targets.IsNull() || (targets.IsSequence() && targets.size() == 0)) {
+        add(targets ? targets : r, path + ".targets", "a route needs at least one target");
+      } else if (expect_list(targets, path + ".targets")) {
+        for (std::size_t j = 0; j < targets.size(); ++j) {
+          const std::string tpath = path + ".targets[" + std::to_string(j) + "]";
+          const YAML::Node t = targets[j];
+          if (!expect_map(t, tpath)) continue;
+          known_keys(t, tpath, {"backend", "model"});
+          target_config tc;
+          if (auto backend = required_string(t, "backend", tpath)) {
+            if (!backend_names.count(*backend)) {
+              add(t["backend"], tpath + ".backend", "unknown backend '" + *backend + "'");
+            }
+            tc.backend = *backend;
+          }
+          if (auto m = t["model"]; m && !m.IsNull()) {
+            if (auto name = string(m, tpath + ".model")) tc.model = *name;
+          }
+          rc.targets.push_back(std::move(tc));
+        }
+      }
+      c.routes.push_back(std::move(rc));
+    }
+  }
+
+  std::string file_;
+  const env_lookup& env_;
+  std::vector<problem> problems_;
+};
+
+}  // namespace
+
+load_result load_string(std::string_view yaml, const std::string& file_name, const env_lookup& env) {
+  return loader(file_name, env).load(yaml);
+}
+
+load_result load_file(const std::string& path, const env_lookup& env) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    load_result r;
+    r.problems.push_back(problem{path, 0, 0, "", "cannot read the file"});
+    return r;
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return load_string(text.str(), path, env);
+}
+
+}  // namespace tollgate::config

@@ -1,0 +1,96 @@
+// Typed configuration: YAML is turned into these plain structs once, checked, and then only read.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tollgate::config {
+
+using duration = std::chrono::milliseconds;
+
+struct server_config {
+  std::string listen_host = "127.0.0.1";
+  std::uint16_t listen_port = 8080;
+  unsigned threads = 0;  ///< worker threads; 0 means one per core
+  std::size_t max_body_bytes = 10 * 1024 * 1024;
+  duration shutdown_timeout{std::chrono::seconds(30)};  ///< how long in-flight requests may finish
+  duration idle_timeout{std::chrono::seconds(60)};      ///< keep-alive connection with no request
+  std::string access_log = "stdout";                    ///< "stdout", "stderr", "off", or a file path
+};
+
+struct key_config {
+  std::string name;
+  std::string key;
+};
+
+struct timeouts_config {
+  duration connect{std::chrono::seconds(10)};
+  duration first_token{std::chrono::seconds(60)};  ///< until the upstream's response headers
+  duration idle{std::chrono::seconds(60)};         ///< between two chunks of a response body
+  duration total{std::chrono::minutes(10)};        ///< the whole upstream call
+};
+
+struct backend_config {
+  std::string name;
+  std::string kind;      ///< "openai"
+  std::string base_url;  ///< without trailing slash, e.g. https://api.deepseek.com/v1
+  std::string api_key;   ///< may be empty (a self-hosted server without auth)
+  std::map<std::string, std::string> headers;  ///< extra headers sent upstream
+  timeouts_config timeouts;
+};
+
+struct target_config {
+  std::string backend;
+  std::string model;  ///< the name this upstream expects; empty: the name the client sent
+};
+
+struct route_config {
+  std::string model;                 ///< public name; may hold '*' wildcards
+  std::vector<std::string> aliases;  ///< more public names for the same route
+  std::vector<target_config> targets;
+};
+
+struct config {
+  std::string source;  ///< file the config came from ("<embedded>" for built-in)
+  server_config server;
+  std::vector<key_config> keys;
+  std::vector<backend_config> backends;
+  std::vector<route_config> routes;
+};
+
+/// One problem found while loading; line and column are 1-based (0 when unknown).
+struct problem {
+  std::string file;
+  int line = 0;
+  int column = 0;
+  std::string key;  ///< dotted path, e.g. "routes[0].targets[1].backend"
+  std::string message;
+  /// "file:line:column: key: message"
+  std::string to_string() const;
+};
+
+struct load_result {
+  std::optional<config> value;  ///< set only when problems is empty
+  std::vector<problem> problems;
+};
+
+/// Looks up an environment variable; nullopt when unset.
+using env_lookup = std::function<std::optional<std::string>(const std::string&)>;
+/// Reads the process environment.
+std::optional<std::string> process_env(const std::string& name);
+
+/// Parses and checks a config. Every problem is collected; none is thrown.
+load_result load_string(std::string_view yaml, const std::string& file_name,
+                        const env_lookup& env = process_env);
+load_result load_file(const std::string& path, const env_lookup& env = process_env);
+
+/// Parses "250ms", "2s", "10m", "1h" (a bare number is seconds).
+std::optional<duration> parse_duration(std::string_view text);
+
+}  // namespace tollgate::config

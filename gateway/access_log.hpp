@@ -1,0 +1,60 @@
+// One JSON line per request. Workers append to their own shard (a mutex nobody else takes except
+// the flusher); a background thread writes the shards out, so no request waits on disk or a pipe.
+#pragma once
+
+#include <condition_variable>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tollgate::gateway {
+
+struct access_record {
+  std::string request_id;
+  std::string method;
+  std::string path;
+  std::string key_name;
+  std::string model;
+  std::string backend;
+  int status = 0;
+  double latency_ms = 0;
+  std::size_t bytes_in = 0;
+  std::size_t bytes_out = 0;
+  bool stream = false;
+  std::string error;  ///< short reason when the gateway answered with an error
+};
+
+class access_log {
+ public:
+  /// destination: "stdout", "stderr", "off", or a file path (appended to).
+  access_log(const std::string& destination, std::size_t shards);
+  ~access_log();  ///< flushes everything written before it
+  access_log(const access_log&) = delete;
+  access_log& operator=(const access_log&) = delete;
+
+  bool enabled() const { return out_ != nullptr; }
+  /// Thread-safe; shard is the caller's worker index.
+  void write(std::size_t shard, const access_record& record);
+  void flush();
+
+ private:
+  struct shard_buffer {
+    std::mutex mutex;
+    std::string text;
+  };
+  void run();
+
+  std::FILE* out_ = nullptr;
+  bool owns_file_ = false;
+  std::vector<std::unique_ptr<shard_buffer>> shards_;
+  std::mutex flush_mutex_;
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,36 @@
+// The request body as the gateway sees it: only the fields routing needs are read, and the bytes
+// are kept. Edits touch only the top-level value they name; everything else stays byte for byte.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tollgate::gateway {
+
+struct request_fields {
+  std::string model;                      ///< decoded top-level "model"
+  bool stream = false;                    ///< top-level "stream" (false when absent)
+  std::optional<std::int64_t> max_tokens; ///< "max_tokens", else "max_completion_tokens"
+};
+
+struct body_parse_result {
+  std::optional<request_fields> fields;  ///< set on success
+  std::string error;                     ///< OpenAI-style message on failure
+  std::string error_param;               ///< the offending field ("model", "stream"), may be empty
+};
+
+/// Checks that body is a valid JSON object and reads the routing fields.
+/// model_required: false for endpoints that may omit it (none today, kept for symmetry).
+body_parse_result parse_request_body(std::string_view body, bool model_required = true);
+
+/// Returns body with every top-level `key`'s value replaced by json_value (a JSON text), or with
+/// `"key":json_value` appended as the object's last member when absent. Precondition: body is a
+/// valid JSON object (parse_request_body succeeded). Nested keys of the same name are untouched.
+std::string set_top_level(std::string_view body, std::string_view key, std::string_view json_value);
+
+/// Encodes s as a JSON string literal (with quotes).
+std::string json_quote(std::string_view s);
+
+}  // namespace tollgate::gateway

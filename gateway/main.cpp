@@ -1,0 +1,151 @@
+// tollgate: the command line. serve, check-config, --help, --version.
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "embedded_config.hpp"
+#include "gateway/runtime.hpp"
+#include "gateway/server.hpp"
+
+namespace {
+
+namespace net = boost::asio;
+using tollgate::config::load_result;
+
+constexpr std::string_view usage_text =
+    "usage: tollgate <command> [options]\n"
+    "\n"
+    "An OpenAI-compatible gateway that routes model names to LLM backends.\n"
+    "\n"
+    "commands:\n"
+    "  serve [--config FILE]    run the gateway (without --config: the embedded demo config)\n"
+    "  check-config FILE        check a config file; print every problem with file, line and key\n"
+    "\n"
+    "options:\n"
+    "  -h, --help               show help (also after a command: tollgate serve --help)\n"
+    "  -V, --version            show the version\n";
+
+constexpr std::string_view serve_help =
+    "usage: tollgate serve [--config FILE]\n"
+    "\n"
+    "Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests\n"
+    "finish for up to server.shutdown_timeout, and exits. ${VAR} in the config expands from the\n"
+    "environment. Without --config the embedded demo config is used (config/examples/demo.yaml).\n";
+
+constexpr std::string_view check_help =
+    "usage: tollgate check-config FILE\n"
+    "\n"
+    "Loads and checks FILE as `serve` would. Exit 0 when it is valid; otherwise prints every\n"
+    "problem as file:line:column: key: message and exits 1.\n";
+
+bool is_help(std::string_view a) { return a == "-h" || a == "--help" || a == "help"; }
+
+int print_problems(const load_result& r) {
+  for (const auto& p : r.problems) std::cerr << p.to_string() << "\n";
+  std::cerr << r.problems.size() << (r.problems.size() == 1 ? " problem" : " problems") << " found\n";
+  return 1;
+}
+
+int check_config(const std::vector<std::string_view>& args) {
+  if (!args.empty() && is_help(args[0])) {
+    std::cout << check_help;
+    return 0;
+  }
+  if (args.size() != 1) {
+    std::cerr << check_help;
+    return 2;
+  }
+  const auto result = tollgate::config::load_file(std::string(args[0]));
+  if (!result.value) return print_problems(result);
+  const auto& c = *result.value;
+  std::cout << args[0] << ": ok (" << c.backends.size() << " backends, " << c.routes.size() << " routes, "
+            << c.keys.size() << " keys)\n";
+  return 0;
+}
+
+int serve(const std::vector<std::string_view>& args) {
+  std::string path;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (is_help(args[i])) {
+      std::cout << serve_help;
+      return 0;
+    }
+    if (args[i] == "--config" && i + 1 < args.size()) {
+      path = args[++i];
+    } else if (args[i].starts_with("--config=")) {
+      path = args[i].substr(9);
+    } else {
+      std::cerr << "tollgate serve: unexpected argument '" << args[i] << "'\n" << serve_help;
+      return 2;
+    }
+  }
+  load_result loaded = path.empty() ? tollgate::config::load_string(tollgate::gateway::embedded_config, "<embedded>")
+                                    : tollgate::config::load_file(path);
+  if (!loaded.value) return print_problems(loaded);
+
+  std::signal(SIGPIPE, SIG_IGN);
+  net::io_context signals_io;
+  net::signal_set signals(signals_io, SIGINT, SIGTERM, SIGHUP);
+  const auto shutdown_timeout = loaded.value->server.shutdown_timeout;
+  auto rt = std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value));
+  std::unique_ptr<tollgate::gateway::server> srv;
+  try {
+    srv = std::make_unique<tollgate::gateway::server>(rt);
+  } catch (const std::exception& e) {
+    std::cerr << "tollgate: cannot listen on " << rt->cfg.server.listen_host << ":" << rt->cfg.server.listen_port
+              << ": " << e.what() << "\n";
+    return 1;
+  }
+  srv->start();
+  std::cerr << "tollgate " TOLLGATE_VERSION " listening on http://" << rt->cfg.server.listen_host << ":" << srv->port()
+            << " (" << rt->cfg.source << ", " << rt->routes.public_models().size() << " models)" << std::endl;
+
+  std::function<void(boost::system::error_code, int)> on_signal = [&](boost::system::error_code ec, int sig) {
+    if (ec) return;
+    if (sig == SIGHUP) {
+      std::cerr << "tollgate: SIGHUP ignored: config reload is not available in this version" << std::endl;
+      signals.async_wait(on_signal);
+      return;
+    }
+    std::cerr << "tollgate: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining for up to "
+              << shutdown_timeout.count() << " ms" << std::endl;
+  };
+  signals.async_wait(on_signal);
+  signals_io.run();
+
+  const auto cut = srv->shutdown(shutdown_timeout);
+  srv.reset();
+  std::cerr << "tollgate: stopped" << (cut > 0 ? " (" + std::to_string(cut) + " requests cut off)" : "") << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string_view> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::cerr << usage_text;
+    return 2;
+  }
+  const std::string_view command = args[0];
+  args.erase(args.begin());
+  if (is_help(command)) {
+    std::cout << usage_text;
+    return 0;
+  }
+  if (command == "-V" || command == "--version" || command == "version") {
+    std::cout << "tollgate " TOLLGATE_VERSION "\n";
+    return 0;
+  }
+  if (command == "serve") return serve(args);
+  if (command == "check-config") return check_config(args);
+  std::cerr << "tollgate: unknown command '" << command << "'\n" << usage_text;
+  return 2;
+}

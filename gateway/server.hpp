@@ -1,0 +1,52 @@
+// The listening process: one worker per thread, each with its own io_context, its own acceptor on
+// the shared port (SO_REUSEPORT) and its own libcurl multi handle. A connection lives on one
+// worker from accept to close, so the request path never synchronises with other threads.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "gateway/access_log.hpp"
+#include "gateway/runtime.hpp"
+
+namespace tollgate::gateway {
+
+class worker;
+
+/// State every worker reads. The runtime pointer is swapped whole, never edited.
+struct server_shared {
+  std::atomic<std::shared_ptr<const runtime>> current;
+  std::atomic<bool> draining{false};
+  std::atomic<std::int64_t> open_sessions{0};
+  std::atomic<std::int64_t> in_flight{0};  ///< requests being handled
+  std::unique_ptr<access_log> log;
+};
+
+class server {
+ public:
+  /// Binds the listen address from the config. Throws std::system_error when it cannot.
+  explicit server(std::shared_ptr<const runtime> rt);
+  ~server();  ///< stops at once if still running
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  std::uint16_t port() const { return port_; }
+  /// Starts the worker threads.
+  void start();
+  /// Stops accepting, closes idle connections, lets in-flight requests finish for up to timeout,
+  /// then stops every worker. Blocks until done. Returns the number of requests cut off.
+  std::int64_t shutdown(std::chrono::milliseconds timeout);
+
+  server_shared& shared() { return shared_; }
+
+ private:
+  server_shared shared_;
+  std::vector<std::unique_ptr<worker>> workers_;
+  std::uint16_t port_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace tollgate::gateway

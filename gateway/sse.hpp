@@ -1,0 +1,30 @@
+// Splits a Server-Sent Events byte stream into whole events, as they complete.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace tollgate::gateway {
+
+class sse_splitter {
+ public:
+  /// Appends bytes as they arrive from the upstream, in any fragmentation.
+  void feed(std::string_view bytes);
+  /// The next complete event, including its terminating blank line, byte for byte; events end at
+  /// "\n\n", "\r\n\r\n" or "\r\r". nullopt when no complete event is buffered.
+  std::optional<std::string> next_event();
+  /// Whatever is buffered after the last complete event (a stream cut mid-event), then empties.
+  std::string take_rest();
+  std::size_t buffered() const { return buf_.size() - pos_; }
+
+ private:
+  std::string buf_;
+  std::size_t pos_ = 0;   // start of the first unconsumed byte
+  std::size_t scan_ = 0;  // where to resume looking for a terminator
+};
+
+/// The "data:" payload of one event (lines joined by '\n'), or nullopt when it has none.
+std::optional<std::string> sse_data(std::string_view event);
+
+}  // namespace tollgate::gateway

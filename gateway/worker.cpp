@@ -1,0 +1,104 @@
+#include "gateway/worker.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+
+#include <sys/socket.h>
+
+#include "gateway/http_session.hpp"
+#include "gateway/server.hpp"
+
+namespace tollgate::gateway {
+
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+worker::worker(server_shared& shared, std::size_t index, const tcp::endpoint& endpoint)
+    : shared_(shared),
+      index_(index),
+      io_(std::make_unique<net::io_context>(1)),
+      curl_(*io_),
+      acceptor_(*io_),
+      rng_(std::random_device{}()) {
+  acceptor_.open(endpoint.protocol());
+  acceptor_.set_option(tcp::acceptor::reuse_address(true));
+  int one = 1;
+  if (::setsockopt(acceptor_.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    throw std::system_error(errno, std::generic_category(), "SO_REUSEPORT");
+  }
+  acceptor_.bind(endpoint);
+  acceptor_.listen(net::socket_base::max_listen_connections);
+}
+
+worker::~worker() {
+  stop();
+  if (session_count_.load() > 0) {
+    static_cast<void>(io_.release());  // see the member's comment
+  }
+}
+
+void worker::start() {
+  accept_next();
+  thread_ = std::thread([this] { io_->run(); });
+}
+
+void worker::accept_next() {
+  acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket socket) {
+    if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;
+    if (!ec) {
+      socket.set_option(tcp::no_delay(true), ec);
+      net::co_spawn(*io_, run_session(*this, std::move(socket)), net::detached);
+    }
+    // A failed accept (out of descriptors, a reset in the backlog) must not end the loop.
+    accept_next();
+  });
+}
+
+void worker::begin_drain() {
+  net::post(*io_, [this] {
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+    for (auto& entry : sessions_) {
+      if (entry.idle) entry.socket->cancel(ignored);
+    }
+  });
+}
+
+void worker::stop() {
+  if (!thread_.joinable()) return;
+  net::post(*io_, [this] {
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+    for (auto& entry : sessions_) entry.socket->close(ignored);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (session_count_.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  io_->stop();
+  thread_.join();
+}
+
+std::string worker::new_request_id() {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string id = "req_";
+  for (int part = 0; part < 2; ++part) {
+    std::uint64_t bits = rng_();
+    for (int i = 0; i < 12; ++i, bits >>= 4) id.push_back(hex[bits & 0xf]);
+  }
+  return id;
+}
+
+std::list<worker::session_entry>::iterator worker::add_session(tcp::socket* socket) {
+  sessions_.push_back(session_entry{socket, false});
+  ++session_count_;
+  return std::prev(sessions_.end());
+}
+
+void worker::remove_session(std::list<session_entry>::iterator it) {
+  sessions_.erase(it);
+  --session_count_;
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,64 @@
+// One thread's share of the server: an io_context, an acceptor and a libcurl multi handle.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <list>
+#include <memory>
+#include <random>
+#include <thread>
+
+#include "adapters/curl_multi.hpp"
+
+namespace tollgate::gateway {
+
+struct server_shared;
+
+class worker {
+ public:
+  /// Opens an acceptor on endpoint with SO_REUSEPORT, so that every worker listens on one port.
+  worker(server_shared& shared, std::size_t index, const boost::asio::ip::tcp::endpoint& endpoint);
+  ~worker();
+
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  void start();
+  /// Thread-safe: stop accepting and close connections that wait for a request.
+  void begin_drain();
+  /// Thread-safe: close every connection, give the sessions a moment to unwind (cancelling their
+  /// upstream calls), then stop the loop and join the thread.
+  void stop();
+
+  // Used by sessions, on this worker's thread only.
+  boost::asio::io_context& io() { return *io_; }
+  adapters::curl_multi& curl() { return curl_; }
+  server_shared& shared() { return shared_; }
+  std::size_t index() const { return index_; }
+  std::string new_request_id();
+
+  /// A connection that drain may need to close. Registered for the session's lifetime.
+  struct session_entry {
+    boost::asio::ip::tcp::socket* socket = nullptr;
+    bool idle = false;  ///< waiting for the next request
+  };
+  std::list<session_entry>::iterator add_session(boost::asio::ip::tcp::socket* socket);
+  void remove_session(std::list<session_entry>::iterator it);
+
+ private:
+  void accept_next();
+
+  server_shared& shared_;
+  std::size_t index_;
+  std::list<session_entry> sessions_;
+  std::atomic<std::size_t> session_count_{0};
+  // Owned by pointer so that, if sessions fail to unwind at stop, their frames are leaked rather
+  // than destroyed after the members they point to.
+  std::unique_ptr<boost::asio::io_context> io_;
+  adapters::curl_multi curl_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::mt19937_64 rng_;
+  std::thread thread_;
+};
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,98 @@
+// A running gateway on a loopback port in front of fake upstreams, for integration tests.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <string>
+
+#include "config/config.hpp"
+#include "gateway/runtime.hpp"
+#include "gateway/server.hpp"
+#include "tests/support/fake_upstream.hpp"
+#include "tests/support/http_client.hpp"
+
+namespace tollgate::test {
+
+inline constexpr const char* client_key = "tg-test-client-key";
+inline constexpr const char* upstream_key = "sk-upstream-secret";
+
+/// Replaces every "{NAME}" in text.
+inline std::string fill(std::string text, const std::string& name, const std::string& value) {
+  const std::string token = "{" + name + "}";
+  for (auto pos = text.find(token); pos != std::string::npos; pos = text.find(token, pos + value.size())) {
+    text.replace(pos, token.size(), value);
+  }
+  return text;
+}
+
+/// Two fake upstreams (a and b) and a gateway routing to them. yaml may use {A} and {B} for the
+/// fakes' base URLs; without yaml a default config is used.
+struct gateway_fixture {
+  fake_upstream a;
+  fake_upstream b;
+  std::unique_ptr<gateway::server> server;
+  std::string base;  ///< "http://127.0.0.1:PORT"
+
+  explicit gateway_fixture(std::string yaml = {}) {
+    if (yaml.empty()) yaml = default_yaml();
+    yaml = fill(fill(std::move(yaml), "A", a.base_url()), "B", b.base_url());
+    auto loaded = config::load_string(yaml, "test.yaml", [](const std::string&) { return std::nullopt; });
+    if (!loaded.value) {
+      for (const auto& p : loaded.problems) UNSCOPED_INFO(p.to_string());
+      FAIL("test config does not load");
+    }
+    auto rt = std::make_shared<const gateway::runtime>(std::move(*loaded.value));
+    server = std::make_unique<gateway::server>(rt);
+    server->start();
+    base = "http://127.0.0.1:" + std::to_string(server->port());
+  }
+
+  static std::string default_yaml() {
+    return R"(
+server:
+  listen: 127.0.0.1:0
+  threads: 2
+  max_body_bytes: 65536
+  access_log: off
+keys:
+  - name: tester
+    key: tg-test-client-key
+backends:
+  - name: alpha
+    kind: openai
+    base_url: {A}
+    api_key: sk-upstream-secret
+    timeouts: {connect: 1s, first_token: 2s, idle: 2s, total: 20s}
+  - name: beta
+    kind: openai
+    base_url: {B}
+    api_key: sk-beta-secret
+    timeouts: {connect: 1s, first_token: 2s, idle: 2s, total: 20s}
+routes:
+  - model: chat-public
+    aliases: [chat-alias]
+    targets:
+      - backend: alpha
+        model: upstream-model-a
+  - model: failover-public
+    targets:
+      - backend: alpha
+        model: model-a
+      - backend: beta
+        model: model-b
+  - model: fam-*
+    targets:
+      - backend: beta
+)";
+  }
+
+  static http_options auth(std::vector<std::string> extra = {}) {
+    http_options o;
+    o.headers = std::move(extra);
+    o.headers.push_back(std::string("Authorization: Bearer ") + client_key);
+    return o;
+  }
+};
+
+}  // namespace tollgate::test

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Throughput and added latency of tollgate in front of a fast local upstream, side by side with
+# the same load sent to the upstream directly and through nginx (proxy_pass with keep-alive).
+#
+# Usage: tests/perf/bench.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=8 CONNS=32 THREADS=1)
+# The upstream is nginx answering a fixed chat.completion body. Each round runs the three targets
+# back to back; the table reports medians over rounds. Loopback only, bounded in time.
+set -euo pipefail
+build=$(cd "${1:-build}" && pwd)
+rounds=${ROUNDS:-3}
+duration=${DURATION:-8}
+conns=${CONNS:-32}
+threads=${THREADS:-1}   # tollgate worker threads and nginx worker processes, kept equal
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+command -v wrk >/dev/null || { echo "wrk is not installed (deploy/setup.sh installs it)"; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh installs it)"; exit 1; }
+
+free_port() {  # a random high port that nothing answers on
+  while :; do
+    p=$(shuf -i 20000-60000 -n 1)
+    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+up_port=$(free_port); ngx_port=$(free_port)
+
+answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
+mkdir -p "$work/up" "$work/ngx"
+cat >"$work/up/nginx.conf" <<NGX
+worker_processes 1;
+error_log $work/up/error.log crit;
+pid $work/up/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_buffer_size 64k;
+  server {
+    listen 127.0.0.1:$up_port;
+    location / { default_type application/json; return 200 '$answer'; }
+  }
+}
+NGX
+cat >"$work/ngx/nginx.conf" <<NGX
+worker_processes $threads;
+error_log $work/ngx/error.log crit;
+pid $work/ngx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$up_port; keepalive 256; }
+  server {
+    listen 127.0.0.1:$ngx_port;
+    location /v1/ {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer sk-upstream";
+    }
+  }
+}
+NGX
+nginx -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+cat >"$work/tollgate.yaml" <<YAML
+server:
+  listen: 127.0.0.1:0
+  threads: $threads
+  access_log: off
+keys:
+  - name: bench
+    key: tg-bench
+backends:
+  - name: local
+    kind: openai
+    base_url: http://127.0.0.1:$up_port/v1
+    api_key: sk-upstream
+routes:
+  - model: bench-model
+    targets:
+      - backend: local
+        model: m
+YAML
+"$build/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+  tg_url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$work/tollgate.log" | sed 's/listening on //' || true)
+  [ -n "$tg_url" ] && break
+  sleep 0.1
+done
+sleep 0.3
+
+cat >"$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?"}],"max_tokens":16}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer tg-bench"
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %f %d %d %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect +
+    summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+declare -A rps p50 p99 lat50 lat99
+run() {  # name url conns -> "rps p50 p99 errors"
+  wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
+}
+targets=(direct nginx tollgate)
+url_of() {
+  case $1 in
+    direct) echo "http://127.0.0.1:$up_port/v1/chat/completions" ;;
+    nginx) echo "http://127.0.0.1:$ngx_port/v1/chat/completions" ;;
+    tollgate) echo "$tg_url/v1/chat/completions" ;;
+  esac
+}
+# Warm-up: connections, caches.
+for t in "${targets[@]}"; do wrk -t1 -c"$conns" -d2s -s "$work/post.lua" "$(url_of "$t")" >/dev/null 2>&1; done
+
+for r in $(seq 1 "$rounds"); do
+  for t in "${targets[@]}"; do
+    read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
+    [ "$e" = "0" ] || echo "warning: $t had $e errors in round $r" >&2
+    rps[$t]+="$q "
+    # Added latency is read at one connection, where it is not hidden behind queueing.
+    read -r q a b e < <(run "$t" "$(url_of "$t")" 1)
+    lat50[$t]+="$a "
+    lat99[$t]+="$b "
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for latency, %s worker(s)\n\n' \
+  "$rounds" "$duration" "$conns" "$threads"
+printf '| path | requests/s (median) | vs nginx | p50 latency µs | p99 latency µs | added p50 µs |\n'
+printf '|---|---|---|---|---|---|\n'
+d50=$(echo "${lat50[direct]}" | median)
+n_rps=$(echo "${rps[nginx]}" | median)
+for t in "${targets[@]}"; do
+  q=$(echo "${rps[$t]}" | median); a=$(echo "${lat50[$t]}" | median); b=$(echo "${lat99[$t]}" | median)
+  printf '| %s | %.0f | %.2fx | %.0f | %.0f | %s |\n' "$t" "$q" "$(echo "$q / $n_rps" | bc -l)" "$a" "$b" \
+    "$([ "$t" = direct ] && echo - || printf '%.0f' "$(echo "$a - $d50" | bc -l)")"
+done

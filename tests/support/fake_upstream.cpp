@@ -1,0 +1,362 @@
+#include "tests/support/fake_upstream.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <list>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+namespace tollgate::test {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+struct fake_upstream::impl {
+  net::io_context io;
+  tcp::acceptor acceptor{io};
+  std::string host;
+  std::uint16_t port = 0;
+  std::thread accept_thread;
+
+  mutable std::mutex mutex;
+  std::condition_variable stopping_cv;
+  bool stopping = false;
+  std::deque<response_script> scripts;
+  std::function<response_script(const recorded_request&)> fallback = &fake_upstream::openai_default;
+  std::vector<recorded_request> seen;
+  std::size_t aborts = 0;
+
+  struct connection {
+    std::shared_ptr<tcp::socket> socket;
+    std::thread thread;
+    bool finished = false;
+  };
+  std::list<connection> connections;
+
+  /// Sleeps for d unless the fake is stopping; false when stopping.
+  bool pause(std::chrono::milliseconds d) {
+    std::unique_lock lock(mutex);
+    return !stopping_cv.wait_for(lock, d, [this] { return stopping; });
+  }
+
+  void accept_loop() {
+    for (;;) {
+      auto socket = std::make_shared<tcp::socket>(io);
+      boost::system::error_code ec;
+      acceptor.accept(*socket, ec);
+      std::lock_guard lock(mutex);
+      if (stopping) return;
+      if (ec) continue;
+      socket->set_option(tcp::no_delay(true), ec);
+      // Reap finished connection threads so long load tests do not pile them up.
+      for (auto it = connections.begin(); it != connections.end();) {
+        if (it->finished) {
+          it->thread.join();
+          it = connections.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      connections.push_back(connection{socket, {}, false});
+      auto self = std::prev(connections.end());
+      self->thread = std::thread([this, socket, self] {
+        serve(*socket);
+        std::lock_guard done(mutex);
+        self->finished = true;
+      });
+    }
+  }
+
+  void serve(tcp::socket& socket) {
+    beast::flat_buffer buffer;
+    for (;;) {
+      http::request<http::string_body> req;
+      boost::system::error_code ec;
+      http::read(socket, buffer, req, ec);
+      if (ec) return;
+      recorded_request rec;
+      rec.method = std::string(req.method_string());
+      rec.target = std::string(req.target());
+      rec.body = req.body();
+      for (const auto& f : req) {
+        std::string name(f.name_string());
+        std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+        rec.headers[name] = std::string(f.value());
+      }
+      response_script script;
+      {
+        std::lock_guard lock(mutex);
+        seen.push_back(rec);
+        if (!scripts.empty()) {
+          script = std::move(scripts.front());
+          scripts.pop_front();
+        } else {
+          script = fallback(rec);
+        }
+      }
+      if (!answer(socket, script, req.keep_alive())) return;
+    }
+  }
+
+  static void reset(tcp::socket& socket) {
+    boost::system::error_code ec;
+    socket.set_option(net::socket_base::linger(true, 0), ec);  // close with RST
+    socket.close(ec);
+  }
+
+  void count_abort() {
+    std::lock_guard lock(mutex);
+    ++aborts;
+  }
+
+  /// Writes one response. false: the connection is done (closed, reset or failed).
+  bool answer(tcp::socket& socket, const response_script& s, bool keep_alive) {
+    if (s.header_delay.count() > 0 && !pause(s.header_delay)) return false;
+    if (s.reset_before_headers) {
+      reset(socket);
+      return false;
+    }
+    if (s.hang) {
+      std::unique_lock lock(mutex);
+      stopping_cv.wait(lock, [this] { return stopping; });
+      return false;
+    }
+    boost::system::error_code ec;
+    if (s.chunks.empty()) {
+      http::response<http::string_body> res{static_cast<http::status>(s.status), 11};
+      res.set(http::field::content_type, s.content_type);
+      for (const auto& [k, v] : s.headers) res.set(k, v);
+      res.body() = s.body;
+      res.keep_alive(keep_alive);
+      res.prepare_payload();
+      http::write(socket, res, ec);
+      if (ec) {
+        count_abort();
+        return false;
+      }
+      return keep_alive;
+    }
+    http::response<http::empty_body> res{static_cast<http::status>(s.status), 11};
+    res.set(http::field::content_type, s.content_type);
+    for (const auto& [k, v] : s.headers) res.set(k, v);
+    res.chunked(true);
+    res.keep_alive(keep_alive);
+    http::response_serializer<http::empty_body> sr{res};
+    http::write_header(socket, sr, ec);
+    if (ec) {
+      count_abort();
+      return false;
+    }
+    for (std::size_t i = 0; i < s.chunks.size(); ++i) {
+      if (s.reset_after_chunks && i == *s.reset_after_chunks) {
+        reset(socket);
+        return false;
+      }
+      if (s.before_chunk) s.before_chunk(i);
+      if (i > 0 && s.chunk_delay.count() > 0 && !pause(s.chunk_delay)) return false;
+      net::write(socket, http::make_chunk(net::buffer(s.chunks[i])), ec);
+      if (ec) {
+        count_abort();
+        return false;
+      }
+    }
+    net::write(socket, http::make_chunk_last(), ec);
+    if (ec) {
+      count_abort();
+      return false;
+    }
+    return keep_alive;
+  }
+};
+
+fake_upstream::fake_upstream(std::string host, std::uint16_t port) : impl_(std::make_unique<impl>()) {
+  impl_->host = host;
+  tcp::endpoint endpoint(net::ip::make_address(host), port);
+  impl_->acceptor.open(endpoint.protocol());
+  impl_->acceptor.set_option(tcp::acceptor::reuse_address(true));
+  impl_->acceptor.bind(endpoint);
+  impl_->acceptor.listen(net::socket_base::max_listen_connections);
+  impl_->port = impl_->acceptor.local_endpoint().port();
+  impl_->accept_thread = std::thread([this] { impl_->accept_loop(); });
+}
+
+fake_upstream::~fake_upstream() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->stopping = true;
+    boost::system::error_code ec;
+    // shutdown() wakes a thread blocked in accept() or read(); close() alone may not.
+    ::shutdown(impl_->acceptor.native_handle(), SHUT_RDWR);
+    for (auto& c : impl_->connections) c.socket->shutdown(tcp::socket::shutdown_both, ec);
+  }
+  impl_->stopping_cv.notify_all();
+  impl_->accept_thread.join();
+  for (auto& c : impl_->connections) c.thread.join();
+  boost::system::error_code ec;
+  impl_->acceptor.close(ec);
+}
+
+std::uint16_t fake_upstream::port() const { return impl_->port; }
+
+std::string fake_upstream::base_url() const {
+  return "http://" + impl_->host + ":" + std::to_string(impl_->port) + "/v1";
+}
+
+void fake_upstream::push(response_script script) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->scripts.push_back(std::move(script));
+}
+
+void fake_upstream::set_default(std::function<response_script(const recorded_request&)> handler) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->fallback = std::move(handler);
+}
+
+std::vector<recorded_request> fake_upstream::requests() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->seen;
+}
+
+std::size_t fake_upstream::request_count() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->seen.size();
+}
+
+std::size_t fake_upstream::client_aborts() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->aborts;
+}
+
+namespace {
+
+response_script error_script(int status, const std::string& message, const std::string& code) {
+  response_script s;
+  s.status = status;
+  s.body = json{{"error", {{"message", message}, {"type", "invalid_request_error"}, {"param", nullptr}, {"code", code}}}}.dump();
+  return s;
+}
+
+std::vector<std::string> words(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+/// The text of the last message: a string, or the text parts of a content array.
+std::string last_message_text(const json& body) {
+  if (body.contains("prompt")) {
+    const auto& p = body["prompt"];
+    return p.is_string() ? p.get<std::string>() : p.dump();
+  }
+  if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) return "";
+  const auto& content = body["messages"].back().value("content", json());
+  if (content.is_string()) return content.get<std::string>();
+  std::string text;
+  if (content.is_array()) {
+    for (const auto& part : content) {
+      if (part.value("type", "") == "text") text += part.value("text", "");
+    }
+  }
+  return text;
+}
+
+}  // namespace
+
+response_script fake_upstream::openai_default(const recorded_request& request) {
+  const std::string path = request.target.substr(0, request.target.find('?'));
+  if (request.method == "GET" && path == "/v1/models") {
+    response_script s;
+    s.body = json{{"object", "list"},
+                  {"data", json::array({{{"id", "fake-model"}, {"object", "model"}, {"created", 0}, {"owned_by", "fake"}}})}}
+                 .dump();
+    return s;
+  }
+  const bool chat = path == "/v1/chat/completions";
+  const bool completion = path == "/v1/completions";
+  const bool embeddings = path == "/v1/embeddings";
+  if (request.method != "POST" || !(chat || completion || embeddings)) {
+    return error_script(404, "Unknown request URL: " + request.method + " " + path, "not_found");
+  }
+  json body = json::parse(request.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) return error_script(400, "invalid JSON body", "invalid_json");
+  const std::string model = body.value("model", "");
+
+  if (embeddings) {
+    const std::string input = body.contains("input") ? body["input"].dump() : "";
+    const int tokens = static_cast<int>(words(input).size());
+    response_script s;
+    s.body = json{{"object", "list"},
+                  {"data", json::array({{{"object", "embedding"}, {"index", 0}, {"embedding", {0.1, 0.2, 0.3}}}})},
+                  {"model", model},
+                  {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}}
+                 .dump();
+    return s;
+  }
+
+  const std::string prompt = last_message_text(body);
+  const std::string content = "echo: " + prompt;
+  const int prompt_tokens = static_cast<int>(words(prompt).size()) + 1;
+  const auto pieces = words(content);
+  const int completion_tokens = static_cast<int>(pieces.size());
+  const json usage = {{"prompt_tokens", prompt_tokens},
+                      {"completion_tokens", completion_tokens},
+                      {"total_tokens", prompt_tokens + completion_tokens}};
+  const std::string object = chat ? "chat.completion" : "text_completion";
+
+  if (!body.value("stream", false)) {
+    json choice = chat ? json{{"index", 0},
+                              {"message", {{"role", "assistant"}, {"content", content}}},
+                              {"finish_reason", "stop"}}
+                       : json{{"index", 0}, {"text", content}, {"finish_reason", "stop"}};
+    response_script s;
+    s.body = json{{"id", "fake-1"}, {"object", object}, {"created", 1}, {"model", model},
+                  {"choices", json::array({choice})}, {"usage", usage}}
+                 .dump();
+    return s;
+  }
+
+  const bool include_usage = body.contains("stream_options") && body["stream_options"].is_object() &&
+                             body["stream_options"].value("include_usage", false);
+  const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
+  auto event = [&](json choices, bool with_usage) {
+    json chunk = {{"id", "fake-1"}, {"object", chunk_object}, {"created", 1}, {"model", model}, {"choices", choices}};
+    if (with_usage) chunk["usage"] = usage;
+    return "data: " + chunk.dump() + "\n\n";
+  };
+  response_script s;
+  s.content_type = "text/event-stream";
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    const std::string text = (i == 0 ? "" : " ") + pieces[i];
+    json choice;
+    if (chat) {
+      json delta = {{"content", text}};
+      if (i == 0) delta["role"] = "assistant";
+      choice = {{"index", 0}, {"delta", delta}, {"finish_reason", nullptr}};
+    } else {
+      choice = {{"index", 0}, {"text", text}, {"finish_reason", nullptr}};
+    }
+    s.chunks.push_back(event(json::array({choice}), false));
+  }
+  json last = chat ? json{{"index", 0}, {"delta", json::object()}, {"finish_reason", "stop"}}
+                   : json{{"index", 0}, {"text", ""}, {"finish_reason", "stop"}};
+  s.chunks.push_back(event(json::array({last}), false));
+  if (include_usage) s.chunks.push_back(event(json::array(), true));
+  s.chunks.push_back("data: [DONE]\n\n");
+  return s;
+}
+
+}  // namespace tollgate::test
