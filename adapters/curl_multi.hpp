@@ -23,7 +23,8 @@ class curl_multi {
   curl_multi(const curl_multi&) = delete;
   curl_multi& operator=(const curl_multi&) = delete;
 
-  /// An easy handle from the pool (reset, ready for options).
+  /// An easy handle from the pool. It keeps the options of its last use: set every option the
+  /// transfer depends on.
   CURL* acquire();
   /// Returns a handle that is no longer attached (see remove()).
   void release(CURL* easy);
@@ -40,13 +41,22 @@ class curl_multi {
   struct socket_state;
   static int on_socket(CURL* easy, curl_socket_t fd, int what, void* self, void* socket_ptr);
   static int on_timer(CURLM* multi, long timeout_ms, void* self);
+  static int on_close_socket(void* self, curl_socket_t fd);
   void arm(const std::shared_ptr<socket_state>& state);
   void action(curl_socket_t fd, int mask);
   void drain_messages();
+  void schedule_tick();
 
   boost::asio::io_context& io_;
   CURLM* multi_;
+  // curl moves its timeout on nearly every call. An Asio timer that becomes the earliest costs a
+  // timerfd_settime per move, so only short timeouts use timer_; "now" is posted, and long ones
+  // (connect, total) are checked by a coarse tick.
   boost::asio::steady_timer timer_;
+  boost::asio::steady_timer tick_;
+  std::chrono::steady_clock::time_point deadline_ = std::chrono::steady_clock::time_point::max();
+  bool tick_armed_ = false;
+  bool posted_ = false;
   std::unordered_map<curl_socket_t, std::shared_ptr<socket_state>> sockets_;
   std::unordered_map<CURL*, std::function<void(CURLcode)>> done_;
   std::vector<CURL*> pool_;
