@@ -57,16 +57,23 @@ class openai_call final : public call {
     if (easy_ == nullptr) return;
     if (running_) refs_.curl.remove(easy_);
     refs_.curl.release(easy_);
-    curl_slist_free_all(headers_);
   }
 
-  void begin(CURL* easy, curl_slist* headers, std::string body) {
+  /// shared_headers outlives the call (it belongs to the backend, which the request's runtime
+  /// snapshot keeps alive).
+  void begin(CURL* easy, curl_slist* shared_headers, const std::string& request_id, std::string body) {
     easy_ = easy;
-    headers_ = headers;
     body_ = std::move(body);
+    curl_slist* headers = shared_headers;
+    if (!request_id.empty()) {
+      request_id_header_ = "X-Request-Id: " + request_id;
+      request_id_node_.data = request_id_header_.data();
+      request_id_node_.next = shared_headers;
+      headers = &request_id_node_;
+    }
     curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
     curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
-    curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, headers_);
+    curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(easy_, CURLOPT_HEADERFUNCTION, &openai_call::on_header);
     curl_easy_setopt(easy_, CURLOPT_HEADERDATA, this);
     curl_easy_setopt(easy_, CURLOPT_WRITEFUNCTION, &openai_call::on_write);
@@ -196,7 +203,8 @@ class openai_call final : public call {
   config::timeouts_config timeouts_;
   net::steady_timer wake_;
   CURL* easy_ = nullptr;
-  curl_slist* headers_ = nullptr;
+  std::string request_id_header_;
+  curl_slist request_id_node_{};
   std::string body_;
   bool running_ = false;
   bool paused_ = false;
@@ -210,8 +218,20 @@ class openai_call final : public call {
 }  // namespace
 
 openai_backend::openai_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
-  if (!cfg_.api_key.empty()) authorization_ = "Authorization: Bearer " + cfg_.api_key;
-  for (const auto& [k, v] : cfg_.headers) extra_headers_.push_back(k + ": " + v);
+  for (bool stream : {true, false}) {
+    curl_slist* list = nullptr;
+    list = curl_slist_append(list, "Content-Type: application/json");
+    list = curl_slist_append(list, stream ? "Accept: text/event-stream" : "Accept: application/json");
+    list = curl_slist_append(list, "Expect:");  // no 100-continue round trip for large bodies
+    if (!cfg_.api_key.empty()) list = curl_slist_append(list, ("Authorization: Bearer " + cfg_.api_key).c_str());
+    for (const auto& [k, v] : cfg_.headers) list = curl_slist_append(list, (k + ": " + v).c_str());
+    (stream ? stream_headers_ : plain_headers_) = list;
+  }
+}
+
+openai_backend::~openai_backend() {
+  curl_slist_free_all(stream_headers_);
+  curl_slist_free_all(plain_headers_);
 }
 
 std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs refs) const {
@@ -230,16 +250,7 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(easy, CURLOPT_PRIVATE, result.get());
-
-  curl_slist* headers = nullptr;
-  headers = curl_slist_append(headers, "Content-Type: application/json");
-  headers = curl_slist_append(headers, request.stream ? "Accept: text/event-stream" : "Accept: application/json");
-  headers = curl_slist_append(headers, "Expect:");  // no 100-continue round trip
-  if (!authorization_.empty()) headers = curl_slist_append(headers, authorization_.c_str());
-  for (const auto& h : extra_headers_) headers = curl_slist_append(headers, h.c_str());
-  if (!request.request_id.empty()) headers = curl_slist_append(headers, ("X-Request-Id: " + request.request_id).c_str());
-
-  result->begin(easy, headers, std::move(request.body));
+  result->begin(easy, request.stream ? stream_headers_ : plain_headers_, request.request_id, std::move(request.body));
   return result;
 }
 
