@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The command line as users meet it: help, version, check-config's exit codes and messages.
+set -euo pipefail
+bin="${1:?usage: run.sh BUILD_DIR}/tollgate"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$bin" --help | grep -q "check-config FILE" || fail "--help"
+"$bin" serve --help | grep -q "shutdown_timeout" || fail "serve --help"
+"$bin" check-config --help | grep -q "exits 1" || fail "check-config --help"
+"$bin" --version | grep -Eq '^tollgate [0-9]+\.[0-9]+\.[0-9]+$' || fail "--version"
+if "$bin" frobnicate 2>/dev/null; then fail "unknown command accepted"; fi
+if "$bin" 2>/dev/null; then fail "no command accepted"; fi
+
+cat >"$work/good.yaml" <<'YAML'
+backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9/v1"}
+routes:
+  - {model: m, targets: [{backend: up}]}
+YAML
+"$bin" check-config "$work/good.yaml" | grep -q "ok (1 backends, 1 routes, 0 keys)" || fail "good config"
+
+cat >"$work/bad.yaml" <<'YAML'
+server:
+  listen: 127.0.0.1:8080
+  treads: 2
+backends:
+  - {name: up, kind: openai, base_url: "ftp://h/v1"}
+routes:
+  - model: m
+    targets:
+      - backend: missing
+YAML
+set +e
+out=$(TOLLGATE_UNSET_FOR_TEST= "$bin" check-config "$work/bad.yaml" 2>&1)
+code=$?
+set -e
+[ "$code" -eq 1 ] || fail "bad config exit code $code"
+echo "$out" | grep -q "bad.yaml:3:3: server.treads: unknown key 'treads'" || fail "unknown key line: $out"
+echo "$out" | grep -q "bad.yaml:5:.*backends\[0\].base_url: invalid URL" || fail "bad url line: $out"
+echo "$out" | grep -q "bad.yaml:9:.*routes\[0\].targets\[0\].backend: unknown backend 'missing'" || fail "unknown backend: $out"
+echo "$out" | grep -q "3 problems found" || fail "count: $out"
+
+set +e
+"$bin" check-config "$work/nope.yaml" >/dev/null 2>&1
+code=$?
+"$bin" serve --config "$work/bad.yaml" >/dev/null 2>&1
+serve_code=$?
+set -e
+[ "$code" -eq 1 ] || fail "missing file exit code $code"
+[ "$serve_code" -eq 1 ] || fail "serve with a bad config exit code $serve_code"
+echo "cli: 1 passed, 0 failed"

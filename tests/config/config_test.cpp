@@ -1,0 +1,281 @@
+#include <catch2/catch.hpp>
+
+#include <map>
+
+#include "config/config.hpp"
+
+using namespace tollgate::config;
+
+namespace {
+
+env_lookup env_of(std::map<std::string, std::string> vars) {
+  return [vars = std::move(vars)](const std::string& name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+load_result load(const std::string& yaml, std::map<std::string, std::string> vars = {}) {
+  return load_string(yaml, "t.yaml", env_of(std::move(vars)));
+}
+
+/// The problem whose key is `key`; fails the test when there is none.
+const problem& find(const load_result& r, const std::string& key) {
+  for (const auto& p : r.problems)
+    if (p.key == key) return p;
+  for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+  FAIL("no problem with key " << key);
+  return r.problems.front();
+}
+
+const std::string minimal = R"(backends:
+  - name: up
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+routes:
+  - model: m
+    targets:
+      - backend: up
+)";
+
+}  // namespace
+
+TEST_CASE("a full config becomes typed structs", "[config]") {
+  auto r = load(R"(server:
+  listen: "[::1]:9090"
+  threads: 4
+  max_body_bytes: 2048
+  shutdown_timeout: 5s
+  idle_timeout: 1500ms
+  access_log: /tmp/access.log
+keys:
+  - name: demo
+    key: ${DEMO_KEY}
+backends:
+  - name: qiniu
+    kind: openai
+    base_url: https://api.qnaigc.com/v1/
+    api_key: ${QINIU_KEY}
+    headers: {X-Team: search}
+    timeouts: {connect: 2s, first_token: 30s, idle: 45s, total: 10m}
+routes:
+  - model: deepseek-v3.2-chat
+    aliases: [ds, ds-chat]
+    targets:
+      - backend: qiniu
+        model: deepseek-v3.2
+  - model: deepseek-*
+    targets:
+      - backend: qiniu
+)",
+                {{"DEMO_KEY", "tg-abc"}, {"QINIU_KEY", "sk-q"}});
+  for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+  REQUIRE(r.value);
+  const config& c = *r.value;
+  CHECK(c.source == "t.yaml");
+  CHECK(c.server.listen_host == "::1");
+  CHECK(c.server.listen_port == 9090);
+  CHECK(c.server.threads == 4);
+  CHECK(c.server.max_body_bytes == 2048);
+  CHECK(c.server.shutdown_timeout == std::chrono::seconds(5));
+  CHECK(c.server.idle_timeout == std::chrono::milliseconds(1500));
+  CHECK(c.server.access_log == "/tmp/access.log");
+  REQUIRE(c.keys.size() == 1);
+  CHECK(c.keys[0].key == "tg-abc");
+  REQUIRE(c.backends.size() == 1);
+  CHECK(c.backends[0].base_url == "https://api.qnaigc.com/v1");  // trailing slash dropped
+  CHECK(c.backends[0].api_key == "sk-q");
+  CHECK(c.backends[0].headers.at("X-Team") == "search");
+  CHECK(c.backends[0].timeouts.connect == std::chrono::seconds(2));
+  CHECK(c.backends[0].timeouts.idle == std::chrono::seconds(45));
+  CHECK(c.backends[0].timeouts.total == std::chrono::minutes(10));
+  REQUIRE(c.routes.size() == 2);
+  CHECK(c.routes[0].aliases == std::vector<std::string>{"ds", "ds-chat"});
+  CHECK(c.routes[0].targets[0].model == "deepseek-v3.2");
+  CHECK(c.routes[1].targets[0].model.empty());
+}
+
+TEST_CASE("defaults apply to what is left out", "[config]") {
+  auto r = load(minimal);
+  REQUIRE(r.value);
+  CHECK(r.value->server.listen_host == "127.0.0.1");
+  CHECK(r.value->server.listen_port == 8080);
+  CHECK(r.value->server.max_body_bytes == 10 * 1024 * 1024);
+  CHECK(r.value->keys.empty());
+  CHECK(r.value->backends[0].timeouts.total == std::chrono::minutes(10));
+}
+
+TEST_CASE("environment expansion", "[config]") {
+  auto r = load(R"(server:
+  listen: ${HOST:-127.0.0.1}:${PORT}
+  access_log: "cost$$ ${UNSET:-off} $HOME"
+)" + minimal,
+                {{"PORT", "7000"}});
+  REQUIRE(r.value);
+  CHECK(r.value->server.listen_port == 7000);
+  CHECK(r.value->server.access_log == "cost$ off $HOME");
+
+  // An empty variable takes the default; a set one wins over it.
+  auto e = load("server: {access_log: \"${A:-x}${B:-y}\"}\n" + minimal, {{"A", ""}, {"B", "b"}});
+  REQUIRE(e.value);
+  CHECK(e.value->server.access_log == "xb");
+}
+
+TEST_CASE("a missing variable is an error at its line", "[config]") {
+  auto r = load(minimal + R"(keys:
+  - name: demo
+    key: ${TOLLGATE_DEMO_KEY}
+)");
+  CHECK_FALSE(r.value);
+  const auto& p = find(r, "keys[0].key");
+  CHECK(p.line == 11);
+  CHECK(p.message.find("TOLLGATE_DEMO_KEY") != std::string::npos);
+  CHECK(p.to_string().rfind("t.yaml:11:", 0) == 0);
+}
+
+TEST_CASE("unknown keys are errors at every level, with lines", "[config]") {
+  auto r = load(R"(server:
+  listen: 127.0.0.1:8080
+  thread: 2
+backends:
+  - name: up
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+    timeouts: {connect: 1s, frist_token: 2s}
+    apikey: x
+routes:
+  - model: m
+    targets:
+      - backend: up
+        weight: 3
+extra: true
+)");
+  CHECK_FALSE(r.value);
+  CHECK(find(r, "server.thread").line == 3);
+  CHECK(find(r, "backends[0].timeouts.frist_token").line == 8);
+  CHECK(find(r, "backends[0].apikey").line == 9);
+  CHECK(find(r, "routes[0].targets[0].weight").line == 14);
+  CHECK(find(r, "extra").line == 15);
+  CHECK(r.problems.size() == 5);
+}
+
+TEST_CASE("duplicates and unknown backends", "[config]") {
+  auto r = load(R"(keys:
+  - {name: a, key: k1}
+  - {name: a, key: k1}
+backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:1/v1"}
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:2/v1"}
+routes:
+  - model: m
+    aliases: [n]
+    targets: [{backend: up}]
+  - model: n
+    targets: [{backend: nowhere}]
+  - model: m
+    targets: []
+)");
+  CHECK_FALSE(r.value);
+  CHECK(find(r, "keys[1].name").line == 3);
+  CHECK(find(r, "keys[1].key").line == 3);
+  CHECK(find(r, "backends[1].name").line == 6);
+  CHECK(find(r, "routes[1].model").message.find("already routed") != std::string::npos);
+  CHECK(find(r, "routes[1].targets[0].backend").message == "unknown backend 'nowhere'");
+  CHECK(find(r, "routes[2].model").line == 13);
+  CHECK(find(r, "routes[2].targets").message.find("at least one target") != std::string::npos);
+}
+
+TEST_CASE("bad URLs, listen addresses, numbers and durations", "[config]") {
+  const std::vector<std::pair<std::string, std::string>> bad_urls = {
+      {"ftp://host/v1", "scheme"}, {"https:///v1", "host"},     {"api.deepseek.com", "scheme"},
+      {"http://h:99999/v1", "port"}, {"http://h:/v1", "port"}, {"http://h/v1?x=1", "query"},
+      {"http://u:p@h/v1", "credentials"}, {"http://h /v1", "white space"}};
+  for (const auto& [url, why] : bad_urls) {
+    auto r = load("backends:\n  - {name: up, kind: openai, base_url: \"" + url +
+                  "\"}\nroutes:\n  - {model: m, targets: [{backend: up}]}\n");
+    INFO(url);
+    REQUIRE_FALSE(r.value);
+    const auto& p = find(r, "backends[0].base_url");
+    CHECK(p.line == 2);
+    CHECK(p.message.find(why) != std::string::npos);
+  }
+  for (const std::string listen : std::vector<std::string>{"8080", "localhost:http", "1.2.3:80", "127.0.0.1:70000", "[::1]8080", "example.com:80"}) {
+    INFO(listen);
+    auto r = load("server: {listen: \"" + listen + "\"}\n" + minimal);
+    CHECK_FALSE(r.value);
+    CHECK(find(r, "server.listen").line == 1);
+  }
+  auto n = load("server: {threads: -1, max_body_bytes: lots, idle_timeout: 10 minutes, shutdown_timeout: 0s}\n" + minimal);
+  CHECK_FALSE(n.value);
+  find(n, "server.threads");
+  find(n, "server.max_body_bytes");
+  find(n, "server.idle_timeout");
+  find(n, "server.shutdown_timeout");
+  auto kind = load(R"(backends:
+  - {name: up, kind: grpc, base_url: "http://h/v1"}
+routes:
+  - {model: m, targets: [{backend: up}]}
+)");
+  CHECK(find(kind, "backends[0].kind").message == "unknown backend kind 'grpc' (known: openai)");
+}
+
+TEST_CASE("wrong shapes are problems, not crashes", "[config]") {
+  for (const std::string& yaml : std::vector<std::string>{"", "just a string", "[1, 2]", "backends: 3\nroutes: {a: 1}\n",
+                                 "backends: [1]\nroutes: [[]]\n", "server: []\n" + minimal,
+                                 "keys: {a: b}\n" + minimal, "backends:\n  - name: [x]\n    kind: {}\nroutes: []\n"}) {
+    INFO(yaml);
+    auto r = load(yaml);
+    CHECK_FALSE(r.value);
+    CHECK_FALSE(r.problems.empty());
+  }
+}
+
+TEST_CASE("YAML syntax errors carry the parser's line", "[config]") {
+  auto r = load("server:\n  listen: [unclosed\nroutes: x\n");
+  REQUIRE(r.problems.size() == 1);
+  CHECK(r.problems[0].message.find("YAML syntax error") == 0);
+  CHECK(r.problems[0].line >= 2);
+}
+
+TEST_CASE("every problem is reported at once", "[config]") {
+  auto r = load(R"(server: {threads: x}
+backends:
+  - {name: up, kind: nope, base_url: "gopher://h"}
+routes:
+  - {model: m, targets: [{backend: ghost}]}
+)");
+  CHECK(r.problems.size() == 4);
+}
+
+TEST_CASE("parse_duration", "[config]") {
+  CHECK(parse_duration("250ms") == duration(250));
+  CHECK(parse_duration("2s") == duration(2000));
+  CHECK(parse_duration("10m") == duration(600000));
+  CHECK(parse_duration("1h") == duration(3600000));
+  CHECK(parse_duration("7") == duration(7000));
+  for (const char* bad : {"", "s", "-1s", "1.5s", "2 s", "1d", "99999999999999999999s", "9223372036854775807h"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_duration(bad));
+  }
+}
+
+TEST_CASE("the shipped examples load", "[config]") {
+  // Every variable set, to a value of the kind its name asks for.
+  const auto all_set = [](const std::string& name) -> std::optional<std::string> {
+    if (name.ends_with("URL") || name.ends_with("UPSTREAM")) return std::string("http://127.0.0.1:9/v1");
+    if (name.ends_with("LISTEN")) return std::string("127.0.0.1:8080");
+    return "value-of-" + name;
+  };
+  for (const char* file : {"/config/examples/providers.yaml", "/config/examples/demo.yaml"}) {
+    auto r = load_file(std::string(TOLLGATE_SOURCE_DIR) + file, all_set);
+    for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+    CHECK(r.value);
+  }
+  auto none = load_file(std::string(TOLLGATE_SOURCE_DIR) + "/config/examples/demo.yaml",
+                        [](const std::string&) -> std::optional<std::string> { return std::nullopt; });
+  CHECK(none.value);  // the demo config runs with no environment at all
+  auto missing = load_file("/nonexistent/tollgate.yaml");
+  REQUIRE(missing.problems.size() == 1);
+  CHECK(missing.problems[0].line == 0);
+}
