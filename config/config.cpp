@@ -344,6 +344,40 @@ class loader {
     if (auto v = n["total"]) read_duration(v, path + ".total", t.total);
   }
 
+  void read_ejection(const YAML::Node& n, const std::string& path, ejection_config& e) {
+    if (!expect_map(n, path)) return;
+    known_keys(n, path, {"after_failures", "cooldown", "max_cooldown"});
+    if (auto v = n["after_failures"]) {
+      if (auto i = integer(v, path + ".after_failures", 0, 1000)) e.after_failures = static_cast<unsigned>(*i);
+    }
+    if (auto v = n["cooldown"]) read_duration(v, path + ".cooldown", e.cooldown);
+    if (auto v = n["max_cooldown"]) read_duration(v, path + ".max_cooldown", e.max_cooldown);
+    if (e.max_cooldown < e.cooldown) add(n, path + ".max_cooldown", "must not be shorter than cooldown");
+  }
+
+  void read_retry(const YAML::Node& n, const std::string& path, retry_config& r) {
+    if (!expect_map(n, path)) return;
+    known_keys(n, path, {"attempts", "backoff", "max_backoff"});
+    if (auto v = n["attempts"]) {
+      if (auto i = integer(v, path + ".attempts", 1, 20)) r.attempts = static_cast<unsigned>(*i);
+    }
+    if (auto v = n["backoff"]) read_duration(v, path + ".backoff", r.backoff);
+    if (auto v = n["max_backoff"]) read_duration(v, path + ".max_backoff", r.max_backoff);
+    if (r.max_backoff < r.backoff) add(n, path + ".max_backoff", "must not be shorter than backoff");
+  }
+
+  void read_name_list(const YAML::Node& n, const std::string& path, std::vector<std::string>& out,
+                      std::vector<std::pair<YAML::Node, std::string>>& refs) {
+    if (n.IsNull() || !expect_list(n, path)) return;
+    for (std::size_t j = 0; j < n.size(); ++j) {
+      const std::string item = path + "[" + std::to_string(j) + "]";
+      if (auto name = string(n[j], item)) {
+        out.push_back(*name);
+        refs.emplace_back(n[j], item);
+      }
+    }
+  }
+
   void read_backends(const YAML::Node& n, std::vector<backend_config>& backends) {
     if (!expect_list(n, "backends")) return;
     if (n.size() == 0) add(n, "backends", "at least one backend is required");
@@ -352,7 +386,7 @@ class loader {
       const std::string path = "backends[" + std::to_string(i) + "]";
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
-      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts"});
+      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts", "ejection"});
       backend_config bc;
       bool ok = true;
       if (auto name = required_string(b, "name", path)) {
@@ -392,6 +426,7 @@ class loader {
         }
       }
       if (auto t = b["timeouts"]) read_timeouts(t, path + ".timeouts", bc.timeouts);
+      if (auto e = b["ejection"]) read_ejection(e, path + ".ejection", bc.ejection);
       if (ok) backends.push_back(std::move(bc));
     }
   }
@@ -402,6 +437,7 @@ class loader {
     std::set<std::string> backend_names;
     for (const auto& b : c.backends) backend_names.insert(b.name);
     std::set<std::string> public_names;
+    std::vector<std::pair<YAML::Node, std::string>> route_refs;  // fallbacks, checked at the end
     auto claim = [&](const YAML::Node& at, const std::string& path, const std::string& name) {
       if (!public_names.insert(name).second) add(at, path, "the model name '" + name + "' is already routed");
     };
@@ -409,8 +445,19 @@ class loader {
       const std::string path = "routes[" + std::to_string(i) + "]";
       const YAML::Node r = n[i];
       if (!expect_map(r, path)) continue;
-      known_keys(r, path, {"model", "aliases", "targets"});
+      known_keys(r, path, {"model", "aliases", "targets", "strategy", "retry", "fallbacks", "context_fallbacks"});
       route_config rc;
+      if (auto v = r["strategy"]) {
+        if (auto name = string(v, path + ".strategy")) {
+          rc.strategy = *name;
+          rc.strategy_line = v.Mark().line + 1;
+        }
+      }
+      if (auto v = r["retry"]) read_retry(v, path + ".retry", rc.retry);
+      if (auto v = r["fallbacks"]) read_name_list(v, path + ".fallbacks", rc.fallbacks, route_refs);
+      if (auto v = r["context_fallbacks"]) {
+        read_name_list(v, path + ".context_fallbacks", rc.context_fallbacks, route_refs);
+      }
       if (auto model = required_string(r, "model", path)) {
         rc.model = *model;
         claim(r["model"], path + ".model", *model);
@@ -438,8 +485,11 @@ class loader {
           const std::string tpath = path + ".targets[" + std::to_string(j) + "]";
           const YAML::Node t = targets[j];
           if (!expect_map(t, tpath)) continue;
-          known_keys(t, tpath, {"backend", "model"});
+          known_keys(t, tpath, {"backend", "model", "weight"});
           target_config tc;
+          if (auto w = t["weight"]) {
+            if (auto i = integer(w, tpath + ".weight", 1, 10000)) tc.weight = static_cast<unsigned>(*i);
+          }
           if (auto backend = required_string(t, "backend", tpath)) {
             if (!backend_names.count(*backend)) {
               add(t["backend"], tpath + ".backend", "unknown backend '" + *backend + "'");
@@ -453,6 +503,13 @@ class loader {
         }
       }
       c.routes.push_back(std::move(rc));
+    }
+    // A fallback names another route by its model name or alias (not a pattern).
+    for (const auto& [node, item] : route_refs) {
+      const std::string name = node.Scalar();
+      if (!public_names.count(name) || name.find_first_of("*?") != std::string::npos) {
+        add(node, item, "unknown route '" + name + "' (name a route's model or alias)");
+      }
     }
   }
 

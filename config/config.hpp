@@ -36,6 +36,13 @@ struct timeouts_config {
   duration total{std::chrono::minutes(10)};        ///< the whole upstream call
 };
 
+/// Passive outlier ejection: failures seen on real traffic take a backend out of rotation.
+struct ejection_config {
+  unsigned after_failures = 5;  ///< consecutive failures that eject; 0 turns ejection off
+  duration cooldown{std::chrono::seconds(10)};       ///< first ejection; doubles while it keeps failing
+  duration max_cooldown{std::chrono::minutes(5)};
+};
+
 struct backend_config {
   std::string name;
   std::string kind;      ///< "openai"
@@ -43,17 +50,30 @@ struct backend_config {
   std::string api_key;   ///< may be empty (a self-hosted server without auth)
   std::map<std::string, std::string> headers;  ///< extra headers sent upstream
   timeouts_config timeouts;
+  ejection_config ejection;
 };
 
 struct target_config {
   std::string backend;
   std::string model;  ///< the name this upstream expects; empty: the name the client sent
+  unsigned weight = 1;  ///< for the weighted strategy
+};
+
+struct retry_config {
+  unsigned attempts = 0;  ///< attempts in all, first included; 0: one per target
+  duration backoff{std::chrono::milliseconds(100)};  ///< base of the full-jitter backoff
+  duration max_backoff{std::chrono::seconds(2)};
 };
 
 struct route_config {
   std::string model;                 ///< public name; may hold '*' wildcards
   std::vector<std::string> aliases;  ///< more public names for the same route
   std::vector<target_config> targets;
+  std::string strategy = "priority";  ///< a name registered in routing/policy
+  int strategy_line = 0;              ///< where strategy was set, for error messages
+  retry_config retry;
+  std::vector<std::string> fallbacks;          ///< routes to try when every target failed
+  std::vector<std::string> context_fallbacks;  ///< routes for context_length_exceeded
 };
 
 struct config {

@@ -5,6 +5,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include "adapters/backend.hpp"
@@ -55,6 +57,28 @@ std::string_view bearer_key(const request& req) {
 /// Upstream response headers worth passing on; hop-by-hop and framing headers are ours to set.
 bool relayed_header(std::string_view name) {
   return name == "retry-after" || name.starts_with("x-ratelimit-") || name == "openai-processing-ms";
+}
+
+/// An upstream answer read whole, kept until we know whether the client gets it.
+struct buffered_response {
+  int status = 0;
+  std::string content_type;
+  std::vector<std::pair<std::string, std::string>> headers;  ///< the ones relayed to clients
+  std::string body;
+  std::optional<std::chrono::milliseconds> retry_after;
+};
+
+/// Retry-After in seconds (the form API providers send); an HTTP date is not honoured.
+std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v) {
+  double seconds = 0;
+  try {
+    std::size_t used = 0;
+    seconds = std::stod(std::string(v), &used);
+    if (used != v.size() || seconds < 0 || seconds > 86400) return std::nullopt;
+  } catch (...) {
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
 /// Lets a waiting request notice that its client closed the connection: a readable socket with
@@ -190,6 +214,17 @@ class session {
     return nlohmann::json{{"object", "list"}, {"data", std::move(data)}}.dump();
   }
 
+  /// What the attempts of one request have learnt so far.
+  struct attempt_state {
+    unsigned attempts = 0;  ///< started, over every route tried
+    clock::time_point deadline;
+    std::optional<adapters::call_event> last_failure;  ///< the last attempt broke or timed out
+    std::optional<buffered_response> last_response;    ///< the last attempt answered with an error
+    bool client_gone = false;
+  };
+
+  enum class route_result { answered, exhausted, context_exceeded };
+
   net::awaitable<bool> proxy(request& req, std::string path, const runtime& rt) {
     auto parsed = parse_request_body(req.body());
     if (!parsed.fields) co_return co_await send_error(bad_request(parsed.error, parsed.error_param), true);
@@ -204,31 +239,26 @@ class session {
           true);
     }
 
-    std::optional<adapters::call_event> last_failure;
-    for (std::size_t i = 0; i < route->targets.size(); ++i) {
-      const routing::target& target = route->targets[i];
-      const bool last = i + 1 == route->targets.size();
-      adapters::upstream_request up;
-      up.path = path;
-      up.stream = fields.stream;
-      up.request_id = record_.request_id;
-      if (target.model.empty() || target.model == fields.model) {
-        up.body = last ? std::move(req.body()) : req.body();
-      } else {
-        up.body = set_top_level(req.body(), "model", json_quote(target.model));
+    attempt_state st;
+    st.deadline = started_ + route->deadline;
+    // The route, then its fallbacks; a context_length_exceeded answer switches to the context
+    // fallbacks of the route that gave it.
+    std::vector<const routing::route*> chain{route};
+    chain.insert(chain.end(), route->fallbacks.begin(), route->fallbacks.end());
+    for (std::size_t i = 0; i < chain.size(); ++i) {
+      const auto result = co_await try_route(*chain[i], req, path, fields, rt, st);
+      if (result == route_result::answered) co_return keep_alive_;
+      if (st.client_gone) co_return false;
+      if (result == route_result::context_exceeded && !chain[i]->context_fallbacks.empty()) {
+        chain.resize(i + 1);
+        chain.insert(chain.end(), chain[i]->context_fallbacks.begin(), chain[i]->context_fallbacks.end());
       }
-      backend_name_ = target.backend;
-      record_.backend = target.backend;
-      auto call = rt.backends[target.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
-
-      auto watch = watch_client(*call);
-      auto outcome = co_await relay(*call, fields.stream);
-      unwatch_client(watch);
-      if (outcome.done) co_return outcome.keep_alive;
-      last_failure = std::move(outcome.failure);
-      if (watch->gone) co_return false;
     }
-    const auto& f = *last_failure;
+    if (st.last_response) {
+      // Every attempt failed and the last one answered: the client sees that answer as it was.
+      co_return co_await send_buffered(std::move(*st.last_response));
+    }
+    const auto& f = *st.last_failure;
     record_.error = f.message;
     if (f.error == adapters::failure::timeout) {
       co_return co_await send_error(gateway_timeout("upstream " + backend_name_ + " timed out: " + f.message), true);
@@ -236,17 +266,110 @@ class session {
     co_return co_await send_error(bad_gateway("upstream " + backend_name_ + " failed: " + f.message), true);
   }
 
+  /// Tries one route's targets in its plan's order, up to its retry.attempts.
+  net::awaitable<route_result> try_route(const routing::route& r, request& req, const std::string& path,
+                                         const request_fields& fields, const runtime& rt, attempt_state& st) {
+    rt.routes.plan(r, w_.index(), routing::pick_context{w_.random()}, clock::now(), order_);
+    const std::size_t n = order_.size();
+    const unsigned attempts = r.retry.attempts != 0 ? r.retry.attempts : static_cast<unsigned>(n);
+    std::size_t pos = 0;
+    std::size_t refused = 0;
+    for (unsigned used = 0; used < attempts;) {
+      const routing::target& target = r.targets[order_[pos++ % n]];
+      // An ejected backend is skipped, unless every target is: then they are tried anyway.
+      if (!target.health->admit(clock::now()) && ++refused < n) continue;
+      refused = 0;
+      ++used;
+      if (st.attempts > 0 && !co_await back_off(r.retry, st)) co_return route_result::exhausted;
+      ++st.attempts;
+
+      adapters::upstream_request up;
+      up.path = path;
+      up.stream = fields.stream;
+      up.request_id = record_.request_id;
+      up.body = target.model.empty() || target.model == fields.model
+                    ? req.body()
+                    : set_top_level(req.body(), "model", json_quote(target.model));
+      backend_name_ = target.backend;
+      record_.backend = target.backend;
+
+      target.health->begin_request();
+      auto call = rt.backends[target.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
+      auto watch = watch_client(*call);
+      auto outcome = co_await relay(*call, fields.stream);
+      unwatch_client(watch);
+      call.reset();
+      target.health->end_request();
+
+      switch (outcome.kind) {
+        case relay_kind::answered:
+          target.health->record_success();
+          keep_alive_ = outcome.keep_alive;
+          co_return route_result::answered;
+        case relay_kind::gone:
+          target.health->record_abandoned();
+          st.client_gone = true;
+          co_return route_result::exhausted;
+        case relay_kind::context_exceeded:
+          target.health->record_success();  // the backend is fine; the prompt is too long for it
+          st.last_failure.reset();
+          st.last_response = std::move(outcome.response);
+          co_return route_result::context_exceeded;
+        case relay_kind::retryable_status:
+          target.health->record_failure(clock::now(), target.ejection);
+          st.last_failure.reset();
+          st.last_response = std::move(outcome.response);
+          break;
+        case relay_kind::failed:
+          if (watch->gone) {
+            target.health->record_abandoned();
+            st.client_gone = true;
+            co_return route_result::exhausted;
+          }
+          target.health->record_failure(clock::now(), target.ejection);
+          st.last_response.reset();
+          st.last_failure = std::move(outcome.failure);
+          break;
+      }
+    }
+    co_return route_result::exhausted;
+  }
+
+  /// Waits before the next attempt: full jitter over an exponential base, at least the last
+  /// answer's Retry-After. false when that wait would pass the request's deadline.
+  net::awaitable<bool> back_off(const config::retry_config& retry, const attempt_state& st) {
+    const unsigned exponent = std::min(st.attempts - 1, 20u);
+    auto cap = retry.backoff * (1ll << exponent);
+    if (cap > retry.max_backoff) cap = retry.max_backoff;
+    auto wait = std::chrono::milliseconds(cap.count() > 0 ? static_cast<long long>(w_.random() % (cap.count() + 1)) : 0);
+    if (st.last_response && st.last_response->retry_after) wait = std::max(wait, *st.last_response->retry_after);
+    if (clock::now() + wait >= st.deadline) co_return false;
+    if (wait.count() == 0) co_return true;
+    net::steady_timer timer(w_.io());
+    timer.expires_after(wait);
+    co_await timer.async_wait(use_tuple);
+    co_return true;
+  }
+
+  enum class relay_kind { answered, failed, retryable_status, context_exceeded, gone };
+
   struct relay_outcome {
-    bool done = false;        ///< the client got an answer (or is gone); no further attempts
-    bool keep_alive = false;  ///< with done
-    adapters::call_event failure;  ///< without done: why this attempt failed before any byte was sent
+    relay_kind kind = relay_kind::failed;
+    bool keep_alive = false;        ///< with answered
+    adapters::call_event failure;   ///< with failed
+    buffered_response response;     ///< with retryable_status and context_exceeded
   };
 
-  /// Relays one attempt. Fails over (done=false) only while nothing has reached the client.
+  static bool retryable_status(int status) {
+    return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
+  }
+
+  /// Relays one attempt. Only answers that reached the client are final; the rest let the caller
+  /// try again, which is possible because nothing has been sent.
   net::awaitable<relay_outcome> relay(adapters::call& call, bool want_stream) {
     stream_.expires_never();
     adapters::call_event ev = co_await call.next();
-    if (ev.type == adapters::call_event::kind::failed) co_return relay_outcome{false, false, std::move(ev)};
+    if (ev.type == adapters::call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
     adapters::response_head head = std::move(ev.head);
     const std::string* type = head.find("content-type");
     const bool sse = type != nullptr && type->find("text/event-stream") != std::string::npos;
@@ -255,28 +378,42 @@ class session {
     }
 
     // Whole answers (and errors) are read completely first: a break mid-body can still fail over.
-    std::string body;
+    buffered_response res;
+    res.status = head.status;
+    res.content_type = type != nullptr ? *type : "application/json";
+    for (const auto& [name, value] : head.headers) {
+      if (relayed_header(name)) res.headers.emplace_back(name, value);
+      if (name == "retry-after") res.retry_after = parse_retry_after(value);
+    }
     for (;;) {
       ev = co_await call.next();
       if (ev.type == adapters::call_event::kind::data) {
-        body += ev.data;
-        if (body.size() > max_upstream_body) {
+        res.body += ev.data;
+        if (res.body.size() > max_upstream_body) {
           ev.type = adapters::call_event::kind::failed;
           ev.error = adapters::failure::broken;
           ev.message = "upstream response exceeds " + std::to_string(max_upstream_body) + " bytes";
-          co_return relay_outcome{false, false, std::move(ev)};
+          co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
         }
         continue;
       }
-      if (ev.type == adapters::call_event::kind::failed) co_return relay_outcome{false, false, std::move(ev)};
+      if (ev.type == adapters::call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
       break;
     }
-    http::response<http::string_body> res{static_cast<http::status>(head.status), 11};
-    res.set(http::field::content_type, type != nullptr ? *type : "application/json");
-    copy_relayed(head, res);
-    res.body() = std::move(body);
-    const bool keep = co_await send(std::move(res), true);
-    co_return relay_outcome{true, keep, {}};
+    if (retryable_status(res.status)) co_return relay_outcome{relay_kind::retryable_status, false, {}, std::move(res)};
+    if (res.status == 400 && res.body.find("context_length_exceeded") != std::string::npos) {
+      co_return relay_outcome{relay_kind::context_exceeded, false, {}, std::move(res)};
+    }
+    const bool keep = co_await send_buffered(std::move(res));
+    co_return relay_outcome{relay_kind::answered, keep, {}, {}};
+  }
+
+  net::awaitable<bool> send_buffered(buffered_response b) {
+    http::response<http::string_body> res{static_cast<http::status>(b.status), 11};
+    res.set(http::field::content_type, b.content_type);
+    for (const auto& [name, value] : b.headers) res.set(name, value);
+    res.body() = std::move(b.body);
+    co_return co_await send(std::move(res), true);
   }
 
   net::awaitable<relay_outcome> relay_stream(adapters::call& call, const adapters::response_head& head) {
@@ -290,7 +427,7 @@ class session {
     http::response_serializer<http::empty_body> sr{res};
     stream_.expires_after(write_timeout);
     auto [ec, n] = co_await http::async_write_header(stream_, sr, use_tuple);
-    if (ec) co_return relay_outcome{true, false, {}};
+    if (ec) co_return relay_outcome{relay_kind::gone, false, {}, {}};
     record_.bytes_out += n;
 
     sse_splitter events;
@@ -310,7 +447,7 @@ class session {
       } else {
         // The client already has part of the answer: say the stream broke, never end it quietly.
         record_.error = ev.message;
-        if (ev.error == adapters::failure::cancelled) co_return relay_outcome{true, false, {}};
+        if (ev.error == adapters::failure::cancelled) co_return relay_outcome{relay_kind::gone, false, {}, {}};
         const api_error err = ev.error == adapters::failure::timeout
                                   ? gateway_timeout("upstream " + backend_name_ + " timed out mid-stream: " + ev.message)
                                   : bad_gateway("upstream " + backend_name_ + " broke the stream: " + ev.message);
@@ -322,7 +459,7 @@ class session {
       if (!out.empty()) {
         stream_.expires_after(write_timeout);
         auto [wec, wn] = co_await net::async_write(stream_, http::make_chunk(net::buffer(out)), use_tuple);
-        if (wec) co_return relay_outcome{true, false, {}};
+        if (wec) co_return relay_outcome{relay_kind::gone, false, {}, {}};
         record_.bytes_out += wn;
       }
       if (finished) break;
@@ -330,7 +467,7 @@ class session {
     stream_.expires_after(write_timeout);
     auto [lec, ln] = co_await net::async_write(stream_, http::make_chunk_last(), use_tuple);
     record_.bytes_out += ln;
-    co_return relay_outcome{true, !lec, {}};
+    co_return relay_outcome{relay_kind::answered, !lec, {}, {}};
   }
 
   std::shared_ptr<client_watch> watch_client(adapters::call& call) {
@@ -393,6 +530,8 @@ class session {
   }
 
   worker& w_;
+  std::vector<std::size_t> order_;  // reused per attempt plan
+  bool keep_alive_ = false;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::list<worker::session_entry>::iterator entry_;

@@ -2,8 +2,11 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <string_view>
@@ -37,7 +40,9 @@ constexpr std::string_view serve_help =
     "\n"
     "Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests\n"
     "finish for up to server.shutdown_timeout, and exits. ${VAR} in the config expands from the\n"
-    "environment. Without --config the embedded demo config is used (config/examples/demo.yaml).\n";
+    "environment. Without --config the embedded demo config is used (config/examples/demo.yaml).\n"
+    "SIGHUP, or any change to the file, reloads it: an invalid file is refused with its problems\n"
+    "logged and the running config kept; requests in flight finish on the config they started with.\n";
 
 constexpr std::string_view check_help =
     "usage: tollgate check-config FILE\n"
@@ -46,6 +51,20 @@ constexpr std::string_view check_help =
     "problem as file:line:column: key: message and exits 1.\n";
 
 bool is_help(std::string_view a) { return a == "-h" || a == "--help" || a == "help"; }
+
+/// Loads a config file (or the embedded one) and runs every check, the runtime's included.
+load_result load_checked(const std::string& path) {
+  load_result r = path.empty() ? tollgate::config::load_string(tollgate::gateway::embedded_config, "<embedded>")
+                               : tollgate::config::load_file(path);
+  if (r.value) {
+    auto more = tollgate::gateway::runtime_problems(*r.value);
+    if (!more.empty()) {
+      r.problems = std::move(more);
+      r.value.reset();
+    }
+  }
+  return r;
+}
 
 int print_problems(const load_result& r) {
   for (const auto& p : r.problems) std::cerr << p.to_string() << "\n";
@@ -62,7 +81,7 @@ int check_config(const std::vector<std::string_view>& args) {
     std::cerr << check_help;
     return 2;
   }
-  const auto result = tollgate::config::load_file(std::string(args[0]));
+  const auto result = load_checked(std::string(args[0]));
   if (!result.value) return print_problems(result);
   const auto& c = *result.value;
   std::cout << args[0] << ": ok (" << c.backends.size() << " backends, " << c.routes.size() << " routes, "
@@ -86,15 +105,16 @@ int serve(const std::vector<std::string_view>& args) {
       return 2;
     }
   }
-  load_result loaded = path.empty() ? tollgate::config::load_string(tollgate::gateway::embedded_config, "<embedded>")
-                                    : tollgate::config::load_file(path);
+  load_result loaded = load_checked(path);
   if (!loaded.value) return print_problems(loaded);
 
   std::signal(SIGPIPE, SIG_IGN);
   net::io_context signals_io;
   net::signal_set signals(signals_io, SIGINT, SIGTERM, SIGHUP);
   const auto shutdown_timeout = loaded.value->server.shutdown_timeout;
-  auto rt = std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value));
+  const auto workers = tollgate::gateway::worker_count(loaded.value->server);
+  tollgate::routing::health_registry health;
+  auto rt = std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), health, workers);
   std::unique_ptr<tollgate::gateway::server> srv;
   try {
     srv = std::make_unique<tollgate::gateway::server>(rt);
@@ -107,13 +127,64 @@ int serve(const std::vector<std::string_view>& args) {
   std::cerr << "tollgate " TOLLGATE_VERSION " listening on http://" << rt->cfg.server.listen_host << ":" << srv->port()
             << " (" << rt->cfg.source << ", " << rt->routes.public_models().size() << " models)" << std::endl;
 
+  // Reload: a new snapshot for new requests; requests in flight finish on the one they hold.
+  auto reload = [&](const char* why) {
+    load_result next = load_checked(path);
+    if (!next.value) {
+      std::cerr << "tollgate: reload (" << why << ") refused, keeping the running config:\n";
+      print_problems(next);
+      return;
+    }
+    const auto& old = srv->shared().current.load()->cfg.server;
+    const auto& now = next.value->server;
+    if (old.listen_host != now.listen_host || old.listen_port != now.listen_port || old.threads != now.threads ||
+        old.access_log != now.access_log) {
+      std::cerr << "tollgate: server.listen, server.threads and server.access_log change only on restart" << std::endl;
+    }
+    auto fresh = std::make_shared<const tollgate::gateway::runtime>(std::move(*next.value), health, workers);
+    std::cerr << "tollgate: reloaded " << fresh->cfg.source << " (" << why << ", " << fresh->routes.public_models().size()
+              << " models)" << std::endl;
+    srv->shared().current.store(std::move(fresh));
+  };
+
+  // The file is watched by polling its modification time and size: cheap, and it also sees
+  // editors that replace the file instead of writing it in place.
+  namespace fs = std::filesystem;
+  auto stamp = [&]() -> std::pair<fs::file_time_type, std::uintmax_t> {
+    std::error_code ec;
+    auto t = fs::last_write_time(path, ec);
+    auto size = fs::file_size(path, ec);
+    return {t, ec ? 0 : size};
+  };
+  auto last_stamp = path.empty() ? std::pair<fs::file_time_type, std::uintmax_t>{} : stamp();
+  net::steady_timer watch(signals_io);
+  std::function<void(boost::system::error_code)> on_watch = [&](boost::system::error_code ec) {
+    if (ec) return;
+    if (auto s = stamp(); s != last_stamp) {
+      last_stamp = s;
+      reload("file changed");
+    }
+    watch.expires_after(std::chrono::seconds(1));
+    watch.async_wait(on_watch);
+  };
+  if (!path.empty()) {
+    watch.expires_after(std::chrono::seconds(1));
+    watch.async_wait(on_watch);
+  }
+
   std::function<void(boost::system::error_code, int)> on_signal = [&](boost::system::error_code ec, int sig) {
     if (ec) return;
     if (sig == SIGHUP) {
-      std::cerr << "tollgate: SIGHUP ignored: config reload is not available in this version" << std::endl;
+      if (path.empty()) {
+        std::cerr << "tollgate: SIGHUP: the embedded config has no file to reload" << std::endl;
+      } else {
+        last_stamp = stamp();
+        reload("SIGHUP");
+      }
       signals.async_wait(on_signal);
       return;
     }
+    watch.cancel();
     std::cerr << "tollgate: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining for up to "
               << shutdown_timeout.count() << " ms" << std::endl;
   };

@@ -1,14 +1,34 @@
 #include "gateway/runtime.hpp"
 
+#include <thread>
+
 #include "adapters/openai_backend.hpp"
 
 namespace tollgate::gateway {
 
-runtime::runtime(config::config c) : cfg(std::move(c)), routes(cfg), keys(cfg.keys) {
+runtime::runtime(config::config c, routing::health_registry& health, std::size_t workers)
+    : cfg(std::move(c)), routes(cfg, health, workers), keys(cfg.keys) {
   for (const auto& b : cfg.backends) {
     // Validation admits only known kinds; "openai" is the one there is today.
     backends.push_back(std::make_unique<adapters::openai_backend>(b));
   }
+}
+
+std::vector<config::problem> runtime_problems(const config::config& c) {
+  std::vector<config::problem> problems;
+  routing::route_table table(c);
+  std::string known;
+  for (const auto& name : routing::policy_names()) known += (known.empty() ? "" : ", ") + name;
+  for (const auto& u : table.unknown_strategies()) {
+    problems.push_back({c.source, u.line, 0, "routes[" + std::to_string(u.route_index) + "].strategy",
+                        "unknown strategy '" + u.name + "' (known: " + known + ")"});
+  }
+  return problems;
+}
+
+std::size_t worker_count(const config::server_config& s) {
+  if (s.threads != 0) return s.threads;
+  return std::max(1u, std::thread::hardware_concurrency());
 }
 
 }  // namespace tollgate::gateway

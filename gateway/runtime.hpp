@@ -5,6 +5,8 @@
 #include <memory>
 #include <vector>
 
+#include "routing/health.hpp"
+
 #include "adapters/backend.hpp"
 #include "config/config.hpp"
 #include "gateway/key_table.hpp"
@@ -13,12 +15,20 @@
 namespace tollgate::gateway {
 
 struct runtime {
-  explicit runtime(config::config c);
+  /// health: shared with the runtimes before and after this one, so backend health survives a
+  /// reload. workers: the server's worker threads (each gets its own strategy instances).
+  runtime(config::config c, routing::health_registry& health, std::size_t workers);
 
   config::config cfg;
   routing::route_table routes;
   key_table keys;
   std::vector<std::unique_ptr<adapters::backend>> backends;  ///< same order as cfg.backends
 };
+
+/// Problems only the assembled runtime can see (a strategy no policy is registered under).
+std::vector<config::problem> runtime_problems(const config::config& c);
+
+/// Worker threads for a server config: server.threads, or one per core when 0.
+std::size_t worker_count(const config::server_config& s);
 
 }  // namespace tollgate::gateway

@@ -13,8 +13,7 @@ using tcp = net::ip::tcp;
 
 server::server(std::shared_ptr<const runtime> rt) {
   const auto& sc = rt->cfg.server;
-  unsigned threads = sc.threads;
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  const std::size_t threads = worker_count(sc);
   shared_.log = std::make_unique<access_log>(sc.access_log, threads);
   shared_.current.store(rt);
 
@@ -23,7 +22,7 @@ server::server(std::shared_ptr<const runtime> rt) {
   // Port 0 picks a free port once; the other workers join that same port.
   port_ = workers_.front()->port();
   endpoint.port(port_);
-  for (unsigned i = 1; i < threads; ++i) workers_.push_back(std::make_unique<worker>(shared_, i, endpoint));
+  for (std::size_t i = 1; i < threads; ++i) workers_.push_back(std::make_unique<worker>(shared_, i, endpoint));
 }
 
 server::~server() {

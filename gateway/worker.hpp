@@ -36,6 +36,7 @@ class worker {
   server_shared& shared() { return shared_; }
   std::size_t index() const { return index_; }
   std::string new_request_id();
+  std::uint64_t random() { return rng_(); }
 
   /// A connection that drain may need to close. Registered for the session's lifetime.
   struct session_entry {

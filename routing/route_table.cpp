@@ -34,18 +34,39 @@ std::size_t literal_count(std::string_view s) {
 }  // namespace
 
 route_table::route_table(const config::config& cfg) {
+  health_registry own;
+  build(cfg, own, 1);
+}
+
+route_table::route_table(const config::config& cfg, health_registry& health, std::size_t workers) {
+  build(cfg, health, workers);
+}
+
+void route_table::build(const config::config& cfg, health_registry& health, std::size_t workers) {
   std::unordered_map<std::string, std::size_t> backend_index;
   for (std::size_t i = 0; i < cfg.backends.size(); ++i) backend_index.emplace(cfg.backends[i].name, i);
 
+  routes_.reserve(cfg.routes.size());  // fallbacks point into routes_: it must not reallocate
   for (const auto& rc : cfg.routes) {
     route r;
     r.model = rc.model;
     r.aliases = rc.aliases;
     r.wildcard = has_wildcard(rc.model);
+    r.retry = rc.retry;
     for (const auto& tc : rc.targets) {
       auto it = backend_index.find(tc.backend);
       if (it == backend_index.end()) continue;  // unreachable after validation
-      r.targets.push_back(target{it->second, tc.backend, tc.model});
+      const auto& bc = cfg.backends[it->second];
+      r.targets.push_back(target{it->second, tc.backend, tc.model, tc.weight, health.get(tc.backend), bc.ejection});
+      r.deadline = std::max(r.deadline, bc.timeouts.total);
+    }
+    for (std::size_t w = 0; w < std::max<std::size_t>(workers, 1); ++w) {
+      auto p = make_policy(rc.strategy);
+      if (!p) {
+        if (w == 0) unknown_strategies_.push_back({routes_.size(), rc.strategy_line, rc.strategy});
+        p = make_policy("priority");
+      }
+      r.policies.push_back(std::move(p));
     }
     const std::size_t index = routes_.size();
     routes_.push_back(std::move(r));
@@ -62,6 +83,20 @@ route_table::route_table(const config::config& cfg) {
   std::stable_sort(wildcards_.begin(), wildcards_.end(), [this](std::size_t a, std::size_t b) {
     return literal_count(routes_[a].model) > literal_count(routes_[b].model);
   });
+  for (std::size_t i = 0; i < cfg.routes.size(); ++i) {
+    for (const auto& name : cfg.routes[i].fallbacks) {
+      if (const route* f = resolve(name); f != nullptr && f != &routes_[i]) routes_[i].fallbacks.push_back(f);
+    }
+    for (const auto& name : cfg.routes[i].context_fallbacks) {
+      if (const route* f = resolve(name); f != nullptr && f != &routes_[i]) routes_[i].context_fallbacks.push_back(f);
+    }
+  }
+}
+
+void route_table::plan(const route& r, std::size_t worker, const pick_context& ctx, steady_clock::time_point now,
+                       std::vector<std::size_t>& out) const {
+  r.policies[worker % r.policies.size()]->order(r, ctx, out);
+  std::stable_partition(out.begin(), out.end(), [&](std::size_t i) { return !r.targets[i].health->ejected(now); });
 }
 
 const route* route_table::resolve(std::string_view model) const {

@@ -148,14 +148,14 @@ routes:
   - model: m
     targets:
       - backend: up
-        weight: 3
+        wieght: 3
 extra: true
 )");
   CHECK_FALSE(r.value);
   CHECK(find(r, "server.thread").line == 3);
   CHECK(find(r, "backends[0].timeouts.frist_token").line == 8);
   CHECK(find(r, "backends[0].apikey").line == 9);
-  CHECK(find(r, "routes[0].targets[0].weight").line == 14);
+  CHECK(find(r, "routes[0].targets[0].wieght").line == 14);
   CHECK(find(r, "extra").line == 15);
   CHECK(r.problems.size() == 5);
 }

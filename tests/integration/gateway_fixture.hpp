@@ -31,6 +31,7 @@ inline std::string fill(std::string text, const std::string& name, const std::st
 struct gateway_fixture {
   fake_upstream a;
   fake_upstream b;
+  routing::health_registry health;
   std::unique_ptr<gateway::server> server;
   std::string base;  ///< "http://127.0.0.1:PORT"
 
@@ -42,7 +43,8 @@ struct gateway_fixture {
       for (const auto& p : loaded.problems) UNSCOPED_INFO(p.to_string());
       FAIL("test config does not load");
     }
-    auto rt = std::make_shared<const gateway::runtime>(std::move(*loaded.value));
+    const auto workers = gateway::worker_count(loaded.value->server);
+    auto rt = std::make_shared<const gateway::runtime>(std::move(*loaded.value), health, workers);
     server = std::make_unique<gateway::server>(rt);
     server->start();
     base = "http://127.0.0.1:" + std::to_string(server->port());

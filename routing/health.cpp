@@ -1,0 +1,52 @@
+#include "routing/health.hpp"
+
+namespace tollgate::routing {
+
+namespace {
+std::int64_t ticks(steady_clock::time_point t) { return t.time_since_epoch().count(); }
+}  // namespace
+
+bool target_health::ejected(steady_clock::time_point now) const {
+  const auto until = ejected_until_.load(std::memory_order_acquire);
+  return until != 0 && (ticks(now) < until || trial_.load(std::memory_order_acquire));
+}
+
+bool target_health::admit(steady_clock::time_point now) {
+  const auto until = ejected_until_.load(std::memory_order_acquire);
+  if (until == 0) return true;
+  if (ticks(now) < until) return false;
+  bool expected = false;
+  return trial_.compare_exchange_strong(expected, true, std::memory_order_acq_rel);
+}
+
+void target_health::record_success() {
+  failures_.store(0, std::memory_order_relaxed);
+  if (ejected_until_.load(std::memory_order_acquire) != 0) {
+    ejections_.store(0, std::memory_order_relaxed);
+    ejected_until_.store(0, std::memory_order_release);
+    trial_.store(false, std::memory_order_release);
+  }
+}
+
+void target_health::record_failure(steady_clock::time_point now, const config::ejection_config& cfg) {
+  const int failures = failures_.fetch_add(1, std::memory_order_relaxed) + 1;
+  const bool was_trial = trial_.load(std::memory_order_acquire);
+  if (cfg.after_failures == 0) return;
+  if (!was_trial && failures < static_cast<int>(cfg.after_failures)) return;
+  // Eject (again): the cooldown doubles with each ejection in a row, up to the maximum.
+  const int n = ejections_.fetch_add(1, std::memory_order_relaxed);
+  auto cooldown = cfg.cooldown;
+  for (int i = 0; i < n && cooldown < cfg.max_cooldown; ++i) cooldown *= 2;
+  if (cooldown > cfg.max_cooldown) cooldown = cfg.max_cooldown;
+  ejected_until_.store(ticks(now + cooldown), std::memory_order_release);
+  trial_.store(false, std::memory_order_release);
+}
+
+std::shared_ptr<target_health> health_registry::get(const std::string& backend) {
+  std::lock_guard lock(mutex_);
+  auto& slot = by_name_[backend];
+  if (!slot) slot = std::make_shared<target_health>();
+  return slot;
+}
+
+}  // namespace tollgate::routing

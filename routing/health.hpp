@@ -1,0 +1,55 @@
+// Health of each backend as real traffic sees it (passive outlier ejection), shared by every
+// worker and kept across config reloads for backends whose name stays.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "config/config.hpp"
+
+namespace tollgate::routing {
+
+using steady_clock = std::chrono::steady_clock;
+
+/// Lock-free; every method is thread-safe.
+class target_health {
+ public:
+  /// May a request go here now? An ejected backend whose cooldown has passed admits one trial
+  /// request at a time (half-open); its outcome closes or re-opens the ejection.
+  bool admit(steady_clock::time_point now);
+  /// Whether it is ejected at all (for display and for ordering).
+  bool ejected(steady_clock::time_point now) const;
+  void record_success();
+  /// The request ended with no verdict (the client left): frees a half-open trial slot.
+  void record_abandoned() { trial_.store(false, std::memory_order_release); }
+  void record_failure(steady_clock::time_point now, const config::ejection_config& cfg);
+
+  std::int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  void begin_request() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
+  void end_request() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
+  int consecutive_failures() const { return failures_.load(std::memory_order_relaxed); }
+  int ejections() const { return ejections_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::int64_t> in_flight_{0};
+  std::atomic<int> failures_{0};
+  std::atomic<int> ejections_{0};  ///< consecutive ejections; sets the next cooldown
+  std::atomic<std::int64_t> ejected_until_{0};  ///< steady_clock ticks; 0 = not ejected
+  std::atomic<bool> trial_{false};  ///< a half-open trial is in flight
+};
+
+/// One target_health per backend name. Lookups happen when a config is built, never per request.
+class health_registry {
+ public:
+  std::shared_ptr<target_health> get(const std::string& backend);
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::shared_ptr<target_health>> by_name_;
+};
+
+}  // namespace tollgate::routing
