@@ -42,6 +42,22 @@ echo "$out" | grep -q "bad.yaml:5:.*backends\[0\].base_url: invalid URL" || fail
 echo "$out" | grep -q "bad.yaml:9:.*routes\[0\].targets\[0\].backend: unknown backend 'missing'" || fail "unknown backend: $out"
 echo "$out" | grep -q "3 problems found" || fail "count: $out"
 
+cat >"$work/strategy.yaml" <<'YAML'
+backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9/v1"}
+routes:
+  - model: m
+    strategy: fastest
+    targets: [{backend: up}]
+YAML
+set +e
+out=$("$bin" check-config "$work/strategy.yaml" 2>&1)
+code=$?
+set -e
+[ "$code" -eq 1 ] || fail "unknown strategy exit code $code"
+echo "$out" | grep -q "strategy.yaml:5:0: routes\[0\].strategy: unknown strategy 'fastest' (known: priority, weighted, least_busy)" ||
+  fail "unknown strategy: $out"
+
 set +e
 "$bin" check-config "$work/nope.yaml" >/dev/null 2>&1
 code=$?

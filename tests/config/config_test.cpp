@@ -279,3 +279,60 @@ TEST_CASE("the shipped examples load", "[config]") {
   REQUIRE(missing.problems.size() == 1);
   CHECK(missing.problems[0].line == 0);
 }
+
+TEST_CASE("resilience settings: retry, fallbacks, strategy, weights, ejection", "[config]") {
+  auto r = load(R"(backends:
+  - name: up
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+    ejection: {after_failures: 3, cooldown: 5s, max_cooldown: 1m}
+routes:
+  - model: main
+    strategy: weighted
+    retry: {attempts: 4, backoff: 50ms, max_backoff: 1s}
+    fallbacks: [spare]
+    context_fallbacks: [long]
+    targets: [{backend: up, weight: 7}]
+  - model: spare
+    targets: [{backend: up}]
+  - model: long
+    targets: [{backend: up}]
+)");
+  for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+  REQUIRE(r.value);
+  const auto& route = r.value->routes[0];
+  CHECK(route.strategy == "weighted");
+  CHECK(route.strategy_line == 8);
+  CHECK(route.retry.attempts == 4);
+  CHECK(route.retry.backoff == std::chrono::milliseconds(50));
+  CHECK(route.fallbacks == std::vector<std::string>{"spare"});
+  CHECK(route.context_fallbacks == std::vector<std::string>{"long"});
+  CHECK(route.targets[0].weight == 7);
+  CHECK(r.value->backends[0].ejection.after_failures == 3);
+  CHECK(r.value->backends[0].ejection.max_cooldown == std::chrono::minutes(1));
+  CHECK(r.value->routes[1].strategy == "priority");
+  CHECK(r.value->routes[1].retry.attempts == 0);  // one attempt per target
+}
+
+TEST_CASE("resilience settings are checked", "[config]") {
+  auto r = load(R"(backends:
+  - name: up
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+    ejection: {cooldown: 10s, max_cooldown: 1s}
+routes:
+  - model: main
+    retry: {attempts: 0, backoff: 2s, max_backoff: 1s}
+    fallbacks: [nowhere, main-*]
+    targets: [{backend: up, weight: 0}]
+  - model: main-*
+    targets: [{backend: up}]
+)");
+  CHECK_FALSE(r.value);
+  CHECK(find(r, "backends[0].ejection.max_cooldown").line == 5);
+  CHECK(find(r, "routes[0].retry.attempts").line == 8);
+  CHECK(find(r, "routes[0].retry.max_backoff").line == 8);
+  CHECK(find(r, "routes[0].fallbacks[0]").message.find("unknown route 'nowhere'") == 0);
+  CHECK(find(r, "routes[0].fallbacks[1]").line == 9);
+  CHECK(find(r, "routes[0].targets[0].weight").line == 10);
+}
