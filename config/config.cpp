@@ -250,7 +250,7 @@ class loader {
   void read_server(const YAML::Node& n, server_config& s) {
     if (!expect_map(n, "server")) return;
     known_keys(n, "server",
-               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log"});
+               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log", "admin_key"});
     if (auto v = n["listen"]) read_listen(v, "server.listen", s);
     if (auto v = n["threads"]) {
       if (auto i = integer(v, "server.threads", 0, 1024)) s.threads = static_cast<unsigned>(*i);
@@ -260,6 +260,12 @@ class loader {
     }
     if (auto v = n["shutdown_timeout"]) read_duration(v, "server.shutdown_timeout", s.shutdown_timeout);
     if (auto v = n["idle_timeout"]) read_duration(v, "server.idle_timeout", s.idle_timeout);
+    if (auto v = n["admin_key"]; v && !v.IsNull()) {
+      if (auto t = string(v, "server.admin_key")) {
+        if (!t->empty() && t->size() < 16) add(v, "server.admin_key", "use at least 16 characters");
+        s.admin_key = *t;
+      }
+    }
     if (auto v = n["access_log"]) {
       if (auto t = string(v, "server.access_log")) {
         if (t->empty()) add(v, "server.access_log", "must be stdout, stderr, off or a file path");
@@ -355,6 +361,26 @@ class loader {
     if (e.max_cooldown < e.cooldown) add(n, path + ".max_cooldown", "must not be shorter than cooldown");
   }
 
+  void read_health_check(const YAML::Node& n, const std::string& path, health_check_config& h) {
+    if (!expect_map(n, path)) return;
+    known_keys(n, path, {"path", "interval", "timeout", "unhealthy_after", "healthy_after"});
+    h.enabled = true;
+    if (auto v = n["path"]) {
+      if (auto p = string(v, path + ".path")) {
+        if (p->empty() || p->front() != '/') add(v, path + ".path", "a path starts with '/'");
+        else h.path = *p;
+      }
+    }
+    if (auto v = n["interval"]) read_duration(v, path + ".interval", h.interval);
+    if (auto v = n["timeout"]) read_duration(v, path + ".timeout", h.timeout);
+    if (auto v = n["unhealthy_after"]) {
+      if (auto i = integer(v, path + ".unhealthy_after", 1, 100)) h.unhealthy_after = static_cast<unsigned>(*i);
+    }
+    if (auto v = n["healthy_after"]) {
+      if (auto i = integer(v, path + ".healthy_after", 1, 100)) h.healthy_after = static_cast<unsigned>(*i);
+    }
+  }
+
   void read_retry(const YAML::Node& n, const std::string& path, retry_config& r) {
     if (!expect_map(n, path)) return;
     known_keys(n, path, {"attempts", "backoff", "max_backoff"});
@@ -386,7 +412,7 @@ class loader {
       const std::string path = "backends[" + std::to_string(i) + "]";
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
-      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts", "ejection"});
+      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts", "ejection", "health_check"});
       backend_config bc;
       bool ok = true;
       if (auto name = required_string(b, "name", path)) {
@@ -427,6 +453,7 @@ class loader {
       }
       if (auto t = b["timeouts"]) read_timeouts(t, path + ".timeouts", bc.timeouts);
       if (auto e = b["ejection"]) read_ejection(e, path + ".ejection", bc.ejection);
+      if (auto h = b["health_check"]) read_health_check(h, path + ".health_check", bc.health_check);
       if (ok) backends.push_back(std::move(bc));
     }
   }

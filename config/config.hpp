@@ -22,6 +22,7 @@ struct server_config {
   duration shutdown_timeout{std::chrono::seconds(30)};  ///< how long in-flight requests may finish
   duration idle_timeout{std::chrono::seconds(60)};      ///< keep-alive connection with no request
   std::string access_log = "stdout";                    ///< "stdout", "stderr", "off", or a file path
+  std::string admin_key;  ///< opens /admin/; empty: /admin/ is off
 };
 
 struct key_config {
@@ -43,6 +44,16 @@ struct ejection_config {
   duration max_cooldown{std::chrono::minutes(5)};
 };
 
+/// Active health checks: a GET on base_url + path every interval.
+struct health_check_config {
+  bool enabled = false;
+  std::string path = "/models";
+  duration interval{std::chrono::seconds(10)};
+  duration timeout{std::chrono::seconds(2)};
+  unsigned unhealthy_after = 3;  ///< consecutive failed probes that mark it down
+  unsigned healthy_after = 2;    ///< consecutive good probes that bring it back
+};
+
 struct backend_config {
   std::string name;
   std::string kind;      ///< "openai"
@@ -51,6 +62,7 @@ struct backend_config {
   std::map<std::string, std::string> headers;  ///< extra headers sent upstream
   timeouts_config timeouts;
   ejection_config ejection;
+  health_check_config health_check;
 };
 
 struct target_config {

@@ -175,7 +175,31 @@ class session {
     if (path == "/readyz") {
       if (!get) co_return co_await send_error(method_not_allowed(), true);
       if (w_.shared().draining) co_return co_await send_json(503, R"({"status":"draining"})", false);
-      co_return co_await send_json(200, R"({"status":"ready"})", true);
+      // Ready while at least one backend can take traffic; the body says which can.
+      nlohmann::json backends = nlohmann::json::object();
+      bool any = false;
+      const auto now = clock::now();
+      for (std::size_t i = 0; i < rt->cfg.backends.size(); ++i) {
+        const bool up = !rt->backend_health[i]->ejected(now);
+        any = any || up;
+        backends[rt->cfg.backends[i].name] = up ? "up" : "down";
+      }
+      nlohmann::json body = {{"status", any ? "ready" : "no healthy backend"}, {"backends", std::move(backends)}};
+      co_return co_await send_json(any ? 200 : 503, body.dump(), true);
+    }
+    if (req.target().starts_with("/admin/")) {
+      if (rt->cfg.server.admin_key.empty()) {
+        co_return co_await send_error(not_found("the admin API is off: set server.admin_key", "unknown_url"), true);
+      }
+      if (sha256(bearer_key(req)) != sha256(rt->cfg.server.admin_key)) {
+        co_return co_await send_error(unauthorized("the admin API needs server.admin_key"), true);
+      }
+      record_.key_name = "admin";
+      if (path == "/admin/backends") {
+        if (!get) co_return co_await send_error(method_not_allowed(), true);
+        co_return co_await send_json(200, backends_body(*rt), true);
+      }
+      co_return co_await send_error(not_found("Unknown admin URL: " + std::string(path), "unknown_url"), true);
     }
     if (path == "/models") {
       if (!get) co_return co_await send_error(method_not_allowed(), true);
@@ -204,6 +228,26 @@ class session {
       return unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'.");
     }
     return unauthorized("Incorrect API key provided.");
+  }
+
+  static std::string backends_body(const runtime& rt) {
+    nlohmann::json list = nlohmann::json::array();
+    const auto now = clock::now();
+    for (std::size_t i = 0; i < rt.cfg.backends.size(); ++i) {
+      const auto& b = rt.cfg.backends[i];
+      const auto& h = *rt.backend_health[i];
+      const bool ejected = h.ejected(now) && !h.probed_down();
+      list.push_back({{"name", b.name},
+                      {"kind", b.kind},
+                      {"base_url", b.base_url},
+                      {"healthy", !h.ejected(now)},
+                      {"active_check", b.health_check.enabled ? (h.probed_down() ? "down" : "up") : "off"},
+                      {"ejected", ejected},
+                      {"ejections_in_a_row", h.ejections()},
+                      {"consecutive_failures", h.consecutive_failures()},
+                      {"in_flight", h.in_flight()}});
+    }
+    return nlohmann::json{{"object", "list"}, {"data", std::move(list)}}.dump();
   }
 
   static std::string models_body(const runtime& rt) {

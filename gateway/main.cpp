@@ -14,6 +14,7 @@
 
 #include "config/config.hpp"
 #include "embedded_config.hpp"
+#include "gateway/health_prober.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/server.hpp"
 
@@ -124,6 +125,8 @@ int serve(const std::vector<std::string_view>& args) {
     return 1;
   }
   srv->start();
+  auto prober = std::make_unique<tollgate::gateway::health_prober>(srv->shared(), health);
+  prober->start();
   std::cerr << "tollgate " TOLLGATE_VERSION " listening on http://" << rt->cfg.server.listen_host << ":" << srv->port()
             << " (" << rt->cfg.source << ", " << rt->routes.public_models().size() << " models)" << std::endl;
 
@@ -191,6 +194,7 @@ int serve(const std::vector<std::string_view>& args) {
   signals.async_wait(on_signal);
   signals_io.run();
 
+  prober.reset();
   const auto cut = srv->shutdown(shutdown_timeout);
   srv.reset();
   std::cerr << "tollgate: stopped" << (cut > 0 ? " (" + std::to_string(cut) + " requests cut off)" : "") << std::endl;

@@ -11,6 +11,7 @@ runtime::runtime(config::config c, routing::health_registry& health, std::size_t
   for (const auto& b : cfg.backends) {
     // Validation admits only known kinds; "openai" is the one there is today.
     backends.push_back(std::make_unique<adapters::openai_backend>(b));
+    backend_health.push_back(health.get(b.name));
   }
 }
 

@@ -23,6 +23,7 @@ struct runtime {
   routing::route_table routes;
   key_table keys;
   std::vector<std::unique_ptr<adapters::backend>> backends;  ///< same order as cfg.backends
+  std::vector<std::shared_ptr<routing::target_health>> backend_health;  ///< same order
 };
 
 /// Problems only the assembled runtime can see (a strategy no policy is registered under).

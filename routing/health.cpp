@@ -7,11 +7,13 @@ std::int64_t ticks(steady_clock::time_point t) { return t.time_since_epoch().cou
 }  // namespace
 
 bool target_health::ejected(steady_clock::time_point now) const {
+  if (probed_down()) return true;
   const auto until = ejected_until_.load(std::memory_order_acquire);
   return until != 0 && (ticks(now) < until || trial_.load(std::memory_order_acquire));
 }
 
 bool target_health::admit(steady_clock::time_point now) {
+  if (probed_down()) return false;
   const auto until = ejected_until_.load(std::memory_order_acquire);
   if (until == 0) return true;
   if (ticks(now) < until) return false;

@@ -32,6 +32,10 @@ class target_health {
   void begin_request() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
   void end_request() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
   int consecutive_failures() const { return failures_.load(std::memory_order_relaxed); }
+
+  /// Active checks: the prober's verdict. A backend marked down is not admitted (like ejection).
+  void set_probed_down(bool down) { probed_down_.store(down, std::memory_order_release); }
+  bool probed_down() const { return probed_down_.load(std::memory_order_acquire); }
   int ejections() const { return ejections_.load(std::memory_order_relaxed); }
 
  private:
@@ -40,6 +44,7 @@ class target_health {
   std::atomic<int> ejections_{0};  ///< consecutive ejections; sets the next cooldown
   std::atomic<std::int64_t> ejected_until_{0};  ///< steady_clock ticks; 0 = not ejected
   std::atomic<bool> trial_{false};  ///< a half-open trial is in flight
+  std::atomic<bool> probed_down_{false};
 };
 
 /// One target_health per backend name. Lookups happen when a config is built, never per request.

@@ -336,3 +336,40 @@ routes:
   CHECK(find(r, "routes[0].fallbacks[1]").line == 9);
   CHECK(find(r, "routes[0].targets[0].weight").line == 10);
 }
+
+TEST_CASE("health checks and the admin key", "[config]") {
+  auto ok = load("server: {admin_key: adm-0123456789abcdef}\n" + minimal);
+  REQUIRE(ok.value);
+  CHECK(ok.value->server.admin_key == "adm-0123456789abcdef");
+  CHECK_FALSE(ok.value->backends[0].health_check.enabled);
+
+  auto hc = load(R"(backends:
+  - name: up
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+    health_check: {path: /health, interval: 5s, timeout: 1s, unhealthy_after: 2, healthy_after: 3}
+routes:
+  - {model: m, targets: [{backend: up}]}
+)");
+  REQUIRE(hc.value);
+  const auto& h = hc.value->backends[0].health_check;
+  CHECK(h.enabled);
+  CHECK(h.path == "/health");
+  CHECK(h.interval == std::chrono::seconds(5));
+  CHECK(h.unhealthy_after == 2);
+  CHECK(h.healthy_after == 3);
+
+  auto bad = load(R"(server: {admin_key: short}
+backends:
+  - name: up
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+    health_check: {path: health, unhealthy_after: 0, every: 5s}
+routes:
+  - {model: m, targets: [{backend: up}]}
+)");
+  CHECK(find(bad, "server.admin_key").line == 1);
+  CHECK(find(bad, "backends[0].health_check.path").line == 6);
+  find(bad, "backends[0].health_check.unhealthy_after");
+  find(bad, "backends[0].health_check.every");
+}

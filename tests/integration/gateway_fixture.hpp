@@ -7,6 +7,7 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "gateway/health_prober.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/server.hpp"
 #include "tests/support/fake_upstream.hpp"
@@ -33,6 +34,7 @@ struct gateway_fixture {
   fake_upstream b;
   routing::health_registry health;
   std::unique_ptr<gateway::server> server;
+  std::unique_ptr<gateway::health_prober> prober;  // declared after server: stops first
   std::string base;  ///< "http://127.0.0.1:PORT"
 
   explicit gateway_fixture(std::string yaml = {}) {
@@ -46,7 +48,9 @@ struct gateway_fixture {
     const auto workers = gateway::worker_count(loaded.value->server);
     auto rt = std::make_shared<const gateway::runtime>(std::move(*loaded.value), health, workers);
     server = std::make_unique<gateway::server>(rt);
-    server->start();
+ server->start();
+    prober = std::make_unique<gateway::health_prober>(server->shared(), health);
+    prober->start();
     base = "http://127.0.0.1:" + std::to_string(server->port());
   }
 
