@@ -412,7 +412,8 @@ class loader {
       const std::string path = "backends[" + std::to_string(i) + "]";
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
-      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts", "ejection", "health_check"});
+      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts", "ejection", "health_check",
+                            "max_concurrency", "max_queue", "queue_timeout"});
       backend_config bc;
       bool ok = true;
       if (auto name = required_string(b, "name", path)) {
@@ -454,6 +455,13 @@ class loader {
       if (auto t = b["timeouts"]) read_timeouts(t, path + ".timeouts", bc.timeouts);
       if (auto e = b["ejection"]) read_ejection(e, path + ".ejection", bc.ejection);
       if (auto h = b["health_check"]) read_health_check(h, path + ".health_check", bc.health_check);
+      if (auto v = b["max_concurrency"]) {
+        if (auto i = integer(v, path + ".max_concurrency", 0, 1000000)) bc.max_concurrency = static_cast<unsigned>(*i);
+      }
+      if (auto v = b["max_queue"]) {
+        if (auto i = integer(v, path + ".max_queue", 0, 1000000)) bc.max_queue = static_cast<unsigned>(*i);
+      }
+      if (auto v = b["queue_timeout"]) read_duration(v, path + ".queue_timeout", bc.queue_timeout);
       if (ok) backends.push_back(std::move(bc));
     }
   }

@@ -63,6 +63,9 @@ struct backend_config {
   timeouts_config timeouts;
   ejection_config ejection;
   health_check_config health_check;
+  unsigned max_concurrency = 0;  ///< requests in flight at once, over all workers; 0: no limit
+  unsigned max_queue = 100;      ///< requests that may wait for a slot; beyond: 503
+  duration queue_timeout{std::chrono::seconds(5)};  ///< longest wait for a slot
 };
 
 struct target_config {

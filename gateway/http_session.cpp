@@ -265,6 +265,7 @@ class session {
     std::optional<adapters::call_event> last_failure;  ///< the last attempt broke or timed out
     std::optional<buffered_response> last_response;    ///< the last attempt answered with an error
     bool client_gone = false;
+    bool shed = false;  ///< the last try found every target at max_concurrency with a full queue
   };
 
   enum class route_result { answered, exhausted, context_exceeded };
@@ -298,6 +299,16 @@ class session {
         chain.insert(chain.end(), chain[i]->context_fallbacks.begin(), chain[i]->context_fallbacks.end());
       }
     }
+    if (st.shed) {
+      api_error err = unavailable("every backend for `" + fields.model + "` is at its max_concurrency; try again shortly");
+      err.code = "overloaded";
+      record_.error = err.code;
+      http::response<http::string_body> res{http::status::service_unavailable, 11};
+      res.set(http::field::content_type, "application/json");
+      res.set(http::field::retry_after, "1");
+      res.body() = err.body();
+      co_return co_await send(std::move(res), true);
+    }
     if (st.last_response) {
       // Every attempt failed and the last one answered: the client sees that answer as it was.
       co_return co_await send_buffered(std::move(*st.last_response));
@@ -320,9 +331,23 @@ class session {
     std::size_t refused = 0;
     for (unsigned used = 0; used < attempts;) {
       const routing::target& target = r.targets[order_[pos++ % n]];
-      // An ejected backend is skipped, unless every target is: then they are tried anyway.
-      if (!target.health->admit(clock::now()) && ++refused < n) continue;
+      // Skip an ejected or full backend while another target may take the request.
+      bool slot = false;
+      if (target.health->admit(clock::now())) {
+        slot = target.health->try_begin_request(target.max_concurrency);
+        if (!slot) target.health->record_abandoned();
+      }
+      if (!slot) {
+        if (++refused < n) continue;
+        // Every target refused: ejection is ignored, and a full backend is waited for.
+        slot = target.health->try_begin_request(target.max_concurrency) || co_await wait_for_slot(target);
+        if (!slot) {
+          st.shed = true;
+          co_return route_result::exhausted;
+        }
+      }
       refused = 0;
+      st.shed = false;
       ++used;
       if (st.attempts > 0 && !co_await back_off(r.retry, st)) co_return route_result::exhausted;
       ++st.attempts;
@@ -337,7 +362,6 @@ class session {
       backend_name_ = target.backend;
       record_.backend = target.backend;
 
-      target.health->begin_request();
       auto call = rt.backends[target.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
       auto watch = watch_client(*call);
       auto outcome = co_await relay(*call, fields.stream);
@@ -377,6 +401,28 @@ class session {
       }
     }
     co_return route_result::exhausted;
+  }
+
+  /// Waits in the backend's bounded queue until a slot frees, up to its queue_timeout. true: the
+  /// slot is taken.
+  net::awaitable<bool> wait_for_slot(const routing::target& t) {
+    auto timer = std::make_shared<net::steady_timer>(w_.io());
+    auto waiter = std::make_shared<routing::target_health::waiter>();
+    waiter->wake = [timer, ex = w_.io().get_executor()] { net::post(ex, [timer] { timer->cancel(); }); };
+    const auto deadline = clock::now() + t.queue_timeout;
+    while (clock::now() < deadline) {
+      if (!t.health->wait_for_slot(waiter, t.max_queue)) co_return false;
+      // A slot freed between the failed try and queueing would wake nobody: look once more.
+      if (t.health->try_begin_request(t.max_concurrency)) {
+        t.health->cancel_wait(waiter);
+        co_return true;
+      }
+      timer->expires_at(deadline);
+      co_await timer->async_wait(use_tuple);
+      t.health->cancel_wait(waiter);
+      if (t.health->try_begin_request(t.max_concurrency)) co_return true;
+    }
+    co_return false;
   }
 
   /// Waits before the next attempt: full jitter over an exponential base, at least the last

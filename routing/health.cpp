@@ -44,6 +44,52 @@ void target_health::record_failure(steady_clock::time_point now, const config::e
   trial_.store(false, std::memory_order_release);
 }
 
+bool target_health::try_begin_request(unsigned limit) {
+  if (limit == 0) {
+    in_flight_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  auto cur = in_flight_.load(std::memory_order_relaxed);
+  while (cur < static_cast<std::int64_t>(limit)) {
+    if (in_flight_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) return true;
+  }
+  return false;
+}
+
+void target_health::end_request() {
+  in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+  std::shared_ptr<waiter> next;
+  {
+    std::lock_guard lock(queue_mutex_);
+    if (waiters_.empty()) return;
+    next = std::move(waiters_.front());
+    waiters_.pop_front();
+  }
+  next->wake();
+}
+
+bool target_health::wait_for_slot(const std::shared_ptr<waiter>& w, unsigned max_queue) {
+  std::lock_guard lock(queue_mutex_);
+  if (waiters_.size() >= max_queue) return false;
+  waiters_.push_back(w);
+  return true;
+}
+
+void target_health::cancel_wait(const std::shared_ptr<waiter>& w) {
+  std::lock_guard lock(queue_mutex_);
+  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+    if (*it == w) {
+      waiters_.erase(it);
+      return;
+    }
+  }
+}
+
+std::size_t target_health::waiting() const {
+  std::lock_guard lock(queue_mutex_);
+  return waiters_.size();
+}
+
 std::shared_ptr<target_health> health_registry::get(const std::string& backend) {
   std::lock_guard lock(mutex_);
   auto& slot = by_name_[backend];

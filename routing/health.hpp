@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,8 +31,21 @@ class target_health {
   void record_failure(steady_clock::time_point now, const config::ejection_config& cfg);
 
   std::int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
-  void begin_request() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
-  void end_request() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
+  /// Takes a slot when fewer than limit requests are in flight (limit 0: always).
+  bool try_begin_request(unsigned limit);
+  /// Frees the slot and hands it to the longest waiter, if any.
+  void end_request();
+
+  /// A request waiting for a slot. wake() is called once, from any thread, when a slot may be
+  /// free (the waiter then calls try_begin_request again).
+  struct waiter {
+    std::function<void()> wake;
+  };
+  /// Queues w unless max_queue are already waiting. The caller keeps w alive while queued and
+  /// calls cancel_wait when it stops waiting.
+  bool wait_for_slot(const std::shared_ptr<waiter>& w, unsigned max_queue);
+  void cancel_wait(const std::shared_ptr<waiter>& w);
+  std::size_t waiting() const;
   int consecutive_failures() const { return failures_.load(std::memory_order_relaxed); }
 
   /// Active checks: the prober's verdict. A backend marked down is not admitted (like ejection).
@@ -45,6 +60,8 @@ class target_health {
   std::atomic<std::int64_t> ejected_until_{0};  ///< steady_clock ticks; 0 = not ejected
   std::atomic<bool> trial_{false};  ///< a half-open trial is in flight
   std::atomic<bool> probed_down_{false};
+  mutable std::mutex queue_mutex_;  // this backend's waiters only; taken when it is full
+  std::deque<std::shared_ptr<waiter>> waiters_;
 };
 
 /// One target_health per backend name. Lookups happen when a config is built, never per request.

@@ -20,6 +20,9 @@ struct target {
   unsigned weight = 1;
   std::shared_ptr<target_health> health;  ///< shared by all targets on the same backend
   config::ejection_config ejection;
+  unsigned max_concurrency = 0;
+  unsigned max_queue = 0;
+  config::duration queue_timeout{0};
 };
 
 struct route {

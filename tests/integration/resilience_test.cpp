@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <map>
 #include <future>
 #include <thread>
 
@@ -247,4 +248,64 @@ TEST_CASE("a backend killed under load costs no request that could succeed", "[r
   CHECK(failed == 0);
   CHECK(ok + cut == 600);
   CHECK(cut <= 4);  // at most the streams in flight at the moment of the kill
+}
+
+TEST_CASE("max_concurrency queues a bounded number and sheds the rest with 503", "[resilience][limits]") {
+  gateway_fixture f(R"(
+server: {listen: "127.0.0.1:0", threads: 2, access_log: "off"}
+keys: [{name: tester, key: tg-test-client-key}]
+backends:
+  - {name: alpha, kind: openai, base_url: "{A}", max_concurrency: 2, max_queue: 1, queue_timeout: 5s}
+  - {name: beta, kind: openai, base_url: "{B}", max_concurrency: 1}
+routes:
+  - model: limited
+    targets: [{backend: alpha}]
+  - model: spill
+    targets: [{backend: beta}, {backend: alpha}]
+)");
+  auto slow = [](const recorded_request& r) {
+    auto s = fake_upstream::openai_default(r);
+    s.header_delay = std::chrono::milliseconds(400);
+    return s;
+  };
+  f.a.set_default(slow);
+  f.b.set_default(slow);
+
+  std::vector<std::future<http_result>> calls;
+  for (int i = 0; i < 4; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      http_client c;
+      return chat(c, f, "limited");
+    }));
+  }
+  int ok = 0, shed = 0;
+  for (auto& call : calls) {
+    auto r = call.get();
+    if (r.status == 200) ++ok;
+    if (r.status == 503) {
+      ++shed;
+      CHECK(json::parse(r.body)["error"]["code"] == "overloaded");
+      CHECK(r.headers["retry-after"] == "1");
+    }
+  }
+  CHECK(ok == 3);  // two at once, one after waiting in the queue
+  CHECK(shed == 1);
+  CHECK(f.a.request_count() == 3);
+
+  // A full backend spills to the route's next target instead of queueing.
+  std::vector<std::future<http_result>> spill;
+  for (int i = 0; i < 2; ++i) {
+    spill.push_back(std::async(std::launch::async, [&] {
+      http_client c;
+      return chat(c, f, "spill");
+    }));
+  }
+  std::map<std::string, int> by_backend;
+  for (auto& call : spill) {
+    auto r = call.get();
+    CHECK(r.status == 200);
+    by_backend[r.headers["x-tollgate-backend"]]++;
+  }
+  CHECK(by_backend["beta"] == 1);
+  CHECK(by_backend["alpha"] == 1);
 }

@@ -59,9 +59,9 @@ TEST_CASE("weighted is smooth", "[policy]") {
 TEST_CASE("least_busy prefers the target with fewer requests in flight", "[policy]") {
   health_registry health;
   route_table t(three_targets("least_busy", {1, 1, 1}), health, 1);
-  health.get("a")->begin_request();
-  health.get("a")->begin_request();
-  health.get("b")->begin_request();
+  health.get("a")->try_begin_request(0);
+  health.get("a")->try_begin_request(0);
+  health.get("b")->try_begin_request(0);
   // Whatever two it draws, it never puts the busiest first when a less busy one was drawn.
   std::map<std::string, int> firsts;
   for (std::uint64_t r = 0; r < 64; ++r) firsts[first_choices(t, 1, r * 0x9e3779b97f4a7c15ull)]++;
@@ -122,4 +122,26 @@ TEST_CASE("ejection can be turned off", "[health]") {
   const config::ejection_config off{0, std::chrono::seconds(1), std::chrono::seconds(1)};
   for (int i = 0; i < 100; ++i) h.record_failure(steady_clock::now(), off);
   CHECK(h.admit(steady_clock::now()));
+}
+
+TEST_CASE("concurrency slots and the wait queue", "[health]") {
+  target_health h;
+  CHECK(h.try_begin_request(2));
+  CHECK(h.try_begin_request(2));
+  CHECK_FALSE(h.try_begin_request(2));
+  int woken = 0;
+  auto w1 = std::make_shared<target_health::waiter>(target_health::waiter{[&] { ++woken; }});
+  auto w2 = std::make_shared<target_health::waiter>(target_health::waiter{[&] { woken += 10; }});
+  auto w3 = std::make_shared<target_health::waiter>(target_health::waiter{[&] { woken += 100; }});
+  CHECK(h.wait_for_slot(w1, 2));
+  CHECK(h.wait_for_slot(w2, 2));
+  CHECK_FALSE(h.wait_for_slot(w3, 2));  // the queue is bounded
+  h.end_request();  // wakes the longest waiter only
+  CHECK(woken == 1);
+  CHECK(h.try_begin_request(2));
+  h.cancel_wait(w2);
+  h.end_request();
+  CHECK(woken == 1);  // w2 left the queue: nobody to wake
+  CHECK(h.waiting() == 0);
+  CHECK(h.in_flight() == 1);
 }
