@@ -381,6 +381,34 @@ class loader {
     }
   }
 
+  std::optional<double> number(const YAML::Node& n, const std::string& path) {
+    auto text = string(n, path);
+    if (!text) return std::nullopt;
+    double v = 0;
+    auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), v);
+    if (ec != std::errc() || end != text->data() + text->size() || v < 0 || v > 1e9) {
+      add(n, path, "expected a non-negative number, got '" + *text + "'");
+      return std::nullopt;
+    }
+    return v;
+  }
+
+  void read_price(const YAML::Node& n, const std::string& path, price_config& p) {
+    if (!expect_map(n, path)) return;
+    known_keys(n, path, {"input", "cached_input", "output"});
+    if (auto v = n["input"]) {
+      if (auto d = number(v, path + ".input")) p.input = *d;
+    }
+    if (auto v = n["cached_input"]) {
+      if (auto d = number(v, path + ".cached_input")) p.cached_input = *d;
+    } else {
+      p.cached_input = p.input;  // no discount unless the provider gives one
+    }
+    if (auto v = n["output"]) {
+      if (auto d = number(v, path + ".output")) p.output = *d;
+    }
+  }
+
   void read_retry(const YAML::Node& n, const std::string& path, retry_config& r) {
     if (!expect_map(n, path)) return;
     known_keys(n, path, {"attempts", "backoff", "max_backoff"});
@@ -520,8 +548,9 @@ class loader {
           const std::string tpath = path + ".targets[" + std::to_string(j) + "]";
           const YAML::Node t = targets[j];
           if (!expect_map(t, tpath)) continue;
-          known_keys(t, tpath, {"backend", "model", "weight"});
+          known_keys(t, tpath, {"backend", "model", "weight", "price"});
           target_config tc;
+          if (auto p = t["price"]) read_price(p, tpath + ".price", tc.price);
           if (auto w = t["weight"]) {
             if (auto i = integer(w, tpath + ".weight", 1, 10000)) tc.weight = static_cast<unsigned>(*i);
           }

@@ -68,10 +68,18 @@ struct backend_config {
   duration queue_timeout{std::chrono::seconds(5)};  ///< longest wait for a slot
 };
 
+/// Prices per million tokens, in the config's currency.
+struct price_config {
+  double input = 0;
+  double cached_input = 0;
+  double output = 0;
+};
+
 struct target_config {
   std::string backend;
   std::string model;  ///< the name this upstream expects; empty: the name the client sent
   unsigned weight = 1;  ///< for the weighted strategy
+  price_config price;   ///< what this target charges; the cost strategy picks the cheapest
 };
 
 struct retry_config {

@@ -362,6 +362,7 @@ class session {
       backend_name_ = target.backend;
       record_.backend = target.backend;
 
+      attempt_health_ = target.health.get();
       auto call = rt.backends[target.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
       auto watch = watch_client(*call);
       auto outcome = co_await relay(*call, fields.stream);
@@ -458,8 +459,11 @@ class session {
   /// try again, which is possible because nothing has been sent.
   net::awaitable<relay_outcome> relay(adapters::call& call, bool want_stream) {
     stream_.expires_never();
+    const auto attempt_started = clock::now();
     adapters::call_event ev = co_await call.next();
     if (ev.type == adapters::call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
+    attempt_health_->record_first_byte(
+        std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - attempt_started));
     adapters::response_head head = std::move(ev.head);
     const std::string* type = head.find("content-type");
     const bool sse = type != nullptr && type->find("text/event-stream") != std::string::npos;
@@ -621,6 +625,7 @@ class session {
 
   worker& w_;
   std::vector<std::size_t> order_;  // reused per attempt plan
+  routing::target_health* attempt_health_ = nullptr;  // the backend of the attempt being relayed
   bool keep_alive_ = false;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;

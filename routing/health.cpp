@@ -44,6 +44,13 @@ void target_health::record_failure(steady_clock::time_point now, const config::e
   trial_.store(false, std::memory_order_release);
 }
 
+void target_health::record_first_byte(std::chrono::microseconds latency) {
+  const double sample = static_cast<double>(latency.count());
+  double old = ttfb_ewma_us_.load(std::memory_order_relaxed);
+  // Racing updates from other workers may drop a sample; the average stays meaningful.
+  ttfb_ewma_us_.store(old == 0 ? sample : 0.7 * old + 0.3 * sample, std::memory_order_relaxed);
+}
+
 bool target_health::try_begin_request(unsigned limit) {
   if (limit == 0) {
     in_flight_.fetch_add(1, std::memory_order_relaxed);

@@ -48,6 +48,11 @@ class target_health {
   std::size_t waiting() const;
   int consecutive_failures() const { return failures_.load(std::memory_order_relaxed); }
 
+  /// Time to first byte of an answer, smoothed (EWMA, weight 0.3 on the newest); 0 until the
+  /// first answer.
+  void record_first_byte(std::chrono::microseconds latency);
+  double first_byte_ewma_us() const { return ttfb_ewma_us_.load(std::memory_order_relaxed); }
+
   /// Active checks: the prober's verdict. A backend marked down is not admitted (like ejection).
   void set_probed_down(bool down) { probed_down_.store(down, std::memory_order_release); }
   bool probed_down() const { return probed_down_.load(std::memory_order_acquire); }
@@ -60,6 +65,7 @@ class target_health {
   std::atomic<std::int64_t> ejected_until_{0};  ///< steady_clock ticks; 0 = not ejected
   std::atomic<bool> trial_{false};  ///< a half-open trial is in flight
   std::atomic<bool> probed_down_{false};
+  std::atomic<double> ttfb_ewma_us_{0};
   mutable std::mutex queue_mutex_;  // this backend's waiters only; taken when it is full
   std::deque<std::shared_ptr<waiter>> waiters_;
 };

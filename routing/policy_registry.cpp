@@ -16,6 +16,8 @@ constexpr entry registry[] = {
     {"priority", &make_priority_policy},
     {"weighted", &make_weighted_policy},
     {"least_busy", &make_least_busy_policy},
+    {"latency", &make_latency_policy},
+    {"cost", &make_cost_policy},
 };
 
 }  // namespace

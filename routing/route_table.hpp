@@ -23,6 +23,7 @@ struct target {
   unsigned max_concurrency = 0;
   unsigned max_queue = 0;
   config::duration queue_timeout{0};
+  config::price_config price;
 };
 
 struct route {

@@ -10,5 +10,7 @@ namespace tollgate::routing {
 std::unique_ptr<policy> make_priority_policy();
 std::unique_ptr<policy> make_weighted_policy();
 std::unique_ptr<policy> make_least_busy_policy();
+std::unique_ptr<policy> make_latency_policy();
+std::unique_ptr<policy> make_cost_policy();
 
 }  // namespace tollgate::routing

@@ -55,7 +55,7 @@ out=$("$bin" check-config "$work/strategy.yaml" 2>&1)
 code=$?
 set -e
 [ "$code" -eq 1 ] || fail "unknown strategy exit code $code"
-echo "$out" | grep -q "strategy.yaml:5:0: routes\[0\].strategy: unknown strategy 'fastest' (known: priority, weighted, least_busy)" ||
+echo "$out" | grep -q "strategy.yaml:5:0: routes\[0\].strategy: unknown strategy 'fastest' (known: priority, weighted, least_busy, latency, cost)" ||
   fail "unknown strategy: $out"
 
 set +e

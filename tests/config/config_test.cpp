@@ -373,3 +373,29 @@ routes:
   find(bad, "backends[0].health_check.unhealthy_after");
   find(bad, "backends[0].health_check.every");
 }
+
+TEST_CASE("target prices", "[config]") {
+  auto r = load(R"(backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9000/v1"}
+routes:
+  - model: m
+    strategy: cost
+    targets:
+      - {backend: up, price: {input: 2.0, cached_input: 0.5, output: 8}}
+      - {backend: up, model: other, price: {input: 1.5, output: 3}}
+)");
+  REQUIRE(r.value);
+  const auto& t = r.value->routes[0].targets;
+  CHECK(t[0].price.input == 2.0);
+  CHECK(t[0].price.cached_input == 0.5);
+  CHECK(t[0].price.output == 8.0);
+  CHECK(t[1].price.cached_input == 1.5);  // no discount given: same as input
+  auto bad = load(R"(backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9000/v1"}
+routes:
+  - {model: m, targets: [{backend: up, price: {input: -1, output: cheap, per_call: 2}}]}
+)");
+  find(bad, "routes[0].targets[0].price.input");
+  find(bad, "routes[0].targets[0].price.output");
+  find(bad, "routes[0].targets[0].price.per_call");
+}

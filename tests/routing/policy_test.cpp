@@ -36,9 +36,9 @@ std::string first_choices(const route_table& t, int n, std::uint64_t random = 0)
 }  // namespace
 
 TEST_CASE("the registry knows the built-in strategies", "[policy]") {
-  for (const char* name : {"priority", "weighted", "least_busy"}) CHECK(make_policy(name) != nullptr);
+  for (const char* name : {"priority", "weighted", "least_busy", "latency", "cost"}) CHECK(make_policy(name) != nullptr);
   CHECK(make_policy("round-robin-ish") == nullptr);
-  CHECK(policy_names().size() == 3);
+  CHECK(policy_names().size() == 5);
   route_table t(three_targets("nope", {1, 1, 1}));
   REQUIRE(t.unknown_strategies().size() == 1);
   CHECK(t.unknown_strategies()[0].name == "nope");
@@ -144,4 +144,29 @@ TEST_CASE("concurrency slots and the wait queue", "[health]") {
   CHECK(woken == 1);  // w2 left the queue: nobody to wake
   CHECK(h.waiting() == 0);
   CHECK(h.in_flight() == 1);
+}
+
+TEST_CASE("cost puts the cheapest target first", "[policy]") {
+  auto c = three_targets("cost", {1, 1, 1});
+  c.routes[0].targets[0].price = {4.0, 1.0, 16.0};  // 20 per million in + out
+  c.routes[0].targets[1].price = {1.0, 0.5, 2.0};   // 3
+  c.routes[0].targets[2].price = {2.0, 0.5, 8.0};   // 10
+  route_table t(c);
+  std::vector<std::size_t> order;
+  t.plan(*t.resolve("m"), 0, {}, steady_clock::now(), order);
+  CHECK(order == std::vector<std::size_t>{1, 2, 0});
+}
+
+TEST_CASE("latency tries unmeasured targets, then the fastest", "[policy]") {
+  health_registry health;
+  route_table t(three_targets("latency", {1, 1, 1}), health, 1);
+  health.get("a")->record_first_byte(std::chrono::microseconds(900));
+  health.get("b")->record_first_byte(std::chrono::microseconds(300));
+  std::vector<std::size_t> order;
+  t.plan(*t.resolve("m"), 0, {}, steady_clock::now(), order);
+  CHECK(order == std::vector<std::size_t>{2, 1, 0});
+  health.get("c")->record_first_byte(std::chrono::microseconds(2000));
+  for (int i = 0; i < 10; ++i) health.get("a")->record_first_byte(std::chrono::microseconds(100));
+  t.plan(*t.resolve("m"), 0, {}, steady_clock::now(), order);
+  CHECK(order == std::vector<std::size_t>{0, 1, 2});  // a got faster: the average follows
 }
