@@ -5,6 +5,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -64,6 +65,11 @@ class call {
   virtual boost::asio::awaitable<call_event> next() = 0;
   /// Stops the request now (the client went away); a waiting next() returns failed/cancelled.
   virtual void cancel() = 0;
+  /// Whether next() would return at once.
+  virtual bool ready() const = 0;
+  /// Called (on this thread) whenever an event becomes available, so one waiter can watch
+  /// several calls at once (hedging). Replaces any earlier hook; empty to remove.
+  virtual void on_ready(std::function<void()> hook) = 0;
 };
 
 /// A configured backend. Immutable and shared between threads; start() is thread-safe.

@@ -82,6 +82,9 @@ class openai_call final : public call {
     refs_.curl.add(easy_, [this](CURLcode code) { on_done(code); });
   }
 
+  bool ready() const override { return !pending_.empty() || terminal_.has_value(); }
+  void on_ready(std::function<void()> hook) override { hook_ = std::move(hook); }
+
   void cancel() override {
     if (terminal_) return;
     stop(failure::cancelled, "the client went away");
@@ -173,6 +176,7 @@ class openai_call final : public call {
       terminal_ = ev;
     }
     wake_.cancel();
+    if (hook_) hook_();
   }
 
   void stop(failure why, std::string message) {
@@ -190,6 +194,7 @@ class openai_call final : public call {
   void push(call_event ev) {
     pending_.push_back(std::move(ev));
     wake_.cancel();
+    if (hook_) hook_();
   }
 
   void resume_if_drained() {
@@ -213,6 +218,7 @@ class openai_call final : public call {
   std::deque<call_event> pending_;
   std::size_t queued_bytes_ = 0;
   std::optional<call_event> terminal_;
+  std::function<void()> hook_;
 };
 
 }  // namespace

@@ -508,7 +508,8 @@ class loader {
       const std::string path = "routes[" + std::to_string(i) + "]";
       const YAML::Node r = n[i];
       if (!expect_map(r, path)) continue;
-      known_keys(r, path, {"model", "aliases", "targets", "strategy", "retry", "fallbacks", "context_fallbacks"});
+      known_keys(r, path,
+                 {"model", "aliases", "targets", "strategy", "retry", "hedge", "fallbacks", "context_fallbacks"});
       route_config rc;
       if (auto v = r["strategy"]) {
         if (auto name = string(v, path + ".strategy")) {
@@ -517,6 +518,13 @@ class loader {
         }
       }
       if (auto v = r["retry"]) read_retry(v, path + ".retry", rc.retry);
+      if (auto v = r["hedge"]) {
+        if (expect_map(v, path + ".hedge")) {
+          known_keys(v, path + ".hedge", {"after"});
+          if (auto a = v["after"]) read_duration(a, path + ".hedge.after", rc.hedge_after);
+          else add(v, path + ".hedge.after", "'after' is required");
+        }
+      }
       if (auto v = r["fallbacks"]) read_name_list(v, path + ".fallbacks", rc.fallbacks, route_refs);
       if (auto v = r["context_fallbacks"]) {
         read_name_list(v, path + ".context_fallbacks", rc.context_fallbacks, route_refs);

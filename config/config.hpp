@@ -95,6 +95,7 @@ struct route_config {
   std::string strategy = "priority";  ///< a name registered in routing/policy
   int strategy_line = 0;              ///< where strategy was set, for error messages
   retry_config retry;
+  duration hedge_after{0};  ///< start a second attempt when no first byte came by then; 0: off
   std::vector<std::string> fallbacks;          ///< routes to try when every target failed
   std::vector<std::string> context_fallbacks;  ///< routes for context_length_exceeded
 };

@@ -330,41 +330,63 @@ class session {
     std::size_t pos = 0;
     std::size_t refused = 0;
     for (unsigned used = 0; used < attempts;) {
-      const routing::target& target = r.targets[order_[pos++ % n]];
+      const routing::target* picked = nullptr;
       // Skip an ejected or full backend while another target may take the request.
-      bool slot = false;
-      if (target.health->admit(clock::now())) {
-        slot = target.health->try_begin_request(target.max_concurrency);
-        if (!slot) target.health->record_abandoned();
-      }
-      if (!slot) {
-        if (++refused < n) continue;
-        // Every target refused: ejection is ignored, and a full backend is waited for.
-        slot = target.health->try_begin_request(target.max_concurrency) || co_await wait_for_slot(target);
-        if (!slot) {
-          st.shed = true;
-          co_return route_result::exhausted;
+      while (picked == nullptr) {
+        const routing::target& t = r.targets[order_[pos++ % n]];
+        if (take_slot(t)) {
+          picked = &t;
+        } else if (++refused >= n) {
+          // Every target refused: ejection is ignored, and a full backend is waited for.
+          if (!t.health->try_begin_request(t.max_concurrency) && !co_await wait_for_slot(t)) {
+            st.shed = true;
+            co_return route_result::exhausted;
+          }
+          picked = &t;
         }
       }
       refused = 0;
       st.shed = false;
       ++used;
-      if (st.attempts > 0 && !co_await back_off(r.retry, st)) co_return route_result::exhausted;
+      if (st.attempts > 0 && !co_await back_off(r.retry, st)) {
+        picked->health->end_request();
+        co_return route_result::exhausted;
+      }
       ++st.attempts;
+      auto call = start_attempt(*picked, req, path, fields, rt);
+      auto watch = watch_client(*call);
 
-      adapters::upstream_request up;
-      up.path = path;
-      up.stream = fields.stream;
-      up.request_id = record_.request_id;
-      up.body = target.model.empty() || target.model == fields.model
-                    ? req.body()
-                    : set_top_level(req.body(), "model", json_quote(target.model));
+      // Hedging: no first byte by hedge_after, so a second attempt goes to the next target that
+      // has room; whichever answers first is relayed and the other is cancelled.
+      if (r.hedge_after.count() > 0 && used < attempts && n > 1 && !co_await wait_ready(*call, nullptr, r.hedge_after)) {
+        const routing::target* second = nullptr;
+        for (std::size_t k = 0; k + 1 < n && second == nullptr; ++k) {
+          const routing::target& t = r.targets[order_[pos++ % n]];
+          if (&t != picked && take_slot(t)) second = &t;
+        }
+        if (second != nullptr) {
+          ++used;
+          ++st.attempts;
+          auto other = start_attempt(*second, req, path, fields, rt);
+          // Nobody reads either call while waiting, so their first-token timeouts bound the wait.
+          const auto limit = std::max(rt.cfg.backends[picked->backend_index].timeouts.first_token,
+                                      rt.cfg.backends[second->backend_index].timeouts.first_token);
+          co_await wait_ready(*call, other.get(), limit);
+          if (!call->ready() && other->ready()) {
+            unwatch_client(watch);
+            std::swap(call, other);
+            std::swap(picked, second);
+            watch = watch_client(*call);
+          }
+          other.reset();  // the slower one: cancelled now
+          second->health->end_request();
+          second->health->record_abandoned();
+        }
+      }
+      const routing::target& target = *picked;
       backend_name_ = target.backend;
       record_.backend = target.backend;
-
       attempt_health_ = target.health.get();
-      auto call = rt.backends[target.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
-      auto watch = watch_client(*call);
       auto outcome = co_await relay(*call, fields.stream);
       unwatch_client(watch);
       call.reset();
@@ -402,6 +424,42 @@ class session {
       }
     }
     co_return route_result::exhausted;
+  }
+
+  /// Admission without waiting: not ejected (or its half-open trial) and below max_concurrency.
+  static bool take_slot(const routing::target& t) {
+    if (!t.health->admit(clock::now())) return false;
+    if (t.health->try_begin_request(t.max_concurrency)) return true;
+    t.health->record_abandoned();
+    return false;
+  }
+
+  std::unique_ptr<adapters::call> start_attempt(const routing::target& t, const request& req, const std::string& path,
+                                                const request_fields& fields, const runtime& rt) {
+    adapters::upstream_request up;
+    up.path = path;
+    up.stream = fields.stream;
+    up.request_id = record_.request_id;
+    up.body = t.model.empty() || t.model == fields.model ? req.body()
+                                                        : set_top_level(req.body(), "model", json_quote(t.model));
+    return rt.backends[t.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
+  }
+
+  /// Waits until a (or b, when given) has an event, for at most timeout. true: one is ready.
+  net::awaitable<bool> wait_ready(adapters::call& a, adapters::call* b, config::duration timeout) {
+    auto ready = [&] { return a.ready() || (b != nullptr && b->ready()); };
+    if (ready()) co_return true;
+    net::steady_timer timer(w_.io());
+    a.on_ready([&timer] { timer.cancel(); });
+    if (b != nullptr) b->on_ready([&timer] { timer.cancel(); });
+    const auto deadline = clock::now() + timeout;
+    while (!ready() && clock::now() < deadline) {
+      timer.expires_at(deadline);
+      co_await timer.async_wait(use_tuple);
+    }
+    a.on_ready({});
+    if (b != nullptr) b->on_ready({});
+    co_return ready();
   }
 
   /// Waits in the backend's bounded queue until a slot frees, up to its queue_timeout. true: the

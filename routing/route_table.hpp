@@ -32,6 +32,7 @@ struct route {
   bool wildcard = false;
   std::vector<target> targets;  ///< in config order
   config::retry_config retry;
+  config::duration hedge_after{0};
   std::vector<const route*> fallbacks;
   std::vector<const route*> context_fallbacks;
   config::duration deadline{0};  ///< the longest total timeout of its backends: the retry budget

@@ -61,6 +61,15 @@ response_script status_script(int status, std::vector<std::pair<std::string, std
   return s;
 }
 
+template <class F>
+bool eventually_true(F cond) {
+  for (int i = 0; i < 600; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return cond();
+}
+
 response_script cut_stream() {
   response_script s;
   s.content_type = "text/event-stream";
@@ -308,4 +317,36 @@ routes:
   }
   CHECK(by_backend["beta"] == 1);
   CHECK(by_backend["alpha"] == 1);
+}
+
+TEST_CASE("hedging: a slow first target gets company, the first answer wins", "[resilience][hedge]") {
+  gateway_fixture f(R"(
+server: {listen: "127.0.0.1:0", threads: 1, access_log: "off"}
+keys: [{name: tester, key: tg-test-client-key}]
+backends:
+  - {name: alpha, kind: openai, base_url: "{A}"}
+  - {name: beta, kind: openai, base_url: "{B}"}
+routes:
+  - model: hedged
+    hedge: {after: 150ms}
+    targets: [{backend: alpha}, {backend: beta}]
+)");
+  http_client c;
+  // alpha is fast: no hedge is sent.
+  auto fast = chat(c, f, "hedged");
+  CHECK(fast.headers["x-tollgate-backend"] == "alpha");
+  CHECK(f.b.request_count() == 0);
+
+  // alpha stalls before its headers: beta is asked after 150 ms, answers, and alpha is cancelled.
+  response_script stall;
+  stall.header_delay = std::chrono::seconds(2);
+  stall.content_type = "text/event-stream";
+  for (int i = 0; i < 50; ++i) stall.chunks.push_back("data: {}\n\n");
+  f.a.push(stall);
+  auto r = chat(c, f, "hedged", true);
+  CHECK(r.status == 200);
+  CHECK(r.headers["x-tollgate-backend"] == "beta");
+  CHECK(r.body.ends_with("data: [DONE]\n\n"));
+  CHECK(f.b.request_count() == 1);
+  CHECK(eventually_true([&] { return f.a.client_aborts() == 1; }));
 }
