@@ -394,7 +394,11 @@ class session {
 
       switch (outcome.kind) {
         case relay_kind::answered:
-          target.health->record_success();
+          if (outcome.broke) {
+            target.health->record_failure(clock::now(), target.ejection);
+          } else {
+            target.health->record_success();
+          }
           keep_alive_ = outcome.keep_alive;
           co_return route_result::answered;
         case relay_kind::gone:
@@ -505,6 +509,7 @@ class session {
   struct relay_outcome {
     relay_kind kind = relay_kind::failed;
     bool keep_alive = false;        ///< with answered
+    bool broke = false;             ///< with answered: the upstream broke the stream mid-way
     adapters::call_event failure;   ///< with failed
     buffered_response response;     ///< with retryable_status and context_exceeded
   };
@@ -584,6 +589,7 @@ class session {
 
     sse_splitter events;
     std::string out;
+    bool broke = false;
     for (;;) {
       adapters::call_event ev = co_await call.next();
       out.clear();
@@ -607,6 +613,7 @@ class session {
         if (!out.empty() && !out.ends_with("\n\n")) out += "\n\n";
         out += err.sse_event();
         finished = true;
+        broke = true;
       }
       if (!out.empty()) {
         stream_.expires_after(write_timeout);
@@ -619,7 +626,9 @@ class session {
     stream_.expires_after(write_timeout);
     auto [lec, ln] = co_await net::async_write(stream_, http::make_chunk_last(), use_tuple);
     record_.bytes_out += ln;
-    co_return relay_outcome{relay_kind::answered, !lec, {}, {}};
+    relay_outcome done{relay_kind::answered, !lec, {}, {}};
+    done.broke = broke;
+    co_return done;
   }
 
   std::shared_ptr<client_watch> watch_client(adapters::call& call) {

@@ -2,14 +2,7 @@
 # Hot reload of a running tollgate: a changed file, SIGHUP, and an invalid file that is refused.
 set -euo pipefail
 build=$(cd "${1:?usage: reload.sh BUILD_DIR}" && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/../support/procs.sh"
 fail() { echo "FAIL: $*"; echo "--- tollgate log"; cat "$work/tollgate.log"; exit 1; }
 
 wait_for() {  # wait_for CMD...: up to 5 s
@@ -19,8 +12,7 @@ wait_for() {  # wait_for CMD...: up to 5 s
 
 "$build/tollgate-fake-upstream" --port 0 >"$work/fake.log" 2>&1 &
 pids+=($!)
-wait_for grep -q listening "$work/fake.log"
-upstream=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/fake.log")
+upstream=$(wait_listening "$work/fake.log")
 
 write_config() {  # write_config MODEL...: one route per model name
   {
@@ -36,8 +28,7 @@ write_config() {  # write_config MODEL...: one route per model name
 write_config first-model
 "$build/tollgate" serve --config "$work/tollgate.yaml" >"$work/tollgate.log" 2>&1 &
 pids+=($!)
-wait_for grep -q listening "$work/tollgate.log"
-url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$work/tollgate.log" | sed 's/listening on //')
+url=$(wait_listening "$work/tollgate.log")
 models() { curl -s "$url/v1/models" -H 'Authorization: Bearer tg-reload'; }
 models | grep -q '"first-model"' || fail "first config not served"
 

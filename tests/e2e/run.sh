@@ -4,29 +4,11 @@
 set -euo pipefail
 build=$(cd "${1:?usage: run.sh BUILD_DIR}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$here/../support/procs.sh"
 
 if [ ! -d "$here/node_modules/openai" ]; then
   (cd "$here" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
-
-# Waits for "listening on http://HOST:PORT" in a log file and prints the URL.
-wait_listening() {
-  for _ in $(seq 1 100); do
-    if url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$1" | head -1 | sed 's/listening on //'); then
-      [ -n "$url" ] && { echo "$url"; return 0; }
-    fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $1" >&2; cat "$1" >&2; return 1
-}
 
 "$build/tollgate-fake-upstream" --port 0 >"$work/fake.log" 2>&1 &
 pids+=($!)

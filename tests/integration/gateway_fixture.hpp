@@ -3,8 +3,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "config/config.hpp"
 #include "gateway/health_prober.hpp"
@@ -17,6 +19,16 @@ namespace tollgate::test {
 
 inline constexpr const char* client_key = "tg-test-client-key";
 inline constexpr const char* upstream_key = "sk-upstream-secret";
+
+/// Polls cond for up to 6 s: for effects that land on other threads soon after a response.
+template <class F>
+bool eventually(F cond) {
+  for (int i = 0; i < 600; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return cond();
+}
 
 /// Replaces every "{NAME}" in text.
 inline std::string fill(std::string text, const std::string& name, const std::string& value) {

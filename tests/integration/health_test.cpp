@@ -29,15 +29,6 @@ routes:
     targets: [{backend: alpha}, {backend: beta}]
 )";
 
-template <class F>
-bool eventually(F cond) {
-  for (int i = 0; i < 500; ++i) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return cond();
-}
-
 json admin_backends(http_client& c, const gateway_fixture& f) {
   http_options o;
   o.headers = {"Authorization: Bearer adm-0123456789abcdef"};

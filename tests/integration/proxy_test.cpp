@@ -30,16 +30,6 @@ void require_openai_error(const http_result& r, long status, const std::string& 
   CHECK(r.headers.count("x-request-id") == 1);
 }
 
-/// Polls cond for up to 5 s: for effects that happen on other threads soon after a response.
-template <class F>
-bool eventually(F cond) {
-  for (int i = 0; i < 500; ++i) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return cond();
-}
-
 }  // namespace
 
 TEST_CASE("health endpoints answer without a key", "[integration]") {

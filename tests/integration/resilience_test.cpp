@@ -61,15 +61,6 @@ response_script status_script(int status, std::vector<std::pair<std::string, std
   return s;
 }
 
-template <class F>
-bool eventually_true(F cond) {
-  for (int i = 0; i < 600; ++i) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return cond();
-}
-
 response_script cut_stream() {
   response_script s;
   s.content_type = "text/event-stream";
@@ -348,5 +339,5 @@ routes:
   CHECK(r.headers["x-tollgate-backend"] == "beta");
   CHECK(r.body.ends_with("data: [DONE]\n\n"));
   CHECK(f.b.request_count() == 1);
-  CHECK(eventually_true([&] { return f.a.client_aborts() == 1; }));
+  CHECK(eventually([&] { return f.a.client_aborts() == 1; }));
 }

@@ -11,14 +11,7 @@ rounds=${ROUNDS:-3}
 duration=${DURATION:-8}
 conns=${CONNS:-32}
 threads=${THREADS:-1}   # tollgate worker threads and nginx worker processes, kept equal
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/../support/procs.sh"
 
 command -v wrk >/dev/null || { echo "wrk is not installed (deploy/setup.sh installs it)"; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh installs it)"; exit 1; }
@@ -94,12 +87,7 @@ routes:
 YAML
 "$build/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
 pids+=($!)
-for _ in $(seq 1 100); do
-  tg_url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$work/tollgate.log" | sed 's/listening on //' || true)
-  [ -n "$tg_url" ] && break
-  sleep 0.1
-done
-sleep 0.3
+tg_url=$(wait_listening "$work/tollgate.log")
 
 cat >"$work/post.lua" <<'LUA'
 wrk.method = "POST"
