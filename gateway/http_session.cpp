@@ -509,9 +509,9 @@ class session {
   struct relay_outcome {
     relay_kind kind = relay_kind::failed;
     bool keep_alive = false;        ///< with answered
-    bool broke = false;             ///< with answered: the upstream broke the stream mid-way
     adapters::call_event failure;   ///< with failed
     buffered_response response;     ///< with retryable_status and context_exceeded
+    bool broke = false;             ///< with answered: the upstream broke the stream mid-way
   };
 
   static bool retryable_status(int status) {
