@@ -9,6 +9,7 @@ packages=(
   catch2 libsqlite3-dev
   curl
   wrk nginx-light bc
+  prometheus
 )
 
 sudo=""

@@ -151,12 +151,19 @@ class session {
       record_.request_id = w_.new_request_id();
     }
     backend_name_.clear();
+    route_name_.clear();
+    proxied_ = false;
   }
 
   void finish() {
     --w_.shared().in_flight;
-    record_.latency_ms = std::chrono::duration<double, std::milli>(clock::now() - started_).count();
+    const auto elapsed = clock::now() - started_;
+    record_.latency_ms = std::chrono::duration<double, std::milli>(elapsed).count();
     w_.shared().log->write(w_.index(), record_);
+    if (proxied_) {
+      w_.shared().metrics->record_request(w_.index(), route_name_, backend_name_, record_.status,
+                                          std::chrono::duration<double>(elapsed).count());
+    }
   }
 
   net::awaitable<bool> handle(request& req, const std::shared_ptr<const runtime>& rt) {
@@ -168,6 +175,12 @@ class session {
     const bool get = req.method() == http::verb::get;
     const bool post = req.method() == http::verb::post;
 
+    if (path == "/metrics" && get) {
+      http::response<http::string_body> res{http::status::ok, 11};
+      res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+      res.body() = w_.shared().metrics->render(*rt, w_.shared().in_flight.load());
+      co_return co_await send(std::move(res), true);
+    }
     if (path == "/healthz") {
       if (!get) co_return co_await send_error(method_not_allowed(), true);
       co_return co_await send_json(200, R"({"status":"ok"})", true);
@@ -271,6 +284,7 @@ class session {
   enum class route_result { answered, exhausted, context_exceeded };
 
   net::awaitable<bool> proxy(request& req, std::string path, const runtime& rt) {
+    proxied_ = true;
     auto parsed = parse_request_body(req.body());
     if (!parsed.fields) co_return co_await send_error(bad_request(parsed.error, parsed.error_param), true);
     const request_fields& fields = *parsed.fields;
@@ -284,6 +298,7 @@ class session {
           true);
     }
 
+    route_name_ = route->model;
     attempt_state st;
     st.deadline = started_ + route->deadline;
     // The route, then its fallbacks; a context_length_exceeded answer switches to the context
@@ -387,10 +402,13 @@ class session {
       backend_name_ = target.backend;
       record_.backend = target.backend;
       attempt_health_ = target.health.get();
+      last_first_byte_ = -1;
       auto outcome = co_await relay(*call, fields.stream);
       unwatch_client(watch);
       call.reset();
       target.health->end_request();
+      w_.shared().metrics->record_attempt(w_.index(), target.backend, attempt_outcome(outcome, watch->gone),
+                                          last_first_byte_);
 
       switch (outcome.kind) {
         case relay_kind::answered:
@@ -514,6 +532,17 @@ class session {
     bool broke = false;             ///< with answered: the upstream broke the stream mid-way
   };
 
+  static const char* attempt_outcome(const relay_outcome& o, bool client_gone) {
+    switch (o.kind) {
+      case relay_kind::answered: return o.broke ? "failed" : "ok";
+      case relay_kind::retryable_status:
+      case relay_kind::context_exceeded: return "error_status";
+      case relay_kind::gone: return "cancelled";
+      case relay_kind::failed: return client_gone ? "cancelled" : "failed";
+    }
+    return "failed";
+  }
+
   static bool retryable_status(int status) {
     return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
   }
@@ -525,8 +554,9 @@ class session {
     const auto attempt_started = clock::now();
     adapters::call_event ev = co_await call.next();
     if (ev.type == adapters::call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
-    attempt_health_->record_first_byte(
-        std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - attempt_started));
+    const auto first_byte = clock::now() - attempt_started;
+    attempt_health_->record_first_byte(std::chrono::duration_cast<std::chrono::microseconds>(first_byte));
+    last_first_byte_ = std::chrono::duration<double>(first_byte).count();
     adapters::response_head head = std::move(ev.head);
     const std::string* type = head.find("content-type");
     const bool sse = type != nullptr && type->find("text/event-stream") != std::string::npos;
@@ -693,6 +723,9 @@ class session {
   worker& w_;
   std::vector<std::size_t> order_;  // reused per attempt plan
   routing::target_health* attempt_health_ = nullptr;  // the backend of the attempt being relayed
+  double last_first_byte_ = -1;  // seconds to the last attempt's response headers; -1: none
+  std::string route_name_;       // the matched route as configured: a bounded metric label
+  bool proxied_ = false;         // the request went to the proxy path (counted in metrics)
   bool keep_alive_ = false;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;

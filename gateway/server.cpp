@@ -15,6 +15,7 @@ server::server(std::shared_ptr<const runtime> rt) {
   const auto& sc = rt->cfg.server;
   const std::size_t threads = worker_count(sc);
   shared_.log = std::make_unique<access_log>(sc.access_log, threads);
+  shared_.metrics = std::make_unique<gateway_metrics>(threads);
   shared_.current.store(rt);
 
   tcp::endpoint endpoint(net::ip::make_address(sc.listen_host), sc.listen_port);

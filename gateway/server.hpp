@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gateway/access_log.hpp"
+#include "gateway/metrics.hpp"
 #include "gateway/runtime.hpp"
 
 namespace tollgate::gateway {
@@ -23,6 +24,7 @@ struct server_shared {
   std::atomic<std::int64_t> open_sessions{0};
   std::atomic<std::int64_t> in_flight{0};  ///< requests being handled
   std::unique_ptr<access_log> log;
+  std::unique_ptr<gateway_metrics> metrics;
 };
 
 class server {

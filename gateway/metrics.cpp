@@ -1,0 +1,155 @@
+#include "gateway/metrics.hpp"
+
+#include <chrono>
+#include <cstdio>
+
+#include "gateway/runtime.hpp"
+
+namespace tollgate::gateway {
+
+namespace {
+
+std::string number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string status_class(int status) {
+  if (status < 100 || status > 599) return "none";  // the client left before any answer
+  return std::to_string(status / 100) + "xx";
+}
+
+void header(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+}  // namespace
+
+std::string escape_label(const std::string& value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+void histogram::observe(double value) {
+  std::size_t i = 0;
+  while (i < latency_buckets.size() && value > latency_buckets[i]) ++i;
+  if (i < latency_buckets.size()) ++buckets_[i];
+  ++count_;
+  sum_ += value;
+}
+
+void histogram::merge(const histogram& other) {
+  for (std::size_t i = 0; i < buckets_.size(); ++i) buckets_[i] += other.buckets_[i];
+  count_ += other.count_;
+  sum_ += other.sum_;
+}
+
+void histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
+  const std::string sep = labels.empty() ? "" : ",";
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < latency_buckets.size(); ++i) {
+    cumulative += buckets_[i];
+    out += name + "_bucket{" + labels + sep + "le=\"" + number(latency_buckets[i]) + "\"} " + std::to_string(cumulative) + "\n";
+  }
+  out += name + "_bucket{" + labels + sep + "le=\"+Inf\"} " + std::to_string(count_) + "\n";
+  const std::string braces = labels.empty() ? "" : "{" + labels + "}";
+  out += name + "_sum" + braces + " " + number(sum_) + "\n";
+  out += name + "_count" + braces + " " + std::to_string(count_) + "\n";
+}
+
+gateway_metrics::gateway_metrics(std::size_t shards) {
+  for (std::size_t i = 0; i < std::max<std::size_t>(shards, 1); ++i) shards_.push_back(std::make_unique<shard_data>());
+}
+
+void gateway_metrics::record_request(std::size_t shard, const std::string& route, const std::string& backend,
+                                     int status, double seconds) {
+  auto& s = *shards_[shard % shards_.size()];
+  std::lock_guard lock(s.mutex);
+  ++s.requests[{route, backend, status_class(status)}];
+  s.duration[route].observe(seconds);
+}
+
+void gateway_metrics::record_attempt(std::size_t shard, const std::string& backend, const char* outcome,
+                                     double first_byte_seconds) {
+  auto& s = *shards_[shard % shards_.size()];
+  std::lock_guard lock(s.mutex);
+  ++s.attempts[{backend, outcome}];
+  if (first_byte_seconds >= 0) s.first_byte[backend].observe(first_byte_seconds);
+}
+
+std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) const {
+  // Merge the shards first, holding each lock only while copying it.
+  std::map<std::array<std::string, 3>, std::uint64_t> requests;
+  std::map<std::string, histogram> duration;
+  std::map<std::array<std::string, 2>, std::uint64_t> attempts;
+  std::map<std::string, histogram> first_byte;
+  for (const auto& shard : shards_) {
+    std::lock_guard lock(shard->mutex);
+    for (const auto& [k, v] : shard->requests) requests[k] += v;
+    for (const auto& [k, v] : shard->duration) duration[k].merge(v);
+    for (const auto& [k, v] : shard->attempts) attempts[k] += v;
+    for (const auto& [k, v] : shard->first_byte) first_byte[k].merge(v);
+  }
+
+  std::string out;
+  out.reserve(8192);
+  header(out, "tollgate_build_info", "gauge", "Tollgate version; always 1.");
+  out += "tollgate_build_info{version=\"" TOLLGATE_VERSION "\"} 1\n";
+
+  header(out, "tollgate_requests_in_flight", "gauge", "Requests being handled now.");
+  out += "tollgate_requests_in_flight " + std::to_string(in_flight) + "\n";
+
+  header(out, "tollgate_requests_total", "counter", "Finished requests by route, backend and status class.");
+  for (const auto& [k, v] : requests) {
+    out += "tollgate_requests_total{model=\"" + escape_label(k[0]) + "\",backend=\"" + escape_label(k[1]) +
+           "\",status_class=\"" + k[2] + "\"} " + std::to_string(v) + "\n";
+  }
+
+  header(out, "tollgate_request_duration_seconds", "histogram", "Time from request read to response end, by route.");
+  for (const auto& [k, h] : duration) h.render(out, "tollgate_request_duration_seconds", "model=\"" + escape_label(k) + "\"");
+
+  header(out, "tollgate_upstream_attempts_total", "counter",
+         "Upstream attempts by backend and outcome (ok, error_status, failed, cancelled); retries show here.");
+  for (const auto& [k, v] : attempts) {
+    out += "tollgate_upstream_attempts_total{backend=\"" + escape_label(k[0]) + "\",outcome=\"" + k[1] + "\"} " +
+           std::to_string(v) + "\n";
+  }
+
+  header(out, "tollgate_upstream_first_byte_seconds", "histogram",
+         "Time from sending an attempt to the upstream's response headers, by backend.");
+  for (const auto& [k, h] : first_byte) {
+    h.render(out, "tollgate_upstream_first_byte_seconds", "backend=\"" + escape_label(k) + "\"");
+  }
+
+  const auto now = std::chrono::steady_clock::now();
+  header(out, "tollgate_backend_healthy", "gauge",
+         "1 when the backend takes traffic; 0 while ejected or marked down by active checks.");
+  for (std::size_t i = 0; i < rt.cfg.backends.size(); ++i) {
+    out += "tollgate_backend_healthy{backend=\"" + escape_label(rt.cfg.backends[i].name) + "\"} " +
+           (rt.backend_health[i]->ejected(now) ? "0" : "1") + "\n";
+  }
+  header(out, "tollgate_backend_requests_in_flight", "gauge", "Upstream requests in flight per backend, all workers.");
+  for (std::size_t i = 0; i < rt.cfg.backends.size(); ++i) {
+    out += "tollgate_backend_requests_in_flight{backend=\"" + escape_label(rt.cfg.backends[i].name) + "\"} " +
+           std::to_string(rt.backend_health[i]->in_flight()) + "\n";
+  }
+  return out;
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,75 @@
+// /metrics over a real socket: exact counts after known traffic, bounded labels, and the text
+// format as promtool reads it.
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "tests/integration/gateway_fixture.hpp"
+
+using namespace tollgate::test;
+
+namespace {
+
+bool has_line(const std::string& text, const std::string& line) {
+  return text.find("\n" + line + "\n") != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("metrics count requests, attempts and backend health", "[metrics][integration]") {
+  gateway_fixture f;
+  http_client c;
+  const std::string url = f.base + "/v1/chat/completions";
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(c.post(url, R"({"model":"chat-alias","messages":[]})", gateway_fixture::auth()).status == 200);
+  }
+  response_script busy;
+  busy.status = 503;
+  busy.body = R"({"error":{"message":"busy","type":"server_error","code":"busy"}})";
+  f.a.push(busy);
+  REQUIRE(c.post(url, R"({"model":"failover-public","messages":[]})", gateway_fixture::auth()).status == 200);
+  REQUIRE(c.post(url, R"({"model":"fam-x\"} 1\nfake_metric 2","messages":[]})", gateway_fixture::auth()).status == 200);
+  REQUIRE(c.post(url, R"({"model":"nobody","messages":[]})", gateway_fixture::auth()).status == 404);
+
+  auto r = c.get(f.base + "/metrics");
+  REQUIRE(r.status == 200);
+  CHECK(r.headers["content-type"].find("text/plain; version=0.0.4") == 0);
+  const std::string& m = r.body;
+  INFO(m);
+  CHECK(has_line(m, R"(tollgate_requests_total{model="chat-public",backend="alpha",status_class="2xx"} 3)"));
+  CHECK(has_line(m, R"(tollgate_requests_total{model="failover-public",backend="beta",status_class="2xx"} 1)"));
+  // A wildcard route is labelled by its pattern, never by the name the client made up.
+  CHECK(has_line(m, R"(tollgate_requests_total{model="fam-*",backend="beta",status_class="2xx"} 1)"));
+  CHECK(m.find("fake_metric") == std::string::npos);
+  CHECK(has_line(m, R"(tollgate_requests_total{model="",backend="",status_class="4xx"} 1)"));
+  CHECK(has_line(m, R"(tollgate_upstream_attempts_total{backend="alpha",outcome="error_status"} 1)"));
+  CHECK(has_line(m, R"(tollgate_upstream_attempts_total{backend="alpha",outcome="ok"} 3)"));
+  CHECK(has_line(m, R"(tollgate_upstream_attempts_total{backend="beta",outcome="ok"} 2)"));
+  CHECK(has_line(m, R"(tollgate_request_duration_seconds_count{model="chat-public"} 3)"));
+  CHECK(has_line(m, R"(tollgate_upstream_first_byte_seconds_count{backend="alpha"} 4)"));
+  CHECK(has_line(m, R"(tollgate_backend_healthy{backend="alpha"} 1)"));
+  CHECK(has_line(m, R"(tollgate_requests_in_flight 1)"));  // the scrape itself
+  CHECK(m.find("tg-test-client-key") == std::string::npos);
+}
+
+TEST_CASE("promtool accepts the exposition", "[metrics][integration]") {
+  gateway_fixture f;
+  http_client c;
+  c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","messages":[]})", gateway_fixture::auth());
+  c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","stream":true,"messages":[]})",
+         gateway_fixture::auth());
+  const auto m = c.get(f.base + "/metrics").body;
+  const std::string path = "/tmp/tollgate-metrics-" + std::to_string(f.server->port()) + ".txt";
+  std::ofstream(path) << m;
+  REQUIRE(std::system("command -v promtool >/dev/null") == 0);  // deploy/setup.sh installs it
+  const std::string cmd = "promtool check metrics < " + path + " > " + path + ".out 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream out(path + ".out");
+  const std::string said((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  INFO(said);
+  CHECK(rc == 0);
+  std::remove(path.c_str());
+  std::remove((path + ".out").c_str());
+}
