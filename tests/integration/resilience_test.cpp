@@ -341,3 +341,22 @@ routes:
   CHECK(f.b.request_count() == 1);
   CHECK(eventually([&] { return f.a.client_aborts() == 1; }));
 }
+
+TEST_CASE("a backend that goes down and comes back gets its traffic back", "[resilience]") {
+  auto victim = std::make_unique<fake_upstream>();
+  const std::uint16_t port = victim->port();
+  gateway_fixture f(fill(two_backends, "A", victim->base_url()));
+  http_client c;
+  CHECK(chat(c, f, "pair").headers["x-tollgate-backend"] == "alpha");
+  victim.reset();  // down: connections refused
+  for (int i = 0; i < 6; ++i) {
+    auto r = chat(c, f, "pair");
+    CHECK(r.status == 200);
+    CHECK(r.headers["x-tollgate-backend"] == "beta");
+  }
+  victim = std::make_unique<fake_upstream>("127.0.0.1", port);  // back, on the same address
+  // After the cooldown (1 s, doubled at most to 4 s) a trial request finds it and it is back.
+  CHECK(eventually([&] { return chat(c, f, "pair").headers["x-tollgate-backend"] == "alpha"; }));
+  CHECK(chat(c, f, "pair").headers["x-tollgate-backend"] == "alpha");
+  CHECK(victim->request_count() >= 2);
+}
