@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
@@ -63,7 +64,16 @@ class loader {
       result.problems = std::move(problems_);
       return result;
     }
-    known_keys(root, "", {"server", "keys", "backends", "routes"});
+    known_keys(root, "", {"server", "currency", "keys", "backends", "routes"});
+    if (auto n = root["currency"]) {
+      if (auto cur = string(n, "currency")) {
+        if (cur->size() != 3 || !std::all_of(cur->begin(), cur->end(), [](unsigned char ch) { return std::isupper(ch); })) {
+          add(n, "currency", "expected a three-letter code like CNY or USD");
+        } else {
+          c.currency = *cur;
+        }
+      }
+    }
     if (auto n = root["server"]) read_server(n, c.server);
     if (auto n = root["keys"]) read_keys(n, c.keys);
     if (auto n = root["backends"]; n && !n.IsNull()) {

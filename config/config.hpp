@@ -102,6 +102,7 @@ struct route_config {
 
 struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)
+  std::string currency = "CNY";  ///< of every price, and of the cost metrics
   server_config server;
   std::vector<key_config> keys;
   std::vector<backend_config> backends;

@@ -52,6 +52,13 @@ void access_log::write(std::size_t shard, const access_record& r) {
       {"latency_ms", static_cast<double>(static_cast<long long>(r.latency_ms * 1000)) / 1000},
       {"bytes_in", r.bytes_in}, {"bytes_out", r.bytes_out}, {"stream", r.stream}};
   if (!r.error.empty()) line["error"] = r.error;
+  if (r.has_usage) {
+    line["prompt_tokens"] = r.prompt_tokens;
+    line["cached_tokens"] = r.cached_tokens;
+    line["completion_tokens"] = r.completion_tokens;
+    line["reasoning_tokens"] = r.reasoning_tokens;
+    line["cost"] = r.cost;
+  }
   std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   text.push_back('\n');
   auto& buffer = *shards_[shard % shards_.size()];

@@ -25,6 +25,12 @@ struct access_record {
   std::size_t bytes_out = 0;
   bool stream = false;
   std::string error;  ///< short reason when the gateway answered with an error
+  bool has_usage = false;  ///< the upstream reported usage; the fields below are set
+  std::int64_t prompt_tokens = 0;
+  std::int64_t cached_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  std::int64_t reasoning_tokens = 0;
+  double cost = 0;
 };
 
 class access_log {

@@ -14,6 +14,7 @@
 #include "gateway/json_body.hpp"
 #include "gateway/server.hpp"
 #include "gateway/sse.hpp"
+#include "gateway/usage.hpp"
 #include "gateway/worker.hpp"
 
 namespace tollgate::gateway {
@@ -153,11 +154,24 @@ class session {
     backend_name_.clear();
     route_name_.clear();
     proxied_ = false;
+    usage_.reset();
+    price_ = nullptr;
+    strip_usage_ = false;
   }
 
   void finish() {
     --w_.shared().in_flight;
     const auto elapsed = clock::now() - started_;
+    if (usage_) {
+      record_.has_usage = true;
+      record_.prompt_tokens = usage_->prompt;
+      record_.cached_tokens = usage_->cached;
+      record_.completion_tokens = usage_->completion;
+      record_.reasoning_tokens = usage_->reasoning;
+      record_.cost = price_ != nullptr ? cost_of(*usage_, *price_) : 0;
+      w_.shared().metrics->record_usage(w_.index(), record_.key_name, route_name_, backend_name_, usage_->prompt,
+                                        usage_->cached, usage_->completion, usage_->reasoning, record_.cost);
+    }
     record_.latency_ms = std::chrono::duration<double, std::milli>(elapsed).count();
     w_.shared().log->write(w_.index(), record_);
     if (proxied_) {
@@ -299,6 +313,16 @@ class session {
     }
 
     route_name_ = route->model;
+    // Metering needs the stream's usage: ask for it, and keep the chunk from a client that did
+    // not ask for it.
+    if (fields.stream && !fields.include_usage && path != "/embeddings") {
+      auto so = fields.stream_options.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields.stream_options);
+      if (so.is_object()) {
+        so["include_usage"] = true;
+        req.body() = set_top_level(req.body(), "stream_options", so.dump());
+        strip_usage_ = true;
+      }
+    }
     attempt_state st;
     st.deadline = started_ + route->deadline;
     // The route, then its fallbacks; a context_length_exceeded answer switches to the context
@@ -402,6 +426,7 @@ class session {
       backend_name_ = target.backend;
       record_.backend = target.backend;
       attempt_health_ = target.health.get();
+      price_ = &target.price;
       last_first_byte_ = -1;
       auto outcome = co_await relay(*call, fields.stream);
       unwatch_client(watch);
@@ -532,6 +557,19 @@ class session {
     bool broke = false;             ///< with answered: the upstream broke the stream mid-way
   };
 
+  /// Notes the usage an SSE event carries (the last one seen wins: usage is cumulative). true
+  /// when the event is the usage-only chunk we asked for on the client's behalf: it is dropped.
+  bool take_usage(const std::string& event) {
+    if (event.find("\"usage\"") == std::string::npos) return false;
+    const auto data = sse_data(event);
+    if (!data) return false;
+    bool no_choices = false;
+    auto u = usage_from_json(*data, &no_choices);
+    if (!u) return false;
+    usage_ = *u;
+    return strip_usage_ && no_choices;
+  }
+
   static const char* attempt_outcome(const relay_outcome& o, bool client_gone) {
     switch (o.kind) {
       case relay_kind::answered: return o.broke ? "failed" : "ok";
@@ -588,6 +626,7 @@ class session {
       break;
     }
     if (retryable_status(res.status)) co_return relay_outcome{relay_kind::retryable_status, false, {}, std::move(res)};
+    if (res.status >= 200 && res.status < 300) usage_ = usage_from_json(res.body);
     if (res.status == 400 && res.body.find("context_length_exceeded") != std::string::npos) {
       co_return relay_outcome{relay_kind::context_exceeded, false, {}, std::move(res)};
     }
@@ -626,7 +665,10 @@ class session {
       bool finished = false;
       if (ev.type == adapters::call_event::kind::data) {
         events.feed(ev.data);
-        while (auto e = events.next_event()) out += *e;
+        while (auto e = events.next_event()) {
+          if (take_usage(*e)) continue;
+          out += *e;
+        }
       } else if (ev.type == adapters::call_event::kind::end) {
         out = events.take_rest();
         finished = true;
@@ -726,6 +768,9 @@ class session {
   double last_first_byte_ = -1;  // seconds to the last attempt's response headers; -1: none
   std::string route_name_;       // the matched route as configured: a bounded metric label
   bool proxied_ = false;         // the request went to the proxy path (counted in metrics)
+  std::optional<usage> usage_;   // the last usage the upstream reported for this request
+  const config::price_config* price_ = nullptr;  // prices of the target that served it
+  bool strip_usage_ = false;     // we asked for stream usage; the client did not
   bool keep_alive_ = false;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;

@@ -134,6 +134,12 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
       } else {
         return fail("'stream' must be a boolean.", "stream");
       }
+    } else if (m.key == "stream_options") {
+      fields.stream_options = std::string(value);
+      if (value.front() == '{') {
+        const json so = json::parse(value);
+        fields.include_usage = so.value("include_usage", false) == true;
+      }
     } else if (m.key == "max_tokens") {
       max_tokens = value;
     } else if (m.key == "max_completion_tokens") {

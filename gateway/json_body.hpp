@@ -13,6 +13,8 @@ struct request_fields {
   std::string model;                      ///< decoded top-level "model"
   bool stream = false;                    ///< top-level "stream" (false when absent)
   std::optional<std::int64_t> max_tokens; ///< "max_tokens", else "max_completion_tokens"
+  std::string stream_options;             ///< the raw JSON of "stream_options", empty when absent
+  bool include_usage = false;             ///< stream_options.include_usage is true
 };
 
 struct body_parse_result {

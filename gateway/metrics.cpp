@@ -93,18 +93,34 @@ void gateway_metrics::record_attempt(std::size_t shard, const std::string& backe
   if (first_byte_seconds >= 0) s.first_byte[backend].observe(first_byte_seconds);
 }
 
+void gateway_metrics::record_usage(std::size_t shard, const std::string& key, const std::string& route,
+                                   const std::string& backend, std::int64_t prompt, std::int64_t cached,
+                                   std::int64_t completion, std::int64_t reasoning, double cost) {
+  auto& s = *shards_[shard % shards_.size()];
+  std::lock_guard lock(s.mutex);
+  s.tokens[{key, route, backend, "prompt"}] += static_cast<std::uint64_t>(prompt - cached);
+  s.tokens[{key, route, backend, "cached_prompt"}] += static_cast<std::uint64_t>(cached);
+  s.tokens[{key, route, backend, "completion"}] += static_cast<std::uint64_t>(completion);
+  s.tokens[{key, route, backend, "reasoning"}] += static_cast<std::uint64_t>(reasoning);
+  s.cost[{key, route, backend}] += cost;
+}
+
 std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) const {
   // Merge the shards first, holding each lock only while copying it.
   std::map<std::array<std::string, 3>, std::uint64_t> requests;
   std::map<std::string, histogram> duration;
   std::map<std::array<std::string, 2>, std::uint64_t> attempts;
   std::map<std::string, histogram> first_byte;
+  std::map<std::array<std::string, 4>, std::uint64_t> tokens;
+  std::map<std::array<std::string, 3>, double> cost;
   for (const auto& shard : shards_) {
     std::lock_guard lock(shard->mutex);
     for (const auto& [k, v] : shard->requests) requests[k] += v;
     for (const auto& [k, v] : shard->duration) duration[k].merge(v);
     for (const auto& [k, v] : shard->attempts) attempts[k] += v;
     for (const auto& [k, v] : shard->first_byte) first_byte[k].merge(v);
+    for (const auto& [k, v] : shard->tokens) tokens[k] += v;
+    for (const auto& [k, v] : shard->cost) cost[k] += v;
   }
 
   std::string out;
@@ -135,6 +151,19 @@ std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) c
          "Time from sending an attempt to the upstream's response headers, by backend.");
   for (const auto& [k, h] : first_byte) {
     h.render(out, "tollgate_upstream_first_byte_seconds", "backend=\"" + escape_label(k) + "\"");
+  }
+
+  header(out, "tollgate_tokens_total", "counter",
+         "Tokens by key name, route, backend and kind: prompt (uncached), cached_prompt, completion "
+         "(reasoning included), reasoning.");
+  for (const auto& [k, v] : tokens) {
+    out += "tollgate_tokens_total{key=\"" + escape_label(k[0]) + "\",model=\"" + escape_label(k[1]) + "\",backend=\"" +
+           escape_label(k[2]) + "\",kind=\"" + k[3] + "\"} " + std::to_string(v) + "\n";
+  }
+  header(out, "tollgate_cost_total", "counter", "Money spent at the serving target's prices, by key name, route and backend.");
+  for (const auto& [k, v] : cost) {
+    out += "tollgate_cost_total{key=\"" + escape_label(k[0]) + "\",model=\"" + escape_label(k[1]) + "\",backend=\"" +
+           escape_label(k[2]) + "\",currency=\"" + escape_label(rt.cfg.currency) + "\"} " + number(v) + "\n";
   }
 
   const auto now = std::chrono::steady_clock::now();

@@ -41,6 +41,11 @@ class gateway_metrics {
   /// One upstream attempt. outcome: "ok", "error_status", "failed", "cancelled".
   void record_attempt(std::size_t shard, const std::string& backend, const char* outcome, double first_byte_seconds);
 
+  /// Tokens and money of one request, by key name, route and the backend that served it.
+  void record_usage(std::size_t shard, const std::string& key, const std::string& route, const std::string& backend,
+                    std::int64_t prompt, std::int64_t cached, std::int64_t completion, std::int64_t reasoning,
+                    double cost);
+
   /// The whole exposition: these counters plus gauges read now from rt (backend health) and the
   /// server (requests in flight).
   std::string render(const runtime& rt, std::int64_t in_flight) const;
@@ -52,6 +57,8 @@ class gateway_metrics {
     std::map<std::string, histogram> duration;                     // by route
     std::map<std::array<std::string, 2>, std::uint64_t> attempts;  // backend, outcome
     std::map<std::string, histogram> first_byte;                   // by backend
+    std::map<std::array<std::string, 4>, std::uint64_t> tokens;    // key, route, backend, kind
+    std::map<std::array<std::string, 3>, double> cost;             // key, route, backend
   };
   std::vector<std::unique_ptr<shard_data>> shards_;
 };

@@ -1,0 +1,30 @@
+// Token usage as upstreams report it, and what it costs at a target's prices.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "config/config.hpp"
+
+namespace tollgate::gateway {
+
+struct usage {
+  std::int64_t prompt = 0;      ///< all prompt tokens, cached ones included
+  std::int64_t cached = 0;      ///< prompt tokens served from the provider's cache
+  std::int64_t completion = 0;  ///< all output tokens, reasoning ones included
+  std::int64_t reasoning = 0;   ///< output tokens spent on reasoning
+};
+
+/// Reads a "usage" object out of a response or chunk JSON text. nullopt when there is none (or it
+/// is null). Understands OpenAI's prompt_tokens_details.cached_tokens and
+/// completion_tokens_details.reasoning_tokens, and DeepSeek's prompt_cache_hit_tokens.
+/// no_choices, when given, is set to whether the object has an empty "choices" array (the
+/// usage-only chunk that ends a stream asked for with include_usage).
+std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices = nullptr);
+
+/// Money for u at price (per million tokens): uncached prompt at input, cached prompt at
+/// cached_input, completion at output.
+double cost_of(const usage& u, const config::price_config& price);
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,47 @@
+#include <catch2/catch.hpp>
+
+#include "gateway/usage.hpp"
+
+using namespace tollgate::gateway;
+
+TEST_CASE("usage in the OpenAI shape, with cached and reasoning tokens", "[usage]") {
+  bool no_choices = true;
+  auto u = usage_from_json(R"({"choices":[{"index":0}],"usage":{"prompt_tokens":100,"completion_tokens":40,
+    "total_tokens":140,"prompt_tokens_details":{"cached_tokens":30},"completion_tokens_details":{"reasoning_tokens":25}}})",
+                           &no_choices);
+  REQUIRE(u);
+  CHECK(u->prompt == 100);
+  CHECK(u->cached == 30);
+  CHECK(u->completion == 40);
+  CHECK(u->reasoning == 25);
+  CHECK_FALSE(no_choices);
+}
+
+TEST_CASE("DeepSeek's cache-hit field and the usage-only chunk", "[usage]") {
+  bool no_choices = false;
+  auto u = usage_from_json(
+      R"({"choices":[],"usage":{"prompt_tokens":50,"completion_tokens":5,"prompt_cache_hit_tokens":20,"prompt_cache_miss_tokens":30}})",
+      &no_choices);
+  REQUIRE(u);
+  CHECK(u->cached == 20);
+  CHECK(no_choices);
+}
+
+TEST_CASE("no usage, null usage and garbage are not usage", "[usage]") {
+  CHECK_FALSE(usage_from_json(R"({"choices":[{"delta":{"content":"hi"}}]})"));
+  CHECK_FALSE(usage_from_json(R"({"choices":[],"usage":null})"));
+  CHECK_FALSE(usage_from_json(R"({"usage":)"));
+  CHECK_FALSE(usage_from_json("[DONE]"));
+  auto odd = usage_from_json(R"({"usage":{"prompt_tokens":-5,"completion_tokens":"7","prompt_tokens_details":{"cached_tokens":9}}})");
+  REQUIRE(odd);
+  CHECK(odd->prompt == 0);
+  CHECK(odd->completion == 0);
+  CHECK(odd->cached == 0);  // never more than the prompt
+}
+
+TEST_CASE("cost: uncached input, cached input and output at their prices", "[usage]") {
+  const tollgate::config::price_config price{2.0, 0.5, 8.0};
+  const usage u{1'000'000, 400'000, 250'000, 0};
+  CHECK(cost_of(u, price) == Approx(600'000 * 2.0 / 1e6 + 400'000 * 0.5 / 1e6 + 250'000 * 8.0 / 1e6));
+  CHECK(cost_of(usage{}, price) == 0);
+}
