@@ -292,12 +292,28 @@ class loader {
       const std::string path = "keys[" + std::to_string(i) + "]";
       const YAML::Node k = n[i];
       if (!expect_map(k, path)) continue;
-      known_keys(k, path, {"name", "key"});
+      known_keys(k, path, {"name", "key", "models", "rpm", "tpm", "max_concurrency"});
       auto name = required_string(k, "name", path);
       auto key = required_string(k, "key", path);
       if (name && !names.insert(*name).second) add(k["name"], path + ".name", "duplicate key name '" + *name + "'");
       if (key && !values.insert(*key).second) add(k["key"], path + ".key", "the same key is listed twice");
-      if (name && key) keys.push_back(key_config{*name, *key});
+      key_config kc;
+      if (auto m = k["models"]; m && !m.IsNull() && expect_list(m, path + ".models")) {
+        for (std::size_t j = 0; j < m.size(); ++j) {
+          if (auto pattern = string(m[j], path + ".models[" + std::to_string(j) + "]")) kc.models.push_back(*pattern);
+        }
+      }
+      for (auto [field, out] : {std::pair{"rpm", &kc.rpm}, std::pair{"tpm", &kc.tpm},
+                                std::pair{"max_concurrency", &kc.max_concurrency}}) {
+        if (auto v = k[field]) {
+          if (auto i = integer(v, path + "." + field, 0, 1'000'000'000)) *out = static_cast<unsigned>(*i);
+        }
+      }
+      if (name && key) {
+        kc.name = *name;
+        kc.key = *key;
+        keys.push_back(std::move(kc));
+      }
     }
   }
 

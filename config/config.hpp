@@ -28,6 +28,10 @@ struct server_config {
 struct key_config {
   std::string name;
   std::string key;
+  std::vector<std::string> models;  ///< patterns this key may use ('*' wildcards); empty: all
+  unsigned rpm = 0;                 ///< requests per minute; 0: no limit
+  unsigned tpm = 0;                 ///< tokens per minute (prompt + completion); 0: no limit
+  unsigned max_concurrency = 0;     ///< requests in flight at once; 0: no limit
 };
 
 struct timeouts_config {

@@ -155,6 +155,7 @@ class session {
     route_name_.clear();
     proxied_ = false;
     usage_.reset();
+    principal_.reset();
     price_ = nullptr;
     strip_usage_ = false;
   }
@@ -162,6 +163,11 @@ class session {
   void finish() {
     --w_.shared().in_flight;
     const auto elapsed = clock::now() - started_;
+    if (limited_.limits != nullptr) {
+      limited_.limits->finish(*limited_.key, *limited_.state, limited_.estimate,
+                              usage_ ? usage_->prompt + usage_->completion : -1);
+      limited_ = {};
+    }
     if (usage_) {
       record_.has_usage = true;
       record_.prompt_tokens = usage_->prompt;
@@ -231,7 +237,7 @@ class session {
     if (path == "/models") {
       if (!get) co_return co_await send_error(method_not_allowed(), true);
       if (!authenticate(req, *rt)) co_return co_await send_error(unauthorized_error(req), true);
-      co_return co_await send_json(200, models_body(*rt), true);
+      co_return co_await send_json(200, models_body(*rt, *principal_), true);
     }
     if (path == "/chat/completions" || path == "/completions" || path == "/embeddings") {
       if (!post) co_return co_await send_error(method_not_allowed(), true);
@@ -244,9 +250,9 @@ class session {
   }
 
   bool authenticate(const request& req, const runtime& rt) {
-    auto who = rt.keys.authenticate(bearer_key(req));
-    if (!who) return false;
-    record_.key_name = who->key_name;
+    principal_ = rt.keys.authenticate(bearer_key(req));
+    if (!principal_) return false;
+    record_.key_name = principal_->key_name;
     return true;
   }
 
@@ -277,9 +283,10 @@ class session {
     return nlohmann::json{{"object", "list"}, {"data", std::move(list)}}.dump();
   }
 
-  static std::string models_body(const runtime& rt) {
+  static std::string models_body(const runtime& rt, const principal& who) {
     nlohmann::json data = nlohmann::json::array();
     for (const auto& name : rt.routes.public_models()) {
+      if (!who.may_use(name)) continue;
       data.push_back({{"id", name}, {"object", "model"}, {"created", 0}, {"owned_by", "tollgate"}});
     }
     return nlohmann::json{{"object", "list"}, {"data", std::move(data)}}.dump();
@@ -305,6 +312,12 @@ class session {
     record_.model = fields.model;
     record_.stream = fields.stream;
 
+    if (!principal_->may_use(fields.model)) {
+      // A named error: GCC 12 destroys a braced temporary inside co_await twice.
+      const api_error forbidden{403, "permission_error", "model_not_allowed",
+                                "This API key may not use the model `" + fields.model + "`.", "model"};
+      co_return co_await send_error(forbidden, true);
+    }
     const routing::route* route = rt.routes.resolve(fields.model);
     if (route == nullptr) {
       co_return co_await send_error(
@@ -313,6 +326,20 @@ class session {
     }
 
     route_name_ = route->model;
+
+    const std::int64_t estimate = estimate_tokens(req.body().size(), fields.max_tokens);
+    const admission adm = rt.limits->admit(*principal_->key, *principal_->state, estimate, clock::now());
+    if (!adm.admitted) {
+      const api_error err{429, "rate_limit_error", adm.code, adm.message, {}};
+      record_.error = err.code;
+      http::response<http::string_body> res{http::status::too_many_requests, 11};
+      res.set(http::field::content_type, "application/json");
+      res.set(http::field::retry_after, std::to_string(adm.retry_after.count()));
+      res.body() = err.body();
+      co_return co_await send(std::move(res), true);
+    }
+    limited_ = {rt.limits.get(), principal_->key, principal_->state, estimate};
+
     // Metering needs the stream's usage: ask for it, and keep the chunk from a client that did
     // not ask for it.
     if (fields.stream && !fields.include_usage && path != "/embeddings") {
@@ -769,6 +796,13 @@ class session {
   std::string route_name_;       // the matched route as configured: a bounded metric label
   bool proxied_ = false;         // the request went to the proxy path (counted in metrics)
   std::optional<usage> usage_;   // the last usage the upstream reported for this request
+  std::optional<principal> principal_;  // the key of the request being handled
+  struct admitted {
+    limiter* limits = nullptr;  // set while a request holds a limiter admission
+    const config::key_config* key = nullptr;
+    std::shared_ptr<key_state> state;
+    std::int64_t estimate = 0;
+  } limited_;
   const config::price_config* price_ = nullptr;  // prices of the target that served it
   bool strip_usage_ = false;     // we asked for stream usage; the client did not
   bool keep_alive_ = false;

@@ -114,8 +114,8 @@ int serve(const std::vector<std::string_view>& args) {
   net::signal_set signals(signals_io, SIGINT, SIGTERM, SIGHUP);
   const auto shutdown_timeout = loaded.value->server.shutdown_timeout;
   const auto workers = tollgate::gateway::worker_count(loaded.value->server);
-  tollgate::routing::health_registry health;
-  auto rt = std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), health, workers);
+  tollgate::gateway::lasting_state lasting;
+  auto rt = std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), lasting, workers);
   std::unique_ptr<tollgate::gateway::server> srv;
   try {
     srv = std::make_unique<tollgate::gateway::server>(rt);
@@ -125,7 +125,7 @@ int serve(const std::vector<std::string_view>& args) {
     return 1;
   }
   srv->start();
-  auto prober = std::make_unique<tollgate::gateway::health_prober>(srv->shared(), health);
+  auto prober = std::make_unique<tollgate::gateway::health_prober>(srv->shared(), lasting.health);
   prober->start();
   std::cerr << "tollgate " TOLLGATE_VERSION " listening on http://" << rt->cfg.server.listen_host << ":" << srv->port()
             << " (" << rt->cfg.source << ", " << rt->routes.public_models().size() << " models)" << std::endl;
@@ -144,7 +144,7 @@ int serve(const std::vector<std::string_view>& args) {
         old.access_log != now.access_log) {
       std::cerr << "tollgate: server.listen, server.threads and server.access_log change only on restart" << std::endl;
     }
-    auto fresh = std::make_shared<const tollgate::gateway::runtime>(std::move(*next.value), health, workers);
+    auto fresh = std::make_shared<const tollgate::gateway::runtime>(std::move(*next.value), lasting, workers);
     std::cerr << "tollgate: reloaded " << fresh->cfg.source << " (" << why << ", " << fresh->routes.public_models().size()
               << " models)" << std::endl;
     srv->shared().current.store(std::move(fresh));

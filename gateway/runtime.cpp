@@ -6,8 +6,12 @@
 
 namespace tollgate::gateway {
 
-runtime::runtime(config::config c, routing::health_registry& health, std::size_t workers)
-    : cfg(std::move(c)), routes(cfg, health, workers), keys(cfg.keys) {
+runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
+    : cfg(std::move(c)),
+      routes(cfg, lasting.health, workers),
+      keys(cfg.keys, lasting.keys),
+      limits(std::make_unique<memory_limiter>()) {
+  routing::health_registry& health = lasting.health;
   for (const auto& b : cfg.backends) {
     // Validation admits only known kinds; "openai" is the one there is today.
     backends.push_back(std::make_unique<adapters::openai_backend>(b));

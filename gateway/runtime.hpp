@@ -10,20 +10,28 @@
 #include "adapters/backend.hpp"
 #include "config/config.hpp"
 #include "gateway/key_table.hpp"
+#include "gateway/limiter.hpp"
 #include "routing/route_table.hpp"
 
 namespace tollgate::gateway {
 
+/// State that outlives any one config: backend health and key counters, by name.
+struct lasting_state {
+  routing::health_registry health;
+  key_state_registry keys;
+};
+
 struct runtime {
-  /// health: shared with the runtimes before and after this one, so backend health survives a
-  /// reload. workers: the server's worker threads (each gets its own strategy instances).
-  runtime(config::config c, routing::health_registry& health, std::size_t workers);
+  /// lasting: shared with the runtimes before and after this one, so health and limits survive
+  /// a reload. workers: the server's worker threads (each gets its own strategy instances).
+  runtime(config::config c, lasting_state& lasting, std::size_t workers);
 
   config::config cfg;
   routing::route_table routes;
   key_table keys;
   std::vector<std::unique_ptr<adapters::backend>> backends;  ///< same order as cfg.backends
   std::vector<std::shared_ptr<routing::target_health>> backend_health;  ///< same order
+  std::unique_ptr<limiter> limits;
 };
 
 /// Problems only the assembled runtime can see (a strategy no policy is registered under).

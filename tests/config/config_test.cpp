@@ -399,3 +399,21 @@ routes:
   find(bad, "routes[0].targets[0].price.output");
   find(bad, "routes[0].targets[0].price.per_call");
 }
+
+TEST_CASE("key limits and model patterns", "[config]") {
+  auto r = load(minimal + R"(keys:
+  - {name: a, key: k-a, models: ["deepseek-*", qwen3-32b], rpm: 60, tpm: 100000, max_concurrency: 4}
+  - {name: b, key: k-b}
+)");
+  REQUIRE(r.value);
+  const auto& a = r.value->keys[0];
+  CHECK(a.models == std::vector<std::string>{"deepseek-*", "qwen3-32b"});
+  CHECK(a.rpm == 60);
+  CHECK(a.tpm == 100000);
+  CHECK(a.max_concurrency == 4);
+  CHECK(r.value->keys[1].models.empty());
+  auto bad = load(minimal + "keys:\n  - {name: a, key: k, rpm: -1, tpm: lots, models: deepseek}\n");
+  find(bad, "keys[0].rpm");
+  find(bad, "keys[0].tpm");
+  CHECK(find(bad, "keys[0].models").message == "expected a list");
+}

@@ -44,7 +44,7 @@ inline std::string fill(std::string text, const std::string& name, const std::st
 struct gateway_fixture {
   fake_upstream a;
   fake_upstream b;
-  routing::health_registry health;
+  gateway::lasting_state lasting;
   std::unique_ptr<gateway::server> server;
   std::unique_ptr<gateway::health_prober> prober;  // declared after server: stops first
   std::string base;  ///< "http://127.0.0.1:PORT"
@@ -58,10 +58,10 @@ struct gateway_fixture {
       FAIL("test config does not load");
     }
     const auto workers = gateway::worker_count(loaded.value->server);
-    auto rt = std::make_shared<const gateway::runtime>(std::move(*loaded.value), health, workers);
+    auto rt = std::make_shared<const gateway::runtime>(std::move(*loaded.value), lasting, workers);
     server = std::make_unique<gateway::server>(rt);
  server->start();
-    prober = std::make_unique<gateway::health_prober>(server->shared(), health);
+    prober = std::make_unique<gateway::health_prober>(server->shared(), lasting.health);
     prober->start();
     base = "http://127.0.0.1:" + std::to_string(server->port());
   }

@@ -14,7 +14,7 @@ std::shared_ptr<const tollgate::gateway::runtime> build(gateway_fixture& f, cons
   auto loaded = tollgate::config::load_string(fill(fill(yaml, "A", f.a.base_url()), "B", f.b.base_url()), "r.yaml",
                                               [](const std::string&) { return std::nullopt; });
   REQUIRE(loaded.value);
-  return std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), f.health, 2);
+  return std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), f.lasting, 2);
 }
 
 }  // namespace

@@ -113,8 +113,8 @@ int main(int argc, char** argv) {
                            "/v1\"}]\n"
                            "routes: [{model: m, targets: [{backend: raw}]}]\n";
   auto loaded = tollgate::config::load_string(yaml, "bench.yaml");
-  tollgate::routing::health_registry health;
-  auto rt = std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), health, 1);
+  tollgate::gateway::lasting_state lasting;
+  auto rt = std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), lasting, 1);
   tollgate::gateway::server gw(rt);
   gw.start();
 

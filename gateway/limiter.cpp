@@ -1,0 +1,76 @@
+#include "gateway/limiter.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tollgate::gateway {
+
+std::int64_t estimate_tokens(std::size_t body_bytes, std::optional<std::int64_t> max_tokens) {
+  return static_cast<std::int64_t>((body_bytes + 3) / 4) + max_tokens.value_or(512);
+}
+
+std::shared_ptr<key_state> key_state_registry::get(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  auto& slot = by_name_[name];
+  if (!slot) slot = std::make_shared<key_state>();
+  return slot;
+}
+
+admission memory_limiter::admit(const config::key_config& key, key_state& state, std::int64_t tokens, steady_time now) {
+  if (key.rpm == 0 && key.tpm == 0 && key.max_concurrency == 0) return {};
+  key_state* st = &state;
+  if (key.max_concurrency != 0) {
+    if (st->in_flight.fetch_add(1) >= static_cast<std::int64_t>(key.max_concurrency)) {
+      st->in_flight.fetch_sub(1);
+      return {false, "rate_limit_exceeded",
+              "Too many concurrent requests for this key (max_concurrency " + std::to_string(key.max_concurrency) + ").",
+              std::chrono::seconds(1)};
+    }
+  } else {
+    st->in_flight.fetch_add(1);
+  }
+  std::lock_guard lock(st->mutex);
+  // Refill both buckets for the time since the last visit; each holds at most one minute's worth.
+  const double elapsed = st->rpm_tokens < 0 && st->tpm_tokens < 0
+                             ? 0
+                             : std::chrono::duration<double>(now - st->refilled).count();
+  st->refilled = now;
+  auto refill = [&](double& bucket, unsigned per_minute) {
+    if (bucket < 0) bucket = per_minute;
+    bucket = std::min<double>(per_minute, bucket + elapsed * per_minute / 60.0);
+  };
+  if (key.rpm != 0) refill(st->rpm_tokens, key.rpm);
+  if (key.tpm != 0) refill(st->tpm_tokens, key.tpm);
+  // A request larger than a whole minute's budget still passes when the bucket is full.
+  const double need_tokens = std::min<double>(static_cast<double>(tokens), key.tpm);
+  auto refuse = [&](const std::string& what, double missing, unsigned per_minute) {
+    st->in_flight.fetch_sub(1);
+    const auto wait = std::chrono::seconds(static_cast<long long>(std::ceil(missing * 60.0 / per_minute)));
+    return admission{false, "rate_limit_exceeded", what, std::max(wait, std::chrono::seconds(1))};
+  };
+  if (key.rpm != 0 && st->rpm_tokens < 1) {
+    return refuse("Rate limit reached for requests per minute (rpm " + std::to_string(key.rpm) + ").",
+                  1 - st->rpm_tokens, key.rpm);
+  }
+  if (key.tpm != 0 && st->tpm_tokens < need_tokens) {
+    return refuse("Rate limit reached for tokens per minute (tpm " + std::to_string(key.tpm) + ").",
+                  need_tokens - st->tpm_tokens, key.tpm);
+  }
+  if (key.rpm != 0) st->rpm_tokens -= 1;
+  if (key.tpm != 0) st->tpm_tokens -= need_tokens;
+  return {};
+}
+
+void memory_limiter::finish(const config::key_config& key, key_state& state, std::int64_t estimated,
+                            std::int64_t actual) {
+  if (key.rpm == 0 && key.tpm == 0 && key.max_concurrency == 0) return;
+  key_state* st = &state;
+  st->in_flight.fetch_sub(1);
+  if (key.tpm == 0 || actual < 0) return;
+  std::lock_guard lock(st->mutex);
+  const double charged = std::min<double>(static_cast<double>(estimated), key.tpm);
+  // May go below zero: a request that used more than estimated delays the next ones.
+  st->tpm_tokens = std::min<double>(key.tpm, st->tpm_tokens + charged - static_cast<double>(actual));
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,70 @@
+// Per-key limits: requests per minute and tokens per minute as token buckets, and requests in
+// flight. State is per key name, shared by all workers and kept across config reloads.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "config/config.hpp"
+
+namespace tollgate::gateway {
+
+using steady_time = std::chrono::steady_clock::time_point;
+
+/// One key's live counters. Thread-safe; its mutex is this key's alone.
+class key_state {
+ public:
+  std::mutex mutex;
+  double rpm_tokens = -1;  ///< < 0: not started (starts full)
+  double tpm_tokens = -1;
+  steady_time refilled{};
+  std::atomic<std::int64_t> in_flight{0};
+};
+
+struct admission {
+  bool admitted = true;
+  std::string code;     ///< "rate_limit_exceeded" when refused
+  std::string message;  ///< which limit, for the client
+  std::chrono::seconds retry_after{0};
+};
+
+/// One key_state per key name. Looked up when a config is built, never per request.
+class key_state_registry {
+ public:
+  std::shared_ptr<key_state> get(const std::string& name);
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::shared_ptr<key_state>> by_name_;
+};
+
+/// The interface the request path uses; the in-process one below is the only implementation
+/// today (a shared one, over Redis, is for running several replicas).
+class limiter {
+ public:
+  virtual ~limiter() = default;
+  /// Admits one request estimated at `tokens` tokens, or says which limit refuses it. On
+  /// admission the caller must call finish() once, with the real token count when known.
+  virtual admission admit(const config::key_config& key, key_state& st, std::int64_t tokens, steady_time now) = 0;
+  /// Ends an admitted request: frees its concurrency slot and settles TPM on actual tokens
+  /// (refunding or charging the difference from the estimate); actual < 0 keeps the estimate.
+  virtual void finish(const config::key_config& key, key_state& st, std::int64_t estimated, std::int64_t actual) = 0;
+};
+
+class memory_limiter final : public limiter {
+ public:
+  admission admit(const config::key_config& key, key_state& st, std::int64_t tokens, steady_time now) override;
+  void finish(const config::key_config& key, key_state& st, std::int64_t estimated, std::int64_t actual) override;
+};
+
+/// Tokens a request may use, before it runs: its body at about four bytes a token, plus what it
+/// may generate (max_tokens, or 512 when it does not say).
+std::int64_t estimate_tokens(std::size_t body_bytes, std::optional<std::int64_t> max_tokens);
+
+}  // namespace tollgate::gateway
