@@ -9,12 +9,6 @@ std::int64_t estimate_tokens(std::size_t body_bytes, std::optional<std::int64_t>
   return static_cast<std::int64_t>((body_bytes + 3) / 4) + max_tokens.value_or(512);
 }
 
-std::shared_ptr<key_state> key_state_registry::get(const std::string& name) {
-  std::lock_guard lock(mutex_);
-  auto& slot = by_name_[name];
-  if (!slot) slot = std::make_shared<key_state>();
-  return slot;
-}
 
 admission memory_limiter::admit(const config::key_config& key, key_state& state, std::int64_t tokens, steady_time now) {
   if (key.rpm == 0 && key.tpm == 0 && key.max_concurrency == 0) return {};

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "config/config.hpp"
+#include "routing/named_registry.hpp"
 
 namespace tollgate::gateway {
 
@@ -34,15 +35,8 @@ struct admission {
   std::chrono::seconds retry_after{0};
 };
 
-/// One key_state per key name. Looked up when a config is built, never per request.
-class key_state_registry {
- public:
-  std::shared_ptr<key_state> get(const std::string& name);
-
- private:
-  std::mutex mutex_;
-  std::unordered_map<std::string, std::shared_ptr<key_state>> by_name_;
-};
+/// One key_state per key name.
+using key_state_registry = routing::named_registry<key_state>;
 
 /// The interface the request path uses; the in-process one below is the only implementation
 /// today (a shared one, over Redis, is for running several replicas).

@@ -97,11 +97,4 @@ std::size_t target_health::waiting() const {
   return waiters_.size();
 }
 
-std::shared_ptr<target_health> health_registry::get(const std::string& backend) {
-  std::lock_guard lock(mutex_);
-  auto& slot = by_name_[backend];
-  if (!slot) slot = std::make_shared<target_health>();
-  return slot;
-}
-
 }  // namespace tollgate::routing

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "config/config.hpp"
+#include "routing/named_registry.hpp"
 
 namespace tollgate::routing {
 
@@ -70,14 +71,7 @@ class target_health {
   std::deque<std::shared_ptr<waiter>> waiters_;
 };
 
-/// One target_health per backend name. Lookups happen when a config is built, never per request.
-class health_registry {
- public:
-  std::shared_ptr<target_health> get(const std::string& backend);
-
- private:
-  std::mutex mutex_;
-  std::unordered_map<std::string, std::shared_ptr<target_health>> by_name_;
-};
+/// One target_health per backend name.
+using health_registry = named_registry<target_health>;
 
 }  // namespace tollgate::routing
