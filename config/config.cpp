@@ -64,7 +64,16 @@ class loader {
       result.problems = std::move(problems_);
       return result;
     }
-    known_keys(root, "", {"server", "currency", "keys", "backends", "routes"});
+    known_keys(root, "", {"server", "currency", "store", "keys", "backends", "routes"});
+    if (auto n = root["store"]; n && !n.IsNull() && expect_map(n, "store")) {
+      known_keys(n, "store", {"sqlite"});
+      if (auto p = n["sqlite"]) {
+        if (auto path = string(p, "store.sqlite")) {
+          if (path->empty()) add(p, "store.sqlite", "a database file path is required");
+          else c.sqlite_path = *path;
+        }
+      }
+    }
     if (auto n = root["currency"]) {
       if (auto cur = string(n, "currency")) {
         if (cur->size() != 3 || !std::all_of(cur->begin(), cur->end(), [](unsigned char ch) { return std::isupper(ch); })) {

@@ -107,6 +107,7 @@ struct route_config {
 struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)
   std::string currency = "CNY";  ///< of every price, and of the cost metrics
+  std::string sqlite_path;       ///< store.sqlite: the usage ledger's database; empty: no ledger
   server_config server;
   std::vector<key_config> keys;
   std::vector<backend_config> backends;

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
   libboost1.81-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libyaml-cpp-dev
-  catch2 libsqlite3-dev
+  catch2 libsqlite3-dev sqlite3
   curl
   wrk nginx-light bc
   prometheus

@@ -153,6 +153,8 @@ class session {
     }
     backend_name_.clear();
     route_name_.clear();
+    upstream_model_.clear();
+    last_first_byte_ = -1;
     proxied_ = false;
     usage_.reset();
     principal_.reset();
@@ -161,7 +163,6 @@ class session {
   }
 
   void finish() {
-    --w_.shared().in_flight;
     const auto elapsed = clock::now() - started_;
     if (limited_.limits != nullptr) {
       limited_.limits->finish(*limited_.key, *limited_.state, limited_.estimate,
@@ -180,10 +181,37 @@ class session {
     }
     record_.latency_ms = std::chrono::duration<double, std::milli>(elapsed).count();
     w_.shared().log->write(w_.index(), record_);
+    if (proxied_ && w_.shared().ledger) {
+      ledger_record l;
+      l.request_id = record_.request_id;
+      l.unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+      l.key = record_.key_name;
+      l.model = record_.model;
+      l.route = route_name_;
+      l.backend = backend_name_;
+      l.upstream_model = upstream_model_;
+      if (usage_) {
+        l.has_usage = true;
+        l.prompt_tokens = usage_->prompt;
+        l.cached_tokens = usage_->cached;
+        l.completion_tokens = usage_->completion;
+        l.reasoning_tokens = usage_->reasoning;
+        l.cost = record_.cost;
+      }
+      l.status = record_.status;
+      l.latency_ms = record_.latency_ms;
+      l.first_byte_ms = last_first_byte_ >= 0 ? last_first_byte_ * 1000 : -1;
+      l.stream = record_.stream;
+      w_.shared().ledger->append(w_.index(), std::move(l));
+    }
     if (proxied_) {
       w_.shared().metrics->record_request(w_.index(), route_name_, backend_name_, record_.status,
                                           std::chrono::duration<double>(elapsed).count());
     }
+    // Last: shutdown waits for this count, and by then the request's records are handed over.
+    --w_.shared().in_flight;
   }
 
   net::awaitable<bool> handle(request& req, const std::shared_ptr<const runtime>& rt) {
@@ -454,6 +482,7 @@ class session {
       record_.backend = target.backend;
       attempt_health_ = target.health.get();
       price_ = &target.price;
+      upstream_model_ = target.model.empty() ? fields.model : target.model;
       last_first_byte_ = -1;
       auto outcome = co_await relay(*call, fields.stream);
       unwatch_client(watch);
@@ -794,6 +823,7 @@ class session {
   routing::target_health* attempt_health_ = nullptr;  // the backend of the attempt being relayed
   double last_first_byte_ = -1;  // seconds to the last attempt's response headers; -1: none
   std::string route_name_;       // the matched route as configured: a bounded metric label
+  std::string upstream_model_;   // the model name sent to the backend that answered last
   bool proxied_ = false;         // the request went to the proxy path (counted in metrics)
   std::optional<usage> usage_;   // the last usage the upstream reported for this request
   std::optional<principal> principal_;  // the key of the request being handled

@@ -120,7 +120,7 @@ int serve(const std::vector<std::string_view>& args) {
   try {
     srv = std::make_unique<tollgate::gateway::server>(rt);
   } catch (const std::exception& e) {
-    std::cerr << "tollgate: cannot listen on " << rt->cfg.server.listen_host << ":" << rt->cfg.server.listen_port
+    std::cerr << "tollgate: cannot start on " << rt->cfg.server.listen_host << ":" << rt->cfg.server.listen_port
               << ": " << e.what() << "\n";
     return 1;
   }

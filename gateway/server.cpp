@@ -16,6 +16,7 @@ server::server(std::shared_ptr<const runtime> rt) {
   const std::size_t threads = worker_count(sc);
   shared_.log = std::make_unique<access_log>(sc.access_log, threads);
   shared_.metrics = std::make_unique<gateway_metrics>(threads);
+  if (!rt->cfg.sqlite_path.empty()) shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads);
   shared_.current.store(rt);
 
   tcp::endpoint endpoint(net::ip::make_address(sc.listen_host), sc.listen_port);
@@ -46,6 +47,7 @@ std::int64_t server::shutdown(std::chrono::milliseconds timeout) {
   const std::int64_t cut = shared_.in_flight.load();
   for (auto& w : workers_) w->stop();
   if (shared_.log) shared_.log->flush();
+  if (shared_.ledger) shared_.ledger->flush();
   return cut;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gateway/access_log.hpp"
+#include "gateway/ledger.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/runtime.hpp"
 
@@ -25,11 +26,13 @@ struct server_shared {
   std::atomic<std::int64_t> in_flight{0};  ///< requests being handled
   std::unique_ptr<access_log> log;
   std::unique_ptr<gateway_metrics> metrics;
+  std::unique_ptr<usage_ledger> ledger;  ///< null without store.sqlite
 };
 
 class server {
  public:
-  /// Binds the listen address from the config. Throws std::system_error when it cannot.
+  /// Binds the listen address from the config and opens the ledger's database. Throws
+  /// std::system_error or std::runtime_error when it cannot.
   explicit server(std::shared_ptr<const runtime> rt);
   ~server();  ///< stops at once if still running
   server(const server&) = delete;

@@ -417,3 +417,15 @@ TEST_CASE("key limits and model patterns", "[config]") {
   find(bad, "keys[0].tpm");
   CHECK(find(bad, "keys[0].models").message == "expected a list");
 }
+
+TEST_CASE("store and currency", "[config]") {
+  auto r = load("currency: USD\nstore: {sqlite: /var/lib/tollgate/ledger.db}\n" + minimal);
+  REQUIRE(r.value);
+  CHECK(r.value->currency == "USD");
+  CHECK(r.value->sqlite_path == "/var/lib/tollgate/ledger.db");
+  CHECK(load(minimal).value->sqlite_path.empty());
+  auto bad = load("currency: dollars\nstore: {postgres: x, sqlite: \"\"}\n" + minimal);
+  CHECK(find(bad, "currency").line == 1);
+  CHECK(find(bad, "store.postgres").line == 2);
+  CHECK(find(bad, "store.sqlite").line == 2);
+}

@@ -1,0 +1,140 @@
+#include "gateway/ledger.hpp"
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <iostream>
+#include <stdexcept>
+
+namespace tollgate::gateway {
+
+namespace {
+
+constexpr const char* schema = R"sql(
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS usage_ledger (
+  request_id TEXT NOT NULL,
+  unix_ms INTEGER NOT NULL,
+  key TEXT NOT NULL,
+  model TEXT NOT NULL,
+  route TEXT NOT NULL,
+  backend TEXT NOT NULL,
+  upstream_model TEXT NOT NULL,
+  prompt_tokens INTEGER,
+  cached_tokens INTEGER,
+  completion_tokens INTEGER,
+  reasoning_tokens INTEGER,
+  cost REAL,
+  status INTEGER NOT NULL,
+  latency_ms REAL NOT NULL,
+  first_byte_ms REAL,
+  stream INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_ledger_time ON usage_ledger (unix_ms);
+CREATE INDEX IF NOT EXISTS usage_ledger_key_time ON usage_ledger (key, unix_ms);
+)sql";
+
+constexpr const char* insert_sql =
+    "INSERT INTO usage_ledger (request_id, unix_ms, key, model, route, backend, upstream_model, prompt_tokens, "
+    "cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, first_byte_ms, stream) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+}  // namespace
+
+usage_ledger::usage_ledger(const std::string& path, std::size_t shards) {
+  if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
+    const std::string why = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    throw std::runtime_error("cannot open " + path + ": " + why);
+  }
+  sqlite3_busy_timeout(db_, 5000);
+  char* error = nullptr;
+  if (sqlite3_exec(db_, schema, nullptr, nullptr, &error) != SQLITE_OK) {
+    const std::string why = error != nullptr ? error : "unknown error";
+    sqlite3_free(error);
+    sqlite3_close(db_);
+    throw std::runtime_error("cannot prepare the ledger in " + path + ": " + why);
+  }
+  for (std::size_t i = 0; i < std::max<std::size_t>(shards, 1); ++i) shards_.push_back(std::make_unique<shard_buffer>());
+  thread_ = std::thread([this] { run(); });
+}
+
+usage_ledger::~usage_ledger() {
+  {
+    std::lock_guard lock(wake_mutex_);
+    stop_ = true;
+  }
+  wake_.notify_one();
+  thread_.join();
+  flush();
+  sqlite3_close(db_);
+}
+
+void usage_ledger::append(std::size_t shard, ledger_record record) {
+  auto& buffer = *shards_[shard % shards_.size()];
+  std::lock_guard lock(buffer.mutex);
+  buffer.records.push_back(std::move(record));
+}
+
+void usage_ledger::flush() {
+  std::lock_guard writing(write_mutex_);
+  std::vector<ledger_record> batch;
+  for (auto& shard : shards_) {
+    std::lock_guard lock(shard->mutex);
+    for (auto& r : shard->records) batch.push_back(std::move(r));
+    shard->records.clear();
+  }
+  if (!batch.empty()) write(batch);
+}
+
+void usage_ledger::run() {
+  std::unique_lock lock(wake_mutex_);
+  while (!stop_) {
+    wake_.wait_for(lock, std::chrono::milliseconds(200));
+    lock.unlock();
+    flush();
+    lock.lock();
+  }
+}
+
+void usage_ledger::write(std::vector<ledger_record>& batch) {
+  sqlite3_stmt* insert = nullptr;
+  if (sqlite3_prepare_v2(db_, insert_sql, -1, &insert, nullptr) != SQLITE_OK) {
+    std::cerr << "tollgate: ledger: " << sqlite3_errmsg(db_) << "; " << batch.size() << " records not written" << std::endl;
+    return;
+  }
+  sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
+  for (const auto& r : batch) {
+    int i = 0;
+    auto text = [&](const std::string& v) { sqlite3_bind_text(insert, ++i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC); };
+    text(r.request_id);
+    sqlite3_bind_int64(insert, ++i, r.unix_ms);
+    text(r.key);
+    text(r.model);
+    text(r.route);
+    text(r.backend);
+    text(r.upstream_model);
+    for (std::int64_t v : {r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.reasoning_tokens}) {
+      if (r.has_usage) sqlite3_bind_int64(insert, ++i, v);
+      else sqlite3_bind_null(insert, ++i);
+    }
+    if (r.has_usage) sqlite3_bind_double(insert, ++i, r.cost);
+    else sqlite3_bind_null(insert, ++i);
+    sqlite3_bind_int(insert, ++i, r.status);
+    sqlite3_bind_double(insert, ++i, r.latency_ms);
+    if (r.first_byte_ms >= 0) sqlite3_bind_double(insert, ++i, r.first_byte_ms);
+    else sqlite3_bind_null(insert, ++i);
+    sqlite3_bind_int(insert, ++i, r.stream ? 1 : 0);
+    if (sqlite3_step(insert) != SQLITE_DONE) {
+      std::cerr << "tollgate: ledger: " << sqlite3_errmsg(db_) << std::endl;
+    }
+    sqlite3_reset(insert);
+  }
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    std::cerr << "tollgate: ledger: commit failed: " << sqlite3_errmsg(db_) << std::endl;
+  }
+  sqlite3_finalize(insert);
+}
+
+}  // namespace tollgate::gateway

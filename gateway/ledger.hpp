@@ -1,0 +1,65 @@
+// The usage ledger: one record per proxied request, in SQLite (WAL). Workers append to their own
+// shard; a writer thread of its own inserts them in batches, one transaction each, so no request
+// waits on the disk. Everything appended before shutdown is written.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+struct sqlite3;
+
+namespace tollgate::gateway {
+
+struct ledger_record {
+  std::string request_id;
+  std::int64_t unix_ms = 0;
+  std::string key;             ///< key name
+  std::string model;           ///< the public name the client sent
+  std::string route;           ///< the route as configured
+  std::string backend;         ///< that served it ("" when none did)
+  std::string upstream_model;  ///< the name sent to that backend
+  std::int64_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0, reasoning_tokens = 0;
+  bool has_usage = false;
+  double cost = 0;
+  int status = 0;
+  double latency_ms = 0;
+  double first_byte_ms = -1;  ///< of the attempt that answered; -1: none
+  bool stream = false;
+};
+
+class usage_ledger {
+ public:
+  /// Opens (creating) the database and its table. Throws std::runtime_error when it cannot.
+  usage_ledger(const std::string& path, std::size_t shards);
+  ~usage_ledger();  ///< writes everything appended, then closes
+  usage_ledger(const usage_ledger&) = delete;
+  usage_ledger& operator=(const usage_ledger&) = delete;
+
+  /// Thread-safe; shard is the caller's worker index.
+  void append(std::size_t shard, ledger_record record);
+  /// Writes everything appended so far; returns when it is on disk.
+  void flush();
+
+ private:
+  struct shard_buffer {
+    std::mutex mutex;
+    std::vector<ledger_record> records;
+  };
+  void run();
+  void write(std::vector<ledger_record>& batch);
+
+  sqlite3* db_ = nullptr;
+  std::vector<std::unique_ptr<shard_buffer>> shards_;
+  std::mutex write_mutex_;  // one writer at a time: the thread or a flush()
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace tollgate::gateway
