@@ -115,8 +115,14 @@ class loader {
   }
 
   void known_keys(const YAML::Node& map, const std::string& path, std::initializer_list<std::string_view> allowed) {
+    std::set<std::string> seen;
     for (auto it = map.begin(); it != map.end(); ++it) {
       const std::string key = it->first.Scalar();
+      // yaml-cpp keeps the first of two equal keys, so a repeated block would be dropped silently.
+      if (!seen.insert(key).second) {
+        add(it->first, join(path, key), "duplicate key '" + key + "'");
+        continue;
+      }
       bool ok = false;
       for (auto a : allowed) ok = ok || a == key;
       if (!ok) add(it->first, join(path, key), "unknown key '" + key + "'");
@@ -163,6 +169,10 @@ class loader {
       if (auto sep = name.find(":-"); sep != std::string::npos) {
         fallback = name.substr(sep + 2);
         name = name.substr(0, sep);
+      }
+      if (name.empty()) {
+        add(n, path, "a variable name is missing in \"" + raw + "\"");
+        return std::nullopt;
       }
       auto value = env_(name);
       if (value && !(fallback && value->empty())) {

@@ -200,7 +200,7 @@ TEST_CASE("bad URLs, listen addresses, numbers and durations", "[config]") {
     CHECK(p.line == 2);
     CHECK(p.message.find(why) != std::string::npos);
   }
-  for (const std::string listen : std::vector<std::string>{"8080", "localhost:http", "1.2.3:80", "127.0.0.1:70000", "[::1]8080", "example.com:80"}) {
+  for (const std::string& listen : std::vector<std::string>{"8080", "localhost:http", "1.2.3:80", "127.0.0.1:70000", "[::1]8080", "example.com:80"}) {
     INFO(listen);
     auto r = load("server: {listen: \"" + listen + "\"}\n" + minimal);
     CHECK_FALSE(r.value);
@@ -220,10 +220,28 @@ routes:
   CHECK(find(kind, "backends[0].kind").message == "unknown backend kind 'grpc' (known: openai)");
 }
 
+TEST_CASE("a key given twice is a problem at its second line", "[config]") {
+  auto r = load("server: {listen: 127.0.0.1:1}\nserver: {listen: 127.0.0.1:2}\n" + minimal +
+                "keys:\n  - {name: a, key: k, name: b}\n");
+  CHECK_FALSE(r.value);
+  const auto& server = find(r, "server");
+  CHECK(server.line == 2);
+  CHECK(server.message == "duplicate key 'server'");
+  CHECK(find(r, "keys[0].name").message == "duplicate key 'name'");
+}
+
+TEST_CASE("a malformed variable reference is a problem", "[config]") {
+  auto r = load("server: {access_log: \"${}\", listen: \"${PORT\"}\n" + minimal);
+  CHECK_FALSE(r.value);
+  CHECK(find(r, "server.access_log").message.find("variable name is missing") != std::string::npos);
+  CHECK(find(r, "server.listen").message.find("unterminated") != std::string::npos);
+}
+
 TEST_CASE("wrong shapes are problems, not crashes", "[config]") {
   for (const std::string& yaml : std::vector<std::string>{"", "just a string", "[1, 2]", "backends: 3\nroutes: {a: 1}\n",
                                  "backends: [1]\nroutes: [[]]\n", "server: []\n" + minimal,
-                                 "keys: {a: b}\n" + minimal, "backends:\n  - name: [x]\n    kind: {}\nroutes: []\n"}) {
+                                 "keys: {a: b}\n" + minimal, "backends:\n  - name: [x]\n    kind: {}\nroutes: []\n",
+                                 "backends: *undefined_anchor\n", std::string(20000, '['), "? [a, b]\n: 1\n" + minimal}) {
     INFO(yaml);
     auto r = load(yaml);
     CHECK_FALSE(r.value);
