@@ -1,48 +1,53 @@
 #include "gateway/sse.hpp"
 
+#include <algorithm>
+
 namespace tollgate::gateway {
 
+namespace {
+
+bool is_line_end(char c) { return c == '\n' || c == '\r'; }
+
+}  // namespace
+
 void sse_splitter::feed(std::string_view bytes) {
-  // Drop consumed bytes once they dominate the buffer, so a long stream stays O(total bytes).
-  if (pos_ > 0 && pos_ >= buf_.size() / 2) {
+  // Consumed bytes are dropped once they are at least as many as those kept, so each byte is
+  // moved at most once on average and a long stream stays linear.
+  if (pos_ > 0 && pos_ >= buf_.size() - pos_) {
     buf_.erase(0, pos_);
-    scan_ -= pos_;
+    scan_ -= std::min(scan_, pos_);
     pos_ = 0;
   }
   buf_.append(bytes);
 }
 
+// An event ends at its first empty line (the WHATWG rule): a line end that starts the event or
+// follows another line end. Line ends are "\r\n", "\n" or "\r", so "\n\n", "\r\n\r\n" and "\r\r"
+// all end events, and so do the rarer mixes such as "\n\r\n".
+//
+// scan_ is where the search resumes. It never sits just after a '\r' whose line end is still
+// undecided, so the byte before it tells whether a line starts there.
 std::optional<std::string> sse_splitter::next_event() {
-  // An event ends at a blank line: two line ends in a row, each "\n", "\r\n" or "\r".
   std::size_t i = std::max(scan_, pos_);
-  while (i < buf_.size()) {
-    const char c = buf_[i];
-    if (c != '\n' && c != '\r') {
+  const std::size_t n = buf_.size();
+  while (i < n) {
+    if (!is_line_end(buf_[i])) {
       ++i;
       continue;
     }
-    // First line end at i; find its length, then whether a second one follows at once.
-    std::size_t first = 1;
-    if (c == '\r') {
-      if (i + 1 >= buf_.size()) break;  // "\r" then maybe "\n": wait for more bytes
-      if (buf_[i + 1] == '\n') first = 2;
+    std::size_t end = i + 1;
+    if (buf_[i] == '\r') {
+      // "\r" alone or the start of "\r\n": the next byte decides, so wait for it.
+      if (end == n) break;
+      if (buf_[end] == '\n') ++end;
     }
-    const std::size_t j = i + first;
-    if (j >= buf_.size()) break;
-    const char d = buf_[j];
-    if (d == '\n' || d == '\r') {
-      std::size_t second = 1;
-      if (d == '\r') {
-        if (j + 1 >= buf_.size()) break;
-        if (buf_[j + 1] == '\n') second = 2;
-      }
-      const std::size_t end = j + second;
+    const bool empty_line = i == pos_ || is_line_end(buf_[i - 1]);
+    if (empty_line) {
       std::string event = buf_.substr(pos_, end - pos_);
-      pos_ = end;
-      scan_ = end;
+      pos_ = scan_ = end;
       return event;
     }
-    i = j;
+    i = end;
   }
   scan_ = i;
   return std::nullopt;
@@ -51,32 +56,29 @@ std::optional<std::string> sse_splitter::next_event() {
 std::string sse_splitter::take_rest() {
   std::string rest = buf_.substr(pos_);
   buf_.clear();
-  pos_ = 0;
-  scan_ = 0;
+  pos_ = scan_ = 0;
   return rest;
 }
 
 std::optional<std::string> sse_data(std::string_view event) {
   std::optional<std::string> data;
   while (!event.empty()) {
-    std::size_t end = event.find_first_of("\r\n");
-    std::string_view line = event.substr(0, end);
-    if (end == std::string_view::npos) {
-      event = {};
-    } else {
-      const std::size_t skip = (event[end] == '\r' && end + 1 < event.size() && event[end + 1] == '\n') ? 2 : 1;
-      event.remove_prefix(end + skip);
-    }
-    if (!line.starts_with("data")) continue;
-    line.remove_prefix(4);
-    if (!line.empty() && line.front() != ':') continue;  // "dataX": another field
-    if (!line.empty()) line.remove_prefix(1);
-    if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+    const std::size_t line_end = std::min(event.find_first_of("\r\n"), event.size());
+    std::string_view line = event.substr(0, line_end);
+    std::size_t next = line_end;
+    if (next < event.size()) next += event.substr(next, 2) == "\r\n" ? 2 : 1;
+    event.remove_prefix(next);
+
+    // "field: value"; a line with no colon is a field with an empty value; comments start with ':'.
+    const std::size_t colon = std::min(line.find(':'), line.size());
+    if (line.substr(0, colon) != "data") continue;
+    std::string_view value = line.substr(std::min(colon + 1, line.size()));
+    if (value.starts_with(' ')) value.remove_prefix(1);
     if (data) {
       data->push_back('\n');
-      data->append(line);
+      data->append(value);
     } else {
-      data = std::string(line);
+      data.emplace(value);
     }
   }
   return data;

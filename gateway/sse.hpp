@@ -11,8 +11,9 @@ class sse_splitter {
  public:
   /// Appends bytes as they arrive from the upstream, in any fragmentation.
   void feed(std::string_view bytes);
-  /// The next complete event, including its terminating blank line, byte for byte; events end at
-  /// "\n\n", "\r\n\r\n" or "\r\r". nullopt when no complete event is buffered.
+  /// The next complete event, including its terminating blank line, byte for byte. An event ends
+  /// at its first blank line: two line ends in a row, each "\n", "\r\n" or "\r" (a final "\r"
+  /// waits for the next byte). nullopt when no complete event is buffered.
   std::optional<std::string> next_event();
   /// Whatever is buffered after the last complete event (a stream cut mid-event), then empties.
   std::string take_rest();

@@ -2,111 +2,624 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <cstdint>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "gateway/json_body.hpp"
 
 using namespace tollgate::gateway;
+using nlohmann::json;
+
+namespace {
+
+bool refused_as_invalid_json(const body_parse_result& r) {
+  return !r.fields && r.error.starts_with("We could not parse the JSON body of your request.");
+}
+
+/// The reference for validity. nlohmann takes a NUL byte between tokens for the end of the input
+/// and ignores what follows ("{}\0junk" passes); the gateway refuses any raw NUL, as RFC 8259 does.
+bool reference_accepts(std::string_view text) {
+  return text.find('\0') == std::string_view::npos && json::accept(text);
+}
+
+/// Random JSON texts, written by hand rather than by nlohmann so that they carry what a client
+/// may send: odd whitespace, escapes, raw UTF-8, duplicate keys, numbers in every form.
+class json_maker {
+ public:
+  explicit json_maker(std::uint32_t seed) : rng_(seed) {}
+
+  std::string value(int depth) {
+    switch (pick(depth > 0 ? 7 : 5)) {
+      case 0: return string();
+      case 1: return number();
+      case 2: return pick_of({"true", "false"});
+      case 3: return "null";
+      case 4: return string();
+      case 5: return object(depth - 1, {"a", "model", "stream", "", "k\\u00e9y"});
+      default: {
+        std::string out = "[" + ws();
+        const int n = pick(4);
+        for (int k = 0; k < n; ++k) out += (k ? "," + ws() : "") + value(depth - 1) + ws();
+        return out + "]";
+      }
+    }
+  }
+
+  std::string object(int depth, const std::vector<std::string>& keys) {
+    std::string out = "{" + ws();
+    const int n = pick(6);
+    for (int k = 0; k < n; ++k) {
+      out += (k ? "," + ws() : "") + "\"" + keys[pick(static_cast<int>(keys.size()))] + "\"" + ws() + ":" + ws() +
+             value(depth) + ws();
+    }
+    return out + "}";
+  }
+
+  std::string string() {
+    static const std::vector<std::string> pieces = {"a",
+                                                    "model",
+                                                    " ",
+                                                    "\\n",
+                                                    "\\\"",
+                                                    "\\\\",
+                                                    "\\/",
+                                                    "\\u00e9",
+                                                    "\\u0000",
+                                                    "\\ud83d\\ude00",
+                                                    "\\uD834\\uDD1E",
+                                                    "\xe4\xbd\xa0\xe5\xa5\xbd",
+                                                    "\xf0\x9f\x98\x80",
+                                                    "\xc3\xa9",
+                                                    "}",
+                                                    "]",
+                                                    ",",
+                                                    ":",
+                                                    "{\\\"model\\\":1}"};
+    std::string out = "\"";
+    const int n = pick(5);
+    for (int k = 0; k < n; ++k) out += pieces[pick(static_cast<int>(pieces.size()))];
+    return out + "\"";
+  }
+
+  std::string number() {
+    return pick_of({"0",
+                    "-0",
+                    "7",
+                    "64",
+                    "-12",
+                    "3.25",
+                    "-0.5",
+                    "1e5",
+                    "1E+2",
+                    "2.5e-3",
+                    "0.0",
+                    "9223372036854775807",
+                    "9223372036854775808",
+                    "18446744073709551616",
+                    "123456789012345678901234567890",
+                    "1e308",
+                    "1e309",
+                    "-1e400",
+                    "1e-400",
+                    "1.7976931348623157e308",
+                    "1.7976931348623159e308"});
+  }
+
+  std::string ws() { return pick_of({"", "", "", " ", "\n  ", "\t", "\r\n"}); }
+
+  /// One random edit: most keep the text valid-looking, and the bytes come from the places
+  /// where parsers disagree.
+  std::string mutate(std::string s) {
+    static const std::string bytes =
+        std::string("\"\\{}[],:0-.eEu+ntf \n\x01\x1f\x7f\x80\xbf\xc0\xc1\xc3\xe0\xe4\xed\xf0\xf4\xf5\xff") + '\0';
+    const auto at = [&] { return static_cast<std::size_t>(pick(static_cast<int>(s.size()) + 1)); };
+    switch (pick(5)) {
+      case 0:
+        if (!s.empty()) s.erase(std::min(at(), s.size() - 1), 1);
+        break;
+      case 1: s.insert(at(), 1, bytes[pick(static_cast<int>(bytes.size()))]); break;
+      case 2:
+        if (!s.empty()) s[std::min(at(), s.size() - 1)] = bytes[pick(static_cast<int>(bytes.size()))];
+        break;
+      case 3: s.resize(at()); break;
+      default: {
+        const std::size_t from = at();
+        s.insert(at(), s.substr(from, 3));
+      }
+    }
+    return s;
+  }
+
+  int pick(int n) { return std::uniform_int_distribution<int>(0, n - 1)(rng_); }
+  std::string pick_of(std::initializer_list<const char*> options) {
+    return *(options.begin() + pick(static_cast<int>(options.size())));
+  }
+
+ private:
+  std::mt19937 rng_;
+};
+
+}  // namespace
 
 TEST_CASE("routing fields are read from the top level only", "[json_body]") {
-  auto r = parse_request_body(
-      R"({"messages":[{"role":"user","content":"x","model":"nested"}],"model":"deepseek-chat","stream":true,"max_tokens":64})");
+  const auto r = parse_request_body(
+      R"({"messages":[{"role":"user","content":"x","model":"nested","stream":"no"}],)"
+      R"("tools":[{"type":"function","function":{"name":"f","parameters":{"model":{"type":"string"},"max_tokens":{}}}}],)"
+      R"("model":"deepseek-chat","stream":true,"max_tokens":64})");
   REQUIRE(r.fields);
   CHECK(r.fields->model == "deepseek-chat");
   CHECK(r.fields->stream);
   CHECK(r.fields->max_tokens == 64);
+  CHECK(r.fields->stream_options.empty());
+  CHECK_FALSE(r.fields->include_usage);
+  CHECK(r.error.empty());
 }
 
-TEST_CASE("defaults and alternates", "[json_body]") {
+TEST_CASE("absent and null fields take their defaults", "[json_body]") {
   auto r = parse_request_body(R"({"model":"m"})");
   REQUIRE(r.fields);
   CHECK_FALSE(r.fields->stream);
   CHECK_FALSE(r.fields->max_tokens);
-  auto alt = parse_request_body(R"({"model":"m","max_completion_tokens":12,"stream":null})");
-  REQUIRE(alt.fields);
-  CHECK(alt.fields->max_tokens == 12);
-  CHECK_FALSE(alt.fields->stream);
-  auto both = parse_request_body(R"({"max_tokens":5,"model":"m","max_completion_tokens":12})");
-  CHECK(both.fields->max_tokens == 5);
+
+  r = parse_request_body(R"({"model":"m","stream":null,"max_tokens":null,"stream_options":null})");
+  REQUIRE(r.fields);
+  CHECK_FALSE(r.fields->stream);
+  CHECK_FALSE(r.fields->max_tokens);
+  CHECK(r.fields->stream_options.empty());
+
+  r = parse_request_body(R"({"model":"m","stream":false})");
+  REQUIRE(r.fields);
+  CHECK_FALSE(r.fields->stream);
+}
+
+TEST_CASE("max_tokens wins over max_completion_tokens", "[json_body]") {
+  auto r = parse_request_body(R"({"model":"m","max_completion_tokens":12})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->max_tokens == 12);
+  r = parse_request_body(R"({"max_tokens":5,"model":"m","max_completion_tokens":12})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->max_tokens == 5);
+  r = parse_request_body(R"({"max_tokens":null,"model":"m","max_completion_tokens":12})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->max_tokens == 12);
+  r = parse_request_body(R"({"model":"m","max_tokens":0})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->max_tokens == 0);
+  r = parse_request_body(R"({"model":"m","max_tokens":-0})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->max_tokens == 0);
+  r = parse_request_body(R"({"model":"m","max_tokens":9223372036854775807})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->max_tokens == INT64_MAX);
 }
 
 TEST_CASE("escaped keys and values are decoded", "[json_body]") {
-  auto r = parse_request_body(R"({"mod\u0065l":"qwen\u002dmax","x":"\"}{"})");
+  auto r = parse_request_body(R"({"mod\u0065l":"qwen\u002dmax","\u0073tream":true,"x":"\"}{\"model\":1"})");
   REQUIRE(r.fields);
   CHECK(r.fields->model == "qwen-max");
+  CHECK(r.fields->stream);
+
+  r = parse_request_body(R"({"model":"a\/b \ud83d\ude00 \u00e9\t\\ \"q\""})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->model == "a/b \xf0\x9f\x98\x80 \xc3\xa9\t\\ \"q\"");
+
+  r = parse_request_body("{\"model\":\"\xe6\xa8\xa1\xe5\x9e\x8b-\xf0\x9f\x99\x82\"}");
+  REQUIRE(r.fields);
+  CHECK(r.fields->model == "\xe6\xa8\xa1\xe5\x9e\x8b-\xf0\x9f\x99\x82");
 }
 
-TEST_CASE("the last duplicate key wins for reading", "[json_body]") {
-  auto r = parse_request_body(R"({"model":"first","model":"second"})");
+TEST_CASE("the last of duplicate keys wins for reading", "[json_body]") {
+  auto r = parse_request_body(
+      R"({"model":"first","stream":true,"max_tokens":1,"model":"second","stream":false,"max_tokens":2})");
   REQUIRE(r.fields);
   CHECK(r.fields->model == "second");
+  CHECK_FALSE(r.fields->stream);
+  CHECK(r.fields->max_tokens == 2);
+
+  // The earlier value is not checked: only the one read matters.
+  r = parse_request_body(R"({"model":42,"mod\u0065l":"m"})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->model == "m");
+  r = parse_request_body(R"({"model":"m","model":42})");
+  CHECK_FALSE(r.fields);
+  CHECK(r.error_param == "model");
 }
 
-TEST_CASE("bad bodies are refused with a reason", "[json_body]") {
+TEST_CASE("stream_options is kept raw and include_usage read from it", "[json_body]") {
+  auto r = parse_request_body(
+      R"({"model":"m","stream":true,"stream_options": { "x_keep" : [1, "\u00e9"], "include_usage" :true }})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->stream_options == R"({ "x_keep" : [1, "\u00e9"], "include_usage" :true })");
+  CHECK(r.fields->include_usage);
+
+  r = parse_request_body(R"({"model":"m","stream_options":{"include_usage":false}})");
+  REQUIRE(r.fields);
+  CHECK_FALSE(r.fields->include_usage);
+  r = parse_request_body(R"({"model":"m","stream_options":{"include_usage":true,"include_usage":false}})");
+  REQUIRE(r.fields);
+  CHECK_FALSE(r.fields->include_usage);
+  r = parse_request_body(R"({"model":"m","stream_options":{"include_\u0075sage":true}})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->include_usage);
+  r = parse_request_body(R"({"model":"m","stream_options":{"x":{"include_usage":true}},"include_usage":true})");
+  REQUIRE(r.fields);
+  CHECK_FALSE(r.fields->include_usage);
+  r = parse_request_body(R"({"model":"m","stream_options":{"include_usage":"true"}})");
+  REQUIRE(r.fields);
+  CHECK_FALSE(r.fields->include_usage);
+  r = parse_request_body(R"({"model":"m","stream_options":{}})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->stream_options == "{}");
+  r = parse_request_body(R"({"model":"m","stream_options":[true]})");
+  REQUIRE(r.fields);
+  CHECK(r.fields->stream_options == "[true]");
+  CHECK_FALSE(r.fields->include_usage);
+}
+
+TEST_CASE("a model may be left out where it is not required", "[json_body]") {
+  auto r = parse_request_body(R"({"input":"x"})", false);
+  REQUIRE(r.fields);
+  CHECK(r.fields->model.empty());
+  r = parse_request_body(R"({"model":null})", false);
+  REQUIRE(r.fields);
+  r = parse_request_body(R"({"model":7})", false);
+  CHECK(r.error_param == "model");
+}
+
+TEST_CASE("bad bodies are refused with an OpenAI-style reason", "[json_body]") {
   struct bad_case {
-    const char* body;
-    const char* param;
+    std::string body;
+    std::string param;
+    std::string message;  // a part of the error
   };
-  const bad_case cases[] = {
-      {"", ""},
-      {"{", ""},
-      {"not json", ""},
-      {"[1,2]", ""},
-      {R"("just a string")", ""},
-      {R"({"model":"m",})", ""},
-      {R"({"messages":[]})", "model"},
-      {R"({"model":""})", "model"},
-      {R"({"model":null})", "model"},
-      {R"({"model":42})", "model"},
-      {R"({"model":"m","stream":"yes"})", "stream"},
-      {R"({"model":"m","max_tokens":1.5})", "max_tokens"},
-      {R"({"model":"m","max_tokens":-1})", "max_tokens"},
-      {R"({"model":"m","max_tokens":"10"})", "max_tokens"},
-      {"{\"model\":\"\xff\xfe\"}", ""},  // invalid UTF-8
+  const std::string invalid = "We could not parse the JSON body of your request.";
+  const std::vector<bad_case> cases = {
+      {"", "", invalid},
+      {"   ", "", invalid},
+      {"{", "", invalid},
+      {"not json", "", invalid},
+      {R"({"model":"m",})", "", invalid},
+      {R"({"model":"m"} {})", "", invalid},
+      {R"({"model":"m"}x)", "", invalid},
+      {R"({'model':'m'})", "", invalid},
+      {R"({"model":"m","n":01})", "", invalid},
+      {R"({"model":"m","n":1.})", "", invalid},
+      {R"({"model":"m","n":NaN})", "", invalid},
+      {R"({"model":"m","n":1e400})", "", invalid},  // nlohmann: number overflow
+      {R"({"model":"m\x"})", "", invalid},
+      {R"({"model":"\ud800"})", "", invalid},
+      {R"({"model":"\udc00\ud800"})", "", invalid},
+      {R"({"model":"\u12"})", "", invalid},
+      {std::string("{\"model\":\"m\"}\0", 14), "", invalid},
+      {"{\"model\":\"a\tb\"}", "", invalid},              // a raw control character
+      {"{\"model\":\"\xff\xfe\"}", "", invalid},          // not UTF-8 at all
+      {"{\"model\":\"\x80\"}", "", invalid},              // a lone continuation byte
+      {"{\"model\":\"\xc0\xaf\"}", "", invalid},          // overlong '/'
+      {"{\"model\":\"\xe0\x80\xaf\"}", "", invalid},      // overlong, three bytes
+      {"{\"model\":\"\xed\xa0\x80\"}", "", invalid},      // a surrogate encoded in UTF-8
+      {"{\"model\":\"\xf4\x90\x80\x80\"}", "", invalid},  // past U+10FFFF
+      {"{\"model\":\"\xe4\xbd\"}", "", invalid},          // a sequence cut short
+      {"{\"m\xe4\xbd\":\"m\"}", "", invalid},             // in a key too
+      {"[1,2]", "", "must be a JSON object, but got an array instead"},
+      {R"("just a string")", "", "but got a string instead"},
+      {"42", "", "but got an integer instead"},
+      {"null", "", "but got null instead"},
+      {R"({"messages":[]})", "model", "you must provide a model parameter"},
+      {R"({"messages":[{"model":"nested"}]})", "model", "you must provide a model parameter"},
+      {R"({"model":null})", "model", "you must provide a model parameter"},
+      {R"({"model":""})", "model", "Invalid 'model': empty string"},
+      {R"({"model":42})", "model", "Invalid type for 'model': expected a string, but got an integer instead."},
+      {R"({"model":["m"]})", "model", "but got an array instead"},
+      {R"({"model":{"id":"m"}})", "model", "but got an object instead"},
+      {R"({"model":true})", "model", "but got a boolean instead"},
+      {R"({"model":"m","stream":"yes"})", "stream",
+       "Invalid type for 'stream': expected a boolean, but got a string instead."},
+      {R"({"model":"m","stream":1})", "stream", "but got an integer instead"},
+      {R"({"model":"m","stream":{}})", "stream", "but got an object instead"},
+      {R"({"model":"m","max_tokens":1.5})", "max_tokens",
+       "Invalid type for 'max_tokens': expected an integer, but got a decimal number instead."},
+      {R"({"model":"m","max_tokens":1e3})", "max_tokens", "but got a decimal number instead"},
+      {R"({"model":"m","max_tokens":10.0})", "max_tokens", "but got a decimal number instead"},
+      {R"({"model":"m","max_tokens":"10"})", "max_tokens", "but got a string instead"},
+      {R"({"model":"m","max_tokens":true})", "max_tokens", "but got a boolean instead"},
+      {R"({"model":"m","max_tokens":-1})", "max_tokens",
+       "integer below minimum value. Expected a value >= 0, but got -1 instead."},
+      {R"({"model":"m","max_tokens":-99999999999999999999})", "max_tokens", "integer below minimum value"},
+      {R"({"model":"m","max_tokens":9223372036854775808})", "max_tokens", "integer above maximum value"},
+      {R"({"model":"m","max_completion_tokens":"x"})", "max_completion_tokens",
+       "Invalid type for 'max_completion_tokens'"},
+      {R"({"model":"m","max_tokens":5,"max_completion_tokens":-5})", "max_completion_tokens", "below minimum"},
   };
   for (const auto& c : cases) {
     INFO(c.body);
-    auto r = parse_request_body(c.body);
+    const auto r = parse_request_body(c.body);
     CHECK_FALSE(r.fields);
-    CHECK_FALSE(r.error.empty());
     CHECK(r.error_param == c.param);
+    CHECK_THAT(r.error, Catch::Contains(c.message));
+    CHECK(refused_as_invalid_json(r) == !reference_accepts(c.body));
   }
 }
 
-TEST_CASE("set_top_level replaces only the top-level value, byte for byte", "[json_body]") {
-  const std::string head = "{\n  \"messages\": [{\"role\":\"user\",\"content\":\"\xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80 \\u00e9\"}],\n  ";
-  const std::string tail =
-      ",\n  \"tools\": [{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"model\":{\"type\":\"string\"}}}}],"
-      " \"response_format\": {\"type\":\"json_schema\"}, \"unknown_field\": [1e3, -0.0, true, null]\n}";
-  const std::string body = head + "\"model\"  :\t\"public\"" + tail;
-  REQUIRE(parse_request_body(body).fields);
-  const std::string out = set_top_level(body, "model", json_quote("upstream/名字"));
-  CHECK(out == head + "\"model\"  :\t\"upstream/名字\"" + tail);
-  CHECK(nlohmann::json::parse(out)["tools"][0]["function"]["parameters"]["model"]["type"] == "string");
+TEST_CASE("validation agrees with nlohmann::json::accept at the edges", "[json_body]") {
+  const std::vector<std::string> texts = {"{}",
+                                          " {} ",
+                                          "\xEF\xBB\xBF{}",
+                                          "\xEF\xBB{}",
+                                          " \xEF\xBB\xBF{}",
+                                          "{}\xEF\xBB\xBF",
+                                          "\n\r\t{\n\r\t}\n\r\t",
+                                          "{\f}",
+                                          "{\"a\":1,}",
+                                          "{\"a\" 1}",
+                                          "{\"a\":}",
+                                          "{:1}",
+                                          "{1:1}",
+                                          "{\"a\":1 \"b\":2}",
+                                          "[",
+                                          "[]",
+                                          "[,]",
+                                          "[1,]",
+                                          "[1 2]",
+                                          "[[[]]]",
+                                          "[[[]]",
+                                          "[]]",
+                                          "{]",
+                                          "[}",
+                                          "\"\"",
+                                          "\"",
+                                          "\"\\\"",
+                                          "\"\\u0000\"",
+                                          "\"\\uD83D\"",
+                                          "\"\\uDE00\"",
+                                          "\"\\uD83D\\uDE00\"",
+                                          "\"\\uD83D\\u0041\"",
+                                          "\"\\uD83D\\\\uDE00\"",
+                                          "\"\\uD83Dx\"",
+                                          "\"\\uzzzz\"",
+                                          "\"\\U0041\"",
+                                          "\"\\a\"",
+                                          "\"\\'\"",
+                                          "\"\x7f\"",
+                                          "\"\x1f\"",
+                                          "\"\xc2\x80\"",
+                                          "\"\xc1\xbf\"",
+                                          "\"\xdf\xbf\"",
+                                          "\"\xe0\x9f\xbf\"",
+                                          "\"\xe0\xa0\x80\"",
+                                          "\"\xed\x9f\xbf\"",
+                                          "\"\xed\xa0\x80\"",
+                                          "\"\xee\x80\x80\"",
+                                          "\"\xef\xbf\xbf\"",
+                                          "\"\xf0\x8f\xbf\xbf\"",
+                                          "\"\xf0\x90\x80\x80\"",
+                                          "\"\xf4\x8f\xbf\xbf\"",
+                                          "\"\xf4\x90\x80\x80\"",
+                                          "\"\xf5\x80\x80\x80\"",
+                                          "\"\xf0\x90\x80\"",
+                                          "\"\xe4\xbd\"",
+                                          "0",
+                                          "-0",
+                                          "-",
+                                          "+1",
+                                          "01",
+                                          "-01",
+                                          "1.",
+                                          ".1",
+                                          "1.e1",
+                                          "1e",
+                                          "1e+",
+                                          "1e-1",
+                                          "1E1",
+                                          "0.0e0",
+                                          "00",
+                                          "1x",
+                                          "tru",
+                                          "true",
+                                          "truex",
+                                          "nul",
+                                          "null",
+                                          "NULL",
+                                          "false",
+                                          "falsey",
+                                          "1e308",
+                                          "1e309",
+                                          "-1e309",
+                                          "1e-400",
+                                          "1.7976931348623157e308",
+                                          "1.7976931348623158e308",
+                                          "1.7976931348623159e308",
+                                          "17976931348623157" + std::string(292, '0'),
+                                          "17976931348623159" + std::string(292, '0'),
+                                          "0.0000000000000000000000000000001e340",
+                                          "0.0000000000000000000000000000001e339",
+                                          "10e307",
+                                          "100e307",
+                                          "1e99999999999999999999",
+                                          "1e-99999999999999999999",
+                                          "0e99999999999999999999",
+                                          std::string(400, '9'),
+                                          "-" + std::string(400, '9'),
+                                          "123456789012345678",
+                                          "1234567890123456789",
+                                          "18446744073709551616",
+                                          "",
+                                          std::string("{}\0", 3),
+                                          std::string("\0{}", 3),
+                                          std::string("{\"model\":\"m\"}\0junk", 18)};
+  for (const auto& t : texts) {
+    INFO(json(t).dump(-1, ' ', true, json::error_handler_t::replace));
+    CHECK(refused_as_invalid_json(parse_request_body(t)) == !reference_accepts(t));
+  }
 }
 
-TEST_CASE("set_top_level replaces every duplicate and handles any value type", "[json_body]") {
+TEST_CASE("validation agrees with nlohmann::json::accept on random texts and their mutations", "[json_body]") {
+  json_maker maker(20240601);
+  const std::vector<std::string> keys = {"model", "stream", "max_tokens", "messages", "a", "mod\\u0065l"};
+  int valid = 0, invalid = 0;
+  for (int round = 0; round < 6000; ++round) {
+    std::string text = maker.pick(4) ? maker.object(3, keys) : maker.value(3);
+    text = maker.ws() + text + maker.ws();
+    const int edits = maker.pick(4);
+    for (int k = 0; k < edits; ++k) text = maker.mutate(text);
+    const bool accepted = reference_accepts(text);
+    (accepted ? valid : invalid)++;
+    INFO(json(text).dump(-1, ' ', true, json::error_handler_t::replace));
+    REQUIRE(refused_as_invalid_json(parse_request_body(text)) == !accepted);
+  }
+  // Both sides of the line are well exercised.
+  CHECK(valid > 1000);
+  CHECK(invalid > 1000);
+}
+
+TEST_CASE("fields read agree with nlohmann on random valid bodies", "[json_body]") {
+  json_maker maker(7);
+  const std::vector<std::string> keys = {"model",       "stream",   "max_tokens",  "max_completion_tokens",
+                                         "mod\\u0065l", "messages", "\\u0073tream"};
+  for (int round = 0; round < 3000; ++round) {
+    const std::string text = maker.object(2, keys);
+    if (!json::accept(text)) continue;  // an out-of-range number
+    const json j = json::parse(text);   // its last duplicate wins too
+    INFO(text);
+    const auto r = parse_request_body(text);
+
+    const auto count_ok = [&](const char* name) {
+      if (!j.contains(name) || j[name].is_null()) return true;
+      const json& v = j[name];
+      if (v.is_number_unsigned()) return v.get<std::uint64_t>() <= static_cast<std::uint64_t>(INT64_MAX);
+      return v.is_number_integer() && v.get<std::int64_t>() >= 0;
+    };
+    std::string param;
+    if (!j.contains("model") || j["model"].is_null() || !j["model"].is_string() || j["model"] == "") {
+      param = "model";
+    } else if (j.contains("stream") && !j["stream"].is_null() && !j["stream"].is_boolean()) {
+      param = "stream";
+    } else if (!count_ok("max_completion_tokens")) {
+      param = "max_completion_tokens";
+    } else if (!count_ok("max_tokens")) {
+      param = "max_tokens";
+    }
+    if (!param.empty()) {
+      CHECK_FALSE(r.fields);
+      CHECK(r.error_param == param);
+      continue;
+    }
+    REQUIRE(r.fields);
+    CHECK(r.fields->model == j["model"].get<std::string>());
+    const json stream = j.value("stream", json(false));
+    CHECK(r.fields->stream == (stream.is_boolean() && stream.get<bool>()));
+    std::optional<std::int64_t> expected;
+    for (const char* name : {"max_completion_tokens", "max_tokens"}) {
+      if (j.contains(name) && !j[name].is_null()) expected = j[name].get<std::int64_t>();
+    }
+    CHECK(r.fields->max_tokens == expected);
+  }
+}
+
+TEST_CASE("deep nesting is checked without recursion", "[json_body]") {
+  const std::size_t depth = 200000;
+  std::string deep = R"({"model":"m","x":)" + std::string(depth, '[') + std::string(depth, ']') + "}";
+  CHECK(parse_request_body(deep).fields);
+  deep = R"({"model":"m","x":)" + std::string(depth, '[') + std::string(depth - 1, ']') + "}";
+  CHECK(refused_as_invalid_json(parse_request_body(deep)));
+  std::string objects = R"({"model":"m","x":)";
+  for (std::size_t k = 0; k < depth; ++k) objects += R"({"a":)";
+  objects += "1" + std::string(depth, '}') + "}";
+  CHECK(parse_request_body(objects).fields);
+  CHECK(set_top_level(objects, "model", "\"n\"") == R"({"model":"n")" + objects.substr(12));
+}
+
+TEST_CASE("set_top_level replaces only the top-level value, byte for byte", "[json_body]") {
+  const std::string head =
+      "\xEF\xBB\xBF {\n  \"messages\": [{\"role\":\"user\",\"content\":\"\xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80 "
+      "\\u00e9 \\ud83d\\ude00 \\\"model\\\": \\\"x\\\"\", \"model\": \"nested\"}],\n  ";
+  const std::string tail =
+      ",\n  \"tools\": [{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"model\":{\"type\":"
+      "\"string\"}}}}],\r\n\t\"response_format\" : {\"type\":\"json_schema\",\"json_schema\":{\"model\":\"s\"}}, "
+      "\"unknown_field\": [1e3, -0.0, 1E+2, true, null, {}, [], \"\\/\"],\"x_\\u00e9\":\"\xc3\xa9\"\n} \n";
+  const std::string body = head + "\"model\"  :\t\"public\"" + tail;
+  REQUIRE(parse_request_body(body).fields);
+
+  const std::string out = set_top_level(body, "model", json_quote("upstream/\xe5\x90\x8d\xe5\xad\x97"));
+  CHECK(out == head + "\"model\"  :\t\"upstream/\xe5\x90\x8d\xe5\xad\x97\"" + tail);
+  const json j = json::parse(out);
+  CHECK(j["model"] == "upstream/\xe5\x90\x8d\xe5\xad\x97");
+  CHECK(j["messages"][0]["model"] == "nested");
+  CHECK(j["tools"][0]["function"]["parameters"]["model"]["type"] == "string");
+  CHECK(j["response_format"]["json_schema"]["model"] == "s");
+
+  // A key written with escapes is the same key.
+  CHECK(set_top_level(R"({"mod\u0065l" : "a"})", "model", "\"b\"") == R"({"mod\u0065l" : "b"})");
+  // A key that only looks like it is not.
+  CHECK(set_top_level(R"({"Model":"a","model ":"b"})", "model", "\"c\"") ==
+        R"({"Model":"a","model ":"b","model":"c"})");
+}
+
+TEST_CASE("set_top_level replaces every duplicate and any type of value", "[json_body]") {
   CHECK(set_top_level(R"({"model":"a","x":1,"model":"b"})", "model", "\"z\"") == R"({"model":"z","x":1,"model":"z"})");
   CHECK(set_top_level(R"({"stream_options":{"include_usage":false},"model":"m"})", "stream_options",
                       R"({"include_usage":true})") == R"({"stream_options":{"include_usage":true},"model":"m"})");
-  CHECK(set_top_level(R"({"n":[1,[2,{"a":"]"}]],"model":"m"})", "n", "3") == R"({"n":3,"model":"m"})");
+  CHECK(set_top_level(R"({"n":[1,[2,{"a":"]}\"["}]],"model":"m"})", "n", "3") == R"({"n":3,"model":"m"})");
   CHECK(set_top_level(R"({"n":12.5e-3 ,"model":"m"})", "n", "true") == R"({"n":true ,"model":"m"})");
+  CHECK(set_top_level(R"({"n":null})", "n", "[]") == R"({"n":[]})");
+  CHECK(set_top_level(R"({"n":"\\"})", "n", "0") == R"({"n":0})");
+  CHECK(set_top_level(R"({"stream_options":null,"model":"m"})", "stream_options", R"({"include_usage":true})") ==
+        R"({"stream_options":{"include_usage":true},"model":"m"})");
 }
 
-TEST_CASE("set_top_level appends when the key is absent", "[json_body]") {
+TEST_CASE("set_top_level appends an absent key as the last member", "[json_body]") {
   CHECK(set_top_level("{}", "model", "\"m\"") == R"({"model":"m"})");
-  CHECK(set_top_level("{ \n}", "model", "\"m\"") == "{ \n\"model\":\"m\"}");
+  CHECK(set_top_level("{ \n}", "model", "\"m\"") == "{\"model\":\"m\" \n}");
   CHECK(set_top_level(R"({"a":1})", "model", "\"m\"") == R"({"a":1,"model":"m"})");
-  CHECK(set_top_level("{\"a\":{\"model\":1} } ", "model", "\"m\"") == "{\"a\":{\"model\":1} ,\"model\":\"m\"} ");
+  CHECK(set_top_level(R"({ "a":1 })", "model", "\"m\"") == R"({ "a":1,"model":"m" })");
+  CHECK(set_top_level("{\n  \"a\": 1\n}\n", "stream_options", R"({"include_usage":true})") ==
+        "{\n  \"a\": 1,\"stream_options\":{\"include_usage\":true}\n}\n");
+  CHECK(set_top_level("{\"a\":{\"model\":1} } ", "model", "\"m\"") == "{\"a\":{\"model\":1},\"model\":\"m\" } ");
+  CHECK(set_top_level(R"({"a":"}"})", "k\"ey", "1") == R"({"a":"}","k\"ey":1})");
+  for (const std::string body : {"{}", " { } ", R"({"a":[{}],"b":"\"}"})", "{\"\xe4\xbd\xa0\":\"\xf0\x9f\x98\x80\"}"}) {
+    INFO(body);
+    const std::string out = set_top_level(body, "model", "\"m\"");
+    json expected = json::parse(body);
+    expected["model"] = "m";
+    CHECK(json::parse(out) == expected);
+  }
+}
+
+TEST_CASE("set_top_level agrees with nlohmann on random bodies", "[json_body]") {
+  json_maker maker(99);
+  const std::vector<std::string> keys = {"model", "a", "mod\\u0065l", "stream", "m\\u00f6del"};
+  for (int round = 0; round < 2000; ++round) {
+    const std::string body = maker.ws() + maker.object(2, keys) + maker.ws();
+    if (!json::accept(body)) continue;
+    INFO(body);
+    const std::string value = maker.value(1);
+    if (!json::accept(value)) continue;
+    json expected = json::parse(body);
+    expected["model"] = json::parse(value);
+    CHECK(json::parse(set_top_level(body, "model", value)) == expected);
+  }
+}
+
+TEST_CASE("set_top_level leaves a body outside its precondition alone", "[json_body]") {
+  CHECK(set_top_level("[1]", "model", "\"m\"") == "[1]");
+  CHECK(set_top_level("{\"a\":", "model", "\"m\"") == "{\"a\":");
 }
 
 TEST_CASE("json_quote escapes what JSON requires and keeps UTF-8", "[json_body]") {
+  CHECK(json_quote("") == "\"\"");
   CHECK(json_quote("plain") == "\"plain\"");
-  CHECK(json_quote("a\"b\\c") == R"("a\"b\\c")");
-  CHECK(json_quote("line\nnext\ttab") == R"("line\nnext\ttab")");
-  CHECK(json_quote(std::string("\x01\x1f", 2)) == R"("\u0001\u001f")");
-  CHECK(json_quote("模型 🙂") == "\"模型 🙂\"");
-  for (const std::string s : std::vector<std::string>{"x", "\"\\/", "\b\f\r", "中文", std::string(1, '\0')}) {
-    CHECK(nlohmann::json::parse(json_quote(s)).get<std::string>() == s);
+  CHECK(json_quote("a\"b\\c/d") == R"("a\"b\\c/d")");
+  CHECK(json_quote("line\nnext\ttab\rcr\bb\ff") == R"("line\nnext\ttab\rcr\bb\ff")");
+  CHECK(json_quote(std::string("\x00\x01\x1f\x7f", 4)) == "\"\\u0000\\u0001\\u001f\x7f\"");
+  CHECK(json_quote("\xe6\xa8\xa1\xe5\x9e\x8b \xf0\x9f\x99\x82") == "\"\xe6\xa8\xa1\xe5\x9e\x8b \xf0\x9f\x99\x82\"");
+  std::string all_ascii;
+  for (int c = 0; c < 0x80; ++c) all_ascii.push_back(static_cast<char>(c));
+  for (const std::string& s :
+       {all_ascii, std::string("\xe4\xb8\xad\xe6\x96\x87\"\n\xf0\x9f\x98\x80"), all_ascii + all_ascii}) {
+    const std::string quoted = json_quote(s);
+    CHECK(json::parse(quoted).get<std::string>() == s);
+    CHECK(parse_request_body("{\"model\":" + quoted + "}").fields->model == s);
   }
 }

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -9,75 +10,195 @@ using namespace tollgate::gateway;
 
 namespace {
 
-std::vector<std::string> split_all(sse_splitter& s) {
-  std::vector<std::string> out;
+using events = std::vector<std::string>;
+
+void drain(sse_splitter& s, events& out) {
   while (auto e = s.next_event()) out.push_back(*e);
+}
+
+/// Feeds stream cut at the given offsets (ascending), draining after every feed.
+events split_at(const std::string& stream, const std::vector<std::size_t>& cuts, std::string* rest = nullptr) {
+  sse_splitter s;
+  events out;
+  std::size_t from = 0;
+  for (std::size_t cut : cuts) {
+    s.feed(std::string_view(stream).substr(from, cut - from));
+    drain(s, out);
+    from = cut;
+  }
+  s.feed(std::string_view(stream).substr(from));
+  drain(s, out);
+  if (rest) *rest = s.take_rest();
   return out;
+}
+
+/// Every way of cutting stream into two and three pieces gives the same events.
+void check_every_split(const std::string& stream, const events& expected, const std::string& expected_rest = {}) {
+  for (std::size_t a = 0; a <= stream.size(); ++a) {
+    for (std::size_t b = a; b <= stream.size(); ++b) {
+      std::string rest;
+      const events got = split_at(stream, {a, b}, &rest);
+      INFO("cuts at " << a << " and " << b);
+      REQUIRE(got == expected);
+      REQUIRE(rest == expected_rest);
+    }
+  }
 }
 
 }  // namespace
 
-TEST_CASE("events are split at blank lines, byte for byte", "[sse]") {
-  const std::string stream = "data: {\"a\":1}\n\n: comment\ndata: x\n\nevent: done\ndata: [DONE]\n\n";
-  const std::vector<std::string> expected = {"data: {\"a\":1}\n\n", ": comment\ndata: x\n\n", "event: done\ndata: [DONE]\n\n"};
-  // Every way of cutting the stream in two gives the same events.
-  for (std::size_t cut = 0; cut <= stream.size(); ++cut) {
-    sse_splitter s;
-    s.feed(stream.substr(0, cut));
-    auto got = split_all(s);
-    s.feed(stream.substr(cut));
-    auto rest = split_all(s);
-    got.insert(got.end(), rest.begin(), rest.end());
-    INFO("cut at " << cut);
-    CHECK(got == expected);
-    CHECK(s.buffered() == 0);
-  }
+TEST_CASE("events are split at blank lines, byte for byte, however the stream is cut", "[sse]") {
+  const std::string stream =
+      "data: {\"a\":1}\n\n"
+      ": comment\ndata: x\n\n"
+      "event: done\nid: 7\ndata: [DONE]\n\n";
+  check_every_split(stream, {"data: {\"a\":1}\n\n", ": comment\ndata: x\n\n", "event: done\nid: 7\ndata: [DONE]\n\n"});
 }
 
-TEST_CASE("byte-at-a-time feeding with CRLF and CR line ends", "[sse]") {
+TEST_CASE("CRLF, CR and mixed line ends, however the stream is cut", "[sse]") {
+  check_every_split("data: one\r\n\r\ndata: two\r\ndata: more\r\n\r\n: ping\r\n\r\n",
+                    {"data: one\r\n\r\n", "data: two\r\ndata: more\r\n\r\n", ": ping\r\n\r\n"});
+  // A lone '\r' is a line end of its own once the next byte shows it is not "\r\n".
+  check_every_split("data: a\r\rdata: b\rdata: c\r\rx", {"data: a\r\r", "data: b\rdata: c\r\r"}, "x");
+  // Any two line ends in a row make the blank line.
+  check_every_split("data: a\n\r\ndata: b\r\n\ndata: c\r\r\ndata: d\n\n",
+                    {"data: a\n\r\n", "data: b\r\n\n", "data: c\r\r\n", "data: d\n\n"});
+}
+
+TEST_CASE("a terminator split across feeds", "[sse]") {
+  sse_splitter s;
+  s.feed("data: x\r\n");
+  CHECK_FALSE(s.next_event());
+  s.feed("\r\n");
+  CHECK(s.next_event() == std::optional<std::string>("data: x\r\n\r\n"));
+  CHECK(s.buffered() == 0);
+
+  // "\r" at the end of what has arrived may still become "\r\n": the event waits for the next byte.
+  s.feed("data: y\r\n\r");
+  CHECK_FALSE(s.next_event());
+  s.feed("\ndata: z\n");
+  CHECK(s.next_event() == std::optional<std::string>("data: y\r\n\r\n"));
+  CHECK_FALSE(s.next_event());
+  s.feed("\n");
+  CHECK(s.next_event() == std::optional<std::string>("data: z\n\n"));
+
+  s.feed("data: cr\r\r");
+  CHECK_FALSE(s.next_event());
+  s.feed("data: next");
+  CHECK(s.next_event() == std::optional<std::string>("data: cr\r\r"));
+  CHECK(s.take_rest() == "data: next");
+}
+
+TEST_CASE("byte-at-a-time feeding", "[sse]") {
   const std::string stream = "data: one\r\n\r\ndata: two\r\rdata: three\n\n";
   sse_splitter s;
-  std::vector<std::string> got;
+  events got;
   for (char c : stream) {
     s.feed(std::string_view(&c, 1));
-    while (auto e = s.next_event()) got.push_back(*e);
+    drain(s, got);
   }
-  CHECK(got == std::vector<std::string>{"data: one\r\n\r\n", "data: two\r\r", "data: three\n\n"});
+  // The "\r\r" event shows once the next byte proves its second '\r' is not the start of "\r\n".
+  CHECK(got == events{"data: one\r\n\r\n", "data: two\r\r", "data: three\n\n"});
+  CHECK(s.buffered() == 0);
+}
+
+TEST_CASE("blank lines between events are events of their own", "[sse]") {
+  check_every_split("\ndata: a\n\n\n\r\n", {"\n", "data: a\n\n", "\n", "\r\n"});
 }
 
 TEST_CASE("a cut stream leaves its partial event in take_rest", "[sse]") {
   sse_splitter s;
+  CHECK_FALSE(s.next_event());
+  CHECK(s.take_rest().empty());
   s.feed("data: whole\n\ndata: {\"half\":");
+  CHECK(s.buffered() == 27);
   CHECK(s.next_event() == std::optional<std::string>("data: whole\n\n"));
+  CHECK(s.buffered() == 14);
   CHECK_FALSE(s.next_event());
   CHECK(s.take_rest() == "data: {\"half\":");
+  CHECK(s.buffered() == 0);
   CHECK(s.take_rest().empty());
+
+  // The splitter starts afresh after take_rest.
+  s.feed("data: again\n");
+  CHECK_FALSE(s.next_event());
+  s.feed("\n");
+  CHECK(s.next_event() == std::optional<std::string>("data: again\n\n"));
+
+  // A stream cut just after one line end of the two.
+  s.feed("data: a\n\ndata: b\n");
+  CHECK(s.next_event() == std::optional<std::string>("data: a\n\n"));
+  CHECK_FALSE(s.next_event());
+  CHECK(s.take_rest() == "data: b\n");
 }
 
-TEST_CASE("long streams stay linear and exact", "[sse]") {
-  sse_splitter s;
-  std::string expected_last;
-  std::size_t count = 0;
-  for (int i = 0; i < 20000; ++i) {
-    const std::string e = "data: {\"i\":" + std::to_string(i) + "}\n\n";
-    // Feed in uneven pieces that straddle event boundaries.
-    s.feed(e.substr(0, 5));
-    s.feed(e.substr(5));
-    while (auto ev = s.next_event()) {
-      ++count;
-      expected_last = *ev;
-    }
+TEST_CASE("many events in random pieces come out whole and in order", "[sse]") {
+  std::mt19937 rng(12345);
+  std::string stream;
+  events expected;
+  for (int i = 0; i < 100000; ++i) {
+    std::string e =
+        "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"delta\":{\"content\":\"" + std::to_string(i) + "\"}}]}";
+    if (i % 97 == 0) e = ": keep-alive";
+    e += i % 3 == 0 ? "\r\n\r\n" : "\n\n";
+    stream += e;
+    expected.push_back(std::move(e));
   }
-  CHECK(count == 20000);
-  CHECK(expected_last == "data: {\"i\":19999}\n\n");
+  sse_splitter s;
+  events got;
+  got.reserve(expected.size());
+  std::size_t at = 0;
+  std::size_t most_buffered = 0;
+  while (at < stream.size()) {
+    const std::size_t n = std::uniform_int_distribution<std::size_t>(1, 300)(rng);
+    s.feed(std::string_view(stream).substr(at, n));
+    at += n;
+    drain(s, got);
+    most_buffered = std::max(most_buffered, s.buffered());
+  }
+  CHECK(got.size() == expected.size());
+  CHECK(got == expected);
+  CHECK(s.buffered() == 0);
+  CHECK(most_buffered < 400);
+}
+
+TEST_CASE("one very long event fed in small pieces is not rescanned", "[sse]") {
+  // Rescanning from the start on every feed would take minutes here.
+  const std::string line = "data: " + std::string(4 << 20, 'x');
+  sse_splitter s;
+  for (std::size_t at = 0; at < line.size(); at += 64) {
+    s.feed(std::string_view(line).substr(at, 64));
+    REQUIRE_FALSE(s.next_event());
+  }
+  s.feed("\n");
+  CHECK_FALSE(s.next_event());
+  s.feed("\ndata: next\n\n");
+  const auto e = s.next_event();
+  REQUIRE(e);
+  CHECK(*e == line + "\n\n");
+  CHECK(s.next_event() == std::optional<std::string>("data: next\n\n"));
 }
 
 TEST_CASE("sse_data joins data lines and ignores other fields", "[sse]") {
-  CHECK(sse_data("data: {\"a\":1}\n\n") == std::optional<std::string>("{\"a\":1}"));
-  CHECK(sse_data("data:nospace\n\n") == std::optional<std::string>("nospace"));
-  CHECK(sse_data("event: x\ndata: a\ndata:  b\nid: 3\n\n") == std::optional<std::string>("a\n b"));
+  using opt = std::optional<std::string>;
+  CHECK(sse_data("data: {\"a\":1}\n\n") == opt("{\"a\":1}"));
+  CHECK(sse_data("data:nospace\n\n") == opt("nospace"));
+  CHECK(sse_data("data:  two spaces\n\n") == opt(" two spaces"));
+  CHECK(sse_data("event: x\ndata: a\ndata:  b\nid: 3\nretry: 10\n\n") == opt("a\n b"));
+  CHECK(sse_data("data: first\n: a comment\ndata: second\n\n") == opt("first\nsecond"));
+  CHECK(sse_data("data: a\ndata:\ndata: c\n\n") == opt("a\n\nc"));
   CHECK(sse_data(": keep-alive\n\n") == std::nullopt);
-  CHECK(sse_data("datum: no\n\n") == std::nullopt);
-  CHECK(sse_data("data\n\n") == std::optional<std::string>(""));
-  CHECK(sse_data("data: crlf\r\n\r\n") == std::optional<std::string>("crlf"));
+  CHECK(sse_data(":data: no\n\n") == std::nullopt);
+  CHECK(sse_data("event: ping\n\n") == std::nullopt);
+  CHECK(sse_data("datum: no\ndata2: no\n DATA: no\nData: no\n\n") == std::nullopt);
+  CHECK(sse_data("data\n\n") == opt(""));
+  CHECK(sse_data("data:\n\n") == opt(""));
+  CHECK(sse_data("data: a:b: c\n\n") == opt("a:b: c"));
+  CHECK(sse_data("data: crlf\r\ndata: two\r\n\r\n") == opt("crlf\ntwo"));
+  CHECK(sse_data("data: cr\rdata: two\r\r") == opt("cr\ntwo"));
+  CHECK(sse_data("data: cut") == opt("cut"));
+  CHECK(sse_data("") == std::nullopt);
+  CHECK(sse_data("data: \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80\n\n") ==
+        opt("\xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80"));
+  CHECK(sse_data("data: [DONE]\n\n") == opt("[DONE]"));
 }
