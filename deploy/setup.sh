@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates
   libboost1.81-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libyaml-cpp-dev
-  catch2 libsqlite3-dev sqlite3
+  catch2 libsqlite3-dev sqlite3 libpcre2-dev
   curl
   wrk nginx-light bc
   prometheus
@@ -27,3 +27,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 echo "setup: all build dependencies are installed"
+# The metering tokenizer (counts tokens when an upstream reports no usage).
+"$(dirname "$0")/fetch-tokenizer.sh" || echo "setup: could not fetch the tokenizer; metering will count nothing without usage" >&2
