@@ -4,7 +4,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <initializer_list>
@@ -64,7 +67,13 @@ class loader {
       result.problems = std::move(problems_);
       return result;
     }
-    known_keys(root, "", {"server", "currency", "store", "keys", "backends", "routes"});
+    known_keys(root, "", {"server", "currency", "store", "metering", "keys", "backends", "routes"});
+    if (auto n = root["metering"]; n && !n.IsNull() && expect_map(n, "metering")) {
+      known_keys(n, "metering", {"tokenizer"});
+      if (auto p = n["tokenizer"]) {
+        if (auto path = string(p, "metering.tokenizer")) c.tokenizer_path = *path;
+      }
+    }
     if (auto n = root["store"]; n && !n.IsNull() && expect_map(n, "store")) {
       known_keys(n, "store", {"sqlite"});
       if (auto p = n["sqlite"]) {
@@ -311,7 +320,7 @@ class loader {
       const std::string path = "keys[" + std::to_string(i) + "]";
       const YAML::Node k = n[i];
       if (!expect_map(k, path)) continue;
-      known_keys(k, path, {"name", "key", "models", "rpm", "tpm", "max_concurrency"});
+      known_keys(k, path, {"name", "key", "models", "rpm", "tpm", "max_concurrency", "budget", "expires"});
       auto name = required_string(k, "name", path);
       auto key = required_string(k, "key", path);
       if (name && !names.insert(*name).second) add(k["name"], path + ".name", "duplicate key name '" + *name + "'");
@@ -326,6 +335,22 @@ class loader {
                                 std::pair{"max_concurrency", &kc.max_concurrency}}) {
         if (auto v = k[field]) {
           if (auto i = integer(v, path + "." + field, 0, 1'000'000'000)) *out = static_cast<unsigned>(*i);
+        }
+      }
+      if (auto v = k["budget"]; v && !v.IsNull()) {
+        if (auto t = string(v, path + ".budget")) {
+          if (auto b = parse_budget(*t)) {
+            kc.budget = b->first;
+            kc.budget_period = b->second;
+          } else {
+            add(v, path + ".budget", "must be AMOUNT/day or AMOUNT/month, e.g. 100/day");
+          }
+        }
+      }
+      if (auto v = k["expires"]; v && !v.IsNull()) {
+        if (auto t = string(v, path + ".expires")) {
+          if (auto e = parse_expiry(*t)) kc.expires_unix = *e;
+          else add(v, path + ".expires", "must be a date, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ");
         }
       }
       if (name && key) {
@@ -651,6 +676,52 @@ load_result load_file(const std::string& path, const env_lookup& env) {
   std::ostringstream text;
   text << in.rdbuf();
   return load_string(text.str(), path, env);
+}
+
+std::optional<std::pair<double, std::string>> parse_budget(std::string_view text) {
+  auto slash = text.find('/');
+  if (slash == std::string_view::npos) return std::nullopt;
+  std::string amount(text.substr(0, slash));
+  std::string_view period = text.substr(slash + 1);
+  if (period != "day" && period != "month") return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(amount.c_str(), &end);
+  if (amount.empty() || end != amount.c_str() + amount.size() || errno != 0 || !(v > 0) || v > 1e15) {
+    return std::nullopt;
+  }
+  return std::pair{v, std::string(period)};
+}
+
+std::optional<std::int64_t> parse_expiry(std::string_view text) {
+  int y = 0, mo = 0, d = 0, h = 23, mi = 59, sec = 59;
+  std::string t(text);
+  auto digits = [&](std::size_t from, std::size_t n) {
+    for (std::size_t i = from; i < from + n; ++i) {
+      if (!std::isdigit(static_cast<unsigned char>(t[i]))) return false;
+    }
+    return true;
+  };
+  if (t.size() != 10 && t.size() != 20) return std::nullopt;
+  if (!digits(0, 4) || t[4] != '-' || !digits(5, 2) || t[7] != '-' || !digits(8, 2)) return std::nullopt;
+  y = std::stoi(t.substr(0, 4));
+  mo = std::stoi(t.substr(5, 2));
+  d = std::stoi(t.substr(8, 2));
+  if (t.size() == 20) {
+    if (t[10] != 'T' || !digits(11, 2) || t[13] != ':' || !digits(14, 2) || t[16] != ':' || !digits(17, 2) ||
+        t[19] != 'Z') {
+      return std::nullopt;
+    }
+    h = std::stoi(t.substr(11, 2));
+    mi = std::stoi(t.substr(14, 2));
+    sec = std::stoi(t.substr(17, 2));
+  }
+  if (y < 1970 || h > 23 || mi > 59 || sec > 59) return std::nullopt;
+  const std::chrono::year_month_day ymd{std::chrono::year{y}, std::chrono::month{unsigned(mo)},
+                                        std::chrono::day{unsigned(d)}};
+  if (!ymd.ok()) return std::nullopt;
+  const auto days = std::chrono::sys_days(ymd).time_since_epoch().count();
+  return std::int64_t(days) * 86400 + h * 3600 + mi * 60 + sec;
 }
 
 }  // namespace tollgate::config

@@ -32,7 +32,16 @@ struct key_config {
   unsigned rpm = 0;                 ///< requests per minute; 0: no limit
   unsigned tpm = 0;                 ///< tokens per minute (prompt + completion); 0: no limit
   unsigned max_concurrency = 0;     ///< requests in flight at once; 0: no limit
+  double budget = 0;                ///< spend allowed per budget_period, in the currency; 0: no budget
+  std::string budget_period;        ///< "day" or "month" (UTC); empty when there is no budget
+  std::int64_t expires_unix = 0;    ///< seconds since the epoch after which the key is refused; 0: never
+  std::string digest;               ///< raw SHA-256 of the key; keys from the store carry only this
 };
+
+/// "100/day", "2500.5/month" -> amount and period. nullopt when malformed.
+std::optional<std::pair<double, std::string>> parse_budget(std::string_view text);
+/// "2027-01-31" (end of that day, UTC) or "2027-01-31T12:00:00Z" -> seconds since the epoch.
+std::optional<std::int64_t> parse_expiry(std::string_view text);
 
 struct timeouts_config {
   duration connect{std::chrono::seconds(10)};
@@ -107,7 +116,8 @@ struct route_config {
 struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)
   std::string currency = "CNY";  ///< of every price, and of the cost metrics
-  std::string sqlite_path;       ///< store.sqlite: the usage ledger's database; empty: no ledger
+  std::string sqlite_path;       ///< store.sqlite: keys and the usage ledger; empty: no store
+  std::string tokenizer_path;    ///< metering.tokenizer: counts tokens when an upstream reports none
   server_config server;
   std::vector<key_config> keys;
   std::vector<backend_config> backends;

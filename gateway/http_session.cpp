@@ -9,9 +9,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
+
 #include "adapters/backend.hpp"
 #include "gateway/errors.hpp"
 #include "gateway/json_body.hpp"
+#include "gateway/key_admin.hpp"
+#include "gateway/metering.hpp"
+#include "gateway/store.hpp"
 #include "gateway/server.hpp"
 #include "gateway/sse.hpp"
 #include "gateway/usage.hpp"
@@ -31,6 +36,11 @@ namespace {
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr auto write_timeout = std::chrono::seconds(30);
 constexpr std::size_t max_upstream_body = 64 * 1024 * 1024;  // a non-stream answer we buffer
+constexpr std::size_t max_metered_stream = 16 * 1024 * 1024;  // stream bytes kept for counting
+
+std::int64_t unix_seconds_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 /// A request id from the client is kept when it is short and plain; otherwise we make one.
 bool usable_request_id(std::string_view id) {
@@ -132,7 +142,7 @@ class session {
       begin(req, *rt);
       ++w_.shared().in_flight;
       bool keep = co_await handle(req, rt);
-      finish();
+      finish(req.body());
       if (!keep || !req.keep_alive()) break;
     }
     beast::error_code ignored;
@@ -160,14 +170,27 @@ class session {
     principal_.reset();
     price_ = nullptr;
     strip_usage_ = false;
+    rt_.reset();
+    path_.clear();
+    delivered_.clear();
+    delivered_sse_ = false;
+    first_token_at_.reset();
+    upstream_seconds_ = -1;
+    counted_ = false;
   }
 
-  void finish() {
-    const auto elapsed = clock::now() - started_;
-    if (limited_.limits != nullptr) {
-      limited_.limits->finish(*limited_.key, *limited_.state, limited_.estimate,
-                              usage_ ? usage_->prompt + usage_->completion : -1);
-      limited_ = {};
+  /// body: the request's body, when there was one (to count its prompt).
+  void finish(std::string_view body = {}) {
+    const auto now = clock::now();
+    const auto elapsed = now - started_;
+    // No usage from the upstream for an answer that reached the client: count it ourselves.
+    if (!usage_ && proxied_ && !backend_name_.empty() && record_.status >= 200 && record_.status < 300 && rt_ &&
+        rt_->tokenizer) {
+      usage u;
+      u.prompt = count_prompt_tokens(*rt_->tokenizer, path_, body);
+      if (path_ != "/embeddings") u.completion = count_completion_tokens(*rt_->tokenizer, delivered_, delivered_sse_);
+      usage_ = u;
+      counted_ = true;
     }
     if (usage_) {
       record_.has_usage = true;
@@ -178,6 +201,11 @@ class session {
       record_.cost = price_ != nullptr ? cost_of(*usage_, *price_) : 0;
       w_.shared().metrics->record_usage(w_.index(), record_.key_name, route_name_, backend_name_, usage_->prompt,
                                         usage_->cached, usage_->completion, usage_->reasoning, record_.cost);
+    }
+    if (limited_.limits != nullptr) {
+      limited_.limits->finish(*limited_.key, *limited_.state, limited_.estimate,
+                              usage_ ? usage_->prompt + usage_->completion : -1, record_.cost);
+      limited_ = {};
     }
     record_.latency_ms = std::chrono::duration<double, std::milli>(elapsed).count();
     w_.shared().log->write(w_.index(), record_);
@@ -204,12 +232,27 @@ class session {
       l.latency_ms = record_.latency_ms;
       l.first_byte_ms = last_first_byte_ >= 0 ? last_first_byte_ * 1000 : -1;
       l.stream = record_.stream;
+      l.counted = counted_;
+      l.first_token_ms = first_token_at_ ? std::chrono::duration<double, std::milli>(*first_token_at_ - started_).count() : -1;
       w_.shared().ledger->append(w_.index(), std::move(l));
     }
     if (proxied_) {
-      w_.shared().metrics->record_request(w_.index(), route_name_, backend_name_, record_.status,
-                                          std::chrono::duration<double>(elapsed).count());
+      const double total = std::chrono::duration<double>(elapsed).count();
+      w_.shared().metrics->record_request(w_.index(), route_name_, backend_name_, record_.status, total);
+      if (first_token_at_ && record_.status >= 200 && record_.status < 300) {
+        const double ttft = std::chrono::duration<double>(*first_token_at_ - started_).count();
+        const double tpot = usage_ && usage_->completion > 1
+                                ? std::chrono::duration<double>(now - *first_token_at_).count() /
+                                      static_cast<double>(usage_->completion - 1)
+                                : -1;
+        w_.shared().metrics->record_stream(w_.index(), route_name_, ttft, tpot);
+      }
+      if (upstream_seconds_ >= 0) {
+        w_.shared().metrics->record_upstream(w_.index(), backend_name_, upstream_seconds_,
+                                             single_attempt_ ? total - upstream_seconds_ : -1);
+      }
     }
+
     // Last: shutdown waits for this count, and by then the request's records are handed over.
     --w_.shared().in_flight;
   }
@@ -226,7 +269,7 @@ class session {
     if (path == "/metrics" && get) {
       http::response<http::string_body> res{http::status::ok, 11};
       res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-      res.body() = w_.shared().metrics->render(*rt, w_.shared().in_flight.load());
+      res.body() = w_.shared().metrics->render(*rt, w_.shared().keys.load().get(), w_.shared().in_flight.load());
       co_return co_await send(std::move(res), true);
     }
     if (path == "/healthz") {
@@ -260,6 +303,9 @@ class session {
         if (!get) co_return co_await send_error(method_not_allowed(), true);
         co_return co_await send_json(200, backends_body(*rt), true);
       }
+      if (path == "/admin/keys" || path.starts_with("/admin/keys/") || path == "/admin/usage") {
+        co_return co_await admin_store(req, path, *rt);
+      }
       co_return co_await send_error(not_found("Unknown admin URL: " + std::string(path), "unknown_url"), true);
     }
     if (path == "/models") {
@@ -277,18 +323,164 @@ class session {
                                   true);
   }
 
-  bool authenticate(const request& req, const runtime& rt) {
-    principal_ = rt.keys.authenticate(bearer_key(req));
+  bool authenticate(const request& req, const runtime&) {
+    const auto table = w_.shared().keys.load();
+    auth_ = table->authenticate(bearer_key(req), unix_seconds_now(), principal_);
     if (!principal_) return false;
     record_.key_name = principal_->key_name;
     return true;
   }
 
-  static api_error unauthorized_error(const request& req) {
+  api_error unauthorized_error(const request& req) const {
     if (bearer_key(req).empty()) {
       return unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'.");
     }
+    if (auth_ == auth_result::expired) return unauthorized("This API key has expired.");
     return unauthorized("Incorrect API key provided.");
+  }
+
+  /// /admin/keys (GET list, POST create), /admin/keys/NAME (GET, DELETE revokes),
+  /// /admin/keys/NAME/revoke (POST), /admin/usage (GET ?key=&since=&until=). These touch the
+  /// store's database on this worker's thread: they are for operators, not for traffic.
+  net::awaitable<bool> admin_store(const request& req, std::string_view path, const runtime& rt) {
+    admin_answer answer;
+    try {
+      answer = admin_store_answer(req, path, rt);
+    } catch (const std::exception& e) {
+      answer.error = unavailable(std::string("the store failed: ") + e.what());
+    }
+    if (answer.error) co_return co_await send_error(*answer.error, true);
+    co_return co_await send_json(answer.status, std::move(answer.body), true);
+  }
+
+  struct admin_answer {
+    int status = 200;
+    std::string body;
+    std::optional<api_error> error;
+  };
+
+  admin_answer admin_store_answer(const request& req, std::string_view path, const runtime& rt) {
+    auto fail = [](api_error e) { return admin_answer{0, {}, std::move(e)}; };
+    auto ok = [](int status, const nlohmann::json& body) { return admin_answer{status, body.dump(), std::nullopt}; };
+    store* st = w_.shared().keys_store.get();
+    if (st == nullptr) {
+      return fail(bad_request("the key and usage API needs a store: add `store: {sqlite: ./tollgate.db}` to the config"));
+    }
+    const auto method = req.method();
+    const std::int64_t now = unix_seconds_now();
+    if (w_.shared().ledger) w_.shared().ledger->flush();  // spend and usage read the ledger
+    auto spent_now = [&](const stored_key& k) -> std::optional<double> {
+      if (k.limits.budget <= 0 || k.revoked_unix != 0) return std::nullopt;
+      return st->spent_since(k.limits.name, budget_period_bounds(k.limits.budget_period, now * 1000).first);
+    };
+    if (path == "/admin/usage") {
+      if (method != http::verb::get) return fail(method_not_allowed());
+      const auto query = query_params(req.target());
+      std::int64_t since = 0, until = (now + 1) * 1000;
+      for (auto [name, out] : {std::pair{"since", &since}, std::pair{"until", &until}}) {
+        if (auto it = query.find(name); it != query.end()) {
+          auto t = parse_time_param(it->second);
+          if (!t) {
+            return fail(bad_request(std::string("'") + name + "' must be YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or unix milliseconds", name));
+          }
+          *out = *t;
+        }
+      }
+      const std::string key = query.count("key") ? query.at("key") : std::string();
+      nlohmann::json rows = nlohmann::json::array();
+      usage_row total;
+      for (const auto& r : st->usage(key, since, until)) {
+        rows.push_back({{"key", r.key}, {"model", r.model}, {"backend", r.backend}, {"requests", r.requests},
+                        {"prompt_tokens", r.prompt_tokens}, {"cached_tokens", r.cached_tokens},
+                        {"completion_tokens", r.completion_tokens}, {"reasoning_tokens", r.reasoning_tokens},
+                        {"cost", r.cost}});
+        total.requests += r.requests;
+        total.prompt_tokens += r.prompt_tokens;
+        total.cached_tokens += r.cached_tokens;
+        total.completion_tokens += r.completion_tokens;
+        total.reasoning_tokens += r.reasoning_tokens;
+        total.cost += r.cost;
+      }
+      nlohmann::json body = {{"object", "usage"}, {"currency", rt.cfg.currency}, {"since_ms", since},
+                             {"until_ms", until}, {"data", std::move(rows)},
+                             {"total", {{"requests", total.requests}, {"prompt_tokens", total.prompt_tokens},
+                                        {"cached_tokens", total.cached_tokens},
+                                        {"completion_tokens", total.completion_tokens},
+                                        {"reasoning_tokens", total.reasoning_tokens}, {"cost", total.cost}}}};
+      if (!key.empty()) body["key"] = key;
+      return ok(200, body);
+    }
+    if (path == "/admin/keys") {
+      if (method == http::verb::get) {
+        nlohmann::json list = nlohmann::json::array();
+        const bool all = query_params(req.target()).count("all") != 0;
+        for (const auto& k : st->keys(all)) list.push_back(key_json(k, spent_now(k)));
+        return ok(200, {{"object", "list"}, {"data", std::move(list)}});
+      }
+      if (method != http::verb::post) return fail(method_not_allowed());
+      auto body = nlohmann::json::parse(req.body(), nullptr, false);
+      if (body.is_discarded()) return fail(bad_request("the body is not valid JSON"));
+      std::vector<std::string> taken;
+      for (const auto& k : rt.cfg.keys) taken.push_back(k.name);
+      auto made = make_key(body, taken, now);
+      if (!made.key) return fail(bad_request(made.error, made.param));
+      try {
+        st->create_key(made.key->record);
+      } catch (const store_error& e) {
+        return fail(api_error{409, "invalid_request_error", "key_exists", e.what(), "name"});
+      }
+      w_.shared().refresh_keys();
+      auto j = key_json(made.key->record, std::nullopt);
+      j["key"] = made.key->secret;  // the only time anyone sees it
+      return ok(201, j);
+    }
+    // /admin/keys/NAME[/revoke]
+    std::string_view rest = path.substr(std::string_view("/admin/keys/").size());
+    const bool revoke_suffix = rest.ends_with("/revoke");
+    if (revoke_suffix) rest.remove_suffix(7);
+    const std::string name(rest);
+    if (name.empty() || name.find('/') != std::string::npos) {
+      return fail(not_found("Unknown admin URL: " + std::string(path), "unknown_url"));
+    }
+    if ((revoke_suffix && method == http::verb::post) || (!revoke_suffix && method == http::verb::delete_)) {
+      if (!st->revoke_key(name, now)) return fail(not_found("No active key named '" + name + "'.", "key_not_found"));
+      w_.shared().refresh_keys();
+      return ok(200, {{"name", name}, {"status", "revoked"}});
+    }
+    if (!revoke_suffix && method == http::verb::get) {
+      for (const auto& k : st->keys(false)) {
+        if (k.limits.name == name) return ok(200, key_json(k, spent_now(k)));
+      }
+      return fail(not_found("No active key named '" + name + "'.", "key_not_found"));
+    }
+    return fail(method_not_allowed());
+  }
+
+  static std::map<std::string, std::string> query_params(std::string_view target) {
+    std::map<std::string, std::string> out;
+    auto q = target.find('?');
+    if (q == std::string_view::npos) return out;
+    std::string_view rest = target.substr(q + 1);
+    while (!rest.empty()) {
+      auto amp = rest.find('&');
+      std::string_view pair = rest.substr(0, amp);
+      auto eq = pair.find('=');
+      out[std::string(pair.substr(0, eq))] = eq == std::string_view::npos ? "" : std::string(pair.substr(eq + 1));
+      if (amp == std::string_view::npos) break;
+      rest.remove_prefix(amp + 1);
+    }
+    return out;
+  }
+
+  /// "2026-11-22" (its start), "2026-11-22T10:00:00Z", or unix milliseconds.
+  static std::optional<std::int64_t> parse_time_param(const std::string& v) {
+    if (!v.empty() && std::all_of(v.begin(), v.end(), [](unsigned char c) { return std::isdigit(c); }) && v.size() < 16) {
+      return std::stoll(v);
+    }
+    auto t = config::parse_expiry(v);  // a bare date means its last second there
+    if (!t) return std::nullopt;
+    if (v.size() == 10) return (*t - 86399) * 1000;
+    return *t * 1000;
   }
 
   static std::string backends_body(const runtime& rt) {
@@ -358,7 +550,8 @@ class session {
     const std::int64_t estimate = estimate_tokens(req.body().size(), fields.max_tokens);
     const admission adm = rt.limits->admit(*principal_->key, *principal_->state, estimate, clock::now());
     if (!adm.admitted) {
-      const api_error err{429, "rate_limit_error", adm.code, adm.message, {}};
+      const api_error err{429, adm.code == "insufficient_quota" ? "insufficient_quota" : "rate_limit_error", adm.code,
+                        adm.message, {}};
       record_.error = err.code;
       http::response<http::string_body> res{http::status::too_many_requests, 11};
       res.set(http::field::content_type, "application/json");
@@ -367,6 +560,9 @@ class session {
       co_return co_await send(std::move(res), true);
     }
     limited_ = {rt.limits.get(), principal_->key, principal_->state, estimate};
+    rt_ = w_.shared().current.load();
+    path_ = path;
+
 
     // Metering needs the stream's usage: ask for it, and keep the chunk from a client that did
     // not ask for it.
@@ -484,7 +680,10 @@ class session {
       price_ = &target.price;
       upstream_model_ = target.model.empty() ? fields.model : target.model;
       last_first_byte_ = -1;
+      const auto attempt_started = clock::now();
       auto outcome = co_await relay(*call, fields.stream);
+      upstream_seconds_ = std::chrono::duration<double>(clock::now() - attempt_started).count();
+      single_attempt_ = st.attempts == 1;
       unwatch_client(watch);
       call.reset();
       target.health->end_request();
@@ -682,7 +881,10 @@ class session {
       break;
     }
     if (retryable_status(res.status)) co_return relay_outcome{relay_kind::retryable_status, false, {}, std::move(res)};
-    if (res.status >= 200 && res.status < 300) usage_ = usage_from_json(res.body);
+    if (res.status >= 200 && res.status < 300) {
+      usage_ = usage_from_json(res.body);
+      if (!usage_) delivered_ = res.body;  // counted at the end, if it reaches the client
+    }
     if (res.status == 400 && res.body.find("context_length_exceeded") != std::string::npos) {
       co_return relay_outcome{relay_kind::context_exceeded, false, {}, std::move(res)};
     }
@@ -715,6 +917,8 @@ class session {
     sse_splitter events;
     std::string out;
     bool broke = false;
+    delivered_.clear();
+    delivered_sse_ = true;
     for (;;) {
       adapters::call_event ev = co_await call.next();
       out.clear();
@@ -748,6 +952,9 @@ class session {
         auto [wec, wn] = co_await net::async_write(stream_, http::make_chunk(net::buffer(out)), use_tuple);
         if (wec) co_return relay_outcome{relay_kind::gone, false, {}, {}};
         record_.bytes_out += wn;
+        if (!first_token_at_) first_token_at_ = clock::now();
+        // What the client has, for counting if the usage chunk never comes.
+        if (delivered_.size() + out.size() <= max_metered_stream) delivered_ += out;
       }
       if (finished) break;
     }
@@ -827,9 +1034,18 @@ class session {
   bool proxied_ = false;         // the request went to the proxy path (counted in metrics)
   std::optional<usage> usage_;   // the last usage the upstream reported for this request
   std::optional<principal> principal_;  // the key of the request being handled
+  auth_result auth_ = auth_result::missing;
+  std::shared_ptr<const runtime> rt_;   // the snapshot a proxied request runs on
+  std::string path_;                    // its endpoint, without /v1
+  std::string delivered_;               // what reached the client, for counting the completion
+  bool delivered_sse_ = false;
+  bool counted_ = false;                // usage_ was counted here, not reported upstream
+  std::optional<clock::time_point> first_token_at_;  // first stream bytes written to the client
+  double upstream_seconds_ = -1;        // the answering attempt, from its start to its end
+  bool single_attempt_ = false;
   struct admitted {
     limiter* limits = nullptr;  // set while a request holds a limiter admission
-    const config::key_config* key = nullptr;
+    std::shared_ptr<const config::key_config> key;
     std::shared_ptr<key_state> state;
     std::int64_t estimate = 0;
   } limited_;

@@ -1,7 +1,10 @@
-// API keys checked on every request. Keys are kept only as SHA-256 digests; a lookup hashes the
-// presented key and finds the digest, so the comparison never depends on how much of a key matched.
+// API keys checked on every request: the config's static keys and the store's keys. Keys are
+// kept only as SHA-256 digests; a lookup hashes the presented key, finds the digest, and compares
+// the digests in constant time. A table is immutable; the server swaps in a new one when the
+// config or the store changes.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,24 +17,34 @@
 
 namespace tollgate::gateway {
 
+struct stored_key;
+
 struct principal {
   std::string key_name;
-  const config::key_config* key = nullptr;  ///< its limits and models; owned by the runtime's config
-  std::shared_ptr<key_state> state;        ///< its live counters, kept across reloads
+  std::shared_ptr<const config::key_config> key;  ///< its limits, models and budget
+  std::shared_ptr<key_state> state;               ///< its live counters, kept across reloads
 
   /// Whether this key may use the public model name (its `models` patterns; none: all).
   bool may_use(std::string_view model) const;
 };
 
+enum class auth_result { ok, missing, unknown, expired };
+
 class key_table {
  public:
-  /// keys must outlive the table (the runtime's config); states gives each key its counters.
-  key_table(const std::vector<config::key_config>& keys, key_state_registry& states);
-  std::optional<principal> authenticate(std::string_view presented) const;
+  /// Static keys from the config, then the store's active keys (a store key whose name is also
+  /// a static key's is left out). states gives each key name its counters.
+  key_table(const std::vector<config::key_config>& static_keys, const std::vector<stored_key>& stored,
+            key_state_registry& states);
+  /// Finds the key; `who` is set only when the result is ok. now_unix: for expiry.
+  auth_result authenticate(std::string_view presented, std::int64_t now_unix, std::optional<principal>& who) const;
   bool empty() const { return by_digest_.empty(); }
+  /// Every key, in config order then store order.
+  const std::vector<principal>& all() const { return all_; }
 
  private:
-  std::unordered_map<std::string, principal> by_digest_;
+  std::vector<principal> all_;
+  std::unordered_map<std::string, std::size_t> by_digest_;
 };
 
 /// Raw 32-byte SHA-256 of data.

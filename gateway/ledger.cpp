@@ -10,7 +10,7 @@ namespace tollgate::gateway {
 
 namespace {
 
-constexpr const char* schema = R"sql(
+constexpr const char* schema_text = R"sql(
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 CREATE TABLE IF NOT EXISTS usage_ledger (
@@ -29,16 +29,29 @@ CREATE TABLE IF NOT EXISTS usage_ledger (
   status INTEGER NOT NULL,
   latency_ms REAL NOT NULL,
   first_byte_ms REAL,
-  stream INTEGER NOT NULL
+  stream INTEGER NOT NULL,
+  usage_source TEXT,
+  first_token_ms REAL
 );
 CREATE INDEX IF NOT EXISTS usage_ledger_time ON usage_ledger (unix_ms);
 CREATE INDEX IF NOT EXISTS usage_ledger_key_time ON usage_ledger (key, unix_ms);
 )sql";
 
+}  // namespace
+
+const char* ledger_schema_sql() { return schema_text; }
+
+namespace {
+const std::string source_upstream = "upstream";  // usage as the upstream reported it
+const std::string source_counted = "counted";    // counted by the gateway's tokenizer
+}  // namespace
+
+namespace {
+
 constexpr const char* insert_sql =
     "INSERT INTO usage_ledger (request_id, unix_ms, key, model, route, backend, upstream_model, prompt_tokens, "
-    "cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, first_byte_ms, stream) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    "cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, first_byte_ms, stream, "
+    "usage_source, first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 }  // namespace
 
@@ -50,11 +63,16 @@ usage_ledger::usage_ledger(const std::string& path, std::size_t shards) {
   }
   sqlite3_busy_timeout(db_, 5000);
   char* error = nullptr;
-  if (sqlite3_exec(db_, schema, nullptr, nullptr, &error) != SQLITE_OK) {
+  if (sqlite3_exec(db_, schema_text, nullptr, nullptr, &error) != SQLITE_OK) {
     const std::string why = error != nullptr ? error : "unknown error";
     sqlite3_free(error);
     sqlite3_close(db_);
     throw std::runtime_error("cannot prepare the ledger in " + path + ": " + why);
+  }
+  // Ledgers written before these columns existed get them; "duplicate column" means it is done.
+  for (const char* alter : {"ALTER TABLE usage_ledger ADD COLUMN usage_source TEXT",
+                            "ALTER TABLE usage_ledger ADD COLUMN first_token_ms REAL"}) {
+    sqlite3_exec(db_, alter, nullptr, nullptr, nullptr);
   }
   for (std::size_t i = 0; i < std::max<std::size_t>(shards, 1); ++i) shards_.push_back(std::make_unique<shard_buffer>());
   thread_ = std::thread([this] { run(); });
@@ -126,6 +144,10 @@ void usage_ledger::write(std::vector<ledger_record>& batch) {
     if (r.first_byte_ms >= 0) sqlite3_bind_double(insert, ++i, r.first_byte_ms);
     else sqlite3_bind_null(insert, ++i);
     sqlite3_bind_int(insert, ++i, r.stream ? 1 : 0);
+    if (r.has_usage) text(r.counted ? source_counted : source_upstream);
+    else sqlite3_bind_null(insert, ++i);
+    if (r.first_token_ms >= 0) sqlite3_bind_double(insert, ++i, r.first_token_ms);
+    else sqlite3_bind_null(insert, ++i);
     if (sqlite3_step(insert) != SQLITE_DONE) {
       std::cerr << "tollgate: ledger: " << sqlite3_errmsg(db_) << std::endl;
     }

@@ -30,7 +30,12 @@ struct ledger_record {
   double latency_ms = 0;
   double first_byte_ms = -1;  ///< of the attempt that answered; -1: none
   bool stream = false;
+  bool counted = false;         ///< tokens counted by the gateway: the upstream reported none
+  double first_token_ms = -1;   ///< first stream bytes to the client; -1: not a stream
 };
+
+/// The ledger's table and indexes (idempotent SQL), for anything that opens the same database.
+const char* ledger_schema_sql();
 
 class usage_ledger {
  public:

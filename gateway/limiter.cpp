@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+
+#include "gateway/store.hpp"
 
 namespace tollgate::gateway {
 
@@ -10,7 +13,50 @@ std::int64_t estimate_tokens(std::size_t body_bytes, std::optional<std::int64_t>
 }
 
 
+namespace {
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+/// Moves the budget into the period that holds now; a new period starts with nothing spent.
+void roll_period(const config::key_config& key, key_state& st, std::int64_t now_ms) {
+  if (now_ms >= st.period_start_ms && now_ms < st.period_end_ms) return;
+  const auto [start, end] = budget_period_bounds(key.budget_period, now_ms);
+  st.spent = 0;
+  st.period_start_ms = start;
+  st.period_end_ms = end;
+}
+
+std::string money(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.4f", v);
+  return buf;
+}
+
+}  // namespace
+
+std::optional<double> budget_left(const config::key_config& key, key_state& st, std::int64_t now_unix_ms) {
+  if (key.budget <= 0) return std::nullopt;
+  std::lock_guard lock(st.mutex);
+  roll_period(key, st, now_unix_ms);
+  return key.budget - st.spent;
+}
+
 admission memory_limiter::admit(const config::key_config& key, key_state& state, std::int64_t tokens, steady_time now) {
+  if (key.budget > 0) {
+    std::lock_guard lock(state.mutex);
+    const std::int64_t now_ms = unix_ms_now();
+    roll_period(key, state, now_ms);
+    if (state.spent >= key.budget) {
+      const auto wait = std::chrono::seconds((state.period_end_ms - now_ms + 999) / 1000);
+      return {false, "insufficient_quota",
+              "You exceeded this key's budget of " + money(key.budget) + " per " + key.budget_period + " (spent " +
+                  money(state.spent) + "). It renews at the start of the next " + key.budget_period + " (UTC).",
+              std::max(wait, std::chrono::seconds(1))};
+    }
+  }
   if (key.rpm == 0 && key.tpm == 0 && key.max_concurrency == 0) return {};
   key_state* st = &state;
   if (key.max_concurrency != 0) {
@@ -56,7 +102,12 @@ admission memory_limiter::admit(const config::key_config& key, key_state& state,
 }
 
 void memory_limiter::finish(const config::key_config& key, key_state& state, std::int64_t estimated,
-                            std::int64_t actual) {
+                            std::int64_t actual, double cost) {
+  if (key.budget > 0 && cost > 0) {
+    std::lock_guard lock(state.mutex);
+    roll_period(key, state, unix_ms_now());
+    state.spent += cost;
+  }
   if (key.rpm == 0 && key.tpm == 0 && key.max_concurrency == 0) return;
   key_state* st = &state;
   st->in_flight.fetch_sub(1);

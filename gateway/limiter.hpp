@@ -26,11 +26,15 @@ class key_state {
   double tpm_tokens = -1;
   steady_time refilled{};
   std::atomic<std::int64_t> in_flight{0};
+  // Budget: spend in the current period (UTC day or month), under mutex. period_end 0: not
+  // seeded yet (the server seeds it from the ledger; a fresh period starts at zero).
+  double spent = 0;
+  std::int64_t period_start_ms = 0, period_end_ms = 0;
 };
 
 struct admission {
   bool admitted = true;
-  std::string code;     ///< "rate_limit_exceeded" when refused
+  std::string code;     ///< "rate_limit_exceeded" or "insufficient_quota" when refused
   std::string message;  ///< which limit, for the client
   std::chrono::seconds retry_after{0};
 };
@@ -48,14 +52,20 @@ class limiter {
   virtual admission admit(const config::key_config& key, key_state& st, std::int64_t tokens, steady_time now) = 0;
   /// Ends an admitted request: frees its concurrency slot and settles TPM on actual tokens
   /// (refunding or charging the difference from the estimate); actual < 0 keeps the estimate.
-  virtual void finish(const config::key_config& key, key_state& st, std::int64_t estimated, std::int64_t actual) = 0;
+  /// cost: what the request cost, charged to the key's budget.
+  virtual void finish(const config::key_config& key, key_state& st, std::int64_t estimated, std::int64_t actual,
+                      double cost) = 0;
 };
 
 class memory_limiter final : public limiter {
  public:
   admission admit(const config::key_config& key, key_state& st, std::int64_t tokens, steady_time now) override;
-  void finish(const config::key_config& key, key_state& st, std::int64_t estimated, std::int64_t actual) override;
+  void finish(const config::key_config& key, key_state& st, std::int64_t estimated, std::int64_t actual,
+              double cost) override;
 };
+
+/// Budget left for a key now (its budget when the period rolled over); nullopt without a budget.
+std::optional<double> budget_left(const config::key_config& key, key_state& st, std::int64_t now_unix_ms);
 
 /// Tokens a request may use, before it runs: its body at about four bytes a token, plus what it
 /// may generate (max_tokens, or 512 when it does not say).

@@ -15,6 +15,7 @@
 #include "config/config.hpp"
 #include "embedded_config.hpp"
 #include "gateway/health_prober.hpp"
+#include "gateway/keys_cli.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/server.hpp"
 
@@ -31,6 +32,7 @@ constexpr std::string_view usage_text =
     "commands:\n"
     "  serve [--config FILE]    run the gateway (without --config: the embedded demo config)\n"
     "  check-config FILE        check a config file; print every problem with file, line and key\n"
+    "  keys create|list|revoke  manage API keys in the config's store (tollgate keys --help)\n"
     "\n"
     "options:\n"
     "  -h, --help               show help (also after a command: tollgate serve --help)\n"
@@ -130,6 +132,15 @@ int serve(const std::vector<std::string_view>& args) {
   std::cerr << "tollgate " TOLLGATE_VERSION " listening on http://" << rt->cfg.server.listen_host << ":" << srv->port()
             << " (" << rt->cfg.source << ", " << rt->routes.public_models().size() << " models)" << std::endl;
 
+  auto refresh_keys = [&](bool only_if_changed = false) {
+    try {
+      if (only_if_changed) srv->shared().refresh_keys_if_changed();
+      else srv->shared().refresh_keys();
+    } catch (const std::exception& e) {
+      std::cerr << "tollgate: keys not refreshed: " << e.what() << std::endl;
+    }
+  };
+
   // Reload: a new snapshot for new requests; requests in flight finish on the one they hold.
   auto reload = [&](const char* why) {
     load_result next = load_checked(path);
@@ -148,6 +159,7 @@ int serve(const std::vector<std::string_view>& args) {
     std::cerr << "tollgate: reloaded " << fresh->cfg.source << " (" << why << ", " << fresh->routes.public_models().size()
               << " models)" << std::endl;
     srv->shared().current.store(std::move(fresh));
+    refresh_keys();
   };
 
   // The file is watched by polling its modification time and size: cheap, and it also sees
@@ -161,19 +173,21 @@ int serve(const std::vector<std::string_view>& args) {
   };
   auto last_stamp = path.empty() ? std::pair<fs::file_time_type, std::uintmax_t>{} : stamp();
   net::steady_timer watch(signals_io);
+  // Each second: the config file, and the store's keys (`tollgate keys` may have changed them).
   std::function<void(boost::system::error_code)> on_watch = [&](boost::system::error_code ec) {
     if (ec) return;
-    if (auto s = stamp(); s != last_stamp) {
-      last_stamp = s;
-      reload("file changed");
+    if (!path.empty()) {
+      if (auto s = stamp(); s != last_stamp) {
+        last_stamp = s;
+        reload("file changed");
+      }
     }
+    refresh_keys(true);
     watch.expires_after(std::chrono::seconds(1));
     watch.async_wait(on_watch);
   };
-  if (!path.empty()) {
-    watch.expires_after(std::chrono::seconds(1));
-    watch.async_wait(on_watch);
-  }
+  watch.expires_after(std::chrono::seconds(1));
+  watch.async_wait(on_watch);
 
   std::function<void(boost::system::error_code, int)> on_signal = [&](boost::system::error_code ec, int sig) {
     if (ec) return;
@@ -221,6 +235,7 @@ int main(int argc, char** argv) {
   }
   if (command == "serve") return serve(args);
   if (command == "check-config") return check_config(args);
+  if (command == "keys") return tollgate::gateway::keys_command(args);
   std::cerr << "tollgate: unknown command '" << command << "'\n" << usage_text;
   return 2;
 }

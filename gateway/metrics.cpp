@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "gateway/key_table.hpp"
 #include "gateway/runtime.hpp"
 
 namespace tollgate::gateway {
@@ -105,7 +106,21 @@ void gateway_metrics::record_usage(std::size_t shard, const std::string& key, co
   s.cost[{key, route, backend}] += cost;
 }
 
-std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) const {
+void gateway_metrics::record_stream(std::size_t shard, const std::string& route, double ttft, double tpot) {
+  auto& s = *shards_[shard % shards_.size()];
+  std::lock_guard lock(s.mutex);
+  s.ttft[route].observe(ttft);
+  if (tpot >= 0) s.tpot[route].observe(tpot);
+}
+
+void gateway_metrics::record_upstream(std::size_t shard, const std::string& backend, double seconds, double overhead) {
+  auto& s = *shards_[shard % shards_.size()];
+  std::lock_guard lock(s.mutex);
+  s.upstream[backend].observe(seconds);
+  if (overhead >= 0) s.overhead.observe(overhead);
+}
+
+std::string gateway_metrics::render(const runtime& rt, const key_table* keys, std::int64_t in_flight) const {
   // Merge the shards first, holding each lock only while copying it.
   std::map<std::array<std::string, 3>, std::uint64_t> requests;
   std::map<std::string, histogram> duration;
@@ -113,6 +128,8 @@ std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) c
   std::map<std::string, histogram> first_byte;
   std::map<std::array<std::string, 4>, std::uint64_t> tokens;
   std::map<std::array<std::string, 3>, double> cost;
+  std::map<std::string, histogram> ttft, tpot, upstream;
+  histogram overhead;
   for (const auto& shard : shards_) {
     std::lock_guard lock(shard->mutex);
     for (const auto& [k, v] : shard->requests) requests[k] += v;
@@ -121,6 +138,10 @@ std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) c
     for (const auto& [k, v] : shard->first_byte) first_byte[k].merge(v);
     for (const auto& [k, v] : shard->tokens) tokens[k] += v;
     for (const auto& [k, v] : shard->cost) cost[k] += v;
+    for (const auto& [k, v] : shard->ttft) ttft[k].merge(v);
+    for (const auto& [k, v] : shard->tpot) tpot[k].merge(v);
+    for (const auto& [k, v] : shard->upstream) upstream[k].merge(v);
+    overhead.merge(shard->overhead);
   }
 
   std::string out;
@@ -153,6 +174,23 @@ std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) c
     h.render(out, "tollgate_upstream_first_byte_seconds", "backend=\"" + escape_label(k) + "\"");
   }
 
+  header(out, "tollgate_time_to_first_token_seconds", "histogram",
+         "Streams: time from request read to the first bytes of the answer at the client, by route.");
+  for (const auto& [k, h] : ttft) h.render(out, "tollgate_time_to_first_token_seconds", "model=\"" + escape_label(k) + "\"");
+  header(out, "tollgate_time_per_output_token_seconds", "histogram",
+         "Streams: time after the first token divided by the output tokens after it, by route.");
+  for (const auto& [k, h] : tpot) {
+    h.render(out, "tollgate_time_per_output_token_seconds", "model=\"" + escape_label(k) + "\"");
+  }
+  header(out, "tollgate_upstream_duration_seconds", "histogram",
+         "The answering upstream attempt, from sending it to its last byte, by backend.");
+  for (const auto& [k, h] : upstream) {
+    h.render(out, "tollgate_upstream_duration_seconds", "backend=\"" + escape_label(k) + "\"");
+  }
+  header(out, "tollgate_gateway_overhead_seconds", "histogram",
+         "Requests answered at their first attempt: their whole time minus the upstream attempt's.");
+  overhead.render(out, "tollgate_gateway_overhead_seconds", "");
+
   header(out, "tollgate_tokens_total", "counter",
          "Tokens by key name, route, backend and kind: prompt (uncached), cached_prompt, completion "
          "(reasoning included), reasoning.");
@@ -177,6 +215,23 @@ std::string gateway_metrics::render(const runtime& rt, std::int64_t in_flight) c
   for (std::size_t i = 0; i < rt.cfg.backends.size(); ++i) {
     out += "tollgate_backend_requests_in_flight{backend=\"" + escape_label(rt.cfg.backends[i].name) + "\"} " +
            std::to_string(rt.backend_health[i]->in_flight()) + "\n";
+  }
+  if (keys != nullptr) {
+    const std::int64_t now_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    header(out, "tollgate_key_budget", "gauge", "A key's spend budget for its current period (day or month, UTC).");
+    std::string left;
+    for (const auto& p : keys->all()) {
+      auto remaining = budget_left(*p.key, *p.state, now_ms);
+      if (!remaining) continue;
+      const std::string labels = "{key=\"" + escape_label(p.key_name) + "\",period=\"" + p.key->budget_period +
+                                 "\",currency=\"" + escape_label(rt.cfg.currency) + "\"} ";
+      out += "tollgate_key_budget" + labels + number(p.key->budget) + "\n";
+      left += "tollgate_key_budget_remaining" + labels + number(*remaining) + "\n";
+    }
+    header(out, "tollgate_key_budget_remaining", "gauge", "What a key may still spend this period; <= 0 refuses it.");
+    out += left;
   }
   return out;
 }

@@ -13,6 +13,7 @@
 namespace tollgate::gateway {
 
 struct runtime;
+class key_table;
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to long generations.
 inline constexpr std::array<double, 18> latency_buckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -46,9 +47,16 @@ class gateway_metrics {
                     std::int64_t prompt, std::int64_t cached, std::int64_t completion, std::int64_t reasoning,
                     double cost);
 
-  /// The whole exposition: these counters plus gauges read now from rt (backend health) and the
-  /// server (requests in flight).
-  std::string render(const runtime& rt, std::int64_t in_flight) const;
+  /// A stream that answered: seconds to its first bytes at the client, and per output token after
+  /// that (tpot < 0: too few tokens to say).
+  void record_stream(std::size_t shard, const std::string& route, double ttft, double tpot);
+  /// The answering upstream attempt's whole duration, and the time the request spent outside it
+  /// when it was answered at the first attempt (overhead < 0: retried, not recorded).
+  void record_upstream(std::size_t shard, const std::string& backend, double seconds, double overhead);
+
+  /// The whole exposition: these counters plus gauges read now from rt (backend health), keys
+  /// (budgets left; may be null) and the server (requests in flight).
+  std::string render(const runtime& rt, const key_table* keys, std::int64_t in_flight) const;
 
  private:
   struct shard_data {
@@ -59,6 +67,10 @@ class gateway_metrics {
     std::map<std::string, histogram> first_byte;                   // by backend
     std::map<std::array<std::string, 4>, std::uint64_t> tokens;    // key, route, backend, kind
     std::map<std::array<std::string, 3>, double> cost;             // key, route, backend
+    std::map<std::string, histogram> ttft;                         // by route
+    std::map<std::string, histogram> tpot;                         // by route
+    std::map<std::string, histogram> upstream;                     // by backend
+    histogram overhead;
   };
   std::vector<std::unique_ptr<shard_data>> shards_;
 };

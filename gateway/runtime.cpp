@@ -4,13 +4,31 @@
 
 #include "adapters/openai_backend.hpp"
 
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "local_engine/tokenizer.hpp"
+
 namespace tollgate::gateway {
 
 runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
     : cfg(std::move(c)),
       routes(cfg, lasting.health, workers),
-      keys(cfg.keys, lasting.keys),
+      lasting(&lasting),
       limits(std::make_unique<memory_limiter>()) {
+  if (const std::string path = tokenizer_path_for(cfg); !path.empty()) {
+    std::lock_guard lock(lasting.tokenizer_mutex);
+    if (lasting.tokenizer_path != path || !lasting.tokenizer) {
+      try {
+        lasting.tokenizer = engine::tokenizer::load(path);
+        lasting.tokenizer_path = path;
+      } catch (const std::exception& e) {
+        std::cerr << "tollgate: metering without a tokenizer: " << e.what() << std::endl;
+      }
+    }
+    tokenizer = lasting.tokenizer;
+  }
   routing::health_registry& health = lasting.health;
   for (const auto& b : cfg.backends) {
     // Validation admits only known kinds; "openai" is the one there is today.
@@ -19,8 +37,19 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
   }
 }
 
+std::string tokenizer_path_for(const config::config& c) {
+  if (!c.tokenizer_path.empty()) return c.tokenizer_path;
+  const char* fetched = "data/deepseek_v3/tokenizer.json";
+  std::error_code ec;
+  return std::filesystem::exists(fetched, ec) ? fetched : "";
+}
+
 std::vector<config::problem> runtime_problems(const config::config& c) {
   std::vector<config::problem> problems;
+  if (!c.tokenizer_path.empty()) {
+    std::ifstream probe(c.tokenizer_path);
+    if (!probe) problems.push_back({c.source, 0, 0, "metering.tokenizer", "cannot read " + c.tokenizer_path});
+  }
   routing::route_table table(c);
   std::string known;
   for (const auto& name : routing::policy_names()) known += (known.empty() ? "" : ", ") + name;

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "routing/health.hpp"
@@ -13,12 +15,20 @@
 #include "gateway/limiter.hpp"
 #include "routing/route_table.hpp"
 
+namespace tollgate::engine {
+class tokenizer;
+}
+
 namespace tollgate::gateway {
 
-/// State that outlives any one config: backend health and key counters, by name.
+/// State that outlives any one config: backend health and key counters, by name, and the
+/// metering tokenizer (loaded again only when its path changes).
 struct lasting_state {
   routing::health_registry health;
   key_state_registry keys;
+  std::mutex tokenizer_mutex;
+  std::string tokenizer_path;
+  std::shared_ptr<const engine::tokenizer> tokenizer;
 };
 
 struct runtime {
@@ -28,11 +38,17 @@ struct runtime {
 
   config::config cfg;
   routing::route_table routes;
-  key_table keys;
+  lasting_state* lasting;  ///< key counters for the server's key table
+  /// Counts tokens when an upstream reports no usage; null when no tokenizer file is there.
+  std::shared_ptr<const engine::tokenizer> tokenizer;
   std::vector<std::unique_ptr<adapters::backend>> backends;  ///< same order as cfg.backends
   std::vector<std::shared_ptr<routing::target_health>> backend_health;  ///< same order
   std::unique_ptr<limiter> limits;
 };
+
+/// The tokenizer file metering uses: metering.tokenizer, else the one deploy/setup.sh fetches
+/// (data/deepseek_v3/tokenizer.json under the working directory) when it is there; "" if none.
+std::string tokenizer_path_for(const config::config& c);
 
 /// Problems only the assembled runtime can see (a strategy no policy is registered under).
 std::vector<config::problem> runtime_problems(const config::config& c);

@@ -6,6 +6,9 @@
 
 #include "gateway/worker.hpp"
 
+#include "gateway/key_table.hpp"
+#include "gateway/store.hpp"
+
 namespace tollgate::gateway {
 
 namespace net = boost::asio;
@@ -16,8 +19,12 @@ server::server(std::shared_ptr<const runtime> rt) {
   const std::size_t threads = worker_count(sc);
   shared_.log = std::make_unique<access_log>(sc.access_log, threads);
   shared_.metrics = std::make_unique<gateway_metrics>(threads);
-  if (!rt->cfg.sqlite_path.empty()) shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads);
+  if (!rt->cfg.sqlite_path.empty()) {
+    shared_.keys_store = open_sqlite_store(rt->cfg.sqlite_path);
+    shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads);
+  }
   shared_.current.store(rt);
+  shared_.refresh_keys();
 
   tcp::endpoint endpoint(net::ip::make_address(sc.listen_host), sc.listen_port);
   workers_.push_back(std::make_unique<worker>(shared_, 0, endpoint));
@@ -25,6 +32,39 @@ server::server(std::shared_ptr<const runtime> rt) {
   port_ = workers_.front()->port();
   endpoint.port(port_);
   for (std::size_t i = 1; i < threads; ++i) workers_.push_back(std::make_unique<worker>(shared_, i, endpoint));
+}
+
+void server_shared::refresh_keys() {
+  std::lock_guard lock(refresh_mutex_);
+  const auto rt = current.load();
+  std::vector<stored_key> stored;
+  std::int64_t version = 0;
+  if (keys_store) {
+    version = keys_store->keys_version();
+    stored = keys_store->keys(false);
+  }
+  auto table = std::make_shared<const key_table>(rt->cfg.keys, stored, rt->lasting->keys);
+  // A budget's period starts from what the ledger holds for it (the spend before a restart).
+  const std::int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  for (const auto& p : table->all()) {
+    if (p.key->budget <= 0) continue;
+    const auto [start, end] = budget_period_bounds(p.key->budget_period, now_ms);
+    std::lock_guard state_lock(p.state->mutex);
+    if (p.state->period_start_ms == start && p.state->period_end_ms == end) continue;
+    if (ledger) ledger->flush();
+    p.state->spent = keys_store ? keys_store->spent_since(p.key_name, start) : 0;
+    p.state->period_start_ms = start;
+    p.state->period_end_ms = end;
+  }
+  keys.store(std::move(table));
+  keys_version = version;
+}
+
+void server_shared::refresh_keys_if_changed() {
+  if (!keys_store) return;
+  if (keys_store->keys_version() != keys_version.load()) refresh_keys();
 }
 
 server::~server() {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "gateway/access_log.hpp"
@@ -17,6 +18,7 @@
 namespace tollgate::gateway {
 
 class worker;
+class store;
 
 /// State every worker reads. The runtime pointer is swapped whole, never edited.
 struct server_shared {
@@ -27,6 +29,18 @@ struct server_shared {
   std::unique_ptr<access_log> log;
   std::unique_ptr<gateway_metrics> metrics;
   std::unique_ptr<usage_ledger> ledger;  ///< null without store.sqlite
+  std::unique_ptr<store> keys_store;     ///< null without store.sqlite
+  std::atomic<std::shared_ptr<const key_table>> keys;
+  std::atomic<std::int64_t> keys_version{-1};  ///< the store's, when keys was built
+
+  /// Builds the key table again from the current config's keys and the store's, and seeds each
+  /// budget's spend for its period from the ledger. Thread-safe. Throws store_error.
+  void refresh_keys();
+  /// refresh_keys() when the store's keys changed (another process may have changed them).
+  void refresh_keys_if_changed();
+
+ private:
+  std::mutex refresh_mutex_;
 };
 
 class server {

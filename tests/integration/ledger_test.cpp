@@ -9,30 +9,10 @@
 #include <cstdio>
 
 #include "tests/integration/gateway_fixture.hpp"
+#include "tests/integration/sqlite_probe.hpp"
 
 using namespace tollgate::test;
 
-namespace {
-
-struct db {
-  explicit db(const std::string& path) { REQUIRE(sqlite3_open(path.c_str(), &handle) == SQLITE_OK); }
-  ~db() { sqlite3_close(handle); }
-  /// The first column of the first row, as text ("NULL" for null).
-  std::string one(const std::string& sql) {
-    sqlite3_stmt* st = nullptr;
-    REQUIRE(sqlite3_prepare_v2(handle, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
-    std::string out = "NO ROW";
-    if (sqlite3_step(st) == SQLITE_ROW) {
-      const auto* text = sqlite3_column_text(st, 0);
-      out = text != nullptr ? reinterpret_cast<const char*>(text) : "NULL";
-    }
-    sqlite3_finalize(st);
-    return out;
-  }
-  sqlite3* handle = nullptr;
-};
-
-}  // namespace
 
 TEST_CASE("every proxied request leaves one ledger record", "[ledger]") {
   const std::string path = "/tmp/tollgate-ledger-test-" + std::to_string(::getpid()) + ".db";

@@ -1,0 +1,128 @@
+#include "gateway/metering.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "gateway/sse.hpp"
+#include "local_engine/tokenizer.hpp"
+
+namespace tollgate::gateway {
+
+namespace {
+
+using json = nlohmann::json;
+
+/// Text of a message's content: a string, or the text parts of a list.
+std::string content_text(const json& content) {
+  if (content.is_string()) return content.get<std::string>();
+  std::string out;
+  if (content.is_array()) {
+    for (const auto& part : content) {
+      if (part.is_object() && part.contains("text") && part["text"].is_string()) out += part["text"].get<std::string>();
+    }
+  }
+  return out;
+}
+
+/// Appends a choice's generated text: delta (stream) or message (whole), or legacy text.
+void choice_text(const json& choice, std::string& out) {
+  if (!choice.is_object()) return;
+  if (choice.contains("text") && choice["text"].is_string()) out += choice["text"].get<std::string>();
+  for (const char* field : {"delta", "message"}) {
+    if (!choice.contains(field) || !choice[field].is_object()) continue;
+    const json& m = choice[field];
+    for (const char* text_field : {"reasoning_content", "reasoning", "content"}) {
+      if (m.contains(text_field) && m[text_field].is_string()) out += m[text_field].get<std::string>();
+    }
+    if (m.contains("tool_calls") && m["tool_calls"].is_array()) {
+      for (const auto& call : m["tool_calls"]) {
+        if (!call.is_object() || !call.contains("function") || !call["function"].is_object()) continue;
+        const json& f = call["function"];
+        if (f.contains("name") && f["name"].is_string()) out += f["name"].get<std::string>();
+        if (f.contains("arguments") && f["arguments"].is_string()) out += f["arguments"].get<std::string>();
+      }
+    }
+  }
+}
+
+void answer_text(const json& answer, std::string& out) {
+  if (!answer.is_object() || !answer.contains("choices") || !answer["choices"].is_array()) return;
+  for (const auto& c : answer["choices"]) choice_text(c, out);
+}
+
+}  // namespace
+
+std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view path, std::string_view body) {
+  json req = json::parse(body, nullptr, false);
+  if (req.is_discarded() || !req.is_object()) return static_cast<std::int64_t>(tok.count(body));
+  std::string text;
+  if (path == "/chat/completions") {
+    // The DeepSeek chat template: system text first, then turns, then the assistant's cue.
+    text = "<｜begin▁of▁sentence｜>";
+    std::string turns;
+    if (req.contains("messages") && req["messages"].is_array()) {
+      for (const auto& m : req["messages"]) {
+        if (!m.is_object()) continue;
+        const std::string role = m.value("role", std::string());
+        const std::string content = m.contains("content") ? content_text(m["content"]) : std::string();
+        if (role == "system" || role == "developer") {
+          text += content;
+        } else if (role == "user") {
+          turns += "<｜User｜>" + content;
+        } else if (role == "assistant") {
+          turns += "<｜Assistant｜>" + content;
+          if (m.contains("tool_calls")) turns += m["tool_calls"].dump();
+          turns += "<｜end▁of▁sentence｜>";
+        } else if (role == "tool") {
+          turns += "<｜tool▁output▁begin｜>" + content + "<｜tool▁output▁end｜>";
+        } else {
+          turns += content;
+        }
+      }
+    }
+    if (req.contains("tools") && req["tools"].is_array()) text += req["tools"].dump();
+    text += turns + "<｜Assistant｜>";
+  } else if (path == "/completions") {
+    const json& p = req.contains("prompt") ? req["prompt"] : json();
+    if (p.is_string()) text = p.get<std::string>();
+    else if (p.is_array()) {
+      for (const auto& s : p) {
+        if (s.is_string()) text += s.get<std::string>();
+      }
+    }
+  } else {
+    const json& in = req.contains("input") ? req["input"] : json();
+    if (in.is_string()) return static_cast<std::int64_t>(tok.count(in.get<std::string>()));
+    std::int64_t n = 0;
+    if (in.is_array()) {
+      for (const auto& s : in) {
+        if (s.is_string()) n += static_cast<std::int64_t>(tok.count(s.get<std::string>()));
+        else if (s.is_number_integer()) ++n;  // an input already given as token ids
+        else if (s.is_array()) n += static_cast<std::int64_t>(s.size());
+      }
+    }
+    return n;
+  }
+  return static_cast<std::int64_t>(tok.count(text));
+}
+
+std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_view delivered, bool sse) {
+  std::string text;
+  if (sse) {
+    sse_splitter events;
+    events.feed(delivered);
+    auto take = [&](const std::string& event) {
+      auto data = sse_data(event);
+      if (!data || *data == "[DONE]") return;
+      json chunk = json::parse(*data, nullptr, false);
+      if (!chunk.is_discarded()) answer_text(chunk, text);
+    };
+    while (auto e = events.next_event()) take(*e);
+    if (std::string rest = events.take_rest(); !rest.empty()) take(rest);
+  } else {
+    json answer = json::parse(delivered, nullptr, false);
+    if (!answer.is_discarded()) answer_text(answer, text);
+  }
+  return static_cast<std::int64_t>(tok.count(text));
+}
+
+}  // namespace tollgate::gateway

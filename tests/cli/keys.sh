@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `tollgate keys` on the real binary against a running gateway: a created key is printed once
+# and works within a second; list shows it without the secret; revoke shuts it out.
+set -euo pipefail
+build=$(cd "${1:?usage: keys.sh BUILD_DIR}" && pwd)
+source "$(dirname "$0")/../support/procs.sh"
+fail() { echo "FAIL: $*"; tail -5 "$work/tollgate.log" 2>/dev/null; exit 1; }
+tg="$build/tollgate"
+
+"$build/tollgate-fake-upstream" --port 0 >"$work/fake.log" 2>&1 &
+pids+=($!)
+upstream=$(wait_listening "$work/fake.log")
+cat >"$work/tollgate.yaml" <<YAML
+store: {sqlite: $work/tollgate.db}
+server: {listen: "127.0.0.1:0", threads: 1, access_log: "off"}
+keys: [{name: ops, key: tg-static-ops-key}]
+backends: [{name: fake, kind: openai, base_url: "$upstream/v1"}]
+routes:
+  - {model: deepseek-chat, targets: [{backend: fake}]}
+  - {model: qwen-max, targets: [{backend: fake}]}
+YAML
+
+# Usage errors: exit 2 with help; refusals: exit 1 with a reason.
+set +e
+"$tg" keys create --config "$work/tollgate.yaml" --rpm >/dev/null 2>&1; [ $? -eq 2 ] || fail "--rpm without a value"
+"$tg" keys create --config "$work/tollgate.yaml" --name x --rpm lots >/dev/null 2>&1; [ $? -eq 2 ] || fail "--rpm lots"
+"$tg" keys create --config "$work/tollgate.yaml" --name x --budget 5/week 2>"$work/err" >/dev/null; [ $? -eq 1 ] || fail "bad budget"
+grep -q "AMOUNT/day" "$work/err" || fail "bad budget message: $(cat "$work/err")"
+"$tg" keys create --config "$work/tollgate.yaml" --name ops 2>"$work/err" >/dev/null; [ $? -eq 1 ] || fail "static name"
+"$tg" keys revoke --config "$work/tollgate.yaml" --name nobody 2>/dev/null; [ $? -eq 1 ] || fail "revoke unknown"
+"$tg" keys list 2>/dev/null; [ $? -eq 1 ] || fail "list without --config"
+set -e
+"$tg" keys --help | grep -q "keys create" || fail "keys --help"
+
+"$tg" serve --config "$work/tollgate.yaml" >"$work/tollgate.log" 2>&1 &
+pids+=($!)
+url=$(wait_listening "$work/tollgate.log")
+
+key=$("$tg" keys create --config "$work/tollgate.yaml" --name team-a --models 'deepseek-*' --rpm 600 \
+      --budget 50/month --expires 2099-12-31 2>/dev/null)
+[[ "$key" =~ ^tg-[A-Za-z0-9]{43}$ ]] || fail "created key looks wrong: $key"
+json=$("$tg" keys create --config "$work/tollgate.yaml" --name team-b --json 2>/dev/null)
+echo "$json" | grep -q '"key":"tg-' || fail "--json lacks the key: $json"
+
+call() {  # call KEY MODEL -> status
+  curl -s -o /dev/null -w '%{http_code}' "$url/v1/chat/completions" -H "Authorization: Bearer $1" \
+    -d "{\"model\":\"$2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"
+}
+ok=""
+for _ in $(seq 1 30); do  # the gateway polls the store once a second
+  [ "$(call "$key" deepseek-chat)" = 200 ] && { ok=1; break; }
+  sleep 0.1
+done
+[ -n "$ok" ] || fail "the new key was not accepted"
+[ "$(call "$key" qwen-max)" = 403 ] || fail "a model outside --models was not refused"
+
+list=$("$tg" keys list --config "$work/tollgate.yaml")
+echo "$list" | grep -q "team-a" || fail "list lacks team-a: $list"
+echo "$list" | grep -q "deepseek-\*" || fail "list lacks the models"
+echo "$list" | grep -q "50/month" || fail "list lacks the budget"
+echo "$list" | grep -q "2099-12-31" || fail "list lacks the expiry"
+echo "$list" | grep -q "${key:3}" && fail "list shows the secret"
+grep -rq "${key:3}" "$work/tollgate.log" && fail "the log holds the secret"
+[ "$(sqlite3 "$work/tollgate.db" "SELECT count(*) FROM api_keys WHERE instr(digest || prefix, '${key:7}') > 0")" = 0 ] ||
+  fail "the database holds the secret"
+
+"$tg" keys revoke --config "$work/tollgate.yaml" --name team-a 2>/dev/null
+gone=""
+for _ in $(seq 1 30); do
+  [ "$(call "$key" deepseek-chat)" = 401 ] && { gone=1; break; }
+  sleep 0.1
+done
+[ -n "$gone" ] || fail "the revoked key still works"
+"$tg" keys list --config "$work/tollgate.yaml" --all | grep "team-a" | grep -q revoked || fail "list --all lacks the revoked key"
+[ "$(call tg-static-ops-key qwen-max)" = 200 ] || fail "the static key stopped working"
+echo "keys: ok"
