@@ -12,16 +12,17 @@ pids+=($!)
 upstream=$(wait_listening "$work/fake.log")
 cat >"$work/tollgate.yaml" <<YAML
 server: {listen: "127.0.0.1:0", threads: 2, access_log: "off"}
-keys: [{name: scrape, key: tg-scrape}]
+keys: [{name: scrape, key: tg-scrape, budget: 100/day}]
 backends: [{name: fake, kind: openai, base_url: "$upstream/v1"}]
 routes: [{model: m, targets: [{backend: fake, price: {input: 1, output: 1}}]}]
 YAML
 "$build/tollgate" serve --config "$work/tollgate.yaml" >"$work/tollgate.log" 2>&1 &
 pids+=($!)
 url=$(wait_listening "$work/tollgate.log")
-for _ in 1 2 3 4 5; do
+for i in 1 2 3 4 5; do
+  stream=$([ $((i % 2)) -eq 0 ] && echo true || echo false)
   curl -sf "$url/v1/chat/completions" -H 'Authorization: Bearer tg-scrape' \
-    -d '{"model":"m","messages":[{"role":"user","content":"count me"}]}' >/dev/null
+    -d "{\"model\":\"m\",\"stream\":$stream,\"messages\":[{\"role\":\"user\",\"content\":\"count me\"}]}" >/dev/null
 done
 
 while :; do  # a free port for Prometheus' own web server
@@ -44,6 +45,8 @@ for _ in $(seq 1 60); do
   if echo "$got" | grep -q '"value":\[[0-9.]*,"5"\]'; then
     query 'up{job="tollgate"}' | grep -q '"value":\[[0-9.]*,"1"\]' || fail "target not up"
     query 'sum(tollgate_tokens_total{key="scrape",kind="completion"})' | grep -q '"value"' || fail "no token series"
+    query 'tollgate_key_budget_remaining{key="scrape"}' | grep -q '"value"' || fail "no budget series"
+    query 'sum(tollgate_time_to_first_token_seconds_count)' | grep -q '"value"' || fail "no time-to-first-token series"
     # Every query of the Grafana dashboard is valid PromQL over these metrics.
     dashboard=${DASHBOARD:-$(cd "$(dirname "$0")/../../deploy/grafana" && pwd)/tollgate.json}
     checked=0

@@ -55,12 +55,22 @@ TEST_CASE("metrics count requests, attempts and backend health", "[metrics][inte
 }
 
 TEST_CASE("promtool accepts the exposition", "[metrics][integration]") {
-  gateway_fixture f;
+  std::string yaml = gateway_fixture::default_yaml();
+  const std::string key = "    key: tg-test-client-key\n";
+  yaml.replace(yaml.find(key), key.size(), key + "    budget: 5/day\n");
+  gateway_fixture f(yaml);
   http_client c;
   c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","messages":[]})", gateway_fixture::auth());
-  c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","stream":true,"messages":[]})",
+  c.post(f.base + "/v1/chat/completions",
+         R"({"model":"chat-public","stream":true,"messages":[{"role":"user","content":"three more words"}]})",
          gateway_fixture::auth());
   const auto m = c.get(f.base + "/metrics").body;
+  for (const char* family : {"tollgate_time_to_first_token_seconds_bucket{", "tollgate_time_per_output_token_seconds_sum{",
+                             "tollgate_upstream_duration_seconds_count{", "tollgate_gateway_overhead_seconds_count ",
+                             "tollgate_key_budget_remaining{key=\"tester\",period=\"day\",currency=\"CNY\"} 5"}) {
+    INFO(family);
+    CHECK(m.find(family) != std::string::npos);
+  }
   const std::string path = "/tmp/tollgate-metrics-" + std::to_string(f.server->port()) + ".txt";
   std::ofstream(path) << m;
   REQUIRE(std::system("command -v promtool >/dev/null") == 0);  // deploy/setup.sh installs it
