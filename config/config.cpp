@@ -511,7 +511,7 @@ class loader {
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
       known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts", "ejection", "health_check",
-                            "max_concurrency", "max_queue", "queue_timeout"});
+                            "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device", "max_batch"});
       backend_config bc;
       bool ok = true;
       if (auto name = required_string(b, "name", path)) {
@@ -525,11 +525,35 @@ class loader {
         ok = false;
       }
       if (auto kind = required_string(b, "kind", path)) {
-        if (*kind != "openai") add(b["kind"], path + ".kind", "unknown backend kind '" + *kind + "' (known: openai)");
+        if (*kind != "openai" && *kind != "local_engine") {
+          add(b["kind"], path + ".kind", "unknown backend kind '" + *kind + "' (known: openai, local_engine)");
+        }
         bc.kind = *kind;
       }
-      if (auto url = required_string(b, "base_url", path)) {
-        if (auto checked = check_url(b["base_url"], path + ".base_url", *url)) bc.base_url = *checked;
+      if (bc.kind == "local_engine") {
+        // The bundled engine: a checkpoint folder instead of a URL.
+        for (const char* remote : {"base_url", "api_key", "headers", "health_check"}) {
+          if (b[remote]) add(b[remote], path + "." + remote, std::string("'") + remote + "' is for kind openai");
+        }
+        if (auto dir = required_string(b, "checkpoint", path)) bc.checkpoint = *dir;
+        if (auto v = b["device"]; v && !v.IsNull()) {
+          if (auto d = string(v, path + ".device")) {
+            const bool cuda = d->starts_with("cuda:") && d->size() > 5 &&
+                              d->find_first_not_of("0123456789", 5) == std::string::npos;
+            if (*d != "cpu" && !cuda) add(v, path + ".device", "must be cpu or cuda:N");
+            else bc.device = *d;
+          }
+        }
+        if (auto v = b["max_batch"]) {
+          if (auto i = integer(v, path + ".max_batch", 1, 4096)) bc.max_batch = static_cast<unsigned>(*i);
+        }
+      } else {
+        for (const char* local : {"checkpoint", "device", "max_batch"}) {
+          if (b[local]) add(b[local], path + "." + local, std::string("'") + local + "' is for kind local_engine");
+        }
+        if (auto url = required_string(b, "base_url", path)) {
+          if (auto checked = check_url(b["base_url"], path + ".base_url", *url)) bc.base_url = *checked;
+        }
       }
       if (auto v = b["api_key"]; v && !v.IsNull()) {
         if (auto key = string(v, path + ".api_key")) bc.api_key = *key;

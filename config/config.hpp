@@ -69,7 +69,7 @@ struct health_check_config {
 
 struct backend_config {
   std::string name;
-  std::string kind;      ///< "openai"
+  std::string kind;      ///< "openai" or "local_engine"
   std::string base_url;  ///< without trailing slash, e.g. https://api.deepseek.com/v1
   std::string api_key;   ///< may be empty (a self-hosted server without auth)
   std::map<std::string, std::string> headers;  ///< extra headers sent upstream
@@ -79,6 +79,10 @@ struct backend_config {
   unsigned max_concurrency = 0;  ///< requests in flight at once, over all workers; 0: no limit
   unsigned max_queue = 100;      ///< requests that may wait for a slot; beyond: 503
   duration queue_timeout{std::chrono::seconds(5)};  ///< longest wait for a slot
+  // kind local_engine
+  std::string checkpoint;        ///< a Hugging Face checkpoint folder
+  std::string device = "cpu";    ///< "cpu" or "cuda:N"
+  unsigned max_batch = 8;        ///< sequences decoded together
 };
 
 /// Prices per million tokens, in the config's currency.

@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "adapters/local_engine_backend.hpp"
 #include "adapters/openai_backend.hpp"
 
 #include <filesystem>
@@ -11,6 +12,33 @@
 #include "local_engine/tokenizer.hpp"
 
 namespace tollgate::gateway {
+
+namespace {
+
+/// A local-engine backend over its checkpoint, loaded once per checkpoint and device. One that
+/// fails to load answers 503 with the reason, and the gateway keeps serving the other backends.
+std::unique_ptr<adapters::backend> local_engine_for(const config::backend_config& b, lasting_state& lasting) {
+  const std::string key = b.checkpoint + "|" + b.device;
+  std::shared_ptr<const adapters::engine_port> engine;
+  std::string error;
+  {
+    std::lock_guard lock(lasting.engines_mutex);
+    if (auto it = lasting.engines.find(key); it != lasting.engines.end()) engine = it->second;
+  }
+  if (!engine) {
+    try {
+      engine = adapters::load_engine(b);
+      std::lock_guard lock(lasting.engines_mutex);
+      lasting.engines[key] = engine;
+    } catch (const std::exception& e) {
+      error = e.what();
+      std::cerr << "tollgate: backend " << b.name << ": " << error << std::endl;
+    }
+  }
+  return std::make_unique<adapters::local_engine_backend>(b, engine, error);
+}
+
+}  // namespace
 
 runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
     : cfg(std::move(c)),
@@ -31,8 +59,11 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
   }
   routing::health_registry& health = lasting.health;
   for (const auto& b : cfg.backends) {
-    // Validation admits only known kinds; "openai" is the one there is today.
-    backends.push_back(std::make_unique<adapters::openai_backend>(b));
+    if (b.kind == "local_engine") {
+      backends.push_back(local_engine_for(b, lasting));
+    } else {
+      backends.push_back(std::make_unique<adapters::openai_backend>(b));
+    }
     backend_health.push_back(health.get(b.name));
   }
 }

@@ -2,6 +2,7 @@
 // Workers hold it through a shared_ptr, so a request keeps the snapshot it started with.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -14,6 +15,10 @@
 #include "gateway/key_table.hpp"
 #include "gateway/limiter.hpp"
 #include "routing/route_table.hpp"
+
+namespace tollgate::adapters {
+class engine_port;
+}
 
 namespace tollgate::engine {
 class tokenizer;
@@ -29,6 +34,9 @@ struct lasting_state {
   std::mutex tokenizer_mutex;
   std::string tokenizer_path;
   std::shared_ptr<const engine::tokenizer> tokenizer;
+  /// Loaded local-engine models by "checkpoint|device": a reload keeps the weights.
+  std::mutex engines_mutex;
+  std::map<std::string, std::shared_ptr<const adapters::engine_port>> engines;
 };
 
 struct runtime {

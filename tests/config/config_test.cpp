@@ -217,7 +217,7 @@ TEST_CASE("bad URLs, listen addresses, numbers and durations", "[config]") {
 routes:
   - {model: m, targets: [{backend: up}]}
 )");
-  CHECK(find(kind, "backends[0].kind").message == "unknown backend kind 'grpc' (known: openai)");
+  CHECK(find(kind, "backends[0].kind").message == "unknown backend kind 'grpc' (known: openai, local_engine)");
 }
 
 TEST_CASE("a key given twice is a problem at its second line", "[config]") {
@@ -446,4 +446,46 @@ TEST_CASE("store and currency", "[config]") {
   CHECK(find(bad, "currency").line == 1);
   CHECK(find(bad, "store.postgres").line == 2);
   CHECK(find(bad, "store.sqlite").line == 2);
+}
+
+TEST_CASE("local engine backends and key budgets in the config", "[config]") {
+  auto ok = load(R"(
+metering: {tokenizer: /tmp/tokenizer.json}
+keys:
+  - {name: k, key: tg-k, budget: 12.5/month, expires: 2030-01-02}
+backends:
+  - {name: gpu, kind: local_engine, checkpoint: /models/tiny, device: "cuda:0", max_batch: 16}
+  - {name: cpu, kind: local_engine, checkpoint: /models/tiny}
+routes:
+  - {model: tiny, targets: [{backend: gpu}, {backend: cpu}]}
+)");
+  REQUIRE(ok.value);
+  const auto& c = *ok.value;
+  CHECK(c.tokenizer_path == "/tmp/tokenizer.json");
+  CHECK(c.keys[0].budget == 12.5);
+  CHECK(c.keys[0].budget_period == "month");
+  CHECK(c.keys[0].expires_unix == 1893628799);  // 2030-01-02T23:59:59Z
+  CHECK(c.backends[0].kind == "local_engine");
+  CHECK(c.backends[0].checkpoint == "/models/tiny");
+  CHECK(c.backends[0].device == "cuda:0");
+  CHECK(c.backends[0].max_batch == 16);
+  CHECK(c.backends[1].device == "cpu");
+  CHECK(c.backends[1].max_batch == 8);
+
+  auto bad = load(R"(
+keys:
+  - {name: k, key: tg-k, budget: 5/week, expires: soon}
+backends:
+  - {name: a, kind: local_engine, base_url: "http://x", device: tpu, max_batch: 0}
+  - {name: b, kind: openai, base_url: "http://x", checkpoint: /m}
+routes:
+  - {model: m, targets: [{backend: a}]}
+)");
+  CHECK(find(bad, "keys[0].budget").line == 3);
+  CHECK(find(bad, "keys[0].expires").line == 3);
+  CHECK(find(bad, "backends[0].checkpoint").message.find("required") != std::string::npos);
+  CHECK(find(bad, "backends[0].base_url").message.find("kind openai") != std::string::npos);
+  CHECK(find(bad, "backends[0].device").message == "must be cpu or cuda:N");
+  find(bad, "backends[0].max_batch");
+  CHECK(find(bad, "backends[1].checkpoint").message.find("kind local_engine") != std::string::npos);
 }

@@ -1,0 +1,562 @@
+#include "adapters/local_engine_backend.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <iostream>
+#include <mutex>
+#include <random>
+#include <thread>
+
+namespace tollgate::adapters {
+
+namespace net = boost::asio;
+using json = nlohmann::json;
+
+namespace {
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string error_body(const std::string& message, const std::string& type, const std::string& code,
+                       const std::string& param = {}) {
+  return dump(json{{"error",
+                    {{"message", message}, {"type", type}, {"param", param.empty() ? json() : json(param)}, {"code", code}}}});
+}
+
+/// Length of the longest prefix of s that ends on a whole UTF-8 character.
+std::size_t utf8_complete(std::string_view s) {
+  std::size_t i = s.size();
+  // Look back at most 3 bytes for the start of a character that is cut off.
+  for (std::size_t back = 1; back <= 4 && back <= s.size(); ++back) {
+    const auto c = static_cast<unsigned char>(s[s.size() - back]);
+    if ((c & 0xC0) == 0x80) continue;  // a continuation byte: keep looking for the lead
+    std::size_t need = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+    if (need > back) i = s.size() - back;
+    break;
+  }
+  return i;
+}
+
+/// What a request asks the engine for, read and checked on the worker's thread.
+struct job_spec {
+  bool chat = true;
+  bool stream = false;
+  bool include_usage = false;
+  std::vector<std::int32_t> prompt;
+  std::size_t max_tokens = 0;
+  std::vector<std::string> stop;
+  engine_sampling sampling;
+  std::string model;  ///< as the request named it (echoed in answers)
+};
+
+struct parse_result {
+  std::optional<job_spec> spec;
+  int status = 400;
+  std::string error;  ///< the OpenAI-shaped body when spec is empty
+};
+
+parse_result parse_job(const upstream_request& req, const engine_port& engine) {
+  auto bad = [](std::string message, std::string param = {}, std::string code = "invalid_request") {
+    return parse_result{std::nullopt, 400, error_body(message, "invalid_request_error", code, param)};
+  };
+  const bool chat = req.path == "/chat/completions";
+  if (!chat && req.path != "/completions") {
+    return parse_result{std::nullopt, 404,
+                        error_body("The local engine serves /chat/completions and /completions, not " + req.path + ".",
+                                   "invalid_request_error", "unsupported_endpoint")};
+  }
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) return bad("We could not parse the JSON body of your request.");
+  job_spec spec;
+  spec.chat = chat;
+  spec.model = body.value("model", engine.model_name());
+  if (body.contains("stream") && !body["stream"].is_null()) {
+    if (!body["stream"].is_boolean()) return bad("'stream' must be a boolean", "stream");
+    spec.stream = body["stream"].get<bool>();
+  }
+  if (body.contains("stream_options") && body["stream_options"].is_object()) {
+    spec.include_usage = body["stream_options"].value("include_usage", false);
+  }
+  if (body.contains("n") && !body["n"].is_null() && body["n"] != 1) return bad("The local engine supports only n = 1.", "n");
+  if (body.value("logprobs", json(false)) == json(true)) return bad("The local engine does not return logprobs.", "logprobs");
+
+  auto number = [&](const char* name, double lo, double hi, double& out) -> std::optional<parse_result> {
+    if (!body.contains(name) || body[name].is_null()) return std::nullopt;
+    if (!body[name].is_number()) return bad(std::string("'") + name + "' must be a number", name);
+    const double v = body[name].get<double>();
+    if (!(v >= lo && v <= hi)) {
+      return bad(std::string("'") + name + "' must be between " + json(lo).dump() + " and " + json(hi).dump(), name);
+    }
+    out = v;
+    return std::nullopt;
+  };
+  double temperature = 1, top_p = 1, top_k = 0, max_tokens = -1, seed = -1;
+  if (auto e = number("temperature", 0, 2, temperature)) return *e;
+  if (auto e = number("top_p", 1e-9, 1, top_p)) return *e;
+  if (auto e = number("top_k", 0, 1e9, top_k)) return *e;
+  for (const char* name : {"max_tokens", "max_completion_tokens"}) {
+    if (auto e = number(name, 1, 1e9, max_tokens)) return *e;
+  }
+  if (auto e = number("seed", 0, 9.2e18, seed)) return *e;
+  spec.sampling.temperature = static_cast<float>(temperature);
+  spec.sampling.top_p = static_cast<float>(top_p);
+  spec.sampling.top_k = static_cast<int>(top_k);
+  spec.sampling.seed = seed >= 0 ? static_cast<std::uint64_t>(seed) : std::random_device{}();
+
+  if (body.contains("stop") && !body["stop"].is_null()) {
+    const json& s = body["stop"];
+    if (s.is_string()) {
+      spec.stop.push_back(s.get<std::string>());
+    } else if (s.is_array() && s.size() <= 4) {
+      for (const auto& x : s) {
+        if (!x.is_string()) return bad("'stop' must be a string or up to 4 strings", "stop");
+        spec.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      return bad("'stop' must be a string or up to 4 strings", "stop");
+    }
+    std::erase_if(spec.stop, [](const std::string& x) { return x.empty(); });
+  }
+
+  if (chat) {
+    if (!engine.has_tokenizer()) return bad("This checkpoint has no tokenizer.json: use /completions with token ids.");
+    if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) {
+      return bad("'messages' must be a non-empty list", "messages");
+    }
+    std::vector<std::pair<std::string, std::string>> messages;
+    for (const auto& m : body["messages"]) {
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+        return bad("each message needs a 'role'", "messages");
+      }
+      std::string text;
+      const json content = m.value("content", json());
+      if (content.is_string()) {
+        text = content.get<std::string>();
+      } else if (content.is_array()) {
+        for (const auto& part : content) {
+          if (part.is_object() && part.value("type", "") == "text" && part.contains("text") && part["text"].is_string()) {
+            text += part["text"].get<std::string>();
+          } else {
+            return bad("the local engine reads only text content parts", "messages");
+          }
+        }
+      } else if (!content.is_null()) {
+        return bad("a message's 'content' must be a string or a list of text parts", "messages");
+      }
+      messages.emplace_back(m["role"].get<std::string>(), std::move(text));
+    }
+    spec.prompt = engine.chat_prompt(messages);
+  } else {
+    const json p = body.value("prompt", json());
+    if (p.is_string()) {
+      if (!engine.has_tokenizer()) return bad("This checkpoint has no tokenizer.json: send the prompt as token ids.", "prompt");
+      spec.prompt = engine.encode(p.get<std::string>());
+    } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
+      for (const auto& t : p) {
+        if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
+            t.get<std::int64_t>() >= static_cast<std::int64_t>(engine.vocab_size())) {
+          return bad("prompt token ids must be integers from 0 to " + std::to_string(engine.vocab_size() - 1), "prompt");
+        }
+        spec.prompt.push_back(t.get<std::int32_t>());
+      }
+    } else {
+      return bad("'prompt' must be a string or a list of token ids", "prompt");
+    }
+  }
+  if (spec.prompt.empty()) return bad("the prompt is empty", chat ? "messages" : "prompt");
+  const std::size_t limit = engine.max_positions();
+  if (spec.prompt.size() >= limit) {
+    return bad("This model's maximum context length is " + std::to_string(limit) + " tokens. However, your prompt has " +
+                   std::to_string(spec.prompt.size()) + " tokens.",
+               chat ? "messages" : "prompt", "context_length_exceeded");
+  }
+  const std::size_t room = limit - spec.prompt.size();
+  spec.max_tokens = max_tokens > 0 ? std::min<std::size_t>(static_cast<std::size_t>(max_tokens), room) : room;
+  return parse_result{std::move(spec), 200, {}};
+}
+
+/// The worker side of a call: its wait timer and hook. The engine thread reaches it only by
+/// posting to the worker's io_context and locking a weak pointer there.
+struct waiter {
+  explicit waiter(net::io_context& io) : timer(io) {}
+  net::steady_timer timer;
+  std::function<void()> hook;
+  void wake() {
+    timer.cancel();
+    if (hook) hook();
+  }
+};
+
+}  // namespace
+
+/// One request's state, shared by the worker's call and the engine thread.
+struct job {
+  job_spec spec;
+  std::string id;
+  std::int64_t created = 0;
+
+  // Engine thread only.
+  std::unique_ptr<engine_port::sequence> seq;
+  std::vector<std::int32_t> generated;
+  std::string pending;  ///< bytes decoded but not yet sent (a stop string may start in them)
+  std::string text;     ///< everything sent, for the non-stream answer
+  bool head_sent = false;
+
+  // Shared, under mutex.
+  std::mutex mutex;
+  std::deque<call_event> events;
+  bool alive = true;  ///< false once the call is gone: nothing more is posted
+  net::io_context* io = nullptr;
+  std::weak_ptr<waiter> wake;
+  std::atomic<bool> cancelled{false};
+
+  void push(call_event ev) {
+    std::lock_guard lock(mutex);
+    if (!alive) return;
+    events.push_back(std::move(ev));
+    net::post(*io, [w = wake] {
+      if (auto p = w.lock()) p->wake();
+    });
+  }
+};
+
+struct local_engine_backend::scheduler {
+  scheduler(const engine_port& e, std::size_t batch, std::size_t queue_limit)
+      : engine(e), max_batch(std::max<std::size_t>(batch, 1)), max_queue(queue_limit) {
+    thread = std::thread([this] { run(); });
+  }
+  ~scheduler() {
+    {
+      std::lock_guard lock(mutex);
+      stopping = true;
+    }
+    cv.notify_one();
+    thread.join();
+  }
+
+  /// false when the queue is full.
+  bool submit(std::shared_ptr<job> j) {
+    {
+      std::lock_guard lock(mutex);
+      if (queue.size() >= max_queue) return false;
+      queue.push_back(std::move(j));
+    }
+    cv.notify_one();
+    return true;
+  }
+
+  void run() {
+    std::vector<std::shared_ptr<job>> active;
+    for (;;) {
+      {
+        std::unique_lock lock(mutex);
+        cv.wait(lock, [&] { return stopping || !queue.empty() || !active.empty(); });
+        if (stopping) {
+          for (auto& j : queue) active.push_back(std::move(j));
+          queue.clear();
+          break;
+        }
+        while (!queue.empty() && active.size() < max_batch) {
+          active.push_back(std::move(queue.front()));
+          queue.pop_front();
+        }
+      }
+      // One token for each active sequence per round, so none waits for another to finish.
+      for (auto it = active.begin(); it != active.end();) {
+        it = (*it)->cancelled || advance(**it) ? active.erase(it) : it + 1;
+      }
+    }
+    for (auto& j : active) fail(*j, "the local engine stopped");
+  }
+
+  /// Generates one token of j and sends what it adds. true when j is finished.
+  bool advance(job& j) {
+    try {
+      if (!j.seq) {
+        j.seq = engine.start(j.spec.prompt, j.spec.sampling);
+        send_head(j);
+      }
+      const std::int32_t token = j.seq->step();
+      j.generated.push_back(token);
+      const auto eos = engine.eos();
+      if (eos && token == *eos) return finish(j, "stop");
+      j.pending += engine.token_bytes(token);
+      if (auto cut = stop_at(j)) {
+        j.pending.resize(*cut);
+        return finish(j, "stop");
+      }
+      send_text(j, safe_length(j));
+      if (j.generated.size() >= j.spec.max_tokens) return finish(j, "length");
+      return false;
+    } catch (const std::exception& e) {
+      fail(j, std::string("the local engine failed: ") + e.what());
+      return true;
+    }
+  }
+
+  /// Where the first stop string starts in the unsent text, if one is there.
+  static std::optional<std::size_t> stop_at(const job& j) {
+    std::optional<std::size_t> first;
+    for (const auto& s : j.spec.stop) {
+      auto pos = j.pending.find(s);
+      if (pos != std::string::npos && (!first || pos < *first)) first = pos;
+    }
+    return first;
+  }
+
+  /// How much of the unsent text can go now: not a tail that may begin a stop string, and not
+  /// half a UTF-8 character.
+  static std::size_t safe_length(const job& j) {
+    std::size_t keep = 0;
+    for (const auto& s : j.spec.stop) {
+      for (std::size_t n = std::min(s.size() - 1, j.pending.size()); n > keep; --n) {
+        if (j.pending.compare(j.pending.size() - n, n, s, 0, n) == 0) {
+          keep = n;
+          break;
+        }
+      }
+    }
+    return utf8_complete(std::string_view(j.pending).substr(0, j.pending.size() - keep));
+  }
+
+  void send_head(job& j) {
+    call_event head;
+    head.type = call_event::kind::head;
+    head.head.status = 200;
+    head.head.headers.emplace_back("content-type", j.spec.stream ? "text/event-stream" : "application/json");
+    j.push(std::move(head));
+    j.head_sent = true;
+    if (j.spec.stream && j.spec.chat) {
+      send_chunk(j, json::array({{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}}}));
+    }
+  }
+
+  void send_chunk(job& j, json choices, const json* usage = nullptr) {
+    json chunk = {{"id", j.id}, {"object", j.spec.chat ? "chat.completion.chunk" : "text_completion"},
+                  {"created", j.created}, {"model", j.spec.model}, {"choices", std::move(choices)}};
+    if (usage != nullptr) chunk["usage"] = *usage;
+    call_event ev;
+    ev.type = call_event::kind::data;
+    ev.data = "data: " + dump(chunk) + "\n\n";
+    j.push(std::move(ev));
+  }
+
+  void send_text(job& j, std::size_t n) {
+    if (n == 0) return;
+    const std::string piece = j.pending.substr(0, n);
+    j.pending.erase(0, n);
+    j.text += piece;
+    if (!j.spec.stream) return;
+    json choice = j.spec.chat ? json{{"index", 0}, {"delta", {{"content", piece}}}, {"finish_reason", nullptr}}
+                              : json{{"index", 0}, {"text", piece}, {"finish_reason", nullptr}};
+    send_chunk(j, json::array({std::move(choice)}));
+  }
+
+  bool finish(job& j, const char* reason) {
+    send_text(j, j.pending.size());  // a dangling half character is sent as U+FFFD by dump()
+    const json usage = {{"prompt_tokens", j.spec.prompt.size()},
+                        {"completion_tokens", j.generated.size()},
+                        {"total_tokens", j.spec.prompt.size() + j.generated.size()}};
+    call_event ev;
+    ev.type = call_event::kind::data;
+    if (j.spec.stream) {
+      json last = j.spec.chat ? json{{"index", 0}, {"delta", json::object()}, {"finish_reason", reason}}
+                              : json{{"index", 0}, {"text", ""}, {"finish_reason", reason}};
+      send_chunk(j, json::array({std::move(last)}));
+      if (j.spec.include_usage) send_chunk(j, json::array(), &usage);
+      ev.data = "data: [DONE]\n\n";
+    } else {
+      json choice = j.spec.chat
+                        ? json{{"index", 0}, {"message", {{"role", "assistant"}, {"content", j.text}}}, {"finish_reason", reason}}
+                        : json{{"index", 0}, {"text", j.text}, {"finish_reason", reason}};
+      ev.data = dump(json{{"id", j.id}, {"object", j.spec.chat ? "chat.completion" : "text_completion"},
+                          {"created", j.created}, {"model", j.spec.model}, {"choices", json::array({std::move(choice)})},
+                          {"usage", usage}});
+    }
+    j.push(std::move(ev));
+    call_event end;
+    end.type = call_event::kind::end;
+    j.push(std::move(end));
+    return true;
+  }
+
+  void fail(job& j, const std::string& message) {
+    if (!j.head_sent) {
+      call_event head;
+      head.type = call_event::kind::head;
+      head.head.status = 500;
+      head.head.headers.emplace_back("content-type", "application/json");
+      j.push(std::move(head));
+      call_event body;
+      body.type = call_event::kind::data;
+      body.data = error_body(message, "server_error", "engine_error");
+      j.push(std::move(body));
+      call_event end;
+      end.type = call_event::kind::end;
+      j.push(std::move(end));
+      return;
+    }
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = failure::broken;
+    ev.message = message;
+    j.push(std::move(ev));
+  }
+
+  const engine_port& engine;
+  const std::size_t max_batch, max_queue;
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<job>> queue;
+  bool stopping = false;
+  std::thread thread;
+};
+
+namespace {
+
+class engine_call final : public call {
+ public:
+  engine_call(std::shared_ptr<job> j, io_refs refs, config::timeouts_config timeouts)
+      : job_(std::move(j)), waiter_(std::make_shared<waiter>(refs.io)), timeouts_(timeouts) {
+    std::lock_guard lock(job_->mutex);
+    job_->io = &refs.io;
+    job_->wake = waiter_;
+  }
+  /// An answer made on the spot (a bad request), with no engine work.
+  engine_call(int status, std::string body, io_refs refs)
+      : waiter_(std::make_shared<waiter>(refs.io)) {
+    call_event head;
+    head.type = call_event::kind::head;
+    head.head.status = status;
+    head.head.headers.emplace_back("content-type", "application/json");
+    local_.push_back(std::move(head));
+    call_event data;
+    data.type = call_event::kind::data;
+    data.data = std::move(body);
+    local_.push_back(std::move(data));
+    call_event end;
+    end.type = call_event::kind::end;
+    local_.push_back(std::move(end));
+  }
+  ~engine_call() override { detach(); }
+
+  bool ready() const override {
+    if (terminal_ || !local_.empty()) return true;
+    if (!job_) return false;
+    std::lock_guard lock(job_->mutex);
+    return !job_->events.empty();
+  }
+  void on_ready(std::function<void()> hook) override { waiter_->hook = std::move(hook); }
+
+  void cancel() override {
+    if (terminal_) return;
+    detach();
+    local_.clear();
+    if (job_) {
+      std::lock_guard lock(job_->mutex);
+      job_->events.clear();  // nobody will read them
+    }
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = failure::cancelled;
+    ev.message = "the client went away";
+    terminal_ = std::move(ev);
+    waiter_->timer.cancel();
+  }
+
+  net::awaitable<call_event> next() override {
+    for (;;) {
+      if (auto ev = take()) {
+        if (ev->type == call_event::kind::head) seen_head_ = true;
+        if (ev->type == call_event::kind::end || ev->type == call_event::kind::failed) {
+          terminal_ = *ev;
+          detach();
+        }
+        co_return std::move(*ev);
+      }
+      if (terminal_) co_return *terminal_;
+      waiter_->timer.expires_after(seen_head_ ? timeouts_.idle : timeouts_.first_token);
+      auto [ec] = co_await waiter_->timer.async_wait(net::as_tuple(net::use_awaitable));
+      if (!ec && !ready()) {
+        detach();
+        call_event ev;
+        ev.type = call_event::kind::failed;
+        ev.error = failure::timeout;
+        ev.message = seen_head_ ? "the local engine sent nothing within the idle timeout"
+                                : "the local engine did not start within the first-token timeout";
+        terminal_ = std::move(ev);
+      }
+    }
+  }
+
+ private:
+  std::optional<call_event> take() {
+    if (!local_.empty()) {
+      call_event ev = std::move(local_.front());
+      local_.pop_front();
+      return ev;
+    }
+    if (!job_) return std::nullopt;
+    std::lock_guard lock(job_->mutex);
+    if (job_->events.empty()) return std::nullopt;
+    call_event ev = std::move(job_->events.front());
+    job_->events.pop_front();
+    return ev;
+  }
+
+  /// Tells the engine to drop the sequence and to post nothing more here.
+  void detach() {
+    if (!job_) return;
+    job_->cancelled = true;
+    std::lock_guard lock(job_->mutex);
+    job_->alive = false;
+    // Events already queued stay readable through take() until the job is released.
+  }
+
+  std::shared_ptr<job> job_;
+  std::shared_ptr<waiter> waiter_;
+  config::timeouts_config timeouts_;
+  std::deque<call_event> local_;
+  std::optional<call_event> terminal_;
+  bool seen_head_ = false;
+};
+
+}  // namespace
+
+local_engine_backend::local_engine_backend(config::backend_config cfg, std::shared_ptr<const engine_port> engine,
+                                           std::string load_error)
+    : cfg_(std::move(cfg)), engine_(std::move(engine)), load_error_(std::move(load_error)) {
+  if (engine_) scheduler_ = std::make_unique<scheduler>(*engine_, cfg_.max_batch, cfg_.max_batch + cfg_.max_queue);
+}
+
+local_engine_backend::~local_engine_backend() = default;
+
+std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_refs refs) const {
+  if (!engine_) {
+    return std::make_unique<engine_call>(
+        503, error_body("the local engine could not load its checkpoint: " + load_error_, "server_error", "engine_unavailable"),
+        refs);
+  }
+  auto parsed = parse_job(request, *engine_);
+  if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
+  auto j = std::make_shared<job>();
+  j->spec = std::move(*parsed.spec);
+  j->id = (j->spec.chat ? "chatcmpl-" : "cmpl-") + (request.request_id.empty() ? std::string("local") : request.request_id);
+  j->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  auto c = std::make_unique<engine_call>(j, refs, cfg_.timeouts);
+  if (!scheduler_->submit(j)) {
+    return std::make_unique<engine_call>(
+        503, error_body("the local engine's queue is full; try again shortly", "server_error", "overloaded"), refs);
+  }
+  return c;
+}
+
+}  // namespace tollgate::adapters

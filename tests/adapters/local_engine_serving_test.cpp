@@ -1,0 +1,267 @@
+// The local engine's serving layer over a scripted model: the events a request gets (stream and
+// not, chat and completion), usage, stop strings, max_tokens, bad requests, cancellation, and
+// sequences taking turns. The real model behind it is tested in tests/engine/ and end to end.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "adapters/curl_multi.hpp"
+#include "adapters/local_engine_backend.hpp"
+
+using namespace tollgate::adapters;
+using nlohmann::json;
+namespace net = boost::asio;
+
+namespace {
+
+/// A model whose token i is the text "w<i> " and which writes tokens from a script, then EOS.
+/// Token ids: 0 = EOS, 1..n = the words; the prompt's ids are its bytes.
+class scripted_engine final : public engine_port {
+ public:
+  explicit scripted_engine(std::vector<std::string> words) : words_(std::move(words)) {}
+  std::string model_name() const override { return "scripted"; }
+  bool has_tokenizer() const override { return true; }
+  std::vector<std::int32_t> encode(std::string_view text) const override {
+    return std::vector<std::int32_t>(text.begin(), text.end());
+  }
+  std::vector<std::int32_t> chat_prompt(const std::vector<std::pair<std::string, std::string>>& m) const override {
+    std::string all;
+    for (const auto& [role, content] : m) all += "<" + role + ">" + content;
+    return encode(all);
+  }
+  std::string token_bytes(std::int32_t id) const override {
+    return id >= 1 && id <= static_cast<std::int32_t>(words_.size()) ? words_[id - 1] : std::string();
+  }
+  std::optional<std::int32_t> eos() const override { return 0; }
+  std::size_t max_positions() const override { return 64; }
+  std::size_t vocab_size() const override { return 256; }
+
+  struct seq final : sequence {
+    seq(const scripted_engine& e, std::size_t n) : engine(e), limit(n) {}
+    std::int32_t step() override {
+      std::this_thread::sleep_for(engine.step_time);  // a model takes time per token
+      std::lock_guard lock(engine.log_mutex);
+      engine.steps.push_back(id);
+      return next < limit ? static_cast<std::int32_t>(++next) : 0;
+    }
+    const scripted_engine& engine;
+    std::size_t limit, next = 0;
+    int id = 0;
+  };
+  std::unique_ptr<sequence> start(std::vector<std::int32_t> prompt, const engine_sampling&) const override {
+    auto s = std::make_unique<seq>(*this, words_.size());
+    std::lock_guard lock(log_mutex);
+    s->id = static_cast<int>(prompt.size());
+    return s;
+  }
+
+  std::chrono::microseconds step_time{0};
+  mutable std::mutex log_mutex;
+  mutable std::vector<int> steps;  ///< which sequence (by prompt length) stepped, in order
+
+ private:
+  std::vector<std::string> words_;
+};
+
+tollgate::config::backend_config engine_config(unsigned max_batch = 8) {
+  tollgate::config::backend_config c;
+  c.name = "local";
+  c.kind = "local_engine";
+  c.checkpoint = "scripted";
+  c.max_batch = max_batch;
+  c.timeouts.first_token = std::chrono::seconds(5);
+  c.timeouts.idle = std::chrono::seconds(5);
+  return c;
+}
+
+struct collected {
+  int status = 0;
+  std::string content_type;
+  std::string body;
+  std::vector<std::string> pieces;
+  call_event::kind last = call_event::kind::head;
+  failure error = failure::none;
+};
+
+/// Runs requests on one io_context until every one has ended.
+std::vector<collected> run(const local_engine_backend& backend, const std::vector<upstream_request>& requests,
+                           std::function<bool(std::size_t, const call_event&)> keep_going = {}) {
+  net::io_context io;
+  curl_multi curl(io);
+  std::vector<collected> out(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    net::co_spawn(
+        io,
+        [&, i]() -> net::awaitable<void> {
+          auto c = backend.start(requests[i], {io, curl});
+          for (;;) {
+            call_event ev = co_await c->next();
+            out[i].last = ev.type;
+            if (ev.type == call_event::kind::head) {
+              out[i].status = ev.head.status;
+              if (auto t = ev.head.find("content-type")) out[i].content_type = *t;
+            } else if (ev.type == call_event::kind::data) {
+              out[i].body += ev.data;
+              out[i].pieces.push_back(ev.data);
+            } else {
+              out[i].error = ev.error;
+              break;
+            }
+            if (keep_going && !keep_going(i, ev)) {
+              c->cancel();
+              call_event after = co_await c->next();
+              out[i].last = after.type;
+              out[i].error = after.error;
+              break;
+            }
+          }
+        },
+        net::detached);
+  }
+  io.run();
+  return out;
+}
+
+upstream_request chat(const std::string& extra, const std::string& content = "hi") {
+  return {"/chat/completions",
+          R"({"model":"m","messages":[{"role":"user","content":")" + content + R"("}])" + extra + "}", false, "r1"};
+}
+
+/// The text and finish reason of an SSE answer.
+std::pair<std::string, std::string> read_stream(const std::string& body, json* usage = nullptr) {
+  std::string text, reason;
+  std::size_t pos = 0;
+  while ((pos = body.find("data: ", pos)) != std::string::npos) {
+    auto end = body.find("\n\n", pos);
+    const std::string data = body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]") break;
+    auto chunk = json::parse(data);
+    if (chunk.contains("usage") && usage != nullptr) *usage = chunk["usage"];
+    for (const auto& ch : chunk["choices"]) {
+      if (ch.contains("delta")) text += ch["delta"].value("content", "");
+      if (ch.contains("text")) text += ch["text"].get<std::string>();
+      if (!ch["finish_reason"].is_null()) reason = ch["finish_reason"];
+    }
+  }
+  return {text, reason};
+}
+
+}  // namespace
+
+TEST_CASE("local engine serving: a whole chat answer with usage", "[local_engine]") {
+  auto engine = std::make_shared<scripted_engine>(std::vector<std::string>{"Hello", ",", " world", "!"});
+  local_engine_backend backend(engine_config(), engine);
+  auto r = run(backend, {chat("")});
+  REQUIRE(r[0].status == 200);
+  CHECK(r[0].content_type == "application/json");
+  CHECK(r[0].last == call_event::kind::end);
+  auto j = json::parse(r[0].body);
+  CHECK(j["object"] == "chat.completion");
+  CHECK(j["choices"][0]["message"]["content"] == "Hello, world!");
+  CHECK(j["choices"][0]["finish_reason"] == "stop");
+  CHECK(j["usage"]["prompt_tokens"] == std::string("<user>hi").size());
+  CHECK(j["usage"]["completion_tokens"] == 5);  // four words and the end-of-sequence token
+  CHECK(j["id"] == "chatcmpl-r1");
+}
+
+TEST_CASE("local engine serving: streams, stop strings, max_tokens and completions", "[local_engine]") {
+  auto engine = std::make_shared<scripted_engine>(std::vector<std::string>{"one", " two", " th", "ree", " four"});
+  local_engine_backend backend(engine_config(), engine);
+  auto r = run(backend, {chat(R"(,"stream":true,"stream_options":{"include_usage":true})"),
+                         chat(R"(,"stop":["ree f"])"),
+                         chat(R"(,"stream":true,"stop":"thr")"),
+                         chat(R"(,"max_tokens":2)"),
+                         {"/completions", R"({"model":"m","prompt":[1,2,3],"stream":true})", true, "r2"}});
+  json usage;
+  auto [text, reason] = read_stream(r[0].body, &usage);
+  CHECK(r[0].content_type == "text/event-stream");
+  CHECK(text == "one two three four");
+  CHECK(reason == "stop");
+  CHECK(usage["completion_tokens"] == 6);
+  CHECK(r[0].body.ends_with("data: [DONE]\n\n"));
+  CHECK(r[0].pieces.size() >= 7);  // role, five words, finish, usage, done: one event per token
+
+  auto stopped = json::parse(r[1].body);
+  CHECK(stopped["choices"][0]["message"]["content"] == "one two th");  // the stop string spans two tokens
+  CHECK(stopped["choices"][0]["finish_reason"] == "stop");
+
+  auto [held, why] = read_stream(r[2].body);
+  CHECK(held == "one two ");  // " th" was held back until "ree" showed it was the stop string
+  CHECK(why == "stop");
+
+  auto cut = json::parse(r[3].body);
+  CHECK(cut["choices"][0]["message"]["content"] == "one two");
+  CHECK(cut["choices"][0]["finish_reason"] == "length");
+  CHECK(cut["usage"]["completion_tokens"] == 2);
+
+  auto [completion, creason] = read_stream(r[4].body);
+  CHECK(completion == "one two three four");
+  CHECK(r[4].body.find("\"object\":\"text_completion\"") != std::string::npos);
+}
+
+TEST_CASE("local engine serving: bad requests are OpenAI-shaped errors", "[local_engine]") {
+  auto engine = std::make_shared<scripted_engine>(std::vector<std::string>{"x"});
+  local_engine_backend backend(engine_config(), engine);
+  auto r = run(backend, {chat(R"(,"temperature":5)"), chat(R"(,"n":2)"), {"/chat/completions", "{nope", false, ""},
+                         {"/embeddings", R"({"input":"x"})", false, ""},
+                         {"/completions", R"({"prompt":[1,999]})", false, ""},
+                         chat("", std::string(80, 'a'))});
+  for (std::size_t i = 0; i < r.size(); ++i) {
+    INFO("request " << i);
+    CHECK((r[i].status == 400 || r[i].status == 404));
+    CHECK(json::parse(r[i].body)["error"]["message"].get<std::string>().size() > 5);
+  }
+  CHECK(json::parse(r[0].body)["error"]["param"] == "temperature");
+  CHECK(r[3].status == 404);
+  CHECK(json::parse(r[5].body)["error"]["code"] == "context_length_exceeded");
+
+  local_engine_backend broken(engine_config(), nullptr, "no config.json in /nowhere");
+  auto b = run(broken, {chat("")});
+  CHECK(b[0].status == 503);
+  CHECK(b[0].body.find("no config.json") != std::string::npos);
+}
+
+TEST_CASE("local engine serving: sequences take turns, and a cancelled one stops at once", "[local_engine]") {
+  std::vector<std::string> words(30, " w");
+  auto engine = std::make_shared<scripted_engine>(words);
+  engine->step_time = std::chrono::milliseconds(2);
+  local_engine_backend backend(engine_config(2), engine);
+  // Prompts of different lengths tell the sequences apart in the step log.
+  auto r = run(backend, {chat(R"(,"stream":true)", "a"), chat(R"(,"stream":true)", "bb"), chat(R"(,"stream":true)", "ccc")},
+               [](std::size_t i, const call_event& ev) {
+                 // The second client leaves after its third event.
+                 static std::atomic<int> seen{0};
+                 return !(i == 1 && ev.type == call_event::kind::data && ++seen >= 3);
+               });
+  CHECK(read_stream(r[0].body).first.size() == 60);
+  CHECK(r[1].last == call_event::kind::failed);
+  CHECK(r[1].error == failure::cancelled);
+  CHECK(read_stream(r[2].body).first.size() == 60);
+  std::lock_guard lock(engine->log_mutex);
+  const auto& steps = engine->steps;
+  const int a = 7, b = 8, c = 9;  // "<user>" plus 1, 2, 3 bytes
+  auto first = [&](int id) { return std::find(steps.begin(), steps.end(), id) - steps.begin(); };
+  auto last = [&](int id) { return std::find(steps.rbegin(), steps.rend(), id).base() - steps.begin() - 1; };
+  REQUIRE(std::count(steps.begin(), steps.end(), a) == 31);  // 30 words and the end
+  REQUIRE(std::count(steps.begin(), steps.end(), c) == 31);
+  const auto b_steps = std::count(steps.begin(), steps.end(), b);
+  CHECK(b_steps >= 2);  // its client read the role chunk and two tokens
+  CHECK(b_steps < 31);  // cancelled well before its 31 tokens
+  // max_batch 2: once b is in, a and b alternate, one token each per round...
+  for (auto i = first(b); i + 1 < std::min(last(a), last(b)); ++i) {
+    INFO("step " << i);
+    CHECK(steps[i] != steps[i + 1]);
+  }
+  // ...and c starts only when one of them has left.
+  CHECK(first(c) > std::min(last(a), last(b)));
+}
