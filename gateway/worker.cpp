@@ -20,6 +20,7 @@ worker::worker(server_shared& shared, std::size_t index, const tcp::endpoint& en
       io_(std::make_unique<net::io_context>(1)),
       curl_(*io_),
       acceptor_(*io_),
+      heartbeat_(*io_),
       rng_(std::random_device{}()) {
   acceptor_.open(endpoint.protocol());
   acceptor_.set_option(tcp::acceptor::reuse_address(true));
@@ -40,7 +41,18 @@ worker::~worker() {
 
 void worker::start() {
   accept_next();
+  beat();
   thread_ = std::thread([this] { io_->run(); });
+}
+
+// Asio reprograms its timerfd whenever the earliest timer changes. Every request arms and moves
+// connection timeouts of many seconds; with this short timer always earliest, those moves leave
+// the timerfd alone (three fewer system calls a request), at the price of four wake-ups a second.
+void worker::beat() {
+  heartbeat_.expires_after(std::chrono::milliseconds(250));
+  heartbeat_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) beat();
+  });
 }
 
 void worker::accept_next() {

@@ -3,6 +3,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
 #include <list>
@@ -48,6 +49,7 @@ class worker {
 
  private:
   void accept_next();
+  void beat();
 
   server_shared& shared_;
   std::size_t index_;
@@ -58,6 +60,7 @@ class worker {
   std::unique_ptr<boost::asio::io_context> io_;
   adapters::curl_multi curl_;
   boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::steady_timer heartbeat_;
   std::mt19937_64 rng_;
   std::thread thread_;
 };
