@@ -170,7 +170,7 @@ class session {
     principal_.reset();
     price_ = nullptr;
     strip_usage_ = false;
-    rt_.reset();
+    rt_ = nullptr;
     path_.clear();
     delivered_.clear();
     delivered_sse_ = false;
@@ -560,7 +560,7 @@ class session {
       co_return co_await send(std::move(res), true);
     }
     limited_ = {rt.limits.get(), principal_->key, principal_->state, estimate};
-    rt_ = w_.shared().current.load();
+    rt_ = &rt;  // held by run() until finish()
     path_ = path;
 
 
@@ -1035,7 +1035,7 @@ class session {
   std::optional<usage> usage_;   // the last usage the upstream reported for this request
   std::optional<principal> principal_;  // the key of the request being handled
   auth_result auth_ = auth_result::missing;
-  std::shared_ptr<const runtime> rt_;   // the snapshot a proxied request runs on
+  const runtime* rt_ = nullptr;         // the snapshot a proxied request runs on
   std::string path_;                    // its endpoint, without /v1
   std::string delivered_;               // what reached the client, for counting the completion
   bool delivered_sse_ = false;
