@@ -1,0 +1,55 @@
+#include "local_engine/checkpoint_layout.hpp"
+
+namespace tollgate::engine {
+
+std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "."; }
+
+std::vector<tensor_spec> checkpoint_tensors(const model_config& c) {
+  using k = tensor_spec::kind;
+  std::vector<tensor_spec> t;
+  const int64_t H = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
+  auto add = [&](std::string name, std::vector<int64_t> shape, k role = k::matrix) {
+    t.push_back({std::move(name), std::move(shape), role});
+  };
+  auto mlp = [&](const std::string& p, int64_t inter) {
+    add(p + "gate_proj.weight", {inter, H});
+    add(p + "up_proj.weight", {inter, H});
+    add(p + "down_proj.weight", {H, inter});
+  };
+  add("model.embed_tokens.weight", {c.vocab_size, H});
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = layer_prefix(l);
+    add(p + "input_layernorm.weight", {H}, k::norm);
+    add(p + "post_attention_layernorm.weight", {H}, k::norm);
+    const std::string a = p + "self_attn.";
+    if (c.q_lora_rank > 0) {
+      add(a + "q_a_proj.weight", {c.q_lora_rank, H});
+      if (c.attention_bias) add(a + "q_a_proj.bias", {c.q_lora_rank}, k::bias);
+      add(a + "q_a_layernorm.weight", {c.q_lora_rank}, k::norm);
+      add(a + "q_b_proj.weight", {nh * qk, c.q_lora_rank});
+    } else {
+      add(a + "q_proj.weight", {nh * qk, H});
+    }
+    add(a + "kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, H});
+    if (c.attention_bias) add(a + "kv_a_proj_with_mqa.bias", {c.kv_lora_rank + c.qk_rope_head_dim}, k::bias);
+    add(a + "kv_a_layernorm.weight", {c.kv_lora_rank}, k::norm);
+    add(a + "kv_b_proj.weight", {nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
+    add(a + "o_proj.weight", {H, nh * c.v_head_dim});
+    if (c.attention_bias) add(a + "o_proj.bias", {H}, k::bias);
+    if (c.is_moe_layer(l)) {
+      add(p + "mlp.gate.weight", {c.n_routed_experts, H});
+      if (c.v3) add(p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, k::score_correction);
+      for (int e = 0; e < c.n_routed_experts; ++e)
+        mlp(p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size);
+      if (c.n_shared_experts > 0)
+        mlp(p + "mlp.shared_experts.", static_cast<int64_t>(c.moe_intermediate_size) * c.n_shared_experts);
+    } else {
+      mlp(p + "mlp.", c.intermediate_size);
+    }
+  }
+  add("model.norm.weight", {H}, k::norm);
+  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, H});
+  return t;
+}
+
+}  // namespace tollgate::engine

@@ -1,0 +1,33 @@
+# The local inference engine: library, CLI (tollgate-engine) and its tests.
+# Included by local_engine/CMakeLists.txt after the tokenizer target.
+
+add_library(tollgate_engine STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/model_config.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/safetensors.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/checkpoint_layout.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/thread_pool.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/cpu_forward.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/sampler.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/engine.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/tiny_checkpoint.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/bench.cpp)
+target_include_directories(tollgate_engine PUBLIC ${CMAKE_SOURCE_DIR})
+target_link_libraries(tollgate_engine PUBLIC tollgate_tokenizer Threads::Threads
+  PRIVATE nlohmann_json::nlohmann_json)
+# The arithmetic wants the vectoriser even in RelWithDebInfo and Debug builds.
+target_compile_options(tollgate_engine PRIVATE -O3)
+
+add_executable(tollgate-engine ${CMAKE_CURRENT_LIST_DIR}/cli.cpp)
+target_link_libraries(tollgate-engine PRIVATE tollgate_engine nlohmann_json::nlohmann_json)
+
+if(TOLLGATE_TESTS)
+  find_package(Catch2 2 REQUIRED)
+  include(Catch)
+  file(GLOB TOLLGATE_ENGINE_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/engine/*_test.cpp)
+  add_executable(tollgate-engine-tests ${CMAKE_SOURCE_DIR}/tests/engine/main.cpp ${TOLLGATE_ENGINE_TEST_SOURCES})
+  target_link_libraries(tollgate-engine-tests PRIVATE tollgate_engine nlohmann_json::nlohmann_json Catch2::Catch2)
+  target_compile_definitions(tollgate-engine-tests PRIVATE
+    TOLLGATE_SOURCE_DIR="${CMAKE_SOURCE_DIR}" TOLLGATE_ENGINE_BIN="$<TARGET_FILE:tollgate-engine>")
+  add_dependencies(tollgate-engine-tests tollgate-engine)
+  catch_discover_tests(tollgate-engine-tests PROPERTIES TIMEOUT 300)
+endif()

@@ -1,0 +1,175 @@
+#include "local_engine/tiny_checkpoint.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+#include "local_engine/checkpoint_layout.hpp"
+#include "local_engine/model_config.hpp"
+#include "local_engine/safetensors.hpp"
+#include "local_engine/sampler.hpp"
+
+namespace tollgate::engine {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char ch : s) {
+    h ^= ch;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+double number(const json& r, const char* key, double def) {
+  if (!r.contains(key)) return def;
+  if (!r.at(key).is_number()) throw std::runtime_error(std::string("recipe: '") + key + "' must be a number");
+  return r.at(key).get<double>();
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  if (!out) throw std::runtime_error(p.string() + ": cannot create");
+  out << text;
+  if (!out) throw std::runtime_error(p.string() + ": write failed");
+}
+
+// UTF-8 of a code point below 0x800 (all the byte-level alphabet needs).
+std::string utf8(unsigned cp) {
+  std::string s;
+  if (cp < 0x80) {
+    s.push_back(static_cast<char>(cp));
+  } else {
+    s.push_back(static_cast<char>(0xc0 | (cp >> 6)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+  }
+  return s;
+}
+
+// A byte-level BPE tokenizer.json with no merges: one token per byte, plus DeepSeek's special
+// tokens (ids 0 to 2 and the chat markers), so a generated model can run text end to end.
+std::string byte_tokenizer_json(int vocab_size) {
+  const char* specials[] = {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<｜User｜>",
+                            "<｜Assistant｜>"};
+  const int n_special = 5;
+  if (vocab_size < 256 + n_special)
+    throw std::runtime_error("recipe: a generated tokenizer needs vocab_size >= " + std::to_string(256 + n_special));
+  // The byte-level alphabet: printable bytes stand for themselves, the rest map above U+0100.
+  std::vector<unsigned> alphabet(256);
+  unsigned extra = 0;
+  for (unsigned b = 0; b < 256; ++b) {
+    const bool printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae);
+    alphabet[b] = printable ? b : 256 + extra++;
+  }
+  json vocab = json::object();
+  json added = json::array();
+  for (int i = 0; i < n_special; ++i) {
+    const int id = i < 3 ? i : 256 + i;
+    vocab[specials[i]] = id;
+    added.push_back({{"id", id}, {"content", specials[i]}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  }
+  for (unsigned b = 0; b < 256; ++b) vocab[utf8(alphabet[b])] = static_cast<int>(3 + b);
+  json doc = {{"version", "1.0"},
+              {"truncation", nullptr},
+              {"padding", nullptr},
+              {"added_tokens", added},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+              {"post_processor", nullptr},
+              {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+              {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                         {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
+                         {"ignore_merges", false}, {"vocab", vocab}, {"merges", json::array()}}}};
+  return doc.dump(1) + "\n";
+}
+
+}  // namespace
+
+void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string& out_dir) {
+  json r;
+  try {
+    r = json::parse(recipe_json_text);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(std::string("recipe: not valid JSON: ") + e.what());
+  }
+  if (!r.is_object() || !r.contains("config") || !r.at("config").is_object())
+    throw std::runtime_error("recipe: needs a 'config' object (a transformers config.json)");
+  if (!r.contains("seed") || !r.at("seed").is_number_unsigned())
+    throw std::runtime_error("recipe: needs a non-negative integer 'seed'");
+  const json& cj = r.at("config");
+  const model_config c = parse_model_config(cj.dump(), "recipe config");
+  const uint64_t seed = r.at("seed").get<uint64_t>();
+  const std::string dt = r.value("dtype", std::string("float32"));
+  dtype type;
+  if (dt == "float32") type = dtype::f32;
+  else if (dt == "bfloat16") type = dtype::bf16;
+  else if (dt == "float16") type = dtype::f16;
+  else throw std::runtime_error("recipe: dtype '" + dt + "' is not float32, bfloat16 or float16");
+  const double init_std = number(r, "init_std", 0.02);
+  const double norm_std = number(r, "norm_std", 0.1);
+  const double bias_std = number(r, "bias_std", 0.05);
+  const double shards_d = number(r, "shards", 1);
+  if (shards_d < 1 || shards_d > 64 || shards_d != static_cast<int>(shards_d))
+    throw std::runtime_error("recipe: 'shards' must be an integer from 1 to 64");
+  const int shards = static_cast<int>(shards_d);
+
+  const auto specs = checkpoint_tensors(c);
+  uint64_t total = 0;
+  for (const auto& s : specs) {
+    uint64_t n = 1;
+    for (auto d : s.shape) n *= static_cast<uint64_t>(d);
+    total += n;
+  }
+  if (total > (uint64_t{1} << 30)) throw std::runtime_error("recipe: the model would hold over 2^30 values; a tiny recipe should not");
+
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw std::runtime_error(out_dir + ": cannot create: " + ec.message());
+
+  std::vector<std::vector<tensor_to_write>> files(static_cast<size_t>(shards));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& s = specs[i];
+    tensor_to_write t;
+    t.name = s.name;
+    t.shape = s.shape;
+    t.type = type;
+    int64_t n = 1;
+    for (auto d : s.shape) n *= d;
+    t.values.resize(static_cast<size_t>(n));
+    rng g(seed ^ fnv1a(s.name));
+    for (auto& v : t.values) {
+      const double z = g.normal();
+      switch (s.role) {
+        case tensor_spec::kind::matrix: v = static_cast<float>(z * init_std); break;
+        case tensor_spec::kind::norm: v = static_cast<float>(1.0 + z * norm_std); break;
+        case tensor_spec::kind::bias: v = static_cast<float>(z * init_std); break;
+        case tensor_spec::kind::score_correction: v = static_cast<float>(z * bias_std); break;
+      }
+    }
+    files[i * static_cast<size_t>(shards) / specs.size()].push_back(std::move(t));
+  }
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  if (shards == 1) {
+    write_safetensors((fs::path(out_dir) / "model.safetensors").string(), files[0], meta);
+  } else {
+    json index = {{"metadata", {{"total_size", total * (type == dtype::f32 ? 4 : 2)}}}, {"weight_map", json::object()}};
+    for (int k = 0; k < shards; ++k) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, shards);
+      write_safetensors((fs::path(out_dir) / name).string(), files[static_cast<size_t>(k)], meta);
+      for (const auto& t : files[static_cast<size_t>(k)]) index["weight_map"][t.name] = name;
+    }
+    write_text(fs::path(out_dir) / "model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  if (r.value("tokenizer", false)) write_text(fs::path(out_dir) / "tokenizer.json", byte_tokenizer_json(c.vocab_size));
+  write_text(fs::path(out_dir) / "config.json", cj.dump(2) + "\n");
+}
+
+}  // namespace tollgate::engine

@@ -1,0 +1,19 @@
+// Deterministic small checkpoints from a recipe, so tests and demos need no downloaded weights.
+//
+// A recipe is JSON: {"config": {...a transformers config.json...}, "seed": 1, "dtype": "float32" |
+// "bfloat16" | "float16", "init_std": 0.02, "norm_std": 0.1, "bias_std": 0.05, "shards": 1,
+// "tokenizer": false}. With "tokenizer": true a byte-level tokenizer.json (one token per byte and
+// DeepSeek's special tokens) is written too.
+// Each tensor is drawn from its own generator seeded by the seed and the tensor's name, so the
+// values do not depend on the order of tensors or on the platform.
+#pragma once
+
+#include <string>
+
+namespace tollgate::engine {
+
+/// Writes config.json and model.safetensors (or N shards plus model.safetensors.index.json) into
+/// out_dir, creating it. Throws std::runtime_error naming the recipe field or file on failure.
+void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string& out_dir);
+
+}  // namespace tollgate::engine
