@@ -1,0 +1,115 @@
+// The tollgate-engine command line: generate (ids and text), tokenize, make-tiny, --help, and
+// exit code 2 with a message for bad arguments.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+
+#include "tests/engine/test_support.hpp"
+
+namespace t = tollgate::engine::test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+struct result {
+  int code;
+  std::string out;
+};
+
+// Runs the CLI through the shell with stderr folded into the output.
+result cli(const std::string& args, const std::string& stdin_file = "") {
+  std::string cmd = std::string("'") + TOLLGATE_ENGINE_BIN + "' " + args + " 2>&1";
+  if (!stdin_file.empty()) cmd += " < '" + stdin_file + "'";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace
+
+TEST_CASE("cli: make-tiny then generate reproduces the golden greedy tokens", "[engine][cli]") {
+  t::temp_dir dir;
+  const auto ck = (dir.path() / "ck").string();
+  auto r = cli("make-tiny --recipe '" + t::recipe_path("v2_greedy").string() + "' --out '" + ck + "'");
+  REQUIRE(r.code == 0);
+  const auto golden = nlohmann::json::parse(t::read_text(std::string(TOLLGATE_SOURCE_DIR) + "/tests/engine/goldens/v2_greedy.json"));
+  std::string ids;
+  for (const auto& x : golden["greedy"]["prompt"]) ids += (ids.empty() ? "" : ",") + std::to_string(x.get<int>());
+  r = cli("generate --checkpoint '" + ck + "' --prompt-tokens " + ids + " --max-tokens 10 --ignore-eos --json");
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  std::vector<int> expect(golden["greedy"]["tokens"].begin(), golden["greedy"]["tokens"].begin() + 10);
+  CHECK(j["tokens"].get<std::vector<int>>() == expect);
+  CHECK(j["finish_reason"] == "length");
+  CHECK(j.contains("text"));
+
+  r = cli("generate --checkpoint '" + ck + "' --prompt 'Hi there' --chat --max-tokens 4 --temperature 0.8 --top-p 0.9 "
+          "--top-k 20 --seed 3 --stop zzz --json");
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["tokens"].size() <= 4);
+
+  // tokenize: special tokens in the text are matched, nothing is added.
+  const auto in = dir.path() / "in.json";
+  t::write_text(in, R"(["Hi <｜User｜>", ""])");
+  r = cli("tokenize --tokenizer '" + ck + "/tokenizer.json'", in.string());
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out) == nlohmann::json::parse("[[75,108,35,259],[]]"));
+  t::write_text(in, R"({"not": "an array"})");
+  r = cli("tokenize --tokenizer '" + ck + "/tokenizer.json'", in.string());
+  CHECK(r.code == 2);
+  CHECK_THAT(r.out, Contains("JSON array of strings"));
+}
+
+TEST_CASE("cli: bad arguments exit with 2 and say why", "[engine][cli]") {
+  t::temp_dir dir;
+  const auto ck = (dir.path() / "ck").string();
+  REQUIRE(cli("make-tiny --recipe '" + t::recipe_path("v3_bf16").string() + "' --out '" + ck + "'").code == 0);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"", "usage"},
+      {"frobnicate", "unknown command"},
+      {"generate --prompt-tokens 1", "--checkpoint DIR is required"},
+      {"generate --checkpoint " + ck, "one of --prompt or --prompt-tokens"},
+      {"generate --checkpoint " + ck + " --prompt-tokens 1,x", "not a valid integer"},
+      {"generate --checkpoint " + ck + " --prompt-tokens 1 --max-tokens", "needs a value"},
+      {"generate --checkpoint " + ck + " --prompt-tokens 1 --top-p 2", "--top-p"},
+      {"generate --checkpoint " + ck + " --prompt-tokens 1 --temperature -1", "--temperature"},
+      {"generate --checkpoint " + ck + " --prompt-tokens 99999", "outside the vocabulary"},
+      {"generate --checkpoint " + ck + " --prompt-tokens 1 --bogus", "unknown option --bogus"},
+      {"make-tiny --recipe x.json", "--out DIR are required"},
+      {"bench", "--checkpoint DIR and/or --v2-lite-layer"},
+      {"bench --runs 0 --v2-lite-layer", "--runs must be positive"},
+      {"tokenize", "--tokenizer FILE is required"},
+  };
+  for (const auto& [args, msg] : cases) {
+    const auto r = cli(args);
+    INFO(args << "\n" << r.out);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.out, Contains(msg));
+  }
+  // Failures that are not usage errors exit with 1.
+  auto r = cli("generate --checkpoint '" + dir.str() + "/absent' --prompt-tokens 1");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("not a checkpoint folder"));
+  r = cli("generate --checkpoint " + ck + " --prompt-tokens 1 --device cuda:0");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("built without CUDA"));
+  const auto bad = dir.path() / "bad.json";
+  t::write_text(bad, R"({"seed": 1, "config": {"model_type": "deepseek_v3", "hidden_size": -4}})");
+  r = cli("make-tiny --recipe '" + bad.string() + "' --out '" + dir.str() + "/b'");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("hidden_size"));
+  for (const char* c : {"--help", "generate --help", "tokenize --help", "make-tiny --help", "bench --help"}) {
+    r = cli(c);
+    INFO(c);
+    CHECK(r.code == 0);
+    CHECK_THAT(r.out, Contains("usage: tollgate-engine"));
+  }
+}
