@@ -52,8 +52,10 @@ std::string utf8(unsigned cp) {
   return s;
 }
 
-// A byte-level BPE tokenizer.json with no merges: one token per byte, plus DeepSeek's special
-// tokens (ids 0 to 2 and the chat markers), so a generated model can run text end to end.
+// A byte-level BPE tokenizer.json: one token per byte (ids 3 to 258), DeepSeek's special tokens
+// (ids 0 to 2 and the chat markers 259, 260), then as many merged pairs of a lowercase letter or a
+// space and a lowercase letter as the vocabulary holds, so that what a random model samples reads
+// as text rather than stray bytes.
 std::string byte_tokenizer_json(int vocab_size) {
   const char* specials[] = {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<｜User｜>",
                             "<｜Assistant｜>"};
@@ -76,6 +78,17 @@ std::string byte_tokenizer_json(int vocab_size) {
                      {"rstrip", false}, {"normalized", false}, {"special", true}});
   }
   for (unsigned b = 0; b < 256; ++b) vocab[utf8(alphabet[b])] = static_cast<int>(3 + b);
+  json merges = json::array();
+  int next = 256 + n_special;
+  for (unsigned first : {unsigned(' '), unsigned('a')}) {
+    for (unsigned a = first; a <= (first == ' ' ? unsigned(' ') : unsigned('z')); ++a) {
+      for (unsigned b = 'a'; b <= 'z' && next < vocab_size; ++b) {
+        const std::string left = utf8(alphabet[a]), right = utf8(alphabet[b]);
+        merges.push_back(left + " " + right);
+        vocab[left + right] = next++;
+      }
+    }
+  }
   json doc = {{"version", "1.0"},
               {"truncation", nullptr},
               {"padding", nullptr},
@@ -86,7 +99,7 @@ std::string byte_tokenizer_json(int vocab_size) {
               {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
               {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
                          {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
-                         {"ignore_merges", false}, {"vocab", vocab}, {"merges", json::array()}}}};
+                         {"ignore_merges", false}, {"vocab", vocab}, {"merges", merges}}}};
   return doc.dump(1) + "\n";
 }
 
