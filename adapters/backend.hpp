@@ -5,8 +5,10 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -72,12 +74,28 @@ class call {
   virtual void on_ready(std::function<void()> hook) = 0;
 };
 
+/// What a backend that runs a model itself (kind local_engine) reports to /metrics.
+struct engine_stats {
+  std::uint64_t running = 0;           ///< sequences decoding now
+  std::uint64_t queued = 0;            ///< requests waiting for a place in the batch
+  std::uint64_t prompt_tokens = 0;     ///< tokens prefilled, since this backend was configured
+  std::uint64_t generated_tokens = 0;  ///< tokens sampled (end-of-sentence included)
+  std::uint64_t finished = 0;          ///< sequences that reached a stop or max_tokens
+  std::uint64_t cancelled = 0;         ///< sequences dropped because their client left
+  std::uint64_t failed = 0;            ///< sequences the engine could not finish
+};
+
 /// A configured backend. Immutable and shared between threads; start() is thread-safe.
 class backend {
  public:
   virtual ~backend() = default;
   virtual const std::string& name() const = 0;
   virtual std::unique_ptr<call> start(upstream_request request, io_refs refs) const = 0;
+  /// False when the backend cannot answer at all (a local model that failed to load); /readyz
+  /// reports it down. Health checks cover remote backends.
+  virtual bool serving() const { return true; }
+  /// Counters of a backend that runs a model in this process; nullopt for remote ones.
+  virtual std::optional<engine_stats> stats() const { return std::nullopt; }
 };
 
 }  // namespace tollgate::adapters

@@ -53,6 +53,7 @@ struct job_spec {
   std::vector<std::int32_t> prompt;
   std::size_t max_tokens = 0;
   std::vector<std::string> stop;
+  bool ignore_eos = false;  ///< vLLM's extension: run to max_tokens (benchmarks, tests)
   engine_sampling sampling;
   std::string model;  ///< as the request named it (echoed in answers)
 };
@@ -110,6 +111,11 @@ parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   spec.sampling.top_p = static_cast<float>(top_p);
   spec.sampling.top_k = static_cast<int>(top_k);
   spec.sampling.seed = seed >= 0 ? static_cast<std::uint64_t>(seed) : std::random_device{}();
+
+  if (body.contains("ignore_eos") && !body["ignore_eos"].is_null()) {
+    if (!body["ignore_eos"].is_boolean()) return bad("'ignore_eos' must be true or false", "ignore_eos");
+    spec.ignore_eos = body["ignore_eos"].get<bool>();
+  }
 
   if (body.contains("stop") && !body["stop"].is_null()) {
     const json& s = body["stop"];
@@ -269,10 +275,13 @@ struct local_engine_backend::scheduler {
           queue.pop_front();
         }
       }
+      running.store(active.size(), std::memory_order_relaxed);
       // One token for each active sequence per round, so none waits for another to finish.
       for (auto it = active.begin(); it != active.end();) {
+        if ((*it)->cancelled) cancelled.fetch_add(1, std::memory_order_relaxed);
         it = (*it)->cancelled || advance(**it) ? active.erase(it) : it + 1;
       }
+      running.store(active.size(), std::memory_order_relaxed);
     }
     for (auto& j : active) fail(*j, "the local engine stopped");
   }
@@ -283,11 +292,13 @@ struct local_engine_backend::scheduler {
       if (!j.seq) {
         j.seq = engine.start(j.spec.prompt, j.spec.sampling);
         send_head(j);
+        prompt_tokens.fetch_add(j.spec.prompt.size(), std::memory_order_relaxed);
       }
       const std::int32_t token = j.seq->step();
+      generated_tokens.fetch_add(1, std::memory_order_relaxed);
       j.generated.push_back(token);
       const auto eos = engine.eos();
-      if (eos && token == *eos) return finish(j, "stop");
+      if (eos && token == *eos && !j.spec.ignore_eos) return finish(j, "stop");
       j.pending += engine.token_bytes(token);
       if (auto cut = stop_at(j)) {
         j.pending.resize(*cut);
@@ -297,6 +308,7 @@ struct local_engine_backend::scheduler {
       if (j.generated.size() >= j.spec.max_tokens) return finish(j, "length");
       return false;
     } catch (const std::exception& e) {
+      failed.fetch_add(1, std::memory_order_relaxed);
       fail(j, std::string("the local engine failed: ") + e.what());
       return true;
     }
@@ -361,6 +373,7 @@ struct local_engine_backend::scheduler {
   }
 
   bool finish(job& j, const char* reason) {
+    finished.fetch_add(1, std::memory_order_relaxed);
     send_text(j, j.pending.size());  // a dangling half character is sent as U+FFFD by dump()
     const json usage = {{"prompt_tokens", j.spec.prompt.size()},
                         {"completion_tokens", j.generated.size()},
@@ -417,6 +430,7 @@ struct local_engine_backend::scheduler {
   std::condition_variable cv;
   std::deque<std::shared_ptr<job>> queue;
   bool stopping = false;
+  std::atomic<std::uint64_t> running{0}, prompt_tokens{0}, generated_tokens{0}, finished{0}, cancelled{0}, failed{0};
   std::thread thread;
 };
 
@@ -538,6 +552,23 @@ local_engine_backend::local_engine_backend(config::backend_config cfg, std::shar
 }
 
 local_engine_backend::~local_engine_backend() = default;
+
+std::optional<engine_stats> local_engine_backend::stats() const {
+  engine_stats st;
+  if (!scheduler_) return st;
+  const auto& s = *scheduler_;
+  {
+    std::lock_guard lock(scheduler_->mutex);
+    st.queued = s.queue.size();
+  }
+  st.running = s.running.load(std::memory_order_relaxed);
+  st.prompt_tokens = s.prompt_tokens.load(std::memory_order_relaxed);
+  st.generated_tokens = s.generated_tokens.load(std::memory_order_relaxed);
+  st.finished = s.finished.load(std::memory_order_relaxed);
+  st.cancelled = s.cancelled.load(std::memory_order_relaxed);
+  st.failed = s.failed.load(std::memory_order_relaxed);
+  return st;
+}
 
 std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_refs refs) const {
   if (!engine_) {

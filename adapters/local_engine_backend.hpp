@@ -63,6 +63,8 @@ class local_engine_backend final : public backend {
   local_engine_backend& operator=(const local_engine_backend&) = delete;
   const std::string& name() const override { return cfg_.name; }
   std::unique_ptr<call> start(upstream_request request, io_refs refs) const override;
+  bool serving() const override { return engine_ != nullptr; }
+  std::optional<engine_stats> stats() const override;
 
   struct scheduler;
 

@@ -284,7 +284,7 @@ class session {
       bool any = false;
       const auto now = clock::now();
       for (std::size_t i = 0; i < rt->cfg.backends.size(); ++i) {
-        const bool up = !rt->backend_health[i]->ejected(now);
+        const bool up = rt->backends[i]->serving() && !rt->backend_health[i]->ejected(now);
         any = any || up;
         backends[rt->cfg.backends[i].name] = up ? "up" : "down";
       }

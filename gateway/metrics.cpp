@@ -33,6 +33,38 @@ void header(std::string& out, const char* name, const char* type, const char* he
   out += '\n';
 }
 
+/// The families of backends that run a model in this process; nothing when there are none.
+void render_engines(std::string& out, const runtime& rt) {
+  std::vector<std::pair<std::string, adapters::engine_stats>> engines;
+  for (std::size_t i = 0; i < rt.backends.size(); ++i) {
+    if (auto st = rt.backends[i]->stats()) engines.emplace_back("backend=\"" + escape_label(rt.cfg.backends[i].name) + "\"", *st);
+  }
+  if (engines.empty()) return;
+  const auto family = [&](const char* name, const char* type, const char* help, auto value) {
+    header(out, name, type, help);
+    for (const auto& [labels, st] : engines) {
+      out += name;
+      out += "{" + labels + "} " + std::to_string(value(st)) + "\n";
+    }
+  };
+  using st = adapters::engine_stats;
+  family("tollgate_engine_sequences_running", "gauge", "Sequences a local engine is decoding now.",
+         [](const st& s) { return s.running; });
+  family("tollgate_engine_requests_queued", "gauge", "Requests waiting for a place in a local engine's batch.",
+         [](const st& s) { return s.queued; });
+  family("tollgate_engine_prompt_tokens_total", "counter", "Prompt tokens a local engine has prefilled.",
+         [](const st& s) { return s.prompt_tokens; });
+  family("tollgate_engine_generated_tokens_total", "counter", "Tokens a local engine has sampled.",
+         [](const st& s) { return s.generated_tokens; });
+  header(out, "tollgate_engine_sequences_total", "counter",
+         "Sequences a local engine has ended, by outcome: finished, cancelled (the client left), failed.");
+  for (const auto& [labels, s] : engines) {
+    out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"finished\"} " + std::to_string(s.finished) + "\n";
+    out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"cancelled\"} " + std::to_string(s.cancelled) + "\n";
+    out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"failed\"} " + std::to_string(s.failed) + "\n";
+  }
+}
+
 }  // namespace
 
 std::string escape_label(const std::string& value) {
@@ -216,6 +248,7 @@ std::string gateway_metrics::render(const runtime& rt, const key_table* keys, st
     out += "tollgate_backend_requests_in_flight{backend=\"" + escape_label(rt.cfg.backends[i].name) + "\"} " +
            std::to_string(rt.backend_health[i]->in_flight()) + "\n";
   }
+  render_engines(out, rt);
   if (keys != nullptr) {
     const std::int64_t now_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
