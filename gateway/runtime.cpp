@@ -56,6 +56,14 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
       }
     }
     tokenizer = lasting.tokenizer;
+  } else {
+    std::lock_guard lock(lasting.tokenizer_mutex);
+    if (!lasting.warned_no_tokenizer) {
+      std::cerr << "tollgate: no tokenizer (run deploy/setup.sh or set metering.tokenizer): answers without "
+                   "usage from their backend will record no tokens"
+                << std::endl;
+      lasting.warned_no_tokenizer = true;
+    }
   }
   routing::health_registry& health = lasting.health;
   for (const auto& b : cfg.backends) {
@@ -70,9 +78,17 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
 
 std::string tokenizer_path_for(const config::config& c) {
   if (!c.tokenizer_path.empty()) return c.tokenizer_path;
-  const char* fetched = "data/deepseek_v3/tokenizer.json";
+  namespace fs = std::filesystem;
+  const fs::path fetched = fs::path("data") / "deepseek_v3" / "tokenizer.json";
   std::error_code ec;
-  return std::filesystem::exists(fetched, ec) ? fetched : "";
+  if (fs::exists(fetched, ec)) return fetched.string();
+  // Started from elsewhere: the repository the binary was built in (build/tollgate).
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return "";
+  for (const fs::path& root : {exe.parent_path(), exe.parent_path().parent_path()}) {
+    if (fs::exists(root / fetched, ec)) return (root / fetched).string();
+  }
+  return "";
 }
 
 std::vector<config::problem> runtime_problems(const config::config& c) {

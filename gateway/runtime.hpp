@@ -33,6 +33,7 @@ struct lasting_state {
   key_state_registry keys;
   std::mutex tokenizer_mutex;
   std::string tokenizer_path;
+  bool warned_no_tokenizer = false;
   std::shared_ptr<const engine::tokenizer> tokenizer;
   /// Loaded local-engine models by "checkpoint|device": a reload keeps the weights.
   std::mutex engines_mutex;
@@ -55,7 +56,8 @@ struct runtime {
 };
 
 /// The tokenizer file metering uses: metering.tokenizer, else the one deploy/setup.sh fetches
-/// (data/deepseek_v3/tokenizer.json under the working directory) when it is there; "" if none.
+/// (data/deepseek_v3/tokenizer.json under the working directory, else beside the binary or one
+/// folder up from it) when it is there; "" if none.
 std::string tokenizer_path_for(const config::config& c);
 
 /// Problems only the assembled runtime can see (a strategy no policy is registered under).
