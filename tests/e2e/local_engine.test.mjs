@@ -1,0 +1,142 @@
+// The openai SDK against a tollgate serving a tiny random DeepSeek-V3 checkpoint with its bundled
+// engine on the CPU. References come from `tollgate-engine generate` (see local_engine.sh).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import OpenAI from "openai";
+
+const client = new OpenAI({ baseURL: process.env.TOLLGATE_BASE_URL, apiKey: process.env.TOLLGATE_KEY, maxRetries: 0 });
+const refs = JSON.parse(readFileSync(process.env.TOLLGATE_REFS, "utf8"));
+const prompts = ["hello there", "write a haiku about gateways", "你好，世界", "a"];
+const model = "tiny-deepseek";
+const greedy = (content, extra = {}) =>
+  client.chat.completions.create({ model, temperature: 0, max_tokens: 24, messages: [{ role: "user", content }], ...extra });
+
+async function metric(line) {
+  const text = await (await fetch(`${process.env.TOLLGATE_URL}/metrics`)).text();
+  const found = text.split("\n").find((l) => l.startsWith(line + " "));
+  return found ? Number(found.split(" ")[1]) : 0;
+}
+
+test("the model is listed", async () => {
+  const ids = [];
+  for await (const m of client.models.list()) ids.push(m.id);
+  assert.deepEqual(ids.sort(), ["broken-model", "slow-deepseek", "tiny-deepseek"]);
+});
+
+test("greedy chat equals the engine CLI, token counts included", async () => {
+  for (let i = 0; i < prompts.length; i++) {
+    const res = await greedy(prompts[i]);
+    assert.equal(res.object, "chat.completion");
+    assert.equal(res.model, model);
+    assert.equal(res.choices[0].message.role, "assistant");
+    assert.equal(res.choices[0].message.content, refs[i].text, `prompt ${i}`);
+    assert.equal(res.choices[0].finish_reason, refs[i].finish_reason);
+    assert.equal(res.usage.prompt_tokens, refs[i].prompt_tokens);
+    // The CLI leaves out the end-of-sentence token; usage counts it, as other servers do.
+    const eos = refs[i].finish_reason === "stop" ? 1 : 0;
+    assert.equal(res.usage.completion_tokens, refs[i].tokens.length + eos);
+    assert.equal(res.usage.total_tokens, refs[i].prompt_tokens + refs[i].tokens.length + eos);
+  }
+});
+
+test("concurrent requests share the engine and each still equals its reference", async () => {
+  const all = await Promise.all([...prompts, ...prompts].map((p) => greedy(p)));
+  all.forEach((res, j) => assert.equal(res.choices[0].message.content, refs[j % prompts.length].text, `request ${j}`));
+});
+
+test("a stream arrives token by token and ends with usage", async () => {
+  const stream = await greedy(prompts[1], { stream: true, stream_options: { include_usage: true } });
+  let text = "";
+  let chunks = 0;
+  let usage = null;
+  let finish = null;
+  for await (const chunk of stream) {
+    chunks += 1;
+    if (chunk.choices.length > 0) {
+      text += chunk.choices[0].delta?.content ?? "";
+      finish = chunk.choices[0].finish_reason ?? finish;
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, refs[1].text);
+  assert.equal(finish, refs[1].finish_reason);
+  assert.ok(chunks >= 8, `expected many chunks, got ${chunks}`);
+  assert.equal(usage.completion_tokens, refs[1].tokens.length);
+  assert.equal(usage.prompt_tokens, refs[1].prompt_tokens);
+});
+
+test("a stop string cuts the answer before it", async () => {
+  const full = refs[0].text;
+  const chars = [...full];
+  const stop = chars.slice(6, 9).join("");
+  const res = await greedy(prompts[0], { stop: [stop] });
+  assert.equal(res.choices[0].message.content, full.slice(0, full.indexOf(stop)));
+  assert.equal(res.choices[0].finish_reason, "stop");
+});
+
+test("a seed makes sampling repeatable", async () => {
+  const ask = (seed) => client.chat.completions.create({
+    model, temperature: 0.9, top_p: 0.95, seed, max_tokens: 16, ignore_eos: true, messages: [{ role: "user", content: "roll" }],
+  });
+  const [a, b, c] = [await ask(42), await ask(42), await ask(43)];
+  assert.equal(a.choices[0].message.content, b.choices[0].message.content);
+  assert.notEqual(a.choices[0].message.content, c.choices[0].message.content);
+  assert.equal(a.usage.completion_tokens, 16);
+});
+
+test("text completions", async () => {
+  const res = await client.completions.create({ model, prompt: "once upon", max_tokens: 10, temperature: 0 });
+  assert.equal(res.object, "text_completion");
+  assert.equal(res.usage.completion_tokens, 10);
+  assert.equal(res.choices[0].finish_reason, "length");
+});
+
+test("a client that leaves mid-stream cancels its sequence", async () => {
+  const generated = () => metric('tollgate_engine_generated_tokens_total{backend="slow"}');
+  const cancelled = () => metric('tollgate_engine_sequences_total{backend="slow",outcome="cancelled"}');
+  const billed = () => metric('tollgate_tokens_total{key="e2e",model="slow-deepseek",backend="slow",kind="completion"}');
+  const [gen0, cancel0] = [await generated(), await cancelled()];
+  const ctl = new AbortController();
+  const stream = await client.chat.completions.create(
+    { model: "slow-deepseek", max_tokens: 1500, ignore_eos: true, temperature: 0, stream: true,
+      messages: [{ role: "user", content: "go on" }] },
+    { signal: ctl.signal });
+  let seen = 0;
+  for await (const chunk of stream) {  // the SDK ends the loop quietly on abort
+    if (chunk.choices[0]?.delta?.content !== undefined && ++seen === 3) ctl.abort();
+  }
+  assert.equal(seen, 3);
+  let cancel1 = cancel0;
+  for (let i = 0; i < 100 && cancel1 === cancel0; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    cancel1 = await cancelled();
+  }
+  assert.equal(cancel1, cancel0 + 1, "the engine did not drop the sequence");
+  const gen1 = await generated();
+  assert.ok(gen1 - gen0 < 750, `the engine went on to ${gen1 - gen0} of 1500 tokens`);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(await generated(), gen1, "tokens still being generated after the cancel");
+  assert.equal(await metric('tollgate_engine_sequences_running{backend="slow"}'), 0);
+  // What was delivered is billed, counted by the gateway's tokenizer since no usage chunk came:
+  // something, and not the 1500 asked for.
+  let bill = 0;
+  for (let i = 0; i < 100 && bill === 0; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    bill = await billed();
+  }
+  assert.ok(bill >= 1 && bill < 750, `billed ${bill}, generated ${gen1 - gen0}`);
+});
+
+test("bad input gets an OpenAI-shaped 400", async () => {
+  await assert.rejects(greedy("x", { max_tokens: -1 }), (e) => e.status === 400 && e.error?.param === "max_tokens");
+  await assert.rejects(greedy("x", { n: 2 }), (e) => e.status === 400 && e.error?.param === "n");
+});
+
+test("a checkpoint that failed to load answers 503 and the readiness probe says so", async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model: "broken-model", messages: [{ role: "user", content: "x" }] }),
+    (e) => e.status === 503 && /no-such-folder/.test(e.message));
+  const ready = await (await fetch(`${process.env.TOLLGATE_URL}/readyz`)).json();
+  assert.deepEqual(ready.backends, { tiny: "up", slow: "up", broken: "down" });
+});
