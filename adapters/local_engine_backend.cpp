@@ -88,6 +88,14 @@ parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   }
   if (body.contains("n") && !body["n"].is_null() && body["n"] != 1) return bad("The local engine supports only n = 1.", "n");
   if (body.value("logprobs", json(false)) == json(true)) return bad("The local engine does not return logprobs.", "logprobs");
+  // What the engine cannot honour is refused, never silently ignored.
+  if (body.contains("tools") && body["tools"].is_array() && !body["tools"].empty()) {
+    return bad("The local engine does not call tools.", "tools");
+  }
+  if (body.contains("response_format") && body["response_format"].is_object() &&
+      body["response_format"].value("type", "text") != "text") {
+    return bad("The local engine answers only in plain text (response_format type 'text').", "response_format");
+  }
 
   auto number = [&](const char* name, double lo, double hi, double& out) -> std::optional<parse_result> {
     if (!body.contains(name) || body[name].is_null()) return std::nullopt;
@@ -141,6 +149,11 @@ parse_result parse_job(const upstream_request& req, const engine_port& engine) {
     for (const auto& m : body["messages"]) {
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
         return bad("each message needs a 'role'", "messages");
+      }
+      if (const auto role = m["role"].get<std::string>();
+          role != "system" && role != "developer" && role != "user" && role != "assistant") {
+        return bad("The local engine takes system, developer, user and assistant messages, not '" + role + "'.",
+                   "messages");
       }
       std::string text;
       const json content = m.value("content", json());
@@ -576,7 +589,14 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
         503, error_body("the local engine could not load its checkpoint: " + load_error_, "server_error", "engine_unavailable"),
         refs);
   }
-  auto parsed = parse_job(request, *engine_);
+  parse_result parsed;
+  try {
+    parsed = parse_job(request, *engine_);
+  } catch (const std::invalid_argument& e) {  // the template or tokenizer refused the input
+    return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
+  } catch (const std::exception& e) {
+    return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
+  }
   if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);

@@ -225,6 +225,19 @@ TEST_CASE("local engine serving: bad requests are OpenAI-shaped errors", "[local
   CHECK(r[3].status == 404);
   CHECK(json::parse(r[5].body)["error"]["code"] == "context_length_exceeded");
 
+  // What the engine cannot honour is refused by name, never ignored: tools, JSON modes, tool turns.
+  r = run(backend, {chat(R"(,"tools":[{"type":"function","function":{"name":"f"}}])"),
+                    chat(R"(,"response_format":{"type":"json_object"})"),
+                    {"/chat/completions", R"({"messages":[{"role":"tool","content":"42"}]})", false, ""},
+                    chat(R"(,"response_format":{"type":"text"},"tools":[])")});
+  CHECK(r[0].status == 400);
+  CHECK(json::parse(r[0].body)["error"]["param"] == "tools");
+  CHECK(r[1].status == 400);
+  CHECK(json::parse(r[1].body)["error"]["param"] == "response_format");
+  CHECK(r[2].status == 400);
+  CHECK(json::parse(r[2].body)["error"]["message"].get<std::string>().find("'tool'") != std::string::npos);
+  CHECK(r[3].status == 200);
+
   local_engine_backend broken(engine_config(), nullptr, "no config.json in /nowhere");
   auto b = run(broken, {chat("")});
   CHECK(b[0].status == 503);

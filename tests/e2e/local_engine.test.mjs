@@ -131,6 +131,12 @@ test("a client that leaves mid-stream cancels its sequence", async () => {
 test("bad input gets an OpenAI-shaped 400", async () => {
   await assert.rejects(greedy("x", { max_tokens: -1 }), (e) => e.status === 400 && e.error?.param === "max_tokens");
   await assert.rejects(greedy("x", { n: 2 }), (e) => e.status === 400 && e.error?.param === "n");
+  await assert.rejects(greedy("x", { tools: [{ type: "function", function: { name: "f", parameters: {} } }] }),
+    (e) => e.status === 400 && e.error?.param === "tools");
+  await assert.rejects(
+    client.chat.completions.create({ model, messages: [{ role: "tool", tool_call_id: "1", content: "x" }] }),
+    (e) => e.status === 400 && /'tool'/.test(e.message));
+  await assert.rejects(greedy("word ".repeat(600)), (e) => e.status === 400 && e.code === "context_length_exceeded");
 });
 
 test("a checkpoint that failed to load answers 503 and the readiness probe says so", async () => {
