@@ -35,5 +35,6 @@ api_error gateway_timeout(std::string message) {
 api_error unavailable(std::string message) {
   return {503, "server_error", "service_unavailable", std::move(message), {}};
 }
+api_error internal_error(std::string message) { return {500, "server_error", "internal_error", std::move(message), {}}; }
 
 }  // namespace tollgate::gateway

@@ -27,5 +27,6 @@ api_error payload_too_large(std::size_t limit);
 api_error bad_gateway(std::string message);
 api_error gateway_timeout(std::string message);
 api_error unavailable(std::string message);
+api_error internal_error(std::string message);
 
 }  // namespace tollgate::gateway

@@ -9,7 +9,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <iostream>
 #include <map>
+#include <optional>
 
 #include "adapters/backend.hpp"
 #include "gateway/errors.hpp"
@@ -141,7 +143,20 @@ class session {
       request req = parser.release();
       begin(req, *rt);
       ++w_.shared().in_flight;
-      bool keep = co_await handle(req, rt);
+      bool keep = false;
+      std::optional<std::string> failure;
+      try {
+        keep = co_await handle(req, rt);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      if (failure) {
+        // A bug or exhaustion must not leave the client waiting or the request counted forever:
+        // answer 500 when nothing was sent yet, then close the connection.
+        std::cerr << "tollgate: request " << record_.request_id << " failed: " << *failure << std::endl;
+        if (record_.status == 0) co_await send_error(internal_error("The gateway failed to handle this request."), false);
+        keep = false;
+      }
       finish(req.body());
       if (!keep || !req.keep_alive()) break;
     }
@@ -744,8 +759,31 @@ class session {
     up.request_id = record_.request_id;
     up.body = t.model.empty() || t.model == fields.model ? req.body()
                                                         : set_top_level(req.body(), "model", json_quote(t.model));
-    return rt.backends[t.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
+    try {
+      return rt.backends[t.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
+    } catch (const std::exception& e) {  // counted as a failed attempt: retries and failover apply
+      std::cerr << "tollgate: backend " << rt.cfg.backends[t.backend_index].name << " failed to start a call: " << e.what()
+                << std::endl;
+      return std::make_unique<failed_call>(std::string("the backend failed to start the call: ") + e.what());
+    }
   }
+
+  /// The call of an attempt whose backend threw in start(): it fails at once.
+  class failed_call final : public adapters::call {
+   public:
+    explicit failed_call(std::string message) {
+      event_.type = adapters::call_event::kind::failed;
+      event_.error = adapters::failure::broken;
+      event_.message = std::move(message);
+    }
+    net::awaitable<adapters::call_event> next() override { co_return event_; }
+    void cancel() override {}
+    bool ready() const override { return true; }
+    void on_ready(std::function<void()>) override {}
+
+   private:
+    adapters::call_event event_;
+  };
 
   /// Waits until a (or b, when given) has an event, for at most timeout. true: one is ready.
   net::awaitable<bool> wait_ready(adapters::call& a, adapters::call* b, config::duration timeout) {
