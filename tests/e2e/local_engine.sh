@@ -60,4 +60,17 @@ promtool check metrics <"$work/metrics.txt"
 # A graceful stop with the engine threads running.
 kill -TERM "${pids[0]}"
 wait "${pids[0]}"
+
+# The README's quick start: the embedded config serves the demo recipe's model as tiny-deepseek.
+"$build/tollgate-engine" make-tiny --recipe "$here/../../config/examples/tiny-deepseek-v3.recipe.json" \
+  --out "$work/demo-model" >/dev/null
+TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DEMO_CHECKPOINT="$work/demo-model" "$build/tollgate" serve \
+  >"$work/demo.log" 2>&1 &
+pids+=($!)
+demo=$(wait_listening "$work/demo.log")
+curl -sN "$demo/v1/chat/completions" -H 'Authorization: Bearer tg-demo-key' -H 'Content-Type: application/json' \
+  -d '{"model":"tiny-deepseek","stream":true,"max_tokens":40,"messages":[{"role":"user","content":"hello"}]}' \
+  >"$work/demo.sse"
+[ "$(grep -c '^data: {' "$work/demo.sse")" -ge 10 ] && grep '^data:' "$work/demo.sse" | tail -1 | grep -q '^data: \[DONE\]' ||
+  { echo "the quick start's stream is wrong:"; cat "$work/demo.sse" "$work/demo.log"; exit 1; }
 echo "e2e local engine: ok"
