@@ -16,11 +16,13 @@
 namespace tollgate::adapters {
 
 class curl_multi;
+class upstream_pool;
 
 /// Per-thread machinery a call runs on. Calls never cross threads.
 struct io_refs {
   boost::asio::io_context& io;
   curl_multi& curl;
+  upstream_pool& pool;  ///< idle connections of the built-in HTTP/1.1 client
 };
 
 struct upstream_request {

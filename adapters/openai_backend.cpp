@@ -224,6 +224,10 @@ class openai_call final : public call {
 }  // namespace
 
 openai_backend::openai_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
+  if (cfg_.transport == "native") {
+    native_ = http1_origin::from(cfg_);
+    return;
+  }
   for (bool stream : {true, false}) {
     curl_slist* list = nullptr;
     list = curl_slist_append(list, "Content-Type: application/json");
@@ -241,6 +245,7 @@ openai_backend::~openai_backend() {
 }
 
 std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs refs) const {
+  if (native_) return start_http1_call(*native_, std::move(request), refs);
   auto result = std::make_unique<openai_call>(refs, cfg_.timeouts);
   CURL* easy = refs.curl.acquire();
   const std::string url = cfg_.base_url + request.path;

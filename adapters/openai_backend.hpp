@@ -1,10 +1,13 @@
-// Any OpenAI-compatible HTTP upstream (hosted APIs, vLLM, SGLang), over libcurl on the worker's
-// Asio loop.
+// Any OpenAI-compatible HTTP upstream (hosted APIs, vLLM, SGLang), on the worker's Asio loop:
+// over libcurl (TLS, HTTP/2) or the built-in HTTP/1.1 client, as the backend's transport says.
 #pragma once
 
 #include <curl/curl.h>
 
+#include <optional>
+
 #include "adapters/backend.hpp"
+#include "adapters/http1_call.hpp"
 #include "config/config.hpp"
 
 namespace tollgate::adapters {
@@ -20,6 +23,7 @@ class openai_backend final : public backend {
 
  private:
   config::backend_config cfg_;
+  std::optional<http1_origin> native_;  // set for transport: native
   // The headers every request to this backend sends, built once. curl only reads the list, so
   // all threads share it; a call links its own request-id node in front of it.
   curl_slist* stream_headers_ = nullptr;

@@ -502,6 +502,23 @@ class loader {
     }
   }
 
+  /// transport: auto | native | curl. auto becomes native for http:// and curl for https://.
+  void read_transport(const YAML::Node& b, const std::string& path, backend_config& bc) {
+    const bool tls = bc.base_url.starts_with("https://");
+    bc.transport = tls ? "curl" : "native";
+    const YAML::Node v = b["transport"];
+    if (!v || v.IsNull()) return;
+    auto t = string(v, path + ".transport");
+    if (!t) return;
+    if (*t != "auto" && *t != "native" && *t != "curl") {
+      add(v, path + ".transport", "must be auto, native or curl, got '" + *t + "'");
+    } else if (*t == "native" && tls) {
+      add(v, path + ".transport", "the native client speaks plain http:// only; use curl (or auto) for https://");
+    } else if (*t != "auto") {
+      bc.transport = *t;
+    }
+  }
+
   void read_backends(const YAML::Node& n, std::vector<backend_config>& backends) {
     if (!expect_list(n, "backends")) return;
     if (n.size() == 0) add(n, "backends", "at least one backend is required");
@@ -510,7 +527,7 @@ class loader {
       const std::string path = "backends[" + std::to_string(i) + "]";
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
-      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "timeouts", "ejection", "health_check",
+      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "transport", "timeouts", "ejection", "health_check",
                             "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device", "max_batch"});
       backend_config bc;
       bool ok = true;
@@ -532,7 +549,7 @@ class loader {
       }
       if (bc.kind == "local_engine") {
         // The bundled engine: a checkpoint folder instead of a URL.
-        for (const char* remote : {"base_url", "api_key", "headers", "health_check"}) {
+        for (const char* remote : {"base_url", "api_key", "headers", "transport", "health_check"}) {
           if (b[remote]) add(b[remote], path + "." + remote, std::string("'") + remote + "' is for kind openai");
         }
         if (auto dir = required_string(b, "checkpoint", path)) bc.checkpoint = *dir;
@@ -554,6 +571,7 @@ class loader {
         if (auto url = required_string(b, "base_url", path)) {
           if (auto checked = check_url(b["base_url"], path + ".base_url", *url)) bc.base_url = *checked;
         }
+        read_transport(b, path, bc);
       }
       if (auto v = b["api_key"]; v && !v.IsNull()) {
         if (auto key = string(v, path + ".api_key")) bc.api_key = *key;

@@ -73,6 +73,10 @@ struct backend_config {
   std::string base_url;  ///< without trailing slash, e.g. https://api.deepseek.com/v1
   std::string api_key;   ///< may be empty (a self-hosted server without auth)
   std::map<std::string, std::string> headers;  ///< extra headers sent upstream
+  /// How a kind openai backend is called: "native" (the built-in HTTP/1.1 client, plain http://
+  /// only) or "curl" (libcurl: TLS, HTTP/2, proxies from the environment). "auto", the default,
+  /// is resolved at load time: native for http://, curl for https://.
+  std::string transport = "auto";
   timeouts_config timeouts;
   ejection_config ejection;
   health_check_config health_check;

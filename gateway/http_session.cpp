@@ -760,7 +760,7 @@ class session {
     up.body = t.model.empty() || t.model == fields.model ? req.body()
                                                         : set_top_level(req.body(), "model", json_quote(t.model));
     try {
-      return rt.backends[t.backend_index]->start(std::move(up), {w_.io(), w_.curl()});
+      return rt.backends[t.backend_index]->start(std::move(up), {w_.io(), w_.curl(), w_.pool()});
     } catch (const std::exception& e) {  // counted as a failed attempt: retries and failover apply
       std::cerr << "tollgate: backend " << rt.cfg.backends[t.backend_index].name << " failed to start a call: " << e.what()
                 << std::endl;

@@ -19,6 +19,7 @@ worker::worker(server_shared& shared, std::size_t index, const tcp::endpoint& en
       index_(index),
       io_(std::make_unique<net::io_context>(1)),
       curl_(*io_),
+      pool_(*io_),
       acceptor_(*io_),
       heartbeat_(*io_),
       rng_(std::random_device{}()) {

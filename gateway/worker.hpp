@@ -1,4 +1,5 @@
-// One thread's share of the server: an io_context, an acceptor and a libcurl multi handle.
+// One thread's share of the server: an io_context, an acceptor, a libcurl multi handle and a pool
+// of idle upstream connections.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -12,6 +13,7 @@
 #include <thread>
 
 #include "adapters/curl_multi.hpp"
+#include "adapters/upstream_pool.hpp"
 
 namespace tollgate::gateway {
 
@@ -34,6 +36,7 @@ class worker {
   // Used by sessions, on this worker's thread only.
   boost::asio::io_context& io() { return *io_; }
   adapters::curl_multi& curl() { return curl_; }
+  adapters::upstream_pool& pool() { return pool_; }
   server_shared& shared() { return shared_; }
   std::size_t index() const { return index_; }
   std::string new_request_id();
@@ -59,6 +62,7 @@ class worker {
   // than destroyed after the members they point to.
   std::unique_ptr<boost::asio::io_context> io_;
   adapters::curl_multi curl_;
+  adapters::upstream_pool pool_;
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer heartbeat_;
   std::mt19937_64 rng_;

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "adapters/curl_multi.hpp"
+#include "adapters/upstream_pool.hpp"
 #include "adapters/local_engine_backend.hpp"
 
 using namespace tollgate::adapters;
@@ -97,12 +98,13 @@ std::vector<collected> run(const local_engine_backend& backend, const std::vecto
                            std::function<bool(std::size_t, const call_event&)> keep_going = {}) {
   net::io_context io;
   curl_multi curl(io);
+  upstream_pool pool(io);
   std::vector<collected> out(requests.size());
   for (std::size_t i = 0; i < requests.size(); ++i) {
     net::co_spawn(
         io,
         [&, i]() -> net::awaitable<void> {
-          auto c = backend.start(requests[i], {io, curl});
+          auto c = backend.start(requests[i], {io, curl, pool});
           for (;;) {
             call_event ev = co_await c->next();
             out[i].last = ev.type;

@@ -489,3 +489,32 @@ routes:
   find(bad, "backends[0].max_batch");
   CHECK(find(bad, "backends[1].checkpoint").message.find("kind local_engine") != std::string::npos);
 }
+
+TEST_CASE("transport: native for http, curl for https, or as given", "[config]") {
+  auto r = load(R"(backends:
+  - {name: plain, kind: openai, base_url: "http://127.0.0.1:9000/v1"}
+  - {name: tls, kind: openai, base_url: "https://api.example.com/v1"}
+  - {name: forced, kind: openai, base_url: "http://127.0.0.1:9001/v1", transport: curl}
+  - {name: said, kind: openai, base_url: "http://127.0.0.1:9002/v1", transport: native}
+  - {name: automatic, kind: openai, base_url: "https://api.example.com/v1", transport: auto}
+routes:
+  - {model: m, targets: [{backend: plain}]}
+)");
+  REQUIRE(r.value);
+  const auto& b = r.value->backends;
+  CHECK(b[0].transport == "native");
+  CHECK(b[1].transport == "curl");
+  CHECK(b[2].transport == "curl");
+  CHECK(b[3].transport == "native");
+  CHECK(b[4].transport == "curl");
+  auto bad = load(R"(backends:
+  - {name: tls, kind: openai, base_url: "https://api.example.com/v1", transport: native}
+  - {name: odd, kind: openai, base_url: "http://127.0.0.1:9000/v1", transport: h3}
+  - {name: gpu, kind: local_engine, checkpoint: /m, transport: curl}
+routes:
+  - {model: m, targets: [{backend: tls}]}
+)");
+  CHECK_THAT(find(bad, "backends[0].transport").message, Catch::Contains("plain http:// only"));
+  CHECK_THAT(find(bad, "backends[1].transport").message, Catch::Contains("auto, native or curl"));
+  find(bad, "backends[2].transport");
+}

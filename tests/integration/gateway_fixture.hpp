@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -56,6 +57,13 @@ struct gateway_fixture {
     if (!loaded.value) {
       for (const auto& p : loaded.problems) UNSCOPED_INFO(p.to_string());
       FAIL("test config does not load");
+    }
+    // The same tests run once more over libcurl (see tests/CMakeLists.txt): plain-http fakes
+    // would otherwise always get the built-in client.
+    if (const char* transport = std::getenv("TOLLGATE_TEST_TRANSPORT")) {
+      for (auto& b : loaded.value->backends) {
+        if (b.kind == "openai") b.transport = transport;
+      }
     }
     const auto workers = gateway::worker_count(loaded.value->server);
     auto rt = std::make_shared<const gateway::runtime>(std::move(*loaded.value), lasting, workers);

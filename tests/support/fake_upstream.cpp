@@ -38,6 +38,7 @@ struct fake_upstream::impl {
   std::function<response_script(const recorded_request&)> fallback = &fake_upstream::openai_default;
   std::vector<recorded_request> seen;
   std::size_t aborts = 0;
+  std::size_t accepted = 0;
 
   struct connection {
     std::shared_ptr<tcp::socket> socket;
@@ -60,6 +61,7 @@ struct fake_upstream::impl {
       std::lock_guard lock(mutex);
       if (stopping) return;
       if (ec) continue;
+      ++accepted;
       socket->set_option(tcp::no_delay(true), ec);
       // Reap finished connection threads so long load tests do not pile them up.
       for (auto it = connections.begin(); it != connections.end();) {
@@ -108,6 +110,10 @@ struct fake_upstream::impl {
         }
       }
       if (!answer(socket, script, req.keep_alive())) return;
+      if (script.close_after_answer) {
+        socket.close(ec);
+        return;
+      }
     }
   }
 
@@ -233,6 +239,11 @@ std::vector<recorded_request> fake_upstream::requests() const {
 std::size_t fake_upstream::request_count() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->seen.size();
+}
+
+std::size_t fake_upstream::connection_count() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->accepted;
 }
 
 std::size_t fake_upstream::client_aborts() const {

@@ -26,6 +26,9 @@ struct response_script {
   std::vector<std::string> chunks;   ///< when non-empty: chunked transfer, one write per chunk
   std::chrono::milliseconds chunk_delay{0};  ///< before each chunk after the first
   std::optional<std::size_t> reset_after_chunks;  ///< close abruptly after this many chunks
+  /// Answer as if keeping the connection alive, then close it at once (a server whose
+  /// keep-alive timeout ran out between two requests).
+  bool close_after_answer = false;
   /// Called (on the connection's thread) before chunk i is written; tests block here to prove
   /// that the gateway relays earlier chunks before later ones exist.
   std::function<void(std::size_t)> before_chunk;
@@ -58,6 +61,8 @@ class fake_upstream {
   std::size_t request_count() const;
   /// Number of connections that were closed by the peer before the response was complete.
   std::size_t client_aborts() const;
+  /// Number of connections accepted so far.
+  std::size_t connection_count() const;
 
   /// The built-in OpenAI-like answer: /v1/chat/completions and /v1/completions echo the last
   /// message (streamed as SSE with a final usage chunk when "stream": true, usage included only

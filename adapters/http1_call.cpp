@@ -1,0 +1,457 @@
+#include "adapters/http1_call.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http/basic_parser.hpp>
+
+#include <array>
+#include <cctype>
+#include <deque>
+#include <optional>
+
+#include "adapters/upstream_pool.hpp"
+
+namespace tollgate::adapters {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+
+constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream past this
+constexpr std::size_t read_size = 16 * 1024;
+constexpr std::uint32_t max_header_bytes = 64 * 1024;
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string millis(config::duration d) { return std::to_string(d.count()) + " ms"; }
+
+class transfer;
+
+/// Turns response bytes into call events as they are parsed; keeps no copy of the body.
+class response_reader final : public http::basic_parser<false> {
+ public:
+  explicit response_reader(transfer& t) : t_(t) {
+    header_limit(max_header_bytes);
+    body_limit(boost::none);  // whole answers are bounded by the gateway, streams are not
+    eager(true);
+  }
+  int status() const { return status_; }
+
+ private:
+  void on_request_impl(http::verb, beast::string_view, beast::string_view, int, beast::error_code& ec) override {
+    ec = http::error::bad_version;  // a response parser never sees a request line
+  }
+  void on_response_impl(int code, beast::string_view, int, beast::error_code&) override {
+    status_ = code;
+    head_ = response_head{};
+    head_.status = code;
+  }
+  void on_field_impl(http::field, beast::string_view name, beast::string_view value, beast::error_code&) override {
+    head_.headers.emplace_back(lower(name), std::string(value));
+  }
+  void on_header_impl(beast::error_code&) override;
+  void on_body_init_impl(const boost::optional<std::uint64_t>&, beast::error_code&) override {}
+  std::size_t on_body_impl(beast::string_view body, beast::error_code&) override;
+  void on_chunk_header_impl(std::uint64_t, beast::string_view, beast::error_code&) override {}
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, beast::error_code&) override {
+    return on_body_impl(body, ignored_);
+  }
+  void on_finish_impl(beast::error_code&) override {}
+
+  transfer& t_;
+  int status_ = 0;
+  response_head head_;
+  beast::error_code ignored_;
+};
+
+/// The state of one request, shared by the call (its owner) and the I/O handlers in flight, so
+/// that a handler that completes after the call is gone finds it marked finished.
+class transfer : public std::enable_shared_from_this<transfer> {
+ public:
+  transfer(const http1_origin& origin, io_refs refs, upstream_request request)
+      : origin_(origin), refs_(refs), body_(std::move(request.body)), deadline_(refs.io), wake_(refs.io) {
+    const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
+    head_.reserve(32 + origin.base_path.size() + request.path.size() + fixed.size() + request.request_id.size());
+    head_.append("POST ").append(origin.base_path).append(request.path).append(" HTTP/1.1\r\n").append(fixed);
+    if (!request.request_id.empty()) head_.append("X-Request-Id: ").append(request.request_id).append("\r\n");
+    head_.append("Content-Length: ").append(std::to_string(body_.size())).append("\r\n\r\n");
+  }
+
+  void begin() {
+    deadline_.expires_after(origin_.timeouts.total);
+    deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->terminal_) return;
+      self->fail(failure::timeout, "upstream call exceeded the total timeout of " + millis(self->origin_.timeouts.total));
+    });
+    connection_ = refs_.pool.take(origin_.pool_key);
+    if (connection_) {
+      send();
+    } else {
+      open();
+    }
+  }
+
+  // The consumer side (the call's next(), on the same thread).
+
+  bool ready() const { return !pending_.empty() || terminal_.has_value(); }
+  void on_ready(std::function<void()> hook) { hook_ = std::move(hook); }
+
+  void cancel() {
+    if (terminal_) return;
+    fail(failure::cancelled, "the client went away");
+  }
+
+  /// The call is gone: stop everything. A connection in the middle of a response is closed.
+  void abandon() {
+    hook_ = nullptr;
+    if (!terminal_) finish_with(failure::cancelled, "the call was dropped");
+  }
+
+  net::awaitable<call_event> next() {
+    for (;;) {
+      if (!pending_.empty()) {
+        call_event ev = std::move(pending_.front());
+        pending_.pop_front();
+        if (ev.type == call_event::kind::data) {
+          queued_bytes_ -= ev.data.size();
+          if (paused_ && queued_bytes_ < pause_above_bytes / 2) {
+            paused_ = false;
+            read();
+          }
+        }
+        co_return ev;
+      }
+      if (terminal_) co_return *terminal_;
+      wake_.expires_after(seen_head_ ? origin_.timeouts.idle : origin_.timeouts.first_token);
+      auto [ec] = co_await wake_.async_wait(net::as_tuple(net::use_awaitable));
+      if (!ec && pending_.empty() && !terminal_) {
+        fail(failure::timeout, seen_head_ ? "upstream sent nothing within the idle timeout of " + millis(origin_.timeouts.idle)
+                                          : "upstream did not answer within the first-token timeout of " +
+                                                millis(origin_.timeouts.first_token));
+      }
+    }
+  }
+
+  // The parser's side.
+
+  void on_head(response_head head) {
+    if (head.status < 200) return;  // 1xx: the real answer follows
+    seen_head_ = true;
+    call_event ev;
+    ev.type = call_event::kind::head;
+    ev.head = std::move(head);
+    push(std::move(ev));
+  }
+
+  void on_body(std::string_view bytes) {
+    if (bytes.empty()) return;
+    queued_bytes_ += bytes.size();
+    if (!pending_.empty() && pending_.back().type == call_event::kind::data) {
+      pending_.back().data.append(bytes);  // coalesce what the reader has not taken yet
+      return;
+    }
+    call_event ev;
+    ev.type = call_event::kind::data;
+    ev.data.assign(bytes);
+    push(std::move(ev));
+  }
+
+ private:
+  /// A new connection: resolve (unless the host is an address), connect, then send.
+  void open() {
+    parser_.reset();
+    connection_ = std::make_shared<upstream_connection>(refs_.io);
+    connect_deadline_ = std::chrono::steady_clock::now() + origin_.timeouts.connect;
+    boost::system::error_code ec;
+    const auto address = net::ip::make_address(origin_.host, ec);
+    if (!ec) {
+      const std::array<tcp::endpoint, 1> endpoints{tcp::endpoint(address, origin_.port)};
+      connect(endpoints);
+      return;
+    }
+    resolver_.emplace(refs_.io);
+    arm_connect_timer();
+    resolver_->async_resolve(origin_.host, std::to_string(origin_.port),
+                             [self = shared_from_this()](boost::system::error_code rec, tcp::resolver::results_type results) {
+                               if (self->terminal_) return;
+                               if (rec) {
+                                 self->fail(failure::connect, "could not resolve " + self->origin_.host + ": " + rec.message());
+                                 return;
+                               }
+                               self->connect(results);
+                             });
+  }
+
+  template <class Endpoints>
+  void connect(const Endpoints& endpoints) {
+    arm_connect_timer();
+    net::async_connect(connection_->socket, endpoints,
+                       [self = shared_from_this(), c = connection_](boost::system::error_code ec, const tcp::endpoint&) {
+                         if (self->terminal_ || c != self->connection_) return;
+                         self->connect_timer_.reset();
+                         if (ec) {
+                           self->fail(failure::connect,
+                                      "could not connect to " + self->origin_.pool_key + ": " + ec.message());
+                           return;
+                         }
+                         boost::system::error_code ignored;
+                         c->socket.set_option(tcp::no_delay(true), ignored);
+                         c->socket.set_option(net::socket_base::keep_alive(true), ignored);
+                         self->send();
+                       });
+  }
+
+  void arm_connect_timer() {
+    if (!connect_timer_) connect_timer_.emplace(refs_.io);
+    connect_timer_->expires_at(connect_deadline_);
+    connect_timer_->async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->terminal_) return;
+      self->fail(failure::timeout, "connecting to " + self->origin_.pool_key + " timed out after " +
+                                       millis(self->origin_.timeouts.connect));
+    });
+  }
+
+  /// Writes the request, and reads the answer at the same time: an upstream may answer (413, say)
+  /// before it has read the whole body.
+  void send() {
+    parser_.emplace(*this);
+    got_bytes_ = false;
+    writing_ = true;
+    const std::array<net::const_buffer, 2> buffers{net::buffer(head_), net::buffer(body_)};
+    net::async_write(connection_->socket, buffers,
+                     [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t) {
+                       if (c == self->connection_) self->writing_ = false;
+                       if (self->terminal_ || c != self->connection_ || !ec) return;
+                       if (self->got_bytes_) return;  // an early answer is being read; the read decides
+                       if (self->retry_fresh()) return;
+                       self->fail(failure::broken, "sending the request to " + self->origin_.pool_key + " failed: " +
+                                                       ec.message());
+                     });
+    read();
+  }
+
+  void read() {
+    if (reading_ || terminal_ || !connection_) return;
+    reading_ = true;
+    auto& c = *connection_;
+    c.socket.async_read_some(c.buffer.prepare(read_size),
+                             [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
+                               self->reading_ = false;
+                               if (self->terminal_ || c != self->connection_) return;
+                               self->on_read(ec, n);
+                             });
+  }
+
+  void on_read(boost::system::error_code ec, std::size_t n) {
+    auto& buffer = connection_->buffer;
+    buffer.commit(n);
+    if (n > 0) got_bytes_ = true;
+    if (ec && ec != net::error::eof) {
+      if (!got_bytes_ && retry_fresh()) return;
+      fail(failure::broken, "reading from " + origin_.pool_key + " failed: " + ec.message());
+      return;
+    }
+    if (!parse()) return;
+    if (ec == net::error::eof) {
+      on_eof();
+      return;
+    }
+    if (!paused_) read();
+  }
+
+  /// Feeds what arrived to the parser. false when the transfer ended (done or failed).
+  bool parse() {
+    auto& buffer = connection_->buffer;
+    while (buffer.size() > 0) {
+      beast::error_code ec;
+      const std::size_t used = parser_->put(buffer.data(), ec);
+      buffer.consume(used);
+      if (terminal_) return false;  // a callback failed the transfer
+      if (ec == http::error::need_more) break;
+      if (ec) {
+        fail(failure::broken, "malformed response from " + origin_.pool_key + ": " + ec.message());
+        return false;
+      }
+      if (parser_->is_done()) {
+        if (parser_->status() < 200) {
+          parser_.emplace(*this);  // after 1xx, the real answer
+          continue;
+        }
+        // Reused only when the answer ended exactly and the request was written whole.
+        complete(parser_->keep_alive() && buffer.size() == 0 && !writing_);
+        return false;
+      }
+    }
+    if (queued_bytes_ >= pause_above_bytes) paused_ = true;
+    return true;
+  }
+
+  void on_eof() {
+    if (!got_bytes_ && retry_fresh()) return;
+    if (parser_->is_header_done() && parser_->need_eof()) {
+      beast::error_code ec;
+      parser_->put_eof(ec);
+      if (!ec) {
+        complete(false);
+        return;
+      }
+    }
+    fail(failure::broken, got_bytes_ ? "upstream " + origin_.pool_key + " closed the connection mid-response"
+                                     : "upstream " + origin_.pool_key + " closed the connection without answering");
+  }
+
+  /// A kept-alive connection the server closed just as we sent on it: the request was not
+  /// answered, so it goes once more on a new connection.
+  bool retry_fresh() {
+    if (!connection_ || !connection_->reused || retried_) return false;
+    retried_ = true;
+    close_connection();
+    open();
+    return true;
+  }
+
+  void complete(bool keep_alive) {
+    call_event ev;
+    ev.type = call_event::kind::end;
+    terminal_ = ev;
+    stop_timers();
+    if (keep_alive) {
+      refs_.pool.put(origin_.pool_key, std::move(connection_));
+    } else {
+      close_connection();
+    }
+    wake();
+  }
+
+  void fail(failure why, std::string message) {
+    finish_with(why, std::move(message));
+    wake();
+  }
+
+  void finish_with(failure why, std::string message) {
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = why;
+    ev.message = std::move(message);
+    terminal_ = std::move(ev);
+    stop_timers();
+    close_connection();
+  }
+
+  void stop_timers() {
+    deadline_.cancel();
+    if (connect_timer_) connect_timer_->cancel();
+    if (resolver_) resolver_->cancel();
+  }
+
+  void close_connection() {
+    if (!connection_) return;
+    boost::system::error_code ignored;
+    connection_->socket.close(ignored);
+    connection_.reset();
+  }
+
+  void push(call_event ev) {
+    pending_.push_back(std::move(ev));
+    wake();
+  }
+
+  void wake() {
+    wake_.cancel();
+    if (hook_) hook_();
+  }
+
+  const http1_origin& origin_;
+  io_refs refs_;
+  std::string head_;
+  std::string body_;
+  std::shared_ptr<upstream_connection> connection_;
+  std::optional<response_reader> parser_;
+  std::optional<tcp::resolver> resolver_;
+  std::optional<net::steady_timer> connect_timer_;
+  std::chrono::steady_clock::time_point connect_deadline_;
+  net::steady_timer deadline_;  // the total timeout
+  net::steady_timer wake_;      // the consumer waits on it; the producer cancels it
+  std::deque<call_event> pending_;
+  std::size_t queued_bytes_ = 0;
+  std::optional<call_event> terminal_;
+  std::function<void()> hook_;
+  bool seen_head_ = false;
+  bool got_bytes_ = false;  // the current connection sent part of an answer
+  bool reading_ = false;
+  bool writing_ = false;
+  bool paused_ = false;
+  bool retried_ = false;
+};
+
+void response_reader::on_header_impl(beast::error_code&) { t_.on_head(std::move(head_)); }
+
+std::size_t response_reader::on_body_impl(beast::string_view body, beast::error_code&) {
+  t_.on_body(body);
+  return body.size();
+}
+
+class http1_call final : public call {
+ public:
+  explicit http1_call(std::shared_ptr<transfer> t) : t_(std::move(t)) {}
+  ~http1_call() override { t_->abandon(); }
+  net::awaitable<call_event> next() override { return t_->next(); }
+  void cancel() override { t_->cancel(); }
+  bool ready() const override { return t_->ready(); }
+  void on_ready(std::function<void()> hook) override { t_->on_ready(std::move(hook)); }
+
+ private:
+  std::shared_ptr<transfer> t_;
+};
+
+}  // namespace
+
+http1_origin http1_origin::from(const config::backend_config& cfg) {
+  http1_origin o;
+  std::string_view rest = cfg.base_url;
+  rest.remove_prefix(std::string_view("http://").size());
+  const auto slash = rest.find('/');
+  const std::string_view authority = rest.substr(0, slash);
+  o.base_path = slash == std::string_view::npos ? std::string() : std::string(rest.substr(slash));
+  while (!o.base_path.empty() && o.base_path.back() == '/') o.base_path.pop_back();
+  std::string_view host = authority;
+  std::string_view port;
+  if (authority.starts_with('[')) {
+    const auto close = authority.find(']');
+    host = authority.substr(1, close - 1);
+    if (close + 1 < authority.size()) port = authority.substr(close + 2);
+  } else if (const auto colon = authority.find(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+  }
+  o.host = std::string(host);
+  if (!port.empty()) o.port = static_cast<std::uint16_t>(std::stoi(std::string(port)));
+  o.pool_key = std::string(authority.starts_with('[') ? authority.substr(0, authority.find(']') + 1) : host) + ":" +
+               std::to_string(o.port);
+  o.timeouts = cfg.timeouts;
+  std::string common = "Host: " + std::string(authority) + "\r\nUser-Agent: tollgate/" TOLLGATE_VERSION
+                       "\r\nContent-Type: application/json\r\n";
+  if (!cfg.api_key.empty()) common += "Authorization: Bearer " + cfg.api_key + "\r\n";
+  for (const auto& [k, v] : cfg.headers) common += k + ": " + v + "\r\n";
+  o.stream_headers = common + "Accept: text/event-stream\r\n";
+  o.plain_headers = common + "Accept: application/json\r\n";
+  return o;
+}
+
+std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request request, io_refs refs) {
+  auto t = std::make_shared<transfer>(origin, refs, std::move(request));
+  t->begin();
+  return std::make_unique<http1_call>(std::move(t));
+}
+
+}  // namespace tollgate::adapters

@@ -1,0 +1,34 @@
+// The built-in HTTP/1.1 client for plain-http upstreams (self-hosted vLLM or SGLang, a sidecar):
+// pooled keep-alive connections on the worker's loop, one write per request, responses parsed in
+// place. Backends on https:// (or with transport: curl) go through libcurl instead.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "adapters/backend.hpp"
+#include "config/config.hpp"
+
+namespace tollgate::adapters {
+
+/// Where a backend is and what every request to it sends; built once per backend, shared by all
+/// threads, read-only.
+struct http1_origin {
+  std::string host;       ///< a name or an address (IPv6 without brackets)
+  std::uint16_t port = 80;
+  std::string pool_key;   ///< "host:port": connections are shared by backends with the same one
+  std::string base_path;  ///< the base URL's path, e.g. "/v1"; may be empty
+  std::string stream_headers;  ///< header lines for a streamed request, each ending in CRLF
+  std::string plain_headers;   ///< the same, for a whole answer
+  config::timeouts_config timeouts;
+
+  /// Precondition: cfg.base_url starts with http://.
+  static http1_origin from(const config::backend_config& cfg);
+};
+
+/// Starts the request at once on refs' thread. The origin must outlive the call (it belongs to
+/// the backend, which the request's runtime snapshot keeps alive).
+std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request request, io_refs refs);
+
+}  // namespace tollgate::adapters

@@ -1,0 +1,63 @@
+// Idle keep-alive connections to plain-HTTP upstreams, one pool per worker thread, so that a
+// request reuses a warm connection instead of paying a TCP handshake.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace tollgate::adapters {
+
+/// One TCP connection to an upstream and the buffer its responses are read into (kept with the
+/// connection, so a reused one allocates nothing).
+struct upstream_connection {
+  explicit upstream_connection(boost::asio::io_context& io) : socket(io) {}
+  boost::asio::ip::tcp::socket socket;
+  boost::beast::flat_buffer buffer;
+  std::chrono::steady_clock::time_point idle_since;
+  std::uint64_t parking = 0;  ///< nonzero while idle in the pool: which stay it is
+  bool reused = false;        ///< it has carried a whole response before
+};
+
+/// Not thread-safe: used only on the thread that runs its io_context.
+class upstream_pool {
+ public:
+  /// max_idle: idle connections kept per origin (the oldest is closed past it); max_age: an idle
+  /// connection older than this is closed instead of reused.
+  explicit upstream_pool(boost::asio::io_context& io, std::size_t max_idle = 256,
+                         std::chrono::seconds max_age = std::chrono::seconds(60));
+  ~upstream_pool();
+  upstream_pool(const upstream_pool&) = delete;
+  upstream_pool& operator=(const upstream_pool&) = delete;
+
+  boost::asio::io_context& io() { return io_; }
+
+  /// The idle connection to origin ("host:port") parked last, or null when there is none.
+  std::shared_ptr<upstream_connection> take(const std::string& origin);
+
+  /// Parks a connection whose last response ended cleanly and may be kept alive. While parked, a
+  /// read wait stays armed: a connection the server closes, or one that receives bytes nobody
+  /// asked for, is closed and leaves the pool at once rather than failing the next request.
+  void put(const std::string& origin, std::shared_ptr<upstream_connection> connection);
+
+  std::size_t idle() const;
+
+ private:
+  using idle_list = std::vector<std::shared_ptr<upstream_connection>>;
+  void drop(const std::string& origin, const upstream_connection* connection);
+
+  boost::asio::io_context& io_;
+  std::size_t max_idle_;
+  std::chrono::seconds max_age_;
+  std::uint64_t parkings_ = 0;
+  std::unordered_map<std::string, idle_list> idle_;
+};
+
+}  // namespace tollgate::adapters

@@ -1,0 +1,403 @@
+// The built-in HTTP/1.1 client, driven directly through the backend interface against the fake
+// upstream and against raw sockets that answer with hand-written bytes.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <atomic>
+#include <functional>
+#include <thread>
+
+#include "adapters/curl_multi.hpp"
+#include "adapters/openai_backend.hpp"
+#include "adapters/upstream_pool.hpp"
+#include "tests/support/fake_upstream.hpp"
+
+using namespace tollgate::adapters;
+using tollgate::test::fake_upstream;
+using tollgate::test::response_script;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+
+namespace {
+
+using tollgate::config::backend_config;
+
+template <class F>
+bool eventually_true(F cond) {
+  for (int i = 0; i < 300; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return cond();
+}
+
+backend_config native_backend(const std::string& base_url) {
+  backend_config c;
+  c.name = "native";
+  c.kind = "openai";
+  c.base_url = base_url;
+  c.api_key = "sk-native";
+  c.headers["X-Team"] = "search";
+  c.transport = "native";
+  c.timeouts.connect = std::chrono::seconds(1);
+  c.timeouts.first_token = std::chrono::seconds(2);
+  c.timeouts.idle = std::chrono::seconds(2);
+  c.timeouts.total = std::chrono::seconds(10);
+  return c;
+}
+
+struct outcome {
+  int status = 0;
+  std::string content_type;
+  std::string body;
+  std::vector<std::string> pieces;
+  call_event::kind last = call_event::kind::head;
+  failure error = failure::none;
+  std::string message;
+};
+
+upstream_request chat(bool stream = false, std::string body = R"({"model":"m","messages":[]})") {
+  upstream_request r;
+  r.path = "/chat/completions";
+  r.body = std::move(body);
+  r.stream = stream;
+  r.request_id = "req_test";
+  return r;
+}
+
+/// One loop with its own connection pool: requests run one after another on it, so a kept-alive
+/// connection can carry the next one.
+struct client {
+  net::io_context io;
+  curl_multi curl{io};
+  upstream_pool pool{io};
+
+  /// before_read: awaited before the first next(), to let the transfer run ahead of its reader.
+  outcome run(const backend& b, upstream_request r, std::chrono::milliseconds before_read = {},
+              std::function<bool(const call_event&)> keep_going = {}) {
+    outcome out;
+    net::co_spawn(
+        io,
+        [&]() -> net::awaitable<void> {
+          auto c = b.start(std::move(r), {io, curl, pool});
+          if (before_read.count() > 0) {
+            net::steady_timer t(io);
+            t.expires_after(before_read);
+            co_await t.async_wait(net::use_awaitable);
+          }
+          for (;;) {
+            call_event ev = co_await c->next();
+            out.last = ev.type;
+            if (ev.type == call_event::kind::head) {
+              out.status = ev.head.status;
+              if (auto t = ev.head.find("content-type")) out.content_type = *t;
+            } else if (ev.type == call_event::kind::data) {
+              out.body += ev.data;
+              out.pieces.push_back(ev.data);
+            } else {
+              out.error = ev.error;
+              out.message = ev.message;
+              break;
+            }
+            if (keep_going && !keep_going(ev)) {
+              c->cancel();
+              call_event after = co_await c->next();
+              out.last = after.type;
+              out.error = after.error;
+              break;
+            }
+          }
+        },
+        net::detached);
+    io.restart();
+    // Run until this request ended; parked connections keep their waits, so run() would not return.
+    while (out.last != call_event::kind::end && out.last != call_event::kind::failed) io.run_one();
+    io.poll();
+    return out;
+  }
+};
+
+/// A listener on a loopback port that answers each connection with the bytes reply() gives for
+/// the request it read (headers and a Content-Length body), then closes it.
+class raw_server {
+ public:
+  explicit raw_server(std::function<std::string(const std::string&)> reply)
+      : acceptor_(io_, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0)), reply_(std::move(reply)) {
+    thread_ = std::thread([this] {
+      for (;;) {
+        tcp::socket s(io_);
+        boost::system::error_code ec;
+        acceptor_.accept(s, ec);
+        if (ec || stopping_) return;
+        std::string in;
+        net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
+        std::size_t length = 0;
+        if (auto at = in.find("Content-Length: "); at != std::string::npos) length = std::stoul(in.substr(at + 16));
+        const std::size_t head = in.find("\r\n\r\n") + 4;
+        if (in.size() < head + length) net::read(s, net::dynamic_buffer(in), net::transfer_exactly(head + length - in.size()), ec);
+        requests_.push_back(in);
+        net::write(s, net::buffer(reply_(in)), ec);
+        s.shutdown(tcp::socket::shutdown_send, ec);
+        // Drain until the client closes, so our close never turns into a reset.
+        char sink[256];
+        while (!ec) s.read_some(net::buffer(sink), ec);
+      }
+    });
+  }
+  ~raw_server() {
+    stopping_ = true;
+    boost::system::error_code ec;
+    tcp::socket poke(io_);
+    poke.connect(acceptor_.local_endpoint(), ec);
+    thread_.join();
+  }
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port()) + "/v1"; }
+  const std::vector<std::string>& requests() const { return requests_; }
+
+ private:
+  net::io_context io_;
+  tcp::acceptor acceptor_;
+  std::function<std::string(const std::string&)> reply_;
+  std::vector<std::string> requests_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("native client: the request carries the backend's headers, and keep-alive reuses one connection",
+          "[adapters][native]") {
+  fake_upstream up;
+  openai_backend b(native_backend(up.base_url()));
+  client c;
+  for (int i = 0; i < 5; ++i) {
+    const auto out = c.run(b, chat());
+    REQUIRE(out.last == call_event::kind::end);
+    CHECK(out.status == 200);
+    CHECK(out.content_type == "application/json");
+    CHECK(out.body.find("\"chat.completion\"") != std::string::npos);
+  }
+  CHECK(up.connection_count() == 1);
+  CHECK(c.pool.idle() == 1);
+  const auto seen = up.requests();
+  REQUIRE(seen.size() == 5);
+  CHECK(seen[0].method == "POST");
+  CHECK(seen[0].target == "/v1/chat/completions");
+  CHECK(seen[0].body == R"({"model":"m","messages":[]})");
+  CHECK(seen[0].headers.at("authorization") == "Bearer sk-native");
+  CHECK(seen[0].headers.at("x-team") == "search");
+  CHECK(seen[0].headers.at("x-request-id") == "req_test");
+  CHECK(seen[0].headers.at("content-type") == "application/json");
+  CHECK(seen[0].headers.at("accept") == "application/json");
+  CHECK(seen[0].headers.at("host") == "127.0.0.1:" + std::to_string(up.port()));
+}
+
+TEST_CASE("native client: a chunked stream arrives in order, as it is sent", "[adapters][native]") {
+  fake_upstream up;
+  response_script s;
+  s.content_type = "text/event-stream";
+  s.chunks = {"data: {\"a\":1}\n\n", "data: {\"b\":2}\n\n", "data: [DONE]\n\n"};
+  s.chunk_delay = std::chrono::milliseconds(30);
+  up.push(s);
+  openai_backend b(native_backend(up.base_url()));
+  client c;
+  const auto out = c.run(b, chat(true));
+  REQUIRE(out.last == call_event::kind::end);
+  CHECK(out.status == 200);
+  CHECK(out.content_type == "text/event-stream");
+  CHECK(out.body == s.chunks[0] + s.chunks[1] + s.chunks[2]);
+  // With 30 ms between chunks, each one is its own event: nothing waits for the end.
+  CHECK(out.pieces.size() == 3);
+  CHECK(up.requests().at(0).headers.at("accept") == "text/event-stream");
+}
+
+TEST_CASE("native client: a connection the server closed while idle is not used again", "[adapters][native]") {
+  fake_upstream up;
+  response_script s;
+  s.body = R"({"first":true})";
+  s.close_after_answer = true;
+  up.push(s);
+  openai_backend b(native_backend(up.base_url()));
+  client c;
+  CHECK(c.run(b, chat()).body == R"({"first":true})");
+  const auto second = c.run(b, chat());
+  CHECK(second.status == 200);
+  CHECK(second.last == call_event::kind::end);
+  CHECK(up.request_count() == 2);  // nothing was lost on the dead connection and sent again
+  CHECK(up.connection_count() == 2);
+}
+
+TEST_CASE("native client: a kept-alive connection that drops the request gets one more try on a new one",
+          "[adapters][native]") {
+  fake_upstream up;
+  openai_backend b(native_backend(up.base_url()));
+  client c;
+  REQUIRE(c.run(b, chat()).status == 200);
+  response_script drop;
+  drop.reset_before_headers = true;
+  up.push(drop);
+  const auto out = c.run(b, chat());
+  CHECK(out.last == call_event::kind::end);
+  CHECK(out.status == 200);
+  CHECK(up.request_count() == 3);
+  CHECK(up.connection_count() == 2);
+
+  // On a new connection the same failure is the backend's: no second try.
+  fake_upstream fresh;
+  fresh.push(drop);
+  openai_backend fb(native_backend(fresh.base_url()));
+  client c2;
+  const auto failed = c2.run(fb, chat());
+  CHECK(failed.last == call_event::kind::failed);
+  CHECK(failed.error == failure::broken);
+  CHECK(fresh.request_count() == 1);
+}
+
+TEST_CASE("native client: a body that ends with the connection, and a 100 Continue before the answer",
+          "[adapters][native]") {
+  raw_server close_delimited([](const std::string&) {
+    return std::string("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"until\":\"eof\"}");
+  });
+  client c;
+  openai_backend b1(native_backend(close_delimited.base_url()));
+  const auto out = c.run(b1, chat());
+  CHECK(out.last == call_event::kind::end);
+  CHECK(out.body == R"({"until":"eof"})");
+  CHECK(c.pool.idle() == 0);  // Connection: close is never parked
+
+  raw_server continued([](const std::string&) {
+    return std::string(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nContent-Length: 2\r\n\r\n{}");
+  });
+  openai_backend b2(native_backend(continued.base_url()));
+  const auto limited = c.run(b2, chat());
+  CHECK(limited.last == call_event::kind::end);
+  CHECK(limited.status == 429);
+  CHECK(limited.body == "{}");
+}
+
+TEST_CASE("native client: malformed answers, a cut body and a refused connection fail the call",
+          "[adapters][native]") {
+  client c;
+  raw_server garbage([](const std::string&) { return std::string("HTTP/1.1 abc\r\n\r\n"); });
+  openai_backend b1(native_backend(garbage.base_url()));
+  const auto bad = c.run(b1, chat());
+  CHECK(bad.last == call_event::kind::failed);
+  CHECK(bad.error == failure::broken);
+  CHECK_THAT(bad.message, Catch::Contains("malformed response"));
+
+  raw_server cut([](const std::string&) { return std::string("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\""); });
+  openai_backend b2(native_backend(cut.base_url()));
+  const auto short_body = c.run(b2, chat());
+  CHECK(short_body.status == 200);
+  CHECK(short_body.body == "{\"partial\"");
+  CHECK(short_body.last == call_event::kind::failed);
+  CHECK(short_body.error == failure::broken);
+
+  std::uint16_t closed_port = 0;
+  {
+    net::io_context io;
+    tcp::acceptor a(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+    closed_port = a.local_endpoint().port();
+  }
+  openai_backend b3(native_backend("http://127.0.0.1:" + std::to_string(closed_port) + "/v1"));
+  const auto refused = c.run(b3, chat());
+  CHECK(refused.last == call_event::kind::failed);
+  CHECK(refused.error == failure::connect);
+}
+
+TEST_CASE("native client: a host name is resolved, and the base path and request body go as given",
+          "[adapters][native]") {
+  raw_server echo([](const std::string& request) {
+    const std::string body = request.substr(request.find("\r\n\r\n") + 4);
+    return "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  });
+  auto cfg = native_backend("http://localhost:" + std::to_string(echo.port()) + "/api/openai/v1/");
+  openai_backend b(cfg);
+  client c;
+  const std::string body = "{\"model\":\"m\",\"text\":\"\xe4\xbd\xa0\xe5\xa5\xbd \\u00e9\"}";
+  const auto out = c.run(b, chat(false, body));
+  REQUIRE(out.last == call_event::kind::end);
+  CHECK(out.body == body);
+  REQUIRE(echo.requests().size() == 1);
+  CHECK(echo.requests()[0].starts_with("POST /api/openai/v1/chat/completions HTTP/1.1\r\n"));
+  CHECK(echo.requests()[0].find("Host: localhost:") != std::string::npos);
+}
+
+TEST_CASE("native client: a reader that falls behind pauses the upstream and loses nothing", "[adapters][native]") {
+  fake_upstream up;
+  response_script s;
+  s.body = std::string(5 * 1024 * 1024, 'x');
+  for (std::size_t i = 0; i < s.body.size(); i += 4093) s.body[i] = static_cast<char>('a' + i % 26);
+  up.push(s);
+  openai_backend b(native_backend(up.base_url()));
+  client c;
+  // The reader starts 300 ms late: the transfer must stop at its limit, then resume.
+  const auto out = c.run(b, chat(), std::chrono::milliseconds(300));
+  REQUIRE(out.last == call_event::kind::end);
+  CHECK(out.body.size() == s.body.size());
+  CHECK(out.body == s.body);
+  CHECK(c.pool.idle() == 1);
+}
+
+TEST_CASE("native client: first-token, idle and total timeouts, and cancelling mid-stream", "[adapters][native]") {
+  fake_upstream up;
+  auto cfg = native_backend(up.base_url());
+  cfg.timeouts.first_token = std::chrono::milliseconds(150);
+  cfg.timeouts.idle = std::chrono::milliseconds(150);
+  openai_backend b(cfg);
+  client c;
+
+  response_script slow_head;
+  slow_head.header_delay = std::chrono::milliseconds(600);
+  up.push(slow_head);
+  const auto no_head = c.run(b, chat());
+  CHECK(no_head.last == call_event::kind::failed);
+  CHECK(no_head.error == failure::timeout);
+  CHECK_THAT(no_head.message, Catch::Contains("first-token"));
+
+  response_script stall;
+  stall.content_type = "text/event-stream";
+  stall.chunks = {"data: 1\n\n", "data: 2\n\n"};
+  stall.chunk_delay = std::chrono::milliseconds(600);
+  up.push(stall);
+  const auto idle = c.run(b, chat(true));
+  CHECK(idle.status == 200);
+  CHECK(idle.body == "data: 1\n\n");
+  CHECK(idle.error == failure::timeout);
+  CHECK_THAT(idle.message, Catch::Contains("idle"));
+
+  auto total_cfg = native_backend(up.base_url());
+  total_cfg.timeouts.total = std::chrono::milliseconds(300);
+  openai_backend tb(total_cfg);
+  response_script trickle;
+  trickle.content_type = "text/event-stream";
+  trickle.chunks = std::vector<std::string>(20, "data: x\n\n");
+  trickle.chunk_delay = std::chrono::milliseconds(50);
+  up.push(trickle);
+  const auto total = c.run(tb, chat(true));
+  CHECK(total.error == failure::timeout);
+  CHECK_THAT(total.message, Catch::Contains("total"));
+
+  response_script endless;
+  endless.content_type = "text/event-stream";
+  endless.chunks = std::vector<std::string>(50, "data: y\n\n");
+  endless.chunk_delay = std::chrono::milliseconds(20);
+  up.push(endless);
+  const std::size_t aborts_before = up.client_aborts();
+  int seen = 0;
+  const auto cancelled = c.run(b, chat(true), {}, [&](const call_event& ev) { return ev.type != call_event::kind::data || ++seen < 2; });
+  CHECK(cancelled.last == call_event::kind::failed);
+  CHECK(cancelled.error == failure::cancelled);
+  // The upstream sees its connection go: the rest of the stream is not read.
+  CHECK(eventually_true([&] { return up.client_aborts() > aborts_before; }));
+}
