@@ -22,54 +22,65 @@ upstream_pool::~upstream_pool() {
 
 std::shared_ptr<upstream_connection> upstream_pool::take(const std::string& origin) {
   auto it = idle_.find(origin);
-  if (it == idle_.end()) return nullptr;
-  idle_list& list = it->second;
-  const auto now = clock::now();
-  while (!list.empty()) {
-    std::shared_ptr<upstream_connection> c = std::move(list.back());
-    list.pop_back();
-    c->parking = 0;
+  if (it == idle_.end() || it->second.empty()) return nullptr;
+  std::shared_ptr<upstream_connection> c = std::move(it->second.back());
+  it->second.pop_back();
+  c->parking = 0;
+  if (c->watched) {
+    // Stops the peek; its handler runs later with operation_aborted and does nothing.
+    c->watched = false;
     boost::system::error_code ignored;
-    if (now - c->idle_since > max_age_) {
-      // The newest is too old, so all of them are.
-      c->socket.close(ignored);
-      for (auto& older : list) {
-        older->parking = 0;
-        older->socket.close(ignored);
-      }
-      list.clear();
-      return nullptr;
-    }
-    // Stops the parked wait; its handler runs later with operation_aborted and does nothing.
     c->socket.cancel(ignored);
-    return c;
   }
-  return nullptr;
+  return c;
 }
 
 void upstream_pool::put(const std::string& origin, std::shared_ptr<upstream_connection> connection) {
   idle_list& list = idle_[origin];
-  boost::system::error_code ignored;
   if (list.size() >= max_idle_) {
     list.front()->parking = 0;
+    boost::system::error_code ignored;
     list.front()->socket.close(ignored);
     list.erase(list.begin());
   }
+  connection->reused = true;
+  connection->idle_since = clock::now();
+  connection->parking = ++parkings_;
+  list.push_back(std::move(connection));
+}
+
+void upstream_pool::watch_idle() {
+  const auto now = clock::now();
+  for (auto& [origin, list] : idle_) {
+    // Oldest first: those past max_age are closed.
+    std::size_t old = 0;
+    while (old < list.size() && now - list[old]->idle_since > max_age_) ++old;
+    for (std::size_t i = 0; i < old; ++i) {
+      list[i]->parking = 0;
+      boost::system::error_code ignored;
+      list[i]->socket.close(ignored);
+    }
+    list.erase(list.begin(), list.begin() + static_cast<std::ptrdiff_t>(old));
+    for (const auto& c : list) {
+      if (!c->watched) watch(origin, c);
+    }
+  }
+}
+
+void upstream_pool::watch(const std::string& origin, const std::shared_ptr<upstream_connection>& connection) {
   upstream_connection& c = *connection;
-  c.reused = true;
-  c.idle_since = clock::now();
-  c.parking = ++parkings_;
+  c.watched = true;
   const std::uint64_t parking = c.parking;
   std::weak_ptr<upstream_connection> weak = connection;
-  list.push_back(std::move(connection));
-  c.socket.async_wait(net::ip::tcp::socket::wait_read, [this, weak, parking, origin](boost::system::error_code ec) {
-    if (ec == net::error::operation_aborted) return;
-    auto c = weak.lock();
-    // Taken (and maybe parked again) since this wait began: the wake-up is not about this stay.
-    if (!c || c->parking != parking) return;
-    // Readable while idle: the server closed the connection, or sent bytes nobody asked for.
-    drop(origin, c.get());
-  });
+  c.socket.async_receive(net::buffer(c.peek), net::ip::tcp::socket::message_peek,
+                         [this, weak, parking, origin](boost::system::error_code ec, std::size_t) {
+                           if (ec == net::error::operation_aborted) return;
+                           auto c = weak.lock();
+                           // Taken (and maybe parked again) since: the wake-up is not about this stay.
+                           if (!c || c->parking != parking) return;
+                           // Readable while idle: the server closed it, or sent bytes nobody asked for.
+                           drop(origin, c.get());
+                         });
 }
 
 void upstream_pool::drop(const std::string& origin, const upstream_connection* connection) {

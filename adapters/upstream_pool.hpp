@@ -24,6 +24,8 @@ struct upstream_connection {
   std::chrono::steady_clock::time_point idle_since;
   std::uint64_t parking = 0;  ///< nonzero while idle in the pool: which stay it is
   bool reused = false;        ///< it has carried a whole response before
+  bool watched = false;       ///< a peek is armed on it while parked
+  char peek[1];               ///< where that peek reads
 };
 
 /// Not thread-safe: used only on the thread that runs its io_context.
@@ -42,15 +44,22 @@ class upstream_pool {
   /// The idle connection to origin ("host:port") parked last, or null when there is none.
   std::shared_ptr<upstream_connection> take(const std::string& origin);
 
-  /// Parks a connection whose last response ended cleanly and may be kept alive. While parked, a
-  /// read wait stays armed: a connection the server closes, or one that receives bytes nobody
-  /// asked for, is closed and leaves the pool at once rather than failing the next request.
+  /// Parks a connection whose last response ended cleanly and may be kept alive.
   void put(const std::string& origin, std::shared_ptr<upstream_connection> connection);
+
+  /// Called a few times a second. Closes connections idle past max_age, and arms a peek on every
+  /// connection parked since the last call: a connection the server then closes, or one that
+  /// receives bytes nobody asked for, is closed and leaves the pool at once. Connections reused
+  /// within that time are never watched, which spares a busy worker a system call per request;
+  /// one that died unwatched fails on reuse before any answer, and the request is sent again on
+  /// a new connection.
+  void watch_idle();
 
   std::size_t idle() const;
 
  private:
   using idle_list = std::vector<std::shared_ptr<upstream_connection>>;
+  void watch(const std::string& origin, const std::shared_ptr<upstream_connection>& connection);
   void drop(const std::string& origin, const upstream_connection* connection);
 
   boost::asio::io_context& io_;

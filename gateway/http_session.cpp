@@ -15,6 +15,7 @@
 
 #include "adapters/backend.hpp"
 #include "gateway/errors.hpp"
+#include "gateway/http_head.hpp"
 #include "gateway/json_body.hpp"
 #include "gateway/key_admin.hpp"
 #include "gateway/metering.hpp"
@@ -96,16 +97,17 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v) {
 
 /// Lets a waiting request notice that its client closed the connection: a readable socket with
 /// nothing to read is a closed one. Pipelined bytes also make it readable; then it just stops.
-struct client_watch {
+struct client_watch : std::enable_shared_from_this<client_watch> {
   adapters::call* active = nullptr;
+  bool armed = false;  ///< a peek is pending on the client's socket
   bool done = false;
   bool gone = false;
 };
 
 class session {
  public:
-  session(worker& w, tcp::socket socket) : w_(w), stream_(std::move(socket)) {
-    entry_ = w_.add_session(&stream_.socket());
+  session(worker& w, tcp::socket socket) : w_(w), socket_(std::move(socket)) {
+    entry_ = w_.add_session(&socket_);
     ++w_.shared().open_sessions;
   }
   ~session() {
@@ -120,10 +122,11 @@ class session {
       http::request_parser<http::string_body> parser;
       parser.header_limit(64 * 1024);
       parser.body_limit(rt->cfg.server.max_body_bytes);
-      stream_.expires_after(rt->cfg.server.idle_timeout);
+      set_deadline(rt->cfg.server.idle_timeout);
       entry_->idle = true;
-      auto [ec, n] = co_await http::async_read(stream_, buffer_, parser, use_tuple);
+      auto [ec, n] = co_await http::async_read(socket_, buffer_, parser, use_tuple);
       entry_->idle = false;
+      clear_deadline();
       if (ec == http::error::body_limit) {
         begin(parser.get(), *rt);
         ++w_.shared().in_flight;
@@ -161,7 +164,7 @@ class session {
       if (!keep || !req.keep_alive()) break;
     }
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
   }
 
  private:
@@ -659,7 +662,7 @@ class session {
       }
       ++st.attempts;
       auto call = start_attempt(*picked, req, path, fields, rt);
-      auto watch = watch_client(*call);
+      auto watch = watch_client(*call, fields.stream);
 
       // Hedging: no first byte by hedge_after, so a second attempt goes to the next target that
       // has room; whichever answers first is relayed and the other is cancelled.
@@ -681,7 +684,7 @@ class session {
             unwatch_client(watch);
             std::swap(call, other);
             std::swap(picked, second);
-            watch = watch_client(*call);
+            watch = watch_client(*call, fields.stream);
           }
           other.reset();  // the slower one: cancelled now
           second->health->end_request();
@@ -881,7 +884,7 @@ class session {
   /// Relays one attempt. Only answers that reached the client are final; the rest let the caller
   /// try again, which is possible because nothing has been sent.
   net::awaitable<relay_outcome> relay(adapters::call& call, bool want_stream) {
-    stream_.expires_never();
+    clear_deadline();
     const auto attempt_started = clock::now();
     adapters::call_event ev = co_await call.next();
     if (ev.type == adapters::call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
@@ -931,24 +934,26 @@ class session {
   }
 
   net::awaitable<bool> send_buffered(buffered_response b) {
-    http::response<http::string_body> res{static_cast<http::status>(b.status), 11};
-    res.set(http::field::content_type, b.content_type);
-    for (const auto& [name, value] : b.headers) res.set(name, value);
-    res.body() = std::move(b.body);
-    co_return co_await send(std::move(res), true);
+    response_head_text head(b.status);
+    head.field("Content-Type", b.content_type);
+    for (const auto& [name, value] : b.headers) head.field(name, value);
+    decorate(head);
+    co_return co_await write_whole(head, b.status, b.body, true);
   }
 
   net::awaitable<relay_outcome> relay_stream(adapters::call& call, const adapters::response_head& head) {
-    http::response<http::empty_body> res{static_cast<http::status>(head.status), 11};
-    res.set(http::field::content_type, "text/event-stream");
-    res.set(http::field::cache_control, "no-cache");
-    res.chunked(true);
-    copy_relayed(head, res);
+    response_head_text res(head.status);
+    res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
+    for (const auto& [name, value] : head.headers) {
+      if (relayed_header(name)) res.field(name, value);
+    }
     decorate(res);
     record_.status = head.status;
-    http::response_serializer<http::empty_body> sr{res};
-    stream_.expires_after(write_timeout);
-    auto [ec, n] = co_await http::async_write_header(stream_, sr, use_tuple);
+    set_deadline(write_timeout);
+    auto [ec, n] = co_await net::async_write(socket_, net::buffer(res.finish(std::nullopt, !w_.shared().draining)), use_tuple);
+    // Cleared after each write: the wait for the upstream's next event has timeouts of its own,
+    // and a passing deadline would cancel the client watch too.
+    clear_deadline();
     if (ec) co_return relay_outcome{relay_kind::gone, false, {}, {}};
     record_.bytes_out += n;
 
@@ -986,8 +991,9 @@ class session {
         broke = true;
       }
       if (!out.empty()) {
-        stream_.expires_after(write_timeout);
-        auto [wec, wn] = co_await net::async_write(stream_, http::make_chunk(net::buffer(out)), use_tuple);
+        set_deadline(write_timeout);
+        auto [wec, wn] = co_await write_chunk(out);
+        clear_deadline();
         if (wec) co_return relay_outcome{relay_kind::gone, false, {}, {}};
         record_.bytes_out += wn;
         if (!first_token_at_) first_token_at_ = clock::now();
@@ -996,59 +1002,89 @@ class session {
       }
       if (finished) break;
     }
-    stream_.expires_after(write_timeout);
-    auto [lec, ln] = co_await net::async_write(stream_, http::make_chunk_last(), use_tuple);
+    set_deadline(write_timeout);
+    auto [lec, ln] = co_await net::async_write(socket_, net::buffer("0\r\n\r\n", 5), use_tuple);
+    clear_deadline();
     record_.bytes_out += ln;
     relay_outcome done{relay_kind::answered, !lec, {}, {}};
     done.broke = broke;
     co_return done;
   }
 
-  std::shared_ptr<client_watch> watch_client(adapters::call& call) {
+  /// Watches the client while the call runs, so that a client that leaves cancels it: at once
+  /// for a stream (long, and its upstream may stay silent for a while), and for a whole answer
+  /// only from the worker's next heartbeat on (within 250 ms), so that a quick answer spends no
+  /// system call on it.
+  std::shared_ptr<client_watch> watch_client(adapters::call& call, bool at_once) {
     auto watch = std::make_shared<client_watch>();
     watch->active = &call;
-    stream_.socket().async_wait(tcp::socket::wait_read, [watch, this](boost::system::error_code ec) {
-      if (watch->done) return;
-      // Closed by drain or stop (aborted), or readable with nothing in it (the peer closed).
-      boost::system::error_code aec;
-      if (ec || stream_.socket().available(aec) == 0) {
-        watch->gone = true;
-        watch->active->cancel();
-      }
-    });
+    if (at_once) {
+      arm_watch(watch);
+    } else {
+      entry_->on_beat = [this, w = watch.get()] { arm_watch(w->shared_from_this()); };
+    }
     return watch;
+  }
+
+  /// A peek on the client's socket completes when the client closes (0 bytes) or sends more
+  /// (pipelined bytes, which stay in the socket for the next read). A peek, unlike a readiness
+  /// wait, does not make Asio re-register the descriptor with epoll.
+  void arm_watch(const std::shared_ptr<client_watch>& watch) {
+    watch->armed = true;
+    socket_.async_receive(net::buffer(peek_byte_), tcp::socket::message_peek,
+                          [watch](boost::system::error_code ec, std::size_t) {
+                            if (watch->done) return;
+                            // Closed by drain or stop (aborted), or the peer closed (eof).
+                            if (ec) {
+                              watch->gone = true;
+                              watch->active->cancel();
+                            }
+                          });
   }
 
   void unwatch_client(const std::shared_ptr<client_watch>& watch) {
     watch->done = true;
-    // Pipelined bytes from the client may already sit in buffer_; the socket wait is independent.
+    entry_->on_beat = nullptr;
+    if (!watch->armed) return;
     boost::system::error_code ignored;
-    stream_.socket().cancel(ignored);
+    socket_.cancel(ignored);
   }
 
-  template <class Res>
-  void copy_relayed(const adapters::response_head& head, Res& res) {
-    for (const auto& [name, value] : head.headers) {
-      if (relayed_header(name)) res.set(name, value);
-    }
+  void decorate(response_head_text& head) {
+    head.field("x-request-id", record_.request_id);
+    if (!backend_name_.empty()) head.field("x-tollgate-backend", backend_name_);
+    head.field("Server", "tollgate");
   }
 
-  template <class Res>
-  void decorate(Res& res) {
-    res.set("x-request-id", record_.request_id);
-    if (!backend_name_.empty()) res.set("x-tollgate-backend", backend_name_);
-    res.set(http::field::server, "tollgate");
+  /// A session's socket deadline: the worker's heartbeat cancels its I/O once it has passed.
+  void set_deadline(config::duration d) { entry_->deadline = clock::now() + d; }
+  void clear_deadline() { entry_->deadline = clock::time_point::max(); }
+
+  net::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_chunk(std::string_view data) {
+    char size[20];
+    const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+    const std::array<net::const_buffer, 3> buffers{net::buffer(size, static_cast<std::size_t>(n)), net::buffer(data),
+                                                   net::buffer("\r\n", 2)};
+    co_return co_await net::async_write(socket_, buffers, use_tuple);
+  }
+
+  /// Writes a head and its whole body. keep_alive: the client may send another request after it.
+  net::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive) {
+    keep_alive = keep_alive && !w_.shared().draining;
+    record_.status = status;
+    const std::array<net::const_buffer, 2> buffers{net::buffer(head.finish(body.size(), keep_alive)), net::buffer(body)};
+    set_deadline(write_timeout);
+    auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
+    clear_deadline();
+    record_.bytes_out += n;
+    co_return !ec && keep_alive;
   }
 
   net::awaitable<bool> send(http::response<http::string_body> res, bool keep_alive) {
-    decorate(res);
-    res.keep_alive(keep_alive && !w_.shared().draining);
-    res.prepare_payload();
-    record_.status = res.result_int();
-    stream_.expires_after(write_timeout);
-    auto [ec, n] = co_await http::async_write(stream_, res, use_tuple);
-    record_.bytes_out += n;
-    co_return !ec && res.keep_alive();
+    response_head_text head(res.result_int());
+    for (const auto& f : res.base()) head.field(f.name_string(), f.value());
+    decorate(head);
+    co_return co_await write_whole(head, res.result_int(), res.body(), keep_alive);
   }
 
   net::awaitable<bool> send_json(int status, std::string body, bool keep_alive) {
@@ -1090,8 +1126,9 @@ class session {
   const config::price_config* price_ = nullptr;  // prices of the target that served it
   bool strip_usage_ = false;     // we asked for stream usage; the client did not
   bool keep_alive_ = false;
-  beast::tcp_stream stream_;
+  tcp::socket socket_;
   beast::flat_buffer buffer_;
+  char peek_byte_[1];
   std::list<worker::session_entry>::iterator entry_;
   clock::time_point started_;
   access_record record_;

@@ -569,6 +569,20 @@ std::string set_top_level(std::string_view body, std::string_view key, std::stri
   return out;
 }
 
+bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values) {
+  for (auto& v : values) v = {};
+  json_scanner scanner(text);
+  if (!scanner.scan() || !scanner.is_object()) return false;
+  std::string scratch;
+  for (const member& m : scanner.members()) {
+    const std::string_view key = key_text(text.substr(m.key_begin, m.key_end - m.key_begin), scratch);
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (key == keys[i]) values[i] = text.substr(m.value_begin, m.value_end - m.value_begin);
+    }
+  }
+  return true;
+}
+
 std::string json_quote(std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
   std::string out;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -31,6 +32,12 @@ body_parse_result parse_request_body(std::string_view body, bool model_required 
 /// `"key":json_value` appended as the object's last member when absent. Precondition: body is a
 /// valid JSON object (parse_request_body succeeded). Nested keys of the same name are untouched.
 std::string set_top_level(std::string_view body, std::string_view key, std::string_view json_value);
+
+/// Reads named top-level members of a JSON object text in one pass, without building a tree:
+/// values[i] becomes the raw JSON text of member keys[i] (the last of duplicates), or stays empty
+/// when there is none. false (and every value empty) when text is not a valid JSON object.
+/// Precondition: values.size() == keys.size().
+bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values);
 
 /// Encodes s as a JSON string literal (with quotes).
 std::string json_quote(std::string_view s);

@@ -1,37 +1,61 @@
 #include "gateway/usage.hpp"
 
-#include <nlohmann/json.hpp>
+#include <algorithm>
+#include <array>
+#include <charconv>
+
+#include "gateway/json_body.hpp"
 
 namespace tollgate::gateway {
 
 namespace {
-std::int64_t count(const nlohmann::json& obj, const char* key) {
-  auto it = obj.find(key);
-  if (it == obj.end() || !it->is_number_integer()) return 0;
-  return std::max<std::int64_t>(0, it->get<std::int64_t>());
+
+/// A token count: a JSON integer that fits, and is not negative. Anything else counts as 0.
+std::int64_t count(std::string_view value) {
+  if (value.empty() || value.find_first_of(".eE") != std::string_view::npos) return 0;
+  std::int64_t v = 0;
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+  if (ec != std::errc() || end != value.data() + value.size()) return 0;
+  return std::max<std::int64_t>(0, v);
 }
+
+/// The members `keys` of the object text `object` (empty views when it is not an object).
+template <std::size_t N>
+std::array<std::string_view, N> members(std::string_view object, const std::array<std::string_view, N>& keys) {
+  std::array<std::string_view, N> values{};
+  if (!object.empty() && object.front() == '{') top_level_values(object, keys, values);
+  return values;
+}
+
+bool empty_array(std::string_view v) {
+  if (v.empty() || v.front() != '[') return false;
+  const auto next = v.find_first_not_of(" \t\r\n", 1);
+  return next != std::string_view::npos && v[next] == ']';
+}
+
 }  // namespace
 
+// The text is scanned, never parsed into a tree: a whole answer is read on every request, and
+// only a handful of numbers are wanted from it.
 std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices) {
-  // Most stream chunks carry no usage: skip them without parsing.
+  // Most stream chunks carry no usage: skip them without scanning.
   if (json_text.find("\"usage\"") == std::string_view::npos) return std::nullopt;
-  const auto doc = nlohmann::json::parse(json_text, nullptr, false);
-  if (!doc.is_object()) return std::nullopt;
-  auto it = doc.find("usage");
-  if (it == doc.end() || !it->is_object()) return std::nullopt;
-  if (no_choices != nullptr) {
-    auto choices = doc.find("choices");
-    *no_choices = choices != doc.end() && choices->is_array() && choices->empty();
-  }
-  const auto& u = *it;
+  static constexpr std::array<std::string_view, 2> top_keys{"usage", "choices"};
+  std::array<std::string_view, 2> top{};
+  if (!top_level_values(json_text, top_keys, top)) return std::nullopt;
+  if (top[0].empty() || top[0].front() != '{') return std::nullopt;
+  if (no_choices != nullptr) *no_choices = empty_array(top[1]);
+
+  static constexpr std::array<std::string_view, 5> usage_keys{
+      "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details",
+      "prompt_cache_hit_tokens"};
+  const auto u = members(top[0], usage_keys);
   usage out;
-  out.prompt = count(u, "prompt_tokens");
-  out.completion = count(u, "completion_tokens");
-  if (auto d = u.find("prompt_tokens_details"); d != u.end() && d->is_object()) out.cached = count(*d, "cached_tokens");
-  if (out.cached == 0) out.cached = count(u, "prompt_cache_hit_tokens");
-  if (auto d = u.find("completion_tokens_details"); d != u.end() && d->is_object()) {
-    out.reasoning = count(*d, "reasoning_tokens");
-  }
+  out.prompt = count(u[0]);
+  out.completion = count(u[1]);
+  out.cached = count(members(u[2], std::array<std::string_view, 1>{"cached_tokens"})[0]);
+  if (out.cached == 0) out.cached = count(u[4]);
+  out.reasoning = count(members(u[3], std::array<std::string_view, 1>{"reasoning_tokens"})[0]);
   out.cached = std::min(out.cached, out.prompt);
   return out;
 }

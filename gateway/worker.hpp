@@ -7,6 +7,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <list>
 #include <memory>
 #include <random>
@@ -46,6 +48,11 @@ class worker {
   struct session_entry {
     boost::asio::ip::tcp::socket* socket = nullptr;
     bool idle = false;  ///< waiting for the next request
+    /// When the session's current read or write gives up: the heartbeat cancels the socket's I/O
+    /// after it. max: no deadline (waiting on an upstream, which has its own timeouts).
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+    /// Run once by the next heartbeat, then cleared (work a session defers to it).
+    std::function<void()> on_beat;
   };
   std::list<session_entry>::iterator add_session(boost::asio::ip::tcp::socket* socket);
   void remove_session(std::list<session_entry>::iterator it);

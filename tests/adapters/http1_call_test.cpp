@@ -76,9 +76,10 @@ upstream_request chat(bool stream = false, std::string body = R"({"model":"m","m
 /// One loop with its own connection pool: requests run one after another on it, so a kept-alive
 /// connection can carry the next one.
 struct client {
+  explicit client(std::chrono::seconds max_age = std::chrono::seconds(60)) : pool(io, 256, max_age) {}
   net::io_context io;
   curl_multi curl{io};
-  upstream_pool pool{io};
+  upstream_pool pool;
 
   /// before_read: awaited before the first next(), to let the transfer run ahead of its reader.
   outcome run(const backend& b, upstream_request r, std::chrono::milliseconds before_read = {},
@@ -145,10 +146,9 @@ class raw_server {
         if (in.size() < head + length) net::read(s, net::dynamic_buffer(in), net::transfer_exactly(head + length - in.size()), ec);
         requests_.push_back(in);
         net::write(s, net::buffer(reply_(in)), ec);
+        // The request was read whole, so closing now ends the connection cleanly (no reset).
         s.shutdown(tcp::socket::shutdown_send, ec);
-        // Drain until the client closes, so our close never turns into a reset.
-        char sink[256];
-        while (!ec) s.read_some(net::buffer(sink), ec);
+        s.close(ec);
       }
     });
   }
@@ -225,14 +225,45 @@ TEST_CASE("native client: a connection the server closed while idle is not used 
   response_script s;
   s.body = R"({"first":true})";
   s.close_after_answer = true;
-  up.push(s);
   openai_backend b(native_backend(up.base_url()));
-  client c;
-  CHECK(c.run(b, chat()).body == R"({"first":true})");
-  const auto second = c.run(b, chat());
-  CHECK(second.status == 200);
-  CHECK(second.last == call_event::kind::end);
-  CHECK(up.request_count() == 2);  // nothing was lost on the dead connection and sent again
+
+  SECTION("watched: it leaves the pool as soon as the server closes it") {
+    up.push(s);
+    client c;
+    CHECK(c.run(b, chat()).body == R"({"first":true})");
+    REQUIRE(c.pool.idle() == 1);
+    c.pool.watch_idle();  // what the worker's heartbeat does
+    for (int i = 0; i < 200 && c.pool.idle() > 0; ++i) {
+      c.io.restart();
+      c.io.run_for(std::chrono::milliseconds(10));
+    }
+    CHECK(c.pool.idle() == 0);
+    CHECK(c.run(b, chat()).status == 200);
+  }
+  SECTION("not watched yet: the request meets the closed connection and goes again on a new one") {
+    up.push(s);
+    client c;
+    CHECK(c.run(b, chat()).body == R"({"first":true})");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the close has arrived
+    const auto second = c.run(b, chat());
+    CHECK(second.status == 200);
+    CHECK(second.last == call_event::kind::end);
+  }
+  // Either way nothing was answered on the dead connection, and nothing went twice.
+  CHECK(up.request_count() == 2);
+  CHECK(up.connection_count() == 2);
+}
+
+TEST_CASE("native client: idle connections past their age are closed", "[adapters][native]") {
+  fake_upstream up;
+  openai_backend b(native_backend(up.base_url()));
+  client c(std::chrono::seconds(0));
+  REQUIRE(c.run(b, chat()).status == 200);
+  REQUIRE(c.pool.idle() == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  c.pool.watch_idle();
+  CHECK(c.pool.idle() == 0);
+  CHECK(c.run(b, chat()).status == 200);
   CHECK(up.connection_count() == 2);
 }
 

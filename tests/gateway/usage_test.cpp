@@ -45,3 +45,26 @@ TEST_CASE("cost: uncached input, cached input and output at their prices", "[usa
   CHECK(cost_of(u, price) == Approx(600'000 * 2.0 / 1e6 + 400'000 * 0.5 / 1e6 + 250'000 * 8.0 / 1e6));
   CHECK(cost_of(usage{}, price) == 0);
 }
+
+TEST_CASE("usage is read from the top level only, whatever the spacing and order", "[usage]") {
+  bool no_choices = false;
+  auto u = usage_from_json(
+      "{ \"choices\" : [ ] ,\n \"note\": {\"usage\": {\"prompt_tokens\": 999}},\n"
+      " \"usage\" : { \"completion_tokens_details\" : { \"reasoning_tokens\" : 3 } , \"completion_tokens\" : 12 ,"
+      " \"prompt_tokens\" : 20, \"prompt_tokens_details\": {\"cached_tokens\": 0}, \"prompt_cache_hit_tokens\": 8 } }",
+      &no_choices);
+  REQUIRE(u);
+  CHECK(u->prompt == 20);
+  CHECK(u->completion == 12);
+  CHECK(u->reasoning == 3);
+  CHECK(u->cached == 8);  // OpenAI's field said 0; DeepSeek's is read then
+  CHECK(no_choices);
+  // The last of duplicate keys wins, as in the parsers upstream; fractions and exponents are not counts.
+  auto dup = usage_from_json(R"({"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":7,"completion_tokens":2.0,"total_tokens":1e2}})");
+  REQUIRE(dup);
+  CHECK(dup->prompt == 7);
+  CHECK(dup->completion == 0);
+  CHECK_FALSE(usage_from_json(R"({"usage":[1,2]})"));
+  CHECK_FALSE(usage_from_json(R"({"choices":[], "usage": {"prompt_tokens": 3})"));  // cut short: not JSON
+  CHECK(usage_from_json(R"({"usage":{"prompt_tokens":99999999999999999999}})")->prompt == 0);
+}

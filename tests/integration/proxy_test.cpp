@@ -2,6 +2,9 @@
 // and a real HTTP client.
 #include <catch2/catch.hpp>
 
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <condition_variable>
@@ -131,6 +134,48 @@ TEST_CASE("keep-alive reuses the client connection", "[integration]") {
   CHECK(first.new_connections == 1);
   CHECK(second.new_connections == 0);
   CHECK(second.status == 200);
+}
+
+TEST_CASE("an idle keep-alive connection is closed after server.idle_timeout, a busy one is not",
+          "[integration]") {
+  std::string y = gateway_fixture::default_yaml();
+  const std::string server = "  access_log: off\n";
+  y.replace(y.find(server), server.size(), server + "  idle_timeout: 300ms\n");
+  gateway_fixture f(y);
+  namespace net = boost::asio;
+  net::io_context io;
+  net::ip::tcp::socket s(io);
+  s.connect({net::ip::make_address("127.0.0.1"), f.server->port()});
+  // A stream that pauses longer than the idle timeout is a busy connection: it is not cut.
+  response_script slow;
+  slow.content_type = "text/event-stream";
+  slow.chunks = {"data: {\"a\":1}\n\n", "data: [DONE]\n\n"};
+  slow.chunk_delay = std::chrono::milliseconds(700);
+  f.a.push(slow);
+  const std::string body = R"({"model":"chat-public","stream":true,"messages":[]})";
+  const std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                              std::string(client_key) + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\n\r\n" + body;
+  net::write(s, net::buffer(request));
+  std::string got;
+  boost::system::error_code ec;
+  const auto sent = std::chrono::steady_clock::now();
+  while (got.find("0\r\n\r\n") == std::string::npos && !ec) {
+    char buf[4096];
+    const std::size_t n = s.read_some(net::buffer(buf), ec);
+    got.append(buf, n);
+  }
+  CHECK(!ec);
+  CHECK(got.find("[DONE]") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - sent >= std::chrono::milliseconds(650));
+  // Then idle: closed by the gateway within the timeout plus the 250 ms sweep.
+  const auto idle_from = std::chrono::steady_clock::now();
+  char buf[16];
+  s.read_some(net::buffer(buf), ec);
+  const auto waited = std::chrono::steady_clock::now() - idle_from;
+  CHECK(ec == net::error::eof);
+  CHECK(waited >= std::chrono::milliseconds(250));
+  CHECK(waited < std::chrono::milliseconds(1500));
 }
 
 TEST_CASE("bad requests get OpenAI-shaped errors", "[integration][errors]") {

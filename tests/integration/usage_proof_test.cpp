@@ -148,10 +148,17 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
     CHECK(counted_requests > 300);
 
     http_client c;
-    const std::string metrics = c.get(f.base + "/metrics").body;
-    const double m_prompt = metric_sum(metrics, "tollgate_tokens_total", {"kind=\"prompt\""}) +
-                            metric_sum(metrics, "tollgate_tokens_total", {"kind=\"cached_prompt\""});
-    const double m_completion = metric_sum(metrics, "tollgate_tokens_total", {"kind=\"completion\""});
+    // A request is metered just after its answer is written: the last ones may still be settling
+    // when their clients have already read them.
+    std::string metrics;
+    double m_prompt = 0, m_completion = 0;
+    eventually([&] {
+      metrics = c.get(f.base + "/metrics").body;
+      m_prompt = metric_sum(metrics, "tollgate_tokens_total", {"kind=\"prompt\""}) +
+                 metric_sum(metrics, "tollgate_tokens_total", {"kind=\"cached_prompt\""});
+      m_completion = metric_sum(metrics, "tollgate_tokens_total", {"kind=\"completion\""});
+      return static_cast<std::int64_t>(m_prompt) == want_prompt && static_cast<std::int64_t>(m_completion) == want_completion;
+    });
     const double m_cost = metric_sum(metrics, "tollgate_cost_total", {});
     CHECK(static_cast<std::int64_t>(m_prompt) == want_prompt);
     CHECK(static_cast<std::int64_t>(m_completion) == want_completion);

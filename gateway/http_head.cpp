@@ -1,0 +1,41 @@
+#include "gateway/http_head.hpp"
+
+#include <boost/beast/http/status.hpp>
+
+#include <charconv>
+
+namespace tollgate::gateway {
+
+namespace http = boost::beast::http;
+
+response_head_text::response_head_text(int status) {
+  text_.reserve(256);
+  text_.append("HTTP/1.1 ");
+  char code[8];
+  const auto end = std::to_chars(code, code + sizeof code, status).ptr;
+  text_.append(code, end);
+  text_.push_back(' ');
+  const auto reason = http::obsolete_reason(http::int_to_status(static_cast<unsigned>(status)));
+  text_.append(reason == "<unknown-status>" ? std::string_view("Unknown") : std::string_view(reason.data(), reason.size()));
+  text_.append("\r\n");
+}
+
+response_head_text& response_head_text::field(std::string_view name, std::string_view value) {
+  text_.append(name).append(": ").append(value).append("\r\n");
+  return *this;
+}
+
+const std::string& response_head_text::finish(std::optional<std::size_t> content_length, bool keep_alive) {
+  if (content_length) {
+    char digits[24];
+    const auto end = std::to_chars(digits, digits + sizeof digits, *content_length).ptr;
+    text_.append("Content-Length: ").append(digits, end).append("\r\n");
+  } else {
+    text_.append("Transfer-Encoding: chunked\r\n");
+  }
+  if (!keep_alive) text_.append("Connection: close\r\n");
+  text_.append("\r\n");
+  return text_;
+}
+
+}  // namespace tollgate::gateway
