@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
 
 #include <iostream>
 #include <map>
@@ -188,6 +189,7 @@ class session {
     principal_.reset();
     price_ = nullptr;
     strip_usage_ = false;
+    stream_options_.clear();
     rt_ = nullptr;
     path_.clear();
     delivered_.clear();
@@ -342,8 +344,24 @@ class session {
   }
 
   bool authenticate(const request& req, const runtime&) {
-    const auto table = w_.shared().keys.load();
-    auth_ = table->authenticate(bearer_key(req), unix_seconds_now(), principal_);
+    auto table = w_.shared().keys.load();
+    const std::string_view presented = bearer_key(req);
+    const std::int64_t now = unix_seconds_now();
+    // A keep-alive connection sends the same key each time: while the key table is the same, the
+    // key this connection proved last is compared (in constant time) instead of hashed again.
+    if (table == known_table_ && !presented.empty() && presented.size() == known_key_.size() &&
+        CRYPTO_memcmp(presented.data(), known_key_.data(), presented.size()) == 0) {
+      auth_ = key_table::recheck(*known_principal_, now);
+      if (auth_ == auth_result::ok) principal_ = known_principal_;
+      else principal_.reset();
+    } else {
+      auth_ = table->authenticate(presented, now, principal_);
+      if (principal_) {
+        known_table_ = std::move(table);
+        known_key_.assign(presented);
+        known_principal_ = principal_;
+      }
+    }
     if (!principal_) return false;
     record_.key_name = principal_->key_name;
     return true;
@@ -588,7 +606,7 @@ class session {
       auto so = fields.stream_options.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields.stream_options);
       if (so.is_object()) {
         so["include_usage"] = true;
-        req.body() = set_top_level(req.body(), "stream_options", so.dump());
+        stream_options_ = so.dump();  // written into the body of every attempt
         strip_usage_ = true;
       }
     }
@@ -760,8 +778,13 @@ class session {
     up.path = path;
     up.stream = fields.stream;
     up.request_id = record_.request_id;
-    up.body = t.model.empty() || t.model == fields.model ? req.body()
-                                                        : set_top_level(req.body(), "model", json_quote(t.model));
+    const bool rename = !t.model.empty() && t.model != fields.model;
+    if (!rename && stream_options_.empty()) {
+      up.body = req.body();
+    } else {
+      up.body = edit_body(req.body(), fields, rename ? std::optional<std::string>(json_quote(t.model)) : std::nullopt,
+                          stream_options_.empty() ? std::nullopt : std::optional<std::string_view>(stream_options_));
+    }
     try {
       return rt.backends[t.backend_index]->start(std::move(up), {w_.io(), w_.curl(), w_.pool()});
     } catch (const std::exception& e) {  // counted as a failed attempt: retries and failover apply
@@ -1109,6 +1132,9 @@ class session {
   std::optional<usage> usage_;   // the last usage the upstream reported for this request
   std::optional<principal> principal_;  // the key of the request being handled
   auth_result auth_ = auth_result::missing;
+  std::shared_ptr<const key_table> known_table_;  // the table that proved known_key_
+  std::string known_key_;                         // the last key this connection proved
+  std::optional<principal> known_principal_;
   const runtime* rt_ = nullptr;         // the snapshot a proxied request runs on
   std::string path_;                    // its endpoint, without /v1
   std::string delivered_;               // what reached the client, for counting the completion
@@ -1125,6 +1151,7 @@ class session {
   } limited_;
   const config::price_config* price_ = nullptr;  // prices of the target that served it
   bool strip_usage_ = false;     // we asked for stream usage; the client did not
+  std::string stream_options_;   // the stream_options every attempt sends instead of the client's; empty: as sent
   bool keep_alive_ = false;
   tcp::socket socket_;
   beast::flat_buffer buffer_;

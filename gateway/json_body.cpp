@@ -1,5 +1,6 @@
 #include "gateway/json_body.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cmath>
@@ -461,12 +462,14 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
 
   // The last of duplicate keys wins, as in nlohmann and most parsers upstream.
   std::optional<std::string_view> model, stream, max_tokens, max_completion_tokens, stream_options;
+  body_layout layout;
   std::string scratch;
   for (const member& m : scanner.members()) {
     const std::string_view key = key_text(body.substr(m.key_begin, m.key_end - m.key_begin), scratch);
     const std::string_view value = body.substr(m.value_begin, m.value_end - m.value_begin);
     if (key == "model") {
       model = value;
+      layout.model.emplace_back(m.value_begin, m.value_end);
     } else if (key == "stream") {
       stream = value;
     } else if (key == "max_tokens") {
@@ -475,8 +478,12 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
       max_completion_tokens = value;
     } else if (key == "stream_options") {
       stream_options = value;
+      layout.stream_options.emplace_back(m.value_begin, m.value_end);
     }
   }
+  const auto& all = scanner.members();
+  layout.has_members = !all.empty();
+  layout.append_at = all.empty() ? scanner.open_brace() + 1 : all.back().value_end;
 
   request_fields fields;
   // OpenAI's schema makes every optional field nullable: null reads as absent throughout.
@@ -531,9 +538,53 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
     }
   }
 
+  fields.layout = std::move(layout);
   body_parse_result r;
   r.fields = std::move(fields);
   return r;
+}
+
+std::string edit_body(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,
+                      std::optional<std::string_view> stream_options) {
+  struct edit {
+    std::size_t begin, end;
+    std::string_view text;
+  };
+  std::vector<edit> edits;
+  std::string appended;  // members the body lacks, added after its last value
+  auto plan = [&](std::string_view key, const std::vector<std::pair<std::size_t, std::size_t>>& spans,
+                  std::optional<std::string_view> value) {
+    if (!value) return;
+    for (const auto& [b, e] : spans) edits.push_back({b, e, *value});
+    if (spans.empty()) {
+      if (fields.layout.has_members || !appended.empty()) appended.push_back(',');
+      appended.append(json_quote(key)).push_back(':');
+      appended.append(*value);
+    }
+  };
+  plan("model", fields.layout.model, model);
+  plan("stream_options", fields.layout.stream_options, stream_options);
+  std::sort(edits.begin(), edits.end(), [](const edit& a, const edit& b) { return a.begin < b.begin; });
+
+  std::string out;
+  out.reserve(body.size() + appended.size() + (model ? model->size() : 0) + (stream_options ? stream_options->size() : 0));
+  std::size_t copied = 0;
+  bool appended_done = appended.empty();
+  for (const edit& e : edits) {
+    if (!appended_done && fields.layout.append_at <= e.begin) {
+      out.append(body.substr(copied, fields.layout.append_at - copied)).append(appended);
+      copied = fields.layout.append_at;
+      appended_done = true;
+    }
+    out.append(body.substr(copied, e.begin - copied)).append(e.text);
+    copied = e.end;
+  }
+  if (!appended_done) {
+    out.append(body.substr(copied, fields.layout.append_at - copied)).append(appended);
+    copied = fields.layout.append_at;
+  }
+  out.append(body.substr(copied));
+  return out;
 }
 
 std::string set_top_level(std::string_view body, std::string_view key, std::string_view json_value) {

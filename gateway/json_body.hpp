@@ -7,8 +7,18 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace tollgate::gateway {
+
+/// Where the top-level values the gateway may rewrite lie in a parsed body, as byte offsets.
+struct body_layout {
+  std::vector<std::pair<std::size_t, std::size_t>> model;           ///< every "model" value
+  std::vector<std::pair<std::size_t, std::size_t>> stream_options;  ///< every "stream_options" value
+  std::size_t append_at = 0;  ///< where a new member goes: after the last value, or after '{'
+  bool has_members = false;
+};
 
 struct request_fields {
   std::string model;                      ///< decoded top-level "model"
@@ -16,6 +26,7 @@ struct request_fields {
   std::optional<std::int64_t> max_tokens; ///< "max_tokens", else "max_completion_tokens"
   std::string stream_options;             ///< the raw JSON of "stream_options", empty when absent
   bool include_usage = false;             ///< stream_options.include_usage is true
+  body_layout layout;                     ///< for edit_body, without scanning the body again
 };
 
 struct body_parse_result {
@@ -32,6 +43,13 @@ body_parse_result parse_request_body(std::string_view body, bool model_required 
 /// `"key":json_value` appended as the object's last member when absent. Precondition: body is a
 /// valid JSON object (parse_request_body succeeded). Nested keys of the same name are untouched.
 std::string set_top_level(std::string_view body, std::string_view key, std::string_view json_value);
+
+/// body with its top-level "model" and "stream_options" values replaced by the given JSON texts
+/// (every occurrence, as set_top_level does), each appended as the last member when absent; a
+/// value left nullopt is not touched. One pass over the body, from the layout parse_request_body
+/// found. Precondition: fields came from parse_request_body(body).
+std::string edit_body(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,
+                      std::optional<std::string_view> stream_options);
 
 /// Reads named top-level members of a JSON object text in one pass, without building a tree:
 /// values[i] becomes the raw JSON text of member keys[i] (the last of duplicates), or stays empty

@@ -57,8 +57,13 @@ auth_result key_table::authenticate(std::string_view presented, std::int64_t now
   const principal& p = all_[it->second];
   // The map found it by hash; the digests are still compared in constant time.
   if (CRYPTO_memcmp(p.key->digest.data(), digest.data(), digest.size()) != 0) return auth_result::unknown;
-  if (p.key->expires_unix != 0 && now_unix > p.key->expires_unix) return auth_result::expired;
+  if (recheck(p, now_unix) != auth_result::ok) return auth_result::expired;
   who = p;
+  return auth_result::ok;
+}
+
+auth_result key_table::recheck(const principal& who, std::int64_t now_unix) {
+  if (who.key->expires_unix != 0 && now_unix > who.key->expires_unix) return auth_result::expired;
   return auth_result::ok;
 }
 

@@ -38,6 +38,9 @@ class key_table {
             key_state_registry& states);
   /// Finds the key; `who` is set only when the result is ok. now_unix: for expiry.
   auth_result authenticate(std::string_view presented, std::int64_t now_unix, std::optional<principal>& who) const;
+  /// For a principal this table authenticated earlier (a connection remembers its last key):
+  /// ok, or expired once its expiry has passed.
+  static auth_result recheck(const principal& who, std::int64_t now_unix);
   bool empty() const { return by_digest_.empty(); }
   /// Every key, in config order then store order.
   const std::vector<principal>& all() const { return all_; }

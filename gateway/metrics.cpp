@@ -16,9 +16,22 @@ std::string number(double v) {
   return buf;
 }
 
-std::string status_class(int status) {
+const char* status_class(int status) {
+  static constexpr const char* classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
   if (status < 100 || status > 599) return "none";  // the client left before any answer
-  return std::to_string(status / 100) + "xx";
+  return classes[status / 100 - 1];
+}
+
+/// The cell for a label set, created on first use.
+template <class Map, std::size_t N>
+auto& cell(Map& map, const std::array<std::string_view, N>& labels) {
+  auto it = map.find(labels);
+  if (it == map.end()) {
+    typename Map::key_type key;
+    for (std::size_t i = 0; i < N; ++i) key[i] = std::string(labels[i]);
+    it = map.emplace(std::move(key), typename Map::mapped_type{}).first;
+  }
+  return it->second;
 }
 
 void header(std::string& out, const char* name, const char* type, const char* help) {
@@ -114,7 +127,7 @@ void gateway_metrics::record_request(std::size_t shard, const std::string& route
                                      int status, double seconds) {
   auto& s = *shards_[shard % shards_.size()];
   std::lock_guard lock(s.mutex);
-  ++s.requests[{route, backend, status_class(status)}];
+  ++cell(s.requests, std::array<std::string_view, 3>{route, backend, status_class(status)});
   s.duration[route].observe(seconds);
 }
 
@@ -122,7 +135,7 @@ void gateway_metrics::record_attempt(std::size_t shard, const std::string& backe
                                      double first_byte_seconds) {
   auto& s = *shards_[shard % shards_.size()];
   std::lock_guard lock(s.mutex);
-  ++s.attempts[{backend, outcome}];
+  ++cell(s.attempts, std::array<std::string_view, 2>{backend, outcome});
   if (first_byte_seconds >= 0) s.first_byte[backend].observe(first_byte_seconds);
 }
 
@@ -131,11 +144,12 @@ void gateway_metrics::record_usage(std::size_t shard, const std::string& key, co
                                    std::int64_t completion, std::int64_t reasoning, double cost) {
   auto& s = *shards_[shard % shards_.size()];
   std::lock_guard lock(s.mutex);
-  s.tokens[{key, route, backend, "prompt"}] += static_cast<std::uint64_t>(prompt - cached);
-  s.tokens[{key, route, backend, "cached_prompt"}] += static_cast<std::uint64_t>(cached);
-  s.tokens[{key, route, backend, "completion"}] += static_cast<std::uint64_t>(completion);
-  s.tokens[{key, route, backend, "reasoning"}] += static_cast<std::uint64_t>(reasoning);
-  s.cost[{key, route, backend}] += cost;
+  auto& c = cell(s.usage, std::array<std::string_view, 3>{key, route, backend});
+  c.tokens[0] += static_cast<std::uint64_t>(prompt - cached);
+  c.tokens[1] += static_cast<std::uint64_t>(cached);
+  c.tokens[2] += static_cast<std::uint64_t>(completion);
+  c.tokens[3] += static_cast<std::uint64_t>(reasoning);
+  c.cost += cost;
 }
 
 void gateway_metrics::record_stream(std::size_t shard, const std::string& route, double ttft, double tpot) {
@@ -168,8 +182,11 @@ std::string gateway_metrics::render(const runtime& rt, const key_table* keys, st
     for (const auto& [k, v] : shard->duration) duration[k].merge(v);
     for (const auto& [k, v] : shard->attempts) attempts[k] += v;
     for (const auto& [k, v] : shard->first_byte) first_byte[k].merge(v);
-    for (const auto& [k, v] : shard->tokens) tokens[k] += v;
-    for (const auto& [k, v] : shard->cost) cost[k] += v;
+    static constexpr const char* kinds[] = {"prompt", "cached_prompt", "completion", "reasoning"};
+    for (const auto& [k, v] : shard->usage) {
+      for (std::size_t i = 0; i < v.tokens.size(); ++i) tokens[{k[0], k[1], k[2], kinds[i]}] += v.tokens[i];
+      cost[k] += v.cost;
+    }
     for (const auto& [k, v] : shard->ttft) ttft[k].merge(v);
     for (const auto& [k, v] : shard->tpot) tpot[k].merge(v);
     for (const auto& [k, v] : shard->upstream) upstream[k].merge(v);

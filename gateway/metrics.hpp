@@ -3,11 +3,13 @@
 // backend names from the config, status classes, outcomes. Never a key or a client's raw model.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tollgate::gateway {
@@ -59,17 +61,33 @@ class gateway_metrics {
   std::string render(const runtime& rt, const key_table* keys, std::int64_t in_flight) const;
 
  private:
+  /// Orders label tuples held as strings and looks them up by string views, so recording a sample
+  /// builds no strings unless its label set is new.
+  struct labels_less {
+    using is_transparent = void;
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+      return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
+        return std::string_view(x) < std::string_view(y);
+      });
+    }
+  };
+  template <std::size_t N, class V>
+  using labelled = std::map<std::array<std::string, N>, V, labels_less>;
+  struct usage_cell {
+    std::array<std::uint64_t, 4> tokens{};  // prompt (uncached), cached_prompt, completion, reasoning
+    double cost = 0;
+  };
   struct shard_data {
     mutable std::mutex mutex;
-    std::map<std::array<std::string, 3>, std::uint64_t> requests;  // route, backend, class
-    std::map<std::string, histogram> duration;                     // by route
-    std::map<std::array<std::string, 2>, std::uint64_t> attempts;  // backend, outcome
-    std::map<std::string, histogram> first_byte;                   // by backend
-    std::map<std::array<std::string, 4>, std::uint64_t> tokens;    // key, route, backend, kind
-    std::map<std::array<std::string, 3>, double> cost;             // key, route, backend
-    std::map<std::string, histogram> ttft;                         // by route
-    std::map<std::string, histogram> tpot;                         // by route
-    std::map<std::string, histogram> upstream;                     // by backend
+    labelled<3, std::uint64_t> requests;  // route, backend, class
+    std::map<std::string, histogram, std::less<>> duration;  // by route
+    labelled<2, std::uint64_t> attempts;  // backend, outcome
+    std::map<std::string, histogram, std::less<>> first_byte;  // by backend
+    labelled<3, usage_cell> usage;        // key, route, backend
+    std::map<std::string, histogram, std::less<>> ttft;      // by route
+    std::map<std::string, histogram, std::less<>> tpot;      // by route
+    std::map<std::string, histogram, std::less<>> upstream;  // by backend
     histogram overhead;
   };
   std::vector<std::unique_ptr<shard_data>> shards_;

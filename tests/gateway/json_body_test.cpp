@@ -623,3 +623,33 @@ TEST_CASE("json_quote escapes what JSON requires and keeps UTF-8", "[json_body]"
     CHECK(parse_request_body("{\"model\":" + quoted + "}").fields->model == s);
   }
 }
+
+TEST_CASE("edit_body equals set_top_level on model then stream_options, in one pass", "[json_body]") {
+  const std::vector<std::string> bodies = {
+      R"({"model":"public","messages":[]})",
+      R"({"messages":[{"role":"user","content":"\"model\": x"}],"model":"public","stream":true})",
+      R"({"stream_options":{"include_usage":false,"x":1},"model":"public","stream":true})",
+      R"({"model":"a","stream_options":null,"model":"b","stream":true,"stream_options":{}})",
+      "\xEF\xBB\xBF {\n \"model\" : \"p\" ,\n \"stream\": true \n}\n",
+      R"({"model":"m"})",
+      R"({"stream":true,"model":"m"   })",
+  };
+  const std::string so = R"({"include_usage":true})";
+  for (const auto& body : bodies) {
+    INFO(body);
+    const auto parsed = parse_request_body(body);
+    REQUIRE(parsed.fields);
+    const auto& f = *parsed.fields;
+    CHECK(edit_body(body, f, json_quote("up"), std::nullopt) == set_top_level(body, "model", json_quote("up")));
+    CHECK(edit_body(body, f, std::nullopt, so) == set_top_level(body, "stream_options", so));
+    CHECK(edit_body(body, f, json_quote("up/\xe5\x90\x8d"), so) ==
+          set_top_level(set_top_level(body, "model", json_quote("up/\xe5\x90\x8d")), "stream_options", so));
+    CHECK(edit_body(body, f, std::nullopt, std::nullopt) == body);
+    CHECK(json::accept(edit_body(body, f, json_quote("x"), so)));
+  }
+  // An object without members gains both, in order.
+  const std::string empty = "{ }";
+  REQUIRE(parse_request_body(empty, false).fields);
+  CHECK(edit_body(empty, *parse_request_body(empty, false).fields, "\"m\"", so) ==
+        R"({"model":"m","stream_options":{"include_usage":true} })");
+}
