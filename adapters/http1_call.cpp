@@ -5,6 +5,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/string.hpp>
 #include <boost/beast/http/basic_parser.hpp>
 
 #include <array>
@@ -439,13 +440,31 @@ http1_origin http1_origin::from(const config::backend_config& cfg) {
   o.pool_key = std::string(authority.starts_with('[') ? authority.substr(0, authority.find(']') + 1) : host) + ":" +
                std::to_string(o.port);
   o.timeouts = cfg.timeouts;
-  std::string common = "Host: " + std::string(authority) + "\r\nUser-Agent: tollgate/" TOLLGATE_VERSION
-                       "\r\nContent-Type: application/json\r\n";
-  if (!cfg.api_key.empty()) common += "Authorization: Bearer " + cfg.api_key + "\r\n";
-  for (const auto& [k, v] : cfg.headers) common += k + ": " + v + "\r\n";
-  o.stream_headers = common + "Accept: text/event-stream\r\n";
-  o.plain_headers = common + "Accept: application/json\r\n";
+  for (bool stream : {true, false}) {
+    std::string text;
+    bool host_given = false;
+    for (const auto& [name, value] : upstream_headers(cfg, stream)) {
+      host_given = host_given || beast::iequals(name, "host");
+      text.append(name).append(": ").append(value).append("\r\n");
+    }
+    if (!host_given) text = "Host: " + std::string(authority) + "\r\n" + text;
+    (stream ? o.stream_headers : o.plain_headers) = std::move(text);
+  }
   return o;
+}
+
+std::vector<std::pair<std::string, std::string>> upstream_headers(const config::backend_config& cfg, bool stream) {
+  std::vector<std::pair<std::string, std::string>> out = {
+      {"Content-Type", "application/json"},
+      {"Accept", stream ? "text/event-stream" : "application/json"},
+      {"User-Agent", "tollgate/" TOLLGATE_VERSION},
+  };
+  if (!cfg.api_key.empty()) out.emplace_back("Authorization", "Bearer " + cfg.api_key);
+  for (const auto& [name, value] : cfg.headers) {
+    std::erase_if(out, [&](const auto& h) { return beast::iequals(h.first, name); });
+  }
+  for (const auto& [name, value] : cfg.headers) out.emplace_back(name, value);
+  return out;
 }
 
 std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request request, io_refs refs) {

@@ -6,11 +6,18 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "adapters/backend.hpp"
 #include "config/config.hpp"
 
 namespace tollgate::adapters {
+
+/// The header fields every request to a backend sends, whatever the transport: Content-Type,
+/// Accept (text/event-stream for a stream), User-Agent, Authorization from api_key, then the
+/// backend's own `headers`, which replace a default of the same name (case-insensitive).
+std::vector<std::pair<std::string, std::string>> upstream_headers(const config::backend_config& cfg, bool stream);
 
 /// Where a backend is and what every request to it sends; built once per backend, shared by all
 /// threads, read-only.

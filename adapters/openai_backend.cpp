@@ -229,12 +229,10 @@ openai_backend::openai_backend(config::backend_config cfg) : cfg_(std::move(cfg)
     return;
   }
   for (bool stream : {true, false}) {
-    curl_slist* list = nullptr;
-    list = curl_slist_append(list, "Content-Type: application/json");
-    list = curl_slist_append(list, stream ? "Accept: text/event-stream" : "Accept: application/json");
-    list = curl_slist_append(list, "Expect:");  // no 100-continue round trip for large bodies
-    if (!cfg_.api_key.empty()) list = curl_slist_append(list, ("Authorization: Bearer " + cfg_.api_key).c_str());
-    for (const auto& [k, v] : cfg_.headers) list = curl_slist_append(list, (k + ": " + v).c_str());
+    curl_slist* list = curl_slist_append(nullptr, "Expect:");  // no 100-continue round trip for large bodies
+    for (const auto& [name, value] : upstream_headers(cfg_, stream)) {
+      list = curl_slist_append(list, (name + ": " + value).c_str());
+    }
     (stream ? stream_headers_ : plain_headers_) = list;
   }
 }
@@ -257,7 +255,6 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(cfg_.timeouts.connect.count()));
   curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(cfg_.timeouts.total.count()));
-  curl_easy_setopt(easy, CURLOPT_USERAGENT, "tollgate/" TOLLGATE_VERSION);
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(easy, CURLOPT_PRIVATE, result.get());

@@ -585,6 +585,13 @@ class loader {
               add(it->first, hpath, "invalid header name");
               continue;
             }
+            std::string lowered = name;
+            for (char& c : lowered) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+            if (lowered == "content-length" || lowered == "transfer-encoding" || lowered == "connection" ||
+                lowered == "expect") {
+              add(it->first, hpath, "'" + name + "' frames the request and is set by the gateway");
+              continue;
+            }
             if (auto value = string(it->second, hpath)) {
               if (value->find_first_of("\r\n") != std::string::npos) add(it->second, hpath, "a header value is one line");
               else bc.headers[name] = *value;

@@ -432,3 +432,52 @@ TEST_CASE("native client: first-token, idle and total timeouts, and cancelling m
   // The upstream sees its connection go: the rest of the stream is not read.
   CHECK(eventually_true([&] { return up.client_aborts() > aborts_before; }));
 }
+
+TEST_CASE("upstream headers: a backend's own header replaces the default of that name, on both transports",
+          "[adapters][native]") {
+  fake_upstream up;
+  for (const std::string transport : {"native", "curl"}) {
+    INFO(transport);
+    auto cfg = native_backend(up.base_url());
+    cfg.transport = transport;
+    cfg.headers.clear();
+    cfg.headers["authorization"] = "Token abc";
+    cfg.headers["User-Agent"] = "team-app/2";
+    cfg.headers["Host"] = "api.internal";
+    openai_backend b(cfg);
+    client c;
+    REQUIRE(c.run(b, chat()).status == 200);
+    const auto seen = up.requests().back();
+    CHECK(seen.headers.at("authorization") == "Token abc");
+    CHECK(seen.headers.at("user-agent") == "team-app/2");
+    CHECK(seen.headers.at("host") == "api.internal");
+    CHECK(seen.headers.at("content-type") == "application/json");
+  }
+  // Only one of each went: the fake keeps the last value, so count them in the raw request.
+  raw_server raw([](const std::string&) { return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"); });
+  auto cfg = native_backend(raw.base_url());
+  cfg.headers["Authorization"] = "Token abc";
+  openai_backend b(cfg);
+  client c;
+  REQUIRE(c.run(b, chat()).status == 200);
+  const std::string& request = raw.requests().at(0);
+  CHECK(request.find("Authorization: Token abc\r\n") != std::string::npos);
+  CHECK(request.find("Bearer sk-native") == std::string::npos);
+}
+
+TEST_CASE("native client: an IPv6 address in brackets", "[adapters][native]") {
+  std::unique_ptr<fake_upstream> up;
+  try {
+    up = std::make_unique<fake_upstream>("::1");
+  } catch (const std::exception& e) {
+    WARN("no IPv6 loopback here: " << e.what());
+    return;
+  }
+  openai_backend b(native_backend(up->base_url()));
+  client c;
+  CHECK(c.run(b, chat()).status == 200);
+  CHECK(c.run(b, chat()).status == 200);
+  CHECK(up->connection_count() == 1);
+  CHECK(up->requests().at(0).headers.at("host") == "[::1]:" + std::to_string(up->port()));
+}
+

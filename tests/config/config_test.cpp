@@ -517,4 +517,12 @@ routes:
   CHECK_THAT(find(bad, "backends[0].transport").message, Catch::Contains("plain http:// only"));
   CHECK_THAT(find(bad, "backends[1].transport").message, Catch::Contains("auto, native or curl"));
   find(bad, "backends[2].transport");
+  auto framing = load(R"(backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9000/v1", headers: {Content-Length: "5", connection: close, X-Ok: "1"}}
+routes:
+  - {model: m, targets: [{backend: up}]}
+)");
+  CHECK_THAT(find(framing, "backends[0].headers.Content-Length").message, Catch::Contains("set by the gateway"));
+  find(framing, "backends[0].headers.connection");
+  CHECK(framing.problems.size() == 2);
 }

@@ -218,7 +218,8 @@ fake_upstream::~fake_upstream() {
 std::uint16_t fake_upstream::port() const { return impl_->port; }
 
 std::string fake_upstream::base_url() const {
-  return "http://" + impl_->host + ":" + std::to_string(impl_->port) + "/v1";
+  const bool v6 = impl_->host.find(':') != std::string::npos;
+  return "http://" + (v6 ? "[" + impl_->host + "]" : impl_->host) + ":" + std::to_string(impl_->port) + "/v1";
 }
 
 void fake_upstream::push(response_script script) {
