@@ -1,9 +1,11 @@
 #include "gateway/access_log.hpp"
 
+#include <charconv>
 #include <chrono>
 #include <ctime>
+#include <string_view>
 
-#include <nlohmann/json.hpp>
+#include "gateway/json_body.hpp"
 
 namespace tollgate::gateway {
 
@@ -46,21 +48,41 @@ void access_log::write(std::size_t shard, const access_record& r) {
   const std::size_t n = std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
   std::snprintf(when + n, sizeof when - n, ".%03dZ", static_cast<int>(ms % 1000));
 
-  nlohmann::json line = {
-      {"time", when},          {"id", r.request_id},   {"method", r.method},   {"path", r.path},
-      {"key", r.key_name},     {"model", r.model},     {"backend", r.backend}, {"status", r.status},
-      {"latency_ms", static_cast<double>(static_cast<long long>(r.latency_ms * 1000)) / 1000},
-      {"bytes_in", r.bytes_in}, {"bytes_out", r.bytes_out}, {"stream", r.stream}};
-  if (!r.error.empty()) line["error"] = r.error;
+  // Written by hand: a JSON tree per request would cost more than the rest of the request.
+  std::string text;
+  text.reserve(320 + r.path.size() + r.error.size());
+  const auto key = [&](const char* name) { text.append(",\"").append(name).append("\":"); };
+  const auto str = [&](const char* name, std::string_view v) {
+    key(name);
+    append_json_string(text, v);
+  };
+  const auto num = [&](const char* name, auto v) {
+    key(name);
+    char digits[32];
+    text.append(digits, std::to_chars(digits, digits + sizeof digits, v).ptr);
+  };
+  text.append("{\"time\":\"").append(when).push_back('"');
+  str("id", r.request_id);
+  str("method", r.method);
+  str("path", r.path);
+  str("key", r.key_name);
+  str("model", r.model);
+  str("backend", r.backend);
+  num("status", r.status);
+  num("latency_ms", static_cast<double>(static_cast<long long>(r.latency_ms * 1000)) / 1000);
+  num("bytes_in", r.bytes_in);
+  num("bytes_out", r.bytes_out);
+  key("stream");
+  text.append(r.stream ? "true" : "false");
+  if (!r.error.empty()) str("error", r.error);
   if (r.has_usage) {
-    line["prompt_tokens"] = r.prompt_tokens;
-    line["cached_tokens"] = r.cached_tokens;
-    line["completion_tokens"] = r.completion_tokens;
-    line["reasoning_tokens"] = r.reasoning_tokens;
-    line["cost"] = r.cost;
+    num("prompt_tokens", r.prompt_tokens);
+    num("cached_tokens", r.cached_tokens);
+    num("completion_tokens", r.completion_tokens);
+    num("reasoning_tokens", r.reasoning_tokens);
+    num("cost", r.cost);
   }
-  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  text.push_back('\n');
+  text.append("}\n");
   auto& buffer = *shards_[shard % shards_.size()];
   std::lock_guard lock(buffer.mutex);
   buffer.text += text;

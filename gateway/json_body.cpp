@@ -84,6 +84,36 @@ bool fits_double(std::string_view num) {
   return ec == std::errc() && end == num.data() + num.size() && std::isfinite(v);
 }
 
+}  // namespace
+
+std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
+  const auto byte = [&](std::size_t k) -> unsigned { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0; };
+  const auto in = [](unsigned b, unsigned lo, unsigned hi) { return b >= lo && b <= hi; };
+  const unsigned c = byte(0);
+  std::size_t len = 0;
+  unsigned lo = 0x80, hi = 0xBF;  // the range of the second byte
+  if (in(c, 0xC2, 0xDF)) {
+    len = 2;
+  } else if (in(c, 0xE0, 0xEF)) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (in(c, 0xF0, 0xF4)) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (!in(byte(1), lo, hi)) return 0;
+  for (std::size_t k = 2; k < len; ++k) {
+    if (!in(byte(k), 0x80, 0xBF)) return 0;
+  }
+  return len;
+}
+
+namespace {
+
 /// One member of a scanned object, as byte offsets into the text.
 struct member {
   std::size_t key_begin, key_end;      // the key's literal, quotes included
@@ -302,35 +332,11 @@ class json_scanner {
     }
   }
 
-  /// One multi-byte UTF-8 sequence at i_ (RFC 3629: no overlong forms, no surrogates, nothing past
-  /// U+10FFFF).
+  /// One multi-byte UTF-8 sequence at i_.
   bool scan_utf8() {
-    const auto byte = [&](std::size_t k) -> unsigned {
-      return i_ + k < s_.size() ? static_cast<unsigned char>(s_[i_ + k]) : 0;
-    };
-    const auto in = [](unsigned b, unsigned lo, unsigned hi) { return b >= lo && b <= hi; };
-    const unsigned c = byte(0);
-    std::size_t len = 0;
-    unsigned lo = 0x80, hi = 0xBF;  // the range of the second byte
-    if (in(c, 0xC2, 0xDF)) {
-      len = 2;
-    } else if (in(c, 0xE0, 0xEF)) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (in(c, 0xF0, 0xF4)) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      return false;
-    }
-    if (!in(byte(1), lo, hi)) return false;
-    for (std::size_t k = 2; k < len; ++k) {
-      if (!in(byte(k), 0x80, 0xBF)) return false;
-    }
+    const std::size_t len = utf8_sequence_length(s_, i_);
     i_ += len;
-    return true;
+    return len > 0;
   }
 
   std::string_view s_;
@@ -632,6 +638,49 @@ bool top_level_values(std::string_view text, std::span<const std::string_view> k
     }
   }
   return true;
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out.push_back('"');
+  std::size_t run = 0;  // start of the bytes not yet copied
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+      ++i;
+      continue;
+    }
+    std::size_t len = 1;
+    if (c >= 0x80) {
+      len = utf8_sequence_length(s, i);
+      if (len > 0) {  // valid UTF-8 is copied as it is
+        i += len;
+        continue;
+      }
+      len = 1;
+    }
+    out.append(s.substr(run, i - run));
+    switch (c) {
+      case '"': out.append("\\\""); break;
+      case '\\': out.append("\\\\"); break;
+      case '\n': out.append("\\n"); break;
+      case '\r': out.append("\\r"); break;
+      case '\t': out.append("\\t"); break;
+      default:
+        if (c >= 0x80) {
+          out.append("\xEF\xBF\xBD");  // U+FFFD for a byte that starts no valid sequence
+        } else {
+          out.append("\\u00");
+          out.push_back(hex[c >> 4]);
+          out.push_back(hex[c & 0xF]);
+        }
+    }
+    i += len;
+    run = i;
+  }
+  out.append(s.substr(run));
+  out.push_back('"');
 }
 
 std::string json_quote(std::string_view s) {

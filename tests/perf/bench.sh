@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throughput and added latency of tollgate in front of a fast local upstream, side by side with
 # the same load sent to the upstream directly and through nginx (proxy_pass with keep-alive).
+# tollgate runs twice: with its default transport for an http:// upstream (native) and over libcurl.
 #
 # Usage: tests/perf/bench.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=8 CONNS=32 THREADS=1)
 # The upstream is nginx answering a fixed chat.completion body. Each round runs the three targets
@@ -66,7 +67,10 @@ pids+=($!)
 nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 
-cat >"$work/tollgate.yaml" <<YAML
+# Two gateways: the default transport for an http:// upstream (the built-in HTTP/1.1 client), and
+# the same config over libcurl.
+for transport in native curl; do
+  cat >"$work/tollgate-$transport.yaml" <<YAML
 server:
   listen: 127.0.0.1:0
   threads: $threads
@@ -79,15 +83,18 @@ backends:
     kind: openai
     base_url: http://127.0.0.1:$up_port/v1
     api_key: sk-upstream
+    transport: $transport
 routes:
   - model: bench-model
     targets:
       - backend: local
         model: m
 YAML
-"$build/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
-pids+=($!)
-tg_url=$(wait_listening "$work/tollgate.log")
+  "$build/tollgate" serve --config "$work/tollgate-$transport.yaml" 2>"$work/tollgate-$transport.log" &
+  pids+=($!)
+done
+tg_url=$(wait_listening "$work/tollgate-native.log")
+tg_curl_url=$(wait_listening "$work/tollgate-curl.log")
 
 cat >"$work/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -105,12 +112,13 @@ declare -A rps p50 p99 lat50 lat99
 run() {  # name url conns -> "rps p50 p99 errors"
   wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
-targets=(direct nginx tollgate)
+targets=(direct nginx tollgate tollgate-curl)
 url_of() {
   case $1 in
     direct) echo "http://127.0.0.1:$up_port/v1/chat/completions" ;;
     nginx) echo "http://127.0.0.1:$ngx_port/v1/chat/completions" ;;
     tollgate) echo "$tg_url/v1/chat/completions" ;;
+    tollgate-curl) echo "$tg_curl_url/v1/chat/completions" ;;
   esac
 }
 # Warm-up: connections, caches.
