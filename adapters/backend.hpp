@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -25,11 +26,13 @@ struct io_refs {
   upstream_pool& pool;  ///< idle connections of the built-in HTTP/1.1 client
 };
 
+/// One request for a backend. path and request_id are read only during backend::start(); a
+/// call keeps what it needs of them.
 struct upstream_request {
-  std::string path;  ///< relative to the backend's base URL, e.g. "/chat/completions"
-  std::string body;  ///< JSON, with the model already rewritten
+  std::string_view path;  ///< relative to the backend's base URL, e.g. "/chat/completions"
+  std::string body;       ///< JSON, with the model already rewritten
   bool stream = false;
-  std::string request_id;
+  std::string_view request_id;
 };
 
 struct response_head {

@@ -10,9 +10,9 @@
 
 #include <array>
 #include <cctype>
-#include <deque>
 #include <optional>
 
+#include "adapters/event_queue.hpp"
 #include "adapters/upstream_pool.hpp"
 
 namespace tollgate::adapters {
@@ -56,6 +56,7 @@ class response_reader final : public http::basic_parser<false> {
     status_ = code;
     head_ = response_head{};
     head_.status = code;
+    head_.headers.reserve(12);
   }
   void on_field_impl(http::field, beast::string_view name, beast::string_view value, beast::error_code&) override {
     head_.headers.emplace_back(lower(name), std::string(value));
@@ -121,8 +122,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
   net::awaitable<call_event> next() {
     for (;;) {
       if (!pending_.empty()) {
-        call_event ev = std::move(pending_.front());
-        pending_.pop_front();
+        call_event ev = pending_.pop_front();
         if (ev.type == call_event::kind::data) {
           queued_bytes_ -= ev.data.size();
           if (paused_ && queued_bytes_ < pause_above_bytes / 2) {
@@ -383,7 +383,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
   std::chrono::steady_clock::time_point connect_deadline_;
   net::steady_timer deadline_;  // the total timeout
   net::steady_timer wake_;      // the consumer waits on it; the producer cancels it
-  std::deque<call_event> pending_;
+  event_queue pending_;
   std::size_t queued_bytes_ = 0;
   std::optional<call_event> terminal_;
   std::function<void()> hook_;

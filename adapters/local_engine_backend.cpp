@@ -71,7 +71,7 @@ parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   const bool chat = req.path == "/chat/completions";
   if (!chat && req.path != "/completions") {
     return parse_result{std::nullopt, 404,
-                        error_body("The local engine serves /chat/completions and /completions, not " + req.path + ".",
+                        error_body("The local engine serves /chat/completions and /completions, not " + std::string(req.path) + ".",
                                    "invalid_request_error", "unsupported_endpoint")};
   }
   json body = json::parse(req.body, nullptr, false);
@@ -600,7 +600,7 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
   if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);
-  j->id = (j->spec.chat ? "chatcmpl-" : "cmpl-") + (request.request_id.empty() ? std::string("local") : request.request_id);
+  j->id = std::string(j->spec.chat ? "chatcmpl-" : "cmpl-") + std::string(request.request_id.empty() ? "local" : request.request_id);
   j->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   auto c = std::make_unique<engine_call>(j, refs, cfg_.timeouts);
   if (!scheduler_->submit(j)) {

@@ -1,6 +1,7 @@
 #include "adapters/openai_backend.hpp"
 
 #include "adapters/curl_multi.hpp"
+#include "adapters/event_queue.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -8,7 +9,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <deque>
 
 namespace tollgate::adapters {
 
@@ -61,12 +61,12 @@ class openai_call final : public call {
 
   /// shared_headers outlives the call (it belongs to the backend, which the request's runtime
   /// snapshot keeps alive).
-  void begin(CURL* easy, curl_slist* shared_headers, const std::string& request_id, std::string body) {
+  void begin(CURL* easy, curl_slist* shared_headers, std::string_view request_id, std::string body) {
     easy_ = easy;
     body_ = std::move(body);
     curl_slist* headers = shared_headers;
     if (!request_id.empty()) {
-      request_id_header_ = "X-Request-Id: " + request_id;
+      request_id_header_ = "X-Request-Id: " + std::string(request_id);
       request_id_node_.data = request_id_header_.data();
       request_id_node_.next = shared_headers;
       headers = &request_id_node_;
@@ -94,8 +94,7 @@ class openai_call final : public call {
   net::awaitable<call_event> next() override {
     for (;;) {
       if (!pending_.empty()) {
-        call_event ev = std::move(pending_.front());
-        pending_.pop_front();
+        call_event ev = pending_.pop_front();
         if (ev.type == call_event::kind::data) {
           queued_bytes_ -= ev.data.size();
           resume_if_drained();
@@ -215,7 +214,7 @@ class openai_call final : public call {
   bool paused_ = false;
   bool seen_head_ = false;
   response_head head_;
-  std::deque<call_event> pending_;
+  event_queue pending_;
   std::size_t queued_bytes_ = 0;
   std::optional<call_event> terminal_;
   std::function<void()> hook_;
@@ -246,7 +245,7 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   if (native_) return start_http1_call(*native_, std::move(request), refs);
   auto result = std::make_unique<openai_call>(refs, cfg_.timeouts);
   CURL* easy = refs.curl.acquire();
-  const std::string url = cfg_.base_url + request.path;
+  const std::string url = cfg_.base_url + std::string(request.path);
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);

@@ -31,6 +31,17 @@ struct access_record {
   std::int64_t completion_tokens = 0;
   std::int64_t reasoning_tokens = 0;
   double cost = 0;
+
+  /// Back to a fresh record, keeping the strings' storage for the connection's next request.
+  void clear() {
+    for (std::string* s : {&request_id, &method, &path, &key_name, &model, &backend, &error}) s->clear();
+    status = 0;
+    latency_ms = 0;
+    bytes_in = bytes_out = 0;
+    stream = has_usage = false;
+    prompt_tokens = cached_tokens = completion_tokens = reasoning_tokens = 0;
+    cost = 0;
+  }
 };
 
 class access_log {

@@ -172,13 +172,13 @@ class session {
   template <class Req>
   void begin(const Req& req, const runtime&) {
     started_ = clock::now();
-    record_ = access_record{};
-    record_.method = std::string(req.method_string());
-    record_.path = std::string(req.target());
+    record_.clear();
+    record_.method.assign(req.method_string());
+    record_.path.assign(req.target());
     if (auto it = req.find("x-request-id"); it != req.end() && usable_request_id(it->value())) {
-      record_.request_id = std::string(it->value());
+      record_.request_id.assign(it->value());
     } else {
-      record_.request_id = w_.new_request_id();
+      w_.new_request_id(record_.request_id);
     }
     backend_name_.clear();
     route_name_.clear();
@@ -336,7 +336,7 @@ class session {
     if (path == "/chat/completions" || path == "/completions" || path == "/embeddings") {
       if (!post) co_return co_await send_error(method_not_allowed(), true);
       if (!authenticate(req, *rt)) co_return co_await send_error(unauthorized_error(req), true);
-      co_return co_await proxy(req, std::string(path), *rt);
+      co_return co_await proxy(req, path, *rt);
     }
     co_return co_await send_error(not_found("Unknown request URL: " + std::string(req.method_string()) + " " +
                                             std::string(path) + ".", "unknown_url"),
@@ -560,7 +560,8 @@ class session {
 
   enum class route_result { answered, exhausted, context_exceeded };
 
-  net::awaitable<bool> proxy(request& req, std::string path, const runtime& rt) {
+  /// path points into req's target, which outlives the call.
+  net::awaitable<bool> proxy(request& req, std::string_view path, const runtime& rt) {
     proxied_ = true;
     auto parsed = parse_request_body(req.body());
     if (!parsed.fields) co_return co_await send_error(bad_request(parsed.error, parsed.error_param), true);
@@ -597,7 +598,7 @@ class session {
     }
     limited_ = {rt.limits.get(), principal_->key, principal_->state, estimate};
     rt_ = &rt;  // held by run() until finish()
-    path_ = path;
+    path_.assign(path);
 
 
     // Metering needs the stream's usage: ask for it, and keep the chunk from a client that did
@@ -648,7 +649,7 @@ class session {
   }
 
   /// Tries one route's targets in its plan's order, up to its retry.attempts.
-  net::awaitable<route_result> try_route(const routing::route& r, request& req, const std::string& path,
+  net::awaitable<route_result> try_route(const routing::route& r, request& req, std::string_view path,
                                          const request_fields& fields, const runtime& rt, attempt_state& st) {
     rt.routes.plan(r, w_.index(), routing::pick_context{w_.random()}, clock::now(), order_);
     const std::size_t n = order_.size();
@@ -772,7 +773,7 @@ class session {
     return false;
   }
 
-  std::unique_ptr<adapters::call> start_attempt(const routing::target& t, const request& req, const std::string& path,
+  std::unique_ptr<adapters::call> start_attempt(const routing::target& t, const request& req, std::string_view path,
                                                 const request_fields& fields, const runtime& rt) {
     adapters::upstream_request up;
     up.path = path;

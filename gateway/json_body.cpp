@@ -127,7 +127,7 @@ struct member {
 /// slow for 10 MB bodies on every request, and the member spans come from the same pass.
 class json_scanner {
  public:
-  explicit json_scanner(std::string_view text) : s_(text) {}
+  explicit json_scanner(std::string_view text) : s_(text) { members_.reserve(16); }
 
   /// true when the whole text is one valid JSON value.
   bool scan() {

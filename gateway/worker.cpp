@@ -109,14 +109,13 @@ void worker::stop() {
   thread_.join();
 }
 
-std::string worker::new_request_id() {
+void worker::new_request_id(std::string& id) {
   static constexpr char hex[] = "0123456789abcdef";
-  std::string id = "req_";
+  id.assign("req_");
   for (int part = 0; part < 2; ++part) {
     std::uint64_t bits = rng_();
     for (int i = 0; i < 12; ++i, bits >>= 4) id.push_back(hex[bits & 0xf]);
   }
-  return id;
 }
 
 std::list<worker::session_entry>::iterator worker::add_session(tcp::socket* socket) {

@@ -41,7 +41,8 @@ class worker {
   adapters::upstream_pool& pool() { return pool_; }
   server_shared& shared() { return shared_; }
   std::size_t index() const { return index_; }
-  std::string new_request_id();
+  /// Writes a fresh request id ("req_" and 24 hex digits) into id.
+  void new_request_id(std::string& id);
   std::uint64_t random() { return rng_(); }
 
   /// A connection that drain may need to close. Registered for the session's lifetime.

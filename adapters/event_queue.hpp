@@ -1,0 +1,34 @@
+// The events a call has produced and its reader has not taken yet. A vector read from the front:
+// a call seldom holds more than a few, and unlike a deque it allocates once, not twice.
+#pragma once
+
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+#include "adapters/backend.hpp"
+
+namespace tollgate::adapters {
+
+class event_queue {
+ public:
+  event_queue() { events_.reserve(4); }
+  bool empty() const { return front_ == events_.size(); }
+  call_event& back() { return events_.back(); }
+  void push_back(call_event ev) { events_.push_back(std::move(ev)); }
+  /// Precondition: !empty().
+  call_event pop_front() {
+    call_event ev = std::move(events_[front_++]);
+    if (front_ == events_.size()) {  // drained: reuse the storage from its start
+      events_.clear();
+      front_ = 0;
+    }
+    return ev;
+  }
+
+ private:
+  std::vector<call_event> events_;
+  std::size_t front_ = 0;
+};
+
+}  // namespace tollgate::adapters
