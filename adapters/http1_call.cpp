@@ -26,6 +26,8 @@ namespace {
 
 constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream past this
 constexpr std::size_t read_size = 16 * 1024;
+// How soon after sending a reused connection must fail for the request to go again on a new one.
+constexpr auto stale_window = std::chrono::seconds(1);
 constexpr std::uint32_t max_header_bytes = 64 * 1024;
 
 std::string lower(std::string_view s) {
@@ -199,7 +201,8 @@ class transfer : public std::enable_shared_from_this<transfer> {
     net::async_connect(connection_->socket, endpoints,
                        [self = shared_from_this(), c = connection_](boost::system::error_code ec, const tcp::endpoint&) {
                          if (self->terminal_ || c != self->connection_) return;
-                         self->connect_timer_.reset();
+                         self->connecting_ = false;
+                         self->connect_timer_->cancel();
                          if (ec) {
                            self->fail(failure::connect,
                                       "could not connect to " + self->origin_.pool_key + ": " + ec.message());
@@ -215,8 +218,10 @@ class transfer : public std::enable_shared_from_this<transfer> {
   void arm_connect_timer() {
     if (!connect_timer_) connect_timer_.emplace(refs_.io);
     connect_timer_->expires_at(connect_deadline_);
+    connecting_ = true;
     connect_timer_->async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec || self->terminal_) return;
+      // connecting_: the connect may have completed in the same turn as the timer expired.
+      if (ec || self->terminal_ || !self->connecting_) return;
       self->fail(failure::timeout, "connecting to " + self->origin_.pool_key + " timed out after " +
                                        millis(self->origin_.timeouts.connect));
     });
@@ -228,15 +233,17 @@ class transfer : public std::enable_shared_from_this<transfer> {
     parser_.emplace(*this);
     got_bytes_ = false;
     writing_ = true;
+    write_failed_ = false;
+    sent_at_ = std::chrono::steady_clock::now();
     const std::array<net::const_buffer, 2> buffers{net::buffer(head_), net::buffer(body_)};
     net::async_write(connection_->socket, buffers,
                      [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t) {
-                       if (c == self->connection_) self->writing_ = false;
-                       if (self->terminal_ || c != self->connection_ || !ec) return;
-                       if (self->got_bytes_) return;  // an early answer is being read; the read decides
-                       if (self->retry_fresh()) return;
-                       self->fail(failure::broken, "sending the request to " + self->origin_.pool_key + " failed: " +
-                                                       ec.message());
+                       if (c != self->connection_) return;
+                       self->writing_ = false;
+                       // A failed write leaves the verdict to the read, which is pending: the upstream
+                       // may have answered before it stopped reading (413 for a large body, say), and
+                       // otherwise the read ends with the connection's error or its close.
+                       if (ec) self->write_failed_ = true;
                      });
     read();
   }
@@ -247,8 +254,9 @@ class transfer : public std::enable_shared_from_this<transfer> {
     auto& c = *connection_;
     c.socket.async_read_some(c.buffer.prepare(read_size),
                              [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
+                               if (c != self->connection_) return;
                                self->reading_ = false;
-                               if (self->terminal_ || c != self->connection_) return;
+                               if (self->terminal_) return;
                                self->on_read(ec, n);
                              });
   }
@@ -289,7 +297,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
           continue;
         }
         // Reused only when the answer ended exactly and the request was written whole.
-        complete(parser_->keep_alive() && buffer.size() == 0 && !writing_);
+        complete(parser_->keep_alive() && buffer.size() == 0 && !writing_ && !write_failed_);
         return false;
       }
     }
@@ -312,9 +320,12 @@ class transfer : public std::enable_shared_from_this<transfer> {
   }
 
   /// A kept-alive connection the server closed just as we sent on it: the request was not
-  /// answered, so it goes once more on a new connection.
+  /// answered, so it goes once more on a new connection. Only when the connection failed soon
+  /// after the send: a server that held the request for longer was working on it, and sending it
+  /// again would do that work twice (the route's retry policy decides then).
   bool retry_fresh() {
     if (!connection_ || !connection_->reused || retried_) return false;
+    if (std::chrono::steady_clock::now() - sent_at_ > stale_window) return false;
     retried_ = true;
     close_connection();
     open();
@@ -391,6 +402,9 @@ class transfer : public std::enable_shared_from_this<transfer> {
   bool got_bytes_ = false;  // the current connection sent part of an answer
   bool reading_ = false;
   bool writing_ = false;
+  bool write_failed_ = false;
+  bool connecting_ = false;
+  std::chrono::steady_clock::time_point sent_at_;
   bool paused_ = false;
   bool retried_ = false;
 };

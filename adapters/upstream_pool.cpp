@@ -1,6 +1,9 @@
 #include "adapters/upstream_pool.hpp"
 
 #include <algorithm>
+#include <cerrno>
+
+#include <sys/socket.h>
 
 namespace tollgate::adapters {
 
@@ -22,17 +25,26 @@ upstream_pool::~upstream_pool() {
 
 std::shared_ptr<upstream_connection> upstream_pool::take(const std::string& origin) {
   auto it = idle_.find(origin);
-  if (it == idle_.end() || it->second.empty()) return nullptr;
-  std::shared_ptr<upstream_connection> c = std::move(it->second.back());
-  it->second.pop_back();
-  c->parking = 0;
-  if (c->watched) {
-    // Stops the peek; its handler runs later with operation_aborted and does nothing.
+  if (it == idle_.end()) return nullptr;
+  idle_list& list = it->second;
+  while (!list.empty()) {
+    std::shared_ptr<upstream_connection> c = std::move(list.back());
+    list.pop_back();
+    c->parking = 0;
+    if (!c->watched) return c;  // parked since the last heartbeat: just used, and taken at once
+    // Idle for a heartbeat or more. Its peek stops (the handler runs later with
+    // operation_aborted and does nothing), and since that peek may have completed without its
+    // handler having run yet, one non-blocking look tells whether the server closed the
+    // connection or sent something unasked (a 408 after its idle timeout): then it is not used.
     c->watched = false;
     boost::system::error_code ignored;
     c->socket.cancel(ignored);
+    char probe;
+    const auto n = ::recv(c->socket.native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return c;
+    c->socket.close(ignored);
   }
-  return c;
+  return nullptr;
 }
 
 void upstream_pool::put(const std::string& origin, std::shared_ptr<upstream_connection> connection) {

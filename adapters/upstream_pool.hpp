@@ -41,7 +41,9 @@ class upstream_pool {
 
   boost::asio::io_context& io() { return io_; }
 
-  /// The idle connection to origin ("host:port") parked last, or null when there is none.
+  /// The idle connection to origin ("host:port") parked last, or null when there is none. One idle
+  /// for a heartbeat or more is first checked (a non-blocking peek) and skipped when the server
+  /// has closed it or sent bytes unasked.
   std::shared_ptr<upstream_connection> take(const std::string& origin);
 
   /// Parks a connection whose last response ended cleanly and may be kept alive.

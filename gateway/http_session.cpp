@@ -315,7 +315,8 @@ class session {
       if (rt->cfg.server.admin_key.empty()) {
         co_return co_await send_error(not_found("the admin API is off: set server.admin_key", "unknown_url"), true);
       }
-      if (sha256(bearer_key(req)) != sha256(rt->cfg.server.admin_key)) {
+      const std::string presented = sha256(bearer_key(req)), wanted = sha256(rt->cfg.server.admin_key);
+      if (CRYPTO_memcmp(presented.data(), wanted.data(), wanted.size()) != 0) {
         co_return co_await send_error(unauthorized("the admin API needs server.admin_key"), true);
       }
       record_.key_name = "admin";
@@ -682,6 +683,7 @@ class session {
       ++st.attempts;
       auto call = start_attempt(*picked, req, path, fields, rt);
       auto watch = watch_client(*call, fields.stream);
+      const watch_guard guard{*this, watch};
 
       // Hedging: no first byte by hedge_after, so a second attempt goes to the next target that
       // has room; whichever answers first is relayed and the other is cancelled.
@@ -1065,6 +1067,16 @@ class session {
                             }
                           });
   }
+
+  /// Ends a watch however its scope is left, an exception included, and before the call it points
+  /// at is destroyed (declare it after the call).
+  struct watch_guard {
+    session& s;
+    std::shared_ptr<client_watch>& watch;
+    ~watch_guard() {
+      if (watch && !watch->done) s.unwatch_client(watch);
+    }
+  };
 
   void unwatch_client(const std::shared_ptr<client_watch>& watch) {
     watch->done = true;

@@ -481,3 +481,96 @@ TEST_CASE("native client: an IPv6 address in brackets", "[adapters][native]") {
   CHECK(up->requests().at(0).headers.at("host") == "[::1]:" + std::to_string(up->port()));
 }
 
+
+TEST_CASE("native client: a reused connection that fails long after the send is not tried again",
+          "[adapters][native]") {
+  fake_upstream up;
+  openai_backend b(native_backend(up.base_url()));
+  client c;
+  REQUIRE(c.run(b, chat()).status == 200);
+  // The upstream works on the request for over a second, then drops it: it may have done the work,
+  // so the call fails (the route's retry policy decides) instead of sending it again.
+  response_script died;
+  died.header_delay = std::chrono::milliseconds(1200);
+  died.reset_before_headers = true;
+  up.push(died);
+  const auto out = c.run(b, chat());
+  CHECK(out.last == call_event::kind::failed);
+  CHECK(out.error == failure::broken);
+  CHECK(up.request_count() == 2);
+}
+
+TEST_CASE("native client: an answer that comes before the body is sent is relayed, and not pooled",
+          "[adapters][native]") {
+  raw_server early([](const std::string&) {
+    return std::string("HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+  });
+  // raw_server reads the whole body before answering; this one answers after the head only.
+  net::io_context sio;
+  tcp::acceptor acceptor(sio, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  std::thread server([&] {
+    tcp::socket s(sio);
+    acceptor.accept(s);
+    std::string in;
+    boost::system::error_code ec;
+    net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
+    net::write(s, net::buffer(std::string("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\n\r\n{}")), ec);
+    s.shutdown(tcp::socket::shutdown_send, ec);
+    char sink[65536];  // drain the rest, so that closing sends no reset
+    while (!ec) s.read_some(net::buffer(sink), ec);
+  });
+  auto cfg = native_backend("http://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port()) + "/v1");
+  openai_backend b(cfg);
+  client c;
+  const auto out = c.run(b, chat(false, "{\"model\":\"m\",\"x\":\"" + std::string(8 << 20, 'a') + "\"}"));
+  CHECK(out.status == 413);
+  CHECK(out.body == "{}");
+  CHECK(out.last == call_event::kind::end);
+  CHECK(c.pool.idle() == 0);  // still writing when the answer ended: never reused
+  c.pool.watch_idle();
+  c.io.restart();
+  c.io.poll();
+  server.join();
+}
+
+TEST_CASE("native client: a connection idle past a heartbeat that got bytes unasked is not reused",
+          "[adapters][native]") {
+  net::io_context sio;
+  tcp::acceptor acceptor(sio, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  std::atomic<int> connections{0};
+  std::thread server([&] {
+    for (int k = 0; k < 2; ++k) {
+      tcp::socket s(sio);
+      acceptor.accept(s);
+      ++connections;
+      std::string in;
+      boost::system::error_code ec;
+      net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
+      const auto length = std::stoul(in.substr(in.find("Content-Length: ") + 16));
+      const std::size_t head = in.find("\r\n\r\n") + 4;
+      if (in.size() < head + length) net::read(s, net::dynamic_buffer(in), net::transfer_exactly(head + length - in.size()), ec);
+      net::write(s, net::buffer(std::string(k == 0 ? "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+                                                  : "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")),
+                ec);
+      if (k == 0) {
+        // Kept alive, then, idle for a while, the server gives up on it the way some do.
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        net::write(s, net::buffer(std::string("HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")), ec);
+      }
+      s.shutdown(tcp::socket::shutdown_send, ec);
+      char sink[256];
+      while (!ec) s.read_some(net::buffer(sink), ec);
+    }
+  });
+  openai_backend b(native_backend("http://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port()) + "/v1"));
+  client c;
+  REQUIRE(c.run(b, chat()).status == 200);
+  REQUIRE(c.pool.idle() == 1);
+  c.pool.watch_idle();  // a heartbeat arms its peek...
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // ...whose wake-up has not run when the next request takes it
+  const auto second = c.run(b, chat());
+  CHECK(second.status == 200);  // not the stale 408
+  CHECK(second.body == "{}");
+  CHECK(connections == 2);
+  server.join();
+}

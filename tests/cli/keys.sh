@@ -12,7 +12,7 @@ pids+=($!)
 upstream=$(wait_listening "$work/fake.log")
 cat >"$work/tollgate.yaml" <<YAML
 store: {sqlite: $work/tollgate.db}
-server: {listen: "127.0.0.1:0", threads: 1, access_log: "off"}
+server: {listen: "127.0.0.1:0", threads: 1, access_log: stdout}
 keys: [{name: ops, key: tg-static-ops-key}]
 backends: [{name: fake, kind: openai, base_url: "$upstream/v1"}]
 routes:
@@ -60,9 +60,18 @@ echo "$list" | grep -q "deepseek-\*" || fail "list lacks the models"
 echo "$list" | grep -q "50/month" || fail "list lacks the budget"
 echo "$list" | grep -q "2099-12-31" || fail "list lacks the expiry"
 echo "$list" | grep -q "${key:3}" && fail "list shows the secret"
+# The log has lines for team-a's requests, and none of them holds its key; nor does any byte of
+# the database files.
+logged=""
+for _ in $(seq 1 30); do  # the access log is written out by a background thread
+  grep -q '"key":"team-a"' "$work/tollgate.log" && { logged=1; break; }
+  sleep 0.1
+done
+[ -n "$logged" ] || fail "no access log line for team-a"
 grep -rq "${key:3}" "$work/tollgate.log" && fail "the log holds the secret"
-[ "$(sqlite3 "$work/tollgate.db" "SELECT count(*) FROM api_keys WHERE instr(digest || prefix, '${key:7}') > 0")" = 0 ] ||
-  fail "the database holds the secret"
+grep -rqa "${key:3}" "$work"/tollgate.db* && fail "the database holds the secret"
+[ "$(sqlite3 "$work/tollgate.db" "SELECT count(*) FROM api_keys WHERE name = 'team-a' AND length(digest) = 64")" = 1 ] ||
+  fail "team-a's digest is not in the store"
 
 "$tg" keys revoke --config "$work/tollgate.yaml" --name team-a 2>/dev/null
 gone=""

@@ -87,6 +87,35 @@ TEST_CASE("tpm admits on an estimate and settles on the real usage", "[limits]")
   CHECK(chat(f, "tg-tokens-0000001", "chat-small", 880).status == 200);
 }
 
+TEST_CASE("tpm charges what a request used beyond its estimate", "[limits]") {
+  gateway_fixture f(keyed);
+  // Estimated at a few dozen tokens (max_tokens 1), it reports 900 used.
+  response_script heavy;
+  heavy.body = R"({"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},)"
+               R"("finish_reason":"stop"}],"usage":{"prompt_tokens":500,"completion_tokens":400,"total_tokens":900}})";
+  f.a.push(heavy);
+  CHECK(chat(f, "tg-tokens-0000001", "chat-small", 1).status == 200);
+  // Had only the estimate been charged, 200 more would fit in the minute's 1000.
+  auto over = chat(f, "tg-tokens-0000001", "chat-small", 200);
+  CHECK(over.status == 429);
+  CHECK(json::parse(over.body)["error"]["code"] == "rate_limit_exceeded");
+  CHECK(chat(f, "tg-tokens-0000001", "chat-small", 1).status == 200);  // what is left still admits a small one
+}
+
+TEST_CASE("limits are kept across a reload", "[limits][reload]") {
+  gateway_fixture f(keyed);
+  for (int i = 0; i < 3; ++i) REQUIRE(chat(f, "tg-chat-only-0001", "chat-small").status == 200);
+  // The same config loaded again, as SIGHUP or a file change does: a new snapshot, the same key.
+  auto loaded = tollgate::config::load_string(fill(keyed, "A", f.a.base_url()), "again.yaml",
+                                              [](const std::string&) { return std::nullopt; });
+  REQUIRE(loaded.value);
+  f.server->shared().current.store(
+      std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), f.lasting, 2));
+  f.server->shared().refresh_keys();
+  CHECK(chat(f, "tg-chat-only-0001", "chat-small").status == 429);
+  CHECK(f.a.request_count() == 3);
+}
+
 TEST_CASE("max_concurrency per key", "[limits]") {
   gateway_fixture f(keyed);
   response_script slow = fake_upstream::openai_default({"POST", "/v1/chat/completions", {},
