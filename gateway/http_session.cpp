@@ -40,7 +40,7 @@ namespace {
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr auto write_timeout = std::chrono::seconds(30);
 constexpr std::size_t max_upstream_body = 64 * 1024 * 1024;  // a non-stream answer we buffer
-constexpr std::size_t max_metered_stream = 16 * 1024 * 1024;  // stream bytes kept for counting
+constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
 
 std::int64_t unix_seconds_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -193,6 +193,7 @@ class session {
     rt_ = nullptr;
     path_.clear();
     delivered_.clear();
+    delivered_text_.clear();
     delivered_sse_ = false;
     first_token_at_.reset();
     upstream_seconds_ = -1;
@@ -208,7 +209,9 @@ class session {
         rt_->tokenizer) {
       usage u;
       u.prompt = count_prompt_tokens(*rt_->tokenizer, path_, body);
-      if (path_ != "/embeddings") u.completion = count_completion_tokens(*rt_->tokenizer, delivered_, delivered_sse_);
+      if (path_ != "/embeddings") {
+        u.completion = count_completion_tokens(*rt_->tokenizer, delivered_, delivered_sse_, delivered_text_);
+      }
       usage_ = u;
       counted_ = true;
     }
@@ -987,6 +990,7 @@ class session {
     std::string out;
     bool broke = false;
     delivered_.clear();
+    delivered_text_.clear();
     delivered_sse_ = true;
     for (;;) {
       adapters::call_event ev = co_await call.next();
@@ -1024,7 +1028,13 @@ class session {
         record_.bytes_out += wn;
         if (!first_token_at_) first_token_at_ = clock::now();
         // What the client has, for counting if the usage chunk never comes.
-        if (delivered_.size() + out.size() <= max_metered_stream) delivered_ += out;
+        // Whole events: past a bound, the text is taken out of those kept so far, so that a long
+        // stream is counted whole without keeping all its bytes.
+        if (delivered_.size() + out.size() > max_metered_stream) {
+          append_completion_text(delivered_, true, delivered_text_);
+          delivered_.clear();
+        }
+        delivered_ += out;
       }
       if (finished) break;
     }
@@ -1151,6 +1161,7 @@ class session {
   const runtime* rt_ = nullptr;         // the snapshot a proxied request runs on
   std::string path_;                    // its endpoint, without /v1
   std::string delivered_;               // what reached the client, for counting the completion
+  std::string delivered_text_;          // the text taken out of delivered_ when it grew too long
   bool delivered_sse_ = false;
   bool counted_ = false;                // usage_ was counted here, not reported upstream
   std::optional<clock::time_point> first_token_at_;  // first stream bytes written to the client

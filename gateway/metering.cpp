@@ -57,15 +57,20 @@ std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view 
   std::string text;
   if (path == "/chat/completions") {
     // The DeepSeek chat template: system text first, then turns, then the assistant's cue.
+    // The same text the bundled engine renders for system, user and assistant messages (a test
+    // holds the two together), plus what an API's template adds for tools.
     text = "<｜begin▁of▁sentence｜>";
     std::string turns;
+    bool first_system = true;
     if (req.contains("messages") && req["messages"].is_array()) {
       for (const auto& m : req["messages"]) {
         if (!m.is_object()) continue;
         const std::string role = m.value("role", std::string());
         const std::string content = m.contains("content") ? content_text(m["content"]) : std::string();
         if (role == "system" || role == "developer") {
+          if (!first_system) text += "\n\n";
           text += content;
+          first_system = false;
         } else if (role == "user") {
           turns += "<｜User｜>" + content;
         } else if (role == "assistant") {
@@ -105,8 +110,14 @@ std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view 
   return static_cast<std::int64_t>(tok.count(text));
 }
 
-std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_view delivered, bool sse) {
-  std::string text;
+std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_view delivered, bool sse,
+                                     std::string_view earlier) {
+  std::string text(earlier);
+  append_completion_text(delivered, sse, text);
+  return static_cast<std::int64_t>(tok.count(text));
+}
+
+void append_completion_text(std::string_view delivered, bool sse, std::string& text) {
   if (sse) {
     sse_splitter events;
     events.feed(delivered);
@@ -122,7 +133,6 @@ std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_v
     json answer = json::parse(delivered, nullptr, false);
     if (!answer.is_discarded()) answer_text(answer, text);
   }
-  return static_cast<std::int64_t>(tok.count(text));
 }
 
 }  // namespace tollgate::gateway

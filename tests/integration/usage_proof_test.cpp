@@ -51,6 +51,20 @@ std::optional<json> reported_usage(const response_script& s) {
   return std::nullopt;
 }
 
+/// The text a script generates: its answer's content, or its stream's content deltas joined.
+std::string generated_text(const response_script& s) {
+  if (s.chunks.empty()) return json::parse(s.body)["choices"][0]["message"]["content"];
+  std::string text;
+  for (const auto& c : s.chunks) {
+    if (c == "data: [DONE]\n\n") continue;
+    const auto chunk = json::parse(c.substr(6));
+    for (const auto& choice : chunk["choices"]) {
+      if (choice.contains("delta") && choice["delta"].contains("content")) text += choice["delta"]["content"].get<std::string>();
+    }
+  }
+  return text;
+}
+
 }  // namespace
 
 TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for token", "[metering][proof]") {
@@ -69,7 +83,10 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
 
   // What the upstream itself reported, for the answers that carried usage.
   std::atomic<std::int64_t> fake_prompt{0}, fake_completion{0}, fake_reported{0};
-  // What the clients received where the upstream reported nothing: counted with the tokenizer.
+  // Answers sent whole without usage: the upstream's own count of what it generated (the
+  // tokenizer on its text), and of the prompt it was sent (the chat template).
+  std::atomic<std::int64_t> own_prompt{0}, own_completion{0}, own_counted{0};
+  // Streams the upstream cut: only the client knows what reached it, so its bytes are counted.
   std::mutex counted_mutex;
   std::int64_t counted_prompt = 0, counted_completion = 0, counted_requests = 0;
 
@@ -92,6 +109,9 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
         } else {
           std::erase_if(s.chunks, [](const std::string& c) { return c.find("\"usage\"") != std::string::npos; });
         }
+        own_prompt += tollgate::gateway::count_prompt_tokens(*tok, "/chat/completions", r.body);
+        own_completion += static_cast<std::int64_t>(tok->count(generated_text(s)));
+        ++own_counted;
         return s;
       }
       if (auto u = reported_usage(s)) {
@@ -125,7 +145,7 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
             continue;
           }
           ++ok;
-          if (kind == "plain") continue;
+          if (kind != "cut") continue;
           // The gateway bills what this client received, counted from its own bytes.
           const auto prompt = tollgate::gateway::count_prompt_tokens(*tok, "/chat/completions", body);
           const auto completion = tollgate::gateway::count_completion_tokens(*tok, r.body, stream);
@@ -141,11 +161,13 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
     CHECK(ok + failed == threads * per_thread);
     CHECK(failed < threads * per_thread / 10);  // only cuts before any byte fail, if any
 
-    const std::int64_t want_prompt = fake_prompt + counted_prompt;
-    const std::int64_t want_completion = fake_completion + counted_completion;
-    INFO("upstream reported " << fake_reported << " requests, the gateway counted " << counted_requests);
+    const std::int64_t want_prompt = fake_prompt + own_prompt + counted_prompt;
+    const std::int64_t want_completion = fake_completion + own_completion + counted_completion;
+    INFO("upstream reported " << fake_reported << ", counted itself " << own_counted << ", clients counted "
+                              << counted_requests);
     CHECK(fake_reported > 1000);
-    CHECK(counted_requests > 300);
+    CHECK(own_counted > 200);
+    CHECK(counted_requests > 50);
 
     http_client c;
     // A request is metered just after its answer is written: the last ones may still be settling
@@ -176,7 +198,8 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
     CHECK(d.one("SELECT count(*) FROM usage_ledger") == std::to_string(threads * per_thread));
     CHECK(d.one("SELECT sum(prompt_tokens) FROM usage_ledger") == std::to_string(want_prompt));
     CHECK(d.one("SELECT sum(completion_tokens) FROM usage_ledger") == std::to_string(want_completion));
-    CHECK(d.one("SELECT count(*) FROM usage_ledger WHERE usage_source = 'counted'") == std::to_string(counted_requests));
+    CHECK(d.one("SELECT count(*) FROM usage_ledger WHERE usage_source = 'counted'") ==
+          std::to_string(counted_requests + own_counted));
     CHECK(d.one("SELECT count(*) FROM usage_ledger WHERE usage_source = 'upstream'") == std::to_string(fake_reported.load()));
     CHECK(d.one("SELECT count(*) FROM usage_ledger WHERE stream = 1 AND status = 200 AND first_token_ms IS NULL") == "0");
   }
@@ -186,12 +209,16 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
 TEST_CASE("a client that leaves mid-stream is billed for what it was sent", "[metering]") {
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
+  const auto tok = tollgate::engine::tokenizer::load(tokenizer_file);
   const std::string path = "/tmp/tollgate-usage-leave-" + std::to_string(::getpid()) + ".db";
   remove_db(path);
+  std::atomic<bool> left{false};
   {
     gateway_fixture f("store: {sqlite: " + path + "}\nmetering: {tokenizer: " + tokenizer_file + "}\n" +
                       gateway_fixture::default_yaml());
-    // A long answer, one word per chunk, slowly: the client leaves after the first chunk.
+    // A long answer, one word per chunk. The first chunk reaches the client, which then leaves; the
+    // fake holds the second until the gateway has had ample time to notice (it watches a stream's
+    // client from its start), so exactly one chunk was delivered.
     response_script s;
     s.content_type = "text/event-stream";
     for (int i = 0; i < 40; ++i) {
@@ -199,23 +226,67 @@ TEST_CASE("a client that leaves mid-stream is billed for what it was sent", "[me
                     {"choices", {{{"index", 0}, {"delta", {{"content", " word" + std::to_string(i)}}}}}}};
       s.chunks.push_back("data: " + chunk.dump() + "\n\n");
     }
-    s.chunk_delay = std::chrono::milliseconds(20);
+    s.before_chunk = [&](std::size_t i) {
+      if (i != 1) return;
+      for (int k = 0; k < 500 && !left; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    };
     f.a.push(s);
     http_client c;
     http_options o = gateway_fixture::auth({"X-Request-Id: leaver"});
-    int pieces = 0;
-    o.on_data = [&](const std::string&) { return ++pieces < 2; };
+    o.on_data = [&](const std::string&) {
+      left = true;
+      return false;
+    };
     c.post(f.base + "/v1/chat/completions",
            R"({"model":"chat-public","stream":true,"messages":[{"role":"user","content":"tell me a long story"}]})", o);
     REQUIRE(eventually([&] { return f.a.client_aborts() == 1; }));
     f.server->shutdown(std::chrono::seconds(5));
   }
   db d(path);
-  // Billed: some of the 40 words (each " wordN" is two tokens), never all of them.
-  const auto completion = std::stoi(d.one("SELECT completion_tokens FROM usage_ledger WHERE request_id = 'leaver'"));
-  CHECK(completion >= 2);
-  CHECK(completion < 80);
+  // Billed: the one word the client was sent, counted by the tokenizer on its own.
+  const auto want = static_cast<std::int64_t>(tok->count(" word0"));
+  CHECK(want >= 1);
+  CHECK(d.one("SELECT completion_tokens FROM usage_ledger WHERE request_id = 'leaver'") == std::to_string(want));
   CHECK(d.one("SELECT usage_source FROM usage_ledger WHERE request_id = 'leaver'") == "counted");
   CHECK(std::stoi(d.one("SELECT prompt_tokens FROM usage_ledger WHERE request_id = 'leaver'")) > 5);
+  remove_db(path);
+}
+
+TEST_CASE("a stream longer than the counting buffer is counted whole", "[metering]") {
+  INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  const auto tok = tollgate::engine::tokenizer::load(tokenizer_file);
+  const std::string path = "/tmp/tollgate-usage-long-" + std::to_string(::getpid()) + ".db";
+  remove_db(path);
+  std::string text;  // what the upstream generated, as one string
+  {
+    gateway_fixture f("store: {sqlite: " + path + "}\nmetering: {tokenizer: " + tokenizer_file + "}\n" +
+                      gateway_fixture::default_yaml());
+    // About 6 MB of events without usage: more than the 4 MB the gateway keeps before taking the
+    // text out of them.
+    response_script s;
+    s.content_type = "text/event-stream";
+    const std::string padding(400, 'p');  // events carry more than their text, as real ones do
+    for (int i = 0; i < 12000; ++i) {
+      const std::string piece = " tok" + std::to_string(i % 977) + (i % 3 == 0 ? "," : "");
+      text += piece;
+      json chunk = {{"id", "x"}, {"object", "chat.completion.chunk"}, {"system_fingerprint", padding},
+                    {"choices", {{{"index", 0}, {"delta", {{"content", piece}}}}}}};
+      s.chunks.push_back("data: " + chunk.dump() + "\n\n");
+    }
+    s.chunks.push_back("data: [DONE]\n\n");
+    f.a.push(s);
+    http_client c;
+    auto r = c.post(f.base + "/v1/chat/completions",
+                    R"({"model":"chat-public","stream":true,"messages":[{"role":"user","content":"go on"}]})",
+                    gateway_fixture::auth({"X-Request-Id: long-one"}));
+    REQUIRE(r.status == 200);
+    REQUIRE(r.body.size() > 5'000'000);
+    f.server->shutdown(std::chrono::seconds(5));
+  }
+  db d(path);
+  CHECK(d.one("SELECT completion_tokens FROM usage_ledger WHERE request_id = 'long-one'") ==
+        std::to_string(tok->count(text)));
   remove_db(path);
 }
