@@ -55,13 +55,13 @@ constexpr const char* insert_sql =
 
 }  // namespace
 
-usage_ledger::usage_ledger(const std::string& path, std::size_t shards) {
+usage_ledger::usage_ledger(const std::string& path, std::size_t shards, std::chrono::milliseconds busy_timeout) {
   if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
     const std::string why = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
     throw std::runtime_error("cannot open " + path + ": " + why);
   }
-  sqlite3_busy_timeout(db_, 5000);
+  sqlite3_busy_timeout(db_, static_cast<int>(busy_timeout.count()));
   char* error = nullptr;
   if (sqlite3_exec(db_, schema_text, nullptr, nullptr, &error) != SQLITE_OK) {
     const std::string why = error != nullptr ? error : "unknown error";
@@ -97,13 +97,29 @@ void usage_ledger::append(std::size_t shard, ledger_record record) {
 
 void usage_ledger::flush() {
   std::lock_guard writing(write_mutex_);
-  std::vector<ledger_record> batch;
+  // Records the database refused last time (busy past the timeout, disk full) go first, so none
+  // is lost while the database recovers; past a bound the oldest are dropped, and said so.
+  std::vector<ledger_record> batch = std::move(unwritten_);
+  unwritten_.clear();
   for (auto& shard : shards_) {
     std::lock_guard lock(shard->mutex);
     for (auto& r : shard->records) batch.push_back(std::move(r));
     shard->records.clear();
   }
-  if (!batch.empty()) write(batch);
+  if (batch.empty() || write(batch)) return;
+  constexpr std::size_t max_unwritten = 1'000'000;
+  if (batch.size() > max_unwritten) {
+    const std::size_t dropped = batch.size() - max_unwritten;
+    std::cerr << "tollgate: ledger: the database refused writes for too long; " << dropped
+              << " oldest records dropped" << std::endl;
+    batch.erase(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(dropped));
+  }
+  unwritten_ = std::move(batch);
+}
+
+std::size_t usage_ledger::unwritten() const {
+  std::lock_guard writing(write_mutex_);
+  return unwritten_.size();
 }
 
 void usage_ledger::run() {
@@ -116,13 +132,16 @@ void usage_ledger::run() {
   }
 }
 
-void usage_ledger::write(std::vector<ledger_record>& batch) {
+bool usage_ledger::write(const std::vector<ledger_record>& batch) {
   sqlite3_stmt* insert = nullptr;
-  if (sqlite3_prepare_v2(db_, insert_sql, -1, &insert, nullptr) != SQLITE_OK) {
-    std::cerr << "tollgate: ledger: " << sqlite3_errmsg(db_) << "; " << batch.size() << " records not written" << std::endl;
-    return;
+  if (sqlite3_prepare_v2(db_, insert_sql, -1, &insert, nullptr) != SQLITE_OK ||
+      sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    std::cerr << "tollgate: ledger: " << sqlite3_errmsg(db_) << "; " << batch.size() << " records kept for the next try"
+              << std::endl;
+    sqlite3_finalize(insert);
+    return false;
   }
-  sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr);
+  bool ok = true;
   for (const auto& r : batch) {
     int i = 0;
     auto text = [&](const std::string& v) { sqlite3_bind_text(insert, ++i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC); };
@@ -149,14 +168,19 @@ void usage_ledger::write(std::vector<ledger_record>& batch) {
     if (r.first_token_ms >= 0) sqlite3_bind_double(insert, ++i, r.first_token_ms);
     else sqlite3_bind_null(insert, ++i);
     if (sqlite3_step(insert) != SQLITE_DONE) {
-      std::cerr << "tollgate: ledger: " << sqlite3_errmsg(db_) << std::endl;
+      ok = false;
+      break;
     }
     sqlite3_reset(insert);
   }
-  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    std::cerr << "tollgate: ledger: commit failed: " << sqlite3_errmsg(db_) << std::endl;
+  if (ok && sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) ok = false;
+  if (!ok) {
+    std::cerr << "tollgate: ledger: " << sqlite3_errmsg(db_) << "; " << batch.size() << " records kept for the next try"
+              << std::endl;
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
   }
   sqlite3_finalize(insert);
+  return ok;
 }
 
 }  // namespace tollgate::gateway

@@ -3,6 +3,7 @@
 // waits on the disk. Everything appended before shutdown is written.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -40,15 +41,20 @@ const char* ledger_schema_sql();
 class usage_ledger {
  public:
   /// Opens (creating) the database and its table. Throws std::runtime_error when it cannot.
-  usage_ledger(const std::string& path, std::size_t shards);
+  /// busy_timeout: how long a write waits for another process's lock before it is put off.
+  usage_ledger(const std::string& path, std::size_t shards,
+               std::chrono::milliseconds busy_timeout = std::chrono::seconds(5));
   ~usage_ledger();  ///< writes everything appended, then closes
   usage_ledger(const usage_ledger&) = delete;
   usage_ledger& operator=(const usage_ledger&) = delete;
 
   /// Thread-safe; shard is the caller's worker index.
   void append(std::size_t shard, ledger_record record);
-  /// Writes everything appended so far; returns when it is on disk.
+  /// Writes everything appended so far; returns when it is on disk, or, when the database refuses
+  /// the write (locked past the timeout, full), keeps it for the next flush.
   void flush();
+  /// Records put off by a refused write.
+  std::size_t unwritten() const;
 
  private:
   struct shard_buffer {
@@ -56,11 +62,13 @@ class usage_ledger {
     std::vector<ledger_record> records;
   };
   void run();
-  void write(std::vector<ledger_record>& batch);
+  /// Inserts the batch in one transaction. false (rolled back) when the database refused it.
+  bool write(const std::vector<ledger_record>& batch);
+  std::vector<ledger_record> unwritten_;  // a batch the database refused, tried again first
 
   sqlite3* db_ = nullptr;
   std::vector<std::unique_ptr<shard_buffer>> shards_;
-  std::mutex write_mutex_;  // one writer at a time: the thread or a flush()
+  mutable std::mutex write_mutex_;  // one writer at a time: the thread or a flush()
   std::mutex wake_mutex_;
   std::condition_variable wake_;
   bool stop_ = false;

@@ -61,7 +61,7 @@ sequence::~sequence() = default;
 
 std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const std::string& device) {
   if (device.rfind("cuda", 0) == 0)
-    throw std::runtime_error("device '" + device + "': tollgate-engine was built without CUDA; use device cpu");
+    throw std::runtime_error("device '" + device + "': the engine has no CUDA forward yet (only the CPU reference path); use device cpu");
   if (device != "cpu") throw std::runtime_error("device '" + device + "' is not known (cpu or cuda:N)");
   const fs::path dir(checkpoint_dir);
   std::error_code ec;

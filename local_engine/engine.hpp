@@ -35,7 +35,7 @@ struct chat_message {
 class model;  ///< a loaded checkpoint; defined inside the engine
 
 /// Loads a Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json).
-/// device: "cpu"; "cuda:N" is refused with "built without CUDA" until the CUDA forward exists.
+/// device: "cpu"; "cuda:N" is refused ("no CUDA forward yet") until the CUDA forward exists.
 std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const std::string& device = "cpu");
 
 /// One request's decoding state. Created by start(); owns its KV cache.

@@ -29,12 +29,14 @@ while :; do  # a free port for Prometheus' own web server
   port=$(shuf -i 20000-60000 -n 1)
   (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
 done
-cat >"$work/prometheus.yml" <<YAML
-global: {scrape_interval: 1s}
-scrape_configs:
-  - job_name: tollgate
-    static_configs: [{targets: ["${url#http://}"]}]
-YAML
+# The shipped scrape config, checked by promtool, then run with this gateway's address and a
+# short interval.
+here=$(cd "$(dirname "$0")/../.." && pwd)
+promtool check config "$here/deploy/prometheus.yml" >"$work/promtool.log" 2>&1 ||
+  { cat "$work/promtool.log"; echo "deploy/prometheus.yml does not pass promtool"; exit 1; }
+sed -e "s|\"127.0.0.1:8080\"|\"${url#http://}\"|" -e 's|scrape_interval: 15s|scrape_interval: 1s|' \
+  "$here/deploy/prometheus.yml" >"$work/prometheus.yml"
+grep -q "${url#http://}" "$work/prometheus.yml" || { echo "could not point deploy/prometheus.yml at the gateway"; exit 1; }
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
   --web.listen-address="127.0.0.1:$port" >"$work/prometheus.log" 2>&1 &
 pids+=($!)

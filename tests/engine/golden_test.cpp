@@ -52,6 +52,7 @@ void check_recipe(const std::string& name) {
   std::printf("golden %-22s max relative error %.3e\n", name.c_str(), worst);
 
   const auto& g = golden.at("greedy");
+  REQUIRE(g.at("tokens").size() == 32);  // the 32 greedy steps
   auto seq = eng::start(m, g.at("prompt").get<std::vector<int32_t>>(), eng::sampling{});
   std::vector<int32_t> got;
   for (size_t i = 0; i < g.at("tokens").size(); ++i) got.push_back(seq->step());

@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "tests/integration/gateway_fixture.hpp"
+#include "gateway/ledger.hpp"
 #include "tests/integration/sqlite_probe.hpp"
 
 using namespace tollgate::test;
@@ -55,4 +56,39 @@ TEST_CASE("every proxied request leaves one ledger record", "[ledger]") {
   std::remove(path.c_str());
   std::remove((path + "-wal").c_str());
   std::remove((path + "-shm").c_str());
+}
+
+TEST_CASE("records the database refuses while another process holds it are written once it lets go",
+          "[ledger]") {
+  const std::string path = "/tmp/tollgate-ledger-locked-" + std::to_string(::getpid()) + ".db";
+  remove_db(path);
+  {
+    tollgate::gateway::usage_ledger ledger(path, 1, std::chrono::milliseconds(50));
+    db other(path);
+    // Another writer (a `tollgate keys` command, a backup) holds the write lock.
+    REQUIRE(sqlite3_exec(other.handle, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+    for (int i = 0; i < 3; ++i) {
+      tollgate::gateway::ledger_record r;
+      r.request_id = "held-" + std::to_string(i);
+      r.key = "k";
+      r.status = 200;
+      ledger.append(0, r);
+    }
+    ledger.flush();
+    CHECK(ledger.unwritten() == 3);
+    tollgate::gateway::ledger_record later;
+    later.request_id = "after";
+    ledger.append(0, later);
+    ledger.flush();
+    CHECK(ledger.unwritten() == 4);  // still refused: nothing lost, nothing written twice
+    REQUIRE(sqlite3_exec(other.handle, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+    ledger.flush();
+    CHECK(ledger.unwritten() == 0);
+  }
+  db d(path);
+  CHECK(d.one("SELECT count(*) FROM usage_ledger") == "4");
+  CHECK(d.one("SELECT count(DISTINCT request_id) FROM usage_ledger") == "4");
+  CHECK(d.one("SELECT group_concat(request_id) FROM (SELECT request_id FROM usage_ledger ORDER BY rowid)") ==
+        "held-0,held-1,held-2,after");
+  remove_db(path);
 }
