@@ -21,6 +21,8 @@ on the GPU machine's CPU, transformers 5.17.0, torch 2.11.0):
     cp $r build-engine/goldens-ckpt/$n/recipe.json; done
   CUDA_VISIBLE_DEVICES="" python3 tests/engine/make_goldens.py build-engine/goldens-ckpt OUT
   cp OUT/v*.json tests/engine/goldens/
+Made again on 2026-12-01 (checkpoints from that day's make-tiny, the same versions), then
+`tests/engine/check_goldens.py OUT tests/engine/goldens`: every logit and greedy token identical.
 """
 import glob
 import json
