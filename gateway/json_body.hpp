@@ -57,15 +57,15 @@ std::string edit_body(std::string_view body, const request_fields& fields, std::
 /// Precondition: values.size() == keys.size().
 bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values);
 
-/// Appends s to out as a JSON string literal (with quotes). Unlike json_quote it takes any bytes:
-/// one that starts no valid UTF-8 sequence becomes U+FFFD, so the result is always valid JSON.
+/// Appends s to out as a JSON string literal (with quotes). Any bytes: one that starts no valid
+/// UTF-8 sequence becomes U+FFFD, so the result is always valid JSON.
 void append_json_string(std::string& out, std::string_view s);
 
 /// The length of the UTF-8 sequence at s[i] (RFC 3629: no overlong forms, no surrogates, nothing
 /// past U+10FFFF), or 0 when the bytes there are not one.
 std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 
-/// Encodes s as a JSON string literal (with quotes).
+/// Encodes s as a JSON string literal (with quotes), as append_json_string does.
 std::string json_quote(std::string_view s);
 
 }  // namespace tollgate::gateway

@@ -18,6 +18,7 @@
 #include "adapters/curl_multi.hpp"
 #include "adapters/openai_backend.hpp"
 #include "adapters/upstream_pool.hpp"
+#include "tests/support/eventually.hpp"
 #include "tests/support/fake_upstream.hpp"
 
 using namespace tollgate::adapters;
@@ -30,14 +31,6 @@ namespace {
 
 using tollgate::config::backend_config;
 
-template <class F>
-bool eventually_true(F cond) {
-  for (int i = 0; i < 300; ++i) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return cond();
-}
 
 backend_config native_backend(const std::string& base_url) {
   backend_config c;
@@ -430,7 +423,7 @@ TEST_CASE("native client: first-token, idle and total timeouts, and cancelling m
   CHECK(cancelled.last == call_event::kind::failed);
   CHECK(cancelled.error == failure::cancelled);
   // The upstream sees its connection go: the rest of the stream is not read.
-  CHECK(eventually_true([&] { return up.client_aborts() > aborts_before; }));
+  CHECK(tollgate::test::eventually([&] { return up.client_aborts() > aborts_before; }));
 }
 
 TEST_CASE("upstream headers: a backend's own header replaces the default of that name, on both transports",

@@ -13,6 +13,7 @@
 #include "gateway/health_prober.hpp"
 #include "gateway/runtime.hpp"
 #include "gateway/server.hpp"
+#include "tests/support/eventually.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/http_client.hpp"
 
@@ -21,15 +22,6 @@ namespace tollgate::test {
 inline constexpr const char* client_key = "tg-test-client-key";
 inline constexpr const char* upstream_key = "sk-upstream-secret";
 
-/// Polls cond for up to 6 s: for effects that land on other threads soon after a response.
-template <class F>
-bool eventually(F cond) {
-  for (int i = 0; i < 600; ++i) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return cond();
-}
 
 /// Replaces every "{NAME}" in text.
 inline std::string fill(std::string text, const std::string& name, const std::string& value) {
