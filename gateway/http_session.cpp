@@ -96,8 +96,8 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v) {
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
-/// Lets a waiting request notice that its client closed the connection: a readable socket with
-/// nothing to read is a closed one. Pipelined bytes also make it readable; then it just stops.
+/// Lets a waiting request notice that its client closed the connection: a peek that finds the
+/// end of the stream. Pipelined bytes also end the peek; then the watch just stops.
 struct client_watch : std::enable_shared_from_this<client_watch> {
   adapters::call* active = nullptr;
   bool armed = false;  ///< a peek is pending on the client's socket
