@@ -119,6 +119,18 @@ struct client {
   }
 };
 
+/// Reads one request (its head and a Content-Length body) from s, whole.
+std::string read_request(tcp::socket& s, boost::system::error_code& ec) {
+  std::string in;
+  net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
+  if (ec) return in;
+  std::size_t length = 0;
+  if (auto at = in.find("Content-Length: "); at != std::string::npos) length = std::stoul(in.substr(at + 16));
+  const std::size_t head = in.find("\r\n\r\n") + 4;
+  if (in.size() < head + length) net::read(s, net::dynamic_buffer(in), net::transfer_exactly(head + length - in.size()), ec);
+  return in;
+}
+
 /// A listener on a loopback port that answers each connection with the bytes reply() gives for
 /// the request it read (headers and a Content-Length body), then closes it.
 class raw_server {
@@ -131,13 +143,8 @@ class raw_server {
         boost::system::error_code ec;
         acceptor_.accept(s, ec);
         if (ec || stopping_) return;
-        std::string in;
-        net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
-        std::size_t length = 0;
-        if (auto at = in.find("Content-Length: "); at != std::string::npos) length = std::stoul(in.substr(at + 16));
-        const std::size_t head = in.find("\r\n\r\n") + 4;
-        if (in.size() < head + length) net::read(s, net::dynamic_buffer(in), net::transfer_exactly(head + length - in.size()), ec);
-        requests_.push_back(in);
+        requests_.push_back(read_request(s, ec));
+        const std::string& in = requests_.back();
         net::write(s, net::buffer(reply_(in)), ec);
         // The request was read whole, so closing now ends the connection cleanly (no reset).
         s.shutdown(tcp::socket::shutdown_send, ec);
@@ -495,9 +502,6 @@ TEST_CASE("native client: a reused connection that fails long after the send is 
 
 TEST_CASE("native client: an answer that comes before the body is sent is relayed, and not pooled",
           "[adapters][native]") {
-  raw_server early([](const std::string&) {
-    return std::string("HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
-  });
   // raw_server reads the whole body before answering; this one answers after the head only.
   net::io_context sio;
   tcp::acceptor acceptor(sio, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
@@ -536,12 +540,8 @@ TEST_CASE("native client: a connection idle past a heartbeat that got bytes unas
       tcp::socket s(sio);
       acceptor.accept(s);
       ++connections;
-      std::string in;
       boost::system::error_code ec;
-      net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
-      const auto length = std::stoul(in.substr(in.find("Content-Length: ") + 16));
-      const std::size_t head = in.find("\r\n\r\n") + 4;
-      if (in.size() < head + length) net::read(s, net::dynamic_buffer(in), net::transfer_exactly(head + length - in.size()), ec);
+      read_request(s, ec);
       net::write(s, net::buffer(std::string(k == 0 ? "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
                                                   : "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")),
                 ec);
