@@ -1,6 +1,9 @@
 #include "local_engine/bench.hpp"
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -10,6 +13,8 @@
 
 #include "local_engine/cpu_forward.hpp"
 #include "local_engine/engine.hpp"
+#include "local_engine/forward_backend.hpp"
+#include "local_engine/kv_blocks.hpp"
 #include "local_engine/sampler.hpp"
 #include "local_engine/thread_pool.hpp"
 
@@ -37,29 +42,107 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
   return t;
 }
 
-void bench_checkpoint(const bench_options& o, std::ostream& out) {
-  auto m = load_model(o.checkpoint);
-  std::vector<double> prefill, decode;
+// Times the backend directly, with a block allocator of its own: prefill of one prompt_len-token
+// prompt, then decode steps of one forward over `batch` sequences that each hold `context` positions.
+void bench_backend(forward_backend& backend, const model_config& c, const bench_options& o, const std::string& name,
+                   nlohmann::json base, std::ostream& out) {
+  const auto pool = backend.kv_pool();
+  kv_block_allocator blocks(pool.blocks, pool.block_size);
+  const sampling greedy{};
+  batch_result res;
+  // Prefill.
+  std::vector<double> prefill_ms;
   for (int r = 0; r < o.runs; ++r) {
-    auto seq = start(m, random_tokens(o.prompt_len, static_cast<int>(vocab_size(*m)), 100 + r), sampling{});
-    auto t0 = clock_type::now();
-    seq->step();
-    prefill.push_back(o.prompt_len / seconds_since(t0));
-    t0 = clock_type::now();
-    for (int i = 0; i < o.decode_tokens; ++i) seq->step();
-    decode.push_back(o.decode_tokens / seconds_since(t0));
+    const auto prompt = random_tokens(o.prompt_len, c.vocab_size, 100 + static_cast<uint64_t>(r));
+    if (!blocks.reserve(0, prompt.size()))
+      throw std::runtime_error("bench: the KV pool of " + std::to_string(pool.blocks) + " blocks cannot hold a prompt of " +
+                               std::to_string(o.prompt_len) + " tokens (raise --kv-cache-memory)");
+    batch_item it;
+    it.tokens = prompt;
+    it.blocks = blocks.table(0);
+    it.sample = &greedy;
+    const auto t0 = clock_type::now();
+    backend.forward(std::span<const batch_item>(&it, 1), res);
+    prefill_ms.push_back(1e3 * seconds_since(t0));
+    blocks.release(0);
   }
-  nlohmann::json j = {{"bench", "checkpoint"},
-                      {"checkpoint", model_name(*m)},
-                      {"threads", thread_pool::shared().size()},
-                      {"runs", o.runs},
-                      {"prompt_len", o.prompt_len},
-                      {"decode_tokens", o.decode_tokens},
-                      {"prefill_tokens_per_s_median", median(prefill)},
-                      {"decode_tokens_per_s_median", median(decode)},
-                      {"prefill_tokens_per_s_runs", prefill},
-                      {"decode_tokens_per_s_runs", decode}};
-  out << j.dump() << std::endl;
+  base["bench"] = name;
+  base["device"] = backend.device();
+  base["backend"] = backend.describe();
+  base["runs"] = o.runs;
+  base["prefill_tokens"] = o.prompt_len;
+  base["prefill_ms_median"] = median(prefill_ms);
+  base["prefill_tokens_per_s"] = o.prompt_len / (median(prefill_ms) / 1e3);
+  base["prefill_ms_runs"] = prefill_ms;
+  out << base.dump() << std::endl;
+
+  // Decode at each batch size.
+  for (int B : o.batches) {
+    const size_t need = static_cast<size_t>(B) * blocks.blocks_for(static_cast<size_t>(o.context + o.decode_tokens));
+    if (need > pool.blocks)
+      throw std::runtime_error("bench: batch " + std::to_string(B) + " at context " + std::to_string(o.context) + " needs " +
+                               std::to_string(need) + " KV blocks; the pool holds " + std::to_string(pool.blocks) +
+                               " (raise --kv-cache-memory)");
+    std::vector<std::vector<int32_t>> toks(static_cast<size_t>(B));
+    std::vector<batch_item> items(static_cast<size_t>(B));
+    const auto t_fill = clock_type::now();
+    for (int b = 0; b < B; ++b) {
+      auto& t = toks[static_cast<size_t>(b)];
+      t = random_tokens(o.context, c.vocab_size, 1000 + static_cast<uint64_t>(b));
+      blocks.reserve(static_cast<uint64_t>(b), static_cast<size_t>(o.context + o.decode_tokens));
+      // The context goes in chunks of at most prefill_chunk tokens, one sequence at a time.
+      for (size_t p = 0; p < t.size(); p += static_cast<size_t>(o.prefill_chunk)) {
+        batch_item it;
+        it.tokens = std::span<const int32_t>(t).subspan(p, std::min(t.size() - p, static_cast<size_t>(o.prefill_chunk)));
+        it.start = p;
+        it.blocks = blocks.table(static_cast<uint64_t>(b));
+        backend.forward(std::span<const batch_item>(&it, 1), res);
+      }
+    }
+    const double fill_s = seconds_since(t_fill);
+    std::vector<int32_t> next(static_cast<size_t>(B));
+    for (int b = 0; b < B; ++b) next[static_cast<size_t>(b)] = static_cast<int32_t>((b * 7919) % c.vocab_size);
+    std::vector<double> step_ms;
+    for (int i = 0; i < o.decode_tokens; ++i) {
+      for (int b = 0; b < B; ++b) {
+        auto& it = items[static_cast<size_t>(b)];
+        it.tokens = std::span<const int32_t>(&next[static_cast<size_t>(b)], 1);
+        it.start = static_cast<size_t>(o.context + i);
+        it.blocks = blocks.table(static_cast<uint64_t>(b));
+        it.sample = &greedy;
+        it.draw = static_cast<uint64_t>(i);
+      }
+      const auto t0 = clock_type::now();
+      backend.forward(items, res);
+      step_ms.push_back(1e3 * seconds_since(t0));
+      for (int b = 0; b < B; ++b) next[static_cast<size_t>(b)] = res.tokens[static_cast<size_t>(b)];
+    }
+    for (int b = 0; b < B; ++b) blocks.release(static_cast<uint64_t>(b));
+    nlohmann::json j = {{"bench", name + "_decode"},
+                        {"device", backend.device()},
+                        {"batch", B},
+                        {"context", o.context},
+                        {"decode_steps", o.decode_tokens},
+                        {"context_fill_s", fill_s},
+                        {"decode_step_ms_median", median(step_ms)},
+                        {"decode_tokens_per_s", B / (median(step_ms) / 1e3)},
+                        {"decode_step_ms_runs", step_ms}};
+    for (auto& [k, v] : base.items())
+      if (!j.contains(k) && k.rfind("prefill", 0) != 0 && k != "runs") j[k] = v;
+    out << j.dump() << std::endl;
+  }
+}
+
+void bench_checkpoint(const bench_options& o, std::ostream& out) {
+  const std::string cfg_path = o.checkpoint + "/config.json";
+  std::ifstream in(cfg_path, std::ios::binary);
+  if (!in) throw std::runtime_error(o.checkpoint + ": no config.json");
+  const model_config c = parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), cfg_path);
+  const auto t0 = clock_type::now();
+  auto backend = make_backend(c, o.checkpoint, o.backend);
+  const double load_s = seconds_since(t0);
+  nlohmann::json base = {{"checkpoint", o.checkpoint}, {"threads", thread_pool::shared().size()}, {"load_s", load_s}};
+  bench_backend(*backend, c, o, "checkpoint", base, out);
 }
 
 void bench_v2_lite_layer(const bench_options& o, std::ostream& out) {
@@ -92,37 +175,11 @@ void bench_v2_lite_layer(const bench_options& o, std::ostream& out) {
     return t;
   };
   const auto t_build = clock_type::now();
-  auto backend = make_cpu_backend(c, source, [](const std::string&) { return false; });
+  auto backend = make_cpu_backend(c, source, [](const std::string&) { return false; }, o.backend);
   const double build_s = seconds_since(t_build);
-  std::vector<double> prefill_ms, decode_ms;
-  std::vector<float> logits;
-  for (int r = 0; r < o.runs; ++r) {
-    auto cache = backend->new_cache();
-    const auto prompt = random_tokens(o.context, c.vocab_size, 200 + r);
-    auto t0 = clock_type::now();
-    backend->forward(*cache, prompt, false, logits);
-    prefill_ms.push_back(1e3 * seconds_since(t0));
-    std::vector<double> steps;
-    for (int i = 0; i < o.decode_tokens; ++i) {
-      const int32_t one[] = {static_cast<int32_t>((i * 7919) % c.vocab_size)};
-      t0 = clock_type::now();
-      backend->forward(*cache, one, false, logits);
-      steps.push_back(1e3 * seconds_since(t0));
-    }
-    decode_ms.push_back(median(steps));
-  }
-  nlohmann::json j = {{"bench", "v2_lite_moe_layer"},
-                      {"threads", thread_pool::shared().size()},
-                      {"runs", o.runs},
-                      {"weights_build_s", build_s},
-                      {"prefill_tokens", o.context},
-                      {"prefill_ms_median", median(prefill_ms)},
-                      {"prefill_tokens_per_s_median", o.context / (median(prefill_ms) / 1e3)},
-                      {"decode_context", o.context},
-                      {"decode_step_ms_median", median(decode_ms)},
-                      {"prefill_ms_runs", prefill_ms},
-                      {"decode_step_ms_runs", decode_ms}};
-  out << j.dump() << std::endl;
+  bench_options lo = o;
+  lo.prompt_len = o.context;  // the layer bench prefills its context length
+  bench_backend(*backend, c, lo, "v2_lite_moe_layer", {{"threads", thread_pool::shared().size()}, {"weights_build_s", build_s}}, out);
 }
 
 }  // namespace

@@ -1,18 +1,25 @@
-// `tollgate-engine bench`: CPU speed baselines, medians of several runs, printed as JSON lines.
+// `tollgate-engine bench`: prefill and batched decode speed of any backend (cpu or cuda:N), timed
+// at the forward seam; medians of several runs, printed as JSON lines.
 #pragma once
 
 #include <ostream>
 #include <string>
+#include <vector>
+
+#include "local_engine/engine.hpp"
 
 namespace tollgate::engine {
 
 struct bench_options {
   std::string checkpoint;      ///< when set: prefill and decode tokens/s of this model
-  bool v2_lite_layer = false;  ///< one MoE layer at DeepSeek-V2-Lite's shapes with random weights
-  int prompt_len = 64;         ///< tokens prefilled per run
-  int decode_tokens = 32;      ///< tokens decoded per run
-  int context = 256;           ///< layer bench: cached positions before the timed decode step
-  int runs = 5;
+  bool v2_lite_layer = false;  ///< one MoE layer at DeepSeek-V2-Lite's shapes with random weights (CPU)
+  backend_options backend;     ///< device, dtype, kv_cache_memory
+  int prompt_len = 64;         ///< tokens of the timed prefill (the layer bench uses context)
+  int decode_tokens = 32;      ///< timed decode steps per batch size
+  int context = 256;           ///< positions each sequence holds before the timed decode steps
+  std::vector<int> batches = {1};  ///< decode batch sizes: one JSON line each
+  int prefill_chunk = 2048;    ///< chunk size that fills the decode contexts
+  int runs = 5;                ///< prefill runs (the median is reported)
 };
 
 void run_bench(const bench_options& o, std::ostream& out);

@@ -32,13 +32,13 @@ struct usage_error : std::runtime_error {
 const char* main_help =
     "usage: tollgate-engine COMMAND [OPTIONS]\n"
     "\n"
-    "The Tollgate local inference engine (DeepSeek-V2/V3-style MoE, CPU reference path).\n"
+    "The Tollgate local inference engine (DeepSeek-V2/V3-style MoE; cpu reference backend, cuda:N in CUDA builds).\n"
     "\n"
     "commands:\n"
     "  generate   run a prompt through a checkpoint and print the continuation\n"
     "  tokenize   encode a JSON array of strings read from stdin\n"
     "  make-tiny  write a small random checkpoint from a recipe\n"
-    "  bench      measure CPU prefill and decode speed\n"
+    "  bench      measure prefill and batched decode speed\n"
     "\n"
     "Run 'tollgate-engine COMMAND --help' for a command's options.\n";
 
@@ -56,7 +56,9 @@ const char* generate_help =
     "  --seed S              sampling seed (default 0)\n"
     "  --stop STR            stop before this text (repeatable; needs a tokenizer)\n"
     "  --ignore-eos          keep going past the end-of-sentence token\n"
-    "  --device DEV          cpu (default); cuda:N needs a CUDA build\n"
+    "  --device DEV          cpu (default) or cuda:N (needs a CUDA build)\n"
+    "  --dtype T             float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)\n"
+    "  --kv-cache-memory M   KV pool: bytes when > 1, else a fraction (default: 256 MiB on cpu, 0.9 of free GPU memory)\n"
     "  --json                print {\"tokens\": [...], \"text\": \"...\", \"finish_reason\": ...}\n";
 
 const char* tokenize_help =
@@ -74,13 +76,22 @@ const char* make_tiny_help =
 const char* bench_help =
     "usage: tollgate-engine bench [--checkpoint DIR] [--v2-lite-layer] [options]\n"
     "\n"
-    "  --checkpoint DIR   prefill and decode tokens/s of this checkpoint\n"
-    "  --v2-lite-layer    time one MoE layer at DeepSeek-V2-Lite's shapes (random weights, ~2.3 GB)\n"
-    "  --prompt-len N     prefill length for --checkpoint (default 64)\n"
-    "  --decode N         decode steps per run (default 32)\n"
-    "  --context N        layer bench: prefill length and decode context (default 256)\n"
-    "  --runs N           runs; medians are reported (default 5)\n"
-    "Threads: TOLLGATE_ENGINE_THREADS (default: all cores). Prints one JSON line per bench.\n";
+    "Times the backend's batched forward directly: the prefill of one prompt, then decode steps of\n"
+    "one forward over B sequences that each hold --context positions.\n"
+    "\n"
+    "  --checkpoint DIR      prefill and decode tokens/s of this checkpoint\n"
+    "  --v2-lite-layer       time one MoE layer at DeepSeek-V2-Lite's shapes (random weights, ~2.3 GB, cpu)\n"
+    "  --device DEV          cpu (default) or cuda:N\n"
+    "  --dtype T             float32 or bfloat16 (default: the device's)\n"
+    "  --kv-cache-memory M   KV pool: bytes when > 1, else a fraction\n"
+    "  --prompt-len N        prefill length for --checkpoint (default 64)\n"
+    "  --batch B[,B...]      decode batch sizes (default 1)\n"
+    "  --context N           positions each sequence holds before the timed decode (default 256)\n"
+    "  --decode N            timed decode steps per batch size (default 32)\n"
+    "  --prefill-chunk N     chunk size that fills the decode contexts (default 2048)\n"
+    "  --runs N              prefill runs; medians are reported (default 5)\n"
+    "Threads: TOLLGATE_ENGINE_THREADS (default: all cores). Prints one JSON line for the prefill and\n"
+    "one per decode batch size.\n";
 
 bool is_help(std::string_view a) { return a == "-h" || a == "--help" || a == "help"; }
 
@@ -133,8 +144,15 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   return ids;
 }
 
+double parse_kv_memory(std::string_view flag, const std::string& v) {
+  const double d = parse_number<double>(flag, v);
+  if (!(d >= 0)) throw usage_error(std::string(flag) + " must be >= 0 (bytes, or a fraction)");
+  return d;
+}
+
 int cmd_generate(args& a) {
-  std::string checkpoint, device = "cpu";
+  std::string checkpoint;
+  eng::backend_options bo;
   std::optional<std::string> prompt, prompt_tokens;
   bool chat = false, as_json = false;
   eng::sampling s;
@@ -151,7 +169,9 @@ int cmd_generate(args& a) {
     else if (f == "--chat") chat = true;
     else if (f == "--json") as_json = true;
     else if (f == "--ignore-eos") go.stop_at_eos = false;
-    else if (f == "--device") device = a.value(f);
+    else if (f == "--device") bo.device = a.value(f);
+    else if (f == "--dtype") bo.dtype = a.value(f);
+    else if (f == "--kv-cache-memory") bo.kv_cache_memory = parse_kv_memory(f, a.value(f));
     else if (f == "--max-tokens") {
       const auto n = parse_number<long long>(f, a.value(f));
       if (n < 0) throw usage_error("--max-tokens must be >= 0");
@@ -175,7 +195,7 @@ int cmd_generate(args& a) {
   std::vector<int32_t> ids;
   if (prompt_tokens) ids = parse_ids(*prompt_tokens);
 
-  auto m = eng::load_model(checkpoint, device);
+  auto m = eng::load_model(checkpoint, bo);
   const auto tok = eng::model_tokenizer(*m);
   if (prompt) {
     if (!tok) throw std::runtime_error(checkpoint + ": no tokenizer.json; use --prompt-tokens");
@@ -262,6 +282,22 @@ int cmd_bench(args& a) {
     else if (f == "--decode") o.decode_tokens = positive(f, a.value(f));
     else if (f == "--context") o.context = positive(f, a.value(f));
     else if (f == "--runs") o.runs = positive(f, a.value(f));
+    else if (f == "--prefill-chunk") o.prefill_chunk = positive(f, a.value(f));
+    else if (f == "--device") o.backend.device = a.value(f);
+    else if (f == "--dtype") o.backend.dtype = a.value(f);
+    else if (f == "--kv-cache-memory") o.backend.kv_cache_memory = parse_kv_memory(f, a.value(f));
+    else if (f == "--batch") {
+      o.batches.clear();
+      const std::string all = a.value(f);
+      std::string_view rest = all;
+      while (!rest.empty()) {
+        const size_t comma = rest.find(',');
+        o.batches.push_back(positive(f, std::string(rest.substr(0, comma))));
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+      if (o.batches.empty()) throw usage_error("--batch needs sizes, e.g. 1,16,64: got '" + all + "'");
+    }
     else throw usage_error("bench: unknown option " + std::string(f));
   }
   if (o.checkpoint.empty() && !o.v2_lite_layer) throw usage_error("bench: give --checkpoint DIR and/or --v2-lite-layer");

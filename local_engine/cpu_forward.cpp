@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <chrono>
+#include <cstdio>
 #include <numeric>
 #include <stdexcept>
 
 #include "local_engine/checkpoint_layout.hpp"
+#include "local_engine/sampler.hpp"
 #include "local_engine/thread_pool.hpp"
 
 namespace tollgate::engine {
@@ -45,15 +48,6 @@ struct layer_weights {
   std::vector<mlp_weights> experts;
   bool has_shared = false;
   mlp_weights shared;
-};
-
-class cpu_cache final : public kv_cache {
- public:
-  explicit cpu_cache(int layers) : latent(static_cast<size_t>(layers)), kpe(static_cast<size_t>(layers)) {}
-  size_t length() const override { return len; }
-  std::vector<std::vector<float>> latent;  // per layer: [len, kv_lora_rank], normalised
-  std::vector<std::vector<float>> kpe;     // per layer: [len, qk_rope_head_dim], rotated
-  size_t len = 0;
 };
 
 // Eight independent partial sums: the compiler vectorises them without reassociating a single sum.
@@ -99,8 +93,15 @@ inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
 class cpu_backend final : public forward_backend {
  public:
-  cpu_backend(const model_config& c, const tensor_source& src, const tensor_probe& probe)
+  cpu_backend(const model_config& c, const tensor_source& src, const tensor_probe& probe, const backend_options& o)
       : c_(c), rope_(compute_rope(c)), scale_(static_cast<float>(c.softmax_scale())) {
+    if (!o.dtype.empty() && o.dtype != "float32")
+      throw std::runtime_error("dtype '" + o.dtype + "': the CPU backend computes in float32 only (bfloat16 needs a cuda device)");
+    if (o.kv_block_size < 1 || o.kv_block_size > 4096)
+      throw std::runtime_error("kv_block_size must be in [1, 4096], got " + std::to_string(o.kv_block_size));
+    if (!(o.kv_cache_memory >= 0) || !std::isfinite(o.kv_cache_memory))
+      throw std::runtime_error("kv_cache_memory must be a number >= 0 (bytes, or a fraction of the default)");
+    const auto t0 = std::chrono::steady_clock::now();
     auto keep = [&](f32_tensor t) {
       owners_.push_back(t.owner);
       return t.data;
@@ -166,42 +167,121 @@ class cpu_backend final : public forward_backend {
     }
     final_norm_ = vec("model.norm.weight", H());
     lm_head_ = c.tie_word_embeddings ? embed_ : mat("lm_head.weight", c.vocab_size, H());
+    load_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    // The paged latent pool: [layer][block][slot][kv_lora_rank + qk_rope_head_dim] floats.
+    row_ = static_cast<size_t>(c.kv_lora_rank + c.qk_rope_head_dim);
+    shape_.block_size = o.kv_block_size;
+    shape_.bytes_per_block = static_cast<size_t>(o.kv_block_size) * row_ * sizeof(float) * static_cast<size_t>(c.num_hidden_layers);
+    const double bytes = o.kv_cache_memory > 1 ? o.kv_cache_memory
+                         : o.kv_cache_memory > 0 ? o.kv_cache_memory * static_cast<double>(default_pool_bytes)
+                                                 : static_cast<double>(default_pool_bytes);
+    shape_.blocks = static_cast<size_t>(bytes / static_cast<double>(shape_.bytes_per_block));
+    if (shape_.blocks == 0)
+      throw std::runtime_error("kv_cache_memory of " + std::to_string(static_cast<long long>(bytes)) +
+                               " bytes holds no KV block of " + std::to_string(shape_.bytes_per_block) + " bytes");
+    shape_.blocks = std::min<size_t>(shape_.blocks, std::numeric_limits<int32_t>::max());
+    layer_stride_ = shape_.blocks * static_cast<size_t>(o.kv_block_size) * row_;
+    // Left uninitialised: pages are touched only as blocks are written.
+    pool_.reset(new float[layer_stride_ * static_cast<size_t>(c.num_hidden_layers)]);
   }
 
-  std::unique_ptr<kv_cache> new_cache() const override { return std::make_unique<cpu_cache>(c_.num_hidden_layers); }
-  std::string device() const override { return "cpu"; }
+  static constexpr size_t default_pool_bytes = size_t{256} << 20;
 
-  void forward(kv_cache& cache_base, std::span<const int32_t> tokens, bool all_positions,
-               std::vector<float>& logits) const override {
-    auto* cache = dynamic_cast<cpu_cache*>(&cache_base);
-    if (cache == nullptr) throw std::invalid_argument("cpu forward: the cache belongs to another backend");
-    const int T = static_cast<int>(tokens.size());
-    if (T == 0) throw std::invalid_argument("cpu forward: no tokens");
-    for (int32_t id : tokens)
-      if (id < 0 || id >= c_.vocab_size)
-        throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " +
-                                    std::to_string(c_.vocab_size));
-    const size_t p0 = cache->len;
+  kv_pool_shape kv_pool() const override { return shape_; }
+  std::string device() const override { return "cpu"; }
+  std::string describe() const override {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "device cpu, dtype float32, weights loaded in %.2f s, KV pool %zu blocks of %d positions (%.1f MiB)",
+                  load_s_, shape_.blocks, shape_.block_size,
+                  static_cast<double>(shape_.blocks * shape_.bytes_per_block) / (1024.0 * 1024.0));
+    return buf;
+  }
+
+  void forward(std::span<const batch_item> batch, batch_result& out) override {
+    if (batch.empty()) throw std::invalid_argument("cpu forward: an empty batch");
+    const size_t bs = static_cast<size_t>(shape_.block_size);
+    // Every item is checked before anything is written, so a bad item leaves the pool untouched.
+    int T = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const batch_item& it = batch[i];
+      const std::string who = "cpu forward: item " + std::to_string(i) + ": ";
+      if (it.tokens.empty()) throw std::invalid_argument(who + "no tokens");
+      for (int32_t id : it.tokens)
+        if (id < 0 || id >= c_.vocab_size)
+          throw std::invalid_argument(who + "token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                      std::to_string(c_.vocab_size));
+      const size_t end = it.start + it.tokens.size();
+      if (it.blocks.size() * bs < end)
+        throw std::invalid_argument(who + "the block table of " + std::to_string(it.blocks.size()) + " blocks does not cover " +
+                                    std::to_string(end) + " positions");
+      for (size_t b = 0; b < (end + bs - 1) / bs; ++b)
+        if (it.blocks[b] < 0 || static_cast<size_t>(it.blocks[b]) >= shape_.blocks)
+          throw std::invalid_argument(who + "block id " + std::to_string(it.blocks[b]) + " is outside the pool of " +
+                                      std::to_string(shape_.blocks));
+      if (it.sample) check_sampling(*it.sample);
+      T += static_cast<int>(it.tokens.size());
+    }
+    // All items' tokens go through the dense layers as one [T, hidden] batch; attention reads each
+    // item's own positions through its block table.
+    tok_item_.resize(static_cast<size_t>(T));
+    tok_pos_.resize(static_cast<size_t>(T));
     const int Hd = H();
     std::vector<float> x(static_cast<size_t>(T) * Hd), h(x.size()), y(x.size());
-    for (int t = 0; t < T; ++t)
-      std::copy_n(embed_.row(tokens[static_cast<size_t>(t)]), Hd, x.begin() + static_cast<ptrdiff_t>(t) * Hd);
+    {
+      size_t t = 0;
+      for (size_t i = 0; i < batch.size(); ++i)
+        for (size_t k = 0; k < batch[i].tokens.size(); ++k, ++t) {
+          tok_item_[t] = static_cast<int>(i);
+          tok_pos_[t] = batch[i].start + k;
+          std::copy_n(embed_.row(batch[i].tokens[k]), Hd, x.begin() + static_cast<ptrdiff_t>(t) * Hd);
+        }
+    }
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
       const layer_weights& L = layers_[static_cast<size_t>(l)];
       rmsnorm(x.data(), T, Hd, L.input_norm, c_.rms_norm_eps, h.data());
-      attention(L, *cache, l, p0, h.data(), T, y.data());
+      attention(L, batch, l, h.data(), T, y.data());
       for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
       rmsnorm(x.data(), T, Hd, L.post_norm, c_.rms_norm_eps, h.data());
       if (L.moe) moe(L, h.data(), T, y.data());
       else mlp(L.dense, h.data(), T, y.data());
       for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
     }
-    cache->len = p0 + static_cast<size_t>(T);
-    const int first = all_positions ? 0 : T - 1;
-    const int n = T - first;
-    rmsnorm(x.data() + static_cast<size_t>(first) * Hd, n, Hd, final_norm_, c_.rms_norm_eps, h.data());
-    logits.resize(static_cast<size_t>(n) * c_.vocab_size);
-    linear(h.data(), n, lm_head_, logits.data());
+    // The rows that need logits: every new position of all_positions items, else the last one of
+    // items that sample or ask for logits.
+    std::vector<int> rows;
+    std::vector<size_t> first_row(batch.size(), 0);
+    {
+      int t = 0;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const int n = static_cast<int>(batch[i].tokens.size());
+        first_row[i] = rows.size();
+        if (batch[i].logits && batch[i].all_positions) {
+          for (int k = 0; k < n; ++k) rows.push_back(t + k);
+        } else if (batch[i].logits || batch[i].sample) {
+          rows.push_back(t + n - 1);
+        }
+        t += n;
+      }
+    }
+    const size_t V = static_cast<size_t>(c_.vocab_size);
+    std::vector<float> hn(rows.size() * static_cast<size_t>(Hd)), logits(rows.size() * V);
+    for (size_t r = 0; r < rows.size(); ++r)
+      rmsnorm(x.data() + static_cast<size_t>(rows[r]) * Hd, 1, Hd, final_norm_, c_.rms_norm_eps, hn.data() + r * Hd);
+    if (!rows.empty()) linear(hn.data(), static_cast<int>(rows.size()), lm_head_, logits.data());
+    out.tokens.assign(batch.size(), -1);
+    out.logits.clear();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const batch_item& it = batch[i];
+      if (!it.logits && !it.sample) continue;
+      const size_t n = it.logits && it.all_positions ? it.tokens.size() : 1;
+      const float* base = logits.data() + first_row[i] * V;
+      if (it.logits) out.logits.insert(out.logits.end(), base, base + n * V);
+      if (it.sample) {
+        sampler sp(*it.sample);
+        out.tokens[i] = sp.pick(std::span<const float>(base + (n - 1) * V, V), it.draw);
+      }
+    }
   }
 
  private:
@@ -226,7 +306,14 @@ class cpu_backend final : public forward_backend {
     }
   }
 
-  void attention(const layer_weights& L, cpu_cache& cache, int l, size_t p0, const float* h, int T, float* out) const {
+  // The latent row (kv_lora_rank normalised values, then the rotated rope key) of `pos` in layer l.
+  float* kv_row(int l, std::span<const int32_t> blocks, size_t pos) const {
+    const size_t bs = static_cast<size_t>(shape_.block_size);
+    return pool_.get() + static_cast<size_t>(l) * layer_stride_ +
+           (static_cast<size_t>(blocks[pos / bs]) * bs + pos % bs) * row_;
+  }
+
+  void attention(const layer_weights& L, std::span<const batch_item> batch, int l, const float* h, int T, float* out) const {
     const int nh = c_.num_attention_heads, qk = c_.qk_head_dim(), nope = c_.qk_nope_head_dim;
     const int rd = c_.qk_rope_head_dim, kvr = c_.kv_lora_rank, vd = c_.v_head_dim;
     std::vector<float> q(static_cast<size_t>(T) * nh * qk);
@@ -240,25 +327,29 @@ class cpu_backend final : public forward_backend {
     }
     std::vector<float> ckv(static_cast<size_t>(T) * (kvr + rd));
     linear(h, T, L.kv_a, ckv.data(), L.kv_a_bias);
-    auto& lat = cache.latent[static_cast<size_t>(l)];
-    auto& kpe = cache.kpe[static_cast<size_t>(l)];
-    lat.resize((p0 + static_cast<size_t>(T)) * kvr);
-    kpe.resize((p0 + static_cast<size_t>(T)) * rd);
+    // Every new position is written to its block before any query reads the cache.
+    size_t ctx_work = 0;
     for (int t = 0; t < T; ++t) {
+      const size_t pos = tok_pos_[static_cast<size_t>(t)];
+      const auto blocks = batch[static_cast<size_t>(tok_item_[static_cast<size_t>(t)])].blocks;
       const float* row = ckv.data() + static_cast<size_t>(t) * (kvr + rd);
-      rmsnorm(row, 1, kvr, L.kv_a_norm, latent_norm_eps, lat.data() + (p0 + t) * kvr);
-      float* k = kpe.data() + (p0 + t) * rd;
+      float* dst = kv_row(l, blocks, pos);
+      rmsnorm(row, 1, kvr, L.kv_a_norm, latent_norm_eps, dst);
+      float* k = dst + kvr;
       std::copy_n(row + kvr, rd, k);
-      rope(k, p0 + t);
-      for (int hd = 0; hd < nh; ++hd) rope(q.data() + (static_cast<size_t>(t) * nh + hd) * qk + nope, p0 + t);
+      rope(k, pos);
+      for (int hd = 0; hd < nh; ++hd) rope(q.data() + (static_cast<size_t>(t) * nh + hd) * qk + nope, pos);
+      ctx_work += pos + 1;
     }
     // Attention in the latent space: the key projection is folded into the query and the value
     // projection applied after the weighted sum, so the cache holds only the latent and rope key.
     std::vector<float> att(static_cast<size_t>(T) * nh * vd);
     auto body = [&](size_t u0, size_t u1) {
       std::vector<float> qlat(static_cast<size_t>(kvr)), olat(static_cast<size_t>(kvr)), scores;
+      std::vector<const float*> rows;
       for (size_t u = u0; u < u1; ++u) {
         const int t = static_cast<int>(u / static_cast<size_t>(nh)), hd = static_cast<int>(u % static_cast<size_t>(nh));
+        const auto blocks = batch[static_cast<size_t>(tok_item_[static_cast<size_t>(t)])].blocks;
         const float* qh = q.data() + (static_cast<size_t>(t) * nh + hd) * qk;
         std::fill(qlat.begin(), qlat.end(), 0.0f);
         for (int d = 0; d < nope; ++d) {
@@ -266,11 +357,13 @@ class cpu_backend final : public forward_backend {
           const float* w = L.kv_b.row(hd * (nope + vd) + d);
           for (int cidx = 0; cidx < kvr; ++cidx) qlat[static_cast<size_t>(cidx)] += qd * w[cidx];
         }
-        const size_t len = p0 + static_cast<size_t>(t) + 1;
+        const size_t len = tok_pos_[static_cast<size_t>(t)] + 1;
         scores.resize(len);
+        rows.resize(len);
+        for (size_t j = 0; j < len; ++j) rows[j] = kv_row(l, blocks, j);
         float mx = -std::numeric_limits<float>::infinity();
         for (size_t j = 0; j < len; ++j) {
-          const float s = (dot(qlat.data(), lat.data() + j * kvr, kvr) + dot(qh + nope, kpe.data() + j * rd, rd)) * scale_;
+          const float s = (dot(qlat.data(), rows[j], kvr) + dot(qh + nope, rows[j] + kvr, rd)) * scale_;
           scores[j] = s;
           mx = std::max(mx, s);
         }
@@ -283,7 +376,7 @@ class cpu_backend final : public forward_backend {
         std::fill(olat.begin(), olat.end(), 0.0f);
         for (size_t j = 0; j < len; ++j) {
           const float pj = scores[j] * inv;
-          const float* lj = lat.data() + j * kvr;
+          const float* lj = rows[j];
           for (int cidx = 0; cidx < kvr; ++cidx) olat[static_cast<size_t>(cidx)] += pj * lj[cidx];
         }
         float* oh = att.data() + (static_cast<size_t>(t) * nh + hd) * vd;
@@ -291,7 +384,7 @@ class cpu_backend final : public forward_backend {
       }
     };
     const size_t units = static_cast<size_t>(T) * nh;
-    const size_t work = units * (static_cast<size_t>(nope + vd) * kvr + (p0 + T) * static_cast<size_t>(2 * kvr + rd));
+    const size_t work = units * static_cast<size_t>(nope + vd) * kvr + static_cast<size_t>(nh) * ctx_work * static_cast<size_t>(2 * kvr + rd);
     if (work < (1u << 16)) body(0, units);
     else thread_pool::shared().parallel_for(units, body);
     linear(att.data(), T, L.o, out, L.o_bias);
@@ -343,6 +436,12 @@ class cpu_backend final : public forward_backend {
   model_config c_;
   rope_tables rope_;
   float scale_;
+  double load_s_ = 0;
+  kv_pool_shape shape_;
+  size_t row_ = 0, layer_stride_ = 0;
+  std::unique_ptr<float[]> pool_;
+  std::vector<int> tok_item_;     // per batch token: its item
+  std::vector<size_t> tok_pos_;   // per batch token: its position
   std::vector<std::shared_ptr<const void>> owners_;
   matrix embed_, lm_head_;
   const float* final_norm_ = nullptr;
@@ -421,15 +520,16 @@ routing route_token(const model_config& c, const float* router_logits, const flo
 }
 
 std::unique_ptr<forward_backend> make_cpu_backend(const model_config& config, const tensor_source& source,
-                                                  const tensor_probe& probe) {
-  return std::make_unique<cpu_backend>(config, source, probe);
+                                                  const tensor_probe& probe, const backend_options& options) {
+  return std::make_unique<cpu_backend>(config, source, probe, options);
 }
 
-std::unique_ptr<forward_backend> make_cpu_backend(const model_config& config, const std::string& checkpoint_dir) {
+std::unique_ptr<forward_backend> make_cpu_backend(const model_config& config, const std::string& checkpoint_dir,
+                                                  const backend_options& options) {
   auto store = std::make_shared<tensor_store>(tensor_store::open_dir(checkpoint_dir));
   return make_cpu_backend(
       config, [store](const std::string& n, const std::vector<int64_t>& s) { return store->read(n, s); },
-      [store](const std::string& n) { return store->contains(n); });
+      [store](const std::string& n) { return store->contains(n); }, options);
 }
 
 }  // namespace tollgate::engine

@@ -1,4 +1,5 @@
-// The CPU reference forward in fp32: MLA attention over a compressed KV cache, dense MLP and
+// The CPU reference forward in fp32: MLA attention over a paged latent KV pool read through block
+// tables, dense MLP and
 // DeepSeekMoE layers, as transformers' DeepSeek-V2/V3 modeling computes them.
 #pragma once
 
@@ -17,8 +18,9 @@ using tensor_source = std::function<f32_tensor(const std::string& name, const st
 /// Whether the source holds a tensor (used for the optional fused-expert layout).
 using tensor_probe = std::function<bool(const std::string& name)>;
 
+/// The CPU backend over tensors from any source (the checkpoint, or random weights for a bench).
 std::unique_ptr<forward_backend> make_cpu_backend(const model_config& config, const tensor_source& source,
-                                                  const tensor_probe& probe);
+                                                  const tensor_probe& probe, const backend_options& options = {});
 
 /// Expert routing of one token, exposed for tests: indices and weights of the chosen experts, in
 /// the order they were chosen (highest selection score first).

@@ -7,6 +7,9 @@ add_library(tollgate_engine STATIC
   ${CMAKE_CURRENT_LIST_DIR}/checkpoint_layout.cpp
   ${CMAKE_CURRENT_LIST_DIR}/thread_pool.cpp
   ${CMAKE_CURRENT_LIST_DIR}/cpu_forward.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/kv_blocks.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/scheduler.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/backend_factory.cpp
   ${CMAKE_CURRENT_LIST_DIR}/sampler.cpp
   ${CMAKE_CURRENT_LIST_DIR}/engine.cpp
   ${CMAKE_CURRENT_LIST_DIR}/tiny_checkpoint.cpp

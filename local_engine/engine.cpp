@@ -1,13 +1,19 @@
-// load_model(), sequences, the chat template and generate(): the public API over a forward backend.
+// load_model(), submit(), sequences, the chat template and generate(): the public API over a
+// model's scheduler and forward backend.
 #include "local_engine/engine.hpp"
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <mutex>
 #include <stdexcept>
 
 #include "local_engine/forward_backend.hpp"
 #include "local_engine/sampler.hpp"
+#include "local_engine/scheduler.hpp"
 
 namespace tollgate::engine {
 
@@ -21,75 +27,149 @@ std::string read_file(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// Checks what start() and submit() take; throws std::invalid_argument naming the problem.
+void check_request(const model& m, const std::vector<int32_t>& prompt, const sampling& s) {
+  check_sampling(s);
+  if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
+  const auto V = m.config.vocab_size;
+  for (int32_t id : prompt)
+    if (id < 0 || id >= V)
+      throw std::invalid_argument("prompt token " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(V));
+  if (prompt.size() > static_cast<size_t>(m.config.max_position_embeddings))
+    throw std::invalid_argument("the prompt of " + std::to_string(prompt.size()) + " tokens is longer than the context of " +
+                                std::to_string(m.config.max_position_embeddings));
+}
+
+class stream_impl final : public stream {
+ public:
+  stream_impl(std::shared_ptr<const model> m, std::shared_ptr<sched_sequence> s) : m_(std::move(m)), s_(std::move(s)) {}
+  void cancel() override { m_->sched->cancel(*s_); }
+
+ private:
+  std::shared_ptr<const model> m_;
+  std::shared_ptr<sched_sequence> s_;
+};
+
+// What a stepped sequence's engine callbacks leave for step().
+struct step_box {
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<int32_t> tokens;
+  bool ended = false;
+  stream_end reason = stream_end::length;
+  std::string message;
+};
+
 class sequence_impl final : public sequence {
  public:
   sequence_impl(std::shared_ptr<const model> m, std::vector<int32_t> prompt, const sampling& s)
-      : m_(std::move(m)), prompt_(std::move(prompt)), sampler_(s), cache_(m_->backend->new_cache()) {}
+      : m_(std::move(m)), prompt_tokens_(prompt.size()), box_(std::make_shared<step_box>()) {
+    sched_request r;
+    r.prompt = std::move(prompt);
+    r.sample = s;
+    r.max_tokens = std::numeric_limits<size_t>::max();
+    r.paced = true;
+    r.callbacks.on_token = [b = box_](int32_t t) {
+      std::lock_guard lock(b->m);
+      b->tokens.push_back(t);
+      b->cv.notify_all();
+      return true;
+    };
+    r.callbacks.on_end = [b = box_](stream_end why, const std::string& msg) {
+      std::lock_guard lock(b->m);
+      b->ended = true;
+      b->reason = why;
+      b->message = msg;
+      b->cv.notify_all();
+    };
+    seq_ = m_->sched->submit(std::move(r));
+  }
+  ~sequence_impl() override { m_->sched->cancel(*seq_); }
 
   int32_t step() override {
-    const size_t limit = static_cast<size_t>(m_->config.max_position_embeddings);
-    if (!started_) {
-      m_->backend->forward(*cache_, prompt_, false, logits_);
-      started_ = true;
-    } else {
-      if (cache_->length() + 1 > limit)
-        throw std::runtime_error("the context of " + std::to_string(limit) + " positions is full");
-      const int32_t one[] = {last_};
-      m_->backend->forward(*cache_, one, false, logits_);
+    std::unique_lock lock(box_->m);
+    if (box_->tokens.empty() && !box_->ended) {
+      m_->sched->grant(*seq_, 1);
+      box_->cv.wait(lock, [&] { return !box_->tokens.empty() || box_->ended; });
     }
-    last_ = sampler_.pick(logits_);
-    ++generated_;
-    return last_;
+    if (!box_->tokens.empty()) {
+      const int32_t t = box_->tokens.front();
+      box_->tokens.pop_front();
+      ++generated_;
+      return t;
+    }
+    if (box_->reason == stream_end::context_full)
+      throw std::runtime_error("the context of " + std::to_string(m_->config.max_position_embeddings) + " positions is full");
+    throw std::runtime_error("the sequence ended: " + (box_->message.empty() ? std::string("cancelled") : box_->message));
   }
-  size_t prompt_tokens() const override { return prompt_.size(); }
+  size_t prompt_tokens() const override { return prompt_tokens_; }
   size_t generated_tokens() const override { return generated_; }
 
  private:
   std::shared_ptr<const model> m_;
-  std::vector<int32_t> prompt_;
-  sampler sampler_;
-  std::unique_ptr<kv_cache> cache_;
-  std::vector<float> logits_;
-  bool started_ = false;
-  int32_t last_ = -1;
+  size_t prompt_tokens_;
+  std::shared_ptr<step_box> box_;
+  std::shared_ptr<sched_sequence> seq_;
   size_t generated_ = 0;
 };
 
 }  // namespace
 
 sequence::~sequence() = default;
+stream::~stream() = default;
+model::model() = default;
+model::~model() { sched.reset(); }
 
-std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const std::string& device) {
-  if (device.rfind("cuda", 0) == 0)
-    throw std::runtime_error("device '" + device + "': the engine has no CUDA forward yet (only the CPU reference path); use device cpu");
-  if (device != "cpu") throw std::runtime_error("device '" + device + "' is not known (cpu or cuda:N)");
+std::shared_ptr<const model> make_model(model_config config, std::unique_ptr<forward_backend> backend,
+                                        std::shared_ptr<const tokenizer> tok, const scheduler_options& sched, std::string name) {
+  if (!backend) throw std::invalid_argument("make_model: no backend");
+  auto m = std::make_shared<model>();
+  m->config = std::move(config);
+  m->tok = std::move(tok);
+  m->name = std::move(name);
+  m->backend = std::move(backend);
+  m->sched = std::make_unique<scheduler>(*m->backend, m->config, sched);
+  return m;
+}
+
+std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const backend_options& options,
+                                        const scheduler_options& sched) {
   const fs::path dir(checkpoint_dir);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) throw std::runtime_error(checkpoint_dir + ": not a checkpoint folder");
   const fs::path cfg_path = dir / "config.json";
   if (!fs::exists(cfg_path, ec)) throw std::runtime_error(checkpoint_dir + ": no config.json");
-  auto m = std::make_shared<model>();
-  m->config = parse_model_config(read_file(cfg_path), cfg_path.string());
+  if (sched.max_batch < 1) throw std::invalid_argument("max_batch must be >= 1");
+  if (sched.max_batch_tokens < 1) throw std::invalid_argument("max_batch_tokens must be >= 1");
+  auto config = parse_model_config(read_file(cfg_path), cfg_path.string());
+  std::string name = fs::absolute(dir, ec).lexically_normal().filename().string();
+  if (name.empty()) name = fs::absolute(dir, ec).lexically_normal().parent_path().filename().string();
+  std::shared_ptr<const tokenizer> tok;
+  const fs::path tok_path = dir / "tokenizer.json";
+  if (fs::exists(tok_path, ec)) tok = tokenizer::load(tok_path.string());
+  auto backend = make_backend(config, checkpoint_dir, options);
+  auto m = std::const_pointer_cast<model>(make_model(std::move(config), std::move(backend), std::move(tok), sched, std::move(name)));
   m->dir = checkpoint_dir;
-  m->name = fs::absolute(dir, ec).lexically_normal().filename().string();
-  if (m->name.empty()) m->name = fs::absolute(dir, ec).lexically_normal().parent_path().filename().string();
-  const fs::path tok = dir / "tokenizer.json";
-  if (fs::exists(tok, ec)) m->tok = tokenizer::load(tok.string());
-  m->backend = make_cpu_backend(m->config, checkpoint_dir);
   return m;
 }
 
+std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
+                               std::size_t max_tokens, stream_callbacks callbacks) {
+  if (!m) throw std::invalid_argument("submit: no model");
+  check_request(*m, prompt, s);
+  sched_request r;
+  r.prompt = std::move(prompt);
+  r.sample = s;
+  r.max_tokens = max_tokens;
+  r.callbacks = std::move(callbacks);
+  return std::make_shared<stream_impl>(m, m->sched->submit(std::move(r)));
+}
+
+engine_stats stats(const model& m) { return m.sched->stats(); }
+
 std::unique_ptr<sequence> start(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s) {
   if (!m) throw std::invalid_argument("start: no model");
-  check_sampling(s);
-  if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
-  const auto V = m->config.vocab_size;
-  for (int32_t id : prompt)
-    if (id < 0 || id >= V)
-      throw std::invalid_argument("prompt token " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(V));
-  if (prompt.size() > static_cast<size_t>(m->config.max_position_embeddings))
-    throw std::invalid_argument("the prompt of " + std::to_string(prompt.size()) + " tokens is longer than the context of " +
-                                std::to_string(m->config.max_position_embeddings));
+  check_request(*m, prompt, s);
   return std::make_unique<sequence_impl>(m, std::move(prompt), s);
 }
 
@@ -104,6 +184,7 @@ size_t max_positions(const model& m) { return static_cast<size_t>(m.config.max_p
 std::string model_name(const model& m) { return m.name; }
 std::string model_architecture(const model& m) { return m.config.model_type; }
 std::string model_device(const model& m) { return m.backend->device(); }
+std::string model_describe(const model& m) { return m.backend->describe(); }
 
 std::string apply_chat_template_text(const std::vector<chat_message>& messages, bool add_generation_prompt) {
   // DeepSeek-V3's published template: every system message (joined by a blank line) right after
@@ -138,10 +219,36 @@ std::vector<float> forward_logits(const model& m, std::span<const int32_t> token
   if (tokens.empty()) return {};
   if (tokens.size() > static_cast<size_t>(m.config.max_position_embeddings))
     throw std::invalid_argument("forward_logits: more tokens than the context holds");
-  auto cache = m.backend->new_cache();
-  std::vector<float> logits;
-  m.backend->forward(*cache, tokens, true, logits);
-  return logits;
+  for (int32_t id : tokens)
+    if (id < 0 || id >= m.config.vocab_size)
+      throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                  std::to_string(m.config.vocab_size));
+  struct box {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<float> logits;
+    bool done = false;
+    stream_end reason = stream_end::length;
+    std::string message;
+  };
+  auto b = std::make_shared<box>();
+  sched_request r;
+  r.prompt.assign(tokens.begin(), tokens.end());
+  r.max_tokens = 0;
+  r.all_logits = true;
+  r.callbacks.on_logits = [b](std::span<const float> l) { b->logits.insert(b->logits.end(), l.begin(), l.end()); };
+  r.callbacks.on_end = [b](stream_end why, const std::string& msg) {
+    std::lock_guard lock(b->mu);
+    b->done = true;
+    b->reason = why;
+    b->message = msg;
+    b->cv.notify_all();
+  };
+  m.sched->submit(std::move(r));
+  std::unique_lock lock(b->mu);
+  b->cv.wait(lock, [&] { return b->done; });
+  if (b->reason != stream_end::length) throw std::runtime_error("forward_logits: " + b->message);
+  return std::move(b->logits);
 }
 
 generate_result generate(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,

@@ -1,14 +1,18 @@
-// The local inference engine's one public header: load a DeepSeek-V2/V3-style checkpoint, start
-// sequences and step them token by token, apply the chat template, and (for tests) read full logits.
+// The local inference engine's one public header: load a DeepSeek-V2/V3-style checkpoint, submit
+// sequences to its continuous-batching scheduler (token callbacks, cancellation) or step them token
+// by token, apply the chat template, and (for tests) read full logits.
 //
-// A model is immutable once loaded and may be shared by any number of threads. A sequence is one
-// request's state (its KV cache and random generator); it is used by one thread at a time.
+// A model is immutable once loaded and may be shared by any number of threads. Each loaded model
+// has one engine thread: every step it runs ONE forward over all running sequences (their next
+// token plus chunks of waiting prompts), so concurrent users batch together. A sequence object is
+// used by one thread at a time.
 // Everything here throws std::runtime_error (or std::invalid_argument for bad arguments) with a
 // message that names what is wrong; nothing aborts the process on bad input.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -34,16 +38,96 @@ struct chat_message {
 
 class model;  ///< a loaded checkpoint; defined inside the engine
 
-/// Loads a Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json).
-/// device: "cpu"; "cuda:N" is refused ("no CUDA forward yet") until the CUDA forward exists.
-std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const std::string& device = "cpu");
+/// How a forward backend is built (see forward_backend.hpp). Checked by load_model().
+struct backend_options {
+  std::string device = "cpu";  ///< "cpu" or "cuda:N"
+  std::string dtype;           ///< "float32" or "bfloat16"; empty: float32 on the CPU, bfloat16 on a GPU
+  /// Size of the KV pool: bytes when > 1, else a fraction of the device's free memory after the
+  /// weights (GPU) or of the CPU default of 256 MiB; 0 takes the backend's default (0.9 on a GPU,
+  /// 256 MiB on the CPU).
+  double kv_cache_memory = 0;
+  int kv_block_size = 64;  ///< positions per KV block
+};
 
-/// One request's decoding state. Created by start(); owns its KV cache.
+/// The continuous-batching scheduler's limits.
+struct scheduler_options {
+  std::size_t max_batch = 64;          ///< sequences running (holding KV blocks) at once
+  std::size_t max_batch_tokens = 2048; ///< tokens in one forward: decode tokens plus prefill chunks
+};
+
+/// Loads a Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json) onto
+/// the device that `options` names and starts its engine thread. Throws std::runtime_error naming
+/// what is wrong: a missing file, an unknown device, "device 'cuda:0': this build has no CUDA
+/// backend (built without nvcc)", a dtype the device cannot run, a KV pool too small for a block.
+std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const backend_options& options = {},
+                                        const scheduler_options& sched = {});
+
+/// What the scheduler of one model is doing; a snapshot, safe to read from any thread.
+struct engine_stats {
+  std::size_t running = 0;              ///< sequences admitted (holding KV blocks)
+  std::size_t waiting = 0;              ///< submitted or preempted, not admitted yet
+  std::size_t last_batch_sequences = 0; ///< sequences in the last forward
+  std::size_t last_batch_tokens = 0;    ///< tokens in the last forward
+  double tokens_per_s = 0;              ///< tokens forwarded per second over the last few seconds
+  std::size_t kv_blocks_total = 0;
+  std::size_t kv_blocks_used = 0;
+  std::size_t kv_blocks_free = 0;
+  int kv_block_size = 0;
+  std::uint64_t steps = 0;              ///< forwards run
+  std::uint64_t prompt_tokens = 0;      ///< prompt positions forwarded (recomputation after a preemption included)
+  std::uint64_t generated_tokens = 0;   ///< tokens sampled
+  std::uint64_t preemptions = 0;        ///< sequences sent back to the queue to free KV blocks
+  std::uint64_t finished = 0;           ///< ended by max_tokens or by their callback
+  std::uint64_t cancelled = 0;          ///< ended by cancel()
+  std::uint64_t failed = 0;             ///< ended by an error (context full, pool too small, a failed forward)
+};
+engine_stats stats(const model& m);
+
+/// How a submitted sequence ended.
+enum class stream_end {
+  length,        ///< max_tokens reached
+  stopped,       ///< on_token returned false
+  context_full,  ///< no position left in the model's context for another token
+  cancelled,     ///< cancel() was called
+  failed,        ///< an error; the message says which
+};
+
+/// What the scheduler calls back for a submitted sequence. Both run on the engine thread: keep
+/// them short and never call back into the engine from them (submit() and cancel() are fine).
+struct stream_callbacks {
+  /// Each token as soon as it is sampled; return false to end the sequence (a stop string, EOS).
+  std::function<bool(int32_t token)> on_token;
+  /// Exactly once, last; message is empty unless reason is failed.
+  std::function<void(stream_end reason, const std::string& message)> on_end;
+  /// Optional: the logits ([vocab_size]) each token was sampled from, just before on_token.
+  std::function<void(std::span<const float> logits)> on_logits;
+};
+
+/// A submitted sequence. Destroying the handle does not cancel it; cancel() does.
+class stream {
+ public:
+  virtual ~stream();
+  /// Ends the sequence at the engine's next step (its KV blocks are freed then; on_end gets
+  /// cancelled). Thread-safe; does nothing once the sequence has ended.
+  virtual void cancel() = 0;
+};
+
+/// Queues a sequence: the prompt is prefilled (in chunks when long) once KV blocks allow, then
+/// one token per engine step goes to on_token until max_tokens, a false from on_token, the end of
+/// the context, cancel(), or a failure. Throws std::invalid_argument, as start() does, for a bad
+/// prompt or sampling; nothing is called back then.
+std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
+                               std::size_t max_tokens, stream_callbacks callbacks);
+
+/// One request's decoding state, stepped by its caller: a sequence of the model's scheduler that
+/// produces one token per step() call (concurrent step() calls of several sequences share one
+/// forward). Destroying it frees its KV blocks.
 class sequence {
  public:
   virtual ~sequence();
   /// The first call runs the prompt (prefill); each call returns the next sampled token id, which
-  /// the following call feeds back. Throws std::runtime_error once the context is full.
+  /// the following call feeds back. Blocks until the token is there. Throws std::runtime_error once
+  /// the context is full or when the engine failed the sequence.
   virtual int32_t step() = 0;
   virtual size_t prompt_tokens() const = 0;
   virtual size_t generated_tokens() const = 0;
@@ -62,7 +146,8 @@ size_t vocab_size(const model& m);
 size_t max_positions(const model& m);  ///< config.json's max_position_embeddings
 std::string model_name(const model& m);  ///< the checkpoint folder's name
 std::string model_architecture(const model& m);  ///< "deepseek_v2" or "deepseek_v3"
-std::string model_device(const model& m);  ///< "cpu"
+std::string model_device(const model& m);  ///< "cpu" or "cuda:N"
+std::string model_describe(const model& m);  ///< the backend's line for the log: device, dtype, memory
 
 /// The DeepSeek-V3 chat template: BOS, the system messages joined by blank lines, then
 /// `<｜User｜>user` and `<｜Assistant｜>assistant<｜end▁of▁sentence｜>` turns, and `<｜Assistant｜>`
@@ -73,6 +158,7 @@ std::vector<int32_t> apply_chat_template(const model& m, const std::vector<chat_
                                          bool add_generation_prompt);
 
 /// Logits of every position of `tokens` run from an empty cache: [tokens.size() * vocab_size].
+/// Runs through the scheduler (in chunks of at most max_batch_tokens, batched with whatever else runs).
 std::vector<float> forward_logits(const model& m, std::span<const int32_t> tokens);
 
 /// A whole generation: step() until max_tokens, EOS (not included in the output), a stop string

@@ -50,9 +50,16 @@ void check_sampling(const sampling& s) {
   if (s.top_k < 0) throw std::invalid_argument("top_k must be >= 0, got " + std::to_string(s.top_k));
 }
 
-sampler::sampler(const sampling& s) : s_(s), rng_(s.seed) { check_sampling(s); }
+uint64_t draw_seed(uint64_t seed, uint64_t draw) {
+  uint64_t x = seed;
+  const uint64_t a = splitmix64(x);
+  x = a ^ (draw * 0xd1b54a32d192ed03ull);
+  return splitmix64(x);
+}
 
-int32_t sampler::pick(std::span<const float> logits) {
+sampler::sampler(const sampling& s) : s_(s) { check_sampling(s); }
+
+int32_t sampler::pick(std::span<const float> logits, uint64_t draw) {
   const size_t V = logits.size();
   if (V == 0) throw std::invalid_argument("sampler: no logits");
   if (s_.temperature <= 0 || s_.top_k == 1) {
@@ -97,7 +104,8 @@ int32_t sampler::pick(std::span<const float> logits) {
     sum = 0;
     for (size_t i = 0; i < n; ++i) sum += probs_[i];
   }
-  const double r = rng_.uniform() * sum;
+  rng g(draw_seed(s_.seed, draw));
+  const double r = g.uniform() * sum;
   double acc = 0;
   for (size_t i = 0; i < n; ++i) {
     acc += probs_[i];

@@ -25,15 +25,24 @@ class rng {
 /// Throws std::invalid_argument for temperature < 0 or NaN, top_p outside (0, 1], top_k < 0.
 void check_sampling(const sampling& s);
 
+/// The seed of one draw's generator: a function of (seed, draw) only, so a sequence's tokens do
+/// not depend on which other sequences share its batch or on how its prompt was chunked.
+uint64_t draw_seed(uint64_t seed, uint64_t draw);
+
+/// Picks tokens for one sequence. Not thread-safe; cheap to build.
 class sampler {
  public:
   explicit sampler(const sampling& s);
-  /// The chosen id. Greedy (temperature <= 0 or top_k == 1) takes the first largest logit.
-  int32_t pick(std::span<const float> logits);
+  /// The chosen id for the sequence's `draw`-th generated token. Greedy (temperature <= 0 or
+  /// top_k == 1) takes the first largest logit; otherwise the random number comes from a generator
+  /// seeded with draw_seed(seed, draw).
+  int32_t pick(std::span<const float> logits, uint64_t draw);
+  /// The next draw: pick(logits, n) with n counting the calls so far.
+  int32_t pick(std::span<const float> logits) { return pick(logits, next_draw_++); }
 
  private:
   sampling s_;
-  rng rng_;
+  uint64_t next_draw_ = 0;
   std::vector<int32_t> order_;
   std::vector<double> probs_;
 };

@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <sstream>
 
+#include "local_engine/forward_backend.hpp"
 #include "tests/engine/test_support.hpp"
 
 namespace t = tollgate::engine::test;
@@ -98,9 +100,18 @@ TEST_CASE("cli: bad arguments exit with 2 and say why", "[engine][cli]") {
   auto r = cli("generate --checkpoint '" + dir.str() + "/absent' --prompt-tokens 1");
   CHECK(r.code == 1);
   CHECK_THAT(r.out, Contains("not a checkpoint folder"));
-  r = cli("generate --checkpoint " + ck + " --prompt-tokens 1 --device cuda:0");
+  if (!tollgate::engine::built_with_cuda()) {
+    r = cli("generate --checkpoint " + ck + " --prompt-tokens 1 --device cuda:0");
+    CHECK(r.code == 1);
+    CHECK_THAT(r.out, Contains("device 'cuda:0': this build has no CUDA backend"));
+  }
+  r = cli("generate --checkpoint " + ck + " --prompt-tokens 1 --dtype bfloat16");
   CHECK(r.code == 1);
-  CHECK_THAT(r.out, Contains("no CUDA forward yet"));
+  CHECK_THAT(r.out, Contains("float32 only"));
+  r = cli("generate --checkpoint " + ck + " --prompt-tokens 1 --kv-cache-memory -3");
+  CHECK(r.code == 2);
+  r = cli("bench --checkpoint " + ck + " --batch 1,x");
+  CHECK(r.code == 2);
   const auto bad = dir.path() / "bad.json";
   t::write_text(bad, R"({"seed": 1, "config": {"model_type": "deepseek_v3", "hidden_size": -4}})");
   r = cli("make-tiny --recipe '" + bad.string() + "' --out '" + dir.str() + "/b'");
@@ -112,4 +123,34 @@ TEST_CASE("cli: bad arguments exit with 2 and say why", "[engine][cli]") {
     CHECK(r.code == 0);
     CHECK_THAT(r.out, Contains("usage: tollgate-engine"));
   }
+}
+
+TEST_CASE("cli: bench times prefill and batched decode as JSON lines", "[engine][cli]") {
+  t::temp_dir dir;
+  const auto ck = (dir.path() / "ck").string();
+  REQUIRE(cli("make-tiny --recipe '" + t::recipe_path("v2_greedy").string() + "' --out '" + ck + "'").code == 0);
+  auto r = cli("bench --checkpoint '" + ck + "' --device cpu --dtype float32 --kv-cache-memory 4000000 --prompt-len 20 "
+               "--batch 1,3 --context 30 --decode 4 --runs 2 --prefill-chunk 8 2>/dev/null");
+  REQUIRE(r.code == 0);
+  std::vector<nlohmann::json> lines;
+  std::stringstream in(r.out);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty() && line[0] == '{') lines.push_back(nlohmann::json::parse(line));
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[0]["bench"] == "checkpoint");
+  CHECK(lines[0]["prefill_tokens"] == 20);
+  CHECK(lines[0]["prefill_tokens_per_s"].get<double>() > 0);
+  CHECK(lines[0]["device"] == "cpu");
+  for (int i : {1, 2}) {
+    CHECK(lines[i]["bench"] == "checkpoint_decode");
+    CHECK(lines[i]["context"] == 30);
+    CHECK(lines[i]["decode_step_ms_runs"].size() == 4);
+    CHECK(lines[i]["decode_tokens_per_s"].get<double>() > 0);
+  }
+  CHECK(lines[1]["batch"] == 1);
+  CHECK(lines[2]["batch"] == 3);
+  // A pool too small for the batch is a clear error.
+  r = cli("bench --checkpoint '" + ck + "' --kv-cache-memory 50000 --batch 64 --context 200 --runs 1");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.out, Contains("raise --kv-cache-memory"));
 }

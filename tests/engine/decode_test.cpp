@@ -180,28 +180,82 @@ TEST_CASE("chat template: DeepSeek-V3's form", "[engine][chat]") {
   CHECK(eng::model_name(*tiny()) == tiny_dir().filename().string());
 }
 
-TEST_CASE("forward: the KV cache gives the logits of a full forward", "[engine][forward]") {
+TEST_CASE("forward: the paged KV cache gives the logits of a full forward", "[engine][forward]") {
   const std::vector<int32_t> tokens = {0, 259, 40, 41, 42, 43, 44, 260, 100, 200, 300, 400};
   const auto full = eng::forward_logits(*tiny(), tokens);
   const size_t V = eng::vocab_size(*tiny());
-  // Prefill 3 tokens, then one token at a time through the cache.
-  const auto& backend = *tiny()->backend;
-  auto cache = backend.new_cache();
-  std::vector<float> logits;
-  backend.forward(*cache, std::span<const int32_t>(tokens.data(), 3), false, logits);
+  // A backend of its own (the model's belongs to its engine thread), with blocks of 4 positions
+  // given out of order, so that the table and not the layout decides where positions live.
+  eng::backend_options bo;
+  bo.kv_block_size = 4;
+  bo.kv_cache_memory = 1 << 20;
+  auto backend = eng::make_backend(tiny()->config, tiny_dir().string(), bo);
+  REQUIRE(backend->kv_pool().block_size == 4);
+  REQUIRE(backend->kv_pool().blocks >= 8);
+  const std::vector<int32_t> table = {7, 2, 5};
+  eng::batch_result res;
+  eng::batch_item it;
+  it.blocks = table;
+  it.logits = true;
+  it.tokens = std::span<const int32_t>(tokens.data(), 3);
+  backend->forward(std::span<const eng::batch_item>(&it, 1), res);
   for (size_t pos = 2; pos < tokens.size(); ++pos) {
-    if (pos > 2) backend.forward(*cache, std::span<const int32_t>(&tokens[pos], 1), false, logits);
-    REQUIRE(logits.size() == V);
+    if (pos > 2) {
+      it.tokens = std::span<const int32_t>(&tokens[pos], 1);
+      it.start = pos;
+      backend->forward(std::span<const eng::batch_item>(&it, 1), res);
+    }
+    REQUIRE(res.logits.size() == V);
+    REQUIRE(res.tokens == std::vector<int32_t>{-1});
     double num = 0, den = 0;
     for (size_t i = 0; i < V; ++i) {
-      const double d = logits[i] - full[pos * V + i];
+      const double d = res.logits[i] - full[pos * V + i];
       num += d * d;
       den += static_cast<double>(full[pos * V + i]) * full[pos * V + i];
     }
     INFO("position " << pos);
     CHECK(std::sqrt(num / den) < 1e-5);
   }
-  CHECK(cache->length() == tokens.size());
   CHECK(eng::forward_logits(*tiny(), {}).empty());
-  CHECK_THROWS_AS(backend.forward(*cache, std::vector<int32_t>{5000}, false, logits), std::invalid_argument);
+  // Bad items are refused before anything runs.
+  const std::vector<int32_t> bad_token = {5000};
+  it.tokens = bad_token;
+  it.start = 0;
+  CHECK_THROWS_WITH(backend->forward(std::span<const eng::batch_item>(&it, 1), res), Contains("outside the vocabulary"));
+  it.tokens = std::span<const int32_t>(tokens.data(), tokens.size());
+  it.start = 1;  // 13 positions; the table's three blocks hold 12
+  CHECK_THROWS_WITH(backend->forward(std::span<const eng::batch_item>(&it, 1), res), Contains("does not cover 13 positions"));
+  const std::vector<int32_t> outside = {0, 1, 100000};
+  it.blocks = outside;
+  it.start = 0;
+  CHECK_THROWS_WITH(backend->forward(std::span<const eng::batch_item>(&it, 1), res), Contains("outside the pool"));
+  CHECK_THROWS_AS(backend->forward({}, res), std::invalid_argument);
+}
+
+TEST_CASE("backends: devices and pool sizes", "[engine][forward]") {
+  eng::backend_options bo;
+  bo.device = "cuda:0";
+  if (!eng::built_with_cuda()) {
+    CHECK_THROWS_WITH(eng::load_model(tiny_dir().string(), bo), Contains("device 'cuda:0': this build has no CUDA backend"));
+  }
+  bo.device = "tpu";
+  CHECK_THROWS_WITH(eng::load_model(tiny_dir().string(), bo), Contains("device 'tpu' is not known"));
+  bo.device = "cpu";
+  bo.dtype = "bfloat16";
+  CHECK_THROWS_WITH(eng::load_model(tiny_dir().string(), bo), Contains("float32 only"));
+  bo.dtype = "float32";
+  bo.kv_cache_memory = 100;  // bytes: less than one block
+  CHECK_THROWS_WITH(eng::load_model(tiny_dir().string(), bo), Contains("holds no KV block"));
+  // v3_qlora_yarn: 3 layers of (32 + 8) floats a position; 64 positions a block: 30 KiB.
+  const size_t block_bytes = 3 * 40 * 4 * 64;
+  bo.kv_cache_memory = 10.5 * block_bytes;
+  auto m = eng::load_model(tiny_dir().string(), bo);
+  CHECK(eng::stats(*m).kv_blocks_total == 10);
+  CHECK(eng::stats(*m).kv_blocks_free == 10);
+  CHECK(eng::stats(*m).kv_block_size == 64);
+  bo.kv_cache_memory = 0.5;  // half the CPU default of 256 MiB
+  CHECK(eng::stats(*eng::load_model(tiny_dir().string(), bo)).kv_blocks_total == (size_t{128} << 20) / block_bytes);
+  bo.kv_cache_memory = 0;
+  CHECK(eng::stats(*eng::load_model(tiny_dir().string(), bo)).kv_blocks_total == (size_t{256} << 20) / block_bytes);
+  CHECK_THAT(eng::model_describe(*m), Contains("KV pool 10 blocks"));
 }

@@ -1,0 +1,337 @@
+#include "local_engine/scheduler.hpp"
+
+#include <algorithm>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+
+namespace tollgate::engine {
+
+namespace {
+using clock_type = std::chrono::steady_clock;
+constexpr auto rate_window = std::chrono::seconds(5);
+}  // namespace
+
+scheduler::scheduler(forward_backend& backend, const model_config& config, const scheduler_options& options)
+    : backend_(backend), config_(config), opts_(options), blocks_(backend.kv_pool().blocks, backend.kv_pool().block_size) {
+  if (opts_.max_batch < 1) throw std::invalid_argument("max_batch must be >= 1");
+  if (opts_.max_batch_tokens < 1) throw std::invalid_argument("max_batch_tokens must be >= 1");
+  stats_.kv_blocks_total = blocks_.total();
+  stats_.kv_blocks_free = blocks_.total();
+  stats_.kv_block_size = blocks_.block_size();
+  thread_ = std::thread([this] { run(); });
+}
+
+scheduler::~scheduler() {
+  {
+    std::lock_guard lock(m_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+std::shared_ptr<sched_sequence> scheduler::submit(sched_request r) {
+  auto s = std::make_shared<sched_sequence>();
+  s->tokens = r.prompt;
+  s->req = std::move(r);
+  {
+    std::lock_guard lock(m_);
+    s->id = next_id_++;
+    if (stop_) throw std::runtime_error("the engine is stopping");
+    incoming_.push_back(s);
+    ++signals_;
+  }
+  {
+    std::lock_guard lock(stats_m_);
+    ++stats_.waiting;
+  }
+  cv_.notify_all();
+  return s;
+}
+
+void scheduler::signal() {
+  {
+    std::lock_guard lock(m_);
+    ++signals_;
+  }
+  cv_.notify_all();
+}
+
+void scheduler::cancel(sched_sequence& s) {
+  s.cancel_requested.store(true);
+  signal();
+}
+
+void scheduler::grant(sched_sequence& s, std::size_t n) {
+  s.credit.fetch_add(n);
+  signal();
+}
+
+engine_stats scheduler::stats() const {
+  std::lock_guard lock(stats_m_);
+  engine_stats st = stats_;
+  st.kv_blocks_free = blocks_.free();
+  st.kv_blocks_used = blocks_.total() - st.kv_blocks_free;
+  // Tokens forwarded by the steps that started within the window, over the time since the first of them.
+  const auto now = clock_type::now();
+  std::size_t tokens = 0;
+  std::optional<clock_type::time_point> first;
+  for (const auto& [t, n] : recent_) {
+    if (now - t > rate_window) continue;
+    if (!first) first = t;
+    tokens += n;
+  }
+  if (first) st.tokens_per_s = static_cast<double>(tokens) / std::max(std::chrono::duration<double>(now - *first).count(), 1e-3);
+  return st;
+}
+
+void scheduler::run() {
+  std::uint64_t seen = 0;
+  bool progressed = false;
+  for (;;) {
+    {
+      std::unique_lock lock(m_);
+      cv_.wait(lock, [&] { return stop_ || signals_ != seen || progressed; });
+      if (stop_) break;
+      seen = signals_;
+      for (auto& s : incoming_) waiting_.push_back(std::move(s));
+      incoming_.clear();
+    }
+    progressed = step();
+  }
+  {
+    std::lock_guard lock(m_);
+    for (auto& s : incoming_) waiting_.push_back(std::move(s));
+    incoming_.clear();
+  }
+  for (auto& s : running_) end(*s, stream_end::failed, "the engine stopped");
+  for (auto& s : waiting_) end(*s, stream_end::failed, "the engine stopped");
+  sweep();
+  flush_ends();
+}
+
+bool scheduler::eligible(const sched_sequence& s) const { return !s.req.paced || s.credit.load() > 0; }
+
+void scheduler::end(sched_sequence& s, stream_end reason, const std::string& message) {
+  if (s.ended) return;
+  s.ended = true;
+  blocks_.release(s.id);
+  {
+    std::lock_guard lock(stats_m_);
+    if (reason == stream_end::cancelled) ++stats_.cancelled;
+    else if (reason == stream_end::failed) ++stats_.failed;
+    else ++stats_.finished;
+  }
+  // Called once the step's bookkeeping is done, so that what on_end's caller then reads (stats,
+  // free blocks) already counts this end.
+  if (s.req.callbacks.on_end) ends_.push_back([cb = std::move(s.req.callbacks.on_end), reason, message] { cb(reason, message); });
+}
+
+void scheduler::flush_ends() {
+  auto ends = std::move(ends_);
+  ends_.clear();
+  for (auto& f : ends) {
+    try {
+      f();
+    } catch (...) {
+      // A consumer's failure must not stop the engine; the sequence is over either way.
+    }
+  }
+}
+
+bool scheduler::step() {
+  const bool progressed = step_once();
+  flush_ends();
+  return progressed;
+}
+
+void scheduler::preempt_newest() {
+  auto victim = running_.back();
+  running_.pop_back();
+  blocks_.release(victim->id);
+  victim->computed = 0;
+  waiting_.push_front(std::move(victim));
+  std::lock_guard lock(stats_m_);
+  ++stats_.preemptions;
+}
+
+void scheduler::sweep() {
+  std::erase_if(running_, [](const auto& s) { return s->ended; });
+  std::erase_if(waiting_, [](const auto& s) { return s->ended; });
+  std::lock_guard lock(stats_m_);
+  stats_.running = running_.size();
+  std::size_t incoming = 0;
+  {
+    std::lock_guard l2(m_);
+    incoming = incoming_.size();
+  }
+  stats_.waiting = waiting_.size() + incoming;
+}
+
+bool scheduler::step_once() {
+  bool progressed = false;
+  // (1) Cancellations, and sequences that want nothing.
+  for (auto& s : running_)
+    if (s->cancel_requested.load()) {
+      end(*s, stream_end::cancelled);
+      progressed = true;
+    }
+  for (auto& s : waiting_) {
+    if (s->cancel_requested.load()) {
+      end(*s, stream_end::cancelled);
+      progressed = true;
+    } else if (s->req.max_tokens == 0 && !s->req.all_logits) {
+      end(*s, stream_end::length);
+      progressed = true;
+    }
+  }
+  sweep();
+
+  // (2) Running sequences, oldest first.
+  std::vector<planned> plan;
+  std::size_t budget = opts_.max_batch_tokens;
+  for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    auto s = running_[i];
+    if (!eligible(*s)) continue;
+    const std::size_t k = std::min(s->tokens.size() - s->computed, budget);
+    if (k == 0) continue;
+    // Short of blocks: the most recently admitted sequence yields, which may be s itself (then
+    // everything admitted after it has yielded already and this pass is over).
+    bool yielded = false;
+    while (blocks_.missing(s->id, s->computed + k) > blocks_.free()) {
+      if (running_.back() == s) {
+        if (running_.size() > 1) {
+          preempt_newest();
+          yielded = true;
+        }
+        break;
+      }
+      preempt_newest();
+    }
+    if (yielded) break;
+    if (!blocks_.reserve(s->id, s->computed + k)) {
+      // Alone and still short: the pool cannot hold this sequence.
+      end(*s, stream_end::failed,
+          "the sequence needs " + std::to_string(blocks_.blocks_for(s->computed + k)) + " KV blocks; the pool holds " +
+              std::to_string(blocks_.total()) + " (raise kv_cache_memory)");
+      progressed = true;
+      continue;
+    }
+    plan.push_back({s, k});
+    budget -= k;
+  }
+  sweep();
+
+  // (3) Admission, in order. A paced sequence waiting for its first step() does not hold others up.
+  for (std::size_t i = 0; i < waiting_.size() && budget > 0 && running_.size() < opts_.max_batch;) {
+    auto s = waiting_[i];
+    if (!eligible(*s)) {
+      ++i;
+      continue;
+    }
+    const std::size_t need = blocks_.blocks_for(s->tokens.size());
+    if (need > blocks_.total()) {
+      end(*s, stream_end::failed,
+          "the prompt of " + std::to_string(s->tokens.size()) + " tokens needs " + std::to_string(need) +
+              " KV blocks; the pool holds " + std::to_string(blocks_.total()) + " (raise kv_cache_memory)");
+      waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
+      progressed = true;
+      continue;
+    }
+    if (need > blocks_.free()) break;  // first come, first served: wait for blocks
+    blocks_.reserve(s->id, s->tokens.size());
+    s->admitted_at = ++admissions_;
+    running_.push_back(s);
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
+    const std::size_t k = std::min(s->tokens.size() - s->computed, budget);
+    plan.push_back({s, k});
+    budget -= k;
+  }
+  sweep();
+  if (plan.empty()) return progressed;
+
+  // (4) One forward.
+  std::vector<batch_item> items(plan.size());
+  std::size_t batch_tokens = 0, prompt_tokens = 0;
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    auto& s = *plan[i].seq;
+    batch_item& it = items[i];
+    it.tokens = std::span<const int32_t>(s.tokens.data() + s.computed, plan[i].n);
+    it.start = s.computed;
+    it.blocks = blocks_.table(s.id);
+    const bool last = s.computed + plan[i].n == s.tokens.size();
+    if (last && s.generated < s.req.max_tokens) {
+      it.sample = &s.req.sample;
+      it.draw = s.generated;
+      it.logits = static_cast<bool>(s.req.callbacks.on_logits);
+    }
+    if (s.req.all_logits) {
+      it.logits = true;
+      it.all_positions = true;
+    }
+    batch_tokens += plan[i].n;
+    // Positions before the newest generated token are prompt (or its recomputation).
+    const std::size_t fed_prompt = s.tokens.size() - s.generated;
+    if (s.computed < fed_prompt) prompt_tokens += std::min(plan[i].n, fed_prompt - s.computed);
+  }
+  const auto started = clock_type::now();
+  try {
+    backend_.forward(items, result_);
+  } catch (const std::exception& e) {
+    for (auto& p : plan) end(*p.seq, stream_end::failed, std::string("the forward failed: ") + e.what());
+    sweep();
+    return true;
+  }
+  std::size_t generated = 0;
+  const std::size_t V = static_cast<std::size_t>(config_.vocab_size);
+  std::size_t logit_at = 0;
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    auto& s = *plan[i].seq;
+    const batch_item& it = items[i];
+    s.computed += plan[i].n;
+    const std::size_t nl = it.logits ? (it.all_positions ? plan[i].n : 1) : 0;
+    const std::span<const float> logits(result_.logits.data() + logit_at * V, nl * V);
+    logit_at += nl;
+    if (s.ended) continue;
+    try {
+      if (s.req.all_logits && s.req.callbacks.on_logits && s.computed > s.logits_sent) {
+        // After a preemption the recomputed positions were sent already: only the new ones go.
+        const std::size_t from = std::max(s.logits_sent, it.start);
+        s.req.callbacks.on_logits(logits.subspan((from - it.start) * V));
+        s.logits_sent = s.computed;
+      }
+      if (it.sample) {
+        const int32_t token = result_.tokens[i];
+        if (s.req.callbacks.on_logits && !s.req.all_logits) s.req.callbacks.on_logits(logits);
+        s.tokens.push_back(token);
+        ++s.generated;
+        ++generated;
+        if (s.req.paced) s.credit.fetch_sub(1);
+        const bool more = !s.req.callbacks.on_token || s.req.callbacks.on_token(token);
+        if (!more) end(s, stream_end::stopped);
+        else if (s.generated >= s.req.max_tokens) end(s, stream_end::length);
+        else if (s.tokens.size() > static_cast<std::size_t>(config_.max_position_embeddings)) end(s, stream_end::context_full);
+      } else if (s.computed == s.tokens.size() && s.generated >= s.req.max_tokens) {
+        end(s, stream_end::length);
+      }
+    } catch (const std::exception& e) {
+      end(s, stream_end::failed, std::string("a callback failed: ") + e.what());
+    }
+  }
+  sweep();
+  {
+    std::lock_guard lock(stats_m_);
+    ++stats_.steps;
+    stats_.last_batch_sequences = plan.size();
+    stats_.last_batch_tokens = batch_tokens;
+    stats_.prompt_tokens += prompt_tokens;
+    stats_.generated_tokens += generated;
+    const auto now = clock_type::now();
+    recent_.emplace_back(started, batch_tokens);
+    while (!recent_.empty() && now - recent_.front().first > rate_window) recent_.pop_front();
+  }
+  return true;
+}
+
+}  // namespace tollgate::engine

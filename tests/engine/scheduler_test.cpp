@@ -1,0 +1,308 @@
+// The continuous-batching scheduler on the CPU backend: a sequence gives the same tokens alone and
+// inside a batch of many mixed sequences with chunked prefill and preemptions (greedy and seeded
+// sampling); batched logits equal forward_logits; cancellation, failures and the end of the
+// context free every KV block.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "local_engine/engine.hpp"
+#include "local_engine/forward_backend.hpp"
+#include "local_engine/sampler.hpp"
+#include "tests/engine/test_support.hpp"
+
+namespace eng = tollgate::engine;
+namespace t = tollgate::engine::test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+const std::filesystem::path& v2_dir() {
+  static t::temp_dir dir;
+  static bool made = (t::make_recipe_checkpoint("v2_greedy", dir.path()), true);
+  (void)made;
+  return dir.path();
+}
+
+// v2_greedy: 2 layers of (32 + 8) floats a position.
+constexpr size_t bytes_per_position = 2 * 40 * 4;
+
+std::shared_ptr<const eng::model> load(int block_size, size_t blocks, size_t max_batch = 64, size_t max_batch_tokens = 2048) {
+  eng::backend_options bo;
+  bo.kv_block_size = block_size;
+  bo.kv_cache_memory = static_cast<double>(blocks * static_cast<size_t>(block_size) * bytes_per_position);
+  return eng::load_model(v2_dir().string(), bo, eng::scheduler_options{max_batch, max_batch_tokens});
+}
+
+/// What one submitted sequence produced, filled by the engine thread.
+struct collector {
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<int32_t> tokens;
+  std::vector<std::vector<float>> logits;
+  bool done = false;
+  eng::stream_end reason = eng::stream_end::failed;
+  std::string message;
+  size_t stop_after = 0;  // on_token returns false after this many tokens (0: never)
+
+  eng::stream_callbacks callbacks(bool want_logits = false) {
+    eng::stream_callbacks cb;
+    cb.on_token = [this](int32_t id) {
+      std::lock_guard lock(m);
+      tokens.push_back(id);
+      cv.notify_all();
+      return stop_after == 0 || tokens.size() < stop_after;
+    };
+    cb.on_end = [this](eng::stream_end why, const std::string& msg) {
+      std::lock_guard lock(m);
+      done = true;
+      reason = why;
+      message = msg;
+      cv.notify_all();
+    };
+    if (want_logits) cb.on_logits = [this](std::span<const float> l) { logits.emplace_back(l.begin(), l.end()); };
+    return cb;
+  }
+  void wait() {
+    std::unique_lock lock(m);
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(120), [&] { return done; }));
+  }
+  void wait_tokens(size_t n) {
+    std::unique_lock lock(m);
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return tokens.size() >= n || done; }));
+  }
+};
+
+struct job {
+  std::vector<int32_t> prompt;
+  eng::sampling s;
+  size_t max_tokens;
+};
+
+// Twelve mixed sequences: prompts of 3 to 45 tokens, greedy and seeded sampling, 6 to 28 tokens.
+std::vector<job> mixed_jobs() {
+  std::vector<job> jobs;
+  eng::rng g(77);
+  for (int i = 0; i < 12; ++i) {
+    job j;
+    const size_t len = 3 + static_cast<size_t>(g.next() % 43);
+    for (size_t k = 0; k < len; ++k) j.prompt.push_back(static_cast<int32_t>(2 + g.next() % 1000));
+    if (i % 2 == 1) j.s = eng::sampling{0.9f, 0.95f, i % 4 == 1 ? 0 : 40, 1000 + static_cast<uint64_t>(i)};
+    j.max_tokens = 6 + static_cast<size_t>(g.next() % 23);
+    jobs.push_back(std::move(j));
+  }
+  return jobs;
+}
+
+std::vector<int32_t> alone(const std::shared_ptr<const eng::model>& m, const job& j) {
+  collector c;
+  auto h = eng::submit(m, j.prompt, j.s, j.max_tokens, c.callbacks());
+  c.wait();
+  CHECK(c.reason == eng::stream_end::length);
+  return c.tokens;
+}
+
+double relative_error(std::span<const float> a, std::span<const float> b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+}  // namespace
+
+TEST_CASE("scheduler: a sequence's tokens are the same alone and in a batch with chunked prefill and preemption",
+          "[engine][scheduler]") {
+  const auto jobs = mixed_jobs();
+  // Alone: a roomy pool, one sequence at a time.
+  const auto roomy = load(64, 64);
+  std::vector<std::vector<int32_t>> expect;
+  for (const auto& j : jobs) expect.push_back(alone(roomy, j));
+
+  // Together: blocks of 4 positions, a pool of 24 blocks (96 positions: about two long sequences),
+  // 16 tokens a step (prompts go in chunks), 8 sequences running at most.
+  const auto tight = load(4, 24, 8, 16);
+  std::vector<std::unique_ptr<collector>> got;
+  std::vector<std::shared_ptr<eng::stream>> handles;
+  for (const auto& j : jobs) {
+    got.push_back(std::make_unique<collector>());
+    handles.push_back(eng::submit(tight, j.prompt, j.s, j.max_tokens, got.back()->callbacks()));
+  }
+  size_t generated = 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    got[i]->wait();
+    INFO("sequence " << i << " (prompt " << jobs[i].prompt.size() << ", temperature " << jobs[i].s.temperature << ")");
+    CHECK(got[i]->reason == eng::stream_end::length);
+    CHECK(got[i]->tokens == expect[i]);
+    generated += got[i]->tokens.size();
+  }
+  const auto st = eng::stats(*tight);
+  CHECK(st.preemptions >= 1);        // the pool forced some sequence out and back in
+  CHECK(st.steps < generated);       // sequences shared forwards
+  CHECK(st.last_batch_tokens <= 16);
+  CHECK(st.finished == jobs.size());
+  CHECK(st.failed == 0);
+  CHECK(st.running == 0);
+  CHECK(st.waiting == 0);
+  CHECK(st.kv_blocks_used == 0);     // every block came back
+  CHECK(st.kv_blocks_free == 24);
+  CHECK(st.generated_tokens == generated);
+
+  // Sampled sequences really sample: another seed gives other tokens.
+  auto other = jobs[1];
+  other.s.seed += 1;
+  CHECK(alone(roomy, other) != expect[1]);
+}
+
+TEST_CASE("scheduler: logits of the batched path equal forward_logits", "[engine][scheduler]") {
+  const auto m = load(4, 256, 8, 8);  // 8 tokens a step: prompts are chunked
+  const auto jobs = mixed_jobs();
+  std::vector<std::unique_ptr<collector>> got;
+  std::vector<std::shared_ptr<eng::stream>> handles;
+  for (size_t i = 0; i < 5; ++i) {
+    got.push_back(std::make_unique<collector>());
+    handles.push_back(eng::submit(m, jobs[i].prompt, jobs[i].s, 8, got.back()->callbacks(true)));
+  }
+  const size_t V = eng::vocab_size(*m);
+  for (size_t i = 0; i < got.size(); ++i) {
+    got[i]->wait();
+    REQUIRE(got[i]->logits.size() == got[i]->tokens.size());
+    // The whole sequence at once: position p's logits picked token p + 1.
+    std::vector<int32_t> all = jobs[i].prompt;
+    all.insert(all.end(), got[i]->tokens.begin(), got[i]->tokens.end() - 1);
+    const auto full = eng::forward_logits(*m, all);
+    for (size_t k = 0; k < got[i]->tokens.size(); ++k) {
+      const size_t pos = jobs[i].prompt.size() - 1 + k;
+      INFO("sequence " << i << ", token " << k);
+      REQUIRE(got[i]->logits[k].size() == V);
+      CHECK(relative_error(got[i]->logits[k], std::span<const float>(full.data() + pos * V, V)) < 1e-5);
+    }
+  }
+  // forward_logits itself in a tiny pool of 4-position blocks that it must share.
+  const auto tight = load(4, 12, 4, 8);
+  const auto ref = eng::forward_logits(*m, jobs[0].prompt);
+  const auto again = eng::forward_logits(*tight, jobs[0].prompt);
+  REQUIRE(again.size() == ref.size());
+  CHECK(relative_error(again, ref) < 1e-6);
+  CHECK(eng::stats(*tight).kv_blocks_used == 0);
+}
+
+TEST_CASE("scheduler: cancellation frees the blocks at the next step", "[engine][scheduler]") {
+  const auto m = load(4, 64);
+  const std::vector<int32_t> prompt = {5, 6, 7, 8, 9, 10, 11};
+  collector running;
+  auto h = eng::submit(m, prompt, eng::sampling{}, 200, running.callbacks());
+  running.wait_tokens(3);
+  CHECK(eng::stats(*m).kv_blocks_used >= 3);
+  h->cancel();
+  running.wait();
+  CHECK(running.reason == eng::stream_end::cancelled);
+  CHECK(running.tokens.size() < 200);
+  auto st = eng::stats(*m);
+  CHECK(st.kv_blocks_used == 0);
+  CHECK(st.cancelled == 1);
+  CHECK(st.running == 0);
+  h->cancel();  // after the end: nothing happens
+
+  // A sequence cancelled while it waits for blocks never runs.
+  const auto small = load(4, 4, 8, 64);
+  collector big, queued;
+  auto hb = eng::submit(small, std::vector<int32_t>(10, 3), eng::sampling{}, 6, big.callbacks());
+  auto hq = eng::submit(small, std::vector<int32_t>(12, 4), eng::sampling{}, 4, queued.callbacks());
+  hq->cancel();
+  queued.wait();
+  big.wait();
+  CHECK(queued.reason == eng::stream_end::cancelled);
+  CHECK(queued.tokens.empty());
+  CHECK(big.reason == eng::stream_end::length);
+  CHECK(eng::stats(*small).kv_blocks_used == 0);
+}
+
+TEST_CASE("scheduler: stops, the end of the context, and sequences the pool cannot hold", "[engine][scheduler]") {
+  const auto m = load(4, 5);  // 20 positions
+  const std::vector<int32_t> prompt = {5, 6, 7, 8, 9, 10};
+
+  collector stopped;
+  stopped.stop_after = 3;
+  auto h1 = eng::submit(m, prompt, eng::sampling{}, 50, stopped.callbacks());
+  stopped.wait();
+  CHECK(stopped.reason == eng::stream_end::stopped);
+  CHECK(stopped.tokens.size() == 3);
+
+  // Alone, it outgrows the pool: it fails with a message naming the pool. Positions 0..19 hold the
+  // prompt and 14 generated tokens; the forward at position 19 samples a 15th.
+  collector grows;
+  auto h2 = eng::submit(m, prompt, eng::sampling{}, 50, grows.callbacks());
+  grows.wait();
+  CHECK(grows.reason == eng::stream_end::failed);
+  CHECK_THAT(grows.message, Contains("the pool holds 5"));
+  CHECK(grows.tokens.size() == 15);
+
+  collector too_long;
+  auto h3 = eng::submit(m, std::vector<int32_t>(21, 3), eng::sampling{}, 5, too_long.callbacks());
+  too_long.wait();
+  CHECK(too_long.reason == eng::stream_end::failed);
+  CHECK_THAT(too_long.message, Contains("needs 6 KV blocks"));
+  CHECK(too_long.tokens.empty());
+
+  collector zero;
+  auto h4 = eng::submit(m, prompt, eng::sampling{}, 0, zero.callbacks());
+  zero.wait();
+  CHECK(zero.reason == eng::stream_end::length);
+  CHECK(zero.tokens.empty());
+  CHECK_THROWS_AS(eng::submit(m, {}, eng::sampling{}, 3, {}), std::invalid_argument);
+  CHECK_THROWS_WITH(eng::submit(m, {1, 99999}, eng::sampling{}, 3, {}), Contains("outside the vocabulary"));
+  CHECK_THROWS_AS(eng::submit(m, prompt, eng::sampling{-1, 1, 0, 0}, 3, {}), std::invalid_argument);
+
+  // The context (256 positions in this recipe) ends a sequence.
+  const auto roomy = load(64, 8);
+  collector ctx;
+  auto h5 = eng::submit(roomy, std::vector<int32_t>(250, 7), eng::sampling{}, 100, ctx.callbacks());
+  ctx.wait();
+  CHECK(ctx.reason == eng::stream_end::context_full);
+  CHECK(ctx.tokens.size() == 7);  // positions 250..255 feed six of them; the seventh has no room
+  const auto st = eng::stats(*m);
+  CHECK(st.kv_blocks_used == 0);
+  CHECK(st.failed == 2);
+  CHECK(eng::stats(*roomy).kv_blocks_used == 0);
+}
+
+TEST_CASE("scheduler: stepped sequences on many threads batch and match their solo tokens", "[engine][scheduler]") {
+  const auto m = load(4, 64, 16, 12);
+  const auto jobs = mixed_jobs();
+  std::vector<std::vector<int32_t>> solo;
+  for (size_t i = 0; i < 6; ++i) {
+    auto s = eng::start(m, jobs[i].prompt, jobs[i].s);
+    std::vector<int32_t> out;
+    for (size_t k = 0; k < 10; ++k) out.push_back(s->step());
+    solo.push_back(out);
+  }
+  const auto before = eng::stats(*m).steps;
+  std::vector<std::vector<int32_t>> together(6);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < 6; ++i)
+    threads.emplace_back([&, i] {
+      auto s = eng::start(m, jobs[i].prompt, jobs[i].s);
+      for (size_t k = 0; k < 10; ++k) together[i].push_back(s->step());
+    });
+  for (auto& th : threads) th.join();
+  for (size_t i = 0; i < 6; ++i) {
+    INFO("sequence " << i);
+    CHECK(together[i] == solo[i]);
+  }
+  CHECK(eng::stats(*m).steps - before < 60);  // some steps carried several sequences
+  // A stepped sequence that is dropped frees its blocks.
+  {
+    auto s = eng::start(m, jobs[0].prompt, jobs[0].s);
+    s->step();
+  }
+  for (int i = 0; i < 100 && eng::stats(*m).kv_blocks_used != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(eng::stats(*m).kv_blocks_used == 0);
+}
