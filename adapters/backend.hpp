@@ -81,8 +81,15 @@ class call {
 
 /// What a backend that runs a model itself (kind local_engine) reports to /metrics.
 struct engine_stats {
-  std::uint64_t running = 0;           ///< sequences decoding now
+  std::uint64_t running = 0;           ///< sequences admitted to the batch (holding KV blocks)
   std::uint64_t queued = 0;            ///< requests waiting for a place in the batch
+  std::uint64_t batch_sequences = 0;   ///< sequences in the engine's last forward
+  std::uint64_t batch_tokens = 0;      ///< tokens in the engine's last forward
+  double tokens_per_s = 0;             ///< tokens forwarded per second lately (prefill and decode)
+  std::uint64_t kv_blocks_used = 0;
+  std::uint64_t kv_blocks_free = 0;
+  std::uint64_t preemptions = 0;       ///< sequences the engine sent back to its queue to free KV blocks
+  std::uint64_t steps = 0;             ///< forwards the engine has run
   std::uint64_t prompt_tokens = 0;     ///< tokens prefilled, since this backend was configured
   std::uint64_t generated_tokens = 0;  ///< tokens sampled (end-of-sentence included)
   std::uint64_t finished = 0;          ///< sequences that reached a stop or max_tokens

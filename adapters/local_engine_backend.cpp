@@ -216,18 +216,24 @@ struct waiter {
 
 }  // namespace
 
-/// One request's state, shared by the worker's call and the engine thread.
+/// Counts of one configured backend, shared with the callbacks of its jobs.
+struct local_engine_backend::counters {
+  std::atomic<std::uint64_t> in_flight{0}, prompt_tokens{0}, generated_tokens{0}, finished{0}, cancelled{0}, failed{0};
+};
+
+/// One request's state, shared by the worker's call and the engine's callbacks.
 struct job {
   job_spec spec;
   std::string id;
   std::int64_t created = 0;
+  std::shared_ptr<local_engine_backend::counters> counts;
 
-  // Engine thread only.
-  std::unique_ptr<engine_port::sequence> seq;
+  // Engine thread only (the callbacks).
   std::vector<std::int32_t> generated;
   std::string pending;  ///< bytes decoded but not yet sent (a stop string may start in them)
   std::string text;     ///< everything sent, for the non-stream answer
   bool head_sent = false;
+  bool done = false;    ///< the answer's end is sent
 
   // Shared, under mutex.
   std::mutex mutex;
@@ -235,6 +241,7 @@ struct job {
   bool alive = true;  ///< false once the call is gone: nothing more is posted
   net::io_context* io = nullptr;
   std::weak_ptr<waiter> wake;
+  std::shared_ptr<engine_port::stream> stream;
   std::atomic<bool> cancelled{false};
 
   void push(call_event ev) {
@@ -247,84 +254,49 @@ struct job {
   }
 };
 
-struct local_engine_backend::scheduler {
-  scheduler(const engine_port& e, std::size_t batch, std::size_t queue_limit)
-      : engine(e), max_batch(std::max<std::size_t>(batch, 1)), max_queue(queue_limit) {
-    thread = std::thread([this] { run(); });
-  }
-  ~scheduler() {
-    {
-      std::lock_guard lock(mutex);
-      stopping = true;
-    }
-    cv.notify_one();
-    thread.join();
-  }
+namespace {
 
-  /// false when the queue is full.
-  bool submit(std::shared_ptr<job> j) {
-    {
-      std::lock_guard lock(mutex);
-      if (queue.size() >= max_queue) return false;
-      queue.push_back(std::move(j));
+/// Turns one job's tokens into OpenAI-shaped events: the engine's callbacks end up here.
+struct answer {
+  /// A new token. false when the sequence should end (EOS or a stop string).
+  static bool on_token(job& j, const engine_port& engine, std::int32_t token) {
+    if (j.done || j.cancelled) return false;
+    if (!j.head_sent) {
+      send_head(j);
+      j.counts->prompt_tokens.fetch_add(j.spec.prompt.size(), std::memory_order_relaxed);
     }
-    cv.notify_one();
+    j.counts->generated_tokens.fetch_add(1, std::memory_order_relaxed);
+    j.generated.push_back(token);
+    const auto eos = engine.eos();
+    if (eos && token == *eos && !j.spec.ignore_eos) {
+      finish(j, "stop");
+      return false;
+    }
+    j.pending += engine.token_bytes(token);
+    if (auto cut = stop_at(j)) {
+      j.pending.resize(*cut);
+      finish(j, "stop");
+      return false;
+    }
+    send_text(j, safe_length(j));
     return true;
   }
 
-  void run() {
-    std::vector<std::shared_ptr<job>> active;
-    for (;;) {
-      {
-        std::unique_lock lock(mutex);
-        cv.wait(lock, [&] { return stopping || !queue.empty() || !active.empty(); });
-        if (stopping) {
-          for (auto& j : queue) active.push_back(std::move(j));
-          queue.clear();
-          break;
-        }
-        while (!queue.empty() && active.size() < max_batch) {
-          active.push_back(std::move(queue.front()));
-          queue.pop_front();
-        }
-      }
-      running.store(active.size(), std::memory_order_relaxed);
-      // One token for each active sequence per round, so none waits for another to finish.
-      for (auto it = active.begin(); it != active.end();) {
-        if ((*it)->cancelled) cancelled.fetch_add(1, std::memory_order_relaxed);
-        it = (*it)->cancelled || advance(**it) ? active.erase(it) : it + 1;
-      }
-      running.store(active.size(), std::memory_order_relaxed);
+  /// The engine ended the sequence.
+  static void on_end(job& j, bool failed, const std::string& message) {
+    j.counts->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    if (j.done) return;  // finished by a stop; counted there
+    if (j.cancelled) {
+      j.counts->cancelled.fetch_add(1, std::memory_order_relaxed);
+      return;
     }
-    for (auto& j : active) fail(*j, "the local engine stopped");
-  }
-
-  /// Generates one token of j and sends what it adds. true when j is finished.
-  bool advance(job& j) {
-    try {
-      if (!j.seq) {
-        j.seq = engine.start(j.spec.prompt, j.spec.sampling);
-        send_head(j);
-        prompt_tokens.fetch_add(j.spec.prompt.size(), std::memory_order_relaxed);
-      }
-      const std::int32_t token = j.seq->step();
-      generated_tokens.fetch_add(1, std::memory_order_relaxed);
-      j.generated.push_back(token);
-      const auto eos = engine.eos();
-      if (eos && token == *eos && !j.spec.ignore_eos) return finish(j, "stop");
-      j.pending += engine.token_bytes(token);
-      if (auto cut = stop_at(j)) {
-        j.pending.resize(*cut);
-        return finish(j, "stop");
-      }
-      send_text(j, safe_length(j));
-      if (j.generated.size() >= j.spec.max_tokens) return finish(j, "length");
-      return false;
-    } catch (const std::exception& e) {
-      failed.fetch_add(1, std::memory_order_relaxed);
-      fail(j, std::string("the local engine failed: ") + e.what());
-      return true;
+    if (failed) {
+      j.counts->failed.fetch_add(1, std::memory_order_relaxed);
+      fail(j, "the local engine failed: " + message);
+      return;
     }
+    if (!j.head_sent) send_head(j);
+    finish(j, "length");
   }
 
   /// Where the first stop string starts in the unsent text, if one is there.
@@ -352,7 +324,7 @@ struct local_engine_backend::scheduler {
     return utf8_complete(std::string_view(j.pending).substr(0, j.pending.size() - keep));
   }
 
-  void send_head(job& j) {
+  static void send_head(job& j) {
     call_event head;
     head.type = call_event::kind::head;
     head.head.status = 200;
@@ -364,7 +336,7 @@ struct local_engine_backend::scheduler {
     }
   }
 
-  void send_chunk(job& j, json choices, const json* usage = nullptr) {
+  static void send_chunk(job& j, json choices, const json* usage = nullptr) {
     json chunk = {{"id", j.id}, {"object", j.spec.chat ? "chat.completion.chunk" : "text_completion"},
                   {"created", j.created}, {"model", j.spec.model}, {"choices", std::move(choices)}};
     if (usage != nullptr) chunk["usage"] = *usage;
@@ -374,7 +346,7 @@ struct local_engine_backend::scheduler {
     j.push(std::move(ev));
   }
 
-  void send_text(job& j, std::size_t n) {
+  static void send_text(job& j, std::size_t n) {
     if (n == 0) return;
     const std::string piece = j.pending.substr(0, n);
     j.pending.erase(0, n);
@@ -385,8 +357,9 @@ struct local_engine_backend::scheduler {
     send_chunk(j, json::array({std::move(choice)}));
   }
 
-  bool finish(job& j, const char* reason) {
-    finished.fetch_add(1, std::memory_order_relaxed);
+  static void finish(job& j, const char* reason) {
+    j.done = true;
+    j.counts->finished.fetch_add(1, std::memory_order_relaxed);
     send_text(j, j.pending.size());  // a dangling half character is sent as U+FFFD by dump()
     const json usage = {{"prompt_tokens", j.spec.prompt.size()},
                         {"completion_tokens", j.generated.size()},
@@ -411,10 +384,10 @@ struct local_engine_backend::scheduler {
     call_event end;
     end.type = call_event::kind::end;
     j.push(std::move(end));
-    return true;
   }
 
-  void fail(job& j, const std::string& message) {
+  static void fail(job& j, const std::string& message) {
+    j.done = true;
     if (!j.head_sent) {
       call_event head;
       head.type = call_event::kind::head;
@@ -436,18 +409,7 @@ struct local_engine_backend::scheduler {
     ev.message = message;
     j.push(std::move(ev));
   }
-
-  const engine_port& engine;
-  const std::size_t max_batch, max_queue;
-  std::mutex mutex;
-  std::condition_variable cv;
-  std::deque<std::shared_ptr<job>> queue;
-  bool stopping = false;
-  std::atomic<std::uint64_t> running{0}, prompt_tokens{0}, generated_tokens{0}, finished{0}, cancelled{0}, failed{0};
-  std::thread thread;
 };
-
-namespace {
 
 class engine_call final : public call {
  public:
@@ -539,13 +501,20 @@ class engine_call final : public call {
     return ev;
   }
 
-  /// Tells the engine to drop the sequence and to post nothing more here.
+  /// Tells the engine to drop the sequence (a finished one is left alone) and to post nothing
+  /// more here.
   void detach() {
     if (!job_) return;
+    std::shared_ptr<engine_port::stream> stream;
+    {
+      std::lock_guard lock(job_->mutex);
+      if (!job_->alive) return;
+      job_->alive = false;
+      stream = job_->stream;
+      // Events already queued stay readable through take() until the job is released.
+    }
     job_->cancelled = true;
-    std::lock_guard lock(job_->mutex);
-    job_->alive = false;
-    // Events already queued stay readable through take() until the job is released.
+    if (stream) stream->cancel();
   }
 
   std::shared_ptr<job> job_;
@@ -560,26 +529,21 @@ class engine_call final : public call {
 
 local_engine_backend::local_engine_backend(config::backend_config cfg, std::shared_ptr<const engine_port> engine,
                                            std::string load_error)
-    : cfg_(std::move(cfg)), engine_(std::move(engine)), load_error_(std::move(load_error)) {
-  if (engine_) scheduler_ = std::make_unique<scheduler>(*engine_, cfg_.max_batch, cfg_.max_batch + cfg_.max_queue);
-}
+    : cfg_(std::move(cfg)), engine_(std::move(engine)), load_error_(std::move(load_error)),
+      counters_(std::make_shared<counters>()) {}
 
 local_engine_backend::~local_engine_backend() = default;
 
 std::optional<engine_stats> local_engine_backend::stats() const {
   engine_stats st;
-  if (!scheduler_) return st;
-  const auto& s = *scheduler_;
-  {
-    std::lock_guard lock(scheduler_->mutex);
-    st.queued = s.queue.size();
-  }
-  st.running = s.running.load(std::memory_order_relaxed);
-  st.prompt_tokens = s.prompt_tokens.load(std::memory_order_relaxed);
-  st.generated_tokens = s.generated_tokens.load(std::memory_order_relaxed);
-  st.finished = s.finished.load(std::memory_order_relaxed);
-  st.cancelled = s.cancelled.load(std::memory_order_relaxed);
-  st.failed = s.failed.load(std::memory_order_relaxed);
+  if (!engine_) return st;
+  st = engine_->stats();
+  const auto& c = *counters_;
+  st.prompt_tokens = c.prompt_tokens.load(std::memory_order_relaxed);
+  st.generated_tokens = c.generated_tokens.load(std::memory_order_relaxed);
+  st.finished = c.finished.load(std::memory_order_relaxed);
+  st.cancelled = c.cancelled.load(std::memory_order_relaxed);
+  st.failed = c.failed.load(std::memory_order_relaxed);
   return st;
 }
 
@@ -598,14 +562,34 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
     return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
   }
   if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
+  // The queue limit: max_batch sequences run, max_queue more may wait.
+  const std::uint64_t limit = std::uint64_t{cfg_.max_batch} + cfg_.max_queue;
+  if (counters_->in_flight.fetch_add(1, std::memory_order_relaxed) >= limit) {
+    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return std::make_unique<engine_call>(
+        503, error_body("the local engine's queue is full; try again shortly", "server_error", "overloaded"), refs);
+  }
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);
+  j->counts = counters_;
   j->id = std::string(j->spec.chat ? "chatcmpl-" : "cmpl-") + std::string(request.request_id.empty() ? "local" : request.request_id);
   j->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   auto c = std::make_unique<engine_call>(j, refs, cfg_.timeouts);
-  if (!scheduler_->submit(j)) {
-    return std::make_unique<engine_call>(
-        503, error_body("the local engine's queue is full; try again shortly", "server_error", "overloaded"), refs);
+  engine_port::callbacks cb;
+  // The callbacks hold the job, never the engine: the engine's thread must not end up owning it.
+  const engine_port* engine = engine_.get();
+  cb.on_token = [j, engine](std::int32_t token) { return answer::on_token(*j, *engine, token); };
+  cb.on_end = [j](bool failed, const std::string& message) { answer::on_end(*j, failed, message); };
+  try {
+    auto stream = engine_->submit(j->spec.prompt, j->spec.sampling, j->spec.max_tokens, std::move(cb));
+    std::lock_guard lock(j->mutex);
+    j->stream = std::move(stream);
+  } catch (const std::invalid_argument& e) {
+    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
+  } catch (const std::exception& e) {
+    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
   }
   return c;
 }

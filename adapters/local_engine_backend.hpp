@@ -1,11 +1,14 @@
-// The bundled inference engine as a backend (`kind: local_engine`): requests queue for an engine
-// thread of the backend's own, which decodes up to max_batch sequences in turn, one token each
-// per round, and hands OpenAI-shaped events (SSE chunks or one JSON answer, with usage) back to
-// the worker that asked. A call that is destroyed or cancelled drops its sequence at the next
-// round. The HTTP layer relays these events exactly as it relays an upstream's.
+// The bundled inference engine as a backend (`kind: local_engine`): each request becomes a sequence
+// submitted to the model's continuous-batching scheduler (one engine thread per model, one forward
+// per step over every running sequence). Its tokens come back through callbacks on the engine
+// thread, which turn them into OpenAI-shaped events (SSE chunks or one JSON answer, with usage)
+// for the worker that asked. A call that is destroyed or cancelled cancels its sequence, whose KV
+// blocks are freed at the engine's next step. The HTTP layer relays these events exactly as it
+// relays an upstream's.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -26,14 +29,24 @@ struct engine_sampling {
   std::uint64_t seed = 0;
 };
 
-/// What serving needs from a loaded model. Thread-safe; a sequence is used by one thread.
+/// What serving needs from a loaded model. Thread-safe.
 class engine_port {
  public:
-  class sequence {
+  /// A submitted sequence.
+  class stream {
    public:
-    virtual ~sequence() = default;
-    /// The first call reads the prompt; each call returns the next sampled token id.
-    virtual std::int32_t step() = 0;
+    virtual ~stream() = default;
+    /// Ends the sequence at the engine's next step (on_end follows). Thread-safe; harmless after
+    /// the end.
+    virtual void cancel() = 0;
+  };
+  /// Called on the engine thread; keep them short.
+  struct callbacks {
+    /// Each token as it is sampled; false ends the sequence (EOS, a stop string).
+    std::function<bool(std::int32_t token)> on_token;
+    /// Exactly once, last: failed with a message, or not (max_tokens, the context's end, a false
+    /// from on_token, cancel()).
+    std::function<void(bool failed, const std::string& message)> on_end;
   };
 
   virtual ~engine_port() = default;
@@ -47,10 +60,16 @@ class engine_port {
   virtual std::optional<std::int32_t> eos() const = 0;
   virtual std::size_t max_positions() const = 0;
   virtual std::size_t vocab_size() const = 0;
-  virtual std::unique_ptr<sequence> start(std::vector<std::int32_t> prompt, const engine_sampling& s) const = 0;
+  /// Queues a sequence of at most max_tokens tokens. Throws std::invalid_argument for a prompt or
+  /// sampling the engine refuses (nothing is called back then).
+  virtual std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling& s, std::size_t max_tokens,
+                                         callbacks cb) const = 0;
+  /// The scheduler's state: running, queued, batch, tokens/s, KV blocks, preemptions.
+  virtual engine_stats stats() const = 0;
 };
 
-/// Loads the checkpoint of a backend config (checkpoint, device) into an engine_port. Throws
+/// Loads the checkpoint of a backend config (checkpoint, device, dtype, kv_cache_memory, max_batch,
+/// max_batch_tokens) into an engine_port and logs the backend's description. Throws
 /// std::runtime_error with the reason when it cannot.
 std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg);
 
@@ -58,7 +77,7 @@ class local_engine_backend final : public backend {
  public:
   /// engine: null when loading failed; every request then gets 503 with load_error.
   local_engine_backend(config::backend_config cfg, std::shared_ptr<const engine_port> engine, std::string load_error = {});
-  ~local_engine_backend() override;  ///< ends the engine thread; queued requests fail
+  ~local_engine_backend() override;  ///< sequences in flight run on (the model outlives it while they do)
   local_engine_backend(const local_engine_backend&) = delete;
   local_engine_backend& operator=(const local_engine_backend&) = delete;
   const std::string& name() const override { return cfg_.name; }
@@ -66,13 +85,13 @@ class local_engine_backend final : public backend {
   bool serving() const override { return engine_ != nullptr; }
   std::optional<engine_stats> stats() const override;
 
-  struct scheduler;
+  struct counters;
 
  private:
   config::backend_config cfg_;
   std::shared_ptr<const engine_port> engine_;
   std::string load_error_;
-  std::unique_ptr<scheduler> scheduler_;
+  std::shared_ptr<counters> counters_;  ///< shared with the jobs' callbacks
 };
 
 }  // namespace tollgate::adapters

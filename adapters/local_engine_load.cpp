@@ -1,5 +1,6 @@
 // load_engine(): the local engine library behind the serving layer's engine_port.
 #include <filesystem>
+#include <iostream>
 #include <stdexcept>
 
 #include "adapters/local_engine_backend.hpp"
@@ -12,7 +13,7 @@ namespace {
 class engine_binding final : public engine_port {
  public:
   explicit engine_binding(std::shared_ptr<const engine::model> m, std::string name)
-      : model_(std::move(m)), name_(std::move(name)), tok_(engine::model_tokenizer(*model_)) {}
+      : name_(std::move(name)), tok_(engine::model_tokenizer(*m)), model_(std::move(m)) {}
 
   std::string model_name() const override { return name_; }
   bool has_tokenizer() const override { return tok_ != nullptr; }
@@ -31,33 +32,63 @@ class engine_binding final : public engine_port {
   std::size_t max_positions() const override { return engine::max_positions(*model_); }
   std::size_t vocab_size() const override { return engine::vocab_size(*model_); }
 
-  class seq final : public sequence {
+  class handle final : public stream {
    public:
-    explicit seq(std::unique_ptr<engine::sequence> s) : s_(std::move(s)) {}
-    std::int32_t step() override { return s_->step(); }
+    explicit handle(std::shared_ptr<engine::stream> s) : s_(std::move(s)) {}
+    void cancel() override { s_->cancel(); }
 
    private:
-    std::unique_ptr<engine::sequence> s_;
+    std::shared_ptr<engine::stream> s_;
   };
-  std::unique_ptr<sequence> start(std::vector<std::int32_t> prompt, const engine_sampling& s) const override {
+  std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling& s, std::size_t max_tokens,
+                                 callbacks cb) const override {
     engine::sampling e;
     e.temperature = s.temperature;
     e.top_p = s.top_p;
     e.top_k = s.top_k;
     e.seed = s.seed;
-    return std::make_unique<seq>(engine::start(model_, std::move(prompt), e));
+    engine::stream_callbacks ec;
+    ec.on_token = std::move(cb.on_token);
+    ec.on_end = [end = std::move(cb.on_end)](engine::stream_end why, const std::string& message) {
+      if (end) end(why == engine::stream_end::failed, message);
+    };
+    return std::make_shared<handle>(engine::submit(model_, std::move(prompt), e, max_tokens, std::move(ec)));
+  }
+
+  engine_stats stats() const override {
+    const auto e = engine::stats(*model_);
+    engine_stats st;
+    st.running = e.running;
+    st.queued = e.waiting;
+    st.batch_sequences = e.last_batch_sequences;
+    st.batch_tokens = e.last_batch_tokens;
+    st.tokens_per_s = e.tokens_per_s;
+    st.kv_blocks_used = e.kv_blocks_used;
+    st.kv_blocks_free = e.kv_blocks_free;
+    st.preemptions = e.preemptions;
+    st.steps = e.steps;
+    return st;
   }
 
  private:
-  std::shared_ptr<const engine::model> model_;
   std::string name_;
   std::shared_ptr<const engine::tokenizer> tok_;
+  // Last: destroyed first, so that the engine thread stops while the tokenizer is still there.
+  std::shared_ptr<const engine::model> model_;
 };
 
 }  // namespace
 
 std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg) {
-  auto m = engine::load_model(cfg.checkpoint, cfg.device);
+  engine::backend_options bo;
+  bo.device = cfg.device;
+  bo.dtype = cfg.dtype;
+  bo.kv_cache_memory = cfg.kv_cache_memory;
+  engine::scheduler_options so;
+  so.max_batch = cfg.max_batch;
+  so.max_batch_tokens = cfg.max_batch_tokens;
+  auto m = engine::load_model(cfg.checkpoint, bo, so);
+  std::cerr << "tollgate: backend " << cfg.name << ": " << engine::model_describe(*m) << std::endl;
   return std::make_shared<engine_binding>(std::move(m), std::filesystem::path(cfg.checkpoint).filename().string());
 }
 

@@ -7,6 +7,7 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -528,7 +529,8 @@ class loader {
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
       known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "transport", "timeouts", "ejection", "health_check",
-                            "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device", "max_batch"});
+                            "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device", "max_batch", "dtype",
+                            "kv_cache_memory", "max_batch_tokens"});
       backend_config bc;
       bool ok = true;
       if (auto name = required_string(b, "name", path)) {
@@ -564,8 +566,29 @@ class loader {
         if (auto v = b["max_batch"]) {
           if (auto i = integer(v, path + ".max_batch", 1, 4096)) bc.max_batch = static_cast<unsigned>(*i);
         }
+        if (auto v = b["max_batch_tokens"]) {
+          if (auto i = integer(v, path + ".max_batch_tokens", 1, 1048576)) bc.max_batch_tokens = static_cast<unsigned>(*i);
+        }
+        if (auto v = b["dtype"]; v && !v.IsNull()) {
+          if (auto d = string(v, path + ".dtype")) {
+            if (*d != "float32" && *d != "bfloat16") add(v, path + ".dtype", "must be float32 or bfloat16");
+            else bc.dtype = *d;
+          }
+        }
+        if (auto v = b["kv_cache_memory"]; v && !v.IsNull()) {
+          if (auto text = string(v, path + ".kv_cache_memory")) {
+            double d = 0;
+            auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), d);
+            if (ec != std::errc() || end != text->data() + text->size() || !(d >= 0) || d > 1e15 || (d > 1 && d != std::floor(d))) {
+              add(v, path + ".kv_cache_memory",
+                  "expected bytes (a whole number > 1) or a fraction in (0, 1], got '" + *text + "'");
+            } else {
+              bc.kv_cache_memory = d;
+            }
+          }
+        }
       } else {
-        for (const char* local : {"checkpoint", "device", "max_batch"}) {
+        for (const char* local : {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens"}) {
           if (b[local]) add(b[local], path + "." + local, std::string("'") + local + "' is for kind local_engine");
         }
         if (auto url = required_string(b, "base_url", path)) {

@@ -86,7 +86,12 @@ struct backend_config {
   // kind local_engine
   std::string checkpoint;        ///< a Hugging Face checkpoint folder
   std::string device = "cpu";    ///< "cpu" or "cuda:N"
-  unsigned max_batch = 8;        ///< sequences decoded together
+  std::string dtype;             ///< "float32" or "bfloat16"; empty: the device's default
+  /// The KV pool: bytes when > 1, a fraction (of free GPU memory, or of the CPU default of
+  /// 256 MiB) when in (0, 1], 0 for the device's default.
+  double kv_cache_memory = 0;
+  unsigned max_batch = 8;        ///< sequences decoded together (the scheduler's running limit)
+  unsigned max_batch_tokens = 2048;  ///< tokens in one engine forward: decode tokens plus prefill chunks
 };
 
 /// Prices per million tokens, in the config's currency.

@@ -61,10 +61,25 @@ void render_engines(std::string& out, const runtime& rt) {
     }
   };
   using st = adapters::engine_stats;
-  family("tollgate_engine_sequences_running", "gauge", "Sequences a local engine is decoding now.",
+  family("tollgate_engine_sequences_running", "gauge", "Sequences admitted to a local engine's batch (holding KV blocks).",
          [](const st& s) { return s.running; });
   family("tollgate_engine_requests_queued", "gauge", "Requests waiting for a place in a local engine's batch.",
          [](const st& s) { return s.queued; });
+  family("tollgate_engine_batch_sequences", "gauge", "Sequences in a local engine's last forward.",
+         [](const st& s) { return s.batch_sequences; });
+  family("tollgate_engine_batch_tokens", "gauge", "Tokens in a local engine's last forward (decode tokens and prefill chunks).",
+         [](const st& s) { return s.batch_tokens; });
+  family("tollgate_engine_tokens_per_second", "gauge", "Tokens a local engine forwarded per second over the last few seconds.",
+         [](const st& s) { return s.tokens_per_s; });
+  header(out, "tollgate_engine_kv_blocks", "gauge", "Blocks of a local engine's paged KV cache, by state: used or free.");
+  for (const auto& [labels, s] : engines) {
+    out += "tollgate_engine_kv_blocks{" + labels + ",state=\"used\"} " + std::to_string(s.kv_blocks_used) + "\n";
+    out += "tollgate_engine_kv_blocks{" + labels + ",state=\"free\"} " + std::to_string(s.kv_blocks_free) + "\n";
+  }
+  family("tollgate_engine_preemptions_total", "counter",
+         "Sequences a local engine sent back to its queue (to be recomputed) to free KV blocks.",
+         [](const st& s) { return s.preemptions; });
+  family("tollgate_engine_steps_total", "counter", "Forwards a local engine has run.", [](const st& s) { return s.steps; });
   family("tollgate_engine_prompt_tokens_total", "counter", "Prompt tokens a local engine has prefilled.",
          [](const st& s) { return s.prompt_tokens; });
   family("tollgate_engine_generated_tokens_total", "counter", "Tokens a local engine has sampled.",

@@ -15,10 +15,12 @@ namespace tollgate::gateway {
 
 namespace {
 
-/// A local-engine backend over its checkpoint, loaded once per checkpoint and device. One that
+/// A local-engine backend over its checkpoint, loaded once per checkpoint, device and engine
+/// settings (dtype, KV pool, batch limits are fixed at load). One that
 /// fails to load answers 503 with the reason, and the gateway keeps serving the other backends.
 std::unique_ptr<adapters::backend> local_engine_for(const config::backend_config& b, lasting_state& lasting) {
-  const std::string key = b.checkpoint + "|" + b.device;
+  const std::string key = b.checkpoint + "|" + b.device + "|" + b.dtype + "|" + std::to_string(b.kv_cache_memory) + "|" +
+                          std::to_string(b.max_batch) + "|" + std::to_string(b.max_batch_tokens);
   std::shared_ptr<const adapters::engine_port> engine;
   std::string error;
   {

@@ -35,7 +35,7 @@ struct lasting_state {
   std::string tokenizer_path;
   bool warned_no_tokenizer = false;
   std::shared_ptr<const engine::tokenizer> tokenizer;
-  /// Loaded local-engine models by "checkpoint|device": a reload keeps the weights.
+  /// Loaded local-engine models by checkpoint, device and engine settings: a reload keeps the weights.
   std::mutex engines_mutex;
   std::map<std::string, std::shared_ptr<const adapters::engine_port>> engines;
 };

@@ -17,18 +17,63 @@
 #include "adapters/curl_multi.hpp"
 #include "adapters/upstream_pool.hpp"
 #include "adapters/local_engine_backend.hpp"
+#include "local_engine/engine.hpp"
+#include "local_engine/forward_backend.hpp"
 
 using namespace tollgate::adapters;
+namespace eng = tollgate::engine;
 using nlohmann::json;
 namespace net = boost::asio;
 
 namespace {
 
+/// A forward backend whose sequences write tokens from a script, then EOS: the token drawn n-th is
+/// n + 1 while words last, then 0. It logs which sequences (by prompt length) each forward held.
+class scripted_backend final : public eng::forward_backend {
+ public:
+  scripted_backend(std::size_t words, std::chrono::microseconds step_time, std::mutex& log_mutex,
+                   std::vector<std::vector<int>>& forwards)
+      : words_(words), step_time_(step_time), log_mutex_(log_mutex), forwards_(forwards) {}
+  eng::kv_pool_shape kv_pool() const override { return {16, 1024, 16 * 4}; }
+  void forward(std::span<const eng::batch_item> batch, eng::batch_result& out) override {
+    std::this_thread::sleep_for(step_time_);  // a model takes time per step
+    out.tokens.assign(batch.size(), -1);
+    std::vector<int> ids;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const auto& it = batch[i];
+      if (!it.sample) continue;
+      // Positions known after this item: the prompt and the `draw` tokens drawn before.
+      ids.push_back(static_cast<int>(it.start + it.tokens.size() - it.draw));
+      out.tokens[i] = it.draw < words_ ? static_cast<std::int32_t>(it.draw + 1) : 0;
+    }
+    std::lock_guard lock(log_mutex_);
+    forwards_.push_back(std::move(ids));
+  }
+  std::string device() const override { return "script"; }
+  std::string describe() const override { return "scripted"; }
+
+ private:
+  std::size_t words_;
+  std::chrono::microseconds step_time_;
+  std::mutex& log_mutex_;
+  std::vector<std::vector<int>>& forwards_;
+};
+
 /// A model whose token i is the text "w<i> " and which writes tokens from a script, then EOS.
-/// Token ids: 0 = EOS, 1..n = the words; the prompt's ids are its bytes.
+/// Token ids: 0 = EOS, 1..n = the words; the prompt's ids are its bytes. Its sequences run on the
+/// engine's real scheduler over a scripted backend.
 class scripted_engine final : public engine_port {
  public:
-  explicit scripted_engine(std::vector<std::string> words) : words_(std::move(words)) {}
+  explicit scripted_engine(std::vector<std::string> words, std::size_t max_batch = 8,
+                           std::chrono::microseconds step_time = std::chrono::microseconds(0))
+      : words_(std::move(words)) {
+    eng::model_config c;
+    c.vocab_size = 256;
+    c.max_position_embeddings = 64;
+    c.eos_token_ids = {0};
+    model_ = eng::make_model(c, std::make_unique<scripted_backend>(words_.size(), step_time, log_mutex, forwards), nullptr,
+                             eng::scheduler_options{max_batch, 2048}, "scripted");
+  }
   std::string model_name() const override { return "scripted"; }
   bool has_tokenizer() const override { return true; }
   std::vector<std::int32_t> encode(std::string_view text) const override {
@@ -46,31 +91,37 @@ class scripted_engine final : public engine_port {
   std::size_t max_positions() const override { return 64; }
   std::size_t vocab_size() const override { return 256; }
 
-  struct seq final : sequence {
-    seq(const scripted_engine& e, std::size_t n) : engine(e), limit(n) {}
-    std::int32_t step() override {
-      std::this_thread::sleep_for(engine.step_time);  // a model takes time per token
-      std::lock_guard lock(engine.log_mutex);
-      engine.steps.push_back(id);
-      return next < limit ? static_cast<std::int32_t>(++next) : 0;
-    }
-    const scripted_engine& engine;
-    std::size_t limit, next = 0;
-    int id = 0;
+  struct handle final : stream {
+    explicit handle(std::shared_ptr<eng::stream> s) : s_(std::move(s)) {}
+    void cancel() override { s_->cancel(); }
+    std::shared_ptr<eng::stream> s_;
   };
-  std::unique_ptr<sequence> start(std::vector<std::int32_t> prompt, const engine_sampling&) const override {
-    auto s = std::make_unique<seq>(*this, words_.size());
-    std::lock_guard lock(log_mutex);
-    s->id = static_cast<int>(prompt.size());
-    return s;
+  std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling&, std::size_t max_tokens,
+                                 callbacks cb) const override {
+    eng::stream_callbacks ec;
+    ec.on_token = std::move(cb.on_token);
+    ec.on_end = [end = std::move(cb.on_end)](eng::stream_end why, const std::string& msg) {
+      end(why == eng::stream_end::failed, msg);
+    };
+    return std::make_shared<handle>(eng::submit(model_, std::move(prompt), eng::sampling{}, max_tokens, std::move(ec)));
+  }
+  engine_stats stats() const override {
+    const auto e = eng::stats(*model_);
+    engine_stats st;
+    st.running = e.running;
+    st.queued = e.waiting;
+    st.kv_blocks_used = e.kv_blocks_used;
+    st.kv_blocks_free = e.kv_blocks_free;
+    st.batch_sequences = e.last_batch_sequences;
+    return st;
   }
 
-  std::chrono::microseconds step_time{0};
   mutable std::mutex log_mutex;
-  mutable std::vector<int> steps;  ///< which sequence (by prompt length) stepped, in order
+  std::vector<std::vector<int>> forwards;  ///< per forward: the sequences (by prompt length) that drew a token
 
  private:
   std::vector<std::string> words_;
+  std::shared_ptr<const eng::model> model_;
 };
 
 tollgate::config::backend_config engine_config(unsigned max_batch = 8) {
@@ -246,12 +297,11 @@ TEST_CASE("local engine serving: bad requests are OpenAI-shaped errors", "[local
   CHECK(b[0].body.find("no config.json") != std::string::npos);
 }
 
-TEST_CASE("local engine serving: sequences take turns, and a cancelled one stops at once", "[local_engine]") {
+TEST_CASE("local engine serving: sequences share one forward, and a cancelled one stops at once", "[local_engine]") {
   std::vector<std::string> words(30, " w");
-  auto engine = std::make_shared<scripted_engine>(words);
-  engine->step_time = std::chrono::milliseconds(2);
+  auto engine = std::make_shared<scripted_engine>(words, 2, std::chrono::milliseconds(2));
   local_engine_backend backend(engine_config(2), engine);
-  // Prompts of different lengths tell the sequences apart in the step log.
+  // Prompts of different lengths tell the sequences apart in the forward log.
   auto r = run(backend, {chat(R"(,"stream":true)", "a"), chat(R"(,"stream":true)", "bb"), chat(R"(,"stream":true)", "ccc")},
                [](std::size_t i, const call_event& ev) {
                  // The second client leaves after its third event.
@@ -263,20 +313,40 @@ TEST_CASE("local engine serving: sequences take turns, and a cancelled one stops
   CHECK(r[1].error == failure::cancelled);
   CHECK(read_stream(r[2].body).first.size() == 60);
   std::lock_guard lock(engine->log_mutex);
-  const auto& steps = engine->steps;
+  const auto& fw = engine->forwards;
   const int a = 7, b = 8, c = 9;  // "<user>" plus 1, 2, 3 bytes
-  auto first = [&](int id) { return std::find(steps.begin(), steps.end(), id) - steps.begin(); };
-  auto last = [&](int id) { return std::find(steps.rbegin(), steps.rend(), id).base() - steps.begin() - 1; };
-  REQUIRE(std::count(steps.begin(), steps.end(), a) == 31);  // 30 words and the end
-  REQUIRE(std::count(steps.begin(), steps.end(), c) == 31);
-  const auto b_steps = std::count(steps.begin(), steps.end(), b);
-  CHECK(b_steps >= 2);  // its client read the role chunk and two tokens
-  CHECK(b_steps < 31);  // cancelled well before its 31 tokens
-  // max_batch 2: once b is in, a and b alternate, one token each per round...
-  for (auto i = first(b); i + 1 < std::min(last(a), last(b)); ++i) {
-    INFO("step " << i);
-    CHECK(steps[i] != steps[i + 1]);
-  }
+  auto holds = [&](std::size_t i, int id) { return std::find(fw[i].begin(), fw[i].end(), id) != fw[i].end(); };
+  auto count = [&](int id) {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < fw.size(); ++i) n += holds(i, id);
+    return n;
+  };
+  auto first = [&](int id) {
+    for (std::size_t i = 0; i < fw.size(); ++i)
+      if (holds(i, id)) return i;
+    return fw.size();
+  };
+  auto last = [&](int id) {
+    for (std::size_t i = fw.size(); i-- > 0;)
+      if (holds(i, id)) return i;
+    return fw.size();
+  };
+  REQUIRE(count(a) == 31);  // 30 words and the end
+  REQUIRE(count(c) == 31);
+  CHECK(count(b) >= 2);  // its client read the role chunk and two tokens
+  CHECK(count(b) < 31);  // cancelled well before its 31 tokens
+  // max_batch 2: a and b draw their tokens in the same forwards while both run...
+  std::size_t shared = 0;
+  for (std::size_t i = 0; i < fw.size(); ++i) shared += holds(i, a) && holds(i, b);
+  CHECK(shared + 1 >= std::min(count(b), count(a)));
+  for (const auto& f : fw) CHECK(f.size() <= 2);
   // ...and c starts only when one of them has left.
   CHECK(first(c) > std::min(last(a), last(b)));
+  // Nothing is held once every answer is over.
+  const auto st = backend.stats();
+  REQUIRE(st);
+  CHECK(st->kv_blocks_used == 0);
+  CHECK(st->running == 0);
+  CHECK(st->cancelled == 1);
+  CHECK(st->finished == 2);
 }

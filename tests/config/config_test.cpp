@@ -454,8 +454,9 @@ metering: {tokenizer: /tmp/tokenizer.json}
 keys:
   - {name: k, key: tg-k, budget: 12.5/month, expires: 2030-01-02}
 backends:
-  - {name: gpu, kind: local_engine, checkpoint: /models/tiny, device: "cuda:0", max_batch: 16}
-  - {name: cpu, kind: local_engine, checkpoint: /models/tiny}
+  - {name: gpu, kind: local_engine, checkpoint: /models/tiny, device: "cuda:0", max_batch: 16, dtype: bfloat16,
+     kv_cache_memory: 0.85, max_batch_tokens: 4096}
+  - {name: cpu, kind: local_engine, checkpoint: /models/tiny, kv_cache_memory: 40000000000}
 routes:
   - {model: tiny, targets: [{backend: gpu}, {backend: cpu}]}
 )");
@@ -469,15 +470,24 @@ routes:
   CHECK(c.backends[0].checkpoint == "/models/tiny");
   CHECK(c.backends[0].device == "cuda:0");
   CHECK(c.backends[0].max_batch == 16);
+  CHECK(c.backends[0].dtype == "bfloat16");
+  CHECK(c.backends[0].kv_cache_memory == 0.85);
+  CHECK(c.backends[0].max_batch_tokens == 4096);
   CHECK(c.backends[1].device == "cpu");
   CHECK(c.backends[1].max_batch == 8);
+  CHECK(c.backends[1].dtype.empty());
+  CHECK(c.backends[1].kv_cache_memory == 40e9);
+  CHECK(c.backends[1].max_batch_tokens == 2048);
 
   auto bad = load(R"(
 keys:
   - {name: k, key: tg-k, budget: 5/week, expires: soon}
 backends:
   - {name: a, kind: local_engine, base_url: "http://x", device: tpu, max_batch: 0}
-  - {name: b, kind: openai, base_url: "http://x", checkpoint: /m}
+  - {name: b, kind: openai, base_url: "http://x", checkpoint: /m, dtype: float32}
+  - {name: c, kind: local_engine, checkpoint: /m,
+     dtype: float16, kv_cache_memory: 1.5, max_batch_tokens: 0}
+  - {name: d, kind: local_engine, checkpoint: /m, kv_cache_memory: -1}
 routes:
   - {model: m, targets: [{backend: a}]}
 )");
@@ -488,6 +498,12 @@ routes:
   CHECK(find(bad, "backends[0].device").message == "must be cpu or cuda:N");
   find(bad, "backends[0].max_batch");
   CHECK(find(bad, "backends[1].checkpoint").message.find("kind local_engine") != std::string::npos);
+  CHECK(find(bad, "backends[1].dtype").message.find("kind local_engine") != std::string::npos);
+  CHECK(find(bad, "backends[2].dtype").message == "must be float32 or bfloat16");
+  CHECK(find(bad, "backends[2].dtype").line == 8);
+  CHECK(find(bad, "backends[2].kv_cache_memory").message.find("got '1.5'") != std::string::npos);
+  CHECK(find(bad, "backends[2].max_batch_tokens").line == 8);
+  CHECK(find(bad, "backends[3].kv_cache_memory").line == 9);
 }
 
 TEST_CASE("transport: native for http, curl for https, or as given", "[config]") {
