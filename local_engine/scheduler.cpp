@@ -188,38 +188,44 @@ bool scheduler::step_once() {
   }
   sweep();
 
-  // (2) Running sequences, oldest first.
+  // (2) Running sequences, oldest first: decode tokens, then the next chunks of prompts being
+  // prefilled, so that a long prompt never holds up the decoding ones.
   std::vector<planned> plan;
   std::size_t budget = opts_.max_batch_tokens;
-  for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
-    auto s = running_[i];
-    if (!eligible(*s)) continue;
+  // Plans s; false when s yielded its place (the rest of this pass is gone too).
+  auto plan_running = [&](const std::shared_ptr<sched_sequence>& s) {
     const std::size_t k = std::min(s->tokens.size() - s->computed, budget);
-    if (k == 0) continue;
+    if (k == 0) return true;
     // Short of blocks: the most recently admitted sequence yields, which may be s itself (then
-    // everything admitted after it has yielded already and this pass is over).
-    bool yielded = false;
+    // everything admitted after it has yielded already).
     while (blocks_.missing(s->id, s->computed + k) > blocks_.free()) {
       if (running_.back() == s) {
         if (running_.size() > 1) {
           preempt_newest();
-          yielded = true;
+          return false;
         }
         break;
       }
       preempt_newest();
     }
-    if (yielded) break;
     if (!blocks_.reserve(s->id, s->computed + k)) {
       // Alone and still short: the pool cannot hold this sequence.
       end(*s, stream_end::failed,
           "the sequence needs " + std::to_string(blocks_.blocks_for(s->computed + k)) + " KV blocks; the pool holds " +
               std::to_string(blocks_.total()) + " (raise kv_cache_memory)");
       progressed = true;
-      continue;
+      return true;
     }
     plan.push_back({s, k});
     budget -= k;
+    return true;
+  };
+  for (const bool decode : {true, false}) {
+    for (std::size_t i = 0; i < running_.size() && budget > 0; ++i) {
+      auto s = running_[i];
+      if (s->ended || !eligible(*s) || (s->tokens.size() - s->computed == 1) != decode) continue;
+      if (!plan_running(s)) break;
+    }
   }
   sweep();
 
@@ -230,15 +236,18 @@ bool scheduler::step_once() {
       ++i;
       continue;
     }
-    const std::size_t need = blocks_.blocks_for(s->tokens.size());
-    if (need > blocks_.total()) {
+    const std::size_t prompt_blocks = blocks_.blocks_for(s->tokens.size());
+    if (prompt_blocks > blocks_.total()) {
       end(*s, stream_end::failed,
-          "the prompt of " + std::to_string(s->tokens.size()) + " tokens needs " + std::to_string(need) +
+          "the prompt of " + std::to_string(s->tokens.size()) + " tokens needs " + std::to_string(prompt_blocks) +
               " KV blocks; the pool holds " + std::to_string(blocks_.total()) + " (raise kv_cache_memory)");
       waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
       progressed = true;
       continue;
     }
+    // Room for the whole prompt and the position of its first generated token, so that a sequence
+    // is not preempted by its own first decode step.
+    const std::size_t need = std::min(blocks_.blocks_for(s->tokens.size() + 1), blocks_.total());
     if (need > blocks_.free()) break;  // first come, first served: wait for blocks
     blocks_.reserve(s->id, s->tokens.size());
     s->admitted_at = ++admissions_;

@@ -30,7 +30,7 @@ void check_recipe(const std::string& name) {
       t::read_text(std::filesystem::path(TOLLGATE_SOURCE_DIR) / "tests/engine/goldens" / (name + ".json")));
   t::temp_dir dir;
   t::make_recipe_checkpoint(name, dir.path());
-  const auto m = eng::load_model(dir.str());
+  const auto m = eng::load_model(dir.str(), t::test_backend_options());
   const size_t V = eng::vocab_size(*m);
 
   double worst = 0;

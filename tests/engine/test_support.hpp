@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -10,6 +11,7 @@
 
 #include <unistd.h>
 
+#include "local_engine/engine.hpp"
 #include "local_engine/tiny_checkpoint.hpp"
 
 namespace tollgate::engine::test {
@@ -55,6 +57,16 @@ inline std::filesystem::path recipe_path(const std::string& name) {
 /// Writes the checkpoint of tests/engine/recipes/<name>.json into dir.
 inline void make_recipe_checkpoint(const std::string& name, const std::filesystem::path& dir) {
   make_tiny_checkpoint(read_text(recipe_path(name)), dir.string());
+}
+
+/// The backend the golden and scheduler tests load: TOLLGATE_TEST_DEVICE (default cpu) and
+/// TOLLGATE_TEST_DTYPE (default float32, the exactness mode), so that the same tests run on a GPU.
+inline backend_options test_backend_options() {
+  backend_options o;
+  if (const char* d = std::getenv("TOLLGATE_TEST_DEVICE"); d != nullptr && *d != 0) o.device = d;
+  o.dtype = "float32";
+  if (const char* t = std::getenv("TOLLGATE_TEST_DTYPE"); t != nullptr && *t != 0) o.dtype = t;
+  return o;
 }
 
 }  // namespace tollgate::engine::test
