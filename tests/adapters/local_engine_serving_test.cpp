@@ -32,8 +32,9 @@ namespace {
 class scripted_backend final : public eng::forward_backend {
  public:
   scripted_backend(std::size_t words, std::chrono::microseconds step_time, std::mutex& log_mutex,
-                   std::vector<std::vector<int>>& forwards)
-      : words_(words), step_time_(step_time), log_mutex_(log_mutex), forwards_(forwards) {}
+                   std::vector<std::vector<int>>& forwards, const std::atomic<int>& fail_prompt, const std::atomic<int>& fail_draw)
+      : words_(words), step_time_(step_time), log_mutex_(log_mutex), forwards_(forwards), fail_prompt_(fail_prompt),
+        fail_draw_(fail_draw) {}
   eng::kv_pool_shape kv_pool() const override { return {16, 1024, 16 * 4}; }
   void forward(std::span<const eng::batch_item> batch, eng::batch_result& out) override {
     std::this_thread::sleep_for(step_time_);  // a model takes time per step
@@ -44,6 +45,8 @@ class scripted_backend final : public eng::forward_backend {
       if (!it.sample) continue;
       // Positions known after this item: the prompt and the `draw` tokens drawn before.
       ids.push_back(static_cast<int>(it.start + it.tokens.size() - it.draw));
+      if (ids.back() == fail_prompt_.load() && static_cast<int>(it.draw) == fail_draw_.load())
+        throw std::runtime_error("scripted failure at draw " + std::to_string(it.draw));
       out.tokens[i] = it.draw < words_ ? static_cast<std::int32_t>(it.draw + 1) : 0;
     }
     std::lock_guard lock(log_mutex_);
@@ -57,6 +60,8 @@ class scripted_backend final : public eng::forward_backend {
   std::chrono::microseconds step_time_;
   std::mutex& log_mutex_;
   std::vector<std::vector<int>>& forwards_;
+  const std::atomic<int>& fail_prompt_;
+  const std::atomic<int>& fail_draw_;
 };
 
 /// A model whose token i is the text "w<i> " and which writes tokens from a script, then EOS.
@@ -71,7 +76,9 @@ class scripted_engine final : public engine_port {
     c.vocab_size = 256;
     c.max_position_embeddings = 64;
     c.eos_token_ids = {0};
-    model_ = eng::make_model(c, std::make_unique<scripted_backend>(words_.size(), step_time, log_mutex, forwards), nullptr,
+    model_ = eng::make_model(c, std::make_unique<scripted_backend>(words_.size(), step_time, log_mutex, forwards, fail_prompt,
+                                                                   fail_draw),
+                             nullptr,
                              eng::scheduler_options{max_batch, 2048}, "scripted");
   }
   std::string model_name() const override { return "scripted"; }
@@ -118,6 +125,7 @@ class scripted_engine final : public engine_port {
 
   mutable std::mutex log_mutex;
   std::vector<std::vector<int>> forwards;  ///< per forward: the sequences (by prompt length) that drew a token
+  std::atomic<int> fail_prompt{-1}, fail_draw{-1};  ///< the forward that draws this token of this sequence throws
 
  private:
   std::vector<std::string> words_;
@@ -349,4 +357,39 @@ TEST_CASE("local engine serving: sequences share one forward, and a cancelled on
   CHECK(st->running == 0);
   CHECK(st->cancelled == 1);
   CHECK(st->finished == 2);
+}
+
+TEST_CASE("local engine serving: a full queue answers 503, a failed forward 500 or a broken stream", "[local_engine]") {
+  std::vector<std::string> words(20, " w");
+  auto engine = std::make_shared<scripted_engine>(words, 1, std::chrono::milliseconds(2));
+  auto cfg = engine_config(1);
+  cfg.max_queue = 1;
+  local_engine_backend backend(cfg, engine);
+  // One runs, one waits, the third finds the queue full.
+  auto r = run(backend, {chat("", "a"), chat("", "bb"), chat("", "ccc")});
+  CHECK(r[0].status == 200);
+  CHECK(r[1].status == 200);
+  CHECK(r[2].status == 503);
+  CHECK(json::parse(r[2].body)["error"]["code"] == "overloaded");
+  // Once they are done the queue takes requests again.
+  r = run(backend, {chat("", "dddd")});
+  CHECK(r[0].status == 200);
+
+  // The forward fails at the prefill: a 500 in the OpenAI shape.
+  engine->fail_prompt = 7;  // "<user>a"
+  engine->fail_draw = 0;
+  r = run(backend, {chat("", "a")});
+  CHECK(r[0].status == 500);
+  CHECK(json::parse(r[0].body)["error"]["code"] == "engine_error");
+  CHECK(json::parse(r[0].body)["error"]["message"].get<std::string>().find("scripted failure at draw 0") != std::string::npos);
+  // After the head, a stream breaks instead.
+  engine->fail_draw = 5;
+  r = run(backend, {chat(R"(,"stream":true)", "a")});
+  CHECK(r[0].status == 200);
+  CHECK(r[0].last == call_event::kind::failed);
+  CHECK(r[0].error == failure::broken);
+  const auto st = backend.stats();
+  REQUIRE(st);
+  CHECK(st->failed == 2);
+  CHECK(st->kv_blocks_used == 0);
 }

@@ -55,6 +55,11 @@ TOLLGATE_BASE_URL="$gateway/v1" TOLLGATE_URL="$gateway" TOLLGATE_KEY="$E2E_KEY" 
 curl -s "$gateway/metrics" >"$work/metrics.txt"
 grep -q 'tollgate_engine_sequences_total{backend="slow",outcome="cancelled"} 1' "$work/metrics.txt" ||
   { echo "engine metrics missing"; grep engine "$work/metrics.txt"; exit 1; }
+for line in 'tollgate_engine_kv_blocks{backend="slow",state="used"} 0' 'tollgate_engine_kv_blocks{backend="tiny",state="used"} 0' \
+  'tollgate_engine_sequences_running{backend="tiny"} 0'; do
+  grep -qF "$line" "$work/metrics.txt" || { echo "engine metrics: no '$line'"; grep engine "$work/metrics.txt"; exit 1; }
+done
+grep -q '^tollgate_engine_preemptions_total{backend="tiny"} ' "$work/metrics.txt" || { echo "no preemption counter"; exit 1; }
 promtool check metrics <"$work/metrics.txt"
 
 # A graceful stop with the engine threads running.

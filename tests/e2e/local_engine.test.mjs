@@ -45,6 +45,18 @@ test("concurrent requests share the engine and each still equals its reference",
   all.forEach((res, j) => assert.equal(res.choices[0].message.content, refs[j % prompts.length].text, `request ${j}`));
 });
 
+test("seeded sampling gives the same answer alone and batched with others", async () => {
+  const ask = (seed, content) => client.chat.completions.create({
+    model, temperature: 0.9, top_p: 0.95, seed, max_tokens: 16, ignore_eos: true, messages: [{ role: "user", content }],
+  });
+  const alone = [];
+  for (let i = 0; i < 6; i++) alone.push((await ask(100 + i, prompts[i % prompts.length])).choices[0].message.content);
+  const together = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => ask(100 + i, prompts[i % prompts.length])));
+  together.forEach((res, i) => assert.equal(res.choices[0].message.content, alone[i], `request ${i}`));
+  assert.equal(await metric('tollgate_engine_kv_blocks{backend="tiny",state="used"}'), 0);
+  assert.ok(await metric('tollgate_engine_steps_total{backend="tiny"}') > 0);
+});
+
 test("a stream arrives token by token and ends with usage", async () => {
   const stream = await greedy(prompts[1], { stream: true, stream_options: { include_usage: true } });
   let text = "";
