@@ -40,13 +40,17 @@ void check_request(const model& m, const std::vector<int32_t>& prompt, const sam
                                 std::to_string(m.config.max_position_embeddings));
 }
 
+// Holds the model weakly: a handle may be released on the engine thread (inside a callback's
+// captures), which must never be where the model, and so the engine thread, is destroyed.
 class stream_impl final : public stream {
  public:
-  stream_impl(std::shared_ptr<const model> m, std::shared_ptr<sched_sequence> s) : m_(std::move(m)), s_(std::move(s)) {}
-  void cancel() override { m_->sched->cancel(*s_); }
+  stream_impl(const std::shared_ptr<const model>& m, std::shared_ptr<sched_sequence> s) : m_(m), s_(std::move(s)) {}
+  void cancel() override {
+    if (auto m = m_.lock()) m->sched->cancel(*s_);  // a model that is gone has ended its sequences
+  }
 
  private:
-  std::shared_ptr<const model> m_;
+  std::weak_ptr<const model> m_;
   std::shared_ptr<sched_sequence> s_;
 };
 

@@ -103,7 +103,9 @@ struct stream_callbacks {
   std::function<void(std::span<const float> logits)> on_logits;
 };
 
-/// A submitted sequence. Destroying the handle does not cancel it; cancel() does.
+/// A submitted sequence. Destroying the handle does not cancel it; cancel() does. The handle does
+/// not keep the model alive: a model that is destroyed ends its sequences (failed, "the engine
+/// stopped"), so keep the model while you want its sequences to run.
 class stream {
  public:
   virtual ~stream();

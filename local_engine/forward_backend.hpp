@@ -48,6 +48,14 @@ struct batch_result {
   std::vector<float> logits;    ///< the items that asked, in item order, vocab_size values a position
 };
 
+/// How the scheduler (local_engine/scheduler.hpp) drives a backend: it reads kv_pool() once, owns
+/// the block allocator over it, and calls forward() from its one engine thread, once per step, with
+/// one item per scheduled sequence: a decode item (one token, `sample` set, `draw` = tokens the
+/// sequence generated so far), a prefill chunk (up to max_batch_tokens tokens; `sample` set only on
+/// the chunk that ends the prompt), or forward_logits()'s items (`logits` with `all_positions`).
+/// Block tables may cover more positions than the item needs. The backend keeps no state per
+/// sequence beyond what it writes into the pool: a block that one sequence gave back (it ended,
+/// was cancelled or preempted) may belong to another in the next step.
 class forward_backend {
  public:
   virtual ~forward_backend() = default;

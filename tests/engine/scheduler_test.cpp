@@ -306,3 +306,86 @@ TEST_CASE("scheduler: stepped sequences on many threads batch and match their so
   for (int i = 0; i < 100 && eng::stats(*m).kv_blocks_used != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   CHECK(eng::stats(*m).kv_blocks_used == 0);
 }
+
+namespace {
+
+/// A backend that records every forward (per item: start, token count, whether it samples) and
+/// samples token 1 each time.
+class recording_backend final : public eng::forward_backend {
+ public:
+  struct item {
+    size_t start, n;
+    bool sample;
+    int32_t first;  ///< the first token fed: prompts here are all 3, generated tokens 1
+  };
+  recording_backend(size_t blocks, std::mutex& m, std::vector<std::vector<item>>& log) : blocks_(blocks), m_(m), log_(log) {}
+  eng::kv_pool_shape kv_pool() const override { return {4, blocks_, 64}; }
+  void forward(std::span<const eng::batch_item> batch, eng::batch_result& out) override {
+    std::vector<item> step;
+    out.tokens.clear();
+    for (const auto& it : batch) {
+      if (it.blocks.size() * 4 < it.start + it.tokens.size()) throw std::logic_error("a block table too short");
+      step.push_back({it.start, it.tokens.size(), it.sample != nullptr, it.tokens[0]});
+      out.tokens.push_back(it.sample ? 1 : -1);
+    }
+    std::lock_guard lock(m_);
+    log_.push_back(std::move(step));
+  }
+  std::string device() const override { return "recording"; }
+  std::string describe() const override { return "recording"; }
+
+ private:
+  size_t blocks_;
+  std::mutex& m_;
+  std::vector<std::vector<item>>& log_;
+};
+
+}  // namespace
+
+TEST_CASE("scheduler: a step holds decode tokens and prefill chunks within the token budget", "[engine][scheduler]") {
+  std::mutex m;
+  std::vector<std::vector<recording_backend::item>> log;
+  eng::model_config c;
+  c.vocab_size = 16;
+  c.max_position_embeddings = 1000;
+  const auto model = eng::make_model(c, std::make_unique<recording_backend>(1000, m, log), nullptr, eng::scheduler_options{3, 10});
+  // A short prompt first, then long ones that must be prefilled in chunks while it decodes.
+  std::vector<std::unique_ptr<collector>> got;
+  std::vector<std::shared_ptr<eng::stream>> handles;
+  const std::vector<size_t> lengths = {2, 30, 25, 7};
+  for (size_t len : lengths) {
+    got.push_back(std::make_unique<collector>());
+    handles.push_back(eng::submit(model, std::vector<int32_t>(len, 3), eng::sampling{}, 5, got.back()->callbacks()));
+  }
+  for (auto& g : got) {
+    g->wait();
+    CHECK(g->tokens == std::vector<int32_t>(5, 1));
+  }
+  std::lock_guard lock(m);
+  bool mixed = false;
+  for (const auto& step : log) {
+    size_t tokens = 0, decodes = 0, chunks = 0;
+    for (const auto& it : step) {
+      tokens += it.n;
+      if (it.first == 1) ++decodes;
+      else ++chunks;
+    }
+    CHECK(tokens <= 10);      // max_batch_tokens
+    CHECK(step.size() <= 3);  // max_batch
+    mixed = mixed || (decodes > 0 && chunks > 0);
+    // Decode tokens come first in a step: a prefill chunk never holds one up.
+    bool seen_chunk = false;
+    for (const auto& it : step) {
+      if (it.first != 1) seen_chunk = true;
+      else CHECK_FALSE(seen_chunk);
+    }
+  }
+  CHECK(mixed);
+  // The long prompts went in several chunks, and only a prompt's last chunk samples.
+  size_t quiet_chunks = 0;
+  for (const auto& step : log)
+    for (const auto& it : step) quiet_chunks += it.first == 3 && !it.sample;
+  CHECK(quiet_chunks >= 4);
+  CHECK(eng::stats(*model).kv_blocks_used == 0);
+  CHECK(eng::stats(*model).finished == lengths.size());
+}
