@@ -66,6 +66,32 @@ promtool check metrics <"$work/metrics.txt"
 kill -TERM "${pids[0]}"
 wait "${pids[0]}"
 
+# device: cuda:0 in a build without CUDA: the backend is down with a message naming the device,
+# and the gateway serves the others.
+cuda_probe=$("$build/tollgate-engine" generate --checkpoint "$ck" --prompt-tokens 1 --device cuda:0 2>&1 || true)
+if [[ "$cuda_probe" == *"this build has no CUDA backend"* ]]; then
+  cat >"$work/gpu.yaml" <<YAML
+server: {listen: "127.0.0.1:0", threads: 1}
+keys: [{name: e2e, key: "\${E2E_KEY}"}]
+backends:
+  - {name: gpu, kind: local_engine, checkpoint: $ck, device: "cuda:0", dtype: bfloat16}
+  - {name: cpu, kind: local_engine, checkpoint: $ck, kv_cache_memory: 4000000, max_batch_tokens: 16}
+routes:
+  - {model: tiny-deepseek, targets: [{backend: gpu}, {backend: cpu}]}
+YAML
+  "$build/tollgate" serve --config "$work/gpu.yaml" >"$work/gpu.log" 2>&1 &
+  pids+=($!)
+  gpu=$(wait_listening "$work/gpu.log")
+  grep -q "backend gpu: device 'cuda:0': this build has no CUDA backend" "$work/gpu.log" ||
+    { echo "no cuda load error logged"; cat "$work/gpu.log"; exit 1; }
+  curl -s "$gpu/readyz" | grep -q '"gpu":"down"' || { echo "readyz does not show gpu down"; curl -s "$gpu/readyz"; exit 1; }
+  curl -s "$gpu/v1/chat/completions" -H "Authorization: Bearer $E2E_KEY" -H 'Content-Type: application/json' \
+    -d '{"model":"tiny-deepseek","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}' | grep -q '"completion_tokens":4' ||
+    { echo "the cpu backend did not answer after the gpu one"; exit 1; }
+  kill -TERM "${pids[-1]}"
+  wait "${pids[-1]}"
+fi
+
 # The README's quick start: the embedded config serves the demo recipe's model as tiny-deepseek.
 "$build/tollgate-engine" make-tiny --recipe "$here/../../config/examples/tiny-deepseek-v3.recipe.json" \
   --out "$work/demo-model" >/dev/null
