@@ -71,6 +71,15 @@ struct collector {
     std::unique_lock lock(m);
     REQUIRE(cv.wait_for(lock, std::chrono::seconds(120), [&] { return done; }));
   }
+  /// wait() for other threads than the test's (Catch's assertions are for the test's thread).
+  bool wait_quietly() {
+    std::unique_lock lock(m);
+    return cv.wait_for(lock, std::chrono::seconds(120), [&] { return done; });
+  }
+  bool wait_tokens_quietly(size_t n) {
+    std::unique_lock lock(m);
+    return cv.wait_for(lock, std::chrono::seconds(60), [&] { return tokens.size() >= n || done; });
+  }
   void wait_tokens(size_t n) {
     std::unique_lock lock(m);
     REQUIRE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return tokens.size() >= n || done; }));
@@ -388,4 +397,52 @@ TEST_CASE("scheduler: a step holds decode tokens and prefill chunks within the t
   CHECK(quiet_chunks >= 4);
   CHECK(eng::stats(*model).kv_blocks_used == 0);
   CHECK(eng::stats(*model).finished == lengths.size());
+}
+
+TEST_CASE("scheduler: many threads submit, step and cancel at once; everything ends and every block comes back",
+          "[engine][scheduler]") {
+  const auto m = load(4, 30, 6, 20);  // a small pool: admissions wait and preemptions happen
+  const auto jobs = mixed_jobs(48);
+  std::atomic<size_t> ended{0}, submitted{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int th = 0; th < 6; ++th)
+    threads.emplace_back([&, th] {
+      eng::rng g(500 + static_cast<uint64_t>(th));
+      for (size_t i = static_cast<size_t>(th); i < jobs.size(); i += 6) {
+        const auto& j = jobs[i];
+        if (g.next() % 4 == 0) {
+          // A stepped sequence, dropped after a few tokens.
+          auto s = eng::start(m, j.prompt, j.s);
+          const size_t n = g.next() % 4;
+          for (size_t k = 0; k < n; ++k) s->step();
+          continue;
+        }
+        collector c;
+        auto h = eng::submit(m, j.prompt, j.s, j.max_tokens, c.callbacks());
+        ++submitted;
+        switch (g.next() % 3) {
+          case 0: h->cancel(); break;  // at once, often before admission
+          case 1:
+            if (!c.wait_tokens_quietly(1 + g.next() % 5)) ++wrong;
+            h->cancel();
+            break;
+          default: break;
+        }
+        if (!c.wait_quietly() || (c.reason != eng::stream_end::length && c.reason != eng::stream_end::cancelled)) ++wrong;
+        ++ended;
+      }
+    });
+  for (auto& t : threads) t.join();
+  CHECK(wrong == 0);
+  CHECK(ended == submitted);
+  eng::engine_stats st;
+  for (int i = 0; i < 200; ++i) {  // dropped stepped sequences are cancelled at the next step
+    st = eng::stats(*m);
+    if (st.kv_blocks_used == 0 && st.running == 0 && st.waiting == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(st.kv_blocks_used == 0);
+  CHECK(st.running == 0);
+  CHECK(st.waiting == 0);
+  CHECK(st.failed == 0);
 }
