@@ -9,12 +9,9 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
-#include <iostream>
 #include <mutex>
 #include <random>
-#include <thread>
 
 namespace tollgate::adapters {
 
