@@ -18,7 +18,19 @@ target_include_directories(tollgate_engine PUBLIC ${CMAKE_SOURCE_DIR})
 target_link_libraries(tollgate_engine PUBLIC tollgate_tokenizer Threads::Threads
   PRIVATE nlohmann_json::nlohmann_json)
 # The arithmetic wants the vectoriser even in RelWithDebInfo and Debug builds.
-target_compile_options(tollgate_engine PRIVATE -O3)
+target_compile_options(tollgate_engine PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-O3>)
+if(TOLLGATE_CUDA)
+  # The CUDA backend: one kernel family per .cu file under cuda/, the host side in cuda_forward.cpp.
+  target_sources(tollgate_engine PRIVATE
+    ${CMAKE_CURRENT_LIST_DIR}/cuda/elementwise.cu
+    ${CMAKE_CURRENT_LIST_DIR}/cuda/mla.cu
+    ${CMAKE_CURRENT_LIST_DIR}/cuda/moe.cu
+    ${CMAKE_CURRENT_LIST_DIR}/cuda/sampling.cu
+    ${CMAKE_CURRENT_LIST_DIR}/cuda_forward.cpp)
+  target_compile_definitions(tollgate_engine PRIVATE TOLLGATE_CUDA=1)
+  target_compile_options(tollgate_engine PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3>)
+  target_link_libraries(tollgate_engine PUBLIC CUDA::cudart CUDA::cublas)
+endif()
 
 add_executable(tollgate-engine ${CMAKE_CURRENT_LIST_DIR}/cli.cpp)
 target_link_libraries(tollgate-engine PRIVATE tollgate_engine nlohmann_json::nlohmann_json)
@@ -33,4 +45,19 @@ if(TOLLGATE_TESTS)
     TOLLGATE_SOURCE_DIR="${CMAKE_SOURCE_DIR}" TOLLGATE_ENGINE_BIN="$<TARGET_FILE:tollgate-engine>")
   add_dependencies(tollgate-engine-tests tollgate-engine)
   catch_discover_tests(tollgate-engine-tests PROPERTIES TIMEOUT 300)
+endif()
+
+# The GPU tests: one CTest entry that reports "Skipped" (exit 77) where no CUDA device is usable.
+if(TOLLGATE_CUDA AND TOLLGATE_TESTS)
+  file(GLOB TOLLGATE_ENGINE_GPU_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/engine/gpu/*_test.cpp)
+  add_executable(tollgate-engine-gpu-tests ${CMAKE_SOURCE_DIR}/tests/engine/gpu/main.cpp ${TOLLGATE_ENGINE_GPU_TEST_SOURCES})
+  target_link_libraries(tollgate-engine-gpu-tests PRIVATE tollgate_engine nlohmann_json::nlohmann_json Catch2::Catch2)
+  target_compile_definitions(tollgate-engine-gpu-tests PRIVATE TOLLGATE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+  add_test(NAME engine_gpu COMMAND tollgate-engine-gpu-tests)
+  set_tests_properties(engine_gpu PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600)
+endif()
+if(TOLLGATE_CUDA)
+  # Decode and prefill speed at a real model's shapes against the measured roofline (tests/perf/).
+  add_executable(tollgate-engine-gpu-bench ${CMAKE_SOURCE_DIR}/tests/perf/engine_gpu_bench.cpp)
+  target_link_libraries(tollgate-engine-gpu-bench PRIVATE tollgate_engine nlohmann_json::nlohmann_json CUDA::cublas)
 endif()

@@ -47,6 +47,9 @@ struct backend_options {
   /// 256 MiB on the CPU).
   double kv_cache_memory = 0;
   int kv_block_size = 64;  ///< positions per KV block
+  /// Benchmarks: weights drawn on the device from this seed instead of read (the checkpoint
+  /// folder's config.json and tokenizer are still used). CUDA backend only.
+  std::optional<uint64_t> random_weights_seed;
 };
 
 /// The continuous-batching scheduler's limits.

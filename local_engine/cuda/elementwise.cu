@@ -1,0 +1,171 @@
+#include "local_engine/cuda/elementwise.cuh"
+
+#include <stdexcept>
+
+namespace tollgate::engine::cuda {
+
+namespace device {
+
+template <typename T>
+__global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, float* x) {
+  const size_t row = static_cast<size_t>(tokens[blockIdx.x]) * hidden;
+  float* out = x + static_cast<size_t>(blockIdx.x) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = to_float(table[row + i]);
+}
+
+template <typename T>
+__global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const float* bias, const float* w, float eps,
+                               int cols, const int32_t* rows, T* out) {
+  __shared__ float scratch[32];
+  __shared__ const float* expert_row[32];
+  __shared__ float expert_weight[32];
+  const int token = rows ? rows[blockIdx.x] : blockIdx.x;
+  const size_t src = static_cast<size_t>(token) * cols;
+  if (moe.rows && static_cast<int>(threadIdx.x) < moe.top_k) {
+    const int slot = token * moe.top_k + threadIdx.x;
+    expert_row[threadIdx.x] = moe.rows + static_cast<size_t>(moe.slot_row[slot]) * cols;
+    expert_weight[threadIdx.x] = moe.weights[slot];
+  }
+  __syncthreads();
+  float* xr = x + src;
+  const bool changes = add || bias || moe.rows;
+  float ss = 0;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    float v = xr[i];
+    if (add) v += add[src + i];
+    if (moe.rows) {
+      float m = moe.shared ? moe.shared[src + i] : 0.0f;
+      for (int k = 0; k < moe.top_k; ++k) m += expert_row[k][i] * expert_weight[k];
+      v += m;
+    }
+    if (bias) v += bias[i];
+    if (changes) xr[i] = v;
+    ss += v * v;
+  }
+  const float total = block_sum(ss, scratch);
+  const float r = rsqrtf(total / static_cast<float>(cols) + eps);
+  T* o = out + static_cast<size_t>(blockIdx.x) * cols;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = from_float<T>(w[i] * (xr[i] * r));
+}
+
+template <typename T>
+__global__ void silu_mul_kernel(const float* gu, int inter, size_t total, T* out) {
+  for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
+       k += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t r = k / inter, i = k % inter;
+    const float g = gu[r * 2 * inter + i], u = gu[r * 2 * inter + inter + i];
+    out[k] = from_float<T>(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+__global__ void add_bias_kernel(float* y, const float* bias, int cols, size_t total) {
+  for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
+       k += static_cast<size_t>(gridDim.x) * blockDim.x)
+    y[k] += bias[k % cols];
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(const T* src, const int32_t* rows, int cols, T* dst) {
+  const T* s = src + static_cast<size_t>(rows[blockIdx.x]) * cols;
+  T* d = dst + static_cast<size_t>(blockIdx.x) * cols;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) d[i] = s[i];
+}
+
+template <typename T>
+__global__ void convert_kernel(const float* src, size_t n, T* dst) {
+  for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<size_t>(gridDim.x) * blockDim.x)
+    dst[k] = from_float<T>(src[k]);
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+__global__ void fill_random_kernel(T* dst, size_t n, uint64_t seed, float mean, float stddev) {
+  for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t z = mix64(seed * 0x9e3779b97f4a7c15ull + k + 1);
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    dst[k] = from_float<T>(mean + stddev * 1.7320508f * (2.0f * u - 1.0f));
+  }
+}
+
+}  // namespace device
+
+namespace {
+unsigned grid_for(size_t n, unsigned block) {
+  const size_t g = (n + block - 1) / block;
+  return static_cast<unsigned>(g < 65536 ? (g == 0 ? 1 : g) : 65536);
+}
+}  // namespace
+
+template <typename T>
+void embed(const T* table, const int32_t* tokens, int n, int hidden, float* x, cudaStream_t s) {
+  if (n == 0) return;
+  device::embed_kernel<T><<<n, 256, 0, s>>>(table, tokens, hidden, x);
+  check_launch();
+}
+
+template <typename T>
+void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, const float* w, float eps, int cols,
+             int n, const int32_t* rows, T* out, cudaStream_t s) {
+  if (n == 0) return;
+  if (moe.rows && (moe.top_k < 1 || moe.top_k > 32)) throw std::runtime_error("rmsnorm: top_k must be 1..32");
+  const int threads = cols >= 1024 ? 512 : (cols >= 256 ? 256 : 64);
+  device::rmsnorm_kernel<T><<<n, threads, 0, s>>>(x, add, moe, bias, w, eps, cols, rows, out);
+  check_launch();
+}
+
+template <typename T>
+void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s) {
+  const size_t total = static_cast<size_t>(inter) * n;
+  if (total == 0) return;
+  device::silu_mul_kernel<T><<<grid_for(total, 256), 256, 0, s>>>(gu, inter, total, out);
+  check_launch();
+}
+
+void add_bias(float* y, const float* bias, int cols, int n, cudaStream_t s) {
+  const size_t total = static_cast<size_t>(cols) * n;
+  if (total == 0) return;
+  device::add_bias_kernel<<<grid_for(total, 256), 256, 0, s>>>(y, bias, cols, total);
+  check_launch();
+}
+
+template <typename T>
+void gather_rows(const T* src, const int32_t* rows, int cols, int n, T* dst, cudaStream_t s) {
+  if (n == 0) return;
+  device::gather_rows_kernel<T><<<n, 256, 0, s>>>(src, rows, cols, dst);
+  check_launch();
+}
+
+template <typename T>
+void convert(const float* src, size_t n, T* dst, cudaStream_t s) {
+  if (n == 0) return;
+  device::convert_kernel<T><<<grid_for(n, 256), 256, 0, s>>>(src, n, dst);
+  check_launch();
+}
+
+template <typename T>
+void fill_random(T* dst, size_t n, uint64_t seed, float mean, float stddev, cudaStream_t s) {
+  if (n == 0) return;
+  device::fill_random_kernel<T><<<grid_for(n, 256), 256, 0, s>>>(dst, n, seed, mean, stddev);
+  check_launch();
+}
+
+#define TOLLGATE_INSTANTIATE(T)                                                                              \
+  template void embed<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);                        \
+  template void rmsnorm<T>(float*, const float*, const moe_sum&, const float*, const float*, float, int, int,  \
+                           const int32_t*, T*, cudaStream_t);                                               \
+  template void silu_mul<T>(const float*, int, int, T*, cudaStream_t);                                      \
+  template void gather_rows<T>(const T*, const int32_t*, int, int, T*, cudaStream_t);                       \
+  template void convert<T>(const float*, size_t, T*, cudaStream_t);                                         \
+  template void fill_random<T>(T*, size_t, uint64_t, float, float, cudaStream_t);
+TOLLGATE_INSTANTIATE(float)
+TOLLGATE_INSTANTIATE(bf16)
+#undef TOLLGATE_INSTANTIATE
+
+}  // namespace tollgate::engine::cuda

@@ -1,0 +1,447 @@
+#include "local_engine/cuda/mla.cuh"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace tollgate::engine::cuda {
+
+namespace {
+constexpr int heads_per_block = 16;  // query heads that share one pass over the cached positions
+constexpr int keys_per_tile = 32;
+constexpr int threads = 256;
+constexpr int cols_per_thread = 2;  // latent columns a thread accumulates: kv_rank <= 512
+constexpr int split_len = 64;       // positions a block takes at least when a context is split
+constexpr int max_splits = 32;  // the combine merges them in one warp
+
+int head_groups(const mla_dims& d) { return (d.heads + heads_per_block - 1) / heads_per_block; }
+
+int choose_splits(int n, const mla_dims& d, int max_len) {
+  // About two blocks per multiprocessor of an H100/H200 (132): a block's tiles run one after
+  // another, so a small batch's long contexts are cut into shorter chains. (Four a multiprocessor
+  // measured slower at batch 64.)
+  const int blocks = n * head_groups(d);
+  if (blocks >= 132) return 1;  // the batch already fills the multiprocessors
+  const int want = (264 + blocks - 1) / blocks;
+  const int by_len = (max_len + split_len - 1) / split_len;
+  return std::max(1, std::min({want, by_len, max_splits}));
+}
+}  // namespace
+
+namespace device {
+
+template <typename T>
+__global__ void mla_prepare_kernel(const float* ckv, const float* norm_w, float eps, const T* q, const float2* rope_cs,
+                                   bool interleave, mla_dims d, token_map map, T* q_full, T* cache) {
+  __shared__ float scratch[32];
+  const int t = blockIdx.x;
+  const int W = d.width(), half = d.rope_dim / 2;
+  const float* row = ckv + static_cast<size_t>(t) * W;
+  T* c = cache + static_cast<size_t>(map.slot[t]) * W;
+  float ss = 0;
+  for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) ss += row[i] * row[i];
+  const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(d.kv_rank) + eps);
+  for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) c[i] = from_float<T>(norm_w[i] * (row[i] * r));
+  const float2* cs = rope_cs + static_cast<size_t>(map.pos[t]) * half;
+  // The rope key, then each head's rope query; pairs are adjacent (interleave) or half apart.
+  for (int k = threadIdx.x; k < half * (d.heads + 1); k += blockDim.x) {
+    const int i = k % half, h = k / half - 1;  // h == -1: the key
+    const int ia = interleave ? 2 * i : i, ib = interleave ? 2 * i + 1 : i + half;
+    float a, b;
+    if (h < 0) {
+      a = row[d.kv_rank + ia];
+      b = row[d.kv_rank + ib];
+    } else {
+      const T* qh = q + (static_cast<size_t>(t) * d.heads + h) * d.qk_dim + d.nope_dim;
+      a = to_float(qh[ia]);
+      b = to_float(qh[ib]);
+    }
+    const float ra = a * cs[i].x - b * cs[i].y, rb = b * cs[i].x + a * cs[i].y;
+    T* dst = h < 0 ? c + d.kv_rank : q_full + (static_cast<size_t>(t) * d.heads + h) * W + d.kv_rank;
+    dst[ia] = from_float<T>(ra);
+    dst[ib] = from_float<T>(rb);
+  }
+}
+
+// grid: (token, head group, split). Each block runs an online softmax over its share of the
+// token's positions for up to 16 heads at once, reading each cached position once for all of them.
+template <typename T>
+__global__ void __launch_bounds__(threads) mla_attend_kernel(const T* q_full, const T* cache, mla_dims d,
+                                                             token_map map, float scale, float* partial, T* out) {
+  extern __shared__ float smem[];
+  const int W = d.width(), P = W + 1;  // padded rows: lanes reading different positions hit different banks
+  float* q_s = smem;                                  // [heads_per_block][P]
+  float* kv_s = q_s + heads_per_block * P;            // [keys_per_tile][P]
+  float* p_s = kv_s + keys_per_tile * P;              // [heads_per_block][keys_per_tile]
+  float* corr_s = p_s + heads_per_block * keys_per_tile;  // [heads_per_block]
+
+  const int t = blockIdx.x, h0 = blockIdx.y * heads_per_block, splits = gridDim.z;
+  const int hg = min(heads_per_block, d.heads - h0);
+  const int len = map.pos[t] + 1;
+  const int tiles = (len + keys_per_tile - 1) / keys_per_tile;
+  const int per_split = (tiles + splits - 1) / splits;
+  const int tile_begin = blockIdx.z * per_split, tile_end = min(tiles, tile_begin + per_split);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+  for (int k = threadIdx.x; k < hg * W; k += blockDim.x) {
+    const int h = k / W, i = k % W;
+    q_s[h * P + i] = to_float(q_full[(static_cast<size_t>(t) * d.heads + h0 + h) * W + i]);
+  }
+  const int32_t* table = map.table + map.table_off[t];
+  float acc[cols_per_thread][heads_per_block];
+#pragma unroll
+  for (int ci = 0; ci < cols_per_thread; ++ci)
+#pragma unroll
+    for (int h = 0; h < heads_per_block; ++h) acc[ci][h] = 0;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0, 0};  // for heads warp and warp + 8
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int first = tile * keys_per_tile, nk = min(keys_per_tile, len - first);
+    __syncthreads();  // the previous tile's readers are done with kv_s and p_s
+    for (int k = threadIdx.x; k < nk * W; k += blockDim.x) {
+      const int j = k / W, i = k % W, pos = first + j;
+      const size_t slot = static_cast<size_t>(table[pos / map.block_size]) * map.block_size + pos % map.block_size;
+      kv_s[j * P + i] = to_float(cache[slot * W + i]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int h = warp + r * 8;
+      if (h >= hg) continue;  // warp-uniform
+      float s = -INFINITY;
+      if (lane < nk) {
+        const float* qh = q_s + h * P;
+        const float* kj = kv_s + lane * P;
+        float dot = 0;
+        for (int i = 0; i < W; ++i) dot += qh[i] * kj[i];
+        s = dot * scale;
+      }
+      const float m_new = fmaxf(m_run[r], warp_max(s));
+      const float p = lane < nk ? __expf(s - m_new) : 0.0f;
+      const float corr = __expf(m_run[r] - m_new);
+      l_run[r] = l_run[r] * corr + warp_sum(p);
+      m_run[r] = m_new;
+      p_s[h * keys_per_tile + lane] = p;
+      if (lane == 0) corr_s[h] = corr;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int ci = 0; ci < cols_per_thread; ++ci) {
+      const int c = threadIdx.x + ci * threads;
+      if (c >= d.kv_rank) continue;
+#pragma unroll
+      for (int h = 0; h < heads_per_block; ++h)
+        if (h < hg) acc[ci][h] *= corr_s[h];
+      for (int j = 0; j < nk; ++j) {
+        const float v = kv_s[j * P + c];
+#pragma unroll
+        for (int h = 0; h < heads_per_block; ++h)
+          if (h < hg) acc[ci][h] += p_s[h * keys_per_tile + j] * v;
+      }
+    }
+  }
+  // Each warp's lane 0 knows (m, l) of its heads; share them through shared memory.
+  __syncthreads();
+  float* m_s = p_s;                     // reuse: [heads_per_block]
+  float* l_s = p_s + heads_per_block;   // [heads_per_block]
+  if (lane == 0) {
+    for (int r = 0; r < 2; ++r) {
+      const int h = warp + r * 8;
+      if (h < hg) {
+        m_s[h] = m_run[r];
+        l_s[h] = l_run[r];
+      }
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int ci = 0; ci < cols_per_thread; ++ci) {
+    const int c = threadIdx.x + ci * threads;
+    if (c >= d.kv_rank) continue;
+#pragma unroll
+    for (int h = 0; h < heads_per_block; ++h) {
+      if (h >= hg) continue;
+      const size_t th = static_cast<size_t>(t) * d.heads + h0 + h;
+      if (splits == 1) {
+        out[th * d.kv_rank + c] = from_float<T>(acc[ci][h] / l_s[h]);
+      } else {
+        float* part = partial + (th * splits + blockIdx.z) * (d.kv_rank + 2);
+        part[c] = acc[ci][h];
+        if (c == 0) {
+          part[d.kv_rank] = m_s[h];
+          part[d.kv_rank + 1] = l_s[h];
+        }
+      }
+    }
+  }
+}
+
+// The bf16 path on tensor cores (mma.m16n8k16), for kv_lora_rank 512: the 16 heads of a group are
+// the 16 rows of the products. Per tile of 32 positions, each of 4 warps scores 8 positions over
+// all `width` values, the softmax runs on the scores in shared memory, and each warp adds
+// P . latent for its own 128 latent columns. Operands are read with ldmatrix from padded rows.
+namespace tc {
+constexpr int keys = 32;
+constexpr int warps = 4;
+constexpr int rank = 512;
+constexpr int cols = rank / warps;  // latent columns a warp owns
+constexpr int ntiles = cols / 8;
+constexpr int p_pitch = keys + 8;  // bf16 values a probability row takes
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x2_trans(uint32_t (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+}  // namespace tc
+
+__global__ void __launch_bounds__(tc::warps * 32) mla_attend_tc_kernel(const bf16* q_full, const bf16* cache, mla_dims d,
+                                                                       token_map map, float scale, float* partial,
+                                                                       bf16* out) {
+  extern __shared__ __align__(16) unsigned char raw[];
+  const int W = d.width(), PW = W + 8, W8 = W / 8;
+  bf16* q_s = reinterpret_cast<bf16*>(raw);                  // [16][PW]
+  bf16* kv_s = q_s + 16 * PW;                                 // [keys][PW]
+  bf16* p_s = kv_s + tc::keys * PW;                           // [16][p_pitch]
+  float* s_s = reinterpret_cast<float*>(p_s + 16 * tc::p_pitch);  // [16][keys]
+  float* m_s = s_s + 16 * tc::keys;
+  float* l_s = m_s + 16;
+  float* corr_s = l_s + 16;
+
+  const int t = blockIdx.x, h0 = blockIdx.y * 16, splits = gridDim.z;
+  const int hg = min(16, d.heads - h0);
+  const int len = map.pos[t] + 1;
+  const int tiles = (len + tc::keys - 1) / tc::keys;
+  const int per_split = (tiles + splits - 1) / splits;
+  const int tile_begin = blockIdx.z * per_split, tile_end = min(tiles, tile_begin + per_split);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+
+  for (int idx = threadIdx.x; idx < 16 * W8; idx += blockDim.x) {
+    const int r = idx / W8, c8 = idx % W8;
+    const uint4 v = r < hg ? *reinterpret_cast<const uint4*>(q_full + (static_cast<size_t>(t) * d.heads + h0 + r) * W + c8 * 8)
+                           : zero;
+    *reinterpret_cast<uint4*>(q_s + r * PW + c8 * 8) = v;
+  }
+  if (threadIdx.x < 16) {
+    m_s[threadIdx.x] = -INFINITY;
+    l_s[threadIdx.x] = 0;
+  }
+  const int32_t* table = map.table + map.table_off[t];
+  float acc[tc::ntiles][4];
+#pragma unroll
+  for (int n = 0; n < tc::ntiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int first = tile * tc::keys, nk = min(tc::keys, len - first);
+    __syncthreads();  // the last tile's readers are done
+    constexpr int unroll = 6;
+    for (int base = threadIdx.x; base < tc::keys * W8; base += blockDim.x * unroll) {
+      uint4 v[unroll];
+#pragma unroll
+      for (int u = 0; u < unroll; ++u) {
+        const int idx = base + u * blockDim.x, j = idx / W8, c8 = idx % W8;
+        v[u] = zero;
+        if (idx < tc::keys * W8 && j < nk) {
+          const int pos = first + j;
+          const size_t slot = static_cast<size_t>(table[pos / map.block_size]) * map.block_size + pos % map.block_size;
+          v[u] = *reinterpret_cast<const uint4*>(cache + slot * W + c8 * 8);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < unroll; ++u) {
+        const int idx = base + u * blockDim.x;
+        if (idx < tc::keys * W8) *reinterpret_cast<uint4*>(kv_s + (idx / W8) * PW + (idx % W8) * 8) = v[u];
+      }
+    }
+    __syncthreads();
+    // Scores of this warp's 8 positions for the 16 head rows.
+    float sc[4] = {0, 0, 0, 0};
+    for (int k0 = 0; k0 < W; k0 += 16) {
+      uint32_t a[4], b[2];
+      tc::ldsm_x4(a, q_s + (lane & 15) * PW + k0 + (lane >> 4) * 8);
+      tc::ldsm_x2(b, kv_s + (warp * 8 + (lane & 7)) * PW + k0 + ((lane >> 3) & 1) * 8);
+      tc::mma(sc, a, b);
+    }
+    {
+      const int key = warp * 8 + 2 * q;
+      s_s[g * tc::keys + key] = key < nk ? sc[0] * scale : -INFINITY;
+      s_s[g * tc::keys + key + 1] = key + 1 < nk ? sc[1] * scale : -INFINITY;
+      s_s[(g + 8) * tc::keys + key] = key < nk ? sc[2] * scale : -INFINITY;
+      s_s[(g + 8) * tc::keys + key + 1] = key + 1 < nk ? sc[3] * scale : -INFINITY;
+    }
+    __syncthreads();
+    // Online softmax: warp w updates heads 4w..4w+3, a lane per position.
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = warp * 4 + i;
+      const float v = s_s[h * tc::keys + lane];
+      const float m_old = m_s[h], m_new = fmaxf(m_old, warp_max(v));
+      const bf16 p = __float2bfloat16_rn(lane < nk ? __expf(v - m_new) : 0.0f);
+      p_s[h * tc::p_pitch + lane] = p;
+      const float sum = warp_sum(__bfloat162float(p));
+      if (lane == 0) {
+        const float corr = __expf(m_old - m_new);
+        corr_s[h] = corr;
+        l_s[h] = l_s[h] * corr + sum;
+        m_s[h] = m_new;
+      }
+    }
+    __syncthreads();
+    const float cg = corr_s[g], cg8 = corr_s[g + 8];
+#pragma unroll
+    for (int n = 0; n < tc::ntiles; ++n) acc[n][0] *= cg, acc[n][1] *= cg, acc[n][2] *= cg8, acc[n][3] *= cg8;
+#pragma unroll
+    for (int k0 = 0; k0 < tc::keys; k0 += 16) {
+      uint32_t a[4];
+      tc::ldsm_x4(a, p_s + (lane & 15) * tc::p_pitch + k0 + (lane >> 4) * 8);
+#pragma unroll
+      for (int n = 0; n < tc::ntiles; ++n) {
+        uint32_t b[2];
+        tc::ldsm_x2_trans(b, kv_s + (k0 + (lane & 15)) * PW + warp * tc::cols + n * 8);
+        tc::mma(acc[n], a, b);
+      }
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = g + 8 * half;
+    if (r >= hg) continue;
+    const size_t th = static_cast<size_t>(t) * d.heads + h0 + r;
+    if (splits == 1) {
+      const float inv = 1.0f / l_s[r];
+#pragma unroll
+      for (int n = 0; n < tc::ntiles; ++n) {
+        const int col = warp * tc::cols + n * 8 + 2 * q;
+        *reinterpret_cast<__nv_bfloat162*>(out + th * tc::rank + col) =
+            __floats2bfloat162_rn(acc[n][2 * half] * inv, acc[n][2 * half + 1] * inv);
+      }
+    } else {
+      float* part = partial + (th * splits + blockIdx.z) * (tc::rank + 2);
+#pragma unroll
+      for (int n = 0; n < tc::ntiles; ++n) {
+        const int col = warp * tc::cols + n * 8 + 2 * q;
+        part[col] = acc[n][2 * half];
+        part[col + 1] = acc[n][2 * half + 1];
+      }
+      if (warp == 0 && q == 0) {
+        part[tc::rank] = m_s[r];
+        part[tc::rank + 1] = l_s[r];
+      }
+    }
+  }
+}
+
+// One block per (token, head): merges the splits' partial softmax sums.
+template <typename T>
+__global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank, T* out) {
+  __shared__ float scale_s[max_splits];
+  __shared__ float inv_l;
+  const size_t th = blockIdx.x;
+  const float* base = partial + th * splits * (kv_rank + 2);
+  if (threadIdx.x < 32) {  // max_splits <= 32: one warp merges the softmax sums
+    const int s = threadIdx.x;
+    const float m = s < splits ? base[s * (kv_rank + 2) + kv_rank] : -INFINITY;
+    const float l = s < splits ? base[s * (kv_rank + 2) + kv_rank + 1] : 0.0f;
+    const float M = warp_max(m);
+    const float f = m == -INFINITY ? 0.0f : __expf(m - M);
+    const float L = warp_sum(l * f);
+    if (s < splits) scale_s[s] = f;
+    if (s == 0) inv_l = 1.0f / L;
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < kv_rank; c += blockDim.x) {
+    float v = 0;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) v += base[s * (kv_rank + 2) + c] * scale_s[s];
+    out[th * kv_rank + c] = from_float<T>(v * inv_l);
+  }
+}
+
+}  // namespace device
+
+template <typename T>
+void mla_prepare(const float* ckv, const float* norm_w, float eps, const T* q, const float2* rope_cs, bool interleave,
+                 const mla_dims& d, int n, const token_map& map, T* q_full, T* cache, cudaStream_t s) {
+  if (n == 0) return;
+  device::mla_prepare_kernel<T><<<n, 128, 0, s>>>(ckv, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache);
+  check_launch();
+}
+
+int mla_splits(int n, const mla_dims& d, int max_len) { return choose_splits(n, d, max_len); }
+
+size_t mla_partial_floats(int n, const mla_dims& d, int max_len) {
+  const int splits = choose_splits(n, d, max_len);
+  if (splits == 1) return 0;
+  return static_cast<size_t>(n) * d.heads * splits * (d.kv_rank + 2);
+}
+
+template <typename T>
+void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int max_len, const token_map& map,
+                float scale, float* partial, size_t partial_capacity, T* out, cudaStream_t s) {
+  if (n == 0) return;
+  if (d.kv_rank > threads * cols_per_thread)
+    throw std::runtime_error("the attention kernel holds kv_lora_rank up to " + std::to_string(threads * cols_per_thread) +
+                             ", the model has " + std::to_string(d.kv_rank));
+  const int splits = choose_splits(n, d, max_len);
+  if (splits > 1 && partial_capacity < mla_partial_floats(n, d, max_len))
+    throw std::logic_error("mla_attend: the partial scratch is too small");
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(head_groups(d)), static_cast<unsigned>(splits));
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (d.kv_rank == device::tc::rank && d.width() % 16 == 0) {
+      const int PW = d.width() + 8;
+      const size_t smem = sizeof(bf16) * (static_cast<size_t>(16 + device::tc::keys) * PW + 16 * device::tc::p_pitch) +
+                          sizeof(float) * (16 * device::tc::keys + 48);
+      check(cudaFuncSetAttribute(device::mla_attend_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(smem)));
+      device::mla_attend_tc_kernel<<<grid, device::tc::warps * 32, smem, s>>>(q_full, cache, d, map, scale, partial, out);
+      check_launch();
+      if (splits > 1) {
+        device::mla_combine_kernel<T><<<static_cast<unsigned>(n * d.heads), 256, 0, s>>>(partial, splits, d.kv_rank, out);
+        check_launch();
+      }
+      return;
+    }
+  }
+  const int P = d.width() + 1;
+  const size_t smem =
+      sizeof(float) * (static_cast<size_t>(heads_per_block + keys_per_tile) * P + heads_per_block * keys_per_tile + heads_per_block);
+  check(cudaFuncSetAttribute(device::mla_attend_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem)));
+  device::mla_attend_kernel<T><<<grid, threads, smem, s>>>(q_full, cache, d, map, scale, partial, out);
+  check_launch();
+  if (splits > 1) {
+    device::mla_combine_kernel<T><<<static_cast<unsigned>(n * d.heads), 256, 0, s>>>(partial, splits, d.kv_rank, out);
+    check_launch();
+  }
+}
+
+#define TOLLGATE_INSTANTIATE(T)                                                                                  \
+  template void mla_prepare<T>(const float*, const float*, float, const T*, const float2*, bool, const mla_dims&, int, \
+                               const token_map&, T*, T*, cudaStream_t);                                            \
+  template void mla_attend<T>(const T*, const T*, const mla_dims&, int, int, const token_map&, float, float*, size_t, \
+                              T*, cudaStream_t);
+TOLLGATE_INSTANTIATE(float)
+TOLLGATE_INSTANTIATE(bf16)
+#undef TOLLGATE_INSTANTIATE
+
+}  // namespace tollgate::engine::cuda

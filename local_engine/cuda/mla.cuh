@@ -1,0 +1,50 @@
+// Multi-head latent attention on the paged latent cache, in DeepSeek's absorbed form: the cache
+// holds per position only the normalised latent (kv_lora_rank values) and the rotated rope key
+// (qk_rope_head_dim values); W_UK is folded into the query before attention and W_UV applied to
+// the attended latent after it, so prefill and decode read the same compressed cache.
+#pragma once
+
+#include <cstdint>
+
+#include "local_engine/cuda/common.cuh"
+
+namespace tollgate::engine::cuda {
+
+/// Where each new token of a batch lives: its position in its sequence, its cache slot
+/// (block * block_size + position % block_size) and its sequence's block table.
+struct token_map {
+  const int32_t* pos = nullptr;
+  const int32_t* slot = nullptr;
+  const int32_t* table = nullptr;      ///< all block tables, one after another
+  const int32_t* table_off = nullptr;  ///< per token: where its sequence's block table starts in `table`
+  int block_size = 0;
+};
+
+struct mla_dims {
+  int heads = 0, kv_rank = 0, rope_dim = 0, nope_dim = 0, qk_dim = 0;
+  __host__ __device__ int width() const { return kv_rank + rope_dim; }  ///< values a cached position holds
+};
+
+/// For n tokens: normalises the latent part of ckv ([n, kv_rank + rope_dim], float) with norm_w
+/// and writes it, with the rope key rotated, to the cache at each token's slot; rotates every
+/// head's rope part of q ([n, heads * qk_dim]) into q_full[t, h, kv_rank:] ([n, heads, width]).
+/// rope_cs holds (cos, sin) pairs [max_positions, rope_dim / 2], the YaRN factor applied.
+template <typename T>
+void mla_prepare(const float* ckv, const float* norm_w, float eps, const T* q, const float2* rope_cs, bool interleave,
+                 const mla_dims& d, int n, const token_map& map, T* q_full, T* cache, cudaStream_t s);
+
+/// Causal attention of n tokens over their sequences' cached positions 0..pos: scores are
+/// (q_full . cached) * scale over `width` values, the output is the attended latent [n, heads,
+/// kv_rank] in T. `partial` (scratch of partial_floats(n, d, max_len) floats) lets long contexts
+/// split across blocks when the batch is small.
+template <typename T>
+void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int max_len, const token_map& map,
+                float scale, float* partial, size_t partial_capacity, T* out, cudaStream_t s);
+
+/// The scratch that mla_attend may use for n tokens whose longest context is max_len.
+size_t mla_partial_floats(int n, const mla_dims& d, int max_len);
+
+/// How many blocks share one token's context in mla_attend (1: no split).
+int mla_splits(int n, const mla_dims& d, int max_len);
+
+}  // namespace tollgate::engine::cuda

@@ -1,0 +1,372 @@
+#include "local_engine/cuda/moe.cuh"
+
+#include <algorithm>
+#include <stdexcept>
+#include <type_traits>
+
+namespace tollgate::engine::cuda {
+
+namespace device {
+
+// The larger of two (value, index) pairs; ties go to the lower index, as on the CPU.
+__device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
+  if (v2 > v || (v2 == v && i2 < i) || i < 0) {
+    v = v2;
+    i = i2;
+  }
+}
+
+__device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* si) {
+  for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) {
+    sv[warp] = v;
+    si[warp] = i;
+  }
+  __syncthreads();
+  v = -INFINITY;
+  i = -1;
+  if (lane < warps) {
+    v = sv[lane];
+    i = si[lane];
+  }
+  for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+}
+
+// One block per token; experts <= 1024, groups <= 64, top_k <= 32.
+__global__ void route_kernel(const float* logits, const float* bias, router_config c, int32_t* ids, float* weights) {
+  extern __shared__ float sm[];
+  float* score = sm;                 // [experts]
+  float* choice = score + c.experts;  // [experts]
+  float* gscore = choice + c.experts;  // [groups]
+  __shared__ float sv[32], red[32];
+  __shared__ int si[32];
+  __shared__ int keep_group[64];
+  const float* row = logits + static_cast<size_t>(blockIdx.x) * c.experts;
+  float mx = -INFINITY;
+  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) mx = fmaxf(mx, row[e]);
+  if (!c.sigmoid) mx = block_max(mx, red);
+  float sum = 0;
+  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) {
+    const float v = c.sigmoid ? 1.0f / (1.0f + expf(-row[e])) : expf(row[e] - mx);
+    score[e] = v;
+    sum += v;
+  }
+  if (!c.sigmoid) {
+    const float inv = 1.0f / block_sum(sum, red);
+    for (int e = threadIdx.x; e < c.experts; e += blockDim.x) score[e] *= inv;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) choice[e] = score[e] + (c.sigmoid && bias ? bias[e] : 0.0f);
+  __syncthreads();
+  if (c.grouped) {
+    const int per = c.experts / c.groups;
+    for (int g = threadIdx.x; g < c.groups; g += blockDim.x) {
+      float b1 = -INFINITY, b2 = -INFINITY;
+      for (int i = 0; i < per; ++i) {
+        const float v = c.group_by_top2 ? choice[g * per + i] : score[g * per + i];
+        if (v > b1) {
+          b2 = b1;
+          b1 = v;
+        } else if (v > b2) {
+          b2 = v;
+        }
+      }
+      gscore[g] = c.group_by_top2 ? b1 + b2 : b1;
+      keep_group[g] = 0;
+    }
+    __syncthreads();
+    for (int k = 0; k < c.top_groups; ++k) {
+      float v = -INFINITY;
+      int i = -1;
+      for (int g = threadIdx.x; g < c.groups; g += blockDim.x) better(v, i, gscore[g], g);
+      block_argmax(v, i, sv, si);
+      if (threadIdx.x == 0) {
+        keep_group[i] = 1;
+        gscore[i] = -INFINITY;
+      }
+      __syncthreads();
+    }
+    const float masked = c.sigmoid ? -INFINITY : 0.0f;
+    for (int e = threadIdx.x; e < c.experts; e += blockDim.x)
+      if (!keep_group[e / per]) choice[e] = masked;
+    __syncthreads();
+  }
+  __shared__ int chosen[32];
+  __shared__ unsigned char taken[1024];
+  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) taken[e] = 0;
+  __syncthreads();
+  for (int k = 0; k < c.top_k; ++k) {
+    float v = -INFINITY;
+    int i = -1;
+    for (int e = threadIdx.x; e < c.experts; e += blockDim.x)
+      if (!taken[e]) better(v, i, choice[e], e);
+    block_argmax(v, i, sv, si);
+    if (threadIdx.x == 0) {
+      chosen[k] = i;
+      taken[i] = 1;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    float wsum = 0;
+    for (int k = 0; k < c.top_k; ++k) wsum += score[chosen[k]];
+    const float den = wsum + 1e-20f;
+    for (int k = 0; k < c.top_k; ++k) {
+      float w = score[chosen[k]];
+      if (c.normalise) w /= den;
+      ids[blockIdx.x * c.top_k + k] = chosen[k];
+      weights[blockIdx.x * c.top_k + k] = w * c.scaling;
+    }
+  }
+}
+
+// Inclusive prefix sum over the block's 1024 threads.
+__device__ int32_t block_scan(int32_t v, int32_t* buf) {
+  const int e = threadIdx.x;
+  buf[e] = v;
+  __syncthreads();
+  for (int o = 1; o < 1024; o <<= 1) {
+    const int32_t add = e >= o ? buf[e - o] : 0;
+    __syncthreads();
+    buf[e] += add;
+    __syncthreads();
+  }
+  const int32_t r = buf[e];
+  __syncthreads();
+  return r;
+}
+
+// One block of 1024 threads: counts per expert in shared memory, their exclusive sums, the list of
+// experts with rows, then each slot's place in its expert's rows (experts <= 1024).
+__global__ void __launch_bounds__(1024) group_kernel(const int32_t* ids, int total, int top_k, int experts,
+                                                     int32_t* offsets, int32_t* active, int32_t* row_token,
+                                                     int32_t* slot_row) {
+  __shared__ int32_t count[1024], cursor[1024], buf[1024];
+  const int e = threadIdx.x;
+  count[e] = 0;
+  __syncthreads();
+  for (int k = threadIdx.x; k < total; k += blockDim.x) atomicAdd(&count[ids[k]], 1);
+  __syncthreads();
+  const int32_t n = e < experts ? count[e] : 0;
+  const int32_t incl = block_scan(n, buf);
+  cursor[e] = incl - n;
+  if (e < experts) offsets[e] = incl - n;
+  if (e == experts - 1) offsets[experts] = incl;
+  const int32_t rank = block_scan(n > 0 ? 1 : 0, buf);
+  if (n > 0) active[rank] = e;  // active[0] holds the count, the list follows
+  if (e == experts - 1) active[0] = rank;
+  __syncthreads();
+  for (int k = threadIdx.x; k < total; k += blockDim.x) {
+    const int32_t r = atomicAdd(&cursor[ids[k]], 1);
+    row_token[r] = k / top_k;
+    slot_row[k] = r;
+  }
+}
+
+template <typename T>
+struct vec8 {
+  float v[8];
+  __device__ __forceinline__ void load(const T* p);
+};
+template <>
+__device__ __forceinline__ void vec8<bf16>::load(const bf16* p) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+template <>
+__device__ __forceinline__ void vec8<float>::load(const float* p) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+constexpr int gemv_rows = 8;  // rows of one expert a warp carries at once
+
+// grid (N / 8, experts), 8 warps: warp w computes column blockIdx.x * 8 + w for every row of the
+// expert, streaming the weight row once per 8 rows.
+template <typename T, bool vectorised>
+__global__ void expert_gemv_kernel(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets,
+                                   const int32_t* active, int N, int K, float* out) {
+  if (static_cast<int>(blockIdx.y) >= active[0]) return;
+  const int e = active[1 + blockIdx.y];
+  const int r0 = offsets[e], r1 = offsets[e + 1];
+  const int n = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (n >= N) return;
+  const T* w = W + (static_cast<size_t>(e) * N + n) * K;
+  for (int rb = r0; rb < r1; rb += gemv_rows) {
+    const int nr = min(gemv_rows, r1 - rb);
+    float acc[gemv_rows];
+#pragma unroll
+    for (int r = 0; r < gemv_rows; ++r) acc[r] = 0;
+    if constexpr (vectorised) {
+#pragma unroll 4
+      for (int k = lane * 8; k < K; k += 256) {
+        vec8<T> wv;
+        wv.load(w + k);
+#pragma unroll
+        for (int r = 0; r < gemv_rows; ++r) {
+          if (r < nr) {
+            vec8<T> xv;
+            xv.load(x + static_cast<size_t>(x_rows ? x_rows[rb + r] : rb + r) * K + k);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[r] += wv.v[i] * xv.v[i];
+          }
+        }
+      }
+    } else {
+      for (int k = lane; k < K; k += 32) {
+        const float wk = to_float(w[k]);
+#pragma unroll
+        for (int r = 0; r < gemv_rows; ++r)
+          if (r < nr) acc[r] += wk * to_float(x[static_cast<size_t>(x_rows ? x_rows[rb + r] : rb + r) * K + k]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < gemv_rows; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0 && r < nr) out[static_cast<size_t>(rb + r) * N + n] = v;
+    }
+  }
+}
+
+// bf16 tensor cores for the same product: mma.m16n8k16, 16 rows of an expert against 8 columns an
+// n-tile. Each lane reads 16 bytes of a weight row at a time (k0 + 8q .. + 8); the 32 k values of a
+// chunk feed two mma steps, with the same k order in A and B, so every weight byte is read once.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Weights are read once a step: keep them out of L1, where the rows of x are reused.
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+constexpr int mma_tiles = 2;   // n-tiles of 8 columns a warp carries
+constexpr int mma_warps = 4;   // a block: 4 warps, 64 columns
+constexpr int mma_ahead = 4;   // 32-value chunks whose loads are issued before their products
+
+// Work items are (active expert, 64-column slice); a persistent grid walks them, so the last wave
+// is never a mostly idle one. K % 32 == 0 and N % 8 == 0.
+__global__ void __launch_bounds__(128, 4) expert_mma_kernel(const bf16* W, const bf16* x, const int32_t* x_rows,
+                                                         const int32_t* offsets, const int32_t* active, int N, int K,
+                                                         int slices, int max_active, float* out) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int units = K / 8;  // 16-byte units of a row
+  const int n_active = active[0];
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int item = blockIdx.x; item < max_active * slices; item += gridDim.x) {
+    const int y = item / slices, slice = item % slices;
+    if (y >= n_active) break;  // items are ordered by y: the rest are idle too
+    const int e = active[1 + y];
+    const int r0 = offsets[e], r1 = offsets[e + 1];
+    const int n_base = (slice * mma_warps + warp) * 8 * mma_tiles;
+    if (n_base >= N) continue;
+    const bf16* w = W + static_cast<size_t>(e) * N * K;
+    const uint4* wrow[mma_tiles];
+#pragma unroll
+    for (int t = 0; t < mma_tiles; ++t) {
+      const int n = min(n_base + t * 8 + g, N - 1);
+      wrow[t] = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n) * K);
+    }
+    for (int rb = r0; rb < r1; rb += 16) {
+      const int ra = rb + g, rc = rb + g + 8;
+      const bool va = ra < r1, vc = rc < r1;
+      const int xa_row = va ? ra : r0, xc_row = vc ? rc : r0;
+      const uint4* xa = reinterpret_cast<const uint4*>(x + static_cast<size_t>(x_rows ? x_rows[xa_row] : xa_row) * K);
+      const uint4* xc = reinterpret_cast<const uint4*>(x + static_cast<size_t>(x_rows ? x_rows[xc_row] : xc_row) * K);
+      float c[mma_tiles][4];
+#pragma unroll
+      for (int t = 0; t < mma_tiles; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0;
+      for (int k = 0; k < units; k += 4 * mma_ahead) {
+        uint4 A[mma_ahead], C[mma_ahead], B[mma_ahead][mma_tiles];
+#pragma unroll
+        for (int u = 0; u < mma_ahead; ++u) {
+          const int at = k + 4 * u + q;
+          const bool in = k + 4 * u < units;
+          A[u] = va && in ? xa[at] : zero;
+          C[u] = vc && in ? xc[at] : zero;
+#pragma unroll
+          for (int t = 0; t < mma_tiles; ++t) B[u][t] = in ? load_streaming(wrow[t] + at) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < mma_ahead; ++u) {
+#pragma unroll
+          for (int t = 0; t < mma_tiles; ++t) {
+            mma_bf16(c[t], A[u].x, C[u].x, A[u].y, C[u].y, B[u][t].x, B[u][t].y);
+            mma_bf16(c[t], A[u].z, C[u].z, A[u].w, C[u].w, B[u][t].z, B[u][t].w);
+          }
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < mma_tiles; ++t) {
+        const int col = n_base + t * 8 + 2 * q;
+        if (col >= N) continue;
+        if (va) out[static_cast<size_t>(ra) * N + col] = c[t][0], out[static_cast<size_t>(ra) * N + col + 1] = c[t][1];
+        if (vc) out[static_cast<size_t>(rc) * N + col] = c[t][2], out[static_cast<size_t>(rc) * N + col + 1] = c[t][3];
+      }
+    }
+  }
+}
+
+}  // namespace device
+
+void route(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
+           float* weights, cudaStream_t s) {
+  if (n == 0) return;
+  if (c.experts > 1024 || c.groups > 64 || c.top_k > 32)
+    throw std::runtime_error("the GPU router takes up to 1024 experts, 64 groups and top 32");
+  const size_t smem = sizeof(float) * (2 * static_cast<size_t>(c.experts) + c.groups);
+  device::route_kernel<<<n, 256, smem, s>>>(logits, correction_bias, c, ids, weights);
+  check_launch();
+}
+
+void group_by_expert(const int32_t* ids, int n, int top_k, int experts, int32_t* offsets, int32_t* active,
+                     int32_t* row_token, int32_t* slot_row, cudaStream_t s) {
+  device::group_kernel<<<1, 1024, 0, s>>>(ids, n * top_k, top_k, experts, offsets, active, row_token, slot_row);
+  check_launch();
+}
+
+template <typename T>
+void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets, const int32_t* active,
+                 int max_active, int N, int K, float* out, cudaStream_t s) {
+  if (max_active == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (K % 32 == 0 && N % 8 == 0) {
+      const int cols = 8 * device::mma_tiles * device::mma_warps;
+      const int slices = (N + cols - 1) / cols;
+      int device_id = 0, sms = 0;
+      check(cudaGetDevice(&device_id));
+      check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
+      const int items = slices * max_active, grid = std::min(items, sms * 4);
+      device::expert_mma_kernel<<<grid, 128, 0, s>>>(W, x, x_rows, offsets, active, N, K, slices, max_active, out);
+      check_launch();
+      return;
+    }
+  }
+  const dim3 grid(static_cast<unsigned>((N + 7) / 8), static_cast<unsigned>(max_active));
+  if (K % 8 == 0) device::expert_gemv_kernel<T, true><<<grid, 256, 0, s>>>(W, x, x_rows, offsets, active, N, K, out);
+  else device::expert_gemv_kernel<T, false><<<grid, 256, 0, s>>>(W, x, x_rows, offsets, active, N, K, out);
+  check_launch();
+}
+
+template void expert_gemv<float>(const float*, const float*, const int32_t*, const int32_t*, const int32_t*, int, int,
+                                 int, float*, cudaStream_t);
+template void expert_gemv<bf16>(const bf16*, const bf16*, const int32_t*, const int32_t*, const int32_t*, int, int, int,
+                                float*, cudaStream_t);
+
+}  // namespace tollgate::engine::cuda

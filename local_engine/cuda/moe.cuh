@@ -1,0 +1,41 @@
+// DeepSeekMoE on the GPU: the router (softmax or sigmoid with the correction bias, group-limited
+// top-k, normalisation, scaling), the permutation that groups a batch's token slots by expert, and
+// a grouped product that reads each chosen expert's weights once for all of its rows. The
+// weighted sum of the experts' rows is taken by the next RMSNorm (elementwise.cuh, moe_sum).
+#pragma once
+
+#include <cstdint>
+
+#include "local_engine/cuda/common.cuh"
+
+namespace tollgate::engine::cuda {
+
+struct router_config {
+  int experts = 0, top_k = 0, groups = 1, top_groups = 1;
+  bool sigmoid = false;   ///< V3 scoring (else softmax)
+  bool grouped = false;   ///< group-limited selection
+  bool group_by_top2 = false;  ///< V3: a group's score is the sum of its two best biased scores (else its best score)
+  bool normalise = false;
+  float scaling = 1.0f;
+};
+
+/// logits [n, experts] -> ids [n, top_k] and weights [n, top_k], as the CPU route_token() does.
+void route(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
+           float* weights, cudaStream_t s);
+
+/// Groups the n * top_k slots by expert, in one block: offsets [experts + 1] (exclusive sums of
+/// the rows each expert got), active [experts + 1]: how many experts have rows, then their ids;
+/// row_token [n * top_k]: the token of each grouped row; slot_row [n * top_k]: the grouped row of
+/// slot (t, k).
+void group_by_expert(const int32_t* ids, int n, int top_k, int experts, int32_t* offsets, int32_t* active,
+                     int32_t* row_token, int32_t* slot_row, cudaStream_t s);
+
+/// out[r, :] = W[e] x[a(r), :] for the rows r of each expert e that `active` lists (offsets as
+/// above), where a(r) = x_rows ? x_rows[r] : r: W is [experts, N, K] in T, x in T, out [rows, N]
+/// in float. max_active bounds the list's length (min(experts, rows)), so no block is launched
+/// for an expert without rows. bf16 with K % 32 == 0 and N % 8 == 0 runs on tensor cores.
+template <typename T>
+void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets, const int32_t* active,
+                 int max_active, int N, int K, float* out, cudaStream_t s);
+
+}  // namespace tollgate::engine::cuda

@@ -1,0 +1,761 @@
+// The CUDA forward: weights uploaded once (float32 or bf16), a paged latent KV pool in GPU memory,
+// and one forward over a whole batch of sequences. Dense products go through cuBLAS; attention,
+// norms, rope, routing, the grouped expert products and sampling are the kernels in cuda/.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <tuple>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "local_engine/checkpoint_layout.hpp"
+#include "local_engine/cuda/elementwise.cuh"
+#include "local_engine/cuda/mla.cuh"
+#include "local_engine/cuda/moe.cuh"
+#include "local_engine/cuda/sampling.cuh"
+#include "local_engine/forward_backend.hpp"
+#include "local_engine/safetensors.hpp"
+
+namespace tollgate::engine {
+
+namespace {
+
+using cuda::bf16;
+using cuda::check;
+
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLAS ") + what + " failed: " + cublasGetStatusString(s));
+}
+
+// Norms inside attention keep the modeling code's default epsilon (as the CPU path does).
+constexpr float latent_norm_eps = 1e-6f;
+// Batches of at most this many tokens run the routed experts as grouped matrix-vector products
+// with no host round trip; larger ones read the expert counts back and use cuBLAS per expert.
+constexpr int gemv_token_limit = 256;
+
+/// A device allocation that only grows. Every move to a new address bumps `moves`, so graphs
+/// captured over the old address are known to be stale.
+class device_buffer {
+ public:
+  static inline std::atomic<uint64_t> moves{0};
+  device_buffer() = default;
+  device_buffer(const device_buffer&) = delete;
+  device_buffer& operator=(const device_buffer&) = delete;
+  ~device_buffer() {
+    if (p_) cudaFree(p_);
+  }
+  void* reserve(size_t bytes) {
+    if (bytes > bytes_) {
+      if (p_) check(cudaFree(p_));
+      p_ = nullptr;
+      const size_t want = std::max(bytes, bytes_ + bytes_ / 2);
+      check(cudaMalloc(&p_, want));
+      bytes_ = want;
+      moves.fetch_add(1, std::memory_order_relaxed);
+    }
+    return p_;
+  }
+  template <typename U>
+  U* as(size_t count) {
+    return static_cast<U*>(reserve(std::max<size_t>(count, 1) * sizeof(U)));
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+template <typename T>
+constexpr cudaDataType_t data_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  else return CUDA_R_16BF;
+}
+
+template <typename T>
+struct mat {
+  T* w = nullptr;
+  int rows = 0, cols = 0;
+};
+
+template <typename T>
+struct layer_weights {
+  float *input_norm = nullptr, *post_norm = nullptr, *q_a_norm = nullptr, *kv_a_norm = nullptr;
+  float *q_a_bias = nullptr, *kv_a_bias = nullptr, *o_bias = nullptr;
+  mat<T> q_a, q_b, q_proj, kv_a, kv_b, o;
+  bool moe = false;
+  mat<T> dense_gate_up, dense_down;  // gate rows then up rows: [2I, H]
+  mat<T> router;
+  float* score_bias = nullptr;
+  T* experts_gate_up = nullptr;  // [E, 2I, H]
+  T* experts_down = nullptr;     // [E, H, I]
+  bool has_shared = false;
+  mat<T> shared_gate_up, shared_down;
+};
+
+uint64_t name_seed(const std::string& s, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+int parse_device(const std::string& device) {
+  if (device != "cuda" && device.rfind("cuda:", 0) != 0) throw std::runtime_error("device '" + device + "' is not cuda:N");
+  const std::string n = device == "cuda" ? "0" : device.substr(5);
+  if (n.empty() || n.size() > 3 || !std::all_of(n.begin(), n.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+    throw std::runtime_error("device '" + device + "' is not cuda:N");
+  const int index = std::stoi(n);
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess)
+    throw std::runtime_error("device '" + device + "': no CUDA device is usable here (" + cudaGetErrorString(e) + ")");
+  if (index >= count)
+    throw std::runtime_error("device '" + device + "': no such GPU (" + std::to_string(count) + " found)");
+  return index;
+}
+
+template <typename T>
+class cuda_backend final : public forward_backend {
+ public:
+  cuda_backend(const model_config& c, const std::string& dir, const backend_options& opt)
+      : c_(c), device_(parse_device(opt.device)), dims_{c.num_attention_heads, c.kv_lora_rank, c.qk_rope_head_dim,
+                                                        c.qk_nope_head_dim, c.qk_head_dim()} {
+    const auto t0 = std::chrono::steady_clock::now();
+    check(cudaSetDevice(device_));
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    check_blas(cublasCreate(&blas_), "create");
+    check_blas(cublasSetStream(blas_, stream_), "set stream");
+    // A workspace of its own, so that products captured into graphs never allocate.
+    check(cudaMalloc(&blas_workspace_, blas_workspace_bytes));
+    check_blas(cublasSetWorkspace(blas_, blas_workspace_, blas_workspace_bytes), "set workspace");
+    if (c.kv_lora_rank > 512)
+      throw std::runtime_error("the CUDA attention holds kv_lora_rank up to 512; the checkpoint has " +
+                               std::to_string(c.kv_lora_rank));
+    if (c.qk_rope_head_dim % 2 != 0) throw std::runtime_error("qk_rope_head_dim must be even");
+    if (c.n_routed_experts > 1024 || c.n_group > 64 || c.num_experts_per_tok > 32)
+      throw std::runtime_error("the CUDA router takes up to 1024 experts, 64 groups and top 32");
+    if (opt.random_weights_seed) make_random_weights(*opt.random_weights_seed);
+    else load_weights(dir);
+    upload_rope();
+    make_pool(opt);
+    check(cudaStreamSynchronize(stream_));
+    load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, device_));
+    gpu_name_ = prop.name;
+  }
+
+  ~cuda_backend() override {
+    cudaSetDevice(device_);
+    if (stream_) cudaStreamSynchronize(stream_);
+    for (auto& [k, exec] : graphs_) cudaGraphExecDestroy(exec);
+    for (void* p : allocations_) cudaFree(p);
+    if (blas_) cublasDestroy(blas_);
+    if (blas_workspace_) cudaFree(blas_workspace_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  kv_pool_shape kv_pool() const override { return pool_shape_; }
+  std::string device() const override { return "cuda:" + std::to_string(device_); }
+  std::string describe() const override {
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "cuda:%d (%s), %s, weights %.2f GB, loaded in %.1f s; KV pool %zu blocks of %d positions (%zu tokens, "
+                  "%.2f GB)",
+                  device_, gpu_name_.c_str(), std::is_same_v<T, float> ? "float32" : "bfloat16", weight_bytes_ / 1e9,
+                  load_seconds_, pool_shape_.blocks, pool_shape_.block_size,
+                  pool_shape_.blocks * static_cast<size_t>(pool_shape_.block_size),
+                  static_cast<double>(pool_shape_.blocks * pool_shape_.bytes_per_block) / 1e9);
+    return line;
+  }
+
+  void forward(std::span<const batch_item> batch, batch_result& out) override {
+    check(cudaSetDevice(device_));
+    plan_batch(batch);
+    const int N = static_cast<int>(tokens_.size()), S = static_cast<int>(rows_.size());
+    out.tokens.assign(batch.size(), -1);
+    out.logits.clear();
+    if (N == 0) return;
+    upload_meta();
+    run_or_replay(N, S);
+    const int V = c_.vocab_size;
+    const float* logits = ws_logits_.as<float>(static_cast<size_t>(S) * V);
+    const int32_t* picked = ws_picked_.as<int32_t>(static_cast<size_t>(S));
+    picked_host_.resize(static_cast<size_t>(S));
+    check(cudaMemcpyAsync(picked_host_.data(), picked, sizeof(int32_t) * S, cudaMemcpyDeviceToHost, stream_));
+    if (want_logits_) {
+      logits_host_.resize(static_cast<size_t>(S) * V);
+      check(cudaMemcpyAsync(logits_host_.data(), logits, sizeof(float) * S * static_cast<size_t>(V),
+                            cudaMemcpyDeviceToHost, stream_));
+    }
+    check(cudaStreamSynchronize(stream_));
+    for (size_t r = 0; r < rows_.size(); ++r) {
+      const auto& row = row_info_[r];
+      if (row.sample) out.tokens[row.item] = picked_host_[r];
+      if (row.logits)
+        out.logits.insert(out.logits.end(), logits_host_.begin() + static_cast<ptrdiff_t>(r * V),
+                          logits_host_.begin() + static_cast<ptrdiff_t>((r + 1) * V));
+    }
+  }
+
+ private:
+  /// A batch shape whose forward was captured as a CUDA graph: the kernels and their arguments
+  /// depend only on these (the batch's tokens and tables are in the metadata buffer).
+  using graph_key = std::tuple<int, int, int>;  // tokens, rows that get logits, attention splits
+
+  /// Decode-sized batches (no host round trip inside) replay a graph of their shape: captured the
+  /// second time a shape is seen, after an eager run has sized every scratch buffer. Launches a
+  /// step would pay one by one (about 25 a layer) become one.
+  void run_or_replay(int N, int S) {
+    const bool graphable = graphs_enabled_ && N <= gemv_token_limit;
+    if (!graphable) {
+      enqueue_forward(N, S);
+      return;
+    }
+    if (graph_moves_ != device_buffer::moves.load(std::memory_order_relaxed)) drop_graphs();
+    const graph_key key{N, S, cuda::mla_splits(N, dims_, max_len_)};
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (seen_.insert(key).second || graphs_.size() >= 256) {
+        enqueue_forward(N, S);
+        return;
+      }
+      cudaGraph_t graph = nullptr;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        enqueue_forward(N, S);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(e);
+      if (graph_moves_ != device_buffer::moves.load(std::memory_order_relaxed)) {
+        // A buffer moved while capturing: this graph (and any older) may point at freed memory.
+        cudaGraphExecDestroy(exec);
+        drop_graphs();
+        enqueue_forward(N, S);
+        return;
+      }
+      it = graphs_.emplace(key, exec).first;
+    }
+    check(cudaGraphLaunch(it->second, stream_));
+  }
+
+  void drop_graphs() {
+    for (auto& [k, exec] : graphs_) cudaGraphExecDestroy(exec);
+    graphs_.clear();
+    seen_.clear();
+    graph_moves_ = device_buffer::moves.load(std::memory_order_relaxed);
+  }
+
+  /// Every kernel and product of one forward, queued on stream_.
+  void enqueue_forward(int N, int S) {
+    const int H = c_.hidden_size;
+    float* x = ws_x_.as<float>(static_cast<size_t>(N) * H);
+    float* y = ws_y_.as<float>(static_cast<size_t>(N) * H);
+    T* h = ws_h_.as<T>(static_cast<size_t>(N) * H);
+    cuda::embed<T>(embed_.w, d_tokens_, N, H, x, stream_);
+    const float eps = static_cast<float>(c_.rms_norm_eps);
+    // A layer's MLP output is added to the residual stream by the next norm: y for a dense MLP,
+    // the experts' weighted rows (summed there) for a MoE layer.
+    cuda::moe_sum pending;
+    const float* add = nullptr;
+    for (int l = 0; l < c_.num_hidden_layers; ++l) {
+      const auto& L = layers_[static_cast<size_t>(l)];
+      cuda::rmsnorm<T>(x, add, pending, nullptr, L.input_norm, eps, H, N, nullptr, h, stream_);
+      attention(L, l, h, N, y);
+      cuda::rmsnorm<T>(x, y, {}, nullptr, L.post_norm, eps, H, N, nullptr, h, stream_);
+      if (L.moe) {
+        pending = moe(L, h, N);
+        add = nullptr;
+      } else {
+        mlp(L.dense_gate_up, L.dense_down, h, N, y);
+        pending = {};
+        add = y;
+      }
+    }
+    // Only the rows that need logits go through the final norm and the head.
+    T* hs = ws_hs_.as<T>(static_cast<size_t>(S) * H);
+    cuda::rmsnorm<T>(x, add, pending, nullptr, final_norm_, eps, H, S, d_rows_, hs, stream_);
+    const int V = c_.vocab_size;
+    float* logits = ws_logits_.as<float>(static_cast<size_t>(S) * V);
+    gemm(hs, S, lm_head_, logits, CUDA_R_32F);
+    int32_t* picked = ws_picked_.as<int32_t>(static_cast<size_t>(S));
+    cuda::sample_rows(logits, V, d_params_, S, picked, stream_);
+  }
+
+  struct row_meta {
+    size_t item = 0;
+    bool sample = false, logits = false;
+  };
+
+  template <typename U>
+  U* alloc(size_t count) {
+    void* p = nullptr;
+    check(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(U)));
+    allocations_.push_back(p);
+    weight_bytes_ += count * sizeof(U);
+    return static_cast<U*>(p);
+  }
+
+  // ---- weights -------------------------------------------------------------------------------
+
+  /// Reads a tensor as fp32, checks its shape, and converts it on the device into dst.
+  void upload(const tensor_store& store, const std::string& name, const std::vector<int64_t>& shape, T* dst) {
+    const f32_tensor t = store.read(name, shape);
+    const size_t n = static_cast<size_t>(t.numel());
+    if constexpr (std::is_same_v<T, float>) {
+      check(cudaMemcpyAsync(dst, t.data, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    } else {
+      float* staging = staging_.as<float>(n);
+      check(cudaMemcpyAsync(staging, t.data, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+      cuda::convert<T>(staging, n, dst, stream_);
+    }
+    check(cudaStreamSynchronize(stream_));  // the host tensor is released when t goes
+  }
+  float* upload_f32(const tensor_store& store, const std::string& name, int64_t n) {
+    const f32_tensor t = store.read(name, {n});
+    float* d = alloc<float>(static_cast<size_t>(n));
+    check(cudaMemcpy(d, t.data, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+  }
+
+  // The tensors every layer has, in one place for both weight sources. `matrix(name, rows, cols,
+  // dst)` fills dst (rows x cols of T); `vector(name, n)` gives an fp32 device vector.
+  template <typename MatrixFn, typename VectorFn, typename ProbeFn>
+  void build_layers(MatrixFn&& matrix, VectorFn&& vector, ProbeFn&& probe) {
+    const auto& c = c_;
+    const int H = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
+    auto mat_of = [&](const std::string& name, int rows, int cols) {
+      mat<T> m{alloc<T>(static_cast<size_t>(rows) * cols), rows, cols};
+      matrix(name, rows, cols, m.w);
+      return m;
+    };
+    // gate and up stacked into one [2I, H] matrix, so one product gives both.
+    auto gate_up = [&](const std::string& p, int inter) {
+      mat<T> m{alloc<T>(2 * static_cast<size_t>(inter) * H), 2 * inter, H};
+      matrix(p + "gate_proj.weight", inter, H, m.w);
+      matrix(p + "up_proj.weight", inter, H, m.w + static_cast<size_t>(inter) * H);
+      return m;
+    };
+    embed_ = mat_of("model.embed_tokens.weight", c.vocab_size, H);
+    layers_.resize(static_cast<size_t>(c.num_hidden_layers));
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      auto& L = layers_[static_cast<size_t>(l)];
+      const std::string p = layer_prefix(l), a = p + "self_attn.";
+      L.input_norm = vector(p + "input_layernorm.weight", H);
+      L.post_norm = vector(p + "post_attention_layernorm.weight", H);
+      if (c.q_lora_rank > 0) {
+        L.q_a = mat_of(a + "q_a_proj.weight", c.q_lora_rank, H);
+        if (c.attention_bias) L.q_a_bias = vector(a + "q_a_proj.bias", c.q_lora_rank);
+        L.q_a_norm = vector(a + "q_a_layernorm.weight", c.q_lora_rank);
+        L.q_b = mat_of(a + "q_b_proj.weight", nh * qk, c.q_lora_rank);
+      } else {
+        L.q_proj = mat_of(a + "q_proj.weight", nh * qk, H);
+      }
+      L.kv_a = mat_of(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, H);
+      if (c.attention_bias) L.kv_a_bias = vector(a + "kv_a_proj_with_mqa.bias", c.kv_lora_rank + c.qk_rope_head_dim);
+      L.kv_a_norm = vector(a + "kv_a_layernorm.weight", c.kv_lora_rank);
+      L.kv_b = mat_of(a + "kv_b_proj.weight", nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+      L.o = mat_of(a + "o_proj.weight", H, nh * c.v_head_dim);
+      if (c.attention_bias) L.o_bias = vector(a + "o_proj.bias", H);
+      L.moe = c.is_moe_layer(l);
+      if (!L.moe) {
+        L.dense_gate_up = gate_up(p + "mlp.", c.intermediate_size);
+        L.dense_down = mat_of(p + "mlp.down_proj.weight", H, c.intermediate_size);
+        continue;
+      }
+      const int E = c.n_routed_experts, I = c.moe_intermediate_size;
+      L.router = mat_of(p + "mlp.gate.weight", E, H);
+      if (c.v3) L.score_bias = vector(p + "mlp.gate.e_score_correction_bias", E);
+      L.experts_gate_up = alloc<T>(static_cast<size_t>(E) * 2 * I * H);
+      L.experts_down = alloc<T>(static_cast<size_t>(E) * H * I);
+      if (probe(p + "mlp.experts.gate_up_proj")) {
+        // transformers 5's fused layout is already [E, 2I, H] (gate rows first) and [E, H, I].
+        matrix(p + "mlp.experts.gate_up_proj", -E, 2 * I, L.experts_gate_up);
+        matrix(p + "mlp.experts.down_proj", -E, H, L.experts_down);
+      } else {
+        for (int e = 0; e < E; ++e) {
+          const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
+          T* gu = L.experts_gate_up + static_cast<size_t>(e) * 2 * I * H;
+          matrix(ep + "gate_proj.weight", I, H, gu);
+          matrix(ep + "up_proj.weight", I, H, gu + static_cast<size_t>(I) * H);
+          matrix(ep + "down_proj.weight", H, I, L.experts_down + static_cast<size_t>(e) * H * I);
+        }
+      }
+      if (c.n_shared_experts > 0) {
+        L.has_shared = true;
+        const int Is = I * c.n_shared_experts;
+        L.shared_gate_up = gate_up(p + "mlp.shared_experts.", Is);
+        L.shared_down = mat_of(p + "mlp.shared_experts.down_proj.weight", H, Is);
+      }
+    }
+    final_norm_ = vector("model.norm.weight", H);
+    lm_head_ = c.tie_word_embeddings ? embed_ : mat_of("lm_head.weight", c.vocab_size, H);
+  }
+
+  void load_weights(const std::string& dir) {
+    const tensor_store store = tensor_store::open_dir(dir);
+    const int H = c_.hidden_size, I = c_.moe_intermediate_size;
+    build_layers(
+        [&](const std::string& name, int rows, int cols, T* dst) {
+          // rows < 0: a fused expert tensor of -rows experts, [E, cols, H or I].
+          if (rows < 0) {
+            const int64_t E = -rows;
+            const int64_t inner = name.ends_with("gate_up_proj") ? H : I;
+            upload(store, name, {E, cols, inner}, dst);
+          } else {
+            upload(store, name, {rows, cols}, dst);
+          }
+        },
+        [&](const std::string& name, int n) { return upload_f32(store, name, n); },
+        [&](const std::string& name) { return store.contains(name); });
+  }
+
+  /// Benchmark weights drawn on the device from a seed: matrices with the recipes' spread,
+  /// norms near one, biases small, no disk and no host memory.
+  void make_random_weights(uint64_t seed) {
+    const int H = c_.hidden_size, I = c_.moe_intermediate_size;
+    build_layers(
+        [&](const std::string& name, int rows, int cols, T* dst) {
+          const size_t n = rows < 0 ? static_cast<size_t>(-rows) * cols * (name.ends_with("gate_up_proj") ? H : I)
+                                    : static_cast<size_t>(rows) * cols;
+          cuda::fill_random<T>(dst, n, name_seed(name, seed), 0.0f, 0.02f, stream_);
+        },
+        [&](const std::string& name, int n) {
+          float* d = alloc<float>(static_cast<size_t>(n));
+          const bool norm = name.ends_with("layernorm.weight") || name == "model.norm.weight";
+          const bool correction = name.ends_with("e_score_correction_bias");
+          cuda::fill_random<float>(d, static_cast<size_t>(n), name_seed(name, seed), norm ? 1.0f : 0.0f,
+                                   norm ? 0.1f : (correction ? 0.0f : 0.05f), stream_);
+          return d;
+        },
+        [](const std::string&) { return false; });
+  }
+
+  void upload_rope() {
+    const rope_tables rt = compute_rope(c_);
+    const int half = c_.qk_rope_head_dim / 2;
+    const size_t P = static_cast<size_t>(c_.max_position_embeddings);
+    std::vector<float2> cs(P * static_cast<size_t>(half));
+    // As the CPU path computes them: a float angle, cos and sin in double, times the YaRN factor.
+    for (size_t p = 0; p < P; ++p)
+      for (int i = 0; i < half; ++i) {
+        const float angle = rt.inv_freq[static_cast<size_t>(i)] * static_cast<float>(p);
+        cs[p * half + i] = float2{static_cast<float>(std::cos(static_cast<double>(angle))) * rt.attention_factor,
+                                  static_cast<float>(std::sin(static_cast<double>(angle))) * rt.attention_factor};
+      }
+    rope_cs_ = alloc<float2>(cs.size());
+    check(cudaMemcpy(rope_cs_, cs.data(), cs.size() * sizeof(float2), cudaMemcpyHostToDevice));
+  }
+
+  void make_pool(const backend_options& opt) {
+    if (opt.kv_block_size < 1 || opt.kv_block_size > 4096) throw std::runtime_error("kv_block_size must be 1..4096");
+    const size_t per_block = static_cast<size_t>(c_.num_hidden_layers) * opt.kv_block_size * dims_.width() * sizeof(T);
+    size_t free_bytes = 0, total = 0;
+    check(cudaMemGetInfo(&free_bytes, &total));
+    // Room kept back for the forward's scratch buffers and cuBLAS.
+    const size_t reserve = std::min<size_t>(free_bytes / 4, size_t{4} << 30);
+    const size_t usable = free_bytes > reserve ? free_bytes - reserve : 0;
+    size_t bytes = 0;
+    if (opt.kv_cache_memory > 1) bytes = static_cast<size_t>(opt.kv_cache_memory);
+    else bytes = static_cast<size_t>(static_cast<double>(usable) * (opt.kv_cache_memory > 0 ? opt.kv_cache_memory : 0.9));
+    if (bytes > usable)
+      throw std::runtime_error("kv_cache_memory asks for " + std::to_string(bytes) + " bytes; " + std::to_string(usable) +
+                               " are free on " + opt.device + " after the weights");
+    const size_t blocks = bytes / per_block;
+    if (blocks == 0) throw std::runtime_error("kv_cache_memory holds no KV block of " + std::to_string(per_block) + " bytes");
+    void* p = nullptr;
+    check(cudaMalloc(&p, blocks * per_block));
+    allocations_.push_back(p);
+    pool_ = static_cast<T*>(p);
+    pool_shape_ = kv_pool_shape{opt.kv_block_size, blocks, per_block};
+  }
+
+  T* cache_layer(int l) const {
+    return pool_ + static_cast<size_t>(l) * pool_shape_.blocks * pool_shape_.block_size * dims_.width();
+  }
+
+  // ---- the batch ------------------------------------------------------------------------------
+
+  void plan_batch(std::span<const batch_item> batch) {
+    tokens_.clear(), pos_.clear(), slot_.clear(), table_off_.clear(), table_.clear(), rows_.clear(), row_info_.clear();
+    params_.clear();
+    want_logits_ = false;
+    max_len_ = 0;
+    const int bs = pool_shape_.block_size;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const batch_item& it = batch[i];
+      const size_t n = it.tokens.size();
+      if (n == 0) throw std::invalid_argument("batch item " + std::to_string(i) + " has no tokens");
+      const size_t end = it.start + n;
+      if (end > static_cast<size_t>(c_.max_position_embeddings))
+        throw std::invalid_argument("batch item " + std::to_string(i) + " runs past the context of " +
+                                    std::to_string(c_.max_position_embeddings));
+      if (it.blocks.size() * static_cast<size_t>(bs) < end)
+        throw std::invalid_argument("batch item " + std::to_string(i) + ": its block table covers " +
+                                    std::to_string(it.blocks.size() * bs) + " positions, it needs " + std::to_string(end));
+      for (int32_t b : it.blocks)
+        if (b < 0 || static_cast<size_t>(b) >= pool_shape_.blocks)
+          throw std::invalid_argument("block " + std::to_string(b) + " is outside the pool of " +
+                                      std::to_string(pool_shape_.blocks));
+      const int32_t off = static_cast<int32_t>(table_.size());
+      table_.insert(table_.end(), it.blocks.begin(), it.blocks.end());
+      max_len_ = std::max(max_len_, static_cast<int>(end));
+      for (size_t k = 0; k < n; ++k) {
+        const int32_t id = it.tokens[k];
+        if (id < 0 || id >= c_.vocab_size)
+          throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                                      std::to_string(c_.vocab_size));
+        const size_t p = it.start + k;
+        const bool last = k + 1 == n;
+        if ((it.logits && it.all_positions) || (last && (it.logits || it.sample))) {
+          rows_.push_back(static_cast<int32_t>(tokens_.size()));
+          row_info_.push_back(row_meta{i, last && it.sample != nullptr, it.logits});
+          cuda::sample_params sp;
+          if (last && it.sample) {
+            sp.temperature = it.sample->temperature;
+            sp.top_p = it.sample->top_p;
+            sp.top_k = it.sample->top_k;
+            sp.seed = it.sample->seed;
+            sp.draw = it.draw;
+          }
+          params_.push_back(sp);
+          want_logits_ = want_logits_ || it.logits;
+        }
+        tokens_.push_back(id);
+        pos_.push_back(static_cast<int32_t>(p));
+        slot_.push_back(it.blocks[p / bs] * bs + static_cast<int32_t>(p % bs));
+        table_off_.push_back(off);
+      }
+    }
+  }
+
+  void upload_meta() {
+    const size_t N = tokens_.size(), S = rows_.size();
+    // One copy: five int arrays, the block tables, then the sampling parameters (8-byte aligned).
+    std::vector<int32_t>& h = meta_host_;
+    h.clear();
+    auto put = [&](const std::vector<int32_t>& v) {
+      const size_t at = h.size();
+      h.insert(h.end(), v.begin(), v.end());
+      return at;
+    };
+    // The block tables go last, so every other array's place depends on N and S alone (a captured
+    // graph keeps pointing at the right ones).
+    const size_t o_tok = put(tokens_), o_pos = put(pos_), o_slot = put(slot_), o_toff = put(table_off_),
+                 o_rows = put(rows_);
+    if (h.size() % 2) h.push_back(0);
+    const size_t o_params = h.size();
+    h.resize(h.size() + S * sizeof(cuda::sample_params) / sizeof(int32_t));
+    std::memcpy(h.data() + o_params, params_.data(), S * sizeof(cuda::sample_params));
+    const size_t o_table = put(table_);
+    // Room to spare, so that growing block tables rarely move the buffer (and drop the graphs).
+    int32_t* d = ws_meta_.as<int32_t>(h.size() + 4096);
+    check(cudaMemcpyAsync(d, h.data(), h.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    d_tokens_ = d + o_tok;
+    d_rows_ = d + o_rows;
+    d_params_ = reinterpret_cast<const cuda::sample_params*>(d + o_params);
+    map_ = cuda::token_map{d + o_pos, d + o_slot, d + o_table, d + o_toff, pool_shape_.block_size};
+    (void)N;
+  }
+
+  // ---- layers ---------------------------------------------------------------------------------
+
+  /// y[M, W.rows] = x[M, W.cols] . W^T, y of type ytype (float or T).
+  void gemm(const T* x, int M, const mat<T>& W, void* y, cudaDataType_t ytype) {
+    gemm_raw(x, M, W.w, W.rows, W.cols, y, ytype);
+  }
+  void gemm_raw(const T* x, int M, const T* w, int rows, int cols, void* y, cudaDataType_t ytype) {
+    if (M == 0) return;
+    const float one = 1.0f, zero = 0.0f;
+    check_blas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, M, cols, &one, w, data_type<T>(), cols, x,
+                            data_type<T>(), cols, &zero, y, ytype, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "gemm");
+  }
+
+  void attention(const layer_weights<T>& L, int l, const T* h, int N, float* y) {
+    const auto& c = c_;
+    const int nh = c.num_attention_heads, qk = c.qk_head_dim(), kvr = c.kv_lora_rank, W = dims_.width();
+    const int nope = c.qk_nope_head_dim, vd = c.v_head_dim;
+    T* q = ws_q_.as<T>(static_cast<size_t>(N) * nh * qk);
+    if (c.q_lora_rank > 0) {
+      float* qa = ws_qa_.as<float>(static_cast<size_t>(N) * c.q_lora_rank);
+      T* qa_n = ws_qa_n_.as<T>(static_cast<size_t>(N) * c.q_lora_rank);
+      gemm(h, N, L.q_a, qa, CUDA_R_32F);
+      cuda::rmsnorm<T>(qa, nullptr, {}, L.q_a_bias, L.q_a_norm, latent_norm_eps, c.q_lora_rank, N, nullptr, qa_n,
+                       stream_);
+      gemm(qa_n, N, L.q_b, q, data_type<T>());
+    } else {
+      gemm(h, N, L.q_proj, q, data_type<T>());
+    }
+    float* ckv = ws_ckv_.as<float>(static_cast<size_t>(N) * W);
+    gemm(h, N, L.kv_a, ckv, CUDA_R_32F);
+    if (L.kv_a_bias) cuda::add_bias(ckv, L.kv_a_bias, W, N, stream_);
+    T* q_full = ws_q_full_.as<T>(static_cast<size_t>(N) * nh * W);
+    T* cache = cache_layer(l);
+    cuda::mla_prepare<T>(ckv, L.kv_a_norm, latent_norm_eps, q, rope_cs_, c.rope_interleave, dims_, N, map_, q_full,
+                         cache, stream_);
+    const float one = 1.0f, zero = 0.0f;
+    // W_UK absorbed: q_full[t, h, :kvr] = q_nope[t, h, :] . kv_b[h, :nope, :]   (per head)
+    check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, kvr, N, nope, &one, L.kv_b.w, data_type<T>(),
+                                          kvr, static_cast<long long>(nope + vd) * kvr, q, data_type<T>(), nh * qk, qk,
+                                          &zero, q_full, data_type<T>(), nh * W, W, nh, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT),
+               "q absorb");
+    T* o_lat = ws_o_lat_.as<T>(static_cast<size_t>(N) * nh * kvr);
+    const size_t part = cuda::mla_partial_floats(N, dims_, max_len_);
+    float* partial = part ? ws_partial_.as<float>(part) : nullptr;
+    cuda::mla_attend<T>(q_full, cache, dims_, N, max_len_, map_, static_cast<float>(c.softmax_scale()), partial, part,
+                        o_lat, stream_);
+    // W_UV after attention: attn[t, h, :] = kv_b[h, nope:, :] . o_lat[t, h, :]
+    T* attn = ws_attn_.as<T>(static_cast<size_t>(N) * nh * vd);
+    check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, vd, N, kvr, &one,
+                                          L.kv_b.w + static_cast<size_t>(nope) * kvr, data_type<T>(), kvr,
+                                          static_cast<long long>(nope + vd) * kvr, o_lat, data_type<T>(), nh * kvr, kvr,
+                                          &zero, attn, data_type<T>(), nh * vd, vd, nh, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT),
+               "v absorb");
+    gemm(attn, N, L.o, y, CUDA_R_32F);
+    if (L.o_bias) cuda::add_bias(y, L.o_bias, c.hidden_size, N, stream_);
+  }
+
+  void mlp(const mat<T>& gate_up, const mat<T>& down, const T* h, int N, float* y) {
+    const int inter = gate_up.rows / 2;
+    float* gu = ws_gu_.as<float>(static_cast<size_t>(N) * gate_up.rows);
+    T* act = ws_act_.as<T>(static_cast<size_t>(N) * inter);
+    gemm(h, N, gate_up, gu, CUDA_R_32F);
+    cuda::silu_mul<T>(gu, inter, N, act, stream_);
+    gemm(act, N, down, y, CUDA_R_32F);
+  }
+
+  /// Routes and runs the experts; the result is summed into the residual stream by the next norm.
+  cuda::moe_sum moe(const layer_weights<T>& L, const T* h, int N) {
+    const auto& c = c_;
+    const int E = c.n_routed_experts, K = c.num_experts_per_tok, H = c.hidden_size, I = c.moe_intermediate_size;
+    const int R = N * K;
+    float* router_logits = ws_router_.as<float>(static_cast<size_t>(N) * E);
+    gemm(h, N, L.router, router_logits, CUDA_R_32F);
+    int32_t* ids = ws_ids_.as<int32_t>(static_cast<size_t>(R));
+    float* wts = ws_wts_.as<float>(static_cast<size_t>(R));
+    cuda::router_config rc;
+    rc.experts = E, rc.top_k = K, rc.groups = c.n_group, rc.top_groups = c.topk_group;
+    rc.sigmoid = c.v3;
+    rc.grouped = c.v3 || c.topk_method == "group_limited_greedy";
+    rc.group_by_top2 = c.v3;
+    rc.normalise = c.norm_topk_prob && (c.v3 || K > 1);
+    rc.scaling = static_cast<float>(c.routed_scaling_factor);
+    cuda::route(router_logits, L.score_bias, rc, N, ids, wts, stream_);
+    int32_t* grouping = ws_grouping_.as<int32_t>(2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R));
+    int32_t *offsets = grouping, *active = offsets + E + 1, *row_token = active + E + 1, *slot_row = row_token + R;
+    cuda::group_by_expert(ids, N, K, E, offsets, active, row_token, slot_row, stream_);
+    float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
+    T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
+    float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
+    if (N <= gemv_token_limit) {
+      const int max_active = std::min(E, R);
+      cuda::expert_gemv<T>(L.experts_gate_up, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
+      cuda::silu_mul<T>(gu, I, R, act, stream_);
+      cuda::expert_gemv<T>(L.experts_down, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
+    } else {
+      // cuBLAS per expert wants each expert's rows side by side.
+      T* xg = ws_xg_.as<T>(static_cast<size_t>(R) * H);
+      cuda::gather_rows<T>(h, row_token, H, R, xg, stream_);
+      offsets_host_.resize(static_cast<size_t>(E) + 1);
+      check(cudaMemcpyAsync(offsets_host_.data(), offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream_));
+      check(cudaStreamSynchronize(stream_));
+      for (int e = 0; e < E; ++e) {
+        const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
+        if (n == 0) continue;
+        gemm_raw(xg + static_cast<size_t>(r0) * H, n, L.experts_gate_up + static_cast<size_t>(e) * 2 * I * H, 2 * I, H,
+                 gu + static_cast<size_t>(r0) * 2 * I, CUDA_R_32F);
+      }
+      cuda::silu_mul<T>(gu, I, R, act, stream_);
+      for (int e = 0; e < E; ++e) {
+        const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
+        if (n == 0) continue;
+        gemm_raw(act + static_cast<size_t>(r0) * I, n, L.experts_down + static_cast<size_t>(e) * H * I, H, I,
+                 rows + static_cast<size_t>(r0) * H, CUDA_R_32F);
+      }
+    }
+    float* shared = nullptr;
+    if (L.has_shared) {
+      shared = ws_shared_.as<float>(static_cast<size_t>(N) * H);
+      const int Is = L.shared_gate_up.rows / 2;
+      float* sgu = ws_sgu_.as<float>(static_cast<size_t>(N) * 2 * Is);
+      T* sact = ws_sact_.as<T>(static_cast<size_t>(N) * Is);
+      gemm(h, N, L.shared_gate_up, sgu, CUDA_R_32F);
+      cuda::silu_mul<T>(sgu, Is, N, sact, stream_);
+      gemm(sact, N, L.shared_down, shared, CUDA_R_32F);
+    }
+    return cuda::moe_sum{rows, slot_row, wts, shared, K};
+  }
+
+  model_config c_;
+  int device_ = 0;
+  cuda::mla_dims dims_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  static constexpr size_t blas_workspace_bytes = size_t{32} << 20;
+  void* blas_workspace_ = nullptr;
+  std::vector<void*> allocations_;
+  size_t weight_bytes_ = 0;
+  double load_seconds_ = 0;
+  std::string gpu_name_;
+
+  mat<T> embed_, lm_head_;
+  float* final_norm_ = nullptr;
+  std::vector<layer_weights<T>> layers_;
+  float2* rope_cs_ = nullptr;
+  T* pool_ = nullptr;
+  kv_pool_shape pool_shape_;
+
+  // The batch being run (host side) and its device copy.
+  std::vector<int32_t> tokens_, pos_, slot_, table_off_, table_, rows_, meta_host_, picked_host_, offsets_host_;
+  std::vector<row_meta> row_info_;
+  std::vector<cuda::sample_params> params_;
+  std::vector<float> logits_host_;
+  bool want_logits_ = false;
+  int max_len_ = 0;
+  const int32_t* d_tokens_ = nullptr;
+  const int32_t* d_rows_ = nullptr;
+  const cuda::sample_params* d_params_ = nullptr;
+  cuda::token_map map_;
+
+  bool graphs_enabled_ = std::getenv("TOLLGATE_ENGINE_NO_GRAPHS") == nullptr;
+  std::map<graph_key, cudaGraphExec_t> graphs_;
+  std::set<graph_key> seen_;
+  uint64_t graph_moves_ = 0;
+
+  device_buffer staging_, ws_meta_, ws_x_, ws_y_, ws_h_, ws_hs_, ws_logits_, ws_picked_, ws_q_, ws_qa_, ws_qa_n_, ws_ckv_,
+      ws_q_full_, ws_o_lat_, ws_partial_, ws_attn_, ws_gu_, ws_act_, ws_router_, ws_ids_, ws_wts_, ws_grouping_, ws_xg_,
+      ws_rows_, ws_shared_, ws_sgu_, ws_sact_;
+};
+
+}  // namespace
+
+bool built_with_cuda() { return true; }
+
+std::unique_ptr<forward_backend> make_cuda_backend(const model_config& config, const std::string& checkpoint_dir,
+                                                   const backend_options& options) {
+  std::string dtype = options.dtype.empty() ? "bfloat16" : options.dtype;
+  if (dtype == "float32") return std::make_unique<cuda_backend<float>>(config, checkpoint_dir, options);
+  if (dtype == "bfloat16") return std::make_unique<cuda_backend<bf16>>(config, checkpoint_dir, options);
+  throw std::runtime_error("dtype '" + dtype + "' is not float32 or bfloat16");
+}
+
+}  // namespace tollgate::engine
