@@ -1,0 +1,315 @@
+// The CUDA backend against the references: transformers' goldens in float32, the CPU path in
+// bf16, a batch of mixed sequences against each sequence alone, sampling, and bad input.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+
+#include "local_engine/forward_backend.hpp"
+#include "local_engine/model_config.hpp"
+#include "tests/engine/test_support.hpp"
+
+namespace eng = tollgate::engine;
+namespace t = tollgate::engine::test;
+
+namespace {
+
+const char* recipes[] = {"v2_greedy", "v2_qlora_group_yarn", "v3_qlora_yarn", "v3_bf16"};
+// Also at DeepSeek's attention width (kv_lora_rank 512, rope 64) and expert sizes that take the
+// tensor-core kernels in bf16.
+const char* bf16_recipes[] = {"v2_greedy", "v2_qlora_group_yarn", "v3_qlora_yarn", "v3_bf16", "gpu_mla512"};
+
+struct loaded {
+  t::temp_dir dir;
+  eng::model_config config;
+  std::unique_ptr<eng::forward_backend> backend;
+};
+
+std::unique_ptr<loaded> load(const std::string& recipe, const std::string& dtype, double kv_bytes = 64 << 20) {
+  auto l = std::make_unique<loaded>();
+  t::make_recipe_checkpoint(recipe, l->dir.path());
+  l->config = eng::parse_model_config(t::read_text(l->dir.path() / "config.json"));
+  eng::backend_options o;
+  o.device = "cuda:0";
+  o.dtype = dtype;
+  o.kv_cache_memory = kv_bytes;
+  o.kv_block_size = 16;
+  l->backend = eng::make_cuda_backend(l->config, l->dir.str(), o);
+  std::printf("%s: %s\n", recipe.c_str(), l->backend->describe().c_str());
+  return l;
+}
+
+double relative_error(const float* out, const double* ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = out[i] - ref[i];
+    num += d * d;
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
+/// A sequence driven by hand over the backend: its blocks, its tokens, its draws.
+struct seq {
+  std::vector<int32_t> prompt, out, blocks;
+  size_t done = 0;  // positions in the cache
+  eng::sampling s;
+};
+
+std::vector<int32_t> blocks_for(int first, size_t positions, int block_size) {
+  std::vector<int32_t> b((positions + block_size - 1) / block_size);
+  std::iota(b.begin(), b.end(), first);
+  return b;
+}
+
+/// Prefill in one go, then `steps` single-token decodes; the sampled tokens.
+std::vector<int32_t> run_alone(eng::forward_backend& be, const std::vector<int32_t>& prompt, size_t steps,
+                               const eng::sampling& s) {
+  const int bs = be.kv_pool().block_size;
+  const auto blocks = blocks_for(0, prompt.size() + steps, bs);
+  std::vector<int32_t> out;
+  eng::batch_result r;
+  eng::batch_item it;
+  it.tokens = prompt;
+  it.blocks = blocks;
+  it.sample = &s;
+  be.forward({&it, 1}, r);
+  out.push_back(r.tokens[0]);
+  for (size_t k = 1; k < steps; ++k) {
+    eng::batch_item d;
+    const int32_t last = out.back();
+    d.tokens = {&last, 1};
+    d.start = prompt.size() + k - 1;
+    d.blocks = blocks;
+    d.sample = &s;
+    d.draw = k;
+    be.forward({&d, 1}, r);
+    out.push_back(r.tokens[0]);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("gpu: float32 logits and 32 greedy tokens equal transformers' goldens", "[gpu][golden]") {
+  for (const char* name : recipes) {
+    const auto golden = nlohmann::json::parse(
+        t::read_text(std::filesystem::path(TOLLGATE_SOURCE_DIR) / "tests/engine/goldens" / (std::string(name) + ".json")));
+    auto m = load(name, "float32");
+    const size_t V = static_cast<size_t>(m->config.vocab_size);
+    double worst = 0;
+    for (const auto& p : golden.at("prompts")) {
+      const auto tokens = p.at("tokens").get<std::vector<int32_t>>();
+      const auto blocks = blocks_for(0, tokens.size(), m->backend->kv_pool().block_size);
+      eng::batch_item it;
+      it.tokens = tokens;
+      it.blocks = blocks;
+      it.logits = true;
+      it.all_positions = true;
+      eng::batch_result r;
+      m->backend->forward({&it, 1}, r);
+      REQUIRE(r.logits.size() == tokens.size() * V);
+      for (size_t pos = 0; pos < tokens.size(); ++pos) {
+        const auto ref = p.at("logits")[pos].get<std::vector<double>>();
+        const double err = relative_error(r.logits.data() + pos * V, ref.data(), V);
+        worst = std::max(worst, err);
+        INFO(name << " position " << pos);
+        CHECK(err < 1e-4);
+      }
+    }
+    std::printf("gpu golden %-22s float32 max relative error %.3e\n", name, worst);
+    const auto& g = golden.at("greedy");
+    const auto got = run_alone(*m->backend, g.at("prompt").get<std::vector<int32_t>>(), 32, eng::sampling{});
+    CHECK(got == g.at("tokens").get<std::vector<int32_t>>());
+  }
+}
+
+TEST_CASE("gpu: bfloat16 logits follow the float32 path", "[gpu][bf16]") {
+  // The float32 path is held to transformers' goldens above; bf16 is held to it here, on fresh
+  // random prompts of 200 tokens.
+  for (const char* name : bf16_recipes) {
+    auto half = load(name, "bfloat16");
+    auto full = load(name, "float32");
+    const size_t V = static_cast<size_t>(half->config.vocab_size);
+    std::mt19937 gen(std::random_device{}());
+    std::uniform_int_distribution<int32_t> tok(2, half->config.vocab_size - 1);
+    std::vector<int32_t> tokens(200);
+    for (auto& x : tokens) x = tok(gen);
+    auto all_logits = [&](eng::forward_backend& be) {
+      const auto blocks = blocks_for(0, tokens.size(), be.kv_pool().block_size);
+      eng::batch_item it;
+      it.tokens = tokens;
+      it.blocks = blocks;
+      it.logits = true;
+      it.all_positions = true;
+      eng::batch_result r;
+      be.forward({&it, 1}, r);
+      return r.logits;
+    };
+    const auto ref = all_logits(*full->backend);
+    const auto got = all_logits(*half->backend);
+    REQUIRE(got.size() == ref.size());
+    double worst_cos = 1, sum_cos = 0;
+    size_t agree = 0;
+    for (size_t p = 0; p < tokens.size(); ++p) {
+      const float* a = got.data() + p * V;
+      const float* b = ref.data() + p * V;
+      double ab = 0, aa = 0, bb = 0;
+      for (size_t i = 0; i < V; ++i) ab += double(a[i]) * b[i], aa += double(a[i]) * a[i], bb += double(b[i]) * b[i];
+      const double cos = ab / std::sqrt(aa * bb);
+      worst_cos = std::min(worst_cos, cos);
+      sum_cos += cos;
+      agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+    }
+    const double agreement = double(agree) / tokens.size(), mean_cos = sum_cos / tokens.size();
+    std::printf("gpu bf16 %-22s logit cosine mean %.5f worst %.5f, top-1 agreement %.3f over %zu positions\n", name,
+                mean_cos, worst_cos, agreement, tokens.size());
+    // Tiny random models route many tokens on near ties, so a bf16 rounding can move a token to
+    // another expert: the worst position is printed, the mean and the argmax are held.
+    CHECK(mean_cos > 0.99);
+    CHECK(agreement >= 0.95);
+
+    // One decoded position over the 200 cached ones: a lone token splits its context across blocks.
+    auto decode_logits = [&](eng::forward_backend& be) {
+      const auto blocks = blocks_for(0, tokens.size() + 1, be.kv_pool().block_size);
+      const int32_t next = tokens[7];
+      eng::batch_item it;
+      it.tokens = {&next, 1};
+      it.start = tokens.size();
+      it.blocks = blocks;
+      it.logits = true;
+      eng::batch_result r;
+      be.forward({&it, 1}, r);
+      return r.logits;
+    };
+    const auto d_ref = decode_logits(*full->backend), d_got = decode_logits(*half->backend);
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < V; ++i) ab += double(d_got[i]) * d_ref[i], aa += double(d_got[i]) * d_got[i], bb += double(d_ref[i]) * d_ref[i];
+    std::printf("gpu bf16 %-22s decode step logit cosine %.5f\n", name, ab / std::sqrt(aa * bb));
+    CHECK(ab / std::sqrt(aa * bb) > 0.98);
+  }
+}
+
+TEST_CASE("gpu: 64 mixed sequences in one batch give each sequence's tokens alone", "[gpu][batch]") {
+  auto m = load("v3_qlora_yarn", "float32", 256 << 20);
+  auto& be = *m->backend;
+  const int bs = be.kv_pool().block_size;
+  std::mt19937 gen(std::random_device{}());
+  std::uniform_int_distribution<int32_t> tok(2, m->config.vocab_size - 1);
+  std::uniform_int_distribution<int> len(1, 150);
+  const size_t steps = 24;
+  std::vector<seq> seqs(64);
+  int next_block = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto& s = seqs[i];
+    s.prompt.resize(static_cast<size_t>(len(gen)));
+    for (auto& x : s.prompt) x = tok(gen);
+    s.blocks = blocks_for(next_block, s.prompt.size() + steps, bs);
+    next_block += static_cast<int>(s.blocks.size());
+    if (i % 3 == 1) s.s = eng::sampling{0.8f, 0.9f, 20, 1000 + i};  // sampled ones too: seeded draws
+  }
+  REQUIRE(static_cast<size_t>(next_block) <= be.kv_pool().blocks);
+  // Batched: a token budget of 128 a step; prompts are cut into chunks, decodes ride along.
+  const size_t budget = 128;
+  for (;;) {
+    std::vector<eng::batch_item> items;
+    std::vector<size_t> who;
+    std::vector<int32_t> last(seqs.size());
+    size_t used = 0;
+    for (size_t i = 0; i < seqs.size() && used < budget; ++i) {
+      auto& s = seqs[i];
+      if (s.out.size() >= steps) continue;
+      eng::batch_item it;
+      it.start = s.done;
+      it.blocks = s.blocks;
+      if (s.done < s.prompt.size()) {
+        const size_t n = std::min(budget - used, s.prompt.size() - s.done);
+        it.tokens = std::span<const int32_t>(s.prompt).subspan(s.done, n);
+        if (s.done + n == s.prompt.size()) it.sample = &s.s;
+      } else {
+        last[i] = s.out.back();
+        it.tokens = {&last[i], 1};
+        it.sample = &s.s;
+        it.draw = s.out.size();
+      }
+      used += it.tokens.size();
+      items.push_back(it);
+      who.push_back(i);
+    }
+    if (items.empty()) break;
+    eng::batch_result r;
+    be.forward(items, r);
+    for (size_t k = 0; k < items.size(); ++k) {
+      auto& s = seqs[who[k]];
+      s.done += items[k].tokens.size();
+      if (items[k].sample) s.out.push_back(r.tokens[k]);
+    }
+  }
+  size_t same = 0;
+  for (auto& s : seqs) {
+    const auto alone = run_alone(be, s.prompt, steps, s.s);
+    same += alone == s.out;
+    CHECK(alone == s.out);
+  }
+  std::printf("gpu batch: %zu of %zu sequences gave the same %zu tokens alone and batched\n", same, seqs.size(), steps);
+}
+
+TEST_CASE("gpu: seeded sampling repeats, stays inside top_k, and top_k 1 is greedy", "[gpu][sampling]") {
+  auto m = load("v2_greedy", "bfloat16");
+  std::vector<int32_t> prompt = {5, 17, 99, 3, 42};
+  const auto a = run_alone(*m->backend, prompt, 16, eng::sampling{1.0f, 1.0f, 0, 7});
+  const auto b = run_alone(*m->backend, prompt, 16, eng::sampling{1.0f, 1.0f, 0, 7});
+  const auto c = run_alone(*m->backend, prompt, 16, eng::sampling{1.0f, 1.0f, 0, 8});
+  CHECK(a == b);
+  CHECK(a != c);
+  CHECK(run_alone(*m->backend, prompt, 8, eng::sampling{1.0f, 1.0f, 1, 7}) ==
+        run_alone(*m->backend, prompt, 8, eng::sampling{}));
+  // Each draw with top_k 3 is one of the three largest logits of its row.
+  const size_t V = static_cast<size_t>(m->config.vocab_size);
+  const auto blocks = blocks_for(0, prompt.size(), m->backend->kv_pool().block_size);
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    const eng::sampling s{2.0f, 1.0f, 3, seed};
+    eng::batch_item it;
+    it.tokens = prompt;
+    it.blocks = blocks;
+    it.sample = &s;
+    it.logits = true;
+    eng::batch_result r;
+    m->backend->forward({&it, 1}, r);
+    std::vector<size_t> order(V);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + 3, order.end(),
+                      [&](size_t x, size_t y) { return r.logits[x] > r.logits[y]; });
+    const auto picked = static_cast<size_t>(r.tokens[0]);
+    CHECK((picked == order[0] || picked == order[1] || picked == order[2]));
+  }
+}
+
+TEST_CASE("gpu: bad batches and devices are refused with a reason", "[gpu][errors]") {
+  auto m = load("v2_greedy", "float32");
+  const std::vector<int32_t> tokens = {1, 2, 3};
+  const std::vector<int32_t> outside = {static_cast<int32_t>(m->backend->kv_pool().blocks)};
+  eng::batch_item it;
+  it.tokens = tokens;
+  it.blocks = outside;
+  eng::batch_result r;
+  CHECK_THROWS_AS(m->backend->forward({&it, 1}, r), std::invalid_argument);
+  const std::vector<int32_t> bad_token = {m->config.vocab_size};
+  const std::vector<int32_t> block0 = {0};
+  it.tokens = bad_token;
+  it.blocks = block0;
+  CHECK_THROWS_AS(m->backend->forward({&it, 1}, r), std::invalid_argument);
+  const std::vector<int32_t> none;
+  it.tokens = tokens;
+  it.blocks = none;
+  CHECK_THROWS_AS(m->backend->forward({&it, 1}, r), std::invalid_argument);
+  eng::backend_options o;
+  o.device = "cuda:99";
+  CHECK_THROWS_WITH(eng::make_cuda_backend(m->config, m->dir.str(), o), Catch::Contains("no such GPU"));
+  o.device = "cuda:0";
+  o.dtype = "float16";
+  CHECK_THROWS_WITH(eng::make_cuda_backend(m->config, m->dir.str(), o), Catch::Contains("float16"));
+}
