@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU machine's run, in one call: build the engine, the gateway and their tests with CMake; run
+# the GPU tests, the engine's scheduler and golden tests on cuda:0, the gateway serving cuda:0 end
+# to end, and the GPU benchmark. Logs go to OUT_DIR; a summary is printed last.
+#
+# usage: tests/engine/gpu/device_run.sh [tests|bench|all] [OUT_DIR]
+#   TOLLGATE_DEPS_PREFIX  a prefix with nlohmann_json and Catch2 (CMake configs and headers) where
+#                         the machine has none
+set -uo pipefail
+what=${1:-all}
+out=${2:-${OUT:-/tmp/tollgate-gpu}}
+mkdir -p "$out"
+root=$(cd "$(dirname "$0")/../../.." && pwd)
+cd "$root"
+summary=()
+note() { summary+=("$1"); echo "$1"; }
+
+prefix=()
+[ -n "${TOLLGATE_DEPS_PREFIX:-}" ] && prefix=(-DCMAKE_PREFIX_PATH="$TOLLGATE_DEPS_PREFIX")
+if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release "${prefix[@]}" >"$out/configure.log" 2>&1; then
+  tail -40 "$out/configure.log"
+  exit 1
+fi
+if ! cmake --build build-gpu -j"$(nproc)" >"$out/build.log" 2>&1; then
+  grep -E "error|Error" -A3 "$out/build.log" | head -60
+  exit 1
+fi
+note "build: ok"
+
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  build-gpu/tollgate-engine-gpu-tests >"$out/gpu-tests.log" 2>&1
+  note "GPU tests: $(tail -2 "$out/gpu-tests.log" | tr -s '\n' ' ')"
+  grep -E "^gpu " "$out/gpu-tests.log"
+  TOLLGATE_TEST_DEVICE=cuda:0 build-gpu/tollgate-engine-tests "[golden],[scheduler]" >"$out/engine-tests-cuda.log" 2>&1
+  note "engine golden and scheduler tests on cuda:0: $(tail -2 "$out/engine-tests-cuda.log" | tr -s '\n' ' ')"
+  work=$(mktemp -d)
+  ck="$work/tiny"
+  build-gpu/tollgate-engine make-tiny --recipe tests/engine/recipes/v3_qlora_yarn.json --out "$ck" >/dev/null
+  {
+    echo "["
+    first=1
+    for p in "hello there" "write a haiku about gateways" "你好，世界" "a"; do
+      [ $first = 1 ] || echo ","
+      first=0
+      build-gpu/tollgate-engine generate --checkpoint "$ck" --device cuda:0 --dtype float32 --chat --prompt "$p" \
+        --max-tokens 24 --temperature 0 --json | python3 -c "import json,sys; r=json.load(sys.stdin); r['prompt']=sys.argv[1]; print(json.dumps(r))" "$p"
+    done
+    echo "]"
+  } >"$work/refs.json"
+  cat >"$work/gpu.yaml" <<YAML
+server: {listen: "127.0.0.1:0", threads: 4}
+keys: [{name: e2e, key: "tg-gpu-e2e-key"}]
+backends:
+  - {name: gpu32, kind: local_engine, checkpoint: $ck, device: "cuda:0", dtype: float32, kv_cache_memory: 200000000, max_batch: 64}
+  - {name: gpu16, kind: local_engine, checkpoint: $ck, device: "cuda:0", dtype: bfloat16, kv_cache_memory: 200000000, max_batch: 64}
+routes:
+  - {model: gpu32, targets: [{backend: gpu32}]}
+  - {model: gpu16, targets: [{backend: gpu16}]}
+YAML
+  build-gpu/tollgate serve --config "$work/gpu.yaml" >"$out/gateway.log" 2>&1 &
+  gw=$!
+  url=""
+  for _ in $(seq 1 200); do
+    url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$out/gateway.log" | head -1 | sed 's/listening on //')
+    [ -n "$url" ] && break
+    sleep 0.1
+  done
+  python3 tests/e2e/gpu_gateway.py "$url" tg-gpu-e2e-key "$work/refs.json" >"$out/gateway-e2e.log" 2>&1
+  note "gateway on cuda:0: $(tail -1 "$out/gateway-e2e.log")"
+  kill "$gw"
+  wait "$gw" 2>/dev/null
+  rm -rf "$work"
+fi
+
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  build-gpu/tollgate-engine-gpu-bench --config tests/perf/deepseek_v2_lite.json --batches 1,16,64,256 --context 1024 \
+    --json "$out/engine-gpu-bench.json" >"$out/engine-gpu-bench.log" 2>&1
+  cat "$out/engine-gpu-bench.log"
+  note "GPU bench: $out/engine-gpu-bench.json"
+  # transformers on the same shapes, after ours has given the GPU back.
+  timeout 300 python3 tests/perf/transformers_bench.py tests/perf/deepseek_v2_lite.json --context 1024 \
+    --json "$out/transformers-bench.json" >"$out/transformers-bench.log" 2>&1
+  tail -5 "$out/transformers-bench.log"
+  note "transformers bench: $(tail -1 "$out/transformers-bench.log")"
+fi
+printf '%s\n' "${summary[@]}"
