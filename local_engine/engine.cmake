@@ -28,7 +28,6 @@ if(TOLLGATE_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/cuda/sampling.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda_forward.cpp)
   target_compile_definitions(tollgate_engine PRIVATE TOLLGATE_CUDA=1)
-  target_compile_options(tollgate_engine PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3>)
   target_link_libraries(tollgate_engine PUBLIC CUDA::cudart CUDA::cublas)
 endif()
 

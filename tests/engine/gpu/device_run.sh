@@ -21,7 +21,8 @@ if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release "${prefix[@]}" 
   tail -40 "$out/configure.log"
   exit 1
 fi
-if ! cmake --build build-gpu -j"$(nproc)" >"$out/build.log" 2>&1; then
+targets=(tollgate tollgate-engine tollgate-engine-tests tollgate-engine-gpu-tests tollgate-engine-gpu-bench)
+if ! cmake --build build-gpu -j"$(nproc)" --target "${targets[@]}" >"$out/build.log" 2>&1; then
   grep -E "error|Error" -A3 "$out/build.log" | head -60
   exit 1
 fi
@@ -31,7 +32,8 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   build-gpu/tollgate-engine-gpu-tests >"$out/gpu-tests.log" 2>&1
   note "GPU tests: $(tail -2 "$out/gpu-tests.log" | tr -s '\n' ' ')"
   grep -E "^gpu " "$out/gpu-tests.log"
-  TOLLGATE_TEST_DEVICE=cuda:0 build-gpu/tollgate-engine-tests "[golden],[scheduler]" >"$out/engine-tests-cuda.log" 2>&1
+  TOLLGATE_TEST_DEVICE=cuda:0 TOLLGATE_TEST_DTYPE=float32 build-gpu/tollgate-engine-tests "[golden],[scheduler]" \
+    >"$out/engine-tests-cuda.log" 2>&1
   note "engine golden and scheduler tests on cuda:0: $(tail -2 "$out/engine-tests-cuda.log" | tr -s '\n' ' ')"
   work=$(mktemp -d)
   ck="$work/tiny"
