@@ -43,9 +43,15 @@ constexpr std::string_view serve_help =
     "\n"
     "Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests\n"
     "finish for up to server.shutdown_timeout, and exits. ${VAR} in the config expands from the\n"
-    "environment. Without --config the embedded demo config is used (config/examples/demo.yaml).\n"
-    "SIGHUP, or any change to the file, reloads it: an invalid file is refused with its problems\n"
-    "logged and the running config kept; requests in flight finish on the config they started with.\n";
+    "environment.\n"
+    "\n"
+    "With --config FILE, SIGHUP or any change to FILE reloads it: an invalid file is refused with\n"
+    "its problems logged and the running config kept; requests in flight finish on the config they\n"
+    "started with.\n"
+    "\n"
+    "Without --config the embedded demo config is used: a copy of config/examples/demo.yaml taken\n"
+    "when tollgate was built. It has no file, so it never reloads, and no store. To edit a config\n"
+    "and watch it reload, serve a file: deploy/demo.sh serves data/demo.yaml.\n";
 
 constexpr std::string_view check_help =
     "usage: tollgate check-config FILE\n"
