@@ -8,6 +8,8 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 "$bin" --help | grep -q "check-config FILE" || fail "--help"
 "$bin" serve --help | grep -q "shutdown_timeout" || fail "serve --help"
+# The embedded config has no file: help must not promise that editing it reloads.
+"$bin" serve --help | grep -q "it never reloads" || fail "serve --help on the embedded config"
 "$bin" check-config --help | grep -q "exits 1" || fail "check-config --help"
 "$bin" --version | grep -Eq '^tollgate [0-9]+\.[0-9]+\.[0-9]+$' || fail "--version"
 if "$bin" frobnicate 2>/dev/null; then fail "unknown command accepted"; fi
