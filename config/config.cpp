@@ -288,7 +288,8 @@ class loader {
   void read_server(const YAML::Node& n, server_config& s) {
     if (!expect_map(n, "server")) return;
     known_keys(n, "server",
-               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log", "admin_key"});
+               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log", "access_log_skip",
+                "admin_key"});
     if (auto v = n["listen"]) read_listen(v, "server.listen", s);
     if (auto v = n["threads"]) {
       if (auto i = integer(v, "server.threads", 0, 1024)) s.threads = static_cast<unsigned>(*i);
@@ -308,6 +309,15 @@ class loader {
       if (auto t = string(v, "server.access_log")) {
         if (t->empty()) add(v, "server.access_log", "must be stdout, stderr, off or a file path");
         else s.access_log = *t;
+      }
+    }
+    if (auto v = n["access_log_skip"]; v && !v.IsNull() && expect_list(v, "server.access_log_skip")) {
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        const std::string path = "server.access_log_skip[" + std::to_string(i) + "]";
+        if (auto t = string(v[i], path)) {
+          if (!t->starts_with("/") || t->find('?') != std::string::npos) add(v[i], path, "expected a path like /metrics");
+          else s.access_log_skip.push_back(*t);
+        }
       }
     }
   }

@@ -22,6 +22,7 @@ struct server_config {
   duration shutdown_timeout{std::chrono::seconds(30)};  ///< how long in-flight requests may finish
   duration idle_timeout{std::chrono::seconds(60)};      ///< keep-alive connection with no request
   std::string access_log = "stdout";                    ///< "stdout", "stderr", "off", or a file path
+  std::vector<std::string> access_log_skip;  ///< paths whose 2xx requests are not logged (probes, scrapes)
   std::string admin_key;  ///< opens /admin/; empty: /admin/ is off
 };
 

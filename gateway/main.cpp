@@ -158,8 +158,9 @@ int serve(const std::vector<std::string_view>& args) {
     const auto& old = srv->shared().current.load()->cfg.server;
     const auto& now = next.value->server;
     if (old.listen_host != now.listen_host || old.listen_port != now.listen_port || old.threads != now.threads ||
-        old.access_log != now.access_log) {
-      std::cerr << "tollgate: server.listen, server.threads and server.access_log change only on restart" << std::endl;
+        old.access_log != now.access_log || old.access_log_skip != now.access_log_skip) {
+      std::cerr << "tollgate: server.listen, server.threads and server.access_log(_skip) change only on restart"
+                << std::endl;
     }
     auto fresh = std::make_shared<const tollgate::gateway::runtime>(std::move(*next.value), lasting, workers);
     std::cerr << "tollgate: reloaded " << fresh->cfg.source << " (" << why << ", " << fresh->routes.public_models().size()

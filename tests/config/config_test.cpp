@@ -298,6 +298,16 @@ TEST_CASE("the shipped examples load", "[config]") {
   CHECK(missing.problems[0].line == 0);
 }
 
+TEST_CASE("server.access_log_skip takes paths", "[config]") {
+  auto r = load("server: {access_log_skip: [/metrics, /healthz]}\n" + minimal);
+  REQUIRE(r.value);
+  CHECK(r.value->server.access_log_skip == std::vector<std::string>{"/metrics", "/healthz"});
+  CHECK(find(load("server: {access_log_skip: [metrics]}\n" + minimal), "server.access_log_skip[0]").message ==
+        "expected a path like /metrics");
+  CHECK(find(load("server: {access_log_skip: /metrics}\n" + minimal), "server.access_log_skip").message ==
+        "expected a list");
+}
+
 TEST_CASE("resilience settings: retry, fallbacks, strategy, weights, ejection", "[config]") {
   auto r = load(R"(backends:
   - name: up
