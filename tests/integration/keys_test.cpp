@@ -141,6 +141,8 @@ TEST_CASE("a budget refuses with insufficient_quota once spent, and survives a r
     REQUIRE(refused.status == 429);
     CHECK(json::parse(refused.body)["error"]["code"] == "insufficient_quota");
     CHECK(json::parse(refused.body)["error"]["type"] == "insufficient_quota");
+    CHECK_THAT(json::parse(refused.body)["error"]["message"].get<std::string>(),
+               Catch::Contains("budget of 20 per day (spent 24.00)"));
     REQUIRE(refused.headers.count("retry-after"));
     const long wait = std::stol(refused.headers["retry-after"]);
     CHECK(wait >= 1);
