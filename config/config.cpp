@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <initializer_list>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -95,7 +96,7 @@ class loader {
     if (auto n = root["server"]) read_server(n, c.server);
     if (auto n = root["keys"]) read_keys(n, c.keys);
     if (auto n = root["backends"]; n && !n.IsNull()) {
-      read_backends(n, c.backends);
+      read_backends(n, c);
     } else {
       add(root, "backends", "at least one backend is required");
     }
@@ -105,6 +106,7 @@ class loader {
       add(root, "routes", "at least one route is required");
     }
     result.problems = std::move(problems_);
+    result.warnings = std::move(warnings_);
     if (result.problems.empty()) result.value = std::move(c);
     return result;
   }
@@ -184,7 +186,11 @@ class loader {
         return std::nullopt;
       }
       auto value = env_(name);
-      if (value && !(fallback && value->empty())) {
+      if (unset_vars_ != nullptr && !fallback && (!value || value->empty())) {
+        // In an optional backend an unset (or empty) variable disables the backend instead.
+        unset_vars_->push_back(name);
+        ok = false;
+      } else if (value && !(fallback && value->empty())) {
         out += *value;
       } else if (fallback) {
         out += *fallback;
@@ -529,7 +535,8 @@ class loader {
     }
   }
 
-  void read_backends(const YAML::Node& n, std::vector<backend_config>& backends) {
+  void read_backends(const YAML::Node& n, config& c) {
+    std::vector<backend_config>& backends = c.backends;
     if (!expect_list(n, "backends")) return;
     if (n.size() == 0) add(n, "backends", "at least one backend is required");
     std::set<std::string> names;
@@ -537,10 +544,26 @@ class loader {
       const std::string path = "backends[" + std::to_string(i) + "]";
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
-      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "transport", "timeouts", "ejection", "health_check",
-                            "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device", "max_batch"});
+      known_keys(b, path, {"name", "kind", "optional", "base_url", "api_key", "headers", "transport", "timeouts", "ejection",
+                            "health_check", "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device",
+                            "max_batch"});
       backend_config bc;
       bool ok = true;
+      // optional: true: a ${VAR} left unset disables this backend (with a warning) instead of
+      // failing the load, so a config can name providers whose keys not every user has.
+      bool optional = false;
+      std::vector<std::string> unset;
+      if (auto v = b["optional"]; v && !v.IsNull()) {
+        if (auto t = string(v, path + ".optional")) {
+          if (*t == "true") optional = true;
+          else if (*t != "false") add(v, path + ".optional", "must be true or false");
+        }
+      }
+      if (optional) unset_vars_ = &unset;
+      struct sink_reset {
+        std::vector<std::string>*& sink;
+        ~sink_reset() { sink = nullptr; }
+      } reset_sink{unset_vars_};
       if (auto name = required_string(b, "name", path)) {
         if (!valid_name(*name)) {
           add(b["name"], path + ".name", "a backend name uses only letters, digits, '_', '-' and '.'");
@@ -619,7 +642,19 @@ class loader {
         if (auto i = integer(v, path + ".max_queue", 0, 1000000)) bc.max_queue = static_cast<unsigned>(*i);
       }
       if (auto v = b["queue_timeout"]) read_duration(v, path + ".queue_timeout", bc.queue_timeout);
-      if (ok) backends.push_back(std::move(bc));
+      if (ok && !unset.empty()) {
+        std::string vars;
+        for (const auto& u : unset) {
+          if (vars.find(u) == std::string::npos) vars += (vars.empty() ? "" : ", ") + u;
+        }
+        const std::string reason =
+            "environment variable" + std::string(vars.find(',') == std::string::npos ? " " : "s ") + vars +
+            (vars.find(',') == std::string::npos ? " is" : " are") + " not set";
+        warn(b, path, "backend '" + bc.name + "' is disabled: " + reason);
+        c.disabled_backends.push_back({bc.name, reason});
+      } else if (ok) {
+        backends.push_back(std::move(bc));
+      }
     }
   }
 
@@ -628,6 +663,8 @@ class loader {
     if (n.size() == 0) add(n, "routes", "at least one route is required");
     std::set<std::string> backend_names;
     for (const auto& b : c.backends) backend_names.insert(b.name);
+    std::map<std::string, std::string> disabled;  // backend name -> why
+    for (const auto& d : c.disabled_backends) disabled.emplace(d.name, d.reason);
     std::set<std::string> public_names;
     std::vector<std::pair<YAML::Node, std::string>> route_refs;  // fallbacks, checked at the end
     auto claim = [&](const YAML::Node& at, const std::string& path, const std::string& name) {
@@ -681,6 +718,7 @@ class loader {
       if (!targets || targets.IsNull() || (targets.IsSequence() && targets.size() == 0)) {
         add(targets ? targets : r, path + ".targets", "a route needs at least one target");
       } else if (expect_list(targets, path + ".targets")) {
+        std::string dropped;  // disabled backends this route named
         for (std::size_t j = 0; j < targets.size(); ++j) {
           const std::string tpath = path + ".targets[" + std::to_string(j) + "]";
           const YAML::Node t = targets[j];
@@ -692,6 +730,12 @@ class loader {
             if (auto i = integer(w, tpath + ".weight", 1, 10000)) tc.weight = static_cast<unsigned>(*i);
           }
           if (auto backend = required_string(t, "backend", tpath)) {
+            if (auto d = disabled.find(*backend); d != disabled.end()) {
+              if (dropped.find("'" + *backend + "'") == std::string::npos) {
+                dropped += (dropped.empty() ? "'" : ", '") + *backend + "' (" + d->second + ")";
+              }
+              continue;  // the route keeps its other targets
+            }
             if (!backend_names.count(*backend)) {
               add(t["backend"], tpath + ".backend", "unknown backend '" + *backend + "'");
             }
@@ -701,6 +745,10 @@ class loader {
             if (auto name = string(m, tpath + ".model")) tc.model = *name;
           }
           rc.targets.push_back(std::move(tc));
+        }
+        if (rc.targets.empty() && !dropped.empty()) {
+          rc.unavailable = "every backend it routes to is disabled: " + dropped;
+          warn(targets, path + ".targets", "requests get 503: " + rc.unavailable);
         }
       }
       c.routes.push_back(std::move(rc));
@@ -714,9 +762,17 @@ class loader {
     }
   }
 
+  void warn(const YAML::Node& at, const std::string& key, std::string message) {
+    const auto mark = at.Mark();
+    const bool known = mark.line >= 0;
+    warnings_.push_back(problem{file_, known ? mark.line + 1 : 0, known ? mark.column + 1 : 0, key, std::move(message)});
+  }
+
   std::string file_;
   const env_lookup& env_;
   std::vector<problem> problems_;
+  std::vector<problem> warnings_;
+  std::vector<std::string>* unset_vars_ = nullptr;  ///< set while reading an optional backend
 };
 
 }  // namespace

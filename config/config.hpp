@@ -120,6 +120,15 @@ struct route_config {
   duration hedge_after{0};  ///< start a second attempt when no first byte came by then; 0: off
   std::vector<std::string> fallbacks;          ///< routes to try when every target failed
   std::vector<std::string> context_fallbacks;  ///< routes for context_length_exceeded
+  /// Set when every target named a disabled backend (their targets are dropped): why requests
+  /// to this route get 503.
+  std::string unavailable;
+};
+
+/// A backend marked `optional: true` whose `${VAR}`s were not all set: left out of the config.
+struct disabled_backend {
+  std::string name;
+  std::string reason;  ///< e.g. "environment variable QINIU_API_KEY is not set"
 };
 
 struct config {
@@ -131,6 +140,7 @@ struct config {
   std::vector<key_config> keys;
   std::vector<backend_config> backends;
   std::vector<route_config> routes;
+  std::vector<disabled_backend> disabled_backends;  ///< optional backends left out, in config order
 };
 
 /// One problem found while loading; line and column are 1-based (0 when unknown).
@@ -147,6 +157,7 @@ struct problem {
 struct load_result {
   std::optional<config> value;  ///< set only when problems is empty
   std::vector<problem> problems;
+  std::vector<problem> warnings;  ///< the config loads, but the user should know (a disabled backend)
 };
 
 /// Looks up an environment variable; nullopt when unset.

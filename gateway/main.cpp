@@ -81,6 +81,11 @@ int print_problems(const load_result& r) {
   return 1;
 }
 
+/// Warnings (a disabled backend, a route that will answer 503) do not stop a config loading.
+void print_warnings(const load_result& r) {
+  for (const auto& w : r.warnings) std::cerr << "warning: " << w.to_string() << "\n";
+}
+
 int check_config(const std::vector<std::string_view>& args) {
   if (!args.empty() && is_help(args[0])) {
     std::cout << check_help;
@@ -92,9 +97,12 @@ int check_config(const std::vector<std::string_view>& args) {
   }
   const auto result = load_checked(std::string(args[0]));
   if (!result.value) return print_problems(result);
+  print_warnings(result);
   const auto& c = *result.value;
   std::cout << args[0] << ": ok (" << c.backends.size() << " backends, " << c.routes.size() << " routes, "
-            << c.keys.size() << " keys)\n";
+            << c.keys.size() << " keys";
+  if (!c.disabled_backends.empty()) std::cout << "; " << c.disabled_backends.size() << " backends disabled";
+  std::cout << ")\n";
   return 0;
 }
 
@@ -116,6 +124,7 @@ int serve(const std::vector<std::string_view>& args) {
   }
   load_result loaded = load_checked(path);
   if (!loaded.value) return print_problems(loaded);
+  print_warnings(loaded);
 
   std::signal(SIGPIPE, SIG_IGN);
   net::io_context signals_io;
@@ -155,6 +164,7 @@ int serve(const std::vector<std::string_view>& args) {
       print_problems(next);
       return;
     }
+    print_warnings(next);
     const auto& old = srv->shared().current.load()->cfg.server;
     const auto& now = next.value->server;
     if (old.listen_host != now.listen_host || old.listen_port != now.listen_port || old.threads != now.threads ||
