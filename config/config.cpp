@@ -15,6 +15,8 @@
 #include <set>
 #include <sstream>
 
+#include "price_catalogue.hpp"
+
 namespace tollgate::config {
 
 std::string problem::to_string() const {
@@ -45,6 +47,45 @@ std::optional<duration> parse_duration(std::string_view text) {
 }
 
 namespace {
+
+/// config/prices.yaml, parsed once: (host, model) -> currency -> price.
+struct price_catalogue {
+  std::string as_of;
+  std::map<std::pair<std::string, std::string>, std::map<std::string, price_config>> prices;
+
+  static const price_catalogue& get() {
+    static const price_catalogue catalogue = [] {
+      price_catalogue c;
+      const YAML::Node root = YAML::Load(price_catalogue_yaml);
+      c.as_of = root["as_of"].as<std::string>();
+      for (const auto& provider : root["providers"]) {
+        for (const auto& host : provider["hosts"]) {
+          for (const auto& m : provider["models"]) {
+            for (auto it = m.begin(); it != m.end(); ++it) {
+              const std::string currency = it->first.Scalar();
+              if (currency == "model") continue;
+              price_config p;
+              p.input = it->second["input"].as<double>();
+              p.output = it->second["output"].as<double>();
+              p.cached_input = it->second["cached_input"] ? it->second["cached_input"].as<double>() : p.input;
+              c.prices[{host.Scalar(), m["model"].Scalar()}][currency] = p;
+            }
+          }
+        }
+      }
+      return c;
+    }();
+    return catalogue;
+  }
+};
+
+/// "https://api.deepseek.com/v1" -> "api.deepseek.com".
+std::string url_host(std::string_view url) {
+  if (auto scheme = url.find("://"); scheme != std::string_view::npos) url.remove_prefix(scheme + 3);
+  url = url.substr(0, url.find('/'));
+  if (!url.starts_with('[')) url = url.substr(0, url.find(':'));
+  return std::string(url);
+}
 
 /// Walks the YAML tree once, turning it into structs and collecting every problem on the way.
 class loader {
@@ -107,6 +148,7 @@ class loader {
     }
     result.problems = std::move(problems_);
     result.warnings = std::move(warnings_);
+    result.unpriced = std::move(unpriced_);
     if (result.problems.empty()) result.value = std::move(c);
     return result;
   }
@@ -725,7 +767,10 @@ class loader {
           if (!expect_map(t, tpath)) continue;
           known_keys(t, tpath, {"backend", "model", "weight", "price"});
           target_config tc;
-          if (auto p = t["price"]) read_price(p, tpath + ".price", tc.price);
+          if (auto p = t["price"]) {
+            read_price(p, tpath + ".price", tc.price);
+            tc.price_source = "config";
+          }
           if (auto w = t["weight"]) {
             if (auto i = integer(w, tpath + ".weight", 1, 10000)) tc.weight = static_cast<unsigned>(*i);
           }
@@ -744,6 +789,7 @@ class loader {
           if (auto m = t["model"]; m && !m.IsNull()) {
             if (auto name = string(m, tpath + ".model")) tc.model = *name;
           }
+          if (tc.price_source.empty()) price_from_catalogue(t, tpath, c, rc, tc);
           rc.targets.push_back(std::move(tc));
         }
         if (rc.targets.empty() && !dropped.empty()) {
@@ -762,6 +808,37 @@ class loader {
     }
   }
 
+  /// A target without `price`: the catalogue's list price for its provider and upstream model,
+  /// in the config's currency; else it is noted as unpriced (kind openai only: the local engine
+  /// has no per-token price).
+  void price_from_catalogue(const YAML::Node& t, const std::string& tpath, const config& c, const route_config& rc,
+                            target_config& tc) {
+    const backend_config* backend = nullptr;
+    for (const auto& b : c.backends) {
+      if (b.name == tc.backend) backend = &b;
+    }
+    if (backend == nullptr || backend->kind != "openai") return;
+    const bool wildcard = tc.model.empty() && rc.model.find_first_of("*?") != std::string::npos;
+    const std::string model = tc.model.empty() ? rc.model : tc.model;
+    const auto& catalogue = price_catalogue::get();
+    std::string why;
+    if (wildcard) {
+      why = "the route is a pattern, so the upstream model varies";
+    } else if (auto it = catalogue.prices.find({url_host(backend->base_url), model}); it == catalogue.prices.end()) {
+      why = "the price catalogue does not list '" + model + "' at " + url_host(backend->base_url);
+    } else if (auto p = it->second.find(c.currency); p == it->second.end()) {
+      why = "the price catalogue lists '" + model + "' in " + it->second.begin()->first + ", not " + c.currency;
+    } else {
+      tc.price = p->second;
+      tc.price_source = "catalogue";
+      return;
+    }
+    const auto mark = t.Mark();
+    unpriced_.push_back(problem{file_, mark.line >= 0 ? mark.line + 1 : 0, mark.line >= 0 ? mark.column + 1 : 0, tpath,
+                                "no price for backend '" + tc.backend + "': " + why +
+                                    "; its requests cost 0 (set price: {input, output}, per million tokens)"});
+  }
+
   void warn(const YAML::Node& at, const std::string& key, std::string message) {
     const auto mark = at.Mark();
     const bool known = mark.line >= 0;
@@ -772,10 +849,13 @@ class loader {
   const env_lookup& env_;
   std::vector<problem> problems_;
   std::vector<problem> warnings_;
+  std::vector<problem> unpriced_;
   std::vector<std::string>* unset_vars_ = nullptr;  ///< set while reading an optional backend
 };
 
 }  // namespace
+
+std::string price_catalogue_date() { return price_catalogue::get().as_of; }
 
 load_result load_string(std::string_view yaml, const std::string& file_name, const env_lookup& env) {
   return loader(file_name, env).load(yaml);

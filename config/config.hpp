@@ -102,6 +102,9 @@ struct target_config {
   std::string model;  ///< the name this upstream expects; empty: the name the client sent
   unsigned weight = 1;  ///< for the weighted strategy
   price_config price;   ///< what this target charges; the cost strategy picks the cheapest
+  /// Where price came from: "config", "catalogue" (config/prices.yaml, when the target names
+  /// none), or empty: no price known, so its requests cost 0.
+  std::string price_source;
 };
 
 struct retry_config {
@@ -158,6 +161,9 @@ struct load_result {
   std::optional<config> value;  ///< set only when problems is empty
   std::vector<problem> problems;
   std::vector<problem> warnings;  ///< the config loads, but the user should know (a disabled backend)
+  /// Targets on a provider (kind openai) with no price in the config or the catalogue: their
+  /// requests cost 0. check-config prints these; serve does not (demos and self-hosted servers).
+  std::vector<problem> unpriced;
 };
 
 /// Looks up an environment variable; nullopt when unset.
@@ -169,6 +175,9 @@ std::optional<std::string> process_env(const std::string& name);
 load_result load_string(std::string_view yaml, const std::string& file_name,
                         const env_lookup& env = process_env);
 load_result load_file(const std::string& path, const env_lookup& env = process_env);
+
+/// The date of the built-in price catalogue's list prices (config/prices.yaml).
+std::string price_catalogue_date();
 
 /// Parses "250ms", "2s", "10m", "1h" (a bare number is seconds).
 std::optional<duration> parse_duration(std::string_view text);

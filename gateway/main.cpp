@@ -98,7 +98,17 @@ int check_config(const std::vector<std::string_view>& args) {
   const auto result = load_checked(std::string(args[0]));
   if (!result.value) return print_problems(result);
   print_warnings(result);
+  for (const auto& w : result.unpriced) std::cerr << "warning: " << w.to_string() << "\n";
   const auto& c = *result.value;
+  std::size_t from_catalogue = 0;
+  for (const auto& r : c.routes) {
+    for (const auto& t : r.targets) from_catalogue += t.price_source == "catalogue" ? 1 : 0;
+  }
+  if (from_catalogue > 0) {
+    std::cerr << "note: " << from_catalogue << (from_catalogue == 1 ? " target is" : " targets are")
+              << " priced from the built-in catalogue (config/prices.yaml: list prices as of "
+              << tollgate::config::price_catalogue_date() << "; check them against your provider)\n";
+  }
   std::cout << args[0] << ": ok (" << c.backends.size() << " backends, " << c.routes.size() << " routes, "
             << c.keys.size() << " keys";
   if (!c.disabled_backends.empty()) std::cout << "; " << c.disabled_backends.size() << " backends disabled";

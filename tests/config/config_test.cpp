@@ -397,6 +397,59 @@ routes:
   }
 }
 
+TEST_CASE("the price catalogue prices targets that name none; a target's own price wins", "[config][prices]") {
+  const std::string yaml = R"(currency: ${CUR:-CNY}
+backends:
+  - {name: ds, kind: openai, base_url: "https://api.deepseek.com/v1"}
+  - {name: other, kind: openai, base_url: "https://api.example.com/v1"}
+routes:
+  - model: chat
+    targets:
+      - {backend: ds, model: deepseek-chat}
+      - {backend: ds, model: deepseek-chat, price: {input: 9, output: 10}}
+      - {backend: other, model: deepseek-chat}
+  - model: deepseek-reasoner
+    targets: [{backend: ds}]
+  - model: deepseek-*
+    targets: [{backend: ds}]
+)";
+  auto r = load(yaml);
+  for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+  REQUIRE(r.value);
+  const auto& chat = r.value->routes[0].targets;
+  CHECK(chat[0].price_source == "catalogue");
+  CHECK(chat[0].price.input == 2);
+  CHECK(chat[0].price.cached_input == 0.2);
+  CHECK(chat[0].price.output == 3);
+  CHECK(chat[1].price_source == "config");  // overridden per target
+  CHECK(chat[1].price.input == 9);
+  CHECK(chat[1].price.cached_input == 9);
+  CHECK(chat[2].price_source.empty());  // the same model name at another provider: unknown
+  CHECK(chat[2].price.input == 0);
+  // No `model` on the target: the route's name is what goes upstream.
+  CHECK(r.value->routes[1].targets[0].price_source == "catalogue");
+  CHECK(r.value->routes[2].targets[0].price_source.empty());
+  REQUIRE(r.unpriced.size() == 2);
+  CHECK(r.unpriced[0].key == "routes[0].targets[2]");
+  CHECK(r.unpriced[0].line == 10);
+  CHECK(r.unpriced[0].message ==
+        "no price for backend 'other': the price catalogue does not list 'deepseek-chat' at api.example.com; its "
+        "requests cost 0 (set price: {input, output}, per million tokens)");
+  CHECK(r.unpriced[1].key == "routes[2].targets[0]");
+  CHECK(r.unpriced[1].message.find("the route is a pattern") != std::string::npos);
+  CHECK(r.warnings.empty());  // unpriced targets are check-config's business, not a load warning
+
+  auto usd = load(yaml, {{"CUR", "USD"}});
+  REQUIRE(usd.value);
+  CHECK(usd.value->routes[0].targets[0].price.input == 0.28);
+  CHECK(usd.value->routes[0].targets[0].price.output == 0.42);
+  auto eur = load(yaml, {{"CUR", "EUR"}});
+  REQUIRE(eur.value);
+  CHECK(eur.value->routes[0].targets[0].price_source.empty());
+  CHECK(eur.unpriced.size() == 4);
+  CHECK(!price_catalogue_date().empty());
+}
+
 TEST_CASE("server.access_log_skip takes paths", "[config]") {
   auto r = load("server: {access_log_skip: [/metrics, /healthz]}\n" + minimal);
   REQUIRE(r.value);
