@@ -12,8 +12,11 @@
 #include <cstdlib>
 #include <fstream>
 #include <initializer_list>
+#include <map>
 #include <set>
 #include <sstream>
+
+#include "price_catalogue.hpp"
 
 namespace tollgate::config {
 
@@ -45,6 +48,45 @@ std::optional<duration> parse_duration(std::string_view text) {
 }
 
 namespace {
+
+/// config/prices.yaml, parsed once: (host, model) -> currency -> price.
+struct price_catalogue {
+  std::string as_of;
+  std::map<std::pair<std::string, std::string>, std::map<std::string, price_config>> prices;
+
+  static const price_catalogue& get() {
+    static const price_catalogue catalogue = [] {
+      price_catalogue c;
+      const YAML::Node root = YAML::Load(price_catalogue_yaml);
+      c.as_of = root["as_of"].as<std::string>();
+      for (const auto& provider : root["providers"]) {
+        for (const auto& host : provider["hosts"]) {
+          for (const auto& m : provider["models"]) {
+            for (auto it = m.begin(); it != m.end(); ++it) {
+              const std::string currency = it->first.Scalar();
+              if (currency == "model") continue;
+              price_config p;
+              p.input = it->second["input"].as<double>();
+              p.output = it->second["output"].as<double>();
+              p.cached_input = it->second["cached_input"] ? it->second["cached_input"].as<double>() : p.input;
+              c.prices[{host.Scalar(), m["model"].Scalar()}][currency] = p;
+            }
+          }
+        }
+      }
+      return c;
+    }();
+    return catalogue;
+  }
+};
+
+/// "https://api.deepseek.com/v1" -> "api.deepseek.com".
+std::string url_host(std::string_view url) {
+  if (auto scheme = url.find("://"); scheme != std::string_view::npos) url.remove_prefix(scheme + 3);
+  url = url.substr(0, url.find('/'));
+  if (!url.starts_with('[')) url = url.substr(0, url.find(':'));
+  return std::string(url);
+}
 
 /// Walks the YAML tree once, turning it into structs and collecting every problem on the way.
 class loader {
@@ -96,7 +138,7 @@ class loader {
     if (auto n = root["server"]) read_server(n, c.server);
     if (auto n = root["keys"]) read_keys(n, c.keys);
     if (auto n = root["backends"]; n && !n.IsNull()) {
-      read_backends(n, c.backends);
+      read_backends(n, c);
     } else {
       add(root, "backends", "at least one backend is required");
     }
@@ -106,6 +148,8 @@ class loader {
       add(root, "routes", "at least one route is required");
     }
     result.problems = std::move(problems_);
+    result.warnings = std::move(warnings_);
+    result.unpriced = std::move(unpriced_);
     if (result.problems.empty()) result.value = std::move(c);
     return result;
   }
@@ -185,7 +229,11 @@ class loader {
         return std::nullopt;
       }
       auto value = env_(name);
-      if (value && !(fallback && value->empty())) {
+      if (unset_vars_ != nullptr && !fallback && (!value || value->empty())) {
+        // In an optional backend an unset (or empty) variable disables the backend instead.
+        unset_vars_->push_back(name);
+        ok = false;
+      } else if (value && !(fallback && value->empty())) {
         out += *value;
       } else if (fallback) {
         out += *fallback;
@@ -289,7 +337,8 @@ class loader {
   void read_server(const YAML::Node& n, server_config& s) {
     if (!expect_map(n, "server")) return;
     known_keys(n, "server",
-               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log", "admin_key"});
+               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log", "access_log_skip",
+                "admin_key"});
     if (auto v = n["listen"]) read_listen(v, "server.listen", s);
     if (auto v = n["threads"]) {
       if (auto i = integer(v, "server.threads", 0, 1024)) s.threads = static_cast<unsigned>(*i);
@@ -309,6 +358,15 @@ class loader {
       if (auto t = string(v, "server.access_log")) {
         if (t->empty()) add(v, "server.access_log", "must be stdout, stderr, off or a file path");
         else s.access_log = *t;
+      }
+    }
+    if (auto v = n["access_log_skip"]; v && !v.IsNull() && expect_list(v, "server.access_log_skip")) {
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        const std::string path = "server.access_log_skip[" + std::to_string(i) + "]";
+        if (auto t = string(v[i], path)) {
+          if (!t->starts_with("/") || t->find('?') != std::string::npos) add(v[i], path, "expected a path like /metrics");
+          else s.access_log_skip.push_back(*t);
+        }
       }
     }
   }
@@ -520,7 +578,8 @@ class loader {
     }
   }
 
-  void read_backends(const YAML::Node& n, std::vector<backend_config>& backends) {
+  void read_backends(const YAML::Node& n, config& c) {
+    std::vector<backend_config>& backends = c.backends;
     if (!expect_list(n, "backends")) return;
     if (n.size() == 0) add(n, "backends", "at least one backend is required");
     std::set<std::string> names;
@@ -528,11 +587,26 @@ class loader {
       const std::string path = "backends[" + std::to_string(i) + "]";
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
-      known_keys(b, path, {"name", "kind", "base_url", "api_key", "headers", "transport", "timeouts", "ejection", "health_check",
-                            "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device", "max_batch", "dtype",
-                            "kv_cache_memory", "max_batch_tokens"});
+      known_keys(b, path, {"name", "kind", "optional", "base_url", "api_key", "headers", "transport", "timeouts", "ejection",
+                            "health_check", "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device",
+                            "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens"});
       backend_config bc;
       bool ok = true;
+      // optional: true: a ${VAR} left unset disables this backend (with a warning) instead of
+      // failing the load, so a config can name providers whose keys not every user has.
+      bool optional = false;
+      std::vector<std::string> unset;
+      if (auto v = b["optional"]; v && !v.IsNull()) {
+        if (auto t = string(v, path + ".optional")) {
+          if (*t == "true") optional = true;
+          else if (*t != "false") add(v, path + ".optional", "must be true or false");
+        }
+      }
+      if (optional) unset_vars_ = &unset;
+      struct sink_reset {
+        std::vector<std::string>*& sink;
+        ~sink_reset() { sink = nullptr; }
+      } reset_sink{unset_vars_};
       if (auto name = required_string(b, "name", path)) {
         if (!valid_name(*name)) {
           add(b["name"], path + ".name", "a backend name uses only letters, digits, '_', '-' and '.'");
@@ -632,7 +706,19 @@ class loader {
         if (auto i = integer(v, path + ".max_queue", 0, 1000000)) bc.max_queue = static_cast<unsigned>(*i);
       }
       if (auto v = b["queue_timeout"]) read_duration(v, path + ".queue_timeout", bc.queue_timeout);
-      if (ok) backends.push_back(std::move(bc));
+      if (ok && !unset.empty()) {
+        std::string vars;
+        for (const auto& u : unset) {
+          if (vars.find(u) == std::string::npos) vars += (vars.empty() ? "" : ", ") + u;
+        }
+        const std::string reason =
+            "environment variable" + std::string(vars.find(',') == std::string::npos ? " " : "s ") + vars +
+            (vars.find(',') == std::string::npos ? " is" : " are") + " not set";
+        warn(b, path, "backend '" + bc.name + "' is disabled: " + reason);
+        c.disabled_backends.push_back({bc.name, reason});
+      } else if (ok) {
+        backends.push_back(std::move(bc));
+      }
     }
   }
 
@@ -641,6 +727,8 @@ class loader {
     if (n.size() == 0) add(n, "routes", "at least one route is required");
     std::set<std::string> backend_names;
     for (const auto& b : c.backends) backend_names.insert(b.name);
+    std::map<std::string, std::string> disabled;  // backend name -> why
+    for (const auto& d : c.disabled_backends) disabled.emplace(d.name, d.reason);
     std::set<std::string> public_names;
     std::vector<std::pair<YAML::Node, std::string>> route_refs;  // fallbacks, checked at the end
     auto claim = [&](const YAML::Node& at, const std::string& path, const std::string& name) {
@@ -694,17 +782,27 @@ class loader {
       if (!targets || targets.IsNull() || (targets.IsSequence() && targets.size() == 0)) {
         add(targets ? targets : r, path + ".targets", "a route needs at least one target");
       } else if (expect_list(targets, path + ".targets")) {
+        std::string dropped;  // disabled backends this route named
         for (std::size_t j = 0; j < targets.size(); ++j) {
           const std::string tpath = path + ".targets[" + std::to_string(j) + "]";
           const YAML::Node t = targets[j];
           if (!expect_map(t, tpath)) continue;
           known_keys(t, tpath, {"backend", "model", "weight", "price"});
           target_config tc;
-          if (auto p = t["price"]) read_price(p, tpath + ".price", tc.price);
+          if (auto p = t["price"]) {
+            read_price(p, tpath + ".price", tc.price);
+            tc.price_source = "config";
+          }
           if (auto w = t["weight"]) {
             if (auto i = integer(w, tpath + ".weight", 1, 10000)) tc.weight = static_cast<unsigned>(*i);
           }
           if (auto backend = required_string(t, "backend", tpath)) {
+            if (auto d = disabled.find(*backend); d != disabled.end()) {
+              if (dropped.find("'" + *backend + "'") == std::string::npos) {
+                dropped += (dropped.empty() ? "'" : ", '") + *backend + "' (" + d->second + ")";
+              }
+              continue;  // the route keeps its other targets
+            }
             if (!backend_names.count(*backend)) {
               add(t["backend"], tpath + ".backend", "unknown backend '" + *backend + "'");
             }
@@ -713,7 +811,12 @@ class loader {
           if (auto m = t["model"]; m && !m.IsNull()) {
             if (auto name = string(m, tpath + ".model")) tc.model = *name;
           }
+          if (tc.price_source.empty()) price_from_catalogue(t, tpath, c, rc, tc);
           rc.targets.push_back(std::move(tc));
+        }
+        if (rc.targets.empty() && !dropped.empty()) {
+          rc.unavailable = "every backend it routes to is disabled: " + dropped;
+          warn(targets, path + ".targets", "requests get 503: " + rc.unavailable);
         }
       }
       c.routes.push_back(std::move(rc));
@@ -727,12 +830,54 @@ class loader {
     }
   }
 
+  /// A target without `price`: the catalogue's list price for its provider and upstream model,
+  /// in the config's currency; else it is noted as unpriced (kind openai only: the local engine
+  /// has no per-token price).
+  void price_from_catalogue(const YAML::Node& t, const std::string& tpath, const config& c, const route_config& rc,
+                            target_config& tc) {
+    const backend_config* backend = nullptr;
+    for (const auto& b : c.backends) {
+      if (b.name == tc.backend) backend = &b;
+    }
+    if (backend == nullptr || backend->kind != "openai") return;
+    const bool wildcard = tc.model.empty() && rc.model.find_first_of("*?") != std::string::npos;
+    const std::string model = tc.model.empty() ? rc.model : tc.model;
+    const auto& catalogue = price_catalogue::get();
+    std::string why;
+    if (wildcard) {
+      why = "the route is a pattern, so the upstream model varies";
+    } else if (auto it = catalogue.prices.find({url_host(backend->base_url), model}); it == catalogue.prices.end()) {
+      why = "the price catalogue does not list '" + model + "' at " + url_host(backend->base_url);
+    } else if (auto p = it->second.find(c.currency); p == it->second.end()) {
+      why = "the price catalogue lists '" + model + "' in " + it->second.begin()->first + ", not " + c.currency;
+    } else {
+      tc.price = p->second;
+      tc.price_source = "catalogue";
+      return;
+    }
+    const auto mark = t.Mark();
+    unpriced_.push_back(problem{file_, mark.line >= 0 ? mark.line + 1 : 0, mark.line >= 0 ? mark.column + 1 : 0, tpath,
+                                "no price for backend '" + tc.backend + "': " + why +
+                                    "; its requests cost 0 (set price: {input, output}, per million tokens)"});
+  }
+
+  void warn(const YAML::Node& at, const std::string& key, std::string message) {
+    const auto mark = at.Mark();
+    const bool known = mark.line >= 0;
+    warnings_.push_back(problem{file_, known ? mark.line + 1 : 0, known ? mark.column + 1 : 0, key, std::move(message)});
+  }
+
   std::string file_;
   const env_lookup& env_;
   std::vector<problem> problems_;
+  std::vector<problem> warnings_;
+  std::vector<problem> unpriced_;
+  std::vector<std::string>* unset_vars_ = nullptr;  ///< set while reading an optional backend
 };
 
 }  // namespace
+
+std::string price_catalogue_date() { return price_catalogue::get().as_of; }
 
 load_result load_string(std::string_view yaml, const std::string& file_name, const env_lookup& env) {
   return loader(file_name, env).load(yaml);

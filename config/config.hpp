@@ -22,6 +22,7 @@ struct server_config {
   duration shutdown_timeout{std::chrono::seconds(30)};  ///< how long in-flight requests may finish
   duration idle_timeout{std::chrono::seconds(60)};      ///< keep-alive connection with no request
   std::string access_log = "stdout";                    ///< "stdout", "stderr", "off", or a file path
+  std::vector<std::string> access_log_skip;  ///< paths whose 2xx requests are not logged (probes, scrapes)
   std::string admin_key;  ///< opens /admin/; empty: /admin/ is off
 };
 
@@ -106,6 +107,9 @@ struct target_config {
   std::string model;  ///< the name this upstream expects; empty: the name the client sent
   unsigned weight = 1;  ///< for the weighted strategy
   price_config price;   ///< what this target charges; the cost strategy picks the cheapest
+  /// Where price came from: "config", "catalogue" (config/prices.yaml, when the target names
+  /// none), or empty: no price known, so its requests cost 0.
+  std::string price_source;
 };
 
 struct retry_config {
@@ -124,6 +128,15 @@ struct route_config {
   duration hedge_after{0};  ///< start a second attempt when no first byte came by then; 0: off
   std::vector<std::string> fallbacks;          ///< routes to try when every target failed
   std::vector<std::string> context_fallbacks;  ///< routes for context_length_exceeded
+  /// Set when every target named a disabled backend (their targets are dropped): why requests
+  /// to this route get 503.
+  std::string unavailable;
+};
+
+/// A backend marked `optional: true` whose `${VAR}`s were not all set: left out of the config.
+struct disabled_backend {
+  std::string name;
+  std::string reason;  ///< e.g. "environment variable QINIU_API_KEY is not set"
 };
 
 struct config {
@@ -135,6 +148,7 @@ struct config {
   std::vector<key_config> keys;
   std::vector<backend_config> backends;
   std::vector<route_config> routes;
+  std::vector<disabled_backend> disabled_backends;  ///< optional backends left out, in config order
 };
 
 /// One problem found while loading; line and column are 1-based (0 when unknown).
@@ -151,6 +165,10 @@ struct problem {
 struct load_result {
   std::optional<config> value;  ///< set only when problems is empty
   std::vector<problem> problems;
+  std::vector<problem> warnings;  ///< the config loads, but the user should know (a disabled backend)
+  /// Targets on a provider (kind openai) with no price in the config or the catalogue: their
+  /// requests cost 0. check-config prints these; serve does not (demos and self-hosted servers).
+  std::vector<problem> unpriced;
 };
 
 /// Looks up an environment variable; nullopt when unset.
@@ -162,6 +180,9 @@ std::optional<std::string> process_env(const std::string& name);
 load_result load_string(std::string_view yaml, const std::string& file_name,
                         const env_lookup& env = process_env);
 load_result load_file(const std::string& path, const env_lookup& env = process_env);
+
+/// The date of the built-in price catalogue's list prices (config/prices.yaml).
+std::string price_catalogue_date();
 
 /// Parses "250ms", "2s", "10m", "1h" (a bare number is seconds).
 std::optional<duration> parse_duration(std::string_view text);

@@ -9,7 +9,8 @@
 
 namespace tollgate::gateway {
 
-access_log::access_log(const std::string& destination, std::size_t shards) {
+access_log::access_log(const std::string& destination, std::size_t shards, std::vector<std::string> skip)
+    : skip_(std::move(skip)) {
   if (destination == "off") return;
   if (destination == "stdout" || destination.empty()) {
     out_ = stdout;
@@ -39,6 +40,12 @@ access_log::~access_log() {
 
 void access_log::write(std::size_t shard, const access_record& r) {
   if (out_ == nullptr) return;
+  if (r.status >= 200 && r.status < 300 && !skip_.empty()) {
+    const std::string_view path = std::string_view(r.path).substr(0, r.path.find('?'));
+    for (const auto& s : skip_) {
+      if (path == s) return;
+    }
+  }
   const auto now = std::chrono::system_clock::now();
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
   const std::time_t secs = static_cast<std::time_t>(ms / 1000);

@@ -46,8 +46,9 @@ struct access_record {
 
 class access_log {
  public:
-  /// destination: "stdout", "stderr", "off", or a file path (appended to).
-  access_log(const std::string& destination, std::size_t shards);
+  /// destination: "stdout", "stderr", "off", or a file path (appended to). skip: paths (query
+  /// ignored) whose successful (2xx) requests are not logged, e.g. /metrics for Prometheus scrapes.
+  access_log(const std::string& destination, std::size_t shards, std::vector<std::string> skip = {});
   ~access_log();  ///< flushes everything written before it
   access_log(const access_log&) = delete;
   access_log& operator=(const access_log&) = delete;
@@ -66,6 +67,7 @@ class access_log {
 
   std::FILE* out_ = nullptr;
   bool owns_file_ = false;
+  std::vector<std::string> skip_;
   std::vector<std::unique_ptr<shard_buffer>> shards_;
   std::mutex flush_mutex_;
   std::mutex wake_mutex_;

@@ -311,6 +311,7 @@ class session {
         any = any || up;
         backends[rt->cfg.backends[i].name] = up ? "up" : "down";
       }
+      for (const auto& d : rt->cfg.disabled_backends) backends[d.name] = "disabled";
       nlohmann::json body = {{"status", any ? "ready" : "no healthy backend"}, {"backends", std::move(backends)}};
       co_return co_await send_json(any ? 200 : 503, body.dump(), true);
     }
@@ -587,6 +588,12 @@ class session {
     }
 
     route_name_ = route->model;
+    if (route->targets.empty()) {
+      api_error err = unavailable("The model `" + fields.model + "` is not available: " + route->unavailable + ".");
+      err.code = "backend_disabled";
+      record_.error = err.code;
+      co_return co_await send_error(err, true);
+    }
 
     const std::int64_t estimate = estimate_tokens(req.body().size(), fields.max_tokens);
     const admission adm = rt.limits->admit(*principal_->key, *principal_->state, estimate, clock::now());
@@ -657,6 +664,7 @@ class session {
                                          const request_fields& fields, const runtime& rt, attempt_state& st) {
     rt.routes.plan(r, w_.index(), routing::pick_context{w_.random()}, clock::now(), order_);
     const std::size_t n = order_.size();
+    if (n == 0) co_return route_result::exhausted;  // a fallback whose backends are all disabled
     const unsigned attempts = r.retry.attempts != 0 ? r.retry.attempts : static_cast<unsigned>(n);
     std::size_t pos = 0;
     std::size_t refused = 0;

@@ -27,7 +27,7 @@ std::string iso_time(std::int64_t unix_seconds) {
   const auto day = floor<days>(t);
   const year_month_day ymd(day);
   const hh_mm_ss hms(t - day);
-  char buf[32];
+  char buf[64];  // room for any int year, so the format can never be cut
   std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02ld:%02ld:%02ldZ", int(ymd.year()), unsigned(ymd.month()),
                 unsigned(ymd.day()), long(hms.hours().count()), long(hms.minutes().count()),
                 long(hms.seconds().count()));

@@ -10,6 +10,7 @@
 
 #include "config/config.hpp"
 #include "gateway/key_admin.hpp"
+#include "gateway/money.hpp"
 #include "gateway/store.hpp"
 
 namespace tollgate::gateway {
@@ -175,10 +176,8 @@ int list(const std::vector<std::string_view>& args) {
     for (const auto& m : j["models"]) models += (models.empty() ? "" : ",") + m.get<std::string>();
     std::string budget = "-";
     if (!j["budget"].is_null()) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "%g/%s (%.4g)", j["budget"]["amount"].get<double>(),
-                    j["budget"]["period"].get<std::string>().c_str(), j.value("spent_this_period", 0.0));
-      budget = buf;
+      budget = format_amount(j["budget"]["amount"].get<double>()) + "/" + j["budget"]["period"].get<std::string>() +
+               " (" + format_money(j.value("spent_this_period", 0.0)) + ")";
     }
     std::cout << std::setw(20) << j["name"].get<std::string>() << std::setw(12) << j["prefix"].get<std::string>()
               << std::setw(9) << j["status"].get<std::string>() << std::setw(24) << (models.empty() ? "*" : models)

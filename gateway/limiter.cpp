@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "gateway/money.hpp"
 #include "gateway/store.hpp"
 
 namespace tollgate::gateway {
@@ -29,12 +30,6 @@ void roll_period(const config::key_config& key, key_state& st, std::int64_t now_
   st.period_end_ms = end;
 }
 
-std::string money(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.4f", v);
-  return buf;
-}
-
 }  // namespace
 
 std::optional<double> budget_left(const config::key_config& key, key_state& st, std::int64_t now_unix_ms) {
@@ -52,8 +47,8 @@ admission memory_limiter::admit(const config::key_config& key, key_state& state,
     if (state.spent >= key.budget) {
       const auto wait = std::chrono::seconds((state.period_end_ms - now_ms + 999) / 1000);
       return {false, "insufficient_quota",
-              "You exceeded this key's budget of " + money(key.budget) + " per " + key.budget_period + " (spent " +
-                  money(state.spent) + "). It renews at the start of the next " + key.budget_period + " (UTC).",
+              "You exceeded this key's budget of " + format_amount(key.budget) + " per " + key.budget_period +
+                  " (spent " + format_money(state.spent) + "). It renews at the start of the next " + key.budget_period + " (UTC).",
               std::max(wait, std::chrono::seconds(1))};
     }
   }

@@ -43,9 +43,15 @@ constexpr std::string_view serve_help =
     "\n"
     "Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests\n"
     "finish for up to server.shutdown_timeout, and exits. ${VAR} in the config expands from the\n"
-    "environment. Without --config the embedded demo config is used (config/examples/demo.yaml).\n"
-    "SIGHUP, or any change to the file, reloads it: an invalid file is refused with its problems\n"
-    "logged and the running config kept; requests in flight finish on the config they started with.\n";
+    "environment.\n"
+    "\n"
+    "With --config FILE, SIGHUP or any change to FILE reloads it: an invalid file is refused with\n"
+    "its problems logged and the running config kept; requests in flight finish on the config they\n"
+    "started with.\n"
+    "\n"
+    "Without --config the embedded demo config is used: a copy of config/examples/demo.yaml taken\n"
+    "when tollgate was built. It has no file, so it never reloads, and no store. To edit a config\n"
+    "and watch it reload, serve a file: deploy/demo.sh serves data/demo.yaml.\n";
 
 constexpr std::string_view check_help =
     "usage: tollgate check-config FILE\n"
@@ -75,6 +81,11 @@ int print_problems(const load_result& r) {
   return 1;
 }
 
+/// Warnings (a disabled backend, a route that will answer 503) do not stop a config loading.
+void print_warnings(const load_result& r) {
+  for (const auto& w : r.warnings) std::cerr << "warning: " << w.to_string() << "\n";
+}
+
 int check_config(const std::vector<std::string_view>& args) {
   if (!args.empty() && is_help(args[0])) {
     std::cout << check_help;
@@ -86,9 +97,22 @@ int check_config(const std::vector<std::string_view>& args) {
   }
   const auto result = load_checked(std::string(args[0]));
   if (!result.value) return print_problems(result);
+  print_warnings(result);
+  for (const auto& w : result.unpriced) std::cerr << "warning: " << w.to_string() << "\n";
   const auto& c = *result.value;
+  std::size_t from_catalogue = 0;
+  for (const auto& r : c.routes) {
+    for (const auto& t : r.targets) from_catalogue += t.price_source == "catalogue" ? 1 : 0;
+  }
+  if (from_catalogue > 0) {
+    std::cerr << "note: " << from_catalogue << (from_catalogue == 1 ? " target is" : " targets are")
+              << " priced from the built-in catalogue (config/prices.yaml: list prices as of "
+              << tollgate::config::price_catalogue_date() << "; check them against your provider)\n";
+  }
   std::cout << args[0] << ": ok (" << c.backends.size() << " backends, " << c.routes.size() << " routes, "
-            << c.keys.size() << " keys)\n";
+            << c.keys.size() << " keys";
+  if (!c.disabled_backends.empty()) std::cout << "; " << c.disabled_backends.size() << " backends disabled";
+  std::cout << ")\n";
   return 0;
 }
 
@@ -110,6 +134,7 @@ int serve(const std::vector<std::string_view>& args) {
   }
   load_result loaded = load_checked(path);
   if (!loaded.value) return print_problems(loaded);
+  print_warnings(loaded);
 
   std::signal(SIGPIPE, SIG_IGN);
   net::io_context signals_io;
@@ -149,11 +174,13 @@ int serve(const std::vector<std::string_view>& args) {
       print_problems(next);
       return;
     }
+    print_warnings(next);
     const auto& old = srv->shared().current.load()->cfg.server;
     const auto& now = next.value->server;
     if (old.listen_host != now.listen_host || old.listen_port != now.listen_port || old.threads != now.threads ||
-        old.access_log != now.access_log) {
-      std::cerr << "tollgate: server.listen, server.threads and server.access_log change only on restart" << std::endl;
+        old.access_log != now.access_log || old.access_log_skip != now.access_log_skip) {
+      std::cerr << "tollgate: server.listen, server.threads and server.access_log(_skip) change only on restart"
+                << std::endl;
     }
     auto fresh = std::make_shared<const tollgate::gateway::runtime>(std::move(*next.value), lasting, workers);
     std::cerr << "tollgate: reloaded " << fresh->cfg.source << " (" << why << ", " << fresh->routes.public_models().size()

@@ -17,7 +17,7 @@ using tcp = net::ip::tcp;
 server::server(std::shared_ptr<const runtime> rt) {
   const auto& sc = rt->cfg.server;
   const std::size_t threads = worker_count(sc);
-  shared_.log = std::make_unique<access_log>(sc.access_log, threads);
+  shared_.log = std::make_unique<access_log>(sc.access_log, threads, sc.access_log_skip);
   shared_.metrics = std::make_unique<gateway_metrics>(threads);
   if (!rt->cfg.sqlite_path.empty()) {
     shared_.keys_store = open_sqlite_store(rt->cfg.sqlite_path);

@@ -54,6 +54,7 @@ void route_table::build(const config::config& cfg, health_registry& health, std:
     r.wildcard = has_wildcard(rc.model);
     r.retry = rc.retry;
     r.hedge_after = rc.hedge_after;
+    r.unavailable = rc.unavailable;
     for (const auto& tc : rc.targets) {
       auto it = backend_index.find(tc.backend);
       if (it == backend_index.end()) continue;  // unreachable after validation

@@ -36,6 +36,7 @@ struct route {
   std::vector<const route*> fallbacks;
   std::vector<const route*> context_fallbacks;
   config::duration deadline{0};  ///< the longest total timeout of its backends: the retry budget
+  std::string unavailable;  ///< why it has no targets (all its backends are disabled); else empty
   std::vector<std::unique_ptr<policy>> policies;  ///< one per worker thread
 };
 

@@ -16,7 +16,7 @@ server: {listen: "127.0.0.1:0", threads: 1, access_log: stdout}
 keys: [{name: ops, key: tg-static-ops-key}]
 backends: [{name: fake, kind: openai, base_url: "$upstream/v1"}]
 routes:
-  - {model: deepseek-chat, targets: [{backend: fake}]}
+  - {model: deepseek-chat, targets: [{backend: fake, price: {input: 1, output: 2}}]}
   - {model: qwen-max, targets: [{backend: fake}]}
 YAML
 
@@ -72,6 +72,15 @@ grep -rq "${key:3}" "$work/tollgate.log" && fail "the log holds the secret"
 grep -rqa "${key:3}" "$work"/tollgate.db* && fail "the database holds the secret"
 [ "$(sqlite3 "$work/tollgate.db" "SELECT count(*) FROM api_keys WHERE name = 'team-a' AND length(digest) = 64")" = 1 ] ||
   fail "team-a's digest is not in the store"
+# team-a's request cost millionths (a few tokens at 1 and 2 a million): the spend shows in fixed
+# notation, once the ledger has the row.
+spent=""
+for _ in $(seq 1 30); do
+  spent=$("$tg" keys list --config "$work/tollgate.yaml" | grep "team-a" | grep -o '50/month ([^)]*)' || true)
+  [ -n "$spent" ] && [ "$spent" != "50/month (0.00)" ] && break
+  sleep 0.1
+done
+[[ "$spent" =~ ^50/month\ \(0\.0+[1-9][0-9]?\)$ ]] || fail "spend not in fixed notation: '$spent'"
 
 "$tg" keys revoke --config "$work/tollgate.yaml" --name team-a 2>/dev/null
 gone=""

@@ -8,6 +8,8 @@ fail() { echo "FAIL: $*"; exit 1; }
 
 "$bin" --help | grep -q "check-config FILE" || fail "--help"
 "$bin" serve --help | grep -q "shutdown_timeout" || fail "serve --help"
+# The embedded config has no file: help must not promise that editing it reloads.
+"$bin" serve --help | grep -q "it never reloads" || fail "serve --help on the embedded config"
 "$bin" check-config --help | grep -q "exits 1" || fail "check-config --help"
 "$bin" --version | grep -Eq '^tollgate [0-9]+\.[0-9]+\.[0-9]+$' || fail "--version"
 if "$bin" frobnicate 2>/dev/null; then fail "unknown command accepted"; fi
@@ -66,4 +68,20 @@ serve_code=$?
 set -e
 [ "$code" -eq 1 ] || fail "missing file exit code $code"
 [ "$serve_code" -eq 1 ] || fail "serve with a bad config exit code $serve_code"
+# Prices: the catalogue prices DeepSeek's own API; a provider target with none is named, and the
+# config still passes.
+cat >"$work/prices.yaml" <<'YAML'
+backends:
+  - {name: ds, kind: openai, base_url: "https://api.deepseek.com/v1"}
+  - {name: other, kind: openai, base_url: "https://api.example.com/v1"}
+routes:
+  - {model: chat, targets: [{backend: ds, model: deepseek-chat}, {backend: other, model: x}]}
+  - {model: priced, targets: [{backend: other, model: y, price: {input: 1, output: 2}}]}
+YAML
+out=$("$bin" check-config "$work/prices.yaml" 2>&1) || fail "priced config refused: $out"
+echo "$out" | grep -q "^note: 1 target is priced from the built-in catalogue (config/prices.yaml: list prices as of " ||
+  fail "no catalogue note: $out"
+echo "$out" | grep -q "^warning: .*prices.yaml:5:.*routes\[0\].targets\[1\]: no price for backend 'other'" ||
+  fail "no unpriced warning: $out"
+[ "$(echo "$out" | grep -c "no price")" -eq 1 ] || fail "only one target lacks a price: $out"
 echo "cli: 1 passed, 0 failed"

@@ -298,6 +298,168 @@ TEST_CASE("the shipped examples load", "[config]") {
   CHECK(missing.problems[0].line == 0);
 }
 
+TEST_CASE("providers.yaml loads with the gateway's key and one provider's key", "[config]") {
+  const std::map<std::string, std::string> vars{{"TOLLGATE_API_KEY", "tg-test"}, {"DEEPSEEK_API_KEY", "sk-test"}};
+  auto r = load_file(std::string(TOLLGATE_SOURCE_DIR) + "/config/examples/providers.yaml", env_of(vars));
+  for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+  REQUIRE(r.value);
+  std::vector<std::string> enabled;
+  for (const auto& b : r.value->backends) enabled.push_back(b.name);
+  CHECK(enabled == std::vector<std::string>{"deepseek", "local-vllm"});
+  REQUIRE(r.value->disabled_backends.size() == 2);
+  CHECK(r.value->disabled_backends[0].name == "qiniu");
+  CHECK(r.value->disabled_backends[0].reason == "environment variable QINIU_API_KEY is not set");
+  // One warning per disabled backend, and one for the route only Qiniu served (deepseek-*).
+  std::vector<std::string> warned;
+  for (const auto& w : r.warnings) warned.push_back(w.key);
+  CHECK(warned == std::vector<std::string>{"backends[0]", "backends[1]", "routes[3].targets"});
+  for (const auto& route : r.value->routes) {
+    for (const auto& t : route.targets) CHECK((t.backend == "deepseek" || t.backend == "local-vllm"));
+    if (route.model == "deepseek-v3.2-chat") CHECK(route.targets.size() == 1);
+  }
+  // Without the gateway's own key it still refuses: that one is not optional.
+  auto no_key = load_file(std::string(TOLLGATE_SOURCE_DIR) + "/config/examples/providers.yaml",
+                          env_of({{"DEEPSEEK_API_KEY", "sk-test"}}));
+  CHECK_FALSE(no_key.value);
+}
+
+TEST_CASE("optional backends: an unset variable disables the backend with a warning", "[config]") {
+  const std::string yaml = R"(backends:
+  - name: paid
+    kind: openai
+    optional: true
+    base_url: https://api.example.com/v1
+    api_key: ${PAID_KEY}
+  - name: free
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+  - name: strict
+    kind: openai
+    base_url: http://127.0.0.1:9001/v1
+    api_key: ${STRICT_KEY:-none}
+routes:
+  - model: mixed
+    targets: [{backend: paid}, {backend: free}]
+  - model: only-paid
+    targets: [{backend: paid, model: x}, {backend: paid, model: y}]
+)";
+  SECTION("unset: left out, its targets dropped, a route with none left is unavailable") {
+    auto r = load(yaml);
+    for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+    REQUIRE(r.value);
+    REQUIRE(r.value->backends.size() == 2);
+    CHECK(r.value->backends[0].name == "free");
+    REQUIRE(r.value->disabled_backends.size() == 1);
+    CHECK(r.value->disabled_backends[0].reason == "environment variable PAID_KEY is not set");
+    REQUIRE(r.value->routes.size() == 2);
+    REQUIRE(r.value->routes[0].targets.size() == 1);
+    CHECK(r.value->routes[0].targets[0].backend == "free");
+    CHECK(r.value->routes[0].unavailable.empty());
+    CHECK(r.value->routes[1].targets.empty());
+    CHECK(r.value->routes[1].unavailable ==
+          "every backend it routes to is disabled: 'paid' (environment variable PAID_KEY is not set)");
+    REQUIRE(r.warnings.size() == 2);
+    CHECK(r.warnings[0].key == "backends[0]");
+    CHECK(r.warnings[0].line == 2);
+    CHECK(r.warnings[0].message == "backend 'paid' is disabled: environment variable PAID_KEY is not set");
+    CHECK(r.warnings[1].key == "routes[1].targets");
+    CHECK(r.warnings[1].line == 18);
+  }
+  SECTION("set but empty counts as unset") {
+    auto r = load(yaml, {{"PAID_KEY", ""}});
+    REQUIRE(r.value);
+    CHECK(r.value->disabled_backends.size() == 1);
+  }
+  SECTION("set: the backend is there and nothing warns") {
+    auto r = load(yaml, {{"PAID_KEY", "sk-1"}});
+    REQUIRE(r.value);
+    CHECK(r.value->backends.size() == 3);
+    CHECK(r.value->backends[0].api_key == "sk-1");
+    CHECK(r.value->disabled_backends.empty());
+    CHECK(r.warnings.empty());
+    CHECK(r.value->routes[1].targets.size() == 2);
+  }
+  SECTION("without optional an unset variable is still an error, and other problems still count") {
+    std::string strict = yaml;
+    strict.erase(strict.find("    optional: true\n"), 19);
+    auto r = load(strict);
+    CHECK_FALSE(r.value);
+    CHECK(find(r, "backends[0].api_key").message == "environment variable PAID_KEY is not set");
+    std::string broken = yaml;
+    broken.replace(broken.find("https://api.example.com"), 23, "ftp://api.example.com");
+    auto b = load(broken);
+    CHECK_FALSE(b.value);
+  }
+  SECTION("optional must be a boolean") {
+    std::string bad = yaml;
+    bad.replace(bad.find("optional: true"), 14, "optional: maybe");
+    CHECK(find(load(bad, {{"PAID_KEY", "k"}}), "backends[0].optional").message == "must be true or false");
+  }
+}
+
+TEST_CASE("the price catalogue prices targets that name none; a target's own price wins", "[config][prices]") {
+  const std::string yaml = R"(currency: ${CUR:-CNY}
+backends:
+  - {name: ds, kind: openai, base_url: "https://api.deepseek.com/v1"}
+  - {name: other, kind: openai, base_url: "https://api.example.com/v1"}
+routes:
+  - model: chat
+    targets:
+      - {backend: ds, model: deepseek-chat}
+      - {backend: ds, model: deepseek-chat, price: {input: 9, output: 10}}
+      - {backend: other, model: deepseek-chat}
+  - model: deepseek-reasoner
+    targets: [{backend: ds}]
+  - model: deepseek-*
+    targets: [{backend: ds}]
+)";
+  auto r = load(yaml);
+  for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
+  REQUIRE(r.value);
+  const auto& chat = r.value->routes[0].targets;
+  CHECK(chat[0].price_source == "catalogue");
+  CHECK(chat[0].price.input == 2);
+  CHECK(chat[0].price.cached_input == 0.2);
+  CHECK(chat[0].price.output == 3);
+  CHECK(chat[1].price_source == "config");  // overridden per target
+  CHECK(chat[1].price.input == 9);
+  CHECK(chat[1].price.cached_input == 9);
+  CHECK(chat[2].price_source.empty());  // the same model name at another provider: unknown
+  CHECK(chat[2].price.input == 0);
+  // No `model` on the target: the route's name is what goes upstream.
+  CHECK(r.value->routes[1].targets[0].price_source == "catalogue");
+  CHECK(r.value->routes[2].targets[0].price_source.empty());
+  REQUIRE(r.unpriced.size() == 2);
+  CHECK(r.unpriced[0].key == "routes[0].targets[2]");
+  CHECK(r.unpriced[0].line == 10);
+  CHECK(r.unpriced[0].message ==
+        "no price for backend 'other': the price catalogue does not list 'deepseek-chat' at api.example.com; its "
+        "requests cost 0 (set price: {input, output}, per million tokens)");
+  CHECK(r.unpriced[1].key == "routes[2].targets[0]");
+  CHECK(r.unpriced[1].message.find("the route is a pattern") != std::string::npos);
+  CHECK(r.warnings.empty());  // unpriced targets are check-config's business, not a load warning
+
+  auto usd = load(yaml, {{"CUR", "USD"}});
+  REQUIRE(usd.value);
+  CHECK(usd.value->routes[0].targets[0].price.input == 0.28);
+  CHECK(usd.value->routes[0].targets[0].price.output == 0.42);
+  auto eur = load(yaml, {{"CUR", "EUR"}});
+  REQUIRE(eur.value);
+  CHECK(eur.value->routes[0].targets[0].price_source.empty());
+  CHECK(eur.unpriced.size() == 4);
+  CHECK(!price_catalogue_date().empty());
+}
+
+TEST_CASE("server.access_log_skip takes paths", "[config]") {
+  auto r = load("server: {access_log_skip: [/metrics, /healthz]}\n" + minimal);
+  REQUIRE(r.value);
+  CHECK(r.value->server.access_log_skip == std::vector<std::string>{"/metrics", "/healthz"});
+  CHECK(find(load("server: {access_log_skip: [metrics]}\n" + minimal), "server.access_log_skip[0]").message ==
+        "expected a path like /metrics");
+  CHECK(find(load("server: {access_log_skip: /metrics}\n" + minimal), "server.access_log_skip").message ==
+        "expected a list");
+}
+
 TEST_CASE("resilience settings: retry, fallbacks, strategy, weights, ejection", "[config]") {
   auto r = load(R"(backends:
   - name: up

@@ -56,6 +56,19 @@ test("embeddings", async () => {
   assert.equal(res.data[0].embedding.length, 3);
 });
 
+test("embeddings of several inputs, in the SDK's default base64 and as floats", async () => {
+  // Without encoding_format the SDK asks for base64 and decodes it into numbers.
+  const b64 = await client.embeddings.create({ model: "e2e-chat", input: ["one", "two", "one"] });
+  assert.equal(b64.data.length, 3);
+  assert.deepEqual(b64.data.map((d) => d.index), [0, 1, 2]);
+  for (const d of b64.data) assert.equal(d.embedding.length, 3);
+  assert.deepEqual(b64.data[0].embedding, b64.data[2].embedding);
+  assert.notDeepEqual(b64.data[0].embedding, b64.data[1].embedding);
+  const floats = await client.embeddings.create({ model: "e2e-chat", input: ["one", "two"], encoding_format: "float" });
+  // float32 over the wire both ways: the same numbers.
+  assert.deepEqual(floats.data[0].embedding.map(Math.fround), b64.data[0].embedding);
+});
+
 test("unknown model is a NotFoundError with the OpenAI shape", async () => {
   await assert.rejects(
     client.chat.completions.create({ model: "nope", messages: [{ role: "user", content: "x" }] }),

@@ -91,3 +91,30 @@ TEST_CASE("append_json_string escapes what JSON needs and replaces what is not U
     CHECK(json::accept(quoted(random)));
   }
 }
+
+TEST_CASE("access_log_skip leaves out successful scrapes and probes only", "[access_log]") {
+  const std::string path = "/tmp/tollgate-access-skip-" + std::to_string(::getpid()) + ".log";
+  std::remove(path.c_str());
+  auto rec = [](std::string p, int status) {
+    access_record r;
+    r.method = "GET";
+    r.path = std::move(p);
+    r.status = status;
+    return r;
+  };
+  {
+    access_log log(path, 1, {"/metrics", "/healthz", "/readyz"});
+    log.write(0, rec("/metrics", 200));
+    log.write(0, rec("/healthz", 200));
+    log.write(0, rec("/readyz?verbose=1", 200));
+    log.write(0, rec("/readyz", 503));  // a failing probe is worth a line
+    log.write(0, rec("/metrics/extra", 404));
+    log.write(0, rec("/v1/models", 200));
+  }
+  std::ifstream in(path);
+  std::string line;
+  std::vector<std::string> logged;
+  while (std::getline(in, line)) logged.push_back(json::parse(line)["path"]);
+  std::remove(path.c_str());
+  CHECK(logged == std::vector<std::string>{"/readyz", "/metrics/extra", "/v1/models"});
+}

@@ -17,6 +17,8 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* admin_key = "admin-key-0123456789";
+constexpr const char* admin_auth_header = "Authorization: Bearer admin-key-0123456789";  // see client_auth_header
+static_assert(std::string_view(admin_auth_header).ends_with(admin_key));
 
 std::string db_path(const char* name) {
   return "/tmp/tollgate-" + std::string(name) + "-" + std::to_string(::getpid()) + ".db";
@@ -36,7 +38,7 @@ std::string store_yaml(const std::string& path, const std::string& extra_keys = 
 
 http_options admin() {
   http_options o;
-  o.headers.push_back(std::string("Authorization: Bearer ") + admin_key);
+  o.headers.emplace_back(admin_auth_header);
   return o;
 }
 
@@ -139,6 +141,8 @@ TEST_CASE("a budget refuses with insufficient_quota once spent, and survives a r
     REQUIRE(refused.status == 429);
     CHECK(json::parse(refused.body)["error"]["code"] == "insufficient_quota");
     CHECK(json::parse(refused.body)["error"]["type"] == "insufficient_quota");
+    CHECK_THAT(json::parse(refused.body)["error"]["message"].get<std::string>(),
+               Catch::Contains("budget of 20 per day (spent 24.00)"));
     REQUIRE(refused.headers.count("retry-after"));
     const long wait = std::stol(refused.headers["retry-after"]);
     CHECK(wait >= 1);

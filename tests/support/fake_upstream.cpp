@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <list>
 #include <mutex>
@@ -286,6 +287,85 @@ std::string last_message_text(const json& body) {
   return text;
 }
 
+/// Standard base64 (with padding) of raw bytes.
+std::string base64(const unsigned char* data, std::size_t size) {
+  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((size + 2) / 3 * 4);
+  for (std::size_t i = 0; i < size; i += 3) {
+    const std::uint32_t n = std::uint32_t(data[i]) << 16 | (i + 1 < size ? std::uint32_t(data[i + 1]) << 8 : 0) |
+                            (i + 2 < size ? std::uint32_t(data[i + 2]) : 0);
+    out += alphabet[n >> 18 & 63];
+    out += alphabet[n >> 12 & 63];
+    out += i + 1 < size ? alphabet[n >> 6 & 63] : '=';
+    out += i + 2 < size ? alphabet[n & 63] : '=';
+  }
+  return out;
+}
+
+/// /v1/embeddings as OpenAI answers it: `input` is a string, a list of strings, a list of token
+/// ids, or a list of such lists, and each gets one vector, in order. The vector depends only on
+/// its input (`dimensions` long, default 3). `encoding_format: base64` sends each vector as the
+/// base64 of its little-endian float32 values, which the openai SDKs ask for by default.
+response_script embeddings_script(const json& body, const std::string& model) {
+  const json input = body.contains("input") ? body["input"] : json();
+  std::vector<json> items;
+  if (input.is_string()) {
+    items.push_back(input);
+  } else if (input.is_array() && !input.empty() && input[0].is_number_integer()) {
+    items.push_back(input);  // one input given as token ids
+  } else if (input.is_array()) {
+    for (const auto& item : input) items.push_back(item);
+  }
+  const bool valid = !items.empty() && std::all_of(items.begin(), items.end(), [](const json& item) {
+    return item.is_string() || (item.is_array() && !item.empty() &&
+                                std::all_of(item.begin(), item.end(), [](const json& t) { return t.is_number_integer(); }));
+  });
+  if (!valid) {
+    return error_script(400, "'input' must be a string, a list of strings, or token ids, and not empty",
+                        "invalid_request_error");
+  }
+  const std::string format = body.value("encoding_format", "float");
+  if (format != "float" && format != "base64") {
+    return error_script(400, "'encoding_format' must be float or base64", "invalid_request_error");
+  }
+  const int dimensions = body.contains("dimensions") && body["dimensions"].is_number_integer()
+                             ? std::clamp(body["dimensions"].get<int>(), 1, 4096)
+                             : 3;
+  json data = json::array();
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const std::string text = items[i].is_string() ? items[i].get<std::string>() : items[i].dump();
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a of the input, then one value per step
+    for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+    std::vector<float> v(static_cast<std::size_t>(dimensions));
+    for (auto& x : v) {
+      h = h * 6364136223846793005ull + 1442695040888963407ull;
+      x = static_cast<float>(static_cast<double>(h >> 40) / double(1 << 24) - 0.5);
+    }
+    json embedding;
+    if (format == "base64") {
+      std::vector<unsigned char> bytes(v.size() * 4);
+      for (std::size_t k = 0; k < v.size(); ++k) {
+        std::uint32_t bits = 0;
+        std::memcpy(&bits, &v[k], 4);
+        for (int b = 0; b < 4; ++b) bytes[k * 4 + b] = static_cast<unsigned char>(bits >> (8 * b));
+      }
+      embedding = base64(bytes.data(), bytes.size());
+    } else {
+      embedding = v;
+    }
+    data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", std::move(embedding)}});
+  }
+  const int tokens = static_cast<int>(words(input.dump()).size());
+  response_script s;
+  s.body = json{{"object", "list"},
+                {"data", std::move(data)},
+                {"model", model},
+                {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}}
+               .dump();
+  return s;
+}
+
 }  // namespace
 
 response_script fake_upstream::openai_default(const recorded_request& request) {
@@ -307,17 +387,7 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
   if (body.is_discarded() || !body.is_object()) return error_script(400, "invalid JSON body", "invalid_json");
   const std::string model = body.value("model", "");
 
-  if (embeddings) {
-    const std::string input = body.contains("input") ? body["input"].dump() : "";
-    const int tokens = static_cast<int>(words(input).size());
-    response_script s;
-    s.body = json{{"object", "list"},
-                  {"data", json::array({{{"object", "embedding"}, {"index", 0}, {"embedding", {0.1, 0.2, 0.3}}}})},
-                  {"model", model},
-                  {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}}}}
-                 .dump();
-    return s;
-  }
+  if (embeddings) return embeddings_script(body, model);
 
   const std::string prompt = last_message_text(body);
   const std::string content = "echo: " + prompt;

@@ -66,7 +66,8 @@ class fake_upstream {
 
   /// The built-in OpenAI-like answer: /v1/chat/completions and /v1/completions echo the last
   /// message (streamed as SSE with a final usage chunk when "stream": true, usage included only
-  /// when stream_options.include_usage is true), /v1/embeddings returns a small vector,
+  /// when stream_options.include_usage is true), /v1/embeddings returns one small vector per
+  /// input (a string, strings, or token ids; as floats or, with encoding_format base64, base64),
   /// /v1/models lists "fake-model", anything else 404 in OpenAI error shape.
   static response_script openai_default(const recorded_request& request);
 
