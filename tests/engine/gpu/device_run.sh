@@ -6,6 +6,7 @@
 # usage: tests/engine/gpu/device_run.sh [tests|bench|all] [OUT_DIR]
 #   TOLLGATE_DEPS_PREFIX  a prefix with nlohmann_json and Catch2 (CMake configs and headers) where
 #                         the machine has none
+#   TOLLGATE_CMAKE_ARGS   more arguments for the configure step (e.g. where SQLite3 is)
 set -uo pipefail
 what=${1:-all}
 out=${2:-${OUT:-/tmp/tollgate-gpu}}
@@ -17,7 +18,8 @@ note() { summary+=("$1"); echo "$1"; }
 
 prefix=()
 [ -n "${TOLLGATE_DEPS_PREFIX:-}" ] && prefix=(-DCMAKE_PREFIX_PATH="$TOLLGATE_DEPS_PREFIX")
-if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release "${prefix[@]}" >"$out/configure.log" 2>&1; then
+# shellcheck disable=SC2086
+if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release "${prefix[@]}" ${TOLLGATE_CMAKE_ARGS:-} >"$out/configure.log" 2>&1; then
   tail -40 "$out/configure.log"
   exit 1
 fi
