@@ -1,0 +1,124 @@
+// What hostile clients and broken upstreams tried (issue 16), over real sockets: each case failed
+// before its fix.
+#include <catch2/catch.hpp>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/integration/gateway_fixture.hpp"
+
+using namespace tollgate::test;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* tokenizer_file = TOLLGATE_SOURCE_DIR "/data/deepseek_v3/tokenizer.json";
+
+/// A client connection made of raw bytes, for requests no library would send.
+class raw_client {
+ public:
+  explicit raw_client(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    timeval tv{0, 200 * 1000};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~raw_client() { ::close(fd_); }
+  raw_client(const raw_client&) = delete;
+  raw_client& operator=(const raw_client&) = delete;
+
+  /// false when the peer refused the bytes (it closed already).
+  bool send(std::string_view bytes) {
+    while (!bytes.empty()) {
+      const auto n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+
+  /// Reads until until(text so far) holds, the peer closes, or wait passes. closed() says which.
+  template <class Pred>
+  std::string read(Pred until, std::chrono::milliseconds wait = std::chrono::milliseconds(3000)) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    while (!until(got_) && std::chrono::steady_clock::now() < deadline) {
+      char buf[8192];
+      const auto n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        closed_ = true;
+        break;
+      }
+      if (n > 0) got_.append(buf, static_cast<std::size_t>(n));
+    }
+    return got_;
+  }
+  /// Reads until the peer closes (or wait passes).
+  std::string read_all(std::chrono::milliseconds wait = std::chrono::milliseconds(3000)) {
+    return read([](const std::string&) { return false; }, wait);
+  }
+  bool closed() const { return closed_; }
+  void clear() { got_.clear(); }
+
+ private:
+  int fd_ = -1;
+  std::string got_;
+  bool closed_ = false;
+};
+
+std::string post_head(const std::string& extra_headers, std::size_t content_length) {
+  return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + std::string(client_key) +
+         "\r\nContent-Type: application/json\r\n" + extra_headers + "Content-Length: " +
+         std::to_string(content_length) + "\r\n\r\n";
+}
+
+/// The default config with a larger body limit and the tokenizer that counts answers without usage.
+std::string counting_yaml(std::size_t max_body = 4 * 1024 * 1024) {
+  std::string y = gateway_fixture::default_yaml();
+  y.replace(y.find("max_body_bytes: 65536"), 21, "max_body_bytes: " + std::to_string(max_body));
+  return "metering: {tokenizer: " + std::string(tokenizer_file) + "}\n" + y;
+}
+
+json error_of(const std::string& body) {
+  const json j = json::parse(body, nullptr, false);
+  return j.is_object() && j.contains("error") ? j["error"] : json();
+}
+
+}  // namespace
+
+TEST_CASE("tools nested 60,000 deep get 400, and the gateway lives on", "[hardening]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  gateway_fixture f(counting_yaml());
+  http_client c;
+  // The upstream answers without usage, so the prompt would be counted by walking the tools.
+  response_script s;
+  s.body = R"({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]})";
+  f.a.set_default([s](const recorded_request&) { return s; });
+  const std::size_t depth = 60'000;
+  const std::string body = R"({"model":"chat-public","messages":[{"role":"user","content":"x"}],"tools":)" +
+                           std::string(depth, '[') + std::string(depth, ']') + "}";
+  const auto r = c.post(f.base + "/v1/chat/completions", body, gateway_fixture::auth());
+  INFO(r.body);
+  CHECK(r.status == 400);
+  CHECK(error_of(r.body)["type"] == "invalid_request_error");
+  // The same nesting inside a message's tool_calls, and a sane request afterwards.
+  const std::string calls = R"({"model":"chat-public","messages":[{"role":"assistant","content":"x","tool_calls":)" +
+                            std::string(depth, '[') + std::string(depth, ']') + "}]}";
+  CHECK(c.post(f.base + "/v1/chat/completions", calls, gateway_fixture::auth()).status == 400);
+  CHECK(c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","messages":[]})", gateway_fixture::auth())
+            .status == 200);
+  CHECK(f.a.request_count() == 1);
+}
