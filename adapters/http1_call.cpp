@@ -60,7 +60,12 @@ class response_reader final : public http::basic_parser<false> {
     head_.status = code;
     head_.headers.reserve(12);
   }
-  void on_field_impl(http::field, beast::string_view name, beast::string_view value, beast::error_code&) override {
+  void on_field_impl(http::field, beast::string_view name, beast::string_view value, beast::error_code& ec) override {
+    // Beast checks names and line endings; this holds both transports to the same rule.
+    if (!valid_field_name(name) || !valid_field_value(value)) {
+      ec = http::error::bad_value;
+      return;
+    }
     head_.headers.emplace_back(lower(name), std::string(value));
   }
   void on_header_impl(beast::error_code&) override;

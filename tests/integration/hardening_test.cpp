@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "tests/integration/gateway_fixture.hpp"
+#include "tests/support/raw_server.hpp"
 
 using namespace tollgate::test;
 using json = nlohmann::json;
@@ -121,4 +122,30 @@ TEST_CASE("tools nested 60,000 deep get 400, and the gateway lives on", "[harden
   CHECK(c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","messages":[]})", gateway_fixture::auth())
             .status == 200);
   CHECK(f.a.request_count() == 1);
+}
+
+TEST_CASE("an upstream header with a bare CR gets 502 on both transports, never a second header",
+          "[hardening]") {
+  raw_server up([](const std::string&) {
+    return std::string(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Ratelimit-Limit: 5\rSet-Cookie: x=1\r\n"
+        "Content-Length: 2\r\n\r\n{}");
+  });
+  for (const std::string transport : {"native", "curl"}) {
+    INFO(transport);
+    gateway_fixture f(R"(
+server: {listen: "127.0.0.1:0", threads: 1, access_log: "off"}
+keys: [{name: t, key: tg-test-client-key}]
+backends:
+  - {name: raw, kind: openai, base_url: ")" + up.base_url() + R"(", transport: )" + transport + R"(}
+routes:
+  - {model: m, targets: [{backend: raw}]}
+)");
+    http_client c;
+    const auto r = c.post(f.base + "/v1/chat/completions", R"({"model":"m","messages":[]})", gateway_fixture::auth());
+    INFO(r.body);
+    CHECK(r.status == 502);
+    CHECK(r.headers.count("set-cookie") == 0);
+    CHECK(error_of(r.body)["message"].get<std::string>().find("malformed response") != std::string::npos);
+  }
 }
