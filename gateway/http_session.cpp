@@ -39,6 +39,9 @@ namespace {
 
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr auto write_timeout = std::chrono::seconds(30);
+// After a 413: how long and how much of the rest of the body is read and dropped before closing.
+constexpr auto drain_timeout = std::chrono::seconds(5);
+constexpr std::size_t max_drain_bytes = 16 * 1024 * 1024;
 constexpr std::size_t max_upstream_body = 64 * 1024 * 1024;  // a non-stream answer we buffer
 constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
 
@@ -125,15 +128,37 @@ class session {
       parser.body_limit(rt->cfg.server.max_body_bytes);
       set_deadline(rt->cfg.server.idle_timeout);
       entry_->idle = true;
-      auto [ec, n] = co_await http::async_read(socket_, buffer_, parser, use_tuple);
+      // The head first: its framing is checked, and a client waiting on Expect: 100-continue is
+      // told to send the body, before the body is read.
+      auto [ec, n] = co_await http::async_read_header(socket_, buffer_, parser, use_tuple);
       entry_->idle = false;
+      if (!ec && !single_final_chunked(parser.get())) {
+        // RFC 9112 6.3: a body framed by anything but one final chunked cannot be delimited
+        // safely (request smuggling); refused and the connection closed.
+        clear_deadline();
+        begin(parser.get(), *rt);
+        ++w_.shared().in_flight;
+        co_await send_error(bad_request("unsupported Transfer-Encoding: only a single chunked is accepted"), false);
+        finish();
+        co_await drain_and_close();
+        co_return;
+      }
+      if (!ec && !parser.is_done()) {
+        if (auto e = parser.get().find(http::field::expect);
+            e != parser.get().end() && beast::iequals(e->value(), "100-continue") && parser.get().version() >= 11) {
+          auto [cec, cn] = co_await net::async_write(socket_, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25), use_tuple);
+          ec = cec;
+        }
+        if (!ec) std::tie(ec, n) = co_await http::async_read(socket_, buffer_, parser, use_tuple);
+      }
       clear_deadline();
       if (ec == http::error::body_limit) {
         begin(parser.get(), *rt);
         ++w_.shared().in_flight;
         co_await send_error(payload_too_large(rt->cfg.server.max_body_bytes), false);
         finish();
-        break;
+        co_await drain_and_close();
+        co_return;
       }
       if (ec && ec.category() == http::make_error_code(http::error::bad_target).category() &&
           ec != http::error::end_of_stream && ec != http::error::partial_message) {
@@ -169,6 +194,31 @@ class session {
   }
 
  private:
+  /// Reads what a refused client still sends (up to a bound) after our answer and a shutdown of
+  /// our side, then closes: closing with unread bytes would reset the connection, and a client
+  /// still writing its body would see the reset instead of the answer.
+  net::awaitable<void> drain_and_close() {
+    beast::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) co_return;
+    buffer_.clear();
+    set_deadline(drain_timeout);
+    std::size_t drained = 0;
+    while (drained < max_drain_bytes) {
+      auto [rec, rn] = co_await socket_.async_read_some(buffer_.prepare(64 * 1024), use_tuple);
+      if (rec) break;  // the client closed (or the deadline passed)
+      drained += rn;
+    }
+    clear_deadline();
+  }
+
+  static bool single_final_chunked(const http::request_header<>& h) {
+    transfer_codings codings;
+    const auto [first, last] = h.equal_range(http::field::transfer_encoding);
+    for (auto it = first; it != last; ++it) codings.add(it->value());
+    return codings.acceptable();
+  }
+
   template <class Req>
   void begin(const Req& req, const runtime&) {
     started_ = clock::now();

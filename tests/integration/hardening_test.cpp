@@ -149,3 +149,65 @@ routes:
     CHECK(error_of(r.body)["message"].get<std::string>().find("malformed response") != std::string::npos);
   }
 }
+
+TEST_CASE("Transfer-Encoding other than one final chunked gets 400 and a closed connection", "[hardening]") {
+  gateway_fixture f;
+  const std::string body = R"({"model":"chat-public","messages":[]})";
+  // What follows the head would be read as the next request if the framing were guessed.
+  const std::string smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string te : {"xchunked", "chunked, identity", "gzip", "identity", "chunked, chunked",
+                               "gzip, chunked", "chunked\r\nTransfer-Encoding: gzip"}) {
+    for (const bool with_length : {true, false}) {
+      INFO(te << (with_length ? " with Content-Length" : ""));
+      raw_client c(f.server->port());
+      std::string head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                         std::string(client_key) + "\r\nTransfer-Encoding: " + te + "\r\n";
+      if (with_length) head += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+      c.send(head + "\r\n" + body + smuggled);
+      const std::string got = c.read_all();
+      CHECK(got.starts_with("HTTP/1.1 400 "));
+      // Beast refuses chunked with Content-Length itself, as malformed; the rest is ours.
+      CHECK((got.find("Transfer-Encoding") != std::string::npos || got.find("malformed HTTP") != std::string::npos));
+      CHECK(got.find("HTTP/1.1", 1) == std::string::npos);  // one answer, then the close
+      CHECK(c.closed());
+    }
+  }
+  CHECK(f.a.request_count() == 0);
+  // One chunked coding, in any case, is fine.
+  raw_client ok(f.server->port());
+  char size[16];
+  std::snprintf(size, sizeof size, "%zx", body.size());
+  ok.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + std::string(client_key) +
+          "\r\nTransfer-Encoding: Chunked\r\n\r\n" + size + "\r\n" + body + "\r\n0\r\n\r\n");
+  CHECK(ok.read([](const std::string& s) { return s.find("\r\n\r\n") != std::string::npos; }).starts_with("HTTP/1.1 200 "));
+}
+
+TEST_CASE("Expect: 100-continue gets 100 Continue before the body, or the final status at once", "[hardening]") {
+  gateway_fixture f;
+  const std::string body = R"({"model":"chat-public","messages":[]})";
+  raw_client c(f.server->port());
+  c.send(post_head("Expect: 100-continue\r\n", body.size()));
+  const auto has_head = [](const std::string& s) { return s.find("\r\n\r\n") != std::string::npos; };
+  const std::string interim = c.read(has_head, std::chrono::milliseconds(900));
+  CHECK(interim == "HTTP/1.1 100 Continue\r\n\r\n");
+  c.clear();
+  c.send(body);
+  CHECK(c.read(has_head).starts_with("HTTP/1.1 200 "));
+
+  // Too large to take: 413 without a 100 first.
+  raw_client big(f.server->port());
+  big.send(post_head("Expect: 100-continue\r\n", 1'000'000));
+  const std::string refused = big.read(has_head, std::chrono::milliseconds(900));
+  CHECK(refused.starts_with("HTTP/1.1 413 "));
+}
+
+TEST_CASE("a client still sending a too large body reads the 413, not a reset", "[hardening]") {
+  gateway_fixture f;  // max_body_bytes: 65536
+  const std::string body(4 * 1024 * 1024, 'x');
+  raw_client c(f.server->port());
+  CHECK(c.send(post_head("", body.size()) + body));  // every byte, as SDKs send before reading
+  const std::string got = c.read_all();
+  CHECK(got.starts_with("HTTP/1.1 413 "));
+  CHECK(got.find("request_too_large") != std::string::npos);
+  CHECK(c.closed());
+}
