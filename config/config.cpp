@@ -288,13 +288,19 @@ class loader {
   void read_server(const YAML::Node& n, server_config& s) {
     if (!expect_map(n, "server")) return;
     known_keys(n, "server",
-               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log", "admin_key"});
+               {"listen", "threads", "max_body_bytes", "max_event_bytes", "shutdown_timeout", "idle_timeout", "access_log",
+                "admin_key"});
     if (auto v = n["listen"]) read_listen(v, "server.listen", s);
     if (auto v = n["threads"]) {
       if (auto i = integer(v, "server.threads", 0, 1024)) s.threads = static_cast<unsigned>(*i);
     }
     if (auto v = n["max_body_bytes"]) {
       if (auto i = integer(v, "server.max_body_bytes", 1, std::int64_t(1) << 40)) s.max_body_bytes = static_cast<std::size_t>(*i);
+    }
+    if (auto v = n["max_event_bytes"]) {
+      if (auto i = integer(v, "server.max_event_bytes", 1024, std::int64_t(1) << 40)) {
+        s.max_event_bytes = static_cast<std::size_t>(*i);
+      }
     }
     if (auto v = n["shutdown_timeout"]) read_duration(v, "server.shutdown_timeout", s.shutdown_timeout);
     if (auto v = n["idle_timeout"]) read_duration(v, "server.idle_timeout", s.idle_timeout);

@@ -1052,6 +1052,16 @@ class session {
           if (take_usage(*e)) continue;
           out += *e;
         }
+        if (events.buffered() > rt_->cfg.server.max_event_bytes) {
+          // An event that never ends would be buffered without bound: the stream is broken.
+          const api_error err = bad_gateway("upstream " + backend_name_ + " sent an SSE event over server.max_event_bytes (" +
+                                            std::to_string(rt_->cfg.server.max_event_bytes) + " bytes)");
+          record_.error = err.message;
+          call.cancel();
+          out += err.sse_event();
+          finished = true;
+          broke = true;
+        }
       } else if (ev.type == adapters::call_event::kind::end) {
         out = events.take_rest();
         finished = true;

@@ -211,3 +211,25 @@ TEST_CASE("a client still sending a too large body reads the 413, not a reset", 
   CHECK(got.find("request_too_large") != std::string::npos);
   CHECK(c.closed());
 }
+
+TEST_CASE("an SSE event past server.max_event_bytes ends the stream with an error event", "[hardening]") {
+  std::string y = gateway_fixture::default_yaml();
+  y.replace(y.find("max_body_bytes: 65536"), 21, "max_body_bytes: 65536\n  max_event_bytes: 65536");
+  gateway_fixture f(y);
+  response_script s;
+  s.content_type = "text/event-stream";
+  s.chunks.push_back("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n");
+  s.chunks.push_back("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"");
+  for (int i = 0; i < 400; ++i) s.chunks.push_back(std::string(16 * 1024, 'a'));  // never terminated
+  f.a.push(s);
+  http_client c;
+  const auto r = c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","stream":true,"messages":[]})",
+                        gateway_fixture::auth());
+  CHECK(r.status == 200);
+  CHECK(r.body.starts_with("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n"));
+  CHECK(r.body.find("max_event_bytes") != std::string::npos);
+  CHECK(r.body.find("aaaa") == std::string::npos);  // the partial event is not relayed
+  CHECK(r.body.size() < 4096);
+  // The upstream is let go before it has sent all of its 6.5 MB.
+  CHECK(eventually([&] { return f.a.client_aborts() == 1; }));
+}
