@@ -938,10 +938,11 @@ class session {
     if (event.find("\"usage\"") == std::string::npos) return false;
     const auto data = sse_data(event);
     if (!data) return false;
-    bool no_choices = false;
-    auto u = usage_from_json(*data, &no_choices);
-    if (!u) return false;
-    usage_ = *u;
+    bool no_choices = false, refused = false;
+    auto u = usage_from_json(*data, &no_choices, &refused);
+    if (u) usage_ = *u;
+    else if (refused) usage_.reset();  // untrustworthy: the tokenizer counts this answer
+    else return false;
     return strip_usage_ && no_choices;
   }
 

@@ -233,3 +233,27 @@ TEST_CASE("an SSE event past server.max_event_bytes ends the stream with an erro
   // The upstream is let go before it has sent all of its 6.5 MB.
   CHECK(eventually([&] { return f.a.client_aborts() == 1; }));
 }
+
+TEST_CASE("usage out of range from the upstream is counted with the tokenizer instead", "[hardening]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  gateway_fixture f(counting_yaml());
+  http_client c;
+  auto metric = [&](const std::string& kind) {
+    const std::string m = c.get(f.base + "/metrics").body;
+    const std::string name = R"(tollgate_tokens_total{key="tester",model="chat-public",backend="alpha",kind=")" + kind + "\"} ";
+    const auto at = m.find(name);
+    return at == std::string::npos ? -1.0 : std::stod(m.substr(at + name.size()));
+  };
+  response_script s;
+  s.body = R"({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello there"}}],
+    "usage":{"prompt_tokens":9223372036854775807,"completion_tokens":-3}})";
+  f.a.push(s);
+  REQUIRE(c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","messages":[{"role":"user","content":"hi"}]})",
+                 gateway_fixture::auth())
+              .status == 200);
+  const double prompt = metric("prompt"), completion = metric("completion");
+  CHECK(prompt > 0);
+  CHECK(prompt < 100);  // the tokenizer's count of a short chat, not INT64_MAX
+  CHECK(completion >= 2);
+  CHECK(completion < 10);
+}
