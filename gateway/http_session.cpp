@@ -222,6 +222,7 @@ class session {
   template <class Req>
   void begin(const Req& req, const runtime&) {
     started_ = clock::now();
+    head_request_ = req.method() == http::verb::head;
     record_.clear();
     record_.method.assign(req.method_string());
     record_.path.assign(req.target());
@@ -336,7 +337,8 @@ class session {
     if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
     // Clients configured with or without the /v1 suffix in base_url both land here.
     if (path.starts_with("/v1/")) path.remove_prefix(3);
-    const bool get = req.method() == http::verb::get;
+    // HEAD is answered as GET is, without the body (write_whole leaves it out).
+    const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
     const bool post = req.method() == http::verb::post;
 
     if (path == "/metrics" && get) {
@@ -1179,7 +1181,10 @@ class session {
   net::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive) {
     keep_alive = keep_alive && !w_.shared().draining;
     record_.status = status;
-    const std::array<net::const_buffer, 2> buffers{net::buffer(head.finish(body.size(), keep_alive)), net::buffer(body)};
+    const std::size_t content_length = body.size();
+    // An answer to HEAD has the head of the answer to GET and no body (RFC 9110 9.3.2).
+    if (head_request_) body = {};
+    const std::array<net::const_buffer, 2> buffers{net::buffer(head.finish(content_length, keep_alive)), net::buffer(body)};
     set_deadline(write_timeout);
     auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
     clear_deadline();
@@ -1238,6 +1243,7 @@ class session {
   bool strip_usage_ = false;     // we asked for stream usage; the client did not
   std::string stream_options_;   // the stream_options every attempt sends instead of the client's; empty: as sent
   bool keep_alive_ = false;
+  bool head_request_ = false;  // the request being answered is a HEAD: no body goes out
   tcp::socket socket_;
   beast::flat_buffer buffer_;
   char peek_byte_[1];

@@ -182,6 +182,26 @@ TEST_CASE("Transfer-Encoding other than one final chunked gets 400 and a closed 
   CHECK(ok.read([](const std::string& s) { return s.find("\r\n\r\n") != std::string::npos; }).starts_with("HTTP/1.1 200 "));
 }
 
+TEST_CASE("an answer to HEAD has no body, so the next answer on the connection stays intact", "[hardening]") {
+  gateway_fixture f;
+  for (const std::string path : {"/healthz", "/v1/nothing-here", "/v1/chat/completions"}) {
+    INFO(path);
+    raw_client c(f.server->port());
+    c.send("HEAD " + path + " HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    const std::string got = c.read([](const std::string& s) { return s.find("{\"status\":\"ok\"}") != std::string::npos; });
+    const auto first_end = got.find("\r\n\r\n");
+    REQUIRE(first_end != std::string::npos);
+    CHECK(got.substr(first_end + 4).starts_with("HTTP/1.1 200 "));  // the second answer, right after the head
+    CHECK(got.ends_with("{\"status\":\"ok\"}"));
+  }
+  // HEAD on a GET endpoint answers as GET would.
+  raw_client c(f.server->port());
+  c.send("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  const std::string got = c.read([](const std::string& s) { return s.find("\r\n\r\n") != std::string::npos; });
+  CHECK(got.starts_with("HTTP/1.1 200 "));
+  CHECK(got.find("Content-Length: 15\r\n") != std::string::npos);
+}
+
 TEST_CASE("Expect: 100-continue gets 100 Continue before the body, or the final status at once", "[hardening]") {
   gateway_fixture f;
   const std::string body = R"({"model":"chat-public","messages":[]})";
