@@ -2,7 +2,9 @@
 // before its fix.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -276,4 +278,44 @@ TEST_CASE("usage out of range from the upstream is counted with the tokenizer in
   CHECK(prompt < 100);  // the tokenizer's count of a short chat, not INT64_MAX
   CHECK(completion >= 2);
   CHECK(completion < 10);
+}
+
+TEST_CASE("out of descriptors, the accept loop pauses instead of spinning, then serves again", "[hardening]") {
+  std::string y = gateway_fixture::default_yaml();
+  y.replace(y.find("threads: 2"), 10, "threads: 1");
+  gateway_fixture f(y);
+  // Allow only a few more descriptors than are open, then take those too.
+  int highest = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    highest = std::max(highest, std::stoi(e.path().filename().string()));
+  }
+  rlimit saved{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(highest + 8);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  std::vector<int> taken;
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY)) >= 0;) taken.push_back(fd);
+  REQUIRE(!taken.empty());
+  // One descriptor is handed back for the client's socket; then the gateway has none to accept
+  // the connection with, which waits in the backlog for as long as this lasts.
+  ::close(taken.back());
+  taken.pop_back();
+  raw_client waiting(f.server->port());
+  rusage before{}, after{};
+  ::getrusage(RUSAGE_SELF, &before);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ::getrusage(RUSAGE_SELF, &after);
+  for (int fd : taken) ::close(fd);
+  ::setrlimit(RLIMIT_NOFILE, &saved);
+  auto cpu_ms = [](const rusage& u) {
+    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000.0 + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1000.0;
+  };
+  const double used = cpu_ms(after) - cpu_ms(before);
+  INFO("CPU while out of descriptors: " << used << " ms in 1 s");
+  CHECK(used < 250);  // a spinning accept loop burns most of a core
+  // Descriptors are back: the waiting connection is accepted and served.
+  waiting.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK(waiting.read([](const std::string& s) { return s.find("{\"status\":\"ok\"}") != std::string::npos; })
+            .starts_with("HTTP/1.1 200 "));
 }
