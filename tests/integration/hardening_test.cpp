@@ -280,6 +280,36 @@ TEST_CASE("usage out of range from the upstream is counted with the tokenizer in
   CHECK(completion < 10);
 }
 
+TEST_CASE("a second server on an address in use fails to start instead of sharing it", "[hardening]") {
+  gateway_fixture first;
+  const std::string port = std::to_string(first.server->port());
+  auto second_config = [&] {
+    auto loaded = tollgate::config::load_string(R"(
+server: {listen: "127.0.0.1:)" + port + R"(", threads: 2, access_log: "off"}
+backends: [{name: a, kind: openai, base_url: "http://127.0.0.1:9/v1"}]
+routes: [{model: m, targets: [{backend: a}]}]
+)",
+                                                "second.yaml", [](const std::string&) { return std::nullopt; });
+    REQUIRE(loaded.value);
+    return std::make_shared<const tollgate::gateway::runtime>(std::move(*loaded.value), first.lasting, 2);
+  };
+  try {
+    tollgate::gateway::server second(second_config());
+    FAIL("a second server started on port " << port);
+  } catch (const std::exception& e) {
+    CHECK(std::string(e.what()).find("already in use") != std::string::npos);
+  }
+  // The first one still serves, and once it is gone the address is free again.
+  http_client c;
+  CHECK(c.get(first.base + "/healthz").status == 200);
+  first.prober.reset();
+  first.server.reset();
+  tollgate::gateway::server again(second_config());
+  CHECK(again.port() == std::stoi(port));
+  // While it holds the address, a third one fails too.
+  CHECK_THROWS_WITH(tollgate::gateway::server(second_config()), Catch::Contains("already in use"));
+}
+
 TEST_CASE("out of descriptors, the accept loop pauses instead of spinning, then serves again", "[hardening]") {
   std::string y = gateway_fixture::default_yaml();
   y.replace(y.find("threads: 2"), 10, "threads: 1");
