@@ -477,6 +477,9 @@ std::vector<std::pair<std::string, std::string>> upstream_headers(const config::
       {"Content-Type", "application/json"},
       {"Accept", stream ? "text/event-stream" : "application/json"},
       {"User-Agent", "tollgate/" TOLLGATE_VERSION},
+      // Answers are metered from their text and relayed with framing of our own: an encoded body
+      // is refused (see the gateway's relay), so none is asked for.
+      {"Accept-Encoding", "identity"},
   };
   if (!cfg.api_key.empty()) out.emplace_back("Authorization", "Bearer " + cfg.api_key);
   for (const auto& [name, value] : cfg.headers) {

@@ -974,6 +974,13 @@ class session {
     attempt_health_->record_first_byte(std::chrono::duration_cast<std::chrono::microseconds>(first_byte));
     last_first_byte_ = std::chrono::duration<double>(first_byte).count();
     adapters::response_head head = std::move(ev.head);
+    if (const std::string* enc = head.find("content-encoding"); enc != nullptr && !beast::iequals(*enc, "identity")) {
+      // We ask for identity: an encoded body could be neither metered nor relayed as it is.
+      ev.type = adapters::call_event::kind::failed;
+      ev.error = adapters::failure::broken;
+      ev.message = "upstream answered with Content-Encoding " + *enc + " (identity was asked for)";
+      co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
+    }
     const std::string* type = head.find("content-type");
     const bool sse = type != nullptr && type->find("text/event-stream") != std::string::npos;
     if (want_stream && sse && head.status >= 200 && head.status < 300) {

@@ -310,6 +310,32 @@ routes: [{model: m, targets: [{backend: a}]}]
   CHECK_THROWS_WITH(tollgate::gateway::server(second_config()), Catch::Contains("already in use"));
 }
 
+TEST_CASE("identity is asked of upstreams, and an encoded answer gets 502, never relayed or billed", "[hardening]") {
+  for (const std::string transport : {"native", "curl"}) {
+    INFO(transport);
+    fake_upstream up;
+    gateway_fixture f(R"(
+server: {listen: "127.0.0.1:0", threads: 1, access_log: "off"}
+keys: [{name: t, key: tg-test-client-key}]
+backends:
+  - {name: up, kind: openai, base_url: ")" + up.base_url() + R"(", transport: )" + transport + R"(}
+routes:
+  - {model: m, targets: [{backend: up}]}
+)");
+    response_script s;
+    s.headers = {{"Content-Encoding", "gzip"}};
+    s.body = std::string("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", 10);
+    up.push(s);
+    http_client c;
+    const auto r = c.post(f.base + "/v1/chat/completions", R"({"model":"m","messages":[]})", gateway_fixture::auth());
+    INFO(r.body);
+    CHECK(r.status == 502);
+    CHECK(error_of(r.body)["message"].get<std::string>().find("Content-Encoding gzip") != std::string::npos);
+    REQUIRE(up.request_count() == 1);
+    CHECK(up.requests()[0].headers["accept-encoding"] == "identity");
+  }
+}
+
 TEST_CASE("out of descriptors, the accept loop pauses instead of spinning, then serves again", "[hardening]") {
   std::string y = gateway_fixture::default_yaml();
   y.replace(y.find("threads: 2"), 10, "threads: 1");
