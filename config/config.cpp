@@ -75,7 +75,13 @@ class loader {
       }
     }
     if (auto n = root["store"]; n && !n.IsNull() && expect_map(n, "store")) {
-      known_keys(n, "store", {"sqlite"});
+      known_keys(n, "store", {"sqlite", "flush_interval"});
+      if (auto f = n["flush_interval"]) {
+        if (auto text = string(f, "store.flush_interval")) {
+          if (*text == "sync") c.ledger_flush_interval = duration(0);
+          else read_duration(f, "store.flush_interval", c.ledger_flush_interval);
+        }
+      }
       if (auto p = n["sqlite"]) {
         if (auto path = string(p, "store.sqlite")) {
           if (path->empty()) add(p, "store.sqlite", "a database file path is required");

@@ -128,6 +128,9 @@ struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)
   std::string currency = "CNY";  ///< of every price, and of the cost metrics
   std::string sqlite_path;       ///< store.sqlite: keys and the usage ledger; empty: no store
+  /// store.flush_interval: how often the ledger's writer commits what workers appended; 0 ("sync"):
+  /// each record is committed by its worker as its request ends.
+  duration ledger_flush_interval{std::chrono::milliseconds(200)};
   std::string tokenizer_path;    ///< metering.tokenizer: counts tokens when an upstream reports none
   server_config server;
   std::vector<key_config> keys;

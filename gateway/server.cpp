@@ -29,7 +29,8 @@ server::server(std::shared_ptr<const runtime> rt) {
   shared_.metrics = std::make_unique<gateway_metrics>(threads);
   if (!rt->cfg.sqlite_path.empty()) {
     shared_.keys_store = open_sqlite_store(rt->cfg.sqlite_path);
-    shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads);
+    shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads, std::chrono::seconds(5),
+                                                    rt->cfg.ledger_flush_interval);
   }
   shared_.current.store(rt);
   shared_.refresh_keys();
