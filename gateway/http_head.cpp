@@ -40,6 +40,7 @@ const std::string& response_head_text::finish(std::optional<std::size_t> content
 }
 
 void transfer_codings::add(std::string_view list) {
+  seen_ = true;
   while (!list.empty()) {
     const auto comma = list.find(',');
     std::string_view coding = list.substr(0, comma);

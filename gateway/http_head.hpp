@@ -33,9 +33,12 @@ class transfer_codings {
  public:
   /// Adds one Transfer-Encoding field value (a comma-separated list).
   void add(std::string_view field_value);
-  bool acceptable() const { return codings_ == 0 || (codings_ == 1 && chunked_); }
+  /// No field at all, or one coding over all of them and it is chunked. A field that names no
+  /// coding (an empty value) is refused too: the body's framing would be a guess.
+  bool acceptable() const { return !seen_ || (codings_ == 1 && chunked_); }
 
  private:
+  bool seen_ = false;
   std::size_t codings_ = 0;
   bool chunked_ = false;  // the last coding seen is chunked
 };
