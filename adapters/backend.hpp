@@ -35,6 +35,27 @@ struct upstream_request {
   std::string_view request_id;
 };
 
+/// A header field name is an RFC 9110 token: visible ASCII save the delimiters.
+inline bool valid_field_name(std::string_view name) {
+  if (name.empty()) return false;
+  for (unsigned char c : name) {
+    const bool token = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                       (c > 32 && c < 127 && std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) !=
+                                                 std::string_view::npos);
+    if (!token) return false;
+  }
+  return true;
+}
+
+/// A header field value holds no control character but HTAB (a CR, LF or NUL in one would let an
+/// upstream write headers of its own into the client's answer). Bytes past 127 pass (obs-text).
+inline bool valid_field_value(std::string_view value) {
+  for (unsigned char c : value) {
+    if ((c < 0x20 && c != '\t') || c == 0x7F) return false;
+  }
+  return true;
+}
+
 struct response_head {
   int status = 0;
   std::vector<std::pair<std::string, std::string>> headers;  ///< names lower-cased

@@ -60,7 +60,12 @@ class response_reader final : public http::basic_parser<false> {
     head_.status = code;
     head_.headers.reserve(12);
   }
-  void on_field_impl(http::field, beast::string_view name, beast::string_view value, beast::error_code&) override {
+  void on_field_impl(http::field, beast::string_view name, beast::string_view value, beast::error_code& ec) override {
+    // Beast checks names and line endings; this holds both transports to the same rule.
+    if (!valid_field_name(name) || !valid_field_value(value)) {
+      ec = http::error::bad_value;
+      return;
+    }
     head_.headers.emplace_back(lower(name), std::string(value));
   }
   void on_header_impl(beast::error_code&) override;
@@ -472,6 +477,9 @@ std::vector<std::pair<std::string, std::string>> upstream_headers(const config::
       {"Content-Type", "application/json"},
       {"Accept", stream ? "text/event-stream" : "application/json"},
       {"User-Agent", "tollgate/" TOLLGATE_VERSION},
+      // Answers are metered from their text and relayed with framing of our own: an encoded body
+      // is refused (see the gateway's relay), so none is asked for.
+      {"Accept-Encoding", "identity"},
   };
   if (!cfg.api_key.empty()) out.emplace_back("Authorization", "Bearer " + cfg.api_key);
   for (const auto& [name, value] : cfg.headers) {

@@ -134,10 +134,18 @@ class openai_call final : public call {
       }
       return n;
     }
+    // curl splits header lines at LF only: a bare CR, a NUL or a folded line reaches us inside
+    // one. Such a head is refused whole (502, as the built-in client does), never relayed.
+    if (line.ends_with('\n')) line.remove_suffix(1);
+    if (line.ends_with('\r')) line.remove_suffix(1);
     const auto colon = line.find(':');
-    if (colon != std::string_view::npos) {
-      self->head_.headers.emplace_back(lower(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+    const std::string_view name = colon == std::string_view::npos ? std::string_view() : line.substr(0, colon);
+    const std::string_view value = colon == std::string_view::npos ? std::string_view() : trim(line.substr(colon + 1));
+    if (!valid_field_name(name) || !valid_field_value(value)) {
+      self->bad_head_ = true;
+      return 0;  // curl ends the transfer with CURLE_WRITE_ERROR
     }
+    self->head_.headers.emplace_back(lower(name), std::string(value));
     return n;
   }
 
@@ -170,8 +178,8 @@ class openai_call final : public call {
     } else {
       call_event ev;
       ev.type = call_event::kind::failed;
-      ev.error = classify(code);
-      ev.message = curl_easy_strerror(code);
+      ev.error = bad_head_ ? failure::broken : classify(code);
+      ev.message = bad_head_ ? "malformed response: an invalid header field" : curl_easy_strerror(code);
       terminal_ = ev;
     }
     wake_.cancel();
@@ -213,6 +221,7 @@ class openai_call final : public call {
   bool running_ = false;
   bool paused_ = false;
   bool seen_head_ = false;
+  bool bad_head_ = false;  // a header line failed validation
   response_head head_;
   event_queue pending_;
   std::size_t queued_bytes_ = 0;

@@ -118,7 +118,13 @@ class loader {
       }
     }
     if (auto n = root["store"]; n && !n.IsNull() && expect_map(n, "store")) {
-      known_keys(n, "store", {"sqlite"});
+      known_keys(n, "store", {"sqlite", "flush_interval"});
+      if (auto f = n["flush_interval"]) {
+        if (auto text = string(f, "store.flush_interval")) {
+          if (*text == "sync") c.ledger_flush_interval = duration(0);
+          else read_duration(f, "store.flush_interval", c.ledger_flush_interval);
+        }
+      }
       if (auto p = n["sqlite"]) {
         if (auto path = string(p, "store.sqlite")) {
           if (path->empty()) add(p, "store.sqlite", "a database file path is required");
@@ -337,7 +343,8 @@ class loader {
   void read_server(const YAML::Node& n, server_config& s) {
     if (!expect_map(n, "server")) return;
     known_keys(n, "server",
-               {"listen", "threads", "max_body_bytes", "shutdown_timeout", "idle_timeout", "access_log", "access_log_skip",
+               {"listen", "threads", "max_body_bytes", "max_event_bytes", "shutdown_timeout", "idle_timeout", "access_log",
+                "access_log_skip",
                 "admin_key"});
     if (auto v = n["listen"]) read_listen(v, "server.listen", s);
     if (auto v = n["threads"]) {
@@ -345,6 +352,11 @@ class loader {
     }
     if (auto v = n["max_body_bytes"]) {
       if (auto i = integer(v, "server.max_body_bytes", 1, std::int64_t(1) << 40)) s.max_body_bytes = static_cast<std::size_t>(*i);
+    }
+    if (auto v = n["max_event_bytes"]) {
+      if (auto i = integer(v, "server.max_event_bytes", 1024, std::int64_t(1) << 40)) {
+        s.max_event_bytes = static_cast<std::size_t>(*i);
+      }
     }
     if (auto v = n["shutdown_timeout"]) read_duration(v, "server.shutdown_timeout", s.shutdown_timeout);
     if (auto v = n["idle_timeout"]) read_duration(v, "server.idle_timeout", s.idle_timeout);
@@ -420,6 +432,25 @@ class loader {
     }
   }
 
+  /// A control character (CR, LF, NUL, DEL...; HTAB only when tab_ok) in a value that becomes part
+  /// of an upstream request's head would end a header line early or inject one.
+  static bool has_control(std::string_view s, bool tab_ok) {
+    for (unsigned char c : s) {
+      if ((c < 0x20 && !(tab_ok && c == '\t')) || c == 0x7F) return true;
+    }
+    return false;
+  }
+
+  /// An RFC 9110 token, what a header name must be.
+  static bool is_token(std::string_view s) {
+    for (unsigned char c : s) {
+      if (!(std::isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos)) {
+        return false;
+      }
+    }
+    return !s.empty();
+  }
+
   static bool valid_name(const std::string& s) {
     for (char c : s) {
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) return false;
@@ -438,6 +469,7 @@ class loader {
     else if (rest.starts_with("http://")) rest.remove_prefix(7);
     else return bad("the scheme must be http:// or https://");
     if (url.find_first_of(" \t\r\n") != std::string::npos) return bad("it contains white space");
+    if (has_control(url, false)) return bad("it contains a control character");
     if (url.find_first_of("?#") != std::string::npos) return bad("a base URL has no query or fragment");
     std::string_view authority = rest.substr(0, rest.find('/'));
     if (authority.find('@') != std::string_view::npos) return bad("credentials belong in api_key or headers");
@@ -497,6 +529,9 @@ class loader {
     if (auto v = n["path"]) {
       if (auto p = string(v, path + ".path")) {
         if (p->empty() || p->front() != '/') add(v, path + ".path", "a path starts with '/'");
+        else if (has_control(*p, false) || p->find(' ') != std::string::npos) {
+          add(v, path + ".path", "a path has no white space or control characters");
+        }
         else h.path = *p;
       }
     }
@@ -671,14 +706,18 @@ class loader {
         read_transport(b, path, bc);
       }
       if (auto v = b["api_key"]; v && !v.IsNull()) {
-        if (auto key = string(v, path + ".api_key")) bc.api_key = *key;
+        if (auto key = string(v, path + ".api_key")) {
+          // Sent as a header: a trailing newline (a secret file read whole) would inject a line.
+          if (has_control(*key, false)) add(v, path + ".api_key", "an API key holds no control characters (CR, LF, NUL...)");
+          else bc.api_key = *key;
+        }
       }
       if (auto h = b["headers"]; h && !h.IsNull()) {
         if (expect_map(h, path + ".headers")) {
           for (auto it = h.begin(); it != h.end(); ++it) {
             const std::string name = it->first.Scalar();
             const std::string hpath = path + ".headers." + name;
-            if (name.empty() || name.find_first_of(": \t\r\n") != std::string::npos) {
+            if (!is_token(name)) {
               add(it->first, hpath, "invalid header name");
               continue;
             }
@@ -690,7 +729,9 @@ class loader {
               continue;
             }
             if (auto value = string(it->second, hpath)) {
-              if (value->find_first_of("\r\n") != std::string::npos) add(it->second, hpath, "a header value is one line");
+              if (has_control(*value, true)) {
+                add(it->second, hpath, "a header value holds no control characters (CR, LF, NUL...) but tabs");
+              }
               else bc.headers[name] = *value;
             }
           }

@@ -19,6 +19,9 @@ struct server_config {
   std::uint16_t listen_port = 8080;
   unsigned threads = 0;  ///< worker threads; 0 means one per core
   std::size_t max_body_bytes = 10 * 1024 * 1024;
+  /// The longest one SSE event of an upstream stream may grow before it is complete; past it the
+  /// stream ends with an error event (an upstream that never ends an event is not buffered forever).
+  std::size_t max_event_bytes = 8 * 1024 * 1024;
   duration shutdown_timeout{std::chrono::seconds(30)};  ///< how long in-flight requests may finish
   duration idle_timeout{std::chrono::seconds(60)};      ///< keep-alive connection with no request
   std::string access_log = "stdout";                    ///< "stdout", "stderr", "off", or a file path
@@ -143,6 +146,9 @@ struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)
   std::string currency = "CNY";  ///< of every price, and of the cost metrics
   std::string sqlite_path;       ///< store.sqlite: keys and the usage ledger; empty: no store
+  /// store.flush_interval: how often the ledger's writer commits what workers appended; 0 ("sync"):
+  /// each record is committed by its worker as its request ends.
+  duration ledger_flush_interval{std::chrono::milliseconds(200)};
   std::string tokenizer_path;    ///< metering.tokenizer: counts tokens when an upstream reports none
   server_config server;
   std::vector<key_config> keys;

@@ -2,6 +2,7 @@
 
 #include <boost/beast/http/status.hpp>
 
+#include <algorithm>
 #include <charconv>
 
 namespace tollgate::gateway {
@@ -36,6 +37,22 @@ const std::string& response_head_text::finish(std::optional<std::size_t> content
   if (!keep_alive) text_.append("Connection: close\r\n");
   text_.append("\r\n");
   return text_;
+}
+
+void transfer_codings::add(std::string_view list) {
+  seen_ = true;
+  while (!list.empty()) {
+    const auto comma = list.find(',');
+    std::string_view coding = list.substr(0, comma);
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    while (!coding.empty() && (coding.front() == ' ' || coding.front() == '\t')) coding.remove_prefix(1);
+    while (!coding.empty() && (coding.back() == ' ' || coding.back() == '\t')) coding.remove_suffix(1);
+    if (coding.empty()) continue;  // empty list elements are allowed and mean nothing
+    ++codings_;
+    chunked_ = coding.size() == 7 && std::equal(coding.begin(), coding.end(), "chunked", [](char a, char b) {
+      return (a | 0x20) == b;
+    });
+  }
 }
 
 }  // namespace tollgate::gateway

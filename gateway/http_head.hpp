@@ -26,4 +26,21 @@ class response_head_text {
   std::string text_;
 };
 
+/// The transfer codings of a request, over all its Transfer-Encoding fields. A body may be
+/// delimited only when there are none, or exactly one and it is chunked (RFC 9112 6.3: anything
+/// else, "xchunked", "chunked, identity", "gzip", is refused, as a request smuggling primitive).
+class transfer_codings {
+ public:
+  /// Adds one Transfer-Encoding field value (a comma-separated list).
+  void add(std::string_view field_value);
+  /// No field at all, or one coding over all of them and it is chunked. A field that names no
+  /// coding (an empty value) is refused too: the body's framing would be a guess.
+  bool acceptable() const { return !seen_ || (codings_ == 1 && chunked_); }
+
+ private:
+  bool seen_ = false;
+  std::size_t codings_ = 0;
+  bool chunked_ = false;  // the last coding seen is chunked
+};
+
 }  // namespace tollgate::gateway

@@ -39,6 +39,9 @@ namespace {
 
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr auto write_timeout = std::chrono::seconds(30);
+// After a 413: how long and how much of the rest of the body is read and dropped before closing.
+constexpr auto drain_timeout = std::chrono::seconds(5);
+constexpr std::size_t max_drain_bytes = 16 * 1024 * 1024;
 constexpr std::size_t max_upstream_body = 64 * 1024 * 1024;  // a non-stream answer we buffer
 constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
 
@@ -125,15 +128,37 @@ class session {
       parser.body_limit(rt->cfg.server.max_body_bytes);
       set_deadline(rt->cfg.server.idle_timeout);
       entry_->idle = true;
-      auto [ec, n] = co_await http::async_read(socket_, buffer_, parser, use_tuple);
+      // The head first: its framing is checked, and a client waiting on Expect: 100-continue is
+      // told to send the body, before the body is read.
+      auto [ec, n] = co_await http::async_read_header(socket_, buffer_, parser, use_tuple);
       entry_->idle = false;
+      if (!ec && !single_final_chunked(parser.get())) {
+        // RFC 9112 6.3: a body framed by anything but one final chunked cannot be delimited
+        // safely (request smuggling); refused and the connection closed.
+        clear_deadline();
+        begin(parser.get(), *rt);
+        ++w_.shared().in_flight;
+        co_await send_error(bad_request("unsupported Transfer-Encoding: only a single chunked is accepted"), false);
+        finish();
+        co_await drain_and_close();
+        co_return;
+      }
+      if (!ec && !parser.is_done()) {
+        if (auto e = parser.get().find(http::field::expect);
+            e != parser.get().end() && beast::iequals(e->value(), "100-continue") && parser.get().version() >= 11) {
+          auto [cec, cn] = co_await net::async_write(socket_, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25), use_tuple);
+          ec = cec;
+        }
+        if (!ec) std::tie(ec, n) = co_await http::async_read(socket_, buffer_, parser, use_tuple);
+      }
       clear_deadline();
       if (ec == http::error::body_limit) {
         begin(parser.get(), *rt);
         ++w_.shared().in_flight;
         co_await send_error(payload_too_large(rt->cfg.server.max_body_bytes), false);
         finish();
-        break;
+        co_await drain_and_close();
+        co_return;
       }
       if (ec && ec.category() == http::make_error_code(http::error::bad_target).category() &&
           ec != http::error::end_of_stream && ec != http::error::partial_message) {
@@ -169,9 +194,35 @@ class session {
   }
 
  private:
+  /// Reads what a refused client still sends (up to a bound) after our answer and a shutdown of
+  /// our side, then closes: closing with unread bytes would reset the connection, and a client
+  /// still writing its body would see the reset instead of the answer.
+  net::awaitable<void> drain_and_close() {
+    beast::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) co_return;
+    buffer_.clear();
+    set_deadline(drain_timeout);
+    std::size_t drained = 0;
+    while (drained < max_drain_bytes) {
+      auto [rec, rn] = co_await socket_.async_read_some(buffer_.prepare(64 * 1024), use_tuple);
+      if (rec) break;  // the client closed (or the deadline passed)
+      drained += rn;
+    }
+    clear_deadline();
+  }
+
+  static bool single_final_chunked(const http::request_header<>& h) {
+    transfer_codings codings;
+    const auto [first, last] = h.equal_range(http::field::transfer_encoding);
+    for (auto it = first; it != last; ++it) codings.add(it->value());
+    return codings.acceptable();
+  }
+
   template <class Req>
   void begin(const Req& req, const runtime&) {
     started_ = clock::now();
+    head_request_ = req.method() == http::verb::head;
     record_.clear();
     record_.method.assign(req.method_string());
     record_.path.assign(req.target());
@@ -286,7 +337,8 @@ class session {
     if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
     // Clients configured with or without the /v1 suffix in base_url both land here.
     if (path.starts_with("/v1/")) path.remove_prefix(3);
-    const bool get = req.method() == http::verb::get;
+    // HEAD is answered as GET is, without the body (write_whole leaves it out).
+    const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
     const bool post = req.method() == http::verb::post;
 
     if (path == "/metrics" && get) {
@@ -896,10 +948,11 @@ class session {
     if (event.find("\"usage\"") == std::string::npos) return false;
     const auto data = sse_data(event);
     if (!data) return false;
-    bool no_choices = false;
-    auto u = usage_from_json(*data, &no_choices);
-    if (!u) return false;
-    usage_ = *u;
+    bool no_choices = false, refused = false;
+    auto u = usage_from_json(*data, &no_choices, &refused);
+    if (u) usage_ = *u;
+    else if (refused) usage_.reset();  // untrustworthy: the tokenizer counts this answer
+    else return false;
     return strip_usage_ && no_choices;
   }
 
@@ -929,6 +982,13 @@ class session {
     attempt_health_->record_first_byte(std::chrono::duration_cast<std::chrono::microseconds>(first_byte));
     last_first_byte_ = std::chrono::duration<double>(first_byte).count();
     adapters::response_head head = std::move(ev.head);
+    if (const std::string* enc = head.find("content-encoding"); enc != nullptr && !beast::iequals(*enc, "identity")) {
+      // We ask for identity: an encoded body could be neither metered nor relayed as it is.
+      ev.type = adapters::call_event::kind::failed;
+      ev.error = adapters::failure::broken;
+      ev.message = "upstream answered with Content-Encoding " + *enc + " (identity was asked for)";
+      co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
+    }
     const std::string* type = head.find("content-type");
     const bool sse = type != nullptr && type->find("text/event-stream") != std::string::npos;
     if (want_stream && sse && head.status >= 200 && head.status < 300) {
@@ -1009,6 +1069,16 @@ class session {
         while (auto e = events.next_event()) {
           if (take_usage(*e)) continue;
           out += *e;
+        }
+        if (events.buffered() > rt_->cfg.server.max_event_bytes) {
+          // An event that never ends would be buffered without bound: the stream is broken.
+          const api_error err = bad_gateway("upstream " + backend_name_ + " sent an SSE event over server.max_event_bytes (" +
+                                            std::to_string(rt_->cfg.server.max_event_bytes) + " bytes)");
+          record_.error = err.message;
+          call.cancel();
+          out += err.sse_event();
+          finished = true;
+          broke = true;
         }
       } else if (ev.type == adapters::call_event::kind::end) {
         out = events.take_rest();
@@ -1126,7 +1196,10 @@ class session {
   net::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive) {
     keep_alive = keep_alive && !w_.shared().draining;
     record_.status = status;
-    const std::array<net::const_buffer, 2> buffers{net::buffer(head.finish(body.size(), keep_alive)), net::buffer(body)};
+    const std::size_t content_length = body.size();
+    // An answer to HEAD has the head of the answer to GET and no body (RFC 9110 9.3.2).
+    if (head_request_) body = {};
+    const std::array<net::const_buffer, 2> buffers{net::buffer(head.finish(content_length, keep_alive)), net::buffer(body)};
     set_deadline(write_timeout);
     auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
     clear_deadline();
@@ -1185,6 +1258,7 @@ class session {
   bool strip_usage_ = false;     // we asked for stream usage; the client did not
   std::string stream_options_;   // the stream_options every attempt sends instead of the client's; empty: as sent
   bool keep_alive_ = false;
+  bool head_request_ = false;  // the request being answered is a HEAD: no body goes out
   tcp::socket socket_;
   beast::flat_buffer buffer_;
   char peek_byte_[1];

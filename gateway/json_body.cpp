@@ -135,11 +135,19 @@ class json_scanner {
     if (s_.starts_with("\xEF\xBB\xBF")) i_ = 3;
     skip_ws();
     value_begin_ = i_;
-    if (!(peek() == '{' ? scan_members() : scan_value())) return false;
+    if (peek() == '{') {
+      base_depth_ = 1;
+      if (!scan_members()) return false;
+    } else if (!scan_value()) {
+      return false;
+    }
     value_end_ = i_;
     skip_ws();
     return i_ == s_.size();
   }
+
+  /// The scan failed because containers nest deeper than max_json_depth.
+  bool too_deep() const { return too_deep_; }
 
   /// The top-level value's text (after a successful scan).
   std::string_view value() const { return s_.substr(value_begin_, value_end_ - value_begin_); }
@@ -197,6 +205,11 @@ class json_scanner {
       switch (peek()) {
         case '{':
         case '[': {
+          // Whatever later walks the body as a tree (metering, stream_options) may recurse.
+          if (base_depth_ + open_.size() >= max_json_depth) {
+            too_deep_ = true;
+            return false;
+          }
           const char open = s_[i_++];
           skip_ws();
           if (peek() == (open == '{' ? '}' : ']')) {
@@ -344,6 +357,8 @@ class json_scanner {
   std::size_t value_begin_ = 0, value_end_ = 0;
   std::vector<member> members_;
   std::string open_;  // the opening bytes of the containers scan_value is inside
+  std::size_t base_depth_ = 0;  // containers around scan_value's: 1 inside the top-level object
+  bool too_deep_ = false;
 };
 
 void append_utf8(std::string& out, std::uint32_t cp) {
@@ -457,6 +472,10 @@ std::optional<body_parse_result> read_count(std::string_view value, const std::s
 body_parse_result parse_request_body(std::string_view body, bool model_required) {
   json_scanner scanner(body);
   if (!scanner.scan()) {
+    if (scanner.too_deep()) {
+      return failure("The JSON body of your request nests objects and arrays deeper than " +
+                     std::to_string(max_json_depth) + " levels.");
+    }
     return failure(
         "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP "
         "library correctly. The API expects a JSON payload, but what was sent was not valid JSON.)");
@@ -624,6 +643,25 @@ std::string set_top_level(std::string_view body, std::string_view key, std::stri
   }
   out.append(body.substr(copied));
   return out;
+}
+
+bool json_depth_within(std::string_view text, std::size_t limit) {
+  std::size_t depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > limit) return false;
+    } else if ((c == '}' || c == ']') && depth > 0) {
+      --depth;
+    }
+  }
+  return true;
 }
 
 bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values) {

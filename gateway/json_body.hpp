@@ -29,6 +29,12 @@ struct request_fields {
   body_layout layout;                     ///< for edit_body, without scanning the body again
 };
 
+/// The deepest nesting of objects and arrays a request body may have (the top-level object is
+/// level 1). Anything that walks a body as a tree (nlohmann's dump and copies recurse) stays far
+/// from the end of a worker's stack; real requests, JSON schemas of tools included, nest far less.
+/// serde_json's default recursion limit is the same.
+inline constexpr std::size_t max_json_depth = 128;
+
 struct body_parse_result {
   std::optional<request_fields> fields;  ///< set on success
   std::string error;                     ///< OpenAI-style message on failure
@@ -56,6 +62,10 @@ std::string edit_body(std::string_view body, const request_fields& fields, std::
 /// when there is none. false (and every value empty) when text is not a valid JSON object.
 /// Precondition: values.size() == keys.size().
 bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values);
+
+/// true when no object or array in text nests deeper than limit levels. Only brackets outside
+/// strings are counted; text need not be valid JSON. Iterative, for checking before a tree parse.
+bool json_depth_within(std::string_view text, std::size_t limit);
 
 /// Appends s to out as a JSON string literal (with quotes). Any bytes: one that starts no valid
 /// UTF-8 sequence becomes U+FFFD, so the result is always valid JSON.

@@ -55,7 +55,9 @@ constexpr const char* insert_sql =
 
 }  // namespace
 
-usage_ledger::usage_ledger(const std::string& path, std::size_t shards, std::chrono::milliseconds busy_timeout) {
+usage_ledger::usage_ledger(const std::string& path, std::size_t shards, std::chrono::milliseconds busy_timeout,
+                           std::chrono::milliseconds flush_interval)
+    : flush_interval_(flush_interval) {
   if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
     const std::string why = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
@@ -91,8 +93,11 @@ usage_ledger::~usage_ledger() {
 
 void usage_ledger::append(std::size_t shard, ledger_record record) {
   auto& buffer = *shards_[shard % shards_.size()];
-  std::lock_guard lock(buffer.mutex);
-  buffer.records.push_back(std::move(record));
+  {
+    std::lock_guard lock(buffer.mutex);
+    buffer.records.push_back(std::move(record));
+  }
+  if (flush_interval_.count() == 0) flush();
 }
 
 void usage_ledger::flush() {
@@ -125,7 +130,8 @@ std::size_t usage_ledger::unwritten() const {
 void usage_ledger::run() {
   std::unique_lock lock(wake_mutex_);
   while (!stop_) {
-    wake_.wait_for(lock, std::chrono::milliseconds(200));
+    // With synchronous appends the thread only retries what the database refused.
+    wake_.wait_for(lock, flush_interval_.count() > 0 ? flush_interval_ : std::chrono::milliseconds(1000));
     lock.unlock();
     flush();
     lock.lock();

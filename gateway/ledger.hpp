@@ -42,13 +42,18 @@ class usage_ledger {
  public:
   /// Opens (creating) the database and its table. Throws std::runtime_error when it cannot.
   /// busy_timeout: how long a write waits for another process's lock before it is put off.
+  /// flush_interval: how often the writer thread commits; 0: append() commits each record itself
+  /// before it returns (durable against a killed process, at one transaction per request on the
+  /// caller's thread).
   usage_ledger(const std::string& path, std::size_t shards,
-               std::chrono::milliseconds busy_timeout = std::chrono::seconds(5));
+               std::chrono::milliseconds busy_timeout = std::chrono::seconds(5),
+               std::chrono::milliseconds flush_interval = std::chrono::milliseconds(200));
   ~usage_ledger();  ///< writes everything appended, then closes
   usage_ledger(const usage_ledger&) = delete;
   usage_ledger& operator=(const usage_ledger&) = delete;
 
-  /// Thread-safe; shard is the caller's worker index.
+  /// Thread-safe; shard is the caller's worker index. With a flush_interval of 0 the record is
+  /// committed (or, when the database refuses, kept for the next try) when this returns.
   void append(std::size_t shard, ledger_record record);
   /// Writes everything appended so far; returns when it is on disk, or, when the database refuses
   /// the write (locked past the timeout, full), keeps it for the next flush.
@@ -72,6 +77,7 @@ class usage_ledger {
   std::mutex wake_mutex_;
   std::condition_variable wake_;
   bool stop_ = false;
+  std::chrono::milliseconds flush_interval_;
   std::thread thread_;
 };
 

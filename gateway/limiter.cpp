@@ -10,7 +10,10 @@
 namespace tollgate::gateway {
 
 std::int64_t estimate_tokens(std::size_t body_bytes, std::optional<std::int64_t> max_tokens) {
-  return static_cast<std::int64_t>((body_bytes + 3) / 4) + max_tokens.value_or(512);
+  const auto body = static_cast<std::int64_t>(std::min<std::size_t>((body_bytes + 3) / 4, INT64_MAX));
+  const std::int64_t out = std::max<std::int64_t>(max_tokens.value_or(512), 0);
+  // A max_tokens near INT64_MAX must not wrap the sum negative, which would pass any limit.
+  return out > INT64_MAX - body ? INT64_MAX : body + out;
 }
 
 
@@ -66,16 +69,20 @@ admission memory_limiter::admit(const config::key_config& key, key_state& state,
   }
   std::lock_guard lock(st->mutex);
   // Refill both buckets for the time since the last visit; each holds at most one minute's worth.
-  const double elapsed = st->rpm_tokens < 0 && st->tpm_tokens < 0
+  const double elapsed = !st->rpm_started && !st->tpm_started
                              ? 0
-                             : std::chrono::duration<double>(now - st->refilled).count();
+                             : std::max(0.0, std::chrono::duration<double>(now - st->refilled).count());
   st->refilled = now;
-  auto refill = [&](double& bucket, unsigned per_minute) {
-    if (bucket < 0) bucket = per_minute;
+  // A bucket in debt refills from where it is, so overuse delays the requests after it.
+  auto refill = [&](double& bucket, bool& started, unsigned per_minute) {
+    if (!started) {
+      bucket = per_minute;
+      started = true;
+    }
     bucket = std::min<double>(per_minute, bucket + elapsed * per_minute / 60.0);
   };
-  if (key.rpm != 0) refill(st->rpm_tokens, key.rpm);
-  if (key.tpm != 0) refill(st->tpm_tokens, key.tpm);
+  if (key.rpm != 0) refill(st->rpm_tokens, st->rpm_started, key.rpm);
+  if (key.tpm != 0) refill(st->tpm_tokens, st->tpm_started, key.tpm);
   // A request larger than a whole minute's budget still passes when the bucket is full.
   const double need_tokens = std::min<double>(static_cast<double>(tokens), key.tpm);
   auto refuse = [&](const std::string& what, double missing, unsigned per_minute) {
@@ -108,6 +115,7 @@ void memory_limiter::finish(const config::key_config& key, key_state& state, std
   st->in_flight.fetch_sub(1);
   if (key.tpm == 0 || actual < 0) return;
   std::lock_guard lock(st->mutex);
+  if (!st->tpm_started) return;  // tpm was added by a reload while this request ran
   const double charged = std::min<double>(static_cast<double>(estimated), key.tpm);
   // May go below zero: a request that used more than estimated delays the next ones.
   st->tpm_tokens = std::min<double>(key.tpm, st->tpm_tokens + charged - static_cast<double>(actual));

@@ -22,8 +22,12 @@ using steady_time = std::chrono::steady_clock::time_point;
 class key_state {
  public:
   std::mutex mutex;
-  double rpm_tokens = -1;  ///< < 0: not started (starts full)
-  double tpm_tokens = -1;
+  // A bucket starts full on its first use. tpm_tokens may be negative: a debt left by requests
+  // that used more than their estimate, which later requests wait out.
+  double rpm_tokens = 0;
+  double tpm_tokens = 0;
+  bool rpm_started = false;
+  bool tpm_started = false;
   steady_time refilled{};
   std::atomic<std::int64_t> in_flight{0};
   // Budget: spend in the current period (UTC day or month), under mutex. period_end 0: not
@@ -68,7 +72,7 @@ class memory_limiter final : public limiter {
 std::optional<double> budget_left(const config::key_config& key, key_state& st, std::int64_t now_unix_ms);
 
 /// Tokens a request may use, before it runs: its body at about four bytes a token, plus what it
-/// may generate (max_tokens, or 512 when it does not say).
+/// may generate (max_tokens, or 512 when it does not say). Saturates at INT64_MAX.
 std::int64_t estimate_tokens(std::size_t body_bytes, std::optional<std::int64_t> max_tokens);
 
 }  // namespace tollgate::gateway

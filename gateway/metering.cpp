@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gateway/json_body.hpp"
 #include "gateway/sse.hpp"
 #include "local_engine/tokenizer.hpp"
 
@@ -52,6 +53,9 @@ void answer_text(const json& answer, std::string& out) {
 }  // namespace
 
 std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view path, std::string_view body) {
+  // dump() below recurses once per level: a body nested too deep is counted as raw text (the
+  // proxy refuses such bodies before they get here; this is for every other caller).
+  if (!json_depth_within(body, max_json_depth)) return static_cast<std::int64_t>(tok.count(body));
   json req = json::parse(body, nullptr, false);
   if (req.is_discarded() || !req.is_object()) return static_cast<std::int64_t>(tok.count(body));
   std::string text;

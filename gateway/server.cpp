@@ -2,6 +2,14 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <system_error>
 #include <thread>
 
 #include "gateway/worker.hpp"
@@ -21,17 +29,49 @@ server::server(std::shared_ptr<const runtime> rt) {
   shared_.metrics = std::make_unique<gateway_metrics>(threads);
   if (!rt->cfg.sqlite_path.empty()) {
     shared_.keys_store = open_sqlite_store(rt->cfg.sqlite_path);
-    shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads);
+    shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads, std::chrono::seconds(5),
+                                                    rt->cfg.ledger_flush_interval);
   }
   shared_.current.store(rt);
   shared_.refresh_keys();
 
   tcp::endpoint endpoint(net::ip::make_address(sc.listen_host), sc.listen_port);
-  workers_.push_back(std::make_unique<worker>(shared_, 0, endpoint));
-  // Port 0 picks a free port once; the other workers join that same port.
-  port_ = workers_.front()->port();
-  endpoint.port(port_);
-  for (std::size_t i = 1; i < threads; ++i) workers_.push_back(std::make_unique<worker>(shared_, i, endpoint));
+  // Workers share the port through SO_REUSEPORT, which would as gladly let a second tollgate (same
+  // user) join it and take half the traffic. So the address is claimed first, in two ways: a bind
+  // without SO_REUSEPORT fails while anything listens there, and a lock named after the address
+  // (an abstract Unix socket, freed by the kernel when the process ends) stops two processes that
+  // start at the same moment. Port 0 picks a fresh port, which nobody else can be using.
+  if (sc.listen_port != 0) {
+    net::io_context probe_io;
+    tcp::acceptor probe(probe_io);
+    probe.open(endpoint.protocol());
+    probe.set_option(tcp::acceptor::reuse_address(true));
+    probe.bind(endpoint);  // throws "Address already in use"
+    probe.close();
+    listen_lock_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listen_lock_ < 0) throw std::system_error(errno, std::generic_category(), "listen lock");
+    const std::string name = "tollgate-listen " + endpoint.address().to_string() + " " + std::to_string(sc.listen_port);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::size_t n = std::min(name.size(), sizeof a.sun_path - 1);
+    std::memcpy(a.sun_path + 1, name.data(), n);  // sun_path[0] stays NUL: the abstract namespace
+    if (::bind(listen_lock_, reinterpret_cast<sockaddr*>(&a), static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n)) != 0) {
+      const int err = errno;
+      ::close(listen_lock_);
+      listen_lock_ = -1;
+      throw std::system_error(err, std::generic_category(), "another process is starting on this address");
+    }
+  }
+  try {
+    workers_.push_back(std::make_unique<worker>(shared_, 0, endpoint));
+    // Port 0 picks a free port once; the other workers join that same port.
+    port_ = workers_.front()->port();
+    endpoint.port(port_);
+    for (std::size_t i = 1; i < threads; ++i) workers_.push_back(std::make_unique<worker>(shared_, i, endpoint));
+  } catch (...) {
+    if (listen_lock_ >= 0) ::close(listen_lock_);  // no destructor runs for a constructor that throws
+    throw;
+  }
 }
 
 void server_shared::refresh_keys() {
@@ -69,6 +109,7 @@ void server_shared::refresh_keys_if_changed() {
 
 server::~server() {
   if (!stopped_) shutdown(std::chrono::milliseconds(0));
+  if (listen_lock_ >= 0) ::close(listen_lock_);
 }
 
 void server::start() {

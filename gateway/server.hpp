@@ -66,6 +66,7 @@ class server {
   std::vector<std::unique_ptr<worker>> workers_;
   std::uint16_t port_ = 0;
   bool stopped_ = false;
+  int listen_lock_ = -1;  // holds the listen address against a second process (see the constructor)
 };
 
 }  // namespace tollgate::gateway

@@ -10,13 +10,14 @@ namespace tollgate::gateway {
 
 namespace {
 
-/// A token count: a JSON integer that fits, and is not negative. Anything else counts as 0.
-std::int64_t count(std::string_view value) {
-  if (value.empty() || value.find_first_of(".eE") != std::string_view::npos) return 0;
+/// A token count: absent or null is 0; otherwise a JSON integer in [0, max_reported_tokens], or
+/// nullopt.
+std::optional<std::int64_t> count(std::string_view value) {
+  if (value.empty() || value == "null") return 0;
   std::int64_t v = 0;
   const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-  if (ec != std::errc() || end != value.data() + value.size()) return 0;
-  return std::max<std::int64_t>(0, v);
+  if (ec != std::errc() || end != value.data() + value.size() || v < 0 || v > max_reported_tokens) return std::nullopt;
+  return v;
 }
 
 /// The members `keys` of the object text `object` (empty views when it is not an object).
@@ -37,7 +38,8 @@ bool empty_array(std::string_view v) {
 
 // The text is scanned, never parsed into a tree: a whole answer is read on every request, and
 // only a handful of numbers are wanted from it.
-std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices) {
+std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices, bool* refused) {
+  if (refused != nullptr) *refused = false;
   // Most stream chunks carry no usage: skip them without scanning.
   if (json_text.find("\"usage\"") == std::string_view::npos) return std::nullopt;
   static constexpr std::array<std::string_view, 2> top_keys{"usage", "choices"};
@@ -50,12 +52,20 @@ std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choice
       "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details",
       "prompt_cache_hit_tokens"};
   const auto u = members(top[0], usage_keys);
+  const auto prompt = count(u[0]);
+  const auto completion = count(u[1]);
+  const auto cached = count(members(u[2], std::array<std::string_view, 1>{"cached_tokens"})[0]);
+  const auto cache_hit = count(u[4]);
+  const auto reasoning = count(members(u[3], std::array<std::string_view, 1>{"reasoning_tokens"})[0]);
+  if (!prompt || !completion || !cached || !cache_hit || !reasoning) {
+    if (refused != nullptr) *refused = true;
+    return std::nullopt;
+  }
   usage out;
-  out.prompt = count(u[0]);
-  out.completion = count(u[1]);
-  out.cached = count(members(u[2], std::array<std::string_view, 1>{"cached_tokens"})[0]);
-  if (out.cached == 0) out.cached = count(u[4]);
-  out.reasoning = count(members(u[3], std::array<std::string_view, 1>{"reasoning_tokens"})[0]);
+  out.prompt = *prompt;
+  out.completion = *completion;
+  out.cached = *cached != 0 ? *cached : *cache_hit;
+  out.reasoning = std::min(*reasoning, out.completion);
   out.cached = std::min(out.cached, out.prompt);
   return out;
 }

@@ -21,7 +21,14 @@ struct usage {
 /// completion_tokens_details.reasoning_tokens, and DeepSeek's prompt_cache_hit_tokens.
 /// no_choices, when given, is set to whether the object has an empty "choices" array (the
 /// usage-only chunk that ends a stream asked for with include_usage).
-std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices = nullptr);
+/// A count that is present but not an integer in [0, max_reported_tokens] (negative, 1e308,
+/// INT64_MAX, "7", 12.5) makes the whole usage untrustworthy: nullopt, and *refused (when given)
+/// is set, so that the answer is counted with the tokenizer instead.
+std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices = nullptr, bool* refused = nullptr);
+
+/// The most tokens one count of one answer may report. Far above any context window, and low
+/// enough that sums over many requests never overflow.
+inline constexpr std::int64_t max_reported_tokens = 1'000'000'000;
 
 /// Money for u at price (per million tokens): uncached prompt at input, cached prompt at
 /// cached_input, completion at output.

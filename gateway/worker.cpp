@@ -6,6 +6,9 @@
 
 #include <sys/socket.h>
 
+#include <cerrno>
+#include <iostream>
+
 #include "gateway/http_session.hpp"
 #include "gateway/server.hpp"
 
@@ -24,6 +27,7 @@ worker::worker(server_shared& shared, std::size_t index, const tcp::endpoint& en
       pool_(*io_),
       acceptor_(*io_),
       heartbeat_(*io_),
+      accept_pause_(*io_),
       rng_(std::random_device{}()) {
   acceptor_.open(endpoint.protocol());
   acceptor_.set_option(tcp::acceptor::reuse_address(true));
@@ -76,10 +80,25 @@ void worker::accept_next() {
   acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket socket) {
     if (ec == net::error::operation_aborted || !acceptor_.is_open()) return;
     if (!ec) {
+      accept_starved_ = false;
       socket.set_option(tcp::no_delay(true), ec);
       net::co_spawn(*io_, run_session(*this, std::move(socket)), net::detached);
+    } else if (ec == net::error::no_descriptors || ec.value() == ENFILE || ec == net::error::no_buffer_space ||
+               ec == net::error::no_memory) {
+      // The pending connection stays in the backlog, so accepting again at once fails again, and
+      // the loop would spin. Pause, and say so once until a connection gets through.
+      if (!accept_starved_) {
+        accept_starved_ = true;
+        std::cerr << "tollgate: worker " << index_ << " cannot accept connections: " << ec.message()
+                  << "; retrying every 100 ms" << std::endl;
+      }
+      accept_pause_.expires_after(std::chrono::milliseconds(100));
+      accept_pause_.async_wait([this](boost::system::error_code wec) {
+        if (!wec && acceptor_.is_open()) accept_next();
+      });
+      return;
     }
-    // A failed accept (out of descriptors, a reset in the backlog) must not end the loop.
+    // Any other failed accept (a reset in the backlog) must not end the loop.
     accept_next();
   });
 }
@@ -88,6 +107,7 @@ void worker::begin_drain() {
   net::post(*io_, [this] {
     boost::system::error_code ignored;
     acceptor_.close(ignored);
+    accept_pause_.cancel();
     for (auto& entry : sessions_) {
       if (entry.idle) entry.socket->cancel(ignored);
     }

@@ -73,6 +73,8 @@ class worker {
   adapters::upstream_pool pool_;
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer heartbeat_;
+  boost::asio::steady_timer accept_pause_;  // accepting again after running out of descriptors
+  bool accept_starved_ = false;             // said so once; cleared by the next accepted connection
   std::mt19937_64 rng_;
   std::thread thread_;
 };

@@ -32,15 +32,23 @@ void target_health::record_success() {
 
 void target_health::record_failure(steady_clock::time_point now, const config::ejection_config& cfg) {
   const int failures = failures_.fetch_add(1, std::memory_order_relaxed) + 1;
-  const bool was_trial = trial_.load(std::memory_order_acquire);
   if (cfg.after_failures == 0) return;
-  if (!was_trial && failures < static_cast<int>(cfg.after_failures)) return;
-  // Eject (again): the cooldown doubles with each ejection in a row, up to the maximum.
-  const int n = ejections_.fetch_add(1, std::memory_order_relaxed);
+  auto until = ejected_until_.load(std::memory_order_acquire);
+  if (until == 0) {
+    if (failures < static_cast<int>(cfg.after_failures)) return;
+  } else if (ticks(now) < until || !trial_.load(std::memory_order_acquire)) {
+    // Already ejected: requests that were in flight when it happened fail too, and say nothing
+    // new. Only a failed half-open trial ejects again.
+    return;
+  }
+  // Eject (again): the cooldown doubles with each ejection in a row, up to the maximum. Of the
+  // failures racing here for one ejection, one wins the exchange; the others change nothing.
+  const int n = ejections_.load(std::memory_order_relaxed);
   auto cooldown = cfg.cooldown;
   for (int i = 0; i < n && cooldown < cfg.max_cooldown; ++i) cooldown *= 2;
   if (cooldown > cfg.max_cooldown) cooldown = cfg.max_cooldown;
-  ejected_until_.store(ticks(now + cooldown), std::memory_order_release);
+  if (!ejected_until_.compare_exchange_strong(until, ticks(now + cooldown), std::memory_order_acq_rel)) return;
+  ejections_.fetch_add(1, std::memory_order_relaxed);
   trial_.store(false, std::memory_order_release);
 }
 

@@ -20,10 +20,13 @@
 #include "adapters/upstream_pool.hpp"
 #include "tests/support/eventually.hpp"
 #include "tests/support/fake_upstream.hpp"
+#include "tests/support/raw_server.hpp"
 
 using namespace tollgate::adapters;
 using tollgate::test::fake_upstream;
 using tollgate::test::response_script;
+using tollgate::test::raw_server;
+using tollgate::test::read_request;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
@@ -117,59 +120,6 @@ struct client {
     io.poll();
     return out;
   }
-};
-
-/// Reads one request (its head and a Content-Length body) from s, whole.
-std::string read_request(tcp::socket& s, boost::system::error_code& ec) {
-  std::string in;
-  net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
-  if (ec) return in;
-  std::size_t length = 0;
-  if (auto at = in.find("Content-Length: "); at != std::string::npos) length = std::stoul(in.substr(at + 16));
-  const std::size_t head = in.find("\r\n\r\n") + 4;
-  if (in.size() < head + length) net::read(s, net::dynamic_buffer(in), net::transfer_exactly(head + length - in.size()), ec);
-  return in;
-}
-
-/// A listener on a loopback port that answers each connection with the bytes reply() gives for
-/// the request it read (headers and a Content-Length body), then closes it.
-class raw_server {
- public:
-  explicit raw_server(std::function<std::string(const std::string&)> reply)
-      : acceptor_(io_, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0)), reply_(std::move(reply)) {
-    thread_ = std::thread([this] {
-      for (;;) {
-        tcp::socket s(io_);
-        boost::system::error_code ec;
-        acceptor_.accept(s, ec);
-        if (ec || stopping_) return;
-        requests_.push_back(read_request(s, ec));
-        const std::string& in = requests_.back();
-        net::write(s, net::buffer(reply_(in)), ec);
-        // The request was read whole, so closing now ends the connection cleanly (no reset).
-        s.shutdown(tcp::socket::shutdown_send, ec);
-        s.close(ec);
-      }
-    });
-  }
-  ~raw_server() {
-    stopping_ = true;
-    boost::system::error_code ec;
-    tcp::socket poke(io_);
-    poke.connect(acceptor_.local_endpoint(), ec);
-    thread_.join();
-  }
-  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
-  std::string base_url() const { return "http://127.0.0.1:" + std::to_string(port()) + "/v1"; }
-  const std::vector<std::string>& requests() const { return requests_; }
-
- private:
-  net::io_context io_;
-  tcp::acceptor acceptor_;
-  std::function<std::string(const std::string&)> reply_;
-  std::vector<std::string> requests_;
-  std::atomic<bool> stopping_{false};
-  std::thread thread_;
 };
 
 }  // namespace
@@ -566,4 +516,54 @@ TEST_CASE("native client: a connection idle past a heartbeat that got bytes unas
   CHECK(second.body == "{}");
   CHECK(connections == 2);
   server.join();
+}
+
+TEST_CASE("both transports refuse an upstream head with a bare CR, a NUL, a bad name or a folded line",
+          "[adapters][hardening]") {
+  const std::vector<std::string> bad_fields = {
+      "X-A: 5\rSet-Cookie: x=1",  // a second header hidden behind a bare CR
+      std::string("X-A: 5\0Set-Cookie: x=1", 22),
+      "X-A: one\x01two",
+      "Bad Name: v",
+      "X\rSet-Cookie: x=1: v",
+  };
+  for (const std::string transport : {"native", "curl"}) {
+    for (const auto& field : bad_fields) {
+      INFO(transport << ": " << field);
+      raw_server s([&](const std::string&) {
+        return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + field + "\r\nContent-Length: 2\r\n\r\n{}";
+      });
+      client c;
+      auto cfg = native_backend(s.base_url());
+      cfg.transport = transport;
+      openai_backend b(cfg);
+      const auto out = c.run(b, chat());
+      CHECK(out.last == call_event::kind::failed);
+      CHECK(out.error == failure::broken);
+      CHECK(out.status == 0);  // no head was handed on
+    }
+    // A folded line (obs-fold): Beast joins it into one value, as RFC 9112 5.2 lets a proxy do;
+    // libcurl hands it over as a line of its own, which is refused. Never a header of its own.
+    raw_server folded([](const std::string&) {
+      return std::string("HTTP/1.1 200 OK\r\nX-A: v\r\n Set-Cookie: x=1\r\nContent-Length: 2\r\n\r\n{}");
+    });
+    {
+      client c;
+      auto cfg = native_backend(folded.base_url());
+      cfg.transport = transport;
+      openai_backend b(cfg);
+      const auto out = c.run(b, chat());
+      if (transport == "curl") CHECK(out.error == failure::broken);
+      else CHECK(out.status == 200);
+    }
+    // Tabs and bytes past 127 are fine in a value.
+    raw_server ok([](const std::string&) {
+      return std::string("HTTP/1.1 200 OK\r\nX-A: a\tb \xC3\xA9\r\nContent-Length: 2\r\n\r\n{}");
+    });
+    client c;
+    auto cfg = native_backend(ok.base_url());
+    cfg.transport = transport;
+    openai_backend b(cfg);
+    CHECK(c.run(b, chat()).status == 200);
+  }
 }

@@ -704,3 +704,47 @@ routes:
   find(framing, "backends[0].headers.connection");
   CHECK(framing.problems.size() == 2);
 }
+
+TEST_CASE("control characters in values that become upstream headers are config errors with their line",
+          "[config][hardening]") {
+  const std::string yaml = R"(backends:
+  - name: up
+    kind: openai
+    base_url: http://127.0.0.1:9000/v1
+    api_key: ${KEY}
+    headers: {X-Team: "${TEAM}"}
+    health_check: {path: "${PROBE}"}
+routes:
+  - model: m
+    targets:
+      - backend: up
+)";
+  const std::map<std::string, std::string> fine = {{"KEY", "sk-1"}, {"TEAM", "a\tb"}, {"PROBE", "/models"}};
+  CHECK(load(yaml, fine).value);
+  for (const std::string bad : {std::string("\n"), std::string("\r"), std::string(1, '\0'), std::string("\x01"),
+                                std::string("\x7f"), std::string("\r\nX-Evil: 1")}) {
+    INFO("bad bytes: " << bad.size());
+    auto vars = fine;
+    vars["KEY"] = "sk-secret" + bad;  // a secret file read with its trailing newline, or worse
+    const auto r = load(yaml, vars);
+    CHECK_FALSE(r.value);
+    const auto& p = find(r, "backends[0].api_key");
+    CHECK(p.line == 5);
+    CHECK(p.message.find("control characters") != std::string::npos);
+    vars = fine;
+    vars["TEAM"] = "search" + bad;
+    CHECK(find(load(yaml, vars), "backends[0].headers.X-Team").line == 6);
+    vars = fine;
+    vars["PROBE"] = "/models" + bad;
+    CHECK(find(load(yaml, vars), "backends[0].health_check.path").line == 7);
+  }
+  // A header name is a token.
+  auto r = load(R"y(backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9000/v1", headers: {"X(A)": v}}
+routes: [{model: m, targets: [{backend: up}]}]
+)y");
+  CHECK(find(r, "backends[0].headers.X(A)").message == "invalid header name");
+  r = load("backends:\n  - {name: up, kind: openai, base_url: \"http://127.0.0.1:9000/v1\\x01\"}\n"
+           "routes: [{model: m, targets: [{backend: up}]}]\n");
+  CHECK(find(r, "backends[0].base_url").message.find("control character") != std::string::npos);
+}

@@ -58,7 +58,7 @@ TEST_CASE("sampling: top_k = 1 equals greedy whatever the temperature and seed",
   CHECK(run(tiny(), prompt, eng::sampling{0.7f, 0.5f, 1, 8}, 20) == greedy);
 }
 
-TEST_CASE("sampler: top_k and top_p bound the candidates; frequencies follow the softmax", "[engine][sampling]") {
+TEST_CASE("sampler: top_k and top_p bound the candidates, and frequencies follow the softmax", "[engine][sampling]") {
   const std::vector<float> logits = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f};
   std::map<int, int> seen;
   eng::sampler k2(eng::sampling{1.0f, 1.0f, 2, 5});

@@ -519,14 +519,20 @@ TEST_CASE("fields read agree with nlohmann on random valid bodies", "[json_body]
 }
 
 TEST_CASE("deep nesting is checked without recursion", "[json_body]") {
+  // Far past max_json_depth, valid or not: refused without the scan recursing.
   const std::size_t depth = 200000;
   std::string deep = R"({"model":"m","x":)" + std::string(depth, '[') + std::string(depth, ']') + "}";
-  CHECK(parse_request_body(deep).fields);
+  CHECK_FALSE(parse_request_body(deep).fields);
   deep = R"({"model":"m","x":)" + std::string(depth, '[') + std::string(depth - 1, ']') + "}";
-  CHECK(refused_as_invalid_json(parse_request_body(deep)));
+  CHECK_FALSE(parse_request_body(deep).fields);
   std::string objects = R"({"model":"m","x":)";
   for (std::size_t k = 0; k < depth; ++k) objects += R"({"a":)";
   objects += "1" + std::string(depth, '}') + "}";
+  CHECK_FALSE(parse_request_body(objects).fields);
+  // Objects nested as deep as allowed (the top level and 127 more) pass, and edit as any body.
+  objects = R"({"model":"m","x":)";
+  for (std::size_t k = 0; k + 1 < max_json_depth; ++k) objects += R"({"a":)";
+  objects += "1" + std::string(max_json_depth - 1, '}') + "}";
   CHECK(parse_request_body(objects).fields);
   CHECK(set_top_level(objects, "model", "\"n\"") == R"({"model":"n")" + objects.substr(12));
 }
@@ -652,4 +658,19 @@ TEST_CASE("edit_body equals set_top_level on model then stream_options, in one p
   REQUIRE(parse_request_body(empty, false).fields);
   CHECK(edit_body(empty, *parse_request_body(empty, false).fields, "\"m\"", so) ==
         R"({"model":"m","stream_options":{"include_usage":true} })");
+}
+
+TEST_CASE("bodies nested deeper than max_json_depth are refused, without recursion", "[json_body][hardening]") {
+  auto nested = [](std::size_t levels) {  // an object holding levels - 1 arrays
+    return R"({"model":"m","tools":)" + std::string(levels - 1, '[') + std::string(levels - 1, ']') + "}";
+  };
+  CHECK(parse_request_body(nested(max_json_depth)).fields);
+  const auto deep = parse_request_body(nested(max_json_depth + 1));
+  CHECK_FALSE(deep.fields);
+  CHECK(deep.error.find("deeper than 128 levels") != std::string::npos);
+  // Far deeper than any stack that recursed would survive.
+  CHECK_FALSE(parse_request_body(nested(1'000'000)).fields);
+  CHECK(json_depth_within(nested(max_json_depth), max_json_depth));
+  CHECK_FALSE(json_depth_within(nested(max_json_depth + 1), max_json_depth));
+  CHECK(json_depth_within(R"({"a":"[[[[{{{{\"[["})", 1));  // brackets in strings do not count
 }

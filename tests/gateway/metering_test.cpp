@@ -58,3 +58,15 @@ TEST_CASE("a completion is counted from the text the client was sent", "[meterin
   CHECK(gateway::count_completion_tokens(*tok, whole, false, earlier) ==
         static_cast<std::int64_t>(tok->count("think Hellof{\"a\":1}Hi there")));
 }
+
+TEST_CASE("a prompt nested far too deep is counted as raw text, not walked", "[metering][hardening]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  const auto tok = engine::tokenizer::load(tokenizer_file);
+  // Dumping 200,000 levels recursively overflowed the stack and killed the process.
+  const std::size_t depth = 200'000;
+  const std::string body = R"({"model":"m","messages":[{"role":"assistant","content":"x","tool_calls":)" +
+                           std::string(depth, '[') + std::string(depth, ']') + "}],\"tools\":" +
+                           std::string(depth, '[') + std::string(depth, ']') + "}";
+  CHECK(gateway::count_prompt_tokens(*tok, "/chat/completions", body) ==
+        static_cast<std::int64_t>(tok->count(body)));
+}

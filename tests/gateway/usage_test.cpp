@@ -32,11 +32,35 @@ TEST_CASE("no usage, null usage and garbage are not usage", "[usage]") {
   CHECK_FALSE(usage_from_json(R"({"choices":[],"usage":null})"));
   CHECK_FALSE(usage_from_json(R"({"usage":)"));
   CHECK_FALSE(usage_from_json("[DONE]"));
-  auto odd = usage_from_json(R"({"usage":{"prompt_tokens":-5,"completion_tokens":"7","prompt_tokens_details":{"cached_tokens":9}}})");
+  auto odd = usage_from_json(R"({"usage":{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":9}}})");
   REQUIRE(odd);
-  CHECK(odd->prompt == 0);
-  CHECK(odd->completion == 0);
-  CHECK(odd->cached == 0);  // never more than the prompt
+  CHECK(odd->prompt == 5);
+  CHECK(odd->completion == 0);  // absent
+  CHECK(odd->cached == 5);      // never more than the prompt
+}
+
+TEST_CASE("usage out of range is refused, not recorded as zero or as a huge number", "[usage][hardening]") {
+  for (const std::string bad : {"-5", "9223372036854775807", "1000000001", "1e308", "12.5", "\"7\"", "true", "{}",
+                                "99999999999999999999999"}) {
+    for (const std::string field : {"prompt_tokens", "completion_tokens"}) {
+      INFO(field << ": " << bad);
+      bool refused = false;
+      const std::string text = R"({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,")" + field +
+                               R"(":)" + bad + "}}";
+      CHECK_FALSE(usage_from_json(text, nullptr, &refused));
+      CHECK(refused);
+    }
+    INFO("nested: " << bad);
+    bool refused = false;
+    CHECK_FALSE(usage_from_json(R"({"usage":{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":)" + bad + "}}}",
+                                nullptr, &refused));
+    CHECK(refused);
+  }
+  bool refused = true;
+  const auto top = usage_from_json(R"({"usage":{"prompt_tokens":1000000000,"completion_tokens":0}})", nullptr, &refused);
+  REQUIRE(top);
+  CHECK(top->prompt == max_reported_tokens);
+  CHECK_FALSE(refused);
 }
 
 TEST_CASE("cost: uncached input, cached input and output at their prices", "[usage]") {
@@ -59,12 +83,14 @@ TEST_CASE("usage is read from the top level only, whatever the spacing and order
   CHECK(u->reasoning == 3);
   CHECK(u->cached == 8);  // OpenAI's field said 0; DeepSeek's is read then
   CHECK(no_choices);
-  // The last of duplicate keys wins, as in the parsers upstream; fractions and exponents are not counts.
-  auto dup = usage_from_json(R"({"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":7,"completion_tokens":2.0,"total_tokens":1e2}})");
+  // The last of duplicate keys wins, as in the parsers upstream; fields not read are not checked.
+  auto dup = usage_from_json(R"({"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":1e2}})");
   REQUIRE(dup);
   CHECK(dup->prompt == 7);
-  CHECK(dup->completion == 0);
+  CHECK(dup->completion == 2);
+  // Fractions and exponents are not counts: the usage is refused (see the hardening case below).
+  CHECK_FALSE(usage_from_json(R"({"usage":{"prompt_tokens":7,"completion_tokens":2.0}})"));
   CHECK_FALSE(usage_from_json(R"({"usage":[1,2]})"));
   CHECK_FALSE(usage_from_json(R"({"choices":[], "usage": {"prompt_tokens": 3})"));  // cut short: not JSON
-  CHECK(usage_from_json(R"({"usage":{"prompt_tokens":99999999999999999999}})")->prompt == 0);
+  CHECK_FALSE(usage_from_json(R"({"usage":{"prompt_tokens":99999999999999999999}})"));
 }

@@ -92,3 +92,26 @@ TEST_CASE("records the database refuses while another process holds it are writt
         "held-0,held-1,held-2,after");
   remove_db(path);
 }
+
+TEST_CASE("store.flush_interval: sync commits each record before append returns", "[ledger][hardening]") {
+  const std::string path = "/tmp/tollgate-ledger-sync-" + std::to_string(::getpid()) + ".db";
+  remove_db(path);
+  {
+    // Synchronous: a record is in the database (its WAL) as soon as append returns, so a process
+    // killed right after a request ended has its row.
+    tollgate::gateway::usage_ledger ledger(path, 2, std::chrono::seconds(5), std::chrono::milliseconds(0));
+    tollgate::gateway::ledger_record r;
+    r.request_id = "sync-1";
+    r.status = 200;
+    ledger.append(1, r);
+    db d(path);
+    CHECK(d.one("SELECT count(*) FROM usage_ledger WHERE request_id = 'sync-1'") == "1");
+  }
+  remove_db(path);
+  const auto loaded = tollgate::config::load_string(
+      "store: {sqlite: x.db, flush_interval: sync}\nbackends: [{name: a, kind: openai, base_url: \"http://h/v1\"}]\n"
+      "routes: [{model: m, targets: [{backend: a}]}]\n",
+      "t.yaml", [](const std::string&) { return std::nullopt; });
+  REQUIRE(loaded.value);
+  CHECK(loaded.value->ledger_flush_interval.count() == 0);
+}
