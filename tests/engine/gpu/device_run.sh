@@ -5,7 +5,7 @@
 #
 # usage: tests/engine/gpu/device_run.sh [tests|bench|all] [OUT_DIR]
 #   TOLLGATE_DEPS_PREFIX  a prefix with nlohmann_json and Catch2 (CMake configs and headers) where
-#                         the machine has none
+#                         the machine has none (make_deps_prefix.sh beside this makes one)
 #   TOLLGATE_CMAKE_ARGS   more arguments for the configure step (e.g. where SQLite3 is)
 set -uo pipefail
 what=${1:-all}
