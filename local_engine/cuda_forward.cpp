@@ -546,8 +546,8 @@ class cuda_backend final : public forward_backend {
   }
 
   void upload_meta() {
-    const size_t N = tokens_.size(), S = rows_.size();
-    // One copy: five int arrays, the block tables, then the sampling parameters (8-byte aligned).
+    const size_t S = rows_.size();
+    // One copy: five int arrays, the sampling parameters (8-byte aligned), then the block tables.
     std::vector<int32_t>& h = meta_host_;
     h.clear();
     auto put = [&](const std::vector<int32_t>& v) {
@@ -571,7 +571,6 @@ class cuda_backend final : public forward_backend {
     d_rows_ = d + o_rows;
     d_params_ = reinterpret_cast<const cuda::sample_params*>(d + o_params);
     map_ = cuda::token_map{d + o_pos, d + o_slot, d + o_table, d + o_toff, pool_shape_.block_size};
-    (void)N;
   }
 
   // ---- layers ---------------------------------------------------------------------------------
