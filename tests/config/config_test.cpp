@@ -721,7 +721,7 @@ routes:
 )";
   const std::map<std::string, std::string> fine = {{"KEY", "sk-1"}, {"TEAM", "a\tb"}, {"PROBE", "/models"}};
   CHECK(load(yaml, fine).value);
-  for (const std::string bad : {std::string("\n"), std::string("\r"), std::string(1, '\0'), std::string("\x01"),
+  for (const std::string& bad : {std::string("\n"), std::string("\r"), std::string(1, '\0'), std::string("\x01"),
                                 std::string("\x7f"), std::string("\r\nX-Evil: 1")}) {
     INFO("bad bytes: " << bad.size());
     auto vars = fine;
