@@ -397,7 +397,7 @@ routes:
   }
 }
 
-TEST_CASE("the price catalogue prices targets that name none; a target's own price wins", "[config][prices]") {
+TEST_CASE("the price catalogue prices targets that name none, and a target's own price wins", "[config][prices]") {
   const std::string yaml = R"(currency: ${CUR:-CNY}
 backends:
   - {name: ds, kind: openai, base_url: "https://api.deepseek.com/v1"}

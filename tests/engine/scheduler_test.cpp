@@ -399,7 +399,7 @@ TEST_CASE("scheduler: a step holds decode tokens and prefill chunks within the t
   CHECK(eng::stats(*model).finished == lengths.size());
 }
 
-TEST_CASE("scheduler: many threads submit, step and cancel at once; everything ends and every block comes back",
+TEST_CASE("scheduler: many threads submit, step and cancel at once, and everything ends and every block comes back",
           "[engine][scheduler]") {
   const auto m = load(4, 30, 6, 20);  // a small pool: admissions wait and preemptions happen
   const auto jobs = mixed_jobs(48);
