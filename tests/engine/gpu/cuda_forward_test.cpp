@@ -65,6 +65,19 @@ std::vector<int32_t> blocks_for(int first, size_t positions, int block_size) {
   return b;
 }
 
+/// The logits of every position of `tokens`, run from an empty cache.
+std::vector<float> all_logits(eng::forward_backend& be, const std::vector<int32_t>& tokens) {
+  const auto blocks = blocks_for(0, tokens.size(), be.kv_pool().block_size);
+  eng::batch_item it;
+  it.tokens = tokens;
+  it.blocks = blocks;
+  it.logits = true;
+  it.all_positions = true;
+  eng::batch_result r;
+  be.forward({&it, 1}, r);
+  return r.logits;
+}
+
 /// Prefill in one go, then `steps` single-token decodes; the sampled tokens.
 std::vector<int32_t> run_alone(eng::forward_backend& be, const std::vector<int32_t>& prompt, size_t steps,
                                const eng::sampling& s) {
@@ -103,18 +116,11 @@ TEST_CASE("gpu: float32 logits and 32 greedy tokens equal transformers' goldens"
     double worst = 0;
     for (const auto& p : golden.at("prompts")) {
       const auto tokens = p.at("tokens").get<std::vector<int32_t>>();
-      const auto blocks = blocks_for(0, tokens.size(), m->backend->kv_pool().block_size);
-      eng::batch_item it;
-      it.tokens = tokens;
-      it.blocks = blocks;
-      it.logits = true;
-      it.all_positions = true;
-      eng::batch_result r;
-      m->backend->forward({&it, 1}, r);
-      REQUIRE(r.logits.size() == tokens.size() * V);
+      const auto logits = all_logits(*m->backend, tokens);
+      REQUIRE(logits.size() == tokens.size() * V);
       for (size_t pos = 0; pos < tokens.size(); ++pos) {
         const auto ref = p.at("logits")[pos].get<std::vector<double>>();
-        const double err = relative_error(r.logits.data() + pos * V, ref.data(), V);
+        const double err = relative_error(logits.data() + pos * V, ref.data(), V);
         worst = std::max(worst, err);
         INFO(name << " position " << pos);
         CHECK(err < 1e-4);
@@ -138,19 +144,8 @@ TEST_CASE("gpu: bfloat16 logits follow the float32 path", "[gpu][bf16]") {
     std::uniform_int_distribution<int32_t> tok(2, half->config.vocab_size - 1);
     std::vector<int32_t> tokens(200);
     for (auto& x : tokens) x = tok(gen);
-    auto all_logits = [&](eng::forward_backend& be) {
-      const auto blocks = blocks_for(0, tokens.size(), be.kv_pool().block_size);
-      eng::batch_item it;
-      it.tokens = tokens;
-      it.blocks = blocks;
-      it.logits = true;
-      it.all_positions = true;
-      eng::batch_result r;
-      be.forward({&it, 1}, r);
-      return r.logits;
-    };
-    const auto ref = all_logits(*full->backend);
-    const auto got = all_logits(*half->backend);
+    const auto ref = all_logits(*full->backend, tokens);
+    const auto got = all_logits(*half->backend, tokens);
     REQUIRE(got.size() == ref.size());
     double worst_cos = 1, sum_cos = 0;
     size_t agree = 0;
