@@ -145,6 +145,48 @@ void bench_checkpoint(const bench_options& o, std::ostream& out) {
   bench_backend(*backend, c, o, "checkpoint", base, out);
 }
 
+}  // namespace
+
+std::vector<float> teacher_forced_logits(const std::string& checkpoint, const backend_options& bo,
+                                         const std::vector<int32_t>& tokens, size_t prefill) {
+  if (tokens.empty()) throw std::invalid_argument("teacher_forced_logits: no tokens");
+  prefill = std::clamp<size_t>(prefill, 1, tokens.size());
+  const std::string cfg_path = checkpoint + "/config.json";
+  std::ifstream in(cfg_path, std::ios::binary);
+  if (!in) throw std::runtime_error(checkpoint + ": no config.json");
+  const model_config c = parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), cfg_path);
+  for (int32_t id : tokens)
+    if (id < 0 || id >= c.vocab_size) throw std::invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary");
+  auto backend = make_backend(c, checkpoint, bo);
+  const auto pool = backend->kv_pool();
+  kv_block_allocator blocks(pool.blocks, pool.block_size);
+  if (!blocks.reserve(0, tokens.size()))
+    throw std::runtime_error("the KV pool cannot hold " + std::to_string(tokens.size()) + " positions");
+  std::vector<float> logits;
+  logits.reserve(tokens.size() * static_cast<size_t>(c.vocab_size));
+  batch_result res;
+  batch_item it;
+  it.tokens = std::span<const int32_t>(tokens).first(prefill);
+  it.blocks = blocks.table(0);
+  it.logits = true;
+  it.all_positions = true;
+  backend->forward(std::span<const batch_item>(&it, 1), res);
+  logits.insert(logits.end(), res.logits.begin(), res.logits.end());
+  for (size_t p = prefill; p < tokens.size(); ++p) {
+    batch_item d;
+    d.tokens = std::span<const int32_t>(tokens).subspan(p, 1);
+    d.start = p;
+    d.blocks = blocks.table(0);
+    d.logits = true;
+    backend->forward(std::span<const batch_item>(&d, 1), res);
+    logits.insert(logits.end(), res.logits.begin(), res.logits.end());
+  }
+  blocks.release(0);
+  return logits;
+}
+
+namespace {
+
 void bench_v2_lite_layer(const bench_options& o, std::ostream& out) {
   // DeepSeek-V2-Lite's attention and MoE shapes; one MoE layer, a small vocabulary so that the
   // embedding and lm_head stay negligible next to the layer.

@@ -2,6 +2,8 @@
 // at the forward seam; medians of several runs, printed as JSON lines.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -23,5 +25,12 @@ struct bench_options {
 };
 
 void run_bench(const bench_options& o, std::ostream& out);
+
+/// Teacher-forced logits of `tokens` through the backend's own paths: positions [0, prefill) in one
+/// prefill chunk, then every later position as a decode step of one token (the cached-attention
+/// path). Returns [tokens.size() * vocab_size] floats. Used to compare a dtype or device with a
+/// reference over many positions (`tollgate-engine logits`).
+std::vector<float> teacher_forced_logits(const std::string& checkpoint, const backend_options& backend,
+                                         const std::vector<int32_t>& tokens, size_t prefill);
 
 }  // namespace tollgate::engine

@@ -316,6 +316,14 @@ class cuda_backend final : public forward_backend {
 
   /// Reads a tensor as fp32, checks its shape, and converts it on the device into dst.
   void upload(const tensor_store& store, const std::string& name, const std::vector<int64_t>& shape, T* dst) {
+    if constexpr (std::is_same_v<T, bf16>) {
+      // Stored as bf16 already: its bytes go to the device as they are, with no pass on the host.
+      const raw_tensor r = store.raw(name, shape);
+      if (r.type == dtype::bf16) {
+        check(cudaMemcpy(dst, r.data, r.bytes, cudaMemcpyHostToDevice));
+        return;
+      }
+    }
     const f32_tensor t = store.read(name, shape);
     const size_t n = static_cast<size_t>(t.numel());
     if constexpr (std::is_same_v<T, float>) {

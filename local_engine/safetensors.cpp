@@ -209,6 +209,13 @@ safetensors_file::~safetensors_file() {
   if (map_) ::munmap(const_cast<unsigned char*>(map_), size_);
 }
 
+raw_tensor safetensors_file::raw(const std::string& name) const {
+  const auto it = entries_.find(name);
+  if (it == entries_.end()) fail(path_, "no tensor '" + name + "'");
+  const entry& e = it->second;
+  return raw_tensor{e.type, e.shape, map_ + data_start_ + e.begin, static_cast<size_t>(e.end - e.begin), shared_from_this()};
+}
+
 f32_tensor safetensors_file::read(const std::string& name) const {
   const auto it = entries_.find(name);
   if (it == entries_.end()) fail(path_, "no tensor '" + name + "'");
@@ -301,6 +308,14 @@ f32_tensor tensor_store::read(const std::string& name, const std::vector<int64_t
     throw std::runtime_error(dir_ + ": tensor '" + name + "' has shape " + shape_string(got) + ", expected " +
                              shape_string(expected));
   return where_.at(name)->read(name);
+}
+
+raw_tensor tensor_store::raw(const std::string& name, const std::vector<int64_t>& expected) const {
+  const auto& got = shape(name);
+  if (got != expected)
+    throw std::runtime_error(dir_ + ": tensor '" + name + "' has shape " + shape_string(got) + ", expected " +
+                             shape_string(expected));
+  return where_.at(name)->raw(name);
 }
 
 void write_safetensors(const std::string& path, const std::vector<tensor_to_write>& tensors,

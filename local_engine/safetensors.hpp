@@ -25,6 +25,16 @@ struct f32_tensor {
   std::span<const float> span() const { return {data, static_cast<size_t>(numel())}; }
 };
 
+/// A tensor's bytes as stored, a view into its mapped file (kept mapped while the view lives): for
+/// copying a tensor whose stored dtype is the one wanted without converting it.
+struct raw_tensor {
+  dtype type = dtype::other;
+  std::vector<int64_t> shape;
+  const unsigned char* data = nullptr;
+  size_t bytes = 0;
+  std::shared_ptr<const void> owner;
+};
+
 /// One mapped .safetensors file. Throws std::runtime_error naming the file for a bad header.
 class safetensors_file : public std::enable_shared_from_this<safetensors_file> {
  public:
@@ -43,6 +53,8 @@ class safetensors_file : public std::enable_shared_from_this<safetensors_file> {
   /// The tensor converted to fp32 (a view when it is fp32 on disk). Throws for an unknown name or a
   /// dtype other than F32, F16 and BF16.
   f32_tensor read(const std::string& name) const;
+  /// The tensor's stored bytes; throws for an unknown name.
+  raw_tensor raw(const std::string& name) const;
 
  private:
   safetensors_file() = default;
@@ -64,6 +76,8 @@ class tensor_store {
   const std::vector<int64_t>& shape(const std::string& name) const;
   /// The tensor in fp32, checked against `expected` shape; throws naming the tensor on a mismatch.
   f32_tensor read(const std::string& name, const std::vector<int64_t>& expected) const;
+  /// The tensor's stored bytes, checked against `expected` shape like read().
+  raw_tensor raw(const std::string& name, const std::vector<int64_t>& expected) const;
   size_t size() const { return where_.size(); }
 
  private:

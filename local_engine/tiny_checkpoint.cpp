@@ -55,8 +55,9 @@ std::string utf8(unsigned cp) {
 // A byte-level BPE tokenizer.json: one token per byte (ids 3 to 258), DeepSeek's special tokens
 // (ids 0 to 2 and the chat markers 259, 260), then as many merged pairs of a lowercase letter or a
 // space and a lowercase letter as the vocabulary holds, so that what a random model samples reads
-// as text rather than stray bytes.
-std::string byte_tokenizer_json(int vocab_size) {
+// as text rather than stray bytes. With fill, merges of three and then four lowercase letters follow
+// until every id of the vocabulary is a token, so that any id a model samples decodes to text.
+std::string byte_tokenizer_json(int vocab_size, bool fill) {
   const char* specials[] = {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<｜User｜>",
                             "<｜Assistant｜>"};
   const int n_special = 5;
@@ -89,6 +90,21 @@ std::string byte_tokenizer_json(int vocab_size) {
       }
     }
   }
+  if (fill) {
+    std::vector<std::string> prev;
+    for (char a = 'a'; a <= 'z'; ++a)
+      for (char b = 'a'; b <= 'z'; ++b) prev.push_back(std::string{a, b});
+    while (next < vocab_size && !prev.empty()) {
+      std::vector<std::string> longer;
+      for (const auto& left : prev)
+        for (char c = 'a'; c <= 'z' && next < vocab_size; ++c) {
+          merges.push_back(left + " " + std::string(1, c));
+          vocab[left + c] = next++;
+          longer.push_back(left + c);
+        }
+      prev = std::move(longer);
+    }
+  }
   json doc = {{"version", "1.0"},
               {"truncation", nullptr},
               {"padding", nullptr},
@@ -104,6 +120,8 @@ std::string byte_tokenizer_json(int vocab_size) {
 }
 
 }  // namespace
+
+std::string generated_tokenizer_json(int vocab_size) { return byte_tokenizer_json(vocab_size, true); }
 
 void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string& out_dir) {
   json r;
@@ -181,7 +199,7 @@ void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string
     }
     write_text(fs::path(out_dir) / "model.safetensors.index.json", index.dump(2) + "\n");
   }
-  if (r.value("tokenizer", false)) write_text(fs::path(out_dir) / "tokenizer.json", byte_tokenizer_json(c.vocab_size));
+  if (r.value("tokenizer", false)) write_text(fs::path(out_dir) / "tokenizer.json", byte_tokenizer_json(c.vocab_size, false));
   write_text(fs::path(out_dir) / "config.json", cj.dump(2) + "\n");
 }
 

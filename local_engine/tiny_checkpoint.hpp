@@ -16,4 +16,9 @@ namespace tollgate::engine {
 /// out_dir, creating it. Throws std::runtime_error naming the recipe field or file on failure.
 void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string& out_dir);
 
+/// A byte-level tokenizer.json whose every id below vocab_size is a token (bytes, DeepSeek's special
+/// tokens, then merged runs of lowercase letters), for serving a random checkpoint of a real model's
+/// shapes: whatever it samples decodes to text. Throws for vocab_size < 261.
+std::string generated_tokenizer_json(int vocab_size);
+
 }  // namespace tollgate::engine

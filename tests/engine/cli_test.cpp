@@ -1,14 +1,18 @@
-// The tollgate-engine command line: generate (ids and text), tokenize, make-tiny, --help, and
+// The tollgate-engine command line: generate (ids and text), tokenize, make-tiny, make-tokenizer,
+// logits, --help, and
 // exit code 2 with a message for bad arguments.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 
 #include "local_engine/forward_backend.hpp"
+#include "local_engine/tokenizer.hpp"
 #include "tests/engine/test_support.hpp"
 
 namespace t = tollgate::engine::test;
@@ -117,7 +121,7 @@ TEST_CASE("cli: bad arguments exit with 2 and say why", "[engine][cli]") {
   r = cli("make-tiny --recipe '" + bad.string() + "' --out '" + dir.str() + "/b'");
   CHECK(r.code == 1);
   CHECK_THAT(r.out, Contains("hidden_size"));
-  for (const char* c : {"--help", "generate --help", "tokenize --help", "make-tiny --help", "bench --help"}) {
+  for (const char* c : {"--help", "generate --help", "tokenize --help", "make-tiny --help", "bench --help", "logits --help", "make-tokenizer --help"}) {
     r = cli(c);
     INFO(c);
     CHECK(r.code == 0);
@@ -153,4 +157,67 @@ TEST_CASE("cli: bench times prefill and batched decode as JSON lines", "[engine]
   r = cli("bench --checkpoint '" + ck + "' --kv-cache-memory 50000 --batch 64 --context 200 --runs 1");
   CHECK(r.code == 1);
   CHECK_THAT(r.out, Contains("raise --kv-cache-memory"));
+}
+
+TEST_CASE("cli: logits are the goldens' teacher-forced logits, through prefill and decode alike", "[engine][cli]") {
+  t::temp_dir dir;
+  const auto ck = (dir.path() / "ck").string();
+  REQUIRE(cli("make-tiny --recipe '" + t::recipe_path("v2_greedy").string() + "' --out '" + ck + "'").code == 0);
+  const auto golden = nlohmann::json::parse(t::read_text(std::string(TOLLGATE_SOURCE_DIR) + "/tests/engine/goldens/v2_greedy.json"));
+  const auto& p = golden["prompts"].back();
+  const auto tokens = p["tokens"].get<std::vector<int>>();
+  const auto tokens_path = dir.path() / "tokens.json";
+  {
+    std::ofstream(tokens_path) << nlohmann::json(tokens).dump();
+  }
+  // All positions in one prefill chunk, and the first 3 in a chunk then one decode step each.
+  for (int prefill : {static_cast<int>(tokens.size()), 3}) {
+    const auto out = (dir.path() / ("l" + std::to_string(prefill) + ".f32")).string();
+    const auto r = cli("logits --checkpoint '" + ck + "' --tokens '" + tokens_path.string() + "' --out '" + out +
+                       "' --prefill " + std::to_string(prefill));
+    REQUIRE(r.code == 0);
+    const std::string bytes = t::read_text(out);
+    const size_t V = p["logits"][0].size();
+    REQUIRE(bytes.size() == tokens.size() * V * sizeof(float));
+    const float* got = reinterpret_cast<const float*>(bytes.data());
+    for (size_t pos = 0; pos < tokens.size(); ++pos) {
+      double num = 0, den = 0;
+      for (size_t i = 0; i < V; ++i) {
+        const double ref = p["logits"][pos][i].get<double>(), d = got[pos * V + i] - ref;
+        num += d * d;
+        den += ref * ref;
+      }
+      INFO("prefill " << prefill << ", position " << pos);
+      CHECK(std::sqrt(num / den) < 1e-4);
+    }
+  }
+  auto r = cli("logits --checkpoint '" + ck + "' --out x.f32");
+  CHECK(r.code == 2);
+  CHECK_THAT(r.out, Contains("--tokens FILE"));
+  {
+    std::ofstream(tokens_path) << "[1, 99999]";
+  }
+  r = cli("logits --checkpoint '" + ck + "' --tokens '" + tokens_path.string() + "' --out '" + (dir.path() / "x").string() + "'");
+  CHECK(r.code == 2);  // bad input, like a bad argument
+  CHECK_THAT(r.out, Contains("outside the vocabulary"));
+}
+
+TEST_CASE("cli: make-tokenizer covers the whole vocabulary with text", "[engine][cli]") {
+  t::temp_dir dir;
+  const auto path = (dir.path() / "tokenizer.json").string();
+  REQUIRE(cli("make-tokenizer --vocab-size 20000 --out '" + path + "'").code == 0);
+  const auto tok = tollgate::engine::tokenizer::load(path);
+  REQUIRE(tok->vocab_size() == 20000);
+  for (int32_t id = 0; id < 20000; ++id) {
+    const int32_t one[] = {id};
+    INFO("id " << id);
+    REQUIRE_FALSE(tok->decode(one).empty());
+  }
+  // Words of three lowercase letters after a space are two tokens each, and decode back.
+  const std::string text = "abc xyz qqq";
+  const auto ids = tok->encode(text);
+  CHECK(ids.size() == 5);  // "abc" is one token; " xyz" and " qqq" two each
+  CHECK(tok->decode(ids) == text);
+  CHECK(cli("make-tokenizer --vocab-size 100 --out '" + path + "'").code == 1);
+  CHECK(cli("make-tokenizer --out '" + path + "'").code == 2);
 }

@@ -3,7 +3,10 @@
 # the GPU tests, the engine's scheduler and golden tests on cuda:0, the gateway serving cuda:0 end
 # to end, and the GPU benchmark. Logs go to OUT_DIR; a summary is printed last.
 #
-# usage: tests/engine/gpu/device_run.sh [tests|bench|all] [OUT_DIR]
+# usage: tests/engine/gpu/device_run.sh [tests|bench|all|compare|build] [OUT_DIR]
+#   compare  bf16 against transformers at DeepSeek-V3 width (3 layers) and DeepSeek-V2-Lite shapes
+#            (bf16_vs_transformers.py), then the gateway serving that V2-Lite checkpoint under load
+#            at 1, 16 and 64 clients (tests/perf/gateway_load.py); about 6 minutes
 #   TOLLGATE_DEPS_PREFIX  a prefix with nlohmann_json and Catch2 (CMake configs and headers) where
 #                         the machine has none (make_deps_prefix.sh beside this makes one)
 #   TOLLGATE_CMAKE_ARGS   more arguments for the configure step (e.g. where SQLite3 is)
@@ -86,5 +89,41 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     --json "$out/transformers-bench.json" >"$out/transformers-bench.log" 2>&1
   tail -5 "$out/transformers-bench.log"
   note "transformers bench: $(tail -1 "$out/transformers-bench.log")"
+fi
+if [ "$what" = compare ]; then
+  E=build-gpu/tollgate-engine
+  timeout 300 python3 tests/engine/gpu/bf16_vs_transformers.py tests/perf/deepseek_v3.json "$E" --layers 3 --first-dense 1 \
+    --work /dev/shm/tg-v3 --json "$out/bf16-v3.json" >"$out/bf16-v3.log" 2>&1
+  note "bf16 vs transformers, V3 width, 3 layers: $(grep -E '^engine_bf16_vs_transformers' "$out/bf16-v3.log")"
+  rm -rf /dev/shm/tg-v3
+  timeout 240 python3 tests/engine/gpu/bf16_vs_transformers.py tests/perf/deepseek_v2_lite.json "$E" --keep \
+    --work /dev/shm/tg-v2 --json "$out/bf16-v2lite.json" >"$out/bf16-v2lite.log" 2>&1
+  note "bf16 vs transformers, V2-Lite: $(grep -E '^engine_bf16_vs_transformers' "$out/bf16-v2lite.log")"
+  if [ -f /dev/shm/tg-v2/config.json ]; then
+    "$E" make-tokenizer --vocab-size 102400 --out /dev/shm/tg-v2/tokenizer.json
+    cat >"$out/load.yaml" <<YAML
+server: {listen: "127.0.0.1:0", threads: 4}
+keys: [{name: load, key: "tg-load-key"}]
+backends:
+  - {name: v2lite, kind: local_engine, checkpoint: /dev/shm/tg-v2, device: "cuda:0", dtype: bfloat16, kv_cache_memory: 0.8, max_batch: 64}
+routes:
+  - {model: v2lite, targets: [{backend: v2lite}]}
+YAML
+    build-gpu/tollgate serve --config "$out/load.yaml" >"$out/gateway-load-server.log" 2>&1 &
+    gw=$!
+    url=""
+    for _ in $(seq 1 900); do
+      url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$out/gateway-load-server.log" | head -1 | sed 's/listening on //')
+      [ -n "$url" ] && break
+      sleep 0.2
+    done
+    timeout 200 python3 tests/perf/gateway_load.py "$url" tg-load-key v2lite --clients 1,16,64 --seconds 12 \
+      --json "$out/gateway-load.json" >"$out/gateway-load.log" 2>&1
+    cat "$out/gateway-load.log"
+    note "gateway load: $out/gateway-load.json"
+    kill "$gw"
+    wait "$gw" 2>/dev/null
+    rm -rf /dev/shm/tg-v2
+  fi
 fi
 printf '%s\n' "${summary[@]}"
