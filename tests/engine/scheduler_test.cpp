@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -325,9 +326,12 @@ class recording_backend final : public eng::forward_backend {
     bool sample;
     int32_t first;  ///< the first token fed: prompts here are all 3, generated tokens 1
   };
-  recording_backend(size_t blocks, std::mutex& m, std::vector<std::vector<item>>& log) : blocks_(blocks), m_(m), log_(log) {}
+  /// gate: when valid, every forward waits for it first (a test submits everything before the first step ends).
+  recording_backend(size_t blocks, std::mutex& m, std::vector<std::vector<item>>& log, std::shared_future<void> gate = {})
+      : blocks_(blocks), m_(m), log_(log), gate_(std::move(gate)) {}
   eng::kv_pool_shape kv_pool() const override { return {4, blocks_, 64}; }
   void forward(std::span<const eng::batch_item> batch, eng::batch_result& out) override {
+    if (gate_.valid()) gate_.wait();
     std::vector<item> step;
     out.tokens.clear();
     for (const auto& it : batch) {
@@ -345,6 +349,7 @@ class recording_backend final : public eng::forward_backend {
   size_t blocks_;
   std::mutex& m_;
   std::vector<std::vector<item>>& log_;
+  std::shared_future<void> gate_;
 };
 
 }  // namespace
@@ -356,8 +361,11 @@ TEST_CASE("scheduler: a step holds decode tokens and prefill chunks within the t
   c.vocab_size = 16;
   c.max_position_embeddings = 1000;
   // Prefix caching off: the prompts repeat one token, so later ones would find earlier ones' blocks.
-  const auto model =
-      eng::make_model(c, std::make_unique<recording_backend>(1000, m, log), nullptr, eng::scheduler_options{3, 10, false});
+  // The first forward waits until every prompt is submitted, so that a busy machine cannot let the
+  // short one finish before the long ones arrive.
+  std::promise<void> all_submitted;
+  const auto model = eng::make_model(c, std::make_unique<recording_backend>(1000, m, log, all_submitted.get_future().share()),
+                                     nullptr, eng::scheduler_options{3, 10, false});
   // A short prompt first, then long ones that must be prefilled in chunks while it decodes.
   std::vector<std::unique_ptr<collector>> got;
   std::vector<std::shared_ptr<eng::stream>> handles;
@@ -366,6 +374,7 @@ TEST_CASE("scheduler: a step holds decode tokens and prefill chunks within the t
     got.push_back(std::make_unique<collector>());
     handles.push_back(eng::submit(model, std::vector<int32_t>(len, 3), eng::sampling{}, 5, got.back()->callbacks()));
   }
+  all_submitted.set_value();
   for (auto& g : got) {
     g->wait();
     CHECK(g->tokens == std::vector<int32_t>(5, 1));
