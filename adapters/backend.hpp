@@ -108,7 +108,10 @@ struct engine_stats {
   std::uint64_t batch_tokens = 0;      ///< tokens in the engine's last forward
   double tokens_per_s = 0;             ///< tokens forwarded per second lately (prefill and decode)
   std::uint64_t kv_blocks_used = 0;
-  std::uint64_t kv_blocks_free = 0;
+  std::uint64_t kv_blocks_free = 0;    ///< free, or cached and held by no sequence (reclaimable)
+  std::uint64_t kv_blocks_cached = 0;  ///< of the free ones, those holding a cached prompt prefix
+  std::uint64_t prefix_cache_lookup_tokens = 0;  ///< prompt tokens looked up in the prefix cache
+  std::uint64_t prefix_cache_hit_tokens = 0;     ///< of them, tokens found cached (not computed again)
   std::uint64_t preemptions = 0;       ///< sequences the engine sent back to its queue to free KV blocks
   std::uint64_t steps = 0;             ///< forwards the engine has run
   std::uint64_t prompt_tokens = 0;     ///< tokens prefilled, since this backend was configured

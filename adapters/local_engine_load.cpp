@@ -65,6 +65,9 @@ class engine_binding final : public engine_port {
     st.tokens_per_s = e.tokens_per_s;
     st.kv_blocks_used = e.kv_blocks_used;
     st.kv_blocks_free = e.kv_blocks_free;
+    st.kv_blocks_cached = e.kv_blocks_cached;
+    st.prefix_cache_lookup_tokens = e.prefix_cache_lookup_tokens;
+    st.prefix_cache_hit_tokens = e.prefix_cache_hit_tokens;
     st.preemptions = e.preemptions;
     st.steps = e.steps;
     return st;
@@ -87,6 +90,7 @@ std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg
   engine::scheduler_options so;
   so.max_batch = cfg.max_batch;
   so.max_batch_tokens = cfg.max_batch_tokens;
+  so.prefix_caching = cfg.prefix_caching;
   auto m = engine::load_model(cfg.checkpoint, bo, so);
   std::cerr << "tollgate: backend " << cfg.name << ": " << engine::model_describe(*m) << std::endl;
   return std::make_shared<engine_binding>(std::move(m), std::filesystem::path(cfg.checkpoint).filename().string());

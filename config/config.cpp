@@ -624,7 +624,7 @@ class loader {
       if (!expect_map(b, path)) continue;
       known_keys(b, path, {"name", "kind", "optional", "base_url", "api_key", "headers", "transport", "timeouts", "ejection",
                             "health_check", "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device",
-                            "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens"});
+                            "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching"});
       backend_config bc;
       bool ok = true;
       // optional: true: a ${VAR} left unset disables this backend (with a warning) instead of
@@ -678,6 +678,13 @@ class loader {
         if (auto v = b["max_batch_tokens"]) {
           if (auto i = integer(v, path + ".max_batch_tokens", 1, 1048576)) bc.max_batch_tokens = static_cast<unsigned>(*i);
         }
+        if (auto v = b["prefix_caching"]; v && !v.IsNull()) {
+          if (auto text = string(v, path + ".prefix_caching")) {
+            if (*text == "true") bc.prefix_caching = true;
+            else if (*text == "false") bc.prefix_caching = false;
+            else add(v, path + ".prefix_caching", "must be true or false, got '" + *text + "'");
+          }
+        }
         if (auto v = b["dtype"]; v && !v.IsNull()) {
           if (auto d = string(v, path + ".dtype")) {
             if (*d != "float32" && *d != "bfloat16") add(v, path + ".dtype", "must be float32 or bfloat16");
@@ -697,7 +704,8 @@ class loader {
           }
         }
       } else {
-        for (const char* local : {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens"}) {
+        for (const char* local :
+             {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching"}) {
           if (b[local]) add(b[local], path + "." + local, std::string("'") + local + "' is for kind local_engine");
         }
         if (auto url = required_string(b, "base_url", path)) {

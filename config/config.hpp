@@ -96,6 +96,7 @@ struct backend_config {
   double kv_cache_memory = 0;
   unsigned max_batch = 8;        ///< sequences decoded together (the scheduler's running limit)
   unsigned max_batch_tokens = 2048;  ///< tokens in one engine forward: decode tokens plus prefill chunks
+  bool prefix_caching = true;    ///< reuse the KV blocks of cached prompt prefixes
 };
 
 /// Prices per million tokens, in the config's currency.

@@ -71,11 +71,19 @@ void render_engines(std::string& out, const runtime& rt) {
          [](const st& s) { return s.batch_tokens; });
   family("tollgate_engine_tokens_per_second", "gauge", "Tokens a local engine forwarded per second over the last few seconds.",
          [](const st& s) { return s.tokens_per_s; });
-  header(out, "tollgate_engine_kv_blocks", "gauge", "Blocks of a local engine's paged KV cache, by state: used or free.");
+  header(out, "tollgate_engine_kv_blocks", "gauge",
+         "Blocks of a local engine's paged KV cache, by state: used, free, cached (free blocks holding a cached prefix).");
   for (const auto& [labels, s] : engines) {
     out += "tollgate_engine_kv_blocks{" + labels + ",state=\"used\"} " + std::to_string(s.kv_blocks_used) + "\n";
     out += "tollgate_engine_kv_blocks{" + labels + ",state=\"free\"} " + std::to_string(s.kv_blocks_free) + "\n";
+    out += "tollgate_engine_kv_blocks{" + labels + ",state=\"cached\"} " + std::to_string(s.kv_blocks_cached) + "\n";
   }
+  family("tollgate_engine_prefix_cache_lookup_tokens_total", "counter",
+         "Prompt tokens a local engine looked up in its prefix cache when admitting a sequence.",
+         [](const st& s) { return s.prefix_cache_lookup_tokens; });
+  family("tollgate_engine_prefix_cache_hit_tokens_total", "counter",
+         "Prompt tokens a local engine found in its prefix cache (their KV reused, not computed).",
+         [](const st& s) { return s.prefix_cache_hit_tokens; });
   family("tollgate_engine_preemptions_total", "counter",
          "Sequences a local engine sent back to its queue (to be recomputed) to free KV blocks.",
          [](const st& s) { return s.preemptions; });

@@ -20,7 +20,8 @@ namespace {
 /// fails to load answers 503 with the reason, and the gateway keeps serving the other backends.
 std::unique_ptr<adapters::backend> local_engine_for(const config::backend_config& b, lasting_state& lasting) {
   const std::string key = b.checkpoint + "|" + b.device + "|" + b.dtype + "|" + std::to_string(b.kv_cache_memory) + "|" +
-                          std::to_string(b.max_batch) + "|" + std::to_string(b.max_batch_tokens);
+                          std::to_string(b.max_batch) + "|" + std::to_string(b.max_batch_tokens) + "|" +
+                          (b.prefix_caching ? "cache" : "nocache");
   std::shared_ptr<const adapters::engine_port> engine;
   std::string error;
   {

@@ -1,7 +1,9 @@
 #include "local_engine/bench.hpp"
 
 #include <algorithm>
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <iterator>
 #include <stdexcept>
 #include <chrono>
@@ -224,9 +226,79 @@ void bench_v2_lite_layer(const bench_options& o, std::ostream& out) {
   bench_backend(*backend, c, lo, "v2_lite_moe_layer", {{"threads", thread_pool::shared().size()}, {"weights_build_s", build_s}}, out);
 }
 
+// Time to first token of one prompt through the model's scheduler: submit to the first sampled token.
+double ttft_ms(const std::shared_ptr<const model>& m, const std::vector<int32_t>& prompt) {
+  struct box {
+    std::mutex mu;
+    std::condition_variable cv;
+    clock_type::time_point first;
+    bool got = false, done = false;
+    std::string error;
+  };
+  auto b = std::make_shared<box>();
+  stream_callbacks cb;
+  cb.on_token = [b](int32_t) {
+    std::lock_guard lock(b->mu);
+    b->first = clock_type::now();
+    b->got = true;
+    return true;
+  };
+  cb.on_end = [b](stream_end why, const std::string& msg) {
+    std::lock_guard lock(b->mu);
+    b->done = true;
+    if (why == stream_end::failed) b->error = msg;
+    b->cv.notify_all();
+  };
+  const auto t0 = clock_type::now();
+  auto s = submit(m, prompt, sampling{}, 1, std::move(cb));
+  std::unique_lock lock(b->mu);
+  b->cv.wait(lock, [&] { return b->done; });
+  if (!b->got) throw std::runtime_error("bench: the sequence produced no token: " + b->error);
+  return 1e3 * std::chrono::duration<double>(b->first - t0).count();
+}
+
+void bench_shared_prefix(const bench_options& o, std::ostream& out) {
+  for (const bool caching : {false, true}) {
+    scheduler_options so;
+    so.prefix_caching = caching;
+    auto m = load_model(o.checkpoint, o.backend, so);
+    const int V = static_cast<int>(vocab_size(*m));
+    const auto prefix = random_tokens(o.shared_prefix, V, 7);
+    auto prompt = [&](uint64_t seed) {
+      auto p = prefix;
+      const auto tail = random_tokens(o.prompt_len, V, seed);
+      p.insert(p.end(), tail.begin(), tail.end());
+      return p;
+    };
+    ttft_ms(m, prompt(1));  // warms the backend and, with caching, caches the prefix
+    const auto before = stats(*m);
+    std::vector<double> runs;
+    for (int r = 0; r < o.runs; ++r) runs.push_back(ttft_ms(m, prompt(100 + static_cast<uint64_t>(r))));
+    const auto after = stats(*m);
+    const double lookups = static_cast<double>(after.prefix_cache_lookup_tokens - before.prefix_cache_lookup_tokens);
+    nlohmann::json j = {{"bench", "shared_prefix_ttft"},
+                        {"checkpoint", o.checkpoint},
+                        {"backend", model_describe(*m)},
+                        {"prefix_caching", caching},
+                        {"shared_prefix", o.shared_prefix},
+                        {"fresh_tokens", o.prompt_len},
+                        {"runs", o.runs},
+                        {"ttft_ms_median", median(runs)},
+                        {"ttft_ms_runs", runs},
+                        {"hit_rate", lookups > 0 ? static_cast<double>(after.prefix_cache_hit_tokens -
+                                                                        before.prefix_cache_hit_tokens) / lookups
+                                                 : 0.0}};
+    out << j.dump() << std::endl;
+  }
+}
+
 }  // namespace
 
 void run_bench(const bench_options& o, std::ostream& out) {
+  if (!o.checkpoint.empty() && o.shared_prefix > 0) {
+    bench_shared_prefix(o, out);
+    return;
+  }
   if (!o.checkpoint.empty()) bench_checkpoint(o, out);
   if (o.v2_lite_layer) bench_v2_lite_layer(o, out);
 }

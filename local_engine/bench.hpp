@@ -22,6 +22,10 @@ struct bench_options {
   std::vector<int> batches = {1};  ///< decode batch sizes: one JSON line each
   int prefill_chunk = 2048;    ///< chunk size that fills the decode contexts
   int runs = 5;                ///< prefill runs (the median is reported)
+  /// With checkpoint, > 0: instead of the forward timings, the time to first token through the
+  /// scheduler of prompts made of one shared prefix of this many tokens and prompt_len fresh ones,
+  /// with prefix caching off and on (the prefix cached by a first request); a JSON line each.
+  int shared_prefix = 0;
 };
 
 void run_bench(const bench_options& o, std::ostream& out);

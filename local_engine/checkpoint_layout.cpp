@@ -1,5 +1,8 @@
 #include "local_engine/checkpoint_layout.hpp"
 
+#include <cstdio>
+#include <stdexcept>
+
 namespace tollgate::engine {
 
 std::string layer_prefix(int l) { return "model.layers." + std::to_string(l) + "."; }
@@ -50,6 +53,26 @@ std::vector<tensor_spec> checkpoint_tensors(const model_config& c) {
   add("model.norm.weight", {H}, k::norm);
   if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, H});
   return t;
+}
+
+std::uint64_t device_weight_bytes(const model_config& c, std::size_t matrix_value_bytes) {
+  std::uint64_t bytes = 0;
+  for (const auto& t : checkpoint_tensors(c)) {
+    std::uint64_t n = 1;
+    for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
+    bytes += n * (t.role == tensor_spec::kind::matrix ? matrix_value_bytes : sizeof(float));
+  }
+  return bytes;
+}
+
+void check_weights_fit(std::uint64_t needed, std::uint64_t available, const std::string& device) {
+  if (needed <= available) return;
+  char line[320];
+  std::snprintf(line, sizeof line,
+                "the checkpoint does not fit %s: its weights need %llu bytes (%.2f GiB), %llu bytes (%.2f GiB) are free",
+                device.c_str(), static_cast<unsigned long long>(needed), static_cast<double>(needed) / (1u << 30),
+                static_cast<unsigned long long>(available), static_cast<double>(available) / (1u << 30));
+  throw std::runtime_error(line);
 }
 
 }  // namespace tollgate::engine

@@ -3,6 +3,7 @@
 // the tiny-checkpoint generator writes it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -22,5 +23,13 @@ std::vector<tensor_spec> checkpoint_tensors(const model_config& c);
 
 /// Name prefix of layer l: "model.layers.<l>.".
 std::string layer_prefix(int l);
+
+/// Bytes the weights of `c` take on a device that holds every matrix at `matrix_value_bytes` a
+/// value and the norms, biases and score corrections in float32 (a tied lm_head is not counted twice).
+std::uint64_t device_weight_bytes(const model_config& c, std::size_t matrix_value_bytes);
+
+/// Throws std::runtime_error naming the bytes needed and available when `needed` bytes of weights
+/// do not fit in `available` bytes of free memory on `device` (checked before anything is uploaded).
+void check_weights_fit(std::uint64_t needed, std::uint64_t available, const std::string& device);
 
 }  // namespace tollgate::engine

@@ -93,6 +93,10 @@ const char* bench_help =
     "  --decode N            timed decode steps per batch size (default 32)\n"
     "  --prefill-chunk N     chunk size that fills the decode contexts (default 2048)\n"
     "  --runs N              prefill runs; medians are reported (default 5)\n"
+    "  --shared-prefix N     with --checkpoint: time to first token through the scheduler of prompts of\n"
+    "                        one shared N-token prefix plus --prompt-len fresh tokens, prefix caching\n"
+    "                        off and on (one line each) instead of the forward timings\n"
+    "  --random-weights-seed S  cuda: weights drawn on the GPU from S (the folder needs only config.json)\n"
     "Threads: TOLLGATE_ENGINE_THREADS (default: all cores). Prints one JSON line for the prefill and\n"
     "one per decode batch size.\n";
 
@@ -304,6 +308,8 @@ int cmd_bench(args& a) {
     else if (f == "--decode") o.decode_tokens = positive(f, a.value(f));
     else if (f == "--context") o.context = positive(f, a.value(f));
     else if (f == "--runs") o.runs = positive(f, a.value(f));
+    else if (f == "--shared-prefix") o.shared_prefix = positive(f, a.value(f));
+    else if (f == "--random-weights-seed") o.backend.random_weights_seed = parse_number<uint64_t>(f, a.value(f));
     else if (f == "--prefill-chunk") o.prefill_chunk = positive(f, a.value(f));
     else if (f == "--device") o.backend.device = a.value(f);
     else if (f == "--dtype") o.backend.dtype = a.value(f);
@@ -323,6 +329,7 @@ int cmd_bench(args& a) {
     else throw usage_error("bench: unknown option " + std::string(f));
   }
   if (o.checkpoint.empty() && !o.v2_lite_layer) throw usage_error("bench: give --checkpoint DIR and/or --v2-lite-layer");
+  if (o.shared_prefix > 0 && o.checkpoint.empty()) throw usage_error("bench: --shared-prefix needs --checkpoint DIR");
   eng::run_bench(o, std::cout);
   return 0;
 }

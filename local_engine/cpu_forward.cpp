@@ -527,6 +527,8 @@ std::unique_ptr<forward_backend> make_cpu_backend(const model_config& config, co
 std::unique_ptr<forward_backend> make_cpu_backend(const model_config& config, const std::string& checkpoint_dir,
                                                   const backend_options& options) {
   auto store = std::make_shared<tensor_store>(tensor_store::open_dir(checkpoint_dir));
+  // An FP8 checkpoint's matrices are dequantised to fp32 as they are read.
+  store->set_fp8_block(config.fp8_block_rows, config.fp8_block_cols);
   return make_cpu_backend(
       config, [store](const std::string& n, const std::vector<int64_t>& s) { return store->read(n, s); },
       [store](const std::string& n) { return store->contains(n); }, options);

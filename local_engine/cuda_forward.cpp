@@ -143,6 +143,12 @@ class cuda_backend final : public forward_backend {
     if (c.qk_rope_head_dim % 2 != 0) throw std::runtime_error("qk_rope_head_dim must be even");
     if (c.n_routed_experts > 1024 || c.n_group > 64 || c.num_experts_per_tok > 32)
       throw std::runtime_error("the CUDA router takes up to 1024 experts, 64 groups and top 32");
+    {
+      // Refused before anything is uploaded, naming the bytes needed and free.
+      size_t free_bytes = 0, total = 0;
+      check(cudaMemGetInfo(&free_bytes, &total));
+      check_weights_fit(device_weight_bytes(c, sizeof(T)), free_bytes, opt.device);
+    }
     if (opt.random_weights_seed) make_random_weights(*opt.random_weights_seed);
     else load_weights(dir);
     upload_rope();
@@ -417,7 +423,9 @@ class cuda_backend final : public forward_backend {
   }
 
   void load_weights(const std::string& dir) {
-    const tensor_store store = tensor_store::open_dir(dir);
+    tensor_store store = tensor_store::open_dir(dir);
+    // FP8 matrices are dequantised on the host as they are read, then uploaded as T.
+    store.set_fp8_block(c_.fp8_block_rows, c_.fp8_block_cols);
     const int H = c_.hidden_size, I = c_.moe_intermediate_size;
     build_layers(
         [&](const std::string& name, int rows, int cols, T* dst) {

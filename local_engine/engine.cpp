@@ -38,6 +38,13 @@ void check_request(const model& m, const std::vector<int32_t>& prompt, const sam
   if (prompt.size() > static_cast<size_t>(m.config.max_position_embeddings))
     throw std::invalid_argument("the prompt of " + std::to_string(prompt.size()) + " tokens is longer than the context of " +
                                 std::to_string(m.config.max_position_embeddings));
+  // A prompt the whole KV pool cannot hold would wait for ever: refuse it now.
+  const kv_pool_shape pool = m.backend->kv_pool();
+  const size_t bs = static_cast<size_t>(std::max(pool.block_size, 1));
+  const size_t need = (prompt.size() + bs - 1) / bs;
+  if (need > pool.blocks)
+    throw std::invalid_argument("the prompt of " + std::to_string(prompt.size()) + " tokens needs " + std::to_string(need) +
+                                " KV blocks; the pool holds " + std::to_string(pool.blocks) + " (raise kv_cache_memory)");
 }
 
 // Holds the model weakly: a handle may be released on the engine thread (inside a callback's

@@ -56,6 +56,9 @@ struct backend_options {
 struct scheduler_options {
   std::size_t max_batch = 64;          ///< sequences running (holding KV blocks) at once
   std::size_t max_batch_tokens = 2048; ///< tokens in one forward: decode tokens plus prefill chunks
+  /// Reuse the KV blocks of a prompt's cached prefix (a shared system prompt, earlier turns of a
+  /// conversation) instead of computing them again; see kv_block_allocator.
+  bool prefix_caching = true;
 };
 
 /// Loads a Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json) onto
@@ -74,8 +77,11 @@ struct engine_stats {
   double tokens_per_s = 0;              ///< tokens forwarded per second over the last few seconds
   std::size_t kv_blocks_total = 0;
   std::size_t kv_blocks_used = 0;
-  std::size_t kv_blocks_free = 0;
+  std::size_t kv_blocks_free = 0;       ///< free or cached-and-unheld (reclaimable at once)
+  std::size_t kv_blocks_cached = 0;     ///< cached blocks no sequence holds (counted in kv_blocks_free)
   int kv_block_size = 0;
+  std::uint64_t prefix_cache_lookup_tokens = 0;  ///< prompt positions looked up in the prefix cache at admission
+  std::uint64_t prefix_cache_hit_tokens = 0;     ///< of them, positions found cached (not computed again)
   std::uint64_t steps = 0;              ///< forwards run
   std::uint64_t prompt_tokens = 0;      ///< prompt positions forwarded (recomputation after a preemption included)
   std::uint64_t generated_tokens = 0;   ///< tokens sampled
@@ -139,7 +145,7 @@ class sequence {
 };
 
 /// Starts a sequence. Throws std::invalid_argument for an empty prompt, ids outside the vocabulary,
-/// a prompt longer than the context, or sampling values out of range (temperature < 0, top_p outside
+/// a prompt longer than the context or than the whole KV pool holds, or sampling values out of range (temperature < 0, top_p outside
 /// (0, 1], top_k < 0).
 std::unique_ptr<sequence> start(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s);
 

@@ -197,6 +197,25 @@ model_config parse_model_config(std::string_view json_text, const std::string& s
   } else if (!j.contains("eos_token_id")) {
     c.eos_token_ids.push_back(v3 ? 1 : 2);
   }
+  if (present(j, "quantization_config")) {
+    const json& q = j.at("quantization_config");
+    const std::string qs = source + ": quantization_config";
+    if (!q.is_object()) fail(source, "field 'quantization_config' must be an object");
+    const auto method = get_string(q, "quant_method", "", qs);
+    if (method != "fp8") fail(qs, "quant_method '" + method + "' is not supported (fp8)");
+    const auto fmt = get_string(q, "fmt", "e4m3", qs);
+    if (fmt != "e4m3") fail(qs, "fmt '" + fmt + "' is not supported (e4m3)");
+    const auto act_scheme = get_string(q, "activation_scheme", "dynamic", qs);
+    if (act_scheme != "dynamic") fail(qs, "activation_scheme '" + act_scheme + "' is not supported (dynamic)");
+    if (!present(q, "weight_block_size") || !q.at("weight_block_size").is_array() || q.at("weight_block_size").size() != 2 ||
+        !q.at("weight_block_size")[0].is_number_integer() || !q.at("weight_block_size")[1].is_number_integer())
+      fail(qs, "field 'weight_block_size' must be two integers, e.g. [128, 128] (per-tensor scales are not supported)");
+    const auto br = q.at("weight_block_size")[0].get<int64_t>(), bc = q.at("weight_block_size")[1].get<int64_t>();
+    if (br < 1 || bc < 1 || br > 65536 || bc > 65536)
+      fail(qs, "weight_block_size must hold two integers from 1 to 65536, got " + q.at("weight_block_size").dump());
+    c.fp8_block_rows = static_cast<int>(br);
+    c.fp8_block_cols = static_cast<int>(bc);
+  }
   if (present(j, "bos_token_id")) c.bos_token_id = get_int(j, "bos_token_id", 0, source);
   else if (!j.contains("bos_token_id")) c.bos_token_id = v3 ? 0 : 1;
 

@@ -61,6 +61,12 @@ struct model_config {
 
   rope_config rope;
 
+  /// `quantization_config` of an FP8 checkpoint (DeepSeek-V3's published form: quant_method fp8,
+  /// fmt e4m3, weight_block_size [128, 128]): its matrices are stored as e4m3 with one float32
+  /// `<name>_scale_inv` per block of fp8_block_rows x fp8_block_cols values. 0: not quantised.
+  int fp8_block_rows = 0;
+  int fp8_block_cols = 0;
+
   int qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   /// Whether layer `l` is a DeepSeekMoE layer (else a dense MLP).
   bool is_moe_layer(int l) const {

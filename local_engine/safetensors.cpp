@@ -31,6 +31,7 @@ dtype parse_dtype(const std::string& s) {
   if (s == "F32") return dtype::f32;
   if (s == "F16") return dtype::f16;
   if (s == "BF16") return dtype::bf16;
+  if (s == "F8_E4M3") return dtype::f8_e4m3;
   return dtype::other;
 }
 
@@ -47,6 +48,7 @@ const char* dtype_name(dtype t) {
     case dtype::f32: return "F32";
     case dtype::f16: return "F16";
     case dtype::bf16: return "BF16";
+    case dtype::f8_e4m3: return "F8_E4M3";
     default: return "?";
   }
 }
@@ -127,6 +129,34 @@ uint16_t f32_to_f16(float f) {
   uint32_t v = a - 0x38000000u;  // rebias exponent 127 -> 15
   v += 0x0fffu + ((v >> 13) & 1u);
   return static_cast<uint16_t>(sign | (v >> 13));
+}
+
+float e4m3_to_f32(uint8_t v) {
+  const int sign = v >> 7, exp = (v >> 3) & 0xf, mant = v & 0x7;
+  float f;
+  if (exp == 0xf && mant == 0x7) f = std::numeric_limits<float>::quiet_NaN();
+  else if (exp == 0) f = std::ldexp(static_cast<float>(mant), -9);  // subnormal: mant/8 * 2^-6
+  else f = std::ldexp(static_cast<float>(8 + mant), exp - 10);     // (1 + mant/8) * 2^(exp-7)
+  return sign ? -f : f;
+}
+
+uint8_t f32_to_e4m3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  // The 127 finite magnitudes in order: the nearest one, ties to the even code (its last mantissa
+  // bit clear), which is round-to-nearest-even; beyond 448 it saturates.
+  static const auto table = [] {
+    std::vector<float> t(127);
+    for (int i = 0; i < 127; ++i) t[static_cast<size_t>(i)] = e4m3_to_f32(static_cast<uint8_t>(i));
+    return t;
+  }();
+  if (a >= table[126]) return static_cast<uint8_t>(sign | 126);
+  const auto hi = static_cast<int>(std::upper_bound(table.begin(), table.end(), a) - table.begin());  // table[hi] > a
+  const int lo = hi - 1;                                                                               // table[lo] <= a
+  const float dl = a - table[static_cast<size_t>(lo)], dh = table[static_cast<size_t>(hi)] - a;
+  const int code = dl < dh ? lo : dh < dl ? hi : (lo % 2 == 0 ? lo : hi);
+  return static_cast<uint8_t>(sign | code);
 }
 
 std::shared_ptr<const safetensors_file> safetensors_file::open(const std::string& path) {
@@ -241,8 +271,11 @@ f32_tensor safetensors_file::read(const std::string& name) const {
     case dtype::f16:
       for (size_t i = 0; i < n; ++i) out[i] = f16_to_f32(static_cast<uint16_t>(src[2 * i] | src[2 * i + 1] << 8));
       break;
+    case dtype::f8_e4m3:
+      for (size_t i = 0; i < n; ++i) out[i] = e4m3_to_f32(src[i]);
+      break;
     default:
-      fail(path_, "tensor '" + name + "' has dtype " + e.dtype_name + "; only F32, F16 and BF16 are read");
+      fail(path_, "tensor '" + name + "' has dtype " + e.dtype_name + "; only F32, F16, BF16 and F8_E4M3 are read");
   }
   t.data = out;
   t.owner = std::shared_ptr<const void>(buf, buf.get());
@@ -307,7 +340,42 @@ f32_tensor tensor_store::read(const std::string& name, const std::vector<int64_t
   if (got != expected)
     throw std::runtime_error(dir_ + ": tensor '" + name + "' has shape " + shape_string(got) + ", expected " +
                              shape_string(expected));
-  return where_.at(name)->read(name);
+  if (!is_fp8(name)) return where_.at(name)->read(name);
+  // An FP8 matrix: dequantised here with its block scales.
+  const std::string scale_name = name + "_scale_inv";
+  if (expected.size() != 2)
+    throw std::runtime_error(dir_ + ": tensor '" + name + "' is F8_E4M3 with shape " + shape_string(got) +
+                             "; only FP8 matrices (two dimensions) are read");
+  if (fp8_rows_ < 1 || fp8_cols_ < 1)
+    throw std::runtime_error(dir_ + ": tensor '" + name +
+                             "' is F8_E4M3, but config.json has no quantization_config with a weight_block_size");
+  if (!contains(scale_name)) throw std::runtime_error(dir_ + ": tensor '" + name + "' is F8_E4M3 but '" + scale_name + "' is missing");
+  const int64_t R = expected[0], C = expected[1];
+  const int64_t sr = (R + fp8_rows_ - 1) / fp8_rows_, sc = (C + fp8_cols_ - 1) / fp8_cols_;
+  if (shape(scale_name) != std::vector<int64_t>{sr, sc})
+    throw std::runtime_error(dir_ + ": tensor '" + scale_name + "' has shape " + shape_string(shape(scale_name)) + ", expected " +
+                             shape_string({sr, sc}) + " (blocks of " + std::to_string(fp8_rows_) + " x " +
+                             std::to_string(fp8_cols_) + ")");
+  const f32_tensor q = where_.at(name)->read(name);
+  const f32_tensor s = where_.at(scale_name)->read(scale_name);
+  auto buf = std::make_shared<std::vector<float>>(static_cast<size_t>(R * C));
+  for (int64_t r = 0; r < R; ++r) {
+    const float* srow = s.data + (r / fp8_rows_) * sc;
+    const float* qrow = q.data + r * C;
+    float* out = buf->data() + r * C;
+    for (int64_t c = 0; c < C; ++c) out[c] = qrow[c] * srow[c / fp8_cols_];
+  }
+  f32_tensor t;
+  t.shape = expected;
+  t.data = buf->data();
+  t.owner = std::shared_ptr<const void>(buf, buf->data());
+  return t;
+}
+
+bool tensor_store::is_fp8(const std::string& name) const {
+  const auto it = where_.find(name);
+  if (it == where_.end()) throw std::runtime_error(dir_ + ": checkpoint has no tensor '" + name + "'");
+  return it->second->entries().at(name).type == dtype::f8_e4m3;
 }
 
 raw_tensor tensor_store::raw(const std::string& name, const std::vector<int64_t>& expected) const {
@@ -329,7 +397,7 @@ void write_safetensors(const std::string& path, const std::vector<tensor_to_writ
     if (n != static_cast<int64_t>(t.values.size()))
       throw std::runtime_error(path + ": tensor '" + t.name + "' has " + std::to_string(t.values.size()) +
                                " values for shape " + shape_string(t.shape));
-    const uint64_t bytes = static_cast<uint64_t>(n) * (t.type == dtype::f32 ? 4 : 2);
+    const uint64_t bytes = static_cast<uint64_t>(n) * (t.type == dtype::f32 ? 4 : t.type == dtype::f8_e4m3 ? 1 : 2);
     h[t.name] = {{"dtype", dtype_name(t.type)}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
@@ -343,10 +411,12 @@ void write_safetensors(const std::string& path, const std::vector<tensor_to_writ
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
   std::vector<unsigned char> buf;
   for (const auto& t : tensors) {
-    const size_t es = t.type == dtype::f32 ? 4 : 2;
+    const size_t es = t.type == dtype::f32 ? 4 : t.type == dtype::f8_e4m3 ? 1 : 2;
     buf.resize(t.values.size() * es);
     for (size_t i = 0; i < t.values.size(); ++i) {
-      if (t.type == dtype::f32) {
+      if (t.type == dtype::f8_e4m3) {
+        buf[i] = f32_to_e4m3(t.values[i]);
+      } else if (t.type == dtype::f32) {
         std::memcpy(&buf[4 * i], &t.values[i], 4);  // little-endian hosts only, as the format is
       } else {
         const uint16_t v = t.type == dtype::bf16 ? f32_to_bf16(t.values[i]) : f32_to_f16(t.values[i]);

@@ -1,5 +1,5 @@
 // Safetensors files: memory-mapped reading (one file, a folder of shards, or an index) with
-// conversion of bf16 / fp16 / fp32 to fp32, and writing (for generated checkpoints and tests).
+// conversion of bf16 / fp16 / fp32 / fp8 (e4m3, with block scales) to fp32, and writing (for generated checkpoints and tests).
 #pragma once
 
 #include <cstddef>
@@ -12,7 +12,7 @@
 
 namespace tollgate::engine {
 
-enum class dtype { f32, f16, bf16, other };
+enum class dtype { f32, f16, bf16, f8_e4m3, other };
 
 /// A tensor in fp32: either a view into a mapped file (fp32 on disk, aligned) or its own copy.
 /// The view keeps its file mapped while any tensor from it lives.
@@ -50,8 +50,8 @@ class safetensors_file : public std::enable_shared_from_this<safetensors_file> {
 
   const std::string& path() const { return path_; }
   const std::map<std::string, entry>& entries() const { return entries_; }
-  /// The tensor converted to fp32 (a view when it is fp32 on disk). Throws for an unknown name or a
-  /// dtype other than F32, F16 and BF16.
+  /// The tensor converted to fp32 (a view when it is fp32 on disk; F8_E4M3 values as they are, without
+  /// their scales). Throws for an unknown name or a dtype other than F32, F16, BF16 and F8_E4M3.
   f32_tensor read(const std::string& name) const;
   /// The tensor's stored bytes; throws for an unknown name.
   raw_tensor raw(const std::string& name) const;
@@ -72,9 +72,19 @@ class tensor_store {
   static tensor_store open_dir(const std::string& dir);
 
   bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  /// The block of an FP8 checkpoint's scales (config.json's quantization_config.weight_block_size);
+  /// 0 when it has none.
+  void set_fp8_block(int rows, int cols) {
+    fp8_rows_ = rows;
+    fp8_cols_ = cols;
+  }
+  /// Whether a tensor is stored as F8_E4M3. Throws naming it when absent.
+  bool is_fp8(const std::string& name) const;
   /// Shape of a tensor; throws naming it when absent.
   const std::vector<int64_t>& shape(const std::string& name) const;
   /// The tensor in fp32, checked against `expected` shape; throws naming the tensor on a mismatch.
+  /// An F8_E4M3 matrix is dequantised with its `<name>_scale_inv` (one float per block of the
+  /// fp8 block, as DeepSeek-V3's checkpoints store them): value * scale_inv[row / br][col / bc].
   f32_tensor read(const std::string& name, const std::vector<int64_t>& expected) const;
   /// The tensor's stored bytes, checked against `expected` shape like read().
   raw_tensor raw(const std::string& name, const std::vector<int64_t>& expected) const;
@@ -83,9 +93,11 @@ class tensor_store {
  private:
   std::string dir_;
   std::map<std::string, std::shared_ptr<const safetensors_file>> where_;
+  int fp8_rows_ = 0, fp8_cols_ = 0;
 };
 
-/// A tensor to write: values in fp32, stored as `type` (f32, f16 or bf16, rounded to nearest even).
+/// A tensor to write: values in fp32, stored as `type` (f32, f16, bf16 or f8_e4m3, rounded to nearest
+/// even; e4m3 saturates at +-448).
 struct tensor_to_write {
   std::string name;
   std::vector<int64_t> shape;
@@ -100,6 +112,9 @@ uint16_t f32_to_bf16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 float f16_to_f32(uint16_t h);
+/// e4m3 as float8_e4m3fn: no infinities, 0x7f / 0xff are NaN, largest finite 448.
+uint8_t f32_to_e4m3(float f);
+float e4m3_to_f32(uint8_t v);
 std::string shape_string(const std::vector<int64_t>& shape);
 
 }  // namespace tollgate::engine

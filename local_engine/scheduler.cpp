@@ -13,7 +13,7 @@ constexpr auto rate_window = std::chrono::seconds(5);
 }  // namespace
 
 scheduler::scheduler(forward_backend& backend, const model_config& config, const scheduler_options& options)
-    : backend_(backend), config_(config), opts_(options), blocks_(backend.kv_pool().blocks, backend.kv_pool().block_size) {
+    : backend_(backend), config_(config), opts_(options), blocks_(backend.kv_pool().blocks, backend.kv_pool().block_size, options.prefix_caching) {
   if (opts_.max_batch < 1) throw std::invalid_argument("max_batch must be >= 1");
   if (opts_.max_batch_tokens < 1) throw std::invalid_argument("max_batch_tokens must be >= 1");
   stats_.kv_blocks_total = blocks_.total();
@@ -73,6 +73,7 @@ engine_stats scheduler::stats() const {
   engine_stats st = stats_;
   st.kv_blocks_free = blocks_.free();
   st.kv_blocks_used = blocks_.total() - st.kv_blocks_free;
+  st.kv_blocks_cached = blocks_.cached();
   // Tokens forwarded by the steps that started within the window, over the time since the first of them.
   const auto now = clock_type::now();
   std::size_t tokens = 0;
@@ -245,11 +246,24 @@ bool scheduler::step_once() {
       progressed = true;
       continue;
     }
+    // The cached full blocks the prompt starts with; the block of its last position is always
+    // computed (it gives the logits to sample from, and a shared block is never written).
+    // forward_logits() wants every position's logits, so it computes everything.
+    kv_block_allocator::prefix_match hit;
+    if (blocks_.prefix_caching() && !s->req.all_logits)
+      hit = blocks_.find_prefix(s->tokens, (s->tokens.size() - 1) / static_cast<std::size_t>(blocks_.block_size()));
     // Room for the whole prompt and the position of its first generated token, so that a sequence
-    // is not preempted by its own first decode step.
-    const std::size_t need = std::min(blocks_.blocks_for(s->tokens.size() + 1), blocks_.total());
+    // is not preempted by its own first decode step. Cached blocks that no sequence holds leave
+    // the free count when they are attached.
+    const std::size_t need = std::min(blocks_.blocks_for(s->tokens.size() + 1), blocks_.total()) - hit.blocks.size() + hit.unreferenced;
     if (need > blocks_.free()) break;  // first come, first served: wait for blocks
+    s->computed = blocks_.attach_prefix(s->id, hit);
     blocks_.reserve(s->id, s->tokens.size());
+    if (blocks_.prefix_caching() && !s->req.all_logits) {
+      std::lock_guard lock(stats_m_);
+      stats_.prefix_cache_lookup_tokens += s->tokens.size();
+      stats_.prefix_cache_hit_tokens += s->computed;
+    }
     s->admitted_at = ++admissions_;
     running_.push_back(s);
     waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
@@ -299,6 +313,7 @@ bool scheduler::step_once() {
     auto& s = *plan[i].seq;
     const batch_item& it = items[i];
     s.computed += plan[i].n;
+    if (!s.ended) blocks_.commit(s.id, s.tokens, s.computed);
     const std::size_t nl = it.logits ? (it.all_positions ? plan[i].n : 1) : 0;
     const std::span<const float> logits(result_.logits.data() + logit_at * V, nl * V);
     logit_at += nl;

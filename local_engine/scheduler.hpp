@@ -60,6 +60,12 @@ struct sched_sequence {
 /// while fewer than max_batch run, the budget lasts, and the free blocks cover their whole prompt;
 /// (4) one forward runs over all of it and every sequence whose last known position was forwarded
 /// gets a token sampled with draw = tokens generated so far.
+///
+/// With prefix caching (scheduler_options::prefix_caching), every full block a forward completes is
+/// registered in the allocator's prefix cache, and an admitted sequence starts with the cached
+/// blocks its tokens begin with (all but the block of its last position): its prefill starts at
+/// the first position not cached. A preempted sequence comes back the same way, so it recomputes
+/// only what was evicted meanwhile.
 class scheduler {
  public:
   /// Starts the engine thread. The backend must outlive the scheduler.

@@ -1,5 +1,7 @@
 #include "local_engine/tiny_checkpoint.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -142,7 +144,23 @@ void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string
   if (dt == "float32") type = dtype::f32;
   else if (dt == "bfloat16") type = dtype::bf16;
   else if (dt == "float16") type = dtype::f16;
-  else throw std::runtime_error("recipe: dtype '" + dt + "' is not float32, bfloat16 or float16");
+  else if (dt == "float8_e4m3") type = dtype::f8_e4m3;
+  else throw std::runtime_error("recipe: dtype '" + dt + "' is not float32, bfloat16, float16 or float8_e4m3");
+  if (r.contains("dequantize_fp8") && !r.at("dequantize_fp8").is_boolean())
+    throw std::runtime_error("recipe: 'dequantize_fp8' must be true or false");
+  const bool dequantize = r.value("dequantize_fp8", false);
+  if (dequantize && type == dtype::f8_e4m3)
+    throw std::runtime_error("recipe: 'dequantize_fp8' writes another dtype than float8_e4m3");
+  const bool fp8 = type == dtype::f8_e4m3 || dequantize;
+  int64_t block_rows = 128, block_cols = 128;
+  if (r.contains("fp8_block_size")) {
+    const json& b = r.at("fp8_block_size");
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_unsigned() || !b[1].is_number_unsigned() || b[0].get<int64_t>() < 1 ||
+        b[1].get<int64_t>() < 1 || b[0].get<int64_t>() > 65536 || b[1].get<int64_t>() > 65536)
+      throw std::runtime_error("recipe: 'fp8_block_size' must be two integers from 1 to 65536");
+    block_rows = b[0].get<int64_t>();
+    block_cols = b[1].get<int64_t>();
+  }
   const double init_std = number(r, "init_std", 0.02);
   const double norm_std = number(r, "norm_std", 0.1);
   const double bias_std = number(r, "bias_std", 0.05);
@@ -164,13 +182,20 @@ void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string
   fs::create_directories(out_dir, ec);
   if (ec) throw std::runtime_error(out_dir + ": cannot create: " + ec.message());
 
+  // The matrices DeepSeek-V3's FP8 checkpoints quantise: every projection but the embeddings,
+  // lm_head and the router.
+  auto quantised = [&](const tensor_spec& s) {
+    return fp8 && s.role == tensor_spec::kind::matrix && s.shape.size() == 2 && s.name != "model.embed_tokens.weight" &&
+           s.name != "lm_head.weight" && !s.name.ends_with("mlp.gate.weight");
+  };
   std::vector<std::vector<tensor_to_write>> files(static_cast<size_t>(shards));
+  uint64_t total_bytes = 0;
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& s = specs[i];
     tensor_to_write t;
     t.name = s.name;
     t.shape = s.shape;
-    t.type = type;
+    t.type = type == dtype::f8_e4m3 ? dtype::bf16 : type;
     int64_t n = 1;
     for (auto d : s.shape) n *= d;
     t.values.resize(static_cast<size_t>(n));
@@ -184,13 +209,50 @@ void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string
         case tensor_spec::kind::score_correction: v = static_cast<float>(z * bias_std); break;
       }
     }
-    files[i * static_cast<size_t>(shards) / specs.size()].push_back(std::move(t));
+    auto& file = files[i * static_cast<size_t>(shards) / specs.size()];
+    if (quantised(s)) {
+      // Per block: scale = largest magnitude / 448, q = e4m3(v / scale); the value is q * scale.
+      const int64_t R = s.shape[0], C = s.shape[1];
+      const int64_t sr = (R + block_rows - 1) / block_rows, sc = (C + block_cols - 1) / block_cols;
+      tensor_to_write scale;
+      scale.name = s.name + "_scale_inv";
+      scale.shape = {sr, sc};
+      scale.type = dtype::f32;
+      scale.values.assign(static_cast<size_t>(sr * sc), 0.0f);
+      for (int64_t rr = 0; rr < R; ++rr)
+        for (int64_t cc = 0; cc < C; ++cc) {
+          float& m = scale.values[static_cast<size_t>((rr / block_rows) * sc + cc / block_cols)];
+          m = std::max(m, std::fabs(t.values[static_cast<size_t>(rr * C + cc)]));
+        }
+      for (float& m : scale.values) m = m > 0 ? m / 448.0f : 1.0f;
+      for (int64_t rr = 0; rr < R; ++rr)
+        for (int64_t cc = 0; cc < C; ++cc) {
+          float& v = t.values[static_cast<size_t>(rr * C + cc)];
+          const float sv = scale.values[static_cast<size_t>((rr / block_rows) * sc + cc / block_cols)];
+          const float q = e4m3_to_f32(f32_to_e4m3(v / sv));
+          v = dequantize ? q * sv : q;
+        }
+      if (type == dtype::f8_e4m3) {
+        t.type = dtype::f8_e4m3;
+        total_bytes += static_cast<uint64_t>(scale.values.size()) * 4;
+        file.push_back(std::move(scale));
+      }
+    } else if (fp8) {
+      // What is not quantised is bfloat16 in the FP8 checkpoint, so its twin holds the same values.
+      for (auto& v : t.values) v = bf16_to_f32(f32_to_bf16(v));
+    }
+    total_bytes += static_cast<uint64_t>(t.values.size()) * (t.type == dtype::f32 ? 4 : t.type == dtype::f8_e4m3 ? 1 : 2);
+    file.push_back(std::move(t));
   }
+  json config_out = cj;
+  if (type == dtype::f8_e4m3)
+    config_out["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"},
+                                         {"weight_block_size", {block_rows, block_cols}}};
   const std::map<std::string, std::string> meta = {{"format", "pt"}};
   if (shards == 1) {
     write_safetensors((fs::path(out_dir) / "model.safetensors").string(), files[0], meta);
   } else {
-    json index = {{"metadata", {{"total_size", total * (type == dtype::f32 ? 4 : 2)}}}, {"weight_map", json::object()}};
+    json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", json::object()}};
     for (int k = 0; k < shards; ++k) {
       char name[64];
       std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, shards);
@@ -200,7 +262,7 @@ void make_tiny_checkpoint(const std::string& recipe_json_text, const std::string
     write_text(fs::path(out_dir) / "model.safetensors.index.json", index.dump(2) + "\n");
   }
   if (r.value("tokenizer", false)) write_text(fs::path(out_dir) / "tokenizer.json", byte_tokenizer_json(c.vocab_size, false));
-  write_text(fs::path(out_dir) / "config.json", cj.dump(2) + "\n");
+  write_text(fs::path(out_dir) / "config.json", config_out.dump(2) + "\n");
 }
 
 }  // namespace tollgate::engine

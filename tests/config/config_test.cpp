@@ -617,7 +617,7 @@ keys:
   - {name: k, key: tg-k, budget: 12.5/month, expires: 2030-01-02}
 backends:
   - {name: gpu, kind: local_engine, checkpoint: /models/tiny, device: "cuda:0", max_batch: 16, dtype: bfloat16,
-     kv_cache_memory: 0.85, max_batch_tokens: 4096}
+     kv_cache_memory: 0.85, max_batch_tokens: 4096, prefix_caching: false}
   - {name: cpu, kind: local_engine, checkpoint: /models/tiny, kv_cache_memory: 40000000000}
 routes:
   - {model: tiny, targets: [{backend: gpu}, {backend: cpu}]}
@@ -640,6 +640,8 @@ routes:
   CHECK(c.backends[1].dtype.empty());
   CHECK(c.backends[1].kv_cache_memory == 40e9);
   CHECK(c.backends[1].max_batch_tokens == 2048);
+  CHECK_FALSE(c.backends[0].prefix_caching);
+  CHECK(c.backends[1].prefix_caching);
 
   auto bad = load(R"(
 keys:
@@ -649,7 +651,9 @@ backends:
   - {name: b, kind: openai, base_url: "http://x", checkpoint: /m, dtype: float32}
   - {name: c, kind: local_engine, checkpoint: /m,
      dtype: float16, kv_cache_memory: 1.5, max_batch_tokens: 0}
-  - {name: d, kind: local_engine, checkpoint: /m, kv_cache_memory: -1}
+  - {name: d, kind: local_engine, checkpoint: /m, kv_cache_memory: -1,
+     prefix_caching: sometimes}
+  - {name: e, kind: openai, base_url: "http://x", prefix_caching: true}
 routes:
   - {model: m, targets: [{backend: a}]}
 )");
@@ -666,6 +670,9 @@ routes:
   CHECK(find(bad, "backends[2].kv_cache_memory").message.find("got '1.5'") != std::string::npos);
   CHECK(find(bad, "backends[2].max_batch_tokens").line == 8);
   CHECK(find(bad, "backends[3].kv_cache_memory").line == 9);
+  CHECK(find(bad, "backends[3].prefix_caching").line == 10);
+  CHECK(find(bad, "backends[3].prefix_caching").message == "must be true or false, got 'sometimes'");
+  CHECK(find(bad, "backends[4].prefix_caching").message.find("kind local_engine") != std::string::npos);
 }
 
 TEST_CASE("transport: native for http, curl for https, or as given", "[config]") {

@@ -36,9 +36,16 @@ backends:
   - {name: tiny, kind: local_engine, checkpoint: $ck, device: cpu, max_batch: 3}
   - {name: slow, kind: local_engine, checkpoint: $work/slow, max_batch: 2}
   - {name: broken, kind: local_engine, checkpoint: $work/no-such-folder}
+  # The same tiny model without prefix caching, for the prefix cache's hits to be compared with.
+  - {name: nocache, kind: local_engine, checkpoint: $ck, prefix_caching: false}
+  # A KV pool of 2 blocks of 64 positions: a 100-token answer needs both, so sequences wait for (or
+  # preempt) each other; 2 are taken into the engine and 1 more queues.
+  - {name: small-pool, kind: local_engine, checkpoint: $work/slow, kv_cache_memory: 163840, max_batch: 2, max_queue: 1}
 routes:
   - {model: tiny-deepseek, targets: [{backend: tiny}]}
+  - {model: tiny-nocache, targets: [{backend: nocache}]}
   - {model: slow-deepseek, targets: [{backend: slow}]}
+  - {model: small-pool, targets: [{backend: small-pool}]}
   - {model: broken-model, targets: [{backend: broken}]}
 YAML
 export E2E_KEY="tg-e2e-$RANDOM$RANDOM"

@@ -21,7 +21,7 @@ async function metric(line) {
 test("the model is listed", async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids.sort(), ["broken-model", "slow-deepseek", "tiny-deepseek"]);
+  assert.deepEqual(ids.sort(), ["broken-model", "slow-deepseek", "small-pool", "tiny-deepseek", "tiny-nocache"]);
 });
 
 test("greedy chat equals the engine CLI, token counts included", async () => {
@@ -151,10 +151,57 @@ test("bad input gets an OpenAI-shaped 400", async () => {
   await assert.rejects(greedy("word ".repeat(600)), (e) => e.status === 400 && e.code === "context_length_exceeded");
 });
 
+test("a shared system prompt is computed once and answers as without prefix caching", async () => {
+  const system = "You are a careful assistant for a toll road operator. " +
+    "Answer in short sentences, name the rule you follow, and never invent prices or opening hours. ".repeat(3);
+  const ask = (m, content, seed) => client.chat.completions.create({
+    model: m, temperature: 0.8, seed, max_tokens: 12, ignore_eos: true,
+    messages: [{ role: "system", content: system }, { role: "user", content }] });
+  const looked = () => metric('tollgate_engine_prefix_cache_lookup_tokens_total{backend="tiny"}');
+  const hits = () => metric('tollgate_engine_prefix_cache_hit_tokens_total{backend="tiny"}');
+  const [look0, hit0] = [await looked(), await hits()];
+  const questions = ["how much is it", "when do you open", "how much is it"];
+  for (let i = 0; i < questions.length; i++) {
+    const cached = await ask(model, questions[i], 40 + i);
+    const plain = await ask("tiny-nocache", questions[i], 40 + i);
+    assert.equal(cached.choices[0].message.content, plain.choices[0].message.content, `question ${i}`);
+    assert.equal(cached.usage.prompt_tokens, plain.usage.prompt_tokens);
+    assert.ok(cached.usage.prompt_tokens > 200, `a system prompt of ${cached.usage.prompt_tokens} tokens`);
+  }
+  // The system prompt's full blocks of 64 positions are found by the second and third requests.
+  assert.ok(await hits() - hit0 >= 2 * 3 * 64, `hits ${await hits() - hit0}`);
+  assert.ok(await looked() - look0 > await hits() - hit0);
+  assert.equal(await metric('tollgate_engine_prefix_cache_hit_tokens_total{backend="nocache"}'), 0);
+  assert.equal(await metric('tollgate_engine_kv_blocks{backend="tiny",state="used"}'), 0);
+  assert.ok(await metric('tollgate_engine_kv_blocks{backend="tiny",state="cached"}') >= 3);
+});
+
+test("a full KV pool queues requests, and past max_queue the answer is 503 overloaded", async () => {
+  const ask = () => client.chat.completions.create({
+    model: "small-pool", temperature: 0, max_tokens: 100, ignore_eos: true, messages: [{ role: "user", content: "go" }] });
+  const results = await Promise.allSettled(Array.from({ length: 8 }, ask));
+  const ok = results.filter((r) => r.status === "fulfilled").map((r) => r.value);
+  const refused = results.filter((r) => r.status === "rejected").map((r) => r.reason);
+  // max_batch 2 + max_queue 1 are taken while the pool runs one sequence at a time; the rest are refused.
+  assert.equal(ok.length, 3, refused.map((e) => e.message).join("; "));
+  for (const e of refused) {
+    assert.equal(e.status, 503);
+    assert.equal(e.code, "overloaded");
+  }
+  // The queued ones were served in turn, none failed: the same greedy answer for each.
+  for (const r of ok) {
+    assert.equal(r.usage.completion_tokens, 100);
+    assert.equal(r.choices[0].message.content, ok[0].choices[0].message.content);
+  }
+  assert.equal(await metric('tollgate_engine_sequences_total{backend="small-pool",outcome="failed"}'), 0);
+  // Once they are done the backend takes requests again.
+  assert.equal((await ask()).usage.completion_tokens, 100);
+});
+
 test("a checkpoint that failed to load answers 503 and the readiness probe says so", async () => {
   await assert.rejects(
     client.chat.completions.create({ model: "broken-model", messages: [{ role: "user", content: "x" }] }),
     (e) => e.status === 503 && /no-such-folder/.test(e.message));
   const ready = await (await fetch(`${process.env.TOLLGATE_URL}/readyz`)).json();
-  assert.deepEqual(ready.backends, { tiny: "up", slow: "up", broken: "down" });
+  assert.deepEqual(ready.backends, { tiny: "up", slow: "up", broken: "down", nocache: "up", "small-pool": "up" });
 });

@@ -157,6 +157,25 @@ TEST_CASE("cli: bench times prefill and batched decode as JSON lines", "[engine]
   r = cli("bench --checkpoint '" + ck + "' --kv-cache-memory 50000 --batch 64 --context 200 --runs 1");
   CHECK(r.code == 1);
   CHECK_THAT(r.out, Contains("raise --kv-cache-memory"));
+
+  // Time to first token behind a shared prefix, prefix caching off and on.
+  r = cli("bench --checkpoint '" + ck + "' --shared-prefix 100 --prompt-len 5 --runs 3 2>/dev/null");
+  REQUIRE(r.code == 0);
+  lines.clear();
+  std::stringstream in2(r.out);
+  for (std::string line; std::getline(in2, line);)
+    if (!line.empty() && line[0] == '{') lines.push_back(nlohmann::json::parse(line));
+  REQUIRE(lines.size() == 2);
+  for (int i : {0, 1}) {
+    CHECK(lines[i]["bench"] == "shared_prefix_ttft");
+    CHECK(lines[i]["prefix_caching"] == (i == 1));
+    CHECK(lines[i]["ttft_ms_runs"].size() == 3);
+    CHECK(lines[i]["ttft_ms_median"].get<double>() > 0);
+  }
+  CHECK(lines[0]["hit_rate"] == 0.0);
+  // The prefix's one full block of 64 positions is found: 64 of each 105-token prompt.
+  CHECK(lines[1]["hit_rate"].get<double>() == Approx(64.0 / 105));
+  CHECK(cli("bench --v2-lite-layer --shared-prefix 10").code == 2);
 }
 
 TEST_CASE("cli: logits are the goldens' teacher-forced logits, through prefill and decode alike", "[engine][cli]") {

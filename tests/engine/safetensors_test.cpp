@@ -94,7 +94,7 @@ TEST_CASE("safetensors: corrupt files give errors that name the problem", "[engi
   CHECK_THROWS_WITH(eng::safetensors_file::open(open_with(header_file(R"({"w":{"dtype":"F32"}})", 0))),
                     Contains("needs dtype, shape and data_offsets"));
   const auto ok = open_with(header_file(R"({"w":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})", 4));
-  CHECK_THROWS_WITH(eng::safetensors_file::open(ok)->read("w"), Contains("only F32, F16 and BF16"));
+  CHECK_THROWS_WITH(eng::safetensors_file::open(ok)->read("w"), Contains("only F32, F16, BF16 and F8_E4M3"));
   CHECK_THROWS_WITH(eng::safetensors_file::open(ok)->read("nope"), Contains("no tensor 'nope'"));
   CHECK_THROWS_WITH(eng::safetensors_file::open((dir.path() / "absent.safetensors").string()), Contains("cannot open"));
 }
