@@ -40,6 +40,7 @@ summary summarize(const run_result& r, const std::optional<price>& p) {
   s.level = r.level;
   s.requests = r.samples.size();
   s.duration_s = r.wall_s;
+  s.client_cpu_s = r.cpu_s;
   std::vector<double> ttft, tpot, e2e;
   for (const auto& x : r.samples) {
     if (!x.ok) {
@@ -162,6 +163,7 @@ void write_json(std::ostream& out, const bench_options& o, const std::vector<sum
         {"success_rate", s.success_rate()},
         {"errors", s.errors},
         {"duration_s", s.duration_s},
+        {"client_cpu_s", s.client_cpu_s},
         {"requests_per_s", s.requests_per_s},
         {"output_tokens_per_s", s.output_tokens_per_s},
         {"prompt_tokens", s.prompt_tokens},

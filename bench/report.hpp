@@ -36,6 +36,7 @@ struct summary {
   std::size_t requests = 0, succeeded = 0;
   std::map<std::string, std::size_t> errors;  ///< by kind
   double duration_s = 0;
+  double client_cpu_s = 0;         ///< what the run cost tollgate bench itself
   double requests_per_s = 0;       ///< successful requests
   double output_tokens_per_s = 0;  ///< of successful requests
   std::int64_t prompt_tokens = 0, output_tokens = 0;  ///< of successful requests

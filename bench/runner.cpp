@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
 #include <chrono>
 #include <random>
 #include <stdexcept>
@@ -30,6 +32,13 @@ namespace {
 constexpr std::size_t max_kept_body = 1 << 20;  // of a whole (unstreamed) answer or an error
 
 double seconds(clock_type::duration d) { return std::chrono::duration<double>(d).count(); }
+
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return s(u.ru_utime) + s(u.ru_stime);
+}
 
 /// Whether a JSON text holds "key": "<something non-empty>" somewhere (any nesting, any spacing).
 /// Cheaper than parsing every chunk of every stream; keys are matched with their quotes, so
@@ -308,6 +317,7 @@ struct runner::impl {
     for (const auto& p : prompts) bodies.push_back(request_body(o, model, p));
 
     io.restart();  // the last run's final poll() may have left the context stopped
+    const double cpu_at_start = cpu_seconds();
     run_state st;
     st.start = clock_type::now();
     const bool open_loop = !o.rates.empty();
@@ -347,6 +357,7 @@ struct runner::impl {
     r.open_loop = open_loop;
     r.level = level;
     r.wall_s = seconds(clock_type::now() - st.start);
+    r.cpu_s = cpu_seconds() - cpu_at_start;
     if (!st.samples.empty()) {
       double first = st.samples.front().start, last = 0;
       for (const auto& s : st.samples) {

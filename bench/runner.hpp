@@ -33,6 +33,7 @@ struct run_result {
   bool open_loop = false;
   double level = 0;  ///< concurrency, or arrivals per second
   double wall_s = 0; ///< from the first request's start to the last one's end
+  double cpu_s = 0;  ///< CPU time (user and system) this process spent on the run: its own cost
   std::vector<sample> samples;
 };
 
