@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <fstream>
 #include <iostream>
@@ -71,6 +72,16 @@ int bench_command(const std::vector<std::string_view>& args) {
     return 2;
   }
   const bench_options& o = *parsed.options;
+  // A report that cannot be written is refused now, not after the runs.
+  for (const std::string* path : {&o.json_path, &o.csv_path, &o.html_path}) {
+    if (path->empty()) continue;
+    const std::filesystem::path parent = std::filesystem::path(*path).parent_path();
+    std::error_code ec;
+    if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+      std::cerr << "tollgate bench: cannot write " << *path << ": no folder " << parent.string() << "\n";
+      return 2;
+    }
+  }
 
   std::optional<config::config> cfg;
   if (!o.config.empty()) {

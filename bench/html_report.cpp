@@ -94,7 +94,7 @@ std::string line_chart(const chart_spec& c, int clip_id) {
     x_hi = x_hi * 1.5 + 1e-9;
   }
   if (c.y_percent) y_hi = 100;
-  const std::vector<double> y_ticks = nice_ticks(0, y_hi > 0 ? y_hi * 1.05 : 1);
+  const std::vector<double> y_ticks = nice_ticks(0, c.y_percent ? 100 : y_hi > 0 ? y_hi * 1.05 : 1);
   y_hi = y_ticks.back();
   auto fx = [&](double x) {
     const double f = log_x ? (std::log(x) - std::log(x_lo)) / (std::log(x_hi) - std::log(x_lo)) : (x - x_lo) / (x_hi - x_lo);

@@ -38,12 +38,38 @@ rows = list(csv.DictReader(open(sys.argv[2])))
 assert len(rows) == 4 and rows[3]["model"] == "demo-2" and rows[3]["level"] == "4", rows
 PY
 # Bad usage is refused with a message and status 2, before anything is sent.
-set +e
-"$build/tollgate" bench --base-url "$url/v1" --model m --concurrency 0 >/dev/null 2>"$work/bad.txt"
-status=$?
-set -e
-[ "$status" = 2 ] || fail "bad --concurrency exited $status"
-grep -q "positive integers" "$work/bad.txt" || fail "bad --concurrency message: $(cat "$work/bad.txt")"
+refused() {  # expected-message args...
+  local want=$1 status=0
+  shift
+  "$build/tollgate" bench "$@" >/dev/null 2>"$work/bad.txt" || status=$?
+  [ "$status" = 2 ] || fail "bench $* exited $status"
+  grep -q -- "$want" "$work/bad.txt" || fail "bench $*: $(cat "$work/bad.txt")"
+}
+echo '[{"conversations": "not a list"}]' >"$work/useless.json"
+echo '{"oops"' >"$work/broken.json"
+refused "positive integers" --base-url "$url/v1" --model m --concurrency 0
+refused "is required" --model m
+refused "no folder" --base-url "$url/v1" --model m --json "$work/missing/r.json"
+refused "cannot read" --base-url "$url/v1" --model m --dataset "$work/none.json"
+refused "not valid JSON" --base-url "$url/v1" --model m --dataset "$work/broken.json"
+refused "no usable entry" --base-url "$url/v1" --model m --dataset "$work/useless.json"
+refused "base-url" --base-url "http://127.0.0.1:port/v1" --model m
+
+# A ShareGPT-style dataset: the first human turn of each conversation is the prompt.
+cat >"$work/sharegpt.json" <<'JSON'
+[{"id": "a", "conversations": [{"from": "human", "value": "first question here"}, {"from": "gpt", "value": "an answer of some words"}]},
+ {"id": "b", "conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "second question"}]},
+ {"id": "c", "conversations": []}]
+JSON
+"$build/tollgate" bench --base-url "$url/v1" --model fake-model --requests 4 --dataset "$work/sharegpt.json" \
+  --json "$work/ds.json" --quiet >/dev/null 2>&1 || fail "bench with a dataset"
+python3 - "$work/ds.json" <<'PY' || fail "dataset run"
+import json, sys
+r = json.load(open(sys.argv[1]))["runs"][0]
+assert r["succeeded"] == 4, r
+# The fake echoes the prompt: the two questions, three and two words, alternate.
+assert r["output_tokens"] > 0, r
+PY
 
 if [ -z "$browser" ]; then
   echo "SKIP: no Chromium (deploy/setup.sh --test installs it): the HTML report was not rendered"
