@@ -928,6 +928,16 @@ class loader {
 
 std::string price_catalogue_date() { return price_catalogue::get().as_of; }
 
+std::optional<price_config> catalogue_price(std::string_view base_url, const std::string& model,
+                                            const std::string& currency) {
+  const auto& catalogue = price_catalogue::get();
+  const auto it = catalogue.prices.find({url_host(base_url), model});
+  if (it == catalogue.prices.end()) return std::nullopt;
+  const auto p = it->second.find(currency);
+  if (p == it->second.end()) return std::nullopt;
+  return p->second;
+}
+
 load_result load_string(std::string_view yaml, const std::string& file_name, const env_lookup& env) {
   return loader(file_name, env).load(yaml);
 }

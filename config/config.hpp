@@ -191,6 +191,11 @@ load_result load_file(const std::string& path, const env_lookup& env = process_e
 /// The date of the built-in price catalogue's list prices (config/prices.yaml).
 std::string price_catalogue_date();
 
+/// The catalogue's list price of `model` at the provider whose base URL is `base_url` (matched by
+/// host), in `currency`; nullopt when the catalogue lists none.
+std::optional<price_config> catalogue_price(std::string_view base_url, const std::string& model,
+                                            const std::string& currency);
+
 /// Parses "250ms", "2s", "10m", "1h" (a bare number is seconds).
 std::optional<duration> parse_duration(std::string_view text);
 

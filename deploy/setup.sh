@@ -5,7 +5,8 @@
 #                               and the libraries' headers
 #   deploy/setup.sh --test      the build, and what `ctest` needs: Catch2, the sqlite3 shell,
 #                               Node.js and npm (the openai SDK, the reference tokenizer),
-#                               Prometheus (a real scrape of /metrics)
+#                               Prometheus (a real scrape of /metrics), Chromium (renders the
+#                               `tollgate bench` HTML report headless)
 #   deploy/setup.sh --bench     the tests, and what tests/perf/bench.sh compares against: wrk,
 #                               nginx, bc
 # Supported: Debian 12 (bookworm), the system the project is built and tested on. Elsewhere the
@@ -13,7 +14,7 @@
 # Runs as root, or with sudo.
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 level=build
 for arg in "$@"; do
@@ -31,7 +32,7 @@ runtime_packages=(ca-certificates curl libcurl4 libssl3 libyaml-cpp0.7 libsqlite
 # Boost 1.81 is the oldest the build accepts; bookworm's default libboost-dev is 1.74.
 build_packages=(build-essential cmake ninja-build ccache pkg-config git
   libboost1.81-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libyaml-cpp-dev libsqlite3-dev libpcre2-dev)
-test_packages=(catch2 sqlite3 prometheus)
+test_packages=(catch2 sqlite3 prometheus chromium)
 bench_packages=(wrk nginx-light bc)
 
 packages=("${runtime_packages[@]}")

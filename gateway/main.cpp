@@ -1,4 +1,4 @@
-// tollgate: the command line. serve, check-config, --help, --version.
+// tollgate: the command line. serve, check-config, keys, bench, --help, --version.
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "bench/bench_cli.hpp"
 #include "config/config.hpp"
 #include "embedded_config.hpp"
 #include "gateway/health_prober.hpp"
@@ -33,6 +34,8 @@ constexpr std::string_view usage_text =
     "  serve [--config FILE]    run the gateway (without --config: the embedded demo config)\n"
     "  check-config FILE        check a config file; print every problem with file, line and key\n"
     "  keys create|list|revoke  manage API keys in the config's store (tollgate keys --help)\n"
+    "  bench --base-url URL --model M ...\n"
+    "                           load-test an OpenAI- or Anthropic-style endpoint (tollgate bench --help)\n"
     "\n"
     "options:\n"
     "  -h, --help               show help (also after a command: tollgate serve --help)\n"
@@ -263,6 +266,7 @@ int main(int argc, char** argv) {
   if (command == "serve") return serve(args);
   if (command == "check-config") return check_config(args);
   if (command == "keys") return tollgate::gateway::keys_command(args);
+  if (command == "bench") return tollgate::bench::bench_command(args);
   std::cerr << "tollgate: unknown command '" << command << "'\n" << usage_text;
   return 2;
 }

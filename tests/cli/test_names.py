@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-CATCH_BINARIES = {"tollgate-tests", "tollgate-tokenizer-tests", "tollgate-engine-tests"}
+CATCH_BINARIES = {"tollgate-tests", "tollgate-tokenizer-tests", "tollgate-engine-tests", "tollgate-bench-tests"}
 
 
 def main(build):
