@@ -9,7 +9,7 @@
 #include <cerrno>
 #include <iostream>
 
-#include "gateway/http_session.hpp"
+#include "gateway/server/session.hpp"
 #include "gateway/server.hpp"
 
 namespace tollgate::gateway {

@@ -24,6 +24,7 @@ struct target {
   unsigned max_queue = 0;
   config::duration queue_timeout{0};
   config::price_config price;
+  config::duration first_token{0};  ///< its backend's first-token timeout (bounds a hedged wait)
 };
 
 struct route {

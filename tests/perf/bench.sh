@@ -4,14 +4,19 @@
 # tollgate runs twice: with its default transport for an http:// upstream (native) and over libcurl.
 #
 # Usage: tests/perf/bench.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=8 CONNS=32 THREADS=1)
-# The upstream is nginx answering a fixed chat.completion body. Each round runs the three targets
-# back to back; the table reports medians over rounds. Loopback only, bounded in time.
+#   PROMPT_KB=100        the user message padded to about that many KB (default: a short one)
+#   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
+#   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
+# The upstream is nginx answering a fixed chat.completion body. Each round runs the targets back
+# to back; the table reports medians over rounds. Loopback only, bounded in time.
 set -euo pipefail
 build=$(cd "${1:-build}" && pwd)
 rounds=${ROUNDS:-3}
 duration=${DURATION:-8}
 conns=${CONNS:-32}
 threads=${THREADS:-1}   # tollgate worker threads and nginx worker processes, kept equal
+prompt_kb=${PROMPT_KB:-0}
+baseline=${BASELINE:+$(cd "$BASELINE" && pwd)}
 source "$(dirname "$0")/../support/procs.sh"
 
 command -v wrk >/dev/null || { echo "wrk is not installed (deploy/setup.sh installs it)"; exit 1; }
@@ -50,6 +55,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_body_buffer_size 1m;  # a 100 KB prompt stays in memory, as it does in tollgate
   upstream backend { server 127.0.0.1:$up_port; keepalive 256; }
   server {
     listen 127.0.0.1:$ngx_port;
@@ -68,8 +74,10 @@ nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 
 # Two gateways: the default transport for an http:// upstream (the built-in HTTP/1.1 client), and
-# the same config over libcurl.
-for transport in native curl; do
+# the same config over libcurl; with BASELINE, a third: the other build, native.
+gateways="native curl"
+[ -n "$baseline" ] && gateways+=" baseline"
+for transport in $gateways; do
   cat >"$work/tollgate-$transport.yaml" <<YAML
 server:
   listen: 127.0.0.1:0
@@ -83,22 +91,26 @@ backends:
     kind: openai
     base_url: http://127.0.0.1:$up_port/v1
     api_key: sk-upstream
-    transport: $transport
+    transport: $([ "$transport" = baseline ] && echo native || echo "$transport")
 routes:
   - model: bench-model
     targets:
       - backend: local
         model: m
 YAML
-  "$build/tollgate" serve --config "$work/tollgate-$transport.yaml" 2>"$work/tollgate-$transport.log" &
+  bin="$build/tollgate"
+  [ "$transport" = baseline ] && bin="$baseline/tollgate"
+  "$bin" serve --config "$work/tollgate-$transport.yaml" 2>"$work/tollgate-$transport.log" &
   pids+=($!)
 done
 tg_url=$(wait_listening "$work/tollgate-native.log")
 tg_curl_url=$(wait_listening "$work/tollgate-curl.log")
+[ -n "$baseline" ] && tg_base_url=$(wait_listening "$work/tollgate-baseline.log")
 
-cat >"$work/post.lua" <<'LUA'
+cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?"}],"max_tokens":16}'
+wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?' ..
+  string.rep("lorem ipsum dolor sit amet ", math.floor($prompt_kb * 1024 / 27)) .. '"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer tg-bench"
 done = function(summary, latency, requests)
@@ -113,12 +125,15 @@ run() {  # name url conns -> "rps p50 p99 errors"
   wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
 targets=(direct nginx tollgate tollgate-curl)
+[ -n "$baseline" ] && targets+=(baseline)
+if [ -n "${TARGETS:-}" ]; then targets=(direct $TARGETS); fi
 url_of() {
   case $1 in
     direct) echo "http://127.0.0.1:$up_port/v1/chat/completions" ;;
     nginx) echo "http://127.0.0.1:$ngx_port/v1/chat/completions" ;;
     tollgate) echo "$tg_url/v1/chat/completions" ;;
     tollgate-curl) echo "$tg_curl_url/v1/chat/completions" ;;
+    baseline) echo "$tg_base_url/v1/chat/completions" ;;
   esac
 }
 # Warm-up: connections, caches.
@@ -137,8 +152,8 @@ for r in $(seq 1 "$rounds"); do
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for latency, %s worker(s)\n\n' \
-  "$rounds" "$duration" "$conns" "$threads"
+printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for latency, %s worker(s), prompt %s\n\n' \
+  "$rounds" "$duration" "$conns" "$threads" "$([ "$prompt_kb" = 0 ] && echo short || echo "~${prompt_kb} KB")"
 printf '| path | requests/s (median) | vs nginx | p50 latency µs | p99 latency µs | added p50 µs |\n'
 printf '|---|---|---|---|---|---|\n'
 d50=$(echo "${lat50[direct]}" | median)

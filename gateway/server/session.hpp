@@ -1,4 +1,6 @@
-// One client connection: read requests (keep-alive), answer local endpoints, proxy the rest.
+// One client connection: read requests (keep-alive, deadlines, body limits), hand each to the path
+// table (handlers/), and publish its result (accounting/). The session knows HTTP/1.1 framing and
+// nothing about the API behind it.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>

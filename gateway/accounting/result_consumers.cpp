@@ -1,0 +1,140 @@
+#include "gateway/accounting/result_consumers.hpp"
+
+#include <array>
+#include <chrono>
+
+#include "gateway/ledger.hpp"
+#include "gateway/metering.hpp"
+#include "gateway/metrics.hpp"
+#include "gateway/money.hpp"
+#include "gateway/runtime.hpp"
+#include "gateway/server.hpp"
+#include "gateway/worker.hpp"
+
+namespace tollgate::gateway {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+/// A finished request as every consumer sees it.
+struct finished {
+  request_result& r;
+  worker& w;
+  steady::time_point now;
+  double seconds;  ///< from arrival to now
+  steady::duration elapsed;
+};
+
+const std::string& route_of(const proxy_result& p) {
+  static const std::string none;
+  return p.route != nullptr ? *p.route : none;
+}
+
+/// Metering: no usage from the upstream for an answer that reached the client is counted here;
+/// the usage goes into the record with its cost.
+void meter(finished& f, std::string_view body) {
+  access_record& rec = f.r.record;
+  if (f.r.proxy) {
+    proxy_result& p = *f.r.proxy;
+    if (!p.used && !rec.backend.empty() && rec.status >= 200 && rec.status < 300 && p.rt != nullptr && p.rt->tokenizer) {
+      usage u;
+      u.prompt = count_prompt_tokens(*p.rt->tokenizer, p.endpoint, body);
+      if (p.endpoint != "/embeddings") {
+        u.completion = count_completion_tokens(*p.rt->tokenizer, p.delivered, p.delivered_sse, p.delivered_text);
+      }
+      p.used = u;
+      p.counted = true;
+    }
+    if (p.used) {
+      rec.has_usage = true;
+      rec.prompt_tokens = p.used->prompt;
+      rec.cached_tokens = p.used->cached;
+      rec.completion_tokens = p.used->completion;
+      rec.reasoning_tokens = p.used->reasoning;
+      rec.cost = p.price != nullptr ? cost_of(*p.used, *p.price) : 0;
+    }
+  }
+  rec.latency_ms = std::chrono::duration<double, std::milli>(f.elapsed).count();
+}
+
+/// The limiter: the admission's concurrency slot is freed and TPM and the budget settled on the
+/// real tokens and cost.
+void settle_limits(finished& f) {
+  if (!f.r.proxy) return;
+  proxy_result& p = *f.r.proxy;
+  p.hold.settle(p.used ? p.used->prompt + p.used->completion : -1, f.r.record.cost);
+}
+
+void write_access_log(finished& f) { f.w.shared().log->write(f.w.index(), f.r.record); }
+
+void append_ledger(finished& f) {
+  if (!f.r.proxy || !f.w.shared().ledger) return;
+  const proxy_result& p = *f.r.proxy;
+  const access_record& rec = f.r.record;
+  ledger_record l;
+  l.request_id = rec.request_id;
+  l.unix_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  l.key = rec.key_name;
+  l.model = rec.model;
+  l.route = route_of(p);
+  l.backend = rec.backend;
+  l.upstream_model = p.upstream_model;
+  if (p.used) {
+    l.has_usage = true;
+    l.prompt_tokens = p.used->prompt;
+    l.cached_tokens = p.used->cached;
+    l.completion_tokens = p.used->completion;
+    l.reasoning_tokens = p.used->reasoning;
+    l.cost = rec.cost;
+  }
+  l.status = rec.status;
+  l.latency_ms = rec.latency_ms;
+  l.first_byte_ms = p.first_byte >= 0 ? p.first_byte * 1000 : -1;
+  l.stream = rec.stream;
+  l.counted = p.counted;
+  l.first_token_ms =
+      p.first_token_at ? std::chrono::duration<double, std::milli>(*p.first_token_at - f.r.started).count() : -1;
+  f.w.shared().ledger->append(f.w.index(), std::move(l));
+}
+
+void record_metrics(finished& f) {
+  if (!f.r.proxy) return;
+  const proxy_result& p = *f.r.proxy;
+  const access_record& rec = f.r.record;
+  gateway_metrics& m = *f.w.shared().metrics;
+  const std::size_t shard = f.w.index();
+  const std::string& route = route_of(p);
+  if (p.used) {
+    m.record_usage(shard, rec.key_name, route, rec.backend, p.used->prompt, p.used->cached, p.used->completion,
+                   p.used->reasoning, rec.cost);
+  }
+  m.record_request(shard, route, rec.backend, rec.status, f.seconds);
+  if (p.first_token_at && rec.status >= 200 && rec.status < 300) {
+    const double ttft = std::chrono::duration<double>(*p.first_token_at - f.r.started).count();
+    const double tpot = p.used && p.used->completion > 1
+                            ? std::chrono::duration<double>(f.now - *p.first_token_at).count() /
+                                  static_cast<double>(p.used->completion - 1)
+                            : -1;
+    m.record_stream(shard, route, ttft, tpot);
+  }
+  if (p.upstream_seconds >= 0) {
+    m.record_upstream(shard, rec.backend, p.upstream_seconds, p.single_attempt ? f.seconds - p.upstream_seconds : -1);
+  }
+}
+
+/// The consumers, in order. Each pre-step that took something (an admission) has its settlement
+/// here; adding one is a line in this list.
+constexpr std::array<void (*)(finished&), 4> consumers{settle_limits, write_access_log, append_ledger, record_metrics};
+
+}  // namespace
+
+void publish(request_result& result, worker& w, std::string_view body) {
+  const auto now = steady::now();
+  finished f{result, w, now, std::chrono::duration<double>(now - result.started).count(), now - result.started};
+  meter(f, body);
+  for (auto consume : consumers) consume(f);
+}
+
+}  // namespace tollgate::gateway

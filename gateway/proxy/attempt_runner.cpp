@@ -1,0 +1,282 @@
+#include "gateway/proxy/attempt_runner.hpp"
+
+#include <boost/beast/core/string.hpp>
+
+#include <algorithm>
+#include <string>
+
+namespace tollgate::gateway {
+
+namespace net = boost::asio;
+using adapters::call_event;
+
+bool relayed_header(std::string_view name) {
+  return name == "retry-after" || name.starts_with("x-ratelimit-") || name == "openai-processing-ms";
+}
+
+std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v) {
+  double seconds = 0;
+  try {
+    std::size_t used = 0;
+    seconds = std::stod(std::string(v), &used);
+    if (used != v.size() || seconds < 0 || seconds > 86400) return std::nullopt;
+  } catch (...) {
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+}
+
+bool retryable_status(int status) {
+  return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
+}
+
+namespace {
+
+/// Ends a client watch however its scope is left, an exception included, and before the call it
+/// points at is destroyed (declare it after the call).
+struct watch_guard {
+  attempt_env& env;
+  std::shared_ptr<client_watch>& watch;
+  ~watch_guard() {
+    if (watch && !watch->done) env.unwatch(watch);
+  }
+};
+
+call_event failed_event(std::string message) {
+  call_event ev;
+  ev.type = call_event::kind::failed;
+  ev.error = adapters::failure::broken;
+  ev.message = std::move(message);
+  return ev;
+}
+
+}  // namespace
+
+net::awaitable<void> attempt_runner::run(const routing::route& route, steady_clock::time_point started, bool stream,
+                                         attempts_result& st) {
+  deadline_ = started + route.deadline;
+  // The route, then its fallbacks; a context_length_exceeded answer switches to the context
+  // fallbacks of the route that gave it.
+  std::vector<const routing::route*> chain{&route};
+  chain.insert(chain.end(), route.fallbacks.begin(), route.fallbacks.end());
+  for (std::size_t i = 0; i < chain.size(); ++i) {
+    const auto result = co_await try_route(*chain[i], stream, st);
+    if (result == route_end::answered) {
+      st.how = attempts_result::end::answered;
+      co_return;
+    }
+    if (st.how == attempts_result::end::client_gone) co_return;
+    if (result == route_end::context_exceeded && !chain[i]->context_fallbacks.empty()) {
+      chain.resize(i + 1);
+      chain.insert(chain.end(), chain[i]->context_fallbacks.begin(), chain[i]->context_fallbacks.end());
+    }
+  }
+  st.how = attempts_result::end::exhausted;
+}
+
+bool attempt_runner::take_slot(const routing::target& t) {
+  if (!t.health->admit(env_.now())) return false;
+  if (t.health->try_begin_request(t.max_concurrency)) return true;
+  t.health->record_abandoned();
+  return false;
+}
+
+net::awaitable<attempt_runner::route_end> attempt_runner::try_route(const routing::route& r, bool stream,
+                                                                    attempts_result& st) {
+  env_.plan(r, env_.now(), order_);
+  const std::size_t n = order_.size();
+  if (n == 0) co_return route_end::exhausted;  // a fallback whose backends are all disabled
+  const unsigned attempts = r.retry.attempts != 0 ? r.retry.attempts : static_cast<unsigned>(n);
+  std::size_t pos = 0;
+  std::size_t refused = 0;
+  for (unsigned used = 0; used < attempts;) {
+    const routing::target* picked = nullptr;
+    // Skip an ejected or full backend while another target may take the request.
+    while (picked == nullptr) {
+      const routing::target& t = r.targets[order_[pos++ % n]];
+      if (take_slot(t)) {
+        picked = &t;
+      } else if (++refused >= n) {
+        // Every target refused: ejection is ignored, and a full backend is waited for.
+        if (!t.health->try_begin_request(t.max_concurrency) && !co_await env_.wait_for_slot(t)) {
+          st.shed = true;
+          co_return route_end::exhausted;
+        }
+        picked = &t;
+      }
+    }
+    slot_guard slot(picked->health.get());  // declared before the call: freed after it ends
+    refused = 0;
+    st.shed = false;
+    ++used;
+    if (st.attempts > 0 && !co_await back_off(r.retry, st)) co_return route_end::exhausted;
+    ++st.attempts;
+    auto call = env_.start(*picked);
+    auto watch = env_.watch(*call, stream);
+    const watch_guard guard{env_, watch};
+
+    // Hedging: no first byte by hedge_after, so a second attempt goes to the next target that
+    // has room; whichever answers first is relayed and the other is cancelled.
+    if (r.hedge_after.count() > 0 && used < attempts && n > 1 && !co_await env_.wait_ready(*call, nullptr, r.hedge_after)) {
+      const routing::target* second = nullptr;
+      for (std::size_t k = 0; k + 1 < n && second == nullptr; ++k) {
+        const routing::target& t = r.targets[order_[pos++ % n]];
+        if (&t != picked && take_slot(t)) second = &t;
+      }
+      if (second != nullptr) {
+        slot_guard second_slot(second->health.get());
+        ++used;
+        ++st.attempts;
+        auto other = env_.start(*second);
+        // Nobody reads either call while waiting, so their first-token timeouts bound the wait.
+        co_await env_.wait_ready(*call, other.get(), std::max(picked->first_token, second->first_token));
+        if (!call->ready() && other->ready()) {
+          env_.unwatch(watch);
+          std::swap(call, other);
+          std::swap(picked, second);
+          std::swap(slot, second_slot);
+          watch = env_.watch(*call, stream);
+        }
+        other.reset();  // the slower one: cancelled now
+        second_slot.release();
+        second->health->record_abandoned();
+      }
+    }
+    const routing::target& target = *picked;
+    st.target = &target;
+    st.first_byte = -1;
+    sink_.on_attempt(target);
+    const auto attempt_started = env_.now();
+    auto outcome = co_await relay(*call, target, stream, st);
+    st.upstream_seconds = std::chrono::duration<double>(env_.now() - attempt_started).count();
+    env_.unwatch(watch);
+    call.reset();
+    slot.release();
+    sink_.on_attempt_end(target, outcome_label(outcome, watch->gone), st.first_byte);
+
+    switch (outcome.kind) {
+      case relay_kind::answered:
+        if (outcome.broke) {
+          target.health->record_failure(env_.now(), target.ejection);
+        } else {
+          target.health->record_success();
+        }
+        st.keep_alive = outcome.keep_alive;
+        co_return route_end::answered;
+      case relay_kind::gone:
+        target.health->record_abandoned();
+        st.how = attempts_result::end::client_gone;
+        co_return route_end::exhausted;
+      case relay_kind::context_exceeded:
+        target.health->record_success();  // the backend is fine; the prompt is too long for it
+        st.failures.push_back({target.backend, adapters::failure::none, outcome.response.status, "context_length_exceeded"});
+        st.last_failure.reset();
+        st.last_response = std::move(outcome.response);
+        co_return route_end::context_exceeded;
+      case relay_kind::retryable_status:
+        target.health->record_failure(env_.now(), target.ejection);
+        st.failures.push_back({target.backend, adapters::failure::none, outcome.response.status,
+                               "answered " + std::to_string(outcome.response.status)});
+        st.last_failure.reset();
+        st.last_response = std::move(outcome.response);
+        break;
+      case relay_kind::failed:
+        if (watch->gone) {
+          target.health->record_abandoned();
+          st.how = attempts_result::end::client_gone;
+          co_return route_end::exhausted;
+        }
+        target.health->record_failure(env_.now(), target.ejection);
+        st.failures.push_back({target.backend, outcome.failure.error, 0, outcome.failure.message});
+        st.last_response.reset();
+        st.last_failure = std::move(outcome.failure);
+        break;
+    }
+  }
+  co_return route_end::exhausted;
+}
+
+/// Waits before the next attempt: full jitter over an exponential base, at least the last
+/// answer's Retry-After. false when that wait would pass the request's deadline.
+net::awaitable<bool> attempt_runner::back_off(const config::retry_config& retry, const attempts_result& st) {
+  const unsigned exponent = std::min(st.attempts - 1, 20u);
+  auto cap = retry.backoff * (1ll << exponent);
+  if (cap > retry.max_backoff) cap = retry.max_backoff;
+  auto wait = std::chrono::milliseconds(cap.count() > 0 ? static_cast<long long>(env_.random() % (cap.count() + 1)) : 0);
+  if (st.last_response && st.last_response->retry_after) wait = std::max(wait, *st.last_response->retry_after);
+  if (env_.now() + wait >= deadline_) co_return false;
+  if (wait.count() == 0) co_return true;
+  co_await env_.sleep(wait);
+  co_return true;
+}
+
+const char* attempt_runner::outcome_label(const relay_outcome& o, bool client_gone) {
+  switch (o.kind) {
+    case relay_kind::answered: return o.broke ? "failed" : "ok";
+    case relay_kind::retryable_status:
+    case relay_kind::context_exceeded: return "error_status";
+    case relay_kind::gone: return "cancelled";
+    case relay_kind::failed: return client_gone ? "cancelled" : "failed";
+  }
+  return "failed";
+}
+
+/// Reads one attempt's answer. Only answers that reached the client are final; the rest let the
+/// caller try again, which is possible because nothing has been sent.
+net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::call& call, const routing::target& t,
+                                                                    bool stream, attempts_result& st) {
+  const auto attempt_started = env_.now();
+  call_event ev = co_await call.next();
+  if (ev.type == call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
+  const auto first_byte = env_.now() - attempt_started;
+  t.health->record_first_byte(std::chrono::duration_cast<std::chrono::microseconds>(first_byte));
+  st.first_byte = std::chrono::duration<double>(first_byte).count();
+  adapters::response_head head = std::move(ev.head);
+  if (const std::string* enc = head.find("content-encoding");
+      enc != nullptr && !boost::beast::iequals(*enc, "identity")) {
+    // We ask for identity: an encoded body could be neither metered nor relayed as it is.
+    co_return relay_outcome{relay_kind::failed, false,
+                            failed_event("upstream answered with Content-Encoding " + *enc + " (identity was asked for)"),
+                            {}};
+  }
+  const std::string* type = head.find("content-type");
+  const bool sse = type != nullptr && type->find("text/event-stream") != std::string::npos;
+  if (stream && sse && head.status >= 200 && head.status < 300) {
+    const delivery d = co_await sink_.deliver_stream(call, head);
+    if (!d.reached) co_return relay_outcome{relay_kind::gone, false, {}, {}};
+    relay_outcome done{relay_kind::answered, d.keep_alive, {}, {}};
+    done.broke = d.broke;
+    co_return done;
+  }
+
+  // Whole answers (and errors) are read completely first: a break mid-body can still fail over.
+  buffered_response res;
+  res.status = head.status;
+  res.content_type = type != nullptr ? *type : "application/json";
+  for (const auto& [name, value] : head.headers) {
+    if (relayed_header(name)) res.headers.emplace_back(name, value);
+    if (name == "retry-after") res.retry_after = parse_retry_after(value);
+  }
+  for (;;) {
+    ev = co_await call.next();
+    if (ev.type == call_event::kind::data) {
+      res.body += ev.data;
+      if (res.body.size() > max_upstream_body) {
+        co_return relay_outcome{relay_kind::failed, false,
+                                failed_event("upstream response exceeds " + std::to_string(max_upstream_body) + " bytes"),
+                                {}};
+      }
+      continue;
+    }
+    if (ev.type == call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
+    break;
+  }
+  if (retryable_status(res.status)) co_return relay_outcome{relay_kind::retryable_status, false, {}, std::move(res)};
+  if (res.status == 400 && res.body.find("context_length_exceeded") != std::string::npos) {
+    co_return relay_outcome{relay_kind::context_exceeded, false, {}, std::move(res)};
+  }
+  const bool keep = co_await sink_.deliver_whole(std::move(res));
+  co_return relay_outcome{relay_kind::answered, keep, {}, {}};
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,330 @@
+#include "gateway/proxy/exchange.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+
+#include "gateway/handlers/handlers.hpp"
+#include "gateway/metering.hpp"
+#include "gateway/metrics.hpp"
+#include "gateway/runtime.hpp"
+#include "gateway/server.hpp"
+#include "gateway/server/responder.hpp"
+#include "gateway/sse.hpp"
+#include "gateway/usage.hpp"
+#include "gateway/worker.hpp"
+
+namespace tollgate::gateway {
+
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+using adapters::call_event;
+
+namespace {
+
+constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
+
+/// The call of an attempt whose backend threw in start(): it fails at once.
+class failed_call final : public adapters::call {
+ public:
+  explicit failed_call(std::string message) {
+    event_.type = call_event::kind::failed;
+    event_.error = adapters::failure::broken;
+    event_.message = std::move(message);
+  }
+  net::awaitable<call_event> next() override { co_return event_; }
+  void cancel() override {}
+  bool ready() const override { return true; }
+  void on_ready(std::function<void()>) override {}
+
+ private:
+  call_event event_;
+};
+
+}  // namespace
+
+std::uint64_t exchange::random() { return ctx_.w.random(); }
+
+void exchange::plan(const routing::route& r, steady_clock::time_point now, std::vector<std::size_t>& out) {
+  ctx_.rt.routes.plan(r, ctx_.w.index(), routing::pick_context{ctx_.w.random()}, now, out);
+}
+
+std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
+  adapters::upstream_request up;
+  up.path = res_.endpoint;
+  up.stream = fields_.stream;
+  up.request_id = ctx_.result.record.request_id;
+  const bool rename = !t.model.empty() && t.model != fields_.model;
+  if (!rename && stream_options_.empty()) {
+    up.body = ctx_.req.body();
+  } else {
+    up.body = edit_body(ctx_.req.body(), fields_, rename ? std::optional<std::string>(json_quote(t.model)) : std::nullopt,
+                        stream_options_.empty() ? std::nullopt : std::optional<std::string_view>(stream_options_));
+  }
+  try {
+    return ctx_.rt.backends[t.backend_index]->start(std::move(up), {ctx_.w.io(), ctx_.w.curl(), ctx_.w.pool()});
+  } catch (const std::exception& e) {  // counted as a failed attempt: retries and failover apply
+    std::cerr << "tollgate: backend " << ctx_.rt.cfg.backends[t.backend_index].name
+              << " failed to start a call: " << e.what() << std::endl;
+    return std::make_unique<failed_call>(std::string("the backend failed to start the call: ") + e.what());
+  }
+}
+
+net::awaitable<void> exchange::sleep(steady_clock::duration d) {
+  net::steady_timer timer(ctx_.w.io());
+  timer.expires_after(d);
+  co_await timer.async_wait(use_tuple);
+}
+
+net::awaitable<bool> exchange::wait_ready(adapters::call& a, adapters::call* b, steady_clock::duration timeout) {
+  auto ready = [&] { return a.ready() || (b != nullptr && b->ready()); };
+  if (ready()) co_return true;
+  net::steady_timer timer(ctx_.w.io());
+  a.on_ready([&timer] { timer.cancel(); });
+  if (b != nullptr) b->on_ready([&timer] { timer.cancel(); });
+  const auto deadline = steady_clock::now() + timeout;
+  while (!ready() && steady_clock::now() < deadline) {
+    timer.expires_at(deadline);
+    co_await timer.async_wait(use_tuple);
+  }
+  a.on_ready({});
+  if (b != nullptr) b->on_ready({});
+  co_return ready();
+}
+
+net::awaitable<bool> exchange::wait_for_slot(const routing::target& t) {
+  auto timer = std::make_shared<net::steady_timer>(ctx_.w.io());
+  auto waiter = std::make_shared<routing::target_health::waiter>();
+  waiter->wake = [timer, ex = ctx_.w.io().get_executor()] { net::post(ex, [timer] { timer->cancel(); }); };
+  const auto deadline = steady_clock::now() + t.queue_timeout;
+  while (steady_clock::now() < deadline) {
+    if (!t.health->wait_for_slot(waiter, t.max_queue)) co_return false;
+    // A slot freed between the failed try and queueing would wake nobody: look once more.
+    if (t.health->try_begin_request(t.max_concurrency)) {
+      t.health->cancel_wait(waiter);
+      co_return true;
+    }
+    timer->expires_at(deadline);
+    co_await timer->async_wait(use_tuple);
+    t.health->cancel_wait(waiter);
+    if (t.health->try_begin_request(t.max_concurrency)) co_return true;
+  }
+  co_return false;
+}
+
+std::shared_ptr<client_watch> exchange::watch(adapters::call& call, bool stream) { return ctx_.out.watch(call, stream); }
+
+void exchange::unwatch(const std::shared_ptr<client_watch>& w) { ctx_.out.unwatch(w); }
+
+void exchange::on_attempt(const routing::target& t) {
+  ctx_.result.record.backend = t.backend;  // also the x-tollgate-backend of the answer
+  res_.price = &t.price;
+  res_.upstream_model = t.model.empty() ? fields_.model : t.model;
+}
+
+void exchange::on_attempt_end(const routing::target& t, const char* outcome, double first_byte_seconds) {
+  res_.first_byte = first_byte_seconds;
+  ctx_.w.shared().metrics->record_attempt(ctx_.w.index(), t.backend, outcome, first_byte_seconds);
+}
+
+bool exchange::take_usage(const std::string& event) {
+  if (event.find("\"usage\"") == std::string::npos) return false;
+  const auto data = sse_data(event);
+  if (!data) return false;
+  bool no_choices = false, refused = false;
+  auto u = usage_from_json(*data, &no_choices, &refused);
+  if (u) res_.used = *u;
+  else if (refused) res_.used.reset();  // untrustworthy: the tokenizer counts this answer
+  else return false;
+  return strip_usage_ && no_choices;
+}
+
+// Not a coroutine: the answer moves into the responder's frame.
+net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
+  if (res.status >= 200 && res.status < 300) {
+    res_.used = usage_from_json(res.body);
+    if (!res_.used) res_.delivered = res.body;  // counted at the end, if it reaches the client
+  }
+  return ctx_.out.send_buffered(std::move(res));
+}
+
+net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const adapters::response_head& head) {
+  access_record& record = ctx_.result.record;
+  responder& out = ctx_.out;
+  response_head_text res(head.status);
+  res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
+  for (const auto& [name, value] : head.headers) {
+    if (relayed_header(name)) res.field(name, value);
+  }
+  out.decorate(res);
+  auto [ec, n] = co_await out.write_stream_head(res, head.status);
+  if (ec) co_return delivery{false, false, false};
+
+  const std::size_t max_event_bytes = ctx_.rt.cfg.server.max_event_bytes;
+  sse_splitter events;
+  std::string chunk;
+  bool broke = false;
+  res_.delivered.clear();
+  res_.delivered_text.clear();
+  res_.delivered_sse = true;
+  for (;;) {
+    call_event ev = co_await call.next();
+    chunk.clear();
+    bool finished = false;
+    if (ev.type == call_event::kind::data) {
+      events.feed(ev.data);
+      while (auto e = events.next_event()) {
+        if (take_usage(*e)) continue;
+        chunk += *e;
+      }
+      if (events.buffered() > max_event_bytes) {
+        // An event that never ends would be buffered without bound: the stream is broken.
+        const api_error err = bad_gateway("upstream " + record.backend + " sent an SSE event over server.max_event_bytes (" +
+                                          std::to_string(max_event_bytes) + " bytes)");
+        record.error = err.message;
+        call.cancel();
+        chunk += err.sse_event();
+        finished = true;
+        broke = true;
+      }
+    } else if (ev.type == call_event::kind::end) {
+      chunk = events.take_rest();
+      finished = true;
+    } else if (ev.type == call_event::kind::head) {
+      continue;
+    } else {
+      // The client already has part of the answer: say the stream broke, never end it quietly.
+      record.error = ev.message;
+      if (ev.error == adapters::failure::cancelled) co_return delivery{false, false, false};
+      const api_error err = ev.error == adapters::failure::timeout
+                                ? gateway_timeout("upstream " + record.backend + " timed out mid-stream: " + ev.message)
+                                : bad_gateway("upstream " + record.backend + " broke the stream: " + ev.message);
+      chunk = events.take_rest();
+      if (!chunk.empty() && !chunk.ends_with("\n\n")) chunk += "\n\n";
+      chunk += err.sse_event();
+      finished = true;
+      broke = true;
+    }
+    if (!chunk.empty()) {
+      auto [wec, wn] = co_await out.write_chunk(chunk);
+      if (wec) co_return delivery{false, false, false};
+      if (!res_.first_token_at) res_.first_token_at = steady_clock::now();
+      // What the client has, for counting if the usage chunk never comes.
+      // Whole events: past a bound, the text is taken out of those kept so far, so that a long
+      // stream is counted whole without keeping all its bytes.
+      if (res_.delivered.size() + chunk.size() > max_metered_stream) {
+        append_completion_text(res_.delivered, true, res_.delivered_text);
+        res_.delivered.clear();
+      }
+      res_.delivered += chunk;
+    }
+    if (finished) break;
+  }
+  auto [lec, ln] = co_await out.write_last_chunk();
+  co_return delivery{true, !lec, broke};
+}
+
+/// The proxy handler: the exchange's steps before and after its attempts.
+net::awaitable<bool> handle_proxy(request_context& ctx) {
+  responder& out = ctx.out;
+  access_record& record = ctx.result.record;
+  if (ctx.req.method() != http::verb::post) co_return co_await out.send_error(method_not_allowed(), true);
+  if (!authenticate(ctx)) co_return co_await out.send_error(unauthorized_error(ctx), true);
+  proxy_result& res = ctx.result.proxy.emplace();
+
+  auto parsed = parse_request_body(ctx.req.body());
+  if (!parsed.fields) co_return co_await out.send_error(bad_request(parsed.error, parsed.error_param), true);
+  const request_fields& fields = *parsed.fields;
+  record.model = fields.model;
+  record.stream = fields.stream;
+
+  if (!ctx.who->may_use(fields.model)) {
+    // A named error: GCC 12 destroys a braced temporary inside co_await twice.
+    const api_error forbidden{403, "permission_error", "model_not_allowed",
+                              "This API key may not use the model `" + fields.model + "`.", "model"};
+    co_return co_await out.send_error(forbidden, true);
+  }
+  const runtime& rt = ctx.rt;
+  const routing::route* route = rt.routes.resolve(fields.model);
+  if (route == nullptr) {
+    co_return co_await out.send_error(
+        not_found("The model `" + fields.model + "` does not exist or you do not have access to it.", "model_not_found"),
+        true);
+  }
+  res.route = &route->model;
+  if (route->targets.empty()) {
+    api_error err = unavailable("The model `" + fields.model + "` is not available: " + route->unavailable + ".");
+    err.code = "backend_disabled";
+    record.error = err.code;
+    co_return co_await out.send_error(err, true);
+  }
+
+  const std::int64_t estimate = estimate_tokens(ctx.req.body().size(), fields.max_tokens);
+  const admission adm = rt.limits->admit(*ctx.who->key, *ctx.who->state, estimate, steady_clock::now());
+  if (!adm.admitted) {
+    const api_error err{429, adm.code == "insufficient_quota" ? "insufficient_quota" : "rate_limit_error", adm.code,
+                        adm.message, {}};
+    record.error = err.code;
+    http::response<http::string_body> r{http::status::too_many_requests, 11};
+    r.set(http::field::content_type, "application/json");
+    r.set(http::field::retry_after, std::to_string(adm.retry_after.count()));
+    r.body() = err.body();
+    co_return co_await out.send(std::move(r), true);
+  }
+  res.hold.hold(rt.limits.get(), ctx.who->key, ctx.who->state, estimate);
+  res.rt = &rt;
+  res.endpoint = ctx.path;
+
+  // Metering needs the stream's usage: ask for it, and keep the chunk from a client that did
+  // not ask for it.
+  std::string stream_options;
+  bool strip_usage = false;
+  if (fields.stream && !fields.include_usage && ctx.path != "/embeddings") {
+    auto so = fields.stream_options.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields.stream_options);
+    if (so.is_object()) {
+      so["include_usage"] = true;
+      stream_options = so.dump();  // written into the body of every attempt
+      strip_usage = true;
+    }
+  }
+
+  exchange ex(ctx, res, fields, std::move(stream_options), strip_usage);
+  attempt_runner runner(ex, ex, ctx.conn.order);
+  attempts_result st;
+  co_await runner.run(*route, ctx.result.started, fields.stream, st);
+  res.upstream_seconds = st.upstream_seconds;
+  res.single_attempt = st.attempts == 1;
+  if (st.how == attempts_result::end::answered) co_return st.keep_alive;
+  if (st.how == attempts_result::end::client_gone) co_return false;
+
+  if (st.shed) {
+    api_error err = unavailable("every backend for `" + fields.model + "` is at its max_concurrency; try again shortly");
+    err.code = "overloaded";
+    record.error = err.code;
+    http::response<http::string_body> r{http::status::service_unavailable, 11};
+    r.set(http::field::content_type, "application/json");
+    r.set(http::field::retry_after, "1");
+    r.body() = err.body();
+    co_return co_await out.send(std::move(r), true);
+  }
+  if (st.last_response) {
+    // Every attempt failed and the last one answered: the client sees that answer as it was.
+    co_return co_await out.send_buffered(std::move(*st.last_response));
+  }
+  if (!st.last_failure) co_return co_await out.send_error(bad_gateway("no attempt could be made"), true);
+  const auto& f = *st.last_failure;
+  record.error = f.message;
+  if (f.error == adapters::failure::timeout) {
+    co_return co_await out.send_error(gateway_timeout("upstream " + record.backend + " timed out: " + f.message), true);
+  }
+  co_return co_await out.send_error(bad_gateway("upstream " + record.backend + " failed: " + f.message), true);
+}
+
+}  // namespace tollgate::gateway

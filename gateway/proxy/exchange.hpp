@@ -1,0 +1,56 @@
+// One proxied request: parse the body, check the key's model permission, resolve the route, pass
+// the limiter, then run the attempts (attempt_runner) and relay the answer that wins. The
+// exchange is the runner's world (timers on the worker's loop, the backends, the client watch)
+// and its sink (the client). It lives for one request and owns that request's proxy state.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+
+#include <memory>
+#include <string>
+
+#include "gateway/json_body.hpp"
+#include "gateway/proxy/attempt_runner.hpp"
+#include "gateway/server/request.hpp"
+
+namespace tollgate::gateway {
+
+class exchange final : public attempt_env, public attempt_sink {
+ public:
+  /// fields: the parsed body of ctx.req; stream_options: what every attempt sends instead of the
+  /// client's (empty: as sent); strip_usage: drop the usage-only chunk asked for on the client's
+  /// behalf.
+  exchange(request_context& ctx, proxy_result& result, const request_fields& fields, std::string stream_options,
+           bool strip_usage)
+      : ctx_(ctx), res_(result), fields_(fields), stream_options_(std::move(stream_options)), strip_usage_(strip_usage) {}
+
+  // attempt_env
+  steady_clock::time_point now() override { return steady_clock::now(); }
+  std::uint64_t random() override;
+  void plan(const routing::route& r, steady_clock::time_point now, std::vector<std::size_t>& out) override;
+  std::unique_ptr<adapters::call> start(const routing::target& t) override;
+  boost::asio::awaitable<void> sleep(steady_clock::duration d) override;
+  boost::asio::awaitable<bool> wait_ready(adapters::call& a, adapters::call* b, steady_clock::duration timeout) override;
+  boost::asio::awaitable<bool> wait_for_slot(const routing::target& t) override;
+  std::shared_ptr<client_watch> watch(adapters::call& call, bool stream) override;
+  void unwatch(const std::shared_ptr<client_watch>& w) override;
+
+  // attempt_sink
+  void on_attempt(const routing::target& t) override;
+  boost::asio::awaitable<delivery> deliver_stream(adapters::call& call, const adapters::response_head& head) override;
+  boost::asio::awaitable<bool> deliver_whole(buffered_response res) override;
+  void on_attempt_end(const routing::target& t, const char* outcome, double first_byte_seconds) override;
+
+ private:
+  /// Notes the usage an SSE event carries (the last one seen wins: usage is cumulative). true
+  /// when the event is the usage-only chunk we asked for on the client's behalf: it is dropped.
+  bool take_usage(const std::string& event);
+
+  request_context& ctx_;
+  proxy_result& res_;
+  const request_fields& fields_;
+  std::string stream_options_;
+  bool strip_usage_ = false;
+};
+
+}  // namespace tollgate::gateway

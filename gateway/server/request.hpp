@@ -1,0 +1,108 @@
+// One request as the handlers see it (request_context), and what it leaves behind for accounting
+// (request_result): built fresh for each request by the session, so nothing is reset by hand.
+#pragma once
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "gateway/access_log.hpp"
+#include "gateway/key_table.hpp"
+#include "gateway/limiter.hpp"
+#include "gateway/usage.hpp"
+
+namespace tollgate::gateway {
+
+class worker;
+class responder;
+struct runtime;
+
+using request = boost::beast::http::request<boost::beast::http::string_body>;
+
+/// A key's limiter admission (its concurrency slot and token estimate), settled once: by the
+/// accounting consumer with the real usage, or, on any other way out, by the destructor with
+/// the estimate.
+class limiter_hold {
+ public:
+  limiter_hold() = default;
+  limiter_hold(const limiter_hold&) = delete;
+  limiter_hold& operator=(const limiter_hold&) = delete;
+  ~limiter_hold() { settle(-1, 0); }
+  /// Holds an admission limits granted (after settling any earlier one).
+  void hold(limiter* limits, std::shared_ptr<const config::key_config> key, std::shared_ptr<key_state> state,
+            std::int64_t estimate) {
+    settle(-1, 0);
+    limits_ = limits;
+    key_ = std::move(key);
+    state_ = std::move(state);
+    estimate_ = estimate;
+  }
+  /// actual < 0 keeps the estimate.
+  void settle(std::int64_t actual, double cost) {
+    if (limits_ == nullptr) return;
+    std::exchange(limits_, nullptr)->finish(*key_, *state_, estimate_, actual, cost);
+  }
+
+ private:
+  limiter* limits_ = nullptr;
+  std::shared_ptr<const config::key_config> key_;
+  std::shared_ptr<key_state> state_;
+  std::int64_t estimate_ = 0;
+};
+
+/// What a request sent to the proxy path adds to its result.
+struct proxy_result {
+  const runtime* rt = nullptr;     ///< the snapshot it ran on (held by the session until publish)
+  std::string_view endpoint;       ///< "/chat/completions", ...: points into the request's target
+  const std::string* route = nullptr;  ///< the matched route as configured: a bounded metric label
+  std::string upstream_model;      ///< the model name sent to the backend that answered last
+  std::optional<usage> used;       ///< the last usage the upstream reported
+  bool counted = false;            ///< used was counted here, not reported upstream
+  const config::price_config* price = nullptr;  ///< prices of the target that served it
+  double first_byte = -1;          ///< seconds to the last attempt's response head; -1: none
+  std::optional<std::chrono::steady_clock::time_point> first_token_at;  ///< first stream bytes to the client
+  double upstream_seconds = -1;    ///< the answering attempt, from its start to its end
+  bool single_attempt = false;
+  limiter_hold hold;
+  std::string delivered;           ///< what reached the client, for counting the completion
+  std::string delivered_text;      ///< the text taken out of delivered when it grew too long
+  bool delivered_sse = false;
+};
+
+/// One request's result, handed once to the accounting consumers (accounting/result_consumers).
+struct request_result {
+  access_record& record;  ///< the connection's record, cleared for this request
+  std::chrono::steady_clock::time_point started;
+  std::optional<proxy_result> proxy;  ///< set when the request went to the proxy path
+};
+
+/// What a connection remembers between its requests: the key it proved last.
+struct connection_state {
+  std::shared_ptr<const key_table> known_table;  ///< the table that proved known_key
+  std::string known_key;
+  std::optional<principal> known_principal;
+  std::vector<std::size_t> order;  ///< scratch for a route's attempt plan
+};
+
+/// Everything a handler gets: the request, a way to answer, and where its result goes.
+struct request_context {
+  worker& w;
+  request& req;
+  std::string_view path;  ///< without the query and the /v1 prefix
+  const runtime& rt;
+  responder& out;
+  connection_state& conn;
+  request_result& result;
+  std::optional<principal> who;  ///< set by authenticate()
+  auth_result auth = auth_result::missing;
+};
+
+}  // namespace tollgate::gateway

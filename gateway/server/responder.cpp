@@ -1,0 +1,139 @@
+#include "gateway/server/responder.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http.hpp>
+
+#include <array>
+#include <cstdio>
+
+#include "gateway/server.hpp"
+
+namespace tollgate::gateway {
+
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+constexpr auto write_timeout = std::chrono::seconds(30);
+}  // namespace
+
+void responder::decorate(response_head_text& head) {
+  head.field("x-request-id", record_.request_id);
+  if (!record_.backend.empty()) head.field("x-tollgate-backend", record_.backend);
+  head.field("Server", "tollgate");
+}
+
+net::awaitable<bool> responder::write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive) {
+  keep_alive = keep_alive && !w_.shared().draining;
+  record_.status = status;
+  const std::size_t content_length = body.size();
+  // An answer to HEAD has the head of the answer to GET and no body (RFC 9110 9.3.2).
+  if (head_request_) body = {};
+  const std::array<net::const_buffer, 2> buffers{net::buffer(head.finish(content_length, keep_alive)), net::buffer(body)};
+  set_deadline(write_timeout);
+  auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
+  clear_deadline();
+  record_.bytes_out += n;
+  co_return !ec && keep_alive;
+}
+
+net::awaitable<bool> responder::send(http::response<http::string_body> res, bool keep_alive) {
+  response_head_text head(res.result_int());
+  for (const auto& f : res.base()) head.field(f.name_string(), f.value());
+  decorate(head);
+  co_return co_await write_whole(head, res.result_int(), res.body(), keep_alive);
+}
+
+net::awaitable<bool> responder::send_json(int status, std::string body, bool keep_alive) {
+  http::response<http::string_body> res{static_cast<http::status>(status), 11};
+  res.set(http::field::content_type, "application/json");
+  res.body() = std::move(body);
+  co_return co_await send(std::move(res), keep_alive);
+}
+
+net::awaitable<bool> responder::send_error(const api_error& err, bool keep_alive) {
+  if (record_.error.empty()) record_.error = err.code;
+  co_return co_await send_json(err.status, err.body(), keep_alive);
+}
+
+net::awaitable<bool> responder::send_buffered(buffered_response b) {
+  response_head_text head(b.status);
+  head.field("Content-Type", b.content_type);
+  for (const auto& [name, value] : b.headers) head.field(name, value);
+  decorate(head);
+  co_return co_await write_whole(head, b.status, b.body, true);
+}
+
+net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_stream_head(response_head_text& head,
+                                                                                                int status) {
+  record_.status = status;
+  set_deadline(write_timeout);
+  auto [ec, n] = co_await net::async_write(socket_, net::buffer(head.finish(std::nullopt, !w_.shared().draining)), use_tuple);
+  // Cleared after each write: the wait for the upstream's next event has timeouts of its own,
+  // and a passing deadline would cancel the client watch too.
+  clear_deadline();
+  if (!ec) record_.bytes_out += n;
+  co_return std::tuple{ec, n};
+}
+
+net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_chunk(std::string_view data) {
+  char size[20];
+  const int len = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+  const std::array<net::const_buffer, 3> buffers{net::buffer(size, static_cast<std::size_t>(len)), net::buffer(data),
+                                                 net::buffer("\r\n", 2)};
+  set_deadline(write_timeout);
+  auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
+  clear_deadline();
+  if (!ec) record_.bytes_out += n;
+  co_return std::tuple{ec, n};
+}
+
+net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_last_chunk() {
+  set_deadline(write_timeout);
+  auto [ec, n] = co_await net::async_write(socket_, net::buffer("0\r\n\r\n", 5), use_tuple);
+  clear_deadline();
+  record_.bytes_out += n;
+  co_return std::tuple{ec, n};
+}
+
+std::shared_ptr<client_watch> responder::watch(adapters::call& call, bool at_once) {
+  auto watch = std::make_shared<client_watch>();
+  watch->active = &call;
+  if (at_once) {
+    arm(watch);
+  } else {
+    entry_->on_beat = [this, w = watch.get()] { arm(w->shared_from_this()); };
+  }
+  return watch;
+}
+
+/// A peek on the client's socket completes when the client closes (0 bytes) or sends more
+/// (pipelined bytes, which stay in the socket for the next read). A peek, unlike a readiness
+/// wait, does not make Asio re-register the descriptor with epoll. Pipelined bytes end the peek;
+/// then the watch just stops.
+void responder::arm(const std::shared_ptr<client_watch>& watch) {
+  watch->armed = true;
+  socket_.async_receive(net::buffer(peek_byte_), tcp::socket::message_peek,
+                        [watch](boost::system::error_code ec, std::size_t) {
+                          if (watch->done) return;
+                          // Closed by drain or stop (aborted), or the peer closed (eof).
+                          if (ec) {
+                            watch->gone = true;
+                            watch->active->cancel();
+                          }
+                        });
+}
+
+void responder::unwatch(const std::shared_ptr<client_watch>& watch) {
+  watch->done = true;
+  entry_->on_beat = nullptr;
+  if (!watch->armed) return;
+  boost::system::error_code ignored;
+  socket_.cancel(ignored);
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,80 @@
+// The way a handler answers: whole responses, or a head and then chunks (a stream), written to the
+// connection with a deadline each, and the watch on the client while an upstream call runs. Owned
+// by the session; one per connection, used by one request at a time.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <list>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <tuple>
+
+#include "config/config.hpp"
+#include "gateway/access_log.hpp"
+#include "gateway/errors.hpp"
+#include "gateway/http_head.hpp"
+#include "gateway/proxy/attempt_runner.hpp"
+#include "gateway/worker.hpp"
+
+namespace tollgate::gateway {
+
+class responder {
+ public:
+  /// record: the access record of the request being answered (status, bytes, id, backend).
+  responder(worker& w, boost::asio::ip::tcp::socket& socket, std::list<worker::session_entry>::iterator entry,
+            access_record& record)
+      : w_(w), socket_(socket), entry_(entry), record_(record) {}
+
+  /// A new request: HEAD answers leave their bodies out.
+  void begin(bool head_request) { head_request_ = head_request; }
+
+  /// Writes a whole response. keep_alive: the client may send another request after it. Returns
+  /// whether the connection stays open (the write succeeded, keep_alive, and not draining).
+  boost::asio::awaitable<bool> send(boost::beast::http::response<boost::beast::http::string_body> res, bool keep_alive);
+  boost::asio::awaitable<bool> send_json(int status, std::string body, bool keep_alive);
+  /// An OpenAI-shaped error; its code becomes the access record's error unless one is set.
+  boost::asio::awaitable<bool> send_error(const api_error& err, bool keep_alive);
+  /// An upstream answer as it came (status, type, relayed headers, body).
+  boost::asio::awaitable<bool> send_buffered(buffered_response b);
+  boost::asio::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive);
+
+  /// A stream: the head (chunked), then chunks, then the last chunk. Each returns the error and
+  /// the bytes written (added to the access record).
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_stream_head(response_head_text& head,
+                                                                                               int status);
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_chunk(std::string_view data);
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_last_chunk();
+
+  /// x-request-id, x-tollgate-backend (once a backend is chosen), Server.
+  void decorate(response_head_text& head);
+
+  /// Watches the client while call runs, so that a client that leaves cancels it: at once for a
+  /// stream (long, and its upstream may stay silent for a while), and for a whole answer only
+  /// from the worker's next heartbeat on (within 250 ms), so that a quick answer spends no system
+  /// call on it.
+  std::shared_ptr<client_watch> watch(adapters::call& call, bool at_once);
+  void unwatch(const std::shared_ptr<client_watch>& watch);
+
+  /// The connection's deadline: the worker's heartbeat cancels its I/O once it has passed.
+  void set_deadline(config::duration d) { entry_->deadline = std::chrono::steady_clock::now() + d; }
+  void clear_deadline() { entry_->deadline = std::chrono::steady_clock::time_point::max(); }
+
+  access_record& record() { return record_; }
+
+ private:
+  void arm(const std::shared_ptr<client_watch>& watch);
+
+  worker& w_;
+  boost::asio::ip::tcp::socket& socket_;
+  std::list<worker::session_entry>::iterator entry_;
+  access_record& record_;
+  bool head_request_ = false;  // the request being answered is a HEAD: no body goes out
+  char peek_byte_[1];
+};
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,205 @@
+#include "gateway/server/session.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <iostream>
+#include <optional>
+
+#include "gateway/accounting/result_consumers.hpp"
+#include "gateway/handlers/handlers.hpp"
+#include "gateway/http_head.hpp"
+#include "gateway/runtime.hpp"
+#include "gateway/server.hpp"
+#include "gateway/server/request.hpp"
+#include "gateway/server/responder.hpp"
+#include "gateway/worker.hpp"
+
+namespace tollgate::gateway {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
+// After a 413: how long and how much of the rest of the body is read and dropped before closing.
+constexpr auto drain_timeout = std::chrono::seconds(5);
+constexpr std::size_t max_drain_bytes = 16 * 1024 * 1024;
+
+/// A request id from the client is kept when it is short and plain; otherwise we make one.
+bool usable_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':')) return false;
+  }
+  return true;
+}
+
+/// The endpoint a target names: without the query, and without /v1 (clients configured with or
+/// without the /v1 suffix in base_url both land on the same handler).
+std::string_view endpoint_of(std::string_view target) {
+  if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+  if (target.starts_with("/v1/")) target.remove_prefix(3);
+  return target;
+}
+
+bool single_final_chunked(const http::request_header<>& h) {
+  transfer_codings codings;
+  const auto [first, last] = h.equal_range(http::field::transfer_encoding);
+  for (auto it = first; it != last; ++it) codings.add(it->value());
+  return codings.acceptable();
+}
+
+class session {
+ public:
+  session(worker& w, tcp::socket socket)
+      : w_(w), socket_(std::move(socket)), entry_(w_.add_session(&socket_)), out_(w_, socket_, entry_, record_) {
+    ++w_.shared().open_sessions;
+  }
+  ~session() {
+    w_.remove_session(entry_);
+    --w_.shared().open_sessions;
+  }
+
+  net::awaitable<void> run() {
+    for (;;) {
+      if (w_.shared().draining) break;
+      const auto rt = w_.shared().current.load();
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(64 * 1024);
+      parser.body_limit(rt->cfg.server.max_body_bytes);
+      out_.set_deadline(rt->cfg.server.idle_timeout);
+      entry_->idle = true;
+      // The head first: its framing is checked, and a client waiting on Expect: 100-continue is
+      // told to send the body, before the body is read.
+      auto [ec, n] = co_await http::async_read_header(socket_, buffer_, parser, use_tuple);
+      entry_->idle = false;
+      if (!ec && !single_final_chunked(parser.get())) {
+        // RFC 9112 6.3: a body framed by anything but one final chunked cannot be delimited
+        // safely (request smuggling); refused and the connection closed.
+        out_.clear_deadline();
+        co_await refuse(parser.get(), bad_request("unsupported Transfer-Encoding: only a single chunked is accepted"));
+        co_await drain_and_close();
+        co_return;
+      }
+      if (!ec && !parser.is_done()) {
+        if (auto e = parser.get().find(http::field::expect);
+            e != parser.get().end() && beast::iequals(e->value(), "100-continue") && parser.get().version() >= 11) {
+          auto [cec, cn] = co_await net::async_write(socket_, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25), use_tuple);
+          ec = cec;
+        }
+        if (!ec) std::tie(ec, n) = co_await http::async_read(socket_, buffer_, parser, use_tuple);
+      }
+      out_.clear_deadline();
+      if (ec == http::error::body_limit) {
+        co_await refuse(parser.get(), payload_too_large(rt->cfg.server.max_body_bytes));
+        co_await drain_and_close();
+        co_return;
+      }
+      if (ec && ec.category() == http::make_error_code(http::error::bad_target).category() &&
+          ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        co_await refuse(parser.get(), bad_request("malformed HTTP request: " + ec.message()));
+        break;
+      }
+      if (ec) break;  // closed, timed out, cut off, or cancelled by drain
+      request req = parser.release();
+      request_result result = begin(req);
+      record_.bytes_in = req.body().size();
+      request_context ctx{w_, req, endpoint_of(req.target()), *rt, out_, conn_, result};
+      bool keep = false;
+      std::optional<std::string> failure;
+      try {
+        keep = co_await handle_request(ctx);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      if (failure) {
+        // A bug or exhaustion must not leave the client waiting or the request counted forever:
+        // answer 500 when nothing was sent yet, then close the connection.
+        std::cerr << "tollgate: request " << record_.request_id << " failed: " << *failure << std::endl;
+        if (record_.status == 0) co_await out_.send_error(internal_error("The gateway failed to handle this request."), false);
+        keep = false;
+      }
+      finish(result, req.body());
+      if (!keep || !req.keep_alive()) break;
+    }
+    beast::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+  }
+
+ private:
+  /// Answers a request that is not read (or not whole) with err, and closes the connection.
+  template <class Req>
+  net::awaitable<void> refuse(const Req& head, api_error err) {
+    request_result result = begin(head);
+    co_await out_.send_error(err, false);
+    finish(result);
+  }
+
+  /// Reads what a refused client still sends (up to a bound) after our answer and a shutdown of
+  /// our side, then closes: closing with unread bytes would reset the connection, and a client
+  /// still writing its body would see the reset instead of the answer.
+  net::awaitable<void> drain_and_close() {
+    beast::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) co_return;
+    buffer_.clear();
+    out_.set_deadline(drain_timeout);
+    std::size_t drained = 0;
+    while (drained < max_drain_bytes) {
+      auto [rec, rn] = co_await socket_.async_read_some(buffer_.prepare(64 * 1024), use_tuple);
+      if (rec) break;  // the client closed (or the deadline passed)
+      drained += rn;
+    }
+    out_.clear_deadline();
+  }
+
+  /// A new request: a fresh result over the connection's record (cleared, its strings' storage
+  /// kept), counted in flight until finish().
+  template <class Req>
+  request_result begin(const Req& req) {
+    const auto started = clock::now();
+    out_.begin(req.method() == http::verb::head);
+    record_.clear();
+    record_.method.assign(req.method_string());
+    record_.path.assign(req.target());
+    if (auto it = req.find("x-request-id"); it != req.end() && usable_request_id(it->value())) {
+      record_.request_id.assign(it->value());
+    } else {
+      w_.new_request_id(record_.request_id);
+    }
+    ++w_.shared().in_flight;
+    return request_result{record_, started, std::nullopt};
+  }
+
+  /// body: the request's body, when there was one (to count its prompt).
+  void finish(request_result& result, std::string_view body = {}) {
+    publish(result, w_, body);
+    // Last: shutdown waits for this count, and by then the request's records are handed over.
+    --w_.shared().in_flight;
+  }
+
+  worker& w_;
+  tcp::socket socket_;
+  beast::flat_buffer buffer_;
+  std::list<worker::session_entry>::iterator entry_;
+  access_record record_;  // the current request's; its strings' storage serves the next one
+  responder out_;
+  connection_state conn_;
+};
+
+}  // namespace
+
+net::awaitable<void> run_session(worker& w, tcp::socket socket) {
+  session s(w, std::move(socket));
+  co_await s.run();
+}
+
+}  // namespace tollgate::gateway

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind (exact and repeatable, unlike
+# timings on a shared machine). tollgate runs under callgrind with instrumentation off; a client sends
+# WARMUP requests, instrumentation is switched on for REQUESTS more on one keep-alive connection, then off.
+#
+# Usage: tests/perf/callgrind.sh [BUILD_DIR...]   (env: REQUESTS=2000 WARMUP=200 PROMPT_KB=0)
+# With several build dirs each is measured in turn against the same upstream, one line each.
+set -euo pipefail
+requests=${REQUESTS:-2000}
+warmup=${WARMUP:-200}
+prompt_kb=${PROMPT_KB:-0}
+source "$(dirname "$0")/../support/procs.sh"
+command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh installs it)"; exit 1; }
+
+free_port() {
+  while :; do
+    p=$(shuf -i 20000-60000 -n 1)
+    (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+up_port=$(free_port)
+answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
+mkdir -p "$work/up"
+cat >"$work/up/nginx.conf" <<NGX
+worker_processes 1;
+error_log $work/up/error.log crit;
+pid $work/up/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$up_port;
+    location / { default_type application/json; return 200 '$answer'; }
+  }
+}
+NGX
+nginx -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+[ $# -eq 0 ] && set -- build
+for dir in "$@"; do
+  build=$(cd "$dir" && pwd)
+  cat >"$work/tollgate.yaml" <<YAML
+server:
+  listen: 127.0.0.1:0
+  threads: 1
+  access_log: off
+keys:
+  - name: bench
+    key: tg-bench
+backends:
+  - name: local
+    kind: openai
+    base_url: http://127.0.0.1:$up_port/v1
+    api_key: sk-upstream
+routes:
+  - model: bench-model
+    targets:
+      - backend: local
+        model: m
+YAML
+  rm -f "$work"/callgrind.out.*
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out.%p" \
+    "$build/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
+  vg=$!
+  url=$(wait_listening "$work/tollgate.log" || { sleep 20; wait_listening "$work/tollgate.log"; })
+  python3 - "$url" "$warmup" "$requests" "$prompt_kb" "$vg" <<'PY'
+import http.client, subprocess, sys, urllib.parse
+url, warmup, n, kb, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+u = urllib.parse.urlparse(url)
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+pad = "lorem ipsum dolor sit amet " * (kb * 1024 // 27)
+body = ('{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?%s"}],"max_tokens":16}' % pad).encode()
+headers = {"Content-Type": "application/json", "Authorization": "Bearer tg-bench"}
+def send(k):
+    for _ in range(k):
+        conn.request("POST", "/v1/chat/completions", body, headers)
+        r = conn.getresponse(); r.read()
+        assert r.status == 200, r.status
+send(warmup)
+subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+send(n)
+subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+PY
+  kill -INT "$vg"; wait "$vg" 2>/dev/null || true
+  total=$(awk '/Collected :/ {print $NF}' "$work/tollgate.log" | tail -1)
+  printf '%s: %d instructions a request (%s requests, prompt %s KB)\n' "$dir" "$((total / requests))" "$requests" "$prompt_kb"
+done
