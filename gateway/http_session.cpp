@@ -365,6 +365,10 @@ class session {
       }
       for (const auto& d : rt->cfg.disabled_backends) backends[d.name] = "disabled";
       nlohmann::json body = {{"status", any ? "ready" : "no healthy backend"}, {"backends", std::move(backends)}};
+      if (auto shared = rt->limits->shared()) {
+        body["limits"] = {{"redis", shared->up ? "up" : "down"}, {"on_redis_down", shared->on_down},
+                          {"replicas", shared->replicas}};
+      }
       co_return co_await send_json(any ? 200 : 503, body.dump(), true);
     }
     if (req.target().starts_with("/admin/")) {
@@ -650,10 +654,13 @@ class session {
     const std::int64_t estimate = estimate_tokens(req.body().size(), fields.max_tokens);
     const admission adm = rt.limits->admit(*principal_->key, *principal_->state, estimate, clock::now());
     if (!adm.admitted) {
-      const api_error err{429, adm.code == "insufficient_quota" ? "insufficient_quota" : "rate_limit_error", adm.code,
-                        adm.message, {}};
+      const api_error err{adm.status,
+                          adm.status == 503                    ? "service_unavailable"
+                          : adm.code == "insufficient_quota" ? "insufficient_quota"
+                                                               : "rate_limit_error",
+                          adm.code, adm.message, {}};
       record_.error = err.code;
-      http::response<http::string_body> res{http::status::too_many_requests, 11};
+      http::response<http::string_body> res{static_cast<http::status>(adm.status), 11};
       res.set(http::field::content_type, "application/json");
       res.set(http::field::retry_after, std::to_string(adm.retry_after.count()));
       res.body() = err.body();
