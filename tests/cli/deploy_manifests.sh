@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Kubernetes manifests build with kustomize (kubectl kustomize, offline), carry the probes
-# the gateway answers, and the config in their ConfigMap passes `tollgate check-config`.
+# the gateway answers, and the config in their ConfigMap passes `tollgate check-config`; the
+# systemd unit passes `systemd-analyze verify` (with the built binary in ExecStart).
 set -euo pipefail
 build=$(cd "${1:?usage: deploy_manifests.sh BUILD_DIR}" && pwd)
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,6 +26,11 @@ cm = next(d for d in docs if d["kind"] == "ConfigMap")
 open(sys.argv[2], "w").write(cm["data"]["tollgate.yaml"])
 print("manifests:", ", ".join(kinds))
 PY
-TOLLGATE_ADMIN_KEY=x TOLLGATE_POSTGRES_URL=postgresql://u@db:5432/t TOLLGATE_REDIS_URL=redis://cache:6379 \
+TOLLGATE_ADMIN_KEY=an-admin-key-of-some-length TOLLGATE_POSTGRES_URL=postgresql://u@db:5432/t TOLLGATE_REDIS_URL=redis://cache:6379 \
   DEEPSEEK_API_KEY=x "$build/tollgate" check-config "$work/tollgate.yaml" || fail "the ConfigMap's config does not load"
+if command -v systemd-analyze >/dev/null; then
+  sed "s|/usr/local/bin/tollgate|$build/tollgate|" "$root/deploy/systemd/tollgate.service" >"$work/tollgate.service"
+  SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$work/tollgate.service" || fail "systemd-analyze rejects the unit"
+  echo "systemd unit: verified"
+fi
 echo "deploy_manifests: 1 passed, 0 failed"

@@ -57,14 +57,16 @@ chat_model() {  # URL MODEL -> HTTP status
 }
 metric() { curl -s "$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 
-# rpm 60 over three replicas, as fast as three clients go for about 10 s: the bucket starts
-# full (60) and refills one a second, so about 70 are admitted in total, not three times that.
+# rpm 60 over three replicas, as fast as three clients go for R60_SECONDS (10 by default): the
+# bucket starts full (60) and refills one a second, so about 70 are admitted in 10 s in total,
+# not three times that.
+r60_seconds=${R60_SECONDS:-10}
 start=$(date +%s%N)
 clients=()
 for n in 0 1 2; do
   (
     i=0
-    while [ $(( ($(date +%s%N) - start) / 1000000 )) -lt 10000 ]; do
+    while [ $(( ($(date +%s%N) - start) / 1000000 )) -lt $((r60_seconds * 1000)) ]; do
       chat "${url[${replicas[$(( (n + i) % 3 ))]}]}" tg-r60
       echo
       i=$((i + 1))
