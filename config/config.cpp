@@ -142,6 +142,10 @@ class loader {
           }
         }
       }
+      if (!c.postgres_url.empty() && c.ledger_flush_interval.count() == 0) {
+        add(n["flush_interval"], "store.flush_interval",
+            "sync is for store.sqlite; with store.postgres the ledger is written in batches (e.g. 100ms)");
+      }
       if (auto p = n["spool"]) {
         if (auto dir = string(p, "store.spool")) {
           if (dir->empty()) add(p, "store.spool", "a folder path is required");

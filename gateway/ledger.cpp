@@ -318,6 +318,11 @@ void usage_ledger::flush() {
 void usage_ledger::flush_to_spool(std::vector<ledger_record> batch) {
   // What waits on disk goes first; while it cannot be written, new records join it there.
   if (spool_->size() > 0) {
+    // An empty write is a cheap probe: the spool is read only once the database answers.
+    if (!sink_->write({})) {
+      if (!batch.empty() && !spool_->append(batch)) unwritten_ = std::move(batch);
+      return;
+    }
     auto spooled = spool_->read();
     if (!spooled.empty() && !sink_->write(spooled)) {
       if (!batch.empty() && !spool_->append(batch)) unwritten_ = std::move(batch);

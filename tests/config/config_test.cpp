@@ -773,6 +773,8 @@ TEST_CASE("shared state: store.postgres, store.spool and limits", "[config]") {
   CHECK(find(bad, "limits.on_redis_down").message == "expected local or reject");
   CHECK(find(bad, "limits.replicas").line == 4);
   CHECK(find(bad, "limits.shards").message == "unknown key 'shards'");
+  auto sync = load("store: {postgres: \"postgresql://db/x\", flush_interval: sync}\n" + minimal);
+  CHECK(find(sync, "store.flush_interval").line == 1);
   auto orphan = load("limits: {on_redis_down: reject}\n" + minimal);
   CHECK(find(orphan, "limits").message == "on_redis_down and replicas need limits.redis");
 }

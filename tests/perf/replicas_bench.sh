@@ -43,7 +43,7 @@ limits: {redis: \"$redis_url\"}"; fi
 $state
 server: {listen: 127.0.0.1:0, threads: 1, access_log: "off"}
 keys:
-  - {name: limited, key: tg-limited, rpm: 1000000000, tpm: 2000000000}
+  - {name: limited, key: tg-limited, rpm: 100000000, tpm: 1000000000}
   - {name: slots, key: tg-slots, max_concurrency: 10000}
 backends: [{name: local, kind: openai, base_url: "http://127.0.0.1:$up_port/v1"}]
 routes: [{model: m, targets: [{backend: local, price: {input: 1, output: 1}}]}]
