@@ -110,7 +110,7 @@ class loader {
       result.problems = std::move(problems_);
       return result;
     }
-    known_keys(root, "", {"server", "currency", "store", "metering", "keys", "backends", "routes"});
+    known_keys(root, "", {"server", "currency", "store", "limits", "metering", "keys", "backends", "routes"});
     if (auto n = root["metering"]; n && !n.IsNull() && expect_map(n, "metering")) {
       known_keys(n, "metering", {"tokenizer"});
       if (auto p = n["tokenizer"]) {
@@ -118,7 +118,7 @@ class loader {
       }
     }
     if (auto n = root["store"]; n && !n.IsNull() && expect_map(n, "store")) {
-      known_keys(n, "store", {"sqlite", "flush_interval"});
+      known_keys(n, "store", {"sqlite", "postgres", "spool", "flush_interval"});
       if (auto f = n["flush_interval"]) {
         if (auto text = string(f, "store.flush_interval")) {
           if (*text == "sync") c.ledger_flush_interval = duration(0);
@@ -130,6 +130,48 @@ class loader {
           if (path->empty()) add(p, "store.sqlite", "a database file path is required");
           else c.sqlite_path = *path;
         }
+      }
+      if (auto p = n["postgres"]) {
+        if (auto url = string(p, "store.postgres")) {
+          if (url->rfind("postgresql://", 0) != 0 && url->rfind("postgres://", 0) != 0) {
+            add(p, "store.postgres", "expected a URL like postgresql://user@host:5432/tollgate");
+          } else if (!c.sqlite_path.empty()) {
+            add(p, "store.postgres", "set either store.sqlite or store.postgres, not both");
+          } else {
+            c.postgres_url = *url;
+          }
+        }
+      }
+      if (!c.postgres_url.empty() && c.ledger_flush_interval.count() == 0) {
+        add(n["flush_interval"], "store.flush_interval",
+            "sync is for store.sqlite; with store.postgres the ledger is written in batches (e.g. 100ms)");
+      }
+      if (auto p = n["spool"]) {
+        if (auto dir = string(p, "store.spool")) {
+          if (dir->empty()) add(p, "store.spool", "a folder path is required");
+          else c.spool_dir = *dir;
+        }
+      }
+    }
+    if (auto n = root["limits"]; n && !n.IsNull() && expect_map(n, "limits")) {
+      known_keys(n, "limits", {"redis", "on_redis_down", "replicas"});
+      if (auto p = n["redis"]) {
+        if (auto url = string(p, "limits.redis")) {
+          if (url->rfind("redis://", 0) != 0) add(p, "limits.redis", "expected a URL like redis://127.0.0.1:6379");
+          else c.limits.redis_url = *url;
+        }
+      }
+      if (auto p = n["on_redis_down"]) {
+        if (auto mode = string(p, "limits.on_redis_down")) {
+          if (*mode != "local" && *mode != "reject") add(p, "limits.on_redis_down", "expected local or reject");
+          else c.limits.on_redis_down = *mode;
+        }
+      }
+      if (auto p = n["replicas"]) {
+        if (auto r = integer(p, "limits.replicas", 0, 10000)) c.limits.replicas = static_cast<unsigned>(*r);
+      }
+      if (c.limits.redis_url.empty() && (n["on_redis_down"] || n["replicas"])) {
+        add(n, "limits", "on_redis_down and replicas need limits.redis");
       }
     }
     if (auto n = root["currency"]) {

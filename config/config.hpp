@@ -143,10 +143,27 @@ struct disabled_backend {
   std::string reason;  ///< e.g. "environment variable QINIU_API_KEY is not set"
 };
 
+/// limits: where per-key limits and budgets are counted. redis_url empty: in this process only.
+struct limits_config {
+  std::string redis_url;  ///< limits.redis: redis://host:port[/db]
+  /// limits.on_redis_down: "local" (each replica enforces its share of every limit alone) or
+  /// "reject" (requests of limited keys are answered 503 until Redis is back).
+  std::string on_redis_down = "local";
+  /// limits.replicas: how many replicas share the limits, for the local share; 0: the number of
+  /// replicas last seen in Redis.
+  unsigned replicas = 0;
+};
+
 struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)
   std::string currency = "CNY";  ///< of every price, and of the cost metrics
   std::string sqlite_path;       ///< store.sqlite: keys and the usage ledger; empty: no store
+  /// store.postgres: a libpq connection URL (postgresql://...) for keys and the ledger shared by
+  /// several replicas; set instead of sqlite_path.
+  std::string postgres_url;
+  /// store.spool: a local folder where ledger records wait while PostgreSQL is unreachable.
+  std::string spool_dir = "tollgate-spool";
+  limits_config limits;
   /// store.flush_interval: how often the ledger's writer commits what workers appended; 0 ("sync"):
   /// each record is committed by its worker as its request ends.
   duration ledger_flush_interval{std::chrono::milliseconds(200)};

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Tollgate needs, from Debian packages, in four cumulative levels:
-#   deploy/setup.sh --runtime   the shared libraries a built tollgate runs with, and curl
+#   deploy/setup.sh --runtime   the shared libraries a built tollgate runs with (libpq and hiredis
+#                               for PostgreSQL and Redis), and curl
 #   deploy/setup.sh [--build]   the default, what deploy/demo.sh needs: the runtime, the compiler
 #                               and the libraries' headers
 #   deploy/setup.sh --test      the build, and what `ctest` needs: Catch2, the sqlite3 shell,
 #                               Node.js and npm (the openai SDK, the reference tokenizer),
 #                               Prometheus (a real scrape of /metrics), Chromium (renders the
-#                               `tollgate bench` HTML report headless)
+#                               `tollgate bench` HTML report headless), PostgreSQL and
+#                               redis-server (replicas sharing state)
 #   deploy/setup.sh --bench     the tests, and what tests/perf/bench.sh compares against: wrk,
 #                               nginx, bc
 # Supported: Debian 12 (bookworm), the system the project is built and tested on. Elsewhere the
@@ -14,7 +16,7 @@
 # Runs as root, or with sudo.
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 level=build
 for arg in "$@"; do
@@ -28,11 +30,11 @@ for arg in "$@"; do
   esac
 done
 
-runtime_packages=(ca-certificates curl libcurl4 libssl3 libyaml-cpp0.7 libsqlite3-0 libpcre2-8-0)
+runtime_packages=(ca-certificates curl libcurl4 libssl3 libyaml-cpp0.7 libsqlite3-0 libpcre2-8-0 libpq5 libhiredis0.14)
 # Boost 1.81 is the oldest the build accepts; bookworm's default libboost-dev is 1.74.
 build_packages=(build-essential cmake ninja-build ccache pkg-config git
-  libboost1.81-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libyaml-cpp-dev libsqlite3-dev libpcre2-dev)
-test_packages=(catch2 sqlite3 prometheus chromium)
+  libboost1.81-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libyaml-cpp-dev libsqlite3-dev libpcre2-dev libpq-dev libhiredis-dev)
+test_packages=(catch2 sqlite3 prometheus chromium postgresql redis-server)
 bench_packages=(wrk nginx-light bc)
 
 packages=("${runtime_packages[@]}")

@@ -11,6 +11,7 @@
 #include "config/config.hpp"
 #include "gateway/key_admin.hpp"
 #include "gateway/money.hpp"
+#include "gateway/pg_store.hpp"
 #include "gateway/store.hpp"
 
 namespace tollgate::gateway {
@@ -84,11 +85,12 @@ std::unique_ptr<store> open_store(const parsed_args& p, config::config& cfg) {
     return nullptr;
   }
   cfg = std::move(*loaded.value);
-  if (cfg.sqlite_path.empty()) {
+  if (cfg.sqlite_path.empty() && cfg.postgres_url.empty()) {
     std::cerr << "tollgate keys: " << it->second << " has no store; add `store: {sqlite: ./tollgate.db}`\n";
     return nullptr;
   }
   try {
+    if (!cfg.postgres_url.empty()) return open_postgres_store(cfg.postgres_url);
     return open_sqlite_store(cfg.sqlite_path);
   } catch (const std::exception& e) {
     std::cerr << "tollgate keys: " << e.what() << "\n";

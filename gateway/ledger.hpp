@@ -1,8 +1,11 @@
-// The usage ledger: one record per proxied request, in SQLite (WAL). Workers append to their own
-// shard; a writer thread of its own inserts them in batches, one transaction each, so no request
-// waits on the disk. Everything appended before shutdown is written.
+// The usage ledger: one record per proxied request, in SQLite (WAL) or PostgreSQL. Workers append
+// to their own shard; a writer thread of its own inserts them in batches, one transaction each,
+// so no request waits on the disk or the network. Everything appended before shutdown is written.
+// With a spool folder (PostgreSQL), a batch the database refuses goes to a file on local disk and
+// is written, ahead of newer records, once the database answers again.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -12,11 +15,10 @@
 #include <thread>
 #include <vector>
 
-struct sqlite3;
-
 namespace tollgate::gateway {
 
 struct ledger_record {
+  std::string record_id;   ///< unique per record (set by append when empty): replays stay idempotent
   std::string request_id;
   std::int64_t unix_ms = 0;
   std::string key;             ///< key name
@@ -35,11 +37,23 @@ struct ledger_record {
   double first_token_ms = -1;   ///< first stream bytes to the client; -1: not a stream
 };
 
-/// The ledger's table and indexes (idempotent SQL), for anything that opens the same database.
-const char* ledger_schema_sql();
+/// Where batches of records go: one database. Called from one thread at a time.
+class ledger_sink {
+ public:
+  virtual ~ledger_sink() = default;
+  /// Inserts the batch in one transaction; false (nothing written) when the database refused it.
+  /// A batch written twice (a commit whose answer was lost) must be kept once.
+  virtual bool write(const std::vector<ledger_record>& batch) = 0;
+};
+
+class ledger_spool;
 
 class usage_ledger {
  public:
+  /// sink: the database. spool_dir: where refused batches wait on local disk (created when
+  /// missing); empty: in memory, bounded. Throws std::runtime_error when the folder is unusable.
+  usage_ledger(std::unique_ptr<ledger_sink> sink, std::size_t shards, std::chrono::milliseconds flush_interval,
+               const std::string& spool_dir);
   /// Opens (creating) the database and its table. Throws std::runtime_error when it cannot.
   /// busy_timeout: how long a write waits for another process's lock before it is put off.
   /// flush_interval: how often the writer thread commits; 0: append() commits each record itself
@@ -58,7 +72,7 @@ class usage_ledger {
   /// Writes everything appended so far; returns when it is on disk, or, when the database refuses
   /// the write (locked past the timeout, full), keeps it for the next flush.
   void flush();
-  /// Records put off by a refused write.
+  /// Records put off by a refused write (in memory or in the spool).
   std::size_t unwritten() const;
 
  private:
@@ -67,11 +81,13 @@ class usage_ledger {
     std::vector<ledger_record> records;
   };
   void run();
-  /// Inserts the batch in one transaction. false (rolled back) when the database refused it.
-  bool write(const std::vector<ledger_record>& batch);
+  void flush_to_spool(std::vector<ledger_record> batch);
   std::vector<ledger_record> unwritten_;  // a batch the database refused, tried again first
 
-  sqlite3* db_ = nullptr;
+  std::string id_prefix_;  // random per process: record ids stay unique across replicas
+  std::atomic<std::uint64_t> next_id_{0};
+  std::unique_ptr<ledger_sink> sink_;
+  std::unique_ptr<ledger_spool> spool_;
   std::vector<std::unique_ptr<shard_buffer>> shards_;
   mutable std::mutex write_mutex_;  // one writer at a time: the thread or a flush()
   std::mutex wake_mutex_;

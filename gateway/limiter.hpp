@@ -34,6 +34,13 @@ class key_state {
   // seeded yet (the server seeds it from the ledger; a fresh period starts at zero).
   double spent = 0;
   std::int64_t period_start_ms = 0, period_end_ms = 0;
+  // Shared limits (limits.redis), under mutex: what this replica holds of the key's buckets in
+  // Redis, taken ahead so most requests are admitted without a round trip; given back when idle.
+  double lease_requests = 0, lease_tokens = 0;
+  steady_time lease_used{};
+  std::int64_t redis_slots = 0;        ///< concurrency slots this replica holds in Redis
+  std::int64_t fallback_in_flight = 0; ///< admitted by the local share while Redis was down
+  bool redis_tracked = false;          ///< known to the Redis link's background thread
 };
 
 struct admission {
@@ -41,13 +48,14 @@ struct admission {
   std::string code;     ///< "rate_limit_exceeded" or "insufficient_quota" when refused
   std::string message;  ///< which limit, for the client
   std::chrono::seconds retry_after{0};
+  int status = 429;  ///< of a refusal: 429, or 503 when shared limits cannot be checked
 };
 
 /// One key_state per key name.
 using key_state_registry = routing::named_registry<key_state>;
 
-/// The interface the request path uses; the in-process one below is the only implementation
-/// today (a shared one, over Redis, is for running several replicas).
+/// The interface the request path uses: in this process (memory_limiter), or shared by several
+/// replicas through Redis (redis_limiter.hpp).
 class limiter {
  public:
   virtual ~limiter() = default;
@@ -59,6 +67,16 @@ class limiter {
   /// cost: what the request cost, charged to the key's budget.
   virtual void finish(const config::key_config& key, key_state& st, std::int64_t estimated, std::int64_t actual,
                       double cost) = 0;
+  /// Where limits are shared across replicas, and whether that store answers; nullopt when the
+  /// limits are this process's alone.
+  struct shared_status {
+    bool up = false;
+    std::string on_down;  ///< "local" or "reject"
+    std::int64_t replicas = 0;  ///< replicas seen sharing the limits
+  };
+  virtual std::optional<shared_status> shared() const { return std::nullopt; }
+  /// Appends this limiter's metrics (Prometheus text) to out.
+  virtual void append_metrics(std::string& /*out*/) const {}
 };
 
 class memory_limiter final : public limiter {

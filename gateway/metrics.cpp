@@ -306,6 +306,7 @@ std::string gateway_metrics::render(const runtime& rt, const key_table* keys, st
     header(out, "tollgate_key_budget_remaining", "gauge", "What a key may still spend this period; <= 0 refuses it.");
     out += left;
   }
+  rt.limits->append_metrics(out);
   return out;
 }
 

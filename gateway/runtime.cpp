@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "gateway/redis_limiter.hpp"
 #include "local_engine/tokenizer.hpp"
 
 namespace tollgate::gateway {
@@ -48,6 +49,18 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
       routes(cfg, lasting.health, workers),
       lasting(&lasting),
       limits(std::make_unique<memory_limiter>()) {
+  if (!cfg.limits.redis_url.empty()) {
+    std::lock_guard lock(lasting.redis_mutex);
+    if (!lasting.redis || lasting.redis_url != cfg.limits.redis_url) {
+      lasting.redis = make_redis_link(cfg.limits.redis_url, [&health = lasting.health](
+                                                                  const std::string& backend,
+                                                                  std::chrono::milliseconds cooldown) {
+        health.get(backend)->eject_for(std::chrono::steady_clock::now(), cooldown);
+      });
+      lasting.redis_url = cfg.limits.redis_url;
+    }
+    limits = std::make_unique<redis_limiter>(lasting.redis, cfg.limits);
+  }
   if (const std::string path = tokenizer_path_for(cfg); !path.empty()) {
     std::lock_guard lock(lasting.tokenizer_mutex);
     if (lasting.tokenizer_path != path || !lasting.tokenizer) {
@@ -76,6 +89,22 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
       backends.push_back(std::make_unique<adapters::openai_backend>(b));
     }
     backend_health.push_back(health.get(b.name));
+  }
+  // With Redis, an ejection decided here is published, and the others' heard (redis_limiter.hpp).
+  std::shared_ptr<redis_link> link;
+  {
+    std::lock_guard lock(lasting.redis_mutex);
+    if (!cfg.limits.redis_url.empty()) link = lasting.redis;
+  }
+  for (std::size_t i = 0; i < cfg.backends.size(); ++i) {
+    if (!link) {
+      backend_health[i]->set_on_eject(nullptr);
+      continue;
+    }
+    std::weak_ptr<redis_link> weak = link;
+    backend_health[i]->set_on_eject([weak, name = cfg.backends[i].name](std::chrono::milliseconds cooldown) {
+      if (auto l = weak.lock()) announce_ejection(*l, name, cooldown);
+    });
   }
 }
 

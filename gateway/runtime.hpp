@@ -26,6 +26,8 @@ class tokenizer;
 
 namespace tollgate::gateway {
 
+class redis_link;
+
 /// State that outlives any one config: backend health and key counters, by name, and the
 /// metering tokenizer (loaded again only when its path changes).
 struct lasting_state {
@@ -38,6 +40,11 @@ struct lasting_state {
   /// Loaded local-engine models by checkpoint, device and engine settings: a reload keeps the weights.
   std::mutex engines_mutex;
   std::map<std::string, std::shared_ptr<const adapters::engine_port>> engines;
+  /// The connection to Redis for shared limits (limits.redis), kept while its URL stays; declared
+  /// after keys, whose counters it points into, so it goes first.
+  std::mutex redis_mutex;
+  std::string redis_url;
+  std::shared_ptr<redis_link> redis;
 };
 
 struct runtime {

@@ -15,6 +15,7 @@
 #include "gateway/worker.hpp"
 
 #include "gateway/key_table.hpp"
+#include "gateway/pg_store.hpp"
 #include "gateway/store.hpp"
 
 namespace tollgate::gateway {
@@ -31,6 +32,11 @@ server::server(std::shared_ptr<const runtime> rt) {
     shared_.keys_store = open_sqlite_store(rt->cfg.sqlite_path);
     shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads, std::chrono::seconds(5),
                                                     rt->cfg.ledger_flush_interval);
+  } else if (!rt->cfg.postgres_url.empty()) {
+    // Keys must be readable to start; the ledger rides out outages on its local spool.
+    shared_.keys_store = open_postgres_store(rt->cfg.postgres_url);
+    shared_.ledger = std::make_unique<usage_ledger>(open_postgres_ledger_sink(rt->cfg.postgres_url), threads,
+                                                    rt->cfg.ledger_flush_interval, rt->cfg.spool_dir);
   }
   shared_.current.store(rt);
   shared_.refresh_keys();

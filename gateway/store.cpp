@@ -7,30 +7,12 @@
 #include <mutex>
 
 #include "gateway/ledger.hpp"
+#include "gateway/migrations.hpp"
 
 namespace tollgate::gateway {
 
 namespace {
 
-constexpr const char* keys_schema = R"sql(
-CREATE TABLE IF NOT EXISTS api_keys (
-  name TEXT NOT NULL,
-  digest TEXT NOT NULL UNIQUE,
-  prefix TEXT NOT NULL,
-  models TEXT NOT NULL,
-  rpm INTEGER NOT NULL,
-  tpm INTEGER NOT NULL,
-  max_concurrency INTEGER NOT NULL,
-  budget REAL NOT NULL,
-  budget_period TEXT NOT NULL,
-  expires_unix INTEGER NOT NULL,
-  created_unix INTEGER NOT NULL,
-  revoked_unix INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name) WHERE revoked_unix = 0;
-CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keys_version', 0);
-)sql";
 
 std::string join(const std::vector<std::string>& parts) {
   std::string out;
@@ -104,8 +86,12 @@ class sqlite_store final : public store {
       throw store_error("cannot open " + path + ": " + why);
     }
     sqlite3_busy_timeout(db_, 5000);
-    exec(ledger_schema_sql(), path);
-    exec(keys_schema, path);
+    try {
+      migrate_sqlite(db_, path);
+    } catch (...) {
+      sqlite3_close(db_);
+      throw;
+    }
   }
   ~sqlite_store() override { sqlite3_close(db_); }
 

@@ -50,6 +50,23 @@ void target_health::record_failure(steady_clock::time_point now, const config::e
   if (!ejected_until_.compare_exchange_strong(until, ticks(now + cooldown), std::memory_order_acq_rel)) return;
   ejections_.fetch_add(1, std::memory_order_relaxed);
   trial_.store(false, std::memory_order_release);
+  if (auto tell = on_eject_.load(std::memory_order_acquire)) {
+    (*tell)(std::chrono::duration_cast<std::chrono::milliseconds>(cooldown));
+  }
+}
+
+void target_health::set_on_eject(std::function<void(std::chrono::milliseconds)> on_eject) {
+  on_eject_.store(on_eject ? std::make_shared<const std::function<void(std::chrono::milliseconds)>>(std::move(on_eject))
+                           : nullptr,
+                  std::memory_order_release);
+}
+
+void target_health::eject_for(steady_clock::time_point now, std::chrono::milliseconds cooldown) {
+  const auto wanted = ticks(now + cooldown);
+  auto until = ejected_until_.load(std::memory_order_acquire);
+  while (until < wanted && !ejected_until_.compare_exchange_weak(until, wanted, std::memory_order_acq_rel)) {
+  }
+  trial_.store(false, std::memory_order_release);
 }
 
 void target_health::record_first_byte(std::chrono::microseconds latency) {

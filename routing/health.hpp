@@ -59,7 +59,15 @@ class target_health {
   bool probed_down() const { return probed_down_.load(std::memory_order_acquire); }
   int ejections() const { return ejections_.load(std::memory_order_relaxed); }
 
+  /// Told of each ejection this process decides, with its cooldown (so a replica can tell the
+  /// others); not of ejections heard through eject_for. May be set again at any time.
+  void set_on_eject(std::function<void(std::chrono::milliseconds)> on_eject);
+  /// An ejection another replica decided: ejected for cooldown from now, unless it already is
+  /// for longer. Leaves this process's own ejection count (its next cooldown) alone.
+  void eject_for(steady_clock::time_point now, std::chrono::milliseconds cooldown);
+
  private:
+  std::atomic<std::shared_ptr<const std::function<void(std::chrono::milliseconds)>>> on_eject_;
   std::atomic<std::int64_t> in_flight_{0};
   std::atomic<int> failures_{0};
   std::atomic<int> ejections_{0};  ///< consecutive ejections; sets the next cooldown

@@ -62,6 +62,10 @@ std::pair<bool, std::string> readiness(const runtime& rt) {
   }
   for (const auto& d : rt.cfg.disabled_backends) backends[d.name] = "disabled";
   nlohmann::json body = {{"status", any ? "ready" : "no healthy backend"}, {"backends", std::move(backends)}};
+  if (auto shared = rt.limits->shared()) {
+    body["limits"] = {{"redis", shared->up ? "up" : "down"}, {"on_redis_down", shared->on_down},
+                      {"replicas", shared->replicas}};
+  }
   return {any, body.dump()};
 }
 

@@ -269,10 +269,13 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
   const std::int64_t estimate = estimate_tokens(ctx.req.body().size(), fields.max_tokens);
   const admission adm = rt.limits->admit(*ctx.who->key, *ctx.who->state, estimate, steady_clock::now());
   if (!adm.admitted) {
-    const api_error err{429, adm.code == "insufficient_quota" ? "insufficient_quota" : "rate_limit_error", adm.code,
-                        adm.message, {}};
+    const api_error err{adm.status,
+                        adm.status == 503                    ? "service_unavailable"
+                        : adm.code == "insufficient_quota" ? "insufficient_quota"
+                                                             : "rate_limit_error",
+                        adm.code, adm.message, {}};
     record.error = err.code;
-    http::response<http::string_body> r{http::status::too_many_requests, 11};
+    http::response<http::string_body> r{static_cast<http::status>(adm.status), 11};
     r.set(http::field::content_type, "application/json");
     r.set(http::field::retry_after, std::to_string(adm.retry_after.count()));
     r.body() = err.body();

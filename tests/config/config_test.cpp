@@ -755,3 +755,33 @@ routes: [{model: m, targets: [{backend: up}]}]
            "routes: [{model: m, targets: [{backend: up}]}]\n");
   CHECK(find(r, "backends[0].base_url").message.find("control character") != std::string::npos);
 }
+
+TEST_CASE("shared state: store.postgres, store.spool and limits", "[config]") {
+  auto r = load("store: {postgres: \"postgresql://tg@db:5432/tollgate\", spool: /var/spool/tollgate}\n"
+                "limits: {redis: \"redis://cache:6379/2\", on_redis_down: reject, replicas: 3}\n" +
+                minimal);
+  REQUIRE(r.value);
+  CHECK(r.value->postgres_url == "postgresql://tg@db:5432/tollgate");
+  CHECK(r.value->sqlite_path.empty());
+  CHECK(r.value->spool_dir == "/var/spool/tollgate");
+  CHECK(r.value->limits.redis_url == "redis://cache:6379/2");
+  CHECK(r.value->limits.on_redis_down == "reject");
+  CHECK(r.value->limits.replicas == 3);
+  auto defaults = load("limits: {redis: \"redis://127.0.0.1\"}\n" + minimal);
+  REQUIRE(defaults.value);
+  CHECK(defaults.value->limits.on_redis_down == "local");
+  CHECK(defaults.value->limits.replicas == 0);
+  CHECK(load(minimal).value->limits.redis_url.empty());
+
+  auto both = load("store: {sqlite: a.db, postgres: \"postgresql://db/x\"}\n" + minimal);
+  CHECK(find(both, "store.postgres").message == "set either store.sqlite or store.postgres, not both");
+  auto bad = load("limits:\n  redis: cache:6379\n  on_redis_down: maybe\n  replicas: -1\n  shards: 2\n" + minimal);
+  CHECK(find(bad, "limits.redis").line == 2);
+  CHECK(find(bad, "limits.on_redis_down").message == "expected local or reject");
+  CHECK(find(bad, "limits.replicas").line == 4);
+  CHECK(find(bad, "limits.shards").message == "unknown key 'shards'");
+  auto sync = load("store: {postgres: \"postgresql://db/x\", flush_interval: sync}\n" + minimal);
+  CHECK(find(sync, "store.flush_interval").line == 1);
+  auto orphan = load("limits: {on_redis_down: reject}\n" + minimal);
+  CHECK(find(orphan, "limits").message == "on_redis_down and replicas need limits.redis");
+}
