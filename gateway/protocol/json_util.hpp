@@ -1,0 +1,59 @@
+// Helpers the translations share to read JSON defensively (private to protocol/).
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace tollgate::protocol {
+
+/// Thrown inside a translation and caught at its top: the field it cannot carry over.
+struct refusal {
+  std::string param;
+  std::string message;
+};
+
+/// The member named key of an object, or nullptr.
+inline const nlohmann::json* member(const nlohmann::json& j, std::string_view key) {
+  if (!j.is_object()) return nullptr;
+  auto it = j.find(key);
+  return it == j.end() ? nullptr : &*it;
+}
+
+/// A required string member; a refusal naming path when it is missing or not a string.
+inline std::string string_member(const nlohmann::json& j, std::string_view key, const std::string& path) {
+  const nlohmann::json* v = member(j, key);
+  if (v == nullptr || v->is_null()) throw refusal{path, "Field required"};
+  if (!v->is_string()) throw refusal{path, "must be a string"};
+  return v->get<std::string>();
+}
+
+/// An integer member, 0 when absent or not a non-negative integer.
+inline std::int64_t int_member(const nlohmann::json& j, std::string_view key) {
+  const nlohmann::json* v = member(j, key);
+  if (v == nullptr || !v->is_number_integer()) return 0;
+  const auto n = v->get<std::int64_t>();
+  return n < 0 ? 0 : n;
+}
+
+/// Refuses any member not in allowed, naming it.
+inline void only_keys(const nlohmann::json& j, const std::string& path, std::initializer_list<std::string_view> allowed) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool ok = false;
+    for (auto a : allowed) ok = ok || it.key() == a;
+    if (!ok) {
+      const std::string name = path.empty() ? it.key() : path + "." + it.key();
+      throw refusal{name, "not supported by this translation (unknown or without an equivalent)"};
+    }
+  }
+}
+
+/// Compact JSON; invalid UTF-8 from an upstream is replaced, never thrown about.
+inline std::string dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace tollgate::protocol

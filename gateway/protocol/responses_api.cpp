@@ -1,0 +1,549 @@
+#include "gateway/protocol/responses_api.hpp"
+
+#include <chrono>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "gateway/protocol/json_util.hpp"
+
+namespace tollgate::protocol {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+/// A message item's content as chat content: a string, or text and image parts.
+json message_content(const json& content, const std::string& path, const std::string& role) {
+  if (content.is_string()) return content;
+  if (!content.is_array()) throw refusal{path, "must be a string or an array of content parts"};
+  json parts = json::array();
+  bool text_only = true;
+  for (std::size_t i = 0; i < content.size(); ++i) {
+    const json& p = content[i];
+    const std::string ppath = path + "[" + std::to_string(i) + "]";
+    const std::string type = string_member(p, "type", ppath + ".type");
+    if (type == "input_text" || type == "output_text" || (type == "refusal" && role == "assistant")) {
+      parts.push_back({{"type", "text"}, {"text", string_member(p, type == "refusal" ? "refusal" : "text", ppath + ".text")}});
+    } else if (type == "input_image" && role != "assistant") {
+      if (const json* f = member(p, "file_id"); f != nullptr && !f->is_null()) {
+        throw refusal{ppath + ".file_id", "file ids need OpenAI's file store; send image_url (a URL or a data: URL)"};
+      }
+      json image = {{"url", string_member(p, "image_url", ppath + ".image_url")}};
+      if (const json* d = member(p, "detail"); d != nullptr && d->is_string()) image["detail"] = *d;
+      parts.push_back({{"type", "image_url"}, {"image_url", std::move(image)}});
+      text_only = false;
+    } else {
+      throw refusal{ppath + ".type", "a content part of type '" + type + "' has no chat completions equivalent"};
+    }
+  }
+  if (!text_only) return parts;
+  std::string text;
+  for (const auto& p : parts) text += p["text"].get<std::string>();
+  return text;
+}
+
+std::string output_text(const json& output, const std::string& path) {
+  if (output.is_string()) return output.get<std::string>();
+  if (!output.is_array()) throw refusal{path, "must be a string or an array of input_text parts"};
+  std::string text;
+  for (std::size_t i = 0; i < output.size(); ++i) {
+    const std::string ppath = path + "[" + std::to_string(i) + "]";
+    if (string_member(output[i], "type", ppath + ".type") != "input_text") {
+      throw refusal{ppath + ".type", "a chat tool message holds text only"};
+    }
+    text += string_member(output[i], "text", ppath + ".text");
+  }
+  return text;
+}
+
+void convert_input(const json& input, json& messages) {
+  if (input.is_string()) {
+    messages.push_back({{"role", "user"}, {"content", input}});
+    return;
+  }
+  if (!input.is_array()) throw refusal{"input", "must be a string or an array of items"};
+  for (std::size_t i = 0; i < input.size(); ++i) {
+    const json& item = input[i];
+    const std::string path = "input[" + std::to_string(i) + "]";
+    if (!item.is_object()) throw refusal{path, "an input item must be an object"};
+    const json* type_v = member(item, "type");
+    const std::string type = type_v != nullptr && type_v->is_string() ? type_v->get<std::string>() : "message";
+    if (type == "message") {
+      only_keys(item, path, {"type", "role", "content", "id", "status"});
+      std::string role = string_member(item, "role", path + ".role");
+      if (role == "developer") role = "system";  // the widest-understood name for it
+      if (role != "user" && role != "system" && role != "assistant") throw refusal{path + ".role", "unknown role '" + role + "'"};
+      const json* content = member(item, "content");
+      if (content == nullptr) throw refusal{path + ".content", "Field required"};
+      messages.push_back({{"role", role}, {"content", message_content(*content, path + ".content", role)}});
+    } else if (type == "function_call") {
+      only_keys(item, path, {"type", "call_id", "name", "arguments", "id", "status"});
+      json call = {{"id", string_member(item, "call_id", path + ".call_id")},
+                   {"type", "function"},
+                   {"function", {{"name", string_member(item, "name", path + ".name")},
+                                 {"arguments", string_member(item, "arguments", path + ".arguments")}}}};
+      // Calls in a row belong to one assistant turn.
+      if (!messages.empty() && messages.back()["role"] == "assistant") {
+        json& last = messages.back();
+        if (!last.contains("tool_calls")) last["tool_calls"] = json::array();
+        last["tool_calls"].push_back(std::move(call));
+      } else {
+        messages.push_back({{"role", "assistant"}, {"content", nullptr}, {"tool_calls", json::array({std::move(call)})}});
+      }
+    } else if (type == "function_call_output") {
+      only_keys(item, path, {"type", "call_id", "output", "id", "status"});
+      const json* out = member(item, "output");
+      if (out == nullptr) throw refusal{path + ".output", "Field required"};
+      messages.push_back({{"role", "tool"},
+                          {"tool_call_id", string_member(item, "call_id", path + ".call_id")},
+                          {"content", output_text(*out, path + ".output")}});
+    } else if (type == "item_reference") {
+      throw refusal{path + ".type", "this gateway keeps no responses to refer to: send the items whole (with the Vercel AI SDK, providerOptions.openai.store = false)"};
+    } else if (type == "reasoning") {
+      // The model's own earlier reasoning: chat backends take none back (DeepSeek refuses it).
+    } else {
+      throw refusal{path + ".type", "an input item of type '" + type + "' has no chat completions equivalent"};
+    }
+  }
+}
+
+json convert_tools(const json& tools) {
+  if (!tools.is_array()) throw refusal{"tools", "must be an array"};
+  json out = json::array();
+  for (std::size_t i = 0; i < tools.size(); ++i) {
+    const json& t = tools[i];
+    const std::string path = "tools[" + std::to_string(i) + "]";
+    const std::string type = string_member(t, "type", path + ".type");
+    if (type != "function") throw refusal{path + ".type", "built-in tool '" + type + "' is not available through this gateway"};
+    only_keys(t, path, {"type", "name", "description", "parameters", "strict"});
+    json fn = {{"name", string_member(t, "name", path + ".name")}};
+    if (const json* d = member(t, "description"); d != nullptr && !d->is_null()) fn["description"] = *d;
+    if (const json* p = member(t, "parameters"); p != nullptr && !p->is_null()) fn["parameters"] = *p;
+    if (const json* s = member(t, "strict"); s != nullptr && s->is_boolean()) fn["strict"] = *s;
+    out.push_back({{"type", "function"}, {"function", std::move(fn)}});
+  }
+  return out;
+}
+
+json convert_format(const json& text) {
+  if (!text.is_object()) throw refusal{"text", "must be an object"};
+  only_keys(text, "text", {"format"});
+  const json* format = member(text, "format");
+  if (format == nullptr || format->is_null()) return nullptr;
+  const std::string type = string_member(*format, "type", "text.format.type");
+  if (type == "text") return nullptr;
+  if (type == "json_object") return {{"type", "json_object"}};
+  if (type != "json_schema") throw refusal{"text.format.type", "must be text, json_object or json_schema"};
+  only_keys(*format, "text.format", {"type", "name", "schema", "strict", "description"});
+  json schema = {{"name", string_member(*format, "name", "text.format.name")}};
+  const json* s = member(*format, "schema");
+  if (s == nullptr || !s->is_object()) throw refusal{"text.format.schema", "Field required (an object)"};
+  schema["schema"] = *s;
+  if (const json* st = member(*format, "strict"); st != nullptr && st->is_boolean()) schema["strict"] = *st;
+  if (const json* d = member(*format, "description"); d != nullptr && d->is_string()) schema["description"] = *d;
+  return {{"type", "json_schema"}, {"json_schema", std::move(schema)}};
+}
+
+/// The response object around `output`, echoing the request's settings as OpenAI does.
+json base_response(const json& req, const std::string& id, const std::string& model, std::int64_t created,
+                   const std::string& status) {
+  auto echo = [&](const char* key, json fallback) {
+    const json* v = member(req, key);
+    return v != nullptr && !v->is_null() ? *v : fallback;
+  };
+  return {{"id", id},
+          {"object", "response"},
+          {"created_at", created},
+          {"status", status},
+          {"error", nullptr},
+          {"incomplete_details", nullptr},
+          {"instructions", echo("instructions", nullptr)},
+          {"max_output_tokens", echo("max_output_tokens", nullptr)},
+          {"model", model},
+          {"output", json::array()},
+          {"parallel_tool_calls", echo("parallel_tool_calls", true)},
+          {"previous_response_id", nullptr},
+          {"reasoning", echo("reasoning", json{{"effort", nullptr}, {"summary", nullptr}})},
+          {"store", false},
+          {"temperature", echo("temperature", 1.0)},
+          {"text", echo("text", json{{"format", {{"type", "text"}}}})},
+          {"tool_choice", echo("tool_choice", "auto")},
+          {"tools", echo("tools", json::array())},
+          {"top_p", echo("top_p", 1.0)},
+          {"truncation", "disabled"},
+          {"usage", nullptr},
+          {"user", echo("user", nullptr)},
+          {"metadata", echo("metadata", json::object())}};
+}
+
+json response_usage(const json* u) {
+  std::int64_t prompt = 0, cached = 0, completion = 0, reasoning = 0;
+  if (u != nullptr && u->is_object()) {
+    prompt = int_member(*u, "prompt_tokens");
+    completion = int_member(*u, "completion_tokens");
+    if (const json* d = member(*u, "prompt_tokens_details"); d != nullptr) cached = int_member(*d, "cached_tokens");
+    if (cached == 0) cached = int_member(*u, "prompt_cache_hit_tokens");
+    if (const json* d = member(*u, "completion_tokens_details"); d != nullptr) reasoning = int_member(*d, "reasoning_tokens");
+  }
+  return {{"input_tokens", prompt},
+          {"input_tokens_details", {{"cached_tokens", cached}}},
+          {"output_tokens", completion},
+          {"output_tokens_details", {{"reasoning_tokens", reasoning}}},
+          {"total_tokens", prompt + completion}};
+}
+
+/// status and incomplete_details for a chat finish_reason.
+void set_status(json& response, const std::string& finish) {
+  if (finish == "length") {
+    response["status"] = "incomplete";
+    response["incomplete_details"] = {{"reason", "max_output_tokens"}};
+  } else if (finish == "content_filter") {
+    response["status"] = "incomplete";
+    response["incomplete_details"] = {{"reason", "content_filter"}};
+  } else {
+    response["status"] = "completed";
+  }
+}
+
+json message_item(const std::string& id, const std::string& text, const char* status) {
+  return {{"type", "message"},
+          {"id", id},
+          {"status", status},
+          {"role", "assistant"},
+          {"content", json::array({{{"type", "output_text"}, {"text", text}, {"annotations", json::array()}, {"logprobs", json::array()}}})}};
+}
+
+json reasoning_item(const std::string& id, const std::string& text) {
+  return {{"type", "reasoning"}, {"id", id}, {"summary", json::array({{{"type", "summary_text"}, {"text", text}}})}};
+}
+
+json function_item(const std::string& id, const std::string& call_id, const std::string& name, const std::string& args,
+                   const char* status) {
+  return {{"type", "function_call"}, {"id", id}, {"call_id", call_id}, {"name", name}, {"arguments", args}, {"status", status}};
+}
+
+}  // namespace
+
+translated responses_request_to_chat(std::string_view body) {
+  const json in = json::parse(body, nullptr, false);
+  if (in.is_discarded() || !in.is_object()) return {{}, "the body is not a JSON object", {}};
+  try {
+    only_keys(in, "", {"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "stream", "tools",
+                       "tool_choice", "parallel_tool_calls", "text", "metadata", "store", "user", "reasoning", "include",
+                       "previous_response_id", "safety_identifier", "prompt_cache_key", "service_tier", "truncation"});
+    json chat = json::object();
+    chat["model"] = string_member(in, "model", "model");
+    if (const json* p = member(in, "previous_response_id"); p != nullptr && !p->is_null()) {
+      throw refusal{"previous_response_id", "this gateway keeps no responses: send the whole conversation in input"};
+    }
+    if (const json* t = member(in, "truncation"); t != nullptr && !t->is_null() && *t != "disabled") {
+      throw refusal{"truncation", "only 'disabled' is supported"};
+    }
+    if (const json* inc = member(in, "include"); inc != nullptr && !inc->is_null()) {
+      if (!inc->is_array()) throw refusal{"include", "must be an array"};
+      for (std::size_t i = 0; i < inc->size(); ++i) {
+        // Encrypted reasoning is OpenAI's own; asking for it is harmless (none comes back).
+        if ((*inc)[i] != "reasoning.encrypted_content") {
+          throw refusal{"include[" + std::to_string(i) + "]", "not available through chat completions"};
+        }
+      }
+    }
+    json messages = json::array();
+    if (const json* ins = member(in, "instructions"); ins != nullptr && !ins->is_null()) {
+      if (!ins->is_string()) throw refusal{"instructions", "must be a string"};
+      messages.push_back({{"role", "system"}, {"content", *ins}});
+    }
+    const json* input = member(in, "input");
+    if (input == nullptr || input->is_null()) throw refusal{"input", "Field required"};
+    convert_input(*input, messages);
+    if (messages.empty()) throw refusal{"input", "holds no message"};
+    chat["messages"] = std::move(messages);
+    if (const json* v = member(in, "max_output_tokens"); v != nullptr && !v->is_null()) {
+      if (!v->is_number_integer() || v->get<std::int64_t>() < 1) throw refusal{"max_output_tokens", "must be a positive integer"};
+      chat["max_tokens"] = *v;
+    }
+    for (const char* k : {"temperature", "top_p", "parallel_tool_calls", "service_tier", "prompt_cache_key"}) {
+      if (const json* v = member(in, k); v != nullptr && !v->is_null()) chat[k] = *v;
+    }
+    for (const char* k : {"user", "safety_identifier"}) {
+      if (const json* v = member(in, k); v != nullptr && v->is_string()) chat["user"] = *v;
+    }
+    if (const json* r = member(in, "reasoning"); r != nullptr && !r->is_null()) {
+      if (!r->is_object()) throw refusal{"reasoning", "must be an object"};
+      only_keys(*r, "reasoning", {"effort", "summary", "generate_summary"});
+      if (const json* e = member(*r, "effort"); e != nullptr && e->is_string()) chat["reasoning_effort"] = *e;
+    }
+    if (const json* t = member(in, "tools"); t != nullptr && !t->is_null()) {
+      json tools = convert_tools(*t);
+      if (!tools.empty()) chat["tools"] = std::move(tools);
+    }
+    if (const json* tc = member(in, "tool_choice"); tc != nullptr && !tc->is_null()) {
+      if (tc->is_string()) {
+        chat["tool_choice"] = *tc;
+      } else if (tc->is_object() && member(*tc, "type") != nullptr && (*tc)["type"] == "function") {
+        chat["tool_choice"] = {{"type", "function"}, {"function", {{"name", string_member(*tc, "name", "tool_choice.name")}}}};
+      } else {
+        throw refusal{"tool_choice", "must be auto, none, required or {type: function, name}"};
+      }
+    }
+    if (const json* t = member(in, "text"); t != nullptr && !t->is_null()) {
+      json format = convert_format(*t);
+      if (!format.is_null()) chat["response_format"] = std::move(format);
+    }
+    if (const json* md = member(in, "metadata"); md != nullptr && !md->is_null() && !md->is_object()) {
+      throw refusal{"metadata", "must be an object"};
+    }
+    if (const json* s = member(in, "stream"); s != nullptr && s->is_boolean() && s->get<bool>()) {
+      chat["stream"] = true;
+      chat["stream_options"] = {{"include_usage", true}};
+    }
+    return {dump(chat), {}, {}};
+  } catch (const refusal& r) {
+    return {{}, r.param.empty() ? r.message : r.param + ": " + r.message, r.param};
+  }
+}
+
+translated chat_answer_to_response(std::string_view chat_body, std::string_view request_body, std::string_view model) {
+  const json in = json::parse(chat_body, nullptr, false);
+  const json* choices = in.is_object() ? member(in, "choices") : nullptr;
+  if (choices == nullptr || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
+    return {{}, "the upstream answer is not a chat completion", {}};
+  }
+  json req = json::parse(request_body, nullptr, false);
+  if (!req.is_object()) req = json::object();
+  json out = base_response(req, random_id("resp_"), std::string(model), unix_now(), "completed");
+  const json& choice = (*choices)[0];
+  const json* message = member(choice, "message");
+  json& output = out["output"];
+  if (message != nullptr && message->is_object()) {
+    if (const json* r = member(*message, "reasoning_content"); r != nullptr && r->is_string() && !r->get<std::string>().empty()) {
+      output.push_back(reasoning_item(random_id("rs_"), r->get<std::string>()));
+    }
+    if (const json* c = member(*message, "content"); c != nullptr && c->is_string() && !c->get<std::string>().empty()) {
+      output.push_back(message_item(random_id("msg_"), c->get<std::string>(), "completed"));
+    }
+    if (const json* calls = member(*message, "tool_calls"); calls != nullptr && calls->is_array()) {
+      for (const json& call : *calls) {
+        const json* fn = member(call, "function");
+        if (fn == nullptr || !fn->is_object()) continue;
+        const json* id = member(call, "id");
+        const json* name = member(*fn, "name");
+        const json* args = member(*fn, "arguments");
+        output.push_back(function_item(random_id("fc_"), id != nullptr && id->is_string() ? id->get<std::string>() : random_id("call_"),
+                                       name != nullptr && name->is_string() ? name->get<std::string>() : std::string(),
+                                       args != nullptr && args->is_string() ? args->get<std::string>() : std::string("{}"),
+                                       "completed"));
+      }
+    }
+  }
+  const json* f = member(choice, "finish_reason");
+  set_status(out, f != nullptr && f->is_string() ? f->get<std::string>() : "stop");
+  out["usage"] = response_usage(member(in, "usage"));
+  return {dump(out), {}, {}};
+}
+
+struct chat_stream_to_responses::state {
+  json request;
+  std::string model;
+  std::string id = random_id("resp_");
+  std::int64_t created = unix_now();
+  std::int64_t seq = 0;
+  bool started = false;
+  bool ended = false;
+  enum class kind { none, message, reasoning, function } open = kind::none;
+  json output = json::array();  // items done, in order
+  std::string item_id, text;    // the open item
+  std::string call_id, name;    // the open function call
+  std::vector<int> call_items;  // chat tool call index -> 1 when seen
+  std::string finish = "stop";
+  json usage = nullptr;
+
+  std::string emit(const std::string& type, json data) {
+    data["type"] = type;
+    data["sequence_number"] = seq++;
+    return sse_event(type, dump(data));
+  }
+
+  json response(const std::string& status) {
+    json r = base_response(request, id, model, created, status);
+    r["output"] = output;
+    return r;
+  }
+
+  std::string start() {
+    started = true;
+    std::string out = emit("response.created", {{"response", response("in_progress")}});
+    out += emit("response.in_progress", {{"response", response("in_progress")}});
+    return out;
+  }
+
+  int index() const { return static_cast<int>(output.size()); }
+
+  std::string close() {
+    std::string out;
+    switch (open) {
+      case kind::none: return out;
+      case kind::message: {
+        out += emit("response.output_text.done", {{"item_id", item_id}, {"output_index", index()}, {"content_index", 0},
+                                                  {"text", text}, {"logprobs", json::array()}});
+        out += emit("response.content_part.done", {{"item_id", item_id}, {"output_index", index()}, {"content_index", 0},
+                                                   {"part", {{"type", "output_text"}, {"text", text}, {"annotations", json::array()}}}});
+        json item = message_item(item_id, text, "completed");
+        out += emit("response.output_item.done", {{"output_index", index()}, {"item", item}});
+        output.push_back(std::move(item));
+        break;
+      }
+      case kind::reasoning: {
+        out += emit("response.reasoning_summary_text.done",
+                    {{"item_id", item_id}, {"output_index", index()}, {"summary_index", 0}, {"text", text}});
+        out += emit("response.reasoning_summary_part.done", {{"item_id", item_id}, {"output_index", index()}, {"summary_index", 0},
+                                                             {"part", {{"type", "summary_text"}, {"text", text}}}});
+        json item = reasoning_item(item_id, text);
+        out += emit("response.output_item.done", {{"output_index", index()}, {"item", item}});
+        output.push_back(std::move(item));
+        break;
+      }
+      case kind::function: {
+        out += emit("response.function_call_arguments.done",
+                    {{"item_id", item_id}, {"output_index", index()}, {"name", name}, {"arguments", text}});
+        json item = function_item(item_id, call_id, name, text, "completed");
+        out += emit("response.output_item.done", {{"output_index", index()}, {"item", item}});
+        output.push_back(std::move(item));
+        break;
+      }
+    }
+    open = kind::none;
+    text.clear();
+    return out;
+  }
+
+  std::string open_message() {
+    std::string out = close();
+    open = kind::message;
+    item_id = random_id("msg_");
+    json item = {{"type", "message"}, {"id", item_id}, {"status", "in_progress"}, {"role", "assistant"}, {"content", json::array()}};
+    out += emit("response.output_item.added", {{"output_index", index()}, {"item", item}});
+    out += emit("response.content_part.added", {{"item_id", item_id}, {"output_index", index()}, {"content_index", 0},
+                                                {"part", {{"type", "output_text"}, {"text", ""}, {"annotations", json::array()}}}});
+    return out;
+  }
+
+  std::string open_reasoning() {
+    std::string out = close();
+    open = kind::reasoning;
+    item_id = random_id("rs_");
+    out += emit("response.output_item.added",
+                {{"output_index", index()}, {"item", {{"type", "reasoning"}, {"id", item_id}, {"summary", json::array()}}}});
+    out += emit("response.reasoning_summary_part.added", {{"item_id", item_id}, {"output_index", index()}, {"summary_index", 0},
+                                                          {"part", {{"type", "summary_text"}, {"text", ""}}}});
+    return out;
+  }
+
+  std::string open_function(std::string cid, std::string fname) {
+    std::string out = close();
+    open = kind::function;
+    item_id = random_id("fc_");
+    call_id = std::move(cid);
+    name = std::move(fname);
+    out += emit("response.output_item.added", {{"output_index", index()}, {"item", function_item(item_id, call_id, name, "", "in_progress")}});
+    return out;
+  }
+};
+
+chat_stream_to_responses::chat_stream_to_responses(std::string_view request_body, std::string model)
+    : s_(std::make_unique<state>()) {
+  s_->request = json::parse(request_body, nullptr, false);
+  if (!s_->request.is_object()) s_->request = json::object();
+  s_->model = std::move(model);
+}
+
+chat_stream_to_responses::~chat_stream_to_responses() = default;
+
+std::string chat_stream_to_responses::event(std::string_view sse) {
+  state& s = *s_;
+  if (s.ended) return {};
+  const sse_fields f = parse_sse_event(sse);
+  if (!f.data || *f.data == "[DONE]") return {};
+  const json chunk = json::parse(*f.data, nullptr, false);
+  if (!chunk.is_object()) return {};
+  if (const json* e = member(chunk, "error"); e != nullptr && !e->is_null()) {
+    const json* m = e->is_object() ? member(*e, "message") : nullptr;
+    return error(502, m != nullptr && m->is_string() ? m->get<std::string>() : dump(*e));
+  }
+  std::string out;
+  if (!s.started) out += s.start();
+  if (const json* u = member(chunk, "usage"); u != nullptr && u->is_object()) s.usage = response_usage(u);
+  const json* choices = member(chunk, "choices");
+  if (choices == nullptr || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) return out;
+  const json& choice = (*choices)[0];
+  if (const json* delta = member(choice, "delta"); delta != nullptr && delta->is_object()) {
+    if (const json* r = member(*delta, "reasoning_content"); r != nullptr && r->is_string() && !r->get<std::string>().empty()) {
+      if (s.open != state::kind::reasoning) out += s.open_reasoning();
+      s.text += r->get<std::string>();
+      out += s.emit("response.reasoning_summary_text.delta",
+                    {{"item_id", s.item_id}, {"output_index", s.index()}, {"summary_index", 0}, {"delta", *r}});
+    }
+    if (const json* c = member(*delta, "content"); c != nullptr && c->is_string() && !c->get<std::string>().empty()) {
+      if (s.open != state::kind::message) out += s.open_message();
+      s.text += c->get<std::string>();
+      out += s.emit("response.output_text.delta", {{"item_id", s.item_id}, {"output_index", s.index()}, {"content_index", 0},
+                                                   {"delta", *c}, {"logprobs", json::array()}});
+    }
+    if (const json* calls = member(*delta, "tool_calls"); calls != nullptr && calls->is_array()) {
+      for (const json& call : *calls) {
+        const std::int64_t k = int_member(call, "index");
+        if (k > 1024) continue;
+        if (s.call_items.size() <= static_cast<std::size_t>(k)) s.call_items.resize(static_cast<std::size_t>(k) + 1, 0);
+        const json* fn = member(call, "function");
+        if (s.call_items[static_cast<std::size_t>(k)] == 0) {
+          s.call_items[static_cast<std::size_t>(k)] = 1;
+          const json* id = member(call, "id");
+          const json* name = fn != nullptr ? member(*fn, "name") : nullptr;
+          out += s.open_function(id != nullptr && id->is_string() ? id->get<std::string>() : random_id("call_"),
+                                 name != nullptr && name->is_string() ? name->get<std::string>() : std::string());
+        }
+        if (const json* args = fn != nullptr ? member(*fn, "arguments") : nullptr;
+            args != nullptr && args->is_string() && !args->get<std::string>().empty() && s.open == state::kind::function) {
+          s.text += args->get<std::string>();
+          out += s.emit("response.function_call_arguments.delta", {{"item_id", s.item_id}, {"output_index", s.index()}, {"delta", *args}});
+        }
+      }
+    }
+  }
+  if (const json* fr = member(choice, "finish_reason"); fr != nullptr && fr->is_string()) s.finish = fr->get<std::string>();
+  return out;
+}
+
+std::string chat_stream_to_responses::end() {
+  state& s = *s_;
+  if (s.ended) return {};
+  std::string out;
+  if (!s.started) out += s.start();
+  out += s.close();
+  s.ended = true;
+  json r = s.response("completed");
+  set_status(r, s.finish);
+  r["usage"] = s.usage.is_null() ? response_usage(nullptr) : s.usage;
+  const std::string type = r["status"] == "completed" ? "response.completed" : "response.incomplete";
+  out += s.emit(type, {{"response", std::move(r)}});
+  return out;
+}
+
+std::string chat_stream_to_responses::error(int status, std::string_view message) {
+  state& s = *s_;
+  s.ended = true;
+  std::string out;
+  const std::string code = status == 504 ? "gateway_timeout" : status == 429 ? "rate_limit_exceeded" : "server_error";
+  out += s.emit("error", {{"code", code}, {"message", message}, {"param", nullptr}});
+  json r = s.response("failed");
+  r["error"] = {{"code", code}, {"message", message}};
+  out += s.emit("response.failed", {{"response", std::move(r)}});
+  return out;
+}
+
+}  // namespace tollgate::protocol
