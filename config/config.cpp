@@ -695,15 +695,15 @@ class loader {
         ok = false;
       }
       if (auto kind = required_string(b, "kind", path)) {
-        if (*kind != "openai" && *kind != "local_engine") {
-          add(b["kind"], path + ".kind", "unknown backend kind '" + *kind + "' (known: openai, local_engine)");
+        if (*kind != "openai" && *kind != "anthropic" && *kind != "local_engine") {
+          add(b["kind"], path + ".kind", "unknown backend kind '" + *kind + "' (known: openai, anthropic, local_engine)");
         }
         bc.kind = *kind;
       }
       if (bc.kind == "local_engine") {
         // The bundled engine: a checkpoint folder instead of a URL.
         for (const char* remote : {"base_url", "api_key", "headers", "transport", "health_check"}) {
-          if (b[remote]) add(b[remote], path + "." + remote, std::string("'") + remote + "' is for kind openai");
+          if (b[remote]) add(b[remote], path + "." + remote, std::string("'") + remote + "' is for kinds openai and anthropic");
         }
         if (auto dir = required_string(b, "checkpoint", path)) bc.checkpoint = *dir;
         if (auto v = b["device"]; v && !v.IsNull()) {
@@ -930,7 +930,7 @@ class loader {
     for (const auto& b : c.backends) {
       if (b.name == tc.backend) backend = &b;
     }
-    if (backend == nullptr || backend->kind != "openai") return;
+    if (backend == nullptr || backend->kind == "local_engine") return;
     const bool wildcard = tc.model.empty() && rc.model.find_first_of("*?") != std::string::npos;
     const std::string model = tc.model.empty() ? rc.model : tc.model;
     const auto& catalogue = price_catalogue::get();

@@ -73,7 +73,7 @@ struct health_check_config {
 
 struct backend_config {
   std::string name;
-  std::string kind;      ///< "openai" or "local_engine"
+  std::string kind;      ///< "openai", "anthropic" (a Messages API upstream) or "local_engine"
   std::string base_url;  ///< without trailing slash, e.g. https://api.deepseek.com/v1
   std::string api_key;   ///< may be empty (a self-hosted server without auth)
   std::map<std::string, std::string> headers;  ///< extra headers sent upstream

@@ -3,6 +3,7 @@
 #include <iostream>
 #include <unordered_set>
 
+#include "adapters/anthropic_backend.hpp"
 #include "gateway/server.hpp"
 
 namespace tollgate::gateway {
@@ -79,7 +80,7 @@ void health_prober::tick() {
     st.hc = b.health_check;
     if (st.easy == nullptr && now >= st.next) {
       st.next = now + b.health_check.interval;
-      launch(st, b.base_url + b.health_check.path, b.api_key, b.health_check, b.timeouts);
+      launch(st, b.base_url + b.health_check.path, b, b.health_check, b.timeouts);
     }
   }
   for (auto it = states_.begin(); it != states_.end();) {
@@ -96,11 +97,17 @@ void health_prober::tick() {
   });
 }
 
-void health_prober::launch(probe_state& st, const std::string& url, const std::string& api_key,
+void health_prober::launch(probe_state& st, const std::string& url, const config::backend_config& b,
                            const config::health_check_config& hc, const config::timeouts_config& timeouts) {
   curl_slist_free_all(st.headers);
   st.headers = nullptr;
-  if (!api_key.empty()) st.headers = curl_slist_append(st.headers, ("Authorization: Bearer " + api_key).c_str());
+  if (b.kind == "anthropic") {
+    for (const auto& [name, value] : adapters::anthropic_headers(b)) {
+      st.headers = curl_slist_append(st.headers, (name + ": " + value).c_str());
+    }
+  } else if (!b.api_key.empty()) {
+    st.headers = curl_slist_append(st.headers, ("Authorization: Bearer " + b.api_key).c_str());
+  }
   st.url = url;
   CURL* easy = curl_.acquire();
   curl_easy_setopt(easy, CURLOPT_URL, st.url.c_str());

@@ -31,7 +31,7 @@ class health_prober {
  private:
   struct probe_state;
   void tick();
-  void launch(probe_state& st, const std::string& url, const std::string& api_key,
+  void launch(probe_state& st, const std::string& url, const config::backend_config& b,
               const config::health_check_config& hc, const config::timeouts_config& timeouts);
 
   server_shared& shared_;

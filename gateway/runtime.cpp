@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "adapters/anthropic_backend.hpp"
 #include "adapters/local_engine_backend.hpp"
 #include "adapters/openai_backend.hpp"
 
@@ -85,6 +86,8 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
   for (const auto& b : cfg.backends) {
     if (b.kind == "local_engine") {
       backends.push_back(local_engine_for(b, lasting));
+    } else if (b.kind == "anthropic") {
+      backends.push_back(std::make_unique<adapters::anthropic_backend>(b));
     } else {
       backends.push_back(std::make_unique<adapters::openai_backend>(b));
     }

@@ -217,7 +217,7 @@ TEST_CASE("bad URLs, listen addresses, numbers and durations", "[config]") {
 routes:
   - {model: m, targets: [{backend: up}]}
 )");
-  CHECK(find(kind, "backends[0].kind").message == "unknown backend kind 'grpc' (known: openai, local_engine)");
+  CHECK(find(kind, "backends[0].kind").message == "unknown backend kind 'grpc' (known: openai, anthropic, local_engine)");
 }
 
 TEST_CASE("a key given twice is a problem at its second line", "[config]") {

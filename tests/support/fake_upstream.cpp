@@ -366,6 +366,135 @@ response_script embeddings_script(const json& body, const std::string& model) {
   return s;
 }
 
+
+response_script anthropic_error(int status, const std::string& type, const std::string& message) {
+  response_script s;
+  s.status = status;
+  s.body = json{{"type", "error"}, {"error", {{"type", type}, {"message", message}}}}.dump();
+  return s;
+}
+
+std::string anthropic_event(const json& data) {
+  return "event: " + data["type"].get<std::string>() + "\ndata: " + data.dump() + "\n\n";
+}
+
+/// POST /v1/messages as Anthropic documents it: x-api-key and anthropic-version required,
+/// unknown fields and misplaced roles refused, the last user text echoed, a tool_use of the first
+/// tool when tools are given (and the last turn holds no tool_result), stop_sequences honoured,
+/// usage with cache reads and writes; streams as message_start ... message_stop with a ping.
+response_script anthropic_messages(const recorded_request& request) {
+  const auto key = request.headers.find("x-api-key");
+  if (key == request.headers.end() || key->second.empty()) {
+    return anthropic_error(401, "authentication_error", "x-api-key header is required");
+  }
+  if (request.headers.find("anthropic-version") == request.headers.end()) {
+    return anthropic_error(400, "invalid_request_error", "anthropic-version: header is required");
+  }
+  const json body = json::parse(request.body, nullptr, false);
+  if (!body.is_object()) return anthropic_error(400, "invalid_request_error", "invalid JSON body");
+  for (auto it = body.begin(); it != body.end(); ++it) {
+    static const std::vector<std::string> allowed = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream",
+                                                     "temperature", "top_p", "top_k", "metadata", "tools", "tool_choice",
+                                                     "thinking", "service_tier"};
+    if (std::find(allowed.begin(), allowed.end(), it.key()) == allowed.end()) {
+      return anthropic_error(400, "invalid_request_error", it.key() + ": Extra inputs are not permitted");
+    }
+  }
+  if (!body.contains("max_tokens") || !body["max_tokens"].is_number_integer()) {
+    return anthropic_error(400, "invalid_request_error", "max_tokens: Field required");
+  }
+  if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) {
+    return anthropic_error(400, "invalid_request_error", "messages: Field required");
+  }
+  for (const auto& m : body["messages"]) {
+    const std::string role = m.value("role", "");
+    if (role != "user" && role != "assistant") {
+      return anthropic_error(400, "invalid_request_error", "messages: Unexpected role \"" + role + "\"");
+    }
+  }
+  const std::string model = body.value("model", "");
+  if (model == "fake-overloaded") return anthropic_error(529, "overloaded_error", "Overloaded");
+  const json& last = body["messages"].back();
+  std::string prompt, tool_result;
+  bool has_tool_result = false;
+  if (last["content"].is_string()) {
+    prompt = last["content"].get<std::string>();
+  } else if (last["content"].is_array()) {
+    for (const auto& b : last["content"]) {
+      if (b.value("type", "") == "text") prompt += b.value("text", "");
+      if (b.value("type", "") == "tool_result") {
+        has_tool_result = true;
+        tool_result += b["content"].is_string() ? b["content"].get<std::string>() : b["content"].dump();
+      }
+    }
+  }
+  std::string text = has_tool_result ? "tool said: " + tool_result : "echo: " + prompt;
+  std::string stop_reason = "end_turn";
+  json stop_sequence = nullptr;
+  if (body.contains("stop_sequences")) {
+    for (const auto& seq : body["stop_sequences"]) {
+      const auto at = text.find(seq.get<std::string>());
+      if (at != std::string::npos) {
+        text = text.substr(0, at);
+        stop_reason = "stop_sequence";
+        stop_sequence = seq;
+        break;
+      }
+    }
+  }
+  const bool tool = !has_tool_result && body.contains("tools") && body["tools"].is_array() && !body["tools"].empty();
+  json input = {{"text", prompt}};
+  if (tool) stop_reason = "tool_use";
+  const auto pieces = words(text);
+  const int output_tokens = static_cast<int>(pieces.size()) + (tool ? 5 : 0);
+  const json usage = {{"input_tokens", static_cast<int>(words(prompt).size()) + 1},
+                      {"cache_creation_input_tokens", 1},
+                      {"cache_read_input_tokens", 2},
+                      {"output_tokens", output_tokens}};
+  const std::string tool_name = tool ? body["tools"][0].value("name", "") : "";
+  if (!body.value("stream", false)) {
+    json content = json::array({{{"type", "text"}, {"text", text}}});
+    if (tool) content.push_back({{"type", "tool_use"}, {"id", "toolu_fake1"}, {"name", tool_name}, {"input", input}});
+    response_script s;
+    s.headers.emplace_back("request-id", "req_fake1");
+    s.body = json{{"id", "msg_fake1"}, {"type", "message"}, {"role", "assistant"}, {"model", model}, {"content", content},
+                  {"stop_reason", stop_reason}, {"stop_sequence", stop_sequence}, {"usage", usage}}
+                 .dump();
+    return s;
+  }
+  response_script s;
+  s.content_type = "text/event-stream";
+  json start_usage = usage;
+  start_usage["output_tokens"] = 1;
+  s.chunks.push_back(anthropic_event({{"type", "message_start"},
+                                      {"message", {{"id", "msg_fake1"}, {"type", "message"}, {"role", "assistant"}, {"model", model},
+                                                   {"content", json::array()}, {"stop_reason", nullptr}, {"stop_sequence", nullptr},
+                                                   {"usage", start_usage}}}}));
+  s.chunks.push_back(anthropic_event({{"type", "content_block_start"}, {"index", 0}, {"content_block", {{"type", "text"}, {"text", ""}}}}));
+  s.chunks.push_back("event: ping\ndata: {\"type\": \"ping\"}\n\n");
+  for (std::size_t i = 0; i < pieces.size(); ++i) {
+    s.chunks.push_back(anthropic_event({{"type", "content_block_delta"}, {"index", 0},
+                                        {"delta", {{"type", "text_delta"}, {"text", (i == 0 ? "" : " ") + pieces[i]}}}}));
+  }
+  s.chunks.push_back(anthropic_event({{"type", "content_block_stop"}, {"index", 0}}));
+  if (tool) {
+    s.chunks.push_back(anthropic_event({{"type", "content_block_start"}, {"index", 1},
+                                        {"content_block", {{"type", "tool_use"}, {"id", "toolu_fake1"}, {"name", tool_name}, {"input", json::object()}}}}));
+    const std::string args = input.dump();
+    const std::size_t half = args.size() / 2;
+    for (const std::string& part : {std::string(), args.substr(0, half), args.substr(half)}) {
+      s.chunks.push_back(anthropic_event({{"type", "content_block_delta"}, {"index", 1},
+                                          {"delta", {{"type", "input_json_delta"}, {"partial_json", part}}}}));
+    }
+    s.chunks.push_back(anthropic_event({{"type", "content_block_stop"}, {"index", 1}}));
+  }
+  s.chunks.push_back(anthropic_event({{"type", "message_delta"},
+                                      {"delta", {{"stop_reason", stop_reason}, {"stop_sequence", stop_sequence}}},
+                                      {"usage", {{"output_tokens", output_tokens}}}}));
+  s.chunks.push_back(anthropic_event({{"type", "message_stop"}}));
+  return s;
+}
+
 }  // namespace
 
 response_script fake_upstream::openai_default(const recorded_request& request) {
@@ -377,6 +506,7 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
                  .dump();
     return s;
   }
+  if (request.method == "POST" && path == "/v1/messages") return anthropic_messages(request);
   const bool chat = path == "/v1/chat/completions";
   const bool completion = path == "/v1/completions";
   const bool embeddings = path == "/v1/embeddings";
@@ -386,11 +516,30 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
   json body = json::parse(request.body, nullptr, false);
   if (body.is_discarded() || !body.is_object()) return error_script(400, "invalid JSON body", "invalid_json");
   const std::string model = body.value("model", "");
+  if (model == "fake-overloaded") {  // a provider out of capacity
+    response_script s = error_script(503, "The server is overloaded", "overloaded");
+    s.headers.emplace_back("Retry-After", "0");
+    return s;
+  }
 
   if (embeddings) return embeddings_script(body, model);
 
   const std::string prompt = last_message_text(body);
-  const std::string content = "echo: " + prompt;
+  std::string content = "echo: " + prompt;
+  // Tools and structured output, for clients that use them: a call of the first tool when the
+  // last turn is the user's, the tool's answer echoed after it, {"echo": ...} for a json_schema.
+  const std::string last_role = chat && body.contains("messages") && body["messages"].is_array() && !body["messages"].empty()
+                                    ? body["messages"].back().value("role", "")
+                                    : "";
+  const bool call_tool = last_role == "user" && body.contains("tools") && body["tools"].is_array() && !body["tools"].empty() &&
+                         body["tools"][0].is_object() && body["tools"][0].contains("function");
+  const std::string tool_name = call_tool ? body["tools"][0]["function"].value("name", "") : "";
+  const std::string tool_args = json{{"text", prompt}}.dump();
+  if (last_role == "tool") content = "tool said: " + prompt;
+  if (chat && body.contains("response_format") && body["response_format"].is_object() &&
+      body["response_format"].value("type", "") == "json_schema") {
+    content = json{{"echo", prompt}}.dump();
+  }
   const int prompt_tokens = static_cast<int>(words(prompt).size()) + 1;
   const auto pieces = words(content);
   const int completion_tokens = static_cast<int>(pieces.size());
@@ -404,6 +553,12 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
                               {"message", {{"role", "assistant"}, {"content", content}}},
                               {"finish_reason", "stop"}}
                        : json{{"index", 0}, {"text", content}, {"finish_reason", "stop"}};
+    if (call_tool) {
+      choice["message"]["content"] = nullptr;
+      choice["message"]["tool_calls"] = json::array(
+          {{{"id", "call_fake1"}, {"type", "function"}, {"function", {{"name", tool_name}, {"arguments", tool_args}}}}});
+      choice["finish_reason"] = "tool_calls";
+    }
     response_script s;
     s.body = json{{"id", "fake-1"}, {"object", object}, {"created", 1}, {"model", model},
                   {"choices", json::array({choice})}, {"usage", usage}}
@@ -421,6 +576,25 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
   };
   response_script s;
   s.content_type = "text/event-stream";
+  if (call_tool) {
+    const std::size_t half = tool_args.size() / 2;
+    s.chunks.push_back(event(json::array({{{"index", 0},
+                                           {"delta", {{"role", "assistant"},
+                                                      {"tool_calls", json::array({{{"index", 0}, {"id", "call_fake1"}, {"type", "function"},
+                                                                                   {"function", {{"name", tool_name}, {"arguments", ""}}}}})}}},
+                                           {"finish_reason", nullptr}}}),
+                             false));
+    for (const std::string& part : {tool_args.substr(0, half), tool_args.substr(half)}) {
+      s.chunks.push_back(event(json::array({{{"index", 0},
+                                             {"delta", {{"tool_calls", json::array({{{"index", 0}, {"function", {{"arguments", part}}}}})}}},
+                                             {"finish_reason", nullptr}}}),
+                               false));
+    }
+    s.chunks.push_back(event(json::array({{{"index", 0}, {"delta", json::object()}, {"finish_reason", "tool_calls"}}}), false));
+    if (include_usage) s.chunks.push_back(event(json::array(), true));
+    s.chunks.push_back("data: [DONE]\n\n");
+    return s;
+  }
   for (std::size_t i = 0; i < pieces.size(); ++i) {
     const std::string text = (i == 0 ? "" : " ") + pieces[i];
     json choice;

@@ -68,7 +68,12 @@ class fake_upstream {
   /// message (streamed as SSE with a final usage chunk when "stream": true, usage included only
   /// when stream_options.include_usage is true), /v1/embeddings returns one small vector per
   /// input (a string, strings, or token ids; as floats or, with encoding_format base64, base64),
-  /// /v1/models lists "fake-model", anything else 404 in OpenAI error shape.
+  /// /v1/models lists "fake-model", anything else 404 in OpenAI error shape. With tools and a
+  /// user turn last, chat answers with a call of the first tool (arguments {"text": prompt}); a
+  /// tool turn last is answered "tool said: ..."; a json_schema response_format gets
+  /// {"echo": prompt}. POST /v1/messages speaks Anthropic's Messages API the same way (see
+  /// anthropic_messages in the source). The model "fake-overloaded" is answered 503 overloaded
+  /// (529 on /v1/messages).
   static response_script openai_default(const recorded_request& request);
 
  private:

@@ -1,0 +1,203 @@
+#include "adapters/anthropic_backend.hpp"
+
+#include <boost/beast/core/string.hpp>
+
+#include <optional>
+
+#include "adapters/event_queue.hpp"
+#include "adapters/openai_backend.hpp"
+#include "gateway/protocol/anthropic_upstream.hpp"
+#include "gateway/sse.hpp"
+
+namespace tollgate::adapters {
+
+namespace net = boost::asio;
+
+namespace {
+
+constexpr std::size_t max_whole_answer = 64 * 1024 * 1024;  // as the gateway buffers at most
+
+call_event head_event(int status) {
+  call_event ev;
+  ev.type = call_event::kind::head;
+  ev.head.status = status;
+  ev.head.headers.emplace_back("content-type", "application/json");
+  return ev;
+}
+
+call_event data_event(std::string data) {
+  call_event ev;
+  ev.type = call_event::kind::data;
+  ev.data = std::move(data);
+  return ev;
+}
+
+/// An answer made here, without a call upstream: a request the translation refused.
+class local_answer_call final : public call {
+ public:
+  local_answer_call(int status, std::string body) {
+    events_.push_back(head_event(status));
+    events_.push_back(data_event(std::move(body)));
+  }
+  net::awaitable<call_event> next() override {
+    if (!events_.empty()) co_return events_.pop_front();
+    co_return call_event{};  // end
+  }
+  void cancel() override {}
+  bool ready() const override { return true; }
+  void on_ready(std::function<void()>) override {}
+
+ private:
+  event_queue events_;
+};
+
+/// Wraps the HTTP call to /messages and translates what comes back: the head (529 becomes a
+/// retryable 503), a stream event by event, a whole answer or an error once it is complete.
+class anthropic_call final : public call {
+ public:
+  anthropic_call(std::unique_ptr<call> inner, bool stream, bool include_usage)
+      : inner_(std::move(inner)), stream_(stream), events_(include_usage) {}
+
+  net::awaitable<call_event> next() override {
+    for (;;) {
+      if (!pending_.empty()) co_return pending_.pop_front();
+      if (terminal_) co_return *terminal_;
+      call_event ev = co_await inner_->next();
+      switch (ev.type) {
+        case call_event::kind::head: {
+          status_ = ev.head.status;
+          const std::string* type = ev.head.find("content-type");
+          streaming_ = stream_ && status_ >= 200 && status_ < 300 && type != nullptr &&
+                       type->find("text/event-stream") != std::string::npos;
+          call_event head = head_event(status_ == 529 ? 503 : status_);
+          if (streaming_) head.head.headers[0].second = "text/event-stream";
+          for (auto& [name, value] : ev.head.headers) {
+            if (name == "retry-after" || name.starts_with("x-ratelimit-") || name == "request-id") {
+              head.head.headers.emplace_back(name == "request-id" ? "x-upstream-request-id" : name, std::move(value));
+            }
+          }
+          co_return head;
+        }
+        case call_event::kind::data:
+          if (streaming_) {
+            splitter_.feed(ev.data);
+            std::string out;
+            while (auto e = splitter_.next_event()) out += events_.event(*e);
+            if (!out.empty()) co_return data_event(std::move(out));
+            continue;
+          }
+          body_ += ev.data;
+          if (body_.size() > max_whole_answer) {
+            inner_->cancel();
+            co_return fail("upstream answer exceeds " + std::to_string(max_whole_answer) + " bytes");
+          }
+          continue;
+        case call_event::kind::end: {
+          call_event end;
+          end.type = call_event::kind::end;
+          terminal_ = end;
+          if (streaming_) {
+            if (auto rest = splitter_.take_rest(); !rest.empty()) {
+              std::string out = events_.event(rest + "\n\n");
+              if (!out.empty()) co_return data_event(std::move(out));
+            }
+            co_return end;
+          }
+          if (status_ >= 200 && status_ < 300) {
+            auto t = protocol::message_to_chat_answer(body_);
+            if (!t.ok()) co_return fail(t.error);
+            co_return data_event(std::move(t.body));
+          }
+          co_return data_event(protocol::messages_error_to_chat(status_, body_).body);
+        }
+        case call_event::kind::failed:
+          terminal_ = ev;
+          co_return ev;
+      }
+    }
+  }
+
+  void cancel() override { inner_->cancel(); }
+  bool ready() const override { return !pending_.empty() || terminal_.has_value() || inner_->ready(); }
+  void on_ready(std::function<void()> hook) override { inner_->on_ready(std::move(hook)); }
+
+ private:
+  call_event fail(std::string message) {
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = failure::broken;
+    ev.message = std::move(message);
+    terminal_ = ev;
+    return ev;
+  }
+
+  std::unique_ptr<call> inner_;
+  bool stream_;
+  bool streaming_ = false;
+  int status_ = 0;
+  std::string body_;
+  gateway::sse_splitter splitter_;
+  protocol::messages_stream_to_chat events_;
+  event_queue pending_;
+  std::optional<call_event> terminal_;
+};
+
+std::string refusal_body(const protocol::translated& t) {
+  // OpenAI's error shape: the gateway relays it, or turns it into the client's own dialect.
+  std::string body = R"({"error":{"message":)";
+  auto quote = [](const std::string& s) {
+    std::string q = "\"";
+    for (char c : s) {
+      if (c == '"' || c == '\\') q += '\\';
+      if (static_cast<unsigned char>(c) < 0x20) continue;
+      q += c;
+    }
+    return q + "\"";
+  };
+  body += quote("this backend speaks Anthropic's Messages API, which cannot carry " + t.error);
+  body += R"(,"type":"invalid_request_error","param":)" + (t.param.empty() ? std::string("null") : quote(t.param));
+  body += R"(,"code":"unsupported_by_backend"}})";
+  return body;
+}
+
+}  // namespace
+
+std::map<std::string, std::string> anthropic_headers(const config::backend_config& cfg) {
+  std::map<std::string, std::string> headers = cfg.headers;
+  auto named = [&](std::string_view name) {
+    for (const auto& [k, v] : headers)
+      if (boost::beast::iequals(k, name)) return true;
+    return false;
+  };
+  if (!cfg.api_key.empty() && !named("x-api-key")) headers["x-api-key"] = cfg.api_key;
+  if (!named("anthropic-version")) headers["anthropic-version"] = anthropic_version;
+  return headers;
+}
+
+anthropic_backend::anthropic_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
+  config::backend_config transport = cfg_;
+  transport.headers = anthropic_headers(cfg_);
+  transport.api_key.clear();  // Anthropic takes x-api-key, not Authorization: Bearer
+  transport_ = std::make_unique<openai_backend>(std::move(transport));
+}
+
+anthropic_backend::~anthropic_backend() = default;
+
+std::unique_ptr<call> anthropic_backend::start(upstream_request request, io_refs refs) const {
+  if (request.path != "/chat/completions") {
+    protocol::translated t;
+    t.error = "the endpoint " + std::string(request.path) + " (only chat completions are translated)";
+    return std::make_unique<local_answer_call>(400, refusal_body(t));
+  }
+  bool include_usage = false;
+  auto t = protocol::chat_request_to_messages(request.body, &include_usage);
+  if (!t.ok()) return std::make_unique<local_answer_call>(400, refusal_body(t));
+  upstream_request up;
+  up.path = "/messages";
+  up.body = std::move(t.body);
+  up.stream = request.stream;
+  up.request_id = request.request_id;
+  return std::make_unique<anthropic_call>(transport_->start(std::move(up), refs), request.stream, include_usage);
+}
+
+}  // namespace tollgate::adapters

@@ -1,0 +1,41 @@
+// Upstreams that speak Anthropic's Messages API (kind anthropic: Anthropic itself, and the
+// Anthropic-style endpoints of providers such as Qiniu and HolySheep). The chat completions call
+// a backend takes is translated to POST {base_url}/messages with x-api-key and
+// anthropic-version, and the answer, stream or whole, errors included, back to chat completions,
+// so routing, retries, metering and every client dialect work unchanged.
+#pragma once
+
+#include <memory>
+
+#include "adapters/backend.hpp"
+#include "config/config.hpp"
+
+namespace tollgate::adapters {
+
+class openai_backend;
+
+/// The Anthropic API version sent when the backend's headers name none.
+inline constexpr const char* anthropic_version = "2023-06-01";
+
+class anthropic_backend final : public backend {
+ public:
+  explicit anthropic_backend(config::backend_config cfg);
+  ~anthropic_backend() override;
+  anthropic_backend(const anthropic_backend&) = delete;
+  anthropic_backend& operator=(const anthropic_backend&) = delete;
+  const std::string& name() const override { return cfg_.name; }
+  /// Serves request.path "/chat/completions"; other paths, and chat fields Messages cannot
+  /// express, are answered 400 at once (without a call upstream) naming what is refused.
+  std::unique_ptr<call> start(upstream_request request, io_refs refs) const override;
+
+ private:
+  config::backend_config cfg_;
+  std::unique_ptr<openai_backend> transport_;  // the HTTP client, sending Anthropic's headers
+};
+
+/// The headers an Anthropic upstream authenticates with, as a backend config's `headers`:
+/// x-api-key from api_key and anthropic-version, unless headers already name them. Health
+/// checks send the same.
+std::map<std::string, std::string> anthropic_headers(const config::backend_config& cfg);
+
+}  // namespace tollgate::adapters
