@@ -30,4 +30,38 @@ Version: 10.42
 Libs: -L${libdir} -lpcre2-8
 Cflags: -I${includedir}
 PC
+# libpq and hiredis (the PostgreSQL store and the Redis limiter), with the libraries libpq loads
+# that such a machine may lack (Kerberos, LDAP, SASL, GnuTLS and theirs; not libc or OpenSSL).
+mkdir -p "$d/include/postgresql"
+cp /usr/include/postgresql/libpq-fe.h /usr/include/postgresql/postgres_ext.h /usr/include/postgresql/pg_config_ext.h \
+  "$d/include/postgresql/"
+cp -r /usr/include/hiredis "$d/include/"
+cp -L /usr/lib/x86_64-linux-gnu/libpq.so.5 "$d/lib/"
+ln -sf libpq.so.5 "$d/lib/libpq.so"
+cp -L /usr/lib/x86_64-linux-gnu/libhiredis.so.0.14 "$d/lib/"
+ln -sf libhiredis.so.0.14 "$d/lib/libhiredis.so"
+for lib in $(ldd /usr/lib/x86_64-linux-gnu/libpq.so.5 | awk '$3 ~ /^\// {print $3}'); do
+  case "$(basename "$lib")" in libc.so.*|libssl.so.*|libcrypto.so.*|libresolv.so.*) continue ;; esac
+  cp -L "$lib" "$d/lib/"
+done
+cat >"$d/lib/pkgconfig/libpq.pc" <<'PC'
+prefix=${pcfiledir}/../..
+libdir=${prefix}/lib
+includedir=${prefix}/include/postgresql
+Name: libpq
+Description: PostgreSQL client library, copied for the GPU machine
+Version: 15
+Libs: -L${libdir} -lpq
+Cflags: -I${includedir}
+PC
+cat >"$d/lib/pkgconfig/hiredis.pc" <<'PC'
+prefix=${pcfiledir}/../..
+libdir=${prefix}/lib
+includedir=${prefix}/include
+Name: hiredis
+Description: Redis client library, copied for the GPU machine
+Version: 0.14.1
+Libs: -L${libdir} -lhiredis
+Cflags: -I${includedir}
+PC
 echo "make_deps_prefix: $(du -sh "$d" | cut -f1) in $d"
