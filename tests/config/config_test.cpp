@@ -660,7 +660,7 @@ routes:
   CHECK(find(bad, "keys[0].budget").line == 3);
   CHECK(find(bad, "keys[0].expires").line == 3);
   CHECK(find(bad, "backends[0].checkpoint").message.find("required") != std::string::npos);
-  CHECK(find(bad, "backends[0].base_url").message.find("kind openai") != std::string::npos);
+  CHECK(find(bad, "backends[0].base_url").message.find("kinds openai and anthropic") != std::string::npos);
   CHECK(find(bad, "backends[0].device").message == "must be cpu or cuda:N");
   find(bad, "backends[0].max_batch");
   CHECK(find(bad, "backends[1].checkpoint").message.find("kind local_engine") != std::string::npos);
