@@ -785,3 +785,43 @@ TEST_CASE("shared state: store.postgres, store.spool and limits", "[config]") {
   auto orphan = load("limits: {on_redis_down: reject}\n" + minimal);
   CHECK(find(orphan, "limits").message == "on_redis_down and replicas need limits.redis");
 }
+
+TEST_CASE("server.cors takes origins, checked with their lines, kind anthropic is a remote backend", "[config]") {
+  auto ok = load("server:\n  cors: {origins: [\"https://app.example.com\", \"http://localhost:5173\", \"*\"]}\n" + minimal);
+  REQUIRE(ok.value);
+  CHECK(ok.value->server.cors_origins == std::vector<std::string>{"https://app.example.com", "http://localhost:5173", "*"});
+  CHECK(load(minimal).value->server.cors_origins.empty());
+
+  auto bad = load("server:\n  cors:\n    origins: [https://app.example.com/path, app.example.com]\n    methods: [GET]\n" + minimal);
+  CHECK_FALSE(bad.value);
+  CHECK(find(bad, "server.cors.origins[0]").line == 3);
+  CHECK(find(bad, "server.cors.origins[1]").message.find("expected an origin") != std::string::npos);
+  CHECK(find(bad, "server.cors.methods").line == 4);
+
+  auto anthropic = load(R"(backends:
+  - name: claude
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    api_key: sk-ant
+    checkpoint: /models/x
+routes:
+  - model: m
+    targets:
+      - backend: claude
+)");
+  CHECK_FALSE(anthropic.value);
+  CHECK(find(anthropic, "backends[0].checkpoint").message == "'checkpoint' is for kind local_engine");
+  auto fine = load(R"(backends:
+  - name: claude
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    api_key: sk-ant
+routes:
+  - model: m
+    targets:
+      - backend: claude
+)");
+  REQUIRE(fine.value);
+  CHECK(fine.value->backends[0].kind == "anthropic");
+  CHECK(fine.value->backends[0].transport == "curl");
+}
