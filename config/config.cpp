@@ -387,7 +387,7 @@ class loader {
     known_keys(n, "server",
                {"listen", "threads", "max_body_bytes", "max_event_bytes", "shutdown_timeout", "idle_timeout", "access_log",
                 "access_log_skip",
-                "admin_key"});
+                "admin_key", "cors"});
     if (auto v = n["listen"]) read_listen(v, "server.listen", s);
     if (auto v = n["threads"]) {
       if (auto i = integer(v, "server.threads", 0, 1024)) s.threads = static_cast<unsigned>(*i);
@@ -412,6 +412,21 @@ class loader {
       if (auto t = string(v, "server.access_log")) {
         if (t->empty()) add(v, "server.access_log", "must be stdout, stderr, off or a file path");
         else s.access_log = *t;
+      }
+    }
+    if (auto v = n["cors"]; v && !v.IsNull() && expect_map(v, "server.cors")) {
+      known_keys(v, "server.cors", {"origins"});
+      if (auto o = v["origins"]; o && !o.IsNull() && expect_list(o, "server.cors.origins")) {
+        for (std::size_t i = 0; i < o.size(); ++i) {
+          const std::string path = "server.cors.origins[" + std::to_string(i) + "]";
+          if (auto t = string(o[i], path)) {
+            // An origin is scheme://host[:port], compared byte for byte with the browser's Origin.
+            const bool origin = (t->starts_with("http://") || t->starts_with("https://")) &&
+                                t->find('/', t->find("//") + 2) == std::string::npos && !has_control(*t, false);
+            if (*t != "*" && !origin) add(o[i], path, "expected an origin like https://app.example.com (no path), or *");
+            else s.cors_origins.push_back(*t);
+          }
+        }
       }
     }
     if (auto v = n["access_log_skip"]; v && !v.IsNull() && expect_list(v, "server.access_log_skip")) {

@@ -27,6 +27,9 @@ struct server_config {
   std::string access_log = "stdout";                    ///< "stdout", "stderr", "off", or a file path
   std::vector<std::string> access_log_skip;  ///< paths whose 2xx requests are not logged (probes, scrapes)
   std::string admin_key;  ///< opens /admin/; empty: /admin/ is off
+  /// Browser origins allowed to call the API (CORS), e.g. "https://app.example.com"; "*" allows
+  /// any. Empty (the default): no CORS headers and no preflight answers.
+  std::vector<std::string> cors_origins;
 };
 
 struct key_config {

@@ -103,6 +103,48 @@ admission memory_limiter::admit(const config::key_config& key, key_state& state,
   return {};
 }
 
+namespace {
+
+/// A duration as OpenAI writes it (Go's format): "250ms", "1.5s", "6m0s", "1h0m0s".
+std::string go_duration(double seconds) {
+  const auto ms = static_cast<long long>(std::ceil(std::max(0.0, seconds) * 1000));
+  char buf[48];
+  if (ms < 1000) {
+    std::snprintf(buf, sizeof buf, "%lldms", ms);
+  } else if (ms < 60000) {
+    std::snprintf(buf, sizeof buf, "%.3f", static_cast<double>(ms) / 1000);
+    std::string s(buf);
+    while (s.back() == '0') s.pop_back();
+    if (s.back() == '.') s.pop_back();
+    return s + "s";
+  } else {
+    const long long total = (ms + 999) / 1000;
+    if (total < 3600) std::snprintf(buf, sizeof buf, "%lldm%llds", total / 60, total % 60);
+    else std::snprintf(buf, sizeof buf, "%lldh%lldm%llds", total / 3600, total / 60 % 60, total % 60);
+  }
+  return buf;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> ratelimit_headers(const config::key_config& key, key_state& st,
+                                                                    steady_time now) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (key.rpm == 0 && key.tpm == 0) return out;
+  std::lock_guard lock(st.mutex);
+  const double elapsed = std::max(0.0, std::chrono::duration<double>(now - st.refilled).count());
+  auto add = [&](const char* what, unsigned limit, double bucket, bool started) {
+    const double level = started ? std::min<double>(limit, bucket + elapsed * limit / 60.0) : limit;
+    out.emplace_back(std::string("x-ratelimit-limit-") + what, std::to_string(limit));
+    out.emplace_back(std::string("x-ratelimit-remaining-") + what,
+                     std::to_string(static_cast<long long>(std::max(0.0, std::floor(level)))));
+    out.emplace_back(std::string("x-ratelimit-reset-") + what, go_duration((limit - level) * 60.0 / limit));
+  };
+  if (key.rpm != 0) add("requests", key.rpm, st.rpm_tokens, st.rpm_started);
+  if (key.tpm != 0) add("tokens", key.tpm, st.tpm_tokens, st.tpm_started);
+  return out;
+}
+
 void memory_limiter::finish(const config::key_config& key, key_state& state, std::int64_t estimated,
                             std::int64_t actual, double cost) {
   if (key.budget > 0 && cost > 0) {

@@ -10,6 +10,8 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "config/config.hpp"
 #include "routing/named_registry.hpp"
@@ -88,6 +90,12 @@ class memory_limiter final : public limiter {
 
 /// Budget left for a key now (its budget when the period rolled over); nullopt without a budget.
 std::optional<double> budget_left(const config::key_config& key, key_state& st, std::int64_t now_unix_ms);
+
+/// OpenAI's rate limit headers for a key with an RPM or TPM limit, as its buckets stand at now:
+/// x-ratelimit-limit/remaining/reset-requests and -tokens (reset: until the bucket is full again,
+/// as "1s", "250ms", "6m0s"). Empty for a key without either limit.
+std::vector<std::pair<std::string, std::string>> ratelimit_headers(const config::key_config& key, key_state& st,
+                                                                    steady_time now);
 
 /// Tokens a request may use, before it runs: its body at about four bytes a token, plus what it
 /// may generate (max_tokens, or 512 when it does not say). Saturates at INT64_MAX.

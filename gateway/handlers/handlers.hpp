@@ -26,5 +26,11 @@ api_error unauthorized_error(const request_context& ctx);
 boost::asio::awaitable<bool> handle_admin(request_context& ctx);  // handlers/admin.cpp
 /// POST only, with a key (authenticated here), then the exchange.
 boost::asio::awaitable<bool> handle_proxy(request_context& ctx);  // proxy/exchange.cpp
+// Other APIs' endpoints (handlers/api_surface.cpp): POST /v1/messages and /v1/responses are
+// translated to chat completions, then handle_proxy; the client's dialect goes on ctx.dialect.
+boost::asio::awaitable<bool> handle_messages(request_context& ctx);
+boost::asio::awaitable<bool> handle_responses(request_context& ctx);
+boost::asio::awaitable<bool> handle_count_tokens(request_context& ctx);  // POST /v1/messages/count_tokens
+boost::asio::awaitable<bool> handle_model_by_id(request_context& ctx);   // GET /v1/models/{id}
 
 }  // namespace tollgate::gateway

@@ -8,6 +8,7 @@
 #include <array>
 #include <chrono>
 
+#include "gateway/cors.hpp"
 #include "gateway/handlers/handlers.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/runtime.hpp"
@@ -91,24 +92,42 @@ net::awaitable<bool> models(request_context& ctx) {
   co_return co_await ctx.out.send_json(200, models_body(ctx.rt, *ctx.who), true);
 }
 
+/// A CORS preflight: what the browser may send next (the answer carries the origin, added by the
+/// responder). An origin not allowed gets a 204 without them, which the browser refuses.
+net::awaitable<bool> preflight(request_context& ctx) {
+  http::response<http::string_body> res{http::status::no_content, 11};
+  if (!ctx.out.cors_origin().empty()) {
+    const auto asked = ctx.req.find(http::field::access_control_request_headers);
+    res.set(http::field::access_control_allow_methods, "GET, POST, OPTIONS");
+    res.set(http::field::access_control_allow_headers,
+            asked != ctx.req.end() ? std::string(asked->value()) : std::string(cors_default_request_headers));
+    res.set(http::field::access_control_max_age, "600");
+  }
+  co_return co_await ctx.out.send(std::move(res), true);
+}
+
 using handler = net::awaitable<bool> (*)(request_context&);
 
 struct path_entry {
-  enum class match { path, target_prefix } how;
+  enum class match { path, path_prefix, target_prefix } how;
   std::string_view text;
   handler run;
 };
 
 /// First match wins. The admin API is matched on the raw target (no /v1 form of it).
-constexpr std::array<path_entry, 8> path_table{{
+constexpr std::array<path_entry, 12> path_table{{
     {path_entry::match::path, "/metrics", metrics},
     {path_entry::match::path, "/healthz", healthz},
     {path_entry::match::path, "/readyz", readyz},
     {path_entry::match::target_prefix, "/admin/", handle_admin},
     {path_entry::match::path, "/models", models},
+    {path_entry::match::path_prefix, "/models/", handle_model_by_id},
     {path_entry::match::path, "/chat/completions", handle_proxy},
     {path_entry::match::path, "/completions", handle_proxy},
     {path_entry::match::path, "/embeddings", handle_proxy},
+    {path_entry::match::path, "/messages", handle_messages},
+    {path_entry::match::path, "/messages/count_tokens", handle_count_tokens},
+    {path_entry::match::path, "/responses", handle_responses},
 }};
 
 }  // namespace
@@ -163,8 +182,12 @@ api_error unauthorized_error(const request_context& ctx) {
 // Not a coroutine itself: it hands back the handler's, so the lookup costs no frame.
 net::awaitable<bool> handle_request(request_context& ctx) {
   const std::string_view target = ctx.req.target();
+  if (ctx.req.method() == http::verb::options && !ctx.rt.cfg.server.cors_origins.empty()) return preflight(ctx);
   for (const auto& e : path_table) {
-    if (e.how == path_entry::match::path ? ctx.path == e.text : target.starts_with(e.text)) return e.run(ctx);
+    const bool hit = e.how == path_entry::match::path          ? ctx.path == e.text
+                     : e.how == path_entry::match::path_prefix ? ctx.path.starts_with(e.text)
+                                                               : target.starts_with(e.text);
+    if (hit) return e.run(ctx);
   }
   return not_found_url(ctx);
 }

@@ -161,15 +161,19 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   response_head_text res(head.status);
   res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
   for (const auto& [name, value] : head.headers) {
-    if (relayed_header(name)) res.field(name, value);
+    if (out.pass_header(name)) res.field(name, value);
   }
   out.decorate(res);
   auto [ec, n] = co_await out.write_stream_head(res, head.status);
   if (ec) co_return delivery{false, false, false};
 
   const std::size_t max_event_bytes = ctx_.rt.cfg.server.max_event_bytes;
+  // A client of another API gets its dialect's events; the chat events behind them are what is
+  // counted.
+  protocol::client_dialect* const dialect = ctx_.dialect.get();
   sse_splitter events;
   std::string chunk;
+  std::string raw;
   bool broke = false;
   res_.delivered.clear();
   res_.delivered_text.clear();
@@ -177,12 +181,18 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   for (;;) {
     call_event ev = co_await call.next();
     chunk.clear();
+    raw.clear();
     bool finished = false;
     if (ev.type == call_event::kind::data) {
       events.feed(ev.data);
       while (auto e = events.next_event()) {
         if (take_usage(*e)) continue;
-        chunk += *e;
+        if (dialect == nullptr) {
+          chunk += *e;
+        } else {
+          raw += *e;
+          chunk += dialect->event(*e);
+        }
       }
       if (events.buffered() > max_event_bytes) {
         // An event that never ends would be buffered without bound: the stream is broken.
@@ -190,12 +200,12 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
                                           std::to_string(max_event_bytes) + " bytes)");
         record.error = err.message;
         call.cancel();
-        chunk += err.sse_event();
+        chunk += dialect != nullptr ? dialect->stream_error(err.status, err.message) : err.sse_event();
         finished = true;
         broke = true;
       }
     } else if (ev.type == call_event::kind::end) {
-      chunk = events.take_rest();
+      chunk = dialect != nullptr ? dialect->end() : events.take_rest();
       finished = true;
     } else if (ev.type == call_event::kind::head) {
       continue;
@@ -206,9 +216,13 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       const api_error err = ev.error == adapters::failure::timeout
                                 ? gateway_timeout("upstream " + record.backend + " timed out mid-stream: " + ev.message)
                                 : bad_gateway("upstream " + record.backend + " broke the stream: " + ev.message);
-      chunk = events.take_rest();
-      if (!chunk.empty() && !chunk.ends_with("\n\n")) chunk += "\n\n";
-      chunk += err.sse_event();
+      if (dialect != nullptr) {
+        chunk = dialect->stream_error(err.status, err.message);
+      } else {
+        chunk = events.take_rest();
+        if (!chunk.empty() && !chunk.ends_with("\n\n")) chunk += "\n\n";
+        chunk += err.sse_event();
+      }
       finished = true;
       broke = true;
     }
@@ -219,11 +233,12 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       // What the client has, for counting if the usage chunk never comes.
       // Whole events: past a bound, the text is taken out of those kept so far, so that a long
       // stream is counted whole without keeping all its bytes.
-      if (res_.delivered.size() + chunk.size() > max_metered_stream) {
+      const std::string& counted = dialect != nullptr ? raw : chunk;
+      if (res_.delivered.size() + counted.size() > max_metered_stream) {
         append_completion_text(res_.delivered, true, res_.delivered_text);
         res_.delivered.clear();
       }
-      res_.delivered += chunk;
+      res_.delivered += counted;
     }
     if (finished) break;
   }
@@ -238,6 +253,7 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
   if (ctx.req.method() != http::verb::post) co_return co_await out.send_error(method_not_allowed(), true);
   if (!authenticate(ctx)) co_return co_await out.send_error(unauthorized_error(ctx), true);
   proxy_result& res = ctx.result.proxy.emplace();
+  out.name_upstream_model(&res.upstream_model);
 
   auto parsed = parse_request_body(ctx.req.body());
   if (!parsed.fields) co_return co_await out.send_error(bad_request(parsed.error, parsed.error_param), true);
@@ -268,6 +284,7 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
 
   const std::int64_t estimate = estimate_tokens(ctx.req.body().size(), fields.max_tokens);
   const admission adm = rt.limits->admit(*ctx.who->key, *ctx.who->state, estimate, steady_clock::now());
+  out.set_ratelimit(ratelimit_headers(*ctx.who->key, *ctx.who->state, steady_clock::now()));
   if (!adm.admitted) {
     const api_error err{adm.status,
                         adm.status == 503                    ? "service_unavailable"

@@ -17,6 +17,7 @@
 #include "gateway/access_log.hpp"
 #include "gateway/key_table.hpp"
 #include "gateway/limiter.hpp"
+#include "gateway/protocol/client_dialect.hpp"
 #include "gateway/usage.hpp"
 
 namespace tollgate::gateway {
@@ -103,6 +104,10 @@ struct request_context {
   request_result& result;
   std::optional<principal> who;  ///< set by authenticate()
   auth_result auth = auth_result::missing;
+  /// The client speaks another API (Anthropic Messages, the Responses API): its request is proxied
+  /// as chat completions, and the responder and the exchange turn what goes back into its
+  /// dialect. Null: OpenAI's.
+  std::unique_ptr<protocol::client_dialect> dialect;
 };
 
 }  // namespace tollgate::gateway

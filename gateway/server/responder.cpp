@@ -8,6 +8,8 @@
 #include <array>
 #include <cstdio>
 
+#include "gateway/cors.hpp"
+#include "gateway/protocol/client_dialect.hpp"
 #include "gateway/server.hpp"
 
 namespace tollgate::gateway {
@@ -24,6 +26,13 @@ constexpr auto write_timeout = std::chrono::seconds(30);
 void responder::decorate(response_head_text& head) {
   head.field("x-request-id", record_.request_id);
   if (!record_.backend.empty()) head.field("x-tollgate-backend", record_.backend);
+  if (upstream_model_ != nullptr && !upstream_model_->empty()) head.field("x-tollgate-upstream-model", *upstream_model_);
+  for (const auto& [name, value] : ratelimit_) head.field(name, value);
+  if (!cors_origin_.empty()) {
+    head.field("Access-Control-Allow-Origin", cors_origin_);
+    head.field("Access-Control-Expose-Headers", cors_exposed_headers);
+    head.field("Vary", "Origin");
+  }
   head.field("Server", "tollgate");
 }
 
@@ -42,6 +51,11 @@ net::awaitable<bool> responder::write_whole(response_head_text& head, int status
 }
 
 net::awaitable<bool> responder::send(http::response<http::string_body> res, bool keep_alive) {
+  if (dialect_ != nullptr && res.result_int() >= 400) {  // the gateway's own errors, in the client's dialect
+    auto a = dialect_->error(res.result_int(), res.body());
+    res.result(a.status);
+    res.body() = std::move(a.body);
+  }
   response_head_text head(res.result_int());
   for (const auto& f : res.base()) head.field(f.name_string(), f.value());
   decorate(head);
@@ -61,9 +75,17 @@ net::awaitable<bool> responder::send_error(const api_error& err, bool keep_alive
 }
 
 net::awaitable<bool> responder::send_buffered(buffered_response b) {
+  if (dialect_ != nullptr) {
+    auto a = dialect_->whole(b.status, b.body);
+    b.status = a.status;
+    b.body = std::move(a.body);
+    b.content_type = "application/json";
+  }
   response_head_text head(b.status);
   head.field("Content-Type", b.content_type);
-  for (const auto& [name, value] : b.headers) head.field(name, value);
+  for (const auto& [name, value] : b.headers) {
+    if (pass_header(name)) head.field(name, value);
+  }
   decorate(head);
   co_return co_await write_whole(head, b.status, b.body, true);
 }

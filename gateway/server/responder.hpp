@@ -13,6 +13,8 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "config/config.hpp"
 #include "gateway/access_log.hpp"
@@ -20,6 +22,10 @@
 #include "gateway/http_head.hpp"
 #include "gateway/proxy/attempt_runner.hpp"
 #include "gateway/worker.hpp"
+
+namespace tollgate::protocol {
+class client_dialect;
+}
 
 namespace tollgate::gateway {
 
@@ -31,7 +37,30 @@ class responder {
       : w_(w), socket_(socket), entry_(entry), record_(record) {}
 
   /// A new request: HEAD answers leave their bodies out.
-  void begin(bool head_request) { head_request_ = head_request; }
+  /// cors_origin: the Access-Control-Allow-Origin its answers carry (empty: none).
+  void begin(bool head_request, std::string cors_origin) {
+    head_request_ = head_request;
+    dialect_ = nullptr;
+    upstream_model_ = nullptr;
+    cors_origin_ = std::move(cors_origin);
+    ratelimit_.clear();
+  }
+  const std::string& cors_origin() const { return cors_origin_; }
+
+  /// The x-ratelimit-* headers of the request's key (empty: a key without limits); they replace
+  /// the provider's own.
+  void set_ratelimit(std::vector<std::pair<std::string, std::string>> headers) { ratelimit_ = std::move(headers); }
+  /// An upstream header that goes on to the client: relayed_header, less the provider's
+  /// x-ratelimit-* when the key has limits of its own.
+  bool pass_header(std::string_view name) const {
+    return relayed_header(name) && (ratelimit_.empty() || !name.starts_with("x-ratelimit-"));
+  }
+
+  /// The request's client speaks dialect (owned by the request's context): whole answers and the
+  /// gateway's own errors are turned into it. Streams are turned by the exchange.
+  void speak(protocol::client_dialect* dialect) { dialect_ = dialect; }
+  /// The model name sent upstream (x-tollgate-upstream-model), kept by the request's proxy result.
+  void name_upstream_model(const std::string* model) { upstream_model_ = model; }
 
   /// Writes a whole response. keep_alive: the client may send another request after it. Returns
   /// whether the connection stays open (the write succeeded, keep_alive, and not draining).
@@ -50,7 +79,8 @@ class responder {
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_chunk(std::string_view data);
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_last_chunk();
 
-  /// x-request-id, x-tollgate-backend (once a backend is chosen), Server.
+  /// x-request-id, x-tollgate-backend and x-tollgate-upstream-model (once a backend is chosen),
+  /// the key's x-ratelimit-*, the CORS headers for an allowed origin, Server.
   void decorate(response_head_text& head);
 
   /// Watches the client while call runs, so that a client that leaves cancels it: at once for a
@@ -74,6 +104,10 @@ class responder {
   std::list<worker::session_entry>::iterator entry_;
   access_record& record_;
   bool head_request_ = false;  // the request being answered is a HEAD: no body goes out
+  protocol::client_dialect* dialect_ = nullptr;  // null: the client speaks OpenAI's API
+  const std::string* upstream_model_ = nullptr;
+  std::string cors_origin_;  // the request's Origin when server.cors allows it
+  std::vector<std::pair<std::string, std::string>> ratelimit_;  // x-ratelimit-* of a key with limits
   char peek_byte_[1];
 };
 

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "gateway/accounting/result_consumers.hpp"
+#include "gateway/cors.hpp"
 #include "gateway/handlers/handlers.hpp"
 #include "gateway/http_head.hpp"
 #include "gateway/runtime.hpp"
@@ -85,7 +86,7 @@ class session {
         // RFC 9112 6.3: a body framed by anything but one final chunked cannot be delimited
         // safely (request smuggling); refused and the connection closed.
         out_.clear_deadline();
-        co_await refuse(parser.get(), bad_request("unsupported Transfer-Encoding: only a single chunked is accepted"));
+        co_await refuse(parser.get(), *rt, bad_request("unsupported Transfer-Encoding: only a single chunked is accepted"));
         co_await drain_and_close();
         co_return;
       }
@@ -99,18 +100,18 @@ class session {
       }
       out_.clear_deadline();
       if (ec == http::error::body_limit) {
-        co_await refuse(parser.get(), payload_too_large(rt->cfg.server.max_body_bytes));
+        co_await refuse(parser.get(), *rt, payload_too_large(rt->cfg.server.max_body_bytes));
         co_await drain_and_close();
         co_return;
       }
       if (ec && ec.category() == http::make_error_code(http::error::bad_target).category() &&
           ec != http::error::end_of_stream && ec != http::error::partial_message) {
-        co_await refuse(parser.get(), bad_request("malformed HTTP request: " + ec.message()));
+        co_await refuse(parser.get(), *rt, bad_request("malformed HTTP request: " + ec.message()));
         break;
       }
       if (ec) break;  // closed, timed out, cut off, or cancelled by drain
       request req = parser.release();
-      request_result result = begin(req);
+      request_result result = begin(req, *rt);
       record_.bytes_in = req.body().size();
       request_context ctx{w_, req, endpoint_of(req.target()), *rt, out_, conn_, result};
       bool keep = false;
@@ -137,8 +138,8 @@ class session {
  private:
   /// Answers a request that is not read (or not whole) with err, and closes the connection.
   template <class Req>
-  net::awaitable<void> refuse(const Req& head, api_error err) {
-    request_result result = begin(head);
+  net::awaitable<void> refuse(const Req& head, const runtime& rt, api_error err) {
+    request_result result = begin(head, rt);
     co_await out_.send_error(err, false);
     finish(result);
   }
@@ -164,9 +165,11 @@ class session {
   /// A new request: a fresh result over the connection's record (cleared, its strings' storage
   /// kept), counted in flight until finish().
   template <class Req>
-  request_result begin(const Req& req) {
+  request_result begin(const Req& req, const runtime& rt) {
     const auto started = clock::now();
-    out_.begin(req.method() == http::verb::head);
+    const auto origin = req.find(http::field::origin);
+    out_.begin(req.method() == http::verb::head,
+               origin == req.end() ? std::string() : cors_allowed_origin(rt.cfg.server.cors_origins, origin->value()));
     record_.clear();
     record_.method.assign(req.method_string());
     record_.path.assign(req.target());

@@ -40,7 +40,7 @@ key=$("$tg" keys create --config "$work/tollgate.yaml" --name team-a --models 'd
       --budget 50/month --expires 2099-12-31 2>/dev/null)
 [[ "$key" =~ ^tg-[A-Za-z0-9]{43}$ ]] || fail "created key looks wrong: $key"
 json=$("$tg" keys create --config "$work/tollgate.yaml" --name team-b --json 2>/dev/null)
-echo "$json" | grep -q '"key":"tg-' || fail "--json lacks the key: $json"
+grep -q '"key":"tg-' <<<"$json" || fail "--json lacks the key: $json"
 
 call() {  # call KEY MODEL -> status
   curl -s -o /dev/null -w '%{http_code}' "$url/v1/chat/completions" -H "Authorization: Bearer $1" \
@@ -55,11 +55,11 @@ done
 [ "$(call "$key" qwen-max)" = 403 ] || fail "a model outside --models was not refused"
 
 list=$("$tg" keys list --config "$work/tollgate.yaml")
-echo "$list" | grep -q "team-a" || fail "list lacks team-a: $list"
-echo "$list" | grep -q "deepseek-\*" || fail "list lacks the models"
-echo "$list" | grep -q "50/month" || fail "list lacks the budget"
-echo "$list" | grep -q "2099-12-31" || fail "list lacks the expiry"
-echo "$list" | grep -q "${key:3}" && fail "list shows the secret"
+grep -q "team-a" <<<"$list" || fail "list lacks team-a: $list"
+grep -q "deepseek-\*" <<<"$list" || fail "list lacks the models"
+grep -q "50/month" <<<"$list" || fail "list lacks the budget"
+grep -q "2099-12-31" <<<"$list" || fail "list lacks the expiry"
+grep -q "${key:3}" <<<"$list" && fail "list shows the secret"
 # The log has lines for team-a's requests, and none of them holds its key; nor does any byte of
 # the database files.
 logged=""

@@ -660,7 +660,7 @@ routes:
   CHECK(find(bad, "keys[0].budget").line == 3);
   CHECK(find(bad, "keys[0].expires").line == 3);
   CHECK(find(bad, "backends[0].checkpoint").message.find("required") != std::string::npos);
-  CHECK(find(bad, "backends[0].base_url").message.find("kind openai") != std::string::npos);
+  CHECK(find(bad, "backends[0].base_url").message.find("kinds openai and anthropic") != std::string::npos);
   CHECK(find(bad, "backends[0].device").message == "must be cpu or cuda:N");
   find(bad, "backends[0].max_batch");
   CHECK(find(bad, "backends[1].checkpoint").message.find("kind local_engine") != std::string::npos);
@@ -784,4 +784,44 @@ TEST_CASE("shared state: store.postgres, store.spool and limits", "[config]") {
   CHECK(find(sync, "store.flush_interval").line == 1);
   auto orphan = load("limits: {on_redis_down: reject}\n" + minimal);
   CHECK(find(orphan, "limits").message == "on_redis_down and replicas need limits.redis");
+}
+
+TEST_CASE("server.cors takes origins, checked with their lines, kind anthropic is a remote backend", "[config]") {
+  auto ok = load("server:\n  cors: {origins: [\"https://app.example.com\", \"http://localhost:5173\", \"*\"]}\n" + minimal);
+  REQUIRE(ok.value);
+  CHECK(ok.value->server.cors_origins == std::vector<std::string>{"https://app.example.com", "http://localhost:5173", "*"});
+  CHECK(load(minimal).value->server.cors_origins.empty());
+
+  auto bad = load("server:\n  cors:\n    origins: [https://app.example.com/path, app.example.com]\n    methods: [GET]\n" + minimal);
+  CHECK_FALSE(bad.value);
+  CHECK(find(bad, "server.cors.origins[0]").line == 3);
+  CHECK(find(bad, "server.cors.origins[1]").message.find("expected an origin") != std::string::npos);
+  CHECK(find(bad, "server.cors.methods").line == 4);
+
+  auto anthropic = load(R"(backends:
+  - name: claude
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    api_key: sk-ant
+    checkpoint: /models/x
+routes:
+  - model: m
+    targets:
+      - backend: claude
+)");
+  CHECK_FALSE(anthropic.value);
+  CHECK(find(anthropic, "backends[0].checkpoint").message == "'checkpoint' is for kind local_engine");
+  auto fine = load(R"(backends:
+  - name: claude
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    api_key: sk-ant
+routes:
+  - model: m
+    targets:
+      - backend: claude
+)");
+  REQUIRE(fine.value);
+  CHECK(fine.value->backends[0].kind == "anthropic");
+  CHECK(fine.value->backends[0].transport == "curl");
 }

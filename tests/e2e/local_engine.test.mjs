@@ -3,6 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
 
 const client = new OpenAI({ baseURL: process.env.TOLLGATE_BASE_URL, apiKey: process.env.TOLLGATE_KEY, maxRetries: 0 });
@@ -37,6 +38,23 @@ test("greedy chat equals the engine CLI, token counts included", async () => {
     const eos = refs[i].finish_reason === "stop" ? 1 : 0;
     assert.equal(res.usage.completion_tokens, refs[i].tokens.length + eos);
     assert.equal(res.usage.total_tokens, refs[i].prompt_tokens + refs[i].tokens.length + eos);
+  }
+});
+
+test("the Anthropic SDK gets the same greedy answers, whole and streamed", async () => {
+  const anthropic = new Anthropic({ baseURL: process.env.TOLLGATE_URL, apiKey: process.env.TOLLGATE_KEY, maxRetries: 0 });
+  for (let i = 0; i < prompts.length; i++) {
+    const params = { model, temperature: 0, max_tokens: 24, messages: [{ role: "user", content: prompts[i] }] };
+    const msg = await anthropic.messages.create(params);
+    assert.equal(msg.model, model);
+    assert.equal(msg.content[0].text, refs[i].text, `prompt ${i}`);
+    assert.equal(msg.stop_reason, refs[i].finish_reason === "stop" ? "end_turn" : "max_tokens");
+    assert.equal(msg.usage.input_tokens, refs[i].prompt_tokens);
+    const stream = anthropic.messages.stream(params);
+    const final = await stream.finalMessage();
+    assert.equal(final.content[0]?.text ?? "", refs[i].text, `streamed prompt ${i}`);
+    assert.equal(final.usage.input_tokens, refs[i].prompt_tokens);
+    assert.ok(final.usage.output_tokens > 0);
   }
 });
 

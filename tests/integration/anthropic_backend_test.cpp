@@ -163,7 +163,9 @@ TEST_CASE("tool calls round-trip through an Anthropic upstream, whole and stream
   REQUIRE(r2.status == 200);
   CHECK(json::parse(r2.body)["choices"][0]["message"]["content"] == "tool said: sunny");
   const json sent = json::parse(f.a.requests()[1].body);
-  CHECK(sent["messages"][1]["content"][0]["type"] == "tool_use");
+  // The assistant turn as the upstream gave it: its text, then its tool_use.
+  CHECK(sent["messages"][1]["content"][0] == json{{"type", "text"}, {"text", "echo: weather in Paris"}});
+  CHECK(sent["messages"][1]["content"][1]["type"] == "tool_use");
   CHECK(sent["messages"][2]["content"][0] == json{{"type", "tool_result"}, {"tool_use_id", "toolu_fake1"}, {"content", "sunny"}});
 
   json streamed_body = chat_body("claude-public", "weather in Rome", true);
@@ -175,7 +177,7 @@ TEST_CASE("tool calls round-trip through an Anthropic upstream, whole and stream
   CHECK(json::parse(s.arguments) == json{{"text", "weather in Rome"}});
 }
 
-TEST_CASE("Anthropic upstream errors reach chat clients in OpenAI's shape; 529 fails over", "[integration][anthropic]") {
+TEST_CASE("Anthropic upstream errors reach chat clients in OpenAI's shape, 529 fails over", "[integration][anthropic]") {
   gateway_fixture f(anthropic_yaml());
   http_client c;
   response_script unauthorized;

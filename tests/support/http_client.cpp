@@ -71,6 +71,7 @@ http_result http_client::perform(const std::string& url, const std::string* body
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body->size()));
   }
   curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+  if (!options.method.empty()) curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, options.method.c_str());
   const CURLcode code = curl_easy_perform(easy);
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &result.status);
   curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &result.new_connections);

@@ -19,6 +19,7 @@ struct http_result {
 struct http_options {
   std::vector<std::string> headers;  ///< "Name: value"
   long timeout_ms = 10000;
+  std::string method;  ///< e.g. "OPTIONS"; empty: GET, or POST with a body
   /// Called with each piece of the body as it arrives; return false to abort the transfer.
   std::function<bool(const std::string&)> on_data;
 };

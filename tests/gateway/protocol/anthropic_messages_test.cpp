@@ -156,7 +156,7 @@ TEST_CASE("finish reasons map to stop reasons", "[protocol]") {
   CHECK(seq.second == "END");
 }
 
-TEST_CASE("errors take Anthropic's shape; an overloaded 503 becomes 529", "[protocol]") {
+TEST_CASE("errors take Anthropic's shape, an overloaded 503 becomes 529", "[protocol]") {
   const auto a = chat_error_to_anthropic(429, R"({"error":{"message":"slow down","type":"rate_limit_error","code":"rpm"}})");
   CHECK(a.status == 429);
   CHECK(json::parse(a.body) == json{{"type", "error"}, {"error", {{"type", "rate_limit_error"}, {"message", "slow down"}}}});
@@ -213,7 +213,7 @@ TEST_CASE("a chat stream becomes Anthropic's event sequence, text, thinking and 
                                      {"output_tokens", 9}});
 }
 
-TEST_CASE("an empty chat stream still gives a whole Anthropic sequence; an error event ends it", "[protocol]") {
+TEST_CASE("an empty chat stream still gives a whole Anthropic sequence, an error event ends it", "[protocol]") {
   chat_stream_to_messages t("m");
   const auto ev = split_sse(t.end());
   REQUIRE(ev.size() == 3);

@@ -84,7 +84,7 @@ TEST_CASE("a chat request becomes a Messages request", "[protocol]") {
   CHECK(msgs[2]["content"][1] == json{{"type", "text"}, {"text", "thanks"}});
 }
 
-TEST_CASE("a chat request without max_tokens gets the default; what Messages lacks is refused", "[protocol]") {
+TEST_CASE("a chat request without max_tokens gets the default, what Messages lacks is refused", "[protocol]") {
   const json base = {{"model", "m"}, {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}};
   const auto ok = chat_request_to_messages(base.dump(), nullptr);
   REQUIRE(ok.ok());
@@ -139,7 +139,7 @@ TEST_CASE("an Anthropic message becomes a chat completion with every input token
   CHECK(back["stop_reason"] == "tool_use");
 }
 
-TEST_CASE("Anthropic errors take OpenAI's shape; 529 becomes a retryable 503", "[protocol]") {
+TEST_CASE("Anthropic errors take OpenAI's shape, 529 becomes a retryable 503", "[protocol]") {
   const auto o = messages_error_to_chat(529, R"({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}})");
   CHECK(o.status == 503);
   CHECK(json::parse(o.body)["error"]["code"] == "overloaded");

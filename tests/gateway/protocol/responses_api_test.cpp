@@ -177,7 +177,7 @@ TEST_CASE("a chat stream becomes Responses events", "[protocol]") {
   CHECK(t.end().empty());
 }
 
-TEST_CASE("a Responses stream cut at max tokens is incomplete; a broken one fails", "[protocol]") {
+TEST_CASE("a Responses stream cut at max tokens is incomplete, a broken one fails", "[protocol]") {
   chat_stream_to_responses t("{}", "m");
   std::string out = t.event(chat_chunk({{"reasoning_content", "think"}}));
   out += t.event(chat_chunk({{"content", "a"}}, "length"));

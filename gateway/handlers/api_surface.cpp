@@ -1,0 +1,107 @@
+// The endpoints of APIs other than OpenAI chat: POST /v1/messages and /v1/responses (translated to
+// chat completions and proxied as one, answered in the client's dialect), and the answers about
+// models that need no upstream: POST /v1/messages/count_tokens (the prompt counted with the
+// metering tokenizer, as the chat template renders it) and GET /v1/models/{id} (OpenAI's shape,
+// or Anthropic's for requests with anthropic-version).
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "gateway/handlers/handlers.hpp"
+#include "gateway/metering.hpp"
+#include "gateway/protocol/anthropic_messages.hpp"
+#include "gateway/protocol/client_dialect.hpp"
+#include "gateway/runtime.hpp"
+#include "gateway/server/responder.hpp"
+
+namespace tollgate::gateway {
+
+namespace net = boost::asio;
+namespace http = boost::beast::http;
+using json = nlohmann::json;
+
+namespace {
+
+struct endpoint_answer {
+  int status = 200;
+  std::string body;  // JSON; an error in OpenAI's shape when status >= 400
+};
+
+endpoint_answer fail(const api_error& e) { return {e.status, e.body()}; }
+
+api_error no_model(std::string_view id) {
+  return not_found("The model `" + std::string(id) + "` does not exist or you do not have access to it.", "model_not_found");
+}
+
+/// The model id if this key may use it and a route serves it, else 404 model_not_found.
+endpoint_answer model_by_id(const runtime& rt, const principal& who, std::string_view id, bool anthropic_shape) {
+  if (id.empty() || !who.may_use(id) || rt.routes.resolve(id) == nullptr) return fail(no_model(id));
+  if (anthropic_shape) {
+    return {200, json{{"type", "model"}, {"id", id}, {"display_name", id}, {"created_at", "1970-01-01T00:00:00Z"}}.dump()};
+  }
+  return {200, json{{"id", id}, {"object", "model"}, {"created", 0}, {"owned_by", "tollgate"}}.dump()};
+}
+
+/// {"input_tokens": N} for an Anthropic Messages request body (max_tokens may be left out).
+/// 400 naming a refused field, 404 for a model the key may not use or no route serves, 503 when
+/// there is no tokenizer to count with.
+endpoint_answer count_message_tokens(const runtime& rt, const principal& who, std::string_view body) {
+  json request = json::parse(body, nullptr, false);
+  if (!request.is_object()) return fail(bad_request("the body is not a JSON object"));
+  // count_tokens takes a Messages request without max_tokens.
+  if (!request.contains("max_tokens")) request["max_tokens"] = 1;
+  const auto model = request.find("model");
+  if (model == request.end() || !model->is_string()) return fail(bad_request("model: Field required", "model"));
+  const std::string name = model->get<std::string>();
+  if (!who.may_use(name) || rt.routes.resolve(name) == nullptr) return fail(no_model(name));
+  const auto chat = protocol::messages_request_to_chat(request.dump());
+  if (!chat.ok()) return fail(bad_request(chat.error, chat.param));
+  if (!rt.tokenizer) return fail(unavailable("no tokenizer to count with: set metering.tokenizer"));
+  return {200, json{{"input_tokens", count_prompt_tokens(*rt.tokenizer, "/chat/completions", chat.body)}}.dump()};
+}
+
+void speak(request_context& ctx, std::unique_ptr<protocol::client_dialect> dialect) {
+  ctx.dialect = std::move(dialect);
+  ctx.out.speak(ctx.dialect.get());
+}
+
+/// Clients of another API: the request is translated to chat completions and proxied as one;
+/// answers and errors go back in the client's dialect (the responder and the exchange apply it).
+net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
+  if (ctx.req.method() != http::verb::post) co_return co_await ctx.out.send_error(method_not_allowed(), true);
+  speak(ctx, anthropic ? protocol::anthropic_client(ctx.req.body()) : protocol::responses_client(ctx.req.body()));
+  if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
+  auto chat = ctx.dialect->chat_request();
+  if (!chat.ok()) co_return co_await ctx.out.send_error(bad_request(chat.error, chat.param), true);
+  ctx.req.body() = std::move(chat.body);  // a chat completions request from here on
+  ctx.path = "/chat/completions";
+  co_return co_await handle_proxy(ctx);
+}
+
+}  // namespace
+
+net::awaitable<bool> handle_messages(request_context& ctx) { return translated(ctx, true); }
+
+net::awaitable<bool> handle_responses(request_context& ctx) { return translated(ctx, false); }
+
+net::awaitable<bool> handle_count_tokens(request_context& ctx) {
+  speak(ctx, protocol::anthropic_client({}));  // errors in Anthropic's shape
+  if (ctx.req.method() != http::verb::post) co_return co_await ctx.out.send_error(method_not_allowed(), true);
+  if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
+  auto a = count_message_tokens(ctx.rt, *ctx.who, ctx.req.body());
+  co_return co_await ctx.out.send_json(a.status, std::move(a.body), true);
+}
+
+net::awaitable<bool> handle_model_by_id(request_context& ctx) {
+  const bool anthropic_shape = ctx.req.find("anthropic-version") != ctx.req.end();
+  if (anthropic_shape) speak(ctx, protocol::anthropic_client({}));
+  if (ctx.req.method() != http::verb::get && ctx.req.method() != http::verb::head) {
+    co_return co_await ctx.out.send_error(method_not_allowed(), true);
+  }
+  if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
+  auto a = model_by_id(ctx.rt, *ctx.who, ctx.path.substr(std::string_view("/models/").size()), anthropic_shape);
+  co_return co_await ctx.out.send_json(a.status, std::move(a.body), true);
+}
+
+}  // namespace tollgate::gateway
