@@ -18,6 +18,18 @@ root=$(cd "$(dirname "$0")/../../.." && pwd)
 cd "$root"
 summary=()
 note() { summary+=("$1"); echo "$1"; }
+# serve CONFIG LOG SECONDS: starts `tollgate serve` in the background; sets gw (its pid) and url
+# (empty when it did not say where it listens within SECONDS).
+serve() {
+  build-gpu/tollgate serve --config "$1" >"$2" 2>&1 &
+  gw=$!
+  url=""
+  for _ in $(seq 1 $(($3 * 10))); do
+    url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$2" | head -1 | sed 's/listening on //')
+    [ -n "$url" ] && break
+    sleep 0.1
+  done
+}
 
 prefix=()
 [ -n "${TOLLGATE_DEPS_PREFIX:-}" ] && prefix=(-DCMAKE_PREFIX_PATH="$TOLLGATE_DEPS_PREFIX")
@@ -64,14 +76,7 @@ routes:
   - {model: gpu32, targets: [{backend: gpu32}]}
   - {model: gpu16, targets: [{backend: gpu16}]}
 YAML
-  build-gpu/tollgate serve --config "$work/gpu.yaml" >"$out/gateway.log" 2>&1 &
-  gw=$!
-  url=""
-  for _ in $(seq 1 200); do
-    url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$out/gateway.log" | head -1 | sed 's/listening on //')
-    [ -n "$url" ] && break
-    sleep 0.1
-  done
+  serve "$work/gpu.yaml" "$out/gateway.log" 20
   python3 tests/e2e/gpu_gateway.py "$url" tg-gpu-e2e-key "$work/refs.json" >"$out/gateway-e2e.log" 2>&1
   note "gateway on cuda:0: $(tail -1 "$out/gateway-e2e.log")"
   kill "$gw"
@@ -109,14 +114,7 @@ backends:
 routes:
   - {model: v2lite, targets: [{backend: v2lite}]}
 YAML
-    build-gpu/tollgate serve --config "$out/load.yaml" >"$out/gateway-load-server.log" 2>&1 &
-    gw=$!
-    url=""
-    for _ in $(seq 1 900); do
-      url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$out/gateway-load-server.log" | head -1 | sed 's/listening on //')
-      [ -n "$url" ] && break
-      sleep 0.2
-    done
+    serve "$out/load.yaml" "$out/gateway-load-server.log" 180
     timeout 200 python3 tests/perf/gateway_load.py "$url" tg-load-key v2lite --clients 1,16,64 --seconds 12 \
       --json "$out/gateway-load.json" >"$out/gateway-load.log" 2>&1
     cat "$out/gateway-load.log"
