@@ -36,7 +36,7 @@ TOLLGATE_ADMIN_KEY=an-admin-key-of-some-length TOLLGATE_POSTGRES_URL=postgresql:
   fail "deploy/compose/tollgate.yaml does not load"
 if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
   ng=$(command -v nginx || echo /usr/sbin/nginx)
-  sed -e 's/tollgate-[ab]:8080/127.0.0.1:8080/' -e 's/listen 8080;/listen 127.0.0.1:0;/' "$dir/nginx.conf" >"$work/nginx.conf"
+  sed -e 's/tollgate-[ab]:8080/127.0.0.1:8080/' "$dir/nginx.conf" >"$work/nginx.conf"
   sed -i 's/^events {}/pid '"${work//\//\\/}"'\/nginx.pid;\nerror_log '"${work//\//\\/}"'\/error.log;\nevents {}/' "$work/nginx.conf"
   "$ng" -t -q -p "$work" -c "$work/nginx.conf" 2>"$work/nginx.err" || { cat "$work/nginx.err"; fail "nginx -t rejects deploy/compose/nginx.conf"; }
   echo "nginx: config accepted"
