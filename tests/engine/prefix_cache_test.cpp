@@ -1,12 +1,15 @@
 // Prefix caching: the allocator's chain-hashed, reference-counted, LRU-evicted blocks, and the
 // scheduler on the CPU backend in float32, where a request that finds its prefix cached gives
 // exactly the tokens and logits it gives with prefix caching off: shared system prompts,
-// multi-turn conversations, eviction under pool pressure and preemption.
+// multi-turn conversations, eviction under pool pressure and preemption. On a GPU
+// (TOLLGATE_TEST_DEVICE=cuda:0) the tokens are the same and the logits agree to float32 rounding.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <limits>
 #include <mutex>
 #include <map>
 #include <set>
@@ -157,6 +160,36 @@ struct outcome {
   bool operator==(const outcome&) const = default;
 };
 
+/// The largest |a - b| / max(1, |b|) over two runs' logits; infinity when their shapes differ.
+double logits_error(const outcome& got, const outcome& want) {
+  if (got.logits.size() != want.logits.size()) return std::numeric_limits<double>::infinity();
+  double worst = 0;
+  for (size_t i = 0; i < got.logits.size(); ++i) {
+    if (got.logits[i].size() != want.logits[i].size()) return std::numeric_limits<double>::infinity();
+    for (size_t k = 0; k < got.logits[i].size(); ++k) {
+      const double b = want.logits[i][k];
+      worst = std::max(worst, std::abs(got.logits[i][k] - b) / std::max(1.0, std::abs(b)));
+    }
+  }
+  return worst;
+}
+
+/// A hit gives the tokens of a miss and, on the CPU backend, its logits bit for bit: the attention
+/// over cached blocks runs the same loops in the same order as over blocks computed in the chunk.
+/// On a GPU the GEMMs of a shorter prefill chunk take other cuBLAS kernels that reduce in another
+/// order, so there the logits agree to float32 rounding (1e-4 relative).
+void check_same(const outcome& got, const outcome& want) {
+  CHECK(got.reason == want.reason);
+  CHECK(got.tokens == want.tokens);
+  const double err = logits_error(got, want);
+  INFO("logits max relative error " << err);
+  if (t::test_backend_options().device == "cpu") {
+    CHECK(got.logits == want.logits);
+  } else {
+    CHECK(err <= 1e-4);
+  }
+}
+
 struct collector {
   std::mutex m;
   std::condition_variable cv;
@@ -235,8 +268,7 @@ TEST_CASE("prefix cache: a shared system prompt hits and gives exactly the token
         const auto after = eng::stats(*on);
         CHECK(got.reason == eng::stream_end::length);
         CHECK(got.tokens.size() == 6);
-        CHECK(got.tokens == miss.tokens);
-        CHECK(got.logits == miss.logits);  // bit for bit
+        check_same(got, miss);
         CHECK(after.prefix_cache_lookup_tokens - before.prefix_cache_lookup_tokens == q.size());
         if (qi > 0 || si > 0) {
           // The system prompt's 9 full blocks (36 of its 37 tokens) are found every time after the first.
@@ -249,7 +281,7 @@ TEST_CASE("prefix cache: a shared system prompt hits and gives exactly the token
     // A request repeated exactly finds all but the block of its last position.
     const auto& q0 = conv.questions[0];
     const auto before = eng::stats(*on);
-    CHECK(run(on, q0, greedy, 6) == run(off, q0, greedy, 6));
+    check_same(run(on, q0, greedy, 6), run(off, q0, greedy, 6));
     CHECK(eng::stats(*on).prefix_cache_hit_tokens - before.prefix_cache_hit_tokens == (q0.size() - 1) / 4 * 4);
 
     const auto st = eng::stats(*on);
@@ -275,7 +307,7 @@ TEST_CASE("prefix cache: a multi-turn conversation reuses the earlier turns, ans
     const outcome got = run(on, prompt, s, 9);
     const auto hit = eng::stats(*on).prefix_cache_hit_tokens - before.prefix_cache_hit_tokens;
     INFO("turn " << turn << ", prompt " << prompt.size() << ", hit " << hit);
-    CHECK(got == miss);
+    check_same(got, miss);
     if (turn > 0) {
       // The previous turn's prompt and all but its last answer token were computed and cached:
       // every full block of them is found.
@@ -295,22 +327,22 @@ TEST_CASE("prefix cache: under pool pressure the least recently used blocks go, 
   const auto off = load("v2_greedy", false, 4, 10);
   const auto p1 = seq_tokens(100, 16), p2 = seq_tokens(200, 16), p3 = seq_tokens(300, 16);
   const eng::sampling s{};
-  for (const auto* p : {&p1, &p2}) CHECK(run(on, *p, s, 2) == run(off, *p, s, 2));
+  for (const auto* p : {&p1, &p2}) check_same(run(on, *p, s, 2), run(off, *p, s, 2));
   auto st = eng::stats(*on);
   CHECK(st.kv_blocks_cached == 8);
   CHECK(st.kv_blocks_free == 10);
   // p3 takes the 2 never-used blocks and evicts 3: p1's, deepest first.
-  CHECK(run(on, p3, s, 2) == run(off, p3, s, 2));
+  check_same(run(on, p3, s, 2), run(off, p3, s, 2));
   st = eng::stats(*on);
   CHECK(st.kv_blocks_cached == 9);  // 1 of p1, 4 of p2, 4 of p3
   CHECK(st.kv_blocks_free == 10);
   // p1 finds only its first block; taking 4 more evicts the blocks released longest ago: p2's,
   // deepest first, so that p2 then finds only its first block too.
   auto before = eng::stats(*on).prefix_cache_hit_tokens;
-  CHECK(run(on, p1, s, 2) == run(off, p1, s, 2));
+  check_same(run(on, p1, s, 2), run(off, p1, s, 2));
   CHECK(eng::stats(*on).prefix_cache_hit_tokens - before == 4);
   before = eng::stats(*on).prefix_cache_hit_tokens;
-  CHECK(run(on, p2, s, 2) == run(off, p2, s, 2));
+  check_same(run(on, p2, s, 2), run(off, p2, s, 2));
   CHECK(eng::stats(*on).prefix_cache_hit_tokens - before == 4);
 
   // Many distinct prompts through the small pool: they never wait on cached blocks, all finish.
@@ -320,7 +352,7 @@ TEST_CASE("prefix cache: under pool pressure the least recently used blocks go, 
     const size_t n = 5 + g.next() % 20;
     for (size_t k = 0; k < n; ++k) p.push_back(static_cast<int32_t>(5 + g.next() % 1000));
     if (i % 3 == 0) p.insert(p.begin(), p2.begin(), p2.begin() + 8);  // a partly shared prefix
-    CHECK(run(on, p, s, 3) == run(off, p, s, 3));
+    check_same(run(on, p, s, 3), run(off, p, s, 3));
   }
   st = eng::stats(*on);
   CHECK(st.kv_blocks_used == 0);
@@ -361,8 +393,7 @@ TEST_CASE("prefix cache: batched sequences with a shared prefix, preempted and r
     INFO("sequence " << i);
     const outcome o = got[i]->wait();
     CHECK(o.reason == eng::stream_end::length);
-    CHECK(o.tokens == expect[i].tokens);
-    CHECK(o.logits == expect[i].logits);
+    check_same(o, expect[i]);
   }
   const auto st = eng::stats(*on);
   CHECK(st.preemptions >= 1);
