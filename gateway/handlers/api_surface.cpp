@@ -8,6 +8,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
+#include <string>
+
 #include "gateway/handlers/handlers.hpp"
 #include "gateway/metering.hpp"
 #include "gateway/protocol/anthropic_messages.hpp"
@@ -32,6 +35,29 @@ endpoint_answer fail(const api_error& e) { return {e.status, e.body()}; }
 
 api_error no_model(std::string_view id) {
   return not_found("The model `" + std::string(id) + "` does not exist or you do not have access to it.", "model_not_found");
+}
+
+/// A path segment's %XX escapes decoded (ids such as `org%2Fmodel` come from SDKs that encode
+/// them); nullopt for a '%' not followed by two hex digits.
+std::optional<std::string> percent_decode(std::string_view in) {
+  const auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out.push_back(in[i]);
+      continue;
+    }
+    if (i + 2 >= in.size() || hex(in[i + 1]) < 0 || hex(in[i + 2]) < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2])));
+    i += 2;
+  }
+  return out;
 }
 
 /// The model id if this key may use it and a route serves it, else 404 model_not_found.
@@ -100,7 +126,9 @@ net::awaitable<bool> handle_model_by_id(request_context& ctx) {
     co_return co_await ctx.out.send_error(method_not_allowed(), true);
   }
   if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
-  auto a = model_by_id(ctx.rt, *ctx.who, ctx.path.substr(std::string_view("/models/").size()), anthropic_shape);
+  const auto id = percent_decode(ctx.path.substr(std::string_view("/models/").size()));
+  if (!id) co_return co_await ctx.out.send_error(bad_request("the model id in the path is not valid percent-encoding"), true);
+  auto a = model_by_id(ctx.rt, *ctx.who, *id, anthropic_shape);
   co_return co_await ctx.out.send_json(a.status, std::move(a.body), true);
 }
 

@@ -181,6 +181,18 @@ TEST_CASE("GET /v1/models/{id} in OpenAI's or Anthropic's shape", "[integration]
   CHECK(json::parse(r.body) == json{{"id", "chat-public"}, {"object", "model"}, {"created", 0}, {"owned_by", "tollgate"}});
   CHECK(c.get(f.base + "/v1/models/nope", gateway_fixture::auth()).status == 404);
   CHECK(c.get(f.base + "/v1/models/chat-public").status == 401);
+  // Ids come percent-encoded from SDKs that encode path segments (org%2Fmodel).
+  auto enc = c.get(f.base + "/v1/models/chat%2Dpublic", gateway_fixture::auth());
+  REQUIRE(enc.status == 200);
+  CHECK(json::parse(enc.body)["id"] == "chat-public");
+  auto slash = c.get(f.base + "/v1/models/org%2Fnope", gateway_fixture::auth());
+  CHECK(slash.status == 404);
+  CHECK(json::parse(slash.body)["error"]["message"].get<std::string>().find("`org/nope`") != std::string::npos);
+  for (const char* bad : {"/v1/models/chat%2", "/v1/models/chat%zzpublic"}) {
+    auto b = c.get(f.base + bad, gateway_fixture::auth());
+    CHECK(b.status == 400);
+    CHECK(json::parse(b.body)["error"]["message"] == "the model id in the path is not valid percent-encoding");
+  }
   auto a = c.get(f.base + "/v1/models/claude-public", anthropic_auth());
   CHECK(json::parse(a.body)["type"] == "model");
   auto a404 = c.get(f.base + "/v1/models/nope", anthropic_auth());
