@@ -1,11 +1,13 @@
 // The CUDA forward: weights uploaded once (float32 or bf16), a paged latent KV pool in GPU memory,
-// and one forward over a whole batch of sequences. Dense products go through cuBLAS; attention,
-// norms, rope, routing, the grouped expert products and sampling are the kernels in cuda/.
+// and one forward over a whole batch of sequences. Dense products of up to 64 rows in bf16 (decode
+// steps) take the skinny kernel in cuda/dense.cu, larger ones cuBLAS; attention, norms, rope,
+// routing, the grouped expert products and sampling are the kernels in cuda/.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <set>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "local_engine/checkpoint_layout.hpp"
+#include "local_engine/cuda/dense.cuh"
 #include "local_engine/cuda/elementwise.cuh"
 #include "local_engine/cuda/mla.cuh"
 #include "local_engine/cuda/moe.cuh"
@@ -137,6 +140,11 @@ class cuda_backend final : public forward_backend {
     // A workspace of its own, so that products captured into graphs never allocate.
     check(cudaMalloc(&blas_workspace_, blas_workspace_bytes));
     check_blas(cublasSetWorkspace(blas_, blas_workspace_, blas_workspace_bytes), "set workspace");
+    skinny_rows_ = std::clamp(opt.skinny_rows, 0, cuda::skinny_max_rows);
+    if (std::is_same_v<T, bf16> && skinny_rows_ > 0) {
+      check(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
+      check(cudaMalloc(&skinny_workspace_, skinny_workspace_floats * sizeof(float)));
+    }
     if (c.kv_lora_rank > 512)
       throw std::runtime_error("the CUDA attention holds kv_lora_rank up to 512; the checkpoint has " +
                                std::to_string(c.kv_lora_rank));
@@ -167,6 +175,7 @@ class cuda_backend final : public forward_backend {
     for (void* p : allocations_) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
     if (blas_workspace_) cudaFree(blas_workspace_);
+    if (skinny_workspace_) cudaFree(skinny_workspace_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -597,6 +606,14 @@ class cuda_backend final : public forward_backend {
   }
   void gemm_raw(const T* x, int M, const T* w, int rows, int cols, void* y, cudaDataType_t ytype) {
     if (M == 0) return;
+    if constexpr (std::is_same_v<T, bf16>) {
+      const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+      if (skinny_workspace_ && M <= skinny_rows_ && cuda::skinny_fits(rows, cols) && aligned(x) && aligned(w)) {
+        cuda::skinny_gemm(x, M, w, rows, cols, y, ytype == CUDA_R_32F,
+                          cuda::skinny_split(rows, cols, sms_, skinny_workspace_floats), skinny_workspace_, stream_);
+        return;
+      }
+    }
     const float one = 1.0f, zero = 0.0f;
     check_blas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, M, cols, &one, w, data_type<T>(), cols, x,
                             data_type<T>(), cols, &zero, y, ytype, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
@@ -727,6 +744,10 @@ class cuda_backend final : public forward_backend {
   cublasHandle_t blas_ = nullptr;
   static constexpr size_t blas_workspace_bytes = size_t{32} << 20;
   void* blas_workspace_ = nullptr;
+  // Partial sums of the skinny products' K slices (bf16 only; null where cuBLAS does them all).
+  static constexpr size_t skinny_workspace_floats = size_t{4} << 20;
+  float* skinny_workspace_ = nullptr;
+  int sms_ = 0, skinny_rows_ = 0;
   std::vector<void*> allocations_;
   size_t weight_bytes_ = 0;
   double load_seconds_ = 0;

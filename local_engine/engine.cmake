@@ -22,6 +22,7 @@ target_compile_options(tollgate_engine PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-O3>)
 if(TOLLGATE_CUDA)
   # The CUDA backend: one kernel family per .cu file under cuda/, the host side in cuda_forward.cpp.
   target_sources(tollgate_engine PRIVATE
+    ${CMAKE_CURRENT_LIST_DIR}/cuda/dense.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda/elementwise.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda/mla.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda/moe.cu

@@ -194,6 +194,7 @@ constexpr int gemv_rows = 8;  // rows of one expert a warp carries at once
 template <typename T, bool vectorised>
 __global__ void expert_gemv_kernel(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets,
                                    const int32_t* active, int N, int K, float* out) {
+  trigger_dependents();  // the next product may fetch its weights meanwhile
   if (static_cast<int>(blockIdx.y) >= active[0]) return;
   const int e = active[1 + blockIdx.y];
   const int r0 = offsets[e], r1 = offsets[e + 1];
@@ -239,23 +240,6 @@ __global__ void expert_gemv_kernel(const T* W, const T* x, const int32_t* x_rows
 // bf16 tensor cores for the same product: mma.m16n8k16, 16 rows of an expert against 8 columns an
 // n-tile. Each lane reads 16 bytes of a weight row at a time (k0 + 8q .. + 8); the 32 k values of a
 // chunk feed two mma steps, with the same k order in A and B, so every weight byte is read once.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Weights are read once a step: keep them out of L1, where the rows of x are reused.
-__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 constexpr int mma_tiles = 2;   // n-tiles of 8 columns a warp carries
 constexpr int mma_warps = 4;   // a block: 4 warps, 64 columns
 constexpr int mma_ahead = 4;   // 32-value chunks whose loads are issued before their products
@@ -265,6 +249,7 @@ constexpr int mma_ahead = 4;   // 32-value chunks whose loads are issued before 
 __global__ void __launch_bounds__(128, 4) expert_mma_kernel(const bf16* W, const bf16* x, const int32_t* x_rows,
                                                          const int32_t* offsets, const int32_t* active, int N, int K,
                                                          int slices, int max_active, float* out) {
+  trigger_dependents();  // the next product may fetch its weights meanwhile
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;  // 16-byte units of a row
   const int n_active = active[0];

@@ -3,8 +3,13 @@
 // a fraction of its roofline (bytes a decode step must read over the measured copy bandwidth;
 // FLOPs of a prefill over the measured bf16 matrix rate). Both ceilings are measured in the run.
 //
+// --dense R1,R2,.. (bf16): the decode steps are timed once for each R, with the dense products of
+// up to R rows on the engine's skinny kernel and larger ones (all, for 0) on cuBLAS. With more than
+// one R, each dense product shape of the model is also timed alone at 1, 16 and 64 rows both ways.
+//
 //   tollgate-engine-gpu-bench [--config tests/perf/deepseek_v2_lite.json] [--dtype bfloat16]
 //       [--batches 1,16,64,256] [--context 1024] [--steps 32] [--prefill 2048] [--json FILE]
+//       [--dense 64,16,0]
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -24,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "local_engine/cuda/dense.cuh"
 #include "local_engine/forward_backend.hpp"
 #include "local_engine/model_config.hpp"
 
@@ -128,8 +134,99 @@ std::vector<int> parse_list(const std::string& s) {
 
 }  // namespace
 
+/// Each dense product of the model (weights [N, K]) at 1, 16 and 64 rows: the skinny kernel and
+/// cuBLAS, kernel time by CUDA events with L2 flushed before each run (a decode step's weights
+/// are never in L2), median of 15 after 3 warm-ups; as weight bytes a second against `bw`.
+nlohmann::json dense_products(const eng::model_config& c, double bw) {
+  namespace cu = tollgate::engine::cuda;
+  struct shape {
+    const char* name;
+    int N, K;
+  };
+  const int H = c.hidden_size, nh = c.num_attention_heads;
+  std::vector<shape> shapes;
+  if (c.q_lora_rank > 0) {
+    shapes.push_back({"q_a", c.q_lora_rank, H});
+    shapes.push_back({"q_b", nh * c.qk_head_dim(), c.q_lora_rank});
+  } else {
+    shapes.push_back({"q_proj", nh * c.qk_head_dim(), H});
+  }
+  shapes.push_back({"kv_a", c.kv_lora_rank + c.qk_rope_head_dim, H});
+  shapes.push_back({"o_proj", H, nh * c.v_head_dim});
+  shapes.push_back({"router", c.n_routed_experts, H});
+  shapes.push_back({"shared gate_up", 2 * c.moe_intermediate_size * c.n_shared_experts, H});
+  shapes.push_back({"shared down", H, c.moe_intermediate_size * c.n_shared_experts});
+  shapes.push_back({"dense gate_up", 2 * c.intermediate_size, H});
+  shapes.push_back({"dense down", H, c.intermediate_size});
+  shapes.push_back({"lm_head", c.vocab_size, H});
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const size_t ws_floats = size_t{4} << 20, flush_bytes = size_t{256} << 20;
+  void *x = nullptr, *w = nullptr, *y = nullptr, *ws = nullptr, *flush = nullptr;
+  size_t max_w = 0, max_n = 0, max_k = 0;
+  for (const auto& s : shapes) {
+    max_w = std::max(max_w, static_cast<size_t>(s.N) * s.K);
+    max_n = std::max(max_n, static_cast<size_t>(s.N));
+    max_k = std::max(max_k, static_cast<size_t>(s.K));
+  }
+  cuda_ok(cudaMalloc(&w, max_w * 2));
+  cuda_ok(cudaMemset(w, 0x3c, max_w * 2));  // bf16 0.0115
+  cuda_ok(cudaMalloc(&x, 64 * max_k * 2));
+  cuda_ok(cudaMemset(x, 0x3c, 64 * max_k * 2));
+  cuda_ok(cudaMalloc(&y, 64 * max_n * 4));
+  cuda_ok(cudaMalloc(&ws, ws_floats * 4));
+  cuda_ok(cudaMalloc(&flush, flush_bytes));
+  cublasHandle_t h;
+  cublasCreate(&h);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  const auto time = [&](auto&& launch) {
+    std::vector<double> t;
+    for (int i = 0; i < 18; ++i) {
+      cuda_ok(cudaMemsetAsync(flush, i, flush_bytes));
+      cudaEventRecord(e0);
+      launch();
+      cudaEventRecord(e1);
+      cuda_ok(cudaEventSynchronize(e1));
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (i >= 3) t.push_back(ms / 1e3);
+    }
+    return median(t);
+  };
+  nlohmann::json out = nlohmann::json::array();
+  std::printf("%-15s %-6s %-6s %-4s %-10s %-10s %-10s %-10s %-8s\n", "product", "N", "K", "M", "skinny us", "GB/s",
+              "cuBLAS us", "GB/s", "speedup");
+  for (const auto& s : shapes) {
+    if (s.N <= 0 || s.K <= 0 || !cu::skinny_fits(s.N, s.K)) continue;
+    const double bytes = 2.0 * s.N * s.K;
+    const auto plan = cu::skinny_split(s.N, s.K, sms, ws_floats);
+    for (int M : {1, 16, 64}) {
+      const double ts = time([&] {
+        cu::skinny_gemm(static_cast<cu::bf16*>(x), M, static_cast<cu::bf16*>(w), s.N, s.K, y, true, plan,
+                        static_cast<float*>(ws), nullptr);
+      });
+      const float one = 1, zero = 0;
+      const double tb = time([&] {
+        cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, M, s.K, &one, w, CUDA_R_16BF, s.K, x, CUDA_R_16BF, s.K, &zero, y,
+                     CUDA_R_32F, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      });
+      std::printf("%-15s %-6d %-6d %-4d %-10.1f %-10.0f %-10.1f %-10.0f %-8.2f\n", s.name, s.N, s.K, M, ts * 1e6,
+                  bytes / ts / 1e9, tb * 1e6, bytes / tb / 1e9, tb / ts);
+      out.push_back({{"product", s.name}, {"N", s.N}, {"K", s.K}, {"M", M}, {"splits", plan.splits},
+                     {"skinny_seconds", ts}, {"cublas_seconds", tb}, {"weight_bytes", bytes},
+                     {"skinny_fraction_of_copy", bytes / ts / bw}});
+    }
+  }
+  cublasDestroy(h);
+  cudaFree(x), cudaFree(w), cudaFree(y), cudaFree(ws), cudaFree(flush);
+  return out;
+}
+
 int main(int argc, char** argv) try {
   std::string config_path = "tests/perf/deepseek_v2_lite.json", dtype = "bfloat16", json_out;
+  std::vector<int> modes = {64};
   std::vector<int> batches = {1, 16, 64, 256};
   int context = 1024, steps = 32, prefill = 2048;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -141,6 +238,7 @@ int main(int argc, char** argv) try {
     else if (k == "--steps") steps = std::stoi(v);
     else if (k == "--prefill") prefill = std::stoi(v);
     else if (k == "--json") json_out = v;
+    else if (k == "--dense") modes = parse_list(v);
     else throw std::invalid_argument("unknown option " + k);
   }
   std::ifstream in(config_path);
@@ -149,6 +247,7 @@ int main(int argc, char** argv) try {
       eng::parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), config_path);
   const double elem = dtype == "float32" ? 4 : 2;
   const bool profile = std::getenv("TOLLGATE_BENCH_PROFILE") != nullptr;
+  if (modes.empty()) throw std::invalid_argument("--dense takes row counts, 0 to 64");
 
   const double bw = copy_bandwidth(), peak = matmul_rate();
   std::printf("ceilings: copy %.2f TB/s (read + write), bf16 matmul %.0f TFLOP/s\n", bw / 1e12, peak / 1e12);
@@ -165,108 +264,112 @@ int main(int argc, char** argv) try {
   const size_t prefill_blocks = static_cast<size_t>((prefill + o.kv_block_size - 1) / o.kv_block_size);
   o.kv_cache_memory = static_cast<double>((blocks_per_seq * max_batch + prefill_blocks + 4) * bytes_per_block);
   o.random_weights_seed = 20261201;
-  auto be = eng::make_cuda_backend(c, "", o);
-  std::printf("%s\n", be->describe().c_str());
-  const model_sizes ms = sizes(c);
-  std::mt19937 gen(7);
-  std::uniform_int_distribution<int32_t> tok(0, c.vocab_size - 1);
-  const eng::sampling greedy{};
-  nlohmann::json report = {{"config", config_path}, {"dtype", dtype}, {"copy_bandwidth", bw}, {"bf16_matmul", peak},
-                           {"backend", be->describe()}};
+  nlohmann::json report = {{"config", config_path}, {"dtype", dtype}, {"copy_bandwidth", bw}, {"bf16_matmul", peak}};
+  if (modes.size() > 1 && dtype == "bfloat16") report["dense_products"] = dense_products(c, bw);
+  for (const int mode : modes) {
+    o.skinny_rows = mode;
+    auto be = eng::make_cuda_backend(c, "", o);
+    std::printf("%s\n", be->describe().c_str());
+    const model_sizes ms = sizes(c);
+    std::mt19937 gen(7);
+    std::uniform_int_distribution<int32_t> tok(0, c.vocab_size - 1);
+    const eng::sampling greedy{};
+    report["backend"] = be->describe();
 
-  // Prefill: one prompt from an empty cache.
-  if (prefill > 0) {
-    std::vector<int32_t> prompt(static_cast<size_t>(prefill));
-    for (auto& t : prompt) t = tok(gen);
-    std::vector<int32_t> blocks(prefill_blocks);
-    std::iota(blocks.begin(), blocks.end(), static_cast<int32_t>(blocks_per_seq * max_batch));
-    eng::batch_item it;
-    it.tokens = prompt;
-    it.blocks = blocks;
-    it.sample = &greedy;
-    eng::batch_result r;
-    std::vector<double> t;
-    for (int rep = 0; rep < 4; ++rep) {
-      const double t0 = now();
-      be->forward({&it, 1}, r);
-      if (rep > 0) t.push_back(now() - t0);
+    // Prefill: one prompt from an empty cache.
+    if (prefill > 0 && mode == modes.front()) {
+      std::vector<int32_t> prompt(static_cast<size_t>(prefill));
+      for (auto& t : prompt) t = tok(gen);
+      std::vector<int32_t> blocks(prefill_blocks);
+      std::iota(blocks.begin(), blocks.end(), static_cast<int32_t>(blocks_per_seq * max_batch));
+      eng::batch_item it;
+      it.tokens = prompt;
+      it.blocks = blocks;
+      it.sample = &greedy;
+      eng::batch_result r;
+      std::vector<double> t;
+      for (int rep = 0; rep < 4; ++rep) {
+        const double t0 = now();
+        be->forward({&it, 1}, r);
+        if (rep > 0) t.push_back(now() - t0);
+      }
+      const double sec = median(t), P = prefill;
+      const double experts_per_token = c.num_experts_per_tok;
+      const double linear = ms.attn * c.num_hidden_layers + ms.dense_mlp * ms.dense_layers +
+                            (ms.router + ms.shared + experts_per_token * ms.expert) * ms.moe_layers;
+      const double W = c.kv_lora_rank + c.qk_rope_head_dim;
+      // Absorbed attention: scores over W values and the weighted sum over kv_lora_rank, causal.
+      const double attn_flops = c.num_hidden_layers * c.num_attention_heads * (2 * W + 2.0 * c.kv_lora_rank) * P * (P + 1) / 2;
+      const double flops = 2 * P * linear + attn_flops + 2 * ms.head;
+      std::printf("prefill %d tokens: %.1f ms, %.0f tokens/s, %.1f TFLOP/s = %.1f%% of the bf16 matmul rate\n", prefill,
+                  sec * 1e3, P / sec, flops / sec / 1e12, 100 * flops / sec / peak);
+      report["prefill"] = {{"tokens", prefill}, {"seconds", sec}, {"tokens_per_s", P / sec}, {"flops", flops},
+                           {"fraction_of_peak", flops / sec / peak}};
     }
-    const double sec = median(t), P = prefill;
-    const double experts_per_token = c.num_experts_per_tok;
-    const double linear = ms.attn * c.num_hidden_layers + ms.dense_mlp * ms.dense_layers +
-                          (ms.router + ms.shared + experts_per_token * ms.expert) * ms.moe_layers;
-    const double W = c.kv_lora_rank + c.qk_rope_head_dim;
-    // Absorbed attention: scores over W values and the weighted sum over kv_lora_rank, causal.
-    const double attn_flops = c.num_hidden_layers * c.num_attention_heads * (2 * W + 2.0 * c.kv_lora_rank) * P * (P + 1) / 2;
-    const double flops = 2 * P * linear + attn_flops + 2 * ms.head;
-    std::printf("prefill %d tokens: %.1f ms, %.0f tokens/s, %.1f TFLOP/s = %.1f%% of the bf16 matmul rate\n", prefill,
-                sec * 1e3, P / sec, flops / sec / 1e12, 100 * flops / sec / peak);
-    report["prefill"] = {{"tokens", prefill}, {"seconds", sec}, {"tokens_per_s", P / sec}, {"flops", flops},
-                         {"fraction_of_peak", flops / sec / peak}};
-  }
 
-  // Decode: every sequence's context is prefilled (distinct blocks), then timed steps.
-  std::vector<std::vector<int32_t>> tables(static_cast<size_t>(max_batch));
-  for (int s = 0; s < max_batch; ++s) {
-    tables[s].resize(blocks_per_seq);
-    std::iota(tables[s].begin(), tables[s].end(), static_cast<int32_t>(s * blocks_per_seq));
-  }
-  {
-    const double t0 = now();
-    std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(max_batch));
-    const int per_forward = std::max(1, 16384 / context);
-    for (int s0 = 0; s0 < max_batch; s0 += per_forward) {
-      std::vector<eng::batch_item> items;
-      for (int s = s0; s < std::min(max_batch, s0 + per_forward); ++s) {
-        prompts[s].resize(static_cast<size_t>(context));
-        for (auto& t : prompts[s]) t = tok(gen);
-        eng::batch_item it;
-        it.tokens = prompts[s];
-        it.blocks = tables[s];
-        items.push_back(it);
-      }
-      eng::batch_result r;
-      be->forward(items, r);
+    // Decode: every sequence's context is prefilled (distinct blocks), then timed steps.
+    std::vector<std::vector<int32_t>> tables(static_cast<size_t>(max_batch));
+    for (int s = 0; s < max_batch; ++s) {
+      tables[s].resize(blocks_per_seq);
+      std::iota(tables[s].begin(), tables[s].end(), static_cast<int32_t>(s * blocks_per_seq));
     }
-    std::printf("filled %d contexts of %d tokens in %.1f s\n", max_batch, context, now() - t0);
-  }
-  report["decode"] = nlohmann::json::array();
-  std::printf("%-6s %-10s %-12s %-12s %-10s\n", "batch", "step ms", "tokens/s", "roofline t/s", "fraction");
-  for (int B : batches) {
-    std::vector<int32_t> last(static_cast<size_t>(B), 1);
-    std::vector<double> t;
-    for (int k = 0; k < steps; ++k) {
-      std::vector<eng::batch_item> items(static_cast<size_t>(B));
-      for (int s = 0; s < B; ++s) {
-        items[s].tokens = {&last[s], 1};
-        items[s].start = static_cast<size_t>(context + k);
-        items[s].blocks = tables[s];
-        items[s].sample = &greedy;
-        items[s].draw = static_cast<uint64_t>(k);
-      }
-      eng::batch_result r;
-      // Under a profiler (ncu --profile-from-start off), one warm step per batch size is captured.
-      if (profile && k == 3) cudaProfilerStart();
+    {
       const double t0 = now();
-      be->forward(items, r);
-      if (k >= 3) t.push_back(now() - t0);
-      if (profile && k == 3) cudaProfilerStop();
-      for (int s = 0; s < B; ++s) last[s] = r.tokens[s];
+      std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(max_batch));
+      const int per_forward = std::max(1, 16384 / context);
+      for (int s0 = 0; s0 < max_batch; s0 += per_forward) {
+        std::vector<eng::batch_item> items;
+        for (int s = s0; s < std::min(max_batch, s0 + per_forward); ++s) {
+          prompts[s].resize(static_cast<size_t>(context));
+          for (auto& t : prompts[s]) t = tok(gen);
+          eng::batch_item it;
+          it.tokens = prompts[s];
+          it.blocks = tables[s];
+          items.push_back(it);
+        }
+        eng::batch_result r;
+        be->forward(items, r);
+      }
+      std::printf("filled %d contexts of %d tokens in %.1f s\n", max_batch, context, now() - t0);
     }
-    const double sec = median(t);
-    const double E = c.n_routed_experts, K = c.num_experts_per_tok;
-    const double unique = E * (1 - std::pow(1 - K / E, B));  // experts a step touches, routing spread evenly
-    const double params = ms.attn * c.num_hidden_layers + ms.dense_mlp * ms.dense_layers +
-                          (ms.router + ms.shared + unique * ms.expert) * ms.moe_layers + ms.head;
-    const double kv = static_cast<double>(B) * (context + steps / 2.0) * (c.kv_lora_rank + c.qk_rope_head_dim) *
-                      c.num_hidden_layers * elem;
-    const double bytes = params * elem + kv;
-    // A step must read `bytes`; the copy figure counts a read and a write, so reads alone go at it.
-    const double floor_sec = bytes / bw;
-    std::printf("%-6d %-10.3f %-12.0f %-12.0f %-10.3f\n", B, sec * 1e3, B / sec, B / floor_sec, floor_sec / sec);
-    report["decode"].push_back({{"batch", B}, {"context", context}, {"step_seconds", sec}, {"tokens_per_s", B / sec},
-                                {"bytes_per_step", bytes}, {"roofline_tokens_per_s", B / floor_sec},
-                                {"fraction_of_roofline", floor_sec / sec}});
+    std::printf("decode, dense products of up to %d rows on the skinny kernel, the rest on cuBLAS\n", mode);
+    std::printf("%-6s %-10s %-12s %-12s %-10s\n", "batch", "step ms", "tokens/s", "roofline t/s", "fraction");
+    for (int B : batches) {
+      std::vector<int32_t> last(static_cast<size_t>(B), 1);
+      std::vector<double> t;
+      for (int k = 0; k < steps; ++k) {
+        std::vector<eng::batch_item> items(static_cast<size_t>(B));
+        for (int s = 0; s < B; ++s) {
+          items[s].tokens = {&last[s], 1};
+          items[s].start = static_cast<size_t>(context + k);
+          items[s].blocks = tables[s];
+          items[s].sample = &greedy;
+          items[s].draw = static_cast<uint64_t>(k);
+        }
+        eng::batch_result r;
+        // Under a profiler (ncu --profile-from-start off), one warm step per batch size is captured.
+        if (profile && k == 3) cudaProfilerStart();
+        const double t0 = now();
+        be->forward(items, r);
+        if (k >= 3) t.push_back(now() - t0);
+        if (profile && k == 3) cudaProfilerStop();
+        for (int s = 0; s < B; ++s) last[s] = r.tokens[s];
+      }
+      const double sec = median(t);
+      const double E = c.n_routed_experts, K = c.num_experts_per_tok;
+      const double unique = E * (1 - std::pow(1 - K / E, B));  // experts a step touches, routing spread evenly
+      const double params = ms.attn * c.num_hidden_layers + ms.dense_mlp * ms.dense_layers +
+                            (ms.router + ms.shared + unique * ms.expert) * ms.moe_layers + ms.head;
+      const double kv = static_cast<double>(B) * (context + steps / 2.0) * (c.kv_lora_rank + c.qk_rope_head_dim) *
+                        c.num_hidden_layers * elem;
+      const double bytes = params * elem + kv;
+      // A step must read `bytes`; the copy figure counts a read and a write, so reads alone go at it.
+      const double floor_sec = bytes / bw;
+      std::printf("%-6d %-10.3f %-12.0f %-12.0f %-10.3f\n", B, sec * 1e3, B / sec, B / floor_sec, floor_sec / sec);
+      report[mode == modes.front() ? "decode" : "decode_skinny_rows_" + std::to_string(mode)].push_back({{"batch", B}, {"context", context}, {"step_seconds", sec}, {"tokens_per_s", B / sec},
+                                  {"bytes_per_step", bytes}, {"roofline_tokens_per_s", B / floor_sec},
+                                  {"fraction_of_roofline", floor_sec / sec}});
+    }
   }
   if (!json_out.empty()) std::ofstream(json_out) << report.dump(2) << "\n";
   return 0;

@@ -1,0 +1,188 @@
+#include "local_engine/cuda/dense.cuh"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace tollgate::engine::cuda {
+
+namespace device {
+
+constexpr int skinny_warps = 4;  // a block: 4 warps side by side over the columns
+constexpr int skinny_tiles = 2;  // n-tiles of 8 columns a warp carries: a block owns 64 columns
+constexpr int skinny_ahead = 4;  // 32-value chunks of a weight row whose loads are issued together
+constexpr int skinny_cols = 8 * skinny_tiles * skinny_warps;
+constexpr int skinny_chunk_units = 4 * skinny_ahead;  // 16-byte units a warp covers an iteration
+
+// grid (column blocks, K slices). Each warp owns 16 columns of one K slice and carries every row
+// tile (16 rows each) of x against them: the weight chunk is loaded once (streamed past L1) and
+// used for all RT row tiles; the four warps of a block read the same x values, which L1 serves.
+// The k order within a 32-value chunk is permuted alike in A and B (lane q holds units q, q + 4,
+// ...), as in the expert kernel. Rows past M repeat row M - 1 and are never stored.
+template <int RT, bool to_partial, typename OutT>
+__global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M, const bf16* W, int N, int K,
+                                                         int units_per_split, OutT* y, float* partial) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int units = K / 8;
+  const int u0 = static_cast<int>(blockIdx.y) * units_per_split, u1 = min(units, u0 + units_per_split);
+  const int n_base = (static_cast<int>(blockIdx.x) * skinny_warps + warp) * 8 * skinny_tiles;
+  trigger_dependents();
+  if (n_base >= N) {
+    wait_for_prerequisites();
+    return;
+  }
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const uint4* wrow[skinny_tiles];
+#pragma unroll
+  for (int t = 0; t < skinny_tiles; ++t) {
+    const int n = min(n_base + t * 8 + g, N - 1);
+    wrow[t] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(n) * K);
+  }
+  // The weights do not depend on the kernel before: their first lines are asked of L2 while that
+  // kernel finishes (up to 1 KB of each row; lane q takes lines q, q + 4).
+#pragma unroll
+  for (int t = 0; t < skinny_tiles; ++t)
+    for (int j = q; j < 8; j += 4)
+      if (u0 + 8 * j < u1) prefetch_l2(wrow[t] + u0 + 8 * j);
+  wait_for_prerequisites();
+  // x has at most 64 rows: its offsets in 16-byte units fit 32 bits, and spare registers.
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  int xa[RT], xc[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    xa[r] = min(r * 16 + g, M - 1) * units + q;
+    xc[r] = min(r * 16 + g + 8, M - 1) * units + q;
+  }
+  float c[RT][skinny_tiles][4];
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int t = 0; t < skinny_tiles; ++t) c[r][t][0] = c[r][t][1] = c[r][t][2] = c[r][t][3] = 0;
+
+  for (int k = u0; k < u1; k += skinny_chunk_units) {
+    uint4 B[skinny_ahead][skinny_tiles];
+#pragma unroll
+    for (int u = 0; u < skinny_ahead; ++u) {
+      const bool in = k + 4 * u < u1;
+#pragma unroll
+      for (int t = 0; t < skinny_tiles; ++t) B[u][t] = in ? load_streaming(wrow[t] + k + 4 * u + q) : zero;
+    }
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      uint4 A[skinny_ahead], C[skinny_ahead];
+#pragma unroll
+      for (int u = 0; u < skinny_ahead; ++u) {
+        const bool in = k + 4 * u < u1;
+        A[u] = in ? xv[xa[r] + k + 4 * u] : zero;
+        C[u] = in ? xv[xc[r] + k + 4 * u] : zero;
+      }
+#pragma unroll
+      for (int u = 0; u < skinny_ahead; ++u) {
+#pragma unroll
+        for (int t = 0; t < skinny_tiles; ++t) {
+          mma_bf16(c[r][t], A[u].x, C[u].x, A[u].y, C[u].y, B[u][t].x, B[u][t].y);
+          mma_bf16(c[r][t], A[u].z, C[u].z, A[u].w, C[u].w, B[u][t].z, B[u][t].w);
+        }
+      }
+    }
+  }
+
+  float* part = to_partial ? partial + static_cast<size_t>(blockIdx.y) * M * N : nullptr;
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    const int ra = r * 16 + g, rc = ra + 8;
+#pragma unroll
+    for (int t = 0; t < skinny_tiles; ++t) {
+      const int col = n_base + t * 8 + 2 * q;
+      if (col >= N) continue;
+      if constexpr (to_partial) {
+        if (ra < M) *reinterpret_cast<float2*>(part + static_cast<size_t>(ra) * N + col) = make_float2(c[r][t][0], c[r][t][1]);
+        if (rc < M) *reinterpret_cast<float2*>(part + static_cast<size_t>(rc) * N + col) = make_float2(c[r][t][2], c[r][t][3]);
+      } else {
+        if (ra < M) {
+          y[static_cast<size_t>(ra) * N + col] = from_float<OutT>(c[r][t][0]);
+          y[static_cast<size_t>(ra) * N + col + 1] = from_float<OutT>(c[r][t][1]);
+        }
+        if (rc < M) {
+          y[static_cast<size_t>(rc) * N + col] = from_float<OutT>(c[r][t][2]);
+          y[static_cast<size_t>(rc) * N + col + 1] = from_float<OutT>(c[r][t][3]);
+        }
+      }
+    }
+  }
+}
+
+// y[i] = the K slices' partial sums at i, added in slice order; four values a thread (M x N % 4 == 0).
+template <typename OutT>
+__global__ void split_sum_kernel(const float* partial, int splits, size_t count, OutT* y) {
+  trigger_dependents();
+  wait_for_prerequisites();
+  const size_t i = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (i >= count) return;
+  float4 s = *reinterpret_cast<const float4*>(partial + i);
+  for (int p = 1; p < splits; ++p) {
+    const float4 v = *reinterpret_cast<const float4*>(partial + static_cast<size_t>(p) * count + i);
+    s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+  }
+  y[i] = from_float<OutT>(s.x);
+  y[i + 1] = from_float<OutT>(s.y);
+  y[i + 2] = from_float<OutT>(s.z);
+  y[i + 3] = from_float<OutT>(s.w);
+}
+
+template <int RT, typename OutT>
+void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan, float* workspace,
+            cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((N + skinny_cols - 1) / skinny_cols), static_cast<unsigned>(plan.splits));
+  const dim3 block(32 * skinny_warps);
+  if (plan.splits == 1) {
+    launch_dependent(skinny_mma_kernel<RT, false, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
+                     static_cast<float*>(nullptr));
+    return;
+  }
+  launch_dependent(skinny_mma_kernel<RT, true, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split,
+                   static_cast<OutT*>(nullptr), workspace);
+  const size_t count = static_cast<size_t>(M) * N;
+  const unsigned blocks = static_cast<unsigned>((count / 4 + 255) / 256);
+  launch_dependent(split_sum_kernel<OutT>, dim3(blocks), dim3(256), s, workspace, plan.splits, count, y);
+}
+
+template <typename OutT>
+void dispatch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan, float* workspace,
+              cudaStream_t s) {
+  switch ((M + 15) / 16) {
+    case 1: return launch<1>(x, M, W, N, K, y, plan, workspace, s);
+    case 2: return launch<2>(x, M, W, N, K, y, plan, workspace, s);
+    case 3: return launch<3>(x, M, W, N, K, y, plan, workspace, s);
+    default: return launch<4>(x, M, W, N, K, y, plan, workspace, s);
+  }
+}
+
+}  // namespace device
+
+bool skinny_fits(int N, int K) { return N > 0 && K > 0 && N % 8 == 0 && K % 32 == 0; }
+
+skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats) {
+  // Enough blocks for four a multiprocessor, in slices of at least 256 values of K so that the
+  // partial sums (64 rows x 4 bytes a column a slice) stay at most half the weight bytes.
+  const int units = K / 8;
+  const int col_blocks = (N + device::skinny_cols - 1) / device::skinny_cols;
+  const int chunks = (units + device::skinny_chunk_units - 1) / device::skinny_chunk_units;
+  int splits = std::max(1, (4 * sms + col_blocks - 1) / col_blocks);
+  splits = std::min(splits, std::max(1, chunks / 2));
+  const size_t per_split = static_cast<size_t>(skinny_max_rows) * static_cast<size_t>(N);
+  splits = static_cast<int>(std::min<size_t>(static_cast<size_t>(splits), std::max<size_t>(1, workspace_floats / per_split)));
+  skinny_plan p;
+  p.units_per_split = (chunks + splits - 1) / splits * device::skinny_chunk_units;
+  p.splits = (units + p.units_per_split - 1) / p.units_per_split;
+  return p;
+}
+
+void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, bool y_float, const skinny_plan& plan,
+                 float* workspace, cudaStream_t s) {
+  if (M < 1 || M > skinny_max_rows || !skinny_fits(N, K))
+    throw std::runtime_error("skinny_gemm takes 1 to 64 rows, N % 8 == 0 and K % 32 == 0");
+  if (y_float) device::dispatch(x, M, W, N, K, static_cast<float*>(y), plan, workspace, s);
+  else device::dispatch(x, M, W, N, K, static_cast<bf16*>(y), plan, workspace, s);
+}
+
+}  // namespace tollgate::engine::cuda

@@ -1,0 +1,34 @@
+// Dense products with few rows (decode steps of up to 64 tokens) on bf16 tensor cores: every
+// weight byte is read once, by the block that owns its columns and a slice of K, and the slices'
+// fp32 partial sums are added in a fixed order. The split depends on the weight's shape alone, so
+// a token's row comes out bit for bit the same whatever the batch size. Larger products (prefill)
+// stay with cuBLAS.
+#pragma once
+
+#include <cstddef>
+
+#include "local_engine/cuda/common.cuh"
+
+namespace tollgate::engine::cuda {
+
+/// Rows a skinny product takes at most.
+constexpr int skinny_max_rows = 64;
+
+/// How a [N, K] weight is cut: `splits` slices of K, `units_per_split` 16-byte units (8 values) each.
+struct skinny_plan {
+  int splits = 1, units_per_split = 0;
+};
+
+/// Whether skinny_gemm takes a weight of N rows and K columns (K % 32 == 0, N % 8 == 0).
+bool skinny_fits(int N, int K);
+
+/// The cut for a weight of N x K on a GPU of `sms` multiprocessors, with a workspace of
+/// `workspace_floats` for the partial sums (splits x 64 x N of them).
+skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats);
+
+/// y[M, N] = x[M, K] . W[N, K]^T for 1 <= M <= 64, with y in float (y_float) or bf16. `workspace`
+/// holds splits x M x N floats (skinny_split bounds it); the product is launched on `s`.
+void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, bool y_float, const skinny_plan& plan,
+                 float* workspace, cudaStream_t s);
+
+}  // namespace tollgate::engine::cuda
