@@ -51,9 +51,9 @@ struct backend_options {
   /// folder's config.json and tokenizer are still used). CUDA backend only.
   std::optional<uint64_t> random_weights_seed;
   /// bf16 on a GPU: dense products of up to this many rows (decode steps; at most 64) run on the
-  /// engine's own tensor-core kernel, larger ones on cuBLAS; 0 leaves all to cuBLAS (benchmarks
-  /// compare them).
-  int skinny_rows = 64;
+  /// engine's own tensor-core kernel, larger ones on cuBLAS; 0 leaves all to cuBLAS. 16 measured
+  /// best on an H200 (tests/perf/README.md): above it cuBLAS's tiles win.
+  int skinny_rows = 16;
 };
 
 /// The continuous-batching scheduler's limits.

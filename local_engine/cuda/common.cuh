@@ -91,7 +91,8 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 
 /// Programmatic dependent launch (sm_90): lets the next kernel in the stream, when it was launched
 /// with launch_dependent(), start on the multiprocessors this one leaves idle. Harmless when the
-/// next kernel was launched plainly.
+/// next kernel was launched plainly. Only the skinny products call it, so that only a skinny
+/// product (whose early part reads weights alone) ever overlaps the kernel before it.
 __device__ __forceinline__ void trigger_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");

@@ -1,8 +1,10 @@
 // Dense products with few rows (decode steps of up to 64 tokens) on bf16 tensor cores: every
 // weight byte is read once, by the block that owns its columns and a slice of K, and the slices'
 // fp32 partial sums are added in a fixed order. The split depends on the weight's shape alone, so
-// a token's row comes out bit for bit the same whatever the batch size. Larger products (prefill)
-// stay with cuBLAS.
+// a token's row comes out bit for bit the same whatever the batch size. Each product is launched
+// dependent on the kernel before it (programmatic dependent launch): its blocks start while that
+// kernel finishes and ask L2 for their first weight lines, then wait for its results. The backend
+// uses it up to backend_options::skinny_rows rows; larger products (prefill) stay with cuBLAS.
 #pragma once
 
 #include <cstddef>

@@ -16,7 +16,6 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, 
 template <typename T>
 __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const float* bias, const float* w, float eps,
                                int cols, const int32_t* rows, T* out) {
-  trigger_dependents();  // the next product may fetch its weights meanwhile
   __shared__ float scratch[32];
   __shared__ const float* expert_row[32];
   __shared__ float expert_weight[32];
@@ -51,7 +50,6 @@ __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const fl
 
 template <typename T>
 __global__ void silu_mul_kernel(const float* gu, int inter, size_t total, T* out) {
-  trigger_dependents();  // the next product may fetch its weights meanwhile
   for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
        k += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const size_t r = k / inter, i = k % inter;
@@ -61,7 +59,6 @@ __global__ void silu_mul_kernel(const float* gu, int inter, size_t total, T* out
 }
 
 __global__ void add_bias_kernel(float* y, const float* bias, int cols, size_t total) {
-  trigger_dependents();  // the next product may fetch its weights meanwhile
   for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
        k += static_cast<size_t>(gridDim.x) * blockDim.x)
     y[k] += bias[k % cols];

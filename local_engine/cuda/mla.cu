@@ -354,7 +354,6 @@ __global__ void __launch_bounds__(tc::warps * 32) mla_attend_tc_kernel(const bf1
 // One block per (token, head): merges the splits' partial softmax sums.
 template <typename T>
 __global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank, T* out) {
-  trigger_dependents();  // the next product may fetch its weights meanwhile
   __shared__ float scale_s[max_splits];
   __shared__ float inv_l;
   const size_t th = blockIdx.x;

@@ -194,7 +194,6 @@ constexpr int gemv_rows = 8;  // rows of one expert a warp carries at once
 template <typename T, bool vectorised>
 __global__ void expert_gemv_kernel(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets,
                                    const int32_t* active, int N, int K, float* out) {
-  trigger_dependents();  // the next product may fetch its weights meanwhile
   if (static_cast<int>(blockIdx.y) >= active[0]) return;
   const int e = active[1 + blockIdx.y];
   const int r0 = offsets[e], r1 = offsets[e + 1];
@@ -249,7 +248,6 @@ constexpr int mma_ahead = 4;   // 32-value chunks whose loads are issued before 
 __global__ void __launch_bounds__(128, 4) expert_mma_kernel(const bf16* W, const bf16* x, const int32_t* x_rows,
                                                          const int32_t* offsets, const int32_t* active, int N, int K,
                                                          int slices, int max_active, float* out) {
-  trigger_dependents();  // the next product may fetch its weights meanwhile
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;  // 16-byte units of a row
   const int n_active = active[0];

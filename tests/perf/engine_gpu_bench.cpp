@@ -9,7 +9,7 @@
 //
 //   tollgate-engine-gpu-bench [--config tests/perf/deepseek_v2_lite.json] [--dtype bfloat16]
 //       [--batches 1,16,64,256] [--context 1024] [--steps 32] [--prefill 2048] [--json FILE]
-//       [--dense 64,16,0]
+//       [--dense 16,0]
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -226,7 +226,7 @@ nlohmann::json dense_products(const eng::model_config& c, double bw) {
 
 int main(int argc, char** argv) try {
   std::string config_path = "tests/perf/deepseek_v2_lite.json", dtype = "bfloat16", json_out;
-  std::vector<int> modes = {64};
+  std::vector<int> modes = {16};
   std::vector<int> batches = {1, 16, 64, 256};
   int context = 1024, steps = 32, prefill = 2048;
   for (int i = 1; i + 1 < argc; i += 2) {
