@@ -69,6 +69,7 @@ struct price_catalogue {
               p.input = it->second["input"].as<double>();
               p.output = it->second["output"].as<double>();
               p.cached_input = it->second["cached_input"] ? it->second["cached_input"].as<double>() : p.input;
+              p.cache_write = it->second["cache_write"] ? it->second["cache_write"].as<double>() : p.input;
               c.prices[{host.Scalar(), m["model"].Scalar()}][currency] = p;
             }
           }
@@ -616,7 +617,7 @@ class loader {
 
   void read_price(const YAML::Node& n, const std::string& path, price_config& p) {
     if (!expect_map(n, path)) return;
-    known_keys(n, path, {"input", "cached_input", "output"});
+    known_keys(n, path, {"input", "cached_input", "cache_write", "output"});
     if (auto v = n["input"]) {
       if (auto d = number(v, path + ".input")) p.input = *d;
     }
@@ -624,6 +625,11 @@ class loader {
       if (auto d = number(v, path + ".cached_input")) p.cached_input = *d;
     } else {
       p.cached_input = p.input;  // no discount unless the provider gives one
+    }
+    if (auto v = n["cache_write"]) {
+      if (auto d = number(v, path + ".cache_write")) p.cache_write = *d;
+    } else {
+      p.cache_write = p.input;  // no premium unless the provider charges one
     }
     if (auto v = n["output"]) {
       if (auto d = number(v, path + ".output")) p.output = *d;

@@ -107,6 +107,7 @@ struct price_config {
   double input = 0;
   double cached_input = 0;
   double output = 0;
+  double cache_write = 0;  ///< prompt tokens written to the provider's prompt cache (Anthropic: 1.25x input)
 };
 
 struct target_config {

@@ -85,6 +85,7 @@ void access_log::write(std::size_t shard, const access_record& r) {
   if (r.has_usage) {
     num("prompt_tokens", r.prompt_tokens);
     num("cached_tokens", r.cached_tokens);
+    if (r.cache_write_tokens > 0) num("cache_write_tokens", r.cache_write_tokens);
     num("completion_tokens", r.completion_tokens);
     num("reasoning_tokens", r.reasoning_tokens);
     num("cost", r.cost);

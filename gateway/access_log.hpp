@@ -28,6 +28,7 @@ struct access_record {
   bool has_usage = false;  ///< the upstream reported usage; the fields below are set
   std::int64_t prompt_tokens = 0;
   std::int64_t cached_tokens = 0;
+  std::int64_t cache_write_tokens = 0;  ///< prompt tokens written to the provider's cache (logged when > 0)
   std::int64_t completion_tokens = 0;
   std::int64_t reasoning_tokens = 0;
   double cost = 0;
@@ -39,7 +40,7 @@ struct access_record {
     latency_ms = 0;
     bytes_in = bytes_out = 0;
     stream = has_usage = false;
-    prompt_tokens = cached_tokens = completion_tokens = reasoning_tokens = 0;
+    prompt_tokens = cached_tokens = cache_write_tokens = completion_tokens = reasoning_tokens = 0;
     cost = 0;
   }
 };

@@ -164,14 +164,16 @@ void gateway_metrics::record_attempt(std::size_t shard, const std::string& backe
 
 void gateway_metrics::record_usage(std::size_t shard, const std::string& key, const std::string& route,
                                    const std::string& backend, std::int64_t prompt, std::int64_t cached,
-                                   std::int64_t completion, std::int64_t reasoning, double cost) {
+                                   std::int64_t cache_write, std::int64_t completion, std::int64_t reasoning,
+                                   double cost) {
   auto& s = *shards_[shard % shards_.size()];
   std::lock_guard lock(s.mutex);
   auto& c = cell(s.usage, std::array<std::string_view, 3>{key, route, backend});
-  c.tokens[0] += static_cast<std::uint64_t>(prompt - cached);
+  c.tokens[0] += static_cast<std::uint64_t>(prompt - cached - cache_write);
   c.tokens[1] += static_cast<std::uint64_t>(cached);
   c.tokens[2] += static_cast<std::uint64_t>(completion);
   c.tokens[3] += static_cast<std::uint64_t>(reasoning);
+  c.tokens[4] += static_cast<std::uint64_t>(cache_write);
   c.cost += cost;
 }
 
@@ -205,9 +207,12 @@ std::string gateway_metrics::render(const runtime& rt, const key_table* keys, st
     for (const auto& [k, v] : shard->duration) duration[k].merge(v);
     for (const auto& [k, v] : shard->attempts) attempts[k] += v;
     for (const auto& [k, v] : shard->first_byte) first_byte[k].merge(v);
-    static constexpr const char* kinds[] = {"prompt", "cached_prompt", "completion", "reasoning"};
+    static constexpr const char* kinds[] = {"prompt", "cached_prompt", "completion", "reasoning", "cache_write_prompt"};
     for (const auto& [k, v] : shard->usage) {
-      for (std::size_t i = 0; i < v.tokens.size(); ++i) tokens[{k[0], k[1], k[2], kinds[i]}] += v.tokens[i];
+      for (std::size_t i = 0; i < v.tokens.size(); ++i) {
+        if (i == 4 && v.tokens[i] == 0) continue;  // only where a provider wrote its cache
+        tokens[{k[0], k[1], k[2], kinds[i]}] += v.tokens[i];
+      }
       cost[k] += v.cost;
     }
     for (const auto& [k, v] : shard->ttft) ttft[k].merge(v);
@@ -264,8 +269,8 @@ std::string gateway_metrics::render(const runtime& rt, const key_table* keys, st
   overhead.render(out, "tollgate_gateway_overhead_seconds", "");
 
   header(out, "tollgate_tokens_total", "counter",
-         "Tokens by key name, route, backend and kind: prompt (uncached), cached_prompt, completion "
-         "(reasoning included), reasoning.");
+         "Tokens by key name, route, backend and kind: prompt (neither read from nor written to the "
+         "provider's cache), cached_prompt, cache_write_prompt, completion (reasoning included), reasoning.");
   for (const auto& [k, v] : tokens) {
     out += "tollgate_tokens_total{key=\"" + escape_label(k[0]) + "\",model=\"" + escape_label(k[1]) + "\",backend=\"" +
            escape_label(k[2]) + "\",kind=\"" + k[3] + "\"} " + std::to_string(v) + "\n";

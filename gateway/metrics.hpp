@@ -46,8 +46,8 @@ class gateway_metrics {
 
   /// Tokens and money of one request, by key name, route and the backend that served it.
   void record_usage(std::size_t shard, const std::string& key, const std::string& route, const std::string& backend,
-                    std::int64_t prompt, std::int64_t cached, std::int64_t completion, std::int64_t reasoning,
-                    double cost);
+                    std::int64_t prompt, std::int64_t cached, std::int64_t cache_write, std::int64_t completion,
+                    std::int64_t reasoning, double cost);
 
   /// A stream that answered: seconds to its first bytes at the client, and per output token after
   /// that (tpot < 0: too few tokens to say).
@@ -75,7 +75,7 @@ class gateway_metrics {
   template <std::size_t N, class V>
   using labelled = std::map<std::array<std::string, N>, V, labels_less>;
   struct usage_cell {
-    std::array<std::uint64_t, 4> tokens{};  // prompt (uncached), cached_prompt, completion, reasoning
+    std::array<std::uint64_t, 5> tokens{};  // prompt (uncached), cached_prompt, completion, reasoning, cache_write_prompt
     double cost = 0;
   };
   struct shard_data {

@@ -48,16 +48,17 @@ std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choice
   if (top[0].empty() || top[0].front() != '{') return std::nullopt;
   if (no_choices != nullptr) *no_choices = empty_array(top[1]);
 
-  static constexpr std::array<std::string_view, 5> usage_keys{
+  static constexpr std::array<std::string_view, 6> usage_keys{
       "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details",
-      "prompt_cache_hit_tokens"};
+      "prompt_cache_hit_tokens", "cache_creation_input_tokens"};
   const auto u = members(top[0], usage_keys);
   const auto prompt = count(u[0]);
   const auto completion = count(u[1]);
   const auto cached = count(members(u[2], std::array<std::string_view, 1>{"cached_tokens"})[0]);
   const auto cache_hit = count(u[4]);
   const auto reasoning = count(members(u[3], std::array<std::string_view, 1>{"reasoning_tokens"})[0]);
-  if (!prompt || !completion || !cached || !cache_hit || !reasoning) {
+  const auto cache_write = count(u[5]);
+  if (!prompt || !completion || !cached || !cache_hit || !reasoning || !cache_write) {
     if (refused != nullptr) *refused = true;
     return std::nullopt;
   }
@@ -67,13 +68,14 @@ std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choice
   out.cached = *cached != 0 ? *cached : *cache_hit;
   out.reasoning = std::min(*reasoning, out.completion);
   out.cached = std::min(out.cached, out.prompt);
+  out.cache_write = std::min(*cache_write, out.prompt - out.cached);
   return out;
 }
 
 double cost_of(const usage& u, const config::price_config& price) {
-  const double uncached = static_cast<double>(u.prompt - u.cached);
+  const double uncached = static_cast<double>(u.prompt - u.cached - u.cache_write);
   return (uncached * price.input + static_cast<double>(u.cached) * price.cached_input +
-          static_cast<double>(u.completion) * price.output) /
+          static_cast<double>(u.cache_write) * price.cache_write + static_cast<double>(u.completion) * price.output) /
          1e6;
 }
 

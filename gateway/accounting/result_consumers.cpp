@@ -50,6 +50,7 @@ void meter(finished& f, std::string_view body) {
       rec.has_usage = true;
       rec.prompt_tokens = p.used->prompt;
       rec.cached_tokens = p.used->cached;
+      rec.cache_write_tokens = p.used->cache_write;
       rec.completion_tokens = p.used->completion;
       rec.reasoning_tokens = p.used->reasoning;
       rec.cost = p.price != nullptr ? cost_of(*p.used, *p.price) : 0;
@@ -107,8 +108,8 @@ void record_metrics(finished& f) {
   const std::size_t shard = f.w.index();
   const std::string& route = route_of(p);
   if (p.used) {
-    m.record_usage(shard, rec.key_name, route, rec.backend, p.used->prompt, p.used->cached, p.used->completion,
-                   p.used->reasoning, rec.cost);
+    m.record_usage(shard, rec.key_name, route, rec.backend, p.used->prompt, p.used->cached, p.used->cache_write,
+                   p.used->completion, p.used->reasoning, rec.cost);
   }
   m.record_request(shard, route, rec.backend, rec.status, f.seconds);
   if (p.first_token_at && rec.status >= 200 && rec.status < 300) {

@@ -561,21 +561,24 @@ routes:
   - model: m
     strategy: cost
     targets:
-      - {backend: up, price: {input: 2.0, cached_input: 0.5, output: 8}}
+      - {backend: up, price: {input: 2.0, cached_input: 0.5, cache_write: 2.5, output: 8}}
       - {backend: up, model: other, price: {input: 1.5, output: 3}}
 )");
   REQUIRE(r.value);
   const auto& t = r.value->routes[0].targets;
   CHECK(t[0].price.input == 2.0);
   CHECK(t[0].price.cached_input == 0.5);
+  CHECK(t[0].price.cache_write == 2.5);
   CHECK(t[0].price.output == 8.0);
   CHECK(t[1].price.cached_input == 1.5);  // no discount given: same as input
+  CHECK(t[1].price.cache_write == 1.5);   // no premium given: same as input
   auto bad = load(R"(backends:
   - {name: up, kind: openai, base_url: "http://127.0.0.1:9000/v1"}
 routes:
-  - {model: m, targets: [{backend: up, price: {input: -1, output: cheap, per_call: 2}}]}
+  - {model: m, targets: [{backend: up, price: {input: -1, output: cheap, per_call: 2, cache_write: -3}}]}
 )");
   find(bad, "routes[0].targets[0].price.input");
+  find(bad, "routes[0].targets[0].price.cache_write");
   find(bad, "routes[0].targets[0].price.output");
   find(bad, "routes[0].targets[0].price.per_call");
 }

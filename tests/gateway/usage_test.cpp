@@ -63,6 +63,25 @@ TEST_CASE("usage out of range is refused, not recorded as zero or as a huge numb
   CHECK_FALSE(refused);
 }
 
+TEST_CASE("Anthropic's cache writes, kept in the chat usage, are read and priced", "[usage]") {
+  auto u = usage_from_json(R"({"usage":{"prompt_tokens":1000,"completion_tokens":10,"prompt_tokens_details":{"cached_tokens":200},
+    "cache_creation_input_tokens":300}})");
+  REQUIRE(u);
+  CHECK(u->prompt == 1000);
+  CHECK(u->cached == 200);
+  CHECK(u->cache_write == 300);
+  tollgate::config::price_config price{3.0, 0.3, 15.0};
+  price.cache_write = 3.75;
+  CHECK(cost_of(*u, price) == Approx((500 * 3.0 + 200 * 0.3 + 300 * 3.75 + 10 * 15.0) / 1e6));
+  // More writes than the prompt leaves uncached are clamped; a bad count refuses the usage.
+  auto over = usage_from_json(R"({"usage":{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":4},"cache_creation_input_tokens":99}})");
+  REQUIRE(over);
+  CHECK(over->cache_write == 6);
+  bool refused = false;
+  CHECK_FALSE(usage_from_json(R"({"usage":{"prompt_tokens":10,"cache_creation_input_tokens":-1}})", nullptr, &refused));
+  CHECK(refused);
+}
+
 TEST_CASE("cost: uncached input, cached input and output at their prices", "[usage]") {
   const tollgate::config::price_config price{2.0, 0.5, 8.0};
   const usage u{1'000'000, 400'000, 250'000, 0};

@@ -38,7 +38,7 @@ routes:
     targets:
       - backend: claude
         model: claude-upstream
-        price: {input: 3, cached_input: 0.3, output: 15}
+        price: {input: 3, cached_input: 0.3, cache_write: 3.75, output: 15}
   - model: claude-then-beta
     targets:
       - backend: claude
@@ -97,6 +97,16 @@ TEST_CASE("a chat request reaches an Anthropic upstream as a Messages request an
   CHECK(answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 2);
   CHECK(answer["usage"]["cache_creation_input_tokens"] == 1);
   CHECK(answer["usage"]["completion_tokens"] == 3);
+  // Each kind of prompt token at its price: (3 * 3 + 2 * 0.3 + 1 * 3.75 + 3 * 15) / 1e6.
+  const auto metrics = c.get(f.base + "/metrics").body;
+  INFO(metrics);
+  CHECK(metrics.find(R"(kind="cache_write_prompt"} 1)") != std::string::npos);
+  CHECK(metrics.find(R"(kind="prompt"} 3)") != std::string::npos);
+  const auto cost_at = metrics.find("tollgate_cost_total{");
+  REQUIRE(cost_at != std::string::npos);
+  const auto cost_line = metrics.substr(cost_at, metrics.find('\n', cost_at) - cost_at);
+  CHECK(cost_line.find(R"(model="claude-public",backend="claude")") != std::string::npos);
+  CHECK(std::stod(cost_line.substr(cost_line.rfind(' ') + 1)) == Approx((3 * 3 + 2 * 0.3 + 1 * 3.75 + 3 * 15) / 1e6));
 
   const auto seen = f.a.requests();
   REQUIRE(seen.size() == 1);
