@@ -103,6 +103,12 @@ struct layer_weights {
   T* experts_down = nullptr;     // [E, H, I]
   bool has_shared = false;
   mat<T> shared_gate_up, shared_down;
+  /// With shared experts: the router's rows, then the shared gate and up, in one [E + 2 Is, H]
+  /// matrix (router and shared_gate_up are views of it): one product gives all three.
+  mat<T> router_shared;
+  /// Without q_lora or attention biases: q_proj's rows, then kv_a's, in one matrix (q_proj and
+  /// kv_a are views of it): one product gives the query and the latent.
+  mat<T> q_kv;
 };
 
 uint64_t name_seed(const std::string& s, uint64_t seed) {
@@ -387,10 +393,18 @@ class cuda_backend final : public forward_backend {
         if (c.attention_bias) L.q_a_bias = vector(a + "q_a_proj.bias", c.q_lora_rank);
         L.q_a_norm = vector(a + "q_a_layernorm.weight", c.q_lora_rank);
         L.q_b = mat_of(a + "q_b_proj.weight", nh * qk, c.q_lora_rank);
+        L.kv_a = mat_of(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, H);
+      } else if (!c.attention_bias) {
+        const int W = c.kv_lora_rank + c.qk_rope_head_dim;
+        L.q_kv = {alloc<T>(static_cast<size_t>(nh * qk + W) * H), nh * qk + W, H};
+        L.q_proj = {L.q_kv.w, nh * qk, H};
+        L.kv_a = {L.q_kv.w + static_cast<size_t>(nh) * qk * H, W, H};
+        matrix(a + "q_proj.weight", nh * qk, H, L.q_proj.w);
+        matrix(a + "kv_a_proj_with_mqa.weight", W, H, L.kv_a.w);
       } else {
         L.q_proj = mat_of(a + "q_proj.weight", nh * qk, H);
+        L.kv_a = mat_of(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, H);
       }
-      L.kv_a = mat_of(a + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, H);
       if (c.attention_bias) L.kv_a_bias = vector(a + "kv_a_proj_with_mqa.bias", c.kv_lora_rank + c.qk_rope_head_dim);
       L.kv_a_norm = vector(a + "kv_a_layernorm.weight", c.kv_lora_rank);
       L.kv_b = mat_of(a + "kv_b_proj.weight", nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
@@ -403,7 +417,19 @@ class cuda_backend final : public forward_backend {
         continue;
       }
       const int E = c.n_routed_experts, I = c.moe_intermediate_size;
-      L.router = mat_of(p + "mlp.gate.weight", E, H);
+      if (c.n_shared_experts > 0) {
+        L.has_shared = true;
+        const int Is = I * c.n_shared_experts;
+        L.router_shared = {alloc<T>(static_cast<size_t>(E + 2 * Is) * H), E + 2 * Is, H};
+        L.router = {L.router_shared.w, E, H};
+        L.shared_gate_up = {L.router_shared.w + static_cast<size_t>(E) * H, 2 * Is, H};
+        matrix(p + "mlp.gate.weight", E, H, L.router.w);
+        matrix(p + "mlp.shared_experts.gate_proj.weight", Is, H, L.shared_gate_up.w);
+        matrix(p + "mlp.shared_experts.up_proj.weight", Is, H, L.shared_gate_up.w + static_cast<size_t>(Is) * H);
+        L.shared_down = mat_of(p + "mlp.shared_experts.down_proj.weight", H, Is);
+      } else {
+        L.router = mat_of(p + "mlp.gate.weight", E, H);
+      }
       if (c.v3) L.score_bias = vector(p + "mlp.gate.e_score_correction_bias", E);
       L.experts_gate_up = alloc<T>(static_cast<size_t>(E) * 2 * I * H);
       L.experts_down = alloc<T>(static_cast<size_t>(E) * H * I);
@@ -419,12 +445,6 @@ class cuda_backend final : public forward_backend {
           matrix(ep + "up_proj.weight", I, H, gu + static_cast<size_t>(I) * H);
           matrix(ep + "down_proj.weight", H, I, L.experts_down + static_cast<size_t>(e) * H * I);
         }
-      }
-      if (c.n_shared_experts > 0) {
-        L.has_shared = true;
-        const int Is = I * c.n_shared_experts;
-        L.shared_gate_up = gate_up(p + "mlp.shared_experts.", Is);
-        L.shared_down = mat_of(p + "mlp.shared_experts.down_proj.weight", H, Is);
       }
     }
     final_norm_ = vector("model.norm.weight", H);
@@ -624,29 +644,48 @@ class cuda_backend final : public forward_backend {
     const auto& c = c_;
     const int nh = c.num_attention_heads, qk = c.qk_head_dim(), kvr = c.kv_lora_rank, W = dims_.width();
     const int nope = c.qk_nope_head_dim, vd = c.v_head_dim;
-    T* q = ws_q_.as<T>(static_cast<size_t>(N) * nh * qk);
-    if (c.q_lora_rank > 0) {
-      float* qa = ws_qa_.as<float>(static_cast<size_t>(N) * c.q_lora_rank);
-      T* qa_n = ws_qa_n_.as<T>(static_cast<size_t>(N) * c.q_lora_rank);
-      gemm(h, N, L.q_a, qa, CUDA_R_32F);
-      cuda::rmsnorm<T>(qa, nullptr, {}, L.q_a_bias, L.q_a_norm, latent_norm_eps, c.q_lora_rank, N, nullptr, qa_n,
-                       stream_);
-      gemm(qa_n, N, L.q_b, q, data_type<T>());
+    cuda::mla_query<T> query;
+    float* ckv = nullptr;
+    int ckv_stride = W;
+    // q_nope as the W_UK product reads it: rows q_ld apart, heads q_head apart.
+    const T* q_nope = nullptr;
+    int q_ld = nh * qk, q_head = qk;
+    if (L.q_kv.w) {
+      // One product for q and the latent, in float; mla_prepare writes q's nope parts in T.
+      ckv_stride = L.q_kv.rows;
+      float* qkv = ws_ckv_.as<float>(static_cast<size_t>(N) * ckv_stride);
+      gemm(h, N, L.q_kv, qkv, CUDA_R_32F);
+      ckv = qkv + static_cast<size_t>(nh) * qk;
+      T* nope_out = ws_q_.as<T>(static_cast<size_t>(N) * nh * nope);
+      query = {nullptr, qkv, ckv_stride, nope_out};
+      q_nope = nope_out, q_ld = nh * nope, q_head = nope;
     } else {
-      gemm(h, N, L.q_proj, q, data_type<T>());
+      T* q = ws_q_.as<T>(static_cast<size_t>(N) * nh * qk);
+      if (c.q_lora_rank > 0) {
+        float* qa = ws_qa_.as<float>(static_cast<size_t>(N) * c.q_lora_rank);
+        T* qa_n = ws_qa_n_.as<T>(static_cast<size_t>(N) * c.q_lora_rank);
+        gemm(h, N, L.q_a, qa, CUDA_R_32F);
+        cuda::rmsnorm<T>(qa, nullptr, {}, L.q_a_bias, L.q_a_norm, latent_norm_eps, c.q_lora_rank, N, nullptr, qa_n,
+                         stream_);
+        gemm(qa_n, N, L.q_b, q, data_type<T>());
+      } else {
+        gemm(h, N, L.q_proj, q, data_type<T>());
+      }
+      ckv = ws_ckv_.as<float>(static_cast<size_t>(N) * W);
+      gemm(h, N, L.kv_a, ckv, CUDA_R_32F);
+      if (L.kv_a_bias) cuda::add_bias(ckv, L.kv_a_bias, W, N, stream_);
+      query.t = q;
+      q_nope = q;
     }
-    float* ckv = ws_ckv_.as<float>(static_cast<size_t>(N) * W);
-    gemm(h, N, L.kv_a, ckv, CUDA_R_32F);
-    if (L.kv_a_bias) cuda::add_bias(ckv, L.kv_a_bias, W, N, stream_);
     T* q_full = ws_q_full_.as<T>(static_cast<size_t>(N) * nh * W);
     T* cache = cache_layer(l);
-    cuda::mla_prepare<T>(ckv, L.kv_a_norm, latent_norm_eps, q, rope_cs_, c.rope_interleave, dims_, N, map_, q_full,
-                         cache, stream_);
+    cuda::mla_prepare<T>(ckv, ckv_stride, L.kv_a_norm, latent_norm_eps, query, rope_cs_, c.rope_interleave, dims_, N,
+                         map_, q_full, cache, stream_);
     const float one = 1.0f, zero = 0.0f;
     // W_UK absorbed: q_full[t, h, :kvr] = q_nope[t, h, :] . kv_b[h, :nope, :]   (per head)
     check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, kvr, N, nope, &one, L.kv_b.w, data_type<T>(),
-                                          kvr, static_cast<long long>(nope + vd) * kvr, q, data_type<T>(), nh * qk, qk,
-                                          &zero, q_full, data_type<T>(), nh * W, W, nh, CUBLAS_COMPUTE_32F,
+                                          kvr, static_cast<long long>(nope + vd) * kvr, q_nope, data_type<T>(), q_ld,
+                                          q_head, &zero, q_full, data_type<T>(), nh * W, W, nh, CUBLAS_COMPUTE_32F,
                                           CUBLAS_GEMM_DEFAULT),
                "q absorb");
     T* o_lat = ws_o_lat_.as<T>(static_cast<size_t>(N) * nh * kvr);
@@ -680,8 +719,10 @@ class cuda_backend final : public forward_backend {
     const auto& c = c_;
     const int E = c.n_routed_experts, K = c.num_experts_per_tok, H = c.hidden_size, I = c.moe_intermediate_size;
     const int R = N * K;
-    float* router_logits = ws_router_.as<float>(static_cast<size_t>(N) * E);
-    gemm(h, N, L.router, router_logits, CUDA_R_32F);
+    // With shared experts, one product gives the router logits and the shared gate and up.
+    const mat<T>& first = L.has_shared ? L.router_shared : L.router;
+    float* router_logits = ws_router_.as<float>(static_cast<size_t>(N) * first.rows);
+    gemm(h, N, first, router_logits, CUDA_R_32F);
     int32_t* ids = ws_ids_.as<int32_t>(static_cast<size_t>(R));
     float* wts = ws_wts_.as<float>(static_cast<size_t>(R));
     cuda::router_config rc;
@@ -691,6 +732,7 @@ class cuda_backend final : public forward_backend {
     rc.group_by_top2 = c.v3;
     rc.normalise = c.norm_topk_prob && (c.v3 || K > 1);
     rc.scaling = static_cast<float>(c.routed_scaling_factor);
+    rc.stride = first.rows;
     cuda::route(router_logits, L.score_bias, rc, N, ids, wts, stream_);
     int32_t* grouping = ws_grouping_.as<int32_t>(2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R));
     int32_t *offsets = grouping, *active = offsets + E + 1, *row_token = active + E + 1, *slot_row = row_token + R;
@@ -728,10 +770,8 @@ class cuda_backend final : public forward_backend {
     if (L.has_shared) {
       shared = ws_shared_.as<float>(static_cast<size_t>(N) * H);
       const int Is = L.shared_gate_up.rows / 2;
-      float* sgu = ws_sgu_.as<float>(static_cast<size_t>(N) * 2 * Is);
       T* sact = ws_sact_.as<T>(static_cast<size_t>(N) * Is);
-      gemm(h, N, L.shared_gate_up, sgu, CUDA_R_32F);
-      cuda::silu_mul<T>(sgu, Is, N, sact, stream_);
+      cuda::silu_mul<T>(router_logits + E, Is, N, sact, stream_, first.rows);
       gemm(sact, N, L.shared_down, shared, CUDA_R_32F);
     }
     return cuda::moe_sum{rows, slot_row, wts, shared, K};
@@ -779,7 +819,7 @@ class cuda_backend final : public forward_backend {
 
   device_buffer staging_, ws_meta_, ws_x_, ws_y_, ws_h_, ws_hs_, ws_logits_, ws_picked_, ws_q_, ws_qa_, ws_qa_n_, ws_ckv_,
       ws_q_full_, ws_o_lat_, ws_partial_, ws_attn_, ws_gu_, ws_act_, ws_router_, ws_ids_, ws_wts_, ws_grouping_, ws_xg_,
-      ws_rows_, ws_shared_, ws_sgu_, ws_sact_;
+      ws_rows_, ws_shared_, ws_sact_;
 };
 
 }  // namespace

@@ -49,11 +49,11 @@ __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const fl
 }
 
 template <typename T>
-__global__ void silu_mul_kernel(const float* gu, int inter, size_t total, T* out) {
+__global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, size_t total, T* out) {
   for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
        k += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const size_t r = k / inter, i = k % inter;
-    const float g = gu[r * 2 * inter + i], u = gu[r * 2 * inter + inter + i];
+    const float g = gu[r * stride + i], u = gu[r * stride + inter + i];
     out[k] = from_float<T>(g / (1.0f + expf(-g)) * u);
   }
 }
@@ -121,10 +121,11 @@ void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, 
 }
 
 template <typename T>
-void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s) {
+void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s, int stride) {
   const size_t total = static_cast<size_t>(inter) * n;
   if (total == 0) return;
-  device::silu_mul_kernel<T><<<grid_for(total, 256), 256, 0, s>>>(gu, inter, total, out);
+  const size_t row = stride > 0 ? static_cast<size_t>(stride) : 2 * static_cast<size_t>(inter);
+  device::silu_mul_kernel<T><<<grid_for(total, 256), 256, 0, s>>>(gu, inter, row, total, out);
   check_launch();
 }
 
@@ -160,7 +161,7 @@ void fill_random(T* dst, size_t n, uint64_t seed, float mean, float stddev, cuda
   template void embed<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);                        \
   template void rmsnorm<T>(float*, const float*, const moe_sum&, const float*, const float*, float, int, int,  \
                            const int32_t*, T*, cudaStream_t);                                               \
-  template void silu_mul<T>(const float*, int, int, T*, cudaStream_t);                                      \
+  template void silu_mul<T>(const float*, int, int, T*, cudaStream_t, int);                                      \
   template void gather_rows<T>(const T*, const int32_t*, int, int, T*, cudaStream_t);                       \
   template void convert<T>(const float*, size_t, T*, cudaStream_t);                                         \
   template void fill_random<T>(T*, size_t, uint64_t, float, float, cudaStream_t);

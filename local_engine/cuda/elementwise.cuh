@@ -31,9 +31,10 @@ template <typename T>
 void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, const float* w, float eps, int cols,
              int n, const int32_t* rows, T* out, cudaStream_t s);
 
-/// out[r, i] = silu(gu[r, i]) * gu[r, inter + i] for r < n, i < inter (gu holds gate then up).
+/// out[r, i] = silu(gu[r, i]) * gu[r, inter + i] for r < n, i < inter (gu holds gate then up;
+/// its rows are `stride` floats apart, 2 * inter when 0).
 template <typename T>
-void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s);
+void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s, int stride = 0);
 
 /// y[r, c] += bias[c].
 void add_bias(float* y, const float* bias, int cols, int n, cudaStream_t s);

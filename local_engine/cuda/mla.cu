@@ -32,12 +32,19 @@ int choose_splits(int n, const mla_dims& d, int max_len) {
 namespace device {
 
 template <typename T>
-__global__ void mla_prepare_kernel(const float* ckv, const float* norm_w, float eps, const T* q, const float2* rope_cs,
-                                   bool interleave, mla_dims d, token_map map, T* q_full, T* cache) {
+__global__ void mla_prepare_kernel(const float* ckv, int ckv_stride, const float* norm_w, float eps, mla_query<T> q,
+                                   const float2* rope_cs, bool interleave, mla_dims d, token_map map, T* q_full,
+                                   T* cache) {
   __shared__ float scratch[32];
   const int t = blockIdx.x;
   const int W = d.width(), half = d.rope_dim / 2;
-  const float* row = ckv + static_cast<size_t>(t) * W;
+  const float* row = ckv + static_cast<size_t>(t) * ckv_stride;
+  if (q.f != nullptr) {
+    const float* src = q.f + static_cast<size_t>(t) * q.stride;
+    T* dst = q.nope + static_cast<size_t>(t) * d.heads * d.nope_dim;
+    for (int k = threadIdx.x; k < d.heads * d.nope_dim; k += blockDim.x)
+      dst[k] = from_float<T>(src[(k / d.nope_dim) * d.qk_dim + k % d.nope_dim]);
+  }
   T* c = cache + static_cast<size_t>(map.slot[t]) * W;
   float ss = 0;
   for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) ss += row[i] * row[i];
@@ -53,9 +60,15 @@ __global__ void mla_prepare_kernel(const float* ckv, const float* norm_w, float 
       a = row[d.kv_rank + ia];
       b = row[d.kv_rank + ib];
     } else {
-      const T* qh = q + (static_cast<size_t>(t) * d.heads + h) * d.qk_dim + d.nope_dim;
-      a = to_float(qh[ia]);
-      b = to_float(qh[ib]);
+      if (q.f != nullptr) {
+        const float* qh = q.f + static_cast<size_t>(t) * q.stride + static_cast<size_t>(h) * d.qk_dim + d.nope_dim;
+        a = qh[ia];
+        b = qh[ib];
+      } else {
+        const T* qh = q.t + (static_cast<size_t>(t) * d.heads + h) * d.qk_dim + d.nope_dim;
+        a = to_float(qh[ia]);
+        b = to_float(qh[ib]);
+      }
     }
     const float ra = a * cs[i].x - b * cs[i].y, rb = b * cs[i].x + a * cs[i].y;
     T* dst = h < 0 ? c + d.kv_rank : q_full + (static_cast<size_t>(t) * d.heads + h) * W + d.kv_rank;
@@ -380,10 +393,12 @@ __global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank
 }  // namespace device
 
 template <typename T>
-void mla_prepare(const float* ckv, const float* norm_w, float eps, const T* q, const float2* rope_cs, bool interleave,
-                 const mla_dims& d, int n, const token_map& map, T* q_full, T* cache, cudaStream_t s) {
+void mla_prepare(const float* ckv, int ckv_stride, const float* norm_w, float eps, const mla_query<T>& q,
+                 const float2* rope_cs, bool interleave, const mla_dims& d, int n, const token_map& map, T* q_full,
+                 T* cache, cudaStream_t s) {
   if (n == 0) return;
-  device::mla_prepare_kernel<T><<<n, 128, 0, s>>>(ckv, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache);
+  device::mla_prepare_kernel<T><<<n, 128, 0, s>>>(ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full,
+                                                  cache);
   check_launch();
 }
 
@@ -436,8 +451,8 @@ void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int m
 }
 
 #define TOLLGATE_INSTANTIATE(T)                                                                                  \
-  template void mla_prepare<T>(const float*, const float*, float, const T*, const float2*, bool, const mla_dims&, int, \
-                               const token_map&, T*, T*, cudaStream_t);                                            \
+  template void mla_prepare<T>(const float*, int, const float*, float, const mla_query<T>&, const float2*, bool,    \
+                               const mla_dims&, int, const token_map&, T*, T*, cudaStream_t);                      \
   template void mla_attend<T>(const T*, const T*, const mla_dims&, int, int, const token_map&, float, float*, size_t, \
                               T*, cudaStream_t);
 TOLLGATE_INSTANTIATE(float)

@@ -25,13 +25,26 @@ struct mla_dims {
   __host__ __device__ int width() const { return kv_rank + rope_dim; }  ///< values a cached position holds
 };
 
-/// For n tokens: normalises the latent part of ckv ([n, kv_rank + rope_dim], float) with norm_w
-/// and writes it, with the rope key rotated, to the cache at each token's slot; rotates every
-/// head's rope part of q ([n, heads * qk_dim]) into q_full[t, h, kv_rank:] ([n, heads, width]).
-/// rope_cs holds (cos, sin) pairs [max_positions, rope_dim / 2], the YaRN factor applied.
+/// Where mla_prepare finds each token's query ([heads, qk_dim]): in T, rows heads * qk_dim apart
+/// (`t`), or in float, rows `stride` apart (`f`: the product that gave q and ckv at once), in
+/// which case its nope parts are also written in T to `nope` ([n, heads, nope_dim], what the
+/// W_UK product reads).
 template <typename T>
-void mla_prepare(const float* ckv, const float* norm_w, float eps, const T* q, const float2* rope_cs, bool interleave,
-                 const mla_dims& d, int n, const token_map& map, T* q_full, T* cache, cudaStream_t s);
+struct mla_query {
+  const T* t = nullptr;
+  const float* f = nullptr;
+  int stride = 0;
+  T* nope = nullptr;
+};
+
+/// For n tokens: normalises the latent part of ckv ([n, kv_rank + rope_dim] float, rows
+/// ckv_stride apart) with norm_w and writes it, with the rope key rotated, to the cache at each
+/// token's slot; rotates every head's rope part of q into q_full[t, h, kv_rank:] ([n, heads,
+/// width]). rope_cs holds (cos, sin) pairs [max_positions, rope_dim / 2], the YaRN factor applied.
+template <typename T>
+void mla_prepare(const float* ckv, int ckv_stride, const float* norm_w, float eps, const mla_query<T>& q,
+                 const float2* rope_cs, bool interleave, const mla_dims& d, int n, const token_map& map, T* q_full,
+                 T* cache, cudaStream_t s);
 
 /// Causal attention of n tokens over their sequences' cached positions 0..pos: scores are
 /// (q_full . cached) * scale over `width` values, the output is the attended latent [n, heads,

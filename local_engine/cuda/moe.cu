@@ -43,7 +43,7 @@ __global__ void route_kernel(const float* logits, const float* bias, router_conf
   __shared__ float sv[32], red[32];
   __shared__ int si[32];
   __shared__ int keep_group[64];
-  const float* row = logits + static_cast<size_t>(blockIdx.x) * c.experts;
+  const float* row = logits + static_cast<size_t>(blockIdx.x) * (c.stride > 0 ? c.stride : c.experts);
   float mx = -INFINITY;
   for (int e = threadIdx.x; e < c.experts; e += blockDim.x) mx = fmaxf(mx, row[e]);
   if (!c.sigmoid) mx = block_max(mx, red);

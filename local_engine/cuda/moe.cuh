@@ -17,9 +17,11 @@ struct router_config {
   bool group_by_top2 = false;  ///< V3: a group's score is the sum of its two best biased scores (else its best score)
   bool normalise = false;
   float scaling = 1.0f;
+  int stride = 0;  ///< floats between two tokens' logits; 0: experts
 };
 
-/// logits [n, experts] -> ids [n, top_k] and weights [n, top_k], as the CPU route_token() does.
+/// logits [n, experts] (rows c.stride floats apart when set) -> ids [n, top_k] and weights
+/// [n, top_k], as the CPU route_token() does.
 void route(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
            float* weights, cudaStream_t s);
 
