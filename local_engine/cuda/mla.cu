@@ -263,27 +263,38 @@ __global__ void __launch_bounds__(tc::warps * 32) mla_attend_tc_kernel(const bf1
 #pragma unroll
   for (int n = 0; n < tc::ntiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
 
+  // The tile's 16-byte units (keys x W8) go to the threads in turn; a thread's first unit and its
+  // step are fixed, so the walk needs no division, and each key's cache row is looked up once a
+  // tile (row_src), not once a unit.
+  __shared__ const bf16* row_src[tc::keys];
+  const int j0 = threadIdx.x / W8, c0 = threadIdx.x % W8;
+  const int step_j = blockDim.x / W8, step_c = blockDim.x % W8;
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int first = tile * tc::keys, nk = min(tc::keys, len - first);
     __syncthreads();  // the last tile's readers are done
+    if (threadIdx.x < tc::keys) {
+      const int pos = first + threadIdx.x;
+      row_src[threadIdx.x] =
+          threadIdx.x < nk
+              ? cache + (static_cast<size_t>(table[pos / map.block_size]) * map.block_size + pos % map.block_size) * W
+              : nullptr;
+    }
+    __syncthreads();
     constexpr int unroll = 6;
-    for (int base = threadIdx.x; base < tc::keys * W8; base += blockDim.x * unroll) {
+    int j = j0, c8 = c0;
+    while (j < tc::keys) {
       uint4 v[unroll];
+      int jj[unroll], cc[unroll];
 #pragma unroll
       for (int u = 0; u < unroll; ++u) {
-        const int idx = base + u * blockDim.x, j = idx / W8, c8 = idx % W8;
-        v[u] = zero;
-        if (idx < tc::keys * W8 && j < nk) {
-          const int pos = first + j;
-          const size_t slot = static_cast<size_t>(table[pos / map.block_size]) * map.block_size + pos % map.block_size;
-          v[u] = *reinterpret_cast<const uint4*>(cache + slot * W + c8 * 8);
-        }
+        jj[u] = j, cc[u] = c8;
+        v[u] = j < nk ? *reinterpret_cast<const uint4*>(row_src[j] + c8 * 8) : zero;
+        j += step_j, c8 += step_c;
+        if (c8 >= W8) c8 -= W8, ++j;
       }
 #pragma unroll
-      for (int u = 0; u < unroll; ++u) {
-        const int idx = base + u * blockDim.x;
-        if (idx < tc::keys * W8) *reinterpret_cast<uint4*>(kv_s + (idx / W8) * PW + (idx % W8) * 8) = v[u];
-      }
+      for (int u = 0; u < unroll; ++u)
+        if (jj[u] < tc::keys) *reinterpret_cast<uint4*>(kv_s + jj[u] * PW + cc[u] * 8) = v[u];
     }
     __syncthreads();
     // Scores of this warp's 8 positions for the 16 head rows.
