@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Two replicas over one real PostgreSQL server (started here): the schema migrated by tollgate,
-# a key created and revoked through one replica's admin API seen by the other within 2 s, and a
-# ledger that holds exactly the requests answered while PostgreSQL is stopped and started again
-# under load, also for a replica that stops before PostgreSQL is back.
+# Three replicas over one real PostgreSQL server and one real redis-server (both started here):
+# the schema migrated by tollgate, a key created and revoked through one replica's admin API seen
+# by the others within 2 s, an rpm limit held in total over the three through Redis, and a ledger
+# that holds exactly the requests answered while PostgreSQL is stopped and started again under
+# load spread over the replicas, also for a replica that stops before PostgreSQL is back.
+# (redis_limits.sh takes the Redis side further: budgets, max_concurrency, Redis killed.)
 set -euo pipefail
 build=$(cd "${1:?usage: postgres_store.sh BUILD_DIR}" && pwd)
 source "$(dirname "$0")/../support/procs.sh"
@@ -10,6 +12,7 @@ source "$(dirname "$0")/../support/servers.sh"
 fail() { echo "FAIL: $*"; for f in "$work"/replica*.log; do echo "== $f"; tail -8 "$f"; done; exit 1; }
 
 start_postgres
+start_redis
 "$build/tollgate-fake-upstream" --port 0 >"$work/fake.log" 2>&1 &
 pids+=($!)
 upstream=$(wait_listening "$work/fake.log")
@@ -18,8 +21,9 @@ declare -A url pid
 start_replica() {  # NAME: a replica with its own spool folder
   cat >"$work/$1.yaml" <<YAML
 store: {postgres: "$pg_url", spool: $work/spool-$1, flush_interval: 100ms}
+limits: {redis: "$redis_url", on_redis_down: local}
 server: {listen: "127.0.0.1:0", threads: 2, access_log: "off", admin_key: tg-admin-0123456789, shutdown_timeout: 10s}
-keys: [{name: load, key: tg-load}]
+keys: [{name: load, key: tg-load}, {name: r30, key: tg-r30, rpm: 30}]
 backends: [{name: fake, kind: openai, base_url: "$upstream/v1"}]
 routes: [{model: m, targets: [{backend: fake}]}]
 YAML
@@ -30,6 +34,7 @@ YAML
 }
 start_replica a
 start_replica b
+start_replica c
 
 version=$(psql_q "SELECT max(version) FROM schema_migrations")
 [ "$version" = 2 ] || fail "schema version $version, expected 2"
@@ -53,17 +58,39 @@ wait_status() {  # URL KEY STATUS -> milliseconds until STATUS (fails after 2 s)
   done
 }
 seen=$(wait_status "${url[b]}" "$secret" 200) || fail "a key created on replica a did not work on b within 2 s"
+seen_c=$(wait_status "${url[c]}" "$secret" 200) || fail "a key created on replica a did not work on c within 2 s"
 curl -sf -X POST "${url[a]}/admin/keys/team/revoke" -H 'Authorization: Bearer tg-admin-0123456789' >/dev/null
 gone=$(wait_status "${url[b]}" "$secret" 401) || fail "a key revoked on replica a still worked on b after 2 s"
-echo "keys: created on a, usable on b after ${seen} ms; revoked on a, refused by b after ${gone} ms"
+gone_c=$(wait_status "${url[c]}" "$secret" 401) || fail "a key revoked on replica a still worked on c after 2 s"
+echo "keys: created on a, usable on b after ${seen} ms and on c ${seen_c} ms later; revoked on a, refused by b" \
+  "after ${gone} ms and by c ${gone_c} ms later"
 
-# Load on both replicas while PostgreSQL stops for 3 s and starts again.
+# rpm 30 shared through Redis: 3 clients, one a replica, 40 requests each as fast as they go. The
+# bucket starts full (30) and refills one every 2 s, so about 30 are admitted in total, not 90.
+start=$(date +%s%N)
 clients=()
-for n in 1 2 3 4; do
-  r=$([ $((n % 2)) -eq 0 ] && echo a || echo b)
-  stream=$([ $n -le 2 ] && echo true || echo false)
+for r in a b c; do
+  ( for i in $(seq 1 40); do chat "${url[$r]}" tg-r30; echo; done >"$work/r30.$r" ) &
+  clients+=($!)
+done
+for c in "${clients[@]}"; do wait "$c"; done
+elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+admitted=$(cat "$work"/r30.* | grep -c '^200$' || true)
+limited=$(cat "$work"/r30.* | grep -c '^429$' || true)
+refill=$(( elapsed_ms / 2000 + 1 ))
+echo "rpm 30 over three replicas: $admitted admitted, $limited refused with 429 in $elapsed_ms ms (unshared: 90)"
+[ $((admitted + limited)) -eq 120 ] || fail "answers other than 200 and 429 to the rpm key"
+[ "$admitted" -ge 28 ] && [ "$admitted" -le $((30 + refill + 2)) ] ||
+  fail "$admitted admitted for rpm 30 in $elapsed_ms ms over three replicas (the limit is not shared)"
+
+# Load on the three replicas while PostgreSQL stops for 3 s and starts again.
+clients=()
+replica_of=(c a b)
+for n in 1 2 3 4 5 6; do
+  r=${replica_of[$((n % 3))]}
+  stream=$([ $n -le 3 ] && echo true || echo false)
   (
-    for i in $(seq 1 150); do
+    for i in $(seq 1 100); do
       curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "${url[$r]}/v1/chat/completions" \
         -H 'Authorization: Bearer tg-load' \
         -d "{\"model\":\"m\",\"stream\":$stream,\"messages\":[{\"role\":\"user\",\"content\":\"load $n $i\"}]}" || echo 000
@@ -86,21 +113,23 @@ grep -q "spooled to local disk" "$work/replica-a.log" || fail "replica a never s
 ls "$work/spool-b"/ledger-*.jsonl >/dev/null 2>&1 || fail "replica b left no spool file when it stopped during the outage"
 # Replica b again, on the same spool folder: it writes what the earlier process left.
 start_replica b
-kill -TERM "${pid[a]}" "${pid[b]}"
+kill -TERM "${pid[a]}" "${pid[b]}" "${pid[c]}"
 wait "${pid[a]}" || fail "replica a exited with an error on SIGTERM"
 wait "${pid[b]}" || fail "replica b exited with an error on SIGTERM"
+wait "${pid[c]}" || fail "replica c exited with an error on SIGTERM"
 
 answered=$(cat "$work"/codes.* | grep -vc '^000$' || true)
 ok=$(cat "$work"/codes.* | grep -c '^200$' || true)
 records=$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'load'")
 ids=$(psql_q "SELECT count(DISTINCT record_id) FROM usage_ledger WHERE key = 'load'")
 left=$(find "$work" -path '*/spool-*/ledger-*.jsonl' -exec cat {} + | wc -l)
-on_a=$(cat "$work/codes.2" "$work/codes.4" | grep -c '^200$' || true)
-echo "answered $answered (200: $ok; replica a, up throughout: $on_a of 300), ledger records $records" \
+# Clients 1 and 4 went to replica a, 2 and 5 to b, 3 and 6 to c.
+on_ac=$(cat "$work/codes.1" "$work/codes.4" "$work/codes.3" "$work/codes.6" | grep -c '^200$' || true)
+echo "answered $answered (200: $ok; replicas a and c, up throughout: $on_ac of 400), ledger records $records" \
   "(distinct $ids), left in spools $left"
-# Replica a answered everything while PostgreSQL was away; b's clients got no answer (000) only
-# while b was stopped.
-[ "$on_a" -eq 300 ] || fail "replica a answered $on_a of 300 with 200 (the request path must not wait on PostgreSQL)"
+# Replicas a and c answered everything while PostgreSQL was away; b's clients got no answer (000)
+# only while b was stopped.
+[ "$on_ac" -eq 400 ] || fail "replicas a and c answered $on_ac of 400 with 200 (the request path must not wait on PostgreSQL)"
 [ "$(cat "$work"/codes.* | grep -vc '^200$\|^000$' || true)" -eq 0 ] || fail "answers other than 200"
 [ "$records" -eq "$answered" ] || fail "ledger records ($records) differ from answered requests ($answered)"
 [ "$left" -eq 0 ] || fail "$left records still in a spool"
