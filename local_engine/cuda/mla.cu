@@ -18,12 +18,12 @@ constexpr int max_splits = 32;  // the combine merges them in one warp
 int head_groups(const mla_dims& d) { return (d.heads + heads_per_block - 1) / heads_per_block; }
 
 int choose_splits(int n, const mla_dims& d, int max_len) {
-  // About two blocks per multiprocessor of an H100/H200 (132): a block's tiles run one after
-  // another, so a small batch's long contexts are cut into shorter chains. (Four a multiprocessor
-  // measured slower at batch 64.)
+  // Up to one wave of two blocks per multiprocessor of an H100/H200 (132; the bf16 kernel's
+  // shared memory holds two): a block's tiles run one after another, so a small batch's long
+  // contexts are cut into shorter chains, but never into a second, mostly idle wave.
   const int blocks = n * head_groups(d);
   if (blocks >= 132) return 1;  // the batch already fills the multiprocessors
-  const int want = (264 + blocks - 1) / blocks;
+  const int want = std::max(1, 264 / blocks);
   const int by_len = (max_len + split_len - 1) / split_len;
   return std::max(1, std::min({want, by_len, max_splits}));
 }
@@ -191,12 +191,12 @@ __global__ void __launch_bounds__(threads) mla_attend_kernel(const T* q_full, co
 }
 
 // The bf16 path on tensor cores (mma.m16n8k16), for kv_lora_rank 512: the 16 heads of a group are
-// the 16 rows of the products. Per tile of 32 positions, each of 4 warps scores 8 positions over
+// the 16 rows of the products. Per tile of 64 positions, each of 8 warps scores 8 positions over
 // all `width` values, the softmax runs on the scores in shared memory, and each warp adds
-// P . latent for its own 128 latent columns. Operands are read with ldmatrix from padded rows.
+// P . latent for its own 64 latent columns. Operands are read with ldmatrix from padded rows.
 namespace tc {
-constexpr int keys = 32;
-constexpr int warps = 4;
+constexpr int keys = 64;
+constexpr int warps = 8;
 constexpr int rank = 512;
 constexpr int cols = rank / warps;  // latent columns a warp owns
 constexpr int ntiles = cols / 8;
@@ -313,15 +313,24 @@ __global__ void __launch_bounds__(tc::warps * 32) mla_attend_tc_kernel(const bf1
       s_s[(g + 8) * tc::keys + key + 1] = key + 1 < nk ? sc[3] * scale : -INFINITY;
     }
     __syncthreads();
-    // Online softmax: warp w updates heads 4w..4w+3, a lane per position.
+    // Online softmax: each warp updates 16 / warps heads, a lane per 32 positions.
+    constexpr int heads_per_warp = 16 / tc::warps, per_lane = tc::keys / 32;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int h = warp * 4 + i;
-      const float v = s_s[h * tc::keys + lane];
-      const float m_old = m_s[h], m_new = fmaxf(m_old, warp_max(v));
-      const bf16 p = __float2bfloat16_rn(lane < nk ? __expf(v - m_new) : 0.0f);
-      p_s[h * tc::p_pitch + lane] = p;
-      const float sum = warp_sum(__bfloat162float(p));
+    for (int i = 0; i < heads_per_warp; ++i) {
+      const int h = warp * heads_per_warp + i;
+      float v[per_lane], mx = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < per_lane; ++k) mx = fmaxf(mx, v[k] = s_s[h * tc::keys + lane + 32 * k]);
+      const float m_old = m_s[h], m_new = fmaxf(m_old, warp_max(mx));
+      float part = 0;
+#pragma unroll
+      for (int k = 0; k < per_lane; ++k) {
+        const int at = lane + 32 * k;
+        const bf16 p = __float2bfloat16_rn(at < nk ? __expf(v[k] - m_new) : 0.0f);
+        p_s[h * tc::p_pitch + at] = p;
+        part += __bfloat162float(p);
+      }
+      const float sum = warp_sum(part);
       if (lane == 0) {
         const float corr = __expf(m_old - m_new);
         corr_s[h] = corr;
