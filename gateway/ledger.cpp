@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <stdexcept>
 
 #include "gateway/migrations.hpp"
@@ -151,20 +152,32 @@ ledger_record from_json(const nlohmann::json& j) {
 }
 
 /// Reads every whole line of a spool file; a torn last line (a crash mid-write) is skipped.
-std::vector<ledger_record> read_spool_file(const std::filesystem::path& path) {
-  std::vector<ledger_record> out;
+/// Writes a spool file's records through sink, spool_replay_chunk at a time, as it reads them.
+/// The records written, or nullopt when a write was refused (those before it stay written).
+std::optional<std::size_t> write_spool_file(const std::filesystem::path& path, ledger_sink& sink) {
+  std::vector<ledger_record> chunk;
+  std::size_t written = 0;
+  const auto put = [&] {
+    if (chunk.empty()) return true;
+    if (!sink.write(chunk)) return false;
+    written += chunk.size();
+    chunk.clear();
+    return true;
+  };
   std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     try {
-      out.push_back(from_json(nlohmann::json::parse(line)));
+      chunk.push_back(from_json(nlohmann::json::parse(line)));
     } catch (const std::exception& e) {
       std::cerr << "tollgate: ledger spool " << path.string() << ": a damaged line skipped (" << e.what() << ")"
                 << std::endl;
     }
+    if (chunk.size() == spool_replay_chunk && !put()) return std::nullopt;
   }
-  return out;
+  if (!put()) return std::nullopt;
+  return written;
 }
 
 }  // namespace
@@ -212,8 +225,10 @@ class ledger_spool {
     return true;
   }
 
-  /// This process's spooled records.
-  std::vector<ledger_record> read() const { return count_ == 0 ? std::vector<ledger_record>{} : read_spool_file(path_); }
+  /// Writes this process's spooled records through sink (write_spool_file); nullopt when refused.
+  std::optional<std::size_t> write_to(ledger_sink& sink) const {
+    return count_ == 0 ? std::optional<std::size_t>(0) : write_spool_file(path_, sink);
+  }
 
   /// Empties this process's file once its records are in the database.
   void clear() {
@@ -235,11 +250,10 @@ class ledger_spool {
         ::close(fd);
         continue;
       }
-      auto records = read_spool_file(p);
-      if (records.empty() || sink.write(records)) {
+      if (const auto written = write_spool_file(p, sink)) {
         std::filesystem::remove(p, ec);
-        if (!records.empty()) {
-          std::cerr << "tollgate: ledger: wrote " << records.size() << " records spooled by an earlier process ("
+        if (*written > 0) {
+          std::cerr << "tollgate: ledger: wrote " << *written << " records spooled by an earlier process ("
                     << p.filename().string() << ")" << std::endl;
         }
       }
@@ -323,13 +337,12 @@ void usage_ledger::flush_to_spool(std::vector<ledger_record> batch) {
       if (!batch.empty() && !spool_->append(batch)) unwritten_ = std::move(batch);
       return;
     }
-    auto spooled = spool_->read();
-    if (!spooled.empty() && !sink_->write(spooled)) {
+    const auto spooled = spool_->write_to(*sink_);
+    if (!spooled) {
       if (!batch.empty() && !spool_->append(batch)) unwritten_ = std::move(batch);
       return;
     }
-    std::cerr << "tollgate: ledger: the database is back; wrote " << spooled.size() << " spooled records"
-              << std::endl;
+    std::cerr << "tollgate: ledger: the database is back; wrote " << *spooled << " spooled records" << std::endl;
     spool_->clear();
     spool_->adopt_orphans(*sink_);
   }

@@ -48,6 +48,11 @@ class ledger_sink {
 
 class ledger_spool;
 
+/// Records a spool file is written back in at most, each its own database write: a long outage's
+/// spool is neither read into memory whole nor committed as one transaction. A replay cut short
+/// keeps its file; the database keeps each record id once, so writing it again is safe.
+inline constexpr std::size_t spool_replay_chunk = 10'000;
+
 class usage_ledger {
  public:
   /// sink: the database. spool_dir: where refused batches wait on local disk (created when

@@ -37,6 +37,30 @@ class fake_sink final : public ledger_sink {
   fake_db& db_;
 };
 
+/// The fake database's sink, with each write's size noted, refusing the write numbered fail_at
+/// (counting from 1; 0: none) once.
+class counting_sink final : public ledger_sink {
+ public:
+  counting_sink(fake_db& db, std::vector<std::size_t>& sizes, int fail_at) : inner_(db), db_(db), sizes_(sizes), fail_at_(fail_at) {}
+  bool write(const std::vector<ledger_record>& batch) override {
+    if (!db_.up) return false;
+    if (batch.empty()) return true;  // the probe
+    if (static_cast<int>(sizes_.size()) + 1 == fail_at_) {
+      fail_at_ = 0;
+      sizes_.push_back(0);
+      return false;
+    }
+    sizes_.push_back(batch.size());
+    return inner_.write(batch);
+  }
+
+ private:
+  fake_sink inner_;
+  fake_db& db_;
+  std::vector<std::size_t>& sizes_;
+  int fail_at_;
+};
+
 ledger_record record(int i) {
   ledger_record r;
   r.request_id = "req-" + std::to_string(i);
@@ -114,5 +138,34 @@ TEST_CASE("ledger spool: a process that stops while the database is down leaves 
     CHECK(next.unwritten() == 0);
   }
   CHECK(std::filesystem::is_empty(dir));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("ledger spool: a long outage's spool is written back in chunks, and a replay cut short is finished once",
+          "[ledger]") {
+  const auto dir = temp_dir("spool-chunks");
+  const int n = static_cast<int>(2 * spool_replay_chunk + 500);
+  fake_db db;
+  std::vector<std::size_t> sizes;
+  {
+    // The second chunk's write is refused: the first stays written, the file is kept.
+    usage_ledger ledger(std::make_unique<counting_sink>(db, sizes, 2), 1, std::chrono::hours(1), dir.string());
+    db.up = false;
+    for (int i = 0; i < n; ++i) ledger.append(0, record(i));
+    ledger.flush();
+    CHECK(spool_lines(dir) == static_cast<std::size_t>(n));
+    db.up = true;
+    ledger.flush();
+    CHECK(db.rows.size() == spool_replay_chunk);
+    CHECK(spool_lines(dir) == static_cast<std::size_t>(n));
+    ledger.append(0, record(n));  // a new record while the spool waits
+    ledger.flush();               // the whole file again, then the new record
+    CHECK(spool_lines(dir) == 0);
+    CHECK(ledger.unwritten() == 0);
+  }
+  CHECK(db.rows.size() == static_cast<std::size_t>(n) + 1);  // each record once
+  for (std::size_t s : sizes) CHECK(s <= spool_replay_chunk);
+  // Refused second chunk, then three chunks of the whole file again, then the new record.
+  CHECK(sizes == std::vector<std::size_t>{spool_replay_chunk, 0, spool_replay_chunk, spool_replay_chunk, 500, 1});
   std::filesystem::remove_all(dir);
 }
