@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gateway/protocol/anthropic_upstream.hpp"
 #include "gateway/protocol/json_util.hpp"
 
 namespace tollgate::protocol {
@@ -260,8 +261,20 @@ translated messages_request_to_chat(std::string_view body) {
     }
     if (const json* tc = member(in, "tool_choice"); tc != nullptr && !tc->is_null()) convert_tool_choice(*tc, chat);
     if (const json* th = member(in, "thinking"); th != nullptr && !th->is_null()) {
-      if (!th->is_object() || string_member(*th, "type", "thinking.type") != "disabled") {
-        throw refusal{"thinking", "extended thinking has no chat completions equivalent; send thinking: {type: disabled} or leave it out"};
+      if (!th->is_object()) throw refusal{"thinking", "must be an object"};
+      const std::string type = string_member(*th, "type", "thinking.type");
+      if (type == "enabled") {
+        only_keys(*th, "thinking", {"type", "budget_tokens"});
+        const json* b = member(*th, "budget_tokens");
+        if (b == nullptr || !b->is_number_integer() || b->get<std::int64_t>() < min_thinking_budget) {
+          throw refusal{"thinking.budget_tokens", "must be an integer of at least " + std::to_string(min_thinking_budget)};
+        }
+        if (b->get<std::int64_t>() >= max_tokens->get<std::int64_t>()) {
+          throw refusal{"thinking.budget_tokens", "must be less than max_tokens"};
+        }
+        chat["reasoning_effort"] = effort_for_thinking_budget(b->get<std::int64_t>());
+      } else if (type != "disabled") {
+        throw refusal{"thinking.type", "must be enabled or disabled"};
       }
     }
     if (const json* s = member(in, "stream"); s != nullptr && s->is_boolean() && s->get<bool>()) {

@@ -1,5 +1,6 @@
 #include "gateway/protocol/anthropic_upstream.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include <nlohmann/json.hpp>
@@ -84,6 +85,20 @@ json chat_usage(std::int64_t input, std::int64_t cache_read, std::int64_t cache_
 
 }  // namespace
 
+std::string effort_for_thinking_budget(std::int64_t budget_tokens) {
+  if (budget_tokens < 4096) return "low";
+  if (budget_tokens < 16384) return "medium";
+  return "high";
+}
+
+std::int64_t thinking_budget_for_effort(const std::string& effort) {
+  if (effort == "minimal" || effort == "none") return 0;
+  if (effort == "low") return 2048;
+  if (effort == "medium") return 8192;
+  if (effort == "high") return 16384;
+  return -1;
+}
+
 translated chat_request_to_messages(std::string_view chat_body, bool* include_usage) {
   const json in = json::parse(chat_body, nullptr, false);
   if (in.is_discarded() || !in.is_object()) return {{}, "the body is not a JSON object", {}};
@@ -91,7 +106,7 @@ translated chat_request_to_messages(std::string_view chat_body, bool* include_us
   try {
     only_keys(in, "", {"model", "messages", "max_tokens", "max_completion_tokens", "stop", "stream", "stream_options",
                        "temperature", "top_p", "top_k", "user", "tools", "tool_choice", "parallel_tool_calls", "n",
-                       "response_format"});
+                       "response_format", "reasoning_effort"});
     json out = json::object();
     out["model"] = string_member(in, "model", "model");
     std::int64_t max_tokens = default_anthropic_max_tokens;
@@ -102,6 +117,18 @@ translated chat_request_to_messages(std::string_view chat_body, bool* include_us
       }
     }
     out["max_tokens"] = max_tokens;
+    if (const json* e = member(in, "reasoning_effort"); e != nullptr && !e->is_null()) {
+      const std::int64_t want = e->is_string() ? thinking_budget_for_effort(e->get<std::string>()) : -1;
+      if (want < 0) throw refusal{"reasoning_effort", "must be minimal, low, medium or high"};
+      if (want > 0) {
+        const std::int64_t budget = std::min(want, max_tokens - 1);
+        if (budget < min_thinking_budget) {
+          throw refusal{"reasoning_effort", "thinking on this backend needs max_tokens above " +
+                                                std::to_string(min_thinking_budget)};
+        }
+        out["thinking"] = {{"type", "enabled"}, {"budget_tokens", budget}};
+      }
+    }
     if (const json* n = member(in, "n"); n != nullptr && !n->is_null() && !(n->is_number_integer() && n->get<int>() == 1)) {
       throw refusal{"n", "Messages answers with one choice only"};
     }

@@ -15,10 +15,19 @@ namespace tollgate::protocol {
 /// Messages requires max_tokens; a chat request without one gets this.
 inline constexpr std::int64_t default_anthropic_max_tokens = 4096;
 
+/// Extended thinking and chat's reasoning_effort, one for the other: a Messages client's
+/// thinking budget names an effort by range (under 4,096 tokens low, under 16,384 medium, else
+/// high), and an Anthropic backend is given the effort's budget (2,048, 8,192, 16,384, kept under
+/// max_tokens). Anthropic takes budgets of 1,024 tokens and more.
+inline constexpr std::int64_t min_thinking_budget = 1024;
+std::string effort_for_thinking_budget(std::int64_t budget_tokens);
+std::int64_t thinking_budget_for_effort(const std::string& effort);  ///< 0 for "minimal"/"none"; -1 unknown
+
 /// A chat completions body as a Messages body. System and developer messages become `system`,
 /// tool messages tool_result blocks, tool calls tool_use blocks; tools, tool_choice,
 /// parallel_tool_calls, stop, max_tokens (or max_completion_tokens), temperature, top_p, top_k,
-/// user and stream are carried over. Fields without an equivalent (n > 1, logprobs, penalties,
+/// user and stream are carried over, reasoning_effort as thinking (above). Fields without an
+/// equivalent (n > 1, logprobs, penalties,
 /// response_format other than text, seed...) are refused. include_usage is set to whether a
 /// stream asked for the usage chunk.
 translated chat_request_to_messages(std::string_view chat_body, bool* include_usage);

@@ -113,6 +113,29 @@ TEST_CASE("a streamed /v1/messages is Anthropic's event sequence, over either ba
   CHECK(u == json{{"input_tokens", 3}, {"cache_creation_input_tokens", 1}, {"cache_read_input_tokens", 2}, {"output_tokens", 3}});
 }
 
+TEST_CASE("extended thinking reaches either backend kind: reasoning_effort, or thinking with the effort's budget",
+          "[integration][api_surface]") {
+  gateway_fixture f(surface_yaml());
+  http_client c;
+  json r = message_request("chat-public");
+  r["max_tokens"] = 32000;
+  r["thinking"] = {{"type", "enabled"}, {"budget_tokens", 10000}};
+  REQUIRE(c.post(f.base + "/v1/messages", r.dump(), anthropic_auth()).status == 200);
+  r["model"] = "claude-public";
+  REQUIRE(c.post(f.base + "/v1/messages", r.dump(), anthropic_auth()).status == 200);
+  const auto to_chat = f.a.requests(), to_claude = f.b.requests();
+  REQUIRE(to_chat.size() == 1);
+  REQUIRE(to_claude.size() == 1);
+  CHECK(json::parse(to_chat[0].body)["reasoning_effort"] == "medium");
+  CHECK(json::parse(to_claude[0].body)["thinking"] == json{{"type", "enabled"}, {"budget_tokens", 8192}});
+  // A budget Anthropic would refuse is refused here, in its shape, before any upstream call.
+  r["thinking"]["budget_tokens"] = 100;
+  auto bad = c.post(f.base + "/v1/messages", r.dump(), anthropic_auth());
+  CHECK(bad.status == 400);
+  CHECK(json::parse(bad.body)["error"]["type"] == "invalid_request_error");
+  CHECK(f.b.requests().size() == 1);
+}
+
 TEST_CASE("/v1/messages errors are Anthropic-shaped: 401, 400 naming the field, 404", "[integration][api_surface]") {
   gateway_fixture f(surface_yaml());
   http_client c;

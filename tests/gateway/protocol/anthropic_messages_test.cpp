@@ -96,8 +96,14 @@ TEST_CASE("what a chat request cannot carry is refused with the field named", "[
   r.erase("max_tokens");
   CHECK(refused_param(r) == "max_tokens");
   r = base;
-  r["thinking"] = {{"type", "enabled"}, {"budget_tokens", 1000}};
-  CHECK(refused_param(r) == "thinking");
+  r["thinking"] = {{"type", "enabled"}, {"budget_tokens", 1000}};  // under Anthropic's 1,024
+  CHECK(refused_param(r) == "thinking.budget_tokens");
+  r = base;
+  r["thinking"] = {{"type", "enabled"}, {"budget_tokens", 2000}};  // not under max_tokens (10)
+  CHECK(refused_param(r) == "thinking.budget_tokens");
+  r = base;
+  r["thinking"] = {{"type", "sometimes"}};
+  CHECK(refused_param(r) == "thinking.type");
   r = base;
   r["mcp_servers"] = json::array();
   CHECK(refused_param(r) == "mcp_servers");
@@ -229,4 +235,16 @@ TEST_CASE("an empty chat stream still gives a whole Anthropic sequence, an error
   CHECK(ev2.back().name == "error");
   CHECK(ev2.back().data["error"]["message"] == "upstream broke");
   CHECK(ev2.back().data["error"]["type"] == "api_error");
+}
+
+TEST_CASE("extended thinking asks the chat backend for the reasoning effort its budget names", "[protocol]") {
+  const auto effort = [](const json& thinking) {
+    const json chat = to_chat({{"model", "m"}, {"max_tokens", 32000}, {"thinking", thinking},
+                               {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}});
+    return chat.contains("reasoning_effort") ? chat["reasoning_effort"] : json();
+  };
+  CHECK(effort({{"type", "enabled"}, {"budget_tokens", 1024}}) == "low");
+  CHECK(effort({{"type", "enabled"}, {"budget_tokens", 4096}}) == "medium");
+  CHECK(effort({{"type", "enabled"}, {"budget_tokens", 16384}}) == "high");
+  CHECK(effort({{"type", "disabled"}}).is_null());
 }

@@ -106,6 +106,25 @@ TEST_CASE("a chat request without max_tokens gets the default, what Messages lac
   CHECK(chat_request_to_messages(bad_args.dump(), nullptr).param == "messages[1].tool_calls[0].function.arguments");
 }
 
+TEST_CASE("reasoning_effort becomes extended thinking with the effort's budget, kept under max_tokens", "[protocol]") {
+  const auto thinking = [](const json& effort, int max_tokens) {
+    const json chat = {{"model", "m"}, {"max_tokens", max_tokens}, {"reasoning_effort", effort},
+                       {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}};
+    const auto t = chat_request_to_messages(chat.dump(), nullptr);
+    if (!t.ok()) return json{{"refused", t.param}};
+    const json m = json::parse(t.body);
+    return m.contains("thinking") ? m["thinking"] : json();
+  };
+  CHECK(thinking("low", 32000) == json{{"type", "enabled"}, {"budget_tokens", 2048}});
+  CHECK(thinking("medium", 32000) == json{{"type", "enabled"}, {"budget_tokens", 8192}});
+  CHECK(thinking("high", 32000) == json{{"type", "enabled"}, {"budget_tokens", 16384}});
+  CHECK(thinking("high", 5000) == json{{"type", "enabled"}, {"budget_tokens", 4999}});
+  CHECK(thinking("minimal", 32000).is_null());
+  CHECK(thinking("low", 1000) == json{{"refused", "reasoning_effort"}});  // no room for Anthropic's 1,024 minimum
+  CHECK(thinking("extreme", 32000) == json{{"refused", "reasoning_effort"}});
+  CHECK(thinking(3, 32000) == json{{"refused", "reasoning_effort"}});
+}
+
 TEST_CASE("an Anthropic message becomes a chat completion with every input token counted", "[protocol]") {
   const json msg = {{"id", "msg_1"}, {"type", "message"}, {"role", "assistant"}, {"model", "claude-up"},
                     {"content", json::array({{{"type", "thinking"}, {"thinking", "t"}, {"signature", "sig"}},
