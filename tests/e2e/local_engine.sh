@@ -8,7 +8,7 @@ build=$(cd "${1:?usage: local_engine.sh BUILD_DIR}" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../support/procs.sh"
 
-if [ ! -d "$here/node_modules/openai" ]; then
+if [ ! -d "$here/node_modules/openai" ] || [ ! -d "$here/node_modules/@anthropic-ai/sdk" ]; then
   (cd "$here" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 

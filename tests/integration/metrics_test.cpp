@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "tests/integration/gateway_fixture.hpp"
+#include "tests/support/eventually.hpp"
 
 using namespace tollgate::test;
 
@@ -33,8 +34,13 @@ TEST_CASE("metrics count requests, attempts and backend health", "[metrics][inte
   REQUIRE(c.post(url, R"({"model":"fam-x\"} 1\nfake_metric 2","messages":[]})", gateway_fixture::auth()).status == 200);
   REQUIRE(c.post(url, R"({"model":"nobody","messages":[]})", gateway_fixture::auth()).status == 404);
 
-  auto r = c.get(f.base + "/metrics");
-  REQUIRE(r.status == 200);
+  // A request is counted once its accounting is done, which may be just after its client has the
+  // answer: scrape until only the scrape itself is in flight.
+  http_result r;
+  REQUIRE(eventually([&] {
+    r = c.get(f.base + "/metrics");
+    return r.status == 200 && has_line(r.body, "tollgate_requests_in_flight 1");
+  }));
   CHECK(r.headers["content-type"].find("text/plain; version=0.0.4") == 0);
   const std::string& m = r.body;
   INFO(m);
