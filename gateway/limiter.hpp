@@ -40,7 +40,12 @@ class key_state {
   // Redis, taken ahead so most requests are admitted without a round trip; given back when idle.
   double lease_requests = 0, lease_tokens = 0;
   steady_time lease_used{};
-  std::int64_t redis_slots = 0;        ///< concurrency slots this replica holds in Redis
+  std::int64_t redis_slots = 0;        ///< concurrency slots this replica holds in Redis, in use
+  /// Concurrency slots a finished request left: still counted as this replica's in Redis, and
+  /// taken by the next request without a round trip; given back once idle (held_used) or past
+  /// the replica's fair share.
+  std::int64_t held_slots = 0;
+  steady_time held_used{};
   std::int64_t fallback_in_flight = 0; ///< admitted by the local share while Redis was down
   bool redis_tracked = false;          ///< known to the Redis link's background thread
 };

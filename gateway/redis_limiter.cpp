@@ -104,6 +104,9 @@ return v
 )lua";
 
 constexpr const char* replicas_key = "tollgate:replicas";
+// A concurrency slot a finished request left is kept this long for the next one (no round trip),
+// then given back to Redis for the other replicas.
+constexpr auto held_slot_idle = std::chrono::milliseconds(50);
 constexpr const char* ejections_channel = "tollgate:ejections";
 
 std::int64_t unix_ms() {
@@ -428,7 +431,7 @@ class redis_link {
   bool give_back_idle_leases(redisContext& c) {
     const auto now = std::chrono::steady_clock::now();
     std::vector<std::pair<tracked_key, std::pair<double, double>>> returns;
-    std::vector<std::pair<std::string, std::int64_t>> slots;
+    std::vector<std::pair<std::string, std::int64_t>> slots, held;
     {
       std::lock_guard lock(track_mutex_);
       for (auto& [name, t] : tracked_) {
@@ -439,8 +442,17 @@ class redis_link {
           t.state->lease_requests = 0;
           t.state->lease_tokens = 0;
         }
-        if (t.key.max_concurrency != 0) slots.push_back({name, t.state->redis_slots});
+        if (t.key.max_concurrency != 0) {
+          if (t.state->held_slots > 0 && now - t.state->held_used >= held_slot_idle) {
+            held.push_back({name, t.state->held_slots});
+            t.state->held_slots = 0;
+          }
+          slots.push_back({name, t.state->redis_slots + t.state->held_slots});
+        }
       }
+    }
+    for (const auto& [name, n] : held) {
+      if (!command(c, {"HINCRBY", slots_key(name), replica_, std::to_string(-n)})) return false;
     }
     for (const auto& [t, lease] : returns) {
       if (!command(c, {"EVAL", give_lua, "1", bucket_key(t.key.name), std::to_string(t.key.rpm),
@@ -573,13 +585,19 @@ admission redis_limiter::admit(const config::key_config& key, key_state& st, std
   }
   const double need_tokens = std::min<double>(static_cast<double>(tokens), key.tpm);
   {
-    // The lease covers it: admitted here, no round trip.
+    // The lease covers it (and, with max_concurrency, a slot an earlier request left): admitted
+    // here, no round trip.
     std::lock_guard lock(st.mutex);
     const bool rpm_ok = key.rpm == 0 || st.lease_requests >= 1;
     const bool tpm_ok = key.tpm == 0 || st.lease_tokens >= need_tokens;
-    if (rpm_ok && tpm_ok && key.max_concurrency == 0 && (key.rpm != 0 || key.tpm != 0)) {
+    const bool slot_ok = key.max_concurrency == 0 || st.held_slots > 0;
+    if (rpm_ok && tpm_ok && slot_ok && (key.rpm != 0 || key.tpm != 0 || key.max_concurrency != 0)) {
       if (key.rpm != 0) st.lease_requests -= 1;
       if (key.tpm != 0) st.lease_tokens -= need_tokens;
+      if (key.max_concurrency != 0) {
+        --st.held_slots;
+        ++st.redis_slots;
+      }
       st.lease_used = now;
       st.in_flight.fetch_add(1);
       link_->local_admits_.fetch_add(1, std::memory_order_relaxed);
@@ -657,7 +675,16 @@ void redis_limiter::finish(const config::key_config& key, key_state& st, std::in
       }
       if (key.max_concurrency != 0 && st.redis_slots > 0) {
         --st.redis_slots;
-        release = true;
+        // Kept for the next request, up to this replica's fair share of the key's slots (so that
+        // a busy replica never keeps the others out); past it, given back now.
+        const std::int64_t share =
+            static_cast<std::int64_t>(key.max_concurrency) / std::max<std::int64_t>(link_->replicas(), 1);
+        if (st.held_slots < share) {
+          ++st.held_slots;
+          st.held_used = std::chrono::steady_clock::now();
+        } else {
+          release = true;
+        }
       }
     }
     period = st.period_start_ms;

@@ -29,6 +29,7 @@ keys:
   - {name: wide, key: tg-wide, rpm: 600000}
   - {name: spend, key: tg-spend, budget: 40/day}
   - {name: conc, key: tg-conc, max_concurrency: 2}
+  - {name: conc9, key: tg-conc9, max_concurrency: 9}
   - {name: free, key: tg-free}
 backends:
   - {name: fake, kind: openai, base_url: "$upstream/v1"}
@@ -123,7 +124,28 @@ done
 wait_clients
 running=$(cat "$work"/conc.* | grep -c '^200$' || true)
 echo "max_concurrency 2 on 3 replicas: $running of 6 simultaneous requests admitted"
-[ "$running" -eq 2 ] || fail "$running concurrent requests admitted, expected 2"
+[ "$running" -eq 2 ] || fail "max_concurrency 2 admitted $running of 6 at once"
+
+# max_concurrency 9 on 3 replicas: a replica keeps up to its share (3) of the slots its finished
+# requests leave, so one client's requests one after another mostly skip Redis...
+lease_before=$(metric "${url[a]}" 'tollgate_limits_admissions_total{via="lease"}' | cut -d. -f1)
+for i in $(seq 1 60); do chat "${url[a]}" tg-conc9; echo; done >"$work/conc9"
+[ "$(grep -c '^200$' "$work/conc9")" -eq 60 ] || fail "a key under its max_concurrency was refused"
+held=$(( $(metric "${url[a]}" 'tollgate_limits_admissions_total{via="lease"}' | cut -d. -f1) - lease_before ))
+echo "max_concurrency 9, 60 requests one after another on one replica: $held took a slot an earlier one left"
+[ "$held" -ge 30 ] || fail "only $held of 60 sequential requests reused a held slot"
+# ... and gives them back when idle: then 12 slow requests at once, 4 a replica, run 9.
+sleep 0.5
+for n in $(seq 0 11); do
+  curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "${url[${replicas[$((n % 3))]}]}/v1/chat/completions" \
+    -H 'Authorization: Bearer tg-conc9' \
+    -d '{"model":"slow","messages":[{"role":"user","content":"slow"}]}' >"$work/conc9.$n" &
+  clients+=($!)
+done
+wait_clients
+running=$(cat "$work"/conc9.* | grep -c '^200$' || true)
+echo "max_concurrency 9 on 3 replicas after idle: $running of 12 simultaneous requests admitted"
+[ "$running" -eq 9 ] || fail "max_concurrency 9 admitted $running of 12 at once (held slots not given back, or too many)"
 
 # A backend ejected by replica a is avoided by b and c within a second, though they never sent
 # it anything (no active health checks here).

@@ -2,7 +2,7 @@
 # Requests/s and latency of one tollgate with its state in process (SQLite ledger, in-memory
 # limits) beside one with its state shared (PostgreSQL ledger and keys, Redis limits), on one
 # fast local upstream (nginx answering a fixed body). Three keys on the shared one: rpm/tpm
-# limits (admitted from local leases), max_concurrency (a Redis round trip per request), and the
+# limits (admitted from local leases), max_concurrency (slots held between requests), and the
 # same rpm/tpm key on the single process. Rounds alternate between them so they share the
 # machine's noise; medians are printed.
 #   tests/perf/replicas_bench.sh build          # ROUNDS=3 DURATION=6 CONNS=32
