@@ -106,7 +106,10 @@ class transfer : public std::enable_shared_from_this<transfer> {
     head_.append("POST ").append(origin.base_path).append(request.path).append(" HTTP/1.1\r\n").append(fixed);
     if (!request.request_id.empty()) head_.append("X-Request-Id: ").append(request.request_id).append("\r\n");
     std::size_t length = body_.size();
-    for (const body_part& p : parts_) length += p.bytes().size();
+    for (const body_part& p : parts_) {
+      length += p.bytes().size();
+      borrows_ = borrows_ || p.text.empty();
+    }
     head_.append("Content-Length: ").append(std::to_string(length)).append("\r\n\r\n");
     // The head and the body go out in one gathered write: the body's parts are not joined.
     buffers_.reserve(2 + parts_.size());
@@ -118,7 +121,13 @@ class transfer : public std::enable_shared_from_this<transfer> {
   void begin() {
     deadline_.expires_after(origin_.timeouts.total);
     deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec || self->terminal_) return;
+      if (ec) return;
+      if (self->terminal_) {
+        // Answered, but the request is still being written past the total timeout: give up on
+        // the connection.
+        if (self->pool_after_write_) self->close_connection();
+        return;
+      }
       self->fail(failure::timeout, "upstream call exceeded the total timeout of " + millis(self->origin_.timeouts.total));
     });
     connection_ = refs_.pool.take(origin_.pool_key);
@@ -142,7 +151,14 @@ class transfer : public std::enable_shared_from_this<transfer> {
   /// The call is gone: stop everything. A connection in the middle of a response is closed.
   void abandon() {
     hook_ = nullptr;
-    if (!terminal_) finish_with(failure::cancelled, "the call was dropped");
+    if (!terminal_) {
+      finish_with(failure::cancelled, "the call was dropped");
+    } else if (pool_after_write_ && borrows_) {
+      // The write still in flight reads bytes the caller may now free: the connection goes.
+      pool_after_write_ = false;
+      stop_timers();
+      close_connection();
+    }
   }
 
   net::awaitable<call_event> next() {
@@ -269,6 +285,15 @@ class transfer : public std::enable_shared_from_this<transfer> {
                        // may have answered before it stopped reading (413 for a large body, say), and
                        // otherwise the read ends with the connection's error or its close.
                        if (ec) self->write_failed_ = true;
+                       if (self->pool_after_write_) {  // answered already: the connection is free now
+                         self->pool_after_write_ = false;
+                         self->deadline_.cancel();
+                         if (ec) {
+                           self->close_connection();
+                         } else {
+                           self->pool_connection();
+                         }
+                       }
                      });
     read();
   }
@@ -322,8 +347,13 @@ class transfer : public std::enable_shared_from_this<transfer> {
           parser_.emplace(*this);  // after 1xx, the real answer
           continue;
         }
-        // Reused only when the answer ended exactly and the request was written whole.
-        complete(parser_->keep_alive() && buffer.size() == 0 && !writing_ && !write_failed_);
+        // Reused only when the answer ended exactly and the request is written whole. A success
+        // may come before all of a large body is written (an upstream that answers without
+        // reading it, then reads it to find the next request): the write still going decides
+        // when the connection is free. An error that early (413, say) may mean the rest is
+        // never read: that connection is not reused.
+        const bool success = parser_->status() >= 200 && parser_->status() < 300;
+        complete(parser_->keep_alive() && buffer.size() == 0 && !write_failed_ && (!writing_ || success));
         return false;
       }
     }
@@ -362,16 +392,26 @@ class transfer : public std::enable_shared_from_this<transfer> {
     call_event ev;
     ev.type = call_event::kind::end;
     terminal_ = ev;
-    stop_timers();
-    if (keep_alive) {
-      // A large answer grew the buffer: an idle connection (or a stream it serves next) keeps
-      // no more than about the first read's size.
-      if (connection_->buffer.capacity() > 2 * read_size) connection_->buffer.shrink_to_fit();
-      refs_.pool.put(origin_.pool_key, std::move(connection_));
+    if (keep_alive && writing_) {
+      // The total timeout still bounds the write (see begin()).
+      if (connect_timer_) connect_timer_->cancel();
+      pool_after_write_ = true;
     } else {
-      close_connection();
+      stop_timers();
+      if (keep_alive) {
+        pool_connection();
+      } else {
+        close_connection();
+      }
     }
     wake();
+  }
+
+  void pool_connection() {
+    // A large answer grew the buffer: an idle connection (or a stream it serves next) keeps no
+    // more than about the first read's size.
+    if (connection_->buffer.capacity() > 2 * read_size) connection_->buffer.shrink_to_fit();
+    refs_.pool.put(origin_.pool_key, std::move(connection_));
   }
 
   void fail(failure why, std::string message) {
@@ -438,6 +478,8 @@ class transfer : public std::enable_shared_from_this<transfer> {
   std::chrono::steady_clock::time_point sent_at_;
   bool paused_ = false;
   bool retried_ = false;
+  bool borrows_ = false;           // the body has borrowed parts (see abandon())
+  bool pool_after_write_ = false;  // answered while the request was still being written
   std::size_t read_size_ = read_size;
 };
 

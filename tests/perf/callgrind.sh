@@ -22,7 +22,7 @@ command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh i
 
 free_port() {
   while :; do
-    p=$(shuf -i 20000-60000 -n 1)
+    p=$(shuf -i 20000-32000 -n 1)  # below the ephemeral ports, which connections hold
     (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
