@@ -50,6 +50,7 @@ http {
   access_log off;
   keepalive_requests 1000000;
   client_body_buffer_size 64k;
+  client_max_body_size 64m;
   server {
     listen 127.0.0.1:$up_port;
     location / { default_type application/json; $answer_directive }
@@ -64,7 +65,8 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  client_body_buffer_size 1m;  # a 100 KB prompt stays in memory, as it does in tollgate
+  client_body_buffer_size 2m;  # a 1 MB prompt stays in memory, as it does in tollgate
+  client_max_body_size 64m;
   upstream backend { server 127.0.0.1:$up_port; keepalive 256; }
   server {
     listen 127.0.0.1:$ngx_port;

@@ -44,6 +44,7 @@ events { worker_connections 1024; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_max_body_size 64m;
   server {
     listen 127.0.0.1:$up_port;
     location / { default_type application/json; $answer_directive }
