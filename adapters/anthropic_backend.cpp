@@ -190,6 +190,7 @@ std::unique_ptr<call> anthropic_backend::start(upstream_request request, io_refs
     return std::make_unique<local_answer_call>(400, refusal_body(t));
   }
   bool include_usage = false;
+  request.join_body();
   auto t = protocol::chat_request_to_messages(request.body, &include_usage);
   if (!t.ok()) return std::make_unique<local_answer_call>(400, refusal_body(t));
   upstream_request up;

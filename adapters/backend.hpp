@@ -26,13 +26,36 @@ struct io_refs {
   upstream_pool& pool;  ///< idle connections of the built-in HTTP/1.1 client
 };
 
+/// A piece of a request body: bytes that outlive the call (borrowed: the client's request, which
+/// the gateway keeps until its answer is written), or bytes of its own (text: an edited value).
+struct body_part {
+  std::string_view borrowed;
+  std::string text;
+  std::string_view bytes() const { return text.empty() ? borrowed : std::string_view(text); }
+};
+
 /// One request for a backend. path and request_id are read only during backend::start(); a
 /// call keeps what it needs of them.
 struct upstream_request {
   std::string_view path;  ///< relative to the backend's base URL, e.g. "/chat/completions"
-  std::string body;       ///< JSON, with the model already rewritten
+  std::string body;       ///< JSON, with the model already rewritten; empty when parts is not
   bool stream = false;
   std::string_view request_id;
+  /// The body as parts to send one after another, when not empty (body is then empty): the
+  /// client's bytes are not copied for a transport that sends parts as they are (the built-in
+  /// HTTP/1.1 client writes them in one gathered write). Others call join_body() first.
+  std::vector<body_part> parts;
+
+  /// Makes body the whole body: parts joined (and cleared), when there are any.
+  void join_body() {
+    if (parts.empty()) return;
+    std::size_t size = 0;
+    for (const body_part& p : parts) size += p.bytes().size();
+    body.clear();
+    body.reserve(size);
+    for (const body_part& p : parts) body.append(p.bytes());
+    parts.clear();
+  }
 };
 
 /// A header field name is an RFC 9110 token: visible ASCII save the delimiters.

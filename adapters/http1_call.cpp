@@ -8,9 +8,12 @@
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/basic_parser.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <optional>
+#include <span>
+#include <vector>
 
 #include "adapters/event_queue.hpp"
 #include "adapters/upstream_pool.hpp"
@@ -25,7 +28,11 @@ using tcp = net::ip::tcp;
 namespace {
 
 constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream past this
+// A read asks for read_size bytes at first, and for twice as many (up to max_read_size) after a
+// read that filled what it asked for: a large answer is read in few system calls, while a stream
+// of small events keeps its connection's buffer small.
 constexpr std::size_t read_size = 16 * 1024;
+constexpr std::size_t max_read_size = 256 * 1024;
 // How soon after sending a reused connection must fail for the request to go again on a new one.
 constexpr auto stale_window = std::chrono::seconds(1);
 constexpr std::uint32_t max_header_bytes = 64 * 1024;
@@ -88,18 +95,39 @@ class response_reader final : public http::basic_parser<false> {
 class transfer : public std::enable_shared_from_this<transfer> {
  public:
   transfer(const http1_origin& origin, io_refs refs, upstream_request request)
-      : origin_(origin), refs_(refs), body_(std::move(request.body)), deadline_(refs.io), wake_(refs.io) {
+      : origin_(origin),
+        refs_(refs),
+        body_(std::move(request.body)),
+        parts_(std::move(request.parts)),
+        deadline_(refs.io),
+        wake_(refs.io) {
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
     head_.reserve(32 + origin.base_path.size() + request.path.size() + fixed.size() + request.request_id.size());
     head_.append("POST ").append(origin.base_path).append(request.path).append(" HTTP/1.1\r\n").append(fixed);
     if (!request.request_id.empty()) head_.append("X-Request-Id: ").append(request.request_id).append("\r\n");
-    head_.append("Content-Length: ").append(std::to_string(body_.size())).append("\r\n\r\n");
+    std::size_t length = body_.size();
+    for (const body_part& p : parts_) {
+      length += p.bytes().size();
+      borrows_ = borrows_ || p.text.empty();
+    }
+    head_.append("Content-Length: ").append(std::to_string(length)).append("\r\n\r\n");
+    // The head and the body go out in one gathered write: the body's parts are not joined.
+    buffers_.reserve(2 + parts_.size());
+    buffers_.push_back(net::buffer(head_));
+    if (!body_.empty()) buffers_.push_back(net::buffer(body_));
+    for (const body_part& p : parts_) buffers_.push_back(net::buffer(p.bytes()));
   }
 
   void begin() {
     deadline_.expires_after(origin_.timeouts.total);
     deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec || self->terminal_) return;
+      if (ec) return;
+      if (self->terminal_) {
+        // Answered, but the request is still being written past the total timeout: give up on
+        // the connection.
+        if (self->pool_after_write_) self->close_connection();
+        return;
+      }
       self->fail(failure::timeout, "upstream call exceeded the total timeout of " + millis(self->origin_.timeouts.total));
     });
     connection_ = refs_.pool.take(origin_.pool_key);
@@ -123,7 +151,14 @@ class transfer : public std::enable_shared_from_this<transfer> {
   /// The call is gone: stop everything. A connection in the middle of a response is closed.
   void abandon() {
     hook_ = nullptr;
-    if (!terminal_) finish_with(failure::cancelled, "the call was dropped");
+    if (!terminal_) {
+      finish_with(failure::cancelled, "the call was dropped");
+    } else if (pool_after_write_ && borrows_) {
+      // The write still in flight reads bytes the caller may now free: the connection goes.
+      pool_after_write_ = false;
+      stop_timers();
+      close_connection();
+    }
   }
 
   net::awaitable<call_event> next() {
@@ -240,8 +275,9 @@ class transfer : public std::enable_shared_from_this<transfer> {
     writing_ = true;
     write_failed_ = false;
     sent_at_ = std::chrono::steady_clock::now();
-    const std::array<net::const_buffer, 2> buffers{net::buffer(head_), net::buffer(body_)};
-    net::async_write(connection_->socket, buffers,
+    // Borrowed parts of the body are only read while the call is alive: when it ends with the
+    // write unfinished, the connection is closed (complete(), finish_with()) and the write stops.
+    net::async_write(connection_->socket, std::span<const net::const_buffer>(buffers_),
                      [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t) {
                        if (c != self->connection_) return;
                        self->writing_ = false;
@@ -249,6 +285,15 @@ class transfer : public std::enable_shared_from_this<transfer> {
                        // may have answered before it stopped reading (413 for a large body, say), and
                        // otherwise the read ends with the connection's error or its close.
                        if (ec) self->write_failed_ = true;
+                       if (self->pool_after_write_) {  // answered already: the connection is free now
+                         self->pool_after_write_ = false;
+                         self->deadline_.cancel();
+                         if (ec) {
+                           self->close_connection();
+                         } else {
+                           self->pool_connection();
+                         }
+                       }
                      });
     read();
   }
@@ -257,7 +302,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
     if (reading_ || terminal_ || !connection_) return;
     reading_ = true;
     auto& c = *connection_;
-    c.socket.async_read_some(c.buffer.prepare(read_size),
+    c.socket.async_read_some(c.buffer.prepare(read_size_),
                              [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
                                if (c != self->connection_) return;
                                self->reading_ = false;
@@ -270,6 +315,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
     auto& buffer = connection_->buffer;
     buffer.commit(n);
     if (n > 0) got_bytes_ = true;
+    if (n == read_size_) read_size_ = std::min(2 * read_size_, max_read_size);
     if (ec && ec != net::error::eof) {
       if (!got_bytes_ && retry_fresh()) return;
       fail(failure::broken, "reading from " + origin_.pool_key + " failed: " + ec.message());
@@ -301,8 +347,13 @@ class transfer : public std::enable_shared_from_this<transfer> {
           parser_.emplace(*this);  // after 1xx, the real answer
           continue;
         }
-        // Reused only when the answer ended exactly and the request was written whole.
-        complete(parser_->keep_alive() && buffer.size() == 0 && !writing_ && !write_failed_);
+        // Reused only when the answer ended exactly and the request is written whole. A success
+        // may come before all of a large body is written (an upstream that answers without
+        // reading it, then reads it to find the next request): the write still going decides
+        // when the connection is free. An error that early (413, say) may mean the rest is
+        // never read: that connection is not reused.
+        const bool success = parser_->status() >= 200 && parser_->status() < 300;
+        complete(parser_->keep_alive() && buffer.size() == 0 && !write_failed_ && (!writing_ || success));
         return false;
       }
     }
@@ -341,13 +392,26 @@ class transfer : public std::enable_shared_from_this<transfer> {
     call_event ev;
     ev.type = call_event::kind::end;
     terminal_ = ev;
-    stop_timers();
-    if (keep_alive) {
-      refs_.pool.put(origin_.pool_key, std::move(connection_));
+    if (keep_alive && writing_) {
+      // The total timeout still bounds the write (see begin()).
+      if (connect_timer_) connect_timer_->cancel();
+      pool_after_write_ = true;
     } else {
-      close_connection();
+      stop_timers();
+      if (keep_alive) {
+        pool_connection();
+      } else {
+        close_connection();
+      }
     }
     wake();
+  }
+
+  void pool_connection() {
+    // A large answer grew the buffer: an idle connection (or a stream it serves next) keeps no
+    // more than about the first read's size.
+    if (connection_->buffer.capacity() > 2 * read_size) connection_->buffer.shrink_to_fit();
+    refs_.pool.put(origin_.pool_key, std::move(connection_));
   }
 
   void fail(failure why, std::string message) {
@@ -392,6 +456,8 @@ class transfer : public std::enable_shared_from_this<transfer> {
   io_refs refs_;
   std::string head_;
   std::string body_;
+  std::vector<body_part> parts_;
+  std::vector<net::const_buffer> buffers_;  // head_, then the body
   std::shared_ptr<upstream_connection> connection_;
   std::optional<response_reader> parser_;
   std::optional<tcp::resolver> resolver_;
@@ -412,6 +478,9 @@ class transfer : public std::enable_shared_from_this<transfer> {
   std::chrono::steady_clock::time_point sent_at_;
   bool paused_ = false;
   bool retried_ = false;
+  bool borrows_ = false;           // the body has borrowed parts (see abandon())
+  bool pool_after_write_ = false;  // answered while the request was still being written
+  std::size_t read_size_ = read_size;
 };
 
 void response_reader::on_header_impl(beast::error_code&) { t_.on_head(std::move(head_)); }

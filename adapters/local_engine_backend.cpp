@@ -551,6 +551,7 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
         refs);
   }
   parse_result parsed;
+  request.join_body();
   try {
     parsed = parse_job(request, *engine_);
   } catch (const std::invalid_argument& e) {  // the template or tokenizer refused the input

@@ -266,6 +266,7 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(easy, CURLOPT_PRIVATE, result.get());
+  request.join_body();  // libcurl is given the body as one buffer
   result->begin(easy, request.stream ? stream_headers_ : plain_headers_, request.request_id, std::move(request.body));
   return result;
 }

@@ -6,6 +6,13 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace tollgate::gateway {
 
 namespace {
@@ -19,6 +26,70 @@ constexpr std::array<bool, 256> plain_string_byte = [] {
 }();
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+#if defined(__x86_64__)
+/// skip_plain_string_bytes's long runs, 64 bytes a step, on a CPU with AVX2. Returns the first
+/// special byte, or the last position from which fewer than 64 bytes remain.
+__attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const char* end) {
+  const __m256i quote = _mm256_set1_epi8('"');
+  const __m256i backslash = _mm256_set1_epi8('\\');
+  const __m256i space = _mm256_set1_epi8(0x20);
+  const auto special = [&](__m256i v) __attribute__((target("avx2"))) {
+    return _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(v, quote), _mm256_cmpeq_epi8(v, backslash)),
+                           _mm256_cmpgt_epi8(space, v));
+  };
+  while (end - p >= 64) {
+    const __m256i a = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m256i b = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+    if (!_mm256_testz_si256(_mm256_or_si256(a, b), _mm256_or_si256(a, b))) {
+      const auto mask = static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(a))) |
+                        (static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(b))) << 32);
+      return p + __builtin_ctzll(mask);
+    }
+    p += 64;
+  }
+  return p;
+}
+
+bool cpu_has_avx2() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return has;
+}
+#endif
+
+/// The first byte in [p, end) that is not a plain_string_byte (or end). Strings are where the
+/// bytes of a large body are (a long prompt, a long answer), so they are skipped 16 bytes at a
+/// time where SSE2 is there (every x86-64), 64 where AVX2 is.
+inline const char* skip_plain_string_bytes(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"');
+  const __m128i backslash = _mm_set1_epi8('\\');
+  const __m128i space = _mm_set1_epi8(0x20);
+  // A signed compare below ' ' finds the control bytes and every byte >= 0x80 at once.
+  const auto special = [&](const char* at) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
+    return static_cast<unsigned>(_mm_movemask_epi8(
+        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), _mm_cmpgt_epi8(space, v))));
+  };
+  // Most strings (keys, roles, short values) end within their first 16 bytes.
+  if (end - p >= 16) {
+    if (const unsigned mask = special(p); mask != 0) return p + __builtin_ctz(mask);
+    p += 16;
+#if defined(__x86_64__)
+    if (end - p >= 64 && cpu_has_avx2()) p = skip_plain_avx2(p, end);
+#endif
+    while (end - p >= 16) {
+      if (const unsigned mask = special(p); mask != 0) return p + __builtin_ctz(mask);
+      p += 16;
+    }
+  }
+#endif
+  while (p < end && plain_string_byte[static_cast<unsigned char>(*p)]) ++p;
+  return p;
+}
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -300,20 +371,41 @@ class json_scanner {
 
   bool scan_string() {
     ++i_;  // the opening quote
-    const std::size_t n = s_.size();
+    const char* const begin = s_.data();
+    const char* const end = begin + s_.size();
     for (;;) {
-      while (i_ < n && plain_string_byte[static_cast<unsigned char>(s_[i_])]) ++i_;
-      if (i_ >= n) return false;
-      const auto c = static_cast<unsigned char>(s_[i_]);
+      const char* p = skip_plain_string_bytes(begin + i_, end);
+      // Non-ASCII text (CJK, say) is mostly multi-byte sequences in a row: checked here in one
+      // loop, without going back to the plain-byte skip for each.
+      while (p < end && static_cast<unsigned char>(*p) >= 0x80) {
+        const auto c = static_cast<unsigned char>(*p);
+        // The common sequences first, inline: two bytes from C2-DF, and three from E1-EC or
+        // EE-EF (their second byte has the full 80-BF range; E0 and ED, which do not, and four-
+        // byte sequences go the general way). The bytes read are before end, as the checks show.
+        const auto continuation = [&](std::ptrdiff_t k) { return (static_cast<unsigned char>(p[k]) & 0xC0) == 0x80; };
+        if (c >= 0xC2 && c <= 0xDF && end - p >= 2 && continuation(1)) {
+          p += 2;
+        } else if (c >= 0xE1 && c <= 0xEF && c != 0xED && end - p >= 3 && continuation(1) && continuation(2)) {
+          p += 3;
+        } else {
+          const std::size_t len = utf8_sequence_length(s_, static_cast<std::size_t>(p - begin));
+          if (len == 0) return false;  // bytes that are not UTF-8
+          p += len;
+        }
+      }
+      i_ = static_cast<std::size_t>(p - begin);
+      if (p >= end) return false;
+      const auto c = static_cast<unsigned char>(*p);
       if (c == '"') {
         ++i_;
         return true;
       }
       if (c == '\\') {
         if (!scan_escape()) return false;
-      } else if (c < 0x20 || !scan_utf8()) {
-        return false;  // a raw control character, or bytes that are not UTF-8
+      } else if (c < 0x20) {
+        return false;  // a raw control character
       }
+      // else: a plain byte after a multi-byte run; the next round goes on from it
     }
   }
 
@@ -343,13 +435,6 @@ class json_scanner {
       }
       default: return false;
     }
-  }
-
-  /// One multi-byte UTF-8 sequence at i_.
-  bool scan_utf8() {
-    const std::size_t len = utf8_sequence_length(s_, i_);
-    i_ += len;
-    return len > 0;
   }
 
   std::string_view s_;
@@ -569,46 +654,67 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
   return r;
 }
 
-std::string edit_body(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,
-                      std::optional<std::string_view> stream_options) {
+std::vector<body_piece> edit_body_pieces(std::string_view body, const request_fields& fields,
+                                         std::optional<std::string_view> model,
+                                         std::optional<std::string_view> stream_options, std::string& added) {
   struct edit {
     std::size_t begin, end;
     std::string_view text;
   };
   std::vector<edit> edits;
-  std::string appended;  // members the body lacks, added after its last value
+  edits.reserve(fields.layout.model.size() + fields.layout.stream_options.size());
+  added.clear();  // members the body lacks, added after its last value
   auto plan = [&](std::string_view key, const std::vector<std::pair<std::size_t, std::size_t>>& spans,
                   std::optional<std::string_view> value) {
     if (!value) return;
     for (const auto& [b, e] : spans) edits.push_back({b, e, *value});
     if (spans.empty()) {
-      if (fields.layout.has_members || !appended.empty()) appended.push_back(',');
-      appended.append(json_quote(key)).push_back(':');
-      appended.append(*value);
+      if (fields.layout.has_members || !added.empty()) added.push_back(',');
+      append_json_string(added, key);
+      added.push_back(':');
+      added.append(*value);
     }
   };
   plan("model", fields.layout.model, model);
   plan("stream_options", fields.layout.stream_options, stream_options);
   std::sort(edits.begin(), edits.end(), [](const edit& a, const edit& b) { return a.begin < b.begin; });
 
-  std::string out;
-  out.reserve(body.size() + appended.size() + (model ? model->size() : 0) + (stream_options ? stream_options->size() : 0));
+  std::vector<body_piece> out;
+  out.reserve(2 * edits.size() + 3);
+  auto piece = [&](std::string_view text, bool original) {
+    if (!text.empty()) out.push_back({text, original});
+  };
   std::size_t copied = 0;
-  bool appended_done = appended.empty();
+  bool added_done = added.empty();
   for (const edit& e : edits) {
-    if (!appended_done && fields.layout.append_at <= e.begin) {
-      out.append(body.substr(copied, fields.layout.append_at - copied)).append(appended);
+    if (!added_done && fields.layout.append_at <= e.begin) {
+      piece(body.substr(copied, fields.layout.append_at - copied), true);
+      piece(added, false);
       copied = fields.layout.append_at;
-      appended_done = true;
+      added_done = true;
     }
-    out.append(body.substr(copied, e.begin - copied)).append(e.text);
+    piece(body.substr(copied, e.begin - copied), true);
+    piece(e.text, false);
     copied = e.end;
   }
-  if (!appended_done) {
-    out.append(body.substr(copied, fields.layout.append_at - copied)).append(appended);
+  if (!added_done) {
+    piece(body.substr(copied, fields.layout.append_at - copied), true);
+    piece(added, false);
     copied = fields.layout.append_at;
   }
-  out.append(body.substr(copied));
+  piece(body.substr(copied), true);
+  return out;
+}
+
+std::string edit_body(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,
+                      std::optional<std::string_view> stream_options) {
+  std::string added;
+  const auto pieces = edit_body_pieces(body, fields, model, stream_options, added);
+  std::size_t size = 0;
+  for (const body_piece& p : pieces) size += p.text.size();
+  std::string out;
+  out.reserve(size);
+  for (const body_piece& p : pieces) out.append(p.text);
   return out;
 }
 

@@ -57,6 +57,20 @@ std::string set_top_level(std::string_view body, std::string_view key, std::stri
 std::string edit_body(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,
                       std::optional<std::string_view> stream_options);
 
+/// One piece of an edited body: bytes of the original body (original), or an edited value or
+/// appended members (a view into edit_body_pieces's model, stream_options or added).
+struct body_piece {
+  std::string_view text;
+  bool original = false;
+};
+
+/// edit_body without copying the body: the pieces that, joined in order, are edit_body's result.
+/// No piece is empty. added holds the members appended at the end, if any: it must outlive the
+/// pieces, as body, model and stream_options must.
+std::vector<body_piece> edit_body_pieces(std::string_view body, const request_fields& fields,
+                                         std::optional<std::string_view> model,
+                                         std::optional<std::string_view> stream_options, std::string& added);
+
 /// Reads named top-level members of a JSON object text in one pass, without building a tree:
 /// values[i] becomes the raw JSON text of member keys[i] (the last of duplicates), or stays empty
 /// when there is none. false (and every value empty) when text is not a valid JSON object.

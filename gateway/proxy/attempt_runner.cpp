@@ -3,6 +3,7 @@
 #include <boost/beast/core/string.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <string>
 
 namespace tollgate::gateway {
@@ -257,10 +258,21 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
     if (relayed_header(name)) res.headers.emplace_back(name, value);
     if (name == "retry-after") res.retry_after = parse_retry_after(value);
   }
+  // The body is read into one string sized from Content-Length (when the upstream sent one, and
+  // within the bound below), so that a large answer is not copied again each time it grows.
+  if (const std::string* length = head.find("content-length"); length != nullptr) {
+    std::size_t n = 0;
+    const auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
+    if (ec == std::errc() && end == length->data() + length->size()) res.body.reserve(std::min(n, max_upstream_body + 1));
+  }
   for (;;) {
     ev = co_await call.next();
     if (ev.type == call_event::kind::data) {
-      res.body += ev.data;
+      if (res.body.empty() && res.body.capacity() < ev.data.size()) {
+        res.body = std::move(ev.data);  // the whole answer, or its first part, with no copy
+      } else {
+        res.body += ev.data;
+      }
       if (res.body.size() > max_upstream_body) {
         co_return relay_outcome{relay_kind::failed, false,
                                 failed_event("upstream response exceeds " + std::to_string(max_upstream_body) + " bytes"),

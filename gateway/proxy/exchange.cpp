@@ -62,11 +62,25 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
   up.stream = fields_.stream;
   up.request_id = ctx_.result.record.request_id;
   const bool rename = !t.model.empty() && t.model != fields_.model;
+  // The body goes as parts: the client's bytes (kept by the session until the answer is written,
+  // after every call of this exchange has ended) and the edited values between them.
+  const std::string_view body = ctx_.req.body();
   if (!rename && stream_options_.empty()) {
-    up.body = ctx_.req.body();
+    if (!body.empty()) up.parts.push_back({body, {}});
   } else {
-    up.body = edit_body(ctx_.req.body(), fields_, rename ? std::optional<std::string>(json_quote(t.model)) : std::nullopt,
-                        stream_options_.empty() ? std::nullopt : std::optional<std::string_view>(stream_options_));
+    const std::string model = rename ? json_quote(t.model) : std::string();
+    std::string added;
+    const auto pieces =
+        edit_body_pieces(body, fields_, rename ? std::optional<std::string_view>(model) : std::nullopt,
+                         stream_options_.empty() ? std::nullopt : std::optional<std::string_view>(stream_options_), added);
+    up.parts.reserve(pieces.size());
+    for (const body_piece& p : pieces) {
+      if (p.original) {
+        up.parts.push_back({p.text, {}});
+      } else {
+        up.parts.push_back({{}, std::string(p.text)});
+      }
+    }
   }
   try {
     return ctx_.rt.backends[t.backend_index]->start(std::move(up), {ctx_.w.io(), ctx_.w.curl(), ctx_.w.pool()});

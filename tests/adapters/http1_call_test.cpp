@@ -480,6 +480,99 @@ TEST_CASE("native client: an answer that comes before the body is sent is relaye
   server.join();
 }
 
+TEST_CASE("native client: a success that comes before the body is sent is relayed, and the connection reused after",
+          "[adapters][native]") {
+  // Some upstreams answer from the head and read the body after (to find the next request): the
+  // connection is pooled once the body is written, while the call (whose caller owns the parts
+  // borrowed) lives. A call dropped before that closes it: the write must not outlive the parts.
+  for (const bool keep_call : {true, false}) {
+    INFO("call kept until the write ends: " << keep_call);
+    net::io_context sio;
+    tcp::acceptor acceptor(sio, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+    std::atomic<int> connections{0};
+    std::atomic<bool> first_answered{false};
+    std::thread server([&] {
+      std::string in;
+      boost::system::error_code ec;
+      int answered = 0;
+      while (answered < 2) {
+        tcp::socket s(sio);
+        acceptor.accept(s);
+        ++connections;
+        in.clear();
+        ec = {};
+        while (answered < 2 && !ec) {
+          const std::size_t head = net::read_until(s, net::dynamic_buffer(in), "\r\n\r\n", ec);
+          if (ec) break;
+          const std::size_t length = std::stoul(in.substr(in.find("Content-Length: ") + 16));
+          const bool early = answered == 0;
+          if (early) {  // answer at once, then read the body slowly
+            net::write(s, net::buffer(std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")), ec);
+            answered = 1;
+            first_answered = true;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          }
+          in.erase(0, head);
+          while (in.size() < length && !ec) {
+            char chunk[65536];
+            const std::size_t n = s.read_some(net::buffer(chunk), ec);
+            in.append(chunk, n);
+          }
+          if (ec) break;
+          in.erase(0, length);
+          if (!early) {
+            net::write(s, net::buffer(std::string("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{\"a\"}")), ec);
+            answered = 2;
+          }
+        }
+      }
+    });
+    auto cfg = native_backend("http://127.0.0.1:" + std::to_string(acceptor.local_endpoint().port()) + "/v1");
+    openai_backend b(cfg);
+    client c;
+    const std::string prompt = "{\"model\":\"m\",\"x\":\"" + std::string(8 << 20, 'a') + "\"}";
+    upstream_request first = chat(false, "");
+    first.parts.push_back({std::string_view(prompt).substr(0, 100), {}});
+    first.parts.push_back({{}, "\"edited\""});
+    first.parts.push_back({std::string_view(prompt).substr(100), {}});
+    int status = 0;
+    bool ended = false, done = false;
+    net::co_spawn(
+        c.io,
+        [&]() -> net::awaitable<void> {
+          auto call = b.start(std::move(first), {c.io, c.curl, c.pool});
+          for (;;) {
+            call_event ev = co_await call->next();
+            if (ev.type == call_event::kind::head) status = ev.head.status;
+            if (ev.type == call_event::kind::end || ev.type == call_event::kind::failed) {
+              ended = ev.type == call_event::kind::end;
+              break;
+            }
+          }
+          if (keep_call) {  // the caller keeps the call (and the parts) until the body is written
+            net::steady_timer t(c.io);
+            for (int k = 0; k < 1000 && c.pool.idle() == 0; ++k) {
+              t.expires_after(std::chrono::milliseconds(10));
+              co_await t.async_wait(net::use_awaitable);
+            }
+          }
+          done = true;
+        },
+        net::detached);
+    while (!done) c.io.run_one();
+    c.io.poll();
+    CHECK(status == 200);
+    CHECK(ended);
+    CHECK(first_answered);
+    CHECK(c.pool.idle() == (keep_call ? 1u : 0u));
+    const auto second = c.run(b, chat());
+    CHECK(second.status == 200);
+    CHECK(second.body == "{\"a\"}");
+    CHECK(connections == (keep_call ? 1 : 2));
+    server.join();
+  }
+}
+
 TEST_CASE("native client: a connection idle past a heartbeat that got bytes unasked is not reused",
           "[adapters][native]") {
   net::io_context sio;

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <random>
@@ -673,4 +674,75 @@ TEST_CASE("bodies nested deeper than max_json_depth are refused, without recursi
   CHECK(json_depth_within(nested(max_json_depth), max_json_depth));
   CHECK_FALSE(json_depth_within(nested(max_json_depth + 1), max_json_depth));
   CHECK(json_depth_within(R"({"a":"[[[[{{{{\"[["})", 1));  // brackets in strings do not count
+}
+
+TEST_CASE("long strings are checked in blocks: every kind of byte at every offset", "[json_body]") {
+  // Strings are skipped 16 and 64 bytes at a time: each byte that needs a look (the closing quote,
+  // an escape, a control character, UTF-8, good or bad) is put at every offset of a long string,
+  // near its end too, and the verdict compared with nlohmann's.
+  const std::vector<std::string> specials = {
+      "\"",        "\\\\",     "\\n",       "\\u00e9",       "\\ud83d\\ude00", "\\x",         "\\ud83d",
+      "\x01",      "\x1f",     "\t",        "\x7f",          "\xc3\xa9",       "\xe4\xb8\xad", "\xf0\x9f\x98\x80",
+      "\xc3",      "\x80",     "\xff",      "\xe4\xb8",      "\xed\xa0\x80",   "\xc0\xaf",     "\xf4\x90\x80\x80",
+      "\xe4\xb8\xad\xe6\x96\x87\xe4\xb8\xad"};
+  int checked = 0;
+  for (const std::size_t length : {15, 16, 17, 31, 32, 33, 63, 64, 65, 80, 95, 96, 97, 129, 200}) {
+    for (std::size_t at = 0; at <= length; ++at) {
+      for (const auto& special : specials) {
+        std::string content(length, 'a');
+        content.insert(at, special);
+        const std::string body = R"({"model":"m","messages":[{"role":"user","content":")" + content + R"("}]})";
+        INFO(json(body).dump(-1, ' ', true, json::error_handler_t::replace));
+        REQUIRE(refused_as_invalid_json(parse_request_body(body)) == !reference_accepts(body));
+        // The same string at the end of the text: only "} follows its closing quote.
+        const std::string bare = R"({"a":")" + content + "\"}";
+        const std::array<std::string_view, 1> key{"a"};
+        std::array<std::string_view, 1> value{};
+        REQUIRE(top_level_values(bare, key, value) == reference_accepts(bare));
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked > 20000);
+  // A string cut off anywhere in a long run is refused.
+  const std::string text = R"({"model":"m","content":")" + std::string(300, 'x');
+  for (std::size_t cut = 24; cut <= text.size(); cut += 7) CHECK(refused_as_invalid_json(parse_request_body(text.substr(0, cut))));
+}
+
+TEST_CASE("edit_body_pieces: the original bytes as views into the body, joined equal to edit_body", "[json_body]") {
+  const std::string long_text(100000, 'x');
+  const std::vector<std::string> bodies = {
+      R"({"model":"public","messages":[{"role":"user","content":")" + long_text + R"("}]})",
+      R"({"messages":[],"model":"a","stream_options":{"x":1},"model":"b"})",
+      R"({"messages":[{"content":")" + long_text + R"("}]  })",
+      "{}",
+  };
+  const std::string so = R"({"include_usage":true})";
+  const std::string model = json_quote("upstream-model");
+  for (const auto& body : bodies) {
+    INFO(body.substr(0, 80));
+    const auto parsed = parse_request_body(body, false);
+    REQUIRE(parsed.fields);
+    for (const bool rename : {false, true}) {
+      for (const bool options : {false, true}) {
+        const auto m = rename ? std::optional<std::string_view>(model) : std::nullopt;
+        const auto o = options ? std::optional<std::string_view>(so) : std::nullopt;
+        std::string added;
+        const auto pieces = edit_body_pieces(body, *parsed.fields, m, o, added);
+        std::string joined;
+        std::size_t original = 0;
+        for (const body_piece& p : pieces) {
+          CHECK_FALSE(p.text.empty());
+          if (p.original) {  // a view into the body itself, not a copy
+            CHECK(p.text.data() >= body.data());
+            CHECK(p.text.data() + p.text.size() <= body.data() + body.size());
+            original += p.text.size();
+          }
+          joined += p.text;
+        }
+        CHECK(joined == edit_body(body, *parsed.fields, m, o));
+        CHECK(original + 200 > body.size());  // all of the body but the values replaced
+      }
+    }
+  }
 }

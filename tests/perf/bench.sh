@@ -5,6 +5,7 @@
 #
 # Usage: tests/perf/bench.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=8 CONNS=32 THREADS=1)
 #   PROMPT_KB=100        the user message padded to about that many KB (default: a short one)
+#   ANSWER_KB=1024       the upstream's answer padded to about that many KB (default: 200 bytes)
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
 # The upstream is nginx answering a fixed chat.completion body. Each round runs the targets back
@@ -16,6 +17,7 @@ duration=${DURATION:-8}
 conns=${CONNS:-32}
 threads=${THREADS:-1}   # tollgate worker threads and nginx worker processes, kept equal
 prompt_kb=${PROMPT_KB:-0}
+answer_kb=${ANSWER_KB:-0}
 baseline=${BASELINE:+$(cd "$BASELINE" && pwd)}
 source "$(dirname "$0")/../support/procs.sh"
 
@@ -24,14 +26,21 @@ command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh i
 
 free_port() {  # a random high port that nothing answers on
   while :; do
-    p=$(shuf -i 20000-60000 -n 1)
+    p=$(shuf -i 20000-32000 -n 1)  # below the ephemeral ports, which connections hold
     (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
 up_port=$(free_port); ngx_port=$(free_port)
 
-answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
+pad=$(python3 -c "import sys; print('lorem ipsum dolor sit amet ' * (int(sys.argv[1]) * 1024 // 27), end='')" "$answer_kb")
+answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok'"$pad"'"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
 mkdir -p "$work/up" "$work/ngx"
+printf '%s' "$answer" >"$work/up/answer.json"
+chmod 755 "$work" "$work/up"  # nginx's workers (nobody) read the answer file
+# A short answer is returned inline; a long one is the file (nginx serves a file to a POST through
+# its 405 error page).
+answer_directive="return 200 '$answer';"
+[ "$answer_kb" = 0 ] || answer_directive="root $work/up; error_page 405 =200 \$uri; try_files /answer.json =404;"
 cat >"$work/up/nginx.conf" <<NGX
 worker_processes 1;
 error_log $work/up/error.log crit;
@@ -41,9 +50,10 @@ http {
   access_log off;
   keepalive_requests 1000000;
   client_body_buffer_size 64k;
+  client_max_body_size 64m;
   server {
     listen 127.0.0.1:$up_port;
-    location / { default_type application/json; return 200 '$answer'; }
+    location / { default_type application/json; $answer_directive }
   }
 }
 NGX
@@ -55,7 +65,8 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  client_body_buffer_size 1m;  # a 100 KB prompt stays in memory, as it does in tollgate
+  client_body_buffer_size 2m;  # a 1 MB prompt stays in memory, as it does in tollgate
+  client_max_body_size 64m;
   upstream backend { server 127.0.0.1:$up_port; keepalive 256; }
   server {
     listen 127.0.0.1:$ngx_port;
@@ -72,6 +83,8 @@ nginx -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
+declare -A pid_of   # the process whose CPU time a target's requests cost
+pid_of[nginx]=$!
 
 # Two gateways: the default transport for an http:// upstream (the built-in HTTP/1.1 client), and
 # the same config over libcurl; with BASELINE, a third: the other build, native.
@@ -102,6 +115,11 @@ YAML
   [ "$transport" = baseline ] && bin="$baseline/tollgate"
   "$bin" serve --config "$work/tollgate-$transport.yaml" 2>"$work/tollgate-$transport.log" &
   pids+=($!)
+  case $transport in
+    native) pid_of[tollgate]=$! ;;
+    curl) pid_of[tollgate-curl]=$! ;;
+    baseline) pid_of[baseline]=$! ;;
+  esac
 done
 tg_url=$(wait_listening "$work/tollgate-native.log")
 tg_curl_url=$(wait_listening "$work/tollgate-curl.log")
@@ -120,10 +138,18 @@ done = function(summary, latency, requests)
 end
 LUA
 
-declare -A rps p50 p99 lat50 lat99
+declare -A rps p50 p99 lat50 lat99 cpu
 run() {  # name url conns -> "rps p50 p99 errors"
   wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
+cpu_ticks() {  # PID -> user + system clock ticks of it and its children (nginx's workers)
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+hz=$(getconf CLK_TCK)
 targets=(direct nginx tollgate tollgate-curl)
 [ -n "$baseline" ] && targets+=(baseline)
 if [ -n "${TARGETS:-}" ]; then targets=(direct $TARGETS); fi
@@ -141,9 +167,13 @@ for t in "${targets[@]}"; do wrk -t1 -c"$conns" -d2s -s "$work/post.lua" "$(url_
 
 for r in $(seq 1 "$rounds"); do
   for t in "${targets[@]}"; do
+    before=$([ -n "${pid_of[$t]:-}" ] && cpu_ticks "${pid_of[$t]}" || echo 0)
     read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
+    after=$([ -n "${pid_of[$t]:-}" ] && cpu_ticks "${pid_of[$t]}" || echo 0)
     [ "$e" = "0" ] || echo "warning: $t had $e errors in round $r" >&2
     rps[$t]+="$q "
+    # CPU time of the proxy (user + system) over the requests it served in this run, in µs.
+    cpu[$t]+="$(echo "($after - $before) * 1000000 / $hz / ($q * $duration)" | bc -l) "
     # Added latency is read at one connection, where it is not hidden behind queueing.
     read -r q a b e < <(run "$t" "$(url_of "$t")" 1)
     lat50[$t]+="$a "
@@ -152,14 +182,17 @@ for r in $(seq 1 "$rounds"); do
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for latency, %s worker(s), prompt %s\n\n' \
-  "$rounds" "$duration" "$conns" "$threads" "$([ "$prompt_kb" = 0 ] && echo short || echo "~${prompt_kb} KB")"
-printf '| path | requests/s (median) | vs nginx | p50 latency µs | p99 latency µs | added p50 µs |\n'
-printf '|---|---|---|---|---|---|\n'
+printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for latency, %s worker(s), prompt %s, answer %s\n\n' \
+  "$rounds" "$duration" "$conns" "$threads" "$([ "$prompt_kb" = 0 ] && echo short || echo "~${prompt_kb} KB")" \
+  "$([ "$answer_kb" = 0 ] && echo short || echo "~${answer_kb} KB")"
+printf '| path | requests/s (median) | vs nginx | CPU µs a request | p50 latency µs | p99 latency µs | added p50 µs | rounds (requests/s) |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
 d50=$(echo "${lat50[direct]}" | median)
 n_rps=$(echo "${rps[nginx]}" | median)
 for t in "${targets[@]}"; do
   q=$(echo "${rps[$t]}" | median); a=$(echo "${lat50[$t]}" | median); b=$(echo "${lat99[$t]}" | median)
-  printf '| %s | %.0f | %.2fx | %.0f | %.0f | %s |\n' "$t" "$q" "$(echo "$q / $n_rps" | bc -l)" "$a" "$b" \
-    "$([ "$t" = direct ] && echo - || printf '%.0f' "$(echo "$a - $d50" | bc -l)")"
+  c=$([ -n "${pid_of[$t]:-}" ] && printf '%.0f' "$(echo "${cpu[$t]}" | median)" || echo -)
+  printf '| %s | %.0f | %.2fx | %s | %.0f | %.0f | %s | %s |\n' "$t" "$q" "$(echo "$q / $n_rps" | bc -l)" "$c" "$a" "$b" \
+    "$([ "$t" = direct ] && echo - || printf '%.0f' "$(echo "$a - $d50" | bc -l)")" \
+    "$(for v in ${rps[$t]}; do printf '%.0f ' "$v"; done | sed 's/ $//')"
 done

@@ -3,25 +3,39 @@
 # timings on a shared machine). tollgate runs under callgrind with instrumentation off; a client sends
 # WARMUP requests, instrumentation is switched on for REQUESTS more on one keep-alive connection, then off.
 #
-# Usage: tests/perf/callgrind.sh [BUILD_DIR...]   (env: REQUESTS=2000 WARMUP=200 PROMPT_KB=0)
+# Usage: tests/perf/callgrind.sh [BUILD_DIR...]   (env: REQUESTS=2000 WARMUP=200 PROMPT_KB=0 ANSWER_KB=0)
+#   PROMPT_KB=100   the user message padded to about that many KB (default: a short one)
+#   PROMPT_TEXT=... what the prompt is padded with (default "lorem ipsum dolor sit amet ")
+#   ANSWER_KB=1024  the upstream's answer padded to about that many KB (default: 200 bytes)
+#   PROFILE_DIR=DIR keeps each build's profile there (callgrind.N.out, N the build's position),
+#                   with instruction-level detail, for callgrind_annotate
 # With several build dirs each is measured in turn against the same upstream, one line each.
 set -euo pipefail
 requests=${REQUESTS:-2000}
 warmup=${WARMUP:-200}
 prompt_kb=${PROMPT_KB:-0}
+answer_kb=${ANSWER_KB:-0}
+profile_dir=${PROFILE_DIR:+$(mkdir -p "$PROFILE_DIR" && cd "$PROFILE_DIR" && pwd)}
 source "$(dirname "$0")/../support/procs.sh"
 command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh installs it)"; exit 1; }
 
 free_port() {
   while :; do
-    p=$(shuf -i 20000-60000 -n 1)
+    p=$(shuf -i 20000-32000 -n 1)  # below the ephemeral ports, which connections hold
     (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
 up_port=$(free_port)
-answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
+pad=$(python3 -c "import sys; print('lorem ipsum dolor sit amet ' * (int(sys.argv[1]) * 1024 // 27), end='')" "$answer_kb")
+answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok'"$pad"'"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
 mkdir -p "$work/up"
+printf '%s' "$answer" >"$work/up/answer.json"
+chmod 755 "$work" "$work/up"  # nginx's workers (nobody) read the answer file
+# A short answer is returned inline; a long one is the file (nginx serves a file to a POST through
+# its 405 error page).
+answer_directive="return 200 '$answer';"
+[ "$answer_kb" = 0 ] || answer_directive="root $work/up; error_page 405 =200 \$uri; try_files /answer.json =404;"
 cat >"$work/up/nginx.conf" <<NGX
 worker_processes 1;
 error_log $work/up/error.log crit;
@@ -30,9 +44,10 @@ events { worker_connections 1024; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_max_body_size 64m;
   server {
     listen 127.0.0.1:$up_port;
-    location / { default_type application/json; return 200 '$answer'; }
+    location / { default_type application/json; $answer_directive }
   }
 }
 NGX
@@ -40,7 +55,9 @@ nginx -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 
 [ $# -eq 0 ] && set -- build
+n=0
 for dir in "$@"; do
+  n=$((n + 1))
   build=$(cd "$dir" && pwd)
   cat >"$work/tollgate.yaml" <<YAML
 server:
@@ -62,16 +79,18 @@ routes:
         model: m
 YAML
   rm -f "$work"/callgrind.out.*
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out.%p" \
+  valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes --callgrind-out-file="$work/callgrind.out.%p" \
     "$build/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
   vg=$!
+  pids+=("$vg")  # stopped on exit if the client fails
   url=$(wait_listening "$work/tollgate.log" || { sleep 20; wait_listening "$work/tollgate.log"; })
   python3 - "$url" "$warmup" "$requests" "$prompt_kb" "$vg" <<'PY'
-import http.client, subprocess, sys, urllib.parse
+import http.client, os, subprocess, sys, urllib.parse
 url, warmup, n, kb, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 u = urllib.parse.urlparse(url)
 conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-pad = "lorem ipsum dolor sit amet " * (kb * 1024 // 27)
+unit = os.environ.get("PROMPT_TEXT") or "lorem ipsum dolor sit amet "
+pad = unit * (kb * 1024 // len(unit.encode()))
 body = ('{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?%s"}],"max_tokens":16}' % pad).encode()
 headers = {"Content-Type": "application/json", "Authorization": "Bearer tg-bench"}
 def send(k):
@@ -86,5 +105,7 @@ subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_outp
 PY
   kill -INT "$vg"; wait "$vg" 2>/dev/null || true
   total=$(awk '/Collected :/ {print $NF}' "$work/tollgate.log" | tail -1)
-  printf '%s: %d instructions a request (%s requests, prompt %s KB)\n' "$dir" "$((total / requests))" "$requests" "$prompt_kb"
+  [ -n "$profile_dir" ] && cp "$(ls "$work"/callgrind.out.* | head -1)" "$profile_dir/callgrind.$n.out"
+  printf '%s: %d instructions a request (%s requests, prompt %s KB, answer %s KB)\n' "$dir" "$((total / requests))" \
+    "$requests" "$prompt_kb" "$answer_kb"
 done
