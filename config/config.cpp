@@ -112,9 +112,20 @@ class loader {
     }
     known_keys(root, "", {"server", "currency", "store", "limits", "metering", "keys", "backends", "routes"});
     if (auto n = root["metering"]; n && !n.IsNull() && expect_map(n, "metering")) {
-      known_keys(n, "metering", {"tokenizer"});
+      known_keys(n, "metering", {"tokenizer", "max_count_bytes", "count_threads", "count_queue"});
       if (auto p = n["tokenizer"]) {
         if (auto path = string(p, "metering.tokenizer")) c.tokenizer_path = *path;
+      }
+      if (auto v = n["max_count_bytes"]) {
+        if (auto i = integer(v, "metering.max_count_bytes", 1024, std::int64_t(1) << 40)) {
+          c.max_count_bytes = static_cast<std::size_t>(*i);
+        }
+      }
+      if (auto v = n["count_threads"]) {
+        if (auto i = integer(v, "metering.count_threads", 1, 64)) c.count_threads = static_cast<unsigned>(*i);
+      }
+      if (auto v = n["count_queue"]) {
+        if (auto i = integer(v, "metering.count_queue", 0, 1 << 20)) c.count_queue = static_cast<unsigned>(*i);
       }
     }
     if (auto n = root["store"]; n && !n.IsNull() && expect_map(n, "store")) {

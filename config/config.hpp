@@ -171,6 +171,15 @@ struct config {
   /// each record is committed by its worker as its request ends.
   duration ledger_flush_interval{std::chrono::milliseconds(200)};
   std::string tokenizer_path;    ///< metering.tokenizer: counts tokens when an upstream reports none
+  /// metering.max_count_bytes: the most bytes of one text (a prompt, a completion) that are
+  /// tokenized; past it the first max_count_bytes are counted and the rest estimated at their rate,
+  /// and the ledger's usage_source says "estimated".
+  std::size_t max_count_bytes = 2 * 1024 * 1024;
+  /// metering.count_threads: threads that count tokens, apart from the workers (restart to change).
+  unsigned count_threads = 1;
+  /// metering.count_queue: counts that may wait for a counting thread; past it an answer's tokens
+  /// are estimated from its bytes at once (restart to change).
+  unsigned count_queue = 256;
   server_config server;
   std::vector<key_config> keys;
   std::vector<backend_config> backends;

@@ -88,6 +88,7 @@ void access_log::write(std::size_t shard, const access_record& r) {
     num("completion_tokens", r.completion_tokens);
     num("reasoning_tokens", r.reasoning_tokens);
     num("cost", r.cost);
+    if (*r.usage_source != '\0') str("usage_source", r.usage_source);
   }
   text.append("}\n");
   auto& buffer = *shards_[shard % shards_.size()];

@@ -31,6 +31,9 @@ struct access_record {
   std::int64_t completion_tokens = 0;
   std::int64_t reasoning_tokens = 0;
   double cost = 0;
+  /// Where the usage came from: "upstream", "counted" (the tokenizer), "estimated" (counted in
+  /// part, past metering.max_count_bytes); "" without usage.
+  const char* usage_source = "";
 
   /// Back to a fresh record, keeping the strings' storage for the connection's next request.
   void clear() {
@@ -41,6 +44,7 @@ struct access_record {
     stream = has_usage = false;
     prompt_tokens = cached_tokens = completion_tokens = reasoning_tokens = 0;
     cost = 0;
+    usage_source = "";
   }
 };
 

@@ -34,6 +34,7 @@ struct ledger_record {
   double first_byte_ms = -1;  ///< of the attempt that answered; -1: none
   bool stream = false;
   bool counted = false;         ///< tokens counted by the gateway: the upstream reported none
+  bool estimated = false;       ///< counted, but partly estimated (past metering.max_count_bytes)
   double first_token_ms = -1;   ///< first stream bytes to the client; -1: not a stream
 };
 

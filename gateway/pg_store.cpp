@@ -387,7 +387,7 @@ class postgres_ledger_sink final : public ledger_sink {
         if (r.first_byte_ms >= 0) add(real_text(r.first_byte_ms));
         else add_null();
         add(r.stream ? "true" : "false");
-        if (r.has_usage) add(r.counted ? "counted" : "upstream");
+        if (r.has_usage) add(r.estimated ? "estimated" : r.counted ? "counted" : "upstream");
         else add_null();
         if (r.first_token_ms >= 0) add(real_text(r.first_token_ms));
         else add_null();
