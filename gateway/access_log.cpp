@@ -81,6 +81,7 @@ void access_log::write(std::size_t shard, const access_record& r) {
   num("bytes_out", r.bytes_out);
   key("stream");
   text.append(r.stream ? "true" : "false");
+  if (r.priority >= 0) num("priority", r.priority);
   if (!r.error.empty()) str("error", r.error);
   if (r.has_usage) {
     num("prompt_tokens", r.prompt_tokens);

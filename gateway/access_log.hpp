@@ -24,6 +24,7 @@ struct access_record {
   std::size_t bytes_in = 0;
   std::size_t bytes_out = 0;
   bool stream = false;
+  int priority = -1;  ///< the request's priority (the key's, or lower by x-tollgate-priority); -1: none
   std::string error;  ///< short reason when the gateway answered with an error
   bool has_usage = false;  ///< the upstream reported usage; the fields below are set
   std::int64_t prompt_tokens = 0;
@@ -42,6 +43,7 @@ struct access_record {
     latency_ms = 0;
     bytes_in = bytes_out = 0;
     stream = has_usage = false;
+    priority = -1;
     prompt_tokens = cached_tokens = completion_tokens = reasoning_tokens = 0;
     cost = 0;
     usage_source = "";

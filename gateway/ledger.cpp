@@ -31,7 +31,7 @@ const std::string source_estimated = "estimated";  // counted in part, the rest 
 constexpr const char* insert_sql =
     "INSERT INTO usage_ledger (request_id, unix_ms, key, model, route, backend, upstream_model, prompt_tokens, "
     "cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, first_byte_ms, stream, "
-    "usage_source, first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    "usage_source, first_token_ms, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 class sqlite_sink final : public ledger_sink {
  public:
@@ -88,6 +88,8 @@ class sqlite_sink final : public ledger_sink {
       else sqlite3_bind_null(insert, ++i);
       if (r.first_token_ms >= 0) sqlite3_bind_double(insert, ++i, r.first_token_ms);
       else sqlite3_bind_null(insert, ++i);
+      if (r.priority >= 0) sqlite3_bind_int(insert, ++i, r.priority);
+      else sqlite3_bind_null(insert, ++i);
       if (sqlite3_step(insert) != SQLITE_DONE) {
         ok = false;
         break;
@@ -123,7 +125,8 @@ nlohmann::json to_json(const ledger_record& r) {
           {"ct", r.cached_tokens},     {"ot", r.completion_tokens}, {"rt", r.reasoning_tokens},
           {"u", r.has_usage},          {"c", r.cost},              {"s", r.status},
           {"l", r.latency_ms},         {"fb", r.first_byte_ms},    {"st", r.stream},
-          {"n", r.counted},            {"ft", r.first_token_ms},   {"e", r.estimated}};
+          {"n", r.counted},            {"ft", r.first_token_ms},   {"e", r.estimated},
+          {"p", r.priority}};
 }
 
 ledger_record from_json(const nlohmann::json& j) {
@@ -148,6 +151,7 @@ ledger_record from_json(const nlohmann::json& j) {
   r.stream = j.at("st").get<bool>();
   r.counted = j.at("n").get<bool>();
   r.estimated = j.value("e", false);  // absent in records spooled by older versions
+  r.priority = j.value("p", -1);
   r.first_token_ms = j.at("ft").get<double>();
   return r;
 }

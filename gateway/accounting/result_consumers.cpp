@@ -111,6 +111,7 @@ void append_ledger(finished& f) {
   l.stream = rec.stream;
   l.counted = p.counted;
   l.estimated = p.estimated;
+  l.priority = rec.priority;
   l.first_token_ms =
       p.first_token_at ? std::chrono::duration<double, std::milli>(*p.first_token_at - f.r.started).count() : -1;
   f.w.shared().ledger->append(f.w.index(), std::move(l));
