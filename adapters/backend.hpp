@@ -33,6 +33,9 @@ struct upstream_request {
   std::string body;       ///< JSON, with the model already rewritten
   bool stream = false;
   std::string_view request_id;
+  /// The request's priority (0 low .. 9; 1 normal): the local engine's queue and preemption
+  /// follow it; remote upstreams never see it.
+  int priority = 1;
 };
 
 /// A header field name is an RFC 9110 token: visible ASCII save the delimiters.

@@ -126,9 +126,11 @@ class stream {
 /// Queues a sequence: the prompt is prefilled (in chunks when long) once KV blocks allow, then
 /// one token per engine step goes to on_token until max_tokens, a false from on_token, the end of
 /// the context, cancel(), or a failure. Throws std::invalid_argument, as start() does, for a bad
-/// prompt or sampling; nothing is called back then.
+/// prompt or sampling; nothing is called back then. priority: larger is admitted first and may
+/// preempt running sequences of lower priority when KV blocks run out (they are recomputed later,
+/// their output unchanged); 1 is normal.
 std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
-                               std::size_t max_tokens, stream_callbacks callbacks);
+                               std::size_t max_tokens, stream_callbacks callbacks, int priority = 1);
 
 /// One request's decoding state, stepped by its caller: a sequence of the model's scheduler that
 /// produces one token per step() call (concurrent step() calls of several sequences share one

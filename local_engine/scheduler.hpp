@@ -31,6 +31,9 @@ struct sched_request {
   bool paced = false;
   /// Hand the logits of every prompt position to on_logits, chunk by chunk (forward_logits()).
   bool all_logits = false;
+  /// Larger is admitted first, and may preempt running sequences of lower priority when KV
+  /// blocks run out (see scheduler). Equal priorities are first come, first served.
+  int priority = 1;
   stream_callbacks callbacks;
 };
 
@@ -54,12 +57,15 @@ struct sched_sequence {
 /// Each step: (1) sequences whose cancel() came end and free their KV blocks; (2) running
 /// sequences, oldest admitted first, each get their next tokens (one decode token, or the next
 /// chunk of a prompt being prefilled) while the token budget (max_batch_tokens) lasts; a sequence
-/// that needs a KV block when none is free preempts the most recently admitted running sequence
-/// (its blocks are freed and it goes back to the front of the queue with prompt + generated
-/// tokens, to be recomputed; its output is unchanged); (3) waiting sequences are admitted in order
-/// while fewer than max_batch run, the budget lasts, and the free blocks cover their whole prompt;
-/// (4) one forward runs over all of it and every sequence whose last known position was forwarded
-/// gets a token sampled with draw = tokens generated so far.
+/// that needs a KV block when none is free preempts the running sequence of the lowest priority,
+/// the most recently admitted among equals (its blocks are freed and it goes back to the queue,
+/// first of its priority, with prompt + generated tokens, to be recomputed; its output is
+/// unchanged); (3) waiting sequences are admitted in order (higher priority first, first come
+/// first served within one) while fewer than max_batch run, the budget lasts, and the free blocks
+/// cover their whole prompt; one whose blocks are short preempts running sequences of lower
+/// priority (lowest first, newest first) until they are covered, else waits; (4) one forward runs
+/// over all of it and every sequence whose last known position was forwarded gets a token sampled
+/// with draw = tokens generated so far.
 ///
 /// With prefix caching (scheduler_options::prefix_caching), every full block a forward completes is
 /// registered in the allocator's prefix cache, and an admitted sequence starts with the cached
@@ -96,7 +102,11 @@ class scheduler {
   void flush_ends();
   bool eligible(const sched_sequence& s) const;
   void end(sched_sequence& s, stream_end reason, const std::string& message = {});
-  void preempt_newest();
+  /// The running sequence to preempt first: lowest priority, most recently admitted among those.
+  std::shared_ptr<sched_sequence> lowest_running() const;
+  void preempt(const std::shared_ptr<sched_sequence>& victim);
+  /// Into waiting_ after every sequence of higher priority, and of equal priority unless first.
+  void enqueue(std::shared_ptr<sched_sequence> s, bool first_of_priority);
   void sweep();  // drops ended sequences from the lists
   void signal();
 

@@ -67,6 +67,7 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
   up.path = res_.endpoint;
   up.stream = fields_.stream;
   up.request_id = ctx_.result.record.request_id;
+  up.priority = std::max(ctx_.result.record.priority, 0);
   const bool rename = !t.model.empty() && t.model != fields_.model;
   if (!rename && stream_options_.empty()) {
     up.body = ctx_.req.body();

@@ -459,3 +459,65 @@ TEST_CASE("scheduler: many threads submit, step and cancel at once, and everythi
   CHECK(st.waiting == 0);
   CHECK(st.failed == 0);
 }
+
+TEST_CASE("scheduler: a high priority sequence preempts a running low one when KV blocks run out, and the low one's "
+          "tokens are unchanged",
+          "[engine][scheduler][priority]") {
+  job low{{}, eng::sampling{0.9f, 0.95f, 40, 4242}, 24};
+  for (int k = 0; k < 20; ++k) low.prompt.push_back(5 + 37 * k % 900);
+  job high{{}, eng::sampling{}, 6};
+  for (int k = 0; k < 28; ++k) high.prompt.push_back(11 + 53 * k % 900);
+  const auto roomy = load(64, 64);
+  const auto low_alone = alone(roomy, low);
+  const auto high_alone = alone(roomy, high);
+
+  for (const bool prioritised : {true, false}) {
+    INFO((prioritised ? "high priority" : "equal priorities"));
+    // 12 blocks of 4 positions: the low sequence (20 + 24 positions) fits alone; once it holds 6
+    // or more, the high one (28 + 6 positions, 8 blocks to start) cannot start beside it.
+    const auto tight = load(4, 12, 8, 64);
+    std::mutex m;
+    std::vector<std::string> ends;  // which sequence ended, in order
+    collector lc, hc;
+    auto lcb = lc.callbacks();
+    lcb.on_token = [&lc, inner = lcb.on_token](int32_t id) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a slow consumer: the low one runs long
+      return inner(id);
+    };
+    auto lend = lcb.on_end;
+    lcb.on_end = [&, lend](eng::stream_end why, const std::string& msg) {
+      {
+        std::lock_guard lock(m);
+        ends.push_back("low");
+      }
+      lend(why, msg);
+    };
+    auto hcb = hc.callbacks();
+    auto hend = hcb.on_end;
+    hcb.on_end = [&, hend](eng::stream_end why, const std::string& msg) {
+      {
+        std::lock_guard lock(m);
+        ends.push_back("high");
+      }
+      hend(why, msg);
+    };
+    auto lh = eng::submit(tight, low.prompt, low.s, low.max_tokens, std::move(lcb), 0);
+    lc.wait_tokens(4);  // running, and holding most of the pool
+    auto hh = eng::submit(tight, high.prompt, high.s, high.max_tokens, std::move(hcb), prioritised ? 2 : 0);
+    hc.wait();
+    lc.wait();
+    CHECK(lc.reason == eng::stream_end::length);
+    CHECK(hc.reason == eng::stream_end::length);
+    CHECK(hc.tokens == high_alone);
+    CHECK(lc.tokens == low_alone);  // recomputed after its preemption, the same tokens
+    const auto st = eng::stats(*tight);
+    if (prioritised) {
+      CHECK(st.preemptions >= 1);
+      CHECK(ends == std::vector<std::string>{"high", "low"});
+    } else {
+      CHECK(st.preemptions == 0);  // first come, first served: the later one waits for blocks
+      CHECK(ends == std::vector<std::string>{"low", "high"});
+    }
+    CHECK(st.kv_blocks_used == 0);
+  }
+}
