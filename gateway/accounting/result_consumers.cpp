@@ -59,6 +59,21 @@ void count_usage(proxy_result& p, std::string_view body, std::size_t max_bytes) 
   p.estimated = estimated;
 }
 
+/// count_usage that never throws: what it cannot count (a body the metering code chokes on) is
+/// estimated from its bytes, 4 a token.
+void count_or_estimate(proxy_result& p, std::string_view body, std::size_t max_bytes) {
+  try {
+    count_usage(p, body, max_bytes);
+  } catch (const std::exception&) {
+    usage u;
+    u.prompt = static_cast<std::int64_t>(body.size() / 4);
+    u.completion = static_cast<std::int64_t>((p.delivered.size() + p.delivered_text.size()) / 4);
+    p.used = u;
+    p.counted = true;
+    p.estimated = true;
+  }
+}
+
 /// Metering: the usage goes into the record with its cost.
 void price(finished& f) {
   access_record& rec = f.r.record;
@@ -189,7 +204,7 @@ void publish(request_result& result, worker& w, std::string_view body, std::shar
     const std::size_t max_bytes = d->rt->cfg.max_count_bytes;
     token_counter::job j = [d, max_bytes](bool stopping) {
       // At shutdown what is left is estimated, so that stopping is not held up by counting.
-      count_usage(*d->result.proxy, d->body, stopping ? 0 : max_bytes);
+      count_or_estimate(*d->result.proxy, d->body, stopping ? 0 : max_bytes);
       d->body = std::string();
       net::post(d->w.io(), [d] {
         finished f{d->result, d->w, d->now, std::chrono::duration<double>(d->now - d->result.started).count(),
@@ -199,13 +214,13 @@ void publish(request_result& result, worker& w, std::string_view body, std::shar
     };
     if (counter->post(j)) return;
     // Every counting thread is busy and the queue is full: estimate now, tokenizing nothing.
-    count_usage(*d->result.proxy, d->body, 0);
+    count_or_estimate(*d->result.proxy, d->body, 0);
     finished f{d->result, w, now, std::chrono::duration<double>(now - d->result.started).count(),
                now - d->result.started};
     consume(f);
     return;
   }
-  if (needs_count(result)) count_usage(*result.proxy, body, result.proxy->rt->cfg.max_count_bytes);
+  if (needs_count(result)) count_or_estimate(*result.proxy, body, result.proxy->rt->cfg.max_count_bytes);
   finished f{result, w, now, std::chrono::duration<double>(now - result.started).count(), now - result.started};
   consume(f);
 }

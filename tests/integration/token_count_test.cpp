@@ -8,6 +8,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -229,4 +232,68 @@ TEST_CASE("the token counter refuses work past its queue, and runs what waits at
   stopper.join();
   CHECK(stopped_runs == 1);  // what waited ran, told to estimate
   CHECK(counter.pending() == 0);
+}
+
+TEST_CASE("a prompt the counting code cannot read is estimated, and the gateway lives on", "[hardening][metering]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-count-odd.db").string();
+  remove_db(path);
+  {
+    gateway_fixture f(config(path, 64 * 1024));
+    response_script s;  // an answer without usage: the prompt must be counted
+    s.body = R"({"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]})";
+    f.a.set_default([s](const recorded_request&) { return s; });
+    http_client c;
+    // A role that is not a string: the chat template's reader throws on it.
+    const auto r = c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","messages":[{"role":5,"content":"x"}]})",
+                          gateway_fixture::auth({"x-request-id: odd-1"}));
+    CHECK(r.status == 200);
+    db d(path);
+    REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger WHERE request_id = 'odd-1'") == "1"; }));
+    CHECK(d.one("SELECT usage_source FROM usage_ledger WHERE request_id = 'odd-1'") == "estimated");
+    CHECK(c.post(f.base + "/v1/chat/completions", R"({"model":"chat-public","messages":[]})", gateway_fixture::auth())
+              .status == 200);
+  }
+  remove_db(path);
+}
+
+TEST_CASE("POST /v1/messages/count_tokens counts off the worker: another client is answered meanwhile",
+          "[hardening][metering]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-count-endpoint.db").string();
+  remove_db(path);
+  {
+    gateway_fixture f(config(path, 64 * 1024));
+    auto& counter = *f.server->shared().counter;
+    const std::string body =
+        R"({"model":"chat-public","messages":[{"role":"user","content":")" + prose(24 * 1024 * 1024) + R"("}]})";
+    std::atomic<bool> counted{false};
+    long count_status = 0;
+    std::string count_body;
+    std::thread counting([&] {
+      http_client c;
+      http_options o = gateway_fixture::auth({"anthropic-version: 2023-06-01"});
+      o.timeout_ms = 60000;
+      const auto r = c.post(f.base + "/v1/messages/count_tokens", body, o);
+      count_status = r.status;
+      count_body = r.body;
+      counted = true;
+    });
+    // Counted on the worker, the count would hold up the other request until it was answered.
+    const bool started = eventually([&] { return counter.pending() == 1 || counted.load(); });
+    http_client c;
+    const auto r = c.post(f.base + "/v1/chat/completions",
+                          R"({"model":"chat-public","messages":[{"role":"user","content":"quick"}]})",
+                          gateway_fixture::auth());
+    const bool answered_first = !counted.load();
+    counting.join();
+    CHECK(started);
+    CHECK(r.status == 200);
+    CHECK(answered_first);
+    INFO(count_body.substr(0, 200));
+    CHECK(count_status == 200);
+    const auto j = nlohmann::json::parse(count_body, nullptr, false);
+    CHECK((j.is_object() && j.value("input_tokens", 0) > 3'000'000));
+  }
+  remove_db(path);
 }
