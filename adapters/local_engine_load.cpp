@@ -91,6 +91,7 @@ std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg
   so.max_batch = cfg.max_batch;
   so.max_batch_tokens = cfg.max_batch_tokens;
   so.prefix_caching = cfg.prefix_caching;
+  so.priority_aging = config::queue_aging_of(cfg);
   auto m = engine::load_model(cfg.checkpoint, bo, so);
   std::cerr << "tollgate: backend " << cfg.name << ": " << engine::model_describe(*m) << std::endl;
   return std::make_shared<engine_binding>(std::move(m), std::filesystem::path(cfg.checkpoint).filename().string());

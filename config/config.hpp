@@ -99,7 +99,8 @@ struct backend_config {
   unsigned max_queue = 100;      ///< requests that may wait for a slot; beyond: 503
   duration queue_timeout{std::chrono::seconds(5)};  ///< longest wait for a slot
   /// Aging in the queue: a waiter ranks one priority higher for each queue_aging it has waited,
-  /// so that low priority is served under steady high-priority load. 0: queue_timeout / 4.
+  /// so that low priority is served under steady high-priority load. 0: queue_timeout / 4. For a
+  /// local engine, the same in its scheduler (from a sequence's submission).
   duration queue_aging{0};
   // kind local_engine
   std::string checkpoint;        ///< a Hugging Face checkpoint folder
@@ -167,6 +168,11 @@ struct limits_config {
   /// replicas last seen in Redis.
   unsigned replicas = 0;
 };
+
+/// backends[].queue_aging as it applies: queue_timeout / 4 when not set.
+inline duration queue_aging_of(const backend_config& b) {
+  return b.queue_aging.count() > 0 ? b.queue_aging : b.queue_timeout / 4;
+}
 
 struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)

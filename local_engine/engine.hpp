@@ -10,6 +10,7 @@
 // message that names what is wrong; nothing aborts the process on bad input.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -59,6 +60,10 @@ struct scheduler_options {
   /// Reuse the KV blocks of a prompt's cached prefix (a shared system prompt, earlier turns of a
   /// conversation) instead of computing them again; see kv_block_allocator.
   bool prefix_caching = true;
+  /// Aging: a sequence ranks one priority higher (submit()'s priority) for each priority_aging
+  /// since it was submitted, for admission and for preemption, so that a low-priority sequence is
+  /// never held back forever by a steady stream of higher ones. 0: ranks are priorities alone.
+  std::chrono::milliseconds priority_aging{0};
 };
 
 /// Loads a Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json) onto

@@ -33,6 +33,7 @@ scheduler::~scheduler() {
 
 std::shared_ptr<sched_sequence> scheduler::submit(sched_request r) {
   auto s = std::make_shared<sched_sequence>();
+  s->submitted = clock_type::now();
   s->tokens = r.prompt;
   s->req = std::move(r);
   {
@@ -147,11 +148,21 @@ bool scheduler::step() {
   return progressed;
 }
 
+std::int64_t scheduler::rank(const sched_sequence& s) const {
+  std::int64_t r = s.req.priority;
+  if (opts_.priority_aging.count() > 0 && step_now_ > s.submitted) r += (step_now_ - s.submitted) / opts_.priority_aging;
+  return r;
+}
+
 std::shared_ptr<sched_sequence> scheduler::lowest_running() const {
   std::shared_ptr<sched_sequence> victim;
+  std::int64_t lowest = 0;
   for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
     if ((*it)->ended) continue;
-    if (!victim || (*it)->req.priority < victim->req.priority) victim = *it;
+    if (const std::int64_t r = rank(**it); !victim || r < lowest) {
+      victim = *it;
+      lowest = r;
+    }
   }
   return victim;
 }
@@ -188,6 +199,7 @@ void scheduler::sweep() {
 
 bool scheduler::step_once() {
   bool progressed = false;
+  step_now_ = clock_type::now();
   // (1) Cancellations, and sequences that want nothing.
   for (auto& s : running_)
     if (s->cancel_requested.load()) {
@@ -257,6 +269,11 @@ bool scheduler::step_once() {
   sweep();
 
   // (3) Admission, in order. A paced sequence waiting for its first step() does not hold others up.
+  if (opts_.priority_aging.count() > 0 && waiting_.size() > 1) {
+    // Aged ranks: the queue is in priority order, first come first within one; a long waiter
+    // moves up past later sequences of higher priority.
+    std::stable_sort(waiting_.begin(), waiting_.end(), [&](const auto& a, const auto& b) { return rank(*a) > rank(*b); });
+  }
   for (std::size_t i = 0; i < waiting_.size() && budget > 0 && running_.size() < opts_.max_batch;) {
     auto s = waiting_[i];
     if (!eligible(*s)) {
@@ -286,7 +303,7 @@ bool scheduler::step_once() {
     // otherwise it waits, and so does everything after it.
     while (need > blocks_.free()) {
       auto victim = lowest_running();
-      if (!victim || victim->req.priority >= s->req.priority) break;
+      if (!victim || rank(*victim) >= rank(*s)) break;
       unplan(victim);
       preempt(victim);
     }

@@ -48,6 +48,7 @@ struct sched_sequence {
   std::size_t computed = 0;     ///< positions in the KV cache
   std::size_t generated = 0;
   std::uint64_t admitted_at = 0;
+  std::chrono::steady_clock::time_point submitted;  ///< for aging
   std::size_t logits_sent = 0;  ///< all_logits: positions whose logits went out
   bool ended = false;
 };
@@ -65,7 +66,8 @@ struct sched_sequence {
 /// cover their whole prompt; one whose blocks are short preempts running sequences of lower
 /// priority (lowest first, newest first) until they are covered, else waits; (4) one forward runs
 /// over all of it and every sequence whose last known position was forwarded gets a token sampled
-/// with draw = tokens generated so far.
+/// with draw = tokens generated so far. With scheduler_options::priority_aging, "priority" above
+/// is a sequence's rank: its priority plus one per priority_aging since it was submitted.
 ///
 /// With prefix caching (scheduler_options::prefix_caching), every full block a forward completes is
 /// registered in the allocator's prefix cache, and an admitted sequence starts with the cached
@@ -102,7 +104,9 @@ class scheduler {
   void flush_ends();
   bool eligible(const sched_sequence& s) const;
   void end(sched_sequence& s, stream_end reason, const std::string& message = {});
-  /// The running sequence to preempt first: lowest priority, most recently admitted among those.
+  /// Its priority plus one per scheduler_options::priority_aging since it was submitted.
+  std::int64_t rank(const sched_sequence& s) const;
+  /// The running sequence to preempt first: lowest rank, most recently admitted among those.
   std::shared_ptr<sched_sequence> lowest_running() const;
   void preempt(const std::shared_ptr<sched_sequence>& victim);
   /// Into waiting_ after every sequence of higher priority, and of equal priority unless first.
@@ -119,6 +123,7 @@ class scheduler {
   std::vector<std::shared_ptr<sched_sequence>> running_;  // in admission order
   std::deque<std::shared_ptr<sched_sequence>> waiting_;
   std::uint64_t admissions_ = 0;
+  std::chrono::steady_clock::time_point step_now_;  // when this step began: ranks are taken at it
   batch_result result_;
   std::vector<std::function<void()>> ends_;  // on_end calls of this step, made after its bookkeeping
 

@@ -61,7 +61,7 @@ void route_table::build(const config::config& cfg, health_registry& health, std:
       const auto& bc = cfg.backends[it->second];
       r.targets.push_back(target{it->second, tc.backend, tc.model, tc.weight, health.get(tc.backend), bc.ejection,
                                  bc.max_concurrency, bc.max_queue, bc.queue_timeout,
-                                 bc.queue_aging.count() > 0 ? bc.queue_aging : bc.queue_timeout / 4, tc.price,
+                                 config::queue_aging_of(bc), tc.price,
                                  bc.timeouts.first_token});
       r.deadline = std::max(r.deadline, bc.timeouts.total);
     }

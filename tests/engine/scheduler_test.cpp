@@ -521,3 +521,47 @@ TEST_CASE("scheduler: a high priority sequence preempts a running low one when K
     CHECK(st.kv_blocks_used == 0);
   }
 }
+
+TEST_CASE("scheduler: with aging, a low priority sequence that waited long goes before later high ones",
+          "[engine][scheduler][priority]") {
+  job j{{}, eng::sampling{}, 5};
+  for (int k = 0; k < 8; ++k) j.prompt.push_back(7 + 31 * k % 900);
+  for (const int aging_ms : {20, 0}) {
+    INFO("priority_aging " << aging_ms << " ms");
+    // One sequence runs at a time; the first runs long (a slow consumer), the rest queue behind it.
+    eng::backend_options bo = t::test_backend_options();
+    bo.kv_block_size = 16;
+    bo.kv_cache_memory = static_cast<double>(64 * 16 * bytes_per_position);
+    eng::scheduler_options so{1, 2048};
+    so.priority_aging = std::chrono::milliseconds(aging_ms);
+    const auto m = eng::load_model(v2_dir().string(), bo, so);
+    std::mutex mu;
+    std::vector<std::string> order;  // which sequence started generating, in order
+    std::vector<std::unique_ptr<collector>> got;
+    std::vector<std::shared_ptr<eng::stream>> handles;
+    auto submit = [&](const std::string& name, int priority, int slow_ms) {
+      got.push_back(std::make_unique<collector>());
+      auto cb = got.back()->callbacks();
+      cb.on_token = [&, name, slow_ms, first = true, inner = cb.on_token](int32_t id) mutable {
+        if (first) {
+          std::lock_guard lock(mu);
+          order.push_back(name);
+          first = false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms));
+        return inner(id);
+      };
+      handles.push_back(eng::submit(m, j.prompt, j.s, j.max_tokens, std::move(cb), priority));
+    };
+    submit("first", 2, 60);  // 5 tokens, 300 ms
+    got.back()->wait_tokens(1);
+    submit("low", 0, 0);
+    // High ones come 150 ms later: with 20 ms aging the low one ranks 7 by then, they rank 2.
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    submit("high1", 2, 0);
+    submit("high2", 2, 0);
+    for (auto& c : got) c->wait();
+    if (aging_ms > 0) CHECK(order == std::vector<std::string>{"first", "low", "high1", "high2"});
+    else CHECK(order == std::vector<std::string>{"first", "high1", "high2", "low"});
+  }
+}
