@@ -56,6 +56,9 @@ struct upstream_request {
     for (const body_part& p : parts) body.append(p.bytes());
     parts.clear();
   }
+  /// The request's priority (0 low .. 9; 1 normal): the local engine's queue and preemption
+  /// follow it; remote upstreams never see it.
+  int priority = 1;
 };
 
 /// A header field name is an RFC 9110 token: visible ASCII save the delimiters.

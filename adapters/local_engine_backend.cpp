@@ -579,7 +579,7 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
   cb.on_token = [j, engine](std::int32_t token) { return answer::on_token(*j, *engine, token); };
   cb.on_end = [j](bool failed, const std::string& message) { answer::on_end(*j, failed, message); };
   try {
-    auto stream = engine_->submit(j->spec.prompt, j->spec.sampling, j->spec.max_tokens, std::move(cb));
+    auto stream = engine_->submit(j->spec.prompt, j->spec.sampling, j->spec.max_tokens, std::move(cb), request.priority);
     std::lock_guard lock(j->mutex);
     j->stream = std::move(stream);
   } catch (const std::invalid_argument& e) {

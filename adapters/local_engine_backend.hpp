@@ -60,10 +60,10 @@ class engine_port {
   virtual std::optional<std::int32_t> eos() const = 0;
   virtual std::size_t max_positions() const = 0;
   virtual std::size_t vocab_size() const = 0;
-  /// Queues a sequence of at most max_tokens tokens. Throws std::invalid_argument for a prompt or
-  /// sampling the engine refuses (nothing is called back then).
+  /// Queues a sequence of at most max_tokens tokens; priority as engine::submit takes it. Throws
+  /// std::invalid_argument for a prompt or sampling the engine refuses (nothing is called back then).
   virtual std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling& s, std::size_t max_tokens,
-                                         callbacks cb) const = 0;
+                                         callbacks cb, int priority = 1) const = 0;
   /// The scheduler's state: running, queued, batch, tokens/s, KV blocks, preemptions.
   virtual engine_stats stats() const = 0;
 };

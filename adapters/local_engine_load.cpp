@@ -41,7 +41,7 @@ class engine_binding final : public engine_port {
     std::shared_ptr<engine::stream> s_;
   };
   std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling& s, std::size_t max_tokens,
-                                 callbacks cb) const override {
+                                 callbacks cb, int priority) const override {
     engine::sampling e;
     e.temperature = s.temperature;
     e.top_p = s.top_p;
@@ -52,7 +52,7 @@ class engine_binding final : public engine_port {
     ec.on_end = [end = std::move(cb.on_end)](engine::stream_end why, const std::string& message) {
       if (end) end(why == engine::stream_end::failed, message);
     };
-    return std::make_shared<handle>(engine::submit(model_, std::move(prompt), e, max_tokens, std::move(ec)));
+    return std::make_shared<handle>(engine::submit(model_, std::move(prompt), e, max_tokens, std::move(ec), priority));
   }
 
   engine_stats stats() const override {
@@ -91,6 +91,7 @@ std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg
   so.max_batch = cfg.max_batch;
   so.max_batch_tokens = cfg.max_batch_tokens;
   so.prefix_caching = cfg.prefix_caching;
+  so.priority_aging = config::queue_aging_of(cfg);
   auto m = engine::load_model(cfg.checkpoint, bo, so);
   std::cerr << "tollgate: backend " << cfg.name << ": " << engine::model_describe(*m) << std::endl;
   return std::make_shared<engine_binding>(std::move(m), std::filesystem::path(cfg.checkpoint).filename().string());

@@ -113,9 +113,20 @@ class loader {
     }
     known_keys(root, "", {"server", "currency", "store", "limits", "metering", "keys", "backends", "routes"});
     if (auto n = root["metering"]; n && !n.IsNull() && expect_map(n, "metering")) {
-      known_keys(n, "metering", {"tokenizer"});
+      known_keys(n, "metering", {"tokenizer", "max_count_bytes", "count_threads", "count_queue"});
       if (auto p = n["tokenizer"]) {
         if (auto path = string(p, "metering.tokenizer")) c.tokenizer_path = *path;
+      }
+      if (auto v = n["max_count_bytes"]) {
+        if (auto i = integer(v, "metering.max_count_bytes", 1024, std::int64_t(1) << 40)) {
+          c.max_count_bytes = static_cast<std::size_t>(*i);
+        }
+      }
+      if (auto v = n["count_threads"]) {
+        if (auto i = integer(v, "metering.count_threads", 1, 64)) c.count_threads = static_cast<unsigned>(*i);
+      }
+      if (auto v = n["count_queue"]) {
+        if (auto i = integer(v, "metering.count_queue", 0, 1 << 20)) c.count_queue = static_cast<unsigned>(*i);
       }
     }
     if (auto n = root["store"]; n && !n.IsNull() && expect_map(n, "store")) {
@@ -449,7 +460,7 @@ class loader {
       const std::string path = "keys[" + std::to_string(i) + "]";
       const YAML::Node k = n[i];
       if (!expect_map(k, path)) continue;
-      known_keys(k, path, {"name", "key", "models", "rpm", "tpm", "max_concurrency", "budget", "expires"});
+      known_keys(k, path, {"name", "key", "models", "rpm", "tpm", "max_concurrency", "budget", "expires", "priority"});
       auto name = required_string(k, "name", path);
       auto key = required_string(k, "key", path);
       if (name && !names.insert(*name).second) add(k["name"], path + ".name", "duplicate key name '" + *name + "'");
@@ -474,6 +485,12 @@ class loader {
           } else {
             add(v, path + ".budget", "must be AMOUNT/day or AMOUNT/month, e.g. 100/day");
           }
+        }
+      }
+      if (auto v = k["priority"]; v && !v.IsNull()) {
+        if (auto t = string(v, path + ".priority")) {
+          if (auto p = parse_priority(*t)) kc.priority = *p;
+          else add(v, path + ".priority", "must be high, normal, low or a number from 0 to 9 (larger is served first)");
         }
       }
       if (auto v = k["expires"]; v && !v.IsNull()) {
@@ -686,7 +703,7 @@ class loader {
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
       known_keys(b, path, {"name", "kind", "optional", "base_url", "api_key", "headers", "transport", "timeouts", "ejection",
-                            "health_check", "max_concurrency", "max_queue", "queue_timeout", "checkpoint", "device",
+                            "health_check", "max_concurrency", "max_queue", "queue_timeout", "queue_aging", "checkpoint", "device",
                             "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching"});
       backend_config bc;
       bool ok = true;
@@ -818,6 +835,7 @@ class loader {
         if (auto i = integer(v, path + ".max_queue", 0, 1000000)) bc.max_queue = static_cast<unsigned>(*i);
       }
       if (auto v = b["queue_timeout"]) read_duration(v, path + ".queue_timeout", bc.queue_timeout);
+      if (auto v = b["queue_aging"]) read_duration(v, path + ".queue_aging", bc.queue_aging);
       if (ok && !unset.empty()) {
         std::string vars;
         for (const auto& u : unset) {
@@ -1015,6 +1033,14 @@ load_result load_file(const std::string& path, const env_lookup& env) {
   std::ostringstream text;
   text << in.rdbuf();
   return load_string(text.str(), path, env);
+}
+
+std::optional<int> parse_priority(std::string_view text) {
+  if (text == "low") return 0;
+  if (text == "normal") return 1;
+  if (text == "high") return 2;
+  if (text.size() == 1 && text[0] >= '0' && text[0] - '0' <= max_priority) return text[0] - '0';
+  return std::nullopt;
 }
 
 std::optional<std::pair<double, std::string>> parse_budget(std::string_view text) {

@@ -42,8 +42,16 @@ struct key_config {
   double budget = 0;                ///< spend allowed per budget_period, in the currency; 0: no budget
   std::string budget_period;        ///< "day" or "month" (UTC); empty when there is no budget
   std::int64_t expires_unix = 0;    ///< seconds since the epoch after which the key is refused; 0: never
+  /// Where its requests wait (a backend's max_concurrency queue), the larger first: low 0,
+  /// normal 1, high 2, or a number up to max_priority. A request may lower its own
+  /// (x-tollgate-priority), never raise it.
+  int priority = 1;
   std::string digest;               ///< raw SHA-256 of the key; keys from the store carry only this
 };
+
+inline constexpr int max_priority = 9;
+/// "low" -> 0, "normal" -> 1, "high" -> 2, "0".."9" -> that number; nullopt otherwise.
+std::optional<int> parse_priority(std::string_view text);
 
 /// "100/day", "2500.5/month" -> amount and period. nullopt when malformed.
 std::optional<std::pair<double, std::string>> parse_budget(std::string_view text);
@@ -90,6 +98,10 @@ struct backend_config {
   unsigned max_concurrency = 0;  ///< requests in flight at once, over all workers; 0: no limit
   unsigned max_queue = 100;      ///< requests that may wait for a slot; beyond: 503
   duration queue_timeout{std::chrono::seconds(5)};  ///< longest wait for a slot
+  /// Aging in the queue: a waiter ranks one priority higher for each queue_aging it has waited,
+  /// so that low priority is served under steady high-priority load. 0: queue_timeout / 4. For a
+  /// local engine, the same in its scheduler (from a sequence's submission).
+  duration queue_aging{0};
   // kind local_engine
   std::string checkpoint;        ///< a Hugging Face checkpoint folder
   std::string device = "cpu";    ///< "cpu" or "cuda:N"
@@ -158,6 +170,11 @@ struct limits_config {
   unsigned replicas = 0;
 };
 
+/// backends[].queue_aging as it applies: queue_timeout / 4 when not set.
+inline duration queue_aging_of(const backend_config& b) {
+  return b.queue_aging.count() > 0 ? b.queue_aging : b.queue_timeout / 4;
+}
+
 struct config {
   std::string source;  ///< file the config came from ("<embedded>" for built-in)
   std::string currency = "CNY";  ///< of every price, and of the cost metrics
@@ -172,6 +189,15 @@ struct config {
   /// each record is committed by its worker as its request ends.
   duration ledger_flush_interval{std::chrono::milliseconds(200)};
   std::string tokenizer_path;    ///< metering.tokenizer: counts tokens when an upstream reports none
+  /// metering.max_count_bytes: the most bytes of one text (a prompt, a completion) that are
+  /// tokenized; past it the first max_count_bytes are counted and the rest estimated at their rate,
+  /// and the ledger's usage_source says "estimated".
+  std::size_t max_count_bytes = 2 * 1024 * 1024;
+  /// metering.count_threads: threads that count tokens, apart from the workers (restart to change).
+  unsigned count_threads = 1;
+  /// metering.count_queue: counts that may wait for a counting thread; past it an answer's tokens
+  /// are estimated from its bytes at once (restart to change).
+  unsigned count_queue = 256;
   server_config server;
   std::vector<key_config> keys;
   std::vector<backend_config> backends;

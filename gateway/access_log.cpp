@@ -81,6 +81,7 @@ void access_log::write(std::size_t shard, const access_record& r) {
   num("bytes_out", r.bytes_out);
   key("stream");
   text.append(r.stream ? "true" : "false");
+  if (r.priority >= 0) num("priority", r.priority);
   if (!r.error.empty()) str("error", r.error);
   if (r.has_usage) {
     num("prompt_tokens", r.prompt_tokens);
@@ -89,6 +90,7 @@ void access_log::write(std::size_t shard, const access_record& r) {
     num("completion_tokens", r.completion_tokens);
     num("reasoning_tokens", r.reasoning_tokens);
     num("cost", r.cost);
+    if (*r.usage_source != '\0') str("usage_source", r.usage_source);
   }
   text.append("}\n");
   auto& buffer = *shards_[shard % shards_.size()];

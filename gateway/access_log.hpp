@@ -24,6 +24,7 @@ struct access_record {
   std::size_t bytes_in = 0;
   std::size_t bytes_out = 0;
   bool stream = false;
+  int priority = -1;  ///< the request's priority (the key's, or lower by x-tollgate-priority); -1: none
   std::string error;  ///< short reason when the gateway answered with an error
   bool has_usage = false;  ///< the upstream reported usage; the fields below are set
   std::int64_t prompt_tokens = 0;
@@ -32,6 +33,9 @@ struct access_record {
   std::int64_t completion_tokens = 0;
   std::int64_t reasoning_tokens = 0;
   double cost = 0;
+  /// Where the usage came from: "upstream", "counted" (the tokenizer), "estimated" (counted in
+  /// part, past metering.max_count_bytes); "" without usage.
+  const char* usage_source = "";
 
   /// Back to a fresh record, keeping the strings' storage for the connection's next request.
   void clear() {
@@ -40,8 +44,10 @@ struct access_record {
     latency_ms = 0;
     bytes_in = bytes_out = 0;
     stream = has_usage = false;
+    priority = -1;
     prompt_tokens = cached_tokens = cache_write_tokens = completion_tokens = reasoning_tokens = 0;
     cost = 0;
+    usage_source = "";
   }
 };
 

@@ -27,11 +27,12 @@ namespace {
 
 const std::string source_upstream = "upstream";  // usage as the upstream reported it
 const std::string source_counted = "counted";    // counted by the gateway's tokenizer
+const std::string source_estimated = "estimated";  // counted in part, the rest estimated at its rate
 
 constexpr const char* insert_sql =
     "INSERT INTO usage_ledger (request_id, unix_ms, key, model, route, backend, upstream_model, prompt_tokens, "
     "cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, first_byte_ms, stream, "
-    "usage_source, first_token_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    "usage_source, first_token_ms, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 class sqlite_sink final : public ledger_sink {
  public:
@@ -84,9 +85,11 @@ class sqlite_sink final : public ledger_sink {
       if (r.first_byte_ms >= 0) sqlite3_bind_double(insert, ++i, r.first_byte_ms);
       else sqlite3_bind_null(insert, ++i);
       sqlite3_bind_int(insert, ++i, r.stream ? 1 : 0);
-      if (r.has_usage) text(r.counted ? source_counted : source_upstream);
+      if (r.has_usage) text(r.estimated ? source_estimated : r.counted ? source_counted : source_upstream);
       else sqlite3_bind_null(insert, ++i);
       if (r.first_token_ms >= 0) sqlite3_bind_double(insert, ++i, r.first_token_ms);
+      else sqlite3_bind_null(insert, ++i);
+      if (r.priority >= 0) sqlite3_bind_int(insert, ++i, r.priority);
       else sqlite3_bind_null(insert, ++i);
       if (sqlite3_step(insert) != SQLITE_DONE) {
         ok = false;
@@ -123,7 +126,8 @@ nlohmann::json to_json(const ledger_record& r) {
           {"ct", r.cached_tokens},     {"ot", r.completion_tokens}, {"rt", r.reasoning_tokens},
           {"u", r.has_usage},          {"c", r.cost},              {"s", r.status},
           {"l", r.latency_ms},         {"fb", r.first_byte_ms},    {"st", r.stream},
-          {"n", r.counted},            {"ft", r.first_token_ms}};
+          {"n", r.counted},            {"ft", r.first_token_ms},   {"e", r.estimated},
+          {"p", r.priority}};
 }
 
 ledger_record from_json(const nlohmann::json& j) {
@@ -147,6 +151,8 @@ ledger_record from_json(const nlohmann::json& j) {
   r.first_byte_ms = j.at("fb").get<double>();
   r.stream = j.at("st").get<bool>();
   r.counted = j.at("n").get<bool>();
+  r.estimated = j.value("e", false);  // absent in records spooled by older versions
+  r.priority = j.value("p", -1);
   r.first_token_ms = j.at("ft").get<double>();
   return r;
 }

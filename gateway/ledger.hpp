@@ -34,7 +34,9 @@ struct ledger_record {
   double first_byte_ms = -1;  ///< of the attempt that answered; -1: none
   bool stream = false;
   bool counted = false;         ///< tokens counted by the gateway: the upstream reported none
+  bool estimated = false;       ///< counted, but partly estimated (past metering.max_count_bytes)
   double first_token_ms = -1;   ///< first stream bytes to the client; -1: not a stream
+  int priority = -1;            ///< the request's priority (0 low .. 9); -1: none (stored as NULL)
 };
 
 /// Where batches of records go: one database. Called from one thread at a time.

@@ -52,12 +52,45 @@ void answer_text(const json& answer, std::string& out) {
 
 }  // namespace
 
-std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view path, std::string_view body) {
+std::int64_t bounded_count::operator()(std::string_view text) {
+  if (text.size() <= left_) {
+    left_ -= text.size();
+    const auto n = static_cast<std::int64_t>(tok_.count(text));
+    counted_bytes_ += text.size();
+    counted_tokens_ += n;
+    return n;
+  }
+  estimated_ = true;
+  // Cut at a character boundary: a split UTF-8 sequence would count as stray bytes.
+  std::size_t cut = left_;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  std::int64_t n = 0;
+  if (cut > 0) {
+    n = static_cast<std::int64_t>(tok_.count(text.substr(0, cut)));
+    counted_bytes_ += cut;
+    counted_tokens_ += n;
+  }
+  left_ = 0;
+  const double rate = counted_bytes_ >= 256 ? static_cast<double>(counted_tokens_) / static_cast<double>(counted_bytes_)
+                                            : 0.25;
+  return n + static_cast<std::int64_t>(static_cast<double>(text.size() - cut) * rate + 0.5);
+}
+
+std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view path, std::string_view body,
+                                 std::size_t max_bytes, bool* estimated) {
+  bounded_count count(tok, max_bytes);
+  struct note_estimate {
+    bounded_count& c;
+    bool* out;
+    ~note_estimate() {
+      if (out != nullptr && c.estimated()) *out = true;
+    }
+  } note{count, estimated};
   // dump() below recurses once per level: a body nested too deep is counted as raw text (the
   // proxy refuses such bodies before they get here; this is for every other caller).
-  if (!json_depth_within(body, max_json_depth)) return static_cast<std::int64_t>(tok.count(body));
+  if (!json_depth_within(body, max_json_depth)) return count(body);
   json req = json::parse(body, nullptr, false);
-  if (req.is_discarded() || !req.is_object()) return static_cast<std::int64_t>(tok.count(body));
+  if (req.is_discarded() || !req.is_object()) return count(body);
   std::string text;
   if (path == "/chat/completions") {
     // The DeepSeek chat template: system text first, then turns, then the assistant's cue.
@@ -100,25 +133,28 @@ std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view 
     }
   } else {
     const json& in = req.contains("input") ? req["input"] : json();
-    if (in.is_string()) return static_cast<std::int64_t>(tok.count(in.get<std::string>()));
+    if (in.is_string()) return count(in.get<std::string>());
     std::int64_t n = 0;
     if (in.is_array()) {
       for (const auto& s : in) {
-        if (s.is_string()) n += static_cast<std::int64_t>(tok.count(s.get<std::string>()));
+        if (s.is_string()) n += count(s.get<std::string>());
         else if (s.is_number_integer()) ++n;  // an input already given as token ids
         else if (s.is_array()) n += static_cast<std::int64_t>(s.size());
       }
     }
     return n;
   }
-  return static_cast<std::int64_t>(tok.count(text));
+  return count(text);
 }
 
 std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_view delivered, bool sse,
-                                     std::string_view earlier) {
+                                     std::string_view earlier, std::size_t max_bytes, bool* estimated) {
   std::string text(earlier);
   append_completion_text(delivered, sse, text);
-  return static_cast<std::int64_t>(tok.count(text));
+  bounded_count count(tok, max_bytes);
+  const std::int64_t n = count(text);
+  if (estimated != nullptr && count.estimated()) *estimated = true;
+  return n;
 }
 
 void append_completion_text(std::string_view delivered, bool sse, std::string& text) {

@@ -191,6 +191,15 @@ void gateway_metrics::record_upstream(std::size_t shard, const std::string& back
   if (overhead >= 0) s.overhead.observe(overhead);
 }
 
+void gateway_metrics::record_queue_wait(std::size_t shard, int priority, double seconds, bool served,
+                                        shed_reason why) {
+  auto& s = *shards_[shard % shards_.size()];
+  const auto p = static_cast<std::size_t>(std::clamp(priority, 0, 9));
+  std::lock_guard lock(s.mutex);
+  if (served || why != shed_reason::full) s.queue_wait[p].observe(seconds);
+  if (!served) ++s.shed[p][static_cast<std::size_t>(why)];
+}
+
 std::string gateway_metrics::render(const runtime& rt, const key_table* keys, std::int64_t in_flight) const {
   // Merge the shards first, holding each lock only while copying it.
   std::map<std::array<std::string, 3>, std::uint64_t> requests;
@@ -201,8 +210,14 @@ std::string gateway_metrics::render(const runtime& rt, const key_table* keys, st
   std::map<std::array<std::string, 3>, double> cost;
   std::map<std::string, histogram> ttft, tpot, upstream;
   histogram overhead;
+  std::array<histogram, 10> queue_wait;
+  std::array<std::array<std::uint64_t, 3>, 10> shed{};
   for (const auto& shard : shards_) {
     std::lock_guard lock(shard->mutex);
+    for (std::size_t p = 0; p < queue_wait.size(); ++p) {
+      queue_wait[p].merge(shard->queue_wait[p]);
+      for (std::size_t r = 0; r < 3; ++r) shed[p][r] += shard->shed[p][r];
+    }
     for (const auto& [k, v] : shard->requests) requests[k] += v;
     for (const auto& [k, v] : shard->duration) duration[k].merge(v);
     for (const auto& [k, v] : shard->attempts) attempts[k] += v;
@@ -292,6 +307,36 @@ std::string gateway_metrics::render(const runtime& rt, const key_table* keys, st
   for (std::size_t i = 0; i < rt.cfg.backends.size(); ++i) {
     out += "tollgate_backend_requests_in_flight{backend=\"" + escape_label(rt.cfg.backends[i].name) + "\"} " +
            std::to_string(rt.backend_health[i]->in_flight()) + "\n";
+  }
+  // Priorities low, normal and high always show; others once they were seen.
+  header(out, "tollgate_backend_queue_waiting", "gauge",
+         "Requests waiting for a slot of a backend at its max_concurrency, by priority (0 low, 1 normal, 2 high).");
+  for (std::size_t i = 0; i < rt.cfg.backends.size(); ++i) {
+    if (rt.cfg.backends[i].max_concurrency == 0) continue;
+    const auto waiting = rt.backend_health[i]->waiting_by_priority();
+    for (std::size_t p = 0; p < waiting.size(); ++p) {
+      if (p > 2 && waiting[p] == 0) continue;
+      out += "tollgate_backend_queue_waiting{backend=\"" + escape_label(rt.cfg.backends[i].name) + "\",priority=\"" +
+             std::to_string(p) + "\"} " + std::to_string(waiting[p]) + "\n";
+    }
+  }
+  header(out, "tollgate_queue_wait_seconds", "histogram",
+         "Time requests waited for a backend slot (those that waited), by priority.");
+  for (std::size_t p = 0; p < queue_wait.size(); ++p) {
+    if (p > 2 && queue_wait[p].count() == 0) continue;
+    queue_wait[p].render(out, "tollgate_queue_wait_seconds", "priority=\"" + std::to_string(p) + "\"");
+  }
+  header(out, "tollgate_queue_shed_total", "counter",
+         "Requests refused a backend slot (503 with Retry-After), by priority and reason: full (the queue held only "
+         "waiters of their priority or higher), displaced (a newer request of higher priority took their place), "
+         "timeout (queue_timeout passed).");
+  static constexpr const char* reasons[] = {"full", "displaced", "timeout"};
+  for (std::size_t p = 0; p < shed.size(); ++p) {
+    for (std::size_t r = 0; r < 3; ++r) {
+      if (p > 2 && shed[p][r] == 0) continue;
+      out += "tollgate_queue_shed_total{priority=\"" + std::to_string(p) + "\",reason=\"" + reasons[r] + "\"} " +
+             std::to_string(shed[p][r]) + "\n";
+    }
   }
   render_engines(out, rt);
   if (keys != nullptr) {

@@ -27,6 +27,7 @@ class histogram {
   void merge(const histogram& other);
   /// Appends the _bucket, _sum and _count lines; labels is "" or `a="x",b="y"`.
   void render(std::string& out, const std::string& name, const std::string& labels) const;
+  std::uint64_t count() const { return count_; }
 
  private:
   std::array<std::uint64_t, latency_buckets.size()> buckets_{};  // non-cumulative
@@ -55,6 +56,12 @@ class gateway_metrics {
   /// The answering upstream attempt's whole duration, and the time the request spent outside it
   /// when it was answered at the first attempt (overhead < 0: retried, not recorded).
   void record_upstream(std::size_t shard, const std::string& backend, double seconds, double overhead);
+
+  /// Why a request waiting for a backend slot got none (the shed counter's reason label).
+  enum class shed_reason { full, displaced, timeout };
+  /// A request that waited for a slot of a backend at its max_concurrency, by priority (0 to
+  /// 9): seconds waited, and whether it got the slot (shed: why not).
+  void record_queue_wait(std::size_t shard, int priority, double seconds, bool served, shed_reason why);
 
   /// The whole exposition: these counters plus gauges read now from rt (backend health), keys
   /// (budgets left; may be null) and the server (requests in flight).
@@ -89,6 +96,8 @@ class gateway_metrics {
     std::map<std::string, histogram, std::less<>> tpot;      // by route
     std::map<std::string, histogram, std::less<>> upstream;  // by backend
     histogram overhead;
+    std::array<histogram, 10> queue_wait;                 // by priority
+    std::array<std::array<std::uint64_t, 3>, 10> shed{};  // by priority, shed_reason
   };
   std::vector<std::unique_ptr<shard_data>> shards_;
 };

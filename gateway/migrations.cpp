@@ -100,6 +100,12 @@ INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keys_version', 0);
 )sql",
               what);
        }},
+      {4, "usage ledger: priority",
+       [](sqlite3* db, const std::string& what) {
+         if (!has_column(db, "usage_ledger", "priority")) {
+           exec(db, "ALTER TABLE usage_ledger ADD COLUMN priority INTEGER", what);
+         }
+       }},
   };
   return list;
 }

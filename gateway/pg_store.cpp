@@ -68,6 +68,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name) WHERE 
 CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO store_meta (name, value) VALUES ('keys_version', 0) ON CONFLICT DO NOTHING;
 )sql"},
+      {3, "usage ledger: priority", R"sql(
+ALTER TABLE usage_ledger ADD COLUMN IF NOT EXISTS priority INTEGER;
+)sql"},
   };
   return list;
 }
@@ -345,13 +348,13 @@ class postgres_ledger_sink final : public ledger_sink {
       return false;
     }
     if (!conn_.exec("BEGIN").ok()) return fail();
-    constexpr std::size_t columns = 19, rows_per_statement = 500;
+    constexpr std::size_t columns = 20, rows_per_statement = 500;
     for (std::size_t start = 0; start < batch.size(); start += rows_per_statement) {
       const std::size_t end = std::min(batch.size(), start + rows_per_statement);
       std::string sql =
           "INSERT INTO usage_ledger (record_id, request_id, unix_ms, key, model, route, backend, upstream_model, "
           "prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, "
-          "first_byte_ms, stream, usage_source, first_token_ms) VALUES ";
+          "first_byte_ms, stream, usage_source, first_token_ms, priority) VALUES ";
       std::vector<std::string> values;
       std::vector<const char*> params;  // nullptr: SQL NULL
       values.reserve((end - start) * columns);
@@ -387,9 +390,11 @@ class postgres_ledger_sink final : public ledger_sink {
         if (r.first_byte_ms >= 0) add(real_text(r.first_byte_ms));
         else add_null();
         add(r.stream ? "true" : "false");
-        if (r.has_usage) add(r.counted ? "counted" : "upstream");
+        if (r.has_usage) add(r.estimated ? "estimated" : r.counted ? "counted" : "upstream");
         else add_null();
         if (r.first_token_ms >= 0) add(real_text(r.first_token_ms));
+        else add_null();
+        if (r.priority >= 0) add(std::to_string(r.priority));
         else add_null();
       }
       // A batch replayed from the spool after a commit whose answer was lost is kept once.

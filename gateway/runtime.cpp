@@ -23,7 +23,8 @@ namespace {
 std::unique_ptr<adapters::backend> local_engine_for(const config::backend_config& b, lasting_state& lasting) {
   const std::string key = b.checkpoint + "|" + b.device + "|" + b.dtype + "|" + std::to_string(b.kv_cache_memory) + "|" +
                           std::to_string(b.max_batch) + "|" + std::to_string(b.max_batch_tokens) + "|" +
-                          (b.prefix_caching ? "cache" : "nocache");
+                          (b.prefix_caching ? "cache" : "nocache") + "|" +
+                          std::to_string(config::queue_aging_of(b).count());
   std::shared_ptr<const adapters::engine_port> engine;
   std::string error;
   {

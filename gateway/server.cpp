@@ -28,6 +28,7 @@ server::server(std::shared_ptr<const runtime> rt) {
   const std::size_t threads = worker_count(sc);
   shared_.log = std::make_unique<access_log>(sc.access_log, threads, sc.access_log_skip);
   shared_.metrics = std::make_unique<gateway_metrics>(threads);
+  shared_.counter = std::make_unique<token_counter>(rt->cfg.count_threads, rt->cfg.count_queue);
   if (!rt->cfg.sqlite_path.empty()) {
     shared_.keys_store = open_sqlite_store(rt->cfg.sqlite_path);
     shared_.ledger = std::make_unique<usage_ledger>(rt->cfg.sqlite_path, threads, std::chrono::seconds(5),
@@ -132,6 +133,8 @@ std::int64_t server::shutdown(std::chrono::milliseconds timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   const std::int64_t cut = shared_.in_flight.load();
+  // Counts still waiting are estimated and handed to their workers' loops, which still run.
+  shared_.counter->stop();
   for (auto& w : workers_) w->stop();
   if (shared_.log) shared_.log->flush();
   if (shared_.ledger) shared_.ledger->flush();

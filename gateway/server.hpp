@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gateway/access_log.hpp"
+#include "gateway/accounting/token_counter.hpp"
 #include "gateway/ledger.hpp"
 #include "gateway/metrics.hpp"
 #include "gateway/runtime.hpp"
@@ -19,6 +20,7 @@ namespace tollgate::gateway {
 
 class worker;
 class store;
+class token_counter;
 
 /// State every worker reads. The runtime pointer is swapped whole, never edited.
 struct server_shared {
@@ -30,6 +32,8 @@ struct server_shared {
   std::unique_ptr<gateway_metrics> metrics;
   std::unique_ptr<usage_ledger> ledger;  ///< null without store.sqlite
   std::unique_ptr<store> keys_store;     ///< null without store.sqlite
+  /// Counts tokens the upstreams did not report, off the workers (metering.count_threads).
+  std::unique_ptr<token_counter> counter;
   std::atomic<std::shared_ptr<const key_table>> keys;
   std::atomic<std::int64_t> keys_version{-1};  ///< the store's, when keys was built
 

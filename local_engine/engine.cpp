@@ -165,10 +165,11 @@ std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const
 }
 
 std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
-                               std::size_t max_tokens, stream_callbacks callbacks) {
+                               std::size_t max_tokens, stream_callbacks callbacks, int priority) {
   if (!m) throw std::invalid_argument("submit: no model");
   check_request(*m, prompt, s);
   sched_request r;
+  r.priority = priority;
   r.prompt = std::move(prompt);
   r.sample = s;
   r.max_tokens = max_tokens;

@@ -10,6 +10,7 @@
 // message that names what is wrong; nothing aborts the process on bad input.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -63,6 +64,10 @@ struct scheduler_options {
   /// Reuse the KV blocks of a prompt's cached prefix (a shared system prompt, earlier turns of a
   /// conversation) instead of computing them again; see kv_block_allocator.
   bool prefix_caching = true;
+  /// Aging: a sequence ranks one priority higher (submit()'s priority) for each priority_aging
+  /// since it was submitted, for admission and for preemption, so that a low-priority sequence is
+  /// never held back forever by a steady stream of higher ones. 0: ranks are priorities alone.
+  std::chrono::milliseconds priority_aging{0};
 };
 
 /// Loads a Hugging Face checkpoint folder (config.json, *.safetensors, optional tokenizer.json) onto
@@ -130,9 +135,11 @@ class stream {
 /// Queues a sequence: the prompt is prefilled (in chunks when long) once KV blocks allow, then
 /// one token per engine step goes to on_token until max_tokens, a false from on_token, the end of
 /// the context, cancel(), or a failure. Throws std::invalid_argument, as start() does, for a bad
-/// prompt or sampling; nothing is called back then.
+/// prompt or sampling; nothing is called back then. priority: larger is admitted first and may
+/// preempt running sequences of lower priority when KV blocks run out (they are recomputed later,
+/// their output unchanged); 1 is normal.
 std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
-                               std::size_t max_tokens, stream_callbacks callbacks);
+                               std::size_t max_tokens, stream_callbacks callbacks, int priority = 1);
 
 /// One request's decoding state, stepped by its caller: a sequence of the model's scheduler that
 /// produces one token per step() call (concurrent step() calls of several sequences share one

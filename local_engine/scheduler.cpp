@@ -33,6 +33,7 @@ scheduler::~scheduler() {
 
 std::shared_ptr<sched_sequence> scheduler::submit(sched_request r) {
   auto s = std::make_shared<sched_sequence>();
+  s->submitted = clock_type::now();
   s->tokens = r.prompt;
   s->req = std::move(r);
   {
@@ -96,7 +97,7 @@ void scheduler::run() {
       cv_.wait(lock, [&] { return stop_ || signals_ != seen || progressed; });
       if (stop_) break;
       seen = signals_;
-      for (auto& s : incoming_) waiting_.push_back(std::move(s));
+      for (auto& s : incoming_) enqueue(std::move(s), false);
       incoming_.clear();
     }
     progressed = step();
@@ -147,14 +148,40 @@ bool scheduler::step() {
   return progressed;
 }
 
-void scheduler::preempt_newest() {
-  auto victim = running_.back();
-  running_.pop_back();
+std::int64_t scheduler::rank(const sched_sequence& s) const {
+  std::int64_t r = s.req.priority;
+  if (opts_.priority_aging.count() > 0 && step_now_ > s.submitted) r += (step_now_ - s.submitted) / opts_.priority_aging;
+  return r;
+}
+
+std::shared_ptr<sched_sequence> scheduler::lowest_running() const {
+  std::shared_ptr<sched_sequence> victim;
+  std::int64_t lowest = 0;
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    if ((*it)->ended) continue;
+    if (const std::int64_t r = rank(**it); !victim || r < lowest) {
+      victim = *it;
+      lowest = r;
+    }
+  }
+  return victim;
+}
+
+void scheduler::preempt(const std::shared_ptr<sched_sequence>& victim) {
+  std::erase(running_, victim);
   blocks_.release(victim->id);
   victim->computed = 0;
-  waiting_.push_front(std::move(victim));
+  enqueue(victim, true);
   std::lock_guard lock(stats_m_);
   ++stats_.preemptions;
+}
+
+void scheduler::enqueue(std::shared_ptr<sched_sequence> s, bool first_of_priority) {
+  const int p = s->req.priority;
+  auto at = std::find_if(waiting_.begin(), waiting_.end(), [&](const auto& w) {
+    return first_of_priority ? w->req.priority <= p : w->req.priority < p;
+  });
+  waiting_.insert(at, std::move(s));
 }
 
 void scheduler::sweep() {
@@ -172,6 +199,7 @@ void scheduler::sweep() {
 
 bool scheduler::step_once() {
   bool progressed = false;
+  step_now_ = clock_type::now();
   // (1) Cancellations, and sequences that want nothing.
   for (auto& s : running_)
     if (s->cancel_requested.load()) {
@@ -193,21 +221,31 @@ bool scheduler::step_once() {
   // prefilled, so that a long prompt never holds up the decoding ones.
   std::vector<planned> plan;
   std::size_t budget = opts_.max_batch_tokens;
+  // A preempted sequence leaves this step's plan, and its tokens go back to the budget.
+  auto unplan = [&](const std::shared_ptr<sched_sequence>& victim) {
+    std::erase_if(plan, [&](const planned& p) {
+      if (p.seq != victim) return false;
+      budget += p.n;
+      return true;
+    });
+  };
   // Plans s; false when s yielded its place (the rest of this pass is gone too).
   auto plan_running = [&](const std::shared_ptr<sched_sequence>& s) {
     const std::size_t k = std::min(s->tokens.size() - s->computed, budget);
     if (k == 0) return true;
-    // Short of blocks: the most recently admitted sequence yields, which may be s itself (then
-    // everything admitted after it has yielded already).
+    // Short of blocks: the running sequence of the lowest priority (the most recently admitted
+    // among equals) yields, which may be s itself.
     while (blocks_.missing(s->id, s->computed + k) > blocks_.free()) {
-      if (running_.back() == s) {
+      auto victim = lowest_running();
+      if (victim == s) {
         if (running_.size() > 1) {
-          preempt_newest();
+          preempt(s);
           return false;
         }
         break;
       }
-      preempt_newest();
+      unplan(victim);
+      preempt(victim);
     }
     if (!blocks_.reserve(s->id, s->computed + k)) {
       // Alone and still short: the pool cannot hold this sequence.
@@ -231,6 +269,11 @@ bool scheduler::step_once() {
   sweep();
 
   // (3) Admission, in order. A paced sequence waiting for its first step() does not hold others up.
+  if (opts_.priority_aging.count() > 0 && waiting_.size() > 1) {
+    // Aged ranks: the queue is in priority order, first come first within one; a long waiter
+    // moves up past later sequences of higher priority.
+    std::stable_sort(waiting_.begin(), waiting_.end(), [&](const auto& a, const auto& b) { return rank(*a) > rank(*b); });
+  }
   for (std::size_t i = 0; i < waiting_.size() && budget > 0 && running_.size() < opts_.max_batch;) {
     auto s = waiting_[i];
     if (!eligible(*s)) {
@@ -256,7 +299,15 @@ bool scheduler::step_once() {
     // is not preempted by its own first decode step. Cached blocks that no sequence holds leave
     // the free count when they are attached.
     const std::size_t need = std::min(blocks_.blocks_for(s->tokens.size() + 1), blocks_.total()) - hit.blocks.size() + hit.unreferenced;
-    if (need > blocks_.free()) break;  // first come, first served: wait for blocks
+    // Short of blocks: running sequences of lower priority yield (lowest first, newest first);
+    // otherwise it waits, and so does everything after it.
+    while (need > blocks_.free()) {
+      auto victim = lowest_running();
+      if (!victim || rank(*victim) >= rank(*s)) break;
+      unplan(victim);
+      preempt(victim);
+    }
+    if (need > blocks_.free()) break;
     s->computed = blocks_.attach_prefix(s->id, hit);
     blocks_.reserve(s->id, s->tokens.size());
     if (blocks_.prefix_caching() && !s->req.all_logits) {

@@ -31,6 +31,9 @@ struct sched_request {
   bool paced = false;
   /// Hand the logits of every prompt position to on_logits, chunk by chunk (forward_logits()).
   bool all_logits = false;
+  /// Larger is admitted first, and may preempt running sequences of lower priority when KV
+  /// blocks run out (see scheduler). Equal priorities are first come, first served.
+  int priority = 1;
   stream_callbacks callbacks;
 };
 
@@ -45,6 +48,7 @@ struct sched_sequence {
   std::size_t computed = 0;     ///< positions in the KV cache
   std::size_t generated = 0;
   std::uint64_t admitted_at = 0;
+  std::chrono::steady_clock::time_point submitted;  ///< for aging
   std::size_t logits_sent = 0;  ///< all_logits: positions whose logits went out
   bool ended = false;
 };
@@ -54,12 +58,16 @@ struct sched_sequence {
 /// Each step: (1) sequences whose cancel() came end and free their KV blocks; (2) running
 /// sequences, oldest admitted first, each get their next tokens (one decode token, or the next
 /// chunk of a prompt being prefilled) while the token budget (max_batch_tokens) lasts; a sequence
-/// that needs a KV block when none is free preempts the most recently admitted running sequence
-/// (its blocks are freed and it goes back to the front of the queue with prompt + generated
-/// tokens, to be recomputed; its output is unchanged); (3) waiting sequences are admitted in order
-/// while fewer than max_batch run, the budget lasts, and the free blocks cover their whole prompt;
-/// (4) one forward runs over all of it and every sequence whose last known position was forwarded
-/// gets a token sampled with draw = tokens generated so far.
+/// that needs a KV block when none is free preempts the running sequence of the lowest priority,
+/// the most recently admitted among equals (its blocks are freed and it goes back to the queue,
+/// first of its priority, with prompt + generated tokens, to be recomputed; its output is
+/// unchanged); (3) waiting sequences are admitted in order (higher priority first, first come
+/// first served within one) while fewer than max_batch run, the budget lasts, and the free blocks
+/// cover their whole prompt; one whose blocks are short preempts running sequences of lower
+/// priority (lowest first, newest first) until they are covered, else waits; (4) one forward runs
+/// over all of it and every sequence whose last known position was forwarded gets a token sampled
+/// with draw = tokens generated so far. With scheduler_options::priority_aging, "priority" above
+/// is a sequence's rank: its priority plus one per priority_aging since it was submitted.
 ///
 /// With prefix caching (scheduler_options::prefix_caching), every full block a forward completes is
 /// registered in the allocator's prefix cache, and an admitted sequence starts with the cached
@@ -96,7 +104,13 @@ class scheduler {
   void flush_ends();
   bool eligible(const sched_sequence& s) const;
   void end(sched_sequence& s, stream_end reason, const std::string& message = {});
-  void preempt_newest();
+  /// Its priority plus one per scheduler_options::priority_aging since it was submitted.
+  std::int64_t rank(const sched_sequence& s) const;
+  /// The running sequence to preempt first: lowest rank, most recently admitted among those.
+  std::shared_ptr<sched_sequence> lowest_running() const;
+  void preempt(const std::shared_ptr<sched_sequence>& victim);
+  /// Into waiting_ after every sequence of higher priority, and of equal priority unless first.
+  void enqueue(std::shared_ptr<sched_sequence> s, bool first_of_priority);
   void sweep();  // drops ended sequences from the lists
   void signal();
 
@@ -109,6 +123,7 @@ class scheduler {
   std::vector<std::shared_ptr<sched_sequence>> running_;  // in admission order
   std::deque<std::shared_ptr<sched_sequence>> waiting_;
   std::uint64_t admissions_ = 0;
+  std::chrono::steady_clock::time_point step_now_;  // when this step began: ranks are taken at it
   batch_result result_;
   std::vector<std::function<void()>> ends_;  // on_end calls of this step, made after its bookkeeping
 

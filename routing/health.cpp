@@ -1,5 +1,7 @@
 #include "routing/health.hpp"
 
+#include <algorithm>
+
 namespace tollgate::routing {
 
 namespace {
@@ -88,38 +90,109 @@ bool target_health::try_begin_request(unsigned limit) {
   return false;
 }
 
+// A freed slot goes straight to the best waiter, so that a waiter never loses its turn to a later
+// request. The waiter count is raised before a newcomer's last try for a slot and read after a
+// slot is freed (both sequentially consistent): either the newcomer sees the free slot, or the
+// freeing side sees the newcomer and hands the slot over.
 void target_health::end_request() {
-  in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+  in_flight_.fetch_sub(1, std::memory_order_seq_cst);
+  if (waiter_count_.load(std::memory_order_seq_cst) == 0) return;
   std::shared_ptr<waiter> next;
   {
     std::lock_guard lock(queue_mutex_);
     if (waiters_.empty()) return;
-    next = std::move(waiters_.front());
-    waiters_.pop_front();
+    if (!try_begin_request(limit_.load(std::memory_order_relaxed))) return;  // taken by a request that never queued
+    auto it = best_waiter(steady_clock::now());
+    next = std::move(*it);
+    waiters_.erase(it);
+    waiter_count_.store(waiters_.size(), std::memory_order_seq_cst);
+    next->state = waiter::outcome::granted;
   }
   next->wake();
 }
 
-bool target_health::wait_for_slot(const std::shared_ptr<waiter>& w, unsigned max_queue) {
-  std::lock_guard lock(queue_mutex_);
-  if (waiters_.size() >= max_queue) return false;
-  waiters_.push_back(w);
-  return true;
-}
-
-void target_health::cancel_wait(const std::shared_ptr<waiter>& w) {
-  std::lock_guard lock(queue_mutex_);
-  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
-    if (*it == w) {
-      waiters_.erase(it);
-      return;
+std::deque<std::shared_ptr<target_health::waiter>>::iterator target_health::best_waiter(steady_clock::time_point now) {
+  const std::int64_t aging = aging_ticks_.load(std::memory_order_relaxed);
+  auto rank = [&](const waiter& w) {
+    std::int64_t r = w.priority;
+    if (aging > 0 && now > w.since) r += (now - w.since).count() / aging;
+    return r;
+  };
+  // Arrival order: the first of the highest rank is the one that came first.
+  auto best = waiters_.begin();
+  std::int64_t best_rank = rank(**best);
+  for (auto it = std::next(best); it != waiters_.end(); ++it) {
+    if (const auto r = rank(**it); r > best_rank) {
+      best = it;
+      best_rank = r;
     }
   }
+  return best;
+}
+
+target_health::wait_result target_health::wait_for_slot(const std::shared_ptr<waiter>& w, unsigned max_queue,
+                                                         unsigned limit, steady_clock::duration aging) {
+  std::shared_ptr<waiter> displaced;
+  {
+    std::lock_guard lock(queue_mutex_);
+    limit_.store(limit, std::memory_order_relaxed);
+    aging_ticks_.store(aging.count(), std::memory_order_relaxed);
+    waiter_count_.store(waiters_.size() + 1, std::memory_order_seq_cst);
+    if (try_begin_request(limit)) {
+      waiter_count_.store(waiters_.size(), std::memory_order_seq_cst);
+      w->state = waiter::outcome::granted;
+      return wait_result::granted;
+    }
+    if (waiters_.size() >= max_queue) {
+      // Shed from the bottom: the oldest waiter of the lowest priority, if below w's.
+      auto lowest = waiters_.end();
+      for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+        if ((*it)->priority < w->priority && (lowest == waiters_.end() || (*it)->priority < (*lowest)->priority)) {
+          lowest = it;
+        }
+      }
+      if (lowest == waiters_.end()) {
+        waiter_count_.store(waiters_.size(), std::memory_order_seq_cst);
+        w->state = waiter::outcome::shed;
+        return wait_result::shed;
+      }
+      displaced = std::move(*lowest);
+      waiters_.erase(lowest);
+      displaced->state = waiter::outcome::shed;
+    }
+    w->state = waiter::outcome::waiting;
+    waiters_.push_back(w);
+    waiter_count_.store(waiters_.size(), std::memory_order_seq_cst);
+  }
+  if (displaced) displaced->wake();
+  return wait_result::queued;
+}
+
+target_health::wait_result target_health::finish_wait(const std::shared_ptr<waiter>& w) {
+  std::lock_guard lock(queue_mutex_);
+  if (w->state == waiter::outcome::waiting) {
+    for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+      if (*it == w) {
+        waiters_.erase(it);
+        break;
+      }
+    }
+    waiter_count_.store(waiters_.size(), std::memory_order_seq_cst);
+    w->state = waiter::outcome::shed;
+  }
+  return w->state == waiter::outcome::granted ? wait_result::granted : wait_result::shed;
 }
 
 std::size_t target_health::waiting() const {
   std::lock_guard lock(queue_mutex_);
   return waiters_.size();
+}
+
+std::array<std::size_t, 10> target_health::waiting_by_priority() const {
+  std::array<std::size_t, 10> out{};
+  std::lock_guard lock(queue_mutex_);
+  for (const auto& w : waiters_) ++out[static_cast<std::size_t>(std::clamp(w->priority, 0, 9))];
+  return out;
 }
 
 }  // namespace tollgate::routing

@@ -60,7 +60,9 @@ void route_table::build(const config::config& cfg, health_registry& health, std:
       if (it == backend_index.end()) continue;  // unreachable after validation
       const auto& bc = cfg.backends[it->second];
       r.targets.push_back(target{it->second, tc.backend, tc.model, tc.weight, health.get(tc.backend), bc.ejection,
-                                 bc.max_concurrency, bc.max_queue, bc.queue_timeout, tc.price, bc.timeouts.first_token});
+                                 bc.max_concurrency, bc.max_queue, bc.queue_timeout,
+                                 config::queue_aging_of(bc), tc.price,
+                                 bc.timeouts.first_token});
       r.deadline = std::max(r.deadline, bc.timeouts.total);
     }
     for (std::size_t w = 0; w < std::max<std::size_t>(workers, 1); ++w) {

@@ -23,6 +23,7 @@ struct target {
   unsigned max_concurrency = 0;
   unsigned max_queue = 0;
   config::duration queue_timeout{0};
+  config::duration queue_aging{0};  ///< see backend_config::queue_aging (0 resolved)
   config::price_config price;
   config::duration first_token{0};  ///< its backend's first-token timeout (bounds a hedged wait)
 };

@@ -3,6 +3,9 @@
 #include <array>
 #include <chrono>
 
+#include <boost/asio/post.hpp>
+
+#include "gateway/accounting/token_counter.hpp"
 #include "gateway/ledger.hpp"
 #include "gateway/metering.hpp"
 #include "gateway/metrics.hpp"
@@ -15,6 +18,7 @@ namespace tollgate::gateway {
 
 namespace {
 
+namespace net = boost::asio;
 using steady = std::chrono::steady_clock;
 
 /// A finished request as every consumer sees it.
@@ -31,32 +35,59 @@ const std::string& route_of(const proxy_result& p) {
   return p.route != nullptr ? *p.route : none;
 }
 
-/// Metering: no usage from the upstream for an answer that reached the client is counted here;
-/// the usage goes into the record with its cost.
-void meter(finished& f, std::string_view body) {
-  access_record& rec = f.r.record;
-  if (f.r.proxy) {
-    proxy_result& p = *f.r.proxy;
-    if (!p.used && !rec.backend.empty() && rec.status >= 200 && rec.status < 300 && p.rt != nullptr && p.rt->tokenizer) {
-      usage u;
-      u.prompt = count_prompt_tokens(*p.rt->tokenizer, p.endpoint, body);
-      if (p.endpoint != "/embeddings") {
-        u.completion = count_completion_tokens(*p.rt->tokenizer, p.delivered, p.delivered_sse, p.delivered_text);
-      }
-      p.used = u;
-      p.counted = true;
-    }
-    if (p.used) {
-      rec.has_usage = true;
-      rec.prompt_tokens = p.used->prompt;
-      rec.cached_tokens = p.used->cached;
-      rec.cache_write_tokens = p.used->cache_write;
-      rec.completion_tokens = p.used->completion;
-      rec.reasoning_tokens = p.used->reasoning;
-      rec.cost = p.price != nullptr ? cost_of(*p.used, *p.price) : 0;
-    }
+/// Whether the tokenizer must count this request: an answer that reached the client with no
+/// usage from the upstream.
+bool needs_count(const request_result& r) {
+  if (!r.proxy) return false;
+  const proxy_result& p = *r.proxy;
+  const access_record& rec = r.record;
+  return !p.used && !rec.backend.empty() && rec.status >= 200 && rec.status < 300 && p.rt != nullptr &&
+         p.rt->tokenizer;
+}
+
+/// The usage the upstream did not report, counted: at most max_bytes of each text tokenized.
+void count_usage(proxy_result& p, std::string_view body, std::size_t max_bytes) {
+  usage u;
+  bool estimated = false;
+  u.prompt = count_prompt_tokens(*p.rt->tokenizer, p.endpoint, body, max_bytes, &estimated);
+  if (p.endpoint != "/embeddings") {
+    u.completion = count_completion_tokens(*p.rt->tokenizer, p.delivered, p.delivered_sse, p.delivered_text,
+                                           max_bytes, &estimated);
   }
+  p.used = u;
+  p.counted = true;
+  p.estimated = estimated;
+}
+
+/// count_usage that never throws: what it cannot count (a body the metering code chokes on) is
+/// estimated from its bytes, 4 a token.
+void count_or_estimate(proxy_result& p, std::string_view body, std::size_t max_bytes) {
+  try {
+    count_usage(p, body, max_bytes);
+  } catch (const std::exception&) {
+    usage u;
+    u.prompt = static_cast<std::int64_t>(body.size() / 4);
+    u.completion = static_cast<std::int64_t>((p.delivered.size() + p.delivered_text.size()) / 4);
+    p.used = u;
+    p.counted = true;
+    p.estimated = true;
+  }
+}
+
+/// Metering: the usage goes into the record with its cost.
+void price(finished& f) {
+  access_record& rec = f.r.record;
   rec.latency_ms = std::chrono::duration<double, std::milli>(f.elapsed).count();
+  if (!f.r.proxy || !f.r.proxy->used) return;
+  const proxy_result& p = *f.r.proxy;
+  rec.has_usage = true;
+  rec.prompt_tokens = p.used->prompt;
+  rec.cached_tokens = p.used->cached;
+  rec.cache_write_tokens = p.used->cache_write;
+  rec.completion_tokens = p.used->completion;
+  rec.reasoning_tokens = p.used->reasoning;
+  rec.cost = p.price != nullptr ? cost_of(*p.used, *p.price) : 0;
+  rec.usage_source = p.estimated ? "estimated" : p.counted ? "counted" : "upstream";
 }
 
 /// The limiter: the admission's concurrency slot is freed and TPM and the budget settled on the
@@ -95,6 +126,8 @@ void append_ledger(finished& f) {
   l.first_byte_ms = p.first_byte >= 0 ? p.first_byte * 1000 : -1;
   l.stream = rec.stream;
   l.counted = p.counted;
+  l.estimated = p.estimated;
+  l.priority = rec.priority;
   l.first_token_ms =
       p.first_token_at ? std::chrono::duration<double, std::milli>(*p.first_token_at - f.r.started).count() : -1;
   f.w.shared().ledger->append(f.w.index(), std::move(l));
@@ -129,13 +162,68 @@ void record_metrics(finished& f) {
 /// here; adding one is a line in this list.
 constexpr std::array<void (*)(finished&), 4> consumers{settle_limits, write_access_log, append_ledger, record_metrics};
 
+
+void consume(finished& f) {
+  price(f);
+  for (auto consume : consumers) consume(f);
+  // Last: shutdown waits for this count, and by then the request's records are handed over.
+  --f.w.shared().in_flight;
+}
+
+/// A result whose tokens are being counted: what the consumers will read, moved out of the
+/// connection (whose record serves its next request) and kept with the snapshot it points into.
+struct deferred {
+  deferred(request_result& from, worker& owner, std::string_view request_body, std::shared_ptr<const runtime> snapshot,
+           steady::time_point ended)
+      : record(from.record),
+        endpoint(from.proxy->endpoint),
+        body(request_body),
+        result{record, from.started, std::move(from.proxy)},
+        rt(std::move(snapshot)),
+        w(owner),
+        now(ended) {
+    result.proxy->endpoint = endpoint;
+    from.proxy.reset();
+  }
+
+  access_record record;
+  std::string endpoint;
+  std::string body;
+  request_result result;
+  std::shared_ptr<const runtime> rt;
+  worker& w;
+  steady::time_point now;
+};
+
 }  // namespace
 
-void publish(request_result& result, worker& w, std::string_view body) {
+void publish(request_result& result, worker& w, std::string_view body, std::shared_ptr<const runtime> rt) {
   const auto now = steady::now();
+  token_counter* counter = w.shared().counter.get();
+  if (needs_count(result) && rt != nullptr && counter != nullptr) {
+    auto d = std::make_shared<deferred>(result, w, body, std::move(rt), now);
+    const std::size_t max_bytes = d->rt->cfg.max_count_bytes;
+    token_counter::job j = [d, max_bytes](bool stopping) {
+      // At shutdown what is left is estimated, so that stopping is not held up by counting.
+      count_or_estimate(*d->result.proxy, d->body, stopping ? 0 : max_bytes);
+      d->body = std::string();
+      net::post(d->w.io(), [d] {
+        finished f{d->result, d->w, d->now, std::chrono::duration<double>(d->now - d->result.started).count(),
+                   d->now - d->result.started};
+        consume(f);
+      });
+    };
+    if (counter->post(j)) return;
+    // Every counting thread is busy and the queue is full: estimate now, tokenizing nothing.
+    count_or_estimate(*d->result.proxy, d->body, 0);
+    finished f{d->result, w, now, std::chrono::duration<double>(now - d->result.started).count(),
+               now - d->result.started};
+    consume(f);
+    return;
+  }
+  if (needs_count(result)) count_or_estimate(*result.proxy, body, result.proxy->rt->cfg.max_count_bytes);
   finished f{result, w, now, std::chrono::duration<double>(now - result.started).count(), now - result.started};
-  meter(f, body);
-  for (auto consume : consumers) consume(f);
+  consume(f);
 }
 
 }  // namespace tollgate::gateway

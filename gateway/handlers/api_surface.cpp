@@ -3,6 +3,9 @@
 // models that need no upstream: POST /v1/messages/count_tokens (the prompt counted with the
 // metering tokenizer, as the chat template renders it) and GET /v1/models/{id} (OpenAI's shape,
 // or Anthropic's for requests with anthropic-version).
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http.hpp>
 
@@ -11,12 +14,15 @@
 #include <optional>
 #include <string>
 
+#include "gateway/accounting/token_counter.hpp"
 #include "gateway/handlers/handlers.hpp"
 #include "gateway/metering.hpp"
 #include "gateway/protocol/anthropic_messages.hpp"
 #include "gateway/protocol/client_dialect.hpp"
 #include "gateway/runtime.hpp"
+#include "gateway/server.hpp"
 #include "gateway/server/responder.hpp"
+#include "gateway/worker.hpp"
 
 namespace tollgate::gateway {
 
@@ -87,6 +93,31 @@ endpoint_answer count_message_tokens(const runtime& rt, const principal& who, st
   return {200, json{{"input_tokens", count_prompt_tokens(*rt.tokenizer, "/chat/completions", chat.body)}}.dump()};
 }
 
+/// count() run on the counting threads (token_counter), the worker serving other connections
+/// meanwhile; run here when they are all busy. count may use what ctx refers to: this waits for
+/// it to finish whatever happens.
+net::awaitable<endpoint_answer> off_worker(request_context& ctx, std::function<endpoint_answer()> count) {
+  token_counter* counter = ctx.w.shared().counter.get();
+  if (counter == nullptr) co_return count();
+  auto timer = std::make_shared<net::steady_timer>(ctx.w.io(), net::steady_timer::time_point::max());
+  auto answer = std::make_shared<endpoint_answer>();
+  auto done = std::make_shared<bool>(false);
+  token_counter::job j = [timer, answer, done, count, ex = ctx.w.io().get_executor()](bool) {
+    try {
+      *answer = count();
+    } catch (const std::exception& e) {  // on this thread, nobody else would catch it
+      *answer = fail(internal_error(std::string("counting failed: ") + e.what()));
+    }
+    net::post(ex, [timer, done] {
+      *done = true;
+      timer->cancel();
+    });
+  };
+  if (!counter->post(j)) co_return count();
+  while (!*done) co_await timer->async_wait(net::as_tuple(net::use_awaitable));
+  co_return std::move(*answer);
+}
+
 void speak(request_context& ctx, std::unique_ptr<protocol::client_dialect> dialect) {
   ctx.dialect = std::move(dialect);
   ctx.out.speak(ctx.dialect.get());
@@ -115,7 +146,8 @@ net::awaitable<bool> handle_count_tokens(request_context& ctx) {
   speak(ctx, protocol::anthropic_client({}));  // errors in Anthropic's shape
   if (ctx.req.method() != http::verb::post) co_return co_await ctx.out.send_error(method_not_allowed(), true);
   if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
-  auto a = count_message_tokens(ctx.rt, *ctx.who, ctx.req.body());
+  // Tokenizing takes long for a long prompt: not on the worker.
+  auto a = co_await off_worker(ctx, [&ctx] { return count_message_tokens(ctx.rt, *ctx.who, ctx.req.body()); });
   co_return co_await ctx.out.send_json(a.status, std::move(a.body), true);
 }
 

@@ -28,6 +28,12 @@ using adapters::call_event;
 
 namespace {
 
+std::string_view trim_ows(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
 
@@ -61,6 +67,7 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
   up.path = res_.endpoint;
   up.stream = fields_.stream;
   up.request_id = ctx_.result.record.request_id;
+  up.priority = std::max(ctx_.result.record.priority, 0);
   const bool rename = !t.model.empty() && t.model != fields_.model;
   // The body goes as parts: the client's bytes (kept by the session until the answer is written,
   // after every call of this exchange has ended) and the edited values between them.
@@ -114,23 +121,29 @@ net::awaitable<bool> exchange::wait_ready(adapters::call& a, adapters::call* b, 
 }
 
 net::awaitable<bool> exchange::wait_for_slot(const routing::target& t) {
+  using wait_result = routing::target_health::wait_result;
   auto timer = std::make_shared<net::steady_timer>(ctx_.w.io());
   auto waiter = std::make_shared<routing::target_health::waiter>();
   waiter->wake = [timer, ex = ctx_.w.io().get_executor()] { net::post(ex, [timer] { timer->cancel(); }); };
-  const auto deadline = steady_clock::now() + t.queue_timeout;
-  while (steady_clock::now() < deadline) {
-    if (!t.health->wait_for_slot(waiter, t.max_queue)) co_return false;
-    // A slot freed between the failed try and queueing would wake nobody: look once more.
-    if (t.health->try_begin_request(t.max_concurrency)) {
-      t.health->cancel_wait(waiter);
-      co_return true;
-    }
-    timer->expires_at(deadline);
-    co_await timer->async_wait(use_tuple);
-    t.health->cancel_wait(waiter);
-    if (t.health->try_begin_request(t.max_concurrency)) co_return true;
+  waiter->priority = std::max(ctx_.result.record.priority, 0);
+  waiter->since = steady_clock::now();
+  gateway_metrics& metrics = *ctx_.w.shared().metrics;
+  wait_result got = t.health->wait_for_slot(waiter, t.max_queue, t.max_concurrency, t.queue_aging);
+  if (got == wait_result::granted) co_return true;
+  if (got == wait_result::shed) {
+    metrics.record_queue_wait(ctx_.w.index(), waiter->priority, 0, false, gateway_metrics::shed_reason::full);
+    co_return false;
   }
-  co_return false;
+  // Woken when the queue hands this request a slot or sheds it for a newer one of higher
+  // priority; the timer's end is its longest wait.
+  timer->expires_at(waiter->since + t.queue_timeout);
+  auto [ec] = co_await timer->async_wait(use_tuple);
+  got = t.health->finish_wait(waiter);
+  const double waited = std::chrono::duration<double>(steady_clock::now() - waiter->since).count();
+  const bool served = got == wait_result::granted;
+  metrics.record_queue_wait(ctx_.w.index(), waiter->priority, waited, served,
+                            ec ? gateway_metrics::shed_reason::displaced : gateway_metrics::shed_reason::timeout);
+  co_return served;
 }
 
 std::shared_ptr<client_watch> exchange::watch(adapters::call& call, bool stream) { return ctx_.out.watch(call, stream); }
@@ -294,6 +307,18 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
     err.code = "backend_disabled";
     record.error = err.code;
     co_return co_await out.send_error(err, true);
+  }
+
+  // The key's priority, or lower when the request asks (never higher).
+  record.priority = ctx.who->key->priority;
+  if (auto h = ctx.req.find("x-tollgate-priority"); h != ctx.req.end()) {
+    const auto asked = config::parse_priority(trim_ows(h->value()));
+    if (!asked) {
+      co_return co_await out.send_error(
+          bad_request("x-tollgate-priority must be high, normal, low or a number from 0 to 9", "x-tollgate-priority"),
+          true);
+    }
+    record.priority = std::min(record.priority, *asked);
   }
 
   const std::int64_t estimate = estimate_tokens(ctx.req.body().size(), fields.max_tokens);

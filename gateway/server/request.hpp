@@ -36,6 +36,11 @@ class limiter_hold {
   limiter_hold() = default;
   limiter_hold(const limiter_hold&) = delete;
   limiter_hold& operator=(const limiter_hold&) = delete;
+  /// Moved when a result waits for its tokens to be counted (accounting/result_consumers).
+  limiter_hold(limiter_hold&& o) noexcept
+      : limits_(std::exchange(o.limits_, nullptr)), key_(std::move(o.key_)), state_(std::move(o.state_)),
+        estimate_(o.estimate_) {}
+  limiter_hold& operator=(limiter_hold&&) = delete;
   ~limiter_hold() { settle(-1, 0); }
   /// Holds an admission limits granted (after settling any earlier one).
   void hold(limiter* limits, std::shared_ptr<const config::key_config> key, std::shared_ptr<key_state> state,
@@ -67,6 +72,7 @@ struct proxy_result {
   std::string upstream_model;      ///< the model name sent to the backend that answered last
   std::optional<usage> used;       ///< the last usage the upstream reported
   bool counted = false;            ///< used was counted here, not reported upstream
+  bool estimated = false;          ///< counted in part, the rest estimated (metering.max_count_bytes)
   const config::price_config* price = nullptr;  ///< prices of the target that served it
   double first_byte = -1;          ///< seconds to the last attempt's response head; -1: none
   std::optional<std::chrono::steady_clock::time_point> first_token_at;  ///< first stream bytes to the client

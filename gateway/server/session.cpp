@@ -137,7 +137,7 @@ class session {
         if (record_.status == 0) co_await out_.send_error(internal_error("The gateway failed to handle this request."), false);
         keep = false;
       }
-      finish(result, req.body());
+      finish(result, req.body(), rt);
       if (!keep || !req.keep_alive()) break;
     }
     beast::error_code ignored;
@@ -209,11 +209,10 @@ class session {
     return request_result{record_, started, std::nullopt};
   }
 
-  /// body: the request's body, when there was one (to count its prompt).
-  void finish(request_result& result, std::string_view body = {}) {
-    publish(result, w_, body);
-    // Last: shutdown waits for this count, and by then the request's records are handed over.
-    --w_.shared().in_flight;
+  /// body: the request's body, when there was one (to count its prompt); rt: the snapshot it
+  /// ran on. publish() ends the request's count in flight, at once or after counting its tokens.
+  void finish(request_result& result, std::string_view body = {}, std::shared_ptr<const runtime> rt = nullptr) {
+    publish(result, w_, body, std::move(rt));
   }
 
   worker& w_;

@@ -104,13 +104,13 @@ class scripted_engine final : public engine_port {
     std::shared_ptr<eng::stream> s_;
   };
   std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling&, std::size_t max_tokens,
-                                 callbacks cb) const override {
+                                 callbacks cb, int priority) const override {
     eng::stream_callbacks ec;
     ec.on_token = std::move(cb.on_token);
     ec.on_end = [end = std::move(cb.on_end)](eng::stream_end why, const std::string& msg) {
       end(why == eng::stream_end::failed, msg);
     };
-    return std::make_shared<handle>(eng::submit(model_, std::move(prompt), eng::sampling{}, max_tokens, std::move(ec)));
+    return std::make_shared<handle>(eng::submit(model_, std::move(prompt), eng::sampling{}, max_tokens, std::move(ec), priority));
   }
   engine_stats stats() const override {
     const auto e = eng::stats(*model_);

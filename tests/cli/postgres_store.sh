@@ -37,8 +37,8 @@ start_replica b
 start_replica c
 
 version=$(psql_q "SELECT max(version) FROM schema_migrations")
-[ "$version" = 2 ] || fail "schema version $version, expected 2"
-grep -q "schema migrated to version 2" "$work"/replica-*.log || fail "no replica logged the migration"
+[ "$version" = 3 ] || fail "schema version $version, expected 3"
+grep -q "schema migrated to version 3" "$work"/replica-*.log || fail "no replica logged the migration"
 echo "schema: version $version, migrated once by one replica"
 
 # A key made on replica a works on replica b within 2 s; revoked on a, b refuses it within 2 s.
@@ -133,4 +133,7 @@ echo "answered $answered (200: $ok; replicas a and c, up throughout: $on_ac of 4
 [ "$(cat "$work"/codes.* | grep -vc '^200$\|^000$' || true)" -eq 0 ] || fail "answers other than 200"
 [ "$records" -eq "$answered" ] || fail "ledger records ($records) differ from answered requests ($answered)"
 [ "$left" -eq 0 ] || fail "$left records still in a spool"
+# Every record carries its request's priority (the key's default, normal), the spooled ones too.
+[ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'load' AND priority = 1")" -eq "$records" ] ||
+  fail "ledger records without their priority"
 echo "postgres_store: 1 passed, 0 failed"

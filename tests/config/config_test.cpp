@@ -828,3 +828,40 @@ routes:
   CHECK(fine.value->backends[0].kind == "anthropic");
   CHECK(fine.value->backends[0].transport == "curl");
 }
+
+TEST_CASE("priorities, queue aging and counting bounds are read and checked with their keys", "[config]") {
+  auto ok = load(R"(keys:
+  - {name: a, key: tg-a, priority: high}
+  - {name: b, key: tg-b, priority: low}
+  - {name: c, key: tg-c, priority: 7}
+  - {name: d, key: tg-d}
+metering: {max_count_bytes: 65536, count_threads: 2, count_queue: 10}
+backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9000/v1", max_concurrency: 4, queue_timeout: 8s, queue_aging: 1s}
+routes: [{model: m, targets: [{backend: up}]}]
+)");
+  REQUIRE(ok.value);
+  CHECK(ok.value->keys[0].priority == 2);
+  CHECK(ok.value->keys[1].priority == 0);
+  CHECK(ok.value->keys[2].priority == 7);
+  CHECK(ok.value->keys[3].priority == 1);  // normal by default
+  CHECK(ok.value->backends[0].queue_aging == std::chrono::seconds(1));
+  CHECK(ok.value->max_count_bytes == 65536);
+  CHECK(ok.value->count_threads == 2);
+  CHECK(ok.value->count_queue == 10);
+  auto bad = load(R"(keys:
+  - {name: a, key: tg-a, priority: urgent}
+  - {name: b, key: tg-b, priority: 10}
+metering: {max_count_bytes: 10, count_threads: 0, workers: 2}
+backends:
+  - {name: up, kind: openai, base_url: "http://127.0.0.1:9000/v1", queue_aging: soon}
+routes: [{model: m, targets: [{backend: up}]}]
+)");
+  CHECK(find(bad, "keys[0].priority").message.find("must be high, normal, low or a number from 0 to 9") == 0);
+  CHECK(find(bad, "keys[0].priority").line == 2);
+  CHECK(find(bad, "keys[1].priority").line == 3);
+  CHECK(find(bad, "metering.max_count_bytes").line == 4);
+  CHECK(find(bad, "metering.count_threads").line == 4);
+  CHECK(find(bad, "metering.workers").message == "unknown key 'workers'");
+  CHECK(find(bad, "backends[0].queue_aging").line == 6);
+}

@@ -459,3 +459,109 @@ TEST_CASE("scheduler: many threads submit, step and cancel at once, and everythi
   CHECK(st.waiting == 0);
   CHECK(st.failed == 0);
 }
+
+TEST_CASE("scheduler: a high priority sequence preempts a running low one when KV blocks run out, and the low one's "
+          "tokens are unchanged",
+          "[engine][scheduler][priority]") {
+  job low{{}, eng::sampling{0.9f, 0.95f, 40, 4242}, 24};
+  for (int k = 0; k < 20; ++k) low.prompt.push_back(5 + 37 * k % 900);
+  job high{{}, eng::sampling{}, 6};
+  for (int k = 0; k < 28; ++k) high.prompt.push_back(11 + 53 * k % 900);
+  const auto roomy = load(64, 64);
+  const auto low_alone = alone(roomy, low);
+  const auto high_alone = alone(roomy, high);
+
+  for (const bool prioritised : {true, false}) {
+    INFO((prioritised ? "high priority" : "equal priorities"));
+    // 12 blocks of 4 positions: the low sequence (20 + 24 positions) fits alone; once it holds 6
+    // or more, the high one (28 + 6 positions, 8 blocks to start) cannot start beside it.
+    const auto tight = load(4, 12, 8, 64);
+    std::mutex m;
+    std::vector<std::string> ends;  // which sequence ended, in order
+    collector lc, hc;
+    auto lcb = lc.callbacks();
+    lcb.on_token = [&lc, inner = lcb.on_token](int32_t id) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a slow consumer: the low one runs long
+      return inner(id);
+    };
+    auto lend = lcb.on_end;
+    lcb.on_end = [&, lend](eng::stream_end why, const std::string& msg) {
+      {
+        std::lock_guard lock(m);
+        ends.push_back("low");
+      }
+      lend(why, msg);
+    };
+    auto hcb = hc.callbacks();
+    auto hend = hcb.on_end;
+    hcb.on_end = [&, hend](eng::stream_end why, const std::string& msg) {
+      {
+        std::lock_guard lock(m);
+        ends.push_back("high");
+      }
+      hend(why, msg);
+    };
+    auto lh = eng::submit(tight, low.prompt, low.s, low.max_tokens, std::move(lcb), 0);
+    lc.wait_tokens(4);  // running, and holding most of the pool
+    auto hh = eng::submit(tight, high.prompt, high.s, high.max_tokens, std::move(hcb), prioritised ? 2 : 0);
+    hc.wait();
+    lc.wait();
+    CHECK(lc.reason == eng::stream_end::length);
+    CHECK(hc.reason == eng::stream_end::length);
+    CHECK(hc.tokens == high_alone);
+    CHECK(lc.tokens == low_alone);  // recomputed after its preemption, the same tokens
+    const auto st = eng::stats(*tight);
+    if (prioritised) {
+      CHECK(st.preemptions >= 1);
+      CHECK(ends == std::vector<std::string>{"high", "low"});
+    } else {
+      CHECK(st.preemptions == 0);  // first come, first served: the later one waits for blocks
+      CHECK(ends == std::vector<std::string>{"low", "high"});
+    }
+    CHECK(st.kv_blocks_used == 0);
+  }
+}
+
+TEST_CASE("scheduler: with aging, a low priority sequence that waited long goes before later high ones",
+          "[engine][scheduler][priority]") {
+  job j{{}, eng::sampling{}, 5};
+  for (int k = 0; k < 8; ++k) j.prompt.push_back(7 + 31 * k % 900);
+  for (const int aging_ms : {20, 0}) {
+    INFO("priority_aging " << aging_ms << " ms");
+    // One sequence runs at a time; the first runs long (a slow consumer), the rest queue behind it.
+    eng::backend_options bo = t::test_backend_options();
+    bo.kv_block_size = 16;
+    bo.kv_cache_memory = static_cast<double>(64 * 16 * bytes_per_position);
+    eng::scheduler_options so{1, 2048};
+    so.priority_aging = std::chrono::milliseconds(aging_ms);
+    const auto m = eng::load_model(v2_dir().string(), bo, so);
+    std::mutex mu;
+    std::vector<std::string> order;  // which sequence started generating, in order
+    std::vector<std::unique_ptr<collector>> got;
+    std::vector<std::shared_ptr<eng::stream>> handles;
+    auto submit = [&](const std::string& name, int priority, int slow_ms) {
+      got.push_back(std::make_unique<collector>());
+      auto cb = got.back()->callbacks();
+      cb.on_token = [&, name, slow_ms, first = true, inner = cb.on_token](int32_t id) mutable {
+        if (first) {
+          std::lock_guard lock(mu);
+          order.push_back(name);
+          first = false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms));
+        return inner(id);
+      };
+      handles.push_back(eng::submit(m, j.prompt, j.s, j.max_tokens, std::move(cb), priority));
+    };
+    submit("first", 2, 60);  // 5 tokens, 300 ms
+    got.back()->wait_tokens(1);
+    submit("low", 0, 0);
+    // High ones come 150 ms later: with 20 ms aging the low one ranks 7 by then, they rank 2.
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    submit("high1", 2, 0);
+    submit("high2", 2, 0);
+    for (auto& c : got) c->wait();
+    if (aging_ms > 0) CHECK(order == std::vector<std::string>{"first", "low", "high1", "high2"});
+    else CHECK(order == std::vector<std::string>{"first", "high1", "high2", "low"});
+  }
+}

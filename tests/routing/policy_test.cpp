@@ -125,23 +125,30 @@ TEST_CASE("ejection can be turned off", "[health]") {
 }
 
 TEST_CASE("concurrency slots and the wait queue", "[health]") {
+  using wr = target_health::wait_result;
   target_health h;
   CHECK(h.try_begin_request(2));
   CHECK(h.try_begin_request(2));
   CHECK_FALSE(h.try_begin_request(2));
   int woken = 0;
-  auto w1 = std::make_shared<target_health::waiter>(target_health::waiter{[&] { ++woken; }});
-  auto w2 = std::make_shared<target_health::waiter>(target_health::waiter{[&] { woken += 10; }});
-  auto w3 = std::make_shared<target_health::waiter>(target_health::waiter{[&] { woken += 100; }});
-  CHECK(h.wait_for_slot(w1, 2));
-  CHECK(h.wait_for_slot(w2, 2));
-  CHECK_FALSE(h.wait_for_slot(w3, 2));  // the queue is bounded
-  h.end_request();  // wakes the longest waiter only
+  auto waiter = [&](int add) {
+    auto w = std::make_shared<target_health::waiter>();
+    w->wake = [&woken, add] { woken += add; };
+    w->since = steady_clock::now();
+    return w;
+  };
+  auto w1 = waiter(1), w2 = waiter(10), w3 = waiter(100);
+  CHECK(h.wait_for_slot(w1, 2, 2, {}) == wr::queued);
+  CHECK(h.wait_for_slot(w2, 2, 2, {}) == wr::queued);
+  CHECK(h.wait_for_slot(w3, 2, 2, {}) == wr::shed);  // the queue is bounded
+  h.end_request();  // hands the slot to the longest waiter only
   CHECK(woken == 1);
-  CHECK(h.try_begin_request(2));
-  h.cancel_wait(w2);
+  CHECK(h.finish_wait(w1) == wr::granted);
+  CHECK(h.in_flight() == 2);
+  CHECK_FALSE(h.try_begin_request(2));  // the slot went to w1, not to a newcomer
+  CHECK(h.finish_wait(w2) == wr::shed);  // w2 gave up and left the queue
   h.end_request();
-  CHECK(woken == 1);  // w2 left the queue: nobody to wake
+  CHECK(woken == 1);  // nobody to wake
   CHECK(h.waiting() == 0);
   CHECK(h.in_flight() == 1);
 }

@@ -86,10 +86,13 @@ struct fake_upstream::impl {
   void serve(tcp::socket& socket) {
     beast::flat_buffer buffer;
     for (;;) {
-      http::request<http::string_body> req;
+      // Beast's default body limit for requests is 1 MiB; tests send prompts of many megabytes.
+      http::request_parser<http::string_body> parser;
+      parser.body_limit(std::uint64_t(1) << 30);
       boost::system::error_code ec;
-      http::read(socket, buffer, req, ec);
+      http::read(socket, buffer, parser, ec);
       if (ec) return;
+      http::request<http::string_body> req = parser.release();
       recorded_request rec;
       rec.method = std::string(req.method_string());
       rec.target = std::string(req.target());
