@@ -7,6 +7,7 @@
 
 #include "tests/gateway/protocol/sse_events.hpp"
 #include "tests/integration/gateway_fixture.hpp"
+#include "tests/support/eventually.hpp"
 
 using namespace tollgate;
 using namespace tollgate::test;
@@ -98,7 +99,12 @@ TEST_CASE("a chat request reaches an Anthropic upstream as a Messages request an
   CHECK(answer["usage"]["cache_creation_input_tokens"] == 1);
   CHECK(answer["usage"]["completion_tokens"] == 3);
   // Each kind of prompt token at its price: (3 * 3 + 2 * 0.3 + 1 * 3.75 + 3 * 15) / 1e6.
-  const auto metrics = c.get(f.base + "/metrics").body;
+  // The answer's accounting may land just after the client has it.
+  std::string metrics;
+  CHECK(eventually([&] {
+    metrics = c.get(f.base + "/metrics").body;
+    return metrics.find("tollgate_cost_total{") != std::string::npos;
+  }));
   INFO(metrics);
   CHECK(metrics.find(R"(kind="cache_write_prompt"} 1)") != std::string::npos);
   CHECK(metrics.find(R"(kind="prompt"} 3)") != std::string::npos);
