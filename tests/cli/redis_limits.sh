@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Three replicas sharing per-key limits through one real redis-server (started here), with the
-# traffic spread over them: an rpm limit holds in total, a budget is spent once, leases spare
+# Three replicas sharing per-key limits through one real redis-server and their store through one
+# real PostgreSQL (both started here), with the traffic spread over them: an rpm limit holds in
+# total, a budget is spent once, leases spare
 # the hot path its round trips, and with Redis killed each on_redis_down mode does what it says
 # (local: each replica's share; reject: 503), both visible in /readyz and /metrics, until Redis
 # is back and the limits are shared again.
@@ -10,6 +11,7 @@ source "$(dirname "$0")/../support/procs.sh"
 source "$(dirname "$0")/../support/servers.sh"
 fail() { echo "FAIL: $*"; for f in "$work"/replica-*.log; do echo "== $f"; tail -5 "$f"; done; exit 1; }
 
+start_postgres
 start_redis
 "$build/tollgate-fake-upstream" --port 0 >"$work/fake.log" 2>&1 &
 pids+=($!)
@@ -23,6 +25,7 @@ declare -A url pid
 start_replica() {  # NAME MODE
   cat >"$work/$1.yaml" <<YAML
 limits: {redis: "$redis_url", on_redis_down: $2}
+store: {postgres: "$pg_url", spool: $work/spool-$1, flush_interval: 100ms}
 server: {listen: "127.0.0.1:0", threads: 2, access_log: "off"}
 keys:
   - {name: r60, key: tg-r60, rpm: 60}
