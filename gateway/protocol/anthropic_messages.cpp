@@ -277,13 +277,10 @@ translated messages_request_to_chat(std::string_view body) {
         throw refusal{"thinking.type", "must be enabled or disabled"};
       }
     }
-    if (const json* s = member(in, "stream"); s != nullptr && s->is_boolean() && s->get<bool>()) {
-      chat["stream"] = true;
-      chat["stream_options"] = {{"include_usage", true}};
-    }
+    stream_with_usage(in, chat);
     return {dump(chat), {}, {}};
   } catch (const refusal& r) {
-    return {{}, r.param.empty() ? r.message : r.param + ": " + r.message, r.param};
+    return refused(r);
   }
 }
 

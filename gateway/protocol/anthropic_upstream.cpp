@@ -246,7 +246,7 @@ translated chat_request_to_messages(std::string_view chat_body, bool* include_us
     }
     return {dump(out), {}, {}};
   } catch (const refusal& r) {
-    return {{}, r.param.empty() ? r.message : r.param + ": " + r.message, r.param};
+    return refused(r);
   }
 }
 

@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gateway/protocol/wire.hpp"
+
 namespace tollgate::protocol {
 
 /// Thrown inside a translation and caught at its top: the field it cannot carry over.
@@ -15,6 +17,11 @@ struct refusal {
   std::string param;
   std::string message;
 };
+
+/// A translation that a refusal stopped: the error names the field.
+inline translated refused(const refusal& r) {
+  return {{}, r.param.empty() ? r.message : r.param + ": " + r.message, r.param};
+}
 
 /// The member named key of an object, or nullptr.
 inline const nlohmann::json* member(const nlohmann::json& j, std::string_view key) {
@@ -48,6 +55,15 @@ inline void only_keys(const nlohmann::json& j, const std::string& path, std::ini
       const std::string name = path.empty() ? it.key() : path + "." + it.key();
       throw refusal{name, "not supported by this translation (unknown or without an equivalent)"};
     }
+  }
+}
+
+/// A client's "stream": true carried over to a chat request, which then asks for the usage chunk
+/// (the gateway meters from it).
+inline void stream_with_usage(const nlohmann::json& in, nlohmann::json& chat) {
+  if (const nlohmann::json* s = member(in, "stream"); s != nullptr && s->is_boolean() && s->get<bool>()) {
+    chat["stream"] = true;
+    chat["stream_options"] = {{"include_usage", true}};
   }
 }
 

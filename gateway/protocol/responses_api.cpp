@@ -298,13 +298,10 @@ translated responses_request_to_chat(std::string_view body) {
     if (const json* md = member(in, "metadata"); md != nullptr && !md->is_null() && !md->is_object()) {
       throw refusal{"metadata", "must be an object"};
     }
-    if (const json* s = member(in, "stream"); s != nullptr && s->is_boolean() && s->get<bool>()) {
-      chat["stream"] = true;
-      chat["stream_options"] = {{"include_usage", true}};
-    }
+    stream_with_usage(in, chat);
     return {dump(chat), {}, {}};
   } catch (const refusal& r) {
-    return {{}, r.param.empty() ? r.message : r.param + ": " + r.message, r.param};
+    return refused(r);
   }
 }
 

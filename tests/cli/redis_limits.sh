@@ -116,16 +116,21 @@ spent=$(grep -c '^200$' "$work/spend" || true)
 echo "budget 40 (10 requests) on 3 replicas: $spent admitted of 30"
 [ "$spent" -ge 10 ] && [ "$spent" -le 12 ] || fail "budget admitted $spent requests, expected 10 to 12"
 
-# max_concurrency 2 across replicas: slow requests (an upstream that waits 1.5 s) on all three
-# replicas at once: two run, the rest are refused.
-for n in 0 1 2 3 4 5; do
-  curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "${url[${replicas[$((n % 3))]}]}/v1/chat/completions" \
-    -H 'Authorization: Bearer tg-conc' \
-    -d '{"model":"slow","messages":[{"role":"user","content":"slow"}]}' >"$work/conc.$n" &
-  clients+=($!)
-done
-wait_clients
-running=$(cat "$work"/conc.* | grep -c '^200$' || true)
+# at_once KEY N: N slow requests (an upstream that waits 1.5 s) at once, spread over the three
+# replicas; prints how many were admitted (200).
+at_once() {
+  for n in $(seq 0 $(($2 - 1))); do
+    curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "${url[${replicas[$((n % 3))]}]}/v1/chat/completions" \
+      -H "Authorization: Bearer $1" \
+      -d '{"model":"slow","messages":[{"role":"user","content":"slow"}]}' >"$work/at_once.$1.$n" &
+    clients+=($!)
+  done
+  wait_clients
+  cat "$work"/at_once."$1".* | grep -c '^200$' || true
+}
+
+# max_concurrency 2 across replicas: two run, the rest are refused.
+running=$(at_once tg-conc 6)
 echo "max_concurrency 2 on 3 replicas: $running of 6 simultaneous requests admitted"
 [ "$running" -eq 2 ] || fail "max_concurrency 2 admitted $running of 6 at once"
 
@@ -139,14 +144,7 @@ echo "max_concurrency 9, 60 requests one after another on one replica: $held too
 [ "$held" -ge 30 ] || fail "only $held of 60 sequential requests reused a held slot"
 # ... and gives them back when idle: then 12 slow requests at once, 4 a replica, run 9.
 sleep 0.5
-for n in $(seq 0 11); do
-  curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "${url[${replicas[$((n % 3))]}]}/v1/chat/completions" \
-    -H 'Authorization: Bearer tg-conc9' \
-    -d '{"model":"slow","messages":[{"role":"user","content":"slow"}]}' >"$work/conc9.$n" &
-  clients+=($!)
-done
-wait_clients
-running=$(cat "$work"/conc9.* | grep -c '^200$' || true)
+running=$(at_once tg-conc9 12)
 echo "max_concurrency 9 on 3 replicas after idle: $running of 12 simultaneous requests admitted"
 [ "$running" -eq 9 ] || fail "max_concurrency 9 admitted $running of 12 at once (held slots not given back, or too many)"
 
