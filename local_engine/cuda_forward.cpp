@@ -542,6 +542,7 @@ class cuda_backend final : public forward_backend {
     params_.clear();
     want_logits_ = false;
     max_len_ = 0;
+    sequences_ = static_cast<int>(batch.size());
     const int bs = pool_shape_.block_size;
     for (size_t i = 0; i < batch.size(); ++i) {
       const batch_item& it = batch[i];
@@ -691,7 +692,7 @@ class cuda_backend final : public forward_backend {
     T* o_lat = ws_o_lat_.as<T>(static_cast<size_t>(N) * nh * kvr);
     const size_t part = cuda::mla_partial_floats(N, dims_, max_len_);
     float* partial = part ? ws_partial_.as<float>(part) : nullptr;
-    cuda::mla_attend<T>(q_full, cache, dims_, N, max_len_, map_, static_cast<float>(c.softmax_scale()), partial, part,
+    cuda::mla_attend<T>(q_full, cache, dims_, N, sequences_, max_len_, map_, static_cast<float>(c.softmax_scale()), partial, part,
                         o_lat, stream_);
     // W_UV after attention: attn[t, h, :] = kv_b[h, nope:, :] . o_lat[t, h, :]
     T* attn = ws_attn_.as<T>(static_cast<size_t>(N) * nh * vd);
@@ -712,6 +713,17 @@ class cuda_backend final : public forward_backend {
     gemm(h, N, gate_up, gu, CUDA_R_32F);
     cuda::silu_mul<T>(gu, inter, N, act, stream_);
     gemm(act, N, down, y, CUDA_R_32F);
+  }
+
+  /// ys[r0 .. r0 + n) = xs[r0 .. r0 + n) . W[e]^T for each expert e with rows (offsets_host_), one
+  /// cuBLAS product each. (cuBLAS's grouped call ran the same kernels one by one: no faster.)
+  void experts_product(const T* xs, const T* W, int out_cols, int inner, float* ys) {
+    for (int e = 0; e < c_.n_routed_experts; ++e) {
+      const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
+      if (n == 0) continue;
+      gemm_raw(xs + static_cast<size_t>(r0) * inner, n, W + static_cast<size_t>(e) * out_cols * inner, out_cols, inner,
+               ys + static_cast<size_t>(r0) * out_cols, CUDA_R_32F);
+    }
   }
 
   /// Routes and runs the experts; the result is summed into the residual stream by the next norm.
@@ -752,19 +764,9 @@ class cuda_backend final : public forward_backend {
       offsets_host_.resize(static_cast<size_t>(E) + 1);
       check(cudaMemcpyAsync(offsets_host_.data(), offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream_));
       check(cudaStreamSynchronize(stream_));
-      for (int e = 0; e < E; ++e) {
-        const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
-        if (n == 0) continue;
-        gemm_raw(xg + static_cast<size_t>(r0) * H, n, L.experts_gate_up + static_cast<size_t>(e) * 2 * I * H, 2 * I, H,
-                 gu + static_cast<size_t>(r0) * 2 * I, CUDA_R_32F);
-      }
+      experts_product(xg, L.experts_gate_up, 2 * I, H, gu);
       cuda::silu_mul<T>(gu, I, R, act, stream_);
-      for (int e = 0; e < E; ++e) {
-        const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
-        if (n == 0) continue;
-        gemm_raw(act + static_cast<size_t>(r0) * I, n, L.experts_down + static_cast<size_t>(e) * H * I, H, I,
-                 rows + static_cast<size_t>(r0) * H, CUDA_R_32F);
-      }
+      experts_product(act, L.experts_down, H, I, rows);
     }
     float* shared = nullptr;
     if (L.has_shared) {
@@ -807,6 +809,7 @@ class cuda_backend final : public forward_backend {
   std::vector<float> logits_host_;
   bool want_logits_ = false;
   int max_len_ = 0;
+  int sequences_ = 0;  ///< items of the planned batch
   const int32_t* d_tokens_ = nullptr;
   const int32_t* d_rows_ = nullptr;
   const cuda::sample_params* d_params_ = nullptr;

@@ -1,5 +1,6 @@
 #include "local_engine/cuda/elementwise.cuh"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace tollgate::engine::cuda {
@@ -48,13 +49,16 @@ __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const fl
   for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = from_float<T>(w[i] * (xr[i] * r));
 }
 
+// grid (column blocks, row blocks): a thread takes one column of rows blockIdx.y, +gridDim.y, ...
+// (no 64-bit division per element).
 template <typename T>
-__global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, size_t total, T* out) {
-  for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
-       k += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const size_t r = k / inter, i = k % inter;
-    const float g = gu[r * stride + i], u = gu[r * stride + inter + i];
-    out[k] = from_float<T>(g / (1.0f + expf(-g)) * u);
+__global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, int n, T* out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= inter) return;
+  for (int r = blockIdx.y; r < n; r += gridDim.y) {
+    const float* row = gu + static_cast<size_t>(r) * stride;
+    const float g = row[i], u = row[inter + i];
+    out[static_cast<size_t>(r) * inter + i] = from_float<T>(g / (1.0f + expf(-g)) * u);
   }
 }
 
@@ -125,7 +129,8 @@ void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s, int str
   const size_t total = static_cast<size_t>(inter) * n;
   if (total == 0) return;
   const size_t row = stride > 0 ? static_cast<size_t>(stride) : 2 * static_cast<size_t>(inter);
-  device::silu_mul_kernel<T><<<grid_for(total, 256), 256, 0, s>>>(gu, inter, row, total, out);
+  const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(std::min(n, 65535)));
+  device::silu_mul_kernel<T><<<grid, 256, 0, s>>>(gu, inter, row, n, out);
   check_launch();
 }
 

@@ -1,6 +1,7 @@
 #include "local_engine/cuda/mla.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -190,16 +191,17 @@ __global__ void __launch_bounds__(threads) mla_attend_kernel(const T* q_full, co
   }
 }
 
-// The bf16 path on tensor cores (mma.m16n8k16), for kv_lora_rank 512: the 16 heads of a group are
-// the 16 rows of the products. Per tile of 64 positions, each of 8 warps scores 8 positions over
-// all `width` values, the softmax runs on the scores in shared memory, and each warp adds
-// P . latent for its own 64 latent columns. Operands are read with ldmatrix from padded rows.
+// The bf16 path on tensor cores (mma.m16n8k16), for kv_lora_rank 512. A block takes QT tokens of
+// one sequence (1 in decode; several in prefill, where they share every tile of cached positions)
+// and a group of 16 heads: the products' rows are the 16 heads of each of its tokens. Per tile of
+// 64 positions, each warp scores 8 positions over all `width` values for its share of the rows,
+// the softmax runs on the scores in shared memory, and each warp adds P . latent for its own
+// latent columns. Operands are read with ldmatrix from padded rows. A row's arithmetic is the
+// same whatever QT is (the same tiles, the same order of sums), so a token gets the same bits
+// alone and in a prefill chunk; tiles past a shorter token's length add exact zeros.
 namespace tc {
 constexpr int keys = 64;
-constexpr int warps = 8;
 constexpr int rank = 512;
-constexpr int cols = rank / warps;  // latent columns a warp owns
-constexpr int ntiles = cols / 8;
 constexpr int p_pitch = keys + 8;  // bf16 values a probability row takes
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -226,161 +228,209 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const
 }
 }  // namespace tc
 
-__global__ void __launch_bounds__(tc::warps * 32) mla_attend_tc_kernel(const bf16* q_full, const bf16* cache, mla_dims d,
-                                                                       token_map map, float scale, float* partial,
-                                                                       bf16* out) {
+template <int QT, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) mla_attend_tc_kernel(const bf16* q_full, const bf16* cache, mla_dims d,
+                                                                   token_map map, int n, float scale, float* partial,
+                                                                   bf16* out) {
+  static_assert(WARPS % 8 == 0 && QT % (WARPS / 8) == 0, "warps score 8 positions each, for whole tokens");
+  constexpr int R = 16 * QT;                  // rows of the products: QT tokens x 16 heads
+  constexpr int cols = tc::rank / WARPS;      // latent columns a warp owns in P . latent
+  constexpr int ntiles = cols / 8;
+  constexpr int MT = QT / (WARPS / 8);        // 16-row tiles a warp scores
+  constexpr int rows_per_warp = R / WARPS;    // rows whose softmax a warp updates
   extern __shared__ __align__(16) unsigned char raw[];
   const int W = d.width(), PW = W + 8, W8 = W / 8;
-  bf16* q_s = reinterpret_cast<bf16*>(raw);                  // [16][PW]
-  bf16* kv_s = q_s + 16 * PW;                                 // [keys][PW]
-  bf16* p_s = kv_s + tc::keys * PW;                           // [16][p_pitch]
-  float* s_s = reinterpret_cast<float*>(p_s + 16 * tc::p_pitch);  // [16][keys]
-  float* m_s = s_s + 16 * tc::keys;
-  float* l_s = m_s + 16;
-  float* corr_s = l_s + 16;
+  bf16* q_s = reinterpret_cast<bf16*>(raw);                       // [R][PW]
+  bf16* kv_s = q_s + R * PW;                                       // [keys][PW]
+  bf16* p_s = kv_s + tc::keys * PW;                                // [R][p_pitch]
+  float* s_s = reinterpret_cast<float*>(p_s + R * tc::p_pitch);   // [R][keys]
+  float* m_s = s_s + R * tc::keys;
+  float* l_s = m_s + R;
+  float* corr_s = l_s + R;
+  __shared__ const bf16* row_src[tc::keys];
+  __shared__ int len_s[QT];
 
-  const int t = blockIdx.x, h0 = blockIdx.y * 16, splits = gridDim.z;
+  const int h0 = blockIdx.y * 16, splits = gridDim.z;
   const int hg = min(16, d.heads - h0);
-  const int len = map.pos[t] + 1;
-  const int tiles = (len + tc::keys - 1) / tc::keys;
-  const int per_split = (tiles + splits - 1) / splits;
-  const int tile_begin = blockIdx.z * per_split, tile_end = min(tiles, tile_begin + per_split);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const uint4 zero = make_uint4(0, 0, 0, 0);
+  const int t_stop = min(n, static_cast<int>(blockIdx.x) * QT + QT);
+  // The block's tokens, a run of one sequence at a time (a prefill chunk is one run).
+  for (int t0 = blockIdx.x * QT; t0 < t_stop;) {
+    int t1 = t0 + 1;
+    while (t1 < t_stop && map.table_off[t1] == map.table_off[t0]) ++t1;
+    const int nt = t1 - t0;
+    __syncthreads();  // the last run's readers are done
+    if (threadIdx.x < QT) len_s[threadIdx.x] = map.pos[threadIdx.x < nt ? t0 + threadIdx.x : t0] + 1;
+    for (int idx = threadIdx.x; idx < R * W8; idx += blockDim.x) {
+      const int r = idx / W8, c8 = idx % W8, i = r >> 4, hr = r & 15;
+      const uint4 v = i < nt && hr < hg
+                          ? *reinterpret_cast<const uint4*>(q_full + (static_cast<size_t>(t0 + i) * d.heads + h0 + hr) * W + c8 * 8)
+                          : zero;
+      *reinterpret_cast<uint4*>(q_s + r * PW + c8 * 8) = v;
+    }
+    if (threadIdx.x < R) {
+      m_s[threadIdx.x] = -INFINITY;
+      l_s[threadIdx.x] = 0;
+    }
+    __syncthreads();
+    int len = 0;
+#pragma unroll
+    for (int i = 0; i < QT; ++i) len = max(len, len_s[i]);
+    const int tiles = (len + tc::keys - 1) / tc::keys;
+    const int per_split = (tiles + splits - 1) / splits;
+    const int tile_begin = blockIdx.z * per_split, tile_end = min(tiles, tile_begin + per_split);
+    const int32_t* table = map.table + map.table_off[t0];
+    float acc[QT][ntiles][4];
+#pragma unroll
+    for (int i = 0; i < QT; ++i)
+#pragma unroll
+      for (int c = 0; c < ntiles; ++c) acc[i][c][0] = acc[i][c][1] = acc[i][c][2] = acc[i][c][3] = 0;
 
-  for (int idx = threadIdx.x; idx < 16 * W8; idx += blockDim.x) {
-    const int r = idx / W8, c8 = idx % W8;
-    const uint4 v = r < hg ? *reinterpret_cast<const uint4*>(q_full + (static_cast<size_t>(t) * d.heads + h0 + r) * W + c8 * 8)
-                           : zero;
-    *reinterpret_cast<uint4*>(q_s + r * PW + c8 * 8) = v;
-  }
-  if (threadIdx.x < 16) {
-    m_s[threadIdx.x] = -INFINITY;
-    l_s[threadIdx.x] = 0;
-  }
-  const int32_t* table = map.table + map.table_off[t];
-  float acc[tc::ntiles][4];
+    // The tile's 16-byte units (keys x W8) go to the threads in turn; a thread's first unit and
+    // its step are fixed, so the walk needs no division, and each key's cache row is looked up
+    // once a tile (row_src), not once a unit.
+    const int j0 = threadIdx.x / W8, c0 = threadIdx.x % W8;
+    const int step_j = blockDim.x / W8, step_c = blockDim.x % W8;
+    for (int tile = tile_begin; tile < tile_end; ++tile) {
+      const int first = tile * tc::keys, nk = min(tc::keys, len - first);
+      __syncthreads();  // the last tile's readers are done
+      if (threadIdx.x < tc::keys) {
+        const int pos = first + threadIdx.x;
+        row_src[threadIdx.x] =
+            threadIdx.x < nk
+                ? cache + (static_cast<size_t>(table[pos / map.block_size]) * map.block_size + pos % map.block_size) * W
+                : nullptr;
+      }
+      __syncthreads();
+      constexpr int unroll = 6;
+      int j = j0, c8 = c0;
+      while (j < tc::keys) {
+        uint4 v[unroll];
+        int jj[unroll], cc[unroll];
 #pragma unroll
-  for (int n = 0; n < tc::ntiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
-
-  // The tile's 16-byte units (keys x W8) go to the threads in turn; a thread's first unit and its
-  // step are fixed, so the walk needs no division, and each key's cache row is looked up once a
-  // tile (row_src), not once a unit.
-  __shared__ const bf16* row_src[tc::keys];
-  const int j0 = threadIdx.x / W8, c0 = threadIdx.x % W8;
-  const int step_j = blockDim.x / W8, step_c = blockDim.x % W8;
-  for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const int first = tile * tc::keys, nk = min(tc::keys, len - first);
-    __syncthreads();  // the last tile's readers are done
-    if (threadIdx.x < tc::keys) {
-      const int pos = first + threadIdx.x;
-      row_src[threadIdx.x] =
-          threadIdx.x < nk
-              ? cache + (static_cast<size_t>(table[pos / map.block_size]) * map.block_size + pos % map.block_size) * W
-              : nullptr;
+        for (int u = 0; u < unroll; ++u) {
+          jj[u] = j, cc[u] = c8;
+          v[u] = j < nk ? *reinterpret_cast<const uint4*>(row_src[j] + c8 * 8) : zero;
+          j += step_j, c8 += step_c;
+          if (c8 >= W8) c8 -= W8, ++j;
+        }
+#pragma unroll
+        for (int u = 0; u < unroll; ++u)
+          if (jj[u] < tc::keys) *reinterpret_cast<uint4*>(kv_s + jj[u] * PW + cc[u] * 8) = v[u];
+      }
+      __syncthreads();
+      // Scores of this warp's 8 positions for its 16-row tiles (tile i: token i's heads).
+      {
+        const int kw = warp % 8;
+        float sc[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) sc[m][0] = sc[m][1] = sc[m][2] = sc[m][3] = 0;
+        for (int k0 = 0; k0 < W; k0 += 16) {
+          uint32_t b[2];
+          tc::ldsm_x2(b, kv_s + (kw * 8 + (lane & 7)) * PW + k0 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            const int mt = warp / 8 + m * (WARPS / 8);
+            uint32_t a[4];
+            tc::ldsm_x4(a, q_s + (mt * 16 + (lane & 15)) * PW + k0 + (lane >> 4) * 8);
+            tc::mma(sc[m], a, b);
+          }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const int mt = warp / 8 + m * (WARPS / 8);
+          const int nkt = min(tc::keys, len_s[mt] - first);
+          const int key = kw * 8 + 2 * q;
+          float* row = s_s + (mt * 16 + g) * tc::keys;
+          row[key] = key < nkt ? sc[m][0] * scale : -INFINITY;
+          row[key + 1] = key + 1 < nkt ? sc[m][1] * scale : -INFINITY;
+          row[8 * tc::keys + key] = key < nkt ? sc[m][2] * scale : -INFINITY;
+          row[8 * tc::keys + key + 1] = key + 1 < nkt ? sc[m][3] * scale : -INFINITY;
+        }
+      }
+      __syncthreads();
+      // Online softmax: each warp updates R / WARPS rows, a lane per 32 positions. A tile past a
+      // row's length leaves it as it was (no position: no change, the correction is 1).
+      constexpr int per_lane = tc::keys / 32;
+#pragma unroll
+      for (int i = 0; i < rows_per_warp; ++i) {
+        const int h = warp * rows_per_warp + i;
+        const int nkt = min(tc::keys, len_s[h >> 4] - first);
+        float v[per_lane], mx = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < per_lane; ++k) mx = fmaxf(mx, v[k] = s_s[h * tc::keys + lane + 32 * k]);
+        const float m_old = m_s[h], m_new = fmaxf(m_old, warp_max(mx));
+        float part = 0;
+#pragma unroll
+        for (int k = 0; k < per_lane; ++k) {
+          const int at = lane + 32 * k;
+          const bf16 p = __float2bfloat16_rn(at < nkt ? __expf(v[k] - m_new) : 0.0f);
+          p_s[h * tc::p_pitch + at] = p;
+          part += __bfloat162float(p);
+        }
+        const float sum = warp_sum(part);
+        if (lane == 0) {
+          const float corr = nkt > 0 ? __expf(m_old - m_new) : 1.0f;
+          corr_s[h] = corr;
+          l_s[h] = l_s[h] * corr + sum;
+          m_s[h] = m_new;
+        }
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < QT; ++i) {
+        const float cg = corr_s[i * 16 + g], cg8 = corr_s[i * 16 + g + 8];
+#pragma unroll
+        for (int c = 0; c < ntiles; ++c) acc[i][c][0] *= cg, acc[i][c][1] *= cg, acc[i][c][2] *= cg8, acc[i][c][3] *= cg8;
+      }
+#pragma unroll
+      for (int k0 = 0; k0 < tc::keys; k0 += 16) {
+        uint32_t a[QT][4];
+#pragma unroll
+        for (int i = 0; i < QT; ++i) tc::ldsm_x4(a[i], p_s + (i * 16 + (lane & 15)) * tc::p_pitch + k0 + (lane >> 4) * 8);
+#pragma unroll
+        for (int c = 0; c < ntiles; ++c) {
+          uint32_t b[2];
+          tc::ldsm_x2_trans(b, kv_s + (k0 + (lane & 15)) * PW + warp * cols + c * 8);
+#pragma unroll
+          for (int i = 0; i < QT; ++i) tc::mma(acc[i][c], a[i], b);
+        }
+      }
     }
     __syncthreads();
-    constexpr int unroll = 6;
-    int j = j0, c8 = c0;
-    while (j < tc::keys) {
-      uint4 v[unroll];
-      int jj[unroll], cc[unroll];
 #pragma unroll
-      for (int u = 0; u < unroll; ++u) {
-        jj[u] = j, cc[u] = c8;
-        v[u] = j < nk ? *reinterpret_cast<const uint4*>(row_src[j] + c8 * 8) : zero;
-        j += step_j, c8 += step_c;
-        if (c8 >= W8) c8 -= W8, ++j;
-      }
+    for (int i = 0; i < QT; ++i) {
+      if (i >= nt) break;
 #pragma unroll
-      for (int u = 0; u < unroll; ++u)
-        if (jj[u] < tc::keys) *reinterpret_cast<uint4*>(kv_s + jj[u] * PW + cc[u] * 8) = v[u];
-    }
-    __syncthreads();
-    // Scores of this warp's 8 positions for the 16 head rows.
-    float sc[4] = {0, 0, 0, 0};
-    for (int k0 = 0; k0 < W; k0 += 16) {
-      uint32_t a[4], b[2];
-      tc::ldsm_x4(a, q_s + (lane & 15) * PW + k0 + (lane >> 4) * 8);
-      tc::ldsm_x2(b, kv_s + (warp * 8 + (lane & 7)) * PW + k0 + ((lane >> 3) & 1) * 8);
-      tc::mma(sc, a, b);
-    }
-    {
-      const int key = warp * 8 + 2 * q;
-      s_s[g * tc::keys + key] = key < nk ? sc[0] * scale : -INFINITY;
-      s_s[g * tc::keys + key + 1] = key + 1 < nk ? sc[1] * scale : -INFINITY;
-      s_s[(g + 8) * tc::keys + key] = key < nk ? sc[2] * scale : -INFINITY;
-      s_s[(g + 8) * tc::keys + key + 1] = key + 1 < nk ? sc[3] * scale : -INFINITY;
-    }
-    __syncthreads();
-    // Online softmax: each warp updates 16 / warps heads, a lane per 32 positions.
-    constexpr int heads_per_warp = 16 / tc::warps, per_lane = tc::keys / 32;
+      for (int half = 0; half < 2; ++half) {
+        const int hr = g + 8 * half, r = i * 16 + hr;
+        if (hr >= hg) continue;
+        const size_t th = static_cast<size_t>(t0 + i) * d.heads + h0 + hr;
+        if (splits == 1) {
+          const float inv = 1.0f / l_s[r];
 #pragma unroll
-    for (int i = 0; i < heads_per_warp; ++i) {
-      const int h = warp * heads_per_warp + i;
-      float v[per_lane], mx = -INFINITY;
+          for (int c = 0; c < ntiles; ++c) {
+            const int col = warp * cols + c * 8 + 2 * q;
+            *reinterpret_cast<__nv_bfloat162*>(out + th * tc::rank + col) =
+                __floats2bfloat162_rn(acc[i][c][2 * half] * inv, acc[i][c][2 * half + 1] * inv);
+          }
+        } else {
+          float* part = partial + (th * splits + blockIdx.z) * (tc::rank + 2);
 #pragma unroll
-      for (int k = 0; k < per_lane; ++k) mx = fmaxf(mx, v[k] = s_s[h * tc::keys + lane + 32 * k]);
-      const float m_old = m_s[h], m_new = fmaxf(m_old, warp_max(mx));
-      float part = 0;
-#pragma unroll
-      for (int k = 0; k < per_lane; ++k) {
-        const int at = lane + 32 * k;
-        const bf16 p = __float2bfloat16_rn(at < nk ? __expf(v[k] - m_new) : 0.0f);
-        p_s[h * tc::p_pitch + at] = p;
-        part += __bfloat162float(p);
-      }
-      const float sum = warp_sum(part);
-      if (lane == 0) {
-        const float corr = __expf(m_old - m_new);
-        corr_s[h] = corr;
-        l_s[h] = l_s[h] * corr + sum;
-        m_s[h] = m_new;
+          for (int c = 0; c < ntiles; ++c) {
+            const int col = warp * cols + c * 8 + 2 * q;
+            part[col] = acc[i][c][2 * half];
+            part[col + 1] = acc[i][c][2 * half + 1];
+          }
+          if (warp == 0 && q == 0) {
+            part[tc::rank] = m_s[r];
+            part[tc::rank + 1] = l_s[r];
+          }
+        }
       }
     }
-    __syncthreads();
-    const float cg = corr_s[g], cg8 = corr_s[g + 8];
-#pragma unroll
-    for (int n = 0; n < tc::ntiles; ++n) acc[n][0] *= cg, acc[n][1] *= cg, acc[n][2] *= cg8, acc[n][3] *= cg8;
-#pragma unroll
-    for (int k0 = 0; k0 < tc::keys; k0 += 16) {
-      uint32_t a[4];
-      tc::ldsm_x4(a, p_s + (lane & 15) * tc::p_pitch + k0 + (lane >> 4) * 8);
-#pragma unroll
-      for (int n = 0; n < tc::ntiles; ++n) {
-        uint32_t b[2];
-        tc::ldsm_x2_trans(b, kv_s + (k0 + (lane & 15)) * PW + warp * tc::cols + n * 8);
-        tc::mma(acc[n], a, b);
-      }
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = g + 8 * half;
-    if (r >= hg) continue;
-    const size_t th = static_cast<size_t>(t) * d.heads + h0 + r;
-    if (splits == 1) {
-      const float inv = 1.0f / l_s[r];
-#pragma unroll
-      for (int n = 0; n < tc::ntiles; ++n) {
-        const int col = warp * tc::cols + n * 8 + 2 * q;
-        *reinterpret_cast<__nv_bfloat162*>(out + th * tc::rank + col) =
-            __floats2bfloat162_rn(acc[n][2 * half] * inv, acc[n][2 * half + 1] * inv);
-      }
-    } else {
-      float* part = partial + (th * splits + blockIdx.z) * (tc::rank + 2);
-#pragma unroll
-      for (int n = 0; n < tc::ntiles; ++n) {
-        const int col = warp * tc::cols + n * 8 + 2 * q;
-        part[col] = acc[n][2 * half];
-        part[col + 1] = acc[n][2 * half + 1];
-      }
-      if (warp == 0 && q == 0) {
-        part[tc::rank] = m_s[r];
-        part[tc::rank + 1] = l_s[r];
-      }
-    }
+    t0 = t1;
   }
 }
 
@@ -430,9 +480,44 @@ size_t mla_partial_floats(int n, const mla_dims& d, int max_len) {
   return static_cast<size_t>(n) * d.heads * splits * (d.kv_rank + 2);
 }
 
+namespace {
+/// Launches the tensor-core kernel with QT tokens a block.
+template <int QT, int WARPS>
+void launch_tc(const bf16* q_full, const bf16* cache, const mla_dims& d, int n, int splits, const token_map& map,
+               float scale, float* partial, bf16* out, cudaStream_t s) {
+  constexpr int R = 16 * QT;
+  const int PW = d.width() + 8;
+  const size_t smem = sizeof(bf16) * (static_cast<size_t>(R + device::tc::keys) * PW + R * device::tc::p_pitch) +
+                      sizeof(float) * (static_cast<size_t>(R) * device::tc::keys + 3 * R);
+  auto* kernel = device::mla_attend_tc_kernel<QT, WARPS>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const dim3 grid(static_cast<unsigned>((n + QT - 1) / QT), static_cast<unsigned>(head_groups(d)),
+                  static_cast<unsigned>(splits));
+  kernel<<<grid, WARPS * 32, smem, s>>>(q_full, cache, d, map, n, scale, partial, out);
+  check_launch();
+}
+
+/// Tokens a block of the tensor-core kernel takes: several when the batch is mostly prompt chunks
+/// (they share the tiles they read), 1 in decode. TOLLGATE_MLA_TOKENS (1, 2 or 4) overrides the
+/// choice for measurements.
+int tokens_per_block(int n, int sequences, int splits, int asked) {
+  if (splits > 1) return 1;
+  if (asked == 0) {
+    static const int env = [] {
+      const char* v = std::getenv("TOLLGATE_MLA_TOKENS");
+      return v ? std::atoi(v) : 0;
+    }();
+    asked = env;
+  }
+  if (asked == 1 || asked == 2 || asked == 4) return asked;
+  return n > 256 && n >= 4 * sequences ? 4 : 1;
+}
+}  // namespace
+
 template <typename T>
-void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int max_len, const token_map& map,
-                float scale, float* partial, size_t partial_capacity, T* out, cudaStream_t s) {
+void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int sequences, int max_len,
+                const token_map& map, float scale, float* partial, size_t partial_capacity, T* out, cudaStream_t s,
+                int tokens_per_block_asked) {
   if (n == 0) return;
   if (d.kv_rank > threads * cols_per_thread)
     throw std::runtime_error("the attention kernel holds kv_lora_rank up to " + std::to_string(threads * cols_per_thread) +
@@ -443,13 +528,11 @@ void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int m
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(head_groups(d)), static_cast<unsigned>(splits));
   if constexpr (std::is_same_v<T, bf16>) {
     if (d.kv_rank == device::tc::rank && d.width() % 16 == 0) {
-      const int PW = d.width() + 8;
-      const size_t smem = sizeof(bf16) * (static_cast<size_t>(16 + device::tc::keys) * PW + 16 * device::tc::p_pitch) +
-                          sizeof(float) * (16 * device::tc::keys + 48);
-      check(cudaFuncSetAttribute(device::mla_attend_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(smem)));
-      device::mla_attend_tc_kernel<<<grid, device::tc::warps * 32, smem, s>>>(q_full, cache, d, map, scale, partial, out);
-      check_launch();
+      switch (tokens_per_block(n, sequences, splits, tokens_per_block_asked)) {
+        case 4: launch_tc<4, 16>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
+        case 2: launch_tc<2, 8>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
+        default: launch_tc<1, 8>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
+      }
       if (splits > 1) {
         device::mla_combine_kernel<T><<<static_cast<unsigned>(n * d.heads), 256, 0, s>>>(partial, splits, d.kv_rank, out);
         check_launch();
@@ -473,8 +556,8 @@ void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int m
 #define TOLLGATE_INSTANTIATE(T)                                                                                  \
   template void mla_prepare<T>(const float*, int, const float*, float, const mla_query<T>&, const float2*, bool,    \
                                const mla_dims&, int, const token_map&, T*, T*, cudaStream_t);                      \
-  template void mla_attend<T>(const T*, const T*, const mla_dims&, int, int, const token_map&, float, float*, size_t, \
-                              T*, cudaStream_t);
+  template void mla_attend<T>(const T*, const T*, const mla_dims&, int, int, int, const token_map&, float, float*,   \
+                              size_t, T*, cudaStream_t, int);
 TOLLGATE_INSTANTIATE(float)
 TOLLGATE_INSTANTIATE(bf16)
 #undef TOLLGATE_INSTANTIATE

@@ -48,11 +48,15 @@ void mla_prepare(const float* ckv, int ckv_stride, const float* norm_w, float ep
 
 /// Causal attention of n tokens over their sequences' cached positions 0..pos: scores are
 /// (q_full . cached) * scale over `width` values, the output is the attended latent [n, heads,
-/// kv_rank] in T. `partial` (scratch of partial_floats(n, d, max_len) floats) lets long contexts
-/// split across blocks when the batch is small.
+/// kv_rank] in T. The batch's tokens come from `sequences` sequences, each one's tokens side by
+/// side. `partial` (scratch of partial_floats(n, d, max_len) floats) lets long contexts split
+/// across blocks when the batch is small. tokens_per_block (bf16: 1, 2 or 4; 0 chooses) sets how
+/// many tokens of one sequence share a block's reads of the cache; the result's bits do not
+/// depend on it.
 template <typename T>
-void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int max_len, const token_map& map,
-                float scale, float* partial, size_t partial_capacity, T* out, cudaStream_t s);
+void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int sequences, int max_len,
+                const token_map& map, float scale, float* partial, size_t partial_capacity, T* out, cudaStream_t s,
+                int tokens_per_block = 0);
 
 /// The scratch that mla_attend may use for n tokens whose longest context is max_len.
 size_t mla_partial_floats(int n, const mla_dims& d, int max_len);

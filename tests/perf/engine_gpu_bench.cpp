@@ -246,7 +246,11 @@ int main(int argc, char** argv) try {
   const eng::model_config c =
       eng::parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), config_path);
   const double elem = dtype == "float32" ? 4 : 2;
-  const bool profile = std::getenv("TOLLGATE_BENCH_PROFILE") != nullptr;
+  // TOLLGATE_BENCH_PROFILE=1: one warm decode step per batch size is captured under a profiler
+  // (ncu --profile-from-start off); =prefill: one warm prefill instead.
+  const char* profile_env = std::getenv("TOLLGATE_BENCH_PROFILE");
+  const bool profile_prefill = profile_env != nullptr && std::string(profile_env) == "prefill";
+  const bool profile = profile_env != nullptr && !profile_prefill;
   if (modes.empty()) throw std::invalid_argument("--dense takes row counts, 0 to 64");
 
   const double bw = copy_bandwidth(), peak = matmul_rate();
@@ -289,9 +293,11 @@ int main(int argc, char** argv) try {
       eng::batch_result r;
       std::vector<double> t;
       for (int rep = 0; rep < 4; ++rep) {
+        if (profile_prefill && rep == 2) cudaProfilerStart();
         const double t0 = now();
         be->forward({&it, 1}, r);
         if (rep > 0) t.push_back(now() - t0);
+        if (profile_prefill && rep == 2) cudaProfilerStop();
       }
       const double sec = median(t), P = prefill;
       const double experts_per_token = c.num_experts_per_tok;
