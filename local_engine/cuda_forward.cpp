@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -101,6 +102,7 @@ struct layer_weights {
   float* score_bias = nullptr;
   T* experts_gate_up = nullptr;  // [E, 2I, H]
   T* experts_down = nullptr;     // [E, H, I]
+  cuda::fp8_experts experts_gate_up_fp8, experts_down_fp8;  // instead, when the experts stay in FP8
   bool has_shared = false;
   mat<T> shared_gate_up, shared_down;
   /// With shared experts: the router's rows, then the shared gate and up, in one [E + 2 Is, H]
@@ -163,8 +165,8 @@ class cuda_backend final : public forward_backend {
       check(cudaMemGetInfo(&free_bytes, &total));
       check_weights_fit(device_weight_bytes(c, sizeof(T)), free_bytes, opt.device);
     }
-    if (opt.random_weights_seed) make_random_weights(*opt.random_weights_seed);
-    else load_weights(dir);
+    if (opt.random_weights_seed) make_random_weights(*opt.random_weights_seed, opt.random_fp8_experts);
+    else load_weights(dir, opt.keep_fp8);
     upload_rope();
     make_pool(opt);
     check(cudaStreamSynchronize(stream_));
@@ -190,9 +192,10 @@ class cuda_backend final : public forward_backend {
   std::string describe() const override {
     char line[512];
     std::snprintf(line, sizeof line,
-                  "cuda:%d (%s), %s, weights %.2f GB, loaded in %.1f s; KV pool %zu blocks of %d positions (%zu tokens, "
+                  "cuda:%d (%s), %s%s, weights %.2f GB, loaded in %.1f s; KV pool %zu blocks of %d positions (%zu tokens, "
                   "%.2f GB)",
-                  device_, gpu_name_.c_str(), std::is_same_v<T, float> ? "float32" : "bfloat16", weight_bytes_ / 1e9,
+                  device_, gpu_name_.c_str(), std::is_same_v<T, float> ? "float32" : "bfloat16",
+                  fp8_experts_ ? " with FP8 experts" : "", weight_bytes_ / 1e9,
                   load_seconds_, pool_shape_.blocks, pool_shape_.block_size,
                   pool_shape_.blocks * static_cast<size_t>(pool_shape_.block_size),
                   static_cast<double>(pool_shape_.blocks * pool_shape_.bytes_per_block) / 1e9);
@@ -365,8 +368,8 @@ class cuda_backend final : public forward_backend {
 
   // The tensors every layer has, in one place for both weight sources. `matrix(name, rows, cols,
   // dst)` fills dst (rows x cols of T); `vector(name, n)` gives an fp32 device vector.
-  template <typename MatrixFn, typename VectorFn, typename ProbeFn>
-  void build_layers(MatrixFn&& matrix, VectorFn&& vector, ProbeFn&& probe) {
+  template <typename MatrixFn, typename VectorFn, typename ProbeFn, typename Fp8Fn>
+  void build_layers(MatrixFn&& matrix, VectorFn&& vector, ProbeFn&& probe, Fp8Fn&& fp8) {
     const auto& c = c_;
     const int H = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
     auto mat_of = [&](const std::string& name, int rows, int cols) {
@@ -431,6 +434,26 @@ class cuda_backend final : public forward_backend {
         L.router = mat_of(p + "mlp.gate.weight", E, H);
       }
       if (c.v3) L.score_bias = vector(p + "mlp.gate.e_score_correction_bias", E);
+      if (fp8_experts_) {
+        // e4m3 bytes and a scale per row per block of columns; `fp8(name, rows, cols, w, scales)`.
+        const int bc = 1 << fp8_shift_, bh = (H + bc - 1) / bc, bi = (I + bc - 1) / bc;
+        auto& gu = L.experts_gate_up_fp8;
+        auto& dn = L.experts_down_fp8;
+        uint8_t* gw = alloc<uint8_t>(static_cast<size_t>(E) * 2 * I * H);
+        float* gs = alloc<float>(static_cast<size_t>(E) * 2 * I * bh);
+        uint8_t* dw = alloc<uint8_t>(static_cast<size_t>(E) * H * I);
+        float* ds = alloc<float>(static_cast<size_t>(E) * H * bi);
+        gu = {gw, gs, fp8_shift_};
+        dn = {dw, ds, fp8_shift_};
+        for (int e = 0; e < E; ++e) {
+          const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
+          const size_t g0 = static_cast<size_t>(e) * 2 * I, d0 = static_cast<size_t>(e) * H;
+          fp8(ep + "gate_proj.weight", I, H, gw + g0 * H, gs + g0 * bh);
+          fp8(ep + "up_proj.weight", I, H, gw + (g0 + I) * H, gs + (g0 + I) * bh);
+          fp8(ep + "down_proj.weight", H, I, dw + d0 * I, ds + d0 * bi);
+        }
+        continue;
+      }
       L.experts_gate_up = alloc<T>(static_cast<size_t>(E) * 2 * I * H);
       L.experts_down = alloc<T>(static_cast<size_t>(E) * H * I);
       if (probe(p + "mlp.experts.gate_up_proj")) {
@@ -451,11 +474,25 @@ class cuda_backend final : public forward_backend {
     lm_head_ = c.tie_word_embeddings ? embed_ : mat_of("lm_head.weight", c.vocab_size, H);
   }
 
-  void load_weights(const std::string& dir) {
+  void load_weights(const std::string& dir, bool keep_fp8) {
     tensor_store store = tensor_store::open_dir(dir);
-    // FP8 matrices are dequantised on the host as they are read, then uploaded as T.
+    // FP8 matrices are dequantised on the host as they are read, then uploaded as T; the routed
+    // experts of an FP8 checkpoint stay in FP8 where the GPU and their shapes allow it.
     store.set_fp8_block(c_.fp8_block_rows, c_.fp8_block_cols);
     const int H = c_.hidden_size, I = c_.moe_intermediate_size;
+    const int first_moe = [&] {
+      for (int l = 0; l < c_.num_hidden_layers; ++l)
+        if (c_.is_moe_layer(l)) return l;
+      return -1;
+    }();
+    const std::string probe0 = first_moe < 0 ? "" : layer_prefix(first_moe) + "mlp.experts.0.gate_proj.weight";
+    if (keep_fp8 && std::is_same_v<T, bf16> && gpu_has_fp8() && first_moe >= 0 && c_.fp8_block_rows > 0 &&
+        store.contains(probe0) && store.is_fp8(probe0) &&
+        cuda::fp8_experts_fit(2 * I, H, c_.fp8_block_cols) && cuda::fp8_experts_fit(H, I, c_.fp8_block_cols)) {
+      fp8_experts_ = true;
+      fp8_shift_ = std::countr_zero(static_cast<unsigned>(c_.fp8_block_cols));
+    }
+    std::vector<float> scales;
     build_layers(
         [&](const std::string& name, int rows, int cols, T* dst) {
           // rows < 0: a fused expert tensor of -rows experts, [E, cols, H or I].
@@ -468,13 +505,40 @@ class cuda_backend final : public forward_backend {
           }
         },
         [&](const std::string& name, int n) { return upload_f32(store, name, n); },
-        [&](const std::string& name) { return store.contains(name); });
+        [&](const std::string& name) { return store.contains(name); },
+        [&](const std::string& name, int rows, int cols, uint8_t* w, float* s) {
+          if (!store.is_fp8(name))
+            throw std::runtime_error(dir + ": tensor '" + name + "' is not F8_E4M3 like the other experts");
+          const raw_tensor r = store.raw(name, {rows, cols});
+          check(cudaMemcpy(w, r.data, r.bytes, cudaMemcpyHostToDevice));
+          // The checkpoint's scales per block of rows, spread to one row each.
+          const int br = c_.fp8_block_rows, bc = c_.fp8_block_cols;
+          const int64_t sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
+          const f32_tensor st = store.read(name + "_scale_inv", {sr, sc});
+          scales.resize(static_cast<size_t>(rows) * sc);
+          for (int64_t row = 0; row < rows; ++row)
+            std::copy_n(st.data + (row / br) * sc, sc, scales.begin() + row * sc);
+          check(cudaMemcpy(s, scales.data(), scales.size() * sizeof(float), cudaMemcpyHostToDevice));
+        });
+  }
+
+  bool gpu_has_fp8() const {
+    int major = 0, minor = 0;
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+    check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device_));
+    return major * 10 + minor >= 89;
   }
 
   /// Benchmark weights drawn on the device from a seed: matrices with the recipes' spread,
   /// norms near one, biases small, no disk and no host memory.
-  void make_random_weights(uint64_t seed) {
+  void make_random_weights(uint64_t seed, bool fp8_experts) {
     const int H = c_.hidden_size, I = c_.moe_intermediate_size;
+    if (fp8_experts && std::is_same_v<T, bf16>) {
+      if (!gpu_has_fp8() || !cuda::fp8_experts_fit(2 * I, H, 128) || !cuda::fp8_experts_fit(H, I, 128))
+        throw std::runtime_error("FP8 experts need a GPU of compute capability 8.9 or later and expert sizes that are multiples of 32");
+      fp8_experts_ = true;
+      fp8_shift_ = 7;
+    }
     build_layers(
         [&](const std::string& name, int rows, int cols, T* dst) {
           const size_t n = rows < 0 ? static_cast<size_t>(-rows) * cols * (name.ends_with("gate_up_proj") ? H : I)
@@ -489,7 +553,10 @@ class cuda_backend final : public forward_backend {
                                    norm ? 0.1f : (correction ? 0.0f : 0.05f), stream_);
           return d;
         },
-        [](const std::string&) { return false; });
+        [](const std::string&) { return false; },
+        [&](const std::string& name, int rows, int cols, uint8_t* w, float* s) {
+          cuda::fill_random_fp8(w, s, static_cast<size_t>(rows), cols, fp8_shift_, name_seed(name, seed), 0.02f, stream_);
+        });
   }
 
   void upload_rope() {
@@ -717,12 +784,22 @@ class cuda_backend final : public forward_backend {
 
   /// ys[r0 .. r0 + n) = xs[r0 .. r0 + n) . W[e]^T for each expert e with rows (offsets_host_), one
   /// cuBLAS product each. (cuBLAS's grouped call ran the same kernels one by one: no faster.)
-  void experts_product(const T* xs, const T* W, int out_cols, int inner, float* ys) {
+  /// FP8 experts are dequantised one at a time into a scratch matrix first (the stream orders
+  /// each product before the next expert's dequantisation).
+  void experts_product(const T* xs, const T* W, const cuda::fp8_experts& W8, int out_cols, int inner, float* ys) {
     for (int e = 0; e < c_.n_routed_experts; ++e) {
       const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
       if (n == 0) continue;
-      gemm_raw(xs + static_cast<size_t>(r0) * inner, n, W + static_cast<size_t>(e) * out_cols * inner, out_cols, inner,
-               ys + static_cast<size_t>(r0) * out_cols, CUDA_R_32F);
+      const T* w = W + static_cast<size_t>(e) * out_cols * inner;
+      if constexpr (std::is_same_v<T, bf16>) {
+        if (W8.w) {
+          T* scratch = ws_dequant_.as<T>(static_cast<size_t>(out_cols) * inner);
+          cuda::dequantise_expert(W8, e, out_cols, inner, scratch, stream_);
+          w = scratch;
+        }
+      }
+      gemm_raw(xs + static_cast<size_t>(r0) * inner, n, w, out_cols, inner, ys + static_cast<size_t>(r0) * out_cols,
+               CUDA_R_32F);
     }
   }
 
@@ -754,6 +831,14 @@ class cuda_backend final : public forward_backend {
     float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
     if (N <= gemv_token_limit) {
       const int max_active = std::min(E, R);
+      if constexpr (std::is_same_v<T, bf16>) {
+        if (L.experts_gate_up_fp8.w) {
+          cuda::expert_gemv_fp8(L.experts_gate_up_fp8, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
+          cuda::silu_mul<T>(gu, I, R, act, stream_);
+          cuda::expert_gemv_fp8(L.experts_down_fp8, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
+          return finish_moe(L, router_logits, first.rows, rows, slot_row, wts, N);
+        }
+      }
       cuda::expert_gemv<T>(L.experts_gate_up, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
       cuda::silu_mul<T>(gu, I, R, act, stream_);
       cuda::expert_gemv<T>(L.experts_down, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
@@ -764,19 +849,26 @@ class cuda_backend final : public forward_backend {
       offsets_host_.resize(static_cast<size_t>(E) + 1);
       check(cudaMemcpyAsync(offsets_host_.data(), offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream_));
       check(cudaStreamSynchronize(stream_));
-      experts_product(xg, L.experts_gate_up, 2 * I, H, gu);
+      experts_product(xg, L.experts_gate_up, L.experts_gate_up_fp8, 2 * I, H, gu);
       cuda::silu_mul<T>(gu, I, R, act, stream_);
-      experts_product(act, L.experts_down, H, I, rows);
+      experts_product(act, L.experts_down, L.experts_down_fp8, H, I, rows);
     }
+    return finish_moe(L, router_logits, first.rows, rows, slot_row, wts, N);
+  }
+
+  /// The shared experts, and what the next norm needs to add the routed ones.
+  cuda::moe_sum finish_moe(const layer_weights<T>& L, const float* router_logits, int stride, float* rows,
+                           const int32_t* slot_row, const float* wts, int N) {
+    const int E = c_.n_routed_experts, H = c_.hidden_size;
     float* shared = nullptr;
     if (L.has_shared) {
       shared = ws_shared_.as<float>(static_cast<size_t>(N) * H);
       const int Is = L.shared_gate_up.rows / 2;
       T* sact = ws_sact_.as<T>(static_cast<size_t>(N) * Is);
-      cuda::silu_mul<T>(router_logits + E, Is, N, sact, stream_, first.rows);
+      cuda::silu_mul<T>(router_logits + E, Is, N, sact, stream_, stride);
       gemm(sact, N, L.shared_down, shared, CUDA_R_32F);
     }
-    return cuda::moe_sum{rows, slot_row, wts, shared, K};
+    return cuda::moe_sum{rows, slot_row, wts, shared, c_.num_experts_per_tok};
   }
 
   model_config c_;
@@ -810,6 +902,8 @@ class cuda_backend final : public forward_backend {
   bool want_logits_ = false;
   int max_len_ = 0;
   int sequences_ = 0;  ///< items of the planned batch
+  bool fp8_experts_ = false;  ///< routed experts kept in FP8 (layer_weights::experts_*_fp8)
+  int fp8_shift_ = 7;         ///< log2 of the FP8 scale block's columns
   const int32_t* d_tokens_ = nullptr;
   const int32_t* d_rows_ = nullptr;
   const cuda::sample_params* d_params_ = nullptr;
@@ -822,7 +916,7 @@ class cuda_backend final : public forward_backend {
 
   device_buffer staging_, ws_meta_, ws_x_, ws_y_, ws_h_, ws_hs_, ws_logits_, ws_picked_, ws_q_, ws_qa_, ws_qa_n_, ws_ckv_,
       ws_q_full_, ws_o_lat_, ws_partial_, ws_attn_, ws_gu_, ws_act_, ws_router_, ws_ids_, ws_wts_, ws_grouping_, ws_xg_,
-      ws_rows_, ws_shared_, ws_sact_;
+      ws_rows_, ws_shared_, ws_sact_, ws_dequant_;
 };
 
 }  // namespace

@@ -55,6 +55,12 @@ struct backend_options {
   /// engine's own tensor-core kernel, larger ones on cuBLAS; 0 leaves all to cuBLAS. 16 measured
   /// best on an H200 (tests/perf/README.md): above it cuBLAS's tiles win.
   int skinny_rows = 16;
+  /// bf16 on a GPU with FP8 (sm_89 and later): an FP8 checkpoint's routed experts stay in FP8 on
+  /// the GPU and are dequantised as the products read them (same results as dequantising at load,
+  /// half the bytes); false dequantises them at load.
+  bool keep_fp8 = true;
+  /// Benchmarks with random_weights_seed: the routed experts drawn in FP8 (with block scales).
+  bool random_fp8_experts = false;
 };
 
 /// The continuous-batching scheduler's limits.

@@ -107,6 +107,13 @@ __device__ __forceinline__ void wait_for_prerequisites() {
 #endif
 }
 
+/// A 64-bit mix (splitmix64's finaliser): random weights and sampling draws from a seed.
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 /// Asks L2 to fetch the 128-byte line at p, without waiting for it.
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));

@@ -82,12 +82,6 @@ __global__ void convert_kernel(const float* src, size_t n, T* dst) {
     dst[k] = from_float<T>(src[k]);
 }
 
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 template <typename T>
 __global__ void fill_random_kernel(T* dst, size_t n, uint64_t seed, float mean, float stddev) {
   for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < n;

@@ -1,5 +1,8 @@
 #include "local_engine/cuda/moe.cuh"
 
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include <algorithm>
 #include <stdexcept>
 #include <type_traits>
@@ -243,9 +246,41 @@ constexpr int mma_tiles = 2;   // n-tiles of 8 columns a warp carries
 constexpr int mma_warps = 4;   // a block: 4 warps, 64 columns
 constexpr int mma_ahead = 4;   // 32-value chunks whose loads are issued before their products
 
+/// 8 weights of a row as the product reads them: 16 bytes of bf16, or 8 e4m3 bytes dequantised
+/// with the row's scale for their block of columns (value * scale, rounded to bf16 as the loader
+/// rounds it).
+struct bf16_rows {
+  const bf16* w;
+  __device__ __forceinline__ const void* row(size_t r, int K) const { return w + r * K; }
+  __device__ __forceinline__ uint4 load(const void* row, size_t, int unit) const {
+    return load_streaming(reinterpret_cast<const uint4*>(row) + unit);
+  }
+};
+struct fp8_rows {
+  const uint8_t* w;
+  const float* scales;
+  int kb_shift, blocks;  // log2 of the scale block's columns; blocks a row
+  __device__ __forceinline__ const void* row(size_t r, int K) const { return w + r * K; }
+  __device__ __forceinline__ static uint32_t pair(uint32_t two, float s) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two), __NV_E4M3);
+    const float2 f = __half22float2(__half2(h));
+    const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * s, f.y * s);
+    return *reinterpret_cast<const uint32_t*>(&b);
+  }
+  __device__ __forceinline__ uint4 load(const void* row, size_t r, int unit) const {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n"
+        : "=r"(v.x), "=r"(v.y)
+        : "l"(reinterpret_cast<const uint2*>(row) + unit));
+    const float s = scales[r * blocks + ((unit * 8) >> kb_shift)];
+    return make_uint4(pair(v.x & 0xffffu, s), pair(v.x >> 16, s), pair(v.y & 0xffffu, s), pair(v.y >> 16, s));
+  }
+};
+
 // Work items are (active expert, 64-column slice); a persistent grid walks them, so the last wave
 // is never a mostly idle one. K % 32 == 0 and N % 8 == 0.
-__global__ void __launch_bounds__(128, 4) expert_mma_kernel(const bf16* W, const bf16* x, const int32_t* x_rows,
+template <typename Rows>
+__global__ void __launch_bounds__(128, 4) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
                                                          const int32_t* offsets, const int32_t* active, int N, int K,
                                                          int slices, int max_active, float* out) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -259,12 +294,12 @@ __global__ void __launch_bounds__(128, 4) expert_mma_kernel(const bf16* W, const
     const int r0 = offsets[e], r1 = offsets[e + 1];
     const int n_base = (slice * mma_warps + warp) * 8 * mma_tiles;
     if (n_base >= N) continue;
-    const bf16* w = W + static_cast<size_t>(e) * N * K;
-    const uint4* wrow[mma_tiles];
+    const void* wrow[mma_tiles];
+    size_t wr[mma_tiles];
 #pragma unroll
     for (int t = 0; t < mma_tiles; ++t) {
-      const int n = min(n_base + t * 8 + g, N - 1);
-      wrow[t] = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n) * K);
+      wr[t] = static_cast<size_t>(e) * N + min(n_base + t * 8 + g, N - 1);
+      wrow[t] = W.row(wr[t], K);
     }
     for (int rb = r0; rb < r1; rb += 16) {
       const int ra = rb + g, rc = rb + g + 8;
@@ -284,7 +319,7 @@ __global__ void __launch_bounds__(128, 4) expert_mma_kernel(const bf16* W, const
           A[u] = va && in ? xa[at] : zero;
           C[u] = vc && in ? xc[at] : zero;
 #pragma unroll
-          for (int t = 0; t < mma_tiles; ++t) B[u][t] = in ? load_streaming(wrow[t] + at) : zero;
+          for (int t = 0; t < mma_tiles; ++t) B[u][t] = in ? W.load(wrow[t], wr[t], at) : zero;
         }
 #pragma unroll
         for (int u = 0; u < mma_ahead; ++u) {
@@ -306,7 +341,62 @@ __global__ void __launch_bounds__(128, 4) expert_mma_kernel(const bf16* W, const
   }
 }
 
+// One block per row of expert e: out[n, k] = bf16(e4m3 * scale), as the loader dequantises.
+__global__ void dequantise_kernel(const uint8_t* w, const float* scales, int K, int kb_shift, int blocks, bf16* out) {
+  const size_t r = blockIdx.x;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(w[r * K + k]), __NV_E4M3);
+    out[r * K + k] = __float2bfloat16_rn(__half2float(__half(h)) * scales[r * blocks + (k >> kb_shift)]);
+  }
+}
+
+__global__ void fill_random_fp8_kernel(uint8_t* w, float* scales, size_t rows, int K, int blocks, uint64_t seed,
+                                       float spread, float scale) {
+  const size_t n = rows * static_cast<size_t>(K);
+  for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t z = mix64(seed * 0x9e3779b97f4a7c15ull + k + 1);
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    w[k] = __nv_cvt_float_to_fp8(spread * 1.7320508f * (2.0f * u - 1.0f), __NV_SATFINITE, __NV_E4M3);
+    if (k < rows * static_cast<size_t>(blocks)) scales[k] = scale;
+  }
+}
+
 }  // namespace device
+
+void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
+                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s) {
+  if (max_active == 0) return;
+  if (K % 32 != 0 || N % 8 != 0) throw std::logic_error("expert_gemv_fp8: K % 32 and N % 8 must be 0");
+  const int cols = 8 * device::mma_tiles * device::mma_warps;
+  const int slices = (N + cols - 1) / cols;
+  int device_id = 0, sms = 0;
+  check(cudaGetDevice(&device_id));
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
+  const int items = slices * max_active, grid = std::min(items, sms * 4);
+  const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
+  device::expert_mma_kernel<<<grid, 128, 0, s>>>(device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows,
+                                                 offsets, active, N, K, slices, max_active, out);
+  check_launch();
+}
+
+void dequantise_expert(const fp8_experts& W, int e, int N, int K, bf16* out, cudaStream_t s) {
+  const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
+  const size_t first = static_cast<size_t>(e) * N;
+  device::dequantise_kernel<<<N, 256, 0, s>>>(W.w + first * K, W.scales + first * blocks, K, W.kb_shift, blocks, out);
+  check_launch();
+}
+
+void fill_random_fp8(uint8_t* w, float* scales, size_t rows, int K, int kb_shift, uint64_t seed, float stddev,
+                     cudaStream_t s) {
+  const int blocks = (K + (1 << kb_shift) - 1) >> kb_shift;
+  // Values spread over about +-28 in e4m3 (16 times the scale), where it keeps 3 bits of mantissa.
+  const float scale = stddev / 16.0f;
+  const size_t n = rows * static_cast<size_t>(K);
+  const unsigned grid = static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 65536));
+  device::fill_random_fp8_kernel<<<grid, 256, 0, s>>>(w, scales, rows, K, blocks, seed, 16.0f, scale);
+  check_launch();
+}
 
 void route(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
            float* weights, cudaStream_t s) {
@@ -336,7 +426,8 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
       check(cudaGetDevice(&device_id));
       check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
       const int items = slices * max_active, grid = std::min(items, sms * 4);
-      device::expert_mma_kernel<<<grid, 128, 0, s>>>(W, x, x_rows, offsets, active, N, K, slices, max_active, out);
+      device::expert_mma_kernel<<<grid, 128, 0, s>>>(device::bf16_rows{W}, x, x_rows, offsets, active, N, K, slices,
+                                                     max_active, out);
       check_launch();
       return;
     }

@@ -40,4 +40,32 @@ template <typename T>
 void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets, const int32_t* active,
                  int max_active, int N, int K, float* out, cudaStream_t s);
 
+/// Expert weights kept in FP8 on the GPU (an FP8 checkpoint's e4m3 values, not dequantised at
+/// load): w [experts, N, K] bytes and one float scale per row per block of 2^kb_shift columns,
+/// scales [experts, N, ceil(K / 2^kb_shift)] (the checkpoint's block scales, spread over rows).
+struct fp8_experts {
+  const uint8_t* w = nullptr;
+  const float* scales = nullptr;
+  int kb_shift = 7;
+};
+
+/// Shapes the FP8 expert product takes (otherwise FP8 experts are dequantised at load).
+inline bool fp8_experts_fit(int N, int K, int block_cols) {
+  return K % 32 == 0 && N % 8 == 0 && block_cols >= 8 && (block_cols & (block_cols - 1)) == 0;
+}
+
+/// expert_gemv for bf16 activations and FP8 weights: each weight is dequantised as it is read, to
+/// the bf16 value the loader would have made (value * scale, rounded to nearest), so the result
+/// has the same bits as the dequantised model's. Same layout rules as expert_gemv.
+void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
+                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s);
+
+/// Expert e's [N, K] matrix in bf16, dequantised as above (for prefill's cuBLAS products).
+void dequantise_expert(const fp8_experts& W, int e, int N, int K, bf16* out, cudaStream_t s);
+
+/// Benchmark weights: rows x K e4m3 values drawn from a seed (a spread of about `stddev` once
+/// scaled) and their scales, on the device.
+void fill_random_fp8(uint8_t* w, float* scales, size_t rows, int K, int kb_shift, uint64_t seed, float stddev,
+                     cudaStream_t s);
+
 }  // namespace tollgate::engine::cuda

@@ -12,12 +12,6 @@ __device__ __forceinline__ uint32_t ordered(float f) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 __device__ __forceinline__ float block_sum_f(float v, float* scratch) { return block_sum(v, scratch); }
 
 // The largest key K with (count or mass of rows whose key >= K) >= need: the k-th largest logit,

@@ -6,10 +6,12 @@
 // --dense R1,R2,.. (bf16): the decode steps are timed once for each R, with the dense products of
 // up to R rows on the engine's skinny kernel and larger ones (all, for 0) on cuBLAS. With more than
 // one R, each dense product shape of the model is also timed alone at 1, 16 and 64 rows both ways.
+// --experts fp8: the routed experts are drawn in FP8 (e4m3 with a scale per 128 columns of a row,
+// as an FP8 checkpoint's stay on the GPU), and the roofline counts their bytes so.
 //
 //   tollgate-engine-gpu-bench [--config tests/perf/deepseek_v2_lite.json] [--dtype bfloat16]
 //       [--batches 1,16,64,256] [--context 1024] [--steps 32] [--prefill 2048] [--json FILE]
-//       [--dense 16,0]
+//       [--dense 16,0] [--experts fp8|bf16]
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -229,6 +231,7 @@ int main(int argc, char** argv) try {
   std::vector<int> modes = {16};
   std::vector<int> batches = {1, 16, 64, 256};
   int context = 1024, steps = 32, prefill = 2048;
+  bool fp8_experts = false;  // routed experts in FP8 (e4m3, a scale per 128 columns a row)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--config") config_path = v;
@@ -239,7 +242,10 @@ int main(int argc, char** argv) try {
     else if (k == "--prefill") prefill = std::stoi(v);
     else if (k == "--json") json_out = v;
     else if (k == "--dense") modes = parse_list(v);
-    else throw std::invalid_argument("unknown option " + k);
+    else if (k == "--experts") {
+      if (v != "fp8" && v != "bf16") throw std::invalid_argument("--experts takes fp8 or bf16");
+      fp8_experts = v == "fp8";
+    } else throw std::invalid_argument("unknown option " + k);
   }
   std::ifstream in(config_path);
   if (!in) throw std::runtime_error(config_path + ": cannot open");
@@ -268,7 +274,11 @@ int main(int argc, char** argv) try {
   const size_t prefill_blocks = static_cast<size_t>((prefill + o.kv_block_size - 1) / o.kv_block_size);
   o.kv_cache_memory = static_cast<double>((blocks_per_seq * max_batch + prefill_blocks + 4) * bytes_per_block);
   o.random_weights_seed = 20261201;
-  nlohmann::json report = {{"config", config_path}, {"dtype", dtype}, {"copy_bandwidth", bw}, {"bf16_matmul", peak}};
+  o.random_fp8_experts = fp8_experts;
+  // Bytes an expert weight takes: one e4m3 byte and its share of a float scale per 128 columns.
+  const double expert_elem = fp8_experts ? 1.0 + 4.0 / 128 : elem;
+  nlohmann::json report = {{"config", config_path}, {"dtype", dtype}, {"experts", fp8_experts ? "fp8" : dtype},
+                           {"copy_bandwidth", bw}, {"bf16_matmul", peak}};
   if (modes.size() > 1 && dtype == "bfloat16") report["dense_products"] = dense_products(c, bw);
   for (const int mode : modes) {
     o.skinny_rows = mode;
@@ -365,10 +375,11 @@ int main(int argc, char** argv) try {
       const double E = c.n_routed_experts, K = c.num_experts_per_tok;
       const double unique = E * (1 - std::pow(1 - K / E, B));  // experts a step touches, routing spread evenly
       const double params = ms.attn * c.num_hidden_layers + ms.dense_mlp * ms.dense_layers +
-                            (ms.router + ms.shared + unique * ms.expert) * ms.moe_layers + ms.head;
+                            (ms.router + ms.shared) * ms.moe_layers + ms.head;
+      const double expert_params = unique * ms.expert * ms.moe_layers;
       const double kv = static_cast<double>(B) * (context + steps / 2.0) * (c.kv_lora_rank + c.qk_rope_head_dim) *
                         c.num_hidden_layers * elem;
-      const double bytes = params * elem + kv;
+      const double bytes = params * elem + expert_params * expert_elem + kv;
       // A step must read `bytes`; the copy figure counts a read and a write, so reads alone go at it.
       const double floor_sec = bytes / bw;
       std::printf("%-6d %-10.3f %-12.0f %-12.0f %-10.3f\n", B, sec * 1e3, B / sec, B / floor_sec, floor_sec / sec);

@@ -13,6 +13,7 @@
 
 #include "local_engine/forward_backend.hpp"
 #include "local_engine/model_config.hpp"
+#include "local_engine/tiny_checkpoint.hpp"
 #include "tests/engine/test_support.hpp"
 
 namespace eng = tollgate::engine;
@@ -248,6 +249,44 @@ TEST_CASE("gpu: a long prompt in one forward follows the same prompt in chunks",
     }
   }
   CHECK(ran >= 2);
+}
+
+TEST_CASE("gpu: FP8 experts kept on the GPU give the logits of the model dequantised at load", "[gpu][fp8]") {
+  // gpu_mla512's experts (256 x 256 and 256 x 128) fit the FP8 product; blocks of 16 x 16 scales.
+  t::temp_dir dir;
+  auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+  recipe["dtype"] = "float8_e4m3";
+  recipe["fp8_block_size"] = {16, 16};
+  eng::make_tiny_checkpoint(recipe.dump(), dir.str());
+  const auto config = eng::parse_model_config(t::read_text(dir.path() / "config.json"));
+  auto open = [&](bool keep) {
+    eng::backend_options o;
+    o.device = "cuda:0";
+    o.dtype = "bfloat16";
+    o.kv_cache_memory = 64 << 20;
+    o.kv_block_size = 16;
+    o.keep_fp8 = keep;
+    auto be = eng::make_cuda_backend(config, dir.str(), o);
+    std::printf("fp8 keep=%d: %s\n", keep, be->describe().c_str());
+    return be;
+  };
+  auto kept = open(true), dequantised = open(false);
+  CHECK(kept->describe().find("with FP8 experts") != std::string::npos);
+  CHECK(dequantised->describe().find("FP8") == std::string::npos);
+  std::mt19937 gen(std::random_device{}());
+  std::uniform_int_distribution<int32_t> tok(2, config.vocab_size - 1);
+  // 200 tokens: the grouped product reads the FP8 weights; 300: prefill's cuBLAS products read a
+  // dequantised copy of each expert.
+  for (const size_t n : {size_t{200}, size_t{300}}) {
+    std::vector<int32_t> tokens(n);
+    for (auto& x : tokens) x = tok(gen);
+    const auto a = all_logits(*kept, tokens), b = all_logits(*dequantised, tokens);
+    REQUIRE(a.size() == b.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+    std::printf("gpu fp8 experts: %zu tokens, %zu of %zu logits differ from the dequantised model's\n", n, differ, a.size());
+    CHECK(differ == 0);
+  }
 }
 
 TEST_CASE("gpu: 64 mixed sequences in one batch give each sequence's tokens alone", "[gpu][batch]") {
