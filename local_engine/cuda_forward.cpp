@@ -167,6 +167,9 @@ class cuda_backend final : public forward_backend {
     }
     if (opt.random_weights_seed) make_random_weights(*opt.random_weights_seed, opt.random_fp8_experts);
     else load_weights(dir, opt.keep_fp8);
+    fp8_mma_ = fp8_experts_ && opt.fp8_tensor_cores &&
+               cuda::fp8_mma_fits(2 * c.moe_intermediate_size, c.hidden_size, fp8_shift_) &&
+               cuda::fp8_mma_fits(c.hidden_size, c.moe_intermediate_size, fp8_shift_);
     upload_rope();
     make_pool(opt);
     check(cudaStreamSynchronize(stream_));
@@ -195,7 +198,8 @@ class cuda_backend final : public forward_backend {
                   "cuda:%d (%s), %s%s, weights %.2f GB, loaded in %.1f s; KV pool %zu blocks of %d positions (%zu tokens, "
                   "%.2f GB)",
                   device_, gpu_name_.c_str(), std::is_same_v<T, float> ? "float32" : "bfloat16",
-                  fp8_experts_ ? " with FP8 experts" : "", weight_bytes_ / 1e9,
+                  fp8_mma_ ? " with FP8 experts on FP8 tensor cores" : (fp8_experts_ ? " with FP8 experts" : ""),
+                  weight_bytes_ / 1e9,
                   load_seconds_, pool_shape_.blocks, pool_shape_.block_size,
                   pool_shape_.blocks * static_cast<size_t>(pool_shape_.block_size),
                   static_cast<double>(pool_shape_.blocks * pool_shape_.bytes_per_block) / 1e9);
@@ -832,6 +836,20 @@ class cuda_backend final : public forward_backend {
     if (N <= gemv_token_limit) {
       const int max_active = std::min(E, R);
       if constexpr (std::is_same_v<T, bf16>) {
+        if (L.experts_gate_up_fp8.w && fp8_mma_) {
+          // Activations quantised per block of 128 (the tokens' rows, then the grouped rows).
+          uint8_t* hq = ws_xq_.as<uint8_t>(static_cast<size_t>(N) * H);
+          float* hs = ws_xs_.as<float>(static_cast<size_t>(N) * H / 128);
+          cuda::quantise_rows_fp8(h, N, H, hq, hs, stream_);
+          cuda::expert_fp8_mma(L.experts_gate_up_fp8, hq, hs, row_token, offsets, active, max_active, 2 * I, H, gu,
+                               stream_);
+          cuda::silu_mul<T>(gu, I, R, act, stream_);
+          uint8_t* aq = ws_aq_.as<uint8_t>(static_cast<size_t>(R) * I);
+          float* as = ws_as_.as<float>(static_cast<size_t>(R) * I / 128);
+          cuda::quantise_rows_fp8(act, R, I, aq, as, stream_);
+          cuda::expert_fp8_mma(L.experts_down_fp8, aq, as, nullptr, offsets, active, max_active, H, I, rows, stream_);
+          return finish_moe(L, router_logits, first.rows, rows, slot_row, wts, N);
+        }
         if (L.experts_gate_up_fp8.w) {
           cuda::expert_gemv_fp8(L.experts_gate_up_fp8, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
           cuda::silu_mul<T>(gu, I, R, act, stream_);
@@ -904,6 +922,7 @@ class cuda_backend final : public forward_backend {
   int sequences_ = 0;  ///< items of the planned batch
   bool fp8_experts_ = false;  ///< routed experts kept in FP8 (layer_weights::experts_*_fp8)
   int fp8_shift_ = 7;         ///< log2 of the FP8 scale block's columns
+  bool fp8_mma_ = false;      ///< FP8 experts' decode products on FP8 tensor cores
   const int32_t* d_tokens_ = nullptr;
   const int32_t* d_rows_ = nullptr;
   const cuda::sample_params* d_params_ = nullptr;
@@ -916,7 +935,7 @@ class cuda_backend final : public forward_backend {
 
   device_buffer staging_, ws_meta_, ws_x_, ws_y_, ws_h_, ws_hs_, ws_logits_, ws_picked_, ws_q_, ws_qa_, ws_qa_n_, ws_ckv_,
       ws_q_full_, ws_o_lat_, ws_partial_, ws_attn_, ws_gu_, ws_act_, ws_router_, ws_ids_, ws_wts_, ws_grouping_, ws_xg_,
-      ws_rows_, ws_shared_, ws_sact_, ws_dequant_;
+      ws_rows_, ws_shared_, ws_sact_, ws_dequant_, ws_xq_, ws_xs_, ws_aq_, ws_as_;
 };
 
 }  // namespace

@@ -59,6 +59,11 @@ struct backend_options {
   /// the GPU and are dequantised as the products read them (same results as dequantising at load,
   /// half the bytes); false dequantises them at load.
   bool keep_fp8 = true;
+  /// With FP8 experts in DeepSeek's 128-column scale blocks: their decode products run on FP8
+  /// tensor cores, activations quantised per block of 128 as DeepSeek's inference does (within
+  /// FP8 tolerance of the dequantised model); false dequantises each weight as it is read instead
+  /// (the dequantised model's bits, slower).
+  bool fp8_tensor_cores = true;
   /// Benchmarks with random_weights_seed: the routed experts drawn in FP8 (with block scales).
   bool random_fp8_experts = false;
 };

@@ -341,6 +341,132 @@ __global__ void __launch_bounds__(128, 4) expert_mma_kernel(Rows W, const bf16* 
   }
 }
 
+/// c += a . b on FP8 tensor cores: mma.m16n8k32, e4m3 A (16 x 32, row-major) and B (32 x 8).
+__device__ __forceinline__ void mma_e4m3(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  __trap();  // the host checks the compute capability before it launches FP8 products
+#endif
+}
+
+constexpr int fp8_ahead = 2;  // blocks of 128 values whose loads are issued before their products
+
+// As expert_mma_kernel, on FP8 tensor cores. A lane reads 16 bytes of a row at a time (64-value
+// chunk k0, bytes k0 + 16q .. + 16); the same byte order in A and B feeds two mma steps of 32, so
+// every weight byte is read once. Each block of 128 values is summed apart and added to the total
+// times its two scales. K % 128 == 0, N % 8 == 0.
+__global__ void __launch_bounds__(128, 4) expert_fp8_mma_kernel(const uint8_t* W, const float* w_scales,
+                                                             const uint8_t* xq, const float* x_scales,
+                                                             const int32_t* x_rows, const int32_t* offsets,
+                                                             const int32_t* active, int N, int K, int slices,
+                                                             int max_active, float* out) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int blocks = K / 128;
+  const int n_active = active[0];
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int item = blockIdx.x; item < max_active * slices; item += gridDim.x) {
+    const int y = item / slices, slice = item % slices;
+    if (y >= n_active) break;
+    const int e = active[1 + y];
+    const int r0 = offsets[e], r1 = offsets[e + 1];
+    const int n_base = (slice * mma_warps + warp) * 8 * mma_tiles;
+    if (n_base >= N) continue;
+    const uint4* wrow[mma_tiles];
+    const float* ws0[mma_tiles];  // scales of the two columns this lane's sums belong to
+    const float* ws1[mma_tiles];
+#pragma unroll
+    for (int t = 0; t < mma_tiles; ++t) {
+      const size_t row = static_cast<size_t>(e) * N + min(n_base + t * 8 + g, N - 1);
+      wrow[t] = reinterpret_cast<const uint4*>(W + row * K);
+      const size_t col = static_cast<size_t>(e) * N + min(n_base + t * 8 + 2 * q, N - 2);
+      ws0[t] = w_scales + col * blocks;
+      ws1[t] = w_scales + (col + 1) * blocks;
+    }
+    for (int rb = r0; rb < r1; rb += 16) {
+      const int ra = rb + g, rc = rb + g + 8;
+      const bool va = ra < r1, vc = rc < r1;
+      const int xa_row = x_rows ? x_rows[va ? ra : r0] : (va ? ra : r0);
+      const int xc_row = x_rows ? x_rows[vc ? rc : r0] : (vc ? rc : r0);
+      const uint4* xa = reinterpret_cast<const uint4*>(xq + static_cast<size_t>(xa_row) * K);
+      const uint4* xc = reinterpret_cast<const uint4*>(xq + static_cast<size_t>(xc_row) * K);
+      const float* sa = x_scales + static_cast<size_t>(xa_row) * blocks;
+      const float* sc = x_scales + static_cast<size_t>(xc_row) * blocks;
+      float c[mma_tiles][4];
+#pragma unroll
+      for (int t = 0; t < mma_tiles; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0;
+      for (int b0 = 0; b0 < blocks; b0 += fp8_ahead) {
+        // Two 64-value chunks a block: 16-byte unit (block * 8 + chunk * 4 + q) of a row.
+        uint4 A[fp8_ahead][2], C[fp8_ahead][2], B[fp8_ahead][2][mma_tiles];
+#pragma unroll
+        for (int j = 0; j < fp8_ahead; ++j) {
+          const bool in = b0 + j < blocks;
+#pragma unroll
+          for (int ch = 0; ch < 2; ++ch) {
+            const int at = (b0 + j) * 8 + ch * 4 + q;
+            A[j][ch] = va && in ? xa[at] : zero;
+            C[j][ch] = vc && in ? xc[at] : zero;
+#pragma unroll
+            for (int t = 0; t < mma_tiles; ++t) B[j][ch][t] = in ? load_streaming(wrow[t] + at) : zero;
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < fp8_ahead; ++j) {
+          const int blk = b0 + j;
+          if (blk >= blocks) break;
+          const float xa_s = va ? sa[blk] : 0.0f, xc_s = vc ? sc[blk] : 0.0f;
+#pragma unroll
+          for (int t = 0; t < mma_tiles; ++t) {
+            float part[4] = {0, 0, 0, 0};
+#pragma unroll
+            for (int ch = 0; ch < 2; ++ch) {
+              const uint4 a = A[j][ch], cr = C[j][ch], b = B[j][ch][t];
+              mma_e4m3(part, a.x, cr.x, a.y, cr.y, b.x, b.y);
+              mma_e4m3(part, a.z, cr.z, a.w, cr.w, b.z, b.w);
+            }
+            const float w0 = ws0[t][blk], w1 = ws1[t][blk];
+            c[t][0] += part[0] * (xa_s * w0);
+            c[t][1] += part[1] * (xa_s * w1);
+            c[t][2] += part[2] * (xc_s * w0);
+            c[t][3] += part[3] * (xc_s * w1);
+          }
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < mma_tiles; ++t) {
+        const int col = n_base + t * 8 + 2 * q;
+        if (col >= N) continue;
+        if (va) out[static_cast<size_t>(ra) * N + col] = c[t][0], out[static_cast<size_t>(ra) * N + col + 1] = c[t][1];
+        if (vc) out[static_cast<size_t>(rc) * N + col] = c[t][2], out[static_cast<size_t>(rc) * N + col + 1] = c[t][3];
+      }
+    }
+  }
+}
+
+// One warp per block of 128 values of a row: grid (K / 128 / 4, rows), 4 warps.
+__global__ void quantise_rows_fp8_kernel(const bf16* x, int K, int blocks, uint8_t* q, float* scales) {
+  const int blk = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (blk >= blocks) return;
+  const size_t at = static_cast<size_t>(blockIdx.y) * K + static_cast<size_t>(blk) * 128 + lane * 4;
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + at);
+  const __nv_bfloat162 p0 = *reinterpret_cast<const __nv_bfloat162*>(&raw.x);
+  const __nv_bfloat162 p1 = *reinterpret_cast<const __nv_bfloat162*>(&raw.y);
+  const float v[4] = {__low2float(p0), __high2float(p0), __low2float(p1), __high2float(p1)};
+  float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+  m = warp_max(m);
+  const float s = m > 0.0f ? m / 448.0f : 1.0f;
+  uint32_t packed = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    packed |= static_cast<uint32_t>(__nv_cvt_float_to_fp8(v[i] / s, __NV_SATFINITE, __NV_E4M3)) << (8 * i);
+  *reinterpret_cast<uint32_t*>(q + at) = packed;
+  if (lane == 0) scales[static_cast<size_t>(blockIdx.y) * blocks + blk] = s;
+}
+
 // One block per row of expert e: out[n, k] = bf16(e4m3 * scale), as the loader dequantises.
 __global__ void dequantise_kernel(const uint8_t* w, const float* scales, int K, int kb_shift, int blocks, bf16* out) {
   const size_t r = blockIdx.x;
@@ -377,6 +503,36 @@ void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows,
   const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
   device::expert_mma_kernel<<<grid, 128, 0, s>>>(device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows,
                                                  offsets, active, N, K, slices, max_active, out);
+  check_launch();
+}
+
+void quantise_rows_fp8(const bf16* x, int rows, int K, uint8_t* q, float* scales, cudaStream_t s) {
+  if (rows == 0) return;
+  if (K % 128 != 0) throw std::logic_error("quantise_rows_fp8: K % 128 must be 0");
+  const int blocks = K / 128;
+  for (int r0 = 0; r0 < rows; r0 += 65535) {
+    const int n = std::min(rows - r0, 65535);
+    const dim3 grid(static_cast<unsigned>((blocks + 3) / 4), static_cast<unsigned>(n));
+    device::quantise_rows_fp8_kernel<<<grid, 128, 0, s>>>(x + static_cast<size_t>(r0) * K, K, blocks,
+                                                         q + static_cast<size_t>(r0) * K,
+                                                         scales + static_cast<size_t>(r0) * blocks);
+    check_launch();
+  }
+}
+
+void expert_fp8_mma(const fp8_experts& W, const uint8_t* xq, const float* xs, const int32_t* x_rows,
+                    const int32_t* offsets, const int32_t* active, int max_active, int N, int K, float* out,
+                    cudaStream_t s) {
+  if (max_active == 0) return;
+  if (!fp8_mma_fits(N, K, W.kb_shift)) throw std::logic_error("expert_fp8_mma: shapes or scale blocks do not fit");
+  const int cols = 8 * device::mma_tiles * device::mma_warps;
+  const int slices = (N + cols - 1) / cols;
+  int device_id = 0, sms = 0;
+  check(cudaGetDevice(&device_id));
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
+  const int items = slices * max_active, grid = std::min(items, sms * 4);
+  device::expert_fp8_mma_kernel<<<grid, 128, 0, s>>>(W.w, W.scales, xq, xs, x_rows, offsets, active, N, K, slices,
+                                                     max_active, out);
   check_launch();
 }
 

@@ -63,6 +63,22 @@ void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows,
 /// Expert e's [N, K] matrix in bf16, dequantised as above (for prefill's cuBLAS products).
 void dequantise_expert(const fp8_experts& W, int e, int N, int K, bf16* out, cudaStream_t s);
 
+/// Whether the FP8 tensor-core product takes these experts: scale blocks of 128 columns (as
+/// DeepSeek's checkpoints have), K % 128 == 0, N % 8 == 0. The GPU must have FP8 (sm_89+).
+inline bool fp8_mma_fits(int N, int K, int kb_shift) { return kb_shift == 7 && K % 128 == 0 && N % 8 == 0; }
+
+/// Activations in FP8 as DeepSeek's inference quantises them: per row and block of 128 values,
+/// scale = max |x| / 448 and q = e4m3(x / scale). x [rows, K] bf16 -> q [rows, K] bytes and
+/// scales [rows, K / 128]. K % 128 == 0.
+void quantise_rows_fp8(const bf16* x, int rows, int K, uint8_t* q, float* scales, cudaStream_t s);
+
+/// expert_gemv on FP8 tensor cores (mma e4m3 x e4m3, float sums): activations quantised by
+/// quantise_rows_fp8 (rows a(r) as in expert_gemv), weights as stored; each block of 128 values
+/// is summed, then scaled by its activation and weight scales. Needs fp8_mma_fits.
+void expert_fp8_mma(const fp8_experts& W, const uint8_t* xq, const float* xs, const int32_t* x_rows,
+                    const int32_t* offsets, const int32_t* active, int max_active, int N, int K, float* out,
+                    cudaStream_t s);
+
 /// Benchmark weights: rows x K e4m3 values drawn from a seed (a spread of about `stddev` once
 /// scaled) and their scales, on the device.
 void fill_random_fp8(uint8_t* w, float* scales, size_t rows, int K, int kb_shift, uint64_t seed, float stddev,

@@ -289,6 +289,57 @@ TEST_CASE("gpu: FP8 experts kept on the GPU give the logits of the model dequant
   }
 }
 
+TEST_CASE("gpu: FP8 experts on FP8 tensor cores stay near the dequantised model", "[gpu][fp8]") {
+  // DeepSeek's 128 x 128 scale blocks: the decode products run on e4m3 tensor cores with the
+  // activations quantised per block of 128, so the logits move by FP8's rounding, not bf16's.
+  t::temp_dir dir;
+  auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+  recipe["dtype"] = "float8_e4m3";
+  recipe["fp8_block_size"] = {128, 128};
+  eng::make_tiny_checkpoint(recipe.dump(), dir.str());
+  const auto config = eng::parse_model_config(t::read_text(dir.path() / "config.json"));
+  auto open = [&](bool keep, bool tensor_cores) {
+    eng::backend_options o;
+    o.device = "cuda:0";
+    o.dtype = "bfloat16";
+    o.kv_cache_memory = 64 << 20;
+    o.kv_block_size = 16;
+    o.keep_fp8 = keep;
+    o.fp8_tensor_cores = tensor_cores;
+    auto be = eng::make_cuda_backend(config, dir.str(), o);
+    std::printf("fp8 keep=%d tensor cores=%d: %s\n", keep, tensor_cores, be->describe().c_str());
+    return be;
+  };
+  auto tc = open(true, true), on_read = open(true, false), dequantised = open(false, false);
+  CHECK(tc->describe().find("FP8 tensor cores") != std::string::npos);
+  CHECK(on_read->describe().find("FP8 tensor cores") == std::string::npos);
+  const size_t V = static_cast<size_t>(config.vocab_size);
+  std::mt19937 gen(std::random_device{}());
+  std::uniform_int_distribution<int32_t> tok(2, config.vocab_size - 1);
+  std::vector<int32_t> tokens(200);
+  for (auto& x : tokens) x = tok(gen);
+  const auto ref = all_logits(*dequantised, tokens);
+  CHECK(all_logits(*on_read, tokens) == ref);
+  const auto got = all_logits(*tc, tokens);
+  REQUIRE(got.size() == ref.size());
+  double sum_cos = 0, worst = 1;
+  size_t agree = 0;
+  for (size_t p = 0; p < tokens.size(); ++p) {
+    const float* a = got.data() + p * V;
+    const float* b = ref.data() + p * V;
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < V; ++i) ab += double(a[i]) * b[i], aa += double(a[i]) * a[i], bb += double(b[i]) * b[i];
+    const double cos = ab / std::sqrt(aa * bb);
+    sum_cos += cos, worst = std::min(worst, cos);
+    agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+  }
+  const double mean_cos = sum_cos / tokens.size(), agreement = double(agree) / tokens.size();
+  std::printf("gpu fp8 tensor cores against the dequantised model: logit cosine mean %.5f worst %.5f, top-1 %.3f over %zu positions\n",
+              mean_cos, worst, agreement, tokens.size());
+  CHECK(mean_cos > 0.99);
+  CHECK(agreement >= 0.8);
+}
+
 TEST_CASE("gpu: 64 mixed sequences in one batch give each sequence's tokens alone", "[gpu][batch]") {
   auto m = load("v3_qlora_yarn", "float32", 256 << 20);
   auto& be = *m->backend;
