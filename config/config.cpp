@@ -1043,6 +1043,13 @@ std::optional<int> parse_priority(std::string_view text) {
   return std::nullopt;
 }
 
+std::string priority_name(int priority) {
+  if (priority == 0) return "low";
+  if (priority == 1) return "normal";
+  if (priority == 2) return "high";
+  return std::to_string(priority);
+}
+
 std::optional<std::pair<double, std::string>> parse_budget(std::string_view text) {
   auto slash = text.find('/');
   if (slash == std::string_view::npos) return std::nullopt;

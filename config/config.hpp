@@ -52,6 +52,8 @@ struct key_config {
 inline constexpr int max_priority = 9;
 /// "low" -> 0, "normal" -> 1, "high" -> 2, "0".."9" -> that number; nullopt otherwise.
 std::optional<int> parse_priority(std::string_view text);
+/// The name of a priority for lists: "low", "normal", "high", else its number.
+std::string priority_name(int priority);
 
 /// "100/day", "2500.5/month" -> amount and period. nullopt when malformed.
 std::optional<std::pair<double, std::string>> parse_budget(std::string_view text);

@@ -37,7 +37,7 @@ std::string iso_time(std::int64_t unix_seconds) {
 create_result make_key(const nlohmann::json& req, const std::vector<std::string>& taken, std::int64_t now_unix) {
   auto fail = [](std::string message, std::string param) { return create_result{std::nullopt, std::move(message), std::move(param)}; };
   if (!req.is_object()) return fail("the body must be a JSON object", "");
-  static const char* known[] = {"name", "models", "rpm", "tpm", "max_concurrency", "budget", "expires"};
+  static const char* known[] = {"name", "models", "rpm", "tpm", "max_concurrency", "budget", "expires", "priority"};
   for (const auto& [field, value] : req.items()) {
     bool ok = false;
     for (const char* k : known) ok = ok || field == k;
@@ -94,6 +94,16 @@ create_result make_key(const nlohmann::json& req, const std::vector<std::string>
     c.budget = b->first;
     c.budget_period = b->second;
   }
+  if (req.contains("priority") && !req["priority"].is_null()) {
+    // A name or a number, as in the config: "high", "low", 7 or "7".
+    const auto& v = req["priority"];
+    std::optional<int> p;
+    if (v.is_string()) p = config::parse_priority(v.get<std::string>());
+    else if (v.is_number_integer() && v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= config::max_priority)
+      p = static_cast<int>(v.get<std::int64_t>());
+    if (!p) return fail("'priority' must be high, normal, low or a number from 0 to 9 (larger is served first)", "priority");
+    c.priority = *p;
+  }
   if (req.contains("expires") && !req["expires"].is_null()) {
     auto e = req["expires"].is_string() ? config::parse_expiry(req["expires"].get<std::string>()) : std::nullopt;
     if (!e) return fail("'expires' must be a date, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ", "expires");
@@ -117,6 +127,7 @@ nlohmann::json key_json(const stored_key& k, std::optional<double> spent) {
                       {"rpm", c.rpm},
                       {"tpm", c.tpm},
                       {"max_concurrency", c.max_concurrency},
+                      {"priority", config::priority_name(c.priority)},
                       {"created", iso_time(k.created_unix)},
                       {"status", "active"}};
   const auto now = std::chrono::duration_cast<std::chrono::seconds>(

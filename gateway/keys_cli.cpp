@@ -26,7 +26,7 @@ constexpr std::string_view keys_help =
     "\n"
     "  keys create --config FILE --name NAME [--models 'deepseek-*,qwen-*'] [--rpm N] [--tpm N]\n"
     "              [--max-concurrency N] [--budget AMOUNT/day|AMOUNT/month] [--expires YYYY-MM-DD]\n"
-    "              [--json]\n"
+    "              [--priority high|normal|low|0-9] [--json]\n"
     "  keys list   --config FILE [--all] [--json]     (--all: revoked keys too)\n"
     "  keys revoke --config FILE --name NAME\n";
 
@@ -99,7 +99,8 @@ std::unique_ptr<store> open_store(const parsed_args& p, config::config& cfg) {
 }
 
 int create(const std::vector<std::string_view>& args) {
-  auto p = parse(args, {"--config", "--name", "--models", "--rpm", "--tpm", "--max-concurrency", "--budget", "--expires"});
+  auto p = parse(args, {"--config", "--name", "--models", "--rpm", "--tpm", "--max-concurrency", "--budget", "--expires",
+                        "--priority"});
   if (!p.error.empty()) {
     std::cerr << "tollgate keys create: " << p.error << "\n" << keys_help;
     return 2;
@@ -171,7 +172,8 @@ int list(const std::vector<std::string_view>& args) {
     return 0;
   }
   std::cout << std::left << std::setw(20) << "NAME" << std::setw(12) << "PREFIX" << std::setw(9) << "STATUS"
-            << std::setw(24) << "MODELS" << std::setw(8) << "RPM" << std::setw(9) << "TPM" << std::setw(22)
+            << std::setw(24) << "MODELS" << std::setw(9) << "PRIORITY" << std::setw(8) << "RPM" << std::setw(9) << "TPM"
+            << std::setw(22)
             << "BUDGET (SPENT)" << "EXPIRES\n";
   for (const auto& j : out) {
     std::string models;
@@ -183,7 +185,7 @@ int list(const std::vector<std::string_view>& args) {
     }
     std::cout << std::setw(20) << j["name"].get<std::string>() << std::setw(12) << j["prefix"].get<std::string>()
               << std::setw(9) << j["status"].get<std::string>() << std::setw(24) << (models.empty() ? "*" : models)
-              << std::setw(8) << j["rpm"].get<unsigned>() << std::setw(9) << j["tpm"].get<unsigned>()
+              << std::setw(9) << j["priority"].get<std::string>() << std::setw(8) << j["rpm"].get<unsigned>() << std::setw(9) << j["tpm"].get<unsigned>()
               << std::setw(22) << budget << (j["expires"].is_null() ? "-" : j["expires"].get<std::string>()) << "\n";
   }
   return 0;

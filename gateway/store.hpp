@@ -49,6 +49,12 @@ class store {
   virtual std::vector<usage_row> usage(const std::string& key, std::int64_t since_unix_ms, std::int64_t until_unix_ms) = 0;
 };
 
+/// A stored key's priority column as requests use it: within 0..max_priority (a row edited by
+/// hand may hold anything).
+inline int clamp_priority(std::int64_t v) {
+  return static_cast<int>(v < 0 ? 0 : v > config::max_priority ? config::max_priority : v);
+}
+
 /// Opens (creating) the SQLite store; the ledger's table lives in the same file. Throws
 /// store_error when it cannot.
 std::unique_ptr<store> open_sqlite_store(const std::string& path);
