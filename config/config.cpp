@@ -834,7 +834,10 @@ class loader {
       if (auto v = b["max_queue"]) {
         if (auto i = integer(v, path + ".max_queue", 0, 1000000)) bc.max_queue = static_cast<unsigned>(*i);
       }
-      if (auto v = b["queue_timeout"]) read_duration(v, path + ".queue_timeout", bc.queue_timeout);
+      if (auto v = b["queue_timeout"]) {
+        read_duration(v, path + ".queue_timeout", bc.queue_timeout);
+        bc.queue_timeout_set = true;
+      }
       if (auto v = b["queue_aging"]) read_duration(v, path + ".queue_aging", bc.queue_aging);
       if (ok && !unset.empty()) {
         std::string vars;
