@@ -19,7 +19,32 @@ bool valid_key_name(const std::string& s) {
   return true;
 }
 
+constexpr const char* priority_error = "'priority' must be high, normal, low or a number from 0 to 9 (larger is served first)";
+
+/// A priority as the config writes it: a name or a number, as a string ("high", "7") or a whole number.
+std::optional<int> read_priority(const nlohmann::json& v) {
+  if (v.is_string()) return config::parse_priority(v.get<std::string>());
+  if (v.is_number_integer() && v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= config::max_priority)
+    return static_cast<int>(v.get<std::int64_t>());
+  return std::nullopt;
+}
+
 }  // namespace
+
+update_result read_key_update(const nlohmann::json& req) {
+  auto fail = [](std::string message, std::string param) { return update_result{std::nullopt, std::move(message), std::move(param)}; };
+  if (!req.is_object()) return fail("the body must be a JSON object", "");
+  for (const auto& [field, value] : req.items()) {
+    if (field != "priority") {
+      return fail("only 'priority' can be changed on a stored key; to change '" + field + "', revoke the key and create it again",
+                  field);
+    }
+  }
+  if (!req.contains("priority")) return fail("'priority' is required", "priority");
+  auto p = read_priority(req["priority"]);
+  if (!p) return fail(priority_error, "priority");
+  return update_result{p, {}, {}};
+}
 
 std::string iso_time(std::int64_t unix_seconds) {
   using namespace std::chrono;
@@ -96,12 +121,8 @@ create_result make_key(const nlohmann::json& req, const std::vector<std::string>
   }
   if (req.contains("priority") && !req["priority"].is_null()) {
     // A name or a number, as in the config: "high", "low", 7 or "7".
-    const auto& v = req["priority"];
-    std::optional<int> p;
-    if (v.is_string()) p = config::parse_priority(v.get<std::string>());
-    else if (v.is_number_integer() && v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= config::max_priority)
-      p = static_cast<int>(v.get<std::int64_t>());
-    if (!p) return fail("'priority' must be high, normal, low or a number from 0 to 9 (larger is served first)", "priority");
+    auto p = read_priority(req["priority"]);
+    if (!p) return fail(priority_error, "priority");
     c.priority = *p;
   }
   if (req.contains("expires") && !req["expires"].is_null()) {

@@ -19,7 +19,7 @@ namespace tollgate::gateway {
 namespace {
 
 constexpr std::string_view keys_help =
-    "usage: tollgate keys <create|list|revoke> --config FILE [options]\n"
+    "usage: tollgate keys <create|list|update|revoke> --config FILE [options]\n"
     "\n"
     "Manages API keys in the config's store (store.sqlite). A running gateway picks up changes\n"
     "within a second. Keys are stored only as a SHA-256 digest: `create` prints the key once.\n"
@@ -28,6 +28,7 @@ constexpr std::string_view keys_help =
     "              [--max-concurrency N] [--budget AMOUNT/day|AMOUNT/month] [--expires YYYY-MM-DD]\n"
     "              [--priority high|normal|low|0-9] [--json]\n"
     "  keys list   --config FILE [--all] [--json]     (--all: revoked keys too)\n"
+    "  keys update --config FILE --name NAME --priority high|normal|low|0-9\n"
     "  keys revoke --config FILE --name NAME\n";
 
 std::int64_t now_unix() {
@@ -191,6 +192,35 @@ int list(const std::vector<std::string_view>& args) {
   return 0;
 }
 
+int update(const std::vector<std::string_view>& args) {
+  auto p = parse(args, {"--config", "--name", "--priority"});
+  if (!p.error.empty() || !p.values.count("name") || !p.values.count("priority")) {
+    std::cerr << "tollgate keys update: "
+              << (p.error.empty() ? "--name NAME and --priority PRIORITY are required" : p.error) << "\n"
+              << keys_help;
+    return 2;
+  }
+  const auto change = read_key_update(nlohmann::json{{"priority", p.values["priority"]}});
+  if (!change.priority) {
+    std::cerr << "tollgate keys update: " << change.error << "\n";
+    return 1;
+  }
+  config::config cfg;
+  auto st = open_store(p, cfg);
+  if (!st) return 1;
+  try {
+    if (!st->set_key_priority(p.values["name"], *change.priority)) {
+      std::cerr << "tollgate keys update: no active key named '" << p.values["name"] << "'\n";
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "tollgate keys update: " << e.what() << "\n";
+    return 1;
+  }
+  std::cerr << "key '" << p.values["name"] << "' now has priority " << config::priority_name(*change.priority) << "\n";
+  return 0;
+}
+
 int revoke(const std::vector<std::string_view>& args) {
   auto p = parse(args, {"--config", "--name"});
   if (!p.error.empty() || !p.values.count("name")) {
@@ -230,6 +260,7 @@ int keys_command(const std::vector<std::string_view>& args) {
   }
   if (args[0] == "create") return create(rest);
   if (args[0] == "list") return list(rest);
+  if (args[0] == "update") return update(rest);
   if (args[0] == "revoke") return revoke(rest);
   std::cerr << "tollgate keys: unknown command '" << args[0] << "'\n" << keys_help;
   return 2;

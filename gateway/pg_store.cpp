@@ -299,6 +299,23 @@ class postgres_store final : public store {
     }
   }
 
+  bool set_key_priority(const std::string& name, int priority) override {
+    std::lock_guard lock(mutex_);
+    connect();
+    conn_.must("BEGIN");
+    try {
+      auto up = conn_.must("UPDATE api_keys SET priority = $1 WHERE name = $2 AND revoked_unix = 0",
+                           {std::to_string(priority), name});
+      const bool changed = std::string(PQcmdTuples(up.get())) != "0";
+      if (changed) conn_.must("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_version'");
+      conn_.must("COMMIT");
+      return changed;
+    } catch (...) {
+      conn_.exec("ROLLBACK");
+      throw;
+    }
+  }
+
   std::int64_t keys_version() override {
     std::lock_guard lock(mutex_);
     connect();

@@ -174,6 +174,23 @@ class sqlite_store final : public store {
     }
   }
 
+  bool set_key_priority(const std::string& name, int priority) override {
+    std::lock_guard lock(mutex_);
+    exec("BEGIN IMMEDIATE", "");
+    try {
+      statement up(db_, "UPDATE api_keys SET priority = ? WHERE name = ? AND revoked_unix = 0");
+      up.bind(1, std::int64_t(priority)).bind(2, name);
+      up.step();
+      const bool changed = sqlite3_changes(db_) > 0;
+      if (changed) bump_version();
+      exec("COMMIT", "");
+      return changed;
+    } catch (...) {
+      exec("ROLLBACK", "");
+      throw;
+    }
+  }
+
   std::int64_t keys_version() override {
     std::lock_guard lock(mutex_);
     statement q(db_, "SELECT value FROM store_meta WHERE name = 'keys_version'");

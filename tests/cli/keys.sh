@@ -92,6 +92,22 @@ for _ in $(seq 1 30); do
   sleep 0.1
 done
 grep '"key":"batch"' "$work/tollgate.log" | grep -q '"priority":0' || fail "batch's requests are not low priority"
+# `keys update` changes a stored key's priority; the running gateway applies it within a second.
+"$tg" keys update --config "$work/tollgate.yaml" --name batch --priority urgent 2>"$work/err" && fail "keys update took 'urgent'"
+grep -q "'priority' must be" "$work/err" || fail "bad update message: $(cat "$work/err")"
+"$tg" keys update --config "$work/tollgate.yaml" --name nobody --priority high 2>/dev/null && fail "keys update of no key"
+set +e
+"$tg" keys update --config "$work/tollgate.yaml" --name batch 2>/dev/null; [ $? -eq 2 ] || fail "keys update without --priority"
+set -e
+"$tg" keys update --config "$work/tollgate.yaml" --name batch --priority 5 2>/dev/null
+"$tg" keys list --config "$work/tollgate.yaml" | grep -E -q "^batch +.* 5 +0 " || fail "list lacks batch's new priority"
+promoted=""
+for i in $(seq 1 30); do
+  call "$batch_key" qwen-max >/dev/null
+  sleep 0.1
+  grep '"key":"batch"' "$work/tollgate.log" | grep -q '"priority":5' && { promoted=1; break; }
+done
+[ -n "$promoted" ] || fail "the running gateway did not apply batch's new priority"
 grep -rq "${key:3}" "$work/tollgate.log" && fail "the log holds the secret"
 grep -rqa "${key:3}" "$work"/tollgate.db* && fail "the database holds the secret"
 [ "$(sqlite3 "$work/tollgate.db" "SELECT count(*) FROM api_keys WHERE name = 'team-a' AND length(digest) = 64")" = 1 ] ||

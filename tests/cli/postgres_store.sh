@@ -63,6 +63,21 @@ seen_c=$(wait_status "${url[c]}" "$secret" 200) || fail "a key created on replic
 listed=$(curl -sf "${url[c]}/admin/keys/team" -H 'Authorization: Bearer tg-admin-0123456789' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["priority"])')
 [ "$listed" = low ] || fail "replica c lists the key's priority as '$listed', not low"
+# Its priority raised on replica a (PATCH): replica b's requests of it are high priority within 2 s.
+patched_ms=$(date +%s%3N)
+curl -sf -X PATCH "${url[a]}/admin/keys/team" -H 'Authorization: Bearer tg-admin-0123456789' \
+  -d '{"priority":"high"}' >/dev/null || fail "PATCH of the key's priority"
+promoted=""
+start=$(date +%s%N)
+for i in $(seq 1 60); do
+  curl -s -o /dev/null --max-time 10 "${url[b]}/v1/chat/completions" -H "Authorization: Bearer $secret" \
+    -H "x-request-id: promoted-$i" -d '{"model":"m","messages":[{"role":"user","content":"hi"}]}' || true
+  sleep 0.05
+  [ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND priority = 2")" -gt 0 ] && { promoted=1; break; }
+done
+promoted_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+[ -n "$promoted" ] && [ "$promoted_ms" -le 3000 ] || fail "replica b did not apply the priority changed on a ($promoted_ms ms)"
+echo "priority: made low on a, listed by c; raised on a, applied by b within ${promoted_ms} ms (ledger included)"
 curl -sf -X POST "${url[a]}/admin/keys/team/revoke" -H 'Authorization: Bearer tg-admin-0123456789' >/dev/null
 gone=$(wait_status "${url[b]}" "$secret" 401) || fail "a key revoked on replica a still worked on b after 2 s"
 gone_c=$(wait_status "${url[c]}" "$secret" 401) || fail "a key revoked on replica a still worked on c after 2 s"
@@ -140,10 +155,14 @@ echo "answered $answered (200: $ok; replicas a and c, up throughout: $on_ac of 4
 # Every record carries its request's priority (the key's default, normal), the spooled ones too.
 [ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'load' AND priority = 1")" -eq "$records" ] ||
   fail "ledger records without their priority"
-# The key made on replica a with priority low: its requests on b and c were low priority.
-team_rows=$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND status = 200")
+# The key made on replica a with priority low: its requests on b and c were low priority until
+# it was raised to high.
+team_rows=$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND status = 200 AND unix_ms < $patched_ms")
 [ "$team_rows" -ge 2 ] || fail "$team_rows ledger rows for the key made on replica a"
-[ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND status = 200 AND priority IS DISTINCT FROM 0")" -eq 0 ] ||
+[ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND status = 200 AND unix_ms < $patched_ms
+             AND priority IS DISTINCT FROM 0")" -eq 0 ] ||
   fail "requests of the low-priority key made on replica a were not low priority on the others"
-[ "$(psql_q "SELECT priority FROM api_keys WHERE name = 'team'")" = 0 ] || fail "the key's priority is not stored"
+[ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND priority NOT IN (0, 2)")" -eq 0 ] ||
+  fail "requests of the key with a priority it never had"
+[ "$(psql_q "SELECT priority FROM api_keys WHERE name = 'team'")" = 2 ] || fail "the key's priority is not stored"
 echo "postgres_store: 1 passed, 0 failed"

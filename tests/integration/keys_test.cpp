@@ -182,7 +182,8 @@ TEST_CASE("a budget refuses with insufficient_quota once spent, and survives a r
   remove_db(path);
 }
 
-TEST_CASE("admin API: a key's priority is checked, stored, listed and applied to its requests, also after a restart",
+TEST_CASE("admin API: a key's priority is checked, stored, listed, changed and applied to its requests, also after a "
+          "restart",
           "[keys][priority]") {
   const auto path = db_path("keys-priority");
   remove_db(path);
@@ -240,6 +241,32 @@ TEST_CASE("admin API: a key's priority is checked, stored, listed and applied to
     CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-plain'") == "1");
     CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-vip-lowered'") == "3");
     CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-batch-raised'") == "0");
+
+    // PATCH changes a stored key's priority (its one changeable field), from its next request on.
+    auto patch = [&](const std::string& name, const std::string& body, http_options o = admin()) {
+      o.method = "PATCH";
+      return c.post(f.base + "/admin/keys/" + name, body, o);
+    };
+    auto changed = patch("batch", R"({"priority":"high"})");
+    REQUIRE(changed.status == 200);
+    CHECK(json::parse(changed.body)["priority"] == "high");
+    CHECK(json::parse(changed.body)["name"] == "batch");
+    send("batch", "p-batch-promoted");
+    REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger") == "7"; }));
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-batch-promoted'") == "2");
+    CHECK(patch("batch", R"({"priority":4})").status == 200);
+    CHECK(d.one("SELECT priority FROM api_keys WHERE name = 'batch'") == "4");
+    auto bad = patch("batch", R"({"priority":"urgent"})");
+    CHECK(bad.status == 400);
+    CHECK(json::parse(bad.body)["error"]["param"] == "priority");
+    bad = patch("batch", R"({"priority":"low","rpm":5})");
+    CHECK(bad.status == 400);
+    CHECK(json::parse(bad.body)["error"]["param"] == "rpm");
+    CHECK(patch("batch", R"({})").status == 400);
+    CHECK(patch("batch", "{not json").status == 400);
+    CHECK(patch("nobody", R"({"priority":"low"})").status == 404);
+    CHECK(patch("batch", R"({"priority":"low"})", bearer(secrets["batch"])).status == 401);
+    CHECK(d.one("SELECT priority FROM api_keys WHERE name = 'batch'") == "4");
   }
   {
     // A new process reads the priorities back from the store.
@@ -249,7 +276,7 @@ TEST_CASE("admin API: a key's priority is checked, stored, listed and applied to
     o.headers.push_back("x-request-id: p-vip-again");
     CHECK(c.post(f.base + "/v1/chat/completions", chat, o).status == 200);
     db d(path);
-    REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger") == "7"; }));
+    REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger") == "8"; }));
     CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-vip-again'") == "7");
   }
   remove_db(path);
