@@ -215,8 +215,7 @@ struct waiter {
 
 /// Counts of one configured backend, shared with the callbacks of its jobs.
 struct local_engine_backend::counters {
-  std::atomic<std::uint64_t> in_flight{0}, prompt_tokens{0}, generated_tokens{0}, finished{0}, cancelled{0}, failed{0},
-      overloaded{0};
+  std::atomic<std::uint64_t> prompt_tokens{0}, generated_tokens{0}, finished{0}, cancelled{0}, failed{0}, overloaded{0};
 };
 
 /// One request's state, shared by the worker's call and the engine's callbacks.
@@ -282,7 +281,6 @@ struct answer {
 
   /// The engine ended the sequence.
   static void on_end(job& j, engine_port::end_reason why, const std::string& message) {
-    j.counts->in_flight.fetch_sub(1, std::memory_order_relaxed);
     if (j.done) return;  // finished by a stop; counted there
     if (j.cancelled) {
       j.counts->cancelled.fetch_add(1, std::memory_order_relaxed);
@@ -586,7 +584,6 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
     return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
   }
   if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
-  counters_->in_flight.fetch_add(1, std::memory_order_relaxed);
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);
   j->counts = counters_;
@@ -611,16 +608,13 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
     std::lock_guard lock(j->mutex);
     j->stream = std::move(stream);
   } catch (const engine_queue_full& e) {
-    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     counters_->overloaded.fetch_add(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(
         503, error_body(std::string("the local engine is overloaded: ") + e.what() + "; try again shortly", "server_error", "overloaded"),
         refs, "1");
   } catch (const std::invalid_argument& e) {
-    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
   } catch (const std::exception& e) {
-    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
   }
   return c;
