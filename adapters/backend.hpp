@@ -145,6 +145,9 @@ struct engine_stats {
   std::uint64_t finished = 0;          ///< sequences that reached a stop or max_tokens
   std::uint64_t cancelled = 0;         ///< sequences dropped because their client left
   std::uint64_t failed = 0;            ///< sequences the engine could not finish
+  /// Requests refused with 503 overloaded: the queue was full (at once, or displaced later by a
+  /// request of higher priority), or they waited past queue_timeout.
+  std::uint64_t overloaded = 0;
 };
 
 /// A configured backend. Immutable and shared between threads; start() is thread-safe.

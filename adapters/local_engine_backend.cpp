@@ -215,7 +215,7 @@ struct waiter {
 
 /// Counts of one configured backend, shared with the callbacks of its jobs.
 struct local_engine_backend::counters {
-  std::atomic<std::uint64_t> in_flight{0}, prompt_tokens{0}, generated_tokens{0}, finished{0}, cancelled{0}, failed{0};
+  std::atomic<std::uint64_t> prompt_tokens{0}, generated_tokens{0}, finished{0}, cancelled{0}, failed{0}, overloaded{0};
 };
 
 /// One request's state, shared by the worker's call and the engine's callbacks.
@@ -280,14 +280,18 @@ struct answer {
   }
 
   /// The engine ended the sequence.
-  static void on_end(job& j, bool failed, const std::string& message) {
-    j.counts->in_flight.fetch_sub(1, std::memory_order_relaxed);
+  static void on_end(job& j, engine_port::end_reason why, const std::string& message) {
     if (j.done) return;  // finished by a stop; counted there
     if (j.cancelled) {
       j.counts->cancelled.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    if (failed) {
+    if (why == engine_port::end_reason::overloaded && !j.head_sent) {
+      j.counts->overloaded.fetch_add(1, std::memory_order_relaxed);
+      refuse(j, message);
+      return;
+    }
+    if (why != engine_port::end_reason::done) {
       j.counts->failed.fetch_add(1, std::memory_order_relaxed);
       fail(j, "the local engine failed: " + message);
       return;
@@ -383,6 +387,24 @@ struct answer {
     j.push(std::move(end));
   }
 
+  /// 503 overloaded with Retry-After: the request never started (see engine_admission).
+  static void refuse(job& j, const std::string& message) {
+    j.done = true;
+    call_event head;
+    head.type = call_event::kind::head;
+    head.head.status = 503;
+    head.head.headers.emplace_back("content-type", "application/json");
+    head.head.headers.emplace_back("retry-after", "1");
+    j.push(std::move(head));
+    call_event body;
+    body.type = call_event::kind::data;
+    body.data = error_body("the local engine is overloaded: " + message + "; try again shortly", "server_error", "overloaded");
+    j.push(std::move(body));
+    call_event end;
+    end.type = call_event::kind::end;
+    j.push(std::move(end));
+  }
+
   static void fail(job& j, const std::string& message) {
     j.done = true;
     if (!j.head_sent) {
@@ -416,13 +438,14 @@ class engine_call final : public call {
     job_->io = &refs.io;
     job_->wake = waiter_;
   }
-  /// An answer made on the spot (a bad request), with no engine work.
-  engine_call(int status, std::string body, io_refs refs)
+  /// An answer made on the spot (a bad request, a full queue), with no engine work.
+  engine_call(int status, std::string body, io_refs refs, const char* retry_after = nullptr)
       : waiter_(std::make_shared<waiter>(refs.io)) {
     call_event head;
     head.type = call_event::kind::head;
     head.head.status = status;
     head.head.headers.emplace_back("content-type", "application/json");
+    if (retry_after != nullptr) head.head.headers.emplace_back("retry-after", retry_after);
     local_.push_back(std::move(head));
     call_event data;
     data.type = call_event::kind::data;
@@ -541,6 +564,7 @@ std::optional<engine_stats> local_engine_backend::stats() const {
   st.finished = c.finished.load(std::memory_order_relaxed);
   st.cancelled = c.cancelled.load(std::memory_order_relaxed);
   st.failed = c.failed.load(std::memory_order_relaxed);
+  st.overloaded = c.overloaded.load(std::memory_order_relaxed);
   return st;
 }
 
@@ -560,13 +584,6 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
     return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
   }
   if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
-  // The queue limit: max_batch sequences run, max_queue more may wait.
-  const std::uint64_t limit = std::uint64_t{cfg_.max_batch} + cfg_.max_queue;
-  if (counters_->in_flight.fetch_add(1, std::memory_order_relaxed) >= limit) {
-    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    return std::make_unique<engine_call>(
-        503, error_body("the local engine's queue is full; try again shortly", "server_error", "overloaded"), refs);
-  }
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);
   j->counts = counters_;
@@ -577,16 +594,27 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
   // The callbacks hold the job, never the engine: the engine's thread must not end up owning it.
   const engine_port* engine = engine_.get();
   cb.on_token = [j, engine](std::int32_t token) { return answer::on_token(*j, *engine, token); };
-  cb.on_end = [j](bool failed, const std::string& message) { answer::on_end(*j, failed, message); };
+  cb.on_end = [j](engine_port::end_reason why, const std::string& message) { answer::on_end(*j, why, message); };
+  // The queue's limits: max_batch sequences run, max_queue more may wait (shed by priority), each
+  // at most queue_timeout when the backend sets one.
+  engine_admission admission;
+  admission.priority = request.priority;
+  admission.max_queue = cfg_.max_queue;
+  if (cfg_.queue_timeout_set) {
+    admission.queue_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(cfg_.queue_timeout);
+  }
   try {
-    auto stream = engine_->submit(j->spec.prompt, j->spec.sampling, j->spec.max_tokens, std::move(cb), request.priority);
+    auto stream = engine_->submit(j->spec.prompt, j->spec.sampling, j->spec.max_tokens, std::move(cb), admission);
     std::lock_guard lock(j->mutex);
     j->stream = std::move(stream);
+  } catch (const engine_queue_full& e) {
+    counters_->overloaded.fetch_add(1, std::memory_order_relaxed);
+    return std::make_unique<engine_call>(
+        503, error_body(std::string("the local engine is overloaded: ") + e.what() + "; try again shortly", "server_error", "overloaded"),
+        refs, "1");
   } catch (const std::invalid_argument& e) {
-    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
   } catch (const std::exception& e) {
-    counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
   }
   return c;

@@ -7,11 +7,14 @@
 // relays an upstream's.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -29,6 +32,18 @@ struct engine_sampling {
   std::uint64_t seed = 0;
 };
 
+/// Admission control of one request in the engine's queue (engine::queue_options).
+struct engine_admission {
+  int priority = 1;  ///< 0 low .. 9; 1 normal
+  std::size_t max_queue = std::numeric_limits<std::size_t>::max();  ///< requests that may wait beyond max_batch
+  std::chrono::milliseconds queue_timeout{0};  ///< the longest wait for a place in the batch; 0: none
+};
+
+/// engine_port::submit() refused a request at once: its queue is full.
+struct engine_queue_full : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 /// What serving needs from a loaded model. Thread-safe.
 class engine_port {
  public:
@@ -40,13 +55,17 @@ class engine_port {
     /// the end.
     virtual void cancel() = 0;
   };
+  enum class end_reason {
+    done,        ///< max_tokens, the context's end, a false from on_token, cancel()
+    failed,      ///< the engine failed it
+    overloaded,  ///< never started: displaced from a full queue by a higher priority, or past queue_timeout
+  };
   /// Called on the engine thread; keep them short.
   struct callbacks {
     /// Each token as it is sampled; false ends the sequence (EOS, a stop string).
     std::function<bool(std::int32_t token)> on_token;
-    /// Exactly once, last: failed with a message, or not (max_tokens, the context's end, a false
-    /// from on_token, cancel()).
-    std::function<void(bool failed, const std::string& message)> on_end;
+    /// Exactly once, last: with why it ended and, unless done, a message.
+    std::function<void(end_reason why, const std::string& message)> on_end;
   };
 
   virtual ~engine_port() = default;
@@ -60,10 +79,12 @@ class engine_port {
   virtual std::optional<std::int32_t> eos() const = 0;
   virtual std::size_t max_positions() const = 0;
   virtual std::size_t vocab_size() const = 0;
-  /// Queues a sequence of at most max_tokens tokens; priority as engine::submit takes it. Throws
-  /// std::invalid_argument for a prompt or sampling the engine refuses (nothing is called back then).
+  /// Queues a sequence of at most max_tokens tokens, with admission control as
+  /// engine::queue_options says. Throws std::invalid_argument for a prompt or sampling the engine
+  /// refuses, and engine_queue_full when the queue is full of requests of the same priority or
+  /// higher (nothing is called back then).
   virtual std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling& s, std::size_t max_tokens,
-                                         callbacks cb, int priority = 1) const = 0;
+                                         callbacks cb, const engine_admission& admission) const = 0;
   /// The scheduler's state: running, queued, batch, tokens/s, KV blocks, preemptions.
   virtual engine_stats stats() const = 0;
 };

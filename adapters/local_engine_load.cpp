@@ -10,6 +10,12 @@ namespace tollgate::adapters {
 
 namespace {
 
+engine_port::end_reason reason_of(engine::stream_end why) {
+  if (why == engine::stream_end::failed) return engine_port::end_reason::failed;
+  if (why == engine::stream_end::overloaded) return engine_port::end_reason::overloaded;
+  return engine_port::end_reason::done;
+}
+
 class engine_binding final : public engine_port {
  public:
   explicit engine_binding(std::shared_ptr<const engine::model> m, std::string name)
@@ -41,7 +47,7 @@ class engine_binding final : public engine_port {
     std::shared_ptr<engine::stream> s_;
   };
   std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling& s, std::size_t max_tokens,
-                                 callbacks cb, int priority) const override {
+                                 callbacks cb, const engine_admission& admission) const override {
     engine::sampling e;
     e.temperature = s.temperature;
     e.top_p = s.top_p;
@@ -50,9 +56,17 @@ class engine_binding final : public engine_port {
     engine::stream_callbacks ec;
     ec.on_token = std::move(cb.on_token);
     ec.on_end = [end = std::move(cb.on_end)](engine::stream_end why, const std::string& message) {
-      if (end) end(why == engine::stream_end::failed, message);
+      if (end) end(reason_of(why), message);
     };
-    return std::make_shared<handle>(engine::submit(model_, std::move(prompt), e, max_tokens, std::move(ec), priority));
+    engine::queue_options q;
+    q.priority = admission.priority;
+    q.max_queue = admission.max_queue;
+    q.queue_timeout = admission.queue_timeout;
+    try {
+      return std::make_shared<handle>(engine::submit(model_, std::move(prompt), e, max_tokens, std::move(ec), q));
+    } catch (const engine::queue_full& full) {
+      throw engine_queue_full(full.what());
+    }
   }
 
   engine_stats stats() const override {

@@ -834,7 +834,10 @@ class loader {
       if (auto v = b["max_queue"]) {
         if (auto i = integer(v, path + ".max_queue", 0, 1000000)) bc.max_queue = static_cast<unsigned>(*i);
       }
-      if (auto v = b["queue_timeout"]) read_duration(v, path + ".queue_timeout", bc.queue_timeout);
+      if (auto v = b["queue_timeout"]) {
+        read_duration(v, path + ".queue_timeout", bc.queue_timeout);
+        bc.queue_timeout_set = true;
+      }
       if (auto v = b["queue_aging"]) read_duration(v, path + ".queue_aging", bc.queue_aging);
       if (ok && !unset.empty()) {
         std::string vars;
@@ -1041,6 +1044,13 @@ std::optional<int> parse_priority(std::string_view text) {
   if (text == "high") return 2;
   if (text.size() == 1 && text[0] >= '0' && text[0] - '0' <= max_priority) return text[0] - '0';
   return std::nullopt;
+}
+
+std::string priority_name(int priority) {
+  if (priority == 0) return "low";
+  if (priority == 1) return "normal";
+  if (priority == 2) return "high";
+  return std::to_string(priority);
 }
 
 std::optional<std::pair<double, std::string>> parse_budget(std::string_view text) {

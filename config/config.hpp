@@ -52,6 +52,8 @@ struct key_config {
 inline constexpr int max_priority = 9;
 /// "low" -> 0, "normal" -> 1, "high" -> 2, "0".."9" -> that number; nullopt otherwise.
 std::optional<int> parse_priority(std::string_view text);
+/// The name of a priority for lists: "low", "normal", "high", else its number.
+std::string priority_name(int priority);
 
 /// "100/day", "2500.5/month" -> amount and period. nullopt when malformed.
 std::optional<std::pair<double, std::string>> parse_budget(std::string_view text);
@@ -98,6 +100,9 @@ struct backend_config {
   unsigned max_concurrency = 0;  ///< requests in flight at once, over all workers; 0: no limit
   unsigned max_queue = 100;      ///< requests that may wait for a slot; beyond: 503
   duration queue_timeout{std::chrono::seconds(5)};  ///< longest wait for a slot
+  /// queue_timeout was written in the config. A local engine's own queue has a longest wait only
+  /// then (its sequences are otherwise bounded by timeouts.first_token).
+  bool queue_timeout_set = false;
   /// Aging in the queue: a waiter ranks one priority higher for each queue_aging it has waited,
   /// so that low priority is served under steady high-priority load. 0: queue_timeout / 4. For a
   /// local engine, the same in its scheduler (from a sequence's submission).

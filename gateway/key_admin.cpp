@@ -19,7 +19,32 @@ bool valid_key_name(const std::string& s) {
   return true;
 }
 
+constexpr const char* priority_error = "'priority' must be high, normal, low or a number from 0 to 9 (larger is served first)";
+
+/// A priority as the config writes it: a name or a number, as a string ("high", "7") or a whole number.
+std::optional<int> read_priority(const nlohmann::json& v) {
+  if (v.is_string()) return config::parse_priority(v.get<std::string>());
+  if (v.is_number_integer() && v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= config::max_priority)
+    return static_cast<int>(v.get<std::int64_t>());
+  return std::nullopt;
+}
+
 }  // namespace
+
+update_result read_key_update(const nlohmann::json& req) {
+  auto fail = [](std::string message, std::string param) { return update_result{std::nullopt, std::move(message), std::move(param)}; };
+  if (!req.is_object()) return fail("the body must be a JSON object", "");
+  for (const auto& [field, value] : req.items()) {
+    if (field != "priority") {
+      return fail("only 'priority' can be changed on a stored key; to change '" + field + "', revoke the key and create it again",
+                  field);
+    }
+  }
+  if (!req.contains("priority")) return fail("'priority' is required", "priority");
+  auto p = read_priority(req["priority"]);
+  if (!p) return fail(priority_error, "priority");
+  return update_result{p, {}, {}};
+}
 
 std::string iso_time(std::int64_t unix_seconds) {
   using namespace std::chrono;
@@ -37,7 +62,7 @@ std::string iso_time(std::int64_t unix_seconds) {
 create_result make_key(const nlohmann::json& req, const std::vector<std::string>& taken, std::int64_t now_unix) {
   auto fail = [](std::string message, std::string param) { return create_result{std::nullopt, std::move(message), std::move(param)}; };
   if (!req.is_object()) return fail("the body must be a JSON object", "");
-  static const char* known[] = {"name", "models", "rpm", "tpm", "max_concurrency", "budget", "expires"};
+  static const char* known[] = {"name", "models", "rpm", "tpm", "max_concurrency", "budget", "expires", "priority"};
   for (const auto& [field, value] : req.items()) {
     bool ok = false;
     for (const char* k : known) ok = ok || field == k;
@@ -94,6 +119,12 @@ create_result make_key(const nlohmann::json& req, const std::vector<std::string>
     c.budget = b->first;
     c.budget_period = b->second;
   }
+  if (req.contains("priority") && !req["priority"].is_null()) {
+    // A name or a number, as in the config: "high", "low", 7 or "7".
+    auto p = read_priority(req["priority"]);
+    if (!p) return fail(priority_error, "priority");
+    c.priority = *p;
+  }
   if (req.contains("expires") && !req["expires"].is_null()) {
     auto e = req["expires"].is_string() ? config::parse_expiry(req["expires"].get<std::string>()) : std::nullopt;
     if (!e) return fail("'expires' must be a date, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ", "expires");
@@ -117,6 +148,7 @@ nlohmann::json key_json(const stored_key& k, std::optional<double> spent) {
                       {"rpm", c.rpm},
                       {"tpm", c.tpm},
                       {"max_concurrency", c.max_concurrency},
+                      {"priority", config::priority_name(c.priority)},
                       {"created", iso_time(k.created_unix)},
                       {"status", "active"}};
   const auto now = std::chrono::duration_cast<std::chrono::seconds>(

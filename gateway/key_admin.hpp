@@ -28,6 +28,16 @@ struct create_result {
 };
 create_result make_key(const nlohmann::json& request, const std::vector<std::string>& taken, std::int64_t now_unix);
 
+/// Validates a change to a stored key: {"priority": "high" | "low" | "normal" | 0..9}, the one
+/// field a stored key may change (the others: revoke it and create it again). Returns the new
+/// priority, or a message saying what is wrong (and param, the field).
+struct update_result {
+  std::optional<int> priority;
+  std::string error;
+  std::string param;
+};
+update_result read_key_update(const nlohmann::json& request);
+
 /// The key as lists show it (no secret, no digest). spent: this period's spend when known.
 nlohmann::json key_json(const stored_key& k, std::optional<double> spent);
 

@@ -19,15 +19,16 @@ namespace tollgate::gateway {
 namespace {
 
 constexpr std::string_view keys_help =
-    "usage: tollgate keys <create|list|revoke> --config FILE [options]\n"
+    "usage: tollgate keys <create|list|update|revoke> --config FILE [options]\n"
     "\n"
     "Manages API keys in the config's store (store.sqlite). A running gateway picks up changes\n"
     "within a second. Keys are stored only as a SHA-256 digest: `create` prints the key once.\n"
     "\n"
     "  keys create --config FILE --name NAME [--models 'deepseek-*,qwen-*'] [--rpm N] [--tpm N]\n"
     "              [--max-concurrency N] [--budget AMOUNT/day|AMOUNT/month] [--expires YYYY-MM-DD]\n"
-    "              [--json]\n"
+    "              [--priority high|normal|low|0-9] [--json]\n"
     "  keys list   --config FILE [--all] [--json]     (--all: revoked keys too)\n"
+    "  keys update --config FILE --name NAME --priority high|normal|low|0-9\n"
     "  keys revoke --config FILE --name NAME\n";
 
 std::int64_t now_unix() {
@@ -99,7 +100,8 @@ std::unique_ptr<store> open_store(const parsed_args& p, config::config& cfg) {
 }
 
 int create(const std::vector<std::string_view>& args) {
-  auto p = parse(args, {"--config", "--name", "--models", "--rpm", "--tpm", "--max-concurrency", "--budget", "--expires"});
+  auto p = parse(args, {"--config", "--name", "--models", "--rpm", "--tpm", "--max-concurrency", "--budget", "--expires",
+                        "--priority"});
   if (!p.error.empty()) {
     std::cerr << "tollgate keys create: " << p.error << "\n" << keys_help;
     return 2;
@@ -171,7 +173,8 @@ int list(const std::vector<std::string_view>& args) {
     return 0;
   }
   std::cout << std::left << std::setw(20) << "NAME" << std::setw(12) << "PREFIX" << std::setw(9) << "STATUS"
-            << std::setw(24) << "MODELS" << std::setw(8) << "RPM" << std::setw(9) << "TPM" << std::setw(22)
+            << std::setw(24) << "MODELS" << std::setw(9) << "PRIORITY" << std::setw(8) << "RPM" << std::setw(9) << "TPM"
+            << std::setw(22)
             << "BUDGET (SPENT)" << "EXPIRES\n";
   for (const auto& j : out) {
     std::string models;
@@ -183,9 +186,38 @@ int list(const std::vector<std::string_view>& args) {
     }
     std::cout << std::setw(20) << j["name"].get<std::string>() << std::setw(12) << j["prefix"].get<std::string>()
               << std::setw(9) << j["status"].get<std::string>() << std::setw(24) << (models.empty() ? "*" : models)
-              << std::setw(8) << j["rpm"].get<unsigned>() << std::setw(9) << j["tpm"].get<unsigned>()
+              << std::setw(9) << j["priority"].get<std::string>() << std::setw(8) << j["rpm"].get<unsigned>() << std::setw(9) << j["tpm"].get<unsigned>()
               << std::setw(22) << budget << (j["expires"].is_null() ? "-" : j["expires"].get<std::string>()) << "\n";
   }
+  return 0;
+}
+
+int update(const std::vector<std::string_view>& args) {
+  auto p = parse(args, {"--config", "--name", "--priority"});
+  if (!p.error.empty() || !p.values.count("name") || !p.values.count("priority")) {
+    std::cerr << "tollgate keys update: "
+              << (p.error.empty() ? "--name NAME and --priority PRIORITY are required" : p.error) << "\n"
+              << keys_help;
+    return 2;
+  }
+  const auto change = read_key_update(nlohmann::json{{"priority", p.values["priority"]}});
+  if (!change.priority) {
+    std::cerr << "tollgate keys update: " << change.error << "\n";
+    return 1;
+  }
+  config::config cfg;
+  auto st = open_store(p, cfg);
+  if (!st) return 1;
+  try {
+    if (!st->set_key_priority(p.values["name"], *change.priority)) {
+      std::cerr << "tollgate keys update: no active key named '" << p.values["name"] << "'\n";
+      return 1;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "tollgate keys update: " << e.what() << "\n";
+    return 1;
+  }
+  std::cerr << "key '" << p.values["name"] << "' now has priority " << config::priority_name(*change.priority) << "\n";
   return 0;
 }
 
@@ -228,6 +260,7 @@ int keys_command(const std::vector<std::string_view>& args) {
   }
   if (args[0] == "create") return create(rest);
   if (args[0] == "list") return list(rest);
+  if (args[0] == "update") return update(rest);
   if (args[0] == "revoke") return revoke(rest);
   std::cerr << "tollgate keys: unknown command '" << args[0] << "'\n" << keys_help;
   return 2;

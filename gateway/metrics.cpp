@@ -93,11 +93,13 @@ void render_engines(std::string& out, const runtime& rt) {
   family("tollgate_engine_generated_tokens_total", "counter", "Tokens a local engine has sampled.",
          [](const st& s) { return s.generated_tokens; });
   header(out, "tollgate_engine_sequences_total", "counter",
-         "Sequences a local engine has ended, by outcome: finished, cancelled (the client left), failed.");
+         "Sequences a local engine has ended, by outcome: finished, cancelled (the client left), failed, "
+         "overloaded (refused with 503: its queue was full, or past queue_timeout).");
   for (const auto& [labels, s] : engines) {
     out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"finished\"} " + std::to_string(s.finished) + "\n";
     out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"cancelled\"} " + std::to_string(s.cancelled) + "\n";
     out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"failed\"} " + std::to_string(s.failed) + "\n";
+    out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"overloaded\"} " + std::to_string(s.overloaded) + "\n";
   }
 }
 

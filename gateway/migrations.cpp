@@ -106,6 +106,13 @@ INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keys_version', 0);
            exec(db, "ALTER TABLE usage_ledger ADD COLUMN priority INTEGER", what);
          }
        }},
+      {5, "api keys: priority",
+       [](sqlite3* db, const std::string& what) {
+         // Keys made before priorities existed are normal (1), as static keys are by default.
+         if (!has_column(db, "api_keys", "priority")) {
+           exec(db, "ALTER TABLE api_keys ADD COLUMN priority INTEGER NOT NULL DEFAULT 1", what);
+         }
+       }},
   };
   return list;
 }

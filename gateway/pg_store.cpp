@@ -71,6 +71,9 @@ INSERT INTO store_meta (name, value) VALUES ('keys_version', 0) ON CONFLICT DO N
       {3, "usage ledger: priority", R"sql(
 ALTER TABLE usage_ledger ADD COLUMN IF NOT EXISTS priority INTEGER;
 )sql"},
+      {4, "api keys: priority", R"sql(
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 1;
+)sql"},
   };
   return list;
 }
@@ -229,10 +232,11 @@ class postgres_store final : public store {
       if (exists.rows() > 0) throw store_error("a key named '" + k.limits.name + "' exists; revoke it first");
       auto ins = conn_.exec(
           "INSERT INTO api_keys (name, digest, prefix, models, rpm, tpm, max_concurrency, budget, budget_period, "
-          "expires_unix, created_unix) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+          "expires_unix, created_unix, priority) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
           {k.limits.name, to_hex(k.limits.digest), k.prefix, join(k.limits.models), std::to_string(k.limits.rpm),
            std::to_string(k.limits.tpm), std::to_string(k.limits.max_concurrency), real_text(k.limits.budget),
-           k.limits.budget_period, std::to_string(k.limits.expires_unix), std::to_string(k.created_unix)});
+           k.limits.budget_period, std::to_string(k.limits.expires_unix), std::to_string(k.created_unix),
+           std::to_string(k.limits.priority)});
       if (!ins.ok()) {
         // Another replica created the same name between the check and the insert.
         if (ins.sqlstate() == "23505") throw store_error("a key named '" + k.limits.name + "' exists; revoke it first");
@@ -251,9 +255,9 @@ class postgres_store final : public store {
     connect();
     auto q = conn_.must(include_revoked
                             ? "SELECT name, digest, prefix, models, rpm, tpm, max_concurrency, budget, budget_period, "
-                              "expires_unix, created_unix, revoked_unix FROM api_keys ORDER BY created_unix, id"
+                              "expires_unix, created_unix, revoked_unix, priority FROM api_keys ORDER BY created_unix, id"
                             : "SELECT name, digest, prefix, models, rpm, tpm, max_concurrency, budget, budget_period, "
-                              "expires_unix, created_unix, revoked_unix FROM api_keys WHERE revoked_unix = 0 "
+                              "expires_unix, created_unix, revoked_unix, priority FROM api_keys WHERE revoked_unix = 0 "
                               "ORDER BY created_unix, id");
     std::vector<stored_key> out;
     for (int i = 0; i < q.rows(); ++i) {
@@ -272,6 +276,7 @@ class postgres_store final : public store {
       k.limits.expires_unix = q.integer(i, 9);
       k.created_unix = q.integer(i, 10);
       k.revoked_unix = q.integer(i, 11);
+      k.limits.priority = clamp_priority(q.integer(i, 12));
       out.push_back(std::move(k));
     }
     return out;
@@ -284,6 +289,23 @@ class postgres_store final : public store {
     try {
       auto up = conn_.must("UPDATE api_keys SET revoked_unix = $1 WHERE name = $2 AND revoked_unix = 0",
                            {std::to_string(std::max<std::int64_t>(now_unix, 1)), name});
+      const bool changed = std::string(PQcmdTuples(up.get())) != "0";
+      if (changed) conn_.must("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_version'");
+      conn_.must("COMMIT");
+      return changed;
+    } catch (...) {
+      conn_.exec("ROLLBACK");
+      throw;
+    }
+  }
+
+  bool set_key_priority(const std::string& name, int priority) override {
+    std::lock_guard lock(mutex_);
+    connect();
+    conn_.must("BEGIN");
+    try {
+      auto up = conn_.must("UPDATE api_keys SET priority = $1 WHERE name = $2 AND revoked_unix = 0",
+                           {std::to_string(priority), name});
       const bool changed = std::string(PQcmdTuples(up.get())) != "0";
       if (changed) conn_.must("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_version'");
       conn_.must("COMMIT");

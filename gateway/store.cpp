@@ -104,7 +104,7 @@ class sqlite_store final : public store {
       if (exists.step()) throw store_error("a key named '" + k.limits.name + "' exists; revoke it first");
       statement ins(db_,
                     "INSERT INTO api_keys (name, digest, prefix, models, rpm, tpm, max_concurrency, budget, "
-                    "budget_period, expires_unix, created_unix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                    "budget_period, expires_unix, created_unix, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
       ins.bind(1, k.limits.name)
           .bind(2, to_hex(k.limits.digest))
           .bind(3, k.prefix)
@@ -115,7 +115,8 @@ class sqlite_store final : public store {
           .bind(8, k.limits.budget)
           .bind(9, k.limits.budget_period)
           .bind(10, k.limits.expires_unix)
-          .bind(11, k.created_unix);
+          .bind(11, k.created_unix)
+          .bind(12, std::int64_t(k.limits.priority));
       ins.step();
       bump_version();
       exec("COMMIT", "");
@@ -129,9 +130,9 @@ class sqlite_store final : public store {
     std::lock_guard lock(mutex_);
     statement q(db_, include_revoked
                          ? "SELECT name, digest, prefix, models, rpm, tpm, max_concurrency, budget, budget_period, "
-                           "expires_unix, created_unix, revoked_unix FROM api_keys ORDER BY created_unix, rowid"
+                           "expires_unix, created_unix, revoked_unix, priority FROM api_keys ORDER BY created_unix, rowid"
                          : "SELECT name, digest, prefix, models, rpm, tpm, max_concurrency, budget, budget_period, "
-                           "expires_unix, created_unix, revoked_unix FROM api_keys WHERE revoked_unix = 0 "
+                           "expires_unix, created_unix, revoked_unix, priority FROM api_keys WHERE revoked_unix = 0 "
                            "ORDER BY created_unix, rowid");
     std::vector<stored_key> out;
     while (q.step()) {
@@ -150,6 +151,7 @@ class sqlite_store final : public store {
       k.limits.expires_unix = q.integer(9);
       k.created_unix = q.integer(10);
       k.revoked_unix = q.integer(11);
+      k.limits.priority = clamp_priority(q.integer(12));
       out.push_back(std::move(k));
     }
     return out;
@@ -161,6 +163,23 @@ class sqlite_store final : public store {
     try {
       statement up(db_, "UPDATE api_keys SET revoked_unix = ? WHERE name = ? AND revoked_unix = 0");
       up.bind(1, std::max<std::int64_t>(now_unix, 1)).bind(2, name);
+      up.step();
+      const bool changed = sqlite3_changes(db_) > 0;
+      if (changed) bump_version();
+      exec("COMMIT", "");
+      return changed;
+    } catch (...) {
+      exec("ROLLBACK", "");
+      throw;
+    }
+  }
+
+  bool set_key_priority(const std::string& name, int priority) override {
+    std::lock_guard lock(mutex_);
+    exec("BEGIN IMMEDIATE", "");
+    try {
+      statement up(db_, "UPDATE api_keys SET priority = ? WHERE name = ? AND revoked_unix = 0");
+      up.bind(1, std::int64_t(priority)).bind(2, name);
       up.step();
       const bool changed = sqlite3_changes(db_) > 0;
       if (changed) bump_version();

@@ -40,7 +40,9 @@ class store {
   virtual std::vector<stored_key> keys(bool include_revoked) = 0;
   /// Marks the active key of that name revoked; false when there is none.
   virtual bool revoke_key(const std::string& name, std::int64_t now_unix) = 0;
-  /// Changes whenever a key is created or revoked, by this process or another one.
+  /// Sets the priority (0..max_priority) of the active key of that name; false when there is none.
+  virtual bool set_key_priority(const std::string& name, int priority) = 0;
+  /// Changes whenever a key is created, changed or revoked, by this process or another one.
   virtual std::int64_t keys_version() = 0;
   /// The key's spend in the ledger since a time (for budgets after a restart).
   virtual double spent_since(const std::string& key, std::int64_t since_unix_ms) = 0;
@@ -48,6 +50,12 @@ class store {
   /// (exclusive); key empty: every key.
   virtual std::vector<usage_row> usage(const std::string& key, std::int64_t since_unix_ms, std::int64_t until_unix_ms) = 0;
 };
+
+/// A stored key's priority column as requests use it: within 0..max_priority (a row edited by
+/// hand may hold anything).
+inline int clamp_priority(std::int64_t v) {
+  return static_cast<int>(v < 0 ? 0 : v > config::max_priority ? config::max_priority : v);
+}
 
 /// Opens (creating) the SQLite store; the ledger's table lives in the same file. Throws
 /// store_error when it cannot.

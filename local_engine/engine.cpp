@@ -166,10 +166,20 @@ std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const
 
 std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
                                std::size_t max_tokens, stream_callbacks callbacks, int priority) {
+  queue_options q;
+  q.priority = priority;
+  return submit(m, std::move(prompt), s, max_tokens, std::move(callbacks), q);
+}
+
+std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
+                               std::size_t max_tokens, stream_callbacks callbacks, const queue_options& queue) {
   if (!m) throw std::invalid_argument("submit: no model");
   check_request(*m, prompt, s);
+  if (queue.queue_timeout.count() < 0) throw std::invalid_argument("queue_timeout must not be negative");
   sched_request r;
-  r.priority = priority;
+  r.priority = queue.priority;
+  r.max_queue = queue.max_queue;
+  r.queue_timeout = queue.queue_timeout;
   r.prompt = std::move(prompt);
   r.sample = s;
   r.max_tokens = max_tokens;

@@ -14,9 +14,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -109,6 +111,8 @@ struct engine_stats {
   std::uint64_t finished = 0;           ///< ended by max_tokens or by their callback
   std::uint64_t cancelled = 0;          ///< ended by cancel()
   std::uint64_t failed = 0;             ///< ended by an error (context full, pool too small, a failed forward)
+  std::uint64_t overloaded = 0;         ///< ended while waiting: displaced by a higher priority, or past queue_timeout
+  std::uint64_t refused = 0;            ///< submissions refused at once (queue_full)
 };
 engine_stats stats(const model& m);
 
@@ -119,6 +123,10 @@ enum class stream_end {
   context_full,  ///< no position left in the model's context for another token
   cancelled,     ///< cancel() was called
   failed,        ///< an error; the message says which
+  /// Refused before its first admission, nothing generated (see queue_options): displaced from a
+  /// full queue by a newer sequence of higher priority, or still waiting at queue_timeout. The
+  /// message says which; the caller may try again later.
+  overloaded,
 };
 
 /// What the scheduler calls back for a submitted sequence. Both run on the engine thread: keep
@@ -151,6 +159,32 @@ class stream {
 /// their output unchanged); 1 is normal.
 std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
                                std::size_t max_tokens, stream_callbacks callbacks, int priority = 1);
+
+/// Admission control of a submitted sequence: its priority, and how long a queue it accepts.
+struct queue_options {
+  int priority = 1;  ///< as submit() takes it: larger first, 1 normal
+  /// Sequences that may wait beyond the scheduler's max_batch. When max_batch + max_queue
+  /// sequences of the model are already in flight (submitted and not ended, running or waiting),
+  /// the newcomer displaces the oldest of the lowest priority below its own among those never
+  /// admitted yet (it ends overloaded); with none below it, submit() throws queue_full. A sequence
+  /// never displaces one of its own priority or higher, nor one that has started. Default: no limit.
+  std::size_t max_queue = std::numeric_limits<std::size_t>::max();
+  /// The longest wait for a first admission: a sequence still waiting then ends overloaded (aging,
+  /// scheduler_options::priority_aging, still lets a long waiter go first where there is room).
+  /// A sequence that has started is never timed out (a preempted one waits to be recomputed).
+  /// 0: no limit.
+  std::chrono::milliseconds queue_timeout{0};
+};
+
+/// submit() refused a sequence at once: max_queue sequences already wait beyond max_batch and
+/// none of them has a lower priority. Nothing is called back.
+struct queue_full : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// submit() with admission control (see queue_options). Throws as submit() does, and queue_full.
+std::shared_ptr<stream> submit(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s,
+                               std::size_t max_tokens, stream_callbacks callbacks, const queue_options& queue);
 
 /// One request's decoding state, stepped by its caller: a sequence of the model's scheduler that
 /// produces one token per step() call (concurrent step() calls of several sequences share one

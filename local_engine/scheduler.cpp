@@ -10,6 +10,7 @@ namespace tollgate::engine {
 namespace {
 using clock_type = std::chrono::steady_clock;
 constexpr auto rate_window = std::chrono::seconds(5);
+constexpr const char* displaced_message = "displaced from the engine's full queue by a request of higher priority";
 }  // namespace
 
 scheduler::scheduler(forward_backend& backend, const model_config& config, const scheduler_options& options)
@@ -36,12 +37,45 @@ std::shared_ptr<sched_sequence> scheduler::submit(sched_request r) {
   s->submitted = clock_type::now();
   s->tokens = r.prompt;
   s->req = std::move(r);
+  bool refused = false;  // the queue is full and nothing below s can make room
+  std::size_t waiting_beyond = 0;
   {
     std::lock_guard lock(m_);
-    s->id = next_id_++;
     if (stop_) throw std::runtime_error("the engine is stopping");
-    incoming_.push_back(s);
-    ++signals_;
+    if (in_flight_ >= opts_.max_batch && in_flight_ - opts_.max_batch >= s->req.max_queue) {
+      // Full: shed from the bottom, the oldest waiter of the lowest priority below the newcomer's.
+      auto victim = unadmitted_.end();
+      for (auto it = unadmitted_.begin(); it != unadmitted_.end(); ++it) {
+        if ((*it)->req.priority < s->req.priority &&
+            (victim == unadmitted_.end() || (*it)->req.priority < (*victim)->req.priority))
+          victim = it;
+      }
+      if (victim != unadmitted_.end()) {
+        (*victim)->shed = true;
+        unadmitted_.erase(victim);
+        --in_flight_;
+        ++signals_;
+      } else {
+        refused = true;
+        waiting_beyond = in_flight_ - opts_.max_batch;
+      }
+    }
+    if (!refused) {
+      s->id = next_id_++;
+      ++in_flight_;
+      unadmitted_.push_back(s);
+      incoming_.push_back(s);
+      ++signals_;
+    }
+  }
+  if (refused) {
+    {
+      std::lock_guard lock(stats_m_);
+      ++stats_.refused;
+    }
+    throw queue_full("the engine's queue is full: " + std::to_string(waiting_beyond) +
+                     " sequences wait beyond its batch of " + std::to_string(opts_.max_batch) +
+                     ", none of lower priority than " + std::to_string(s->req.priority));
   }
   {
     std::lock_guard lock(stats_m_);
@@ -94,7 +128,10 @@ void scheduler::run() {
   for (;;) {
     {
       std::unique_lock lock(m_);
-      cv_.wait(lock, [&] { return stop_ || signals_ != seen || progressed; });
+      const auto ready = [&] { return stop_ || signals_ != seen || progressed; };
+      // A sequence's queue_timeout passes even when nothing else happens.
+      if (queue_deadline_) cv_.wait_until(lock, *queue_deadline_, ready);
+      else cv_.wait(lock, ready);
       if (stop_) break;
       seen = signals_;
       for (auto& s : incoming_) enqueue(std::move(s), false);
@@ -120,9 +157,15 @@ void scheduler::end(sched_sequence& s, stream_end reason, const std::string& mes
   s.ended = true;
   blocks_.release(s.id);
   {
+    std::lock_guard lock(m_);
+    if (!s.shed) --in_flight_;  // a displaced one left the count when it was displaced
+    if (s.admitted_at == 0) std::erase_if(unadmitted_, [&](const auto& u) { return u.get() == &s; });
+  }
+  {
     std::lock_guard lock(stats_m_);
     if (reason == stream_end::cancelled) ++stats_.cancelled;
     else if (reason == stream_end::failed) ++stats_.failed;
+    else if (reason == stream_end::overloaded) ++stats_.overloaded;
     else ++stats_.finished;
   }
   // Called once the step's bookkeeping is done, so that what on_end's caller then reads (stats,
@@ -184,6 +227,24 @@ void scheduler::enqueue(std::shared_ptr<sched_sequence> s, bool first_of_priorit
   waiting_.insert(at, std::move(s));
 }
 
+bool scheduler::expire_waiting() {
+  bool expired = false;
+  queue_deadline_.reset();
+  for (auto& s : waiting_) {
+    if (s->ended || s->admitted_at != 0 || s->req.queue_timeout.count() <= 0) continue;
+    const auto deadline = s->submitted + s->req.queue_timeout;
+    if (deadline <= step_now_) {
+      end(*s, stream_end::overloaded,
+          "the request waited its queue_timeout (" + std::to_string(s->req.queue_timeout.count()) +
+              " ms) for a place in the engine's batch");
+      expired = true;
+    } else if (!queue_deadline_ || deadline < *queue_deadline_) {
+      queue_deadline_ = deadline;
+    }
+  }
+  return expired;
+}
+
 void scheduler::sweep() {
   std::erase_if(running_, [](const auto& s) { return s->ended; });
   std::erase_if(waiting_, [](const auto& s) { return s->ended; });
@@ -209,6 +270,9 @@ bool scheduler::step_once() {
   for (auto& s : waiting_) {
     if (s->cancel_requested.load()) {
       end(*s, stream_end::cancelled);
+      progressed = true;
+    } else if (s->shed.load()) {
+      end(*s, stream_end::overloaded, displaced_message);
       progressed = true;
     } else if (s->req.max_tokens == 0 && !s->req.all_logits) {
       end(*s, stream_end::length);
@@ -308,6 +372,18 @@ bool scheduler::step_once() {
       preempt(victim);
     }
     if (need > blocks_.free()) break;
+    {
+      // Taken out of the displaceable ones, unless submit() displaced it a moment ago.
+      std::unique_lock lock(m_);
+      if (s->shed.load()) {
+        lock.unlock();
+        end(*s, stream_end::overloaded, displaced_message);
+        waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
+        progressed = true;
+        continue;
+      }
+      std::erase(unadmitted_, s);
+    }
     s->computed = blocks_.attach_prefix(s->id, hit);
     blocks_.reserve(s->id, s->tokens.size());
     if (blocks_.prefix_caching() && !s->req.all_logits) {
@@ -322,6 +398,8 @@ bool scheduler::step_once() {
     plan.push_back({s, k});
     budget -= k;
   }
+  // After the admissions, so that a waiter at its deadline that found room (aging helps) runs.
+  if (expire_waiting()) progressed = true;
   sweep();
   if (plan.empty()) return progressed;
 

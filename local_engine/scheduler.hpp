@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,6 +36,11 @@ struct sched_request {
   /// Larger is admitted first, and may preempt running sequences of lower priority when KV
   /// blocks run out (see scheduler). Equal priorities are first come, first served.
   int priority = 1;
+  /// Admission control, as queue_options says: sequences that may wait beyond max_batch (the
+  /// rest are displaced by priority or refused with queue_full), and the longest wait for a
+  /// first admission (0: none).
+  std::size_t max_queue = std::numeric_limits<std::size_t>::max();
+  std::chrono::milliseconds queue_timeout{0};
   stream_callbacks callbacks;
 };
 
@@ -43,6 +50,9 @@ struct sched_sequence {
   sched_request req;
   std::atomic<bool> cancel_requested{false};
   std::atomic<std::size_t> credit{0};  ///< paced: tokens the caller has asked for and not received
+  /// Displaced from a full queue by a newer sequence of higher priority (set under the
+  /// scheduler's lock, by submit()): it ends overloaded at the engine's next step.
+  std::atomic<bool> shed{false};
   // Engine thread only.
   std::vector<int32_t> tokens;  ///< prompt, then every generated token
   std::size_t computed = 0;     ///< positions in the KV cache
@@ -69,6 +79,13 @@ struct sched_sequence {
 /// with draw = tokens generated so far. With scheduler_options::priority_aging, "priority" above
 /// is a sequence's rank: its priority plus one per priority_aging since it was submitted.
 ///
+/// Admission control (sched_request::max_queue, queue_timeout): submit() counts the sequences in
+/// flight (submitted, not ended); when max_batch + max_queue already are, the newcomer displaces
+/// the oldest never-admitted sequence of the lowest priority below its own (which ends overloaded
+/// at the next step), or throws queue_full when there is none. After each step's admissions, a
+/// never-admitted sequence that has waited its queue_timeout ends overloaded; the thread wakes for
+/// the earliest such deadline even when nothing else happens.
+///
 /// With prefix caching (scheduler_options::prefix_caching), every full block a forward completes is
 /// registered in the allocator's prefix cache, and an admitted sequence starts with the cached
 /// blocks its tokens begin with (all but the block of its last position): its prefill starts at
@@ -83,7 +100,7 @@ class scheduler {
   scheduler(const scheduler&) = delete;
   scheduler& operator=(const scheduler&) = delete;
 
-  /// Queues a sequence. Thread-safe; callable from a callback.
+  /// Queues a sequence. Thread-safe; callable from a callback. Throws queue_full (see above).
   std::shared_ptr<sched_sequence> submit(sched_request r);
   /// Ends s at the next step. Thread-safe.
   void cancel(sched_sequence& s);
@@ -113,6 +130,9 @@ class scheduler {
   void enqueue(std::shared_ptr<sched_sequence> s, bool first_of_priority);
   void sweep();  // drops ended sequences from the lists
   void signal();
+  /// Ends the never-admitted sequences past their queue_timeout (true when one was); sets
+  /// queue_deadline_ to the earliest deadline left.
+  bool expire_waiting();
 
   forward_backend& backend_;
   const model_config& config_;
@@ -126,6 +146,7 @@ class scheduler {
   std::chrono::steady_clock::time_point step_now_;  // when this step began: ranks are taken at it
   batch_result result_;
   std::vector<std::function<void()>> ends_;  // on_end calls of this step, made after its bookkeeping
+  std::optional<std::chrono::steady_clock::time_point> queue_deadline_;  // the earliest queue_timeout to come
 
   // Shared, under m_.
   mutable std::mutex m_;
@@ -134,6 +155,9 @@ class scheduler {
   std::uint64_t signals_ = 0;
   std::uint64_t next_id_ = 0;
   bool stop_ = false;
+  std::size_t in_flight_ = 0;  // submitted, not ended, not displaced
+  std::deque<std::shared_ptr<sched_sequence>> unadmitted_;  // never admitted yet, in submission order
+
 
   // Statistics, under stats_m_.
   mutable std::mutex stats_m_;

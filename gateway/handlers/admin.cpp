@@ -86,7 +86,7 @@ std::string backends_body(const runtime& rt) {
   return nlohmann::json{{"object", "list"}, {"data", std::move(list)}}.dump();
 }
 
-/// /admin/keys (GET list, POST create), /admin/keys/NAME (GET, DELETE revokes),
+/// /admin/keys (GET list, POST create), /admin/keys/NAME (GET, PATCH {"priority"}, DELETE revokes),
 /// /admin/keys/NAME/revoke (POST), /admin/usage (GET ?key=&since=&until=).
 admin_answer admin_store_answer(worker& w, const request& req, std::string_view path, const runtime& rt) {
   auto fail = [](api_error e) { return admin_answer{0, {}, std::move(e)}; };
@@ -175,6 +175,20 @@ admin_answer admin_store_answer(worker& w, const request& req, std::string_view 
     if (!st->revoke_key(name, now)) return fail(not_found("No active key named '" + name + "'.", "key_not_found"));
     w.shared().refresh_keys();
     return ok(200, {{"name", name}, {"status", "revoked"}});
+  }
+  if (!revoke_suffix && method == http::verb::patch) {
+    auto body = nlohmann::json::parse(req.body(), nullptr, false);
+    if (body.is_discarded()) return fail(bad_request("the body is not valid JSON"));
+    auto change = read_key_update(body);
+    if (!change.priority) return fail(bad_request(change.error, change.param));
+    if (!st->set_key_priority(name, *change.priority)) {
+      return fail(not_found("No active key named '" + name + "'.", "key_not_found"));
+    }
+    w.shared().refresh_keys();
+    for (const auto& k : st->keys(false)) {
+      if (k.limits.name == name) return ok(200, key_json(k, spent_now(k)));
+    }
+    return fail(not_found("No active key named '" + name + "'.", "key_not_found"));
   }
   if (!revoke_suffix && method == http::verb::get) {
     for (const auto& k : st->keys(false)) {

@@ -104,13 +104,24 @@ class scripted_engine final : public engine_port {
     std::shared_ptr<eng::stream> s_;
   };
   std::shared_ptr<stream> submit(std::vector<std::int32_t> prompt, const engine_sampling&, std::size_t max_tokens,
-                                 callbacks cb, int priority) const override {
+                                 callbacks cb, const engine_admission& admission) const override {
     eng::stream_callbacks ec;
     ec.on_token = std::move(cb.on_token);
     ec.on_end = [end = std::move(cb.on_end)](eng::stream_end why, const std::string& msg) {
-      end(why == eng::stream_end::failed, msg);
+      end(why == eng::stream_end::failed       ? end_reason::failed
+          : why == eng::stream_end::overloaded ? end_reason::overloaded
+                                               : end_reason::done,
+          msg);
     };
-    return std::make_shared<handle>(eng::submit(model_, std::move(prompt), eng::sampling{}, max_tokens, std::move(ec), priority));
+    eng::queue_options q;
+    q.priority = admission.priority;
+    q.max_queue = admission.max_queue;
+    q.queue_timeout = admission.queue_timeout;
+    try {
+      return std::make_shared<handle>(eng::submit(model_, std::move(prompt), eng::sampling{}, max_tokens, std::move(ec), q));
+    } catch (const eng::queue_full& e) {
+      throw engine_queue_full(e.what());
+    }
   }
   engine_stats stats() const override {
     const auto e = eng::stats(*model_);
@@ -146,6 +157,7 @@ tollgate::config::backend_config engine_config(unsigned max_batch = 8) {
 struct collected {
   int status = 0;
   std::string content_type;
+  std::string retry_after;
   std::string body;
   std::vector<std::string> pieces;
   call_event::kind last = call_event::kind::head;
@@ -170,6 +182,7 @@ std::vector<collected> run(const local_engine_backend& backend, const std::vecto
             if (ev.type == call_event::kind::head) {
               out[i].status = ev.head.status;
               if (auto t = ev.head.find("content-type")) out[i].content_type = *t;
+              if (auto t = ev.head.find("retry-after")) out[i].retry_after = *t;
             } else if (ev.type == call_event::kind::data) {
               out[i].body += ev.data;
               out[i].pieces.push_back(ev.data);
@@ -376,6 +389,7 @@ TEST_CASE("local engine serving: a full queue answers 503, a failed forward 500 
   CHECK(r[0].status == 200);
   CHECK(r[1].status == 200);
   CHECK(r[2].status == 503);
+  CHECK(r[2].retry_after == "1");
   CHECK(json::parse(r[2].body)["error"]["code"] == "overloaded");
   // Once they are done the queue takes requests again.
   r = run(backend, {chat("", "dddd")});
@@ -398,4 +412,61 @@ TEST_CASE("local engine serving: a full queue answers 503, a failed forward 500 
   REQUIRE(st);
   CHECK(st->failed == 2);
   CHECK(st->kv_blocks_used == 0);
+}
+
+TEST_CASE("local engine serving: a higher priority displaces a waiting low one, and queue_timeout refuses, both 503 "
+          "with Retry-After",
+          "[local_engine][priority]") {
+  std::vector<std::string> words(20, " w");
+  // Steps of 20 ms: a 21-token answer holds the one place for about 400 ms.
+  auto engine = std::make_shared<scripted_engine>(words, 1, std::chrono::milliseconds(20));
+  auto with = [](upstream_request r, int priority) {
+    r.priority = priority;
+    return r;
+  };
+  {
+    auto cfg = engine_config(1);
+    cfg.max_queue = 1;
+    local_engine_backend backend(cfg, engine);
+    // One runs (or waits a moment for the engine to take it), one low one waits; the high one
+    // finds the queue full and displaces a low one that has not started.
+    auto r = run(backend, {with(chat("", "a"), 0), with(chat("", "bb"), 0), with(chat("", "ccc"), 2)});
+    CHECK(r[2].status == 200);
+    const bool first_displaced = r[0].status == 503;
+    const auto& lost = r[first_displaced ? 0 : 1];
+    CHECK(r[first_displaced ? 1 : 0].status == 200);
+    REQUIRE(lost.status == 503);
+    CHECK(lost.retry_after == "1");
+    CHECK(json::parse(lost.body)["error"]["code"] == "overloaded");
+    CHECK_THAT(json::parse(lost.body)["error"]["message"].get<std::string>(), Catch::Matchers::Contains("higher priority"));
+    // Equal priorities never displace: the newcomer is refused.
+    r = run(backend, {with(chat("", "a"), 1), with(chat("", "bb"), 1), with(chat("", "ccc"), 1)});
+    CHECK(r[0].status == 200);
+    CHECK(r[1].status == 200);
+    CHECK(r[2].status == 503);
+    CHECK(r[2].retry_after == "1");
+    CHECK_THAT(json::parse(r[2].body)["error"]["message"].get<std::string>(), Catch::Matchers::Contains("queue is full"));
+    const auto st = backend.stats();
+    REQUIRE(st);
+    CHECK(st->overloaded == 2);
+    CHECK(st->kv_blocks_used == 0);
+  }
+  {
+    auto cfg = engine_config(1);
+    cfg.queue_timeout = std::chrono::milliseconds(100);
+    cfg.queue_timeout_set = true;
+    local_engine_backend backend(cfg, engine);
+    auto r = run(backend, {chat("", "a"), chat("", "bb")});
+    CHECK(r[0].status == 200);
+    CHECK(r[1].status == 503);
+    CHECK(r[1].retry_after == "1");
+    CHECK(json::parse(r[1].body)["error"]["code"] == "overloaded");
+    CHECK_THAT(json::parse(r[1].body)["error"]["message"].get<std::string>(), Catch::Matchers::Contains("queue_timeout (100 ms)"));
+    // Not set in the config: the engine's queue has no time limit of its own.
+    cfg.queue_timeout_set = false;
+    local_engine_backend unlimited(cfg, engine);
+    r = run(unlimited, {chat("", "a"), chat("", "bb")});
+    CHECK(r[0].status == 200);
+    CHECK(r[1].status == 200);
+  }
 }

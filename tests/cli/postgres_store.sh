@@ -37,16 +37,17 @@ start_replica b
 start_replica c
 
 version=$(psql_q "SELECT max(version) FROM schema_migrations")
-[ "$version" = 3 ] || fail "schema version $version, expected 3"
-grep -q "schema migrated to version 3" "$work"/replica-*.log || fail "no replica logged the migration"
+[ "$version" = 4 ] || fail "schema version $version, expected 4"
+grep -q "schema migrated to version 4 (api keys: priority)" "$work"/replica-*.log || fail "no replica logged the migration"
 echo "schema: version $version, migrated once by one replica"
 
-# A key made on replica a works on replica b within 2 s; revoked on a, b refuses it within 2 s.
+# A key made on replica a works on replica b within 2 s, with its priority; revoked on a, b refuses
+# it within 2 s.
 chat() {  # URL KEY -> HTTP status
   curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$1/v1/chat/completions" -H "Authorization: Bearer $2" \
     -d '{"model":"m","messages":[{"role":"user","content":"hi"}]}' || true
 }
-secret=$(curl -sf "${url[a]}/admin/keys" -H 'Authorization: Bearer tg-admin-0123456789' -d '{"name":"team"}' |
+secret=$(curl -sf "${url[a]}/admin/keys" -H 'Authorization: Bearer tg-admin-0123456789' -d '{"name":"team","priority":"low"}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 wait_status() {  # URL KEY STATUS -> milliseconds until STATUS (fails after 2 s)
   local start=$(date +%s%N) now
@@ -59,6 +60,24 @@ wait_status() {  # URL KEY STATUS -> milliseconds until STATUS (fails after 2 s)
 }
 seen=$(wait_status "${url[b]}" "$secret" 200) || fail "a key created on replica a did not work on b within 2 s"
 seen_c=$(wait_status "${url[c]}" "$secret" 200) || fail "a key created on replica a did not work on c within 2 s"
+listed=$(curl -sf "${url[c]}/admin/keys/team" -H 'Authorization: Bearer tg-admin-0123456789' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["priority"])')
+[ "$listed" = low ] || fail "replica c lists the key's priority as '$listed', not low"
+# Its priority raised on replica a (PATCH): replica b's requests of it are high priority within 2 s.
+patched_ms=$(date +%s%3N)
+curl -sf -X PATCH "${url[a]}/admin/keys/team" -H 'Authorization: Bearer tg-admin-0123456789' \
+  -d '{"priority":"high"}' >/dev/null || fail "PATCH of the key's priority"
+promoted=""
+start=$(date +%s%N)
+for i in $(seq 1 60); do
+  curl -s -o /dev/null --max-time 10 "${url[b]}/v1/chat/completions" -H "Authorization: Bearer $secret" \
+    -H "x-request-id: promoted-$i" -d '{"model":"m","messages":[{"role":"user","content":"hi"}]}' || true
+  sleep 0.05
+  [ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND priority = 2")" -gt 0 ] && { promoted=1; break; }
+done
+promoted_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+[ -n "$promoted" ] && [ "$promoted_ms" -le 3000 ] || fail "replica b did not apply the priority changed on a ($promoted_ms ms)"
+echo "priority: made low on a, listed by c; raised on a, applied by b within ${promoted_ms} ms (ledger included)"
 curl -sf -X POST "${url[a]}/admin/keys/team/revoke" -H 'Authorization: Bearer tg-admin-0123456789' >/dev/null
 gone=$(wait_status "${url[b]}" "$secret" 401) || fail "a key revoked on replica a still worked on b after 2 s"
 gone_c=$(wait_status "${url[c]}" "$secret" 401) || fail "a key revoked on replica a still worked on c after 2 s"
@@ -136,4 +155,14 @@ echo "answered $answered (200: $ok; replicas a and c, up throughout: $on_ac of 4
 # Every record carries its request's priority (the key's default, normal), the spooled ones too.
 [ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'load' AND priority = 1")" -eq "$records" ] ||
   fail "ledger records without their priority"
+# The key made on replica a with priority low: its requests on b and c were low priority until
+# it was raised to high.
+team_rows=$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND status = 200 AND unix_ms < $patched_ms")
+[ "$team_rows" -ge 2 ] || fail "$team_rows ledger rows for the key made on replica a"
+[ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND status = 200 AND unix_ms < $patched_ms
+             AND priority IS DISTINCT FROM 0")" -eq 0 ] ||
+  fail "requests of the low-priority key made on replica a were not low priority on the others"
+[ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'team' AND priority NOT IN (0, 2)")" -eq 0 ] ||
+  fail "requests of the key with a priority it never had"
+[ "$(psql_q "SELECT priority FROM api_keys WHERE name = 'team'")" = 2 ] || fail "the key's priority is not stored"
 echo "postgres_store: 1 passed, 0 failed"

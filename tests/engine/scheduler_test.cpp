@@ -8,6 +8,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <future>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -563,5 +564,153 @@ TEST_CASE("scheduler: with aging, a low priority sequence that waited long goes 
     for (auto& c : got) c->wait();
     if (aging_ms > 0) CHECK(order == std::vector<std::string>{"first", "low", "high1", "high2"});
     else CHECK(order == std::vector<std::string>{"first", "high1", "high2", "low"});
+  }
+}
+
+TEST_CASE("scheduler: a full queue sheds from the bottom: a newer higher priority displaces the oldest lowest waiter, "
+          "never the reverse",
+          "[engine][scheduler][priority]") {
+  job j{{}, eng::sampling{}, 3};
+  for (int k = 0; k < 6; ++k) j.prompt.push_back(9 + 41 * k % 900);
+  const auto m = load(16, 64, 1);  // one sequence runs at a time
+  // A stepped sequence of low priority holds the batch's one place while it is not stepped.
+  auto holder = eng::start(m, j.prompt, j.s);
+  holder->step();
+  std::map<std::string, std::unique_ptr<collector>> got;
+  std::vector<std::shared_ptr<eng::stream>> handles;
+  std::mutex mu;
+  std::vector<std::string> started;  // which sequence generated first, in order
+  auto submit = [&](const std::string& name, int priority) {  // false: refused at once
+    auto c = std::make_unique<collector>();
+    auto cb = c->callbacks();
+    cb.on_token = [&, name, first = true, inner = cb.on_token](int32_t id) mutable {
+      if (first) {
+        std::lock_guard lock(mu);
+        started.push_back(name);
+        first = false;
+      }
+      return inner(id);
+    };
+    eng::queue_options q;
+    q.priority = priority;
+    q.max_queue = 2;  // two may wait beside the one running
+    try {
+      handles.push_back(eng::submit(m, j.prompt, j.s, j.max_tokens, std::move(cb), q));
+    } catch (const eng::queue_full& e) {
+      CHECK_THAT(e.what(), Contains("queue is full"));
+      return false;
+    }
+    got[name] = std::move(c);
+    return true;
+  };
+  auto displaced = [&](const std::string& name) {
+    INFO(name);
+    got.at(name)->wait();
+    CHECK(got[name]->reason == eng::stream_end::overloaded);
+    CHECK_THAT(got[name]->message, Contains("higher priority"));
+    CHECK(got[name]->tokens.empty());
+  };
+  CHECK(submit("low1", 0));
+  CHECK(submit("low2", 0));
+  CHECK_FALSE(submit("low3", 0));  // full, and nothing waits below it
+  CHECK(submit("normal1", 1));     // displaces low1, the oldest of the lowest (not the running one)
+  displaced("low1");
+  CHECK(submit("high1", 2));  // displaces low2
+  displaced("low2");
+  CHECK_FALSE(submit("normal2", 1));  // normal1 and high1 wait: none below normal
+  CHECK(submit("high2", 2));          // displaces normal1, never high1
+  displaced("normal1");
+  holder.reset();  // the place frees: the two high ones run, first come first served
+  got.at("high1")->wait();
+  got.at("high2")->wait();
+  CHECK(got["high1"]->reason == eng::stream_end::length);
+  CHECK(got["high2"]->reason == eng::stream_end::length);
+  CHECK(got["high1"]->tokens.size() == 3);
+  CHECK(started == std::vector<std::string>{"high1", "high2"});
+  const auto st = eng::stats(*m);
+  CHECK(st.overloaded == 3);
+  CHECK(st.refused == 2);
+  CHECK(st.kv_blocks_used == 0);
+  CHECK(st.running == 0);
+  CHECK(st.waiting == 0);
+}
+
+TEST_CASE("scheduler: a sequence still waiting at its queue_timeout ends overloaded, and with aging a low one goes first "
+          "and is served",
+          "[engine][scheduler][priority]") {
+  using namespace std::chrono_literals;
+  job j{{}, eng::sampling{}, 3};
+  for (int k = 0; k < 6; ++k) j.prompt.push_back(13 + 29 * k % 900);
+  SECTION("the engine wakes for the deadline when nothing else happens") {
+    const auto m = load(16, 64, 1);
+    auto holder = eng::start(m, j.prompt, j.s);
+    holder->step();  // holds the one place; the engine has nothing to do
+    collector late;
+    eng::queue_options q;
+    q.queue_timeout = 150ms;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto h1 = eng::submit(m, j.prompt, j.s, j.max_tokens, late.callbacks(), q);
+    late.wait();
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    CHECK(late.reason == eng::stream_end::overloaded);
+    CHECK_THAT(late.message, Contains("queue_timeout (150 ms)"));
+    CHECK(late.tokens.empty());
+    CHECK(waited >= 150ms);
+    CHECK(waited < 5s);
+    // One admitted within its queue_timeout runs to its end, however long that takes.
+    collector served;
+    q.queue_timeout = 30s;
+    auto h2 = eng::submit(m, j.prompt, j.s, j.max_tokens, served.callbacks(), q);
+    holder.reset();
+    served.wait();
+    CHECK(served.reason == eng::stream_end::length);
+    CHECK(served.tokens.size() == 3);
+    const auto st = eng::stats(*m);
+    CHECK(st.overloaded == 1);
+    CHECK(st.kv_blocks_used == 0);
+  }
+  SECTION("aging serves a waiting low one before later high ones, within its queue_timeout") {
+    for (const int aging_ms : {20, 0}) {
+      INFO("priority_aging " << aging_ms << " ms");
+      eng::backend_options bo = t::test_backend_options();
+      bo.kv_block_size = 16;
+      bo.kv_cache_memory = static_cast<double>(64 * 16 * bytes_per_position);
+      eng::scheduler_options so{1, 2048};
+      so.priority_aging = std::chrono::milliseconds(aging_ms);
+      const auto m = eng::load_model(v2_dir().string(), bo, so);
+      auto holder = eng::start(m, j.prompt, j.s);
+      holder->step();
+      collector low;
+      eng::queue_options lq;
+      lq.priority = 0;
+      lq.queue_timeout = 400ms;
+      auto lh = eng::submit(m, j.prompt, j.s, j.max_tokens, low.callbacks(), lq);
+      // Three high ones come 100 ms later (the low one ranks 5 by then with 20 ms aging), each
+      // 150 ms long (a slow consumer); the place frees 150 ms after the low one came.
+      std::this_thread::sleep_for(100ms);
+      std::vector<std::unique_ptr<collector>> highs;
+      std::vector<std::shared_ptr<eng::stream>> hh;
+      for (int i = 0; i < 3; ++i) {
+        highs.push_back(std::make_unique<collector>());
+        auto cb = highs.back()->callbacks();
+        cb.on_token = [inner = cb.on_token](int32_t id) {
+          std::this_thread::sleep_for(50ms);
+          return inner(id);
+        };
+        hh.push_back(eng::submit(m, j.prompt, j.s, j.max_tokens, std::move(cb), 2));
+      }
+      std::this_thread::sleep_for(50ms);
+      holder.reset();
+      low.wait();
+      for (auto& h : highs) h->wait();
+      for (auto& h : highs) CHECK(h->reason == eng::stream_end::length);
+      if (aging_ms > 0) {
+        CHECK(low.reason == eng::stream_end::length);  // aged past the high ones: served in time
+        CHECK(low.tokens.size() == 3);
+      } else {
+        CHECK(low.reason == eng::stream_end::overloaded);  // behind 450 ms of high ones: refused at 400 ms
+        CHECK(low.tokens.empty());
+      }
+    }
   }
 }

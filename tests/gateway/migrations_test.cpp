@@ -71,3 +71,43 @@ TEST_CASE("SQLite migrations: a database from a newer tollgate is refused, by na
   CHECK_THROWS_WITH(open_sqlite_store(path), Catch::Contains("schema version 99 is newer than this tollgate knows"));
   std::filesystem::remove(path);
 }
+
+TEST_CASE("SQLite migrations: keys stored before priorities existed become normal, and new ones keep theirs",
+          "[store][priority]") {
+  const auto path = temp_db("migrate-key-priority");
+  {
+    auto st = open_sqlite_store(path);
+    stored_key k;
+    k.limits.name = "old";
+    k.limits.digest = std::string(32, 'a');
+    k.prefix = "tg-aaaa";
+    st->create_key(k);
+  }
+  {
+    // Back to schema 4, as a tollgate before key priorities left it.
+    tollgate::test::db db(path);
+    REQUIRE(sqlite3_exec(db.handle,
+                         "ALTER TABLE api_keys DROP COLUMN priority; DELETE FROM schema_migrations WHERE version > 4",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+  }
+  auto st = open_sqlite_store(path);
+  stored_key k;
+  k.limits.name = "new";
+  k.limits.digest = std::string(32, 'b');
+  k.limits.priority = 0;
+  k.prefix = "tg-bbbb";
+  st->create_key(k);
+  const auto keys = st->keys(false);
+  REQUIRE(keys.size() == 2);
+  CHECK(keys[0].limits.name == "old");
+  CHECK(keys[0].limits.priority == 1);
+  CHECK(keys[1].limits.priority == 0);
+  tollgate::test::db probe(path);
+  CHECK(probe.one("SELECT MAX(version) FROM schema_migrations") == std::to_string(sqlite_schema_latest()));
+  CHECK(probe.one("SELECT description FROM schema_migrations WHERE version = 5") == "api keys: priority");
+  // A row edited by hand out of range is read within 0..9.
+  REQUIRE(sqlite3_exec(probe.handle, "UPDATE api_keys SET priority = 42 WHERE name = 'old'", nullptr, nullptr, nullptr) ==
+          SQLITE_OK);
+  CHECK(st->keys(false)[0].limits.priority == 9);
+  std::filesystem::remove(path);
+}

@@ -6,10 +6,13 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include <map>
+
 #include "gateway/key_table.hpp"
 #include "gateway/store.hpp"
 #include "tests/integration/gateway_fixture.hpp"
 #include "tests/integration/sqlite_probe.hpp"
+#include "tests/support/eventually.hpp"
 
 using namespace tollgate::test;
 using nlohmann::json;
@@ -175,6 +178,106 @@ TEST_CASE("a budget refuses with insufficient_quota once spent, and survives a r
     CHECK(usage["data"][1]["backend"] == "alpha");
     CHECK(usage["data"][1]["requests"] == 3);
     CHECK(c.get(f.base + "/admin/usage?since=yesterday", admin()).status == 400);
+  }
+  remove_db(path);
+}
+
+TEST_CASE("admin API: a key's priority is checked, stored, listed, changed and applied to its requests, also after a "
+          "restart",
+          "[keys][priority]") {
+  const auto path = db_path("keys-priority");
+  remove_db(path);
+  std::string yaml = store_yaml(path);
+  yaml.replace(yaml.find("store: {sqlite: " + path + "}"), std::string("store: {sqlite: " + path + "}").size(),
+               "store: {sqlite: " + path + ", flush_interval: sync}");
+  std::map<std::string, std::string> secrets;
+  {
+    gateway_fixture f(yaml);
+    http_client c;
+    // Invalid values: 400 naming the field, and nothing is created.
+    for (const char* bad : {R"("urgent")", "10", "-1", "2.5", "true", R"("")", R"("10")"}) {
+      INFO(bad);
+      auto r = c.post(f.base + "/admin/keys", std::string(R"({"name":"bad","priority":)") + bad + "}", admin());
+      CHECK(r.status == 400);
+      CHECK(json::parse(r.body)["error"]["param"] == "priority");
+      CHECK_THAT(json::parse(r.body)["error"]["message"].get<std::string>(), Catch::Matchers::Contains("high, normal, low"));
+    }
+    for (const auto& [name, field] : std::vector<std::pair<std::string, std::string>>{
+             {"batch", R"(,"priority":"low")"}, {"vip", R"(,"priority":7)"}, {"chat", R"(,"priority":"high")"}, {"plain", ""}}) {
+      auto made = c.post(f.base + "/admin/keys", R"({"name":")" + name + "\"" + field + "}", admin());
+      REQUIRE(made.status == 201);
+      secrets[name] = json::parse(made.body)["key"];
+    }
+    auto list = json::parse(c.get(f.base + "/admin/keys", admin()).body)["data"];
+    REQUIRE(list.size() == 4);
+    std::map<std::string, std::string> listed;
+    for (const auto& k : list) listed[k["name"]] = k["priority"];
+    CHECK(listed == std::map<std::string, std::string>{{"batch", "low"}, {"vip", "7"}, {"chat", "high"}, {"plain", "normal"}});
+    CHECK(json::parse(c.get(f.base + "/admin/keys/vip", admin()).body)["priority"] == "7");
+    {
+      db d(path);
+      CHECK(d.one("SELECT priority FROM api_keys WHERE name = 'batch'") == "0");
+      CHECK(d.one("SELECT priority FROM api_keys WHERE name = 'vip'") == "7");
+      CHECK(d.one("SELECT count(*) FROM api_keys WHERE name = 'bad'") == "0");
+    }
+    // Each key's requests carry its priority; a request may lower its own, never raise it.
+    auto send = [&](const std::string& key, const std::string& id, const std::string& header = {}) {
+      http_options o = bearer(secrets[key]);
+      o.headers.push_back("x-request-id: " + id);
+      if (!header.empty()) o.headers.push_back("x-tollgate-priority: " + header);
+      CHECK(c.post(f.base + "/v1/chat/completions", chat, o).status == 200);
+    };
+    send("batch", "p-batch");
+    send("vip", "p-vip");
+    send("chat", "p-chat");
+    send("plain", "p-plain");
+    send("vip", "p-vip-lowered", "3");
+    send("batch", "p-batch-raised", "high");
+    db d(path);
+    REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger") == "6"; }));
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-batch'") == "0");
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-vip'") == "7");
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-chat'") == "2");
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-plain'") == "1");
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-vip-lowered'") == "3");
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-batch-raised'") == "0");
+
+    // PATCH changes a stored key's priority (its one changeable field), from its next request on.
+    auto patch = [&](const std::string& name, const std::string& body, http_options o = admin()) {
+      o.method = "PATCH";
+      return c.post(f.base + "/admin/keys/" + name, body, o);
+    };
+    auto changed = patch("batch", R"({"priority":"high"})");
+    REQUIRE(changed.status == 200);
+    CHECK(json::parse(changed.body)["priority"] == "high");
+    CHECK(json::parse(changed.body)["name"] == "batch");
+    send("batch", "p-batch-promoted");
+    REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger") == "7"; }));
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-batch-promoted'") == "2");
+    CHECK(patch("batch", R"({"priority":4})").status == 200);
+    CHECK(d.one("SELECT priority FROM api_keys WHERE name = 'batch'") == "4");
+    auto bad = patch("batch", R"({"priority":"urgent"})");
+    CHECK(bad.status == 400);
+    CHECK(json::parse(bad.body)["error"]["param"] == "priority");
+    bad = patch("batch", R"({"priority":"low","rpm":5})");
+    CHECK(bad.status == 400);
+    CHECK(json::parse(bad.body)["error"]["param"] == "rpm");
+    CHECK(patch("batch", R"({})").status == 400);
+    CHECK(patch("batch", "{not json").status == 400);
+    CHECK(patch("nobody", R"({"priority":"low"})").status == 404);
+    CHECK(patch("batch", R"({"priority":"low"})", bearer(secrets["batch"])).status == 401);
+    CHECK(d.one("SELECT priority FROM api_keys WHERE name = 'batch'") == "4");
+  }
+  {
+    // A new process reads the priorities back from the store.
+    gateway_fixture f(yaml);
+    http_client c;
+    http_options o = bearer(secrets["vip"]);
+    o.headers.push_back("x-request-id: p-vip-again");
+    CHECK(c.post(f.base + "/v1/chat/completions", chat, o).status == 200);
+    db d(path);
+    REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger") == "8"; }));
+    CHECK(d.one("SELECT priority FROM usage_ledger WHERE request_id = 'p-vip-again'") == "7");
   }
   remove_db(path);
 }

@@ -7,8 +7,13 @@ back for --seconds (closed loop). "off" is the same run with both keys at the de
 Reports, per mode and class, requests answered, TTFT (request sent to the first content event)
 p50/p99, and 503s. Standard library only.
 
+With --engine, the backend is the gateway's own local engine on the CPU instead (a checkpoint made
+with `tollgate-engine make-tiny` from tests/e2e/slow_model_recipe.json, 44 MB): max_batch is
+--concurrency, every request asks for --tokens tokens (ignore_eos), and the engine's scheduler
+admits waiting sequences by priority.
+
 usage: priority_bench.py BUILD_DIR [--seconds 20] [--low 32] [--high 4] [--concurrency 4]
-                         [--service-ms 200] [--json OUT]
+                         [--service-ms 200] [--engine] [--tokens 64] [--json OUT]
 """
 import argparse
 import http.client
@@ -28,6 +33,8 @@ ap.add_argument("--low", type=int, default=32)
 ap.add_argument("--high", type=int, default=4)
 ap.add_argument("--concurrency", type=int, default=4)
 ap.add_argument("--service-ms", type=int, default=200)
+ap.add_argument("--engine", action="store_true", help="the backend is the local engine on the CPU")
+ap.add_argument("--tokens", type=int, default=64, help="--engine: tokens each request generates")
 ap.add_argument("--json")
 a = ap.parse_args()
 
@@ -49,7 +56,10 @@ def listening(proc):
 
 
 def one(host, port, key, stats):
-    body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hello there"}]})
+    req = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
+    if a.engine:
+        req.update({"max_tokens": a.tokens, "ignore_eos": True})
+    body = json.dumps(req)
     t0 = time.perf_counter()
     c = http.client.HTTPConnection(host, port, timeout=120)
     try:
@@ -73,6 +83,12 @@ def one(host, port, key, stats):
 
 
 def run(mode, upstream, work):
+    if a.engine:
+        backend = (f"{{name: engine, kind: local_engine, checkpoint: {upstream}, max_batch: {a.concurrency}, "
+                   f"max_queue: 10000, timeouts: {{first_token: 300s, total: 300s}}}}")
+    else:
+        backend = (f"{{name: fake, kind: openai, base_url: \"{upstream}/v1\", max_concurrency: {a.concurrency}, "
+                   f"max_queue: 10000,\n     queue_timeout: 120s, timeouts: {{total: 300s}}}}")
     low_priority, high_priority = ("low", "high") if mode == "on" else ("normal", "normal")
     cfg = os.path.join(work, f"tollgate-{mode}.yaml")
     with open(cfg, "w") as f:
@@ -81,9 +97,8 @@ keys:
   - {{name: batch, key: tg-bench-batch-key-1, priority: {low_priority}}}
   - {{name: chat, key: tg-bench-chat-key-01, priority: {high_priority}}}
 backends:
-  - {{name: fake, kind: openai, base_url: "{upstream}/v1", max_concurrency: {a.concurrency}, max_queue: 10000,
-     queue_timeout: 120s, timeouts: {{total: 300s}}}}
-routes: [{{model: m, targets: [{{backend: fake}}]}}]
+  - {backend}
+routes: [{{model: m, targets: [{{backend: {"engine" if a.engine else "fake"}}}]}}]
 """)
     gw = subprocess.Popen([os.path.join(a.build, "tollgate"), "serve", "--config", cfg], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -117,6 +132,14 @@ routes: [{{model: m, targets: [{{backend: fake}}]}}]
 
 def main():
     work = tempfile.mkdtemp()
+    if a.engine:
+        ck = os.path.join(work, "slow")
+        subprocess.run([os.path.join(a.build, "tollgate-engine"), "make-tiny", "--recipe",
+                        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e", "slow_model_recipe.json"),
+                        "--out", ck], check=True, stdout=subprocess.DEVNULL)
+        results = {mode: run(mode, ck, work) for mode in ("off", "on")}
+        report(results, f"local engine on the CPU, max_batch {a.concurrency}, {a.tokens} tokens a request")
+        return
     up = subprocess.Popen([os.path.join(a.build, "tollgate-fake-upstream"), "--port", "0", "--delay-ms",
                            str(a.service_ms)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -125,8 +148,11 @@ def main():
     finally:
         up.terminate()
         up.wait()
-    print(f"{a.low} low + {a.high} high clients, closed loop, {a.seconds:g} s; backend max_concurrency "
-          f"{a.concurrency}, upstream first byte after {a.service_ms} ms")
+    report(results, f"backend max_concurrency {a.concurrency}, upstream first byte after {a.service_ms} ms")
+
+
+def report(results, backend):
+    print(f"{a.low} low + {a.high} high clients, closed loop, {a.seconds:g} s; {backend}")
     print(f"{'priorities':<11}{'class':<7}{'answered':>9}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}  errors")
     out = {}
     for mode, classes in results.items():
