@@ -833,7 +833,9 @@ class cuda_backend final : public forward_backend {
     float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
     T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
     float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
-    if (N <= gemv_token_limit) {
+    // FP8 tensor-core experts take prefill too: no host round trip, each weight slice re-read
+    // from L2 for each 16 rows.
+    if (N <= gemv_token_limit || (L.experts_gate_up_fp8.w && fp8_mma_)) {
       const int max_active = std::min(E, R);
       if constexpr (std::is_same_v<T, bf16>) {
         if (L.experts_gate_up_fp8.w && fp8_mma_) {
