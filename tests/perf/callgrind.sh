@@ -9,12 +9,16 @@
 #   ANSWER_KB=1024  the upstream's answer padded to about that many KB (default: 200 bytes)
 #   PROFILE_DIR=DIR keeps each build's profile there (callgrind.N.out, N the build's position),
 #                   with instruction-level detail, for callgrind_annotate
+#   ROUTES=10000 KEYS=10000  that many more routes and keys in the config, the measured request's
+#                   route and key written last (costs that grow with the config show)
 # With several build dirs each is measured in turn against the same upstream, one line each.
 set -euo pipefail
 requests=${REQUESTS:-2000}
 warmup=${WARMUP:-200}
 prompt_kb=${PROMPT_KB:-0}
 answer_kb=${ANSWER_KB:-0}
+extra_routes=${ROUTES:-0}
+extra_keys=${KEYS:-0}
 profile_dir=${PROFILE_DIR:+$(mkdir -p "$PROFILE_DIR" && cd "$PROFILE_DIR" && pwd)}
 source "$(dirname "$0")/../support/procs.sh"
 command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
@@ -59,25 +63,15 @@ n=0
 for dir in "$@"; do
   n=$((n + 1))
   build=$(cd "$dir" && pwd)
-  cat >"$work/tollgate.yaml" <<YAML
-server:
-  listen: 127.0.0.1:0
-  threads: 1
-  access_log: off
-keys:
-  - name: bench
-    key: tg-bench
-backends:
-  - name: local
-    kind: openai
-    base_url: http://127.0.0.1:$up_port/v1
-    api_key: sk-upstream
-routes:
-  - model: bench-model
-    targets:
-      - backend: local
-        model: m
-YAML
+  {
+    printf 'server:\n  listen: 127.0.0.1:0\n  threads: 1\n  access_log: off\nkeys:\n'
+    for i in $(seq 1 "$extra_keys"); do printf '  - {name: k%d, key: tg-k%d-%08d}\n' "$i" "$i" "$i"; done
+    printf '  - {name: bench, key: tg-bench}\n'
+    printf 'backends:\n  - {name: local, kind: openai, base_url: "http://127.0.0.1:%s/v1", api_key: sk-upstream}\n' "$up_port"
+    printf 'routes:\n'
+    for i in $(seq 1 "$extra_routes"); do printf '  - {model: m%d, targets: [{backend: local, model: m}]}\n' "$i"; done
+    printf '  - {model: bench-model, targets: [{backend: local, model: m}]}\n'
+  } >"$work/tollgate.yaml"
   rm -f "$work"/callgrind.out.*
   valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes --callgrind-out-file="$work/callgrind.out.%p" \
     "$build/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
@@ -106,6 +100,6 @@ PY
   kill -INT "$vg"; wait "$vg" 2>/dev/null || true
   total=$(awk '/Collected :/ {print $NF}' "$work/tollgate.log" | tail -1)
   [ -n "$profile_dir" ] && cp "$(ls "$work"/callgrind.out.* | head -1)" "$profile_dir/callgrind.$n.out"
-  printf '%s: %d instructions a request (%s requests, prompt %s KB, answer %s KB)\n' "$dir" "$((total / requests))" \
-    "$requests" "$prompt_kb" "$answer_kb"
+  printf '%s: %d instructions a request (%s requests, prompt %s KB, answer %s KB, %s more routes, %s more keys)\n' \
+    "$dir" "$((total / requests))" "$requests" "$prompt_kb" "$answer_kb" "$extra_routes" "$extra_keys"
 done

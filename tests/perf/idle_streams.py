@@ -1,0 +1,234 @@
+"""Memory a held, idle stream costs the proxy: N clients open streaming chat completions through the
+proxy to an upstream that sends one event and then holds every stream open; once all N have their
+first event, the proxy's resident memory (VmRSS of all its processes) is read, and the cost a
+stream is the growth over the idle proxy, divided by N. Run for tollgate and, beside it, nginx
+proxying the same upstream without buffering (proxy_buffering off, as for SSE), each at several N,
+so the slope (KB a stream) shows apart from fixed costs.
+
+usage: tests/perf/idle_streams.py BUILD_DIR [--streams 1000,4000,9000] [--threads 1] [--no-nginx]
+
+Each stream holds two sockets in the proxy (client and upstream); with the usual limit of 20,000
+open files a process, N stays under 10,000. Loopback only. Standard library only.
+"""
+import argparse
+import asyncio
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+FIRST = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+         b'"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}\n\n')
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def upstream_main(port, ready):
+    """Answers every POST with an SSE head and one event, then holds the stream."""
+    raise_nofile()
+
+    async def handle(reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            m = re.search(rb"content-length:\s*(\d+)", head, re.I)
+            if m:
+                await reader.readexactly(int(m.group(1)))
+            chunk = b"%x\r\n%s\r\n" % (len(FIRST), FIRST)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" + chunk)
+            await writer.drain()
+            await reader.read()  # until the proxy closes
+        except Exception:
+            pass
+        writer.close()
+
+    async def serve():
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=16384)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def nginx_pids(master):
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+    return [master] + [int(p) for p in out]
+
+
+async def open_streams(port, path_model, key, n):
+    """Opens n streams, returns their writers once each has its first event."""
+    body = ('{"model":"%s","stream":true,"messages":[{"role":"user","content":"hi"}]}' % path_model).encode()
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+           b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body))
+    sem = asyncio.Semaphore(256)
+    conns = []
+
+    async def one():
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(req)
+            await writer.drain()
+            got = b""
+            while b"data:" not in got:
+                chunk = await asyncio.wait_for(reader.read(4096), 30)
+                if not chunk:
+                    raise RuntimeError("stream closed before its first event: %r" % got[:200])
+                got += chunk
+            conns.append((reader, writer))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+def measure(name, start, counts):
+    """For each N, a fresh proxy (start() -> port, pids function, stop function): its idle RSS, then
+    its RSS holding N streams."""
+    rows = []
+    for n in counts:
+        port, pids_fn, stop = start()
+        try:
+            time.sleep(1.0)
+            before = rss_kb(pids_fn())
+
+            async def run():
+                conns = await open_streams(port, "idle", "tg-bench", n)
+                await asyncio.sleep(2.0)  # settle: every stream idle
+                after = rss_kb(pids_fn())
+                for _, w in conns:
+                    w.close()
+                return after
+
+            after = asyncio.run(run())
+        finally:
+            stop()
+        per = (after - before) / n
+        rows.append((n, before, after, per))
+        print(f"{name:9} {n:6} streams: RSS {before / 1024:7.1f} -> {after / 1024:7.1f} MB, {per:5.1f} KB a stream",
+              flush=True)
+    if len(rows) >= 2:
+        (n0, b0, a0, _), (n1, b1, a1, _) = rows[0], rows[-1]
+        print(f"{name:9} slope {n0}..{n1}: {((a1 - b1) - (a0 - b0)) / (n1 - n0):5.1f} KB a stream", flush=True)
+    return rows
+
+
+def stop_process(p):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("build")
+    ap.add_argument("--streams", default="1000,4000,9000")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-nginx", action="store_true")
+    a = ap.parse_args()
+    raise_nofile()
+    counts = [int(x) for x in a.streams.split(",")]
+    work = tempfile.mkdtemp(prefix="tg-idle-")
+    up = free_port()
+    ready = multiprocessing.Event()
+    upstream = multiprocessing.Process(target=upstream_main, args=(up, ready), daemon=True)
+    try:
+        upstream.start()
+        ready.wait(10)
+
+        cfg = os.path.join(work, "tollgate.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"""server: {{listen: "127.0.0.1:0", threads: {a.threads}, access_log: off, idle_timeout: 600s}}
+keys: [{{name: bench, key: tg-bench}}]
+backends:
+  - name: up
+    kind: openai
+    base_url: "http://127.0.0.1:{up}/v1"
+    api_key: sk-up
+    timeouts: {{first_token: 60s, idle: 600s, total: 600s}}
+routes: [{{model: idle, targets: [{{backend: up, model: m}}]}}]
+""")
+        def start_tollgate():
+            path = os.path.join(work, "tollgate.log")
+            with open(path, "w") as log:
+                gw = subprocess.Popen([os.path.join(a.build, "tollgate"), "serve", "--config", cfg], stdout=log,
+                                      stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
+            for _ in range(400):
+                time.sleep(0.05)
+                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(path).read())
+                if m:
+                    return int(m.group(1)), lambda: [gw.pid], lambda: stop_process(gw)
+            stop_process(gw)
+            sys.exit("tollgate did not start: " + open(path).read()[-2000:])
+
+        measure("tollgate", start_tollgate, counts)
+
+        if not a.no_nginx and shutil.which("nginx"):
+            def start_nginx():
+                ng = free_port()
+                conf = os.path.join(work, "nginx.conf")
+                with open(conf, "w") as f:
+                    f.write(f"""worker_processes {a.threads};
+worker_rlimit_nofile 30000;
+error_log {work}/nginx-error.log crit;
+pid {work}/nginx.pid;
+events {{ worker_connections 30000; }}
+http {{
+  access_log off;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ng} backlog=16384;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_read_timeout 600s;
+    }}
+  }}
+}}
+""")
+                nginx = subprocess.Popen(["nginx", "-p", work, "-c", conf, "-g", "daemon off;"],
+                                         preexec_fn=raise_nofile)
+                time.sleep(0.5)
+                return ng, lambda: nginx_pids(nginx.pid), lambda: stop_process(nginx)
+
+            measure("nginx", start_nginx, counts)
+    finally:
+        upstream.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
