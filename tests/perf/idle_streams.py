@@ -1,11 +1,11 @@
 """Memory a held, idle stream costs the proxy: N clients open streaming chat completions through the
 proxy to an upstream that sends one event and then holds every stream open; once all N have their
 first event, the proxy's resident memory (VmRSS of all its processes) is read, and the cost a
-stream is the growth over the idle proxy, divided by N. Run for tollgate and, beside it, nginx
-proxying the same upstream without buffering (proxy_buffering off, as for SSE), each at several N,
-so the slope (KB a stream) shows apart from fixed costs.
+stream is the growth over the idle proxy, divided by N. Each N gets a fresh proxy. Run for tollgate
+and, beside it, nginx proxying the same upstream without buffering (proxy_buffering off, as for
+SSE), at several N, so the slope (KB a stream) shows apart from fixed costs.
 
-usage: tests/perf/idle_streams.py BUILD_DIR [--streams 1000,4000,9000] [--threads 1] [--no-nginx]
+usage: tests/perf/idle_streams.py BUILD_DIR [--streams 1000,9000] [--threads 1] [--no-nginx]
 
 Each stream holds two sockets in the proxy (client and upstream); with the usual limit of 20,000
 open files a process, N stays under 10,000. Loopback only. Standard library only.
@@ -13,30 +13,15 @@ open files a process, N stays under 10,000. Loopback only. Standard library only
 import argparse
 import asyncio
 import multiprocessing
-import os
 import re
-import resource
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 
+from proxies import free_port, raise_nofile, rss_kb, start_nginx, start_tollgate
+
 FIRST = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
          b'"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}\n\n')
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upstream_main(port, ready):
@@ -67,29 +52,11 @@ def upstream_main(port, ready):
     asyncio.run(serve())
 
 
-def rss_kb(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
-
-
-def nginx_pids(master):
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
-    return [master] + [int(p) for p in out]
-
-
-async def open_streams(port, path_model, key, n):
-    """Opens n streams, returns their writers once each has its first event."""
-    body = ('{"model":"%s","stream":true,"messages":[{"role":"user","content":"hi"}]}' % path_model).encode()
+async def open_streams(port, n):
+    """Opens n streams, returns them once each has its first event."""
+    body = b'{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-           b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body))
+           b"Authorization: Bearer tg-bench\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     sem = asyncio.Semaphore(256)
     conns = []
 
@@ -121,7 +88,7 @@ def measure(name, start, counts):
             before = rss_kb(pids_fn())
 
             async def run():
-                conns = await open_streams(port, "idle", "tg-bench", n)
+                conns = await open_streams(port, n)
                 await asyncio.sleep(2.0)  # settle: every stream idle
                 after = rss_kb(pids_fn())
                 for _, w in conns:
@@ -141,19 +108,10 @@ def measure(name, start, counts):
     return rows
 
 
-def stop_process(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
-    ap.add_argument("--streams", default="1000,4000,9000")
+    ap.add_argument("--streams", default="1000,9000")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-nginx", action="store_true")
     a = ap.parse_args()
@@ -166,65 +124,9 @@ def main():
     try:
         upstream.start()
         ready.wait(10)
-
-        cfg = os.path.join(work, "tollgate.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"""server: {{listen: "127.0.0.1:0", threads: {a.threads}, access_log: off, idle_timeout: 600s}}
-keys: [{{name: bench, key: tg-bench}}]
-backends:
-  - name: up
-    kind: openai
-    base_url: "http://127.0.0.1:{up}/v1"
-    api_key: sk-up
-    timeouts: {{first_token: 60s, idle: 600s, total: 600s}}
-routes: [{{model: idle, targets: [{{backend: up, model: m}}]}}]
-""")
-        def start_tollgate():
-            path = os.path.join(work, "tollgate.log")
-            with open(path, "w") as log:
-                gw = subprocess.Popen([os.path.join(a.build, "tollgate"), "serve", "--config", cfg], stdout=log,
-                                      stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
-            for _ in range(400):
-                time.sleep(0.05)
-                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(path).read())
-                if m:
-                    return int(m.group(1)), lambda: [gw.pid], lambda: stop_process(gw)
-            stop_process(gw)
-            sys.exit("tollgate did not start: " + open(path).read()[-2000:])
-
-        measure("tollgate", start_tollgate, counts)
-
+        measure("tollgate", lambda: start_tollgate(a.build, work, up, a.threads), counts)
         if not a.no_nginx and shutil.which("nginx"):
-            def start_nginx():
-                ng = free_port()
-                conf = os.path.join(work, "nginx.conf")
-                with open(conf, "w") as f:
-                    f.write(f"""worker_processes {a.threads};
-worker_rlimit_nofile 30000;
-error_log {work}/nginx-error.log crit;
-pid {work}/nginx.pid;
-events {{ worker_connections 30000; }}
-http {{
-  access_log off;
-  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{ng} backlog=16384;
-    location / {{
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_read_timeout 600s;
-    }}
-  }}
-}}
-""")
-                nginx = subprocess.Popen(["nginx", "-p", work, "-c", conf, "-g", "daemon off;"],
-                                         preexec_fn=raise_nofile)
-                time.sleep(0.5)
-                return ng, lambda: nginx_pids(nginx.pid), lambda: stop_process(nginx)
-
-            measure("nginx", start_nginx, counts)
+            measure("nginx", lambda: start_nginx(work, up, a.threads), counts)
     finally:
         upstream.terminate()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""CPU a relayed stream event costs the proxy: C clients each stream chat completions through the
+proxy from an upstream that answers every request with E events as fast as it can (plus the usage
+event and [DONE]); the proxy's user plus system CPU time over the run, divided by the events the
+clients received, is its cost an event. tollgate (which also splits the events and reads the
+usage) beside nginx proxying the same upstream without buffering, in one run.
+
+usage: tests/perf/sse_relay.py BUILD_DIR [--clients 32] [--events 2000] [--requests 4] [--threads 1]
+                               [--interval-ms 0] [--no-nginx]
+
+--interval-ms 0 sends the events back to back, 16 to a write (the proxy's cost a byte shows);
+--interval-ms 20 sends each event alone, 20 ms apart, as a model streams tokens (its cost a
+wakeup shows: a read and a write an event).
+
+Loopback only; the upstream runs in its own processes. Standard library only.
+"""
+import argparse
+import asyncio
+import multiprocessing
+import re
+import shutil
+import tempfile
+import time
+
+from proxies import cpu_seconds, free_port, raise_nofile, start_nginx, start_tollgate
+
+EVENT = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+         b'"choices":[{"index":0,"delta":{"content":"word "},"finish_reason":null}]}\n\n')
+USAGE = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+         b'"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\ndata: [DONE]\n\n')
+
+
+def upstream_main(port, events, interval, ready):
+    raise_nofile()
+    # The whole answer, chunked in writes of 16 events (or 1 when paced).
+    group = 1 if interval > 0 else 16
+    chunk = EVENT * group
+    body = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (events // group)
+    tail = USAGE % (events, events + 5)
+    body.append(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"content-length:\s*(\d+)", head, re.I)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for part in body:
+                    writer.write(part)
+                    await writer.drain()
+                    if interval > 0:
+                        await asyncio.sleep(interval)
+        except Exception:
+            pass
+        writer.close()
+
+    async def serve():
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096, reuse_port=True)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+async def client(port, requests):
+    """Streams `requests` answers one after another on one connection; returns the events read."""
+    body = b'{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+           b"Authorization: Bearer tg-bench\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    events = 0
+    for _ in range(requests):
+        writer.write(req)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode(errors="replace"))
+        while True:  # chunked body
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            data = await reader.readexactly(size + 2)
+            events += data.count(b"data: ")
+    writer.close()
+    return events
+
+
+def measure(name, start, clients, requests):
+    port, pids_fn, stop = start()
+    try:
+        time.sleep(1.0)
+        asyncio.run(client(port, 1))  # warm: the upstream connection pool, the route
+        cpu0, t0 = cpu_seconds(pids_fn()), time.monotonic()
+
+        async def run():
+            return sum(await asyncio.gather(*(client(port, requests) for _ in range(clients))))
+
+        events = asyncio.run(run())
+        cpu, wall = cpu_seconds(pids_fn()) - cpu0, time.monotonic() - t0
+    finally:
+        stop()
+    print(f"{name:9} {events} events in {wall:5.1f} s: proxy CPU {cpu:6.2f} s, {cpu / events * 1e6:5.2f} us an event",
+          flush=True)
+    return cpu / events
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("build")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--interval-ms", type=float, default=0)
+    ap.add_argument("--no-nginx", action="store_true")
+    a = ap.parse_args()
+    raise_nofile()
+    work = tempfile.mkdtemp(prefix="tg-sse-")
+    up = free_port()
+    ready = [multiprocessing.Event() for _ in range(2)]
+    ups = [multiprocessing.Process(target=upstream_main, args=(up, a.events, a.interval_ms / 1000, r), daemon=True) for r in ready]
+    try:
+        for p in ups:
+            p.start()
+        for r in ready:
+            r.wait(10)
+        t = measure("tollgate", lambda: start_tollgate(a.build, work, up, a.threads), a.clients, a.requests)
+        if not a.no_nginx and shutil.which("nginx"):
+            n = measure("nginx", lambda: start_nginx(work, up, a.threads), a.clients, a.requests)
+            print(f"tollgate / nginx CPU an event: {t / n:.2f}x", flush=True)
+    finally:
+        for p in ups:
+            p.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
