@@ -6,8 +6,8 @@
 
 #include "adapters/event_queue.hpp"
 #include "adapters/openai_backend.hpp"
-#include "gateway/protocol/anthropic_upstream.hpp"
-#include "gateway/sse.hpp"
+#include "protocol/anthropic_upstream.hpp"
+#include "protocol/sse.hpp"
 
 namespace tollgate::adapters {
 

@@ -18,8 +18,8 @@
 #include "adapters/curl_multi.hpp"
 #include "adapters/openai_backend.hpp"
 #include "adapters/upstream_pool.hpp"
-#include "gateway/sse.hpp"
-#include "gateway/usage.hpp"
+#include "protocol/sse.hpp"
+#include "protocol/usage.hpp"
 #include "local_engine/tokenizer.hpp"
 
 namespace tollgate::bench {

@@ -5,7 +5,7 @@
 #include <ctime>
 #include <string_view>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 namespace tollgate::gateway {
 

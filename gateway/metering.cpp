@@ -2,8 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/json_body.hpp"
-#include "gateway/sse.hpp"
+#include "protocol/json_body.hpp"
+#include "protocol/sse.hpp"
 #include "local_engine/tokenizer.hpp"
 
 namespace tollgate::gateway {

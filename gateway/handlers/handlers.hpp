@@ -7,7 +7,7 @@
 
 #include <string_view>
 
-#include "gateway/errors.hpp"
+#include "protocol/errors.hpp"
 #include "gateway/server/request.hpp"
 
 namespace tollgate::gateway {

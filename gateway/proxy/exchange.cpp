@@ -16,8 +16,8 @@
 #include "gateway/runtime.hpp"
 #include "gateway/server.hpp"
 #include "gateway/server/responder.hpp"
-#include "gateway/sse.hpp"
-#include "gateway/usage.hpp"
+#include "protocol/sse.hpp"
+#include "protocol/usage.hpp"
 #include "gateway/worker.hpp"
 
 namespace tollgate::gateway {

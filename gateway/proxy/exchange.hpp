@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 #include "gateway/proxy/attempt_runner.hpp"
 #include "gateway/server/request.hpp"
 

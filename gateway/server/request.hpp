@@ -17,8 +17,8 @@
 #include "gateway/access_log.hpp"
 #include "gateway/key_table.hpp"
 #include "gateway/limiter.hpp"
-#include "gateway/protocol/client_dialect.hpp"
-#include "gateway/usage.hpp"
+#include "protocol/client_dialect.hpp"
+#include "protocol/usage.hpp"
 
 namespace tollgate::gateway {
 

@@ -9,7 +9,7 @@
 #include <cstdio>
 
 #include "gateway/cors.hpp"
-#include "gateway/protocol/client_dialect.hpp"
+#include "protocol/client_dialect.hpp"
 #include "gateway/server.hpp"
 
 namespace tollgate::gateway {

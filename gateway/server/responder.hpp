@@ -18,7 +18,7 @@
 
 #include "config/config.hpp"
 #include "gateway/access_log.hpp"
-#include "gateway/errors.hpp"
+#include "protocol/errors.hpp"
 #include "gateway/http_head.hpp"
 #include "gateway/proxy/attempt_runner.hpp"
 #include "gateway/worker.hpp"

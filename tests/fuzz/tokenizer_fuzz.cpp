@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 #include "local_engine/tokenizer.hpp"
 
 namespace {

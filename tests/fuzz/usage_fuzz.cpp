@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "gateway/usage.hpp"
+#include "protocol/usage.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace tollgate::gateway;

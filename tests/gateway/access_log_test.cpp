@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "gateway/access_log.hpp"
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 using namespace tollgate::gateway;
 using json = nlohmann::json;

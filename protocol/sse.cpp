@@ -1,4 +1,4 @@
-#include "gateway/sse.hpp"
+#include "protocol/sse.hpp"
 
 #include <algorithm>
 

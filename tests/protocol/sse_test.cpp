@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "gateway/sse.hpp"
+#include "protocol/sse.hpp"
 
 using namespace tollgate::gateway;
 

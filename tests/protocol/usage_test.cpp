@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "gateway/usage.hpp"
+#include "protocol/usage.hpp"
 
 using namespace tollgate::gateway;
 

@@ -1,4 +1,4 @@
-#include "gateway/errors.hpp"
+#include "protocol/errors.hpp"
 
 #include <nlohmann/json.hpp>
 

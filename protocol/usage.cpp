@@ -1,10 +1,10 @@
-#include "gateway/usage.hpp"
+#include "protocol/usage.hpp"
 
 #include <algorithm>
 #include <array>
 #include <charconv>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,10 +1,10 @@
-#include "gateway/protocol/client_dialect.hpp"
+#include "protocol/client_dialect.hpp"
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/anthropic_messages.hpp"
-#include "gateway/protocol/json_util.hpp"
-#include "gateway/protocol/responses_api.hpp"
+#include "protocol/anthropic_messages.hpp"
+#include "protocol/json_util.hpp"
+#include "protocol/responses_api.hpp"
 
 namespace tollgate::protocol {
 

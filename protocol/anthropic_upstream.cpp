@@ -1,11 +1,11 @@
-#include "gateway/protocol/anthropic_upstream.hpp"
+#include "protocol/anthropic_upstream.hpp"
 
 #include <algorithm>
 #include <chrono>
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/json_util.hpp"
+#include "protocol/json_util.hpp"
 
 namespace tollgate::protocol {
 

@@ -1,4 +1,4 @@
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 #include <algorithm>
 #include <array>

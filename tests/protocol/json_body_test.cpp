@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 using namespace tollgate::gateway;
 using nlohmann::json;
