@@ -13,6 +13,8 @@
 #include <mutex>
 #include <random>
 
+#include "protocol/errors.hpp"
+
 namespace tollgate::adapters {
 
 namespace net = boost::asio;
@@ -22,10 +24,9 @@ namespace {
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-std::string error_body(const std::string& message, const std::string& type, const std::string& code,
-                       const std::string& param = {}) {
-  return dump(json{{"error",
-                    {{"message", message}, {"type", type}, {"param", param.empty() ? json() : json(param)}, {"code", code}}}});
+/// An engine failure, as OpenAI's error body names it.
+protocol::api_error engine_error(std::string message, std::string code = "engine_error", int status = 500) {
+  return {status, "server_error", std::move(code), std::move(message), {}};
 }
 
 /// Length of the longest prefix of s that ends on a whole UTF-8 character.
@@ -57,19 +58,19 @@ struct job_spec {
 
 struct parse_result {
   std::optional<job_spec> spec;
-  int status = 400;
-  std::string error;  ///< the OpenAI-shaped body when spec is empty
+  protocol::api_error error;  ///< when spec is empty
 };
 
 parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   auto bad = [](std::string message, std::string param = {}, std::string code = "invalid_request") {
-    return parse_result{std::nullopt, 400, error_body(message, "invalid_request_error", code, param)};
+    return parse_result{std::nullopt, protocol::bad_request(std::move(message), std::move(param), std::move(code))};
   };
   const bool chat = req.path == "/chat/completions";
   if (!chat && req.path != "/completions") {
-    return parse_result{std::nullopt, 404,
-                        error_body("The local engine serves /chat/completions and /completions, not " + std::string(req.path) + ".",
-                                   "invalid_request_error", "unsupported_endpoint")};
+    return parse_result{std::nullopt,
+                        protocol::not_found("The local engine serves /chat/completions and /completions, not " +
+                                                std::string(req.path) + ".",
+                                            "unsupported_endpoint")};
   }
   json body = json::parse(req.body, nullptr, false);
   if (body.is_discarded() || !body.is_object()) return bad("We could not parse the JSON body of your request.");
@@ -196,7 +197,7 @@ parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   }
   const std::size_t room = limit - spec.prompt.size();
   spec.max_tokens = max_tokens > 0 ? std::min<std::size_t>(static_cast<std::size_t>(max_tokens), room) : room;
-  return parse_result{std::move(spec), 200, {}};
+  return parse_result{std::move(spec), {}};
 }
 
 /// The worker side of a call: its wait timer and hook. The engine thread reaches it only by
@@ -393,7 +394,7 @@ struct answer {
       j.push(std::move(head));
       call_event body;
       body.type = call_event::kind::data;
-      body.data = error_body(message, "server_error", "engine_error");
+      body.data = engine_error(message).body();
       j.push(std::move(body));
       call_event end;
       end.type = call_event::kind::end;
@@ -417,16 +418,16 @@ class engine_call final : public call {
     job_->wake = waiter_;
   }
   /// An answer made on the spot (a bad request), with no engine work.
-  engine_call(int status, std::string body, io_refs refs)
+  engine_call(const protocol::api_error& error, io_refs refs)
       : waiter_(std::make_shared<waiter>(refs.io)) {
     call_event head;
     head.type = call_event::kind::head;
-    head.head.status = status;
+    head.head.status = error.status;
     head.head.headers.emplace_back("content-type", "application/json");
     local_.push_back(std::move(head));
     call_event data;
     data.type = call_event::kind::data;
-    data.data = std::move(body);
+    data.data = error.body();
     local_.push_back(std::move(data));
     call_event end;
     end.type = call_event::kind::end;
@@ -547,25 +548,24 @@ std::optional<engine_stats> local_engine_backend::stats() const {
 std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_refs refs) const {
   if (!engine_) {
     return std::make_unique<engine_call>(
-        503, error_body("the local engine could not load its checkpoint: " + load_error_, "server_error", "engine_unavailable"),
-        refs);
+        engine_error("the local engine could not load its checkpoint: " + load_error_, "engine_unavailable", 503), refs);
   }
   parse_result parsed;
   request.join_body();
   try {
     parsed = parse_job(request, *engine_);
   } catch (const std::invalid_argument& e) {  // the template or tokenizer refused the input
-    return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
+    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs);
   } catch (const std::exception& e) {
-    return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
+    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs);
   }
-  if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
+  if (!parsed.spec) return std::make_unique<engine_call>(parsed.error, refs);
   // The queue limit: max_batch sequences run, max_queue more may wait.
   const std::uint64_t limit = std::uint64_t{cfg_.max_batch} + cfg_.max_queue;
   if (counters_->in_flight.fetch_add(1, std::memory_order_relaxed) >= limit) {
     counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(
-        503, error_body("the local engine's queue is full; try again shortly", "server_error", "overloaded"), refs);
+        engine_error("the local engine's queue is full; try again shortly", "overloaded", 503), refs);
   }
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);
@@ -584,10 +584,10 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
     j->stream = std::move(stream);
   } catch (const std::invalid_argument& e) {
     counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
+    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs);
   } catch (const std::exception& e) {
     counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
+    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs);
   }
   return c;
 }

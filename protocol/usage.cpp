@@ -6,7 +6,7 @@
 
 #include "protocol/json_body.hpp"
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 namespace {
 
@@ -79,4 +79,4 @@ double cost_of(const usage& u, const config::price_config& price) {
          1e6;
 }
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

@@ -9,6 +9,7 @@
 #include "protocol/json_body.hpp"
 
 using namespace tollgate::gateway;
+using tollgate::protocol::append_json_string;
 using json = nlohmann::json;
 
 TEST_CASE("access log lines are JSON whatever the fields hold", "[access_log]") {

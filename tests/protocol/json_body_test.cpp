@@ -11,7 +11,7 @@
 
 #include "protocol/json_body.hpp"
 
-using namespace tollgate::gateway;
+using namespace tollgate::protocol;
 using nlohmann::json;
 
 namespace {

@@ -6,7 +6,7 @@
 
 #include "protocol/sse.hpp"
 
-using namespace tollgate::gateway;
+using namespace tollgate::protocol;
 
 namespace {
 
