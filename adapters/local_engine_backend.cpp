@@ -1,18 +1,15 @@
 #include "adapters/local_engine_backend.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <chrono>
-#include <deque>
 #include <mutex>
 #include <random>
 
+#include "adapters/event_mailbox.hpp"
 #include "protocol/errors.hpp"
 
 namespace tollgate::adapters {
@@ -200,18 +197,6 @@ parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   return parse_result{std::move(spec), {}};
 }
 
-/// The worker side of a call: its wait timer and hook. The engine thread reaches it only by
-/// posting to the worker's io_context and locking a weak pointer there.
-struct waiter {
-  explicit waiter(net::io_context& io) : timer(io) {}
-  net::steady_timer timer;
-  std::function<void()> hook;
-  void wake() {
-    timer.cancel();
-    if (hook) hook();
-  }
-};
-
 }  // namespace
 
 /// Counts of one configured backend, shared with the callbacks of its jobs.
@@ -235,19 +220,26 @@ struct job {
 
   // Shared, under mutex.
   std::mutex mutex;
-  std::deque<call_event> events;
   bool alive = true;  ///< false once the call is gone: nothing more is posted
   net::io_context* io = nullptr;
-  std::weak_ptr<waiter> wake;
+  /// The call's mailbox on the worker: the engine thread reaches it only by posting to the
+  /// worker's io_context and locking this weak pointer there.
+  std::weak_ptr<event_mailbox> mailbox;
   std::shared_ptr<engine_port::stream> stream;
   std::atomic<bool> cancelled{false};
 
   void push(call_event ev) {
     std::lock_guard lock(mutex);
     if (!alive) return;
-    events.push_back(std::move(ev));
-    net::post(*io, [w = wake] {
-      if (auto p = w.lock()) p->wake();
+    net::post(*io, [m = mailbox, ev = std::move(ev)]() mutable {
+      auto p = m.lock();
+      if (!p || p->ended()) return;  // the call is gone, or cancelled or timed out: nobody reads it
+      const bool last = ev.type == call_event::kind::end || ev.type == call_event::kind::failed;
+      if (last) {
+        p->end(std::move(ev));
+      } else {
+        p->push(std::move(ev));
+      }
     });
   }
 };
@@ -409,94 +401,57 @@ struct answer {
   }
 };
 
-class engine_call final : public call {
+class engine_call final : public call, mailbox_producer {
  public:
-  engine_call(std::shared_ptr<job> j, io_refs refs, config::timeouts_config timeouts)
-      : job_(std::move(j)), waiter_(std::make_shared<waiter>(refs.io)), timeouts_(timeouts) {
+  engine_call(std::shared_ptr<job> j, io_refs refs, const config::timeouts_config& timeouts)
+      : job_(std::move(j)), mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts)) {
     std::lock_guard lock(job_->mutex);
     job_->io = &refs.io;
-    job_->wake = waiter_;
+    job_->mailbox = mailbox_;
   }
   /// An answer made on the spot (a bad request), with no engine work.
-  engine_call(const protocol::api_error& error, io_refs refs)
-      : waiter_(std::make_shared<waiter>(refs.io)) {
+  engine_call(const protocol::api_error& error, io_refs refs, const config::timeouts_config& timeouts)
+      : mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts)) {
     call_event head;
     head.type = call_event::kind::head;
     head.head.status = error.status;
     head.head.headers.emplace_back("content-type", "application/json");
-    local_.push_back(std::move(head));
+    mailbox_->push(std::move(head));
     call_event data;
     data.type = call_event::kind::data;
     data.data = error.body();
-    local_.push_back(std::move(data));
+    mailbox_->push(std::move(data));
     call_event end;
     end.type = call_event::kind::end;
-    local_.push_back(std::move(end));
+    mailbox_->stop(std::move(end));
   }
   ~engine_call() override { detach(); }
 
-  bool ready() const override {
-    if (terminal_ || !local_.empty()) return true;
-    if (!job_) return false;
-    std::lock_guard lock(job_->mutex);
-    return !job_->events.empty();
-  }
-  void on_ready(std::function<void()> hook) override { waiter_->hook = std::move(hook); }
+  bool ready() const override { return mailbox_->ready(); }
+  void on_ready(std::function<void()> hook) override { mailbox_->on_ready(std::move(hook)); }
 
   void cancel() override {
-    if (terminal_) return;
+    if (mailbox_->ended()) return;
     detach();
-    local_.clear();
-    if (job_) {
-      std::lock_guard lock(job_->mutex);
-      job_->events.clear();  // nobody will read them
-    }
+    mailbox_->clear();  // nobody will read them
     call_event ev;
     ev.type = call_event::kind::failed;
     ev.error = failure::cancelled;
     ev.message = "the client went away";
-    terminal_ = std::move(ev);
-    waiter_->timer.cancel();
+    mailbox_->end(std::move(ev));
   }
 
-  net::awaitable<call_event> next() override {
-    for (;;) {
-      if (auto ev = take()) {
-        if (ev->type == call_event::kind::head) seen_head_ = true;
-        if (ev->type == call_event::kind::end || ev->type == call_event::kind::failed) {
-          terminal_ = *ev;
-          detach();
-        }
-        co_return std::move(*ev);
-      }
-      if (terminal_) co_return *terminal_;
-      waiter_->timer.expires_after(seen_head_ ? timeouts_.idle : timeouts_.first_token);
-      auto [ec] = co_await waiter_->timer.async_wait(net::as_tuple(net::use_awaitable));
-      if (!ec && !ready()) {
-        detach();
-        call_event ev;
-        ev.type = call_event::kind::failed;
-        ev.error = failure::timeout;
-        ev.message = seen_head_ ? "the local engine sent nothing within the idle timeout"
-                                : "the local engine did not start within the first-token timeout";
-        terminal_ = std::move(ev);
-      }
-    }
-  }
+  net::awaitable<call_event> next() override { return mailbox_->next(*this); }
 
  private:
-  std::optional<call_event> take() {
-    if (!local_.empty()) {
-      call_event ev = std::move(local_.front());
-      local_.pop_front();
-      return ev;
-    }
-    if (!job_) return std::nullopt;
-    std::lock_guard lock(job_->mutex);
-    if (job_->events.empty()) return std::nullopt;
-    call_event ev = std::move(job_->events.front());
-    job_->events.pop_front();
-    return ev;
+  void on_silence(bool seen_head) override {
+    detach();
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = failure::timeout;
+    ev.message = seen_head ? "the local engine sent nothing within the idle timeout"
+                           : "the local engine did not start within the first-token timeout";
+    mailbox_->stop(std::move(ev));
   }
 
   /// Tells the engine to drop the sequence (a finished one is left alone) and to post nothing
@@ -509,18 +464,13 @@ class engine_call final : public call {
       if (!job_->alive) return;
       job_->alive = false;
       stream = job_->stream;
-      // Events already queued stay readable through take() until the job is released.
     }
     job_->cancelled = true;
     if (stream) stream->cancel();
   }
 
   std::shared_ptr<job> job_;
-  std::shared_ptr<waiter> waiter_;
-  config::timeouts_config timeouts_;
-  std::deque<call_event> local_;
-  std::optional<call_event> terminal_;
-  bool seen_head_ = false;
+  std::shared_ptr<event_mailbox> mailbox_;  // shared: the engine's posts hold it weakly
 };
 
 }  // namespace
@@ -548,24 +498,24 @@ std::optional<engine_stats> local_engine_backend::stats() const {
 std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_refs refs) const {
   if (!engine_) {
     return std::make_unique<engine_call>(
-        engine_error("the local engine could not load its checkpoint: " + load_error_, "engine_unavailable", 503), refs);
+        engine_error("the local engine could not load its checkpoint: " + load_error_, "engine_unavailable", 503), refs, cfg_.timeouts);
   }
   parse_result parsed;
   request.join_body();
   try {
     parsed = parse_job(request, *engine_);
   } catch (const std::invalid_argument& e) {  // the template or tokenizer refused the input
-    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs);
+    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs, cfg_.timeouts);
   } catch (const std::exception& e) {
-    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs);
+    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs, cfg_.timeouts);
   }
-  if (!parsed.spec) return std::make_unique<engine_call>(parsed.error, refs);
+  if (!parsed.spec) return std::make_unique<engine_call>(parsed.error, refs, cfg_.timeouts);
   // The queue limit: max_batch sequences run, max_queue more may wait.
   const std::uint64_t limit = std::uint64_t{cfg_.max_batch} + cfg_.max_queue;
   if (counters_->in_flight.fetch_add(1, std::memory_order_relaxed) >= limit) {
     counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(
-        engine_error("the local engine's queue is full; try again shortly", "overloaded", 503), refs);
+        engine_error("the local engine's queue is full; try again shortly", "overloaded", 503), refs, cfg_.timeouts);
   }
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);
@@ -584,10 +534,10 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
     j->stream = std::move(stream);
   } catch (const std::invalid_argument& e) {
     counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs);
+    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs, cfg_.timeouts);
   } catch (const std::exception& e) {
     counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
-    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs);
+    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs, cfg_.timeouts);
   }
   return c;
 }
