@@ -153,21 +153,22 @@ std::string refusal_body(const protocol::translated& t) {
 }  // namespace
 
 std::map<std::string, std::string> anthropic_headers(const config::backend_config& cfg) {
-  std::map<std::string, std::string> headers = cfg.headers;
+  const config::remote_backend_config& remote = *cfg.remote();
+  std::map<std::string, std::string> headers = remote.headers;
   auto named = [&](std::string_view name) {
     for (const auto& [k, v] : headers)
       if (boost::beast::iequals(k, name)) return true;
     return false;
   };
-  if (!cfg.api_key.empty() && !named("x-api-key")) headers["x-api-key"] = cfg.api_key;
+  if (!remote.api_key.empty() && !named("x-api-key")) headers["x-api-key"] = remote.api_key;
   if (!named("anthropic-version")) headers["anthropic-version"] = anthropic_version;
   return headers;
 }
 
 anthropic_backend::anthropic_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
   config::backend_config transport = cfg_;
-  transport.headers = anthropic_headers(cfg_);
-  transport.api_key.clear();  // Anthropic takes x-api-key, not Authorization: Bearer
+  transport.remote()->headers = anthropic_headers(cfg_);
+  transport.remote()->api_key.clear();  // Anthropic takes x-api-key, not Authorization: Bearer
   transport_ = std::make_unique<openai_backend>(std::move(transport));
 }
 

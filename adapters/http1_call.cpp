@@ -472,7 +472,7 @@ class http1_call final : public call {
 
 http1_origin http1_origin::from(const config::backend_config& cfg) {
   http1_origin o;
-  std::string_view rest = cfg.base_url;
+  std::string_view rest = cfg.remote()->base_url;
   rest.remove_prefix(std::string_view("http://").size());
   const auto slash = rest.find('/');
   const std::string_view authority = rest.substr(0, slash);
@@ -515,11 +515,12 @@ std::vector<std::pair<std::string, std::string>> upstream_headers(const config::
       // is refused (see the gateway's relay), so none is asked for.
       {"Accept-Encoding", "identity"},
   };
-  if (!cfg.api_key.empty()) out.emplace_back("Authorization", "Bearer " + cfg.api_key);
-  for (const auto& [name, value] : cfg.headers) {
+  const config::remote_backend_config& remote = *cfg.remote();
+  if (!remote.api_key.empty()) out.emplace_back("Authorization", "Bearer " + remote.api_key);
+  for (const auto& [name, value] : remote.headers) {
     std::erase_if(out, [&](const auto& h) { return beast::iequals(h.first, name); });
   }
-  for (const auto& [name, value] : cfg.headers) out.emplace_back(name, value);
+  for (const auto& [name, value] : remote.headers) out.emplace_back(name, value);
   return out;
 }
 

@@ -511,7 +511,7 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
   }
   if (!parsed.spec) return std::make_unique<engine_call>(parsed.error, refs, cfg_.timeouts);
   // The queue limit: max_batch sequences run, max_queue more may wait.
-  const std::uint64_t limit = std::uint64_t{cfg_.max_batch} + cfg_.max_queue;
+  const std::uint64_t limit = std::uint64_t{cfg_.local_engine()->max_batch} + cfg_.max_queue;
   if (counters_->in_flight.fetch_add(1, std::memory_order_relaxed) >= limit) {
     counters_->in_flight.fetch_sub(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(

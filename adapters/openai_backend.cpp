@@ -193,7 +193,7 @@ class openai_call final : public call, mailbox_producer {
 }  // namespace
 
 openai_backend::openai_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
-  if (cfg_.transport == "native") {
+  if (cfg_.remote()->transport == "native") {
     native_ = http1_origin::from(cfg_);
     return;
   }
@@ -215,7 +215,7 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   if (native_) return start_http1_call(*native_, std::move(request), refs);
   auto result = std::make_unique<openai_call>(refs, cfg_.timeouts);
   CURL* easy = refs.curl.acquire();
-  const std::string url = cfg_.base_url + std::string(request.path);
+  const std::string url = cfg_.remote()->base_url + std::string(request.path);
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);

@@ -93,17 +93,17 @@ struct runner::impl {
       : o(opts), prompts(std::move(p)), tok(t) {
     config::backend_config cfg;
     cfg.name = "bench";
-    cfg.kind = "openai";
-    cfg.base_url = o.base_url;
+    config::openai_backend_config& remote = cfg.settings.emplace<config::openai_backend_config>();
+    remote.base_url = o.base_url;
     if (o.api == api_kind::anthropic) {
       path = "/messages";
-      if (!o.api_key.empty()) cfg.headers["x-api-key"] = o.api_key;
-      cfg.headers["anthropic-version"] = "2023-06-01";
+      if (!o.api_key.empty()) remote.headers["x-api-key"] = o.api_key;
+      remote.headers["anthropic-version"] = "2023-06-01";
     } else {
       path = "/chat/completions";
-      cfg.api_key = o.api_key;
+      remote.api_key = o.api_key;
     }
-    cfg.transport = o.base_url.starts_with("http://") ? "native" : "curl";
+    remote.transport = o.base_url.starts_with("http://") ? "native" : "curl";
     const auto limit = std::chrono::duration_cast<config::duration>(std::chrono::duration<double>(o.timeout_s));
     cfg.timeouts.connect = std::min(limit, config::duration(std::chrono::seconds(10)));
     cfg.timeouts.first_token = limit;
