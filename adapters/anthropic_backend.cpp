@@ -6,8 +6,9 @@
 
 #include "adapters/event_queue.hpp"
 #include "adapters/openai_backend.hpp"
-#include "gateway/protocol/anthropic_upstream.hpp"
-#include "gateway/sse.hpp"
+#include "protocol/anthropic_upstream.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/sse.hpp"
 
 namespace tollgate::adapters {
 
@@ -136,7 +137,7 @@ class anthropic_call final : public call {
   bool streaming_ = false;
   int status_ = 0;
   std::string body_;
-  gateway::sse_splitter splitter_;
+  protocol::sse_splitter splitter_;
   protocol::messages_stream_to_chat events_;
   event_queue pending_;
   std::optional<call_event> terminal_;
@@ -144,40 +145,30 @@ class anthropic_call final : public call {
 
 std::string refusal_body(const protocol::translated& t) {
   // OpenAI's error shape: the gateway relays it, or turns it into the client's own dialect.
-  std::string body = R"({"error":{"message":)";
-  auto quote = [](const std::string& s) {
-    std::string q = "\"";
-    for (char c : s) {
-      if (c == '"' || c == '\\') q += '\\';
-      if (static_cast<unsigned char>(c) < 0x20) continue;
-      q += c;
-    }
-    return q + "\"";
-  };
-  body += quote("this backend speaks Anthropic's Messages API, which cannot carry " + t.error);
-  body += R"(,"type":"invalid_request_error","param":)" + (t.param.empty() ? std::string("null") : quote(t.param));
-  body += R"(,"code":"unsupported_by_backend"}})";
-  return body;
+  return protocol::api_error{400, "invalid_request_error", "unsupported_by_backend",
+                             "this backend speaks Anthropic's Messages API, which cannot carry " + t.error, t.param}
+      .body();
 }
 
 }  // namespace
 
 std::map<std::string, std::string> anthropic_headers(const config::backend_config& cfg) {
-  std::map<std::string, std::string> headers = cfg.headers;
+  const config::remote_backend_config& remote = *cfg.remote();
+  std::map<std::string, std::string> headers = remote.headers;
   auto named = [&](std::string_view name) {
     for (const auto& [k, v] : headers)
       if (boost::beast::iequals(k, name)) return true;
     return false;
   };
-  if (!cfg.api_key.empty() && !named("x-api-key")) headers["x-api-key"] = cfg.api_key;
+  if (!remote.api_key.empty() && !named("x-api-key")) headers["x-api-key"] = remote.api_key;
   if (!named("anthropic-version")) headers["anthropic-version"] = anthropic_version;
   return headers;
 }
 
 anthropic_backend::anthropic_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
   config::backend_config transport = cfg_;
-  transport.headers = anthropic_headers(cfg_);
-  transport.api_key.clear();  // Anthropic takes x-api-key, not Authorization: Bearer
+  transport.remote()->headers = anthropic_headers(cfg_);
+  transport.remote()->api_key.clear();  // Anthropic takes x-api-key, not Authorization: Bearer
   transport_ = std::make_unique<openai_backend>(std::move(transport));
 }
 

@@ -19,6 +19,7 @@ inline constexpr const char* anthropic_version = "2023-06-01";
 
 class anthropic_backend final : public backend {
  public:
+  /// Precondition: cfg is of a remote kind (cfg.remote() is set).
   explicit anthropic_backend(config::backend_config cfg);
   ~anthropic_backend() override;
   anthropic_backend(const anthropic_backend&) = delete;

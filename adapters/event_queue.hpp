@@ -16,6 +16,10 @@ class event_queue {
   bool empty() const { return front_ == events_.size(); }
   call_event& back() { return events_.back(); }
   void push_back(call_event ev) { events_.push_back(std::move(ev)); }
+  void clear() {
+    events_.clear();
+    front_ = 0;
+  }
   /// Precondition: !empty().
   call_event pop_front() {
     call_event ev = std::move(events_[front_++]);

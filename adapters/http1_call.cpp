@@ -1,9 +1,7 @@
 #include "adapters/http1_call.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/basic_parser.hpp>
@@ -15,7 +13,7 @@
 #include <span>
 #include <vector>
 
-#include "adapters/event_queue.hpp"
+#include "adapters/event_mailbox.hpp"
 #include "adapters/upstream_pool.hpp"
 
 namespace tollgate::adapters {
@@ -92,7 +90,7 @@ class response_reader final : public http::basic_parser<false> {
 
 /// The state of one request, shared by the call (its owner) and the I/O handlers in flight, so
 /// that a handler that completes after the call is gone finds it marked finished.
-class transfer : public std::enable_shared_from_this<transfer> {
+class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer {
  public:
   transfer(const http1_origin& origin, io_refs refs, upstream_request request)
       : origin_(origin),
@@ -100,7 +98,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
         body_(std::move(request.body)),
         parts_(std::move(request.parts)),
         deadline_(refs.io),
-        wake_(refs.io) {
+        mailbox_(refs.io, origin.timeouts) {
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
     head_.reserve(32 + origin.base_path.size() + request.path.size() + fixed.size() + request.request_id.size());
     head_.append("POST ").append(origin.base_path).append(request.path).append(" HTTP/1.1\r\n").append(fixed);
@@ -122,7 +120,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
     deadline_.expires_after(origin_.timeouts.total);
     deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec) return;
-      if (self->terminal_) {
+      if (self->mailbox_.ended()) {
         // Answered, but the request is still being written past the total timeout: give up on
         // the connection.
         if (self->pool_after_write_) self->close_connection();
@@ -140,18 +138,18 @@ class transfer : public std::enable_shared_from_this<transfer> {
 
   // The consumer side (the call's next(), on the same thread).
 
-  bool ready() const { return !pending_.empty() || terminal_.has_value(); }
-  void on_ready(std::function<void()> hook) { hook_ = std::move(hook); }
+  bool ready() const { return mailbox_.ready(); }
+  void on_ready(std::function<void()> hook) { mailbox_.on_ready(std::move(hook)); }
 
   void cancel() {
-    if (terminal_) return;
+    if (mailbox_.ended()) return;
     fail(failure::cancelled, "the client went away");
   }
 
   /// The call is gone: stop everything. A connection in the middle of a response is closed.
   void abandon() {
-    hook_ = nullptr;
-    if (!terminal_) {
+    mailbox_.on_ready(nullptr);
+    if (!mailbox_.ended()) {
       finish_with(failure::cancelled, "the call was dropped");
     } else if (pool_after_write_ && borrows_) {
       // The write still in flight reads bytes the caller may now free: the connection goes.
@@ -161,52 +159,33 @@ class transfer : public std::enable_shared_from_this<transfer> {
     }
   }
 
-  net::awaitable<call_event> next() {
-    for (;;) {
-      if (!pending_.empty()) {
-        call_event ev = pending_.pop_front();
-        if (ev.type == call_event::kind::data) {
-          queued_bytes_ -= ev.data.size();
-          if (paused_ && queued_bytes_ < pause_above_bytes / 2) {
-            paused_ = false;
-            read();
-          }
-        }
-        co_return ev;
-      }
-      if (terminal_) co_return *terminal_;
-      wake_.expires_after(seen_head_ ? origin_.timeouts.idle : origin_.timeouts.first_token);
-      auto [ec] = co_await wake_.async_wait(net::as_tuple(net::use_awaitable));
-      if (!ec && pending_.empty() && !terminal_) {
-        fail(failure::timeout, seen_head_ ? "upstream sent nothing within the idle timeout of " + millis(origin_.timeouts.idle)
-                                          : "upstream did not answer within the first-token timeout of " +
-                                                millis(origin_.timeouts.first_token));
-      }
+  net::awaitable<call_event> next() { return mailbox_.next(*this); }
+
+  void on_taken() override {
+    if (paused_ && mailbox_.queued_bytes() < pause_above_bytes / 2) {
+      paused_ = false;
+      read();
     }
+  }
+
+  void on_silence(bool seen_head) override {
+    fail(failure::timeout, seen_head ? "upstream sent nothing within the idle timeout of " + millis(origin_.timeouts.idle)
+                                     : "upstream did not answer within the first-token timeout of " +
+                                           millis(origin_.timeouts.first_token));
   }
 
   // The parser's side.
 
   void on_head(response_head head) {
     if (head.status < 200) return;  // 1xx: the real answer follows
-    seen_head_ = true;
     call_event ev;
     ev.type = call_event::kind::head;
     ev.head = std::move(head);
-    push(std::move(ev));
+    mailbox_.push(std::move(ev));
   }
 
   void on_body(std::string_view bytes) {
-    if (bytes.empty()) return;
-    queued_bytes_ += bytes.size();
-    if (!pending_.empty() && pending_.back().type == call_event::kind::data) {
-      pending_.back().data.append(bytes);  // coalesce what the reader has not taken yet
-      return;
-    }
-    call_event ev;
-    ev.type = call_event::kind::data;
-    ev.data.assign(bytes);
-    push(std::move(ev));
+    if (!bytes.empty()) mailbox_.add_data(bytes);
   }
 
  private:
@@ -226,7 +205,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
     arm_connect_timer();
     resolver_->async_resolve(origin_.host, std::to_string(origin_.port),
                              [self = shared_from_this()](boost::system::error_code rec, tcp::resolver::results_type results) {
-                               if (self->terminal_) return;
+                               if (self->mailbox_.ended()) return;
                                if (rec) {
                                  self->fail(failure::connect, "could not resolve " + self->origin_.host + ": " + rec.message());
                                  return;
@@ -240,7 +219,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
     arm_connect_timer();
     net::async_connect(connection_->socket, endpoints,
                        [self = shared_from_this(), c = connection_](boost::system::error_code ec, const tcp::endpoint&) {
-                         if (self->terminal_ || c != self->connection_) return;
+                         if (self->mailbox_.ended() || c != self->connection_) return;
                          self->connecting_ = false;
                          self->connect_timer_->cancel();
                          if (ec) {
@@ -261,7 +240,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
     connecting_ = true;
     connect_timer_->async_wait([self = shared_from_this()](boost::system::error_code ec) {
       // connecting_: the connect may have completed in the same turn as the timer expired.
-      if (ec || self->terminal_ || !self->connecting_) return;
+      if (ec || self->mailbox_.ended() || !self->connecting_) return;
       self->fail(failure::timeout, "connecting to " + self->origin_.pool_key + " timed out after " +
                                        millis(self->origin_.timeouts.connect));
     });
@@ -299,14 +278,14 @@ class transfer : public std::enable_shared_from_this<transfer> {
   }
 
   void read() {
-    if (reading_ || terminal_ || !connection_) return;
+    if (reading_ || mailbox_.ended() || !connection_) return;
     reading_ = true;
     auto& c = *connection_;
     c.socket.async_read_some(c.buffer.prepare(read_size_),
                              [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
                                if (c != self->connection_) return;
                                self->reading_ = false;
-                               if (self->terminal_) return;
+                               if (self->mailbox_.ended()) return;
                                self->on_read(ec, n);
                              });
   }
@@ -336,7 +315,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
       beast::error_code ec;
       const std::size_t used = parser_->put(buffer.data(), ec);
       buffer.consume(used);
-      if (terminal_) return false;  // a callback failed the transfer
+      if (mailbox_.ended()) return false;  // a callback failed the transfer
       if (ec == http::error::need_more) break;
       if (ec) {
         fail(failure::broken, "malformed response from " + origin_.pool_key + ": " + ec.message());
@@ -357,7 +336,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
         return false;
       }
     }
-    if (queued_bytes_ >= pause_above_bytes) paused_ = true;
+    if (mailbox_.queued_bytes() >= pause_above_bytes) paused_ = true;
     return true;
   }
 
@@ -391,7 +370,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
   void complete(bool keep_alive) {
     call_event ev;
     ev.type = call_event::kind::end;
-    terminal_ = ev;
+    mailbox_.stop(std::move(ev));
     if (keep_alive && writing_) {
       // The total timeout still bounds the write (see begin()).
       if (connect_timer_) connect_timer_->cancel();
@@ -404,7 +383,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
         close_connection();
       }
     }
-    wake();
+    mailbox_.wake();
   }
 
   void pool_connection() {
@@ -416,7 +395,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
 
   void fail(failure why, std::string message) {
     finish_with(why, std::move(message));
-    wake();
+    mailbox_.wake();
   }
 
   void finish_with(failure why, std::string message) {
@@ -424,7 +403,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
     ev.type = call_event::kind::failed;
     ev.error = why;
     ev.message = std::move(message);
-    terminal_ = std::move(ev);
+    mailbox_.stop(std::move(ev));
     stop_timers();
     close_connection();
   }
@@ -442,15 +421,6 @@ class transfer : public std::enable_shared_from_this<transfer> {
     connection_.reset();
   }
 
-  void push(call_event ev) {
-    pending_.push_back(std::move(ev));
-    wake();
-  }
-
-  void wake() {
-    wake_.cancel();
-    if (hook_) hook_();
-  }
 
   const http1_origin& origin_;
   io_refs refs_;
@@ -464,12 +434,7 @@ class transfer : public std::enable_shared_from_this<transfer> {
   std::optional<net::steady_timer> connect_timer_;
   std::chrono::steady_clock::time_point connect_deadline_;
   net::steady_timer deadline_;  // the total timeout
-  net::steady_timer wake_;      // the consumer waits on it; the producer cancels it
-  event_queue pending_;
-  std::size_t queued_bytes_ = 0;
-  std::optional<call_event> terminal_;
-  std::function<void()> hook_;
-  bool seen_head_ = false;
+  event_mailbox mailbox_;
   bool got_bytes_ = false;  // the current connection sent part of an answer
   bool reading_ = false;
   bool writing_ = false;
@@ -507,7 +472,7 @@ class http1_call final : public call {
 
 http1_origin http1_origin::from(const config::backend_config& cfg) {
   http1_origin o;
-  std::string_view rest = cfg.base_url;
+  std::string_view rest = cfg.remote()->base_url;
   rest.remove_prefix(std::string_view("http://").size());
   const auto slash = rest.find('/');
   const std::string_view authority = rest.substr(0, slash);
@@ -550,11 +515,12 @@ std::vector<std::pair<std::string, std::string>> upstream_headers(const config::
       // is refused (see the gateway's relay), so none is asked for.
       {"Accept-Encoding", "identity"},
   };
-  if (!cfg.api_key.empty()) out.emplace_back("Authorization", "Bearer " + cfg.api_key);
-  for (const auto& [name, value] : cfg.headers) {
+  const config::remote_backend_config& remote = *cfg.remote();
+  if (!remote.api_key.empty()) out.emplace_back("Authorization", "Bearer " + remote.api_key);
+  for (const auto& [name, value] : remote.headers) {
     std::erase_if(out, [&](const auto& h) { return beast::iequals(h.first, name); });
   }
-  for (const auto& [name, value] : cfg.headers) out.emplace_back(name, value);
+  for (const auto& [name, value] : remote.headers) out.emplace_back(name, value);
   return out;
 }
 

@@ -30,7 +30,7 @@ struct http1_origin {
   std::string plain_headers;   ///< the same, for a whole answer
   config::timeouts_config timeouts;
 
-  /// Precondition: cfg.base_url starts with http://.
+  /// Precondition: cfg is of a remote kind, and its base_url starts with http://.
   static http1_origin from(const config::backend_config& cfg);
 };
 

@@ -1,17 +1,16 @@
 #include "adapters/local_engine_backend.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <chrono>
-#include <deque>
 #include <mutex>
 #include <random>
+
+#include "adapters/event_mailbox.hpp"
+#include "protocol/errors.hpp"
 
 namespace tollgate::adapters {
 
@@ -22,10 +21,9 @@ namespace {
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-std::string error_body(const std::string& message, const std::string& type, const std::string& code,
-                       const std::string& param = {}) {
-  return dump(json{{"error",
-                    {{"message", message}, {"type", type}, {"param", param.empty() ? json() : json(param)}, {"code", code}}}});
+/// An engine failure, as OpenAI's error body names it.
+protocol::api_error engine_error(std::string message, std::string code = "engine_error", int status = 500) {
+  return {status, "server_error", std::move(code), std::move(message), {}};
 }
 
 /// Length of the longest prefix of s that ends on a whole UTF-8 character.
@@ -57,19 +55,19 @@ struct job_spec {
 
 struct parse_result {
   std::optional<job_spec> spec;
-  int status = 400;
-  std::string error;  ///< the OpenAI-shaped body when spec is empty
+  protocol::api_error error;  ///< when spec is empty
 };
 
 parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   auto bad = [](std::string message, std::string param = {}, std::string code = "invalid_request") {
-    return parse_result{std::nullopt, 400, error_body(message, "invalid_request_error", code, param)};
+    return parse_result{std::nullopt, protocol::bad_request(std::move(message), std::move(param), std::move(code))};
   };
   const bool chat = req.path == "/chat/completions";
   if (!chat && req.path != "/completions") {
-    return parse_result{std::nullopt, 404,
-                        error_body("The local engine serves /chat/completions and /completions, not " + std::string(req.path) + ".",
-                                   "invalid_request_error", "unsupported_endpoint")};
+    return parse_result{std::nullopt,
+                        protocol::not_found("The local engine serves /chat/completions and /completions, not " +
+                                                std::string(req.path) + ".",
+                                            "unsupported_endpoint")};
   }
   json body = json::parse(req.body, nullptr, false);
   if (body.is_discarded() || !body.is_object()) return bad("We could not parse the JSON body of your request.");
@@ -196,20 +194,8 @@ parse_result parse_job(const upstream_request& req, const engine_port& engine) {
   }
   const std::size_t room = limit - spec.prompt.size();
   spec.max_tokens = max_tokens > 0 ? std::min<std::size_t>(static_cast<std::size_t>(max_tokens), room) : room;
-  return parse_result{std::move(spec), 200, {}};
+  return parse_result{std::move(spec), {}};
 }
-
-/// The worker side of a call: its wait timer and hook. The engine thread reaches it only by
-/// posting to the worker's io_context and locking a weak pointer there.
-struct waiter {
-  explicit waiter(net::io_context& io) : timer(io) {}
-  net::steady_timer timer;
-  std::function<void()> hook;
-  void wake() {
-    timer.cancel();
-    if (hook) hook();
-  }
-};
 
 }  // namespace
 
@@ -234,19 +220,26 @@ struct job {
 
   // Shared, under mutex.
   std::mutex mutex;
-  std::deque<call_event> events;
   bool alive = true;  ///< false once the call is gone: nothing more is posted
   net::io_context* io = nullptr;
-  std::weak_ptr<waiter> wake;
+  /// The call's mailbox on the worker: the engine thread reaches it only by posting to the
+  /// worker's io_context and locking this weak pointer there.
+  std::weak_ptr<event_mailbox> mailbox;
   std::shared_ptr<engine_port::stream> stream;
   std::atomic<bool> cancelled{false};
 
   void push(call_event ev) {
     std::lock_guard lock(mutex);
     if (!alive) return;
-    events.push_back(std::move(ev));
-    net::post(*io, [w = wake] {
-      if (auto p = w.lock()) p->wake();
+    net::post(*io, [m = mailbox, ev = std::move(ev)]() mutable {
+      auto p = m.lock();
+      if (!p || p->ended()) return;  // the call is gone, or cancelled or timed out: nobody reads it
+      const bool last = ev.type == call_event::kind::end || ev.type == call_event::kind::failed;
+      if (last) {
+        p->end(std::move(ev));
+      } else {
+        p->push(std::move(ev));
+      }
     });
   }
 };
@@ -398,7 +391,7 @@ struct answer {
     j.push(std::move(head));
     call_event body;
     body.type = call_event::kind::data;
-    body.data = error_body("the local engine is overloaded: " + message + "; try again shortly", "server_error", "overloaded");
+    body.data = engine_error("the local engine is overloaded: " + message + "; try again shortly", "overloaded", 503).body();
     j.push(std::move(body));
     call_event end;
     end.type = call_event::kind::end;
@@ -415,7 +408,7 @@ struct answer {
       j.push(std::move(head));
       call_event body;
       body.type = call_event::kind::data;
-      body.data = error_body(message, "server_error", "engine_error");
+      body.data = engine_error(message).body();
       j.push(std::move(body));
       call_event end;
       end.type = call_event::kind::end;
@@ -430,95 +423,59 @@ struct answer {
   }
 };
 
-class engine_call final : public call {
+class engine_call final : public call, mailbox_producer {
  public:
-  engine_call(std::shared_ptr<job> j, io_refs refs, config::timeouts_config timeouts)
-      : job_(std::move(j)), waiter_(std::make_shared<waiter>(refs.io)), timeouts_(timeouts) {
+  engine_call(std::shared_ptr<job> j, io_refs refs, const config::timeouts_config& timeouts)
+      : job_(std::move(j)), mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts)) {
     std::lock_guard lock(job_->mutex);
     job_->io = &refs.io;
-    job_->wake = waiter_;
+    job_->mailbox = mailbox_;
   }
   /// An answer made on the spot (a bad request, a full queue), with no engine work.
-  engine_call(int status, std::string body, io_refs refs, const char* retry_after = nullptr)
-      : waiter_(std::make_shared<waiter>(refs.io)) {
+  engine_call(const protocol::api_error& error, io_refs refs, const config::timeouts_config& timeouts,
+              const char* retry_after = nullptr)
+      : mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts)) {
     call_event head;
     head.type = call_event::kind::head;
-    head.head.status = status;
+    head.head.status = error.status;
     head.head.headers.emplace_back("content-type", "application/json");
     if (retry_after != nullptr) head.head.headers.emplace_back("retry-after", retry_after);
-    local_.push_back(std::move(head));
+    mailbox_->push(std::move(head));
     call_event data;
     data.type = call_event::kind::data;
-    data.data = std::move(body);
-    local_.push_back(std::move(data));
+    data.data = error.body();
+    mailbox_->push(std::move(data));
     call_event end;
     end.type = call_event::kind::end;
-    local_.push_back(std::move(end));
+    mailbox_->stop(std::move(end));
   }
   ~engine_call() override { detach(); }
 
-  bool ready() const override {
-    if (terminal_ || !local_.empty()) return true;
-    if (!job_) return false;
-    std::lock_guard lock(job_->mutex);
-    return !job_->events.empty();
-  }
-  void on_ready(std::function<void()> hook) override { waiter_->hook = std::move(hook); }
+  bool ready() const override { return mailbox_->ready(); }
+  void on_ready(std::function<void()> hook) override { mailbox_->on_ready(std::move(hook)); }
 
   void cancel() override {
-    if (terminal_) return;
+    if (mailbox_->ended()) return;
     detach();
-    local_.clear();
-    if (job_) {
-      std::lock_guard lock(job_->mutex);
-      job_->events.clear();  // nobody will read them
-    }
+    mailbox_->clear();  // nobody will read them
     call_event ev;
     ev.type = call_event::kind::failed;
     ev.error = failure::cancelled;
     ev.message = "the client went away";
-    terminal_ = std::move(ev);
-    waiter_->timer.cancel();
+    mailbox_->end(std::move(ev));
   }
 
-  net::awaitable<call_event> next() override {
-    for (;;) {
-      if (auto ev = take()) {
-        if (ev->type == call_event::kind::head) seen_head_ = true;
-        if (ev->type == call_event::kind::end || ev->type == call_event::kind::failed) {
-          terminal_ = *ev;
-          detach();
-        }
-        co_return std::move(*ev);
-      }
-      if (terminal_) co_return *terminal_;
-      waiter_->timer.expires_after(seen_head_ ? timeouts_.idle : timeouts_.first_token);
-      auto [ec] = co_await waiter_->timer.async_wait(net::as_tuple(net::use_awaitable));
-      if (!ec && !ready()) {
-        detach();
-        call_event ev;
-        ev.type = call_event::kind::failed;
-        ev.error = failure::timeout;
-        ev.message = seen_head_ ? "the local engine sent nothing within the idle timeout"
-                                : "the local engine did not start within the first-token timeout";
-        terminal_ = std::move(ev);
-      }
-    }
-  }
+  net::awaitable<call_event> next() override { return mailbox_->next(*this); }
 
  private:
-  std::optional<call_event> take() {
-    if (!local_.empty()) {
-      call_event ev = std::move(local_.front());
-      local_.pop_front();
-      return ev;
-    }
-    if (!job_) return std::nullopt;
-    std::lock_guard lock(job_->mutex);
-    if (job_->events.empty()) return std::nullopt;
-    call_event ev = std::move(job_->events.front());
-    job_->events.pop_front();
-    return ev;
+  void on_silence(bool seen_head) override {
+    detach();
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = failure::timeout;
+    ev.message = seen_head ? "the local engine sent nothing within the idle timeout"
+                           : "the local engine did not start within the first-token timeout";
+    mailbox_->stop(std::move(ev));
   }
 
   /// Tells the engine to drop the sequence (a finished one is left alone) and to post nothing
@@ -531,18 +488,13 @@ class engine_call final : public call {
       if (!job_->alive) return;
       job_->alive = false;
       stream = job_->stream;
-      // Events already queued stay readable through take() until the job is released.
     }
     job_->cancelled = true;
     if (stream) stream->cancel();
   }
 
   std::shared_ptr<job> job_;
-  std::shared_ptr<waiter> waiter_;
-  config::timeouts_config timeouts_;
-  std::deque<call_event> local_;
-  std::optional<call_event> terminal_;
-  bool seen_head_ = false;
+  std::shared_ptr<event_mailbox> mailbox_;  // shared: the engine's posts hold it weakly
 };
 
 }  // namespace
@@ -571,19 +523,18 @@ std::optional<engine_stats> local_engine_backend::stats() const {
 std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_refs refs) const {
   if (!engine_) {
     return std::make_unique<engine_call>(
-        503, error_body("the local engine could not load its checkpoint: " + load_error_, "server_error", "engine_unavailable"),
-        refs);
+        engine_error("the local engine could not load its checkpoint: " + load_error_, "engine_unavailable", 503), refs, cfg_.timeouts);
   }
   parse_result parsed;
   request.join_body();
   try {
     parsed = parse_job(request, *engine_);
   } catch (const std::invalid_argument& e) {  // the template or tokenizer refused the input
-    return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
+    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs, cfg_.timeouts);
   } catch (const std::exception& e) {
-    return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
+    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs, cfg_.timeouts);
   }
-  if (!parsed.spec) return std::make_unique<engine_call>(parsed.status, std::move(parsed.error), refs);
+  if (!parsed.spec) return std::make_unique<engine_call>(parsed.error, refs, cfg_.timeouts);
   auto j = std::make_shared<job>();
   j->spec = std::move(*parsed.spec);
   j->counts = counters_;
@@ -610,12 +561,12 @@ std::unique_ptr<call> local_engine_backend::start(upstream_request request, io_r
   } catch (const engine_queue_full& e) {
     counters_->overloaded.fetch_add(1, std::memory_order_relaxed);
     return std::make_unique<engine_call>(
-        503, error_body(std::string("the local engine is overloaded: ") + e.what() + "; try again shortly", "server_error", "overloaded"),
-        refs, "1");
+        engine_error(std::string("the local engine is overloaded: ") + e.what() + "; try again shortly", "overloaded", 503),
+        refs, cfg_.timeouts, "1");
   } catch (const std::invalid_argument& e) {
-    return std::make_unique<engine_call>(400, error_body(e.what(), "invalid_request_error", "invalid_request"), refs);
+    return std::make_unique<engine_call>(protocol::bad_request(e.what()), refs, cfg_.timeouts);
   } catch (const std::exception& e) {
-    return std::make_unique<engine_call>(500, error_body(std::string("the local engine failed: ") + e.what(), "server_error", "engine_error"), refs);
+    return std::make_unique<engine_call>(engine_error(std::string("the local engine failed: ") + e.what()), refs, cfg_.timeouts);
   }
   return c;
 }

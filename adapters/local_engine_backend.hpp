@@ -89,14 +89,15 @@ class engine_port {
   virtual engine_stats stats() const = 0;
 };
 
-/// Loads the checkpoint of a backend config (checkpoint, device, dtype, kv_cache_memory, max_batch,
+/// Loads the checkpoint of a local_engine backend config (checkpoint, device, dtype, kv_cache_memory, max_batch,
 /// max_batch_tokens) into an engine_port and logs the backend's description. Throws
 /// std::runtime_error with the reason when it cannot.
 std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg);
 
 class local_engine_backend final : public backend {
  public:
-  /// engine: null when loading failed; every request then gets 503 with load_error.
+  /// Precondition: cfg is of kind local_engine. engine: null when loading failed; every request
+  /// then gets 503 with load_error.
   local_engine_backend(config::backend_config cfg, std::shared_ptr<const engine_port> engine, std::string load_error = {});
   ~local_engine_backend() override;  ///< sequences in flight run on (the model outlives it while they do)
   local_engine_backend(const local_engine_backend&) = delete;

@@ -97,18 +97,19 @@ class engine_binding final : public engine_port {
 }  // namespace
 
 std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg) {
+  const config::local_engine_config& local = *cfg.local_engine();
   engine::backend_options bo;
-  bo.device = cfg.device;
-  bo.dtype = cfg.dtype;
-  bo.kv_cache_memory = cfg.kv_cache_memory;
+  bo.device = local.device;
+  bo.dtype = local.dtype;
+  bo.kv_cache_memory = local.kv_cache_memory;
   engine::scheduler_options so;
-  so.max_batch = cfg.max_batch;
-  so.max_batch_tokens = cfg.max_batch_tokens;
-  so.prefix_caching = cfg.prefix_caching;
+  so.max_batch = local.max_batch;
+  so.max_batch_tokens = local.max_batch_tokens;
+  so.prefix_caching = local.prefix_caching;
   so.priority_aging = config::queue_aging_of(cfg);
-  auto m = engine::load_model(cfg.checkpoint, bo, so);
+  auto m = engine::load_model(local.checkpoint, bo, so);
   std::cerr << "tollgate: backend " << cfg.name << ": " << engine::model_describe(*m) << std::endl;
-  return std::make_shared<engine_binding>(std::move(m), std::filesystem::path(cfg.checkpoint).filename().string());
+  return std::make_shared<engine_binding>(std::move(m), std::filesystem::path(local.checkpoint).filename().string());
 }
 
 }  // namespace tollgate::adapters

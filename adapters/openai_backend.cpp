@@ -1,11 +1,8 @@
 #include "adapters/openai_backend.hpp"
 
 #include "adapters/curl_multi.hpp"
-#include "adapters/event_queue.hpp"
+#include "adapters/event_mailbox.hpp"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -48,10 +45,10 @@ failure classify(CURLcode code) {
 
 /// One transfer. curl's callbacks only append to the queue and wake the reader; the reader (a
 /// coroutine on the same thread) turns the queue into events.
-class openai_call final : public call {
+class openai_call final : public call, mailbox_producer {
  public:
   openai_call(io_refs refs, const config::timeouts_config& timeouts)
-      : refs_(refs), timeouts_(timeouts), wake_(refs.io) {}
+      : refs_(refs), mailbox_(refs.io, timeouts) {}
 
   ~openai_call() override {
     if (easy_ == nullptr) return;
@@ -82,37 +79,25 @@ class openai_call final : public call {
     refs_.curl.add(easy_, [this](CURLcode code) { on_done(code); });
   }
 
-  bool ready() const override { return !pending_.empty() || terminal_.has_value(); }
-  void on_ready(std::function<void()> hook) override { hook_ = std::move(hook); }
+  bool ready() const override { return mailbox_.ready(); }
+  void on_ready(std::function<void()> hook) override { mailbox_.on_ready(std::move(hook)); }
 
   void cancel() override {
-    if (terminal_) return;
+    if (mailbox_.ended()) return;
     stop(failure::cancelled, "the client went away");
-    wake_.cancel();
+    mailbox_.wake();
   }
 
-  net::awaitable<call_event> next() override {
-    for (;;) {
-      if (!pending_.empty()) {
-        call_event ev = pending_.pop_front();
-        if (ev.type == call_event::kind::data) {
-          queued_bytes_ -= ev.data.size();
-          resume_if_drained();
-        }
-        co_return ev;
-      }
-      if (terminal_) co_return *terminal_;
-      // Wait for curl to produce something, bounded by the first-token or idle deadline.
-      wake_.expires_after(seen_head_ ? timeouts_.idle : timeouts_.first_token);
-      auto [ec] = co_await wake_.async_wait(net::as_tuple(net::use_awaitable));
-      if (!ec && pending_.empty() && !terminal_) {
-        stop(failure::timeout, seen_head_ ? "upstream sent nothing within the idle timeout"
-                                          : "upstream did not answer within the first-token timeout");
-      }
-    }
-  }
+  net::awaitable<call_event> next() override { return mailbox_.next(*this); }
 
  private:
+  // Waited for curl to produce something past the first-token or idle deadline.
+  void on_silence(bool seen_head) override {
+    stop(failure::timeout, seen_head ? "upstream sent nothing within the idle timeout"
+                                     : "upstream did not answer within the first-token timeout");
+  }
+  void on_taken() override { resume_if_drained(); }
+
   static std::size_t on_header(char* data, std::size_t size, std::size_t count, void* self_ptr) {
     auto* self = static_cast<openai_call*>(self_ptr);
     const std::size_t n = size * count;
@@ -125,12 +110,11 @@ class openai_call final : public call {
     }
     if (trim(line).empty()) {
       // End of one header block; 1xx blocks are followed by the real one.
-      if (self->head_.status >= 200 && !self->seen_head_) {
-        self->seen_head_ = true;
+      if (self->head_.status >= 200 && !self->mailbox_.seen_head()) {
         call_event ev;
         ev.type = call_event::kind::head;
         ev.head = std::move(self->head_);
-        self->push(std::move(ev));
+        self->mailbox_.push(std::move(ev));
       }
       return n;
     }
@@ -152,20 +136,11 @@ class openai_call final : public call {
   static std::size_t on_write(char* data, std::size_t size, std::size_t count, void* self_ptr) {
     auto* self = static_cast<openai_call*>(self_ptr);
     const std::size_t n = size * count;
-    if (self->queued_bytes_ >= pause_above_bytes) {
+    if (self->mailbox_.queued_bytes() >= pause_above_bytes) {
       self->paused_ = true;
       return CURL_WRITEFUNC_PAUSE;  // curl keeps the bytes and offers them again on resume
     }
-    if (!self->pending_.empty() && self->pending_.back().type == call_event::kind::data) {
-      self->pending_.back().data.append(data, n);  // coalesce what the reader has not taken yet
-      self->queued_bytes_ += n;
-      return n;
-    }
-    call_event ev;
-    ev.type = call_event::kind::data;
-    ev.data.assign(data, n);
-    self->queued_bytes_ += n;
-    self->push(std::move(ev));
+    self->mailbox_.add_data(std::string_view(data, n));
     return n;
   }
 
@@ -174,16 +149,14 @@ class openai_call final : public call {
     if (code == CURLE_OK) {
       call_event ev;
       ev.type = call_event::kind::end;
-      terminal_ = ev;
+      mailbox_.end(std::move(ev));
     } else {
       call_event ev;
       ev.type = call_event::kind::failed;
       ev.error = bad_head_ ? failure::broken : classify(code);
       ev.message = bad_head_ ? "malformed response: an invalid header field" : curl_easy_strerror(code);
-      terminal_ = ev;
+      mailbox_.end(std::move(ev));
     }
-    wake_.cancel();
-    if (hook_) hook_();
   }
 
   void stop(failure why, std::string message) {
@@ -195,44 +168,32 @@ class openai_call final : public call {
     ev.type = call_event::kind::failed;
     ev.error = why;
     ev.message = std::move(message);
-    terminal_ = ev;
-  }
-
-  void push(call_event ev) {
-    pending_.push_back(std::move(ev));
-    wake_.cancel();
-    if (hook_) hook_();
+    mailbox_.stop(std::move(ev));
   }
 
   void resume_if_drained() {
-    if (paused_ && running_ && queued_bytes_ < pause_above_bytes / 2) {
+    if (paused_ && running_ && mailbox_.queued_bytes() < pause_above_bytes / 2) {
       paused_ = false;
       curl_easy_pause(easy_, CURLPAUSE_CONT);
     }
   }
 
   io_refs refs_;
-  config::timeouts_config timeouts_;
-  net::steady_timer wake_;
+  event_mailbox mailbox_;
   CURL* easy_ = nullptr;
   std::string request_id_header_;
   curl_slist request_id_node_{};
   std::string body_;
   bool running_ = false;
   bool paused_ = false;
-  bool seen_head_ = false;
   bool bad_head_ = false;  // a header line failed validation
   response_head head_;
-  event_queue pending_;
-  std::size_t queued_bytes_ = 0;
-  std::optional<call_event> terminal_;
-  std::function<void()> hook_;
 };
 
 }  // namespace
 
 openai_backend::openai_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
-  if (cfg_.transport == "native") {
+  if (cfg_.remote()->transport == "native") {
     native_ = http1_origin::from(cfg_);
     return;
   }
@@ -254,7 +215,7 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   if (native_) return start_http1_call(*native_, std::move(request), refs);
   auto result = std::make_unique<openai_call>(refs, cfg_.timeouts);
   CURL* easy = refs.curl.acquire();
-  const std::string url = cfg_.base_url + std::string(request.path);
+  const std::string url = cfg_.remote()->base_url + std::string(request.path);
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);

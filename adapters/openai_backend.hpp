@@ -14,6 +14,7 @@ namespace tollgate::adapters {
 
 class openai_backend final : public backend {
  public:
+  /// Precondition: cfg is of a remote kind (cfg.remote() is set).
   explicit openai_backend(config::backend_config cfg);
   ~openai_backend() override;
   openai_backend(const openai_backend&) = delete;

@@ -18,8 +18,8 @@
 #include "adapters/curl_multi.hpp"
 #include "adapters/openai_backend.hpp"
 #include "adapters/upstream_pool.hpp"
-#include "gateway/sse.hpp"
-#include "gateway/usage.hpp"
+#include "protocol/sse.hpp"
+#include "protocol/usage.hpp"
 #include "local_engine/tokenizer.hpp"
 
 namespace tollgate::bench {
@@ -93,17 +93,17 @@ struct runner::impl {
       : o(opts), prompts(std::move(p)), tok(t) {
     config::backend_config cfg;
     cfg.name = "bench";
-    cfg.kind = "openai";
-    cfg.base_url = o.base_url;
+    config::openai_backend_config& remote = cfg.settings.emplace<config::openai_backend_config>();
+    remote.base_url = o.base_url;
     if (o.api == api_kind::anthropic) {
       path = "/messages";
-      if (!o.api_key.empty()) cfg.headers["x-api-key"] = o.api_key;
-      cfg.headers["anthropic-version"] = "2023-06-01";
+      if (!o.api_key.empty()) remote.headers["x-api-key"] = o.api_key;
+      remote.headers["anthropic-version"] = "2023-06-01";
     } else {
       path = "/chat/completions";
-      cfg.api_key = o.api_key;
+      remote.api_key = o.api_key;
     }
-    cfg.transport = o.base_url.starts_with("http://") ? "native" : "curl";
+    remote.transport = o.base_url.starts_with("http://") ? "native" : "curl";
     const auto limit = std::chrono::duration_cast<config::duration>(std::chrono::duration<double>(o.timeout_s));
     cfg.timeouts.connect = std::min(limit, config::duration(std::chrono::seconds(10)));
     cfg.timeouts.first_token = limit;
@@ -138,9 +138,9 @@ struct runner::impl {
     s.start = seconds(t0 - st.start);
     const prompt& p = prompts[index % prompts.size()];
     auto c = backend->start({path, bodies[index % bodies.size()], o.stream, {}}, {io, curl, pool});
-    gateway::sse_splitter sse;
+    protocol::sse_splitter sse;
     std::string whole;
-    std::optional<gateway::usage> reported;
+    std::optional<protocol::usage> reported;
     std::int64_t anthropic_in = -1, anthropic_out = -1;
     bool done_marker = false, stream_error = false;
     for (;;) {
@@ -165,7 +165,7 @@ struct runner::impl {
       const double now = seconds(clock_type::now() - t0);
       sse.feed(ev.data);
       while (auto event = sse.next_event()) {
-        const auto data = gateway::sse_data(*event);
+        const auto data = protocol::sse_data(*event);
         if (!data) continue;
         const std::string_view d = *data;
         bool token = false;
@@ -180,7 +180,7 @@ struct runner::impl {
           }
           token = has_text(d, "content\"");
           if (d.find("\"usage\"") != std::string_view::npos) {
-            if (auto u = gateway::usage_from_json(d)) reported = u;
+            if (auto u = protocol::usage_from_json(d)) reported = u;
           }
         } else {
           if (d.find("\"content_block_delta\"") != std::string_view::npos) {
@@ -238,7 +238,7 @@ struct runner::impl {
   void read_whole(const std::string& whole, sample& s) const {
     if (o.api == api_kind::openai) {
       bool refused = false;
-      if (auto u = gateway::usage_from_json(whole, nullptr, &refused)) {
+      if (auto u = protocol::usage_from_json(whole, nullptr, &refused)) {
         s.output_tokens = u->completion;
         s.prompt_tokens = u->prompt;
         return;

@@ -14,6 +14,7 @@
 #include <initializer_list>
 #include <map>
 #include <set>
+#include <span>
 #include <sstream>
 
 #include "price_catalogue.hpp"
@@ -229,6 +230,9 @@ class loader {
   }
 
   void known_keys(const YAML::Node& map, const std::string& path, std::initializer_list<std::string_view> allowed) {
+    known_keys(map, path, std::span<const std::string_view>(allowed.begin(), allowed.size()));
+  }
+  void known_keys(const YAML::Node& map, const std::string& path, std::span<const std::string_view> allowed) {
     std::set<std::string> seen;
     for (auto it = map.begin(); it != map.end(); ++it) {
       const std::string key = it->first.Scalar();
@@ -677,9 +681,9 @@ class loader {
   }
 
   /// transport: auto | native | curl. auto becomes native for http:// and curl for https://.
-  void read_transport(const YAML::Node& b, const std::string& path, backend_config& bc) {
-    const bool tls = bc.base_url.starts_with("https://");
-    bc.transport = tls ? "curl" : "native";
+  void read_transport(const YAML::Node& b, const std::string& path, remote_backend_config& rc) {
+    const bool tls = rc.base_url.starts_with("https://");
+    rc.transport = tls ? "curl" : "native";
     const YAML::Node v = b["transport"];
     if (!v || v.IsNull()) return;
     auto t = string(v, path + ".transport");
@@ -689,22 +693,136 @@ class loader {
     } else if (*t == "native" && tls) {
       add(v, path + ".transport", "the native client speaks plain http:// only; use curl (or auto) for https://");
     } else if (*t != "auto") {
-      bc.transport = *t;
+      rc.transport = *t;
     }
+  }
+
+  /// The keys of kinds openai and anthropic: an HTTP API at base_url.
+  template <class Kind>
+  void read_remote_kind(const YAML::Node& b, const std::string& path, backend_config& bc) {
+    Kind& rc = bc.settings.emplace<Kind>();
+    if (auto url = required_string(b, "base_url", path)) {
+      if (auto checked = check_url(b["base_url"], path + ".base_url", *url)) rc.base_url = *checked;
+    }
+    read_transport(b, path, rc);
+    if (auto v = b["api_key"]; v && !v.IsNull()) {
+      if (auto key = string(v, path + ".api_key")) {
+        // Sent as a header: a trailing newline (a secret file read whole) would inject a line.
+        if (has_control(*key, false)) add(v, path + ".api_key", "an API key holds no control characters (CR, LF, NUL...)");
+        else rc.api_key = *key;
+      }
+    }
+    if (auto h = b["headers"]; h && !h.IsNull()) {
+      if (expect_map(h, path + ".headers")) {
+        for (auto it = h.begin(); it != h.end(); ++it) {
+          const std::string name = it->first.Scalar();
+          const std::string hpath = path + ".headers." + name;
+          if (!is_token(name)) {
+            add(it->first, hpath, "invalid header name");
+            continue;
+          }
+          std::string lowered = name;
+          for (char& c : lowered) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          if (lowered == "content-length" || lowered == "transfer-encoding" || lowered == "connection" ||
+              lowered == "expect") {
+            add(it->first, hpath, "'" + name + "' frames the request and is set by the gateway");
+            continue;
+          }
+          if (auto value = string(it->second, hpath)) {
+            if (has_control(*value, true)) {
+              add(it->second, hpath, "a header value holds no control characters (CR, LF, NUL...) but tabs");
+            }
+            else rc.headers[name] = *value;
+          }
+        }
+      }
+    }
+    if (auto h = b["health_check"]) read_health_check(h, path + ".health_check", rc.health_check);
+  }
+
+  /// The keys of kind local_engine: the bundled engine, a checkpoint folder instead of a URL.
+  void read_local_engine_kind(const YAML::Node& b, const std::string& path, backend_config& bc) {
+    local_engine_config& lc = bc.settings.emplace<local_engine_config>();
+    if (auto dir = required_string(b, "checkpoint", path)) lc.checkpoint = *dir;
+    if (auto v = b["device"]; v && !v.IsNull()) {
+      if (auto d = string(v, path + ".device")) {
+        const bool cuda = d->starts_with("cuda:") && d->size() > 5 &&
+                          d->find_first_not_of("0123456789", 5) == std::string::npos;
+        if (*d != "cpu" && !cuda) add(v, path + ".device", "must be cpu or cuda:N");
+        else lc.device = *d;
+      }
+    }
+    if (auto v = b["max_batch"]) {
+      if (auto i = integer(v, path + ".max_batch", 1, 4096)) lc.max_batch = static_cast<unsigned>(*i);
+    }
+    if (auto v = b["max_batch_tokens"]) {
+      if (auto i = integer(v, path + ".max_batch_tokens", 1, 1048576)) lc.max_batch_tokens = static_cast<unsigned>(*i);
+    }
+    if (auto v = b["prefix_caching"]; v && !v.IsNull()) {
+      if (auto text = string(v, path + ".prefix_caching")) {
+        if (*text == "true") lc.prefix_caching = true;
+        else if (*text == "false") lc.prefix_caching = false;
+        else add(v, path + ".prefix_caching", "must be true or false, got '" + *text + "'");
+      }
+    }
+    if (auto v = b["dtype"]; v && !v.IsNull()) {
+      if (auto d = string(v, path + ".dtype")) {
+        if (*d != "float32" && *d != "bfloat16") add(v, path + ".dtype", "must be float32 or bfloat16");
+        else lc.dtype = *d;
+      }
+    }
+    if (auto v = b["kv_cache_memory"]; v && !v.IsNull()) {
+      if (auto text = string(v, path + ".kv_cache_memory")) {
+        double d = 0;
+        auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), d);
+        if (ec != std::errc() || end != text->data() + text->size() || !(d >= 0) || d > 1e15 || (d > 1 && d != std::floor(d))) {
+          add(v, path + ".kv_cache_memory",
+              "expected bytes (a whole number > 1) or a fraction in (0, 1], got '" + *text + "'");
+        } else {
+          lc.kv_cache_memory = d;
+        }
+      }
+    }
+  }
+
+  /// One backend kind: its name, the keys only it takes, and their reader (which also sets the
+  /// kind: config.hpp's backend_kind_config has its struct).
+  struct kind_reader {
+    std::string_view name;
+    std::vector<std::string_view> keys;
+    void (loader::*read)(const YAML::Node& b, const std::string& path, backend_config& bc);
+  };
+
+  /// The backend kinds, one line each; the first is what an unknown kind is checked as.
+  static const std::vector<kind_reader>& kind_readers() {
+    static const std::vector<std::string_view> remote_keys = {"base_url", "api_key", "headers", "transport", "health_check"};
+    static const std::vector<kind_reader> kinds = {
+        {openai_backend_config::kind, remote_keys, &loader::read_remote_kind<openai_backend_config>},
+        {anthropic_backend_config::kind, remote_keys, &loader::read_remote_kind<anthropic_backend_config>},
+        {local_engine_config::kind,
+         {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching"},
+         &loader::read_local_engine_kind},
+    };
+    return kinds;
   }
 
   void read_backends(const YAML::Node& n, config& c) {
     std::vector<backend_config>& backends = c.backends;
     if (!expect_list(n, "backends")) return;
     if (n.size() == 0) add(n, "backends", "at least one backend is required");
+    std::vector<std::string_view> backend_keys = {"name", "kind", "optional", "timeouts", "ejection", "max_concurrency",
+                                                  "max_queue", "queue_timeout", "queue_aging"};
+    for (const auto& k : kind_readers()) {
+      for (auto key : k.keys) {
+        if (std::find(backend_keys.begin(), backend_keys.end(), key) == backend_keys.end()) backend_keys.push_back(key);
+      }
+    }
     std::set<std::string> names;
     for (std::size_t i = 0; i < n.size(); ++i) {
       const std::string path = "backends[" + std::to_string(i) + "]";
       const YAML::Node b = n[i];
       if (!expect_map(b, path)) continue;
-      known_keys(b, path, {"name", "kind", "optional", "base_url", "api_key", "headers", "transport", "timeouts", "ejection",
-                            "health_check", "max_concurrency", "max_queue", "queue_timeout", "queue_aging", "checkpoint", "device",
-                            "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching"});
+      known_keys(b, path, backend_keys);
       backend_config bc;
       bool ok = true;
       // optional: true: a ${VAR} left unset disables this backend (with a warning) instead of
@@ -732,102 +850,42 @@ class loader {
       } else {
         ok = false;
       }
-      if (auto kind = required_string(b, "kind", path)) {
-        if (*kind != "openai" && *kind != "anthropic" && *kind != "local_engine") {
-          add(b["kind"], path + ".kind", "unknown backend kind '" + *kind + "' (known: openai, anthropic, local_engine)");
-        }
-        bc.kind = *kind;
-      }
-      if (bc.kind == "local_engine") {
-        // The bundled engine: a checkpoint folder instead of a URL.
-        for (const char* remote : {"base_url", "api_key", "headers", "transport", "health_check"}) {
-          if (b[remote]) add(b[remote], path + "." + remote, std::string("'") + remote + "' is for kinds openai and anthropic");
-        }
-        if (auto dir = required_string(b, "checkpoint", path)) bc.checkpoint = *dir;
-        if (auto v = b["device"]; v && !v.IsNull()) {
-          if (auto d = string(v, path + ".device")) {
-            const bool cuda = d->starts_with("cuda:") && d->size() > 5 &&
-                              d->find_first_not_of("0123456789", 5) == std::string::npos;
-            if (*d != "cpu" && !cuda) add(v, path + ".device", "must be cpu or cuda:N");
-            else bc.device = *d;
-          }
-        }
-        if (auto v = b["max_batch"]) {
-          if (auto i = integer(v, path + ".max_batch", 1, 4096)) bc.max_batch = static_cast<unsigned>(*i);
-        }
-        if (auto v = b["max_batch_tokens"]) {
-          if (auto i = integer(v, path + ".max_batch_tokens", 1, 1048576)) bc.max_batch_tokens = static_cast<unsigned>(*i);
-        }
-        if (auto v = b["prefix_caching"]; v && !v.IsNull()) {
-          if (auto text = string(v, path + ".prefix_caching")) {
-            if (*text == "true") bc.prefix_caching = true;
-            else if (*text == "false") bc.prefix_caching = false;
-            else add(v, path + ".prefix_caching", "must be true or false, got '" + *text + "'");
-          }
-        }
-        if (auto v = b["dtype"]; v && !v.IsNull()) {
-          if (auto d = string(v, path + ".dtype")) {
-            if (*d != "float32" && *d != "bfloat16") add(v, path + ".dtype", "must be float32 or bfloat16");
-            else bc.dtype = *d;
-          }
-        }
-        if (auto v = b["kv_cache_memory"]; v && !v.IsNull()) {
-          if (auto text = string(v, path + ".kv_cache_memory")) {
-            double d = 0;
-            auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), d);
-            if (ec != std::errc() || end != text->data() + text->size() || !(d >= 0) || d > 1e15 || (d > 1 && d != std::floor(d))) {
-              add(v, path + ".kv_cache_memory",
-                  "expected bytes (a whole number > 1) or a fraction in (0, 1], got '" + *text + "'");
-            } else {
-              bc.kv_cache_memory = d;
-            }
-          }
-        }
-      } else {
-        for (const char* local :
-             {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching"}) {
-          if (b[local]) add(b[local], path + "." + local, std::string("'") + local + "' is for kind local_engine");
-        }
-        if (auto url = required_string(b, "base_url", path)) {
-          if (auto checked = check_url(b["base_url"], path + ".base_url", *url)) bc.base_url = *checked;
-        }
-        read_transport(b, path, bc);
-      }
-      if (auto v = b["api_key"]; v && !v.IsNull()) {
-        if (auto key = string(v, path + ".api_key")) {
-          // Sent as a header: a trailing newline (a secret file read whole) would inject a line.
-          if (has_control(*key, false)) add(v, path + ".api_key", "an API key holds no control characters (CR, LF, NUL...)");
-          else bc.api_key = *key;
+      const kind_reader* kind = &kind_readers().front();
+      if (auto name = required_string(b, "kind", path)) {
+        auto it = std::find_if(kind_readers().begin(), kind_readers().end(), [&](const kind_reader& k) { return k.name == *name; });
+        if (it != kind_readers().end()) {
+          kind = &*it;
+        } else {
+          std::string known;
+          for (const auto& k : kind_readers()) known += (known.empty() ? "" : ", ") + std::string(k.name);
+          add(b["kind"], path + ".kind", "unknown backend kind '" + *name + "' (known: " + known + ")");
         }
       }
-      if (auto h = b["headers"]; h && !h.IsNull()) {
-        if (expect_map(h, path + ".headers")) {
-          for (auto it = h.begin(); it != h.end(); ++it) {
-            const std::string name = it->first.Scalar();
-            const std::string hpath = path + ".headers." + name;
-            if (!is_token(name)) {
-              add(it->first, hpath, "invalid header name");
-              continue;
-            }
-            std::string lowered = name;
-            for (char& c : lowered) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-            if (lowered == "content-length" || lowered == "transfer-encoding" || lowered == "connection" ||
-                lowered == "expect") {
-              add(it->first, hpath, "'" + name + "' frames the request and is set by the gateway");
-              continue;
-            }
-            if (auto value = string(it->second, hpath)) {
-              if (has_control(*value, true)) {
-                add(it->second, hpath, "a header value holds no control characters (CR, LF, NUL...) but tabs");
-              }
-              else bc.headers[name] = *value;
-            }
-          }
+      // A key of other kinds only: named with the kinds it is for.
+      std::vector<std::string_view> foreign;
+      for (const auto& k : kind_readers()) {
+        for (auto key : k.keys) {
+          const bool own = std::find(kind->keys.begin(), kind->keys.end(), key) != kind->keys.end();
+          if (!own && std::find(foreign.begin(), foreign.end(), key) == foreign.end()) foreign.push_back(key);
         }
       }
+      for (auto key : foreign) {
+        const YAML::Node v = b[std::string(key)];
+        if (!v) continue;
+        std::vector<std::string_view> owners;
+        for (const auto& k : kind_readers()) {
+          if (std::find(k.keys.begin(), k.keys.end(), key) != k.keys.end()) owners.push_back(k.name);
+        }
+        std::string kinds;
+        for (std::size_t o = 0; o < owners.size(); ++o) {
+          kinds += (o == 0 ? "" : o + 1 == owners.size() ? " and " : ", ") + std::string(owners[o]);
+        }
+        add(v, path + "." + std::string(key),
+            "'" + std::string(key) + "' is for kind" + (owners.size() > 1 ? "s " : " ") + kinds);
+      }
+      (this->*kind->read)(b, path, bc);
       if (auto t = b["timeouts"]) read_timeouts(t, path + ".timeouts", bc.timeouts);
       if (auto e = b["ejection"]) read_ejection(e, path + ".ejection", bc.ejection);
-      if (auto h = b["health_check"]) read_health_check(h, path + ".health_check", bc.health_check);
       if (auto v = b["max_concurrency"]) {
         if (auto i = integer(v, path + ".max_concurrency", 0, 1000000)) bc.max_concurrency = static_cast<unsigned>(*i);
       }
@@ -972,15 +1030,15 @@ class loader {
     for (const auto& b : c.backends) {
       if (b.name == tc.backend) backend = &b;
     }
-    if (backend == nullptr || backend->kind == "local_engine") return;
+    if (backend == nullptr || backend->remote() == nullptr) return;
     const bool wildcard = tc.model.empty() && rc.model.find_first_of("*?") != std::string::npos;
     const std::string model = tc.model.empty() ? rc.model : tc.model;
     const auto& catalogue = price_catalogue::get();
     std::string why;
     if (wildcard) {
       why = "the route is a pattern, so the upstream model varies";
-    } else if (auto it = catalogue.prices.find({url_host(backend->base_url), model}); it == catalogue.prices.end()) {
-      why = "the price catalogue does not list '" + model + "' at " + url_host(backend->base_url);
+    } else if (auto it = catalogue.prices.find({url_host(backend->remote()->base_url), model}); it == catalogue.prices.end()) {
+      why = "the price catalogue does not list '" + model + "' at " + url_host(backend->remote()->base_url);
     } else if (auto p = it->second.find(c.currency); p == it->second.end()) {
       why = "the price catalogue lists '" + model + "' in " + it->second.begin()->first + ", not " + c.currency;
     } else {

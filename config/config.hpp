@@ -8,6 +8,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
 #include <vector>
 
 namespace tollgate::config {
@@ -84,19 +87,51 @@ struct health_check_config {
   unsigned healthy_after = 2;    ///< consecutive good probes that bring it back
 };
 
-struct backend_config {
-  std::string name;
-  std::string kind;      ///< "openai", "anthropic" (a Messages API upstream) or "local_engine"
+/// The fields that the kinds calling a remote HTTP API (openai, anthropic) share.
+struct remote_backend_config {
   std::string base_url;  ///< without trailing slash, e.g. https://api.deepseek.com/v1
   std::string api_key;   ///< may be empty (a self-hosted server without auth)
   std::map<std::string, std::string> headers;  ///< extra headers sent upstream
-  /// How a kind openai backend is called: "native" (the built-in HTTP/1.1 client, plain http://
-  /// only) or "curl" (libcurl: TLS, HTTP/2, proxies from the environment). "auto", the default,
-  /// is resolved at load time: native for http://, curl for https://.
+  /// How the backend is called: "native" (the built-in HTTP/1.1 client, plain http:// only) or
+  /// "curl" (libcurl: TLS, HTTP/2, proxies from the environment). "auto", the default, is
+  /// resolved at load time: native for http://, curl for https://.
   std::string transport = "auto";
+  health_check_config health_check;
+};
+
+/// kind openai: an OpenAI-compatible API (a provider, vLLM, SGLang).
+struct openai_backend_config : remote_backend_config {
+  static constexpr std::string_view kind = "openai";
+};
+
+/// kind anthropic: a Messages API upstream; requests are translated from chat completions.
+struct anthropic_backend_config : remote_backend_config {
+  static constexpr std::string_view kind = "anthropic";
+};
+
+/// kind local_engine: the bundled engine over a checkpoint folder.
+struct local_engine_config {
+  static constexpr std::string_view kind = "local_engine";
+  std::string checkpoint;        ///< a Hugging Face checkpoint folder
+  std::string device = "cpu";    ///< "cpu" or "cuda:N"
+  std::string dtype;             ///< "float32" or "bfloat16"; empty: the device's default
+  /// The KV pool: bytes when > 1, a fraction (of free GPU memory, or of the CPU default of
+  /// 256 MiB) when in (0, 1], 0 for the device's default.
+  double kv_cache_memory = 0;
+  unsigned max_batch = 8;        ///< sequences decoded together (the scheduler's running limit)
+  unsigned max_batch_tokens = 2048;  ///< tokens in one engine forward: decode tokens plus prefill chunks
+  bool prefix_caching = true;    ///< reuse the KV blocks of cached prompt prefixes
+};
+
+/// A backend's kind with the fields of that kind only. The config loader reads each kind's keys
+/// (config.cpp's kind table); the adapters build and probe it (adapters/backend_kinds.cpp).
+using backend_kind_config = std::variant<openai_backend_config, anthropic_backend_config, local_engine_config>;
+
+struct backend_config {
+  std::string name;
+  backend_kind_config settings;  ///< the kind, and its own fields
   timeouts_config timeouts;
   ejection_config ejection;
-  health_check_config health_check;
   unsigned max_concurrency = 0;  ///< requests in flight at once, over all workers; 0: no limit
   unsigned max_queue = 100;      ///< requests that may wait for a slot; beyond: 503
   duration queue_timeout{std::chrono::seconds(5)};  ///< longest wait for a slot
@@ -107,16 +142,24 @@ struct backend_config {
   /// so that low priority is served under steady high-priority load. 0: queue_timeout / 4. For a
   /// local engine, the same in its scheduler (from a sequence's submission).
   duration queue_aging{0};
-  // kind local_engine
-  std::string checkpoint;        ///< a Hugging Face checkpoint folder
-  std::string device = "cpu";    ///< "cpu" or "cuda:N"
-  std::string dtype;             ///< "float32" or "bfloat16"; empty: the device's default
-  /// The KV pool: bytes when > 1, a fraction (of free GPU memory, or of the CPU default of
-  /// 256 MiB) when in (0, 1], 0 for the device's default.
-  double kv_cache_memory = 0;
-  unsigned max_batch = 8;        ///< sequences decoded together (the scheduler's running limit)
-  unsigned max_batch_tokens = 2048;  ///< tokens in one engine forward: decode tokens plus prefill chunks
-  bool prefix_caching = true;    ///< reuse the KV blocks of cached prompt prefixes
+
+  /// The kind's name as the YAML writes it: "openai", "anthropic", "local_engine".
+  std::string_view kind() const {
+    return std::visit([](const auto& k) { return k.kind; }, settings);
+  }
+  /// The fields of a remote kind; nullptr for a local engine.
+  const remote_backend_config* remote() const {
+    return std::visit([](const auto& k) -> const remote_backend_config* {
+      if constexpr (std::is_base_of_v<remote_backend_config, std::decay_t<decltype(k)>>) return &k;
+      else return nullptr;
+    }, settings);
+  }
+  remote_backend_config* remote() {
+    return const_cast<remote_backend_config*>(std::as_const(*this).remote());
+  }
+  /// The fields of a local engine; nullptr for a remote kind.
+  const local_engine_config* local_engine() const { return std::get_if<local_engine_config>(&settings); }
+  local_engine_config* local_engine() { return std::get_if<local_engine_config>(&settings); }
 };
 
 /// Prices per million tokens, in the config's currency.

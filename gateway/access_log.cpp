@@ -5,7 +5,7 @@
 #include <ctime>
 #include <string_view>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 namespace tollgate::gateway {
 
@@ -61,7 +61,7 @@ void access_log::write(std::size_t shard, const access_record& r) {
   const auto key = [&](const char* name) { text.append(",\"").append(name).append("\":"); };
   const auto str = [&](const char* name, std::string_view v) {
     key(name);
-    append_json_string(text, v);
+    protocol::append_json_string(text, v);
   };
   const auto num = [&](const char* name, auto v) {
     key(name);

@@ -3,7 +3,7 @@
 #include <iostream>
 #include <unordered_set>
 
-#include "adapters/anthropic_backend.hpp"
+#include "adapters/backend_kinds.hpp"
 #include "gateway/server.hpp"
 
 namespace tollgate::gateway {
@@ -62,7 +62,8 @@ void health_prober::tick() {
   for (const auto& b : rt->cfg.backends) {
     seen.insert(b.name);
     auto it = states_.find(b.name);
-    if (!b.health_check.enabled) {
+    const config::remote_backend_config* remote = b.remote();
+    if (remote == nullptr || !remote->health_check.enabled) {
       if (it != states_.end() && it->second->easy == nullptr) {
         it->second->health->set_probed_down(false);  // checks turned off: no verdict stands
         curl_slist_free_all(it->second->headers);
@@ -77,10 +78,10 @@ void health_prober::tick() {
       it = states_.emplace(b.name, std::move(st)).first;
     }
     probe_state& st = *it->second;
-    st.hc = b.health_check;
+    st.hc = remote->health_check;
     if (st.easy == nullptr && now >= st.next) {
-      st.next = now + b.health_check.interval;
-      launch(st, b.base_url + b.health_check.path, b, b.health_check, b.timeouts);
+      st.next = now + remote->health_check.interval;
+      launch(st, remote->base_url + remote->health_check.path, b, remote->health_check, b.timeouts);
     }
   }
   for (auto it = states_.begin(); it != states_.end();) {
@@ -101,12 +102,10 @@ void health_prober::launch(probe_state& st, const std::string& url, const config
                            const config::health_check_config& hc, const config::timeouts_config& timeouts) {
   curl_slist_free_all(st.headers);
   st.headers = nullptr;
-  if (b.kind == "anthropic") {
-    for (const auto& [name, value] : adapters::anthropic_headers(b)) {
+  if (const auto probe_headers = adapters::kind_of(b).probe_headers) {
+    for (const auto& [name, value] : probe_headers(b)) {
       st.headers = curl_slist_append(st.headers, (name + ": " + value).c_str());
     }
-  } else if (!b.api_key.empty()) {
-    st.headers = curl_slist_append(st.headers, ("Authorization: Bearer " + b.api_key).c_str());
   }
   st.url = url;
   CURL* easy = curl_.acquire();

@@ -2,8 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/json_body.hpp"
-#include "gateway/sse.hpp"
+#include "protocol/json_body.hpp"
+#include "protocol/sse.hpp"
 #include "local_engine/tokenizer.hpp"
 
 namespace tollgate::gateway {
@@ -88,7 +88,7 @@ std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view 
   } note{count, estimated};
   // dump() below recurses once per level: a body nested too deep is counted as raw text (the
   // proxy refuses such bodies before they get here; this is for every other caller).
-  if (!json_depth_within(body, max_json_depth)) return count(body);
+  if (!protocol::json_depth_within(body, protocol::max_json_depth)) return count(body);
   json req = json::parse(body, nullptr, false);
   if (req.is_discarded() || !req.is_object()) return count(body);
   std::string text;
@@ -159,10 +159,10 @@ std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_v
 
 void append_completion_text(std::string_view delivered, bool sse, std::string& text) {
   if (sse) {
-    sse_splitter events;
+    protocol::sse_splitter events;
     events.feed(delivered);
     auto take = [&](const std::string& event) {
-      auto data = sse_data(event);
+      auto data = protocol::sse_data(event);
       if (!data || *data == "[DONE]") return;
       json chunk = json::parse(*data, nullptr, false);
       if (!chunk.is_discarded()) answer_text(chunk, text);

@@ -2,9 +2,7 @@
 
 #include <thread>
 
-#include "adapters/anthropic_backend.hpp"
-#include "adapters/local_engine_backend.hpp"
-#include "adapters/openai_backend.hpp"
+#include "adapters/backend_kinds.hpp"
 
 #include <filesystem>
 #include <fstream>
@@ -14,37 +12,6 @@
 #include "local_engine/tokenizer.hpp"
 
 namespace tollgate::gateway {
-
-namespace {
-
-/// A local-engine backend over its checkpoint, loaded once per checkpoint, device and engine
-/// settings (dtype, KV pool, batch limits are fixed at load). One that
-/// fails to load answers 503 with the reason, and the gateway keeps serving the other backends.
-std::unique_ptr<adapters::backend> local_engine_for(const config::backend_config& b, lasting_state& lasting) {
-  const std::string key = b.checkpoint + "|" + b.device + "|" + b.dtype + "|" + std::to_string(b.kv_cache_memory) + "|" +
-                          std::to_string(b.max_batch) + "|" + std::to_string(b.max_batch_tokens) + "|" +
-                          (b.prefix_caching ? "cache" : "nocache") + "|" +
-                          std::to_string(config::queue_aging_of(b).count());
-  std::shared_ptr<const adapters::engine_port> engine;
-  std::string error;
-  {
-    std::lock_guard lock(lasting.engines_mutex);
-    if (auto it = lasting.engines.find(key); it != lasting.engines.end()) engine = it->second;
-  }
-  if (!engine) {
-    try {
-      engine = adapters::load_engine(b);
-      std::lock_guard lock(lasting.engines_mutex);
-      lasting.engines[key] = engine;
-    } catch (const std::exception& e) {
-      error = e.what();
-      std::cerr << "tollgate: backend " << b.name << ": " << error << std::endl;
-    }
-  }
-  return std::make_unique<adapters::local_engine_backend>(b, engine, error);
-}
-
-}  // namespace
 
 runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
     : cfg(std::move(c)),
@@ -85,13 +52,7 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
   }
   routing::health_registry& health = lasting.health;
   for (const auto& b : cfg.backends) {
-    if (b.kind == "local_engine") {
-      backends.push_back(local_engine_for(b, lasting));
-    } else if (b.kind == "anthropic") {
-      backends.push_back(std::make_unique<adapters::anthropic_backend>(b));
-    } else {
-      backends.push_back(std::make_unique<adapters::openai_backend>(b));
-    }
+    backends.push_back(adapters::make_backend(b, lasting.engines));
     backend_health.push_back(health.get(b.name));
   }
   // With Redis, an ejection decided here is published, and the others' heard (redis_limiter.hpp).

@@ -11,14 +11,11 @@
 #include "routing/health.hpp"
 
 #include "adapters/backend.hpp"
+#include "adapters/backend_kinds.hpp"
 #include "config/config.hpp"
 #include "gateway/key_table.hpp"
 #include "gateway/limiter.hpp"
 #include "routing/route_table.hpp"
-
-namespace tollgate::adapters {
-class engine_port;
-}
 
 namespace tollgate::engine {
 class tokenizer;
@@ -38,8 +35,7 @@ struct lasting_state {
   bool warned_no_tokenizer = false;
   std::shared_ptr<const engine::tokenizer> tokenizer;
   /// Loaded local-engine models by checkpoint, device and engine settings: a reload keeps the weights.
-  std::mutex engines_mutex;
-  std::map<std::string, std::shared_ptr<const adapters::engine_port>> engines;
+  adapters::engine_cache engines;
   /// The connection to Redis for shared limits (limits.redis), kept while its URL stays; declared
   /// after keys, whose counters it points into, so it goes first.
   std::mutex redis_mutex;

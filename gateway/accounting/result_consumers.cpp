@@ -47,7 +47,7 @@ bool needs_count(const request_result& r) {
 
 /// The usage the upstream did not report, counted: at most max_bytes of each text tokenized.
 void count_usage(proxy_result& p, std::string_view body, std::size_t max_bytes) {
-  usage u;
+  protocol::usage u;
   bool estimated = false;
   u.prompt = count_prompt_tokens(*p.rt->tokenizer, p.endpoint, body, max_bytes, &estimated);
   if (p.endpoint != "/embeddings") {
@@ -65,7 +65,7 @@ void count_or_estimate(proxy_result& p, std::string_view body, std::size_t max_b
   try {
     count_usage(p, body, max_bytes);
   } catch (const std::exception&) {
-    usage u;
+    protocol::usage u;
     u.prompt = static_cast<std::int64_t>(body.size() / 4);
     u.completion = static_cast<std::int64_t>((p.delivered.size() + p.delivered_text.size()) / 4);
     p.used = u;
@@ -86,7 +86,7 @@ void price(finished& f) {
   rec.cache_write_tokens = p.used->cache_write;
   rec.completion_tokens = p.used->completion;
   rec.reasoning_tokens = p.used->reasoning;
-  rec.cost = p.price != nullptr ? cost_of(*p.used, *p.price) : 0;
+  rec.cost = p.price != nullptr ? protocol::cost_of(*p.used, *p.price) : 0;
   rec.usage_source = p.estimated ? "estimated" : p.counted ? "counted" : "upstream";
 }
 

@@ -73,11 +73,12 @@ std::string backends_body(const runtime& rt) {
     const auto& b = rt.cfg.backends[i];
     const auto& h = *rt.backend_health[i];
     const bool ejected = h.ejected(now) && !h.probed_down();
+    const config::remote_backend_config* remote = b.remote();
     list.push_back({{"name", b.name},
-                    {"kind", b.kind},
-                    {"base_url", b.base_url},
+                    {"kind", std::string(b.kind())},
+                    {"base_url", remote != nullptr ? remote->base_url : std::string()},
                     {"healthy", !h.ejected(now)},
-                    {"active_check", b.health_check.enabled ? (h.probed_down() ? "down" : "up") : "off"},
+                    {"active_check", remote != nullptr && remote->health_check.enabled ? (h.probed_down() ? "down" : "up") : "off"},
                     {"ejected", ejected},
                     {"ejections_in_a_row", h.ejections()},
                     {"consecutive_failures", h.consecutive_failures()},

@@ -7,10 +7,22 @@
 
 #include <string_view>
 
-#include "gateway/errors.hpp"
+#include "protocol/errors.hpp"
 #include "gateway/server/request.hpp"
 
 namespace tollgate::gateway {
+
+// Handlers answer with the protocol's OpenAI-shaped errors.
+using protocol::api_error;
+using protocol::bad_gateway;
+using protocol::bad_request;
+using protocol::gateway_timeout;
+using protocol::internal_error;
+using protocol::method_not_allowed;
+using protocol::not_found;
+using protocol::payload_too_large;
+using protocol::unauthorized;
+using protocol::unavailable;
 
 /// Finds the request's handler in the path table and runs it; unknown paths get a 404.
 boost::asio::awaitable<bool> handle_request(request_context& ctx);

@@ -16,8 +16,8 @@
 #include "gateway/runtime.hpp"
 #include "gateway/server.hpp"
 #include "gateway/server/responder.hpp"
-#include "gateway/sse.hpp"
-#include "gateway/usage.hpp"
+#include "protocol/sse.hpp"
+#include "protocol/usage.hpp"
 #include "gateway/worker.hpp"
 
 namespace tollgate::gateway {
@@ -75,13 +75,13 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
   if (!rename && stream_options_.empty()) {
     if (!body.empty()) up.parts.push_back({body, {}});
   } else {
-    const std::string model = rename ? json_quote(t.model) : std::string();
+    const std::string model = rename ? protocol::json_quote(t.model) : std::string();
     std::string added;
     const auto pieces =
-        edit_body_pieces(body, fields_, rename ? std::optional<std::string_view>(model) : std::nullopt,
+        protocol::edit_body_pieces(body, fields_, rename ? std::optional<std::string_view>(model) : std::nullopt,
                          stream_options_.empty() ? std::nullopt : std::optional<std::string_view>(stream_options_), added);
     up.parts.reserve(pieces.size());
-    for (const body_piece& p : pieces) {
+    for (const protocol::body_piece& p : pieces) {
       if (p.original) {
         up.parts.push_back({p.text, {}});
       } else {
@@ -163,10 +163,10 @@ void exchange::on_attempt_end(const routing::target& t, const char* outcome, dou
 
 bool exchange::take_usage(const std::string& event) {
   if (event.find("\"usage\"") == std::string::npos) return false;
-  const auto data = sse_data(event);
+  const auto data = protocol::sse_data(event);
   if (!data) return false;
   bool no_choices = false, refused = false;
-  auto u = usage_from_json(*data, &no_choices, &refused);
+  auto u = protocol::usage_from_json(*data, &no_choices, &refused);
   if (u) res_.used = *u;
   else if (refused) res_.used.reset();  // untrustworthy: the tokenizer counts this answer
   else return false;
@@ -176,7 +176,7 @@ bool exchange::take_usage(const std::string& event) {
 // Not a coroutine: the answer moves into the responder's frame.
 net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
   if (res.status >= 200 && res.status < 300) {
-    res_.used = usage_from_json(res.body);
+    res_.used = protocol::usage_from_json(res.body);
     if (!res_.used) res_.delivered = res.body;  // counted at the end, if it reaches the client
   }
   return ctx_.out.send_buffered(std::move(res));
@@ -198,7 +198,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   // A client of another API gets its dialect's events; the chat events behind them are what is
   // counted.
   protocol::client_dialect* const dialect = ctx_.dialect.get();
-  sse_splitter events;
+  protocol::sse_splitter events;
   std::string chunk;
   std::string raw;
   bool broke = false;
@@ -282,9 +282,9 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
   proxy_result& res = ctx.result.proxy.emplace();
   out.name_upstream_model(&res.upstream_model);
 
-  auto parsed = parse_request_body(ctx.req.body());
+  auto parsed = protocol::parse_request_body(ctx.req.body());
   if (!parsed.fields) co_return co_await out.send_error(bad_request(parsed.error, parsed.error_param), true);
-  const request_fields& fields = *parsed.fields;
+  const protocol::request_fields& fields = *parsed.fields;
   record.model = fields.model;
   record.stream = fields.stream;
 

@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 #include "gateway/proxy/attempt_runner.hpp"
 #include "gateway/server/request.hpp"
 
@@ -20,7 +20,7 @@ class exchange final : public attempt_env, public attempt_sink {
   /// fields: the parsed body of ctx.req; stream_options: what every attempt sends instead of the
   /// client's (empty: as sent); strip_usage: drop the usage-only chunk asked for on the client's
   /// behalf.
-  exchange(request_context& ctx, proxy_result& result, const request_fields& fields, std::string stream_options,
+  exchange(request_context& ctx, proxy_result& result, const protocol::request_fields& fields, std::string stream_options,
            bool strip_usage)
       : ctx_(ctx), res_(result), fields_(fields), stream_options_(std::move(stream_options)), strip_usage_(strip_usage) {}
 
@@ -48,7 +48,7 @@ class exchange final : public attempt_env, public attempt_sink {
 
   request_context& ctx_;
   proxy_result& res_;
-  const request_fields& fields_;
+  const protocol::request_fields& fields_;
   std::string stream_options_;
   bool strip_usage_ = false;
 };

@@ -17,8 +17,8 @@
 #include "gateway/access_log.hpp"
 #include "gateway/key_table.hpp"
 #include "gateway/limiter.hpp"
-#include "gateway/protocol/client_dialect.hpp"
-#include "gateway/usage.hpp"
+#include "protocol/client_dialect.hpp"
+#include "protocol/usage.hpp"
 
 namespace tollgate::gateway {
 
@@ -70,7 +70,7 @@ struct proxy_result {
   std::string_view endpoint;       ///< "/chat/completions", ...: points into the request's target
   const std::string* route = nullptr;  ///< the matched route as configured: a bounded metric label
   std::string upstream_model;      ///< the model name sent to the backend that answered last
-  std::optional<usage> used;       ///< the last usage the upstream reported
+  std::optional<protocol::usage> used;       ///< the last usage the upstream reported
   bool counted = false;            ///< used was counted here, not reported upstream
   bool estimated = false;          ///< counted in part, the rest estimated (metering.max_count_bytes)
   const config::price_config* price = nullptr;  ///< prices of the target that served it

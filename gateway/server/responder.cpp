@@ -9,7 +9,7 @@
 #include <cstdio>
 
 #include "gateway/cors.hpp"
-#include "gateway/protocol/client_dialect.hpp"
+#include "protocol/client_dialect.hpp"
 #include "gateway/server.hpp"
 
 namespace tollgate::gateway {
@@ -69,7 +69,7 @@ net::awaitable<bool> responder::send_json(int status, std::string body, bool kee
   co_return co_await send(std::move(res), keep_alive);
 }
 
-net::awaitable<bool> responder::send_error(const api_error& err, bool keep_alive) {
+net::awaitable<bool> responder::send_error(const protocol::api_error& err, bool keep_alive) {
   if (record_.error.empty()) record_.error = err.code;
   co_return co_await send_json(err.status, err.body(), keep_alive);
 }

@@ -18,7 +18,7 @@
 
 #include "config/config.hpp"
 #include "gateway/access_log.hpp"
-#include "gateway/errors.hpp"
+#include "protocol/errors.hpp"
 #include "gateway/http_head.hpp"
 #include "gateway/proxy/attempt_runner.hpp"
 #include "gateway/worker.hpp"
@@ -67,7 +67,7 @@ class responder {
   boost::asio::awaitable<bool> send(boost::beast::http::response<boost::beast::http::string_body> res, bool keep_alive);
   boost::asio::awaitable<bool> send_json(int status, std::string body, bool keep_alive);
   /// An OpenAI-shaped error; its code becomes the access record's error unless one is set.
-  boost::asio::awaitable<bool> send_error(const api_error& err, bool keep_alive);
+  boost::asio::awaitable<bool> send_error(const protocol::api_error& err, bool keep_alive);
   /// An upstream answer as it came (status, type, relayed headers, body).
   boost::asio::awaitable<bool> send_buffered(buffered_response b);
   boost::asio::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive);

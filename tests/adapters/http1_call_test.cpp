@@ -38,11 +38,11 @@ using tollgate::config::backend_config;
 backend_config native_backend(const std::string& base_url) {
   backend_config c;
   c.name = "native";
-  c.kind = "openai";
-  c.base_url = base_url;
-  c.api_key = "sk-native";
-  c.headers["X-Team"] = "search";
-  c.transport = "native";
+  auto& remote = c.settings.emplace<tollgate::config::openai_backend_config>();
+  remote.base_url = base_url;
+  remote.api_key = "sk-native";
+  remote.headers["X-Team"] = "search";
+  remote.transport = "native";
   c.timeouts.connect = std::chrono::seconds(1);
   c.timeouts.first_token = std::chrono::seconds(2);
   c.timeouts.idle = std::chrono::seconds(2);
@@ -389,11 +389,11 @@ TEST_CASE("upstream headers: a backend's own header replaces the default of that
   for (const std::string transport : {"native", "curl"}) {
     INFO(transport);
     auto cfg = native_backend(up.base_url());
-    cfg.transport = transport;
-    cfg.headers.clear();
-    cfg.headers["authorization"] = "Token abc";
-    cfg.headers["User-Agent"] = "team-app/2";
-    cfg.headers["Host"] = "api.internal";
+    cfg.remote()->transport = transport;
+    cfg.remote()->headers.clear();
+    cfg.remote()->headers["authorization"] = "Token abc";
+    cfg.remote()->headers["User-Agent"] = "team-app/2";
+    cfg.remote()->headers["Host"] = "api.internal";
     openai_backend b(cfg);
     client c;
     REQUIRE(c.run(b, chat()).status == 200);
@@ -406,7 +406,7 @@ TEST_CASE("upstream headers: a backend's own header replaces the default of that
   // Only one of each went: the fake keeps the last value, so count them in the raw request.
   raw_server raw([](const std::string&) { return std::string("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"); });
   auto cfg = native_backend(raw.base_url());
-  cfg.headers["Authorization"] = "Token abc";
+  cfg.remote()->headers["Authorization"] = "Token abc";
   openai_backend b(cfg);
   client c;
   REQUIRE(c.run(b, chat()).status == 200);
@@ -628,7 +628,7 @@ TEST_CASE("both transports refuse an upstream head with a bare CR, a NUL, a bad 
       });
       client c;
       auto cfg = native_backend(s.base_url());
-      cfg.transport = transport;
+      cfg.remote()->transport = transport;
       openai_backend b(cfg);
       const auto out = c.run(b, chat());
       CHECK(out.last == call_event::kind::failed);
@@ -643,7 +643,7 @@ TEST_CASE("both transports refuse an upstream head with a bare CR, a NUL, a bad 
     {
       client c;
       auto cfg = native_backend(folded.base_url());
-      cfg.transport = transport;
+      cfg.remote()->transport = transport;
       openai_backend b(cfg);
       const auto out = c.run(b, chat());
       if (transport == "curl") CHECK(out.error == failure::broken);
@@ -655,7 +655,7 @@ TEST_CASE("both transports refuse an upstream head with a bare CR, a NUL, a bad 
     });
     client c;
     auto cfg = native_backend(ok.base_url());
-    cfg.transport = transport;
+    cfg.remote()->transport = transport;
     openai_backend b(cfg);
     CHECK(c.run(b, chat()).status == 200);
   }

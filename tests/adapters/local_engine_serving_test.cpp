@@ -146,9 +146,9 @@ class scripted_engine final : public engine_port {
 tollgate::config::backend_config engine_config(unsigned max_batch = 8) {
   tollgate::config::backend_config c;
   c.name = "local";
-  c.kind = "local_engine";
-  c.checkpoint = "scripted";
-  c.max_batch = max_batch;
+  auto& engine = c.settings.emplace<tollgate::config::local_engine_config>();
+  engine.checkpoint = "scripted";
+  engine.max_batch = max_batch;
   c.timeouts.first_token = std::chrono::seconds(5);
   c.timeouts.idle = std::chrono::seconds(5);
   return c;

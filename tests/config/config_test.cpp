@@ -84,9 +84,9 @@ routes:
   REQUIRE(c.keys.size() == 1);
   CHECK(c.keys[0].key == "tg-abc");
   REQUIRE(c.backends.size() == 1);
-  CHECK(c.backends[0].base_url == "https://api.qnaigc.com/v1");  // trailing slash dropped
-  CHECK(c.backends[0].api_key == "sk-q");
-  CHECK(c.backends[0].headers.at("X-Team") == "search");
+  CHECK(c.backends[0].remote()->base_url == "https://api.qnaigc.com/v1");  // trailing slash dropped
+  CHECK(c.backends[0].remote()->api_key == "sk-q");
+  CHECK(c.backends[0].remote()->headers.at("X-Team") == "search");
   CHECK(c.backends[0].timeouts.connect == std::chrono::seconds(2));
   CHECK(c.backends[0].timeouts.idle == std::chrono::seconds(45));
   CHECK(c.backends[0].timeouts.total == std::chrono::minutes(10));
@@ -374,7 +374,7 @@ routes:
     auto r = load(yaml, {{"PAID_KEY", "sk-1"}});
     REQUIRE(r.value);
     CHECK(r.value->backends.size() == 3);
-    CHECK(r.value->backends[0].api_key == "sk-1");
+    CHECK(r.value->backends[0].remote()->api_key == "sk-1");
     CHECK(r.value->disabled_backends.empty());
     CHECK(r.warnings.empty());
     CHECK(r.value->routes[1].targets.size() == 2);
@@ -521,7 +521,7 @@ TEST_CASE("health checks and the admin key", "[config]") {
   auto ok = load("server: {admin_key: adm-0123456789abcdef}\n" + minimal);
   REQUIRE(ok.value);
   CHECK(ok.value->server.admin_key == "adm-0123456789abcdef");
-  CHECK_FALSE(ok.value->backends[0].health_check.enabled);
+  CHECK_FALSE(ok.value->backends[0].remote()->health_check.enabled);
 
   auto hc = load(R"(backends:
   - name: up
@@ -532,7 +532,7 @@ routes:
   - {model: m, targets: [{backend: up}]}
 )");
   REQUIRE(hc.value);
-  const auto& h = hc.value->backends[0].health_check;
+  const auto& h = hc.value->backends[0].remote()->health_check;
   CHECK(h.enabled);
   CHECK(h.path == "/health");
   CHECK(h.interval == std::chrono::seconds(5));
@@ -631,20 +631,20 @@ routes:
   CHECK(c.keys[0].budget == 12.5);
   CHECK(c.keys[0].budget_period == "month");
   CHECK(c.keys[0].expires_unix == 1893628799);  // 2030-01-02T23:59:59Z
-  CHECK(c.backends[0].kind == "local_engine");
-  CHECK(c.backends[0].checkpoint == "/models/tiny");
-  CHECK(c.backends[0].device == "cuda:0");
-  CHECK(c.backends[0].max_batch == 16);
-  CHECK(c.backends[0].dtype == "bfloat16");
-  CHECK(c.backends[0].kv_cache_memory == 0.85);
-  CHECK(c.backends[0].max_batch_tokens == 4096);
-  CHECK(c.backends[1].device == "cpu");
-  CHECK(c.backends[1].max_batch == 8);
-  CHECK(c.backends[1].dtype.empty());
-  CHECK(c.backends[1].kv_cache_memory == 40e9);
-  CHECK(c.backends[1].max_batch_tokens == 2048);
-  CHECK_FALSE(c.backends[0].prefix_caching);
-  CHECK(c.backends[1].prefix_caching);
+  CHECK(c.backends[0].kind() == "local_engine");
+  CHECK(c.backends[0].local_engine()->checkpoint == "/models/tiny");
+  CHECK(c.backends[0].local_engine()->device == "cuda:0");
+  CHECK(c.backends[0].local_engine()->max_batch == 16);
+  CHECK(c.backends[0].local_engine()->dtype == "bfloat16");
+  CHECK(c.backends[0].local_engine()->kv_cache_memory == 0.85);
+  CHECK(c.backends[0].local_engine()->max_batch_tokens == 4096);
+  CHECK(c.backends[1].local_engine()->device == "cpu");
+  CHECK(c.backends[1].local_engine()->max_batch == 8);
+  CHECK(c.backends[1].local_engine()->dtype.empty());
+  CHECK(c.backends[1].local_engine()->kv_cache_memory == 40e9);
+  CHECK(c.backends[1].local_engine()->max_batch_tokens == 2048);
+  CHECK_FALSE(c.backends[0].local_engine()->prefix_caching);
+  CHECK(c.backends[1].local_engine()->prefix_caching);
 
   auto bad = load(R"(
 keys:
@@ -690,11 +690,11 @@ routes:
 )");
   REQUIRE(r.value);
   const auto& b = r.value->backends;
-  CHECK(b[0].transport == "native");
-  CHECK(b[1].transport == "curl");
-  CHECK(b[2].transport == "curl");
-  CHECK(b[3].transport == "native");
-  CHECK(b[4].transport == "curl");
+  CHECK(b[0].remote()->transport == "native");
+  CHECK(b[1].remote()->transport == "curl");
+  CHECK(b[2].remote()->transport == "curl");
+  CHECK(b[3].remote()->transport == "native");
+  CHECK(b[4].remote()->transport == "curl");
   auto bad = load(R"(backends:
   - {name: tls, kind: openai, base_url: "https://api.example.com/v1", transport: native}
   - {name: odd, kind: openai, base_url: "http://127.0.0.1:9000/v1", transport: h3}
@@ -825,8 +825,8 @@ routes:
       - backend: claude
 )");
   REQUIRE(fine.value);
-  CHECK(fine.value->backends[0].kind == "anthropic");
-  CHECK(fine.value->backends[0].transport == "curl");
+  CHECK(fine.value->backends[0].kind() == "anthropic");
+  CHECK(fine.value->backends[0].remote()->transport == "curl");
 }
 
 TEST_CASE("priorities, queue aging and counting bounds are read and checked with their keys", "[config]") {

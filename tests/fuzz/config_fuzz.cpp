@@ -15,10 +15,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   });
   if (!r.value) return 0;
   for (const auto& b : r.value->backends) {
-    for (unsigned char c : b.api_key) {
+    const auto* remote = b.remote();
+    if (remote == nullptr) continue;
+    for (unsigned char c : remote->api_key) {
       if (c < 0x20 || c == 0x7F) std::abort();
     }
-    for (const auto& [name, value] : b.headers) {
+    for (const auto& [name, value] : remote->headers) {
       for (unsigned char c : value) {
         if ((c < 0x20 && c != '\t') || c == 0x7F) std::abort();
       }

@@ -7,17 +7,17 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view body(reinterpret_cast<const char*>(data), size);
-  const auto parsed = tollgate::gateway::parse_request_body(body);
-  tollgate::gateway::json_depth_within(body, tollgate::gateway::max_json_depth);
+  const auto parsed = tollgate::protocol::parse_request_body(body);
+  tollgate::protocol::json_depth_within(body, tollgate::protocol::max_json_depth);
   if (!parsed.fields) return 0;
   if (!nlohmann::json::accept(body)) std::abort();  // the scanner passed what nlohmann refuses
-  const std::string edited = tollgate::gateway::edit_body(body, *parsed.fields, std::string_view("\"renamed\""),
+  const std::string edited = tollgate::protocol::edit_body(body, *parsed.fields, std::string_view("\"renamed\""),
                                                           std::string_view("{\"include_usage\":true}"));
-  const auto again = tollgate::gateway::parse_request_body(edited);
+  const auto again = tollgate::protocol::parse_request_body(edited);
   if (!again.fields || again.fields->model != "renamed" || !again.fields->include_usage) std::abort();
   return 0;
 }

@@ -6,20 +6,20 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/sse.hpp"
+#include "protocol/sse.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size == 0) return 0;
   // The first byte picks the piece size the stream arrives in.
   const std::size_t piece = 1 + data[0] % 17;
   const std::string_view input(reinterpret_cast<const char*>(data) + 1, size - 1);
-  tollgate::gateway::sse_splitter events;
+  tollgate::protocol::sse_splitter events;
   std::string out;
   for (std::size_t at = 0; at < input.size(); at += piece) {
     events.feed(input.substr(at, piece));
     while (auto e = events.next_event()) {
       if (e->empty() || (e->back() != '\n' && e->back() != '\r')) std::abort();
-      tollgate::gateway::sse_data(*e);
+      tollgate::protocol::sse_data(*e);
       out += *e;
     }
   }

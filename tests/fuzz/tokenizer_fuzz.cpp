@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 #include "local_engine/tokenizer.hpp"
 
 namespace {
@@ -28,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // Byte-level BPE gives any valid UTF-8 text back from its ids.
   bool utf8 = true;
   for (std::size_t i = 0; i < text.size() && utf8;) {
-    const std::size_t n = static_cast<unsigned char>(text[i]) < 0x80 ? 1 : tollgate::gateway::utf8_sequence_length(text, i);
+    const std::size_t n = static_cast<unsigned char>(text[i]) < 0x80 ? 1 : tollgate::protocol::utf8_sequence_length(text, i);
     if (n == 0) utf8 = false;
     i += n;
   }

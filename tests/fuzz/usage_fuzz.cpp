@@ -4,10 +4,10 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "gateway/usage.hpp"
+#include "protocol/usage.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  using namespace tollgate::gateway;
+  using namespace tollgate::protocol;
   bool no_choices = false, refused = false;
   const auto u = usage_from_json(std::string_view(reinterpret_cast<const char*>(data), size), &no_choices, &refused);
   if (!u) return 0;

@@ -6,9 +6,10 @@
 #include <unistd.h>
 
 #include "gateway/access_log.hpp"
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 using namespace tollgate::gateway;
+using tollgate::protocol::append_json_string;
 using json = nlohmann::json;
 
 TEST_CASE("access log lines are JSON whatever the fields hold", "[access_log]") {

@@ -220,8 +220,7 @@ config::config make_config() {
   for (const char* name : {"a", "b", "c"}) {
     config::backend_config b;
     b.name = name;
-    b.kind = "openai";
-    b.base_url = std::string("http://127.0.0.1:1/") + name;
+    b.remote()->base_url = std::string("http://127.0.0.1:1/") + name;
     b.timeouts.first_token = 2s;
     b.timeouts.total = 30s;
     b.ejection.after_failures = 2;

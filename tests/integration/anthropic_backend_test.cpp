@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tests/gateway/protocol/sse_events.hpp"
+#include "tests/protocol/sse_events.hpp"
 #include "tests/integration/gateway_fixture.hpp"
 #include "tests/support/eventually.hpp"
 

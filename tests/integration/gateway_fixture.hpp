@@ -59,7 +59,7 @@ struct gateway_fixture {
     // would otherwise always get the built-in client.
     if (const char* transport = std::getenv("TOLLGATE_TEST_TRANSPORT")) {
       for (auto& b : loaded.value->backends) {
-        if (b.kind == "openai" || b.kind == "anthropic") b.transport = transport;
+        if (auto* remote = b.remote()) remote->transport = transport;
       }
     }
     const auto workers = gateway::worker_count(loaded.value->server);

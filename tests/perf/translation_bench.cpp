@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "gateway/protocol/anthropic_upstream.hpp"
-#include "gateway/protocol/client_dialect.hpp"
+#include "protocol/anthropic_upstream.hpp"
+#include "protocol/client_dialect.hpp"
 
 namespace p = tollgate::protocol;
 using json = nlohmann::json;

@@ -14,7 +14,7 @@ namespace {
 config::config three_targets(const std::string& strategy, std::vector<unsigned> weights) {
   config::config c;
   for (const char* name : {"a", "b", "c"}) {
-    c.backends.push_back({.name = name, .kind = "openai", .base_url = "http://127.0.0.1:1/v1"});
+    c.backends.push_back({.name = name, .settings = tollgate::config::openai_backend_config{{.base_url = "http://127.0.0.1:1/v1"}}});
   }
   config::route_config r{.model = "m", .strategy = strategy};
   r.targets = {{"a", "", weights[0]}, {"b", "", weights[1]}, {"c", "", weights[2]}};

@@ -10,8 +10,8 @@ namespace {
 
 config::config make_config() {
   config::config c;
-  c.backends.push_back({.name = "one", .kind = "openai", .base_url = "http://127.0.0.1:1/v1"});
-  c.backends.push_back({.name = "two", .kind = "openai", .base_url = "http://127.0.0.1:2/v1"});
+  c.backends.push_back({.name = "one", .settings = tollgate::config::openai_backend_config{{.base_url = "http://127.0.0.1:1/v1"}}});
+  c.backends.push_back({.name = "two", .settings = tollgate::config::openai_backend_config{{.base_url = "http://127.0.0.1:2/v1"}}});
   c.routes.push_back({.model = "deepseek-chat", .aliases = {"ds"}, .targets = {{"one", "deepseek-v3"}, {"two", ""}}});
   c.routes.push_back({.model = "deepseek-*", .aliases = {}, .targets = {{"two", ""}}});
   c.routes.push_back({.model = "deepseek-r*-distill", .aliases = {}, .targets = {{"one", ""}}});

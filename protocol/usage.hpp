@@ -7,7 +7,7 @@
 
 #include "config/config.hpp"
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 struct usage {
   std::int64_t prompt = 0;      ///< all prompt tokens, cached ones included
@@ -36,4 +36,4 @@ inline constexpr std::int64_t max_reported_tokens = 1'000'000'000;
 /// written to it at cache_write, the rest of the prompt at input, completion at output.
 double cost_of(const usage& u, const config::price_config& price);
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 /// Where the top-level values the gateway may rewrite lie in a parsed body, as byte offsets.
 struct body_layout {
@@ -92,4 +92,4 @@ std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 /// Encodes s as a JSON string literal (with quotes), as append_json_string does.
 std::string json_quote(std::string_view s);
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

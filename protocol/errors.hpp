@@ -4,7 +4,7 @@
 #include <string>
 #include <string_view>
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 struct api_error {
   int status = 500;
@@ -29,4 +29,4 @@ api_error gateway_timeout(std::string message);
 api_error unavailable(std::string message);
 api_error internal_error(std::string message);
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

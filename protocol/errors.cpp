@@ -1,8 +1,8 @@
-#include "gateway/errors.hpp"
+#include "protocol/errors.hpp"
 
 #include <nlohmann/json.hpp>
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 std::string api_error::body() const {
   nlohmann::json err = {{"message", message}, {"type", type}, {"code", code}};
@@ -37,4 +37,4 @@ api_error unavailable(std::string message) {
 }
 api_error internal_error(std::string message) { return {500, "server_error", "internal_error", std::move(message), {}}; }
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

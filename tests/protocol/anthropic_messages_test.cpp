@@ -2,8 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/anthropic_messages.hpp"
-#include "tests/gateway/protocol/sse_events.hpp"
+#include "protocol/anthropic_messages.hpp"
+#include "tests/protocol/sse_events.hpp"
 
 using namespace tollgate::protocol;
 using tollgate::test::chat_chunk;

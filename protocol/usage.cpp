@@ -1,12 +1,12 @@
-#include "gateway/usage.hpp"
+#include "protocol/usage.hpp"
 
 #include <algorithm>
 #include <array>
 #include <charconv>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 namespace {
 
@@ -79,4 +79,4 @@ double cost_of(const usage& u, const config::price_config& price) {
          1e6;
 }
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

@@ -1,11 +1,12 @@
-#include "gateway/protocol/anthropic_upstream.hpp"
+#include "protocol/anthropic_upstream.hpp"
 
 #include <algorithm>
 #include <chrono>
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/json_util.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/json_util.hpp"
 
 namespace tollgate::protocol {
 
@@ -318,7 +319,7 @@ answer messages_error_to_chat(int status, std::string_view body) {
   } else if (type == "invalid_request_error") {
     code = message.find("prompt is too long") != std::string::npos ? "context_length_exceeded" : "invalid_request";
   }
-  return {status, dump(json{{"error", {{"message", message}, {"type", type}, {"code", code}, {"param", nullptr}}}})};
+  return {status, api_error{status, std::move(type), std::move(code), std::move(message), {}}.body()};
 }
 
 std::string messages_stream_to_chat::chunk(std::string_view delta_json, std::string_view finish_reason) {

@@ -1,9 +1,9 @@
-#include "gateway/protocol/anthropic_messages.hpp"
+#include "protocol/anthropic_messages.hpp"
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/anthropic_upstream.hpp"
-#include "gateway/protocol/json_util.hpp"
+#include "protocol/anthropic_upstream.hpp"
+#include "protocol/json_util.hpp"
 
 namespace tollgate::protocol {
 

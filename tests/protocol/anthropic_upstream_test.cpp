@@ -2,9 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/anthropic_messages.hpp"
-#include "gateway/protocol/anthropic_upstream.hpp"
-#include "tests/gateway/protocol/sse_events.hpp"
+#include "protocol/anthropic_messages.hpp"
+#include "protocol/anthropic_upstream.hpp"
+#include "tests/protocol/sse_events.hpp"
 
 using namespace tollgate::protocol;
 using tollgate::test::split_sse;

@@ -1,10 +1,11 @@
-#include "gateway/protocol/client_dialect.hpp"
+#include "protocol/client_dialect.hpp"
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/anthropic_messages.hpp"
-#include "gateway/protocol/json_util.hpp"
-#include "gateway/protocol/responses_api.hpp"
+#include "protocol/anthropic_messages.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/json_util.hpp"
+#include "protocol/responses_api.hpp"
 
 namespace tollgate::protocol {
 
@@ -18,8 +19,7 @@ std::string requested_model(std::string_view body) {
 }
 
 answer bad_upstream(std::string_view why) {
-  return {502, dump(nlohmann::json{{"error", {{"message", "the upstream answer could not be translated: " + std::string(why)},
-                                              {"type", "upstream_error"}, {"code", "bad_gateway"}, {"param", nullptr}}}})};
+  return {502, bad_gateway("the upstream answer could not be translated: " + std::string(why)).body()};
 }
 
 class anthropic_dialect final : public client_dialect {

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "gateway/protocol/wire.hpp"
+#include "protocol/wire.hpp"
 
 namespace tollgate::protocol {
 

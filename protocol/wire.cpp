@@ -1,4 +1,4 @@
-#include "gateway/protocol/wire.hpp"
+#include "protocol/wire.hpp"
 
 #include <random>
 

@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "gateway/protocol/wire.hpp"
+#include "protocol/wire.hpp"
 
 namespace tollgate::test {
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 class sse_splitter {
  public:
@@ -28,4 +28,4 @@ class sse_splitter {
 /// The "data:" payload of one event (lines joined by '\n'), or nullopt when it has none.
 std::optional<std::string> sse_data(std::string_view event);
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

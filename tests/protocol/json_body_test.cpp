@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
-using namespace tollgate::gateway;
+using namespace tollgate::protocol;
 using nlohmann::json;
 
 namespace {

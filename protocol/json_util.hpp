@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/wire.hpp"
+#include "protocol/wire.hpp"
 
 namespace tollgate::protocol {
 

@@ -4,9 +4,9 @@
 #include <string>
 #include <vector>
 
-#include "gateway/sse.hpp"
+#include "protocol/sse.hpp"
 
-using namespace tollgate::gateway;
+using namespace tollgate::protocol;
 
 namespace {
 

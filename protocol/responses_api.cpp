@@ -1,11 +1,11 @@
-#include "gateway/protocol/responses_api.hpp"
+#include "protocol/responses_api.hpp"
 
 #include <chrono>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "gateway/protocol/json_util.hpp"
+#include "protocol/json_util.hpp"
 
 namespace tollgate::protocol {
 

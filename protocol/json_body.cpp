@@ -1,4 +1,4 @@
-#include "gateway/json_body.hpp"
+#include "protocol/json_body.hpp"
 
 #include <algorithm>
 #include <array>
@@ -13,7 +13,7 @@
 #include <immintrin.h>
 #endif
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 namespace {
 
@@ -836,4 +836,4 @@ std::string json_quote(std::string_view s) {
   return out;
 }
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

@@ -1,8 +1,8 @@
 #include <catch2/catch.hpp>
 
-#include "gateway/usage.hpp"
+#include "protocol/usage.hpp"
 
-using namespace tollgate::gateway;
+using namespace tollgate::protocol;
 
 TEST_CASE("usage in the OpenAI shape, with cached and reasoning tokens", "[usage]") {
   bool no_choices = true;

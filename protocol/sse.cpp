@@ -1,8 +1,8 @@
-#include "gateway/sse.hpp"
+#include "protocol/sse.hpp"
 
 #include <algorithm>
 
-namespace tollgate::gateway {
+namespace tollgate::protocol {
 
 namespace {
 
@@ -84,4 +84,4 @@ std::optional<std::string> sse_data(std::string_view event) {
   return data;
 }
 
-}  // namespace tollgate::gateway
+}  // namespace tollgate::protocol

@@ -1,0 +1,90 @@
+// The one wait loop of every backend's call: a producer (a transfer's parser, curl's callbacks,
+// the engine's callbacks posted to the worker) puts events in, the call's next() takes them out,
+// waiting between them under the first-token or idle deadline.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string_view>
+
+#include "adapters/backend.hpp"
+#include "adapters/event_queue.hpp"
+#include "config/config.hpp"
+
+namespace tollgate::adapters {
+
+/// What a mailbox asks of the call that fills it.
+class mailbox_producer {
+ public:
+  /// The consumer took a data event (queued_bytes() went down): a paused producer may resume.
+  virtual void on_taken() {}
+  /// Nothing came within the deadline (first token before a head was put, idle after). Ends the
+  /// call with a timeout (end() or stop()); otherwise the consumer waits once more.
+  virtual void on_silence(bool seen_head) = 0;
+
+ protected:
+  ~mailbox_producer() = default;
+};
+
+/// Events a call has produced and its reader has not taken, its terminal event, and the wait
+/// between them. Not thread-safe: used on the call's worker thread only (a producer on another
+/// thread posts to it).
+class event_mailbox {
+ public:
+  event_mailbox(boost::asio::io_context& io, const config::timeouts_config& timeouts)
+      : timer_(io), first_token_(timeouts.first_token), idle_(timeouts.idle) {}
+
+  // The producer's side.
+
+  /// Appends an event and wakes the reader.
+  void push(call_event ev);
+  /// Appends response bytes: to the last event when it is data the reader has not taken yet (no
+  /// wake is needed then), else as a new data event.
+  void add_data(std::string_view bytes);
+  /// Sets the terminal event (end or failed) without waking the reader: for a producer that
+  /// wakes it later, or whose reader is gone.
+  void stop(call_event terminal) { terminal_ = std::move(terminal); }
+  /// Sets the terminal event and wakes the reader.
+  void end(call_event terminal) {
+    stop(std::move(terminal));
+    wake();
+  }
+  /// Wakes a waiting reader, and the hook of one that watches several calls.
+  void wake() {
+    timer_.cancel();
+    if (hook_) hook_();
+  }
+  /// Drops events not taken yet (a cancelled call's reader wants none of them).
+  void clear() { events_.clear(); queued_bytes_ = 0; }
+
+  bool ended() const { return terminal_.has_value(); }
+  bool seen_head() const { return seen_head_; }
+  /// Bytes of data events not taken yet.
+  std::size_t queued_bytes() const { return queued_bytes_; }
+
+  // The consumer's side (call's interface).
+
+  bool ready() const { return !events_.empty() || terminal_.has_value(); }
+  void on_ready(std::function<void()> hook) { hook_ = std::move(hook); }
+  /// The next event: those put in, in order, then the terminal one (again on every later call).
+  /// Waits while there is none, calling producer.on_silence() when the deadline passes.
+  /// The mailbox and producer outlive the wait.
+  boost::asio::awaitable<call_event> next(mailbox_producer& producer);
+
+ private:
+  event_queue events_;
+  std::optional<call_event> terminal_;
+  boost::asio::steady_timer timer_;  // the reader waits on it; the producer cancels it
+  config::duration first_token_;
+  config::duration idle_;
+  std::function<void()> hook_;
+  std::size_t queued_bytes_ = 0;
+  bool seen_head_ = false;
+};
+
+}  // namespace tollgate::adapters
