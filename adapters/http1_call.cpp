@@ -281,25 +281,6 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     if (reading_ || mailbox_.ended() || !connection_) return;
     reading_ = true;
     auto& c = *connection_;
-    if (drained_ && c.buffer.size() == 0) {
-      // Caught up with the upstream (the last read did not fill its buffer): hold no read buffer
-      // while waiting, so that an idle stream costs its sockets and its state, not 16 KB more.
-      // The buffer is taken again once bytes are there.
-      c.buffer.shrink_to_fit();
-      c.socket.async_wait(tcp::socket::wait_read,
-                          [self = shared_from_this(), c = connection_](boost::system::error_code ec) {
-                            if (c != self->connection_) return;
-                            self->reading_ = false;
-                            if (self->mailbox_.ended()) return;
-                            if (ec) {
-                              self->on_read(ec, 0);
-                              return;
-                            }
-                            self->drained_ = false;
-                            self->read();
-                          });
-      return;
-    }
     c.socket.async_read_some(c.buffer.prepare(read_size_),
                              [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
                                if (c != self->connection_) return;
@@ -313,7 +294,6 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     auto& buffer = connection_->buffer;
     buffer.commit(n);
     if (n > 0) got_bytes_ = true;
-    drained_ = n < read_size_;
     if (n == read_size_) read_size_ = std::min(2 * read_size_, max_read_size);
     if (ec && ec != net::error::eof) {
       if (!got_bytes_ && retry_fresh()) return;
@@ -466,7 +446,6 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool borrows_ = false;           // the body has borrowed parts (see abandon())
   bool pool_after_write_ = false;  // answered while the request was still being written
   std::size_t read_size_ = read_size;
-  bool drained_ = false;  ///< the last read took all the socket had: wait for more before a buffer
 };
 
 void response_reader::on_header_impl(beast::error_code&) { t_.on_head(std::move(head_)); }
