@@ -5,6 +5,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -148,6 +149,10 @@ struct engine_stats {
   /// Requests refused with 503 overloaded: the queue was full (at once, or displaced later by a
   /// request of higher priority), or they waited past queue_timeout.
   std::uint64_t overloaded = 0;
+  /// By priority (0 to 9): requests waiting now, and requests refused overloaded by why: [0] at
+  /// once (the queue full), [1] displaced by a higher priority, [2] past queue_timeout.
+  std::array<std::uint64_t, 10> queued_by_priority{};
+  std::array<std::array<std::uint64_t, 3>, 10> shed_by_priority{};
 };
 
 /// A configured backend. Immutable and shared between threads; start() is thread-safe.

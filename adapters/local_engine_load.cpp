@@ -84,6 +84,10 @@ class engine_binding final : public engine_port {
     st.prefix_cache_hit_tokens = e.prefix_cache_hit_tokens;
     st.preemptions = e.preemptions;
     st.steps = e.steps;
+    for (std::size_t p = 0; p < st.queued_by_priority.size(); ++p) {
+      st.queued_by_priority[p] = e.waiting_by_priority[p];
+      st.shed_by_priority[p] = e.shed_by_priority[p];
+    }
     return st;
   }
 

@@ -101,6 +101,30 @@ void render_engines(std::string& out, const runtime& rt) {
     out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"failed\"} " + std::to_string(s.failed) + "\n";
     out += "tollgate_engine_sequences_total{" + labels + ",outcome=\"overloaded\"} " + std::to_string(s.overloaded) + "\n";
   }
+  // Priorities low, normal and high always show; others once they were seen.
+  header(out, "tollgate_engine_queue_waiting", "gauge",
+         "Requests waiting for a place in a local engine's batch, by priority (0 low, 1 normal, 2 high).");
+  for (const auto& [labels, s] : engines) {
+    for (std::size_t p = 0; p < s.queued_by_priority.size(); ++p) {
+      if (p > 2 && s.queued_by_priority[p] == 0) continue;
+      out += "tollgate_engine_queue_waiting{" + labels + ",priority=\"" + std::to_string(p) + "\"} " +
+             std::to_string(s.queued_by_priority[p]) + "\n";
+    }
+  }
+  header(out, "tollgate_engine_shed_total", "counter",
+         "Requests a local engine refused with 503 overloaded, by priority and reason: full (its queue held only "
+         "waiters of their priority or higher), displaced (a newer request of higher priority took their place), "
+         "timeout (queue_timeout passed).");
+  static constexpr const char* reasons[] = {"full", "displaced", "timeout"};
+  for (const auto& [labels, s] : engines) {
+    for (std::size_t p = 0; p < s.shed_by_priority.size(); ++p) {
+      for (std::size_t r = 0; r < 3; ++r) {
+        if (p > 2 && s.shed_by_priority[p][r] == 0) continue;
+        out += "tollgate_engine_shed_total{" + labels + ",priority=\"" + std::to_string(p) + "\",reason=\"" + reasons[r] +
+               "\"} " + std::to_string(s.shed_by_priority[p][r]) + "\n";
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <chrono>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -113,6 +114,10 @@ struct engine_stats {
   std::uint64_t failed = 0;             ///< ended by an error (context full, pool too small, a failed forward)
   std::uint64_t overloaded = 0;         ///< ended while waiting: displaced by a higher priority, or past queue_timeout
   std::uint64_t refused = 0;            ///< submissions refused at once (queue_full)
+  /// By priority (0 to 9, clamped): sequences waiting now, and sequences refused overloaded, by
+  /// why: [0] at once (the queue full), [1] displaced by a higher priority, [2] past queue_timeout.
+  std::array<std::size_t, 10> waiting_by_priority{};
+  std::array<std::array<std::uint64_t, 3>, 10> shed_by_priority{};
 };
 engine_stats stats(const model& m);
 

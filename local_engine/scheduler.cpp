@@ -8,6 +8,8 @@
 namespace tollgate::engine {
 
 namespace {
+/// A priority's slot in the statistics: 0 to 9.
+std::size_t priority_slot(int priority) { return static_cast<std::size_t>(std::clamp(priority, 0, 9)); }
 using clock_type = std::chrono::steady_clock;
 constexpr auto rate_window = std::chrono::seconds(5);
 constexpr const char* displaced_message = "displaced from the engine's full queue by a request of higher priority";
@@ -72,6 +74,7 @@ std::shared_ptr<sched_sequence> scheduler::submit(sched_request r) {
     {
       std::lock_guard lock(stats_m_);
       ++stats_.refused;
+      ++stats_.shed_by_priority[priority_slot(s->req.priority)][0];
     }
     throw queue_full("the engine's queue is full: " + std::to_string(waiting_beyond) +
                      " sequences wait beyond its batch of " + std::to_string(opts_.max_batch) +
@@ -165,8 +168,12 @@ void scheduler::end(sched_sequence& s, stream_end reason, const std::string& mes
     std::lock_guard lock(stats_m_);
     if (reason == stream_end::cancelled) ++stats_.cancelled;
     else if (reason == stream_end::failed) ++stats_.failed;
-    else if (reason == stream_end::overloaded) ++stats_.overloaded;
-    else ++stats_.finished;
+    else if (reason == stream_end::overloaded) {
+      ++stats_.overloaded;
+      ++stats_.shed_by_priority[priority_slot(s.req.priority)][s.shed ? 1 : 2];
+    } else {
+      ++stats_.finished;
+    }
   }
   // Called once the step's bookkeeping is done, so that what on_end's caller then reads (stats,
   // free blocks) already counts this end.
@@ -251,9 +258,12 @@ void scheduler::sweep() {
   std::lock_guard lock(stats_m_);
   stats_.running = running_.size();
   std::size_t incoming = 0;
+  stats_.waiting_by_priority.fill(0);
+  for (const auto& s : waiting_) ++stats_.waiting_by_priority[priority_slot(s->req.priority)];
   {
     std::lock_guard l2(m_);
     incoming = incoming_.size();
+    for (const auto& s : incoming_) ++stats_.waiting_by_priority[priority_slot(s->req.priority)];
   }
   stats_.waiting = waiting_.size() + incoming;
 }

@@ -204,6 +204,8 @@ routes:
     wait_for(lambda: metric('tollgate_engine_requests_queued{backend="tight"}') >= 1, "low 1 queued")
     w2 = start(request("tight low 2", "tight", LOW))[0]
     wait_for(lambda: metric('tollgate_engine_requests_queued{backend="tight"}') >= 2, "low 2 queued")
+    wait_for(lambda: metric('tollgate_engine_queue_waiting{backend="tight",priority="0"}') == 2,
+             "both low ones counted waiting at priority 0")
     h = start(request("tight high", "tight", HIGH))[0]
     w1.join(30)
     overloaded(w1, message="higher priority")
@@ -250,6 +252,16 @@ routes:
         check(got == n, f"{backend}: {got} overloaded, expected {n}")
         check(metric(f'tollgate_engine_sequences_total{{backend="{backend}",outcome="failed"}}') == 0,
               f"{backend}: failed sequences")
+    # ... and shows by priority and reason: the two low ones displaced, the low one refused at once,
+    # the normal and high ones past queue_timeout.
+    expected = {("tight", 0, "displaced"): 2, ("tight", 0, "full"): 1, ("timed", 1, "timeout"): 1,
+                ("timed", 2, "timeout"): 1}
+    for backend in ("busy", "tight", "timed"):
+        for p in range(3):
+            for reason in ("full", "displaced", "timeout"):
+                got = metric(f'tollgate_engine_shed_total{{backend="{backend}",priority="{p}",reason="{reason}"}}')
+                want = expected.get((backend, p, reason), 0)
+                check(got == want, f"{backend}: {got} shed at priority {p} ({reason}), expected {want}")
     print("engine_priority: 1 passed, 0 failed")
 finally:
     for p in procs:
