@@ -836,4 +836,19 @@ std::string json_quote(std::string_view s) {
   return out;
 }
 
+bool rename_model(std::string& text, std::string_view from, std::string_view to) {
+  constexpr std::string_view key = "\"model\"";
+  for (std::size_t at = text.find(key); at != std::string::npos; at = text.find(key, at + key.size())) {
+    std::size_t v = at + key.size();
+    while (v < text.size() && (text[v] == ' ' || text[v] == '\t' || text[v] == '\n' || text[v] == '\r')) ++v;
+    if (v >= text.size() || text[v] != ':') continue;
+    ++v;
+    while (v < text.size() && (text[v] == ' ' || text[v] == '\t' || text[v] == '\n' || text[v] == '\r')) ++v;
+    if (text.compare(v, from.size(), from) != 0) return false;  // the model member, another value
+    text.replace(v, from.size(), to);
+    return true;
+  }
+  return false;
+}
+
 }  // namespace tollgate::protocol

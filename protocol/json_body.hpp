@@ -92,4 +92,10 @@ std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 /// Encodes s as a JSON string literal (with quotes), as append_json_string does.
 std::string json_quote(std::string_view s);
 
+/// In an answer's JSON text (a whole body, or one SSE event), the first `"model"` member whose
+/// value is the string literal `from` (as json_quote writes it; whitespace around the colon
+/// allowed) gets the literal `to` instead. false when there was none. Answers name the model up
+/// front; a quote inside a string value is escaped, so the text `"model"` there cannot match.
+bool rename_model(std::string& text, std::string_view from, std::string_view to);
+
 }  // namespace tollgate::protocol

@@ -173,11 +173,24 @@ bool exchange::take_usage(const std::string& event) {
   return strip_usage_ && no_choices;
 }
 
+/// An OpenAI client whose model name the route changed: the answer names the model it asked for
+/// (the upstream's name stays in x-tollgate-upstream-model). Other dialects name it themselves.
+bool exchange::renames_model() {
+  if (ctx_.dialect != nullptr || res_.upstream_model == fields_.model) return false;
+  if (renamed_for_ != res_.upstream_model) {
+    renamed_for_ = res_.upstream_model;
+    rename_from_ = protocol::json_quote(res_.upstream_model);
+    rename_to_ = protocol::json_quote(fields_.model);
+  }
+  return true;
+}
+
 // Not a coroutine: the answer moves into the responder's frame.
 net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
   if (res.status >= 200 && res.status < 300) {
     res_.used = protocol::usage_from_json(res.body);
     if (!res_.used) res_.delivered = res.body;  // counted at the end, if it reaches the client
+    if (renames_model()) protocol::rename_model(res.body, rename_from_, rename_to_);
   }
   return ctx_.out.send_buffered(std::move(res));
 }
@@ -198,6 +211,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   // A client of another API gets its dialect's events; the chat events behind them are what is
   // counted.
   protocol::client_dialect* const dialect = ctx_.dialect.get();
+  const bool rename = head.status >= 200 && head.status < 300 && renames_model();
   protocol::sse_splitter events;
   std::string chunk;
   std::string raw;
@@ -215,6 +229,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       while (auto e = events.next_event()) {
         if (take_usage(*e)) continue;
         if (dialect == nullptr) {
+          if (rename) protocol::rename_model(*e, rename_from_, rename_to_);
           chunk += *e;
         } else {
           raw += *e;

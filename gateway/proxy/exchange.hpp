@@ -45,12 +45,15 @@ class exchange final : public attempt_env, public attempt_sink {
   /// Notes the usage an SSE event carries (the last one seen wins: usage is cumulative). true
   /// when the event is the usage-only chunk we asked for on the client's behalf: it is dropped.
   bool take_usage(const std::string& event);
+  /// Whether answers are renamed to the model the client asked for; prepares the literals.
+  bool renames_model();
 
   request_context& ctx_;
   proxy_result& res_;
   const protocol::request_fields& fields_;
   std::string stream_options_;
   bool strip_usage_ = false;
+  std::string renamed_for_, rename_from_, rename_to_;  // the upstream name, and both as JSON literals
 };
 
 }  // namespace tollgate::gateway

@@ -85,6 +85,9 @@ TEST_CASE("chat is proxied with the model rewritten and the upstream's own key",
   const json answer = json::parse(r.body);
   CHECK(answer["object"] == "chat.completion");
   CHECK(answer["choices"][0]["message"]["content"] == "echo: hello there");
+  // The answer names the model the client asked for; the upstream's name is in a header.
+  CHECK(answer["model"] == "chat-public");
+  CHECK(r.headers["x-tollgate-upstream-model"] == "upstream-model-a");
 
   const auto seen = f.a.requests();
   REQUIRE(seen.size() == 1);
@@ -306,6 +309,7 @@ TEST_CASE("the default fake stream comes through whole", "[integration][stream]"
     ++events;
     if (data == "[DONE]") break;
     const json chunk = json::parse(data);
+    CHECK(chunk["model"] == "chat-public");  // every event names the model asked for
     if (!chunk["choices"].empty() && chunk["choices"][0]["delta"].contains("content")) {
       text += chunk["choices"][0]["delta"]["content"].get<std::string>();
     }

@@ -746,3 +746,21 @@ TEST_CASE("edit_body_pieces: the original bytes as views into the body, joined e
     }
   }
 }
+
+TEST_CASE("rename_model renames the answer's model member and nothing else", "[json_body]") {
+  const std::string from = json_quote("upstream-m"), to = json_quote("asked \"for\"");
+  std::string whole = R"({"id":"c1","object":"chat.completion","created":1,"model":"upstream-m","choices":[]})";
+  CHECK(rename_model(whole, from, to));
+  CHECK(json::parse(whole)["model"] == "asked \"for\"");
+  std::string spaced = "data: {\"id\": \"c1\", \"model\" :  \"upstream-m\", \"choices\": []}\n\n";
+  CHECK(rename_model(spaced, from, to));
+  CHECK(spaced.find(R"("model" :  "asked \"for\"")") != std::string::npos);
+  // A model member with another value is left alone, and so is the text inside a string.
+  std::string other = R"({"model":"upstream-mx","choices":[]})";
+  CHECK_FALSE(rename_model(other, from, to));
+  CHECK(other == R"({"model":"upstream-mx","choices":[]})");
+  std::string inside = R"({"choices":[{"delta":{"content":"say \"model\":\"upstream-m\""}}]})";
+  const std::string before = inside;
+  CHECK_FALSE(rename_model(inside, from, to));
+  CHECK(inside == before);
+}
