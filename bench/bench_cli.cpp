@@ -14,8 +14,8 @@
 #include "bench/runner.hpp"
 #include "bench/workload.hpp"
 #include "config/config.hpp"
-#include "gateway/runtime.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "gateway/server/runtime.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace tollgate::bench {
 

@@ -20,7 +20,7 @@
 #include "adapters/upstream_pool.hpp"
 #include "protocol/sse.hpp"
 #include "protocol/usage.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace tollgate::bench {
 

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace tollgate::bench {
 

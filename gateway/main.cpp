@@ -15,10 +15,10 @@
 #include "bench/bench_cli.hpp"
 #include "config/config.hpp"
 #include "embedded_config.hpp"
-#include "gateway/health_prober.hpp"
-#include "gateway/keys_cli.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/observability/health_prober.hpp"
+#include "gateway/keys/keys_cli.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 
 namespace {
 

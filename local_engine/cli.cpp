@@ -19,7 +19,7 @@
 #include "local_engine/bench.hpp"
 #include "local_engine/engine.hpp"
 #include "local_engine/tiny_checkpoint.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace eng = tollgate::engine;
 using json = nlohmann::json;

@@ -1,5 +1,5 @@
 # The local inference engine: library, CLI (tollgate-engine) and its tests.
-# Included by local_engine/CMakeLists.txt after the tokenizer target.
+# Included by local_engine/CMakeLists.txt; the tokenizer target is tokenizer/CMakeLists.txt's.
 
 add_library(tollgate_engine STATIC
   ${CMAKE_CURRENT_LIST_DIR}/model_config.cpp

@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace tollgate::engine {
 

@@ -6,13 +6,13 @@
 #include <boost/asio/post.hpp>
 
 #include "gateway/accounting/token_counter.hpp"
-#include "gateway/ledger.hpp"
-#include "gateway/metering.hpp"
-#include "gateway/metrics.hpp"
-#include "gateway/money.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
-#include "gateway/worker.hpp"
+#include "gateway/accounting/ledger.hpp"
+#include "gateway/accounting/metering.hpp"
+#include "gateway/observability/metrics.hpp"
+#include "gateway/accounting/money.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
+#include "gateway/server/worker.hpp"
 
 namespace tollgate::gateway {
 

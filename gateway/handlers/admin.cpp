@@ -13,13 +13,13 @@
 #include <optional>
 
 #include "gateway/handlers/handlers.hpp"
-#include "gateway/key_admin.hpp"
-#include "gateway/ledger.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/keys/key_admin.hpp"
+#include "gateway/accounting/ledger.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 #include "gateway/server/responder.hpp"
-#include "gateway/store.hpp"
-#include "gateway/worker.hpp"
+#include "gateway/keys/store.hpp"
+#include "gateway/server/worker.hpp"
 
 namespace tollgate::gateway {
 

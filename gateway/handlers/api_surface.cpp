@@ -16,13 +16,13 @@
 
 #include "gateway/accounting/token_counter.hpp"
 #include "gateway/handlers/handlers.hpp"
-#include "gateway/metering.hpp"
+#include "gateway/accounting/metering.hpp"
 #include "protocol/anthropic_messages.hpp"
 #include "protocol/client_dialect.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 #include "gateway/server/responder.hpp"
-#include "gateway/worker.hpp"
+#include "gateway/server/worker.hpp"
 
 namespace tollgate::gateway {
 

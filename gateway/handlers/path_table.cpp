@@ -8,13 +8,13 @@
 #include <array>
 #include <chrono>
 
-#include "gateway/cors.hpp"
+#include "gateway/server/cors.hpp"
 #include "gateway/handlers/handlers.hpp"
-#include "gateway/metrics.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/observability/metrics.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 #include "gateway/server/responder.hpp"
-#include "gateway/worker.hpp"
+#include "gateway/server/worker.hpp"
 
 namespace tollgate::gateway {
 

@@ -11,14 +11,14 @@
 #include <iostream>
 
 #include "gateway/handlers/handlers.hpp"
-#include "gateway/metering.hpp"
-#include "gateway/metrics.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/accounting/metering.hpp"
+#include "gateway/observability/metrics.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 #include "gateway/server/responder.hpp"
 #include "protocol/sse.hpp"
 #include "protocol/usage.hpp"
-#include "gateway/worker.hpp"
+#include "gateway/server/worker.hpp"
 
 namespace tollgate::gateway {
 

@@ -14,9 +14,9 @@
 #include <utility>
 #include <vector>
 
-#include "gateway/access_log.hpp"
-#include "gateway/key_table.hpp"
-#include "gateway/limiter.hpp"
+#include "gateway/observability/access_log.hpp"
+#include "gateway/keys/key_table.hpp"
+#include "gateway/limits/limiter.hpp"
 #include "protocol/client_dialect.hpp"
 #include "protocol/usage.hpp"
 

@@ -8,9 +8,9 @@
 #include <array>
 #include <cstdio>
 
-#include "gateway/cors.hpp"
+#include "gateway/server/cors.hpp"
 #include "protocol/client_dialect.hpp"
-#include "gateway/server.hpp"
+#include "gateway/server/server.hpp"
 
 namespace tollgate::gateway {
 

@@ -17,11 +17,11 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "gateway/access_log.hpp"
+#include "gateway/observability/access_log.hpp"
 #include "protocol/errors.hpp"
-#include "gateway/http_head.hpp"
+#include "gateway/server/http_head.hpp"
 #include "gateway/proxy/attempt_runner.hpp"
-#include "gateway/worker.hpp"
+#include "gateway/server/worker.hpp"
 
 namespace tollgate::protocol {
 class client_dialect;

@@ -12,14 +12,14 @@
 #include <optional>
 
 #include "gateway/accounting/result_consumers.hpp"
-#include "gateway/cors.hpp"
+#include "gateway/server/cors.hpp"
 #include "gateway/handlers/handlers.hpp"
-#include "gateway/http_head.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/server/http_head.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 #include "gateway/server/request.hpp"
 #include "gateway/server/responder.hpp"
-#include "gateway/worker.hpp"
+#include "gateway/server/worker.hpp"
 
 namespace tollgate::gateway {
 

@@ -470,3 +470,33 @@ TEST_CASE("local engine serving: a higher priority displaces a waiting low one, 
     CHECK(r[1].status == 200);
   }
 }
+
+TEST_CASE("local engine serving: the first-token and idle deadlines end a call the engine keeps waiting",
+          "[local_engine]") {
+  std::vector<std::string> words(20, " w");
+  // Each engine step takes 300 ms: longer than the deadline under test, far shorter than the other.
+  auto engine = std::make_shared<scripted_engine>(words, 8, std::chrono::milliseconds(300));
+  {
+    auto cfg = engine_config();
+    cfg.timeouts.first_token = std::chrono::milliseconds(50);
+    local_engine_backend backend(cfg, engine);
+    const auto r = run(backend, {chat(R"(,"stream":true)")});
+    CHECK(r[0].status == 0);  // no head came
+    CHECK(r[0].last == call_event::kind::failed);
+    CHECK(r[0].error == failure::timeout);
+  }
+  {
+    auto cfg = engine_config();
+    cfg.timeouts.first_token = std::chrono::seconds(5);
+    cfg.timeouts.idle = std::chrono::milliseconds(50);
+    local_engine_backend backend(cfg, engine);
+    const auto r = run(backend, {chat(R"(,"stream":true)")});
+    CHECK(r[0].status == 200);  // the first token came, the second not within the idle deadline
+    CHECK_FALSE(r[0].body.empty());
+    CHECK(r[0].last == call_event::kind::failed);
+    CHECK(r[0].error == failure::timeout);
+    const auto st = backend.stats();
+    REQUIRE(st);
+    CHECK(st->finished == 0);
+  }
+}

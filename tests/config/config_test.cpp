@@ -218,6 +218,28 @@ routes:
   - {model: m, targets: [{backend: up}]}
 )");
   CHECK(find(kind, "backends[0].kind").message == "unknown backend kind 'grpc' (known: openai, anthropic, local_engine)");
+  // An unknown kind is still checked as a remote one: its URL is required, an engine's key refused.
+  auto unknown = load(R"(backends:
+  - {name: up, kind: grpc, checkpoint: /models/x}
+routes:
+  - {model: m, targets: [{backend: up}]}
+)");
+  CHECK(find(unknown, "backends[0].base_url").line == 2);
+  CHECK(find(unknown, "backends[0].checkpoint").message == "'checkpoint' is for kind local_engine");
+  // A remote kind's keys on a local engine name both kinds they are for, at their lines.
+  auto local = load(R"(backends:
+  - name: local
+    kind: local_engine
+    checkpoint: /models/x
+    base_url: http://h/v1
+    health_check: {path: /models}
+routes:
+  - {model: m, targets: [{backend: local}]}
+)");
+  CHECK_FALSE(local.value);
+  CHECK(find(local, "backends[0].base_url").message == "'base_url' is for kinds openai and anthropic");
+  CHECK(find(local, "backends[0].base_url").line == 5);
+  CHECK(find(local, "backends[0].health_check").message == "'health_check' is for kinds openai and anthropic");
 }
 
 TEST_CASE("a key given twice is a problem at its second line", "[config]") {

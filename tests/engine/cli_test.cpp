@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "local_engine/forward_backend.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "tests/engine/test_support.hpp"
 
 namespace t = tollgate::engine::test;

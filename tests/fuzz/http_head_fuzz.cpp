@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "gateway/http_head.hpp"
+#include "gateway/server/http_head.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   namespace http = boost::beast::http;

@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "protocol/json_body.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace {
 std::shared_ptr<const tollgate::engine::tokenizer> tok;

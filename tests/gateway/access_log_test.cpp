@@ -5,7 +5,7 @@
 #include <fstream>
 #include <unistd.h>
 
-#include "gateway/access_log.hpp"
+#include "gateway/observability/access_log.hpp"
 #include "protocol/json_body.hpp"
 
 using namespace tollgate::gateway;

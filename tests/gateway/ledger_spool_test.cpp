@@ -7,7 +7,7 @@
 #include <mutex>
 #include <set>
 
-#include "gateway/ledger.hpp"
+#include "gateway/accounting/ledger.hpp"
 
 using namespace tollgate::gateway;
 

@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "gateway/limiter.hpp"
+#include "gateway/limits/limiter.hpp"
 
 using namespace tollgate;
 using namespace std::chrono_literals;

@@ -5,9 +5,9 @@
 
 #include <filesystem>
 
-#include "gateway/metering.hpp"
+#include "gateway/accounting/metering.hpp"
 #include "local_engine/engine.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 using namespace tollgate;
 using json = nlohmann::json;

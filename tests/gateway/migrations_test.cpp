@@ -5,8 +5,8 @@
 #include <filesystem>
 #include <string>
 
-#include "gateway/migrations.hpp"
-#include "gateway/store.hpp"
+#include "gateway/keys/migrations.hpp"
+#include "gateway/keys/store.hpp"
 #include "tests/integration/sqlite_probe.hpp"
 
 using namespace tollgate::gateway;

@@ -1,6 +1,6 @@
 #include <catch2/catch.hpp>
 
-#include "gateway/money.hpp"
+#include "gateway/accounting/money.hpp"
 
 using namespace tollgate::gateway;
 

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "config/config.hpp"
-#include "gateway/health_prober.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/observability/health_prober.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 #include "tests/support/eventually.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/http_client.hpp"

@@ -8,8 +8,8 @@
 
 #include <map>
 
-#include "gateway/key_table.hpp"
-#include "gateway/store.hpp"
+#include "gateway/keys/key_table.hpp"
+#include "gateway/keys/store.hpp"
 #include "tests/integration/gateway_fixture.hpp"
 #include "tests/integration/sqlite_probe.hpp"
 #include "tests/support/eventually.hpp"

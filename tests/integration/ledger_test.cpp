@@ -9,7 +9,7 @@
 #include <cstdio>
 
 #include "tests/integration/gateway_fixture.hpp"
-#include "gateway/ledger.hpp"
+#include "gateway/accounting/ledger.hpp"
 #include "tests/integration/sqlite_probe.hpp"
 
 using namespace tollgate::test;

@@ -17,7 +17,7 @@
 #include <thread>
 
 #include "gateway/accounting/token_counter.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "tests/integration/gateway_fixture.hpp"
 #include "tests/integration/sqlite_probe.hpp"
 

@@ -12,8 +12,8 @@
 #include <sstream>
 #include <thread>
 
-#include "gateway/metering.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "gateway/accounting/metering.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "tests/integration/gateway_fixture.hpp"
 #include "tests/integration/sqlite_probe.hpp"
 

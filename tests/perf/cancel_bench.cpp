@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "gateway/runtime.hpp"
-#include "gateway/server.hpp"
+#include "gateway/server/runtime.hpp"
+#include "gateway/server/server.hpp"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace {
 

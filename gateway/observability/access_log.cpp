@@ -1,4 +1,4 @@
-#include "gateway/access_log.hpp"
+#include "gateway/observability/access_log.hpp"
 
 #include <charconv>
 #include <chrono>

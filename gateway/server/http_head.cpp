@@ -1,4 +1,4 @@
-#include "gateway/http_head.hpp"
+#include "gateway/server/http_head.hpp"
 
 #include <boost/beast/http/status.hpp>
 

@@ -10,11 +10,11 @@
 #include <mutex>
 #include <vector>
 
-#include "gateway/access_log.hpp"
+#include "gateway/observability/access_log.hpp"
 #include "gateway/accounting/token_counter.hpp"
-#include "gateway/ledger.hpp"
-#include "gateway/metrics.hpp"
-#include "gateway/runtime.hpp"
+#include "gateway/accounting/ledger.hpp"
+#include "gateway/observability/metrics.hpp"
+#include "gateway/server/runtime.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,4 +1,4 @@
-#include "gateway/server.hpp"
+#include "gateway/server/server.hpp"
 
 #include <boost/asio/ip/address.hpp>
 
@@ -12,11 +12,11 @@
 #include <system_error>
 #include <thread>
 
-#include "gateway/worker.hpp"
+#include "gateway/server/worker.hpp"
 
-#include "gateway/key_table.hpp"
-#include "gateway/pg_store.hpp"
-#include "gateway/store.hpp"
+#include "gateway/keys/key_table.hpp"
+#include "gateway/keys/pg_store.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

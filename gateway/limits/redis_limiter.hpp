@@ -25,7 +25,7 @@
 #include <string>
 
 #include "config/config.hpp"
-#include "gateway/limiter.hpp"
+#include "gateway/limits/limiter.hpp"
 
 namespace tollgate::gateway {
 

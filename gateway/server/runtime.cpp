@@ -1,4 +1,4 @@
-#include "gateway/runtime.hpp"
+#include "gateway/server/runtime.hpp"
 
 #include <thread>
 
@@ -8,8 +8,8 @@
 #include <fstream>
 #include <iostream>
 
-#include "gateway/redis_limiter.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "gateway/limits/redis_limiter.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,4 +1,4 @@
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>

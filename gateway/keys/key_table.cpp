@@ -1,11 +1,11 @@
-#include "gateway/key_table.hpp"
+#include "gateway/keys/key_table.hpp"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <set>
 
-#include "gateway/store.hpp"
+#include "gateway/keys/store.hpp"
 #include "routing/route_table.hpp"
 
 namespace tollgate::gateway {

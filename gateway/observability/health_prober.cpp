@@ -1,10 +1,10 @@
-#include "gateway/health_prober.hpp"
+#include "gateway/observability/health_prober.hpp"
 
 #include <iostream>
 #include <unordered_set>
 
 #include "adapters/backend_kinds.hpp"
-#include "gateway/server.hpp"
+#include "gateway/server/server.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,4 +1,4 @@
-#include "gateway/pg_store.hpp"
+#include "gateway/keys/pg_store.hpp"
 
 #include <libpq-fe.h>
 
@@ -8,8 +8,8 @@
 #include <mutex>
 #include <vector>
 
-#include "gateway/ledger.hpp"
-#include "gateway/store.hpp"
+#include "gateway/accounting/ledger.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,4 +1,4 @@
-#include "gateway/worker.hpp"
+#include "gateway/server/worker.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -10,7 +10,7 @@
 #include <iostream>
 
 #include "gateway/server/session.hpp"
-#include "gateway/server.hpp"
+#include "gateway/server/server.hpp"
 
 namespace tollgate::gateway {
 

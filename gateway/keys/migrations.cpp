@@ -1,11 +1,11 @@
-#include "gateway/migrations.hpp"
+#include "gateway/keys/migrations.hpp"
 
 #include <sqlite3.h>
 
 #include <functional>
 #include <vector>
 
-#include "gateway/store.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

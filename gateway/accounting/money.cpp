@@ -1,4 +1,4 @@
-#include "gateway/money.hpp"
+#include "gateway/accounting/money.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "gateway/limiter.hpp"
+#include "gateway/limits/limiter.hpp"
 
 namespace tollgate::gateway {
 

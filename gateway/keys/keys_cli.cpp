@@ -1,4 +1,4 @@
-#include "gateway/keys_cli.hpp"
+#include "gateway/keys/keys_cli.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -9,10 +9,10 @@
 #include <string>
 
 #include "config/config.hpp"
-#include "gateway/key_admin.hpp"
-#include "gateway/money.hpp"
-#include "gateway/pg_store.hpp"
-#include "gateway/store.hpp"
+#include "gateway/keys/key_admin.hpp"
+#include "gateway/accounting/money.hpp"
+#include "gateway/keys/pg_store.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,4 +1,4 @@
-#include "gateway/store.hpp"
+#include "gateway/keys/store.hpp"
 
 #include <openssl/rand.h>
 #include <sqlite3.h>
@@ -6,8 +6,8 @@
 #include <chrono>
 #include <mutex>
 
-#include "gateway/ledger.hpp"
-#include "gateway/migrations.hpp"
+#include "gateway/accounting/ledger.hpp"
+#include "gateway/keys/migrations.hpp"
 
 namespace tollgate::gateway {
 

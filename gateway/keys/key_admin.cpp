@@ -1,11 +1,11 @@
-#include "gateway/key_admin.hpp"
+#include "gateway/keys/key_admin.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdio>
 
-#include "gateway/key_table.hpp"
+#include "gateway/keys/key_table.hpp"
 
 namespace tollgate::gateway {
 

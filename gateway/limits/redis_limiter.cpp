@@ -1,4 +1,4 @@
-#include "gateway/redis_limiter.hpp"
+#include "gateway/limits/redis_limiter.hpp"
 
 #include <hiredis/hiredis.h>
 #include <openssl/rand.h>
@@ -18,8 +18,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "gateway/money.hpp"
-#include "gateway/store.hpp"
+#include "gateway/accounting/money.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,10 +1,10 @@
-#include "gateway/metrics.hpp"
+#include "gateway/observability/metrics.hpp"
 
 #include <chrono>
 #include <cstdio>
 
-#include "gateway/key_table.hpp"
-#include "gateway/runtime.hpp"
+#include "gateway/keys/key_table.hpp"
+#include "gateway/server/runtime.hpp"
 
 namespace tollgate::gateway {
 

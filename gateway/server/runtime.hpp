@@ -13,8 +13,8 @@
 #include "adapters/backend.hpp"
 #include "adapters/backend_kinds.hpp"
 #include "config/config.hpp"
-#include "gateway/key_table.hpp"
-#include "gateway/limiter.hpp"
+#include "gateway/keys/key_table.hpp"
+#include "gateway/limits/limiter.hpp"
 #include "routing/route_table.hpp"
 
 namespace tollgate::engine {

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "gateway/store.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

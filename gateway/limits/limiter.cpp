@@ -1,11 +1,11 @@
-#include "gateway/limiter.hpp"
+#include "gateway/limits/limiter.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 
-#include "gateway/money.hpp"
-#include "gateway/store.hpp"
+#include "gateway/accounting/money.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

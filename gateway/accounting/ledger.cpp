@@ -1,4 +1,4 @@
-#include "gateway/ledger.hpp"
+#include "gateway/accounting/ledger.hpp"
 
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -18,8 +18,8 @@
 #include <optional>
 #include <stdexcept>
 
-#include "gateway/migrations.hpp"
-#include "gateway/store.hpp"
+#include "gateway/keys/migrations.hpp"
+#include "gateway/keys/store.hpp"
 
 namespace tollgate::gateway {
 

@@ -1,10 +1,10 @@
-#include "gateway/metering.hpp"
+#include "gateway/accounting/metering.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include "protocol/json_body.hpp"
 #include "protocol/sse.hpp"
-#include "local_engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace tollgate::gateway {
 
