@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <type_traits>
+#include <utility>
 
 namespace tollgate::engine::cuda {
 
@@ -490,16 +491,24 @@ __global__ void fill_random_fp8_kernel(uint8_t* w, float* scales, size_t rows, i
 
 }  // namespace device
 
-void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
-                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s) {
-  if (max_active == 0) return;
-  if (K % 32 != 0 || N % 8 != 0) throw std::logic_error("expert_gemv_fp8: K % 32 and N % 8 must be 0");
+namespace {
+/// The grouped products' work items are (active expert, 64-column slice) walked by a persistent
+/// grid of up to 4 blocks a multiprocessor: the slices a matrix has, and the grid.
+std::pair<int, int> persistent_grid(int N, int max_active) {
   const int cols = 8 * device::mma_tiles * device::mma_warps;
   const int slices = (N + cols - 1) / cols;
   int device_id = 0, sms = 0;
   check(cudaGetDevice(&device_id));
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
-  const int items = slices * max_active, grid = std::min(items, sms * 4);
+  return {slices, std::min(slices * max_active, sms * 4)};
+}
+}  // namespace
+
+void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
+                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s) {
+  if (max_active == 0) return;
+  if (K % 32 != 0 || N % 8 != 0) throw std::logic_error("expert_gemv_fp8: K % 32 and N % 8 must be 0");
+  const auto [slices, grid] = persistent_grid(N, max_active);
   const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
   device::expert_mma_kernel<<<grid, 128, 0, s>>>(device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows,
                                                  offsets, active, N, K, slices, max_active, out);
@@ -525,12 +534,7 @@ void expert_fp8_mma(const fp8_experts& W, const uint8_t* xq, const float* xs, co
                     cudaStream_t s) {
   if (max_active == 0) return;
   if (!fp8_mma_fits(N, K, W.kb_shift)) throw std::logic_error("expert_fp8_mma: shapes or scale blocks do not fit");
-  const int cols = 8 * device::mma_tiles * device::mma_warps;
-  const int slices = (N + cols - 1) / cols;
-  int device_id = 0, sms = 0;
-  check(cudaGetDevice(&device_id));
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
-  const int items = slices * max_active, grid = std::min(items, sms * 4);
+  const auto [slices, grid] = persistent_grid(N, max_active);
   device::expert_fp8_mma_kernel<<<grid, 128, 0, s>>>(W.w, W.scales, xq, xs, x_rows, offsets, active, N, K, slices,
                                                      max_active, out);
   check_launch();
@@ -576,12 +580,7 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
   if (max_active == 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
     if (K % 32 == 0 && N % 8 == 0) {
-      const int cols = 8 * device::mma_tiles * device::mma_warps;
-      const int slices = (N + cols - 1) / cols;
-      int device_id = 0, sms = 0;
-      check(cudaGetDevice(&device_id));
-      check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
-      const int items = slices * max_active, grid = std::min(items, sms * 4);
+      const auto [slices, grid] = persistent_grid(N, max_active);
       device::expert_mma_kernel<<<grid, 128, 0, s>>>(device::bf16_rows{W}, x, x_rows, offsets, active, N, K, slices,
                                                      max_active, out);
       check_launch();

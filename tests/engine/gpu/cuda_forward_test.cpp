@@ -56,6 +56,33 @@ double relative_error(const float* out, const double* ref, size_t n) {
   return std::sqrt(num / den);
 }
 
+/// Two sets of logits ([positions, V]) compared position by position: cosine mean and worst,
+/// top-1 agreement, and the relative error over all of them.
+struct logit_match {
+  double mean_cos = 0, worst_cos = 1, agreement = 0, rel = 0;
+};
+logit_match compare_logits(const std::vector<float>& got, const std::vector<float>& ref, size_t V) {
+  REQUIRE(got.size() == ref.size());
+  const size_t positions = ref.size() / V;
+  logit_match m;
+  double num = 0, den = 0, sum_cos = 0;
+  size_t agree = 0;
+  for (size_t p = 0; p < positions; ++p) {
+    const float* a = got.data() + p * V;
+    const float* b = ref.data() + p * V;
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < V; ++i) {
+      num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), den += double(b[i]) * b[i];
+      ab += double(a[i]) * b[i], aa += double(a[i]) * a[i], bb += double(b[i]) * b[i];
+    }
+    const double cos = ab / std::sqrt(aa * bb);
+    sum_cos += cos, m.worst_cos = std::min(m.worst_cos, cos);
+    agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+  }
+  m.mean_cos = sum_cos / positions, m.agreement = double(agree) / positions, m.rel = std::sqrt(num / den);
+  return m;
+}
+
 /// A sequence driven by hand over the backend: its blocks, its tokens, its draws.
 struct seq {
   std::vector<int32_t> prompt, out, blocks;
@@ -150,20 +177,8 @@ TEST_CASE("gpu: bfloat16 logits follow the float32 path", "[gpu][bf16]") {
     for (auto& x : tokens) x = tok(gen);
     const auto ref = all_logits(*full->backend, tokens);
     const auto got = all_logits(*half->backend, tokens);
-    REQUIRE(got.size() == ref.size());
-    double worst_cos = 1, sum_cos = 0;
-    size_t agree = 0;
-    for (size_t p = 0; p < tokens.size(); ++p) {
-      const float* a = got.data() + p * V;
-      const float* b = ref.data() + p * V;
-      double ab = 0, aa = 0, bb = 0;
-      for (size_t i = 0; i < V; ++i) ab += double(a[i]) * b[i], aa += double(a[i]) * a[i], bb += double(b[i]) * b[i];
-      const double cos = ab / std::sqrt(aa * bb);
-      worst_cos = std::min(worst_cos, cos);
-      sum_cos += cos;
-      agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
-    }
-    const double agreement = double(agree) / tokens.size(), mean_cos = sum_cos / tokens.size();
+    const logit_match lm = compare_logits(got, ref, V);
+    const double agreement = lm.agreement, mean_cos = lm.mean_cos, worst_cos = lm.worst_cos;
     std::printf("gpu bf16 %-22s logit cosine mean %.5f worst %.5f, top-1 agreement %.3f over %zu positions\n", name,
                 mean_cos, worst_cos, agreement, tokens.size());
     // Tiny random models route many tokens on near ties, so a bf16 rounding can move a token to
@@ -222,22 +237,8 @@ TEST_CASE("gpu: a long prompt in one forward follows the same prompt in chunks",
         m->backend->forward({&it, 1}, r);
         chunked.insert(chunked.end(), r.logits.begin(), r.logits.end());
       }
-      REQUIRE(whole.size() == chunked.size());
-      double num = 0, den = 0, sum_cos = 0;
-      size_t agree = 0;
-      for (size_t p = 0; p < tokens.size(); ++p) {
-        const float* a = whole.data() + p * V;
-        const float* b = chunked.data() + p * V;
-        double ab = 0, aa = 0, bb = 0;
-        for (size_t i = 0; i < V; ++i) {
-          num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), den += double(b[i]) * b[i];
-          ab += double(a[i]) * b[i], aa += double(a[i]) * a[i], bb += double(b[i]) * b[i];
-        }
-        sum_cos += ab / std::sqrt(aa * bb);
-        agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
-      }
-      const double rel = std::sqrt(num / den), mean_cos = sum_cos / tokens.size();
-      const double agreement = double(agree) / tokens.size();
+      const logit_match lm = compare_logits(whole, chunked, V);
+      const double rel = lm.rel, mean_cos = lm.mean_cos, agreement = lm.agreement;
       std::printf("gpu prefill %-10s %-8s 600 at once against 3 chunks: relative error %.2e, cosine mean %.6f, top-1 %.3f\n",
                   name, dtype, rel, mean_cos, agreement);
       if (std::string(dtype) == "float32") {
@@ -323,19 +324,8 @@ TEST_CASE("gpu: FP8 experts on FP8 tensor cores stay near the dequantised model"
     const auto ref = all_logits(*dequantised, tokens);
     if (n <= 256) CHECK(all_logits(*on_read, tokens) == ref);
     const auto got = all_logits(*tc, tokens);
-    REQUIRE(got.size() == ref.size());
-    double sum_cos = 0, worst = 1;
-    size_t agree = 0;
-    for (size_t p = 0; p < tokens.size(); ++p) {
-      const float* a = got.data() + p * V;
-      const float* b = ref.data() + p * V;
-      double ab = 0, aa = 0, bb = 0;
-      for (size_t i = 0; i < V; ++i) ab += double(a[i]) * b[i], aa += double(a[i]) * a[i], bb += double(b[i]) * b[i];
-      const double cos = ab / std::sqrt(aa * bb);
-      sum_cos += cos, worst = std::min(worst, cos);
-      agree += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
-    }
-    const double mean_cos = sum_cos / tokens.size(), agreement = double(agree) / tokens.size();
+    const logit_match lm = compare_logits(got, ref, V);
+    const double mean_cos = lm.mean_cos, agreement = lm.agreement, worst = lm.worst_cos;
     std::printf("gpu fp8 tensor cores against the dequantised model: logit cosine mean %.5f worst %.5f, top-1 %.3f over %zu positions\n",
                 mean_cos, worst, agreement, tokens.size());
     CHECK(mean_cos > 0.99);

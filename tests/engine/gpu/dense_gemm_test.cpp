@@ -11,23 +11,13 @@
 #include <vector>
 
 #include "local_engine/cuda/dense.cuh"
+#include "tests/engine/gpu/gpu_support.hpp"
 
 namespace cu = tollgate::engine::cuda;
+using tollgate::engine::test::bf16_bits;
+using tollgate::engine::test::bf16_value;
 
 namespace {
-
-uint16_t to_bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16_bits(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 struct device_buffer {
   void* p = nullptr;
@@ -50,15 +40,15 @@ problem make_problem(int M, int N, int K, std::mt19937& gen) {
   std::uniform_real_distribution<float> d(-1.0f, 1.0f);
   p.x.resize(static_cast<size_t>(M) * K);
   p.w.resize(static_cast<size_t>(N) * K);
-  for (auto& v : p.x) v = to_bf16_bits(d(gen));
-  for (auto& v : p.w) v = to_bf16_bits(d(gen) * 0.05f);
+  for (auto& v : p.x) v = bf16_bits(d(gen));
+  for (auto& v : p.w) v = bf16_bits(d(gen) * 0.05f);
   p.ref.assign(static_cast<size_t>(M) * N, 0.0);
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < N; ++n) {
       double s = 0;
       for (int k = 0; k < K; ++k)
-        s += static_cast<double>(from_bf16_bits(p.x[static_cast<size_t>(m) * K + k])) *
-             from_bf16_bits(p.w[static_cast<size_t>(n) * K + k]);
+        s += static_cast<double>(bf16_value(p.x[static_cast<size_t>(m) * K + k])) *
+             bf16_value(p.w[static_cast<size_t>(n) * K + k]);
       p.ref[static_cast<size_t>(m) * N + n] = s;
     }
   return p;
@@ -87,7 +77,7 @@ std::vector<float> run(const problem& p, int rows, bool y_float, const cu::skinn
   } else {
     std::vector<uint16_t> b(out.size());
     REQUIRE(cudaMemcpy(b.data(), y.p, b.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
-    for (size_t i = 0; i < b.size(); ++i) out[i] = from_bf16_bits(b[i]);
+    for (size_t i = 0; i < b.size(); ++i) out[i] = bf16_value(b[i]);
   }
   return out;
 }

@@ -12,42 +12,13 @@
 
 #include "local_engine/cuda/moe.cuh"
 #include "local_engine/safetensors.hpp"
+#include "tests/engine/gpu/gpu_support.hpp"
 
 namespace cu = tollgate::engine::cuda;
 namespace eng = tollgate::engine;
-
-namespace {
-
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float bf16_value(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-template <typename U>
-struct device_array {
-  U* p = nullptr;
-  size_t n = 0;
-  explicit device_array(const std::vector<U>& host) : n(host.size()) {
-    REQUIRE(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(U)) == cudaSuccess);
-    REQUIRE(cudaMemcpy(p, host.data(), n * sizeof(U), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~device_array() { cudaFree(p); }
-  std::vector<U> get() const {
-    std::vector<U> h(n);
-    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(U), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-};
-
-}  // namespace
+using tollgate::engine::test::bf16_bits;
+using tollgate::engine::test::bf16_value;
+using tollgate::engine::test::device_array;
 
 TEST_CASE("gpu: the FP8 expert product equals a double product of its quantised inputs", "[gpu][fp8]") {
   int major = 0, minor = 0;
