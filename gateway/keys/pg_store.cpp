@@ -283,12 +283,22 @@ class postgres_store final : public store {
   }
 
   bool revoke_key(const std::string& name, std::int64_t now_unix) override {
+    return update_live_key("UPDATE api_keys SET revoked_unix = $1 WHERE name = $2 AND revoked_unix = 0", name,
+                           std::max<std::int64_t>(now_unix, 1));
+  }
+
+  bool set_key_priority(const std::string& name, int priority) override {
+    return update_live_key("UPDATE api_keys SET priority = $1 WHERE name = $2 AND revoked_unix = 0", name, priority);
+  }
+
+  /// One UPDATE of a live key ($1 the value, $2 the name) in a transaction; a change bumps the
+  /// keys' version so that other replicas reload. false when no live key has that name.
+  bool update_live_key(const char* sql, const std::string& name, std::int64_t value) {
     std::lock_guard lock(mutex_);
     connect();
     conn_.must("BEGIN");
     try {
-      auto up = conn_.must("UPDATE api_keys SET revoked_unix = $1 WHERE name = $2 AND revoked_unix = 0",
-                           {std::to_string(std::max<std::int64_t>(now_unix, 1)), name});
+      auto up = conn_.must(sql, {std::to_string(value), name});
       const bool changed = std::string(PQcmdTuples(up.get())) != "0";
       if (changed) conn_.must("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_version'");
       conn_.must("COMMIT");
@@ -299,22 +309,6 @@ class postgres_store final : public store {
     }
   }
 
-  bool set_key_priority(const std::string& name, int priority) override {
-    std::lock_guard lock(mutex_);
-    connect();
-    conn_.must("BEGIN");
-    try {
-      auto up = conn_.must("UPDATE api_keys SET priority = $1 WHERE name = $2 AND revoked_unix = 0",
-                           {std::to_string(priority), name});
-      const bool changed = std::string(PQcmdTuples(up.get())) != "0";
-      if (changed) conn_.must("UPDATE store_meta SET value = value + 1 WHERE name = 'keys_version'");
-      conn_.must("COMMIT");
-      return changed;
-    } catch (...) {
-      conn_.exec("ROLLBACK");
-      throw;
-    }
-  }
 
   std::int64_t keys_version() override {
     std::lock_guard lock(mutex_);

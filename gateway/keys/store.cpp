@@ -158,11 +158,22 @@ class sqlite_store final : public store {
   }
 
   bool revoke_key(const std::string& name, std::int64_t now_unix) override {
+    return update_live_key("UPDATE api_keys SET revoked_unix = ? WHERE name = ? AND revoked_unix = 0", name,
+                           std::max<std::int64_t>(now_unix, 1));
+  }
+
+  bool set_key_priority(const std::string& name, int priority) override {
+    return update_live_key("UPDATE api_keys SET priority = ? WHERE name = ? AND revoked_unix = 0", name, priority);
+  }
+
+  /// One UPDATE of a live key (sql binds value, then the name) in a transaction; a change bumps
+  /// the keys' version so that other replicas reload. false when no live key has that name.
+  bool update_live_key(const char* sql, const std::string& name, std::int64_t value) {
     std::lock_guard lock(mutex_);
     exec("BEGIN IMMEDIATE", "");
     try {
-      statement up(db_, "UPDATE api_keys SET revoked_unix = ? WHERE name = ? AND revoked_unix = 0");
-      up.bind(1, std::max<std::int64_t>(now_unix, 1)).bind(2, name);
+      statement up(db_, sql);
+      up.bind(1, value).bind(2, name);
       up.step();
       const bool changed = sqlite3_changes(db_) > 0;
       if (changed) bump_version();
@@ -174,22 +185,6 @@ class sqlite_store final : public store {
     }
   }
 
-  bool set_key_priority(const std::string& name, int priority) override {
-    std::lock_guard lock(mutex_);
-    exec("BEGIN IMMEDIATE", "");
-    try {
-      statement up(db_, "UPDATE api_keys SET priority = ? WHERE name = ? AND revoked_unix = 0");
-      up.bind(1, std::int64_t(priority)).bind(2, name);
-      up.step();
-      const bool changed = sqlite3_changes(db_) > 0;
-      if (changed) bump_version();
-      exec("COMMIT", "");
-      return changed;
-    } catch (...) {
-      exec("ROLLBACK", "");
-      throw;
-    }
-  }
 
   std::int64_t keys_version() override {
     std::lock_guard lock(mutex_);

@@ -13,12 +13,11 @@ open files a process, N stays under 10,000. Loopback only. Standard library only
 import argparse
 import asyncio
 import multiprocessing
-import re
 import shutil
 import tempfile
 import time
 
-from proxies import free_port, raise_nofile, rss_kb, start_nginx, start_tollgate
+from proxies import free_port, raise_nofile, read_request, rss_kb, start_nginx, start_tollgate
 
 FIRST = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
          b'"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}\n\n')
@@ -30,10 +29,7 @@ def upstream_main(port, ready):
 
     async def handle(reader, writer):
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            m = re.search(rb"content-length:\s*(\d+)", head, re.I)
-            if m:
-                await reader.readexactly(int(m.group(1)))
+            await read_request(reader)
             chunk = b"%x\r\n%s\r\n" % (len(FIRST), FIRST)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n" + chunk)

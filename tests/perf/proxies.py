@@ -50,6 +50,14 @@ def cpu_seconds(pids):
     return total / tick
 
 
+async def read_request(reader):
+    """Reads one HTTP request (head and Content-Length body) from an asyncio stream."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    m = re.search(rb"content-length:\s*(\d+)", head, re.I)
+    if m:
+        await reader.readexactly(int(m.group(1)))
+
+
 def stop_process(p):
     p.send_signal(signal.SIGTERM)
     try:

@@ -16,12 +16,11 @@ Loopback only; the upstream runs in its own processes. Standard library only.
 import argparse
 import asyncio
 import multiprocessing
-import re
 import shutil
 import tempfile
 import time
 
-from proxies import cpu_seconds, free_port, raise_nofile, start_nginx, start_tollgate
+from proxies import cpu_seconds, free_port, raise_nofile, read_request, start_nginx, start_tollgate
 
 EVENT = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
          b'"choices":[{"index":0,"delta":{"content":"word "},"finish_reason":null}]}\n\n')
@@ -41,10 +40,7 @@ def upstream_main(port, events, interval, ready):
     async def handle(reader, writer):
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = re.search(rb"content-length:\s*(\d+)", head, re.I)
-                if m:
-                    await reader.readexactly(int(m.group(1)))
+                await read_request(reader)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
                 for part in body:
                     writer.write(part)

@@ -252,26 +252,37 @@ TEST_CASE("gpu: a long prompt in one forward follows the same prompt in chunks",
   CHECK(ran >= 2);
 }
 
-TEST_CASE("gpu: FP8 experts kept on the GPU give the logits of the model dequantised at load", "[gpu][fp8]") {
-  // gpu_mla512's experts (256 x 256 and 256 x 128) fit the FP8 product; blocks of 16 x 16 scales.
+/// gpu_mla512 as an FP8 checkpoint with scale blocks of block x block (its experts, 256 x 256 and
+/// 256 x 128, fit the FP8 products), and bf16 backends over it.
+struct fp8_model {
   t::temp_dir dir;
-  auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
-  recipe["dtype"] = "float8_e4m3";
-  recipe["fp8_block_size"] = {16, 16};
-  eng::make_tiny_checkpoint(recipe.dump(), dir.str());
-  const auto config = eng::parse_model_config(t::read_text(dir.path() / "config.json"));
-  auto open = [&](bool keep) {
+  eng::model_config config;
+  explicit fp8_model(int block) {
+    auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+    recipe["dtype"] = "float8_e4m3";
+    recipe["fp8_block_size"] = {block, block};
+    eng::make_tiny_checkpoint(recipe.dump(), dir.str());
+    config = eng::parse_model_config(t::read_text(dir.path() / "config.json"));
+  }
+  std::unique_ptr<eng::forward_backend> open(bool keep, bool tensor_cores) const {
     eng::backend_options o;
     o.device = "cuda:0";
     o.dtype = "bfloat16";
     o.kv_cache_memory = 64 << 20;
     o.kv_block_size = 16;
     o.keep_fp8 = keep;
+    o.fp8_tensor_cores = tensor_cores;
     auto be = eng::make_cuda_backend(config, dir.str(), o);
-    std::printf("fp8 keep=%d: %s\n", keep, be->describe().c_str());
+    std::printf("fp8 keep=%d tensor cores=%d: %s\n", keep, tensor_cores, be->describe().c_str());
     return be;
-  };
-  auto kept = open(true), dequantised = open(false);
+  }
+};
+
+TEST_CASE("gpu: FP8 experts kept on the GPU give the logits of the model dequantised at load", "[gpu][fp8]") {
+  // Blocks of 16 x 16 scales: not DeepSeek's 128, so the products dequantise as they read.
+  const fp8_model m(16);
+  const auto& config = m.config;
+  auto kept = m.open(true, true), dequantised = m.open(false, false);
   CHECK(kept->describe().find("with FP8 experts") != std::string::npos);
   CHECK(dequantised->describe().find("FP8") == std::string::npos);
   std::mt19937 gen(std::random_device{}());
@@ -293,25 +304,9 @@ TEST_CASE("gpu: FP8 experts kept on the GPU give the logits of the model dequant
 TEST_CASE("gpu: FP8 experts on FP8 tensor cores stay near the dequantised model", "[gpu][fp8]") {
   // DeepSeek's 128 x 128 scale blocks: the decode products run on e4m3 tensor cores with the
   // activations quantised per block of 128, so the logits move by FP8's rounding, not bf16's.
-  t::temp_dir dir;
-  auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
-  recipe["dtype"] = "float8_e4m3";
-  recipe["fp8_block_size"] = {128, 128};
-  eng::make_tiny_checkpoint(recipe.dump(), dir.str());
-  const auto config = eng::parse_model_config(t::read_text(dir.path() / "config.json"));
-  auto open = [&](bool keep, bool tensor_cores) {
-    eng::backend_options o;
-    o.device = "cuda:0";
-    o.dtype = "bfloat16";
-    o.kv_cache_memory = 64 << 20;
-    o.kv_block_size = 16;
-    o.keep_fp8 = keep;
-    o.fp8_tensor_cores = tensor_cores;
-    auto be = eng::make_cuda_backend(config, dir.str(), o);
-    std::printf("fp8 keep=%d tensor cores=%d: %s\n", keep, tensor_cores, be->describe().c_str());
-    return be;
-  };
-  auto tc = open(true, true), on_read = open(true, false), dequantised = open(false, false);
+  const fp8_model m(128);
+  const auto& config = m.config;
+  auto tc = m.open(true, true), on_read = m.open(true, false), dequantised = m.open(false, false);
   CHECK(tc->describe().find("FP8 tensor cores") != std::string::npos);
   CHECK(on_read->describe().find("FP8 tensor cores") == std::string::npos);
   const size_t V = static_cast<size_t>(config.vocab_size);
