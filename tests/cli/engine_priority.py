@@ -194,7 +194,10 @@ routes:
     print(f"saturated: high waits {[round((r.t_head - r.t_sent) * 1000) for r in highs]} ms; "
           f"{len(waited)} low ones waiting when they came started {round((first_waited - t_high) * 1000)} to "
           f"{round((max(r.t_head for r in waited) - t_high) * 1000)} ms after")
-    check(last_high < first_waited, "a low request that waited started before a high one "
+    # A low one admitted in the same engine step as the last high one starts with it: their
+    # heads reach the clients in either order, a few ms apart. Earlier than that would be a step
+    # before it.
+    check(last_high < first_waited + 0.02, "a low request that waited started before a high one "
           f"({round((last_high - t_high) * 1000)} ms > {round((first_waited - t_high) * 1000)} ms)")
 
     # 2. A full queue sheds from the bottom: one runs (long), two low ones wait; a high one comes.
