@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <set>
 #include <tuple>
 #include <chrono>
@@ -148,10 +149,24 @@ class cuda_backend final : public forward_backend {
     // A workspace of its own, so that products captured into graphs never allocate.
     check(cudaMalloc(&blas_workspace_, blas_workspace_bytes));
     check_blas(cublasSetWorkspace(blas_, blas_workspace_, blas_workspace_bytes), "set workspace");
+    // The shared experts run on a second stream beside the routed ones (forked after the router's
+    // product, joined before the next norm), with their own cuBLAS handle and scratch.
+    side_stream_ = std::getenv("TOLLGATE_ENGINE_SIDE_STREAM") == nullptr ||
+                   std::string(std::getenv("TOLLGATE_ENGINE_SIDE_STREAM")) != "0";
+    if (side_stream_) {
+      check(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+      check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+      check(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
+      check_blas(cublasCreate(&blas_side_), "create");
+      check_blas(cublasSetStream(blas_side_, side_), "set stream");
+      check(cudaMalloc(&blas_side_workspace_, blas_workspace_bytes));
+      check_blas(cublasSetWorkspace(blas_side_, blas_side_workspace_, blas_workspace_bytes), "set workspace");
+    }
     skinny_rows_ = std::clamp(opt.skinny_rows, 0, cuda::skinny_max_rows);
     if (std::is_same_v<T, bf16> && skinny_rows_ > 0) {
       check(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
-      check(cudaMalloc(&skinny_workspace_, skinny_workspace_floats * sizeof(float)));
+      skinny_[0] = std::make_unique<cuda::skinny_scratch>(skinny_workspace_floats);
+      if (side_stream_) skinny_[1] = std::make_unique<cuda::skinny_scratch>(skinny_workspace_floats);
     }
     if (c.kv_lora_rank > 512)
       throw std::runtime_error("the CUDA attention holds kv_lora_rank up to 512; the checkpoint has " +
@@ -186,7 +201,13 @@ class cuda_backend final : public forward_backend {
     for (void* p : allocations_) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
     if (blas_workspace_) cudaFree(blas_workspace_);
-    if (skinny_workspace_) cudaFree(skinny_workspace_);
+    if (blas_side_) cublasDestroy(blas_side_);
+    if (blas_side_workspace_) cudaFree(blas_side_workspace_);
+    skinny_[0].reset();
+    skinny_[1].reset();
+    if (fork_) cudaEventDestroy(fork_);
+    if (join_) cudaEventDestroy(join_);
+    if (side_) cudaStreamDestroy(side_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -693,21 +714,24 @@ class cuda_backend final : public forward_backend {
   // ---- layers ---------------------------------------------------------------------------------
 
   /// y[M, W.rows] = x[M, W.cols] . W^T, y of type ytype (float or T).
-  void gemm(const T* x, int M, const mat<T>& W, void* y, cudaDataType_t ytype) {
-    gemm_raw(x, M, W.w, W.rows, W.cols, y, ytype);
+  /// side: on the second stream (the shared experts), else on the main one.
+  void gemm(const T* x, int M, const mat<T>& W, void* y, cudaDataType_t ytype, bool side = false) {
+    gemm_raw(x, M, W.w, W.rows, W.cols, y, ytype, side);
   }
-  void gemm_raw(const T* x, int M, const T* w, int rows, int cols, void* y, cudaDataType_t ytype) {
+  void gemm_raw(const T* x, int M, const T* w, int rows, int cols, void* y, cudaDataType_t ytype, bool side = false) {
     if (M == 0) return;
+    const auto& skinny = skinny_[side ? 1 : 0];
     if constexpr (std::is_same_v<T, bf16>) {
       const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-      if (skinny_workspace_ && M <= skinny_rows_ && cuda::skinny_fits(rows, cols) && aligned(x) && aligned(w)) {
+      if (skinny && M <= skinny_rows_ && cuda::skinny_fits(rows, cols) && aligned(x) && aligned(w)) {
         cuda::skinny_gemm(x, M, w, rows, cols, y, ytype == CUDA_R_32F,
-                          cuda::skinny_split(rows, cols, sms_, skinny_workspace_floats), skinny_workspace_, stream_);
+                          cuda::skinny_split(rows, cols, sms_, skinny_workspace_floats), *skinny,
+                          side ? side_ : stream_);
         return;
       }
     }
     const float one = 1.0f, zero = 0.0f;
-    check_blas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, M, cols, &one, w, data_type<T>(), cols, x,
+    check_blas(cublasGemmEx(side ? blas_side_ : blas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, M, cols, &one, w, data_type<T>(), cols, x,
                             data_type<T>(), cols, &zero, y, ytype, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                "gemm");
   }
@@ -816,6 +840,7 @@ class cuda_backend final : public forward_backend {
     const mat<T>& first = L.has_shared ? L.router_shared : L.router;
     float* router_logits = ws_router_.as<float>(static_cast<size_t>(N) * first.rows);
     gemm(h, N, first, router_logits, CUDA_R_32F);
+    float* shared = L.has_shared ? shared_experts(L, router_logits, first.rows, N) : nullptr;
     int32_t* ids = ws_ids_.as<int32_t>(static_cast<size_t>(R));
     float* wts = ws_wts_.as<float>(static_cast<size_t>(R));
     cuda::router_config rc;
@@ -850,13 +875,13 @@ class cuda_backend final : public forward_backend {
           float* as = ws_as_.as<float>(static_cast<size_t>(R) * I / 128);
           cuda::quantise_rows_fp8(act, R, I, aq, as, stream_);
           cuda::expert_fp8_mma(L.experts_down_fp8, aq, as, nullptr, offsets, active, max_active, H, I, rows, stream_);
-          return finish_moe(L, router_logits, first.rows, rows, slot_row, wts, N);
+          return finish_moe(shared, rows, slot_row, wts);
         }
         if (L.experts_gate_up_fp8.w) {
           cuda::expert_gemv_fp8(L.experts_gate_up_fp8, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
           cuda::silu_mul<T>(gu, I, R, act, stream_);
           cuda::expert_gemv_fp8(L.experts_down_fp8, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
-          return finish_moe(L, router_logits, first.rows, rows, slot_row, wts, N);
+          return finish_moe(shared, rows, slot_row, wts);
         }
       }
       cuda::expert_gemv<T>(L.experts_gate_up, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
@@ -873,21 +898,32 @@ class cuda_backend final : public forward_backend {
       cuda::silu_mul<T>(gu, I, R, act, stream_);
       experts_product(act, L.experts_down, L.experts_down_fp8, H, I, rows);
     }
-    return finish_moe(L, router_logits, first.rows, rows, slot_row, wts, N);
+    return finish_moe(shared, rows, slot_row, wts);
   }
 
-  /// The shared experts, and what the next norm needs to add the routed ones.
-  cuda::moe_sum finish_moe(const layer_weights<T>& L, const float* router_logits, int stride, float* rows,
-                           const int32_t* slot_row, const float* wts, int N) {
+  /// The shared experts' SwiGLU and down product, on the side stream for small batches (it waits
+  /// for the router's product; finish_moe joins it). Larger batches keep one stream: the routed
+  /// experts' persistent grid expects every multiprocessor, and a product beside it costs a wave.
+  float* shared_experts(const layer_weights<T>& L, const float* router_logits, int stride, int N) {
     const int E = c_.n_routed_experts, H = c_.hidden_size;
-    float* shared = nullptr;
-    if (L.has_shared) {
-      shared = ws_shared_.as<float>(static_cast<size_t>(N) * H);
-      const int Is = L.shared_gate_up.rows / 2;
-      T* sact = ws_sact_.as<T>(static_cast<size_t>(N) * Is);
-      cuda::silu_mul<T>(router_logits + E, Is, N, sact, stream_, stride);
-      gemm(sact, N, L.shared_down, shared, CUDA_R_32F);
+    float* shared = ws_shared_.as<float>(static_cast<size_t>(N) * H);
+    const int Is = L.shared_gate_up.rows / 2;
+    T* sact = ws_sact_.as<T>(static_cast<size_t>(N) * Is);
+    side_now_ = side_stream_ && N <= side_stream_rows;
+    if (side_now_) {
+      check(cudaEventRecord(fork_, stream_));
+      check(cudaStreamWaitEvent(side_, fork_, 0));
     }
+    cuda::silu_mul<T>(router_logits + E, Is, N, sact, side_now_ ? side_ : stream_, stride);
+    gemm(sact, N, L.shared_down, shared, CUDA_R_32F, side_now_);
+    if (side_now_) check(cudaEventRecord(join_, side_));
+    return shared;
+  }
+
+  /// What the next norm needs to add the routed experts and the shared ones (joined here).
+  cuda::moe_sum finish_moe(float* shared, float* rows, const int32_t* slot_row, const float* wts) {
+    if (shared && side_now_) check(cudaStreamWaitEvent(stream_, join_, 0));
+    side_now_ = false;
     return cuda::moe_sum{rows, slot_row, wts, shared, c_.num_experts_per_tok};
   }
 
@@ -900,7 +936,14 @@ class cuda_backend final : public forward_backend {
   void* blas_workspace_ = nullptr;
   // Partial sums of the skinny products' K slices (bf16 only; null where cuBLAS does them all).
   static constexpr size_t skinny_workspace_floats = size_t{4} << 20;
-  float* skinny_workspace_ = nullptr;
+  std::unique_ptr<cuda::skinny_scratch> skinny_[2];  // main stream, side stream
+  bool side_stream_ = false;  ///< TOLLGATE_ENGINE_SIDE_STREAM=0 turns it off, for measurements
+  bool side_now_ = false;     ///< this layer's shared experts run on side_
+  static constexpr int side_stream_rows = 16;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  cublasHandle_t blas_side_ = nullptr;
+  void* blas_side_workspace_ = nullptr;
   int sms_ = 0, skinny_rows_ = 0;
   std::vector<void*> allocations_;
   size_t weight_bytes_ = 0;

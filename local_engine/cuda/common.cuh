@@ -9,6 +9,7 @@
 #include <source_location>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace tollgate::engine::cuda {
 
@@ -90,9 +91,8 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
 }
 
 /// Programmatic dependent launch (sm_90): lets the next kernel in the stream, when it was launched
-/// with launch_dependent(), start on the multiprocessors this one leaves idle. Harmless when the
-/// next kernel was launched plainly. Only the skinny products call it, so that only a skinny
-/// product (whose early part reads weights alone) ever overlaps the kernel before it.
+/// with launch_dependent() or launch_early(), start on the multiprocessors this one leaves idle.
+/// Harmless when the next kernel was launched plainly.
 __device__ __forceinline__ void trigger_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -105,6 +105,15 @@ __device__ __forceinline__ void wait_for_prerequisites() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+}
+
+/// The first statement of a kernel launched with launch_early(): lets the next kernel's blocks be
+/// placed as soon as all of this one's are, then waits for the kernel before. Nothing runs before
+/// the wait, so the order of the stream's work is exactly the plain one; only the launch latency
+/// between two kernels is hidden.
+__device__ __forceinline__ void enter_in_order() {
+  trigger_dependents();
+  wait_for_prerequisites();
 }
 
 /// A 64-bit mix (splitmix64's finaliser): random weights and sampling draws from a seed.
@@ -123,21 +132,39 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
 
 namespace tollgate::engine::cuda {
 
-/// Launches `kernel` so that it may begin while the kernel before it in the stream finishes (the
-/// kernel must call device::wait_for_prerequisites() before it touches that kernel's data).
+/// Whether launch_early() overlaps launches (TOLLGATE_ENGINE_PDL=0 turns it off, for measurements).
+bool early_launch_enabled();
+
+/// Launches `kernel` with `smem` bytes of dynamic shared memory so that it may begin while the
+/// kernel before it in the stream finishes (the kernel must call device::wait_for_prerequisites()
+/// before it touches that kernel's data).
 template <typename... Params, typename... Args>
-void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, Args&&... args) {
+void launch_dependent_smem(bool overlap, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                           Args&&... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = overlap ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
+}
+
+/// A skinny product: its early part reads weights alone, before it waits.
+template <typename... Params, typename... Args>
+void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t s, Args&&... args) {
+  launch_dependent_smem(true, kernel, grid, block, 0, s, std::forward<Args>(args)...);
+}
+
+/// A kernel whose first statement is device::enter_in_order(): launched so that its blocks are
+/// placed while the kernel before finishes, and run in the stream's order.
+template <typename... Params, typename... Args>
+void launch_early(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  launch_dependent_smem(early_launch_enabled(), kernel, grid, block, smem, s, std::forward<Args>(args)...);
 }
 
 }  // namespace tollgate::engine::cuda

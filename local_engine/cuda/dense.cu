@@ -18,18 +18,18 @@ constexpr int skinny_chunk_units = 4 * skinny_ahead;  // 16-byte units a warp co
 // used for all RT row tiles; the four warps of a block read the same x values, which L1 serves.
 // The k order within a 32-value chunk is permuted alike in A and B (lane q holds units q, q + 4,
 // ...), as in the expert kernel. Rows past M repeat row M - 1 and are never stored.
+// With K split (to_partial), each block stores its slice's sums, and the last block of a column
+// block to arrive (counted in counters[blockIdx.x], which it sets back to 0) adds the slices in
+// slice order into y: the same bits whatever the order the blocks ran in.
 template <int RT, bool to_partial, typename OutT>
 __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M, const bf16* W, int N, int K,
-                                                         int units_per_split, OutT* y, float* partial) {
+                                                         int units_per_split, OutT* y, float* partial,
+                                                         unsigned* counters) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;
   const int u0 = static_cast<int>(blockIdx.y) * units_per_split, u1 = min(units, u0 + units_per_split);
   const int n_base = (static_cast<int>(blockIdx.x) * skinny_warps + warp) * 8 * skinny_tiles;
   trigger_dependents();
-  if (n_base >= N) {
-    wait_for_prerequisites();
-    return;
-  }
   const uint4 zero = make_uint4(0, 0, 0, 0);
   const uint4* wrow[skinny_tiles];
 #pragma unroll
@@ -86,6 +86,8 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
     }
   }
 
+  // Warps past N (the last column block of a matrix whose N is not a multiple of 64) read row
+  // N - 1 again and store nothing.
   float* part = to_partial ? partial + static_cast<size_t>(blockIdx.y) * M * N : nullptr;
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
@@ -109,46 +111,47 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
       }
     }
   }
-}
-
-// y[i] = the K slices' partial sums at i, added in slice order; four values a thread (M x N % 4 == 0).
-template <typename OutT>
-__global__ void split_sum_kernel(const float* partial, int splits, size_t count, OutT* y) {
-  trigger_dependents();
-  wait_for_prerequisites();
-  const size_t i = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
-  if (i >= count) return;
-  float4 s = *reinterpret_cast<const float4*>(partial + i);
-  for (int p = 1; p < splits; ++p) {
-    const float4 v = *reinterpret_cast<const float4*>(partial + static_cast<size_t>(p) * count + i);
-    s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+  if constexpr (to_partial) {
+    __shared__ bool last;
+    __threadfence();  // this block's sums are visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int c0 = static_cast<int>(blockIdx.x) * skinny_cols, width = min(skinny_cols, N - c0);
+    const size_t stride = static_cast<size_t>(M) * N;
+    for (int i = threadIdx.x; i < M * skinny_cols; i += blockDim.x) {
+      const int r = i / skinny_cols, col = i % skinny_cols;
+      if (col >= width) continue;
+      const size_t at = static_cast<size_t>(r) * N + c0 + col;
+      float sum = __ldcg(partial + at);
+      for (unsigned p = 1; p < gridDim.y; ++p) sum += __ldcg(partial + p * stride + at);
+      y[at] = from_float<OutT>(sum);
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0;
   }
-  y[i] = from_float<OutT>(s.x);
-  y[i + 1] = from_float<OutT>(s.y);
-  y[i + 2] = from_float<OutT>(s.z);
-  y[i + 3] = from_float<OutT>(s.w);
 }
 
 template <int RT, typename OutT>
-void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan, float* workspace,
-            cudaStream_t s) {
+void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan,
+            const skinny_scratch& scratch, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((N + skinny_cols - 1) / skinny_cols), static_cast<unsigned>(plan.splits));
   const dim3 block(32 * skinny_warps);
   if (plan.splits == 1) {
     launch_dependent(skinny_mma_kernel<RT, false, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
-                     static_cast<float*>(nullptr));
+                     static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr));
     return;
   }
-  launch_dependent(skinny_mma_kernel<RT, true, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split,
-                   static_cast<OutT*>(nullptr), workspace);
-  const size_t count = static_cast<size_t>(M) * N;
-  const unsigned blocks = static_cast<unsigned>((count / 4 + 255) / 256);
-  launch_dependent(split_sum_kernel<OutT>, dim3(blocks), dim3(256), s, workspace, plan.splits, count, y);
+  if (grid.x > skinny_scratch::column_blocks || static_cast<size_t>(plan.splits) * M * N > scratch.floats)
+    throw std::logic_error("skinny_gemm: the scratch is too small for this plan");
+  launch_dependent(skinny_mma_kernel<RT, true, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
+                   scratch.partial, scratch.counters);
 }
 
 template <typename OutT>
-void dispatch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan, float* workspace,
-              cudaStream_t s) {
+void dispatch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan,
+              const skinny_scratch& workspace, cudaStream_t s) {
   switch ((M + 15) / 16) {
     case 1: return launch<1>(x, M, W, N, K, y, plan, workspace, s);
     case 2: return launch<2>(x, M, W, N, K, y, plan, workspace, s);
@@ -168,6 +171,7 @@ skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats) {
   const int col_blocks = (N + device::skinny_cols - 1) / device::skinny_cols;
   const int chunks = (units + device::skinny_chunk_units - 1) / device::skinny_chunk_units;
   int splits = std::max(1, (4 * sms + col_blocks - 1) / col_blocks);
+  if (col_blocks > skinny_scratch::column_blocks) splits = 1;
   splits = std::min(splits, std::max(1, chunks / 2));
   const size_t per_split = static_cast<size_t>(skinny_max_rows) * static_cast<size_t>(N);
   splits = static_cast<int>(std::min<size_t>(static_cast<size_t>(splits), std::max<size_t>(1, workspace_floats / per_split)));
@@ -178,11 +182,22 @@ skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats) {
 }
 
 void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, bool y_float, const skinny_plan& plan,
-                 float* workspace, cudaStream_t s) {
+                 const skinny_scratch& workspace, cudaStream_t s) {
   if (M < 1 || M > skinny_max_rows || !skinny_fits(N, K))
     throw std::runtime_error("skinny_gemm takes 1 to 64 rows, N % 8 == 0 and K % 32 == 0");
   if (y_float) device::dispatch(x, M, W, N, K, static_cast<float*>(y), plan, workspace, s);
   else device::dispatch(x, M, W, N, K, static_cast<bf16*>(y), plan, workspace, s);
+}
+
+skinny_scratch::skinny_scratch(size_t partial_floats) : floats(partial_floats) {
+  check(cudaMalloc(&partial, std::max<size_t>(floats, 1) * sizeof(float)));
+  check(cudaMalloc(&counters, column_blocks * sizeof(unsigned)));
+  check(cudaMemset(counters, 0, column_blocks * sizeof(unsigned)));
+}
+
+skinny_scratch::~skinny_scratch() {
+  cudaFree(partial);
+  cudaFree(counters);
 }
 
 }  // namespace tollgate::engine::cuda

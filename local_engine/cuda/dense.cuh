@@ -1,7 +1,8 @@
 // Dense products with few rows (decode steps of up to 64 tokens) on bf16 tensor cores: every
 // weight byte is read once, by the block that owns its columns and a slice of K, and the slices'
 // fp32 partial sums are added in a fixed order. The split depends on the weight's shape alone, so
-// a token's row comes out bit for bit the same whatever the batch size. Each product is launched
+// a token's row comes out bit for bit the same whatever the batch size. The last block of a column
+// block to finish adds the slices (no second kernel). Each product is launched
 // dependent on the kernel before it (programmatic dependent launch): its blocks start while that
 // kernel finishes and ask L2 for their first weight lines, then wait for its results. The backend
 // uses it up to backend_options::skinny_rows rows; larger products (prefill) stay with cuBLAS.
@@ -28,9 +29,22 @@ bool skinny_fits(int N, int K);
 /// `workspace_floats` for the partial sums (splits x 64 x N of them).
 skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats);
 
+/// Device scratch for the skinny products of one stream (two streams at once need two): the K
+/// slices' partial sums, and an arrival count per column block, left at 0 after each product.
+struct skinny_scratch {
+  static constexpr unsigned column_blocks = 4096;  ///< K is split only for N up to 64 x this
+  explicit skinny_scratch(size_t partial_floats);
+  ~skinny_scratch();
+  skinny_scratch(const skinny_scratch&) = delete;
+  skinny_scratch& operator=(const skinny_scratch&) = delete;
+  size_t floats = 0;
+  float* partial = nullptr;
+  unsigned* counters = nullptr;
+};
+
 /// y[M, N] = x[M, K] . W[N, K]^T for 1 <= M <= 64, with y in float (y_float) or bf16. `workspace`
 /// holds splits x M x N floats (skinny_split bounds it); the product is launched on `s`.
 void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, bool y_float, const skinny_plan& plan,
-                 float* workspace, cudaStream_t s);
+                 const skinny_scratch& workspace, cudaStream_t s);
 
 }  // namespace tollgate::engine::cuda

@@ -1,6 +1,8 @@
 #include "local_engine/cuda/elementwise.cuh"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <stdexcept>
 
 namespace tollgate::engine::cuda {
@@ -9,6 +11,7 @@ namespace device {
 
 template <typename T>
 __global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, float* x) {
+  enter_in_order();
   const size_t row = static_cast<size_t>(tokens[blockIdx.x]) * hidden;
   float* out = x + static_cast<size_t>(blockIdx.x) * hidden;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = to_float(table[row + i]);
@@ -17,6 +20,7 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, 
 template <typename T>
 __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const float* bias, const float* w, float eps,
                                int cols, const int32_t* rows, T* out) {
+  enter_in_order();
   __shared__ float scratch[32];
   __shared__ const float* expert_row[32];
   __shared__ float expert_weight[32];
@@ -53,6 +57,7 @@ __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const fl
 // (no 64-bit division per element).
 template <typename T>
 __global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, int n, T* out) {
+  enter_in_order();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= inter) return;
   for (int r = blockIdx.y; r < n; r += gridDim.y) {
@@ -63,6 +68,7 @@ __global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, int n
 }
 
 __global__ void add_bias_kernel(float* y, const float* bias, int cols, size_t total) {
+  enter_in_order();
   for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
        k += static_cast<size_t>(gridDim.x) * blockDim.x)
     y[k] += bias[k % cols];
@@ -101,10 +107,18 @@ unsigned grid_for(size_t n, unsigned block) {
 }
 }  // namespace
 
+bool early_launch_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("TOLLGATE_ENGINE_PDL");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
 template <typename T>
 void embed(const T* table, const int32_t* tokens, int n, int hidden, float* x, cudaStream_t s) {
   if (n == 0) return;
-  device::embed_kernel<T><<<n, 256, 0, s>>>(table, tokens, hidden, x);
+  launch_early(device::embed_kernel<T>, dim3(n), dim3(256), 0, s, table, tokens, hidden, x);
   check_launch();
 }
 
@@ -114,7 +128,7 @@ void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, 
   if (n == 0) return;
   if (moe.rows && (moe.top_k < 1 || moe.top_k > 32)) throw std::runtime_error("rmsnorm: top_k must be 1..32");
   const int threads = cols >= 1024 ? 512 : (cols >= 256 ? 256 : 64);
-  device::rmsnorm_kernel<T><<<n, threads, 0, s>>>(x, add, moe, bias, w, eps, cols, rows, out);
+  launch_early(device::rmsnorm_kernel<T>, dim3(n), dim3(threads), 0, s, x, add, moe, bias, w, eps, cols, rows, out);
   check_launch();
 }
 
@@ -124,14 +138,14 @@ void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s, int str
   if (total == 0) return;
   const size_t row = stride > 0 ? static_cast<size_t>(stride) : 2 * static_cast<size_t>(inter);
   const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(std::min(n, 65535)));
-  device::silu_mul_kernel<T><<<grid, 256, 0, s>>>(gu, inter, row, n, out);
+  launch_early(device::silu_mul_kernel<T>, grid, dim3(256), 0, s, gu, inter, row, n, out);
   check_launch();
 }
 
 void add_bias(float* y, const float* bias, int cols, int n, cudaStream_t s) {
   const size_t total = static_cast<size_t>(cols) * n;
   if (total == 0) return;
-  device::add_bias_kernel<<<grid_for(total, 256), 256, 0, s>>>(y, bias, cols, total);
+  launch_early(device::add_bias_kernel, dim3(grid_for(total, 256)), dim3(256), 0, s, y, bias, cols, total);
   check_launch();
 }
 

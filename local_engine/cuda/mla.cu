@@ -32,49 +32,52 @@ int choose_splits(int n, const mla_dims& d, int max_len) {
 
 namespace device {
 
+// grid (token, heads + 1): block y < heads copies head y's nope part (q in float) and rotates its
+// rope query; block y == heads normalises the latent into the cache and rotates the rope key.
 template <typename T>
 __global__ void mla_prepare_kernel(const float* ckv, int ckv_stride, const float* norm_w, float eps, mla_query<T> q,
                                    const float2* rope_cs, bool interleave, mla_dims d, token_map map, T* q_full,
                                    T* cache) {
+  enter_in_order();
   __shared__ float scratch[32];
-  const int t = blockIdx.x;
+  const int t = blockIdx.x, h = blockIdx.y;
   const int W = d.width(), half = d.rope_dim / 2;
   const float* row = ckv + static_cast<size_t>(t) * ckv_stride;
-  if (q.f != nullptr) {
-    const float* src = q.f + static_cast<size_t>(t) * q.stride;
-    T* dst = q.nope + static_cast<size_t>(t) * d.heads * d.nope_dim;
-    for (int k = threadIdx.x; k < d.heads * d.nope_dim; k += blockDim.x)
-      dst[k] = from_float<T>(src[(k / d.nope_dim) * d.qk_dim + k % d.nope_dim]);
-  }
-  T* c = cache + static_cast<size_t>(map.slot[t]) * W;
-  float ss = 0;
-  for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) ss += row[i] * row[i];
-  const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(d.kv_rank) + eps);
-  for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) c[i] = from_float<T>(norm_w[i] * (row[i] * r));
   const float2* cs = rope_cs + static_cast<size_t>(map.pos[t]) * half;
-  // The rope key, then each head's rope query; pairs are adjacent (interleave) or half apart.
-  for (int k = threadIdx.x; k < half * (d.heads + 1); k += blockDim.x) {
-    const int i = k % half, h = k / half - 1;  // h == -1: the key
+  // Pairs are adjacent (interleave) or half apart.
+  const auto rotate = [&](int i, float a, float b, T* dst) {
     const int ia = interleave ? 2 * i : i, ib = interleave ? 2 * i + 1 : i + half;
-    float a, b;
-    if (h < 0) {
-      a = row[d.kv_rank + ia];
-      b = row[d.kv_rank + ib];
-    } else {
-      if (q.f != nullptr) {
-        const float* qh = q.f + static_cast<size_t>(t) * q.stride + static_cast<size_t>(h) * d.qk_dim + d.nope_dim;
-        a = qh[ia];
-        b = qh[ib];
-      } else {
-        const T* qh = q.t + (static_cast<size_t>(t) * d.heads + h) * d.qk_dim + d.nope_dim;
-        a = to_float(qh[ia]);
-        b = to_float(qh[ib]);
-      }
+    dst[ia] = from_float<T>(a * cs[i].x - b * cs[i].y);
+    dst[ib] = from_float<T>(b * cs[i].x + a * cs[i].y);
+  };
+  const auto pair = [&](int i) { return interleave ? int2{2 * i, 2 * i + 1} : int2{i, i + half}; };
+  if (h == d.heads) {
+    T* c = cache + static_cast<size_t>(map.slot[t]) * W;
+    float ss = 0;
+    for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) ss += row[i] * row[i];
+    const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(d.kv_rank) + eps);
+    for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) c[i] = from_float<T>(norm_w[i] * (row[i] * r));
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      const int2 p = pair(i);
+      rotate(i, row[d.kv_rank + p.x], row[d.kv_rank + p.y], c + d.kv_rank);
     }
-    const float ra = a * cs[i].x - b * cs[i].y, rb = b * cs[i].x + a * cs[i].y;
-    T* dst = h < 0 ? c + d.kv_rank : q_full + (static_cast<size_t>(t) * d.heads + h) * W + d.kv_rank;
-    dst[ia] = from_float<T>(ra);
-    dst[ib] = from_float<T>(rb);
+    return;
+  }
+  T* dst = q_full + (static_cast<size_t>(t) * d.heads + h) * W + d.kv_rank;
+  if (q.f != nullptr) {
+    const float* qh = q.f + static_cast<size_t>(t) * q.stride + static_cast<size_t>(h) * d.qk_dim;
+    T* nope = q.nope + (static_cast<size_t>(t) * d.heads + h) * d.nope_dim;
+    for (int k = threadIdx.x; k < d.nope_dim; k += blockDim.x) nope[k] = from_float<T>(qh[k]);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      const int2 p = pair(i);
+      rotate(i, qh[d.nope_dim + p.x], qh[d.nope_dim + p.y], dst);
+    }
+  } else {
+    const T* qh = q.t + (static_cast<size_t>(t) * d.heads + h) * d.qk_dim + d.nope_dim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+      const int2 p = pair(i);
+      rotate(i, to_float(qh[p.x]), to_float(qh[p.y]), dst);
+    }
   }
 }
 
@@ -232,6 +235,7 @@ template <int QT, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) mla_attend_tc_kernel(const bf16* q_full, const bf16* cache, mla_dims d,
                                                                    token_map map, int n, float scale, float* partial,
                                                                    bf16* out) {
+  enter_in_order();
   static_assert(WARPS % 8 == 0 && QT % (WARPS / 8) == 0, "warps score 8 positions each, for whole tokens");
   constexpr int R = 16 * QT;                  // rows of the products: QT tokens x 16 heads
   constexpr int cols = tc::rank / WARPS;      // latent columns a warp owns in P . latent
@@ -437,6 +441,7 @@ __global__ void __launch_bounds__(WARPS * 32) mla_attend_tc_kernel(const bf16* q
 // One block per (token, head): merges the splits' partial softmax sums.
 template <typename T>
 __global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank, T* out) {
+  enter_in_order();
   __shared__ float scale_s[max_splits];
   __shared__ float inv_l;
   const size_t th = blockIdx.x;
@@ -467,8 +472,8 @@ void mla_prepare(const float* ckv, int ckv_stride, const float* norm_w, float ep
                  const float2* rope_cs, bool interleave, const mla_dims& d, int n, const token_map& map, T* q_full,
                  T* cache, cudaStream_t s) {
   if (n == 0) return;
-  device::mla_prepare_kernel<T><<<n, 128, 0, s>>>(ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full,
-                                                  cache);
+  launch_early(device::mla_prepare_kernel<T>, dim3(static_cast<unsigned>(n), static_cast<unsigned>(d.heads + 1)),
+               dim3(128), 0, s, ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache);
   check_launch();
 }
 
@@ -493,7 +498,7 @@ void launch_tc(const bf16* q_full, const bf16* cache, const mla_dims& d, int n, 
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>((n + QT - 1) / QT), static_cast<unsigned>(head_groups(d)),
                   static_cast<unsigned>(splits));
-  kernel<<<grid, WARPS * 32, smem, s>>>(q_full, cache, d, map, n, scale, partial, out);
+  launch_early(kernel, grid, dim3(WARPS * 32), smem, s, q_full, cache, d, map, n, scale, partial, out);
   check_launch();
 }
 
@@ -533,10 +538,9 @@ void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int s
         case 2: launch_tc<2, 8>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
         default: launch_tc<1, 8>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
       }
-      if (splits > 1) {
-        device::mla_combine_kernel<T><<<static_cast<unsigned>(n * d.heads), 256, 0, s>>>(partial, splits, d.kv_rank, out);
-        check_launch();
-      }
+      if (splits > 1)
+        launch_early(device::mla_combine_kernel<T>, dim3(static_cast<unsigned>(n * d.heads)), dim3(256), 0, s, partial,
+                     splits, d.kv_rank, out);
       return;
     }
   }

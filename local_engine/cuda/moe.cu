@@ -40,6 +40,7 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
 
 // One block per token; experts <= 1024, groups <= 64, top_k <= 32.
 __global__ void route_kernel(const float* logits, const float* bias, router_config c, int32_t* ids, float* weights) {
+  enter_in_order();
   extern __shared__ float sm[];
   float* score = sm;                 // [experts]
   float* choice = score + c.experts;  // [experts]
@@ -147,6 +148,7 @@ __device__ int32_t block_scan(int32_t v, int32_t* buf) {
 __global__ void __launch_bounds__(1024) group_kernel(const int32_t* ids, int total, int top_k, int experts,
                                                      int32_t* offsets, int32_t* active, int32_t* row_token,
                                                      int32_t* slot_row) {
+  enter_in_order();
   __shared__ int32_t count[1024], cursor[1024], buf[1024];
   const int e = threadIdx.x;
   count[e] = 0;
@@ -284,6 +286,7 @@ template <typename Rows>
 __global__ void __launch_bounds__(128, 4) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
                                                          const int32_t* offsets, const int32_t* active, int N, int K,
                                                          int slices, int max_active, float* out) {
+  enter_in_order();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;  // 16-byte units of a row
   const int n_active = active[0];
@@ -366,6 +369,7 @@ __global__ void __launch_bounds__(128, 4) expert_fp8_mma_kernel(const uint8_t* W
                                                              const int32_t* x_rows, const int32_t* offsets,
                                                              const int32_t* active, int N, int K, int slices,
                                                              int max_active, float* out) {
+  enter_in_order();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int blocks = K / 128;
   const int n_active = active[0];
@@ -450,6 +454,7 @@ __global__ void __launch_bounds__(128, 4) expert_fp8_mma_kernel(const uint8_t* W
 
 // One warp per block of 128 values of a row: grid (K / 128 / 4, rows), 4 warps.
 __global__ void quantise_rows_fp8_kernel(const bf16* x, int K, int blocks, uint8_t* q, float* scales) {
+  enter_in_order();
   const int blk = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (blk >= blocks) return;
   const size_t at = static_cast<size_t>(blockIdx.y) * K + static_cast<size_t>(blk) * 128 + lane * 4;
@@ -510,8 +515,9 @@ void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows,
   if (K % 32 != 0 || N % 8 != 0) throw std::logic_error("expert_gemv_fp8: K % 32 and N % 8 must be 0");
   const auto [slices, grid] = persistent_grid(N, max_active);
   const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
-  device::expert_mma_kernel<<<grid, 128, 0, s>>>(device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows,
-                                                 offsets, active, N, K, slices, max_active, out);
+  launch_early(device::expert_mma_kernel<device::fp8_rows>, dim3(grid), dim3(128), 0, s,
+               device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows, offsets, active, N, K, slices,
+               max_active, out);
   check_launch();
 }
 
@@ -522,9 +528,8 @@ void quantise_rows_fp8(const bf16* x, int rows, int K, uint8_t* q, float* scales
   for (int r0 = 0; r0 < rows; r0 += 65535) {
     const int n = std::min(rows - r0, 65535);
     const dim3 grid(static_cast<unsigned>((blocks + 3) / 4), static_cast<unsigned>(n));
-    device::quantise_rows_fp8_kernel<<<grid, 128, 0, s>>>(x + static_cast<size_t>(r0) * K, K, blocks,
-                                                         q + static_cast<size_t>(r0) * K,
-                                                         scales + static_cast<size_t>(r0) * blocks);
+    launch_early(device::quantise_rows_fp8_kernel, grid, dim3(128), 0, s, x + static_cast<size_t>(r0) * K, K, blocks,
+                 q + static_cast<size_t>(r0) * K, scales + static_cast<size_t>(r0) * blocks);
     check_launch();
   }
 }
@@ -535,8 +540,8 @@ void expert_fp8_mma(const fp8_experts& W, const uint8_t* xq, const float* xs, co
   if (max_active == 0) return;
   if (!fp8_mma_fits(N, K, W.kb_shift)) throw std::logic_error("expert_fp8_mma: shapes or scale blocks do not fit");
   const auto [slices, grid] = persistent_grid(N, max_active);
-  device::expert_fp8_mma_kernel<<<grid, 128, 0, s>>>(W.w, W.scales, xq, xs, x_rows, offsets, active, N, K, slices,
-                                                     max_active, out);
+  launch_early(device::expert_fp8_mma_kernel, dim3(grid), dim3(128), 0, s, W.w, W.scales, xq, xs, x_rows, offsets,
+               active, N, K, slices, max_active, out);
   check_launch();
 }
 
@@ -564,13 +569,14 @@ void route(const float* logits, const float* correction_bias, const router_confi
   if (c.experts > 1024 || c.groups > 64 || c.top_k > 32)
     throw std::runtime_error("the GPU router takes up to 1024 experts, 64 groups and top 32");
   const size_t smem = sizeof(float) * (2 * static_cast<size_t>(c.experts) + c.groups);
-  device::route_kernel<<<n, 256, smem, s>>>(logits, correction_bias, c, ids, weights);
+  launch_early(device::route_kernel, dim3(n), dim3(256), smem, s, logits, correction_bias, c, ids, weights);
   check_launch();
 }
 
 void group_by_expert(const int32_t* ids, int n, int top_k, int experts, int32_t* offsets, int32_t* active,
                      int32_t* row_token, int32_t* slot_row, cudaStream_t s) {
-  device::group_kernel<<<1, 1024, 0, s>>>(ids, n * top_k, top_k, experts, offsets, active, row_token, slot_row);
+  launch_early(device::group_kernel, dim3(1), dim3(1024), 0, s, ids, n * top_k, top_k, experts, offsets, active,
+               row_token, slot_row);
   check_launch();
 }
 
@@ -581,8 +587,8 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
   if constexpr (std::is_same_v<T, bf16>) {
     if (K % 32 == 0 && N % 8 == 0) {
       const auto [slices, grid] = persistent_grid(N, max_active);
-      device::expert_mma_kernel<<<grid, 128, 0, s>>>(device::bf16_rows{W}, x, x_rows, offsets, active, N, K, slices,
-                                                     max_active, out);
+      launch_early(device::expert_mma_kernel<device::bf16_rows>, dim3(grid), dim3(128), 0, s, device::bf16_rows{W}, x,
+                   x_rows, offsets, active, N, K, slices, max_active, out);
       check_launch();
       return;
     }

@@ -35,6 +35,7 @@ __device__ uint32_t threshold(const float* row, int vocab, float mx, float inv_t
 
 __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, int vocab, const sample_params* params,
                                                          int32_t* tokens) {
+  enter_in_order();
   __shared__ float scratch[32];
   __shared__ float sv[32];
   __shared__ int si[32];
@@ -121,7 +122,7 @@ __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, in
 
 void sample_rows(const float* logits, int vocab, const sample_params* params, int n, int32_t* tokens, cudaStream_t s) {
   if (n == 0) return;
-  device::sample_kernel<<<n, device::threads, 0, s>>>(logits, vocab, params, tokens);
+  launch_early(device::sample_kernel, dim3(n), dim3(device::threads), 0, s, logits, vocab, params, tokens);
   check_launch();
 }
 

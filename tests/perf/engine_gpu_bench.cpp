@@ -165,7 +165,7 @@ nlohmann::json dense_products(const eng::model_config& c, double bw) {
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   const size_t ws_floats = size_t{4} << 20, flush_bytes = size_t{256} << 20;
-  void *x = nullptr, *w = nullptr, *y = nullptr, *ws = nullptr, *flush = nullptr;
+  void *x = nullptr, *w = nullptr, *y = nullptr, *flush = nullptr;
   size_t max_w = 0, max_n = 0, max_k = 0;
   for (const auto& s : shapes) {
     max_w = std::max(max_w, static_cast<size_t>(s.N) * s.K);
@@ -177,7 +177,7 @@ nlohmann::json dense_products(const eng::model_config& c, double bw) {
   cuda_ok(cudaMalloc(&x, 64 * max_k * 2));
   cuda_ok(cudaMemset(x, 0x3c, 64 * max_k * 2));
   cuda_ok(cudaMalloc(&y, 64 * max_n * 4));
-  cuda_ok(cudaMalloc(&ws, ws_floats * 4));
+  const cu::skinny_scratch scratch(ws_floats);
   cuda_ok(cudaMalloc(&flush, flush_bytes));
   cublasHandle_t h;
   cublasCreate(&h);
@@ -207,7 +207,7 @@ nlohmann::json dense_products(const eng::model_config& c, double bw) {
     for (int M : {1, 16, 64}) {
       const double ts = time([&] {
         cu::skinny_gemm(static_cast<cu::bf16*>(x), M, static_cast<cu::bf16*>(w), s.N, s.K, y, true, plan,
-                        static_cast<float*>(ws), nullptr);
+                        scratch, nullptr);
       });
       const float one = 1, zero = 0;
       const double tb = time([&] {
@@ -222,7 +222,7 @@ nlohmann::json dense_products(const eng::model_config& c, double bw) {
     }
   }
   cublasDestroy(h);
-  cudaFree(x), cudaFree(w), cudaFree(y), cudaFree(ws), cudaFree(flush);
+  cudaFree(x), cudaFree(w), cudaFree(y), cudaFree(flush);
   return out;
 }
 

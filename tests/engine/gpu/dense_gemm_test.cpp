@@ -65,11 +65,11 @@ int multiprocessors() {
 std::vector<float> run(const problem& p, int rows, bool y_float, const cu::skinny_plan& plan, size_t row0 = 0) {
   device_buffer x(static_cast<size_t>(rows) * p.K * 2), w(p.w.size() * 2);
   device_buffer y(static_cast<size_t>(rows) * p.N * 4);
-  device_buffer ws(static_cast<size_t>(plan.splits) * cu::skinny_max_rows * p.N * 4);
+  cu::skinny_scratch ws(static_cast<size_t>(plan.splits) * cu::skinny_max_rows * p.N);
   REQUIRE(cudaMemcpy(x.p, p.x.data() + row0 * p.K, static_cast<size_t>(rows) * p.K * 2, cudaMemcpyHostToDevice) ==
           cudaSuccess);
   REQUIRE(cudaMemcpy(w.p, p.w.data(), p.w.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
-  cu::skinny_gemm(x.as<cu::bf16>(), rows, w.as<cu::bf16>(), p.N, p.K, y.p, y_float, plan, ws.as<float>(), nullptr);
+  cu::skinny_gemm(x.as<cu::bf16>(), rows, w.as<cu::bf16>(), p.N, p.K, y.p, y_float, plan, ws, nullptr);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   std::vector<float> out(static_cast<size_t>(rows) * p.N);
   if (y_float) {
@@ -120,7 +120,8 @@ TEST_CASE("gpu: skinny dense products equal a double product of the same bf16 va
   CHECK(cu::skinny_split(2048, 4096, sms, 262144).splits == 2);
   CHECK_FALSE(cu::skinny_fits(100, 64));
   CHECK_FALSE(cu::skinny_fits(64, 48));
-  CHECK_THROWS(cu::skinny_gemm(nullptr, 65, nullptr, 64, 64, nullptr, true, {}, nullptr, nullptr));
+  const cu::skinny_scratch none(0);
+  CHECK_THROWS(cu::skinny_gemm(nullptr, 65, nullptr, 64, 64, nullptr, true, {}, none, nullptr));
 }
 
 TEST_CASE("gpu: a row of a skinny product has the same bits alone and in a batch of 64", "[gpu][dense]") {
