@@ -162,6 +162,8 @@ class cuda_backend final : public forward_backend {
       check(cudaMalloc(&blas_side_workspace_, blas_workspace_bytes));
       check_blas(cublasSetWorkspace(blas_side_, blas_side_workspace_, blas_workspace_bytes), "set workspace");
     }
+    check(cudaMalloc(&route_arrivals_, sizeof(unsigned)));
+    check(cudaMemset(route_arrivals_, 0, sizeof(unsigned)));
     skinny_rows_ = std::clamp(opt.skinny_rows, 0, cuda::skinny_max_rows);
     if (std::is_same_v<T, bf16> && skinny_rows_ > 0) {
       check(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
@@ -201,6 +203,7 @@ class cuda_backend final : public forward_backend {
     for (void* p : allocations_) cudaFree(p);
     if (blas_) cublasDestroy(blas_);
     if (blas_workspace_) cudaFree(blas_workspace_);
+    if (route_arrivals_) cudaFree(route_arrivals_);
     if (blas_side_) cublasDestroy(blas_side_);
     if (blas_side_workspace_) cudaFree(blas_side_workspace_);
     skinny_[0].reset();
@@ -851,10 +854,10 @@ class cuda_backend final : public forward_backend {
     rc.normalise = c.norm_topk_prob && (c.v3 || K > 1);
     rc.scaling = static_cast<float>(c.routed_scaling_factor);
     rc.stride = first.rows;
-    cuda::route(router_logits, L.score_bias, rc, N, ids, wts, stream_);
     int32_t* grouping = ws_grouping_.as<int32_t>(2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R));
     int32_t *offsets = grouping, *active = offsets + E + 1, *row_token = active + E + 1, *slot_row = row_token + R;
-    cuda::group_by_expert(ids, N, K, E, offsets, active, row_token, slot_row, stream_);
+    cuda::route_and_group(router_logits, L.score_bias, rc, N, ids, wts, {offsets, active, row_token, slot_row},
+                          route_arrivals_, stream_);
     float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
     T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
     float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
@@ -937,6 +940,7 @@ class cuda_backend final : public forward_backend {
   // Partial sums of the skinny products' K slices (bf16 only; null where cuBLAS does them all).
   static constexpr size_t skinny_workspace_floats = size_t{4} << 20;
   std::unique_ptr<cuda::skinny_scratch> skinny_[2];  // main stream, side stream
+  unsigned* route_arrivals_ = nullptr;  ///< the router's blocks count themselves here (left at 0)
   bool side_stream_ = false;  ///< TOLLGATE_ENGINE_SIDE_STREAM=0 turns it off, for measurements
   bool side_now_ = false;     ///< this layer's shared experts run on side_
   static constexpr int side_stream_rows = 16;

@@ -39,7 +39,10 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
 }
 
 // One block per token; experts <= 1024, groups <= 64, top_k <= 32.
-__global__ void route_kernel(const float* logits, const float* bias, router_config c, int32_t* ids, float* weights) {
+__device__ void group_slots(const int32_t* ids, int total, int top_k, int experts, expert_groups out);
+
+__global__ void route_kernel(const float* logits, const float* bias, router_config c, int32_t* ids, float* weights,
+                             expert_groups groups, unsigned* arrivals) {
   enter_in_order();
   extern __shared__ float sm[];
   float* score = sm;                 // [experts]
@@ -125,49 +128,61 @@ __global__ void route_kernel(const float* logits, const float* bias, router_conf
       weights[blockIdx.x * c.top_k + k] = w * c.scaling;
     }
   }
+  // The last token's block to finish groups every token's slots (arrivals is left at 0).
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  group_slots(ids, static_cast<int>(gridDim.x) * c.top_k, c.top_k, c.experts, groups);
+  if (threadIdx.x == 0) *arrivals = 0;
 }
 
-// Inclusive prefix sum over the block's 1024 threads.
-__device__ int32_t block_scan(int32_t v, int32_t* buf) {
-  const int e = threadIdx.x;
-  buf[e] = v;
+// Inclusive prefix sums of a and b over the block (blockDim.x <= 1024), in buf (2 x blockDim.x).
+__device__ int2 block_scan2(int32_t a, int32_t b, int32_t* buf) {
+  const int t = threadIdx.x, n = blockDim.x;
+  buf[t] = a, buf[n + t] = b;
   __syncthreads();
-  for (int o = 1; o < 1024; o <<= 1) {
-    const int32_t add = e >= o ? buf[e - o] : 0;
+  for (int o = 1; o < n; o <<= 1) {
+    const int32_t add_a = t >= o ? buf[t - o] : 0, add_b = t >= o ? buf[n + t - o] : 0;
     __syncthreads();
-    buf[e] += add;
+    buf[t] += add_a, buf[n + t] += add_b;
     __syncthreads();
   }
-  const int32_t r = buf[e];
+  const int2 r{buf[t], buf[n + t]};
   __syncthreads();
   return r;
 }
 
-// One block of 1024 threads: counts per expert in shared memory, their exclusive sums, the list of
-// experts with rows, then each slot's place in its expert's rows (experts <= 1024).
-__global__ void __launch_bounds__(1024) group_kernel(const int32_t* ids, int total, int top_k, int experts,
-                                                     int32_t* offsets, int32_t* active, int32_t* row_token,
-                                                     int32_t* slot_row) {
-  enter_in_order();
-  __shared__ int32_t count[1024], cursor[1024], buf[1024];
-  const int e = threadIdx.x;
-  count[e] = 0;
+// Counts per expert in shared memory, their exclusive sums, the list of experts with rows, then
+// each slot's place in its expert's rows (experts <= 1024). ids were written by other blocks:
+// read through L2.
+__device__ void group_slots(const int32_t* ids, int total, int top_k, int experts, expert_groups out) {
+  __shared__ int32_t count[1024], cursor[1024], buf[2 * 256];
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) count[e] = 0;
   __syncthreads();
-  for (int k = threadIdx.x; k < total; k += blockDim.x) atomicAdd(&count[ids[k]], 1);
+  for (int k = threadIdx.x; k < total; k += blockDim.x) atomicAdd(&count[__ldcg(ids + k)], 1);
   __syncthreads();
-  const int32_t n = e < experts ? count[e] : 0;
-  const int32_t incl = block_scan(n, buf);
-  cursor[e] = incl - n;
-  if (e < experts) offsets[e] = incl - n;
-  if (e == experts - 1) offsets[experts] = incl;
-  const int32_t rank = block_scan(n > 0 ? 1 : 0, buf);
-  if (n > 0) active[rank] = e;  // active[0] holds the count, the list follows
-  if (e == experts - 1) active[0] = rank;
+  // Thread t takes experts [t * per, (t + 1) * per): its rows and active experts, then the scans.
+  const int per = (experts + blockDim.x - 1) / blockDim.x, e0 = threadIdx.x * per, e1 = min(experts, e0 + per);
+  int32_t rows = 0, used = 0;
+  for (int e = e0; e < e1; ++e) rows += count[e], used += count[e] > 0;
+  const int2 incl = block_scan2(rows, used, buf);
+  int32_t at = incl.x - rows, rank = incl.y - used;
+  for (int e = e0; e < e1; ++e) {
+    out.offsets[e] = at;
+    cursor[e] = at;
+    at += count[e];
+    if (count[e] > 0) out.active[1 + rank++] = e;  // active[0] holds the count, the list follows
+  }
+  if (e0 < experts && e1 == experts) out.offsets[experts] = at, out.active[0] = rank;
   __syncthreads();
   for (int k = threadIdx.x; k < total; k += blockDim.x) {
-    const int32_t r = atomicAdd(&cursor[ids[k]], 1);
-    row_token[r] = k / top_k;
-    slot_row[k] = r;
+    const int32_t r = atomicAdd(&cursor[__ldcg(ids + k)], 1);
+    out.row_token[r] = k / top_k;
+    out.slot_row[k] = r;
   }
 }
 
@@ -563,21 +578,14 @@ void fill_random_fp8(uint8_t* w, float* scales, size_t rows, int K, int kb_shift
   check_launch();
 }
 
-void route(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
-           float* weights, cudaStream_t s) {
+void route_and_group(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
+                     float* weights, const expert_groups& groups, unsigned* arrivals, cudaStream_t s) {
   if (n == 0) return;
   if (c.experts > 1024 || c.groups > 64 || c.top_k > 32)
     throw std::runtime_error("the GPU router takes up to 1024 experts, 64 groups and top 32");
   const size_t smem = sizeof(float) * (2 * static_cast<size_t>(c.experts) + c.groups);
-  launch_early(device::route_kernel, dim3(n), dim3(256), smem, s, logits, correction_bias, c, ids, weights);
-  check_launch();
-}
-
-void group_by_expert(const int32_t* ids, int n, int top_k, int experts, int32_t* offsets, int32_t* active,
-                     int32_t* row_token, int32_t* slot_row, cudaStream_t s) {
-  launch_early(device::group_kernel, dim3(1), dim3(1024), 0, s, ids, n * top_k, top_k, experts, offsets, active,
-               row_token, slot_row);
-  check_launch();
+  launch_early(device::route_kernel, dim3(n), dim3(256), smem, s, logits, correction_bias, c, ids, weights, groups,
+               arrivals);
 }
 
 template <typename T>

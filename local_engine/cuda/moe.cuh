@@ -20,17 +20,19 @@ struct router_config {
   int stride = 0;  ///< floats between two tokens' logits; 0: experts
 };
 
-/// logits [n, experts] (rows c.stride floats apart when set) -> ids [n, top_k] and weights
-/// [n, top_k], as the CPU route_token() does.
-void route(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
-           float* weights, cudaStream_t s);
-
-/// Groups the n * top_k slots by expert, in one block: offsets [experts + 1] (exclusive sums of
-/// the rows each expert got), active [experts + 1]: how many experts have rows, then their ids;
+/// Where route_and_group writes the slots grouped by expert: offsets [experts + 1] (exclusive sums
+/// of the rows each expert got), active [experts + 1]: how many experts have rows, then their ids;
 /// row_token [n * top_k]: the token of each grouped row; slot_row [n * top_k]: the grouped row of
 /// slot (t, k).
-void group_by_expert(const int32_t* ids, int n, int top_k, int experts, int32_t* offsets, int32_t* active,
-                     int32_t* row_token, int32_t* slot_row, cudaStream_t s);
+struct expert_groups {
+  int32_t *offsets = nullptr, *active = nullptr, *row_token = nullptr, *slot_row = nullptr;
+};
+
+/// logits [n, experts] (rows c.stride floats apart when set) -> ids [n, top_k] and weights
+/// [n, top_k], as the CPU route_token() does; then the slots grouped by expert, by the last block
+/// to finish (one kernel). `arrivals` is one device counter at 0, left at 0.
+void route_and_group(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
+                     float* weights, const expert_groups& groups, unsigned* arrivals, cudaStream_t s);
 
 /// out[r, :] = W[e] x[a(r), :] for the rows r of each expert e that `active` lists (offsets as
 /// above), where a(r) = x_rows ? x_rows[r] : r: W is [experts, N, K] in T, x in T, out [rows, N]
