@@ -32,7 +32,7 @@ std::unique_ptr<backend> make_local_engine(const config::backend_config& b, engi
   const config::local_engine_config& l = *b.local_engine();
   const std::string key = l.checkpoint + "|" + l.device + "|" + l.dtype + "|" + std::to_string(l.kv_cache_memory) + "|" +
                           std::to_string(l.max_batch) + "|" + std::to_string(l.max_batch_tokens) + "|" +
-                          (l.prefix_caching ? "cache" : "nocache") + "|" +
+                          (l.prefix_caching ? "cache" : "nocache") + "|" + l.fp8_experts + "|" +
                           std::to_string(config::queue_aging_of(b).count());
   std::shared_ptr<const engine_port> engine;
   std::string error;

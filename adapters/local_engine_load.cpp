@@ -106,6 +106,7 @@ std::shared_ptr<const engine_port> load_engine(const config::backend_config& cfg
   bo.device = local.device;
   bo.dtype = local.dtype;
   bo.kv_cache_memory = local.kv_cache_memory;
+  engine::set_fp8_experts(bo, local.fp8_experts);
   engine::scheduler_options so;
   so.max_batch = local.max_batch;
   so.max_batch_tokens = local.max_batch_tokens;

@@ -771,6 +771,13 @@ class loader {
         else lc.dtype = *d;
       }
     }
+    if (auto v = b["fp8_experts"]; v && !v.IsNull()) {
+      if (auto m = string(v, path + ".fp8_experts")) {
+        if (*m != "tensor_cores" && *m != "dequantise_on_read" && *m != "dequantise_at_load")
+          add(v, path + ".fp8_experts", "must be tensor_cores, dequantise_on_read or dequantise_at_load, got '" + *m + "'");
+        else lc.fp8_experts = *m;
+      }
+    }
     if (auto v = b["kv_cache_memory"]; v && !v.IsNull()) {
       if (auto text = string(v, path + ".kv_cache_memory")) {
         double d = 0;
@@ -800,7 +807,8 @@ class loader {
         {openai_backend_config::kind, remote_keys, &loader::read_remote_kind<openai_backend_config>},
         {anthropic_backend_config::kind, remote_keys, &loader::read_remote_kind<anthropic_backend_config>},
         {local_engine_config::kind,
-         {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching"},
+         {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching",
+          "fp8_experts"},
          &loader::read_local_engine_kind},
     };
     return kinds;

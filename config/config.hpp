@@ -121,6 +121,9 @@ struct local_engine_config {
   unsigned max_batch = 8;        ///< sequences decoded together (the scheduler's running limit)
   unsigned max_batch_tokens = 2048;  ///< tokens in one engine forward: decode tokens plus prefill chunks
   bool prefix_caching = true;    ///< reuse the KV blocks of cached prompt prefixes
+  /// An FP8 checkpoint's routed experts on a GPU: "tensor_cores" (kept in FP8, FP8 products),
+  /// "dequantise_on_read" (kept in FP8, the dequantised model's bits) or "dequantise_at_load".
+  std::string fp8_experts = "tensor_cores";
 };
 
 /// A backend's kind with the fields of that kind only. The config loader reads each kind's keys

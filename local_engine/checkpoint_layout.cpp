@@ -55,11 +55,19 @@ std::vector<tensor_spec> checkpoint_tensors(const model_config& c) {
   return t;
 }
 
-std::uint64_t device_weight_bytes(const model_config& c, std::size_t matrix_value_bytes) {
+std::uint64_t device_weight_bytes(const model_config& c, std::size_t matrix_value_bytes, int fp8_expert_block_cols) {
   std::uint64_t bytes = 0;
   for (const auto& t : checkpoint_tensors(c)) {
     std::uint64_t n = 1;
     for (auto d : t.shape) n *= static_cast<std::uint64_t>(d);
+    if (fp8_expert_block_cols > 0 && t.role == tensor_spec::kind::matrix && t.name.find(".mlp.experts.") != std::string::npos &&
+        t.shape.size() == 2) {
+      // One byte a value, and a float scale a row for each block of columns.
+      const auto rows = static_cast<std::uint64_t>(t.shape[0]), cols = static_cast<std::uint64_t>(t.shape[1]);
+      const auto blocks = (cols + static_cast<std::uint64_t>(fp8_expert_block_cols) - 1) / static_cast<std::uint64_t>(fp8_expert_block_cols);
+      bytes += n + rows * blocks * sizeof(float);
+      continue;
+    }
     bytes += n * (t.role == tensor_spec::kind::matrix ? matrix_value_bytes : sizeof(float));
   }
   return bytes;

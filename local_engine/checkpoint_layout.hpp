@@ -25,8 +25,10 @@ std::vector<tensor_spec> checkpoint_tensors(const model_config& c);
 std::string layer_prefix(int l);
 
 /// Bytes the weights of `c` take on a device that holds every matrix at `matrix_value_bytes` a
-/// value and the norms, biases and score corrections in float32 (a tied lm_head is not counted twice).
-std::uint64_t device_weight_bytes(const model_config& c, std::size_t matrix_value_bytes);
+/// value and the norms, biases and score corrections in float32 (a tied lm_head is not counted
+/// twice). With fp8_expert_block_cols > 0 the routed experts are counted as kept in FP8: a byte a
+/// value and a float scale a row for each block of that many columns.
+std::uint64_t device_weight_bytes(const model_config& c, std::size_t matrix_value_bytes, int fp8_expert_block_cols = 0);
 
 /// Throws std::runtime_error naming the bytes needed and available when `needed` bytes of weights
 /// do not fit in `available` bytes of free memory on `device` (checked before anything is uploaded).

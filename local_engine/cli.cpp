@@ -62,6 +62,8 @@ const char* generate_help =
     "  --device DEV          cpu (default) or cuda:N (needs a CUDA build)\n"
     "  --dtype T             float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)\n"
     "  --kv-cache-memory M   KV pool: bytes when > 1, else a fraction (default: 256 MiB on cpu, 0.9 of free GPU memory)\n"
+    "  --fp8-experts MODE    an FP8 checkpoint's routed experts on a GPU: tensor_cores (default),\n"
+    "                        dequantise_on_read or dequantise_at_load\n"
     "  --json                print {\"tokens\": [...], \"text\": \"...\", \"finish_reason\": ...}\n";
 
 const char* tokenize_help =
@@ -87,6 +89,7 @@ const char* bench_help =
     "  --device DEV          cpu (default) or cuda:N\n"
     "  --dtype T             float32 or bfloat16 (default: the device's)\n"
     "  --kv-cache-memory M   KV pool: bytes when > 1, else a fraction\n"
+    "  --fp8-experts MODE    tensor_cores (default), dequantise_on_read or dequantise_at_load\n"
     "  --prompt-len N        prefill length for --checkpoint (default 64)\n"
     "  --batch B[,B...]      decode batch sizes (default 1)\n"
     "  --context N           positions each sequence holds before the timed decode (default 256)\n"
@@ -117,7 +120,8 @@ const char* logits_help =
     "                        on the cache (default: all)\n"
     "  --device DEV          cpu (default) or cuda:N\n"
     "  --dtype T             float32 or bfloat16 (default: the device's)\n"
-    "  --kv-cache-memory M   KV pool: bytes when > 1, else a fraction\n";
+    "  --kv-cache-memory M   KV pool: bytes when > 1, else a fraction\n"
+    "  --fp8-experts MODE    tensor_cores (default), dequantise_on_read or dequantise_at_load\n";
 
 bool is_help(std::string_view a) { return a == "-h" || a == "--help" || a == "help"; }
 
@@ -198,6 +202,7 @@ int cmd_generate(args& a) {
     else if (f == "--device") bo.device = a.value(f);
     else if (f == "--dtype") bo.dtype = a.value(f);
     else if (f == "--kv-cache-memory") bo.kv_cache_memory = parse_kv_memory(f, a.value(f));
+    else if (f == "--fp8-experts") set_fp8_experts(bo, a.value(f));
     else if (f == "--max-tokens") {
       const auto n = parse_number<long long>(f, a.value(f));
       if (n < 0) throw usage_error("--max-tokens must be >= 0");
@@ -314,6 +319,7 @@ int cmd_bench(args& a) {
     else if (f == "--device") o.backend.device = a.value(f);
     else if (f == "--dtype") o.backend.dtype = a.value(f);
     else if (f == "--kv-cache-memory") o.backend.kv_cache_memory = parse_kv_memory(f, a.value(f));
+    else if (f == "--fp8-experts") set_fp8_experts(o.backend, a.value(f));
     else if (f == "--batch") {
       o.batches.clear();
       const std::string all = a.value(f);
@@ -370,6 +376,7 @@ int cmd_logits(args& a) {
     else if (f == "--device") bo.device = a.value(f);
     else if (f == "--dtype") bo.dtype = a.value(f);
     else if (f == "--kv-cache-memory") bo.kv_cache_memory = parse_kv_memory(f, a.value(f));
+    else if (f == "--fp8-experts") set_fp8_experts(bo, a.value(f));
     else throw usage_error("logits: unknown option " + std::string(f));
   }
   if (checkpoint.empty() || tokens_path.empty() || out.empty())

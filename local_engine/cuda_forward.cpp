@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <tuple>
@@ -176,14 +177,18 @@ class cuda_backend final : public forward_backend {
     if (c.qk_rope_head_dim % 2 != 0) throw std::runtime_error("qk_rope_head_dim must be even");
     if (c.n_routed_experts > 1024 || c.n_group > 64 || c.num_experts_per_tok > 32)
       throw std::runtime_error("the CUDA router takes up to 1024 experts, 64 groups and top 32");
+    std::optional<tensor_store> store;
     {
       // Refused before anything is uploaded, naming the bytes needed and free.
       size_t free_bytes = 0, total = 0;
       check(cudaMemGetInfo(&free_bytes, &total));
-      check_weights_fit(device_weight_bytes(c, sizeof(T)), free_bytes, opt.device);
+      if (!opt.random_weights_seed) store.emplace(tensor_store::open_dir(dir));
+      plan_fp8_experts(store ? &*store : nullptr, opt);
+      check_weights_fit(device_weight_bytes(c, sizeof(T), fp8_experts_ ? 1 << fp8_shift_ : 0), free_bytes,
+                        opt.device);
     }
-    if (opt.random_weights_seed) make_random_weights(*opt.random_weights_seed, opt.random_fp8_experts);
-    else load_weights(dir, opt.keep_fp8);
+    if (store) load_weights(*store, dir);
+    else make_random_weights(*opt.random_weights_seed);
     fp8_mma_ = fp8_experts_ && opt.fp8_tensor_cores &&
                cuda::fp8_mma_fits(2 * c.moe_intermediate_size, c.hidden_size, fp8_shift_) &&
                cuda::fp8_mma_fits(c.hidden_size, c.moe_intermediate_size, fp8_shift_);
@@ -502,24 +507,39 @@ class cuda_backend final : public forward_backend {
     lm_head_ = c.tie_word_embeddings ? embed_ : mat_of("lm_head.weight", c.vocab_size, H);
   }
 
-  void load_weights(const std::string& dir, bool keep_fp8) {
-    tensor_store store = tensor_store::open_dir(dir);
-    // FP8 matrices are dequantised on the host as they are read, then uploaded as T; the routed
-    // experts of an FP8 checkpoint stay in FP8 where the GPU and their shapes allow it.
-    store.set_fp8_block(c_.fp8_block_rows, c_.fp8_block_cols);
+  /// Whether the routed experts stay in FP8 on the GPU (sets fp8_experts_ and fp8_shift_): an FP8
+  /// checkpoint's (store), or the benchmark's random ones (no store), in bf16 mode on a GPU with
+  /// FP8 where their shapes fit. Decided before the weights-fit check, which counts them at FP8 size.
+  void plan_fp8_experts(const tensor_store* store, const backend_options& opt) {
     const int H = c_.hidden_size, I = c_.moe_intermediate_size;
+    if (!std::is_same_v<T, bf16>) return;
+    if (!store) {
+      if (!opt.random_fp8_experts) return;
+      if (!gpu_has_fp8() || !cuda::fp8_experts_fit(2 * I, H, 128) || !cuda::fp8_experts_fit(H, I, 128))
+        throw std::runtime_error("FP8 experts need a GPU of compute capability 8.9 or later and expert sizes that are multiples of 32");
+      fp8_experts_ = true;
+      fp8_shift_ = 7;
+      return;
+    }
     const int first_moe = [&] {
       for (int l = 0; l < c_.num_hidden_layers; ++l)
         if (c_.is_moe_layer(l)) return l;
       return -1;
     }();
     const std::string probe0 = first_moe < 0 ? "" : layer_prefix(first_moe) + "mlp.experts.0.gate_proj.weight";
-    if (keep_fp8 && std::is_same_v<T, bf16> && gpu_has_fp8() && first_moe >= 0 && c_.fp8_block_rows > 0 &&
-        store.contains(probe0) && store.is_fp8(probe0) &&
-        cuda::fp8_experts_fit(2 * I, H, c_.fp8_block_cols) && cuda::fp8_experts_fit(H, I, c_.fp8_block_cols)) {
+    if (opt.keep_fp8 && gpu_has_fp8() && first_moe >= 0 && c_.fp8_block_rows > 0 && store->contains(probe0) &&
+        store->is_fp8(probe0) && cuda::fp8_experts_fit(2 * I, H, c_.fp8_block_cols) &&
+        cuda::fp8_experts_fit(H, I, c_.fp8_block_cols)) {
       fp8_experts_ = true;
       fp8_shift_ = std::countr_zero(static_cast<unsigned>(c_.fp8_block_cols));
     }
+  }
+
+  void load_weights(tensor_store& store, const std::string& dir) {
+    // FP8 matrices are dequantised on the host as they are read, then uploaded as T; the routed
+    // experts of an FP8 checkpoint stay in FP8 where plan_fp8_experts kept them.
+    store.set_fp8_block(c_.fp8_block_rows, c_.fp8_block_cols);
+    const int H = c_.hidden_size, I = c_.moe_intermediate_size;
     std::vector<float> scales;
     build_layers(
         [&](const std::string& name, int rows, int cols, T* dst) {
@@ -559,14 +579,8 @@ class cuda_backend final : public forward_backend {
 
   /// Benchmark weights drawn on the device from a seed: matrices with the recipes' spread,
   /// norms near one, biases small, no disk and no host memory.
-  void make_random_weights(uint64_t seed, bool fp8_experts) {
+  void make_random_weights(uint64_t seed) {
     const int H = c_.hidden_size, I = c_.moe_intermediate_size;
-    if (fp8_experts && std::is_same_v<T, bf16>) {
-      if (!gpu_has_fp8() || !cuda::fp8_experts_fit(2 * I, H, 128) || !cuda::fp8_experts_fit(H, I, 128))
-        throw std::runtime_error("FP8 experts need a GPU of compute capability 8.9 or later and expert sizes that are multiples of 32");
-      fp8_experts_ = true;
-      fp8_shift_ = 7;
-    }
     build_layers(
         [&](const std::string& name, int rows, int cols, T* dst) {
           const size_t n = rows < 0 ? static_cast<size_t>(-rows) * cols * (name.ends_with("gate_up_proj") ? H : I)

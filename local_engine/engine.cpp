@@ -17,6 +17,15 @@
 
 namespace tollgate::engine {
 
+void set_fp8_experts(backend_options& o, std::string_view mode) {
+  if (mode == "tensor_cores") o.keep_fp8 = true, o.fp8_tensor_cores = true;
+  else if (mode == "dequantise_on_read") o.keep_fp8 = true, o.fp8_tensor_cores = false;
+  else if (mode == "dequantise_at_load") o.keep_fp8 = false, o.fp8_tensor_cores = false;
+  else
+    throw std::invalid_argument("fp8_experts must be tensor_cores, dequantise_on_read or dequantise_at_load, got '" +
+                                std::string(mode) + "'");
+}
+
 namespace fs = std::filesystem;
 
 namespace {

@@ -21,6 +21,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tokenizer/tokenizer.hpp"
@@ -70,6 +71,11 @@ struct backend_options {
   /// Benchmarks with random_weights_seed: the routed experts drawn in FP8 (with block scales).
   bool random_fp8_experts = false;
 };
+
+/// The names of the FP8 expert modes (config key `fp8_experts`, flag `--fp8-experts`):
+/// "tensor_cores" (keep_fp8 and fp8_tensor_cores, the default), "dequantise_on_read" (keep_fp8
+/// only) and "dequantise_at_load" (neither). Throws std::invalid_argument naming the choices.
+void set_fp8_experts(backend_options& o, std::string_view mode);
 
 /// The continuous-batching scheduler's limits.
 struct scheduler_options {

@@ -642,7 +642,7 @@ keys:
   - {name: k, key: tg-k, budget: 12.5/month, expires: 2030-01-02}
 backends:
   - {name: gpu, kind: local_engine, checkpoint: /models/tiny, device: "cuda:0", max_batch: 16, dtype: bfloat16,
-     kv_cache_memory: 0.85, max_batch_tokens: 4096, prefix_caching: false}
+     kv_cache_memory: 0.85, max_batch_tokens: 4096, prefix_caching: false, fp8_experts: dequantise_on_read}
   - {name: cpu, kind: local_engine, checkpoint: /models/tiny, kv_cache_memory: 40000000000}
 routes:
   - {model: tiny, targets: [{backend: gpu}, {backend: cpu}]}
@@ -667,6 +667,8 @@ routes:
   CHECK(c.backends[1].local_engine()->max_batch_tokens == 2048);
   CHECK_FALSE(c.backends[0].local_engine()->prefix_caching);
   CHECK(c.backends[1].local_engine()->prefix_caching);
+  CHECK(c.backends[0].local_engine()->fp8_experts == "dequantise_on_read");
+  CHECK(c.backends[1].local_engine()->fp8_experts == "tensor_cores");
 
   auto bad = load(R"(
 keys:
@@ -679,6 +681,7 @@ backends:
   - {name: d, kind: local_engine, checkpoint: /m, kv_cache_memory: -1,
      prefix_caching: sometimes}
   - {name: e, kind: openai, base_url: "http://x", prefix_caching: true}
+  - {name: f, kind: local_engine, checkpoint: /m, fp8_experts: float16}
 routes:
   - {model: m, targets: [{backend: a}]}
 )");
@@ -698,6 +701,8 @@ routes:
   CHECK(find(bad, "backends[3].prefix_caching").line == 10);
   CHECK(find(bad, "backends[3].prefix_caching").message == "must be true or false, got 'sometimes'");
   CHECK(find(bad, "backends[4].prefix_caching").message.find("kind local_engine") != std::string::npos);
+  CHECK(find(bad, "backends[5].fp8_experts").message.find("got 'float16'") != std::string::npos);
+  CHECK(find(bad, "backends[5].fp8_experts").line == 12);
 }
 
 TEST_CASE("transport: native for http, curl for https, or as given", "[config]") {

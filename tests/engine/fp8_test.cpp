@@ -208,8 +208,35 @@ TEST_CASE("limits: weights that do not fit a device are refused with the bytes n
   CHECK(bf16 < on_disk);
   CHECK(bf16 > on_disk / 2);  // norms stay float32
 
+  // Routed experts kept in FP8: a byte a value and a float scale a row for each 128 columns.
+  uint64_t expert_values = 0, expert_scales = 0;
+  for (const auto& t : eng::checkpoint_tensors(c))
+    if (t.name.find(".mlp.experts.") != std::string::npos) {
+      expert_values += static_cast<uint64_t>(t.shape[0] * t.shape[1]);
+      expert_scales += static_cast<uint64_t>(t.shape[0] * ((t.shape[1] + 127) / 128)) * 4;
+    }
+  REQUIRE(expert_values > 0);
+  CHECK(eng::device_weight_bytes(c, 2, 128) == bf16 - expert_values + expert_scales);
+
   CHECK_NOTHROW(eng::check_weights_fit(bf16, bf16, "cuda:0"));
   CHECK_THROWS_WITH(eng::check_weights_fit(16'000'000'000ull, 12'884'901'888ull, "cuda:1"),
                     Contains("does not fit cuda:1") && Contains("need 16000000000 bytes (14.90 GiB)") &&
                         Contains("12884901888 bytes (12.00 GiB) are free"));
+}
+
+TEST_CASE("fp8: the fp8_experts modes set what the GPU backend keeps and how it multiplies", "[engine][fp8]") {
+  eng::backend_options o;
+  CHECK(o.keep_fp8);
+  CHECK(o.fp8_tensor_cores);
+  eng::set_fp8_experts(o, "dequantise_at_load");
+  CHECK_FALSE(o.keep_fp8);
+  CHECK_FALSE(o.fp8_tensor_cores);
+  eng::set_fp8_experts(o, "dequantise_on_read");
+  CHECK(o.keep_fp8);
+  CHECK_FALSE(o.fp8_tensor_cores);
+  eng::set_fp8_experts(o, "tensor_cores");
+  CHECK(o.keep_fp8);
+  CHECK(o.fp8_tensor_cores);
+  CHECK_THROWS_WITH(eng::set_fp8_experts(o, "fp8"), Contains("tensor_cores, dequantise_on_read or dequantise_at_load") &&
+                                                        Contains("got 'fp8'"));
 }
