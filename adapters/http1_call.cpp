@@ -1,14 +1,19 @@
 #include "adapters/http1_call.hpp"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/basic_parser.hpp>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <optional>
 #include <span>
 #include <vector>
@@ -246,17 +251,34 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     });
   }
 
-  /// Writes the request, and reads the answer at the same time: an upstream may answer (413, say)
-  /// before it has read the whole body.
+  /// Writes the request. A request the socket takes whole (the usual case) goes in one
+  /// non-blocking sendmsg here, and the answer's first read waits for the handlers already queued:
+  /// issued at once it would find nothing (the upstream has not seen the request yet), a system
+  /// call spent before epoll reports the answer; issued after the other connections' work, it
+  /// usually finds the answer there. It costs no time when nothing else is queued. The rest of a
+  /// large request is written while the answer is read: an upstream may answer (413, say) before
+  /// it has read the whole body.
   void send() {
     parser_.emplace(*this);
     got_bytes_ = false;
-    writing_ = true;
+    writing_ = false;
     write_failed_ = false;
     sent_at_ = std::chrono::steady_clock::now();
+    send_now();
+    if (write_failed_) {
+      read();  // the read gives the verdict: an answer before the failure, or the error or close
+      return;
+    }
+    if (rest_.empty()) {
+      net::post(refs_.io, [self = shared_from_this(), c = connection_] {
+        if (c == self->connection_) self->read();
+      });
+      return;
+    }
+    writing_ = true;
     // Borrowed parts of the body are only read while the call is alive: when it ends with the
     // write unfinished, the connection is closed (complete(), finish_with()) and the write stops.
-    net::async_write(connection_->socket, std::span<const net::const_buffer>(buffers_),
+    net::async_write(connection_->socket, std::span<const net::const_buffer>(rest_),
                      [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t) {
                        if (c != self->connection_) return;
                        self->writing_ = false;
@@ -275,6 +297,40 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
                        }
                      });
     read();
+  }
+
+  /// One non-blocking sendmsg of as much of the request as the socket takes. What is left goes in
+  /// rest_ (empty when all went); a hard error sets write_failed_.
+  void send_now() {
+    rest_.clear();
+    std::array<iovec, 16> iov{};
+    std::size_t count = 0;
+    for (const net::const_buffer& b : buffers_) {
+      if (count == iov.size()) break;
+      iov[count].iov_base = const_cast<void*>(b.data());
+      iov[count].iov_len = b.size();
+      ++count;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = count;
+    ssize_t n = 0;
+    do {
+      n = ::sendmsg(connection_->socket.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      write_failed_ = true;
+      return;
+    }
+    std::size_t left = n < 0 ? 0 : static_cast<std::size_t>(n);
+    for (const net::const_buffer& b : buffers_) {
+      if (left >= b.size()) {
+        left -= b.size();
+        continue;
+      }
+      rest_.push_back(b + left);
+      left = 0;
+    }
   }
 
   void read() {
@@ -428,6 +484,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   std::string body_;
   std::vector<body_part> parts_;
   std::vector<net::const_buffer> buffers_;  // head_, then the body
+  std::vector<net::const_buffer> rest_;     // what the first sendmsg did not take
   std::shared_ptr<upstream_connection> connection_;
   std::optional<response_reader> parser_;
   std::optional<tcp::resolver> resolver_;
