@@ -31,10 +31,12 @@ using tcp = net::ip::tcp;
 namespace {
 
 constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream past this
-// A read asks for read_size bytes at first, and for twice as many (up to max_read_size) after a
-// read that filled what it asked for: a large answer is read in few system calls, while a stream
-// of small events keeps its connection's buffer small.
+// A read asks for read_size bytes at first (stream_read_size for a stream), and for twice as many
+// (up to max_read_size) after a read that filled what it asked for: a large answer is read in few
+// system calls, while a stream of small events keeps its connection's buffer small (a held stream
+// is mostly idle, and its buffer lasts as long as it does).
 constexpr std::size_t read_size = 16 * 1024;
+constexpr std::size_t stream_read_size = 1024;
 constexpr std::size_t max_read_size = 256 * 1024;
 // How soon after sending a reused connection must fail for the request to go again on a new one.
 constexpr auto stale_window = std::chrono::seconds(1);
@@ -103,7 +105,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         body_(std::move(request.body)),
         parts_(std::move(request.parts)),
         deadline_(refs.io),
-        mailbox_(refs.io, origin.timeouts) {
+        mailbox_(refs.io, origin.timeouts),
+        read_size_(request.stream ? stream_read_size : read_size) {
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
     head_.reserve(32 + origin.base_path.size() + request.path.size() + fixed.size() + request.request_id.size());
     head_.append("POST ").append(origin.base_path).append(request.path).append(" HTTP/1.1\r\n").append(fixed);
@@ -135,6 +138,11 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     });
     connection_ = refs_.pool.take(origin_.pool_key);
     if (connection_) {
+      // A stream keeps its connection's buffer while it lasts: one that an earlier answer grew
+      // starts again small (it is empty between answers).
+      if (read_size_ == stream_read_size && connection_->buffer.capacity() > stream_read_size) {
+        connection_->buffer.shrink_to_fit();
+      }
       send();
     } else {
       open();
@@ -183,6 +191,15 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
 
   void on_head(response_head head) {
     if (head.status < 200) return;  // 1xx: the real answer follows
+    if (!writing_) {
+      // The request is sent and answered, never to be sent again (a retry on a fresh connection
+      // is only for a connection that answered nothing): a long stream does not keep it.
+      std::string().swap(head_);
+      std::string().swap(body_);
+      std::vector<body_part>().swap(parts_);
+      std::vector<net::const_buffer>().swap(buffers_);
+      std::vector<net::const_buffer>().swap(rest_);
+    }
     call_event ev;
     ev.type = call_event::kind::head;
     ev.head = std::move(head);
@@ -502,7 +519,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool retried_ = false;
   bool borrows_ = false;           // the body has borrowed parts (see abandon())
   bool pool_after_write_ = false;  // answered while the request was still being written
-  std::size_t read_size_ = read_size;
+  std::size_t read_size_;
 };
 
 void response_reader::on_header_impl(beast::error_code&) { t_.on_head(std::move(head_)); }
