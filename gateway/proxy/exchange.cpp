@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <iostream>
 
 #include "gateway/handlers/handlers.hpp"
@@ -162,7 +163,9 @@ void exchange::on_attempt_end(const routing::target& t, const char* outcome, dou
 }
 
 bool exchange::take_usage(const std::string& event) {
-  if (event.find("\"usage\"") == std::string::npos) return false;
+  // memmem: string::find would stop at every quote of the event.
+  static constexpr std::string_view key = "\"usage\"";
+  if (::memmem(event.data(), event.size(), key.data(), key.size()) == nullptr) return false;
   const auto data = protocol::sse_data(event);
   if (!data) return false;
   bool no_choices = false, refused = false;
