@@ -1,14 +1,19 @@
 #include "adapters/http1_call.hpp"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/basic_parser.hpp>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <optional>
 #include <span>
 #include <vector>
@@ -26,10 +31,12 @@ using tcp = net::ip::tcp;
 namespace {
 
 constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream past this
-// A read asks for read_size bytes at first, and for twice as many (up to max_read_size) after a
-// read that filled what it asked for: a large answer is read in few system calls, while a stream
-// of small events keeps its connection's buffer small.
+// A read asks for read_size bytes at first (stream_read_size for a stream), and for twice as many
+// (up to max_read_size) after a read that filled what it asked for: a large answer is read in few
+// system calls, while a stream of small events keeps its connection's buffer small (a held stream
+// is mostly idle, and its buffer lasts as long as it does).
 constexpr std::size_t read_size = 16 * 1024;
+constexpr std::size_t stream_read_size = 1024;
 constexpr std::size_t max_read_size = 256 * 1024;
 // How soon after sending a reused connection must fail for the request to go again on a new one.
 constexpr auto stale_window = std::chrono::seconds(1);
@@ -98,7 +105,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         body_(std::move(request.body)),
         parts_(std::move(request.parts)),
         deadline_(refs.io),
-        mailbox_(refs.io, origin.timeouts) {
+        mailbox_(refs.io, origin.timeouts),
+        read_size_(request.stream ? stream_read_size : read_size) {
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
     head_.reserve(32 + origin.base_path.size() + request.path.size() + fixed.size() + request.request_id.size());
     head_.append("POST ").append(origin.base_path).append(request.path).append(" HTTP/1.1\r\n").append(fixed);
@@ -130,6 +138,11 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     });
     connection_ = refs_.pool.take(origin_.pool_key);
     if (connection_) {
+      // A stream keeps its connection's buffer while it lasts: one that an earlier answer grew
+      // starts again small (it is empty between answers).
+      if (read_size_ == stream_read_size && connection_->buffer.capacity() > stream_read_size) {
+        connection_->buffer.shrink_to_fit();
+      }
       send();
     } else {
       open();
@@ -178,6 +191,15 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
 
   void on_head(response_head head) {
     if (head.status < 200) return;  // 1xx: the real answer follows
+    if (!writing_) {
+      // The request is sent and answered, never to be sent again (a retry on a fresh connection
+      // is only for a connection that answered nothing): a long stream does not keep it.
+      std::string().swap(head_);
+      std::string().swap(body_);
+      std::vector<body_part>().swap(parts_);
+      std::vector<net::const_buffer>().swap(buffers_);
+      std::vector<net::const_buffer>().swap(rest_);
+    }
     call_event ev;
     ev.type = call_event::kind::head;
     ev.head = std::move(head);
@@ -246,17 +268,34 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     });
   }
 
-  /// Writes the request, and reads the answer at the same time: an upstream may answer (413, say)
-  /// before it has read the whole body.
+  /// Writes the request. A request the socket takes whole (the usual case) goes in one
+  /// non-blocking sendmsg here, and the answer's first read waits for the handlers already queued:
+  /// issued at once it would find nothing (the upstream has not seen the request yet), a system
+  /// call spent before epoll reports the answer; issued after the other connections' work, it
+  /// usually finds the answer there. It costs no time when nothing else is queued. The rest of a
+  /// large request is written while the answer is read: an upstream may answer (413, say) before
+  /// it has read the whole body.
   void send() {
     parser_.emplace(*this);
     got_bytes_ = false;
-    writing_ = true;
+    writing_ = false;
     write_failed_ = false;
     sent_at_ = std::chrono::steady_clock::now();
+    send_now();
+    if (write_failed_) {
+      read();  // the read gives the verdict: an answer before the failure, or the error or close
+      return;
+    }
+    if (rest_.empty()) {
+      net::post(refs_.io, [self = shared_from_this(), c = connection_] {
+        if (c == self->connection_) self->read();
+      });
+      return;
+    }
+    writing_ = true;
     // Borrowed parts of the body are only read while the call is alive: when it ends with the
     // write unfinished, the connection is closed (complete(), finish_with()) and the write stops.
-    net::async_write(connection_->socket, std::span<const net::const_buffer>(buffers_),
+    net::async_write(connection_->socket, std::span<const net::const_buffer>(rest_),
                      [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t) {
                        if (c != self->connection_) return;
                        self->writing_ = false;
@@ -275,6 +314,40 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
                        }
                      });
     read();
+  }
+
+  /// One non-blocking sendmsg of as much of the request as the socket takes. What is left goes in
+  /// rest_ (empty when all went); a hard error sets write_failed_.
+  void send_now() {
+    rest_.clear();
+    std::array<iovec, 16> iov{};
+    std::size_t count = 0;
+    for (const net::const_buffer& b : buffers_) {
+      if (count == iov.size()) break;
+      iov[count].iov_base = const_cast<void*>(b.data());
+      iov[count].iov_len = b.size();
+      ++count;
+    }
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = count;
+    ssize_t n = 0;
+    do {
+      n = ::sendmsg(connection_->socket.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      write_failed_ = true;
+      return;
+    }
+    std::size_t left = n < 0 ? 0 : static_cast<std::size_t>(n);
+    for (const net::const_buffer& b : buffers_) {
+      if (left >= b.size()) {
+        left -= b.size();
+        continue;
+      }
+      rest_.push_back(b + left);
+      left = 0;
+    }
   }
 
   void read() {
@@ -428,6 +501,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   std::string body_;
   std::vector<body_part> parts_;
   std::vector<net::const_buffer> buffers_;  // head_, then the body
+  std::vector<net::const_buffer> rest_;     // what the first sendmsg did not take
   std::shared_ptr<upstream_connection> connection_;
   std::optional<response_reader> parser_;
   std::optional<tcp::resolver> resolver_;
@@ -445,7 +519,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool retried_ = false;
   bool borrows_ = false;           // the body has borrowed parts (see abandon())
   bool pool_after_write_ = false;  // answered while the request was still being written
-  std::size_t read_size_ = read_size;
+  std::size_t read_size_;
 };
 
 void response_reader::on_header_impl(beast::error_code&) { t_.on_head(std::move(head_)); }

@@ -93,7 +93,7 @@ class engine_binding final : public engine_port {
 
  private:
   std::string name_;
-  std::shared_ptr<const engine::tokenizer> tok_;
+  std::shared_ptr<const tokenizer::tokenizer> tok_;
   // Last: destroyed first, so that the engine thread stops while the tokenizer is still there.
   std::shared_ptr<const engine::model> model_;
 };

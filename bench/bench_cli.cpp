@@ -94,11 +94,11 @@ int bench_command(const std::vector<std::string_view>& args) {
     cfg = std::move(loaded.value);
   }
 
-  std::shared_ptr<const engine::tokenizer> tok;
+  std::shared_ptr<const tokenizer::tokenizer> tok;
   const std::string tok_path = !o.tokenizer.empty() ? o.tokenizer : gateway::tokenizer_path_for(cfg ? *cfg : config::config{});
   if (!tok_path.empty()) {
     try {
-      tok = engine::tokenizer::load(tok_path);
+      tok = tokenizer::tokenizer::load(tok_path);
     } catch (const std::exception& e) {
       std::cerr << "tollgate bench: " << e.what() << "\n";
       if (!o.tokenizer.empty()) return 2;

@@ -81,7 +81,7 @@ std::int64_t json_int(const nlohmann::json& j, const char* key) {
 struct runner::impl {
   const bench_options& o;
   std::vector<prompt> prompts;
-  const engine::tokenizer* tok;
+  const tokenizer::tokenizer* tok;
   net::io_context io{1};
   adapters::curl_multi curl{io};
   adapters::upstream_pool pool{io, 65536};
@@ -89,7 +89,7 @@ struct runner::impl {
   std::string path;
   std::vector<std::string> bodies;  // one per prompt, for the model of the current run
 
-  impl(const bench_options& opts, std::vector<prompt> p, const engine::tokenizer* t)
+  impl(const bench_options& opts, std::vector<prompt> p, const tokenizer::tokenizer* t)
       : o(opts), prompts(std::move(p)), tok(t) {
     config::backend_config cfg;
     cfg.name = "bench";
@@ -371,7 +371,7 @@ struct runner::impl {
   }
 };
 
-runner::runner(const bench_options& o, std::vector<prompt> prompts, const engine::tokenizer* tok)
+runner::runner(const bench_options& o, std::vector<prompt> prompts, const tokenizer::tokenizer* tok)
     : impl_(std::make_unique<impl>(o, std::move(prompts), tok)) {}
 runner::~runner() = default;
 

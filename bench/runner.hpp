@@ -52,7 +52,7 @@ class runner {
   /// prompts must not be empty; they are cycled. Throws std::runtime_error for an unusable
   /// base URL.
   /// tok (may be null, then outlives the runner) counts the text of answers that report no usage.
-  runner(const bench_options& o, std::vector<prompt> prompts, const engine::tokenizer* tok);
+  runner(const bench_options& o, std::vector<prompt> prompts, const tokenizer::tokenizer* tok);
   ~runner();
   runner(const runner&) = delete;
   runner& operator=(const runner&) = delete;

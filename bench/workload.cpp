@@ -23,7 +23,7 @@ constexpr std::array<std::string_view, 48> words = {
     " can", " her", " has", " there", " been", " if", " more", " when", " will", " would", " who",
     " so", " no"};
 
-std::int64_t count(const engine::tokenizer* tok, std::string_view text) {
+std::int64_t count(const tokenizer::tokenizer* tok, std::string_view text) {
   if (tok != nullptr) return static_cast<std::int64_t>(tok->count(text));
   std::int64_t n = 0;
   bool in_word = false;
@@ -37,7 +37,7 @@ std::int64_t count(const engine::tokenizer* tok, std::string_view text) {
 
 }  // namespace
 
-std::string synthetic_text(std::int64_t tokens, std::uint64_t salt, const engine::tokenizer* tok) {
+std::string synthetic_text(std::int64_t tokens, std::uint64_t salt, const tokenizer::tokenizer* tok) {
   std::mt19937_64 rng(salt * 0x9E3779B97F4A7C15ULL + 1);
   // A distinct start per prompt, so that no two prompts share a cached prefix.
   std::string head = "Request " + std::to_string(salt) + ":";
@@ -64,7 +64,7 @@ std::string synthetic_text(std::int64_t tokens, std::uint64_t salt, const engine
   return text;
 }
 
-std::vector<prompt> make_prompts(const bench_options& o, const engine::tokenizer* tok, std::size_t wanted) {
+std::vector<prompt> make_prompts(const bench_options& o, const tokenizer::tokenizer* tok, std::size_t wanted) {
   std::mt19937_64 rng(o.seed);
   std::vector<prompt> out;
   if (o.dataset.empty()) {

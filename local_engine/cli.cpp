@@ -268,7 +268,7 @@ int cmd_tokenize(args& a) {
   if (!in.is_array()) throw usage_error("tokenize: stdin must hold a JSON array of strings");
   for (const auto& x : in)
     if (!x.is_string()) throw usage_error("tokenize: every element of the array must be a string");
-  const auto tok = eng::tokenizer::load(path);
+  const auto tok = tollgate::tokenizer::tokenizer::load(path);
   json out = json::array();
   for (const auto& x : in) out.push_back(tok->encode(x.get_ref<const std::string&>()));
   std::cout << out.dump() << "\n";

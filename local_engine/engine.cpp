@@ -141,7 +141,7 @@ model::model() = default;
 model::~model() { sched.reset(); }
 
 std::shared_ptr<const model> make_model(model_config config, std::unique_ptr<forward_backend> backend,
-                                        std::shared_ptr<const tokenizer> tok, const scheduler_options& sched, std::string name) {
+                                        std::shared_ptr<const tokenizer::tokenizer> tok, const scheduler_options& sched, std::string name) {
   if (!backend) throw std::invalid_argument("make_model: no backend");
   auto m = std::make_shared<model>();
   m->config = std::move(config);
@@ -164,9 +164,9 @@ std::shared_ptr<const model> load_model(const std::string& checkpoint_dir, const
   auto config = parse_model_config(read_file(cfg_path), cfg_path.string());
   std::string name = fs::absolute(dir, ec).lexically_normal().filename().string();
   if (name.empty()) name = fs::absolute(dir, ec).lexically_normal().parent_path().filename().string();
-  std::shared_ptr<const tokenizer> tok;
+  std::shared_ptr<const tokenizer::tokenizer> tok;
   const fs::path tok_path = dir / "tokenizer.json";
-  if (fs::exists(tok_path, ec)) tok = tokenizer::load(tok_path.string());
+  if (fs::exists(tok_path, ec)) tok = tokenizer::tokenizer::load(tok_path.string());
   auto backend = make_backend(config, checkpoint_dir, options);
   auto m = std::const_pointer_cast<model>(make_model(std::move(config), std::move(backend), std::move(tok), sched, std::move(name)));
   m->dir = checkpoint_dir;
@@ -204,7 +204,7 @@ std::unique_ptr<sequence> start(const std::shared_ptr<const model>& m, std::vect
   return std::make_unique<sequence_impl>(m, std::move(prompt), s);
 }
 
-std::shared_ptr<const tokenizer> model_tokenizer(const model& m) { return m.tok; }
+std::shared_ptr<const tokenizer::tokenizer> model_tokenizer(const model& m) { return m.tok; }
 std::optional<int32_t> eos_token(const model& m) {
   if (m.config.eos_token_ids.empty()) return std::nullopt;
   return m.config.eos_token_ids.front();

@@ -217,7 +217,7 @@ class sequence {
 std::unique_ptr<sequence> start(const std::shared_ptr<const model>& m, std::vector<int32_t> prompt, const sampling& s);
 
 // Accessors.
-std::shared_ptr<const tokenizer> model_tokenizer(const model& m);  ///< null when the folder has no tokenizer.json
+std::shared_ptr<const tokenizer::tokenizer> model_tokenizer(const model& m);  ///< null when the folder has no tokenizer.json
 std::optional<int32_t> eos_token(const model& m);                  ///< config.json's eos_token_id (the first one)
 std::optional<int32_t> bos_token(const model& m);                  ///< config.json's bos_token_id
 size_t vocab_size(const model& m);

@@ -97,7 +97,7 @@ class model {
   model();
   ~model();  ///< stops the engine thread (its sequences end as failed) before the backend goes
   model_config config;
-  std::shared_ptr<const tokenizer> tok;
+  std::shared_ptr<const tokenizer::tokenizer> tok;
   std::string name;
   std::string dir;
   std::unique_ptr<forward_backend> backend;
@@ -106,7 +106,7 @@ class model {
 
 /// A model over a backend built elsewhere (a fake backend in tests, a bench): starts its scheduler.
 std::shared_ptr<const model> make_model(model_config config, std::unique_ptr<forward_backend> backend,
-                                        std::shared_ptr<const tokenizer> tok = nullptr, const scheduler_options& sched = {},
+                                        std::shared_ptr<const tokenizer::tokenizer> tok = nullptr, const scheduler_options& sched = {},
                                         std::string name = "model");
 
 }  // namespace tollgate::engine

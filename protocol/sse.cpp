@@ -1,12 +1,22 @@
 #include "protocol/sse.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 namespace tollgate::protocol {
 
 namespace {
 
 bool is_line_end(char c) { return c == '\n' || c == '\r'; }
+
+/// The first '\n' or '\r' in s[i, n), or n: memchr, not a loop over bytes.
+std::size_t find_line_end(const std::string& s, std::size_t i, std::size_t n) {
+  const char* const base = s.data();
+  const void* lf = std::memchr(base + i, '\n', n - i);
+  const std::size_t stop = lf != nullptr ? static_cast<std::size_t>(static_cast<const char*>(lf) - base) : n;
+  const void* cr = std::memchr(base + i, '\r', stop - i);
+  return cr != nullptr ? static_cast<std::size_t>(static_cast<const char*>(cr) - base) : stop;
+}
 
 }  // namespace
 
@@ -31,10 +41,8 @@ std::optional<std::string> sse_splitter::next_event() {
   std::size_t i = std::max(scan_, pos_);
   const std::size_t n = buf_.size();
   while (i < n) {
-    if (!is_line_end(buf_[i])) {
-      ++i;
-      continue;
-    }
+    i = find_line_end(buf_, i, n);
+    if (i == n) break;
     std::size_t end = i + 1;
     if (buf_[i] == '\r') {
       // "\r" alone or the start of "\r\n": the next byte decides, so wait for it.

@@ -14,7 +14,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-namespace tollgate::engine {
+namespace tollgate::tokenizer {
 namespace {
 
 using json = nlohmann::json;
@@ -438,4 +438,4 @@ std::shared_ptr<const tokenizer> tokenizer::load(const std::string& path) {
   }
 }
 
-}  // namespace tollgate::engine
+}  // namespace tollgate::tokenizer

@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-namespace tollgate::engine {
+namespace tollgate::tokenizer {
 
 class tokenizer {
  public:
@@ -37,4 +37,4 @@ class tokenizer {
   virtual bool is_special(int32_t id) const = 0;
 };
 
-}  // namespace tollgate::engine
+}  // namespace tollgate::tokenizer

@@ -76,7 +76,7 @@ std::int64_t bounded_count::operator()(std::string_view text) {
   return n + static_cast<std::int64_t>(static_cast<double>(text.size() - cut) * rate + 0.5);
 }
 
-std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view path, std::string_view body,
+std::int64_t count_prompt_tokens(const tokenizer::tokenizer& tok, std::string_view path, std::string_view body,
                                  std::size_t max_bytes, bool* estimated) {
   bounded_count count(tok, max_bytes);
   struct note_estimate {
@@ -147,7 +147,7 @@ std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view 
   return count(text);
 }
 
-std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_view delivered, bool sse,
+std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::string_view delivered, bool sse,
                                      std::string_view earlier, std::size_t max_bytes, bool* estimated) {
   std::string text(earlier);
   append_completion_text(delivered, sse, text);

@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-namespace tollgate::engine {
+namespace tollgate::tokenizer {
 class tokenizer;
 }
 
@@ -23,12 +23,12 @@ inline constexpr std::size_t unbounded = std::numeric_limits<std::size_t>::max()
 /// the bound caps what one answer may cost.
 class bounded_count {
  public:
-  bounded_count(const engine::tokenizer& tok, std::size_t max_bytes) : tok_(tok), left_(max_bytes) {}
+  bounded_count(const tokenizer::tokenizer& tok, std::size_t max_bytes) : tok_(tok), left_(max_bytes) {}
   std::int64_t operator()(std::string_view text);
   bool estimated() const { return estimated_; }
 
  private:
-  const engine::tokenizer& tok_;
+  const tokenizer::tokenizer& tok_;
   std::size_t left_;
   std::size_t counted_bytes_ = 0;
   std::int64_t counted_tokens_ = 0;
@@ -40,7 +40,7 @@ class bounded_count {
 /// completion prompt, or embedding inputs. A body that is not JSON counts as its bytes' tokens.
 /// At most max_bytes of text are tokenized (see bounded_count); *estimated is set when some of
 /// the count is an estimate.
-std::int64_t count_prompt_tokens(const engine::tokenizer& tok, std::string_view path, std::string_view body,
+std::int64_t count_prompt_tokens(const tokenizer::tokenizer& tok, std::string_view path, std::string_view body,
                                  std::size_t max_bytes = unbounded, bool* estimated = nullptr);
 
 /// Appends the generated text of what reached the client to text: SSE events (sse = true) or a
@@ -51,7 +51,7 @@ void append_completion_text(std::string_view delivered, bool sse, std::string& t
 /// Completion tokens of what reached the client (see append_completion_text). earlier: text
 /// already taken out of earlier parts of the same answer, which comes first. max_bytes and
 /// estimated: as for count_prompt_tokens.
-std::int64_t count_completion_tokens(const engine::tokenizer& tok, std::string_view delivered, bool sse,
+std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::string_view delivered, bool sse,
                                      std::string_view earlier = {}, std::size_t max_bytes = unbounded,
                                      bool* estimated = nullptr);
 

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <iostream>
 
 #include "gateway/handlers/handlers.hpp"
@@ -162,7 +163,9 @@ void exchange::on_attempt_end(const routing::target& t, const char* outcome, dou
 }
 
 bool exchange::take_usage(const std::string& event) {
-  if (event.find("\"usage\"") == std::string::npos) return false;
+  // memmem: string::find would stop at every quote of the event.
+  static constexpr std::string_view key = "\"usage\"";
+  if (::memmem(event.data(), event.size(), key.data(), key.size()) == nullptr) return false;
   const auto data = protocol::sse_data(event);
   if (!data) return false;
   bool no_choices = false, refused = false;
@@ -198,14 +201,17 @@ net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
 net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const adapters::response_head& head) {
   access_record& record = ctx_.result.record;
   responder& out = ctx_.out;
-  response_head_text res(head.status);
-  res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
-  for (const auto& [name, value] : head.headers) {
-    if (out.pass_header(name)) res.field(name, value);
+  {
+    // In a block: a held stream does not keep its head's text.
+    response_head_text res(head.status);
+    res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
+    for (const auto& [name, value] : head.headers) {
+      if (out.pass_header(name)) res.field(name, value);
+    }
+    out.decorate(res);
+    auto [ec, n] = co_await out.write_stream_head(res, head.status);
+    if (ec) co_return delivery{false, false, false};
   }
-  out.decorate(res);
-  auto [ec, n] = co_await out.write_stream_head(res, head.status);
-  if (ec) co_return delivery{false, false, false};
 
   const std::size_t max_event_bytes = ctx_.rt.cfg.server.max_event_bytes;
   // A client of another API gets its dialect's events; the chat events behind them are what is

@@ -6,7 +6,7 @@
 #include <boost/beast/http.hpp>
 
 #include <array>
-#include <cstdio>
+#include <charconv>
 
 #include "gateway/server/cors.hpp"
 #include "protocol/client_dialect.hpp"
@@ -104,9 +104,11 @@ net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::wr
 
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_chunk(std::string_view data) {
   char size[20];
-  const int len = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-  const std::array<net::const_buffer, 3> buffers{net::buffer(size, static_cast<std::size_t>(len)), net::buffer(data),
-                                                 net::buffer("\r\n", 2)};
+  const auto end = std::to_chars(size, size + sizeof size - 2, data.size(), 16).ptr;  // no printf an event
+  end[0] = '\r';
+  end[1] = '\n';
+  const std::array<net::const_buffer, 3> buffers{net::buffer(size, static_cast<std::size_t>(end + 2 - size)),
+                                                 net::buffer(data), net::buffer("\r\n", 2)};
   set_deadline(write_timeout);
   auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
   clear_deadline();

@@ -34,7 +34,7 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
     std::lock_guard lock(lasting.tokenizer_mutex);
     if (lasting.tokenizer_path != path || !lasting.tokenizer) {
       try {
-        lasting.tokenizer = engine::tokenizer::load(path);
+        lasting.tokenizer = tollgate::tokenizer::tokenizer::load(path);
         lasting.tokenizer_path = path;
       } catch (const std::exception& e) {
         std::cerr << "tollgate: metering without a tokenizer: " << e.what() << std::endl;

@@ -17,7 +17,7 @@
 #include "gateway/limits/limiter.hpp"
 #include "routing/route_table.hpp"
 
-namespace tollgate::engine {
+namespace tollgate::tokenizer {
 class tokenizer;
 }
 
@@ -33,7 +33,7 @@ struct lasting_state {
   std::mutex tokenizer_mutex;
   std::string tokenizer_path;
   bool warned_no_tokenizer = false;
-  std::shared_ptr<const engine::tokenizer> tokenizer;
+  std::shared_ptr<const tollgate::tokenizer::tokenizer> tokenizer;
   /// Loaded local-engine models by checkpoint, device and engine settings: a reload keeps the weights.
   adapters::engine_cache engines;
   /// The connection to Redis for shared limits (limits.redis), kept while its URL stays; declared
@@ -52,7 +52,7 @@ struct runtime {
   routing::route_table routes;
   lasting_state* lasting;  ///< key counters for the server's key table
   /// Counts tokens when an upstream reports no usage; null when no tokenizer file is there.
-  std::shared_ptr<const engine::tokenizer> tokenizer;
+  std::shared_ptr<const tollgate::tokenizer::tokenizer> tokenizer;
   std::vector<std::unique_ptr<adapters::backend>> backends;  ///< same order as cfg.backends
   std::vector<std::shared_ptr<routing::target_health>> backend_health;  ///< same order
   std::unique_ptr<limiter> limits;

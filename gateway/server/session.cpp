@@ -73,6 +73,7 @@ class session {
   }
 
   net::awaitable<void> run() {
+    bool answered = false;
     for (;;) {
       if (w_.shared().draining) break;
       const auto rt = w_.shared().current.load();
@@ -81,6 +82,13 @@ class session {
       parser.body_limit(rt->cfg.server.max_body_bytes);
       out_.set_deadline(rt->cfg.server.idle_timeout);
       entry_->idle = true;
+      if (answered && buffer_.size() == 0) {
+        // The client cannot have sent its next request before it read our answer: a read now
+        // would find nothing, a system call spent before epoll reports the request. Let the
+        // handlers already queued run first (no delay when there are none).
+        co_await net::post(socket_.get_executor(), net::use_awaitable);
+      }
+      answered = true;
       // The head first: its framing is checked, and a client waiting on Expect: 100-continue is
       // told to send the body, before the body is read.
       auto [ec, n] = co_await http::async_read_header(socket_, buffer_, parser, use_tuple);

@@ -225,7 +225,7 @@ TEST_CASE("cli: make-tokenizer covers the whole vocabulary with text", "[engine]
   t::temp_dir dir;
   const auto path = (dir.path() / "tokenizer.json").string();
   REQUIRE(cli("make-tokenizer --vocab-size 20000 --out '" + path + "'").code == 0);
-  const auto tok = tollgate::engine::tokenizer::load(path);
+  const auto tok = tollgate::tokenizer::tokenizer::load(path);
   REQUIRE(tok->vocab_size() == 20000);
   for (int32_t id = 0; id < 20000; ++id) {
     const int32_t one[] = {id};

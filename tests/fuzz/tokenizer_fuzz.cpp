@@ -12,12 +12,12 @@
 #include "tokenizer/tokenizer.hpp"
 
 namespace {
-std::shared_ptr<const tollgate::engine::tokenizer> tok;
+std::shared_ptr<const tollgate::tokenizer::tokenizer> tok;
 }
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const char* path = std::getenv("TOLLGATE_TOKENIZER");
-  tok = tollgate::engine::tokenizer::load(path != nullptr ? path : TOLLGATE_SOURCE_DIR "/data/deepseek_v3/tokenizer.json");
+  tok = tollgate::tokenizer::tokenizer::load(path != nullptr ? path : TOLLGATE_SOURCE_DIR "/data/deepseek_v3/tokenizer.json");
   return 0;
 }
 

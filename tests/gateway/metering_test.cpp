@@ -19,7 +19,7 @@ const std::string tokenizer_file = TOLLGATE_SOURCE_DIR "/data/deepseek_v3/tokeni
 TEST_CASE("a chat prompt is counted as the bundled engine renders it", "[metering]") {
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const auto tok = engine::tokenizer::load(tokenizer_file);
+  const auto tok = tokenizer::tokenizer::load(tokenizer_file);
   const std::vector<std::vector<engine::chat_message>> conversations = {
       {{"user", "hello"}},
       {{"system", "You are terse."}, {"user", "深度求索 is 2 words?"}},
@@ -42,7 +42,7 @@ TEST_CASE("a chat prompt is counted as the bundled engine renders it", "[meterin
 
 TEST_CASE("a completion is counted from the text the client was sent", "[metering]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const auto tok = engine::tokenizer::load(tokenizer_file);
+  const auto tok = tokenizer::tokenizer::load(tokenizer_file);
   const std::string sse =
       "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"reasoning_content\":\"think \"}}]}\n\n"
       "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n"
@@ -61,7 +61,7 @@ TEST_CASE("a completion is counted from the text the client was sent", "[meterin
 
 TEST_CASE("a prompt nested far too deep is counted as raw text, not walked", "[metering][hardening]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const auto tok = engine::tokenizer::load(tokenizer_file);
+  const auto tok = tokenizer::tokenizer::load(tokenizer_file);
   // Dumping 200,000 levels recursively overflowed the stack and killed the process.
   const std::size_t depth = 200'000;
   const std::string body = R"({"model":"m","messages":[{"role":"assistant","content":"x","tool_calls":)" +

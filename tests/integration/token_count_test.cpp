@@ -188,7 +188,7 @@ TEST_CASE("past metering.max_count_bytes the count is estimated at the counted r
     REQUIRE(eventually([&] { return d.one("SELECT COUNT(*) FROM usage_ledger WHERE request_id = 'estimated-1'") == "1"; }));
     CHECK(d.one("SELECT usage_source FROM usage_ledger WHERE request_id = 'estimated-1'") == "estimated");
     // The estimate is close to the real count of the same text (the chat template adds a few).
-    const auto tok = tollgate::engine::tokenizer::load(tokenizer_file);
+    const auto tok = tollgate::tokenizer::tokenizer::load(tokenizer_file);
     const double exact = static_cast<double>(tok->count(prompt));
     const double estimate = std::stod(d.one("SELECT prompt_tokens FROM usage_ledger WHERE request_id = 'estimated-1'"));
     INFO("exact " << exact << ", estimated " << estimate);

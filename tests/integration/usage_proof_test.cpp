@@ -70,7 +70,7 @@ std::string generated_text(const response_script& s) {
 TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for token", "[metering][proof]") {
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const auto tok = tollgate::engine::tokenizer::load(tokenizer_file);
+  const auto tok = tollgate::tokenizer::tokenizer::load(tokenizer_file);
   const std::string path = "/tmp/tollgate-usage-proof-" + std::to_string(::getpid()) + ".db";
   remove_db(path);
 
@@ -209,7 +209,7 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
 TEST_CASE("a client that leaves mid-stream is billed for what it was sent", "[metering]") {
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const auto tok = tollgate::engine::tokenizer::load(tokenizer_file);
+  const auto tok = tollgate::tokenizer::tokenizer::load(tokenizer_file);
   const std::string path = "/tmp/tollgate-usage-leave-" + std::to_string(::getpid()) + ".db";
   remove_db(path);
   std::atomic<bool> left{false};
@@ -256,7 +256,7 @@ TEST_CASE("a client that leaves mid-stream is billed for what it was sent", "[me
 TEST_CASE("a stream longer than the counting buffer is counted whole", "[metering]") {
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const auto tok = tollgate::engine::tokenizer::load(tokenizer_file);
+  const auto tok = tollgate::tokenizer::tokenizer::load(tokenizer_file);
   const std::string path = "/tmp/tollgate-usage-long-" + std::to_string(::getpid()) + ".db";
   remove_db(path);
   std::string text;  // what the upstream generated, as one string

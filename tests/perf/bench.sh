@@ -8,6 +8,8 @@
 #   ANSWER_KB=1024       the upstream's answer padded to about that many KB (default: 200 bytes)
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
+#   SYSCALLS=1           after the rounds, one more run per proxy under `perf trace -s`: system calls
+#                        a request (all, reads, reads that found nothing, writes, epoll_wait)
 # The upstream is nginx answering a fixed chat.completion body. Each round runs the targets back
 # to back; the table reports medians over rounds. Loopback only, bounded in time.
 set -euo pipefail
@@ -196,3 +198,33 @@ for t in "${targets[@]}"; do
     "$([ "$t" = direct ] && echo - || printf '%.0f' "$(echo "$a - $d50" | bc -l)")" \
     "$(for v in ${rps[$t]}; do printf '%.0f ' "$v"; done | sed 's/ $//')"
 done
+
+# System calls a request, counted in the kernel by perf stat on syscall tracepoints (cheap, unlike
+# perf trace or strace, whose cost per call changes what an early read finds) over one more
+# throughput run of each proxy.
+if [ -n "${SYSCALLS:-}" ]; then
+  command -v perf >/dev/null || { echo "SYSCALLS=1 needs perf"; exit 1; }
+  printf '\nSystem calls a request (perf stat over %ss at %s connections)\n\n' "$duration" "$conns"
+  printf '| path | requests | all | reads | reads that found nothing | writes | epoll_wait | epoll_ctl |\n'
+  printf '|---|---|---|---|---|---|---|---|\n'
+  for t in "${targets[@]}"; do
+    [ -n "${pid_of[$t]:-}" ] || continue
+    procs=$(echo "${pid_of[$t]}" $(pgrep -P "${pid_of[$t]}" || true) | tr ' ' ',')
+    perf stat -x, -o "$work/syscalls-$t.csv" -p "$procs" -e raw_syscalls:sys_enter \
+      -e syscalls:sys_exit_recvfrom -e syscalls:sys_exit_read -e syscalls:sys_exit_readv \
+      -e syscalls:sys_exit_recvfrom --filter 'ret == -11' -e syscalls:sys_exit_read --filter 'ret == -11' \
+      -e syscalls:sys_exit_readv --filter 'ret == -11' \
+      -e syscalls:sys_enter_sendmsg -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendto -e syscalls:sys_enter_write \
+      -e syscalls:sys_enter_epoll_wait -e syscalls:sys_enter_epoll_ctl &
+    counter=$!
+    read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
+    kill -INT "$counter"; wait "$counter" 2>/dev/null || true
+    # The events in the order given: all, 3 reads, 3 reads with EAGAIN, 4 writes, epoll_wait, epoll_ctl.
+    awk -F, -v n="$(echo "$q * $duration" | bc -l)" -v t="$t" '
+      $1 ~ /^[0-9]+$/ { v[++k] = $1 }
+      END {
+        printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", t, n, v[1] / n, (v[2] + v[3] + v[4]) / n,
+          (v[5] + v[6] + v[7]) / n, (v[8] + v[9] + v[10] + v[11]) / n, v[12] / n, v[13] / n
+      }' "$work/syscalls-$t.csv"
+  done
+fi

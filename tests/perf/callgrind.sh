@@ -9,6 +9,8 @@
 #   ANSWER_KB=1024  the upstream's answer padded to about that many KB (default: 200 bytes)
 #   PROFILE_DIR=DIR keeps each build's profile there (callgrind.N.out, N the build's position),
 #                   with instruction-level detail, for callgrind_annotate
+#   TARGET_MODEL=bench-model  the name the route sends upstream (default m: the answer's model is
+#                   renamed back to bench-model; the client's own name: nothing is renamed)
 #   ROUTES=10000 KEYS=10000  that many more routes and keys in the config, the measured request's
 #                   route and key written last (costs that grow with the config show)
 # With several build dirs each is measured in turn against the same upstream, one line each.
@@ -19,6 +21,7 @@ prompt_kb=${PROMPT_KB:-0}
 answer_kb=${ANSWER_KB:-0}
 extra_routes=${ROUTES:-0}
 extra_keys=${KEYS:-0}
+target_model=${TARGET_MODEL:-m}
 profile_dir=${PROFILE_DIR:+$(mkdir -p "$PROFILE_DIR" && cd "$PROFILE_DIR" && pwd)}
 source "$(dirname "$0")/../support/procs.sh"
 command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
@@ -70,7 +73,7 @@ for dir in "$@"; do
     printf 'backends:\n  - {name: local, kind: openai, base_url: "http://127.0.0.1:%s/v1", api_key: sk-upstream}\n' "$up_port"
     printf 'routes:\n'
     for i in $(seq 1 "$extra_routes"); do printf '  - {model: m%d, targets: [{backend: local, model: m}]}\n' "$i"; done
-    printf '  - {model: bench-model, targets: [{backend: local, model: m}]}\n'
+    printf '  - {model: bench-model, targets: [{backend: local, model: %s}]}\n' "$target_model"
   } >"$work/tollgate.yaml"
   rm -f "$work"/callgrind.out.*
   valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes --callgrind-out-file="$work/callgrind.out.%p" \

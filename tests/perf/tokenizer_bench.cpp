@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   }
   const int passes = argc > 2 ? std::max(1, std::atoi(argv[2])) : 7;
   const auto t0 = std::chrono::steady_clock::now();
-  const auto tok = tollgate::engine::tokenizer::load(argv[1]);
+  const auto tok = tollgate::tokenizer::tokenizer::load(argv[1]);
   std::printf("load: %.0f ms\n",
               std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   const std::size_t size = 1 << 20;

@@ -10,7 +10,7 @@
 #include <fstream>
 #include <sstream>
 
-using tollgate::engine::tokenizer;
+using tollgate::tokenizer::tokenizer;
 
 namespace {
 
