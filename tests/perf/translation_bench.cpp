@@ -1,6 +1,7 @@
 // What the dialect translations cost a request: an Anthropic Messages or Responses client's
 // request to chat completions and its answer back (whole, and a stream of 200 chunks), and chat
-// completions to and from an Anthropic upstream, for a small and a 100 KB conversation. Prints
+// completions to and from an Anthropic upstream, for a small and a 100 KB conversation, and an
+// Anthropic stream relayed to a Messages client untranslated. Prints
 // the thread's CPU microseconds an operation (median of 7 rounds; CPU time, so that a loaded
 // machine stretches it little) and MB/s of request body for the requests.
 //
@@ -176,6 +177,13 @@ int main(int argc, char** argv) {
   row("Anthropic stream of 200 deltas -> chat chunks", 0, [&] {
     p::messages_stream_to_chat t(true);
     for (const auto& e : astream) sink += t.event(e).size();
+  });
+  // Relayed untranslated (a Messages client on Anthropic upstreams): each event is passed on,
+  // its type and usage read.
+  row("Anthropic stream of 200 deltas relayed (Messages client)", 0, [&] {
+    auto d = p::anthropic_relay();
+    for (const auto& e : astream) sink += d->event(e).size();
+    sink += d->end().size();
   });
   std::printf("(checksum %zu)\n", sink);
   return 0;
