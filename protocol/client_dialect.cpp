@@ -15,11 +15,14 @@ namespace tollgate::protocol {
 
 namespace {
 
-/// The model the client asked for: answers name it, whatever the upstream calls it.
+/// The model the client asked for: answers name it, whatever the upstream calls it. Read with the
+/// body scanner: a tree of a large request would cost more than its translation.
 std::string requested_model(std::string_view body) {
-  const auto j = nlohmann::json::parse(body, nullptr, false);
-  const nlohmann::json* m = member(j, "model");
-  return m != nullptr && m->is_string() ? m->get<std::string>() : std::string();
+  static constexpr std::array<std::string_view, 1> keys{"model"};
+  std::array<std::string_view, 1> value{};
+  if (!top_level_values(body, keys, value) || value[0].empty() || value[0].front() != '"') return {};
+  const auto m = nlohmann::json::parse(value[0], nullptr, false);
+  return m.is_string() ? m.get<std::string>() : std::string();
 }
 
 answer bad_upstream(std::string_view why) {
