@@ -79,6 +79,7 @@ TEST_CASE("markers go in and the bytes come back, escapes as written", "[protoco
   string_spans spans;
   REQUIRE(spans.take_out(text, [](std::span<const path_step> p) { return path_is(p, {"content"}); }));
   CHECK(spans.small().size() < 40);
+  CHECK(spans.put_back(spans.small()) == text);
   const json small = json::parse(spans.small());
   // What a translation would write: the string copied, and joined with another.
   const std::string out = json{{"a", small["content"]}, {"b", "x\n" + small["content"].get<std::string>()}}.dump();
