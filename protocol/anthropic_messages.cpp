@@ -285,7 +285,7 @@ static translated messages_request_to_chat_tree(std::string_view body) {
   }
 }
 
-translated chat_answer_to_message(std::string_view chat_body, std::string_view model) {
+static translated chat_answer_to_message_tree(std::string_view chat_body, std::string_view model) {
   const json in = json::parse(chat_body, nullptr, false);
   const json* choices = in.is_object() ? member(in, "choices") : nullptr;
   if (choices == nullptr || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
@@ -505,6 +505,15 @@ translated messages_request_to_chat(std::string_view body) {
            path_is(p, {"messages", "[]", "content", "[]", "source", "data"});
   };
   return with_string_spans<translated>(body, texts, [](std::string_view b) { return messages_request_to_chat_tree(b); });
+}
+
+
+// The answer's text and reasoning are copied (tool call arguments are parsed).
+translated chat_answer_to_message(std::string_view chat_body, std::string_view model) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"choices", "[]", "message", "content"}) || path_is(p, {"choices", "[]", "message", "reasoning_content"});
+  };
+  return with_string_spans<translated>(chat_body, texts, [model](std::string_view b) { return chat_answer_to_message_tree(b, model); });
 }
 
 }  // namespace tollgate::protocol

@@ -252,7 +252,7 @@ static translated chat_request_to_messages_tree(std::string_view chat_body, bool
   }
 }
 
-translated message_to_chat_answer(std::string_view body) {
+static translated message_to_chat_answer_tree(std::string_view body) {
   const json in = json::parse(body, nullptr, false);
   const json* content = in.is_object() ? member(in, "content") : nullptr;
   if (content == nullptr || !content->is_array()) return {{}, "the upstream answer is not an Anthropic message", {}};
@@ -444,6 +444,15 @@ translated chat_request_to_messages(std::string_view chat_body, bool* include_us
   return with_string_spans<translated>(chat_body, texts, [include_usage](std::string_view b) {
     return chat_request_to_messages_tree(b, include_usage);
   });
+}
+
+
+// The message's text and thinking blocks are joined.
+translated message_to_chat_answer(std::string_view body) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"content", "[]", "text"}) || path_is(p, {"content", "[]", "thinking"});
+  };
+  return with_string_spans<translated>(body, texts, [](std::string_view b) { return message_to_chat_answer_tree(b); });
 }
 
 }  // namespace tollgate::protocol

@@ -327,7 +327,8 @@ static translated responses_request_to_chat_tree(std::string_view body) {
   }
 }
 
-translated chat_answer_to_response(std::string_view chat_body, std::string_view request_body, std::string_view model) {
+static translated chat_answer_to_response_tree(std::string_view chat_body, std::string_view request_body,
+                                                std::string_view model) {
   const json in = json::parse(chat_body, nullptr, false);
   const json* choices = in.is_object() ? member(in, "choices") : nullptr;
   if (choices == nullptr || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
@@ -574,6 +575,18 @@ translated responses_request_to_chat(std::string_view body) {
            path_is(p, {"input", "[]", "output", "[]", "text"}) || path_is(p, {"input", "[]", "arguments"});
   };
   return with_string_spans<translated>(body, texts, [](std::string_view b) { return responses_request_to_chat_tree(b); });
+}
+
+
+// The answer's text, reasoning and tool call arguments are copied.
+translated chat_answer_to_response(std::string_view chat_body, std::string_view request_body, std::string_view model) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"choices", "[]", "message", "content"}) || path_is(p, {"choices", "[]", "message", "reasoning_content"}) ||
+           path_is(p, {"choices", "[]", "message", "tool_calls", "[]", "function", "arguments"});
+  };
+  return with_string_spans<translated>(chat_body, texts, [request_body, model](std::string_view b) {
+    return chat_answer_to_response_tree(b, request_body, model);
+  });
 }
 
 }  // namespace tollgate::protocol

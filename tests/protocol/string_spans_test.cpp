@@ -150,3 +150,51 @@ TEST_CASE("a chat request with long texts reaches an Anthropic upstream as it do
   check_same_as_tree(body.dump(), [&](std::string_view b) { return chat_request_to_messages(b, &include_usage); },
                      [](json& j) -> json& { return j.contains("metadata") ? j["metadata"]["user_id"] : j["user"]; });
 }
+
+namespace {
+
+/// Random ids and clock times differ between two translations of the same answer.
+json without_ids(json j) {
+  if (j.is_object()) {
+    for (const char* k : {"id", "created", "created_at"}) j.erase(k);
+    for (auto& [k, v] : j.items()) v = without_ids(v);
+  } else if (j.is_array()) {
+    for (auto& v : j) v = without_ids(v);
+  }
+  return j;
+}
+
+void check_answer_same_as_tree(const json& answer, const std::function<translated(std::string_view)>& translate) {
+  json with_del = answer;
+  with_del["model"] = answer["model"].get<std::string>() + "\x7f";
+  const translated spans = translate(answer.dump());
+  const translated tree = translate(with_del.dump());
+  REQUIRE(spans.ok());
+  REQUIRE(tree.ok());
+  json a = without_ids(json::parse(spans.body)), b = without_ids(json::parse(tree.body));
+  if (b.contains("model")) b["model"] = a["model"];
+  CHECK(a == b);
+  CHECK(spans.body.find('\x7f') == std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("long answers translate as they do through the tree", "[protocol][spans]") {
+  const std::string text = long_text("réponse \"longue\" 😀\n", 600);
+  const json chat = {{"id", "c1"}, {"object", "chat.completion"}, {"created", 1}, {"model", "up"},
+                     {"choices", json::array({{{"index", 0}, {"finish_reason", "tool_calls"},
+                                               {"message", {{"role", "assistant"}, {"content", text}, {"reasoning_content", text},
+                                                            {"tool_calls", json::array({{{"id", "call_1"}, {"type", "function"},
+                                                                                         {"function", {{"name", "f"}, {"arguments", json{{"q", text}}.dump()}}}}})}}}}})},
+                     {"usage", {{"prompt_tokens", 10}, {"completion_tokens", 5}}}};
+  check_answer_same_as_tree(chat, [](std::string_view b) { return chat_answer_to_message(b, "public"); });
+  const std::string request = json{{"model", "public"}, {"instructions", text}, {"input", "hi"}}.dump();
+  check_answer_same_as_tree(chat, [&](std::string_view b) { return chat_answer_to_response(b, request, "public"); });
+  const json message = {{"id", "msg_1"}, {"type", "message"}, {"role", "assistant"}, {"model", "claude"},
+                        {"content", json::array({{{"type", "thinking"}, {"thinking", text}, {"signature", "s"}},
+                                                 {{"type", "text"}, {"text", text}},
+                                                 {{"type", "text"}, {"text", text}},
+                                                 {{"type", "tool_use"}, {"id", "t"}, {"name", "f"}, {"input", {{"q", text}}}}})},
+                        {"stop_reason", "tool_use"}, {"usage", {{"input_tokens", 3}, {"output_tokens", 4}}}};
+  check_answer_same_as_tree(message, [](std::string_view b) { return message_to_chat_answer(b); });
+}
