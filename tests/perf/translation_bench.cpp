@@ -1,10 +1,9 @@
 // What the dialect translations cost a request: an Anthropic Messages or Responses client's
 // request to chat completions and its answer back (whole, with 600 B and 125 KB of text, and a
-// stream of 200 chunks), and chat
-// completions to and from an Anthropic upstream, for a small and a 100 KB conversation, and an
-// Anthropic stream relayed to a Messages client untranslated. Prints
-// the thread's CPU microseconds an operation (median of 7 rounds; CPU time, so that a loaded
-// machine stretches it little) and MB/s of request body for the requests.
+// stream of 200 chunks), and chat completions to and from an Anthropic upstream, for a small and
+// a 100 KB conversation, and an Anthropic stream relayed to a Messages client untranslated.
+// Prints the thread's CPU microseconds an operation (median of 7 rounds; CPU time, so that a
+// loaded machine stretches it little) and MB/s of body for the requests and long answers.
 //
 //   tollgate-bench-translation [--rounds 7]
 #include <nlohmann/json.hpp>
