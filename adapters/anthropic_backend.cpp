@@ -175,6 +175,8 @@ anthropic_backend::anthropic_backend(config::backend_config cfg) : cfg_(std::mov
 anthropic_backend::~anthropic_backend() = default;
 
 std::unique_ptr<call> anthropic_backend::start(upstream_request request, io_refs refs) const {
+  // A Messages request relayed as it is: the answer comes back as it is too.
+  if (request.path == "/messages") return transport_->start(std::move(request), refs);
   if (request.path != "/chat/completions") {
     protocol::translated t;
     t.error = "the endpoint " + std::string(request.path) + " (only chat completions are translated)";

@@ -2,7 +2,8 @@
 // Anthropic-style endpoints of providers such as Qiniu and HolySheep). The chat completions call
 // a backend takes is translated to POST {base_url}/messages with x-api-key and
 // anthropic-version, and the answer, stream or whole, errors included, back to chat completions,
-// so routing, retries, metering and every client dialect work unchanged.
+// so routing, retries, metering and every client dialect work unchanged. A Messages request
+// (path /messages) is sent as it is, and its answer relayed untouched.
 #pragma once
 
 #include <memory>
@@ -25,8 +26,9 @@ class anthropic_backend final : public backend {
   anthropic_backend(const anthropic_backend&) = delete;
   anthropic_backend& operator=(const anthropic_backend&) = delete;
   const std::string& name() const override { return cfg_.name; }
-  /// Serves request.path "/chat/completions"; other paths, and chat fields Messages cannot
-  /// express, are answered 400 at once (without a call upstream) naming what is refused.
+  /// Serves request.path "/chat/completions", translated, and "/messages" (a Messages request
+  /// relayed as it is), whose answer is the upstream's own; other paths, and chat fields Messages
+  /// cannot express, are answered 400 at once (without a call upstream) naming what is refused.
   std::unique_ptr<call> start(upstream_request request, io_refs refs) const override;
 
  private:

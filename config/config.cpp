@@ -740,6 +740,17 @@ class loader {
     if (auto h = b["health_check"]) read_health_check(h, path + ".health_check", rc.health_check);
   }
 
+  /// The keys of kind openai: those of any remote kind, and `responses: native | translate`.
+  void read_openai_kind(const YAML::Node& b, const std::string& path, backend_config& bc) {
+    read_remote_kind<openai_backend_config>(b, path, bc);
+    const YAML::Node v = b["responses"];
+    if (!v || v.IsNull()) return;
+    if (auto mode = string(v, path + ".responses")) {
+      if (*mode == "native") std::get<openai_backend_config>(bc.settings).native_responses = true;
+      else if (*mode != "translate") add(v, path + ".responses", "must be native or translate, got '" + *mode + "'");
+    }
+  }
+
   /// The keys of kind local_engine: the bundled engine, a checkpoint folder instead of a URL.
   void read_local_engine_kind(const YAML::Node& b, const std::string& path, backend_config& bc) {
     local_engine_config& lc = bc.settings.emplace<local_engine_config>();
@@ -803,8 +814,10 @@ class loader {
   /// The backend kinds, one line each; the first is what an unknown kind is checked as.
   static const std::vector<kind_reader>& kind_readers() {
     static const std::vector<std::string_view> remote_keys = {"base_url", "api_key", "headers", "transport", "health_check"};
+    static const std::vector<std::string_view> openai_keys = {"base_url",  "api_key",      "headers",
+                                                              "transport", "health_check", "responses"};
     static const std::vector<kind_reader> kinds = {
-        {openai_backend_config::kind, remote_keys, &loader::read_remote_kind<openai_backend_config>},
+        {openai_backend_config::kind, openai_keys, &loader::read_openai_kind},
         {anthropic_backend_config::kind, remote_keys, &loader::read_remote_kind<anthropic_backend_config>},
         {local_engine_config::kind,
          {"checkpoint", "device", "max_batch", "dtype", "kv_cache_memory", "max_batch_tokens", "prefix_caching",

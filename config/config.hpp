@@ -102,9 +102,14 @@ struct remote_backend_config {
 /// kind openai: an OpenAI-compatible API (a provider, vLLM, SGLang).
 struct openai_backend_config : remote_backend_config {
   static constexpr std::string_view kind = "openai";
+  /// `responses: native`: the upstream serves POST /responses itself, so Responses API requests
+  /// routed only to such backends are relayed to it as they are (the model renamed) instead of
+  /// being translated to chat completions. `translate`, the default, is false.
+  bool native_responses = false;
 };
 
-/// kind anthropic: a Messages API upstream; requests are translated from chat completions.
+/// kind anthropic: a Messages API upstream; chat completions requests are translated to it, and
+/// Anthropic Messages requests routed only to such backends are relayed to it as they are.
 struct anthropic_backend_config : remote_backend_config {
   static constexpr std::string_view kind = "anthropic";
 };

@@ -4,6 +4,7 @@
 
 #include "protocol/anthropic_upstream.hpp"
 #include "protocol/json_util.hpp"
+#include "protocol/string_spans.hpp"
 
 namespace tollgate::protocol {
 
@@ -199,7 +200,7 @@ json anthropic_usage(const json* usage) {
 
 }  // namespace
 
-translated messages_request_to_chat(std::string_view body) {
+static translated messages_request_to_chat_tree(std::string_view body) {
   const json in = json::parse(body, nullptr, false);
   if (in.is_discarded() || !in.is_object()) return {{}, "the body is not a JSON object", {}};
   try {
@@ -284,7 +285,7 @@ translated messages_request_to_chat(std::string_view body) {
   }
 }
 
-translated chat_answer_to_message(std::string_view chat_body, std::string_view model) {
+static translated chat_answer_to_message_tree(std::string_view chat_body, std::string_view model) {
   const json in = json::parse(chat_body, nullptr, false);
   const json* choices = in.is_object() ? member(in, "choices") : nullptr;
   if (choices == nullptr || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
@@ -490,6 +491,29 @@ std::string chat_stream_to_messages::end() {
 std::string chat_stream_to_messages::error(int status, std::string_view message) {
   ended_ = true;
   return sse_event("error", anthropic_error_body(status, message));
+}
+
+
+// Texts, thinking, tool results and base64 image data are copied or joined: carried as spans.
+translated messages_request_to_chat(std::string_view body) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"system"}) || path_is(p, {"system", "[]", "text"}) || path_is(p, {"messages", "[]", "content"}) ||
+           path_is(p, {"messages", "[]", "content", "[]", "text"}) ||
+           path_is(p, {"messages", "[]", "content", "[]", "thinking"}) ||
+           path_is(p, {"messages", "[]", "content", "[]", "content"}) ||
+           path_is(p, {"messages", "[]", "content", "[]", "content", "[]", "text"}) ||
+           path_is(p, {"messages", "[]", "content", "[]", "source", "data"});
+  };
+  return with_string_spans<translated>(body, texts, [](std::string_view b) { return messages_request_to_chat_tree(b); });
+}
+
+
+// The answer's text and reasoning are copied (tool call arguments are parsed).
+translated chat_answer_to_message(std::string_view chat_body, std::string_view model) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"choices", "[]", "message", "content"}) || path_is(p, {"choices", "[]", "message", "reasoning_content"});
+  };
+  return with_string_spans<translated>(chat_body, texts, [model](std::string_view b) { return chat_answer_to_message_tree(b, model); });
 }
 
 }  // namespace tollgate::protocol

@@ -7,6 +7,7 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/json_util.hpp"
+#include "protocol/string_spans.hpp"
 
 namespace tollgate::protocol {
 
@@ -100,7 +101,7 @@ std::int64_t thinking_budget_for_effort(const std::string& effort) {
   return -1;
 }
 
-translated chat_request_to_messages(std::string_view chat_body, bool* include_usage) {
+static translated chat_request_to_messages_tree(std::string_view chat_body, bool* include_usage) {
   const json in = json::parse(chat_body, nullptr, false);
   if (in.is_discarded() || !in.is_object()) return {{}, "the body is not a JSON object", {}};
   if (include_usage != nullptr) *include_usage = false;
@@ -251,7 +252,7 @@ translated chat_request_to_messages(std::string_view chat_body, bool* include_us
   }
 }
 
-translated message_to_chat_answer(std::string_view body) {
+static translated message_to_chat_answer_tree(std::string_view body) {
   const json in = json::parse(body, nullptr, false);
   const json* content = in.is_object() ? member(in, "content") : nullptr;
   if (content == nullptr || !content->is_array()) return {{}, "the upstream answer is not an Anthropic message", {}};
@@ -432,6 +433,26 @@ std::string messages_stream_to_chat::event(std::string_view sse) {
     return sse_event({}, a.body);
   }
   return {};  // ping, and event types added later
+}
+
+
+// Message texts are copied (tool call arguments are parsed, image URLs split: not carried).
+translated chat_request_to_messages(std::string_view chat_body, bool* include_usage) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"messages", "[]", "content"}) || path_is(p, {"messages", "[]", "content", "[]", "text"});
+  };
+  return with_string_spans<translated>(chat_body, texts, [include_usage](std::string_view b) {
+    return chat_request_to_messages_tree(b, include_usage);
+  });
+}
+
+
+// The message's text and thinking blocks are joined.
+translated message_to_chat_answer(std::string_view body) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"content", "[]", "text"}) || path_is(p, {"content", "[]", "thinking"});
+  };
+  return with_string_spans<translated>(body, texts, [](std::string_view b) { return message_to_chat_answer_tree(b); });
 }
 
 }  // namespace tollgate::protocol

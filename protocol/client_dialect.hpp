@@ -2,12 +2,15 @@
 // request is translated to chat before routing (see anthropic_messages.hpp, responses_api.hpp),
 // and this object turns what comes back, whole answers, stream events and errors, into their
 // dialect. The session holds one per translated request and knows nothing of either format.
+// A request routed only to upstreams that speak the client's API is relayed instead: its dialect
+// passes the upstream's answers on as they are, reads their usage and sees where a stream ends.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <string_view>
 
+#include "protocol/usage.hpp"
 #include "protocol/wire.hpp"
 
 namespace tollgate::protocol {
@@ -28,11 +31,26 @@ class client_dialect {
   virtual std::string end() = 0;
   /// An error event for a stream that broke after it started.
   virtual std::string stream_error(int status, std::string_view message) = 0;
+
+  // Relayed requests (relays() is true): the upstream speaks the client's API. whole() and
+  // event() pass its answers on unchanged (the exchange renames their model, as it does for
+  // OpenAI clients), error() reshapes the gateway's own errors.
+  virtual bool relays() const { return false; }
+  /// The usage a relayed stream has reported so far, from the events given to event(): nullopt
+  /// when none has come, or when a count was not to be trusted (the tokenizer counts then).
+  virtual std::optional<usage> stream_usage() const { return std::nullopt; }
+  /// A relayed stream gave its last event (Anthropic's message_stop, the Responses API's
+  /// response.completed...): nothing after it is relayed. Without it, end() is an error event.
+  virtual bool complete() const { return false; }
 };
 
 /// POST /v1/messages. request_body: the client's body (kept for the translation).
 std::unique_ptr<client_dialect> anthropic_client(std::string request_body);
 /// POST /v1/responses.
 std::unique_ptr<client_dialect> responses_client(std::string request_body);
+/// POST /v1/messages relayed as it is to Anthropic Messages upstreams (kind anthropic).
+std::unique_ptr<client_dialect> anthropic_relay();
+/// POST /v1/responses relayed as it is to upstreams that serve the Responses API.
+std::unique_ptr<client_dialect> responses_relay();
 
 }  // namespace tollgate::protocol

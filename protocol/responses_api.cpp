@@ -1,11 +1,14 @@
 #include "protocol/responses_api.hpp"
 
+#include <array>
 #include <chrono>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "protocol/json_body.hpp"
 #include "protocol/json_util.hpp"
+#include "protocol/string_spans.hpp"
 
 namespace tollgate::protocol {
 
@@ -149,6 +152,25 @@ json convert_format(const json& text) {
   return {{"type", "json_schema"}, {"json_schema", std::move(schema)}};
 }
 
+/// The request's top-level settings that a response echoes (base_response), read without
+/// building a tree of the rest (the input, the bulk of a large request). An object; empty when the
+/// body is not a JSON object.
+json echoed_settings(std::string_view request_body) {
+  static constexpr std::array<std::string_view, 11> keys{"instructions", "max_output_tokens", "parallel_tool_calls",
+                                                         "reasoning",    "temperature",       "text",
+                                                         "tool_choice",  "tools",             "top_p",
+                                                         "user",         "metadata"};
+  std::array<std::string_view, keys.size()> values{};
+  json out = json::object();
+  if (!top_level_values(request_body, keys, values)) return out;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (values[i].empty()) continue;
+    json v = json::parse(values[i], nullptr, false);
+    if (!v.is_discarded()) out[std::string(keys[i])] = std::move(v);
+  }
+  return out;
+}
+
 /// The response object around `output`, echoing the request's settings as OpenAI does.
 json base_response(const json& req, const std::string& id, const std::string& model, std::int64_t created,
                    const std::string& status) {
@@ -229,7 +251,7 @@ json function_item(const std::string& id, const std::string& call_id, const std:
 
 }  // namespace
 
-translated responses_request_to_chat(std::string_view body) {
+static translated responses_request_to_chat_tree(std::string_view body) {
   const json in = json::parse(body, nullptr, false);
   if (in.is_discarded() || !in.is_object()) return {{}, "the body is not a JSON object", {}};
   try {
@@ -305,14 +327,14 @@ translated responses_request_to_chat(std::string_view body) {
   }
 }
 
-translated chat_answer_to_response(std::string_view chat_body, std::string_view request_body, std::string_view model) {
+static translated chat_answer_to_response_tree(std::string_view chat_body, std::string_view request_body,
+                                                std::string_view model) {
   const json in = json::parse(chat_body, nullptr, false);
   const json* choices = in.is_object() ? member(in, "choices") : nullptr;
   if (choices == nullptr || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
     return {{}, "the upstream answer is not a chat completion", {}};
   }
-  json req = json::parse(request_body, nullptr, false);
-  if (!req.is_object()) req = json::object();
+  const json req = echoed_settings(request_body);
   json out = base_response(req, random_id("resp_"), std::string(model), unix_now(), "completed");
   const json& choice = (*choices)[0];
   const json* message = member(choice, "message");
@@ -454,8 +476,7 @@ struct chat_stream_to_responses::state {
 
 chat_stream_to_responses::chat_stream_to_responses(std::string_view request_body, std::string model)
     : s_(std::make_unique<state>()) {
-  s_->request = json::parse(request_body, nullptr, false);
-  if (!s_->request.is_object()) s_->request = json::object();
+  s_->request = echoed_settings(request_body);
   s_->model = std::move(model);
 }
 
@@ -541,6 +562,31 @@ std::string chat_stream_to_responses::error(int status, std::string_view message
   r["error"] = {{"code", code}, {"message", message}};
   out += s.emit("response.failed", {{"response", std::move(r)}});
   return out;
+}
+
+
+// Instructions, input texts, tool outputs and arguments, image URLs are copied or joined: carried
+// as spans.
+translated responses_request_to_chat(std::string_view body) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"instructions"}) || path_is(p, {"input"}) || path_is(p, {"input", "[]", "content"}) ||
+           path_is(p, {"input", "[]", "content", "[]", "text"}) || path_is(p, {"input", "[]", "content", "[]", "refusal"}) ||
+           path_is(p, {"input", "[]", "content", "[]", "image_url"}) || path_is(p, {"input", "[]", "output"}) ||
+           path_is(p, {"input", "[]", "output", "[]", "text"}) || path_is(p, {"input", "[]", "arguments"});
+  };
+  return with_string_spans<translated>(body, texts, [](std::string_view b) { return responses_request_to_chat_tree(b); });
+}
+
+
+// The answer's text, reasoning and tool call arguments are copied.
+translated chat_answer_to_response(std::string_view chat_body, std::string_view request_body, std::string_view model) {
+  static const string_paths texts = [](std::span<const path_step> p) {
+    return path_is(p, {"choices", "[]", "message", "content"}) || path_is(p, {"choices", "[]", "message", "reasoning_content"}) ||
+           path_is(p, {"choices", "[]", "message", "tool_calls", "[]", "function", "arguments"});
+  };
+  return with_string_spans<translated>(chat_body, texts, [request_body, model](std::string_view b) {
+    return chat_answer_to_response_tree(b, request_body, model);
+  });
 }
 
 }  // namespace tollgate::protocol

@@ -48,28 +48,84 @@ std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choice
   if (top[0].empty() || top[0].front() != '{') return std::nullopt;
   if (no_choices != nullptr) *no_choices = empty_array(top[1]);
 
-  static constexpr std::array<std::string_view, 6> usage_keys{
+  static constexpr std::array<std::string_view, 11> usage_keys{
       "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details",
-      "prompt_cache_hit_tokens", "cache_creation_input_tokens"};
-  const auto u = members(top[0], usage_keys);
+      "prompt_cache_hit_tokens", "cache_creation_input_tokens", "input_tokens", "output_tokens",
+      "input_tokens_details", "output_tokens_details", "cache_read_input_tokens"};
+  auto u = members(top[0], usage_keys);
+  // Anthropic's and the Responses API's names: input_tokens is the prompt less Anthropic's cache
+  // reads and writes (a Responses API usage has neither, and counts its cached tokens in it).
+  const bool input_named = u[0].empty() && !u[6].empty();
+  if (input_named) {
+    u[0] = u[6];
+    u[1] = u[7];
+    u[2] = u[8];
+    u[3] = u[9];
+  }
+  const auto cache_read = count(u[10]);
   const auto prompt = count(u[0]);
   const auto completion = count(u[1]);
   const auto cached = count(members(u[2], std::array<std::string_view, 1>{"cached_tokens"})[0]);
   const auto cache_hit = count(u[4]);
   const auto reasoning = count(members(u[3], std::array<std::string_view, 1>{"reasoning_tokens"})[0]);
   const auto cache_write = count(u[5]);
-  if (!prompt || !completion || !cached || !cache_hit || !reasoning || !cache_write) {
+  if (!prompt || !completion || !cached || !cache_hit || !reasoning || !cache_write || !cache_read) {
     if (refused != nullptr) *refused = true;
     return std::nullopt;
   }
   usage out;
-  out.prompt = *prompt;
+  out.prompt = *prompt + (input_named ? *cache_read + *cache_write : 0);
   out.completion = *completion;
-  out.cached = *cached != 0 ? *cached : *cache_hit;
+  out.cached = *cached != 0 ? *cached : *cache_hit != 0 ? *cache_hit : *cache_read;
   out.reasoning = std::min(*reasoning, out.completion);
   out.cached = std::min(out.cached, out.prompt);
   out.cache_write = std::min(*cache_write, out.prompt - out.cached);
   return out;
+}
+
+void messages_stream_usage::take(std::string_view data) {
+  if (data.find("\"usage\"") == std::string_view::npos) return;
+  static constexpr std::array<std::string_view, 3> top_keys{"type", "message", "usage"};
+  std::array<std::string_view, 3> top{};
+  if (!top_level_values(data, top_keys, top)) return;
+  std::string_view object;
+  if (top[0] == "\"message_start\"") object = members(top[1], std::array<std::string_view, 1>{"usage"})[0];
+  else if (top[0] == "\"message_delta\"") object = top[2];
+  if (object.empty() || object.front() != '{') return;
+  static constexpr std::array<std::string_view, 4> keys{"input_tokens", "cache_read_input_tokens",
+                                                        "cache_creation_input_tokens", "output_tokens"};
+  const auto v = members(object, keys);
+  std::int64_t* const fields[4] = {&input_, &cache_read_, &cache_write_, &output_};
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (v[i].empty()) continue;  // not named: the count before stands
+    const auto n = count(v[i]);
+    if (!n) refused_ = true;
+    else *fields[i] = *n;
+  }
+  seen_ = true;
+}
+
+std::optional<usage> messages_stream_usage::get() const {
+  if (!seen_ || refused_) return std::nullopt;
+  usage out;
+  out.prompt = input_ + cache_read_ + cache_write_;
+  out.cached = cache_read_;
+  out.cache_write = cache_write_;
+  out.completion = output_;
+  return out;
+}
+
+std::optional<usage> responses_event_usage(std::string_view data, bool* refused) {
+  if (refused != nullptr) *refused = false;
+  if (data.find("\"usage\"") == std::string_view::npos) return std::nullopt;
+  static constexpr std::array<std::string_view, 2> top_keys{"type", "response"};
+  std::array<std::string_view, 2> top{};
+  if (!top_level_values(data, top_keys, top)) return std::nullopt;
+  if (top[0] != "\"response.completed\"" && top[0] != "\"response.incomplete\"" && top[0] != "\"response.failed\"") {
+    return std::nullopt;
+  }
+  if (top[1].empty() || top[1].front() != '{') return std::nullopt;
+  return usage_from_json(top[1], nullptr, refused);
 }
 
 double cost_of(const usage& u, const config::price_config& price) {

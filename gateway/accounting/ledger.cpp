@@ -32,7 +32,8 @@ const std::string source_estimated = "estimated";  // counted in part, the rest 
 constexpr const char* insert_sql =
     "INSERT INTO usage_ledger (request_id, unix_ms, key, model, route, backend, upstream_model, prompt_tokens, "
     "cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, first_byte_ms, stream, "
-    "usage_source, first_token_ms, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    "usage_source, first_token_ms, priority, cache_write_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?)";
 
 class sqlite_sink final : public ledger_sink {
  public:
@@ -91,6 +92,8 @@ class sqlite_sink final : public ledger_sink {
       else sqlite3_bind_null(insert, ++i);
       if (r.priority >= 0) sqlite3_bind_int(insert, ++i, r.priority);
       else sqlite3_bind_null(insert, ++i);
+      if (r.has_usage) sqlite3_bind_int64(insert, ++i, r.cache_write_tokens);
+      else sqlite3_bind_null(insert, ++i);
       if (sqlite3_step(insert) != SQLITE_DONE) {
         ok = false;
         break;
@@ -127,7 +130,7 @@ nlohmann::json to_json(const ledger_record& r) {
           {"u", r.has_usage},          {"c", r.cost},              {"s", r.status},
           {"l", r.latency_ms},         {"fb", r.first_byte_ms},    {"st", r.stream},
           {"n", r.counted},            {"ft", r.first_token_ms},   {"e", r.estimated},
-          {"p", r.priority}};
+          {"p", r.priority},           {"cw", r.cache_write_tokens}};
 }
 
 ledger_record from_json(const nlohmann::json& j) {
@@ -153,6 +156,7 @@ ledger_record from_json(const nlohmann::json& j) {
   r.counted = j.at("n").get<bool>();
   r.estimated = j.value("e", false);  // absent in records spooled by older versions
   r.priority = j.value("p", -1);
+  r.cache_write_tokens = j.value("cw", std::int64_t{0});  // absent in records spooled by older versions
   r.first_token_ms = j.at("ft").get<double>();
   return r;
 }

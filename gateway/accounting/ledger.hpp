@@ -27,6 +27,7 @@ struct ledger_record {
   std::string backend;         ///< that served it ("" when none did)
   std::string upstream_model;  ///< the name sent to that backend
   std::int64_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0, reasoning_tokens = 0;
+  std::int64_t cache_write_tokens = 0;  ///< prompt tokens written to the provider's cache (in prompt_tokens)
   bool has_usage = false;
   double cost = 0;
   int status = 0;

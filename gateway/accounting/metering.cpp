@@ -2,7 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "protocol/anthropic_messages.hpp"
 #include "protocol/json_body.hpp"
+#include "protocol/responses_api.hpp"
 #include "protocol/sse.hpp"
 #include "tokenizer/tokenizer.hpp"
 
@@ -45,8 +47,41 @@ void choice_text(const json& choice, std::string& out) {
   }
 }
 
+/// A string member's text, when there is one.
+void append_string(const json& object, const char* name, std::string& out) {
+  if (object.is_object() && object.contains(name) && object[name].is_string()) out += object[name].get<std::string>();
+}
+
+/// Relayed answers in the client's own API: an Anthropic message or stream event, a Responses
+/// API response or stream event. Stream events give their deltas only (a Responses stream's last
+/// event holds the whole response again, which is not counted twice).
+void relayed_answer_text(const json& answer, std::string& out) {
+  const std::string type = answer.value("type", std::string());
+  if (type == "message" || answer.value("object", std::string()) == "response") {
+    const json* blocks = answer.contains("content") ? &answer["content"] : answer.contains("output") ? &answer["output"] : nullptr;
+    if (blocks == nullptr || !blocks->is_array()) return;
+    for (const auto& b : *blocks) {
+      if (!b.is_object()) continue;
+      for (const char* field : {"text", "thinking", "name", "arguments"}) append_string(b, field, out);
+      if (b.contains("input") && b["input"].is_object()) out += b["input"].dump();
+      if (b.contains("content") && b["content"].is_array()) {
+        for (const auto& part : b["content"]) append_string(part, "text", out);
+      }
+      if (b.contains("summary") && b["summary"].is_array()) {
+        for (const auto& part : b["summary"]) append_string(part, "text", out);
+      }
+    }
+  } else if (type == "content_block_delta" && answer.contains("delta")) {
+    for (const char* field : {"text", "thinking", "partial_json"}) append_string(answer["delta"], field, out);
+  } else if (type == "response.output_text.delta" || type == "response.function_call_arguments.delta" ||
+             type == "response.reasoning_summary_text.delta" || type == "response.reasoning_text.delta") {
+    append_string(answer, "delta", out);
+  }
+}
+
 void answer_text(const json& answer, std::string& out) {
-  if (!answer.is_object() || !answer.contains("choices") || !answer["choices"].is_array()) return;
+  if (!answer.is_object()) return;
+  if (!answer.contains("choices") || !answer["choices"].is_array()) return relayed_answer_text(answer, out);
   for (const auto& c : answer["choices"]) choice_text(c, out);
 }
 
@@ -89,6 +124,13 @@ std::int64_t count_prompt_tokens(const tokenizer::tokenizer& tok, std::string_vi
   // dump() below recurses once per level: a body nested too deep is counted as raw text (the
   // proxy refuses such bodies before they get here; this is for every other caller).
   if (!protocol::json_depth_within(body, protocol::max_json_depth)) return count(body);
+  if (path == "/messages" || path == "/responses") {
+    // A relayed request in the client's own API: counted as the chat request it translates to,
+    // or as its bytes when it holds what chat cannot carry.
+    const auto chat = path == "/messages" ? protocol::messages_request_to_chat(body) : protocol::responses_request_to_chat(body);
+    if (!chat.ok()) return count(body);
+    return count_prompt_tokens(tok, "/chat/completions", chat.body, max_bytes, estimated);
+  }
   json req = json::parse(body, nullptr, false);
   if (req.is_discarded() || !req.is_object()) return count(body);
   std::string text;

@@ -36,8 +36,10 @@ class bounded_count {
 };
 
 /// Prompt tokens of a request body for an endpoint path ("/chat/completions", "/completions",
-/// "/embeddings"): chat messages in the DeepSeek chat template (tools included as JSON), a
-/// completion prompt, or embedding inputs. A body that is not JSON counts as its bytes' tokens.
+/// "/embeddings", and "/messages" and "/responses" for relayed requests): chat messages in the
+/// DeepSeek chat template (tools included as JSON; Messages and Responses requests as the chat
+/// request they translate to), a completion prompt, or embedding inputs. A body that is not JSON
+/// (or that chat cannot express) counts as its bytes' tokens.
 /// At most max_bytes of text are tokenized (see bounded_count); *estimated is set when some of
 /// the count is an estimate.
 std::int64_t count_prompt_tokens(const tokenizer::tokenizer& tok, std::string_view path, std::string_view body,
@@ -45,7 +47,8 @@ std::int64_t count_prompt_tokens(const tokenizer::tokenizer& tok, std::string_vi
 
 /// Appends the generated text of what reached the client to text: SSE events (sse = true) or a
 /// whole JSON answer. Message and reasoning content, legacy completion text, and tool call names
-/// and arguments, over every choice.
+/// and arguments, over every choice; for relayed answers, an Anthropic message's blocks or a
+/// response's output items (streams: their deltas).
 void append_completion_text(std::string_view delivered, bool sse, std::string& text);
 
 /// Completion tokens of what reached the client (see append_completion_text). earlier: text

@@ -119,6 +119,7 @@ void append_ledger(finished& f) {
     l.cached_tokens = p.used->cached;
     l.completion_tokens = p.used->completion;
     l.reasoning_tokens = p.used->reasoning;
+    l.cache_write_tokens = p.used->cache_write;
     l.cost = rec.cost;
   }
   l.status = rec.status;

@@ -1,5 +1,6 @@
 // The endpoints of APIs other than OpenAI chat: POST /v1/messages and /v1/responses (translated to
-// chat completions and proxied as one, answered in the client's dialect), and the answers about
+// chat completions and proxied as one, answered in the client's dialect; relayed as they are when
+// every upstream of the route speaks the client's API), and the answers about
 // models that need no upstream: POST /v1/messages/count_tokens (the prompt counted with the
 // metering tokenizer, as the chat template renders it) and GET /v1/models/{id} (OpenAI's shape,
 // or Anthropic's for requests with anthropic-version).
@@ -13,12 +14,15 @@
 
 #include <optional>
 #include <string>
+#include <variant>
+#include <vector>
 
 #include "gateway/accounting/token_counter.hpp"
 #include "gateway/handlers/handlers.hpp"
 #include "gateway/accounting/metering.hpp"
 #include "protocol/anthropic_messages.hpp"
 #include "protocol/client_dialect.hpp"
+#include "protocol/json_body.hpp"
 #include "gateway/server/runtime.hpp"
 #include "gateway/server/server.hpp"
 #include "gateway/server/responder.hpp"
@@ -123,10 +127,55 @@ void speak(request_context& ctx, std::unique_ptr<protocol::client_dialect> diale
   ctx.out.speak(ctx.dialect.get());
 }
 
+/// Whether a backend serves the client's API itself: kind anthropic for Messages, a kind openai
+/// backend with `responses: native` for the Responses API.
+bool speaks_natively(const config::backend_config& b, bool anthropic) {
+  if (anthropic) return std::holds_alternative<config::anthropic_backend_config>(b.settings);
+  const auto* openai = std::get_if<config::openai_backend_config>(&b.settings);
+  return openai != nullptr && openai->native_responses;
+}
+
+/// Whether every target a request for this route may be sent to (the route's, its fallbacks',
+/// and the context fallbacks of either) serves the client's API itself.
+bool all_native(const runtime& rt, const routing::route& route, bool anthropic) {
+  std::vector<const routing::route*> routes{&route};
+  routes.insert(routes.end(), route.fallbacks.begin(), route.fallbacks.end());
+  for (std::size_t i = 0, n = routes.size(); i < n; ++i) {
+    routes.insert(routes.end(), routes[i]->context_fallbacks.begin(), routes[i]->context_fallbacks.end());
+  }
+  bool any = false;
+  for (const routing::route* r : routes) {
+    for (const routing::target& t : r->targets) {
+      if (!speaks_natively(rt.cfg.backends[t.backend_index], anthropic)) return false;
+      any = true;
+    }
+  }
+  return any;
+}
+
+/// The request may be relayed untranslated: its model's route goes only to upstreams that speak
+/// the client's API. A body the relay cannot route is left to the translation, which names
+/// what is wrong with it in the client's dialect.
+bool relayable(const request_context& ctx, bool anthropic) {
+  const auto parsed = protocol::parse_request_body(ctx.req.body());
+  if (!parsed.fields) return false;
+  const routing::route* route = ctx.rt.routes.resolve(parsed.fields->model);
+  return route != nullptr && all_native(ctx.rt, *route, anthropic);
+}
+
 /// Clients of another API: the request is translated to chat completions and proxied as one;
 /// answers and errors go back in the client's dialect (the responder and the exchange apply it).
+/// A request whose every upstream speaks the client's API is relayed to them as it is instead
+/// (the model renamed, as for any request), so that nothing chat completions cannot carry is
+/// lost: Anthropic's cache_control, documents, thinking signatures; the Responses API's stored
+/// conversations and built-in tools.
 net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
   if (ctx.req.method() != http::verb::post) co_return co_await ctx.out.send_error(method_not_allowed(), true);
+  if (relayable(ctx, anthropic)) {
+    speak(ctx, anthropic ? protocol::anthropic_relay() : protocol::responses_relay());
+    ctx.path = anthropic ? "/messages" : "/responses";
+    co_return co_await handle_proxy(ctx);  // which authenticates
+  }
   speak(ctx, anthropic ? protocol::anthropic_client(ctx.req.body()) : protocol::responses_client(ctx.req.body()));
   if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
   auto chat = ctx.dialect->chat_request();

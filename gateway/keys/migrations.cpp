@@ -113,6 +113,13 @@ INSERT OR IGNORE INTO store_meta (name, value) VALUES ('keys_version', 0);
            exec(db, "ALTER TABLE api_keys ADD COLUMN priority INTEGER NOT NULL DEFAULT 1", what);
          }
        }},
+      {6, "usage ledger: cache_write_tokens",
+       [](sqlite3* db, const std::string& what) {
+         // Rows written before have NULL: their cache writes are in prompt_tokens, uncounted apart.
+         if (!has_column(db, "usage_ledger", "cache_write_tokens")) {
+           exec(db, "ALTER TABLE usage_ledger ADD COLUMN cache_write_tokens INTEGER", what);
+         }
+       }},
   };
   return list;
 }

@@ -74,6 +74,9 @@ ALTER TABLE usage_ledger ADD COLUMN IF NOT EXISTS priority INTEGER;
       {4, "api keys: priority", R"sql(
 ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 1;
 )sql"},
+      {5, "usage ledger: cache_write_tokens", R"sql(
+ALTER TABLE usage_ledger ADD COLUMN IF NOT EXISTS cache_write_tokens BIGINT;
+)sql"},
   };
   return list;
 }
@@ -364,13 +367,13 @@ class postgres_ledger_sink final : public ledger_sink {
       return false;
     }
     if (!conn_.exec("BEGIN").ok()) return fail();
-    constexpr std::size_t columns = 20, rows_per_statement = 500;
+    constexpr std::size_t columns = 21, rows_per_statement = 500;
     for (std::size_t start = 0; start < batch.size(); start += rows_per_statement) {
       const std::size_t end = std::min(batch.size(), start + rows_per_statement);
       std::string sql =
           "INSERT INTO usage_ledger (record_id, request_id, unix_ms, key, model, route, backend, upstream_model, "
           "prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost, status, latency_ms, "
-          "first_byte_ms, stream, usage_source, first_token_ms, priority) VALUES ";
+          "first_byte_ms, stream, usage_source, first_token_ms, priority, cache_write_tokens) VALUES ";
       std::vector<std::string> values;
       std::vector<const char*> params;  // nullptr: SQL NULL
       values.reserve((end - start) * columns);
@@ -411,6 +414,8 @@ class postgres_ledger_sink final : public ledger_sink {
         if (r.first_token_ms >= 0) add(real_text(r.first_token_ms));
         else add_null();
         if (r.priority >= 0) add(std::to_string(r.priority));
+        else add_null();
+        if (r.has_usage) add(std::to_string(r.cache_write_tokens));
         else add_null();
       }
       // A batch replayed from the spool after a commit whose answer was lost is kept once.

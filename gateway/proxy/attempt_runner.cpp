@@ -28,7 +28,8 @@ std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view v) {
 }
 
 bool retryable_status(int status) {
-  return status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
+  // 529: Anthropic's overloaded, which relayed Messages requests get as it is.
+  return status == 429 || status == 500 || status == 502 || status == 503 || status == 504 || status == 529;
 }
 
 namespace {
@@ -284,7 +285,9 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
     break;
   }
   if (retryable_status(res.status)) co_return relay_outcome{relay_kind::retryable_status, false, {}, std::move(res)};
-  if (res.status == 400 && res.body.find("context_length_exceeded") != std::string::npos) {
+  // Anthropic words it "prompt is too long" (a relayed Messages request gets its error as it is).
+  if (res.status == 400 && (res.body.find("context_length_exceeded") != std::string::npos ||
+                            res.body.find("prompt is too long") != std::string::npos)) {
     co_return relay_outcome{relay_kind::context_exceeded, false, {}, std::move(res)};
   }
   const bool keep = co_await sink_.deliver_whole(std::move(res));

@@ -176,10 +176,11 @@ bool exchange::take_usage(const std::string& event) {
   return strip_usage_ && no_choices;
 }
 
-/// An OpenAI client whose model name the route changed: the answer names the model it asked for
-/// (the upstream's name stays in x-tollgate-upstream-model). Other dialects name it themselves.
+/// An OpenAI client, or a relayed request, whose model name the route changed: the answer names
+/// the model it asked for (the upstream's name stays in x-tollgate-upstream-model). Translating
+/// dialects name it themselves.
 bool exchange::renames_model() {
-  if (ctx_.dialect != nullptr || res_.upstream_model == fields_.model) return false;
+  if ((ctx_.dialect != nullptr && !ctx_.dialect->relays()) || res_.upstream_model == fields_.model) return false;
   if (renamed_for_ != res_.upstream_model) {
     renamed_for_ = res_.upstream_model;
     rename_from_ = protocol::json_quote(res_.upstream_model);
@@ -215,8 +216,9 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
 
   const std::size_t max_event_bytes = ctx_.rt.cfg.server.max_event_bytes;
   // A client of another API gets its dialect's events; the chat events behind them are what is
-  // counted.
+  // counted. A relayed request's events pass as they are, until its dialect's last one.
   protocol::client_dialect* const dialect = ctx_.dialect.get();
+  const bool relayed = dialect != nullptr && dialect->relays();
   const bool rename = head.status >= 200 && head.status < 300 && renames_model();
   protocol::sse_splitter events;
   std::string chunk;
@@ -233,6 +235,16 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
     if (ev.type == call_event::kind::data) {
       events.feed(ev.data);
       while (auto e = events.next_event()) {
+        if (relayed) {
+          if (rename) protocol::rename_model(*e, rename_from_, rename_to_);
+          chunk += dialect->event(*e);
+          res_.used = dialect->stream_usage();
+          if (dialect->complete()) {
+            finished = true;  // nothing after the stream's last event is relayed
+            break;
+          }
+          continue;
+        }
         if (take_usage(*e)) continue;
         if (dialect == nullptr) {
           if (rename) protocol::rename_model(*e, rename_from_, rename_to_);
@@ -242,7 +254,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
           chunk += dialect->event(*e);
         }
       }
-      if (events.buffered() > max_event_bytes) {
+      if (!finished && events.buffered() > max_event_bytes) {
         // An event that never ends would be buffered without bound: the stream is broken.
         const api_error err = bad_gateway("upstream " + record.backend + " sent an SSE event over server.max_event_bytes (" +
                                           std::to_string(max_event_bytes) + " bytes)");
@@ -253,7 +265,21 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
         broke = true;
       }
     } else if (ev.type == call_event::kind::end) {
-      chunk = dialect != nullptr ? dialect->end() : events.take_rest();
+      if (relayed) {
+        // An event cut short by the end is relayed as it is; a stream that ended before its
+        // last event gets an error event, as a break would.
+        if (std::string rest = events.take_rest(); !rest.empty()) {
+          if (!rest.ends_with("\n\n")) rest += rest.ends_with('\n') ? "\n" : "\n\n";
+          if (rename) protocol::rename_model(rest, rename_from_, rename_to_);
+          chunk = dialect->event(rest);
+          res_.used = dialect->stream_usage();
+        }
+        if (!dialect->complete()) {
+          record.error = "upstream " + record.backend + " ended the stream before its last event";
+          broke = true;
+        }
+      }
+      chunk += dialect != nullptr ? dialect->end() : events.take_rest();
       finished = true;
     } else if (ev.type == call_event::kind::head) {
       continue;
@@ -281,7 +307,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       // What the client has, for counting if the usage chunk never comes.
       // Whole events: past a bound, the text is taken out of those kept so far, so that a long
       // stream is counted whole without keeping all its bytes.
-      const std::string& counted = dialect != nullptr ? raw : chunk;
+      const std::string& counted = dialect != nullptr && !relayed ? raw : chunk;
       if (res_.delivered.size() + counted.size() > max_metered_stream) {
         append_completion_text(res_.delivered, true, res_.delivered_text);
         res_.delivered.clear();
@@ -366,7 +392,7 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
   // not ask for it.
   std::string stream_options;
   bool strip_usage = false;
-  if (fields.stream && !fields.include_usage && ctx.path != "/embeddings") {
+  if (fields.stream && !fields.include_usage && (ctx.path == "/chat/completions" || ctx.path == "/completions")) {
     auto so = fields.stream_options.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields.stream_options);
     if (so.is_object()) {
       so["include_usage"] = true;

@@ -37,8 +37,8 @@ start_replica b
 start_replica c
 
 version=$(psql_q "SELECT max(version) FROM schema_migrations")
-[ "$version" = 4 ] || fail "schema version $version, expected 4"
-grep -q "schema migrated to version 4 (api keys: priority)" "$work"/replica-*.log || fail "no replica logged the migration"
+[ "$version" = 5 ] || fail "schema version $version, expected 5"
+grep -q "schema migrated to version 5 (usage ledger: cache_write_tokens)" "$work"/replica-*.log || fail "no replica logged the migration"
 echo "schema: version $version, migrated once by one replica"
 
 # A key made on replica a works on replica b within 2 s, with its priority; revoked on a, b refuses
@@ -152,6 +152,9 @@ echo "answered $answered (200: $ok; replicas a and c, up throughout: $on_ac of 4
 [ "$(cat "$work"/codes.* | grep -vc '^200$\|^000$' || true)" -eq 0 ] || fail "answers other than 200"
 [ "$records" -eq "$answered" ] || fail "ledger records ($records) differ from answered requests ($answered)"
 [ "$left" -eq 0 ] || fail "$left records still in a spool"
+# Every record has its cache writes (none here: an OpenAI-style upstream), the spooled ones too.
+[ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'load' AND cache_write_tokens = 0")" -eq "$records" ] ||
+  fail "the load's rows have no cache_write_tokens"
 # Every record carries its request's priority (the key's default, normal), the spooled ones too.
 [ "$(psql_q "SELECT count(*) FROM usage_ledger WHERE key = 'load' AND priority = 1")" -eq "$records" ] ||
   fail "ledger records without their priority"

@@ -2,7 +2,8 @@
 // and key: @anthropic-ai/sdk on /v1/messages, the openai SDK's Responses API and models.retrieve,
 // the Vercel AI SDK's default OpenAI provider (the Responses API), and the openai SDK in front of a
 // kind anthropic backend. Each model below is served by the fake upstream: e2e-chat over the
-// OpenAI wire format, e2e-claude over Anthropic's (x-api-key, /v1/messages).
+// OpenAI wire format, e2e-claude over Anthropic's (x-api-key, /v1/messages; Messages requests are
+// relayed to it untranslated), e2e-responses-native over the Responses API (relayed).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import Anthropic from "@anthropic-ai/sdk";
@@ -169,7 +170,81 @@ test("anthropic count_tokens and models.retrieve", async () => {
   assert.equal(model.type, "model");
 });
 
-for (const model of ["e2e-chat", "e2e-claude"]) {
+test("anthropic messages relayed untranslated to kind anthropic: cache_control, documents, thinking signatures", async () => {
+  // The fake answers "!request" with the body it got: the SDK's request, but for the model.
+  const params = {
+    model: "e2e-claude",
+    max_tokens: 2048,
+    thinking: { type: "enabled", budget_tokens: 1024 },
+    system: [{ type: "text", text: "You answer from the contract.", cache_control: { type: "ephemeral" } }],
+    messages: [
+      {
+        role: "user",
+        content: [
+          {
+            type: "document",
+            source: { type: "base64", media_type: "application/pdf", data: "JVBERi0xLjQK" },
+            title: "contract.pdf",
+            citations: { enabled: true },
+            cache_control: { type: "ephemeral", ttl: "1h" },
+          },
+          { type: "text", text: "What is the term?" },
+        ],
+      },
+      {
+        role: "assistant",
+        content: [
+          { type: "thinking", thinking: "Section 2.", signature: "EqQBCgIYAhIM1gbcDa9GJwZA2b3h" },
+          { type: "text", text: "Twelve months." },
+        ],
+      },
+      { role: "user", content: [{ type: "text", text: "!request", cache_control: { type: "ephemeral" } }] },
+    ],
+  };
+  const msg = await anthropic.messages.create(params);
+  assert.equal(msg.model, "e2e-claude");
+  assert.deepEqual(JSON.parse(msg.content[0].text), { ...params, model: "claude-upstream" });
+  assert.deepEqual(msg.usage, { input_tokens: 2, cache_creation_input_tokens: 1, cache_read_input_tokens: 2, output_tokens: msg.usage.output_tokens });
+
+  // Streamed: the SDK reads Anthropic's own event sequence.
+  const stream = anthropic.messages.stream({ ...params, messages: [{ role: "user", content: "one two three" }] });
+  const types = [];
+  for await (const event of stream) types.push(event.type);
+  const final = await stream.finalMessage();
+  assert.deepEqual(types, [
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_delta",
+    "content_block_delta",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+  ]);
+  assert.equal(final.content[0].text, "echo: one two three");
+  assert.equal(final.model, "e2e-claude");
+  assert.deepEqual(final.usage, { input_tokens: 4, cache_creation_input_tokens: 1, cache_read_input_tokens: 2, output_tokens: 4 });
+});
+
+test("openai responses relayed untranslated to a native Responses API keep what chat cannot carry", async () => {
+  const params = {
+    model: "e2e-responses-native",
+    previous_response_id: "resp_earlier",
+    store: true,
+    include: ["file_search_call.results"],
+    tools: [{ type: "web_search_preview" }],
+    input: "!request",
+  };
+  const res = await openai.responses.create(params);
+  assert.equal(res.model, "e2e-responses-native");
+  assert.equal(res.previous_response_id, "resp_earlier");
+  assert.deepEqual(JSON.parse(res.output_text), { ...params, model: "native-upstream" });
+  // The same request is refused where it would be translated.
+  await assert.rejects(openai.responses.create({ ...params, model: "e2e-chat" }), (e) => e.status === 400);
+});
+
+for (const model of ["e2e-chat", "e2e-claude", "e2e-responses-native"]) {
   test(`openai responses.create (${model})`, async () => {
     const res = await openai.responses.create({ model, input: "hello", instructions: "be brief", metadata: { run: "e2e" } });
     assert.equal(res.object, "response");
@@ -286,6 +361,16 @@ test("vercel ai sdk default provider (Responses API): generateText and streamTex
   assert.equal(text, "echo: hello");
   assert.ok(usage.inputTokens > 0 && usage.outputTokens > 0);
   const result = streamText({ model: vercel("e2e-claude"), prompt: "streamed words" });
+  let streamed = "";
+  for await (const part of result.textStream) streamed += part;
+  assert.equal(streamed, "echo: streamed words");
+});
+
+test("vercel ai sdk default provider in front of a native Responses API (relayed)", async () => {
+  const { text, usage } = await generateText({ model: vercel("e2e-responses-native"), prompt: "hello" });
+  assert.equal(text, "echo: hello");
+  assert.ok(usage.inputTokens > 0 && usage.outputTokens > 0);
+  const result = streamText({ model: vercel("e2e-responses-native"), prompt: "streamed words" });
   let streamed = "";
   for await (const part of result.textStream) streamed += part;
   assert.equal(streamed, "echo: streamed words");

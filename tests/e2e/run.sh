@@ -35,6 +35,11 @@ backends:
     kind: anthropic
     base_url: $upstream/v1
     api_key: sk-ant-fake
+  - name: fake-native
+    kind: openai
+    base_url: $upstream/v1
+    api_key: sk-fake
+    responses: native
 routes:
   - model: e2e-chat
     targets:
@@ -44,6 +49,10 @@ routes:
     targets:
       - backend: claude
         model: claude-upstream
+  - model: e2e-responses-native
+    targets:
+      - backend: fake-native
+        model: native-upstream
   - model: e2e-chat-overloaded
     retry: {attempts: 1}
     targets:
@@ -90,5 +99,11 @@ missing = ids - rows.keys()
 assert not missing, f"no ledger row for {sorted(missing)[:3]}"
 claude = [rows[i] for i in ids if rows[i][1] == "claude"]
 assert claude and all(r[3] > 0 and r[5] == "upstream" for r in claude), claude[:3]
-print(f"e2e: {len(answered)} translated answers metered, {len(claude)} through kind anthropic with cached tokens")
+# Relayed untranslated: Messages to kind anthropic, the Responses API to responses: native.
+relayed_messages = [l for l in answered if l["path"] == "/v1/messages" and l["backend"] == "claude"]
+native = [rows[i] for i in ids if rows[i][1] == "fake-native"]
+assert len(relayed_messages) >= 5, relayed_messages[:3]
+assert len(native) >= 4 and all(r[3] > 0 and r[5] == "upstream" for r in native), native[:3]
+print(f"e2e: {len(answered)} answers of other APIs metered, {len(claude)} through kind anthropic with cached tokens, "
+      f"{len(native)} relayed to a native Responses API")
 PY

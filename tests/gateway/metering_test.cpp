@@ -70,3 +70,53 @@ TEST_CASE("a prompt nested far too deep is counted as raw text, not walked", "[m
   CHECK(gateway::count_prompt_tokens(*tok, "/chat/completions", body) ==
         static_cast<std::int64_t>(tok->count(body)));
 }
+
+TEST_CASE("relayed answers without usage are counted from their own shapes", "[metering][relay]") {
+  // Anthropic: the text, thinking and tool input deltas of a stream; a message's blocks.
+  const std::string messages_sse =
+      "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"content\":[]}}\n\n"
+      "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hmm \"}}\n\n"
+      "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"xyz\"}}\n\n"
+      "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"hello\"}}\n\n"
+      "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n"
+      "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+  std::string text;
+  gateway::append_completion_text(messages_sse, true, text);
+  CHECK(text == "hmm hello{}");
+  text.clear();
+  gateway::append_completion_text(
+      R"({"type":"message","content":[{"type":"thinking","thinking":"a","signature":"s"},{"type":"text","text":"b"},)"
+      R"({"type":"tool_use","id":"t","name":"f","input":{"x":1}}]})",
+      false, text);
+  CHECK(text == R"(abf{"x":1})");
+  // The Responses API: deltas only (the last event repeats the whole response), or the output.
+  const std::string responses_sse =
+      "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"one \"}\n\n"
+      "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"delta\":\"{}\"}\n\n"
+      "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"object\":\"response\",\"output\":"
+      "[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"one \"}]}]}}\n\n";
+  text.clear();
+  gateway::append_completion_text(responses_sse, true, text);
+  CHECK(text == "one {}");
+  text.clear();
+  gateway::append_completion_text(
+      R"({"object":"response","output":[{"type":"reasoning","summary":[{"type":"summary_text","text":"r"}]},)"
+      R"({"type":"message","content":[{"type":"output_text","text":"t"}]},{"type":"function_call","name":"f","arguments":"{}"}]})",
+      false, text);
+  CHECK(text == "rtf{}");
+}
+
+TEST_CASE("a relayed request's prompt is counted as the chat request it translates to", "[metering][relay]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  const auto tok = engine::tokenizer::load(tokenizer_file);
+  const auto chat = gateway::count_prompt_tokens(
+      *tok, "/chat/completions", R"({"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello"}]})");
+  CHECK(gateway::count_prompt_tokens(*tok, "/messages",
+                                     R"({"model":"m","max_tokens":9,"system":"be brief","messages":[{"role":"user","content":"hello"}]})") ==
+        chat);
+  CHECK(gateway::count_prompt_tokens(*tok, "/responses", R"({"model":"m","instructions":"be brief","input":"hello"})") == chat);
+  // What chat cannot carry: the body's bytes are counted.
+  const std::string document =
+      R"({"model":"m","max_tokens":9,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"a long contract"}}]}]})";
+  CHECK(gateway::count_prompt_tokens(*tok, "/messages", document) == static_cast<std::int64_t>(tok->count(document)));
+}

@@ -54,7 +54,7 @@ TEST_CASE("SQLite migrations: a database from before migrations keeps its rows a
   tollgate::test::db probe(path);
   CHECK(probe.one("SELECT MAX(version) FROM schema_migrations") == std::to_string(sqlite_schema_latest()));
   CHECK(probe.one("SELECT COUNT(*) FROM pragma_table_info('usage_ledger') WHERE name IN ('usage_source', "
-                  "'first_token_ms')") == "2");
+                  "'first_token_ms', 'cache_write_tokens')") == "3");
   CHECK(probe.one("SELECT usage_source FROM usage_ledger") == "NULL");
   std::filesystem::remove(path);
 }

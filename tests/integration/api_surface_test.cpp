@@ -90,10 +90,11 @@ TEST_CASE("a streamed /v1/messages is Anthropic's event sequence, over either ba
     CHECK(r.headers["content-type"].starts_with("text/event-stream"));
     std::vector<std::string> names;
     std::string text;
-    json usage;
+    json usage, start_usage;
     for (const auto& e : split_sse(r.body)) {
       names.push_back(e.name);
       if (e.name == "content_block_delta") text += e.data["delta"]["text"].get<std::string>();
+      if (e.name == "message_start") start_usage = e.data["message"]["usage"];
       if (e.name == "message_delta") usage = e.data["usage"];
     }
     INFO(model << ": " << r.body);
@@ -105,7 +106,8 @@ TEST_CASE("a streamed /v1/messages is Anthropic's event sequence, over either ba
     CHECK(names.back() == "message_stop");
     CHECK(text == "echo: hi there");
     CHECK(usage["output_tokens"] == 3);
-    CHECK(usage["input_tokens"] == 3);
+    // Anthropic itself (relayed, for claude-public) counts the input in message_start only.
+    CHECK((usage.contains("input_tokens") ? usage["input_tokens"] : start_usage["input_tokens"]) == 3);
   }
   // The Anthropic upstream's cache reads and writes reach the Anthropic client as such.
   auto whole = c.post(f.base + "/v1/messages", message_request("claude-public").dump(), anthropic_auth());
@@ -113,7 +115,7 @@ TEST_CASE("a streamed /v1/messages is Anthropic's event sequence, over either ba
   CHECK(u == json{{"input_tokens", 3}, {"cache_creation_input_tokens", 1}, {"cache_read_input_tokens", 2}, {"output_tokens", 3}});
 }
 
-TEST_CASE("extended thinking reaches either backend kind: reasoning_effort, or thinking with the effort's budget",
+TEST_CASE("extended thinking reaches either backend kind: reasoning_effort, or thinking with the client's or the effort's budget",
           "[integration][api_surface]") {
   gateway_fixture f(surface_yaml());
   http_client c;
@@ -121,19 +123,26 @@ TEST_CASE("extended thinking reaches either backend kind: reasoning_effort, or t
   r["max_tokens"] = 32000;
   r["thinking"] = {{"type", "enabled"}, {"budget_tokens", 10000}};
   REQUIRE(c.post(f.base + "/v1/messages", r.dump(), anthropic_auth()).status == 200);
-  r["model"] = "claude-public";
+  r["model"] = "claude-public";  // relayed: Anthropic gets the client's own budget
   REQUIRE(c.post(f.base + "/v1/messages", r.dump(), anthropic_auth()).status == 200);
+  // A chat client's reasoning_effort becomes the effort's budget.
+  const json chat = {{"model", "claude-public"}, {"max_tokens", 32000}, {"reasoning_effort", "medium"},
+                     {"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}};
+  REQUIRE(c.post(f.base + "/v1/chat/completions", chat.dump(), gateway_fixture::auth()).status == 200);
   const auto to_chat = f.a.requests(), to_claude = f.b.requests();
   REQUIRE(to_chat.size() == 1);
-  REQUIRE(to_claude.size() == 1);
+  REQUIRE(to_claude.size() == 2);
   CHECK(json::parse(to_chat[0].body)["reasoning_effort"] == "medium");
-  CHECK(json::parse(to_claude[0].body)["thinking"] == json{{"type", "enabled"}, {"budget_tokens", 8192}});
-  // A budget Anthropic would refuse is refused here, in its shape, before any upstream call.
+  CHECK(json::parse(to_claude[0].body)["thinking"] == json{{"type", "enabled"}, {"budget_tokens", 10000}});
+  CHECK(json::parse(to_claude[1].body)["thinking"] == json{{"type", "enabled"}, {"budget_tokens", 8192}});
+  // A budget Anthropic would refuse is refused in translation, in its shape, before any upstream call.
+  r["model"] = "chat-public";
   r["thinking"]["budget_tokens"] = 100;
   auto bad = c.post(f.base + "/v1/messages", r.dump(), anthropic_auth());
   CHECK(bad.status == 400);
   CHECK(json::parse(bad.body)["error"]["type"] == "invalid_request_error");
-  CHECK(f.b.requests().size() == 1);
+  CHECK(json::parse(bad.body)["error"]["message"].get<std::string>().find("budget_tokens") != std::string::npos);
+  CHECK(f.a.requests().size() == 1);
 }
 
 TEST_CASE("/v1/messages errors are Anthropic-shaped: 401, 400 naming the field, 404", "[integration][api_surface]") {

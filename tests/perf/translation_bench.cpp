@@ -1,8 +1,9 @@
 // What the dialect translations cost a request: an Anthropic Messages or Responses client's
-// request to chat completions and its answer back (whole, and a stream of 200 chunks), and chat
-// completions to and from an Anthropic upstream, for a small and a 100 KB conversation. Prints
-// the thread's CPU microseconds an operation (median of 7 rounds; CPU time, so that a loaded
-// machine stretches it little) and MB/s of request body for the requests.
+// request to chat completions and its answer back (whole, with 600 B and 125 KB of text, and a
+// stream of 200 chunks), and chat completions to and from an Anthropic upstream, for a small and
+// a 100 KB conversation, and an Anthropic stream relayed to a Messages client untranslated.
+// Prints the thread's CPU microseconds an operation (median of 7 rounds; CPU time, so that a
+// loaded machine stretches it little) and MB/s of body for the requests and long answers.
 //
 //   tollgate-bench-translation [--rounds 7]
 #include <nlohmann/json.hpp>
@@ -173,9 +174,30 @@ int main(int argc, char** argv) {
   const auto message = anthropic_message();
   const auto astream = anthropic_stream(200);
   row("Anthropic message (600 B text) -> chat answer", 0, [&] { sink += p::message_to_chat_answer(message).body.size(); });
+  // A long answer: 100 KB of text.
+  json long_chat = json::parse(answer);
+  long_chat["choices"][0]["message"]["content"] = conversation(100000, false)["messages"][1]["content"].get<std::string>() +
+                                                  std::string(100000, 'y');
+  const std::string long_answer = long_chat.dump();
+  json long_msg = json::parse(message);
+  long_msg["content"][0]["text"] = long_chat["choices"][0]["message"]["content"];
+  const std::string long_message = long_msg.dump();
+  row("chat answer (100 KB text) -> Message", long_answer.size(),
+      [&] { sink += p::anthropic_client(msg)->whole(200, long_answer).body.size(); });
+  row("chat answer (100 KB text) -> Response", long_answer.size(),
+      [&] { sink += p::responses_client(resp)->whole(200, long_answer).body.size(); });
+  row("Anthropic message (100 KB text) -> chat answer", long_message.size(),
+      [&] { sink += p::message_to_chat_answer(long_message).body.size(); });
   row("Anthropic stream of 200 deltas -> chat chunks", 0, [&] {
     p::messages_stream_to_chat t(true);
     for (const auto& e : astream) sink += t.event(e).size();
+  });
+  // Relayed untranslated (a Messages client on Anthropic upstreams): each event is passed on,
+  // its type and usage read.
+  row("Anthropic stream of 200 deltas relayed (Messages client)", 0, [&] {
+    auto d = p::anthropic_relay();
+    for (const auto& e : astream) sink += d->event(e).size();
+    sink += d->end().size();
   });
   std::printf("(checksum %zu)\n", sink);
   return 0;

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <string>
+
 #include "protocol/usage.hpp"
 
 using namespace tollgate::protocol;
@@ -112,4 +114,72 @@ TEST_CASE("usage is read from the top level only, whatever the spacing and order
   CHECK_FALSE(usage_from_json(R"({"usage":[1,2]})"));
   CHECK_FALSE(usage_from_json(R"({"choices":[], "usage": {"prompt_tokens": 3})"));  // cut short: not JSON
   CHECK_FALSE(usage_from_json(R"({"usage":{"prompt_tokens":99999999999999999999}})"));
+}
+
+TEST_CASE("usage of relayed answers: an Anthropic message and a Responses API response", "[usage][relay]") {
+  // Anthropic's input_tokens leaves out the cache reads and writes.
+  auto m = usage_from_json(R"({"type":"message","content":[],"usage":{"input_tokens":40,"cache_creation_input_tokens":7,)"
+                           R"("cache_read_input_tokens":1200,"output_tokens":31}})");
+  REQUIRE(m);
+  CHECK(m->prompt == 1247);
+  CHECK(m->cached == 1200);
+  CHECK(m->cache_write == 7);
+  CHECK(m->completion == 31);
+  // The Responses API counts its cached tokens in input_tokens.
+  auto r = usage_from_json(R"({"object":"response","usage":{"input_tokens":100,"input_tokens_details":{"cached_tokens":60},)"
+                           R"("output_tokens":20,"output_tokens_details":{"reasoning_tokens":12},"total_tokens":120}})");
+  REQUIRE(r);
+  CHECK(r->prompt == 100);
+  CHECK(r->cached == 60);
+  CHECK(r->cache_write == 0);
+  CHECK(r->completion == 20);
+  CHECK(r->reasoning == 12);
+  bool refused = false;
+  CHECK_FALSE(usage_from_json(R"({"usage":{"input_tokens":-1,"output_tokens":2}})", nullptr, &refused));
+  CHECK(refused);
+  CHECK_FALSE(usage_from_json(R"({"usage":{"input_tokens":1,"cache_read_input_tokens":"9"}})", nullptr, &refused));
+  CHECK(refused);
+}
+
+TEST_CASE("an Anthropic stream's usage: message_start, then message_delta's counts replace those it names", "[usage][relay]") {
+  messages_stream_usage s;
+  CHECK_FALSE(s.get());
+  s.take(R"({"type":"ping"})");
+  s.take(R"({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\"usage\""}})");
+  CHECK_FALSE(s.get());
+  s.take(R"({"type":"message_start","message":{"id":"m","usage":{"input_tokens":40,"cache_creation_input_tokens":7,)"
+         R"("cache_read_input_tokens":1200,"output_tokens":1}}})");
+  auto u = s.get();
+  REQUIRE(u);
+  CHECK(u->prompt == 1247);
+  CHECK(u->completion == 1);
+  s.take(R"({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":31}})");
+  u = s.get();
+  REQUIRE(u);
+  CHECK(u->prompt == 1247);
+  CHECK(u->cached == 1200);
+  CHECK(u->cache_write == 7);
+  CHECK(u->completion == 31);
+  // Newer API versions repeat every count in message_delta.
+  s.take(R"({"type":"message_delta","usage":{"input_tokens":41,"cache_creation_input_tokens":7,"cache_read_input_tokens":1200,"output_tokens":32}})");
+  CHECK(s.get()->prompt == 1248);
+  // One count not to be trusted: the tokenizer counts the answer instead.
+  s.take(R"({"type":"message_delta","usage":{"output_tokens":1e308}})");
+  CHECK_FALSE(s.get());
+}
+
+TEST_CASE("a Responses API stream's usage comes with its last event", "[usage][relay]") {
+  CHECK_FALSE(responses_event_usage(R"({"type":"response.created","response":{"usage":null}})"));
+  CHECK_FALSE(responses_event_usage(R"({"type":"response.output_text.delta","delta":"\"usage\""})"));
+  for (const char* type : {"response.completed", "response.incomplete", "response.failed"}) {
+    auto u = responses_event_usage(std::string(R"({"type":")") + type +
+                                   R"(","sequence_number":9,"response":{"usage":{"input_tokens":5,"input_tokens_details":{"cached_tokens":1},"output_tokens":4}}})");
+    REQUIRE(u);
+    CHECK(u->prompt == 5);
+    CHECK(u->cached == 1);
+    CHECK(u->completion == 4);
+  }
+  bool refused = false;
+  CHECK_FALSE(responses_event_usage(R"({"type":"response.completed","response":{"usage":{"input_tokens":"5"}}})", &refused));
+  CHECK(refused);
 }

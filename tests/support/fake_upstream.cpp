@@ -432,6 +432,7 @@ response_script anthropic_messages(const recorded_request& request) {
     }
   }
   std::string text = has_tool_result ? "tool said: " + tool_result : "echo: " + prompt;
+  if (prompt == "!request") text = request.body;  // what reached the upstream, for relay tests
   std::string stop_reason = "end_turn";
   json stop_sequence = nullptr;
   if (body.contains("stop_sequences")) {
@@ -498,6 +499,112 @@ response_script anthropic_messages(const recorded_request& request) {
   return s;
 }
 
+/// POST /v1/responses as OpenAI serves it (for backends with `responses: native`): `input` is a
+/// string or items; the last user text is echoed ("!request": the request body itself), a call
+/// of the first function tool is made when tools are given and the last item is no
+/// function_call_output ("tool said: ..." after one); usage with cached tokens; streams as
+/// response.created ... response.completed, each event numbered.
+response_script responses_api(const recorded_request& request) {
+  const json body = json::parse(request.body, nullptr, false);
+  if (!body.is_object()) return error_script(400, "invalid JSON body", "invalid_json");
+  if (!body.contains("model") || !body["model"].is_string()) return error_script(400, "Missing required parameter: 'model'.", "missing_required_parameter");
+  if (!body.contains("input")) return error_script(400, "Missing required parameter: 'input'.", "missing_required_parameter");
+  const std::string model = body["model"].get<std::string>();
+  if (model == "fake-overloaded") {
+    response_script s = error_script(503, "The server is overloaded", "overloaded");
+    s.headers.emplace_back("Retry-After", "0");
+    return s;
+  }
+  const json& input = body["input"];
+  std::string prompt, tool_output;
+  bool after_tool = false;
+  if (input.is_string()) {
+    prompt = input.get<std::string>();
+  } else if (input.is_array() && !input.empty()) {
+    const json& last = input.back();
+    if (last.value("type", "") == "function_call_output") {
+      after_tool = true;
+      tool_output = last.value("output", "");
+    } else if (last.contains("content") && last["content"].is_string()) {
+      prompt = last["content"].get<std::string>();
+    } else if (last.contains("content") && last["content"].is_array()) {
+      for (const auto& part : last["content"]) prompt += part.value("text", "");
+    }
+  }
+  std::string text = after_tool ? "tool said: " + tool_output : "echo: " + prompt;
+  if (prompt == "!request") text = request.body;
+  const bool call_tool = !after_tool && body.contains("tools") && body["tools"].is_array() && !body["tools"].empty() &&
+                         body["tools"][0].value("type", "") == "function";
+  const std::string tool_name = call_tool ? body["tools"][0].value("name", "") : "";
+  const std::string tool_args = json{{"text", prompt}}.dump();
+  const int input_tokens = static_cast<int>(words(prompt).size()) + 2;
+  const int output_tokens = static_cast<int>(words(text).size()) + (call_tool ? 5 : 0);
+  const json usage = {{"input_tokens", input_tokens},
+                      {"input_tokens_details", {{"cached_tokens", 1}}},
+                      {"output_tokens", output_tokens},
+                      {"output_tokens_details", {{"reasoning_tokens", 0}}},
+                      {"total_tokens", input_tokens + output_tokens}};
+  const json message = {{"id", "msg_fake1"}, {"type", "message"}, {"status", "completed"}, {"role", "assistant"},
+                        {"content", json::array({{{"type", "output_text"}, {"text", text}, {"annotations", json::array()}}})}};
+  const json call = {{"id", "fc_fake1"}, {"type", "function_call"}, {"status", "completed"}, {"call_id", "call_fake1"},
+                     {"name", tool_name}, {"arguments", tool_args}};
+  auto response = [&](const std::string& status, json output, json used) {
+    return json{{"id", "resp_fake1"}, {"object", "response"}, {"created_at", 1}, {"status", status}, {"error", nullptr},
+                {"incomplete_details", nullptr}, {"instructions", body.value("instructions", json())}, {"model", model},
+                {"output", std::move(output)}, {"parallel_tool_calls", true}, {"tool_choice", "auto"},
+                {"tools", body.value("tools", json::array())}, {"store", body.value("store", true)},
+                {"previous_response_id", body.value("previous_response_id", json())},
+                {"metadata", body.value("metadata", json::object())}, {"usage", std::move(used)}};
+  };
+  const json output = call_tool ? json::array({call}) : json::array({message});
+  if (!body.value("stream", false)) {
+    response_script s;
+    s.body = response("completed", output, usage).dump();
+    return s;
+  }
+  response_script s;
+  s.content_type = "text/event-stream";
+  int sequence = 0;
+  auto emit = [&](const std::string& type, json data) {
+    data["type"] = type;
+    data["sequence_number"] = sequence++;
+    s.chunks.push_back("event: " + type + "\ndata: " + data.dump() + "\n\n");
+  };
+  emit("response.created", {{"response", response("in_progress", json::array(), nullptr)}});
+  emit("response.in_progress", {{"response", response("in_progress", json::array(), nullptr)}});
+  if (call_tool) {
+    json added = call;
+    added["status"] = "in_progress";
+    added["arguments"] = "";
+    emit("response.output_item.added", {{"output_index", 0}, {"item", added}});
+    const std::size_t half = tool_args.size() / 2;
+    for (const std::string& part : {tool_args.substr(0, half), tool_args.substr(half)}) {
+      emit("response.function_call_arguments.delta", {{"item_id", "fc_fake1"}, {"output_index", 0}, {"delta", part}});
+    }
+    emit("response.function_call_arguments.done", {{"item_id", "fc_fake1"}, {"output_index", 0}, {"arguments", tool_args}});
+    emit("response.output_item.done", {{"output_index", 0}, {"item", call}});
+  } else {
+    json added = message;
+    added["status"] = "in_progress";
+    added["content"] = json::array();
+    emit("response.output_item.added", {{"output_index", 0}, {"item", added}});
+    const json empty_part = {{"type", "output_text"}, {"text", ""}, {"annotations", json::array()}};
+    emit("response.content_part.added", {{"item_id", "msg_fake1"}, {"output_index", 0}, {"content_index", 0}, {"part", empty_part}});
+    const auto pieces = words(text);
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      emit("response.output_text.delta", {{"item_id", "msg_fake1"}, {"output_index", 0}, {"content_index", 0},
+                                           {"delta", (i == 0 ? "" : " ") + pieces[i]}, {"logprobs", json::array()}});
+    }
+    emit("response.output_text.done", {{"item_id", "msg_fake1"}, {"output_index", 0}, {"content_index", 0}, {"text", text},
+                                        {"logprobs", json::array()}});
+    emit("response.content_part.done", {{"item_id", "msg_fake1"}, {"output_index", 0}, {"content_index", 0},
+                                         {"part", message["content"][0]}});
+    emit("response.output_item.done", {{"output_index", 0}, {"item", message}});
+  }
+  emit("response.completed", {{"response", response("completed", output, usage)}});
+  return s;
+}
+
 }  // namespace
 
 response_script fake_upstream::openai_default(const recorded_request& request) {
@@ -510,6 +617,7 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
     return s;
   }
   if (request.method == "POST" && path == "/v1/messages") return anthropic_messages(request);
+  if (request.method == "POST" && path == "/v1/responses") return responses_api(request);
   const bool chat = path == "/v1/chat/completions";
   const bool completion = path == "/v1/completions";
   const bool embeddings = path == "/v1/embeddings";

@@ -72,8 +72,10 @@ class fake_upstream {
   /// user turn last, chat answers with a call of the first tool (arguments {"text": prompt}); a
   /// tool turn last is answered "tool said: ..."; a json_schema response_format gets
   /// {"echo": prompt}. POST /v1/messages speaks Anthropic's Messages API the same way (see
-  /// anthropic_messages in the source). The model "fake-overloaded" is answered 503 overloaded
-  /// (529 on /v1/messages).
+  /// anthropic_messages in the source), and POST /v1/responses the Responses API (see
+  /// responses_api); on both, the text "!request" is answered with the request body as the
+  /// upstream got it. The model "fake-overloaded" is answered 503 overloaded (529 on
+  /// /v1/messages).
   static response_script openai_default(const recorded_request& request);
 
  private:
