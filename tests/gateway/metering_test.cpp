@@ -108,7 +108,7 @@ TEST_CASE("relayed answers without usage are counted from their own shapes", "[m
 
 TEST_CASE("a relayed request's prompt is counted as the chat request it translates to", "[metering][relay]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const auto tok = engine::tokenizer::load(tokenizer_file);
+  const auto tok = tokenizer::tokenizer::load(tokenizer_file);
   const auto chat = gateway::count_prompt_tokens(
       *tok, "/chat/completions", R"({"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hello"}]})");
   CHECK(gateway::count_prompt_tokens(*tok, "/messages",
