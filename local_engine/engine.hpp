@@ -56,9 +56,10 @@ struct backend_options {
   /// folder's config.json and tokenizer are still used). CUDA backend only.
   std::optional<uint64_t> random_weights_seed;
   /// bf16 on a GPU: dense products of up to this many rows (decode steps; at most 64) run on the
-  /// engine's own tensor-core kernel, larger ones on cuBLAS; 0 leaves all to cuBLAS. 16 measured
-  /// best on an H200 (tests/perf/README.md): above it cuBLAS's tiles win.
-  int skinny_rows = 16;
+  /// engine's own tensor-core kernel, larger ones on cuBLAS; 0 leaves all to cuBLAS. Since every
+  /// kernel is launched behind the one before, cuBLAS is 3 to 6% faster at 4 to 16 rows and equal
+  /// at 1 on an H200 (tests/perf/README.md item 17), so only single rows take the kernel.
+  int skinny_rows = 1;
   /// bf16 on a GPU with FP8 (sm_89 and later): an FP8 checkpoint's routed experts stay in FP8 on
   /// the GPU and are dequantised as the products read them (same results as dequantising at load,
   /// half the bytes); false dequantises them at load.

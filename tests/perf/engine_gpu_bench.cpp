@@ -11,7 +11,7 @@
 //
 //   tollgate-engine-gpu-bench [--config tests/perf/deepseek_v2_lite.json] [--dtype bfloat16]
 //       [--batches 1,16,64,256] [--context 1024] [--steps 32] [--prefill 2048] [--json FILE]
-//       [--dense 16,0] [--experts fp8|bf16]
+//       [--dense 1,0] [--experts fp8|bf16]
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -228,7 +228,7 @@ nlohmann::json dense_products(const eng::model_config& c, double bw) {
 
 int main(int argc, char** argv) try {
   std::string config_path = "tests/perf/deepseek_v2_lite.json", dtype = "bfloat16", json_out;
-  std::vector<int> modes = {16};
+  std::vector<int> modes = {1};
   std::vector<int> batches = {1, 16, 64, 256};
   int context = 1024, steps = 32, prefill = 2048;
   bool fp8_experts = false;  // routed experts in FP8 (e4m3, a scale per 128 columns a row)

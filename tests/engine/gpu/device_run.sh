@@ -85,7 +85,7 @@ YAML
 fi
 
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  build-gpu/tollgate-engine-gpu-bench --config tests/perf/deepseek_v2_lite.json --batches 1,16,64,256 --context 1024 --dense 16,0 \
+  build-gpu/tollgate-engine-gpu-bench --config tests/perf/deepseek_v2_lite.json --batches 1,16,64,256 --context 1024 --dense 1,0 \
     --json "$out/engine-gpu-bench.json" >"$out/engine-gpu-bench.log" 2>&1
   cat "$out/engine-gpu-bench.log"
   note "GPU bench: $out/engine-gpu-bench.json"
