@@ -478,7 +478,7 @@ std::string decode_string(std::string_view literal) {
 }
 
 /// A key's decoded text. Keys seldom hold escapes, so most are compared in place.
-std::string_view key_text(std::string_view literal, std::string& scratch) {
+[[maybe_unused]] std::string_view key_text(std::string_view literal, std::string& scratch) {
   if (literal.find('\\') == std::string_view::npos) return literal.substr(1, literal.size() - 2);
   scratch = decode_string(literal);
   return scratch;
