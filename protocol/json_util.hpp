@@ -72,4 +72,28 @@ inline std::string dump(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+/// A chat completions stream event as the stream translators read it: `chunk` holds its object
+/// (null for [DONE], a comment, or data that is not an object), or `error` the message of an error
+/// chunk (the error object itself when it has no message).
+struct chat_stream_chunk {
+  nlohmann::json chunk;
+  std::string error;
+  bool failed = false;
+};
+inline chat_stream_chunk read_chat_stream_chunk(std::string_view sse) {
+  chat_stream_chunk r;
+  const sse_fields f = parse_sse_event(sse);
+  if (!f.data || *f.data == "[DONE]") return r;
+  nlohmann::json chunk = nlohmann::json::parse(*f.data, nullptr, false);
+  if (!chunk.is_object()) return r;
+  if (const nlohmann::json* e = member(chunk, "error"); e != nullptr && !e->is_null()) {
+    const nlohmann::json* m = e->is_object() ? member(*e, "message") : nullptr;
+    r.error = m != nullptr && m->is_string() ? m->get<std::string>() : dump(*e);
+    r.failed = true;
+    return r;
+  }
+  r.chunk = std::move(chunk);
+  return r;
+}
+
 }  // namespace tollgate::protocol

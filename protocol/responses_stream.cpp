@@ -135,14 +135,10 @@ chat_stream_to_responses::~chat_stream_to_responses() = default;
 std::string chat_stream_to_responses::event(std::string_view sse) {
   state& s = *s_;
   if (s.ended) return {};
-  const sse_fields f = parse_sse_event(sse);
-  if (!f.data || *f.data == "[DONE]") return {};
-  const json chunk = json::parse(*f.data, nullptr, false);
-  if (!chunk.is_object()) return {};
-  if (const json* e = member(chunk, "error"); e != nullptr && !e->is_null()) {
-    const json* m = e->is_object() ? member(*e, "message") : nullptr;
-    return error(502, m != nullptr && m->is_string() ? m->get<std::string>() : dump(*e));
-  }
+  const chat_stream_chunk read = read_chat_stream_chunk(sse);
+  if (read.failed) return error(502, read.error);
+  if (read.chunk.is_null()) return {};
+  const json& chunk = read.chunk;
   std::string out;
   if (!s.started) out += s.start();
   if (const json* u = member(chunk, "usage"); u != nullptr && u->is_object()) s.usage = response_usage(u);
