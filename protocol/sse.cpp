@@ -1,4 +1,5 @@
 #include "protocol/sse.hpp"
+#include "protocol/wire.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -68,28 +69,6 @@ std::string sse_splitter::take_rest() {
   return rest;
 }
 
-std::optional<std::string> sse_data(std::string_view event) {
-  std::optional<std::string> data;
-  while (!event.empty()) {
-    const std::size_t line_end = std::min(event.find_first_of("\r\n"), event.size());
-    std::string_view line = event.substr(0, line_end);
-    std::size_t next = line_end;
-    if (next < event.size()) next += event.substr(next, 2) == "\r\n" ? 2 : 1;
-    event.remove_prefix(next);
-
-    // "field: value"; a line with no colon is a field with an empty value; comments start with ':'.
-    const std::size_t colon = std::min(line.find(':'), line.size());
-    if (line.substr(0, colon) != "data") continue;
-    std::string_view value = line.substr(std::min(colon + 1, line.size()));
-    if (value.starts_with(' ')) value.remove_prefix(1);
-    if (data) {
-      data->push_back('\n');
-      data->append(value);
-    } else {
-      data.emplace(value);
-    }
-  }
-  return data;
-}
+std::optional<std::string> sse_data(std::string_view event) { return parse_sse_event(event).data; }
 
 }  // namespace tollgate::protocol
