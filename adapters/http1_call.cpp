@@ -38,6 +38,10 @@ constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream
 constexpr std::size_t read_size = 16 * 1024;
 constexpr std::size_t stream_read_size = 1024;
 constexpr std::size_t max_read_size = 256 * 1024;
+// A request up to this size is taken whole by a socket's send buffer: an early error answer to a
+// larger one may leave unread bytes behind, so its connection is not reused.
+constexpr std::size_t one_write_bytes = 64 * 1024;
+
 // How soon after sending a reused connection must fail for the request to go again on a new one.
 constexpr auto stale_window = std::chrono::seconds(1);
 constexpr std::uint32_t max_header_bytes = 64 * 1024;
@@ -280,8 +284,12 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     got_bytes_ = false;
     writing_ = false;
     write_failed_ = false;
+    large_request_ = false;
     sent_at_ = std::chrono::steady_clock::now();
     send_now();
+    std::size_t request_bytes = 0;
+    for (const net::const_buffer& b : buffers_) request_bytes += b.size();
+    large_request_ = !rest_.empty() || request_bytes > one_write_bytes;
     if (write_failed_) {
       read();  // the read gives the verdict: an answer before the failure, or the error or close
       return;
@@ -402,10 +410,11 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         // Reused only when the answer ended exactly and the request is written whole. A success
         // may come before all of a large body is written (an upstream that answers without
         // reading it, then reads it to find the next request): the write still going decides
-        // when the connection is free. An error that early (413, say) may mean the rest is
-        // never read: that connection is not reused.
+        // when the connection is free. An error to a large request is never reused: it may have
+        // come before the upstream read the rest (413, say), which the kernel may still hold or
+        // the upstream never read; whether our write has ended when the answer is read is a race.
         const bool success = parser_->status() >= 200 && parser_->status() < 300;
-        complete(parser_->keep_alive() && buffer.size() == 0 && !write_failed_ && (!writing_ || success));
+        complete(parser_->keep_alive() && buffer.size() == 0 && !write_failed_ && (success || !large_request_));
         return false;
       }
     }
@@ -513,6 +522,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool reading_ = false;
   bool writing_ = false;
   bool write_failed_ = false;
+  bool large_request_ = false;  // over one_write_bytes, or not taken by the first write
   bool connecting_ = false;
   std::chrono::steady_clock::time_point sent_at_;
   bool paused_ = false;
