@@ -26,6 +26,7 @@
 #include "local_engine/cuda/dense.cuh"
 #include "local_engine/cuda/elementwise.cuh"
 #include "local_engine/cuda/mla.cuh"
+#include "local_engine/cuda/mla_prefill.cuh"
 #include "local_engine/cuda/moe.cuh"
 #include "local_engine/cuda/sampling.cuh"
 #include "local_engine/forward_backend.hpp"
@@ -136,6 +137,13 @@ int parse_device(const std::string& device) {
   return index;
 }
 
+/// An item of a planned batch: its tokens [first, first + n) at positions start.., where its block
+/// table starts, and whether it attends un-absorbed.
+struct item_span {
+  int first = 0, n = 0, start = 0, table_off = 0;
+  bool dense = false;
+};
+
 template <typename T>
 class cuda_backend final : public forward_backend {
  public:
@@ -166,6 +174,7 @@ class cuda_backend final : public forward_backend {
     check(cudaMalloc(&route_arrivals_, sizeof(unsigned)));
     check(cudaMemset(route_arrivals_, 0, sizeof(unsigned)));
     skinny_rows_ = std::clamp(opt.skinny_rows, 0, cuda::skinny_max_rows);
+    dense_prefill_tokens_ = std::max(0, opt.dense_prefill_tokens);
     if (std::is_same_v<T, bf16> && skinny_rows_ > 0) {
       check(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
       skinny_[0] = std::make_unique<cuda::skinny_scratch>(skinny_workspace_floats);
@@ -649,6 +658,8 @@ class cuda_backend final : public forward_backend {
   void plan_batch(std::span<const batch_item> batch) {
     tokens_.clear(), pos_.clear(), slot_.clear(), table_off_.clear(), table_.clear(), rows_.clear(), row_info_.clear();
     params_.clear();
+    spans_.clear();
+    dense_items_ = 0;
     want_logits_ = false;
     max_len_ = 0;
     sequences_ = static_cast<int>(batch.size());
@@ -670,6 +681,8 @@ class cuda_backend final : public forward_backend {
                                       std::to_string(pool_shape_.blocks));
       const int32_t off = static_cast<int32_t>(table_.size());
       table_.insert(table_.end(), it.blocks.begin(), it.blocks.end());
+      spans_.push_back(item_span{static_cast<int>(tokens_.size()), static_cast<int>(n), static_cast<int>(it.start), off,
+                                 dense_prefill_tokens_ > 0 && n >= static_cast<size_t>(dense_prefill_tokens_)});
       max_len_ = std::max(max_len_, static_cast<int>(end));
       for (size_t k = 0; k < n; ++k) {
         const int32_t id = it.tokens[k];
@@ -698,6 +711,10 @@ class cuda_backend final : public forward_backend {
         table_off_.push_back(off);
       }
     }
+    // Graphed batches (up to gemv_token_limit tokens) keep one layout: the absorbed kernel.
+    if (tokens_.size() <= static_cast<size_t>(gemv_token_limit))
+      for (auto& sp : spans_) sp.dense = false;
+    for (const auto& sp : spans_) dense_items_ += sp.dense;
   }
 
   void upload_meta() {
@@ -755,7 +772,7 @@ class cuda_backend final : public forward_backend {
 
   void attention(const layer_weights<T>& L, int l, const T* h, int N, float* y) {
     const auto& c = c_;
-    const int nh = c.num_attention_heads, qk = c.qk_head_dim(), kvr = c.kv_lora_rank, W = dims_.width();
+    const int nh = c.num_attention_heads, qk = c.qk_head_dim(), W = dims_.width();
     const int nope = c.qk_nope_head_dim, vd = c.v_head_dim;
     cuda::mla_query<T> query;
     float* ckv = nullptr;
@@ -794,6 +811,22 @@ class cuda_backend final : public forward_backend {
     T* cache = cache_layer(l);
     cuda::mla_prepare<T>(ckv, ckv_stride, L.kv_a_norm, latent_norm_eps, query, rope_cs_, c.rope_interleave, dims_, N,
                          map_, q_full, cache, stream_);
+    T* attn = ws_attn_.as<T>(static_cast<size_t>(N) * nh * vd);
+    if (dense_items_ < sequences_) absorbed_attention(L, q_nope, q_ld, q_head, q_full, cache, N, attn);
+    if (dense_items_ > 0)
+      for (const auto& sp : spans_)
+        if (sp.dense) dense_attention(L, sp, q_nope, q_ld, q_head, q_full, cache, attn);
+    gemm(attn, N, L.o, y, CUDA_R_32F);
+    if (L.o_bias) cuda::add_bias(y, L.o_bias, c.hidden_size, N, stream_);
+  }
+
+  /// Attention in the absorbed form for every token but those of items that attend un-absorbed
+  /// (their rows of attn are written by dense_attention after this).
+  void absorbed_attention(const layer_weights<T>& L, const T* q_nope, int q_ld, int q_head, T* q_full, const T* cache,
+                          int N, T* attn) {
+    const auto& c = c_;
+    const int nh = c.num_attention_heads, kvr = c.kv_lora_rank, W = dims_.width(), nope = c.qk_nope_head_dim,
+              vd = c.v_head_dim;
     const float one = 1.0f, zero = 0.0f;
     // W_UK absorbed: q_full[t, h, :kvr] = q_nope[t, h, :] . kv_b[h, :nope, :]   (per head)
     check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, kvr, N, nope, &one, L.kv_b.w, data_type<T>(),
@@ -802,20 +835,90 @@ class cuda_backend final : public forward_backend {
                                           CUBLAS_GEMM_DEFAULT),
                "q absorb");
     T* o_lat = ws_o_lat_.as<T>(static_cast<size_t>(N) * nh * kvr);
-    const size_t part = cuda::mla_partial_floats(N, dims_, max_len_);
-    float* partial = part ? ws_partial_.as<float>(part) : nullptr;
-    cuda::mla_attend<T>(q_full, cache, dims_, N, sequences_, max_len_, map_, static_cast<float>(c.softmax_scale()), partial, part,
-                        o_lat, stream_);
+    const float scale = static_cast<float>(c.softmax_scale());
+    // Runs of items side by side that take the kernel (all of the batch when none is dense).
+    for (size_t i = 0; i < spans_.size();) {
+      if (spans_[i].dense) {
+        ++i;
+        continue;
+      }
+      size_t j = i;
+      while (j < spans_.size() && !spans_[j].dense) ++j;
+      const int first = spans_[i].first, n = spans_[j - 1].first + spans_[j - 1].n - first;
+      const size_t part = cuda::mla_partial_floats(n, dims_, max_len_);
+      float* partial = part ? ws_partial_.as<float>(part) : nullptr;
+      cuda::token_map m = map_;
+      m.pos += first, m.slot += first, m.table_off += first;
+      cuda::mla_attend<T>(q_full + static_cast<size_t>(first) * nh * W, cache, dims_, n, static_cast<int>(j - i),
+                          max_len_, m, scale, partial, part, o_lat + static_cast<size_t>(first) * nh * kvr, stream_);
+      i = j;
+    }
     // W_UV after attention: attn[t, h, :] = kv_b[h, nope:, :] . o_lat[t, h, :]
-    T* attn = ws_attn_.as<T>(static_cast<size_t>(N) * nh * vd);
     check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, vd, N, kvr, &one,
                                           L.kv_b.w + static_cast<size_t>(nope) * kvr, data_type<T>(), kvr,
                                           static_cast<long long>(nope + vd) * kvr, o_lat, data_type<T>(), nh * kvr, kvr,
                                           &zero, attn, data_type<T>(), nh * vd, vd, nh, CUBLAS_COMPUTE_32F,
                                           CUBLAS_GEMM_DEFAULT),
                "v absorb");
-    gemm(attn, N, L.o, y, CUDA_R_32F);
-    if (L.o_bias) cuda::add_bias(y, L.o_bias, c.hidden_size, N, stream_);
+  }
+
+  /// One long prompt chunk's attention, un-absorbed (mla_prefill.cuh): its sequence's cached
+  /// latents (the chunk's own included: mla_prepare wrote them) are expanded with kv_b to per-head
+  /// keys and values, then per head scores = q . k (nope and rope parts side by side), a causal softmax, and
+  /// attn = p . v. Heads go in groups and queries in chunks so that the scratch stays within
+  /// dense_scratch_bytes; a chunk of queries attends only up to its last position.
+  void dense_attention(const layer_weights<T>& L, const item_span& sp, const T* q_nope, int q_ld, int q_head,
+                       const T* q_full, const T* cache, T* attn) {
+    const auto& c = c_;
+    const int nh = c.num_attention_heads, kvr = c.kv_lora_rank, W = dims_.width(), nope = c.qk_nope_head_dim,
+              vd = c.v_head_dim, rope = c.qk_rope_head_dim, hd = nope + vd;
+    const int len = sp.start + sp.n;
+    T* lat = ws_lat_.as<T>(static_cast<size_t>(len) * W);
+    cuda::gather_positions<T>(cache, map_.table + sp.table_off, pool_shape_.block_size, W, len, lat, stream_);
+    const size_t per_head = static_cast<size_t>(len) * (hd + nope + rope) * sizeof(T);
+    const int hg = static_cast<int>(std::clamp<size_t>(dense_scratch_bytes / per_head, 1, static_cast<size_t>(nh)));
+    const int qk = nope + rope;
+    T* kv = ws_kv_full_.as<T>(static_cast<size_t>(len) * hg * hd);
+    T* k_cat = ws_k_cat_.as<T>(static_cast<size_t>(len) * hg * qk);
+    T* q_cat = ws_q_cat_.as<T>(static_cast<size_t>(sp.n) * hg * qk);
+    const int pitch = (len + 7) / 8 * 8;  // score rows 16-byte aligned for the tensor cores
+    int qc = std::min(sp.n, std::max(64, (sp.n + 3) / 4));
+    const size_t per_query = static_cast<size_t>(hg) * pitch * (sizeof(float) + sizeof(T));
+    qc = static_cast<int>(std::clamp<size_t>(dense_scratch_bytes / per_query, 1, static_cast<size_t>(qc)));
+    float* S = ws_scores_.as<float>(static_cast<size_t>(hg) * qc * pitch);
+    T* P = ws_probs_.as<T>(static_cast<size_t>(hg) * qc * pitch);
+    const float one = 1.0f, zero = 0.0f, scale = static_cast<float>(c.softmax_scale());
+    for (int h0 = 0; h0 < nh; h0 += hg) {
+      const int g = std::min(hg, nh - h0);
+      // kv[j, h, :nope] = k_nope, kv[j, h, nope:] = v, for the group's heads.
+      check_blas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, g * hd, len, kvr, &one,
+                              L.kv_b.w + static_cast<size_t>(h0) * hd * kvr, data_type<T>(), kvr, lat, data_type<T>(), W,
+                              &zero, kv, data_type<T>(), g * hd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "kv expand");
+      // Keys and queries with each head's nope and rope parts side by side (the rope key is
+      // shared by the heads).
+      cuda::concat_heads<T>(kv, g * hd, hd, nope, lat + kvr, W, 0, rope, len, g, k_cat, stream_);
+      cuda::concat_heads<T>(q_nope + static_cast<size_t>(sp.first) * q_ld + static_cast<size_t>(h0) * q_head, q_ld,
+                            q_head, nope, q_full + static_cast<size_t>(sp.first) * nh * W + static_cast<size_t>(h0) * W + kvr,
+                            nh * W, W, rope, sp.n, g, q_cat, stream_);
+      for (int q0 = 0; q0 < sp.n; q0 += qc) {
+        const int nq = std::min(qc, sp.n - q0), keys = sp.start + q0 + nq;
+        const int lp = (keys + 7) / 8 * 8;
+        const size_t tok = static_cast<size_t>(sp.first + q0);
+        check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, keys, nq, qk, &one, k_cat, data_type<T>(),
+                                              g * qk, qk, q_cat + static_cast<size_t>(q0) * g * qk, data_type<T>(), g * qk,
+                                              qk, &zero, S, CUDA_R_32F, lp, static_cast<long long>(nq) * lp, g,
+                                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   "scores");
+        cuda::causal_softmax<T>(S, g * nq, nq, lp, sp.start + q0, scale, P, stream_);
+        check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, vd, nq, keys, &one, kv + nope,
+                                              data_type<T>(), g * hd, hd, P, data_type<T>(), lp,
+                                              static_cast<long long>(nq) * lp, &zero,
+                                              attn + tok * nh * vd + static_cast<size_t>(h0) * vd, data_type<T>(), nh * vd,
+                                              vd, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                   "attend values");
+      }
+    }
   }
 
   void mlp(const mat<T>& gate_up, const mat<T>& down, const T* h, int N, float* y) {
@@ -828,9 +931,8 @@ class cuda_backend final : public forward_backend {
   }
 
   /// ys[r0 .. r0 + n) = xs[r0 .. r0 + n) . W[e]^T for each expert e with rows (offsets_host_), one
-  /// cuBLAS product each. (cuBLAS's grouped call ran the same kernels one by one: no faster.)
-  /// FP8 experts are dequantised one at a time into a scratch matrix first (the stream orders
-  /// each product before the next expert's dequantisation).
+  /// cuBLAS product each (FP8 experts dequantised at prefill: each into a scratch matrix first, the
+  /// stream ordering each product before the next expert's dequantisation).
   void experts_product(const T* xs, const T* W, const cuda::fp8_experts& W8, int out_cols, int inner, float* ys) {
     for (int e = 0; e < c_.n_routed_experts; ++e) {
       const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
@@ -905,17 +1007,81 @@ class cuda_backend final : public forward_backend {
       cuda::silu_mul<T>(gu, I, R, act, stream_);
       cuda::expert_gemv<T>(L.experts_down, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
     } else {
-      // cuBLAS per expert wants each expert's rows side by side.
-      T* xg = ws_xg_.as<T>(static_cast<size_t>(R) * H);
-      cuda::gather_rows<T>(h, row_token, H, R, xg, stream_);
       offsets_host_.resize(static_cast<size_t>(E) + 1);
       check(cudaMemcpyAsync(offsets_host_.data(), offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream_));
       check(cudaStreamSynchronize(stream_));
+      if (!L.experts_gate_up_fp8.w) return slot_experts(L, h, N, ids, wts, {offsets, active, row_token, slot_row}, shared);
+      // cuBLAS per expert wants each expert's rows side by side.
+      T* xg = ws_xg_.as<T>(static_cast<size_t>(R) * H);
+      cuda::gather_rows<T>(h, row_token, H, R, xg, stream_);
       experts_product(xg, L.experts_gate_up, L.experts_gate_up_fp8, 2 * I, H, gu);
       cuda::silu_mul<T>(gu, I, R, act, stream_);
       experts_product(act, L.experts_down, L.experts_down_fp8, H, I, rows);
     }
     return finish_moe(shared, rows, slot_row, wts);
+  }
+
+  /// Prefill's routed experts in two batched products (cuBLAS's pointer-array form) instead of two
+  /// per expert: each expert's grouped rows are cut into slots of `rows` rows (the last one
+  /// partial), every slot a product of the same shape with its expert's matrix. A slot's outputs
+  /// go to a padded buffer, slot k at rows k * rows..; slot_index tells the next norm where each
+  /// (token, k) row went. One launch fills the GPU where one product per expert fills a third of
+  /// it, and the host queues two products a layer instead of 2 * experts.
+  cuda::moe_sum slot_experts(const layer_weights<T>& L, const T* h, int N, const int32_t* ids, const float* wts,
+                             const cuda::expert_groups& g, float* shared) {
+    const int E = c_.n_routed_experts, K = c_.num_experts_per_tok, H = c_.hidden_size, I = c_.moe_intermediate_size;
+    const int R = N * K;
+    const int rows = R >= 128 * E ? 128 : 64;
+    slot_base_host_.assign(static_cast<size_t>(E), 0);
+    int slots = 0;
+    for (int e = 0; e < E; ++e) {
+      slot_base_host_[static_cast<size_t>(e)] = slots;
+      const int n = offsets_host_[static_cast<size_t>(e) + 1] - offsets_host_[static_cast<size_t>(e)];
+      slots += (n + rows - 1) / rows;
+    }
+    const size_t padded = static_cast<size_t>(slots) * rows;
+    // A slot reads `rows` rows of xg from its first: the last one reads past R (into the spare).
+    T* xg = ws_xg_.as<T>((static_cast<size_t>(R) + rows) * H);
+    float* gu = ws_gu_.as<float>(padded * 2 * I);
+    T* act = ws_act_.as<T>(padded * I);
+    float* out = ws_rows_.as<float>(padded * H);
+    cuda::gather_rows<T>(h, g.row_token, H, R, xg, stream_);
+    // Six pointer arrays (gate-up A, B, C; down A, B, C) of `slots` entries, then slot_base.
+    slot_ptrs_host_.assign(6 * static_cast<size_t>(slots), nullptr);
+    const void** p = slot_ptrs_host_.data();
+    for (int e = 0, k = 0; e < E; ++e) {
+      const int r0 = offsets_host_[static_cast<size_t>(e)], r1 = offsets_host_[static_cast<size_t>(e) + 1];
+      for (int r = r0; r < r1; r += rows, ++k) {
+        const size_t pad = static_cast<size_t>(k) * rows;
+        p[k] = L.experts_gate_up + static_cast<size_t>(e) * 2 * I * H;
+        p[slots + k] = xg + static_cast<size_t>(r) * H;
+        p[2 * slots + k] = gu + pad * 2 * I;
+        p[3 * slots + k] = L.experts_down + static_cast<size_t>(e) * H * I;
+        p[4 * slots + k] = act + pad * I;
+        p[5 * slots + k] = out + pad * H;
+      }
+    }
+    const size_t ptr_bytes = slot_ptrs_host_.size() * sizeof(void*), base_bytes = static_cast<size_t>(E) * sizeof(int32_t);
+    auto* d = ws_slot_meta_.as<uint8_t>(ptr_bytes + base_bytes);
+    check(cudaMemcpyAsync(d, slot_ptrs_host_.data(), ptr_bytes, cudaMemcpyHostToDevice, stream_));
+    check(cudaMemcpyAsync(d + ptr_bytes, slot_base_host_.data(), base_bytes, cudaMemcpyHostToDevice, stream_));
+    // Pageable copies: the host arrays may change once the copies are queued; the next layer
+    // rewrites them only after this layer's host sync.
+    auto* const* dp = reinterpret_cast<void* const*>(d);
+    const auto* base = reinterpret_cast<const int32_t*>(d + ptr_bytes);
+    int32_t* slot_index = ws_slot_index_.as<int32_t>(static_cast<size_t>(R));
+    cuda::expert_slot_index(ids, g.slot_row, g.offsets, base, R, rows, slot_index, stream_);
+    const float one = 1.0f, zero = 0.0f;
+    check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, rows, H, &one, dp, data_type<T>(), H,
+                                   dp + slots, data_type<T>(), H, &zero, const_cast<void**>(dp + 2 * slots), CUDA_R_32F,
+                                   2 * I, slots, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "experts gate and up");
+    cuda::silu_mul<T>(gu, I, static_cast<int>(padded), act, stream_);
+    check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, H, rows, I, &one, dp + 3 * slots, data_type<T>(), I,
+                                   dp + 4 * slots, data_type<T>(), I, &zero, const_cast<void**>(dp + 5 * slots), CUDA_R_32F,
+                                   H, slots, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "experts down");
+    return finish_moe(shared, out, slot_index, wts);
   }
 
   /// The shared experts' SwiGLU and down product, on the side stream for small batches (it waits
@@ -963,6 +1129,15 @@ class cuda_backend final : public forward_backend {
   cublasHandle_t blas_side_ = nullptr;
   void* blas_side_workspace_ = nullptr;
   int sms_ = 0, skinny_rows_ = 0;
+  // Long prompt chunks' un-absorbed attention (dense_attention): the planned batch's items, and
+  // the scratch its products may use at most (beyond the cache's gathered latents).
+  std::vector<item_span> spans_;
+  int dense_items_ = 0, dense_prefill_tokens_ = 0;
+  static constexpr size_t dense_scratch_bytes = size_t{256} << 20;
+  // Prefill's expert products in slots (slot_experts): the slots' first rows and the matrices
+  // each product reads and writes, on the host and on the device.
+  std::vector<int32_t> slot_base_host_;
+  std::vector<const void*> slot_ptrs_host_;
   std::vector<void*> allocations_;
   size_t weight_bytes_ = 0;
   double load_seconds_ = 0;
@@ -998,7 +1173,8 @@ class cuda_backend final : public forward_backend {
 
   device_buffer staging_, ws_meta_, ws_x_, ws_y_, ws_h_, ws_hs_, ws_logits_, ws_picked_, ws_q_, ws_qa_, ws_qa_n_, ws_ckv_,
       ws_q_full_, ws_o_lat_, ws_partial_, ws_attn_, ws_gu_, ws_act_, ws_router_, ws_ids_, ws_wts_, ws_grouping_, ws_xg_,
-      ws_rows_, ws_shared_, ws_sact_, ws_dequant_, ws_xq_, ws_xs_, ws_aq_, ws_as_;
+      ws_rows_, ws_shared_, ws_sact_, ws_dequant_, ws_xq_, ws_xs_, ws_aq_, ws_as_, ws_lat_, ws_kv_full_, ws_scores_,
+      ws_probs_, ws_slot_index_, ws_slot_meta_, ws_k_cat_, ws_q_cat_;
 };
 
 }  // namespace

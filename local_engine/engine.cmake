@@ -25,6 +25,7 @@ if(TOLLGATE_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/cuda/dense.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda/elementwise.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda/mla.cu
+    ${CMAKE_CURRENT_LIST_DIR}/cuda/mla_prefill.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda/moe.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda/sampling.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda_forward.cpp)

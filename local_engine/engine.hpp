@@ -60,6 +60,11 @@ struct backend_options {
   /// kernel is launched behind the one before, cuBLAS is 3 to 6% faster at 4 to 16 rows and equal
   /// at 1 on an H200 (tests/perf/README.md item 17), so only single rows take the kernel.
   int skinny_rows = 1;
+  /// Prompt chunks of at least this many tokens, in batches too large to be graphed (over 256
+  /// tokens), attend un-absorbed: the cached latents are expanded to per-head keys and values and
+  /// attention is three cuBLAS products and a softmax (about 3.4x fewer FLOPs than the absorbed
+  /// kernel at DeepSeek's shapes). 0 keeps every token on the absorbed kernel.
+  int dense_prefill_tokens = 128;
   /// bf16 on a GPU with FP8 (sm_89 and later): an FP8 checkpoint's routed experts stay in FP8 on
   /// the GPU and are dequantised as the products read them (same results as dequantising at load,
   /// half the bytes); false dequantises them at load.

@@ -126,6 +126,30 @@ __global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, int n
   }
 }
 
+__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float a, float b, float c, float d) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+  uint2 v;
+  v.x = *reinterpret_cast<uint32_t*>(&lo), v.y = *reinterpret_cast<uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = v;
+}
+
+// silu_mul_kernel four values a thread (inter and the row stride multiples of 4): the same values.
+template <typename T>
+__global__ void silu_mul4_kernel(const float* gu, int inter, size_t stride, int n, T* out) {
+  enter_in_order();
+  const int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= inter) return;
+  const auto silu = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
+  for (int r = blockIdx.y; r < n; r += gridDim.y) {
+    const float* row = gu + static_cast<size_t>(r) * stride;
+    const float4 g = *reinterpret_cast<const float4*>(row + i), u = *reinterpret_cast<const float4*>(row + inter + i);
+    store4(out + static_cast<size_t>(r) * inter + i, silu(g.x, u.x), silu(g.y, u.y), silu(g.z, u.z), silu(g.w, u.w));
+  }
+}
+
 __global__ void add_bias_kernel(float* y, const float* bias, int cols, size_t total) {
   enter_in_order();
   for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
@@ -137,7 +161,22 @@ template <typename T>
 __global__ void gather_rows_kernel(const T* src, const int32_t* rows, int cols, T* dst) {
   const T* s = src + static_cast<size_t>(rows[blockIdx.x]) * cols;
   T* d = dst + static_cast<size_t>(blockIdx.x) * cols;
+  if ((cols * sizeof(T)) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+    const int n = static_cast<int>(cols * sizeof(T) / 16);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) reinterpret_cast<uint4*>(d)[i] = reinterpret_cast<const uint4*>(s)[i];
+    return;
+  }
   for (int i = threadIdx.x; i < cols; i += blockDim.x) d[i] = s[i];
+}
+
+__global__ void expert_slot_index_kernel(const int32_t* ids, const int32_t* slot_row, const int32_t* offsets,
+                                         const int32_t* base, int n, int slot_rows, int32_t* slot_index) {
+  enter_in_order();
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= n) return;
+  const int e = ids[k];
+  slot_index[k] = base[e] * slot_rows + slot_row[k] - offsets[e];
 }
 
 template <typename T>
@@ -205,8 +244,14 @@ void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s, int str
   const size_t total = static_cast<size_t>(inter) * n;
   if (total == 0) return;
   const size_t row = stride > 0 ? static_cast<size_t>(stride) : 2 * static_cast<size_t>(inter);
-  const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(std::min(n, 65535)));
-  launch_early(device::silu_mul_kernel<T>, grid, dim3(256), 0, s, gu, inter, row, n, out);
+  if (inter % 4 == 0 && row % 4 == 0 && reinterpret_cast<uintptr_t>(gu) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+    const dim3 grid(static_cast<unsigned>((inter / 4 + 127) / 128), static_cast<unsigned>(std::min(n, 65535)));
+    launch_early(device::silu_mul4_kernel<T>, grid, dim3(128), 0, s, gu, inter, row, n, out);
+  } else {
+    const dim3 grid(static_cast<unsigned>((inter + 255) / 256), static_cast<unsigned>(std::min(n, 65535)));
+    launch_early(device::silu_mul_kernel<T>, grid, dim3(256), 0, s, gu, inter, row, n, out);
+  }
   check_launch();
 }
 
@@ -221,6 +266,14 @@ template <typename T>
 void gather_rows(const T* src, const int32_t* rows, int cols, int n, T* dst, cudaStream_t s) {
   if (n == 0) return;
   device::gather_rows_kernel<T><<<n, 256, 0, s>>>(src, rows, cols, dst);
+  check_launch();
+}
+
+void expert_slot_index(const int32_t* ids, const int32_t* slot_row, const int32_t* offsets, const int32_t* base, int n,
+                       int slot_rows, int32_t* slot_index, cudaStream_t s) {
+  if (n == 0) return;
+  launch_early(device::expert_slot_index_kernel, dim3(static_cast<unsigned>((n + 255) / 256)), dim3(256), 0, s, ids,
+               slot_row, offsets, base, n, slot_rows, slot_index);
   check_launch();
 }
 

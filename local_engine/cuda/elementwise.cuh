@@ -43,6 +43,12 @@ void add_bias(float* y, const float* bias, int cols, int n, cudaStream_t s);
 template <typename T>
 void gather_rows(const T* src, const int32_t* rows, int cols, int n, T* dst, cudaStream_t s);
 
+/// Prefill's experts in slots (cuda_forward.cpp, slot_experts): slot_index[s] = base[ids[s]] *
+/// slot_rows + slot_row[s] - offsets[ids[s]] for the n slots s (token, k): the padded row where
+/// that slot's row went, base[e] being expert e's first slot.
+void expert_slot_index(const int32_t* ids, const int32_t* slot_row, const int32_t* offsets, const int32_t* base, int n,
+                       int slot_rows, int32_t* slot_index, cudaStream_t s);
+
 /// dst[i] = T(src[i]).
 template <typename T>
 void convert(const float* src, size_t n, T* dst, cudaStream_t s);

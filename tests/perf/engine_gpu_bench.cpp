@@ -11,7 +11,8 @@
 //
 //   tollgate-engine-gpu-bench [--config tests/perf/deepseek_v2_lite.json] [--dtype bfloat16]
 //       [--batches 1,16,64,256] [--context 1024] [--steps 32] [--prefill 2048] [--json FILE]
-//       [--dense 1,0] [--experts fp8|bf16]
+//       [--dense 1,0] [--experts fp8|bf16] [--dense-prefill TOKENS]
+// --dense-prefill: backend_options::dense_prefill_tokens (0: the prompt attends absorbed too).
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -232,6 +233,7 @@ int main(int argc, char** argv) try {
   std::vector<int> batches = {1, 16, 64, 256};
   int context = 1024, steps = 32, prefill = 2048;
   bool fp8_experts = false;  // routed experts in FP8 (e4m3, a scale per 128 columns a row)
+  int dense_prefill = eng::backend_options{}.dense_prefill_tokens;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--config") config_path = v;
@@ -242,6 +244,7 @@ int main(int argc, char** argv) try {
     else if (k == "--prefill") prefill = std::stoi(v);
     else if (k == "--json") json_out = v;
     else if (k == "--dense") modes = parse_list(v);
+    else if (k == "--dense-prefill") dense_prefill = std::stoi(v);
     else if (k == "--experts") {
       if (v != "fp8" && v != "bf16") throw std::invalid_argument("--experts takes fp8 or bf16");
       fp8_experts = v == "fp8";
@@ -275,6 +278,7 @@ int main(int argc, char** argv) try {
   o.kv_cache_memory = static_cast<double>((blocks_per_seq * max_batch + prefill_blocks + 4) * bytes_per_block);
   o.random_weights_seed = 20261201;
   o.random_fp8_experts = fp8_experts;
+  o.dense_prefill_tokens = dense_prefill;
   // Bytes an expert weight takes: one e4m3 byte and its share of a float scale per 128 columns.
   const double expert_elem = fp8_experts ? 1.0 + 4.0 / 128 : elem;
   nlohmann::json report = {{"config", config_path}, {"dtype", dtype}, {"experts", fp8_experts ? "fp8" : dtype},
@@ -313,14 +317,20 @@ int main(int argc, char** argv) try {
       const double experts_per_token = c.num_experts_per_tok;
       const double linear = ms.attn * c.num_hidden_layers + ms.dense_mlp * ms.dense_layers +
                             (ms.router + ms.shared + experts_per_token * ms.expert) * ms.moe_layers;
-      const double W = c.kv_lora_rank + c.qk_rope_head_dim;
-      // Absorbed attention: scores over W values and the weighted sum over kv_lora_rank, causal.
-      const double attn_flops = c.num_hidden_layers * c.num_attention_heads * (2 * W + 2.0 * c.kv_lora_rank) * P * (P + 1) / 2;
+      // A pair of (query, key) positions costs, a head: absorbed, scores over kv_lora_rank + rope
+      // values and the weighted sum over kv_lora_rank; un-absorbed (the engine's path for a long
+      // prompt), scores over qk_head_dim and the sum over v_head_dim (the expansion of the latents
+      // with kv_b is in `linear` either way: the same FLOPs as the absorbed form's two products).
+      const bool unabsorbed = o.dense_prefill_tokens > 0 && prefill >= o.dense_prefill_tokens && prefill > 256;
+      const double pair = unabsorbed ? 2.0 * (c.qk_head_dim() + c.v_head_dim)
+                                     : 2.0 * (c.kv_lora_rank + c.qk_rope_head_dim) + 2.0 * c.kv_lora_rank;
+      const double attn_flops = c.num_hidden_layers * c.num_attention_heads * pair * P * (P + 1) / 2;
       const double flops = 2 * P * linear + attn_flops + 2 * ms.head;
-      std::printf("prefill %d tokens: %.1f ms, %.0f tokens/s, %.1f TFLOP/s = %.1f%% of the bf16 matmul rate\n", prefill,
-                  sec * 1e3, P / sec, flops / sec / 1e12, 100 * flops / sec / peak);
+      std::printf("prefill %d tokens (attention %s): %.1f ms, %.0f tokens/s, %.1f TFLOP/s = %.1f%% of the bf16 matmul rate\n",
+                  prefill, unabsorbed ? "un-absorbed" : "absorbed", sec * 1e3, P / sec, flops / sec / 1e12,
+                  100 * flops / sec / peak);
       report["prefill"] = {{"tokens", prefill}, {"seconds", sec}, {"tokens_per_s", P / sec}, {"flops", flops},
-                           {"fraction_of_peak", flops / sec / peak}};
+                           {"attention", unabsorbed ? "unabsorbed" : "absorbed"}, {"fraction_of_peak", flops / sec / peak}};
     }
 
     // Decode: every sequence's context is prefilled (distinct blocks), then timed steps.
