@@ -882,7 +882,7 @@ class cuda_backend final : public forward_backend {
     T* k_cat = ws_k_cat_.as<T>(static_cast<size_t>(len) * hg * qk);
     T* q_cat = ws_q_cat_.as<T>(static_cast<size_t>(sp.n) * hg * qk);
     const int pitch = (len + 7) / 8 * 8;  // score rows 16-byte aligned for the tensor cores
-    int qc = std::min(sp.n, std::max(64, (sp.n + 3) / 4));
+    int qc = std::min(sp.n, std::max(64, (sp.n + query_chunks - 1) / query_chunks));
     const size_t per_query = static_cast<size_t>(hg) * pitch * (sizeof(float) + sizeof(T));
     qc = static_cast<int>(std::clamp<size_t>(dense_scratch_bytes / per_query, 1, static_cast<size_t>(qc)));
     float* S = ws_scores_.as<float>(static_cast<size_t>(hg) * qc * pitch);
@@ -1031,7 +1031,7 @@ class cuda_backend final : public forward_backend {
                              const cuda::expert_groups& g, float* shared) {
     const int E = c_.n_routed_experts, K = c_.num_experts_per_tok, H = c_.hidden_size, I = c_.moe_intermediate_size;
     const int R = N * K;
-    const int rows = R >= 128 * E ? 128 : 64;
+    const int rows = slot_rows > 0 ? slot_rows : (R >= 128 * E ? 128 : 64);
     slot_base_host_.assign(static_cast<size_t>(E), 0);
     int slots = 0;
     for (int e = 0; e < E; ++e) {
@@ -1134,6 +1134,16 @@ class cuda_backend final : public forward_backend {
   std::vector<item_span> spans_;
   int dense_items_ = 0, dense_prefill_tokens_ = 0;
   static constexpr size_t dense_scratch_bytes = size_t{256} << 20;
+  // Measurement knobs: TOLLGATE_ENGINE_QUERY_CHUNKS, the chunks a long prompt's queries are cut
+  // into (each attends up to its last position: more chunks skip more of the masked half, in
+  // smaller products; default 4), and TOLLGATE_ENGINE_SLOT_ROWS, the rows of an expert slot
+  // (slot_experts; default 128 when experts average 128 rows or more, else 64).
+  static int env_int(const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    return v && std::atoi(v) > 0 ? std::atoi(v) : fallback;
+  }
+  const int query_chunks = env_int("TOLLGATE_ENGINE_QUERY_CHUNKS", 4);
+  const int slot_rows = env_int("TOLLGATE_ENGINE_SLOT_ROWS", 0);
   // Prefill's expert products in slots (slot_experts): the slots' first rows and the matrices
   // each product reads and writes, on the host and on the device.
   std::vector<int32_t> slot_base_host_;
