@@ -930,26 +930,6 @@ class cuda_backend final : public forward_backend {
     gemm(act, N, down, y, CUDA_R_32F);
   }
 
-  /// ys[r0 .. r0 + n) = xs[r0 .. r0 + n) . W[e]^T for each expert e with rows (offsets_host_), one
-  /// cuBLAS product each (FP8 experts dequantised at prefill: each into a scratch matrix first, the
-  /// stream ordering each product before the next expert's dequantisation).
-  void experts_product(const T* xs, const T* W, const cuda::fp8_experts& W8, int out_cols, int inner, float* ys) {
-    for (int e = 0; e < c_.n_routed_experts; ++e) {
-      const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
-      if (n == 0) continue;
-      const T* w = W + static_cast<size_t>(e) * out_cols * inner;
-      if constexpr (std::is_same_v<T, bf16>) {
-        if (W8.w) {
-          T* scratch = ws_dequant_.as<T>(static_cast<size_t>(out_cols) * inner);
-          cuda::dequantise_expert(W8, e, out_cols, inner, scratch, stream_);
-          w = scratch;
-        }
-      }
-      gemm_raw(xs + static_cast<size_t>(r0) * inner, n, w, out_cols, inner, ys + static_cast<size_t>(r0) * out_cols,
-               CUDA_R_32F);
-    }
-  }
-
   /// Routes and runs the experts; the result is summed into the residual stream by the next norm.
   cuda::moe_sum moe(const layer_weights<T>& L, const T* h, int N) {
     const auto& c = c_;
@@ -977,9 +957,9 @@ class cuda_backend final : public forward_backend {
     float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
     T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
     float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
-    // FP8 tensor-core experts take prefill too: no host round trip, each weight slice re-read
-    // from L2 for each 16 rows.
-    if (N <= gemv_token_limit || (L.experts_gate_up_fp8.w && fp8_mma_)) {
+    // FP8 tensor-core experts take prefill up to fp8_slot_tokens too: no host round trip, each
+    // weight slice re-read from L2 for each 16 rows (longer prompts dequantise into slots).
+    if (N <= gemv_token_limit || (L.experts_gate_up_fp8.w && fp8_mma_ && N < fp8_slot_tokens)) {
       const int max_active = std::min(E, R);
       if constexpr (std::is_same_v<T, bf16>) {
         if (L.experts_gate_up_fp8.w && fp8_mma_) {
@@ -1010,13 +990,7 @@ class cuda_backend final : public forward_backend {
       offsets_host_.resize(static_cast<size_t>(E) + 1);
       check(cudaMemcpyAsync(offsets_host_.data(), offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream_));
       check(cudaStreamSynchronize(stream_));
-      if (!L.experts_gate_up_fp8.w) return slot_experts(L, h, N, ids, wts, {offsets, active, row_token, slot_row}, shared);
-      // cuBLAS per expert wants each expert's rows side by side.
-      T* xg = ws_xg_.as<T>(static_cast<size_t>(R) * H);
-      cuda::gather_rows<T>(h, row_token, H, R, xg, stream_);
-      experts_product(xg, L.experts_gate_up, L.experts_gate_up_fp8, 2 * I, H, gu);
-      cuda::silu_mul<T>(gu, I, R, act, stream_);
-      experts_product(act, L.experts_down, L.experts_down_fp8, H, I, rows);
+      return slot_experts(L, h, N, ids, wts, {offsets, active, row_token, slot_row}, shared);
     }
     return finish_moe(shared, rows, slot_row, wts);
   }
@@ -1026,19 +1000,33 @@ class cuda_backend final : public forward_backend {
   /// partial), every slot a product of the same shape with its expert's matrix. A slot's outputs
   /// go to a padded buffer, slot k at rows k * rows..; slot_index tells the next norm where each
   /// (token, k) row went. One launch fills the GPU where one product per expert fills a third of
-  /// it, and the host queues two products a layer instead of 2 * experts.
+  /// it, and the host queues two products a layer instead of 2 * experts. FP8 experts are
+  /// dequantised (to the loader's bf16 values) a group at a time into scratch of at most
+  /// dense_scratch_bytes * 4, each group's slots run after its dequantisation.
   cuda::moe_sum slot_experts(const layer_weights<T>& L, const T* h, int N, const int32_t* ids, const float* wts,
                              const cuda::expert_groups& g, float* shared) {
     const int E = c_.n_routed_experts, K = c_.num_experts_per_tok, H = c_.hidden_size, I = c_.moe_intermediate_size;
     const int R = N * K;
     const int rows = slot_rows > 0 ? slot_rows : (R >= 128 * E ? 128 : 64);
-    slot_base_host_.assign(static_cast<size_t>(E), 0);
+    const size_t gu_size = static_cast<size_t>(2) * I * H, dn_size = static_cast<size_t>(H) * I;
+    const bool fp8 = L.experts_gate_up_fp8.w != nullptr;
+    int group = E;
+    if (fp8) {  // as many experts a group as the scratch holds, the groups evened out
+      const int most = static_cast<int>(
+          std::clamp<size_t>(4 * dense_scratch_bytes / ((gu_size + dn_size) * sizeof(T)), 1, static_cast<size_t>(E)));
+      const int groups = (E + most - 1) / most;
+      group = (E + groups - 1) / groups;
+    }
+    T* wgu = fp8 ? ws_dequant_.as<T>(static_cast<size_t>(group) * (gu_size + dn_size)) : nullptr;
+    T* wdn = fp8 ? wgu + static_cast<size_t>(group) * gu_size : nullptr;
+    slot_base_host_.assign(static_cast<size_t>(E) + 1, 0);
     int slots = 0;
     for (int e = 0; e < E; ++e) {
       slot_base_host_[static_cast<size_t>(e)] = slots;
       const int n = offsets_host_[static_cast<size_t>(e) + 1] - offsets_host_[static_cast<size_t>(e)];
       slots += (n + rows - 1) / rows;
     }
+    slot_base_host_[static_cast<size_t>(E)] = slots;
     const size_t padded = static_cast<size_t>(slots) * rows;
     // A slot reads `rows` rows of xg from its first: the last one reads past R (into the spare).
     T* xg = ws_xg_.as<T>((static_cast<size_t>(R) + rows) * H);
@@ -1051,36 +1039,52 @@ class cuda_backend final : public forward_backend {
     const void** p = slot_ptrs_host_.data();
     for (int e = 0, k = 0; e < E; ++e) {
       const int r0 = offsets_host_[static_cast<size_t>(e)], r1 = offsets_host_[static_cast<size_t>(e) + 1];
+      // FP8: the expert's place in its group's dequantised scratch.
+      const T* a_gu = fp8 ? wgu + static_cast<size_t>(e % group) * gu_size : L.experts_gate_up + e * gu_size;
+      const T* a_dn = fp8 ? wdn + static_cast<size_t>(e % group) * dn_size : L.experts_down + e * dn_size;
       for (int r = r0; r < r1; r += rows, ++k) {
         const size_t pad = static_cast<size_t>(k) * rows;
-        p[k] = L.experts_gate_up + static_cast<size_t>(e) * 2 * I * H;
+        p[k] = a_gu;
         p[slots + k] = xg + static_cast<size_t>(r) * H;
         p[2 * slots + k] = gu + pad * 2 * I;
-        p[3 * slots + k] = L.experts_down + static_cast<size_t>(e) * H * I;
+        p[3 * slots + k] = a_dn;
         p[4 * slots + k] = act + pad * I;
         p[5 * slots + k] = out + pad * H;
       }
     }
-    const size_t ptr_bytes = slot_ptrs_host_.size() * sizeof(void*), base_bytes = static_cast<size_t>(E) * sizeof(int32_t);
+    const size_t ptr_bytes = slot_ptrs_host_.size() * sizeof(void*),
+                 base_bytes = static_cast<size_t>(E + 1) * sizeof(int32_t);
     auto* d = ws_slot_meta_.as<uint8_t>(ptr_bytes + base_bytes);
+    // Pageable copies: the host arrays are copied out before these calls return.
     check(cudaMemcpyAsync(d, slot_ptrs_host_.data(), ptr_bytes, cudaMemcpyHostToDevice, stream_));
     check(cudaMemcpyAsync(d + ptr_bytes, slot_base_host_.data(), base_bytes, cudaMemcpyHostToDevice, stream_));
-    // Pageable copies: the host arrays may change once the copies are queued; the next layer
-    // rewrites them only after this layer's host sync.
     auto* const* dp = reinterpret_cast<void* const*>(d);
     const auto* base = reinterpret_cast<const int32_t*>(d + ptr_bytes);
     int32_t* slot_index = ws_slot_index_.as<int32_t>(static_cast<size_t>(R));
     cuda::expert_slot_index(ids, g.slot_row, g.offsets, base, R, rows, slot_index, stream_);
     const float one = 1.0f, zero = 0.0f;
-    check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, rows, H, &one, dp, data_type<T>(), H,
-                                   dp + slots, data_type<T>(), H, &zero, const_cast<void**>(dp + 2 * slots), CUDA_R_32F,
-                                   2 * I, slots, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "experts gate and up");
-    cuda::silu_mul<T>(gu, I, static_cast<int>(padded), act, stream_);
-    check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, H, rows, I, &one, dp + 3 * slots, data_type<T>(), I,
-                                   dp + 4 * slots, data_type<T>(), I, &zero, const_cast<void**>(dp + 5 * slots), CUDA_R_32F,
-                                   H, slots, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "experts down");
+    for (int e0 = 0; e0 < E; e0 += group) {
+      const int e1 = std::min(E, e0 + group);
+      const int k0 = slot_base_host_[static_cast<size_t>(e0)], n = slot_base_host_[static_cast<size_t>(e1)] - k0;
+      if (n == 0) continue;
+      if constexpr (std::is_same_v<T, bf16>) {
+        if (fp8) {
+          cuda::dequantise_experts(L.experts_gate_up_fp8, e0, e1 - e0, 2 * I, H, wgu, stream_);
+          cuda::dequantise_experts(L.experts_down_fp8, e0, e1 - e0, H, I, wdn, stream_);
+        }
+      }
+      check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, rows, H, &one, dp + k0, data_type<T>(), H,
+                                     dp + slots + k0, data_type<T>(), H, &zero, const_cast<void**>(dp + 2 * slots + k0),
+                                     CUDA_R_32F, 2 * I, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "experts gate and up");
+      cuda::silu_mul<T>(gu + static_cast<size_t>(k0) * rows * 2 * I, I, n * rows, act + static_cast<size_t>(k0) * rows * I,
+                        stream_);
+      check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, H, rows, I, &one, dp + 3 * slots + k0, data_type<T>(),
+                                     I, dp + 4 * slots + k0, data_type<T>(), I, &zero,
+                                     const_cast<void**>(dp + 5 * slots + k0), CUDA_R_32F, H, n, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT),
+                 "experts down");
+    }
     return finish_moe(shared, out, slot_index, wts);
   }
 
@@ -1143,6 +1147,10 @@ class cuda_backend final : public forward_backend {
     return v && std::atoi(v) > 0 ? std::atoi(v) : fallback;
   }
   const int query_chunks = env_int("TOLLGATE_ENGINE_QUERY_CHUNKS", 4);
+  // FP8 experts on tensor cores take prefill batches below this many tokens on the FP8 product;
+  // longer ones dequantise into slots (slot_experts): about 10 ms of dequantisation a 2K prefill
+  // at V2-Lite's shapes, against 30 us a token more on the FP8 product.
+  static constexpr int fp8_slot_tokens = 512;
   const int slot_rows = env_int("TOLLGATE_ENGINE_SLOT_ROWS", 0);
   // Prefill's expert products in slots (slot_experts): the slots' first rows and the matrices
   // each product reads and writes, on the host and on the device.

@@ -497,6 +497,18 @@ __global__ void dequantise_kernel(const uint8_t* w, const float* scales, int K, 
   }
 }
 
+// dequantise_kernel 8 values a thread (K % 8 == 0, scale blocks of 8 columns or more): the same values.
+__global__ void dequantise8_kernel(const uint8_t* w, const float* scales, int K, int kb_shift, int blocks, bf16* out) {
+  const size_t r = blockIdx.x;
+  const int units = K / 8;
+  for (int u = threadIdx.x; u < units; u += blockDim.x) {
+    const uint2 v = reinterpret_cast<const uint2*>(w + r * K)[u];
+    const float sc = scales[r * blocks + ((u * 8) >> kb_shift)];
+    reinterpret_cast<uint4*>(out + r * K)[u] = make_uint4(fp8_rows::pair(v.x & 0xffffu, sc), fp8_rows::pair(v.x >> 16, sc),
+                                                          fp8_rows::pair(v.y & 0xffffu, sc), fp8_rows::pair(v.y >> 16, sc));
+  }
+}
+
 __global__ void fill_random_fp8_kernel(uint8_t* w, float* scales, size_t rows, int K, int blocks, uint64_t seed,
                                        float spread, float scale) {
   const size_t n = rows * static_cast<size_t>(K);
@@ -561,9 +573,18 @@ void expert_fp8_mma(const fp8_experts& W, const uint8_t* xq, const float* xs, co
 }
 
 void dequantise_expert(const fp8_experts& W, int e, int N, int K, bf16* out, cudaStream_t s) {
+  dequantise_experts(W, e, 1, N, K, out, s);
+}
+
+void dequantise_experts(const fp8_experts& W, int e, int count, int N, int K, bf16* out, cudaStream_t s) {
+  if (count <= 0) return;
   const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
   const size_t first = static_cast<size_t>(e) * N;
-  device::dequantise_kernel<<<N, 256, 0, s>>>(W.w + first * K, W.scales + first * blocks, K, W.kb_shift, blocks, out);
+  const unsigned grid = static_cast<unsigned>(count) * N;
+  if (K % 8 == 0 && W.kb_shift >= 3 && reinterpret_cast<uintptr_t>(out) % 16 == 0)
+    device::dequantise8_kernel<<<grid, 128, 0, s>>>(W.w + first * K, W.scales + first * blocks, K, W.kb_shift, blocks, out);
+  else
+    device::dequantise_kernel<<<grid, 256, 0, s>>>(W.w + first * K, W.scales + first * blocks, K, W.kb_shift, blocks, out);
   check_launch();
 }
 

@@ -64,6 +64,8 @@ void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows,
 
 /// Expert e's [N, K] matrix in bf16, dequantised as above (for prefill's cuBLAS products).
 void dequantise_expert(const fp8_experts& W, int e, int N, int K, bf16* out, cudaStream_t s);
+/// Experts e .. e + count - 1 the same way, one after another in out ([count, N, K]), one launch.
+void dequantise_experts(const fp8_experts& W, int e, int count, int N, int K, bf16* out, cudaStream_t s);
 
 /// Whether the FP8 tensor-core product takes these experts: scale blocks of 128 columns (as
 /// DeepSeek's checkpoints have), K % 128 == 0, N % 8 == 0. The GPU must have FP8 (sm_89+).
