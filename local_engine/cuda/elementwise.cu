@@ -126,16 +126,6 @@ __global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, int n
   }
 }
 
-__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
-  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
-}
-__device__ __forceinline__ void store4(__nv_bfloat16* p, float a, float b, float c, float d) {
-  __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
-  uint2 v;
-  v.x = *reinterpret_cast<uint32_t*>(&lo), v.y = *reinterpret_cast<uint32_t*>(&hi);
-  *reinterpret_cast<uint2*>(p) = v;
-}
-
 // silu_mul_kernel four values a thread (inter and the row stride multiples of 4): the same values.
 template <typename T>
 __global__ void silu_mul4_kernel(const float* gu, int inter, size_t stride, int n, T* out) {

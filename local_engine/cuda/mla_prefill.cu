@@ -69,16 +69,6 @@ __global__ void causal_softmax_kernel(const float* scores, int q_rows, int L, in
 
 constexpr int softmax_vecs = 16;  // float4s a lane holds: rows up to 2,048 keys in registers
 
-__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
-  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
-}
-__device__ __forceinline__ void store4(__nv_bfloat16* p, float a, float b, float c, float d) {
-  __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
-  uint2 v;
-  v.x = *reinterpret_cast<uint32_t*>(&lo), v.y = *reinterpret_cast<uint32_t*>(&hi);
-  *reinterpret_cast<uint2*>(p) = v;
-}
-
 // One warp a row of up to 128 * softmax_vecs keys (L a multiple of 4), held in registers: one read
 // of the scores, one write of the probabilities.
 template <typename T>
