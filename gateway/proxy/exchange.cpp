@@ -90,6 +90,18 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
       }
     }
   }
+  if (std::holds_alternative<config::anthropic_backend_config>(ctx_.rt.cfg.backends[t.backend_index].settings)) {
+    // The client's Anthropic headers, which the backend merges with its own.
+    if (auto v = ctx_.req.find("anthropic-version"); v != ctx_.req.end()) up.anthropic_version = v->value();
+    const auto [first, last] = ctx_.req.equal_range("anthropic-beta");
+    if (first != last && std::next(first) == last) {
+      up.anthropic_beta = first->value();
+    } else if (first != last) {  // several fields: one list
+      anthropic_beta_.clear();
+      for (auto it = first; it != last; ++it) anthropic_beta_.append(anthropic_beta_.empty() ? "" : ",").append(it->value());
+      up.anthropic_beta = anthropic_beta_;
+    }
+  }
   try {
     return ctx_.rt.backends[t.backend_index]->start(std::move(up), {ctx_.w.io(), ctx_.w.curl(), ctx_.w.pool()});
   } catch (const std::exception& e) {  // counted as a failed attempt: retries and failover apply
@@ -342,6 +354,15 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
     co_return co_await out.send_error(forbidden, true);
   }
   const runtime& rt = ctx.rt;
+  // Header values relayed to Anthropic upstreams: nothing a client sends may add a line there.
+  for (const char* name : {"anthropic-version", "anthropic-beta"}) {
+    const auto [first, last] = ctx.req.equal_range(name);
+    for (auto it = first; it != last; ++it) {
+      if (!adapters::valid_field_value(it->value())) {
+        co_return co_await out.send_error(bad_request(std::string(name) + " holds a control character", name), true);
+      }
+    }
+  }
   const routing::route* route = rt.routes.resolve(fields.model);
   if (route == nullptr) {
     co_return co_await out.send_error(
