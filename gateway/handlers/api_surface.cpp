@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <variant>
@@ -141,6 +142,22 @@ bool relayable(const request_context& ctx, bool anthropic) {
   return route != nullptr && all_native(ctx.rt, *route, anthropic);
 }
 
+/// A Responses API request that continues a stored response (previous_response_id) goes first to
+/// the backend that stored it, when the key's own response is remembered: another backend of the
+/// route would not find it.
+void prefer_previous_backend(request_context& ctx) {
+  static constexpr std::array<std::string_view, 1> keys{"previous_response_id"};
+  std::array<std::string_view, 1> value{};
+  if (!protocol::top_level_values(ctx.req.body(), keys, value) || value[0].size() < 2 || value[0].front() != '"') return;
+  const auto id = json::parse(value[0], nullptr, false);
+  if (!id.is_string()) return;
+  // Authenticated here only to know whose it is; handle_proxy authenticates again (from the
+  // connection's remembered key) and answers a refusal.
+  if (!authenticate(ctx)) return;
+  const auto owner = ctx.rt.lasting->responses.find(id.get<std::string>());
+  if (owner && owner->key_name == ctx.who->key_name) ctx.preferred_backend = owner->backend;
+}
+
 /// Clients of another API: the request is translated to chat completions and proxied as one;
 /// answers and errors go back in the client's dialect (the responder and the exchange apply it).
 /// A request whose every upstream speaks the client's API is relayed to them as it is instead
@@ -152,6 +169,7 @@ net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
   if (relayable(ctx, anthropic)) {
     speak(ctx, anthropic ? protocol::anthropic_relay() : protocol::responses_relay());
     ctx.path = anthropic ? "/messages" : "/responses";
+    if (!anthropic) prefer_previous_backend(ctx);
     const bool keep = co_await handle_proxy(ctx);  // which authenticates
     // A response the upstream stored: the calls that read it back go to the backend that has it.
     if (const std::string& id = ctx.dialect->stored_response_id(); !id.empty() && ctx.who && !ctx.result.record.backend.empty()) {

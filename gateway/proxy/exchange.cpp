@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 
@@ -61,6 +62,9 @@ std::uint64_t exchange::random() { return ctx_.w.random(); }
 
 void exchange::plan(const routing::route& r, steady_clock::time_point now, std::vector<std::size_t>& out) {
   ctx_.rt.routes.plan(r, ctx_.w.index(), routing::pick_context{ctx_.w.random()}, now, out);
+  if (!ctx_.preferred_backend.empty()) {
+    std::stable_partition(out.begin(), out.end(), [&](std::size_t i) { return r.targets[i].backend == ctx_.preferred_backend; });
+  }
 }
 
 std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {

@@ -53,6 +53,16 @@ routes:
         model: fake-overloaded
       - backend: native-b
         model: upstream-b
+  - model: native-both
+    targets:
+      - backend: native-a
+        model: upstream-a
+      - backend: native-b
+        model: upstream-b
+  - model: native-b-only
+    targets:
+      - backend: native-b
+        model: upstream-b
   - model: translated
     targets:
       - backend: chat-only
@@ -220,4 +230,28 @@ TEST_CASE("server.remembered_responses bounds what is remembered; 0 remembers no
   REQUIRE(!bad.value);
   CHECK(bad.problems[0].to_string().find("remember.yaml:2") != std::string::npos);
   CHECK(bad.problems[0].to_string().find("server.remembered_responses") != std::string::npos);
+}
+
+TEST_CASE("a request that continues a stored response goes first to the backend that stored it", "[integration][relay][stored-responses]") {
+  gateway_fixture f(stored_yaml());
+  http_client c;
+  const std::string on_b = create(f, c, {{"model", "native-b-only"}, {"input", "first turn"}});
+  // native-both tries native-a first; a follow-up of a response native-b stored goes to native-b.
+  const std::size_t a_before = f.a.request_count();
+  for (int i = 0; i < 3; ++i) {
+    auto r = c.post(f.base + "/v1/responses",
+                    json{{"model", "native-both"}, {"previous_response_id", on_b}, {"input", "next turn"}}.dump(),
+                    gateway_fixture::auth());
+    INFO(r.body);
+    REQUIRE(r.status == 200);
+    CHECK(r.headers["x-tollgate-backend"] == "native-b");
+    CHECK(json::parse(f.b.requests().back().body)["previous_response_id"] == on_b);
+  }
+  CHECK(f.a.request_count() == a_before);
+  // Without one, or with another key's, the route's order holds.
+  auto r = c.post(f.base + "/v1/responses", R"({"model":"native-both","input":"fresh"})", gateway_fixture::auth());
+  CHECK(r.headers["x-tollgate-backend"] == "native-a");
+  r = c.post(f.base + "/v1/responses", json{{"model", "native-both"}, {"previous_response_id", on_b}, {"input", "x"}}.dump(),
+             other_key());
+  CHECK(r.headers["x-tollgate-backend"] == "native-a");
 }
