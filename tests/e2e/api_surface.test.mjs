@@ -447,7 +447,7 @@ test("openai responses.retrieve, inputItems.list, cancel and delete reach the na
   await openai.responses.delete(created.id);
   await assert.rejects(openai.responses.retrieve(created.id), (e) => e instanceof OpenAI.NotFoundError);
 
-  const background = await openai.responses.create({ model: "e2e-responses-native", input: "later", background: true });
+  const background = await openai.responses.create({ model: "e2e-responses-background", input: "later", background: true });
   assert.equal(background.status, "queued");
   const cancelled = await openai.responses.cancel(background.id);
   assert.equal(cancelled.status, "cancelled");

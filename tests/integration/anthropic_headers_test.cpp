@@ -139,7 +139,7 @@ TEST_CASE("the backend's configured anthropic headers are merged with the client
   CHECK(header(h, "anthropic-beta") == "configured-beta,shared-beta");
 }
 
-TEST_CASE("translated requests to kind anthropic carry the client's anthropic headers; OpenAI-style backends never get them",
+TEST_CASE("translated requests to kind anthropic carry the client's anthropic headers, and OpenAI-style backends never get them",
           "[integration][relay][anthropic-headers]") {
   gateway_fixture f(headers_yaml());
   http_client c;

@@ -160,7 +160,7 @@ TEST_CASE("a stored response is read, listed and deleted through the backend tha
   CHECK(json::parse(r.body)["error"]["code"] == "unknown_url");
 }
 
-TEST_CASE("streamed, failed-over and background responses are found where they were made; translated and unstored ones are not",
+TEST_CASE("streamed, failed-over and background responses are found where they were made, translated and unstored ones are not",
           "[integration][relay][stored-responses]") {
   gateway_fixture f(stored_yaml());
   http_client c;
@@ -218,7 +218,7 @@ TEST_CASE("translated Responses requests refuse store: true and previous_respons
   CHECK(json::parse(r.body)["store"] == false);
 }
 
-TEST_CASE("server.remembered_responses bounds what is remembered; 0 remembers nothing", "[integration][relay][stored-responses][config]") {
+TEST_CASE("server.remembered_responses bounds what is remembered, and 0 remembers nothing", "[integration][relay][stored-responses][config]") {
   gateway_fixture f(stored_yaml("  remembered_responses: 0\n"));
   http_client c;
   const std::string id = create(f, c, {{"model", "native"}, {"input", "x"}});
