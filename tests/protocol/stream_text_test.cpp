@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "protocol/anthropic_messages.hpp"
+#include "protocol/anthropic_upstream.hpp"
 #include "protocol/json_body.hpp"
 #include "protocol/responses_api.hpp"
 
@@ -45,6 +46,7 @@ std::vector<std::string> text_stream(bool with_tools) {
 /// Random ids and the clock read as placeholders.
 std::string normalized(std::string s) {
   s = std::regex_replace(s, std::regex(R"(\b(msg|rs|resp)_[A-Za-z0-9]+)"), "$1_ID");
+  s = std::regex_replace(s, std::regex(R"("created":[0-9]+)"), R"("created":0)");
   return std::regex_replace(s, std::regex(R"("created_at":[0-9]+)"), R"("created_at":0)");
 }
 
@@ -102,4 +104,47 @@ TEST_CASE("text chunks translate to the same Messages and Responses events with 
   // The text collected for the done events and the final response is the decoded text.
   CHECK(responses.find(R"("text":"Let me think about \"this\"\n\tfirstcafé 😀 / \\ end")") != std::string::npos);
   CHECK(responses.find(R"("text":"你好, both")") != std::string::npos);
+}
+
+TEST_CASE("Anthropic text and thinking deltas translate to the same chat chunks with or without a tree", "[protocol][stream]") {
+  // escaped: the delta types written with an escape, which only the tree reads as the same name.
+  const auto stream = [](bool escaped) {
+    const std::string block_delta = escaped ? R"("content_block\u005fdelta")" : R"("content_block_delta")";
+    const std::string text_delta = escaped ? R"("text\u005fdelta")" : R"("text_delta")";
+    const std::string thinking_delta = escaped ? R"("thinking\u005fdelta")" : R"("thinking_delta")";
+    std::vector<std::string> out = {
+        "event: message_start\ndata: " +
+            std::string(R"({"type":"message_start","message":{"id":"msg_é1","model":"claude-x","usage":{"input_tokens":5,"output_tokens":1}}})") +
+            "\n\n",
+        R"(event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}
+
+)",
+    };
+    for (const std::string t : {R"("hmm \"quoted\"\n")", R"("caf\u00e9 \ud83d\ude00")", R"("")"}) {
+      out.push_back("event: content_block_delta\ndata: {\"type\":" + block_delta + R"(,"index":0,"delta":{"type":)" + thinking_delta +
+                    R"(,"thinking":)" + t + "}}\n\n");
+    }
+    out.push_back("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+    for (const std::string t : {R"("Hello")", R"(" wörld\t\\ \/ end")", R"("你好")"}) {
+      out.push_back("event: content_block_delta\ndata: { \"type\" : " + block_delta + R"( , "index":1, "delta": { "type": )" + text_delta +
+                    R"(, "text": )" + t + " } }\n\n");
+    }
+    out.push_back("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n");
+    out.push_back("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    return out;
+  };
+  const auto run_chat = [](const std::vector<std::string>& events) {
+    messages_stream_to_chat t(true);
+    std::string out;
+    for (const auto& e : events) out += t.event(e);
+    return out;
+  };
+  const std::string fast = run_chat(stream(false));
+  CHECK(normalized(fast) == normalized(run_chat(stream(true))));
+  CHECK(fast.find(R"({"choices":[{"delta":{"content":" wörld\t\\ / end"},"finish_reason":null,"index":0}],"created":)") !=
+        std::string::npos);
+  CHECK(fast.find(R"("reasoning_content":"café 😀")") != std::string::npos);
+  CHECK(fast.find(R"("id":"msg_é1","model":"claude-x","object":"chat.completion.chunk")") != std::string::npos);
+  CHECK(fast.find(R"("finish_reason":"stop")") != std::string::npos);
 }
