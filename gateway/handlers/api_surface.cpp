@@ -173,7 +173,8 @@ net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
     const bool keep = co_await handle_proxy(ctx);  // which authenticates
     // A response the upstream stored: the calls that read it back go to the backend that has it.
     if (const std::string& id = ctx.dialect->stored_response_id(); !id.empty() && ctx.who && !ctx.result.record.backend.empty()) {
-      ctx.rt.lasting->responses.remember(id, {ctx.result.record.backend, ctx.who->key_name});
+      const std::string upstream_model = ctx.result.proxy ? ctx.result.proxy->upstream_model : std::string();
+      ctx.rt.lasting->responses.remember(id, {ctx.result.record.backend, ctx.who->key_name, ctx.result.record.model, upstream_model});
     }
     co_return keep;
   }

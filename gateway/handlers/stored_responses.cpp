@@ -18,6 +18,9 @@
 #include "gateway/server/responder.hpp"
 #include "gateway/server/runtime.hpp"
 #include "gateway/server/worker.hpp"
+#include "protocol/client_dialect.hpp"
+#include "protocol/json_body.hpp"
+#include "protocol/sse.hpp"
 
 namespace tollgate::gateway {
 
@@ -77,8 +80,26 @@ std::optional<std::size_t> native_backend(const runtime& rt, const std::string& 
   return std::nullopt;
 }
 
-/// Relays a stream as it comes (GET with stream=true, for a response made in the background).
-net::awaitable<bool> relay_stream(request_context& ctx, adapters::call& call, const adapters::response_head& head) {
+/// The answer names the model the client asked for when it created the response, as its
+/// creation did (the upstream's name stays in x-tollgate-upstream-model).
+struct model_names {
+  std::string from, to;  // JSON literals; empty: no renaming
+  explicit model_names(const response_owners::owner& o) {
+    if (o.upstream_model.empty() || o.model.empty() || o.upstream_model == o.model) return;
+    from = protocol::json_quote(o.upstream_model);
+    to = protocol::json_quote(o.model);
+  }
+  void apply(std::string& text) const {
+    if (!from.empty()) protocol::rename_model(text, from, to);
+  }
+};
+
+/// Relays a stream as it comes (GET with stream=true, for a response made in the background),
+/// as a relayed creation's stream is: events pass as they are (the model renamed), nothing after
+/// the last one (response.completed, ...); a stream that ends or breaks before it gets the
+/// Responses API's error event.
+net::awaitable<bool> relay_stream(request_context& ctx, adapters::call& call, const adapters::response_head& head,
+                                  const model_names& names) {
   responder& out = ctx.out;
   {
     response_head_text res(head.status);
@@ -90,22 +111,41 @@ net::awaitable<bool> relay_stream(request_context& ctx, adapters::call& call, co
     auto [ec, n] = co_await out.write_stream_head(res, head.status);
     if (ec) co_return false;
   }
+  const auto dialect = protocol::responses_relay();
+  protocol::sse_splitter events;
   for (;;) {
     call_event ev = co_await call.next();
     if (ev.type == call_event::kind::head) continue;
+    std::string chunk;
+    bool finished = false;
     if (ev.type == call_event::kind::data) {
-      auto [ec, n] = co_await out.write_chunk(ev.data);
-      if (ec) co_return false;
-      continue;
-    }
-    if (ev.type == call_event::kind::failed) {
+      events.feed(ev.data);
+      while (auto e = events.next_event()) {
+        names.apply(*e);
+        chunk += dialect->event(*e);
+        if (dialect->complete()) break;
+      }
+      finished = dialect->complete();
+      if (finished) call.cancel();
+    } else if (ev.type == call_event::kind::end) {
+      if (std::string rest = events.take_rest(); !rest.empty()) {
+        if (!rest.ends_with("\n\n")) rest += rest.ends_with('\n') ? "\n" : "\n\n";
+        names.apply(rest);
+        chunk += dialect->event(rest);
+      }
+      chunk += dialect->end();  // an error event unless the last event came
+      finished = true;
+    } else {
       if (ev.error == adapters::failure::cancelled) co_return false;
       ctx.result.record.error = ev.message;
-      auto [ec, n] = co_await out.write_chunk(
-          "\n\n" + bad_gateway("upstream " + ctx.result.record.backend + " broke the stream: " + ev.message).sse_event());
+      chunk = dialect->stream_error(502, "upstream " + ctx.result.record.backend + " broke the stream: " + ev.message);
+      finished = true;
+    }
+    if (!chunk.empty()) {
+      auto [ec, n] = co_await out.write_chunk(chunk);
       if (ec) co_return false;
     }
-    break;
+    if (finished) break;
   }
   auto [ec, n] = co_await out.write_last_chunk();
   co_return !ec;
@@ -141,6 +181,8 @@ net::awaitable<bool> handle_stored_response(request_context& ctx) {
 
   access_record& record = ctx.result.record;
   record.backend = owner->backend;  // also the answer's x-tollgate-backend
+  record.model = owner->model;
+  ctx.out.name_upstream_model(&owner->upstream_model);  // owner outlives every answer below
   const std::string path = "/responses/" + std::string(asked->id) + std::string(asked->suffix);
   const std::string_view target = ctx.req.target();
   const auto question = target.find('?');
@@ -157,6 +199,7 @@ net::awaitable<bool> handle_stored_response(request_context& ctx) {
     start_failure = std::string("the backend failed to start the call: ") + e.what();
   }
   if (!call) co_return co_await ctx.out.send_error(bad_gateway(start_failure), true);
+  const model_names names(*owner);
   const auto watch = ctx.out.watch(*call, false);
   call_event ev = co_await call->next();
   if (ev.type == call_event::kind::head) {
@@ -164,7 +207,7 @@ net::awaitable<bool> handle_stored_response(request_context& ctx) {
     if (type != nullptr && type->find("text/event-stream") != std::string::npos) {
       ctx.out.unwatch(watch);
       const auto stream_watch = ctx.out.watch(*call, true);
-      const bool keep = co_await relay_stream(ctx, *call, ev.head);
+      const bool keep = co_await relay_stream(ctx, *call, ev.head, names);
       ctx.out.unwatch(stream_watch);
       co_return keep;
     }
@@ -193,6 +236,7 @@ net::awaitable<bool> handle_stored_response(request_context& ctx) {
           (asked->suffix.empty() && res.status == 404)) {
         owners.forget(*id);
       }
+      if (res.status >= 200 && res.status < 300) names.apply(res.body);
       co_return co_await ctx.out.send_buffered(std::move(res));
     }
   }

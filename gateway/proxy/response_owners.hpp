@@ -24,6 +24,8 @@ class response_owners {
   struct owner {
     std::string backend;   ///< the backend's name (stable across reloads)
     std::string key_name;  ///< the key that created it
+    std::string model;           ///< the model name the client asked for
+    std::string upstream_model;  ///< the name the backend was sent (its answers use it)
   };
 
   /// capacity: ids kept in all (0: none are remembered).

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/integration/gateway_fixture.hpp"
+#include "tests/protocol/sse_events.hpp"
 
 using namespace tollgate;
 using namespace tollgate::test;
@@ -70,6 +71,11 @@ routes:
 )";
 }
 
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) text.replace(at, from.size(), to);
+  return text;
+}
+
 http_options other_key() { return http_options{{"Authorization: Bearer tg-other-client-key"}}; }
 
 http_options with_method(const char* method, http_options o = gateway_fixture::auth()) {
@@ -113,6 +119,8 @@ TEST_CASE("a stored response is read, listed and deleted through the backend tha
   CHECK(r.headers["x-request-id"] == "retrieve-1");
   json got = json::parse(r.body);
   CHECK(got["id"] == id);
+  CHECK(got["model"] == "native");  // as its creation named it; the upstream's name in the header
+  CHECK(r.headers["x-tollgate-upstream-model"] == "upstream-a");
   CHECK(got["output"][0]["content"][0]["text"] == "echo: second");
   auto seen = f.a.requests().back();
   CHECK(seen.method == "GET");
@@ -254,4 +262,37 @@ TEST_CASE("a request that continues a stored response goes first to the backend 
   r = c.post(f.base + "/v1/responses", json{{"model", "native-both"}, {"previous_response_id", on_b}, {"input", "x"}}.dump(),
              other_key());
   CHECK(r.headers["x-tollgate-backend"] == "native-a");
+}
+
+TEST_CASE("a stored response read back as a stream (stream=true) is relayed as it comes", "[integration][relay][stored-responses]") {
+  gateway_fixture f(stored_yaml());
+  http_client c;
+  const std::string id = create(f, c, {{"model", "native"}, {"input", "x"}});
+  response_script s;
+  s.content_type = "text/event-stream";
+  s.chunks = {"event: response.queued\ndata: {\"type\":\"response.queued\",\"sequence_number\":0,\"response\":{\"model\":\"upstream-a\"}}\n\n",
+              "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":1}\n\n",
+              "event: response.after\ndata: {\"type\":\"response.after\",\"sequence_number\":2}\n\n"};
+  f.a.push(s);
+  auto r = c.get(f.base + "/v1/responses/" + id + "?stream=true&starting_after=0", gateway_fixture::auth());
+  INFO(r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.headers["content-type"].find("text/event-stream") != std::string::npos);
+  // As sent, the model renamed to the one the client asked for, nothing after the last event.
+  CHECK(r.body == replaced(s.chunks[0], "upstream-a", "native") + s.chunks[1]);
+  CHECK(r.headers["x-tollgate-upstream-model"] == "upstream-a");
+  CHECK(f.a.requests().back().target == "/v1/responses/" + id + "?stream=true&starting_after=0");
+
+  // Cut short: what came, then an error event.
+  response_script cut = s;
+  cut.reset_after_chunks = 1;
+  f.a.push(cut);
+  r = c.get(f.base + "/v1/responses/" + id + "?stream=true", gateway_fixture::auth());
+  REQUIRE(r.status == 200);
+  const auto events = split_sse(r.body);
+  REQUIRE(events.size() == 2);
+  CHECK(events[0].data["response"]["model"] == "native");
+  CHECK(events[1].name == "error");
+  CHECK(events[1].data["sequence_number"] == 1);
+  CHECK(events[1].data["code"] == "server_error");
 }
