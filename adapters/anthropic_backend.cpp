@@ -2,6 +2,7 @@
 
 #include <boost/beast/core/string.hpp>
 
+#include <algorithm>
 #include <optional>
 
 #include "adapters/event_queue.hpp"
@@ -165,9 +166,50 @@ std::map<std::string, std::string> anthropic_headers(const config::backend_confi
   return headers;
 }
 
+std::vector<std::pair<std::string, std::string>> anthropic_request_headers(std::string_view backend_version,
+                                                                           std::string_view backend_beta,
+                                                                           std::string_view client_version,
+                                                                           std::string_view client_beta) {
+  const auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+  };
+  std::vector<std::pair<std::string, std::string>> out;
+  client_version = trim(client_version);
+  out.emplace_back("anthropic-version", std::string(client_version.empty() ? backend_version : client_version));
+  std::vector<std::string_view> betas;
+  for (std::string_view list : {backend_beta, client_beta}) {
+    while (!list.empty()) {
+      const auto comma = list.find(',');
+      const std::string_view name = trim(list.substr(0, comma));
+      list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+      if (!name.empty() && std::find(betas.begin(), betas.end(), name) == betas.end()) betas.push_back(name);
+    }
+  }
+  if (!betas.empty()) {
+    std::string joined;
+    for (const std::string_view b : betas) joined.append(joined.empty() ? "" : ",").append(b);
+    out.emplace_back("anthropic-beta", std::move(joined));
+  }
+  return out;
+}
+
 anthropic_backend::anthropic_backend(config::backend_config cfg) : cfg_(std::move(cfg)) {
   config::backend_config transport = cfg_;
   transport.remote()->headers = anthropic_headers(cfg_);
+  // anthropic-version and anthropic-beta go with each request, the client's merged in.
+  std::erase_if(transport.remote()->headers, [this](const auto& h) {
+    if (boost::beast::iequals(h.first, "anthropic-version")) {
+      version_ = h.second;
+      return true;
+    }
+    if (boost::beast::iequals(h.first, "anthropic-beta")) {
+      beta_ = h.second;
+      return true;
+    }
+    return false;
+  });
   transport.remote()->api_key.clear();  // Anthropic takes x-api-key, not Authorization: Bearer
   transport_ = std::make_unique<openai_backend>(std::move(transport));
 }
@@ -175,6 +217,7 @@ anthropic_backend::anthropic_backend(config::backend_config cfg) : cfg_(std::mov
 anthropic_backend::~anthropic_backend() = default;
 
 std::unique_ptr<call> anthropic_backend::start(upstream_request request, io_refs refs) const {
+  request.headers = anthropic_request_headers(version_, beta_, request.anthropic_version, request.anthropic_beta);
   // A Messages request relayed as it is: the answer comes back as it is too.
   if (request.path == "/messages") return transport_->start(std::move(request), refs);
   if (request.path != "/chat/completions") {
@@ -191,6 +234,7 @@ std::unique_ptr<call> anthropic_backend::start(upstream_request request, io_refs
   up.body = std::move(t.body);
   up.stream = request.stream;
   up.request_id = request.request_id;
+  up.headers = std::move(request.headers);
   return std::make_unique<anthropic_call>(transport_->start(std::move(up), refs), request.stream, include_usage);
 }
 

@@ -7,6 +7,10 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "adapters/backend.hpp"
 #include "config/config.hpp"
@@ -15,8 +19,17 @@ namespace tollgate::adapters {
 
 class openai_backend;
 
-/// The Anthropic API version sent when the backend's headers name none.
+/// The Anthropic API version sent when neither the client nor the backend's headers name one.
 inline constexpr const char* anthropic_version = "2023-06-01";
+
+/// What an Anthropic upstream is sent as anthropic-version and anthropic-beta for one request:
+/// the client's anthropic-version when it sent one, else the backend's (its `headers`), else
+/// anthropic_version; anthropic-beta as the backend's names, then the client's not among them
+/// (comma-separated, empty ones left out), absent when both are empty.
+std::vector<std::pair<std::string, std::string>> anthropic_request_headers(std::string_view backend_version,
+                                                                           std::string_view backend_beta,
+                                                                           std::string_view client_version,
+                                                                           std::string_view client_beta);
 
 class anthropic_backend final : public backend {
  public:
@@ -29,10 +42,14 @@ class anthropic_backend final : public backend {
   /// Serves request.path "/chat/completions", translated, and "/messages" (a Messages request
   /// relayed as it is), whose answer is the upstream's own; other paths, and chat fields Messages
   /// cannot express, are answered 400 at once (without a call upstream) naming what is refused.
+  /// The client's anthropic-version and anthropic-beta (request.anthropic_*) are sent as
+  /// anthropic_request_headers() says.
   std::unique_ptr<call> start(upstream_request request, io_refs refs) const override;
 
  private:
   config::backend_config cfg_;
+  std::string version_;  // the backend's anthropic-version (its headers), else the default
+  std::string beta_;     // the backend's anthropic-beta; may be empty
   std::unique_ptr<openai_backend> transport_;  // the HTTP client, sending Anthropic's headers
 };
 

@@ -35,8 +35,8 @@ struct body_part {
   std::string_view bytes() const { return text.empty() ? borrowed : std::string_view(text); }
 };
 
-/// One request for a backend. path and request_id are read only during backend::start(); a
-/// call keeps what it needs of them.
+/// One request for a backend. path, request_id, query and the client's header values are read
+/// only during backend::start(); a call keeps what it needs of them.
 struct upstream_request {
   std::string_view path;  ///< relative to the backend's base URL, e.g. "/chat/completions"
   std::string body;       ///< JSON, with the model already rewritten; empty when parts is not
@@ -60,7 +60,25 @@ struct upstream_request {
   /// The request's priority (0 low .. 9; 1 normal): the local engine's queue and preemption
   /// follow it; remote upstreams never see it.
   int priority = 1;
+  /// POST with a JSON body, the usual; GET and DELETE (no body) for the calls that read or
+  /// remove what an upstream keeps (a stored response of the Responses API).
+  enum class verb { post, get, del };
+  verb method = verb::post;
+  std::string_view query;  ///< sent after path with a '?' when not empty (percent-encoded as given)
+  /// Header fields sent with this request only, after the backend's own (which must not name
+  /// them: the backend decides which wins). Names and values satisfy valid_field_name() and
+  /// valid_field_value().
+  std::vector<std::pair<std::string, std::string>> headers;
+  /// The client's anthropic-version and anthropic-beta values (empty: not sent). Only kind
+  /// anthropic backends use them (see anthropic_backend.hpp); other kinds never send them.
+  std::string_view anthropic_version;
+  std::string_view anthropic_beta;
 };
+
+/// "POST", "GET" or "DELETE".
+inline const char* verb_name(upstream_request::verb v) {
+  return v == upstream_request::verb::get ? "GET" : v == upstream_request::verb::del ? "DELETE" : "POST";
+}
 
 /// A header field name is an RFC 9110 token: visible ASCII save the delimiters.
 inline bool valid_field_name(std::string_view name) {

@@ -112,15 +112,23 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         mailbox_(refs.io, origin.timeouts),
         read_size_(request.stream ? stream_read_size : read_size) {
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
-    head_.reserve(32 + origin.base_path.size() + request.path.size() + fixed.size() + request.request_id.size());
-    head_.append("POST ").append(origin.base_path).append(request.path).append(" HTTP/1.1\r\n").append(fixed);
+    head_.reserve(40 + origin.base_path.size() + request.path.size() + request.query.size() + fixed.size() +
+                  request.request_id.size());
+    head_.append(verb_name(request.method)).append(" ").append(origin.base_path).append(request.path);
+    if (!request.query.empty()) head_.append("?").append(request.query);
+    head_.append(" HTTP/1.1\r\n").append(fixed);
+    for (const auto& [name, value] : request.headers) head_.append(name).append(": ").append(value).append("\r\n");
     if (!request.request_id.empty()) head_.append("X-Request-Id: ").append(request.request_id).append("\r\n");
     std::size_t length = body_.size();
     for (const body_part& p : parts_) {
       length += p.bytes().size();
       borrows_ = borrows_ || p.text.empty();
     }
-    head_.append("Content-Length: ").append(std::to_string(length)).append("\r\n\r\n");
+    // A GET or DELETE without a body says nothing of one (RFC 9110 8.6).
+    if (length > 0 || request.method == upstream_request::verb::post) {
+      head_.append("Content-Length: ").append(std::to_string(length)).append("\r\n");
+    }
+    head_.append("\r\n");
     // The head and the body go out in one gathered write: the body's parts are not joined.
     buffers_.reserve(2 + parts_.size());
     buffers_.push_back(net::buffer(head_));

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <string>
+#include <vector>
 
 namespace tollgate::adapters {
 
@@ -57,19 +59,31 @@ class openai_call final : public call, mailbox_producer {
   }
 
   /// shared_headers outlives the call (it belongs to the backend, which the request's runtime
-  /// snapshot keeps alive).
-  void begin(CURL* easy, curl_slist* shared_headers, std::string_view request_id, std::string body) {
+  /// snapshot keeps alive). The request's own header fields and its id are linked in front of
+  /// it in nodes the call owns.
+  void begin(CURL* easy, curl_slist* shared_headers, upstream_request& request) {
     easy_ = easy;
-    body_ = std::move(body);
+    body_ = std::move(request.body);
+    lines_.reserve(request.headers.size() + 1);
+    for (const auto& [name, value] : request.headers) lines_.push_back(name + ": " + value);
+    if (!request.request_id.empty()) lines_.push_back("X-Request-Id: " + std::string(request.request_id));
+    nodes_.resize(lines_.size());
     curl_slist* headers = shared_headers;
-    if (!request_id.empty()) {
-      request_id_header_ = "X-Request-Id: " + std::string(request_id);
-      request_id_node_.data = request_id_header_.data();
-      request_id_node_.next = shared_headers;
-      headers = &request_id_node_;
+    for (std::size_t i = lines_.size(); i-- > 0;) {
+      nodes_[i].data = lines_[i].data();
+      nodes_[i].next = headers;
+      headers = &nodes_[i];
     }
-    curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
-    curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+    // Handles are reused: each call sets its method whole.
+    if (request.method == upstream_request::verb::post) {
+      curl_easy_setopt(easy_, CURLOPT_CUSTOMREQUEST, nullptr);
+      curl_easy_setopt(easy_, CURLOPT_POSTFIELDS, body_.data());
+      curl_easy_setopt(easy_, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body_.size()));
+    } else {
+      curl_easy_setopt(easy_, CURLOPT_HTTPGET, 1L);
+      curl_easy_setopt(easy_, CURLOPT_CUSTOMREQUEST,
+                       request.method == upstream_request::verb::del ? "DELETE" : nullptr);
+    }
     curl_easy_setopt(easy_, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(easy_, CURLOPT_HEADERFUNCTION, &openai_call::on_header);
     curl_easy_setopt(easy_, CURLOPT_HEADERDATA, this);
@@ -181,8 +195,8 @@ class openai_call final : public call, mailbox_producer {
   io_refs refs_;
   event_mailbox mailbox_;
   CURL* easy_ = nullptr;
-  std::string request_id_header_;
-  curl_slist request_id_node_{};
+  std::vector<std::string> lines_;  // the request's own header lines, its id last
+  std::vector<curl_slist> nodes_;   // one per line, linked in front of the backend's list
   std::string body_;
   bool running_ = false;
   bool paused_ = false;
@@ -215,7 +229,8 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   if (native_) return start_http1_call(*native_, std::move(request), refs);
   auto result = std::make_unique<openai_call>(refs, cfg_.timeouts);
   CURL* easy = refs.curl.acquire();
-  const std::string url = cfg_.remote()->base_url + std::string(request.path);
+  std::string url = cfg_.remote()->base_url + std::string(request.path);
+  if (!request.query.empty()) url.append("?").append(request.query);
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS);
@@ -228,7 +243,7 @@ std::unique_ptr<call> openai_backend::start(upstream_request request, io_refs re
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(easy, CURLOPT_PRIVATE, result.get());
   request.join_body();  // libcurl is given the body as one buffer
-  result->begin(easy, request.stream ? stream_headers_ : plain_headers_, request.request_id, std::move(request.body));
+  result->begin(easy, request.stream ? stream_headers_ : plain_headers_, request);
   return result;
 }
 

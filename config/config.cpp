@@ -403,7 +403,7 @@ class loader {
     known_keys(n, "server",
                {"listen", "threads", "max_body_bytes", "max_event_bytes", "shutdown_timeout", "idle_timeout", "access_log",
                 "access_log_skip",
-                "admin_key", "cors"});
+                "admin_key", "cors", "remembered_responses"});
     if (auto v = n["listen"]) read_listen(v, "server.listen", s);
     if (auto v = n["threads"]) {
       if (auto i = integer(v, "server.threads", 0, 1024)) s.threads = static_cast<unsigned>(*i);
@@ -415,6 +415,9 @@ class loader {
       if (auto i = integer(v, "server.max_event_bytes", 1024, std::int64_t(1) << 40)) {
         s.max_event_bytes = static_cast<std::size_t>(*i);
       }
+    }
+    if (auto v = n["remembered_responses"]) {
+      if (auto i = integer(v, "server.remembered_responses", 0, 100'000'000)) s.remembered_responses = static_cast<std::size_t>(*i);
     }
     if (auto v = n["shutdown_timeout"]) read_duration(v, "server.shutdown_timeout", s.shutdown_timeout);
     if (auto v = n["idle_timeout"]) read_duration(v, "server.idle_timeout", s.idle_timeout);

@@ -33,6 +33,10 @@ struct server_config {
   /// Browser origins allowed to call the API (CORS), e.g. "https://app.example.com"; "*" allows
   /// any. Empty (the default): no CORS headers and no preflight answers.
   std::vector<std::string> cors_origins;
+  /// Ids of responses stored by `responses: native` backends that the gateway remembers (which
+  /// backend, which key), so GET/DELETE /v1/responses/{id} and the like find them; least
+  /// recently used forgotten first. 0: none (those calls answer 404).
+  std::size_t remembered_responses = 100000;
 };
 
 struct key_config {

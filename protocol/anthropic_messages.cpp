@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "protocol/anthropic_upstream.hpp"
+#include "protocol/json_body.hpp"
 #include "protocol/json_util.hpp"
 #include "protocol/string_spans.hpp"
 
@@ -404,7 +405,34 @@ std::string chat_stream_to_messages::start_block(block kind, std::string_view st
 
 std::string chat_stream_to_messages::event(std::string_view sse) {
   if (ended_) return {};
-  const chat_stream_chunk read = read_chat_stream_chunk(sse);
+  const sse_fields fields = parse_sse_event(sse);
+  // The commonest chunk, a piece of text, is read and written without a tree; the bytes are
+  // those the tree would give (keys in its order, strings as it writes them).
+  if (fields.data) {
+    if (const auto d = read_chat_text_delta(*fields.data)) {
+      std::string out;
+      if (!started_) out += message_start();
+      const auto delta = [&](std::string_view kind, std::string_view key, std::string_view literal) {
+        std::string data;
+        data.reserve(literal.size() + 96);
+        data.append(R"({"delta":{")").append(key).append("\":");
+        append_literal_as_quoted(data, literal);
+        data.append(R"(,"type":")").append(kind).append(R"("},"index":)").append(std::to_string(index_));
+        data.append(R"(,"type":"content_block_delta"})");
+        out += sse_event("content_block_delta", data);
+      };
+      if (!d->reasoning.empty()) {
+        if (open_ != block::thinking) out += start_block(block::thinking, R"({"type":"thinking","thinking":"","signature":""})");
+        delta("thinking_delta", "thinking", d->reasoning);
+      }
+      if (!d->content.empty()) {
+        if (open_ != block::text) out += start_block(block::text, R"({"type":"text","text":""})");
+        delta("text_delta", "text", d->content);
+      }
+      return out;
+    }
+  }
+  const chat_stream_chunk read = read_chat_stream_data(fields.data);
   if (read.failed) return error(502, read.error);
   if (read.chunk.is_null()) return {};
   const json& chunk = read.chunk;

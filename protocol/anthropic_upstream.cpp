@@ -1,11 +1,13 @@
 #include "protocol/anthropic_upstream.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
 #include <nlohmann/json.hpp>
 
 #include "protocol/errors.hpp"
+#include "protocol/json_body.hpp"
 #include "protocol/json_util.hpp"
 #include "protocol/string_spans.hpp"
 
@@ -324,14 +326,17 @@ answer messages_error_to_chat(int status, std::string_view body) {
 }
 
 std::string messages_stream_to_chat::chunk(std::string_view delta_json, std::string_view finish_reason) {
-  json c = {{"id", id_},
-            {"object", "chat.completion.chunk"},
-            {"created", created_},
-            {"model", model_},
-            {"choices", json::array({{{"index", 0},
-                                      {"delta", json::parse(delta_json)},
-                                      {"finish_reason", finish_reason.empty() ? json(nullptr) : json(finish_reason)}}})}};
-  return sse_event({}, dump(c));
+  // Written as the tree would write it (keys in its order), without one: delta_json is compact
+  // JSON with its keys in that order, as dump() writes it.
+  std::string c;
+  c.reserve(delta_json.size() + id_.size() + model_.size() + 128);
+  c.append(R"({"choices":[{"delta":)").append(delta_json).append(R"(,"finish_reason":)");
+  if (finish_reason.empty()) c.append("null");
+  else c.append(json_quote(finish_reason));
+  c.append(R"(,"index":0}],"created":)").append(std::to_string(created_));
+  c.append(R"(,"id":)").append(json_quote(id_)).append(R"(,"model":)").append(json_quote(model_));
+  c.append(R"(,"object":"chat.completion.chunk"})");
+  return sse_event({}, c);
 }
 
 std::string messages_stream_to_chat::usage_json() const { return dump(chat_usage(input_, cache_read_, cache_write_, output_)); }
@@ -340,6 +345,24 @@ std::string messages_stream_to_chat::event(std::string_view sse) {
   if (done_) return {};
   const sse_fields f = parse_sse_event(sse);
   if (!f.data) return {};
+  {
+    // The commonest event, a text or thinking delta, is read with the body scanner: no tree.
+    static constexpr std::array<std::string_view, 2> keys{"type", "delta"};
+    std::array<std::string_view, 2> v{};
+    if (top_level_values(*f.data, keys, v) && v[0] == R"("content_block_delta")" && !v[1].empty() && v[1].front() == '{') {
+      static constexpr std::array<std::string_view, 3> delta_keys{"type", "text", "thinking"};
+      std::array<std::string_view, 3> d{};
+      top_level_values(v[1], delta_keys, d);
+      const bool text = d[0] == R"("text_delta")" && !d[1].empty() && d[1].front() == '"';
+      const bool thinking = d[0] == R"("thinking_delta")" && !d[2].empty() && d[2].front() == '"';
+      if (text || thinking) {
+        std::string delta = text ? R"({"content":)" : R"({"reasoning_content":)";
+        append_literal_as_quoted(delta, text ? d[1] : d[2]);
+        delta.push_back('}');
+        return chunk(delta);
+      }
+    }
+  }
   const json e = json::parse(*f.data, nullptr, false);
   if (!e.is_object()) return {};
   const json* t = member(e, "type");
@@ -359,7 +382,7 @@ std::string messages_stream_to_chat::event(std::string_view sse) {
       if (const json* model = member(*m, "model"); model != nullptr && model->is_string()) model_ = model->get<std::string>();
       read_usage(member(*m, "usage"));
     }
-    return chunk(R"({"role":"assistant","content":""})");
+    return chunk(R"({"content":"","role":"assistant"})");
   }
   const json* index = member(e, "index");
   const int block = index != nullptr && index->is_number_integer() ? index->get<int>() : -1;

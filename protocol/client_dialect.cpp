@@ -92,6 +92,15 @@ relayed_event read_event(std::string_view e) {
   return out;
 }
 
+/// The id of a response object the upstream stored: empty when it has none, or says "store": false.
+std::string stored_id(std::string_view response) {
+  static constexpr std::array<std::string_view, 2> keys{"id", "store"};
+  std::array<std::string_view, 2> v{};
+  if (!top_level_values(response, keys, v) || v[1] == "false" || v[0].size() < 2 || v[0].front() != '"') return {};
+  const auto id = nlohmann::json::parse(v[0], nullptr, false);
+  return id.is_string() ? id.get<std::string>() : std::string();
+}
+
 translated not_translated() {
   translated t;
   t.error = "a relayed request is sent as it is";
@@ -135,11 +144,19 @@ class anthropic_relay_dialect final : public client_dialect {
 class responses_relay_dialect final : public client_dialect {
  public:
   translated chat_request() const override { return not_translated(); }
-  answer whole(int status, std::string_view body) override { return {status, std::string(body)}; }
+  answer whole(int status, std::string_view body) override {
+    if (status >= 200 && status < 300) id_ = stored_id(body);
+    return {status, std::string(body)};
+  }
   answer error(int status, std::string_view openai_body) override { return {status, std::string(openai_body)}; }
   std::string event(std::string_view e) override {
     if (complete_) return {};
     const relayed_event ev = read_event(e);
+    if (ev.type == "response.created" && id_.empty()) {
+      static constexpr std::array<std::string_view, 1> keys{"response"};
+      std::array<std::string_view, 1> response{};
+      if (top_level_values(ev.data, keys, response)) id_ = stored_id(response[0]);
+    }
     next_sequence_ = ev.sequence_number >= 0 ? ev.sequence_number + 1 : next_sequence_ + 1;
     bool refused = false;
     if (auto u = responses_event_usage(ev.data, &refused)) used_ = u;
@@ -164,8 +181,10 @@ class responses_relay_dialect final : public client_dialect {
   bool relays() const override { return true; }
   std::optional<usage> stream_usage() const override { return refused_ ? std::nullopt : used_; }
   bool complete() const override { return complete_; }
+  const std::string& stored_response_id() const override { return id_; }
 
  private:
+  std::string id_;
   std::optional<usage> used_;
   bool refused_ = false;
   bool complete_ = false;

@@ -42,6 +42,13 @@ class client_dialect {
   /// A relayed stream gave its last event (Anthropic's message_stop, the Responses API's
   /// response.completed...): nothing after it is relayed. Without it, end() is an error event.
   virtual bool complete() const { return false; }
+  /// A relayed Responses API request: the id of the response the upstream stored (from the whole
+  /// answer given to whole(), or a stream's response.created); empty when none came, or the
+  /// response says "store": false.
+  virtual const std::string& stored_response_id() const {
+    static const std::string none;
+    return none;
+  }
 };
 
 /// POST /v1/messages. request_body: the client's body (kept for the translation).

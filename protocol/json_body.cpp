@@ -315,6 +315,46 @@ bool top_level_values(std::string_view text, std::span<const std::string_view> k
   return true;
 }
 
+std::string json_string_text(std::string_view literal) { return decode_string(literal); }
+
+std::optional<chat_text_delta> read_chat_text_delta(std::string_view data) {
+  const auto absent = [](std::string_view v) { return v.empty() || v == "null"; };
+  const auto trim = [](std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\n' || v.front() == '\r' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\n' || v.back() == '\r' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+  };
+  static constexpr std::array<std::string_view, 3> top_keys{"choices", "usage", "error"};
+  std::array<std::string_view, 3> top{};
+  if (!top_level_values(data, top_keys, top) || !absent(top[1]) || !absent(top[2])) return std::nullopt;
+  const std::string_view choices = top[0];
+  if (choices.size() < 2 || choices.front() != '[') return std::nullopt;
+  // One choice: the array's inside is one object (two would not scan as one value).
+  const std::string_view choice = trim(choices.substr(1, choices.size() - 2));
+  if (choice.empty() || choice.front() != '{') return std::nullopt;
+  static constexpr std::array<std::string_view, 2> choice_keys{"delta", "finish_reason"};
+  std::array<std::string_view, 2> c{};
+  if (!top_level_values(choice, choice_keys, c) || !absent(c[1]) || c[0].empty() || c[0].front() != '{') return std::nullopt;
+  static constexpr std::array<std::string_view, 3> delta_keys{"content", "reasoning_content", "tool_calls"};
+  std::array<std::string_view, 3> d{};
+  if (!top_level_values(c[0], delta_keys, d) || !absent(d[2])) return std::nullopt;
+  chat_text_delta out;
+  for (const auto& [value, into] : {std::pair{d[0], &out.content}, std::pair{d[1], &out.reasoning}}) {
+    if (absent(value) || value == "\"\"") continue;
+    if (value.front() != '"') return std::nullopt;
+    *into = value;
+  }
+  return out;
+}
+
+void append_literal_as_quoted(std::string& out, std::string_view literal) {
+  if (literal.find('\\') == std::string_view::npos) {
+    out.append(literal);  // valid UTF-8 with no control byte (the scanner checked): as json_quote writes it
+  } else {
+    append_json_string(out, decode_string(literal));
+  }
+}
+
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
   out.push_back('"');

@@ -77,6 +77,26 @@ std::vector<body_piece> edit_body_pieces(std::string_view body, const request_fi
 /// Precondition: values.size() == keys.size().
 bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values);
 
+/// The text of a JSON string literal (quotes included) that top_level_values() gave, its escapes
+/// decoded. Precondition: literal is a valid JSON string.
+std::string json_string_text(std::string_view literal);
+
+/// A chat completions stream chunk of the commonest kind, read without a tree: one choice whose
+/// delta carries text (content, reasoning_content, or both) and nothing else the stream
+/// translators act on (no tool calls, finish_reason, usage or error). Each text is its JSON string
+/// literal, quotes included; empty when absent, null or "". nullopt for any other chunk, which the
+/// caller reads whole.
+struct chat_text_delta {
+  std::string_view content;
+  std::string_view reasoning;
+};
+std::optional<chat_text_delta> read_chat_text_delta(std::string_view data);
+
+/// Appends a string literal that read_chat_text_delta() gave to out as json_quote() writes its
+/// text: copied when it holds no escape, else decoded and written again; so a translation's
+/// bytes are the same whichever way it read the chunk.
+void append_literal_as_quoted(std::string& out, std::string_view literal);
+
 /// true when no object or array in text nests deeper than limit levels. Only brackets outside
 /// strings are counted; text need not be valid JSON. Iterative, for checking before a tree parse.
 bool json_depth_within(std::string_view text, std::size_t limit);

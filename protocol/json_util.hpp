@@ -80,11 +80,11 @@ struct chat_stream_chunk {
   std::string error;
   bool failed = false;
 };
-inline chat_stream_chunk read_chat_stream_chunk(std::string_view sse) {
+/// The same, for an event's data (nullopt: an event without data).
+inline chat_stream_chunk read_chat_stream_data(const std::optional<std::string>& data) {
   chat_stream_chunk r;
-  const sse_fields f = parse_sse_event(sse);
-  if (!f.data || *f.data == "[DONE]") return r;
-  nlohmann::json chunk = nlohmann::json::parse(*f.data, nullptr, false);
+  if (!data || *data == "[DONE]") return r;
+  nlohmann::json chunk = nlohmann::json::parse(*data, nullptr, false);
   if (!chunk.is_object()) return r;
   if (const nlohmann::json* e = member(chunk, "error"); e != nullptr && !e->is_null()) {
     const nlohmann::json* m = e->is_object() ? member(*e, "message") : nullptr;
@@ -95,5 +95,6 @@ inline chat_stream_chunk read_chat_stream_chunk(std::string_view sse) {
   r.chunk = std::move(chunk);
   return r;
 }
+inline chat_stream_chunk read_chat_stream_chunk(std::string_view sse) { return read_chat_stream_data(parse_sse_event(sse).data); }
 
 }  // namespace tollgate::protocol

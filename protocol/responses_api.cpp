@@ -266,6 +266,15 @@ static translated responses_request_to_chat_tree(std::string_view body) {
     if (const json* p = member(in, "previous_response_id"); p != nullptr && !p->is_null()) {
       throw refusal{"previous_response_id", "this gateway keeps no responses: send the whole conversation in input"};
     }
+    // Translated answers are stored nowhere (they say "store": false): asking for it is refused,
+    // not dropped.
+    if (const json* st = member(in, "store"); st != nullptr && !st->is_null()) {
+      if (!st->is_boolean()) throw refusal{"store", "must be a boolean"};
+      if (st->get<bool>()) {
+        throw refusal{"store", "this model's backends do not serve the Responses API and the gateway keeps no responses: "
+                               "send false or leave it out"};
+      }
+    }
     if (const json* t = member(in, "truncation"); t != nullptr && !t->is_null() && *t != "disabled") {
       throw refusal{"truncation", "only 'disabled' is supported"};
     }

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "protocol/json_body.hpp"
 #include "protocol/json_util.hpp"
 #include "protocol/responses_api.hpp"
 #include "protocol/responses_items.hpp"
@@ -135,7 +136,40 @@ chat_stream_to_responses::~chat_stream_to_responses() = default;
 std::string chat_stream_to_responses::event(std::string_view sse) {
   state& s = *s_;
   if (s.ended) return {};
-  const chat_stream_chunk read = read_chat_stream_chunk(sse);
+  const sse_fields fields = parse_sse_event(sse);
+  // The commonest chunk, a piece of text, is read and written without a tree; the bytes are
+  // those the tree would give (keys in its order, strings as it writes them).
+  if (fields.data) {
+    if (const auto d = read_chat_text_delta(*fields.data)) {
+      std::string out;
+      if (!s.started) out += s.start();
+      // head: the members before "delta"; tail: those between "item_id" and "sequence_number".
+      const auto delta = [&](std::string_view type, std::string_view head, std::string_view literal, std::string_view tail) {
+        if (literal.find('\\') == std::string_view::npos) s.text.append(literal.substr(1, literal.size() - 2));
+        else s.text += json_string_text(literal);
+        std::string data;
+        data.reserve(literal.size() + 160);
+        data.append("{").append(head).append(R"("delta":)");
+        append_literal_as_quoted(data, literal);
+        data.append(R"(,"item_id":)").append(json_quote(s.item_id)).append(R"(,)").append(tail);
+        data.append(R"("output_index":)").append(std::to_string(s.index()));
+        data.append(R"(,"sequence_number":)").append(std::to_string(s.seq++));
+        if (type == "response.reasoning_summary_text.delta") data.append(R"(,"summary_index":0)");
+        data.append(R"(,"type":")").append(type).append(R"("})");
+        out += sse_event(type, data);
+      };
+      if (!d->reasoning.empty()) {
+        if (s.open != state::kind::reasoning) out += s.open_reasoning();
+        delta("response.reasoning_summary_text.delta", "", d->reasoning, "");
+      }
+      if (!d->content.empty()) {
+        if (s.open != state::kind::message) out += s.open_message();
+        delta("response.output_text.delta", R"("content_index":0,)", d->content, R"("logprobs":[],)");
+      }
+      return out;
+    }
+  }
+  const chat_stream_chunk read = read_chat_stream_data(fields.data);
   if (read.failed) return error(502, read.error);
   if (read.chunk.is_null()) return {};
   const json& chunk = read.chunk;

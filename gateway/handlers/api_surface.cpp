@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <variant>
@@ -47,28 +48,6 @@ api_error no_model(std::string_view id) {
   return not_found("The model `" + std::string(id) + "` does not exist or you do not have access to it.", "model_not_found");
 }
 
-/// A path segment's %XX escapes decoded (ids such as `org%2Fmodel` come from SDKs that encode
-/// them); nullopt for a '%' not followed by two hex digits.
-std::optional<std::string> percent_decode(std::string_view in) {
-  const auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  std::string out;
-  out.reserve(in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      out.push_back(in[i]);
-      continue;
-    }
-    if (i + 2 >= in.size() || hex(in[i + 1]) < 0 || hex(in[i + 2]) < 0) return std::nullopt;
-    out.push_back(static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2])));
-    i += 2;
-  }
-  return out;
-}
 
 /// The model id if this key may use it and a route serves it, else 404 model_not_found.
 endpoint_answer model_by_id(const runtime& rt, const principal& who, std::string_view id, bool anthropic_shape) {
@@ -163,6 +142,22 @@ bool relayable(const request_context& ctx, bool anthropic) {
   return route != nullptr && all_native(ctx.rt, *route, anthropic);
 }
 
+/// A Responses API request that continues a stored response (previous_response_id) goes first to
+/// the backend that stored it, when the key's own response is remembered: another backend of the
+/// route would not find it.
+void prefer_previous_backend(request_context& ctx) {
+  static constexpr std::array<std::string_view, 1> keys{"previous_response_id"};
+  std::array<std::string_view, 1> value{};
+  if (!protocol::top_level_values(ctx.req.body(), keys, value) || value[0].size() < 2 || value[0].front() != '"') return;
+  const auto id = json::parse(value[0], nullptr, false);
+  if (!id.is_string()) return;
+  // Authenticated here only to know whose it is; handle_proxy authenticates again (from the
+  // connection's remembered key) and answers a refusal.
+  if (!authenticate(ctx)) return;
+  const auto owner = ctx.rt.lasting->responses.find(id.get<std::string>());
+  if (owner && owner->key_name == ctx.who->key_name) ctx.preferred_backend = owner->backend;
+}
+
 /// Clients of another API: the request is translated to chat completions and proxied as one;
 /// answers and errors go back in the client's dialect (the responder and the exchange apply it).
 /// A request whose every upstream speaks the client's API is relayed to them as it is instead
@@ -174,7 +169,14 @@ net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
   if (relayable(ctx, anthropic)) {
     speak(ctx, anthropic ? protocol::anthropic_relay() : protocol::responses_relay());
     ctx.path = anthropic ? "/messages" : "/responses";
-    co_return co_await handle_proxy(ctx);  // which authenticates
+    if (!anthropic) prefer_previous_backend(ctx);
+    const bool keep = co_await handle_proxy(ctx);  // which authenticates
+    // A response the upstream stored: the calls that read it back go to the backend that has it.
+    if (const std::string& id = ctx.dialect->stored_response_id(); !id.empty() && ctx.who && !ctx.result.record.backend.empty()) {
+      const std::string upstream_model = ctx.result.proxy ? ctx.result.proxy->upstream_model : std::string();
+      ctx.rt.lasting->responses.remember(id, {ctx.result.record.backend, ctx.who->key_name, ctx.result.record.model, upstream_model});
+    }
+    co_return keep;
   }
   speak(ctx, anthropic ? protocol::anthropic_client(ctx.req.body()) : protocol::responses_client(ctx.req.body()));
   if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
@@ -186,6 +188,27 @@ net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
 }
 
 }  // namespace
+
+std::optional<std::string> percent_decode(std::string_view in) {
+  const auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out.push_back(in[i]);
+      continue;
+    }
+    if (i + 2 >= in.size() || hex(in[i + 1]) < 0 || hex(in[i + 2]) < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hex(in[i + 1]) * 16 + hex(in[i + 2])));
+    i += 2;
+  }
+  return out;
+}
 
 net::awaitable<bool> handle_messages(request_context& ctx) { return translated(ctx, true); }
 

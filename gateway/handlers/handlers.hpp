@@ -5,6 +5,8 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "protocol/errors.hpp"
@@ -44,5 +46,11 @@ boost::asio::awaitable<bool> handle_messages(request_context& ctx);
 boost::asio::awaitable<bool> handle_responses(request_context& ctx);
 boost::asio::awaitable<bool> handle_count_tokens(request_context& ctx);  // POST /v1/messages/count_tokens
 boost::asio::awaitable<bool> handle_model_by_id(request_context& ctx);   // GET /v1/models/{id}
+/// GET and DELETE /v1/responses/{id}, GET .../input_items, POST .../cancel (handlers/stored_responses.cpp).
+boost::asio::awaitable<bool> handle_stored_response(request_context& ctx);
+
+/// A path segment's %XX escapes decoded (ids such as `org%2Fmodel` come from SDKs that encode
+/// them); nullopt for a '%' not followed by two hex digits.
+std::optional<std::string> percent_decode(std::string_view in);
 
 }  // namespace tollgate::gateway

@@ -98,7 +98,7 @@ net::awaitable<bool> preflight(request_context& ctx) {
   http::response<http::string_body> res{http::status::no_content, 11};
   if (!ctx.out.cors_origin().empty()) {
     const auto asked = ctx.req.find(http::field::access_control_request_headers);
-    res.set(http::field::access_control_allow_methods, "GET, POST, OPTIONS");
+    res.set(http::field::access_control_allow_methods, "GET, POST, DELETE, OPTIONS");
     res.set(http::field::access_control_allow_headers,
             asked != ctx.req.end() ? std::string(asked->value()) : std::string(cors_default_request_headers));
     res.set(http::field::access_control_max_age, "600");
@@ -115,7 +115,7 @@ struct path_entry {
 };
 
 /// First match wins. The admin API is matched on the raw target (no /v1 form of it).
-constexpr std::array<path_entry, 12> path_table{{
+constexpr std::array<path_entry, 13> path_table{{
     {path_entry::match::path, "/metrics", metrics},
     {path_entry::match::path, "/healthz", healthz},
     {path_entry::match::path, "/readyz", readyz},
@@ -128,6 +128,7 @@ constexpr std::array<path_entry, 12> path_table{{
     {path_entry::match::path, "/messages", handle_messages},
     {path_entry::match::path, "/messages/count_tokens", handle_count_tokens},
     {path_entry::match::path, "/responses", handle_responses},
+    {path_entry::match::path_prefix, "/responses/", handle_stored_response},
 }};
 
 }  // namespace

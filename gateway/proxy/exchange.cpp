@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 
@@ -61,6 +62,9 @@ std::uint64_t exchange::random() { return ctx_.w.random(); }
 
 void exchange::plan(const routing::route& r, steady_clock::time_point now, std::vector<std::size_t>& out) {
   ctx_.rt.routes.plan(r, ctx_.w.index(), routing::pick_context{ctx_.w.random()}, now, out);
+  if (!ctx_.preferred_backend.empty()) {
+    std::stable_partition(out.begin(), out.end(), [&](std::size_t i) { return r.targets[i].backend == ctx_.preferred_backend; });
+  }
 }
 
 std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
@@ -88,6 +92,18 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
       } else {
         up.parts.push_back({{}, std::string(p.text)});
       }
+    }
+  }
+  if (std::holds_alternative<config::anthropic_backend_config>(ctx_.rt.cfg.backends[t.backend_index].settings)) {
+    // The client's Anthropic headers, which the backend merges with its own.
+    if (auto v = ctx_.req.find("anthropic-version"); v != ctx_.req.end()) up.anthropic_version = v->value();
+    const auto [first, last] = ctx_.req.equal_range("anthropic-beta");
+    if (first != last && std::next(first) == last) {
+      up.anthropic_beta = first->value();
+    } else if (first != last) {  // several fields: one list
+      anthropic_beta_.clear();
+      for (auto it = first; it != last; ++it) anthropic_beta_.append(anthropic_beta_.empty() ? "" : ",").append(it->value());
+      up.anthropic_beta = anthropic_beta_;
     }
   }
   try {
@@ -342,6 +358,15 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
     co_return co_await out.send_error(forbidden, true);
   }
   const runtime& rt = ctx.rt;
+  // Header values relayed to Anthropic upstreams: nothing a client sends may add a line there.
+  for (const char* name : {"anthropic-version", "anthropic-beta"}) {
+    const auto [first, last] = ctx.req.equal_range(name);
+    for (auto it = first; it != last; ++it) {
+      if (!adapters::valid_field_value(it->value())) {
+        co_return co_await out.send_error(bad_request(std::string(name) + " holds a control character", name), true);
+      }
+    }
+  }
   const routing::route* route = rt.routes.resolve(fields.model);
   if (route == nullptr) {
     co_return co_await out.send_error(

@@ -54,6 +54,7 @@ class exchange final : public attempt_env, public attempt_sink {
   std::string stream_options_;
   bool strip_usage_ = false;
   std::string renamed_for_, rename_from_, rename_to_;  // the upstream name, and both as JSON literals
+  std::string anthropic_beta_;  // the client's anthropic-beta fields as one list, when it sent several
 };
 
 }  // namespace tollgate::gateway

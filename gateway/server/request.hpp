@@ -114,6 +114,9 @@ struct request_context {
   /// as chat completions, and the responder and the exchange turn what goes back into its
   /// dialect. Null: OpenAI's.
   std::unique_ptr<protocol::client_dialect> dialect;
+  /// A backend the attempts try first when the route has it: the one that stored the response a
+  /// relayed Responses API request continues (previous_response_id). Empty: the route's order.
+  std::string preferred_backend;
 };
 
 }  // namespace tollgate::gateway

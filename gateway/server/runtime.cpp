@@ -18,6 +18,7 @@ runtime::runtime(config::config c, lasting_state& lasting, std::size_t workers)
       routes(cfg, lasting.health, workers),
       lasting(&lasting),
       limits(std::make_unique<memory_limiter>()) {
+  lasting.responses.set_capacity(cfg.server.remembered_responses);
   if (!cfg.limits.redis_url.empty()) {
     std::lock_guard lock(lasting.redis_mutex);
     if (!lasting.redis || lasting.redis_url != cfg.limits.redis_url) {

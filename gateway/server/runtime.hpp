@@ -15,6 +15,7 @@
 #include "config/config.hpp"
 #include "gateway/keys/key_table.hpp"
 #include "gateway/limits/limiter.hpp"
+#include "gateway/proxy/response_owners.hpp"
 #include "routing/route_table.hpp"
 
 namespace tollgate::tokenizer {
@@ -41,6 +42,9 @@ struct lasting_state {
   std::mutex redis_mutex;
   std::string redis_url;
   std::shared_ptr<redis_link> redis;
+  /// Which backend and key each stored response relayed through here belongs to
+  /// (server.remembered_responses of the running config bounds it).
+  response_owners responses;
 };
 
 struct runtime {

@@ -395,3 +395,74 @@ test("vercel ai sdk tool loop and structured output (json_schema)", async () => 
   const { object } = await generateObject({ model: vercel("e2e-chat"), schema: z.object({ echo: z.string() }), prompt: "structured" });
   assert.deepEqual(object, { echo: "structured" });
 });
+
+test("anthropic betas, default headers and anthropic-version reach a kind anthropic upstream; the client's key does not", async () => {
+  const text = (msg) => JSON.parse(msg.content[0].text);
+  const seen = text(
+    await anthropic.beta.messages.create({
+      model: "e2e-claude",
+      max_tokens: 64,
+      betas: ["prompt-caching-2024-07-31", "files-api-2025-04-14"],
+      messages: [{ role: "user", content: "!headers" }],
+    }),
+  );
+  assert.equal(seen["anthropic-beta"], "prompt-caching-2024-07-31,files-api-2025-04-14");
+  // The SDK's own version (newer than the gateway's default of 2023-06-01) goes as it sent it.
+  assert.match(seen["anthropic-version"], /^\d{4}-\d{2}-\d{2}$/);
+  assert.notEqual(seen["anthropic-version"], "2023-06-01");
+  assert.equal(seen["x-api-key"], "sk-ant-fake");
+  assert.equal(seen.authorization, undefined);
+
+  // A client's default headers, and a stream.
+  const custom = new Anthropic({
+    baseURL: root,
+    apiKey,
+    maxRetries: 0,
+    defaultHeaders: { "anthropic-beta": "output-128k-2025-02-19", "anthropic-version": "2024-10-22" },
+  });
+  const stream = custom.messages.stream({ model: "e2e-claude", max_tokens: 64, messages: [{ role: "user", content: "!headers" }] });
+  const streamed = text(await stream.finalMessage());
+  assert.equal(streamed["anthropic-beta"], "output-128k-2025-02-19");
+  assert.equal(streamed["anthropic-version"], "2024-10-22");
+  assert.equal(streamed["x-api-key"], "sk-ant-fake");
+});
+
+test("openai responses.retrieve, inputItems.list, cancel and delete reach the native backend that stored the response", async () => {
+  const created = await openai.responses.create({ model: "e2e-responses-native", input: "keep me" });
+  const got = await openai.responses.retrieve(created.id);
+  assert.equal(got.id, created.id);
+  assert.equal(got.output_text, "echo: keep me");
+  const items = await openai.responses.inputItems.list(created.id, { limit: 5 });
+  assert.equal(items.data.length, 1);
+  assert.equal(items.data[0].content[0].text, "keep me");
+
+  // Another key may not see it.
+  const other = new OpenAI({ baseURL, apiKey: limitedKey, maxRetries: 0 });
+  await assert.rejects(other.responses.retrieve(created.id), (e) => {
+    assert.ok(e instanceof OpenAI.NotFoundError);
+    assert.equal(e.code, "response_not_found");
+    return true;
+  });
+
+  await openai.responses.delete(created.id);
+  await assert.rejects(openai.responses.retrieve(created.id), (e) => e instanceof OpenAI.NotFoundError);
+
+  const background = await openai.responses.create({ model: "e2e-responses-background", input: "later", background: true });
+  assert.equal(background.status, "queued");
+  const cancelled = await openai.responses.cancel(background.id);
+  assert.equal(cancelled.status, "cancelled");
+
+  // A translated response is stored nowhere: a 404 that says so.
+  const translated = await openai.responses.create({ model: "e2e-chat", input: "not kept" });
+  await assert.rejects(openai.responses.retrieve(translated.id), (e) => {
+    assert.ok(e instanceof OpenAI.NotFoundError);
+    assert.match(e.message, /translated to chat completions are not stored/);
+    return true;
+  });
+  // Asking a translation to store is refused by name.
+  await assert.rejects(openai.responses.create({ model: "e2e-chat", input: "x", store: true }), (e) => {
+    assert.equal(e.status, 400);
+    assert.equal(e.param, "store");
+    return true;
+  });
+});

@@ -48,7 +48,8 @@ test("raw response carries the gateway headers", async () => {
 test("models list", async () => {
   const ids = [];
   for await (const m of client.models.list()) ids.push(m.id);
-  assert.deepEqual(ids, ["e2e-chat", "e2e-claude", "e2e-responses-native", "e2e-chat-overloaded", "e2e-claude-overloaded"]);
+  assert.deepEqual(ids, ["e2e-chat", "e2e-claude", "e2e-responses-native", "e2e-chat-overloaded", "e2e-claude-overloaded",
+    "e2e-responses-background"]);
 });
 
 test("embeddings", async () => {

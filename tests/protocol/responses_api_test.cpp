@@ -85,6 +85,8 @@ TEST_CASE("what chat completions cannot do is refused with the field named", "[p
     return t.param;
   };
   CHECK(param({{"previous_response_id", "resp_1"}}) == "previous_response_id");
+  CHECK(param({{"store", true}}) == "store");  // nothing stores a translated response
+  CHECK(param({{"store", "yes"}}) == "store");
   CHECK(param({{"tools", json::array({{{"type", "web_search"}}})}}) == "tools[0].type");
   CHECK(param({{"input", json::array({{{"type", "item_reference"}, {"id", "x"}}})}}) == "input[0].type");
   CHECK(param({{"input", json::array({{{"role", "user"}, {"content", json::array({{{"type", "input_file"}, {"file_id", "f"}}})}}})}}) ==

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <deque>
 #include <list>
+#include <map>
+#include <optional>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -100,7 +102,9 @@ struct fake_upstream::impl {
       for (const auto& f : req) {
         std::string name(f.name_string());
         std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
-        rec.headers[name] = std::string(f.value());
+        // A field sent twice is recorded as one list, as HTTP reads it: a duplicate shows.
+        auto [it, fresh] = rec.headers.emplace(name, std::string(f.value()));
+        if (!fresh) it->second.append(", ").append(f.value());
       }
       response_script script;
       {
@@ -433,6 +437,7 @@ response_script anthropic_messages(const recorded_request& request) {
   }
   std::string text = has_tool_result ? "tool said: " + tool_result : "echo: " + prompt;
   if (prompt == "!request") text = request.body;  // what reached the upstream, for relay tests
+  if (prompt == "!headers") text = json(request.headers).dump();  // the header fields it came with
   std::string stop_reason = "end_turn";
   json stop_sequence = nullptr;
   if (body.contains("stop_sequences")) {
@@ -499,6 +504,90 @@ response_script anthropic_messages(const recorded_request& request) {
   return s;
 }
 
+/// Responses the fake stored (POST /v1/responses without "store": false), for GET, DELETE,
+/// input_items and cancel. Keyed by the Host the request came to and the id, so that fakes in one
+/// process never answer for each other.
+struct stored_response {
+  json response;
+  json input_items;
+};
+std::mutex stored_mutex;
+std::map<std::string, stored_response> stored;
+std::atomic<std::uint64_t> next_response{1};
+
+std::string stored_key(const recorded_request& r, const std::string& id) {
+  const auto host = r.headers.find("host");
+  return (host == r.headers.end() ? std::string() : host->second) + " " + id;
+}
+
+/// input as items, each with an id, as GET /v1/responses/{id}/input_items lists them.
+json input_items(const json& input) {
+  json items = json::array();
+  auto text_item = [](const std::string& role, const json& content) {
+    json parts = json::array();
+    if (content.is_string()) parts.push_back({{"type", "input_text"}, {"text", content}});
+    else if (content.is_array()) parts = content;
+    return json{{"type", "message"}, {"role", role}, {"content", parts}};
+  };
+  if (input.is_string()) items.push_back(text_item("user", input));
+  if (input.is_array()) {
+    for (const json& item : input) {
+      items.push_back(item.contains("role") && !item.contains("type") ? text_item(item.value("role", "user"), item["content"]) : item);
+    }
+  }
+  for (std::size_t i = 0; i < items.size(); ++i) items[i]["id"] = "msg_in" + std::to_string(i);
+  return items;
+}
+
+/// GET/DELETE /v1/responses/{id}, GET .../input_items, POST .../cancel, as OpenAI answers them;
+/// nullopt when the path is none of these.
+std::optional<response_script> stored_responses(const recorded_request& request, const std::string& path) {
+  static const std::string prefix = "/v1/responses/";
+  if (!path.starts_with(prefix)) return std::nullopt;
+  std::string id = path.substr(prefix.size());
+  std::string suffix;
+  if (const auto slash = id.find('/'); slash != std::string::npos) {
+    suffix = id.substr(slash);
+    id.resize(slash);
+  }
+  const std::string key = stored_key(request, id);
+  std::lock_guard lock(stored_mutex);
+  const auto it = stored.find(key);
+  if (it == stored.end()) {
+    response_script s = error_script(404, "Response with id '" + id + "' not found.", "not_found");
+    return s;
+  }
+  response_script s;
+  if (request.method == "GET" && suffix.empty()) {
+    s.body = it->second.response.dump();
+  } else if (request.method == "DELETE" && suffix.empty()) {
+    s.body = json{{"id", id}, {"object", "response"}, {"deleted", true}}.dump();
+    stored.erase(it);
+  } else if (request.method == "GET" && suffix == "/input_items") {
+    json data = it->second.input_items;
+    if (request.target.find("order=desc") != std::string::npos) std::reverse(data.begin(), data.end());
+    if (const auto at = request.target.find("limit="); at != std::string::npos) {
+      const std::size_t limit = std::stoul(request.target.substr(at + 6));
+      if (data.size() > limit) data.erase(data.begin() + static_cast<std::ptrdiff_t>(limit), data.end());
+    }
+    const bool more = data.size() < it->second.input_items.size();
+    s.body = json{{"object", "list"}, {"data", data}, {"first_id", data.empty() ? json() : data.front()["id"]},
+                  {"last_id", data.empty() ? json() : data.back()["id"]}, {"has_more", more}}
+                 .dump();
+  } else if (request.method == "POST" && suffix == "/cancel") {
+    json& response = it->second.response;
+    if (response["status"] != "queued" && response["status"] != "in_progress") {
+      return error_script(400, "Only responses created with background: true that have not finished can be cancelled.",
+                          "invalid_request");
+    }
+    response["status"] = "cancelled";
+    s.body = response.dump();
+  } else {
+    return error_script(404, "Unknown request URL: " + request.method + " " + path, "not_found");
+  }
+  return s;
+}
+
 /// POST /v1/responses as OpenAI serves it (for backends with `responses: native`): `input` is a
 /// string or items; the last user text is echoed ("!request": the request body itself), a call
 /// of the first function tool is made when tools are given and the last item is no
@@ -548,8 +637,10 @@ response_script responses_api(const recorded_request& request) {
                         {"content", json::array({{{"type", "output_text"}, {"text", text}, {"annotations", json::array()}}})}};
   const json call = {{"id", "fc_fake1"}, {"type", "function_call"}, {"status", "completed"}, {"call_id", "call_fake1"},
                      {"name", tool_name}, {"arguments", tool_args}};
+  // Each response gets an id of its own, and is stored unless "store": false says not to.
+  const std::string id = "resp_fake" + std::to_string(next_response++);
   auto response = [&](const std::string& status, json output, json used) {
-    return json{{"id", "resp_fake1"}, {"object", "response"}, {"created_at", 1}, {"status", status}, {"error", nullptr},
+    return json{{"id", id}, {"object", "response"}, {"created_at", 1}, {"status", status}, {"error", nullptr},
                 {"incomplete_details", nullptr}, {"instructions", body.value("instructions", json())}, {"model", model},
                 {"output", std::move(output)}, {"parallel_tool_calls", true}, {"tool_choice", "auto"},
                 {"tools", body.value("tools", json::array())}, {"store", body.value("store", true)},
@@ -557,6 +648,18 @@ response_script responses_api(const recorded_request& request) {
                 {"metadata", body.value("metadata", json::object())}, {"usage", std::move(used)}};
   };
   const json output = call_tool ? json::array({call}) : json::array({message});
+  const bool keep = body.value("store", true) != false;
+  const bool background = body.value("background", false) == true;
+  if (keep) {
+    std::lock_guard lock(stored_mutex);
+    stored[stored_key(request, id)] = {background ? response("queued", json::array(), nullptr) : response("completed", output, usage),
+                                       input_items(input)};
+  }
+  if (background) {  // queued: it stays so until cancelled
+    response_script s;
+    s.body = response("queued", json::array(), nullptr).dump();
+    return s;
+  }
   if (!body.value("stream", false)) {
     response_script s;
     s.body = response("completed", output, usage).dump();
@@ -618,6 +721,7 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
   }
   if (request.method == "POST" && path == "/v1/messages") return anthropic_messages(request);
   if (request.method == "POST" && path == "/v1/responses") return responses_api(request);
+  if (auto s = stored_responses(request, path)) return *s;
   const bool chat = path == "/v1/chat/completions";
   const bool completion = path == "/v1/completions";
   const bool embeddings = path == "/v1/embeddings";
