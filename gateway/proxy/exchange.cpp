@@ -162,10 +162,8 @@ void exchange::on_attempt_end(const routing::target& t, const char* outcome, dou
   ctx_.w.shared().metrics->record_attempt(ctx_.w.index(), t.backend, outcome, first_byte_seconds);
 }
 
-bool exchange::take_usage(const std::string& event) {
-  // memmem: string::find would stop at every quote of the event.
-  static constexpr std::string_view key = "\"usage\"";
-  if (::memmem(event.data(), event.size(), key.data(), key.size()) == nullptr) return false;
+bool exchange::take_usage(std::string_view event) {
+  if (protocol::find_quoted(event, "\"usage\"") == std::string_view::npos) return false;
   const auto data = protocol::sse_data(event);
   if (!data) return false;
   bool no_choices = false, refused = false;
@@ -233,11 +231,18 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
     raw.clear();
     bool finished = false;
     if (ev.type == call_event::kind::data) {
-      events.feed(ev.data);
-      while (auto e = events.next_event()) {
+      // The event's bytes become the splitter's (no copy when it holds nothing), and events are
+      // read as views of them.
+      events.feed_moved(std::move(ev.data));
+      while (auto e = events.next_event_view()) {
         if (relayed) {
-          if (rename) protocol::rename_model(*e, rename_from_, rename_to_);
-          chunk += dialect->event(*e);
+          if (rename) {
+            std::string renamed(*e);
+            protocol::rename_model(renamed, rename_from_, rename_to_);
+            chunk += dialect->event(renamed);
+          } else {
+            chunk += dialect->event(*e);
+          }
           res_.used = dialect->stream_usage();
           if (dialect->complete()) {
             finished = true;  // nothing after the stream's last event is relayed
@@ -247,8 +252,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
         }
         if (take_usage(*e)) continue;
         if (dialect == nullptr) {
-          if (rename) protocol::rename_model(*e, rename_from_, rename_to_);
-          chunk += *e;
+          if (!rename || !protocol::append_renamed(chunk, *e, rename_from_, rename_to_)) chunk += *e;
         } else {
           raw += *e;
           chunk += dialect->event(*e);
