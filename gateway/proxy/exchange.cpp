@@ -192,7 +192,14 @@ net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
   if (res.status >= 200 && res.status < 300) {
     res_.used = protocol::usage_from_json(res.body);
     if (!res_.used) res_.delivered = res.body;  // counted at the end, if it reaches the client
-    if (renames_model()) protocol::rename_model(res.body, rename_from_, rename_to_);
+    if (renames_model()) {
+      // Written around the old name: a large answer is not copied to make room for a longer one.
+      if (const std::size_t at = protocol::find_model_value(res.body, rename_from_); at != std::string::npos) {
+        res.splice_at = at;
+        res.splice_size = rename_from_.size();
+        res.splice = rename_to_;
+      }
+    }
   }
   return ctx_.out.send_buffered(std::move(res));
 }
