@@ -38,6 +38,10 @@ constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream
 constexpr std::size_t read_size = 16 * 1024;
 constexpr std::size_t stream_read_size = 1024;
 constexpr std::size_t max_read_size = 256 * 1024;
+// A whole answer with a Content-Length up to this size (the gateway's bound on whole answers) is
+// read straight into one string of that size, not through the connection's buffer and the call's
+// events; a larger one goes the usual way, and the gateway refuses it.
+constexpr std::uint64_t max_direct_body = 64 * 1024 * 1024;
 // A request up to this size is taken whole by a socket's send buffer: an early error answer to a
 // larger one may leave unread bytes behind, so its connection is not reused.
 constexpr std::size_t one_write_bytes = 64 * 1024;
@@ -46,9 +50,10 @@ constexpr std::size_t one_write_bytes = 64 * 1024;
 constexpr auto stale_window = std::chrono::seconds(1);
 constexpr std::uint32_t max_header_bytes = 64 * 1024;
 
+/// ASCII lower case (a field name is a token: ASCII only), without a libc call a byte.
 std::string lower(std::string_view s) {
   std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : out) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
   return out;
 }
 
@@ -85,7 +90,7 @@ class response_reader final : public http::basic_parser<false> {
     head_.headers.emplace_back(lower(name), std::string(value));
   }
   void on_header_impl(beast::error_code&) override;
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, beast::error_code&) override {}
+  void on_body_init_impl(const boost::optional<std::uint64_t>& length, beast::error_code&) override;
   std::size_t on_body_impl(beast::string_view body, beast::error_code&) override;
   void on_chunk_header_impl(std::uint64_t, beast::string_view, beast::error_code&) override {}
   std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, beast::error_code&) override {
@@ -110,6 +115,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         parts_(std::move(request.parts)),
         deadline_(refs.io),
         mailbox_(refs.io, origin.timeouts),
+        stream_(request.stream),
         read_size_(request.stream ? stream_read_size : read_size) {
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
     head_.reserve(40 + origin.base_path.size() + request.path.size() + request.query.size() + fixed.size() +
@@ -218,8 +224,24 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     mailbox_.push(std::move(ev));
   }
 
+  /// The head is read and a body follows. A whole answer of a known length is read straight into
+  /// answer_ (what the head's read left in the buffer, through on_body(), then the rest from the
+  /// socket into it) and handed over in one data event when complete: one copy of its bytes, not
+  /// two (the buffer into an event, the event into the answer).
+  void on_body_init(int status, std::uint64_t length) {
+    if (stream_ || status < 200 || length == 0 || length > max_direct_body) return;
+    direct_ = true;
+    answer_length_ = static_cast<std::size_t>(length);
+    answer_.clear();
+    answer_.reserve(answer_length_);  // no reallocation below: reads go to answer_.data() + size()
+  }
+
   void on_body(std::string_view bytes) {
-    if (!bytes.empty()) mailbox_.add_data(bytes);
+    if (direct_) {
+      answer_.append(bytes);
+    } else if (!bytes.empty()) {
+      mailbox_.add_data(bytes);
+    }
   }
 
  private:
@@ -370,13 +392,70 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     if (reading_ || mailbox_.ended() || !connection_) return;
     reading_ = true;
     auto& c = *connection_;
-    c.socket.async_read_some(c.buffer.prepare(read_size_),
-                             [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
-                               if (c != self->connection_) return;
-                               self->reading_ = false;
-                               if (self->mailbox_.ended()) return;
-                               self->on_read(ec, n);
-                             });
+    net::mutable_buffer into;
+    if (direct_) {
+      // Sized a read at a time, so that only what arrives is touched (the length is the upstream's
+      // word); answer_ holds its whole length already, so its bytes stay where they are.
+      const std::size_t have = answer_.size();
+      const std::size_t want = std::min(answer_length_ - have, max_read_size);
+      answer_.resize(have + want);
+      last_ask_ = want;
+      into = net::buffer(answer_.data() + have, want);
+    } else {
+      into = c.buffer.prepare(read_size_);
+    }
+    c.socket.async_read_some(into, [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
+      if (c != self->connection_) return;
+      self->reading_ = false;
+      if (self->mailbox_.ended()) return;
+      if (self->direct_) {
+        self->on_direct_read(ec, n);
+      } else {
+        self->on_read(ec, n);
+      }
+    });
+  }
+
+  /// A read into answer_ (see on_body_init()).
+  void on_direct_read(boost::system::error_code ec, std::size_t n) {
+    answer_.resize(answer_.size() - last_ask_ + n);
+    if (ec && ec != net::error::eof) {
+      fail(failure::broken, "reading from " + origin_.pool_key + " failed: " + ec.message());
+      return;
+    }
+    if (answer_.size() == answer_length_) {
+      finish_answer();
+      // Nothing can follow the body in the buffer: reads asked for no more than its rest.
+      complete(keep_alive_after(connection_->buffer.size()));
+      return;
+    }
+    if (ec == net::error::eof) {
+      fail(failure::broken, "upstream " + origin_.pool_key + " closed the connection mid-response");
+      return;
+    }
+    mailbox_.wake();  // bytes came: the reader's idle wait starts again
+    read();
+  }
+
+  /// Hands the answer read into answer_ to the reader, whole.
+  void finish_answer() {
+    direct_ = false;
+    call_event ev;
+    ev.type = call_event::kind::data;
+    ev.data = std::move(answer_);
+    mailbox_.push(std::move(ev));
+  }
+
+  /// Whether the connection may serve another request once this answer has ended: the answer
+  /// ended exactly and the request is written whole. A success may come before all of a large
+  /// body is written (an upstream that answers without reading it, then reads it to find the
+  /// next request): the write still going decides when the connection is free. An error to a
+  /// large request is never reused: it may have come before the upstream read the rest (413,
+  /// say), which the kernel may still hold or the upstream never read; whether our write has
+  /// ended when the answer is read is a race.
+  bool keep_alive_after(std::size_t left_in_buffer) const {
+    const bool success = parser_->status() >= 200 && parser_->status() < 300;
+    return parser_->keep_alive() && left_in_buffer == 0 && !write_failed_ && (success || !large_request_);
   }
 
   void on_read(boost::system::error_code ec, std::size_t n) {
@@ -415,14 +494,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
           parser_.emplace(*this);  // after 1xx, the real answer
           continue;
         }
-        // Reused only when the answer ended exactly and the request is written whole. A success
-        // may come before all of a large body is written (an upstream that answers without
-        // reading it, then reads it to find the next request): the write still going decides
-        // when the connection is free. An error to a large request is never reused: it may have
-        // come before the upstream read the rest (413, say), which the kernel may still hold or
-        // the upstream never read; whether our write has ended when the answer is read is a race.
-        const bool success = parser_->status() >= 200 && parser_->status() < 300;
-        complete(parser_->keep_alive() && buffer.size() == 0 && !write_failed_ && (success || !large_request_));
+        if (direct_) finish_answer();  // all of it came with the head
+        complete(keep_alive_after(buffer.size()));
         return false;
       }
     }
@@ -489,6 +562,17 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   }
 
   void finish_with(failure why, std::string message) {
+    if (direct_) {
+      // The part of a direct answer that came goes before the failure, as the parsed one's would.
+      direct_ = false;
+      const std::size_t filled = answer_.size() - (reading_ ? last_ask_ : 0);
+      if (filled > 0 && why != failure::cancelled) {
+        call_event part;
+        part.type = call_event::kind::data;
+        part.data.assign(answer_, 0, filled);  // a copy: a read in flight still owns answer_
+        mailbox_.push(std::move(part));
+      }
+    }
     call_event ev;
     ev.type = call_event::kind::failed;
     ev.error = why;
@@ -536,11 +620,20 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool paused_ = false;
   bool retried_ = false;
   bool borrows_ = false;           // the body has borrowed parts (see abandon())
+  bool stream_;                    // the request asked for a stream
+  bool direct_ = false;            // the answer's body is read straight into answer_
+  std::string answer_;
+  std::size_t answer_length_ = 0;  // its Content-Length
+  std::size_t last_ask_ = 0;       // bytes the read in flight into answer_ asked for
   bool pool_after_write_ = false;  // answered while the request was still being written
   std::size_t read_size_;
 };
 
 void response_reader::on_header_impl(beast::error_code&) { t_.on_head(std::move(head_)); }
+
+void response_reader::on_body_init_impl(const boost::optional<std::uint64_t>& length, beast::error_code&) {
+  if (length && !chunked()) t_.on_body_init(status_, *length);
+}
 
 std::size_t response_reader::on_body_impl(beast::string_view body, beast::error_code&) {
   t_.on_body(body);

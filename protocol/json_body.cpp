@@ -4,6 +4,9 @@
 #include <charconv>
 #include <cstring>
 #include <vector>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "protocol/json_scanner.hpp"
 
@@ -407,19 +410,59 @@ std::string json_quote(std::string_view s) {
   return out;
 }
 
-bool rename_model(std::string& text, std::string_view from, std::string_view to) {
+std::size_t find_quoted(std::string_view text, std::string_view key, std::size_t from) {
+  // A long text (a whole answer) has its quotes far apart, where memchr (behind string::find)
+  // goes faster than the pairs compared here; events are short and full of quotes.
+  if (text.size() > from + 4096) return text.find(key, from);
+  const char* const p = text.data();
+  const std::size_t n = text.size();
+  std::size_t i = from;
+#ifdef __SSE2__
+  const __m128i quote = _mm_set1_epi8('"');
+  const __m128i second = _mm_set1_epi8(key[1]);
+  for (; i + 17 <= n; i += 16) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
+    auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, quote), _mm_cmpeq_epi8(b, second))));
+    while (m != 0) {
+      const std::size_t at = i + static_cast<std::size_t>(__builtin_ctz(m));
+      if (text.substr(at, key.size()) == key) return at;
+      m &= m - 1;
+    }
+  }
+#endif
+  for (; i + key.size() <= n; ++i) {
+    if (p[i] == '"' && text.substr(i, key.size()) == key) return i;
+  }
+  return std::string_view::npos;
+}
+
+std::size_t find_model_value(std::string_view text, std::string_view from) {
   constexpr std::string_view key = "\"model\"";
-  for (std::size_t at = text.find(key); at != std::string::npos; at = text.find(key, at + key.size())) {
+  for (std::size_t at = find_quoted(text, key); at != std::string_view::npos; at = find_quoted(text, key, at + key.size())) {
     std::size_t v = at + key.size();
     while (v < text.size() && (text[v] == ' ' || text[v] == '\t' || text[v] == '\n' || text[v] == '\r')) ++v;
     if (v >= text.size() || text[v] != ':') continue;
     ++v;
     while (v < text.size() && (text[v] == ' ' || text[v] == '\t' || text[v] == '\n' || text[v] == '\r')) ++v;
-    if (text.compare(v, from.size(), from) != 0) return false;  // the model member, another value
-    text.replace(v, from.size(), to);
-    return true;
+    if (text.compare(v, from.size(), from) != 0) return std::string_view::npos;  // the model member, another value
+    return v;
   }
-  return false;
+  return std::string_view::npos;
+}
+
+bool rename_model(std::string& text, std::string_view from, std::string_view to) {
+  const std::size_t v = find_model_value(text, from);
+  if (v == std::string_view::npos) return false;
+  text.replace(v, from.size(), to);
+  return true;
+}
+
+bool append_renamed(std::string& out, std::string_view text, std::string_view from, std::string_view to) {
+  const std::size_t v = find_model_value(text, from);
+  if (v == std::string_view::npos) return false;
+  out.append(text.substr(0, v)).append(to).append(text.substr(v + from.size()));
+  return true;
 }
 
 }  // namespace tollgate::protocol

@@ -112,10 +112,21 @@ std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 /// Encodes s as a JSON string literal (with quotes), as append_json_string does.
 std::string json_quote(std::string_view s);
 
+/// Where key (a quoted name: `"` and at least one more byte) first occurs in text at or after
+/// from, or npos. Looked for 16 bytes at a time (a quote and the key's next byte), so that a short
+/// text such as an SSE event is searched in a few instructions a block: string::find stops at
+/// every quote, glibc's memmem costs about 2.5 instructions a byte there.
+std::size_t find_quoted(std::string_view text, std::string_view key, std::size_t from = 0);
+
 /// In an answer's JSON text (a whole body, or one SSE event), the first `"model"` member whose
 /// value is the string literal `from` (as json_quote writes it; whitespace around the colon
 /// allowed) gets the literal `to` instead. false when there was none. Answers name the model up
 /// front; a quote inside a string value is escaped, so the text `"model"` there cannot match.
 bool rename_model(std::string& text, std::string_view from, std::string_view to);
+/// Where rename_model would put `to` (the offset of `from` in text), or npos.
+std::size_t find_model_value(std::string_view text, std::string_view from);
+/// Appends text to out with rename_model's change made on the way (no copy of text first).
+/// false, appending nothing, when there was none to make.
+bool append_renamed(std::string& out, std::string_view text, std::string_view from, std::string_view to);
 
 }  // namespace tollgate::protocol

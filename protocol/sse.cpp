@@ -32,6 +32,15 @@ void sse_splitter::feed(std::string_view bytes) {
   buf_.append(bytes);
 }
 
+void sse_splitter::feed_moved(std::string&& bytes) {
+  if (pos_ == buf_.size()) {
+    buf_ = std::move(bytes);
+    pos_ = scan_ = 0;
+    return;
+  }
+  feed(bytes);
+}
+
 // An event ends at its first empty line (the WHATWG rule): a line end that starts the event or
 // follows another line end. Line ends are "\r\n", "\n" or "\r", so "\n\n", "\r\n\r\n" and "\r\r"
 // all end events, and so do the rarer mixes such as "\n\r\n".
@@ -39,6 +48,12 @@ void sse_splitter::feed(std::string_view bytes) {
 // scan_ is where the search resumes. It never sits just after a '\r' whose line end is still
 // undecided, so the byte before it tells whether a line starts there.
 std::optional<std::string> sse_splitter::next_event() {
+  const auto e = next_event_view();
+  if (!e) return std::nullopt;
+  return std::string(*e);
+}
+
+std::optional<std::string_view> sse_splitter::next_event_view() {
   std::size_t i = std::max(scan_, pos_);
   const std::size_t n = buf_.size();
   while (i < n) {
@@ -52,7 +67,7 @@ std::optional<std::string> sse_splitter::next_event() {
     }
     const bool empty_line = i == pos_ || is_line_end(buf_[i - 1]);
     if (empty_line) {
-      std::string event = buf_.substr(pos_, end - pos_);
+      const std::string_view event(buf_.data() + pos_, end - pos_);
       pos_ = scan_ = end;
       return event;
     }

@@ -11,10 +11,15 @@ class sse_splitter {
  public:
   /// Appends bytes as they arrive from the upstream, in any fragmentation.
   void feed(std::string_view bytes);
+  /// The same, taking the storage of bytes when nothing is buffered (no copy, no allocation).
+  void feed_moved(std::string&& bytes);
   /// The next complete event, including its terminating blank line, byte for byte. An event ends
   /// at its first blank line: two line ends in a row, each "\n", "\r\n" or "\r" (a final "\r"
   /// waits for the next byte). nullopt when no complete event is buffered.
   std::optional<std::string> next_event();
+  /// next_event() as a view of the splitter's buffer (no copy), valid until the next feed or
+  /// take_rest().
+  std::optional<std::string_view> next_event_view();
   /// Whatever is buffered after the last complete event (a stream cut mid-event), then empties.
   std::string take_rest();
   std::size_t buffered() const { return buf_.size() - pos_; }

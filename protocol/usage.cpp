@@ -41,7 +41,7 @@ bool empty_array(std::string_view v) {
 std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices, bool* refused) {
   if (refused != nullptr) *refused = false;
   // Most stream chunks carry no usage: skip them without scanning.
-  if (json_text.find("\"usage\"") == std::string_view::npos) return std::nullopt;
+  if (find_quoted(json_text, "\"usage\"") == std::string_view::npos) return std::nullopt;
   static constexpr std::array<std::string_view, 2> top_keys{"usage", "choices"};
   std::array<std::string_view, 2> top{};
   if (!top_level_values(json_text, top_keys, top)) return std::nullopt;
@@ -84,7 +84,7 @@ std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choice
 }
 
 void messages_stream_usage::take(std::string_view data) {
-  if (data.find("\"usage\"") == std::string_view::npos) return;
+  if (find_quoted(data, "\"usage\"") == std::string_view::npos) return;
   static constexpr std::array<std::string_view, 3> top_keys{"type", "message", "usage"};
   std::array<std::string_view, 3> top{};
   if (!top_level_values(data, top_keys, top)) return;
@@ -117,7 +117,7 @@ std::optional<usage> messages_stream_usage::get() const {
 
 std::optional<usage> responses_event_usage(std::string_view data, bool* refused) {
   if (refused != nullptr) *refused = false;
-  if (data.find("\"usage\"") == std::string_view::npos) return std::nullopt;
+  if (find_quoted(data, "\"usage\"") == std::string_view::npos) return std::nullopt;
   static constexpr std::array<std::string_view, 2> top_keys{"type", "response"};
   std::array<std::string_view, 2> top{};
   if (!top_level_values(data, top_keys, top)) return std::nullopt;

@@ -260,18 +260,22 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
     if (name == "retry-after") res.retry_after = parse_retry_after(value);
   }
   // The body is read into one string sized from Content-Length (when the upstream sent one, and
-  // within the bound below), so that a large answer is not copied again each time it grows.
+  // within the bound below), so that a large answer is not copied again each time it grows. The
+  // first event's string is taken as it is when it holds that much (the built-in client reads such
+  // an answer whole into one), or when no length is known.
+  std::size_t expected = 0;
   if (const std::string* length = head.find("content-length"); length != nullptr) {
     std::size_t n = 0;
     const auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
-    if (ec == std::errc() && end == length->data() + length->size()) res.body.reserve(std::min(n, max_upstream_body + 1));
+    if (ec == std::errc() && end == length->data() + length->size()) expected = std::min(n, max_upstream_body + 1);
   }
   for (;;) {
     ev = co_await call.next();
     if (ev.type == call_event::kind::data) {
-      if (res.body.empty() && res.body.capacity() < ev.data.size()) {
+      if (res.body.empty() && ev.data.capacity() >= std::max(expected, res.body.capacity())) {
         res.body = std::move(ev.data);  // the whole answer, or its first part, with no copy
       } else {
+        if (res.body.empty()) res.body.reserve(std::max(expected, ev.data.size()));
         res.body += ev.data;
       }
       if (res.body.size() > max_upstream_body) {

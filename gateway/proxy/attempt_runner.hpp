@@ -31,6 +31,12 @@ struct buffered_response {
   std::vector<std::pair<std::string, std::string>> headers;  ///< the ones relayed to clients
   std::string body;
   std::optional<std::chrono::milliseconds> retry_after;
+  /// When set, what goes out in place of body's bytes [splice_at, splice_at + splice_size) (the
+  /// model renamed): the body is written around it, not moved to make room. The text must
+  /// outlive the write.
+  std::optional<std::size_t> splice_at;
+  std::size_t splice_size = 0;
+  std::string_view splice;
 };
 
 /// Upstream response headers worth passing on; hop-by-hop and framing headers are ours to set.

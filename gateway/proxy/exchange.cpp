@@ -178,10 +178,8 @@ void exchange::on_attempt_end(const routing::target& t, const char* outcome, dou
   ctx_.w.shared().metrics->record_attempt(ctx_.w.index(), t.backend, outcome, first_byte_seconds);
 }
 
-bool exchange::take_usage(const std::string& event) {
-  // memmem: string::find would stop at every quote of the event.
-  static constexpr std::string_view key = "\"usage\"";
-  if (::memmem(event.data(), event.size(), key.data(), key.size()) == nullptr) return false;
+bool exchange::take_usage(std::string_view event) {
+  if (protocol::find_quoted(event, "\"usage\"") == std::string_view::npos) return false;
   const auto data = protocol::sse_data(event);
   if (!data) return false;
   bool no_choices = false, refused = false;
@@ -210,7 +208,14 @@ net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
   if (res.status >= 200 && res.status < 300) {
     res_.used = protocol::usage_from_json(res.body);
     if (!res_.used) res_.delivered = res.body;  // counted at the end, if it reaches the client
-    if (renames_model()) protocol::rename_model(res.body, rename_from_, rename_to_);
+    if (renames_model()) {
+      // Written around the old name: a large answer is not copied to make room for a longer one.
+      if (const std::size_t at = protocol::find_model_value(res.body, rename_from_); at != std::string::npos) {
+        res.splice_at = at;
+        res.splice_size = rename_from_.size();
+        res.splice = rename_to_;
+      }
+    }
   }
   return ctx_.out.send_buffered(std::move(res));
 }
@@ -249,11 +254,18 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
     raw.clear();
     bool finished = false;
     if (ev.type == call_event::kind::data) {
-      events.feed(ev.data);
-      while (auto e = events.next_event()) {
+      // The event's bytes become the splitter's (no copy when it holds nothing), and events are
+      // read as views of them.
+      events.feed_moved(std::move(ev.data));
+      while (auto e = events.next_event_view()) {
         if (relayed) {
-          if (rename) protocol::rename_model(*e, rename_from_, rename_to_);
-          chunk += dialect->event(*e);
+          if (rename) {
+            std::string renamed(*e);
+            protocol::rename_model(renamed, rename_from_, rename_to_);
+            chunk += dialect->event(renamed);
+          } else {
+            chunk += dialect->event(*e);
+          }
           res_.used = dialect->stream_usage();
           if (dialect->complete()) {
             finished = true;  // nothing after the stream's last event is relayed
@@ -263,8 +275,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
         }
         if (take_usage(*e)) continue;
         if (dialect == nullptr) {
-          if (rename) protocol::rename_model(*e, rename_from_, rename_to_);
-          chunk += *e;
+          if (!rename || !protocol::append_renamed(chunk, *e, rename_from_, rename_to_)) chunk += *e;
         } else {
           raw += *e;
           chunk += dialect->event(*e);

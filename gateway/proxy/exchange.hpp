@@ -44,7 +44,7 @@ class exchange final : public attempt_env, public attempt_sink {
  private:
   /// Notes the usage an SSE event carries (the last one seen wins: usage is cumulative). true
   /// when the event is the usage-only chunk we asked for on the client's behalf: it is dropped.
-  bool take_usage(const std::string& event);
+  bool take_usage(std::string_view event);
   /// Whether answers are renamed to the model the client asked for; prepares the literals.
   bool renames_model();
 

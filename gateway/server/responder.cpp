@@ -5,8 +5,13 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/http.hpp>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <array>
+#include <cerrno>
 #include <charconv>
+#include <vector>
 
 #include "gateway/server/cors.hpp"
 #include "protocol/client_dialect.hpp"
@@ -23,6 +28,59 @@ constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr auto write_timeout = std::chrono::seconds(30);
 }  // namespace
 
+// A write the client's socket takes whole (it has room: the usual case) costs one system call and
+// no trip through the loop: async_write would send as much at once too, then post its completion
+// and resume the writer from the queue. What the socket does not take goes asynchronously.
+net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write(
+    std::span<const net::const_buffer> buffers) {
+  constexpr std::size_t max_iov = 4;
+  std::array<iovec, max_iov> iov{};
+  std::size_t total = 0;
+  std::size_t count = 0;
+  for (const net::const_buffer& b : buffers) {
+    total += b.size();
+    if (b.size() == 0) continue;
+    if (count == max_iov) {
+      count = max_iov + 1;  // more pieces than this path takes: all go asynchronously
+      break;
+    }
+    iov[count].iov_base = const_cast<void*>(b.data());
+    iov[count].iov_len = b.size();
+    ++count;
+  }
+  std::size_t sent = 0;
+  if (count <= max_iov && total > 0) {
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = count;
+    ssize_t n = 0;
+    do {
+      n = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      co_return std::tuple{boost::system::error_code(errno, boost::system::system_category()), std::size_t{0}};
+    }
+    sent = n < 0 ? 0 : static_cast<std::size_t>(n);
+    if (sent == total) co_return std::tuple{boost::system::error_code{}, total};
+  }
+  // The rest, from where the first send stopped.
+  std::vector<net::const_buffer> rest;
+  rest.reserve(buffers.size());
+  std::size_t skip = sent;
+  for (const net::const_buffer& b : buffers) {
+    if (skip >= b.size()) {
+      skip -= b.size();
+      continue;
+    }
+    rest.push_back(b + skip);
+    skip = 0;
+  }
+  set_deadline(write_timeout);
+  auto [ec, n] = co_await net::async_write(socket_, rest, use_tuple);
+  clear_deadline();
+  co_return std::tuple{ec, sent + n};
+}
+
 void responder::decorate(response_head_text& head) {
   head.field("x-request-id", record_.request_id);
   if (!record_.backend.empty()) head.field("x-tollgate-backend", record_.backend);
@@ -36,16 +94,16 @@ void responder::decorate(response_head_text& head) {
   head.field("Server", "tollgate");
 }
 
-net::awaitable<bool> responder::write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive) {
+net::awaitable<bool> responder::write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive,
+                                            std::string_view more, std::string_view last) {
   keep_alive = keep_alive && !w_.shared().draining;
   record_.status = status;
-  const std::size_t content_length = body.size();
+  const std::size_t content_length = body.size() + more.size() + last.size();
   // An answer to HEAD has the head of the answer to GET and no body (RFC 9110 9.3.2).
-  if (head_request_) body = {};
-  const std::array<net::const_buffer, 2> buffers{net::buffer(head.finish(content_length, keep_alive)), net::buffer(body)};
-  set_deadline(write_timeout);
-  auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
-  clear_deadline();
+  if (head_request_) body = more = last = {};
+  const std::array<net::const_buffer, 4> buffers{net::buffer(head.finish(content_length, keep_alive)), net::buffer(body),
+                                                 net::buffer(more), net::buffer(last)};
+  auto [ec, n] = co_await write(buffers);
   record_.bytes_out += n;
   co_return !ec && keep_alive;
 }
@@ -75,6 +133,10 @@ net::awaitable<bool> responder::send_error(const protocol::api_error& err, bool 
 }
 
 net::awaitable<bool> responder::send_buffered(buffered_response b) {
+  if (b.splice_at && dialect_ != nullptr) {  // the dialect reads the body as it goes out
+    b.body.replace(*b.splice_at, b.splice_size, b.splice);
+    b.splice_at.reset();
+  }
   if (dialect_ != nullptr) {
     auto a = dialect_->whole(b.status, b.body);
     b.status = a.status;
@@ -87,17 +149,21 @@ net::awaitable<bool> responder::send_buffered(buffered_response b) {
     if (pass_header(name)) head.field(name, value);
   }
   decorate(head);
+  if (b.splice_at) {
+    const std::string_view body = b.body;
+    const std::size_t at = *b.splice_at;
+    co_return co_await write_whole(head, b.status, body.substr(0, at), true, b.splice, body.substr(at + b.splice_size));
+  }
   co_return co_await write_whole(head, b.status, b.body, true);
 }
 
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_stream_head(response_head_text& head,
                                                                                                 int status) {
   record_.status = status;
-  set_deadline(write_timeout);
-  auto [ec, n] = co_await net::async_write(socket_, net::buffer(head.finish(std::nullopt, !w_.shared().draining)), use_tuple);
-  // Cleared after each write: the wait for the upstream's next event has timeouts of its own,
-  // and a passing deadline would cancel the client watch too.
-  clear_deadline();
+  // The deadline is cleared after each write (write() does): the wait for the upstream's next
+  // event has timeouts of its own, and a passing deadline would cancel the client watch too.
+  const std::array<net::const_buffer, 1> buffers{net::buffer(head.finish(std::nullopt, !w_.shared().draining))};
+  auto [ec, n] = co_await write(buffers);
   if (!ec) record_.bytes_out += n;
   co_return std::tuple{ec, n};
 }
@@ -109,17 +175,14 @@ net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::wr
   end[1] = '\n';
   const std::array<net::const_buffer, 3> buffers{net::buffer(size, static_cast<std::size_t>(end + 2 - size)),
                                                  net::buffer(data), net::buffer("\r\n", 2)};
-  set_deadline(write_timeout);
-  auto [ec, n] = co_await net::async_write(socket_, buffers, use_tuple);
-  clear_deadline();
+  auto [ec, n] = co_await write(buffers);
   if (!ec) record_.bytes_out += n;
   co_return std::tuple{ec, n};
 }
 
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_last_chunk() {
-  set_deadline(write_timeout);
-  auto [ec, n] = co_await net::async_write(socket_, net::buffer("0\r\n\r\n", 5), use_tuple);
-  clear_deadline();
+  const std::array<net::const_buffer, 1> buffers{net::buffer("0\r\n\r\n", 5)};
+  auto [ec, n] = co_await write(buffers);
   record_.bytes_out += n;
   co_return std::tuple{ec, n};
 }

@@ -10,6 +10,7 @@
 
 #include <list>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -70,7 +71,9 @@ class responder {
   boost::asio::awaitable<bool> send_error(const protocol::api_error& err, bool keep_alive);
   /// An upstream answer as it came (status, type, relayed headers, body).
   boost::asio::awaitable<bool> send_buffered(buffered_response b);
-  boost::asio::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive);
+  /// more and last: further pieces of the body, written after it.
+  boost::asio::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive,
+                                           std::string_view more = {}, std::string_view last = {});
 
   /// A stream: the head (chunked), then chunks, then the last chunk. Each returns the error and
   /// the bytes written (added to the access record).
@@ -98,6 +101,10 @@ class responder {
 
  private:
   void arm(const std::shared_ptr<client_watch>& watch);
+  /// Writes buffers under the write deadline: what the socket takes at once in one non-blocking
+  /// sendmsg (usually all of it), the rest asynchronously. The buffers outlive the write.
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write(
+      std::span<const boost::asio::const_buffer> buffers);
 
   worker& w_;
   boost::asio::ip::tcp::socket& socket_;

@@ -328,6 +328,75 @@ TEST_CASE("native client: a reader that falls behind pauses the upstream and los
   CHECK(out.body.size() == s.body.size());
   CHECK(out.body == s.body);
   CHECK(c.pool.idle() == 1);
+
+  // The same bytes chunked (no length known ahead: they go through the parser and the events).
+  response_script chunked;
+  for (std::size_t i = 0; i < s.body.size(); i += 64 * 1024) chunked.chunks.push_back(s.body.substr(i, 64 * 1024));
+  up.push(chunked);
+  const auto late = c.run(b, chat(), std::chrono::milliseconds(300));
+  REQUIRE(late.last == call_event::kind::end);
+  CHECK(late.body == s.body);
+  CHECK(c.pool.idle() == 1);
+}
+
+TEST_CASE("native client: a whole answer of a known length comes in one event, and its connection is reused",
+          "[adapters][native]") {
+  fake_upstream up;
+  openai_backend b(native_backend(up.base_url()));
+  client c;
+  for (const std::size_t size : {std::size_t{2}, std::size_t{100 * 1024}, std::size_t{3 * 1024 * 1024 + 17}}) {
+    response_script s;
+    s.body = std::string(size, 'y');
+    for (std::size_t i = 0; i < s.body.size(); i += 1021) s.body[i] = static_cast<char>('a' + i % 26);
+    up.push(s);
+    const auto out = c.run(b, chat());
+    REQUIRE(out.last == call_event::kind::end);
+    CHECK(out.status == 200);
+    CHECK(out.body == s.body);
+    CHECK(out.pieces.size() == 1);  // read straight into one string, handed over whole
+  }
+  CHECK(up.connection_count() == 1);
+  CHECK(c.pool.idle() == 1);
+}
+
+TEST_CASE("native client: a known-length answer that comes slowly restarts the idle wait with each read, and one "
+          "that stalls times out with what came",
+          "[adapters][native]") {
+  net::io_context server_io;
+  tcp::acceptor acceptor(server_io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  const std::uint16_t port = acceptor.local_endpoint().port();
+  // Two connections: 40 bytes in four writes 100 ms apart, then 40 bytes of which 10 come.
+  std::thread server([&] {
+    for (int round = 0; round < 2; ++round) {
+      tcp::socket s(server_io);
+      boost::system::error_code ec;
+      acceptor.accept(s, ec);
+      if (ec) return;
+      read_request(s, ec);
+      net::write(s, net::buffer(std::string("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n"
+                                            "\r\n0123456789")), ec);
+      for (int piece = 1; piece < (round == 0 ? 4 : 1); ++piece) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        net::write(s, net::buffer(std::string(10, static_cast<char>('a' + piece))), ec);
+      }
+      if (round == 1) std::this_thread::sleep_for(std::chrono::milliseconds(600));
+      s.close(ec);
+    }
+  });
+  auto cfg = native_backend("http://127.0.0.1:" + std::to_string(port) + "/v1");
+  cfg.timeouts.idle = std::chrono::milliseconds(250);
+  openai_backend b(cfg);
+  client c;
+  const auto slow = c.run(b, chat());
+  CHECK(slow.last == call_event::kind::end);
+  CHECK(slow.body == "0123456789" + std::string(10, 'b') + std::string(10, 'c') + std::string(10, 'd'));
+  // The second goes on the pooled connection, which the server has closed: sent again on a new one.
+  const auto stalled = c.run(b, chat());
+  CHECK(stalled.last == call_event::kind::failed);
+  CHECK(stalled.error == failure::timeout);
+  CHECK_THAT(stalled.message, Catch::Contains("idle"));
+  CHECK(stalled.body == "0123456789");
+  server.join();
 }
 
 TEST_CASE("native client: first-token, idle and total timeouts, and cancelling mid-stream", "[adapters][native]") {

@@ -67,10 +67,11 @@ def stop_process(p):
         p.wait()
 
 
-def start_tollgate(build, work, upstream_port, threads):
+def start_tollgate(build, work, upstream_port, threads, wrapper=(), name="tollgate"):
     """tollgate serving model "bench" (key tg-bench) from the upstream, with long stream timeouts.
-    Returns (port, pids function, stop function)."""
-    cfg = os.path.join(work, "tollgate.yaml")
+    wrapper: a command line it runs under (valgrind's, say). Returns (port, pids function, stop
+    function)."""
+    cfg = os.path.join(work, name + ".yaml")
     with open(cfg, "w") as f:
         f.write(f"""server: {{listen: "127.0.0.1:0", threads: {threads}, access_log: off, idle_timeout: 600s}}
 keys: [{{name: bench, key: tg-bench}}]
@@ -82,11 +83,11 @@ backends:
     timeouts: {{first_token: 60s, idle: 600s, total: 600s}}
 routes: [{{model: bench, targets: [{{backend: up, model: m}}]}}]
 """)
-    path = os.path.join(work, "tollgate.log")
+    path = os.path.join(work, name + ".log")
     with open(path, "w") as log:
-        gw = subprocess.Popen([os.path.join(build, "tollgate"), "serve", "--config", cfg], stdout=log,
+        gw = subprocess.Popen([*wrapper, os.path.join(build, "tollgate"), "serve", "--config", cfg], stdout=log,
                               stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
-    for _ in range(400):
+    for _ in range(1200 if wrapper else 400):
         time.sleep(0.05)
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(path).read())
         if m:

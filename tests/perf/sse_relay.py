@@ -10,13 +10,21 @@ usage: tests/perf/sse_relay.py BUILD_DIR [--clients 32] [--events 2000] [--reque
 --interval-ms 0 sends the events back to back, 16 to a write (the proxy's cost a byte shows);
 --interval-ms 20 sends each event alone, 20 ms apart, as a model streams tokens (its cost a
 wakeup shows: a read and a write an event).
+--rounds N measures each proxy N times, interleaved (tollgate, [baseline,] nginx, each round
+starting with the next one), and prints the medians; --baseline OTHER_BUILD adds that build's tollgate to every round.
+--callgrind instead counts tollgate's user-space instructions an event under callgrind
+(instrumentation on for the measured streams only, after one warm-up stream); with --baseline,
+that build's too. --profile-dir DIR keeps the profiles (callgrind_annotate DIR/tollgate.out).
 
 Loopback only; the upstream runs in its own processes. Standard library only.
 """
 import argparse
 import asyncio
 import multiprocessing
+import os
 import shutil
+import statistics
+import subprocess
 import tempfile
 import time
 
@@ -103,6 +111,34 @@ def measure(name, start, clients, requests):
     return cpu / events
 
 
+def count_instructions(name, build, work, up, a):
+    """User-space instructions an event of tollgate under callgrind, over the measured streams."""
+    out = os.path.join(work, name + ".out")
+    wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=yes", f"--callgrind-out-file={out}"]
+    port, pids_fn, stop = start_tollgate(build, work, up, a.threads, wrapper, name)
+    pid = str(pids_fn()[0])
+    try:
+        asyncio.run(client(port, 1))  # warm
+        subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+
+        async def run():
+            return sum(await asyncio.gather(*(client(port, a.requests) for _ in range(a.clients))))
+
+        events = asyncio.run(run())
+        subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+    finally:
+        stop()
+    total = 0
+    with open(out) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+    if a.profile_dir:
+        os.makedirs(a.profile_dir, exist_ok=True)
+        shutil.copy(out, os.path.join(a.profile_dir, name + ".out"))
+    print(f"{name:9} {events} events: {total / events:8.0f} instructions an event", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
@@ -112,6 +148,10 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--interval-ms", type=float, default=0)
     ap.add_argument("--no-nginx", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--baseline")
+    ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--profile-dir")
     a = ap.parse_args()
     raise_nofile()
     work = tempfile.mkdtemp(prefix="tg-sse-")
@@ -123,10 +163,27 @@ def main():
             p.start()
         for r in ready:
             r.wait(10)
-        t = measure("tollgate", lambda: start_tollgate(a.build, work, up, a.threads), a.clients, a.requests)
+        if a.callgrind:
+            count_instructions("tollgate", a.build, work, up, a)
+            if a.baseline:
+                count_instructions("baseline", a.baseline, work, up, a)
+            return
+        proxies = [("tollgate", lambda: start_tollgate(a.build, work, up, a.threads))]
+        if a.baseline:
+            proxies.append(("baseline", lambda: start_tollgate(a.baseline, work, up, a.threads, name="baseline")))
         if not a.no_nginx and shutil.which("nginx"):
-            n = measure("nginx", lambda: start_nginx(work, up, a.threads), a.clients, a.requests)
-            print(f"tollgate / nginx CPU an event: {t / n:.2f}x", flush=True)
+            proxies.append(("nginx", lambda: start_nginx(work, up, a.threads)))
+        got = {name: [] for name, _ in proxies}
+        for r in range(a.rounds):
+            # Each round starts with another proxy, so that none is always measured first.
+            for name, start in proxies[r % len(proxies):] + proxies[:r % len(proxies)]:
+                got[name].append(measure(name, start, a.clients, a.requests))
+        med = {name: statistics.median(v) for name, v in got.items()}
+        print(f"medians over {a.rounds} round(s), CPU an event:", flush=True)
+        for name, v in med.items():
+            ratio = f" ({v / med['nginx']:.2f}x nginx)" if "nginx" in med else ""
+            rounds = " ".join(f"{x * 1e6:.2f}" for x in got[name])
+            print(f"  {name:9} {v * 1e6:5.2f} us{ratio}  rounds: {rounds}", flush=True)
     finally:
         for p in ups:
             p.terminate()

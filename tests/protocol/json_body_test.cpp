@@ -764,3 +764,37 @@ TEST_CASE("rename_model renames the answer's model member and nothing else", "[j
   CHECK_FALSE(rename_model(inside, from, to));
   CHECK(inside == before);
 }
+
+TEST_CASE("append_renamed appends what rename_model would leave, or nothing", "[json_body]") {
+  const std::string from = json_quote("m"), to = json_quote("bench-model");
+  for (std::string text : {std::string(R"(data: {"id":"c1","model":"m","choices":[]})" "\n\n"),
+                           std::string(R"({"model" : "m"})"), std::string(R"({"model":"mx"})"),
+                           std::string(R"({"content":"\"model\":\"m\""})"), std::string()}) {
+    std::string out = "kept|";
+    const bool changed = append_renamed(out, text, from, to);
+    std::string renamed = text;
+    CHECK(changed == rename_model(renamed, from, to));
+    CHECK(out == (changed ? "kept|" + renamed : "kept|"));
+  }
+}
+
+TEST_CASE("find_quoted finds a quoted key at every offset and length, as string::find does", "[json_body]") {
+  const std::string key = "\"usage\"";
+  for (std::size_t size = 0; size < 80; ++size) {
+    for (std::size_t at = 0; at + key.size() <= size + key.size(); ++at) {
+      // Near misses around it: a quote and a u, a key cut short.
+      std::string text(size, 'x');
+      for (std::size_t i = 0; i + 1 < size; i += 5) {
+        text[i] = '"';
+        text[i + 1] = 'u';
+      }
+      if (size >= 6) text.replace(size - 6, 6, "\"usag");
+      if (at + key.size() <= text.size()) text.replace(at, key.size(), key);
+      INFO("size " << size << ", key at " << at);
+      CHECK(find_quoted(text, key) == text.find(key));
+      for (std::size_t from : {std::size_t{1}, at, at + 1, text.size()}) {
+        CHECK(find_quoted(text, key, from) == text.find(key, from));
+      }
+    }
+  }
+}

@@ -12,22 +12,35 @@ namespace {
 
 using events = std::vector<std::string>;
 
-void drain(sse_splitter& s, events& out) {
-  while (auto e = s.next_event()) out.push_back(*e);
+void drain(sse_splitter& s, events& out, bool views = false) {
+  if (views) {
+    while (auto e = s.next_event_view()) out.emplace_back(*e);
+  } else {
+    while (auto e = s.next_event()) out.push_back(*e);
+  }
 }
 
-/// Feeds stream cut at the given offsets (ascending), draining after every feed.
-events split_at(const std::string& stream, const std::vector<std::size_t>& cuts, std::string* rest = nullptr) {
+/// Feeds stream cut at the given offsets (ascending), draining after every feed. moved: the pieces
+/// are fed as strings the splitter may take, and events read as views (as the relay does).
+events split_at(const std::string& stream, const std::vector<std::size_t>& cuts, std::string* rest = nullptr,
+                bool moved = false) {
   sse_splitter s;
   events out;
   std::size_t from = 0;
+  const auto feed = [&](std::string_view piece) {
+    if (moved) {
+      s.feed_moved(std::string(piece));
+    } else {
+      s.feed(piece);
+    }
+  };
   for (std::size_t cut : cuts) {
-    s.feed(std::string_view(stream).substr(from, cut - from));
-    drain(s, out);
+    feed(std::string_view(stream).substr(from, cut - from));
+    drain(s, out, moved);
     from = cut;
   }
-  s.feed(std::string_view(stream).substr(from));
-  drain(s, out);
+  feed(std::string_view(stream).substr(from));
+  drain(s, out, moved);
   if (rest) *rest = s.take_rest();
   return out;
 }
@@ -37,10 +50,12 @@ void check_every_split(const std::string& stream, const events& expected, const 
   for (std::size_t a = 0; a <= stream.size(); ++a) {
     for (std::size_t b = a; b <= stream.size(); ++b) {
       std::string rest;
-      const events got = split_at(stream, {a, b}, &rest);
       INFO("cuts at " << a << " and " << b);
-      REQUIRE(got == expected);
-      REQUIRE(rest == expected_rest);
+      for (const bool moved : {false, true}) {
+        const events got = split_at(stream, {a, b}, &rest, moved);
+        REQUIRE(got == expected);
+        REQUIRE(rest == expected_rest);
+      }
     }
   }
 }
