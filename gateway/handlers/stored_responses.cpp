@@ -101,16 +101,7 @@ struct model_names {
 net::awaitable<bool> relay_stream(request_context& ctx, adapters::call& call, const adapters::response_head& head,
                                   const model_names& names) {
   responder& out = ctx.out;
-  {
-    response_head_text res(head.status);
-    res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
-    for (const auto& [name, value] : head.headers) {
-      if (out.pass_header(name)) res.field(name, value);
-    }
-    out.decorate(res);
-    auto [ec, n] = co_await out.write_stream_head(res, head.status);
-    if (ec) co_return false;
-  }
+  if (!co_await out.start_upstream_stream(head)) co_return false;
   const auto dialect = protocol::responses_relay();
   protocol::sse_splitter events;
   for (;;) {

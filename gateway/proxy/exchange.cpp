@@ -223,17 +223,8 @@ net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
 net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const adapters::response_head& head) {
   access_record& record = ctx_.result.record;
   responder& out = ctx_.out;
-  {
-    // In a block: a held stream does not keep its head's text.
-    response_head_text res(head.status);
-    res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
-    for (const auto& [name, value] : head.headers) {
-      if (out.pass_header(name)) res.field(name, value);
-    }
-    out.decorate(res);
-    auto [ec, n] = co_await out.write_stream_head(res, head.status);
-    if (ec) co_return delivery{false, false, false};
-  }
+  // A held stream does not keep its head's text (start_upstream_stream's own).
+  if (!co_await out.start_upstream_stream(head)) co_return delivery{false, false, false};
 
   const std::size_t max_event_bytes = ctx_.rt.cfg.server.max_event_bytes;
   // A client of another API gets its dialect's events; the chat events behind them are what is

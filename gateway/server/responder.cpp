@@ -157,6 +157,17 @@ net::awaitable<bool> responder::send_buffered(buffered_response b) {
   co_return co_await write_whole(head, b.status, b.body, true);
 }
 
+net::awaitable<bool> responder::start_upstream_stream(const adapters::response_head& head) {
+  response_head_text res(head.status);
+  res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
+  for (const auto& [name, value] : head.headers) {
+    if (pass_header(name)) res.field(name, value);
+  }
+  decorate(res);
+  auto [ec, n] = co_await write_stream_head(res, head.status);
+  co_return !ec;
+}
+
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_stream_head(response_head_text& head,
                                                                                                 int status) {
   record_.status = status;

@@ -79,6 +79,9 @@ class responder {
   /// the bytes written (added to the access record).
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_stream_head(response_head_text& head,
                                                                                                int status);
+  /// An upstream's event stream, relayed: its status and the headers that pass, as
+  /// text/event-stream, decorated, its head written. False when the client is gone.
+  boost::asio::awaitable<bool> start_upstream_stream(const adapters::response_head& head);
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_chunk(std::string_view data);
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_last_chunk();
 
