@@ -7,18 +7,16 @@
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/basic_parser.hpp>
 
-#include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cerrno>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include "adapters/event_mailbox.hpp"
+#include "adapters/send_now.hpp"
 #include "adapters/upstream_pool.hpp"
 
 namespace tollgate::adapters {
@@ -358,34 +356,12 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   /// rest_ (empty when all went); a hard error sets write_failed_.
   void send_now() {
     rest_.clear();
-    std::array<iovec, 16> iov{};
-    std::size_t count = 0;
-    for (const net::const_buffer& b : buffers_) {
-      if (count == iov.size()) break;
-      iov[count].iov_base = const_cast<void*>(b.data());
-      iov[count].iov_len = b.size();
-      ++count;
-    }
-    msghdr msg{};
-    msg.msg_iov = iov.data();
-    msg.msg_iovlen = count;
-    ssize_t n = 0;
-    do {
-      n = ::sendmsg(connection_->socket.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+    const send_result r = adapters::send_now(connection_->socket.native_handle(), buffers_);
+    if (r.error) {
       write_failed_ = true;
       return;
     }
-    std::size_t left = n < 0 ? 0 : static_cast<std::size_t>(n);
-    for (const net::const_buffer& b : buffers_) {
-      if (left >= b.size()) {
-        left -= b.size();
-        continue;
-      }
-      rest_.push_back(b + left);
-      left = 0;
-    }
+    buffers_after(buffers_, r.sent, rest_);
   }
 
   void read() {

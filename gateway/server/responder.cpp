@@ -1,15 +1,14 @@
 #include "gateway/server/responder.hpp"
 
+#include "adapters/send_now.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http.hpp>
 
-#include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <array>
-#include <cerrno>
 #include <charconv>
 #include <vector>
 
@@ -33,48 +32,20 @@ constexpr auto write_timeout = std::chrono::seconds(30);
 // and resume the writer from the queue. What the socket does not take goes asynchronously.
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write(
     std::span<const net::const_buffer> buffers) {
-  constexpr std::size_t max_iov = 4;
-  std::array<iovec, max_iov> iov{};
-  std::size_t total = 0;
-  std::size_t count = 0;
-  for (const net::const_buffer& b : buffers) {
-    total += b.size();
-    if (b.size() == 0) continue;
-    if (count == max_iov) {
-      count = max_iov + 1;  // more pieces than this path takes: all go asynchronously
-      break;
-    }
-    iov[count].iov_base = const_cast<void*>(b.data());
-    iov[count].iov_len = b.size();
-    ++count;
-  }
+  // Up to 4 pieces go in the one sendmsg; more (rare) all go asynchronously.
+  std::size_t total = 0, pieces = 0;
+  for (const net::const_buffer& b : buffers) total += b.size(), pieces += b.size() > 0;
   std::size_t sent = 0;
-  if (count <= max_iov && total > 0) {
-    msghdr msg{};
-    msg.msg_iov = iov.data();
-    msg.msg_iovlen = count;
-    ssize_t n = 0;
-    do {
-      n = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-      co_return std::tuple{boost::system::error_code(errno, boost::system::system_category()), std::size_t{0}};
-    }
-    sent = n < 0 ? 0 : static_cast<std::size_t>(n);
+  if (pieces <= 4 && total > 0) {
+    const adapters::send_result r = adapters::send_now(socket_.native_handle(), buffers, 4);
+    if (r.error) co_return std::tuple{r.error, std::size_t{0}};
+    sent = r.sent;
     if (sent == total) co_return std::tuple{boost::system::error_code{}, total};
   }
   // The rest, from where the first send stopped.
   std::vector<net::const_buffer> rest;
   rest.reserve(buffers.size());
-  std::size_t skip = sent;
-  for (const net::const_buffer& b : buffers) {
-    if (skip >= b.size()) {
-      skip -= b.size();
-      continue;
-    }
-    rest.push_back(b + skip);
-    skip = 0;
-  }
+  adapters::buffers_after(buffers, sent, rest);
   set_deadline(write_timeout);
   auto [ec, n] = co_await net::async_write(socket_, rest, use_tuple);
   clear_deadline();
