@@ -997,12 +997,14 @@ class cuda_backend final : public forward_backend {
 
   /// Prefill's routed experts in two batched products (cuBLAS's pointer-array form) instead of two
   /// per expert: each expert's grouped rows are cut into slots of `rows` rows (the last one
-  /// partial), every slot a product of the same shape with its expert's matrix. A slot's outputs
-  /// go to a padded buffer, slot k at rows k * rows..; slot_index tells the next norm where each
-  /// (token, k) row went. One launch fills the GPU where one product per expert fills a third of
-  /// it, and the host queues two products a layer instead of 2 * experts. FP8 experts are
-  /// dequantised (to the loader's bf16 values) a group at a time into scratch of at most
-  /// dense_scratch_bytes * 4, each group's slots run after its dequantisation.
+  /// partial), every slot a product of the same shape with its expert's matrix. An expert's slots'
+  /// outputs lie together in a padded buffer from its first padded row (slot_index tells the next
+  /// norm where each (token, k) row went). In bf16 mode the products write bf16: half the bytes for
+  /// the products to write and for SiLU-mul and the next norm to read. One launch fills the GPU where
+  /// one product per expert fills a third of it, and the host queues two products a layer instead
+  /// of 2 * experts. FP8 experts are dequantised (to the loader's bf16 values) a group at a time
+  /// into scratch of at most dense_scratch_bytes * 4, each group's slots run after its
+  /// dequantisation.
   cuda::moe_sum slot_experts(const layer_weights<T>& L, const T* h, int N, const int32_t* ids, const float* wts,
                              const cuda::expert_groups& g, float* shared) {
     const int E = c_.n_routed_experts, K = c_.num_experts_per_tok, H = c_.hidden_size, I = c_.moe_intermediate_size;
@@ -1010,6 +1012,10 @@ class cuda_backend final : public forward_backend {
     const int rows = slot_rows > 0 ? slot_rows : (R >= 128 * E ? 128 : 64);
     const size_t gu_size = static_cast<size_t>(2) * I * H, dn_size = static_cast<size_t>(H) * I;
     const bool fp8 = L.experts_gate_up_fp8.w != nullptr;
+    // The products write bf16 in bf16 mode (cuBLAS takes bf16 in, float sums, bf16 out), else float.
+    const bool narrow = std::is_same_v<T, bf16> && !slot_out_float_;
+    const cudaDataType_t out_type = narrow ? CUDA_R_16BF : CUDA_R_32F;
+    const size_t ob = narrow ? 2 : 4;
     int group = E;
     if (fp8) {  // as many experts a group as the scratch holds, the groups evened out
       const int most = static_cast<int>(
@@ -1019,38 +1025,39 @@ class cuda_backend final : public forward_backend {
     }
     T* wgu = fp8 ? ws_dequant_.as<T>(static_cast<size_t>(group) * (gu_size + dn_size)) : nullptr;
     T* wdn = fp8 ? wgu + static_cast<size_t>(group) * gu_size : nullptr;
+    // Each expert's first padded row, and its slots.
     slot_base_host_.assign(static_cast<size_t>(E) + 1, 0);
-    int slots = 0;
+    slot_list_.clear();
+    int padded = 0;
     for (int e = 0; e < E; ++e) {
-      slot_base_host_[static_cast<size_t>(e)] = slots;
-      const int n = offsets_host_[static_cast<size_t>(e) + 1] - offsets_host_[static_cast<size_t>(e)];
-      slots += (n + rows - 1) / rows;
+      const int r0 = offsets_host_[static_cast<size_t>(e)], n = offsets_host_[static_cast<size_t>(e) + 1] - r0;
+      slot_base_host_[static_cast<size_t>(e)] = padded;
+      for (int at = 0; at < n; at += rows) slot_list_.push_back({e, r0 + at, at});
+      padded += (n + rows - 1) / rows * rows;
     }
-    slot_base_host_[static_cast<size_t>(E)] = slots;
-    const size_t padded = static_cast<size_t>(slots) * rows;
+    slot_base_host_[static_cast<size_t>(E)] = padded;
+    const int slots = static_cast<int>(slot_list_.size());
     // A slot reads `rows` rows of xg from its first: the last one reads past R (into the spare).
     T* xg = ws_xg_.as<T>((static_cast<size_t>(R) + rows) * H);
-    float* gu = ws_gu_.as<float>(padded * 2 * I);
-    T* act = ws_act_.as<T>(padded * I);
-    float* out = ws_rows_.as<float>(padded * H);
+    auto* gu = reinterpret_cast<char*>(ws_gu_.as<float>(static_cast<size_t>(padded) * 2 * I));
+    T* act = ws_act_.as<T>(static_cast<size_t>(padded) * I);
+    auto* out = reinterpret_cast<char*>(ws_rows_.as<float>(static_cast<size_t>(padded) * H));
     cuda::gather_rows<T>(h, g.row_token, H, R, xg, stream_);
-    // Six pointer arrays (gate-up A, B, C; down A, B, C) of `slots` entries, then slot_base.
+    // Six pointer arrays (gate-up A, B, C; down A, B, C) of `slots` entries, then the bases.
     slot_ptrs_host_.assign(6 * static_cast<size_t>(slots), nullptr);
     const void** p = slot_ptrs_host_.data();
-    for (int e = 0, k = 0; e < E; ++e) {
-      const int r0 = offsets_host_[static_cast<size_t>(e)], r1 = offsets_host_[static_cast<size_t>(e) + 1];
+    for (int k = 0; k < slots; ++k) {
+      const auto [e, first, at] = slot_list_[static_cast<size_t>(k)];
       // FP8: the expert's place in its group's dequantised scratch.
       const T* a_gu = fp8 ? wgu + static_cast<size_t>(e % group) * gu_size : L.experts_gate_up + e * gu_size;
       const T* a_dn = fp8 ? wdn + static_cast<size_t>(e % group) * dn_size : L.experts_down + e * dn_size;
-      for (int r = r0; r < r1; r += rows, ++k) {
-        const size_t pad = static_cast<size_t>(k) * rows;
-        p[k] = a_gu;
-        p[slots + k] = xg + static_cast<size_t>(r) * H;
-        p[2 * slots + k] = gu + pad * 2 * I;
-        p[3 * slots + k] = a_dn;
-        p[4 * slots + k] = act + pad * I;
-        p[5 * slots + k] = out + pad * H;
-      }
+      const size_t pad = static_cast<size_t>(slot_base_host_[static_cast<size_t>(e)]) + at;
+      p[k] = a_gu;
+      p[slots + k] = xg + static_cast<size_t>(first) * H;
+      p[2 * slots + k] = gu + pad * 2 * I * ob;
+      p[3 * slots + k] = a_dn;
+      p[4 * slots + k] = act + pad * I;
+      p[5 * slots + k] = out + pad * H * ob;
     }
     const size_t ptr_bytes = slot_ptrs_host_.size() * sizeof(void*),
                  base_bytes = static_cast<size_t>(E + 1) * sizeof(int32_t);
@@ -1061,11 +1068,21 @@ class cuda_backend final : public forward_backend {
     auto* const* dp = reinterpret_cast<void* const*>(d);
     const auto* base = reinterpret_cast<const int32_t*>(d + ptr_bytes);
     int32_t* slot_index = ws_slot_index_.as<int32_t>(static_cast<size_t>(R));
-    cuda::expert_slot_index(ids, g.slot_row, g.offsets, base, R, rows, slot_index, stream_);
+    cuda::expert_slot_index(ids, g.slot_row, g.offsets, base, R, slot_index, stream_);
     const float one = 1.0f, zero = 0.0f;
-    for (int e0 = 0; e0 < E; e0 += group) {
+    // Slots k0.. (n of them): gate and up, or (down) the experts' rows.
+    const auto products = [&](bool down, int k0, int n) {
+      const int out_rows = down ? H : 2 * I, inner = down ? I : H, a = down ? 3 : 0;
+      check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out_rows, rows, inner, &one, dp + a * slots + k0,
+                                     data_type<T>(), inner, dp + (a + 1) * slots + k0, data_type<T>(), inner, &zero,
+                                     const_cast<void**>(dp + (a + 2) * slots + k0), out_type, out_rows, n,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 down ? "experts down" : "experts gate and up");
+    };
+    for (int e0 = 0, k0 = 0; e0 < E; e0 += group) {
       const int e1 = std::min(E, e0 + group);
-      const int k0 = slot_base_host_[static_cast<size_t>(e0)], n = slot_base_host_[static_cast<size_t>(e1)] - k0;
+      int n = 0;
+      while (k0 + n < slots && slot_list_[static_cast<size_t>(k0 + n)].expert < e1) ++n;
       if (n == 0) continue;
       if constexpr (std::is_same_v<T, bf16>) {
         if (fp8) {
@@ -1073,19 +1090,24 @@ class cuda_backend final : public forward_backend {
           cuda::dequantise_experts(L.experts_down_fp8, e0, e1 - e0, H, I, wdn, stream_);
         }
       }
-      check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, 2 * I, rows, H, &one, dp + k0, data_type<T>(), H,
-                                     dp + slots + k0, data_type<T>(), H, &zero, const_cast<void**>(dp + 2 * slots + k0),
-                                     CUDA_R_32F, 2 * I, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "experts gate and up");
-      cuda::silu_mul<T>(gu + static_cast<size_t>(k0) * rows * 2 * I, I, n * rows, act + static_cast<size_t>(k0) * rows * I,
-                        stream_);
-      check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, H, rows, I, &one, dp + 3 * slots + k0, data_type<T>(),
-                                     I, dp + 4 * slots + k0, data_type<T>(), I, &zero,
-                                     const_cast<void**>(dp + 5 * slots + k0), CUDA_R_32F, H, n, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT),
-                 "experts down");
+      products(false, k0, n);
+      // SiLU-mul over the group's padded rows.
+      const int p0 = slot_base_host_[static_cast<size_t>(e0)], pn = slot_base_host_[static_cast<size_t>(e1)] - p0;
+      const char* gu0 = gu + static_cast<size_t>(p0) * 2 * I * ob;
+      T* act0 = act + static_cast<size_t>(p0) * I;
+      if constexpr (std::is_same_v<T, bf16>) {
+        if (narrow) cuda::silu_mul(reinterpret_cast<const bf16*>(gu0), I, pn, act0, stream_);
+      }
+      if (!narrow) cuda::silu_mul<T>(reinterpret_cast<const float*>(gu0), I, pn, act0, stream_);
+      products(true, k0, n);
+      k0 += n;
     }
-    return finish_moe(shared, out, slot_index, wts);
+    if (narrow) {
+      cuda::moe_sum sum = finish_moe(shared, nullptr, slot_index, wts);
+      sum.rows16 = reinterpret_cast<const bf16*>(out);
+      return sum;
+    }
+    return finish_moe(shared, reinterpret_cast<float*>(out), slot_index, wts);
   }
 
   /// The shared experts' SwiGLU and down product, on the side stream for small batches (it waits
@@ -1152,9 +1174,15 @@ class cuda_backend final : public forward_backend {
   // at V2-Lite's shapes, against 30 us a token more on the FP8 product.
   static constexpr int fp8_slot_tokens = 512;
   const int slot_rows = env_int("TOLLGATE_ENGINE_SLOT_ROWS", 0);
+  // TOLLGATE_ENGINE_SLOT_OUT_FLOAT=1: bf16 slots' products write float (for measurements).
+  const bool slot_out_float_ = env_int("TOLLGATE_ENGINE_SLOT_OUT_FLOAT", 0) == 1;
   // Prefill's expert products in slots (slot_experts): the slots' first rows and the matrices
   // each product reads and writes, on the host and on the device.
+  struct slot_entry {
+    int expert, first, at;  ///< the expert, its first grouped row, its first row in the expert's padding
+  };
   std::vector<int32_t> slot_base_host_;
+  std::vector<slot_entry> slot_list_;
   std::vector<const void*> slot_ptrs_host_;
   std::vector<void*> allocations_;
   size_t weight_bytes_ = 0;

@@ -18,30 +18,39 @@ __global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, 
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = to_float(table[row + i]);
 }
 
+// Four bf16 values of p at unit u (8 bytes), as floats.
+__device__ __forceinline__ float4 load4(const bf16* p, size_t u) {
+  const uint2 raw = reinterpret_cast<const uint2*>(p)[u];
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x)),
+               b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
 template <typename T>
 __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const float* bias, const float* w, float eps,
                                int cols, const int32_t* rows, T* out) {
   enter_in_order();
   __shared__ float scratch[32];
-  __shared__ const float* expert_row[32];
+  __shared__ size_t expert_row[32];
   __shared__ float expert_weight[32];
   const int token = rows ? rows[blockIdx.x] : blockIdx.x;
   const size_t src = static_cast<size_t>(token) * cols;
-  if (moe.rows && static_cast<int>(threadIdx.x) < moe.top_k) {
+  if (moe.any() && static_cast<int>(threadIdx.x) < moe.top_k) {
     const int slot = token * moe.top_k + threadIdx.x;
-    expert_row[threadIdx.x] = moe.rows + static_cast<size_t>(moe.slot_row[slot]) * cols;
+    expert_row[threadIdx.x] = static_cast<size_t>(moe.slot_row[slot]) * cols;
     expert_weight[threadIdx.x] = moe.weights[slot];
   }
   __syncthreads();
   float* xr = x + src;
-  const bool changes = add || bias || moe.rows;
+  const bool changes = add || bias || moe.any();
   float ss = 0;
   for (int i = threadIdx.x; i < cols; i += blockDim.x) {
     float v = xr[i];
     if (add) v += add[src + i];
-    if (moe.rows) {
+    if (moe.any()) {
       float m = moe.shared ? moe.shared[src + i] : 0.0f;
-      for (int k = 0; k < moe.top_k; ++k) m += expert_row[k][i] * expert_weight[k];
+      for (int k = 0; k < moe.top_k; ++k)
+        m += (moe.rows16 ? to_float(moe.rows16[expert_row[k] + i]) : moe.rows[expert_row[k] + i]) * expert_weight[k];
       v += m;
     }
     if (bias) v += bias[i];
@@ -61,19 +70,19 @@ __global__ void rmsnorm_vec_kernel(float* x, const float* add, moe_sum moe, cons
                                    float eps, int cols, const int32_t* rows, T* out) {
   enter_in_order();
   __shared__ float scratch[32];
-  __shared__ const float4* expert_row[32];
+  __shared__ size_t expert_row[32];  // the row's first unit of 4 values
   __shared__ float expert_weight[32];
   const int token = rows ? rows[blockIdx.x] : blockIdx.x;
   const size_t src = static_cast<size_t>(token) * cols;
-  if (moe.rows && static_cast<int>(threadIdx.x) < moe.top_k) {
+  if (moe.any() && static_cast<int>(threadIdx.x) < moe.top_k) {
     const int slot = token * moe.top_k + threadIdx.x;
-    expert_row[threadIdx.x] = reinterpret_cast<const float4*>(moe.rows + static_cast<size_t>(moe.slot_row[slot]) * cols);
+    expert_row[threadIdx.x] = static_cast<size_t>(moe.slot_row[slot]) * cols / 4;
     expert_weight[threadIdx.x] = moe.weights[slot];
   }
   __syncthreads();
   float4* xr = reinterpret_cast<float4*>(x + src);
   const int units = cols / 4;
-  const bool changes = add || bias || moe.rows;
+  const bool changes = add || bias || moe.any();
   float4 v[U];
   float ss = 0;
 #pragma unroll
@@ -83,10 +92,11 @@ __global__ void rmsnorm_vec_kernel(float* x, const float* add, moe_sum moe, cons
     float4 a = xr[i];
     const auto plus = [&](float4 b, float f) { a.x += b.x * f, a.y += b.y * f, a.z += b.z * f, a.w += b.w * f; };
     if (add) plus(reinterpret_cast<const float4*>(add + src)[i], 1.0f);
-    if (moe.rows) {
+    if (moe.any()) {
       float4 m = moe.shared ? reinterpret_cast<const float4*>(moe.shared + src)[i] : make_float4(0, 0, 0, 0);
       for (int k = 0; k < moe.top_k; ++k) {
-        const float4 e = expert_row[k][i];
+        const float4 e = moe.rows16 ? load4(moe.rows16, expert_row[k] + i)
+                                    : reinterpret_cast<const float4*>(moe.rows)[expert_row[k] + i];
         const float f = expert_weight[k];
         m.x += e.x * f, m.y += e.y * f, m.z += e.z * f, m.w += e.w * f;
       }
@@ -140,6 +150,19 @@ __global__ void silu_mul4_kernel(const float* gu, int inter, size_t stride, int 
   }
 }
 
+// silu_mul4_kernel with gate and up in bf16.
+__global__ void silu_mul4_bf16_kernel(const bf16* gu, int inter, int n, bf16* out) {
+  enter_in_order();
+  const int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= inter) return;
+  const auto silu = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
+  for (int r = blockIdx.y; r < n; r += gridDim.y) {
+    const bf16* row = gu + static_cast<size_t>(r) * 2 * inter;
+    const float4 g = load4(row, i / 4), u = load4(row + inter, i / 4);
+    store4(out + static_cast<size_t>(r) * inter + i, silu(g.x, u.x), silu(g.y, u.y), silu(g.z, u.z), silu(g.w, u.w));
+  }
+}
+
 __global__ void add_bias_kernel(float* y, const float* bias, int cols, size_t total) {
   enter_in_order();
   for (size_t k = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; k < total;
@@ -161,12 +184,12 @@ __global__ void gather_rows_kernel(const T* src, const int32_t* rows, int cols, 
 }
 
 __global__ void expert_slot_index_kernel(const int32_t* ids, const int32_t* slot_row, const int32_t* offsets,
-                                         const int32_t* base, int n, int slot_rows, int32_t* slot_index) {
+                                         const int32_t* base, int n, int32_t* slot_index) {
   enter_in_order();
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= n) return;
   const int e = ids[k];
-  slot_index[k] = base[e] * slot_rows + slot_row[k] - offsets[e];
+  slot_index[k] = base[e] + slot_row[k] - offsets[e];
 }
 
 template <typename T>
@@ -214,9 +237,10 @@ template <typename T>
 void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, const float* w, float eps, int cols,
              int n, const int32_t* rows, T* out, cudaStream_t s) {
   if (n == 0) return;
-  if (moe.rows && (moe.top_k < 1 || moe.top_k > 32)) throw std::runtime_error("rmsnorm: top_k must be 1..32");
+  if (moe.any() && (moe.top_k < 1 || moe.top_k > 32)) throw std::runtime_error("rmsnorm: top_k must be 1..32");
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (cols % 4 == 0 && cols <= 4 * 4 * 512 && aligned(x) && aligned(add) && aligned(moe.rows) && aligned(moe.shared) &&
+  if (cols % 4 == 0 && cols <= 4 * 4 * 512 && aligned(x) && aligned(add) && aligned(moe.rows) && aligned(moe.rows16) &&
+      aligned(moe.shared) &&
       aligned(bias) && aligned(w)) {
     const int units = cols / 4;
     const int threads = units >= 512 ? 512 : (units + 31) / 32 * 32;
@@ -226,6 +250,15 @@ void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, 
   }
   const int threads = cols >= 1024 ? 512 : (cols >= 256 ? 256 : 64);
   launch_early(device::rmsnorm_kernel<T>, dim3(n), dim3(threads), 0, s, x, add, moe, bias, w, eps, cols, rows, out);
+  check_launch();
+}
+
+void silu_mul(const bf16* gu, int inter, int n, bf16* out, cudaStream_t s) {
+  if (static_cast<size_t>(inter) * n == 0) return;
+  if (inter % 4 != 0 || reinterpret_cast<uintptr_t>(gu) % 8 != 0 || reinterpret_cast<uintptr_t>(out) % 8 != 0)
+    throw std::runtime_error("silu_mul: bf16 rows must be multiples of 4 values, 8-byte aligned");
+  const dim3 grid(static_cast<unsigned>((inter / 4 + 127) / 128), static_cast<unsigned>(std::min(n, 65535)));
+  launch_early(device::silu_mul4_bf16_kernel, grid, dim3(128), 0, s, gu, inter, n, out);
   check_launch();
 }
 
@@ -260,10 +293,10 @@ void gather_rows(const T* src, const int32_t* rows, int cols, int n, T* dst, cud
 }
 
 void expert_slot_index(const int32_t* ids, const int32_t* slot_row, const int32_t* offsets, const int32_t* base, int n,
-                       int slot_rows, int32_t* slot_index, cudaStream_t s) {
+                       int32_t* slot_index, cudaStream_t s) {
   if (n == 0) return;
   launch_early(device::expert_slot_index_kernel, dim3(static_cast<unsigned>((n + 255) / 256)), dim3(256), 0, s, ids,
-               slot_row, offsets, base, n, slot_rows, slot_index);
+               slot_row, offsets, base, n, slot_index);
   check_launch();
 }
 

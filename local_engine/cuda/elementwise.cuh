@@ -21,6 +21,8 @@ struct moe_sum {
   const float* weights = nullptr;
   const float* shared = nullptr;
   int top_k = 0;
+  const bf16* rows16 = nullptr;  ///< the rows in bf16 instead of rows (prefill's grouped experts)
+  __host__ __device__ bool any() const { return rows || rows16; }
 };
 
 /// For each output row r < n with source row i = rows ? rows[r] : r:
@@ -36,6 +38,9 @@ void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, 
 template <typename T>
 void silu_mul(const float* gu, int inter, int n, T* out, cudaStream_t s, int stride = 0);
 
+/// silu_mul with gate and up in bf16 (rows 2 * inter apart; inter a multiple of 4).
+void silu_mul(const bf16* gu, int inter, int n, bf16* out, cudaStream_t s);
+
 /// y[r, c] += bias[c].
 void add_bias(float* y, const float* bias, int cols, int n, cudaStream_t s);
 
@@ -43,11 +48,11 @@ void add_bias(float* y, const float* bias, int cols, int n, cudaStream_t s);
 template <typename T>
 void gather_rows(const T* src, const int32_t* rows, int cols, int n, T* dst, cudaStream_t s);
 
-/// Prefill's experts in slots (cuda_forward.cpp, slot_experts): slot_index[s] = base[ids[s]] *
-/// slot_rows + slot_row[s] - offsets[ids[s]] for the n slots s (token, k): the padded row where
-/// that slot's row went, base[e] being expert e's first slot.
+/// Prefill's experts in slots (cuda_forward.cpp, slot_experts): slot_index[s] = base[ids[s]] +
+/// slot_row[s] - offsets[ids[s]] for the n slots s (token, k): the padded row where that slot's row
+/// went, base[e] being expert e's first padded row.
 void expert_slot_index(const int32_t* ids, const int32_t* slot_row, const int32_t* offsets, const int32_t* base, int n,
-                       int slot_rows, int32_t* slot_index, cudaStream_t s);
+                       int32_t* slot_index, cudaStream_t s);
 
 /// dst[i] = T(src[i]).
 template <typename T>
