@@ -21,7 +21,7 @@ struct moe_sum {
   const float* weights = nullptr;
   const float* shared = nullptr;
   int top_k = 0;
-  const bf16* rows16 = nullptr;  ///< the rows in bf16 instead of rows (prefill's grouped experts)
+  const bf16* rows16 = nullptr;  ///< the rows in bf16 instead of rows (prefill's expert slots in bf16 mode)
   __host__ __device__ bool any() const { return rows || rows16; }
 };
 
