@@ -32,15 +32,14 @@ int choose_splits(int n, const mla_dims& d, int max_len) {
 
 namespace device {
 
-// grid (token, heads + 1): block y < heads copies head y's nope part (q in float) and rotates its
-// rope query; block y == heads normalises the latent into the cache and rotates the rope key.
+// Part h of token blockIdx.x's preparation: h < heads copies head h's nope part (q in float) and
+// rotates its rope query; h == heads normalises the latent into the cache and rotates the rope key.
 template <typename T>
-__global__ void mla_prepare_kernel(const float* ckv, int ckv_stride, const float* norm_w, float eps, mla_query<T> q,
-                                   const float2* rope_cs, bool interleave, mla_dims d, token_map map, T* q_full,
-                                   T* cache) {
-  enter_in_order();
+__device__ void prepare_part(const float* ckv, int ckv_stride, const float* norm_w, float eps, const mla_query<T>& q,
+                             const float2* rope_cs, bool interleave, const mla_dims& d, const token_map& map, T* q_full,
+                             T* cache, int h) {
   __shared__ float scratch[32];
-  const int t = blockIdx.x, h = blockIdx.y;
+  const int t = blockIdx.x;
   const int W = d.width(), half = d.rope_dim / 2;
   const float* row = ckv + static_cast<size_t>(t) * ckv_stride;
   const float2* cs = rope_cs + static_cast<size_t>(map.pos[t]) * half;
@@ -79,6 +78,18 @@ __global__ void mla_prepare_kernel(const float* ckv, int ckv_stride, const float
       rotate(i, to_float(qh[p.x]), to_float(qh[p.y]), dst);
     }
   }
+}
+
+// grid (token, (heads + 1) / per_block rounded up): block y takes parts y * per_block.. of its
+// token, one after another.
+template <typename T>
+__global__ void mla_prepare_kernel(const float* ckv, int ckv_stride, const float* norm_w, float eps, mla_query<T> q,
+                                   const float2* rope_cs, bool interleave, mla_dims d, token_map map, T* q_full,
+                                   T* cache, int per_block) {
+  enter_in_order();
+  const int h0 = blockIdx.y * per_block, h1 = min(d.heads + 1, h0 + per_block);
+  for (int h = h0; h < h1; ++h)
+    prepare_part(ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache, h);
 }
 
 // grid: (token, head group, split). Each block runs an online softmax over its share of the
@@ -472,8 +483,16 @@ void mla_prepare(const float* ckv, int ckv_stride, const float* norm_w, float ep
                  const float2* rope_cs, bool interleave, const mla_dims& d, int n, const token_map& map, T* q_full,
                  T* cache, cudaStream_t s) {
   if (n == 0) return;
-  launch_early(device::mla_prepare_kernel<T>, dim3(static_cast<unsigned>(n), static_cast<unsigned>(d.heads + 1)),
-               dim3(128), 0, s, ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache);
+  // Parts (heads and the latent) a block: one for a few tokens (spread over the GPU), several for
+  // prompts, whose (token, part) blocks are too small to be worth their scheduling.
+  static const int prompt_parts = [] {
+    const char* v = std::getenv("TOLLGATE_ENGINE_PREPARE_PARTS");
+    return v && std::atoi(v) > 0 ? std::atoi(v) : 6;
+  }();
+  const int per_block = n > 256 ? std::min(prompt_parts, d.heads + 1) : 1;
+  launch_early(device::mla_prepare_kernel<T>,
+               dim3(static_cast<unsigned>(n), static_cast<unsigned>((d.heads + 1 + per_block - 1) / per_block)),
+               dim3(128), 0, s, ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache, per_block);
   check_launch();
 }
 

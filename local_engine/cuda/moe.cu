@@ -163,7 +163,18 @@ __device__ void group_slots(const int32_t* ids, int total, int top_k, int expert
   __shared__ int32_t count[1024], cursor[1024], buf[2 * 256];
   for (int e = threadIdx.x; e < experts; e += blockDim.x) count[e] = 0;
   __syncthreads();
-  for (int k = threadIdx.x; k < total; k += blockDim.x) atomicAdd(&count[__ldcg(ids + k)], 1);
+  // ids read `ahead` a thread at a time (a prompt's thousands of slots pass through this one
+  // block: one load in flight a thread would make it a chain of L2 latencies).
+  constexpr int ahead = 8;
+  const int stride = static_cast<int>(blockDim.x);
+  for (int k0 = threadIdx.x; k0 < total; k0 += ahead * stride) {
+    int32_t id[ahead];
+#pragma unroll
+    for (int u = 0; u < ahead; ++u) id[u] = k0 + u * stride < total ? __ldcg(ids + k0 + u * stride) : -1;
+#pragma unroll
+    for (int u = 0; u < ahead; ++u)
+      if (id[u] >= 0) atomicAdd(&count[id[u]], 1);
+  }
   __syncthreads();
   // Thread t takes experts [t * per, (t + 1) * per): its rows and active experts, then the scans.
   const int per = (experts + blockDim.x - 1) / blockDim.x, e0 = threadIdx.x * per, e1 = min(experts, e0 + per);
@@ -179,10 +190,18 @@ __device__ void group_slots(const int32_t* ids, int total, int top_k, int expert
   }
   if (e0 < experts && e1 == experts) out.offsets[experts] = at, out.active[0] = rank;
   __syncthreads();
-  for (int k = threadIdx.x; k < total; k += blockDim.x) {
-    const int32_t r = atomicAdd(&cursor[__ldcg(ids + k)], 1);
-    out.row_token[r] = k / top_k;
-    out.slot_row[k] = r;
+  for (int k0 = threadIdx.x; k0 < total; k0 += ahead * stride) {
+    int32_t id[ahead];
+#pragma unroll
+    for (int u = 0; u < ahead; ++u) id[u] = k0 + u * stride < total ? __ldcg(ids + k0 + u * stride) : -1;
+#pragma unroll
+    for (int u = 0; u < ahead; ++u) {
+      if (id[u] < 0) continue;
+      const int k = k0 + u * stride;
+      const int32_t r = atomicAdd(&cursor[id[u]], 1);
+      out.row_token[r] = k / top_k;
+      out.slot_row[k] = r;
+    }
   }
 }
 
