@@ -261,6 +261,8 @@ int main(int argc, char** argv) try {
   const bool profile_prefill = profile_env != nullptr && std::string(profile_env) == "prefill";
   const bool profile = profile_env != nullptr && !profile_prefill;
   if (modes.empty()) throw std::invalid_argument("--dense takes row counts, 0 to 64");
+  // The first three decode steps are warm-up, not timed.
+  if (steps < 4) throw std::invalid_argument("--steps takes 4 or more (three warm-up steps and at least one timed)");
 
   const double bw = copy_bandwidth(), peak = matmul_rate();
   std::printf("ceilings: copy %.2f TB/s (read + write), bf16 matmul %.0f TFLOP/s\n", bw / 1e12, peak / 1e12);
