@@ -7,7 +7,10 @@
 # tollgate bench reports its CPU time per run (client_cpu_s in its JSON), which leaves out its
 # start (loading the tokenizer, making prompts); wrk's is read from the kernel for the whole run.
 #
-# Usage: tests/perf/bench_client.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=5 CONC=64)
+# Usage: tests/perf/bench_client.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=5 CONC=64 RT=0)
+# RT=1 runs the client and nginx at real-time priority (chrt -f 50; needs root), so that on a
+# machine busy with other work each still gets its whole core: the wall-clock figures are then the
+# client's and not the machine's (the kernel keeps 5% of each second for everything else).
 # The upstream is nginx (one worker, pinned to CPU 1) answering a fixed chat.completion body, or a
 # fixed 16-token SSE stream with usage; the client is pinned to CPU 0. Medians over rounds.
 set -euo pipefail
@@ -15,6 +18,8 @@ build=$(cd "${1:-build}" && pwd)
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5}
 conc=${CONC:-64}
+rt=()
+if [ "${RT:-0}" = 1 ]; then rt=(chrt -f 50); fi
 source "$(dirname "$0")/../support/procs.sh"
 command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh --bench installs it)"; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is not installed (deploy/setup.sh --bench installs it)"; exit 1; }
@@ -49,7 +54,7 @@ http {
   }
 }
 NGX
-taskset -c 1 nginx -e "$work/up/error.log" -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
+${rt[@]+"${rt[@]}"} taskset -c 1 nginx -e "$work/up/error.log" -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 for _ in $(seq 50); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
@@ -69,7 +74,7 @@ r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print("CPU", r.ru_utime + r.ru_stime)' "$@"
 }
 bench() {  # path [--stream] -> "requests/s requests-per-CPU-second"
-  taskset -c 0 "$build/tollgate" bench --base-url "http://127.0.0.1:$port/$1/v1" --model m \
+  ${rt[@]+"${rt[@]}"} taskset -c 0 "$build/tollgate" bench --base-url "http://127.0.0.1:$port/$1/v1" --model m \
     --concurrency "$conc" --duration "$duration" --prompt-tokens 16 --max-tokens 16 --quiet \
     --json "$work/b.json" "${@:2}" >/dev/null 2>&1
   python3 -c 'import json,sys
@@ -78,7 +83,7 @@ assert r["success_rate"] == 1, r["errors"]
 print(round(r["requests_per_s"]), round(r["requests"] / r["client_cpu_s"]))' "$work/b.json"
 }
 wrk_rps() {  # path -> "requests/s requests-per-CPU-second"
-  cpu_of taskset -c 0 wrk -t1 -c"$conc" -d"${duration}s" -s "$work/post.lua" "http://127.0.0.1:$port/$1/v1/chat/completions" \
+  cpu_of ${rt[@]+"${rt[@]}"} taskset -c 0 wrk -t1 -c"$conc" -d"${duration}s" -s "$work/post.lua" "http://127.0.0.1:$port/$1/v1/chat/completions" \
     2>/dev/null | awk '/^RESULT/ {rps = $2; n = $3} /^CPU/ {printf "%d %d\n", rps, n / $2}'
 }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
@@ -96,8 +101,8 @@ for r in $(seq 1 "$rounds"); do
     cpu[$k]+="$c "
   done
 done
-printf '\n%s rounds x %ss, %s in flight, client on CPU 0, nginx on CPU 1, load %s\n\n' "$rounds" "$duration" "$conc" \
-  "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf '\n%s rounds x %ss, %s in flight, client on CPU 0, nginx on CPU 1%s, load %s\n\n' "$rounds" "$duration" "$conc" \
+  "$([ ${#rt[@]} -gt 0 ] && echo ', both at real-time priority')" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| answer | client | requests/s (median) | requests per CPU-second (median) | rounds (requests/s) |\n|---|---|---|---|---|\n'
 for k in wrk_plain bench_plain wrk_stream bench_stream; do
   name=${k%_*}; [ "$name" = bench ] && name="tollgate bench"
