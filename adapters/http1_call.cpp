@@ -18,6 +18,7 @@
 #include "adapters/event_mailbox.hpp"
 #include "adapters/send_now.hpp"
 #include "adapters/upstream_pool.hpp"
+#include "protocol/http1_head.hpp"
 
 namespace tollgate::adapters {
 
@@ -309,6 +310,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   /// it has read the whole body.
   void send() {
     parser_.emplace(*this);
+    fast_ = false;
     got_bytes_ = false;
     writing_ = false;
     write_failed_ = false;
@@ -430,8 +432,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   /// say), which the kernel may still hold or the upstream never read; whether our write has
   /// ended when the answer is read is a race.
   bool keep_alive_after(std::size_t left_in_buffer) const {
-    const bool success = parser_->status() >= 200 && parser_->status() < 300;
-    return parser_->keep_alive() && left_in_buffer == 0 && !write_failed_ && (success || !large_request_);
+    const bool success = status() >= 200 && status() < 300;
+    return answer_keep_alive() && left_in_buffer == 0 && !write_failed_ && (success || !large_request_);
   }
 
   void on_read(boost::system::error_code ec, std::size_t n) {
@@ -456,6 +458,20 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool parse() {
     auto& buffer = connection_->buffer;
     while (buffer.size() > 0) {
+      if (!fast_ && !parser_->got_some()) start_fast();
+      if (fast_) {
+        // A body of a known length after a head read in one pass: taken as it comes.
+        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(fast_left_, buffer.size()));
+        on_body(std::string_view(static_cast<const char*>(buffer.data().data()), n));
+        buffer.consume(n);
+        fast_left_ -= n;
+        if (fast_left_ == 0) {
+          if (direct_) finish_answer();  // all of it came with the head
+          complete(keep_alive_after(buffer.size()));
+          return false;
+        }
+        continue;
+      }
       beast::error_code ec;
       const std::size_t used = parser_->put(buffer.data(), ec);
       buffer.consume(used);
@@ -479,9 +495,28 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     return true;
   }
 
+  /// Reads the answer's head in one pass when it is whole in the buffer and of the usual shape
+  /// (protocol/http1_head.hpp), and starts its body; otherwise Beast's parser reads it.
+  void start_fast() {
+    auto& buffer = connection_->buffer;
+    response_head head;
+    const auto fast = read_response_head(std::string_view(static_cast<const char*>(buffer.data().data()), buffer.size()), head);
+    if (!fast) return;
+    buffer.consume(fast->head_length);
+    fast_ = true;
+    fast_status_ = head.status;
+    fast_keep_alive_ = fast->keep_alive;
+    fast_left_ = fast->content_length;
+    on_head(std::move(head));
+    if (fast_left_ > 0) on_body_init(fast_status_, fast_left_);
+  }
+
+  int status() const { return fast_ ? fast_status_ : parser_->status(); }
+  bool answer_keep_alive() const { return fast_ ? fast_keep_alive_ : parser_->keep_alive(); }
+
   void on_eof() {
     if (!got_bytes_ && retry_fresh()) return;
-    if (parser_->is_header_done() && parser_->need_eof()) {
+    if (!fast_ && parser_->is_header_done() && parser_->need_eof()) {
       beast::error_code ec;
       parser_->put_eof(ec);
       if (!ec) {
@@ -581,6 +616,10 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   std::vector<net::const_buffer> rest_;     // what the first sendmsg did not take
   std::shared_ptr<upstream_connection> connection_;
   std::optional<response_reader> parser_;
+  bool fast_ = false;               // the answer's head was read in one pass (start_fast())
+  int fast_status_ = 0;             // its status
+  bool fast_keep_alive_ = false;    // whether it leaves the connection open
+  std::uint64_t fast_left_ = 0;     // body bytes still to come
   std::optional<tcp::resolver> resolver_;
   std::optional<net::steady_timer> connect_timer_;
   std::chrono::steady_clock::time_point connect_deadline_;
@@ -630,6 +669,22 @@ class http1_call final : public call {
 };
 
 }  // namespace
+
+std::optional<fast_response> read_response_head(std::string_view buffered, response_head& out) {
+  const std::size_t length = protocol::complete_head_length(buffered);
+  if (length == 0) return std::nullopt;
+  protocol::http1_head head;
+  out.headers.clear();
+  out.headers.reserve(12);
+  // The reader takes names that are tokens and values without control bytes but HTAB only: what
+  // valid_field_name() and valid_field_value() ask of the parser's fields.
+  const bool taken = protocol::read_head(buffered.substr(0, length), false, head, [&](const protocol::head_field& f) {
+    out.headers.emplace_back(lower(f.name), std::string(f.value));
+  });
+  if (!taken || !head.content_length) return std::nullopt;
+  out.status = head.status;
+  return fast_response{length, *head.content_length, head.persistent()};
+}
 
 std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request request, io_refs refs) {
   auto t = std::make_shared<transfer>(origin, refs, std::move(request));

@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -33,6 +35,20 @@ struct http1_origin {
   /// Precondition: cfg is of a remote kind, and its base_url starts with http://.
   static http1_origin from(const config::backend_config& cfg);
 };
+
+/// A response head read in one pass by read_response_head().
+struct fast_response {
+  std::size_t head_length = 0;       ///< bytes of head, blank line included
+  std::uint64_t content_length = 0;  ///< the body's
+  bool keep_alive = false;           ///< the connection stays open after it
+};
+
+/// Reads the complete head at the start of buffered into out when it has the usual shape
+/// (protocol/http1_head.hpp) and a Content-Length: the status, and the fields in order with their
+/// names lower-cased, as the client's Beast parser would give them. nullopt leaves the head to
+/// that parser (not complete yet, chunked, to the connection's end, 1xx, malformed); out is then
+/// unspecified.
+std::optional<fast_response> read_response_head(std::string_view buffered, response_head& out);
 
 /// Starts the request at once on refs' thread. The origin must outlive the call (it belongs to
 /// the backend, which the request's runtime snapshot keeps alive).

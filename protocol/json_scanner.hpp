@@ -8,6 +8,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -176,7 +177,7 @@ struct member {
 /// slow for 10 MB bodies on every request, and the member spans come from the same pass.
 class json_scanner {
  public:
-  explicit json_scanner(std::string_view text) : s_(text) { members_.reserve(16); }
+  explicit json_scanner(std::string_view text) : s_(text) {}
 
   /// true when the whole text is one valid JSON value.
   bool scan() {
@@ -204,14 +205,29 @@ class json_scanner {
   /// Offset of the object's '{'.
   std::size_t open_brace() const { return value_begin_; }
   /// The object's members in text order, duplicates included.
-  const std::vector<member>& members() const { return members_; }
+  std::span<const member> members() const {
+    return more_.empty() ? std::span<const member>(first_.data(), count_) : std::span<const member>(more_);
+  }
 
  private:
   // Past the end reads as NUL, a byte that valid JSON never has outside a string.
   char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
 
   void skip_ws() {
+    // Compact JSON has no whitespace between its tokens: one compare finds that out.
+    if (i_ < s_.size() && static_cast<unsigned char>(s_[i_]) > ' ') return;
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
+  }
+
+  /// Objects of up to first_.size() members (a request, an answer, its usage) are recorded
+  /// without an allocation.
+  void add_member(const member& m) {
+    if (more_.empty() && count_ < first_.size()) {
+      first_[count_++] = m;
+      return;
+    }
+    if (more_.empty()) more_.assign(first_.begin(), first_.end());
+    more_.push_back(m);
   }
 
   bool scan_members() {
@@ -233,7 +249,7 @@ class json_scanner {
       m.value_begin = i_;
       if (!scan_value()) return false;
       m.value_end = i_;
-      members_.push_back(m);
+      add_member(m);
       skip_ws();
       if (peek() == '}') {
         ++i_;
@@ -415,10 +431,12 @@ class json_scanner {
     }
   }
 
+  std::array<member, 16> first_;
+  std::size_t count_ = 0;
+  std::vector<member> more_;  // all of them, once there are more than first_ holds
   std::string_view s_;
   std::size_t i_ = 0;
   std::size_t value_begin_ = 0, value_end_ = 0;
-  std::vector<member> members_;
   std::string open_;  // the opening bytes of the containers scan_value is inside
   std::size_t base_depth_ = 0;  // containers around scan_value's: 1 inside the top-level object
   bool too_deep_ = false;

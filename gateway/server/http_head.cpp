@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <charconv>
 
+#include "protocol/http1_head.hpp"
+
 namespace tollgate::gateway {
 
 namespace http = boost::beast::http;
@@ -53,6 +55,20 @@ void transfer_codings::add(std::string_view list) {
       return (a | 0x20) == b;
     });
   }
+}
+
+std::optional<fast_request> read_request_head(std::string_view buffered, std::uint64_t body_limit,
+                                              http::request<http::string_body>& req) {
+  const std::size_t length = protocol::complete_head_length(buffered);
+  if (length == 0) return std::nullopt;
+  protocol::http1_head head;
+  const bool taken = protocol::read_head(buffered.substr(0, length), true, head,
+                                         [&](const protocol::head_field& f) { req.insert(f.name, f.value); });
+  if (!taken || head.content_length.value_or(0) > body_limit) return std::nullopt;
+  req.method_string(head.method);
+  req.target(head.target);
+  req.version(head.version);
+  return fast_request{length, head.content_length.value_or(0)};
 }
 
 }  // namespace tollgate::gateway

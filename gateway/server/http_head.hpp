@@ -3,7 +3,11 @@
 // general message serializer.
 #pragma once
 
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -42,5 +46,19 @@ class transfer_codings {
   std::size_t codings_ = 0;
   bool chunked_ = false;  // the last coding seen is chunked
 };
+
+/// A request head read by read_request_head().
+struct fast_request {
+  std::size_t head_length = 0;     ///< bytes of head, blank line included
+  std::uint64_t content_length = 0;  ///< 0: no body
+};
+
+/// Reads the complete head at the start of buffered into req (fresh) when it has the usual shape
+/// (protocol/http1_head.hpp): the same method, target, version and fields, in order, that Beast's
+/// parser would give it. nullopt leaves it to Beast's parser: no complete head yet, a shape the
+/// fast reader does not take (chunked, obs-fold, a Connection list), a malformed head (the parser
+/// refuses it), or a Content-Length past body_limit (the parser's 413). req is then unspecified.
+std::optional<fast_request> read_request_head(std::string_view buffered, std::uint64_t body_limit,
+                                              boost::beast::http::request<boost::beast::http::string_body>& req);
 
 }  // namespace tollgate::gateway

@@ -77,9 +77,6 @@ class session {
     for (;;) {
       if (w_.shared().draining) break;
       const auto rt = w_.shared().current.load();
-      http::request_parser<http::string_body> parser;
-      parser.header_limit(64 * 1024);
-      parser.body_limit(rt->cfg.server.max_body_bytes);
       out_.set_deadline(rt->cfg.server.idle_timeout);
       entry_->idle = true;
       if (answered && buffer_.size() == 0) {
@@ -89,45 +86,69 @@ class session {
         co_await net::post(socket_.get_executor(), net::use_awaitable);
       }
       answered = true;
-      // The head first: its framing is checked, and a client waiting on Expect: 100-continue is
-      // told to send the body, before the body is read.
-      auto [ec, n] = co_await http::async_read_header(socket_, buffer_, parser, use_tuple);
-      entry_->idle = false;
-      if (!ec && !single_final_chunked(parser.get())) {
-        // RFC 9112 6.3: a body framed by anything but one final chunked cannot be delimited
-        // safely (request smuggling); refused and the connection closed.
-        out_.clear_deadline();
-        co_await refuse(parser.get(), *rt, bad_request("unsupported Transfer-Encoding: only a single chunked is accepted"));
-        co_await drain_and_close();
-        co_return;
+      request req;
+      beast::error_code ec;
+      if (buffer_.size() == 0) {
+        auto [rec, rn] = co_await socket_.async_read_some(buffer_.prepare(beast::read_size(buffer_, 64 * 1024)), use_tuple);
+        buffer_.commit(rn);
+        ec = rec;
       }
-      if (!ec && !parser.is_done()) {
-        if (auto e = parser.get().find(http::field::expect);
-            e != parser.get().end() && beast::iequals(e->value(), "100-continue") && parser.get().version() >= 11) {
-          auto [cec, cn] = co_await net::async_write(socket_, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25), use_tuple);
-          ec = cec;
+      // A complete head of the usual shape is read in one pass; anything else (a head still
+      // coming, chunked, a Connection list, a body past the limit, a malformed head) goes to
+      // Beast's parser, which reads, accepts and refuses it as it always did.
+      std::optional<fast_request> fast;
+      if (!ec) fast = read_request_head(buffered(), rt->cfg.server.max_body_bytes, req);
+      std::optional<http::request_parser<http::string_body>> parser;
+      if (fast) {
+        entry_->idle = false;
+        buffer_.consume(fast->head_length);
+        if (fast->content_length > 0) {
+          // Not awaited when there is nothing to wait for (a coroutine frame each otherwise).
+          if (expects_continue(req)) ec = co_await send_continue();
+          const auto length = static_cast<std::size_t>(fast->content_length);
+          if (!ec && !body_from_buffer(req.body(), length)) ec = co_await read_body_rest(req.body(), length);
         }
-        if (!ec) {
-          if (!parser.chunked() && parser.content_length()) {
-            ec = co_await read_body(parser.get().body(), static_cast<std::size_t>(*parser.content_length()));
-          } else {
-            std::tie(ec, n) = co_await http::async_read(socket_, buffer_, parser, use_tuple);
+      } else if (!ec) {
+        parser.emplace();
+        parser->header_limit(64 * 1024);
+        parser->body_limit(rt->cfg.server.max_body_bytes);
+        // The head first: its framing is checked, and a client waiting on Expect: 100-continue
+        // is told to send the body, before the body is read.
+        std::size_t n = 0;
+        std::tie(ec, n) = co_await http::async_read_header(socket_, buffer_, *parser, use_tuple);
+        entry_->idle = false;
+        if (!ec && !single_final_chunked(parser->get())) {
+          // RFC 9112 6.3: a body framed by anything but one final chunked cannot be delimited
+          // safely (request smuggling); refused and the connection closed.
+          out_.clear_deadline();
+          co_await refuse(parser->get(), *rt, bad_request("unsupported Transfer-Encoding: only a single chunked is accepted"));
+          co_await drain_and_close();
+          co_return;
+        }
+        if (!ec && !parser->is_done()) {
+          if (expects_continue(parser->get())) ec = co_await send_continue();
+          if (!ec) {
+            if (!parser->chunked() && parser->content_length()) {
+              ec = co_await read_body(parser->get().body(), static_cast<std::size_t>(*parser->content_length()));
+            } else {
+              std::tie(ec, n) = co_await http::async_read(socket_, buffer_, *parser, use_tuple);
+            }
           }
         }
       }
       out_.clear_deadline();
-      if (ec == http::error::body_limit) {
-        co_await refuse(parser.get(), *rt, payload_too_large(rt->cfg.server.max_body_bytes));
+      if (ec == http::error::body_limit && parser) {
+        co_await refuse(parser->get(), *rt, payload_too_large(rt->cfg.server.max_body_bytes));
         co_await drain_and_close();
         co_return;
       }
-      if (ec && ec.category() == http::make_error_code(http::error::bad_target).category() &&
+      if (ec && parser && ec.category() == http::make_error_code(http::error::bad_target).category() &&
           ec != http::error::end_of_stream && ec != http::error::partial_message) {
-        co_await refuse(parser.get(), *rt, bad_request("malformed HTTP request: " + ec.message()));
+        co_await refuse(parser->get(), *rt, bad_request("malformed HTTP request: " + ec.message()));
         break;
       }
       if (ec) break;  // closed, timed out, cut off, or cancelled by drain
-      request req = parser.release();
+      if (parser) req = parser->release();
       request_result result = begin(req, *rt);
       record_.bytes_in = req.body().size();
       request_context ctx{w_, req, endpoint_of(req.target()), *rt, out_, conn_, result};
@@ -161,17 +182,47 @@ class session {
     finish(result);
   }
 
+  std::string_view buffered() const {
+    const auto b = buffer_.data();
+    return {static_cast<const char*>(b.data()), b.size()};
+  }
+
+  /// A client that waits on Expect: 100-continue (HTTP/1.1) before it sends its body.
+  static bool expects_continue(const request::header_type& head) {
+    const auto e = head.find(http::field::expect);
+    return e != head.end() && beast::iequals(e->value(), "100-continue") && head.version() >= 11;
+  }
+
+  /// Tells such a client to send its body.
+  net::awaitable<beast::error_code> send_continue() {
+    auto [ec, n] = co_await net::async_write(socket_, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25), use_tuple);
+    co_return ec;
+  }
+
   /// Reads a body of a known length (the head is read, and its limit checked) straight into body:
   /// what the head's read left in the buffer, then the rest from the socket in as few reads as
   /// the kernel allows. Beast's parser would read it through the connection's buffer a few KB at
   /// a time and copy each piece into the body. Whatever follows the body in the buffer (a
   /// pipelined request) stays there.
   net::awaitable<beast::error_code> read_body(std::string& body, std::size_t length) {
+    if (body_from_buffer(body, length)) co_return beast::error_code{};
+    co_return co_await read_body_rest(body, length);
+  }
+
+  /// read_body's first part: sizes body and copies what the buffer holds of it. true when that
+  /// is all of it (the usual case for a small body, which came with its head).
+  bool body_from_buffer(std::string& body, std::size_t length) {
     body.resize(length);
     const std::size_t buffered = std::min(buffer_.size(), length);
     net::buffer_copy(net::buffer(body.data(), buffered), buffer_.data());
     buffer_.consume(buffered);
-    if (buffered == length) co_return beast::error_code{};
+    body_buffered_ = buffered;
+    return buffered == length;
+  }
+
+  /// read_body's second part: the rest of body, after the body_buffered_ bytes the buffer held.
+  net::awaitable<beast::error_code> read_body_rest(std::string& body, std::size_t length) {
+    const std::size_t buffered = body_buffered_;
     // Each read asks for all that is missing, not Asio's default of 64 KB at most.
     const auto whole = [](const boost::system::error_code& e, std::size_t) -> std::size_t { return e ? 0 : length_max; };
     auto [ec, n] = co_await net::async_read(socket_, net::buffer(body.data() + buffered, length - buffered), whole, use_tuple);
@@ -226,6 +277,7 @@ class session {
   worker& w_;
   tcp::socket socket_;
   beast::flat_buffer buffer_;
+  std::size_t body_buffered_ = 0;  // bytes of the body being read that came from buffer_
   std::list<worker::session_entry>::iterator entry_;
   access_record record_;  // the current request's; its strings' storage serves the next one
   responder out_;

@@ -131,11 +131,13 @@ void worker::stop() {
 
 void worker::new_request_id(std::string& id) {
   static constexpr char hex[] = "0123456789abcdef";
-  id.assign("req_");
+  char text[28] = {'r', 'e', 'q', '_'};  // written whole, then assigned once
+  char* out = text + 4;
   for (int part = 0; part < 2; ++part) {
     std::uint64_t bits = rng_();
-    for (int i = 0; i < 12; ++i, bits >>= 4) id.push_back(hex[bits & 0xf]);
+    for (int i = 0; i < 12; ++i, bits >>= 4) *out++ = hex[bits & 0xf];
   }
+  id.assign(text, sizeof text);
 }
 
 std::list<worker::session_entry>::iterator worker::add_session(tcp::socket* socket) {
