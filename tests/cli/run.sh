@@ -75,7 +75,7 @@ backends:
   - {name: ds, kind: openai, base_url: "https://api.deepseek.com/v1"}
   - {name: other, kind: openai, base_url: "https://api.example.com/v1"}
 routes:
-  - {model: chat, targets: [{backend: ds, model: deepseek-chat}, {backend: other, model: x}]}
+  - {model: chat, targets: [{backend: ds, model: deepseek-flash}, {backend: other, model: x}]}
   - {model: priced, targets: [{backend: other, model: y, price: {input: 1, output: 2}}]}
 YAML
 out=$("$bin" check-config "$work/prices.yaml" 2>&1) || fail "priced config refused: $out"

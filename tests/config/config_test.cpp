@@ -427,10 +427,12 @@ backends:
 routes:
   - model: chat
     targets:
+      - {backend: ds, model: deepseek-flash}
+      - {backend: ds, model: deepseek-flash, price: {input: 9, output: 10}}
+      - {backend: other, model: deepseek-flash}
+      - {backend: ds, model: deepseek-v4-flash}
       - {backend: ds, model: deepseek-chat}
-      - {backend: ds, model: deepseek-chat, price: {input: 9, output: 10}}
-      - {backend: other, model: deepseek-chat}
-  - model: deepseek-reasoner
+  - model: deepseek-v4-pro
     targets: [{backend: ds}]
   - model: deepseek-*
     targets: [{backend: ds}]
@@ -438,38 +440,55 @@ routes:
   auto r = load(yaml);
   for (const auto& p : r.problems) UNSCOPED_INFO(p.to_string());
   REQUIRE(r.value);
+  // DeepSeek's peak prices (config/prices.yaml): off-peak calls cost half, so these are an upper bound.
   const auto& chat = r.value->routes[0].targets;
   CHECK(chat[0].price_source == "catalogue");
   CHECK(chat[0].price.input == 2);
-  CHECK(chat[0].price.cached_input == 0.2);
-  CHECK(chat[0].price.output == 3);
+  CHECK(chat[0].price.cached_input == 0.04);
+  CHECK(chat[0].price.output == 8);
   CHECK(chat[1].price_source == "config");  // overridden per target
   CHECK(chat[1].price.input == 9);
   CHECK(chat[1].price.cached_input == 9);
   CHECK(chat[2].price_source.empty());  // the same model name at another provider: unknown
   CHECK(chat[2].price.input == 0);
+  // A legacy name the page still accepts is billed at the Flash price; a retired one is not listed.
+  CHECK(chat[3].price_source == "catalogue");
+  CHECK(chat[3].price.output == 8);
+  CHECK(chat[4].price_source.empty());
   // No `model` on the target: the route's name is what goes upstream.
-  CHECK(r.value->routes[1].targets[0].price_source == "catalogue");
+  const auto& pro = r.value->routes[1].targets[0];
+  CHECK(pro.price_source == "catalogue");
+  CHECK(pro.price.input == 9);
+  CHECK(pro.price.cached_input == 0.3);
+  CHECK(pro.price.output == 27);
   CHECK(r.value->routes[2].targets[0].price_source.empty());
-  REQUIRE(r.unpriced.size() == 2);
+  REQUIRE(r.unpriced.size() == 3);
   CHECK(r.unpriced[0].key == "routes[0].targets[2]");
   CHECK(r.unpriced[0].line == 10);
   CHECK(r.unpriced[0].message ==
-        "no price for backend 'other': the price catalogue does not list 'deepseek-chat' at api.example.com; its "
+        "no price for backend 'other': the price catalogue does not list 'deepseek-flash' at api.example.com; its "
         "requests cost 0 (set price: {input, output}, per million tokens)");
-  CHECK(r.unpriced[1].key == "routes[2].targets[0]");
-  CHECK(r.unpriced[1].message.find("the route is a pattern") != std::string::npos);
+  CHECK(r.unpriced[1].key == "routes[0].targets[4]");
+  CHECK(r.unpriced[1].message.find("does not list 'deepseek-chat' at api.deepseek.com") != std::string::npos);
+  CHECK(r.unpriced[2].key == "routes[2].targets[0]");
+  CHECK(r.unpriced[2].message.find("the route is a pattern") != std::string::npos);
   CHECK(r.warnings.empty());  // unpriced targets are check-config's business, not a load warning
 
   auto usd = load(yaml, {{"CUR", "USD"}});
   REQUIRE(usd.value);
-  CHECK(usd.value->routes[0].targets[0].price.input == 0.28);
-  CHECK(usd.value->routes[0].targets[0].price.output == 0.42);
+  const auto& flash_usd = usd.value->routes[0].targets[0].price;
+  CHECK(flash_usd.input == 0.30);
+  CHECK(flash_usd.cached_input == 0.006);
+  CHECK(flash_usd.output == 1.20);
+  const auto& pro_usd = usd.value->routes[1].targets[0].price;
+  CHECK(pro_usd.input == 1.32);
+  CHECK(pro_usd.cached_input == 0.044);
+  CHECK(pro_usd.output == 3.96);
   auto eur = load(yaml, {{"CUR", "EUR"}});
   REQUIRE(eur.value);
   CHECK(eur.value->routes[0].targets[0].price_source.empty());
-  CHECK(eur.unpriced.size() == 4);
-  CHECK(!price_catalogue_date().empty());
+  CHECK(eur.unpriced.size() == 6);
+  CHECK(price_catalogue_date() == "2026-10-10");
 }
 
 TEST_CASE("server.access_log_skip takes paths", "[config]") {
