@@ -4,6 +4,7 @@
 // routing, the grouped expert products and sampling are the kernels in cuda/.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <atomic>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <set>
 #include <tuple>
+#include <type_traits>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -39,9 +41,60 @@ namespace {
 using cuda::bf16;
 using cuda::check;
 
+/// cuBLAS, opened when the first CUDA backend is made rather than linked: linked, every process
+/// of the project (the gateway, each test) maps and relocates libcublas and libcublasLt, some
+/// 700 MB, at start: about half a second and 200 MB of memory where most never run a GPU product.
+struct cublas_api {
+  decltype(&cublasCreate_v2) create = nullptr;
+  decltype(&cublasDestroy_v2) destroy = nullptr;
+  decltype(&cublasSetStream_v2) set_stream = nullptr;
+  decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
+  // The C functions (C++ overloads them with a legacy compute type).
+  cublasStatus_t (*gemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*, const void*,
+                         cudaDataType, int, const void*, cudaDataType, int, const void*, void*, cudaDataType, int,
+                         cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+  cublasStatus_t (*gemm_strided)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                                 const void*, cudaDataType, int, long long, const void*, cudaDataType, int, long long,
+                                 const void*, void*, cudaDataType, int, long long, int, cublasComputeType_t,
+                                 cublasGemmAlgo_t) = nullptr;
+  cublasStatus_t (*gemm_batched)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                                 const void* const[], cudaDataType, int, const void* const[], cudaDataType, int,
+                                 const void*, void* const[], cudaDataType, int, int, cublasComputeType_t,
+                                 cublasGemmAlgo_t) = nullptr;
+  decltype(&cublasGetStatusString) status_string = nullptr;
+};
+
+/// The library by its soname (the loader's paths, then the toolkit's library directory the build
+/// found); throws naming it when it cannot be opened or lacks a function.
+const cublas_api& cublas() {
+  static const cublas_api api = [] {
+    const std::string name = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
+    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+#ifdef TOLLGATE_CUDA_LIBRARY_DIR
+    if (!lib) lib = dlopen((std::string(TOLLGATE_CUDA_LIBRARY_DIR) + "/" + name).c_str(), RTLD_NOW | RTLD_LOCAL);
+#endif
+    if (!lib) throw std::runtime_error("the CUDA engine needs cuBLAS: cannot open " + name + ": " + dlerror());
+    cublas_api a;
+    const auto get = [&](auto& fn, const char* symbol) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
+      if (!fn) throw std::runtime_error(name + " has no " + symbol);
+    };
+    get(a.create, "cublasCreate_v2");
+    get(a.destroy, "cublasDestroy_v2");
+    get(a.set_stream, "cublasSetStream_v2");
+    get(a.set_workspace, "cublasSetWorkspace_v2");
+    get(a.gemm, "cublasGemmEx");
+    get(a.gemm_strided, "cublasGemmStridedBatchedEx");
+    get(a.gemm_batched, "cublasGemmBatchedEx");
+    get(a.status_string, "cublasGetStatusString");
+    return a;
+  }();
+  return api;
+}
+
 void check_blas(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS ") + what + " failed: " + cublasGetStatusString(s));
+    throw std::runtime_error(std::string("cuBLAS ") + what + " failed: " + cublas().status_string(s));
 }
 
 // Norms inside attention keep the modeling code's default epsilon (as the CPU path does).
@@ -153,11 +206,11 @@ class cuda_backend final : public forward_backend {
     const auto t0 = std::chrono::steady_clock::now();
     check(cudaSetDevice(device_));
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    check_blas(cublasCreate(&blas_), "create");
-    check_blas(cublasSetStream(blas_, stream_), "set stream");
+    check_blas(cublas().create(&blas_), "create");
+    check_blas(cublas().set_stream(blas_, stream_), "set stream");
     // A workspace of its own, so that products captured into graphs never allocate.
     check(cudaMalloc(&blas_workspace_, blas_workspace_bytes));
-    check_blas(cublasSetWorkspace(blas_, blas_workspace_, blas_workspace_bytes), "set workspace");
+    check_blas(cublas().set_workspace(blas_, blas_workspace_, blas_workspace_bytes), "set workspace");
     // The shared experts run on a second stream beside the routed ones (forked after the router's
     // product, joined before the next norm), with their own cuBLAS handle and scratch.
     side_stream_ = std::getenv("TOLLGATE_ENGINE_SIDE_STREAM") == nullptr ||
@@ -166,10 +219,10 @@ class cuda_backend final : public forward_backend {
       check(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
       check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
       check(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
-      check_blas(cublasCreate(&blas_side_), "create");
-      check_blas(cublasSetStream(blas_side_, side_), "set stream");
+      check_blas(cublas().create(&blas_side_), "create");
+      check_blas(cublas().set_stream(blas_side_, side_), "set stream");
       check(cudaMalloc(&blas_side_workspace_, blas_workspace_bytes));
-      check_blas(cublasSetWorkspace(blas_side_, blas_side_workspace_, blas_workspace_bytes), "set workspace");
+      check_blas(cublas().set_workspace(blas_side_, blas_side_workspace_, blas_workspace_bytes), "set workspace");
     }
     check(cudaMalloc(&route_arrivals_, sizeof(unsigned)));
     check(cudaMemset(route_arrivals_, 0, sizeof(unsigned)));
@@ -215,10 +268,10 @@ class cuda_backend final : public forward_backend {
     if (stream_) cudaStreamSynchronize(stream_);
     for (auto& [k, exec] : graphs_) cudaGraphExecDestroy(exec);
     for (void* p : allocations_) cudaFree(p);
-    if (blas_) cublasDestroy(blas_);
+    if (blas_) cublas().destroy(blas_);
     if (blas_workspace_) cudaFree(blas_workspace_);
     if (route_arrivals_) cudaFree(route_arrivals_);
-    if (blas_side_) cublasDestroy(blas_side_);
+    if (blas_side_) cublas().destroy(blas_side_);
     if (blas_side_workspace_) cudaFree(blas_side_workspace_);
     skinny_[0].reset();
     skinny_[1].reset();
@@ -765,7 +818,7 @@ class cuda_backend final : public forward_backend {
       }
     }
     const float one = 1.0f, zero = 0.0f;
-    check_blas(cublasGemmEx(side ? blas_side_ : blas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, M, cols, &one, w, data_type<T>(), cols, x,
+    check_blas(cublas().gemm(side ? blas_side_ : blas_, CUBLAS_OP_T, CUBLAS_OP_N, rows, M, cols, &one, w, data_type<T>(), cols, x,
                             data_type<T>(), cols, &zero, y, ytype, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                "gemm");
   }
@@ -829,7 +882,7 @@ class cuda_backend final : public forward_backend {
               vd = c.v_head_dim;
     const float one = 1.0f, zero = 0.0f;
     // W_UK absorbed: q_full[t, h, :kvr] = q_nope[t, h, :] . kv_b[h, :nope, :]   (per head)
-    check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, kvr, N, nope, &one, L.kv_b.w, data_type<T>(),
+    check_blas(cublas().gemm_strided(blas_, CUBLAS_OP_N, CUBLAS_OP_N, kvr, N, nope, &one, L.kv_b.w, data_type<T>(),
                                           kvr, static_cast<long long>(nope + vd) * kvr, q_nope, data_type<T>(), q_ld,
                                           q_head, &zero, q_full, data_type<T>(), nh * W, W, nh, CUBLAS_COMPUTE_32F,
                                           CUBLAS_GEMM_DEFAULT),
@@ -854,7 +907,7 @@ class cuda_backend final : public forward_backend {
       i = j;
     }
     // W_UV after attention: attn[t, h, :] = kv_b[h, nope:, :] . o_lat[t, h, :]
-    check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, vd, N, kvr, &one,
+    check_blas(cublas().gemm_strided(blas_, CUBLAS_OP_T, CUBLAS_OP_N, vd, N, kvr, &one,
                                           L.kv_b.w + static_cast<size_t>(nope) * kvr, data_type<T>(), kvr,
                                           static_cast<long long>(nope + vd) * kvr, o_lat, data_type<T>(), nh * kvr, kvr,
                                           &zero, attn, data_type<T>(), nh * vd, vd, nh, CUBLAS_COMPUTE_32F,
@@ -891,7 +944,7 @@ class cuda_backend final : public forward_backend {
     for (int h0 = 0; h0 < nh; h0 += hg) {
       const int g = std::min(hg, nh - h0);
       // kv[j, h, :nope] = k_nope, kv[j, h, nope:] = v, for the group's heads.
-      check_blas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, g * hd, len, kvr, &one,
+      check_blas(cublas().gemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, g * hd, len, kvr, &one,
                               L.kv_b.w + static_cast<size_t>(h0) * hd * kvr, data_type<T>(), kvr, lat, data_type<T>(), W,
                               &zero, kv, data_type<T>(), g * hd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "kv expand");
@@ -905,13 +958,13 @@ class cuda_backend final : public forward_backend {
         const int nq = std::min(qc, sp.n - q0), keys = sp.start + q0 + nq;
         const int lp = (keys + 7) / 8 * 8;
         const size_t tok = static_cast<size_t>(sp.first + q0);
-        check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, keys, nq, qk, &one, k_cat, data_type<T>(),
+        check_blas(cublas().gemm_strided(blas_, CUBLAS_OP_T, CUBLAS_OP_N, keys, nq, qk, &one, k_cat, data_type<T>(),
                                               g * qk, qk, q_cat + static_cast<size_t>(q0) * g * qk, data_type<T>(), g * qk,
                                               qk, &zero, S, CUDA_R_32F, lp, static_cast<long long>(nq) * lp, g,
                                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "scores");
         cuda::causal_softmax<T>(S, g * nq, nq, lp, sp.start + q0, scale, P, stream_);
-        check_blas(cublasGemmStridedBatchedEx(blas_, CUBLAS_OP_N, CUBLAS_OP_N, vd, nq, keys, &one, kv + nope,
+        check_blas(cublas().gemm_strided(blas_, CUBLAS_OP_N, CUBLAS_OP_N, vd, nq, keys, &one, kv + nope,
                                               data_type<T>(), g * hd, hd, P, data_type<T>(), lp,
                                               static_cast<long long>(nq) * lp, &zero,
                                               attn + tok * nh * vd + static_cast<size_t>(h0) * vd, data_type<T>(), nh * vd,
@@ -1073,7 +1126,7 @@ class cuda_backend final : public forward_backend {
     // Slots k0.. (n of them): gate and up, or (down) the experts' rows.
     const auto products = [&](bool down, int k0, int n) {
       const int out_rows = down ? H : 2 * I, inner = down ? I : H, a = down ? 3 : 0;
-      check_blas(cublasGemmBatchedEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out_rows, rows, inner, &one, dp + a * slots + k0,
+      check_blas(cublas().gemm_batched(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out_rows, rows, inner, &one, dp + a * slots + k0,
                                      data_type<T>(), inner, dp + (a + 1) * slots + k0, data_type<T>(), inner, &zero,
                                      const_cast<void**>(dp + (a + 2) * slots + k0), out_type, out_rows, n,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),

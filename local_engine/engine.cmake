@@ -30,7 +30,10 @@ if(TOLLGATE_CUDA)
     ${CMAKE_CURRENT_LIST_DIR}/cuda/sampling.cu
     ${CMAKE_CURRENT_LIST_DIR}/cuda_forward.cpp)
   target_compile_definitions(tollgate_engine PRIVATE TOLLGATE_CUDA=1)
-  target_link_libraries(tollgate_engine PUBLIC CUDA::cudart CUDA::cublas)
+  # cuBLAS is opened by cuda_forward.cpp when a CUDA backend is made (dlopen), not linked.
+  target_link_libraries(tollgate_engine PUBLIC CUDA::cudart PRIVATE ${CMAKE_DL_LIBS})
+  set_source_files_properties(${CMAKE_CURRENT_LIST_DIR}/cuda_forward.cpp PROPERTIES
+    COMPILE_DEFINITIONS TOLLGATE_CUDA_LIBRARY_DIR="${CUDAToolkit_LIBRARY_DIR}")
 endif()
 
 add_executable(tollgate-engine ${CMAKE_CURRENT_LIST_DIR}/cli.cpp)

@@ -240,3 +240,18 @@ TEST_CASE("cli: make-tokenizer covers the whole vocabulary with text", "[engine]
   CHECK(cli("make-tokenizer --vocab-size 100 --out '" + path + "'").code == 1);
   CHECK(cli("make-tokenizer --out '" + path + "'").code == 2);
 }
+
+TEST_CASE("processes of the project map no cuBLAS until a CUDA backend is made", "[cli]") {
+  // cuBLAS and cuBLASLt are some 700 MB: linked, every start (gateway, engine, each test) spent
+  // about half a second and 200 MB mapping them. The CUDA backend opens them when it is made.
+  std::ifstream maps("/proc/self/maps");
+  REQUIRE(maps);
+  std::string line;
+  int lines = 0;
+  while (std::getline(maps, line)) {
+    ++lines;
+    INFO(line);
+    CHECK(line.find("libcublas") == std::string::npos);
+  }
+  CHECK(lines > 0);
+}
