@@ -62,6 +62,12 @@ if(TOLLGATE_CUDA AND TOLLGATE_TESTS)
 endif()
 if(TOLLGATE_CUDA)
   # Decode and prefill speed at a real model's shapes against the measured roofline (tests/perf/).
-  add_executable(tollgate-engine-gpu-bench ${CMAKE_SOURCE_DIR}/tests/perf/engine_gpu_bench.cpp)
+  add_executable(tollgate-engine-gpu-bench ${CMAKE_SOURCE_DIR}/tests/perf/engine_gpu_bench.cpp
+    ${CMAKE_SOURCE_DIR}/tests/perf/kernel_trace.cpp)
   target_link_libraries(tollgate-engine-gpu-bench PRIVATE tollgate_engine nlohmann_json::nlohmann_json CUDA::cublas)
+  # TOLLGATE_BENCH_TRACE=1 (each kernel's start and end in a decode step) where CUPTI is installed.
+  if(TARGET CUDA::cupti)
+    target_link_libraries(tollgate-engine-gpu-bench PRIVATE CUDA::cupti)
+    target_compile_definitions(tollgate-engine-gpu-bench PRIVATE TOLLGATE_BENCH_CUPTI=1)
+  endif()
 endif()

@@ -19,6 +19,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <tuple>
+#include <map>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -32,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/perf/kernel_trace.hpp"
 #include "local_engine/cuda/dense.cuh"
 #include "local_engine/forward_backend.hpp"
 #include "local_engine/model_config.hpp"
@@ -227,6 +230,59 @@ nlohmann::json dense_products(const eng::model_config& c, double bw) {
   return out;
 }
 
+/// One traced decode step, as one timeline over every stream (a graph's branches run on streams
+/// of their own): how far each kernel moved the step's end (its end past the latest end before
+/// it, or all of it after a gap), summed by kernel; the gaps where no kernel ran; and one layer's
+/// sequence (stream, start from the layer's first kernel, gap, moved, busy).
+void print_trace(int B, const std::vector<tollgate::perf::kernel_span>& k) {
+  if (k.empty()) return;
+  struct agg {
+    int count = 0;
+    double moved = 0, busy = 0;
+  };
+  std::map<std::string, agg> by_name;
+  double gaps = 0, moved_total = 0;
+  const uint64_t first = k.front().start;
+  uint64_t last_end = first;
+  struct row {
+    std::string name;
+    uint32_t stream;
+    double start, gap, moved, busy;
+  };
+  std::vector<row> rows;
+  for (const auto& x : k) {
+    const double gap = x.start > last_end ? (x.start - last_end) / 1e3 : 0;
+    const double moved = x.end > std::max(last_end, x.start) ? (x.end - std::max(last_end, x.start)) / 1e3 : 0;
+    auto& a = by_name[x.name];
+    ++a.count, a.moved += moved, a.busy += (x.end - x.start) / 1e3;
+    gaps += gap, moved_total += moved;
+    rows.push_back({x.name, x.stream, (x.start - first) / 1e3, gap, moved, (x.end - x.start) / 1e3});
+    last_end = std::max(last_end, x.end);
+  }
+  std::printf("trace B=%d: %zu kernels over %.1f us: %.1f us moved by kernels, %.1f us of gaps\n", B, rows.size(),
+              (last_end - first) / 1e3, moved_total, gaps);
+  std::vector<std::pair<std::string, agg>> sorted(by_name.begin(), by_name.end());
+  std::sort(sorted.begin(), sorted.end(), [](auto& a, auto& b) { return a.second.moved > b.second.moved; });
+  std::printf("  %-62s %6s %10s %10s\n", "kernel", "count", "moved us", "busy us");
+  for (const auto& [n, a] : sorted) std::printf("  %-62s %6d %10.1f %10.1f\n", n.c_str(), a.count, a.moved, a.busy);
+  // A layer from the middle of the step: from the 27th norm on (the 14th layer's first), to the next.
+  int norms = 0;
+  size_t at = 0, stop = rows.size();
+  for (size_t i = 0; i < rows.size(); ++i)
+    if (rows[i].name.find("rmsnorm") != std::string::npos) {
+      ++norms;
+      if (norms == 27) at = i;
+      if (norms == 29) {
+        stop = i;
+        break;
+      }
+    }
+  std::printf("  one layer (stream, start, gap, moved, busy; us):\n");
+  for (size_t i = at; i < stop; ++i)
+    std::printf("    %-62s %4u %8.2f %6.2f %7.2f %7.2f\n", rows[i].name.c_str(), rows[i].stream, rows[i].start - rows[at].start,
+                rows[i].gap, rows[i].moved, rows[i].busy);
+}
+
 int main(int argc, char** argv) try {
   std::string config_path = "tests/perf/deepseek_v2_lite.json", dtype = "bfloat16", json_out;
   std::vector<int> modes = {1};
@@ -260,6 +316,10 @@ int main(int argc, char** argv) try {
   const char* profile_env = std::getenv("TOLLGATE_BENCH_PROFILE");
   const bool profile_prefill = profile_env != nullptr && std::string(profile_env) == "prefill";
   const bool profile = profile_env != nullptr && !profile_prefill;
+  const bool trace = std::getenv("TOLLGATE_BENCH_TRACE") != nullptr && std::string(std::getenv("TOLLGATE_BENCH_TRACE")) == "1";
+  if (trace && !tollgate::perf::kernel_trace_available())
+    throw std::invalid_argument("TOLLGATE_BENCH_TRACE=1: this build has no kernel trace (CUPTI was not found)");
+  if (trace && steps < 5) throw std::invalid_argument("TOLLGATE_BENCH_TRACE=1 takes --steps 5 or more");
   if (modes.empty()) throw std::invalid_argument("--dense takes row counts, 0 to 64");
   // The first three decode steps are warm-up, not timed.
   if (steps < 4) throw std::invalid_argument("--steps takes 4 or more (three warm-up steps and at least one timed)");
@@ -365,6 +425,7 @@ int main(int argc, char** argv) try {
     for (int B : batches) {
       std::vector<int32_t> last(static_cast<size_t>(B), 1);
       std::vector<double> t;
+      std::vector<tollgate::perf::kernel_span> traced;
       for (int k = 0; k < steps; ++k) {
         std::vector<eng::batch_item> items(static_cast<size_t>(B));
         for (int s = 0; s < B; ++s) {
@@ -377,12 +438,17 @@ int main(int argc, char** argv) try {
         eng::batch_result r;
         // Under a profiler (ncu --profile-from-start off), one warm step per batch size is captured.
         if (profile && k == 3) cudaProfilerStart();
+        // TOLLGATE_BENCH_TRACE=1: the last step's kernels, start to end (not timed).
+        const bool traced_step = trace && k == steps - 1;
+        if (traced_step) tollgate::perf::kernel_trace_begin();
         const double t0 = now();
         be->forward(items, r);
-        if (k >= 3) t.push_back(now() - t0);
+        if (k >= 3 && !traced_step) t.push_back(now() - t0);
+        if (traced_step) traced = tollgate::perf::kernel_trace_end();
         if (profile && k == 3) cudaProfilerStop();
         for (int s = 0; s < B; ++s) last[s] = r.tokens[s];
       }
+      if (trace) print_trace(B, traced);
       const double sec = median(t);
       const double E = c.n_routed_experts, K = c.num_experts_per_tok;
       const double unique = E * (1 - std::pow(1 - K / E, B));  // experts a step touches, routing spread evenly
