@@ -243,7 +243,7 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const
 }  // namespace tc
 
 template <int QT, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32) mla_attend_tc_kernel(const bf16* q_full, const bf16* cache, mla_dims d,
+__global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_kernel(const bf16* q_full, const bf16* cache, mla_dims d,
                                                                    token_map map, int n, float scale, float* partial,
                                                                    bf16* out) {
   enter_in_order();
@@ -277,12 +277,22 @@ __global__ void __launch_bounds__(WARPS * 32) mla_attend_tc_kernel(const bf16* q
     const int nt = t1 - t0;
     __syncthreads();  // the last run's readers are done
     if (threadIdx.x < QT) len_s[threadIdx.x] = map.pos[threadIdx.x < nt ? t0 + threadIdx.x : t0] + 1;
-    for (int idx = threadIdx.x; idx < R * W8; idx += blockDim.x) {
-      const int r = idx / W8, c8 = idx % W8, i = r >> 4, hr = r & 15;
-      const uint4 v = i < nt && hr < hg
-                          ? *reinterpret_cast<const uint4*>(q_full + (static_cast<size_t>(t0 + i) * d.heads + h0 + hr) * W + c8 * 8)
-                          : zero;
-      *reinterpret_cast<uint4*>(q_s + r * PW + c8 * 8) = v;
+    // The queries' units, up to 8 a thread in flight at once (their loads issued before the stores).
+    for (int base = threadIdx.x; base < R * W8; base += 8 * blockDim.x) {
+      uint4 v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int idx = base + u * blockDim.x;
+        const int r = idx / W8, c8 = idx % W8, i = r >> 4, hr = r & 15;
+        v[u] = idx < R * W8 && i < nt && hr < hg
+                   ? *reinterpret_cast<const uint4*>(q_full + (static_cast<size_t>(t0 + i) * d.heads + h0 + hr) * W + c8 * 8)
+                   : zero;
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int idx = base + u * blockDim.x;
+        if (idx < R * W8) *reinterpret_cast<uint4*>(q_s + (idx / W8) * PW + (idx % W8) * 8) = v[u];
+      }
     }
     if (threadIdx.x < R) {
       m_s[threadIdx.x] = -INFINITY;
@@ -318,7 +328,10 @@ __global__ void __launch_bounds__(WARPS * 32) mla_attend_tc_kernel(const bf16* q
                 : nullptr;
       }
       __syncthreads();
-      constexpr int unroll = 6;
+      // One token a block (decode; two blocks a multiprocessor, so at most 128 registers a
+      // thread): half a tile of DeepSeek's width (64 keys x 72 units) in flight at once, two round
+      // trips to memory a tile, not three. Several (prompts): six units at a time.
+      constexpr int unroll = QT == 1 ? (tc::keys * 72 + 2 * WARPS * 32 - 1) / (2 * WARPS * 32) : 6;
       int j = j0, c8 = c0;
       while (j < tc::keys) {
         uint4 v[unroll];

@@ -102,20 +102,48 @@ __global__ void route_kernel(const float* logits, const float* bias, router_conf
     __syncthreads();
   }
   __shared__ int chosen[32];
-  __shared__ unsigned char taken[1024];
-  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) taken[e] = 0;
-  __syncthreads();
-  for (int k = 0; k < c.top_k; ++k) {
-    float v = -INFINITY;
-    int i = -1;
-    for (int e = threadIdx.x; e < c.experts; e += blockDim.x)
-      if (!taken[e]) better(v, i, choice[e], e);
-    block_argmax(v, i, sv, si);
-    if (threadIdx.x == 0) {
-      chosen[k] = i;
-      taken[i] = 1;
+  if (c.experts <= 256) {
+    // Up to 256 experts: one warp picks the top k from registers (8 choices a lane), with no
+    // block-wide step between picks; the same picks and ties as below.
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      float v[8];
+      unsigned left = 0;  // bit j: choice lane + 32 j not taken yet
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int e = lane + 32 * j;
+        v[j] = e < c.experts ? choice[e] : -INFINITY;
+        if (e < c.experts) left |= 1u << j;
+      }
+      for (int k = 0; k < c.top_k; ++k) {
+        float bv = -INFINITY;
+        int bi = -1;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          if (left >> j & 1u) better(bv, bi, v[j], lane + 32 * j);
+        for (int o = 16; o > 0; o >>= 1)
+          better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+        if (bi >= 0 && (bi & 31) == lane) left &= ~(1u << (bi >> 5));
+        if (lane == 0) chosen[k] = bi;
+      }
     }
     __syncthreads();
+  } else {
+    __shared__ unsigned char taken[1024];
+    for (int e = threadIdx.x; e < c.experts; e += blockDim.x) taken[e] = 0;
+    __syncthreads();
+    for (int k = 0; k < c.top_k; ++k) {
+      float v = -INFINITY;
+      int i = -1;
+      for (int e = threadIdx.x; e < c.experts; e += blockDim.x)
+        if (!taken[e]) better(v, i, choice[e], e);
+      block_argmax(v, i, sv, si);
+      if (threadIdx.x == 0) {
+        chosen[k] = i;
+        taken[i] = 1;
+      }
+      __syncthreads();
+    }
   }
   if (threadIdx.x == 0) {
     float wsum = 0;
@@ -127,6 +155,25 @@ __global__ void route_kernel(const float* logits, const float* bias, router_conf
       ids[blockIdx.x * c.top_k + k] = chosen[k];
       weights[blockIdx.x * c.top_k + k] = w * c.scaling;
     }
+  }
+  // One token (a sequence's decode step): its slots are grouped here, from `chosen`, without
+  // the other blocks' ids to wait for: each chosen expert has one row, at its rank among them.
+  if (gridDim.x == 1) {
+    for (int e = threadIdx.x; e <= c.experts; e += blockDim.x) {
+      int below = 0;
+      for (int k = 0; k < c.top_k; ++k) below += chosen[k] < e;
+      groups.offsets[e] = below;
+    }
+    if (static_cast<int>(threadIdx.x) < c.top_k) {
+      const int e = chosen[threadIdx.x];
+      int rank = 0;
+      for (int k = 0; k < c.top_k; ++k) rank += chosen[k] < e;
+      groups.active[1 + rank] = e;
+      groups.row_token[rank] = 0;
+      groups.slot_row[threadIdx.x] = rank;
+    }
+    if (threadIdx.x == 0) groups.active[0] = c.top_k;
+    return;
   }
   // The last token's block to finish groups every token's slots (arrivals is left at 0).
   __shared__ bool last;
