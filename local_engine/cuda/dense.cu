@@ -29,7 +29,6 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
   const int units = K / 8;
   const int u0 = static_cast<int>(blockIdx.y) * units_per_split, u1 = min(units, u0 + units_per_split);
   const int n_base = (static_cast<int>(blockIdx.x) * skinny_warps + warp) * 8 * skinny_tiles;
-  trigger_dependents();
   const uint4 zero = make_uint4(0, 0, 0, 0);
   const uint4* wrow[skinny_tiles];
 #pragma unroll
@@ -86,6 +85,10 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
     }
   }
 
+  // The next kernel is placed once every block has read its weights, not when the blocks start:
+  // placed at the start, it lets the one after it be placed in turn, and a chain of products
+  // asking L2 for their first lines competes with the kernels still running.
+  trigger_dependents();
   // Warps past N (the last column block of a matrix whose N is not a multiple of 64) read row
   // N - 1 again and store nothing.
   float* part = to_partial ? partial + static_cast<size_t>(blockIdx.y) * M * N : nullptr;
