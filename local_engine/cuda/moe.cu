@@ -4,6 +4,8 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -362,23 +364,32 @@ struct fp8_rows {
 };
 
 // Work items are (active expert, 64-column slice); a persistent grid walks them, so the last wave
-// is never a mostly idle one. K % 32 == 0 and N % 8 == 0.
-template <typename Rows>
-__global__ void __launch_bounds__(128, 4) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
-                                                         const int32_t* offsets, const int32_t* active, int N, int K,
-                                                         int slices, int max_active, float* out) {
+// is never a mostly idle one. K % 32 == 0 and N % 8 == 0. With KS == 2 a block has two groups of
+// four warps over the same 64 columns, each over half of K (in 16-unit chunks), and the second
+// group's sums are added to the first's through shared memory before the store: twice the weight
+// bytes in flight for a decode step's few rows, and a row's bits the same at any batch size.
+template <typename Rows, int KS>
+__global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
+                                                                  const int32_t* offsets, const int32_t* active, int N,
+                                                                  int K, int slices, int max_active, float* out) {
   enter_in_order();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int warp = (threadIdx.x >> 5) % mma_warps, kw = (threadIdx.x >> 5) / mma_warps;
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;  // 16-byte units of a row
+  constexpr int chunk = 4 * mma_ahead;
+  const int per = ((units + KS - 1) / KS + chunk - 1) / chunk * chunk;
+  const int k_begin = min(units, kw * per), k_end = min(units, k_begin + per);
   const int n_active = active[0];
   const uint4 zero = make_uint4(0, 0, 0, 0);
+  __shared__ float red[KS > 1 ? mma_warps : 1][mma_tiles][4][32];
   for (int item = blockIdx.x; item < max_active * slices; item += gridDim.x) {
     const int y = item / slices, slice = item % slices;
     if (y >= n_active) break;  // items are ordered by y: the rest are idle too
     const int e = active[1 + y];
     const int r0 = offsets[e], r1 = offsets[e + 1];
     const int n_base = (slice * mma_warps + warp) * 8 * mma_tiles;
-    if (n_base >= N) continue;
+    if (KS == 1 && n_base >= N) continue;
+    const bool cols_in = n_base < N;  // KS > 1: warps past N still meet the block's barriers
     const void* wrow[mma_tiles];
     size_t wr[mma_tiles];
 #pragma unroll
@@ -395,12 +406,12 @@ __global__ void __launch_bounds__(128, 4) expert_mma_kernel(Rows W, const bf16* 
       float c[mma_tiles][4];
 #pragma unroll
       for (int t = 0; t < mma_tiles; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0;
-      for (int k = 0; k < units; k += 4 * mma_ahead) {
+      for (int k = cols_in ? k_begin : k_end; k < k_end; k += chunk) {
         uint4 A[mma_ahead], C[mma_ahead], B[mma_ahead][mma_tiles];
 #pragma unroll
         for (int u = 0; u < mma_ahead; ++u) {
           const int at = k + 4 * u + q;
-          const bool in = k + 4 * u < units;
+          const bool in = k + 4 * u < k_end;
           A[u] = va && in ? xa[at] : zero;
           C[u] = vc && in ? xc[at] : zero;
 #pragma unroll
@@ -414,6 +425,23 @@ __global__ void __launch_bounds__(128, 4) expert_mma_kernel(Rows W, const bf16* 
             mma_bf16(c[t], A[u].z, C[u].z, A[u].w, C[u].w, B[u][t].z, B[u][t].w);
           }
         }
+      }
+      if constexpr (KS > 1) {
+        if (kw == 1) {
+#pragma unroll
+          for (int t = 0; t < mma_tiles; ++t)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) red[warp][t][j][lane] = c[t][j];
+        }
+        __syncthreads();
+        if (kw == 0) {
+#pragma unroll
+          for (int t = 0; t < mma_tiles; ++t)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) c[t][j] += red[warp][t][j][lane];
+        }
+        __syncthreads();  // red is free for the next row tile
+        if (kw != 0 || !cols_in) continue;
       }
 #pragma unroll
       for (int t = 0; t < mma_tiles; ++t) {
@@ -591,14 +619,39 @@ __global__ void fill_random_fp8_kernel(uint8_t* w, float* scales, size_t rows, i
 
 namespace {
 /// The grouped products' work items are (active expert, 64-column slice) walked by a persistent
-/// grid of up to 4 blocks a multiprocessor: the slices a matrix has, and the grid.
-std::pair<int, int> persistent_grid(int N, int max_active) {
+/// grid of up to `per_sm` blocks a multiprocessor: the slices a matrix has, and the grid.
+std::pair<int, int> persistent_grid(int N, int max_active, int per_sm = 4) {
   const int cols = 8 * device::mma_tiles * device::mma_warps;
   const int slices = (N + cols - 1) / cols;
   int device_id = 0, sms = 0;
   check(cudaGetDevice(&device_id));
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
-  return {slices, std::min(slices * max_active, sms * 4)};
+  return {slices, std::min(slices * max_active, sms * per_sm)};
+}
+
+/// TOLLGATE_ENGINE_EXPERT_KSPLIT=1: the bf16 and FP8-weight expert products with one group of
+/// warps a block over all of K (for measurements); 2 (the default) splits K between two.
+int expert_ksplit() {
+  static const int v = [] {
+    const char* e = std::getenv("TOLLGATE_ENGINE_EXPERT_KSPLIT");
+    return e && std::string(e) == "1" ? 1 : 2;
+  }();
+  return v;
+}
+
+template <typename Rows>
+void launch_expert_mma(const Rows& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
+                       const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s) {
+  if (expert_ksplit() == 2) {
+    const auto [slices, grid] = persistent_grid(N, max_active, 2);
+    launch_early(device::expert_mma_kernel<Rows, 2>, dim3(grid), dim3(256), 0, s, W, x, x_rows, offsets, active, N, K,
+                 slices, max_active, out);
+  } else {
+    const auto [slices, grid] = persistent_grid(N, max_active);
+    launch_early(device::expert_mma_kernel<Rows, 1>, dim3(grid), dim3(128), 0, s, W, x, x_rows, offsets, active, N, K,
+                 slices, max_active, out);
+  }
+  check_launch();
 }
 }  // namespace
 
@@ -606,12 +659,9 @@ void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows,
                      const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s) {
   if (max_active == 0) return;
   if (K % 32 != 0 || N % 8 != 0) throw std::logic_error("expert_gemv_fp8: K % 32 and N % 8 must be 0");
-  const auto [slices, grid] = persistent_grid(N, max_active);
   const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
-  launch_early(device::expert_mma_kernel<device::fp8_rows>, dim3(grid), dim3(128), 0, s,
-               device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows, offsets, active, N, K, slices,
-               max_active, out);
-  check_launch();
+  launch_expert_mma(device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows, offsets, active, max_active, N, K,
+                    out, s);
 }
 
 void quantise_rows_fp8(const bf16* x, int rows, int K, uint8_t* q, float* scales, cudaStream_t s) {
@@ -681,10 +731,7 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
   if (max_active == 0) return;
   if constexpr (std::is_same_v<T, bf16>) {
     if (K % 32 == 0 && N % 8 == 0) {
-      const auto [slices, grid] = persistent_grid(N, max_active);
-      launch_early(device::expert_mma_kernel<device::bf16_rows>, dim3(grid), dim3(128), 0, s, device::bf16_rows{W}, x,
-                   x_rows, offsets, active, N, K, slices, max_active, out);
-      check_launch();
+      launch_expert_mma(device::bf16_rows{W}, x, x_rows, offsets, active, max_active, N, K, out, s);
       return;
     }
   }
