@@ -1036,8 +1036,17 @@ class cuda_backend final : public forward_backend {
           return finish_moe(shared, rows, slot_row, wts);
         }
       }
-      cuda::expert_gemv<T>(L.experts_gate_up, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
-      cuda::silu_mul<T>(gu, I, R, act, stream_);
+      bool fused = false;
+      if constexpr (std::is_same_v<T, bf16>) {
+        if (fused_silu_ && cuda::expert_gate_up_silu_fits(I, H)) {
+          cuda::expert_gate_up_silu(L.experts_gate_up, h, row_token, offsets, active, max_active, I, H, act, stream_);
+          fused = true;
+        }
+      }
+      if (!fused) {
+        cuda::expert_gemv<T>(L.experts_gate_up, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
+        cuda::silu_mul<T>(gu, I, R, act, stream_);
+      }
       cuda::expert_gemv<T>(L.experts_down, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
     } else {
       offsets_host_.resize(static_cast<size_t>(E) + 1);
@@ -1208,6 +1217,10 @@ class cuda_backend final : public forward_backend {
   cublasHandle_t blas_side_ = nullptr;
   void* blas_side_workspace_ = nullptr;
   int sms_ = 0, skinny_rows_ = 0;
+  // TOLLGATE_ENGINE_FUSED_SILU=0: a decode step's routed gate-up product writes float and SiLU·mul
+  // runs as a kernel of its own (for measurements; the values are the same).
+  const bool fused_silu_ = std::getenv("TOLLGATE_ENGINE_FUSED_SILU") == nullptr ||
+                           std::string(std::getenv("TOLLGATE_ENGINE_FUSED_SILU")) != "0";
   // Long prompt chunks' un-absorbed attention (dense_attention): the planned batch's items, and
   // the scratch its products may use at most (beyond the cache's gathered latents).
   std::vector<item_span> spans_;

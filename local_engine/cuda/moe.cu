@@ -368,10 +368,14 @@ struct fp8_rows {
 // four warps over the same 64 columns, each over half of K (in 16-unit chunks), and the second
 // group's sums are added to the first's through shared memory before the store: twice the weight
 // bytes in flight for a decode step's few rows, and a row's bits the same at any batch size.
+// With `act` (a gate-up product: N = 2 inter, gate rows then up rows), a warp's two tiles are 8
+// gate rows and the 8 up rows of the same columns, and the store is act[r, col] = bf16(silu(gate) *
+// up) (inter values a row) instead of out: silu_mul's values, without its kernel.
 template <typename Rows, int KS>
 __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
                                                                   const int32_t* offsets, const int32_t* active, int N,
-                                                                  int K, int slices, int max_active, float* out) {
+                                                                  int K, int slices, int max_active, float* out,
+                                                                  bf16* act) {
   enter_in_order();
   const int warp = (threadIdx.x >> 5) % mma_warps, kw = (threadIdx.x >> 5) / mma_warps;
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -387,14 +391,17 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
     if (y >= n_active) break;  // items are ordered by y: the rest are idle too
     const int e = active[1 + y];
     const int r0 = offsets[e], r1 = offsets[e + 1];
-    const int n_base = (slice * mma_warps + warp) * 8 * mma_tiles;
-    if (KS == 1 && n_base >= N) continue;
-    const bool cols_in = n_base < N;  // KS > 1: warps past N still meet the block's barriers
+    const int inter = N / 2;
+    const int n_base = act ? (slice * mma_warps + warp) * 8 : (slice * mma_warps + warp) * 8 * mma_tiles;
+    const int n_end = act ? inter : N;
+    if (KS == 1 && n_base >= n_end) continue;
+    const bool cols_in = n_base < n_end;  // KS > 1: warps past N still meet the block's barriers
     const void* wrow[mma_tiles];
     size_t wr[mma_tiles];
 #pragma unroll
     for (int t = 0; t < mma_tiles; ++t) {
-      wr[t] = static_cast<size_t>(e) * N + min(n_base + t * 8 + g, N - 1);
+      const int n = act ? t * inter + min(n_base + g, inter - 1) : min(n_base + t * 8 + g, N - 1);
+      wr[t] = static_cast<size_t>(e) * N + n;
       wrow[t] = W.row(wr[t], K);
     }
     for (int rb = r0; rb < r1; rb += 16) {
@@ -442,6 +449,18 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
         }
         __syncthreads();  // red is free for the next row tile
         if (kw != 0 || !cols_in) continue;
+      }
+      if (act) {
+        static_assert(mma_tiles == 2, "a gate tile and an up tile");
+        const int col = n_base + 2 * q;
+        const auto silu = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
+        if (va)
+          *reinterpret_cast<__nv_bfloat162*>(act + static_cast<size_t>(ra) * inter + col) =
+              __floats2bfloat162_rn(silu(c[0][0], c[1][0]), silu(c[0][1], c[1][1]));
+        if (vc)
+          *reinterpret_cast<__nv_bfloat162*>(act + static_cast<size_t>(rc) * inter + col) =
+              __floats2bfloat162_rn(silu(c[0][2], c[1][2]), silu(c[0][3], c[1][3]));
+        continue;
       }
 #pragma unroll
       for (int t = 0; t < mma_tiles; ++t) {
@@ -641,15 +660,16 @@ int expert_ksplit() {
 
 template <typename Rows>
 void launch_expert_mma(const Rows& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
-                       const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s) {
+                       const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
+                       bf16* act = nullptr) {
   if (expert_ksplit() == 2) {
     const auto [slices, grid] = persistent_grid(N, max_active, 2);
     launch_early(device::expert_mma_kernel<Rows, 2>, dim3(grid), dim3(256), 0, s, W, x, x_rows, offsets, active, N, K,
-                 slices, max_active, out);
+                 slices, max_active, out, act);
   } else {
     const auto [slices, grid] = persistent_grid(N, max_active);
     launch_early(device::expert_mma_kernel<Rows, 1>, dim3(grid), dim3(128), 0, s, W, x, x_rows, offsets, active, N, K,
-                 slices, max_active, out);
+                 slices, max_active, out, act);
   }
   check_launch();
 }
@@ -739,6 +759,17 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
   if (K % 8 == 0) device::expert_gemv_kernel<T, true><<<grid, 256, 0, s>>>(W, x, x_rows, offsets, active, N, K, out);
   else device::expert_gemv_kernel<T, false><<<grid, 256, 0, s>>>(W, x, x_rows, offsets, active, N, K, out);
   check_launch();
+}
+
+bool expert_gate_up_silu_fits(int inter, int K) { return inter > 0 && inter % 32 == 0 && K % 32 == 0; }
+
+void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
+                         const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s) {
+  if (max_active == 0) return;
+  if (!expert_gate_up_silu_fits(inter, K))
+    throw std::logic_error("expert_gate_up_silu: inter % 32 and K % 32 must be 0");
+  // Slices of 32 gate columns (with their 32 up columns): as many as of 64 columns of [2 inter].
+  launch_expert_mma(device::bf16_rows{W}, x, x_rows, offsets, active, max_active, 2 * inter, K, nullptr, s, act);
 }
 
 template void expert_gemv<float>(const float*, const float*, const int32_t*, const int32_t*, const int32_t*, int, int,

@@ -42,6 +42,15 @@ template <typename T>
 void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets, const int32_t* active,
                  int max_active, int N, int K, float* out, cudaStream_t s);
 
+/// Whether expert_gate_up_silu takes these shapes (inter % 32 == 0, K % 32 == 0).
+bool expert_gate_up_silu_fits(int inter, int K);
+
+/// expert_gemv of a gate-up matrix (bf16, W [experts, 2 inter, K]: gate rows, then up rows) with
+/// silu_mul applied as it stores: act[r, :inter] = bf16(silu(gate) * up), the values expert_gemv
+/// then silu_mul give, with no float [rows, 2 inter] between them.
+void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
+                         const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s);
+
 /// Expert weights kept in FP8 on the GPU (an FP8 checkpoint's e4m3 values, not dequantised at
 /// load): w [experts, N, K] bytes and one float scale per row per block of 2^kb_shift columns,
 /// scales [experts, N, ceil(K / 2^kb_shift)] (the checkpoint's block scales, spread over rows).

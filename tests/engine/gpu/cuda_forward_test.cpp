@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <span>
@@ -216,6 +218,48 @@ TEST_CASE("gpu: bfloat16 logits follow the float32 path", "[gpu][bf16]") {
     }
     CHECK(close >= 4);
   }
+}
+
+TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of its own kernel", "[gpu][bf16]") {
+  // gpu_mla512's experts (inter 128, hidden 256) take the fused store; the other recipes' (inter
+  // 48) keep the float product and the SiLU-mul kernel. A 40-token prompt and four decode steps,
+  // with TOLLGATE_ENGINE_FUSED_SILU=0 and without: every logit the same.
+  const auto run = [](const char* fused) {
+    ::setenv("TOLLGATE_ENGINE_FUSED_SILU", fused, 1);
+    auto m = load("gpu_mla512", "bfloat16");
+    ::unsetenv("TOLLGATE_ENGINE_FUSED_SILU");
+    REQUIRE(m->config.moe_intermediate_size % 32 == 0);
+    REQUIRE(m->config.hidden_size % 32 == 0);
+    std::vector<int32_t> tokens(40);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(2 + (i * 7919) % (m->config.vocab_size - 2));
+    const auto blocks = blocks_for(0, tokens.size() + 8, m->backend->kv_pool().block_size);
+    eng::batch_item it;
+    it.tokens = tokens;
+    it.blocks = blocks;
+    it.logits = true;
+    eng::batch_result r;
+    m->backend->forward({&it, 1}, r);
+    std::vector<float> all = r.logits;
+    for (int k = 0; k < 4; ++k) {
+      const int32_t next = tokens[static_cast<size_t>(3 + 5 * k)];
+      eng::batch_item d;
+      d.tokens = {&next, 1};
+      d.start = tokens.size() + k;
+      d.blocks = blocks;
+      d.logits = true;
+      m->backend->forward({&d, 1}, r);
+      all.insert(all.end(), r.logits.begin(), r.logits.end());
+    }
+    return all;
+  };
+  const auto apart = run("0"), fused = run("1");
+  REQUIRE(!apart.empty());
+  REQUIRE(fused.size() == apart.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < apart.size(); ++i) differ += std::memcmp(&apart[i], &fused[i], sizeof(float)) != 0;
+  std::printf("gpu SiLU-mul in the gate-up store: %zu of %zu logits differ from the separate kernel's\n", differ,
+              apart.size());
+  CHECK(differ == 0);
 }
 
 TEST_CASE("gpu: a long prompt in one forward follows the same prompt in chunks", "[gpu][prefill]") {
