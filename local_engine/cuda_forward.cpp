@@ -992,7 +992,19 @@ class cuda_backend final : public forward_backend {
     const mat<T>& first = L.has_shared ? L.router_shared : L.router;
     float* router_logits = ws_router_.as<float>(static_cast<size_t>(N) * first.rows);
     gemm(h, N, first, router_logits, CUDA_R_32F);
-    float* shared = L.has_shared ? shared_experts(L, router_logits, first.rows, N) : nullptr;
+    // A decode step's shared experts: in the router's kernel and the routed down product, or
+    // their own SiLU-mul and product.
+    cuda::shared_experts in_experts;
+    if (shared_in_experts(L, N)) {
+      const int Is = L.shared_gate_up.rows / 2;
+      in_experts.act = reinterpret_cast<cuda::bf16*>(ws_sact_.as<T>(static_cast<size_t>(N) * Is));
+      in_experts.out = ws_shared_.as<float>(static_cast<size_t>(N) * H);
+      in_experts.w = reinterpret_cast<const cuda::bf16*>(L.shared_down.w);
+      in_experts.inter = I, in_experts.parts = c.n_shared_experts, in_experts.hidden = H, in_experts.rows = N;
+    }
+    float* shared = in_experts.act    ? in_experts.out
+                    : L.has_shared ? shared_experts(L, router_logits, first.rows, N)
+                                   : nullptr;
     int32_t* ids = ws_ids_.as<int32_t>(static_cast<size_t>(R));
     float* wts = ws_wts_.as<float>(static_cast<size_t>(R));
     cuda::router_config rc;
@@ -1006,7 +1018,7 @@ class cuda_backend final : public forward_backend {
     int32_t* grouping = ws_grouping_.as<int32_t>(2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R));
     int32_t *offsets = grouping, *active = offsets + E + 1, *row_token = active + E + 1, *slot_row = row_token + R;
     cuda::route_and_group(router_logits, L.score_bias, rc, N, ids, wts, {offsets, active, row_token, slot_row},
-                          route_arrivals_, stream_);
+                          route_arrivals_, stream_, in_experts);
     float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
     T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
     float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
@@ -1032,7 +1044,8 @@ class cuda_backend final : public forward_backend {
         if (L.experts_gate_up_fp8.w) {
           cuda::expert_gemv_fp8(L.experts_gate_up_fp8, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
           cuda::silu_mul<T>(gu, I, R, act, stream_);
-          cuda::expert_gemv_fp8(L.experts_down_fp8, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
+          cuda::expert_gemv_fp8(L.experts_down_fp8, act, nullptr, offsets, active, max_active, H, I, rows, stream_,
+                                in_experts);
           return finish_moe(shared, rows, slot_row, wts);
         }
       }
@@ -1047,7 +1060,16 @@ class cuda_backend final : public forward_backend {
         cuda::expert_gemv<T>(L.experts_gate_up, h, row_token, offsets, active, max_active, 2 * I, H, gu, stream_);
         cuda::silu_mul<T>(gu, I, R, act, stream_);
       }
-      cuda::expert_gemv<T>(L.experts_down, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
+      bool down_done = false;
+      if constexpr (std::is_same_v<T, bf16>) {
+        if (in_experts.act) {
+          cuda::expert_down_with_shared(L.experts_down, act, offsets, active, max_active, H, I, rows, in_experts,
+                                        stream_);
+          down_done = true;
+        }
+      }
+      if (!down_done)
+        cuda::expert_gemv<T>(L.experts_down, act, nullptr, offsets, active, max_active, H, I, rows, stream_);
     } else {
       offsets_host_.resize(static_cast<size_t>(E) + 1);
       check(cudaMemcpyAsync(offsets_host_.data(), offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost, stream_));
@@ -1172,6 +1194,21 @@ class cuda_backend final : public forward_backend {
     return finish_moe(shared, reinterpret_cast<float*>(out), slot_index, wts);
   }
 
+  /// Whether a step's shared experts go into the routed kernels (route_and_group's SiLU-mul, the
+  /// routed down product's extra items): bf16 mode, up to shared_in_experts_rows tokens (each
+  /// shared item walks all of them, where a routed expert has a few), at most two shared experts,
+  /// routed experts in bf16 or FP8 read as bf16 (the same kernel, so an FP8 checkpoint kept in FP8
+  /// still gives the dequantised model's bits; the FP8 tensor-core product keeps its own path).
+  bool shared_in_experts(const layer_weights<T>& L, int N) const {
+    if constexpr (std::is_same_v<T, bf16>) {
+      const int I = c_.moe_intermediate_size, H = c_.hidden_size;
+      return shared_in_experts_ && L.has_shared && N <= shared_in_experts_rows &&
+             !(L.experts_gate_up_fp8.w && fp8_mma_) && L.shared_gate_up.rows == 2 * I * c_.n_shared_experts &&
+             cuda::shared_in_experts_fits(I, c_.n_shared_experts, H);
+    }
+    return false;
+  }
+
   /// The shared experts' SwiGLU and down product, on the side stream for small batches (it waits
   /// for the router's product; finish_moe joins it). Larger batches keep one stream: the routed
   /// experts' persistent grid expects every multiprocessor, and a product beside it costs a wave.
@@ -1212,6 +1249,7 @@ class cuda_backend final : public forward_backend {
   bool side_stream_ = false;  ///< TOLLGATE_ENGINE_SIDE_STREAM=0 turns it off, for measurements
   bool side_now_ = false;     ///< this layer's shared experts run on side_
   static constexpr int side_stream_rows = 16;
+  static constexpr int shared_in_experts_rows = 16;
   cudaStream_t side_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
   cublasHandle_t blas_side_ = nullptr;
@@ -1221,6 +1259,10 @@ class cuda_backend final : public forward_backend {
   // runs as a kernel of its own (for measurements; the values are the same).
   const bool fused_silu_ = std::getenv("TOLLGATE_ENGINE_FUSED_SILU") == nullptr ||
                            std::string(std::getenv("TOLLGATE_ENGINE_FUSED_SILU")) != "0";
+  // TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0: a decode step's shared experts run their own SiLU-mul and
+  // product (on the side stream up to side_stream_rows tokens), for measurements.
+  const bool shared_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS") == nullptr ||
+                                  std::string(std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS")) != "0";
   // Long prompt chunks' un-absorbed attention (dense_attention): the planned batch's items, and
   // the scratch its products may use at most (beyond the cache's gathered latents).
   std::vector<item_span> spans_;

@@ -43,8 +43,33 @@ __device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* s
 // One block per token; experts <= 1024, groups <= 64, top_k <= 32.
 __device__ void group_slots(const int32_t* ids, int total, int top_k, int experts, expert_groups out);
 
+// Token t's share of the shared experts (shared_experts in moe.cuh), by the block's threads from
+// `first` on: SiLU-mul of its gate and up values (the separate kernel's formula and rounding), and
+// its sums zeroed for the down product to add to. Four values a thread in flight.
+__device__ void shared_prep(const shared_experts& sh, const float* row, int experts, int t, int first) {
+  const int n = static_cast<int>(blockDim.x) - first, i0 = static_cast<int>(threadIdx.x) - first;
+  const int width = sh.parts * sh.inter;  // every shared expert's gate values, then their up values
+  const float* gate = row + experts;
+  const float* up = gate + width;
+  bf16* act = sh.act + static_cast<size_t>(t) * width;
+  for (int i = i0; i < width; i += 4 * n) {
+    float g[4], u[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int at = i + j * n;
+      g[j] = at < width ? gate[at] : 0.0f;
+      u[j] = at < width ? up[at] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (i + j * n < width) act[i + j * n] = __float2bfloat16_rn(g[j] / (1.0f + expf(-g[j])) * u[j]);
+  }
+  float* out = sh.out + static_cast<size_t>(t) * sh.hidden;
+  for (int i = i0; i < sh.hidden; i += n) out[i] = 0.0f;
+}
+
 __global__ void route_kernel(const float* logits, const float* bias, router_config c, int32_t* ids, float* weights,
-                             expert_groups groups, unsigned* arrivals) {
+                             expert_groups groups, unsigned* arrivals, shared_experts shared) {
   enter_in_order();
   extern __shared__ float sm[];
   float* score = sm;                 // [experts]
@@ -128,6 +153,8 @@ __global__ void route_kernel(const float* logits, const float* bias, router_conf
         if (bi >= 0 && (bi & 31) == lane) left &= ~(1u << (bi >> 5));
         if (lane == 0) chosen[k] = bi;
       }
+    } else if (shared.act) {  // the other warps meanwhile
+      shared_prep(shared, row, c.experts, blockIdx.x, 32);
     }
     __syncthreads();
   } else {
@@ -146,6 +173,7 @@ __global__ void route_kernel(const float* logits, const float* bias, router_conf
       }
       __syncthreads();
     }
+    if (shared.act) shared_prep(shared, row, c.experts, blockIdx.x, 0);
   }
   if (threadIdx.x == 0) {
     float wsum = 0;
@@ -371,11 +399,13 @@ struct fp8_rows {
 // With `act` (a gate-up product: N = 2 inter, gate rows then up rows), a warp's two tiles are 8
 // gate rows and the 8 up rows of the same columns, and the store is act[r, col] = bf16(silu(gate) *
 // up) (inter values a row) instead of out: silu_mul's values, without its kernel.
+// With `sh.parts` (a down product), the shared experts' parts (bf16 weights whatever W's) come first
+// in the item order, a (part, slice) each over all sh.rows tokens, and add their sums to sh.out.
 template <typename Rows, int KS>
 __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
                                                                   const int32_t* offsets, const int32_t* active, int N,
                                                                   int K, int slices, int max_active, float* out,
-                                                                  bf16* act) {
+                                                                  bf16* act, shared_experts sh) {
   enter_in_order();
   const int warp = (threadIdx.x >> 5) % mma_warps, kw = (threadIdx.x >> 5) / mma_warps;
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -386,11 +416,16 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   const int n_active = active[0];
   const uint4 zero = make_uint4(0, 0, 0, 0);
   __shared__ float red[KS > 1 ? mma_warps : 1][mma_tiles][4][32];
-  for (int item = blockIdx.x; item < max_active * slices; item += gridDim.x) {
-    const int y = item / slices, slice = item % slices;
-    if (y >= n_active) break;  // items are ordered by y: the rest are idle too
-    const int e = active[1 + y];
-    const int r0 = offsets[e], r1 = offsets[e + 1];
+  const int parts = sh.parts;
+  const int shared_items = parts * slices;
+  for (int item = blockIdx.x; item < shared_items + max_active * slices; item += gridDim.x) {
+    const bool is_sh = item < shared_items;
+    const int y = is_sh ? item / slices : (item - shared_items) / slices, slice = item % slices;
+    if (!is_sh && y >= n_active) break;  // routed items are ordered by y: the rest are idle too
+    const int e = is_sh ? 0 : active[1 + y];
+    const int r0 = is_sh ? 0 : offsets[e], r1 = is_sh ? sh.rows : offsets[e + 1];
+    // A shared part's rows of W and x: `parts * K` values apart, from column y K.
+    const size_t sh_stride = static_cast<size_t>(parts) * K, sh_col = static_cast<size_t>(y) * K;
     const int inter = N / 2;
     const int n_base = act ? (slice * mma_warps + warp) * 8 : (slice * mma_warps + warp) * 8 * mma_tiles;
     const int n_end = act ? inter : N;
@@ -402,14 +437,16 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
     for (int t = 0; t < mma_tiles; ++t) {
       const int n = act ? t * inter + min(n_base + g, inter - 1) : min(n_base + t * 8 + g, N - 1);
       wr[t] = static_cast<size_t>(e) * N + n;
-      wrow[t] = W.row(wr[t], K);
+      wrow[t] = is_sh ? static_cast<const void*>(sh.w + n * sh_stride + sh_col) : W.row(wr[t], K);
     }
     for (int rb = r0; rb < r1; rb += 16) {
       const int ra = rb + g, rc = rb + g + 8;
       const bool va = ra < r1, vc = rc < r1;
       const int xa_row = va ? ra : r0, xc_row = vc ? rc : r0;
-      const uint4* xa = reinterpret_cast<const uint4*>(x + static_cast<size_t>(x_rows ? x_rows[xa_row] : xa_row) * K);
-      const uint4* xc = reinterpret_cast<const uint4*>(x + static_cast<size_t>(x_rows ? x_rows[xc_row] : xc_row) * K);
+      const uint4* xa = reinterpret_cast<const uint4*>(
+          is_sh ? sh.act + xa_row * sh_stride + sh_col : x + static_cast<size_t>(x_rows ? x_rows[xa_row] : xa_row) * K);
+      const uint4* xc = reinterpret_cast<const uint4*>(
+          is_sh ? sh.act + xc_row * sh_stride + sh_col : x + static_cast<size_t>(x_rows ? x_rows[xc_row] : xc_row) * K);
       float c[mma_tiles][4];
 #pragma unroll
       for (int t = 0; t < mma_tiles; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0;
@@ -422,7 +459,8 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
           A[u] = va && in ? xa[at] : zero;
           C[u] = vc && in ? xc[at] : zero;
 #pragma unroll
-          for (int t = 0; t < mma_tiles; ++t) B[u][t] = in ? W.load(wrow[t], wr[t], at) : zero;
+          for (int t = 0; t < mma_tiles; ++t)
+            B[u][t] = !in ? zero : is_sh ? load_streaming(reinterpret_cast<const uint4*>(wrow[t]) + at) : W.load(wrow[t], wr[t], at);
         }
 #pragma unroll
         for (int u = 0; u < mma_ahead; ++u) {
@@ -460,6 +498,17 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
         if (vc)
           *reinterpret_cast<__nv_bfloat162*>(act + static_cast<size_t>(rc) * inter + col) =
               __floats2bfloat162_rn(silu(c[0][2], c[1][2]), silu(c[0][3], c[1][3]));
+        continue;
+      }
+      if (is_sh) {
+#pragma unroll
+        for (int t = 0; t < mma_tiles; ++t) {
+          const int col = n_base + t * 8 + 2 * q;
+          if (col >= N) continue;
+          float* o = sh.out + col;
+          if (va) atomicAdd(o + static_cast<size_t>(ra) * N, c[t][0]), atomicAdd(o + static_cast<size_t>(ra) * N + 1, c[t][1]);
+          if (vc) atomicAdd(o + static_cast<size_t>(rc) * N, c[t][2]), atomicAdd(o + static_cast<size_t>(rc) * N + 1, c[t][3]);
+        }
         continue;
       }
 #pragma unroll
@@ -661,27 +710,31 @@ int expert_ksplit() {
 template <typename Rows>
 void launch_expert_mma(const Rows& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                        const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
-                       bf16* act = nullptr) {
+                       bf16* act = nullptr, const shared_experts& sh = {}) {
+  // The shared parts take max_active's place in the grid's size: `parts` more expert-sized items.
   if (expert_ksplit() == 2) {
-    const auto [slices, grid] = persistent_grid(N, max_active, 2);
+    const auto [slices, grid] = persistent_grid(N, max_active + sh.parts, 2);
     launch_early(device::expert_mma_kernel<Rows, 2>, dim3(grid), dim3(256), 0, s, W, x, x_rows, offsets, active, N, K,
-                 slices, max_active, out, act);
+                 slices, max_active, out, act, sh);
   } else {
-    const auto [slices, grid] = persistent_grid(N, max_active);
+    const auto [slices, grid] = persistent_grid(N, max_active + sh.parts);
     launch_early(device::expert_mma_kernel<Rows, 1>, dim3(grid), dim3(128), 0, s, W, x, x_rows, offsets, active, N, K,
-                 slices, max_active, out, act);
+                 slices, max_active, out, act, sh);
   }
   check_launch();
 }
 }  // namespace
 
 void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
-                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s) {
+                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
+                     const shared_experts& shared) {
   if (max_active == 0) return;
   if (K % 32 != 0 || N % 8 != 0) throw std::logic_error("expert_gemv_fp8: K % 32 and N % 8 must be 0");
+  if (shared.parts && (shared.hidden != N || shared.inter != K || !shared_in_experts_fits(K, shared.parts, N)))
+    throw std::logic_error("expert_gemv_fp8: shared experts of other shapes");
   const int blocks = (K + (1 << W.kb_shift) - 1) >> W.kb_shift;
   launch_expert_mma(device::fp8_rows{W.w, W.scales, W.kb_shift, blocks}, x, x_rows, offsets, active, max_active, N, K,
-                    out, s);
+                    out, s, nullptr, shared);
 }
 
 void quantise_rows_fp8(const bf16* x, int rows, int K, uint8_t* q, float* scales, cudaStream_t s) {
@@ -736,13 +789,14 @@ void fill_random_fp8(uint8_t* w, float* scales, size_t rows, int K, int kb_shift
 }
 
 void route_and_group(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
-                     float* weights, const expert_groups& groups, unsigned* arrivals, cudaStream_t s) {
+                     float* weights, const expert_groups& groups, unsigned* arrivals, cudaStream_t s,
+                     const shared_experts& shared) {
   if (n == 0) return;
   if (c.experts > 1024 || c.groups > 64 || c.top_k > 32)
     throw std::runtime_error("the GPU router takes up to 1024 experts, 64 groups and top 32");
   const size_t smem = sizeof(float) * (2 * static_cast<size_t>(c.experts) + c.groups);
   launch_early(device::route_kernel, dim3(n), dim3(256), smem, s, logits, correction_bias, c, ids, weights, groups,
-               arrivals);
+               arrivals, shared);
 }
 
 template <typename T>
@@ -759,6 +813,15 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
   if (K % 8 == 0) device::expert_gemv_kernel<T, true><<<grid, 256, 0, s>>>(W, x, x_rows, offsets, active, N, K, out);
   else device::expert_gemv_kernel<T, false><<<grid, 256, 0, s>>>(W, x, x_rows, offsets, active, N, K, out);
   check_launch();
+}
+
+void expert_down_with_shared(const bf16* W, const bf16* act, const int32_t* offsets, const int32_t* active,
+                             int max_active, int hidden, int inter, float* out, const shared_experts& shared,
+                             cudaStream_t s) {
+  if (!shared_in_experts_fits(inter, shared.parts, hidden) || shared.hidden != hidden || shared.inter != inter)
+    throw std::logic_error("expert_down_with_shared: shapes the tensor-core product does not take");
+  launch_expert_mma(device::bf16_rows{W}, act, nullptr, offsets, active, max_active, hidden, inter, out, s, nullptr,
+                    shared);
 }
 
 bool expert_gate_up_silu_fits(int inter, int K) { return inter > 0 && inter % 32 == 0 && K % 32 == 0; }

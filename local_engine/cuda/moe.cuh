@@ -28,11 +28,32 @@ struct expert_groups {
   int32_t *offsets = nullptr, *active = nullptr, *row_token = nullptr, *slot_row = nullptr;
 };
 
+/// The shared experts' part in a decode step's routed kernels (no product or stream of their own).
+/// The router's kernel writes act[t, :] = bf16(silu(gate) * up) from the router-and-shared product
+/// (a token's gate values follow its `experts` router logits, its up values follow them; `inter`
+/// values each) and zeroes out[t, :] (`hidden` floats). The routed down product then adds each
+/// shared expert's part of W [hidden, parts * inter] . act to out: part p is columns p inter ..
+/// (p + 1) inter, and with at most two parts the sum's bits do not depend on their order.
+struct shared_experts {
+  bf16* act = nullptr;
+  float* out = nullptr;
+  const bf16* w = nullptr;
+  int inter = 0, parts = 0, hidden = 0, rows = 0;
+};
+
+/// Whether the routed kernels take the shared experts (bf16 weights, at most two parts, the shapes
+/// the tensor-core product takes).
+inline bool shared_in_experts_fits(int inter, int parts, int hidden) {
+  return parts >= 1 && parts <= 2 && inter % 32 == 0 && hidden % 8 == 0;
+}
+
 /// logits [n, experts] (rows c.stride floats apart when set) -> ids [n, top_k] and weights
 /// [n, top_k], as the CPU route_token() does; then the slots grouped by expert, by the last block
-/// to finish (one kernel). `arrivals` is one device counter at 0, left at 0.
+/// to finish (one kernel). `arrivals` is one device counter at 0, left at 0. With `shared.act`, also
+/// the shared experts' SiLU-mul and the zeroed sums (above).
 void route_and_group(const float* logits, const float* correction_bias, const router_config& c, int n, int32_t* ids,
-                     float* weights, const expert_groups& groups, unsigned* arrivals, cudaStream_t s);
+                     float* weights, const expert_groups& groups, unsigned* arrivals, cudaStream_t s,
+                     const shared_experts& shared = {});
 
 /// out[r, :] = W[e] x[a(r), :] for the rows r of each expert e that `active` lists (offsets as
 /// above), where a(r) = x_rows ? x_rows[r] : r: W is [experts, N, K] in T, x in T, out [rows, N]
@@ -41,6 +62,12 @@ void route_and_group(const float* logits, const float* correction_bias, const ro
 template <typename T>
 void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* offsets, const int32_t* active,
                  int max_active, int N, int K, float* out, cudaStream_t s);
+
+/// expert_gemv<bf16> of the routed down product (W [experts, hidden, inter]) with the shared
+/// experts' parts (shared_experts above) as more work items of the same grid.
+void expert_down_with_shared(const bf16* W, const bf16* act, const int32_t* offsets, const int32_t* active,
+                             int max_active, int hidden, int inter, float* out, const shared_experts& shared,
+                             cudaStream_t s);
 
 /// Whether expert_gate_up_silu takes these shapes (inter % 32 == 0, K % 32 == 0).
 bool expert_gate_up_silu_fits(int inter, int K);
@@ -67,9 +94,11 @@ inline bool fp8_experts_fit(int N, int K, int block_cols) {
 
 /// expert_gemv for bf16 activations and FP8 weights: each weight is dequantised as it is read, to
 /// the bf16 value the loader would have made (value * scale, rounded to nearest), so the result
-/// has the same bits as the dequantised model's. Same layout rules as expert_gemv.
+/// has the same bits as the dequantised model's. Same layout rules as expert_gemv. With `shared`
+/// (a down product), the shared experts' parts too, as expert_down_with_shared does.
 void expert_gemv_fp8(const fp8_experts& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
-                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s);
+                     const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
+                     const shared_experts& shared = {});
 
 /// Expert e's [N, K] matrix in bf16, dequantised as above (for prefill's cuBLAS products).
 void dequantise_expert(const fp8_experts& W, int e, int N, int K, bf16* out, cudaStream_t s);

@@ -34,10 +34,12 @@ struct loaded {
   std::unique_ptr<eng::forward_backend> backend;
 };
 
-std::unique_ptr<loaded> load(const std::string& recipe, const std::string& dtype, double kv_bytes = 64 << 20,
-                             int dense_prefill_tokens = eng::backend_options{}.dense_prefill_tokens) {
+/// A backend on a checkpoint made from recipe_text (a recipe's JSON), named `recipe` in the log.
+std::unique_ptr<loaded> load_text(const std::string& recipe, const std::string& recipe_text, const std::string& dtype,
+                                  double kv_bytes = 64 << 20,
+                                  int dense_prefill_tokens = eng::backend_options{}.dense_prefill_tokens) {
   auto l = std::make_unique<loaded>();
-  t::make_recipe_checkpoint(recipe, l->dir.path());
+  eng::make_tiny_checkpoint(recipe_text, l->dir.str());
   l->config = eng::parse_model_config(t::read_text(l->dir.path() / "config.json"));
   eng::backend_options o;
   o.device = "cuda:0";
@@ -48,6 +50,11 @@ std::unique_ptr<loaded> load(const std::string& recipe, const std::string& dtype
   l->backend = eng::make_cuda_backend(l->config, l->dir.str(), o);
   std::printf("%s: %s\n", recipe.c_str(), l->backend->describe().c_str());
   return l;
+}
+
+std::unique_ptr<loaded> load(const std::string& recipe, const std::string& dtype, double kv_bytes = 64 << 20,
+                             int dense_prefill_tokens = eng::backend_options{}.dense_prefill_tokens) {
+  return load_text(recipe, t::read_text(t::recipe_path(recipe)), dtype, kv_bytes, dense_prefill_tokens);
 }
 
 double relative_error(const float* out, const double* ref, size_t n) {
@@ -220,39 +227,48 @@ TEST_CASE("gpu: bfloat16 logits follow the float32 path", "[gpu][bf16]") {
   }
 }
 
+/// A 40-token prompt's logits (the decode-sized kernels take it whole) and four decode steps'.
+std::vector<float> prompt_and_decode(eng::forward_backend& be, int vocab) {
+  std::vector<int32_t> tokens(40);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(2 + (i * 7919) % (vocab - 2));
+  const auto blocks = blocks_for(0, tokens.size() + 8, be.kv_pool().block_size);
+  eng::batch_item it;
+  it.tokens = tokens;
+  it.blocks = blocks;
+  it.logits = true;
+  eng::batch_result r;
+  be.forward({&it, 1}, r);
+  std::vector<float> all = r.logits;
+  for (int k = 0; k < 4; ++k) {
+    const int32_t next = tokens[static_cast<size_t>(3 + 5 * k)];
+    eng::batch_item d;
+    d.tokens = {&next, 1};
+    d.start = tokens.size() + k;
+    d.blocks = blocks;
+    d.logits = true;
+    be.forward({&d, 1}, r);
+    all.insert(all.end(), r.logits.begin(), r.logits.end());
+  }
+  return all;
+}
+
+/// prompt_and_decode's logits of a recipe's model loaded with environment variable `var` set to
+/// `value` (the backend reads its knobs when it is made).
+std::vector<float> logits_with(const std::string& name, const std::string& recipe_text, const char* var,
+                               const char* value) {
+  ::setenv(var, value, 1);
+  auto m = load_text(name, recipe_text, "bfloat16");
+  ::unsetenv(var);
+  return prompt_and_decode(*m->backend, m->config.vocab_size);
+}
+
 TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of its own kernel", "[gpu][bf16]") {
   // gpu_mla512's experts (inter 128, hidden 256) take the fused store; the other recipes' (inter
   // 48) keep the float product and the SiLU-mul kernel. A 40-token prompt and four decode steps,
   // with TOLLGATE_ENGINE_FUSED_SILU=0 and without: every logit the same.
-  const auto run = [](const char* fused) {
-    ::setenv("TOLLGATE_ENGINE_FUSED_SILU", fused, 1);
-    auto m = load("gpu_mla512", "bfloat16");
-    ::unsetenv("TOLLGATE_ENGINE_FUSED_SILU");
-    REQUIRE(m->config.moe_intermediate_size % 32 == 0);
-    REQUIRE(m->config.hidden_size % 32 == 0);
-    std::vector<int32_t> tokens(40);
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(2 + (i * 7919) % (m->config.vocab_size - 2));
-    const auto blocks = blocks_for(0, tokens.size() + 8, m->backend->kv_pool().block_size);
-    eng::batch_item it;
-    it.tokens = tokens;
-    it.blocks = blocks;
-    it.logits = true;
-    eng::batch_result r;
-    m->backend->forward({&it, 1}, r);
-    std::vector<float> all = r.logits;
-    for (int k = 0; k < 4; ++k) {
-      const int32_t next = tokens[static_cast<size_t>(3 + 5 * k)];
-      eng::batch_item d;
-      d.tokens = {&next, 1};
-      d.start = tokens.size() + k;
-      d.blocks = blocks;
-      d.logits = true;
-      m->backend->forward({&d, 1}, r);
-      all.insert(all.end(), r.logits.begin(), r.logits.end());
-    }
-    return all;
-  };
-  const auto apart = run("0"), fused = run("1");
+  const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
+  const auto apart = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FUSED_SILU", "0"),
+             fused = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FUSED_SILU", "1");
   REQUIRE(!apart.empty());
   REQUIRE(fused.size() == apart.size());
   size_t differ = 0;
@@ -260,6 +276,33 @@ TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of
   std::printf("gpu SiLU-mul in the gate-up store: %zu of %zu logits differ from the separate kernel's\n", differ,
               apart.size());
   CHECK(differ == 0);
+}
+
+TEST_CASE("gpu: the shared experts inside the routed kernels follow their own product", "[gpu][bf16]") {
+  // gpu_mla512 has one shared expert; the same model with two has a shared down product of two
+  // parts that add to the same sums. With TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0 the shared experts
+  // run their own SiLU-mul and product: the same float sums, in the same or another order, so
+  // the logits agree to float rounding (at these shapes they came out bit for bit the same; a
+  // wrong gate/up span in the router's kernel gave cosine 0.88). The 40-token prompt takes the
+  // shared experts' own product (over 16 tokens), its four decode steps the routed kernels.
+  auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+  for (int parts : {1, 2}) {
+    recipe["config"]["n_shared_experts"] = parts;
+    recipe["seed"] = 512 + parts + static_cast<int>(std::random_device{}() % 1000);
+    const std::string name = "gpu_mla512 with " + std::to_string(parts) + " shared";
+    const auto apart = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_IN_EXPERTS", "0"),
+               inside = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_IN_EXPERTS", "1");
+    REQUIRE(!apart.empty());
+    size_t differ = 0;
+    for (size_t i = 0; i < apart.size(); ++i) differ += std::memcmp(&apart[i], &inside[i], sizeof(float)) != 0;
+    const logit_match lm = compare_logits(inside, apart, recipe["config"]["vocab_size"].get<size_t>());
+    std::printf("gpu shared experts in the routed kernels, %d part(s): %zu of %zu logits differ, relative error "
+                "%.2e, cosine mean %.6f worst %.6f, top-1 %.3f\n",
+                parts, differ, apart.size(), lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
+    CHECK(lm.rel < 1e-3);
+    CHECK(lm.mean_cos > 0.9999);
+    CHECK(lm.agreement >= 0.99);
+  }
 }
 
 TEST_CASE("gpu: a long prompt in one forward follows the same prompt in chunks", "[gpu][prefill]") {
@@ -411,6 +454,12 @@ TEST_CASE("gpu: FP8 experts kept on the GPU give the logits of the model dequant
     std::printf("gpu fp8 experts: %zu tokens, %zu of %zu logits differ from the dequantised model's\n", n, differ, a.size());
     CHECK(differ == 0);
   }
+  // Decode steps (the shared expert inside the routed kernels, which read FP8 or bf16 alike).
+  const auto a = prompt_and_decode(*kept, config.vocab_size), b = prompt_and_decode(*dequantised, config.vocab_size);
+  size_t differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+  std::printf("gpu fp8 experts: decode steps, %zu of %zu logits differ from the dequantised model's\n", differ, a.size());
+  CHECK(differ == 0);
 }
 
 TEST_CASE("gpu: FP8 experts on FP8 tensor cores stay near the dequantised model", "[gpu][fp8]") {
