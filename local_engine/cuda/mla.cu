@@ -234,6 +234,12 @@ __device__ __forceinline__ void ldsm_x2_trans(uint32_t (&r)[2], const void* p) {
                : "=r"(r[0]), "=r"(r[1])
                : "r"(smem_addr(p)));
 }
+/// 16 bytes from global to shared memory without a register (cp.async, L2 only), and the wait
+/// for all of a thread's such copies.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -242,11 +248,18 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const
 }
 }  // namespace tc
 
-template <int QT, int WARPS>
+// ASYNC (one token a block): what does not depend on the kernel before is looked up before the
+// wait for it: the token's length and its first tile's cache rows (positions and block tables are
+// copied before a step's first kernel; older positions were cached by earlier steps). After the
+// wait the query and the tile come by cp.async, all of a thread's units in flight at once and
+// no registers to stage them: one round trip to memory where the register loads take three.
+template <int QT, int WARPS, bool ASYNC>
 __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_kernel(const bf16* q_full, const bf16* cache, mla_dims d,
                                                                    token_map map, int n, float scale, float* partial,
                                                                    bf16* out) {
-  enter_in_order();
+  static_assert(!ASYNC || QT == 1, "cp.async loads for one token a block");
+  if constexpr (ASYNC) trigger_dependents();
+  else enter_in_order();
   static_assert(WARPS % 8 == 0 && QT % (WARPS / 8) == 0, "warps score 8 positions each, for whole tokens");
   constexpr int R = 16 * QT;                  // rows of the products: QT tokens x 16 heads
   constexpr int cols = tc::rank / WARPS;      // latent columns a warp owns in P . latent
@@ -276,6 +289,45 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
     while (t1 < t_stop && map.table_off[t1] == map.table_off[t0]) ++t1;
     const int nt = t1 - t0;
     __syncthreads();  // the last run's readers are done
+    // A thread's first unit of a tile and its step (keys x W8 units to the threads in turn), and
+    // (ASYNC) a tile's copies: rows past the length are zeros.
+    const int j0 = threadIdx.x / W8, c0 = threadIdx.x % W8;
+    const int step_j = blockDim.x / W8, step_c = blockDim.x % W8;
+    const auto copy_tile = [&](int nk) {
+      for (int j = j0, c8 = c0; j < tc::keys;) {
+        bf16* dst = kv_s + j * PW + c8 * 8;
+        if (j < nk) tc::cp_async16(dst, row_src[j] + c8 * 8);
+        else *reinterpret_cast<uint4*>(dst) = zero;
+        j += step_j, c8 += step_c;
+        if (c8 >= W8) c8 -= W8, ++j;
+      }
+    };
+    const int32_t* table = map.table + map.table_off[t0];
+    int tile_pre = -1;  // ASYNC: the tile already in kv_s
+    if constexpr (ASYNC) {
+      const int len1 = map.pos[t0] + 1;
+      if (threadIdx.x == 0) len_s[0] = len1;
+      const int tiles1 = (len1 + tc::keys - 1) / tc::keys, per1 = (tiles1 + splits - 1) / splits;
+      const int tb = blockIdx.z * per1;
+      if (tb < min(tiles1, tb + per1)) {
+        tile_pre = tb;
+        const int pos = tb * tc::keys + threadIdx.x;
+        if (threadIdx.x < tc::keys)
+          row_src[threadIdx.x] =
+              pos < len1 ? cache + (static_cast<size_t>(table[pos / map.block_size]) * map.block_size + pos % map.block_size) * W
+                         : nullptr;
+      }
+      wait_for_prerequisites();
+      for (int idx = threadIdx.x; idx < R * W8; idx += blockDim.x) {
+        const int r = idx / W8, c8 = idx % W8, hr = r & 15;
+        bf16* dst = q_s + r * PW + c8 * 8;
+        if (hr < hg) tc::cp_async16(dst, q_full + (static_cast<size_t>(t0) * d.heads + h0 + hr) * W + c8 * 8);
+        else *reinterpret_cast<uint4*>(dst) = zero;
+      }
+      __syncthreads();  // row_src
+      if (tile_pre >= 0) copy_tile(min(tc::keys, len1 - tile_pre * tc::keys));
+      tc::cp_async_wait_all();
+    } else {
     if (threadIdx.x < QT) len_s[threadIdx.x] = map.pos[threadIdx.x < nt ? t0 + threadIdx.x : t0] + 1;
     // The queries' units, up to 8 a thread in flight at once (their loads issued before the stores).
     for (int base = threadIdx.x; base < R * W8; base += 8 * blockDim.x) {
@@ -294,6 +346,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
         if (idx < R * W8) *reinterpret_cast<uint4*>(q_s + (idx / W8) * PW + (idx % W8) * 8) = v[u];
       }
     }
+    }
     if (threadIdx.x < R) {
       m_s[threadIdx.x] = -INFINITY;
       l_s[threadIdx.x] = 0;
@@ -305,7 +358,6 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
     const int tiles = (len + tc::keys - 1) / tc::keys;
     const int per_split = (tiles + splits - 1) / splits;
     const int tile_begin = blockIdx.z * per_split, tile_end = min(tiles, tile_begin + per_split);
-    const int32_t* table = map.table + map.table_off[t0];
     float acc[QT][ntiles][4];
 #pragma unroll
     for (int i = 0; i < QT; ++i)
@@ -315,10 +367,9 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
     // The tile's 16-byte units (keys x W8) go to the threads in turn; a thread's first unit and
     // its step are fixed, so the walk needs no division, and each key's cache row is looked up
     // once a tile (row_src), not once a unit.
-    const int j0 = threadIdx.x / W8, c0 = threadIdx.x % W8;
-    const int step_j = blockDim.x / W8, step_c = blockDim.x % W8;
     for (int tile = tile_begin; tile < tile_end; ++tile) {
       const int first = tile * tc::keys, nk = min(tc::keys, len - first);
+      if (tile != tile_pre) {
       __syncthreads();  // the last tile's readers are done
       if (threadIdx.x < tc::keys) {
         const int pos = first + threadIdx.x;
@@ -328,6 +379,10 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
                 : nullptr;
       }
       __syncthreads();
+      if constexpr (ASYNC) {
+        copy_tile(nk);
+        tc::cp_async_wait_all();
+      } else {
       // One token a block (decode; two blocks a multiprocessor, so at most 128 registers a
       // thread): half a tile of DeepSeek's width (64 keys x 72 units) in flight at once, two round
       // trips to memory a tile, not three. Several (prompts): six units at a time.
@@ -346,6 +401,8 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
 #pragma unroll
         for (int u = 0; u < unroll; ++u)
           if (jj[u] < tc::keys) *reinterpret_cast<uint4*>(kv_s + jj[u] * PW + cc[u] * 8) = v[u];
+      }
+      }
       }
       __syncthreads();
       // Scores of this warp's 8 positions for its 16-row tiles (tile i: token i's heads).
@@ -519,19 +576,27 @@ size_t mla_partial_floats(int n, const mla_dims& d, int max_len) {
 
 namespace {
 /// Launches the tensor-core kernel with QT tokens a block.
-template <int QT, int WARPS>
+template <int QT, int WARPS, bool ASYNC = false>
 void launch_tc(const bf16* q_full, const bf16* cache, const mla_dims& d, int n, int splits, const token_map& map,
                float scale, float* partial, bf16* out, cudaStream_t s) {
   constexpr int R = 16 * QT;
   const int PW = d.width() + 8;
   const size_t smem = sizeof(bf16) * (static_cast<size_t>(R + device::tc::keys) * PW + R * device::tc::p_pitch) +
                       sizeof(float) * (static_cast<size_t>(R) * device::tc::keys + 3 * R);
-  auto* kernel = device::mla_attend_tc_kernel<QT, WARPS>;
+  auto* kernel = device::mla_attend_tc_kernel<QT, WARPS, ASYNC>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>((n + QT - 1) / QT), static_cast<unsigned>(head_groups(d)),
                   static_cast<unsigned>(splits));
   launch_early(kernel, grid, dim3(WARPS * 32), smem, s, q_full, cache, d, map, n, scale, partial, out);
   check_launch();
+}
+
+/// TOLLGATE_MLA_ASYNC=0: one token a block loads its query and tiles through registers after the
+/// wait, as before the cp.async loads (for measurements and the test that compares the two). Read
+/// at each launch, so that a process can compare both (decode steps are launched from graphs).
+bool async_loads() {
+  const char* v = std::getenv("TOLLGATE_MLA_ASYNC");
+  return v == nullptr || std::string(v) != "0";
 }
 
 /// Tokens a block of the tensor-core kernel takes: several when the batch is mostly prompt chunks
@@ -568,7 +633,10 @@ void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int s
       switch (tokens_per_block(n, sequences, splits, tokens_per_block_asked)) {
         case 4: launch_tc<4, 16>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
         case 2: launch_tc<2, 8>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
-        default: launch_tc<1, 8>(q_full, cache, d, n, splits, map, scale, partial, out, s); break;
+        default:
+          if (async_loads()) launch_tc<1, 8, true>(q_full, cache, d, n, splits, map, scale, partial, out, s);
+          else launch_tc<1, 8>(q_full, cache, d, n, splits, map, scale, partial, out, s);
+          break;
       }
       if (splits > 1)
         launch_early(device::mla_combine_kernel<T>, dim3(static_cast<unsigned>(n * d.heads)), dim3(256), 0, s, partial,

@@ -278,6 +278,21 @@ TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of
   CHECK(differ == 0);
 }
 
+TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loads", "[gpu][bf16]") {
+  // gpu_mla512 (kv_lora_rank 512) takes the tensor-core attention; a 40-token prompt and its
+  // decode steps take one token a block, which copies its query and tiles with cp.async unless
+  // TOLLGATE_MLA_ASYNC=0. The same values reach shared memory either way: every logit the same.
+  const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
+  const auto regs = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "0"),
+             async = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "1");
+  REQUIRE(!regs.empty());
+  REQUIRE(async.size() == regs.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < regs.size(); ++i) differ += std::memcmp(&regs[i], &async[i], sizeof(float)) != 0;
+  std::printf("gpu attention cp.async loads: %zu of %zu logits differ from the register loads'\n", differ, regs.size());
+  CHECK(differ == 0);
+}
+
 TEST_CASE("gpu: the shared experts inside the routed kernels follow their own product", "[gpu][bf16]") {
   // gpu_mla512 has one shared expert; the same model with two has a shared down product of two
   // parts that add to the same sums. With TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0 the shared experts
