@@ -8,6 +8,10 @@
 
 namespace tollgate::engine::cuda {
 
+/// Floats a (token, head, split) partial sum takes: the kv_rank sums, the running max and the
+/// sum of exponentials, padded so that each starts 16 bytes aligned.
+__host__ __device__ constexpr int partial_stride(int kv_rank) { return (kv_rank + 2 + 3) / 4 * 4; }
+
 namespace {
 constexpr int heads_per_block = 16;  // query heads that share one pass over the cached positions
 constexpr int keys_per_tile = 32;
@@ -194,7 +198,7 @@ __global__ void __launch_bounds__(threads) mla_attend_kernel(const T* q_full, co
       if (splits == 1) {
         out[th * d.kv_rank + c] = from_float<T>(acc[ci][h] / l_s[h]);
       } else {
-        float* part = partial + (th * splits + blockIdx.z) * (d.kv_rank + 2);
+        float* part = partial + (th * splits + blockIdx.z) * partial_stride(d.kv_rank);
         part[c] = acc[ci][h];
         if (c == 0) {
           part[d.kv_rank] = m_s[h];
@@ -484,6 +488,37 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
       }
     }
     __syncthreads();
+    if constexpr (ASYNC) {
+      if (splits > 1) {
+        // The block's sums staged in shared memory (the cache tile's, free now), then written 16
+        // bytes a thread, each warp's stores contiguous: the scattered 4-byte stores below took
+        // about 3 us of a 9 us block (in-kernel clocks).
+        constexpr int SP = tc::rank + 4, U = tc::rank / 4;
+        float* st = reinterpret_cast<float*>(kv_s);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int hr = g + 8 * half;
+#pragma unroll
+          for (int c = 0; c < ntiles; ++c)
+            *reinterpret_cast<float2*>(st + hr * SP + warp * cols + c * 8 + 2 * q) =
+                make_float2(acc[0][c][2 * half], acc[0][c][2 * half + 1]);
+        }
+        __syncthreads();
+        const size_t th0 = static_cast<size_t>(t0) * d.heads + h0;
+        for (int idx = threadIdx.x; idx < hg * U; idx += blockDim.x) {
+          const int hr = idx / U, u = idx % U;
+          float* part = partial + ((th0 + hr) * splits + blockIdx.z) * partial_stride(tc::rank);
+          reinterpret_cast<float4*>(part)[u] = *reinterpret_cast<const float4*>(st + hr * SP + 4 * u);
+        }
+        if (static_cast<int>(threadIdx.x) < hg) {
+          float* part = partial + ((th0 + threadIdx.x) * splits + blockIdx.z) * partial_stride(tc::rank);
+          part[tc::rank] = m_s[threadIdx.x];
+          part[tc::rank + 1] = l_s[threadIdx.x];
+        }
+        t0 = t1;
+        continue;
+      }
+    }
 #pragma unroll
     for (int i = 0; i < QT; ++i) {
       if (i >= nt) break;
@@ -501,7 +536,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
                 __floats2bfloat162_rn(acc[i][c][2 * half] * inv, acc[i][c][2 * half + 1] * inv);
           }
         } else {
-          float* part = partial + (th * splits + blockIdx.z) * (tc::rank + 2);
+          float* part = partial + (th * splits + blockIdx.z) * partial_stride(tc::rank);
 #pragma unroll
           for (int c = 0; c < ntiles; ++c) {
             const int col = warp * cols + c * 8 + 2 * q;
@@ -526,11 +561,12 @@ __global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank
   __shared__ float scale_s[max_splits];
   __shared__ float inv_l;
   const size_t th = blockIdx.x;
-  const float* base = partial + th * splits * (kv_rank + 2);
+  const int stride = partial_stride(kv_rank);
+  const float* base = partial + th * splits * stride;
   if (threadIdx.x < 32) {  // max_splits <= 32: one warp merges the softmax sums
     const int s = threadIdx.x;
-    const float m = s < splits ? base[s * (kv_rank + 2) + kv_rank] : -INFINITY;
-    const float l = s < splits ? base[s * (kv_rank + 2) + kv_rank + 1] : 0.0f;
+    const float m = s < splits ? base[s * stride + kv_rank] : -INFINITY;
+    const float l = s < splits ? base[s * stride + kv_rank + 1] : 0.0f;
     const float M = warp_max(m);
     const float f = m == -INFINITY ? 0.0f : __expf(m - M);
     const float L = warp_sum(l * f);
@@ -541,7 +577,7 @@ __global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank
   for (int c = threadIdx.x; c < kv_rank; c += blockDim.x) {
     float v = 0;
 #pragma unroll 8
-    for (int s = 0; s < splits; ++s) v += base[s * (kv_rank + 2) + c] * scale_s[s];
+    for (int s = 0; s < splits; ++s) v += base[s * stride + c] * scale_s[s];
     out[th * kv_rank + c] = from_float<T>(v * inv_l);
   }
 }
@@ -571,7 +607,7 @@ int mla_splits(int n, const mla_dims& d, int max_len) { return choose_splits(n, 
 size_t mla_partial_floats(int n, const mla_dims& d, int max_len) {
   const int splits = choose_splits(n, d, max_len);
   if (splits == 1) return 0;
-  return static_cast<size_t>(n) * d.heads * splits * (d.kv_rank + 2);
+  return static_cast<size_t>(n) * d.heads * splits * partial_stride(d.kv_rank);
 }
 
 namespace {
