@@ -262,6 +262,15 @@ std::vector<float> logits_with(const std::string& name, const std::string& recip
   return prompt_and_decode(*m->backend, m->config.vocab_size);
 }
 
+/// How many of two runs' logits differ in their bits (the runs must give as many).
+size_t bits_differ(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(!a.empty());
+  REQUIRE(b.size() == a.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) differ += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+  return differ;
+}
+
 TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of its own kernel", "[gpu][bf16]") {
   // gpu_mla512's experts (inter 128, hidden 256) take the fused store; the other recipes' (inter
   // 48) keep the float product and the SiLU-mul kernel. A 40-token prompt and four decode steps,
@@ -269,10 +278,7 @@ TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of
   const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
   const auto apart = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FUSED_SILU", "0"),
              fused = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FUSED_SILU", "1");
-  REQUIRE(!apart.empty());
-  REQUIRE(fused.size() == apart.size());
-  size_t differ = 0;
-  for (size_t i = 0; i < apart.size(); ++i) differ += std::memcmp(&apart[i], &fused[i], sizeof(float)) != 0;
+  const size_t differ = bits_differ(apart, fused);
   std::printf("gpu SiLU-mul in the gate-up store: %zu of %zu logits differ from the separate kernel's\n", differ,
               apart.size());
   CHECK(differ == 0);
@@ -285,10 +291,7 @@ TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loa
   const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
   const auto regs = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "0"),
              async = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "1");
-  REQUIRE(!regs.empty());
-  REQUIRE(async.size() == regs.size());
-  size_t differ = 0;
-  for (size_t i = 0; i < regs.size(); ++i) differ += std::memcmp(&regs[i], &async[i], sizeof(float)) != 0;
+  const size_t differ = bits_differ(regs, async);
   std::printf("gpu attention cp.async loads: %zu of %zu logits differ from the register loads'\n", differ, regs.size());
   CHECK(differ == 0);
 }
@@ -307,9 +310,7 @@ TEST_CASE("gpu: the shared experts inside the routed kernels follow their own pr
     const std::string name = "gpu_mla512 with " + std::to_string(parts) + " shared";
     const auto apart = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_IN_EXPERTS", "0"),
                inside = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_IN_EXPERTS", "1");
-    REQUIRE(!apart.empty());
-    size_t differ = 0;
-    for (size_t i = 0; i < apart.size(); ++i) differ += std::memcmp(&apart[i], &inside[i], sizeof(float)) != 0;
+    const size_t differ = bits_differ(apart, inside);
     const logit_match lm = compare_logits(inside, apart, recipe["config"]["vocab_size"].get<size_t>());
     std::printf("gpu shared experts in the routed kernels, %d part(s): %zu of %zu logits differ, relative error "
                 "%.2e, cosine mean %.6f worst %.6f, top-1 %.3f\n",
