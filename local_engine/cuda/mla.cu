@@ -489,22 +489,23 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
     }
     __syncthreads();
     if constexpr (ASYNC) {
+      // The block's sums staged in shared memory (the cache tile's, free now), then written 16
+      // bytes a thread, each warp's stores contiguous: the scattered 4-byte stores below took
+      // about 3 us of a 9 us block (in-kernel clocks). The same values as those stores.
+      constexpr int SP = tc::rank + 4;
+      float* st = reinterpret_cast<float*>(kv_s);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int hr = g + 8 * half;
+#pragma unroll
+        for (int c = 0; c < ntiles; ++c)
+          *reinterpret_cast<float2*>(st + hr * SP + warp * cols + c * 8 + 2 * q) =
+              make_float2(acc[0][c][2 * half], acc[0][c][2 * half + 1]);
+      }
+      __syncthreads();
+      const size_t th0 = static_cast<size_t>(t0) * d.heads + h0;
       if (splits > 1) {
-        // The block's sums staged in shared memory (the cache tile's, free now), then written 16
-        // bytes a thread, each warp's stores contiguous: the scattered 4-byte stores below took
-        // about 3 us of a 9 us block (in-kernel clocks).
-        constexpr int SP = tc::rank + 4, U = tc::rank / 4;
-        float* st = reinterpret_cast<float*>(kv_s);
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int hr = g + 8 * half;
-#pragma unroll
-          for (int c = 0; c < ntiles; ++c)
-            *reinterpret_cast<float2*>(st + hr * SP + warp * cols + c * 8 + 2 * q) =
-                make_float2(acc[0][c][2 * half], acc[0][c][2 * half + 1]);
-        }
-        __syncthreads();
-        const size_t th0 = static_cast<size_t>(t0) * d.heads + h0;
+        constexpr int U = tc::rank / 4;
         for (int idx = threadIdx.x; idx < hg * U; idx += blockDim.x) {
           const int hr = idx / U, u = idx % U;
           float* part = partial + ((th0 + hr) * splits + blockIdx.z) * partial_stride(tc::rank);
@@ -515,10 +516,23 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
           part[tc::rank] = m_s[threadIdx.x];
           part[tc::rank + 1] = l_s[threadIdx.x];
         }
-        t0 = t1;
-        continue;
+      } else {
+        // The group's heads' outputs lie together: 8 bf16 values a store.
+        constexpr int U = tc::rank / 8;
+        for (int idx = threadIdx.x; idx < hg * U; idx += blockDim.x) {
+          const int hr = idx / U, u = idx % U;
+          const float inv = 1.0f / l_s[hr];
+          const float4 a = *reinterpret_cast<const float4*>(st + hr * SP + 8 * u);
+          const float4 b = *reinterpret_cast<const float4*>(st + hr * SP + 8 * u + 4);
+          const __nv_bfloat162 p0 = __floats2bfloat162_rn(a.x * inv, a.y * inv), p1 = __floats2bfloat162_rn(a.z * inv, a.w * inv),
+                               p2 = __floats2bfloat162_rn(b.x * inv, b.y * inv), p3 = __floats2bfloat162_rn(b.z * inv, b.w * inv);
+          uint4 v;
+          v.x = *reinterpret_cast<const uint32_t*>(&p0), v.y = *reinterpret_cast<const uint32_t*>(&p1);
+          v.z = *reinterpret_cast<const uint32_t*>(&p2), v.w = *reinterpret_cast<const uint32_t*>(&p3);
+          reinterpret_cast<uint4*>(out + (th0 + hr) * tc::rank)[u] = v;
+        }
       }
-    }
+    } else {
 #pragma unroll
     for (int i = 0; i < QT; ++i) {
       if (i >= nt) break;
@@ -549,6 +563,7 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
           }
         }
       }
+    }
     }
     t0 = t1;
   }

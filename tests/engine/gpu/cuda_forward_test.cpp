@@ -227,9 +227,9 @@ TEST_CASE("gpu: bfloat16 logits follow the float32 path", "[gpu][bf16]") {
   }
 }
 
-/// A 40-token prompt's logits (the decode-sized kernels take it whole) and four decode steps'.
-std::vector<float> prompt_and_decode(eng::forward_backend& be, int vocab) {
-  std::vector<int32_t> tokens(40);
+/// A prompt's logits (40 tokens: the decode-sized kernels take it whole) and four decode steps'.
+std::vector<float> prompt_and_decode(eng::forward_backend& be, int vocab, size_t prompt_tokens = 40) {
+  std::vector<int32_t> tokens(prompt_tokens);
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(2 + (i * 7919) % (vocab - 2));
   const auto blocks = blocks_for(0, tokens.size() + 8, be.kv_pool().block_size);
   eng::batch_item it;
@@ -255,11 +255,11 @@ std::vector<float> prompt_and_decode(eng::forward_backend& be, int vocab) {
 /// prompt_and_decode's logits of a recipe's model loaded with environment variable `var` set to
 /// `value` (the backend reads its knobs when it is made).
 std::vector<float> logits_with(const std::string& name, const std::string& recipe_text, const char* var,
-                               const char* value) {
+                               const char* value, size_t prompt_tokens = 40) {
   ::setenv(var, value, 1);
   auto m = load_text(name, recipe_text, "bfloat16");
   ::unsetenv(var);
-  return prompt_and_decode(*m->backend, m->config.vocab_size);
+  return prompt_and_decode(*m->backend, m->config.vocab_size, prompt_tokens);
 }
 
 /// How many of two runs' logits differ in their bits (the runs must give as many).
@@ -285,15 +285,21 @@ TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of
 }
 
 TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loads", "[gpu][bf16]") {
-  // gpu_mla512 (kv_lora_rank 512) takes the tensor-core attention; a 40-token prompt and its
-  // decode steps take one token a block, which copies its query and tiles with cp.async unless
-  // TOLLGATE_MLA_ASYNC=0. The same values reach shared memory either way: every logit the same.
+  // gpu_mla512 (kv_lora_rank 512) takes the tensor-core attention. A 40-token prompt and its
+  // decode steps take one token a block, each block the whole context (its output written as
+  // bf16); after a 300-token prompt a decode step's context is split over 5 blocks (partial sums
+  // written for the merge). Such blocks copy their query and tiles with cp.async and write their
+  // sums through shared memory unless TOLLGATE_MLA_ASYNC=0. The same values either way: every
+  // logit the same.
   const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
-  const auto regs = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "0"),
-             async = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "1");
-  const size_t differ = bits_differ(regs, async);
-  std::printf("gpu attention cp.async loads: %zu of %zu logits differ from the register loads'\n", differ, regs.size());
-  CHECK(differ == 0);
+  for (const size_t prompt : {size_t{40}, size_t{300}}) {
+    const auto regs = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "0", prompt),
+               async = logits_with("gpu_mla512", text, "TOLLGATE_MLA_ASYNC", "1", prompt);
+    const size_t differ = bits_differ(regs, async);
+    std::printf("gpu attention cp.async loads, %zu-token prompt: %zu of %zu logits differ from the register loads'\n",
+                prompt, differ, regs.size());
+    CHECK(differ == 0);
+  }
 }
 
 TEST_CASE("gpu: the shared experts inside the routed kernels follow their own product", "[gpu][bf16]") {
