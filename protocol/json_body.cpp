@@ -109,7 +109,7 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
   body_layout layout;
   std::string scratch;
   for (const member& m : scanner.members()) {
-    const std::string_view key = key_text(body.substr(m.key_begin, m.key_end - m.key_begin), scratch);
+    const std::string_view key = member_key(body, m, scratch);
     const std::string_view value = body.substr(m.value_begin, m.value_end - m.value_begin);
     if (key == "model") {
       model = value;
@@ -174,7 +174,7 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
       json_scanner options(*stream_options);
       options.scan();  // valid: it is part of body
       for (const member& m : options.members()) {
-        const std::string_view key = key_text(stream_options->substr(m.key_begin, m.key_end - m.key_begin), scratch);
+        const std::string_view key = member_key(*stream_options, m, scratch);
         if (key == "include_usage") {
           fields.include_usage = stream_options->substr(m.value_begin, m.value_end - m.value_begin) == "true";
         }
@@ -263,7 +263,7 @@ std::string set_top_level(std::string_view body, std::string_view key, std::stri
   std::size_t copied = 0;
   bool found = false;
   for (const member& m : scanner.members()) {
-    if (key_text(body.substr(m.key_begin, m.key_end - m.key_begin), scratch) != key) continue;
+    if (member_key(body, m, scratch) != key) continue;
     out.append(body.substr(copied, m.value_begin - copied));
     out.append(json_value);
     copied = m.value_end;
@@ -310,7 +310,7 @@ bool top_level_values(std::string_view text, std::span<const std::string_view> k
   if (!scanner.scan() || !scanner.is_object()) return false;
   std::string scratch;
   for (const member& m : scanner.members()) {
-    const std::string_view key = key_text(text.substr(m.key_begin, m.key_end - m.key_begin), scratch);
+    const std::string_view key = member_key(text, m, scratch);
     for (std::size_t i = 0; i < keys.size(); ++i) {
       if (key == keys[i]) values[i] = text.substr(m.value_begin, m.value_end - m.value_begin);
     }

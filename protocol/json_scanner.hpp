@@ -69,20 +69,23 @@ bool cpu_has_avx2() {
 }
 #endif
 
+#if defined(__SSE2__)
+/// A bit for each of the 16 bytes at `at` that is not a plain_string_byte. A signed compare below
+/// ' ' finds the control bytes and every byte >= 0x80 at once.
+inline unsigned special_string_bytes16(const char* at) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
+  return static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(
+      _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+      _mm_cmpgt_epi8(_mm_set1_epi8(0x20), v))));
+}
+#endif
+
 /// The first byte in [p, end) that is not a plain_string_byte (or end). Strings are where the
 /// bytes of a large body are (a long prompt, a long answer), so they are skipped 16 bytes at a
 /// time where SSE2 is there (every x86-64), 64 where AVX2 is.
 inline const char* skip_plain_string_bytes(const char* p, const char* end) {
 #if defined(__SSE2__)
-  const __m128i quote = _mm_set1_epi8('"');
-  const __m128i backslash = _mm_set1_epi8('\\');
-  const __m128i space = _mm_set1_epi8(0x20);
-  // A signed compare below ' ' finds the control bytes and every byte >= 0x80 at once.
-  const auto special = [&](const char* at) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
-    return static_cast<unsigned>(_mm_movemask_epi8(
-        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)), _mm_cmpgt_epi8(space, v))));
-  };
+  const auto special = special_string_bytes16;
   // Most strings (keys, roles, short values) end within their first 16 bytes.
   if (end - p >= 16) {
     if (const unsigned mask = special(p); mask != 0) return p + __builtin_ctz(mask);
@@ -168,6 +171,7 @@ bool fits_double(std::string_view num) {
 struct member {
   std::size_t key_begin, key_end;      // the key's literal, quotes included
   std::size_t value_begin, value_end;  // the value's JSON text
+  bool key_escaped;                    // the key's literal holds an escape: decode it to compare
 };
 
 /// Checks a JSON text in one pass (RFC 8259 with strict UTF-8) and, when the text is an object,
@@ -240,8 +244,10 @@ class json_scanner {
     for (;;) {
       member m{};
       m.key_begin = i_;
+      escaped_ = false;
       if (peek() != '"' || !scan_string()) return false;
       m.key_end = i_;
+      m.key_escaped = escaped_;
       skip_ws();
       if (peek() != ':') return false;
       ++i_;
@@ -264,14 +270,14 @@ class json_scanner {
   /// One value at i_. Containers are tracked on a stack of their opening bytes, not by recursion,
   /// so that a body nested a million deep cannot exhaust the thread's stack.
   bool scan_value() {
-    open_.clear();
+    open_size_ = 0;
     for (;;) {
       skip_ws();
       switch (peek()) {
         case '{':
         case '[': {
           // Whatever later walks the body as a tree (metering, stream_options) may recurse.
-          if (base_depth_ + open_.size() >= max_json_depth) {
+          if (base_depth_ + open_size_ >= max_json_depth) {
             too_deep_ = true;
             return false;
           }
@@ -281,7 +287,7 @@ class json_scanner {
             ++i_;
             break;  // an empty container is a whole value
           }
-          open_.push_back(open);
+          open_[open_size_++] = open;
           if (open == '{' && !scan_key_colon()) return false;
           continue;  // its first value
         }
@@ -302,9 +308,9 @@ class json_scanner {
       }
       // A value ended: close the containers that end here, then go on to the next value.
       for (;;) {
-        if (open_.empty()) return true;
+        if (open_size_ == 0) return true;
         skip_ws();
-        const bool in_object = open_.back() == '{';
+        const bool in_object = open_[open_size_ - 1] == '{';
         if (peek() == ',') {
           ++i_;
           if (in_object) {
@@ -315,7 +321,7 @@ class json_scanner {
         }
         if (peek() != (in_object ? '}' : ']')) return false;
         ++i_;
-        open_.pop_back();
+        --open_size_;
       }
     }
   }
@@ -363,7 +369,26 @@ class json_scanner {
     return (integer && num.size() <= 18) || fits_double(num);
   }
 
-  bool scan_string() {
+  /// The string literal at i_ (its opening quote). Most strings (keys, roles, short values) end
+  /// within 16 bytes with no byte to check before their closing quote: that case is decided here,
+  /// inline, and the rest goes the general way.
+  [[gnu::always_inline]] bool scan_string() {
+#if defined(__SSE2__)
+    if (s_.size() - i_ >= 17) {
+      const unsigned mask = special_string_bytes16(s_.data() + i_ + 1);
+      if (mask != 0) {
+        const auto at = static_cast<std::size_t>(__builtin_ctz(mask));
+        if (s_[i_ + 1 + at] == '"') {
+          i_ += at + 2;
+          return true;
+        }
+      }
+    }
+#endif
+    return scan_string_general();
+  }
+
+  bool scan_string_general() {
     ++i_;  // the opening quote
     const char* const begin = s_.data();
     const char* const end = begin + s_.size();
@@ -395,6 +420,7 @@ class json_scanner {
         return true;
       }
       if (c == '\\') {
+        escaped_ = true;
         if (!scan_escape()) return false;
       } else if (c < 0x20) {
         return false;  // a raw control character
@@ -437,9 +463,13 @@ class json_scanner {
   std::string_view s_;
   std::size_t i_ = 0;
   std::size_t value_begin_ = 0, value_end_ = 0;
-  std::string open_;  // the opening bytes of the containers scan_value is inside
+  // The opening bytes of the containers scan_value is inside: fewer than max_json_depth, so a
+  // fixed array holds them.
+  std::array<char, max_json_depth> open_;
+  std::size_t open_size_ = 0;
   std::size_t base_depth_ = 0;  // containers around scan_value's: 1 inside the top-level object
   bool too_deep_ = false;
+  bool escaped_ = false;  // scan_string met an escape since it was last cleared
 };
 
 void append_utf8(std::string& out, std::uint32_t cp) {
@@ -495,9 +525,11 @@ std::string decode_string(std::string_view literal) {
   return out;
 }
 
-/// A key's decoded text. Keys seldom hold escapes, so most are compared in place.
-[[maybe_unused]] std::string_view key_text(std::string_view literal, std::string& scratch) {
-  if (literal.find('\\') == std::string_view::npos) return literal.substr(1, literal.size() - 2);
+/// The decoded key of a member that json_scanner recorded in text. Keys seldom hold escapes (the
+/// scan noted which do), so most are compared in place.
+[[maybe_unused]] std::string_view member_key(std::string_view text, const member& m, std::string& scratch) {
+  const std::string_view literal = text.substr(m.key_begin, m.key_end - m.key_begin);
+  if (!m.key_escaped) return literal.substr(1, literal.size() - 2);
   scratch = decode_string(literal);
   return scratch;
 }
