@@ -171,14 +171,11 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
   if (stream_options && *stream_options != "null") {
     fields.stream_options = std::string(*stream_options);
     if (stream_options->front() == '{') {
-      json_scanner options(*stream_options);
-      options.scan();  // valid: it is part of body
-      for (const member& m : options.members()) {
-        const std::string_view key = member_key(*stream_options, m, scratch);
-        if (key == "include_usage") {
-          fields.include_usage = stream_options->substr(m.value_begin, m.value_end - m.value_begin) == "true";
-        }
-      }
+      // Valid: it is part of the body that was scanned.
+      static constexpr std::array<std::string_view, 1> options_keys{"include_usage"};
+      std::array<std::string_view, 1> include_usage{};
+      checked_object_values(*stream_options, options_keys, include_usage);
+      fields.include_usage = include_usage[0] == "true";
     }
   }
 
@@ -316,6 +313,99 @@ bool top_level_values(std::string_view text, std::span<const std::string_view> k
     }
   }
   return true;
+}
+
+namespace {
+
+/// Past the string literal whose opening quote is at p, in valid JSON; sets escaped when it holds
+/// an escape. Stops at end.
+const char* past_checked_string(const char* p, const char* end, bool& escaped) {
+  ++p;
+  for (;;) {
+#ifdef __SSE2__
+    // A quote or a backslash, 16 bytes at a time (the other bytes need no look: they were checked).
+    while (end - p >= 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const auto mask = static_cast<unsigned>(
+          _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')))));
+      if (mask != 0) {
+        p += __builtin_ctz(mask);
+        break;
+      }
+      p += 16;
+    }
+#endif
+    while (p < end && *p != '"' && *p != '\\') ++p;
+    if (p >= end) return end;
+    if (*p == '"') return p + 1;
+    escaped = true;
+    p += 2;  // the backslash and the byte it escapes (the rest of a \uXXXX is plain)
+  }
+}
+
+bool json_space(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
+const char* past_space(const char* p, const char* end) {
+  while (p < end && json_space(*p)) ++p;
+  return p;
+}
+
+/// Past the JSON value at p, in valid JSON. Stops at end.
+const char* past_checked_value(const char* p, const char* end) {
+  bool escaped = false;
+  if (*p == '"') return past_checked_string(p, end, escaped);
+  if (*p == '{' || *p == '[') {
+    std::size_t depth = 0;
+    while (p < end) {
+      const char c = *p;
+      if (c == '"') {
+        p = past_checked_string(p, end, escaped);
+        continue;
+      }
+      if (c == '{' || c == '[') {
+        ++depth;
+      } else if ((c == '}' || c == ']') && --depth == 0) {
+        return p + 1;
+      }
+      ++p;
+    }
+    return end;
+  }
+  // A number or a literal: it ends where a delimiter or whitespace does.
+  while (p < end && *p != ',' && *p != '}' && *p != ']' && !json_space(*p)) ++p;
+  return p;
+}
+
+}  // namespace
+
+void checked_object_values(std::string_view object, std::span<const std::string_view> keys,
+                           std::span<std::string_view> values) {
+  for (auto& v : values) v = {};
+  const char* const begin = object.data();
+  const char* const end = begin + object.size();
+  const char* p = past_space(begin + 1, end);  // past the '{'
+  std::string scratch;
+  while (p < end && *p == '"') {
+    bool escaped = false;
+    const char* const key_end = past_checked_string(p, end, escaped);
+    if (key_end == end) break;  // a valid object goes on past its keys
+    std::string_view key(p + 1, static_cast<std::size_t>(key_end - p) - 2);
+    if (escaped) {
+      scratch = decode_string(std::string_view(p, static_cast<std::size_t>(key_end - p)));
+      key = scratch;
+    }
+    p = past_space(key_end, end);
+    if (p >= end) break;
+    p = past_space(p + 1, end);  // past the ':'
+    if (p >= end) break;
+    const char* const value_end = past_checked_value(p, end);
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (key == keys[i]) values[i] = std::string_view(p, static_cast<std::size_t>(value_end - p));
+    }
+    p = past_space(value_end, end);
+    if (p >= end || *p != ',') break;  // the '}'
+    p = past_space(p + 1, end);
+  }
 }
 
 std::string json_string_text(std::string_view literal) { return decode_string(literal); }

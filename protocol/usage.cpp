@@ -21,10 +21,12 @@ std::optional<std::int64_t> count(std::string_view value) {
 }
 
 /// The members `keys` of the object text `object` (empty views when it is not an object).
+/// Precondition: object is a value that top_level_values() gave, or one of its values, so that
+/// its bytes were checked with the whole text's and are not scanned again.
 template <std::size_t N>
 std::array<std::string_view, N> members(std::string_view object, const std::array<std::string_view, N>& keys) {
   std::array<std::string_view, N> values{};
-  if (!object.empty() && object.front() == '{') top_level_values(object, keys, values);
+  if (!object.empty() && object.front() == '{') checked_object_values(object, keys, values);
   return values;
 }
 
@@ -37,7 +39,8 @@ bool empty_array(std::string_view v) {
 }  // namespace
 
 // The text is scanned, never parsed into a tree: a whole answer is read on every request, and
-// only a handful of numbers are wanted from it.
+// only a handful of numbers are wanted from it. The whole text is checked once (an answer that is
+// not JSON has no usage to trust); the usage object inside it is then only walked.
 std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices, bool* refused) {
   if (refused != nullptr) *refused = false;
   // Most stream chunks carry no usage: skip them without scanning.

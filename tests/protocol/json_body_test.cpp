@@ -519,6 +519,51 @@ TEST_CASE("fields read agree with nlohmann on random valid bodies", "[json_body]
   }
 }
 
+TEST_CASE("checked_object_values reads what top_level_values reads, in every object of valid texts", "[json_body]") {
+  // The walk that skips checked bytes must find the same members as the scan that checks them:
+  // every object of random valid texts (escaped keys and values, nested containers, odd spacing,
+  // duplicates), looked up by decoded keys.
+  json_maker maker(4242);
+  const std::vector<std::string> raw_keys = {"a", "model", "usage", "\\u0075sage", "k\\u00e9y", "", "x\\\"y", "prompt_tokens"};
+  const std::array<std::string_view, 7> keys{"a", "model", "usage", "k\xc3\xa9y", "", "x\"y", "prompt_tokens"};
+  int objects = 0;
+  std::vector<std::string_view> pending;
+  for (int round = 0; round < 3000; ++round) {
+    const std::string text = maker.object(3, raw_keys);
+    if (!reference_accepts(text)) continue;  // an out-of-range number
+    pending.assign(1, text);
+    while (!pending.empty()) {
+      const std::string_view object = pending.back();
+      pending.pop_back();
+      std::array<std::string_view, 7> scanned{}, walked{};
+      INFO(std::string(object));
+      REQUIRE(top_level_values(object, keys, scanned));
+      checked_object_values(object, keys, walked);
+      for (std::size_t i = 0; i < keys.size(); ++i) {
+        REQUIRE(walked[i] == scanned[i]);
+        // Same bytes, not only the same text.
+        REQUIRE(walked[i].data() == scanned[i].data());
+        if (!scanned[i].empty() && scanned[i].front() == '{') pending.push_back(scanned[i]);
+      }
+      ++objects;
+    }
+  }
+  CHECK(objects > 3000);
+  // Strings with an escape on either side of a 16-byte boundary, keys among them.
+  for (std::size_t at = 0; at <= 40; ++at) {
+    std::string pad(40, 'p');
+    pad.insert(at, "\\\\\\\"");
+    const std::string text = R"({")" + pad + R"(":1,"a":")" + pad + R"(","b":[")" + pad + R"(",{"c":"]}"}],"model":2})";
+    REQUIRE(reference_accepts(text));
+    static constexpr std::array<std::string_view, 3> wanted{"a", "b", "model"};
+    std::array<std::string_view, 3> scanned{}, walked{};
+    REQUIRE(top_level_values(text, wanted, scanned));
+    checked_object_values(text, wanted, walked);
+    CHECK(walked == scanned);
+    CHECK(walked[2] == "2");
+  }
+}
+
 TEST_CASE("deep nesting is checked without recursion", "[json_body]") {
   // Far past max_json_depth, valid or not: refused without the scan recursing.
   const std::size_t depth = 200000;

@@ -1,10 +1,65 @@
 #include <catch2/catch.hpp>
 
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "protocol/usage.hpp"
 
 using namespace tollgate::protocol;
+
+namespace {
+
+/// usage_from_json's reading of the OpenAI fields, written over nlohmann: no usage unless the
+/// whole text is JSON (a raw NUL refused, as the gateway does) with a "usage" object at its top
+/// level; a count absent or null is 0, one that is not an integer in [0, max_reported_tokens]
+/// refuses the usage.
+std::optional<usage> reference_usage(const std::string& text, bool& refused) {
+  using nlohmann::json;
+  refused = false;
+  if (text.find('\0') != std::string::npos || !json::accept(text)) return std::nullopt;
+  const json j = json::parse(text);
+  if (!j.is_object() || !j.contains("usage") || !j["usage"].is_object()) return std::nullopt;
+  const json& u = j["usage"];
+  bool bad = false;
+  const auto count = [&](const json& object, const char* name) -> std::int64_t {
+    if (!object.is_object() || !object.contains(name) || object[name].is_null()) return 0;
+    const json& v = object[name];
+    if (v.is_number_unsigned() && v.get<std::uint64_t>() <= static_cast<std::uint64_t>(max_reported_tokens)) {
+      return v.get<std::int64_t>();
+    }
+    if (v.is_number_integer() && v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= max_reported_tokens) {
+      return v.get<std::int64_t>();
+    }
+    bad = true;
+    return 0;
+  };
+  const json none;
+  usage out;
+  out.prompt = count(u, "prompt_tokens");
+  out.completion = count(u, "completion_tokens");
+  out.cached = count(u.contains("prompt_tokens_details") ? u["prompt_tokens_details"] : none, "cached_tokens");
+  out.reasoning = count(u.contains("completion_tokens_details") ? u["completion_tokens_details"] : none, "reasoning_tokens");
+  if (bad) {
+    refused = true;
+    return std::nullopt;
+  }
+  out.reasoning = std::min(out.reasoning, out.completion);
+  out.cached = std::min(out.cached, out.prompt);
+  return out;
+}
+
+bool same(const std::optional<usage>& a, const std::optional<usage>& b) {
+  if (!a || !b) return !a && !b;
+  return a->prompt == b->prompt && a->cached == b->cached && a->completion == b->completion &&
+         a->reasoning == b->reasoning && a->cache_write == b->cache_write;
+}
+
+}  // namespace
 
 TEST_CASE("usage in the OpenAI shape, with cached and reasoning tokens", "[usage]") {
   bool no_choices = true;
@@ -182,4 +237,118 @@ TEST_CASE("a Responses API stream's usage comes with its last event", "[usage][r
   bool refused = false;
   CHECK_FALSE(responses_event_usage(R"({"type":"response.completed","response":{"usage":{"input_tokens":"5"}}})", &refused));
   CHECK(refused);
+}
+
+TEST_CASE("usage is read past strings with escapes, quotes and look-alike keys", "[usage]") {
+  // Escaped quotes and backslashes (one at a string's very end), "usage" written inside strings,
+  // and usage objects nested in the content, the choices and another member: only the top level
+  // counts.
+  const std::string answer =
+      R"({"id":"a\"b","choices":[{"message":{"content":"say \"usage\":{\"prompt_tokens\":999} \\",)"
+      R"("usage":{"prompt_tokens":888}},"finish_reason":"stop"}],"note":{"usage":{"completion_tokens":777}},)"
+      R"("text":"\u0022usage\u0022:{\u0022prompt_tokens\u0022:666}\\\\","usage":{"prompt_tokens":12,)"
+      R"("x":"}\\\"],{","completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4,"note":"\"cached_tokens\":9"},)"
+      R"("completion_tokens_details":{"y":[{"reasoning_tokens":99}],"reasoning_tokens":2}},"tail":"\\"})";
+  auto u = usage_from_json(answer);
+  REQUIRE(u);
+  CHECK(u->prompt == 12);
+  CHECK(u->completion == 5);
+  CHECK(u->cached == 4);
+  CHECK(u->reasoning == 2);
+  // Keys written with escapes are the keys they decode to, in the usage object and its details.
+  u = usage_from_json(R"({"usage":{"prompt_\u0074okens":5,"completion_tokens":2,"prompt_tokens_details":{"cached\u005ftokens":3}}})");
+  REQUIRE(u);
+  CHECK(u->prompt == 5);
+  CHECK(u->cached == 3);
+  // A string with an escape on either side of a 16-byte boundary, before the usage's members.
+  for (std::size_t at = 0; at <= 40; ++at) {
+    std::string pad(40, 'p');
+    pad.insert(at, "\\\"");
+    u = usage_from_json(R"({"usage":{"a":")" + pad + R"(","prompt_tokens":7,"b":")" + pad + R"(","completion_tokens":1}})");
+    REQUIRE(u);
+    CHECK(u->prompt == 7);
+    CHECK(u->completion == 1);
+  }
+}
+
+TEST_CASE("an answer with a raw control byte or bad UTF-8 anywhere has no usage, one with good UTF-8 has", "[usage][hardening]") {
+  const std::vector<std::string> bad = {"\x01", "\n", "\x1f", std::string(1, '\0'), "\xc3", "\x80", "\xff",
+                                        "\xc0\xaf", "\xed\xa0\x80", "\xe4\xb8", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",
+                                        "\\x", "\\ud83d"};
+  const std::vector<std::string> good = {"\x7f", "\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\\n", "\\u00e9",
+                                         "\\ud83d\\ude00", "\\\\", "\\\""};
+  for (const std::size_t length : {0, 1, 14, 15, 16, 17, 31, 32, 33, 70}) {
+    for (std::size_t at = 0; at <= length; ++at) {
+      for (const auto* list : {&bad, &good}) {
+        for (const auto& piece : *list) {
+          std::string content(length, 'c');
+          content.insert(at, piece);
+          const bool ok = list == &good;
+          // In the content, and in a string inside the usage object itself.
+          for (const std::string& text :
+               {R"({"choices":[{"message":{"content":")" + content + R"("}}],"usage":{"prompt_tokens":3,"completion_tokens":2}})",
+                R"({"usage":{"prompt_tokens":3,"s":")" + content + R"(","completion_tokens":2}})"}) {
+            INFO(nlohmann::json(text).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace));
+            bool refused = true;
+            const auto u = usage_from_json(text, nullptr, &refused);
+            CHECK_FALSE(refused);
+            REQUIRE(u.has_value() == ok);
+            if (ok) CHECK((u->prompt == 3 && u->completion == 2));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("an answer cut short anywhere has no usage", "[usage][hardening]") {
+  const std::string answer =
+      R"({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,)"
+      R"("message":{"role":"assistant","content":"ok \"\u00e9\" \\ )" "\xe4\xb8\xad" R"("},"finish_reason":"stop"}],)"
+      R"("usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6,"prompt_tokens_details":{"cached_tokens":2}}})";
+  REQUIRE(usage_from_json(answer));
+  for (std::size_t cut = 0; cut < answer.size(); ++cut) {
+    INFO(cut);
+    bool refused = true;
+    CHECK_FALSE(usage_from_json(answer.substr(0, cut), nullptr, &refused));
+    CHECK_FALSE(refused);
+  }
+}
+
+TEST_CASE("usage read from every one-byte edit of an answer agrees with nlohmann's reading", "[usage][hardening]") {
+  // Deletions, insertions and replacements of the bytes where readers go wrong, at every offset of
+  // an answer with escapes, UTF-8, nested objects and details: usage_from_json must give what the
+  // reference reads (nothing when the text is not JSON), count for count.
+  const std::string answer =
+      R"({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,)"
+      R"("message":{"role":"assistant","content":"ok \"q\" \\ \u00e9 )" "\xe4\xb8\xad\xf0\x9f\x98\x80" R"( {\"usage\":[1]}"},)"
+      R"("finish_reason":"stop"}],"usage":{"prompt_tokens":50,"completion_tokens":12,"total_tokens":62,)"
+      R"("prompt_tokens_details":{"cached_tokens":20,"audio_tokens":null},"completion_tokens_details":{"reasoning_tokens":3}}})";
+  const std::string bytes =
+      std::string("\"\\{}[],:0-1.eEunl \n\t\x01\x1f\x7f\x80\xbf\xc0\xc3\xe4\xed\xf0\xf4\xff") + '\0';
+  int checked = 0, with_usage = 0;
+  const auto check = [&](const std::string& text) {
+    bool refused = false, expected_refused = false;
+    const auto got = usage_from_json(text, nullptr, &refused);
+    const auto expected = reference_usage(text, expected_refused);
+    INFO(nlohmann::json(text).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace));
+    REQUIRE(same(got, expected));
+    REQUIRE(refused == expected_refused);
+    ++checked;
+    if (got) ++with_usage;
+  };
+  check(answer);
+  for (std::size_t at = 0; at <= answer.size(); ++at) {
+    if (at < answer.size()) check(std::string(answer).erase(at, 1));
+    for (const char b : bytes) {
+      check(std::string(answer).insert(at, 1, b));
+      if (at < answer.size()) {
+        std::string replaced = answer;
+        replaced[at] = b;
+        check(replaced);
+      }
+    }
+  }
+  CHECK(checked > 20000);
+  CHECK(with_usage > 1000);
 }
