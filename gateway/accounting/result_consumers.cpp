@@ -138,25 +138,30 @@ void record_metrics(finished& f) {
   if (!f.r.proxy) return;
   const proxy_result& p = *f.r.proxy;
   const access_record& rec = f.r.record;
-  gateway_metrics& m = *f.w.shared().metrics;
-  const std::size_t shard = f.w.index();
-  const std::string& route = route_of(p);
+  gateway_metrics::finished_request m{route_of(p), rec.backend, rec.key_name};
+  m.status = rec.status;
+  m.seconds = f.seconds;
   if (p.used) {
-    m.record_usage(shard, rec.key_name, route, rec.backend, p.used->prompt, p.used->cached, p.used->cache_write,
-                   p.used->completion, p.used->reasoning, rec.cost);
+    m.has_usage = true;
+    m.prompt = p.used->prompt;
+    m.cached = p.used->cached;
+    m.cache_write = p.used->cache_write;
+    m.completion = p.used->completion;
+    m.reasoning = p.used->reasoning;
+    m.cost = rec.cost;
   }
-  m.record_request(shard, route, rec.backend, rec.status, f.seconds);
   if (p.first_token_at && rec.status >= 200 && rec.status < 300) {
-    const double ttft = std::chrono::duration<double>(*p.first_token_at - f.r.started).count();
-    const double tpot = p.used && p.used->completion > 1
-                            ? std::chrono::duration<double>(f.now - *p.first_token_at).count() /
-                                  static_cast<double>(p.used->completion - 1)
-                            : -1;
-    m.record_stream(shard, route, ttft, tpot);
+    m.ttft = std::chrono::duration<double>(*p.first_token_at - f.r.started).count();
+    m.tpot = p.used && p.used->completion > 1 ? std::chrono::duration<double>(f.now - *p.first_token_at).count() /
+                                                    static_cast<double>(p.used->completion - 1)
+                                              : -1;
   }
   if (p.upstream_seconds >= 0) {
-    m.record_upstream(shard, rec.backend, p.upstream_seconds, p.single_attempt ? f.seconds - p.upstream_seconds : -1);
+    m.upstream_seconds = p.upstream_seconds;
+    m.overhead = p.single_attempt ? f.seconds - p.upstream_seconds : -1;
   }
+  // One lock for the request's samples, not one for each kind.
+  f.w.shared().metrics->record_finished(f.w.index(), m);
 }
 
 /// The consumers, in order. Each pre-step that took something (an admission) has its settlement

@@ -172,12 +172,28 @@ gateway_metrics::gateway_metrics(std::size_t shards) {
   for (std::size_t i = 0; i < std::max<std::size_t>(shards, 1); ++i) shards_.push_back(std::make_unique<shard_data>());
 }
 
-void gateway_metrics::record_request(std::size_t shard, const std::string& route, const std::string& backend,
-                                     int status, double seconds) {
+void gateway_metrics::record_finished(std::size_t shard, const finished_request& r) {
   auto& s = *shards_[shard % shards_.size()];
   std::lock_guard lock(s.mutex);
-  ++cell(s.requests, std::array<std::string_view, 3>{route, backend, status_class(status)});
-  s.duration[route].observe(seconds);
+  if (r.has_usage) {
+    auto& c = cell(s.usage, std::array<std::string_view, 3>{r.key, r.route, r.backend});
+    c.tokens[0] += static_cast<std::uint64_t>(r.prompt - r.cached - r.cache_write);
+    c.tokens[1] += static_cast<std::uint64_t>(r.cached);
+    c.tokens[2] += static_cast<std::uint64_t>(r.completion);
+    c.tokens[3] += static_cast<std::uint64_t>(r.reasoning);
+    c.tokens[4] += static_cast<std::uint64_t>(r.cache_write);
+    c.cost += r.cost;
+  }
+  ++cell(s.requests, std::array<std::string_view, 3>{r.route, r.backend, status_class(r.status)});
+  s.duration[r.route].observe(r.seconds);
+  if (r.ttft >= 0) {
+    s.ttft[r.route].observe(r.ttft);
+    if (r.tpot >= 0) s.tpot[r.route].observe(r.tpot);
+  }
+  if (r.upstream_seconds >= 0) {
+    s.upstream[r.backend].observe(r.upstream_seconds);
+    if (r.overhead >= 0) s.overhead.observe(r.overhead);
+  }
 }
 
 void gateway_metrics::record_attempt(std::size_t shard, const std::string& backend, const char* outcome,
@@ -186,35 +202,6 @@ void gateway_metrics::record_attempt(std::size_t shard, const std::string& backe
   std::lock_guard lock(s.mutex);
   ++cell(s.attempts, std::array<std::string_view, 2>{backend, outcome});
   if (first_byte_seconds >= 0) s.first_byte[backend].observe(first_byte_seconds);
-}
-
-void gateway_metrics::record_usage(std::size_t shard, const std::string& key, const std::string& route,
-                                   const std::string& backend, std::int64_t prompt, std::int64_t cached,
-                                   std::int64_t cache_write, std::int64_t completion, std::int64_t reasoning,
-                                   double cost) {
-  auto& s = *shards_[shard % shards_.size()];
-  std::lock_guard lock(s.mutex);
-  auto& c = cell(s.usage, std::array<std::string_view, 3>{key, route, backend});
-  c.tokens[0] += static_cast<std::uint64_t>(prompt - cached - cache_write);
-  c.tokens[1] += static_cast<std::uint64_t>(cached);
-  c.tokens[2] += static_cast<std::uint64_t>(completion);
-  c.tokens[3] += static_cast<std::uint64_t>(reasoning);
-  c.tokens[4] += static_cast<std::uint64_t>(cache_write);
-  c.cost += cost;
-}
-
-void gateway_metrics::record_stream(std::size_t shard, const std::string& route, double ttft, double tpot) {
-  auto& s = *shards_[shard % shards_.size()];
-  std::lock_guard lock(s.mutex);
-  s.ttft[route].observe(ttft);
-  if (tpot >= 0) s.tpot[route].observe(tpot);
-}
-
-void gateway_metrics::record_upstream(std::size_t shard, const std::string& backend, double seconds, double overhead) {
-  auto& s = *shards_[shard % shards_.size()];
-  std::lock_guard lock(s.mutex);
-  s.upstream[backend].observe(seconds);
-  if (overhead >= 0) s.overhead.observe(overhead);
 }
 
 void gateway_metrics::record_queue_wait(std::size_t shard, int priority, double seconds, bool served,

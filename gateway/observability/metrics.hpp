@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 namespace tollgate::gateway {
@@ -39,23 +40,29 @@ class gateway_metrics {
  public:
   explicit gateway_metrics(std::size_t shards);
 
-  /// One finished request. route: the route's configured name ("" when none matched).
-  void record_request(std::size_t shard, const std::string& route, const std::string& backend, int status,
-                      double seconds);
+  /// What one finished request adds to the metrics, recorded at once under one lock.
+  struct finished_request {
+    const std::string& route;    ///< the route's configured name ("" when none matched)
+    const std::string& backend;  ///< the backend that served it
+    const std::string& key;      ///< the key's name
+    int status = 0;
+    double seconds = 0;
+    /// Tokens and money, when the usage is known.
+    bool has_usage = false;
+    std::int64_t prompt = 0, cached = 0, cache_write = 0, completion = 0, reasoning = 0;
+    double cost = 0;
+    /// A stream that answered: seconds to its first bytes at the client (ttft < 0: not such a
+    /// stream), and per output token after that (tpot < 0: too few tokens to say).
+    double ttft = -1, tpot = -1;
+    /// The answering upstream attempt's whole duration (upstream_seconds < 0: none), and the time
+    /// the request spent outside it when it was answered at the first attempt (overhead < 0:
+    /// retried, not recorded).
+    double upstream_seconds = -1, overhead = -1;
+  };
+  void record_finished(std::size_t shard, const finished_request& r);
+
   /// One upstream attempt. outcome: "ok", "error_status", "failed", "cancelled".
   void record_attempt(std::size_t shard, const std::string& backend, const char* outcome, double first_byte_seconds);
-
-  /// Tokens and money of one request, by key name, route and the backend that served it.
-  void record_usage(std::size_t shard, const std::string& key, const std::string& route, const std::string& backend,
-                    std::int64_t prompt, std::int64_t cached, std::int64_t cache_write, std::int64_t completion,
-                    std::int64_t reasoning, double cost);
-
-  /// A stream that answered: seconds to its first bytes at the client, and per output token after
-  /// that (tpot < 0: too few tokens to say).
-  void record_stream(std::size_t shard, const std::string& route, double ttft, double tpot);
-  /// The answering upstream attempt's whole duration, and the time the request spent outside it
-  /// when it was answered at the first attempt (overhead < 0: retried, not recorded).
-  void record_upstream(std::size_t shard, const std::string& backend, double seconds, double overhead);
 
   /// Why a request waiting for a backend slot got none (the shed counter's reason label).
   enum class shed_reason { full, displaced, timeout };
@@ -72,11 +79,14 @@ class gateway_metrics {
   /// builds no strings unless its label set is new.
   struct labels_less {
     using is_transparent = void;
+    /// Label by label, one three-way compare each (lexicographical_compare would make two).
     template <class A, class B>
     bool operator()(const A& a, const B& b) const {
-      return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
-        return std::string_view(x) < std::string_view(y);
-      });
+      static_assert(std::tuple_size_v<A> == std::tuple_size_v<B>);
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        if (const int c = std::string_view(a[i]).compare(std::string_view(b[i])); c != 0) return c < 0;
+      }
+      return false;
     }
   };
   template <std::size_t N, class V>
