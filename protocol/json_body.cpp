@@ -185,15 +185,14 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
   return r;
 }
 
-std::vector<body_piece> edit_body_pieces(std::string_view body, const request_fields& fields,
-                                         std::optional<std::string_view> model,
-                                         std::optional<std::string_view> stream_options, std::string& added) {
+body_pieces edit_body_pieces(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,
+                             std::optional<std::string_view> stream_options, std::string& added) {
   struct edit {
     std::size_t begin, end;
     std::string_view text;
   };
-  std::vector<edit> edits;
-  edits.reserve(fields.layout.model.size() + fields.layout.stream_options.size());
+  // A body names each key once, as a rule: a duplicate or two still fit without an allocation.
+  boost::container::small_vector<edit, 4> edits;
   added.clear();  // members the body lacks, added after its last value
   auto plan = [&](std::string_view key, const std::vector<std::pair<std::size_t, std::size_t>>& spans,
                   std::optional<std::string_view> value) {
@@ -210,7 +209,7 @@ std::vector<body_piece> edit_body_pieces(std::string_view body, const request_fi
   plan("stream_options", fields.layout.stream_options, stream_options);
   std::sort(edits.begin(), edits.end(), [](const edit& a, const edit& b) { return a.begin < b.begin; });
 
-  std::vector<body_piece> out;
+  body_pieces out;
   out.reserve(2 * edits.size() + 3);
   auto piece = [&](std::string_view text, bool original) {
     if (!text.empty()) out.push_back({text, original});

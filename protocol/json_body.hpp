@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include <boost/container/small_vector.hpp>
+
 namespace tollgate::protocol {
 
 /// Where the top-level values the gateway may rewrite lie in a parsed body, as byte offsets.
@@ -64,12 +66,15 @@ struct body_piece {
   bool original = false;
 };
 
+/// The pieces of an edited body. The usual edit (the model renamed, stream_options set) makes at
+/// most seven, held without an allocation.
+using body_pieces = boost::container::small_vector<body_piece, 8>;
+
 /// edit_body without copying the body: the pieces that, joined in order, are edit_body's result.
 /// No piece is empty. added holds the members appended at the end, if any: it must outlive the
 /// pieces, as body, model and stream_options must.
-std::vector<body_piece> edit_body_pieces(std::string_view body, const request_fields& fields,
-                                         std::optional<std::string_view> model,
-                                         std::optional<std::string_view> stream_options, std::string& added);
+body_pieces edit_body_pieces(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,
+                             std::optional<std::string_view> stream_options, std::string& added);
 
 /// Reads named top-level members of a JSON object text in one pass, without building a tree:
 /// values[i] becomes the raw JSON text of member keys[i] (the last of duplicates), or stays empty
