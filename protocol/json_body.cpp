@@ -448,6 +448,17 @@ void append_literal_as_quoted(std::string& out, std::string_view literal) {
 }
 
 void append_json_string(std::string& out, std::string_view s) {
+  // Most strings written here (model names, keys, ids) are printable ASCII with nothing to
+  // escape: found so in one pass and written in one step.
+  if (std::all_of(s.begin(), s.end(), [](char c) { return plain_string_byte[static_cast<unsigned char>(c)]; })) {
+    const std::size_t at = out.size();
+    out.resize(at + s.size() + 2);
+    char* const p = out.data() + at;
+    p[0] = '"';
+    if (!s.empty()) std::memcpy(p + 1, s.data(), s.size());
+    p[s.size() + 1] = '"';
+    return;
+  }
   static constexpr char hex[] = "0123456789abcdef";
   out.push_back('"');
   std::size_t run = 0;  // start of the bytes not yet copied

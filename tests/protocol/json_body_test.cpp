@@ -676,6 +676,24 @@ TEST_CASE("json_quote escapes what JSON requires and keeps UTF-8", "[json_body]"
   }
 }
 
+TEST_CASE("append_json_string appends after what the string holds, with or without escapes", "[json_body]") {
+  // Plain printable ASCII is written in one step; anything else byte by byte: the same literal
+  // either way, as nlohmann writes it, after the bytes already there.
+  std::string printable;
+  for (int c = 0x20; c < 0x80; ++c) {
+    if (c != '"' && c != '\\') printable.push_back(static_cast<char>(c));
+  }
+  for (const std::string& s : {std::string(), std::string("m"), std::string("bench-model"), printable,
+                               printable + "\"", "\\" + printable, std::string("a\nb"), std::string("\xc3\xa9"),
+                               std::string(40, 'x') + "\x01"}) {
+    for (const std::string& before : {std::string(), std::string("prefix:"), std::string(100, 'p')}) {
+      std::string out = before;
+      append_json_string(out, s);
+      CHECK(out == before + json(s).dump());
+    }
+  }
+}
+
 TEST_CASE("edit_body equals set_top_level on model then stream_options, in one pass", "[json_body]") {
   const std::vector<std::string> bodies = {
       R"({"model":"public","messages":[]})",
