@@ -918,8 +918,10 @@ class cuda_backend final : public forward_backend {
   /// One long prompt chunk's attention, un-absorbed (mla_prefill.cuh): its sequence's cached
   /// latents (the chunk's own included: mla_prepare wrote them) are expanded with kv_b to per-head
   /// keys and values, then per head scores = q . k (nope and rope parts side by side), a causal softmax, and
-  /// attn = p . v. Heads go in groups and queries in chunks so that the scratch stays within
-  /// dense_scratch_bytes; a chunk of queries attends only up to its last position.
+  /// attn = p . v: in bf16 at DeepSeek's head shapes by one fused kernel (cuda::flash_prefill), else
+  /// by cuBLAS products with the softmax kernel between them. Heads go in groups (and, unfused,
+  /// queries in chunks) so that the scratch stays within dense_scratch_bytes; a chunk of queries
+  /// attends only up to its last position.
   void dense_attention(const layer_weights<T>& L, const item_span& sp, const T* q_nope, int q_ld, int q_head,
                        const T* q_full, const T* cache, T* attn) {
     const auto& c = c_;
@@ -928,6 +930,43 @@ class cuda_backend final : public forward_backend {
     const int len = sp.start + sp.n;
     T* lat = ws_lat_.as<T>(static_cast<size_t>(len) * W);
     cuda::gather_positions<T>(cache, map_.table + sp.table_off, pool_shape_.block_size, W, len, lat, stream_);
+    const float one = 1.0f, zero = 0.0f, scale = static_cast<float>(c.softmax_scale());
+    // kv[j, h, :nope] = k_nope, kv[j, h, nope:] = v, for a group of g heads from h0.
+    const auto expand = [&](int h0, int g, T* kv) {
+      check_blas(cublas().gemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, g * hd, len, kvr, &one,
+                              L.kv_b.w + static_cast<size_t>(h0) * hd * kvr, data_type<T>(), kvr, lat, data_type<T>(), W,
+                              &zero, kv, data_type<T>(), g * hd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "kv expand");
+    };
+    if constexpr (std::is_same_v<T, cuda::bf16>) {
+      // The fused kernel: scores, softmax and values in registers, no scratch but the expansion.
+      const int hg = static_cast<int>(std::clamp<size_t>(dense_scratch_bytes / (static_cast<size_t>(len) * hd * sizeof(T)), 1,
+                                                         static_cast<size_t>(nh)));
+      T* kv = ws_kv_full_.as<T>(static_cast<size_t>(len) * hg * hd);
+      const auto operands = [&](int h0, int g) {
+        cuda::flash_operands a{};
+        a.q_nope = q_nope + static_cast<size_t>(sp.first) * q_ld + static_cast<size_t>(h0) * q_head;
+        a.q_nope_ld = q_ld, a.q_nope_head = q_head;
+        a.q_rope = q_full + (static_cast<size_t>(sp.first) * nh + h0) * W + kvr;
+        a.q_rope_ld = nh * W, a.q_rope_head = W;
+        a.k_nope = kv, a.k_nope_ld = g * hd, a.k_nope_head = hd;
+        a.k_rope = lat + kvr, a.k_rope_ld = W;
+        a.v = kv + nope, a.v_ld = g * hd, a.v_head = hd;
+        a.out = attn + static_cast<size_t>(sp.first) * nh * vd + static_cast<size_t>(h0) * vd;
+        a.out_ld = nh * vd, a.out_head = vd;
+        a.nope = nope, a.rope = rope, a.v_dim = vd, a.heads = g, a.n = sp.n, a.start = sp.start, a.scale = scale;
+        return a;
+      };
+      if (flash_prefill_ && cuda::flash_prefill_fits(operands(0, hg))) {
+        for (int h0 = 0; h0 < nh; h0 += hg) {
+          const int g = std::min(hg, nh - h0);
+          expand(h0, g, kv);
+          cuda::flash_prefill(operands(h0, g), stream_);
+        }
+        return;
+      }
+    }
+    // Otherwise cuBLAS products of the scores and of the values, the causal softmax between them.
     const size_t per_head = static_cast<size_t>(len) * (hd + nope + rope) * sizeof(T);
     const int hg = static_cast<int>(std::clamp<size_t>(dense_scratch_bytes / per_head, 1, static_cast<size_t>(nh)));
     const int qk = nope + rope;
@@ -940,14 +979,9 @@ class cuda_backend final : public forward_backend {
     qc = static_cast<int>(std::clamp<size_t>(dense_scratch_bytes / per_query, 1, static_cast<size_t>(qc)));
     float* S = ws_scores_.as<float>(static_cast<size_t>(hg) * qc * pitch);
     T* P = ws_probs_.as<T>(static_cast<size_t>(hg) * qc * pitch);
-    const float one = 1.0f, zero = 0.0f, scale = static_cast<float>(c.softmax_scale());
     for (int h0 = 0; h0 < nh; h0 += hg) {
       const int g = std::min(hg, nh - h0);
-      // kv[j, h, :nope] = k_nope, kv[j, h, nope:] = v, for the group's heads.
-      check_blas(cublas().gemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, g * hd, len, kvr, &one,
-                              L.kv_b.w + static_cast<size_t>(h0) * hd * kvr, data_type<T>(), kvr, lat, data_type<T>(), W,
-                              &zero, kv, data_type<T>(), g * hd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "kv expand");
+      expand(h0, g, kv);
       // Keys and queries with each head's nope and rope parts side by side (the rope key is
       // shared by the heads).
       cuda::concat_heads<T>(kv, g * hd, hd, nope, lat + kvr, W, 0, rope, len, g, k_cat, stream_);
@@ -1277,6 +1311,10 @@ class cuda_backend final : public forward_backend {
     return v && std::atoi(v) > 0 ? std::atoi(v) : fallback;
   }
   const int query_chunks = env_int("TOLLGATE_ENGINE_QUERY_CHUNKS", 4);
+  // TOLLGATE_ENGINE_FLASH_PREFILL=0: long prompt chunks attend through cuBLAS products and the
+  // softmax kernel instead of the fused kernel (for measurements and for the test that compares them).
+  const bool flash_prefill_ = std::getenv("TOLLGATE_ENGINE_FLASH_PREFILL") == nullptr ||
+                              std::string(std::getenv("TOLLGATE_ENGINE_FLASH_PREFILL")) != "0";
   // FP8 experts on tensor cores take prefill batches below this many tokens on the FP8 product;
   // longer ones dequantise into slots (slot_experts): about 10 ms of dequantisation a 2K prefill
   // at V2-Lite's shapes, against 30 us a token more on the FP8 product.

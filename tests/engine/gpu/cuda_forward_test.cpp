@@ -302,6 +302,22 @@ TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loa
   }
 }
 
+TEST_CASE("gpu: the fused prefill attention follows the cuBLAS products and softmax kernel", "[gpu][prefill]") {
+  // gpu_mla512 has DeepSeek's head shapes (nope 128, rope 64, v 128): a 600-token prompt attends
+  // un-absorbed through the fused kernel unless TOLLGATE_ENGINE_FLASH_PREFILL=0. The two round
+  // probabilities to bf16 at different points (before and after the division by their sum), so
+  // the logits agree to bf16 rounding, not bit for bit; its four decode steps read the same cache.
+  const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
+  const auto unfused = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FLASH_PREFILL", "0", 600),
+             fused = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FLASH_PREFILL", "1", 600);
+  const logit_match lm = compare_logits(fused, unfused, 1024);
+  std::printf("gpu fused prefill attention against cuBLAS: relative error %.2e, cosine mean %.6f worst %.6f, top-1 "
+              "%.3f\n",
+              lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
+  CHECK(lm.rel < 2e-2);
+  CHECK(lm.worst_cos > 0.999);
+}
+
 TEST_CASE("gpu: the shared experts inside the routed kernels follow their own product", "[gpu][bf16]") {
   // gpu_mla512 has one shared expert; the same model with two has a shared down product of two
   // parts that add to the same sums. With TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0 the shared experts
