@@ -805,12 +805,18 @@ class cuda_backend final : public forward_backend {
   void gemm(const T* x, int M, const mat<T>& W, void* y, cudaDataType_t ytype, bool side = false) {
     gemm_raw(x, M, W.w, W.rows, W.cols, y, ytype, side);
   }
+  /// Whether gemm takes the skinny kernel for this product (bf16, few rows, its shapes, 16-byte aligned).
+  bool uses_skinny(int M, const T* x, const T* w, int rows, int cols, bool side = false) const {
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    return std::is_same_v<T, bf16> && skinny_[side ? 1 : 0] && M <= skinny_rows_ && cuda::skinny_fits(rows, cols) &&
+           aligned(x) && aligned(w);
+  }
+  bool uses_skinny(int M, const mat<T>& W) const { return uses_skinny(M, nullptr, W.w, W.rows, W.cols); }
   void gemm_raw(const T* x, int M, const T* w, int rows, int cols, void* y, cudaDataType_t ytype, bool side = false) {
     if (M == 0) return;
     const auto& skinny = skinny_[side ? 1 : 0];
     if constexpr (std::is_same_v<T, bf16>) {
-      const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-      if (skinny && M <= skinny_rows_ && cuda::skinny_fits(rows, cols) && aligned(x) && aligned(w)) {
+      if (uses_skinny(M, x, w, rows, cols, side)) {
         cuda::skinny_gemm(x, M, w, rows, cols, y, ytype == CUDA_R_32F,
                           cuda::skinny_split(rows, cols, sms_, skinny_workspace_floats), *skinny,
                           side ? side_ : stream_);
@@ -862,10 +868,21 @@ class cuda_backend final : public forward_backend {
     }
     T* q_full = ws_q_full_.as<T>(static_cast<size_t>(N) * nh * W);
     T* cache = cache_layer(l);
-    cuda::mla_prepare<T>(ckv, ckv_stride, L.kv_a_norm, latent_norm_eps, query, rope_cs_, c.rope_interleave, dims_, N,
-                         map_, q_full, cache, stream_);
+    // A lone token's W_UK in the preparation's kernel (bf16, q in float from the fused product).
+    bool absorbed = false;
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (uk_in_prepare_ && N == 1 && query.f != nullptr && dense_items_ == 0 && cuda::mla_prepare_absorbing_fits(dims_)) {
+        cuda::mla_query<cuda::bf16> q16{nullptr, query.f, query.stride, nullptr};
+        cuda::mla_prepare_absorbing(ckv, ckv_stride, L.kv_a_norm, latent_norm_eps, q16, L.kv_b.w, c.v_head_dim,
+                                    rope_cs_, c.rope_interleave, dims_, map_, q_full, cache, stream_);
+        absorbed = true;
+      }
+    }
+    if (!absorbed)
+      cuda::mla_prepare<T>(ckv, ckv_stride, L.kv_a_norm, latent_norm_eps, query, rope_cs_, c.rope_interleave, dims_, N,
+                           map_, q_full, cache, stream_);
     T* attn = ws_attn_.as<T>(static_cast<size_t>(N) * nh * vd);
-    if (dense_items_ < sequences_) absorbed_attention(L, q_nope, q_ld, q_head, q_full, cache, N, attn);
+    if (dense_items_ < sequences_) absorbed_attention(L, q_nope, q_ld, q_head, q_full, cache, N, attn, absorbed);
     if (dense_items_ > 0)
       for (const auto& sp : spans_)
         if (sp.dense) dense_attention(L, sp, q_nope, q_ld, q_head, q_full, cache, attn);
@@ -876,17 +893,19 @@ class cuda_backend final : public forward_backend {
   /// Attention in the absorbed form for every token but those of items that attend un-absorbed
   /// (their rows of attn are written by dense_attention after this).
   void absorbed_attention(const layer_weights<T>& L, const T* q_nope, int q_ld, int q_head, T* q_full, const T* cache,
-                          int N, T* attn) {
+                          int N, T* attn, bool uk_done) {
     const auto& c = c_;
     const int nh = c.num_attention_heads, kvr = c.kv_lora_rank, W = dims_.width(), nope = c.qk_nope_head_dim,
               vd = c.v_head_dim;
     const float one = 1.0f, zero = 0.0f;
-    // W_UK absorbed: q_full[t, h, :kvr] = q_nope[t, h, :] . kv_b[h, :nope, :]   (per head)
-    check_blas(cublas().gemm_strided(blas_, CUBLAS_OP_N, CUBLAS_OP_N, kvr, N, nope, &one, L.kv_b.w, data_type<T>(),
-                                          kvr, static_cast<long long>(nope + vd) * kvr, q_nope, data_type<T>(), q_ld,
-                                          q_head, &zero, q_full, data_type<T>(), nh * W, W, nh, CUBLAS_COMPUTE_32F,
-                                          CUBLAS_GEMM_DEFAULT),
-               "q absorb");
+    // W_UK absorbed: q_full[t, h, :kvr] = q_nope[t, h, :] . kv_b[h, :nope, :]   (per head), unless
+    // the preparation did it.
+    if (!uk_done)
+      check_blas(cublas().gemm_strided(blas_, CUBLAS_OP_N, CUBLAS_OP_N, kvr, N, nope, &one, L.kv_b.w, data_type<T>(), kvr,
+                                       static_cast<long long>(nope + vd) * kvr, q_nope, data_type<T>(), q_ld, q_head,
+                                       &zero, q_full, data_type<T>(), nh * W, W, nh, CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT),
+                 "q absorb");
     T* o_lat = ws_o_lat_.as<T>(static_cast<size_t>(N) * nh * kvr);
     const float scale = static_cast<float>(c.softmax_scale());
     // Runs of items side by side that take the kernel (all of the batch when none is dense).
@@ -1025,20 +1044,6 @@ class cuda_backend final : public forward_backend {
     // With shared experts, one product gives the router logits and the shared gate and up.
     const mat<T>& first = L.has_shared ? L.router_shared : L.router;
     float* router_logits = ws_router_.as<float>(static_cast<size_t>(N) * first.rows);
-    gemm(h, N, first, router_logits, CUDA_R_32F);
-    // A decode step's shared experts: in the router's kernel and the routed down product, or
-    // their own SiLU-mul and product.
-    cuda::shared_experts in_experts;
-    if (shared_in_experts(L, N)) {
-      const int Is = L.shared_gate_up.rows / 2;
-      in_experts.act = reinterpret_cast<cuda::bf16*>(ws_sact_.as<T>(static_cast<size_t>(N) * Is));
-      in_experts.out = ws_shared_.as<float>(static_cast<size_t>(N) * H);
-      in_experts.w = reinterpret_cast<const cuda::bf16*>(L.shared_down.w);
-      in_experts.inter = I, in_experts.parts = c.n_shared_experts, in_experts.hidden = H, in_experts.rows = N;
-    }
-    float* shared = in_experts.act    ? in_experts.out
-                    : L.has_shared ? shared_experts(L, router_logits, first.rows, N)
-                                   : nullptr;
     int32_t* ids = ws_ids_.as<int32_t>(static_cast<size_t>(R));
     float* wts = ws_wts_.as<float>(static_cast<size_t>(R));
     cuda::router_config rc;
@@ -1051,8 +1056,44 @@ class cuda_backend final : public forward_backend {
     rc.stride = first.rows;
     int32_t* grouping = ws_grouping_.as<int32_t>(2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R));
     int32_t *offsets = grouping, *active = offsets + E + 1, *row_token = active + E + 1, *slot_row = row_token + R;
-    cuda::route_and_group(router_logits, L.score_bias, rc, N, ids, wts, {offsets, active, row_token, slot_row},
-                          route_arrivals_, stream_, in_experts);
+    const cuda::expert_groups groups{offsets, active, row_token, slot_row};
+    // A lone token in bf16 is routed by the router's product itself when the fused gate-up product
+    // follows (it takes the router kernel's other work, the shared experts' SiLU-mul).
+    bool routed = false;
+    if constexpr (std::is_same_v<T, bf16>) {
+      const auto plan = cuda::skinny_split(first.rows, first.cols, sms_, skinny_workspace_floats);
+      if (route_in_product_ && N == 1 && !L.experts_gate_up_fp8.w && fused_silu_ &&
+          cuda::expert_gate_up_silu_fits(I, H) && uses_skinny(N, first) &&
+          cuda::skinny_route_fits(plan, N, first.rows, rc)) {
+        const cuda::skinny_route route{rc, L.score_bias, ids, wts, groups};
+        cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_, &route);
+        routed = true;
+      }
+    }
+    if (!routed) gemm(h, N, first, router_logits, CUDA_R_32F);
+    // A decode step's shared experts: in the router's kernel (or, routed in the product, the
+    // gate-up product) and the routed down product, or their own SiLU-mul and product.
+    cuda::shared_experts in_experts;
+    if (shared_in_experts(L, N)) {
+      const int Is = L.shared_gate_up.rows / 2;
+      in_experts.act = reinterpret_cast<cuda::bf16*>(ws_sact_.as<T>(static_cast<size_t>(N) * Is));
+      in_experts.out = ws_shared_.as<float>(static_cast<size_t>(N) * H);
+      in_experts.w = reinterpret_cast<const cuda::bf16*>(L.shared_down.w);
+      in_experts.inter = I, in_experts.parts = c.n_shared_experts, in_experts.hidden = H, in_experts.rows = N;
+    }
+    float* shared = in_experts.act    ? in_experts.out
+                    : L.has_shared ? shared_experts(L, router_logits, first.rows, N)
+                                   : nullptr;
+    cuda::shared_experts prep;  // the shared experts' SiLU-mul for the gate-up product to write
+    if (routed) {
+      if (in_experts.act) {
+        prep = in_experts;
+        prep.from = router_logits, prep.from_stride = first.rows, prep.experts = E;
+      }
+    } else {
+      cuda::route_and_group(router_logits, L.score_bias, rc, N, ids, wts, groups, route_arrivals_, stream_,
+                            in_experts);
+    }
     float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
     T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
     float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
@@ -1086,7 +1127,8 @@ class cuda_backend final : public forward_backend {
       bool fused = false;
       if constexpr (std::is_same_v<T, bf16>) {
         if (fused_silu_ && cuda::expert_gate_up_silu_fits(I, H)) {
-          cuda::expert_gate_up_silu(L.experts_gate_up, h, row_token, offsets, active, max_active, I, H, act, stream_);
+          cuda::expert_gate_up_silu(L.experts_gate_up, h, row_token, offsets, active, max_active, I, H, act, stream_,
+                                    prep);
           fused = true;
         }
       }
@@ -1293,6 +1335,13 @@ class cuda_backend final : public forward_backend {
   // runs as a kernel of its own (for measurements; the values are the same).
   const bool fused_silu_ = std::getenv("TOLLGATE_ENGINE_FUSED_SILU") == nullptr ||
                            std::string(std::getenv("TOLLGATE_ENGINE_FUSED_SILU")) != "0";
+  // TOLLGATE_ENGINE_ROUTE_IN_PRODUCT=0: a lone token is routed by the router's own kernel, not by
+  // the router's product (for measurements; the same bits).
+  // TOLLGATE_ENGINE_UK_IN_PREPARE=0: a lone token's W_UK stays a cuBLAS product (for measurements).
+  const bool uk_in_prepare_ = std::getenv("TOLLGATE_ENGINE_UK_IN_PREPARE") == nullptr ||
+                              std::string(std::getenv("TOLLGATE_ENGINE_UK_IN_PREPARE")) != "0";
+  const bool route_in_product_ = std::getenv("TOLLGATE_ENGINE_ROUTE_IN_PRODUCT") == nullptr ||
+                                 std::string(std::getenv("TOLLGATE_ENGINE_ROUTE_IN_PRODUCT")) != "0";
   // TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0: a decode step's shared experts run their own SiLU-mul and
   // product (on the side stream up to side_stream_rows tokens), for measurements.
   const bool shared_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS") == nullptr ||

@@ -1,7 +1,9 @@
 #include "local_engine/cuda/dense.cuh"
+#include "local_engine/cuda/route.cuh"
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 
 namespace tollgate::engine::cuda {
 
@@ -21,10 +23,12 @@ constexpr int skinny_chunk_units = 4 * skinny_ahead;  // 16-byte units a warp co
 // With K split (to_partial), each block stores its slice's sums, and the last block of a column
 // block to arrive (counted in counters[blockIdx.x], which it sets back to 0) adds the slices in
 // slice order into y: the same bits whatever the order the blocks ran in.
-template <int RT, bool to_partial, typename OutT>
+// With `route` (one row, float y), the last block of the column blocks that hold the router's
+// logits routes the token (skinny_route in dense.cuh).
+template <int RT, bool to_partial, typename OutT, bool route = false>
 __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M, const bf16* W, int N, int K,
                                                          int units_per_split, OutT* y, float* partial,
-                                                         unsigned* counters) {
+                                                         unsigned* counters, skinny_route rt) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;
   const int u0 = static_cast<int>(blockIdx.y) * units_per_split, u1 = min(units, u0 + units_per_split);
@@ -133,33 +137,59 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
       y[at] = from_float<OutT>(sum);
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0;
+    if constexpr (route) {
+      // The router's column blocks count themselves in the scratch's last counter (left at 0).
+      const unsigned route_blocks = (rt.c.experts + skinny_cols - 1) / skinny_cols;
+      if (blockIdx.x >= route_blocks) return;
+      __shared__ bool route_last;
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0)
+        route_last = route_blocks == 1 || atomicAdd(&counters[skinny_scratch::column_blocks - 1], 1u) == route_blocks - 1;
+      __syncthreads();
+      if (!route_last) return;
+      __threadfence();
+      __shared__ float route_sm[2 * 128 + 64];
+      const int* chosen = route_token(y, rt.bias, rt.c, 0, rt.ids, rt.weights, route_sm, shared_experts{});
+      group_lone_token(chosen, rt.c, rt.groups);
+      if (threadIdx.x == 0 && route_blocks > 1) counters[skinny_scratch::column_blocks - 1] = 0;
+    }
   }
 }
 
 template <int RT, typename OutT>
 void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan,
-            const skinny_scratch& scratch, cudaStream_t s) {
+            const skinny_scratch& scratch, cudaStream_t s, const skinny_route* route) {
   const dim3 grid(static_cast<unsigned>((N + skinny_cols - 1) / skinny_cols), static_cast<unsigned>(plan.splits));
   const dim3 block(32 * skinny_warps);
   if (plan.splits == 1) {
     launch_dependent(skinny_mma_kernel<RT, false, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
-                     static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr));
+                     static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr), skinny_route{});
     return;
   }
   if (grid.x > skinny_scratch::column_blocks || static_cast<size_t>(plan.splits) * M * N > scratch.floats)
     throw std::logic_error("skinny_gemm: the scratch is too small for this plan");
+  if constexpr (RT == 1 && std::is_same_v<OutT, float>) {
+    if (route != nullptr) {
+      skinny_route r = *route;
+      r.c.stride = N;
+      launch_dependent(skinny_mma_kernel<1, true, float, true>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
+                       scratch.partial, scratch.counters, r);
+      return;
+    }
+  }
   launch_dependent(skinny_mma_kernel<RT, true, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
-                   scratch.partial, scratch.counters);
+                   scratch.partial, scratch.counters, skinny_route{});
 }
 
 template <typename OutT>
 void dispatch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan,
-              const skinny_scratch& workspace, cudaStream_t s) {
+              const skinny_scratch& workspace, cudaStream_t s, const skinny_route* route) {
   switch ((M + 15) / 16) {
-    case 1: return launch<1>(x, M, W, N, K, y, plan, workspace, s);
-    case 2: return launch<2>(x, M, W, N, K, y, plan, workspace, s);
-    case 3: return launch<3>(x, M, W, N, K, y, plan, workspace, s);
-    default: return launch<4>(x, M, W, N, K, y, plan, workspace, s);
+    case 1: return launch<1>(x, M, W, N, K, y, plan, workspace, s, route);
+    case 2: return launch<2>(x, M, W, N, K, y, plan, workspace, s, nullptr);
+    case 3: return launch<3>(x, M, W, N, K, y, plan, workspace, s, nullptr);
+    default: return launch<4>(x, M, W, N, K, y, plan, workspace, s, nullptr);
   }
 }
 
@@ -184,12 +214,21 @@ skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats) {
   return p;
 }
 
+bool skinny_route_fits(const skinny_plan& plan, int M, int N, const router_config& c) {
+  const int column_blocks = (N + device::skinny_cols - 1) / device::skinny_cols;
+  return M == 1 && plan.splits > 1 && c.experts >= 1 && c.experts <= 128 && c.experts <= N && c.top_k >= 1 &&
+         c.top_k <= 32 && c.top_k <= c.experts && c.groups >= 1 && c.groups <= 64 &&
+         column_blocks < static_cast<int>(skinny_scratch::column_blocks);
+}
+
 void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, bool y_float, const skinny_plan& plan,
-                 const skinny_scratch& workspace, cudaStream_t s) {
+                 const skinny_scratch& workspace, cudaStream_t s, const skinny_route* route) {
   if (M < 1 || M > skinny_max_rows || !skinny_fits(N, K))
     throw std::runtime_error("skinny_gemm takes 1 to 64 rows, N % 8 == 0 and K % 32 == 0");
-  if (y_float) device::dispatch(x, M, W, N, K, static_cast<float*>(y), plan, workspace, s);
-  else device::dispatch(x, M, W, N, K, static_cast<bf16*>(y), plan, workspace, s);
+  if (route != nullptr && (!y_float || !skinny_route_fits(plan, M, N, route->c)))
+    throw std::logic_error("skinny_gemm: this product cannot route (skinny_route_fits)");
+  if (y_float) device::dispatch(x, M, W, N, K, static_cast<float*>(y), plan, workspace, s, route);
+  else device::dispatch(x, M, W, N, K, static_cast<bf16*>(y), plan, workspace, s, nullptr);
 }
 
 skinny_scratch::skinny_scratch(size_t partial_floats) : floats(partial_floats) {

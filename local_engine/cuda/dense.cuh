@@ -11,6 +11,7 @@
 #include <cstddef>
 
 #include "local_engine/cuda/common.cuh"
+#include "local_engine/cuda/moe.cuh"
 
 namespace tollgate::engine::cuda {
 
@@ -42,9 +43,26 @@ struct skinny_scratch {
   unsigned* counters = nullptr;
 };
 
+/// A lone token's routing done by the router's product itself: the last block to finish the
+/// columns [0, experts) routes the token from them (route_and_group's work for one token, with
+/// the same bits), so that no router kernel runs between the product and the experts. The
+/// shared experts' SiLU-mul is then left to the gate-up product (shared_experts::from).
+struct skinny_route {
+  router_config c;  ///< c.stride is set to N by skinny_gemm
+  const float* bias = nullptr;
+  int32_t* ids = nullptr;
+  float* weights = nullptr;
+  expert_groups groups;
+};
+
+/// Whether skinny_gemm routes with this plan: one row, float output, K split (a last block per
+/// column block), up to 128 experts (the router's sums then have the router kernel's bits).
+bool skinny_route_fits(const skinny_plan& plan, int M, int N, const router_config& c);
+
 /// y[M, N] = x[M, K] . W[N, K]^T for 1 <= M <= 64, with y in float (y_float) or bf16. `workspace`
-/// holds splits x M x N floats (skinny_split bounds it); the product is launched on `s`.
+/// holds splits x M x N floats (skinny_split bounds it); the product is launched on `s`. With
+/// `route` (skinny_route_fits), the token is routed from y's first columns too.
 void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, bool y_float, const skinny_plan& plan,
-                 const skinny_scratch& workspace, cudaStream_t s);
+                 const skinny_scratch& workspace, cudaStream_t s, const skinny_route* route = nullptr);
 
 }  // namespace tollgate::engine::cuda

@@ -71,8 +71,10 @@ __device__ void prepare_part(const float* ckv, int ckv_stride, const float* norm
   T* dst = q_full + (static_cast<size_t>(t) * d.heads + h) * W + d.kv_rank;
   if (q.f != nullptr) {
     const float* qh = q.f + static_cast<size_t>(t) * q.stride + static_cast<size_t>(h) * d.qk_dim;
-    T* nope = q.nope + (static_cast<size_t>(t) * d.heads + h) * d.nope_dim;
-    for (int k = threadIdx.x; k < d.nope_dim; k += blockDim.x) nope[k] = from_float<T>(qh[k]);
+    if (q.nope != nullptr) {
+      T* nope = q.nope + (static_cast<size_t>(t) * d.heads + h) * d.nope_dim;
+      for (int k = threadIdx.x; k < d.nope_dim; k += blockDim.x) nope[k] = from_float<T>(qh[k]);
+    }
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
       const int2 p = pair(i);
       rotate(i, qh[d.nope_dim + p.x], qh[d.nope_dim + p.y], dst);
@@ -96,6 +98,52 @@ __global__ void mla_prepare_kernel(const float* ckv, int ckv_stride, const float
   const int h0 = blockIdx.y * per_block, h1 = min(d.heads + 1, h0 + per_block);
   for (int h = h0; h < h1; ++h)
     prepare_part(ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache, h);
+}
+
+// grid (1, heads + 1 + heads x kv_rank / 64): blocks y <= heads are mla_prepare_kernel's parts
+// (without the nope copy), the rest W_UK slices: block (h, c) holds kv_b[h, i, c*64 .. c*64 + 64)
+// for its rows i, warp w the rows w, w + 4, ..., a lane two columns, loaded before the wait.
+__global__ void __launch_bounds__(128) mla_prepare_absorbing_kernel(const float* ckv, int ckv_stride,
+                                                                    const float* norm_w, float eps,
+                                                                    mla_query<bf16> q, const bf16* kv_b, int v_dim,
+                                                                    const float2* rope_cs, bool interleave,
+                                                                    mla_dims d, token_map map, bf16* q_full,
+                                                                    bf16* cache) {
+  const int part = static_cast<int>(blockIdx.y);
+  if (part <= d.heads) {
+    enter_in_order();
+    mla_query<bf16> no_copy = q;
+    no_copy.nope = nullptr;
+    prepare_part(ckv, ckv_stride, norm_w, eps, no_copy, rope_cs, interleave, d, map, q_full, cache, part);
+    return;
+  }
+  const int per_head = d.kv_rank / 64, k = part - d.heads - 1, h = k / per_head, c0 = (k % per_head) * 64;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, rows = d.nope_dim / 4;
+  const bf16* w = kv_b + static_cast<size_t>(h) * (d.nope_dim + v_dim) * d.kv_rank + c0 + 2 * lane;
+  __nv_bfloat162 wv[32];
+#pragma unroll
+  for (int j = 0; j < 32; ++j)
+    if (j < rows) wv[j] = __ldg(reinterpret_cast<const __nv_bfloat162*>(w + static_cast<size_t>(warp + 4 * j) * d.kv_rank));
+  enter_in_order();
+  const float* qh = q.f + static_cast<size_t>(h) * d.qk_dim;  // token 0's row
+  float a = 0, b = 0;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    if (j >= rows) break;
+    const float x = __bfloat162float(__float2bfloat16_rn(qh[warp + 4 * j]));  // the bf16 q the product reads
+    const float2 f = __bfloat1622float2(wv[j]);
+    a += x * f.x, b += x * f.y;
+  }
+  __shared__ float2 red[4][32];
+  red[warp][lane] = make_float2(a, b);
+  __syncthreads();
+  if (warp == 0) {
+    float2 s = red[0][lane];
+#pragma unroll
+    for (int v = 1; v < 4; ++v) s.x += red[v][lane].x, s.y += red[v][lane].y;
+    *reinterpret_cast<__nv_bfloat162*>(q_full + static_cast<size_t>(h) * d.width() + c0 + 2 * lane) =
+        __floats2bfloat162_rn(s.x, s.y);
+  }
 }
 
 // grid: (token, head group, split). Each block runs an online softmax over its share of the
@@ -587,6 +635,17 @@ void mla_prepare(const float* ckv, int ckv_stride, const float* norm_w, float ep
   launch_early(device::mla_prepare_kernel<T>,
                dim3(static_cast<unsigned>(n), static_cast<unsigned>((d.heads + 1 + per_block - 1) / per_block)),
                dim3(128), 0, s, ckv, ckv_stride, norm_w, eps, q, rope_cs, interleave, d, map, q_full, cache, per_block);
+  check_launch();
+}
+
+void mla_prepare_absorbing(const float* ckv, int ckv_stride, const float* norm_w, float eps, const mla_query<bf16>& q,
+                           const bf16* kv_b, int v_dim, const float2* rope_cs, bool interleave, const mla_dims& d,
+                           const token_map& map, bf16* q_full, bf16* cache, cudaStream_t s) {
+  if (!mla_prepare_absorbing_fits(d) || q.f == nullptr)
+    throw std::logic_error("mla_prepare_absorbing: a float query and nope_dim % 4, kv_rank % 64 dims");
+  const unsigned parts = static_cast<unsigned>(d.heads + 1 + d.heads * (d.kv_rank / 64));
+  launch_early(device::mla_prepare_absorbing_kernel, dim3(1, parts), dim3(128), 0, s, ckv, ckv_stride, norm_w, eps, q,
+               kv_b, v_dim, rope_cs, interleave, d, map, q_full, cache);
   check_launch();
 }
 

@@ -46,6 +46,21 @@ void mla_prepare(const float* ckv, int ckv_stride, const float* norm_w, float ep
                  const float2* rope_cs, bool interleave, const mla_dims& d, int n, const token_map& map, T* q_full,
                  T* cache, cudaStream_t s);
 
+/// Whether mla_prepare_absorbing takes these dims: nope_dim % 4 == 0 and <= 128, kv_rank % 64 == 0.
+inline bool mla_prepare_absorbing_fits(const mla_dims& d) {
+  return d.nope_dim % 4 == 0 && d.nope_dim <= 128 && d.nope_dim > 0 && d.kv_rank % 64 == 0;
+}
+
+/// mla_prepare of one token in bf16 whose query is in float (q.f), with W_UK absorbed by the same
+/// kernel: q_full[h, :kv_rank] = bf16(q_nope[h]) . kv_b[h, :nope_dim, :] (kv_b [heads, nope_dim +
+/// v_dim, kv_rank] as the W_UK product reads it), by heads x kv_rank / 64 more blocks, each of which
+/// loads its 64-column slice of a head's weights before it waits for the kernel before. Float
+/// sums, rounded once: the product's values to float rounding, without its kernel. q.nope is not
+/// written.
+void mla_prepare_absorbing(const float* ckv, int ckv_stride, const float* norm_w, float eps, const mla_query<bf16>& q,
+                           const bf16* kv_b, int v_dim, const float2* rope_cs, bool interleave, const mla_dims& d,
+                           const token_map& map, bf16* q_full, bf16* cache, cudaStream_t s);
+
 /// Causal attention of n tokens over their sequences' cached positions 0..pos: scores are
 /// (q_full . cached) * scale over `width` values, the output is the attended latent [n, heads,
 /// kv_rank] in T. The batch's tokens come from `sequences` sequences, each one's tokens side by

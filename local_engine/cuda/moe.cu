@@ -1,4 +1,5 @@
 #include "local_engine/cuda/moe.cuh"
+#include "local_engine/cuda/route.cuh"
 
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -14,195 +15,19 @@ namespace tollgate::engine::cuda {
 
 namespace device {
 
-// The larger of two (value, index) pairs; ties go to the lower index, as on the CPU.
-__device__ __forceinline__ void better(float& v, int& i, float v2, int i2) {
-  if (v2 > v || (v2 == v && i2 < i) || i < 0) {
-    v = v2;
-    i = i2;
-  }
-}
-
-__device__ __forceinline__ void block_argmax(float& v, int& i, float* sv, int* si) {
-  for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();
-  if (lane == 0) {
-    sv[warp] = v;
-    si[warp] = i;
-  }
-  __syncthreads();
-  v = -INFINITY;
-  i = -1;
-  if (lane < warps) {
-    v = sv[lane];
-    i = si[lane];
-  }
-  for (int o = 16; o > 0; o >>= 1) better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
-}
-
 // One block per token; experts <= 1024, groups <= 64, top_k <= 32.
 __device__ void group_slots(const int32_t* ids, int total, int top_k, int experts, expert_groups out);
-
-// Token t's share of the shared experts (shared_experts in moe.cuh), by the block's threads from
-// `first` on: SiLU-mul of its gate and up values (the separate kernel's formula and rounding), and
-// its sums zeroed for the down product to add to. Four values a thread in flight.
-__device__ void shared_prep(const shared_experts& sh, const float* row, int experts, int t, int first) {
-  const int n = static_cast<int>(blockDim.x) - first, i0 = static_cast<int>(threadIdx.x) - first;
-  const int width = sh.parts * sh.inter;  // every shared expert's gate values, then their up values
-  const float* gate = row + experts;
-  const float* up = gate + width;
-  bf16* act = sh.act + static_cast<size_t>(t) * width;
-  for (int i = i0; i < width; i += 4 * n) {
-    float g[4], u[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int at = i + j * n;
-      g[j] = at < width ? gate[at] : 0.0f;
-      u[j] = at < width ? up[at] : 0.0f;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      if (i + j * n < width) act[i + j * n] = __float2bfloat16_rn(g[j] / (1.0f + expf(-g[j])) * u[j]);
-  }
-  float* out = sh.out + static_cast<size_t>(t) * sh.hidden;
-  for (int i = i0; i < sh.hidden; i += n) out[i] = 0.0f;
-}
 
 __global__ void route_kernel(const float* logits, const float* bias, router_config c, int32_t* ids, float* weights,
                              expert_groups groups, unsigned* arrivals, shared_experts shared) {
   enter_in_order();
   extern __shared__ float sm[];
-  float* score = sm;                 // [experts]
-  float* choice = score + c.experts;  // [experts]
-  float* gscore = choice + c.experts;  // [groups]
-  __shared__ float sv[32], red[32];
-  __shared__ int si[32];
-  __shared__ int keep_group[64];
   const float* row = logits + static_cast<size_t>(blockIdx.x) * (c.stride > 0 ? c.stride : c.experts);
-  float mx = -INFINITY;
-  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) mx = fmaxf(mx, row[e]);
-  if (!c.sigmoid) mx = block_max(mx, red);
-  float sum = 0;
-  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) {
-    const float v = c.sigmoid ? 1.0f / (1.0f + expf(-row[e])) : expf(row[e] - mx);
-    score[e] = v;
-    sum += v;
-  }
-  if (!c.sigmoid) {
-    const float inv = 1.0f / block_sum(sum, red);
-    for (int e = threadIdx.x; e < c.experts; e += blockDim.x) score[e] *= inv;
-  }
-  __syncthreads();
-  for (int e = threadIdx.x; e < c.experts; e += blockDim.x) choice[e] = score[e] + (c.sigmoid && bias ? bias[e] : 0.0f);
-  __syncthreads();
-  if (c.grouped) {
-    const int per = c.experts / c.groups;
-    for (int g = threadIdx.x; g < c.groups; g += blockDim.x) {
-      float b1 = -INFINITY, b2 = -INFINITY;
-      for (int i = 0; i < per; ++i) {
-        const float v = c.group_by_top2 ? choice[g * per + i] : score[g * per + i];
-        if (v > b1) {
-          b2 = b1;
-          b1 = v;
-        } else if (v > b2) {
-          b2 = v;
-        }
-      }
-      gscore[g] = c.group_by_top2 ? b1 + b2 : b1;
-      keep_group[g] = 0;
-    }
-    __syncthreads();
-    for (int k = 0; k < c.top_groups; ++k) {
-      float v = -INFINITY;
-      int i = -1;
-      for (int g = threadIdx.x; g < c.groups; g += blockDim.x) better(v, i, gscore[g], g);
-      block_argmax(v, i, sv, si);
-      if (threadIdx.x == 0) {
-        keep_group[i] = 1;
-        gscore[i] = -INFINITY;
-      }
-      __syncthreads();
-    }
-    const float masked = c.sigmoid ? -INFINITY : 0.0f;
-    for (int e = threadIdx.x; e < c.experts; e += blockDim.x)
-      if (!keep_group[e / per]) choice[e] = masked;
-    __syncthreads();
-  }
-  __shared__ int chosen[32];
-  if (c.experts <= 256) {
-    // Up to 256 experts: one warp picks the top k from registers (8 choices a lane), with no
-    // block-wide step between picks; the same picks and ties as below.
-    if (threadIdx.x < 32) {
-      const int lane = threadIdx.x;
-      float v[8];
-      unsigned left = 0;  // bit j: choice lane + 32 j not taken yet
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int e = lane + 32 * j;
-        v[j] = e < c.experts ? choice[e] : -INFINITY;
-        if (e < c.experts) left |= 1u << j;
-      }
-      for (int k = 0; k < c.top_k; ++k) {
-        float bv = -INFINITY;
-        int bi = -1;
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          if (left >> j & 1u) better(bv, bi, v[j], lane + 32 * j);
-        for (int o = 16; o > 0; o >>= 1)
-          better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
-        if (bi >= 0 && (bi & 31) == lane) left &= ~(1u << (bi >> 5));
-        if (lane == 0) chosen[k] = bi;
-      }
-    } else if (shared.act) {  // the other warps meanwhile
-      shared_prep(shared, row, c.experts, blockIdx.x, 32);
-    }
-    __syncthreads();
-  } else {
-    __shared__ unsigned char taken[1024];
-    for (int e = threadIdx.x; e < c.experts; e += blockDim.x) taken[e] = 0;
-    __syncthreads();
-    for (int k = 0; k < c.top_k; ++k) {
-      float v = -INFINITY;
-      int i = -1;
-      for (int e = threadIdx.x; e < c.experts; e += blockDim.x)
-        if (!taken[e]) better(v, i, choice[e], e);
-      block_argmax(v, i, sv, si);
-      if (threadIdx.x == 0) {
-        chosen[k] = i;
-        taken[i] = 1;
-      }
-      __syncthreads();
-    }
-    if (shared.act) shared_prep(shared, row, c.experts, blockIdx.x, 0);
-  }
-  if (threadIdx.x == 0) {
-    float wsum = 0;
-    for (int k = 0; k < c.top_k; ++k) wsum += score[chosen[k]];
-    const float den = wsum + 1e-20f;
-    for (int k = 0; k < c.top_k; ++k) {
-      float w = score[chosen[k]];
-      if (c.normalise) w /= den;
-      ids[blockIdx.x * c.top_k + k] = chosen[k];
-      weights[blockIdx.x * c.top_k + k] = w * c.scaling;
-    }
-  }
+  const int* chosen = route_token(row, bias, c, blockIdx.x, ids, weights, sm, shared);
   // One token (a sequence's decode step): its slots are grouped here, from `chosen`, without
-  // the other blocks' ids to wait for: each chosen expert has one row, at its rank among them.
+  // the other blocks' ids to wait for.
   if (gridDim.x == 1) {
-    for (int e = threadIdx.x; e <= c.experts; e += blockDim.x) {
-      int below = 0;
-      for (int k = 0; k < c.top_k; ++k) below += chosen[k] < e;
-      groups.offsets[e] = below;
-    }
-    if (static_cast<int>(threadIdx.x) < c.top_k) {
-      const int e = chosen[threadIdx.x];
-      int rank = 0;
-      for (int k = 0; k < c.top_k; ++k) rank += chosen[k] < e;
-      groups.active[1 + rank] = e;
-      groups.row_token[rank] = 0;
-      groups.slot_row[threadIdx.x] = rank;
-    }
-    if (threadIdx.x == 0) groups.active[0] = c.top_k;
+    group_lone_token(chosen, c, groups);
     return;
   }
   // The last token's block to finish groups every token's slots (arrivals is left at 0).
@@ -416,7 +241,16 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   const int n_active = active[0];
   const uint4 zero = make_uint4(0, 0, 0, 0);
   __shared__ float red[KS > 1 ? mma_warps : 1][mma_tiles][4][32];
-  const int parts = sh.parts;
+  // A gate-up product after a router that ran in its product writes the shared experts' SiLU-mul
+  // (the router kernel's formula and rounding) and zeroes their sums, spread over the grid: a
+  // thread's first gate and up values are loaded here and used after the items.
+  const bool prep = act && sh.from;
+  const int prep_width = sh.parts * sh.inter;
+  const int prep_n = static_cast<int>(gridDim.x * blockDim.x), prep_i0 = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const auto prep_gate = [&](int i) { return sh.from + static_cast<size_t>(i / prep_width) * sh.from_stride + sh.experts + i % prep_width; };
+  float first_g = 0, first_u = 0;
+  if (prep && prep_i0 < sh.rows * prep_width) first_g = prep_gate(prep_i0)[0], first_u = prep_gate(prep_i0)[prep_width];
+  const int parts = act ? 0 : sh.parts;  // a gate-up product takes no shared items
   const int shared_items = parts * slices;
   for (int item = blockIdx.x; item < shared_items + max_active * slices; item += gridDim.x) {
     const bool is_sh = item < shared_items;
@@ -519,6 +353,13 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
         if (vc) out[static_cast<size_t>(rc) * N + col] = c[t][2], out[static_cast<size_t>(rc) * N + col + 1] = c[t][3];
       }
     }
+  }
+  if (prep) {  // after the items: nothing here is read before the next kernel
+    for (int i = prep_i0; i < sh.rows * prep_width; i += prep_n) {
+      const float gv = i == prep_i0 ? first_g : prep_gate(i)[0], uv = i == prep_i0 ? first_u : prep_gate(i)[prep_width];
+      sh.act[i] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);
+    }
+    for (int i = prep_i0; i < sh.rows * sh.hidden; i += prep_n) sh.out[i] = 0.0f;
   }
 }
 
@@ -712,12 +553,13 @@ void launch_expert_mma(const Rows& W, const bf16* x, const int32_t* x_rows, cons
                        const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
                        bf16* act = nullptr, const shared_experts& sh = {}) {
   // The shared parts take max_active's place in the grid's size: `parts` more expert-sized items.
+  const int extra = act ? 0 : sh.parts;
   if (expert_ksplit() == 2) {
-    const auto [slices, grid] = persistent_grid(N, max_active + sh.parts, 2);
+    const auto [slices, grid] = persistent_grid(N, max_active + extra, 2);
     launch_early(device::expert_mma_kernel<Rows, 2>, dim3(grid), dim3(256), 0, s, W, x, x_rows, offsets, active, N, K,
                  slices, max_active, out, act, sh);
   } else {
-    const auto [slices, grid] = persistent_grid(N, max_active + sh.parts);
+    const auto [slices, grid] = persistent_grid(N, max_active + extra);
     launch_early(device::expert_mma_kernel<Rows, 1>, dim3(grid), dim3(128), 0, s, W, x, x_rows, offsets, active, N, K,
                  slices, max_active, out, act, sh);
   }
@@ -827,12 +669,14 @@ void expert_down_with_shared(const bf16* W, const bf16* act, const int32_t* offs
 bool expert_gate_up_silu_fits(int inter, int K) { return inter > 0 && inter % 32 == 0 && K % 32 == 0; }
 
 void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
-                         const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s) {
+                         const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s,
+                         const shared_experts& shared) {
   if (max_active == 0) return;
   if (!expert_gate_up_silu_fits(inter, K))
     throw std::logic_error("expert_gate_up_silu: inter % 32 and K % 32 must be 0");
   // Slices of 32 gate columns (with their 32 up columns): as many as of 64 columns of [2 inter].
-  launch_expert_mma(device::bf16_rows{W}, x, x_rows, offsets, active, max_active, 2 * inter, K, nullptr, s, act);
+  launch_expert_mma(device::bf16_rows{W}, x, x_rows, offsets, active, max_active, 2 * inter, K, nullptr, s, act,
+                    shared);
 }
 
 template void expert_gemv<float>(const float*, const float*, const int32_t*, const int32_t*, const int32_t*, int, int,

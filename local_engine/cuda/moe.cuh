@@ -34,11 +34,16 @@ struct expert_groups {
 /// values each) and zeroes out[t, :] (`hidden` floats). The routed down product then adds each
 /// shared expert's part of W [hidden, parts * inter] . act to out: part p is columns p inter ..
 /// (p + 1) inter, and with at most two parts the sum's bits do not depend on their order.
+/// Where the router ran in its product's last block (skinny_route), the gate-up product writes act
+/// and zeroes out instead, from `from` (the router-and-shared product's rows, `from_stride` floats
+/// apart, `experts` logits before each row's gate values).
 struct shared_experts {
   bf16* act = nullptr;
   float* out = nullptr;
   const bf16* w = nullptr;
   int inter = 0, parts = 0, hidden = 0, rows = 0;
+  const float* from = nullptr;
+  int from_stride = 0, experts = 0;
 };
 
 /// Whether the routed kernels take the shared experts (bf16 weights, at most two parts, the shapes
@@ -75,8 +80,11 @@ bool expert_gate_up_silu_fits(int inter, int K);
 /// expert_gemv of a gate-up matrix (bf16, W [experts, 2 inter, K]: gate rows, then up rows) with
 /// silu_mul applied as it stores: act[r, :inter] = bf16(silu(gate) * up), the values expert_gemv
 /// then silu_mul give, with no float [rows, 2 inter] between them.
+/// With `shared.from`, its blocks first write the shared experts' act and zero their sums (the
+/// router kernel's share, shared_experts above).
 void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
-                         const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s);
+                         const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s,
+                         const shared_experts& shared = {});
 
 /// Expert weights kept in FP8 on the GPU (an FP8 checkpoint's e4m3 values, not dequantised at
 /// load): w [experts, N, K] bytes and one float scale per row per block of 2^kb_shift columns,

@@ -302,6 +302,33 @@ TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loa
   }
 }
 
+TEST_CASE("gpu: a lone token routed by the router's product and absorbing W_UK in its preparation", "[gpu][bf16]") {
+  // gpu_mla512 without q_lora (q and the latent from one product, in float) and 1,024 wide (the
+  // router-and-shared product's K is split, so a last block routes): its four decode steps route in
+  // that product and absorb W_UK in the preparation's kernel unless TOLLGATE_ENGINE_ROUTE_IN_PRODUCT=0
+  // and TOLLGATE_ENGINE_UK_IN_PREPARE=0. Routing in the product gives the router kernel's bits; W_UK
+  // summed by the preparation's blocks rounds its float sums in another order than cuBLAS.
+  auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+  recipe["config"]["q_lora_rank"] = nullptr;
+  recipe["config"]["hidden_size"] = 1024;
+  recipe["seed"] = 900 + static_cast<int>(std::random_device{}() % 1000);
+  const std::string name = "gpu_mla512, 1024 wide, no q_lora", text = recipe.dump();
+  ::setenv("TOLLGATE_ENGINE_UK_IN_PREPARE", "0", 1);
+  const auto plain = logits_with(name, text, "TOLLGATE_ENGINE_ROUTE_IN_PRODUCT", "0"),
+             routed = logits_with(name, text, "TOLLGATE_ENGINE_ROUTE_IN_PRODUCT", "1");
+  ::unsetenv("TOLLGATE_ENGINE_UK_IN_PREPARE");
+  const auto both = logits_with(name, text, "TOLLGATE_ENGINE_ROUTE_IN_PRODUCT", "1");
+  const size_t differ = bits_differ(plain, routed), uk_differ = bits_differ(routed, both);
+  const logit_match lm = compare_logits(both, routed, recipe["config"]["vocab_size"].get<size_t>());
+  std::printf("gpu router in its product: %zu of %zu logits differ from the router kernel's; W_UK in the "
+              "preparation: %zu differ from cuBLAS's, relative error %.2e, cosine mean %.6f worst %.6f, top-1 %.3f\n",
+              differ, plain.size(), uk_differ, lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
+  CHECK(differ == 0);
+  CHECK(lm.rel < 1e-2);
+  CHECK(lm.worst_cos > 0.9999);
+  CHECK(lm.agreement >= 0.99);
+}
+
 TEST_CASE("gpu: the fused prefill attention follows the cuBLAS products and softmax kernel", "[gpu][prefill]") {
   // gpu_mla512 has DeepSeek's head shapes (nope 128, rope 64, v 128): a 600-token prompt attends
   // un-absorbed through the fused kernel unless TOLLGATE_ENGINE_FLASH_PREFILL=0. The two round

@@ -3,6 +3,7 @@
 // shapes that do not, float and bf16 outputs; and a row's bits do not depend on the batch around it.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -136,5 +137,110 @@ TEST_CASE("gpu: a row of a skinny product has the same bits alone and in a batch
       INFO("N " << p.N << " row " << row);
       CHECK(std::memcmp(alone.data(), all.data() + row * p.N, alone.size() * 4) == 0);
     }
+  }
+}
+
+namespace {
+
+/// A device copy of n values of U.
+template <typename U>
+std::vector<U> to_host(const void* p, size_t n) {
+  std::vector<U> out(n);
+  REQUIRE(cudaMemcpy(out.data(), p, n * sizeof(U), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return out;
+}
+
+template <typename U>
+bool same_bits(const std::vector<U>& a, const std::vector<U>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(U)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("gpu: the router's product routes a lone token with the router kernel's bits", "[gpu][dense]") {
+  // The router-and-shared product of one token (router logits, then shared gate and up columns),
+  // once routing in its last block (skinny_route) and once plain, followed by the router's own
+  // kernel: the same logits, ids, weights and grouping, bit for bit. DeepSeek-V2-Lite's router
+  // (64 experts, top 6, softmax) and V3-style ones (sigmoid with a correction bias, group-limited,
+  // normalised and scaled): 16 experts, and 128 (two column blocks of logits, so the last of two
+  // blocks routes). Twice each in the same scratch (its counters are left at 0).
+  std::mt19937 gen(std::random_device{}());
+  const int sms = multiprocessors();
+  struct router_case {
+    const char* name;
+    cu::router_config c;
+  };
+  std::vector<router_case> cases;
+  {
+    cu::router_config c;
+    c.experts = 64, c.top_k = 6, c.scaling = 1.0f;
+    cases.push_back({"V2-Lite", c});
+    c.experts = 16, c.top_k = 4, c.groups = 4, c.top_groups = 2, c.sigmoid = c.grouped = c.group_by_top2 = true;
+    c.normalise = true, c.scaling = 2.5f;
+    cases.push_back({"V3-style 16", c});
+    c.experts = 128, c.top_k = 8, c.groups = 8, c.top_groups = 4;
+    cases.push_back({"V3-style 128", c});
+  }
+  for (auto [name, c] : cases) {
+    const int K = 2048, N = c.experts + 2 * 2816, E = c.experts, R = c.top_k;
+    std::vector<uint16_t> x(K), w(static_cast<size_t>(N) * K);
+    std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+    for (auto& v : x) v = bf16_bits(d(gen));
+    for (auto& v : w) v = bf16_bits(d(gen) * 0.05f);
+    std::vector<float> bias(static_cast<size_t>(E));
+    for (auto& v : bias) v = d(gen) * 0.1f;
+    const auto plan = cu::skinny_split(N, K, sms, size_t{4} << 20);
+    c.stride = N;
+    INFO(name << " splits " << plan.splits);
+    REQUIRE(cu::skinny_route_fits(plan, 1, N, c));
+    CHECK_FALSE(cu::skinny_route_fits(plan, 2, N, c));
+    device_buffer dx(x.size() * 2), dw(w.size() * 2), db(bias.size() * 4), y(static_cast<size_t>(N) * 4);
+    REQUIRE(cudaMemcpy(dx.p, x.data(), x.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(dw.p, w.data(), w.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(db.p, bias.data(), bias.size() * 4, cudaMemcpyHostToDevice) == cudaSuccess);
+    const float* b = c.sigmoid ? db.as<float>() : nullptr;
+    cu::skinny_scratch ws(size_t{4} << 20);
+    device_buffer arrivals(4);
+    REQUIRE(cudaMemset(arrivals.p, 0, 4) == cudaSuccess);
+    // ids, weights, then offsets [E + 1], active [E + 1], row_token [R], slot_row [R].
+    struct outputs {
+      std::vector<float> y, wts;
+      std::vector<int32_t> ids, groups;
+    };
+    const auto once = [&](bool in_product) {
+      device_buffer ids(static_cast<size_t>(R) * 4), wts(static_cast<size_t>(R) * 4);
+      device_buffer grouping((2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R)) * 4);
+      REQUIRE(cudaMemset(grouping.p, 0xff, (2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R)) * 4) ==
+              cudaSuccess);
+      auto* g = grouping.as<int32_t>();
+      const cu::expert_groups groups{g, g + E + 1, g + 2 * E + 2, g + 2 * E + 2 + R};
+      const cu::skinny_route route{c, b, ids.as<int32_t>(), wts.as<float>(), groups};
+      cu::skinny_gemm(dx.as<cu::bf16>(), 1, dw.as<cu::bf16>(), N, K, y.p, true, plan, ws, nullptr,
+                      in_product ? &route : nullptr);
+      if (!in_product)
+        cu::route_and_group(y.as<float>(), b, c, 1, ids.as<int32_t>(), wts.as<float>(), groups,
+                            arrivals.as<unsigned>(), nullptr);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      return outputs{to_host<float>(y.p, static_cast<size_t>(N)), to_host<float>(wts.p, static_cast<size_t>(R)),
+                     to_host<int32_t>(ids.p, static_cast<size_t>(R)),
+                     to_host<int32_t>(grouping.p, 2 * static_cast<size_t>(E) + 2 + 2 * static_cast<size_t>(R))};
+    };
+    const outputs kernel = once(false);
+    for (int round = 0; round < 2; ++round) {
+      const outputs product = once(true);
+      CHECK(same_bits(product.y, kernel.y));
+      CHECK(same_bits(product.ids, kernel.ids));
+      CHECK(same_bits(product.wts, kernel.wts));
+      CHECK(same_bits(product.groups, kernel.groups));
+    }
+    // The routing is a real one: distinct experts in range, each grouped at its rank.
+    std::vector<int32_t> sorted = kernel.ids;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());
+    CHECK(sorted.front() >= 0);
+    CHECK(sorted.back() < E);
+    CHECK(kernel.groups[static_cast<size_t>(E) + 1] == R);  // active[0]
+    std::printf("gpu router in its product, %s (splits %d): ids %d %d .. weights %.4f %.4f ..: the router kernel's bits\n",
+                name, plan.splits, kernel.ids[0], kernel.ids[1], kernel.wts[0], kernel.wts[1]);
   }
 }
