@@ -1,11 +1,59 @@
 #include "adapters/event_mailbox.hpp"
 
-#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
+
+#include <type_traits>
 
 namespace tollgate::adapters {
 
 namespace net = boost::asio;
+
+/// The readers waiting on one io_context's mailboxes. Their handlers are held by the mailboxes,
+/// outside Asio's queues: when the io_context shuts down with readers still waiting, this service
+/// destroys their handlers, so that their coroutines unwind as a reader waiting on a timer or a
+/// socket would (no leak). Used by the io_context's one thread (see event_mailbox).
+class mailbox_waiters final : public net::execution_context::service {
+ public:
+  inline static net::execution_context::id id;
+
+  explicit mailbox_waiters(net::execution_context& context) : service(context) {}
+
+  void link(event_mailbox* m) {
+    m->prev_waiting_ = nullptr;
+    m->next_waiting_ = head_;
+    if (head_) head_->prev_waiting_ = m;
+    head_ = m;
+  }
+
+  void unlink(event_mailbox* m) {
+    if (m->prev_waiting_) {
+      m->prev_waiting_->next_waiting_ = m->next_waiting_;
+    } else {
+      head_ = m->next_waiting_;
+    }
+    if (m->next_waiting_) m->next_waiting_->prev_waiting_ = m->prev_waiting_;
+    m->prev_waiting_ = m->next_waiting_ = nullptr;
+  }
+
+ private:
+  void shutdown() override {
+    // Destroying a handler may destroy other mailboxes (its coroutine's frames own them), which
+    // unlink themselves: take one at a time from the head.
+    while (event_mailbox* m = head_) {
+      unlink(m);
+      std::optional<event_mailbox::waiter> w = std::move(m->waiter_);
+      m->waiter_.reset();
+      w.reset();
+    }
+  }
+
+  event_mailbox* head_ = nullptr;
+};
+
+event_mailbox::~event_mailbox() {
+  if (waiter_) waiters_->unlink(this);
+}
 
 void event_mailbox::push(call_event ev) {
   if (ev.type == call_event::kind::head) seen_head_ = true;
@@ -26,6 +74,44 @@ void event_mailbox::add_data(std::string_view bytes) {
   push(std::move(ev));
 }
 
+void event_mailbox::resume_reader() {
+  waiters_->unlink(this);
+  waiter w = std::move(*waiter_);
+  waiter_.reset();
+  // Through the queue, as a cancelled timer's wait completed: never inside the producer's call.
+  // Posted to the loop's own executor and called there (the reader's executor is that loop):
+  // not dispatched again through the type-erased one, which costs more than the rest of a wake.
+  net::post(io_, [w = std::move(w)]() mutable { w(); });
+}
+
+void event_mailbox::arm(clock::time_point deadline) {
+  armed_ = true;
+  timer_.expires_at(deadline);  // cancels a wait still pending: its handler touches nothing
+  timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) on_timer();  // aborted: armed again, or the mailbox is gone
+  });
+}
+
+void event_mailbox::disarm() {
+  if (!armed_) return;
+  armed_ = false;
+  timer_.cancel();
+}
+
+void event_mailbox::on_timer() {
+  armed_ = false;
+  if (!waiter_) return;  // the reader is busy: its next wait arms the timer again
+  if (clock::now() < deadline_) {
+    arm(deadline_);  // armed for an earlier wait: the rest of this one's
+    return;
+  }
+  silent_ = true;
+  waiters_->unlink(this);
+  waiter w = std::move(*waiter_);
+  waiter_.reset();
+  w();  // resumes the reader, which may destroy this mailbox: nothing after it
+}
+
 net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
   for (;;) {
     if (!events_.empty()) {
@@ -36,10 +122,22 @@ net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
       }
       co_return ev;
     }
-    if (terminal_) co_return *terminal_;
-    timer_.expires_after(seen_head_ ? idle_ : first_token_);
-    auto [ec] = co_await timer_.async_wait(net::as_tuple(net::use_awaitable));
-    if (!ec && events_.empty() && !terminal_) producer.on_silence(seen_head_);
+    if (terminal_) {
+      disarm();
+      co_return *terminal_;
+    }
+    deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_);
+    if (!armed_ || timer_.expiry() > deadline_) arm(deadline_);
+    silent_ = false;
+    co_await net::async_initiate<const net::use_awaitable_t<>&, void()>(
+        [this](auto handler) {
+          static_assert(std::is_same_v<decltype(handler), waiter>, "use_awaitable's handler changed type");
+          if (!waiters_) waiters_ = &net::use_service<mailbox_waiters>(timer_.get_executor().context());
+          waiter_.emplace(std::move(handler));
+          waiters_->link(this);
+        },
+        net::use_awaitable);
+    if (silent_ && events_.empty() && !terminal_) producer.on_silence(seen_head_);
   }
 }
 

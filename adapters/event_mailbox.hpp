@@ -4,9 +4,11 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/impl/use_awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <optional>
@@ -17,6 +19,8 @@
 #include "config/config.hpp"
 
 namespace tollgate::adapters {
+
+class mailbox_waiters;
 
 /// What a mailbox asks of the call that fills it.
 class mailbox_producer {
@@ -33,11 +37,19 @@ class mailbox_producer {
 
 /// Events a call has produced and its reader has not taken, its terminal event, and the wait
 /// between them. Not thread-safe: used on the call's worker thread only (a producer on another
-/// thread posts to it).
+/// thread posts to it), and the mailboxes of one io_context are used by one thread at a time.
+///
+/// The deadline is lazy: a wait notes when its silence would come, and the timer is armed only
+/// when it is not armed already for that moment or earlier. A wake resumes the reader without
+/// touching the timer; a timer that fires before the current wait's deadline (armed for an
+/// earlier wait) is armed again for the rest. So a stream's events cost no timer operations.
 class event_mailbox {
  public:
   event_mailbox(boost::asio::io_context& io, const config::timeouts_config& timeouts)
-      : timer_(io), first_token_(timeouts.first_token), idle_(timeouts.idle) {}
+      : io_(io.get_executor()), timer_(io), first_token_(timeouts.first_token), idle_(timeouts.idle) {}
+  ~event_mailbox();
+  event_mailbox(const event_mailbox&) = delete;
+  event_mailbox& operator=(const event_mailbox&) = delete;
 
   // The producer's side.
 
@@ -48,15 +60,19 @@ class event_mailbox {
   void add_data(std::string_view bytes);
   /// Sets the terminal event (end or failed) without waking the reader: for a producer that
   /// wakes it later, or whose reader is gone.
-  void stop(call_event terminal) { terminal_ = std::move(terminal); }
+  void stop(call_event terminal) {
+    terminal_ = std::move(terminal);
+    if (!waiter_) disarm();  // no wait comes after the terminal event
+  }
   /// Sets the terminal event and wakes the reader.
   void end(call_event terminal) {
     stop(std::move(terminal));
     wake();
   }
-  /// Wakes a waiting reader, and the hook of one that watches several calls.
+  /// Wakes a waiting reader (its wait's deadline starts again if it finds nothing), and the hook
+  /// of one that watches several calls.
   void wake() {
-    timer_.cancel();
+    if (waiter_) resume_reader();
     if (hook_) hook_();
   }
   /// Drops events not taken yet (a cancelled call's reader wants none of them).
@@ -77,14 +93,32 @@ class event_mailbox {
   boost::asio::awaitable<call_event> next(mailbox_producer& producer);
 
  private:
+  friend class mailbox_waiters;
+  /// The handler that resumes a reader suspended in next() (use_awaitable's, for void()).
+  using waiter = boost::asio::detail::awaitable_handler<boost::asio::any_io_executor>;
+  using clock = boost::asio::steady_timer::clock_type;
+
+  void resume_reader();
+  void arm(clock::time_point deadline);
+  void disarm();
+  void on_timer();
+
+  boost::asio::io_context::executor_type io_;
   event_queue events_;
   std::optional<call_event> terminal_;
-  boost::asio::steady_timer timer_;  // the reader waits on it; the producer cancels it
+  boost::asio::steady_timer timer_;  // armed for the current wait's deadline or earlier
   config::duration first_token_;
   config::duration idle_;
   std::function<void()> hook_;
+  std::optional<waiter> waiter_;     // the reader, while it waits
+  mailbox_waiters* waiters_ = nullptr;  // where a waiting reader is listed (for shutdown)
+  event_mailbox* prev_waiting_ = nullptr;
+  event_mailbox* next_waiting_ = nullptr;
+  clock::time_point deadline_{};     // when the current wait's silence comes
   std::size_t queued_bytes_ = 0;
   bool seen_head_ = false;
+  bool armed_ = false;               // an async_wait of timer_ is pending
+  bool silent_ = false;              // the current wait ended at its deadline
 };
 
 }  // namespace tollgate::adapters

@@ -1,0 +1,268 @@
+// The mailbox between a call's producer and its reader, on a real io_context: events in order,
+// the first-token and idle deadlines (which it arms lazily, once for many waits), and a reader
+// left waiting when the loop is torn down.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adapters/event_mailbox.hpp"
+
+using namespace tollgate::adapters;
+namespace net = boost::asio;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+namespace {
+
+tollgate::config::timeouts_config timeouts(steady::duration first_token, steady::duration idle) {
+  tollgate::config::timeouts_config t;
+  t.first_token = std::chrono::duration_cast<tollgate::config::duration>(first_token);
+  t.idle = std::chrono::duration_cast<tollgate::config::duration>(idle);
+  return t;
+}
+
+/// Ends the call with a timeout at the first silence, or lets the reader wait again.
+struct producer final : mailbox_producer {
+  explicit producer(event_mailbox& b) : box(b) {}
+  event_mailbox& box;
+  std::vector<steady::time_point> silences;
+  std::vector<bool> silences_seen_head;
+  int waits_before_ending = 0;  // silences to let pass before ending the call
+  int taken = 0;
+
+  void on_taken() override { ++taken; }
+  void on_silence(bool seen_head) override {
+    silences.push_back(steady::now());
+    silences_seen_head.push_back(seen_head);
+    if (waits_before_ending-- > 0) return;
+    call_event ev;
+    ev.type = call_event::kind::failed;
+    ev.error = failure::timeout;
+    ev.message = seen_head ? "idle" : "first-token";
+    box.end(std::move(ev));
+  }
+};
+
+call_event event_of(call_event::kind k, std::string data = {}) {
+  call_event ev;
+  ev.type = k;
+  ev.data = std::move(data);
+  if (k == call_event::kind::head) ev.head.status = 200;
+  return ev;
+}
+
+/// Reads until the terminal event, noting what came.
+struct reader {
+  std::vector<call_event::kind> kinds;
+  std::string data;
+  failure error = failure::none;
+  std::string message;
+  bool done = false;
+};
+
+net::awaitable<void> read_all(event_mailbox& box, producer& p, reader& r) {
+  for (;;) {
+    call_event ev = co_await box.next(p);
+    r.kinds.push_back(ev.type);
+    if (ev.type == call_event::kind::data) r.data += ev.data;
+    if (ev.type == call_event::kind::end || ev.type == call_event::kind::failed) {
+      r.error = ev.error;
+      r.message = ev.message;
+      r.done = true;
+      co_return;
+    }
+  }
+}
+
+net::awaitable<void> sleep(net::io_context& io, steady::duration d) {
+  net::steady_timer t(io);
+  t.expires_after(d);
+  co_await t.async_wait(net::use_awaitable);
+}
+
+}  // namespace
+
+TEST_CASE("event mailbox: events come in order, coalesced while untaken, and the terminal one repeats",
+          "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(1s, 1s));
+  producer p(box);
+  reader r;
+  box.push(event_of(call_event::kind::head));
+  box.add_data("a");
+  box.add_data("b");  // joins the untaken "a"
+  CHECK(box.queued_bytes() == 2);
+  net::co_spawn(io, read_all(box, p, r), net::detached);
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> {
+        co_await sleep(io, 20ms);
+        box.add_data("c");  // the reader waits: a new event, and a wake
+        co_await sleep(io, 20ms);
+        box.end(event_of(call_event::kind::end));
+      },
+      net::detached);
+  io.run();  // returns: no timer is left armed once the reader has its terminal event
+  CHECK(r.done);
+  CHECK(r.kinds == std::vector<call_event::kind>{call_event::kind::head, call_event::kind::data, call_event::kind::data,
+                                                 call_event::kind::end});
+  CHECK(r.data == "abc");
+  CHECK(p.taken == 2);
+  CHECK(box.queued_bytes() == 0);
+  CHECK(p.silences.empty());
+  // The terminal event again, at once.
+  io.restart();
+  reader again;
+  net::co_spawn(io, read_all(box, p, again), net::detached);
+  io.run();
+  CHECK(again.kinds == std::vector<call_event::kind>{call_event::kind::end});
+}
+
+TEST_CASE("event mailbox: a stream whose events come closer together than the idle timeout outlasts it many times, "
+          "and times out one idle timeout after its last event",
+          "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(2s, 150ms));
+  producer p(box);
+  reader r;
+  steady::time_point last_event;
+  net::co_spawn(io, read_all(box, p, r), net::detached);
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> {
+        box.push(event_of(call_event::kind::head));
+        for (int i = 0; i < 20; ++i) {  // 1 s of events, 50 ms apart
+          co_await sleep(io, 50ms);
+          box.add_data("x");
+          last_event = steady::now();
+        }
+      },
+      net::detached);
+  const auto start = steady::now();
+  io.run();
+  REQUIRE(r.done);
+  CHECK(r.data == std::string(20, 'x'));
+  CHECK(r.error == failure::timeout);
+  CHECK(r.message == "idle");
+  REQUIRE(p.silences.size() == 1);
+  CHECK(p.silences_seen_head[0]);
+  CHECK(last_event - start >= 1000ms);
+  // Never before its deadline; after it by no more than a loaded machine's delay.
+  CHECK(p.silences[0] - last_event >= 150ms);
+  CHECK(p.silences[0] - last_event < 1000ms);
+}
+
+TEST_CASE("event mailbox: the first-token deadline counts until the head, then the idle one, whichever is shorter",
+          "[adapters][mailbox]") {
+  SECTION("a long first-token timeout, a short idle one: the idle one is kept after the head") {
+    net::io_context io;
+    event_mailbox box(io, timeouts(10s, 150ms));
+    producer p(box);
+    reader r;
+    net::co_spawn(io, read_all(box, p, r), net::detached);
+    steady::time_point head_at;
+    net::co_spawn(
+        io,
+        [&]() -> net::awaitable<void> {
+          co_await sleep(io, 30ms);  // the reader waits under the first-token deadline first
+          head_at = steady::now();
+          box.push(event_of(call_event::kind::head));
+        },
+        net::detached);
+    io.run();
+    REQUIRE(p.silences.size() == 1);
+    CHECK(p.silences_seen_head[0]);
+    CHECK(r.message == "idle");
+    CHECK(p.silences[0] - head_at >= 150ms);
+    CHECK(p.silences[0] - head_at < 5s);
+  }
+  SECTION("no head: the first-token timeout") {
+    net::io_context io;
+    event_mailbox box(io, timeouts(150ms, 10s));
+    producer p(box);
+    reader r;
+    const auto start = steady::now();
+    net::co_spawn(io, read_all(box, p, r), net::detached);
+    io.run();
+    REQUIRE(p.silences.size() == 1);
+    CHECK_FALSE(p.silences_seen_head[0]);
+    CHECK(r.message == "first-token");
+    CHECK(p.silences[0] - start >= 150ms);
+    CHECK(p.silences[0] - start < 5s);
+  }
+}
+
+TEST_CASE("event mailbox: a wake with no event starts the wait again, and a producer that lets a silence pass is "
+          "asked again one timeout later",
+          "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(2s, 150ms));
+  producer p(box);
+  p.waits_before_ending = 1;
+  reader r;
+  steady::time_point last_wake;
+  net::co_spawn(io, read_all(box, p, r), net::detached);
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> {
+        box.push(event_of(call_event::kind::head));
+        for (int i = 0; i < 10; ++i) {  // bytes that make no event yet, as a body read in parts
+          co_await sleep(io, 50ms);
+          box.wake();
+          last_wake = steady::now();
+        }
+      },
+      net::detached);
+  io.run();
+  REQUIRE(p.silences.size() == 2);
+  CHECK(r.kinds == std::vector<call_event::kind>{call_event::kind::head, call_event::kind::failed});
+  CHECK(p.silences[0] - last_wake >= 150ms);
+  CHECK(p.silences[1] - p.silences[0] >= 150ms);
+  CHECK(p.silences[1] - last_wake < 2s);
+}
+
+namespace {
+
+struct on_destroy {
+  bool& destroyed;
+  ~on_destroy() { destroyed = true; }
+};
+
+net::awaitable<void> wait_forever(std::shared_ptr<event_mailbox> box, bool& destroyed) {
+  on_destroy guard{destroyed};
+  struct silent final : mailbox_producer {
+    void on_silence(bool) override {}
+  } p;
+  for (;;) co_await box->next(p);
+}
+
+}  // namespace
+
+TEST_CASE("event mailbox: a reader still waiting when its loop is torn down is unwound, with its mailbox",
+          "[adapters][mailbox]") {
+  // Waiting, or woken with its resumption queued but not run.
+  const bool woken = GENERATE(false, true);
+  bool destroyed = false;
+  std::weak_ptr<event_mailbox> watch;
+  {
+    auto io = std::make_unique<net::io_context>();
+    auto box = std::make_shared<event_mailbox>(*io, timeouts(10s, 10s));
+    watch = box;
+    net::co_spawn(*io, wait_forever(std::move(box), destroyed), net::detached);
+    io->run_for(30ms);
+    CHECK_FALSE(destroyed);
+    REQUIRE_FALSE(watch.expired());
+    if (woken) watch.lock()->push(event_of(call_event::kind::head));
+  }
+  CHECK(destroyed);
+  CHECK(watch.expired());
+}
