@@ -254,7 +254,13 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
   // Whole answers (and errors) are read completely first: a break mid-body can still fail over.
   buffered_response res;
   res.status = head.status;
-  res.content_type = type != nullptr ? *type : "application/json";
+  if (type != nullptr) {
+    // head is this frame's own (moved out of the event) and its content-type is read no more:
+    // the value is moved, not copied (a 16-byte "application/json" is an allocation).
+    res.content_type = std::move(const_cast<std::string&>(*type));
+  } else {
+    res.content_type = "application/json";
+  }
   for (const auto& [name, value] : head.headers) {
     if (relayed_header(name)) res.headers.emplace_back(name, value);
     if (name == "retry-after") res.retry_after = parse_retry_after(value);
