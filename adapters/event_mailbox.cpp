@@ -3,57 +3,74 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <mutex>
 #include <type_traits>
+#include <vector>
 
 namespace tollgate::adapters {
 
 namespace net = boost::asio;
 
-/// The readers waiting on one io_context's mailboxes. Their handlers are held by the mailboxes,
-/// outside Asio's queues: when the io_context shuts down with readers still waiting, this service
-/// destroys their handlers, so that their coroutines unwind as a reader waiting on a timer or a
-/// socket would (no leak). Used by the io_context's one thread (see event_mailbox).
+/// The mailboxes of one io_context, for the readers waiting in them. A waiting reader's handler is
+/// held by its mailbox, outside Asio's queues: when the io_context shuts down with readers still
+/// waiting, this service destroys their handlers, so that their coroutines unwind as a reader
+/// waiting on a timer or a socket would (no leak). A mailbox is listed for its whole life, not at
+/// each wait, so that a wait touches no other stream's memory. Listing takes a lock: a mailbox is
+/// made on its loop's thread but may be destroyed on another (the engine's, which shares it).
 class mailbox_waiters final : public net::execution_context::service {
  public:
   inline static net::execution_context::id id;
 
   explicit mailbox_waiters(net::execution_context& context) : service(context) {}
 
-  void link(event_mailbox* m) {
-    m->prev_waiting_ = nullptr;
-    m->next_waiting_ = head_;
-    if (head_) head_->prev_waiting_ = m;
+  void add(event_mailbox* m) {
+    std::lock_guard lock(mutex_);
+    m->prev_listed_ = nullptr;
+    m->next_listed_ = head_;
+    if (head_) head_->prev_listed_ = m;
     head_ = m;
   }
 
-  void unlink(event_mailbox* m) {
-    if (m->prev_waiting_) {
-      m->prev_waiting_->next_waiting_ = m->next_waiting_;
+  void remove(event_mailbox* m) {
+    std::lock_guard lock(mutex_);
+    if (m->prev_listed_) {
+      m->prev_listed_->next_listed_ = m->next_listed_;
     } else {
-      head_ = m->next_waiting_;
+      head_ = m->next_listed_;
     }
-    if (m->next_waiting_) m->next_waiting_->prev_waiting_ = m->prev_waiting_;
-    m->prev_waiting_ = m->next_waiting_ = nullptr;
+    if (m->next_listed_) m->next_listed_->prev_listed_ = m->prev_listed_;
   }
 
  private:
   void shutdown() override {
-    // Destroying a handler may destroy other mailboxes (its coroutine's frames own them), which
-    // unlink themselves: take one at a time from the head.
-    while (event_mailbox* m = head_) {
-      unlink(m);
-      std::optional<event_mailbox::waiter> w = std::move(m->waiter_);
-      m->waiter_.reset();
-      w.reset();
+    // The handlers are destroyed outside the lock: their coroutines' frames own mailboxes, which
+    // remove themselves as they go.
+    std::vector<event_mailbox::waiter> waiting;
+    {
+      std::lock_guard lock(mutex_);
+      for (event_mailbox* m = head_; m != nullptr; m = m->next_listed_) {
+        if (!m->waiter_) continue;
+        waiting.push_back(std::move(*m->waiter_));
+        m->waiter_.reset();
+      }
     }
+    waiting.clear();
   }
 
+  std::mutex mutex_;
   event_mailbox* head_ = nullptr;
 };
 
-event_mailbox::~event_mailbox() {
-  if (waiter_) waiters_->unlink(this);
+event_mailbox::event_mailbox(net::io_context& io, const config::timeouts_config& timeouts)
+    : io_(io.get_executor()),
+      timer_(io),
+      first_token_(timeouts.first_token),
+      idle_(timeouts.idle),
+      list_(&net::use_service<mailbox_waiters>(io)) {
+  list_->add(this);
 }
+
+event_mailbox::~event_mailbox() { list_->remove(this); }
 
 void event_mailbox::push(call_event ev) {
   if (ev.type == call_event::kind::head) seen_head_ = true;
@@ -75,7 +92,6 @@ void event_mailbox::add_data(std::string_view bytes) {
 }
 
 void event_mailbox::resume_reader() {
-  waiters_->unlink(this);
   waiter w = std::move(*waiter_);
   waiter_.reset();
   // Through the queue, as a cancelled timer's wait completed: never inside the producer's call.
@@ -106,7 +122,6 @@ void event_mailbox::on_timer() {
     return;
   }
   silent_ = true;
-  waiters_->unlink(this);
   waiter w = std::move(*waiter_);
   waiter_.reset();
   w();  // resumes the reader, which may destroy this mailbox: nothing after it
@@ -132,9 +147,7 @@ net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
     co_await net::async_initiate<const net::use_awaitable_t<>&, void()>(
         [this](auto handler) {
           static_assert(std::is_same_v<decltype(handler), waiter>, "use_awaitable's handler changed type");
-          if (!waiters_) waiters_ = &net::use_service<mailbox_waiters>(timer_.get_executor().context());
           waiter_.emplace(std::move(handler));
-          waiters_->link(this);
         },
         net::use_awaitable);
     if (silent_ && events_.empty() && !terminal_) producer.on_silence(seen_head_);

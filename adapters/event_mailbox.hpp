@@ -45,8 +45,8 @@ class mailbox_producer {
 /// earlier wait) is armed again for the rest. So a stream's events cost no timer operations.
 class event_mailbox {
  public:
-  event_mailbox(boost::asio::io_context& io, const config::timeouts_config& timeouts)
-      : io_(io.get_executor()), timer_(io), first_token_(timeouts.first_token), idle_(timeouts.idle) {}
+  /// Made on the io_context's thread; may be destroyed on another once no reader waits in it.
+  event_mailbox(boost::asio::io_context& io, const config::timeouts_config& timeouts);
   ~event_mailbox();
   event_mailbox(const event_mailbox&) = delete;
   event_mailbox& operator=(const event_mailbox&) = delete;
@@ -111,9 +111,9 @@ class event_mailbox {
   config::duration idle_;
   std::function<void()> hook_;
   std::optional<waiter> waiter_;     // the reader, while it waits
-  mailbox_waiters* waiters_ = nullptr;  // where a waiting reader is listed (for shutdown)
-  event_mailbox* prev_waiting_ = nullptr;
-  event_mailbox* next_waiting_ = nullptr;
+  mailbox_waiters* list_;             // the io_context's mailboxes (for a shutdown with readers waiting)
+  event_mailbox* prev_listed_ = nullptr;
+  event_mailbox* next_listed_ = nullptr;
   clock::time_point deadline_{};     // when the current wait's silence comes
   std::size_t queued_bytes_ = 0;
   bool seen_head_ = false;
