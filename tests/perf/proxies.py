@@ -36,18 +36,19 @@ def rss_kb(pids):
     return total
 
 
-def cpu_seconds(pids):
-    """User plus system CPU time of the processes so far."""
+def cpu_split(pids):
+    """User and system CPU time of the processes so far, apart."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except FileNotFoundError:
             pass
-    return total / tick
+    return user / tick, system / tick
 
 
 async def read_request(reader):

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-from proxies import cpu_seconds, free_port, raise_nofile, read_request, start_nginx, start_tollgate
+from proxies import cpu_split, free_port, raise_nofile, read_request, start_nginx, start_tollgate
 
 EVENT = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
          b'"choices":[{"index":0,"delta":{"content":"word "},"finish_reason":null}]}\n\n')
@@ -97,18 +97,20 @@ def measure(name, start, clients, requests):
     try:
         time.sleep(1.0)
         asyncio.run(client(port, 1))  # warm: the upstream connection pool, the route
-        cpu0, t0 = cpu_seconds(pids_fn()), time.monotonic()
+        (user0, sys0), t0 = cpu_split(pids_fn()), time.monotonic()
 
         async def run():
             return sum(await asyncio.gather(*(client(port, requests) for _ in range(clients))))
 
         events = asyncio.run(run())
-        cpu, wall = cpu_seconds(pids_fn()) - cpu0, time.monotonic() - t0
+        (user1, sys1), wall = cpu_split(pids_fn()), time.monotonic() - t0
     finally:
         stop()
-    print(f"{name:9} {events} events in {wall:5.1f} s: proxy CPU {cpu:6.2f} s, {cpu / events * 1e6:5.2f} us an event",
-          flush=True)
-    return cpu / events
+    user, system = user1 - user0, sys1 - sys0
+    cpu = user + system
+    print(f"{name:9} {events} events in {wall:5.1f} s: proxy CPU {cpu:6.2f} s, {cpu / events * 1e6:5.2f} us an event "
+          f"(user {user / events * 1e6:5.2f}, system {system / events * 1e6:5.2f})", flush=True)
+    return cpu / events, user / events, system / events
 
 
 def count_instructions(name, build, work, up, a):
@@ -174,16 +176,22 @@ def main():
         if not a.no_nginx and shutil.which("nginx"):
             proxies.append(("nginx", lambda: start_nginx(work, up, a.threads)))
         got = {name: [] for name, _ in proxies}
+        user = {name: [] for name, _ in proxies}
+        system = {name: [] for name, _ in proxies}
         for r in range(a.rounds):
             # Each round starts with another proxy, so that none is always measured first.
             for name, start in proxies[r % len(proxies):] + proxies[:r % len(proxies)]:
-                got[name].append(measure(name, start, a.clients, a.requests))
+                cpu, u, s = measure(name, start, a.clients, a.requests)
+                got[name].append(cpu)
+                user[name].append(u)
+                system[name].append(s)
         med = {name: statistics.median(v) for name, v in got.items()}
-        print(f"medians over {a.rounds} round(s), CPU an event:", flush=True)
+        print(f"medians over {a.rounds} round(s), CPU an event (user and system medians apart):", flush=True)
         for name, v in med.items():
             ratio = f" ({v / med['nginx']:.2f}x nginx)" if "nginx" in med else ""
             rounds = " ".join(f"{x * 1e6:.2f}" for x in got[name])
-            print(f"  {name:9} {v * 1e6:5.2f} us{ratio}  rounds: {rounds}", flush=True)
+            apart = f"user {statistics.median(user[name]) * 1e6:5.2f}, system {statistics.median(system[name]) * 1e6:5.2f}"
+            print(f"  {name:9} {v * 1e6:5.2f} us{ratio}  ({apart})  rounds: {rounds}", flush=True)
     finally:
         for p in ups:
             p.terminate()
