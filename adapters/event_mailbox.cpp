@@ -3,7 +3,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -15,8 +14,9 @@ namespace net = boost::asio;
 /// held by its mailbox, outside Asio's queues: when the io_context shuts down with readers still
 /// waiting, this service destroys their handlers, so that their coroutines unwind as a reader
 /// waiting on a timer or a socket would (no leak). A mailbox is listed for its whole life, not at
-/// each wait, so that a wait touches no other stream's memory. Listing takes a lock: a mailbox is
-/// made on its loop's thread but may be destroyed on another (the engine's, which shares it).
+/// each wait, so that a wait touches no other stream's memory. No lock: a mailbox is made, waited
+/// on and destroyed on its io_context's one thread (the engine holds its calls' mailboxes weakly
+/// and touches them in handlers posted there), and shutdown runs once that thread is done.
 class mailbox_waiters final : public net::execution_context::service {
  public:
   inline static net::execution_context::id id;
@@ -24,7 +24,6 @@ class mailbox_waiters final : public net::execution_context::service {
   explicit mailbox_waiters(net::execution_context& context) : service(context) {}
 
   void add(event_mailbox* m) {
-    std::lock_guard lock(mutex_);
     m->prev_listed_ = nullptr;
     m->next_listed_ = head_;
     if (head_) head_->prev_listed_ = m;
@@ -32,7 +31,6 @@ class mailbox_waiters final : public net::execution_context::service {
   }
 
   void remove(event_mailbox* m) {
-    std::lock_guard lock(mutex_);
     if (m->prev_listed_) {
       m->prev_listed_->next_listed_ = m->next_listed_;
     } else {
@@ -43,21 +41,17 @@ class mailbox_waiters final : public net::execution_context::service {
 
  private:
   void shutdown() override {
-    // The handlers are destroyed outside the lock: their coroutines' frames own mailboxes, which
-    // remove themselves as they go.
+    // Taken out first, then destroyed: their coroutines' frames own mailboxes, which remove
+    // themselves from the list as they go.
     std::vector<event_mailbox::waiter> waiting;
-    {
-      std::lock_guard lock(mutex_);
-      for (event_mailbox* m = head_; m != nullptr; m = m->next_listed_) {
-        if (!m->waiter_) continue;
-        waiting.push_back(std::move(*m->waiter_));
-        m->waiter_.reset();
-      }
+    for (event_mailbox* m = head_; m != nullptr; m = m->next_listed_) {
+      if (!m->waiter_) continue;
+      waiting.push_back(std::move(*m->waiter_));
+      m->waiter_.reset();
     }
     waiting.clear();
   }
 
-  std::mutex mutex_;
   event_mailbox* head_ = nullptr;
 };
 

@@ -45,7 +45,7 @@ class mailbox_producer {
 /// earlier wait) is armed again for the rest. So a stream's events cost no timer operations.
 class event_mailbox {
  public:
-  /// Made on the io_context's thread; may be destroyed on another once no reader waits in it.
+  /// Made, used and destroyed on the io_context's thread (see the class comment).
   event_mailbox(boost::asio::io_context& io, const config::timeouts_config& timeouts);
   ~event_mailbox();
   event_mailbox(const event_mailbox&) = delete;

@@ -456,12 +456,12 @@ TEST_CASE("native client: a stream whose chunks come closer together than the id
           "[adapters][native]") {
   fake_upstream up;
   auto cfg = native_backend(up.base_url());
-  cfg.timeouts.idle = std::chrono::milliseconds(150);
+  cfg.timeouts.idle = std::chrono::milliseconds(300);  // six gaps' worth: a loaded machine's delays fit
   openai_backend b(cfg);
   client c;
   response_script steady_stream;
   steady_stream.content_type = "text/event-stream";
-  steady_stream.chunks = std::vector<std::string>(16, "data: z\n\n");
+  steady_stream.chunks = std::vector<std::string>(24, "data: z\n\n");
   steady_stream.chunk_delay = std::chrono::milliseconds(50);
   up.push(steady_stream);
   const auto start = std::chrono::steady_clock::now();
@@ -469,9 +469,9 @@ TEST_CASE("native client: a stream whose chunks come closer together than the id
   CHECK(out.last == call_event::kind::end);
   CHECK(out.error == failure::none);
   std::string all;
-  for (int i = 0; i < 16; ++i) all += "data: z\n\n";
+  for (int i = 0; i < 24; ++i) all += "data: z\n\n";
   CHECK(out.body == all);
-  CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(750));
+  CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(1150));
 }
 
 TEST_CASE("upstream headers: a backend's own header replaces the default of that name, on both transports",
