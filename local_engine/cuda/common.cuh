@@ -52,6 +52,10 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+/// SwiGLU's product of a gate and an up value, silu(g) * u: every kernel that writes an
+/// activation uses this one formula, so that fused and separate paths give the same bits.
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 /// Sum over the block (blockDim.x a multiple of 32, at most 1024). `scratch` holds 32 floats.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;

@@ -132,7 +132,7 @@ __global__ void silu_mul_kernel(const float* gu, int inter, size_t stride, int n
   for (int r = blockIdx.y; r < n; r += gridDim.y) {
     const float* row = gu + static_cast<size_t>(r) * stride;
     const float g = row[i], u = row[inter + i];
-    out[static_cast<size_t>(r) * inter + i] = from_float<T>(g / (1.0f + expf(-g)) * u);
+    out[static_cast<size_t>(r) * inter + i] = from_float<T>(silu_times(g, u));
   }
 }
 
@@ -142,11 +142,11 @@ __global__ void silu_mul4_kernel(const float* gu, int inter, size_t stride, int 
   enter_in_order();
   const int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
   if (i >= inter) return;
-  const auto silu = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
   for (int r = blockIdx.y; r < n; r += gridDim.y) {
     const float* row = gu + static_cast<size_t>(r) * stride;
     const float4 g = *reinterpret_cast<const float4*>(row + i), u = *reinterpret_cast<const float4*>(row + inter + i);
-    store4(out + static_cast<size_t>(r) * inter + i, silu(g.x, u.x), silu(g.y, u.y), silu(g.z, u.z), silu(g.w, u.w));
+    store4(out + static_cast<size_t>(r) * inter + i, silu_times(g.x, u.x), silu_times(g.y, u.y),
+           silu_times(g.z, u.z), silu_times(g.w, u.w));
   }
 }
 
@@ -155,11 +155,11 @@ __global__ void silu_mul4_bf16_kernel(const bf16* gu, int inter, int n, bf16* ou
   enter_in_order();
   const int i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
   if (i >= inter) return;
-  const auto silu = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
   for (int r = blockIdx.y; r < n; r += gridDim.y) {
     const bf16* row = gu + static_cast<size_t>(r) * 2 * inter;
     const float4 g = load4(row, i / 4), u = load4(row + inter, i / 4);
-    store4(out + static_cast<size_t>(r) * inter + i, silu(g.x, u.x), silu(g.y, u.y), silu(g.z, u.z), silu(g.w, u.w));
+    store4(out + static_cast<size_t>(r) * inter + i, silu_times(g.x, u.x), silu_times(g.y, u.y),
+           silu_times(g.z, u.z), silu_times(g.w, u.w));
   }
 }
 

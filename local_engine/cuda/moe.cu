@@ -325,13 +325,12 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
       if (act) {
         static_assert(mma_tiles == 2, "a gate tile and an up tile");
         const int col = n_base + 2 * q;
-        const auto silu = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
         if (va)
           *reinterpret_cast<__nv_bfloat162*>(act + static_cast<size_t>(ra) * inter + col) =
-              __floats2bfloat162_rn(silu(c[0][0], c[1][0]), silu(c[0][1], c[1][1]));
+              __floats2bfloat162_rn(silu_times(c[0][0], c[1][0]), silu_times(c[0][1], c[1][1]));
         if (vc)
           *reinterpret_cast<__nv_bfloat162*>(act + static_cast<size_t>(rc) * inter + col) =
-              __floats2bfloat162_rn(silu(c[0][2], c[1][2]), silu(c[0][3], c[1][3]));
+              __floats2bfloat162_rn(silu_times(c[0][2], c[1][2]), silu_times(c[0][3], c[1][3]));
         continue;
       }
       if (is_sh) {
@@ -357,7 +356,7 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   if (prep) {  // after the items: nothing here is read before the next kernel
     for (int i = prep_i0; i < sh.rows * prep_width; i += prep_n) {
       const float gv = i == prep_i0 ? first_g : prep_gate(i)[0], uv = i == prep_i0 ? first_u : prep_gate(i)[prep_width];
-      sh.act[i] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);
+      sh.act[i] = __float2bfloat16_rn(silu_times(gv, uv));
     }
     for (int i = prep_i0; i < sh.rows * sh.hidden; i += prep_n) sh.out[i] = 0.0f;
   }

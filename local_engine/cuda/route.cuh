@@ -53,7 +53,7 @@ __device__ inline void shared_prep(const shared_experts& sh, const float* row, i
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      if (i + j * n < width) act[i + j * n] = __float2bfloat16_rn(g[j] / (1.0f + expf(-g[j])) * u[j]);
+      if (i + j * n < width) act[i + j * n] = __float2bfloat16_rn(silu_times(g[j], u[j]));
   }
   float* out = sh.out + static_cast<size_t>(t) * sh.hidden;
   for (int i = i0; i < sh.hidden; i += n) out[i] = 0.0f;
