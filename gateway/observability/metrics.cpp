@@ -175,8 +175,19 @@ gateway_metrics::gateway_metrics(std::size_t shards) {
 void gateway_metrics::record_finished(std::size_t shard, const finished_request& r) {
   auto& s = *shards_[shard % shards_.size()];
   std::lock_guard lock(s.mutex);
+  auto& m = s.last_finished;
+  if (m.route != r.route || m.backend != r.backend || m.key != r.key) {
+    m.route.assign(r.route);
+    m.backend.assign(r.backend);
+    m.key.assign(r.key);
+    m.status_class = nullptr;
+    m.usage = nullptr;
+    m.requests = nullptr;
+    m.duration = m.ttft = m.tpot = m.upstream = nullptr;
+  }
   if (r.has_usage) {
-    auto& c = cell(s.usage, std::array<std::string_view, 3>{r.key, r.route, r.backend});
+    if (m.usage == nullptr) m.usage = &cell(s.usage, std::array<std::string_view, 3>{r.key, r.route, r.backend});
+    auto& c = *m.usage;
     c.tokens[0] += static_cast<std::uint64_t>(r.prompt - r.cached - r.cache_write);
     c.tokens[1] += static_cast<std::uint64_t>(r.cached);
     c.tokens[2] += static_cast<std::uint64_t>(r.completion);
@@ -184,14 +195,25 @@ void gateway_metrics::record_finished(std::size_t shard, const finished_request&
     c.tokens[4] += static_cast<std::uint64_t>(r.cache_write);
     c.cost += r.cost;
   }
-  ++cell(s.requests, std::array<std::string_view, 3>{r.route, r.backend, status_class(r.status)});
-  s.duration[r.route].observe(r.seconds);
+  const char* klass = status_class(r.status);
+  if (m.status_class != klass) {
+    m.status_class = klass;
+    m.requests = &cell(s.requests, std::array<std::string_view, 3>{r.route, r.backend, klass});
+  }
+  ++*m.requests;
+  if (m.duration == nullptr) m.duration = &s.duration[r.route];
+  m.duration->observe(r.seconds);
   if (r.ttft >= 0) {
-    s.ttft[r.route].observe(r.ttft);
-    if (r.tpot >= 0) s.tpot[r.route].observe(r.tpot);
+    if (m.ttft == nullptr) m.ttft = &s.ttft[r.route];
+    m.ttft->observe(r.ttft);
+    if (r.tpot >= 0) {
+      if (m.tpot == nullptr) m.tpot = &s.tpot[r.route];
+      m.tpot->observe(r.tpot);
+    }
   }
   if (r.upstream_seconds >= 0) {
-    s.upstream[r.backend].observe(r.upstream_seconds);
+    if (m.upstream == nullptr) m.upstream = &s.upstream[r.backend];
+    m.upstream->observe(r.upstream_seconds);
     if (r.overhead >= 0) s.overhead.observe(r.overhead);
   }
 }
@@ -200,8 +222,22 @@ void gateway_metrics::record_attempt(std::size_t shard, const std::string& backe
                                      double first_byte_seconds) {
   auto& s = *shards_[shard % shards_.size()];
   std::lock_guard lock(s.mutex);
-  ++cell(s.attempts, std::array<std::string_view, 2>{backend, outcome});
-  if (first_byte_seconds >= 0) s.first_byte[backend].observe(first_byte_seconds);
+  auto& m = s.last_attempt;
+  if (m.backend != backend) {
+    m.backend.assign(backend);
+    m.outcome.clear();
+    m.attempts = nullptr;
+    m.first_byte = nullptr;
+  }
+  if (m.attempts == nullptr || m.outcome != outcome) {
+    m.outcome.assign(outcome);
+    m.attempts = &cell(s.attempts, std::array<std::string_view, 2>{backend, outcome});
+  }
+  ++*m.attempts;
+  if (first_byte_seconds >= 0) {
+    if (m.first_byte == nullptr) m.first_byte = &s.first_byte[backend];
+    m.first_byte->observe(first_byte_seconds);
+  }
 }
 
 void gateway_metrics::record_queue_wait(std::size_t shard, int priority, double seconds, bool served,

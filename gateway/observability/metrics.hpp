@@ -95,8 +95,30 @@ class gateway_metrics {
     std::array<std::uint64_t, 5> tokens{};  // prompt (uncached), cached_prompt, completion, reasoning, cache_write_prompt
     double cost = 0;
   };
+  /// The cells of the last finished request's labels: the next request of a connection, a key
+  /// or a route usually has the same ones, and finds its cells by comparing three strings instead
+  /// of looking up six maps. Cells are never removed from their maps, so the pointers stay valid;
+  /// a pointer is null until a request with these labels needed it.
+  struct finished_cells {
+    std::string route, backend, key;
+    const char* status_class = nullptr;  // one of status_class()'s literals
+    usage_cell* usage = nullptr;
+    std::uint64_t* requests = nullptr;   // for status_class
+    histogram* duration = nullptr;
+    histogram* ttft = nullptr;
+    histogram* tpot = nullptr;
+    histogram* upstream = nullptr;
+  };
+  /// The same for the last upstream attempt's labels.
+  struct attempt_cells {
+    std::string backend, outcome;
+    std::uint64_t* attempts = nullptr;
+    histogram* first_byte = nullptr;
+  };
   struct shard_data {
     mutable std::mutex mutex;
+    finished_cells last_finished;
+    attempt_cells last_attempt;
     labelled<3, std::uint64_t> requests;  // route, backend, class
     std::map<std::string, histogram, std::less<>> duration;  // by route
     labelled<2, std::uint64_t> attempts;  // backend, outcome
