@@ -19,12 +19,16 @@ namespace tollgate::adapters {
 
 class curl_multi;
 class upstream_pool;
+class mailbox_waiters;
 
 /// Per-thread machinery a call runs on. Calls never cross threads.
 struct io_refs {
   boost::asio::io_context& io;
   curl_multi& curl;
   upstream_pool& pool;  ///< idle connections of the built-in HTTP/1.1 client
+  /// io's list of mailboxes (mailbox_list(io)), kept by its owner so that a call's mailbox is
+  /// made without looking it up among io's services; null: looked up.
+  mailbox_waiters* mailboxes = nullptr;
 };
 
 /// A piece of a request body: bytes that outlive the call (borrowed: the client's request, which

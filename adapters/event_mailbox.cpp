@@ -55,12 +55,14 @@ class mailbox_waiters final : public net::execution_context::service {
   event_mailbox* head_ = nullptr;
 };
 
-event_mailbox::event_mailbox(net::io_context& io, const config::timeouts_config& timeouts)
+mailbox_waiters& mailbox_list(net::io_context& io) { return net::use_service<mailbox_waiters>(io); }
+
+event_mailbox::event_mailbox(net::io_context& io, const config::timeouts_config& timeouts, mailbox_waiters* list)
     : io_(io.get_executor()),
       timer_(io),
       first_token_(timeouts.first_token),
       idle_(timeouts.idle),
-      list_(&net::use_service<mailbox_waiters>(io)) {
+      list_(list != nullptr ? list : &mailbox_list(io)) {
   list_->add(this);
 }
 

@@ -22,6 +22,10 @@ namespace tollgate::adapters {
 
 class mailbox_waiters;
 
+/// The list of io's mailboxes (an io_context service, made on first use). Looking it up takes
+/// the io_context's service registry lock: a loop that makes many mailboxes keeps the pointer.
+mailbox_waiters& mailbox_list(boost::asio::io_context& io);
+
 /// What a mailbox asks of the call that fills it.
 class mailbox_producer {
  public:
@@ -45,8 +49,9 @@ class mailbox_producer {
 /// earlier wait) is armed again for the rest. So a stream's events cost no timer operations.
 class event_mailbox {
  public:
-  /// Made, used and destroyed on the io_context's thread (see the class comment).
-  event_mailbox(boost::asio::io_context& io, const config::timeouts_config& timeouts);
+  /// Made, used and destroyed on the io_context's thread (see the class comment). list:
+  /// mailbox_list(io), or null to look it up.
+  event_mailbox(boost::asio::io_context& io, const config::timeouts_config& timeouts, mailbox_waiters* list = nullptr);
   ~event_mailbox();
   event_mailbox(const event_mailbox&) = delete;
   event_mailbox& operator=(const event_mailbox&) = delete;

@@ -113,7 +113,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         body_(std::move(request.body)),
         parts_(std::move(request.parts)),
         deadline_(refs.io),
-        mailbox_(refs.io, origin.timeouts),
+        mailbox_(refs.io, origin.timeouts, refs.mailboxes),
         stream_(request.stream),
         read_size_(request.stream ? stream_read_size : read_size) {
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;

@@ -269,7 +269,7 @@ struct answer {
 class engine_call final : public call, mailbox_producer {
  public:
   engine_call(std::shared_ptr<job> j, io_refs refs, const config::timeouts_config& timeouts)
-      : job_(std::move(j)), mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts)) {
+      : job_(std::move(j)), mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts, refs.mailboxes)) {
     std::lock_guard lock(job_->mutex);
     job_->io = &refs.io;
     job_->mailbox = mailbox_;
@@ -277,7 +277,7 @@ class engine_call final : public call, mailbox_producer {
   /// An answer made on the spot (a bad request, a full queue), with no engine work.
   engine_call(const protocol::api_error& error, io_refs refs, const config::timeouts_config& timeouts,
               const char* retry_after = nullptr)
-      : mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts)) {
+      : mailbox_(std::make_shared<event_mailbox>(refs.io, timeouts, refs.mailboxes)) {
     call_event head;
     head.type = call_event::kind::head;
     head.head.status = error.status;

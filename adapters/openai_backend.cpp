@@ -50,7 +50,7 @@ failure classify(CURLcode code) {
 class openai_call final : public call, mailbox_producer {
  public:
   openai_call(io_refs refs, const config::timeouts_config& timeouts)
-      : refs_(refs), mailbox_(refs.io, timeouts) {}
+      : refs_(refs), mailbox_(refs.io, timeouts, refs.mailboxes) {}
 
   ~openai_call() override {
     if (easy_ == nullptr) return;

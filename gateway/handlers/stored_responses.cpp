@@ -185,7 +185,7 @@ net::awaitable<bool> handle_stored_response(request_context& ctx) {
   std::unique_ptr<adapters::call> call;
   std::string start_failure;
   try {
-    call = ctx.rt.backends[*index]->start(std::move(up), {ctx.w.io(), ctx.w.curl(), ctx.w.pool()});
+    call = ctx.rt.backends[*index]->start(std::move(up), ctx.w.io_refs());
   } catch (const std::exception& e) {  // answered below: no co_await in a handler
     start_failure = std::string("the backend failed to start the call: ") + e.what();
   }

@@ -107,7 +107,7 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
     }
   }
   try {
-    return ctx_.rt.backends[t.backend_index]->start(std::move(up), {ctx_.w.io(), ctx_.w.curl(), ctx_.w.pool()});
+    return ctx_.rt.backends[t.backend_index]->start(std::move(up), ctx_.w.io_refs());
   } catch (const std::exception& e) {  // counted as a failed attempt: retries and failover apply
     std::cerr << "tollgate: backend " << ctx_.rt.cfg.backends[t.backend_index].name
               << " failed to start a call: " << e.what() << std::endl;

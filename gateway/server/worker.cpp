@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <iostream>
 
+#include "adapters/event_mailbox.hpp"
 #include "gateway/server/session.hpp"
 #include "gateway/server/server.hpp"
 
@@ -25,6 +26,7 @@ worker::worker(server_shared& shared, std::size_t index, const tcp::endpoint& en
       io_(std::make_unique<net::io_context>(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO)),
       curl_(*io_),
       pool_(*io_),
+      mailboxes_(&adapters::mailbox_list(*io_)),
       acceptor_(*io_),
       heartbeat_(*io_),
       accept_pause_(*io_),

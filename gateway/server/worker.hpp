@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "adapters/backend.hpp"
 #include "adapters/curl_multi.hpp"
 #include "adapters/upstream_pool.hpp"
 
@@ -39,6 +40,8 @@ class worker {
   boost::asio::io_context& io() { return *io_; }
   adapters::curl_multi& curl() { return curl_; }
   adapters::upstream_pool& pool() { return pool_; }
+  /// What a backend call runs on: this loop, its handles and its list of mailboxes.
+  adapters::io_refs io_refs() { return {*io_, curl_, pool_, mailboxes_}; }
   server_shared& shared() { return shared_; }
   std::size_t index() const { return index_; }
   /// Writes a fresh request id ("req_" and 24 hex digits) into id.
@@ -71,6 +74,7 @@ class worker {
   std::unique_ptr<boost::asio::io_context> io_;
   adapters::curl_multi curl_;
   adapters::upstream_pool pool_;
+  adapters::mailbox_waiters* mailboxes_;  // io_'s, looked up once
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer heartbeat_;
   boost::asio::steady_timer accept_pause_;  // accepting again after running out of descriptors
