@@ -58,16 +58,17 @@ void transfer_codings::add(std::string_view list) {
 }
 
 std::optional<fast_request> read_request_head(std::string_view buffered, std::uint64_t body_limit,
-                                              http::request<http::string_body>& req) {
+                                              client_request& req) {
   const std::size_t length = protocol::complete_head_length(buffered);
   if (length == 0) return std::nullopt;
+  req.clear();
+  // Read over the request's own copy: the fields are views into it, not into the buffer.
+  const std::string_view copy = req.keep_head(buffered.substr(0, length));
   protocol::http1_head head;
-  const bool taken = protocol::read_head(buffered.substr(0, length), true, head,
-                                         [&](const protocol::head_field& f) { req.insert(f.name, f.value); });
+  const bool taken = protocol::read_head(copy, true, head,
+                                         [&](const protocol::head_field& f) { req.add_field(f.name, f.value); });
   if (!taken || head.content_length.value_or(0) > body_limit) return std::nullopt;
-  req.method_string(head.method);
-  req.target(head.target);
-  req.version(head.version);
+  req.set_start(head.method, head.target, static_cast<unsigned>(head.version), head.persistent());
   return fast_request{length, head.content_length.value_or(0)};
 }
 

@@ -3,14 +3,13 @@
 // general message serializer.
 #pragma once
 
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
-
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+
+#include "gateway/server/client_request.hpp"
 
 namespace tollgate::gateway {
 
@@ -53,12 +52,11 @@ struct fast_request {
   std::uint64_t content_length = 0;  ///< 0: no body
 };
 
-/// Reads the complete head at the start of buffered into req (fresh) when it has the usual shape
-/// (protocol/http1_head.hpp): the same method, target, version and fields, in order, that Beast's
-/// parser would give it. nullopt leaves it to Beast's parser: no complete head yet, a shape the
+/// Reads the complete head at the start of buffered into req (cleared first) when it has the
+/// usual shape (protocol/http1_head.hpp): the same method, target, version, fields (in order) and
+/// keep-alive that Beast's parser would give it; req keeps a copy of the head. nullopt leaves it to Beast's parser: no complete head yet, a shape the
 /// fast reader does not take (chunked, obs-fold, a Connection list), a malformed head (the parser
 /// refuses it), or a Content-Length past body_limit (the parser's 413). req is then unspecified.
-std::optional<fast_request> read_request_head(std::string_view buffered, std::uint64_t body_limit,
-                                              boost::beast::http::request<boost::beast::http::string_body>& req);
+std::optional<fast_request> read_request_head(std::string_view buffered, std::uint64_t body_limit, client_request& req);
 
 }  // namespace tollgate::gateway

@@ -2,9 +2,6 @@
 // (request_result): built fresh for each request by the session, so nothing is reset by hand.
 #pragma once
 
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
-
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -15,6 +12,7 @@
 #include <vector>
 
 #include "gateway/observability/access_log.hpp"
+#include "gateway/server/client_request.hpp"
 #include "gateway/keys/key_table.hpp"
 #include "gateway/limits/limiter.hpp"
 #include "protocol/client_dialect.hpp"
@@ -26,7 +24,7 @@ class worker;
 class responder;
 struct runtime;
 
-using request = boost::beast::http::request<boost::beast::http::string_body>;
+using request = client_request;
 
 /// A key's limiter admission (its concurrency slot and token estimate), settled once: by the
 /// accounting consumer with the real usage, or, on any other way out, by the destructor with

@@ -86,7 +86,8 @@ class session {
         co_await net::post(socket_.get_executor(), net::use_awaitable);
       }
       answered = true;
-      request req;
+      request& req = req_;  // the connection's: its storage serves every request
+      req.clear();
       beast::error_code ec;
       if (buffer_.size() == 0) {
         auto [rec, rn] = co_await socket_.async_read_some(buffer_.prepare(beast::read_size(buffer_, 64 * 1024)), use_tuple);
@@ -148,7 +149,7 @@ class session {
         break;
       }
       if (ec) break;  // closed, timed out, cut off, or cancelled by drain
-      if (parser) req = parser->release();
+      if (parser) req.assign(parser->release());
       request_result result = begin(req, *rt);
       record_.bytes_in = req.body().size();
       request_context ctx{w_, req, endpoint_of(req.target()), *rt, out_, conn_, result};
@@ -188,7 +189,8 @@ class session {
   }
 
   /// A client that waits on Expect: 100-continue (HTTP/1.1) before it sends its body.
-  static bool expects_continue(const request::header_type& head) {
+  template <class Head>
+  static bool expects_continue(const Head& head) {
     const auto e = head.find(http::field::expect);
     return e != head.end() && beast::iequals(e->value(), "100-continue") && head.version() >= 11;
   }
@@ -280,6 +282,7 @@ class session {
   std::size_t body_buffered_ = 0;  // bytes of the body being read that came from buffer_
   std::list<worker::session_entry>::iterator entry_;
   access_record record_;  // the current request's; its strings' storage serves the next one
+  request req_;           // the same
   responder out_;
   connection_state conn_;
 };

@@ -204,6 +204,76 @@ TEST_CASE("an answer to HEAD has no body, so the next answer on the connection s
   CHECK(got.find("Content-Length: 15\r\n") != std::string::npos);
 }
 
+TEST_CASE("each request on a connection sees only its own head and body, whichever reader read it", "[hardening]") {
+  // A connection reuses its request's storage: what one request sent must not show in the next,
+  // read in one pass or by Beast's parser (chunked), and field names match in any case.
+  gateway_fixture f;
+  raw_client c(f.server->port());
+  const auto answer = [&c] {
+    const std::string got = c.read([](const std::string& s) {
+      const auto end = s.find("\r\n\r\n");
+      if (end == std::string::npos) return false;
+      const auto at = s.find("Content-Length: ");
+      if (at == std::string::npos || at > end) return true;
+      return s.size() >= end + 4 + std::stoul(s.substr(at + 16));
+    });
+    c.clear();
+    return got;
+  };
+  const auto request_id = [](const std::string& got) {
+    const auto at = got.find("x-request-id: ");
+    if (at == std::string::npos) return std::string();
+    return got.substr(at + 14, got.find("\r\n", at) - at - 14);
+  };
+  const std::string first = R"({"model":"chat-public","messages":[{"role":"user","content":"first"}]})";
+  c.send(post_head("X-Request-Id: first-id\r\n", first.size()) + first);
+  std::string got = answer();
+  CHECK(got.starts_with("HTTP/1.1 200 "));
+  CHECK(request_id(got) == "first-id");
+
+  // Chunked: read by Beast's parser.
+  const std::string second = R"({"model":"chat-public","messages":[{"role":"user","content":"second"}]})";
+  char size[16];
+  std::snprintf(size, sizeof size, "%zx", second.size());
+  c.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAUTHORIZATION: Bearer " + std::string(client_key) +
+         "\r\nTransfer-Encoding: chunked\r\nX-Request-Id: second-id\r\n\r\n" + size + "\r\n" + second + "\r\n0\r\n\r\n");
+  got = answer();
+  CHECK(got.starts_with("HTTP/1.1 200 "));
+  CHECK(request_id(got) == "second-id");
+
+  // No request id and no key: neither is the earlier request's.
+  const std::string third = R"({"model":"chat-public","messages":[]})";
+  c.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(third.size()) + "\r\n\r\n" +
+         third);
+  got = answer();
+  CHECK(got.starts_with("HTTP/1.1 401 "));
+  const std::string id = request_id(got);
+  CHECK(id.starts_with("req_"));
+
+  // Names in another case, after a request read by the parser.
+  c.send("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: bearer " + std::string(client_key) +
+         "\r\nx-request-id: fourth-id\r\ncontent-length: " + std::to_string(first.size()) + "\r\n\r\n" + first);
+  got = answer();
+  CHECK(got.starts_with("HTTP/1.1 200 "));
+  CHECK(request_id(got) == "fourth-id");
+
+  // An empty body is empty, not the last one's.
+  c.send(post_head("", 0));
+  got = answer();
+  CHECK(got.starts_with("HTTP/1.1 400 "));
+  CHECK_FALSE(c.closed());
+
+  const auto seen = f.a.requests();
+  REQUIRE(seen.size() == 3);
+  CHECK(seen[0].body.find("\"first\"") != std::string::npos);
+  CHECK(seen[1].body.find("\"second\"") != std::string::npos);
+  CHECK(seen[2].body.find("\"first\"") != std::string::npos);
+  CHECK(seen[0].headers.count("x-request-id") == 1);
+  CHECK(seen[0].headers.at("x-request-id") == "first-id");
+  CHECK(seen[1].headers.at("x-request-id") == "second-id");
+  CHECK(seen[2].headers.at("x-request-id") == "fourth-id");
+}
+
 TEST_CASE("Expect: 100-continue gets 100 Continue before the body, or the final status at once", "[hardening]") {
   gateway_fixture f;
   const std::string body = R"({"model":"chat-public","messages":[]})";
