@@ -6,8 +6,11 @@ namespace http = boost::beast::http;
 
 namespace {
 
-/// A body's storage past this is given back between requests: an idle connection holds no more.
-constexpr std::size_t kept_body_bytes = 64 * 1024;
+/// Storage past these is given back between requests, so that an idle connection holds no more
+/// than a short request's: a large prompt or an unusual head is not kept while it waits.
+constexpr std::size_t kept_body_bytes = 4096;
+constexpr std::size_t kept_head_bytes = 8192;
+constexpr std::size_t kept_fields = 64;
 
 }  // namespace
 
@@ -30,7 +33,12 @@ client_request::const_iterator client_request::find(std::string_view name) const
 }
 
 void client_request::clear() {
-  fields_.clear();
+  if (fields_.capacity() > kept_fields) {
+    std::vector<field>().swap(fields_);
+  } else {
+    fields_.clear();
+  }
+  if (head_.capacity() > kept_head_bytes) std::string().swap(head_);
   method_string_ = {};
   target_ = {};
   method_ = http::verb::unknown;

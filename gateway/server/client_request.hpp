@@ -96,7 +96,8 @@ class client_request {
 
   // Filling (the session's).
 
-  /// Empties it for the next request; its storage is kept (a large body's is given back).
+  /// Empties it for the next request; its storage is kept, up to a short request's size (a
+  /// large body's or head's is given back).
   void clear();
   /// Keeps a copy of a whole head's bytes and returns it: read_head() over the copy gives the
   /// views that set_start() and add_field() take.

@@ -257,14 +257,20 @@ TEST_CASE("each request on a connection sees only its own head and body, whichev
   CHECK(got.starts_with("HTTP/1.1 200 "));
   CHECK(request_id(got) == "fourth-id");
 
-  // An empty body is empty, not the last one's.
+  // A body larger than the storage a connection keeps, then an empty one: empty, not the last.
+  const std::string large = R"({"model":"chat-public","messages":[{"role":"user","content":")" +
+                            std::string(20000, 'x') + R"("}]})";
+  c.send(post_head("", large.size()) + large);
+  got = answer();
+  CHECK(got.starts_with("HTTP/1.1 200 "));
   c.send(post_head("", 0));
   got = answer();
   CHECK(got.starts_with("HTTP/1.1 400 "));
   CHECK_FALSE(c.closed());
 
   const auto seen = f.a.requests();
-  REQUIRE(seen.size() == 3);
+  REQUIRE(seen.size() == 4);
+  CHECK(seen[3].body.find(std::string(20000, 'x')) != std::string::npos);
   CHECK(seen[0].body.find("\"first\"") != std::string::npos);
   CHECK(seen[1].body.find("\"second\"") != std::string::npos);
   CHECK(seen[2].body.find("\"first\"") != std::string::npos);
