@@ -1059,18 +1059,27 @@ class cuda_backend final : public forward_backend {
     const cuda::expert_groups groups{offsets, active, row_token, slot_row};
     // A lone token in bf16 is routed by the router's product itself when the fused gate-up product
     // follows (it takes the router kernel's other work, the shared experts' SiLU-mul).
+    // The router's columns are cut finer than the rest (skinny_plan's lead blocks), at every batch
+    // size, so that a lone token's logits are summed and routed while the shared columns stream.
     bool routed = false;
     if constexpr (std::is_same_v<T, bf16>) {
-      const auto plan = cuda::skinny_split(first.rows, first.cols, sms_, skinny_workspace_floats);
-      if (route_in_product_ && N == 1 && !L.experts_gate_up_fp8.w && fused_silu_ &&
-          cuda::expert_gate_up_silu_fits(I, H) && uses_skinny(N, first) &&
-          cuda::skinny_route_fits(plan, N, first.rows, rc)) {
-        const cuda::skinny_route route{rc, L.score_bias, ids, wts, groups};
-        cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_, &route);
-        routed = true;
+      if (uses_skinny(N, h, first.w, first.rows, first.cols)) {
+        const auto plan = cuda::skinny_split(first.rows, first.cols, sms_, skinny_workspace_floats, E, router_chunks_);
+        if (route_in_product_ && N == 1 && !L.experts_gate_up_fp8.w && fused_silu_ &&
+            cuda::expert_gate_up_silu_fits(I, H) && cuda::skinny_route_fits(plan, N, first.rows, rc)) {
+          const cuda::skinny_route route{rc, L.score_bias, ids, wts, groups};
+          cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_,
+                            &route);
+          routed = true;
+        } else {
+          cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_);
+        }
+      } else {
+        gemm(h, N, first, router_logits, CUDA_R_32F);
       }
+    } else {
+      gemm(h, N, first, router_logits, CUDA_R_32F);
     }
-    if (!routed) gemm(h, N, first, router_logits, CUDA_R_32F);
     // A decode step's shared experts: in the router's kernel (or, routed in the product, the
     // gate-up product) and the routed down product, or their own SiLU-mul and product.
     cuda::shared_experts in_experts;
@@ -1342,6 +1351,11 @@ class cuda_backend final : public forward_backend {
                               std::string(std::getenv("TOLLGATE_ENGINE_UK_IN_PREPARE")) != "0";
   const bool route_in_product_ = std::getenv("TOLLGATE_ENGINE_ROUTE_IN_PRODUCT") == nullptr ||
                                  std::string(std::getenv("TOLLGATE_ENGINE_ROUTE_IN_PRODUCT")) != "0";
+  // TOLLGATE_ENGINE_ROUTER_CHUNKS=n: the router's columns of its product are cut in K slices of n
+  // 128-value chunks (0: cut as the rest of the product; for measurements).
+  const int router_chunks_ = std::getenv("TOLLGATE_ENGINE_ROUTER_CHUNKS") == nullptr
+                                 ? 1
+                                 : std::max(0, std::atoi(std::getenv("TOLLGATE_ENGINE_ROUTER_CHUNKS")));
   // TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0: a decode step's shared experts run their own SiLU-mul and
   // product (on the side stream up to side_stream_rows tokens), for measurements.
   const bool shared_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS") == nullptr ||

@@ -15,24 +15,42 @@ constexpr int skinny_ahead = 4;  // 32-value chunks of a weight row whose loads 
 constexpr int skinny_cols = 8 * skinny_tiles * skinny_warps;
 constexpr int skinny_chunk_units = 4 * skinny_ahead;  // 16-byte units a warp covers an iteration
 
-// grid (column blocks, K slices). Each warp owns 16 columns of one K slice and carries every row
+// grid (column blocks, K slices), or with lead blocks one dimension (block_of). Each warp owns 16 columns of one K slice and carries every row
 // tile (16 rows each) of x against them: the weight chunk is loaded once (streamed past L1) and
 // used for all RT row tiles; the four warps of a block read the same x values, which L1 serves.
 // The k order within a 32-value chunk is permuted alike in A and B (lane q holds units q, q + 4,
 // ...), as in the expert kernel. Rows past M repeat row M - 1 and are never stored.
 // With K split (to_partial), each block stores its slice's sums, and the last block of a column
-// block to arrive (counted in counters[blockIdx.x], which it sets back to 0) adds the slices in
+// block to arrive (counted in counters[column block], which it sets back to 0) adds the slices in
 // slice order into y: the same bits whatever the order the blocks ran in.
 // With `route` (one row, float y), the last block of the column blocks that hold the router's
-// logits routes the token (skinny_route in dense.cuh).
+// logits routes the token (skinny_route in dense.cuh): with the router's columns as lead blocks,
+// their slices are placed first and read less, so the routing overlaps the rest of the product.
+// A plan with lead blocks (skinny_plan) takes a one-dimensional grid: the lead column blocks'
+// slices first, then the other column blocks' slices, column blocks fastest.
+struct skinny_block {
+  int column_block, slice, slices, units_per_split;
+};
+
+__device__ __forceinline__ skinny_block block_of(const skinny_plan& plan, int N) {
+  if (plan.lead_blocks == 0)
+    return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(gridDim.y),
+            plan.units_per_split};
+  const int b = static_cast<int>(blockIdx.x), lead = plan.lead_blocks * plan.lead_splits;
+  if (b < lead) return {b % plan.lead_blocks, b / plan.lead_blocks, plan.lead_splits, plan.lead_units};
+  const int rest = (N + skinny_cols - 1) / skinny_cols - plan.lead_blocks;
+  return {plan.lead_blocks + (b - lead) % rest, (b - lead) / rest, plan.splits, plan.units_per_split};
+}
+
 template <int RT, bool to_partial, typename OutT, bool route = false>
 __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M, const bf16* W, int N, int K,
-                                                         int units_per_split, OutT* y, float* partial,
+                                                         skinny_plan plan, OutT* y, float* partial,
                                                          unsigned* counters, skinny_route rt) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;
-  const int u0 = static_cast<int>(blockIdx.y) * units_per_split, u1 = min(units, u0 + units_per_split);
-  const int n_base = (static_cast<int>(blockIdx.x) * skinny_warps + warp) * 8 * skinny_tiles;
+  const skinny_block blk = block_of(plan, N);
+  const int u0 = blk.slice * blk.units_per_split, u1 = min(units, u0 + blk.units_per_split);
+  const int n_base = (blk.column_block * skinny_warps + warp) * 8 * skinny_tiles;
   const uint4 zero = make_uint4(0, 0, 0, 0);
   const uint4* wrow[skinny_tiles];
 #pragma unroll
@@ -95,7 +113,12 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
   trigger_dependents();
   // Warps past N (the last column block of a matrix whose N is not a multiple of 64) read row
   // N - 1 again and store nothing.
-  float* part = to_partial ? partial + static_cast<size_t>(blockIdx.y) * M * N : nullptr;
+  // The lead column blocks' slices keep their sums in a region of their own after the others'
+  // (rows lead_blocks x 64 wide), so that their finer cut does not multiply the scratch by N.
+  const bool lead = blk.column_block < plan.lead_blocks;
+  const int ld = lead ? plan.lead_blocks * skinny_cols : N;
+  float* region = lead ? partial + static_cast<size_t>(plan.splits) * M * N : partial;
+  float* part = to_partial ? region + static_cast<size_t>(blk.slice) * M * ld : nullptr;
 #pragma unroll
   for (int r = 0; r < RT; ++r) {
     const int ra = r * 16 + g, rc = ra + 8;
@@ -104,8 +127,8 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
       const int col = n_base + t * 8 + 2 * q;
       if (col >= N) continue;
       if constexpr (to_partial) {
-        if (ra < M) *reinterpret_cast<float2*>(part + static_cast<size_t>(ra) * N + col) = make_float2(c[r][t][0], c[r][t][1]);
-        if (rc < M) *reinterpret_cast<float2*>(part + static_cast<size_t>(rc) * N + col) = make_float2(c[r][t][2], c[r][t][3]);
+        if (ra < M) *reinterpret_cast<float2*>(part + static_cast<size_t>(ra) * ld + col) = make_float2(c[r][t][0], c[r][t][1]);
+        if (rc < M) *reinterpret_cast<float2*>(part + static_cast<size_t>(rc) * ld + col) = make_float2(c[r][t][2], c[r][t][3]);
       } else {
         if (ra < M) {
           y[static_cast<size_t>(ra) * N + col] = from_float<OutT>(c[r][t][0]);
@@ -122,25 +145,25 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
     __shared__ bool last;
     __threadfence();  // this block's sums are visible before it is counted
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+    if (threadIdx.x == 0) last = atomicAdd(&counters[blk.column_block], 1u) == static_cast<unsigned>(blk.slices - 1);
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const int c0 = static_cast<int>(blockIdx.x) * skinny_cols, width = min(skinny_cols, N - c0);
-    const size_t stride = static_cast<size_t>(M) * N;
+    const int c0 = blk.column_block * skinny_cols, width = min(skinny_cols, N - c0);
+    const size_t stride = static_cast<size_t>(M) * ld;
     for (int i = threadIdx.x; i < M * skinny_cols; i += blockDim.x) {
       const int r = i / skinny_cols, col = i % skinny_cols;
       if (col >= width) continue;
-      const size_t at = static_cast<size_t>(r) * N + c0 + col;
-      float sum = __ldcg(partial + at);
-      for (unsigned p = 1; p < gridDim.y; ++p) sum += __ldcg(partial + p * stride + at);
-      y[at] = from_float<OutT>(sum);
+      const size_t at = static_cast<size_t>(r) * ld + c0 + col;
+      float sum = __ldcg(region + at);
+      for (int p = 1; p < blk.slices; ++p) sum += __ldcg(region + static_cast<size_t>(p) * stride + at);
+      y[static_cast<size_t>(r) * N + c0 + col] = from_float<OutT>(sum);
     }
-    if (threadIdx.x == 0) counters[blockIdx.x] = 0;
+    if (threadIdx.x == 0) counters[blk.column_block] = 0;
     if constexpr (route) {
       // The router's column blocks count themselves in the scratch's last counter (left at 0).
       const unsigned route_blocks = (rt.c.experts + skinny_cols - 1) / skinny_cols;
-      if (blockIdx.x >= route_blocks) return;
+      if (static_cast<unsigned>(blk.column_block) >= route_blocks) return;
       __shared__ bool route_last;
       __threadfence();
       __syncthreads();
@@ -160,25 +183,30 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
 template <int RT, typename OutT>
 void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan,
             const skinny_scratch& scratch, cudaStream_t s, const skinny_route* route) {
-  const dim3 grid(static_cast<unsigned>((N + skinny_cols - 1) / skinny_cols), static_cast<unsigned>(plan.splits));
+  const int col_blocks = (N + skinny_cols - 1) / skinny_cols;
+  const dim3 grid = plan.lead_blocks == 0
+                        ? dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(plan.splits))
+                        : dim3(static_cast<unsigned>(plan.lead_blocks * plan.lead_splits +
+                                                     (col_blocks - plan.lead_blocks) * plan.splits));
   const dim3 block(32 * skinny_warps);
-  if (plan.splits == 1) {
-    launch_dependent(skinny_mma_kernel<RT, false, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
+  if (plan.splits == 1 && plan.lead_blocks == 0) {
+    launch_dependent(skinny_mma_kernel<RT, false, OutT>, grid, block, s, x, M, W, N, K, plan, y,
                      static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr), skinny_route{});
     return;
   }
-  if (grid.x > skinny_scratch::column_blocks || static_cast<size_t>(plan.splits) * M * N > scratch.floats)
+  if (col_blocks > static_cast<int>(skinny_scratch::column_blocks) || skinny_partial_floats(plan, M, N) > scratch.floats ||
+      plan.lead_blocks > col_blocks || (plan.lead_blocks > 0 && (plan.lead_splits < 1 || plan.lead_units < 1)))
     throw std::logic_error("skinny_gemm: the scratch is too small for this plan");
   if constexpr (RT == 1 && std::is_same_v<OutT, float>) {
     if (route != nullptr) {
       skinny_route r = *route;
       r.c.stride = N;
-      launch_dependent(skinny_mma_kernel<1, true, float, true>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
+      launch_dependent(skinny_mma_kernel<1, true, float, true>, grid, block, s, x, M, W, N, K, plan, y,
                        scratch.partial, scratch.counters, r);
       return;
     }
   }
-  launch_dependent(skinny_mma_kernel<RT, true, OutT>, grid, block, s, x, M, W, N, K, plan.units_per_split, y,
+  launch_dependent(skinny_mma_kernel<RT, true, OutT>, grid, block, s, x, M, W, N, K, plan, y,
                    scratch.partial, scratch.counters, skinny_route{});
 }
 
@@ -195,9 +223,14 @@ void dispatch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const 
 
 }  // namespace device
 
+size_t skinny_partial_floats(const skinny_plan& plan, int M, int N) {
+  return static_cast<size_t>(M) * (static_cast<size_t>(plan.splits) * N +
+                                   static_cast<size_t>(plan.lead_splits) * plan.lead_blocks * device::skinny_cols);
+}
+
 bool skinny_fits(int N, int K) { return N > 0 && K > 0 && N % 8 == 0 && K % 32 == 0; }
 
-skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats) {
+skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats, int lead_cols, int lead_chunks) {
   // Enough blocks for four a multiprocessor, in slices of at least 256 values of K so that the
   // partial sums (64 rows x 4 bytes a column a slice) stay at most half the weight bytes.
   const int units = K / 8;
@@ -211,6 +244,15 @@ skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats) {
   skinny_plan p;
   p.units_per_split = (chunks + splits - 1) / splits * device::skinny_chunk_units;
   p.splits = (units + p.units_per_split - 1) / p.units_per_split;
+  if (p.splits > 1 && lead_cols > 0 && lead_chunks > 0) {
+    const int lead_units = std::min(lead_chunks, chunks) * device::skinny_chunk_units;
+    const int lead_splits = (units + lead_units - 1) / lead_units;
+    skinny_plan lead = p;
+    lead.lead_blocks = std::min(col_blocks, (lead_cols + device::skinny_cols - 1) / device::skinny_cols);
+    lead.lead_splits = lead_splits;
+    lead.lead_units = lead_units;
+    if (lead_splits > 1 && skinny_partial_floats(lead, skinny_max_rows, N) <= workspace_floats) p = lead;
+  }
   return p;
 }
 

@@ -19,16 +19,26 @@ namespace tollgate::engine::cuda {
 constexpr int skinny_max_rows = 64;
 
 /// How a [N, K] weight is cut: `splits` slices of K, `units_per_split` 16-byte units (8 values) each.
+/// The first `lead_blocks` column blocks (64 columns each) may be cut finer, in `lead_splits`
+/// slices of `lead_units`: their blocks are placed first and each reads less, so that those
+/// columns (a router's logits) are summed early while the rest of the product streams.
 struct skinny_plan {
   int splits = 1, units_per_split = 0;
+  int lead_blocks = 0, lead_splits = 0, lead_units = 0;
 };
+
+/// The partial-sum floats a product of M rows and N columns with this plan needs in its scratch.
+size_t skinny_partial_floats(const skinny_plan& plan, int M, int N);
 
 /// Whether skinny_gemm takes a weight of N rows and K columns (K % 32 == 0, N % 8 == 0).
 bool skinny_fits(int N, int K);
 
 /// The cut for a weight of N x K on a GPU of `sms` multiprocessors, with a workspace of
-/// `workspace_floats` for the partial sums (splits x 64 x N of them).
-skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats);
+/// `workspace_floats` for the partial sums (splits x 64 x N of them). With `lead_cols` > 0 and
+/// `lead_chunks` > 0, the column blocks that hold the first lead_cols columns are cut in slices
+/// of lead_chunks 128-value chunks (when K is split at all). The cut depends on these arguments
+/// and the shape alone, so a row's bits do not depend on the batch.
+skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats, int lead_cols = 0, int lead_chunks = 0);
 
 /// Device scratch for the skinny products of one stream (two streams at once need two): the K
 /// slices' partial sums, and an arrival count per column block, left at 0 after each product.

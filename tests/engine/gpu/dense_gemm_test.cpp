@@ -66,7 +66,7 @@ int multiprocessors() {
 std::vector<float> run(const problem& p, int rows, bool y_float, const cu::skinny_plan& plan, size_t row0 = 0) {
   device_buffer x(static_cast<size_t>(rows) * p.K * 2), w(p.w.size() * 2);
   device_buffer y(static_cast<size_t>(rows) * p.N * 4);
-  cu::skinny_scratch ws(static_cast<size_t>(plan.splits) * cu::skinny_max_rows * p.N);
+  cu::skinny_scratch ws(cu::skinny_partial_floats(plan, cu::skinny_max_rows, p.N));
   REQUIRE(cudaMemcpy(x.p, p.x.data() + row0 * p.K, static_cast<size_t>(rows) * p.K * 2, cudaMemcpyHostToDevice) ==
           cudaSuccess);
   REQUIRE(cudaMemcpy(w.p, p.w.data(), p.w.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
@@ -114,6 +114,27 @@ TEST_CASE("gpu: skinny dense products equal a double product of the same bf16 va
       CHECK(eb < 8e-3);  // one bf16 rounding of each output
     }
   }
+  // Lead column blocks cut finer (a router's columns before the shared experts'): V2-Lite's
+  // router-and-shared shape, 128 leading columns (two lead blocks), and a small K.
+  const int lead_shapes[][3] = {{64 + 2 * 2816, 2048, 64}, {128 + 2 * 2816, 2048, 128}, {200, 416, 64}};
+  for (const auto& s : lead_shapes) {
+    const int N = s[0], K = s[1];
+    for (int chunks : {1, 3}) {
+      const auto plan = cu::skinny_split(N, K, sms, size_t{4} << 20, s[2], chunks);
+      REQUIRE(plan.lead_blocks == (s[2] + 63) / 64);
+      REQUIRE(plan.lead_splits > plan.splits / 2);
+      for (int M : {1, 16, 64}) {
+        const problem p = make_problem(M, N, K, gen);
+        const double ef = relative_error(run(p, M, true, plan), p.ref);
+        std::printf("gpu skinny M=%-2d N=%-5d K=%-5d splits %-2d, %d lead blocks of %d slices: float max rel err %.2e\n",
+                    M, N, K, plan.splits, plan.lead_blocks, plan.lead_splits, ef);
+        INFO("M " << M << " N " << N << " K " << K << " lead chunks " << chunks);
+        CHECK(ef < 1e-5);
+      }
+    }
+  }
+  CHECK(cu::skinny_split(64 + 2 * 2816, 2048, sms, size_t{4} << 20, 64, 0).lead_blocks == 0);
+  CHECK(cu::skinny_split(8192, 256, sms, size_t{4} << 20, 64, 1).lead_blocks == 0);  // K is not split
   CHECK(cu::skinny_split(64, 4096, sms, size_t{4} << 20).splits == 16);
   CHECK(cu::skinny_split(8192, 256, sms, size_t{4} << 20).splits == 1);
   CHECK(cu::skinny_split(102400, 2048, sms, size_t{4} << 20).splits == 1);
@@ -128,9 +149,9 @@ TEST_CASE("gpu: skinny dense products equal a double product of the same bf16 va
 TEST_CASE("gpu: a row of a skinny product has the same bits alone and in a batch of 64", "[gpu][dense]") {
   std::mt19937 gen(std::random_device{}());
   const int sms = multiprocessors();
-  for (const auto& s : {std::pair{576, 2048}, std::pair{3072, 2048}}) {
+  for (const auto& s : {std::pair{576, 2048}, std::pair{3072, 2048}, std::pair{64 + 2 * 2816, 2048}}) {
     const problem p = make_problem(64, s.first, s.second, gen);
-    const auto plan = cu::skinny_split(p.N, p.K, sms, size_t{4} << 20);
+    const auto plan = cu::skinny_split(p.N, p.K, sms, size_t{4} << 20, s.first == 576 ? 0 : 64, 1);
     const auto all = run(p, 64, true, plan);
     for (size_t row : {size_t{0}, size_t{17}, size_t{63}}) {
       const auto alone = run(p, 1, true, plan, row);
@@ -181,6 +202,8 @@ TEST_CASE("gpu: the router's product routes a lone token with the router kernel'
     c.experts = 128, c.top_k = 8, c.groups = 8, c.top_groups = 4;
     cases.push_back({"V3-style 128", c});
   }
+  // Each with the router's columns cut as the rest, and cut finer (lead blocks of 1 and 2 chunks).
+  for (int lead_chunks : {0, 1, 2})
   for (auto [name, c] : cases) {
     const int K = 2048, N = c.experts + 2 * 2816, E = c.experts, R = c.top_k;
     std::vector<uint16_t> x(K), w(static_cast<size_t>(N) * K);
@@ -189,9 +212,10 @@ TEST_CASE("gpu: the router's product routes a lone token with the router kernel'
     for (auto& v : w) v = bf16_bits(d(gen) * 0.05f);
     std::vector<float> bias(static_cast<size_t>(E));
     for (auto& v : bias) v = d(gen) * 0.1f;
-    const auto plan = cu::skinny_split(N, K, sms, size_t{4} << 20);
+    const auto plan = cu::skinny_split(N, K, sms, size_t{4} << 20, lead_chunks > 0 ? E : 0, lead_chunks);
+    REQUIRE(plan.lead_blocks == (lead_chunks > 0 ? (E + 63) / 64 : 0));
     c.stride = N;
-    INFO(name << " splits " << plan.splits);
+    INFO(name << " splits " << plan.splits << " lead splits " << plan.lead_splits);
     REQUIRE(cu::skinny_route_fits(plan, 1, N, c));
     CHECK_FALSE(cu::skinny_route_fits(plan, 2, N, c));
     device_buffer dx(x.size() * 2), dw(w.size() * 2), db(bias.size() * 4), y(static_cast<size_t>(N) * 4);
@@ -240,7 +264,9 @@ TEST_CASE("gpu: the router's product routes a lone token with the router kernel'
     CHECK(sorted.front() >= 0);
     CHECK(sorted.back() < E);
     CHECK(kernel.groups[static_cast<size_t>(E) + 1] == R);  // active[0]
-    std::printf("gpu router in its product, %s (splits %d): ids %d %d .. weights %.4f %.4f ..: the router kernel's bits\n",
-                name, plan.splits, kernel.ids[0], kernel.ids[1], kernel.wts[0], kernel.wts[1]);
+    std::printf("gpu router in its product, %s (splits %d, the router's %d): ids %d %d .. weights %.4f %.4f ..: the "
+                "router kernel's bits\n",
+                name, plan.splits, plan.lead_blocks ? plan.lead_splits : plan.splits, kernel.ids[0], kernel.ids[1],
+                kernel.wts[0], kernel.wts[1]);
   }
 }
