@@ -1137,7 +1137,7 @@ class cuda_backend final : public forward_backend {
       if constexpr (std::is_same_v<T, bf16>) {
         if (fused_silu_ && cuda::expert_gate_up_silu_fits(I, H)) {
           cuda::expert_gate_up_silu(L.experts_gate_up, h, row_token, offsets, active, max_active, I, H, act, stream_,
-                                    prep);
+                                    prep, N == 1 && lone_experts_);
           fused = true;
         }
       }
@@ -1149,7 +1149,7 @@ class cuda_backend final : public forward_backend {
       if constexpr (std::is_same_v<T, bf16>) {
         if (in_experts.act) {
           cuda::expert_down_with_shared(L.experts_down, act, offsets, active, max_active, H, I, rows, in_experts,
-                                        stream_);
+                                        stream_, N == 1 && lone_experts_);
           down_done = true;
         }
       }
@@ -1356,6 +1356,10 @@ class cuda_backend final : public forward_backend {
   const int router_chunks_ = std::getenv("TOLLGATE_ENGINE_ROUTER_CHUNKS") == nullptr
                                  ? 1
                                  : std::max(0, std::atoi(std::getenv("TOLLGATE_ENGINE_ROUTER_CHUNKS")));
+  // TOLLGATE_ENGINE_LONE_EXPERTS=0: a lone token's expert products read its grouped rows from
+  // `offsets` and `x_rows` as a batch's do (for measurements; the same values).
+  const bool lone_experts_ = std::getenv("TOLLGATE_ENGINE_LONE_EXPERTS") == nullptr ||
+                             std::string(std::getenv("TOLLGATE_ENGINE_LONE_EXPERTS")) != "0";
   // TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0: a decode step's shared experts run their own SiLU-mul and
   // product (on the side stream up to side_stream_rows tokens), for measurements.
   const bool shared_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS") == nullptr ||

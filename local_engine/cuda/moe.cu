@@ -230,7 +230,7 @@ template <typename Rows, int KS>
 __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
                                                                   const int32_t* offsets, const int32_t* active, int N,
                                                                   int K, int slices, int max_active, float* out,
-                                                                  bf16* act, shared_experts sh) {
+                                                                  bf16* act, shared_experts sh, bool lone) {
   enter_in_order();
   const int warp = (threadIdx.x >> 5) % mma_warps, kw = (threadIdx.x >> 5) / mma_warps;
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -238,7 +238,9 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   constexpr int chunk = 4 * mma_ahead;
   const int per = ((units + KS - 1) / KS + chunk - 1) / chunk * chunk;
   const int k_begin = min(units, kw * per), k_end = min(units, k_begin + per);
-  const int n_active = active[0];
+  // A lone token's slots (group_lone_token): max_active distinct experts, listed by id, the y-th
+  // with row y of the grouped rows, all of token 0: an item needs only its expert from `active`.
+  const int n_active = lone ? max_active : active[0];
   const uint4 zero = make_uint4(0, 0, 0, 0);
   __shared__ float red[KS > 1 ? mma_warps : 1][mma_tiles][4][32];
   // A gate-up product after a router that ran in its product writes the shared experts' SiLU-mul
@@ -257,7 +259,7 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
     const int y = is_sh ? item / slices : (item - shared_items) / slices, slice = item % slices;
     if (!is_sh && y >= n_active) break;  // routed items are ordered by y: the rest are idle too
     const int e = is_sh ? 0 : active[1 + y];
-    const int r0 = is_sh ? 0 : offsets[e], r1 = is_sh ? sh.rows : offsets[e + 1];
+    const int r0 = is_sh ? 0 : lone ? y : offsets[e], r1 = is_sh ? sh.rows : lone ? y + 1 : offsets[e + 1];
     // A shared part's rows of W and x: `parts * K` values apart, from column y K.
     const size_t sh_stride = static_cast<size_t>(parts) * K, sh_col = static_cast<size_t>(y) * K;
     const int inter = N / 2;
@@ -277,10 +279,11 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
       const int ra = rb + g, rc = rb + g + 8;
       const bool va = ra < r1, vc = rc < r1;
       const int xa_row = va ? ra : r0, xc_row = vc ? rc : r0;
-      const uint4* xa = reinterpret_cast<const uint4*>(
-          is_sh ? sh.act + xa_row * sh_stride + sh_col : x + static_cast<size_t>(x_rows ? x_rows[xa_row] : xa_row) * K);
-      const uint4* xc = reinterpret_cast<const uint4*>(
-          is_sh ? sh.act + xc_row * sh_stride + sh_col : x + static_cast<size_t>(x_rows ? x_rows[xc_row] : xc_row) * K);
+      const int ta = x_rows ? (lone ? 0 : x_rows[xa_row]) : xa_row, tc = x_rows ? (lone ? 0 : x_rows[xc_row]) : xc_row;
+      const uint4* xa =
+          reinterpret_cast<const uint4*>(is_sh ? sh.act + xa_row * sh_stride + sh_col : x + static_cast<size_t>(ta) * K);
+      const uint4* xc =
+          reinterpret_cast<const uint4*>(is_sh ? sh.act + xc_row * sh_stride + sh_col : x + static_cast<size_t>(tc) * K);
       float c[mma_tiles][4];
 #pragma unroll
       for (int t = 0; t < mma_tiles; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0;
@@ -550,17 +553,17 @@ int expert_ksplit() {
 template <typename Rows>
 void launch_expert_mma(const Rows& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                        const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
-                       bf16* act = nullptr, const shared_experts& sh = {}) {
+                       bf16* act = nullptr, const shared_experts& sh = {}, bool lone = false) {
   // The shared parts take max_active's place in the grid's size: `parts` more expert-sized items.
   const int extra = act ? 0 : sh.parts;
   if (expert_ksplit() == 2) {
     const auto [slices, grid] = persistent_grid(N, max_active + extra, 2);
     launch_early(device::expert_mma_kernel<Rows, 2>, dim3(grid), dim3(256), 0, s, W, x, x_rows, offsets, active, N, K,
-                 slices, max_active, out, act, sh);
+                 slices, max_active, out, act, sh, lone);
   } else {
     const auto [slices, grid] = persistent_grid(N, max_active + extra);
     launch_early(device::expert_mma_kernel<Rows, 1>, dim3(grid), dim3(128), 0, s, W, x, x_rows, offsets, active, N, K,
-                 slices, max_active, out, act, sh);
+                 slices, max_active, out, act, sh, lone);
   }
   check_launch();
 }
@@ -658,24 +661,24 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
 
 void expert_down_with_shared(const bf16* W, const bf16* act, const int32_t* offsets, const int32_t* active,
                              int max_active, int hidden, int inter, float* out, const shared_experts& shared,
-                             cudaStream_t s) {
+                             cudaStream_t s, bool lone_token) {
   if (!shared_in_experts_fits(inter, shared.parts, hidden) || shared.hidden != hidden || shared.inter != inter)
     throw std::logic_error("expert_down_with_shared: shapes the tensor-core product does not take");
   launch_expert_mma(device::bf16_rows{W}, act, nullptr, offsets, active, max_active, hidden, inter, out, s, nullptr,
-                    shared);
+                    shared, lone_token);
 }
 
 bool expert_gate_up_silu_fits(int inter, int K) { return inter > 0 && inter % 32 == 0 && K % 32 == 0; }
 
 void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                          const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s,
-                         const shared_experts& shared) {
+                         const shared_experts& shared, bool lone_token) {
   if (max_active == 0) return;
   if (!expert_gate_up_silu_fits(inter, K))
     throw std::logic_error("expert_gate_up_silu: inter % 32 and K % 32 must be 0");
   // Slices of 32 gate columns (with their 32 up columns): as many as of 64 columns of [2 inter].
   launch_expert_mma(device::bf16_rows{W}, x, x_rows, offsets, active, max_active, 2 * inter, K, nullptr, s, act,
-                    shared);
+                    shared, lone_token);
 }
 
 template void expert_gemv<float>(const float*, const float*, const int32_t*, const int32_t*, const int32_t*, int, int,

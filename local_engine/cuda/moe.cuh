@@ -69,10 +69,12 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
                  int max_active, int N, int K, float* out, cudaStream_t s);
 
 /// expert_gemv<bf16> of the routed down product (W [experts, hidden, inter]) with the shared
-/// experts' parts (shared_experts above) as more work items of the same grid.
+/// experts' parts (shared_experts above) as more work items of the same grid. `lone_token`: the
+/// slots are one token's, grouped by group_lone_token (max_active = top_k distinct experts, the
+/// y-th listed owning row y), so an item reads only its expert, not `offsets` (same values).
 void expert_down_with_shared(const bf16* W, const bf16* act, const int32_t* offsets, const int32_t* active,
                              int max_active, int hidden, int inter, float* out, const shared_experts& shared,
-                             cudaStream_t s);
+                             cudaStream_t s, bool lone_token = false);
 
 /// Whether expert_gate_up_silu takes these shapes (inter % 32 == 0, K % 32 == 0).
 bool expert_gate_up_silu_fits(int inter, int K);
@@ -82,9 +84,10 @@ bool expert_gate_up_silu_fits(int inter, int K);
 /// then silu_mul give, with no float [rows, 2 inter] between them.
 /// With `shared.from`, its blocks first write the shared experts' act and zero their sums (the
 /// router kernel's share, shared_experts above).
+/// `lone_token` as for expert_down_with_shared (x_rows then all 0: not read).
 void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                          const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s,
-                         const shared_experts& shared = {});
+                         const shared_experts& shared = {}, bool lone_token = false);
 
 /// Expert weights kept in FP8 on the GPU (an FP8 checkpoint's e4m3 values, not dequantised at
 /// load): w [experts, N, K] bytes and one float scale per row per block of 2^kb_shift columns,

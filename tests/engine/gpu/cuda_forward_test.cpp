@@ -284,6 +284,20 @@ TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of
   CHECK(differ == 0);
 }
 
+TEST_CASE("gpu: a lone token's expert products read only its experts and give the bits of a batch's", "[gpu][bf16]") {
+  // A decode step of one sequence: the expert products take the y-th listed expert's row as row y
+  // of the grouped rows (group_lone_token's order) instead of reading offsets and x_rows, unless
+  // TOLLGATE_ENGINE_LONE_EXPERTS=0. gpu_mla512 takes the fused gate-up store and the shared
+  // experts inside the down product; a 40-token prompt and four decode steps: every logit the same.
+  const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
+  const auto batch_way = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_LONE_EXPERTS", "0"),
+             lone = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_LONE_EXPERTS", "1");
+  const size_t differ = bits_differ(batch_way, lone);
+  std::printf("gpu lone token's expert rows: %zu of %zu logits differ from reading offsets and x_rows\n", differ,
+              lone.size());
+  CHECK(differ == 0);
+}
+
 TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loads", "[gpu][bf16]") {
   // gpu_mla512 (kv_lora_rank 512) takes the tensor-core attention. A 40-token prompt and its
   // decode steps take one token a block, each block the whole context (its output written as
@@ -349,8 +363,8 @@ TEST_CASE("gpu: the shared experts inside the routed kernels follow their own pr
   // gpu_mla512 has one shared expert; the same model with two has a shared down product of two
   // parts that add to the same sums. With TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0 the shared experts
   // run their own SiLU-mul and product: the same float sums, in the same or another order, so
-  // the logits agree to float rounding (at these shapes they came out bit for bit the same; a
-  // wrong gate/up span in the router's kernel gave cosine 0.88). The 40-token prompt takes the
+  // the logits agree to float rounding (at these shapes they mostly come out bit for bit the same;
+  // a wrong gate/up span in the router's kernel gave cosine 0.88). The 40-token prompt takes the
   // shared experts' own product (over 16 tokens), its four decode steps the routed kernels.
   auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
   for (int parts : {1, 2}) {
@@ -364,7 +378,11 @@ TEST_CASE("gpu: the shared experts inside the routed kernels follow their own pr
     std::printf("gpu shared experts in the routed kernels, %d part(s): %zu of %zu logits differ, relative error "
                 "%.2e, cosine mean %.6f worst %.6f, top-1 %.3f\n",
                 parts, differ, apart.size(), lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
-    CHECK(lm.rel < 1e-3);
+    // Two parts' sums are added in another order than the shared product's own: now and then a
+    // float difference of an ulp flips a bf16 rounding of a later layer's input, which moves the
+    // logits by up to ~2e-3 (seen once in 13 runs, with cosine 0.999998). A wrong span gives
+    // cosine 0.88.
+    CHECK(lm.rel < 1e-2);
     CHECK(lm.mean_cos > 0.9999);
     CHECK(lm.agreement >= 0.99);
   }
