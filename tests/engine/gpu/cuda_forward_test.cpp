@@ -271,31 +271,29 @@ size_t bits_differ(const std::vector<float>& a, const std::vector<float>& b) {
   return differ;
 }
 
+/// How many of gpu_mla512's logits (a 40-token prompt and four decode steps) differ in their bits
+/// between knob `var` at 0 and at 1; printed with `what`.
+size_t mla512_bits_differ_with(const char* var, const char* what) {
+  const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
+  const auto off = logits_with("gpu_mla512", text, var, "0"), on = logits_with("gpu_mla512", text, var, "1");
+  const size_t differ = bits_differ(off, on);
+  std::printf("gpu %s: %zu of %zu logits differ with %s=0\n", what, differ, on.size(), var);
+  return differ;
+}
+
 TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of its own kernel", "[gpu][bf16]") {
   // gpu_mla512's experts (inter 128, hidden 256) take the fused store; the other recipes' (inter
-  // 48) keep the float product and the SiLU-mul kernel. A 40-token prompt and four decode steps,
-  // with TOLLGATE_ENGINE_FUSED_SILU=0 and without: every logit the same.
-  const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
-  const auto apart = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FUSED_SILU", "0"),
-             fused = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_FUSED_SILU", "1");
-  const size_t differ = bits_differ(apart, fused);
-  std::printf("gpu SiLU-mul in the gate-up store: %zu of %zu logits differ from the separate kernel's\n", differ,
-              apart.size());
-  CHECK(differ == 0);
+  // 48) keep the float product and the SiLU-mul kernel. With TOLLGATE_ENGINE_FUSED_SILU=0 and
+  // without: every logit the same.
+  CHECK(mla512_bits_differ_with("TOLLGATE_ENGINE_FUSED_SILU", "SiLU-mul in the gate-up store") == 0);
 }
 
 TEST_CASE("gpu: a lone token's expert products read only its experts and give the bits of a batch's", "[gpu][bf16]") {
   // A decode step of one sequence: the expert products take the y-th listed expert's row as row y
   // of the grouped rows (group_lone_token's order) instead of reading offsets and x_rows, unless
   // TOLLGATE_ENGINE_LONE_EXPERTS=0. gpu_mla512 takes the fused gate-up store and the shared
-  // experts inside the down product; a 40-token prompt and four decode steps: every logit the same.
-  const std::string text = t::read_text(t::recipe_path("gpu_mla512"));
-  const auto batch_way = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_LONE_EXPERTS", "0"),
-             lone = logits_with("gpu_mla512", text, "TOLLGATE_ENGINE_LONE_EXPERTS", "1");
-  const size_t differ = bits_differ(batch_way, lone);
-  std::printf("gpu lone token's expert rows: %zu of %zu logits differ from reading offsets and x_rows\n", differ,
-              lone.size());
-  CHECK(differ == 0);
+  // experts inside the down product: every logit the same.
+  CHECK(mla512_bits_differ_with("TOLLGATE_ENGINE_LONE_EXPERTS", "lone token's expert rows") == 0);
 }
 
 TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loads", "[gpu][bf16]") {
