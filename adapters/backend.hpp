@@ -4,6 +4,7 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include <array>
 #include <cstdint>
@@ -39,6 +40,10 @@ struct body_part {
   std::string_view bytes() const { return text.empty() ? borrowed : std::string_view(text); }
 };
 
+/// A body's parts: the usual request (the client's bytes around an edited model name: three)
+/// holds them without an allocation.
+using body_parts = boost::container::small_vector<body_part, 4>;
+
 /// One request for a backend. path, request_id, query and the client's header values are read
 /// only during backend::start(); a call keeps what it needs of them.
 struct upstream_request {
@@ -49,7 +54,7 @@ struct upstream_request {
   /// The body as parts to send one after another, when not empty (body is then empty): the
   /// client's bytes are not copied for a transport that sends parts as they are (the built-in
   /// HTTP/1.1 client writes them in one gathered write). Others call join_body() first.
-  std::vector<body_part> parts;
+  body_parts parts;
 
   /// Makes body the whole body: parts joined (and cleared), when there are any.
   void join_body() {

@@ -1,10 +1,13 @@
 // The events a call has produced and its reader has not taken yet. A vector read from the front:
-// a call seldom holds more than a few, and unlike a deque it allocates once, not twice.
+// a call seldom holds more than a few, and unlike a deque it allocates once, not twice. The first
+// two are held in place (a whole answer's head and body, queued before the reader wakes), so the
+// usual call allocates nothing for them.
 #pragma once
+
+#include <boost/container/small_vector.hpp>
 
 #include <cstddef>
 #include <utility>
-#include <vector>
 
 #include "adapters/backend.hpp"
 
@@ -12,7 +15,6 @@ namespace tollgate::adapters {
 
 class event_queue {
  public:
-  event_queue() { events_.reserve(4); }
   bool empty() const { return front_ == events_.size(); }
   call_event& back() { return events_.back(); }
   void push_back(call_event ev) { events_.push_back(std::move(ev)); }
@@ -31,7 +33,7 @@ class event_queue {
   }
 
  private:
-  std::vector<call_event> events_;
+  boost::container::small_vector<call_event, 2> events_;
   std::size_t front_ = 0;
 };
 

@@ -6,11 +6,13 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/basic_parser.hpp>
+#include <boost/container/small_vector.hpp>
 
 
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <charconv>
 #include <optional>
 #include <span>
 #include <vector>
@@ -116,26 +118,34 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         mailbox_(refs.io, origin.timeouts, refs.mailboxes),
         stream_(request.stream),
         read_size_(request.stream ? stream_read_size : read_size) {
+    using namespace std::string_view_literals;
     const std::string& fixed = request.stream ? origin.stream_headers : origin.plain_headers;
-    head_.reserve(40 + origin.base_path.size() + request.path.size() + request.query.size() + fixed.size() +
-                  request.request_id.size());
-    head_.append(verb_name(request.method)).append(" ").append(origin.base_path).append(request.path);
-    if (!request.query.empty()) head_.append("?").append(request.query);
-    head_.append(" HTTP/1.1\r\n").append(fixed);
-    for (const auto& [name, value] : request.headers) head_.append(name).append(": ").append(value).append("\r\n");
-    if (!request.request_id.empty()) head_.append("X-Request-Id: ").append(request.request_id).append("\r\n");
     std::size_t length = body_.size();
     for (const body_part& p : parts_) {
       length += p.bytes().size();
       borrows_ = borrows_ || p.text.empty();
     }
     // A GET or DELETE without a body says nothing of one (RFC 9110 8.6).
-    if (length > 0 || request.method == upstream_request::verb::post) {
-      head_.append("Content-Length: ").append(std::to_string(length)).append("\r\n");
-    }
-    head_.append("\r\n");
+    const bool says_length = length > 0 || request.method == upstream_request::verb::post;
+    char digits[24];
+    const auto length_text = std::string_view(digits, std::to_chars(digits, digits + sizeof digits, length).ptr);
+    const std::string_view verb = verb_name(request.method);
+    // Sized whole first: one allocation, and appends that never check for room twice.
+    std::size_t size = verb.size() + 1 + origin.base_path.size() + request.path.size() +
+                       (request.query.empty() ? 0 : 1 + request.query.size()) + " HTTP/1.1\r\n"sv.size() +
+                       fixed.size() + 2;
+    for (const auto& [name, value] : request.headers) size += name.size() + 2 + value.size() + 2;
+    if (!request.request_id.empty()) size += "X-Request-Id: "sv.size() + request.request_id.size() + 2;
+    if (says_length) size += "Content-Length: "sv.size() + length_text.size() + 2;
+    head_.reserve(size);
+    head_.append(verb).append(" "sv).append(origin.base_path).append(request.path);
+    if (!request.query.empty()) head_.append("?"sv).append(request.query);
+    head_.append(" HTTP/1.1\r\n"sv).append(fixed);
+    for (const auto& [name, value] : request.headers) head_.append(name).append(": "sv).append(value).append("\r\n"sv);
+    if (!request.request_id.empty()) head_.append("X-Request-Id: "sv).append(request.request_id).append("\r\n"sv);
+    if (says_length) head_.append("Content-Length: "sv).append(length_text).append("\r\n"sv);
+    head_.append("\r\n"sv);
     // The head and the body go out in one gathered write: the body's parts are not joined.
-    buffers_.reserve(2 + parts_.size());
     buffers_.push_back(net::buffer(head_));
     if (!body_.empty()) buffers_.push_back(net::buffer(body_));
     for (const body_part& p : parts_) buffers_.push_back(net::buffer(p.bytes()));
@@ -213,8 +223,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
       // is only for a connection that answered nothing): a long stream does not keep it.
       std::string().swap(head_);
       std::string().swap(body_);
-      std::vector<body_part>().swap(parts_);
-      std::vector<net::const_buffer>().swap(buffers_);
+      body_parts().swap(parts_);
+      decltype(buffers_)().swap(buffers_);
       std::vector<net::const_buffer>().swap(rest_);
     }
     call_event ev;
@@ -611,8 +621,10 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   io_refs refs_;
   std::string head_;
   std::string body_;
-  std::vector<body_part> parts_;
-  std::vector<net::const_buffer> buffers_;  // head_, then the body
+  body_parts parts_;
+  // head_, then the body: the usual request (the head, the client's bytes and the edited model
+  // between them) without an allocation.
+  boost::container::small_vector<net::const_buffer, 8> buffers_;
   std::vector<net::const_buffer> rest_;     // what the first sendmsg did not take
   std::shared_ptr<upstream_connection> connection_;
   std::optional<response_reader> parser_;

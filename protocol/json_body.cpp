@@ -194,7 +194,7 @@ body_pieces edit_body_pieces(std::string_view body, const request_fields& fields
   // A body names each key once, as a rule: a duplicate or two still fit without an allocation.
   boost::container::small_vector<edit, 4> edits;
   added.clear();  // members the body lacks, added after its last value
-  auto plan = [&](std::string_view key, const std::vector<std::pair<std::size_t, std::size_t>>& spans,
+  auto plan = [&](std::string_view key, const body_layout::spans& spans,
                   std::optional<std::string_view> value) {
     if (!value) return;
     for (const auto& [b, e] : spans) edits.push_back({b, e, *value});

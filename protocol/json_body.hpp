@@ -16,8 +16,10 @@ namespace tollgate::protocol {
 
 /// Where the top-level values the gateway may rewrite lie in a parsed body, as byte offsets.
 struct body_layout {
-  std::vector<std::pair<std::size_t, std::size_t>> model;           ///< every "model" value
-  std::vector<std::pair<std::size_t, std::size_t>> stream_options;  ///< every "stream_options" value
+  /// Spans of a key's values: a body names each key once, as a rule (no allocation then).
+  using spans = boost::container::small_vector<std::pair<std::size_t, std::size_t>, 1>;
+  spans model;           ///< every "model" value
+  spans stream_options;  ///< every "stream_options" value
   std::size_t append_at = 0;  ///< where a new member goes: after the last value, or after '{'
   bool has_members = false;
 };

@@ -1,6 +1,7 @@
 #include "gateway/proxy/attempt_runner.hpp"
 
 #include <boost/beast/core/string.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -59,7 +60,7 @@ net::awaitable<void> attempt_runner::run(const routing::route& route, steady_clo
   deadline_ = started + route.deadline;
   // The route, then its fallbacks; a context_length_exceeded answer switches to the context
   // fallbacks of the route that gave it.
-  std::vector<const routing::route*> chain{&route};
+  boost::container::small_vector<const routing::route*, 4> chain{&route};
   chain.insert(chain.end(), route.fallbacks.begin(), route.fallbacks.end());
   for (std::size_t i = 0; i < chain.size(); ++i) {
     const auto result = co_await try_route(*chain[i], stream, st);
