@@ -19,11 +19,11 @@ namespace {
 
 constexpr std::size_t max_whole_answer = 64 * 1024 * 1024;  // as the gateway buffers at most
 
-call_event head_event(int status) {
+call_event head_event(int status, std::string_view content_type = "application/json") {
   call_event ev;
   ev.type = call_event::kind::head;
   ev.head.status = status;
-  ev.head.headers.emplace_back("content-type", "application/json");
+  ev.head.headers.emplace_back("content-type", content_type);
   return ev;
 }
 
@@ -68,14 +68,13 @@ class anthropic_call final : public call {
       switch (ev.type) {
         case call_event::kind::head: {
           status_ = ev.head.status;
-          const std::string* type = ev.head.find("content-type");
-          streaming_ = stream_ && status_ >= 200 && status_ < 300 && type != nullptr &&
-                       type->find("text/event-stream") != std::string::npos;
-          call_event head = head_event(status_ == 529 ? 503 : status_);
-          if (streaming_) head.head.headers[0].second = "text/event-stream";
-          for (auto& [name, value] : ev.head.headers) {
+          const auto type = ev.head.find("content-type");
+          streaming_ = stream_ && status_ >= 200 && status_ < 300 && type &&
+                       type->find("text/event-stream") != std::string_view::npos;
+          call_event head = head_event(status_ == 529 ? 503 : status_, streaming_ ? "text/event-stream" : "application/json");
+          for (const auto& [name, value] : ev.head.headers) {
             if (name == "retry-after" || name.starts_with("x-ratelimit-") || name == "request-id") {
-              head.head.headers.emplace_back(name == "request-id" ? "x-upstream-request-id" : name, std::move(value));
+              head.head.headers.emplace_back(name == "request-id" ? "x-upstream-request-id" : name, value);
             }
           }
           co_return head;

@@ -7,8 +7,11 @@
 #include <boost/container/small_vector.hpp>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -110,14 +113,131 @@ inline bool valid_field_value(std::string_view value) {
   return true;
 }
 
+/// A head's fields, in order, in one string: each field its two lengths, then its name and its
+/// value. A head of a few fields costs one allocation, not one for the list and one for each
+/// value past 15 bytes (a date, a content type); moving it moves one string.
+class header_fields {
+ public:
+  using field = std::pair<std::string_view, std::string_view>;  ///< name and value
+
+  class iterator {
+   public:
+    using value_type = field;
+    using difference_type = std::ptrdiff_t;
+    using reference = field;
+    using iterator_category = std::forward_iterator_tag;
+    iterator() = default;
+    explicit iterator(const char* at) : at_(at) {}
+    field operator*() const {
+      const auto [name, value] = lengths();
+      return {std::string_view(at_ + prefix, name), std::string_view(at_ + prefix + name, value)};
+    }
+    iterator& operator++() {
+      const auto [name, value] = lengths();
+      at_ += prefix + name + value;
+      return *this;
+    }
+    iterator operator++(int) {
+      iterator was = *this;
+      ++*this;
+      return was;
+    }
+    bool operator==(const iterator&) const = default;
+
+   private:
+    std::pair<std::uint32_t, std::uint32_t> lengths() const {
+      std::uint32_t n[2];
+      std::memcpy(n, at_, sizeof n);
+      return {n[0], n[1]};
+    }
+    const char* at_ = nullptr;
+  };
+
+  header_fields() = default;
+  /// From name and value pairs, in order (names as given).
+  header_fields(const std::vector<std::pair<std::string, std::string>>& fields) {  // NOLINT: implicit, as the list was
+    for (const auto& [name, value] : fields) emplace_back(name, value);
+  }
+
+  iterator begin() const { return iterator(text_.data()); }
+  iterator end() const { return iterator(text_.data() + text_.size()); }
+  bool empty() const { return text_.empty(); }
+  std::size_t size() const { return count_; }
+  /// Room for fields whose names and values take about `bytes` in all.
+  void reserve(std::size_t bytes) { text_.reserve(bytes); }
+  void clear() {
+    text_.clear();
+    count_ = 0;
+  }
+
+  /// Appends a field (the name as given).
+  void emplace_back(std::string_view name, std::string_view value) {
+    std::memcpy(append(name.size(), value), name.data(), name.size());
+  }
+  /// Appends a field with its name in ASCII lower case (a field name is a token: ASCII only).
+  void emplace_back_lower(std::string_view name, std::string_view value) {
+    char* to = append(name.size(), value);
+    for (const char c : name) *to++ = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
+  }
+
+  /// The value of the first field of that name (compared as it is), if any; valid until the
+  /// fields change.
+  std::optional<std::string_view> find(std::string_view name) const {
+    for (const auto& [k, v] : *this)
+      if (k == name) return v;
+    return std::nullopt;
+  }
+
+  /// The value of the first field of that name, or an empty string; the value takes the fields'
+  /// storage (no allocation), and the fields are left empty.
+  std::string release_value(std::string_view name) {
+    std::string out;
+    if (const auto v = find(name)) {
+      const std::size_t at = static_cast<std::size_t>(v->data() - text_.data());
+      const std::size_t size = v->size();
+      out = std::move(text_);
+      out.erase(0, at);
+      out.resize(size);
+    }
+    clear();
+    return out;
+  }
+
+  /// The same fields in the same order.
+  friend bool operator==(const header_fields& a, const header_fields& b) { return a.text_ == b.text_; }
+  friend bool operator==(const header_fields& a, const std::vector<std::pair<std::string, std::string>>& b) {
+    std::size_t i = 0;
+    for (const auto& [name, value] : a) {
+      if (i == b.size() || name != b[i].first || value != b[i].second) return false;
+      ++i;
+    }
+    return i == b.size();
+  }
+
+ private:
+  static constexpr std::size_t prefix = 2 * sizeof(std::uint32_t);
+
+  /// Appends a field's lengths and value, with room for its name before the value; returns where
+  /// the name goes.
+  char* append(std::size_t name_size, std::string_view value) {
+    const std::uint32_t n[2] = {static_cast<std::uint32_t>(name_size), static_cast<std::uint32_t>(value.size())};
+    const std::size_t at = text_.size();
+    text_.resize(at + prefix + name_size + value.size());
+    char* p = text_.data() + at;
+    std::memcpy(p, n, prefix);
+    std::memcpy(p + prefix + name_size, value.data(), value.size());
+    ++count_;
+    return p + prefix;
+  }
+
+  std::string text_;
+  std::size_t count_ = 0;
+};
+
 struct response_head {
   int status = 0;
-  std::vector<std::pair<std::string, std::string>> headers;  ///< names lower-cased
-  const std::string* find(std::string_view name) const {
-    for (const auto& [k, v] : headers)
-      if (k == name) return &v;
-    return nullptr;
-  }
+  header_fields headers;  ///< names lower-cased
+  std::optional<std::string_view> find(std::string_view name) const { return headers.find(name); }
 };
 
 enum class failure {

@@ -51,13 +51,6 @@ constexpr std::size_t one_write_bytes = 64 * 1024;
 constexpr auto stale_window = std::chrono::seconds(1);
 constexpr std::uint32_t max_header_bytes = 64 * 1024;
 
-/// ASCII lower case (a field name is a token: ASCII only), without a libc call a byte.
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
-  return out;
-}
-
 std::string millis(config::duration d) { return std::to_string(d.count()) + " ms"; }
 
 class transfer;
@@ -80,7 +73,7 @@ class response_reader final : public http::basic_parser<false> {
     status_ = code;
     head_ = response_head{};
     head_.status = code;
-    head_.headers.reserve(12);
+    head_.headers.reserve(512);
   }
   void on_field_impl(http::field, beast::string_view name, beast::string_view value, beast::error_code& ec) override {
     // Beast checks names and line endings; this holds both transports to the same rule.
@@ -88,7 +81,7 @@ class response_reader final : public http::basic_parser<false> {
       ec = http::error::bad_value;
       return;
     }
-    head_.headers.emplace_back(lower(name), std::string(value));
+    head_.headers.emplace_back_lower(name, value);
   }
   void on_header_impl(beast::error_code&) override;
   void on_body_init_impl(const boost::optional<std::uint64_t>& length, beast::error_code&) override;
@@ -687,11 +680,12 @@ std::optional<fast_response> read_response_head(std::string_view buffered, respo
   if (length == 0) return std::nullopt;
   protocol::http1_head head;
   out.headers.clear();
-  out.headers.reserve(12);
+  // A field's lengths take 8 bytes where its ": " and CRLF took 4; the status line is not kept.
+  out.headers.reserve(length + 32);
   // The reader takes names that are tokens and values without control bytes but HTAB only: what
   // valid_field_name() and valid_field_value() ask of the parser's fields.
   const bool taken = protocol::read_head(buffered.substr(0, length), false, head, [&](const protocol::head_field& f) {
-    out.headers.emplace_back(lower(f.name), std::string(f.value));
+    out.headers.emplace_back_lower(f.name, f.value);
   });
   if (!taken || !head.content_length) return std::nullopt;
   out.status = head.status;

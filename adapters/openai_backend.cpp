@@ -17,12 +17,6 @@ namespace {
 
 constexpr std::size_t pause_above_bytes = 1 << 20;  // stop reading the upstream past this
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
-  return out;
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
@@ -143,7 +137,7 @@ class openai_call final : public call, mailbox_producer {
       self->bad_head_ = true;
       return 0;  // curl ends the transfer with CURLE_WRITE_ERROR
     }
-    self->head_.headers.emplace_back(lower(name), std::string(value));
+    self->head_.headers.emplace_back_lower(name, value);
     return n;
   }
 

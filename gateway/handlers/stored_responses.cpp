@@ -194,8 +194,8 @@ net::awaitable<bool> handle_stored_response(request_context& ctx) {
   const auto watch = ctx.out.watch(*call, false);
   call_event ev = co_await call->next();
   if (ev.type == call_event::kind::head) {
-    const std::string* type = ev.head.find("content-type");
-    if (type != nullptr && type->find("text/event-stream") != std::string::npos) {
+    const auto type = ev.head.find("content-type");
+    if (type && type->find("text/event-stream") != std::string_view::npos) {
       ctx.out.unwatch(watch);
       const auto stream_watch = ctx.out.watch(*call, true);
       const bool keep = co_await relay_stream(ctx, *call, ev.head, names);
@@ -204,7 +204,7 @@ net::awaitable<bool> handle_stored_response(request_context& ctx) {
     }
     buffered_response res;
     res.status = ev.head.status;
-    res.content_type = type != nullptr ? *type : "application/json";
+    res.content_type = type ? *type : "application/json";
     for (const auto& [name, value] : ev.head.headers) {
       if (relayed_header(name)) res.headers.emplace_back(name, value);
     }

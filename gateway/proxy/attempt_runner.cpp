@@ -235,15 +235,15 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
   t.health->record_first_byte(std::chrono::duration_cast<std::chrono::microseconds>(first_byte));
   st.first_byte = std::chrono::duration<double>(first_byte).count();
   adapters::response_head head = std::move(ev.head);
-  if (const std::string* enc = head.find("content-encoding");
-      enc != nullptr && !boost::beast::iequals(*enc, "identity")) {
+  if (const auto enc = head.find("content-encoding"); enc && !boost::beast::iequals(*enc, "identity")) {
     // We ask for identity: an encoded body could be neither metered nor relayed as it is.
     co_return relay_outcome{relay_kind::failed, false,
-                            failed_event("upstream answered with Content-Encoding " + *enc + " (identity was asked for)"),
+                            failed_event("upstream answered with Content-Encoding " + std::string(*enc) +
+                                         " (identity was asked for)"),
                             {}};
   }
-  const std::string* type = head.find("content-type");
-  const bool sse = type != nullptr && type->find("text/event-stream") != std::string::npos;
+  const auto type = head.find("content-type");
+  const bool sse = type && type->find("text/event-stream") != std::string_view::npos;
   if (stream && sse && head.status >= 200 && head.status < 300) {
     const delivery d = co_await sink_.deliver_stream(call, head);
     if (!d.reached) co_return relay_outcome{relay_kind::gone, false, {}, {}};
@@ -255,13 +255,6 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
   // Whole answers (and errors) are read completely first: a break mid-body can still fail over.
   buffered_response res;
   res.status = head.status;
-  if (type != nullptr) {
-    // head is this frame's own (moved out of the event) and its content-type is read no more:
-    // the value is moved, not copied (a 16-byte "application/json" is an allocation).
-    res.content_type = std::move(const_cast<std::string&>(*type));
-  } else {
-    res.content_type = "application/json";
-  }
   for (const auto& [name, value] : head.headers) {
     if (relayed_header(name)) res.headers.emplace_back(name, value);
     if (name == "retry-after") res.retry_after = parse_retry_after(value);
@@ -271,10 +264,17 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
   // first event's string is taken as it is when it holds that much (the built-in client reads such
   // an answer whole into one), or when no length is known.
   std::size_t expected = 0;
-  if (const std::string* length = head.find("content-length"); length != nullptr) {
+  if (const auto length = head.find("content-length")) {
     std::size_t n = 0;
     const auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
     if (ec == std::errc() && end == length->data() + length->size()) expected = std::min(n, max_upstream_body + 1);
+  }
+  if (type) {
+    // head is this frame's own (moved out of the event) and read no more: its content-type takes
+    // the fields' storage, not a copy (a 16-byte "application/json" is an allocation).
+    res.content_type = head.headers.release_value("content-type");
+  } else {
+    res.content_type = "application/json";
   }
   for (;;) {
     ev = co_await call.next();
