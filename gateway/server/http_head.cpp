@@ -11,7 +11,9 @@ namespace tollgate::gateway {
 
 namespace http = boost::beast::http;
 
-response_head_text::response_head_text(int status) {
+response_head_text::response_head_text(int status, std::string& storage) : text_(storage) {
+  text_.clear();
+  if (text_.capacity() > 4096) text_.shrink_to_fit();  // a connection keeps no large head
   text_.reserve(256);
   text_.append("HTTP/1.1 ");
   char code[8];

@@ -15,7 +15,12 @@ namespace tollgate::gateway {
 
 class response_head_text {
  public:
-  explicit response_head_text(int status);
+  explicit response_head_text(int status) : response_head_text(status, own_) {}
+  /// Written into storage (its bytes replaced): a connection that keeps one string for its
+  /// answers' heads allocates none a request. It must outlive the text's write.
+  response_head_text(int status, std::string& storage);
+  response_head_text(const response_head_text&) = delete;
+  response_head_text& operator=(const response_head_text&) = delete;
 
   /// Adds "name: value". Names and values come from the gateway or from a parsed upstream head,
   /// so they hold no line breaks.
@@ -26,7 +31,8 @@ class response_head_text {
   const std::string& finish(std::optional<std::size_t> content_length, bool keep_alive);
 
  private:
-  std::string text_;
+  std::string own_;
+  std::string& text_;
 };
 
 /// The transfer codings of a request, over all its Transfer-Encoding fields. A body may be

@@ -85,7 +85,7 @@ net::awaitable<bool> responder::send(http::response<http::string_body> res, bool
     res.result(a.status);
     res.body() = std::move(a.body);
   }
-  response_head_text head(res.result_int());
+  response_head_text head(res.result_int(), head_text_);
   for (const auto& f : res.base()) head.field(f.name_string(), f.value());
   decorate(head);
   co_return co_await write_whole(head, res.result_int(), res.body(), keep_alive);
@@ -114,7 +114,7 @@ net::awaitable<bool> responder::send_buffered(buffered_response b) {
     b.body = std::move(a.body);
     b.content_type = "application/json";
   }
-  response_head_text head(b.status);
+  response_head_text head(b.status, head_text_);
   head.field("Content-Type", b.content_type);
   for (const auto& [name, value] : b.headers) {
     if (pass_header(name)) head.field(name, value);
@@ -129,7 +129,7 @@ net::awaitable<bool> responder::send_buffered(buffered_response b) {
 }
 
 net::awaitable<bool> responder::start_upstream_stream(const adapters::response_head& head) {
-  response_head_text res(head.status);
+  response_head_text res(head.status, head_text_);
   res.field("Content-Type", "text/event-stream").field("Cache-Control", "no-cache");
   for (const auto& [name, value] : head.headers) {
     if (pass_header(name)) res.field(name, value);

@@ -118,6 +118,7 @@ class responder {
   const std::string* upstream_model_ = nullptr;
   std::string cors_origin_;  // the request's Origin when server.cors allows it
   std::vector<std::pair<std::string, std::string>> ratelimit_;  // x-ratelimit-* of a key with limits
+  std::string head_text_;  // the answers' heads are written here, one at a time (kept: no allocation a request)
   char peek_byte_[1];
 };
 
