@@ -154,6 +154,24 @@ class header_fields {
   };
 
   header_fields() = default;
+  header_fields(const header_fields&) = default;
+  header_fields& operator=(const header_fields&) = default;
+  // An empty head (a data event's) moves nothing: a string's move copies its inline buffer.
+  header_fields(header_fields&& other) noexcept : count_(std::exchange(other.count_, 0)) {
+    if (!other.text_.empty()) text_ = std::move(other.text_);
+    other.text_.clear();
+  }
+  header_fields& operator=(header_fields&& other) noexcept {
+    if (this == &other) return *this;
+    count_ = std::exchange(other.count_, 0);
+    if (other.text_.empty()) {
+      text_.clear();
+    } else {
+      text_ = std::move(other.text_);
+    }
+    other.text_.clear();
+    return *this;
+  }
   /// From name and value pairs, in order (names as given).
   header_fields(const std::vector<std::pair<std::string, std::string>>& fields) {  // NOLINT: implicit, as the list was
     for (const auto& [name, value] : fields) emplace_back(name, value);
