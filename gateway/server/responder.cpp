@@ -170,7 +170,11 @@ net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::wr
 }
 
 std::shared_ptr<client_watch> responder::watch(adapters::call& call, bool at_once) {
-  auto watch = std::make_shared<client_watch>();
+  // The last request's watch, when no one holds it any more (its caller let it go and no peek's
+  // handler is pending: all on this thread), serves again: no allocation a request.
+  if (last_watch_ == nullptr || last_watch_.use_count() != 1) last_watch_ = std::make_shared<client_watch>();
+  auto watch = last_watch_;
+  watch->armed = watch->done = watch->gone = false;
   watch->active = &call;
   if (at_once) {
     arm(watch);

@@ -119,6 +119,7 @@ class responder {
   std::string cors_origin_;  // the request's Origin when server.cors allows it
   std::vector<std::pair<std::string, std::string>> ratelimit_;  // x-ratelimit-* of a key with limits
   std::string head_text_;  // the answers' heads are written here, one at a time (kept: no allocation a request)
+  std::shared_ptr<client_watch> last_watch_;  // reused by the next watch when nothing else holds it
   char peek_byte_[1];
 };
 
