@@ -1061,25 +1061,19 @@ class cuda_backend final : public forward_backend {
     // follows (it takes the router kernel's other work, the shared experts' SiLU-mul).
     // The router's columns are cut finer than the rest (skinny_plan's lead blocks), at every batch
     // size, so that a lone token's logits are summed and routed while the shared columns stream.
-    bool routed = false;
+    bool routed = false, done = false;
     if constexpr (std::is_same_v<T, bf16>) {
       if (uses_skinny(N, h, first.w, first.rows, first.cols)) {
         const auto plan = cuda::skinny_split(first.rows, first.cols, sms_, skinny_workspace_floats, E, router_chunks_);
-        if (route_in_product_ && N == 1 && !L.experts_gate_up_fp8.w && fused_silu_ &&
-            cuda::expert_gate_up_silu_fits(I, H) && cuda::skinny_route_fits(plan, N, first.rows, rc)) {
-          const cuda::skinny_route route{rc, L.score_bias, ids, wts, groups};
-          cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_,
-                            &route);
-          routed = true;
-        } else {
-          cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_);
-        }
-      } else {
-        gemm(h, N, first, router_logits, CUDA_R_32F);
+        routed = route_in_product_ && N == 1 && !L.experts_gate_up_fp8.w && fused_silu_ &&
+                 cuda::expert_gate_up_silu_fits(I, H) && cuda::skinny_route_fits(plan, N, first.rows, rc);
+        const cuda::skinny_route route{rc, L.score_bias, ids, wts, groups};
+        cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_,
+                          routed ? &route : nullptr);
+        done = true;
       }
-    } else {
-      gemm(h, N, first, router_logits, CUDA_R_32F);
     }
+    if (!done) gemm(h, N, first, router_logits, CUDA_R_32F);
     // A decode step's shared experts: in the router's kernel (or, routed in the product, the
     // gate-up product) and the routed down product, or their own SiLU-mul and product.
     cuda::shared_experts in_experts;

@@ -15,8 +15,8 @@ constexpr int skinny_ahead = 4;  // 32-value chunks of a weight row whose loads 
 constexpr int skinny_cols = 8 * skinny_tiles * skinny_warps;
 constexpr int skinny_chunk_units = 4 * skinny_ahead;  // 16-byte units a warp covers an iteration
 
-// grid (column blocks, K slices), or with lead blocks one dimension (block_of). Each warp owns 16 columns of one K slice and carries every row
-// tile (16 rows each) of x against them: the weight chunk is loaded once (streamed past L1) and
+// grid (column blocks, K slices), or with lead blocks one dimension (block_of). Each warp owns 16
+// columns of one K slice and carries every row tile (16 rows each) of x against them: the weight chunk is loaded once (streamed past L1) and
 // used for all RT row tiles; the four warps of a block read the same x values, which L1 serves.
 // The k order within a 32-value chunk is permuted alike in A and B (lane q holds units q, q + 4,
 // ...), as in the expert kernel. Rows past M repeat row M - 1 and are never stored.
