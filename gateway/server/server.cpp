@@ -129,7 +129,11 @@ std::int64_t server::shutdown(std::chrono::milliseconds timeout) {
   shared_.draining = true;
   for (auto& w : workers_) w->begin_drain();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (shared_.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+  // Every connection is waited for, not only the requests counted in flight: the drain reaches a
+  // worker's loop after this wait begins, and a request read before that (in flight a moment
+  // later) or a body still being read is not counted yet. Idle connections end at the drain.
+  while ((shared_.in_flight.load() > 0 || shared_.open_sessions.load() > 0) &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   const std::int64_t cut = shared_.in_flight.load();

@@ -84,6 +84,8 @@ class session {
         // would find nothing, a system call spent before epoll reports the request. Let the
         // handlers already queued run first (no delay when there are none).
         co_await net::post(socket_.get_executor(), net::use_awaitable);
+        // The drain may have run meanwhile: it cancels only the reads it finds waiting.
+        if (w_.shared().draining) break;
       }
       answered = true;
       request& req = req_;  // the connection's: its storage serves every request
