@@ -390,7 +390,8 @@ TEST_CASE("shutdown lets in-flight requests finish and refuses new ones", "[inte
 
 TEST_CASE("shutdown answers a request whose body is still arriving when the drain begins", "[integration][shutdown]") {
   // Such a request is not counted in flight yet (its body is being read): the drain waits for
-  // its connection too, instead of closing it once nothing is counted.
+  // its connection too, instead of closing it once nothing is counted. Expect: 100-continue
+  // shows when the gateway has read the head and waits for the body.
   gateway_fixture f;
   response_script ok;
   ok.body = R"({"ok":true})";
@@ -400,15 +401,21 @@ TEST_CASE("shutdown answers a request whose body is still arriving when the drai
   net::ip::tcp::socket s(io);
   s.connect({net::ip::make_address("127.0.0.1"), f.server->port()});
   const std::string head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                           std::string(client_key) + "\r\nContent-Type: application/json\r\nContent-Length: " +
-                           std::to_string(chat_body.size()) + "\r\n\r\n";
-  net::write(s, net::buffer(head + chat_body.substr(0, 10)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the head is read, the body awaited
-  auto cut = std::async(std::launch::async, [&] { return f.server->shutdown(std::chrono::seconds(5)); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  net::write(s, net::buffer(chat_body.substr(10)));
+                           std::string(client_key) + "\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n" +
+                           "Content-Length: " + std::to_string(chat_body.size()) + "\r\n\r\n";
+  net::write(s, net::buffer(head));
   std::string got;
   boost::system::error_code ec;
+  while (got.find("\r\n\r\n") == std::string::npos && !ec) {
+    char buf[256];
+    const std::size_t n = s.read_some(net::buffer(buf), ec);
+    got.append(buf, n);
+  }
+  REQUIRE(got.starts_with("HTTP/1.1 100"));
+  auto cut = std::async(std::launch::async, [&] { return f.server->shutdown(std::chrono::seconds(5)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  net::write(s, net::buffer(chat_body));
+  got.clear();
   while (!ec) {
     char buf[4096];
     const std::size_t n = s.read_some(net::buffer(buf), ec);
