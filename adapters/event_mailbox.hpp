@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string_view>
 
@@ -25,6 +26,23 @@ class mailbox_waiters;
 /// The list of io's mailboxes (an io_context service, made on first use). Looking it up takes
 /// the io_context's service registry lock: a loop that makes many mailboxes keeps the pointer.
 mailbox_waiters& mailbox_list(boost::asio::io_context& io);
+
+/// A steady_timer of one io_context, taken from the idle ones that its mailbox list keeps and
+/// given back, cancelled, when this is destroyed: making a timer looks Asio's timer service up
+/// under the service registry's lock, and moving one takes the reactor's lock; a kept one is used
+/// again without either. Made, used and destroyed on the io_context's thread.
+class loop_timer {
+ public:
+  explicit loop_timer(mailbox_waiters& list);
+  ~loop_timer();
+  loop_timer(const loop_timer&) = delete;
+  loop_timer& operator=(const loop_timer&) = delete;
+  boost::asio::steady_timer* operator->() const { return timer_.get(); }
+
+ private:
+  mailbox_waiters& list_;
+  std::unique_ptr<boost::asio::steady_timer> timer_;
+};
 
 /// What a mailbox asks of the call that fills it.
 class mailbox_producer {
@@ -109,14 +127,14 @@ class event_mailbox {
   void on_timer();
 
   boost::asio::io_context::executor_type io_;
+  mailbox_waiters* list_;             // the io_context's mailboxes (for a shutdown with readers waiting)
   event_queue events_;
   std::optional<call_event> terminal_;
-  boost::asio::steady_timer timer_;  // armed for the current wait's deadline or earlier
+  loop_timer timer_;                  // armed for the current wait's deadline or earlier
   config::duration first_token_;
   config::duration idle_;
   std::function<void()> hook_;
   std::optional<waiter> waiter_;     // the reader, while it waits
-  mailbox_waiters* list_;             // the io_context's mailboxes (for a shutdown with readers waiting)
   event_mailbox* prev_listed_ = nullptr;
   event_mailbox* next_listed_ = nullptr;
   clock::time_point deadline_{};     // when the current wait's silence comes

@@ -107,7 +107,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         refs_(refs),
         body_(std::move(request.body)),
         parts_(std::move(request.parts)),
-        deadline_(refs.io),
+        deadline_(refs.mailboxes != nullptr ? *refs.mailboxes : mailbox_list(refs.io)),
         mailbox_(refs.io, origin.timeouts, refs.mailboxes),
         stream_(request.stream),
         read_size_(request.stream ? stream_read_size : read_size) {
@@ -145,8 +145,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   }
 
   void begin() {
-    deadline_.expires_after(origin_.timeouts.total);
-    deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    deadline_->expires_after(origin_.timeouts.total);
+    deadline_->async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (ec) return;
       if (self->mailbox_.ended()) {
         // Answered, but the request is still being written past the total timeout: give up on
@@ -346,7 +346,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
                        if (ec) self->write_failed_ = true;
                        if (self->pool_after_write_) {  // answered already: the connection is free now
                          self->pool_after_write_ = false;
-                         self->deadline_.cancel();
+                         self->deadline_->cancel();
                          if (ec) {
                            self->close_connection();
                          } else {
@@ -597,7 +597,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   }
 
   void stop_timers() {
-    deadline_.cancel();
+    deadline_->cancel();
     if (connect_timer_) connect_timer_->cancel();
     if (resolver_) resolver_->cancel();
   }
@@ -628,7 +628,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   std::optional<tcp::resolver> resolver_;
   std::optional<net::steady_timer> connect_timer_;
   std::chrono::steady_clock::time_point connect_deadline_;
-  net::steady_timer deadline_;  // the total timeout
+  loop_timer deadline_;  // the total timeout
   event_mailbox mailbox_;
   bool got_bytes_ = false;  // the current connection sent part of an answer
   bool reading_ = false;
