@@ -97,7 +97,7 @@ event_mailbox::event_mailbox(net::io_context& io, const config::timeouts_config&
 
 event_mailbox::~event_mailbox() { list_->remove(this); }
 
-void event_mailbox::push(call_event ev) {
+void event_mailbox::push(call_event&& ev) {
   if (ev.type == call_event::kind::head) seen_head_ = true;
   if (ev.type == call_event::kind::data) queued_bytes_ += ev.data.size();
   events_.push_back(std::move(ev));

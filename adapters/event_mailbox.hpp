@@ -77,18 +77,18 @@ class event_mailbox {
   // The producer's side.
 
   /// Appends an event and wakes the reader.
-  void push(call_event ev);
+  void push(call_event&& ev);
   /// Appends response bytes: to the last event when it is data the reader has not taken yet (no
   /// wake is needed then), else as a new data event.
   void add_data(std::string_view bytes);
   /// Sets the terminal event (end or failed) without waking the reader: for a producer that
   /// wakes it later, or whose reader is gone.
-  void stop(call_event terminal) {
+  void stop(call_event&& terminal) {
     terminal_ = std::move(terminal);
     if (!waiter_) disarm();  // no wait comes after the terminal event
   }
   /// Sets the terminal event and wakes the reader.
-  void end(call_event terminal) {
+  void end(call_event&& terminal) {
     stop(std::move(terminal));
     wake();
   }

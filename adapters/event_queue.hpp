@@ -17,7 +17,7 @@ class event_queue {
  public:
   bool empty() const { return front_ == events_.size(); }
   call_event& back() { return events_.back(); }
-  void push_back(call_event ev) { events_.push_back(std::move(ev)); }
+  void push_back(call_event&& ev) { events_.push_back(std::move(ev)); }
   void clear() {
     events_.clear();
     front_ = 0;
