@@ -194,8 +194,28 @@ class header_fields {
   }
   /// Appends a field with its name in ASCII lower case (a field name is a token: ASCII only).
   void emplace_back_lower(std::string_view name, std::string_view value) {
-    char* to = append(name.size(), value);
-    for (const char c : name) *to++ = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
+    char* const to = append(name.size(), value);
+    const char* const from = name.data();
+    const std::size_t n = name.size();
+    // Eight bytes at a time (four for a short name), the last step ending at the name's end:
+    // it may lower bytes the one before it lowered already, to the same bytes.
+    const auto lower = [&]<class word>(std::size_t at, word) {
+      word w;
+      std::memcpy(&w, from + at, sizeof w);
+      w |= static_cast<word>(upper_case_bits(w));
+      std::memcpy(to + at, &w, sizeof w);
+    };
+    if (n >= 8) {
+      for (std::size_t at = 0; at + 8 < n; at += 8) lower(at, std::uint64_t{});
+      lower(n - 8, std::uint64_t{});
+    } else if (n >= 4) {
+      lower(0, std::uint32_t{});
+      lower(n - 4, std::uint32_t{});
+    } else {
+      for (std::size_t i = 0; i < n; ++i) {
+        to[i] = (from[i] >= 'A' && from[i] <= 'Z') ? static_cast<char>(from[i] + ('a' - 'A')) : from[i];
+      }
+    }
   }
 
   /// The value of the first field of that name (compared as it is), if any; valid until the
@@ -237,6 +257,17 @@ class header_fields {
 
   /// Appends a field's lengths and value, with room for its name before the value; returns where
   /// the name goes.
+  /// 0x20 in each byte of w from 'A' to 'Z', 0 in every other: the case bit those bytes lack.
+  static std::uint64_t upper_case_bits(std::uint64_t w) {
+    constexpr std::uint64_t ones = 0x0101010101010101ull;
+    // No sum below carries into the next byte: a byte's low seven bits plus 0x3f or 0x25 stay
+    // under 0x100. Bit 7 of each sum tells whether those bits reach 'A', or pass 'Z'.
+    const std::uint64_t low7 = w & (0x7f * ones);
+    const std::uint64_t from_a = low7 + (0x80 - 'A') * ones;
+    const std::uint64_t past_z = low7 + (0x7f - 'Z') * ones;
+    return (from_a & ~past_z & ~w & (0x80 * ones)) >> 2;  // ~w: bytes past 127 are no letters
+  }
+
   char* append(std::size_t name_size, std::string_view value) {
     const std::uint32_t n[2] = {static_cast<std::uint32_t>(name_size), static_cast<std::uint32_t>(value.size())};
     const std::size_t at = text_.size();

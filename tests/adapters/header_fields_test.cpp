@@ -21,6 +21,28 @@ std::vector<std::pair<std::string, std::string>> listed(const header_fields& h) 
 
 }  // namespace
 
+TEST_CASE("names are lower-cased byte for byte, every byte at every place", "[header_fields]") {
+  // Names of 1 to 19 bytes: the eight-byte steps and the bytes after them.
+  for (std::size_t size = 1; size <= 19; ++size) {
+    for (std::size_t at = 0; at < size; ++at) {
+      for (int c = 0; c < 256; ++c) {
+        std::string name(size, 'M');
+        name[at] = static_cast<char>(c);
+        if (at + 1 < size) name[at + 1] = static_cast<char>(255 - c);
+        std::string expected = name;
+        for (char& e : expected) {
+          if (e >= 'A' && e <= 'Z') e = static_cast<char>(e - 'A' + 'a');
+        }
+        header_fields h;
+        h.emplace_back_lower(name, "v");
+        const auto [got, value] = *h.begin();
+        REQUIRE(got == expected);
+        REQUIRE(value == "v");
+      }
+    }
+  }
+}
+
 TEST_CASE("header fields keep names, values and their order", "[header_fields]") {
   header_fields h;
   CHECK(h.empty());
