@@ -80,10 +80,11 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
   if (!rename && stream_options_.empty()) {
     if (!body.empty()) up.parts.push_back({body, {}});
   } else {
-    const std::string model = rename ? protocol::json_quote(t.model) : std::string();
+    // The target's name as a literal is also what its answers are renamed from: quoted once.
+    if (rename) quote_names(t.model);
     std::string added;
     const auto pieces =
-        protocol::edit_body_pieces(body, fields_, rename ? std::optional<std::string_view>(model) : std::nullopt,
+        protocol::edit_body_pieces(body, fields_, rename ? std::optional<std::string_view>(rename_from_) : std::nullopt,
                          stream_options_.empty() ? std::nullopt : std::optional<std::string_view>(stream_options_), added);
     up.parts.reserve(pieces.size());
     for (const protocol::body_piece& p : pieces) {
@@ -195,12 +196,15 @@ bool exchange::take_usage(std::string_view event) {
 /// dialects name it themselves.
 bool exchange::renames_model() {
   if ((ctx_.dialect != nullptr && !ctx_.dialect->relays()) || res_.upstream_model == fields_.model) return false;
-  if (renamed_for_ != res_.upstream_model) {
-    renamed_for_ = res_.upstream_model;
-    rename_from_ = protocol::json_quote(res_.upstream_model);
-    rename_to_ = protocol::json_quote(fields_.model);
-  }
+  quote_names(res_.upstream_model);
   return true;
+}
+
+void exchange::quote_names(const std::string& upstream_model) {
+  if (renamed_for_ == upstream_model) return;
+  renamed_for_ = upstream_model;
+  rename_from_ = protocol::json_quote(upstream_model);
+  rename_to_ = protocol::json_quote(fields_.model);
 }
 
 // Not a coroutine: the answer moves into the responder's frame.

@@ -47,6 +47,8 @@ class exchange final : public attempt_env, public attempt_sink {
   bool take_usage(std::string_view event);
   /// Whether answers are renamed to the model the client asked for; prepares the literals.
   bool renames_model();
+  /// Sets the literals below for that upstream name, unless they are set for it already.
+  void quote_names(const std::string& upstream_model);
 
   request_context& ctx_;
   proxy_result& res_;
