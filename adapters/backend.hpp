@@ -255,8 +255,6 @@ class header_fields {
  private:
   static constexpr std::size_t prefix = 2 * sizeof(std::uint32_t);
 
-  /// Appends a field's lengths and value, with room for its name before the value; returns where
-  /// the name goes.
   /// 0x20 in each byte of w from 'A' to 'Z', 0 in every other: the case bit those bytes lack.
   static std::uint64_t upper_case_bits(std::uint64_t w) {
     constexpr std::uint64_t ones = 0x0101010101010101ull;
@@ -268,6 +266,8 @@ class header_fields {
     return (from_a & ~past_z & ~w & (0x80 * ones)) >> 2;  // ~w: bytes past 127 are no letters
   }
 
+  /// Appends a field's lengths and value, with room for its name before the value; returns where
+  /// the name goes.
   char* append(std::size_t name_size, std::string_view value) {
     const std::uint32_t n[2] = {static_cast<std::uint32_t>(name_size), static_cast<std::uint32_t>(value.size())};
     const std::size_t at = text_.size();
