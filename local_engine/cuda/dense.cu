@@ -2,7 +2,9 @@
 #include "local_engine/cuda/route.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 namespace tollgate::engine::cuda {
@@ -14,6 +16,64 @@ constexpr int skinny_tiles = 2;  // n-tiles of 8 columns a warp carries: a block
 constexpr int skinny_ahead = 4;  // 32-value chunks of a weight row whose loads are issued together
 constexpr int skinny_cols = 8 * skinny_tiles * skinny_warps;
 constexpr int skinny_chunk_units = 4 * skinny_ahead;  // 16-byte units a warp covers an iteration
+
+// A warp's two 8-row tiles of W from column n_base (rows past N repeat row N - 1). The weights do
+// not depend on the kernel before: their first lines are asked of L2 while that kernel finishes
+// (up to 1 KB of each row's units [u0, u1); lane q takes lines q, q + 4).
+__device__ __forceinline__ void skinny_rows_ahead(const bf16* W, int N, int K, int n_base, int u0, int u1,
+                                                  const uint4* (&wrow)[skinny_tiles]) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+#pragma unroll
+  for (int t = 0; t < skinny_tiles; ++t) {
+    const int n = min(n_base + t * 8 + g, N - 1);
+    wrow[t] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(n) * K);
+  }
+#pragma unroll
+  for (int t = 0; t < skinny_tiles; ++t)
+    for (int j = q; j < 8; j += 4)
+      if (u0 + 8 * j < u1) prefetch_l2(wrow[t] + u0 + 8 * j);
+}
+
+// One warp's sums of its 16 columns (rows wrow of W) over units [u0, u1) against every row tile
+// of x (rows at xa and xc, as 16-byte unit offsets): weights streamed past L1 once, x from L1.
+template <int RT>
+__device__ __forceinline__ void skinny_warp_sums(const uint4* const (&wrow)[skinny_tiles], const uint4* xv,
+                                                 const int (&xa)[RT], const int (&xc)[RT], int u0, int u1,
+                                                 float (&c)[RT][skinny_tiles][4]) {
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const int q = threadIdx.x & 3;
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int t = 0; t < skinny_tiles; ++t) c[r][t][0] = c[r][t][1] = c[r][t][2] = c[r][t][3] = 0;
+  for (int k = u0; k < u1; k += skinny_chunk_units) {
+    uint4 B[skinny_ahead][skinny_tiles];
+#pragma unroll
+    for (int u = 0; u < skinny_ahead; ++u) {
+      const bool in = k + 4 * u < u1;
+#pragma unroll
+      for (int t = 0; t < skinny_tiles; ++t) B[u][t] = in ? load_streaming(wrow[t] + k + 4 * u + q) : zero;
+    }
+#pragma unroll
+    for (int r = 0; r < RT; ++r) {
+      uint4 A[skinny_ahead], C[skinny_ahead];
+#pragma unroll
+      for (int u = 0; u < skinny_ahead; ++u) {
+        const bool in = k + 4 * u < u1;
+        A[u] = in ? xv[xa[r] + k + 4 * u] : zero;
+        C[u] = in ? xv[xc[r] + k + 4 * u] : zero;
+      }
+#pragma unroll
+      for (int u = 0; u < skinny_ahead; ++u) {
+#pragma unroll
+        for (int t = 0; t < skinny_tiles; ++t) {
+          mma_bf16(c[r][t], A[u].x, C[u].x, A[u].y, C[u].y, B[u][t].x, B[u][t].y);
+          mma_bf16(c[r][t], A[u].z, C[u].z, A[u].w, C[u].w, B[u][t].z, B[u][t].w);
+        }
+      }
+    }
+  }
+}
 
 // grid (column blocks, K slices), or with lead blocks one dimension (block_of). Each warp owns 16
 // columns of one K slice and carries every row tile (16 rows each) of x against them: the weight chunk is loaded once (streamed past L1) and
@@ -51,19 +111,8 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
   const skinny_block blk = block_of(plan, N);
   const int u0 = blk.slice * blk.units_per_split, u1 = min(units, u0 + blk.units_per_split);
   const int n_base = (blk.column_block * skinny_warps + warp) * 8 * skinny_tiles;
-  const uint4 zero = make_uint4(0, 0, 0, 0);
   const uint4* wrow[skinny_tiles];
-#pragma unroll
-  for (int t = 0; t < skinny_tiles; ++t) {
-    const int n = min(n_base + t * 8 + g, N - 1);
-    wrow[t] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(n) * K);
-  }
-  // The weights do not depend on the kernel before: their first lines are asked of L2 while that
-  // kernel finishes (up to 1 KB of each row; lane q takes lines q, q + 4).
-#pragma unroll
-  for (int t = 0; t < skinny_tiles; ++t)
-    for (int j = q; j < 8; j += 4)
-      if (u0 + 8 * j < u1) prefetch_l2(wrow[t] + u0 + 8 * j);
+  skinny_rows_ahead(W, N, K, n_base, u0, u1, wrow);
   wait_for_prerequisites();
   // x has at most 64 rows: its offsets in 16-byte units fit 32 bits, and spare registers.
   const uint4* xv = reinterpret_cast<const uint4*>(x);
@@ -74,38 +123,7 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
     xc[r] = min(r * 16 + g + 8, M - 1) * units + q;
   }
   float c[RT][skinny_tiles][4];
-#pragma unroll
-  for (int r = 0; r < RT; ++r)
-#pragma unroll
-    for (int t = 0; t < skinny_tiles; ++t) c[r][t][0] = c[r][t][1] = c[r][t][2] = c[r][t][3] = 0;
-
-  for (int k = u0; k < u1; k += skinny_chunk_units) {
-    uint4 B[skinny_ahead][skinny_tiles];
-#pragma unroll
-    for (int u = 0; u < skinny_ahead; ++u) {
-      const bool in = k + 4 * u < u1;
-#pragma unroll
-      for (int t = 0; t < skinny_tiles; ++t) B[u][t] = in ? load_streaming(wrow[t] + k + 4 * u + q) : zero;
-    }
-#pragma unroll
-    for (int r = 0; r < RT; ++r) {
-      uint4 A[skinny_ahead], C[skinny_ahead];
-#pragma unroll
-      for (int u = 0; u < skinny_ahead; ++u) {
-        const bool in = k + 4 * u < u1;
-        A[u] = in ? xv[xa[r] + k + 4 * u] : zero;
-        C[u] = in ? xv[xc[r] + k + 4 * u] : zero;
-      }
-#pragma unroll
-      for (int u = 0; u < skinny_ahead; ++u) {
-#pragma unroll
-        for (int t = 0; t < skinny_tiles; ++t) {
-          mma_bf16(c[r][t], A[u].x, C[u].x, A[u].y, C[u].y, B[u][t].x, B[u][t].y);
-          mma_bf16(c[r][t], A[u].z, C[u].z, A[u].w, C[u].w, B[u][t].z, B[u][t].w);
-        }
-      }
-    }
-  }
+  skinny_warp_sums<RT>(wrow, xv, xa, xc, u0, u1, c);
 
   // The next kernel is placed once every block has read its weights, not when the blocks start:
   // placed at the start, it lets the one after it be placed in turn, and a chain of products
@@ -180,6 +198,54 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
   }
 }
 
+// A plan's K slices as the warp groups of one block (skinny_plan::slices_in_block), for up to 16
+// rows: warp w takes slice w / col_warps and the 16 columns (blockIdx.x col_warps + w % col_warps)
+// 16 onwards. The slices' sums meet in shared memory and are added in slice order, as the last
+// block of a column block adds them from the scratch in skinny_mma_kernel: the same bits, with no
+// partial sums through L2, no arrival count and no last block's second round trip.
+template <typename OutT>
+__global__ void __launch_bounds__(32 * skinny_block_slices, 2)
+    skinny_slices_kernel(const bf16* x, int M, const bf16* W, int N, int K, int units_per_split, int col_warps,
+                         OutT* y) {
+  extern __shared__ float sums[];  // [slice][column warp][16 rows][16 columns]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int slices = static_cast<int>(blockDim.x >> 5) / col_warps;
+  const int slice = warp / col_warps, cw = warp % col_warps;
+  const int units = K / 8;
+  const int u0 = slice * units_per_split, u1 = min(units, u0 + units_per_split);
+  const int n_base = (static_cast<int>(blockIdx.x) * col_warps + cw) * 8 * skinny_tiles;
+  const uint4* wrow[skinny_tiles];
+  skinny_rows_ahead(W, N, K, n_base, u0, u1, wrow);
+  wait_for_prerequisites();
+  const int xa[1] = {min(g, M - 1) * units + q}, xc[1] = {min(g + 8, M - 1) * units + q};
+  float c[1][skinny_tiles][4];
+  skinny_warp_sums<1>(wrow, reinterpret_cast<const uint4*>(x), xa, xc, u0, u1, c);
+  trigger_dependents();  // as skinny_mma_kernel: once the weights are read
+  float* mine = sums + (slice * col_warps + cw) * 256;
+#pragma unroll
+  for (int t = 0; t < skinny_tiles; ++t) {
+    const int col = t * 8 + 2 * q;
+    mine[g * 16 + col] = c[0][t][0], mine[g * 16 + col + 1] = c[0][t][1];
+    mine[(g + 8) * 16 + col] = c[0][t][2], mine[(g + 8) * 16 + col + 1] = c[0][t][3];
+  }
+  __syncthreads();
+  const int n0 = static_cast<int>(blockIdx.x) * col_warps * 16;
+  for (int i = threadIdx.x; i < col_warps * 16 * M; i += blockDim.x) {
+    const int w = i / (16 * M), r = i / 16 % M, col = i % 16, n = n0 + w * 16 + col;
+    if (n >= N) continue;
+    const int at = (w * 16 + r) * 16 + col;
+    float sum = sums[at];
+    for (int p = 1; p < slices; ++p) sum += sums[p * col_warps * 256 + at];
+    y[static_cast<size_t>(r) * N + n] = from_float<OutT>(sum);
+  }
+}
+
+
+/// Whether a product of up to 16 rows takes skinny_slices_kernel with this plan.
+inline bool slices_in_block(const skinny_plan& plan) {
+  return plan.slices_in_block && plan.lead_blocks == 0 && plan.splits >= 2 && plan.splits <= skinny_block_slices;
+}
+
 template <int RT, typename OutT>
 void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const skinny_plan& plan,
             const skinny_scratch& scratch, cudaStream_t s, const skinny_route* route) {
@@ -189,6 +255,15 @@ void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const sk
                         : dim3(static_cast<unsigned>(plan.lead_blocks * plan.lead_splits +
                                                      (col_blocks - plan.lead_blocks) * plan.splits));
   const dim3 block(32 * skinny_warps);
+  if (RT == 1 && route == nullptr && slices_in_block(plan)) {
+    const int col_warps = std::max(1, skinny_block_slices / plan.splits);
+    const int blocks = ((N + 15) / 16 + col_warps - 1) / col_warps;
+    const size_t smem = static_cast<size_t>(plan.splits) * col_warps * 256 * sizeof(float);
+    launch_dependent_smem(true, skinny_slices_kernel<OutT>, dim3(static_cast<unsigned>(blocks)),
+                          dim3(static_cast<unsigned>(32 * col_warps * plan.splits)), smem, s, x, M, W, N, K,
+                          plan.units_per_split, col_warps, y);
+    return;
+  }
   if (plan.splits == 1 && plan.lead_blocks == 0) {
     launch_dependent(skinny_mma_kernel<RT, false, OutT>, grid, block, s, x, M, W, N, K, plan, y,
                      static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr), skinny_route{});
@@ -241,7 +316,12 @@ skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats, int lea
   splits = std::min(splits, std::max(1, chunks / 2));
   const size_t per_split = static_cast<size_t>(skinny_max_rows) * static_cast<size_t>(N);
   splits = static_cast<int>(std::min<size_t>(static_cast<size_t>(splits), std::max<size_t>(1, workspace_floats / per_split)));
+  static const bool in_block = [] {
+    const char* e = std::getenv("TOLLGATE_ENGINE_SKINNY_IN_BLOCK");
+    return e == nullptr || std::string(e) != "0";
+  }();
   skinny_plan p;
+  p.slices_in_block = in_block;
   p.units_per_split = (chunks + splits - 1) / splits * device::skinny_chunk_units;
   p.splits = (units + p.units_per_split - 1) / p.units_per_split;
   if (p.splits > 1 && lead_cols > 0 && lead_chunks > 0) {

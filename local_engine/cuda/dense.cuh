@@ -2,10 +2,12 @@
 // weight byte is read once, by the block that owns its columns and a slice of K, and the slices'
 // fp32 partial sums are added in a fixed order. The split depends on the weight's shape alone, so
 // a token's row comes out bit for bit the same whatever the batch size. The last block of a column
-// block to finish adds the slices (no second kernel). Each product is launched
-// dependent on the kernel before it (programmatic dependent launch): its blocks start while that
-// kernel finishes and ask L2 for their first weight lines, then wait for its results. The backend
-// uses it up to backend_options::skinny_rows rows; larger products (prefill) stay with cuBLAS.
+// block to finish adds the slices (no second kernel); for up to 16 rows cut in at most 8 slices,
+// the slices are one block's warp groups, added in shared memory in the same order. Each product is
+// launched dependent on the kernel before it (programmatic dependent launch): its blocks start
+// while that kernel finishes and ask L2 for their first weight lines, then wait for its results.
+// The backend uses it up to backend_options::skinny_rows rows; larger products (prefill) stay with
+// cuBLAS.
 #pragma once
 
 #include <cstddef>
@@ -22,10 +24,18 @@ constexpr int skinny_max_rows = 64;
 /// The first `lead_blocks` column blocks (64 columns each) may be cut finer, in `lead_splits`
 /// slices of `lead_units`: their blocks are placed first and each reads less, so that those
 /// columns (a router's logits) are summed early while the rest of the product streams.
+/// With `slices_in_block` (skinny_split's default; TOLLGATE_ENGINE_SKINNY_IN_BLOCK=0 turns it off,
+/// for measurements), a product of up to 16 rows whose K is cut in 2 to skinny_block_slices slices
+/// and no lead blocks takes each column block's slices as the warp groups of one block, added in
+/// shared memory (the same bits as the scratch's sums): no partial sums through L2.
 struct skinny_plan {
   int splits = 1, units_per_split = 0;
   int lead_blocks = 0, lead_splits = 0, lead_units = 0;
+  bool slices_in_block = true;
 };
+
+/// The most K slices one block of the skinny product takes (slices_in_block above).
+constexpr int skinny_block_slices = 8;
 
 /// The partial-sum floats a product of M rows and N columns with this plan needs in its scratch.
 size_t skinny_partial_floats(const skinny_plan& plan, int M, int N);

@@ -146,6 +146,36 @@ TEST_CASE("gpu: skinny dense products equal a double product of the same bf16 va
   CHECK_THROWS(cu::skinny_gemm(nullptr, 65, nullptr, 64, 64, nullptr, true, {}, none, nullptr));
 }
 
+TEST_CASE("gpu: K slices added in one block give the bits of slices added through the scratch", "[gpu][dense]") {
+  // Up to 16 rows of a product cut in 2 to 8 slices take skinny_slices_kernel (the slices are a
+  // block's warp groups, added in shared memory) unless the plan says otherwise: the same bits as
+  // the partial sums through the scratch, float and bf16 out. DeepSeek-V2-Lite's kv_a, q/latent and
+  // o_proj shapes (8 slices, one column warp a block), its first layer's gate-up (2 slices, four
+  // column warps), a small K with a ragged last column warp.
+  std::mt19937 gen(std::random_device{}());
+  const int sms = multiprocessors();
+  const int shapes[][2] = {{576, 2048}, {3648, 2048}, {2048, 2048}, {2 * 10944, 2048}, {200, 416}, {136, 1024}};
+  for (const auto& sh : shapes) {
+    const int N = sh[0], K = sh[1];
+    auto in_block = cu::skinny_split(N, K, sms, size_t{4} << 20);
+    REQUIRE(in_block.splits >= 2);
+    REQUIRE(in_block.splits <= cu::skinny_block_slices);
+    in_block.slices_in_block = true;
+    auto through_scratch = in_block;
+    through_scratch.slices_in_block = false;
+    for (int M : {1, 5, 16}) {
+      const problem p = make_problem(M, N, K, gen);
+      INFO("M " << M << " N " << N << " K " << K << " splits " << in_block.splits);
+      for (bool y_float : {true, false}) {
+        const auto a = run(p, M, y_float, in_block), b = run(p, M, y_float, through_scratch);
+        CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+        if (y_float) CHECK(relative_error(a, p.ref) < 1e-5);
+      }
+    }
+    std::printf("gpu skinny N=%-5d K=%-5d splits %d: slices in one block, the scratch's bits\n", N, K, in_block.splits);
+  }
+}
+
 TEST_CASE("gpu: a row of a skinny product has the same bits alone and in a batch of 64", "[gpu][dense]") {
   std::mt19937 gen(std::random_device{}());
   const int sms = multiprocessors();
