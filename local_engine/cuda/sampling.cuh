@@ -1,5 +1,7 @@
 // Picks each row's next token on the GPU: greedy (the first largest logit), or temperature with
-// top-k and top-p cut-offs and a draw that is a function of (seed, draw index) only.
+// top-k and top-p cut-offs and a draw that is a function of (seed, draw index) only. One block a
+// row; a drawn row keeps its first 48K values in shared memory for the cut-offs' passes, which find
+// their thresholds two bits a pass.
 #pragma once
 
 #include <cstdint>

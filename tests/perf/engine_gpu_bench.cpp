@@ -11,8 +11,10 @@
 //
 //   tollgate-engine-gpu-bench [--config tests/perf/deepseek_v2_lite.json] [--dtype bfloat16]
 //       [--batches 1,16,64,256] [--context 1024] [--steps 32] [--prefill 2048] [--json FILE]
-//       [--dense 1,0] [--experts fp8|bf16] [--dense-prefill TOKENS]
+//       [--dense 1,0] [--experts fp8|bf16] [--dense-prefill TOKENS] [--sample T,P,K]
 // --dense-prefill: backend_options::dense_prefill_tokens (0: the prompt attends absorbed too).
+// --sample T,P,K: decode steps draw with temperature T, top_p P and top_k K (seed 1) instead of
+// greedily, so that the sampling kernel's cost shows in the steps.
 #include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
@@ -290,6 +292,7 @@ int main(int argc, char** argv) try {
   int context = 1024, steps = 32, prefill = 2048;
   bool fp8_experts = false;  // routed experts in FP8 (e4m3, a scale per 128 columns a row)
   int dense_prefill = eng::backend_options{}.dense_prefill_tokens;
+  eng::sampling decode_sampling{};  // greedy unless --sample
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--config") config_path = v;
@@ -301,6 +304,13 @@ int main(int argc, char** argv) try {
     else if (k == "--json") json_out = v;
     else if (k == "--dense") modes = parse_list(v);
     else if (k == "--dense-prefill") dense_prefill = std::stoi(v);
+    else if (k == "--sample") {
+      float t = 0, p = 1;
+      int top_k = 0;
+      if (std::sscanf(v.c_str(), "%f,%f,%d", &t, &p, &top_k) != 3 || t <= 0 || p <= 0 || p > 1 || top_k < 0)
+        throw std::invalid_argument("--sample takes T,P,K: a temperature over 0, top_p in (0, 1], top_k 0 or more");
+      decode_sampling = eng::sampling{t, p, top_k, 1};
+    }
     else if (k == "--experts") {
       if (v != "fp8" && v != "bf16") throw std::invalid_argument("--experts takes fp8 or bf16");
       fp8_experts = v == "fp8";
@@ -420,7 +430,12 @@ int main(int argc, char** argv) try {
       }
       std::printf("filled %d contexts of %d tokens in %.1f s\n", max_batch, context, now() - t0);
     }
-    std::printf("decode, dense products of up to %d rows on the skinny kernel, the rest on cuBLAS\n", mode);
+    std::printf("decode, dense products of up to %d rows on the skinny kernel, the rest on cuBLAS; %s\n", mode,
+                decode_sampling.temperature > 0
+                    ? ("draws at temperature " + std::to_string(decode_sampling.temperature) + ", top_p " +
+                       std::to_string(decode_sampling.top_p) + ", top_k " + std::to_string(decode_sampling.top_k))
+                          .c_str()
+                    : "greedy");
     std::printf("%-6s %-10s %-12s %-12s %-10s\n", "batch", "step ms", "tokens/s", "roofline t/s", "fraction");
     for (int B : batches) {
       std::vector<int32_t> last(static_cast<size_t>(B), 1);
@@ -432,7 +447,7 @@ int main(int argc, char** argv) try {
           items[s].tokens = {&last[s], 1};
           items[s].start = static_cast<size_t>(context + k);
           items[s].blocks = tables[s];
-          items[s].sample = &greedy;
+          items[s].sample = &decode_sampling;
           items[s].draw = static_cast<uint64_t>(k);
         }
         eng::batch_result r;
