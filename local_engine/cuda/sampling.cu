@@ -97,17 +97,17 @@ __device__ uint32_t threshold(const row_view& r, float mx, float inv_t, uint32_t
   return key;
 }
 
-__global__ void __launch_bounds__(threads) sample_kernel(const float* logits, int vocab, const sample_params* params,
-                                                         int32_t* tokens) {
+__global__ void __launch_bounds__(threads) sample_kernel(const float* logits, int vocab, int cache_floats,
+                                                         const sample_params* params, int32_t* tokens) {
   enter_in_order();
-  extern __shared__ float cache[];  // the row's first cached_max values (fewer for a greedy row)
+  extern __shared__ float cache[];  // a drawn row's first cache_floats values
   __shared__ float scratch[32];
   __shared__ float scratch3[3][32];
   __shared__ float sv[32];
   __shared__ int si[32];
   const sample_params p = params[blockIdx.x];
   const bool greedy = p.temperature <= 0 || p.top_k == 1;
-  const row_view r{logits + static_cast<size_t>(blockIdx.x) * vocab, cache, vocab, greedy ? 0 : min(vocab, cached_max)};
+  const row_view r{logits + static_cast<size_t>(blockIdx.x) * vocab, cache, vocab, greedy ? 0 : cache_floats};
   // The first largest logit: the greedy answer, and the softmax's shift. The cached part is read
   // from global memory here, and kept.
   float best = -INFINITY;
@@ -201,10 +201,16 @@ __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, in
 
 void sample_rows(const float* logits, int vocab, const sample_params* params, int n, int32_t* tokens, cudaStream_t s) {
   if (n == 0) return;
-  // Shared memory for the cached values: the most a row can use (greedy rows use none of it).
-  const size_t smem = static_cast<size_t>(std::min(vocab, device::cached_max)) * sizeof(float);
+  // Shared memory for a drawn row's first values (greedy rows use none of it): up to cached_max,
+  // as many as the device lets a block have beside the kernel's own 4 KB, a multiple of 4.
+  int device_id = 0, optin = 0;
+  check(cudaGetDevice(&device_id));
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id));
+  const int cache_floats = std::max(0, std::min({vocab, device::cached_max, (optin - 4096) / 4})) / 4 * 4;
+  const size_t smem = static_cast<size_t>(cache_floats) * sizeof(float);
   check(cudaFuncSetAttribute(device::sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  launch_early(device::sample_kernel, dim3(n), dim3(device::threads), smem, s, logits, vocab, params, tokens);
+  launch_early(device::sample_kernel, dim3(n), dim3(device::threads), smem, s, logits, vocab, cache_floats, params,
+               tokens);
   check_launch();
 }
 
