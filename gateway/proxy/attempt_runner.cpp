@@ -172,16 +172,12 @@ net::awaitable<attempt_runner::route_end> attempt_runner::try_route(const routin
         co_return route_end::exhausted;
       case relay_kind::context_exceeded:
         target.health->record_success();  // the backend is fine; the prompt is too long for it
-        st.failures.push_back({target.backend, adapters::failure::none, outcome.response.status, "context_length_exceeded"});
-        st.last_failure.reset();
-        st.last_response = std::move(outcome.response);
+        st.failures.push_back({target.backend, adapters::failure::none, st.last_response->status, "context_length_exceeded"});
         co_return route_end::context_exceeded;
       case relay_kind::retryable_status:
         target.health->record_failure(env_.now(), target.ejection);
-        st.failures.push_back({target.backend, adapters::failure::none, outcome.response.status,
-                               "answered " + std::to_string(outcome.response.status)});
-        st.last_failure.reset();
-        st.last_response = std::move(outcome.response);
+        st.failures.push_back({target.backend, adapters::failure::none, st.last_response->status,
+                               "answered " + std::to_string(st.last_response->status)});
         break;
       case relay_kind::failed:
         if (watch->gone) {
@@ -190,9 +186,7 @@ net::awaitable<attempt_runner::route_end> attempt_runner::try_route(const routin
           co_return route_end::exhausted;
         }
         target.health->record_failure(env_.now(), target.ejection);
-        st.failures.push_back({target.backend, outcome.failure.error, 0, outcome.failure.message});
-        st.last_response.reset();
-        st.last_failure = std::move(outcome.failure);
+        st.failures.push_back({target.backend, st.last_failure->error, 0, st.last_failure->message});
         break;
     }
   }
@@ -224,58 +218,74 @@ const char* attempt_runner::outcome_label(const relay_outcome& o, bool client_go
   return "failed";
 }
 
-/// Reads one attempt's answer. Only answers that reached the client are final; the rest let the
-/// caller try again, which is possible because nothing has been sent.
-net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::call& call, const routing::target& t,
-                                                                    bool stream, attempts_result& st) {
-  const auto attempt_started = env_.now();
-  call_event ev = co_await call.next();
-  if (ev.type == call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
-  const auto first_byte = env_.now() - attempt_started;
-  t.health->record_first_byte(std::chrono::duration_cast<std::chrono::microseconds>(first_byte));
-  st.first_byte = std::chrono::duration<double>(first_byte).count();
-  adapters::response_head head = std::move(ev.head);
-  if (const auto enc = head.find("content-encoding"); enc && !boost::beast::iequals(*enc, "identity")) {
-    // We ask for identity: an encoded body could be neither metered nor relayed as it is.
-    co_return relay_outcome{relay_kind::failed, false,
-                            failed_event("upstream answered with Content-Encoding " + std::string(*enc) +
-                                         " (identity was asked for)"),
-                            {}};
-  }
-  const auto type = head.find("content-type");
-  const bool sse = type && type->find("text/event-stream") != std::string_view::npos;
-  if (stream && sse && head.status >= 200 && head.status < 300) {
-    const delivery d = co_await sink_.deliver_stream(call, head);
-    if (!d.reached) co_return relay_outcome{relay_kind::gone, false, {}, {}};
-    relay_outcome done{relay_kind::answered, d.keep_alive, {}, {}};
-    done.broke = d.broke;
-    co_return done;
-  }
+namespace {
 
-  // Whole answers (and errors) are read completely first: a break mid-body can still fail over.
-  buffered_response res;
+/// The answer's fields that a whole answer keeps, and its length when the upstream sent one
+/// (within max_body + 1). head is read no more after this: its content type takes the fields'
+/// storage, not a copy (a 16-byte "application/json" is an allocation).
+std::size_t start_buffered(adapters::response_head& head, buffered_response& res, std::size_t max_body) {
   res.status = head.status;
   for (const auto& [name, value] : head.headers) {
     if (relayed_header(name)) res.headers.emplace_back(name, value);
     if (name == "retry-after") res.retry_after = parse_retry_after(value);
   }
-  // The body is read into one string sized from Content-Length (when the upstream sent one, and
-  // within the bound below), so that a large answer is not copied again each time it grows. The
-  // first event's string is taken as it is when it holds that much (the built-in client reads such
-  // an answer whole into one), or when no length is known.
   std::size_t expected = 0;
   if (const auto length = head.find("content-length")) {
     std::size_t n = 0;
     const auto [end, ec] = std::from_chars(length->data(), length->data() + length->size(), n);
-    if (ec == std::errc() && end == length->data() + length->size()) expected = std::min(n, max_upstream_body + 1);
+    if (ec == std::errc() && end == length->data() + length->size()) expected = std::min(n, max_body + 1);
   }
-  if (type) {
-    // head is this frame's own (moved out of the event) and read no more: its content-type takes
-    // the fields' storage, not a copy (a 16-byte "application/json" is an allocation).
+  if (head.find("content-type")) {
     res.content_type = head.headers.release_value("content-type");
   } else {
     res.content_type = "application/json";
   }
+  return expected;
+}
+
+/// Whether an answer is relayed as an event stream: a success of that type, to a client that
+/// asked for a stream.
+bool streams(const adapters::response_head& head, bool stream) {
+  if (!stream || head.status < 200 || head.status >= 300) return false;
+  const auto type = head.find("content-type");
+  return type && type->find("text/event-stream") != std::string_view::npos;
+}
+
+}  // namespace
+
+/// Reads one attempt's answer. Only answers that reached the client are final; the rest let the
+/// caller try again, which is possible because nothing has been sent. A failure goes to
+/// st.last_failure and an answer not relayed to st.last_response (the other is reset).
+///
+/// A coroutine frame holds every local of its function whether or not it lives across a
+/// suspension: the work between the waits is in plain functions, so that the frame stays within
+/// Asio's recycling bound and is not allocated anew each request.
+net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::call& call, const routing::target& t,
+                                                                    bool stream, attempts_result& st) {
+  const auto attempt_started = env_.now();
+  call_event ev = co_await call.next();
+  if (ev.type == call_event::kind::failed) co_return fail(st, std::move(ev));
+  const auto first_byte = env_.now() - attempt_started;
+  t.health->record_first_byte(std::chrono::duration_cast<std::chrono::microseconds>(first_byte));
+  st.first_byte = std::chrono::duration<double>(first_byte).count();
+  if (const auto enc = ev.head.find("content-encoding"); enc && !boost::beast::iequals(*enc, "identity")) {
+    // We ask for identity: an encoded body could be neither metered nor relayed as it is.
+    co_return fail(st, failed_event("upstream answered with Content-Encoding " + std::string(*enc) +
+                                    " (identity was asked for)"));
+  }
+  if (streams(ev.head, stream)) {
+    const delivery d = co_await sink_.deliver_stream(call, ev.head);
+    if (!d.reached) co_return relay_outcome{relay_kind::gone, false, false};
+    co_return relay_outcome{relay_kind::answered, d.keep_alive, d.broke};
+  }
+
+  // Whole answers (and errors) are read completely first: a break mid-body can still fail over.
+  // The body is read into one string sized from Content-Length (when the upstream sent one, and
+  // within the bound below), so that a large answer is not copied again each time it grows. The
+  // first event's string is taken as it is when it holds that much (the built-in client reads such
+  // an answer whole into one), or when no length is known.
+  buffered_response res;
+  const std::size_t expected = start_buffered(ev.head, res, max_upstream_body);
   for (;;) {
     ev = co_await call.next();
     if (ev.type == call_event::kind::data) {
@@ -286,23 +296,33 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
         res.body += ev.data;
       }
       if (res.body.size() > max_upstream_body) {
-        co_return relay_outcome{relay_kind::failed, false,
-                                failed_event("upstream response exceeds " + std::to_string(max_upstream_body) + " bytes"),
-                                {}};
+        co_return fail(st, failed_event("upstream response exceeds " + std::to_string(max_upstream_body) + " bytes"));
       }
       continue;
     }
-    if (ev.type == call_event::kind::failed) co_return relay_outcome{relay_kind::failed, false, std::move(ev), {}};
+    if (ev.type == call_event::kind::failed) co_return fail(st, std::move(ev));
     break;
   }
-  if (retryable_status(res.status)) co_return relay_outcome{relay_kind::retryable_status, false, {}, std::move(res)};
+  if (retryable_status(res.status)) co_return not_relayed(st, relay_kind::retryable_status, std::move(res));
   // Anthropic words it "prompt is too long" (a relayed Messages request gets its error as it is).
   if (res.status == 400 && (res.body.find("context_length_exceeded") != std::string::npos ||
                             res.body.find("prompt is too long") != std::string::npos)) {
-    co_return relay_outcome{relay_kind::context_exceeded, false, {}, std::move(res)};
+    co_return not_relayed(st, relay_kind::context_exceeded, std::move(res));
   }
   const bool keep = co_await sink_.deliver_whole(std::move(res));
-  co_return relay_outcome{relay_kind::answered, keep, {}, {}};
+  co_return relay_outcome{relay_kind::answered, keep, false};
+}
+
+attempt_runner::relay_outcome attempt_runner::fail(attempts_result& st, call_event&& failure) {
+  st.last_response.reset();
+  st.last_failure = std::make_unique<call_event>(std::move(failure));
+  return relay_outcome{relay_kind::failed, false, false};
+}
+
+attempt_runner::relay_outcome attempt_runner::not_relayed(attempts_result& st, relay_kind kind, buffered_response&& res) {
+  st.last_failure.reset();
+  st.last_response = std::make_unique<buffered_response>(std::move(res));
+  return relay_outcome{kind, false, false};
 }
 
 }  // namespace tollgate::gateway

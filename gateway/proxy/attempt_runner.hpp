@@ -148,8 +148,9 @@ struct attempts_result {
   end how = end::exhausted;
   bool keep_alive = false;                           ///< with answered
   bool shed = false;                                 ///< the last try found every target full with a full queue
-  std::optional<buffered_response> last_response;    ///< the last attempt answered with an error
-  std::optional<adapters::call_event> last_failure;  ///< the last attempt broke or timed out
+  // Held apart: this result lives in the proxy handler's coroutine frame, which stays small.
+  std::unique_ptr<buffered_response> last_response;    ///< the last attempt answered with an error
+  std::unique_ptr<adapters::call_event> last_failure;  ///< the last attempt broke or timed out
   std::vector<attempt_failure> failures;             ///< every attempt that failed, in order
   unsigned attempts = 0;                             ///< started, over every route tried
   const routing::target* target = nullptr;           ///< the last attempt relayed
@@ -177,18 +178,22 @@ class attempt_runner {
  private:
   enum class route_end { answered, exhausted, context_exceeded };
   enum class relay_kind { answered, failed, retryable_status, context_exceeded, gone };
+  /// The failure (failed) or the answer (retryable_status, context_exceeded) is in the
+  /// attempts_result: an outcome is small, as it is moved on its way out of relay.
   struct relay_outcome {
     relay_kind kind = relay_kind::failed;
-    bool keep_alive = false;       ///< with answered
-    adapters::call_event failure;  ///< with failed
-    buffered_response response;    ///< with retryable_status and context_exceeded
-    bool broke = false;            ///< with answered
+    bool keep_alive = false;  ///< with answered
+    bool broke = false;       ///< with answered
   };
 
   boost::asio::awaitable<route_end> try_route(const routing::route& r, bool stream, attempts_result& st);
   boost::asio::awaitable<bool> back_off(const config::retry_config& retry, const attempts_result& st);
   boost::asio::awaitable<relay_outcome> relay(adapters::call& call, const routing::target& t, bool stream,
                                               attempts_result& st);
+  /// The outcome of a failed attempt, its failure kept as the last one.
+  static relay_outcome fail(attempts_result& st, adapters::call_event&& failure);
+  /// The outcome of an answer that is not relayed (kind), kept as the last one.
+  static relay_outcome not_relayed(attempts_result& st, relay_kind kind, buffered_response&& res);
   bool take_slot(const routing::target& t);
   static const char* outcome_label(const relay_outcome& o, bool client_gone);
 

@@ -342,26 +342,51 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   co_return delivery{true, !lec, broke};
 }
 
-/// The proxy handler: the exchange's steps before and after its attempts.
-net::awaitable<bool> handle_proxy(request_context& ctx) {
+namespace {
+
+// The steps around the attempts are plain functions, and the answers that end a request early
+// are coroutines of their own: a coroutine's frame holds every local of its body, and every
+// temporary that spans a wait, whether or not that path runs. handle_proxy's frame stays within
+// the 1,020 bytes that Asio's recycling allocator keeps for the next request.
+
+/// An error answer, kept by its own frame while it is written.
+net::awaitable<bool> refuse(responder& out, api_error err) { co_return co_await out.send_error(err, true); }
+
+/// An error answer with Retry-After.
+net::awaitable<bool> refuse_for_now(responder& out, const api_error& err, std::string retry_after) {
+  http::response<http::string_body> r{static_cast<http::status>(err.status), 11};
+  r.set(http::field::content_type, "application/json");
+  r.set(http::field::retry_after, std::move(retry_after));
+  r.body() = err.body();
+  return out.send(std::move(r), true);
+}
+
+/// The method and the key; the proxy's result is begun when both pass. The answer that refuses
+/// the request, if they do not.
+std::optional<net::awaitable<bool>> check_caller(request_context& ctx) {
+  if (ctx.req.method() != http::verb::post) return refuse(ctx.out, method_not_allowed());
+  if (!authenticate(ctx)) return refuse(ctx.out, unauthorized_error(ctx));
+  proxy_result& res = ctx.result.proxy.emplace();
+  ctx.out.name_upstream_model(&res.upstream_model);
+  return std::nullopt;
+}
+
+/// The body, the model's permission and route, the priority and the limits. The answer that
+/// refuses the request, if one does; else route is the one to run and the limiter's hold is taken.
+std::optional<net::awaitable<bool>> admit(request_context& ctx, const protocol::body_parse_result& parsed,
+                                          const routing::route*& route) {
   responder& out = ctx.out;
   access_record& record = ctx.result.record;
-  if (ctx.req.method() != http::verb::post) co_return co_await out.send_error(method_not_allowed(), true);
-  if (!authenticate(ctx)) co_return co_await out.send_error(unauthorized_error(ctx), true);
-  proxy_result& res = ctx.result.proxy.emplace();
-  out.name_upstream_model(&res.upstream_model);
-
-  auto parsed = protocol::parse_request_body(ctx.req.body());
-  if (!parsed.fields) co_return co_await out.send_error(bad_request(parsed.error, parsed.error_param), true);
+  proxy_result& res = *ctx.result.proxy;
+  if (!parsed.fields) return refuse(out, bad_request(parsed.error, parsed.error_param));
   const protocol::request_fields& fields = *parsed.fields;
   record.model = fields.model;
   record.stream = fields.stream;
 
   if (!ctx.who->may_use(fields.model)) {
-    // A named error: GCC 12 destroys a braced temporary inside co_await twice.
-    const api_error forbidden{403, "permission_error", "model_not_allowed",
-                              "This API key may not use the model `" + fields.model + "`.", "model"};
-    co_return co_await out.send_error(forbidden, true);
+    api_error forbidden{403, "permission_error", "model_not_allowed",
+                        "This API key may not use the model `" + fields.model + "`.", "model"};
+    return refuse(out, std::move(forbidden));
   }
   const runtime& rt = ctx.rt;
   // Header values relayed to Anthropic upstreams: nothing a client sends may add a line there.
@@ -369,22 +394,21 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
     const auto [first, last] = ctx.req.equal_range(name);
     for (auto it = first; it != last; ++it) {
       if (!adapters::valid_field_value(it->value())) {
-        co_return co_await out.send_error(bad_request(std::string(name) + " holds a control character", name), true);
+        return refuse(out, bad_request(std::string(name) + " holds a control character", name));
       }
     }
   }
-  const routing::route* route = rt.routes.resolve(fields.model);
+  route = rt.routes.resolve(fields.model);
   if (route == nullptr) {
-    co_return co_await out.send_error(
-        not_found("The model `" + fields.model + "` does not exist or you do not have access to it.", "model_not_found"),
-        true);
+    return refuse(out, not_found("The model `" + fields.model + "` does not exist or you do not have access to it.",
+                                 "model_not_found"));
   }
   res.route = &route->model;
   if (route->targets.empty()) {
     api_error err = unavailable("The model `" + fields.model + "` is not available: " + route->unavailable + ".");
     err.code = "backend_disabled";
     record.error = err.code;
-    co_return co_await out.send_error(err, true);
+    return refuse(out, std::move(err));
   }
 
   // The key's priority, or lower when the request asks (never higher).
@@ -392,9 +416,8 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
   if (auto h = ctx.req.find("x-tollgate-priority"); h != ctx.req.end()) {
     const auto asked = config::parse_priority(trim_ows(h->value()));
     if (!asked) {
-      co_return co_await out.send_error(
-          bad_request("x-tollgate-priority must be high, normal, low or a number from 0 to 9", "x-tollgate-priority"),
-          true);
+      return refuse(out, bad_request("x-tollgate-priority must be high, normal, low or a number from 0 to 9",
+                                     "x-tollgate-priority"));
     }
     record.priority = std::min(record.priority, *asked);
   }
@@ -409,29 +432,62 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
                                                              : "rate_limit_error",
                         adm.code, adm.message, {}};
     record.error = err.code;
-    http::response<http::string_body> r{static_cast<http::status>(adm.status), 11};
-    r.set(http::field::content_type, "application/json");
-    r.set(http::field::retry_after, std::to_string(adm.retry_after.count()));
-    r.body() = err.body();
-    co_return co_await out.send(std::move(r), true);
+    return refuse_for_now(out, err, std::to_string(adm.retry_after.count()));
   }
   res.hold.hold(rt.limits.get(), ctx.who->key, ctx.who->state, estimate);
   res.rt = &rt;
   res.endpoint = ctx.path;
+  return std::nullopt;
+}
 
-  // Metering needs the stream's usage: ask for it, and keep the chunk from a client that did
-  // not ask for it.
-  std::string stream_options;
-  bool strip_usage = false;
-  if (fields.stream && !fields.include_usage && (ctx.path == "/chat/completions" || ctx.path == "/completions")) {
-    auto so = fields.stream_options.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields.stream_options);
-    if (so.is_object()) {
-      so["include_usage"] = true;
-      stream_options = so.dump();  // written into the body of every attempt
-      strip_usage = true;
-    }
+/// Metering needs the stream's usage: the stream_options every attempt sends to ask for it (empty:
+/// the client's as they are); strip_usage: the chunk is kept from a client that did not ask.
+std::string usage_options(const request_context& ctx, const protocol::request_fields& fields, bool& strip_usage) {
+  strip_usage = false;
+  if (!fields.stream || fields.include_usage || (ctx.path != "/chat/completions" && ctx.path != "/completions")) return {};
+  auto so = fields.stream_options.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields.stream_options);
+  if (!so.is_object()) return {};
+  so["include_usage"] = true;
+  strip_usage = true;
+  return so.dump();
+}
+
+/// The answer when no attempt's answer reached the client.
+net::awaitable<bool> answer_failure(request_context& ctx, attempts_result& st, const std::string& model) {
+  responder& out = ctx.out;
+  access_record& record = ctx.result.record;
+  if (st.shed) {
+    api_error err = unavailable("every backend for `" + model + "` is at its max_concurrency; try again shortly");
+    err.code = "overloaded";
+    record.error = err.code;
+    return refuse_for_now(out, err, "1");
   }
+  if (st.last_response) {
+    // Every attempt failed and the last one answered: the client sees that answer as it was.
+    return out.send_buffered(std::move(*st.last_response));
+  }
+  if (!st.last_failure) return refuse(out, bad_gateway("no attempt could be made"));
+  const auto& f = *st.last_failure;
+  record.error = f.message;
+  if (f.error == adapters::failure::timeout) {
+    return refuse(out, gateway_timeout("upstream " + record.backend + " timed out: " + f.message));
+  }
+  return refuse(out, bad_gateway("upstream " + record.backend + " failed: " + f.message));
+}
 
+}  // namespace
+
+/// The proxy handler: the exchange's steps before and after its attempts.
+net::awaitable<bool> handle_proxy(request_context& ctx) {
+  if (auto refusal = check_caller(ctx)) co_return co_await std::move(*refusal);
+  const protocol::body_parse_result parsed = protocol::parse_request_body(ctx.req.body());
+  const routing::route* route = nullptr;
+  if (auto refusal = admit(ctx, parsed, route)) co_return co_await std::move(*refusal);
+
+  const protocol::request_fields& fields = *parsed.fields;
+  proxy_result& res = *ctx.result.proxy;
+  bool strip_usage = false;
+  std::string stream_options = usage_options(ctx, fields, strip_usage);
   exchange ex(ctx, res, fields, std::move(stream_options), strip_usage);
   attempt_runner runner(ex, ex, ctx.conn.order);
   attempts_result st;
@@ -440,28 +496,7 @@ net::awaitable<bool> handle_proxy(request_context& ctx) {
   res.single_attempt = st.attempts == 1;
   if (st.how == attempts_result::end::answered) co_return st.keep_alive;
   if (st.how == attempts_result::end::client_gone) co_return false;
-
-  if (st.shed) {
-    api_error err = unavailable("every backend for `" + fields.model + "` is at its max_concurrency; try again shortly");
-    err.code = "overloaded";
-    record.error = err.code;
-    http::response<http::string_body> r{http::status::service_unavailable, 11};
-    r.set(http::field::content_type, "application/json");
-    r.set(http::field::retry_after, "1");
-    r.body() = err.body();
-    co_return co_await out.send(std::move(r), true);
-  }
-  if (st.last_response) {
-    // Every attempt failed and the last one answered: the client sees that answer as it was.
-    co_return co_await out.send_buffered(std::move(*st.last_response));
-  }
-  if (!st.last_failure) co_return co_await out.send_error(bad_gateway("no attempt could be made"), true);
-  const auto& f = *st.last_failure;
-  record.error = f.message;
-  if (f.error == adapters::failure::timeout) {
-    co_return co_await out.send_error(gateway_timeout("upstream " + record.backend + " timed out: " + f.message), true);
-  }
-  co_return co_await out.send_error(bad_gateway("upstream " + record.backend + " failed: " + f.message), true);
+  co_return co_await answer_failure(ctx, st, fields.model);
 }
 
 }  // namespace tollgate::gateway
