@@ -102,7 +102,8 @@ class response_reader final : public http::basic_parser<false> {
 /// that a handler that completes after the call is gone finds it marked finished.
 class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer {
  public:
-  transfer(const http1_origin& origin, io_refs refs, upstream_request request)
+  // The request by reference: a request's move copies each of its parts' strings.
+  transfer(const http1_origin& origin, io_refs refs, upstream_request&& request)
       : origin_(origin),
         refs_(refs),
         body_(std::move(request.body)),
@@ -692,7 +693,7 @@ std::optional<fast_response> read_response_head(std::string_view buffered, respo
   return fast_response{length, *head.content_length, head.persistent()};
 }
 
-std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request request, io_refs refs) {
+std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request&& request, io_refs refs) {
   auto t = std::make_shared<transfer>(origin, refs, std::move(request));
   t->begin();
   return std::make_unique<http1_call>(std::move(t));

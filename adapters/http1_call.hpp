@@ -51,7 +51,8 @@ struct fast_response {
 std::optional<fast_response> read_response_head(std::string_view buffered, response_head& out);
 
 /// Starts the request at once on refs' thread. The origin must outlive the call (it belongs to
-/// the backend, which the request's runtime snapshot keeps alive).
-std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request request, io_refs refs);
+/// the backend, which the request's runtime snapshot keeps alive). The call takes the request's
+/// body and parts; the rest of it is read here only.
+std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request&& request, io_refs refs);
 
 }  // namespace tollgate::adapters

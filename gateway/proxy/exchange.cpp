@@ -78,7 +78,7 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
   // after every call of this exchange has ended) and the edited values between them.
   const std::string_view body = ctx_.req.body();
   if (!rename && stream_options_.empty()) {
-    if (!body.empty()) up.parts.push_back({body, {}});
+    if (!body.empty()) up.parts.emplace_back().borrowed = body;
   } else {
     // The target's name as a literal is also what its answers are renamed from: quoted once.
     if (rename) quote_names(t.model);
@@ -87,11 +87,12 @@ std::unique_ptr<adapters::call> exchange::start(const routing::target& t) {
         protocol::edit_body_pieces(body, fields_, rename ? std::optional<std::string_view>(rename_from_) : std::nullopt,
                          stream_options_.empty() ? std::nullopt : std::optional<std::string_view>(stream_options_), added);
     up.parts.reserve(pieces.size());
+    // Made in place: a part's move copies its string.
     for (const protocol::body_piece& p : pieces) {
       if (p.original) {
-        up.parts.push_back({p.text, {}});
+        up.parts.emplace_back().borrowed = p.text;
       } else {
-        up.parts.push_back({{}, std::string(p.text)});
+        up.parts.emplace_back().text = p.text;
       }
     }
   }
