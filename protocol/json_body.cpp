@@ -86,9 +86,8 @@ std::optional<body_parse_result> read_count(std::string_view value, const std::s
   return std::nullopt;
 }
 
-}  // namespace
-
-body_parse_result parse_request_body(std::string_view body, bool model_required) {
+/// parse_request_body's reading into fields; the failure, if any.
+std::optional<body_parse_result> read_request_body(std::string_view body, bool model_required, request_fields& fields) {
   json_scanner scanner(body);
   if (!scanner.scan()) {
     if (scanner.too_deep()) {
@@ -106,7 +105,7 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
 
   // The last of duplicate keys wins, as in nlohmann and most parsers upstream.
   std::optional<std::string_view> model, stream, max_tokens, max_completion_tokens, stream_options;
-  body_layout layout;
+  body_layout& layout = fields.layout;
   std::string scratch;
   for (const member& m : scanner.members()) {
     const std::string_view key = member_key(body, m, scratch);
@@ -129,7 +128,6 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
   layout.has_members = !all.empty();
   layout.append_at = all.empty() ? scanner.open_brace() + 1 : all.back().value_end;
 
-  request_fields fields;
   // OpenAI's schema makes every optional field nullable: null reads as absent throughout.
   if (model && *model != "null") {
     if (model->front() != '"') {
@@ -179,9 +177,15 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
     }
   }
 
-  fields.layout = std::move(layout);
+  return std::nullopt;
+}
+
+}  // namespace
+
+body_parse_result parse_request_body(std::string_view body, bool model_required) {
+  // Read in place, and one return of one object: a result's move copies its strings and spans.
   body_parse_result r;
-  r.fields = std::move(fields);
+  if (auto bad = read_request_body(body, model_required, r.fields.emplace())) r = std::move(*bad);
   return r;
 }
 
