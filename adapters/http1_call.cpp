@@ -210,7 +210,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
 
   // The parser's side.
 
-  void on_head(response_head head) {
+  void on_head(response_head&& head) {
     if (head.status < 200) return;  // 1xx: the real answer follows
     if (!writing_) {
       // The request is sent and answered, never to be sent again (a retry on a fresh connection

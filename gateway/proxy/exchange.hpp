@@ -20,7 +20,7 @@ class exchange final : public attempt_env, public attempt_sink {
   /// fields: the parsed body of ctx.req; stream_options: what every attempt sends instead of the
   /// client's (empty: as sent); strip_usage: drop the usage-only chunk asked for on the client's
   /// behalf.
-  exchange(request_context& ctx, proxy_result& result, const protocol::request_fields& fields, std::string stream_options,
+  exchange(request_context& ctx, proxy_result& result, const protocol::request_fields& fields, std::string&& stream_options,
            bool strip_usage)
       : ctx_(ctx), res_(result), fields_(fields), stream_options_(std::move(stream_options)), strip_usage_(strip_usage) {}
 
