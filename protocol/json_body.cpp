@@ -304,16 +304,29 @@ bool json_depth_within(std::string_view text, std::size_t limit) {
   return true;
 }
 
+namespace {
+
+/// Where key is among names (distinct), or names.size(). Most keys match none of the names and
+/// differ from each in length: the lengths are compared first, the bytes only where a length and
+/// the first byte agree, and the look ends at the first match.
+[[gnu::always_inline]] inline std::size_t name_index(std::string_view key, std::span<const std::string_view> names) {
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const std::string_view n = names[i];
+    if (n.size() == key.size() && (n.empty() || (n.front() == key.front() && n == key))) return i;
+  }
+  return names.size();
+}
+
+}  // namespace
+
 bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values) {
   for (auto& v : values) v = {};
   json_scanner scanner(text);
   if (!scanner.scan() || !scanner.is_object()) return false;
   std::string scratch;
   for (const member& m : scanner.members()) {
-    const std::string_view key = member_key(text, m, scratch);
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      if (key == keys[i]) values[i] = text.substr(m.value_begin, m.value_end - m.value_begin);
-    }
+    const std::size_t i = name_index(member_key(text, m, scratch), keys);
+    if (i != keys.size()) values[i] = text.substr(m.value_begin, m.value_end - m.value_begin);
   }
   return true;
 }
@@ -348,10 +361,19 @@ const char* past_checked_string(const char* p, const char* end, bool& escaped) {
 
 bool json_space(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
 
-const char* past_space(const char* p, const char* end) {
+[[gnu::always_inline]] inline const char* past_space(const char* p, const char* end) {
+  // Compact JSON has none: one compare finds that out (every JSON space is below '!').
+  if (p < end && static_cast<unsigned char>(*p) > ' ') return p;
   while (p < end && json_space(*p)) ++p;
   return p;
 }
+
+/// The bytes that end a number or a literal in valid JSON: a delimiter or whitespace.
+constexpr std::array<bool, 256> ends_checked_scalar = [] {
+  std::array<bool, 256> t{};
+  for (const char c : {',', '}', ']', ' ', '\n', '\r', '\t'}) t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
 
 /// Past the JSON value at p, in valid JSON. Stops at end.
 const char* past_checked_value(const char* p, const char* end) {
@@ -375,7 +397,7 @@ const char* past_checked_value(const char* p, const char* end) {
     return end;
   }
   // A number or a literal: it ends where a delimiter or whitespace does.
-  while (p < end && *p != ',' && *p != '}' && *p != ']' && !json_space(*p)) ++p;
+  while (p < end && !ends_checked_scalar[static_cast<unsigned char>(*p)]) ++p;
   return p;
 }
 
@@ -402,8 +424,8 @@ void checked_object_values(std::string_view object, std::span<const std::string_
     p = past_space(p + 1, end);  // past the ':'
     if (p >= end) break;
     const char* const value_end = past_checked_value(p, end);
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      if (key == keys[i]) values[i] = std::string_view(p, static_cast<std::size_t>(value_end - p));
+    if (const std::size_t i = name_index(key, keys); i != keys.size()) {
+      values[i] = std::string_view(p, static_cast<std::size_t>(value_end - p));
     }
     p = past_space(value_end, end);
     if (p >= end || *p != ',') break;  // the '}'

@@ -81,15 +81,15 @@ body_pieces edit_body_pieces(std::string_view body, const request_fields& fields
 /// Reads named top-level members of a JSON object text in one pass, without building a tree:
 /// values[i] becomes the raw JSON text of member keys[i] (the last of duplicates), or stays empty
 /// when there is none. false (and every value empty) when text is not a valid JSON object.
-/// Precondition: values.size() == keys.size().
+/// Precondition: the keys are distinct and values.size() == keys.size().
 bool top_level_values(std::string_view text, std::span<const std::string_view> keys, std::span<std::string_view> values);
 
 /// top_level_values() for an object that a scan has accepted already, as part of a larger text:
 /// the same values, found without checking the text again (a walk over its members that skips
 /// strings and nested values by their delimiters). Used for objects inside a text that
 /// top_level_values() accepted (an answer's "usage"), so that their bytes are checked once.
-/// Precondition: object is a valid JSON object text (no whitespace around it) and
-/// values.size() == keys.size(). Outside it, values are unspecified but no byte outside object is
+/// Precondition: object is a valid JSON object text (no whitespace around it), the keys are
+/// distinct and values.size() == keys.size(). Outside it, values are unspecified but no byte outside object is
 /// read.
 void checked_object_values(std::string_view object, std::span<const std::string_view> keys,
                            std::span<std::string_view> values);

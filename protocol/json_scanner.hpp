@@ -527,7 +527,7 @@ std::string decode_string(std::string_view literal) {
 
 /// The decoded key of a member that json_scanner recorded in text. Keys seldom hold escapes (the
 /// scan noted which do), so most are compared in place.
-[[maybe_unused]] std::string_view member_key(std::string_view text, const member& m, std::string& scratch) {
+[[maybe_unused, gnu::always_inline]] inline std::string_view member_key(std::string_view text, const member& m, std::string& scratch) {
   const std::string_view literal = text.substr(m.key_begin, m.key_end - m.key_begin);
   if (!m.key_escaped) return literal.substr(1, literal.size() - 2);
   scratch = decode_string(literal);

@@ -352,3 +352,50 @@ TEST_CASE("usage read from every one-byte edit of an answer agrees with nlohmann
   CHECK(checked > 20000);
   CHECK(with_usage > 1000);
 }
+
+TEST_CASE("usage keys are told apart by every byte, and the last of duplicates wins in the usage object", "[usage]") {
+  // Keys of a name's length, some with its first byte too (output_tokens and prompt_tokens have one
+  // length; total_tokens and input_tokens another), an empty key, and a name written twice.
+  auto u = usage_from_json(
+      R"({"usage":{"":1,"prompt_tokenz":50,"p":2,"prompt_tokens":9,"prompt_tokens":7,"total_tokens":10,)"
+      R"("Prompt_tokens":60,"completion_tokens":3,"completion_tokenS":70,"prompt_tokens_details":{"cached_token":80,)"
+      R"("cached_tokens":2,"cached_tokenss":90}}})");
+  REQUIRE(u);
+  CHECK(u->prompt == 7);
+  CHECK(u->completion == 3);
+  CHECK(u->cached == 2);
+  // The Responses API's names only where prompt_tokens is absent: output_tokens is not prompt_tokens.
+  u = usage_from_json(R"({"usage":{"output_tokens":4,"input_tokens":11,"input_tokens":12}})");
+  REQUIRE(u);
+  CHECK(u->prompt == 12);
+  CHECK(u->completion == 4);
+}
+
+TEST_CASE("usage counts end at whitespace, commas and braces alike, before or after the choices", "[usage]") {
+  for (const std::string sp : {"", " ", "\t", "\r\n", " \n\t\r "}) {
+    const std::string usage_text = "{" + sp + "\"prompt_tokens\"" + sp + ":" + sp + "21" + sp + "," + sp +
+                                   "\"completion_tokens\"" + sp + ":" + sp + "4" + sp + "," + sp +
+                                   "\"prompt_tokens_details\"" + sp + ":" + sp + "{" + sp + "\"cached_tokens\"" + sp +
+                                   ":" + sp + "null" + sp + "}" + sp + "," + sp + "\"completion_tokens_details\"" +
+                                   sp + ":" + sp + "{" + sp + "\"reasoning_tokens\"" + sp + ":" + sp + "2" + sp + "}" +
+                                   sp + "}";
+    const std::string choices = "\"choices\"" + sp + ":" + sp + "[" + sp + "]";
+    for (const bool usage_first : {true, false}) {
+      const std::string text = "{" + sp +
+                               (usage_first ? "\"usage\"" + sp + ":" + sp + usage_text + sp + "," + sp + choices
+                                            : choices + sp + "," + sp + "\"usage\"" + sp + ":" + sp + usage_text) +
+                               sp + "}";
+      bool no_choices = false;
+      const auto u = usage_from_json(text, &no_choices);
+      INFO(text);
+      REQUIRE(u);
+      CHECK(u->prompt == 21);
+      CHECK(u->completion == 4);
+      CHECK(u->cached == 0);
+      CHECK(u->reasoning == 2);
+      CHECK(no_choices);
+      bool refused = false;
+      CHECK(same(u, reference_usage(text, refused)));
+    }
+  }
+}
