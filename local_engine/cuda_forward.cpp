@@ -906,8 +906,17 @@ class cuda_backend final : public forward_backend {
                                        &zero, q_full, data_type<T>(), nh * W, W, nh, CUBLAS_COMPUTE_32F,
                                        CUBLAS_GEMM_DEFAULT),
                  "q absorb");
-    T* o_lat = ws_o_lat_.as<T>(static_cast<size_t>(N) * nh * kvr);
     const float scale = static_cast<float>(c.softmax_scale());
+    // A few tokens, none attending un-absorbed, whose contexts are split: W_UV in the merge's kernel.
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (uv_in_merge_ && N <= uv_merge_tokens && dense_items_ == 0 && cuda::mla_attend_uv_takes(dims_, N, max_len_, vd)) {
+        const size_t part = cuda::mla_partial_floats(N, dims_, max_len_);
+        cuda::mla_attend_uv(q_full, cache, dims_, N, max_len_, map_, scale, ws_partial_.as<float>(part), part, L.kv_b.w,
+                            vd, attn, stream_);
+        return;
+      }
+    }
+    T* o_lat = ws_o_lat_.as<T>(static_cast<size_t>(N) * nh * kvr);
     // Runs of items side by side that take the kernel (all of the batch when none is dense).
     for (size_t i = 0; i < spans_.size();) {
       if (spans_[i].dense) {
@@ -1343,6 +1352,12 @@ class cuda_backend final : public forward_backend {
   // TOLLGATE_ENGINE_UK_IN_PREPARE=0: a lone token's W_UK stays a cuBLAS product (for measurements).
   const bool uk_in_prepare_ = std::getenv("TOLLGATE_ENGINE_UK_IN_PREPARE") == nullptr ||
                               std::string(std::getenv("TOLLGATE_ENGINE_UK_IN_PREPARE")) != "0";
+  // TOLLGATE_ENGINE_UV_IN_MERGE=0: W_UV stays a cuBLAS product after the attention's merge (for
+  // measurements). Up to uv_merge_tokens tokens a step take it: each merging block reads its rows
+  // of W_UV for its token.
+  const bool uv_in_merge_ = std::getenv("TOLLGATE_ENGINE_UV_IN_MERGE") == nullptr ||
+                            std::string(std::getenv("TOLLGATE_ENGINE_UV_IN_MERGE")) != "0";
+  static constexpr int uv_merge_tokens = 4;
   const bool route_in_product_ = std::getenv("TOLLGATE_ENGINE_ROUTE_IN_PRODUCT") == nullptr ||
                                  std::string(std::getenv("TOLLGATE_ENGINE_ROUTE_IN_PRODUCT")) != "0";
   // TOLLGATE_ENGINE_ROUTER_CHUNKS=n: the router's columns of its product are cut in K slices of n

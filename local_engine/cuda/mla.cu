@@ -590,6 +590,30 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
   }
 }
 
+// The merge of one (token, head)'s split partial softmax sums at `base`, in two steps that every
+// kernel merging them shares (so that they give the same bits). First, by the block's first warp
+// (max_splits <= 32), each split's scale and the inverse of the merged sum of exponentials.
+__device__ __forceinline__ void merge_scales(const float* base, int stride, int splits, int kv_rank, float* scale_s,
+                                             float* inv_l) {
+  const int s = threadIdx.x;
+  const float m = s < splits ? base[s * stride + kv_rank] : -INFINITY;
+  const float l = s < splits ? base[s * stride + kv_rank + 1] : 0.0f;
+  const float M = warp_max(m);
+  const float f = m == -INFINITY ? 0.0f : __expf(m - M);
+  const float L = warp_sum(l * f);
+  if (s < splits) scale_s[s] = f;
+  if (s == 0) *inv_l = 1.0f / L;
+}
+
+// Then, after a barrier, latent column c of the merged attention (before its rounding).
+__device__ __forceinline__ float merged_value(const float* base, int stride, int splits, const float* scale_s,
+                                              float inv_l, int c) {
+  float v = 0;
+#pragma unroll 8
+  for (int s = 0; s < splits; ++s) v += base[s * stride + c] * scale_s[s];
+  return v * inv_l;
+}
+
 // One block per (token, head): merges the splits' partial softmax sums.
 template <typename T>
 __global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank, T* out) {
@@ -599,22 +623,67 @@ __global__ void mla_combine_kernel(const float* partial, int splits, int kv_rank
   const size_t th = blockIdx.x;
   const int stride = partial_stride(kv_rank);
   const float* base = partial + th * splits * stride;
-  if (threadIdx.x < 32) {  // max_splits <= 32: one warp merges the softmax sums
-    const int s = threadIdx.x;
-    const float m = s < splits ? base[s * stride + kv_rank] : -INFINITY;
-    const float l = s < splits ? base[s * stride + kv_rank + 1] : 0.0f;
-    const float M = warp_max(m);
-    const float f = m == -INFINITY ? 0.0f : __expf(m - M);
-    const float L = warp_sum(l * f);
-    if (s < splits) scale_s[s] = f;
-    if (s == 0) inv_l = 1.0f / L;
-  }
+  if (threadIdx.x < 32) merge_scales(base, stride, splits, kv_rank, scale_s, &inv_l);
   __syncthreads();
-  for (int c = threadIdx.x; c < kv_rank; c += blockDim.x) {
-    float v = 0;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) v += base[s * stride + c] * scale_s[s];
-    out[th * kv_rank + c] = from_float<T>(v * inv_l);
+  for (int c = threadIdx.x; c < kv_rank; c += blockDim.x)
+    out[th * kv_rank + c] = from_float<T>(merged_value(base, stride, splits, scale_s, inv_l, c));
+}
+
+// The merge with W_UV after it, for bf16 at kv_rank tc::rank: grid (head, v_dim / uv_cols, token).
+// A block loads its uv_cols rows of the head's W_UV (kv_b[h, nope_dim + c, :]) before it waits for
+// the attention (the next kernel may start once it has waited), merges the head's latent as mla_combine_kernel does (the same bf16 values), then
+// warp w takes rows 4w .. 4w + 3, a lane 16 of each row's 512 columns, the sums rounded once:
+// attn[t, h, c] = bf16(o_lat[t, h, :] . kv_b[h, nope_dim + c, :]).
+constexpr int uv_cols = 16;
+__global__ void __launch_bounds__(128) mla_combine_uv_kernel(const float* partial, int splits, const bf16* kv_b,
+                                                             int nope_dim, int v_dim, int heads, bf16* attn) {
+  constexpr int K = tc::rank, units = K / 8 / 32;  // 16-byte units of a row a lane holds
+  __shared__ float scale_s[max_splits];
+  __shared__ float inv_l;
+  __shared__ __align__(16) bf16 lat[K];
+  const int h = blockIdx.x, t = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int row0 = blockIdx.y * uv_cols + warp * 4;
+  const uint4* w = reinterpret_cast<const uint4*>(kv_b + (static_cast<size_t>(h) * (nope_dim + v_dim) + nope_dim + row0) * K);
+  uint4 wv[4][units];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int u = 0; u < units; ++u) wv[r][u] = load_streaming(w + r * (K / 8) + lane + 32 * u);
+  wait_for_prerequisites();
+  // Only now may the next kernel (the o_proj product, which reads its weights before it waits)
+  // start: let go before the wait, the kernels after this one are placed in a chain while the
+  // attention still runs, and their loads slow it (B=1 2.33 -> 2.50 ms a step).
+  trigger_dependents();
+  const size_t th = static_cast<size_t>(t) * heads + h;
+  const int stride = partial_stride(K);
+  const float* base = partial + th * splits * stride;
+  if (threadIdx.x < 32) merge_scales(base, stride, splits, K, scale_s, &inv_l);
+  __syncthreads();
+  for (int c = threadIdx.x; c < K; c += blockDim.x) lat[c] = from_float<bf16>(merged_value(base, stride, splits, scale_s, inv_l, c));
+  __syncthreads();
+  float acc[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int u = 0; u < units; ++u) {
+    const uint4 x = reinterpret_cast<const uint4*>(lat)[lane + 32 * u];
+    const auto* xp = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const auto* wp = reinterpret_cast<const __nv_bfloat162*>(&wv[r][u]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 a = __bfloat1622float2(xp[e]), b = __bfloat1622float2(wp[e]);
+        acc[r] += a.x * b.x + a.y * b.y;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) acc[r] = warp_sum(acc[r]);
+  if (lane < 4) {
+    float v = acc[0];
+#pragma unroll
+    for (int r = 1; r < 4; ++r)
+      if (lane == r) v = acc[r];
+    attn[th * v_dim + row0 + lane] = from_float<bf16>(v);
   }
 }
 
@@ -738,6 +807,27 @@ void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int s
     device::mla_combine_kernel<T><<<static_cast<unsigned>(n * d.heads), 256, 0, s>>>(partial, splits, d.kv_rank, out);
     check_launch();
   }
+}
+
+bool mla_attend_uv_takes(const mla_dims& d, int n, int max_len, int v_dim) {
+  return n > 0 && d.kv_rank == device::tc::rank && d.width() % 16 == 0 && v_dim > 0 && v_dim % device::uv_cols == 0 &&
+         choose_splits(n, d, max_len) > 1;
+}
+
+void mla_attend_uv(const bf16* q_full, const bf16* cache, const mla_dims& d, int n, int max_len, const token_map& map,
+                   float scale, float* partial, size_t partial_capacity, const bf16* kv_b, int v_dim, bf16* attn,
+                   cudaStream_t s) {
+  if (!mla_attend_uv_takes(d, n, max_len, v_dim))
+    throw std::logic_error("mla_attend_uv: kv_rank 512, width % 16 == 0, v_dim % 16 == 0 and a split context");
+  const int splits = choose_splits(n, d, max_len);
+  if (partial_capacity < mla_partial_floats(n, d, max_len)) throw std::logic_error("mla_attend_uv: the partial scratch is too small");
+  if (async_loads()) launch_tc<1, 8, true>(q_full, cache, d, n, splits, map, scale, partial, nullptr, s);
+  else launch_tc<1, 8>(q_full, cache, d, n, splits, map, scale, partial, nullptr, s);
+  launch_dependent(device::mla_combine_uv_kernel,
+                   dim3(static_cast<unsigned>(d.heads), static_cast<unsigned>(v_dim / device::uv_cols),
+                        static_cast<unsigned>(n)),
+                   dim3(128), s, partial, splits, kv_b, d.nope_dim, v_dim, d.heads, attn);
+  check_launch();
 }
 
 #define TOLLGATE_INSTANTIATE(T)                                                                                  \

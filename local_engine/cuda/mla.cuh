@@ -73,6 +73,21 @@ void mla_attend(const T* q_full, const T* cache, const mla_dims& d, int n, int s
                 const token_map& map, float scale, float* partial, size_t partial_capacity, T* out, cudaStream_t s,
                 int tokens_per_block = 0);
 
+/// Whether mla_attend_uv takes n tokens whose longest context is max_len: kv_rank 512 (the
+/// tensor-core attention), width and v_dim multiples of 16, and contexts split across blocks (the
+/// merge that W_UV joins).
+bool mla_attend_uv_takes(const mla_dims& d, int n, int max_len, int v_dim);
+
+/// mla_attend in bf16 with W_UV applied by the kernel that merges the split contexts:
+/// attn[t, h, :] = o_lat[t, h, :] . kv_b[h, nope_dim:, :]^T ([n, heads, v_dim]; kv_b [heads,
+/// nope_dim + v_dim, kv_rank] as the W_UV product reads it), where o_lat holds exactly mla_attend's
+/// bf16 values. Float sums over the latent, rounded once (the product's values to float rounding,
+/// without its kernel nor the merge's own). Each merging block loads its rows of W_UV before it
+/// waits for the attention. Only where mla_attend_uv_takes.
+void mla_attend_uv(const bf16* q_full, const bf16* cache, const mla_dims& d, int n, int max_len, const token_map& map,
+                   float scale, float* partial, size_t partial_capacity, const bf16* kv_b, int v_dim, bf16* attn,
+                   cudaStream_t s);
+
 /// The scratch that mla_attend may use for n tokens whose longest context is max_len.
 size_t mla_partial_floats(int n, const mla_dims& d, int max_len);
 

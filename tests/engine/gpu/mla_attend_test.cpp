@@ -119,3 +119,80 @@ TEST_CASE("gpu: latent attention gives the same bits for every tokens-per-block 
     CHECK(rel < 2e-2);
   }
 }
+
+TEST_CASE("gpu: W_UV in the attention's merge gives each head's product of the merged latent", "[gpu][attention]") {
+  // A few decode tokens whose contexts are split across blocks: mla_attend gives the merged latent
+  // o_lat (bf16), mla_attend_uv the W_UV product of it from the merging blocks. Each value is the
+  // double product of the same bf16 o_lat and weights rounded to bf16, or its neighbour where a
+  // float sum lands across a rounding boundary.
+  for (const int heads : {16, 20}) {
+    for (const std::vector<int>& positions : {std::vector<int>{700}, std::vector<int>{130, 1000, 64}}) {
+      cu::mla_dims d;
+      d.heads = heads, d.kv_rank = 512, d.rope_dim = 64, d.nope_dim = 128, d.qk_dim = 192;
+      const int W = d.width(), bs = 16, vd = 128, n = static_cast<int>(positions.size());
+      std::mt19937 gen(std::random_device{}());
+      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+      std::vector<int32_t> pos, slot, table, table_off;
+      int max_len = 0;
+      for (const int p : positions) {
+        const int off = static_cast<int>(table.size()), nb = p / bs + 1;
+        for (int b = 0; b < nb; ++b) table.push_back(static_cast<int32_t>(table.size()));
+        pos.push_back(p);
+        slot.push_back(table[static_cast<size_t>(off + p / bs)] * bs + p % bs);
+        table_off.push_back(off);
+        max_len = std::max(max_len, p + 1);
+      }
+      std::shuffle(table.begin(), table.end(), gen);  // blocks anywhere in the pool
+      for (int t = 0; t < n; ++t) {
+        const int p = pos[static_cast<size_t>(t)];
+        slot[static_cast<size_t>(t)] = table[static_cast<size_t>(table_off[static_cast<size_t>(t)] + p / bs)] * bs + p % bs;
+      }
+      std::vector<uint16_t> q(static_cast<size_t>(n) * heads * W), cache(table.size() * bs * W),
+          kv_b(static_cast<size_t>(heads) * (d.nope_dim + vd) * d.kv_rank);
+      for (auto& v : q) v = bf16_bits(u(gen));
+      for (auto& v : cache) v = bf16_bits(u(gen));
+      for (auto& v : kv_b) v = bf16_bits(u(gen) * 0.05f);
+      device_array<int32_t> d_pos(pos), d_slot(slot), d_table(table), d_off(table_off);
+      device_array<uint16_t> d_q(q), d_cache(cache), d_kv_b(kv_b);
+      const cu::token_map map{d_pos.p, d_slot.p, d_table.p, d_off.p, bs};
+      const float scale = 1.0f / std::sqrt(192.0f);
+      REQUIRE(cu::mla_attend_uv_takes(d, n, max_len, vd));
+      const size_t part = cu::mla_partial_floats(n, d, max_len);
+      REQUIRE(part > 0);
+      device_array<float> d_partial(std::vector<float>(part, 0.0f));
+      device_array<uint16_t> d_lat(std::vector<uint16_t>(static_cast<size_t>(n) * heads * d.kv_rank, 0)),
+          d_attn(std::vector<uint16_t>(static_cast<size_t>(n) * heads * vd, 0));
+      const auto* qp = reinterpret_cast<const cu::bf16*>(d_q.p);
+      const auto* cp = reinterpret_cast<const cu::bf16*>(d_cache.p);
+      cu::mla_attend<cu::bf16>(qp, cp, d, n, n, max_len, map, scale, d_partial.p, part,
+                               reinterpret_cast<cu::bf16*>(d_lat.p), nullptr);
+      cu::mla_attend_uv(qp, cp, d, n, max_len, map, scale, d_partial.p, part,
+                        reinterpret_cast<const cu::bf16*>(d_kv_b.p), vd, reinterpret_cast<cu::bf16*>(d_attn.p), nullptr);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      const auto lat = d_lat.get(), attn = d_attn.get();
+      size_t exact = 0, near = 0, total = 0;
+      double num = 0, den = 0;
+      for (int t = 0; t < n; ++t)
+        for (int h = 0; h < heads; ++h)
+          for (int c = 0; c < vd; ++c) {
+            const uint16_t* o = lat.data() + (static_cast<size_t>(t) * heads + h) * d.kv_rank;
+            const uint16_t* w = kv_b.data() + (static_cast<size_t>(h) * (d.nope_dim + vd) + d.nope_dim + c) * d.kv_rank;
+            double ref = 0;
+            for (int k = 0; k < d.kv_rank; ++k) ref += static_cast<double>(bf16_value(o[k])) * bf16_value(w[k]);
+            const uint16_t got = attn[(static_cast<size_t>(t) * heads + h) * vd + c],
+                           want = bf16_bits(static_cast<float>(ref));
+            exact += got == want;
+            near += got == want || got == want + 1 || got == want - 1;
+            ++total;
+            const double e = bf16_value(got) - ref;
+            num += e * e, den += ref * ref;
+          }
+      std::printf("gpu W_UV in the merge, %d heads, %d tokens (%d splits): %zu of %zu values the rounded double "
+                  "product, %zu within one bf16 step, relative error %.2e\n",
+                  heads, n, cu::mla_splits(n, d, max_len), exact, total, near, std::sqrt(num / den));
+      CHECK(near == total);
+      CHECK(exact >= total * 95 / 100);
+      CHECK(std::sqrt(num / den) < 4e-3);
+    }
+  }
+}
