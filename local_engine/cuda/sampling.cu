@@ -10,6 +10,12 @@ constexpr int threads = 1024;
 /// Values of a row kept in shared memory by the first pass (192 KB), so that the passes of a
 /// draw's cut-offs read half of a 100K-token row from there and the rest from L2.
 constexpr int cached_max = 48 * 1024;
+/// Candidates a thread keeps in shared memory once a cut-off's passes have narrowed them (32 KB
+/// for the block, beside the cache).
+constexpr int slots = 8;
+/// A pass gathers the candidates when the pass before moved the key past at most this many values
+/// (4 a thread).
+constexpr float gather_below = 4.0f * threads;
 
 // Floats mapped to unsigned integers in the same order, so thresholds can be found bit by bit.
 __device__ __forceinline__ uint32_t ordered(float f) {
@@ -60,49 +66,97 @@ __device__ __forceinline__ void for_each_value(const row_view& r, F&& f) {
   for_each_uncached(r, f);
 }
 
-// Three sums over the block, the same in every thread.
-__device__ __forceinline__ void block_sum3(float& a, float& b, float& c, float (*scratch)[32]) {
+// N sums over the block, the same in every thread; scratch holds N x 32 floats.
+template <int N>
+__device__ __forceinline__ void block_sums(float (&v)[N], float (*scratch)[32]) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  a = warp_sum(a), b = warp_sum(b), c = warp_sum(c);
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
   __syncthreads();
-  if (lane == 0) scratch[0][warp] = a, scratch[1][warp] = b, scratch[2][warp] = c;
+  if (lane == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i) scratch[i][warp] = v[i];
   __syncthreads();
-  a = warp_sum(lane < warps ? scratch[0][lane] : 0.0f);
-  b = warp_sum(lane < warps ? scratch[1][lane] : 0.0f);
-  c = warp_sum(lane < warps ? scratch[2][lane] : 0.0f);
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = warp_sum(lane < warps ? scratch[i][lane] : 0.0f);
 }
+
+// A thread's candidates for the cut-offs: every value of the row whose key is at least `low`,
+// in the order the thread visits them in a pass over the whole row (for_each_value), in shared
+// memory at v[s * blockDim.x + threadIdx.x]. A pass over the row gathers them while it counts,
+// once the pass before has moved the key past few enough (a pass that gathers in vain costs its
+// stores); once no thread has more than `slots`, the next passes read these alone. A thread's
+// sums then take the same values in the same order as over the whole row: the same bits. Rows
+// whose candidates never fit (a flat row's wide nucleus) pay the gathering code in every pass:
+// about 15% more than before it.
+struct candidates {
+  float* v = nullptr;  // null: the block has no room for them
+  int n = -1;          // this thread's count; -1 until the whole block's fit
+  uint32_t low = 0;
+  bool few = false;  // the last pass over the row moved the key past at most gather_below values
+
+  template <typename F>
+  __device__ __forceinline__ void for_each(F&& f) const {
+    for (int s = 0; s < n; ++s) f(v[s * blockDim.x + threadIdx.x]);
+  }
+};
 
 // The largest key K with (count or mass of values whose key >= K, and >= floor_key) >= need: the
 // k-th largest logit, or the nucleus cut. Built from the top bits down, two bits a pass: of the
 // three trials key | d << lo (d = 1, 2, 3), the largest that keeps `need` (the bit-by-bit search's
 // answer, in half the passes over the row).
+// Until the candidates fit, each pass over the row also gathers those of its lower bound.
 template <bool by_mass>
 __device__ uint32_t threshold(const row_view& r, float mx, float inv_t, uint32_t floor_key, float need,
-                              float (*scratch)[32]) {
+                              float (*scratch)[32], candidates& cand) {
   uint32_t key = 0;
   for (int lo = 30; lo >= 0; lo -= 2) {
     const uint32_t t1 = key | (1u << lo), t2 = key | (2u << lo), t3 = key | (3u << lo);
+    const uint32_t low = max(key, floor_key);
     float g1 = 0, g2 = 0, g3 = 0;
-    for_each_value(r, [&](int, float v) {
+    int found = 0;
+    const bool gather = cand.n < 0 && cand.v != nullptr && cand.few;
+    float above = 0;  // values at or above t1
+    const auto count = [&](float v) {
       const uint32_t k = ordered(v);
-      if (k < t1 || k < floor_key) return;
+      if (k < low) return;
+      if (gather) {
+        if (found < slots) cand.v[found * blockDim.x + threadIdx.x] = v;
+        ++found;
+      }
+      if (k < t1) return;
       const float w = by_mass ? __expf((v - mx) * inv_t) : 1.0f;
+      above += 1.0f;
       g1 += w;
       if (k >= t2) g2 += w;
       if (k >= t3) g3 += w;
-    });
-    block_sum3(g1, g2, g3, scratch);
+    };
+    if (cand.n >= 0) {
+      cand.for_each(count);
+      float g[3] = {g1, g2, g3};
+      block_sums(g, scratch);
+      g1 = g[0], g2 = g[1], g3 = g[2];
+    } else {
+      for_each_value(r, [&](int, float v) { count(v); });
+      float g[5] = {g1, g2, g3, above, gather && found > slots ? 1.0f : 0.0f};
+      block_sums(g, scratch);
+      g1 = g[0], g2 = g[1], g3 = g[2];
+      // The next pass's values are those at or above the new key: when it moved, at most `above`.
+      cand.few = g1 >= need && g[3] <= gather_below;
+      if (gather && g[4] == 0) cand.n = found, cand.low = low;
+    }
     key = g3 >= need ? t3 : g2 >= need ? t2 : g1 >= need ? t1 : key;
   }
   return key;
 }
 
 __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, int vocab, int cache_floats,
-                                                         const sample_params* params, int32_t* tokens) {
+                                                         bool with_candidates, const sample_params* params,
+                                                         int32_t* tokens) {
   enter_in_order();
-  extern __shared__ float cache[];  // a drawn row's first cache_floats values
+  extern __shared__ float cache[];  // a drawn row's first cache_floats values, then the candidates
   __shared__ float scratch[32];
-  __shared__ float scratch3[3][32];
+  __shared__ float scratch5[5][32];
   __shared__ float sv[32];
   __shared__ int si[32];
   const sample_params p = params[blockIdx.x];
@@ -139,59 +193,85 @@ __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, in
   }
   const float inv_t = 1.0f / p.temperature;
   uint32_t floor_key = 0;
-  if (p.top_k > 0 && p.top_k < vocab) floor_key = threshold<false>(r, best, inv_t, 0, static_cast<float>(p.top_k), scratch3);
+  candidates cand;
+  if (with_candidates) cand.v = cache + cache_floats;
+  if (p.top_k > 0 && p.top_k < vocab)
+    floor_key = threshold<false>(r, best, inv_t, 0, static_cast<float>(p.top_k), scratch5, cand);
   const auto kept_mass = [&] {
     float m = 0;
-    for_each_value(r, [&](int, float v) {
+    const auto add = [&](float v) {
       if (ordered(v) >= floor_key) m += __expf((v - best) * inv_t);
-    });
+    };
+    if (cand.n >= 0 && floor_key >= cand.low) cand.for_each(add);
+    else for_each_value(r, [&](int, float v) { add(v); });
     return block_sum_f(m, scratch);
   };
   float mass = kept_mass();
   if (p.top_p < 1) {
-    floor_key = threshold<true>(r, best, inv_t, floor_key, p.top_p * mass * (1.0f - 1e-6f), scratch3);
+    floor_key = threshold<true>(r, best, inv_t, floor_key, p.top_p * mass * (1.0f - 1e-6f), scratch5, cand);
     mass = kept_mass();
   }
-  // Inverse CDF over the kept tokens in id order: each thread sums a contiguous chunk, a block scan
-  // finds the chunk that holds the draw, and that thread walks it.
+  // Inverse CDF over the kept tokens in id order: warp w sums the kept mass of ids [w span, (w + 1)
+  // span), its lanes on consecutive ids (coalesced loads, no bank conflicts in the cache); the warps'
+  // totals in order find the warp whose range holds the draw, and that warp walks its range again,
+  // 32 ids a step with a scan across its lanes.
   const uint64_t z = mix64(p.seed ^ mix64(p.draw + 0x9e3779b97f4a7c15ull));
   const float target = static_cast<float>(static_cast<double>(z >> 11) * 0x1.0p-53) * mass;
-  const int chunk = (vocab + blockDim.x - 1) / blockDim.x;
-  const int begin = threadIdx.x * chunk, end = min(vocab, begin + chunk);
+  const int warps = static_cast<int>(blockDim.x >> 5);
+  const int span = (vocab + warps - 1) / warps;
+  const int begin = min(vocab, warp * span), end = min(vocab, begin + span);
+  const auto weight = [&](int i, bool& kept) {
+    const float v = r.at(i);
+    kept = ordered(v) >= floor_key;
+    return kept ? __expf((v - best) * inv_t) : 0.0f;
+  };
   float mine = 0;
   int last_kept = -1;
-  for (int i = begin; i < end; ++i) {
-    const float v = r.at(i);
-    if (ordered(v) >= floor_key) mine += __expf((v - best) * inv_t), last_kept = i;
-  }
-  // Inclusive scan of `mine` over the block.
-  float incl = mine;
-  for (int o = 1; o < 32; o <<= 1) {
-    const float v = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += v;
+  for (int i = begin + lane; i < end; i += 32) {
+    bool kept;
+    mine += weight(i, kept);
+    if (kept) last_kept = i;
   }
   __shared__ float warp_total[32];
-  __shared__ int pick, fallback;
-  if (lane == 31) warp_total[warp] = incl;
-  if (threadIdx.x == 0) pick = -1, fallback = -1;
+  __shared__ int warp_last[32];
+  __shared__ int chosen, fallback, pick;
+  __shared__ float chosen_before;
+  mine = warp_sum(mine);
+  last_kept = __reduce_max_sync(0xffffffffu, last_kept);
+  if (lane == 0) warp_total[warp] = mine, warp_last[warp] = last_kept;
   __syncthreads();
-  float before = 0;
-  for (int w = 0; w < warp; ++w) before += warp_total[w];
-  incl += before;
-  const float excl = incl - mine;
-  if (last_kept >= 0) atomicMax(&fallback, last_kept);
-  if (mine > 0 && target >= excl && target < incl) {
-    float acc = excl;
-    for (int i = begin; i < end; ++i) {
-      const float v = r.at(i);
-      if (ordered(v) < floor_key) continue;
-      acc += __expf((v - best) * inv_t);
-      if (target < acc) {
-        pick = i;
+  if (threadIdx.x == 0) {
+    float acc = 0;
+    int c = -1, f = -1;
+    for (int w = 0; w < warps; ++w) {
+      f = max(f, warp_last[w]);
+      if (c < 0 && warp_total[w] > 0 && target >= acc && target < acc + warp_total[w]) c = w, chosen_before = acc;
+      acc += warp_total[w];
+    }
+    chosen = c, fallback = f, pick = -1;
+  }
+  __syncthreads();
+  if (warp == chosen) {
+    float acc = chosen_before;
+    int found = -1;
+    for (int base = begin; base < end; base += 32) {
+      const int i = base + lane;
+      bool kept = false;
+      const float w = i < end ? weight(i, kept) : 0.0f;
+      float incl = w;
+      for (int o = 1; o < 32; o <<= 1) {
+        const float u = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += u;
+      }
+      const unsigned hit = __ballot_sync(0xffffffffu, w > 0 && target < acc + incl);
+      if (hit != 0) {
+        found = base + __ffs(hit) - 1;
         break;
       }
+      acc += __shfl_sync(0xffffffffu, incl, 31);
     }
-    if (pick < 0) pick = last_kept;
+    // Rounding can leave the draw past the walk's last sum: the range's last kept token.
+    if (lane == 0) pick = found >= 0 ? found : warp_last[warp];
   }
   __syncthreads();
   if (threadIdx.x == 0) tokens[blockIdx.x] = pick >= 0 ? pick : fallback;
@@ -201,16 +281,20 @@ __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, in
 
 void sample_rows(const float* logits, int vocab, const sample_params* params, int n, int32_t* tokens, cudaStream_t s) {
   if (n == 0) return;
-  // Shared memory for a drawn row's first values (greedy rows use none of it): up to cached_max,
-  // as many as the device lets a block have beside the kernel's own 4 KB, a multiple of 4.
+  // Shared memory for the candidates (32 KB) and a drawn row's first values (greedy rows use none
+  // of it): up to cached_max of them, as many as the device lets a block have beside the kernel's
+  // own 1.3 KB, a multiple of 4.
   int device_id = 0, optin = 0;
   check(cudaGetDevice(&device_id));
   check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id));
-  const int cache_floats = std::max(0, std::min({vocab, device::cached_max, (optin - 4096) / 4})) / 4 * 4;
-  const size_t smem = static_cast<size_t>(cache_floats) * sizeof(float);
+  const int own = 2 * 1024, list_floats = device::slots * device::threads;
+  const bool with_candidates = optin >= own + list_floats * 4;
+  const int room = (optin - own - (with_candidates ? list_floats * 4 : 0)) / 4;
+  const int cache_floats = std::max(0, std::min({vocab, device::cached_max, room})) / 4 * 4;
+  const size_t smem = (static_cast<size_t>(cache_floats) + (with_candidates ? list_floats : 0)) * sizeof(float);
   check(cudaFuncSetAttribute(device::sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  launch_early(device::sample_kernel, dim3(n), dim3(device::threads), smem, s, logits, vocab, cache_floats, params,
-               tokens);
+  launch_early(device::sample_kernel, dim3(n), dim3(device::threads), smem, s, logits, vocab, cache_floats,
+               with_candidates, params, tokens);
   check_launch();
 }
 
