@@ -179,25 +179,32 @@ struct member {
 /// tests check, save a raw NUL byte: nlohmann takes one for the end of the input and ignores what
 /// follows, which would let junk through to the upstream. nlohmann's accept runs near 150 MB/s, too
 /// slow for 10 MB bodies on every request, and the member spans come from the same pass.
+///
+/// Every request body and every answer that is metered goes through it, most of them a few hundred
+/// bytes of compact JSON: the position and the text's end are passed along as pointers (so they
+/// stay in registers through the loops, where a member would be stored and read back around each
+/// call), each function returning the position past what it accepted or nullptr, and the byte
+/// after a gap is read once, for both the whitespace test and what follows.
 class json_scanner {
  public:
   explicit json_scanner(std::string_view text) : s_(text) {}
 
   /// true when the whole text is one valid JSON value.
   bool scan() {
+    const char* const begin = s_.data();
+    const char* const end = begin + s_.size();
+    const char* p = begin;
     // nlohmann skips a UTF-8 byte order mark at the very start.
-    if (s_.starts_with("\xEF\xBB\xBF")) i_ = 3;
-    skip_ws();
-    value_begin_ = i_;
-    if (peek() == '{') {
-      base_depth_ = 1;
-      if (!scan_members()) return false;
-    } else if (!scan_value()) {
-      return false;
-    }
-    value_end_ = i_;
-    skip_ws();
-    return i_ == s_.size();
+    if (s_.starts_with("\xEF\xBB\xBF")) p += 3;
+    const char first = next_byte(p, end);
+    value_begin_ = static_cast<std::size_t>(p - begin);
+    // A failed scan returns nullptr; a whole value is at least one byte, so a text whose data()
+    // is null (an empty one) never gives a null success.
+    p = first == '{' ? scan_members(p, end) : scan_value(p, end, max_json_depth);
+    if (p == nullptr) return false;
+    value_end_ = static_cast<std::size_t>(p - begin);
+    next_byte(p, end);
+    return p == end;
   }
 
   /// The scan failed because containers nest deeper than max_json_depth.
@@ -208,192 +215,217 @@ class json_scanner {
   bool is_object() const { return s_[value_begin_] == '{'; }
   /// Offset of the object's '{'.
   std::size_t open_brace() const { return value_begin_; }
-  /// The object's members in text order, duplicates included.
+  /// The object's members in text order, duplicates included (after a successful scan).
   std::span<const member> members() const {
     return more_.empty() ? std::span<const member>(first_.data(), count_) : std::span<const member>(more_);
   }
 
  private:
   // Past the end reads as NUL, a byte that valid JSON never has outside a string.
-  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  [[gnu::always_inline]] static char at(const char* p, const char* end) { return p < end ? *p : '\0'; }
 
-  void skip_ws() {
-    // Compact JSON has no whitespace between its tokens: one compare finds that out.
-    if (i_ < s_.size() && static_cast<unsigned char>(s_[i_]) > ' ') return;
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
+  /// The byte at p once p is moved past the whitespace there (NUL at the end). Compact JSON has no
+  /// whitespace between its tokens: the byte's one load and one compare find that out, and the
+  /// caller tests the same byte for what it expects next.
+  [[gnu::always_inline]] static char next_byte(const char*& p, const char* end) {
+    if (p < end && static_cast<unsigned char>(*p) > ' ') return *p;
+    while (p < end && json_whitespace[static_cast<unsigned char>(*p)]) ++p;
+    return at(p, end);
   }
 
-  /// Objects of up to first_.size() members (a request, an answer, its usage) are recorded
-  /// without an allocation.
-  void add_member(const member& m) {
-    if (more_.empty() && count_ < first_.size()) {
-      first_[count_++] = m;
-      return;
-    }
+  static constexpr std::array<bool, 256> json_whitespace = [] {
+    std::array<bool, 256> t{};
+    for (const char c : {' ', '\n', '\r', '\t'}) t[static_cast<unsigned char>(c)] = true;
+    return t;
+  }();
+
+  /// The slot for the object's next member. Objects of up to first_.size() members (a request, an
+  /// answer, its usage) are recorded without an allocation; once more_ is used, count_ stays at
+  /// first_.size().
+  [[gnu::always_inline]] member& next_member() {
+    if (count_ < first_.size()) return first_[count_++];
     if (more_.empty()) more_.assign(first_.begin(), first_.end());
-    more_.push_back(m);
+    return more_.emplace_back();
   }
 
-  bool scan_members() {
-    ++i_;  // '{'
-    skip_ws();
-    if (peek() == '}') {
-      ++i_;
-      return true;
-    }
+  /// The top-level object whose '{' is at p, its members recorded.
+  const char* scan_members(const char* p, const char* const end) {
+    const char* const begin = s_.data();
+    ++p;  // '{'
+    char c = next_byte(p, end);
+    if (c == '}') return p + 1;
     for (;;) {
-      member m{};
-      m.key_begin = i_;
+      member& m = next_member();
+      m.key_begin = static_cast<std::size_t>(p - begin);
+      if (c != '"') return nullptr;
       escaped_ = false;
-      if (peek() != '"' || !scan_string()) return false;
-      m.key_end = i_;
+      if ((p = scan_string(p, end)) == nullptr) return nullptr;
+      m.key_end = static_cast<std::size_t>(p - begin);
       m.key_escaped = escaped_;
-      skip_ws();
-      if (peek() != ':') return false;
-      ++i_;
-      skip_ws();
-      m.value_begin = i_;
-      if (!scan_value()) return false;
-      m.value_end = i_;
-      add_member(m);
-      skip_ws();
-      if (peek() == '}') {
-        ++i_;
-        return true;
-      }
-      if (peek() != ',') return false;
-      ++i_;
-      skip_ws();
+      if (next_byte(p, end) != ':') return nullptr;
+      ++p;
+      next_byte(p, end);
+      m.value_begin = static_cast<std::size_t>(p - begin);
+      if ((p = scan_value(p, end, max_json_depth - 1)) == nullptr) return nullptr;
+      m.value_end = static_cast<std::size_t>(p - begin);
+      c = next_byte(p, end);
+      if (c == '}') return p + 1;
+      if (c != ',') return nullptr;
+      ++p;
+      c = next_byte(p, end);
     }
   }
 
-  /// One value at i_. Containers are tracked on a stack of their opening bytes, not by recursion,
-  /// so that a body nested a million deep cannot exhaust the thread's stack.
-  bool scan_value() {
-    open_size_ = 0;
+  /// One value at p. Containers are tracked on a stack of their opening bytes, not by recursion,
+  /// so that a body nested a million deep cannot exhaust the thread's stack; room is how many may
+  /// be open at once (max_json_depth less the containers around this value). Inlined into
+  /// scan_members: a call for each member's value, with its registers saved and restored, cost
+  /// about as much as the short values it scanned.
+  [[gnu::always_inline]] const char* scan_value(const char* p, const char* const end, const std::size_t room) {
+    char* const open = open_.data();
+    std::size_t open_size = 0;
     for (;;) {
-      skip_ws();
-      switch (peek()) {
+      // The gap before a value and the value's kind are told apart by one load of its first byte.
+      switch (at(p, end)) {
+        case ' ':
+        case '\n':
+        case '\r':
+        case '\t':
+          ++p;
+          next_byte(p, end);
+          continue;
         case '{':
         case '[': {
           // Whatever later walks the body as a tree (metering, stream_options) may recurse.
-          if (base_depth_ + open_size_ >= max_json_depth) {
+          if (open_size >= room) {
             too_deep_ = true;
-            return false;
+            return nullptr;
           }
-          const char open = s_[i_++];
-          skip_ws();
-          if (peek() == (open == '{' ? '}' : ']')) {
-            ++i_;
+          const char opening = *p++;
+          const char c = next_byte(p, end);
+          if (c == (opening == '{' ? '}' : ']')) {
+            ++p;
             break;  // an empty container is a whole value
           }
-          open_[open_size_++] = open;
-          if (open == '{' && !scan_key_colon()) return false;
+          open[open_size++] = opening;
+          if (opening == '{' && (p = scan_key_colon(p, c, end)) == nullptr) return nullptr;
           continue;  // its first value
         }
         case '"':
-          if (!scan_string()) return false;
+          if ((p = scan_string(p, end)) == nullptr) return nullptr;
           break;
         case 't':
-          if (!scan_literal("true")) return false;
+          if ((p = scan_literal(p, end, "true")) == nullptr) return nullptr;
           break;
         case 'f':
-          if (!scan_literal("false")) return false;
+          if ((p = scan_literal(p, end, "false")) == nullptr) return nullptr;
           break;
         case 'n':
-          if (!scan_literal("null")) return false;
+          if ((p = scan_literal(p, end, "null")) == nullptr) return nullptr;
           break;
         default:
-          if (!scan_number()) return false;
+          if ((p = scan_number(p, end)) == nullptr) return nullptr;
       }
       // A value ended: close the containers that end here, then go on to the next value.
       for (;;) {
-        if (open_size_ == 0) return true;
-        skip_ws();
-        const bool in_object = open_[open_size_ - 1] == '{';
-        if (peek() == ',') {
-          ++i_;
+        if (open_size == 0) return p;
+        const char c = next_byte(p, end);
+        const bool in_object = open[open_size - 1] == '{';
+        if (c == ',') {
+          ++p;
           if (in_object) {
-            skip_ws();
-            if (!scan_key_colon()) return false;
+            const char k = next_byte(p, end);
+            if ((p = scan_key_colon(p, k, end)) == nullptr) return nullptr;
           }
           break;
         }
-        if (peek() != (in_object ? '}' : ']')) return false;
-        ++i_;
-        --open_size_;
+        if (c != (in_object ? '}' : ']')) return nullptr;
+        ++p;
+        --open_size;
       }
     }
   }
 
-  bool scan_key_colon() {
-    if (peek() != '"' || !scan_string()) return false;
-    skip_ws();
-    if (peek() != ':') return false;
-    ++i_;
-    return true;
+  /// A key and its colon at p, whose byte is c.
+  [[gnu::always_inline]] const char* scan_key_colon(const char* p, char c, const char* const end) {
+    if (c != '"' || (p = scan_string(p, end)) == nullptr) return nullptr;
+    if (next_byte(p, end) != ':') return nullptr;
+    return p + 1;
   }
 
-  bool scan_literal(std::string_view word) {
-    if (s_.substr(i_, word.size()) != word) return false;
-    i_ += word.size();
-    return true;
+  static const char* scan_literal(const char* p, const char* const end, std::string_view word) {
+    if (static_cast<std::size_t>(end - p) < word.size() || std::string_view(p, word.size()) != word) return nullptr;
+    return p + word.size();
   }
 
-  bool scan_number() {
-    const std::size_t begin = i_;
-    if (peek() == '-') ++i_;
-    if (peek() == '0') {
-      ++i_;
-    } else if (peek() >= '1' && peek() <= '9') {
-      while (is_digit(peek())) ++i_;
+  /// The number at p. Most numbers are short integers (counts, indexes, times): one of up to 18
+  /// digits, with no fraction or exponent after it, is decided here, inline, and the rest goes the
+  /// general way.
+  [[gnu::always_inline]] static const char* scan_number(const char* p, const char* const end) {
+    const char c = at(p, end);
+    const char* q = p + 1;
+    if (c == '0') {
+      // "0", whatever follows: the general way would take no more digits either
+    } else if (c >= '1' && c <= '9') {
+      while (q < end && is_digit(*q)) ++q;
     } else {
-      return false;
+      return scan_number_general(p, end);
+    }
+    const char next = at(q, end);
+    if (q - p <= 18 && next != '.' && next != 'e' && next != 'E') return q;
+    return scan_number_general(p, end);
+  }
+
+  static const char* scan_number_general(const char* p, const char* const end) {
+    const char* const begin = p;
+    const auto digit = [&] { return is_digit(at(p, end)); };
+    if (at(p, end) == '-') ++p;
+    if (at(p, end) == '0') {
+      ++p;
+    } else if (at(p, end) >= '1' && at(p, end) <= '9') {
+      while (digit()) ++p;
+    } else {
+      return nullptr;
     }
     bool integer = true;
-    if (peek() == '.') {
-      ++i_;
-      if (!is_digit(peek())) return false;
-      while (is_digit(peek())) ++i_;
+    if (at(p, end) == '.') {
+      ++p;
+      if (!digit()) return nullptr;
+      while (digit()) ++p;
       integer = false;
     }
-    if (peek() == 'e' || peek() == 'E') {
-      ++i_;
-      if (peek() == '+' || peek() == '-') ++i_;
-      if (!is_digit(peek())) return false;
-      while (is_digit(peek())) ++i_;
+    if (at(p, end) == 'e' || at(p, end) == 'E') {
+      ++p;
+      if (at(p, end) == '+' || at(p, end) == '-') ++p;
+      if (!digit()) return nullptr;
+      while (digit()) ++p;
       integer = false;
     }
     // An integer of up to 18 digits fits an int64; longer ones nlohmann reads as a double.
-    const std::string_view num = s_.substr(begin, i_ - begin);
-    return (integer && num.size() <= 18) || fits_double(num);
+    const std::string_view num(begin, static_cast<std::size_t>(p - begin));
+    return (integer && num.size() <= 18) || fits_double(num) ? p : nullptr;
   }
 
-  /// The string literal at i_ (its opening quote). Most strings (keys, roles, short values) end
+  /// The string literal whose opening quote is at p. Most strings (keys, roles, short values) end
   /// within 16 bytes with no byte to check before their closing quote: that case is decided here,
   /// inline, and the rest goes the general way.
-  [[gnu::always_inline]] bool scan_string() {
+  [[gnu::always_inline]] const char* scan_string(const char* p, const char* const end) {
 #if defined(__SSE2__)
-    if (s_.size() - i_ >= 17) {
-      const unsigned mask = special_string_bytes16(s_.data() + i_ + 1);
+    if (end - p >= 17) {
+      const unsigned mask = special_string_bytes16(p + 1);
       if (mask != 0) {
-        const auto at = static_cast<std::size_t>(__builtin_ctz(mask));
-        if (s_[i_ + 1 + at] == '"') {
-          i_ += at + 2;
-          return true;
-        }
+        const auto first = __builtin_ctz(mask);
+        if (p[1 + first] == '"') return p + first + 2;
       }
     }
 #endif
-    return scan_string_general();
+    return scan_string_general(p, end);
   }
 
-  bool scan_string_general() {
-    ++i_;  // the opening quote
-    const char* const begin = s_.data();
-    const char* const end = begin + s_.size();
+  const char* scan_string_general(const char* p, const char* const end) {
+    ++p;  // the opening quote
     for (;;) {
-      const char* p = skip_plain_string_bytes(begin + i_, end);
+      p = skip_plain_string_bytes(p, end);
       // Non-ASCII text (CJK, say) is mostly multi-byte sequences in a row: checked here in one
       // loop, without going back to the plain-byte skip for each.
       while (p < end && static_cast<unsigned char>(*p) >= 0x80) {
@@ -407,31 +439,28 @@ class json_scanner {
         } else if (c >= 0xE1 && c <= 0xEF && c != 0xED && end - p >= 3 && continuation(1) && continuation(2)) {
           p += 3;
         } else {
-          const std::size_t len = utf8_sequence_length(s_, static_cast<std::size_t>(p - begin));
-          if (len == 0) return false;  // bytes that are not UTF-8
+          const std::size_t len = utf8_sequence_length(s_, static_cast<std::size_t>(p - s_.data()));
+          if (len == 0) return nullptr;  // bytes that are not UTF-8
           p += len;
         }
       }
-      i_ = static_cast<std::size_t>(p - begin);
-      if (p >= end) return false;
+      if (p >= end) return nullptr;
       const auto c = static_cast<unsigned char>(*p);
-      if (c == '"') {
-        ++i_;
-        return true;
-      }
+      if (c == '"') return p + 1;
       if (c == '\\') {
         escaped_ = true;
-        if (!scan_escape()) return false;
+        if ((p = scan_escape(p, end)) == nullptr) return nullptr;
       } else if (c < 0x20) {
-        return false;  // a raw control character
+        return nullptr;  // a raw control character
       }
       // else: a plain byte after a multi-byte run; the next round goes on from it
     }
   }
 
-  bool scan_escape() {
-    ++i_;  // the backslash
-    switch (peek()) {
+  /// The escape whose backslash is at p.
+  static const char* scan_escape(const char* p, const char* const end) {
+    ++p;  // the backslash
+    switch (at(p, end)) {
       case '"':
       case '\\':
       case '/':
@@ -439,21 +468,22 @@ class json_scanner {
       case 'f':
       case 'n':
       case 'r':
-      case 't': ++i_; return true;
+      case 't': return p + 1;
       case 'u': {
-        ++i_;
-        const int cp = hex4(s_.substr(i_));
-        if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) return false;  // a low surrogate alone
-        i_ += 4;
-        if (cp < 0xD800 || cp > 0xDBFF) return true;
+        ++p;
+        const auto rest = [&] { return std::string_view(p, static_cast<std::size_t>(end - p)); };
+        const int cp = hex4(rest());
+        if (cp < 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) return nullptr;  // a low surrogate alone
+        p += 4;
+        if (cp < 0xD800 || cp > 0xDBFF) return p;
         // A high surrogate must be followed at once by an escaped low one.
-        if (s_.substr(i_, 2) != "\\u") return false;
-        const int low = hex4(s_.substr(i_ + 2));
-        if (low < 0xDC00 || low > 0xDFFF) return false;
-        i_ += 6;
-        return true;
+        if (!rest().starts_with("\\u")) return nullptr;
+        p += 2;
+        const int low = hex4(rest());
+        if (low < 0xDC00 || low > 0xDFFF) return nullptr;
+        return p + 4;
       }
-      default: return false;
+      default: return nullptr;
     }
   }
 
@@ -461,13 +491,10 @@ class json_scanner {
   std::size_t count_ = 0;
   std::vector<member> more_;  // all of them, once there are more than first_ holds
   std::string_view s_;
-  std::size_t i_ = 0;
   std::size_t value_begin_ = 0, value_end_ = 0;
   // The opening bytes of the containers scan_value is inside: fewer than max_json_depth, so a
   // fixed array holds them.
   std::array<char, max_json_depth> open_;
-  std::size_t open_size_ = 0;
-  std::size_t base_depth_ = 0;  // containers around scan_value's: 1 inside the top-level object
   bool too_deep_ = false;
   bool escaped_ = false;  // scan_string met an escape since it was last cleared
 };
