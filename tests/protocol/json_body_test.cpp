@@ -739,6 +739,88 @@ TEST_CASE("bodies nested deeper than max_json_depth are refused, without recursi
   CHECK(json_depth_within(R"({"a":"[[[[{{{{\"[["})", 1));  // brackets in strings do not count
 }
 
+TEST_CASE("a top-level array may nest max_json_depth deep, spaced or not", "[json_body][hardening]") {
+  const auto arrays = [](std::size_t levels) { return std::string(levels, '[') + std::string(levels, ']'); };
+  // Valid but not an object: refused for its type, not its depth.
+  const auto deepest = parse_request_body(arrays(max_json_depth));
+  CHECK(deepest.error.find("must be a JSON object") != std::string::npos);
+  CHECK(parse_request_body(arrays(max_json_depth + 1)).error.find("deeper than 128 levels") != std::string::npos);
+  // Whitespace between the brackets changes nothing.
+  const std::string spaced = " [ \n" + arrays(max_json_depth - 1) + "\t]\r\n";
+  CHECK(parse_request_body(spaced).error.find("must be a JSON object") != std::string::npos);
+}
+
+TEST_CASE("numbers are checked alike alone, in an array and as a member's value", "[json_body]") {
+  // Short integers are decided by a quicker path than other numbers: each form, with each byte
+  // that may or may not go on a number after it, agrees with nlohmann wherever it stands.
+  const std::vector<std::string> numbers = {"0",
+                                            "7",
+                                            "-0",
+                                            "-7",
+                                            "00",
+                                            "01",
+                                            "0.5",
+                                            "10.",
+                                            "1e",
+                                            "9E2",
+                                            "0e1",
+                                            "12e+",
+                                            "-",
+                                            "123456789012345678",
+                                            "1234567890123456789",
+                                            "999999999999999999999",
+                                            "1" + std::string(308, '0'),
+                                            "1" + std::string(309, '0')};
+  for (const std::string& n : numbers) {
+    for (const std::string after : {"", " ", ".", "e", "E", "0", "x", "-", "+"}) {
+      const std::string number = n + after;
+      for (const std::string& text : {number, "[" + number + "]", "[" + number + ",1]",
+                                      R"({"model":"m","a":)" + number + "}", R"({"a":)" + number + R"(,"model":"m"})"}) {
+        INFO(text);
+        CHECK(refused_as_invalid_json(parse_request_body(text)) == !reference_accepts(text));
+      }
+    }
+  }
+}
+
+TEST_CASE("top_level_values records every member of objects of any size, whatever the spacing", "[json_body]") {
+  // The scan keeps the first 16 members in place and moves to a vector past them: objects on both
+  // sides, each value's text as written, whitespace of every kind in every gap or none, and the
+  // last of a duplicate key winning on either side of the 16th member.
+  json_maker maker(36);
+  const std::array<std::string, 8> values{"1",    "-0.5e3", "\"s\\u00e9\"", "true",
+                                          "null", "[1, {\"a\":[]}]", "{ }", "\"\""};
+  for (int round = 0; round < 400; ++round) {
+    const std::size_t n = static_cast<std::size_t>(round % 41);
+    std::vector<std::string> keys, written;
+    std::string text = maker.ws() + "{" + maker.ws();
+    for (std::size_t k = 0; k < n; ++k) {
+      keys.push_back("k" + std::to_string(k));
+      written.push_back(values[static_cast<std::size_t>(maker.pick(static_cast<int>(values.size())))]);
+      text += (k ? "," + maker.ws() : "") + "\"" + keys.back() + "\"" + maker.ws() + ":" + maker.ws() + written.back() +
+              maker.ws();
+    }
+    // A key written again past the end: k0, or k16 when there is one.
+    const std::size_t again = n > 16 ? 16 : 0;
+    if (n > 0) {
+      written[again] = "\"again\"";
+      text += ",\"" + keys[again] + "\":" + written[again];
+    }
+    text += "}" + maker.ws();
+    INFO(text);
+    REQUIRE(reference_accepts(text));
+    std::vector<std::string_view> names(keys.begin(), keys.end());
+    names.push_back("absent");
+    std::vector<std::string_view> found(names.size());
+    REQUIRE(top_level_values(text, names, found));
+    for (std::size_t k = 0; k < n; ++k) CHECK(found[k] == written[k]);
+    CHECK(found.back().empty());
+    // Without its closing brace the text is not JSON, and nothing is read.
+    CHECK_FALSE(top_level_values(text.substr(0, text.rfind('}')), names, found));
+    for (const std::string_view v : found) CHECK(v.empty());
+  }
+}
+
 TEST_CASE("long strings are checked in blocks: every kind of byte at every offset", "[json_body]") {
   // Strings are skipped 16 and 64 bytes at a time: each byte that needs a look (the closing quote,
   // an escape, a control character, UTF-8, good or bad) is put at every offset of a long string,
