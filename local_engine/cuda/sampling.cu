@@ -1,6 +1,7 @@
 #include "local_engine/cuda/sampling.cuh"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace tollgate::engine::cuda {
 
@@ -115,12 +116,13 @@ __device__ uint32_t threshold(const row_view& r, float mx, float inv_t, uint32_t
     const uint32_t low = max(key, floor_key);
     float g1 = 0, g2 = 0, g3 = 0;
     int found = 0;
-    const bool gather = cand.n < 0 && cand.v != nullptr && cand.few;
     float above = 0;  // values at or above t1
-    const auto count = [&](float v) {
+    // Gathering or not is decided at compile time, so that a pass that does not gather runs the
+    // loads' unrolled loop without the stores (flat rows' passes, whose candidates never fit).
+    const auto count = [&](float v, auto gather) {
       const uint32_t k = ordered(v);
       if (k < low) return;
-      if (gather) {
+      if constexpr (decltype(gather)::value) {
         if (found < slots) cand.v[found * blockDim.x + threadIdx.x] = v;
         ++found;
       }
@@ -132,12 +134,14 @@ __device__ uint32_t threshold(const row_view& r, float mx, float inv_t, uint32_t
       if (k >= t3) g3 += w;
     };
     if (cand.n >= 0) {
-      cand.for_each(count);
+      cand.for_each([&](float v) { count(v, std::false_type{}); });
       float g[3] = {g1, g2, g3};
       block_sums(g, scratch);
       g1 = g[0], g2 = g[1], g3 = g[2];
     } else {
-      for_each_value(r, [&](int, float v) { count(v); });
+      const bool gather = cand.v != nullptr && cand.few;
+      if (gather) for_each_value(r, [&](int, float v) { count(v, std::true_type{}); });
+      else for_each_value(r, [&](int, float v) { count(v, std::false_type{}); });
       float g[5] = {g1, g2, g3, above, gather && found > slots ? 1.0f : 0.0f};
       block_sums(g, scratch);
       g1 = g[0], g2 = g[1], g3 = g[2];
