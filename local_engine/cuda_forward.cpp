@@ -1050,8 +1050,11 @@ class cuda_backend final : public forward_backend {
     const auto& c = c_;
     const int E = c.n_routed_experts, K = c.num_experts_per_tok, H = c.hidden_size, I = c.moe_intermediate_size;
     const int R = N * K;
-    // With shared experts, one product gives the router logits and the shared gate and up.
-    const mat<T>& first = L.has_shared ? L.router_shared : L.router;
+    // With shared experts, one product gives the router logits and the shared gate and up, unless
+    // the routed gate-up product takes the shared gate and up (its shared items run while the
+    // router's product still sums and routes).
+    const bool gate_up_shared = shared_gate_up_in_experts(L, N) && uses_skinny(N, h, L.router.w, L.router.rows, L.router.cols);
+    const mat<T>& first = L.has_shared && !gate_up_shared ? L.router_shared : L.router;
     float* router_logits = ws_router_.as<float>(static_cast<size_t>(N) * first.rows);
     int32_t* ids = ws_ids_.as<int32_t>(static_cast<size_t>(R));
     float* wts = ws_wts_.as<float>(static_cast<size_t>(R));
@@ -1092,19 +1095,22 @@ class cuda_backend final : public forward_backend {
       in_experts.out = ws_shared_.as<float>(static_cast<size_t>(N) * H);
       in_experts.w = reinterpret_cast<const cuda::bf16*>(L.shared_down.w);
       in_experts.inter = I, in_experts.parts = c.n_shared_experts, in_experts.hidden = H, in_experts.rows = N;
+      if (gate_up_shared) in_experts.gate_up = reinterpret_cast<const cuda::bf16*>(L.shared_gate_up.w);
     }
     float* shared = in_experts.act    ? in_experts.out
                     : L.has_shared ? shared_experts(L, router_logits, first.rows, N)
                                    : nullptr;
-    cuda::shared_experts prep;  // the shared experts' SiLU-mul for the gate-up product to write
+    // The shared experts' SiLU-mul for the gate-up product to write: from their own rows there
+    // (gate_up_shared), or from the router-and-shared product's after a router that ran in it.
+    cuda::shared_experts prep = gate_up_shared ? in_experts : cuda::shared_experts{};
     if (routed) {
-      if (in_experts.act) {
+      if (in_experts.act && !gate_up_shared) {
         prep = in_experts;
         prep.from = router_logits, prep.from_stride = first.rows, prep.experts = E;
       }
     } else {
       cuda::route_and_group(router_logits, L.score_bias, rc, N, ids, wts, groups, route_arrivals_, stream_,
-                            in_experts);
+                            gate_up_shared ? cuda::shared_experts{} : in_experts);
     }
     float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
     T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
@@ -1297,6 +1303,20 @@ class cuda_backend final : public forward_backend {
     return false;
   }
 
+  /// Whether a step's shared experts' gate and up are items of the routed gate-up product
+  /// (expert_gate_up_silu's shared.gate_up) rather than rows of the router's product: with the
+  /// shared experts in the routed kernels, bf16 experts and the fused gate-up store; moe() also
+  /// asks for the router's product on the skinny kernel. The items run before the gate-up kernel
+  /// waits for the router's kernels. The skinny product lets the next kernel be placed only after
+  /// its own wait, and the route kernel after it starts only then, so the normed rows are complete
+  /// when the gate-up kernel is placed.
+  bool shared_gate_up_in_experts(const layer_weights<T>& L, int N) const {
+    if constexpr (!std::is_same_v<T, bf16>) return false;
+    else
+      return shared_gate_up_in_experts_ && shared_in_experts(L, N) && !L.experts_gate_up_fp8.w && fused_silu_ &&
+             cuda::expert_gate_up_silu_fits(c_.moe_intermediate_size, c_.hidden_size);
+  }
+
   /// The shared experts' SwiGLU and down product, on the side stream for small batches (it waits
   /// for the router's product; finish_moe joins it). Larger batches keep one stream: the routed
   /// experts' persistent grid expects every multiprocessor, and a product beside it costs a wave.
@@ -1373,6 +1393,10 @@ class cuda_backend final : public forward_backend {
   // product (on the side stream up to side_stream_rows tokens), for measurements.
   const bool shared_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS") == nullptr ||
                                   std::string(std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS")) != "0";
+  // TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS=0: the shared experts' gate and up stay rows of the
+  // router's product (for measurements; shared_gate_up_in_experts).
+  const bool shared_gate_up_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS") == nullptr ||
+                                          std::string(std::getenv("TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS")) != "0";
   // Long prompt chunks' un-absorbed attention (dense_attention): the planned batch's items, and
   // the scratch its products may use at most (beyond the cache's gathered latents).
   std::vector<item_span> spans_;

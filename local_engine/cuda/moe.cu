@@ -226,12 +226,19 @@ struct fp8_rows {
 // up) (inter values a row) instead of out: silu_mul's values, without its kernel.
 // With `sh.parts` (a down product), the shared experts' parts (bf16 weights whatever W's) come first
 // in the item order, a (part, slice) each over all sh.rows tokens, and add their sums to sh.out.
+// With `act` and `sh.gate_up`, the shared experts' gate-up parts come first the same way (part p's
+// gate rows p inter .., its up rows (parts + p) inter ..), store into sh.act, and run before the
+// block waits for the kernel before (moe.cuh: x is complete when this kernel is placed); a block
+// waits before its first routed item, and before it zeroes sh.out at the end.
 template <typename Rows, int KS>
 __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, const bf16* x, const int32_t* x_rows,
                                                                   const int32_t* offsets, const int32_t* active, int N,
                                                                   int K, int slices, int max_active, float* out,
                                                                   bf16* act, shared_experts sh, bool lone) {
-  enter_in_order();
+  const bool early_shared = act && sh.gate_up;
+  trigger_dependents();
+  if (!early_shared) wait_for_prerequisites();
+  bool waited = !early_shared;
   const int warp = (threadIdx.x >> 5) % mma_warps, kw = (threadIdx.x >> 5) / mma_warps;
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int units = K / 8;  // 16-byte units of a row
@@ -240,7 +247,7 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   const int k_begin = min(units, kw * per), k_end = min(units, k_begin + per);
   // A lone token's slots (group_lone_token): max_active distinct experts, listed by id, the y-th
   // with row y of the grouped rows, all of token 0: an item needs only its expert from `active`.
-  const int n_active = lone ? max_active : active[0];
+  int n_active = lone || early_shared ? max_active : active[0];  // read after the wait when early_shared
   const uint4 zero = make_uint4(0, 0, 0, 0);
   __shared__ float red[KS > 1 ? mma_warps : 1][mma_tiles][4][32];
   // A gate-up product after a router that ran in its product writes the shared experts' SiLU-mul
@@ -252,17 +259,22 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   const auto prep_gate = [&](int i) { return sh.from + static_cast<size_t>(i / prep_width) * sh.from_stride + sh.experts + i % prep_width; };
   float first_g = 0, first_u = 0;
   if (prep && prep_i0 < sh.rows * prep_width) first_g = prep_gate(prep_i0)[0], first_u = prep_gate(prep_i0)[prep_width];
-  const int parts = act ? 0 : sh.parts;  // a gate-up product takes no shared items
+  const int parts = act && !sh.gate_up ? 0 : sh.parts;  // a gate-up product takes shared items only with gate_up
   const int shared_items = parts * slices;
+  const int inter = N / 2;
   for (int item = blockIdx.x; item < shared_items + max_active * slices; item += gridDim.x) {
     const bool is_sh = item < shared_items;
+    if (!is_sh && !waited) {
+      wait_for_prerequisites();
+      waited = true;
+      if (!lone) n_active = active[0];
+    }
     const int y = is_sh ? item / slices : (item - shared_items) / slices, slice = item % slices;
     if (!is_sh && y >= n_active) break;  // routed items are ordered by y: the rest are idle too
     const int e = is_sh ? 0 : active[1 + y];
     const int r0 = is_sh ? 0 : lone ? y : offsets[e], r1 = is_sh ? sh.rows : lone ? y + 1 : offsets[e + 1];
-    // A shared part's rows of W and x: `parts * K` values apart, from column y K.
+    // A down product's shared part's rows of W and x: `parts * K` values apart, from column y K.
     const size_t sh_stride = static_cast<size_t>(parts) * K, sh_col = static_cast<size_t>(y) * K;
-    const int inter = N / 2;
     const int n_base = act ? (slice * mma_warps + warp) * 8 : (slice * mma_warps + warp) * 8 * mma_tiles;
     const int n_end = act ? inter : N;
     if (KS == 1 && n_base >= n_end) continue;
@@ -273,17 +285,24 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
     for (int t = 0; t < mma_tiles; ++t) {
       const int n = act ? t * inter + min(n_base + g, inter - 1) : min(n_base + t * 8 + g, N - 1);
       wr[t] = static_cast<size_t>(e) * N + n;
-      wrow[t] = is_sh ? static_cast<const void*>(sh.w + n * sh_stride + sh_col) : W.row(wr[t], K);
+      // A gate-up product's shared part y: its gate row (or up row, t = 1) for column n - t inter.
+      const size_t sh_gu_row = static_cast<size_t>(t * parts + y) * inter + (n - t * inter);
+      wrow[t] = !is_sh ? W.row(wr[t], K)
+                : act  ? static_cast<const void*>(sh.gate_up + sh_gu_row * K)
+                       : static_cast<const void*>(sh.w + n * sh_stride + sh_col);
     }
     for (int rb = r0; rb < r1; rb += 16) {
       const int ra = rb + g, rc = rb + g + 8;
       const bool va = ra < r1, vc = rc < r1;
       const int xa_row = va ? ra : r0, xc_row = vc ? rc : r0;
-      const int ta = x_rows ? (lone ? 0 : x_rows[xa_row]) : xa_row, tc = x_rows ? (lone ? 0 : x_rows[xc_row]) : xc_row;
-      const uint4* xa =
-          reinterpret_cast<const uint4*>(is_sh ? sh.act + xa_row * sh_stride + sh_col : x + static_cast<size_t>(ta) * K);
-      const uint4* xc =
-          reinterpret_cast<const uint4*>(is_sh ? sh.act + xc_row * sh_stride + sh_col : x + static_cast<size_t>(tc) * K);
+      const int ta = x_rows && !is_sh ? (lone ? 0 : x_rows[xa_row]) : xa_row,
+                tc = x_rows && !is_sh ? (lone ? 0 : x_rows[xc_row]) : xc_row;
+      // Shared gate-up items read x through L2 (ld.cg): they run before this block's wait.
+      const bool x_cg = is_sh && act;
+      const uint4* xa = reinterpret_cast<const uint4*>(is_sh && !act ? sh.act + xa_row * sh_stride + sh_col
+                                                                     : x + static_cast<size_t>(ta) * K);
+      const uint4* xc = reinterpret_cast<const uint4*>(is_sh && !act ? sh.act + xc_row * sh_stride + sh_col
+                                                                     : x + static_cast<size_t>(tc) * K);
       float c[mma_tiles][4];
 #pragma unroll
       for (int t = 0; t < mma_tiles; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0;
@@ -293,8 +312,8 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
         for (int u = 0; u < mma_ahead; ++u) {
           const int at = k + 4 * u + q;
           const bool in = k + 4 * u < k_end;
-          A[u] = va && in ? xa[at] : zero;
-          C[u] = vc && in ? xc[at] : zero;
+          A[u] = va && in ? (x_cg ? __ldcg(xa + at) : xa[at]) : zero;
+          C[u] = vc && in ? (x_cg ? __ldcg(xc + at) : xc[at]) : zero;
 #pragma unroll
           for (int t = 0; t < mma_tiles; ++t)
             B[u][t] = !in ? zero : is_sh ? load_streaming(reinterpret_cast<const uint4*>(wrow[t]) + at) : W.load(wrow[t], wr[t], at);
@@ -327,12 +346,15 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
       }
       if (act) {
         static_assert(mma_tiles == 2, "a gate tile and an up tile");
+        // A shared part's act: parts * inter values a token, part y's from y inter.
+        bf16* const dst = is_sh ? sh.act + y * inter : act;
+        const size_t width = is_sh ? static_cast<size_t>(parts) * inter : inter;
         const int col = n_base + 2 * q;
         if (va)
-          *reinterpret_cast<__nv_bfloat162*>(act + static_cast<size_t>(ra) * inter + col) =
+          *reinterpret_cast<__nv_bfloat162*>(dst + static_cast<size_t>(ra) * width + col) =
               __floats2bfloat162_rn(silu_times(c[0][0], c[1][0]), silu_times(c[0][1], c[1][1]));
         if (vc)
-          *reinterpret_cast<__nv_bfloat162*>(act + static_cast<size_t>(rc) * inter + col) =
+          *reinterpret_cast<__nv_bfloat162*>(dst + static_cast<size_t>(rc) * width + col) =
               __floats2bfloat162_rn(silu_times(c[0][2], c[1][2]), silu_times(c[0][3], c[1][3]));
         continue;
       }
@@ -361,6 +383,10 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
       const float gv = i == prep_i0 ? first_g : prep_gate(i)[0], uv = i == prep_i0 ? first_u : prep_gate(i)[prep_width];
       sh.act[i] = __float2bfloat16_rn(silu_times(gv, uv));
     }
+    for (int i = prep_i0; i < sh.rows * sh.hidden; i += prep_n) sh.out[i] = 0.0f;
+  }
+  if (early_shared) {
+    if (!waited) wait_for_prerequisites();
     for (int i = prep_i0; i < sh.rows * sh.hidden; i += prep_n) sh.out[i] = 0.0f;
   }
 }
@@ -555,7 +581,7 @@ void launch_expert_mma(const Rows& W, const bf16* x, const int32_t* x_rows, cons
                        const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
                        bf16* act = nullptr, const shared_experts& sh = {}, bool lone = false) {
   // The shared parts take max_active's place in the grid's size: `parts` more expert-sized items.
-  const int extra = act ? 0 : sh.parts;
+  const int extra = act && !sh.gate_up ? 0 : sh.parts;
   if (expert_ksplit() == 2) {
     const auto [slices, grid] = persistent_grid(N, max_active + extra, 2);
     launch_early(device::expert_mma_kernel<Rows, 2>, dim3(grid), dim3(256), 0, s, W, x, x_rows, offsets, active, N, K,
@@ -676,6 +702,9 @@ void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, co
   if (max_active == 0) return;
   if (!expert_gate_up_silu_fits(inter, K))
     throw std::logic_error("expert_gate_up_silu: inter % 32 and K % 32 must be 0");
+  if (shared.gate_up && (shared.from || shared.inter != inter || shared.hidden != K || shared.rows < 1 ||
+                         !shared_in_experts_fits(inter, shared.parts, K)))
+    throw std::logic_error("expert_gate_up_silu: shared experts of other shapes");
   // Slices of 32 gate columns (with their 32 up columns): as many as of 64 columns of [2 inter].
   launch_expert_mma(device::bf16_rows{W}, x, x_rows, offsets, active, max_active, 2 * inter, K, nullptr, s, act,
                     shared, lone_token);

@@ -37,6 +37,9 @@ struct expert_groups {
 /// Where the router ran in its product's last block (skinny_route), the gate-up product writes act
 /// and zeroes out instead, from `from` (the router-and-shared product's rows, `from_stride` floats
 /// apart, `experts` logits before each row's gate values).
+/// With `gate_up` (the shared experts' gate rows, then their up rows: [2 parts inter, hidden]), the
+/// routed gate-up product computes the shared experts' gate and up itself, as more items of its
+/// grid, and writes act and zeroes out: the router's product is then the router's rows alone.
 struct shared_experts {
   bf16* act = nullptr;
   float* out = nullptr;
@@ -44,6 +47,7 @@ struct shared_experts {
   int inter = 0, parts = 0, hidden = 0, rows = 0;
   const float* from = nullptr;
   int from_stride = 0, experts = 0;
+  const bf16* gate_up = nullptr;
 };
 
 /// Whether the routed kernels take the shared experts (bf16 weights, at most two parts, the shapes
@@ -84,6 +88,11 @@ bool expert_gate_up_silu_fits(int inter, int K);
 /// then silu_mul give, with no float [rows, 2 inter] between them.
 /// With `shared.from`, its blocks first write the shared experts' act and zero their sums (the
 /// router kernel's share, shared_experts above).
+/// With `shared.gate_up`, the shared experts' gate-up rows are items of the grid placed before the
+/// routed ones, over shared.rows tokens (x's rows 0 .. rows - 1), and those items start without
+/// waiting for the kernel before: they read only weights and x, so x must be complete when this
+/// kernel is placed (the kernel before may let it start only after its own wait, as the skinny
+/// product does, and x must come from before that kernel). The routed items wait as usual.
 /// `lone_token` as for expert_down_with_shared (x_rows then all 0: not read).
 void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                          const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s,

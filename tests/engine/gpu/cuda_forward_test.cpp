@@ -240,7 +240,7 @@ std::vector<float> prompt_and_decode(eng::forward_backend& be, int vocab, size_t
   be.forward({&it, 1}, r);
   std::vector<float> all = r.logits;
   for (int k = 0; k < 4; ++k) {
-    const int32_t next = tokens[static_cast<size_t>(3 + 5 * k)];
+    const int32_t next = tokens[static_cast<size_t>(3 + 5 * k) % tokens.size()];
     eng::batch_item d;
     d.tokens = {&next, 1};
     d.start = tokens.size() + k;
@@ -284,8 +284,43 @@ size_t mla512_bits_differ_with(const char* var, const char* what) {
 TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of its own kernel", "[gpu][bf16]") {
   // gpu_mla512's experts (inter 128, hidden 256) take the fused store; the other recipes' (inter
   // 48) keep the float product and the SiLU-mul kernel. With TOLLGATE_ENGINE_FUSED_SILU=0 and
-  // without: every logit the same.
-  CHECK(mla512_bits_differ_with("TOLLGATE_ENGINE_FUSED_SILU", "SiLU-mul in the gate-up store") == 0);
+  // without: every logit the same. The shared experts' gate and up stay in the router's product
+  // for both runs (the fused store would otherwise also move them into the gate-up product, whose
+  // sums run in another order: the next case).
+  ::setenv("TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS", "0", 1);
+  const size_t differ = mla512_bits_differ_with("TOLLGATE_ENGINE_FUSED_SILU", "SiLU-mul in the gate-up store");
+  ::unsetenv("TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS");
+  CHECK(differ == 0);
+}
+
+TEST_CASE("gpu: the shared experts' gate and up in the routed gate-up product follow the router's product", "[gpu][bf16]") {
+  // With the shared experts in the routed kernels and the fused gate-up store, the shared experts'
+  // gate and up rows are items of the routed gate-up product, which run before its blocks wait for
+  // the router, unless TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS=0 keeps them rows of the router's
+  // product. The same float sums in another order, so the logits agree to float rounding.
+  // gpu_mla512 with one and two shared experts: a 12-token prompt (12 rows: the route kernel
+  // routes them) and four decode steps (one row); 1,024 wide without q_lora, the decode steps are
+  // routed in the router's product (its K is split).
+  auto base = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+  for (const bool wide : {false, true}) {
+    for (int parts : {1, 2}) {
+      auto recipe = base;
+      recipe["config"]["n_shared_experts"] = parts;
+      if (wide) recipe["config"]["q_lora_rank"] = nullptr, recipe["config"]["hidden_size"] = 1024;
+      recipe["seed"] = 700 + static_cast<int>(std::random_device{}() % 1000);
+      const std::string name = std::string("gpu_mla512") + (wide ? ", 1024 wide," : "") + " with " +
+                               std::to_string(parts) + " shared";
+      const auto own = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS", "0", 12),
+                 items = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS", "1", 12);
+      const logit_match lm = compare_logits(items, own, recipe["config"]["vocab_size"].get<size_t>());
+      std::printf("gpu shared gate-up in the routed product, %s: %zu of %zu logits differ, relative error %.2e, "
+                  "cosine mean %.6f worst %.6f, top-1 %.3f\n",
+                  name.c_str(), bits_differ(own, items), own.size(), lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
+      CHECK(lm.rel < 1e-2);
+      CHECK(lm.mean_cos > 0.9999);
+      CHECK(lm.agreement >= 0.99);
+    }
+  }
 }
 
 TEST_CASE("gpu: a lone token's expert products read only its experts and give the bits of a batch's", "[gpu][bf16]") {
