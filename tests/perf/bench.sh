@@ -190,11 +190,13 @@ printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for laten
 printf '| path | requests/s (median) | vs nginx | CPU µs a request | p50 latency µs | p99 latency µs | added p50 µs | rounds (requests/s) |\n'
 printf '|---|---|---|---|---|---|---|---|\n'
 d50=$(echo "${lat50[direct]}" | median)
-n_rps=$(echo "${rps[nginx]}" | median)
+n_rps=""  # the ratio column needs nginx among the targets
+[ -n "${rps[nginx]:-}" ] && n_rps=$(echo "${rps[nginx]}" | median)
 for t in "${targets[@]}"; do
   q=$(echo "${rps[$t]}" | median); a=$(echo "${lat50[$t]}" | median); b=$(echo "${lat99[$t]}" | median)
   c=$([ -n "${pid_of[$t]:-}" ] && printf '%.0f' "$(echo "${cpu[$t]}" | median)" || echo -)
-  printf '| %s | %.0f | %.2fx | %s | %.0f | %.0f | %s | %s |\n' "$t" "$q" "$(echo "$q / $n_rps" | bc -l)" "$c" "$a" "$b" \
+  r=$([ -n "$n_rps" ] && printf '%.2fx' "$(echo "$q / $n_rps" | bc -l)" || echo -)
+  printf '| %s | %.0f | %s | %s | %.0f | %.0f | %s | %s |\n' "$t" "$q" "$r" "$c" "$a" "$b" \
     "$([ "$t" = direct ] && echo - || printf '%.0f' "$(echo "$a - $d50" | bc -l)")" \
     "$(for v in ${rps[$t]}; do printf '%.0f ' "$v"; done | sed 's/ $//')"
 done
