@@ -59,7 +59,7 @@ TOLLGATE_BASE_URL="$gateway/v1" TOLLGATE_URL="$gateway" TOLLGATE_KEY="$E2E_KEY" 
   node --test "$here/local_engine.test.mjs"
 
 # The engine's families are valid exposition (deploy/setup.sh installs promtool).
-curl -s "$gateway/metrics" >"$work/metrics.txt"
+curl -s -m 30 "$gateway/metrics" >"$work/metrics.txt"
 grep -q 'tollgate_engine_sequences_total{backend="slow",outcome="cancelled"} 1' "$work/metrics.txt" ||
   { echo "engine metrics missing"; grep engine "$work/metrics.txt"; exit 1; }
 for line in 'tollgate_engine_kv_blocks{backend="slow",state="used"} 0' 'tollgate_engine_kv_blocks{backend="tiny",state="used"} 0' \
@@ -70,12 +70,11 @@ grep -q '^tollgate_engine_preemptions_total{backend="tiny"} ' "$work/metrics.txt
 promtool check metrics <"$work/metrics.txt"
 
 # A graceful stop with the engine threads running.
-kill -TERM "${pids[0]}"
-wait "${pids[0]}"
+stop_within 30 "${pids[0]}" "$work/tollgate.log"
 
 # device: cuda:0 where there is none (a build without CUDA, or a machine without a GPU): the
 # backend is down with a message naming the device, and the gateway serves the others.
-cuda_probe=$("$build/tollgate-engine" generate --checkpoint "$ck" --prompt-tokens 1 --device cuda:0 2>&1 || true)
+cuda_probe=$(timeout 60 "$build/tollgate-engine" generate --checkpoint "$ck" --prompt-tokens 1 --device cuda:0 2>&1 || true)
 if [[ "$cuda_probe" == *"this build has no CUDA backend"* || "$cuda_probe" == *"no CUDA device is usable here"* ]]; then
   cat >"$work/gpu.yaml" <<YAML
 server: {listen: "127.0.0.1:0", threads: 1}
@@ -91,14 +90,13 @@ YAML
   gpu=$(wait_listening "$work/gpu.log")
   grep -Eq "backend gpu: device 'cuda:0': (this build has no CUDA backend|no CUDA device is usable here)" "$work/gpu.log" ||
     { echo "no cuda load error logged"; cat "$work/gpu.log"; exit 1; }
-  curl -s "$gpu/readyz" | grep -q '"gpu":"down"' || { echo "readyz does not show gpu down"; curl -s "$gpu/readyz"; exit 1; }
+  curl -s -m 30 "$gpu/readyz" | grep -q '"gpu":"down"' || { echo "readyz does not show gpu down"; curl -s "$gpu/readyz"; exit 1; }
   # Greedy: a sampled answer ends early on the end token about once in 130 runs.
-  answer=$(curl -s "$gpu/v1/chat/completions" -H "Authorization: Bearer $E2E_KEY" -H 'Content-Type: application/json' \
+  answer=$(curl -s -m 60 "$gpu/v1/chat/completions" -H "Authorization: Bearer $E2E_KEY" -H 'Content-Type: application/json' \
     -d '{"model":"tiny-deepseek","max_tokens":4,"temperature":0,"messages":[{"role":"user","content":"hi"}]}')
   grep -q '"completion_tokens":4' <<<"$answer" ||
     { echo "the cpu backend did not answer after the gpu one: $answer"; exit 1; }
-  kill -TERM "${pids[-1]}"
-  wait "${pids[-1]}"
+  stop_within 30 "${pids[-1]}" "$work/gpu.log"
 fi
 
 # The README's quick start: the embedded config serves the demo recipe's model as tiny-deepseek.
@@ -108,7 +106,7 @@ TOLLGATE_LISTEN=127.0.0.1:0 TOLLGATE_DEMO_CHECKPOINT="$work/demo-model" "$build/
   >"$work/demo.log" 2>&1 &
 pids+=($!)
 demo=$(wait_listening "$work/demo.log")
-curl -sN "$demo/v1/chat/completions" -H 'Authorization: Bearer tg-demo-key' -H 'Content-Type: application/json' \
+curl -sN -m 60 "$demo/v1/chat/completions" -H 'Authorization: Bearer tg-demo-key' -H 'Content-Type: application/json' \
   -d '{"model":"tiny-deepseek","stream":true,"max_tokens":40,"temperature":0,"messages":[{"role":"user","content":"hello"}]}' \
   >"$work/demo.sse"
 [ "$(grep -c '^data: {' "$work/demo.sse")" -ge 10 ] && grep '^data:' "$work/demo.sse" | tail -1 | grep -q '^data: \[DONE\]' ||
