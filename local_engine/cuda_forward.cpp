@@ -1070,7 +1070,9 @@ class cuda_backend final : public forward_backend {
     int32_t *offsets = grouping, *active = offsets + E + 1, *row_token = active + E + 1, *slot_row = row_token + R;
     const cuda::expert_groups groups{offsets, active, row_token, slot_row};
     // A lone token in bf16 is routed by the router's product itself when the fused gate-up product
-    // follows (it takes the router kernel's other work, the shared experts' SiLU-mul).
+    // follows and the router kernel has no other work (the shared experts' SiLU-mul from the
+    // router-and-shared product's rows: with their gate and up in the gate-up product, it has none).
+    const bool with_shared = shared_in_experts(L, N);
     // The router's columns are cut finer than the rest (skinny_plan's lead blocks), at every batch
     // size, so that a lone token's logits are summed and routed while the shared columns stream.
     bool routed = false, done = false;
@@ -1078,7 +1080,8 @@ class cuda_backend final : public forward_backend {
       if (uses_skinny(N, h, first.w, first.rows, first.cols)) {
         const auto plan = cuda::skinny_split(first.rows, first.cols, sms_, skinny_workspace_floats, E, router_chunks_);
         routed = route_in_product_ && N == 1 && !L.experts_gate_up_fp8.w && fused_silu_ &&
-                 cuda::expert_gate_up_silu_fits(I, H) && cuda::skinny_route_fits(plan, N, first.rows, rc);
+                 (!with_shared || gate_up_shared) && cuda::expert_gate_up_silu_fits(I, H) &&
+                 cuda::skinny_route_fits(plan, N, first.rows, rc);
         const cuda::skinny_route route{rc, L.score_bias, ids, wts, groups};
         cuda::skinny_gemm(h, N, first.w, first.rows, first.cols, router_logits, true, plan, *skinny_[0], stream_,
                           routed ? &route : nullptr);
@@ -1089,7 +1092,7 @@ class cuda_backend final : public forward_backend {
     // A decode step's shared experts: in the router's kernel (or, routed in the product, the
     // gate-up product) and the routed down product, or their own SiLU-mul and product.
     cuda::shared_experts in_experts;
-    if (shared_in_experts(L, N)) {
+    if (with_shared) {
       const int Is = L.shared_gate_up.rows / 2;
       in_experts.act = reinterpret_cast<cuda::bf16*>(ws_sact_.as<T>(static_cast<size_t>(N) * Is));
       in_experts.out = ws_shared_.as<float>(static_cast<size_t>(N) * H);
@@ -1100,18 +1103,12 @@ class cuda_backend final : public forward_backend {
     float* shared = in_experts.act    ? in_experts.out
                     : L.has_shared ? shared_experts(L, router_logits, first.rows, N)
                                    : nullptr;
-    // The shared experts' SiLU-mul for the gate-up product to write: from their own rows there
-    // (gate_up_shared), or from the router-and-shared product's after a router that ran in it.
-    cuda::shared_experts prep = gate_up_shared ? in_experts : cuda::shared_experts{};
-    if (routed) {
-      if (in_experts.act && !gate_up_shared) {
-        prep = in_experts;
-        prep.from = router_logits, prep.from_stride = first.rows, prep.experts = E;
-      }
-    } else {
+    // The shared experts' SiLU-mul: written by the gate-up product from their own rows there
+    // (gate_up_shared), else by the router's kernel from the router-and-shared product's rows.
+    const cuda::shared_experts prep = gate_up_shared ? in_experts : cuda::shared_experts{};
+    if (!routed)
       cuda::route_and_group(router_logits, L.score_bias, rc, N, ids, wts, groups, route_arrivals_, stream_,
                             gate_up_shared ? cuda::shared_experts{} : in_experts);
-    }
     float* gu = ws_gu_.as<float>(static_cast<size_t>(R) * 2 * I);
     T* act = ws_act_.as<T>(static_cast<size_t>(R) * I);
     float* rows = ws_rows_.as<float>(static_cast<size_t>(R) * H);
@@ -1394,7 +1391,8 @@ class cuda_backend final : public forward_backend {
   const bool shared_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS") == nullptr ||
                                   std::string(std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS")) != "0";
   // TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS=0: the shared experts' gate and up stay rows of the
-  // router's product (for measurements; shared_gate_up_in_experts).
+  // router's product, and the router's kernel writes their SiLU-mul (for measurements and the test
+  // that compares the two; shared_gate_up_in_experts).
   const bool shared_gate_up_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS") == nullptr ||
                                           std::string(std::getenv("TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS")) != "0";
   // Long prompt chunks' un-absorbed attention (dense_attention): the planned batch's items, and

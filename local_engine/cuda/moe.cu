@@ -250,15 +250,6 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   int n_active = lone || early_shared ? max_active : active[0];  // read after the wait when early_shared
   const uint4 zero = make_uint4(0, 0, 0, 0);
   __shared__ float red[KS > 1 ? mma_warps : 1][mma_tiles][4][32];
-  // A gate-up product after a router that ran in its product writes the shared experts' SiLU-mul
-  // (the router kernel's formula and rounding) and zeroes their sums, spread over the grid: a
-  // thread's first gate and up values are loaded here and used after the items.
-  const bool prep = act && sh.from;
-  const int prep_width = sh.parts * sh.inter;
-  const int prep_n = static_cast<int>(gridDim.x * blockDim.x), prep_i0 = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  const auto prep_gate = [&](int i) { return sh.from + static_cast<size_t>(i / prep_width) * sh.from_stride + sh.experts + i % prep_width; };
-  float first_g = 0, first_u = 0;
-  if (prep && prep_i0 < sh.rows * prep_width) first_g = prep_gate(prep_i0)[0], first_u = prep_gate(prep_i0)[prep_width];
   const int parts = act && !sh.gate_up ? 0 : sh.parts;  // a gate-up product takes shared items only with gate_up
   const int shared_items = parts * slices;
   const int inter = N / 2;
@@ -378,16 +369,10 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
       }
     }
   }
-  if (prep) {  // after the items: nothing here is read before the next kernel
-    for (int i = prep_i0; i < sh.rows * prep_width; i += prep_n) {
-      const float gv = i == prep_i0 ? first_g : prep_gate(i)[0], uv = i == prep_i0 ? first_u : prep_gate(i)[prep_width];
-      sh.act[i] = __float2bfloat16_rn(silu_times(gv, uv));
-    }
-    for (int i = prep_i0; i < sh.rows * sh.hidden; i += prep_n) sh.out[i] = 0.0f;
-  }
-  if (early_shared) {
+  if (early_shared) {  // the shared sums, zeroed for the down product (nothing reads them before it)
     if (!waited) wait_for_prerequisites();
-    for (int i = prep_i0; i < sh.rows * sh.hidden; i += prep_n) sh.out[i] = 0.0f;
+    const int n = static_cast<int>(gridDim.x * blockDim.x);
+    for (int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); i < sh.rows * sh.hidden; i += n) sh.out[i] = 0.0f;
   }
 }
 
@@ -702,7 +687,7 @@ void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, co
   if (max_active == 0) return;
   if (!expert_gate_up_silu_fits(inter, K))
     throw std::logic_error("expert_gate_up_silu: inter % 32 and K % 32 must be 0");
-  if (shared.gate_up && (shared.from || shared.inter != inter || shared.hidden != K || shared.rows < 1 ||
+  if (shared.gate_up && (shared.inter != inter || shared.hidden != K || shared.rows < 1 ||
                          !shared_in_experts_fits(inter, shared.parts, K)))
     throw std::logic_error("expert_gate_up_silu: shared experts of other shapes");
   // Slices of 32 gate columns (with their 32 up columns): as many as of 64 columns of [2 inter].

@@ -34,9 +34,6 @@ struct expert_groups {
 /// values each) and zeroes out[t, :] (`hidden` floats). The routed down product then adds each
 /// shared expert's part of W [hidden, parts * inter] . act to out: part p is columns p inter ..
 /// (p + 1) inter, and with at most two parts the sum's bits do not depend on their order.
-/// Where the router ran in its product's last block (skinny_route), the gate-up product writes act
-/// and zeroes out instead, from `from` (the router-and-shared product's rows, `from_stride` floats
-/// apart, `experts` logits before each row's gate values).
 /// With `gate_up` (the shared experts' gate rows, then their up rows: [2 parts inter, hidden]), the
 /// routed gate-up product computes the shared experts' gate and up itself, as more items of its
 /// grid, and writes act and zeroes out: the router's product is then the router's rows alone.
@@ -45,8 +42,6 @@ struct shared_experts {
   float* out = nullptr;
   const bf16* w = nullptr;
   int inter = 0, parts = 0, hidden = 0, rows = 0;
-  const float* from = nullptr;
-  int from_stride = 0, experts = 0;
   const bf16* gate_up = nullptr;
 };
 
@@ -86,8 +81,6 @@ bool expert_gate_up_silu_fits(int inter, int K);
 /// expert_gemv of a gate-up matrix (bf16, W [experts, 2 inter, K]: gate rows, then up rows) with
 /// silu_mul applied as it stores: act[r, :inter] = bf16(silu(gate) * up), the values expert_gemv
 /// then silu_mul give, with no float [rows, 2 inter] between them.
-/// With `shared.from`, its blocks first write the shared experts' act and zero their sums (the
-/// router kernel's share, shared_experts above).
 /// With `shared.gate_up`, the shared experts' gate-up rows are items of the grid placed before the
 /// routed ones, over shared.rows tokens (x's rows 0 .. rows - 1), and those items start without
 /// waiting for the kernel before: they read only weights and x, so x must be complete when this
