@@ -65,35 +65,54 @@ __global__ void rmsnorm_kernel(float* x, const float* add, moe_sum moe, const fl
 
 // As rmsnorm_kernel, 16 bytes a load, each thread keeping its (at most U) units of the row in
 // registers between the sum of squares and the output: cols % 4 == 0, cols <= 4 * U * blockDim.x.
+// The norm's weights are read before the wait for the kernel before (nothing writes them), and a
+// thread's units of x, add and the shared experts' sums are asked for before the expert rows'
+// places come back: one round trip to memory before the sums where there were three.
 template <typename T, int U>
 __global__ void rmsnorm_vec_kernel(float* x, const float* add, moe_sum moe, const float* bias, const float* w,
                                    float eps, int cols, const int32_t* rows, T* out) {
-  enter_in_order();
+  trigger_dependents();
+  const int units = cols / 4;
+  const float4 zero4 = make_float4(0, 0, 0, 0);
+  float4 g[U];
+#pragma unroll
+  for (int j = 0; j < U; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    g[j] = i < units ? reinterpret_cast<const float4*>(w)[i] : zero4;
+  }
+  wait_for_prerequisites();
   __shared__ float scratch[32];
   __shared__ size_t expert_row[32];  // the row's first unit of 4 values
   __shared__ float expert_weight[32];
   const int token = rows ? rows[blockIdx.x] : blockIdx.x;
   const size_t src = static_cast<size_t>(token) * cols;
+  float4* xr = reinterpret_cast<float4*>(x + src);
+  float4 v[U], ad[U], sh[U];
+#pragma unroll
+  for (int j = 0; j < U; ++j) {
+    const int i = threadIdx.x + j * blockDim.x;
+    const bool in = i < units;
+    v[j] = in ? xr[i] : zero4;
+    ad[j] = in && add ? reinterpret_cast<const float4*>(add + src)[i] : zero4;
+    sh[j] = in && moe.shared ? reinterpret_cast<const float4*>(moe.shared + src)[i] : zero4;
+  }
   if (moe.any() && static_cast<int>(threadIdx.x) < moe.top_k) {
     const int slot = token * moe.top_k + threadIdx.x;
     expert_row[threadIdx.x] = static_cast<size_t>(moe.slot_row[slot]) * cols / 4;
     expert_weight[threadIdx.x] = moe.weights[slot];
   }
   __syncthreads();
-  float4* xr = reinterpret_cast<float4*>(x + src);
-  const int units = cols / 4;
   const bool changes = add || bias || moe.any();
-  float4 v[U];
   float ss = 0;
 #pragma unroll
   for (int j = 0; j < U; ++j) {
     const int i = threadIdx.x + j * blockDim.x;
     if (i >= units) break;
-    float4 a = xr[i];
+    float4 a = v[j];
     const auto plus = [&](float4 b, float f) { a.x += b.x * f, a.y += b.y * f, a.z += b.z * f, a.w += b.w * f; };
-    if (add) plus(reinterpret_cast<const float4*>(add + src)[i], 1.0f);
+    if (add) plus(ad[j], 1.0f);
     if (moe.any()) {
-      float4 m = moe.shared ? reinterpret_cast<const float4*>(moe.shared + src)[i] : make_float4(0, 0, 0, 0);
+      float4 m = moe.shared ? sh[j] : zero4;
       for (int k = 0; k < moe.top_k; ++k) {
         const float4 e = moe.rows16 ? load4(moe.rows16, expert_row[k] + i)
                                     : reinterpret_cast<const float4*>(moe.rows)[expert_row[k] + i];
@@ -109,16 +128,14 @@ __global__ void rmsnorm_vec_kernel(float* x, const float* add, moe_sum moe, cons
   }
   const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(cols) + eps);
   T* o = out + static_cast<size_t>(blockIdx.x) * cols;
-  const float4* wv = reinterpret_cast<const float4*>(w);
 #pragma unroll
   for (int j = 0; j < U; ++j) {
     const int i = threadIdx.x + j * blockDim.x;
     if (i >= units) break;
-    const float4 g = wv[i];
-    o[4 * i] = from_float<T>(g.x * (v[j].x * r));
-    o[4 * i + 1] = from_float<T>(g.y * (v[j].y * r));
-    o[4 * i + 2] = from_float<T>(g.z * (v[j].z * r));
-    o[4 * i + 3] = from_float<T>(g.w * (v[j].w * r));
+    o[4 * i] = from_float<T>(g[j].x * (v[j].x * r));
+    o[4 * i + 1] = from_float<T>(g[j].y * (v[j].y * r));
+    o[4 * i + 2] = from_float<T>(g[j].z * (v[j].z * r));
+    o[4 * i + 3] = from_float<T>(g[j].w * (v[j].w * r));
   }
 }
 
@@ -244,8 +261,14 @@ void rmsnorm(float* x, const float* add, const moe_sum& moe, const float* bias, 
       aligned(bias) && aligned(w)) {
     const int units = cols / 4;
     const int threads = units >= 512 ? 512 : (units + 31) / 32 * 32;
-    launch_early(device::rmsnorm_vec_kernel<T, 4>, dim3(n), dim3(threads), 0, s, x, add, moe, bias, w, eps, cols, rows,
-                 out);
+    // One unit a thread up to 2,048 columns (fewer registers, for prompts' many blocks), else four.
+    if (units <= threads)
+      launch_early(device::rmsnorm_vec_kernel<T, 1>, dim3(n), dim3(threads), 0, s, x, add, moe, bias, w, eps, cols,
+                   rows, out);
+    else
+      launch_early(device::rmsnorm_vec_kernel<T, 4>, dim3(n), dim3(threads), 0, s, x, add, moe, bias, w, eps, cols,
+                   rows, out);
+    check_launch();
     return;
   }
   const int threads = cols >= 1024 ? 512 : (cols >= 256 ? 256 : 64);

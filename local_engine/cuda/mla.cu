@@ -40,7 +40,11 @@ namespace device {
 
 // Part h of token blockIdx.x's preparation: h < heads copies head h's nope part (q in float) and
 // rotates its rope query; h == heads normalises the latent into the cache and rotates the rope key.
-template <typename T>
+// EARLY (a kernel that has let its dependents go but not waited yet): what does not depend on the
+// kernel before (the position's rope pair and cache slot, which a step copies before its first
+// kernel; the norm's weights) is read first, then it waits; the latent's values and its rope key
+// then come in one round trip, kept in registers (up to 4 values a thread) through the norm.
+template <typename T, bool EARLY = false>
 __device__ void prepare_part(const float* ckv, int ckv_stride, const float* norm_w, float eps, const mla_query<T>& q,
                              const float2* rope_cs, bool interleave, const mla_dims& d, const token_map& map, T* q_full,
                              T* cache, int h) {
@@ -49,20 +53,43 @@ __device__ void prepare_part(const float* ckv, int ckv_stride, const float* norm
   const int W = d.width(), half = d.rope_dim / 2;
   const float* row = ckv + static_cast<size_t>(t) * ckv_stride;
   const float2* cs = rope_cs + static_cast<size_t>(map.pos[t]) * half;
+  const int tid = static_cast<int>(threadIdx.x), bd = static_cast<int>(blockDim.x);
+  const bool latent = h == d.heads;
+  const float2 my_cs = tid < half ? cs[tid] : make_float2(0, 0);  // thread i's pair, i < half
+  constexpr int R = 4;  // latent values a thread keeps
+  float wn[R];
+#pragma unroll
+  for (int j = 0; j < R; ++j) wn[j] = latent && tid + j * bd < d.kv_rank ? norm_w[tid + j * bd] : 0.0f;
+  const size_t slot = latent ? static_cast<size_t>(map.slot[t]) : 0;
+  if constexpr (EARLY) wait_for_prerequisites();
   // Pairs are adjacent (interleave) or half apart.
   const auto rotate = [&](int i, float a, float b, T* dst) {
+    const float2 c = i == tid ? my_cs : cs[i];
     const int ia = interleave ? 2 * i : i, ib = interleave ? 2 * i + 1 : i + half;
-    dst[ia] = from_float<T>(a * cs[i].x - b * cs[i].y);
-    dst[ib] = from_float<T>(b * cs[i].x + a * cs[i].y);
+    dst[ia] = from_float<T>(a * c.x - b * c.y);
+    dst[ib] = from_float<T>(b * c.x + a * c.y);
   };
   const auto pair = [&](int i) { return interleave ? int2{2 * i, 2 * i + 1} : int2{i, i + half}; };
-  if (h == d.heads) {
-    T* c = cache + static_cast<size_t>(map.slot[t]) * W;
+  if (latent) {
+    T* c = cache + slot * W;
+    float rv[R], ka = 0, kb = 0;
+#pragma unroll
+    for (int j = 0; j < R; ++j) rv[j] = tid + j * bd < d.kv_rank ? row[tid + j * bd] : 0.0f;
+    if (tid < half) {
+      const int2 p = pair(tid);
+      ka = row[d.kv_rank + p.x], kb = row[d.kv_rank + p.y];
+    }
     float ss = 0;
-    for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) ss += row[i] * row[i];
+#pragma unroll
+    for (int j = 0; j < R; ++j) ss += rv[j] * rv[j];
+    for (int i = tid + R * bd; i < d.kv_rank; i += bd) ss += row[i] * row[i];
     const float r = rsqrtf(block_sum(ss, scratch) / static_cast<float>(d.kv_rank) + eps);
-    for (int i = threadIdx.x; i < d.kv_rank; i += blockDim.x) c[i] = from_float<T>(norm_w[i] * (row[i] * r));
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+#pragma unroll
+    for (int j = 0; j < R; ++j)
+      if (tid + j * bd < d.kv_rank) c[tid + j * bd] = from_float<T>(wn[j] * (rv[j] * r));
+    for (int i = tid + R * bd; i < d.kv_rank; i += bd) c[i] = from_float<T>(norm_w[i] * (row[i] * r));
+    if (tid < half) rotate(tid, ka, kb, c + d.kv_rank);
+    for (int i = tid + bd; i < half; i += bd) {
       const int2 p = pair(i);
       rotate(i, row[d.kv_rank + p.x], row[d.kv_rank + p.y], c + d.kv_rank);
     }
@@ -73,15 +100,15 @@ __device__ void prepare_part(const float* ckv, int ckv_stride, const float* norm
     const float* qh = q.f + static_cast<size_t>(t) * q.stride + static_cast<size_t>(h) * d.qk_dim;
     if (q.nope != nullptr) {
       T* nope = q.nope + (static_cast<size_t>(t) * d.heads + h) * d.nope_dim;
-      for (int k = threadIdx.x; k < d.nope_dim; k += blockDim.x) nope[k] = from_float<T>(qh[k]);
+      for (int k = tid; k < d.nope_dim; k += bd) nope[k] = from_float<T>(qh[k]);
     }
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    for (int i = tid; i < half; i += bd) {
       const int2 p = pair(i);
       rotate(i, qh[d.nope_dim + p.x], qh[d.nope_dim + p.y], dst);
     }
   } else {
     const T* qh = q.t + (static_cast<size_t>(t) * d.heads + h) * d.qk_dim + d.nope_dim;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    for (int i = tid; i < half; i += bd) {
       const int2 p = pair(i);
       rotate(i, to_float(qh[p.x]), to_float(qh[p.y]), dst);
     }
@@ -111,10 +138,10 @@ __global__ void __launch_bounds__(128) mla_prepare_absorbing_kernel(const float*
                                                                     bf16* cache) {
   const int part = static_cast<int>(blockIdx.y);
   if (part <= d.heads) {
-    enter_in_order();
+    trigger_dependents();
     mla_query<bf16> no_copy = q;
     no_copy.nope = nullptr;
-    prepare_part(ckv, ckv_stride, norm_w, eps, no_copy, rope_cs, interleave, d, map, q_full, cache, part);
+    prepare_part<bf16, true>(ckv, ckv_stride, norm_w, eps, no_copy, rope_cs, interleave, d, map, q_full, cache, part);
     return;
   }
   const int per_head = d.kv_rank / 64, k = part - d.heads - 1, h = k / per_head, c0 = (k % per_head) * 64;
@@ -657,9 +684,27 @@ __global__ void __launch_bounds__(128) mla_combine_uv_kernel(const float* partia
   const size_t th = static_cast<size_t>(t) * heads + h;
   const int stride = partial_stride(K);
   const float* base = partial + th * splits * stride;
+  // A thread's columns of the first `held` splits' sums are asked for with the first warp's
+  // scales, not after them: one round trip where there were two (the same sums in the same order).
+  constexpr int held = 16, cols = K / 128;
+  static_assert(K % 128 == 0, "128 threads, whole columns each");
+  float pv[cols][held];
+#pragma unroll
+  for (int j = 0; j < cols; ++j)
+#pragma unroll
+    for (int s = 0; s < held; ++s) pv[j][s] = s < splits ? base[s * stride + threadIdx.x + 128 * j] : 0.0f;
   if (threadIdx.x < 32) merge_scales(base, stride, splits, K, scale_s, &inv_l);
   __syncthreads();
-  for (int c = threadIdx.x; c < K; c += blockDim.x) lat[c] = from_float<bf16>(merged_value(base, stride, splits, scale_s, inv_l, c));
+#pragma unroll
+  for (int j = 0; j < cols; ++j) {
+    const int c = threadIdx.x + 128 * j;
+    float v = 0;
+#pragma unroll
+    for (int s = 0; s < held; ++s)
+      if (s < splits) v += pv[j][s] * scale_s[s];
+    for (int s = held; s < splits; ++s) v += base[s * stride + c] * scale_s[s];
+    lat[c] = from_float<bf16>(v * inv_l);
+  }
   __syncthreads();
   float acc[4] = {0, 0, 0, 0};
 #pragma unroll
