@@ -113,11 +113,26 @@ __global__ void rmsnorm_vec_kernel(float* x, const float* add, moe_sum moe, cons
     if (add) plus(ad[j], 1.0f);
     if (moe.any()) {
       float4 m = moe.shared ? sh[j] : zero4;
-      for (int k = 0; k < moe.top_k; ++k) {
-        const float4 e = moe.rows16 ? load4(moe.rows16, expert_row[k] + i)
-                                    : reinterpret_cast<const float4*>(moe.rows)[expert_row[k] + i];
+      const auto row_of = [&](int k) {
+        return moe.rows16 ? load4(moe.rows16, expert_row[k] + i)
+                          : reinterpret_cast<const float4*>(moe.rows)[expert_row[k] + i];
+      };
+      // Up to 8 experts' rows asked for at once, then added in order (a runtime-bounded loop
+      // waited for each load in turn).
+      constexpr int held = 8;
+      float4 e[held];
+#pragma unroll
+      for (int k = 0; k < held; ++k) e[k] = k < moe.top_k ? row_of(k) : zero4;
+#pragma unroll
+      for (int k = 0; k < held; ++k) {
+        if (k >= moe.top_k) break;
         const float f = expert_weight[k];
-        m.x += e.x * f, m.y += e.y * f, m.z += e.z * f, m.w += e.w * f;
+        m.x += e[k].x * f, m.y += e[k].y * f, m.z += e[k].z * f, m.w += e[k].w * f;
+      }
+      for (int k = held; k < moe.top_k; ++k) {
+        const float4 r = row_of(k);
+        const float f = expert_weight[k];
+        m.x += r.x * f, m.y += r.y * f, m.z += r.z * f, m.w += r.w * f;
       }
       plus(m, 1.0f);
     }

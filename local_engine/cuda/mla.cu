@@ -153,13 +153,18 @@ __global__ void __launch_bounds__(128) mla_prepare_absorbing_kernel(const float*
     if (j < rows) wv[j] = __ldg(reinterpret_cast<const __nv_bfloat162*>(w + static_cast<size_t>(warp + 4 * j) * d.kv_rank));
   enter_in_order();
   const float* qh = q.f + static_cast<size_t>(h) * d.qk_dim;  // token 0's row
+  // Lane j loads the warp's j-th q value and the warp passes them round: one round trip to memory,
+  // where loads placed beside their uses waited for each other in turn.
+  const float mine = lane < rows ? qh[warp + 4 * lane] : 0.0f;
   float a = 0, b = 0;
 #pragma unroll
   for (int j = 0; j < 32; ++j) {
-    if (j >= rows) break;
-    const float x = __bfloat162float(__float2bfloat16_rn(qh[warp + 4 * j]));  // the bf16 q the product reads
-    const float2 f = __bfloat1622float2(wv[j]);
-    a += x * f.x, b += x * f.y;
+    const float qj = __shfl_sync(0xffffffffu, mine, j);
+    if (j < rows) {
+      const float x = __bfloat162float(__float2bfloat16_rn(qj));  // the bf16 q the product reads
+      const float2 f = __bfloat1622float2(wv[j]);
+      a += x * f.x, b += x * f.y;
+    }
   }
   __shared__ float2 red[4][32];
   red[warp][lane] = make_float2(a, b);

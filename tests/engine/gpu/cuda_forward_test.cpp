@@ -383,26 +383,34 @@ TEST_CASE("gpu: a lone token's W_UV in the attention's merge follows the cuBLAS 
   // float sums round in another order than cuBLAS's, so the logits are held close, not equal.
   // Its layers all dense: a tiny random model routes tokens on near ties, where one bf16 step
   // in an attention output can send a token to other experts.
+  // At these widths most float sums round to the same bf16 either way, so a model's logits may
+  // all agree; up to three fresh models are tried for one whose logits differ somewhere (the
+  // decode steps took the fused merge), each held close.
   auto recipe = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
   recipe["config"]["first_k_dense_replace"] = recipe["config"]["num_hidden_layers"];
-  recipe["seed"] = 900 + static_cast<int>(std::random_device{}() % 1000);
-  const std::string text = recipe.dump();
-  const auto plain = logits_with("gpu_mla512, dense", text, "TOLLGATE_ENGINE_UV_IN_MERGE", "0", 300),
-             fused = logits_with("gpu_mla512, dense", text, "TOLLGATE_ENGINE_UV_IN_MERGE", "1", 300);
-  const size_t differ = bits_differ(plain, fused), V = 1024, prompt = V;
-  // The prompt's last position's logits come before the decode steps' and do not take the merge.
-  const std::vector<float> plain_prompt(plain.begin(), plain.begin() + prompt), fused_prompt(fused.begin(), fused.begin() + prompt);
-  const std::vector<float> plain_decode(plain.begin() + prompt, plain.end()), fused_decode(fused.begin() + prompt, fused.end());
-  const logit_match lm = compare_logits(fused_decode, plain_decode, V);
-  std::printf("gpu W_UV in the merge: %zu of %zu logits differ from the cuBLAS product's (%zu in the prompt); decode "
-              "relative error %.2e, cosine mean %.6f worst %.6f, top-1 %.3f\n",
-              differ, plain.size(), bits_differ(plain_prompt, fused_prompt), lm.rel, lm.mean_cos, lm.worst_cos,
-              lm.agreement);
-  CHECK(bits_differ(plain_prompt, fused_prompt) == 0);
+  const int first_seed = 900 + static_cast<int>(std::random_device{}() % 1000);
+  size_t differ = 0;
+  for (int attempt = 0; attempt < 3 && differ == 0; ++attempt) {
+    recipe["seed"] = first_seed + attempt;
+    const std::string text = recipe.dump();
+    const auto plain = logits_with("gpu_mla512, dense", text, "TOLLGATE_ENGINE_UV_IN_MERGE", "0", 300),
+               fused = logits_with("gpu_mla512, dense", text, "TOLLGATE_ENGINE_UV_IN_MERGE", "1", 300);
+    const size_t V = 1024, prompt = V;
+    differ = bits_differ(plain, fused);
+    // The prompt's last position's logits come before the decode steps' and do not take the merge.
+    const std::vector<float> plain_prompt(plain.begin(), plain.begin() + prompt), fused_prompt(fused.begin(), fused.begin() + prompt);
+    const std::vector<float> plain_decode(plain.begin() + prompt, plain.end()), fused_decode(fused.begin() + prompt, fused.end());
+    const logit_match lm = compare_logits(fused_decode, plain_decode, V);
+    std::printf("gpu W_UV in the merge: %zu of %zu logits differ from the cuBLAS product's (%zu in the prompt); decode "
+                "relative error %.2e, cosine mean %.6f worst %.6f, top-1 %.3f\n",
+                differ, plain.size(), bits_differ(plain_prompt, fused_prompt), lm.rel, lm.mean_cos, lm.worst_cos,
+                lm.agreement);
+    CHECK(bits_differ(plain_prompt, fused_prompt) == 0);
+    CHECK(lm.rel < 1e-2);
+    CHECK(lm.worst_cos > 0.9999);
+    CHECK(lm.agreement >= 0.99);
+  }
   CHECK(differ > 0);  // the decode steps took the fused merge
-  CHECK(lm.rel < 1e-2);
-  CHECK(lm.worst_cos > 0.9999);
-  CHECK(lm.agreement >= 0.99);
 }
 
 TEST_CASE("gpu: the fused prefill attention follows the cuBLAS products and softmax kernel", "[gpu][prefill]") {
