@@ -65,8 +65,10 @@ struct skinny_scratch {
 
 /// A lone token's routing done by the router's product itself: the last block to finish the
 /// columns [0, experts) routes the token from them (route_and_group's work for one token, with
-/// the same bits), so that no router kernel runs between the product and the experts. The
-/// shared experts' SiLU-mul is then left to the gate-up product (shared_experts::from).
+/// the same bits), so that no router kernel runs between the product and the experts. It does not
+/// write the shared experts' SiLU-mul: the caller routes here only when the gate-up product
+/// computes their gate and up itself (shared_experts::gate_up), when they run their own kernels,
+/// or when there are none.
 struct skinny_route {
   router_config c;  ///< c.stride is set to N by skinny_gemm
   const float* bias = nullptr;
