@@ -60,6 +60,10 @@ struct job {
   std::string text;     ///< everything sent, for the non-stream answer
   bool head_sent = false;
   bool done = false;    ///< the answer's end is sent
+  /// Set when a token ended the answer (EOS or a stop string): the end goes out from on_end, once
+  /// the engine has released the sequence, so that a client that reads the end and then the
+  /// engine's stats finds its KV blocks free.
+  const char* stopped = nullptr;
 
   // Shared, under mutex.
   std::mutex mutex;
@@ -93,7 +97,7 @@ namespace {
 struct answer {
   /// A new token. false when the sequence should end (EOS or a stop string).
   static bool on_token(job& j, const engine_port& engine, std::int32_t token) {
-    if (j.done || j.cancelled) return false;
+    if (j.done || j.cancelled || j.stopped) return false;
     if (!j.head_sent) {
       send_head(j);
       j.counts->prompt_tokens.fetch_add(j.spec.prompt.size(), std::memory_order_relaxed);
@@ -102,13 +106,13 @@ struct answer {
     j.generated.push_back(token);
     const auto eos = engine.eos();
     if (eos && token == *eos && !j.spec.ignore_eos) {
-      finish(j, "stop");
+      j.stopped = "stop";
       return false;
     }
     j.pending += engine.token_bytes(token);
     if (auto cut = stop_at(j)) {
       j.pending.resize(*cut);
-      finish(j, "stop");
+      j.stopped = "stop";
       return false;
     }
     send_text(j, safe_length(j));
@@ -117,9 +121,13 @@ struct answer {
 
   /// The engine ended the sequence.
   static void on_end(job& j, engine_port::end_reason why, const std::string& message) {
-    if (j.done) return;  // finished by a stop; counted there
+    if (j.done) return;
     if (j.cancelled) {
       j.counts->cancelled.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (j.stopped) {  // the answer was whole at its last token, whatever ended the sequence since
+      finish(j, j.stopped);
       return;
     }
     if (why == engine_port::end_reason::overloaded && !j.head_sent) {
