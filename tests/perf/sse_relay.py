@@ -15,6 +15,8 @@ starting with the next one), and prints the medians; --baseline OTHER_BUILD adds
 --callgrind instead counts tollgate's user-space instructions an event under callgrind
 (instrumentation on for the measured streams only, after one warm-up stream); with --baseline,
 that build's too. --profile-dir DIR keeps the profiles (callgrind_annotate DIR/tollgate.out).
+--cache-sim adds callgrind's cache simulation (first level, and one core's 512 KB L2 as the last)
+and prints its reads, writes and misses an event.
 
 Loopback only; the upstream runs in its own processes. Standard library only.
 """
@@ -117,6 +119,10 @@ def count_instructions(name, build, work, up, a):
     """User-space instructions an event of tollgate under callgrind, over the measured streams."""
     out = os.path.join(work, name + ".out")
     wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=yes", f"--callgrind-out-file={out}"]
+    if a.cache_sim:
+        # The first level and, as the last, one core's L2 (512 KB, 8-way): a stream's state that
+        # another stream's event pushed out of L2 since it was last touched counts as a miss.
+        wrapper += ["--cache-sim=yes", "--LL=524288,8,64"]
     port, pids_fn, stop = start_tollgate(build, work, up, a.threads, wrapper, name)
     pid = str(pids_fn()[0])
     try:
@@ -130,15 +136,20 @@ def count_instructions(name, build, work, up, a):
         subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
     finally:
         stop()
-    total = 0
+    total, counts, names = 0, [], []
     with open(out) as f:
         for line in f:
+            if line.startswith("events:"):
+                names = line.split()[1:]
             if line.startswith("summary:") or line.startswith("totals:"):
-                total = int(line.split()[1])
+                counts = [int(x) for x in line.split()[1:]]
+                total = counts[0]
     if a.profile_dir:
         os.makedirs(a.profile_dir, exist_ok=True)
         shutil.copy(out, os.path.join(a.profile_dir, name + ".out"))
     print(f"{name:9} {events} events: {total / events:8.0f} instructions an event", flush=True)
+    if a.cache_sim:
+        print(f"{name:9} an event: " + ", ".join(f"{n} {c / events:.1f}" for n, c in zip(names, counts)), flush=True)
 
 
 def main():
@@ -154,6 +165,7 @@ def main():
     ap.add_argument("--baseline")
     ap.add_argument("--callgrind", action="store_true")
     ap.add_argument("--profile-dir")
+    ap.add_argument("--cache-sim", action="store_true")
     a = ap.parse_args()
     raise_nofile()
     work = tempfile.mkdtemp(prefix="tg-sse-")

@@ -1,11 +1,12 @@
 # Helpers for test scripts that start servers: source it, add PIDs to `pids`, and they are
-# stopped (and the work folder removed) on exit.
+# stopped (and the work folder removed) on exit. KEEP_WORK=1 keeps the work folder (the servers'
+# configs and logs) and names it on stderr.
 work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 
