@@ -41,8 +41,11 @@ prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data"
   --web.listen-address="127.0.0.1:$port" >"$work/prometheus.log" 2>&1 &
 pids+=($!)
 
-query() { curl -sf "http://127.0.0.1:$port/api/v1/query" --data-urlencode "query=$1" 2>/dev/null || true; }
-for _ in $(seq 1 60); do
+query() { curl -sf -m 5 "http://127.0.0.1:$port/api/v1/query" --data-urlencode "query=$1" 2>/dev/null || true; }
+# Prometheus takes a while to start (its storage first) on a loaded machine: up to 75 s for the
+# first scrapes to be stored, well inside the test's time limit.
+deadline=$((SECONDS + 75))
+while [ "$SECONDS" -lt "$deadline" ]; do
   got=$(query 'sum(tollgate_requests_total{model="m",status_class="2xx"})')
   if echo "$got" | grep -q '"value":\[[0-9.]*,"5"\]'; then
     query 'up{job="tollgate"}' | grep -q '"value":\[[0-9.]*,"1"\]' || fail "target not up"
