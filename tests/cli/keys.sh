@@ -56,7 +56,7 @@ call() {  # call KEY MODEL -> status
     -d "{\"model\":\"$2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"
 }
 ok=""
-for _ in $(seq 1 30); do  # the gateway polls the store once a second
+for _ in $(seq 1 100); do  # the gateway polls the store once a second
   [ "$(call "$key" deepseek-chat)" = 200 ] && { ok=1; break; }
   sleep 0.1
 done
@@ -76,18 +76,18 @@ grep -q "${key:3}" <<<"$list" && fail "list shows the secret"
 # The log has lines for team-a's requests, and none of them holds its key; nor does any byte of
 # the database files.
 logged=""
-for _ in $(seq 1 30); do  # the access log is written out by a background thread
+for _ in $(seq 1 100); do  # the access log is written out by a background thread
   grep -q '"key":"team-a"' "$work/tollgate.log" && { logged=1; break; }
   sleep 0.1
 done
 [ -n "$logged" ] || fail "no access log line for team-a"
 # Its requests carry the key's priority (high, 2), and the batch key's theirs (low, 0).
 grep '"key":"team-a"' "$work/tollgate.log" | grep -q '"priority":2' || fail "team-a's requests are not high priority"
-for _ in $(seq 1 30); do  # accepted within a second, then logged by the background thread
+for _ in $(seq 1 100); do  # accepted within a second, then logged by the background thread
   [ "$(call "$batch_key" qwen-max)" = 200 ] && break
   sleep 0.1
 done
-for _ in $(seq 1 30); do
+for _ in $(seq 1 100); do
   grep -q '"key":"batch"' "$work/tollgate.log" && break
   sleep 0.1
 done
@@ -102,7 +102,7 @@ set -e
 "$tg" keys update --config "$work/tollgate.yaml" --name batch --priority 5 2>/dev/null
 "$tg" keys list --config "$work/tollgate.yaml" | grep -E -q "^batch +.* 5 +0 " || fail "list lacks batch's new priority"
 promoted=""
-for i in $(seq 1 30); do
+for i in $(seq 1 100); do
   call "$batch_key" qwen-max >/dev/null
   sleep 0.1
   grep '"key":"batch"' "$work/tollgate.log" | grep -q '"priority":5' && { promoted=1; break; }
@@ -115,7 +115,7 @@ grep -rqa "${key:3}" "$work"/tollgate.db* && fail "the database holds the secret
 # team-a's request cost millionths (a few tokens at 1 and 2 a million): the spend shows in fixed
 # notation, once the ledger has the row.
 spent=""
-for _ in $(seq 1 30); do
+for _ in $(seq 1 100); do
   spent=$("$tg" keys list --config "$work/tollgate.yaml" | grep "team-a" | grep -o '50/month ([^)]*)' || true)
   [ -n "$spent" ] && [ "$spent" != "50/month (0.00)" ] && break
   sleep 0.1
@@ -124,7 +124,7 @@ done
 
 "$tg" keys revoke --config "$work/tollgate.yaml" --name team-a 2>/dev/null
 gone=""
-for _ in $(seq 1 30); do
+for _ in $(seq 1 100); do
   [ "$(call "$key" deepseek-chat)" = 401 ] && { gone=1; break; }
   sleep 0.1
 done

@@ -5,8 +5,8 @@ build=$(cd "${1:?usage: reload.sh BUILD_DIR}" && pwd)
 source "$(dirname "$0")/../support/procs.sh"
 fail() { echo "FAIL: $*"; echo "--- tollgate log"; cat "$work/tollgate.log"; exit 1; }
 
-wait_for() {  # wait_for CMD...: up to 5 s
-  for _ in $(seq 1 50); do "$@" && return 0; sleep 0.1; done
+wait_for() {  # wait_for CMD...: up to 10 s
+  for _ in $(seq 1 100); do "$@" && return 0; sleep 0.1; done
   return 1
 }
 

@@ -32,10 +32,10 @@ stop_within() {
   return 1
 }
 
-# wait_listening LOG: waits (up to 10 s) for "listening on http://HOST:PORT" in LOG, prints the URL.
+# wait_listening LOG: waits (up to 30 s) for "listening on http://HOST:PORT" in LOG, prints the URL.
 wait_listening() {
   local url
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$1" 2>/dev/null | head -1 | sed 's/listening on //')
     [ -n "$url" ] && { echo "$url"; return 0; }
     sleep 0.1
