@@ -89,7 +89,7 @@ long position_of(const std::vector<recorded_request>& seen, const std::string& t
 
 TEST_CASE("high priority goes ahead of 36 waiting low priority requests, and none is lost",
           "[integration][priority]") {
-  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-priority-proof.db").string();
+  const std::string path = temp_db("tollgate-priority-proof");
   remove_db(path);
   constexpr auto service = 400ms;
   {
@@ -169,7 +169,7 @@ TEST_CASE("high priority goes ahead of 36 waiting low priority requests, and non
 }
 
 TEST_CASE("a request may lower its priority with x-tollgate-priority, never raise it", "[integration][priority]") {
-  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-priority-header.db").string();
+  const std::string path = temp_db("tollgate-priority-header");
   remove_db(path);
   {
     gateway_fixture f(config("max_concurrency: 4", path));

@@ -5,7 +5,10 @@
 #include <sqlite3.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <string>
+
+#include <unistd.h>
 
 namespace tollgate::test {
 
@@ -28,6 +31,13 @@ struct db {
   }
   sqlite3* handle = nullptr;
 };
+
+/// A database path in the temporary folder, named for the test and this process: ctest runs the
+/// same test case in two processes at once (the native and the curl transport), which must not
+/// share a ledger.
+inline std::string temp_db(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / (name + "-" + std::to_string(::getpid()) + ".db")).string();
+}
 
 /// Removes a database and its WAL files.
 inline void remove_db(const std::string& path) {

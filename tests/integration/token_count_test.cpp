@@ -127,7 +127,7 @@ void abandon_early(std::uint16_t port, const std::string& request_id, const std:
 
 TEST_CASE("a long prompt is counted off the worker: another client is answered meanwhile", "[hardening][metering]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-count-offload.db").string();
+  const std::string path = temp_db("tollgate-count-offload");
   remove_db(path);
   {
     // Every byte tokenized: counting 24 MB takes seconds on the counting thread.
@@ -177,7 +177,7 @@ TEST_CASE("a long prompt is counted off the worker: another client is answered m
 TEST_CASE("past metering.max_count_bytes the count is estimated at the counted rate, and the ledger says so",
           "[hardening][metering]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-count-estimate.db").string();
+  const std::string path = temp_db("tollgate-count-estimate");
   remove_db(path);
   const std::string prompt = prose(1024 * 1024);
   {
@@ -236,7 +236,7 @@ TEST_CASE("the token counter refuses work past its queue, and runs what waits at
 
 TEST_CASE("a prompt the counting code cannot read is estimated, and the gateway lives on", "[hardening][metering]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-count-odd.db").string();
+  const std::string path = temp_db("tollgate-count-odd");
   remove_db(path);
   {
     gateway_fixture f(config(path, 64 * 1024));
@@ -260,7 +260,7 @@ TEST_CASE("a prompt the counting code cannot read is estimated, and the gateway 
 TEST_CASE("POST /v1/messages/count_tokens counts off the worker: another client is answered meanwhile",
           "[hardening][metering]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
-  const std::string path = (std::filesystem::temp_directory_path() / "tollgate-count-endpoint.db").string();
+  const std::string path = temp_db("tollgate-count-endpoint");
   remove_db(path);
   {
     gateway_fixture f(config(path, 64 * 1024));
