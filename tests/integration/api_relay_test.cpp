@@ -6,8 +6,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <unistd.h>
-
 #include "tests/integration/gateway_fixture.hpp"
 #include "tests/integration/sqlite_probe.hpp"
 #include "tests/protocol/sse_events.hpp"
@@ -98,7 +96,7 @@ routes:
 )";
 }
 
-std::string db_path(const char* name) { return "/tmp/tollgate-relay-" + std::string(name) + "-" + std::to_string(::getpid()) + ".db"; }
+std::string db_path(const char* name) { return temp_db("tollgate-relay-" + std::string(name)); }
 
 http_options anthropic_headers() {
   return http_options{{"x-api-key: tg-test-client-key", "anthropic-version: 2023-06-01"}};

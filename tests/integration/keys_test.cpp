@@ -4,8 +4,6 @@
 #include <catch2/catch.hpp>
 
 #include <nlohmann/json.hpp>
-#include <unistd.h>
-
 #include <map>
 
 #include "gateway/keys/key_table.hpp"
@@ -24,7 +22,7 @@ constexpr const char* admin_auth_header = "Authorization: Bearer admin-key-01234
 static_assert(std::string_view(admin_auth_header).ends_with(admin_key));
 
 std::string db_path(const char* name) {
-  return "/tmp/tollgate-" + std::string(name) + "-" + std::to_string(::getpid()) + ".db";
+  return temp_db("tollgate-" + std::string(name));
 }
 
 std::string store_yaml(const std::string& path, const std::string& extra_keys = {}) {

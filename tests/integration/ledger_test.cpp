@@ -4,8 +4,6 @@
 
 #include <sqlite3.h>
 
-#include <unistd.h>
-
 #include <cstdio>
 
 #include "tests/integration/gateway_fixture.hpp"
@@ -16,7 +14,7 @@ using namespace tollgate::test;
 
 
 TEST_CASE("every proxied request leaves one ledger record", "[ledger]") {
-  const std::string path = "/tmp/tollgate-ledger-test-" + std::to_string(::getpid()) + ".db";
+  const std::string path = temp_db("tollgate-ledger-test");
   std::remove(path.c_str());
   {
     gateway_fixture f("store: {sqlite: " + path + "}\n" + gateway_fixture::default_yaml());
@@ -60,7 +58,7 @@ TEST_CASE("every proxied request leaves one ledger record", "[ledger]") {
 
 TEST_CASE("records the database refuses while another process holds it are written once it lets go",
           "[ledger]") {
-  const std::string path = "/tmp/tollgate-ledger-locked-" + std::to_string(::getpid()) + ".db";
+  const std::string path = temp_db("tollgate-ledger-locked");
   remove_db(path);
   {
     tollgate::gateway::usage_ledger ledger(path, 1, std::chrono::milliseconds(50));
@@ -94,7 +92,7 @@ TEST_CASE("records the database refuses while another process holds it are writt
 }
 
 TEST_CASE("store.flush_interval: sync commits each record before append returns", "[ledger][hardening]") {
-  const std::string path = "/tmp/tollgate-ledger-sync-" + std::to_string(::getpid()) + ".db";
+  const std::string path = temp_db("tollgate-ledger-sync");
   remove_db(path);
   {
     // Synchronous: a record is in the database (its WAL) as soon as append returns, so a process

@@ -4,8 +4,6 @@
 #include <catch2/catch.hpp>
 
 #include <nlohmann/json.hpp>
-#include <unistd.h>
-
 #include <atomic>
 #include <filesystem>
 #include <mutex>
@@ -71,7 +69,7 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
   const auto tok = tollgate::tokenizer::tokenizer::load(tokenizer_file);
-  const std::string path = "/tmp/tollgate-usage-proof-" + std::to_string(::getpid()) + ".db";
+  const std::string path = temp_db("tollgate-usage-proof");
   remove_db(path);
 
   std::string y = gateway_fixture::default_yaml();
@@ -210,7 +208,7 @@ TEST_CASE("a client that leaves mid-stream is billed for what it was sent", "[me
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
   const auto tok = tollgate::tokenizer::tokenizer::load(tokenizer_file);
-  const std::string path = "/tmp/tollgate-usage-leave-" + std::to_string(::getpid()) + ".db";
+  const std::string path = temp_db("tollgate-usage-leave");
   remove_db(path);
   std::atomic<bool> left{false};
   {
@@ -257,7 +255,7 @@ TEST_CASE("a stream longer than the counting buffer is counted whole", "[meterin
   INFO("the tokenizer comes from deploy/fetch-tokenizer.sh");
   REQUIRE(std::filesystem::exists(tokenizer_file));
   const auto tok = tollgate::tokenizer::tokenizer::load(tokenizer_file);
-  const std::string path = "/tmp/tollgate-usage-long-" + std::to_string(::getpid()) + ".db";
+  const std::string path = temp_db("tollgate-usage-long");
   remove_db(path);
   std::string text;  // what the upstream generated, as one string
   {
