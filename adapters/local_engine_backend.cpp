@@ -60,10 +60,10 @@ struct job {
   std::string text;     ///< everything sent, for the non-stream answer
   bool head_sent = false;
   bool done = false;    ///< the answer's end is sent
-  /// Set when a token ended the answer (EOS or a stop string): the end goes out from on_end, once
+  /// A token ended the answer (EOS or a stop string): the end goes out from on_end, once
   /// the engine has released the sequence, so that a client that reads the end and then the
   /// engine's stats finds its KV blocks free.
-  const char* stopped = nullptr;
+  bool stopped = false;
 
   // Shared, under mutex.
   std::mutex mutex;
@@ -106,13 +106,13 @@ struct answer {
     j.generated.push_back(token);
     const auto eos = engine.eos();
     if (eos && token == *eos && !j.spec.ignore_eos) {
-      j.stopped = "stop";
+      j.stopped = true;
       return false;
     }
     j.pending += engine.token_bytes(token);
     if (auto cut = stop_at(j)) {
       j.pending.resize(*cut);
-      j.stopped = "stop";
+      j.stopped = true;
       return false;
     }
     send_text(j, safe_length(j));
@@ -127,7 +127,7 @@ struct answer {
       return;
     }
     if (j.stopped) {  // the answer was whole at its last token, whatever ended the sequence since
-      finish(j, j.stopped);
+      finish(j, "stop");
       return;
     }
     if (why == engine_port::end_reason::overloaded && !j.head_sent) {
