@@ -115,8 +115,12 @@ TEST_CASE("high priority goes ahead of 36 waiting low priority requests, and non
     // 40 low priority requests saturate the backend: 4 in flight, 36 waiting.
     REQUIRE(eventually([&] { return health->in_flight() == 4 && health->waiting() == 36; }));
     // The high ones come halfway through the service of the four in flight (which started
-    // together): one service time after they came, every slot has been freed once.
-    REQUIRE(eventually([&] { return f.a.request_count() == warmed + 4; }));
+    // together): one service time after they came, every slot has been freed once. Waited for as
+    // "at least four": a CI run over libcurl once never saw exactly four in 6 s; where one of the
+    // four reaches the upstream late, the count can go from three to six without resting at four.
+    const bool four_in = eventually([&] { return f.a.request_count() >= warmed + 4; });
+    INFO("the upstream had seen " << f.a.request_count() - warmed << " of the low requests by then");
+    REQUIRE(four_in);
     std::this_thread::sleep_for(service / 2);
     for (std::size_t i = 0; i < high.size(); ++i) {
       clients.emplace_back([&, i] { high[i] = send(f.base, high_auth, "high " + std::to_string(i)); });
