@@ -70,4 +70,7 @@ if(TOLLGATE_CUDA)
     target_link_libraries(tollgate-engine-gpu-bench PRIVATE CUDA::cupti)
     target_compile_definitions(tollgate-engine-gpu-bench PRIVATE TOLLGATE_BENCH_CUPTI=1)
   endif()
+  # What a kernel boundary costs against a grid-wide barrier in one kernel (tests/perf/).
+  add_executable(tollgate-kernel-boundary-bench ${CMAKE_SOURCE_DIR}/tests/perf/kernel_boundary_bench.cu)
+  target_link_libraries(tollgate-kernel-boundary-bench PRIVATE CUDA::cudart)
 endif()
