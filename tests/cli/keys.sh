@@ -55,12 +55,13 @@ call() {  # call KEY MODEL -> status
   curl -s -o /dev/null -w '%{http_code}' "$url/v1/chat/completions" -H "Authorization: Bearer $1" \
     -d "{\"model\":\"$2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"
 }
-ok=""
-for _ in $(seq 1 100); do  # the gateway polls the store once a second
-  [ "$(call "$key" deepseek-chat)" = 200 ] && { ok=1; break; }
-  sleep 0.1
-done
-[ -n "$ok" ] || fail "the new key was not accepted"
+answers() {  # answers KEY MODEL STATUS: a call gets STATUS
+  [ "$(call "$1" "$2")" = "$3" ]
+}
+logged() {  # logged PATTERN: the access log (written by a background thread) has a matching line
+  grep -q "$1" "$work/tollgate.log"
+}
+wait_for answers "$key" deepseek-chat 200 || fail "the new key was not accepted"  # the store is polled once a second
 [ "$(call "$key" qwen-max)" = 403 ] || fail "a model outside --models was not refused"
 
 list=$("$tg" keys list --config "$work/tollgate.yaml")
@@ -75,22 +76,11 @@ grep -E -q "^batch +.* low +0 " <<<"$list" || fail "list lacks batch's priority:
 grep -q "${key:3}" <<<"$list" && fail "list shows the secret"
 # The log has lines for team-a's requests, and none of them holds its key; nor does any byte of
 # the database files.
-logged=""
-for _ in $(seq 1 100); do  # the access log is written out by a background thread
-  grep -q '"key":"team-a"' "$work/tollgate.log" && { logged=1; break; }
-  sleep 0.1
-done
-[ -n "$logged" ] || fail "no access log line for team-a"
+wait_for logged '"key":"team-a"' || fail "no access log line for team-a"
 # Its requests carry the key's priority (high, 2), and the batch key's theirs (low, 0).
 grep '"key":"team-a"' "$work/tollgate.log" | grep -q '"priority":2' || fail "team-a's requests are not high priority"
-for _ in $(seq 1 100); do  # accepted within a second, then logged by the background thread
-  [ "$(call "$batch_key" qwen-max)" = 200 ] && break
-  sleep 0.1
-done
-for _ in $(seq 1 100); do
-  grep -q '"key":"batch"' "$work/tollgate.log" && break
-  sleep 0.1
-done
+wait_for answers "$batch_key" qwen-max 200 || true  # accepted within a second, then logged
+wait_for logged '"key":"batch"' || true
 grep '"key":"batch"' "$work/tollgate.log" | grep -q '"priority":0' || fail "batch's requests are not low priority"
 # `keys update` changes a stored key's priority; the running gateway applies it within a second.
 "$tg" keys update --config "$work/tollgate.yaml" --name batch --priority urgent 2>"$work/err" && fail "keys update took 'urgent'"
@@ -123,12 +113,7 @@ done
 [[ "$spent" =~ ^50/month\ \(0\.0+[1-9][0-9]?\)$ ]] || fail "spend not in fixed notation: '$spent'"
 
 "$tg" keys revoke --config "$work/tollgate.yaml" --name team-a 2>/dev/null
-gone=""
-for _ in $(seq 1 100); do
-  [ "$(call "$key" deepseek-chat)" = 401 ] && { gone=1; break; }
-  sleep 0.1
-done
-[ -n "$gone" ] || fail "the revoked key still works"
+wait_for answers "$key" deepseek-chat 401 || fail "the revoked key still works"
 "$tg" keys list --config "$work/tollgate.yaml" --all | grep "team-a" | grep -q revoked || fail "list --all lacks the revoked key"
 [ "$(call tg-static-ops-key qwen-max)" = 200 ] || fail "the static key stopped working"
 echo "keys: ok"

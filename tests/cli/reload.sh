@@ -5,11 +5,6 @@ build=$(cd "${1:?usage: reload.sh BUILD_DIR}" && pwd)
 source "$(dirname "$0")/../support/procs.sh"
 fail() { echo "FAIL: $*"; echo "--- tollgate log"; cat "$work/tollgate.log"; exit 1; }
 
-wait_for() {  # wait_for CMD...: up to 10 s
-  for _ in $(seq 1 100); do "$@" && return 0; sleep 0.1; done
-  return 1
-}
-
 "$build/tollgate-fake-upstream" --port 0 >"$work/fake.log" 2>&1 &
 pids+=($!)
 upstream=$(wait_listening "$work/fake.log")

@@ -32,6 +32,12 @@ stop_within() {
   return 1
 }
 
+# wait_for CMD...: runs CMD every 0.1 s until it succeeds, up to 10 s; fails if it never does.
+wait_for() {
+  for _ in $(seq 1 100); do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+
 # wait_listening LOG: waits (up to 30 s) for "listening on http://HOST:PORT" in LOG, prints the URL.
 wait_listening() {
   local url
