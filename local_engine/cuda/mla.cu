@@ -346,17 +346,22 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
     while (t1 < t_stop && map.table_off[t1] == map.table_off[t0]) ++t1;
     const int nt = t1 - t0;
     __syncthreads();  // the last run's readers are done
-    // A thread's first unit of a tile and its step (keys x W8 units to the threads in turn), and
-    // (ASYNC) a tile's copies: rows past the length are zeros.
+    // A thread's first unit of a tile and its step (keys x W8 units to the threads in turn).
     const int j0 = threadIdx.x / W8, c0 = threadIdx.x % W8;
     const int step_j = blockDim.x / W8, step_c = blockDim.x % W8;
+    // (ASYNC) A tile's copies, eight threads a row, so that a warp asks for four whole runs of
+    // 128 bytes and a thread's units are one pointer apart (a few instructions a unit: the walk
+    // above took 22): rows past the length are zeros.
     const auto copy_tile = [&](int nk) {
-      for (int j = j0, c8 = c0; j < tc::keys;) {
-        bf16* dst = kv_s + j * PW + c8 * 8;
-        if (j < nk) tc::cp_async16(dst, row_src[j] + c8 * 8);
-        else *reinterpret_cast<uint4*>(dst) = zero;
-        j += step_j, c8 += step_c;
-        if (c8 >= W8) c8 -= W8, ++j;
+      const int cu = threadIdx.x & 7;
+      for (int j = threadIdx.x >> 3; j < tc::keys; j += blockDim.x >> 3) {
+        bf16* dst = kv_s + j * PW;
+        if (j < nk) {
+          const bf16* src = row_src[j];
+          for (int c8 = cu; c8 < W8; c8 += 8) tc::cp_async16(dst + c8 * 8, src + c8 * 8);
+        } else {
+          for (int c8 = cu; c8 < W8; c8 += 8) *reinterpret_cast<uint4*>(dst + c8 * 8) = zero;
+        }
       }
     };
     const int32_t* table = map.table + map.table_off[t0];
@@ -375,11 +380,15 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
                          : nullptr;
       }
       wait_for_prerequisites();
-      for (int idx = threadIdx.x; idx < R * W8; idx += blockDim.x) {
-        const int r = idx / W8, c8 = idx % W8, hr = r & 15;
-        bf16* dst = q_s + r * PW + c8 * 8;
-        if (hr < hg) tc::cp_async16(dst, q_full + (static_cast<size_t>(t0) * d.heads + h0 + hr) * W + c8 * 8);
-        else *reinterpret_cast<uint4*>(dst) = zero;
+      // The query, sixteen threads a head's row.
+      for (int r = threadIdx.x >> 4; r < R; r += blockDim.x >> 4) {
+        bf16* dst = q_s + r * PW;
+        if (r < hg) {
+          const bf16* src = q_full + (static_cast<size_t>(t0) * d.heads + h0 + r) * W;
+          for (int c8 = threadIdx.x & 15; c8 < W8; c8 += 16) tc::cp_async16(dst + c8 * 8, src + c8 * 8);
+        } else {
+          for (int c8 = threadIdx.x & 15; c8 < W8; c8 += 16) *reinterpret_cast<uint4*>(dst + c8 * 8) = zero;
+        }
       }
       __syncthreads();  // row_src
       if (tile_pre >= 0) copy_tile(min(tc::keys, len1 - tile_pre * tc::keys));
@@ -558,11 +567,12 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
       __syncthreads();
       const size_t th0 = static_cast<size_t>(t0) * d.heads + h0;
       if (splits > 1) {
+        // Sixteen threads a head's row.
         constexpr int U = tc::rank / 4;
-        for (int idx = threadIdx.x; idx < hg * U; idx += blockDim.x) {
-          const int hr = idx / U, u = idx % U;
-          float* part = partial + ((th0 + hr) * splits + blockIdx.z) * partial_stride(tc::rank);
-          reinterpret_cast<float4*>(part)[u] = *reinterpret_cast<const float4*>(st + hr * SP + 4 * u);
+        for (int hr = threadIdx.x >> 4; hr < hg; hr += blockDim.x >> 4) {
+          float4* part = reinterpret_cast<float4*>(partial + ((th0 + hr) * splits + blockIdx.z) * partial_stride(tc::rank));
+          const float4* src = reinterpret_cast<const float4*>(st + hr * SP);
+          for (int u = threadIdx.x & 15; u < U; u += 16) part[u] = src[u];
         }
         if (static_cast<int>(threadIdx.x) < hg) {
           float* part = partial + ((th0 + threadIdx.x) * splits + blockIdx.z) * partial_stride(tc::rank);
@@ -572,17 +582,18 @@ __global__ void __launch_bounds__(WARPS * 32, QT == 1 ? 2 : 1) mla_attend_tc_ker
       } else {
         // The group's heads' outputs lie together: 8 bf16 values a store.
         constexpr int U = tc::rank / 8;
-        for (int idx = threadIdx.x; idx < hg * U; idx += blockDim.x) {
-          const int hr = idx / U, u = idx % U;
+        for (int hr = threadIdx.x >> 4; hr < hg; hr += blockDim.x >> 4) {
           const float inv = 1.0f / l_s[hr];
-          const float4 a = *reinterpret_cast<const float4*>(st + hr * SP + 8 * u);
-          const float4 b = *reinterpret_cast<const float4*>(st + hr * SP + 8 * u + 4);
-          const __nv_bfloat162 p0 = __floats2bfloat162_rn(a.x * inv, a.y * inv), p1 = __floats2bfloat162_rn(a.z * inv, a.w * inv),
-                               p2 = __floats2bfloat162_rn(b.x * inv, b.y * inv), p3 = __floats2bfloat162_rn(b.z * inv, b.w * inv);
-          uint4 v;
-          v.x = *reinterpret_cast<const uint32_t*>(&p0), v.y = *reinterpret_cast<const uint32_t*>(&p1);
-          v.z = *reinterpret_cast<const uint32_t*>(&p2), v.w = *reinterpret_cast<const uint32_t*>(&p3);
-          reinterpret_cast<uint4*>(out + (th0 + hr) * tc::rank)[u] = v;
+          for (int u = threadIdx.x & 15; u < U; u += 16) {
+            const float4 a = *reinterpret_cast<const float4*>(st + hr * SP + 8 * u);
+            const float4 b = *reinterpret_cast<const float4*>(st + hr * SP + 8 * u + 4);
+            const __nv_bfloat162 p0 = __floats2bfloat162_rn(a.x * inv, a.y * inv), p1 = __floats2bfloat162_rn(a.z * inv, a.w * inv),
+                                 p2 = __floats2bfloat162_rn(b.x * inv, b.y * inv), p3 = __floats2bfloat162_rn(b.z * inv, b.w * inv);
+            uint4 v;
+            v.x = *reinterpret_cast<const uint32_t*>(&p0), v.y = *reinterpret_cast<const uint32_t*>(&p1);
+            v.z = *reinterpret_cast<const uint32_t*>(&p2), v.w = *reinterpret_cast<const uint32_t*>(&p3);
+            reinterpret_cast<uint4*>(out + (th0 + hr) * tc::rank)[u] = v;
+          }
         }
       }
     } else {
