@@ -817,6 +817,10 @@ class cuda_backend final : public forward_backend {
     const auto& skinny = skinny_[side ? 1 : 0];
     if constexpr (std::is_same_v<T, bf16>) {
       if (uses_skinny(M, x, w, rows, cols, side)) {
+        if (M == 1 && staged_ && cuda::staged_row_fits(rows, cols, sms_)) {
+          cuda::staged_row_gemm(x, w, rows, cols, y, ytype == CUDA_R_32F, sms_, side ? side_ : stream_);
+          return;
+        }
         cuda::skinny_gemm(x, M, w, rows, cols, y, ytype == CUDA_R_32F,
                           cuda::skinny_split(rows, cols, sms_, skinny_workspace_floats), *skinny,
                           side ? side_ : stream_);
@@ -1360,6 +1364,12 @@ class cuda_backend final : public forward_backend {
   cublasHandle_t blas_side_ = nullptr;
   void* blas_side_workspace_ = nullptr;
   int sms_ = 0, skinny_rows_ = 0;
+  // One row's products whose weights fit shared memory copy them there before their wait
+  // (cuda::staged_row_gemm); TOLLGATE_ENGINE_STAGED=0 keeps the skinny kernel for them.
+  bool staged_ = [] {
+    const char* v = std::getenv("TOLLGATE_ENGINE_STAGED");
+    return v == nullptr || std::string(v) != "0";
+  }();
   // TOLLGATE_ENGINE_FUSED_SILU=0: a decode step's routed gate-up product writes float and SiLU·mul
   // runs as a kernel of its own (for measurements; the values are the same).
   const bool fused_silu_ = std::getenv("TOLLGATE_ENGINE_FUSED_SILU") == nullptr ||

@@ -1,5 +1,6 @@
 #include "local_engine/cuda/dense.cuh"
 #include "local_engine/cuda/route.cuh"
+#include "local_engine/cuda/tensor_core.cuh"
 
 #include <algorithm>
 #include <cstdlib>
@@ -16,6 +17,9 @@ constexpr int skinny_tiles = 2;  // n-tiles of 8 columns a warp carries: a block
 constexpr int skinny_ahead = 4;  // 32-value chunks of a weight row whose loads are issued together
 constexpr int skinny_cols = 8 * skinny_tiles * skinny_warps;
 constexpr int skinny_chunk_units = 4 * skinny_ahead;  // 16-byte units a warp covers an iteration
+constexpr int staged_threads = 256;
+constexpr int staged_units = 12;                   // 16-byte units of x a lane holds: K up to 3,072
+constexpr size_t staged_max_bytes = 120 * 1024;    // weight bytes a block of staged_row_kernel holds
 
 // A warp's two 8-row tiles of W from column n_base (rows past N repeat row N - 1). The weights do
 // not depend on the kernel before: their first lines are asked of L2 while that kernel finishes
@@ -241,6 +245,52 @@ __global__ void __launch_bounds__(32 * skinny_block_slices, 2)
 }
 
 
+// One row's product whose weights fit the multiprocessors' shared memory (staged_row_fits): a
+// block owns `cols` consecutive columns, whose rows of W lie together, and copies them into shared
+// memory before its wait, while the kernels before it run (they are latency-bound and leave the
+// memory idle). After the wait it reads x (lane l its 16-byte units l, l + 32, ...) and each warp
+// sums its columns from shared memory: the weights' stream is off the critical path.
+template <typename OutT>
+__global__ void __launch_bounds__(staged_threads) staged_row_kernel(const bf16* x, const bf16* W, int N, int K, int cols,
+                                                                   OutT* y) {
+  extern __shared__ __align__(16) unsigned char staged_raw[];
+  const uint4* w_s = reinterpret_cast<const uint4*>(staged_raw);
+  const int n0 = static_cast<int>(blockIdx.x) * cols, nc = min(cols, N - n0), ku = K / 8;
+  {
+    const uint4* src = reinterpret_cast<const uint4*>(W + static_cast<size_t>(n0) * K);
+    uint4* dst = reinterpret_cast<uint4*>(staged_raw);
+    for (int u = threadIdx.x; u < nc * ku; u += blockDim.x) tc::cp_async16(dst + u, src + u);
+  }
+  wait_for_prerequisites();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  uint4 xr[staged_units];
+#pragma unroll
+  for (int i = 0; i < staged_units; ++i) xr[i] = lane + 32 * i < ku ? xv[lane + 32 * i] : make_uint4(0, 0, 0, 0);
+  tc::cp_async_wait_all();
+  __syncthreads();
+  trigger_dependents();  // as the skinny products: once the weights are read
+  for (int c = warp; c < nc; c += warps) {
+    const uint4* wr = w_s + c * ku;
+    float a0 = 0, a1 = 0;
+#pragma unroll
+    for (int i = 0; i < staged_units; ++i) {
+      if (lane + 32 * i >= ku) break;
+      const uint4 w = wr[lane + 32 * i];
+      const auto* wp = reinterpret_cast<const __nv_bfloat162*>(&w);
+      const auto* xp = reinterpret_cast<const __nv_bfloat162*>(&xr[i]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 a = __bfloat1622float2(xp[e]), b = __bfloat1622float2(wp[e]);
+        a0 = fmaf(a.x, b.x, a0);
+        a1 = fmaf(a.y, b.y, a1);
+      }
+    }
+    const float v = warp_sum(a0 + a1);
+    if (lane == 0) y[n0 + c] = from_float<OutT>(v);
+  }
+}
+
 /// Whether a product of up to 16 rows takes skinny_slices_kernel with this plan.
 inline bool slices_in_block(const skinny_plan& plan) {
   return plan.slices_in_block && plan.lead_blocks == 0 && plan.splits >= 2 && plan.splits <= skinny_block_slices;
@@ -351,6 +401,28 @@ void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, boo
     throw std::logic_error("skinny_gemm: this product cannot route (skinny_route_fits)");
   if (y_float) device::dispatch(x, M, W, N, K, static_cast<float*>(y), plan, workspace, s, route);
   else device::dispatch(x, M, W, N, K, static_cast<bf16*>(y), plan, workspace, s, nullptr);
+}
+
+namespace {
+int staged_cols(int N, int sms) { return (N + sms - 1) / sms; }
+}  // namespace
+
+bool staged_row_fits(int N, int K, int sms) {
+  return sms > 0 && N > 0 && K > 0 && K % 8 == 0 && K / 8 <= 32 * device::staged_units &&
+         static_cast<size_t>(staged_cols(N, sms)) * K * sizeof(bf16) <= device::staged_max_bytes;
+}
+
+void staged_row_gemm(const bf16* x, const bf16* W, int N, int K, void* y, bool y_float, int sms, cudaStream_t s) {
+  if (!staged_row_fits(N, K, sms)) throw std::logic_error("staged_row_gemm: the weight does not fit (staged_row_fits)");
+  const int cols = staged_cols(N, sms);
+  const unsigned blocks = static_cast<unsigned>((N + cols - 1) / cols);
+  const size_t smem = static_cast<size_t>(cols) * K * sizeof(bf16);
+  const auto go = [&](auto kernel, auto* out) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    launch_dependent_smem(true, kernel, dim3(blocks), dim3(device::staged_threads), smem, s, x, W, N, K, cols, out);
+  };
+  if (y_float) go(device::staged_row_kernel<float>, static_cast<float*>(y));
+  else go(device::staged_row_kernel<bf16>, static_cast<bf16*>(y));
 }
 
 skinny_scratch::skinny_scratch(size_t partial_floats) : floats(partial_floats) {

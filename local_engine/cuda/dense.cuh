@@ -87,4 +87,14 @@ bool skinny_route_fits(const skinny_plan& plan, int M, int N, const router_confi
 void skinny_gemm(const bf16* x, int M, const bf16* W, int N, int K, void* y, bool y_float, const skinny_plan& plan,
                  const skinny_scratch& workspace, cudaStream_t s, const skinny_route* route = nullptr);
 
+/// Whether staged_row_gemm takes a weight of N rows and K columns on a GPU of `sms`
+/// multiprocessors: a block's share of the rows (N / sms of them) fits its shared memory.
+bool staged_row_fits(int N, int K, int sms);
+
+/// y[1, N] = x[1, K] . W[N, K]^T, y in float (y_float) or bf16, for one row whose weight fits the
+/// multiprocessors' shared memory (staged_row_fits): each block copies its columns' rows there
+/// before it waits for the kernel before (launched dependent on it), so only x is read after the
+/// wait. Each column is one warp's sum over K in a fixed order.
+void staged_row_gemm(const bf16* x, const bf16* W, int N, int K, void* y, bool y_float, int sms, cudaStream_t s);
+
 }  // namespace tollgate::engine::cuda

@@ -146,6 +146,45 @@ TEST_CASE("gpu: skinny dense products equal a double product of the same bf16 va
   CHECK_THROWS(cu::skinny_gemm(nullptr, 65, nullptr, 64, 64, nullptr, true, {}, none, nullptr));
 }
 
+TEST_CASE("gpu: a row's product with its weights staged in shared memory equals a double product", "[gpu][dense]") {
+  std::mt19937 gen(std::random_device{}());
+  const int sms = multiprocessors();
+  // (N, K): V2-Lite's o_proj, q/latent and shared experts' down shapes; columns that do not
+  // divide by the multiprocessors and a K whose units do not divide by 32; a weight smaller than
+  // one column a block.
+  const int shapes[][2] = {{2048, 2048}, {3648, 2048}, {2048, 2816}, {1000, 520}, {7, 64}};
+  for (const auto& s : shapes) {
+    const int N = s[0], K = s[1];
+    REQUIRE(cu::staged_row_fits(N, K, sms));
+    const problem p = make_problem(1, N, K, gen);
+    device_buffer x(static_cast<size_t>(K) * 2), w(p.w.size() * 2), y(static_cast<size_t>(N) * 4);
+    REQUIRE(cudaMemcpy(x.p, p.x.data(), static_cast<size_t>(K) * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemcpy(w.p, p.w.data(), p.w.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+    for (const bool y_float : {true, false}) {
+      REQUIRE(cudaMemset(y.p, 0xff, static_cast<size_t>(N) * 4) == cudaSuccess);  // NaN wherever nothing is written
+      cu::staged_row_gemm(x.as<cu::bf16>(), w.as<cu::bf16>(), N, K, y.p, y_float, sms, nullptr);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      std::vector<float> out(static_cast<size_t>(N));
+      if (y_float) {
+        REQUIRE(cudaMemcpy(out.data(), y.p, out.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
+      } else {
+        std::vector<uint16_t> b(out.size());
+        REQUIRE(cudaMemcpy(b.data(), y.p, b.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
+        for (size_t i = 0; i < b.size(); ++i) out[i] = bf16_value(b[i]);
+      }
+      const double e = relative_error(out, p.ref);
+      std::printf("gpu staged row N=%-5d K=%-5d %s rel err %.2e\n", N, K, y_float ? "float" : "bf16 ", e);
+      INFO("N " << N << " K " << K << (y_float ? " float" : " bf16"));
+      CHECK(e < (y_float ? 1e-5 : 8e-3));
+    }
+  }
+  // A block's share of the rows must fit its shared memory, and x's units a warp's registers.
+  CHECK_FALSE(cu::staged_row_fits(102400, 2048, sms));  // the LM head
+  CHECK_FALSE(cu::staged_row_fits(2048, 10944, sms));   // a dense MLP's down product
+  CHECK_FALSE(cu::staged_row_fits(2048, 2044, sms));    // K % 8 != 0
+  CHECK_THROWS(cu::staged_row_gemm(nullptr, nullptr, 102400, 2048, nullptr, true, sms, nullptr));
+}
+
 TEST_CASE("gpu: K slices added in one block give the bits of slices added through the scratch", "[gpu][dense]") {
   // Up to 16 rows of a product cut in 2 to 8 slices take skinny_slices_kernel (the slices are a
   // block's warp groups, added in shared memory) unless the plan says otherwise: the same bits as
