@@ -283,6 +283,14 @@ void print_trace(int B, const std::vector<tollgate::perf::kernel_span>& k) {
   for (size_t i = at; i < stop; ++i)
     std::printf("    %-62s %4u %8.2f %6.2f %7.2f %7.2f\n", rows[i].name.c_str(), rows[i].stream, rows[i].start - rows[at].start,
                 rows[i].gap, rows[i].moved, rows[i].busy);
+  // The step's end: the final norm, the head's product and the sampler.
+  size_t tail = rows.size();
+  while (tail > 0 && rows[tail - 1].name.find("rmsnorm") == std::string::npos) --tail;
+  if (tail == 0) return;
+  std::printf("  the step's end (same columns):\n");
+  for (size_t i = tail - 1; i < rows.size(); ++i)
+    std::printf("    %-62s %4u %8.2f %6.2f %7.2f %7.2f\n", rows[i].name.c_str(), rows[i].stream, rows[i].start - rows[tail - 1].start,
+                rows[i].gap, rows[i].moved, rows[i].busy);
 }
 
 int main(int argc, char** argv) try {
