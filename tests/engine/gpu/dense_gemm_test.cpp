@@ -62,6 +62,19 @@ int multiprocessors() {
   return sms;
 }
 
+/// The first `count` values of y as floats (converted from bf16 when !y_float).
+std::vector<float> output(const device_buffer& y, size_t count, bool y_float) {
+  std::vector<float> out(count);
+  if (y_float) {
+    REQUIRE(cudaMemcpy(out.data(), y.p, out.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
+  } else {
+    std::vector<uint16_t> b(out.size());
+    REQUIRE(cudaMemcpy(b.data(), y.p, b.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
+    for (size_t i = 0; i < b.size(); ++i) out[i] = bf16_value(b[i]);
+  }
+  return out;
+}
+
 /// Runs the product on the GPU; returns y as floats (converted from bf16 when !y_float).
 std::vector<float> run(const problem& p, int rows, bool y_float, const cu::skinny_plan& plan, size_t row0 = 0) {
   device_buffer x(static_cast<size_t>(rows) * p.K * 2), w(p.w.size() * 2);
@@ -72,15 +85,7 @@ std::vector<float> run(const problem& p, int rows, bool y_float, const cu::skinn
   REQUIRE(cudaMemcpy(w.p, p.w.data(), p.w.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
   cu::skinny_gemm(x.as<cu::bf16>(), rows, w.as<cu::bf16>(), p.N, p.K, y.p, y_float, plan, ws, nullptr);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  std::vector<float> out(static_cast<size_t>(rows) * p.N);
-  if (y_float) {
-    REQUIRE(cudaMemcpy(out.data(), y.p, out.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
-  } else {
-    std::vector<uint16_t> b(out.size());
-    REQUIRE(cudaMemcpy(b.data(), y.p, b.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
-    for (size_t i = 0; i < b.size(); ++i) out[i] = bf16_value(b[i]);
-  }
-  return out;
+  return output(y, static_cast<size_t>(rows) * p.N, y_float);
 }
 
 double relative_error(const std::vector<float>& got, const std::vector<double>& ref) {
@@ -164,15 +169,7 @@ TEST_CASE("gpu: a row's product with its weights staged in shared memory equals 
       REQUIRE(cudaMemset(y.p, 0xff, static_cast<size_t>(N) * 4) == cudaSuccess);  // NaN wherever nothing is written
       cu::staged_row_gemm(x.as<cu::bf16>(), w.as<cu::bf16>(), N, K, y.p, y_float, sms, nullptr);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-      std::vector<float> out(static_cast<size_t>(N));
-      if (y_float) {
-        REQUIRE(cudaMemcpy(out.data(), y.p, out.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
-      } else {
-        std::vector<uint16_t> b(out.size());
-        REQUIRE(cudaMemcpy(b.data(), y.p, b.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
-        for (size_t i = 0; i < b.size(); ++i) out[i] = bf16_value(b[i]);
-      }
-      const double e = relative_error(out, p.ref);
+      const double e = relative_error(output(y, static_cast<size_t>(N), y_float), p.ref);
       std::printf("gpu staged row N=%-5d K=%-5d %s rel err %.2e\n", N, K, y_float ? "float" : "bf16 ", e);
       INFO("N " << N << " K " << K << (y_float ? " float" : " bf16"));
       CHECK(e < (y_float ? 1e-5 : 8e-3));
