@@ -247,8 +247,8 @@ __global__ void __launch_bounds__(32 * skinny_block_slices, 2)
 
 // One row's product whose weights fit the multiprocessors' shared memory (staged_row_fits): a
 // block owns `cols` consecutive columns, whose rows of W lie together, and copies them into shared
-// memory before its wait, while the kernels before it run (they are latency-bound and leave the
-// memory idle). After the wait it reads x (lane l its 16-byte units l, l + 32, ...) and each warp
+// memory before its wait, while the kernels before it run (before o_proj, the attention's kernels
+// are latency-bound and leave the memory idle). After the wait it reads x (lane l its 16-byte units l, l + 32, ...) and each warp
 // sums its columns from shared memory: the weights' stream is off the critical path.
 template <typename OutT>
 __global__ void __launch_bounds__(staged_threads) staged_row_kernel(const bf16* x, const bf16* W, int N, int K, int cols,
@@ -418,7 +418,9 @@ void staged_row_gemm(const bf16* x, const bf16* W, int N, int K, void* y, bool y
   const unsigned blocks = static_cast<unsigned>((N + cols - 1) / cols);
   const size_t smem = static_cast<size_t>(cols) * K * sizeof(bf16);
   const auto go = [&](auto kernel, auto* out) {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    // The largest any launch takes, so that a graph's earlier launches stay valid whatever the order.
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(device::staged_max_bytes)));
     launch_dependent_smem(true, kernel, dim3(blocks), dim3(device::staged_threads), smem, s, x, W, N, K, cols, out);
   };
   if (y_float) go(device::staged_row_kernel<float>, static_cast<float*>(y));
