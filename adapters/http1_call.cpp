@@ -1,5 +1,6 @@
 #include "adapters/http1_call.hpp"
 
+#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "adapters/event_mailbox.hpp"
+#include "adapters/op_memory.hpp"
 #include "adapters/send_now.hpp"
 #include "adapters/upstream_pool.hpp"
 #include "protocol/http1_head.hpp"
@@ -386,7 +388,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     } else {
       into = c.buffer.prepare(read_size_);
     }
-    c.socket.async_read_some(into, [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
+    auto done = [self = shared_from_this(), c = connection_](boost::system::error_code ec, std::size_t n) {
       if (c != self->connection_) return;
       self->reading_ = false;
       if (self->mailbox_.ended()) return;
@@ -395,7 +397,9 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
       } else {
         self->on_read(ec, n);
       }
-    });
+    };
+    // The read's state is made in read_memory_: one read is in flight at a time.
+    c.socket.async_read_some(into, net::bind_allocator(op_allocator<void>(read_memory_), std::move(done)));
   }
 
   /// A read into answer_ (see on_body_init()).
@@ -631,6 +635,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   std::chrono::steady_clock::time_point connect_deadline_;
   loop_timer deadline_;  // the total timeout
   event_mailbox mailbox_;
+  op_memory read_memory_;  // the upstream read's operation (read())
   bool got_bytes_ = false;  // the current connection sent part of an answer
   bool reading_ = false;
   bool writing_ = false;
