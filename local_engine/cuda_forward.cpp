@@ -226,6 +226,7 @@ class cuda_backend final : public forward_backend {
     }
     check(cudaMalloc(&route_arrivals_, sizeof(unsigned)));
     check(cudaMemset(route_arrivals_, 0, sizeof(unsigned)));
+    if (sample_split_) sample_scratch_ = std::make_unique<cuda::sample_scratch>();
     skinny_rows_ = std::clamp(opt.skinny_rows, 0, cuda::skinny_max_rows);
     dense_prefill_tokens_ = std::max(0, opt.dense_prefill_tokens);
     if (std::is_same_v<T, bf16> && skinny_rows_ > 0) {
@@ -275,6 +276,7 @@ class cuda_backend final : public forward_backend {
     if (blas_side_workspace_) cudaFree(blas_side_workspace_);
     skinny_[0].reset();
     skinny_[1].reset();
+    sample_scratch_.reset();
     if (fork_) cudaEventDestroy(fork_);
     if (join_) cudaEventDestroy(join_);
     if (side_) cudaStreamDestroy(side_);
@@ -414,7 +416,7 @@ class cuda_backend final : public forward_backend {
     float* logits = ws_logits_.as<float>(static_cast<size_t>(S) * V);
     gemm(hs, S, lm_head_, logits, CUDA_R_32F);
     int32_t* picked = ws_picked_.as<int32_t>(static_cast<size_t>(S));
-    cuda::sample_rows(logits, V, d_params_, S, picked, stream_);
+    cuda::sample_rows(logits, V, d_params_, S, picked, stream_, sample_scratch_.get());
   }
 
   struct row_meta {
@@ -1370,6 +1372,13 @@ class cuda_backend final : public forward_backend {
     const char* v = std::getenv("TOLLGATE_ENGINE_STAGED");
     return v == nullptr || std::string(v) != "0";
   }();
+  // A greedy row of a small batch is sampled by several blocks (cuda::sample_parts);
+  // TOLLGATE_ENGINE_SAMPLE_SPLIT=0 keeps one block a row.
+  bool sample_split_ = [] {
+    const char* v = std::getenv("TOLLGATE_ENGINE_SAMPLE_SPLIT");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  std::unique_ptr<cuda::sample_scratch> sample_scratch_;
   // TOLLGATE_ENGINE_FUSED_SILU=0: a decode step's routed gate-up product writes float and SiLU·mul
   // runs as a kernel of its own (for measurements; the values are the same).
   const bool fused_silu_ = std::getenv("TOLLGATE_ENGINE_FUSED_SILU") == nullptr ||

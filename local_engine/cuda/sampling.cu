@@ -154,31 +154,9 @@ __device__ uint32_t threshold(const row_view& r, float mx, float inv_t, uint32_t
   return key;
 }
 
-__global__ void __launch_bounds__(threads) sample_kernel(const float* logits, int vocab, int cache_floats,
-                                                         bool with_candidates, const sample_params* params,
-                                                         int32_t* tokens) {
-  enter_in_order();
-  extern __shared__ float cache[];  // a drawn row's first cache_floats values, then the candidates
-  __shared__ float scratch[32];
-  __shared__ float scratch5[5][32];
-  __shared__ float sv[32];
-  __shared__ int si[32];
-  const sample_params p = params[blockIdx.x];
-  const bool greedy = p.temperature <= 0 || p.top_k == 1;
-  const row_view r{logits + static_cast<size_t>(blockIdx.x) * vocab, cache, vocab, greedy ? 0 : cache_floats};
-  // The first largest logit: the greedy answer, and the softmax's shift. The cached part is read
-  // from global memory here, and kept.
-  float best = -INFINITY;
-  int at = -1;
-  const auto consider = [&](int i, float v) {
-    if (at < 0 || v > best || (v == best && i < at)) best = v, at = i;
-  };
-  for (int i = static_cast<int>(threadIdx.x); i < r.cached; i += blockDim.x) {
-    const float v = __ldcg(r.row + i);
-    cache[i] = v;
-    consider(i, v);
-  }
-  for_each_uncached(r, consider);
+// The block's first largest value and its index (the lowest of equal values), in every thread;
+// sv and si hold one a warp.
+__device__ __forceinline__ void block_first_max(float& best, int& at, float* sv, int* si) {
   for (int o = 16; o > 0; o >>= 1) {
     const float v2 = __shfl_xor_sync(0xffffffffu, best, o);
     const int i2 = __shfl_xor_sync(0xffffffffu, at, o);
@@ -186,13 +164,82 @@ __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, in
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) sv[warp] = best, si[warp] = at;
-  __syncthreads();  // also: the cache is written
+  __syncthreads();
   best = sv[0];
   at = si[0];
-  for (int w = 1; w < (blockDim.x >> 5); ++w)
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w)
     if (si[w] >= 0 && (at < 0 || sv[w] > best || (sv[w] == best && si[w] < at))) best = sv[w], at = si[w];
+}
+
+// grid (parts, rows). A drawn row is one block (part 0; the others leave at once). A greedy row
+// split in parts: each block finds the first largest of its range of ids and leaves it in the
+// scratch, and the last block of the row to arrive (counted in counters[row], which it sets back
+// to 0) picks the first largest of the parts' in part order: the whole row's first largest.
+__global__ void __launch_bounds__(threads) sample_kernel(const float* logits, int vocab, int cache_floats,
+                                                         bool with_candidates, const sample_params* params,
+                                                         int32_t* tokens, sample_scratch::view split) {
+  enter_in_order();
+  extern __shared__ float cache[];  // a drawn row's first cache_floats values, then the candidates
+  __shared__ float scratch[32];
+  __shared__ float scratch5[5][32];
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const int row = static_cast<int>(blockIdx.y), part = static_cast<int>(blockIdx.x), parts = static_cast<int>(gridDim.x);
+  const sample_params p = params[row];
+  const bool greedy = p.temperature <= 0 || p.top_k == 1;
+  const float* const row_logits = logits + static_cast<size_t>(row) * vocab;
+  float best = -INFINITY;
+  int at = -1;
+  const auto consider = [&](int i, float v) {
+    if (at < 0 || v > best || (v == best && i < at)) best = v, at = i;
+  };
+  if (parts > 1) {
+    if (!greedy) {
+      if (part > 0) return;
+    } else {
+      // Ranges of a multiple of 4 ids, so that each starts 16-byte aligned where the row does.
+      const int span = (vocab + 4 * parts - 1) / (4 * parts) * 4;
+      const int begin = min(vocab, part * span), end = min(vocab, begin + span);
+      for_each_uncached(row_view{row_logits, cache, end, begin}, consider);
+      block_first_max(best, at, sv, si);
+      __shared__ bool last;
+      if (threadIdx.x == 0) {
+        split.best[row * parts + part] = best;
+        split.at[row * parts + part] = at;
+        __threadfence();  // the part's answer is visible before it is counted
+        last = atomicAdd(&split.counters[row], 1u) == static_cast<unsigned>(parts - 1);
+      }
+      __syncthreads();
+      if (!last || threadIdx.x >= 32) return;
+      __threadfence();
+      best = -INFINITY, at = -1;
+      for (int q = static_cast<int>(threadIdx.x); q < parts; q += 32)
+        consider(__ldcg(split.at + row * parts + q), __ldcg(split.best + row * parts + q));
+      for (int o = 16; o > 0; o >>= 1) {
+        const float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+        const int i2 = __shfl_xor_sync(0xffffffffu, at, o);
+        if (i2 >= 0) consider(i2, v2);
+      }
+      if (threadIdx.x == 0) {
+        tokens[row] = at;
+        split.counters[row] = 0;
+      }
+      return;
+    }
+  }
+  const row_view r{row_logits, cache, vocab, greedy ? 0 : cache_floats};
+  // The first largest logit: the greedy answer, and the softmax's shift. The cached part is read
+  // from global memory here, and kept.
+  for (int i = static_cast<int>(threadIdx.x); i < r.cached; i += blockDim.x) {
+    const float v = __ldcg(r.row + i);
+    cache[i] = v;
+    consider(i, v);
+  }
+  for_each_uncached(r, consider);
+  block_first_max(best, at, sv, si);  // also: the cache is written
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (greedy) {
-    if (threadIdx.x == 0) tokens[blockIdx.x] = at;
+    if (threadIdx.x == 0) tokens[row] = at;
     return;
   }
   const float inv_t = 1.0f / p.temperature;
@@ -278,28 +325,55 @@ __global__ void __launch_bounds__(threads) sample_kernel(const float* logits, in
     if (lane == 0) pick = found >= 0 ? found : warp_last[warp];
   }
   __syncthreads();
-  if (threadIdx.x == 0) tokens[blockIdx.x] = pick >= 0 ? pick : fallback;
+  if (threadIdx.x == 0) tokens[row] = pick >= 0 ? pick : fallback;
 }
 
 }  // namespace device
 
-void sample_rows(const float* logits, int vocab, const sample_params* params, int n, int32_t* tokens, cudaStream_t s) {
+sample_scratch::sample_scratch() {
+  check(cudaMalloc(&v.counters, rows * sizeof(unsigned)));
+  check(cudaMemset(v.counters, 0, rows * sizeof(unsigned)));
+  check(cudaMalloc(&v.best, static_cast<size_t>(rows) * parts * sizeof(float)));
+  check(cudaMalloc(&v.at, static_cast<size_t>(rows) * parts * sizeof(int32_t)));
+}
+
+sample_scratch::~sample_scratch() {
+  cudaFree(v.counters);
+  cudaFree(v.best);
+  cudaFree(v.at);
+}
+
+int sample_parts(int n, int vocab, int sms) {
+  if (n < 1 || n > sample_scratch::rows) return 1;
+  return std::max(1, std::min({sample_scratch::parts, sms / n, vocab / 2048}));
+}
+
+void sample_rows(const float* logits, int vocab, const sample_params* params, int n, int32_t* tokens, cudaStream_t s,
+                 const sample_scratch* split) {
   if (n == 0) return;
   // Shared memory for the candidates (32 KB) and a drawn row's first values (greedy rows use none
   // of it): up to cached_max of them, as many as the device lets a block have beside the kernel's
   // own 1.3 KB, a multiple of 4.
-  int device_id = 0, optin = 0;
+  int device_id = 0, optin = 0, sms = 0;
   check(cudaGetDevice(&device_id));
   check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id));
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_id));
   const int own = 2 * 1024, list_floats = device::slots * device::threads;
   const bool with_candidates = optin >= own + list_floats * 4;
   const int room = (optin - own - (with_candidates ? list_floats * 4 : 0)) / 4;
   const int cache_floats = std::max(0, std::min({vocab, device::cached_max, room})) / 4 * 4;
   const size_t smem = (static_cast<size_t>(cache_floats) + (with_candidates ? list_floats : 0)) * sizeof(float);
   check(cudaFuncSetAttribute(device::sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  launch_early(device::sample_kernel, dim3(n), dim3(device::threads), smem, s, logits, vocab, cache_floats,
-               with_candidates, params, tokens);
-  check_launch();
+  const int parts = split ? sample_parts(n, vocab, sms) : 1;
+  const sample_scratch::view view = parts > 1 ? split->v : sample_scratch::view{};
+  constexpr int max_rows = 65535;  // a launch's rows: the grid's second dimension
+  for (int r0 = 0; r0 < n; r0 += max_rows) {
+    const int rows = std::min(max_rows, n - r0);
+    launch_early(device::sample_kernel, dim3(static_cast<unsigned>(parts), static_cast<unsigned>(rows)),
+                 dim3(device::threads), smem, s, logits + static_cast<size_t>(r0) * vocab, vocab, cache_floats,
+                 with_candidates, params + r0, tokens + r0, view);
+    check_launch();
+  }
 }
 
 }  // namespace tollgate::engine::cuda

@@ -3,7 +3,8 @@
 // of the kept mass strictly above it, by a double reference) and sits where the draw falls on the
 // kept tokens' distribution in id order; the same (seed, draw) gives the same token. Rows of
 // DeepSeek's vocabulary (102,400: half of it cached in shared memory, the rest read 16 bytes at a
-// time) and of small and odd widths; each setting timed with CUDA events.
+// time) and of small and odd widths; each setting timed with CUDA events. With a split scratch, a
+// greedy row of a small batch is taken by several blocks and must give the same token.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -84,7 +85,12 @@ TEST_CASE("gpu: the sampler keeps to greedy, top_k and top_p, and draws where th
   };
   const setting settings[] = {{0, 1, 0},      {1, 1, 0},      {0.7f, 0.9f, 0}, {0.6f, 0.95f, 0},
                               {1, 1, 50},     {0.8f, 0.5f, 20}, {1.3f, 0.3f, 0}, {1, 1, 1}};
-  for (const int V : {102400, 1000, 257}) {
+  const cu::sample_scratch split;
+  int sms = 0;
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+  CHECK(cu::sample_parts(1, 102400, sms) == std::min(32, sms));
+  CHECK(cu::sample_parts(cu::sample_scratch::rows + 1, 102400, sms) == 1);
+  for (const int V : {102400, 50001, 1000, 257}) {
     for (const float spread : {1.0f, 8.0f}) {  // flat rows, and peaked ones
       const int rows = 16;
       std::normal_distribution<float> nd(0.0f, spread);
@@ -92,11 +98,14 @@ TEST_CASE("gpu: the sampler keeps to greedy, top_k and top_p, and draws where th
       for (auto& x : logits) x = nd(gen);
       logits[static_cast<size_t>(V) + 3] = logits[static_cast<size_t>(V) + 7] = 100.0f;  // a tie for the largest
       device_array<float> dl(logits);
-      for (const auto& st : settings) {
+      for (const auto& st : settings)
+      for (const bool mixed : {false, true}) {
+        if (mixed && (st.temperature <= 0 || st.top_k == 1)) continue;
         std::vector<cu::sample_params> params(static_cast<size_t>(rows));
         for (int r = 0; r < rows; ++r) {
           auto& p = params[static_cast<size_t>(r)];
           p.temperature = st.temperature, p.top_p = st.top_p, p.top_k = st.top_k;
+          if (mixed && r % 2 == 1) p.temperature = 0;  // greedy rows beside drawn ones in one launch
           p.seed = 1234 + static_cast<uint64_t>(r), p.draw = static_cast<uint64_t>(r) * 7;
         }
         device_array<cu::sample_params> dp(params);
@@ -107,6 +116,20 @@ TEST_CASE("gpu: the sampler keeps to greedy, top_k and top_p, and draws where th
         cu::sample_rows(dl.p, V, dp.p, rows, out.p, nullptr);
         REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
         CHECK(out.get() == tokens);  // the same (seed, draw), the same token
+        // Greedy rows split over several blocks (twice: the arrival counts are left at 0), and a
+        // lone row split over the most blocks: the same tokens.
+        for (int again = 0; again < 2; ++again) {
+          device_array<int32_t> split_out(std::vector<int32_t>(static_cast<size_t>(rows), -1));
+          cu::sample_rows(dl.p, V, dp.p, rows, split_out.p, nullptr, &split);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          CHECK(split_out.get() == tokens);
+        }
+        for (const int r : {0, 1}) {
+          device_array<int32_t> one(std::vector<int32_t>(1, -1));
+          cu::sample_rows(dl.p + static_cast<size_t>(r) * V, V, dp.p + r, 1, one.p, nullptr, &split);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          CHECK(one.get()[0] == tokens[static_cast<size_t>(r)]);
+        }
         int far = 0;
         for (int r = 0; r < rows; ++r) {
           const int t = tokens[static_cast<size_t>(r)];
@@ -116,7 +139,7 @@ TEST_CASE("gpu: the sampler keeps to greedy, top_k and top_p, and draws where th
           REQUIRE(t < V);
           const std::vector<float> row(logits.begin() + static_cast<ptrdiff_t>(r) * V,
                                        logits.begin() + static_cast<ptrdiff_t>(r + 1) * V);
-          if (st.temperature <= 0 || st.top_k == 1) {
+          if (params[static_cast<size_t>(r)].temperature <= 0 || st.top_k == 1) {
             const auto first_max = std::max_element(row.begin(), row.end()) - row.begin();
             CHECK(t == first_max);
             continue;
@@ -130,22 +153,27 @@ TEST_CASE("gpu: the sampler keeps to greedy, top_k and top_p, and draws where th
           far += u < j.cdf_before - 1e-4 || u > j.cdf_after + 1e-4;
         }
         CHECK(far == 0);
-        // Timed: 20 launches after 3.
-        cudaEvent_t a, b;
-        REQUIRE(cudaEventCreate(&a) == cudaSuccess);
-        REQUIRE(cudaEventCreate(&b) == cudaSuccess);
-        for (int i = 0; i < 3; ++i) cu::sample_rows(dl.p, V, dp.p, 1, out.p, nullptr);
-        REQUIRE(cudaEventRecord(a) == cudaSuccess);
-        for (int i = 0; i < 20; ++i) cu::sample_rows(dl.p, V, dp.p, 1, out.p, nullptr);
-        REQUIRE(cudaEventRecord(b) == cudaSuccess);
-        REQUIRE(cudaEventSynchronize(b) == cudaSuccess);
-        float ms = 0;
-        REQUIRE(cudaEventElapsedTime(&ms, a, b) == cudaSuccess);
-        cudaEventDestroy(a);
-        cudaEventDestroy(b);
-        if (V == 102400)
-          std::printf("gpu sampler, vocab %d, spread %.0f, T %.1f top_p %.2f top_k %d: %.1f us a row\n", V, spread,
-                      st.temperature, st.top_p, st.top_k, ms * 1000.0 / 20);
+        // Timed: 20 launches of a lone row after 3, one block a row and split.
+        const auto time_us = [&](const cu::sample_scratch* sc) {
+          cudaEvent_t a, b;
+          REQUIRE(cudaEventCreate(&a) == cudaSuccess);
+          REQUIRE(cudaEventCreate(&b) == cudaSuccess);
+          for (int i = 0; i < 3; ++i) cu::sample_rows(dl.p, V, dp.p, 1, out.p, nullptr, sc);
+          REQUIRE(cudaEventRecord(a) == cudaSuccess);
+          for (int i = 0; i < 20; ++i) cu::sample_rows(dl.p, V, dp.p, 1, out.p, nullptr, sc);
+          REQUIRE(cudaEventRecord(b) == cudaSuccess);
+          REQUIRE(cudaEventSynchronize(b) == cudaSuccess);
+          float ms = 0;
+          REQUIRE(cudaEventElapsedTime(&ms, a, b) == cudaSuccess);
+          cudaEventDestroy(a);
+          cudaEventDestroy(b);
+          return ms * 1000.0 / 20;
+        };
+        if (V == 102400 && !mixed) {
+          const double one = time_us(nullptr), parts = time_us(&split);
+          std::printf("gpu sampler, vocab %d, spread %.0f, T %.1f top_p %.2f top_k %d: %.1f us a row (%.1f split)\n", V,
+                      spread, st.temperature, st.top_p, st.top_k, one, parts);
+        }
       }
     }
   }
