@@ -94,6 +94,23 @@ logit_match compare_logits(const std::vector<float>& got, const std::vector<floa
   return m;
 }
 
+/// The positions whose own relative error passes `tol`: how many, and the first of them (", 3
+/// positions past 1e-05 from 417: 417 418 452"); empty when none.
+std::string far_positions(const std::vector<float>& got, const std::vector<float>& ref, size_t V, double tol) {
+  std::vector<size_t> far;
+  for (size_t p = 0; p < ref.size() / V; ++p) {
+    double num = 0, den = 0;
+    for (size_t i = p * V; i < (p + 1) * V; ++i)
+      num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]), den += double(ref[i]) * ref[i];
+    if (std::sqrt(num / den) > tol) far.push_back(p);
+  }
+  if (far.empty()) return {};
+  std::string s = ", " + std::to_string(far.size()) + " positions past " + std::to_string(tol) + " from " +
+                  std::to_string(far[0]) + ":";
+  for (size_t i = 0; i < std::min<size_t>(far.size(), 12); ++i) s += " " + std::to_string(far[i]);
+  return s;
+}
+
 /// A sequence driven by hand over the backend: its blocks, its tokens, its draws.
 struct seq {
   std::vector<int32_t> prompt, out, blocks;
@@ -523,33 +540,51 @@ TEST_CASE("gpu: long prompt chunks attended un-absorbed give the absorbed kernel
         for (auto& x : v) x = tok(gen);
         return v;
       };
-      const auto long_prompt = draw(300), short1 = draw(20), prefix = draw(100), chunk = draw(150), short2 = draw(10);
       const auto b_long = blocks_for(0, 300, bs), b_short1 = blocks_for(40, 20, bs), b_chunk = blocks_for(60, 250, bs),
                  b_short2 = blocks_for(100, 10, bs);
-      const auto run = [&](eng::forward_backend& be) {
-        eng::batch_result r;
-        eng::batch_item pre;
-        pre.tokens = prefix;
-        pre.blocks = b_chunk;
-        be.forward({&pre, 1}, r);  // the cached prefix (100 tokens: the absorbed kernel either way)
-        std::vector<eng::batch_item> items(4);
-        const std::vector<int32_t>* toks[] = {&long_prompt, &short1, &chunk, &short2};
-        const std::vector<int32_t>* blocks[] = {&b_long, &b_short1, &b_chunk, &b_short2};
-        for (size_t i = 0; i < 4; ++i) {
-          items[i].tokens = *toks[i];
-          items[i].blocks = *blocks[i];
-          items[i].logits = true;
-          items[i].all_positions = true;
-        }
-        items[2].start = prefix.size();
-        be.forward(items, r);
-        return r.logits;
+      // One comparison on fresh prompts; `far` lists the positions (the four items' in order: 300,
+      // 20, 150 and 10) whose own relative error passes 1e-5.
+      const auto attempt = [&](std::string& far) {
+        const auto long_prompt = draw(300), short1 = draw(20), prefix = draw(100), chunk = draw(150), short2 = draw(10);
+        const auto run = [&](eng::forward_backend& be) {
+          eng::batch_result r;
+          eng::batch_item pre;
+          pre.tokens = prefix;
+          pre.blocks = b_chunk;
+          be.forward({&pre, 1}, r);  // the cached prefix (100 tokens: the absorbed kernel either way)
+          std::vector<eng::batch_item> items(4);
+          const std::vector<int32_t>* toks[] = {&long_prompt, &short1, &chunk, &short2};
+          const std::vector<int32_t>* blocks[] = {&b_long, &b_short1, &b_chunk, &b_short2};
+          for (size_t i = 0; i < 4; ++i) {
+            items[i].tokens = *toks[i];
+            items[i].blocks = *blocks[i];
+            items[i].logits = true;
+            items[i].all_positions = true;
+          }
+          items[2].start = prefix.size();
+          be.forward(items, r);
+          return r.logits;
+        };
+        const auto got = run(*dense->backend), ref = run(*absorbed->backend);
+        far = far_positions(got, ref, V, 1e-5);
+        return compare_logits(got, ref, V);
       };
-      const logit_match lm = compare_logits(run(*dense->backend), run(*absorbed->backend), V);
+      std::string far;
+      logit_match lm = attempt(far);
       std::printf("gpu dense prefill %-10s %-8s un-absorbed against absorbed: relative error %.2e, cosine mean %.6f, "
-                  "worst %.6f, top-1 %.3f\n",
-                  name, dtype, lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
+                  "worst %.6f, top-1 %.3f%s\n",
+                  name, dtype, lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement, far.c_str());
       if (std::string(dtype) == "float32") {
+        // The two paths round differently (about 1e-6), so a token whose 4th and 5th experts (or
+        // its groups) score within that of each other can be routed differently by them, and the
+        // positions after it then differ by far more: on random prompts, a few runs in a hundred.
+        // Such a run is repeated on fresh prompts, twice at most; a wrong path fails every time.
+        for (int again = 0; again < 2 && lm.rel >= 1e-5; ++again) {
+          CHECK(lm.mean_cos > 0.9999);
+          lm = attempt(far);
+          std::printf("gpu dense prefill %-10s %-8s again on fresh prompts: relative error %.2e%s\n", name, dtype, lm.rel,
+                      far.c_str());
+        }
         CHECK(lm.rel < 1e-5);
       } else {
         CHECK(lm.mean_cos > 0.999);
