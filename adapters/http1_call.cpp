@@ -22,6 +22,7 @@
 #include "adapters/op_memory.hpp"
 #include "adapters/send_now.hpp"
 #include "adapters/upstream_pool.hpp"
+#include "protocol/chunked_body.hpp"
 #include "protocol/http1_head.hpp"
 
 namespace tollgate::adapters {
@@ -467,6 +468,23 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     auto& buffer = connection_->buffer;
     while (buffer.size() > 0) {
       if (!fast_ && !parser_->got_some()) start_fast();
+      if (fast_ && fast_chunked_) {
+        // A chunked body after a head read in one pass: its data taken as views of the buffer.
+        std::string_view in(static_cast<const char*>(buffer.data().data()), buffer.size());
+        const std::size_t had = in.size();
+        while (const auto piece = chunks_.next(in)) on_body(*piece);
+        buffer.consume(had - in.size());
+        if (mailbox_.ended()) return false;  // on_body failed the transfer
+        if (chunks_.failed()) {
+          fail(failure::broken, "malformed response from " + origin_.pool_key + ": " + chunks_.error());
+          return false;
+        }
+        if (chunks_.done()) {
+          complete(keep_alive_after(buffer.size()));
+          return false;
+        }
+        break;  // all of it read: more is needed
+      }
       if (fast_) {
         // A body of a known length after a head read in one pass: taken as it comes.
         const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(fast_left_, buffer.size()));
@@ -515,6 +533,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     fast_status_ = head.status;
     fast_keep_alive_ = fast->keep_alive;
     fast_left_ = fast->content_length;
+    fast_chunked_ = fast->chunked;
+    chunks_ = protocol::chunked_reader{};
     on_head(std::move(head));
     if (fast_left_ > 0) on_body_init(fast_status_, fast_left_);
   }
@@ -630,6 +650,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   int fast_status_ = 0;             // its status
   bool fast_keep_alive_ = false;    // whether it leaves the connection open
   std::uint64_t fast_left_ = 0;     // body bytes still to come
+  bool fast_chunked_ = false;       // its body is chunked, read by chunks_
+  protocol::chunked_reader chunks_;
   std::optional<tcp::resolver> resolver_;
   std::optional<net::steady_timer> connect_timer_;
   std::chrono::steady_clock::time_point connect_deadline_;
@@ -693,9 +715,12 @@ std::optional<fast_response> read_response_head(std::string_view buffered, respo
   const bool taken = protocol::read_head(buffered.substr(0, length), false, head, [&](const protocol::head_field& f) {
     out.headers.emplace_back_lower(f.name, f.value);
   });
-  if (!taken || !head.content_length) return std::nullopt;
+  // Framed by its length, or chunked in HTTP/1.1 (both: left to Beast, which knows what to make
+  // of them).
+  if (!taken || head.content_length.has_value() == head.chunked || (head.chunked && head.version < 11))
+    return std::nullopt;
   out.status = head.status;
-  return fast_response{length, *head.content_length, head.persistent()};
+  return fast_response{length, head.content_length.value_or(0), head.persistent(), head.chunked};
 }
 
 std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request&& request, io_refs refs) {

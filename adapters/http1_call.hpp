@@ -41,13 +41,14 @@ struct fast_response {
   std::size_t head_length = 0;       ///< bytes of head, blank line included
   std::uint64_t content_length = 0;  ///< the body's
   bool keep_alive = false;           ///< the connection stays open after it
+  bool chunked = false;              ///< the body is chunked (content_length is then 0)
 };
 
 /// Reads the complete head at the start of buffered into out when it has the usual shape
-/// (protocol/http1_head.hpp) and a Content-Length: the status, and the fields in order with their
-/// names lower-cased, as the client's Beast parser would give them. nullopt leaves the head to
-/// that parser (not complete yet, chunked, to the connection's end, 1xx, malformed); out is then
-/// unspecified.
+/// (protocol/http1_head.hpp) and a Content-Length or (HTTP/1.1) a chunked body: the status, and
+/// the fields in order with their names lower-cased, as the client's Beast parser would give them.
+/// nullopt leaves the head to that parser (not complete yet, other codings, both framings, to the
+/// connection's end, 1xx, malformed); out is then unspecified.
 std::optional<fast_response> read_response_head(std::string_view buffered, response_head& out);
 
 /// Starts the request at once on refs' thread. The origin must outlive the call (it belongs to

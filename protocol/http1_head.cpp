@@ -217,7 +217,11 @@ head_fields::step head_fields::next(head_field& f, http1_head& head) {
       if (name_is(n, "proxy-connection")) return step::declined;
       break;
     case 17:
-      if (name_is(n, "transfer-encoding")) return step::declined;
+      // Only a lone "chunked" (a response's usual stream framing); codings and repeats go to Beast.
+      if (name_is(n, "transfer-encoding")) {
+        if (head.chunked || !name_is(f.value, "chunked")) return step::declined;
+        head.chunked = true;
+      }
       break;
     default:
       break;

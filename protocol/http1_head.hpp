@@ -1,6 +1,6 @@
 // HTTP/1.1 heads read in one pass, for the common case only: a complete head of a request or a
-// response, framed by Content-Length or by nothing. What it does not take (Transfer-Encoding,
-// Upgrade, obs-fold, a Connection list, a head past max_fast_head, 1xx/204/304 answers, anything
+// response, framed by Content-Length, by a lone "Transfer-Encoding: chunked" or by nothing. What
+// it does not take (other transfer codings, Upgrade, obs-fold, a Connection list, a head past max_fast_head, 1xx/204/304 answers, anything
 // malformed) it declines, and the caller gives the same bytes to Beast's parser, which accepts or
 // rejects them as it always did. This reader never rejects: its tests check that it never takes
 // what Beast rejects and reads every head it takes as Beast does.
@@ -27,6 +27,7 @@ struct http1_head {
   int status = 0;           ///< a response's, 200..599 but 204 and 304
   int version = 11;         ///< 10 or 11
   std::optional<std::uint64_t> content_length;
+  bool chunked = false;     ///< Transfer-Encoding: chunked (its only coding, once)
   bool close = false;       ///< a Connection field named close
   bool keep_alive = false;  ///< a Connection field named keep-alive
   /// What Beast's keep_alive() says: HTTP/1.1 unless close, HTTP/1.0 only with keep-alive.

@@ -69,7 +69,7 @@ std::optional<fast_request> read_request_head(std::string_view buffered, std::ui
   protocol::http1_head head;
   const bool taken = protocol::read_head(copy, true, head,
                                          [&](const protocol::head_field& f) { req.add_field(f.name, f.value); });
-  if (!taken || head.content_length.value_or(0) > body_limit) return std::nullopt;
+  if (!taken || head.chunked || head.content_length.value_or(0) > body_limit) return std::nullopt;
   req.set_start(head.method, head.target, static_cast<unsigned>(head.version), head.persistent());
   return fast_request{length, head.content_length.value_or(0)};
 }
