@@ -321,6 +321,9 @@ class call {
   /// Called (on this thread) whenever an event becomes available, so one waiter can watch
   /// several calls at once (hedging). Replaces any earlier hook; empty to remove.
   virtual void on_ready(std::function<void()> hook) = 0;
+  /// Storage the reader is done with (a data event's string, emptied), for the call to fill with
+  /// the next data event's bytes instead of allocating; a call may drop it.
+  virtual void recycle(std::string&&) {}
 };
 
 /// What a backend that runs a model itself (kind local_engine) reports to /metrics.

@@ -112,6 +112,8 @@ void event_mailbox::add_data(std::string_view bytes) {
   }
   call_event ev;
   ev.type = call_event::kind::data;
+  ev.data = std::move(spare_);  // the reader's last string, when it gave one back
+  spare_ = std::string();
   ev.data.assign(bytes);
   push(std::move(ev));
 }

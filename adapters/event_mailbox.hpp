@@ -98,6 +98,12 @@ class event_mailbox {
     if (waiter_) resume_reader();
     if (hook_) hook_();
   }
+  /// Keeps s's storage for the next data event that add_data() makes (the larger of it and the
+  /// one kept already, up to max_spare bytes: a held stream keeps no large buffer).
+  void recycle(std::string&& s) {
+    if (s.capacity() > spare_.capacity() && s.capacity() <= max_spare) spare_ = std::move(s);
+  }
+  static constexpr std::size_t max_spare = 16 * 1024;
   /// Drops events not taken yet (a cancelled call's reader wants none of them).
   void clear() { events_.clear(); queued_bytes_ = 0; }
 
@@ -134,6 +140,7 @@ class event_mailbox {
   config::duration first_token_;
   config::duration idle_;
   std::function<void()> hook_;
+  std::string spare_;                 // storage given back by the reader, for add_data()
   std::optional<waiter> waiter_;     // the reader, while it waits
   event_mailbox* prev_listed_ = nullptr;
   event_mailbox* next_listed_ = nullptr;

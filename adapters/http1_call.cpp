@@ -177,6 +177,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
 
   bool ready() const { return mailbox_.ready(); }
   void on_ready(std::function<void()> hook) { mailbox_.on_ready(std::move(hook)); }
+  void recycle(std::string&& s) { mailbox_.recycle(std::move(s)); }
 
   void cancel() {
     if (mailbox_.ended()) return;
@@ -696,6 +697,7 @@ class http1_call final : public call {
   void cancel() override { t_->cancel(); }
   bool ready() const override { return t_->ready(); }
   void on_ready(std::function<void()> hook) override { t_->on_ready(std::move(hook)); }
+  void recycle(std::string&& s) override { t_->recycle(std::move(s)); }
 
  private:
   std::shared_ptr<transfer> t_;

@@ -32,13 +32,15 @@ void sse_splitter::feed(std::string_view bytes) {
   buf_.append(bytes);
 }
 
-void sse_splitter::feed_moved(std::string&& bytes) {
+std::string sse_splitter::feed_moved(std::string&& bytes) {
   if (pos_ == buf_.size()) {
-    buf_ = std::move(bytes);
+    buf_.swap(bytes);
     pos_ = scan_ = 0;
-    return;
+  } else {
+    feed(bytes);
   }
-  feed(bytes);
+  bytes.clear();
+  return std::move(bytes);
 }
 
 // An event ends at its first empty line (the WHATWG rule): a line end that starts the event or

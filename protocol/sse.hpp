@@ -12,7 +12,9 @@ class sse_splitter {
   /// Appends bytes as they arrive from the upstream, in any fragmentation.
   void feed(std::string_view bytes);
   /// The same, taking the storage of bytes when nothing is buffered (no copy, no allocation).
-  void feed_moved(std::string&& bytes);
+  /// Returns the storage it let go then (emptied), or else bytes' (emptied): for the producer of
+  /// the next bytes to fill, so that a stream of events allocates nothing.
+  std::string feed_moved(std::string&& bytes);
   /// The next complete event, including its terminating blank line, byte for byte. An event ends
   /// at its first blank line: two line ends in a row, each "\n", "\r\n" or "\r" (a final "\r"
   /// waits for the next byte). nullopt when no complete event is buffered.

@@ -251,8 +251,9 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
     bool finished = false;
     if (ev.type == call_event::kind::data) {
       // The event's bytes become the splitter's (no copy when it holds nothing), and events are
-      // read as views of them.
-      events.feed_moved(std::move(ev.data));
+      // read as views of them; the storage the splitter lets go goes back to the call, which
+      // fills it with the next event's bytes (no allocation an event).
+      call.recycle(events.feed_moved(std::move(ev.data)));
       while (auto e = events.next_event_view()) {
         if (relayed) {
           if (rename) {

@@ -127,6 +127,36 @@ TEST_CASE("event mailbox: events come in order, coalesced while untaken, and the
   CHECK(again.kinds == std::vector<call_event::kind>{call_event::kind::end});
 }
 
+TEST_CASE("event mailbox: a data event is made in the storage its reader gave back", "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(1s, 1s));
+  producer p(box);
+  std::string given(300, 'x');
+  const char* const storage = given.data();
+  box.recycle(std::move(given));
+  box.add_data("an event's bytes, longer than a short string's own room");
+  std::string small;  // a smaller storage is not kept over the larger one
+  small.reserve(40);
+  box.recycle(std::move(small));
+  std::string huge;   // nor one past max_spare (a held stream keeps no large buffer)
+  huge.reserve(event_mailbox::max_spare + 1);
+  box.recycle(std::move(huge));
+  call_event got;
+  net::co_spawn(
+      io, [&]() -> net::awaitable<void> { got = co_await box.next(p); }, net::detached);
+  io.run();
+  CHECK(got.type == call_event::kind::data);
+  CHECK(got.data == "an event's bytes, longer than a short string's own room");
+  CHECK(got.data.data() == storage);  // no allocation: the recycled string's storage
+  // With nothing given back, the next event allocates its own (and recycling is optional).
+  box.add_data("next");
+  io.restart();
+  net::co_spawn(
+      io, [&]() -> net::awaitable<void> { got = co_await box.next(p); }, net::detached);
+  io.run();
+  CHECK(got.data == "next");
+}
+
 TEST_CASE("event mailbox: a stream whose events come closer together than the idle timeout outlasts it many times, "
           "and times out one idle timeout after its last event",
           "[adapters][mailbox]") {

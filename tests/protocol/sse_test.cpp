@@ -70,6 +70,33 @@ TEST_CASE("events are split at blank lines, byte for byte, however the stream is
   check_every_split(stream, {"data: {\"a\":1}\n\n", ": comment\ndata: x\n\n", "event: done\nid: 7\ndata: [DONE]\n\n"});
 }
 
+TEST_CASE("bytes fed as a string give back the storage the splitter lets go", "[sse]") {
+  sse_splitter s;
+  std::string first(200, 'a');
+  first.replace(0, 9, "data: 1\n\n");
+  const char* const first_storage = first.data();
+  CHECK(s.feed_moved(std::move(first)).empty());  // an empty splitter takes the string itself
+  const auto one = s.next_event_view();
+  REQUIRE(one == std::optional<std::string_view>("data: 1\n\n"));
+  CHECK(one->data() == first_storage);  // a view of the storage it took: no copy
+  std::string second = "data: 2\n\ndata: 3";
+  const std::size_t second_room = second.capacity();
+  const std::string back = s.feed_moved(std::move(second));  // it holds the first's rest: copied in
+  CHECK(back.empty());
+  CHECK(back.capacity() == second_room);  // second's storage, emptied, for the next bytes
+  std::string two(191, 'a');
+  two += "data: 2\n\n";
+  CHECK(s.next_event_view() == std::optional<std::string_view>(two));
+  CHECK(s.feed_moved(std::string("\n\n")).empty());
+  CHECK(s.next_event_view() == std::optional<std::string_view>("data: 3\n\n"));
+  // Drained: the next string is taken, and the storage it held until now comes back.
+  std::string fourth(110, 'b');
+  fourth.replace(0, 9, "data: 4\n\n");
+  const std::string freed = s.feed_moved(std::move(fourth));
+  CHECK(freed.empty());
+  CHECK(freed.capacity() >= 200);  // the first string's storage
+}
+
 TEST_CASE("CRLF, CR and mixed line ends, however the stream is cut", "[sse]") {
   check_every_split("data: one\r\n\r\ndata: two\r\ndata: more\r\n\r\n: ping\r\n\r\n",
                     {"data: one\r\n\r\n", "data: two\r\ndata: more\r\n\r\n", ": ping\r\n\r\n"});
