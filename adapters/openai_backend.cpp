@@ -89,6 +89,7 @@ class openai_call final : public call, mailbox_producer {
 
   bool ready() const override { return mailbox_.ready(); }
   void on_ready(std::function<void()> hook) override { mailbox_.on_ready(std::move(hook)); }
+  void recycle(std::string&& s) override { mailbox_.recycle(std::move(s)); }
 
   void cancel() override {
     if (mailbox_.ended()) return;
