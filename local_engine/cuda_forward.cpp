@@ -1149,7 +1149,7 @@ class cuda_backend final : public forward_backend {
       if constexpr (std::is_same_v<T, bf16>) {
         if (fused_silu_ && cuda::expert_gate_up_silu_fits(I, H)) {
           cuda::expert_gate_up_silu(L.experts_gate_up, h, row_token, offsets, active, max_active, I, H, act, stream_,
-                                    prep, N == 1 && lone_experts_);
+                                    prep, N == 1 && lone_experts_, expert_lines_);
           fused = true;
         }
       }
@@ -1161,7 +1161,7 @@ class cuda_backend final : public forward_backend {
       if constexpr (std::is_same_v<T, bf16>) {
         if (in_experts.act) {
           cuda::expert_down_with_shared(L.experts_down, act, offsets, active, max_active, H, I, rows, in_experts,
-                                        stream_, N == 1 && lone_experts_);
+                                        stream_, N == 1 && lone_experts_, expert_lines_);
           down_done = true;
         }
       }
@@ -1405,6 +1405,11 @@ class cuda_backend final : public forward_backend {
   // `offsets` and `x_rows` as a batch's do (for measurements; the same values).
   const bool lone_experts_ = std::getenv("TOLLGATE_ENGINE_LONE_EXPERTS") == nullptr ||
                              std::string(std::getenv("TOLLGATE_ENGINE_LONE_EXPERTS")) != "0";
+  // TOLLGATE_ENGINE_EXPERT_LINES=0: a lone token's bf16 expert products on the batch's kernel (its
+  // tensor-core fragments' 64 bytes of 8 rows a load) instead of expert_lone_kernel's whole lines,
+  // for measurements and the tests that compare the two.
+  const bool expert_lines_ = std::getenv("TOLLGATE_ENGINE_EXPERT_LINES") == nullptr ||
+                             std::string(std::getenv("TOLLGATE_ENGINE_EXPERT_LINES")) != "0";
   // TOLLGATE_ENGINE_SHARED_IN_EXPERTS=0: a decode step's shared experts run their own SiLU-mul and
   // product (on the side stream up to side_stream_rows tokens), for measurements.
   const bool shared_in_experts_ = std::getenv("TOLLGATE_ENGINE_SHARED_IN_EXPERTS") == nullptr ||

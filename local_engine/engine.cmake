@@ -73,4 +73,7 @@ if(TOLLGATE_CUDA)
   # What a kernel boundary costs against a grid-wide barrier in one kernel (tests/perf/).
   add_executable(tollgate-kernel-boundary-bench ${CMAKE_SOURCE_DIR}/tests/perf/kernel_boundary_bench.cu)
   target_link_libraries(tollgate-kernel-boundary-bench PRIVATE CUDA::cudart)
+  # In what order a lone token's expert product should read its weights (tests/perf/).
+  add_executable(tollgate-weight-read-bench ${CMAKE_SOURCE_DIR}/tests/perf/weight_read_bench.cu)
+  target_link_libraries(tollgate-weight-read-bench PRIVATE CUDA::cudart)
 endif()

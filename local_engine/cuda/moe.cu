@@ -376,6 +376,141 @@ __global__ void __launch_bounds__(128 * KS, 4 / KS) expert_mma_kernel(Rows W, co
   }
 }
 
+// A lone token's expert products, each load of a warp reading whole 128-byte lines: 16 lanes a
+// weight row, 256 bytes of it a load, where the fragments of expert_mma_kernel take 64 bytes of
+// each of 8 rows (the same bytes read in that order run at about 3.4 TB/s against 4.0 for whole
+// lines: tests/perf/weight_read_bench.cu). A warp's load covers two rows, A (lanes 0-15) and B
+// (16-31); lane (g, q)'s unit of a 16-unit window is 4 (g % 4) + q, so the B fragment's column g
+// holds a quarter of the window of row A (g < 4) or B. The token's row of x goes to A's row g with
+// the same units, so that C[g][g] (lane (g, g / 2), element g % 2) sums column g's quarter; the
+// other elements of C are products of mismatched units, and are not read. A row's sum is the sum
+// of its four columns' diagonals, added in a fixed order (the same bits run after run).
+// Items as expert_mma_kernel's (shared items first, then (expert y, slice)); a block of 8 warps,
+// a warp 4 pairs of rows: ACT (gate-up with SiLU-mul at the store) a pair is column c's gate row
+// and its up row, 32 columns an item; otherwise (down, 64 rows an item) rows n and n + 1. x's row
+// is copied into shared memory once for the items that share it. Two windows of loads a round,
+// the next round's asked for before this round's products.
+template <bool ACT>
+__global__ void __launch_bounds__(256, 2) expert_lone_kernel(const bf16* W, const bf16* x, const int32_t* active,
+                                                             int N, int K, int slices, int max_active, float* out,
+                                                             bf16* act, shared_experts sh) {
+  extern __shared__ uint4 xs[];
+  const bool early_shared = ACT && sh.gate_up;
+  trigger_dependents();
+  if (!early_shared) wait_for_prerequisites();
+  bool waited = !early_shared;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int units = K / 8, windows = (units + 15) / 16;
+  const int my_unit = 4 * (g & 3) + q, pair_row = g >> 2;
+  const bool diagonal = q == (g >> 1);
+  const int parts = ACT && !sh.gate_up ? 0 : sh.parts;
+  const int shared_items = parts * slices;
+  const int inter = ACT ? N / 2 : K;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const bf16* x_held = nullptr;
+  for (int item = blockIdx.x; item < shared_items + max_active * slices; item += gridDim.x) {
+    const bool is_sh = item < shared_items;
+    if (!is_sh && !waited) {
+      wait_for_prerequisites();
+      waited = true;
+    }
+    const int y = is_sh ? item / slices : (item - shared_items) / slices, slice = item % slices;
+    const size_t e = is_sh ? 0 : static_cast<size_t>(active[1 + y]);
+    // This lane's row of each of the warp's four pairs.
+    const uint4* row[4];
+    int col[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      if constexpr (ACT) {
+        const int c = slice * 32 + warp * 4 + p;
+        col[p] = c;
+        const size_t r = is_sh ? static_cast<size_t>(pair_row * parts + y) * inter + c
+                               : e * N + static_cast<size_t>(pair_row) * inter + c;
+        row[p] = reinterpret_cast<const uint4*>((is_sh ? sh.gate_up : W) + r * K);
+      } else {
+        const int n = slice * 64 + warp * 8 + 2 * p;
+        col[p] = n;
+        const int nr = min(n + pair_row, N - 1);
+        row[p] = reinterpret_cast<const uint4*>(
+            is_sh ? sh.w + static_cast<size_t>(nr) * parts * K + static_cast<size_t>(y) * K : W + (e * N + nr) * K);
+      }
+    }
+    const auto load = [&](int r, uint4(&B)[2][4]) {
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        const int unit = (2 * r + w) * 16 + my_unit;
+#pragma unroll
+        for (int p = 0; p < 4; ++p) B[w][p] = unit < units ? load_streaming(row[p] + unit) : zero;
+      }
+    };
+    float c[4][4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) c[p][0] = c[p][1] = c[p][2] = c[p][3] = 0;
+    const auto product = [&](int r, const uint4(&B)[2][4]) {
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        const int unit = (2 * r + w) * 16 + my_unit;
+        const uint4 xv = unit < units ? xs[unit] : zero;
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+          mma_bf16(c[p], xv.x, 0u, xv.y, 0u, B[w][p].x, B[w][p].y);
+          mma_bf16(c[p], xv.z, 0u, xv.w, 0u, B[w][p].z, B[w][p].w);
+        }
+      }
+    };
+    const int rounds = (windows + 1) / 2;
+    uint4 B0[2][4], B1[2][4];
+    load(0, B0);
+    // x's row for this item (the token's row for a gate-up product; a down item's expert or
+    // shared part's activations), copied once for the items that share it, through L2 (shared
+    // gate-up items run before the wait, on an x that was complete when this kernel was placed).
+    const bf16* xr = ACT ? x : is_sh ? sh.act + static_cast<size_t>(y) * K : x + static_cast<size_t>(y) * K;
+    if (xr != x_held) {
+      __syncthreads();  // the last item's readers are done
+      for (int u = threadIdx.x; u < units; u += blockDim.x) xs[u] = __ldcg(reinterpret_cast<const uint4*>(xr) + u);
+      __syncthreads();
+      x_held = xr;
+    }
+    for (int r = 0;;) {
+      if (r + 1 < rounds) load(r + 1, B1);
+      product(r, B0);
+      if (++r >= rounds) break;
+      if (r + 1 < rounds) load(r + 1, B0);
+      product(r, B1);
+      if (++r >= rounds) break;
+    }
+    // Each row's sum: its four diagonal elements, in lane order within its half of the warp.
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      float d = diagonal ? ((g & 1) ? c[p][1] : c[p][0]) : 0.0f;
+#pragma unroll
+      for (int off = 8; off >= 1; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+      const float b = __shfl_sync(0xffffffffu, d, 16);  // row B's sum, to lane 0
+      if constexpr (ACT) {
+        if (lane == 0) {
+          bf16* dst = is_sh ? sh.act + static_cast<size_t>(y) * inter : act + static_cast<size_t>(y) * inter;
+          dst[col[p]] = __float2bfloat16_rn(silu_times(d, b));
+        }
+      } else {
+        if (lane == 0 && col[p] < N) {
+          if (is_sh) {
+            atomicAdd(sh.out + col[p], d);
+            if (col[p] + 1 < N) atomicAdd(sh.out + col[p] + 1, b);
+          } else {
+            out[static_cast<size_t>(y) * N + col[p]] = d;
+            if (col[p] + 1 < N) out[static_cast<size_t>(y) * N + col[p] + 1] = b;
+          }
+        }
+      }
+    }
+  }
+  if (early_shared) {  // the shared sums, zeroed for the down product (nothing reads them before it)
+    if (!waited) wait_for_prerequisites();
+    const int n = static_cast<int>(gridDim.x * blockDim.x);
+    for (int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); i < sh.rows * sh.hidden; i += n) sh.out[i] = 0.0f;
+  }
+}
+
 /// c += a . b on FP8 tensor cores: mma.m16n8k32, e4m3 A (16 x 32, row-major) and B (32 x 8).
 __device__ __forceinline__ void mma_e4m3(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -564,9 +699,24 @@ int expert_ksplit() {
 template <typename Rows>
 void launch_expert_mma(const Rows& W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                        const int32_t* active, int max_active, int N, int K, float* out, cudaStream_t s,
-                       bf16* act = nullptr, const shared_experts& sh = {}, bool lone = false) {
+                       bf16* act = nullptr, const shared_experts& sh = {}, bool lone = false, bool lines = false) {
   // The shared parts take max_active's place in the grid's size: `parts` more expert-sized items.
   const int extra = act && !sh.gate_up ? 0 : sh.parts;
+  if constexpr (std::is_same_v<Rows, device::bf16_rows>) {
+    // A lone token's bf16 products (x's row, K * 2 bytes, in the default 48 KB of shared memory).
+    if (lone && lines && sh.rows <= 1 && K % 8 == 0 && K <= 24576) {
+      const auto [slices, grid] = persistent_grid(N, max_active + extra, 2);  // 32 columns or 64 rows an item
+      const size_t smem = sizeof(bf16) * static_cast<size_t>(K);
+      if (act)
+        launch_early(device::expert_lone_kernel<true>, dim3(grid), dim3(256), smem, s, W.w, x, active, N, K, slices,
+                     max_active, out, act, sh);
+      else
+        launch_early(device::expert_lone_kernel<false>, dim3(grid), dim3(256), smem, s, W.w, x, active, N, K, slices,
+                     max_active, out, act, sh);
+      check_launch();
+      return;
+    }
+  }
   if (expert_ksplit() == 2) {
     const auto [slices, grid] = persistent_grid(N, max_active + extra, 2);
     launch_early(device::expert_mma_kernel<Rows, 2>, dim3(grid), dim3(256), 0, s, W, x, x_rows, offsets, active, N, K,
@@ -672,18 +822,18 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
 
 void expert_down_with_shared(const bf16* W, const bf16* act, const int32_t* offsets, const int32_t* active,
                              int max_active, int hidden, int inter, float* out, const shared_experts& shared,
-                             cudaStream_t s, bool lone_token) {
+                             cudaStream_t s, bool lone_token, bool whole_lines) {
   if (!shared_in_experts_fits(inter, shared.parts, hidden) || shared.hidden != hidden || shared.inter != inter)
     throw std::logic_error("expert_down_with_shared: shapes the tensor-core product does not take");
   launch_expert_mma(device::bf16_rows{W}, act, nullptr, offsets, active, max_active, hidden, inter, out, s, nullptr,
-                    shared, lone_token);
+                    shared, lone_token, whole_lines);
 }
 
 bool expert_gate_up_silu_fits(int inter, int K) { return inter > 0 && inter % 32 == 0 && K % 32 == 0; }
 
 void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                          const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s,
-                         const shared_experts& shared, bool lone_token) {
+                         const shared_experts& shared, bool lone_token, bool whole_lines) {
   if (max_active == 0) return;
   if (!expert_gate_up_silu_fits(inter, K))
     throw std::logic_error("expert_gate_up_silu: inter % 32 and K % 32 must be 0");
@@ -692,7 +842,7 @@ void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, co
     throw std::logic_error("expert_gate_up_silu: shared experts of other shapes");
   // Slices of 32 gate columns (with their 32 up columns): as many as of 64 columns of [2 inter].
   launch_expert_mma(device::bf16_rows{W}, x, x_rows, offsets, active, max_active, 2 * inter, K, nullptr, s, act,
-                    shared, lone_token);
+                    shared, lone_token, whole_lines);
 }
 
 template void expert_gemv<float>(const float*, const float*, const int32_t*, const int32_t*, const int32_t*, int, int,

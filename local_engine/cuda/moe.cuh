@@ -71,9 +71,13 @@ void expert_gemv(const T* W, const T* x, const int32_t* x_rows, const int32_t* o
 /// experts' parts (shared_experts above) as more work items of the same grid. `lone_token`: the
 /// slots are one token's, grouped by group_lone_token (max_active = top_k distinct experts, the
 /// y-th listed owning row y), so an item reads only its expert, not `offsets` (same values).
+/// `whole_lines` (with lone_token; shared.rows at most 1, inter % 8 == 0): on a kernel whose loads
+/// read whole 128-byte lines of the weights, not the tensor-core fragments' 64 bytes of 8 rows
+/// (about 3.9 TB/s against 3.3 on an H200); its sums run in another order (the same values to
+/// float rounding).
 void expert_down_with_shared(const bf16* W, const bf16* act, const int32_t* offsets, const int32_t* active,
                              int max_active, int hidden, int inter, float* out, const shared_experts& shared,
-                             cudaStream_t s, bool lone_token = false);
+                             cudaStream_t s, bool lone_token = false, bool whole_lines = false);
 
 /// Whether expert_gate_up_silu takes these shapes (inter % 32 == 0, K % 32 == 0).
 bool expert_gate_up_silu_fits(int inter, int K);
@@ -86,10 +90,10 @@ bool expert_gate_up_silu_fits(int inter, int K);
 /// waiting for the kernel before: they read only weights and x, so x must be complete when this
 /// kernel is placed (the kernel before may let it start only after its own wait, as the skinny
 /// product does, and x must come from before that kernel). The routed items wait as usual.
-/// `lone_token` as for expert_down_with_shared (x_rows then all 0: not read).
+/// `lone_token` and `whole_lines` as for expert_down_with_shared (x_rows then all 0: not read).
 void expert_gate_up_silu(const bf16* W, const bf16* x, const int32_t* x_rows, const int32_t* offsets,
                          const int32_t* active, int max_active, int inter, int K, bf16* act, cudaStream_t s,
-                         const shared_experts& shared = {}, bool lone_token = false);
+                         const shared_experts& shared = {}, bool lone_token = false, bool whole_lines = false);
 
 /// Expert weights kept in FP8 on the GPU (an FP8 checkpoint's e4m3 values, not dequantised at
 /// load): w [experts, N, K] bytes and one float scale per row per block of 2^kb_shift columns,

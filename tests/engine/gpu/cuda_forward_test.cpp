@@ -344,8 +344,40 @@ TEST_CASE("gpu: a lone token's expert products read only its experts and give th
   // A decode step of one sequence: the expert products take the y-th listed expert's row as row y
   // of the grouped rows (group_lone_token's order) instead of reading offsets and x_rows, unless
   // TOLLGATE_ENGINE_LONE_EXPERTS=0. gpu_mla512 takes the fused gate-up store and the shared
-  // experts inside the down product: every logit the same.
-  CHECK(mla512_bits_differ_with("TOLLGATE_ENGINE_LONE_EXPERTS", "lone token's expert rows") == 0);
+  // experts inside the down product: every logit the same, on the batch's kernel (the whole-line
+  // kernel sums in another order: the next case).
+  ::setenv("TOLLGATE_ENGINE_EXPERT_LINES", "0", 1);
+  const size_t differ = mla512_bits_differ_with("TOLLGATE_ENGINE_LONE_EXPERTS", "lone token's expert rows");
+  ::unsetenv("TOLLGATE_ENGINE_EXPERT_LINES");
+  CHECK(differ == 0);
+}
+
+TEST_CASE("gpu: a lone token's expert products read in whole lines follow the batch's kernel", "[gpu][bf16]") {
+  // A decode step of one sequence reads its experts' weights 256 bytes of a row a load
+  // (expert_lone_kernel) unless TOLLGATE_ENGINE_EXPERT_LINES=0. A row's sum is four quarters added,
+  // so the logits agree to float rounding. gpu_mla512 with one and two shared experts (hidden 256,
+  // inter 128: one round of loads), and 1,024 wide without q_lora (K 1,024: four rounds); a
+  // 12-token prompt and four decode steps.
+  auto base = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+  for (const bool wide : {false, true}) {
+    for (int parts : {1, 2}) {
+      auto recipe = base;
+      recipe["config"]["n_shared_experts"] = parts;
+      if (wide) recipe["config"]["q_lora_rank"] = nullptr, recipe["config"]["hidden_size"] = 1024;
+      recipe["seed"] = 900 + static_cast<int>(std::random_device{}() % 1000);
+      const std::string name = std::string("gpu_mla512") + (wide ? ", 1024 wide," : "") + " with " +
+                               std::to_string(parts) + " shared";
+      const auto frags = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_EXPERT_LINES", "0", 12),
+                 lines = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_EXPERT_LINES", "1", 12);
+      const logit_match lm = compare_logits(lines, frags, recipe["config"]["vocab_size"].get<size_t>());
+      std::printf("gpu lone experts in whole lines, %s: %zu of %zu logits differ, relative error %.2e, "
+                  "cosine mean %.6f worst %.6f, top-1 %.3f\n",
+                  name.c_str(), bits_differ(frags, lines), frags.size(), lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
+      CHECK(lm.rel < 1e-2);
+      CHECK(lm.mean_cos > 0.9999);
+      CHECK(lm.agreement >= 0.99);
+    }
+  }
 }
 
 TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loads", "[gpu][bf16]") {
