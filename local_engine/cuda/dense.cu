@@ -38,12 +38,76 @@ __device__ __forceinline__ void skinny_rows_ahead(const bf16* W, int N, int K, i
       if (u0 + 8 * j < u1) prefetch_l2(wrow[t] + u0 + 8 * j);
 }
 
+// A lone row's sums of a warp's 16 columns (rows n_base .. of W, N rows) over units [u0, u1),
+// each load reading whole 128-byte lines, as expert_lone_kernel (moe.cu) does: a load covers two
+// rows, 256 bytes of each (lanes 0-15 row 2p, 16-31 row 2p + 1, lane (g, q) unit 4 (g % 4) + q of a
+// 16-unit window), x's row goes to A's row g with the same units, and a row's sum is the sum of its
+// four columns' diagonals C[g][g]. The sums land where the fragments' would for row 0: lane q
+// (g == 0) holds columns 8t + 2q and 8t + 2q + 1 in c[0][t][0..1] (the rest of c is 0). The next
+// window's loads are asked for before this one's products.
+__device__ __forceinline__ void skinny_lone_sums(const bf16* W, int N, int K, int n_base, const uint4* xv, int u0,
+                                                 int u1, float (&c)[skinny_tiles][4]) {
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int my_unit = 4 * (g & 3) + q, half = g >> 2;
+  const uint4* row[8];
+#pragma unroll
+  for (int p = 0; p < 8; ++p)
+    row[p] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(n_base + 2 * p + half, N - 1)) * K);
+  float acc[8][4];
+#pragma unroll
+  for (int p = 0; p < 8; ++p) acc[p][0] = acc[p][1] = acc[p][2] = acc[p][3] = 0;
+  const auto load = [&](int k, uint4(&B)[8]) {
+    const int unit = k + my_unit;
+#pragma unroll
+    for (int p = 0; p < 8; ++p) B[p] = unit < u1 ? load_streaming(row[p] + unit) : zero;
+  };
+  const auto product = [&](int k, const uint4(&B)[8]) {
+    const int unit = k + my_unit;
+    const uint4 xr = unit < u1 ? xv[unit] : zero;
+#pragma unroll
+    for (int p = 0; p < 8; ++p) {
+      mma_bf16(acc[p], xr.x, 0u, xr.y, 0u, B[p].x, B[p].y);
+      mma_bf16(acc[p], xr.z, 0u, xr.w, 0u, B[p].z, B[p].w);
+    }
+  };
+  if (u0 < u1) {
+    uint4 B0[8], B1[8];
+    int k = u0;
+    load(k, B0);
+    for (;;) {
+      if (k + 16 < u1) load(k + 16, B1);
+      product(k, B0);
+      if ((k += 16) >= u1) break;
+      if (k + 16 < u1) load(k + 16, B0);
+      product(k, B1);
+      if ((k += 16) >= u1) break;
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < skinny_tiles; ++t) c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0;
+  const bool diagonal = q == (g >> 1);
+#pragma unroll
+  for (int p = 0; p < 8; ++p) {
+    float d = diagonal ? ((g & 1) ? acc[p][1] : acc[p][0]) : 0.0f;
+#pragma unroll
+    for (int off = 8; off >= 1; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+    const float b = __shfl_sync(0xffffffffu, d, 16);  // row 2p + 1's sum
+    if (lane == (p & 3)) c[p >> 2][0] = d, c[p >> 2][1] = b;
+  }
+}
+
 // One warp's sums of its 16 columns (rows wrow of W) over units [u0, u1) against every row tile
 // of x (rows at xa and xc, as 16-byte unit offsets): weights streamed past L1 once, x from L1.
+// `lone` (one row of x, RT 1): skinny_lone_sums instead, from column n_base of W.
 template <int RT>
 __device__ __forceinline__ void skinny_warp_sums(const uint4* const (&wrow)[skinny_tiles], const uint4* xv,
                                                  const int (&xa)[RT], const int (&xc)[RT], int u0, int u1,
-                                                 float (&c)[RT][skinny_tiles][4]) {
+                                                 float (&c)[RT][skinny_tiles][4], bool lone = false,
+                                                 const bf16* W = nullptr, int N = 0, int K = 0, int n_base = 0) {
+  if constexpr (RT == 1) {
+    if (lone) return skinny_lone_sums(W, N, K, n_base, xv, u0, u1, c[0]);
+  }
   const uint4 zero = make_uint4(0, 0, 0, 0);
   const int q = threadIdx.x & 3;
 #pragma unroll
@@ -127,7 +191,7 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
     xc[r] = min(r * 16 + g + 8, M - 1) * units + q;
   }
   float c[RT][skinny_tiles][4];
-  skinny_warp_sums<RT>(wrow, xv, xa, xc, u0, u1, c);
+  skinny_warp_sums<RT>(wrow, xv, xa, xc, u0, u1, c, plan.whole_lines && M == 1, W, N, K, n_base);
 
   // The next kernel is placed once every block has read its weights, not when the blocks start:
   // placed at the start, it lets the one after it be placed in turn, and a chain of products
@@ -210,7 +274,7 @@ __global__ void __launch_bounds__(128, 4) skinny_mma_kernel(const bf16* x, int M
 template <typename OutT>
 __global__ void __launch_bounds__(32 * skinny_block_slices, 2)
     skinny_slices_kernel(const bf16* x, int M, const bf16* W, int N, int K, int units_per_split, int col_warps,
-                         OutT* y) {
+                         bool lines, OutT* y) {
   extern __shared__ float sums[];  // [slice][column warp][16 rows][16 columns]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int slices = static_cast<int>(blockDim.x >> 5) / col_warps;
@@ -223,7 +287,7 @@ __global__ void __launch_bounds__(32 * skinny_block_slices, 2)
   wait_for_prerequisites();
   const int xa[1] = {min(g, M - 1) * units + q}, xc[1] = {min(g + 8, M - 1) * units + q};
   float c[1][skinny_tiles][4];
-  skinny_warp_sums<1>(wrow, reinterpret_cast<const uint4*>(x), xa, xc, u0, u1, c);
+  skinny_warp_sums<1>(wrow, reinterpret_cast<const uint4*>(x), xa, xc, u0, u1, c, lines && M == 1, W, N, K, n_base);
   trigger_dependents();  // as skinny_mma_kernel: once the weights are read
   float* mine = sums + (slice * col_warps + cw) * 256;
 #pragma unroll
@@ -311,7 +375,7 @@ void launch(const bf16* x, int M, const bf16* W, int N, int K, OutT* y, const sk
     const size_t smem = static_cast<size_t>(plan.splits) * col_warps * 256 * sizeof(float);
     launch_dependent_smem(true, skinny_slices_kernel<OutT>, dim3(static_cast<unsigned>(blocks)),
                           dim3(static_cast<unsigned>(32 * col_warps * plan.splits)), smem, s, x, M, W, N, K,
-                          plan.units_per_split, col_warps, y);
+                          plan.units_per_split, col_warps, plan.whole_lines, y);
     return;
   }
   if (plan.splits == 1 && plan.lead_blocks == 0) {
@@ -370,8 +434,13 @@ skinny_plan skinny_split(int N, int K, int sms, size_t workspace_floats, int lea
     const char* e = std::getenv("TOLLGATE_ENGINE_SKINNY_IN_BLOCK");
     return e == nullptr || std::string(e) != "0";
   }();
+  static const bool lines = [] {
+    const char* e = std::getenv("TOLLGATE_ENGINE_SKINNY_LINES");
+    return e == nullptr || std::string(e) != "0";
+  }();
   skinny_plan p;
   p.slices_in_block = in_block;
+  p.whole_lines = lines;
   p.units_per_split = (chunks + splits - 1) / splits * device::skinny_chunk_units;
   p.splits = (units + p.units_per_split - 1) / p.units_per_split;
   if (p.splits > 1 && lead_cols > 0 && lead_chunks > 0) {

@@ -213,16 +213,59 @@ TEST_CASE("gpu: K slices added in one block give the bits of slices added throug
 }
 
 TEST_CASE("gpu: a row of a skinny product has the same bits alone and in a batch of 64", "[gpu][dense]") {
+  // With the tensor-core fragments for a lone row too (a lone row is read in whole lines by
+  // default: the next case).
   std::mt19937 gen(std::random_device{}());
   const int sms = multiprocessors();
   for (const auto& s : {std::pair{576, 2048}, std::pair{3072, 2048}, std::pair{64 + 2 * 2816, 2048}}) {
     const problem p = make_problem(64, s.first, s.second, gen);
-    const auto plan = cu::skinny_split(p.N, p.K, sms, size_t{4} << 20, s.first == 576 ? 0 : 64, 1);
+    auto plan = cu::skinny_split(p.N, p.K, sms, size_t{4} << 20, s.first == 576 ? 0 : 64, 1);
+    plan.whole_lines = false;
     const auto all = run(p, 64, true, plan);
     for (size_t row : {size_t{0}, size_t{17}, size_t{63}}) {
       const auto alone = run(p, 1, true, plan, row);
       INFO("N " << p.N << " row " << row);
       CHECK(std::memcmp(alone.data(), all.data() + row * p.N, alone.size() * 4) == 0);
+    }
+  }
+}
+
+TEST_CASE("gpu: a lone row of a skinny product read in whole lines follows the fragments' sums", "[gpu][dense]") {
+  // One row reads each weight row 256 bytes a load (skinny_plan::whole_lines, the default) and sums
+  // each row in four quarters: near a double product, and near the fragments' sums. DeepSeek-V2-
+  // Lite's LM head (one slice), its first layer's gate-up (two slices in one block) and down (K
+  // 10,944 in slices through the scratch), the router's product with lead blocks, and a small K
+  // with a ragged window (416: 52 units) and a ragged last column warp (N 200).
+  std::mt19937 gen(std::random_device{}());
+  const int sms = multiprocessors();
+  struct shape {
+    int N, K, lead;
+  };
+  for (const shape sh : {shape{102400, 2048, 0}, shape{2 * 10944, 2048, 0}, shape{2048, 10944, 0}, shape{64, 2048, 64},
+                         shape{200, 416, 0}}) {
+    const problem p = make_problem(1, sh.N, sh.K, gen);
+    auto lines = cu::skinny_split(sh.N, sh.K, sms, size_t{8} << 20, sh.lead, sh.lead ? 1 : 0);
+    REQUIRE(lines.whole_lines);
+    auto frags = lines;
+    frags.whole_lines = false;
+    for (bool y_float : {true, false}) {
+      const auto a = run(p, 1, y_float, lines), b = run(p, 1, y_float, frags), again = run(p, 1, y_float, lines);
+      const double ea = relative_error(a, p.ref), eb = relative_error(b, p.ref);
+      // The largest difference from the fragments' sums over the largest value.
+      double worst = 0, scale = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+        scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+      }
+      worst /= scale;
+      std::printf("gpu skinny lone row N=%-6d K=%-5d splits %-2d %s: whole lines rel err %.2e, fragments %.2e, "
+                  "apart %.2e\n",
+                  sh.N, sh.K, lines.splits, y_float ? "float" : "bf16 ", ea, eb, worst);
+      INFO("N " << sh.N << " K " << sh.K << (y_float ? " float" : " bf16"));
+      CHECK(std::memcmp(a.data(), again.data(), a.size() * sizeof(float)) == 0);  // the same bits run after run
+      CHECK(ea < (y_float ? 1e-5 : 8e-3));
+      CHECK(eb < (y_float ? 1e-5 : 8e-3));
+      CHECK(worst < (y_float ? 1e-5 : 1e-2));
     }
   }
 }
