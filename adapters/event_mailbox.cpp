@@ -4,6 +4,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace tollgate::adapters {
@@ -125,6 +126,24 @@ void event_mailbox::resume_reader() {
   // Posted to the loop's own executor and called there (the reader's executor is that loop):
   // not dispatched again through the type-erased one, which costs more than the rest of a wake.
   net::post(io_, [w = std::move(w)]() mutable { w(); });
+}
+
+void event_mailbox::resume_held() {
+  holding_ = false;
+  if (!std::exchange(wake_held_, false) || !waiter_) return;
+  waiter w = std::move(*waiter_);
+  waiter_.reset();
+  w();  // resumes the reader, which may end the call: nothing after it
+}
+
+void event_mailbox::release_held() noexcept {
+  holding_ = false;
+  if (!std::exchange(wake_held_, false) || !waiter_) return;
+  try {
+    resume_reader();
+  } catch (...) {
+    // No memory for the post: the reader's deadline still ends its wait.
+  }
 }
 
 void event_mailbox::arm(clock::time_point deadline) {

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "adapters/backend.hpp"
 #include "adapters/event_queue.hpp"
@@ -93,11 +94,28 @@ class event_mailbox {
     wake();
   }
   /// Wakes a waiting reader (its wait's deadline starts again if it finds nothing), and the hook
-  /// of one that watches several calls.
+  /// of one that watches several calls. Between hold_wakes() and resume_held(), the reader's
+  /// wake is noted instead.
   void wake() {
-    if (waiter_) resume_reader();
+    if (waiter_) {
+      if (holding_) {
+        wake_held_ = true;
+      } else {
+        resume_reader();
+      }
+    }
     if (hook_) hook_();
   }
+  /// For a producer's completion handler that may put several events in (a read's bytes): the
+  /// reader is not resumed through the loop's queue at each wake, but once, inline, by
+  /// resume_held() at the handler's end, after the producer has done all it does there (issued its
+  /// next read). That saves a trip through the queue an event. The producer must outlive the
+  /// resumption (its handler holds it) and touch nothing after it: the reader may cancel or drop
+  /// the call. held_wakes below makes the pair exception-safe.
+  void hold_wakes() { holding_ = true; }
+  void resume_held();
+  /// Ends a hold without resuming inline: a held wake goes through the queue.
+  void release_held() noexcept;
   /// Keeps s's storage for the next data event that add_data() makes (the larger of it and the
   /// one kept already, up to max_spare bytes: a held stream keeps no large buffer).
   void recycle(std::string&& s) {
@@ -149,6 +167,25 @@ class event_mailbox {
   bool seen_head_ = false;
   bool armed_ = false;               // an async_wait of timer_ is pending
   bool silent_ = false;              // the current wait ended at its deadline
+  bool holding_ = false;             // between hold_wakes() and resume_held()
+  bool wake_held_ = false;           // a wake came while holding_
+};
+
+/// Holds a mailbox's wakes for a producer's completion handler: done() resumes the reader inline
+/// (event_mailbox::resume_held); leaving the scope without it (an exception) posts a held wake.
+class held_wakes {
+ public:
+  explicit held_wakes(event_mailbox& m) : m_(&m) { m.hold_wakes(); }
+  ~held_wakes() {
+    if (m_) m_->release_held();
+  }
+  held_wakes(const held_wakes&) = delete;
+  held_wakes& operator=(const held_wakes&) = delete;
+  /// The handler's last act: resumes the reader if a wake came.
+  void done() { std::exchange(m_, nullptr)->resume_held(); }
+
+ private:
+  event_mailbox* m_;
 };
 
 }  // namespace tollgate::adapters

@@ -394,11 +394,15 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
       if (c != self->connection_) return;
       self->reading_ = false;
       if (self->mailbox_.ended()) return;
+      // The reader is resumed here, once the next read is asked for, not through the loop's
+      // queue; self keeps this transfer (and its mailbox) alive however the reader ends the call.
+      held_wakes wakes(self->mailbox_);
       if (self->direct_) {
         self->on_direct_read(ec, n);
       } else {
         self->on_read(ec, n);
       }
+      wakes.done();
     };
     // The read's state is made in read_memory_: one read is in flight at a time.
     c.socket.async_read_some(into, net::bind_allocator(op_allocator<void>(read_memory_), std::move(done)));

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -155,6 +156,54 @@ TEST_CASE("event mailbox: a data event is made in the storage its reader gave ba
       io, [&]() -> net::awaitable<void> { got = co_await box.next(p); }, net::detached);
   io.run();
   CHECK(got.data == "next");
+}
+
+TEST_CASE("event mailbox: wakes held by a producer's handler resume the reader once, inline, at its end",
+          "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(1s, 1s));
+  producer p(box);
+  reader r;
+  net::co_spawn(io, read_all(box, p, r), net::detached);
+  io.poll();  // the reader waits
+  REQUIRE(r.kinds.empty());
+  {
+    held_wakes wakes(box);
+    box.push(event_of(call_event::kind::head));
+    box.add_data("a");
+    CHECK(r.kinds.empty());  // not resumed while the handler runs
+    wakes.done();
+    // Resumed inside done(), with no turn of the loop: it took both events and waits again.
+    CHECK(r.kinds == std::vector<call_event::kind>{call_event::kind::head, call_event::kind::data});
+    CHECK(r.data == "a");
+  }
+  {
+    held_wakes wakes(box);  // a handler that puts nothing in: done() resumes no one
+    wakes.done();
+  }
+  CHECK(r.kinds.size() == 2);
+  try {
+    held_wakes wakes(box);
+    box.add_data("b");
+    throw std::runtime_error("the handler failed");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(r.kinds.size() == 2);  // left without done(): the wake goes through the loop's queue
+  io.poll();
+  CHECK(r.kinds.size() == 3);
+  CHECK(r.data == "ab");
+  box.add_data("c");  // no hold: through the queue, as before
+  CHECK(r.kinds.size() == 3);
+  io.poll();
+  CHECK(r.data == "abc");
+  {
+    held_wakes wakes(box);
+    box.end(event_of(call_event::kind::end));
+    wakes.done();
+  }
+  CHECK(r.done);
+  io.run();  // returns: the reader has its terminal event and no timer is armed
+  CHECK(p.silences.empty());
 }
 
 TEST_CASE("event mailbox: a stream whose events come closer together than the idle timeout outlasts it many times, "
