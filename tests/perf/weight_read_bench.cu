@@ -53,6 +53,25 @@ __device__ __forceinline__ const uint4* item_row(const uint4* w, int item, int r
   return w + static_cast<size_t>(row) * units;
 }
 
+/// A thread's loads of AHEAD chunks of the fragments' order from k (16 units a chunk: units
+/// k + 16 a + 4 u + q of both rows), all issued before any is used, folded into acc.
+template <int AHEAD>
+__device__ __forceinline__ void fragment_chunks(const uint4* const (&row)[2], int k, int q, unsigned& acc) {
+  uint4 v[AHEAD][4][2];
+#pragma unroll
+  for (int a = 0; a < AHEAD; ++a)
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int t = 0; t < 2; ++t) v[a][u][t] = ld_stream(row[t] + k + 16 * a + 4 * u + q);
+#pragma unroll
+  for (int a = 0; a < AHEAD; ++a)
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+      for (int t = 0; t < 2; ++t) acc ^= fold(v[a][u][t]);
+}
+
 template <int AHEAD>
 __global__ void __launch_bounds__(256, 2) rows_kernel(const uint4* w, int items, unsigned* sink) {
   const int warp = threadIdx.x >> 5, w4 = warp & 3, kw = warp >> 2, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -60,21 +79,7 @@ __global__ void __launch_bounds__(256, 2) rows_kernel(const uint4* w, int items,
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
     const uint4* row[2] = {item_row(w, item, w4 * 8 + g), item_row(w, item, 32 + w4 * 8 + g)};
     const int k0 = kw * (units / 2), k1 = k0 + units / 2;
-    for (int k = k0; k < k1; k += 16 * AHEAD) {
-      uint4 v[AHEAD][4][2];
-#pragma unroll
-      for (int a = 0; a < AHEAD; ++a)
-#pragma unroll
-        for (int u = 0; u < 4; ++u)
-#pragma unroll
-          for (int t = 0; t < 2; ++t) v[a][u][t] = ld_stream(row[t] + k + 16 * a + 4 * u + q);
-#pragma unroll
-      for (int a = 0; a < AHEAD; ++a)
-#pragma unroll
-        for (int u = 0; u < 4; ++u)
-#pragma unroll
-          for (int t = 0; t < 2; ++t) acc ^= fold(v[a][u][t]);
-    }
+    for (int k = k0; k < k1; k += 16 * AHEAD) fragment_chunks<AHEAD>(row, k, q, acc);
   }
   if (acc == 0x9e3779b9u) *sink = acc;
 }
@@ -88,21 +93,7 @@ __global__ void __launch_bounds__(256, 2) strips_kernel(const uint4* w, int item
       const uint4* row[2] = {item_row(w, item, r0 + g), item_row(w, item, 32 + r0 + g)};
       // Warp w: units [w * 32, w * 32 + 32): two chunks of 16.
       const int k0 = warp * (units / 8);
-      for (int k = k0; k < k0 + units / 8; k += 16 * AHEAD) {
-        uint4 v[AHEAD][4][2];
-#pragma unroll
-        for (int a = 0; a < AHEAD; ++a)
-#pragma unroll
-          for (int u = 0; u < 4; ++u)
-#pragma unroll
-            for (int t = 0; t < 2; ++t) v[a][u][t] = ld_stream(row[t] + k + 16 * a + 4 * u + q);
-#pragma unroll
-        for (int a = 0; a < AHEAD; ++a)
-#pragma unroll
-          for (int u = 0; u < 4; ++u)
-#pragma unroll
-            for (int t = 0; t < 2; ++t) acc ^= fold(v[a][u][t]);
-      }
+      for (int k = k0; k < k0 + units / 8; k += 16 * AHEAD) fragment_chunks<AHEAD>(row, k, q, acc);
     }
   }
   if (acc == 0x9e3779b9u) *sink = acc;

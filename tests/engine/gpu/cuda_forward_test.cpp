@@ -298,6 +298,32 @@ size_t mla512_bits_differ_with(const char* var, const char* what) {
   return differ;
 }
 
+/// gpu_mla512 with one and two shared experts, and 1,024 wide without q_lora (decode steps routed
+/// in the router's product, whose K is split), each run with knob `var` at 0 and at 1 on a
+/// 12-token prompt and four decode steps: the logits must agree to float rounding (the same sums
+/// in another order). Each comparison is printed with `what`.
+void mla512_variants_follow(const char* var, const char* what, int seed_base) {
+  auto base = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
+  for (const bool wide : {false, true}) {
+    for (int parts : {1, 2}) {
+      auto recipe = base;
+      recipe["config"]["n_shared_experts"] = parts;
+      if (wide) recipe["config"]["q_lora_rank"] = nullptr, recipe["config"]["hidden_size"] = 1024;
+      recipe["seed"] = seed_base + static_cast<int>(std::random_device{}() % 1000);
+      const std::string name = std::string("gpu_mla512") + (wide ? ", 1024 wide," : "") + " with " +
+                               std::to_string(parts) + " shared";
+      const auto off = logits_with(name, recipe.dump(), var, "0", 12), on = logits_with(name, recipe.dump(), var, "1", 12);
+      const logit_match lm = compare_logits(on, off, recipe["config"]["vocab_size"].get<size_t>());
+      std::printf("gpu %s, %s: %zu of %zu logits differ, relative error %.2e, cosine mean %.6f worst %.6f, top-1 %.3f\n",
+                  what, name.c_str(), bits_differ(off, on), off.size(), lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
+      INFO(name);
+      CHECK(lm.rel < 1e-2);
+      CHECK(lm.mean_cos > 0.9999);
+      CHECK(lm.agreement >= 0.99);
+    }
+  }
+}
+
 TEST_CASE("gpu: SiLU-mul in the routed gate-up product's store gives the bits of its own kernel", "[gpu][bf16]") {
   // gpu_mla512's experts (inter 128, hidden 256) take the fused store; the other recipes' (inter
   // 48) keep the float product and the SiLU-mul kernel. With TOLLGATE_ENGINE_FUSED_SILU=0 and
@@ -318,26 +344,7 @@ TEST_CASE("gpu: the shared experts' gate and up in the routed gate-up product fo
   // gpu_mla512 with one and two shared experts: a 12-token prompt (12 rows: the route kernel
   // routes them) and four decode steps (one row); 1,024 wide without q_lora, the decode steps are
   // routed in the router's product (its K is split).
-  auto base = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
-  for (const bool wide : {false, true}) {
-    for (int parts : {1, 2}) {
-      auto recipe = base;
-      recipe["config"]["n_shared_experts"] = parts;
-      if (wide) recipe["config"]["q_lora_rank"] = nullptr, recipe["config"]["hidden_size"] = 1024;
-      recipe["seed"] = 700 + static_cast<int>(std::random_device{}() % 1000);
-      const std::string name = std::string("gpu_mla512") + (wide ? ", 1024 wide," : "") + " with " +
-                               std::to_string(parts) + " shared";
-      const auto own = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS", "0", 12),
-                 items = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS", "1", 12);
-      const logit_match lm = compare_logits(items, own, recipe["config"]["vocab_size"].get<size_t>());
-      std::printf("gpu shared gate-up in the routed product, %s: %zu of %zu logits differ, relative error %.2e, "
-                  "cosine mean %.6f worst %.6f, top-1 %.3f\n",
-                  name.c_str(), bits_differ(own, items), own.size(), lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
-      CHECK(lm.rel < 1e-2);
-      CHECK(lm.mean_cos > 0.9999);
-      CHECK(lm.agreement >= 0.99);
-    }
-  }
+  mla512_variants_follow("TOLLGATE_ENGINE_SHARED_GATE_UP_IN_EXPERTS", "shared gate-up in the routed product", 700);
 }
 
 TEST_CASE("gpu: a lone token's expert products read only its experts and give the bits of a batch's", "[gpu][bf16]") {
@@ -358,26 +365,7 @@ TEST_CASE("gpu: a lone token's expert products read in whole lines follow the ba
   // so the logits agree to float rounding. gpu_mla512 with one and two shared experts (hidden 256,
   // inter 128: one round of loads), and 1,024 wide without q_lora (K 1,024: four rounds); a
   // 12-token prompt and four decode steps.
-  auto base = nlohmann::json::parse(t::read_text(t::recipe_path("gpu_mla512")));
-  for (const bool wide : {false, true}) {
-    for (int parts : {1, 2}) {
-      auto recipe = base;
-      recipe["config"]["n_shared_experts"] = parts;
-      if (wide) recipe["config"]["q_lora_rank"] = nullptr, recipe["config"]["hidden_size"] = 1024;
-      recipe["seed"] = 900 + static_cast<int>(std::random_device{}() % 1000);
-      const std::string name = std::string("gpu_mla512") + (wide ? ", 1024 wide," : "") + " with " +
-                               std::to_string(parts) + " shared";
-      const auto frags = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_EXPERT_LINES", "0", 12),
-                 lines = logits_with(name, recipe.dump(), "TOLLGATE_ENGINE_EXPERT_LINES", "1", 12);
-      const logit_match lm = compare_logits(lines, frags, recipe["config"]["vocab_size"].get<size_t>());
-      std::printf("gpu lone experts in whole lines, %s: %zu of %zu logits differ, relative error %.2e, "
-                  "cosine mean %.6f worst %.6f, top-1 %.3f\n",
-                  name.c_str(), bits_differ(frags, lines), frags.size(), lm.rel, lm.mean_cos, lm.worst_cos, lm.agreement);
-      CHECK(lm.rel < 1e-2);
-      CHECK(lm.mean_cos > 0.9999);
-      CHECK(lm.agreement >= 0.99);
-    }
-  }
+  mla512_variants_follow("TOLLGATE_ENGINE_EXPERT_LINES", "lone experts in whole lines", 900);
 }
 
 TEST_CASE("gpu: the attention's cp.async loads give the bits of its register loads", "[gpu][bf16]") {
