@@ -94,7 +94,23 @@ TEST_CASE("high priority goes ahead of 36 waiting low priority requests, and non
   constexpr auto service = 400ms;
   {
     gateway_fixture f(config("max_concurrency: 4, max_queue: 100, queue_timeout: 60s", path));
-    slow_upstream(f.a, service);
+    // The low requests that reach the upstream before the high ones are queued hold their answers'
+    // bodies (after one service time) until the test has seen the high ones wait: on a loaded
+    // machine the high clients can take longer than half a service time to be queued, and a slot
+    // freed before then rightly goes to a waiting low one.
+    std::atomic<bool> highs_queued{false};
+    f.a.set_default([&highs_queued, service](const recorded_request& r) {
+      auto s = fake_upstream::openai_default(r);
+      s.header_delay = service;
+      if (!highs_queued.load() && r.body.find("\"low ") != std::string::npos) {
+        s.chunks = {std::move(s.body)};
+        s.body.clear();
+        s.before_chunk = [&highs_queued](std::size_t) {
+          for (int i = 0; i < 20000 && !highs_queued.load(); ++i) std::this_thread::sleep_for(1ms);
+        };
+      }
+      return s;
+    });
     const auto health = f.server->shared().current.load()->backend_health[0];
     {
       // Connections to the upstream first: over libcurl, requests to a host not yet seen wait
@@ -125,7 +141,10 @@ TEST_CASE("high priority goes ahead of 36 waiting low priority requests, and non
     for (std::size_t i = 0; i < high.size(); ++i) {
       clients.emplace_back([&, i] { high[i] = send(f.base, high_auth, "high " + std::to_string(i)); });
     }
+    const bool queued = eventually([&] { return health->waiting() == 40; });
+    highs_queued = true;
     for (auto& t : clients) t.join();
+    CHECK(queued);  // (checked once every client has returned: a thread is never left running)
 
     // Nothing lost: every request answered.
     for (const auto& o : low) CHECK(o.status == 200);
