@@ -107,9 +107,18 @@ void event_mailbox::push(call_event&& ev) {
 
 void event_mailbox::add_data(std::string_view bytes) {
   if (!events_.empty() && events_.back().type == call_event::kind::data) {
-    events_.back().data.append(bytes);  // coalesce what the reader has not taken yet
-    queued_bytes_ += bytes.size();
-    return;
+    // Coalesce what the reader has not taken yet: in the room the last event has, or grown once to
+    // max_spare (a size the reader's recycle() gives back). Past that the bytes start an event of
+    // their own, so that what is queued is never copied again as a backlog grows (the reader takes
+    // the events that are ready together).
+    std::string& last = events_.back().data;
+    const std::size_t need = last.size() + bytes.size();
+    if (need <= last.capacity() || need <= max_spare) {
+      if (need > last.capacity()) last.reserve(max_spare);
+      last.append(bytes);
+      queued_bytes_ += bytes.size();
+      return;
+    }
   }
   call_event ev;
   ev.type = call_event::kind::data;

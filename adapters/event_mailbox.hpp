@@ -79,8 +79,8 @@ class event_mailbox {
 
   /// Appends an event and wakes the reader.
   void push(call_event&& ev);
-  /// Appends response bytes: to the last event when it is data the reader has not taken yet (no
-  /// wake is needed then), else as a new data event.
+  /// Appends response bytes: to the last event when it is data the reader has not taken yet and
+  /// has room, or can grow to max_spare (no wake is needed then), else as a new data event.
   void add_data(std::string_view bytes);
   /// Sets the terminal event (end or failed) without waking the reader: for a producer that
   /// wakes it later, or whose reader is gone.

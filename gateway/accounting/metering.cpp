@@ -199,6 +199,26 @@ std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::strin
   return n;
 }
 
+std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::span<const std::string> delivered,
+                                     bool sse, std::string_view earlier, std::size_t max_bytes, bool* estimated) {
+  if (delivered.size() <= 1)
+    return count_completion_tokens(tok, delivered.empty() ? std::string_view() : std::string_view(delivered[0]), sse,
+                                   earlier, max_bytes, estimated);
+  std::string text(earlier);
+  append_completion_text(delivered, sse, text);
+  bounded_count count(tok, max_bytes);
+  const std::int64_t n = count(text);
+  if (estimated != nullptr && count.estimated()) *estimated = true;
+  return n;
+}
+
+void append_completion_text(std::span<const std::string> delivered, bool sse, std::string& text) {
+  if (delivered.size() == 1) return append_completion_text(delivered[0], sse, text);
+  std::string whole;
+  for (const std::string& piece : delivered) whole += piece;
+  append_completion_text(whole, sse, text);
+}
+
 void append_completion_text(std::string_view delivered, bool sse, std::string& text) {
   if (sse) {
     protocol::sse_splitter events;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -50,11 +51,16 @@ std::int64_t count_prompt_tokens(const tokenizer::tokenizer& tok, std::string_vi
 /// and arguments, over every choice; for relayed answers, an Anthropic message's blocks or a
 /// response's output items (streams: their deltas).
 void append_completion_text(std::string_view delivered, bool sse, std::string& text);
+/// The same for what reached the client kept in pieces, one after another.
+void append_completion_text(std::span<const std::string> delivered, bool sse, std::string& text);
 
 /// Completion tokens of what reached the client (see append_completion_text). earlier: text
 /// already taken out of earlier parts of the same answer, which comes first. max_bytes and
 /// estimated: as for count_prompt_tokens.
 std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::string_view delivered, bool sse,
+                                     std::string_view earlier = {}, std::size_t max_bytes = unbounded,
+                                     bool* estimated = nullptr);
+std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::span<const std::string> delivered, bool sse,
                                      std::string_view earlier = {}, std::size_t max_bytes = unbounded,
                                      bool* estimated = nullptr);
 

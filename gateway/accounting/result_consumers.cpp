@@ -51,7 +51,7 @@ void count_usage(proxy_result& p, std::string_view body, std::size_t max_bytes) 
   bool estimated = false;
   u.prompt = count_prompt_tokens(*p.rt->tokenizer, p.endpoint, body, max_bytes, &estimated);
   if (p.endpoint != "/embeddings") {
-    u.completion = count_completion_tokens(*p.rt->tokenizer, p.delivered, p.delivered_sse, p.delivered_text,
+    u.completion = count_completion_tokens(*p.rt->tokenizer, p.delivered.pieces(), p.delivered_sse, p.delivered_text,
                                            max_bytes, &estimated);
   }
   p.used = u;

@@ -38,6 +38,7 @@ std::string_view trim_ows(std::string_view v) {
 
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
+constexpr std::size_t coalesce_chunk_bytes = 64 * 1024;      // a stream's write takes ready events up to this
 
 /// The call of an attempt whose backend threw in start(): it fails at once.
 class failed_call final : public adapters::call {
@@ -212,7 +213,7 @@ void exchange::quote_names(const std::string& upstream_model) {
 net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
   if (res.status >= 200 && res.status < 300) {
     res_.used = protocol::usage_from_json(res.body);
-    if (!res_.used) res_.delivered = res.body;  // counted at the end, if it reaches the client
+    if (!res_.used) res_.delivered.append(res.body);  // counted at the end, if it reaches the client
     if (renames_model()) {
       // Written around the old name: a large answer is not copied to make room for a longer one.
       if (const std::size_t at = protocol::find_model_value(res.body, rename_from_); at != std::string::npos) {
@@ -246,8 +247,6 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   res_.delivered_sse = true;
   for (;;) {
     call_event ev = co_await call.next();
-    chunk.clear();
-    raw.clear();
     bool finished = false;
     if (ev.type == call_event::kind::data) {
       // The event's bytes become the splitter's (no copy when it holds nothing), and events are
@@ -295,7 +294,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
         if (std::string rest = events.take_rest(); !rest.empty()) {
           if (!rest.ends_with("\n\n")) rest += rest.ends_with('\n') ? "\n" : "\n\n";
           if (rename) protocol::rename_model(rest, rename_from_, rename_to_);
-          chunk = dialect->event(rest);
+          chunk += dialect->event(rest);
           res_.used = dialect->stream_usage();
         }
         if (!dialect->complete()) {
@@ -315,15 +314,19 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
                                 ? gateway_timeout("upstream " + record.backend + " timed out mid-stream: " + ev.message)
                                 : bad_gateway("upstream " + record.backend + " broke the stream: " + ev.message);
       if (dialect != nullptr) {
-        chunk = dialect->stream_error(err.status, err.message);
+        chunk += dialect->stream_error(err.status, err.message);
       } else {
-        chunk = events.take_rest();
-        if (!chunk.empty() && !chunk.ends_with("\n\n")) chunk += "\n\n";
+        std::string rest = events.take_rest();
+        if (!rest.empty() && !rest.ends_with("\n\n")) rest += "\n\n";
+        chunk += rest;
         chunk += err.sse_event();
       }
       finished = true;
       broke = true;
     }
+    // Data already waiting joins this write (a backlog is written in few large writes, as it came
+    // in few large reads), up to coalesce_chunk_bytes.
+    if (!finished && ev.type == call_event::kind::data && chunk.size() < coalesce_chunk_bytes && call.ready()) continue;
     if (!chunk.empty()) {
       auto [wec, wn] = co_await out.write_chunk(chunk);
       if (wec) co_return delivery{false, false, false};
@@ -333,11 +336,13 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       // stream is counted whole without keeping all its bytes.
       const std::string& counted = dialect != nullptr && !relayed ? raw : chunk;
       if (res_.delivered.size() + counted.size() > max_metered_stream) {
-        append_completion_text(res_.delivered, true, res_.delivered_text);
+        append_completion_text(res_.delivered.pieces(), true, res_.delivered_text);
         res_.delivered.clear();
       }
-      res_.delivered += counted;
+      res_.delivered.append(counted);
     }
+    chunk.clear();
+    raw.clear();
     if (finished) break;
   }
   auto [lec, ln] = co_await out.write_last_chunk();

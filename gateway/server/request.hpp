@@ -2,6 +2,7 @@
 // (request_result): built fresh for each request by the session, so nothing is reset by hand.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -62,6 +63,35 @@ class limiter_hold {
   std::int64_t estimate_ = 0;
 };
 
+/// Bytes kept for counting an answer's completion when the upstream reports no usage: in pieces
+/// that never move once filled, so that a long stream's bytes are each copied once (one growing
+/// string would copy all it holds again at each doubling). A piece is reserved at the bytes kept
+/// so far, between 1 KB and 64 KB (at least what is appended).
+class kept_bytes {
+ public:
+  void append(std::string_view s) {
+    if (s.empty()) return;
+    if (pieces_.empty() || pieces_.back().capacity() - pieces_.back().size() < s.size()) {
+      std::string piece;
+      piece.reserve(std::max(s.size(), std::clamp<std::size_t>(size_, 1024, 64 * 1024)));
+      pieces_.push_back(std::move(piece));
+    }
+    pieces_.back().append(s);
+    size_ += s.size();
+  }
+  void clear() {
+    pieces_.clear();
+    size_ = 0;
+  }
+  std::size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  const std::vector<std::string>& pieces() const { return pieces_; }
+
+ private:
+  std::vector<std::string> pieces_;
+  std::size_t size_ = 0;
+};
+
 /// What a request sent to the proxy path adds to its result.
 struct proxy_result {
   const runtime* rt = nullptr;     ///< the snapshot it ran on (held by the session until publish)
@@ -77,7 +107,7 @@ struct proxy_result {
   double upstream_seconds = -1;    ///< the answering attempt, from its start to its end
   bool single_attempt = false;
   limiter_hold hold;
-  std::string delivered;           ///< what reached the client, for counting the completion
+  kept_bytes delivered;            ///< what reached the client, for counting the completion
   std::string delivered_text;      ///< the text taken out of delivered when it grew too long
   bool delivered_sse = false;
 };

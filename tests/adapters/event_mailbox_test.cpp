@@ -158,6 +158,55 @@ TEST_CASE("event mailbox: a data event is made in the storage its reader gave ba
   CHECK(got.data == "next");
 }
 
+TEST_CASE("event mailbox: a backlog is coalesced up to max_spare an event, then starts another",
+          "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(1s, 1s));
+  producer p(box);
+  // 40 reads of 1,000 bytes while the reader is busy: 40,000 bytes in events of at most
+  // max_spare (an event grown once to it, then a new one: nothing queued is copied again).
+  std::string expected;
+  box.add_data(std::string(1000, 'a'));
+  for (int i = 0; i < 40; ++i) {
+    const std::string part(1000, static_cast<char>('a' + i % 26));
+    if (i > 0) box.add_data(part);
+    expected += part;
+  }
+  CHECK(box.queued_bytes() == 40000);
+  reader r;
+  std::vector<std::size_t> sizes;
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> {
+        while (box.ready() && box.queued_bytes() > 0) {
+          call_event ev = co_await box.next(p);
+          REQUIRE(ev.type == call_event::kind::data);
+          sizes.push_back(ev.data.size());
+          CHECK(ev.data.capacity() <= event_mailbox::max_spare);
+          r.data += ev.data;
+        }
+      },
+      net::detached);
+  io.run();
+  CHECK(r.data == expected);
+  // 16 reads (16,000 bytes) fit an event of max_spare (16,384): three events of 16, 16 and 8.
+  CHECK(sizes == std::vector<std::size_t>{16000, 16000, 8000});
+  // A read larger than max_spare is an event of its own, as it came.
+  box.add_data("x");
+  box.add_data(std::string(event_mailbox::max_spare + 10, 'y'));
+  CHECK(box.queued_bytes() == event_mailbox::max_spare + 11);
+  std::vector<std::size_t> later;
+  io.restart();
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> {
+        while (box.queued_bytes() > 0) later.push_back((co_await box.next(p)).data.size());
+      },
+      net::detached);
+  io.run();
+  CHECK(later == std::vector<std::size_t>{1, event_mailbox::max_spare + 10});
+}
+
 TEST_CASE("event mailbox: wakes held by a producer's handler resume the reader once, inline, at its end",
           "[adapters][mailbox]") {
   net::io_context io;

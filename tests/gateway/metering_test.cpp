@@ -4,8 +4,12 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "gateway/accounting/metering.hpp"
+#include "gateway/server/request.hpp"
 #include "local_engine/engine.hpp"
 #include "tokenizer/tokenizer.hpp"
 
@@ -57,6 +61,53 @@ TEST_CASE("a completion is counted from the text the client was sent", "[meterin
   gateway::append_completion_text(sse, true, earlier);
   CHECK(gateway::count_completion_tokens(*tok, whole, false, earlier) ==
         static_cast<std::int64_t>(tok->count("think Hellof{\"a\":1}Hi there")));
+}
+
+TEST_CASE("a stream kept in pieces is counted as the bytes it holds, and its filled pieces never move",
+          "[metering]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  const auto tok = tokenizer::tokenizer::load(tokenizer_file);
+  // 3,000 events appended one by one (about 230 KB), each split across two appends somewhere in
+  // its middle, as a relay's writes may cut them.
+  gateway::kept_bytes kept;
+  std::string whole, expected_text;
+  std::vector<std::pair<const char*, std::size_t>> filled;  // each finished piece's bytes and size
+  for (int i = 0; i < 3000; ++i) {
+    const std::string word = "w" + std::to_string(i) + " ";
+    const std::string event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + word + "\"}}]}\n\n";
+    const std::size_t cut = static_cast<std::size_t>(i) % event.size();
+    const std::size_t pieces_before = kept.pieces().size();
+    kept.append(std::string_view(event).substr(0, cut));
+    kept.append(std::string_view(event).substr(cut));
+    if (kept.pieces().size() > pieces_before && pieces_before > 0)
+      filled.emplace_back(kept.pieces()[pieces_before - 1].data(), kept.pieces()[pieces_before - 1].size());
+    whole += event;
+    expected_text += word;
+  }
+  CHECK(kept.size() == whole.size());
+  std::string joined;
+  for (const auto& piece : kept.pieces()) {
+    CHECK(piece.capacity() <= 64 * 1024);
+    joined += piece;
+  }
+  CHECK(joined == whole);
+  // Pieces grow with what is kept, up to 64 KB: a few dozen, not one an append.
+  CHECK(kept.pieces().size() > 3);
+  CHECK(kept.pieces().size() < 20);
+  // A piece, once the next one started, still holds its bytes where they were written.
+  for (std::size_t i = 0; i < filled.size(); ++i) {
+    CHECK(kept.pieces()[i].data() == filled[i].first);
+    CHECK(kept.pieces()[i].size() == filled[i].second);
+  }
+  CHECK(gateway::count_completion_tokens(*tok, kept.pieces(), true) ==
+        gateway::count_completion_tokens(*tok, whole, true));
+  CHECK(gateway::count_completion_tokens(*tok, whole, true) == static_cast<std::int64_t>(tok->count(expected_text)));
+  std::string text;
+  gateway::append_completion_text(kept.pieces(), true, text);
+  CHECK(text == expected_text);
+  kept.clear();
+  CHECK(kept.empty());
+  CHECK(gateway::count_completion_tokens(*tok, kept.pieces(), true) == 0);
 }
 
 TEST_CASE("a prompt nested far too deep is counted as raw text, not walked", "[metering][hardening]") {

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -30,8 +31,10 @@ constexpr const char* tokenizer_file = TOLLGATE_SOURCE_DIR "/data/deepseek_v3/to
 /// A client connection made of raw bytes, for requests no library would send.
 class raw_client {
  public:
-  explicit raw_client(std::uint16_t port) {
+  /// rcvbuf: a receive buffer that small (0: the system's), set before connecting.
+  explicit raw_client(std::uint16_t port, int rcvbuf = 0) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
@@ -330,6 +333,53 @@ TEST_CASE("an SSE event past server.max_event_bytes ends the stream with an erro
   CHECK(r.body.size() < 4096);
   // The upstream is let go before it has sent all of its 6.5 MB.
   CHECK(eventually([&] { return f.a.client_aborts() == 1; }));
+}
+
+TEST_CASE("a stream backed up behind a slow client is relayed whole, in order, renamed, in few writes",
+          "[hardening][stream]") {
+  // 3,000 events (about 400 KB) cut into the upstream's chunks at arbitrary places, written as
+  // fast as the upstream can; the client's small receive buffer reads nothing for 300 ms, so the
+  // gateway's writes stall and the events pile up in its queue (in events of at most 16 KB,
+  // whose cuts fall inside SSE events). Every event arrives once, in order, with the model the
+  // client asked for, and a write takes what was waiting: far fewer chunks than events.
+  gateway_fixture f;
+  std::string stream;
+  constexpr int events = 3000;
+  for (int i = 0; i < events; ++i)
+    stream += R"(data: {"id":"c","object":"chat.completion.chunk","model":"upstream-model-a","choices":[{"index":0,"delta":{"content":"w)" +
+              std::to_string(i) + R"( "},"finish_reason":null}]})" + "\n\n";
+  stream += "data: [DONE]\n\n";
+  response_script s;
+  s.content_type = "text/event-stream";
+  for (std::size_t at = 0; at < stream.size(); at += 997) s.chunks.push_back(stream.substr(at, 997));
+  f.a.push(s);
+  raw_client c(f.server->port(), 4096);
+  const std::string body = R"({"model":"chat-public","stream":true,"messages":[{"role":"user","content":"hi"}]})";
+  REQUIRE(c.send(post_head("", body.size()) + body));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::string got =
+      c.read([](const std::string& t) { return t.ends_with("\r\n0\r\n\r\n"); }, std::chrono::milliseconds(10000));
+  REQUIRE(got.starts_with("HTTP/1.1 200"));
+  REQUIRE(got.ends_with("\r\n0\r\n\r\n"));
+  // The chunked body, chunk by chunk.
+  std::size_t at = got.find("\r\n\r\n") + 4, chunks = 0;
+  std::string relayed;
+  for (;;) {
+    const std::size_t line_end = got.find("\r\n", at);
+    REQUIRE(line_end != std::string::npos);
+    const std::size_t size = std::stoul(got.substr(at, line_end - at), nullptr, 16);
+    if (size == 0) break;
+    relayed += got.substr(line_end + 2, size);
+    at = line_end + 2 + size + 2;
+    ++chunks;
+  }
+  std::string expected = stream;
+  for (std::size_t p = 0; (p = expected.find("\"upstream-model-a\"", p)) != std::string::npos;)
+    expected.replace(p, 18, "\"chat-public\"");
+  CHECK(relayed.size() == expected.size());
+  CHECK(relayed == expected);
+  std::printf("a backed-up stream of %d events reached the client in %zu chunks\n", events, chunks);
+  CHECK(chunks < events / 4);
 }
 
 TEST_CASE("usage out of range from the upstream is counted with the tokenizer instead", "[hardening]") {
