@@ -4,19 +4,31 @@
 #include <algorithm>
 #include <cstring>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 namespace tollgate::protocol {
 
 namespace {
 
 bool is_line_end(char c) { return c == '\n' || c == '\r'; }
 
-/// The first '\n' or '\r' in s[i, n), or n: memchr, not a loop over bytes.
+/// The first '\n' or '\r' in s[i, n), or n: 16 bytes compared with both at a time (a memchr for
+/// each costs several times more on an event's short lines).
 std::size_t find_line_end(const std::string& s, std::size_t i, std::size_t n) {
-  const char* const base = s.data();
-  const void* lf = std::memchr(base + i, '\n', n - i);
-  const std::size_t stop = lf != nullptr ? static_cast<std::size_t>(static_cast<const char*>(lf) - base) : n;
-  const void* cr = std::memchr(base + i, '\r', stop - i);
-  return cr != nullptr ? static_cast<std::size_t>(static_cast<const char*>(cr) - base) : stop;
+  const char* const p = s.data();
+#ifdef __SSE2__
+  const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+  for (; i + 16 <= n; i += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr))));
+    if (m != 0) return i + static_cast<std::size_t>(__builtin_ctz(m));
+  }
+#endif
+  for (; i < n; ++i)
+    if (is_line_end(p[i])) return i;
+  return n;
 }
 
 }  // namespace
