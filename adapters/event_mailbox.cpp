@@ -107,14 +107,15 @@ void event_mailbox::push(call_event&& ev) {
 
 void event_mailbox::add_data(std::string_view bytes) {
   if (!events_.empty() && events_.back().type == call_event::kind::data) {
-    // Coalesce what the reader has not taken yet: in the room the last event has, or grown once to
-    // max_spare (a size the reader's recycle() gives back). Past that the bytes start an event of
-    // their own, so that what is queued is never copied again as a backlog grows (the reader takes
-    // the events that are ready together).
+    // Coalesce what the reader has not taken yet, up to max_spare (a size the reader's recycle()
+    // gives back). A short burst grows the string as strings grow (a short buffer stays short);
+    // past 4 KB it is grown once to max_spare, and past that the bytes start an event of their
+    // own, so that a growing backlog is not copied again and again (the reader takes the events
+    // that are ready together).
     std::string& last = events_.back().data;
     const std::size_t need = last.size() + bytes.size();
     if (need <= last.capacity() || need <= max_spare) {
-      if (need > last.capacity()) last.reserve(max_spare);
+      if (need > last.capacity() && need > 4096) last.reserve(max_spare);
       last.append(bytes);
       queued_bytes_ += bytes.size();
       return;
