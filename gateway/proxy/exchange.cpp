@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 #include <iostream>
+#include <tuple>
 
 #include "gateway/handlers/handlers.hpp"
 #include "gateway/accounting/metering.hpp"
@@ -328,7 +329,10 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
     // in few large reads), up to coalesce_chunk_bytes.
     if (!finished && ev.type == call_event::kind::data && chunk.size() < coalesce_chunk_bytes && call.ready()) continue;
     if (!chunk.empty()) {
-      auto [wec, wn] = co_await out.write_chunk(chunk);
+      // At once when the socket takes it all (no coroutine an event), else the rest awaited.
+      std::size_t sent = 0;
+      boost::system::error_code wec;
+      if (!out.write_chunk_now(chunk, sent, wec)) std::tie(wec, std::ignore) = co_await out.write_chunk_rest(chunk, sent);
       if (wec) co_return delivery{false, false, false};
       if (!res_.first_token_at) res_.first_token_at = steady_clock::now();
       // What the client has, for counting if the usage chunk never comes.

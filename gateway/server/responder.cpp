@@ -150,16 +150,51 @@ net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::wr
   co_return std::tuple{ec, n};
 }
 
-net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_chunk(std::string_view data) {
-  char size[20];
+namespace {
+
+/// A chunk's framing around data: its size line, data, CRLF. `size` holds the size line's text.
+std::array<net::const_buffer, 3> chunk_buffers(std::string_view data, char (&size)[20]) {
   const auto end = std::to_chars(size, size + sizeof size - 2, data.size(), 16).ptr;  // no printf an event
   end[0] = '\r';
   end[1] = '\n';
-  const std::array<net::const_buffer, 3> buffers{net::buffer(size, static_cast<std::size_t>(end + 2 - size)),
-                                                 net::buffer(data), net::buffer("\r\n", 2)};
+  return {net::buffer(size, static_cast<std::size_t>(end + 2 - size)), net::buffer(data), net::buffer("\r\n", 2)};
+}
+
+}  // namespace
+
+net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_chunk(std::string_view data) {
+  char size[20];
+  const auto buffers = chunk_buffers(data, size);
   auto [ec, n] = co_await write(buffers);
   if (!ec) record_.bytes_out += n;
   co_return std::tuple{ec, n};
+}
+
+bool responder::write_chunk_now(std::string_view data, std::size_t& sent, boost::system::error_code& ec) {
+  char size[20];
+  const auto buffers = chunk_buffers(data, size);
+  const std::size_t total = buffers[0].size() + buffers[1].size() + buffers[2].size();
+  const adapters::send_result r = adapters::send_now(socket_.native_handle(), buffers, 4);
+  sent = r.sent;
+  ec = r.error;
+  if (r.error) return true;
+  if (r.sent != total) return false;
+  record_.bytes_out += total;
+  return true;
+}
+
+net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_chunk_rest(std::string_view data,
+                                                                                               std::size_t sent) {
+  char size[20];
+  const auto buffers = chunk_buffers(data, size);
+  std::vector<net::const_buffer> rest;
+  rest.reserve(buffers.size());
+  adapters::buffers_after(buffers, sent, rest);
+  set_deadline(write_timeout);
+  auto [ec, n] = co_await net::async_write(socket_, rest, use_tuple);
+  clear_deadline();
+  if (!ec) record_.bytes_out += sent + n;
+  co_return std::tuple{ec, sent + n};
 }
 
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_last_chunk() {

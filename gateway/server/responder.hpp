@@ -84,6 +84,13 @@ class responder {
   boost::asio::awaitable<bool> start_upstream_stream(const adapters::response_head& head);
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_chunk(std::string_view data);
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_last_chunk();
+  /// write_chunk without a coroutine when the socket takes the whole chunk at once (the usual
+  /// case for a stream's events): true then, or on an error (in ec), with the bytes counted as
+  /// write_chunk counts them. false when only `sent` bytes went: write_chunk_rest(data, sent)
+  /// writes the rest, before anything else is written.
+  bool write_chunk_now(std::string_view data, std::size_t& sent, boost::system::error_code& ec);
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_chunk_rest(std::string_view data,
+                                                                                              std::size_t sent);
 
   /// x-request-id, x-tollgate-backend and x-tollgate-upstream-model (once a backend is chosen),
   /// the key's x-ratelimit-*, the CORS headers for an allowed origin, Server.
