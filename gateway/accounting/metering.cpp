@@ -199,24 +199,27 @@ std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::strin
   return n;
 }
 
+namespace {
+
+/// Pieces of kept bytes as one text: the first piece itself when there is one, else joined.
+std::string_view joined(std::span<const std::string> pieces, std::string& storage) {
+  if (pieces.empty()) return {};
+  if (pieces.size() == 1) return pieces[0];
+  for (const std::string& piece : pieces) storage += piece;
+  return storage;
+}
+
+}  // namespace
+
 std::int64_t count_completion_tokens(const tokenizer::tokenizer& tok, std::span<const std::string> delivered,
                                      bool sse, std::string_view earlier, std::size_t max_bytes, bool* estimated) {
-  if (delivered.size() <= 1)
-    return count_completion_tokens(tok, delivered.empty() ? std::string_view() : std::string_view(delivered[0]), sse,
-                                   earlier, max_bytes, estimated);
-  std::string text(earlier);
-  append_completion_text(delivered, sse, text);
-  bounded_count count(tok, max_bytes);
-  const std::int64_t n = count(text);
-  if (estimated != nullptr && count.estimated()) *estimated = true;
-  return n;
+  std::string storage;
+  return count_completion_tokens(tok, joined(delivered, storage), sse, earlier, max_bytes, estimated);
 }
 
 void append_completion_text(std::span<const std::string> delivered, bool sse, std::string& text) {
-  if (delivered.size() == 1) return append_completion_text(delivered[0], sse, text);
-  std::string whole;
-  for (const std::string& piece : delivered) whole += piece;
-  append_completion_text(whole, sse, text);
+  std::string storage;
+  append_completion_text(joined(delivered, storage), sse, text);
 }
 
 void append_completion_text(std::string_view delivered, bool sse, std::string& text) {

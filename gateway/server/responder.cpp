@@ -42,7 +42,11 @@ net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::wr
     sent = r.sent;
     if (sent == total) co_return std::tuple{boost::system::error_code{}, total};
   }
-  // The rest, from where the first send stopped.
+  co_return co_await write_after(buffers, sent);
+}
+
+net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_after(
+    std::span<const net::const_buffer> buffers, std::size_t sent) {
   std::vector<net::const_buffer> rest;
   rest.reserve(buffers.size());
   adapters::buffers_after(buffers, sent, rest);
@@ -187,14 +191,9 @@ net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::wr
                                                                                                std::size_t sent) {
   char size[20];
   const auto buffers = chunk_buffers(data, size);
-  std::vector<net::const_buffer> rest;
-  rest.reserve(buffers.size());
-  adapters::buffers_after(buffers, sent, rest);
-  set_deadline(write_timeout);
-  auto [ec, n] = co_await net::async_write(socket_, rest, use_tuple);
-  clear_deadline();
-  if (!ec) record_.bytes_out += sent + n;
-  co_return std::tuple{ec, sent + n};
+  auto [ec, n] = co_await write_after(buffers, sent);
+  if (!ec) record_.bytes_out += n;
+  co_return std::tuple{ec, n};
 }
 
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_last_chunk() {

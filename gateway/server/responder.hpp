@@ -115,6 +115,10 @@ class responder {
   /// sendmsg (usually all of it), the rest asynchronously. The buffers outlive the write.
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write(
       std::span<const boost::asio::const_buffer> buffers);
+  /// The buffers past the first `sent` bytes, asynchronously under the write deadline; returns
+  /// sent plus what it wrote.
+  boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write_after(
+      std::span<const boost::asio::const_buffer> buffers, std::size_t sent);
 
   worker& w_;
   boost::asio::ip::tcp::socket& socket_;
