@@ -66,14 +66,15 @@ class limiter_hold {
 /// Bytes kept for counting an answer's completion when the upstream reports no usage: in pieces
 /// that never move once filled, so that a long stream's bytes are each copied once (one growing
 /// string would copy all it holds again at each doubling). A piece is reserved at the bytes kept
-/// so far, between 1 KB and 64 KB (at least what is appended).
+/// so far, up to 64 KB, and at least at what is appended: the first piece is just the first bytes
+/// (a held stream keeps no more than it was sent).
 class kept_bytes {
  public:
   void append(std::string_view s) {
     if (s.empty()) return;
     if (pieces_.empty() || pieces_.back().capacity() - pieces_.back().size() < s.size()) {
       std::string piece;
-      piece.reserve(std::max(s.size(), std::clamp<std::size_t>(size_, 1024, 64 * 1024)));
+      piece.reserve(std::max(s.size(), std::min<std::size_t>(size_, 64 * 1024)));
       pieces_.push_back(std::move(piece));
     }
     pieces_.back().append(s);
