@@ -584,11 +584,33 @@ bool rename_model(std::string& text, std::string_view from, std::string_view to)
   return true;
 }
 
-bool append_renamed(std::string& out, std::string_view text, std::string_view from, std::string_view to) {
-  const std::size_t v = find_model_value(text, from);
+namespace {
+
+/// text appended to out with `to` in place of `from` at v; false, appending nothing, when v is npos.
+bool append_replaced(std::string& out, std::string_view text, std::size_t v, std::string_view from, std::string_view to) {
   if (v == std::string_view::npos) return false;
   out.append(text.substr(0, v)).append(to).append(text.substr(v + from.size()));
   return true;
+}
+
+}  // namespace
+
+bool append_renamed(std::string& out, std::string_view text, std::string_view from, std::string_view to) {
+  return append_replaced(out, text, find_model_value(text, from), from, to);
+}
+
+std::size_t model_value_finder::find(std::string_view text, std::string_view from) {
+  if (at_ != std::string_view::npos && prefix_.size() == at_ + from.size() && text.size() >= prefix_.size() &&
+      std::memcmp(text.data(), prefix_.data(), prefix_.size()) == 0)
+    return at_;
+  at_ = find_model_value(text, from);
+  if (at_ != std::string_view::npos) prefix_.assign(text.substr(0, at_ + from.size()));
+  return at_;
+}
+
+bool model_value_finder::append_renamed(std::string& out, std::string_view text, std::string_view from,
+                                        std::string_view to) {
+  return append_replaced(out, text, find(text, from), from, to);
 }
 
 }  // namespace tollgate::protocol

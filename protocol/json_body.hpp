@@ -146,4 +146,19 @@ std::size_t find_model_value(std::string_view text, std::string_view from);
 /// false, appending nothing, when there was none to make.
 bool append_renamed(std::string& out, std::string_view text, std::string_view from, std::string_view to);
 
+/// find_model_value over the events of one stream, which begin with the same bytes (an id, the
+/// object, the time, then the model): an event that begins with the bytes up to and including the
+/// last one's model value has its value at the same offset, found without a search. The answer
+/// depends only on those bytes, so it is find_model_value's, exactly.
+class model_value_finder {
+ public:
+  std::size_t find(std::string_view text, std::string_view from);
+  /// append_renamed with find().
+  bool append_renamed(std::string& out, std::string_view text, std::string_view from, std::string_view to);
+
+ private:
+  std::string prefix_;  ///< the last event's bytes up to the end of its model value
+  std::size_t at_ = std::string_view::npos;
+};
+
 }  // namespace tollgate::protocol

@@ -240,6 +240,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   const bool relayed = dialect != nullptr && dialect->relays();
   const bool rename = head.status >= 200 && head.status < 300 && renames_model();
   protocol::sse_splitter events;
+  protocol::model_value_finder model_at;  // where each event's model is (their first bytes repeat)
   std::string chunk;
   std::string raw;
   bool broke = false;
@@ -272,7 +273,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
         }
         if (take_usage(*e)) continue;
         if (dialect == nullptr) {
-          if (!rename || !protocol::append_renamed(chunk, *e, rename_from_, rename_to_)) chunk += *e;
+          if (!rename || !model_at.append_renamed(chunk, *e, rename_from_, rename_to_)) chunk += *e;
         } else {
           raw += *e;
           chunk += dialect->event(*e);

@@ -943,3 +943,34 @@ TEST_CASE("find_quoted finds a quoted key at every offset and length, as string:
     }
   }
 }
+
+TEST_CASE("model_value_finder finds what find_model_value finds, event after event", "[json_body]") {
+  std::mt19937 gen(std::random_device{}());
+  const std::string from = "\"m\"";
+  // Events of a stream share their first bytes; some change them (another id, the model's value
+  // moved by a space, another value, a key that only looks like the model, none at all), and the
+  // finder must then search again.
+  const std::vector<std::string> heads = {
+      R"(data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",)",
+      R"(data: {"id":"c2","object":"chat.completion.chunk","created":1,"model":"m",)",
+      R"(data: {"id":"c1","object":"chat.completion.chunk","created":1,"model": "m",)",
+      R"(data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"n",)",
+      R"(data: {"id":"c1","object":"chat.completion.chunk","created":1,"models":"m","model":"m",)",
+      R"(data: {"id":"c1","object":"chat.completion.chunk","created":1,"model" :"m",)",
+      R"(data: {"id":"c1","object":"chat.completion.chunk","created":1,)",
+      R"(data: {"id":"c1","model":"m")",
+      R"(data: {"id":"c1",)",
+  };
+  model_value_finder finder;
+  for (int i = 0; i < 3000; ++i) {
+    // Mostly the same head as the event before, as a stream sends them.
+    const std::string& head = heads[gen() % 4 == 0 ? gen() % heads.size() : 0];
+    const std::string event = head + R"("choices":[{"index":0,"delta":{"content":"w )" + std::to_string(i) + R"("}}]})" + "\n\n";
+    const std::string cut = event.substr(0, gen() % 3 == 0 ? gen() % (event.size() + 1) : event.size());
+    INFO(cut);
+    CHECK(finder.find(cut, from) == find_model_value(cut, from));
+    std::string a = "x", b = "x";
+    CHECK(finder.append_renamed(a, cut, from, "\"longer-name\"") == append_renamed(b, cut, from, "\"longer-name\""));
+    CHECK(a == b);
+  }
+}
