@@ -167,11 +167,10 @@ std::array<net::const_buffer, 3> chunk_buffers(std::string_view data, char (&siz
 }  // namespace
 
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_chunk(std::string_view data) {
-  char size[20];
-  const auto buffers = chunk_buffers(data, size);
-  auto [ec, n] = co_await write(buffers);
-  if (!ec) record_.bytes_out += n;
-  co_return std::tuple{ec, n};
+  std::size_t sent = 0;
+  boost::system::error_code ec;
+  if (write_chunk_now(data, sent, ec)) co_return std::tuple{ec, ec ? std::size_t{0} : sent};
+  co_return co_await write_chunk_rest(data, sent);
 }
 
 bool responder::write_chunk_now(std::string_view data, std::size_t& sent, boost::system::error_code& ec) {
