@@ -306,6 +306,21 @@ struct call_event {
   std::string message;  ///< with kind::failed
 };
 
+/// A reader of a call's data events that takes them where they come, inside the producer's
+/// handler, instead of being resumed for them while it waits in next(): a stream's relay, whose
+/// usual event is split, renamed and written at once. Used on the call's thread.
+class data_sink {
+ public:
+  /// A data event's bytes, as next() would have returned them. more: another data event is
+  /// waiting after this one (the reader would write them together). false: the reader must
+  /// run (to finish a write, or to end the stream); its waiting next() then returns a data
+  /// event with no bytes.
+  virtual bool take(std::string&& data, bool more) = 0;
+
+ protected:
+  ~data_sink() = default;
+};
+
 /// One request in flight to a backend. Destroying it cancels the request at once.
 /// Not thread-safe: used only on the thread that started it.
 class call {
@@ -324,6 +339,9 @@ class call {
   /// Storage the reader is done with (a data event's string, emptied), for the call to fill with
   /// the next data event's bytes instead of allocating; a call may drop it.
   virtual void recycle(std::string&&) {}
+  /// Data events that come while the reader waits in next() go to sink, when the call can hand
+  /// them over inline (others leave them to next()); null stops it. sink outlives its use here.
+  virtual void set_sink(data_sink* /*sink*/) {}
 };
 
 /// What a backend that runs a model itself (kind local_engine) reports to /metrics.

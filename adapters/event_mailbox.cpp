@@ -141,9 +141,26 @@ void event_mailbox::resume_reader() {
 void event_mailbox::resume_held() {
   holding_ = false;
   if (!std::exchange(wake_held_, false) || !waiter_) return;
+  if (sink_ != nullptr && feed_sink()) return;
   waiter w = std::move(*waiter_);
   waiter_.reset();
   w();  // resumes the reader, which may end the call: nothing after it
+}
+
+bool event_mailbox::feed_sink() {
+  if (terminal_ || hook_ || !events_.all_data()) return false;
+  while (!events_.empty()) {
+    call_event ev = events_.pop_front();
+    queued_bytes_ -= ev.data.size();
+    producer_->on_taken();
+    if (!sink_->take(std::move(ev.data), !events_.empty())) {
+      handoff_ = true;
+      return false;
+    }
+  }
+  // As the reader's next wait would: its silence counts from now.
+  deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_);
+  return true;
 }
 
 void event_mailbox::release_held() noexcept {
@@ -185,6 +202,11 @@ void event_mailbox::on_timer() {
 
 net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
   for (;;) {
+    if (std::exchange(handoff_, false)) {
+      call_event ev;
+      ev.type = call_event::kind::data;
+      co_return ev;
+    }
     if (!events_.empty()) {
       call_event ev = events_.pop_front();
       if (ev.type == call_event::kind::data) {
@@ -200,6 +222,7 @@ net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
     deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_);
     if (!armed_ || timer_->expiry() > deadline_) arm(deadline_);
     silent_ = false;
+    producer_ = &producer;
     co_await net::async_initiate<const net::use_awaitable_t<>&, void()>(
         [this](auto handler) {
           static_assert(std::is_same_v<decltype(handler), waiter>, "use_awaitable's handler changed type");

@@ -133,6 +133,11 @@ class event_mailbox {
   // The consumer's side (call's interface).
 
   bool ready() const { return !events_.empty() || terminal_.has_value(); }
+  /// While the reader waits in next(), the data events a held wake would resume it for go to
+  /// sink at resume_held() instead (when nothing but data is queued and no hook watches): the
+  /// reader stays suspended, its deadline starting again, unless the sink asks for it. Null
+  /// stops it.
+  void set_sink(data_sink* sink) { sink_ = sink; }
   void on_ready(std::function<void()> hook) { hook_ = std::move(hook); }
   /// The next event: those put in, in order, then the terminal one (again on every later call).
   /// Waits while there is none, calling producer.on_silence() when the deadline passes.
@@ -146,6 +151,8 @@ class event_mailbox {
   using clock = boost::asio::steady_timer::clock_type;
 
   void resume_reader();
+  /// The queued data events to the sink: true when it took them all and the reader waits on.
+  bool feed_sink();
   void arm(clock::time_point deadline);
   void disarm();
   void on_timer();
@@ -160,6 +167,8 @@ class event_mailbox {
   std::function<void()> hook_;
   std::string spare_;                 // storage given back by the reader, for add_data()
   std::optional<waiter> waiter_;     // the reader, while it waits
+  mailbox_producer* producer_ = nullptr;  // the waiting reader's producer
+  data_sink* sink_ = nullptr;
   event_mailbox* prev_listed_ = nullptr;
   event_mailbox* next_listed_ = nullptr;
   clock::time_point deadline_{};     // when the current wait's silence comes
@@ -169,6 +178,7 @@ class event_mailbox {
   bool silent_ = false;              // the current wait ended at its deadline
   bool holding_ = false;             // between hold_wakes() and resume_held()
   bool wake_held_ = false;           // a wake came while holding_
+  bool handoff_ = false;             // the sink asked for the reader: next() returns empty data
 };
 
 /// Holds a mailbox's wakes for a producer's completion handler: done() resumes the reader inline

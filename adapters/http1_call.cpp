@@ -178,6 +178,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool ready() const { return mailbox_.ready(); }
   void on_ready(std::function<void()> hook) { mailbox_.on_ready(std::move(hook)); }
   void recycle(std::string&& s) { mailbox_.recycle(std::move(s)); }
+  void set_sink(data_sink* sink) { mailbox_.set_sink(sink); }
 
   void cancel() {
     if (mailbox_.ended()) return;
@@ -187,6 +188,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   /// The call is gone: stop everything. A connection in the middle of a response is closed.
   void abandon() {
     mailbox_.on_ready(nullptr);
+    mailbox_.set_sink(nullptr);
     if (!mailbox_.ended()) {
       finish_with(failure::cancelled, "the call was dropped");
     } else if (pool_after_write_ && borrows_) {
@@ -702,6 +704,7 @@ class http1_call final : public call {
   bool ready() const override { return t_->ready(); }
   void on_ready(std::function<void()> hook) override { t_->on_ready(std::move(hook)); }
   void recycle(std::string&& s) override { t_->recycle(std::move(s)); }
+  void set_sink(data_sink* sink) override { t_->set_sink(sink); }
 
  private:
   std::shared_ptr<transfer> t_;

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <iostream>
 #include <tuple>
 
@@ -227,6 +228,83 @@ net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
   return ctx_.out.send_buffered(std::move(res));
 }
 
+/// A stream's events and its write, shared by deliver_stream's loop and, for a client of the chat
+/// API, the call's data sink: the usual event is split, renamed and written inside the upstream
+/// read's handler, and the loop is resumed only to finish a partial write or to end the stream.
+class exchange::stream_writer final : public adapters::data_sink {
+ public:
+  stream_writer(exchange& x, adapters::call& call, bool rename) : x_(x), call_(call), rename_(rename) {}
+
+  /// The bytes that came, split; the chat API's own events (no dialect) added to chunk: the
+  /// usage noted, the model renamed.
+  void feed(std::string&& data) { call_.recycle(events.feed_moved(std::move(data))); }
+  void add_events() {
+    while (auto e = events.next_event_view()) {
+      if (x_.take_usage(*e)) continue;
+      if (!rename_ || !model_at.append_renamed(chunk, *e, x_.rename_from_, x_.rename_to_)) chunk += *e;
+    }
+  }
+
+  bool take(std::string&& data, bool more) override {
+    try {
+      feed(std::move(data));
+      add_events();
+      if (events.buffered() > x_.ctx_.rt.cfg.server.max_event_bytes) return false;  // the loop breaks the stream
+      if (chunk.empty() || (more && chunk.size() < coalesce_chunk_bytes)) return true;
+      begun = !x_.ctx_.out.write_chunk_now(chunk, sent, error);
+      if (begun || error) return false;  // the loop awaits the rest, or ends
+      x_.note_delivered(chunk);
+      chunk.clear();
+      return true;
+    } catch (...) {
+      // Not out of the upstream read's handler: the loop throws it, as it would have.
+      thrown = std::current_exception();
+      return false;
+    }
+  }
+
+  protocol::sse_splitter events;
+  protocol::model_value_finder model_at;  // where each event's model is (their first bytes repeat)
+  std::string chunk;                      // what the next write sends
+  bool begun = false;                     // chunk's write is under way: sent bytes of it went
+  std::size_t sent = 0;
+  boost::system::error_code error;        // chunk's write failed
+  std::exception_ptr thrown;              // by take(), for the loop
+
+ private:
+  exchange& x_;
+  adapters::call& call_;
+  const bool rename_;
+};
+
+namespace {
+
+/// A call's sink for as long as a relay runs, however it ends.
+class sink_scope {
+ public:
+  sink_scope(adapters::call& call, adapters::data_sink* sink) : call_(call) { call.set_sink(sink); }
+  ~sink_scope() { call_.set_sink(nullptr); }
+  sink_scope(const sink_scope&) = delete;
+  sink_scope& operator=(const sink_scope&) = delete;
+
+ private:
+  adapters::call& call_;
+};
+
+}  // namespace
+
+void exchange::note_delivered(std::string_view counted) {
+  if (!res_.first_token_at) res_.first_token_at = steady_clock::now();
+  // What the client has, for counting if the usage chunk never comes. Whole events: past a bound,
+  // the text is taken out of those kept so far, so that a long stream is counted whole without
+  // keeping all its bytes.
+  if (res_.delivered.size() + counted.size() > max_metered_stream) {
+    append_completion_text(res_.delivered.pieces(), true, res_.delivered_text);
+    res_.delivered.clear();
+  }
+  res_.delivered.append(counted);
+}
+
 net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const adapters::response_head& head) {
   access_record& record = ctx_.result.record;
   responder& out = ctx_.out;
@@ -239,47 +317,50 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   protocol::client_dialect* const dialect = ctx_.dialect.get();
   const bool relayed = dialect != nullptr && dialect->relays();
   const bool rename = head.status >= 200 && head.status < 300 && renames_model();
-  protocol::sse_splitter events;
-  protocol::model_value_finder model_at;  // where each event's model is (their first bytes repeat)
-  std::string chunk;
+  stream_writer w(*this, call, rename);
+  std::string& chunk = w.chunk;
   std::string raw;
   bool broke = false;
   res_.delivered.clear();
   res_.delivered_text.clear();
   res_.delivered_sse = true;
+  // The chat API's events are written from the upstream read's handler while this loop waits.
+  const sink_scope inline_writes(call, dialect == nullptr ? &w : nullptr);
   for (;;) {
     call_event ev = co_await call.next();
     bool finished = false;
     if (ev.type == call_event::kind::data) {
       // The event's bytes become the splitter's (no copy when it holds nothing), and events are
       // read as views of them; the storage the splitter lets go goes back to the call, which
-      // fills it with the next event's bytes (no allocation an event).
-      call.recycle(events.feed_moved(std::move(ev.data)));
-      while (auto e = events.next_event_view()) {
-        if (relayed) {
-          if (rename) {
-            std::string renamed(*e);
-            protocol::rename_model(renamed, rename_from_, rename_to_);
-            chunk += dialect->event(renamed);
-          } else {
-            chunk += dialect->event(*e);
+      // fills it with the next event's bytes (no allocation an event). No bytes: the sink handed
+      // over what it took (chunk, perhaps part written).
+      if (w.thrown) std::rethrow_exception(std::exchange(w.thrown, nullptr));
+      if (!ev.data.empty()) w.feed(std::move(ev.data));
+      if (dialect == nullptr) {
+        w.add_events();
+      } else {
+        while (auto e = w.events.next_event_view()) {
+          if (relayed) {
+            if (rename) {
+              std::string renamed(*e);
+              protocol::rename_model(renamed, rename_from_, rename_to_);
+              chunk += dialect->event(renamed);
+            } else {
+              chunk += dialect->event(*e);
+            }
+            res_.used = dialect->stream_usage();
+            if (dialect->complete()) {
+              finished = true;  // nothing after the stream's last event is relayed
+              break;
+            }
+            continue;
           }
-          res_.used = dialect->stream_usage();
-          if (dialect->complete()) {
-            finished = true;  // nothing after the stream's last event is relayed
-            break;
-          }
-          continue;
-        }
-        if (take_usage(*e)) continue;
-        if (dialect == nullptr) {
-          if (!rename || !model_at.append_renamed(chunk, *e, rename_from_, rename_to_)) chunk += *e;
-        } else {
+          if (take_usage(*e)) continue;
           raw += *e;
           chunk += dialect->event(*e);
         }
       }
-      if (!finished && events.buffered() > max_event_bytes) {
+      if (!finished && !w.begun && !w.error && w.events.buffered() > max_event_bytes) {
         // An event that never ends would be buffered without bound: the stream is broken.
         const api_error err = bad_gateway("upstream " + record.backend + " sent an SSE event over server.max_event_bytes (" +
                                           std::to_string(max_event_bytes) + " bytes)");
@@ -293,7 +374,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       if (relayed) {
         // An event cut short by the end is relayed as it is; a stream that ended before its
         // last event gets an error event, as a break would.
-        if (std::string rest = events.take_rest(); !rest.empty()) {
+        if (std::string rest = w.events.take_rest(); !rest.empty()) {
           if (!rest.ends_with("\n\n")) rest += rest.ends_with('\n') ? "\n" : "\n\n";
           if (rename) protocol::rename_model(rest, rename_from_, rename_to_);
           chunk += dialect->event(rest);
@@ -304,7 +385,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
           broke = true;
         }
       }
-      chunk += dialect != nullptr ? dialect->end() : events.take_rest();
+      chunk += dialect != nullptr ? dialect->end() : w.events.take_rest();
       finished = true;
     } else if (ev.type == call_event::kind::head) {
       continue;
@@ -318,7 +399,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       if (dialect != nullptr) {
         chunk += dialect->stream_error(err.status, err.message);
       } else {
-        std::string rest = events.take_rest();
+        std::string rest = w.events.take_rest();
         if (!rest.empty() && !rest.ends_with("\n\n")) rest += "\n\n";
         chunk += rest;
         chunk += err.sse_event();
@@ -328,23 +409,17 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
     }
     // Data already waiting joins this write (a backlog is written in few large writes, as it came
     // in few large reads), up to coalesce_chunk_bytes.
-    if (!finished && ev.type == call_event::kind::data && chunk.size() < coalesce_chunk_bytes && call.ready()) continue;
+    if (!finished && ev.type == call_event::kind::data && !w.begun && !w.error && chunk.size() < coalesce_chunk_bytes &&
+        call.ready())
+      continue;
     if (!chunk.empty()) {
-      // At once when the socket takes it all (no coroutine an event), else the rest awaited.
-      std::size_t sent = 0;
-      boost::system::error_code wec;
-      if (!out.write_chunk_now(chunk, sent, wec)) std::tie(wec, std::ignore) = co_await out.write_chunk_rest(chunk, sent);
-      if (wec) co_return delivery{false, false, false};
-      if (!res_.first_token_at) res_.first_token_at = steady_clock::now();
-      // What the client has, for counting if the usage chunk never comes.
-      // Whole events: past a bound, the text is taken out of those kept so far, so that a long
-      // stream is counted whole without keeping all its bytes.
-      const std::string& counted = dialect != nullptr && !relayed ? raw : chunk;
-      if (res_.delivered.size() + counted.size() > max_metered_stream) {
-        append_completion_text(res_.delivered.pieces(), true, res_.delivered_text);
-        res_.delivered.clear();
-      }
-      res_.delivered.append(counted);
+      // At once when the socket takes it all (no coroutine an event), else the rest awaited; the
+      // sink may have begun the write, or failed it, already.
+      if (!w.begun && !w.error) w.begun = !out.write_chunk_now(chunk, w.sent, w.error);
+      if (w.begun) std::tie(w.error, std::ignore) = co_await out.write_chunk_rest(chunk, w.sent);
+      if (w.error) co_return delivery{false, false, false};
+      w.begun = false;
+      note_delivered(dialect != nullptr && !relayed ? raw : chunk);
     }
     chunk.clear();
     raw.clear();

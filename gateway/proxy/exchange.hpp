@@ -42,6 +42,10 @@ class exchange final : public attempt_env, public attempt_sink {
   void on_attempt_end(const routing::target& t, const char* outcome, double first_byte_seconds) override;
 
  private:
+  class stream_writer;  // a stream's events and write (exchange.cpp)
+
+  /// counted reached the client: the first token's time, and the bytes kept for counting.
+  void note_delivered(std::string_view counted);
   /// Notes the usage an SSE event carries (the last one seen wins: usage is cumulative). true
   /// when the event is the usage-only chunk we asked for on the client's behalf: it is dropped.
   bool take_usage(std::string_view event);

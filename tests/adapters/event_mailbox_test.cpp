@@ -255,6 +255,124 @@ TEST_CASE("event mailbox: wakes held by a producer's handler resume the reader o
   CHECK(p.silences.empty());
 }
 
+namespace {
+
+/// A reader's sink that notes what it takes, and asks for the reader at the take numbered
+/// hand_over_at (0: never).
+struct noting_sink final : data_sink {
+  std::vector<std::string> taken;
+  std::vector<bool> more;
+  std::size_t hand_over_at = 0;
+  bool take(std::string&& data, bool more_waiting) override {
+    taken.push_back(std::move(data));
+    more.push_back(more_waiting);
+    return taken.size() != hand_over_at;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("event mailbox: a sink takes the data of a held wake while the reader waits on, and hands over when it asks",
+          "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(1s, 1s));
+  producer p(box);
+  reader r;
+  net::co_spawn(io, read_all(box, p, r), net::detached);
+  io.poll();
+  box.push(event_of(call_event::kind::head));
+  io.poll();
+  REQUIRE(r.kinds == std::vector<call_event::kind>{call_event::kind::head});
+  noting_sink sink;
+  box.set_sink(&sink);
+  {
+    held_wakes wakes(box);
+    box.add_data("a");
+    box.add_data("b");  // coalesced: one event
+    wakes.done();
+  }
+  CHECK(sink.taken == std::vector<std::string>{"ab"});
+  CHECK(sink.more == std::vector<bool>{false});
+  CHECK(r.kinds.size() == 1);  // still waiting: the sink took it
+  CHECK(p.taken == 1);
+  CHECK(box.queued_bytes() == 0);
+  {
+    // Two events (the first filled to max_spare): each to the sink, the first told another waits.
+    held_wakes wakes(box);
+    box.add_data(std::string(event_mailbox::max_spare, 'x'));
+    box.add_data("y");
+    wakes.done();
+  }
+  REQUIRE(sink.taken.size() == 3);
+  CHECK(sink.taken[1] == std::string(event_mailbox::max_spare, 'x'));
+  CHECK(sink.taken[2] == "y");
+  CHECK(sink.more == std::vector<bool>{false, true, false});
+  CHECK(r.kinds.size() == 1);
+  {
+    // The sink asks for the reader at the first of two: it gets a data event with no bytes, then
+    // the second as next() returns it, not through the sink.
+    sink.hand_over_at = 4;
+    held_wakes wakes(box);
+    box.add_data(std::string(event_mailbox::max_spare, 'z'));
+    box.add_data("w");
+    wakes.done();
+  }
+  CHECK(sink.taken.size() == 4);
+  REQUIRE(r.kinds.size() == 3);
+  CHECK(r.kinds[1] == call_event::kind::data);
+  CHECK(r.kinds[2] == call_event::kind::data);
+  CHECK(r.data == "w");  // the handed-over event carried no bytes
+  {
+    // Data then the end: the reader takes both, the sink nothing.
+    held_wakes wakes(box);
+    box.add_data("v");
+    box.end(event_of(call_event::kind::end));
+    wakes.done();
+  }
+  CHECK(sink.taken.size() == 4);
+  CHECK(r.data == "wv");
+  CHECK(r.done);
+  io.run();
+}
+
+TEST_CASE("event mailbox: a sink that takes a stream's events keeps its idle deadline counting from the last one, "
+          "and a wake that is not held still resumes the reader",
+          "[adapters][mailbox]") {
+  net::io_context io;
+  event_mailbox box(io, timeouts(2s, 150ms));
+  producer p(box);
+  reader r;
+  noting_sink sink;
+  steady::time_point last_event;
+  net::co_spawn(io, read_all(box, p, r), net::detached);
+  net::co_spawn(
+      io,
+      [&]() -> net::awaitable<void> {
+        box.push(event_of(call_event::kind::head));
+        co_await sleep(io, 10ms);
+        box.set_sink(&sink);
+        for (int i = 0; i < 20; ++i) {  // 1 s of events, 50 ms apart, each taken by the sink
+          co_await sleep(io, 50ms);
+          held_wakes wakes(box);
+          box.add_data("x");
+          wakes.done();
+          last_event = steady::now();
+        }
+        box.add_data("y");  // not held: the reader is resumed through the queue
+      },
+      net::detached);
+  const auto start = steady::now();
+  io.run();
+  REQUIRE(r.done);
+  CHECK(sink.taken.size() == 20);
+  CHECK(r.data == "y");
+  CHECK(r.error == failure::timeout);
+  REQUIRE(p.silences.size() == 1);
+  CHECK(last_event - start >= 1000ms);
+  CHECK(p.silences[0] - last_event >= 150ms);
+  CHECK(p.silences[0] - last_event < 1000ms);
+}
+
 TEST_CASE("event mailbox: a stream whose events come closer together than the idle timeout outlasts it many times, "
           "and times out one idle timeout after its last event",
           "[adapters][mailbox]") {
