@@ -311,11 +311,10 @@ struct call_event {
 /// usual event is split, renamed and written at once. Used on the call's thread.
 class data_sink {
  public:
-  /// A data event's bytes, as next() would have returned them. more: another data event is
-  /// waiting after this one (the reader would write them together). false: the reader must
-  /// run (to finish a write, or to end the stream); its waiting next() then returns a data
-  /// event with no bytes.
-  virtual bool take(std::string&& data, bool more) = 0;
+  /// A data event's bytes, as next() would have returned them (what one handler of the producer
+  /// put in). false: the reader must run (to finish a write, or to end the stream); its waiting
+  /// next() then returns a data event with no bytes.
+  virtual bool take(std::string&& data) = 0;
 
  protected:
   ~data_sink() = default;

@@ -99,6 +99,7 @@ event_mailbox::event_mailbox(net::io_context& io, const config::timeouts_config&
 event_mailbox::~event_mailbox() { list_->remove(this); }
 
 void event_mailbox::push(call_event&& ev) {
+  if (!sink_bytes_.empty()) queue_sink_bytes();  // they came first
   if (ev.type == call_event::kind::head) seen_head_ = true;
   if (ev.type == call_event::kind::data) queued_bytes_ += ev.data.size();
   events_.push_back(std::move(ev));
@@ -106,6 +107,19 @@ void event_mailbox::push(call_event&& ev) {
 }
 
 void event_mailbox::add_data(std::string_view bytes) {
+  if (!sink_bytes_.empty() && sink_bytes_.size() + bytes.size() > max_spare) {
+    queue_sink_bytes();  // a large read: queued as events are (the reader gathers them into few writes)
+  } else if (!sink_bytes_.empty() ||
+             (sink_ != nullptr && holding_ && waiter_ && events_.empty() && !terminal_ && !hook_ && bytes.size() <= max_spare)) {
+    // For the sink at resume_held(): no event is made and queued for them.
+    if (sink_bytes_.empty()) {
+      sink_bytes_ = std::move(spare_);  // the reader's last string, when it gave one back
+      spare_ = std::string();
+    }
+    sink_bytes_.append(bytes);
+    wake();
+    return;
+  }
   if (!events_.empty() && events_.back().type == call_event::kind::data) {
     // Coalesce what the reader has not taken yet, up to max_spare (a size the reader's recycle()
     // gives back). A short burst grows the string as strings grow (a short buffer stays short);
@@ -140,31 +154,47 @@ void event_mailbox::resume_reader() {
 
 void event_mailbox::resume_held() {
   holding_ = false;
-  if (!std::exchange(wake_held_, false) || !waiter_) return;
-  if (sink_ != nullptr && feed_sink()) return;
+  const bool woke = std::exchange(wake_held_, false);
+  if (!woke || !waiter_) {
+    if (!sink_bytes_.empty()) queue_sink_bytes();  // no reader waits for them now
+    return;
+  }
+  if (!sink_bytes_.empty()) {
+    if (terminal_ || hook_ || !events_.empty() || sink_ == nullptr) {
+      queue_sink_bytes();  // the reader takes them, in order, with what else came
+    } else {
+      std::string bytes = std::move(sink_bytes_);
+      sink_bytes_ = std::string();
+      producer_->on_taken();
+      if (sink_->take(std::move(bytes))) {
+        // As the reader's next wait would: its silence counts from now.
+        deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_);
+        return;
+      }
+      handoff_ = true;  // next() returns a data event with no bytes
+    }
+  }
   waiter w = std::move(*waiter_);
   waiter_.reset();
   w();  // resumes the reader, which may end the call: nothing after it
 }
 
-bool event_mailbox::feed_sink() {
-  if (terminal_ || hook_ || !events_.all_data()) return false;
-  while (!events_.empty()) {
-    call_event ev = events_.pop_front();
-    queued_bytes_ -= ev.data.size();
-    producer_->on_taken();
-    if (!sink_->take(std::move(ev.data), !events_.empty())) {
-      handoff_ = true;
-      return false;
-    }
-  }
-  // As the reader's next wait would: its silence counts from now.
-  deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_);
-  return true;
+void event_mailbox::queue_sink_bytes() {
+  call_event ev;
+  ev.type = call_event::kind::data;
+  ev.data = std::move(sink_bytes_);
+  sink_bytes_ = std::string();
+  queued_bytes_ += ev.data.size();
+  events_.push_back(std::move(ev));
 }
 
 void event_mailbox::release_held() noexcept {
   holding_ = false;
+  try {
+    if (!sink_bytes_.empty()) queue_sink_bytes();
+  } catch (...) {
+    sink_bytes_.clear();  // no memory for the event: the bytes are lost with the handler that failed
+  }
   if (!std::exchange(wake_held_, false) || !waiter_) return;
   try {
     resume_reader();
@@ -202,6 +232,7 @@ void event_mailbox::on_timer() {
 
 net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
   for (;;) {
+    if (!sink_bytes_.empty()) queue_sink_bytes();  // not taken by a sink: the reader's
     if (std::exchange(handoff_, false)) {
       call_event ev;
       ev.type = call_event::kind::data;

@@ -123,20 +123,25 @@ class event_mailbox {
   }
   static constexpr std::size_t max_spare = 16 * 1024;
   /// Drops events not taken yet (a cancelled call's reader wants none of them).
-  void clear() { events_.clear(); queued_bytes_ = 0; }
+  void clear() {
+    events_.clear();
+    queued_bytes_ = 0;
+    sink_bytes_.clear();
+  }
 
   bool ended() const { return terminal_.has_value(); }
   bool seen_head() const { return seen_head_; }
   /// Bytes of data events not taken yet.
-  std::size_t queued_bytes() const { return queued_bytes_; }
+  std::size_t queued_bytes() const { return queued_bytes_ + sink_bytes_.size(); }
 
   // The consumer's side (call's interface).
 
-  bool ready() const { return !events_.empty() || terminal_.has_value(); }
-  /// While the reader waits in next(), the data events a held wake would resume it for go to
-  /// sink at resume_held() instead (when nothing but data is queued and no hook watches): the
-  /// reader stays suspended, its deadline starting again, unless the sink asks for it. Null
-  /// stops it.
+  bool ready() const { return !events_.empty() || terminal_.has_value() || !sink_bytes_.empty(); }
+  /// While the reader waits in next() with nothing queued, the bytes add_data() gets under a held
+  /// wake are kept aside (no event is made for them) and handed to sink at resume_held(), unless
+  /// an event, the terminal one or a hook came meanwhile (then they are queued as a data event,
+  /// in order): the reader stays suspended, its deadline starting again, unless the sink asks for
+  /// it. Null stops it.
   void set_sink(data_sink* sink) { sink_ = sink; }
   void on_ready(std::function<void()> hook) { hook_ = std::move(hook); }
   /// The next event: those put in, in order, then the terminal one (again on every later call).
@@ -151,8 +156,8 @@ class event_mailbox {
   using clock = boost::asio::steady_timer::clock_type;
 
   void resume_reader();
-  /// The queued data events to the sink: true when it took them all and the reader waits on.
-  bool feed_sink();
+  /// sink_bytes_ as a data event at the end of the queue (before anything put in after them).
+  void queue_sink_bytes();
   void arm(clock::time_point deadline);
   void disarm();
   void on_timer();
@@ -169,6 +174,9 @@ class event_mailbox {
   std::optional<waiter> waiter_;     // the reader, while it waits
   mailbox_producer* producer_ = nullptr;  // the waiting reader's producer
   data_sink* sink_ = nullptr;
+  // A held wake's bytes for the sink, while the reader waits with nothing queued: kept here, not
+  // made into a queued event, and handed to the sink whole at resume_held().
+  std::string sink_bytes_;
   event_mailbox* prev_listed_ = nullptr;
   event_mailbox* next_listed_ = nullptr;
   clock::time_point deadline_{};     // when the current wait's silence comes

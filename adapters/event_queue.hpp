@@ -22,13 +22,6 @@ class event_queue {
     events_.clear();
     front_ = 0;
   }
-  /// Whether every event not taken yet is data.
-  bool all_data() const {
-    for (std::size_t i = front_; i < events_.size(); ++i) {
-      if (events_[i].type != call_event::kind::data) return false;
-    }
-    return true;
-  }
   /// Precondition: !empty().
   call_event pop_front() {
     call_event ev = std::move(events_[front_++]);

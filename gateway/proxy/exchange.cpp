@@ -245,12 +245,12 @@ class exchange::stream_writer final : public adapters::data_sink {
     }
   }
 
-  bool take(std::string&& data, bool more) override {
+  bool take(std::string&& data) override {
     try {
       feed(std::move(data));
       add_events();
       if (events.buffered() > x_.ctx_.rt.cfg.server.max_event_bytes) return false;  // the loop breaks the stream
-      if (chunk.empty() || (more && chunk.size() < coalesce_chunk_bytes)) return true;
+      if (chunk.empty()) return true;
       begun = !x_.ctx_.out.write_chunk_now(chunk, sent, error);
       if (begun || error) return false;  // the loop awaits the rest, or ends
       x_.note_delivered(chunk);
