@@ -18,6 +18,7 @@
 #include <span>
 #include <vector>
 
+#include "adapters/edge_read.hpp"
 #include "adapters/event_mailbox.hpp"
 #include "adapters/op_memory.hpp"
 #include "adapters/send_now.hpp"
@@ -295,6 +296,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
                          boost::system::error_code ignored;
                          c->socket.set_option(tcp::no_delay(true), ignored);
                          c->socket.set_option(net::socket_base::keep_alive(true), ignored);
+                         enable_edge_reads(c->socket);  // else its reads try at once, as Asio's do
                          self->send();
                        });
   }
@@ -407,7 +409,9 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
       wakes.done();
     };
     // The read's state is made in read_memory_: one read is in flight at a time.
-    c.socket.async_read_some(into, net::bind_allocator(op_allocator<void>(read_memory_), std::move(done)));
+    // A read that drains the socket leaves the next one to the socket's next edge: no recv that
+    // finds nothing after each of a stream's events.
+    async_read_edge(refs_.pool.reactor(), c.socket, into, net::bind_allocator(op_allocator<void>(read_memory_), std::move(done)));
   }
 
   /// A read into answer_ (see on_body_init()).

@@ -1,5 +1,9 @@
 #include "adapters/upstream_pool.hpp"
 
+#include <type_traits>
+
+#include "adapters/edge_read.hpp"
+
 #include <algorithm>
 #include <cerrno>
 
@@ -11,7 +15,9 @@ namespace net = boost::asio;
 using clock = std::chrono::steady_clock;
 
 upstream_pool::upstream_pool(net::io_context& io, std::size_t max_idle, std::chrono::seconds max_age)
-    : io_(io), max_idle_(max_idle), max_age_(max_age) {}
+    : io_(io), reactor_(&edge_reactor(io)), max_idle_(max_idle), max_age_(max_age) {
+  static_assert(std::is_same_v<net::detail::reactor, net::detail::epoll_reactor>, "Asio's reactor is epoll's here");
+}
 
 upstream_pool::~upstream_pool() {
   for (auto& [origin, list] : idle_) {

@@ -13,6 +13,10 @@
 #include <unordered_map>
 #include <vector>
 
+namespace boost::asio::detail {
+class epoll_reactor;
+}  // namespace boost::asio::detail
+
 namespace tollgate::adapters {
 
 /// One TCP connection to an upstream and the buffer its responses are read into (kept with the
@@ -40,6 +44,8 @@ class upstream_pool {
   upstream_pool& operator=(const upstream_pool&) = delete;
 
   boost::asio::io_context& io() { return io_; }
+  /// io's reactor, for async_read_edge (adapters/edge_read.hpp).
+  boost::asio::detail::epoll_reactor& reactor() { return *reactor_; }
 
   /// The idle connection to origin ("host:port") parked last, or null when there is none. One idle
   /// for a heartbeat or more is first checked (a non-blocking peek) and skipped when the server
@@ -65,6 +71,7 @@ class upstream_pool {
   void drop(const std::string& origin, const upstream_connection* connection);
 
   boost::asio::io_context& io_;
+  boost::asio::detail::epoll_reactor* reactor_;
   std::size_t max_idle_;
   std::chrono::seconds max_age_;
   std::uint64_t parkings_ = 0;
