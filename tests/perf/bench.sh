@@ -213,20 +213,20 @@ if [ -n "${SYSCALLS:-}" ]; then
     [ -n "${pid_of[$t]:-}" ] || continue
     procs=$(echo "${pid_of[$t]}" $(pgrep -P "${pid_of[$t]}" || true) | tr ' ' ',')
     perf stat -x, -o "$work/syscalls-$t.csv" -p "$procs" -e raw_syscalls:sys_enter \
-      -e syscalls:sys_exit_recvfrom -e syscalls:sys_exit_read -e syscalls:sys_exit_readv \
+      -e syscalls:sys_exit_recvfrom -e syscalls:sys_exit_read -e syscalls:sys_exit_readv -e syscalls:sys_exit_recvmsg \
       -e syscalls:sys_exit_recvfrom --filter 'ret == -11' -e syscalls:sys_exit_read --filter 'ret == -11' \
-      -e syscalls:sys_exit_readv --filter 'ret == -11' \
+      -e syscalls:sys_exit_readv --filter 'ret == -11' -e syscalls:sys_exit_recvmsg --filter 'ret == -11' \
       -e syscalls:sys_enter_sendmsg -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendto -e syscalls:sys_enter_write \
       -e syscalls:sys_enter_epoll_wait -e syscalls:sys_enter_epoll_ctl &
     counter=$!
     read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
     kill -INT "$counter"; wait "$counter" 2>/dev/null || true
-    # The events in the order given: all, 3 reads, 3 reads with EAGAIN, 4 writes, epoll_wait, epoll_ctl.
+    # The events in the order given: all, 4 reads, 4 reads with EAGAIN, 4 writes, epoll_wait, epoll_ctl.
     awk -F, -v n="$(echo "$q * $duration" | bc -l)" -v t="$t" '
       $1 ~ /^[0-9]+$/ { v[++k] = $1 }
       END {
-        printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", t, n, v[1] / n, (v[2] + v[3] + v[4]) / n,
-          (v[5] + v[6] + v[7]) / n, (v[8] + v[9] + v[10] + v[11]) / n, v[12] / n, v[13] / n
+        printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", t, n, v[1] / n, (v[2] + v[3] + v[4] + v[5]) / n,
+          (v[6] + v[7] + v[8] + v[9]) / n, (v[10] + v[11] + v[12] + v[13]) / n, v[14] / n, v[15] / n
       }' "$work/syscalls-$t.csv"
   done
 fi
