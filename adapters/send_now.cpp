@@ -1,7 +1,9 @@
 #include "adapters/send_now.hpp"
 
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -10,7 +12,7 @@
 namespace tollgate::adapters {
 
 send_result send_now(int fd, std::span<const boost::asio::const_buffer> buffers, std::size_t max_pieces) {
-  std::array<iovec, 16> iov{};
+  std::array<iovec, 16> iov;  // only the first `count` are filled and passed
   const std::size_t limit = std::min(max_pieces, iov.size());
   std::size_t count = 0;
   for (const boost::asio::const_buffer& b : buffers) {
@@ -26,7 +28,9 @@ send_result send_now(int fd, std::span<const boost::asio::const_buffer> buffers,
   msg.msg_iovlen = count;
   ssize_t n = 0;
   do {
-    n = ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    // The system call itself: glibc's sendmsg is a cancellation point, with two calls around it,
+    // and nothing here is ever cancelled.
+    n = ::syscall(SYS_sendmsg, fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
   if (n >= 0) return {{}, static_cast<std::size_t>(n)};
   if (errno == EAGAIN || errno == EWOULDBLOCK) return {};
