@@ -510,8 +510,9 @@ std::optional<net::awaitable<bool>> admit(request_context& ctx, const protocol::
   }
 
   const std::int64_t estimate = estimate_tokens(ctx.req.body().size(), fields.max_tokens);
-  const admission adm = rt.limits->admit(*ctx.who->key, *ctx.who->state, estimate, steady_clock::now());
-  out.set_ratelimit(ratelimit_headers(*ctx.who->key, *ctx.who->state, steady_clock::now()));
+  const auto now = steady_clock::now();  // the admission and the limits it reports, at one instant
+  const admission adm = rt.limits->admit(*ctx.who->key, *ctx.who->state, estimate, now);
+  out.set_ratelimit(ratelimit_headers(*ctx.who->key, *ctx.who->state, now));
   if (!adm.admitted) {
     const api_error err{adm.status,
                         adm.status == 503                    ? "service_unavailable"
