@@ -59,6 +59,28 @@ bool run_until(net::io_context& io, const std::function<bool()>& done) {
   return done();
 }
 
+/// Reads `ours` with async_read_edge, `size` bytes at a time, until a read ends in an error (eof
+/// included): what came is in `got`, the error in `end`.
+struct read_to_end {
+  read_to_end(net::io_context& io, tcp::socket& ours, std::size_t size) : reactor(edge_reactor(io)), socket(ours), size(size) {}
+  void start() {
+    async_read_edge(reactor, socket, net::buffer(buf.data(), size), [this](boost::system::error_code ec, std::size_t n) {
+      got.append(buf.data(), n);
+      if (ec) {
+        end = ec;
+      } else {
+        start();
+      }
+    });
+  }
+  net::detail::reactor& reactor;
+  tcp::socket& socket;
+  std::size_t size;
+  std::array<char, 64> buf{};
+  std::string got;
+  std::optional<boost::system::error_code> end;
+};
+
 }  // namespace
 
 TEST_CASE("edge read: after a read that drains the socket, the next waits for the edge without trying, and bytes "
@@ -123,30 +145,17 @@ TEST_CASE("edge read: bytes and the peer's FIN that come together end in eof at 
   // waiting for an edge that never comes.
   for (const std::size_t size : {std::size_t{64}, std::size_t{4}}) {
     net::io_context io;
-    auto& reactor = edge_reactor(io);
     socket_pair s(io);
-    std::array<char, 64> buf{};
-    std::string got;
-    std::optional<boost::system::error_code> end;
-    std::function<void()> read_next = [&] {
-      async_read_edge(reactor, s.ours, net::buffer(buf.data(), size), [&](boost::system::error_code ec, std::size_t n) {
-        got.append(buf.data(), n);
-        if (ec) {
-          end = ec;
-        } else {
-          read_next();
-        }
-      });
-    };
-    read_next();
+    read_to_end r(io, s.ours, size);
+    r.start();
     io.poll();  // the read waits: the reactor will collect one edge for what follows
-    REQUIRE(got.empty());
+    REQUIRE(r.got.empty());
     net::write(s.peer, net::buffer("last", 4));
     s.peer.shutdown(tcp::socket::shutdown_send);
-    CHECK(run_until(io, [&] { return end.has_value(); }));
-    CHECK(got == "last");
-    REQUIRE(end);
-    CHECK(*end == net::error::eof);
+    CHECK(run_until(io, [&] { return r.end.has_value(); }));
+    CHECK(r.got == "last");
+    REQUIRE(r.end);
+    CHECK(*r.end == net::error::eof);
   }
 }
 
@@ -159,25 +168,12 @@ TEST_CASE("edge read: bytes and a reset that come together end in the reset at o
   for (const bool waiting : {true, false}) {
     CAPTURE(waiting);
     net::io_context io;
-    auto& reactor = edge_reactor(io);
     socket_pair s(io);
-    std::array<char, 64> buf{};
-    std::string got;
-    std::optional<boost::system::error_code> end;
-    std::function<void()> read_next = [&] {
-      async_read_edge(reactor, s.ours, net::buffer(buf), [&](boost::system::error_code ec, std::size_t n) {
-        got.append(buf.data(), n);
-        if (ec) {
-          end = ec;
-        } else {
-          read_next();
-        }
-      });
-    };
+    read_to_end r(io, s.ours, 64);
     if (waiting) {
-      read_next();
+      r.start();
       io.poll();  // the read waits for the edge
-      REQUIRE(got.empty());
+      REQUIRE(r.got.empty());
     }
     net::write(s.peer, net::buffer("last", 4));
     s.peer.set_option(net::socket_base::linger(true, 0));
@@ -190,12 +186,12 @@ TEST_CASE("edge read: bytes and a reset that come together end in the reset at o
         io.poll();  // the reactor collects the edge: no read waits for it
       }
       io.restart();
-      read_next();
+      r.start();
     }
-    CHECK(run_until(io, [&] { return end.has_value(); }));
-    CHECK(got == "last");
-    REQUIRE(end);
-    CHECK(*end == net::error::connection_reset);
+    CHECK(run_until(io, [&] { return r.end.has_value(); }));
+    CHECK(r.got == "last");
+    REQUIRE(r.end);
+    CHECK(*r.end == net::error::connection_reset);
   }
 }
 
