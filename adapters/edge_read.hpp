@@ -20,9 +20,10 @@
 //
 // Built on Asio's reactor (its detail namespace, Boost 1.81's epoll_reactor, checked below): the
 // operation is a reactor_op of our own, started as Asio starts a socket's read, and the last
-// edge's events are the ones the reactor keeps in the socket's descriptor entry. Its completion, cancellation
-// (cancel(), close()) and destruction at shutdown are the reactor's and the scheduler's, as for
-// Asio's own reads. Include only where a read is started: the header pulls in Asio's reactor.
+// edge's events are the ones the reactor keeps in the socket's descriptor entry. Its completion,
+// cancellation (cancel(), close()) and destruction at shutdown are the reactor's and the
+// scheduler's, as for Asio's own reads. Include only where a read is started: the header pulls in
+// Asio's reactor.
 #pragma once
 
 #include <boost/asio/associated_allocator.hpp>
@@ -32,10 +33,10 @@
 #include <boost/asio/detail/recycling_allocator.hpp>
 #include <boost/asio/detail/scheduler_operation.hpp>
 #include <boost/asio/detail/socket_ops.hpp>
-#include <boost/asio/version.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/version.hpp>
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>

@@ -1,13 +1,12 @@
 #include "adapters/upstream_pool.hpp"
 
-#include <type_traits>
-
-#include "adapters/edge_read.hpp"
-
 #include <algorithm>
 #include <cerrno>
+#include <type_traits>
 
 #include <sys/socket.h>
+
+#include "adapters/edge_read.hpp"
 
 namespace tollgate::adapters {
 
