@@ -112,10 +112,7 @@ void event_mailbox::add_data(std::string_view bytes) {
   } else if (!sink_bytes_.empty() ||
              (sink_ != nullptr && holding_ && waiter_ && events_.empty() && !terminal_ && !hook_ && bytes.size() <= max_spare)) {
     // For the sink at resume_held(): no event is made and queued for them.
-    if (sink_bytes_.empty()) {
-      sink_bytes_ = std::move(spare_);  // the reader's last string, when it gave one back
-      spare_ = std::string();
-    }
+    if (sink_bytes_.empty()) sink_bytes_ = std::exchange(spare_, std::string());  // the reader's last string, if given back
     sink_bytes_.append(bytes);
     wake();
     return;
@@ -163,12 +160,9 @@ void event_mailbox::resume_held() {
     if (terminal_ || hook_ || !events_.empty() || sink_ == nullptr) {
       queue_sink_bytes();  // the reader takes them, in order, with what else came
     } else {
-      std::string bytes = std::move(sink_bytes_);
-      sink_bytes_ = std::string();
       producer_->on_taken();
-      if (sink_->take(std::move(bytes))) {
-        // As the reader's next wait would: its silence counts from now.
-        deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_);
+      if (sink_->take(std::exchange(sink_bytes_, std::string()))) {
+        restart_deadline();  // as the reader's next wait would: its silence counts from now
         return;
       }
       handoff_ = true;  // next() returns a data event with no bytes
@@ -182,11 +176,12 @@ void event_mailbox::resume_held() {
 void event_mailbox::queue_sink_bytes() {
   call_event ev;
   ev.type = call_event::kind::data;
-  ev.data = std::move(sink_bytes_);
-  sink_bytes_ = std::string();
+  ev.data = std::exchange(sink_bytes_, std::string());
   queued_bytes_ += ev.data.size();
   events_.push_back(std::move(ev));
 }
+
+void event_mailbox::restart_deadline() { deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_); }
 
 void event_mailbox::release_held() noexcept {
   holding_ = false;
@@ -250,7 +245,7 @@ net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
       disarm();
       co_return *terminal_;
     }
-    deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_);
+    restart_deadline();
     if (!armed_ || timer_->expiry() > deadline_) arm(deadline_);
     silent_ = false;
     producer_ = &producer;

@@ -158,6 +158,8 @@ class event_mailbox {
   void resume_reader();
   /// sink_bytes_ as a data event at the end of the queue (before anything put in after them).
   void queue_sink_bytes();
+  /// The current wait's silence counted from now: the head's timeout, or the idle one after it.
+  void restart_deadline();
   void arm(clock::time_point deadline);
   void disarm();
   void on_timer();
