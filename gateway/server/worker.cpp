@@ -6,8 +6,11 @@
 
 #include <sys/socket.h>
 
+#include <array>
 #include <cerrno>
+#include <cstring>
 #include <iostream>
+#include <random>
 
 #include "adapters/event_mailbox.hpp"
 #include "gateway/server/session.hpp"
@@ -30,7 +33,7 @@ worker::worker(server_shared& shared, std::size_t index, const tcp::endpoint& en
       acceptor_(*io_),
       heartbeat_(*io_),
       accept_pause_(*io_),
-      rng_(std::random_device{}()) {
+      rng_{(std::uint64_t{std::random_device{}()} << 32) | std::random_device{}()} {
   acceptor_.open(endpoint.protocol());
   acceptor_.set_option(tcp::acceptor::reuse_address(true));
   int one = 1;
@@ -131,13 +134,25 @@ void worker::stop() {
   thread_.join();
 }
 
+namespace {
+/// Each byte's two hex digits, so that an id is written a byte, not a digit, at a time.
+constexpr std::array<char, 512> hex_pairs = [] {
+  constexpr char hex[] = "0123456789abcdef";
+  std::array<char, 512> t{};
+  for (std::size_t b = 0; b < 256; ++b) {
+    t[2 * b] = hex[b >> 4];
+    t[2 * b + 1] = hex[b & 0xf];
+  }
+  return t;
+}();
+}  // namespace
+
 void worker::new_request_id(std::string& id) {
-  static constexpr char hex[] = "0123456789abcdef";
   char text[28] = {'r', 'e', 'q', '_'};  // written whole, then assigned once
   char* out = text + 4;
   for (int part = 0; part < 2; ++part) {
     std::uint64_t bits = rng_();
-    for (int i = 0; i < 12; ++i, bits >>= 4) *out++ = hex[bits & 0xf];
+    for (int i = 0; i < 6; ++i, bits >>= 8, out += 2) std::memcpy(out, &hex_pairs[2 * (bits & 0xff)], 2);
   }
   id.assign(text, sizeof text);
 }
