@@ -328,6 +328,9 @@ class call {
   /// Events in order: head, zero or more data, then end or failed (failed may also come first).
   /// After end or failed, further calls return the same terminal event.
   virtual boost::asio::awaitable<call_event> next() = 0;
+  /// Takes into ev the event next() would return at once, without a coroutine (a reader's fast
+  /// path when events are queued). false: next() would wait, or the call has no such path.
+  virtual bool try_next(call_event& /*ev*/) { return false; }
   /// Stops the request now (the client went away); a waiting next() returns failed/cancelled.
   virtual void cancel() = 0;
   /// Whether next() would return at once.

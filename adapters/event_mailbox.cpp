@@ -225,26 +225,32 @@ void event_mailbox::on_timer() {
   w();  // resumes the reader, which may destroy this mailbox: nothing after it
 }
 
+bool event_mailbox::try_next(mailbox_producer& producer, call_event& ev) {
+  if (!sink_bytes_.empty()) queue_sink_bytes();  // not taken by a sink: the reader's
+  if (std::exchange(handoff_, false)) {
+    ev = call_event{};
+    ev.type = call_event::kind::data;
+    return true;
+  }
+  if (!events_.empty()) {
+    events_.pop_front_into(ev);
+    if (ev.type == call_event::kind::data) {
+      queued_bytes_ -= ev.data.size();
+      producer.on_taken();
+    }
+    return true;
+  }
+  if (terminal_) {
+    disarm();
+    ev = *terminal_;
+    return true;
+  }
+  return false;
+}
+
 net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
   for (;;) {
-    if (!sink_bytes_.empty()) queue_sink_bytes();  // not taken by a sink: the reader's
-    if (std::exchange(handoff_, false)) {
-      call_event ev;
-      ev.type = call_event::kind::data;
-      co_return ev;
-    }
-    if (!events_.empty()) {
-      call_event ev = events_.pop_front();
-      if (ev.type == call_event::kind::data) {
-        queued_bytes_ -= ev.data.size();
-        producer.on_taken();
-      }
-      co_return ev;
-    }
-    if (terminal_) {
-      disarm();
-      co_return *terminal_;
-    }
+    if (call_event ev; try_next(producer, ev)) co_return ev;
     restart_deadline();
     if (!armed_ || timer_->expiry() > deadline_) arm(deadline_);
     silent_ = false;

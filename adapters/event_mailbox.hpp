@@ -148,6 +148,8 @@ class event_mailbox {
   /// Waits while there is none, calling producer.on_silence() when the deadline passes.
   /// The mailbox and producer outlive the wait.
   boost::asio::awaitable<call_event> next(mailbox_producer& producer);
+  /// Takes into ev what next() would return without waiting; false when it would wait.
+  bool try_next(mailbox_producer& producer, call_event& ev);
 
  private:
   friend class mailbox_waiters;

@@ -24,12 +24,17 @@ class event_queue {
   }
   /// Precondition: !empty().
   call_event pop_front() {
-    call_event ev = std::move(events_[front_++]);
+    call_event ev;
+    pop_front_into(ev);
+    return ev;
+  }
+  /// pop_front() moved straight into ev (no event in between). Precondition: !empty().
+  void pop_front_into(call_event& ev) {
+    ev = std::move(events_[front_++]);
     if (front_ == events_.size()) {  // drained: reuse the storage from its start
       events_.clear();
       front_ = 0;
     }
-    return ev;
   }
 
  private:

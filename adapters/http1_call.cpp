@@ -201,6 +201,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   }
 
   net::awaitable<call_event> next() { return mailbox_.next(*this); }
+  bool try_next(call_event& ev) { return mailbox_.try_next(*this, ev); }
 
   void on_taken() override {
     if (paused_ && mailbox_.queued_bytes() < pause_above_bytes / 2) {
@@ -704,6 +705,7 @@ class http1_call final : public call {
   explicit http1_call(std::shared_ptr<transfer> t) : t_(std::move(t)) {}
   ~http1_call() override { t_->abandon(); }
   net::awaitable<call_event> next() override { return t_->next(); }
+  bool try_next(call_event& ev) override { return t_->try_next(ev); }
   void cancel() override { t_->cancel(); }
   bool ready() const override { return t_->ready(); }
   void on_ready(std::function<void()> hook) override { t_->on_ready(std::move(hook)); }

@@ -317,6 +317,7 @@ class engine_call final : public call, mailbox_producer {
   }
 
   net::awaitable<call_event> next() override { return mailbox_->next(*this); }
+  bool try_next(call_event& ev) override { return mailbox_->try_next(*this, ev); }
 
  private:
   void on_silence(bool seen_head) override {

@@ -98,6 +98,7 @@ class openai_call final : public call, mailbox_producer {
   }
 
   net::awaitable<call_event> next() override { return mailbox_.next(*this); }
+  bool try_next(call_event& ev) override { return mailbox_.try_next(*this, ev); }
 
  private:
   // Waited for curl to produce something past the first-token or idle deadline.

@@ -287,7 +287,7 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
   buffered_response res;
   const std::size_t expected = start_buffered(ev.head, res, max_upstream_body);
   for (;;) {
-    ev = co_await call.next();
+    if (!call.try_next(ev)) ev = co_await call.next();
     if (ev.type == call_event::kind::data) {
       if (res.body.empty() && ev.data.capacity() >= std::max(expected, res.body.capacity())) {
         res.body = std::move(ev.data);  // the whole answer, or its first part, with no copy
@@ -309,7 +309,8 @@ net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::ca
                             res.body.find("prompt is too long") != std::string::npos)) {
     co_return not_relayed(st, relay_kind::context_exceeded, std::move(res));
   }
-  const bool keep = co_await sink_.deliver_whole(std::move(res));
+  bool keep = false;
+  if (!sink_.deliver_whole(res, keep)) keep = co_await sink_.deliver_whole_rest();
   co_return relay_outcome{relay_kind::answered, keep, false};
 }
 

@@ -124,8 +124,12 @@ class attempt_sink {
   virtual void on_attempt(const routing::target& t) = 0;
   /// Relays a successful event stream from call, head already read.
   virtual boost::asio::awaitable<delivery> deliver_stream(adapters::call& call, const adapters::response_head& head) = 0;
-  /// Sends a whole answer (a success or a final, non-retryable error). Returns keep-alive.
-  virtual boost::asio::awaitable<bool> deliver_whole(buffered_response res) = 0;
+  /// Sends a whole answer (a success or a final, non-retryable error): at once, without a
+  /// coroutine, when the client's socket takes it all (the usual case), returning true with keep
+  /// (whether the connection stays open). false: deliver_whole_rest() writes the rest, and res
+  /// outlives it.
+  virtual bool deliver_whole(buffered_response& res, bool& keep) = 0;
+  virtual boost::asio::awaitable<bool> deliver_whole_rest() = 0;
   /// One attempt ended; outcome: "ok", "failed", "error_status" or "cancelled" (metric labels).
   virtual void on_attempt_end(const routing::target& t, const char* outcome, double first_byte_seconds) = 0;
 };

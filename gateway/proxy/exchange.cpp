@@ -211,8 +211,8 @@ void exchange::quote_names(const std::string& upstream_model) {
   rename_to_ = protocol::json_quote(fields_.model);
 }
 
-// Not a coroutine: the answer moves into the responder's frame.
-net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
+// Not a coroutine: the answer stays in the relay's frame, and a write the socket takes at once needs none.
+bool exchange::deliver_whole(buffered_response& res, bool& keep) {
   if (res.status >= 200 && res.status < 300) {
     res_.used = protocol::usage_from_json(res.body);
     if (!res_.used) res_.delivered.append(res.body);  // counted at the end, if it reaches the client
@@ -225,8 +225,10 @@ net::awaitable<bool> exchange::deliver_whole(buffered_response res) {
       }
     }
   }
-  return ctx_.out.send_buffered(std::move(res));
+  return ctx_.out.send_buffered_now(res, keep);
 }
+
+net::awaitable<bool> exchange::deliver_whole_rest() { return ctx_.out.write_pending(); }
 
 /// A stream's events and its write, shared by deliver_stream's loop and, for a client of the chat
 /// API, the call's data sink: the usual event is split, renamed and written inside the upstream
@@ -327,7 +329,8 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
   // The chat API's events are written from the upstream read's handler while this loop waits.
   const sink_scope inline_writes(call, dialect == nullptr ? &w : nullptr);
   for (;;) {
-    call_event ev = co_await call.next();
+    call_event ev;
+    if (!call.try_next(ev)) ev = co_await call.next();
     bool finished = false;
     if (ev.type == call_event::kind::data) {
       // The event's bytes become the splitter's (no copy when it holds nothing), and events are

@@ -38,7 +38,8 @@ class exchange final : public attempt_env, public attempt_sink {
   // attempt_sink
   void on_attempt(const routing::target& t) override;
   boost::asio::awaitable<delivery> deliver_stream(adapters::call& call, const adapters::response_head& head) override;
-  boost::asio::awaitable<bool> deliver_whole(buffered_response res) override;
+  bool deliver_whole(buffered_response& res, bool& keep) override;
+  boost::asio::awaitable<bool> deliver_whole_rest() override;
   void on_attempt_end(const routing::target& t, const char* outcome, double first_byte_seconds) override;
 
  private:

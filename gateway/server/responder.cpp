@@ -32,17 +32,25 @@ constexpr auto write_timeout = std::chrono::seconds(30);
 // and resume the writer from the queue. What the socket does not take goes asynchronously.
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write(
     std::span<const net::const_buffer> buffers) {
+  std::size_t sent = 0;
+  boost::system::error_code ec;
+  if (write_now(buffers, sent, ec)) co_return std::tuple{ec, sent};
+  co_return co_await write_after(buffers, sent);
+}
+
+bool responder::write_now(std::span<const net::const_buffer> buffers, std::size_t& sent, boost::system::error_code& ec) {
   // Up to 4 pieces go in the one sendmsg; more (rare) all go asynchronously.
   std::size_t total = 0, pieces = 0;
   for (const net::const_buffer& b : buffers) total += b.size(), pieces += b.size() > 0;
-  std::size_t sent = 0;
-  if (pieces <= 4 && total > 0) {
-    const adapters::send_result r = adapters::send_now(socket_.native_handle(), buffers, 4);
-    if (r.error) co_return std::tuple{r.error, std::size_t{0}};
-    sent = r.sent;
-    if (sent == total) co_return std::tuple{boost::system::error_code{}, total};
+  sent = 0;
+  if (pieces > 4 || total == 0) return false;
+  const adapters::send_result r = adapters::send_now(socket_.native_handle(), buffers, 4);
+  if (r.error) {
+    ec = r.error;  // nothing counted as written
+    return true;
   }
-  co_return co_await write_after(buffers, sent);
+  sent = r.sent;
+  return sent == total;
 }
 
 net::awaitable<std::tuple<boost::system::error_code, std::size_t>> responder::write_after(
@@ -71,16 +79,32 @@ void responder::decorate(response_head_text& head) {
 
 net::awaitable<bool> responder::write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive,
                                             std::string_view more, std::string_view last) {
+  bool keep = false;
+  if (whole_now(head, status, body, keep_alive, more, last, keep)) co_return keep;
+  co_return co_await write_pending();
+}
+
+bool responder::whole_now(response_head_text& head, int status, std::string_view body, bool keep_alive,
+                          std::string_view more, std::string_view last, bool& keep) {
   keep_alive = keep_alive && !w_.shared().draining;
   record_.status = status;
   const std::size_t content_length = body.size() + more.size() + last.size();
   // An answer to HEAD has the head of the answer to GET and no body (RFC 9110 9.3.2).
   if (head_request_) body = more = last = {};
-  const std::array<net::const_buffer, 4> buffers{net::buffer(head.finish(content_length, keep_alive)), net::buffer(body),
-                                                 net::buffer(more), net::buffer(last)};
-  auto [ec, n] = co_await write(buffers);
+  pending_ = {net::buffer(head.finish(content_length, keep_alive)), net::buffer(body), net::buffer(more),
+              net::buffer(last)};
+  pending_keep_ = keep_alive;
+  boost::system::error_code ec;
+  if (!write_now(pending_, pending_sent_, ec)) return false;
+  record_.bytes_out += pending_sent_;
+  keep = !ec && keep_alive;
+  return true;
+}
+
+net::awaitable<bool> responder::write_pending() {
+  auto [ec, n] = co_await write_after(pending_, pending_sent_);
   record_.bytes_out += n;
-  co_return !ec && keep_alive;
+  co_return !ec && pending_keep_;
 }
 
 net::awaitable<bool> responder::send(http::response<http::string_body> res, bool keep_alive) {
@@ -108,6 +132,12 @@ net::awaitable<bool> responder::send_error(const protocol::api_error& err, bool 
 }
 
 net::awaitable<bool> responder::send_buffered(buffered_response b) {
+  bool keep = false;
+  if (send_buffered_now(b, keep)) co_return keep;
+  co_return co_await write_pending();
+}
+
+bool responder::send_buffered_now(buffered_response& b, bool& keep) {
   if (b.splice_at && dialect_ != nullptr) {  // the dialect reads the body as it goes out
     b.body.replace(*b.splice_at, b.splice_size, b.splice);
     b.splice_at.reset();
@@ -127,9 +157,9 @@ net::awaitable<bool> responder::send_buffered(buffered_response b) {
   if (b.splice_at) {
     const std::string_view body = b.body;
     const std::size_t at = *b.splice_at;
-    co_return co_await write_whole(head, b.status, body.substr(0, at), true, b.splice, body.substr(at + b.splice_size));
+    return whole_now(head, b.status, body.substr(0, at), true, b.splice, body.substr(at + b.splice_size), keep);
   }
-  co_return co_await write_whole(head, b.status, b.body, true);
+  return whole_now(head, b.status, b.body, true, {}, {}, keep);
 }
 
 net::awaitable<bool> responder::start_upstream_stream(const adapters::response_head& head) {

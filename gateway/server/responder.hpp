@@ -8,6 +8,8 @@
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 
+#include <array>
+#include <cstddef>
 #include <list>
 #include <memory>
 #include <span>
@@ -71,6 +73,12 @@ class responder {
   boost::asio::awaitable<bool> send_error(const protocol::api_error& err, bool keep_alive);
   /// An upstream answer as it came (status, type, relayed headers, body).
   boost::asio::awaitable<bool> send_buffered(buffered_response b);
+  /// send_buffered without a coroutine when the client's socket takes the whole answer at once
+  /// (the usual case): true then, or on an error, with keep as send_buffered returns it. false:
+  /// write_pending() writes the rest, and b outlives it. b may be changed (the client's dialect).
+  bool send_buffered_now(buffered_response& b, bool& keep);
+  /// The rest of a whole answer that send_buffered_now() or write_whole began; returns keep-alive.
+  boost::asio::awaitable<bool> write_pending();
   /// more and last: further pieces of the body, written after it.
   boost::asio::awaitable<bool> write_whole(response_head_text& head, int status, std::string_view body, bool keep_alive,
                                            std::string_view more = {}, std::string_view last = {});
@@ -111,6 +119,13 @@ class responder {
 
  private:
   void arm(const std::shared_ptr<client_watch>& watch);
+  /// write_whole's work up to the first write: true when that write took everything (or
+  /// failed), with keep; false: pending_ holds the buffers, past pending_sent_, for write_pending().
+  bool whole_now(response_head_text& head, int status, std::string_view body, bool keep_alive, std::string_view more,
+                 std::string_view last, bool& keep);
+  /// What the socket takes of buffers at once, in one non-blocking sendmsg (up to 4 pieces):
+  /// true when that is all of them or it failed (ec); false leaves `sent` bytes written.
+  bool write_now(std::span<const boost::asio::const_buffer> buffers, std::size_t& sent, boost::system::error_code& ec);
   /// Writes buffers under the write deadline: what the socket takes at once in one non-blocking
   /// sendmsg (usually all of it), the rest asynchronously. The buffers outlive the write.
   boost::asio::awaitable<std::tuple<boost::system::error_code, std::size_t>> write(
@@ -130,6 +145,11 @@ class responder {
   std::string cors_origin_;  // the request's Origin when server.cors allows it
   std::vector<std::pair<std::string, std::string>> ratelimit_;  // x-ratelimit-* of a key with limits
   std::string head_text_;  // the answers' heads are written here, one at a time (kept: no allocation a request)
+  // A whole answer's write that the socket did not take at once: its buffers (the head in
+  // head_text_, the body the caller's), the bytes already sent, and whether the connection stays.
+  std::array<boost::asio::const_buffer, 4> pending_{};
+  std::size_t pending_sent_ = 0;
+  bool pending_keep_ = false;
   std::shared_ptr<client_watch> last_watch_;  // reused by the next watch when nothing else holds it
   char peek_byte_[1];
 };

@@ -204,11 +204,13 @@ class fake_sink final : public attempt_sink {
       if (ev.type == event::kind::failed) co_return delivery{true, true, true};
     }
   }
-  net::awaitable<bool> deliver_whole(buffered_response res) override {
+  bool deliver_whole(buffered_response& res, bool& keep) override {
     if (throw_on_deliver) throw std::runtime_error("the client's write failed badly");
     whole = std::move(res);
-    co_return true;
+    keep = true;
+    return true;
   }
+  net::awaitable<bool> deliver_whole_rest() override { co_return true; }
   void on_attempt_end(const routing::target& t, const char* outcome, double) override {
     ended.emplace_back(t.backend, outcome);
   }
