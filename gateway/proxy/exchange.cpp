@@ -205,10 +205,15 @@ bool exchange::renames_model() {
 }
 
 void exchange::quote_names(const std::string& upstream_model) {
-  if (renamed_for_ == upstream_model) return;
-  renamed_for_ = upstream_model;
-  rename_from_ = protocol::json_quote(upstream_model);
-  rename_to_ = protocol::json_quote(fields_.model);
+  auto& q = ctx_.conn.quoted;
+  if (q.upstream != upstream_model || q.client != fields_.model) {
+    q.upstream = upstream_model;
+    q.client = fields_.model;
+    q.upstream_json = protocol::json_quote(upstream_model);
+    q.client_json = protocol::json_quote(fields_.model);
+  }
+  rename_from_ = q.upstream_json;
+  rename_to_ = q.client_json;
 }
 
 // Not a coroutine: the answer stays in the relay's frame, and a write the socket takes at once needs none.

@@ -52,7 +52,7 @@ class exchange final : public attempt_env, public attempt_sink {
   bool take_usage(std::string_view event);
   /// Whether answers are renamed to the model the client asked for; prepares the literals.
   bool renames_model();
-  /// Sets the literals below for that upstream name, unless they are set for it already.
+  /// Points the literals below at that upstream name and the client's, quoted (the connection keeps them).
   void quote_names(const std::string& upstream_model);
 
   request_context& ctx_;
@@ -60,7 +60,8 @@ class exchange final : public attempt_env, public attempt_sink {
   const protocol::request_fields& fields_;
   std::string stream_options_;
   bool strip_usage_ = false;
-  std::string renamed_for_, rename_from_, rename_to_;  // the upstream name, and both as JSON literals
+  // The upstream name and the client's as JSON literals (the connection's, set by quote_names).
+  std::string_view rename_from_, rename_to_;
   std::string anthropic_beta_;  // the client's anthropic-beta fields as one list, when it sent several
 };
 

@@ -126,6 +126,11 @@ struct connection_state {
   std::string known_key;
   std::optional<principal> known_principal;
   std::vector<std::size_t> order;  ///< scratch for a route's attempt plan
+  /// The model names of the last renamed answer, the upstream's and the client's, and both as
+  /// JSON literals: a connection's requests mostly name one model, quoted once.
+  struct quoted_models {
+    std::string upstream, client, upstream_json, client_json;
+  } quoted;
 };
 
 /// Everything a handler gets: the request, a way to answer, and where its result goes.
