@@ -315,12 +315,11 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   }
 
   /// Writes the request. A request the socket takes whole (the usual case) goes in one
-  /// non-blocking sendmsg here, and the answer's first read waits for the handlers already queued:
-  /// issued at once it would find nothing (the upstream has not seen the request yet), a system
-  /// call spent before epoll reports the answer; issued after the other connections' work, it
-  /// usually finds the answer there. It costs no time when nothing else is queued. The rest of a
-  /// large request is written while the answer is read: an upstream may answer (413, say) before
-  /// it has read the whole body.
+  /// non-blocking sendmsg here, and the answer's first read is asked for at once: on a connection
+  /// whose last read drained it (an edge read, see edge_read.hpp) it waits for epoll's next edge
+  /// without trying the socket, so it costs no system call that finds nothing and no trip through
+  /// the loop's queue. The rest of a large request is written while the answer is read: an
+  /// upstream may answer (413, say) before it has read the whole body.
   void send() {
     parser_.emplace(*this);
     fast_ = false;
@@ -338,9 +337,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
       return;
     }
     if (rest_.empty()) {
-      net::post(refs_.io, [self = shared_from_this(), c = connection_] {
-        if (c == self->connection_) self->read();
-      });
+      read();
       return;
     }
     writing_ = true;
