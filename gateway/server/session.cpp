@@ -11,6 +11,7 @@
 #include <limits>
 #include <optional>
 
+#include "adapters/edge_read.hpp"
 #include "gateway/accounting/result_consumers.hpp"
 #include "gateway/server/cors.hpp"
 #include "gateway/handlers/handlers.hpp"
@@ -66,6 +67,7 @@ class session {
   session(worker& w, tcp::socket socket)
       : w_(w), socket_(std::move(socket)), entry_(w_.add_session(&socket_)), out_(w_, socket_, entry_, record_) {
     ++w_.shared().open_sessions;
+    adapters::enable_edge_reads(socket_);
   }
   ~session() {
     w_.remove_session(entry_);
@@ -73,26 +75,23 @@ class session {
   }
 
   net::awaitable<void> run() {
-    bool answered = false;
     for (;;) {
       if (w_.shared().draining) break;
       const auto rt = w_.shared().current.load();
       out_.set_deadline(rt->cfg.server.idle_timeout);
       entry_->idle = true;
-      if (answered && buffer_.size() == 0) {
-        // The client cannot have sent its next request before it read our answer: a read now
-        // would find nothing, a system call spent before epoll reports the request. Let the
-        // handlers already queued run first (no delay when there are none).
-        co_await net::post(socket_.get_executor(), net::use_awaitable);
-        // The drain may have run meanwhile: it cancels only the reads it finds waiting.
-        if (w_.shared().draining) break;
-      }
-      answered = true;
       request& req = req_;  // the connection's: its storage serves every request
       req.clear();
       beast::error_code ec;
       if (buffer_.size() == 0) {
-        auto [rec, rn] = co_await socket_.async_read_some(buffer_.prepare(beast::read_size(buffer_, 64 * 1024)), use_tuple);
+        // The client cannot have sent its next request before it read our answer: an edge read
+        // (edge_read.hpp) after the last one drained the socket waits for epoll's next edge, with
+        // no system call that finds nothing.
+        auto [rec, rn] = co_await net::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
+            [this](auto handler, net::mutable_buffer into) {
+              adapters::async_read_edge(w_.pool().reactor(), socket_, into, std::move(handler));
+            },
+            use_tuple, buffer_.prepare(beast::read_size(buffer_, 64 * 1024)));
         buffer_.commit(rn);
         ec = rec;
       }
