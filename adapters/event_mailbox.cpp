@@ -22,23 +22,9 @@ class mailbox_waiters final : public net::execution_context::service {
  public:
   inline static net::execution_context::id id;
 
-  explicit mailbox_waiters(net::io_context& io) : service(io), io_(io) {}
+  explicit mailbox_waiters(net::io_context& io) : service(io), deadlines_(io) {}
 
-  std::unique_ptr<net::steady_timer> take_timer() {
-    if (idle_timers_.empty()) return std::make_unique<net::steady_timer>(io_);
-    std::unique_ptr<net::steady_timer> t = std::move(idle_timers_.back());
-    idle_timers_.pop_back();
-    return t;
-  }
-
-  /// A cancelled wait's handler may still be queued: the timer's next user arms it afresh, and
-  /// the handler completes as aborted, as it would have. Past max_idle_timers (a burst of calls
-  /// ended) and after shutdown, the timer is destroyed.
-  void give_back(std::unique_ptr<net::steady_timer> t) {
-    t->cancel();
-    if (shut_ || idle_timers_.size() >= max_idle_timers) return;
-    idle_timers_.push_back(std::move(t));
-  }
+  loop_deadlines& deadlines() { return deadlines_; }
 
   void add(event_mailbox* m) {
     m->prev_listed_ = nullptr;
@@ -60,8 +46,7 @@ class mailbox_waiters final : public net::execution_context::service {
   void shutdown() override {
     // Destroyed while the timer service is there: it may have been made after this service,
     // and then goes first.
-    shut_ = true;
-    idle_timers_.clear();
+    deadlines_.shutdown();
     // Taken out first, then destroyed: their coroutines' frames own mailboxes, which remove
     // themselves from the list as they go.
     std::vector<event_mailbox::waiter> waiting;
@@ -73,24 +58,17 @@ class mailbox_waiters final : public net::execution_context::service {
     waiting.clear();
   }
 
-  static constexpr std::size_t max_idle_timers = 64;
-
   event_mailbox* head_ = nullptr;
-  net::io_context& io_;
-  std::vector<std::unique_ptr<net::steady_timer>> idle_timers_;
-  bool shut_ = false;
+  loop_deadlines deadlines_;
 };
 
 mailbox_waiters& mailbox_list(net::io_context& io) { return net::use_service<mailbox_waiters>(io); }
 
-loop_timer::loop_timer(mailbox_waiters& list) : list_(list), timer_(list.take_timer()) {}
-
-loop_timer::~loop_timer() { list_.give_back(std::move(timer_)); }
+loop_deadlines& deadlines_of(mailbox_waiters& list) { return list.deadlines(); }
 
 event_mailbox::event_mailbox(net::io_context& io, const config::timeouts_config& timeouts, mailbox_waiters* list)
     : io_(io.get_executor()),
       list_(list != nullptr ? list : &mailbox_list(io)),
-      timer_(*list_),
       first_token_(timeouts.first_token),
       idle_(timeouts.idle) {
   list_->add(this);
@@ -199,22 +177,13 @@ void event_mailbox::release_held() noexcept {
 }
 
 void event_mailbox::arm(clock::time_point deadline) {
-  armed_ = true;
-  timer_->expires_at(deadline);  // cancels a wait still pending: its handler touches nothing
-  timer_->async_wait([this](boost::system::error_code ec) {
-    if (!ec) on_timer();  // aborted: armed again, or the mailbox is gone
-  });
+  deadlines_of(*list_).set_at(silence_, deadline, seen_head_ ? idle_ : first_token_);
 }
 
-void event_mailbox::disarm() {
-  if (!armed_) return;
-  armed_ = false;
-  timer_->cancel();
-}
+void event_mailbox::disarm() { deadlines_of(*list_).cancel(silence_); }
 
 void event_mailbox::on_timer() {
-  armed_ = false;
-  if (!waiter_) return;  // the reader is busy: its next wait arms the timer again
+  if (!waiter_) return;  // the reader is busy: its next wait sets the deadline again
   if (clock::now() < deadline_) {
     arm(deadline_);  // armed for an earlier wait: the rest of this one's
     return;
@@ -252,7 +221,7 @@ net::awaitable<call_event> event_mailbox::next(mailbox_producer& producer) {
   for (;;) {
     if (call_event ev; try_next(producer, ev)) co_return ev;
     restart_deadline();
-    if (!armed_ || timer_->expiry() > deadline_) arm(deadline_);
+    if (!silence_.set() || silence_.at() > deadline_) arm(deadline_);
     silent_ = false;
     producer_ = &producer;
     co_await net::async_initiate<const net::use_awaitable_t<>&, void()>(

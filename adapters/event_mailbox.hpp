@@ -18,6 +18,7 @@
 
 #include "adapters/backend.hpp"
 #include "adapters/event_queue.hpp"
+#include "adapters/loop_deadlines.hpp"
 #include "config/config.hpp"
 
 namespace tollgate::adapters {
@@ -27,23 +28,8 @@ class mailbox_waiters;
 /// The list of io's mailboxes (an io_context service, made on first use). Looking it up takes
 /// the io_context's service registry lock: a loop that makes many mailboxes keeps the pointer.
 mailbox_waiters& mailbox_list(boost::asio::io_context& io);
-
-/// A steady_timer of one io_context, taken from the idle ones that its mailbox list keeps and
-/// given back, cancelled, when this is destroyed: making a timer looks Asio's timer service up
-/// under the service registry's lock, and moving one takes the reactor's lock; a kept one is used
-/// again without either. Made, used and destroyed on the io_context's thread.
-class loop_timer {
- public:
-  explicit loop_timer(mailbox_waiters& list);
-  ~loop_timer();
-  loop_timer(const loop_timer&) = delete;
-  loop_timer& operator=(const loop_timer&) = delete;
-  boost::asio::steady_timer* operator->() const { return timer_.get(); }
-
- private:
-  mailbox_waiters& list_;
-  std::unique_ptr<boost::asio::steady_timer> timer_;
-};
+/// The deadlines of the calls on list's io_context (kept with its mailboxes).
+loop_deadlines& deadlines_of(mailbox_waiters& list);
 
 /// What a mailbox asks of the call that fills it.
 class mailbox_producer {
@@ -62,10 +48,10 @@ class mailbox_producer {
 /// between them. Not thread-safe: used on the call's worker thread only (a producer on another
 /// thread posts to it), and the mailboxes of one io_context are used by one thread at a time.
 ///
-/// The deadline is lazy: a wait notes when its silence would come, and the timer is armed only
-/// when it is not armed already for that moment or earlier. A wake resumes the reader without
-/// touching the timer; a timer that fires before the current wait's deadline (armed for an
-/// earlier wait) is armed again for the rest. So a stream's events cost no timer operations.
+/// The deadline is lazy: a wait notes when its silence would come, and the loop's deadline list
+/// (loop_deadlines) is told only when it does not hold one for that moment or earlier. A wake
+/// resumes the reader without touching it; a deadline that passes before the current wait's (set
+/// for an earlier wait) is set again for the rest. So a stream's events cost no deadline changes.
 class event_mailbox {
  public:
   /// Made, used and destroyed on the io_context's thread (see the class comment). list:
@@ -166,11 +152,17 @@ class event_mailbox {
   void disarm();
   void on_timer();
 
+  struct silence final : loop_deadlines::entry {
+    explicit silence(event_mailbox& m) : owner(m) {}
+    void on_deadline() override { owner.on_timer(); }
+    event_mailbox& owner;
+  };
+
   boost::asio::io_context::executor_type io_;
   mailbox_waiters* list_;             // the io_context's mailboxes (for a shutdown with readers waiting)
   event_queue events_;
   std::optional<call_event> terminal_;
-  loop_timer timer_;                  // armed for the current wait's deadline or earlier
+  silence silence_{*this};           // set for the current wait's deadline or earlier
   config::duration first_token_;
   config::duration idle_;
   std::function<void()> hook_;
@@ -186,7 +178,6 @@ class event_mailbox {
   clock::time_point deadline_{};     // when the current wait's silence comes
   std::size_t queued_bytes_ = 0;
   bool seen_head_ = false;
-  bool armed_ = false;               // an async_wait of timer_ is pending
   bool silent_ = false;              // the current wait ended at its deadline
   bool holding_ = false;             // between hold_wakes() and resume_held()
   bool wake_held_ = false;           // a wake came while holding_

@@ -112,7 +112,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         refs_(refs),
         body_(std::move(request.body)),
         parts_(std::move(request.parts)),
-        deadline_(refs.mailboxes != nullptr ? *refs.mailboxes : mailbox_list(refs.io)),
+        deadlines_(deadlines_of(refs.mailboxes != nullptr ? *refs.mailboxes : mailbox_list(refs.io))),
         mailbox_(refs.io, origin.timeouts, refs.mailboxes),
         stream_(request.stream),
         read_size_(request.stream ? stream_read_size : read_size) {
@@ -150,17 +150,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   }
 
   void begin() {
-    deadline_->expires_after(origin_.timeouts.total);
-    deadline_->async_wait([self = shared_from_this()](boost::system::error_code ec) {
-      if (ec) return;
-      if (self->mailbox_.ended()) {
-        // Answered, but the request is still being written past the total timeout: give up on
-        // the connection.
-        if (self->pool_after_write_) self->close_connection();
-        return;
-      }
-      self->fail(failure::timeout, "upstream call exceeded the total timeout of " + millis(self->origin_.timeouts.total));
-    });
+    deadlines_.set(total_deadline_, origin_.timeouts.total);
     connection_ = refs_.pool.take(origin_.pool_key);
     if (connection_) {
       // A stream keeps its connection's buffer while it lasts: one that an earlier answer grew
@@ -353,7 +343,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
                        if (ec) self->write_failed_ = true;
                        if (self->pool_after_write_) {  // answered already: the connection is free now
                          self->pool_after_write_ = false;
-                         self->deadline_->cancel();
+                         self->deadlines_.cancel(self->total_deadline_);
                          if (ec) {
                            self->close_connection();
                          } else {
@@ -630,8 +620,20 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     close_connection();
   }
 
+  /// The total timeout passed (the deadline set in begin()).
+  void on_total_deadline() {
+    const auto self = shared_from_this();  // whatever the reader does when woken
+    if (mailbox_.ended()) {
+      // Answered, but the request is still being written past the total timeout: give up on
+      // the connection.
+      if (pool_after_write_) close_connection();
+      return;
+    }
+    fail(failure::timeout, "upstream call exceeded the total timeout of " + millis(origin_.timeouts.total));
+  }
+
   void stop_timers() {
-    deadline_->cancel();
+    deadlines_.cancel(total_deadline_);
     if (connect_timer_) connect_timer_->cancel();
     if (resolver_) resolver_->cancel();
   }
@@ -664,7 +666,13 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   std::optional<tcp::resolver> resolver_;
   std::optional<net::steady_timer> connect_timer_;
   std::chrono::steady_clock::time_point connect_deadline_;
-  loop_timer deadline_;  // the total timeout
+  struct total_deadline final : loop_deadlines::entry {
+    explicit total_deadline(transfer& t) : owner(t) {}
+    void on_deadline() override { owner.on_total_deadline(); }
+    transfer& owner;
+  };
+  loop_deadlines& deadlines_;
+  total_deadline total_deadline_{*this};  // the total timeout, set in begin()
   event_mailbox mailbox_;
   op_memory read_memory_;  // the upstream read's operation (read())
   bool got_bytes_ = false;  // the current connection sent part of an answer
