@@ -77,8 +77,8 @@ net::awaitable<void> attempt_runner::run(const routing::route& route, steady_clo
   st.how = attempts_result::end::exhausted;
 }
 
-bool attempt_runner::take_slot(const routing::target& t) {
-  if (!t.health->admit(env_.now())) return false;
+bool attempt_runner::take_slot(const routing::target& t, steady_clock::time_point now) {
+  if (!t.health->admit(now)) return false;
   if (t.health->try_begin_request(t.max_concurrency)) return true;
   t.health->record_abandoned();
   return false;
@@ -86,7 +86,10 @@ bool attempt_runner::take_slot(const routing::target& t) {
 
 net::awaitable<attempt_runner::route_end> attempt_runner::try_route(const routing::route& r, bool stream,
                                                                     attempts_result& st) {
-  env_.plan(r, env_.now(), order_);
+  // One clock reading for the plan and the first pick; a later pick reads the end of the attempt
+  // before it.
+  auto now = env_.now();
+  env_.plan(r, now, order_);
   const std::size_t n = order_.size();
   if (n == 0) co_return route_end::exhausted;  // a fallback whose backends are all disabled
   const unsigned attempts = r.retry.attempts != 0 ? r.retry.attempts : static_cast<unsigned>(n);
@@ -97,7 +100,7 @@ net::awaitable<attempt_runner::route_end> attempt_runner::try_route(const routin
     // Skip an ejected or full backend while another target may take the request.
     while (picked == nullptr) {
       const routing::target& t = r.targets[order_[pos++ % n]];
-      if (take_slot(t)) {
+      if (take_slot(t, now)) {
         picked = &t;
       } else if (++refused >= n) {
         // Every target refused: ejection is ignored, and a full backend is waited for.
@@ -124,7 +127,7 @@ net::awaitable<attempt_runner::route_end> attempt_runner::try_route(const routin
       const routing::target* second = nullptr;
       for (std::size_t k = 0; k + 1 < n && second == nullptr; ++k) {
         const routing::target& t = r.targets[order_[pos++ % n]];
-        if (&t != picked && take_slot(t)) second = &t;
+        if (&t != picked && take_slot(t, env_.now())) second = &t;
       }
       if (second != nullptr) {
         slot_guard second_slot(second->health.get());
@@ -150,8 +153,9 @@ net::awaitable<attempt_runner::route_end> attempt_runner::try_route(const routin
     st.first_byte = -1;
     sink_.on_attempt(target);
     const auto attempt_started = env_.now();
-    auto outcome = co_await relay(*call, target, stream, st);
-    st.upstream_seconds = std::chrono::duration<double>(env_.now() - attempt_started).count();
+    auto outcome = co_await relay(*call, target, stream, st, attempt_started);
+    now = env_.now();
+    st.upstream_seconds = std::chrono::duration<double>(now - attempt_started).count();
     env_.unwatch(watch);
     call.reset();
     slot.release();
@@ -261,8 +265,8 @@ bool streams(const adapters::response_head& head, bool stream) {
 /// suspension: the work between the waits is in plain functions, so that the frame stays within
 /// Asio's recycling bound and is not allocated anew each request.
 net::awaitable<attempt_runner::relay_outcome> attempt_runner::relay(adapters::call& call, const routing::target& t,
-                                                                    bool stream, attempts_result& st) {
-  const auto attempt_started = env_.now();
+                                                                    bool stream, attempts_result& st,
+                                                                    steady_clock::time_point attempt_started) {
   call_event ev = co_await call.next();
   if (ev.type == call_event::kind::failed) co_return fail(st, std::move(ev));
   const auto first_byte = env_.now() - attempt_started;

@@ -192,13 +192,14 @@ class attempt_runner {
 
   boost::asio::awaitable<route_end> try_route(const routing::route& r, bool stream, attempts_result& st);
   boost::asio::awaitable<bool> back_off(const config::retry_config& retry, const attempts_result& st);
+  /// attempt_started: when the attempt began (its first byte's time is counted from it).
   boost::asio::awaitable<relay_outcome> relay(adapters::call& call, const routing::target& t, bool stream,
-                                              attempts_result& st);
+                                              attempts_result& st, steady_clock::time_point attempt_started);
   /// The outcome of a failed attempt, its failure kept as the last one.
   static relay_outcome fail(attempts_result& st, adapters::call_event&& failure);
   /// The outcome of an answer that is not relayed (kind), kept as the last one.
   static relay_outcome not_relayed(attempts_result& st, relay_kind kind, buffered_response&& res);
-  bool take_slot(const routing::target& t);
+  bool take_slot(const routing::target& t, steady_clock::time_point now);
   static const char* outcome_label(const relay_outcome& o, bool client_gone);
 
   attempt_env& env_;
