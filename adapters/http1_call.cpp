@@ -2,7 +2,6 @@
 
 #include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/connect.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
@@ -12,8 +11,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <vector>
@@ -128,21 +129,27 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     char digits[24];
     const auto length_text = std::string_view(digits, std::to_chars(digits, digits + sizeof digits, length).ptr);
     const std::string_view verb = verb_name(request.method);
-    // Sized whole first: one allocation, and appends that never check for room twice.
+    // Sized whole first (one allocation), then the pieces copied in place.
     std::size_t size = verb.size() + 1 + origin.base_path.size() + request.path.size() +
                        (request.query.empty() ? 0 : 1 + request.query.size()) + " HTTP/1.1\r\n"sv.size() +
                        fixed.size() + 2;
     for (const auto& [name, value] : request.headers) size += name.size() + 2 + value.size() + 2;
     if (!request.request_id.empty()) size += "X-Request-Id: "sv.size() + request.request_id.size() + 2;
     if (says_length) size += "Content-Length: "sv.size() + length_text.size() + 2;
-    head_.reserve(size);
-    head_.append(verb).append(" "sv).append(origin.base_path).append(request.path);
-    if (!request.query.empty()) head_.append("?"sv).append(request.query);
-    head_.append(" HTTP/1.1\r\n"sv).append(fixed);
-    for (const auto& [name, value] : request.headers) head_.append(name).append(": "sv).append(value).append("\r\n"sv);
-    if (!request.request_id.empty()) head_.append("X-Request-Id: "sv).append(request.request_id).append("\r\n"sv);
-    if (says_length) head_.append("Content-Length: "sv).append(length_text).append("\r\n"sv);
-    head_.append("\r\n"sv);
+    head_.resize(size);
+    char* out = head_.data();
+    const auto put = [&out](std::string_view s) {
+      if (!s.empty()) std::memcpy(out, s.data(), s.size());
+      out += s.size();
+    };
+    put(verb), put(" "sv), put(origin.base_path), put(request.path);
+    if (!request.query.empty()) put("?"sv), put(request.query);
+    put(" HTTP/1.1\r\n"sv), put(fixed);
+    for (const auto& [name, value] : request.headers) put(name), put(": "sv), put(value), put("\r\n"sv);
+    if (!request.request_id.empty()) put("X-Request-Id: "sv), put(request.request_id), put("\r\n"sv);
+    if (says_length) put("Content-Length: "sv), put(length_text), put("\r\n"sv);
+    put("\r\n"sv);
+    assert(out == head_.data() + head_.size());
     // The head and the body go out in one gathered write: the body's parts are not joined.
     buffers_.push_back(net::buffer(head_));
     if (!body_.empty()) buffers_.push_back(net::buffer(body_));

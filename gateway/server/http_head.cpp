@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 
 #include "protocol/http1_head.hpp"
 
@@ -26,7 +27,18 @@ response_head_text::response_head_text(int status, std::string& storage) : text_
 }
 
 response_head_text& response_head_text::field(std::string_view name, std::string_view value) {
-  text_.append(name).append(": ").append(value).append("\r\n");
+  // Grown once, then the pieces copied: four appends would each check for room.
+  const std::size_t at = text_.size();
+  text_.resize(at + name.size() + value.size() + 4);
+  char* p = text_.data() + at;
+  if (!name.empty()) std::memcpy(p, name.data(), name.size());
+  p += name.size();
+  *p++ = ':';
+  *p++ = ' ';
+  if (!value.empty()) std::memcpy(p, value.data(), value.size());
+  p += value.size();
+  *p++ = '\r';
+  *p = '\n';
   return *this;
 }
 
