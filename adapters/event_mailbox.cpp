@@ -185,7 +185,7 @@ void event_mailbox::disarm() { deadlines_of(*list_).cancel(silence_); }
 void event_mailbox::on_timer() {
   if (!waiter_) return;  // the reader is busy: its next wait sets the deadline again
   if (clock::now() < deadline_) {
-    arm(deadline_);  // armed for an earlier wait: the rest of this one's
+    arm(deadline_);  // set for an earlier wait: the rest of this one's
     return;
   }
   silent_ = true;

@@ -69,7 +69,7 @@ TEST_CASE("loop deadlines: entries fire in deadline order across lanes, never ea
   CHECK_FALSE(a.set());  // taken off before it fired
 }
 
-TEST_CASE("loop deadlines: a deadline taken off or an entry destroyed never fires; the next one does",
+TEST_CASE("loop deadlines: a deadline taken off or an entry destroyed never fires, and the next one does",
           "[adapters][loop_deadlines]") {
   net::io_context io;
   loop_deadlines list(io);
