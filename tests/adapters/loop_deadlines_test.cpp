@@ -38,19 +38,21 @@ struct noting final : loop_deadlines::entry {
   std::vector<std::string>& log_;
 };
 
-/// Runs io until nothing is left to do or limit passes (a deadline that never fires ends the
-/// run at the limit instead of hanging).
-void run_for(net::io_context& io, std::chrono::milliseconds limit) {
-  io.restart();
-  io.run_for(limit);
-}
+/// A loop, its deadlines and the order entries fired in.
+struct loop_fixture {
+  net::io_context io;
+  loop_deadlines list{io};
+  std::vector<std::string> log;
+
+  /// Runs the loop until nothing is left to do, or 2 s (a deadline that never fires ends the run
+  /// there instead of hanging).
+  void run() { io.run_for(2s); }
+};
 
 }  // namespace
 
-TEST_CASE("loop deadlines: entries fire in deadline order across lanes, never early", "[adapters][loop_deadlines]") {
-  net::io_context io;
-  loop_deadlines list(io);
-  std::vector<std::string> log;
+TEST_CASE_METHOD(loop_fixture, "loop deadlines: entries fire in deadline order across lanes, never early",
+                 "[adapters][loop_deadlines]") {
   noting a("a", log), b("b", log), c("c", log), d("d", log);
   const auto start = clock_type::now();
   list.set(a, 60ms);
@@ -58,7 +60,7 @@ TEST_CASE("loop deadlines: entries fire in deadline order across lanes, never ea
   list.set(c, 40ms);
   list.set(d, 20ms);  // b's lane, after b
   CHECK(a.set());
-  run_for(io, 2s);
+  run();
   CHECK(log == std::vector<std::string>{"b", "d", "c", "a"});
   REQUIRE(a.fired_at);
   REQUIRE(b.fired_at);
@@ -69,11 +71,9 @@ TEST_CASE("loop deadlines: entries fire in deadline order across lanes, never ea
   CHECK_FALSE(a.set());  // taken off before it fired
 }
 
-TEST_CASE("loop deadlines: a deadline taken off or an entry destroyed never fires, and the next one does",
-          "[adapters][loop_deadlines]") {
-  net::io_context io;
-  loop_deadlines list(io);
-  std::vector<std::string> log;
+TEST_CASE_METHOD(loop_fixture,
+                 "loop deadlines: a deadline taken off or an entry destroyed never fires, and the next one does",
+                 "[adapters][loop_deadlines]") {
   noting first("first", log), later("later", log);
   auto gone = std::make_unique<noting>("gone", log);
   list.set(first, 10ms);  // the timer is armed for this one
@@ -83,47 +83,40 @@ TEST_CASE("loop deadlines: a deadline taken off or an entry destroyed never fire
   gone.reset();
   list.cancel(first);  // again: nothing
   const auto start = clock_type::now();
-  run_for(io, 2s);
+  run();
   CHECK(log == std::vector<std::string>{"later"});
   REQUIRE(later.fired_at);
   CHECK(*later.fired_at - start >= 25ms);
 }
 
-TEST_CASE("loop deadlines: setting again moves the deadline, in either direction", "[adapters][loop_deadlines]") {
-  net::io_context io;
-  loop_deadlines list(io);
-  std::vector<std::string> log;
+TEST_CASE_METHOD(loop_fixture, "loop deadlines: setting again moves the deadline, in either direction",
+                 "[adapters][loop_deadlines]") {
   noting x("x", log), y("y", log);
   const auto start = clock_type::now();
   list.set(x, 10ms);
   list.set(y, 40ms);
   list.set(x, 80ms);  // later than y now
   list.set_at(y, start + 20ms, 40ms);  // earlier, in its lane
-  run_for(io, 2s);
+  run();
   CHECK(log == std::vector<std::string>{"y", "x"});
   REQUIRE(x.fired_at);
   CHECK(*x.fired_at - start >= 80ms);
 }
 
-TEST_CASE("loop deadlines: a lane set out of order keeps its deadlines in order", "[adapters][loop_deadlines]") {
-  net::io_context io;
-  loop_deadlines list(io);
-  std::vector<std::string> log;
+TEST_CASE_METHOD(loop_fixture, "loop deadlines: a lane set out of order keeps its deadlines in order",
+                 "[adapters][loop_deadlines]") {
   std::vector<std::unique_ptr<noting>> entries;
   const auto start = clock_type::now();
   for (int ms : {50, 10, 30, 20, 40, 10}) {
     entries.push_back(std::make_unique<noting>(std::to_string(ms), log));
     list.set_at(*entries.back(), start + std::chrono::milliseconds(ms), 100ms);  // all in one lane
   }
-  run_for(io, 2s);
+  run();
   CHECK(log == std::vector<std::string>{"10", "10", "20", "30", "40", "50"});
 }
 
-TEST_CASE("loop deadlines: an entry's on_deadline may set deadlines and take others off",
-          "[adapters][loop_deadlines]") {
-  net::io_context io;
-  loop_deadlines list(io);
-  std::vector<std::string> log;
+TEST_CASE_METHOD(loop_fixture, "loop deadlines: an entry's on_deadline may set deadlines and take others off",
+                 "[adapters][loop_deadlines]") {
   noting first("first", log), victim("victim", log), again("again", log);
   int times = 0;
   again.then = [&] {
@@ -135,7 +128,7 @@ TEST_CASE("loop deadlines: an entry's on_deadline may set deadlines and take oth
   };
   list.set_at(first, clock_type::now() + 10ms, 10ms);
   list.set_at(victim, first.at(), 10ms);
-  run_for(io, 2s);
+  run();
   CHECK(log == std::vector<std::string>{"first", "again", "again", "again"});
 }
 
@@ -152,7 +145,7 @@ TEST_CASE("loop deadlines: after shutdown nothing is kept, and entries go safely
     noting after("after", log);
     list.set(after, 1ms);
     CHECK_FALSE(after.set());
-    run_for(io, 100ms);
+    io.run_for(100ms);
   }  // the list goes before `outlives`: it forgets it
   CHECK(log.empty());
   CHECK_FALSE(outlives.set());
