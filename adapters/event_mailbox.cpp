@@ -159,7 +159,7 @@ void event_mailbox::queue_sink_bytes() {
   events_.push_back(std::move(ev));
 }
 
-void event_mailbox::restart_deadline() { deadline_ = clock::now() + (seen_head_ ? idle_ : first_token_); }
+void event_mailbox::restart_deadline() { deadline_ = clock::now() + silence_after(); }
 
 void event_mailbox::release_held() noexcept {
   holding_ = false;
@@ -177,12 +177,12 @@ void event_mailbox::release_held() noexcept {
 }
 
 void event_mailbox::arm(clock::time_point deadline) {
-  deadlines_of(*list_).set_at(silence_, deadline, seen_head_ ? idle_ : first_token_);
+  deadlines_of(*list_).set_at(silence_, deadline, silence_after());
 }
 
 void event_mailbox::disarm() { deadlines_of(*list_).cancel(silence_); }
 
-void event_mailbox::on_timer() {
+void event_mailbox::on_deadline() {
   if (!waiter_) return;  // the reader is busy: its next wait sets the deadline again
   if (clock::now() < deadline_) {
     arm(deadline_);  // set for an earlier wait: the rest of this one's

@@ -148,21 +148,18 @@ class event_mailbox {
   void queue_sink_bytes();
   /// The current wait's silence counted from now: the head's timeout, or the idle one after it.
   void restart_deadline();
+  /// The current wait's silence: the head's timeout, or the idle one after it.
+  config::duration silence_after() const { return seen_head_ ? idle_ : first_token_; }
   void arm(clock::time_point deadline);
   void disarm();
-  void on_timer();
-
-  struct silence final : loop_deadlines::entry {
-    explicit silence(event_mailbox& m) : owner(m) {}
-    void on_deadline() override { owner.on_timer(); }
-    event_mailbox& owner;
-  };
+  void on_deadline();
 
   boost::asio::io_context::executor_type io_;
   mailbox_waiters* list_;             // the io_context's mailboxes (for a shutdown with readers waiting)
   event_queue events_;
   std::optional<call_event> terminal_;
-  silence silence_{*this};           // set for the current wait's deadline or earlier
+  // Set for the current wait's deadline or earlier.
+  loop_deadlines::member_entry<event_mailbox, &event_mailbox::on_deadline> silence_{*this};
   config::duration first_token_;
   config::duration idle_;
   std::function<void()> hook_;

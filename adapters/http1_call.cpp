@@ -673,13 +673,8 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   std::optional<tcp::resolver> resolver_;
   std::optional<net::steady_timer> connect_timer_;
   std::chrono::steady_clock::time_point connect_deadline_;
-  struct total_deadline final : loop_deadlines::entry {
-    explicit total_deadline(transfer& t) : owner(t) {}
-    void on_deadline() override { owner.on_total_deadline(); }
-    transfer& owner;
-  };
   loop_deadlines& deadlines_;
-  total_deadline total_deadline_{*this};  // the total timeout, set in begin()
+  loop_deadlines::member_entry<transfer, &transfer::on_total_deadline> total_deadline_{*this};  // set in begin()
   event_mailbox mailbox_;
   op_memory read_memory_;  // the upstream read's operation (read())
   bool got_bytes_ = false;  // the current connection sent part of an answer

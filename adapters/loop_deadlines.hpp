@@ -47,6 +47,17 @@ class loop_deadlines {
     clock::time_point at_{};
   };
 
+  /// An entry that calls a member function of its owner: `member_entry<T, &T::f> e{*this};` in T.
+  template <typename Owner, void (Owner::*On)()>
+  class member_entry final : public entry {
+   public:
+    explicit member_entry(Owner& owner) : owner_(owner) {}
+
+   private:
+    void on_deadline() override { (owner_.*On)(); }
+    Owner& owner_;
+  };
+
   explicit loop_deadlines(boost::asio::io_context& io);
   ~loop_deadlines();
   loop_deadlines(const loop_deadlines&) = delete;
