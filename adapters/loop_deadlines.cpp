@@ -20,9 +20,17 @@ loop_deadlines::~loop_deadlines() {
 void loop_deadlines::set_at(entry& e, clock::time_point at, clock::duration after) {
   if (e.list_ != nullptr) unlink(e);
   if (shut_) return;
-  std::size_t i = 0;
-  while (i < lanes_.size() && lanes_[i].after != after) ++i;
-  if (i == lanes_.size()) lanes_.push_back(lane{after, nullptr, nullptr});
+  std::size_t i = 0, empty = lanes_.size();
+  for (; i < lanes_.size() && lanes_[i].after != after; ++i) {
+    if (empty == lanes_.size() && lanes_[i].head == nullptr) empty = i;
+  }
+  if (i == lanes_.size()) {
+    // A duration not seen before (a reload's new timeouts): an empty lane serves it, so that the
+    // lanes stay as many as the durations in use.
+    if (empty == lanes_.size()) lanes_.emplace_back();
+    i = empty;
+    lanes_[i].after = after;
+  }
   lane& l = lanes_[i];
   // From the end: the usual place, since the lane's entries were set at earlier times.
   entry* before = l.tail;

@@ -69,6 +69,8 @@ class loop_deadlines {
   void set_at(entry& e, clock::time_point at, clock::duration after);
   /// Takes e's deadline off, if it has one.
   void cancel(entry& e);
+  /// The lists kept, one a duration in use (an empty one serves the next new duration).
+  std::size_t lanes() const { return lanes_.size(); }
   /// The io_context is shutting down: the timer goes (before the timer service does), and no
   /// deadline is kept from now on.
   void shutdown();

@@ -132,6 +132,22 @@ TEST_CASE_METHOD(loop_fixture, "loop deadlines: an entry's on_deadline may set d
   CHECK(log == std::vector<std::string>{"first", "again", "again", "again"});
 }
 
+TEST_CASE_METHOD(loop_fixture, "loop deadlines: new durations reuse empty lanes, so reloads do not grow the lists",
+                 "[adapters][loop_deadlines]") {
+  noting a("a", log), b("b", log);
+  for (int ms = 100; ms < 200; ++ms) {  // a hundred timeouts, one in use at a time
+    list.set(a, std::chrono::milliseconds(ms));
+    list.cancel(a);
+  }
+  CHECK(list.lanes() == 1);
+  list.set(a, 300ms);
+  list.set(b, 5ms);  // a second duration while the first is in use
+  CHECK(list.lanes() == 2);
+  list.cancel(a);
+  run();
+  CHECK(log == std::vector<std::string>{"b"});
+}
+
 TEST_CASE("loop deadlines: after shutdown nothing is kept, and entries go safely", "[adapters][loop_deadlines]") {
   std::vector<std::string> log;
   noting outlives("outlives", log);
