@@ -11,6 +11,8 @@
 #                   with instruction-level detail, for callgrind_annotate
 #   TARGET_MODEL=bench-model  the name the route sends upstream (default m: the answer's model is
 #                   renamed back to bench-model; the client's own name: nothing is renamed)
+#   CACHE_SIM=1     callgrind's cache simulation too (32 KB 8-way I1 and D1, 1 MB last level): the
+#                   line adds first-level instruction and data read misses a request
 #   ROUTES=10000 KEYS=10000  that many more routes and keys in the config, the measured request's
 #                   route and key written last (costs that grow with the config show)
 # With several build dirs each is measured in turn against the same upstream, one line each.
@@ -76,7 +78,9 @@ for dir in "$@"; do
     printf '  - {model: bench-model, targets: [{backend: local, model: %s}]}\n' "$target_model"
   } >"$work/tollgate.yaml"
   rm -f "$work"/callgrind.out.*
-  valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes --callgrind-out-file="$work/callgrind.out.%p" \
+  cache_sim=()
+  [ -z "${CACHE_SIM:-}" ] || cache_sim=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,16,64)
+  valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes "${cache_sim[@]}" --callgrind-out-file="$work/callgrind.out.%p" \
     "$build/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
   vg=$!
   pids+=("$vg")  # stopped on exit if the client fails
@@ -101,8 +105,12 @@ send(n)
 subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
 PY
   kill -INT "$vg"; wait "$vg" 2>/dev/null || true
-  total=$(awk '/Collected :/ {print $NF}' "$work/tollgate.log" | tail -1)
+  # Ir alone, or with the cache simulation Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+  read -r total _ _ i1 d1 _ < <(sed -n 's/.*Collected : //p' "$work/tollgate.log" | tail -1)
   [ -n "$profile_dir" ] && cp "$(ls "$work"/callgrind.out.* | head -1)" "$profile_dir/callgrind.$n.out"
   printf '%s: %d instructions a request (%s requests, prompt %s KB, answer %s KB, %s more routes, %s more keys)\n' \
     "$dir" "$((total / requests))" "$requests" "$prompt_kb" "$answer_kb" "$extra_routes" "$extra_keys"
+  if [ -n "${CACHE_SIM:-}" ]; then
+    printf '%s: %d I1 misses, %d D1 read misses a request\n' "$dir" "$((i1 / requests))" "$((d1 / requests))"
+  fi
 done
