@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The training load of the profile-guided release build (deploy/build-release.sh runs it): the
+# gateway of BUILD_DIR in front of its fake upstream, under `tollgate bench` traffic of the kinds a
+# gateway serves most (short chat requests whole and streamed, long prompts, Anthropic Messages
+# translated to chat), on loopback, about 15 seconds. Every request must succeed: a profile of
+# failing requests would optimise the error paths, so any failure fails the script. The gateway
+# is stopped with SIGTERM and must exit cleanly, which is when an instrumented build writes its
+# counters.
+#
+# usage: deploy/pgo-train.sh BUILD_DIR   (env: TRAIN_SECONDS=2, the length of each load run)
+set -euo pipefail
+build=$(cd "${1:?usage: deploy/pgo-train.sh BUILD_DIR}" && pwd)
+secs=${TRAIN_SECONDS:-2}
+for bin in tollgate tollgate-fake-upstream; do
+  [ -x "$build/$bin" ] || { echo "pgo-train: $build/$bin is not built" >&2; exit 1; }
+done
+work=$(mktemp -d)
+# Only the gateway's counters make the profile: an instrumented build's fake upstream and load
+# client write theirs under here, where they are thrown away (libgcov's GCOV_PREFIX). The client
+# shares code with the gateway, and its own work (making prompts) would otherwise dominate.
+discard="$work/discarded-counters"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+listening() {  # LOG: prints the URL the process says it listens on (waits up to 30 s)
+  local url
+  for _ in $(seq 1 300); do
+    url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$1" 2>/dev/null | head -1 | sed 's/listening on //')
+    [ -n "$url" ] && { echo "$url"; return 0; }
+    sleep 0.1
+  done
+  echo "pgo-train: nothing listening after 30 s; $1 says:" >&2
+  cat "$1" >&2
+  return 1
+}
+
+GCOV_PREFIX=$discard "$build/tollgate-fake-upstream" --port 0 >"$work/upstream.log" 2>&1 &
+pids+=($!)
+upstream=$(listening "$work/upstream.log")
+cat >"$work/gateway.yaml" <<YAML
+server:
+  listen: 127.0.0.1:0
+  threads: 1
+  access_log: off
+keys:
+  - name: train
+    key: tg-train
+backends:
+  - name: local
+    kind: openai
+    base_url: $upstream/v1
+    api_key: sk-upstream
+routes:
+  - model: m
+    targets:
+      - backend: local
+        model: m
+YAML
+"$build/tollgate" serve --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
+gateway=$!
+pids+=("$gateway")
+url=$(listening "$work/gateway.log")
+
+runs=0
+load() {  # tollgate bench arguments: one run, every request of which must succeed
+  runs=$((runs + 1))
+  local out="$work/run$runs.json"
+  GCOV_PREFIX=$discard "$build/tollgate" bench --base-url "$url/v1" --api-key tg-train --model m --duration "$secs" \
+    --quiet --json "$out" "$@" >"$work/run$runs.txt" 2>&1
+  local rate requests
+  rate=$(grep -o '"success_rate": [0-9.]*' "$out" | awk '{print $2}')
+  requests=$(grep -o '"requests": [0-9]*' "$out" | awk '{print $2}')
+  if [ "$rate" != "1.0" ] || [ "${requests:-0}" -eq 0 ]; then
+    echo "pgo-train: run $runs ($*) did not succeed in full:" >&2
+    cat "$work/run$runs.txt" >&2
+    tail -20 "$work/gateway.log" >&2
+    exit 1
+  fi
+  echo "pgo-train: $requests requests ($*)"
+}
+load --concurrency 32 --prompt-tokens 16 --max-tokens 16
+load --concurrency 32 --prompt-tokens 16 --max-tokens 16 --stream
+load --concurrency 4 --prompt-tokens 4000 --max-tokens 16
+load --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic --stream
+load --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic
+
+kill -TERM "$gateway"
+for _ in $(seq 1 200); do kill -0 "$gateway" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$gateway" 2>/dev/null; then
+  echo "pgo-train: the gateway did not stop within 20 s of SIGTERM" >&2
+  exit 1
+fi
+wait "$gateway" || { echo "pgo-train: the gateway exited with status $?" >&2; tail -20 "$work/gateway.log" >&2; exit 1; }
+pids=("${pids[@]/$gateway}")
+echo "pgo-train: done"
