@@ -14,34 +14,16 @@ secs=${TRAIN_SECONDS:-2}
 for bin in tollgate tollgate-fake-upstream; do
   [ -x "$build/$bin" ] || { echo "pgo-train: $build/$bin is not built" >&2; exit 1; }
 done
-work=$(mktemp -d)
+# work (a folder removed on exit), pids (stopped on exit), wait_listening, stop_within.
+source "$(dirname "$0")/../tests/support/procs.sh"
 # Only the gateway's counters make the profile: an instrumented build's fake upstream and load
 # client write theirs under here, where they are thrown away (libgcov's GCOV_PREFIX). The client
 # shares code with the gateway, and its own work (making prompts) would otherwise dominate.
 discard="$work/discarded-counters"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-listening() {  # LOG: prints the URL the process says it listens on (waits up to 30 s)
-  local url
-  for _ in $(seq 1 300); do
-    url=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$1" 2>/dev/null | head -1 | sed 's/listening on //')
-    [ -n "$url" ] && { echo "$url"; return 0; }
-    sleep 0.1
-  done
-  echo "pgo-train: nothing listening after 30 s; $1 says:" >&2
-  cat "$1" >&2
-  return 1
-}
 
 GCOV_PREFIX=$discard "$build/tollgate-fake-upstream" --port 0 >"$work/upstream.log" 2>&1 &
 pids+=($!)
-upstream=$(listening "$work/upstream.log")
+upstream=$(wait_listening "$work/upstream.log")
 cat >"$work/gateway.yaml" <<YAML
 server:
   listen: 127.0.0.1:0
@@ -64,7 +46,7 @@ YAML
 "$build/tollgate" serve --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
 gateway=$!
 pids+=("$gateway")
-url=$(listening "$work/gateway.log")
+url=$(wait_listening "$work/gateway.log")
 
 runs=0
 load() {  # tollgate bench arguments: one run, every request of which must succeed
@@ -89,12 +71,7 @@ load --concurrency 4 --prompt-tokens 4000 --max-tokens 16
 load --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic --stream
 load --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic
 
-kill -TERM "$gateway"
-for _ in $(seq 1 200); do kill -0 "$gateway" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$gateway" 2>/dev/null; then
-  echo "pgo-train: the gateway did not stop within 20 s of SIGTERM" >&2
-  exit 1
-fi
-wait "$gateway" || { echo "pgo-train: the gateway exited with status $?" >&2; tail -20 "$work/gateway.log" >&2; exit 1; }
+# The counters are written when the gateway exits; it must stop cleanly.
+stop_within 20 "$gateway" "$work/gateway.log"
 pids=("${pids[@]/$gateway}")
 echo "pgo-train: done"
