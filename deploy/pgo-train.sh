@@ -73,5 +73,4 @@ load --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic
 
 # The counters are written when the gateway exits; it must stop cleanly.
 stop_within 20 "$gateway" "$work/gateway.log"
-pids=("${pids[@]/$gateway}")
 echo "pgo-train: done"
