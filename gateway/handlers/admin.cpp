@@ -148,7 +148,7 @@ admin_answer admin_store_answer(worker& w, const request& req, std::string_view 
       return ok(200, {{"object", "list"}, {"data", std::move(list)}});
     }
     if (method != http::verb::post) return fail(method_not_allowed());
-    auto body = nlohmann::json::parse(req.body(), nullptr, false);
+    auto body = nlohmann::json::parse(req.body().view(), nullptr, false);
     if (body.is_discarded()) return fail(bad_request("the body is not valid JSON"));
     std::vector<std::string> taken;
     for (const auto& k : rt.cfg.keys) taken.push_back(k.name);
@@ -178,7 +178,7 @@ admin_answer admin_store_answer(worker& w, const request& req, std::string_view 
     return ok(200, {{"name", name}, {"status", "revoked"}});
   }
   if (!revoke_suffix && method == http::verb::patch) {
-    auto body = nlohmann::json::parse(req.body(), nullptr, false);
+    auto body = nlohmann::json::parse(req.body().view(), nullptr, false);
     if (body.is_discarded()) return fail(bad_request("the body is not valid JSON"));
     auto change = read_key_update(body);
     if (!change.priority) return fail(bad_request(change.error, change.param));

@@ -178,7 +178,8 @@ net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
     }
     co_return keep;
   }
-  speak(ctx, anthropic ? protocol::anthropic_client(ctx.req.body()) : protocol::responses_client(ctx.req.body()));
+  speak(ctx, anthropic ? protocol::anthropic_client(std::string(ctx.req.body().view()))
+                       : protocol::responses_client(std::string(ctx.req.body().view())));
   if (!authenticate(ctx)) co_return co_await ctx.out.send_error(unauthorized_error(ctx), true);
   auto chat = ctx.dialect->chat_request();
   if (!chat.ok()) co_return co_await ctx.out.send_error(bad_request(chat.error, chat.param), true);

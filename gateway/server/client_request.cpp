@@ -14,6 +14,39 @@ constexpr std::size_t kept_fields = 64;
 
 }  // namespace
 
+char* request_body::overwrite(std::size_t n) {
+  if (n > raw_capacity_) {
+    raw_.reset();  // given back before the larger block is taken
+    raw_capacity_ = 0;
+    raw_ = std::make_unique_for_overwrite<char[]>(n);
+    raw_capacity_ = n;
+  }
+  data_ = raw_ ? raw_.get() : "";
+  size_ = n;
+  return raw_.get();
+}
+
+request_body& request_body::operator=(std::string&& s) {
+  moved_ = std::move(s);
+  data_ = moved_.data();
+  size_ = moved_.size();
+  return *this;
+}
+
+void request_body::clear(std::size_t kept) {
+  if (raw_capacity_ > kept) {
+    raw_.reset();
+    raw_capacity_ = 0;
+  }
+  if (moved_.capacity() > kept) {
+    std::string().swap(moved_);
+  } else {
+    moved_.clear();
+  }
+  data_ = "";
+  size_ = 0;
+}
+
 bool client_request::same_letters(const char* a, const char* b, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     const char x = a[i], y = b[i];
@@ -44,11 +77,7 @@ void client_request::clear() {
   method_ = http::verb::unknown;
   version_ = 11;
   keep_alive_ = true;
-  if (body_.capacity() > kept_body_bytes) {
-    std::string().swap(body_);
-  } else {
-    body_.clear();
-  }
+  body_.clear(kept_body_bytes);
 }
 
 void client_request::set_start(std::string_view method, std::string_view target, unsigned version, bool keep_alive) {

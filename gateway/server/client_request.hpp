@@ -12,12 +12,41 @@
 
 #include <cstddef>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace tollgate::gateway {
+
+/// A request's body. Read from the client, its bytes go straight into storage that nothing fills
+/// first: sizing a std::string writes zeros over all of it (resize_and_overwrite is C++23), a
+/// memset as long as the prompt. A body made elsewhere (Beast's parser, a translation) is moved
+/// in as a string instead.
+class request_body {
+ public:
+  std::string_view view() const { return {data_, size_}; }
+  operator std::string_view() const { return view(); }
+  const char* data() const { return data_; }
+  std::size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+
+  /// Sizes it to n bytes that the caller writes, all of them, through the pointer returned
+  /// (storage this body already holds when it is large enough, else new storage, unfilled).
+  char* overwrite(std::size_t n);
+  /// Takes s as the body.
+  request_body& operator=(std::string&& s);
+  /// Empties it; storage past kept bytes is given back.
+  void clear(std::size_t kept);
+
+ private:
+  std::unique_ptr<char[]> raw_;  // what overwrite() sizes
+  std::size_t raw_capacity_ = 0;
+  std::string moved_;            // what operator= took
+  const char* data_ = "";        // into one of the two
+  std::size_t size_ = 0;
+};
 
 class client_request {
  public:
@@ -79,8 +108,8 @@ class client_request {
   unsigned version() const { return version_; }
   /// Whether the connection stays open after this request (Beast's keep_alive() of the head).
   bool keep_alive() const { return keep_alive_; }
-  std::string& body() { return body_; }
-  const std::string& body() const { return body_; }
+  request_body& body() { return body_; }
+  const request_body& body() const { return body_; }
 
   const_iterator begin() const { return fields_.data(); }
   const_iterator end() const { return fields_.data() + fields_.size(); }
@@ -131,7 +160,7 @@ class client_request {
   boost::beast::http::verb method_ = boost::beast::http::verb::unknown;
   unsigned version_ = 11;
   bool keep_alive_ = true;
-  std::string body_;
+  request_body body_;
 };
 
 }  // namespace tollgate::gateway

@@ -108,7 +108,7 @@ class session {
           // Not awaited when there is nothing to wait for (a coroutine frame each otherwise).
           if (expects_continue(req)) ec = co_await send_continue();
           const auto length = static_cast<std::size_t>(fast->content_length);
-          if (!ec && !body_from_buffer(req.body(), length)) ec = co_await read_body_rest(req.body(), length);
+          if (!ec && !body_from_buffer(req.body().overwrite(length), length)) ec = co_await read_body_rest(length);
         }
       } else if (!ec) {
         parser.emplace();
@@ -206,29 +206,35 @@ class session {
   /// what the head's read left in the buffer, then the rest from the socket in as few reads as
   /// the kernel allows. Beast's parser would read it through the connection's buffer a few KB at
   /// a time and copy each piece into the body. Whatever follows the body in the buffer (a
-  /// pipelined request) stays there.
+  /// pipelined request) stays there. Used for the heads Beast's parser read (the unusual shapes):
+  /// the body is the parser's string, zeroed as it is sized; a head of the usual shape has its
+  /// body read into the request's own storage, unfilled (body_from_buffer, read_body_rest).
   net::awaitable<beast::error_code> read_body(std::string& body, std::size_t length) {
-    if (body_from_buffer(body, length)) co_return beast::error_code{};
-    co_return co_await read_body_rest(body, length);
+    body.resize(length);
+    if (body_from_buffer(body.data(), length)) co_return beast::error_code{};
+    co_return co_await read_body_rest(length);
   }
 
-  /// read_body's first part: sizes body and copies what the buffer holds of it. true when that
-  /// is all of it (the usual case for a small body, which came with its head).
-  bool body_from_buffer(std::string& body, std::size_t length) {
-    body.resize(length);
+  /// read_body's first part: copies what the buffer holds of a body of length bytes into the
+  /// storage at into. true when that is all of it (the usual case for a small body, which came
+  /// with its head).
+  bool body_from_buffer(char* into, std::size_t length) {
+    body_at_ = into;
     const std::size_t buffered = std::min(buffer_.size(), length);
-    net::buffer_copy(net::buffer(body.data(), buffered), buffer_.data());
+    net::buffer_copy(net::buffer(into, buffered), buffer_.data());
     buffer_.consume(buffered);
     body_buffered_ = buffered;
     return buffered == length;
   }
 
-  /// read_body's second part: the rest of body, after the body_buffered_ bytes the buffer held.
-  net::awaitable<beast::error_code> read_body_rest(std::string& body, std::size_t length) {
+  /// read_body's second part: the rest of the body, after the body_buffered_ bytes the buffer
+  /// held. Until it completes, the bytes past those are unwritten: a read cut short fails the
+  /// request.
+  net::awaitable<beast::error_code> read_body_rest(std::size_t length) {
     const std::size_t buffered = body_buffered_;
     // Each read asks for all that is missing, not Asio's default of 64 KB at most.
     const auto whole = [](const boost::system::error_code& e, std::size_t) -> std::size_t { return e ? 0 : length_max; };
-    auto [ec, n] = co_await net::async_read(socket_, net::buffer(body.data() + buffered, length - buffered), whole, use_tuple);
+    auto [ec, n] = co_await net::async_read(socket_, net::buffer(body_at_ + buffered, length - buffered), whole, use_tuple);
     if (ec == net::error::eof) co_return http::error::partial_message;  // cut off mid-body
     co_return ec;
   }
@@ -280,7 +286,8 @@ class session {
   worker& w_;
   tcp::socket socket_;
   beast::flat_buffer buffer_;
-  std::size_t body_buffered_ = 0;  // bytes of the body being read that came from buffer_
+  char* body_at_ = nullptr;        // the storage of the body being read
+  std::size_t body_buffered_ = 0;  // bytes of it that came from buffer_
   std::list<worker::session_entry>::iterator entry_;
   access_record record_;  // the current request's; its strings' storage serves the next one
   request req_;           // the same

@@ -271,8 +271,26 @@ TEST_CASE("each request on a connection sees only its own head and body, whichev
   CHECK(got.starts_with("HTTP/1.1 400 "));
   CHECK_FALSE(c.closed());
 
+  // A body under the storage a connection keeps, its head and first part sent before the rest
+  // (read from the socket into the same storage, after what came with the head), then a shorter
+  // one in that storage: it must carry none of the longer one's bytes.
+  const std::string kept = R"({"model":"chat-public","messages":[{"role":"user","content":")" +
+                           std::string(3000, 'y') + R"("}]})";
+  c.send(post_head("", kept.size()) + kept.substr(0, 1000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  c.send(kept.substr(1000));
+  CHECK(answer().starts_with("HTTP/1.1 200 "));
+  const std::string shorter = R"({"model":"chat-public","messages":[{"role":"user","content":")" +
+                              std::string(100, 'z') + R"("}]})";
+  c.send(post_head("", shorter.size()) + shorter);
+  CHECK(answer().starts_with("HTTP/1.1 200 "));
+
   const auto seen = f.a.requests();
-  REQUIRE(seen.size() == 4);
+  REQUIRE(seen.size() == 6);
+  CHECK(seen[4].body.find(std::string(3000, 'y') + "\"}]") != std::string::npos);
+  CHECK(seen[5].body.find(std::string(100, 'z') + "\"}]}") != std::string::npos);
+  CHECK(seen[5].body.find('y') == std::string::npos);
+  CHECK(seen[5].body.size() < 200);
   CHECK(seen[3].body.find(std::string(20000, 'x')) != std::string::npos);
   CHECK(seen[0].body.find("\"first\"") != std::string::npos);
   CHECK(seen[1].body.find("\"second\"") != std::string::npos);
