@@ -241,12 +241,15 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     direct_ = true;
     answer_length_ = static_cast<std::size_t>(length);
     answer_.clear();
-    answer_.reserve(answer_length_);  // no reallocation below: reads go to answer_.data() + size()
+    answer_.reserve(answer_length_);  // no reallocation below: reads go to answer_.data() + filled_
+    filled_ = 0;
   }
 
   void on_body(std::string_view bytes) {
     if (direct_) {
+      answer_.resize(filled_);
       answer_.append(bytes);
+      filled_ = answer_.size();
     } else if (!bytes.empty()) {
       mailbox_.add_data(bytes);
     }
@@ -380,12 +383,12 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     net::mutable_buffer into;
     if (direct_) {
       // Sized a read at a time, so that only what arrives is touched (the length is the upstream's
-      // word); answer_ holds its whole length already, so its bytes stay where they are.
-      const std::size_t have = answer_.size();
-      const std::size_t want = std::min(answer_length_ - have, max_read_size);
-      answer_.resize(have + want);
-      last_ask_ = want;
-      into = net::buffer(answer_.data() + have, want);
+      // word); answer_ holds its whole length already, so its bytes stay where they are. Sized up
+      // only: a read that brings less than it asked for leaves the rest sized for the next one,
+      // so each byte is zeroed once (a std::string is not sized without being filled).
+      const std::size_t want = std::min(answer_length_ - filled_, max_read_size);
+      if (answer_.size() < filled_ + want) answer_.resize(filled_ + want);
+      into = net::buffer(answer_.data() + filled_, want);
     } else {
       into = c.buffer.prepare(read_size_);
     }
@@ -411,12 +414,12 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
 
   /// A read into answer_ (see on_body_init()).
   void on_direct_read(boost::system::error_code ec, std::size_t n) {
-    answer_.resize(answer_.size() - last_ask_ + n);
+    filled_ += n;
     if (ec && ec != net::error::eof) {
       fail(failure::broken, "reading from " + origin_.pool_key + " failed: " + ec.message());
       return;
     }
-    if (answer_.size() == answer_length_) {
+    if (filled_ == answer_length_) {
       finish_answer();
       // Nothing can follow the body in the buffer: reads asked for no more than its rest.
       complete(keep_alive_after(connection_->buffer.size()));
@@ -435,6 +438,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     direct_ = false;
     call_event ev;
     ev.type = call_event::kind::data;
+    answer_.resize(filled_);
     ev.data = std::move(answer_);
     mailbox_.push(std::move(ev));
   }
@@ -610,11 +614,10 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     if (direct_) {
       // The part of a direct answer that came goes before the failure, as the parsed one's would.
       direct_ = false;
-      const std::size_t filled = answer_.size() - (reading_ ? last_ask_ : 0);
-      if (filled > 0 && why != failure::cancelled) {
+      if (filled_ > 0 && why != failure::cancelled) {
         call_event part;
         part.type = call_event::kind::data;
-        part.data.assign(answer_, 0, filled);  // a copy: a read in flight still owns answer_
+        part.data.assign(answer_, 0, filled_);  // a copy: a read in flight still owns answer_
         mailbox_.push(std::move(part));
       }
     }
@@ -691,7 +694,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   bool direct_ = false;            // the answer's body is read straight into answer_
   std::string answer_;
   std::size_t answer_length_ = 0;  // its Content-Length
-  std::size_t last_ask_ = 0;       // bytes the read in flight into answer_ asked for
+  std::size_t filled_ = 0;         // bytes of answer_ read so far (past them: sized, not yet read)
   bool pool_after_write_ = false;  // answered while the request was still being written
   std::size_t read_size_;
 };
