@@ -26,6 +26,11 @@ namespace tollgate::gateway {
 /// in as a string instead.
 class request_body {
  public:
+  request_body() = default;
+  // Not copied or moved: data_ may point into moved_'s own (short string) storage.
+  request_body(const request_body&) = delete;
+  request_body& operator=(const request_body&) = delete;
+
   std::string_view view() const { return {data_, size_}; }
   operator std::string_view() const { return view(); }
   const char* data() const { return data_; }
