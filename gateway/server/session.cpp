@@ -108,7 +108,11 @@ class session {
           // Not awaited when there is nothing to wait for (a coroutine frame each otherwise).
           if (expects_continue(req)) ec = co_await send_continue();
           const auto length = static_cast<std::size_t>(fast->content_length);
-          if (!ec && !body_from_buffer(req.body().overwrite(length), length)) ec = co_await read_body_rest(length);
+          if (!ec) {
+            char* const into = req.body().overwrite(length);
+            const std::size_t got = body_from_buffer(into, length);
+            if (got < length) ec = co_await read_body_rest(into + got, length - got);
+          }
         }
       } else if (!ec) {
         parser.emplace();
@@ -211,30 +215,27 @@ class session {
   /// body read into the request's own storage, unfilled (body_from_buffer, read_body_rest).
   net::awaitable<beast::error_code> read_body(std::string& body, std::size_t length) {
     body.resize(length);
-    if (body_from_buffer(body.data(), length)) co_return beast::error_code{};
-    co_return co_await read_body_rest(length);
+    const std::size_t got = body_from_buffer(body.data(), length);
+    if (got == length) co_return beast::error_code{};
+    co_return co_await read_body_rest(body.data() + got, length - got);
   }
 
   /// read_body's first part: copies what the buffer holds of a body of length bytes into the
-  /// storage at into. true when that is all of it (the usual case for a small body, which came
-  /// with its head).
-  bool body_from_buffer(char* into, std::size_t length) {
-    body_at_ = into;
+  /// storage at into, and returns how many bytes that was (all of them, the usual case for a
+  /// small body, which came with its head).
+  std::size_t body_from_buffer(char* into, std::size_t length) {
     const std::size_t buffered = std::min(buffer_.size(), length);
     net::buffer_copy(net::buffer(into, buffered), buffer_.data());
     buffer_.consume(buffered);
-    body_buffered_ = buffered;
-    return buffered == length;
+    return buffered;
   }
 
-  /// read_body's second part: the rest of the body, after the body_buffered_ bytes the buffer
-  /// held. Until it completes, the bytes past those are unwritten: a read cut short fails the
-  /// request.
-  net::awaitable<beast::error_code> read_body_rest(std::size_t length) {
-    const std::size_t buffered = body_buffered_;
+  /// read_body's second part: the missing bytes of the body from the socket, into the storage at
+  /// into. Until it completes they are unwritten: a read cut short fails the request.
+  net::awaitable<beast::error_code> read_body_rest(char* into, std::size_t missing) {
     // Each read asks for all that is missing, not Asio's default of 64 KB at most.
     const auto whole = [](const boost::system::error_code& e, std::size_t) -> std::size_t { return e ? 0 : length_max; };
-    auto [ec, n] = co_await net::async_read(socket_, net::buffer(body_at_ + buffered, length - buffered), whole, use_tuple);
+    auto [ec, n] = co_await net::async_read(socket_, net::buffer(into, missing), whole, use_tuple);
     if (ec == net::error::eof) co_return http::error::partial_message;  // cut off mid-body
     co_return ec;
   }
@@ -286,8 +287,6 @@ class session {
   worker& w_;
   tcp::socket socket_;
   beast::flat_buffer buffer_;
-  char* body_at_ = nullptr;        // the storage of the body being read
-  std::size_t body_buffered_ = 0;  // bytes of it that came from buffer_
   std::list<worker::session_entry>::iterator entry_;
   access_record record_;  // the current request's; its strings' storage serves the next one
   request req_;           // the same
