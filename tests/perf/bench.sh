@@ -10,6 +10,9 @@
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
 #   SYSCALLS=1           after the rounds, one more run per proxy under `perf trace -s`: system calls
 #                        a request (all, reads, reads that found nothing, writes, epoll_wait)
+#   PROXY_CPUS=2 UPSTREAM_CPUS=3 CLIENT_CPUS=4   pin the proxies (nginx and every tollgate: one is
+#                        loaded at a time), the upstream and wrk each to their own cores (taskset
+#                        lists), so that on a many-core machine they do not share a core by chance
 # The upstream is nginx answering a fixed chat.completion body. Each round runs the targets back
 # to back; the table reports medians over rounds. Loopback only, bounded in time.
 set -euo pipefail
@@ -81,9 +84,15 @@ http {
   }
 }
 NGX
-nginx -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
+# Each command prefix is empty unless its cores are given (taskset execs the command, so $! stays
+# the process whose CPU time is read).
+pin_proxy=() pin_upstream=() pin_client=()
+[ -z "${PROXY_CPUS:-}" ] || pin_proxy=(taskset -c "$PROXY_CPUS")
+[ -z "${UPSTREAM_CPUS:-}" ] || pin_upstream=(taskset -c "$UPSTREAM_CPUS")
+[ -z "${CLIENT_CPUS:-}" ] || pin_client=(taskset -c "$CLIENT_CPUS")
+"${pin_upstream[@]}" nginx -p "$work/up" -c "$work/up/nginx.conf" -g 'daemon off;' &
 pids+=($!)
-nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" -g 'daemon off;' &
+"${pin_proxy[@]}" nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 declare -A pid_of   # the process whose CPU time a target's requests cost
 pid_of[nginx]=$!
@@ -115,7 +124,7 @@ routes:
 YAML
   bin="$build/tollgate"
   [ "$transport" = baseline ] && bin="$baseline/tollgate"
-  "$bin" serve --config "$work/tollgate-$transport.yaml" 2>"$work/tollgate-$transport.log" &
+  "${pin_proxy[@]}" "$bin" serve --config "$work/tollgate-$transport.yaml" 2>"$work/tollgate-$transport.log" &
   pids+=($!)
   case $transport in
     native) pid_of[tollgate]=$! ;;
@@ -142,7 +151,7 @@ LUA
 
 declare -A rps p50 p99 lat50 lat99 cpu
 run() {  # name url conns -> "rps p50 p99 errors"
-  wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
+  "${pin_client[@]}" wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
 cpu_ticks() {  # PID -> user + system clock ticks of it and its children (nginx's workers)
   local total=0 p
@@ -165,7 +174,7 @@ url_of() {
   esac
 }
 # Warm-up: connections, caches.
-for t in "${targets[@]}"; do wrk -t1 -c"$conns" -d2s -s "$work/post.lua" "$(url_of "$t")" >/dev/null 2>&1; done
+for t in "${targets[@]}"; do "${pin_client[@]}" wrk -t1 -c"$conns" -d2s -s "$work/post.lua" "$(url_of "$t")" >/dev/null 2>&1; done
 
 for r in $(seq 1 "$rounds"); do
   for t in "${targets[@]}"; do
