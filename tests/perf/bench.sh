@@ -149,14 +149,16 @@ done = function(summary, latency, requests)
 end
 LUA
 
-declare -A rps p50 p99 lat50 lat99 cpu
+declare -A rps p50 p99 lat50 lat99 cpu cpu_user
 run() {  # name url conns -> "rps p50 p99 errors"
   "${pin_client[@]}" wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
-cpu_ticks() {  # PID -> user + system clock ticks of it and its children (nginx's workers)
-  local total=0 p
+cpu_ticks() {  # PID [FIELDS] -> clock ticks of it and its children (nginx's workers): user + system, or "user"/"system"
+  local total=0 p expr='$14 + $15'
+  [ "${2:-}" = user ] && expr='$14'
+  [ "${2:-}" = system ] && expr='$15'
   for p in $1 $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    total=$((total + $(awk "{print $expr}" "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
   echo "$total"
 }
@@ -179,12 +181,15 @@ for t in "${targets[@]}"; do "${pin_client[@]}" wrk -t1 -c"$conns" -d2s -s "$wor
 for r in $(seq 1 "$rounds"); do
   for t in "${targets[@]}"; do
     before=$([ -n "${pid_of[$t]:-}" ] && cpu_ticks "${pid_of[$t]}" || echo 0)
+    before_user=$([ -n "${pid_of[$t]:-}" ] && cpu_ticks "${pid_of[$t]}" user || echo 0)
     read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
     after=$([ -n "${pid_of[$t]:-}" ] && cpu_ticks "${pid_of[$t]}" || echo 0)
+    after_user=$([ -n "${pid_of[$t]:-}" ] && cpu_ticks "${pid_of[$t]}" user || echo 0)
     [ "$e" = "0" ] || echo "warning: $t had $e errors in round $r" >&2
     rps[$t]+="$q "
     # CPU time of the proxy (user + system) over the requests it served in this run, in µs.
     cpu[$t]+="$(echo "($after - $before) * 1000000 / $hz / ($q * $duration)" | bc -l) "
+    cpu_user[$t]+="$(echo "($after_user - $before_user) * 1000000 / $hz / ($q * $duration)" | bc -l) "
     # Added latency is read at one connection, where it is not hidden behind queueing.
     read -r q a b e < <(run "$t" "$(url_of "$t")" 1)
     lat50[$t]+="$a "
@@ -196,16 +201,17 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR
 printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for latency, %s worker(s), prompt %s, answer %s\n\n' \
   "$rounds" "$duration" "$conns" "$threads" "$([ "$prompt_kb" = 0 ] && echo short || echo "~${prompt_kb} KB")" \
   "$([ "$answer_kb" = 0 ] && echo short || echo "~${answer_kb} KB")"
-printf '| path | requests/s (median) | vs nginx | CPU µs a request | p50 latency µs | p99 latency µs | added p50 µs | rounds (requests/s) |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
+printf '| path | requests/s (median) | vs nginx | CPU µs a request | of it user µs | p50 latency µs | p99 latency µs | added p50 µs | rounds (requests/s) |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
 d50=$(echo "${lat50[direct]}" | median)
 n_rps=""  # the ratio column needs nginx among the targets
 [ -n "${rps[nginx]:-}" ] && n_rps=$(echo "${rps[nginx]}" | median)
 for t in "${targets[@]}"; do
   q=$(echo "${rps[$t]}" | median); a=$(echo "${lat50[$t]}" | median); b=$(echo "${lat99[$t]}" | median)
   c=$([ -n "${pid_of[$t]:-}" ] && printf '%.0f' "$(echo "${cpu[$t]}" | median)" || echo -)
+  u=$([ -n "${pid_of[$t]:-}" ] && printf '%.1f' "$(echo "${cpu_user[$t]}" | median)" || echo -)
   r=$([ -n "$n_rps" ] && printf '%.2fx' "$(echo "$q / $n_rps" | bc -l)" || echo -)
-  printf '| %s | %.0f | %s | %s | %.0f | %.0f | %s | %s |\n' "$t" "$q" "$r" "$c" "$a" "$b" \
+  printf '| %s | %.0f | %s | %s | %s | %.0f | %.0f | %s | %s |\n' "$t" "$q" "$r" "$c" "$u" "$a" "$b" \
     "$([ "$t" = direct ] && echo - || printf '%.0f' "$(echo "$a - $d50" | bc -l)")" \
     "$(for v in ${rps[$t]}; do printf '%.0f ' "$v"; done | sed 's/ $//')"
 done
