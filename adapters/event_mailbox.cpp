@@ -1,5 +1,7 @@
 #include "adapters/event_mailbox.hpp"
 
+#include "adapters/loop_clock.hpp"
+
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -159,7 +161,7 @@ void event_mailbox::queue_sink_bytes() {
   events_.push_back(std::move(ev));
 }
 
-void event_mailbox::restart_deadline() { deadline_ = clock::now() + silence_after(); }
+void event_mailbox::restart_deadline() { deadline_ = loop_clock::now() + silence_after(); }
 
 void event_mailbox::release_held() noexcept {
   holding_ = false;

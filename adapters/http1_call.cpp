@@ -327,7 +327,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     writing_ = false;
     write_failed_ = false;
     large_request_ = false;
-    sent_at_ = std::chrono::steady_clock::now();
+    sent_at_ = loop_clock::now();
     send_now();
     std::size_t request_bytes = 0;
     for (const net::const_buffer& b : buffers_) request_bytes += b.size();

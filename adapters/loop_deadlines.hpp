@@ -15,6 +15,8 @@
 #include <memory>
 #include <vector>
 
+#include "adapters/loop_clock.hpp"
+
 namespace tollgate::adapters {
 
 /// Not thread-safe: used on the io_context's thread only.
@@ -64,7 +66,7 @@ class loop_deadlines {
   loop_deadlines& operator=(const loop_deadlines&) = delete;
 
   /// e's deadline becomes now + after (an earlier one is taken off).
-  void set(entry& e, clock::duration after) { set_at(e, clock::now() + after, after); }
+  void set(entry& e, clock::duration after) { set_at(e, loop_clock::now() + after, after); }
   /// e's deadline becomes at, which a caller took as some recent time + after.
   void set_at(entry& e, clock::time_point at, clock::duration after);
   /// Takes e's deadline off, if it has one.

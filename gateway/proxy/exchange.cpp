@@ -301,7 +301,7 @@ class sink_scope {
 }  // namespace
 
 void exchange::note_delivered(std::string_view counted) {
-  if (!res_.first_token_at) res_.first_token_at = steady_clock::now();
+  if (!res_.first_token_at) res_.first_token_at = adapters::loop_clock::now();
   // What the client has, for counting if the usage chunk never comes. Whole events: past a bound,
   // the text is taken out of those kept so far, so that a long stream is counted whole without
   // keeping all its bytes.
@@ -518,7 +518,7 @@ std::optional<net::awaitable<bool>> admit(request_context& ctx, const protocol::
   }
 
   const std::int64_t estimate = estimate_tokens(ctx.req.body().size(), fields.max_tokens);
-  const auto now = steady_clock::now();  // the admission and the limits it reports, at one instant
+  const auto now = adapters::loop_clock::now();  // the admission and the limits it reports, at one instant
   const admission adm = rt.limits->admit(*ctx.who->key, *ctx.who->state, estimate, now);
   out.set_ratelimit(ratelimit_headers(*ctx.who->key, *ctx.who->state, now));
   if (!adm.admitted) {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "adapters/loop_clock.hpp"
 #include "protocol/json_body.hpp"
 #include "gateway/proxy/attempt_runner.hpp"
 #include "gateway/server/request.hpp"
@@ -25,7 +26,7 @@ class exchange final : public attempt_env, public attempt_sink {
       : ctx_(ctx), res_(result), fields_(fields), stream_options_(std::move(stream_options)), strip_usage_(strip_usage) {}
 
   // attempt_env
-  steady_clock::time_point now() override { return steady_clock::now(); }
+  steady_clock::time_point now() override { return adapters::loop_clock::now(); }
   std::uint64_t random() override;
   void plan(const routing::route& r, steady_clock::time_point now, std::vector<std::size_t>& out) override;
   std::unique_ptr<adapters::call> start(const routing::target& t) override;

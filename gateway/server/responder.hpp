@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "adapters/loop_clock.hpp"
 #include "config/config.hpp"
 #include "gateway/observability/access_log.hpp"
 #include "protocol/errors.hpp"
@@ -112,7 +113,7 @@ class responder {
   void unwatch(const std::shared_ptr<client_watch>& watch);
 
   /// The connection's deadline: the worker's heartbeat cancels its I/O once it has passed.
-  void set_deadline(config::duration d) { entry_->deadline = std::chrono::steady_clock::now() + d; }
+  void set_deadline(config::duration d) { entry_->deadline = adapters::loop_clock::now() + d; }
   void clear_deadline() { entry_->deadline = std::chrono::steady_clock::time_point::max(); }
 
   access_record& record() { return record_; }

@@ -262,7 +262,7 @@ class session {
   /// kept), counted in flight until finish().
   template <class Req>
   request_result begin(const Req& req, const runtime& rt) {
-    const auto started = clock::now();
+    const auto started = adapters::loop_clock::now();
     const auto origin = req.find(http::field::origin);
     out_.begin(req.method() == http::verb::head,
                origin == req.end() ? std::string() : cors_allowed_origin(rt.cfg.server.cors_origins, origin->value()));

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "adapters/edge_read.hpp"
+#include "adapters/loop_clock.hpp"
 #include "adapters/op_memory.hpp"
 
 using namespace tollgate::adapters;
@@ -321,4 +322,25 @@ TEST_CASE("edge read: the read's state is made in the handler's memory and given
   CHECK(got == 5);
   CHECK_FALSE(in_use_in_handler);
   CHECK_FALSE(m.in_use());
+}
+
+TEST_CASE("edge read: the handler runs with one clock reading kept, and what runs after it reads the clock anew",
+          "[adapters][edge_read][loop_clock]") {
+  net::io_context io;
+  socket_pair s(io);
+  net::write(s.peer, net::buffer(std::string("x")));
+  std::array<char, 8> buf{};
+  std::optional<std::chrono::steady_clock::time_point> first, second;
+  async_read_edge(edge_reactor(io), s.ours, net::buffer(buf), [&](boost::system::error_code ec, std::size_t) {
+    REQUIRE_FALSE(ec);
+    first = loop_clock::now();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    second = loop_clock::now();
+  });
+  REQUIRE(run_until(io, [&] { return second.has_value(); }));
+  CHECK(*first == *second);
+  const auto after = loop_clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  CHECK(loop_clock::now() - after >= std::chrono::milliseconds(2));
+  CHECK(after - *first >= std::chrono::milliseconds(2));
 }
