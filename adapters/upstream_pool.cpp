@@ -39,10 +39,16 @@ upstream_pool::~upstream_pool() {
   }
 }
 
+upstream_pool::idle_list& upstream_pool::list_of(const std::string& origin) {
+  if (last_list_ != nullptr && *last_origin_ == origin) return *last_list_;
+  const auto it = idle_.try_emplace(origin).first;
+  last_origin_ = &it->first;
+  last_list_ = &it->second;
+  return it->second;
+}
+
 std::shared_ptr<upstream_connection> upstream_pool::take(const std::string& origin) {
-  auto it = idle_.find(origin);
-  if (it == idle_.end()) return nullptr;
-  idle_list& list = it->second;
+  idle_list& list = list_of(origin);
   while (!list.empty()) {
     std::shared_ptr<upstream_connection> c = std::move(list.back());
     list.pop_back();
@@ -64,7 +70,7 @@ std::shared_ptr<upstream_connection> upstream_pool::take(const std::string& orig
 }
 
 void upstream_pool::put(const std::string& origin, std::shared_ptr<upstream_connection> connection) {
-  idle_list& list = idle_[origin];
+  idle_list& list = list_of(origin);
   if (list.size() >= max_idle_) {
     list.front()->parking = 0;
     boost::system::error_code ignored;

@@ -69,6 +69,10 @@ class upstream_pool {
   using idle_list = std::vector<std::shared_ptr<upstream_connection>>;
   void watch(const std::string& origin, const std::shared_ptr<upstream_connection>& connection);
   void drop(const std::string& origin, const upstream_connection* connection);
+  /// origin's list, made empty the first time. The last one asked for is kept aside: a worker
+  /// sends most of its requests to one or a few origins, and comparing the origin costs less than
+  /// hashing it twice a request. The map's elements never move and are never erased.
+  idle_list& list_of(const std::string& origin);
 
   boost::asio::io_context& io_;
   boost::asio::detail::epoll_reactor* reactor_;
@@ -76,6 +80,8 @@ class upstream_pool {
   std::chrono::seconds max_age_;
   std::uint64_t parkings_ = 0;
   std::unordered_map<std::string, idle_list> idle_;
+  const std::string* last_origin_ = nullptr;  // list_of's last answer, and its key
+  idle_list* last_list_ = nullptr;
 };
 
 }  // namespace tollgate::adapters
