@@ -41,10 +41,10 @@ bool empty_array(std::string_view v) {
 // The text is scanned, never parsed into a tree: a whole answer is read on every request, and
 // only a handful of numbers are wanted from it. The whole text is checked once (an answer that is
 // not JSON has no usage to trust); the usage object inside it is then only walked.
-std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices, bool* refused) {
+std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices, bool* refused, bool look_first) {
   if (refused != nullptr) *refused = false;
   // Most stream chunks carry no usage: skip them without scanning.
-  if (find_quoted(json_text, "\"usage\"") == std::string_view::npos) return std::nullopt;
+  if (look_first && find_quoted(json_text, "\"usage\"") == std::string_view::npos) return std::nullopt;
   static constexpr std::array<std::string_view, 2> top_keys{"usage", "choices"};
   std::array<std::string_view, 2> top{};
   if (!top_level_values(json_text, top_keys, top)) return std::nullopt;

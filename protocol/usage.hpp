@@ -30,7 +30,10 @@ struct usage {
 /// A count that is present but not an integer in [0, max_reported_tokens] (negative, 1e308,
 /// INT64_MAX, "7", 12.5) makes the whole usage untrustworthy: nullopt, and *refused (when given)
 /// is set, so that the answer is counted with the tokenizer instead.
-std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices = nullptr, bool* refused = nullptr);
+/// look_first: search for the "usage" key before scanning, which spares the scan of a text that
+/// lacks it (most stream events); a whole answer, which carries it as a rule, is scanned at once.
+std::optional<usage> usage_from_json(std::string_view json_text, bool* no_choices = nullptr, bool* refused = nullptr,
+                                     bool look_first = true);
 
 /// The usage an Anthropic Messages stream reports: message_start's message.usage, then
 /// message_delta's usage, whose counts replace those it names (output_tokens, and in newer API

@@ -219,7 +219,7 @@ void exchange::quote_names(const std::string& upstream_model) {
 // Not a coroutine: the answer stays in the relay's frame, and a write the socket takes at once needs none.
 bool exchange::deliver_whole(buffered_response& res, bool& keep) {
   if (res.status >= 200 && res.status < 300) {
-    res_.used = protocol::usage_from_json(res.body);
+    res_.used = protocol::usage_from_json(res.body, nullptr, nullptr, /*look_first=*/false);
     if (!res_.used) res_.delivered.append(res.body);  // counted at the end, if it reaches the client
     if (renames_model()) {
       // Written around the old name: a large answer is not copied to make room for a longer one.

@@ -318,7 +318,8 @@ TEST_CASE("an answer cut short anywhere has no usage", "[usage][hardening]") {
 TEST_CASE("usage read from every one-byte edit of an answer agrees with nlohmann's reading", "[usage][hardening]") {
   // Deletions, insertions and replacements of the bytes where readers go wrong, at every offset of
   // an answer with escapes, UTF-8, nested objects and details: usage_from_json must give what the
-  // reference reads (nothing when the text is not JSON), count for count.
+  // reference reads (nothing when the text is not JSON), count for count, whether it looks for the
+  // key first (stream events) or scans at once (whole answers).
   const std::string answer =
       R"({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,)"
       R"("message":{"role":"assistant","content":"ok \"q\" \\ \u00e9 )" "\xe4\xb8\xad\xf0\x9f\x98\x80" R"( {\"usage\":[1]}"},)"
@@ -334,6 +335,9 @@ TEST_CASE("usage read from every one-byte edit of an answer agrees with nlohmann
     INFO(nlohmann::json(text).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace));
     REQUIRE(same(got, expected));
     REQUIRE(refused == expected_refused);
+    bool scanned_refused = false;
+    REQUIRE(same(usage_from_json(text, nullptr, &scanned_refused, /*look_first=*/false), expected));
+    REQUIRE(scanned_refused == expected_refused);
     ++checked;
     if (got) ++with_usage;
   };
