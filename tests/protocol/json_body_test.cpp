@@ -822,7 +822,7 @@ TEST_CASE("top_level_values records every member of objects of any size, whateve
 }
 
 TEST_CASE("long strings are checked in blocks: every kind of byte at every offset", "[json_body]") {
-  // Strings are skipped 16 and 64 bytes at a time: each byte that needs a look (the closing quote,
+  // Strings are skipped 16, 64 and 128 bytes at a time: each byte that needs a look (the closing quote,
   // an escape, a control character, UTF-8, good or bad) is put at every offset of a long string,
   // near its end too, and the verdict compared with nlohmann's.
   const std::vector<std::string> specials = {
@@ -831,7 +831,7 @@ TEST_CASE("long strings are checked in blocks: every kind of byte at every offse
       "\xc3",      "\x80",     "\xff",      "\xe4\xb8",      "\xed\xa0\x80",   "\xc0\xaf",     "\xf4\x90\x80\x80",
       "\xe4\xb8\xad\xe6\x96\x87\xe4\xb8\xad"};
   int checked = 0;
-  for (const std::size_t length : {15, 16, 17, 31, 32, 33, 63, 64, 65, 80, 95, 96, 97, 129, 200}) {
+  for (const std::size_t length : {15, 16, 17, 31, 32, 33, 63, 64, 65, 80, 95, 96, 97, 129, 143, 144, 145, 200, 271, 272, 273, 300}) {
     for (std::size_t at = 0; at <= length; ++at) {
       for (const auto& special : specials) {
         std::string content(length, 'a');
