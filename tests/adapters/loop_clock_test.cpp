@@ -19,7 +19,7 @@ TEST_CASE("loop clock: outside a scope every reading is the clock's", "[adapters
   CHECK(loop_clock::now() >= b);
 }
 
-TEST_CASE("loop clock: a scope keeps its first reading; a nested scope takes its own and gives the outer one back",
+TEST_CASE("loop clock: a scope keeps its first reading, and a nested scope takes its own and gives the outer one back",
           "[adapters][loop_clock]") {
   const auto before = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point outer;
