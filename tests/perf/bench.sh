@@ -8,8 +8,9 @@
 #   ANSWER_KB=1024       the upstream's answer padded to about that many KB (default: 200 bytes)
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
-#   SYSCALLS=1           after the rounds, one more run per proxy under `perf trace -s`: system calls
-#                        a request (all, reads, reads that found nothing, writes, epoll_wait)
+#   SYSCALLS=1           after the rounds, one more run per proxy under `perf stat`: system calls a
+#                        request (all, reads, reads that found nothing, writes, epoll_wait, epoll_ctl),
+#                        context switches and page faults a request
 #   PROXY_CPUS=2 UPSTREAM_CPUS=3 CLIENT_CPUS=4   pin the proxies (nginx and every tollgate: one is
 #                        loaded at a time), the upstream and wrk each to their own cores (taskset
 #                        lists), so that on a many-core machine they do not share a core by chance
@@ -153,10 +154,9 @@ declare -A rps p50 p99 lat50 lat99 cpu cpu_user
 run() {  # name url conns -> "rps p50 p99 errors"
   "${pin_client[@]}" wrk -t1 -c"$3" -d"${duration}s" -s "$work/post.lua" "$2" 2>/dev/null | awk '/^RESULT/ {print $2, $3, $4, $5}'
 }
-cpu_ticks() {  # PID [FIELDS] -> clock ticks of it and its children (nginx's workers): user + system, or "user"/"system"
+cpu_ticks() {  # PID [user] -> clock ticks of it and its children (nginx's workers): user + system, or user only
   local total=0 p expr='$14 + $15'
   [ "${2:-}" = user ] && expr='$14'
-  [ "${2:-}" = system ] && expr='$15'
   for p in $1 $(pgrep -P "$1" || true); do
     total=$((total + $(awk "{print $expr}" "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
@@ -222,8 +222,8 @@ done
 if [ -n "${SYSCALLS:-}" ]; then
   command -v perf >/dev/null || { echo "SYSCALLS=1 needs perf"; exit 1; }
   printf '\nSystem calls a request (perf stat over %ss at %s connections)\n\n' "$duration" "$conns"
-  printf '| path | requests | all | reads | reads that found nothing | writes | epoll_wait | epoll_ctl |\n'
-  printf '|---|---|---|---|---|---|---|---|\n'
+  printf '| path | requests | all | reads | reads that found nothing | writes | epoll_wait | epoll_ctl | context switches | page faults |\n'
+  printf '|---|---|---|---|---|---|---|---|---|---|\n'
   for t in "${targets[@]}"; do
     [ -n "${pid_of[$t]:-}" ] || continue
     procs=$(echo "${pid_of[$t]}" $(pgrep -P "${pid_of[$t]}" || true) | tr ' ' ',')
@@ -232,16 +232,17 @@ if [ -n "${SYSCALLS:-}" ]; then
       -e syscalls:sys_exit_recvfrom --filter 'ret == -11' -e syscalls:sys_exit_read --filter 'ret == -11' \
       -e syscalls:sys_exit_readv --filter 'ret == -11' -e syscalls:sys_exit_recvmsg --filter 'ret == -11' \
       -e syscalls:sys_enter_sendmsg -e syscalls:sys_enter_writev -e syscalls:sys_enter_sendto -e syscalls:sys_enter_write \
-      -e syscalls:sys_enter_epoll_wait -e syscalls:sys_enter_epoll_ctl &
+      -e syscalls:sys_enter_epoll_wait -e syscalls:sys_enter_epoll_ctl -e context-switches -e page-faults &
     counter=$!
     read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
     kill -INT "$counter"; wait "$counter" 2>/dev/null || true
-    # The events in the order given: all, 4 reads, 4 reads with EAGAIN, 4 writes, epoll_wait, epoll_ctl.
+    # The events in the order given: all, 4 reads, 4 reads with EAGAIN, 4 writes, epoll_wait, epoll_ctl,
+    # context switches, page faults.
     awk -F, -v n="$(echo "$q * $duration" | bc -l)" -v t="$t" '
       $1 ~ /^[0-9]+$/ { v[++k] = $1 }
       END {
-        printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", t, n, v[1] / n, (v[2] + v[3] + v[4] + v[5]) / n,
-          (v[6] + v[7] + v[8] + v[9]) / n, (v[10] + v[11] + v[12] + v[13]) / n, v[14] / n, v[15] / n
+        printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |\n", t, n, v[1] / n, (v[2] + v[3] + v[4] + v[5]) / n,
+          (v[6] + v[7] + v[8] + v[9]) / n, (v[10] + v[11] + v[12] + v[13]) / n, v[14] / n, v[15] / n, v[16] / n, v[17] / n
       }' "$work/syscalls-$t.csv"
   done
 fi
