@@ -42,10 +42,15 @@ class request_body {
   char* overwrite(std::size_t n);
   /// Takes s as the body.
   request_body& operator=(std::string&& s);
-  /// Empties it; storage past kept bytes is given back.
+  /// Empties it; storage past kept bytes is given back (a large block to this thread's shelf,
+  /// where the next large body written on this thread finds it).
   void clear(std::size_t kept);
+  /// Bytes this thread's shelf holds for large bodies.
+  static std::size_t shelved_bytes();
 
  private:
+  void release_raw();
+
   std::unique_ptr<char[]> raw_;  // what overwrite() sizes
   std::size_t raw_capacity_ = 0;
   std::string moved_;            // what operator= took
