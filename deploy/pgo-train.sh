@@ -5,12 +5,14 @@
 # translated to chat), on loopback, about 15 seconds. Every request must succeed: a profile of
 # failing requests would optimise the error paths, so any failure fails the script. The gateway
 # is stopped with SIGTERM and must exit cleanly, which is when an instrumented build writes its
-# counters.
+# counters. Short requests go to a route that keeps the model's name and to one that renames it.
 #
-# usage: deploy/pgo-train.sh BUILD_DIR   (env: TRAIN_SECONDS=2, the length of each load run)
+# usage: deploy/pgo-train.sh BUILD_DIR   (env: TRAIN_SECONDS=2, the length of each load run;
+#   TRAIN_CLIENT=BINARY, the tollgate that sends the load, default BUILD_DIR/tollgate)
 set -euo pipefail
 build=$(cd "${1:?usage: deploy/pgo-train.sh BUILD_DIR}" && pwd)
 secs=${TRAIN_SECONDS:-2}
+client=${TRAIN_CLIENT:-$build/tollgate}
 for bin in tollgate tollgate-fake-upstream; do
   [ -x "$build/$bin" ] || { echo "pgo-train: $build/$bin is not built" >&2; exit 1; }
 done
@@ -42,6 +44,10 @@ routes:
     targets:
       - backend: local
         model: m
+  - model: r  # sent upstream as another name and renamed back, as most deployments' routes are
+    targets:
+      - backend: local
+        model: upstream-r
 YAML
 "$build/tollgate" serve --config "$work/gateway.yaml" >"$work/gateway.log" 2>&1 &
 gateway=$!
@@ -49,10 +55,12 @@ pids+=("$gateway")
 url=$(wait_listening "$work/gateway.log")
 
 runs=0
-load() {  # tollgate bench arguments: one run, every request of which must succeed
+load() {  # MODEL, then tollgate bench arguments: one run, every request of which must succeed
+  local model=$1
+  shift
   runs=$((runs + 1))
   local out="$work/run$runs.json"
-  GCOV_PREFIX=$discard "$build/tollgate" bench --base-url "$url/v1" --api-key tg-train --model m --duration "$secs" \
+  GCOV_PREFIX=$discard "$client" bench --base-url "$url/v1" --api-key tg-train --model "$model" --duration "$secs" \
     --quiet --json "$out" "$@" >"$work/run$runs.txt" 2>&1
   local rate requests
   rate=$(grep -o '"success_rate": [0-9.]*' "$out" | awk '{print $2}')
@@ -63,13 +71,15 @@ load() {  # tollgate bench arguments: one run, every request of which must succe
     tail -20 "$work/gateway.log" >&2
     exit 1
   fi
-  echo "pgo-train: $requests requests ($*)"
+  echo "pgo-train: $requests requests (--model $model $*)"
 }
-load --concurrency 32 --prompt-tokens 16 --max-tokens 16
-load --concurrency 32 --prompt-tokens 16 --max-tokens 16 --stream
-load --concurrency 4 --prompt-tokens 4000 --max-tokens 16
-load --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic --stream
-load --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic
+load r --concurrency 32 --prompt-tokens 16 --max-tokens 16
+load m --concurrency 32 --prompt-tokens 16 --max-tokens 16
+load r --concurrency 32 --prompt-tokens 16 --max-tokens 16 --stream
+load m --concurrency 32 --prompt-tokens 16 --max-tokens 16 --stream
+load r --concurrency 4 --prompt-tokens 4000 --max-tokens 16
+load m --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic --stream
+load m --concurrency 8 --prompt-tokens 64 --max-tokens 16 --api anthropic
 
 # The counters are written when the gateway exits; it must stop cleanly.
 stop_within 20 "$gateway" "$work/gateway.log"
