@@ -5,6 +5,8 @@
 #
 # Usage: tests/perf/bench.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=8 CONNS=32 THREADS=1)
 #   PROMPT_KB=100        the user message padded to about that many KB (default: a short one)
+#   PROMPT_TEXT=...      what the prompt is padded with (default "lorem ipsum dolor sit amet "; no
+#                        quotes or backslashes), e.g. Chinese text, whose bytes are all multi-byte UTF-8
 #   ANSWER_KB=1024       the upstream's answer padded to about that many KB (default: 200 bytes)
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
@@ -23,6 +25,7 @@ duration=${DURATION:-8}
 conns=${CONNS:-32}
 threads=${THREADS:-1}   # tollgate worker threads and nginx worker processes, kept equal
 prompt_kb=${PROMPT_KB:-0}
+prompt_text=${PROMPT_TEXT:-lorem ipsum dolor sit amet }
 answer_kb=${ANSWER_KB:-0}
 baseline=${BASELINE:+$(cd "$BASELINE" && pwd)}
 source "$(dirname "$0")/../support/procs.sh"
@@ -140,7 +143,7 @@ tg_curl_url=$(wait_listening "$work/tollgate-curl.log")
 cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?' ..
-  string.rep("lorem ipsum dolor sit amet ", math.floor($prompt_kb * 1024 / 27)) .. '"}],"max_tokens":16}'
+  string.rep('$prompt_text', math.floor($prompt_kb * 1024 / #'$prompt_text')) .. '"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer tg-bench"
 done = function(summary, latency, requests)
