@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
@@ -443,6 +445,27 @@ class json_scanner {
       // Non-ASCII text (CJK, say) is mostly multi-byte sequences in a row: checked here in one
       // loop, without going back to the plain-byte skip for each.
       while (p < end && static_cast<unsigned char>(*p) >= 0x80) {
+        if constexpr (std::endian::native == std::endian::little) {
+          // Three-byte sequences in a row (CJK text is nearly all of them), one 4-byte load each:
+          // a lead byte E1-EC or EE-EF and two continuation bytes, as the inline case below.
+          while (end - p >= 8) {  // two at a time
+            std::uint64_t w;
+            std::memcpy(&w, p, 8);
+            if ((w & 0x0000C0C0F0C0C0F0u) != 0x00008080E08080E0u) break;
+            const unsigned low0 = w & 0x0Fu, low1 = (w >> 24) & 0x0Fu;
+            if (low0 == 0x0 || low0 == 0xD || low1 == 0x0 || low1 == 0xD) break;
+            p += 6;
+          }
+          while (end - p >= 4) {
+            std::uint32_t w;
+            std::memcpy(&w, p, 4);
+            if ((w & 0x00C0C0F0u) != 0x008080E0u) break;  // E0-EF, 80-BF, 80-BF
+            const unsigned low = w & 0x0Fu;
+            if (low == 0x0 || low == 0xD) break;  // E0 and ED: their second byte's range is narrower
+            p += 3;
+          }
+          if (p >= end || static_cast<unsigned char>(*p) < 0x80) break;
+        }
         const auto c = static_cast<unsigned char>(*p);
         // The common sequences first, inline: two bytes from C2-DF, and three from E1-EC or
         // EE-EF (their second byte has the full 80-BF range; E0 and ED, which do not, and four-

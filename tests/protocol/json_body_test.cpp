@@ -854,6 +854,49 @@ TEST_CASE("long strings are checked in blocks: every kind of byte at every offse
   for (std::size_t cut = 24; cut <= text.size(); cut += 7) CHECK(refused_as_invalid_json(parse_request_body(text.substr(0, cut))));
 }
 
+TEST_CASE("runs of multi-byte characters: every kind of byte at every offset", "[json_body]") {
+  // Three-byte sequences in a row are checked two and one at a time (one 8- or 4-byte load): a run
+  // of them, with each byte that needs a look put at every offset (between characters and inside
+  // one, where it breaks the sequence), and each run cut at every length; the verdict compared
+  // with nlohmann's.
+  const std::vector<std::string> runs = {
+      std::string("\xe4\xb8\xad\xe6\x96\x87", 6) + "\xe5\xad\x97\xe7\xac\xa6\xef\xbc\x8c\xe3\x80\x82",  // CJK, fullwidth
+      "\xe0\xa0\x80\xe4\xb8\xad\xed\x9f\xbf\xe1\x80\x80\xec\xbf\xbf\xee\x80\x80\xef\xbf\xbf",    // E0, ED and the edges
+      "\xe4\xb8\xad\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\xe4\xb8\xad\xe4\xb8\xad\x61\xe4\xb8\xad",  // mixed lengths
+  };
+  const std::vector<std::string> specials = {
+      "\"",       "\\\\",      "\x01",         "a",           "\x80",         "\xbf",         "\xc0\xaf",
+      "\xe0\x80\x80", "\xe0\x9f\xbf", "\xed\xa0\x80", "\xe4\xb8",    "\xe4",         "\xf4\x90\x80\x80", "\xff",
+      "\xe4\xb8\xad", "\xc3\xa9"};
+  int checked = 0;
+  for (const auto& unit : runs) {
+    std::string run;
+    for (int k = 0; k < 4; ++k) run += unit;
+    for (std::size_t at = 0; at <= run.size(); ++at) {
+      for (const auto& special : specials) {
+        std::string content = run;
+        content.insert(at, special);
+        const std::string body = R"({"model":"m","messages":[{"role":"user","content":")" + content + R"("}]})";
+        INFO(json(body).dump(-1, ' ', true, json::error_handler_t::replace));
+        REQUIRE(refused_as_invalid_json(parse_request_body(body)) == !reference_accepts(body));
+        const std::string bare = R"({"a":")" + content + "\"}";
+        const std::array<std::string_view, 1> key{"a"};
+        std::array<std::string_view, 1> value{};
+        REQUIRE(top_level_values(bare, key, value) == reference_accepts(bare));
+        ++checked;
+      }
+      // Cut here: the string ends (or its text does) inside or after a character.
+      const std::string cut = R"({"a":")" + run.substr(0, at) + "\"}";
+      const std::array<std::string_view, 1> key{"a"};
+      std::array<std::string_view, 1> value{};
+      REQUIRE(top_level_values(cut, key, value) == reference_accepts(cut));
+      const std::string open = R"({"a":")" + run.substr(0, at);
+      CHECK_FALSE(top_level_values(open, key, value));
+    }
+  }
+  CHECK(checked > 3000);
+}
+
 TEST_CASE("edit_body_pieces: the original bytes as views into the body, joined equal to edit_body", "[json_body]") {
   const std::string long_text(100000, 'x');
   const std::vector<std::string> bodies = {
