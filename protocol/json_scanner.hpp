@@ -446,8 +446,9 @@ class json_scanner {
       // loop, without going back to the plain-byte skip for each.
       while (p < end && static_cast<unsigned char>(*p) >= 0x80) {
         if constexpr (std::endian::native == std::endian::little) {
-          // Three-byte sequences in a row (CJK text is nearly all of them), one 4-byte load each:
-          // a lead byte E1-EC or EE-EF and two continuation bytes, as the inline case below.
+          // Three-byte sequences in a row (CJK text is nearly all of them), two with one 8-byte load,
+          // then one with a 4-byte load: a lead byte E1-EC or EE-EF and two continuation bytes, the
+          // inline case below.
           while (end - p >= 8) {  // two at a time
             std::uint64_t w;
             std::memcpy(&w, p, 8);
