@@ -821,6 +821,18 @@ TEST_CASE("top_level_values records every member of objects of any size, whateve
   }
 }
 
+/// A string of this content, in a chat request's message and alone at the end of an object
+/// (only "} after its closing quote), is accepted by the scanner exactly when nlohmann accepts it.
+static void check_string_content(const std::string& content) {
+  const std::string body = R"({"model":"m","messages":[{"role":"user","content":")" + content + R"("}]})";
+  INFO(json(body).dump(-1, ' ', true, json::error_handler_t::replace));
+  REQUIRE(refused_as_invalid_json(parse_request_body(body)) == !reference_accepts(body));
+  const std::string bare = R"({"a":")" + content + "\"}";
+  const std::array<std::string_view, 1> key{"a"};
+  std::array<std::string_view, 1> value{};
+  REQUIRE(top_level_values(bare, key, value) == reference_accepts(bare));
+}
+
 TEST_CASE("long strings are checked in blocks: every kind of byte at every offset", "[json_body]") {
   // Strings are skipped 16, 64 and 128 bytes at a time: each byte that needs a look (the closing quote,
   // an escape, a control character, UTF-8, good or bad) is put at every offset of a long string,
@@ -836,14 +848,7 @@ TEST_CASE("long strings are checked in blocks: every kind of byte at every offse
       for (const auto& special : specials) {
         std::string content(length, 'a');
         content.insert(at, special);
-        const std::string body = R"({"model":"m","messages":[{"role":"user","content":")" + content + R"("}]})";
-        INFO(json(body).dump(-1, ' ', true, json::error_handler_t::replace));
-        REQUIRE(refused_as_invalid_json(parse_request_body(body)) == !reference_accepts(body));
-        // The same string at the end of the text: only "} follows its closing quote.
-        const std::string bare = R"({"a":")" + content + "\"}";
-        const std::array<std::string_view, 1> key{"a"};
-        std::array<std::string_view, 1> value{};
-        REQUIRE(top_level_values(bare, key, value) == reference_accepts(bare));
+        check_string_content(content);
         ++checked;
       }
     }
@@ -876,13 +881,7 @@ TEST_CASE("runs of multi-byte characters: every kind of byte at every offset", "
       for (const auto& special : specials) {
         std::string content = run;
         content.insert(at, special);
-        const std::string body = R"({"model":"m","messages":[{"role":"user","content":")" + content + R"("}]})";
-        INFO(json(body).dump(-1, ' ', true, json::error_handler_t::replace));
-        REQUIRE(refused_as_invalid_json(parse_request_body(body)) == !reference_accepts(body));
-        const std::string bare = R"({"a":")" + content + "\"}";
-        const std::array<std::string_view, 1> key{"a"};
-        std::array<std::string_view, 1> value{};
-        REQUIRE(top_level_values(bare, key, value) == reference_accepts(bare));
+        check_string_content(content);
         ++checked;
       }
       // Cut here: the string ends (or its text does) inside or after a character.
