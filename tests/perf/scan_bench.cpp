@@ -1,0 +1,115 @@
+// What reading a chat request's body costs a byte, by the language of its text: the one pass that
+// checks the JSON and finds the fields routing needs (parse_request_body), over a body of about
+// `--kb` KB whose user message is one kind of text. Prints the thread's CPU time a body (median of
+// `--rounds` rounds; CPU time, so that a loaded machine stretches it little), ns a byte and GB/s.
+//
+//   tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME]   (NAME: one of the texts below)
+//   valgrind --tool=callgrind tollgate-bench-scan --calls 10 --text NAME
+//     (exactly that many parses and no timing, for instruction counts)
+//
+// The texts: English; Chinese (three bytes a character); Russian (two bytes a letter, ASCII
+// spaces); French (ASCII with an accented letter every few words); English with a Chinese term
+// and a dash in each sentence; English in lines (an escaped newline every 60 bytes).
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/json_body.hpp"
+
+namespace {
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+struct text_kind {
+  const char* name;
+  std::string_view unit;  // repeated to the body's size
+};
+
+/// A chat request whose user message is `unit` repeated to about `bytes`.
+std::string body_of(std::string_view unit, std::size_t bytes) {
+  std::string text;
+  while (text.size() < bytes) text += unit;
+  return R"({"model":"m","max_tokens":512,"stream":false,"messages":[{"role":"system","content":"You are brief."},)"
+         R"({"role":"user","content":")" +
+         text + R"("}]})";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::size_t kb = 1024;
+  int rounds = 7;
+  std::string_view only;
+  int calls = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string_view flag = argv[i];
+    if (flag == "--kb") {
+      kb = std::strtoul(argv[i + 1], nullptr, 10);
+    } else if (flag == "--rounds") {
+      rounds = std::atoi(argv[i + 1]);
+    } else if (flag == "--text") {
+      only = argv[i + 1];
+    } else if (flag == "--calls") {
+      calls = std::atoi(argv[i + 1]);
+    } else {
+      std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--calls N]\n");
+      return 2;
+    }
+  }
+  if (kb == 0 || rounds < 1) {
+    std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--calls N]\n");
+    return 2;
+  }
+  const std::vector<text_kind> kinds = {
+      {"english", "lorem ipsum dolor sit amet, consectetur adipiscing elit. "},
+      {"chinese", "\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\xe7\xac\xa6\xef\xbc\x8c\xe6\xb5\x8b\xe8\xaf\x95\xe3\x80\x82"},
+      {"russian", "\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82, \xd0\xba\xd0\xb0\xd0\xba \xd0\xb4\xd0\xb5\xd0\xbb"
+                  "\xd0\xb0? \xd0\xad\xd1\x82\xd0\xbe \xd1\x82\xd0\xb5\xd1\x81\xd1\x82. "},
+      {"french", "Le caf\xc3\xa9 est tr\xc3\xa8s bon \xc3\xa0 Paris, o\xc3\xb9 l'\xc3\xa9t\xc3\xa9 dure. "},
+      {"mixed", "Use the \xe4\xb8\xad\xe6\x96\x87 model for this \xe2\x80\x94 ok? lorem ipsum dolor sit amet, "
+                "consectetur adipiscing elit sed do. "},
+      {"lines", "lorem ipsum dolor sit amet, consectetur adipiscing elit sed\\n"},
+  };
+  std::printf("%-8s %10s %10s %8s %8s\n", "text", "bytes", "us/body", "ns/byte", "GB/s");
+  for (const auto& kind : kinds) {
+    if (!only.empty() && only != kind.name) continue;
+    const std::string body = body_of(kind.unit, kb * 1024);
+    if (!tollgate::protocol::parse_request_body(body).fields) {
+      std::fprintf(stderr, "the %s body was refused\n", kind.name);
+      return 1;
+    }
+    if (calls > 0) {
+      for (int k = 0; k < calls; ++k) {
+        if (!tollgate::protocol::parse_request_body(body).fields) std::abort();
+      }
+      std::printf("%-8s %10zu %d parses\n", kind.name, body.size(), calls + 1);
+      continue;
+    }
+    std::vector<double> seconds;
+    for (int r = 0; r < rounds; ++r) {
+      int n = 0;
+      const double t0 = thread_cpu_seconds();
+      double s = 0;
+      do {
+        const auto parsed = tollgate::protocol::parse_request_body(body);
+        if (!parsed.fields) std::abort();
+        ++n;
+        s = thread_cpu_seconds() - t0;
+      } while (s < 0.2);
+      seconds.push_back(s / n);
+    }
+    std::sort(seconds.begin(), seconds.end());
+    const double t = seconds[seconds.size() / 2];
+    const auto bytes = static_cast<double>(body.size());
+    std::printf("%-8s %10zu %10.1f %8.3f %8.2f\n", kind.name, body.size(), t * 1e6, t * 1e9 / bytes, bytes / t * 1e-9);
+  }
+  return 0;
+}
