@@ -39,11 +39,47 @@ constexpr std::array<bool, 256> plain_string_byte = [] {
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 #if defined(__x86_64__)
-/// skip_plain_string_bytes's long runs, 128 bytes a step (then 64), on a CPU with AVX2: the four
+/// The top bits of the 64 bytes x then y, one bit a byte.
+__attribute__((target("avx2"), always_inline)) inline std::uint64_t bits_of(const __m256i& x, const __m256i& y) {
+  return static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(x))) |
+         (static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(y))) << 32);
+}
+
+/// Bytes that may follow a backslash in a two-byte escape. A second backslash is not among them:
+/// two backslashes in a row go the scalar way, as does \u.
+constexpr std::array<bool, 256> simple_escape_byte = [] {
+  std::array<bool, 256> t{};
+  for (const char c : {'"', '/', 'b', 'f', 'n', 'r', 't'}) t[static_cast<unsigned char>(c)] = true;
+  return t;
+}();
+
+/// Where the 64-byte step of a string at `at` stops being text that needs no more look, one bit a
+/// byte, given its quotes, backslashes and the other bytes that stop it. Two-byte escapes (a
+/// backslash and one of " / b f n r t) are text: their backslash does not stop the step, nor does
+/// their quote. A backslash before anything else ('u', a second backslash, a byte that is no
+/// escape) stops it, and so does one that is the step's last byte, for the scalar scan to take.
+/// `escaped` is set when a backslash comes before the first stop.
+inline std::uint64_t step_stops(const char* at, std::uint64_t quotes, std::uint64_t backslashes, std::uint64_t others,
+                                bool& escaped) {
+  if (backslashes == 0) return quotes | others;
+  std::uint64_t bad = backslashes & (1ull << 63);
+  for (std::uint64_t b = backslashes & ~(1ull << 63); b != 0; b &= b - 1) {
+    const int k = __builtin_ctzll(b);
+    if (!simple_escape_byte[static_cast<unsigned char>(at[k + 1])]) bad |= 1ull << k;
+  }
+  const std::uint64_t stops = (quotes & ~(backslashes << 1)) | others | bad;
+  const std::uint64_t before_stop = stops == 0 ? ~0ull : (1ull << __builtin_ctzll(stops)) - 1;
+  if ((backslashes & before_stop) != 0) escaped = true;
+  return stops;
+}
+
+/// skip_plain_string_bytes's long runs of ASCII, 128 bytes a step (then 64), on a CPU with AVX2: the four
 /// blocks' marks are joined and tested once, and the loop's own test, add and branch come once a
-/// step (0.30 instructions a byte of a long prompt, against 0.34 with 64-byte steps). Returns the
-/// first special byte, or the last position from which fewer than 64 bytes remain.
-__attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const char* end) {
+/// step (0.30 instructions a byte of a long prompt, against 0.34 with 64-byte steps). A step with
+/// a special byte is looked at again, 64 bytes at a time, and passed when its only special bytes
+/// are two-byte escapes (step_stops). Returns the first byte that stops a step, or the last
+/// position from which fewer than 64 bytes remain.
+__attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const char* end, bool& escaped) {
   const __m256i quote = _mm256_set1_epi8('"');
   const __m256i backslash = _mm256_set1_epi8('\\');
   const __m256i space = _mm256_set1_epi8(0x20);
@@ -51,9 +87,17 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
     return _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(v, quote), _mm256_cmpeq_epi8(v, backslash)),
                            _mm256_cmpgt_epi8(space, v));
   };
-  const auto first_of = [](__m256i a, __m256i b) __attribute__((target("avx2"))) {
-    return static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(a))) |
-           (static_cast<std::uint64_t>(static_cast<std::uint32_t>(_mm256_movemask_epi8(b))) << 32);
+  // The stops of the 64 bytes at `at`, whose special bytes are marked in x and y: most often
+  // backslashes alone (escaped newlines), which need no quote or control mask.
+  const auto stops_at = [&](const char* at, const __m256i& x, const __m256i& y)
+                            __attribute__((target("avx2"), always_inline)) {
+    const std::uint64_t specials = bits_of(x, y);
+    const __m256i in_x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
+    const __m256i in_y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32));
+    const std::uint64_t backslashes = bits_of(_mm256_cmpeq_epi8(in_x, backslash), _mm256_cmpeq_epi8(in_y, backslash));
+    if (specials == backslashes) return step_stops(at, 0, backslashes, 0, escaped);
+    const std::uint64_t quotes = bits_of(_mm256_cmpeq_epi8(in_x, quote), _mm256_cmpeq_epi8(in_y, quote));
+    return step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped);
   };
   while (end - p >= 128) {
     const __m256i a = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -62,18 +106,206 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
     const __m256i d = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 96)));
     const __m256i any = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
     if (!_mm256_testz_si256(any, any)) {
-      if (const std::uint64_t mask = first_of(a, b); mask != 0) return p + __builtin_ctzll(mask);
-      return p + 64 + __builtin_ctzll(first_of(c, d));
+      if (const std::uint64_t stops = stops_at(p, a, b); stops != 0) return p + __builtin_ctzll(stops);
+      if (const std::uint64_t stops = stops_at(p + 64, c, d); stops != 0) return p + 64 + __builtin_ctzll(stops);
     }
     p += 128;
   }
   while (end - p >= 64) {
     const __m256i a = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     const __m256i b = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
-    if (!_mm256_testz_si256(_mm256_or_si256(a, b), _mm256_or_si256(a, b))) return p + __builtin_ctzll(first_of(a, b));
+    if (!_mm256_testz_si256(_mm256_or_si256(a, b), _mm256_or_si256(a, b))) {
+      if (const std::uint64_t stops = stops_at(p, a, b); stops != 0) return p + __builtin_ctzll(stops);
+    }
     p += 64;
   }
   return p;
+}
+
+/// The rows of constants skip_utf8_avx2 checks UTF-8 with, 32 bytes each.
+namespace utf8_rows {
+// One bit a kind of fault; the three tables each hold, for their index, the faults that index
+// allows, and a pair is at fault where all three agree.
+constexpr std::uint8_t too_short = 0x01;   // a lead (or ASCII) then a lead or ASCII
+constexpr std::uint8_t too_long = 0x02;    // ASCII then a continuation
+constexpr std::uint8_t overlong_3 = 0x04;  // E0 then 80-9F
+constexpr std::uint8_t too_large = 0x08;   // F4 then 90-BF; F5-FF then 90-BF
+constexpr std::uint8_t surrogate = 0x10;   // ED then A0-BF
+constexpr std::uint8_t overlong_2 = 0x20;  // C0-C1 then a continuation
+constexpr std::uint8_t four_80 = 0x40;     // F0 then 80-8F (overlong); F5-FF then 80-8F
+constexpr std::uint8_t two_conts = 0x80;   // two continuations: right only where a lead two or three back owes one
+constexpr std::uint8_t any_low = too_short | too_long | two_conts;
+constexpr std::uint8_t large = any_low | too_large | four_80;
+constexpr std::uint8_t cont = too_long | overlong_2 | two_conts;
+using row = std::array<std::uint8_t, 32>;
+constexpr row twice(std::array<std::uint8_t, 16> t) {
+  row r{};
+  for (std::size_t k = 0; k < 32; ++k) r[k] = t[k % 16];
+  return r;
+}
+constexpr row all(std::uint8_t v) {
+  row r{};
+  for (auto& b : r) b = v;
+  return r;
+}
+enum : std::size_t { first_high, first_low, second_high, nibble, quote, backslash, below_space, third_lead, fourth_lead,
+                     high_bit, goes_on, count };
+// Every constant is one load: a set1 costs three instructions.
+alignas(32) constexpr std::array<row, count> rows = {
+    // by the previous byte's high nibble
+    twice({too_long, too_long, too_long, too_long, too_long, too_long, too_long, too_long, two_conts, two_conts,
+           two_conts, two_conts, too_short | overlong_2, too_short, too_short | overlong_3 | surrogate,
+           too_short | too_large | four_80}),
+    // by the previous byte's low nibble
+    twice({any_low | overlong_3 | overlong_2 | four_80, any_low | overlong_2, any_low, any_low, any_low | too_large,
+           large, large, large, large, large, large, large, large, large | surrogate, large, large}),
+    // by this byte's high nibble
+    twice({too_short, too_short, too_short, too_short, too_short, too_short, too_short, too_short,
+           cont | overlong_3 | four_80, cont | overlong_3 | too_large, cont | surrogate | too_large,
+           cont | surrogate | too_large, too_short, too_short, too_short, too_short}),
+    all(0x0F), all('"'), all('\\'), all(0x1F),
+    all(0xE0 - 0x80),  // a byte two back from E0 up owes a continuation (bit 7 after subtracting)
+    all(0xF0 - 0x80),  // so does one three back from F0 up
+    all(0x80),
+    // Nonzero after a saturating subtract where a block's last bytes begin a character that goes
+    // on past it: F0 up third from last, E0 up second from last, C0 up last.
+    [] {
+      row r = all(0xFF);
+      r[29] = 0xF0 - 1, r[30] = 0xE0 - 1, r[31] = 0xC0 - 1;
+      return r;
+    }()};
+
+/// Row k, read from memory: hidden from the optimizer, which with the values known would make
+/// each constant anew inside the loop (three instructions) where the registers run short.
+__attribute__((target("avx2"), always_inline)) inline __m256i load(std::size_t k) {
+  const auto* at = reinterpret_cast<const __m256i*>(rows.data());
+  asm("" : "+r"(at));
+  return _mm256_load_si256(at + k);
+}
+
+/// The 32 bytes `in`'s special bytes ('"', '\\', a control byte) and UTF-8 faults, given the 32
+/// bytes before them.
+__attribute__((target("avx2"), always_inline)) inline void check(const __m256i& in, const __m256i& before,
+                                                                 __m256i& fault, __m256i& special) {
+  const __m256i low = load(nibble);
+  const __m256i joined = _mm256_permute2x128_si256(before, in, 0x21);  // before's high half, in's low half
+  const __m256i prev1 = _mm256_alignr_epi8(in, joined, 15);
+  const __m256i prev2 = _mm256_alignr_epi8(in, joined, 14);
+  const __m256i prev3 = _mm256_alignr_epi8(in, joined, 13);
+  const __m256i pair = _mm256_and_si256(
+      _mm256_and_si256(_mm256_shuffle_epi8(load(first_high), _mm256_and_si256(_mm256_srli_epi16(prev1, 4), low)),
+                       _mm256_shuffle_epi8(load(first_low), _mm256_and_si256(prev1, low))),
+      _mm256_shuffle_epi8(load(second_high), _mm256_and_si256(_mm256_srli_epi16(in, 4), low)));
+  const __m256i owed = _mm256_and_si256(
+      _mm256_or_si256(_mm256_subs_epu8(prev2, load(third_lead)), _mm256_subs_epu8(prev3, load(fourth_lead))),
+      load(high_bit));
+  fault = _mm256_xor_si256(pair, owed);
+  special = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(in, load(quote)), _mm256_cmpeq_epi8(in, load(backslash))),
+                            _mm256_cmpeq_epi8(_mm256_min_epu8(in, load(below_space)), in));
+}
+
+/// The start of the character that ends just before q, or q itself: at `from`, and after an ASCII
+/// byte, which is a whole character and may be an escape's second byte (the scalar scan must not
+/// take it for a byte of its own: a quote would end the string).
+inline const char* char_start_before(const char* from, const char* q) {
+  if (q == from || static_cast<unsigned char>(q[-1]) < 0x80) return q;
+  const char* r = q - 1;
+  while (r > from && r > q - 4 && (static_cast<unsigned char>(*r) & 0xC0) == 0x80) --r;
+  return r;
+}
+
+/// Where to stop in the 64-byte step at `at`, which holds a special byte or a fault: the first
+/// stop (step_stops) when every byte before it is well formed, else char_start_before(at); nullptr
+/// when the step is all well-formed text and two-byte escapes. Out of line: it runs at most once a
+/// string and for each escape, and the loop keeps its registers.
+[[gnu::noinline]] __attribute__((target("avx2"))) const char* step_stop(const char* from, const char* at, bool& escaped) {
+  const __m256i before = at == from ? _mm256_setzero_si256() : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at - 32));
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32));
+  __m256i fault_a, special_a, fault_b, special_b;
+  check(a, before, fault_a, special_a);
+  check(b, a, fault_b, special_b);
+  const __m256i zero = _mm256_setzero_si256();
+  const std::uint64_t faults = ~bits_of(_mm256_cmpeq_epi8(fault_a, zero), _mm256_cmpeq_epi8(fault_b, zero));
+  const std::uint64_t specials = bits_of(special_a, special_b);
+  const __m256i backslash_row = load(backslash), quote_row = load(quote);
+  const std::uint64_t backslashes = bits_of(_mm256_cmpeq_epi8(a, backslash_row), _mm256_cmpeq_epi8(b, backslash_row));
+  const std::uint64_t quotes = bits_of(_mm256_cmpeq_epi8(a, quote_row), _mm256_cmpeq_epi8(b, quote_row));
+  const std::uint64_t stops = step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped);
+  // A fault at the first stop itself may be a character cut short by it.
+  const int k = stops == 0 ? 64 : __builtin_ctzll(stops);
+  const std::uint64_t through_stop = k >= 63 ? ~0ull : (2ull << k) - 1;
+  if ((faults & through_stop) != 0) return char_start_before(from, at);
+  return stops == 0 ? nullptr : at + k;
+}
+}  // namespace utf8_rows
+
+/// The first byte from `from` on that ends or leaves a run of well-formed UTF-8 text with nothing
+/// else to check: '"', a backslash other than a two-byte escape's (step_stops), a control byte, or
+/// a byte not well placed in UTF-8. Non-ASCII prompts (CJK, Cyrillic, accented Latin) stay here,
+/// 64 bytes a step: about 1.2 instructions a byte where a step holds non-ASCII bytes, a third of
+/// one where it does not.
+///
+/// Each byte is checked against the byte before it with three 16-entry tables, one indexed by the
+/// previous byte's high nibble, one by its low nibble, one by this byte's high nibble: the AND of
+/// the three looked-up values is nonzero where the pair cannot occur (a lead byte or ASCII where
+/// a continuation is owed, a continuation after ASCII, an overlong form, a surrogate, a code point
+/// past U+10FFFF). The third and fourth bytes of a sequence, which the previous byte alone cannot
+/// place, are checked against the lead two or three bytes back.
+///
+/// `from` must be at a character's start. What comes back is too: the first stop when every byte
+/// before it is well formed; else the start of the last character before the step where a fault
+/// (or the end) was met, at least `from`, so that the scalar check takes over from a character
+/// known to begin there.
+__attribute__((target("avx2"))) const char* skip_utf8_avx2(const char* const from, const char* const end, bool& escaped) {
+  using namespace utf8_rows;
+  __m256i before = _mm256_setzero_si256();   // the previous block; ASCII before `from`
+  __m256i pending = _mm256_setzero_si256();  // nonzero where `before` ends inside a character
+  const char* p = from;
+  for (auto left = static_cast<std::size_t>(end - p); left >= 64; left -= 64, p += 64) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+    __m256i special_a, special_b;
+    if (_mm256_testz_si256(_mm256_or_si256(a, b), load(high_bit))) {
+      // All ASCII: only special bytes, or a character the step before left unfinished, stop it.
+      const __m256i space_row = load(below_space), quote_row = load(quote), backslash_row = load(backslash);
+      special_a = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, quote_row), _mm256_cmpeq_epi8(a, backslash_row)),
+                                  _mm256_cmpeq_epi8(_mm256_min_epu8(a, space_row), a));
+      special_b = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(b, quote_row), _mm256_cmpeq_epi8(b, backslash_row)),
+                                  _mm256_cmpeq_epi8(_mm256_min_epu8(b, space_row), b));
+      const __m256i either = _mm256_or_si256(_mm256_or_si256(special_a, special_b), pending);
+      if (!_mm256_testz_si256(either, either)) {
+        if (const char* at = step_stop(from, p, escaped); at != nullptr) return at;
+      }
+      pending = _mm256_setzero_si256();
+    } else {
+      __m256i fault_a, fault_b;
+      check(a, before, fault_a, special_a);
+      check(b, a, fault_b, special_b);
+      const __m256i any = _mm256_or_si256(_mm256_or_si256(fault_a, special_a), _mm256_or_si256(fault_b, special_b));
+      if (!_mm256_testz_si256(any, any)) {
+        if (const char* at = step_stop(from, p, escaped); at != nullptr) return at;
+      }
+      pending = _mm256_subs_epu8(b, load(goes_on));
+    }
+    before = b;
+  }
+  if (end - p >= 32) {  // one more block; a backslash stops it
+    const __m256i in = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    __m256i fault, special;
+    check(in, before, fault, special);
+    const __m256i either = _mm256_or_si256(fault, special);
+    if (!_mm256_testz_si256(either, either)) {
+      const auto specials = static_cast<std::uint32_t>(_mm256_movemask_epi8(special));
+      const auto faults = ~static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(fault, _mm256_setzero_si256())));
+      const int k = specials == 0 ? 32 : __builtin_ctz(specials);
+      const std::uint32_t through_stop = k >= 31 ? ~0u : (2u << k) - 1;
+      if ((faults & through_stop) != 0) return char_start_before(from, p);
+      return p + k;
+    }
+    p += 32;
+  }
+  return char_start_before(from, p);  // the last block may end inside a character
 }
 
 bool cpu_has_avx2() {
@@ -96,10 +328,11 @@ inline unsigned special_string_bytes16(const char* at) {
 }
 #endif
 
-/// The first byte in [p, end) that is not a plain_string_byte (or end). Strings are where the
-/// bytes of a large body are (a long prompt, a long answer), so they are skipped 16 bytes at a
-/// time where SSE2 is there (every x86-64), 64 where AVX2 is.
-inline const char* skip_plain_string_bytes(const char* p, const char* end) {
+/// The first byte in [p, end) that is not a plain_string_byte (or end), where runs of 64 bytes
+/// and more may pass over two-byte escapes (a backslash and one of " / b f n r t), setting
+/// `escaped`. Strings are where the bytes of a large body are (a long prompt, a long answer), so
+/// they are skipped 16 bytes at a time where SSE2 is there (every x86-64), 64 where AVX2 is.
+inline const char* skip_plain_string_bytes(const char* p, const char* end, bool& escaped) {
 #if defined(__SSE2__)
   const auto special = special_string_bytes16;
   // Most strings (keys, roles, short values) end within their first 16 bytes.
@@ -107,7 +340,7 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end) {
     if (const unsigned mask = special(p); mask != 0) return p + __builtin_ctz(mask);
     p += 16;
 #if defined(__x86_64__)
-    if (end - p >= 64 && cpu_has_avx2()) p = skip_plain_avx2(p, end);
+    if (end - p >= 64 && cpu_has_avx2()) p = skip_plain_avx2(p, end, escaped);
 #endif
     while (end - p >= 16) {
       if (const unsigned mask = special(p); mask != 0) return p + __builtin_ctz(mask);
@@ -115,7 +348,18 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end) {
     }
   }
 #endif
+  static_cast<void>(escaped);
   while (p < end && plain_string_byte[static_cast<unsigned char>(*p)]) ++p;
+  return p;
+}
+
+/// From p, at a character's start, the first byte of non-ASCII text that needs a look, as
+/// skip_utf8_avx2 finds it where the CPU has AVX2 and 64 bytes remain; else p.
+inline const char* skip_utf8_text(const char* p, const char* end, bool& escaped) {
+#if defined(__x86_64__)
+  if (end - p >= 64 && cpu_has_avx2()) return skip_utf8_avx2(p, end, escaped);
+#endif
+  static_cast<void>(end), static_cast<void>(escaped);
   return p;
 }
 
@@ -441,9 +685,11 @@ class json_scanner {
   const char* scan_string_general(const char* p, const char* const end) {
     ++p;  // the opening quote
     for (;;) {
-      p = skip_plain_string_bytes(p, end);
-      // Non-ASCII text (CJK, say) is mostly multi-byte sequences in a row: checked here in one
+      p = skip_plain_string_bytes(p, end, escaped_);
+      // Non-ASCII text (CJK, say) is mostly multi-byte sequences in a row: checked 64 bytes a
+      // step where AVX2 is, and what that leaves (the last bytes, a fault to be named) here in one
       // loop, without going back to the plain-byte skip for each.
+      if (p < end && static_cast<unsigned char>(*p) >= 0x80) p = skip_utf8_text(p, end, escaped_);
       while (p < end && static_cast<unsigned char>(*p) >= 0x80) {
         if constexpr (std::endian::native == std::endian::little) {
           // Three-byte sequences in a row (CJK text is nearly all of them), two with one 8-byte load,

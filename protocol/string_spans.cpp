@@ -23,7 +23,8 @@ bool find_long_strings(std::string_view text, std::size_t min_bytes, const strin
     ++p;
     clean = true;
     for (;;) {
-      p = skip_plain_string_bytes(p, end);
+      bool escaped = false;  // the escapes passed over need no more look here
+      p = skip_plain_string_bytes(p, end, escaped);
       if (p >= end) return false;
       const auto c = static_cast<unsigned char>(*p);
       if (c == '"') {

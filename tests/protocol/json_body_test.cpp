@@ -896,6 +896,179 @@ TEST_CASE("runs of multi-byte characters: every kind of byte at every offset", "
   CHECK(checked > 3000);
 }
 
+TEST_CASE("non-ASCII text is checked 64 bytes a step: every byte pair at a block's edge", "[json_body]") {
+  // Non-ASCII text in a string is checked in steps of 64 bytes (two blocks of 32) from its first
+  // non-ASCII byte, each byte against the one to three before it. Every pair of bytes is put
+  // across the edge between a step's blocks and across the edge between steps (after 10 or 20
+  // three-byte characters and 0 to 4 ASCII letters), followed by nothing or by one or two
+  // continuation bytes (which some pairs need to be a character), then more text; the verdict is
+  // compared with nlohmann's.
+  const std::string han = "\xe4\xb8\xad";
+  std::string suffix;
+  for (int k = 0; k < 30; ++k) suffix += han;
+  const std::array<std::string_view, 1> key{"a"};
+  std::array<std::string_view, 1> value{};
+  int checked = 0, accepted = 0;
+  for (const int characters : {10, 20}) {
+    std::string prefix;
+    for (int k = 0; k < characters; ++k) prefix += han;
+    for (const std::string_view tail : {"", "\x80", "\x80\x80"}) {
+      for (std::size_t letters = 0; letters <= 4; ++letters) {
+        for (unsigned first = 0; first < 256; ++first) {
+          for (unsigned second = 0; second < 256; ++second) {
+            std::string text = R"({"a":")" + prefix + std::string(letters, 'a');
+            text += static_cast<char>(first);
+            text += static_cast<char>(second);
+            text += tail;
+            text += suffix + "\"}";
+            const bool reference = reference_accepts(text);
+            if (top_level_values(text, key, value) != reference) {
+              INFO("bytes " << first << " " << second << " after " << characters << " characters and " << letters
+                            << " letters, then " << tail.size() << " continuation bytes");
+              FAIL("the scanner and nlohmann disagree");
+            }
+            ++checked;
+            accepted += reference;
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked == 2 * 3 * 5 * 65536);
+  CHECK(accepted > 10000);
+}
+
+TEST_CASE("non-ASCII text is checked 64 bytes a step: a character cut at a step's end, then ASCII", "[json_body]") {
+  // A step of ASCII alone is checked the short way, for special bytes and for a character the
+  // step before left unfinished. Each character, whole or cut, is put at every offset of the
+  // first step and past it, followed by a step's worth of ASCII or by more non-ASCII text.
+  const std::vector<std::string> pieces = {"\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\xc3",
+                                           "\xe4",       "\xe4\xb8",     "\xf0",             "\xf0\x9f",
+                                           "\xf0\x9f\x98", "\x80",       "\xe4\xb8\xad\x80"};
+  std::string more_text(40, 'b');
+  more_text += "\xe4\xb8\xad";
+  more_text.append(60, 'b');
+  const std::array<std::string, 2> afters = {std::string(100, 'b'), more_text};
+  int checked = 0;
+  for (const auto& piece : pieces) {
+    for (std::size_t letters = 0; letters <= 80; ++letters) {
+      for (const auto& after : afters) {
+        std::string content = "\xe4\xb8\xad\xe6\x96\x87";
+        content.append(letters, 'a');
+        content += piece;
+        content += after;
+        check_string_content(content);
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked == 11 * 81 * 2);
+}
+
+TEST_CASE("non-ASCII text is checked 64 bytes a step: random texts of every character length", "[json_body]") {
+  // Long strings of random characters (ASCII, and two-, three- and four-byte ones, edges of each
+  // range included), each character drawn alone or in runs of one range (ASCII runs of up to 150
+  // letters, where steps of ASCII alone take a shorter way); some have one or two bytes anywhere
+  // that need a look or break the text. The verdict compared with nlohmann's.
+  std::mt19937 rng(20261205);
+  const auto below = [&](std::uint32_t n) { return static_cast<std::uint32_t>(rng() % n); };
+  static constexpr std::array<std::pair<std::uint32_t, std::uint32_t>, 7> ranges{
+      {{0x20, 0x7f}, {0x80, 0x7ff}, {0x800, 0xfff}, {0x1000, 0xd7ff}, {0xe000, 0xffff}, {0x10000, 0x3ffff}, {0x100000, 0x10ffff}}};
+  const auto character = [&](std::size_t range) {
+    const auto [low, high] = ranges[range];
+    // The range's ends a quarter of the time, where the tables' edges are.
+    const std::uint32_t cp = below(4) == 0 ? (below(2) ? low : high) : low + below(high - low + 1);
+    if (cp == '"' || cp == '\\') return std::string("x");
+    std::string out;
+    const auto put = [&](std::uint32_t byte) { out += static_cast<char>(byte); };
+    if (cp < 0x80) {
+      put(cp);
+    } else if (cp < 0x800) {
+      put(0xc0 | cp >> 6), put(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+      put(0xe0 | cp >> 12), put(0x80 | (cp >> 6 & 0x3f)), put(0x80 | (cp & 0x3f));
+    } else {
+      put(0xf0 | cp >> 18), put(0x80 | (cp >> 12 & 0x3f)), put(0x80 | (cp >> 6 & 0x3f)), put(0x80 | (cp & 0x3f));
+    }
+    return out;
+  };
+  const std::vector<std::string> breaks = {"\"", "\\\\", "\\n", "\x01", "\x1f", "\x80", "\xbf", "\xc0\xaf", "\xc1\xbf",
+                                           "\xe0\x9f\xbf", "\xed\xa0\x80", "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",
+                                           "\xf8", "\xff", "\xe4\xb8", "\xe4", "\xf0\x9f\x98", "\xc3"};
+  int valid = 0, invalid = 0;
+  for (int round = 0; round < 4000; ++round) {
+    std::string content;
+    const std::uint32_t length = 64 + below(400);
+    const bool in_runs = below(2) != 0;
+    while (content.size() < length) {
+      const std::size_t range = below(ranges.size());
+      for (std::uint32_t k = in_runs ? 1 + below(range == 0 ? 150 : 30) : 1; k > 0; --k) content += character(range);
+    }
+    if (below(2) != 0) {
+      for (std::uint32_t k = 1 + below(2); k > 0; --k) content.insert(below(static_cast<std::uint32_t>(content.size()) + 1), breaks[below(breaks.size())]);
+    }
+    (reference_accepts(R"({"a":")" + content + "\"}") ? valid : invalid)++;
+    check_string_content(content);
+  }
+  CHECK(valid > 1000);
+  CHECK(invalid > 1000);
+}
+
+TEST_CASE("two-byte escapes are passed over 64 bytes a step: random strings of escapes, text and faults", "[json_body]") {
+  // Long strings where escapes come often (an escaped newline a line, quotes in code), among ASCII
+  // and non-ASCII text, next to each other and at every offset of a step; some with a byte that
+  // breaks the string: a bad or cut escape, a raw control byte, a bare quote. The verdict
+  // compared with nlohmann's.
+  std::mt19937 rng(20261206);
+  const auto below = [&](std::size_t n) { return static_cast<std::size_t>(rng() % n); };
+  const std::vector<std::string> pieces = {"\\n",        "\\t",  "\\\"", "\\\\", "\\/",  "\\b\\f\\r", "\\u00e9", "\\ud83d\\ude00",
+                                           "lorem ",     "ipsum dolor sit amet, ", "x",    "\xe4\xb8\xad\xe6\x96\x87",
+                                           "\xc3\xa9",   "\\\\n", "\\\\\\\"", "{\\\"a\\\":1}"};
+  const std::vector<std::string> breaks = {"\\x", "\\u12g4", "\\U0041", "\\\x01", "\x01", "\"", "\\\xe4\xb8\xad", "\\ ", "\\'",
+                                           "\\\\\\", "\\ud83d", "\x7f\\"};
+  int valid = 0, invalid = 0;
+  for (int round = 0; round < 6000; ++round) {
+    std::string content;
+    const std::size_t length = 64 + below(500);
+    while (content.size() < length) content += pieces[below(pieces.size())];
+    if (below(2) != 0) content.insert(below(content.size() + 1), breaks[below(breaks.size())]);
+    (reference_accepts(R"({"a":")" + content + "\"}") ? valid : invalid)++;
+    check_string_content(content);
+  }
+  CHECK(valid > 1500);
+  CHECK(invalid > 1500);
+}
+
+TEST_CASE("a long key written with escapes is found by its decoded name", "[json_body]") {
+  // The key's escape is passed over in the 64-byte steps; the scan must still note that the key
+  // holds one, so that it is decoded before it is compared.
+  int checked = 0;
+  for (const std::string_view escape : {"\\n", "\\/", "\\\"", "\\t", "\\u0041"}) {
+    for (const std::string_view text : {"k", "\xe4\xb8\xad"}) {
+      for (std::size_t at = 0; at <= 150; at += 1) {
+        std::string key;
+        while (key.size() < 160) key += text;
+        key.insert(at - at % text.size(), escape);
+        const std::string body = R"({"model":"m",")" + key + R"(":1,"messages":[]})";
+        const json tree = json::parse(body);
+        std::string name;
+        for (const auto& [k, v] : tree.items()) {
+          if (k != "model" && k != "messages") name = k;
+        }
+        REQUIRE(name.size() >= 150);
+        const std::array<std::string_view, 2> keys{name, "model"};
+        std::array<std::string_view, 2> values{};
+        INFO("escape " << escape << " at " << at);
+        REQUIRE(top_level_values(body, keys, values));
+        CHECK(values[0] == "1");
+        CHECK(values[1] == "\"m\"");
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked == 5 * 2 * 151);
+}
+
 TEST_CASE("edit_body_pieces: the original bytes as views into the body, joined equal to edit_body", "[json_body]") {
   const std::string long_text(100000, 'x');
   const std::vector<std::string> bodies = {
