@@ -53,22 +53,68 @@ constexpr std::array<bool, 256> simple_escape_byte = [] {
   return t;
 }();
 
+/// The value of the four hex digits at p, or -1: one table look a digit.
+inline int hex4_at(const char* p) {
+  static constexpr std::array<std::int8_t, 256> digit = [] {
+    std::array<std::int8_t, 256> t{};
+    t.fill(-1);
+    for (int c = 0; c < 10; ++c) t['0' + c] = static_cast<std::int8_t>(c);
+    for (int c = 0; c < 6; ++c) t['a' + c] = t['A' + c] = static_cast<std::int8_t>(10 + c);
+    return t;
+  }();
+  const int d0 = digit[static_cast<unsigned char>(p[0])], d1 = digit[static_cast<unsigned char>(p[1])],
+            d2 = digit[static_cast<unsigned char>(p[2])], d3 = digit[static_cast<unsigned char>(p[3])];
+  return (d0 | d1 | d2 | d3) < 0 ? -1 : d0 << 12 | d1 << 8 | d2 << 4 | d3;
+}
+
 /// Where the 64-byte step of a string at `at` stops being text that needs no more look, one bit a
-/// byte, given its quotes, backslashes and the other bytes that stop it. Two-byte escapes (a
-/// backslash and one of " / b f n r t) are text: their backslash does not stop the step, nor does
-/// their quote. A backslash before anything else ('u', a second backslash, a byte that is no
-/// escape) stops it, and so does one that is the step's last byte, for the scalar scan to take.
+/// byte, given its quotes, backslashes and the other bytes that stop it. Escapes are text: a
+/// backslash and one of " / b f n r t, \u and four hex digits of a code point outside the
+/// surrogates, and a high surrogate's \u escape followed at once by a low one's (as Python's
+/// json.dumps writes non-ASCII text by default). Their backslashes do not stop the step, nor does
+/// an escaped quote. A backslash before anything else (a second backslash, a lone surrogate, a
+/// byte that is no escape) stops it. An escape that goes on past the step ends it early:
+/// `length` (else 64) is where, the escape's backslash, from which the next step starts.
 /// `escaped` is set when a backslash comes before the first stop.
-inline std::uint64_t step_stops(const char* at, std::uint64_t quotes, std::uint64_t backslashes, std::uint64_t others,
-                                bool& escaped) {
+[[gnu::always_inline]] inline std::uint64_t step_stops(const char* at, std::uint64_t quotes, std::uint64_t backslashes,
+                                                     std::uint64_t others,
+                                bool& escaped, int& length) {
+  length = 64;
   if (backslashes == 0) return quotes | others;
-  std::uint64_t bad = backslashes & (1ull << 63);
-  for (std::uint64_t b = backslashes & ~(1ull << 63); b != 0; b &= b - 1) {
+  std::uint64_t bad = 0;
+  for (std::uint64_t b = backslashes; b != 0; b &= b - 1) {
     const int k = __builtin_ctzll(b);
-    if (!simple_escape_byte[static_cast<unsigned char>(at[k + 1])]) bad |= 1ull << k;
+    if (k == 63) {
+      length = k;
+      break;
+    }
+    const auto next = static_cast<unsigned char>(at[k + 1]);
+    if (simple_escape_byte[next]) continue;
+    if (next == 'u') {
+      if (k > 63 - 5) {
+        length = k;
+        break;
+      }
+      const int cp = hex4_at(at + k + 2);
+      if (cp >= 0 && (cp < 0xD800 || cp > 0xDFFF)) continue;
+      if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (k > 63 - 11) {
+          length = k;
+          break;
+        }
+        if (at[k + 6] == '\\' && at[k + 7] == 'u') {
+          if (const int low = hex4_at(at + k + 8); low >= 0xDC00 && low <= 0xDFFF) {
+            b &= ~(1ull << (k + 6));  // the low half's backslash is taken with it
+            continue;
+          }
+        }
+      }
+    }
+    bad |= 1ull << k;
   }
-  const std::uint64_t stops = (quotes & ~(backslashes << 1)) | others | bad;
-  const std::uint64_t before_stop = stops == 0 ? ~0ull : (1ull << __builtin_ctzll(stops)) - 1;
+  const std::uint64_t within = length == 64 ? ~0ull : (1ull << length) - 1;
+  const std::uint64_t stops = ((quotes & ~(backslashes << 1)) | others | bad) & within;
+  const std::uint64_t before_stop = stops == 0 ? within : (1ull << __builtin_ctzll(stops)) - 1;
   if ((backslashes & before_stop) != 0) escaped = true;
   return stops;
 }
@@ -88,16 +134,21 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
                            _mm256_cmpgt_epi8(space, v));
   };
   // The stops of the 64 bytes at `at`, whose special bytes are marked in x and y: most often
-  // backslashes alone (escaped newlines), which need no quote or control mask.
-  const auto stops_at = [&](const char* at, const __m256i& x, const __m256i& y)
+  // backslashes alone (escaped newlines), which need no quote or control mask. `length`: how far
+  // the step goes when nothing stops it (step_stops).
+  const auto stops_at = [&](const char* at, const __m256i& x, const __m256i& y, int& length)
                             __attribute__((target("avx2"), always_inline)) {
     const std::uint64_t specials = bits_of(x, y);
-    const __m256i in_x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
-    const __m256i in_y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32));
+    // The bytes read again, from a pointer the optimizer cannot see through: else it keeps the
+    // compares the loop made for every step live into this rare path, and the loop pays.
+    const char* again = at;
+    asm("" : "+r"(again));
+    const __m256i in_x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(again));
+    const __m256i in_y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(again + 32));
     const std::uint64_t backslashes = bits_of(_mm256_cmpeq_epi8(in_x, backslash), _mm256_cmpeq_epi8(in_y, backslash));
-    if (specials == backslashes) return step_stops(at, 0, backslashes, 0, escaped);
+    if (specials == backslashes) return step_stops(at, 0, backslashes, 0, escaped, length);
     const std::uint64_t quotes = bits_of(_mm256_cmpeq_epi8(in_x, quote), _mm256_cmpeq_epi8(in_y, quote));
-    return step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped);
+    return step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped, length);
   };
   while (end - p >= 128) {
     const __m256i a = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -106,18 +157,26 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
     const __m256i d = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 96)));
     const __m256i any = _mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d));
     if (!_mm256_testz_si256(any, any)) {
-      if (const std::uint64_t stops = stops_at(p, a, b); stops != 0) return p + __builtin_ctzll(stops);
-      if (const std::uint64_t stops = stops_at(p + 64, c, d); stops != 0) return p + 64 + __builtin_ctzll(stops);
+      int length = 64;
+      if (const std::uint64_t stops = stops_at(p, a, b, length); stops != 0) return p + __builtin_ctzll(stops);
+      if (length < 64) {  // an escape across the halves: go on from it
+        p += length;
+        continue;
+      }
+      if (const std::uint64_t stops = stops_at(p + 64, c, d, length); stops != 0) return p + 64 + __builtin_ctzll(stops);
+      p += 64 + length;
+      continue;
     }
     p += 128;
   }
   while (end - p >= 64) {
     const __m256i a = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     const __m256i b = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)));
+    int length = 64;
     if (!_mm256_testz_si256(_mm256_or_si256(a, b), _mm256_or_si256(a, b))) {
-      if (const std::uint64_t stops = stops_at(p, a, b); stops != 0) return p + __builtin_ctzll(stops);
+      if (const std::uint64_t stops = stops_at(p, a, b, length); stops != 0) return p + __builtin_ctzll(stops);
     }
-    p += 64;
+    p += length;
   }
   return p;
 }
@@ -231,7 +290,9 @@ inline const char* char_start_before(const char* from, const char* q) {
   const __m256i backslash_row = load(backslash), quote_row = load(quote);
   const std::uint64_t backslashes = bits_of(_mm256_cmpeq_epi8(a, backslash_row), _mm256_cmpeq_epi8(b, backslash_row));
   const std::uint64_t quotes = bits_of(_mm256_cmpeq_epi8(a, quote_row), _mm256_cmpeq_epi8(b, quote_row));
-  const std::uint64_t stops = step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped);
+  int length = 64;
+  std::uint64_t stops = step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped, length);
+  if (length < 64) stops |= 1ull << length;  // an escape that goes on past the step: the scalar scan takes it
   // A fault at the first stop itself may be a character cut short by it.
   const int k = stops == 0 ? 64 : __builtin_ctzll(stops);
   const std::uint64_t through_stop = k >= 63 ? ~0ull : (2ull << k) - 1;
@@ -337,8 +398,16 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end, bool&
   const auto special = special_string_bytes16;
   // Most strings (keys, roles, short values) end within their first 16 bytes.
   if (end - p >= 16) {
-    if (const unsigned mask = special(p); mask != 0) return p + __builtin_ctz(mask);
-    p += 16;
+    if (const unsigned mask = special(p); mask == 0) {
+      p += 16;
+#if defined(__x86_64__)
+    } else if (p[__builtin_ctz(mask)] == '\\' && end - p >= 64 && cpu_has_avx2()) {
+      // An escape in a long string: text written with many (\n a line, \u a character) stays
+      // in the AVX2 loop, which passes over them.
+#endif
+    } else {
+      return p + __builtin_ctz(mask);
+    }
 #if defined(__x86_64__)
     if (end - p >= 64 && cpu_has_avx2()) p = skip_plain_avx2(p, end, escaped);
 #endif

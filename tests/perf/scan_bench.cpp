@@ -9,7 +9,8 @@
 //
 // The texts: English; Chinese (three bytes a character); Russian (two bytes a letter, ASCII
 // spaces); French (ASCII with an accented letter every few words); English with a Chinese term
-// and a dash in each sentence; English in lines (an escaped newline every 60 bytes).
+// and a dash in each sentence; English in lines (an escaped newline every 60 bytes); Chinese
+// written as \u escapes, as Python's json.dumps writes it by default.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -77,6 +78,7 @@ int main(int argc, char** argv) {
       {"mixed", "Use the \xe4\xb8\xad\xe6\x96\x87 model for this \xe2\x80\x94 ok? lorem ipsum dolor sit amet, "
                 "consectetur adipiscing elit sed do. "},
       {"lines", "lorem ipsum dolor sit amet, consectetur adipiscing elit sed\\n"},
+      {"escaped", "\\u4e2d\\u6587\\u5b57\\u7b26\\uff0c\\u6d4b\\u8bd5\\u3002"},
   };
   std::printf("%-8s %10s %10s %8s %8s\n", "text", "bytes", "us/body", "ns/byte", "GB/s");
   for (const auto& kind : kinds) {
