@@ -5,8 +5,9 @@
 #
 # Usage: tests/perf/bench.sh [BUILD_DIR]   (env: ROUNDS=3 DURATION=8 CONNS=32 THREADS=1)
 #   PROMPT_KB=100        the user message padded to about that many KB (default: a short one)
-#   PROMPT_TEXT=...      what the prompt is padded with (default "lorem ipsum dolor sit amet "; no
-#                        quotes or backslashes), e.g. Chinese text, whose bytes are all multi-byte UTF-8
+#   PROMPT_TEXT=...      what the prompt is padded with, as it goes into the JSON body (default
+#                        "lorem ipsum dolor sit amet "), e.g. Chinese text, whose bytes are all
+#                        multi-byte UTF-8, or text with escapes: 'line\n', '\u4e2d\u6587' (no bare '"')
 #   ANSWER_KB=1024       the upstream's answer padded to about that many KB (default: 200 bytes)
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
@@ -140,10 +141,14 @@ tg_url=$(wait_listening "$work/tollgate-native.log")
 tg_curl_url=$(wait_listening "$work/tollgate-curl.log")
 [ -n "$baseline" ] && tg_base_url=$(wait_listening "$work/tollgate-baseline.log")
 
+# The padding goes into a Lua string literal: its backslashes and quotes written as escapes, so
+# that a JSON escape in it (\n, \u4e2d) reaches the body as written.
+lua_text=${prompt_text//\\/\\\\}
+lua_text=${lua_text//\'/\\\'}
 cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?' ..
-  string.rep('$prompt_text', math.floor($prompt_kb * 1024 / #'$prompt_text')) .. '"}],"max_tokens":16}'
+  string.rep('$lua_text', math.floor($prompt_kb * 1024 / #'$lua_text')) .. '"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer tg-bench"
 done = function(summary, latency, requests)
