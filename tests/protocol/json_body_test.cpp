@@ -1044,7 +1044,7 @@ TEST_CASE("two-byte escapes are passed over 64 bytes a step: random strings of e
   CHECK(invalid > 1500);
 }
 
-TEST_CASE("\\u escapes in a row are passed over 64 bytes a step: every offset, pairs and lone halves", "[json_body]") {
+TEST_CASE("escapes of code points in a row (backslash u) are passed over 64 bytes a step: every offset, pairs and lone halves", "[json_body]") {
   // Text written as \u escapes (Python's json.dumps writes all non-ASCII so by default): runs of
   // them after 0 to 70 letters, so that an escape, or a surrogate pair, is cut by a step's end at
   // every offset; some runs with a lone half, a half pair or a bad digit put in anywhere. The
