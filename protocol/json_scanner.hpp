@@ -67,6 +67,52 @@ inline int hex4_at(const char* p) {
   return (d0 | d1 | d2 | d3) < 0 ? -1 : d0 << 12 | d1 << 8 | d2 << 4 | d3;
 }
 
+/// The bytes of v in [low, low + span], unsigned.
+__attribute__((target("avx2"), always_inline)) inline __m256i bytes_in_range(__m256i v, char low, char span) {
+  const __m256i t = _mm256_sub_epi8(v, _mm256_set1_epi8(low));
+  return _mm256_cmpeq_epi8(_mm256_min_epu8(t, _mm256_set1_epi8(span)), t);
+}
+
+/// The bytes of v that are hex digits.
+__attribute__((target("avx2"), always_inline)) inline __m256i hex_digit_bytes(__m256i v) {
+  return _mm256_or_si256(bytes_in_range(v, '0', 9), bytes_in_range(_mm256_or_si256(v, _mm256_set1_epi8(0x20)), 'a', 5));
+}
+
+/// The bytes of v that may follow a backslash in a two-byte escape: " / b f n r t.
+__attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_bytes(__m256i v) {
+  const auto is = [&](char c) __attribute__((target("avx2"), always_inline)) {
+    return _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c));
+  };
+  return _mm256_or_si256(_mm256_or_si256(_mm256_or_si256(is('"'), is('/')), _mm256_or_si256(is('b'), is('f'))),
+                         _mm256_or_si256(_mm256_or_si256(is('n'), is('r')), is('t')));
+}
+
+/// Of the backslashes of the 64-byte step at `at`, the ones whose escape is not plainly one that
+/// step_stops passes (a backslash and one of " / b f n r t, or \u and four hex digits outside
+/// D800-DFFF, all within the step), found with vector masks rather than one backslash at a time:
+/// for steps dense with escapes (text written as \u escapes, ten a step). step_stops looks at
+/// those that are left one by one: surrogate pairs, escapes cut by the step's end, bad ones.
+[[gnu::noinline]] __attribute__((target("avx2"))) std::uint64_t escapes_left_by_mask(const char* at,
+                                                                                    std::uint64_t backslashes) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
+  const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32));
+  const __m256i u = _mm256_set1_epi8('u');
+  const __m256i lower = _mm256_set1_epi8(0x20), d = _mm256_set1_epi8('d');
+  const std::uint64_t hex = bits_of(hex_digit_bytes(x), hex_digit_bytes(y));
+  const std::uint64_t d_digits = bits_of(_mm256_cmpeq_epi8(_mm256_or_si256(x, lower), d),
+                                         _mm256_cmpeq_epi8(_mm256_or_si256(y, lower), d));
+  const std::uint64_t from_8 = hex & ~bits_of(bytes_in_range(x, '0', 7), bytes_in_range(y, '0', 7));
+  const std::uint64_t follows = backslashes << 1;
+  // At each 'u' after a backslash, four hex digits after it (none past the step: shifted in as 0).
+  const std::uint64_t code_points = follows & bits_of(_mm256_cmpeq_epi8(x, u), _mm256_cmpeq_epi8(y, u)) & (hex >> 1) &
+                                    (hex >> 2) & (hex >> 3) & (hex >> 4);
+  // ... not D800 to DFFF: a first digit d and a second from 8 up.
+  const std::uint64_t halves = code_points & (d_digits >> 1) & (from_8 >> 2);
+  const std::uint64_t passed =
+      (follows & bits_of(simple_escape_bytes(x), simple_escape_bytes(y))) | (code_points & ~halves);
+  return backslashes & ~(passed >> 1);
+}
+
 /// Where the 64-byte step of a string at `at` stops being text that needs no more look, one bit a
 /// byte, given its quotes, backslashes and the other bytes that stop it. Escapes are text: a
 /// backslash and one of " / b f n r t, \u and four hex digits of a code point outside the
@@ -82,7 +128,10 @@ inline int hex4_at(const char* p) {
   length = 64;
   if (backslashes == 0) return quotes | others;
   std::uint64_t bad = 0;
-  for (std::uint64_t b = backslashes; b != 0; b &= b - 1) {
+  // Dense escapes: the plain ones passed at once, the rest looked at one by one.
+  const std::uint64_t one_by_one =
+      __builtin_popcountll(backslashes) >= 4 ? escapes_left_by_mask(at, backslashes) : backslashes;
+  for (std::uint64_t b = one_by_one; b != 0; b &= b - 1) {
     const int k = __builtin_ctzll(b);
     if (k == 63) {
       length = k;

@@ -1044,7 +1044,7 @@ TEST_CASE("two-byte escapes are passed over 64 bytes a step: random strings of e
   CHECK(invalid > 1500);
 }
 
-TEST_CASE("escapes of code points in a row (backslash u) are passed over 64 bytes a step: every offset, pairs and lone halves", "[json_body]") {
+TEST_CASE("code point escapes in a row, 64 bytes a step: every offset, pairs and lone halves", "[json_body]") {
   // Text written as \u escapes (Python's json.dumps writes all non-ASCII so by default): runs of
   // them after 0 to 70 letters, so that an escape, or a surrogate pair, is cut by a step's end at
   // every offset; some runs with a lone half, a half pair or a bad digit put in anywhere. The
@@ -1054,6 +1054,7 @@ TEST_CASE("escapes of code points in a row (backslash u) are passed over 64 byte
   const std::vector<std::string> escapes = {"\\u4e2d", "\\u6587", "\\u00e9", "\\uFF0C", "\\ud83d\\ude00", "\\uDBFF\\uDFFF",
                                             "\\u0041", "\\u0022", "\\u005c", "\\uffff", "\\ud7ff", "\\ue000", "\\n"};
   const std::vector<std::string> breaks = {"\\ud83d",   "\\ude00",        "\\ud83d\\u0041", "\\ud83dx",       "\\u12g4",
+                                           "\\u123g",   "\\uD83D\\uDE0", "\\uDFFF",       "\\ug123",        "\\x41",
                                            "\\u12",     "\\ude00\\ud83d", "\\ud83d\\ud83d", "\\uDC00",        "\\u",
                                            "\\ud83d\\", "\\ud83d\\n"};
   int valid = 0, invalid = 0;
