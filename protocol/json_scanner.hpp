@@ -38,6 +38,25 @@ constexpr std::array<bool, 256> plain_string_byte = [] {
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// Four hex digits at the start of s, or -1.
+int hex4(std::string_view s) {
+  if (s.size() < 4) return -1;
+  int v = 0;
+  for (std::size_t k = 0; k < 4; ++k) {
+    const int d = hex_value(s[k]);
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
 #if defined(__x86_64__)
 /// The top bits of the 64 bytes x then y, one bit a byte.
 __attribute__((target("avx2"), always_inline)) inline std::uint64_t bits_of(const __m256i& x, const __m256i& y) {
@@ -52,20 +71,6 @@ constexpr std::array<bool, 256> simple_escape_byte = [] {
   for (const char c : {'"', '/', 'b', 'f', 'n', 'r', 't'}) t[static_cast<unsigned char>(c)] = true;
   return t;
 }();
-
-/// The value of the four hex digits at p, or -1: one table look a digit.
-inline int hex4_at(const char* p) {
-  static constexpr std::array<std::int8_t, 256> digit = [] {
-    std::array<std::int8_t, 256> t{};
-    t.fill(-1);
-    for (int c = 0; c < 10; ++c) t['0' + c] = static_cast<std::int8_t>(c);
-    for (int c = 0; c < 6; ++c) t['a' + c] = t['A' + c] = static_cast<std::int8_t>(10 + c);
-    return t;
-  }();
-  const int d0 = digit[static_cast<unsigned char>(p[0])], d1 = digit[static_cast<unsigned char>(p[1])],
-            d2 = digit[static_cast<unsigned char>(p[2])], d3 = digit[static_cast<unsigned char>(p[3])];
-  return (d0 | d1 | d2 | d3) < 0 ? -1 : d0 << 12 | d1 << 8 | d2 << 4 | d3;
-}
 
 /// The bytes of v in [low, low + span], unsigned.
 __attribute__((target("avx2"), always_inline)) inline __m256i bytes_in_range(__m256i v, char low, char span) {
@@ -144,7 +149,7 @@ __attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_byte
         length = k;
         break;
       }
-      const int cp = hex4_at(at + k + 2);
+      const int cp = hex4(std::string_view(at + k + 2, 4));
       if (cp >= 0 && (cp < 0xD800 || cp > 0xDFFF)) continue;
       if (cp >= 0xD800 && cp <= 0xDBFF) {
         if (k > 63 - 11) {
@@ -152,7 +157,7 @@ __attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_byte
           break;
         }
         if (at[k + 6] == '\\' && at[k + 7] == 'u') {
-          if (const int low = hex4_at(at + k + 8); low >= 0xDC00 && low <= 0xDFFF) {
+          if (const int low = hex4(std::string_view(at + k + 8, 4)); low >= 0xDC00 && low <= 0xDFFF) {
             b &= ~(1ull << (k + 6));  // the low half's backslash is taken with it
             continue;
           }
@@ -481,24 +486,6 @@ inline const char* skip_utf8_text(const char* p, const char* end, bool& escaped)
   return p;
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/// Four hex digits at the start of s, or -1.
-int hex4(std::string_view s) {
-  if (s.size() < 4) return -1;
-  int v = 0;
-  for (std::size_t k = 0; k < 4; ++k) {
-    const int d = hex_value(s[k]);
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
 
 /// nlohmann refuses a number that does not fit a double ("number overflow"); so must we, or a body
 /// we pass would fail later wherever it is parsed with nlohmann. num is a well-formed JSON number.
