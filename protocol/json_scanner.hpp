@@ -177,9 +177,9 @@ __attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_byte
 /// blocks' marks are joined and tested once, and the loop's own test, add and branch come once a
 /// step (0.30 instructions a byte of a long prompt, against 0.34 with 64-byte steps). A step with
 /// a special byte is looked at again, 64 bytes at a time, and passed when its only special bytes
-/// are two-byte escapes (step_stops). Returns the first byte that stops a step, or the last
-/// position from which fewer than 64 bytes remain.
-__attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const char* end, bool& escaped) {
+/// are escapes (step_stops) and `escaped` is given. Returns the first byte that stops a step, or
+/// the last position from which fewer than 64 bytes remain.
+__attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const char* end, bool* escaped) {
   const __m256i quote = _mm256_set1_epi8('"');
   const __m256i backslash = _mm256_set1_epi8('\\');
   const __m256i space = _mm256_set1_epi8(0x20);
@@ -193,6 +193,8 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
   const auto stops_at = [&](const char* at, const __m256i& x, const __m256i& y, int& length)
                             __attribute__((target("avx2"), always_inline)) {
     const std::uint64_t specials = bits_of(x, y);
+    length = 64;
+    if (escaped == nullptr) return specials;  // escapes not passed: each backslash stops
     // The bytes read again, from a pointer the optimizer cannot see through: else it keeps the
     // compares the loop made for every step live into this rare path, and the loop pays.
     const char* again = at;
@@ -200,9 +202,9 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
     const __m256i in_x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(again));
     const __m256i in_y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(again + 32));
     const std::uint64_t backslashes = bits_of(_mm256_cmpeq_epi8(in_x, backslash), _mm256_cmpeq_epi8(in_y, backslash));
-    if (specials == backslashes) return step_stops(at, 0, backslashes, 0, escaped, length);
+    if (specials == backslashes) return step_stops(at, 0, backslashes, 0, *escaped, length);
     const std::uint64_t quotes = bits_of(_mm256_cmpeq_epi8(in_x, quote), _mm256_cmpeq_epi8(in_y, quote));
-    return step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped, length);
+    return step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), *escaped, length);
   };
   while (end - p >= 128) {
     const __m256i a = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -444,10 +446,10 @@ inline unsigned special_string_bytes16(const char* at) {
 #endif
 
 /// The first byte in [p, end) that is not a plain_string_byte (or end), where runs of 64 bytes
-/// and more may pass over two-byte escapes (a backslash and one of " / b f n r t), setting
-/// `escaped`. Strings are where the bytes of a large body are (a long prompt, a long answer), so
+/// and more pass over escapes (step_stops) when `escaped` is given, and set it; without it each
+/// backslash stops the run (a caller that looks at each escape itself). Strings are where the bytes of a large body are (a long prompt, a long answer), so
 /// they are skipped 16 bytes at a time where SSE2 is there (every x86-64), 64 where AVX2 is.
-inline const char* skip_plain_string_bytes(const char* p, const char* end, bool& escaped) {
+inline const char* skip_plain_string_bytes(const char* p, const char* end, bool* escaped) {
 #if defined(__SSE2__)
   const auto special = special_string_bytes16;
   // Most strings (keys, roles, short values) end within their first 16 bytes.
@@ -455,7 +457,7 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end, bool&
     if (const unsigned mask = special(p); mask == 0) {
       p += 16;
 #if defined(__x86_64__)
-    } else if (p[__builtin_ctz(mask)] == '\\' && end - p >= 64 && cpu_has_avx2()) {
+    } else if (escaped != nullptr && p[__builtin_ctz(mask)] == '\\' && end - p >= 64 && cpu_has_avx2()) {
       // An escape in a long string: text written with many (\n a line, \u a character) stays
       // in the AVX2 loop, which passes over them.
 #endif
@@ -790,7 +792,7 @@ class json_scanner {
   const char* scan_string_general(const char* p, const char* const end) {
     ++p;  // the opening quote
     for (;;) {
-      p = skip_plain_string_bytes(p, end, escaped_);
+      p = skip_plain_string_bytes(p, end, &escaped_);
       // Non-ASCII text (CJK, say) is mostly multi-byte sequences in a row: checked 64 bytes a
       // step where AVX2 is, and what that leaves (the last bytes, a fault to be named) here in one
       // loop, without going back to the plain-byte skip for each.

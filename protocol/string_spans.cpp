@@ -23,8 +23,7 @@ bool find_long_strings(std::string_view text, std::size_t min_bytes, const strin
     ++p;
     clean = true;
     for (;;) {
-      bool escaped = false;  // the escapes passed over need no more look here
-      p = skip_plain_string_bytes(p, end, escaped);
+      p = skip_plain_string_bytes(p, end, nullptr);  // each escape looked at below: a surrogate one is not clean
       if (p >= end) return false;
       const auto c = static_cast<unsigned char>(*p);
       if (c == '"') {

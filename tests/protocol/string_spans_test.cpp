@@ -62,6 +62,14 @@ TEST_CASE("long strings are found at the paths asked for, and only valid ones", 
   const std::string surrogate = R"({"messages":[{"content":")" + big + R"(\ud83d\ude00"}]})";
   CHECK(find_long_strings(surrogate, 128, wanted, found));
   CHECK(found.empty());
+  // ... also among other escapes early in a long string, where the scan goes 64 bytes a step.
+  const std::string lines = std::string(70, 'a') + R"(\n)" + std::string(70, 'b') + R"(\n)";
+  const std::string early = R"({"messages":[{"content":")" + lines + R"(\ud83d\ude00)" + lines + big + R"("}]})";
+  CHECK(find_long_strings(early, 128, wanted, found));
+  CHECK(found.empty());
+  const std::string plain_escapes = R"({"messages":[{"content":")" + lines + R"(\u4e2d)" + lines + big + R"("}]})";
+  CHECK(find_long_strings(plain_escapes, 128, wanted, found));
+  CHECK(found.size() == 1);
   const std::string bad_utf8 = R"({"messages":[{"content":")" + big + "\xff" + R"("}]})";
   CHECK(find_long_strings(bad_utf8, 128, wanted, found));
   CHECK(found.empty());
