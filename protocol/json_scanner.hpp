@@ -72,25 +72,47 @@ constexpr std::array<bool, 256> simple_escape_byte = [] {
   return t;
 }();
 
-/// The bytes of v in [low, low + span], unsigned.
-__attribute__((target("avx2"), always_inline)) inline __m256i bytes_in_range(__m256i v, char low, char span) {
-  const __m256i t = _mm256_sub_epi8(v, _mm256_set1_epi8(low));
-  return _mm256_cmpeq_epi8(_mm256_min_epu8(t, _mm256_set1_epi8(span)), t);
-}
+/// What each byte may be in an escape, one bit a kind, found as the AND of two 16-entry tables:
+/// one looked up by the byte's high nibble, one by its low nibble (every kind is a set of low
+/// nibbles under one or two high nibbles, so the AND marks it exactly; bytes from 0x80 up have
+/// none). The letters of two-byte escapes take three bits, one a high nibble: " / under 2, b f n
+/// under 6, r t under 7.
+namespace escape_kind {
+constexpr std::uint8_t simple_2 = 0x01, simple_6 = 0x02, simple_7 = 0x04;  // " /, b f n, r t
+constexpr std::uint8_t digit_low = 0x08;   // 0-7
+constexpr std::uint8_t digit_high = 0x10;  // 8 9
+constexpr std::uint8_t letter = 0x20;      // a-f A-F
+constexpr std::uint8_t u = 0x40;
+constexpr std::uint8_t d = 0x80;  // d D: with a digit from 8 up after it, a surrogate's first two
+constexpr std::uint8_t simple = simple_2 | simple_6 | simple_7;
+constexpr std::uint8_t from_8 = digit_high | letter;  // hex digits 8-F
+constexpr std::uint8_t hex = digit_low | from_8;
 
-/// The bytes of v that are hex digits.
-__attribute__((target("avx2"), always_inline)) inline __m256i hex_digit_bytes(__m256i v) {
-  return _mm256_or_si256(bytes_in_range(v, '0', 9), bytes_in_range(_mm256_or_si256(v, _mm256_set1_epi8(0x20)), 'a', 5));
-}
-
-/// The bytes of v that may follow a backslash in a two-byte escape: " / b f n r t.
-__attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_bytes(__m256i v) {
-  const auto is = [&](char c) __attribute__((target("avx2"), always_inline)) {
-    return _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c));
-  };
-  return _mm256_or_si256(_mm256_or_si256(_mm256_or_si256(is('"'), is('/')), _mm256_or_si256(is('b'), is('f'))),
-                         _mm256_or_si256(_mm256_or_si256(is('n'), is('r')), is('t')));
-}
+/// The two tables, each written twice (once a 16-byte lane).
+constexpr std::array<std::array<std::uint8_t, 32>, 2> tables = [] {
+  std::array<std::uint8_t, 16> high{}, low{};
+  high[2] = simple_2;
+  high[3] = digit_low | digit_high;
+  high[4] = letter | d;
+  high[6] = simple_6 | letter | d;
+  high[7] = simple_7 | u;
+  for (int n = 0; n <= 7; ++n) low[n] |= digit_low;
+  for (int n = 8; n <= 9; ++n) low[n] |= digit_high;
+  for (int n = 1; n <= 6; ++n) low[n] |= letter;
+  low[0x2] |= simple_2 | simple_6 | simple_7;  // " b r
+  low[0xF] |= simple_2;                        // /
+  low[0x6] |= simple_6;                        // f
+  low[0xE] |= simple_6;                        // n
+  low[0x4] |= simple_7 | d;                    // t, d
+  low[0x5] |= u;
+  std::array<std::array<std::uint8_t, 32>, 2> t{};
+  for (int k = 0; k < 32; ++k) {
+    t[0][k] = high[k % 16];
+    t[1][k] = low[k % 16];
+  }
+  return t;
+}();
+}  // namespace escape_kind
 
 /// Of the backslashes of the 64-byte step at `at`, the ones whose escape is not plainly one that
 /// step_stops passes (a backslash and one of " / b f n r t, or \u and four hex digits outside
@@ -99,22 +121,30 @@ __attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_byte
 /// those that are left one by one: surrogate pairs, escapes cut by the step's end, bad ones.
 [[gnu::noinline]] __attribute__((target("avx2"))) std::uint64_t escapes_left_by_mask(const char* at,
                                                                                     std::uint64_t backslashes) {
-  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
-  const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32));
-  const __m256i u = _mm256_set1_epi8('u');
-  const __m256i lower = _mm256_set1_epi8(0x20), d = _mm256_set1_epi8('d');
-  const std::uint64_t hex = bits_of(hex_digit_bytes(x), hex_digit_bytes(y));
-  const std::uint64_t d_digits = bits_of(_mm256_cmpeq_epi8(_mm256_or_si256(x, lower), d),
-                                         _mm256_cmpeq_epi8(_mm256_or_si256(y, lower), d));
-  const std::uint64_t from_8 = hex & ~bits_of(bytes_in_range(x, '0', 7), bytes_in_range(y, '0', 7));
+  namespace k = escape_kind;
+  const __m256i high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k::tables[0].data()));
+  const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k::tables[1].data()));
+  const __m256i nibble = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+  const auto kinds = [&](const char* from) __attribute__((target("avx2"), always_inline)) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from));
+    return _mm256_and_si256(_mm256_shuffle_epi8(high, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)),
+                            _mm256_shuffle_epi8(low, _mm256_and_si256(v, nibble)));
+  };
+  const __m256i x = kinds(at), y = kinds(at + 32);
+  // The bytes of any of the kinds in `of`.
+  const auto any = [&](std::uint8_t of) __attribute__((target("avx2"), always_inline)) {
+    const __m256i m = _mm256_set1_epi8(static_cast<char>(of));
+    return ~bits_of(_mm256_cmpeq_epi8(_mm256_and_si256(x, m), zero), _mm256_cmpeq_epi8(_mm256_and_si256(y, m), zero));
+  };
+  const std::uint64_t hex = any(k::hex);
+  const std::uint64_t d_digits = bits_of(x, y);  // k::d is the top bit
+  const std::uint64_t us = bits_of(_mm256_slli_epi16(x, 1), _mm256_slli_epi16(y, 1));  // k::u, the next bit
   const std::uint64_t follows = backslashes << 1;
   // At each 'u' after a backslash, four hex digits after it (none past the step: shifted in as 0).
-  const std::uint64_t code_points = follows & bits_of(_mm256_cmpeq_epi8(x, u), _mm256_cmpeq_epi8(y, u)) & (hex >> 1) &
-                                    (hex >> 2) & (hex >> 3) & (hex >> 4);
+  const std::uint64_t code_points = follows & us & (hex >> 1) & (hex >> 2) & (hex >> 3) & (hex >> 4);
   // ... not D800 to DFFF: a first digit d and a second from 8 up.
-  const std::uint64_t halves = code_points & (d_digits >> 1) & (from_8 >> 2);
-  const std::uint64_t passed =
-      (follows & bits_of(simple_escape_bytes(x), simple_escape_bytes(y))) | (code_points & ~halves);
+  const std::uint64_t halves = code_points & (d_digits >> 1) & (any(k::from_8) >> 2);
+  const std::uint64_t passed = (follows & any(k::simple)) | (code_points & ~halves);
   return backslashes & ~(passed >> 1);
 }
 
@@ -124,12 +154,15 @@ __attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_byte
 /// surrogates, and a high surrogate's \u escape followed at once by a low one's (as Python's
 /// json.dumps writes non-ASCII text by default). Their backslashes do not stop the step, nor does
 /// an escaped quote. A backslash before anything else (a second backslash, a lone surrogate, a
-/// byte that is no escape) stops it. An escape that goes on past the step ends it early:
+/// byte that is no escape) stops it. An escape that goes on past the step is read on there, up
+/// to `readable` bytes from `at` (at least 64): what it leaves in the next step (a letter, 'u',
+/// hex digits) stops nothing there. One that cannot be judged so (past `readable`, a surrogate
+/// pair, an escaped quote that would be the next step's first byte) ends the step early:
 /// `length` (else 64) is where, the escape's backslash, from which the next step starts.
 /// `escaped` is set when a backslash comes before the first stop.
-[[gnu::always_inline]] inline std::uint64_t step_stops(const char* at, std::uint64_t quotes, std::uint64_t backslashes,
-                                                     std::uint64_t others,
-                                bool& escaped, int& length) {
+[[gnu::always_inline]] inline std::uint64_t step_stops(const char* at, std::ptrdiff_t readable, std::uint64_t quotes,
+                                                     std::uint64_t backslashes, std::uint64_t others, bool& escaped,
+                                                     int& length) {
   length = 64;
   if (backslashes == 0) return quotes | others;
   std::uint64_t bad = 0;
@@ -138,14 +171,18 @@ __attribute__((target("avx2"), always_inline)) inline __m256i simple_escape_byte
       __builtin_popcountll(backslashes) >= 4 ? escapes_left_by_mask(at, backslashes) : backslashes;
   for (std::uint64_t b = one_by_one; b != 0; b &= b - 1) {
     const int k = __builtin_ctzll(b);
-    if (k == 63) {
+    if (k + 1 >= readable) {
       length = k;
       break;
     }
     const auto next = static_cast<unsigned char>(at[k + 1]);
-    if (simple_escape_byte[next]) continue;
+    if (simple_escape_byte[next]) {
+      if (k < 63 || next != '"') continue;
+      length = k;  // the quote would end the string in the next step
+      break;
+    }
     if (next == 'u') {
-      if (k > 63 - 5) {
+      if (k + 6 > readable) {
         length = k;
         break;
       }
@@ -202,9 +239,9 @@ __attribute__((target("avx2"))) const char* skip_plain_avx2(const char* p, const
     const __m256i in_x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(again));
     const __m256i in_y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(again + 32));
     const std::uint64_t backslashes = bits_of(_mm256_cmpeq_epi8(in_x, backslash), _mm256_cmpeq_epi8(in_y, backslash));
-    if (specials == backslashes) return step_stops(at, 0, backslashes, 0, *escaped, length);
+    if (specials == backslashes) return step_stops(at, end - at, 0, backslashes, 0, *escaped, length);
     const std::uint64_t quotes = bits_of(_mm256_cmpeq_epi8(in_x, quote), _mm256_cmpeq_epi8(in_y, quote));
-    return step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), *escaped, length);
+    return step_stops(at, end - at, quotes, backslashes, specials & ~(quotes | backslashes), *escaped, length);
   };
   while (end - p >= 128) {
     const __m256i a = special(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -333,7 +370,8 @@ inline const char* char_start_before(const char* from, const char* q) {
 /// stop (step_stops) when every byte before it is well formed, else char_start_before(at); nullptr
 /// when the step is all well-formed text and two-byte escapes. Out of line: it runs at most once a
 /// string and for each escape, and the loop keeps its registers.
-[[gnu::noinline]] __attribute__((target("avx2"))) const char* step_stop(const char* from, const char* at, bool& escaped) {
+[[gnu::noinline]] __attribute__((target("avx2"))) const char* step_stop(const char* from, const char* at, const char* end,
+                                                                      bool& escaped) {
   const __m256i before = at == from ? _mm256_setzero_si256() : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at - 32));
   const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
   const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 32));
@@ -347,7 +385,7 @@ inline const char* char_start_before(const char* from, const char* q) {
   const std::uint64_t backslashes = bits_of(_mm256_cmpeq_epi8(a, backslash_row), _mm256_cmpeq_epi8(b, backslash_row));
   const std::uint64_t quotes = bits_of(_mm256_cmpeq_epi8(a, quote_row), _mm256_cmpeq_epi8(b, quote_row));
   int length = 64;
-  std::uint64_t stops = step_stops(at, quotes, backslashes, specials & ~(quotes | backslashes), escaped, length);
+  std::uint64_t stops = step_stops(at, end - at, quotes, backslashes, specials & ~(quotes | backslashes), escaped, length);
   if (length < 64) stops |= 1ull << length;  // an escape that goes on past the step: the scalar scan takes it
   // A fault at the first stop itself may be a character cut short by it.
   const int k = stops == 0 ? 64 : __builtin_ctzll(stops);
@@ -392,7 +430,7 @@ __attribute__((target("avx2"))) const char* skip_utf8_avx2(const char* const fro
                                   _mm256_cmpeq_epi8(_mm256_min_epu8(b, space_row), b));
       const __m256i either = _mm256_or_si256(_mm256_or_si256(special_a, special_b), pending);
       if (!_mm256_testz_si256(either, either)) {
-        if (const char* at = step_stop(from, p, escaped); at != nullptr) return at;
+        if (const char* at = step_stop(from, p, end, escaped); at != nullptr) return at;
       }
       pending = _mm256_setzero_si256();
     } else {
@@ -401,7 +439,7 @@ __attribute__((target("avx2"))) const char* skip_utf8_avx2(const char* const fro
       check(b, a, fault_b, special_b);
       const __m256i any = _mm256_or_si256(_mm256_or_si256(fault_a, special_a), _mm256_or_si256(fault_b, special_b));
       if (!_mm256_testz_si256(any, any)) {
-        if (const char* at = step_stop(from, p, escaped); at != nullptr) return at;
+        if (const char* at = step_stop(from, p, end, escaped); at != nullptr) return at;
       }
       pending = _mm256_subs_epu8(b, load(goes_on));
     }
