@@ -3,13 +3,16 @@
 // `--kb` KB whose user message is one kind of text. Prints the thread's CPU time a body (median of
 // `--rounds` rounds; CPU time, so that a loaded machine stretches it little), ns a byte and GB/s.
 //
-//   tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied]
+//   tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied|received]
 //     (NAME: one of the texts below)
 //
 // Where the body is when the scan starts (`--cache`): `hot`, the same body every time, so in the
 // caches after the first parse; `cold`, one of copies filling 512 MB in turn, so read from memory;
-// `copied`, one of those copies written into the parsed buffer just before (not timed), as the
-// kernel's copy of a body from the socket leaves it.
+// `copied`, one of those copies written into the parsed buffer just before (not timed);
+// `received`, one of those copies sent by another thread over a loopback TCP connection and read
+// into the parsed buffer just before (not timed), as the gateway reads a body from its client.
+// The last two differ where the kernel's copy to user memory leaves the bytes elsewhere in the
+// caches than a copy in user space does.
 //   valgrind --tool=callgrind tollgate-bench-scan --calls 10 --text NAME
 //     (exactly that many parses and no timing, for instruction counts)
 //
@@ -22,6 +25,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,6 +59,28 @@ std::string body_of(std::string_view unit, std::size_t bytes) {
          text + R"("}]})";
 }
 
+/// A loopback TCP connection: {the sending end, the receiving end}.
+std::pair<int, int> loopback_pair() {
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (listener < 0 || bind(listener, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(listener, 1) != 0 ||
+      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::perror("listen");
+    std::exit(1);
+  }
+  const int out = socket(AF_INET, SOCK_STREAM, 0);
+  if (out < 0 || connect(out, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    std::perror("connect");
+    std::exit(1);
+  }
+  const int in = accept(listener, nullptr, nullptr);
+  close(listener);
+  return {out, in};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -71,12 +102,12 @@ int main(int argc, char** argv) {
     } else if (flag == "--calls") {
       calls = std::atoi(argv[i + 1]);
     } else {
-      std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied] [--calls N]\n");
+      std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied|received] [--calls N]\n");
       return 2;
     }
   }
-  if (kb == 0 || rounds < 1 || (cache != "hot" && cache != "cold" && cache != "copied")) {
-    std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied] [--calls N]\n");
+  if (kb == 0 || rounds < 1 || (cache != "hot" && cache != "cold" && cache != "copied" && cache != "received")) {
+    std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied|received] [--calls N]\n");
     return 2;
   }
   const std::vector<text_kind> kinds = {
@@ -111,6 +142,26 @@ int main(int argc, char** argv) {
     if (cache != "hot") copies.assign(std::max<std::size_t>(2, (std::size_t{512} << 20) / body.size()), body);
     std::string into(body.size(), ' ');
     std::size_t next = 0;
+    // `received`: another thread sends the copies in turn, whole, until the connection closes.
+    int receiving = -1;
+    std::thread sender;
+    if (cache == "received") {
+      const auto [out, in] = loopback_pair();
+      receiving = in;
+      sender = std::thread([out = out, &copies] {
+        for (std::size_t k = 0;; ++k) {
+          const std::string& copy = copies[k % copies.size()];
+          for (std::size_t sent = 0; sent < copy.size();) {
+            const ssize_t n = send(out, copy.data() + sent, copy.size() - sent, MSG_NOSIGNAL);
+            if (n <= 0) {
+              close(out);
+              return;
+            }
+            sent += static_cast<std::size_t>(n);
+          }
+        }
+      });
+    }
     std::vector<double> seconds;
     for (int r = 0; r < rounds; ++r) {
       int n = 0;
@@ -122,7 +173,16 @@ int main(int argc, char** argv) {
         if (!copies.empty()) {
           const std::string& copy = copies[next++ % copies.size()];
           parsed_body = copy;
-          if (cache == "copied") {
+          if (cache == "received") {
+            const double c0 = thread_cpu_seconds();
+            for (std::size_t got = 0; got < into.size();) {
+              const ssize_t read = recv(receiving, into.data() + got, into.size() - got, 0);
+              if (read <= 0) std::abort();
+              got += static_cast<std::size_t>(read);
+            }
+            parsed_body = into;
+            untimed += thread_cpu_seconds() - c0;
+          } else if (cache == "copied") {
             const double c0 = thread_cpu_seconds();
             std::memcpy(into.data(), copy.data(), copy.size());
             parsed_body = into;
@@ -135,6 +195,10 @@ int main(int argc, char** argv) {
         s = thread_cpu_seconds() - t0;
       } while (s - untimed < 0.2);
       seconds.push_back((s - untimed) / n);
+    }
+    if (sender.joinable()) {
+      close(receiving);  // the sender's next send fails, and it ends
+      sender.join();
     }
     std::sort(seconds.begin(), seconds.end());
     const double t = seconds[seconds.size() / 2];
