@@ -38,23 +38,24 @@ constexpr std::array<bool, 256> plain_string_byte = [] {
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
+/// Each byte's value as a hex digit, or -1.
+constexpr std::array<std::int8_t, 256> hex_digit_values = [] {
+  std::array<std::int8_t, 256> t{};
+  for (auto& v : t) v = -1;
+  for (int d = 0; d < 10; ++d) t['0' + d] = static_cast<std::int8_t>(d);
+  for (int d = 0; d < 6; ++d) t['a' + d] = t['A' + d] = static_cast<std::int8_t>(10 + d);
+  return t;
+}();
 
-/// Four hex digits at the start of s, or -1.
+int hex_value(char c) { return hex_digit_values[static_cast<unsigned char>(c)]; }
+
+/// Four hex digits at the start of s, or -1. The four looked up at once and tested once: the
+/// escapes of text written as \u escapes come here at each step's end.
 int hex4(std::string_view s) {
   if (s.size() < 4) return -1;
-  int v = 0;
-  for (std::size_t k = 0; k < 4; ++k) {
-    const int d = hex_value(s[k]);
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
+  const int a = hex_value(s[0]), b = hex_value(s[1]), c = hex_value(s[2]), d = hex_value(s[3]);
+  if ((a | b | c | d) < 0) return -1;
+  return a << 12 | b << 8 | c << 4 | d;
 }
 
 #if defined(__x86_64__)
