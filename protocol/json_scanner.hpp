@@ -89,8 +89,10 @@ constexpr std::uint8_t simple = simple_2 | simple_6 | simple_7;
 constexpr std::uint8_t from_8 = digit_high | letter;  // hex digits 8-F
 constexpr std::uint8_t hex = digit_low | from_8;
 
-/// The two tables, each written twice (once a 16-byte lane).
-constexpr std::array<std::array<std::uint8_t, 32>, 2> tables = [] {
+/// The two tables, each written twice (once a 16-byte lane), then the masks used with them, each
+/// byte alike: every constant is one load (a set1 costs three instructions a call).
+enum : std::size_t { by_high, by_low, nibble, hex_mask, from_8_mask, simple_mask, rows };
+constexpr std::array<std::array<std::uint8_t, 32>, rows> tables = [] {
   std::array<std::uint8_t, 16> high{}, low{};
   high[2] = simple_2;
   high[3] = digit_low | digit_high;
@@ -106,13 +108,25 @@ constexpr std::array<std::array<std::uint8_t, 32>, 2> tables = [] {
   low[0xE] |= simple_6;                        // n
   low[0x4] |= simple_7 | d;                    // t, d
   low[0x5] |= u;
-  std::array<std::array<std::uint8_t, 32>, 2> t{};
+  std::array<std::array<std::uint8_t, 32>, rows> t{};
   for (int k = 0; k < 32; ++k) {
-    t[0][k] = high[k % 16];
-    t[1][k] = low[k % 16];
+    t[by_high][k] = high[k % 16];
+    t[by_low][k] = low[k % 16];
+    t[nibble][k] = 0x0F;
+    t[hex_mask][k] = hex;
+    t[from_8_mask][k] = from_8;
+    t[simple_mask][k] = simple;
   }
   return t;
 }();
+
+/// Row k of the tables, read from memory: hidden from the optimizer, which with the values known
+/// makes each constant anew (three instructions).
+__attribute__((target("avx2"), always_inline)) inline __m256i row(std::size_t k) {
+  const auto* at = reinterpret_cast<const __m256i*>(tables.data());
+  asm("" : "+r"(at));
+  return _mm256_loadu_si256(at + k);
+}
 }  // namespace escape_kind
 
 /// Of the backslashes of the 64-byte step at `at`, the ones whose escape is not plainly one that
@@ -123,9 +137,8 @@ constexpr std::array<std::array<std::uint8_t, 32>, 2> tables = [] {
 [[gnu::noinline]] __attribute__((target("avx2"))) std::uint64_t escapes_left_by_mask(const char* at,
                                                                                     std::uint64_t backslashes) {
   namespace k = escape_kind;
-  const __m256i high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k::tables[0].data()));
-  const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k::tables[1].data()));
-  const __m256i nibble = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+  const __m256i high = k::row(k::by_high), low = k::row(k::by_low);
+  const __m256i nibble = k::row(k::nibble), zero = _mm256_setzero_si256();
   const auto kinds = [&](const char* from) __attribute__((target("avx2"), always_inline)) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from));
     return _mm256_and_si256(_mm256_shuffle_epi8(high, _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)),
@@ -133,19 +146,19 @@ constexpr std::array<std::array<std::uint8_t, 32>, 2> tables = [] {
   };
   const __m256i x = kinds(at), y = kinds(at + 32);
   // The bytes of any of the kinds in `of`.
-  const auto any = [&](std::uint8_t of) __attribute__((target("avx2"), always_inline)) {
-    const __m256i m = _mm256_set1_epi8(static_cast<char>(of));
+  const auto any = [&](std::size_t of) __attribute__((target("avx2"), always_inline)) {
+    const __m256i m = k::row(of);
     return ~bits_of(_mm256_cmpeq_epi8(_mm256_and_si256(x, m), zero), _mm256_cmpeq_epi8(_mm256_and_si256(y, m), zero));
   };
-  const std::uint64_t hex = any(k::hex);
+  const std::uint64_t hex = any(k::hex_mask);
   const std::uint64_t d_digits = bits_of(x, y);  // k::d is the top bit
   const std::uint64_t us = bits_of(_mm256_slli_epi16(x, 1), _mm256_slli_epi16(y, 1));  // k::u, the next bit
   const std::uint64_t follows = backslashes << 1;
   // At each 'u' after a backslash, four hex digits after it (none past the step: shifted in as 0).
   const std::uint64_t code_points = follows & us & (hex >> 1) & (hex >> 2) & (hex >> 3) & (hex >> 4);
   // ... not D800 to DFFF: a first digit d and a second from 8 up.
-  const std::uint64_t halves = code_points & (d_digits >> 1) & (any(k::from_8) >> 2);
-  const std::uint64_t passed = (follows & any(k::simple)) | (code_points & ~halves);
+  const std::uint64_t halves = code_points & (d_digits >> 1) & (any(k::from_8_mask) >> 2);
+  const std::uint64_t passed = (follows & any(k::simple_mask)) | (code_points & ~halves);
   return backslashes & ~(passed >> 1);
 }
 
