@@ -25,15 +25,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <string>
-#include <string_view>
-#include <vector>
 
 #include "protocol/json_body.hpp"
 
@@ -89,6 +89,12 @@ int main(int argc, char** argv) {
   std::string_view only;
   int calls = 0;
   std::string_view cache = "hot";
+  const auto usage = [] {
+    std::fprintf(stderr,
+                 "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied|received] "
+                 "[--calls N]\n");
+    return 2;
+  };
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string_view flag = argv[i];
     if (flag == "--kb") {
@@ -102,13 +108,11 @@ int main(int argc, char** argv) {
     } else if (flag == "--calls") {
       calls = std::atoi(argv[i + 1]);
     } else {
-      std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied|received] [--calls N]\n");
-      return 2;
+      return usage();
     }
   }
   if (kb == 0 || rounds < 1 || (cache != "hot" && cache != "cold" && cache != "copied" && cache != "received")) {
-    std::fprintf(stderr, "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied|received] [--calls N]\n");
-    return 2;
+    return usage();
   }
   const std::vector<text_kind> kinds = {
       {"english", "lorem ipsum dolor sit amet, consectetur adipiscing elit. "},
@@ -173,18 +177,17 @@ int main(int argc, char** argv) {
         if (!copies.empty()) {
           const std::string& copy = copies[next++ % copies.size()];
           parsed_body = copy;
-          if (cache == "received") {
+          if (cache != "cold") {  // the copy written into `into` (copied) or read into it (received), untimed
             const double c0 = thread_cpu_seconds();
-            for (std::size_t got = 0; got < into.size();) {
-              const ssize_t read = recv(receiving, into.data() + got, into.size() - got, 0);
-              if (read <= 0) std::abort();
-              got += static_cast<std::size_t>(read);
+            if (cache == "copied") {
+              std::memcpy(into.data(), copy.data(), copy.size());
+            } else {
+              for (std::size_t got = 0; got < into.size();) {
+                const ssize_t read = recv(receiving, into.data() + got, into.size() - got, 0);
+                if (read <= 0) std::abort();
+                got += static_cast<std::size_t>(read);
+              }
             }
-            parsed_body = into;
-            untimed += thread_cpu_seconds() - c0;
-          } else if (cache == "copied") {
-            const double c0 = thread_cpu_seconds();
-            std::memcpy(into.data(), copy.data(), copy.size());
             parsed_body = into;
             untimed += thread_cpu_seconds() - c0;
           }
