@@ -73,6 +73,17 @@ constexpr std::array<bool, 256> simple_escape_byte = [] {
   return t;
 }();
 
+/// Row k of a table of 32-byte constants, read from memory: hidden from the optimizer, which with
+/// the values known would make each constant anew where it is used (three instructions a set1),
+/// inside loops where the registers run short.
+template <std::size_t N>
+__attribute__((target("avx2"), always_inline)) inline __m256i hidden_row(
+    const std::array<std::array<std::uint8_t, 32>, N>& table, std::size_t k) {
+  const auto* at = reinterpret_cast<const __m256i*>(table.data());
+  asm("" : "+r"(at));
+  return _mm256_load_si256(at + k);  // the tables are aligned to 32
+}
+
 /// What each byte may be in an escape, one bit a kind, found as the AND of two 16-entry tables:
 /// one looked up by the byte's high nibble, one by its low nibble (every kind is a set of low
 /// nibbles under one or two high nibbles, so the AND marks it exactly; bytes from 0x80 up have
@@ -92,7 +103,7 @@ constexpr std::uint8_t hex = digit_low | from_8;
 /// The two tables, each written twice (once a 16-byte lane), then the masks used with them, each
 /// byte alike: every constant is one load (a set1 costs three instructions a call).
 enum : std::size_t { by_high, by_low, nibble, hex_mask, from_8_mask, simple_mask, rows };
-constexpr std::array<std::array<std::uint8_t, 32>, rows> tables = [] {
+alignas(32) constexpr std::array<std::array<std::uint8_t, 32>, rows> tables = [] {
   std::array<std::uint8_t, 16> high{}, low{};
   high[2] = simple_2;
   high[3] = digit_low | digit_high;
@@ -120,13 +131,7 @@ constexpr std::array<std::array<std::uint8_t, 32>, rows> tables = [] {
   return t;
 }();
 
-/// Row k of the tables, read from memory: hidden from the optimizer, which with the values known
-/// makes each constant anew (three instructions).
-__attribute__((target("avx2"), always_inline)) inline __m256i row(std::size_t k) {
-  const auto* at = reinterpret_cast<const __m256i*>(tables.data());
-  asm("" : "+r"(at));
-  return _mm256_loadu_si256(at + k);
-}
+__attribute__((target("avx2"), always_inline)) inline __m256i row(std::size_t k) { return hidden_row(tables, k); }
 }  // namespace escape_kind
 
 /// Of the backslashes of the 64-byte step at `at`, the ones whose escape is not plainly one that
@@ -341,13 +346,7 @@ alignas(32) constexpr std::array<row, count> rows = {
       return r;
     }()};
 
-/// Row k, read from memory: hidden from the optimizer, which with the values known would make
-/// each constant anew inside the loop (three instructions) where the registers run short.
-__attribute__((target("avx2"), always_inline)) inline __m256i load(std::size_t k) {
-  const auto* at = reinterpret_cast<const __m256i*>(rows.data());
-  asm("" : "+r"(at));
-  return _mm256_load_si256(at + k);
-}
+__attribute__((target("avx2"), always_inline)) inline __m256i load(std::size_t k) { return hidden_row(rows, k); }
 
 /// The 32 bytes `in`'s special bytes ('"', '\\', a control byte) and UTF-8 faults, given the 32
 /// bytes before them.
