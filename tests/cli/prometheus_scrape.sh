@@ -25,10 +25,14 @@ for i in 1 2 3 4 5; do
     -d "{\"model\":\"m\",\"stream\":$stream,\"messages\":[{\"role\":\"user\",\"content\":\"count me\"}]}" >/dev/null
 done
 
-while :; do  # a free port for Prometheus' own web server
-  port=$(shuf -i 20000-60000 -n 1)
-  (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
-done
+# A free port for Prometheus' own web server, below the ephemeral ports (32768 up), which other
+# tests' connections take at any time.
+free_port() {
+  while :; do
+    port=$(shuf -i 20000-32000 -n 1)
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null || return 0
+  done
+}
 # The shipped scrape config, checked by promtool, then run with this gateway's address and a
 # short interval.
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,9 +41,19 @@ promtool check config "$here/deploy/prometheus.yml" >"$work/promtool.log" 2>&1 |
 sed -e "s|\"127.0.0.1:8080\"|\"${url#http://}\"|" -e 's|scrape_interval: 15s|scrape_interval: 1s|' \
   "$here/deploy/prometheus.yml" >"$work/prometheus.yml"
 grep -q "${url#http://}" "$work/prometheus.yml" || { echo "could not point deploy/prometheus.yml at the gateway"; exit 1; }
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
-  --web.listen-address="127.0.0.1:$port" >"$work/prometheus.log" 2>&1 &
-pids+=($!)
+# Started again on another port if something took its port between the check and its bind.
+for try in 1 2 3; do
+  free_port
+  prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
+    --web.listen-address="127.0.0.1:$port" >"$work/prometheus.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 60); do  # up to 30 s for its web server to start or fail
+    grep -qE "address already in use|Start listening for connections" "$work/prometheus.log" && break
+    sleep 0.5
+  done
+  grep -q "address already in use" "$work/prometheus.log" || break
+  wait "${pids[-1]}" 2>/dev/null || true
+done
 
 query() { curl -sf -m 5 "http://127.0.0.1:$port/api/v1/query" --data-urlencode "query=$1" 2>/dev/null || true; }
 # Prometheus takes a while to start (its storage first) on a loaded machine: up to 75 s for the

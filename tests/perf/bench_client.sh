@@ -25,7 +25,7 @@ command -v nginx >/dev/null || { echo "nginx is not installed (deploy/setup.sh -
 command -v wrk >/dev/null || { echo "wrk is not installed (deploy/setup.sh --bench installs it)"; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores: one for the client, one for the upstream"; exit 1; }
 
-port=$(shuf -i 20000-60000 -n 1)
+port=$(shuf -i 20000-32000 -n 1)  # below the ephemeral ports
 answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
 stream=""
 for i in $(seq 0 15); do stream+="data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" t$i\"}}]}\n\n"; done
