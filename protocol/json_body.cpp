@@ -12,6 +12,19 @@
 
 namespace tollgate::protocol {
 
+scan_vectors widest_scan_vectors() {
+  static const scan_vectors widest = cpu_scan_vectors();
+  return widest;
+}
+
+scan_vectors scan_vectors_used() { return scan_vectors_now.load(std::memory_order_relaxed); }
+
+scan_vectors use_scan_vectors(scan_vectors v) {
+  const scan_vectors used = std::min(v, widest_scan_vectors());
+  scan_vectors_now.store(used, std::memory_order_relaxed);
+  return used;
+}
+
 std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
   const auto byte = [&](std::size_t k) -> unsigned { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0; };
   const auto in = [](unsigned b, unsigned lo, unsigned hi) { return b >= lo && b <= hi; };

@@ -39,6 +39,18 @@ struct request_fields {
 /// serde_json's default recursion limit is the same.
 inline constexpr std::size_t max_json_depth = 128;
 
+/// The vector instructions the scan of a body's strings uses on x86-64: by default the widest the
+/// CPU has (AVX-512 with VBMI, else AVX2, else SSE2). Lowered, the scan takes the narrower loops
+/// (tests check each path on one machine; benchmarks compare them in one run); it is never raised
+/// past what the CPU has. Elsewhere every scan is `sse2`, the portable path.
+enum class scan_vectors { sse2, avx2, avx512 };
+/// What the CPU allows.
+scan_vectors widest_scan_vectors();
+/// What the scan uses now.
+scan_vectors scan_vectors_used();
+/// Uses `v`, or the widest the CPU allows where that is narrower; returns what is used.
+scan_vectors use_scan_vectors(scan_vectors v);
+
 struct body_parse_result {
   std::optional<request_fields> fields;  ///< set on success
   std::string error;                     ///< OpenAI-style message on failure

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <charconv>
 #include <cmath>
@@ -476,14 +477,39 @@ __attribute__((target("avx2"))) const char* skip_utf8_avx2(const char* const fro
   return char_start_before(from, p);  // the last block may end inside a character
 }
 
-bool cpu_has_avx2() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
-  return has;
-}
+
+}  // namespace
+}  // namespace tollgate::protocol
+
+// The loops for AVX-512, which use the helpers above.
+#include "protocol/json_scanner_avx512.hpp"
+
+namespace tollgate::protocol {
+namespace {
 #endif
+
+/// The widest vectors the CPU and the system allow the scan.
+scan_vectors cpu_scan_vectors() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("bmi2")) {
+    return scan_vectors::avx512;
+  }
+  if (__builtin_cpu_supports("avx2")) return scan_vectors::avx2;
+#endif
+  return scan_vectors::sse2;
+}
+
+/// What the scan uses (use_scan_vectors). Set as the program starts; a scan that ran before that
+/// (none does) would read it as zero, sse2, the path every CPU has.
+std::atomic<scan_vectors> scan_vectors_now{cpu_scan_vectors()};
+
+[[gnu::always_inline]] inline bool use_avx2() {
+  return scan_vectors_now.load(std::memory_order_relaxed) >= scan_vectors::avx2;
+}
+[[gnu::always_inline]] inline bool use_avx512() {
+  return scan_vectors_now.load(std::memory_order_relaxed) == scan_vectors::avx512;
+}
 
 #if defined(__SSE2__)
 /// A bit for each of the 16 bytes at `at` that is not a plain_string_byte. A signed compare below
@@ -508,7 +534,7 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end, bool*
     if (const unsigned mask = special(p); mask == 0) {
       p += 16;
 #if defined(__x86_64__)
-    } else if (escaped != nullptr && p[__builtin_ctz(mask)] == '\\' && end - p >= 64 && cpu_has_avx2()) {
+    } else if (escaped != nullptr && p[__builtin_ctz(mask)] == '\\' && end - p >= 64 && use_avx2()) {
       // An escape in a long string: text written with many (\n a line, \u a character) stays
       // in the AVX2 loop, which passes over them.
 #endif
@@ -516,7 +542,10 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end, bool*
       return p + __builtin_ctz(mask);
     }
 #if defined(__x86_64__)
-    if (end - p >= 64 && cpu_has_avx2()) p = skip_plain_avx2(p, end, escaped);
+    if (end - p >= 64 && use_avx2()) {
+      if (use_avx512()) return skip_string_avx512(p, end, escaped);
+      p = skip_plain_avx2(p, end, escaped);
+    }
 #endif
     while (end - p >= 16) {
       if (const unsigned mask = special(p); mask != 0) return p + __builtin_ctz(mask);
@@ -533,7 +562,7 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end, bool*
 /// skip_utf8_avx2 finds it where the CPU has AVX2 and 64 bytes remain; else p.
 inline const char* skip_utf8_text(const char* p, const char* end, bool& escaped) {
 #if defined(__x86_64__)
-  if (end - p >= 64 && cpu_has_avx2()) return skip_utf8_avx2(p, end, escaped);
+  if (end - p >= 64 && use_avx2()) return use_avx512() ? skip_utf8_avx512(p, end, escaped) : skip_utf8_avx2(p, end, escaped);
 #endif
   static_cast<void>(end), static_cast<void>(escaped);
   return p;

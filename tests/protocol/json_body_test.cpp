@@ -145,6 +145,30 @@ class json_maker {
   std::mt19937 rng_;
 };
 
+/// The scan's vector widths this CPU has, narrowest first, each named: a test case that takes
+/// one with GENERATE runs once with each (on a CPU without AVX-512, without those loops; the
+/// machines CI and the benchmarks run on have it).
+std::vector<scan_vectors> scan_widths() {
+  std::vector<scan_vectors> widths;
+  for (const auto v : {scan_vectors::sse2, scan_vectors::avx2, scan_vectors::avx512}) {
+    if (v <= widest_scan_vectors()) widths.push_back(v);
+  }
+  return widths;
+}
+
+const char* width_name(scan_vectors v) {
+  return v == scan_vectors::sse2 ? "sse2" : v == scan_vectors::avx2 ? "avx2" : "avx512";
+}
+
+/// Uses one width for the life of the guard, then the widest again.
+class scan_width_in_use {
+ public:
+  explicit scan_width_in_use(scan_vectors v) { REQUIRE(use_scan_vectors(v) == v); }
+  ~scan_width_in_use() { use_scan_vectors(widest_scan_vectors()); }
+  scan_width_in_use(const scan_width_in_use&) = delete;
+  scan_width_in_use& operator=(const scan_width_in_use&) = delete;
+};
+
 }  // namespace
 
 TEST_CASE("routing fields are read from the top level only", "[json_body]") {
@@ -347,6 +371,9 @@ TEST_CASE("bad bodies are refused with an OpenAI-style reason", "[json_body]") {
 }
 
 TEST_CASE("validation agrees with nlohmann::json::accept at the edges", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   const std::vector<std::string> texts = {"{}",
                                           " {} ",
                                           "\xEF\xBB\xBF{}",
@@ -459,6 +486,9 @@ TEST_CASE("validation agrees with nlohmann::json::accept at the edges", "[json_b
 }
 
 TEST_CASE("validation agrees with nlohmann::json::accept on random texts and their mutations", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   json_maker maker(20240601);
   const std::vector<std::string> keys = {"model", "stream", "max_tokens", "messages", "a", "mod\\u0065l"};
   int valid = 0, invalid = 0;
@@ -843,6 +873,9 @@ static void check_and_count(const std::string& content, int& valid, int& invalid
 }
 
 TEST_CASE("long strings are checked in blocks: every kind of byte at every offset", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // Strings are skipped 16, 64 and 128 bytes at a time: each byte that needs a look (the closing quote,
   // an escape, a control character, UTF-8, good or bad) is put at every offset of a long string,
   // near its end too, and the verdict compared with nlohmann's.
@@ -850,7 +883,7 @@ TEST_CASE("long strings are checked in blocks: every kind of byte at every offse
       "\"",        "\\\\",     "\\n",       "\\u00e9",       "\\ud83d\\ude00", "\\x",         "\\ud83d",
       "\x01",      "\x1f",     "\t",        "\x7f",          "\xc3\xa9",       "\xe4\xb8\xad", "\xf0\x9f\x98\x80",
       "\xc3",      "\x80",     "\xff",      "\xe4\xb8",      "\xed\xa0\x80",   "\xc0\xaf",     "\xf4\x90\x80\x80",
-      "\xe4\xb8\xad\xe6\x96\x87\xe4\xb8\xad"};
+      "\xe4\xb8\xad\xe6\x96\x87\xe4\xb8\xad", "\\\"", "\\\\\\\"", "\\\\\""};
   int checked = 0;
   for (const std::size_t length : {15, 16, 17, 31, 32, 33, 63, 64, 65, 80, 95, 96, 97, 129, 143, 144, 145, 200, 271, 272, 273, 300}) {
     for (std::size_t at = 0; at <= length; ++at) {
@@ -869,6 +902,9 @@ TEST_CASE("long strings are checked in blocks: every kind of byte at every offse
 }
 
 TEST_CASE("runs of multi-byte characters: every kind of byte at every offset", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // Three-byte sequences in a row are checked two and one at a time (one 8- or 4-byte load): a run
   // of them, with each byte that needs a look put at every offset (between characters and inside
   // one, where it breaks the sequence), and each run cut at every length; the verdict compared
@@ -906,6 +942,9 @@ TEST_CASE("runs of multi-byte characters: every kind of byte at every offset", "
 }
 
 TEST_CASE("non-ASCII text is checked 64 bytes a step: every byte pair at a block's edge", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // Non-ASCII text in a string is checked in steps of 64 bytes (two blocks of 32) from its first
   // non-ASCII byte, each byte against the one to three before it. Every pair of bytes is put
   // across the edge between a step's blocks and across the edge between steps (after 10 or 20
@@ -948,6 +987,9 @@ TEST_CASE("non-ASCII text is checked 64 bytes a step: every byte pair at a block
 }
 
 TEST_CASE("non-ASCII text is checked 64 bytes a step: a character cut at a step's end, then ASCII", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // A step of ASCII alone is checked the short way, for special bytes and for a character the
   // step before left unfinished. Each character, whole or cut, is put at every offset of the
   // first step and past it, followed by a step's worth of ASCII or by more non-ASCII text.
@@ -975,6 +1017,9 @@ TEST_CASE("non-ASCII text is checked 64 bytes a step: a character cut at a step'
 }
 
 TEST_CASE("non-ASCII text is checked 64 bytes a step: random texts of every character length", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // Long strings of random characters (ASCII, and two-, three- and four-byte ones, edges of each
   // range included), each character drawn alone or in runs of one range (ASCII runs of up to 150
   // letters, where steps of ASCII alone take a shorter way); some have one or two bytes anywhere
@@ -1023,6 +1068,9 @@ TEST_CASE("non-ASCII text is checked 64 bytes a step: random texts of every char
 }
 
 TEST_CASE("two-byte escapes are passed over 64 bytes a step: random strings of escapes, text and faults", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // Long strings where escapes come often (an escaped newline a line, quotes in code), among ASCII
   // and non-ASCII text, next to each other and at every offset of a step; some with a byte that
   // breaks the string: a bad or cut escape, a raw control byte, a bare quote. The verdict
@@ -1047,6 +1095,9 @@ TEST_CASE("two-byte escapes are passed over 64 bytes a step: random strings of e
 }
 
 TEST_CASE("code point escapes in a row, 64 bytes a step: every offset, pairs and lone halves", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // Text written as \u escapes (Python's json.dumps writes all non-ASCII so by default): runs of
   // them after 0 to 70 letters, so that an escape, or a surrogate pair, is cut by a step's end at
   // every offset; some runs with a lone half, a half pair or a bad digit put in anywhere. The
@@ -1074,6 +1125,9 @@ TEST_CASE("code point escapes in a row, 64 bytes a step: every offset, pairs and
 }
 
 TEST_CASE("every byte after a backslash and in a code point escape, among dense escapes", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // Steps with many escapes have them passed by masks of what each byte may be (a letter of a
   // two-byte escape, a hex digit, from 8 up, 'u', 'd'): each byte value is put after a backslash,
   // in each digit of a \u escape, after "\ud" (a surrogate when it is 8 to F), and in the place
@@ -1101,7 +1155,39 @@ TEST_CASE("every byte after a backslash and in a code point escape, among dense 
   CHECK(invalid > 10000);
 }
 
+TEST_CASE("an escape across a step's end, then steps of two-byte escapes, then a special byte", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
+  // An escape that goes on past a step leaves its last bytes to the next step, which must not take
+  // them for bytes of their own; the step after that starts clean. A \u escape and an escaped
+  // quote are put at every offset, then text with an escaped newline every ten bytes, then a byte
+  // that ends or breaks the string (or an escaped quote, which does not) at every offset after
+  // them, so that it lands where the escape's bytes fell a step or two before. The verdict
+  // compared with nlohmann's.
+  int valid = 0, invalid = 0;
+  for (const std::string crossing : {"\\u4e2d", "\\\"", "\\ud83d\\ude00"}) {
+    for (std::size_t lead = 0; lead < 80; ++lead) {
+      for (std::size_t at = 0; at < 150; at += 1 + at / 40) {
+        for (const std::string special : {"\"", "\\\"", "\x01", "\\\\"}) {
+          std::string content(lead, 'a');
+          content += crossing;
+          while (content.size() < lead + crossing.size() + at) content += content.size() % 10 == 9 ? "\\n" : "b";
+          content += special;
+          content += std::string(70, 'c');
+          check_and_count(content, valid, invalid);
+        }
+      }
+    }
+  }
+  CHECK(valid > 1000);
+  CHECK(invalid > 1000);
+}
+
 TEST_CASE("a body cut off in a run of code point escapes is refused", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // An escape that goes on past a step is read on past it, never past the body's end: each body
   // is in storage of its own exact size (so a read past it is seen by the address sanitizer).
   std::string text = R"({"model":"m","content":")";
@@ -1115,6 +1201,9 @@ TEST_CASE("a body cut off in a run of code point escapes is refused", "[json_bod
 }
 
 TEST_CASE("a long key written with escapes is found by its decoded name", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
   // The key's escape is passed over in the 64-byte steps; the scan must still note that the key
   // holds one, so that it is decoded before it is compared.
   int checked = 0;
