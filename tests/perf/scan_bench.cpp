@@ -89,10 +89,11 @@ int main(int argc, char** argv) {
   std::string_view only;
   int calls = 0;
   std::string_view cache = "hot";
+  std::string_view vectors;
   const auto usage = [] {
     std::fprintf(stderr,
                  "usage: tollgate-bench-scan [--kb 1024] [--rounds 7] [--text NAME] [--cache hot|cold|copied|received] "
-                 "[--calls N]\n");
+                 "[--calls N] [--vectors sse2,avx2,avx512]\n");
     return 2;
   };
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -107,6 +108,8 @@ int main(int argc, char** argv) {
       cache = argv[i + 1];
     } else if (flag == "--calls") {
       calls = std::atoi(argv[i + 1]);
+    } else if (flag == "--vectors") {
+      vectors = argv[i + 1];
     } else {
       return usage();
     }
@@ -114,6 +117,21 @@ int main(int argc, char** argv) {
   if (kb == 0 || rounds < 1 || (cache != "hot" && cache != "cold" && cache != "copied" && cache != "received")) {
     return usage();
   }
+  // The scan's loops to time, each round taking each in turn: by default the widest the CPU has.
+  using tollgate::protocol::scan_vectors;
+  std::vector<scan_vectors> levels;
+  for (std::string_view rest = vectors; !rest.empty();) {
+    const std::string_view name = rest.substr(0, rest.find(','));
+    rest.remove_prefix(std::min(rest.size(), name.size() + 1));
+    const scan_vectors v = name == "sse2" ? scan_vectors::sse2 : name == "avx2" ? scan_vectors::avx2 : scan_vectors::avx512;
+    if ((name != "sse2" && name != "avx2" && name != "avx512") || tollgate::protocol::use_scan_vectors(v) != v) {
+      std::fprintf(stderr, "--vectors: '%.*s' is not one this CPU has\n", static_cast<int>(name.size()), name.data());
+      return 2;
+    }
+    levels.push_back(v);
+  }
+  if (levels.empty()) levels.push_back(tollgate::protocol::widest_scan_vectors());
+  const auto level_name = [](scan_vectors v) { return v == scan_vectors::sse2 ? "sse2" : v == scan_vectors::avx2 ? "avx2" : "avx512"; };
   const std::vector<text_kind> kinds = {
       {"english", "lorem ipsum dolor sit amet, consectetur adipiscing elit. "},
       {"chinese", "\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\xe7\xac\xa6\xef\xbc\x8c\xe6\xb5\x8b\xe8\xaf\x95\xe3\x80\x82"},
@@ -135,6 +153,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     if (calls > 0) {
+      tollgate::protocol::use_scan_vectors(levels.front());
       for (int k = 0; k < calls; ++k) {
         if (!tollgate::protocol::parse_request_body(body).fields) std::abort();
       }
@@ -166,8 +185,10 @@ int main(int argc, char** argv) {
         }
       });
     }
-    std::vector<double> seconds;
-    for (int r = 0; r < rounds; ++r) {
+    std::vector<std::vector<double>> seconds(levels.size());
+    for (int r = 0; r < rounds * static_cast<int>(levels.size()); ++r) {
+      const std::size_t level = static_cast<std::size_t>(r) % levels.size();
+      tollgate::protocol::use_scan_vectors(levels[level]);
       int n = 0;
       const double t0 = thread_cpu_seconds();
       double s = 0;
@@ -197,16 +218,19 @@ int main(int argc, char** argv) {
         ++n;
         s = thread_cpu_seconds() - t0;
       } while (s - untimed < 0.2);
-      seconds.push_back((s - untimed) / n);
+      seconds[level].push_back((s - untimed) / n);
     }
     if (sender.joinable()) {
       close(receiving);  // the sender's next send fails, and it ends
       sender.join();
     }
-    std::sort(seconds.begin(), seconds.end());
-    const double t = seconds[seconds.size() / 2];
-    const auto bytes = static_cast<double>(body.size());
-    std::printf("%-8s %10zu %10.1f %8.3f %8.2f\n", kind.name, body.size(), t * 1e6, t * 1e9 / bytes, bytes / t * 1e-9);
+    for (std::size_t level = 0; level < levels.size(); ++level) {
+      std::sort(seconds[level].begin(), seconds[level].end());
+      const double t = seconds[level][seconds[level].size() / 2];
+      const auto bytes = static_cast<double>(body.size());
+      std::printf("%-8s %10zu %10.1f %8.3f %8.2f  %s\n", kind.name, body.size(), t * 1e6, t * 1e9 / bytes, bytes / t * 1e-9,
+                  level_name(levels[level]));
+    }
   }
   return 0;
 }
