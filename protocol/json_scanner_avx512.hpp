@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 
 #include <immintrin.h>
 
@@ -94,33 +95,37 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline unsigned leading(__m512i v) {
 /// backslash and one of " \ / b f n r t, \u and four hex digits of a code point outside the
 /// surrogates, and a high surrogate's escape followed at once by a low one's, read on past the
 /// block as far as `end`. Any other backslash stops the block there; the scalar scan judges it.
-/// `escaped` is set when an escape comes before the first stop. `rest` becomes the bytes of the
-/// next block that the block's last escape takes (a letter, digits), one bit a byte: the next
-/// block starts 64 bytes on all the same, so that its load need not wait for this block's look.
+/// `escaped` is set when an escape comes before the first stop. `length` becomes the start of an
+/// escape that goes on past the block, where the next block starts (in a run of \u escapes, at a
+/// backslash, so that the run is checked ten at a time from there); else it stays 64.
 TOLLGATE_AVX512 [[gnu::always_inline]] inline std::uint64_t escape_stops(const char* p, const char* end, std::uint64_t q,
-                                                                         std::uint64_t b, std::uint64_t o,
-                                                                         std::uint64_t& rest, bool& escaped) {
+                                                                         std::uint64_t b, std::uint64_t o, int& length,
+                                                                         bool& escaped) {
   const std::ptrdiff_t readable = end - p;
   std::uint64_t letters = 0, bad = 0;
   int next = 0;  // past the last escape passed
+  int last = 0;  // where it began
   for (std::uint64_t m = b; m != 0; m &= m - 1) {
     const int k = __builtin_ctzll(m);
     if (k < next) continue;  // an escaped backslash
     if (k + 1 < readable) {
       const auto c = static_cast<unsigned char>(p[k + 1]);
       if (simple_escape_byte[c] || c == '\\') {
-        letters |= 2ull << k;  // 0 for the last byte's: the next block starts past it
+        letters |= 2ull << k;  // 0 for the last byte's: the next block starts at it
+        last = k;
         next = k + 2;
         continue;
       }
       if (c == 'u' && k + 6 <= readable) {
         const int cp = hex4(std::string_view(p + k + 2, 4));
         if (cp >= 0 && (cp < 0xD800 || cp > 0xDFFF)) {
+          last = k;
           next = k + 6;
           continue;
         }
         if (cp >= 0xD800 && cp <= 0xDBFF && k + 12 <= readable && p[k + 6] == '\\' && p[k + 7] == 'u') {
           if (const int low = hex4(std::string_view(p + k + 8, 4)); low >= 0xDC00 && low <= 0xDFFF) {
+            last = k;
             next = k + 12;
             continue;
           }
@@ -132,8 +137,40 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline std::uint64_t escape_stops(const c
   }
   const std::uint64_t stops = (q & ~letters) | o | bad;
   if (stops == 0 || (b & (_blsmsk_u64(stops) >> 1)) != 0) escaped = true;
-  rest = next > 64 ? _bzhi_u64(~0ull, static_cast<unsigned>(next - 64)) : 0;
+  if (next > 64) length = last;
   return stops;
+}
+
+/// Sets the bits of blocks [from, to) of `body` (64 bytes each) that hold plain string text only
+/// (body_marks), one compare a kind of special byte a block, under the mask of the one before.
+TOLLGATE_AVX512 inline void mark_plain_blocks_avx512(const char* body, std::size_t from, std::size_t to, std::uint64_t* bits) {
+  const __m512i quote = code_point_runs::row(code_point_runs::quote_row),
+                backslash = code_point_runs::row(code_point_runs::backslash_row),
+                space = code_point_runs::row(code_point_runs::space_row);
+  for (std::size_t k = from; k < to; ++k) {
+    const __m512i v = _mm512_loadu_si512(body + 64 * k);
+    const __mmask64 plain = _mm512_mask_cmpneq_epi8_mask(
+        _mm512_mask_cmpneq_epi8_mask(_mm512_cmpge_epi8_mask(v, space), v, quote), v, backslash);
+    bits[k / 64] |= static_cast<std::uint64_t>(static_cast<std::uint64_t>(plain) == ~0ull) << (k % 64);
+  }
+}
+
+/// Where the run of blocks marked plain (body_marks, one bit a block of 64 bytes from `base`)
+/// that holds p ends: the start of the first block after it not marked; p itself when p's block
+/// is not marked. Every byte passed is plain string text.
+[[gnu::always_inline]] inline const char* past_plain_blocks(const char* p, const char* base,
+                                                            std::span<const std::uint64_t> plain) {
+  std::size_t k = static_cast<std::size_t>(p - base) / 64;
+  const std::size_t blocks = plain.size() * 64;
+  if (k >= blocks || (plain[k / 64] >> (k % 64) & 1) == 0) return p;
+  while (k < blocks) {
+    const std::uint64_t run = ~(plain[k / 64] >> (k % 64));  // a zero bit for each marked block from k
+    const auto n = static_cast<std::size_t>(run == 0 ? 64 : __builtin_ctzll(run));
+    const std::size_t left_in_word = 64 - k % 64;
+    if (n < left_in_word) return base + 64 * (k + n);
+    k += left_in_word;
+  }
+  return base + 64 * k;
 }
 
 /// The first byte from p on that is not plain string text, as skip_plain_avx2 finds it, to the
@@ -142,7 +179,8 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline std::uint64_t escape_stops(const c
 /// when one is passed); `end` when there is none. Runs of plain text go 128 bytes a step: one
 /// compare a kind of special byte a vector, each under the mask of the one before, and one test
 /// (0.1 instructions a byte). Blocks with special bytes go 64 at a time, until one has none.
-TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, bool* escaped) {
+TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, bool* escaped, const char* base = nullptr,
+                                               std::span<const std::uint64_t> plain_blocks = {}) {
   namespace runs = code_point_runs;
   const __m512i quote = runs::row(runs::quote_row), backslash = runs::row(runs::backslash_row),
                 space = runs::row(runs::space_row);
@@ -160,17 +198,23 @@ TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, b
   };
   for (;;) {
     while (end - p >= 128) {
+      if (!plain_blocks.empty()) {
+        // Blocks marked as the body was read are passed over unread (they hold no special byte).
+        if (const char* past = past_plain_blocks(p, base, plain_blocks); past != p) {
+          p = past;
+          continue;
+        }
+      }
       const __mmask64 both = _kand_mask64(plain(_mm512_loadu_si512(p)), plain(_mm512_loadu_si512(p + 64)));
       if (static_cast<std::uint64_t>(both) != ~0ull) break;
       p += 128;
     }
-    std::uint64_t rest = 0;  // the first bytes of this block that an escape before it took
     for (;;) {
       if (p >= end) return stop_at(end);
       const std::ptrdiff_t left = end - p;
       const __mmask64 in = left >= 64 ? ~0ull : _bzhi_u64(~0ull, static_cast<unsigned>(left));
       const __m512i v = _mm512_maskz_loadu_epi8(in, p);
-      if (rest == 0 && *p == '\\' && escaped != nullptr) {
+      if (*p == '\\' && escaped != nullptr) {
         // A run of code point escapes: ten in a block, or the few it begins with.
         const unsigned run = runs::leading(v);
         if (run == 10) {
@@ -187,17 +231,14 @@ TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, b
           continue;
         }
       }
-      std::uint64_t q = _mm512_cmpeq_epi8_mask(v, quote), b = _mm512_cmpeq_epi8_mask(v, backslash);
+      const std::uint64_t q = _mm512_cmpeq_epi8_mask(v, quote), b = _mm512_cmpeq_epi8_mask(v, backslash);
       const std::uint64_t o = _mm512_cmplt_epi8_mask(v, space);  // past `end` too: zeros
-      if (rest != 0) [[unlikely]] {  // a branch, not a mask: the next block's masks need not wait for this one's look
-        q &= ~rest;
-        b &= ~rest;
-      }
       if ((q | b | o) == 0) {
         p += 64;
         break;  // plain: back to the long steps
       }
       std::uint64_t stops;
+      int length = 64;
       if (b == 0 || escaped == nullptr) {
         stops = q | b | o;
       } else if (const std::uint64_t letters = b << 1;
@@ -207,15 +248,14 @@ TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, b
         // judged by one lookup, not one at a time.
         stops = (q & ~letters) | o;
         if (stops == 0 || (b & (_blsmsk_u64(stops) >> 1)) != 0) seen = true;
-        rest = 0;
       } else {
-        stops = escape_stops(p, end, q, b, o, rest, seen);
+        stops = escape_stops(p, end, q, b, o, length, seen);
       }
       if (stops != 0) {
         const char* stop = p + __builtin_ctzll(stops);
         return stop_at(stop < end ? stop : end);
       }
-      p += 64;
+      p += length;
     }
   }
 }
