@@ -301,6 +301,61 @@ TEST_CASE("each request on a connection sees only its own head and body, whichev
   CHECK(seen[2].headers.at("x-request-id") == "fourth-id");
 }
 
+TEST_CASE("a large body read in pieces is checked whole, and its marks are its own", "[hardening]") {
+  // A body of 64 KB and up is looked at piece by piece as it arrives (its blocks of plain text
+  // marked, and passed over by the scan): a bare quote in a late piece still makes it invalid, and
+  // a second body in the same storage, with a quote where the first had plain text, is judged on
+  // its own bytes.
+  gateway_fixture f(counting_yaml());  // bodies up to 4 MB
+  raw_client c(f.server->port());
+  const auto answer = [&c] {
+    const std::string got = c.read([](const std::string& s) {
+      const auto end = s.find("\r\n\r\n");
+      if (end == std::string::npos) return false;
+      const auto at = s.find("Content-Length: ");
+      if (at == std::string::npos || at > end) return true;
+      return s.size() >= end + 4 + std::stoul(s.substr(at + 16));
+    });
+    c.clear();
+    return got;
+  };
+  const auto body_of = [](const std::string& content) {
+    return R"({"model":"chat-public","messages":[{"role":"user","content":")" + content + R"("}]})";
+  };
+  const auto send_in_pieces = [&c](const std::string& head, const std::string& body) {
+    c.send(head + body.substr(0, 1000));
+    for (std::size_t at = 1000; at < body.size(); at += 70000) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      c.send(body.substr(at, 70000));
+    }
+  };
+  std::string plain(300000, 'p');
+  plain.replace(150000, 2, "\\n");
+  const std::string valid = body_of(plain);
+  send_in_pieces(post_head("", valid.size()), valid);
+  CHECK(answer().starts_with("HTTP/1.1 200 "));
+
+  // A quote that ends the string early (what follows is not JSON), just past where a piece
+  // ends: in a block the first piece left half written, over the first body's plain bytes.
+  std::string broken = plain;
+  const std::size_t content_at = valid.find("pppp");
+  broken[1000 + 3 * 70000 + 3 - content_at] = '"';
+  const std::string invalid = body_of(broken);
+  send_in_pieces(post_head("", invalid.size()), invalid);
+  CHECK(answer().starts_with("HTTP/1.1 400 "));
+
+  // A shorter body in the first one's storage, its quote where the first had plain text.
+  std::string shorter(200000, 'q');
+  shorter[120000] = '"';
+  const std::string second = body_of(shorter);
+  send_in_pieces(post_head("", second.size()), second);
+  CHECK(answer().starts_with("HTTP/1.1 400 "));
+
+  const auto seen = f.a.requests();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].body.find(plain) != std::string::npos);
+}
+
 TEST_CASE("Expect: 100-continue gets 100 Continue before the body, or the final status at once", "[hardening]") {
   gateway_fixture f;
   const std::string body = R"({"model":"chat-public","messages":[]})";
