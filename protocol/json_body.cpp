@@ -100,9 +100,8 @@ std::optional<body_parse_result> read_count(std::string_view value, const std::s
 }
 
 /// parse_request_body's reading into fields; the failure, if any.
-std::optional<body_parse_result> read_request_body(std::string_view body, bool model_required, request_fields& fields,
-                                                   std::span<const std::uint64_t> plain = {}) {
-  json_scanner scanner(body, plain);
+std::optional<body_parse_result> read_request_body(std::string_view body, bool model_required, request_fields& fields) {
+  json_scanner scanner(body);
   if (!scanner.scan()) {
     if (scanner.too_deep()) {
       return failure("The JSON body of your request nests objects and arrays deeper than " +
@@ -201,30 +200,6 @@ body_parse_result parse_request_body(std::string_view body, bool model_required)
   body_parse_result r;
   if (auto bad = read_request_body(body, model_required, r.fields.emplace())) r = std::move(*bad);
   return r;
-}
-
-body_parse_result parse_request_body(std::string_view body, const body_marks& marks) {
-  body_parse_result r;
-  if (auto bad = read_request_body(body, true, r.fields.emplace(), marks.plain())) r = std::move(*bad);
-  return r;
-}
-
-void body_marks::start(std::size_t size) {
-  size_ = size;
-  looked_ = 0;
-  marking_ = size >= 64 * 1024 && use_avx512();
-  if (marking_) bits_.assign((size / 64 + 63) / 64, 0);
-}
-
-void body_marks::mark(const char* body, std::size_t received) {
-#if defined(__x86_64__)
-  if (!marking_ || received <= looked_) return;
-  const std::size_t from = looked_ / 64, to = std::min(received, size_) / 64;
-  mark_plain_blocks_avx512(body, from, to, bits_.data());
-  looked_ = to * 64;
-#else
-  static_cast<void>(body), static_cast<void>(received);
-#endif
 }
 
 body_pieces edit_body_pieces(std::string_view body, const request_fields& fields, std::optional<std::string_view> model,

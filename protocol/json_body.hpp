@@ -57,37 +57,9 @@ struct body_parse_result {
   std::string error_param;               ///< the offending field ("model", "stream"), may be empty
 };
 
-/// Which 64-byte blocks of a request body (block k: bytes [64k, 64k + 64)) hold plain string text
-/// only: printable ASCII other than '"' and '\\'. Marked as the body is read, a piece at a time
-/// while the piece is still in the caches: by the time a large body has all arrived, the kernel's
-/// copies of its later pieces have pushed the early ones out, and a scan from the start reads it
-/// from memory. parse_request_body passes over runs of marked blocks in a string without reading
-/// them. Marked only where the scan uses AVX-512 and for bodies of 64 KB and up; else nothing is
-/// marked and the scan reads every byte, as without marks.
-class body_marks {
- public:
-  /// A body of `size` bytes is about to be written: nothing marked yet.
-  void start(std::size_t size);
-  /// The first `received` bytes of `body` are written: marks the whole blocks among them not
-  /// looked at before.
-  void mark(const char* body, std::size_t received);
-  /// Nothing marked (the body was replaced by one made elsewhere).
-  void clear() { start(0); }
-  /// The marks, one bit a block, for the scan; empty when none.
-  std::span<const std::uint64_t> plain() const { return {bits_.data(), marking_ ? bits_.size() : 0}; }
-
- private:
-  std::vector<std::uint64_t> bits_;
-  std::size_t size_ = 0;
-  std::size_t looked_ = 0;  // bytes whose whole blocks were looked at
-  bool marking_ = false;
-};
-
 /// Checks that body is a valid JSON object and reads the routing fields.
 /// model_required: false for endpoints that may omit it (none today, kept for symmetry).
 body_parse_result parse_request_body(std::string_view body, bool model_required = true);
-/// The same, passing over the blocks `marks` found plain (marked on this body as it was read).
-body_parse_result parse_request_body(std::string_view body, const body_marks& marks);
 
 /// Returns body with every top-level `key`'s value replaced by json_value (a JSON text), or with
 /// `"key":json_value` appended as the object's last member when absent. Precondition: body is a

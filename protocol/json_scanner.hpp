@@ -526,8 +526,7 @@ inline unsigned special_string_bytes16(const char* at) {
 /// and more pass over escapes (step_stops) when `escaped` is given, and set it; without it each
 /// backslash stops the run (a caller that looks at each escape itself). Strings are where the bytes of a large body are (a long prompt, a long answer), so
 /// they are skipped 16 bytes at a time where SSE2 is there (every x86-64), 64 where AVX2 is.
-inline const char* skip_plain_string_bytes(const char* p, const char* end, bool* escaped, const char* base = nullptr,
-                                           std::span<const std::uint64_t> plain = {}) {
+inline const char* skip_plain_string_bytes(const char* p, const char* end, bool* escaped) {
 #if defined(__SSE2__)
   const auto special = special_string_bytes16;
   // Most strings (keys, roles, short values) end within their first 16 bytes.
@@ -544,7 +543,7 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end, bool*
     }
 #if defined(__x86_64__)
     if (end - p >= 64 && use_avx2()) {
-      if (use_avx512()) return skip_string_avx512(p, end, escaped, base, plain);
+      if (use_avx512()) return skip_string_avx512(p, end, escaped);
       p = skip_plain_avx2(p, end, escaped);
     }
 #endif
@@ -554,7 +553,7 @@ inline const char* skip_plain_string_bytes(const char* p, const char* end, bool*
     }
   }
 #endif
-  static_cast<void>(escaped), static_cast<void>(base), static_cast<void>(plain);
+  static_cast<void>(escaped);
   while (p < end && plain_string_byte[static_cast<unsigned char>(*p)]) ++p;
   return p;
 }
@@ -635,8 +634,7 @@ struct member {
 /// after a gap is read once, for both the whitespace test and what follows.
 class json_scanner {
  public:
-  /// `plain`: the blocks of text marked plain as it was read (body_marks), passed over unread.
-  explicit json_scanner(std::string_view text, std::span<const std::uint64_t> plain = {}) : s_(text), plain_(plain) {}
+  explicit json_scanner(std::string_view text) : s_(text) {}
 
   /// true when the whole text is one valid JSON value.
   bool scan() {
@@ -874,7 +872,7 @@ class json_scanner {
   const char* scan_string_general(const char* p, const char* const end) {
     ++p;  // the opening quote
     for (;;) {
-      p = skip_plain_string_bytes(p, end, &escaped_, s_.data(), plain_);
+      p = skip_plain_string_bytes(p, end, &escaped_);
       // Non-ASCII text (CJK, say) is mostly multi-byte sequences in a row: checked 64 bytes a
       // step where AVX2 is, and what that leaves (the last bytes, a fault to be named) here in one
       // loop, without going back to the plain-byte skip for each.
@@ -964,7 +962,6 @@ class json_scanner {
   std::size_t count_ = 0;
   std::vector<member> more_;  // all of them, once there are more than first_ holds
   std::string_view s_;
-  std::span<const std::uint64_t> plain_;
   std::size_t value_begin_ = 0, value_end_ = 0;
   // The opening bytes of the containers scan_value is inside: fewer than max_json_depth, so a
   // fixed array holds them.

@@ -5,7 +5,6 @@
 
 #include <array>
 #include <cstdint>
-#include <span>
 
 #include <immintrin.h>
 
@@ -141,46 +140,13 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline std::uint64_t escape_stops(const c
   return stops;
 }
 
-/// Sets the bits of blocks [from, to) of `body` (64 bytes each) that hold plain string text only
-/// (body_marks), one compare a kind of special byte a block, under the mask of the one before.
-TOLLGATE_AVX512 inline void mark_plain_blocks_avx512(const char* body, std::size_t from, std::size_t to, std::uint64_t* bits) {
-  const __m512i quote = code_point_runs::row(code_point_runs::quote_row),
-                backslash = code_point_runs::row(code_point_runs::backslash_row),
-                space = code_point_runs::row(code_point_runs::space_row);
-  for (std::size_t k = from; k < to; ++k) {
-    const __m512i v = _mm512_loadu_si512(body + 64 * k);
-    const __mmask64 plain = _mm512_mask_cmpneq_epi8_mask(
-        _mm512_mask_cmpneq_epi8_mask(_mm512_cmpge_epi8_mask(v, space), v, quote), v, backslash);
-    bits[k / 64] |= static_cast<std::uint64_t>(static_cast<std::uint64_t>(plain) == ~0ull) << (k % 64);
-  }
-}
-
-/// Where the run of blocks marked plain (body_marks, one bit a block of 64 bytes from `base`)
-/// that holds p ends: the start of the first block after it not marked; p itself when p's block
-/// is not marked. Every byte passed is plain string text.
-[[gnu::always_inline]] inline const char* past_plain_blocks(const char* p, const char* base,
-                                                            std::span<const std::uint64_t> plain) {
-  std::size_t k = static_cast<std::size_t>(p - base) / 64;
-  const std::size_t blocks = plain.size() * 64;
-  if (k >= blocks || (plain[k / 64] >> (k % 64) & 1) == 0) return p;
-  while (k < blocks) {
-    const std::uint64_t run = ~(plain[k / 64] >> (k % 64));  // a zero bit for each marked block from k
-    const auto n = static_cast<std::size_t>(run == 0 ? 64 : __builtin_ctzll(run));
-    const std::size_t left_in_word = 64 - k % 64;
-    if (n < left_in_word) return base + 64 * (k + n);
-    k += left_in_word;
-  }
-  return base + 64 * k;
-}
-
 /// The first byte from p on that is not plain string text, as skip_plain_avx2 finds it, to the
 /// end: '"', a control byte, a byte from 0x80 up, or a backslash (each backslash, when `escaped`
 /// is null; else only those escape_stops or code_point_runs does not pass, and `escaped` is set
 /// when one is passed); `end` when there is none. Runs of plain text go 128 bytes a step: one
 /// compare a kind of special byte a vector, each under the mask of the one before, and one test
 /// (0.1 instructions a byte). Blocks with special bytes go 64 at a time, until one has none.
-TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, bool* escaped, const char* base = nullptr,
-                                               std::span<const std::uint64_t> plain_blocks = {}) {
+TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, bool* escaped) {
   namespace runs = code_point_runs;
   const __m512i quote = runs::row(runs::quote_row), backslash = runs::row(runs::backslash_row),
                 space = runs::row(runs::space_row);
@@ -198,13 +164,6 @@ TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, b
   };
   for (;;) {
     while (end - p >= 128) {
-      if (!plain_blocks.empty()) {
-        // Blocks marked as the body was read are passed over unread (they hold no special byte).
-        if (const char* past = past_plain_blocks(p, base, plain_blocks); past != p) {
-          p = past;
-          continue;
-        }
-      }
       const __mmask64 both = _kand_mask64(plain(_mm512_loadu_si512(p)), plain(_mm512_loadu_si512(p + 64)));
       if (static_cast<std::uint64_t>(both) != ~0ull) break;
       p += 128;

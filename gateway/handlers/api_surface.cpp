@@ -136,7 +136,7 @@ bool all_native(const runtime& rt, const routing::route& route, bool anthropic) 
 /// the client's API. A body the relay cannot route is left to the translation, which names
 /// what is wrong with it in the client's dialect.
 bool relayable(const request_context& ctx, bool anthropic) {
-  const auto parsed = protocol::parse_request_body(ctx.req.body(), ctx.req.body().marks());
+  const auto parsed = protocol::parse_request_body(ctx.req.body());
   if (!parsed.fields) return false;
   const routing::route* route = ctx.rt.routes.resolve(parsed.fields->model);
   return route != nullptr && all_native(ctx.rt, *route, anthropic);

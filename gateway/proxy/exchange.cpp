@@ -576,7 +576,7 @@ net::awaitable<bool> answer_failure(request_context& ctx, attempts_result& st, c
 /// The proxy handler: the exchange's steps before and after its attempts.
 net::awaitable<bool> handle_proxy(request_context& ctx) {
   if (auto refusal = check_caller(ctx)) co_return co_await std::move(*refusal);
-  const protocol::body_parse_result parsed = protocol::parse_request_body(ctx.req.body(), ctx.req.body().marks());
+  const protocol::body_parse_result parsed = protocol::parse_request_body(ctx.req.body());
   const routing::route* route = nullptr;
   if (auto refusal = admit(ctx, parsed, route)) co_return co_await std::move(*refusal);
 

@@ -82,7 +82,6 @@ char* request_body::overwrite(std::size_t n) {
   }
   data_ = raw_ ? raw_.get() : "";
   size_ = n;
-  marks_.start(n);
   return raw_.get();
 }
 
@@ -90,7 +89,6 @@ request_body& request_body::operator=(std::string&& s) {
   moved_ = std::move(s);
   data_ = moved_.data();
   size_ = moved_.size();
-  marks_.clear();
   return *this;
 }
 
@@ -103,7 +101,6 @@ void request_body::clear(std::size_t kept) {
   }
   data_ = "";
   size_ = 0;
-  marks_.clear();
 }
 
 bool client_request::same_letters(const char* a, const char* b, std::size_t n) {

@@ -18,8 +18,6 @@
 #include <utility>
 #include <vector>
 
-#include "protocol/json_body.hpp"
-
 namespace tollgate::gateway {
 
 /// A request's body. Read from the client, its bytes go straight into storage that nothing fills
@@ -41,12 +39,7 @@ class request_body {
 
   /// Sizes it to n bytes that the caller writes, all of them, through the pointer returned
   /// (storage this body already holds when it is large enough, else new storage, unfilled).
-  /// The caller marks what it has written (marks().mark) as it goes.
   char* overwrite(std::size_t n);
-  /// The blocks of plain text found as the body was written (for its scan); none for a body taken
-  /// whole.
-  protocol::body_marks& marks() { return marks_; }
-  const protocol::body_marks& marks() const { return marks_; }
   /// Takes s as the body.
   request_body& operator=(std::string&& s);
   /// Empties it; storage past kept bytes is given back (a large block to this thread's shelf,
@@ -61,7 +54,6 @@ class request_body {
   std::unique_ptr<char[]> raw_;  // what overwrite() sizes
   std::size_t raw_capacity_ = 0;
   std::string moved_;            // what operator= took
-  protocol::body_marks marks_;
   const char* data_ = "";        // into one of the two
   std::size_t size_ = 0;
 };

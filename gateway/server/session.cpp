@@ -111,11 +111,7 @@ class session {
           if (!ec) {
             char* const into = req.body().overwrite(length);
             const std::size_t got = body_from_buffer(into, length);
-            protocol::body_marks& marks = req.body().marks();
-            marks.mark(into, got);
-            if (got < length) ec = co_await read_body_rest(into + got, length - got, [&](std::size_t read) {
-              marks.mark(into, got + read);
-            });
+            if (got < length) ec = co_await read_body_rest(into + got, length - got);
           }
         }
       } else if (!ec) {
@@ -235,24 +231,13 @@ class session {
   }
 
   /// read_body's second part: the missing bytes of the body from the socket, into the storage at
-  /// into. Until it completes they are unwritten: a read cut short fails the request. `read` is
-  /// told how many bytes have come, after each read, while they are still in the caches.
-  template <class Progress>
-  net::awaitable<beast::error_code> read_body_rest(char* into, std::size_t missing, Progress read) {
-    // Each read asks for all that is missing, not Asio's default of 64 KB at most. The condition
-    // is asked before each read (not after the last one, which the completion reports).
-    const auto whole = [&read](const boost::system::error_code& e, std::size_t n) -> std::size_t {
-      if (e) return 0;
-      if (n > 0) read(n);
-      return length_max;
-    };
+  /// into. Until it completes they are unwritten: a read cut short fails the request.
+  net::awaitable<beast::error_code> read_body_rest(char* into, std::size_t missing) {
+    // Each read asks for all that is missing, not Asio's default of 64 KB at most.
+    const auto whole = [](const boost::system::error_code& e, std::size_t) -> std::size_t { return e ? 0 : length_max; };
     auto [ec, n] = co_await net::async_read(socket_, net::buffer(into, missing), whole, use_tuple);
-    if (!ec) read(n);
     if (ec == net::error::eof) co_return http::error::partial_message;  // cut off mid-body
     co_return ec;
-  }
-  net::awaitable<beast::error_code> read_body_rest(char* into, std::size_t missing) {
-    return read_body_rest(into, missing, [](std::size_t) {});
   }
 
   /// Reads what a refused client still sends (up to a bound) after our answer and a shutdown of
