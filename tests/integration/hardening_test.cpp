@@ -85,6 +85,20 @@ class raw_client {
   bool closed_ = false;
 };
 
+/// The next whole answer on the connection (its head, and its body by its Content-Length), taken
+/// off what was read so that the one after starts clean.
+std::string next_answer(raw_client& c) {
+  const std::string got = c.read([](const std::string& s) {
+    const auto end = s.find("\r\n\r\n");
+    if (end == std::string::npos) return false;
+    const auto at = s.find("Content-Length: ");
+    if (at == std::string::npos || at > end) return true;
+    return s.size() >= end + 4 + std::stoul(s.substr(at + 16));
+  });
+  c.clear();
+  return got;
+}
+
 std::string post_head(const std::string& extra_headers, std::size_t content_length) {
   return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + std::string(client_key) +
          "\r\nContent-Type: application/json\r\n" + extra_headers + "Content-Length: " +
@@ -212,17 +226,7 @@ TEST_CASE("each request on a connection sees only its own head and body, whichev
   // read in one pass or by Beast's parser (chunked), and field names match in any case.
   gateway_fixture f;
   raw_client c(f.server->port());
-  const auto answer = [&c] {
-    const std::string got = c.read([](const std::string& s) {
-      const auto end = s.find("\r\n\r\n");
-      if (end == std::string::npos) return false;
-      const auto at = s.find("Content-Length: ");
-      if (at == std::string::npos || at > end) return true;
-      return s.size() >= end + 4 + std::stoul(s.substr(at + 16));
-    });
-    c.clear();
-    return got;
-  };
+  const auto answer = [&c] { return next_answer(c); };
   const auto request_id = [](const std::string& got) {
     const auto at = got.find("x-request-id: ");
     if (at == std::string::npos) return std::string();
@@ -307,17 +311,7 @@ TEST_CASE("a large body read in pieces is checked whole, on its own bytes", "[ha
   // first had plain text, is judged on its own bytes.
   gateway_fixture f(counting_yaml());  // bodies up to 4 MB
   raw_client c(f.server->port());
-  const auto answer = [&c] {
-    const std::string got = c.read([](const std::string& s) {
-      const auto end = s.find("\r\n\r\n");
-      if (end == std::string::npos) return false;
-      const auto at = s.find("Content-Length: ");
-      if (at == std::string::npos || at > end) return true;
-      return s.size() >= end + 4 + std::stoul(s.substr(at + 16));
-    });
-    c.clear();
-    return got;
-  };
+  const auto answer = [&c] { return next_answer(c); };
   const auto body_of = [](const std::string& content) {
     return R"({"model":"chat-public","messages":[{"role":"user","content":")" + content + R"("}]})";
   };
