@@ -12,16 +12,20 @@
 
 namespace tollgate::protocol {
 
+namespace detail {
+std::atomic<scan_vectors> scan_vectors_now{cpu_scan_vectors()};
+}  // namespace detail
+
 scan_vectors widest_scan_vectors() {
   static const scan_vectors widest = cpu_scan_vectors();
   return widest;
 }
 
-scan_vectors scan_vectors_used() { return scan_vectors_now.load(std::memory_order_relaxed); }
+scan_vectors scan_vectors_used() { return detail::scan_vectors_now.load(std::memory_order_relaxed); }
 
 scan_vectors use_scan_vectors(scan_vectors v) {
   const scan_vectors used = std::min(v, widest_scan_vectors());
-  scan_vectors_now.store(used, std::memory_order_relaxed);
+  detail::scan_vectors_now.store(used, std::memory_order_relaxed);
   return used;
 }
 

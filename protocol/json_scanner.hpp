@@ -1,6 +1,6 @@
 // The one-pass JSON scanner that request bodies go through, and the decoding of the string
-// literals it finds. Private to protocol/json_body.cpp, the one file that includes it: what it
-// holds has internal linkage there, as it had when it was part of that file.
+// literals it finds. Private to protocol/ (json_body.cpp and string_spans.cpp include it): what
+// it holds has internal linkage in each, but for the vector width the scan uses, which is one.
 #pragma once
 
 #include <algorithm>
@@ -489,7 +489,7 @@ namespace {
 #endif
 
 /// The widest vectors the CPU and the system allow the scan.
-scan_vectors cpu_scan_vectors() {
+inline scan_vectors cpu_scan_vectors() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("bmi2")) {
@@ -500,15 +500,22 @@ scan_vectors cpu_scan_vectors() {
   return scan_vectors::sse2;
 }
 
-/// What the scan uses (use_scan_vectors). Set as the program starts; a scan that ran before that
-/// (none does) would read it as zero, sse2, the path every CPU has.
-std::atomic<scan_vectors> scan_vectors_now{cpu_scan_vectors()};
+}  // namespace
+
+namespace detail {
+/// What the scan uses (use_scan_vectors), one for every file that includes this one (defined in
+/// json_body.cpp). Set as the program starts; a scan that ran before that (none does) would read
+/// it as zero, sse2, the path every CPU has.
+extern std::atomic<scan_vectors> scan_vectors_now;
+}  // namespace detail
+
+namespace {
 
 [[gnu::always_inline]] inline bool use_avx2() {
-  return scan_vectors_now.load(std::memory_order_relaxed) >= scan_vectors::avx2;
+  return detail::scan_vectors_now.load(std::memory_order_relaxed) >= scan_vectors::avx2;
 }
 [[gnu::always_inline]] inline bool use_avx512() {
-  return scan_vectors_now.load(std::memory_order_relaxed) == scan_vectors::avx512;
+  return detail::scan_vectors_now.load(std::memory_order_relaxed) == scan_vectors::avx512;
 }
 
 #if defined(__SSE2__)

@@ -1,6 +1,6 @@
 // The string scan's loops for CPUs with AVX-512 (BW and VBMI: Ice Lake and Sapphire Rapids,
-// Zen 4 and later), 64 bytes a vector. Private to protocol/json_body.cpp, through
-// json_scanner.hpp, which picks these or its AVX2 loops by scan_vectors_used().
+// Zen 4 and later), 64 bytes a vector. Private to protocol/, through
+// json_scanner.hpp, which picks these or its AVX2 loops by the width the scan uses.
 #pragma once
 
 #include <array>
