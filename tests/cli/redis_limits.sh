@@ -185,11 +185,18 @@ echo "redis down, on_redis_down reject: 503 for a limited key, 200 for a key wit
 
 # Redis back (empty: it kept nothing): limits are shared again within a second or two.
 start_redis
-for _ in $(seq 1 30); do [ "$(metric "${url[d]}" tollgate_limits_redis_up)" = 1 ] && break; sleep 0.1; done
-[ "$(metric "${url[d]}" tollgate_limits_redis_up)" = 1 ] || fail "replica d did not see Redis come back"
+for r in d a b c; do
+  for _ in $(seq 1 30); do [ "$(metric "${url[$r]}" tollgate_limits_redis_up)" = 1 ] && break; sleep 0.1; done
+  [ "$(metric "${url[$r]}" tollgate_limits_redis_up)" = 1 ] || fail "replica $r did not see Redis come back"
+done
+t0=$(date +%s%N)
 [ "$(chat "${url[d]}" tg-r60)" = 200 ] || fail "limits did not recover when Redis came back"
 for i in $(seq 1 90); do chat "${url[${replicas[$((i % 3))]}]}" tg-r60; echo; done >"$work/back"
+elapsed_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 back=$(grep -c '^200$' "$work/back" || true)
-echo "redis back: $back of 90 admitted for rpm 60 over 3 replicas (a fresh bucket: 60, and its refill)"
-[ "$back" -ge 59 ] && [ "$back" -le 66 ] || fail "after Redis came back, $back admitted; expected about 60"
+# The fresh bucket holds 60, d's first request took one, and it refills at one a second while
+# the 90 are sent (a slow machine takes several seconds): at most 59 + the seconds elapsed + 1.
+most=$(( 59 + elapsed_ms / 1000 + 1 ))
+echo "redis back: $back of 90 admitted for rpm 60 over 3 replicas in $elapsed_ms ms (a fresh bucket: 59 left, and its refill: at most $most)"
+[ "$back" -ge 59 ] && [ "$back" -le "$most" ] || fail "after Redis came back, $back admitted in $elapsed_ms ms; expected 59 to $most"
 echo "redis_limits: 1 passed, 0 failed"
