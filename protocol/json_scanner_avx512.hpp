@@ -164,6 +164,8 @@ TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, b
   };
   for (;;) {
     while (end - p >= 128) {
+      fetch_ahead(p);
+      fetch_ahead(p + 64);
       const __mmask64 both = _kand_mask64(plain(_mm512_loadu_si512(p)), plain(_mm512_loadu_si512(p + 64)));
       if (static_cast<std::uint64_t>(both) != ~0ull) break;
       p += 128;
@@ -171,6 +173,7 @@ TOLLGATE_AVX512 const char* skip_string_avx512(const char* p, const char* end, b
     for (;;) {
       if (p >= end) return stop_at(end);
       const std::ptrdiff_t left = end - p;
+      fetch_ahead(p);
       const __mmask64 in = left >= 64 ? ~0ull : _bzhi_u64(~0ull, static_cast<unsigned>(left));
       const __m512i v = _mm512_maskz_loadu_epi8(in, p);
       if (*p == '\\' && escaped != nullptr) {
@@ -287,6 +290,7 @@ TOLLGATE_AVX512 const char* skip_utf8_avx512(const char* const from, const char*
   bool pending = false;                     // `before` ends inside a character
   const char* p = from;
   for (; end - p >= 64; p += 64) {
+    fetch_ahead(p);
     const __m512i v = _mm512_loadu_si512(p);
     // Special bytes: '"', '\\', a control byte (unsigned: bytes from 0x80 up are text here).
     const __mmask64 special = _kor_mask64(_kor_mask64(_mm512_cmpeq_epi8_mask(v, quote), _mm512_cmpeq_epi8_mask(v, backslash)),
