@@ -14,6 +14,10 @@
 #   SYSCALLS=1           after the rounds, one more run per proxy under `perf stat`: system calls a
 #                        request (all, reads, reads that found nothing, writes, epoll_wait, epoll_ctl),
 #                        context switches and page faults a request
+#   PROFILE=DIR          after the rounds, one more run per proxy under `perf record -e cpu-clock`
+#                        (time samples: no hardware counters needed): DIR/TARGET.txt lists where
+#                        its time went by function, user space and kernel, and DIR/TARGET.data is
+#                        kept for `perf annotate -i`
 #   PROXY_CPUS=2 UPSTREAM_CPUS=3 CLIENT_CPUS=4   pin the proxies (nginx and every tollgate: one is
 #                        loaded at a time), the upstream and wrk each to their own cores (taskset
 #                        lists), so that on a many-core machine they do not share a core by chance
@@ -252,5 +256,25 @@ if [ -n "${SYSCALLS:-}" ]; then
         printf "| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.3f | %.3f |\n", t, n, v[1] / n, (v[2] + v[3] + v[4] + v[5]) / n,
           (v[6] + v[7] + v[8] + v[9]) / n, (v[10] + v[11] + v[12] + v[13]) / n, v[14] / n, v[15] / n, v[16] / n, v[17] / n
       }' "$work/syscalls-$t.csv"
+  done
+fi
+
+# Where each proxy's time goes: cpu-clock samples over one more throughput run.
+if [ -n "${PROFILE:-}" ]; then
+  command -v perf >/dev/null || { echo "PROFILE=DIR needs perf"; exit 1; }
+  mkdir -p "$PROFILE"
+  profile=$(cd "$PROFILE" && pwd)
+  for t in "${targets[@]}"; do
+    [ -n "${pid_of[$t]:-}" ] || continue
+    procs=$(echo "${pid_of[$t]}" $(pgrep -P "${pid_of[$t]}" || true) | tr ' ' ',')
+    perf record -q -e cpu-clock -F 4000 -o "$profile/$t.data" -p "$procs" 2>/dev/null &
+    recorder=$!
+    read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
+    kill -INT "$recorder"; wait "$recorder" 2>/dev/null || true
+    perf report -q -i "$profile/$t.data" --no-children --sort dso,sym --percent-limit 0.3 2>/dev/null >"$profile/$t.txt" || true
+    printf '
+%s at %.0f requests/s: where its time went (%s/%s.txt)
+' "$t" "$q" "$PROFILE" "$t"
+    head -25 "$profile/$t.txt"
   done
 fi
