@@ -21,6 +21,7 @@
 
 #include "adapters/edge_read.hpp"
 #include "adapters/event_mailbox.hpp"
+#include "adapters/kept_blocks.hpp"
 #include "adapters/op_memory.hpp"
 #include "adapters/send_now.hpp"
 #include "adapters/upstream_pool.hpp"
@@ -749,7 +750,8 @@ std::optional<fast_response> read_response_head(std::string_view buffered, respo
 }
 
 std::unique_ptr<call> start_http1_call(const http1_origin& origin, upstream_request&& request, io_refs refs) {
-  auto t = std::make_shared<transfer>(origin, refs, std::move(request));
+  // A transfer is larger than malloc's per-thread cache takes: its memory is kept by the thread.
+  auto t = std::allocate_shared<transfer>(kept_blocks<transfer>{}, origin, refs, std::move(request));
   t->begin();
   return std::make_unique<http1_call>(std::move(t));
 }
