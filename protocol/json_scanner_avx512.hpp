@@ -3,7 +3,9 @@
 // json_scanner.hpp, which picks these or its AVX2 loops by the width the scan uses.
 #pragma once
 
+#include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
 
 #include <immintrin.h>
@@ -268,6 +270,65 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i faults(const __m512i& in, 
 }
 }  // namespace utf8_check512
 
+/// Text of three-byte characters alone (Chinese, Japanese, Korean prose, with fullwidth
+/// punctuation) checked by the place of its lead bytes: a 64-byte vector whose bytes are all from
+/// 0x80 up is well formed where its leads are E1 to EC, EE or EF (whose second bytes have no
+/// limit), every third byte from the first that the vector before did not owe, and all its other
+/// bytes continuation bytes. One lookup of each byte's kind (vpermi2b, by its low seven bits) and
+/// one compare with the row of that phase, where the full check takes about twenty vector
+/// operations. E0 and ED leads (limited second bytes), two- and four-byte characters, and ASCII
+/// leave a vector to the full check.
+namespace three_byte_runs {
+constexpr std::uint8_t continuation = 1;  // 80 to BF
+constexpr std::uint8_t lead = 2;          // E1 to EC, EE, EF
+
+/// Rows of 64 bytes: the kinds by a byte's low seven bits (two rows), then the kinds a vector
+/// must have when the vector before owes it 0, 1 or 2 continuation bytes.
+alignas(64) constexpr std::array<std::array<std::uint8_t, 64>, 5> rows = [] {
+  std::array<std::array<std::uint8_t, 64>, 5> t{};
+  for (unsigned b = 0x80; b < 0x100; ++b) {
+    const unsigned low = b & 0x7F;
+    const std::uint8_t kind = b <= 0xBF ? continuation : (b >= 0xE1 && b <= 0xEF && b != 0xED) ? lead : 0;
+    t[low / 64][low % 64] = kind;
+  }
+  for (unsigned owed = 0; owed < 3; ++owed) {
+    for (unsigned k = 0; k < 64; ++k) t[2 + owed][k] = (k >= owed && (k - owed) % 3 == 0) ? lead : continuation;
+  }
+  return t;
+}();
+/// What the next vector is owed after one that was owed 0, 1 or 2: its last lead is at byte 63,
+/// 61 or 62.
+constexpr std::array<int, 3> owed_after = {2, 0, 1};
+
+TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i row(std::size_t k) {
+  const auto* at = reinterpret_cast<const __m512i*>(rows.data());
+  asm("" : "+r"(at));
+  return _mm512_load_si512(at + k);
+}
+
+/// Whether the 64 bytes v, owed `owed` continuation bytes (0 to 2), are three-byte characters
+/// alone, by the rule above. `high`: v's bytes from 0x80 up.
+TOLLGATE_AVX512 [[gnu::always_inline]] inline bool whole(__m512i v, __mmask64 high, int owed) {
+  const __m512i kinds = _mm512_permutex2var_epi8(row(0), v, row(1));
+  const __mmask64 wrong = _mm512_cmpneq_epi8_mask(kinds, row(2 + static_cast<std::size_t>(owed)));
+  const __mmask64 right = _kandn_mask64(wrong, high);
+  return _kortestc_mask64_u8(right, right) != 0;
+}
+
+/// The continuation bytes that the well-formed text before `at` leaves owing, from its last three
+/// bytes; 3 where the three-byte rule cannot take the next vector (a four-byte lead last, or an E0
+/// or ED lead, whose second byte is limited).
+/// Without branches (their way would change with the text): a lead's leading one bits are its
+/// character's length, a continuation byte's one, ASCII's none.
+inline int owed_before(const char* at, const char* from) {
+  if (at == from) return 0;  // the check starts at a character's start
+  const auto ones = [&](int back) { return std::countl_one(static_cast<unsigned char>(at[-back])); };
+  const auto b1 = static_cast<unsigned char>(at[-1]);
+  const int owed = std::max({ones(1) - 1, ones(2) - 2, ones(3) - 3, 0});
+  return owed + 3 * static_cast<int>((b1 == 0xE0) | (b1 == 0xED));
+}
+}  // namespace three_byte_runs
+
 /// skip_utf8_avx2 with 64-byte vectors: the same result. A step with a special byte or a fault is
 /// looked at again by utf8_rows::step_stop, which names the first stop, as it does for AVX2.
 TOLLGATE_AVX512 const char* skip_utf8_avx512(const char* const from, const char* const end, bool& escaped) {
@@ -288,10 +349,40 @@ TOLLGATE_AVX512 const char* skip_utf8_avx512(const char* const from, const char*
   const __m512i ends_inside = _mm512_load_si512(ends_inside_row.data());
   __m512i before = _mm512_setzero_si512();  // the previous vector; ASCII before `from`
   bool pending = false;                     // `before` ends inside a character
+  int owed = -1;    // the continuation bytes `before` leaves owing, where the rule took it (else -1)
+  int untried = 0;  // vectors to leave to the full check before the three-byte rule is tried again
   const char* p = from;
   for (; end - p >= 64; p += 64) {
     fetch_ahead(p);
     const __m512i v = _mm512_loadu_si512(p);
+    // A vector that may be three-byte characters alone has a lead among its first three bytes
+    // (text of two-byte characters, Russian say, stops at this test, taken the same way each time).
+    // After a vector the rule took, the next is tried at once (its phase is known). Else one is
+    // tried where a lead is among its first three bytes; after one that is not, or that the rule
+    // did not take, the next few go to the full check untried: text of other scripts (Russian),
+    // or that mixes them (Chinese terms in English), would otherwise pay for the tests at each.
+    const auto* bytes = reinterpret_cast<const unsigned char*>(p);
+    bool tried = false;
+    if (owed >= 0) {
+      tried = true;
+    } else if (untried > 0) {
+      --untried;
+    } else if ((bytes[0] >= 0xE0) | (bytes[1] >= 0xE0) | (bytes[2] >= 0xE0)) {
+      owed = three_byte_runs::owed_before(p, from);
+      tried = owed < 3 && bytes[owed] >= 0xE1 && bytes[owed] <= 0xEF;
+    } else {
+      untried = 4;
+    }
+    if (tried) {
+      if (three_byte_runs::whole(v, _mm512_movepi8_mask(v), owed)) {
+        owed = three_byte_runs::owed_after[static_cast<std::size_t>(owed)];
+        pending = owed != 0;
+        before = v;
+        continue;
+      }
+      untried = 4;
+    }
+    owed = -1;
     // Special bytes: '"', '\\', a control byte (unsigned: bytes from 0x80 up are text here).
     const __mmask64 special = _kor_mask64(_kor_mask64(_mm512_cmpeq_epi8_mask(v, quote), _mm512_cmpeq_epi8_mask(v, backslash)),
                                           _mm512_cmple_epu8_mask(v, below_space));

@@ -1067,6 +1067,59 @@ TEST_CASE("non-ASCII text is checked 64 bytes a step: random texts of every char
   CHECK(invalid > 1000);
 }
 
+TEST_CASE("runs of three-byte characters, 64 bytes a step by their leads' places: every edit at every offset", "[json_body]") {
+  const scan_vectors width = GENERATE(from_range(scan_widths()));
+  INFO("scan vectors: " << width_name(width));
+  const scan_width_in_use in_use(width);
+  // With AVX-512 a vector of three-byte characters alone is passed when its leads (E1 to EC, EE,
+  // EF) are every third byte from the first the vector before owed, and its other bytes are
+  // continuation bytes; anything else goes to the full check. Runs of such characters start at
+  // each phase (after characters of one to four bytes), and each byte is replaced by each byte
+  // value that changes what the rule must say, deleted, or doubled; the verdict is compared with
+  // nlohmann's.
+  const std::vector<std::string> units = {
+      "\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\xe7\xac\xa6\xef\xbc\x8c\xe6\xb5\x8b\xe8\xaf\x95\xe3\x80\x82",  // Chinese
+      "\xe1\x80\x80\xec\xbf\xbf\xee\x80\x80\xef\xbf\xbf\xe3\x81\x82\xea\xb0\x80",  // the leads' edges, kana, hangul
+  };
+  const std::vector<std::string> prefixes = {"", "a", "\xc3\xa9", "\xf0\x9f\x98\x80", "\xc3\xa9\xc3\xa9", "a\xc3\xa9",
+                                             "\xe0\xa0\x80", "\xed\x9f\xbf", "\xe4\xb8\xad" + std::string(61, 'a')};
+  const std::vector<unsigned char> values = {0x00, 0x1f, 0x20, 0x22, 0x41, 0x5c, 0x7f, 0x80, 0x8f, 0x9f, 0xa0, 0xbf,
+                                             0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xe1, 0xec, 0xed, 0xee, 0xef, 0xf0, 0xf4,
+                                             0xf5, 0xf8, 0xff};
+  const std::array<std::string_view, 1> key{"a"};
+  std::array<std::string_view, 1> value{};
+  int checked = 0, accepted = 0;
+  const auto check = [&](const std::string& content) {
+    const std::string text = R"({"a":")" + content + "\"}";
+    const bool reference = reference_accepts(text);
+    if (top_level_values(text, key, value) != reference) {
+      INFO(json(text).dump(-1, ' ', true, json::error_handler_t::replace));
+      FAIL("the scanner and nlohmann disagree");
+    }
+    ++checked;
+    accepted += reference;
+  };
+  for (const auto& unit : units) {
+    std::string run;
+    while (run.size() < 200) run += unit;
+    for (const auto& prefix : prefixes) {
+      const std::string whole = prefix + run + "tail";
+      check(whole);
+      for (std::size_t at = prefix.size(); at < prefix.size() + run.size(); ++at) {
+        for (const unsigned char byte : values) {
+          std::string edited = whole;
+          edited[at] = static_cast<char>(byte);
+          check(edited);
+        }
+        check(std::string(whole).erase(at, 1));
+        check(std::string(whole).insert(at, 1, whole[at]));
+      }
+    }
+  }
+  CHECK(checked > 100000);
+  CHECK(accepted > 5000);
+}
+
 TEST_CASE("two-byte escapes are passed over 64 bytes a step: random strings of escapes, text and faults", "[json_body]") {
   const scan_vectors width = GENERATE(from_range(scan_widths()));
   INFO("scan vectors: " << width_name(width));
