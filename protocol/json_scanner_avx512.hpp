@@ -316,10 +316,10 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline bool whole(__m512i v, __mmask64 hi
 }
 
 /// The continuation bytes that the well-formed text before `at` leaves owing, from its last three
-/// bytes; 3 where the three-byte rule cannot take the next vector (a four-byte lead last, or an E0
-/// or ED lead, whose second byte is limited).
-/// Without branches (their way would change with the text): a lead's leading one bits are its
-/// character's length, a continuation byte's one, ASCII's none.
+/// bytes; 3 or more where the three-byte rule cannot take the next vector (a four-byte lead last,
+/// or an E0 or ED lead, whose second byte is limited). Without branches (their way would change
+/// with the text): a lead's leading one bits are its character's length, a continuation byte's
+/// one, ASCII's none.
 inline int owed_before(const char* at, const char* from) {
   if (at == from) return 0;  // the check starts at a character's start
   const auto ones = [&](int back) { return std::countl_one(static_cast<unsigned char>(at[-back])); };
@@ -355,8 +355,6 @@ TOLLGATE_AVX512 const char* skip_utf8_avx512(const char* const from, const char*
   for (; end - p >= 64; p += 64) {
     fetch_ahead(p);
     const __m512i v = _mm512_loadu_si512(p);
-    // A vector that may be three-byte characters alone has a lead among its first three bytes
-    // (text of two-byte characters, Russian say, stops at this test, taken the same way each time).
     // After a vector the rule took, the next is tried at once (its phase is known). Else one is
     // tried where a lead is among its first three bytes; after one that is not, or that the rule
     // did not take, the next few go to the full check untried: text of other scripts (Russian),
