@@ -174,6 +174,9 @@ cpu_ticks() {  # PID [user] -> clock ticks of it and its children (nginx's worke
   done
   echo "$total"
 }
+procs_of() {  # TARGET -> its process and their children (nginx's workers), comma-separated, for perf -p
+  echo "${pid_of[$1]}" $(pgrep -P "${pid_of[$1]}" || true) | tr ' ' ','
+}
 hz=$(getconf CLK_TCK)
 targets=(direct nginx tollgate tollgate-curl)
 [ -n "$baseline" ] && targets+=(baseline)
@@ -238,7 +241,7 @@ if [ -n "${SYSCALLS:-}" ]; then
   printf '|---|---|---|---|---|---|---|---|---|---|\n'
   for t in "${targets[@]}"; do
     [ -n "${pid_of[$t]:-}" ] || continue
-    procs=$(echo "${pid_of[$t]}" $(pgrep -P "${pid_of[$t]}" || true) | tr ' ' ',')
+    procs=$(procs_of "$t")
     perf stat -x, -o "$work/syscalls-$t.csv" -p "$procs" -e raw_syscalls:sys_enter \
       -e syscalls:sys_exit_recvfrom -e syscalls:sys_exit_read -e syscalls:sys_exit_readv -e syscalls:sys_exit_recvmsg \
       -e syscalls:sys_exit_recvfrom --filter 'ret == -11' -e syscalls:sys_exit_read --filter 'ret == -11' \
@@ -266,15 +269,13 @@ if [ -n "${PROFILE:-}" ]; then
   profile=$(cd "$PROFILE" && pwd)
   for t in "${targets[@]}"; do
     [ -n "${pid_of[$t]:-}" ] || continue
-    procs=$(echo "${pid_of[$t]}" $(pgrep -P "${pid_of[$t]}" || true) | tr ' ' ',')
+    procs=$(procs_of "$t")
     perf record -q -e cpu-clock -F 4000 -o "$profile/$t.data" -p "$procs" 2>/dev/null &
     recorder=$!
     read -r q a b e < <(run "$t" "$(url_of "$t")" "$conns")
     kill -INT "$recorder"; wait "$recorder" 2>/dev/null || true
     perf report -q -i "$profile/$t.data" --no-children --sort dso,sym --percent-limit 0.3 2>/dev/null >"$profile/$t.txt" || true
-    printf '
-%s at %.0f requests/s: where its time went (%s/%s.txt)
-' "$t" "$q" "$PROFILE" "$t"
+    printf '\n%s at %.0f requests/s: where its time went (%s/%s.txt)\n' "$t" "$q" "$PROFILE" "$t"
     head -25 "$profile/$t.txt"
   done
 fi
