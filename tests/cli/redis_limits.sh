@@ -120,13 +120,14 @@ echo "budget 40 (10 requests) on 3 replicas: $spent admitted of 30"
 # replicas; prints how many were admitted (200).
 at_once() {
   for n in $(seq 0 $(($2 - 1))); do
-    curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "${url[${replicas[$((n % 3))]}]}/v1/chat/completions" \
-      -H "Authorization: Bearer $1" \
-      -d '{"model":"slow","messages":[{"role":"user","content":"slow"}]}' >"$work/at_once.$1.$n" &
+    { printf '%s ' "$(date +%s%3N)"  # when it was sent, then its status and seconds taken
+      curl -s -o /dev/null -w '%{http_code} %{time_total}\n' --max-time 10 "${url[${replicas[$((n % 3))]}]}/v1/chat/completions" \
+        -H "Authorization: Bearer $1" \
+        -d '{"model":"slow","messages":[{"role":"user","content":"slow"}]}'; } >"$work/at_once.$1.$n" &
     clients+=($!)
   done
   wait_clients
-  cat "$work"/at_once."$1".* | grep -c '^200$' || true
+  cat "$work"/at_once."$1".* | grep -c '^[0-9]* 200 ' || true
 }
 
 # max_concurrency 2 across replicas: two run, the rest are refused. A replica whose heartbeat is
@@ -136,6 +137,11 @@ at_once() {
 running=$(at_once tg-conc 6)
 if [ "$running" -ne 2 ]; then
   echo "max_concurrency 2 on 3 replicas: $running of 6 admitted on a first try; once more after 2 s"
+  # What would explain it: each request's replica, when it was sent (ms), its status and seconds,
+  # the slots Redis holds for each replica, and each replica's last heartbeat.
+  for n in 0 1 2 3 4 5; do echo "  request $n on ${replicas[$((n % 3))]}: $(cat "$work/at_once.tg-conc.$n")"; done
+  echo "  slots: $(redis-cli -p "$redis_port" HGETALL 'tollgate:{conc}:slots' | tr '\n' ' ')"
+  echo "  heartbeats: $(redis-cli -p "$redis_port" ZRANGE tollgate:replicas 0 -1 WITHSCORES | tr '\n' ' ')at $(date +%s%3N)"
   sleep 2
   running=$(at_once tg-conc 6)
 fi
