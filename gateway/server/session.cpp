@@ -8,7 +8,6 @@
 #include <boost/beast/http.hpp>
 
 #include <iostream>
-#include <limits>
 #include <optional>
 
 #include "adapters/edge_read.hpp"
@@ -36,7 +35,6 @@ constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 // After a 413: how long and how much of the rest of the body is read and dropped before closing.
 constexpr auto drain_timeout = std::chrono::seconds(5);
 constexpr std::size_t max_drain_bytes = 16 * 1024 * 1024;
-constexpr std::size_t length_max = std::numeric_limits<std::size_t>::max();
 
 /// A request id from the client is kept when it is short and plain; otherwise we make one.
 bool usable_request_id(std::string_view id) {
@@ -233,11 +231,20 @@ class session {
   /// read_body's second part: the missing bytes of the body from the socket, into the storage at
   /// into. Until it completes they are unwritten: a read cut short fails the request.
   net::awaitable<beast::error_code> read_body_rest(char* into, std::size_t missing) {
-    // Each read asks for all that is missing, not Asio's default of 64 KB at most.
-    const auto whole = [](const boost::system::error_code& e, std::size_t) -> std::size_t { return e ? 0 : length_max; };
-    auto [ec, n] = co_await net::async_read(socket_, net::buffer(into, missing), whole, use_tuple);
-    if (ec == net::error::eof) co_return http::error::partial_message;  // cut off mid-body
-    co_return ec;
+    // Edge reads, each asking for all that is missing: a body that comes in pieces drains the
+    // socket between them, and Asio's reads would each time try once more and find nothing.
+    while (missing > 0) {
+      auto [ec, n] = co_await net::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
+          [this](auto handler, net::mutable_buffer rest) {
+            adapters::async_read_edge(w_.pool().reactor(), socket_, rest, std::move(handler));
+          },
+          use_tuple, net::buffer(into, missing));
+      if (ec == net::error::eof) co_return http::error::partial_message;  // cut off mid-body
+      if (ec) co_return ec;
+      into += n;
+      missing -= n;
+    }
+    co_return beast::error_code{};
   }
 
   /// Reads what a refused client still sends (up to a bound) after our answer and a shutdown of
