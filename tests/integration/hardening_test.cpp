@@ -78,6 +78,8 @@ class raw_client {
   }
   bool closed() const { return closed_; }
   void clear() { got_.clear(); }
+  /// Sends the end of the stream (a FIN) while the connection stays open for reading.
+  void end_sending() { ::shutdown(fd_, SHUT_WR); }
 
  private:
   int fd_ = -1;
@@ -347,6 +349,48 @@ TEST_CASE("a large body read in pieces is checked whole, on its own bytes", "[ha
   const auto seen = f.a.requests();
   REQUIRE(seen.size() == 1);
   CHECK(seen[0].body.find(plain) != std::string::npos);
+}
+
+TEST_CASE("a body cut off, or stalled past the idle timeout, between its pieces closes the connection unsent",
+          "[hardening]") {
+  // The rest of a body is read by edge reads: after a piece drains the socket, the next read
+  // waits for epoll's next edge, which a FIN, and the idle deadline's cancel, must still end.
+  gateway_fixture f(counting_yaml());  // the default idle timeout: only the FIN ends the first
+  std::string y = counting_yaml();
+  const std::string server = "  access_log: off\n";
+  y.replace(y.find(server), server.size(), server + "  idle_timeout: 300ms\n");
+  gateway_fixture quick(y);
+  const std::string body = R"({"model":"chat-public","messages":[{"role":"user","content":")" +
+                           std::string(300000, 'p') + R"("}]})";
+  const std::string head = post_head("", body.size());
+
+  raw_client cut(f.server->port());
+  REQUIRE(cut.send(head + body.substr(0, 1000)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  REQUIRE(cut.send(body.substr(1000, 100000)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  cut.end_sending();
+  CHECK(cut.read_all(std::chrono::milliseconds(5000)).find("HTTP/1.1 200") == std::string::npos);
+  CHECK(cut.closed());
+
+  raw_client stalled(quick.server->port());
+  REQUIRE(stalled.send(head + body.substr(0, 1000)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  REQUIRE(stalled.send(body.substr(1000, 100000)));
+  const auto stalled_from = std::chrono::steady_clock::now();
+  const std::string stalled_got = stalled.read_all(std::chrono::milliseconds(5000));
+  const auto waited = std::chrono::steady_clock::now() - stalled_from;
+  CHECK(stalled.closed());
+  CHECK(stalled_got.empty());
+  CHECK(waited >= std::chrono::milliseconds(250));
+  CHECK(waited < std::chrono::milliseconds(4000));
+
+  CHECK(f.a.request_count() == 0);
+  CHECK(quick.a.request_count() == 0);
+  // The same body sent whole on a new connection is answered.
+  raw_client whole(f.server->port());
+  REQUIRE(whole.send(head + body));
+  CHECK(next_answer(whole).starts_with("HTTP/1.1 200 "));
 }
 
 TEST_CASE("Expect: 100-continue gets 100 Continue before the body, or the final status at once", "[hardening]") {
