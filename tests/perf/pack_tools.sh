@@ -5,7 +5,7 @@
 # builds). Each program becomes a wrapper that sets LD_LIBRARY_PATH for itself alone, so the
 # machine's own programs (python3) keep their libraries.
 #
-# usage: tests/perf/pack_tools.sh DIR NAME=BUILD_DIR...
+# usage: [PERF=1] tests/perf/pack_tools.sh DIR NAME=BUILD_DIR...
 #   e.g. tests/perf/pack_tools.sh .perfcarry plain=build-nocuda pgo=build-pgo
 # then, on the other machine (DIR carried there):
 #   export PATH=$PWD/DIR/bin:$PATH; mkdir -p /var/lib/nginx /var/log/nginx
@@ -38,7 +38,8 @@ LD_LIBRARY_PATH=\$here/lib exec "\$here/real/$name" "\$@"
 SH
   chmod +x "$2"
 }
-for tool in wrk nginx bc; do
+# perf (PERF=1, about 26 MB with its libraries) for bench.sh's PROFILE and SYSCALLS there.
+for tool in wrk nginx bc ${PERF:+perf}; do
   wrap "$(command -v "$tool")" "$d/bin/$tool"
 done
 for spec in "$@"; do
