@@ -158,7 +158,6 @@ int serve(const std::vector<std::string_view>& args) {
   print_warnings(loaded);
 
   std::signal(SIGPIPE, SIG_IGN);
-  keep_large_blocks();
   net::io_context signals_io;
   net::signal_set signals(signals_io, SIGINT, SIGTERM, SIGHUP);
   const auto shutdown_timeout = loaded.value->server.shutdown_timeout;
@@ -173,6 +172,7 @@ int serve(const std::vector<std::string_view>& args) {
               << ": " << e.what() << "\n";
     return 1;
   }
+  keep_large_blocks();  // after the startup's own large blocks (the config's, the tokenizer's) went back
   srv->start();
   auto prober = std::make_unique<tollgate::gateway::health_prober>(srv->shared(), lasting.health);
   prober->start();
