@@ -127,7 +127,7 @@ int check_config(const std::vector<std::string_view>& args) {
 /// glibc's default thresholds move: a freed mapped block raises the size above which blocks are
 /// mapped to its own, and the heap's free top is given back to the kernel past twice that. Under
 /// load a freed answer at the top of the heap is given back, and the next one faults its pages in
-/// again: up to 256 faults a megabyte, a fifth of a 1 MB answer's CPU. Fixed thresholds keep
+/// again: up to 256 faults a megabyte, and up to half of a 1 MB answer's CPU. Fixed thresholds keep
 /// blocks up to 32 MB (glibc's largest) in the heap and up to 128 MB free at its top, which the
 /// next large bodies reuse. GLIBC_TUNABLES naming a malloc setting leaves glibc's choice alone.
 void keep_large_blocks() {

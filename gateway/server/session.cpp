@@ -9,6 +9,7 @@
 
 #include <iostream>
 #include <optional>
+#include <tuple>
 
 #include "adapters/edge_read.hpp"
 #include "gateway/accounting/result_consumers.hpp"
@@ -85,11 +86,7 @@ class session {
         // The client cannot have sent its next request before it read our answer: an edge read
         // (edge_read.hpp) after the last one drained the socket waits for epoll's next edge, with
         // no system call that finds nothing.
-        auto [rec, rn] = co_await net::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
-            [this](auto handler, net::mutable_buffer into) {
-              adapters::async_read_edge(w_.pool().reactor(), socket_, into, std::move(handler));
-            },
-            use_tuple, buffer_.prepare(beast::read_size(buffer_, 64 * 1024)));
+        auto [rec, rn] = co_await read_edge(buffer_.prepare(beast::read_size(buffer_, 64 * 1024)));
         buffer_.commit(rn);
         ec = rec;
       }
@@ -228,17 +225,23 @@ class session {
     return buffered;
   }
 
+  /// Some bytes of the client's socket into `into`, by an edge read (adapters/edge_read.hpp):
+  /// after a read that drained the socket, the next waits for epoll's next edge.
+  net::awaitable<std::tuple<boost::system::error_code, std::size_t>> read_edge(net::mutable_buffer into) {
+    return net::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
+        [this](auto handler, net::mutable_buffer b) {
+          adapters::async_read_edge(w_.pool().reactor(), socket_, b, std::move(handler));
+        },
+        use_tuple, into);
+  }
+
   /// read_body's second part: the missing bytes of the body from the socket, into the storage at
   /// into. Until it completes they are unwritten: a read cut short fails the request.
   net::awaitable<beast::error_code> read_body_rest(char* into, std::size_t missing) {
     // Edge reads, each asking for all that is missing: a body that comes in pieces drains the
     // socket between them, and Asio's reads would each time try once more and find nothing.
     while (missing > 0) {
-      auto [ec, n] = co_await net::async_initiate<decltype(use_tuple), void(boost::system::error_code, std::size_t)>(
-          [this](auto handler, net::mutable_buffer rest) {
-            adapters::async_read_edge(w_.pool().reactor(), socket_, rest, std::move(handler));
-          },
-          use_tuple, net::buffer(into, missing));
+      auto [ec, n] = co_await read_edge(net::buffer(into, missing));
       if (ec == net::error::eof) co_return http::error::partial_message;  // cut off mid-body
       if (ec) co_return ec;
       into += n;
