@@ -34,7 +34,7 @@ runtime_packages=(ca-certificates curl libcurl4 libssl3 libyaml-cpp0.7 libsqlite
 # Boost 1.81 is the oldest the build accepts; bookworm's default libboost-dev is 1.74.
 build_packages=(build-essential cmake ninja-build ccache pkg-config git
   libboost1.81-dev libcurl4-openssl-dev libssl-dev nlohmann-json3-dev libyaml-cpp-dev libsqlite3-dev libpcre2-dev libpq-dev libhiredis-dev)
-test_packages=(catch2 sqlite3 prometheus chromium postgresql redis-server)
+test_packages=(catch2 sqlite3 prometheus chromium postgresql redis-server faketime)
 bench_packages=(wrk nginx-light bc)
 
 packages=("${runtime_packages[@]}")

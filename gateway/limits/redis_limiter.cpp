@@ -116,11 +116,10 @@ admission redis_limiter::admit(const config::key_config& key, key_state& st, std
   const double want_r = std::max(need_r, std::floor(key.rpm / 60.0));
   const double want_t = std::max(need_t, key.tpm / 60.0);
   link_->track(key, st);  // its limits as this config has them
-  const auto live_after = unix_ms() - 3000;
   reply_ptr r = link_->call({"EVAL", take_lua, "3", bucket_key(key.name), slots_key(key.name), replicas_key,
                              std::to_string(key.rpm), std::to_string(key.tpm), num(need_r), num(need_t), num(want_r),
                              num(want_t), std::to_string(key.max_concurrency), link_->replica(),
-                             std::to_string(live_after)});
+                             std::to_string(redis::live_window_ms)});
   if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 5) {
     if (r && r->type == REDIS_REPLY_ERROR) {
       std::cerr << "tollgate: limits: Redis refused the script: " << std::string(r->str, r->len) << std::endl;

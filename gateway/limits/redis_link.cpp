@@ -39,7 +39,7 @@ tk = math.min(tpm, tk + el * tpm)
 const std::string take_lua = std::string(refill_lua) + R"lua(
 local need_r, need_t = tonumber(ARGV[3]), tonumber(ARGV[4])
 local want_r, want_t = tonumber(ARGV[5]), tonumber(ARGV[6])
-local maxc, rep, live_after = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+local maxc, rep, live_after = tonumber(ARGV[7]), ARGV[8], now - tonumber(ARGV[9])
 local function save()
   redis.call('HSET', KEYS[1], 'r', tostring(r), 't', tostring(tk), 'ts', tostring(now))
   redis.call('PEXPIRE', KEYS[1], 120000)
@@ -87,6 +87,14 @@ redis.call('PEXPIRE', KEYS[1], 120000)
 return 1
 )lua";
 
+const char* const beat_lua = R"lua(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[2]), '+inf')
+)lua";
+
 const char* const spend_lua = R"lua(
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
 local v = redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
@@ -132,9 +140,11 @@ constexpr const char* ejections_channel = "tollgate:ejections";
 
 }  // namespace
 
+using redis::beat_lua;
 using redis::bucket_key;
 using redis::context_ptr;
 using redis::give_lua;
+using redis::live_window_ms;
 using redis::num;
 using redis::replicas_key;
 using redis::reply_ptr;
@@ -283,10 +293,7 @@ void redis_link::mark_down(const std::string& why) {
 }
 
 void redis_link::heartbeat(redisContext& c) {
-  const auto now = unix_ms();
-  command(c, {"ZADD", replicas_key, std::to_string(now), replica_});
-  command(c, {"ZREMRANGEBYSCORE", replicas_key, "-inf", std::to_string(now - 60000)});
-  if (reply_ptr n = command(c, {"ZCOUNT", replicas_key, std::to_string(now - 3000), "+inf"});
+  if (reply_ptr n = command(c, {"EVAL", beat_lua, "1", replicas_key, replica_, std::to_string(live_window_ms)});
       n && n->type == REDIS_REPLY_INTEGER) {
     replicas_ = std::max<long long>(n->integer, 1);
   }

@@ -40,8 +40,11 @@ struct context_deleter {
 using context_ptr = std::unique_ptr<redisContext, context_deleter>;
 
 // TAKE: KEYS bucket, slots, replicas; ARGV rpm, tpm, need_r, need_t, want_r, want_t, max_conc,
-// replica, live_after_ms. Returns {ok, which, wait_ms, granted_r, granted_t}.
+// replica, live_window_ms. Returns {ok, which, wait_ms, granted_r, granted_t}.
 extern const std::string take_lua;
+// BEAT: KEYS replicas; ARGV replica, live_window_ms. Marks the replica seen now and returns how
+// many were seen within the window.
+extern const char* const beat_lua;
 // GIVE: KEYS bucket; ARGV rpm, tpm, r, t: a lease (or a settled difference, negative for a debt)
 // back into the buckets.
 extern const std::string give_lua;
@@ -49,6 +52,9 @@ extern const std::string give_lua;
 extern const char* const spend_lua;
 
 inline constexpr const char* replicas_key = "tollgate:replicas";
+// A replica that has not beaten for this long (by Redis's clock, not the replicas': theirs may
+// differ, or step) is taken for gone, and its concurrency slots for free. It beats every 500 ms.
+inline constexpr std::int64_t live_window_ms = 3000;
 
 // Keys of one API key share a hash tag, so a Redis Cluster keeps them on one node.
 std::string bucket_key(const std::string& name);
