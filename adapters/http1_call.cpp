@@ -24,6 +24,7 @@
 #include "adapters/kept_blocks.hpp"
 #include "adapters/op_memory.hpp"
 #include "adapters/send_now.hpp"
+#include "adapters/unfilled_string.hpp"
 #include "adapters/upstream_pool.hpp"
 #include "protocol/chunked_body.hpp"
 #include "protocol/http1_head.hpp"
@@ -384,11 +385,12 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     net::mutable_buffer into;
     if (direct_) {
       // Sized a read at a time, so that only what arrives is touched (the length is the upstream's
-      // word); answer_ holds its whole length already, so its bytes stay where they are. Sized up
-      // only: a read that brings less than it asked for leaves the rest sized for the next one,
-      // so each byte is zeroed once (a std::string is not sized without being filled).
+      // word); answer_ holds its whole length already, so its bytes stay where they are. Sized
+      // without filling (resize_unfilled: the read writes the bytes, zeros first would cost a
+      // memset as long as the answer), and up only: a read that brings less than it asked for
+      // leaves the rest sized for the next one.
       const std::size_t want = std::min(answer_length_ - filled_, max_read_size);
-      if (answer_.size() < filled_ + want) answer_.resize(filled_ + want);
+      if (answer_.size() < filled_ + want) resize_unfilled(answer_, filled_ + want);
       into = net::buffer(answer_.data() + filled_, want);
     } else {
       into = c.buffer.prepare(read_size_);
