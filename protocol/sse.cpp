@@ -31,9 +31,47 @@ std::size_t find_line_end(const std::string& s, std::size_t i, std::size_t n) {
   return n;
 }
 
+/// The end (past its blank line) of the event that starts at `start` in s, looking from `scan`
+/// on; npos when s holds no whole event yet. scan: where to look next time (never just after a
+/// '\r' whose line end is undecided, so the byte before it tells whether a line starts there).
+std::size_t event_end(const std::string& s, std::size_t start, std::size_t& scan) {
+  std::size_t i = std::max(scan, start);
+  const std::size_t n = s.size();
+  while (i < n) {
+    i = find_line_end(s, i, n);
+    if (i == n) break;
+    std::size_t end = i + 1;
+    if (s[i] == '\r') {
+      // "\r" alone or the start of "\r\n": the next byte decides, so wait for it.
+      if (end == n) break;
+      if (s[end] == '\n') ++end;
+    }
+    if (i == start || is_line_end(s[i - 1])) {
+      scan = end;
+      return end;
+    }
+    i = end;
+  }
+  scan = i;
+  return std::string::npos;
+}
+
 }  // namespace
 
+void sse_splitter::merge_carry() {
+  if (carry_.empty()) return;
+  if (!carry_done_) {
+    carry_.append(buf_, pos_);
+    buf_.swap(carry_);
+    pos_ = 0;
+    scan_ = carry_scan_;
+  }
+  carry_.clear();
+  carry_done_ = false;
+}
+
 void sse_splitter::feed(std::string_view bytes) {
+  merge_carry();
   // Consumed bytes are dropped once they are at least as many as those kept, so each byte is
   // moved at most once on average and a long stream stays linear.
   if (pos_ > 0 && pos_ >= buf_.size() - pos_) {
@@ -45,7 +83,19 @@ void sse_splitter::feed(std::string_view bytes) {
 }
 
 std::string sse_splitter::feed_moved(std::string&& bytes) {
-  if (pos_ == buf_.size()) {
+  if (carry_done_) {
+    carry_.clear();
+    carry_done_ = false;
+  }
+  const std::size_t held = buf_.size() - pos_;
+  std::size_t scan = scan_;
+  if (held == 0) {
+    buf_.swap(bytes);
+    pos_ = scan_ = 0;
+  } else if (carry_.empty() && 2 * held <= bytes.size() && event_end(buf_, pos_, scan) == std::string::npos) {
+    // What is held is one event's start: kept apart, and bytes taken as the buffer.
+    carry_.assign(buf_, pos_);
+    carry_scan_ = scan - pos_;
     buf_.swap(bytes);
     pos_ = scan_ = 0;
   } else {
@@ -68,30 +118,40 @@ std::optional<std::string> sse_splitter::next_event() {
 }
 
 std::optional<std::string_view> sse_splitter::next_event_view() {
-  std::size_t i = std::max(scan_, pos_);
-  const std::size_t n = buf_.size();
-  while (i < n) {
-    i = find_line_end(buf_, i, n);
-    if (i == n) break;
-    std::size_t end = i + 1;
-    if (buf_[i] == '\r') {
-      // "\r" alone or the start of "\r\n": the next byte decides, so wait for it.
-      if (end == n) break;
-      if (buf_[end] == '\n') ++end;
+  if (!carry_.empty() && !carry_done_) {
+    // The cut event: its end is copied to its start from buf_, a little more each time, until
+    // it ends there; what was copied past its end stays buf_'s.
+    for (std::size_t step = std::max<std::size_t>(carry_.size(), 256);; step *= 2) {
+      const std::size_t take = std::min(step, buf_.size() - pos_);
+      carry_.append(buf_, pos_, take);
+      pos_ += take;
+      if (const std::size_t end = event_end(carry_, 0, carry_scan_); end != std::string::npos) {
+        pos_ -= carry_.size() - end;
+        scan_ = pos_;
+        carry_.resize(end);
+        carry_done_ = true;
+        return std::string_view(carry_);
+      }
+      if (pos_ == buf_.size()) {
+        // Still unfinished: all of it is the buffer again (the read's storage is let go: a held
+        // stream keeps no second large buffer).
+        buf_.swap(carry_);
+        carry_ = std::string();
+        pos_ = 0;
+        scan_ = carry_scan_;
+        return std::nullopt;
+      }
     }
-    const bool empty_line = i == pos_ || is_line_end(buf_[i - 1]);
-    if (empty_line) {
-      const std::string_view event(buf_.data() + pos_, end - pos_);
-      pos_ = scan_ = end;
-      return event;
-    }
-    i = end;
   }
-  scan_ = i;
-  return std::nullopt;
+  const std::size_t end = event_end(buf_, pos_, scan_);
+  if (end == std::string::npos) return std::nullopt;
+  const std::string_view event(buf_.data() + pos_, end - pos_);
+  pos_ = end;
+  return event;
 }
 
 std::string sse_splitter::take_rest() {
+  merge_carry();
   std::string rest = buf_.substr(pos_);
   buf_.clear();
   pos_ = scan_ = 0;

@@ -204,6 +204,48 @@ TEST_CASE("many events in random pieces come out whole and in order", "[sse]") {
   CHECK(most_buffered < 400);
 }
 
+TEST_CASE("reads taken whole that cut events: only the cut event is copied, and every event comes out",
+          "[sse]") {
+  std::mt19937 rng(777);
+  std::string stream;
+  events expected;
+  for (int i = 0; i < 20000; ++i) {
+    std::string e = "data: {\"choices\":[{\"delta\":{\"content\":\"" + std::to_string(i) + "\"}}]}";
+    if (i % 89 == 0) e += "\ndata: " + std::string(static_cast<std::size_t>(rng() % 5000), 'y');  // longer than a read
+    e += i % 3 == 0 ? "\r\n\r\n" : (i % 3 == 1 ? "\n\n" : "\r\r");
+    stream += e;
+    expected.push_back(std::move(e));
+  }
+  stream += "data: cut";  // a stream that ends mid-event
+  sse_splitter s;
+  events got;
+  std::size_t at = 0, reads = 0, taken_whole = 0;
+  while (at < stream.size()) {
+    const std::size_t n = std::uniform_int_distribution<std::size_t>(1, 3000)(rng);
+    std::string read(std::string_view(stream).substr(at, n));
+    const char* const storage = read.data();
+    const std::string_view read_bytes = read;
+    const std::string back = s.feed_moved(std::move(read));
+    CHECK(back.empty());
+    at += n;
+    ++reads;
+    // Now and then a feed before the events are read: what is held is joined, not lost.
+    if (rng() % 10 == 0) continue;
+    bool from_read = false;
+    while (auto e = s.next_event_view()) {
+      got.emplace_back(*e);
+      // An event wholly inside a read large enough to be taken is a view of that read's storage.
+      if (e->data() >= storage && e->data() < storage + read_bytes.size()) from_read = true;
+    }
+    if (from_read) ++taken_whole;
+  }
+  CHECK(s.take_rest() == "data: cut");
+  CHECK(got.size() == expected.size());
+  CHECK(got == expected);
+  // Most reads are taken as they are, not copied into the splitter's buffer.
+  CHECK(taken_whole > reads / 2);
+}
+
 TEST_CASE("one very long event fed in small pieces is not rescanned", "[sse]") {
   // Rescanning from the start on every feed would take minutes here.
   const std::string line = "data: " + std::string(4 << 20, 'x');
