@@ -9,6 +9,10 @@
 #                        "lorem ipsum dolor sit amet "), e.g. Chinese text, whose bytes are all
 #                        multi-byte UTF-8, or text with escapes: 'line\n', '\u4e2d\u6587' (no bare '"')
 #   ANSWER_KB=1024       the upstream's answer padded to about that many KB (default: 200 bytes)
+#   STREAM=1             the request asks for a stream, and the upstream answers one: chat chunks
+#                        of about 150 bytes (ANSWER_KB of them, else 20), a usage chunk and [DONE],
+#                        all at once as a model that has its answer ready would; nginx proxies it
+#                        unbuffered (proxy_buffering off), as SSE deployments do
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
 #   SYSCALLS=1           after the rounds, one more run per proxy under `perf stat`: system calls a
@@ -32,6 +36,7 @@ threads=${THREADS:-1}   # tollgate worker threads and nginx worker processes, ke
 prompt_kb=${PROMPT_KB:-0}
 prompt_text=${PROMPT_TEXT:-lorem ipsum dolor sit amet }
 answer_kb=${ANSWER_KB:-0}
+stream=${STREAM:-0}
 baseline=${BASELINE:+$(cd "$BASELINE" && pwd)}
 source "$(dirname "$0")/../support/procs.sh"
 
@@ -55,6 +60,21 @@ chmod 755 "$work" "$work/up"  # nginx's workers (nobody) read the answer file
 # its 405 error page).
 answer_directive="return 200 '$answer';"
 [ "$answer_kb" = 0 ] || answer_directive="root $work/up; error_page 405 =200 \$uri; try_files /answer.json =404;"
+answer_type=application/json proxy_buffering=on request_stream=""
+if [ "$stream" = 1 ]; then
+  python3 - "$answer_kb" "$work/up/answer.sse" <<'PY'
+import sys
+kb, path = int(sys.argv[1]), sys.argv[2]
+event = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+         '[{"index":0,"delta":{"content":"lorem "},"finish_reason":null}]}\n\n')
+count = kb * 1024 // len(event) if kb else 20
+usage = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+         '"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\ndata: [DONE]\n\n' % (count, count + 5))
+open(path, "w").write(event * count + usage)
+PY
+  answer_directive="root $work/up; error_page 405 =200 \$uri; try_files /answer.sse =404;"
+  answer_type=text/event-stream proxy_buffering=off request_stream=',"stream":true'
+fi
 cat >"$work/up/nginx.conf" <<NGX
 worker_processes 1;
 error_log $work/up/error.log crit;
@@ -67,7 +87,7 @@ http {
   client_max_body_size 64m;
   server {
     listen 127.0.0.1:$up_port;
-    location / { default_type application/json; $answer_directive }
+    location / { default_type $answer_type; $answer_directive }
   }
 }
 NGX
@@ -89,6 +109,7 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Authorization "Bearer sk-upstream";
+      proxy_buffering $proxy_buffering;
     }
   }
 }
@@ -152,7 +173,7 @@ lua_text=${lua_text//\'/\\\'}
 cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"hello, how are you today?' ..
-  string.rep('$lua_text', math.floor($prompt_kb * 1024 / #'$lua_text')) .. '"}],"max_tokens":16}'
+  string.rep('$lua_text', math.floor($prompt_kb * 1024 / #'$lua_text')) .. '"}],"max_tokens":16$request_stream}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer tg-bench"
 done = function(summary, latency, requests)
@@ -215,7 +236,7 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 printf '\n%s rounds x %ss, %s connections for throughput, 1 connection for latency, %s worker(s), prompt %s, answer %s\n\n' \
   "$rounds" "$duration" "$conns" "$threads" "$([ "$prompt_kb" = 0 ] && echo short || echo "~${prompt_kb} KB")" \
-  "$([ "$answer_kb" = 0 ] && echo short || echo "~${answer_kb} KB")"
+  "$([ "$answer_kb" = 0 ] && echo short || echo "~${answer_kb} KB")$([ "$stream" = 1 ] && echo ", streamed")"
 printf '| path | requests/s (median) | vs nginx | CPU µs a request | of it user µs | p50 latency µs | p99 latency µs | added p50 µs | rounds (requests/s) |\n'
 printf '|---|---|---|---|---|---|---|---|---|\n'
 d50=$(echo "${lat50[direct]}" | median)
