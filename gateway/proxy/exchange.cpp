@@ -246,6 +246,13 @@ class exchange::stream_writer final : public adapters::data_sink {
   /// usage noted, the model renamed.
   void feed(std::string&& data) { call_.recycle(events.feed_moved(std::move(data))); }
   void add_events() {
+    // Room for every complete event buffered, renamed (a longer name takes up to an eighth more),
+    // so that a read of many events does not regrow the chunk as it is made; at least doubled, as
+    // appends grow it, when a chunk that gathers several reads grows again.
+    const std::size_t ready = events.buffered();
+    if (ready > chunk.capacity() - chunk.size()) {
+      chunk.reserve(std::max(chunk.size() + ready + ready / 8 + 64, chunk.empty() ? 0 : 2 * chunk.capacity()));
+    }
     while (auto e = events.next_event_view()) {
       if (x_.take_usage(*e)) continue;
       if (!rename_ || !model_at.append_renamed(chunk, *e, x_.rename_from_, x_.rename_to_)) chunk += *e;
@@ -260,8 +267,7 @@ class exchange::stream_writer final : public adapters::data_sink {
       if (chunk.empty()) return true;
       begun = !x_.ctx_.out.write_chunk_now(chunk, sent, error);
       if (begun || error) return false;  // the loop awaits the rest, or ends
-      x_.note_delivered(chunk);
-      chunk.clear();
+      x_.note_delivered(std::move(chunk));  // leaves it empty
       return true;
     } catch (...) {
       // Not out of the upstream read's handler: the loop throws it, as it would have.
@@ -300,16 +306,25 @@ class sink_scope {
 
 }  // namespace
 
-void exchange::note_delivered(std::string_view counted) {
+void exchange::note_delivering(std::size_t size) {
   if (!res_.first_token_at) res_.first_token_at = adapters::loop_clock::now();
   // What the client has, for counting if the usage chunk never comes. Whole events: past a bound,
   // the text is taken out of those kept so far, so that a long stream is counted whole without
   // keeping all its bytes.
-  if (res_.delivered.size() + counted.size() > max_metered_stream) {
+  if (res_.delivered.size() + size > max_metered_stream) {
     append_completion_text(res_.delivered.pieces(), true, res_.delivered_text);
     res_.delivered.clear();
   }
+}
+
+void exchange::note_delivered(std::string_view counted) {
+  note_delivering(counted.size());
   res_.delivered.append(counted);
+}
+
+void exchange::note_delivered(std::string&& counted) {
+  note_delivering(counted.size());
+  res_.delivered.append(std::move(counted));
 }
 
 net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const adapters::response_head& head) {
@@ -427,7 +442,11 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       if (w.begun) std::tie(w.error, std::ignore) = co_await out.write_chunk_rest(chunk, w.sent);
       if (w.error) co_return delivery{false, false, false};
       w.begun = false;
-      note_delivered(dialect != nullptr && !relayed ? raw : chunk);
+      if (dialect != nullptr && !relayed) {
+        note_delivered(raw);
+      } else {
+        note_delivered(std::move(chunk));
+      }
     }
     chunk.clear();
     raw.clear();

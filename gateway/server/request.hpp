@@ -67,9 +67,12 @@ class limiter_hold {
 /// that never move once filled, so that a long stream's bytes are each copied once (one growing
 /// string would copy all it holds again at each doubling). A piece is reserved at the bytes kept
 /// so far, up to 64 KB, and at least at what is appended: the first piece is just the first bytes
-/// (a held stream keeps no more than it was sent).
+/// (a held stream keeps no more than it was sent). A large string that is mostly full is taken as
+/// a piece as it is, with no copy: a stream's write of many events.
 class kept_bytes {
  public:
+  static constexpr std::size_t adopted_from = 4096;  ///< the least a string taken whole holds
+
   void append(std::string_view s) {
     if (s.empty()) return;
     if (pieces_.empty() || pieces_.back().capacity() - pieces_.back().size() < s.size()) {
@@ -79,6 +82,19 @@ class kept_bytes {
     }
     pieces_.back().append(s);
     size_ += s.size();
+  }
+  /// The same; s's own storage becomes a piece when s holds at least adopted_from bytes and fills
+  /// three quarters of its capacity (what is kept stays within a third more than its bytes). s is
+  /// left empty.
+  void append(std::string&& s) {
+    if (s.size() < adopted_from || s.size() < s.capacity() / 4 * 3) {
+      append(std::string_view(s));
+      s.clear();
+      return;
+    }
+    size_ += s.size();
+    pieces_.push_back(std::move(s));
+    s.clear();  // a moved-from string's state is unspecified
   }
   void clear() {
     pieces_.clear();

@@ -110,6 +110,49 @@ TEST_CASE("a stream kept in pieces is counted as the bytes it holds, and its fil
   CHECK(gateway::count_completion_tokens(*tok, kept.pieces(), true) == 0);
 }
 
+TEST_CASE("a large, mostly full string is kept as it is; a small or mostly empty one is copied", "[metering]") {
+  REQUIRE(std::filesystem::exists(tokenizer_file));
+  const auto tok = tokenizer::tokenizer::load(tokenizer_file);
+  std::string events;
+  for (int i = 0; i < 100; ++i)
+    events += "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w" + std::to_string(i) + " \"}}]}\n\n";
+  REQUIRE(events.size() >= gateway::kept_bytes::adopted_from);
+  gateway::kept_bytes kept;
+  kept.append(std::string_view("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"first \"}}]}\n\n"));
+
+  // A write's chunk of many events: its storage becomes a piece, no copy.
+  std::string chunk = events;
+  const char* const storage = chunk.data();
+  kept.append(std::move(chunk));
+  CHECK(chunk.empty());
+  REQUIRE(kept.pieces().size() == 2);
+  CHECK(kept.pieces()[1].data() == storage);
+  CHECK(kept.pieces()[1] == events);
+
+  // Small: copied into a piece of kept's own. The string keeps its storage and is emptied.
+  std::string small = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"last\"}}]}\n\n";
+  kept.append(std::move(small));
+  CHECK(small.empty());
+  REQUIRE(kept.pieces().size() == 3);
+
+  // Large but mostly empty (its storage would keep four times its bytes): copied.
+  std::string sparse;
+  sparse.reserve(events.size() * 4);
+  sparse = events;
+  const char* const sparse_storage = sparse.data();
+  kept.append(std::move(sparse));
+  CHECK(sparse.empty());
+  for (const auto& piece : kept.pieces()) CHECK(piece.data() != sparse_storage);
+
+  std::string joined;
+  for (const auto& piece : kept.pieces()) joined += piece;
+  const std::string last = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"last\"}}]}\n\n";
+  const std::string all = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"first \"}}]}\n\n" + events + last + events;
+  CHECK(joined == all);
+  CHECK(kept.size() == all.size());
+  CHECK(gateway::count_completion_tokens(*tok, kept.pieces(), true) == gateway::count_completion_tokens(*tok, all, true));
+}
+
 TEST_CASE("a prompt nested far too deep is counted as raw text, not walked", "[metering][hardening]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
   const auto tok = tokenizer::tokenizer::load(tokenizer_file);
