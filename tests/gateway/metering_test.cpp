@@ -110,7 +110,7 @@ TEST_CASE("a stream kept in pieces is counted as the bytes it holds, and its fil
   CHECK(gateway::count_completion_tokens(*tok, kept.pieces(), true) == 0);
 }
 
-TEST_CASE("a large, mostly full string is kept as it is; a small or mostly empty one is copied", "[metering]") {
+TEST_CASE("a large, mostly full string is kept as it is, and a small or mostly empty one is copied", "[metering]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
   const auto tok = tokenizer::tokenizer::load(tokenizer_file);
   std::string events;
