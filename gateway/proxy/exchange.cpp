@@ -306,24 +306,15 @@ class sink_scope {
 
 }  // namespace
 
-void exchange::note_delivering(std::size_t size) {
+void exchange::note_delivered(std::string&& counted) {
   if (!res_.first_token_at) res_.first_token_at = adapters::loop_clock::now();
   // What the client has, for counting if the usage chunk never comes. Whole events: past a bound,
   // the text is taken out of those kept so far, so that a long stream is counted whole without
   // keeping all its bytes.
-  if (res_.delivered.size() + size > max_metered_stream) {
+  if (res_.delivered.size() + counted.size() > max_metered_stream) {
     append_completion_text(res_.delivered.pieces(), true, res_.delivered_text);
     res_.delivered.clear();
   }
-}
-
-void exchange::note_delivered(std::string_view counted) {
-  note_delivering(counted.size());
-  res_.delivered.append(counted);
-}
-
-void exchange::note_delivered(std::string&& counted) {
-  note_delivering(counted.size());
   res_.delivered.append(std::move(counted));
 }
 
@@ -442,11 +433,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
       if (w.begun) std::tie(w.error, std::ignore) = co_await out.write_chunk_rest(chunk, w.sent);
       if (w.error) co_return delivery{false, false, false};
       w.begun = false;
-      if (dialect != nullptr && !relayed) {
-        note_delivered(raw);
-      } else {
-        note_delivered(std::move(chunk));
-      }
+      note_delivered(std::move(dialect != nullptr && !relayed ? raw : chunk));
     }
     chunk.clear();
     raw.clear();

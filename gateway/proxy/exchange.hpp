@@ -46,13 +46,9 @@ class exchange final : public attempt_env, public attempt_sink {
  private:
   class stream_writer;  // a stream's events and write (exchange.cpp)
 
-  /// counted reached the client: the first token's time, and the bytes kept for counting.
-  void note_delivered(std::string_view counted);
-  /// The same, taking counted's storage where it is large (a stream's write of many events);
-  /// counted is left empty.
+  /// counted reached the client: the first token's time, and the bytes kept for counting (its
+  /// storage taken where it is large: a stream's write of many events). counted is left empty.
   void note_delivered(std::string&& counted);
-  /// Before size more bytes are kept: the first token's time, and the text taken out past the bound.
-  void note_delivering(std::size_t size);
   /// Notes the usage an SSE event carries (the last one seen wins: usage is cumulative). true
   /// when the event is the usage-only chunk we asked for on the client's behalf: it is dropped.
   bool take_usage(std::string_view event);
