@@ -10,7 +10,7 @@
 #                        multi-byte UTF-8, or text with escapes: 'line\n', '\u4e2d\u6587' (no bare '"')
 #   ANSWER_KB=1024       the upstream's answer padded to about that many KB (default: 200 bytes)
 #   STREAM=1             the request asks for a stream, and the upstream answers one: chat chunks
-#                        of about 150 bytes (ANSWER_KB of them, else 20), a usage chunk and [DONE],
+#                        of about 150 bytes (ANSWER_KB KB of them in all, else 20), a usage chunk and [DONE],
 #                        all at once as a model that has its answer ready would; nginx proxies it
 #                        unbuffered (proxy_buffering off), as SSE deployments do
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
