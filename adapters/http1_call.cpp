@@ -24,7 +24,7 @@
 #include "adapters/kept_blocks.hpp"
 #include "adapters/op_memory.hpp"
 #include "adapters/send_now.hpp"
-#include "adapters/unfilled_string.hpp"
+#include "protocol/unfilled_string.hpp"
 #include "adapters/upstream_pool.hpp"
 #include "protocol/chunked_body.hpp"
 #include "protocol/http1_head.hpp"
@@ -390,7 +390,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
       // memset as long as the answer), and up only: a read that brings less than it asked for
       // leaves the rest sized for the next one.
       const std::size_t want = std::min(answer_length_ - filled_, max_read_size);
-      if (answer_.size() < filled_ + want) resize_unfilled(answer_, filled_ + want);
+      if (answer_.size() < filled_ + want) protocol::resize_unfilled(answer_, filled_ + want);
       into = net::buffer(answer_.data() + filled_, want);
     } else {
       into = c.buffer.prepare(read_size_);

@@ -1,11 +1,11 @@
-#include "adapters/unfilled_string.hpp"
+#include "protocol/unfilled_string.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <string>
 
-using tollgate::adapters::resize_unfilled;
-using tollgate::adapters::resize_unfilled_skips_fill;
+using tollgate::protocol::resize_unfilled;
+using tollgate::protocol::resize_unfilled_skips_fill;
 
 TEST_CASE("resize_unfilled keeps a string's bytes and sizes it up and down", "[unfilled_string]") {
   std::string s = "prefix";

@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <string>
 
-namespace tollgate::adapters {
+namespace tollgate::protocol {
 
 /// Sizes s to n bytes; bytes past its old size are left as they are, for the caller to write
 /// (all of them) before they are read. std::string::resize would write zeros over them first: a
@@ -15,4 +15,4 @@ void resize_unfilled(std::string& s, std::size_t n);
 /// Whether resize_unfilled() leaves the bytes unfilled in this build.
 bool resize_unfilled_skips_fill();
 
-}  // namespace tollgate::adapters
+}  // namespace tollgate::protocol

@@ -1,8 +1,8 @@
-// Compiled alone as C++23 when the compiler takes it (adapters/CMakeLists.txt); only this
+// Compiled alone as C++23 when the compiler takes it (protocol/CMakeLists.txt); only this
 // function uses what C++23 adds. std::string is the same type in every mode.
-#include "adapters/unfilled_string.hpp"
+#include "protocol/unfilled_string.hpp"
 
-namespace tollgate::adapters {
+namespace tollgate::protocol {
 
 void resize_unfilled(std::string& s, std::size_t n) {
 #if defined(__cpp_lib_string_resize_and_overwrite)
@@ -20,4 +20,4 @@ bool resize_unfilled_skips_fill() {
 #endif
 }
 
-}  // namespace tollgate::adapters
+}  // namespace tollgate::protocol
