@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -14,31 +15,56 @@ namespace {
 
 bool is_line_end(char c) { return c == '\n' || c == '\r'; }
 
-/// The first '\n' or '\r' in s[i, n), or n: 16 bytes compared with both at a time (a memchr for
-/// each costs several times more on an event's short lines).
-std::size_t find_line_end(const std::string& s, std::size_t i, std::size_t n) {
+}  // namespace
+
+// 16 bytes compared with both line ends at a time (a memchr for each costs several times more on
+// an event's short lines); watching, also each byte with the pair's first and the next with its
+// second. A pair cut by n counts as held (it is only "may hold").
+template <bool Watch>
+std::size_t sse_splitter::find_line_end(const std::string& s, std::size_t i, std::size_t n) {
   const char* const p = s.data();
 #ifdef __SSE2__
   const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
-  for (; i + 16 <= n; i += 16) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-    const auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr))));
-    if (m != 0) return i + static_cast<std::size_t>(__builtin_ctz(m));
+  if constexpr (Watch) {
+    const __m128i first = _mm_set1_epi8(watch_[0]), second = _mm_set1_epi8(watch_[1]);
+    for (; i + 17 <= n; i += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+      const __m128i next = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
+      const auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr))));
+      const auto w =
+          static_cast<unsigned>(_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(v, first), _mm_cmpeq_epi8(next, second))));
+      if ((m | w) == 0) continue;
+      if (m == 0) {
+        watched_ = true;
+        continue;
+      }
+      const unsigned k = static_cast<unsigned>(__builtin_ctz(m));
+      if ((w & ((1u << k) - 1)) != 0) watched_ = true;  // a pair past the line end is the next line's
+      return i + k;
+    }
+  } else {
+    for (; i + 16 <= n; i += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+      const auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr))));
+      if (m != 0) return i + static_cast<std::size_t>(__builtin_ctz(m));
+    }
   }
 #endif
-  for (; i < n; ++i)
+  for (; i < n; ++i) {
     if (is_line_end(p[i])) return i;
+    if constexpr (Watch) {
+      if (p[i] == watch_[0] && (i + 1 == n || p[i + 1] == watch_[1])) watched_ = true;
+    }
+  }
   return n;
 }
 
-/// The end (past its blank line) of the event that starts at `start` in s, looking from `scan`
-/// on; npos when s holds no whole event yet. scan: where to look next time (never just after a
-/// '\r' whose line end is undecided, so the byte before it tells whether a line starts there).
-std::size_t event_end(const std::string& s, std::size_t start, std::size_t& scan) {
+std::size_t sse_splitter::event_end(const std::string& s, std::size_t start, std::size_t& scan) {
   std::size_t i = std::max(scan, start);
   const std::size_t n = s.size();
+  const bool watching = watch_[0] != 0;
   while (i < n) {
-    i = find_line_end(s, i, n);
+    i = watching ? find_line_end<true>(s, i, n) : find_line_end<false>(s, i, n);
     if (i == n) break;
     std::size_t end = i + 1;
     if (s[i] == '\r') {
@@ -56,7 +82,23 @@ std::size_t event_end(const std::string& s, std::size_t start, std::size_t& scan
   return std::string::npos;
 }
 
-}  // namespace
+void sse_splitter::watch(std::string_view pair) {
+  if (pair.empty()) {
+    watch_[0] = watch_[1] = 0;
+  } else {
+    if (pair.size() != 2 || pair[0] == 0 || is_line_end(pair[0]) || is_line_end(pair[1]))
+      throw std::invalid_argument("sse_splitter::watch: a pair of two bytes, neither a line end nor the first a NUL");
+    watch_[0] = pair[0];
+    watch_[1] = pair[1];
+  }
+  watched_ = true;  // what was searched before is unknown
+}
+
+std::string_view sse_splitter::returned(std::string_view event) {
+  last_watched_ = watch_[0] == 0 || watched_;
+  watched_ = false;
+  return event;
+}
 
 void sse_splitter::merge_carry() {
   if (carry_.empty()) return;
@@ -92,6 +134,7 @@ std::string sse_splitter::feed_moved(std::string&& bytes) {
   if (held == 0) {
     buf_.swap(bytes);
     pos_ = scan_ = 0;
+    watched_ = false;
   } else if (carry_.empty() && 2 * held <= bytes.size() && event_end(buf_, pos_, scan) == std::string::npos) {
     // What is held is one event's start: kept apart, and bytes taken as the buffer.
     carry_.assign(buf_, pos_);
@@ -130,7 +173,7 @@ std::optional<std::string_view> sse_splitter::next_event_view() {
         scan_ = pos_;
         carry_.resize(end);
         carry_done_ = true;
-        return std::string_view(carry_);
+        return returned(std::string_view(carry_));
       }
       if (pos_ == buf_.size()) {
         // Still unfinished: all of it is the buffer again (the read's storage is let go: a held
@@ -147,7 +190,7 @@ std::optional<std::string_view> sse_splitter::next_event_view() {
   if (end == std::string::npos) return std::nullopt;
   const std::string_view event(buf_.data() + pos_, end - pos_);
   pos_ = end;
-  return event;
+  return returned(event);
 }
 
 std::string sse_splitter::take_rest() {
@@ -155,6 +198,7 @@ std::string sse_splitter::take_rest() {
   std::string rest = buf_.substr(pos_);
   buf_.clear();
   pos_ = scan_ = 0;
+  watched_ = false;
   return rest;
 }
 

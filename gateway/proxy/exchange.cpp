@@ -240,7 +240,9 @@ net::awaitable<bool> exchange::deliver_whole_rest() { return ctx_.out.write_pend
 /// read's handler, and the loop is resumed only to finish a partial write or to end the stream.
 class exchange::stream_writer final : public adapters::data_sink {
  public:
-  stream_writer(exchange& x, adapters::call& call, bool rename) : x_(x), call_(call), rename_(rename) {}
+  stream_writer(exchange& x, adapters::call& call, bool rename) : x_(x), call_(call), rename_(rename) {
+    events.watch(usage_pair);
+  }
 
   /// The bytes that came, split; the chat API's own events (no dialect) added to chunk: the
   /// usage noted, the model renamed.
@@ -254,7 +256,7 @@ class exchange::stream_writer final : public adapters::data_sink {
       chunk.reserve(std::max(chunk.size() + ready + ready / 8 + 64, chunk.empty() ? 0 : 2 * chunk.capacity()));
     }
     while (auto e = events.next_event_view()) {
-      if (x_.take_usage(*e)) continue;
+      if (events.may_hold_watched() && x_.take_usage(*e)) continue;
       if (!rename_ || !model_at.append_renamed(chunk, *e, x_.rename_from_, x_.rename_to_)) chunk += *e;
     }
   }
@@ -275,6 +277,9 @@ class exchange::stream_writer final : public adapters::data_sink {
       return false;
     }
   }
+
+  /// take_usage looks for "usage" with its quotes: an event without these two bytes is passed by.
+  static constexpr std::string_view usage_pair = R"("u)";
 
   protocol::sse_splitter events;
   protocol::model_value_finder model_at;  // where each event's model is (their first bytes repeat)
@@ -369,7 +374,7 @@ net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const ad
             }
             continue;
           }
-          if (take_usage(*e)) continue;
+          if (w.events.may_hold_watched() && take_usage(*e)) continue;
           raw += *e;
           chunk += dialect->event(*e);
         }

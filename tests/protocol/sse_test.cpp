@@ -246,6 +246,91 @@ TEST_CASE("reads taken whole that cut events: only the cut event is copied, and 
   CHECK(taken_whole > reads / 2);
 }
 
+TEST_CASE("a watched pair: every event that holds it says it may, and whole events without it say not",
+          "[sse]") {
+  std::mt19937 rng(4242);
+  std::string stream;
+  events expected;
+  std::vector<bool> holds;
+  for (int i = 0; i < 20000; ++i) {
+    // The pair anywhere: an event's first bytes, its middle, a line's end, a second line, or as a
+    // near miss (its bytes apart, or the second before the first).
+    std::string e = "data: {\"choices\":[{\"delta\":{\"content\":\"" + std::string(rng() % 40, 'x') + "\"}}]}";
+    switch (rng() % 9) {
+      case 0: e.insert(6, "\"usage\":1,"); break;
+      case 1: e.insert(rng() % e.size(), "\"u"); break;
+      case 2: e += "\"u"; break;
+      case 3: e += "\ndata: \"u" + std::string(rng() % 3000, 'y'); break;
+      case 4: e += "\ndata: \"\ndata: u"; break;
+      case 5: e.insert(rng() % e.size(), "u\""); break;
+      case 6: e += "\ndata: " + std::string(rng() % 3000, 'y'); break;
+      default: break;
+    }
+    e += i % 3 == 0 ? "\r\n\r\n" : (i % 3 == 1 ? "\n\n" : "\r\r");
+    holds.push_back(e.find("\"u") != std::string::npos);
+    stream += e;
+    expected.push_back(std::move(e));
+  }
+  SECTION("fed an event at a time: the answer is exact") {
+    sse_splitter s;
+    s.watch("\"u");
+    std::size_t k = 0;
+    for (const std::string& e : expected) {
+      s.feed_moved(std::string(e));
+      // An event that ends in "\r\r" comes out with the next one's first byte.
+      while (const auto got = s.next_event_view()) {
+        REQUIRE(k < expected.size());
+        REQUIRE(*got == expected[k]);
+        INFO(expected[k]);
+        CHECK(s.may_hold_watched() == holds[k]);
+        ++k;
+      }
+    }
+    CHECK(k == expected.size());
+  }
+  SECTION("fed in random reads, some joined, some byte by byte: never a miss, and few false alarms") {
+    sse_splitter s;
+    s.watch("\"u");
+    events got;
+    std::size_t at = 0, missed = 0, false_alarms = 0, without = 0;
+    while (at < stream.size()) {
+      const std::size_t n = rng() % 50 == 0 ? 1 : std::uniform_int_distribution<std::size_t>(1, 5000)(rng);
+      if (rng() % 2 == 0) {
+        s.feed_moved(std::string(std::string_view(stream).substr(at, n)));
+      } else {
+        s.feed(std::string_view(stream).substr(at, n));
+      }
+      at += n;
+      if (rng() % 10 == 0) continue;
+      while (auto e = s.next_event_view()) {
+        const std::size_t k = got.size();
+        got.emplace_back(*e);
+        if (holds[k] && !s.may_hold_watched()) ++missed;
+        if (!holds[k]) {
+          ++without;
+          if (s.may_hold_watched()) ++false_alarms;
+        }
+      }
+    }
+    CHECK(got == expected);
+    CHECK(missed == 0);
+    // Only an event cut inside a read's last bytes can be a false alarm.
+    CHECK(false_alarms < without / 20);
+  }
+  SECTION("nothing watched: every event may hold anything") {
+    sse_splitter s;
+    s.feed("data: a\n\n");
+    REQUIRE(s.next_event_view());
+    CHECK(s.may_hold_watched());
+  }
+  SECTION("a pair must be two bytes, neither a line end") {
+    sse_splitter s;
+    CHECK_THROWS_AS(s.watch("\""), std::invalid_argument);
+    CHECK_THROWS_AS(s.watch("\"\n"), std::invalid_argument);
+    CHECK_THROWS_AS(s.watch("abc"), std::invalid_argument);
+  }
+}
+
 TEST_CASE("one very long event fed in small pieces is not rescanned", "[sse]") {
   // Rescanning from the start on every feed would take minutes here.
   const std::string line = "data: " + std::string(4 << 20, 'x');
