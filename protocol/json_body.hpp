@@ -167,6 +167,8 @@ class model_value_finder {
   std::size_t find(std::string_view text, std::string_view from);
   /// append_renamed with find().
   bool append_renamed(std::string& out, std::string_view text, std::string_view from, std::string_view to);
+  /// The last event's bytes up to and including its model value; empty when it had none.
+  std::string_view prefix() const { return at_ == std::string_view::npos ? std::string_view() : prefix_; }
 
  private:
   std::string prefix_;  ///< the last event's bytes up to the end of its model value

@@ -20,6 +20,7 @@
 #include "gateway/server/runtime.hpp"
 #include "gateway/server/server.hpp"
 #include "gateway/server/responder.hpp"
+#include "protocol/event_run.hpp"
 #include "protocol/sse.hpp"
 #include "protocol/usage.hpp"
 #include "gateway/server/worker.hpp"
@@ -255,7 +256,19 @@ class exchange::stream_writer final : public adapters::data_sink {
     if (ready > chunk.capacity() - chunk.size()) {
       chunk.reserve(std::max(chunk.size() + ready + ready / 8 + 64, chunk.empty() ? 0 : 2 * chunk.capacity()));
     }
-    while (auto e = events.next_event_view()) {
+    for (;;) {
+      // The events like the last one renamed (or any, not renaming) that need no usage search
+      // are copied as a run; the first that is not is split and handled on its own.
+      if (const std::string_view unread = events.unread(); !unread.empty()) {
+        if (!rename_) {
+          events.skip(protocol::append_event_run(chunk, unread, usage_pair));
+        } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
+          events.skip(
+              protocol::append_event_run(chunk, unread, usage_pair, prefix, x_.rename_from_.size(), x_.rename_to_));
+        }
+      }
+      const auto e = events.next_event_view();
+      if (!e) break;
       if (events.may_hold_watched() && x_.take_usage(*e)) continue;
       if (!rename_ || !model_at.append_renamed(chunk, *e, x_.rename_from_, x_.rename_to_)) chunk += *e;
     }

@@ -1,0 +1,82 @@
+#include "protocol/event_run.hpp"
+
+#include "protocol/unfilled_string.hpp"
+
+#include <cstring>
+#include <stdexcept>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+namespace tollgate::protocol {
+
+namespace {
+
+/// The first byte at or after i in p[0, n) that is '\n', '\r', or s0 followed by s1: n when there
+/// is none. An s0 at n - 1 counts when cut_pair does. 16 bytes compared at a time.
+std::size_t find_line_end_or_pair(const char* p, std::size_t i, std::size_t n, char s0, char s1, bool cut_pair) {
+#ifdef __SSE2__
+  const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
+  const __m128i first = _mm_set1_epi8(s0), second = _mm_set1_epi8(s1);
+  for (; i + 17 <= n; i += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m128i next = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
+    const __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr)),
+                                     _mm_and_si128(_mm_cmpeq_epi8(v, first), _mm_cmpeq_epi8(next, second)));
+    if (const auto m = static_cast<unsigned>(_mm_movemask_epi8(hit)); m != 0)
+      return i + static_cast<std::size_t>(__builtin_ctz(m));
+  }
+#endif
+  for (; i < n; ++i) {
+    const char c = p[i];
+    if (c == '\n' || c == '\r' || (c == s0 && (i + 1 == n ? cut_pair : p[i + 1] == s1))) return i;
+  }
+  return n;
+}
+
+}  // namespace
+
+std::size_t append_event_run(std::string& out, std::string_view events, std::string_view stop, std::string_view prefix,
+                             std::size_t cut, std::string_view to) {
+  if (stop.size() != 2 || stop[0] == '\n' || stop[0] == '\r') throw std::invalid_argument("append_event_run: stop is two bytes, the first no line end");
+  if (cut > prefix.size()) throw std::invalid_argument("append_event_run: cut is part of the prefix");
+  if (find_line_end_or_pair(prefix.data(), 0, prefix.size(), stop[0], stop[1], false) != prefix.size()) return 0;
+  const char* const p = events.data();
+  const std::size_t n = events.size();
+  const std::size_t start = out.size();
+  const std::size_t keep = prefix.size() - cut;
+  char* o = nullptr;
+  std::size_t at = 0;
+  while (n - at >= prefix.size() + 2) {
+    if (!prefix.empty() && std::memcmp(p + at, prefix.data(), prefix.size()) != 0) break;
+    // The search starts on the prefix's last byte, for a pair that begins there.
+    const std::size_t rest = at + prefix.size();
+    const std::size_t k = find_line_end_or_pair(p, prefix.empty() ? at : rest - 1, n, stop[0], stop[1], true);
+    // One line (not a blank one), then a blank one. Anything else is split as usual: "\r" line
+    // ends, more lines, the pair, or an event not yet whole.
+    if (k == at || k + 1 >= n || p[k] != '\n' || p[k + 1] != '\n') break;
+    if (o == nullptr) {
+      // Room, unfilled, for the most events the bytes can hold, each grown by the rename; cut
+      // back at the end. Sized once the first event is taken, so a run that takes none costs no
+      // more than its first event's search.
+      const std::size_t grow = to.size() > cut ? to.size() - cut : 0;
+      resize_unfilled(out, start + n + (grow == 0 ? 0 : (n / (prefix.size() + 2) + 1) * grow));
+      o = out.data() + start;
+    }
+    const std::size_t end = k + 2;
+    if (!prefix.empty()) {
+      std::memcpy(o, p + at, keep);
+      o += keep;
+      if (!to.empty()) std::memcpy(o, to.data(), to.size());
+      o += to.size();
+    }
+    std::memcpy(o, p + rest, end - rest);
+    o += end - rest;
+    at = end;
+  }
+  if (o != nullptr) out.resize(static_cast<std::size_t>(o - out.data()));
+  return at;
+}
+
+}  // namespace tollgate::protocol
