@@ -16,6 +16,8 @@ starting with the next one), and prints the medians; --baseline OTHER_BUILD adds
 --callgrind instead counts tollgate's user-space instructions an event under callgrind
 (instrumentation on for the measured streams only, after one warm-up stream); with --baseline,
 that build's too. --profile-dir DIR keeps the profiles (callgrind_annotate DIR/tollgate.out).
+--perf-dir DIR, after the rounds, runs each proxy once more under `perf record -e cpu-clock`
+(time samples, user space and kernel): DIR/NAME.txt lists where its time went by function.
 --cache-sim adds callgrind's cache simulation (first level, and one core's 512 KB L2 as the last)
 and prints its reads, writes and misses an event.
 
@@ -26,6 +28,7 @@ import asyncio
 import multiprocessing
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -95,11 +98,17 @@ async def client(port, requests):
     return events
 
 
-def measure(name, start, clients, requests):
+def measure(name, start, clients, requests, profile_to=None):
     port, pids_fn, stop = start()
+    recorder = None
     try:
         time.sleep(1.0)
         asyncio.run(client(port, 1))  # warm: the upstream connection pool, the route
+        if profile_to:
+            procs = ",".join(str(p) for p in pids_fn())
+            recorder = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-o", profile_to + ".data",
+                                         "-p", procs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         (user0, sys0), ns0, t0 = cpu_split(pids_fn()), cpu_ns(pids_fn()), time.monotonic()
 
         async def run():
@@ -107,6 +116,12 @@ def measure(name, start, clients, requests):
 
         events = asyncio.run(run())
         (user1, sys1), ns1, wall = cpu_split(pids_fn()), cpu_ns(pids_fn()), time.monotonic() - t0
+        if recorder:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
+            with open(profile_to + ".txt", "w") as f:
+                subprocess.run(["perf", "report", "-q", "-i", profile_to + ".data", "--no-children", "--sort", "dso,sym",
+                                "--percent-limit", "0.3"], stdout=f, stderr=subprocess.DEVNULL)
     finally:
         stop()
     # The total is the scheduler's exact count; its split into user and system time comes from
@@ -114,7 +129,7 @@ def measure(name, start, clients, requests):
     # not add up to it.
     user, system = user1 - user0, sys1 - sys0
     cpu = (ns1 - ns0) / 1e9
-    print(f"{name:9} {events} events in {wall:5.1f} s: proxy CPU {cpu:6.2f} s, {cpu / events * 1e6:5.2f} us an event "
+    print(f"{name:9} {events} events in {wall:5.1f} s: proxy CPU {cpu:6.2f} s, {cpu / events * 1e6:6.3f} us an event "
           f"(user {user / events * 1e6:5.2f}, system {system / events * 1e6:5.2f})", flush=True)
     return cpu / events, user / events, system / events
 
@@ -170,6 +185,7 @@ def main():
     ap.add_argument("--callgrind", action="store_true")
     ap.add_argument("--profile-dir")
     ap.add_argument("--cache-sim", action="store_true")
+    ap.add_argument("--perf-dir")
     a = ap.parse_args()
     raise_nofile()
     work = tempfile.mkdtemp(prefix="tg-sse-")
@@ -205,9 +221,18 @@ def main():
         print(f"medians over {a.rounds} round(s), CPU an event (user and system medians apart):", flush=True)
         for name, v in med.items():
             ratio = f" ({v / med['nginx']:.2f}x nginx)" if "nginx" in med else ""
-            rounds = " ".join(f"{x * 1e6:.2f}" for x in got[name])
-            apart = f"user {statistics.median(user[name]) * 1e6:5.2f}, system {statistics.median(system[name]) * 1e6:5.2f}"
-            print(f"  {name:9} {v * 1e6:5.2f} us{ratio}  ({apart})  rounds: {rounds}", flush=True)
+            rounds = " ".join(f"{x * 1e6:.3f}" for x in got[name])
+            apart = f"user {statistics.median(user[name]) * 1e6:6.3f}, system {statistics.median(system[name]) * 1e6:6.3f}"
+            print(f"  {name:9} {v * 1e6:6.3f} us{ratio}  ({apart})  rounds: {rounds}", flush=True)
+        if a.perf_dir:
+            # One more run each under perf record (time samples): where the proxy's time went.
+            os.makedirs(a.perf_dir, exist_ok=True)
+            for name, start in proxies:
+                out = os.path.join(os.path.abspath(a.perf_dir), name)
+                measure(name, start, a.clients, a.requests, out)
+                print(f"\n{name}: where its time went ({out}.txt)", flush=True)
+                with open(out + ".txt") as f:
+                    print("".join(f.readlines()[:25]), flush=True)
     finally:
         for p in ups:
             p.terminate()
