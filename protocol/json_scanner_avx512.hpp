@@ -65,7 +65,7 @@ alignas(64) constexpr std::array<std::array<std::uint8_t, 64>, rows> table = [] 
 
 /// Row k, read from memory: hidden from the optimizer, which would otherwise make each constant
 /// anew where it is used (a broadcast, on the port the compares need).
-TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i row(std::size_t k) {
+[[gnu::always_inline]] TOLLGATE_AVX512 inline __m512i row(std::size_t k) {
   const auto* at = reinterpret_cast<const __m512i*>(table.data());
   asm("" : "+r"(at));
   return _mm512_load_si512(at + k);
@@ -75,11 +75,11 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i row(std::size_t k) {
 /// first is a backslash), up to ten: 60 bytes, the most a block holds whole.
 /// The kinds of the 64 bytes v. Bytes from 0x80 up have none: the lookup reads only the low seven
 /// bits, and a byte such as 0xE2 must not pass for a letter.
-TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i kinds_of(__m512i v) {
+[[gnu::always_inline]] TOLLGATE_AVX512 inline __m512i kinds_of(__m512i v) {
   return _mm512_maskz_permutex2var_epi8(~_mm512_movepi8_mask(v), row(kinds_low), v, row(kinds_high));
 }
 
-TOLLGATE_AVX512 [[gnu::always_inline]] inline unsigned leading(__m512i v) {
+[[gnu::always_inline]] TOLLGATE_AVX512 inline unsigned leading(__m512i v) {
   const __m512i kinds = kinds_of(v);
   const std::uint64_t fits = (_mm512_cmpeq_epi8_mask(v, row(pattern)) & backslash_u) |
                              (_mm512_test_epi8_mask(kinds, row(hex_row)) & digits);
@@ -99,7 +99,7 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline unsigned leading(__m512i v) {
 /// `escaped` is set when an escape comes before the first stop. `length` becomes the start of an
 /// escape that goes on past the block, where the next block starts (in a run of \u escapes, at a
 /// backslash, so that the run is checked ten at a time from there); else it stays 64.
-TOLLGATE_AVX512 [[gnu::always_inline]] inline std::uint64_t escape_stops(const char* p, const char* end, std::uint64_t q,
+[[gnu::always_inline]] TOLLGATE_AVX512 inline std::uint64_t escape_stops(const char* p, const char* end, std::uint64_t q,
                                                                          std::uint64_t b, std::uint64_t o, int& length,
                                                                          bool& escaped) {
   const std::ptrdiff_t readable = end - p;
@@ -246,14 +246,14 @@ struct constants {
 
 /// Row k, read from memory: hidden from the optimizer, which would otherwise make the constants
 /// anew in the loop (a broadcast each, on the port the lookups need).
-TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i row(std::size_t k) {
+[[gnu::always_inline]] TOLLGATE_AVX512 inline __m512i row(std::size_t k) {
   const auto* at = reinterpret_cast<const __m512i*>(rows.data());
   asm("" : "+r"(at));
   return _mm512_load_si512(at + k);
 }
 
 /// The 64 bytes `in`'s UTF-8 faults (nonzero bytes), given the 64 bytes before them.
-TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i faults(const __m512i& in, const __m512i& before, const constants& c) {
+[[gnu::always_inline]] TOLLGATE_AVX512 inline __m512i faults(const __m512i& in, const __m512i& before, const constants& c) {
   // before's last lane, in's first three (the zero-masked form: GCC 12 warns of the plain one's
   // undefined source)
   const __m512i lanes_before = _mm512_maskz_alignr_epi64(0xFF, in, before, 6);
@@ -300,7 +300,7 @@ alignas(64) constexpr std::array<std::array<std::uint8_t, 64>, 5> rows = [] {
 /// 61 or 62.
 constexpr std::array<int, 3> owed_after = {2, 0, 1};
 
-TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i row(std::size_t k) {
+[[gnu::always_inline]] TOLLGATE_AVX512 inline __m512i row(std::size_t k) {
   const auto* at = reinterpret_cast<const __m512i*>(rows.data());
   asm("" : "+r"(at));
   return _mm512_load_si512(at + k);
@@ -308,7 +308,7 @@ TOLLGATE_AVX512 [[gnu::always_inline]] inline __m512i row(std::size_t k) {
 
 /// Whether the 64 bytes v, owed `owed` continuation bytes (0 to 2), are three-byte characters
 /// alone, by the rule above. `high`: v's bytes from 0x80 up.
-TOLLGATE_AVX512 [[gnu::always_inline]] inline bool whole(__m512i v, __mmask64 high, int owed) {
+[[gnu::always_inline]] TOLLGATE_AVX512 inline bool whole(__m512i v, __mmask64 high, int owed) {
   const __m512i kinds = _mm512_permutex2var_epi8(row(0), v, row(1));
   const __mmask64 wrong = _mm512_cmpneq_epi8_mask(kinds, row(2 + static_cast<std::size_t>(owed)));
   const __mmask64 right = _kandn_mask64(wrong, high);
