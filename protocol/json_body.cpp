@@ -580,6 +580,28 @@ std::size_t find_quoted(std::string_view text, std::string_view key, std::size_t
   return std::string_view::npos;
 }
 
+std::size_t null_member_end(std::string_view text, std::size_t at, std::string_view key) {
+  if (at > text.size() || text.compare(at, key.size(), key) != 0) return std::string_view::npos;
+  std::size_t i = at + key.size();
+  const auto blanks = [&] {
+    while (i < text.size() && (text[i] == ' ' || text[i] == '\t')) ++i;
+  };
+  blanks();
+  if (i >= text.size() || text[i] != ':') return std::string_view::npos;
+  ++i;
+  blanks();
+  if (text.compare(i, 4, "null") != 0) return std::string_view::npos;
+  return i + 4;
+}
+
+bool only_null_members(std::string_view text, std::string_view key, std::size_t from) {
+  for (std::size_t at = find_quoted(text, key, from); at != std::string_view::npos; at = find_quoted(text, key, at)) {
+    at = null_member_end(text, at, key);
+    if (at == std::string_view::npos) return false;
+  }
+  return true;
+}
+
 std::size_t find_model_value(std::string_view text, std::string_view from) {
   constexpr std::string_view key = "\"model\"";
   for (std::size_t at = find_quoted(text, key); at != std::string_view::npos; at = find_quoted(text, key, at + key.size())) {

@@ -146,6 +146,13 @@ std::string json_quote(std::string_view s);
 /// text such as an SSE event is searched in a few instructions a block: string::find stops at
 /// every quote, glibc's memmem costs about 2.5 instructions a byte there.
 std::size_t find_quoted(std::string_view text, std::string_view key, std::size_t from = 0);
+/// Where a member whose key (quoted, as find_quoted looks for it) is at `at` in text ends when its
+/// value is null: the offset past `null`, with spaces and tabs allowed around the colon (never a
+/// line end); npos when text at `at` is not such a member. OpenAI's stream chunks each carry
+/// `"usage":null` when usage is asked for, and only the last one a usage object.
+std::size_t null_member_end(std::string_view text, std::size_t at, std::string_view key);
+/// Whether every occurrence of key in text from `from` on is null_member_end's null member.
+bool only_null_members(std::string_view text, std::string_view key, std::size_t from = 0);
 
 /// In an answer's JSON text (a whole body, or one SSE event), the first `"model"` member whose
 /// value is the string literal `from` (as json_quote writes it; whitespace around the colon

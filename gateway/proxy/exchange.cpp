@@ -42,6 +42,7 @@ std::string_view trim_ows(std::string_view v) {
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
 constexpr std::size_t coalesce_chunk_bytes = 64 * 1024;      // a stream's write takes ready events up to this
+constexpr std::string_view usage_key = "\"usage\"";            // what take_usage looks for in an event
 
 /// The call of an attempt whose backend threw in start(): it fails at once.
 class failed_call final : public adapters::call {
@@ -185,7 +186,11 @@ void exchange::on_attempt_end(const routing::target& t, const char* outcome, dou
 }
 
 bool exchange::take_usage(std::string_view event) {
-  if (protocol::find_quoted(event, "\"usage\"") == std::string_view::npos) return false;
+  const std::size_t at = protocol::find_quoted(event, usage_key);
+  if (at == std::string_view::npos) return false;
+  // A chunk whose usage is null (OpenAI's, each but the last, when usage is asked for) has none:
+  // not parsed. The stream writer's runs of events pass such chunks the same way.
+  if (protocol::only_null_members(event, usage_key, at)) return false;
   const auto data = protocol::sse_data(event);
   if (!data) return false;
   bool no_choices = false, refused = false;
@@ -261,10 +266,10 @@ class exchange::stream_writer final : public adapters::data_sink {
       // are copied as a run; the first that is not is split and handled on its own.
       if (const std::string_view unread = events.unread(); !unread.empty()) {
         if (!rename_) {
-          events.skip(protocol::append_event_run(chunk, unread, usage_pair));
+          events.skip(protocol::append_event_run(chunk, unread, usage_key));
         } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
           events.skip(
-              protocol::append_event_run(chunk, unread, usage_pair, prefix, x_.rename_from_.size(), x_.rename_to_));
+              protocol::append_event_run(chunk, unread, usage_key, prefix, x_.rename_from_.size(), x_.rename_to_));
         }
       }
       const auto e = events.next_event_view();
@@ -291,8 +296,8 @@ class exchange::stream_writer final : public adapters::data_sink {
     }
   }
 
-  /// take_usage looks for "usage" with its quotes: an event without these two bytes is passed by.
-  static constexpr std::string_view usage_pair = R"("u)";
+  /// take_usage looks for "usage" with its quotes: an event without its first two bytes is passed by.
+  static constexpr std::string_view usage_pair = usage_key.substr(0, 2);
 
   protocol::sse_splitter events;
   protocol::model_value_finder model_at;  // where each event's model is (their first bytes repeat)

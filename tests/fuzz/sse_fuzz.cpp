@@ -11,13 +11,27 @@
 #include "protocol/event_run.hpp"
 #include "protocol/json_body.hpp"
 #include "protocol/sse.hpp"
+#include "protocol/usage.hpp"
 
 namespace {
 
+constexpr std::string_view key = R"("usage")";
 constexpr std::string_view pair = R"("u)";
 
-/// The input relayed in pieces as the gateway's stream writer does: each event that may hold the
-/// pair is marked, the rest renamed from "m" to `to` (when renaming). runs: the events
+/// Whether the gateway's stream writer takes the event's usage (exchange::take_usage).
+bool takes_usage(std::string_view e) {
+  namespace p = tollgate::protocol;
+  const std::size_t at = p::find_quoted(e, key);
+  if (at == std::string_view::npos || p::only_null_members(e, key, at)) return false;
+  const auto data = p::sse_data(e);
+  if (!data) return false;
+  bool refused = false;
+  const auto u = p::usage_from_json(*data, nullptr, &refused);
+  return u.has_value() || refused;
+}
+
+/// The input relayed in pieces as the gateway's stream writer does: each event whose usage is
+/// taken is marked, the rest renamed from "m" to `to` (when renaming). runs: the events
 /// append_event_run takes are copied as runs first.
 std::string relay(std::string_view input, std::size_t piece, bool runs, bool rename, std::string_view to) {
   constexpr std::string_view from = "\"m\"";
@@ -36,9 +50,9 @@ std::string relay(std::string_view input, std::size_t piece, bool runs, bool ren
       if (runs) {
         if (const std::string_view unread = events.unread(); !unread.empty()) {
           if (!rename) {
-            events.skip(tollgate::protocol::append_event_run(out, unread, pair));
+            events.skip(tollgate::protocol::append_event_run(out, unread, key));
           } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
-            events.skip(tollgate::protocol::append_event_run(out, unread, pair, prefix, from.size(), to));
+            events.skip(tollgate::protocol::append_event_run(out, unread, key, prefix, from.size(), to));
           }
         }
       }
@@ -46,8 +60,8 @@ std::string relay(std::string_view input, std::size_t piece, bool runs, bool ren
       if (!e) break;
       const bool holds = e->find(pair) != std::string_view::npos;
       if (holds && !events.may_hold_watched()) std::abort();
-      if (holds) {
-        out += "<usage?>";
+      if (holds && takes_usage(*e)) {
+        out += "<usage>";
         out += *e;
         continue;
       }

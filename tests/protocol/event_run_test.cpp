@@ -7,6 +7,7 @@
 #include "protocol/event_run.hpp"
 #include "protocol/json_body.hpp"
 #include "protocol/sse.hpp"
+#include "protocol/usage.hpp"
 
 using tollgate::protocol::append_event_run;
 using tollgate::protocol::model_value_finder;
@@ -14,11 +15,25 @@ using tollgate::protocol::sse_splitter;
 
 namespace {
 
+constexpr std::string_view key = R"("usage")";
 constexpr std::string_view pair = R"("u)";
 
-/// What a relay makes of a stream, event by event: an event that may hold the pair is marked (a
-/// usage search would look at it), the rest renamed when they name `from`. With runs: the events
-/// append_event_run takes are copied as runs first, as the gateway's stream writer does.
+/// Whether the gateway's stream writer takes the event's usage (exchange::take_usage): the key as
+/// written, not only null, and the event's data a JSON object with a usage object (or a bad one).
+bool takes_usage(std::string_view e) {
+  namespace p = tollgate::protocol;
+  const std::size_t at = p::find_quoted(e, key);
+  if (at == std::string_view::npos || p::only_null_members(e, key, at)) return false;
+  const auto data = p::sse_data(e);
+  if (!data) return false;
+  bool refused = false;
+  const auto u = p::usage_from_json(*data, nullptr, &refused);
+  return u.has_value() || refused;
+}
+
+/// What a relay makes of a stream, event by event: an event whose usage is taken is marked, the
+/// rest renamed when they name `from`. With runs: the events append_event_run takes are copied as
+/// runs first, as the gateway's stream writer does.
 struct relay {
   bool runs;
   bool rename;
@@ -39,9 +54,9 @@ struct relay {
         if (const std::string_view unread = events.unread(); !unread.empty()) {
           std::size_t took = 0;
           if (!rename) {
-            took = append_event_run(out, unread, pair);
+            took = append_event_run(out, unread, key);
           } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
-            took = append_event_run(out, unread, pair, prefix, from.size(), to);
+            took = append_event_run(out, unread, key, prefix, from.size(), to);
           }
           run_bytes += took;
           events.skip(took);
@@ -49,8 +64,8 @@ struct relay {
       }
       const auto e = events.next_event_view();
       if (!e) break;
-      if (events.may_hold_watched() && e->find(pair) != std::string_view::npos) {
-        out += "<searched>";
+      if (events.may_hold_watched() && takes_usage(*e)) {
+        out += "<usage>";
         out += *e;
         continue;
       }
@@ -63,8 +78,14 @@ std::string chat_event(std::mt19937& rng, int i) {
   const std::string id = i % 500 == 0 ? "c" + std::to_string(i) : "c1";  // now and then a new prefix
   std::string e = "data: {\"id\":\"" + id + "\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\"," +
                   "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + std::string(rng() % 30, 'w') + "\"}}]}";
-  switch (rng() % 40) {
-    case 0: return "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5}}\n\n";
+  // OpenAI's chunks each carry "usage":null when usage is asked for.
+  if (i % 3 != 0) e.insert(e.size() - 1, i % 7 == 0 ? ",\"usage\" :\tnull" : ",\"usage\":null");
+  switch (rng() % 44) {
+    case 0: return "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n";
+    case 40: return "data: {\"id\":\"c1\",\"choices\":[],\"usage\":null,\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n";
+    case 41: return e.insert(e.size() - 1, ",\"usage\":nul"), e + "\n\n";          // not null
+    case 42: return e.insert(e.size() - 1, ",\"usage\":{\"prompt_tokens\":-1}"), e + "\n\n";  // refused
+    case 43: return e.insert(e.size() - 1, ",\"user\":null"), e + "\n\n";         // another key
     case 1: return ": keep-alive\n\n";
     case 2: return "\n";                                        // a blank line: an empty event
     case 3: return e + "\r\n\r\n";                              // CRLF
@@ -116,43 +137,57 @@ TEST_CASE("event runs: what is taken and where a run stops", "[sse][event_run]")
   std::string out;
   SECTION("renamed, and an unfinished event is left") {
     const std::string bytes = e1 + e1 + prefix + ",\"cho";
-    CHECK(append_event_run(out, bytes, pair, prefix, 3, R"("bench")") == 2 * e1.size());
+    CHECK(append_event_run(out, bytes, key, prefix, 3, R"("bench")") == 2 * e1.size());
     const std::string renamed = R"(data: {"id":"c1","model":"bench","choices":[]})" "\n\n";
     CHECK(out == renamed + renamed);
   }
   SECTION("a run appends to what out holds") {
     out = "before";
-    CHECK(append_event_run(out, e1, pair) == e1.size());
+    CHECK(append_event_run(out, e1, key) == e1.size());
     CHECK(out == "before" + e1);
   }
   SECTION("an event without the prefix stops it") {
     const std::string other = R"(data: {"id":"c2","model":"m"})" "\n\n";
-    CHECK(append_event_run(out, e1 + other + e1, pair, prefix, 3, R"("x")") == e1.size());
+    CHECK(append_event_run(out, e1 + other + e1, key, prefix, 3, R"("x")") == e1.size());
+  }
+  SECTION("a null usage passes, with spaces or tabs around the colon; any other stops it") {
+    const std::string null1 = prefix + R"(,"usage":null})" "\n\n";
+    const std::string null2 = prefix + ",\"usage\" :\t null}\n\n";
+    CHECK(append_event_run(out, null1 + null2 + e1, key, prefix, 3, R"("x")") == null1.size() + null2.size() + e1.size());
+    CHECK(append_event_run(out, prefix + R"(,"usage":{"prompt_tokens":1}})" "\n\n", key, prefix, 3, R"("x")") == 0);
+    CHECK(append_event_run(out, prefix + R"(,"usage":null,"usage":{}})" "\n\n", key, prefix, 3, R"("x")") == 0);
+    CHECK(append_event_run(out, prefix + R"(,"usage":nul})" "\n\n", key, prefix, 3, R"("x")") == 0);
+    CHECK(append_event_run(out, prefix + R"(,"user":null})" "\n\n", key, prefix, 3, R"("x")") == 0);
+    // A line end inside the member is no blank.
+    CHECK(append_event_run(out, prefix + ",\"usage\":\nnull}\n\n", key, prefix, 3, R"("x")") == 0);
+    // A prefix with a null usage in it is a prefix like any other.
+    const std::string p2 = R"(data: {"usage":null,"model":"m")";
+    CHECK(append_event_run(out, p2 + "}\n\n", key, p2, 3, R"("x")") == p2.size() + 3);
   }
   SECTION("the pair stops it, also when it begins on the prefix's last byte") {
-    CHECK(append_event_run(out, prefix + R"(,"usage":{}})" "\n\n", pair, prefix, 3, R"("x")") == 0);
-    CHECK(append_event_run(out, prefix + "u}\n\n", pair, prefix, 3, R"("x")") == 0);
-    CHECK(append_event_run(out, std::string("data: \"u\n\n"), pair) == 0);
+    CHECK(append_event_run(out, prefix + R"(,"usage":{}})" "\n\n", key, prefix, 3, R"("x")") == 0);
+    CHECK(append_event_run(out, prefix + "u}\n\n", key, prefix, 3, R"("x")") == 0);
+    CHECK(append_event_run(out, std::string("data: \"u\n\n"), key) == 0);
     CHECK(out.empty());
   }
   SECTION("line ends other than \\n\\n after one line stop it") {
-    CHECK(append_event_run(out, prefix + "}\r\n\r\n", pair, prefix, 3, "\"x\"") == 0);
-    CHECK(append_event_run(out, prefix + "}\n\r\n", pair, prefix, 3, "\"x\"") == 0);
-    CHECK(append_event_run(out, prefix + "}\ndata: 2\n\n", pair, prefix, 3, "\"x\"") == 0);
-    CHECK(append_event_run(out, "\n" + e1, pair) == 0);
-    CHECK(append_event_run(out, prefix + "}\n", pair, prefix, 3, "\"x\"") == 0);
+    CHECK(append_event_run(out, prefix + "}\r\n\r\n", key, prefix, 3, "\"x\"") == 0);
+    CHECK(append_event_run(out, prefix + "}\n\r\n", key, prefix, 3, "\"x\"") == 0);
+    CHECK(append_event_run(out, prefix + "}\ndata: 2\n\n", key, prefix, 3, "\"x\"") == 0);
+    CHECK(append_event_run(out, "\n" + e1, key) == 0);
+    CHECK(append_event_run(out, prefix + "}\n", key, prefix, 3, "\"x\"") == 0);
     CHECK(out.empty());
   }
   SECTION("a prefix of more than one line, or with the pair, takes nothing") {
-    CHECK(append_event_run(out, e1, pair, "data: {\n\"id\"", 0, {}) == 0);
-    CHECK(append_event_run(out, e1, pair, R"(data: {"usage")", 0, {}) == 0);
+    CHECK(append_event_run(out, e1, key, "data: {\n\"id\"", 0, {}) == 0);
+    CHECK(append_event_run(out, e1, key, R"(data: {"usage")", 0, {}) == 0);
   }
   SECTION("a long new name on many short events") {
     const std::string p = "d\"m\"";
     std::string bytes;
     for (int i = 0; i < 1000; ++i) bytes += p + "\n\n";
     const std::string to = "\"" + std::string(1000, 'n') + "\"";
-    CHECK(append_event_run(out, bytes, pair, p, 3, to) == bytes.size());
+    CHECK(append_event_run(out, bytes, key, p, 3, to) == bytes.size());
     std::string expected;
     for (int i = 0; i < 1000; ++i) expected += "d" + to + "\n\n";
     CHECK(out == expected);
@@ -160,6 +195,6 @@ TEST_CASE("event runs: what is taken and where a run stops", "[sse][event_run]")
   SECTION("bad arguments") {
     CHECK_THROWS_AS(append_event_run(out, e1, "\""), std::invalid_argument);
     CHECK_THROWS_AS(append_event_run(out, e1, "\n\""), std::invalid_argument);
-    CHECK_THROWS_AS(append_event_run(out, e1, pair, "ab", 3, "x"), std::invalid_argument);
+    CHECK_THROWS_AS(append_event_run(out, e1, key, "ab", 3, "x"), std::invalid_argument);
   }
 }
