@@ -35,7 +35,8 @@ double metric_sum(const std::string& text, const std::string& name, const std::v
   return sum;
 }
 
-/// The usage object a script reports (its body, or its stream's usage chunk).
+/// The usage object a script reports (its body, or its stream's usage chunk: the other chunks
+/// carry a null usage, as OpenAI's do).
 std::optional<json> reported_usage(const response_script& s) {
   if (s.chunks.empty()) {
     auto body = json::parse(s.body, nullptr, false);
@@ -43,7 +44,7 @@ std::optional<json> reported_usage(const response_script& s) {
     return std::nullopt;
   }
   for (const auto& c : s.chunks) {
-    if (c.find("\"usage\"") == std::string::npos) continue;
+    if (c.find("\"usage\":{") == std::string::npos) continue;
     return json::parse(c.substr(6))["usage"];
   }
   return std::nullopt;
@@ -105,7 +106,7 @@ TEST_CASE("ledger, /metrics, the usage API and the upstream agree token for toke
           b.erase("usage");
           s.body = b.dump();
         } else {
-          std::erase_if(s.chunks, [](const std::string& c) { return c.find("\"usage\"") != std::string::npos; });
+          std::erase_if(s.chunks, [](const std::string& c) { return c.find("\"usage\":{") != std::string::npos; });
         }
         own_prompt += tollgate::gateway::count_prompt_tokens(*tok, "/chat/completions", r.body);
         own_completion += static_cast<std::int64_t>(tok->count(generated_text(s)));

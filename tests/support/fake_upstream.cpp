@@ -786,7 +786,8 @@ response_script fake_upstream::openai_default(const recorded_request& request) {
   const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
   auto event = [&](json choices, bool with_usage) {
     json chunk = {{"id", "fake-1"}, {"object", chunk_object}, {"created", 1}, {"model", model}, {"choices", choices}};
-    if (with_usage) chunk["usage"] = usage;
+    // As OpenAI streams when usage is asked for: a usage member in every chunk, null but in the last.
+    if (include_usage) chunk["usage"] = with_usage ? usage : json(nullptr);
     return "data: " + chunk.dump() + "\n\n";
   };
   response_script s;
