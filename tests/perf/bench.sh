@@ -13,6 +13,8 @@
 #                        of about 150 bytes (ANSWER_KB KB of them in all, else 20), a usage chunk and [DONE],
 #                        all at once as a model that has its answer ready would; nginx proxies it
 #                        unbuffered (proxy_buffering off), as SSE deployments do
+#   USAGE_NULL=1         with STREAM=1: each chat chunk carries "usage":null, as OpenAI's do when usage
+#                        is asked for (the gateway always asks)
 #   BASELINE=OTHER_BUILD also runs that build's tollgate (native) as "baseline", in the same rounds
 #   TARGETS="nginx tollgate baseline"  only these (direct is always run: added latency needs it)
 #   SYSCALLS=1           after the rounds, one more run per proxy under `perf stat`: system calls a
@@ -62,11 +64,11 @@ answer_directive="return 200 '$answer';"
 [ "$answer_kb" = 0 ] || answer_directive="root $work/up; error_page 405 =200 \$uri; try_files /answer.json =404;"
 answer_type=application/json proxy_buffering=on request_stream=""
 if [ "$stream" = 1 ]; then
-  python3 - "$answer_kb" "$work/up/answer.sse" <<'PY'
+  python3 - "$answer_kb" "$work/up/answer.sse" "${USAGE_NULL:-0}" <<'PY'
 import sys
-kb, path = int(sys.argv[1]), sys.argv[2]
+kb, path, usage_null = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 event = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
-         '[{"index":0,"delta":{"content":"lorem "},"finish_reason":null}]}\n\n')
+         '[{"index":0,"delta":{"content":"lorem "},"finish_reason":null}]' + (',"usage":null' if usage_null else '') + '}\n\n')
 count = kb * 1024 // len(event) if kb else 20
 usage = ('data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
          '"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\ndata: [DONE]\n\n' % (count, count + 5))

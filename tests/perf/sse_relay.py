@@ -16,6 +16,7 @@ starting with the next one), and prints the medians; --baseline OTHER_BUILD adds
 --callgrind instead counts tollgate's user-space instructions an event under callgrind
 (instrumentation on for the measured streams only, after one warm-up stream); with --baseline,
 that build's too. --profile-dir DIR keeps the profiles (callgrind_annotate DIR/tollgate.out).
+--usage-null sends each event with `"usage":null`, as OpenAI does when usage is asked for.
 --perf-dir DIR, after the rounds, runs each proxy once more under `perf record -e cpu-clock`
 (time samples, user space and kernel): DIR/NAME.txt lists where its time went by function.
 --cache-sim adds callgrind's cache simulation (first level, and one core's 512 KB L2 as the last)
@@ -42,11 +43,15 @@ USAGE = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model"
          b'"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\ndata: [DONE]\n\n')
 
 
-def upstream_main(port, events, interval, ready):
+# OpenAI's chunks when usage is asked for (as the gateway does): a null usage in each but the last.
+EVENT_USAGE_NULL = EVENT[:-3] + b',"usage":null}\n\n'
+
+
+def upstream_main(port, events, interval, ready, usage_null=False):
     raise_nofile()
     # The whole answer, chunked in writes of 16 events (or 1 when paced).
     group = 1 if interval > 0 else 16
-    chunk = EVENT * group
+    chunk = (EVENT_USAGE_NULL if usage_null else EVENT) * group
     body = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (events // group)
     tail = USAGE % (events, events + 5)
     body.append(b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
@@ -186,12 +191,13 @@ def main():
     ap.add_argument("--profile-dir")
     ap.add_argument("--cache-sim", action="store_true")
     ap.add_argument("--perf-dir")
+    ap.add_argument("--usage-null", action="store_true")
     a = ap.parse_args()
     raise_nofile()
     work = tempfile.mkdtemp(prefix="tg-sse-")
     up = free_port()
     ready = [multiprocessing.Event() for _ in range(2)]
-    ups = [multiprocessing.Process(target=upstream_main, args=(up, a.events, a.interval_ms / 1000, r), daemon=True) for r in ready]
+    ups = [multiprocessing.Process(target=upstream_main, args=(up, a.events, a.interval_ms / 1000, r, a.usage_null), daemon=True) for r in ready]
     try:
         for p in ups:
             p.start()
