@@ -1406,3 +1406,25 @@ TEST_CASE("model_value_finder finds what find_model_value finds, event after eve
     CHECK(a == b);
   }
 }
+
+TEST_CASE("null_member_end and only_null_members: a usage member whose value is null", "[json_body]") {
+  const std::string key = "\"usage\"";
+  const std::string text = R"({"a":1,"usage":null,"b":"usage"})";
+  const std::size_t at = text.find(key);
+  CHECK(null_member_end(text, at, key) == text.find(",\"b\""));
+  CHECK(null_member_end("\"usage\" :\t null", 0, key) == 15);
+  CHECK(null_member_end(R"("usage":nul)", 0, key) == std::string_view::npos);
+  CHECK(null_member_end(R"("usage":{"prompt_tokens":1})", 0, key) == std::string_view::npos);
+  CHECK(null_member_end("\"usage\":\nnull", 0, key) == std::string_view::npos);  // never past a line end
+  CHECK(null_member_end(R"("usage")", 0, key) == std::string_view::npos);
+  CHECK(null_member_end(R"("user":null)", 0, key) == std::string_view::npos);
+  CHECK(null_member_end(R"(x)", 5, key) == std::string_view::npos);
+  // "usage" as a string value is an occurrence too, and no null member: the caller parses.
+  CHECK_FALSE(only_null_members(text, key));
+  CHECK(only_null_members(R"({"a":1,"usage":null})", key));
+  CHECK(only_null_members(R"({"usage":null,"x":{"usage":null}})", key));
+  CHECK(only_null_members(R"({"a":1})", key));
+  CHECK_FALSE(only_null_members(R"({"usage":null,"usage":{"prompt_tokens":1}})", key));
+  CHECK_FALSE(only_null_members(R"({"usage":{"prompt_tokens":1},"usage":null})", key));
+  CHECK(only_null_members(R"({"usage":{"prompt_tokens":1},"usage":null})", key, 10));
+}
