@@ -7,72 +7,15 @@
 #include "protocol/event_run.hpp"
 #include "protocol/json_body.hpp"
 #include "protocol/sse.hpp"
-#include "protocol/usage.hpp"
+#include "tests/protocol/event_relay.hpp"
 
 using tollgate::protocol::append_event_run;
-using tollgate::protocol::model_value_finder;
-using tollgate::protocol::sse_splitter;
 
 namespace {
 
-constexpr std::string_view key = R"("usage")";
-constexpr std::string_view pair = R"("u)";
+using tollgate::test::event_relay;
 
-/// Whether the gateway's stream writer takes the event's usage (exchange::take_usage): the key as
-/// written, not only null, and the event's data a JSON object with a usage object (or a bad one).
-bool takes_usage(std::string_view e) {
-  namespace p = tollgate::protocol;
-  const std::size_t at = p::find_quoted(e, key);
-  if (at == std::string_view::npos || p::only_null_members(e, key, at)) return false;
-  const auto data = p::sse_data(e);
-  if (!data) return false;
-  bool refused = false;
-  const auto u = p::usage_from_json(*data, nullptr, &refused);
-  return u.has_value() || refused;
-}
-
-/// What a relay makes of a stream, event by event: an event whose usage is taken is marked, the
-/// rest renamed when they name `from`. With runs: the events append_event_run takes are copied as
-/// runs first, as the gateway's stream writer does.
-struct relay {
-  bool runs;
-  bool rename;
-  std::string from = "\"m\"", to;
-  sse_splitter events;
-  model_value_finder model_at;
-  std::string out;
-  std::size_t run_bytes = 0;
-
-  void feed(std::string_view bytes, bool moved) {
-    if (moved) {
-      events.feed_moved(std::string(bytes));
-    } else {
-      events.feed(bytes);
-    }
-    for (;;) {
-      if (runs) {
-        if (const std::string_view unread = events.unread(); !unread.empty()) {
-          std::size_t took = 0;
-          if (!rename) {
-            took = append_event_run(out, unread, key);
-          } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
-            took = append_event_run(out, unread, key, prefix, from.size(), to);
-          }
-          run_bytes += took;
-          events.skip(took);
-        }
-      }
-      const auto e = events.next_event_view();
-      if (!e) break;
-      if (events.may_hold_watched() && takes_usage(*e)) {
-        out += "<usage>";
-        out += *e;
-        continue;
-      }
-      if (!rename || !model_at.append_renamed(out, *e, from, to)) out += *e;
-    }
-  }
-};
+constexpr std::string_view key = tollgate::test::usage_key;
 
 std::string chat_event(std::mt19937& rng, int i) {
   const std::string id = i % 500 == 0 ? "c" + std::to_string(i) : "c1";  // now and then a new prefix
@@ -109,10 +52,7 @@ TEST_CASE("event runs: a relay that copies runs gives what one that splits every
       std::mt19937 rng(rename ? 91 : 19);
       std::string stream;
       for (int i = 0; i < 6000; ++i) stream += chat_event(rng, i);
-      relay slow{false, rename}, fast{true, rename};
-      slow.to = fast.to = to;
-      slow.events.watch(pair);
-      fast.events.watch(pair);
+      event_relay slow(false, rename, to), fast(true, rename, to);
       std::size_t at = 0;
       while (at < stream.size()) {
         const std::size_t n = rng() % 30 == 0 ? 1 : std::uniform_int_distribution<std::size_t>(1, 4000)(rng);
@@ -123,8 +63,9 @@ TEST_CASE("event runs: a relay that copies runs gives what one that splits every
         at += piece.size();
       }
       INFO("rename " << rename << " to " << to.size() << " bytes");
-      CHECK(fast.out == slow.out);
-      CHECK(fast.events.take_rest() == slow.events.take_rest());
+      CHECK(fast.finish() == slow.finish());
+      CHECK(fast.missed == 0);
+      CHECK(slow.missed == 0);
       // Most of the stream went as runs.
       CHECK(fast.run_bytes > stream.size() / 2);
     }
