@@ -1,40 +1,15 @@
 #include "protocol/event_run.hpp"
 
 #include "protocol/json_body.hpp"
+#include "protocol/line_scan.hpp"
 #include "protocol/unfilled_string.hpp"
 
 #include <cstring>
 #include <stdexcept>
 
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
-
 namespace tollgate::protocol {
 
 namespace {
-
-/// The first byte at or after i in p[0, n) that is '\n', '\r', or s0 followed by s1: n when there
-/// is none. An s0 at n - 1 counts when cut_pair does. 16 bytes compared at a time.
-std::size_t find_line_end_or_pair(const char* p, std::size_t i, std::size_t n, char s0, char s1, bool cut_pair) {
-#ifdef __SSE2__
-  const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
-  const __m128i first = _mm_set1_epi8(s0), second = _mm_set1_epi8(s1);
-  for (; i + 17 <= n; i += 16) {
-    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-    const __m128i next = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
-    const __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr)),
-                                     _mm_and_si128(_mm_cmpeq_epi8(v, first), _mm_cmpeq_epi8(next, second)));
-    if (const auto m = static_cast<unsigned>(_mm_movemask_epi8(hit)); m != 0)
-      return i + static_cast<std::size_t>(__builtin_ctz(m));
-  }
-#endif
-  for (; i < n; ++i) {
-    const char c = p[i];
-    if (c == '\n' || c == '\r' || (c == s0 && (i + 1 == n ? cut_pair : p[i + 1] == s1))) return i;
-  }
-  return n;
-}
 
 /// find_line_end_or_pair over p[i, n) with key's first two bytes as the pair, passing over the
 /// key's null members (with no line end inside): where the line ends, or the key is met otherwise.

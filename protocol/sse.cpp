@@ -1,13 +1,10 @@
 #include "protocol/sse.hpp"
+#include "protocol/line_scan.hpp"
 #include "protocol/wire.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
-
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 namespace tollgate::protocol {
 
@@ -17,54 +14,23 @@ bool is_line_end(char c) { return c == '\n' || c == '\r'; }
 
 }  // namespace
 
-// 16 bytes compared with both line ends at a time (a memchr for each costs several times more on
-// an event's short lines); watching, also each byte with the pair's first and the next with its
-// second. A pair cut by n counts as held (it is only "may hold").
-template <bool Watch>
 std::size_t sse_splitter::find_line_end(const std::string& s, std::size_t i, std::size_t n) {
-  const char* const p = s.data();
-#ifdef __SSE2__
-  const __m128i lf = _mm_set1_epi8('\n'), cr = _mm_set1_epi8('\r');
-  if constexpr (Watch) {
-    const __m128i first = _mm_set1_epi8(watch_[0]), second = _mm_set1_epi8(watch_[1]);
-    for (; i + 17 <= n; i += 16) {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-      const __m128i next = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 1));
-      const auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr))));
-      const auto w =
-          static_cast<unsigned>(_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(v, first), _mm_cmpeq_epi8(next, second))));
-      if ((m | w) == 0) continue;
-      if (m == 0) {
-        watched_ = true;
-        continue;
-      }
-      const unsigned k = static_cast<unsigned>(__builtin_ctz(m));
-      if ((w & ((1u << k) - 1)) != 0) watched_ = true;  // a pair past the line end is the next line's
-      return i + k;
-    }
-  } else {
-    for (; i + 16 <= n; i += 16) {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-      const auto m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, lf), _mm_cmpeq_epi8(v, cr))));
-      if (m != 0) return i + static_cast<std::size_t>(__builtin_ctz(m));
-    }
+  if (watch_[0] != 0 && !watched_) {
+    // Until the pair is met in the event: then the rest of it needs only its line ends. A pair
+    // cut by n counts as met (the answer is only "may hold").
+    const std::size_t k = find_line_end_or_pair(s.data(), i, n, watch_[0], watch_[1], true);
+    if (k == n || is_line_end(s[k])) return k;
+    watched_ = true;
+    i = k + 1;
   }
-#endif
-  for (; i < n; ++i) {
-    if (is_line_end(p[i])) return i;
-    if constexpr (Watch) {
-      if (p[i] == watch_[0] && (i + 1 == n || p[i + 1] == watch_[1])) watched_ = true;
-    }
-  }
-  return n;
+  return protocol::find_line_end(s.data(), i, n);
 }
 
 std::size_t sse_splitter::event_end(const std::string& s, std::size_t start, std::size_t& scan) {
   std::size_t i = std::max(scan, start);
   const std::size_t n = s.size();
-  const bool watching = watch_[0] != 0;
   while (i < n) {
-    i = watching ? find_line_end<true>(s, i, n) : find_line_end<false>(s, i, n);
+    i = find_line_end(s, i, n);
     if (i == n) break;
     std::size_t end = i + 1;
     if (s[i] == '\r') {

@@ -61,7 +61,6 @@ class sse_splitter {
   /// Notes the watched pair in the bytes it searches.
   std::size_t event_end(const std::string& s, std::size_t start, std::size_t& scan);
   /// The first '\n' or '\r' in s[i, n), or n; notes the watched pair before it.
-  template <bool Watch>
   std::size_t find_line_end(const std::string& s, std::size_t i, std::size_t n);
   /// event, as the one returned: may_hold_watched() answers for it, and the next event's search
   /// starts with nothing noted.
