@@ -10,6 +10,7 @@
 #include "tests/protocol/event_relay.hpp"
 
 using tollgate::protocol::append_event_run;
+using tollgate::protocol::scan_vectors;
 
 namespace {
 
@@ -43,9 +44,27 @@ std::string chat_event(std::mt19937& rng, int i) {
   }
 }
 
+/// The widths the runs' search can use here: 16 bytes at a time, and 32 where the CPU has AVX2.
+std::vector<scan_vectors> run_widths() {
+  std::vector<scan_vectors> widths{scan_vectors::sse2};
+  if (tollgate::protocol::widest_scan_vectors() >= scan_vectors::avx2) widths.push_back(scan_vectors::avx2);
+  return widths;
+}
+
+/// Uses one width for the life of the guard, then the widest again.
+class width_in_use {
+ public:
+  explicit width_in_use(scan_vectors v) { REQUIRE(tollgate::protocol::use_scan_vectors(v) == v); }
+  ~width_in_use() { tollgate::protocol::use_scan_vectors(tollgate::protocol::widest_scan_vectors()); }
+  width_in_use(const width_in_use&) = delete;
+  width_in_use& operator=(const width_in_use&) = delete;
+};
+
 }  // namespace
 
 TEST_CASE("event runs: a relay that copies runs gives what one that splits every event gives", "[sse][event_run]") {
+  const scan_vectors width = GENERATE(from_range(run_widths()));
+  const width_in_use use(width);
   for (const bool rename : {false, true}) {
     for (const std::string& to : std::vector<std::string>{"\"bench\"", "\"m\"", "\"\"", "\"" + std::string(300, 'L') + "\""}) {
       if (!rename && to != "\"bench\"") continue;
@@ -62,7 +81,7 @@ TEST_CASE("event runs: a relay that copies runs gives what one that splits every
         fast.feed(piece, moved);
         at += piece.size();
       }
-      INFO("rename " << rename << " to " << to.size() << " bytes");
+      INFO("rename " << rename << " to " << to.size() << " bytes, width " << static_cast<int>(width));
       CHECK(fast.finish() == slow.finish());
       CHECK(fast.missed == 0);
       CHECK(slow.missed == 0);
@@ -73,6 +92,7 @@ TEST_CASE("event runs: a relay that copies runs gives what one that splits every
 }
 
 TEST_CASE("event runs: what is taken and where a run stops", "[sse][event_run]") {
+  const width_in_use use(GENERATE(from_range(run_widths())));
   const std::string prefix = R"(data: {"id":"c1","model":"m")";
   const std::string e1 = prefix + R"(,"choices":[]})" + "\n\n";
   std::string out;
