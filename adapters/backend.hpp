@@ -335,6 +335,9 @@ class call {
   virtual void cancel() = 0;
   /// Whether next() would return at once.
   virtual bool ready() const = 0;
+  /// Bytes of data events that next() would return at once (0 where the call does not say): room
+  /// for them is made once, not grown as they come.
+  virtual std::size_t queued_bytes() const { return 0; }
   /// Called (on this thread) whenever an event becomes available, so one waiter can watch
   /// several calls at once (hedging). Replaces any earlier hook; empty to remove.
   virtual void on_ready(std::function<void()> hook) = 0;

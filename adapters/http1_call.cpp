@@ -176,6 +176,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
   // The consumer side (the call's next(), on the same thread).
 
   bool ready() const { return mailbox_.ready(); }
+  std::size_t queued_bytes() const { return mailbox_.queued_bytes(); }
   void on_ready(std::function<void()> hook) { mailbox_.on_ready(std::move(hook)); }
   void recycle(std::string&& s) { mailbox_.recycle(std::move(s)); }
   void set_sink(data_sink* sink) { mailbox_.set_sink(sink); }
@@ -721,6 +722,7 @@ class http1_call final : public call {
   bool try_next(call_event& ev) override { return t_->try_next(ev); }
   void cancel() override { t_->cancel(); }
   bool ready() const override { return t_->ready(); }
+  std::size_t queued_bytes() const override { return t_->queued_bytes(); }
   void on_ready(std::function<void()> hook) override { t_->on_ready(std::move(hook)); }
   void recycle(std::string&& s) override { t_->recycle(std::move(s)); }
   void set_sink(data_sink* sink) override { t_->set_sink(sink); }

@@ -255,11 +255,14 @@ class exchange::stream_writer final : public adapters::data_sink {
   void feed(std::string&& data) { call_.recycle(events.feed_moved(std::move(data))); }
   void add_events() {
     // Room for every complete event buffered, renamed (a longer name takes up to an eighth more),
-    // so that a read of many events does not regrow the chunk as it is made; at least doubled, as
-    // appends grow it, when a chunk that gathers several reads grows again.
+    // so that a read of many events does not regrow the chunk as it is made. A new chunk makes
+    // room for the data the call holds ready too, up to what a write gathers: the chunk that
+    // gathers them is not regrown (its bytes copied again) either, and becomes the bytes kept
+    // for counting as it is. When it still grows, at least doubled, as appends grow it.
     const std::size_t ready = events.buffered();
     if (ready > chunk.capacity() - chunk.size()) {
-      chunk.reserve(std::max(chunk.size() + ready + ready / 8 + 64, chunk.empty() ? 0 : 2 * chunk.capacity()));
+      const std::size_t coming = chunk.empty() ? std::min(call_.queued_bytes(), coalesce_chunk_bytes) : 0;
+      chunk.reserve(std::max(chunk.size() + ready + coming + (ready + coming) / 8 + 64, chunk.empty() ? 0 : 2 * chunk.capacity()));
     }
     for (;;) {
       // The events like the last one renamed (or any, not renaming) that need no usage search

@@ -84,10 +84,10 @@ class kept_bytes {
     size_ += s.size();
   }
   /// The same; s's own storage becomes a piece when s holds at least adopted_from bytes and fills
-  /// three quarters of its capacity (what is kept stays within a third more than its bytes). s is
-  /// left empty.
+  /// half its capacity (what is kept stays within twice its bytes): a stream's chunk, whose
+  /// storage grows by doubling as reads gather in it, is kept as it is. s is left empty.
   void append(std::string&& s) {
-    if (s.size() < adopted_from || s.size() < s.capacity() / 4 * 3) {
+    if (s.size() < adopted_from || s.size() < s.capacity() / 2) {
       append(std::string_view(s));
       s.clear();
       return;

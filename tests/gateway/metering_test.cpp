@@ -110,7 +110,7 @@ TEST_CASE("a stream kept in pieces is counted as the bytes it holds, and its fil
   CHECK(gateway::count_completion_tokens(*tok, kept.pieces(), true) == 0);
 }
 
-TEST_CASE("a large, mostly full string is kept as it is, and a small or mostly empty one is copied", "[metering]") {
+TEST_CASE("a large string at least half full is kept as it is, and a small or mostly empty one is copied", "[metering]") {
   REQUIRE(std::filesystem::exists(tokenizer_file));
   const auto tok = tokenizer::tokenizer::load(tokenizer_file);
   std::string events;
@@ -135,6 +135,16 @@ TEST_CASE("a large, mostly full string is kept as it is, and a small or mostly e
   CHECK(small.empty());
   REQUIRE(kept.pieces().size() == 3);
 
+  // Large and filling three fifths of its storage (a chunk whose storage doubled as reads
+  // gathered in it): kept as it is.
+  std::string gathered;
+  gathered.reserve(events.size() * 5 / 3);
+  gathered = events;
+  const char* const gathered_storage = gathered.data();
+  kept.append(std::move(gathered));
+  REQUIRE(kept.pieces().size() == 4);
+  CHECK(kept.pieces()[3].data() == gathered_storage);
+
   // Large but mostly empty (its storage would keep four times its bytes): copied.
   std::string sparse;
   sparse.reserve(events.size() * 4);
@@ -147,7 +157,7 @@ TEST_CASE("a large, mostly full string is kept as it is, and a small or mostly e
   std::string joined;
   for (const auto& piece : kept.pieces()) joined += piece;
   const std::string last = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"last\"}}]}\n\n";
-  const std::string all = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"first \"}}]}\n\n" + events + last + events;
+  const std::string all = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"first \"}}]}\n\n" + events + last + events + events;
   CHECK(joined == all);
   CHECK(kept.size() == all.size());
   CHECK(gateway::count_completion_tokens(*tok, kept.pieces(), true) == gateway::count_completion_tokens(*tok, all, true));
