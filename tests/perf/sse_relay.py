@@ -18,7 +18,8 @@ starting with the next one), and prints the medians; --baseline OTHER_BUILD adds
 that build's too. --profile-dir DIR keeps the profiles (callgrind_annotate DIR/tollgate.out).
 --usage-null sends each event with `"usage":null`, as OpenAI does when usage is asked for.
 --perf-dir DIR, after the rounds, runs each proxy once more under `perf record -e cpu-clock`
-(time samples, user space and kernel): DIR/NAME.txt lists where its time went by function.
+(time samples, user space and kernel): DIR/NAME.txt lists where its time went by function;
+PERF_CALL_GRAPH=dwarf (perf record's --call-graph) records call graphs too.
 --cache-sim adds callgrind's cache simulation (first level, and one core's 512 KB L2 as the last)
 and prints its reads, writes and misses an event.
 
@@ -111,8 +112,9 @@ def measure(name, start, clients, requests, profile_to=None):
         asyncio.run(client(port, 1))  # warm: the upstream connection pool, the route
         if profile_to:
             procs = ",".join(str(p) for p in pids_fn())
-            recorder = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-o", profile_to + ".data",
-                                         "-p", procs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            graph = ["--call-graph", os.environ["PERF_CALL_GRAPH"]] if os.environ.get("PERF_CALL_GRAPH") else []
+            recorder = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", *graph, "-o",
+                                         profile_to + ".data", "-p", procs], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         (user0, sys0), ns0, t0 = cpu_split(pids_fn()), cpu_ns(pids_fn()), time.monotonic()
 
