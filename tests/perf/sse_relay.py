@@ -17,6 +17,7 @@ starting with the next one), and prints the medians; --baseline OTHER_BUILD adds
 (instrumentation on for the measured streams only, after one warm-up stream); with --baseline,
 that build's too. --profile-dir DIR keeps the profiles (callgrind_annotate DIR/tollgate.out).
 --usage-null sends each event with `"usage":null`, as OpenAI does when usage is asked for.
+--per-chunk N: back-to-back events go N to an HTTP chunk (16; OpenAI's and vLLM's streams send 1).
 --perf-dir DIR, after the rounds, runs each proxy once more under `perf record -e cpu-clock`
 (time samples, user space and kernel): DIR/NAME.txt lists where its time went by function;
 PERF_CALL_GRAPH=dwarf (perf record's --call-graph) records call graphs too.
@@ -48,10 +49,10 @@ USAGE = (b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model"
 EVENT_USAGE_NULL = EVENT[:-3] + b',"usage":null}\n\n'
 
 
-def upstream_main(port, events, interval, ready, usage_null=False):
+def upstream_main(port, events, interval, ready, usage_null=False, per_chunk=16):
     raise_nofile()
-    # The whole answer, chunked in writes of 16 events (or 1 when paced).
-    group = 1 if interval > 0 else 16
+    # The whole answer, chunked in writes of per_chunk events (1 when paced).
+    group = 1 if interval > 0 else per_chunk
     chunk = (EVENT_USAGE_NULL if usage_null else EVENT) * group
     body = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (events // group)
     tail = USAGE % (events, events + 5)
@@ -194,12 +195,13 @@ def main():
     ap.add_argument("--cache-sim", action="store_true")
     ap.add_argument("--perf-dir")
     ap.add_argument("--usage-null", action="store_true")
+    ap.add_argument("--per-chunk", type=int, default=16)
     a = ap.parse_args()
     raise_nofile()
     work = tempfile.mkdtemp(prefix="tg-sse-")
     up = free_port()
     ready = [multiprocessing.Event() for _ in range(2)]
-    ups = [multiprocessing.Process(target=upstream_main, args=(up, a.events, a.interval_ms / 1000, r, a.usage_null), daemon=True) for r in ready]
+    ups = [multiprocessing.Process(target=upstream_main, args=(up, a.events, a.interval_ms / 1000, r, a.usage_null, a.per_chunk), daemon=True) for r in ready]
     try:
         for p in ups:
             p.start()
