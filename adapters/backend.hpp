@@ -311,10 +311,15 @@ struct call_event {
 /// usual event is split, renamed and written at once. Used on the call's thread.
 class data_sink {
  public:
-  /// A data event's bytes, as next() would have returned them (what one handler of the producer
-  /// put in). false: the reader must run (to finish a write, or to end the stream); its waiting
-  /// next() then returns a data event with no bytes.
-  virtual bool take(std::string&& data) = 0;
+  /// Bytes of the answer as the producer's handler gets them, while the reader waits with nothing
+  /// queued: a view of the producer's buffer, valid during the call only, handled now (no event is
+  /// made for them, no byte copied). coming: at most how many more the same handler may add.
+  virtual void add(std::string_view bytes, std::size_t coming) = 0;
+  /// The handler that added bytes is done: false when the reader must run (to finish a write, or
+  /// to end the stream); its waiting next() then returns a data event with no bytes. Not called
+  /// when something else came after the bytes (an event, the end): the reader, resumed with a
+  /// data event with no bytes first, finishes what the sink holds.
+  virtual bool flush() = 0;
 
  protected:
   ~data_sink() = default;

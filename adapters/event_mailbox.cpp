@@ -79,21 +79,17 @@ event_mailbox::event_mailbox(net::io_context& io, const config::timeouts_config&
 event_mailbox::~event_mailbox() { list_->remove(this); }
 
 void event_mailbox::push(call_event&& ev) {
-  if (!sink_bytes_.empty()) queue_sink_bytes();  // they came first
   if (ev.type == call_event::kind::head) seen_head_ = true;
   if (ev.type == call_event::kind::data) queued_bytes_ += ev.data.size();
   events_.push_back(std::move(ev));
   wake();
 }
 
-void event_mailbox::add_data(std::string_view bytes) {
-  if (!sink_bytes_.empty() && sink_bytes_.size() + bytes.size() > max_spare) {
-    queue_sink_bytes();  // a large read: queued as events are (the reader gathers them into few writes)
-  } else if (!sink_bytes_.empty() ||
-             (sink_ != nullptr && holding_ && waiter_ && events_.empty() && !terminal_ && !hook_ && bytes.size() <= max_spare)) {
-    // For the sink at resume_held(): no event is made and queued for them.
-    if (sink_bytes_.empty()) sink_bytes_ = std::exchange(spare_, std::string());  // the reader's last string, if given back
-    sink_bytes_.append(bytes);
+void event_mailbox::add_data(std::string_view bytes, std::size_t coming) {
+  if (sink_ != nullptr && holding_ && waiter_ && events_.empty() && !terminal_ && !hook_) {
+    // The sink handles them now, from the producer's buffer, and is flushed at resume_held().
+    sink_fed_ = true;
+    sink_->add(bytes, coming);
     wake();
     return;
   }
@@ -132,44 +128,31 @@ void event_mailbox::resume_reader() {
 void event_mailbox::resume_held() {
   holding_ = false;
   const bool woke = std::exchange(wake_held_, false);
+  const bool fed = std::exchange(sink_fed_, false);
   if (!woke || !waiter_) {
-    if (!sink_bytes_.empty()) queue_sink_bytes();  // no reader waits for them now
+    if (fed) handoff_ = true;  // the reader, when it comes, finishes what the sink holds
     return;
   }
-  if (!sink_bytes_.empty()) {
-    if (terminal_ || hook_ || !events_.empty() || sink_ == nullptr) {
-      queue_sink_bytes();  // the reader takes them, in order, with what else came
-    } else {
+  if (fed) {
+    if (!terminal_ && !hook_ && events_.empty() && sink_ != nullptr) {
       producer_->on_taken();
-      if (sink_->take(std::exchange(sink_bytes_, std::string()))) {
+      if (sink_->flush()) {
         restart_deadline();  // as the reader's next wait would: its silence counts from now
         return;
       }
-      handoff_ = true;  // next() returns a data event with no bytes
     }
+    handoff_ = true;  // next() returns a data event with no bytes, before what else came
   }
   waiter w = std::move(*waiter_);
   waiter_.reset();
   w();  // resumes the reader, which may end the call: nothing after it
 }
 
-void event_mailbox::queue_sink_bytes() {
-  call_event ev;
-  ev.type = call_event::kind::data;
-  ev.data = std::exchange(sink_bytes_, std::string());
-  queued_bytes_ += ev.data.size();
-  events_.push_back(std::move(ev));
-}
-
 void event_mailbox::restart_deadline() { deadline_ = loop_clock::now() + silence_after(); }
 
 void event_mailbox::release_held() noexcept {
   holding_ = false;
-  try {
-    if (!sink_bytes_.empty()) queue_sink_bytes();
-  } catch (...) {
-    sink_bytes_.clear();  // no memory for the event: the bytes are lost with the handler that failed
-  }
+  if (std::exchange(sink_fed_, false)) handoff_ = true;  // the reader finishes what the sink holds
   if (!std::exchange(wake_held_, false) || !waiter_) return;
   try {
     resume_reader();
@@ -197,7 +180,6 @@ void event_mailbox::on_deadline() {
 }
 
 bool event_mailbox::try_next(mailbox_producer& producer, call_event& ev) {
-  if (!sink_bytes_.empty()) queue_sink_bytes();  // not taken by a sink: the reader's
   if (std::exchange(handoff_, false)) {
     ev = call_event{};
     ev.type = call_event::kind::data;

@@ -65,9 +65,11 @@ class event_mailbox {
 
   /// Appends an event and wakes the reader.
   void push(call_event&& ev);
-  /// Appends response bytes: to the last event when it is data the reader has not taken yet and
-  /// has room, or can grow to max_spare (no wake is needed then), else as a new data event.
-  void add_data(std::string_view bytes);
+  /// Appends response bytes: to the sink (see set_sink), to the last event when it is data the
+  /// reader has not taken yet and has room, or can grow to max_spare (no wake is needed then), else
+  /// as a new data event. coming: at most how many more bytes the producer's handler may add
+  /// (what is left of its read), for the sink to make room for them at once.
+  void add_data(std::string_view bytes, std::size_t coming = 0);
   /// Sets the terminal event (end or failed) without waking the reader: for a producer that
   /// wakes it later, or whose reader is gone.
   void stop(call_event&& terminal) {
@@ -112,22 +114,21 @@ class event_mailbox {
   void clear() {
     events_.clear();
     queued_bytes_ = 0;
-    sink_bytes_.clear();
   }
 
   bool ended() const { return terminal_.has_value(); }
   bool seen_head() const { return seen_head_; }
   /// Bytes of data events not taken yet.
-  std::size_t queued_bytes() const { return queued_bytes_ + sink_bytes_.size(); }
+  std::size_t queued_bytes() const { return queued_bytes_; }
 
   // The consumer's side (call's interface).
 
-  bool ready() const { return !events_.empty() || terminal_.has_value() || !sink_bytes_.empty(); }
+  bool ready() const { return !events_.empty() || terminal_.has_value(); }
   /// While the reader waits in next() with nothing queued, the bytes add_data() gets under a held
-  /// wake are kept aside (no event is made for them) and handed to sink at resume_held(), unless
-  /// an event, the terminal one or a hook came meanwhile (then they are queued as a data event,
-  /// in order): the reader stays suspended, its deadline starting again, unless the sink asks for
-  /// it. Null stops it.
+  /// wake go to sink as they come (data_sink::add, no event made, no byte copied), and the sink
+  /// is flushed at resume_held(): the reader stays suspended, its deadline starting again, unless
+  /// the sink asks for it, or an event, the terminal one or a hook came after the bytes (then the
+  /// reader gets a data event with no bytes first, and finishes what the sink holds). Null stops it.
   void set_sink(data_sink* sink) { sink_ = sink; }
   void on_ready(std::function<void()> hook) { hook_ = std::move(hook); }
   /// The next event: those put in, in order, then the terminal one (again on every later call).
@@ -144,8 +145,6 @@ class event_mailbox {
   using clock = boost::asio::steady_timer::clock_type;
 
   void resume_reader();
-  /// sink_bytes_ as a data event at the end of the queue (before anything put in after them).
-  void queue_sink_bytes();
   /// The current wait's silence counted from now: the head's timeout, or the idle one after it.
   void restart_deadline();
   /// The current wait's silence: the head's timeout, or the idle one after it.
@@ -167,9 +166,6 @@ class event_mailbox {
   std::optional<waiter> waiter_;     // the reader, while it waits
   mailbox_producer* producer_ = nullptr;  // the waiting reader's producer
   data_sink* sink_ = nullptr;
-  // A held wake's bytes for the sink, while the reader waits with nothing queued: kept here, not
-  // made into a queued event, and handed to the sink whole at resume_held().
-  std::string sink_bytes_;
   event_mailbox* prev_listed_ = nullptr;
   event_mailbox* next_listed_ = nullptr;
   clock::time_point deadline_{};     // when the current wait's silence comes
@@ -178,6 +174,7 @@ class event_mailbox {
   bool silent_ = false;              // the current wait ended at its deadline
   bool holding_ = false;             // between hold_wakes() and resume_held()
   bool wake_held_ = false;           // a wake came while holding_
+  bool sink_fed_ = false;            // the sink got bytes under the current hold
   bool handoff_ = false;             // the sink asked for the reader: next() returns empty data
 };
 

@@ -248,13 +248,14 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
     filled_ = 0;
   }
 
-  void on_body(std::string_view bytes) {
+  /// coming: at most how many more bytes this read may hand over (what is left of it).
+  void on_body(std::string_view bytes, std::size_t coming = 0) {
     if (direct_) {
       answer_.resize(filled_);
       answer_.append(bytes);
       filled_ = answer_.size();
     } else if (!bytes.empty()) {
-      mailbox_.add_data(bytes);
+      mailbox_.add_data(bytes, coming);
     }
   }
 
@@ -486,7 +487,7 @@ class transfer : public std::enable_shared_from_this<transfer>, mailbox_producer
         // A chunked body after a head read in one pass: its data taken as views of the buffer.
         std::string_view in(static_cast<const char*>(buffer.data().data()), buffer.size());
         const std::size_t had = in.size();
-        while (const auto piece = chunks_.next(in)) on_body(*piece);
+        while (const auto piece = chunks_.next(in)) on_body(*piece, in.size());
         buffer.consume(had - in.size());
         if (mailbox_.ended()) return false;  // on_body failed the transfer
         if (chunks_.failed()) {

@@ -267,14 +267,7 @@ class exchange::stream_writer final : public adapters::data_sink {
     for (;;) {
       // The events like the last one renamed (or any, not renaming) that need no usage search
       // are copied as a run; the first that is not is split and handled on its own.
-      if (const std::string_view unread = events.unread(); !unread.empty()) {
-        if (!rename_) {
-          events.skip(protocol::append_event_run(chunk, unread, usage_key));
-        } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
-          events.skip(
-              protocol::append_event_run(chunk, unread, usage_key, prefix, x_.rename_from_.size(), x_.rename_to_));
-        }
-      }
+      if (const std::string_view unread = events.unread(); !unread.empty()) events.skip(append_run(unread));
       const auto e = events.next_event_view();
       if (!e) break;
       if (events.may_hold_watched() && x_.take_usage(*e)) continue;
@@ -282,10 +275,25 @@ class exchange::stream_writer final : public adapters::data_sink {
     }
   }
 
-  bool take(std::string&& data) override {
+  /// The upstream read's bytes, as views of its buffer: runs of alike events are copied from
+  /// there to chunk, and only the rest goes through the splitter (protocol::relay_event_bytes).
+  void add(std::string_view bytes, std::size_t coming) override {
+    if (thrown) return;
     try {
-      feed(std::move(data));
-      add_events();
+      // Room for this read's bytes at once, renamed (see add_events).
+      if (const std::size_t need = bytes.size() + coming; need > chunk.capacity() - chunk.size())
+        chunk.reserve(std::max(chunk.size() + need + need / 8 + 64, chunk.empty() ? 0 : 2 * chunk.capacity()));
+      protocol::relay_event_bytes(events, bytes, [this](std::string_view b) { return append_run(b); },
+                                  [this] { add_events(); });
+    } catch (...) {
+      // Not out of the upstream read's handler: the loop throws it, as it would have.
+      thrown = std::current_exception();
+    }
+  }
+
+  bool flush() override {
+    if (thrown) return false;
+    try {
       if (events.buffered() > x_.ctx_.rt.cfg.server.max_event_bytes) return false;  // the loop breaks the stream
       if (chunk.empty()) return true;
       begun = !x_.ctx_.out.write_chunk_now(chunk, sent, error);
@@ -308,9 +316,19 @@ class exchange::stream_writer final : public adapters::data_sink {
   bool begun = false;                     // chunk's write is under way: sent bytes of it went
   std::size_t sent = 0;
   boost::system::error_code error;        // chunk's write failed
-  std::exception_ptr thrown;              // by take(), for the loop
+  std::exception_ptr thrown;              // by add() or flush(), for the loop
 
  private:
+  /// The run of plain events at the start of bytes, appended to chunk (protocol/event_run):
+  /// renamed like the last event renamed; the bytes taken.
+  std::size_t append_run(std::string_view bytes) {
+    if (!rename_) return runs_.append(chunk, bytes);
+    const std::string_view prefix = model_at.prefix();
+    if (prefix.empty()) return 0;
+    return runs_.append(chunk, bytes, prefix, x_.rename_from_.size(), x_.rename_to_);
+  }
+
+  protocol::event_runs runs_{usage_key};
   exchange& x_;
   adapters::call& call_;
   const bool rename_;

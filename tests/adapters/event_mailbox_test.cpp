@@ -257,20 +257,27 @@ TEST_CASE("event mailbox: wakes held by a producer's handler resume the reader o
 
 namespace {
 
-/// A reader's sink that notes what it takes, and asks for the reader at the take numbered
-/// hand_over_at (0: never).
+/// A reader's sink that notes the bytes each handler added when it is flushed (adding: those
+/// added since), and asks for the reader at the flush numbered hand_over_at (0: never).
 struct noting_sink final : data_sink {
   std::vector<std::string> taken;
+  std::string adding;
+  std::size_t coming = 0;  // the last add's
   std::size_t hand_over_at = 0;
-  bool take(std::string&& data) override {
-    taken.push_back(std::move(data));
+  void add(std::string_view bytes, std::size_t more) override {
+    adding += bytes;
+    coming = more;
+  }
+  bool flush() override {
+    taken.push_back(std::exchange(adding, std::string()));
     return taken.size() != hand_over_at;
   }
 };
 
 }  // namespace
 
-TEST_CASE("event mailbox: a sink takes the data of a held wake while the reader waits on, and hands over when it asks",
+TEST_CASE("event mailbox: a sink takes the data of a held wake as it comes while the reader waits on, is flushed at the "
+          "handler's end, and hands over when it asks",
           "[adapters][mailbox]") {
   net::io_context io;
   event_mailbox box(io, timeouts(1s, 1s));
@@ -285,10 +292,13 @@ TEST_CASE("event mailbox: a sink takes the data of a held wake while the reader 
   box.set_sink(&sink);
   {
     held_wakes wakes(box);
-    box.add_data("a");
-    box.add_data(std::string(1000, 'b'));  // one handler's bytes: one take
-    CHECK(box.queued_bytes() == 1001);
-    CHECK(box.ready());
+    box.add_data("a", 1000);
+    CHECK(sink.adding == "a");  // at once, not queued
+    CHECK(sink.coming == 1000);
+    box.add_data(std::string(1000, 'b'));  // one handler's bytes: one flush
+    CHECK(box.queued_bytes() == 0);
+    CHECK_FALSE(box.ready());
+    CHECK(sink.taken.empty());
     wakes.done();
   }
   CHECK(sink.taken == std::vector<std::string>{"a" + std::string(1000, 'b')});
@@ -308,46 +318,55 @@ TEST_CASE("event mailbox: a sink takes the data of a held wake while the reader 
   CHECK(r.kinds[1] == call_event::kind::data);
   CHECK(r.data.empty());
   {
-    // More than max_spare in one handler: queued as events (of at most max_spare), for the reader
-    // to gather into few writes, as a backlog is; the sink takes nothing.
+    // More than max_spare in one handler: the sink takes them too, as they come.
     held_wakes wakes(box);
     box.add_data(std::string(event_mailbox::max_spare - 10, 'x'));
     box.add_data(std::string(100, 'y'));
     wakes.done();
   }
-  CHECK(sink.taken.size() == 2);
-  REQUIRE(r.kinds.size() == 4);
-  CHECK(r.data == std::string(event_mailbox::max_spare - 10, 'x') + std::string(100, 'y'));
-  r.data.clear();
+  REQUIRE(sink.taken.size() == 3);
+  CHECK(sink.taken[2] == std::string(event_mailbox::max_spare - 10, 'x') + std::string(100, 'y'));
+  CHECK(r.kinds.size() == 2);
   {
-    // Bytes kept aside, then an event put in: the reader takes both, in order; the sink nothing.
+    // Bytes, then an event put in: the sink has the bytes, unflushed; the reader gets a data event
+    // with no bytes (to finish what the sink holds), then the event.
     held_wakes wakes(box);
     box.add_data("c");
-    box.push(event_of(call_event::kind::data, "d"));
+    box.push(event_of(call_event::kind::data, "d"));  // now queued: bytes after it too
+    box.add_data("e");
     wakes.done();
   }
-  CHECK(sink.taken.size() == 2);
-  CHECK(r.kinds.size() == 6);
-  CHECK(r.data == "cd");
+  CHECK(sink.taken.size() == 3);
+  CHECK(sink.adding == "c");
+  REQUIRE(r.kinds.size() == 4);
+  CHECK(r.data == "de");
+  sink.adding.clear();
   try {
-    // Bytes left by a handler that threw: to the reader through the queue.
+    // Bytes added by a handler that threw: the sink has them, and the reader is resumed through
+    // the queue with a data event with no bytes.
     held_wakes wakes(box);
     box.add_data("t");
     throw std::runtime_error("the handler failed");
   } catch (const std::runtime_error&) {
   }
-  CHECK(r.data == "cd");
+  CHECK(sink.adding == "t");
+  CHECK(r.kinds.size() == 4);
   io.poll();
-  CHECK(r.data == "cdt");
+  REQUIRE(r.kinds.size() == 5);
+  CHECK(r.kinds[4] == call_event::kind::data);
+  CHECK(r.data == "de");
+  sink.adding.clear();
   {
-    // Bytes then the end: the reader takes both, the sink nothing.
+    // Bytes then the end: the sink has the bytes, the reader a data event with no bytes, then the end.
     held_wakes wakes(box);
     box.add_data("v");
     box.end(event_of(call_event::kind::end));
     wakes.done();
   }
-  CHECK(sink.taken.size() == 2);
-  CHECK(r.data == "cdtv");
+  CHECK(sink.taken.size() == 3);
+  CHECK(sink.adding == "v");
+  CHECK(r.data == "de");
+  CHECK(r.kinds.size() == 7);
   CHECK(r.done);
   io.run();
 }

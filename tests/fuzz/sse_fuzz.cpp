@@ -1,7 +1,8 @@
 // The SSE splitter: whatever the bytes and however they are cut, the events it returns and the
 // rest it keeps are the input again, byte for byte, and every event ends at a blank line; an event
 // that holds the watched pair always says it may. And a relay that copies runs of alike events
-// (append_event_run) writes what one that splits every event writes, renamed or not.
+// (append_event_run) writes what one that splits every event writes, renamed or not, also when
+// it takes the runs from each read itself (relay_event_bytes).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -13,10 +14,17 @@
 
 namespace {
 
-/// The input relayed in reads of `piece` bytes, every other one moved in.
-std::string relay(std::string_view input, std::size_t piece, bool runs, bool rename) {
+/// The input relayed in reads of `piece` bytes, every other one moved in; or each handed over as
+/// a view (the runs taken from the read itself).
+std::string relay(std::string_view input, std::size_t piece, bool runs, bool rename, bool views = false) {
   tollgate::test::event_relay r(runs, rename, rename ? "\"bench\"" : "");
-  for (std::size_t at = 0; at < input.size(); at += piece) r.feed(input.substr(at, piece), at / piece % 2 == 0);
+  for (std::size_t at = 0; at < input.size(); at += piece) {
+    if (views) {
+      r.feed_view(input.substr(at, piece));
+    } else {
+      r.feed(input.substr(at, piece), at / piece % 2 == 0);
+    }
+  }
   if (r.missed != 0) std::abort();
   return r.finish();
 }
@@ -43,7 +51,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // Larger pieces too, as reads of many events come.
   for (const std::size_t n : {piece, 64 * piece}) {
     for (const bool rename : {false, true}) {
-      if (relay(input, n, true, rename) != relay(input, n, false, rename)) std::abort();
+      const std::string expected = relay(input, n, false, rename);
+      if (relay(input, n, true, rename) != expected || relay(input, n, true, rename, true) != expected) std::abort();
     }
   }
   return 0;

@@ -29,7 +29,7 @@ inline bool takes_usage(std::string_view e) {
 
 /// What a relay makes of a stream, event by event: an event whose usage is taken is marked, the
 /// rest renamed from `from` to `to` when renaming. With runs, the events append_event_run takes
-/// are copied as runs first. missed counts events that hold the key's first two bytes but that
+/// are copied as runs first, from the read itself when it is fed as a view. missed counts events that hold the key's first two bytes but that
 /// the splitter said could not.
 struct event_relay {
   bool runs = false;
@@ -37,6 +37,7 @@ struct event_relay {
   std::string from = "\"m\"", to;
   protocol::sse_splitter events;
   protocol::model_value_finder model_at;
+  protocol::event_runs runner{usage_key};
   std::string out;
   std::size_t run_bytes = 0;
   std::size_t missed = 0;
@@ -53,19 +54,32 @@ struct event_relay {
     } else {
       events.feed(bytes);
     }
+    split();
+  }
+
+  /// bytes as one upstream read, handed over as a view (protocol::relay_event_bytes): the
+  /// splitter gets only what the runs do not take.
+  void feed_view(std::string_view bytes) {
+    protocol::relay_event_bytes(events, bytes, [this](std::string_view b) { return run(b); }, [this] { split(); });
+  }
+
+  /// The run at the start of bytes, appended to out (none without runs); the bytes taken.
+  std::size_t run(std::string_view bytes) {
+    if (!runs) return 0;
+    std::size_t took = 0;
+    if (!rename) {
+      took = runner.append(out, bytes);
+    } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
+      took = runner.append(out, bytes, prefix, from.size(), to);
+    }
+    run_bytes += took;
+    return took;
+  }
+
+  /// The events the splitter holds, and the runs among them.
+  void split() {
     for (;;) {
-      if (runs) {
-        if (const std::string_view unread = events.unread(); !unread.empty()) {
-          std::size_t took = 0;
-          if (!rename) {
-            took = protocol::append_event_run(out, unread, usage_key);
-          } else if (const std::string_view prefix = model_at.prefix(); !prefix.empty()) {
-            took = protocol::append_event_run(out, unread, usage_key, prefix, from.size(), to);
-          }
-          run_bytes += took;
-          events.skip(took);
-        }
-      }
+      if (const std::string_view unread = events.unread(); !unread.empty()) events.skip(run(unread));
       const auto e = events.next_event_view();
       if (!e) break;
       if (e->find(usage_key.substr(0, 2)) != std::string_view::npos && !events.may_hold_watched()) ++missed;

@@ -71,7 +71,8 @@ TEST_CASE("event runs: a relay that copies runs gives what one that splits every
       std::mt19937 rng(rename ? 91 : 19);
       std::string stream;
       for (int i = 0; i < 6000; ++i) stream += chat_event(rng, i);
-      event_relay slow(false, rename, to), fast(true, rename, to);
+      // fast: reads moved in or appended; view: reads handed over as views (the runs taken from them).
+      event_relay slow(false, rename, to), fast(true, rename, to), view(true, rename, to);
       std::size_t at = 0;
       while (at < stream.size()) {
         const std::size_t n = rng() % 30 == 0 ? 1 : std::uniform_int_distribution<std::size_t>(1, 4000)(rng);
@@ -79,14 +80,19 @@ TEST_CASE("event runs: a relay that copies runs gives what one that splits every
         const std::string_view piece = std::string_view(stream).substr(at, n);
         slow.feed(piece, moved);
         fast.feed(piece, moved);
+        view.feed_view(piece);
         at += piece.size();
       }
       INFO("rename " << rename << " to " << to.size() << " bytes, width " << static_cast<int>(width));
-      CHECK(fast.finish() == slow.finish());
+      const std::string expected = slow.finish();
+      CHECK(fast.finish() == expected);
+      CHECK(view.finish() == expected);
       CHECK(fast.missed == 0);
       CHECK(slow.missed == 0);
+      CHECK(view.missed == 0);
       // Most of the stream went as runs.
       CHECK(fast.run_bytes > stream.size() / 2);
+      CHECK(view.run_bytes > stream.size() / 2);
     }
   }
 }
@@ -152,6 +158,20 @@ TEST_CASE("event runs: what is taken and where a run stops", "[sse][event_run]")
     std::string expected;
     for (int i = 0; i < 1000; ++i) expected += "d" + to + "\n\n";
     CHECK(out == expected);
+  }
+  SECTION("one stream's runs: a prefix is checked again when it changes") {
+    tollgate::protocol::event_runs runs(key);
+    CHECK(runs.append(out, e1, prefix, 3, R"("x")") == e1.size());
+    const std::string keyed = R"(data: {"usage":{},"model":"m")";
+    CHECK(runs.append(out, keyed + "}\n\n", keyed, 3, R"("x")") == 0);
+    const std::string two_lines = "data: {\"id\":\"c1\",\ndata: \"model\":\"m\"";
+    CHECK(runs.append(out, two_lines + "}\n\n", two_lines, 3, R"("x")") == 0);
+    CHECK(runs.append(out, e1 + e1, prefix, 3, R"("x")") == 2 * e1.size());
+    // As long as the last one, with the pair in it.
+    const std::string paired = R"(data: {"id":"u1","model":"m")";
+    REQUIRE(paired.size() == prefix.size());
+    CHECK(runs.append(out, paired + "}\n\n", paired, 3, R"("x")") == 0);
+    CHECK(runs.append(out, e1) == e1.size());
   }
   SECTION("bad arguments") {
     CHECK_THROWS_AS(append_event_run(out, e1, "\""), std::invalid_argument);
