@@ -60,7 +60,7 @@ struct event_run_scan {
       return at;
     }
     const std::size_t start = out.size();
-    const std::size_t keep = prefix.size() - cut;
+    const std::string_view renamed = r.renamed_;  // each event's prefix, renamed
     char* o = nullptr;
     std::size_t at = 0;
     while (n - at >= prefix.size() + 2) {
@@ -80,10 +80,8 @@ struct event_run_scan {
         o = out.data() + start;
       }
       const std::size_t end = k + 2;
-      std::memcpy(o, p + at, keep);
-      o += keep;
-      if (!to.empty()) std::memcpy(o, to.data(), to.size());
-      o += to.size();
+      std::memcpy(o, renamed.data(), renamed.size());
+      o += renamed.size();
       std::memcpy(o, p + rest, end - rest);
       o += end - rest;
       at = end;
@@ -110,11 +108,17 @@ event_runs::event_runs(std::string_view key) : key_(key), wide_(scan_vectors_use
 std::size_t event_runs::append(std::string& out, std::string_view events, std::string_view prefix, std::size_t cut,
                                std::string_view to) {
   if (cut > prefix.size()) throw std::invalid_argument("append_event_run: cut is part of the prefix");
-  if (prefix != prefix_) {
+  const bool new_prefix = prefix != prefix_;
+  if (new_prefix) {
     prefix_plain_ = event_run_scan::find_line_end_or_key<false>(*this, prefix.data(), 0, prefix.size(), false) == prefix.size();
     prefix_.assign(prefix);
   }
   if (!prefix_plain_) return 0;
+  if (new_prefix || cut != cut_ || to != to_) {
+    renamed_.assign(prefix.substr(0, prefix.size() - cut)).append(to);
+    to_.assign(to);
+    cut_ = cut;
+  }
   if (wide_) return event_run_scan::append<true>(*this, out, events, prefix, cut, to);
   return event_run_scan::append<false>(*this, out, events, prefix, cut, to);
 }

@@ -38,6 +38,9 @@ class event_runs {
   std::size_t null_size_ = 0;                    // 0: no such compare (a key under 3 or over 11 bytes)
   std::string prefix_;                           // the last prefix checked
   bool prefix_plain_ = true;                     // and whether it is one line without the key
+  std::string renamed_;                          // prefix_ renamed: its first bytes, then to_
+  std::string to_;
+  std::size_t cut_ = 0;
   bool wide_ = false;                            // the search goes 32 bytes at a time
 
   friend struct event_run_scan;
