@@ -42,6 +42,7 @@ std::string_view trim_ows(std::string_view v) {
 constexpr auto use_tuple = net::as_tuple(net::use_awaitable);
 constexpr std::size_t max_metered_stream = 4 * 1024 * 1024;  // stream bytes kept before their text is taken out
 constexpr std::size_t coalesce_chunk_bytes = 64 * 1024;      // a stream's write takes ready events up to this
+constexpr std::size_t max_idle_chunk = 16 * 1024;            // a stream's write storage kept between writes
 constexpr std::string_view usage_key = "\"usage\"";            // what take_usage looks for in an event
 
 /// The call of an attempt whose backend threw in start(): it fails at once.
@@ -360,6 +361,8 @@ void exchange::note_delivered(std::string&& counted) {
     res_.delivered.clear();
   }
   res_.delivered.append(std::move(counted));
+  // Storage a burst grew and the kept bytes did not take: a stream that then idles keeps none.
+  if (counted.capacity() > max_idle_chunk) std::string().swap(counted);
 }
 
 net::awaitable<delivery> exchange::deliver_stream(adapters::call& call, const adapters::response_head& head) {
