@@ -143,9 +143,10 @@ class anthropic_relay_dialect final : public client_dialect {
 /// event has come.
 class responses_relay_dialect final : public client_dialect {
  public:
+  explicit responses_relay_dialect(std::function<void(const std::string&)> on_stored) : on_stored_(std::move(on_stored)) {}
   translated chat_request() const override { return not_translated(); }
   answer whole(int status, std::string_view body) override {
-    if (status >= 200 && status < 300) id_ = stored_id(body);
+    if (status >= 200 && status < 300) stored(stored_id(body));
     return {status, std::string(body)};
   }
   answer error(int status, std::string_view openai_body) override { return {status, std::string(openai_body)}; }
@@ -155,7 +156,7 @@ class responses_relay_dialect final : public client_dialect {
     if (ev.type == "response.created" && id_.empty()) {
       static constexpr std::array<std::string_view, 1> keys{"response"};
       std::array<std::string_view, 1> response{};
-      if (top_level_values(ev.data, keys, response)) id_ = stored_id(response[0]);
+      if (top_level_values(ev.data, keys, response)) stored(stored_id(response[0]));
     }
     next_sequence_ = ev.sequence_number >= 0 ? ev.sequence_number + 1 : next_sequence_ + 1;
     bool refused = false;
@@ -184,6 +185,12 @@ class responses_relay_dialect final : public client_dialect {
   const std::string& stored_response_id() const override { return id_; }
 
  private:
+  void stored(std::string id) {
+    id_ = std::move(id);
+    if (!id_.empty() && on_stored_) on_stored_(id_);
+  }
+
+  std::function<void(const std::string&)> on_stored_;
   std::string id_;
   std::optional<usage> used_;
   bool refused_ = false;
@@ -195,7 +202,9 @@ class responses_relay_dialect final : public client_dialect {
 
 std::unique_ptr<client_dialect> anthropic_relay() { return std::make_unique<anthropic_relay_dialect>(); }
 
-std::unique_ptr<client_dialect> responses_relay() { return std::make_unique<responses_relay_dialect>(); }
+std::unique_ptr<client_dialect> responses_relay(std::function<void(const std::string&)> on_stored) {
+  return std::make_unique<responses_relay_dialect>(std::move(on_stored));
+}
 
 std::unique_ptr<client_dialect> anthropic_client(std::string request_body) {
   return std::make_unique<anthropic_dialect>(std::move(request_body));

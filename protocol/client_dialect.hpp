@@ -6,6 +6,7 @@
 // passes the upstream's answers on as they are, reads their usage and sees where a stream ends.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -57,7 +58,10 @@ std::unique_ptr<client_dialect> anthropic_client(std::string request_body);
 std::unique_ptr<client_dialect> responses_client(std::string request_body);
 /// POST /v1/messages relayed as it is to Anthropic Messages upstreams (kind anthropic).
 std::unique_ptr<client_dialect> anthropic_relay();
-/// POST /v1/responses relayed as it is to upstreams that serve the Responses API.
-std::unique_ptr<client_dialect> responses_relay();
+/// POST /v1/responses relayed as it is to upstreams that serve the Responses API. on_stored, when
+/// set, is called with the id of the response the upstream stored (stored_response_id()) as soon as
+/// it is read: before the answer, or the stream's event, that carries it is handed on to the client,
+/// so that a client that asks for the response at once finds it known.
+std::unique_ptr<client_dialect> responses_relay(std::function<void(const std::string&)> on_stored = {});
 
 }  // namespace tollgate::protocol

@@ -167,16 +167,18 @@ void prefer_previous_backend(request_context& ctx) {
 net::awaitable<bool> translated(request_context& ctx, bool anthropic) {
   if (ctx.req.method() != http::verb::post) co_return co_await ctx.out.send_error(method_not_allowed(), true);
   if (relayable(ctx, anthropic)) {
-    speak(ctx, anthropic ? protocol::anthropic_relay() : protocol::responses_relay());
-    ctx.path = anthropic ? "/messages" : "/responses";
-    if (!anthropic) prefer_previous_backend(ctx);
-    const bool keep = co_await handle_proxy(ctx);  // which authenticates
     // A response the upstream stored: the calls that read it back go to the backend that has it.
-    if (const std::string& id = ctx.dialect->stored_response_id(); !id.empty() && ctx.who && !ctx.result.record.backend.empty()) {
+    // Noted as its id is read, before the answer that carries it reaches the client: a client
+    // that retrieves it at once, on another connection, finds it.
+    const auto remember = [&ctx](const std::string& id) {
+      if (!ctx.who || ctx.result.record.backend.empty()) return;
       const std::string upstream_model = ctx.result.proxy ? ctx.result.proxy->upstream_model : std::string();
       ctx.rt.lasting->responses.remember(id, {ctx.result.record.backend, ctx.who->key_name, ctx.result.record.model, upstream_model});
-    }
-    co_return keep;
+    };
+    speak(ctx, anthropic ? protocol::anthropic_relay() : protocol::responses_relay(remember));
+    ctx.path = anthropic ? "/messages" : "/responses";
+    if (!anthropic) prefer_previous_backend(ctx);
+    co_return co_await handle_proxy(ctx);  // which authenticates
   }
   speak(ctx, anthropic ? protocol::anthropic_client(std::string(ctx.req.body().view()))
                        : protocol::responses_client(std::string(ctx.req.body().view())));

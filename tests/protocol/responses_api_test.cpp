@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "protocol/client_dialect.hpp"
 #include "protocol/responses_api.hpp"
 #include "tests/protocol/sse_events.hpp"
 
@@ -197,4 +198,40 @@ TEST_CASE("a Responses stream cut at max tokens is incomplete, a broken one fail
   CHECK(ev2[ev2.size() - 2].name == "error");
   CHECK(ev2[ev2.size() - 2].data["message"] == "upstream broke");
   CHECK(ev2.back().name == "response.failed");
+}
+
+TEST_CASE("a relayed Responses answer names the response it stored before the answer is handed on", "[protocol]") {
+  std::vector<std::string> noted;
+  {
+    // Whole: the id is noted inside whole(), before the answer it returns goes anywhere.
+    const auto relay = tollgate::protocol::responses_relay([&](const std::string& id) { noted.push_back(id); });
+    const auto answer = relay->whole(200, R"({"id":"resp_1","object":"response","store":true,"output":[]})");
+    CHECK(noted == std::vector<std::string>{"resp_1"});
+    CHECK(answer.body.find("resp_1") != std::string::npos);
+    CHECK(relay->stored_response_id() == "resp_1");
+  }
+  {
+    // Not stored, or an error: nothing noted.
+    const auto relay = tollgate::protocol::responses_relay([&](const std::string& id) { noted.push_back(id); });
+    relay->whole(200, R"({"id":"resp_2","object":"response","store":false})");
+    relay->whole(500, R"({"id":"resp_3"})");
+    CHECK(noted.size() == 1);
+    CHECK(relay->stored_response_id().empty());
+  }
+  {
+    // A stream: at its response.created event, before event() returns it.
+    const auto relay = tollgate::protocol::responses_relay([&](const std::string& id) { noted.push_back(id); });
+    relay->event("event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,"
+                 "\"response\":{\"id\":\"resp_4\",\"status\":\"in_progress\"}}\n\n");
+    CHECK(noted == std::vector<std::string>{"resp_1", "resp_4"});
+    relay->event("event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":1,"
+                 "\"response\":{\"id\":\"resp_4\",\"status\":\"completed\"}}\n\n");
+    CHECK(noted.size() == 2);
+  }
+  {
+    // Without a hook, as before.
+    const auto relay = tollgate::protocol::responses_relay();
+    relay->whole(200, R"({"id":"resp_5","object":"response"})");
+    CHECK(relay->stored_response_id() == "resp_5");
+  }
 }
